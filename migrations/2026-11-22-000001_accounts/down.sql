@@ -1,0 +1,5 @@
+DROP FUNCTION IF EXISTS public.sb_enter_tenant(BIGINT, TEXT, BIGINT, TEXT);
+DROP TABLE IF EXISTS public.refresh_tokens;
+DROP TABLE IF EXISTS public.memberships;
+DROP TABLE IF EXISTS public.users;
+DROP TABLE IF EXISTS public.tenants;

@@ -1,0 +1,86 @@
+//! The request extractor: `AuthContext` in a handler's arguments means "a
+//! valid access token was presented". The tenant comes only from the token.
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use std::future::{ready, Ready};
+
+use super::{JwtKeys, Role};
+use crate::db::TenantScope;
+use crate::error::{AppError, AppResult};
+use crate::ids::{TenantId, UserId};
+
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    pub user: UserId,
+    pub tenant: TenantId,
+    pub tenant_slug: String,
+    pub role: Role,
+    pub family: String,
+}
+
+impl AuthContext {
+    /// One-line role guard: `auth.require(Role::Admin)?`.
+    pub fn require(&self, min: Role) -> AppResult<()> {
+        if self.role.at_least(min) {
+            Ok(())
+        } else {
+            Err(AppError::forbidden(
+                "forbidden",
+                format!("this needs the {min} role or higher"),
+            ))
+        }
+    }
+
+    /// The tenant transaction scope of this request; the guard in the
+    /// database re-checks the membership and role.
+    pub fn scope(&self) -> TenantScope {
+        TenantScope::member(self.tenant, self.user, self.role.as_str())
+    }
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+pub fn authenticate(keys: &JwtKeys, token: &str) -> AppResult<AuthContext> {
+    let claims = keys.verify(token)?;
+    let bad = || AppError::unauthorized("invalid_token", "the access token is invalid");
+    Ok(AuthContext {
+        user: claims.user_id().ok_or_else(bad)?,
+        tenant: claims.tenant_id().ok_or_else(bad)?,
+        tenant_slug: claims.ten.clone(),
+        role: claims.role,
+        family: claims.fam.clone(),
+    })
+}
+
+impl FromRequest for AuthContext {
+    type Error = AppError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let result = (|| {
+            let keys = req
+                .app_data::<web::Data<JwtKeys>>()
+                .ok_or_else(|| AppError::internal(anyhow::anyhow!("JwtKeys not registered")))?;
+            let token = bearer(req).ok_or_else(|| {
+                AppError::unauthorized("missing_token", "send Authorization: Bearer <access token>")
+            })?;
+            let ctx = authenticate(keys, token)?;
+            tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
+            tracing::Span::current().record("user_id", ctx.user.0);
+            Ok(ctx)
+        })();
+        ready(result)
+    }
+}

@@ -1,0 +1,235 @@
+//! Members of a tenant and their roles.
+//!
+//! Decisions: admins manage members; only owners may grant the owner role or
+//! change or remove another owner; nobody can demote or remove the last owner.
+//! Adding an email that has no user yet creates the user and needs a password.
+//! Removing a member revokes their refresh tokens for this tenant.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use super::users::{self, Email};
+use super::{refresh, stored_role, Role};
+use crate::audit;
+use crate::db::schema::{memberships, users as users_t};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+type MemberRow = (i64, String, String, String, DateTime<Utc>);
+
+fn to_member(row: MemberRow) -> AppResult<Member> {
+    Ok(Member {
+        user_id: UserId(row.0),
+        email: row.1,
+        name: row.2,
+        role: stored_role(&row.3)?,
+        created_at: row.4,
+    })
+}
+
+/// Members ordered by user id, after `after` (keyset pagination).
+pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResult<Vec<Member>> {
+    let tenant = tc.tenant().0;
+    let mut q = memberships::table
+        .inner_join(users_t::table)
+        .filter(memberships::tenant_id.eq(tenant))
+        .order(memberships::user_id)
+        .limit(limit)
+        .select((
+            users_t::id,
+            users_t::email,
+            users_t::name,
+            memberships::role,
+            memberships::created_at,
+        ))
+        .into_boxed();
+    if let Some(a) = after {
+        q = q.filter(memberships::user_id.gt(a));
+    }
+    q.load::<MemberRow>(tc.pg())?
+        .into_iter()
+        .map(to_member)
+        .collect()
+}
+
+pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
+    let tenant = tc.tenant().0;
+    let row: MemberRow = memberships::table
+        .inner_join(users_t::table)
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::user_id.eq(user.0))
+        .select((
+            users_t::id,
+            users_t::email,
+            users_t::name,
+            memberships::role,
+            memberships::created_at,
+        ))
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("member"))?;
+    to_member(row)
+}
+
+fn ensure_may_grant(actor_role: Role, role: Role) -> AppResult<()> {
+    if role == Role::Owner && actor_role != Role::Owner {
+        return Err(AppError::forbidden(
+            "forbidden",
+            "only an owner can make someone an owner",
+        ));
+    }
+    Ok(())
+}
+
+/// What adding a member needs. `password_hash` is computed by the caller
+/// before the transaction when a password was given.
+pub struct NewMember {
+    pub email: Email,
+    pub name: String,
+    pub role: Role,
+    pub password_hash: Option<super::password::PasswordHash>,
+}
+
+pub fn add(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    actor_role: Role,
+    new: NewMember,
+) -> AppResult<Member> {
+    ensure_may_grant(actor_role, new.role)?;
+    let tenant = tc.tenant();
+    let user = match users::find_by_email(tc.pg(), &new.email)? {
+        Some(u) => u,
+        None => {
+            let hash = new.password_hash.as_ref().ok_or_else(|| {
+                AppError::invalid(
+                    "password_required",
+                    "no user has this email yet; give a password to create one",
+                )
+            })?;
+            users::insert(tc.pg(), &new.email, &new.name, hash)?
+        }
+    };
+    let inserted = diesel::insert_into(memberships::table)
+        .values((
+            memberships::user_id.eq(user.id),
+            memberships::tenant_id.eq(tenant.0),
+            memberships::role.eq(new.role.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tc.pg())?;
+    if inserted == 0 {
+        return Err(AppError::conflict(
+            "already_member",
+            "this user is already a member",
+        ));
+    }
+    audit::record(
+        tc,
+        Some(actor),
+        "member.added",
+        "user",
+        Some(user.id.to_string()),
+        json!({"email": user.email, "role": new.role}),
+    )?;
+    get(tc, user.user_id())
+}
+
+/// Locks the owner rows of the tenant, so two concurrent demotions cannot
+/// both see "another owner remains".
+fn owner_count_locked(tc: &mut TenantConn<'_>) -> AppResult<usize> {
+    let tenant = tc.tenant().0;
+    let owners: Vec<i64> = memberships::table
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::role.eq(Role::Owner.as_str()))
+        .select(memberships::user_id)
+        .for_update()
+        .load(tc.pg())?;
+    Ok(owners.len())
+}
+
+pub fn change_role(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    actor_role: Role,
+    user: UserId,
+    role: Role,
+) -> AppResult<Member> {
+    ensure_may_grant(actor_role, role)?;
+    let owners = owner_count_locked(tc)?;
+    let current = get(tc, user)?;
+    if current.role == Role::Owner && actor_role != Role::Owner {
+        return Err(AppError::forbidden(
+            "forbidden",
+            "only an owner can change an owner's role",
+        ));
+    }
+    if current.role == Role::Owner && role != Role::Owner && owners <= 1 {
+        return Err(AppError::conflict(
+            "last_owner",
+            "the last owner cannot be demoted",
+        ));
+    }
+    if current.role == role {
+        return Ok(current);
+    }
+    let tenant = tc.tenant().0;
+    diesel::update(memberships::table.find((user.0, tenant)))
+        .set(memberships::role.eq(role.as_str()))
+        .execute(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "member.role_changed",
+        "user",
+        Some(user.to_string()),
+        json!({"from": current.role, "to": role}),
+    )?;
+    get(tc, user)
+}
+
+pub fn remove(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    actor_role: Role,
+    user: UserId,
+) -> AppResult<()> {
+    let owners = owner_count_locked(tc)?;
+    let current = get(tc, user)?;
+    if current.role == Role::Owner && actor_role != Role::Owner {
+        return Err(AppError::forbidden(
+            "forbidden",
+            "only an owner can remove an owner",
+        ));
+    }
+    if current.role == Role::Owner && owners <= 1 {
+        return Err(AppError::conflict(
+            "last_owner",
+            "the last owner cannot be removed",
+        ));
+    }
+    let tenant = tc.tenant();
+    diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
+    refresh::revoke_member(tc.pg(), user, tenant)?;
+    audit::record(
+        tc,
+        Some(actor),
+        "member.removed",
+        "user",
+        Some(user.to_string()),
+        json!({"email": current.email, "role": current.role}),
+    )?;
+    Ok(())
+}

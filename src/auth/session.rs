@@ -1,0 +1,224 @@
+//! Login, refresh, logout and "who am I": the flows behind `/api/auth/*` and
+//! `/api/me`, as plain functions over a connection.
+
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::jwt::{JwtKeys, ACCESS_TTL_SECS};
+use super::users::{self, Email, UserView};
+use super::{password, refresh, stored_role, Role};
+use crate::db::migrate::latest_tenant_version;
+use crate::db::schema::{memberships, tenants};
+use crate::error::{AppError, AppResult};
+use crate::ids::{TenantId, UserId};
+use crate::tenancy::{self, Tenant};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    pub id: TenantId,
+    pub slug: String,
+    pub name: String,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(t: &Tenant) -> Self {
+        TenantView {
+            id: t.tenant_id(),
+            slug: t.slug.clone(),
+            name: t.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub user: UserView,
+    pub tenant: TenantView,
+    pub role: Role,
+}
+
+fn invalid_credentials() -> AppError {
+    AppError::unauthorized("invalid_credentials", "email, password or tenant is wrong")
+}
+
+/// Refuses tenants that are suspended or whose schema is not migrated yet.
+fn ensure_usable(tenant: &Tenant) -> AppResult<()> {
+    if !tenant.is_active() {
+        return Err(AppError::forbidden(
+            "tenant_suspended",
+            "this tenant is suspended",
+        ));
+    }
+    match tenant.schema_version.as_deref() {
+        Some(v) if v >= latest_tenant_version() => Ok(()),
+        _ => Err(AppError::unavailable(
+            "tenant_not_ready",
+            "this tenant's schema is being migrated; retry shortly",
+        )),
+    }
+}
+
+fn role_of(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Option<Role>> {
+    let role: Option<String> = memberships::table
+        .filter(memberships::user_id.eq(user.0))
+        .filter(memberships::tenant_id.eq(tenant.0))
+        .select(memberships::role)
+        .first(conn)
+        .optional()?;
+    role.map(|r| stored_role(&r)).transpose()
+}
+
+fn pair(
+    conn: &mut PgConnection,
+    keys: &JwtKeys,
+    user: &users::User,
+    tenant: &Tenant,
+    role: Role,
+    family: Option<&str>,
+) -> AppResult<TokenPair> {
+    let (refresh_token, family) = refresh::issue(conn, user.user_id(), tenant.tenant_id(), family)?;
+    let access_token = keys.issue(
+        user.user_id(),
+        tenant.tenant_id(),
+        &tenant.slug,
+        role,
+        &family,
+    )?;
+    Ok(TokenPair {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ACCESS_TTL_SECS,
+        user: user.public(),
+        tenant: tenant.into(),
+        role,
+    })
+}
+
+pub fn login(
+    conn: &mut PgConnection,
+    keys: &JwtKeys,
+    email: &str,
+    password: &str,
+    tenant_slug: &str,
+) -> AppResult<TokenPair> {
+    let Ok(email) = Email::parse(email) else {
+        password::verify_dummy(password);
+        return Err(invalid_credentials());
+    };
+    let Some(user) = users::find_by_email(conn, &email)? else {
+        password::verify_dummy(password);
+        return Err(invalid_credentials());
+    };
+    if !user.password_matches(password) {
+        return Err(invalid_credentials());
+    }
+    let tenant = tenancy::find_by_slug(conn, tenant_slug)?.ok_or_else(invalid_credentials)?;
+    let role =
+        role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
+    ensure_usable(&tenant)?;
+    pair(conn, keys, &user, &tenant, role, None)
+}
+
+/// Rotates a refresh token. The role in the new access token is the member's
+/// current one; a member who was removed, or a suspended tenant, gets nothing.
+pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResult<TokenPair> {
+    enum Outcome {
+        Pair(Box<TokenPair>),
+        Reused,
+        Removed,
+    }
+    let outcome = conn.transaction(|conn| -> AppResult<Outcome> {
+        let spent = match refresh::spend(conn, token)? {
+            Ok(spent) => spent,
+            Err(family) => {
+                refresh::revoke_family(conn, &family)?;
+                return Ok(Outcome::Reused);
+            }
+        };
+        let Some(role) = role_of(conn, spent.user, spent.tenant)? else {
+            refresh::revoke_family(conn, &spent.family)?;
+            return Ok(Outcome::Removed);
+        };
+        let tenant =
+            tenancy::find(conn, spent.tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
+        ensure_usable(&tenant)?;
+        let user = users::find(conn, spent.user)?.ok_or_else(|| AppError::not_found("user"))?;
+        Ok(Outcome::Pair(Box::new(pair(
+            conn,
+            keys,
+            &user,
+            &tenant,
+            role,
+            Some(&spent.family),
+        )?)))
+    })?;
+    match outcome {
+        Outcome::Pair(p) => Ok(*p),
+        Outcome::Reused => Err(AppError::unauthorized(
+            "refresh_token_reused",
+            "this refresh token was already used; its session has been ended everywhere",
+        )),
+        Outcome::Removed => Err(AppError::unauthorized(
+            "membership_revoked",
+            "you are no longer a member of this tenant",
+        )),
+    }
+}
+
+pub fn logout(conn: &mut PgConnection, token: &str) -> AppResult<()> {
+    refresh::revoke_by_token(conn, token)?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct MembershipView {
+    pub tenant: TenantRef,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantRef {
+    pub slug: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub user: UserView,
+    pub tenant: TenantView,
+    pub role: Role,
+    pub memberships: Vec<MembershipView>,
+}
+
+pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -> AppResult<Me> {
+    let u = users::find(conn, user)?
+        .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))?;
+    let t = tenancy::find(conn, tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
+    let rows: Vec<(String, String, String)> = memberships::table
+        .inner_join(tenants::table)
+        .filter(memberships::user_id.eq(user.0))
+        .order(tenants::slug)
+        .select((tenants::slug, tenants::name, memberships::role))
+        .load(conn)?;
+    let memberships = rows
+        .into_iter()
+        .map(|(slug, name, role)| {
+            Ok(MembershipView {
+                tenant: TenantRef { slug, name },
+                role: stored_role(&role)?,
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok(Me {
+        user: u.public(),
+        tenant: (&t).into(),
+        role,
+        memberships,
+    })
+}

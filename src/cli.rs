@@ -1,0 +1,95 @@
+//! The command line: one binary, `switchboard`, with a subcommand per job.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Schema-per-tenant social inbox backend"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP + WebSocket server (runs pending public migrations first).
+    Serve,
+    /// Bring `public` and every tenant schema up to date.
+    Migrate {
+        /// How many tenant schemas to migrate at a time.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Operators' tenant work.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Operators' user work.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print performance figures of this machine and database.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant, its schema and its owner.
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner_email: String,
+        #[arg(long, env = "SWITCHBOARD_OWNER_PASSWORD", hide_env_values = true)]
+        owner_password: String,
+        #[arg(long, default_value = "")]
+        owner_name: String,
+    },
+    /// List tenants.
+    List,
+    /// Suspend a tenant: its members cannot log in or use the API.
+    Suspend { slug: String },
+    /// Resume a suspended tenant.
+    Resume { slug: String },
+    /// Drop a tenant and all its data.
+    Drop {
+        slug: String,
+        /// Required: confirms that all of the tenant's data goes.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user, optionally with a membership in a tenant.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "SWITCHBOARD_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Tenant slug to add the user to.
+        #[arg(long, requires = "role")]
+        tenant: Option<String>,
+        /// owner, admin, agent or viewer.
+        #[arg(long, requires = "tenant")]
+        role: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which benchmark: `tenancy`.
+    #[arg(default_value = "tenancy")]
+    pub which: String,
+    /// Tenants for the `migrate` timing.
+    #[arg(long, default_value_t = 1000)]
+    pub tenants: usize,
+    /// Tenant creations to time.
+    #[arg(long, default_value_t = 100)]
+    pub creates: usize,
+}

@@ -1,0 +1,243 @@
+//! Typed configuration, read once from the environment (and `.env` when
+//! present). A missing or invalid value stops start-up with one line that
+//! names the variable.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use std::env;
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::secret::Secret;
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error: {} {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+fn var(name: &'static str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or_else(|| err(name, "is not set"))
+}
+
+/// What every subcommand that touches the database needs.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub database_url: Secret<String>,
+    pub pool_size: u32,
+}
+
+impl DbConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = required("DATABASE_URL")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(err("DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let pool_size = match var("SWITCHBOARD_DB_POOL_SIZE") {
+            None => 10,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=200).contains(n))
+                .ok_or_else(|| err("SWITCHBOARD_DB_POOL_SIZE", "must be a number from 1 to 200"))?,
+        };
+        Ok(DbConfig {
+            database_url: Secret::new(url),
+            pool_size,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signup {
+    Open,
+    Closed,
+}
+
+/// One AEAD key of `SWITCHBOARD_ENCRYPTION_KEYS`.
+#[derive(Clone)]
+pub struct EncryptionKey {
+    pub id: String,
+    pub key: Secret<[u8; 32]>,
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncryptionKey({}, [redacted])", self.id)
+    }
+}
+
+/// Parses `id:base64key[,id:base64key…]`; keys are 32 bytes, ids unique.
+pub fn parse_encryption_keys(raw: &str) -> Result<Vec<EncryptionKey>, String> {
+    let mut keys: Vec<EncryptionKey> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, b64) = part
+            .split_once(':')
+            .ok_or("entries must look like id:base64key")?;
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "key id {id:?} must be 1-32 letters, digits, '-' or '_'"
+            ));
+        }
+        let bytes = STANDARD
+            .decode(b64)
+            .map_err(|_| format!("key {id:?} is not valid base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| format!("key {id:?} must decode to 32 bytes"))?;
+        if keys.iter().any(|k| k.id == id) {
+            return Err(format!("key id {id:?} appears twice"));
+        }
+        keys.push(EncryptionKey {
+            id: id.to_string(),
+            key: Secret::new(key),
+        });
+    }
+    if keys.is_empty() {
+        return Err("holds no key".into());
+    }
+    Ok(keys)
+}
+
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    pub app_id: String,
+    pub app_secret: Secret<String>,
+    pub verify_token: Secret<String>,
+    pub graph_url: String,
+    pub graph_version: String,
+    pub dialog_url: String,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub db: DbConfig,
+    pub bind: SocketAddr,
+    pub public_url: String,
+    pub jwt_secret: Secret<Vec<u8>>,
+    pub encryption_keys: Vec<EncryptionKey>,
+    pub signup: Signup,
+    pub operator_token: Option<Secret<String>>,
+    pub meta: MetaConfig,
+    pub json_logs: bool,
+}
+
+fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let v = var(name).unwrap_or_else(|| default.to_string());
+    if !(v.starts_with("http://") || v.starts_with("https://")) {
+        return Err(err(name, "must start with http:// or https://"));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+impl ServerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let db = DbConfig::from_env()?;
+        let bind: SocketAddr = var("SWITCHBOARD_BIND")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+            .map_err(|_| err("SWITCHBOARD_BIND", "must be an address like 127.0.0.1:8080"))?;
+        let public_url = url_var("SWITCHBOARD_PUBLIC_URL", &format!("http://{bind}"))?;
+        let jwt_secret = required("SWITCHBOARD_JWT_SECRET")?;
+        if jwt_secret.len() < 32 {
+            return Err(err("SWITCHBOARD_JWT_SECRET", "must be at least 32 bytes"));
+        }
+        let encryption_keys = parse_encryption_keys(&required("SWITCHBOARD_ENCRYPTION_KEYS")?)
+            .map_err(|p| err("SWITCHBOARD_ENCRYPTION_KEYS", p))?;
+        let signup = match var("SWITCHBOARD_SIGNUP").as_deref() {
+            None | Some("closed") => Signup::Closed,
+            Some("open") => Signup::Open,
+            Some(_) => return Err(err("SWITCHBOARD_SIGNUP", "must be open or closed")),
+        };
+        let operator_token = var("SWITCHBOARD_OPERATOR_TOKEN").map(Secret::new);
+        if let Some(t) = &operator_token {
+            if t.expose().len() < 16 {
+                return Err(err(
+                    "SWITCHBOARD_OPERATOR_TOKEN",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        let app_id = required("META_APP_ID")?;
+        let app_secret = Secret::new(required("META_APP_SECRET")?);
+        let verify_token = Secret::new(required("META_VERIFY_TOKEN")?);
+        let graph_version = var("META_GRAPH_VERSION").unwrap_or_else(|| "v24.0".into());
+        if !graph_version.starts_with('v') || graph_version[1..].parse::<f32>().is_err() {
+            return Err(err("META_GRAPH_VERSION", "must look like v24.0"));
+        }
+        let meta = MetaConfig {
+            app_id,
+            app_secret,
+            verify_token,
+            graph_url: url_var("META_GRAPH_URL", "https://graph.facebook.com")?,
+            graph_version,
+            dialog_url: url_var("META_DIALOG_URL", "https://www.facebook.com")?,
+        };
+        let json_logs = match var("SWITCHBOARD_LOG_FORMAT").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(_) => return Err(err("SWITCHBOARD_LOG_FORMAT", "must be text or json")),
+        };
+        Ok(ServerConfig {
+            db,
+            bind,
+            public_url,
+            jwt_secret: Secret::new(jwt_secret.into_bytes()),
+            encryption_keys,
+            signup,
+            operator_token,
+            meta,
+            json_logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_keys() {
+        let k = STANDARD.encode([7u8; 32]);
+        let keys = parse_encryption_keys(&format!("k2:{k}, k1:{k}")).expect("valid");
+        assert_eq!(
+            keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["k2", "k1"]
+        );
+        assert!(!format!("{keys:?}").contains(&k));
+        for bad in [
+            "",
+            "k1",
+            "k1:!!",
+            &format!("k1:{}", STANDARD.encode([1u8; 16])),
+            &format!("k1:{k},k1:{k}"),
+        ] {
+            assert!(parse_encryption_keys(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The database room: the pool, tenant-scoped connections, migrations and the
+//! diesel table definitions.
+//!
+//! Two kinds of connection exist for application code:
+//! - a plain pooled `PgConnection`, whose search path is empty, so only the
+//!   schema-qualified `public.*` tables of [`schema`] resolve on it;
+//! - a [`TenantConn`], obtainable only from [`with_tenant`], inside one
+//!   transaction whose search path points at one tenant's schema.
+//!
+//! Tenant tables ([`tenant_schema`]) are unqualified, so they only resolve on a
+//! `TenantConn`; a query for them anywhere else fails loudly.
+
+pub mod migrate;
+pub mod pool;
+pub mod schema;
+pub mod tenant;
+pub mod tenant_schema;
+
+pub use pool::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
+pub use tenant::{with_tenant, TenantConn, TenantScope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("no database connection: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("tenant suspended")]
+    TenantSuspended,
+    #[error("tenant schema not migrated")]
+    TenantNotReady,
+    #[error("membership changed since the token was issued")]
+    MembershipChanged,
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// Maps the guard's `RAISE EXCEPTION 'switchboard:…'` to typed errors.
+    pub(crate) fn from_guard(e: diesel::result::Error) -> DbError {
+        if let diesel::result::Error::DatabaseError(_, info) = &e {
+            match info.message() {
+                "switchboard:tenant_not_found" => return DbError::TenantNotFound,
+                "switchboard:tenant_suspended" => return DbError::TenantSuspended,
+                "switchboard:tenant_not_ready" => return DbError::TenantNotReady,
+                "switchboard:membership_changed" => return DbError::MembershipChanged,
+                _ => {}
+            }
+        }
+        DbError::Query(e)
+    }
+}

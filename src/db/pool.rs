@@ -1,0 +1,171 @@
+//! The r2d2 pool and the async bridge onto the blocking thread pool.
+//!
+//! Connections are opened with `search_path = ''`: no application table
+//! resolves without a schema, so forgetting the tenant scope is an error, not
+//! a read of somebody else's rows. Connections are recycled after ten minutes
+//! because a backend that touched many schemas holds their catalog cache.
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection};
+use std::time::Duration;
+
+use super::DbError;
+
+pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    pub max_size: u32,
+    pub min_idle: Option<u32>,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_size: 10,
+            min_idle: Some(1),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct EmptySearchPath;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for EmptySearchPath {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("SET search_path TO ''")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Builds the pool; fails fast when the database cannot be reached.
+pub fn connect_pool(database_url: &str, opts: PoolOptions) -> Result<PgPool, DbError> {
+    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    let pool = r2d2::Pool::builder()
+        .max_size(opts.max_size)
+        .min_idle(opts.min_idle)
+        .max_lifetime(Some(Duration::from_secs(600)))
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connection_timeout(opts.connect_timeout)
+        // A broken connection is detected by diesel (`has_broken`); a test
+        // query on every checkout would cost a round trip per request.
+        .test_on_check_out(false)
+        .connection_customizer(Box::new(EmptySearchPath))
+        .build(manager)?;
+    Ok(pool)
+}
+
+/// The application's handle on the database. Work runs on the blocking pool,
+/// never on an actix worker thread.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Db { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `f` with a plain pooled connection (public tables only) on the
+    /// blocking pool.
+    pub async fn public<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let mut conn = pool.get().map_err(DbError::from)?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// Runs `f` inside one tenant transaction on the blocking pool.
+    pub async fn tenant<T, E, F>(&self, scope: super::TenantScope, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut super::TenantConn<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
+    {
+        self.public(move |conn| super::with_tenant(conn, &scope, f))
+            .await
+    }
+}
+
+/// Splits a PostgreSQL URL into (URL of the `postgres` maintenance database,
+/// database name). `None` when the URL names no database.
+pub fn maintenance_url(url: &str) -> Option<(String, String)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://")? + 3;
+    let slash = base[scheme_end..].find('/')? + scheme_end;
+    let name = &base[slash + 1..];
+    if name.is_empty() {
+        return None;
+    }
+    let mut admin = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        admin.push('?');
+        admin.push_str(q);
+    }
+    Some((admin, name.to_string()))
+}
+
+/// Creates the database named in `url` when it does not exist yet, so a
+/// fresh PostgreSQL needs no manual step.
+pub fn ensure_database(url: &str) -> Result<(), DbError> {
+    use diesel::prelude::*;
+    if PgConnection::establish(url).is_ok() {
+        return Ok(());
+    }
+    let Some((admin_url, name)) = maintenance_url(url) else {
+        return Ok(());
+    };
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(DbError::Migration(format!(
+            "will not create database {name:?}: unusual name"
+        )));
+    }
+    let mut admin = PgConnection::establish(&admin_url)?;
+    let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}')"
+    )))
+    .get_result(&mut admin)?;
+    if !exists {
+        tracing::info!(database = %name, "creating database");
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maintenance_url;
+
+    #[test]
+    fn maintenance_urls() {
+        assert_eq!(
+            maintenance_url("postgres://u:p@h:5432/app?sslmode=disable"),
+            Some((
+                "postgres://u:p@h:5432/postgres?sslmode=disable".into(),
+                "app".into()
+            ))
+        );
+        assert_eq!(maintenance_url("postgres://h"), None);
+    }
+}

@@ -1,0 +1,52 @@
+//! Tables of the shared `public` schema, always schema-qualified so they
+//! resolve on any connection regardless of its search path.
+
+diesel::table! {
+    public.tenants (id) {
+        id -> Int8,
+        slug -> Text,
+        name -> Text,
+        schema_name -> Text,
+        status -> Text,
+        schema_version -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    public.users (id) {
+        id -> Int8,
+        email -> Text,
+        name -> Text,
+        password_hash -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    public.memberships (user_id, tenant_id) {
+        user_id -> Int8,
+        tenant_id -> Int8,
+        role -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    public.refresh_tokens (id) {
+        id -> Int8,
+        token_hash -> Bytea,
+        family_id -> Text,
+        user_id -> Int8,
+        tenant_id -> Int8,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(memberships -> users (user_id));
+diesel::joinable!(memberships -> tenants (tenant_id));
+diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens);

@@ -1,0 +1,123 @@
+//! Tenant-scoped units of work.
+//!
+//! [`with_tenant`] is the only constructor of a [`TenantConn`]. It opens a
+//! transaction whose first statement, sent in the same round trip as `BEGIN`,
+//! is `public.sb_enter_tenant(...)`: that function checks the tenant is active
+//! and migrated (and, for a member's request, that their role is still the one
+//! in their token) and then sets `search_path` to the quoted tenant schema with
+//! `set_config(..., true)`. The setting ends with the transaction, so a
+//! connection that goes back to the pool carries nothing into the next
+//! request, and it works behind PgBouncer in transaction mode.
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+
+use super::DbError;
+use crate::ids::{TenantId, UserId};
+
+/// Who is entering which tenant. `member` is `None` for system work
+/// (webhook processing, operators' commands).
+#[derive(Clone, Copy, Debug)]
+pub struct TenantScope {
+    pub tenant: TenantId,
+    pub member: Option<(UserId, &'static str)>,
+}
+
+impl TenantScope {
+    pub fn system(tenant: TenantId) -> Self {
+        TenantScope {
+            tenant,
+            member: None,
+        }
+    }
+
+    pub fn member(tenant: TenantId, user: UserId, role: &'static str) -> Self {
+        TenantScope {
+            tenant,
+            member: Some((user, role)),
+        }
+    }
+}
+
+/// A connection inside a tenant transaction. Tenant repositories take
+/// `&mut TenantConn`; there is no other way to reach tenant tables.
+pub struct TenantConn<'a> {
+    conn: &'a mut PgConnection,
+    tenant: TenantId,
+}
+
+impl TenantConn<'_> {
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The underlying connection, for running diesel queries. It is still
+    /// inside the tenant transaction.
+    pub fn pg(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+}
+
+fn enter_sql(scope: &TenantScope) -> String {
+    let version = super::migrate::latest_tenant_version();
+    // Every interpolated value is an integer, a role from a fixed set, or a
+    // migration version made of digits; nothing here comes from a client.
+    debug_assert!(version.bytes().all(|b| b.is_ascii_digit()));
+    let (user, role) = match scope.member {
+        Some((u, r)) => {
+            debug_assert!(r.bytes().all(|b| b.is_ascii_lowercase()));
+            (u.0.to_string(), format!("'{r}'"))
+        }
+        None => ("NULL".to_string(), "NULL".to_string()),
+    };
+    format!(
+        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {})",
+        scope.tenant.0, version, user, role
+    )
+}
+
+/// Runs `f` in one transaction scoped to the tenant. Commits when `f` returns
+/// `Ok`, rolls back otherwise. A panic inside `f` leaves the connection marked
+/// broken, so the pool discards it instead of reusing an open transaction.
+pub fn with_tenant<T, E, F>(conn: &mut PgConnection, scope: &TenantScope, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut TenantConn<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
+    if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, &enter_sql(scope)) {
+        // The guard raised inside our BEGIN: the server-side transaction is
+        // open and aborted while diesel believes none is. Close it by hand.
+        if conn.batch_execute("ROLLBACK").is_err() {
+            AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+        }
+        return Err(DbError::from_guard(e).into());
+    }
+    let tenant = scope.tenant;
+    let result = f(&mut TenantConn { conn, tenant });
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn).map_err(DbError::from)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if AnsiTransactionManager::rollback_transaction(conn).is_err() {
+                AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The transaction-local setting we rely on; used by tests and `readyz`.
+pub fn current_search_path(conn: &mut PgConnection) -> Result<String, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        search_path: String,
+    }
+    let row: Row = diesel::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT pg_catalog.current_setting('search_path') AS search_path"),
+        conn,
+    )?;
+    Ok(row.search_path)
+}

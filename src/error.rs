@@ -1,0 +1,200 @@
+//! The one error type of the domain and HTTP layers, and its single mapping to
+//! the JSON error contract `{"error": {"code", "message"}}`.
+//!
+//! Domain functions say *what kind* of failure happened (not found, conflict,
+//! invalid value…) with a machine-readable code; the status code is chosen
+//! here and nowhere else. Internal failures keep their cause for the log and
+//! show the client only "internal error".
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::db::DbError;
+
+pub type AppResult<T> = Result<T, AppError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Unprocessable,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+pub struct AppError {
+    pub kind: ErrorKind,
+    pub code: Cow<'static, str>,
+    pub message: String,
+    source: Option<anyhow::Error>,
+}
+
+impl AppError {
+    pub fn new(
+        kind: ErrorKind,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        AppError {
+            kind,
+            code: code.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, code, message)
+    }
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthorized, code, message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, code, message)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            ErrorKind::NotFound,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, code, message)
+    }
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unprocessable, code, message)
+    }
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, code, message)
+    }
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        AppError {
+            kind: ErrorKind::Internal,
+            code: "internal_error".into(),
+            message: "internal error".into(),
+            source: Some(cause.into()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+}
+
+impl fmt::Debug for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status().as_u16(),
+            self.code,
+            self.message
+        )?;
+        if let Some(source) = &self.source {
+            write!(f, " ({source:#})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.kind == ErrorKind::Internal {
+            tracing::error!(error = ?self, "internal error");
+        }
+        HttpResponse::build(self.status()).json(json!({
+            "error": {"code": self.code, "message": self.message}
+        }))
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(e: DbError) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error as D};
+        match e {
+            DbError::Query(D::NotFound) => AppError::not_found("resource"),
+            DbError::Query(D::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
+                AppError::conflict(
+                    "conflict",
+                    format!(
+                        "already exists ({})",
+                        info.constraint_name().unwrap_or("unique")
+                    ),
+                )
+            }
+            DbError::Query(D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+                AppError::unavailable("retry", "concurrent update, please retry")
+            }
+            DbError::TenantNotFound => AppError::not_found("tenant"),
+            DbError::TenantSuspended => {
+                AppError::forbidden("tenant_suspended", "this tenant is suspended")
+            }
+            DbError::TenantNotReady => AppError::unavailable(
+                "tenant_not_ready",
+                "this tenant's schema is being migrated; retry shortly",
+            ),
+            DbError::MembershipChanged => AppError::unauthorized(
+                "token_revoked",
+                "your membership in this tenant changed; log in again",
+            ),
+            DbError::Pool(_) => {
+                AppError::unavailable("database_unavailable", "the database is not reachable")
+            }
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+impl From<actix_web::error::BlockingError> for AppError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        AppError::internal(anyhow::anyhow!("blocking task failed: {e}"))
+    }
+}

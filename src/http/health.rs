@@ -1,0 +1,61 @@
+//! Liveness and readiness.
+
+use actix_web::{web, HttpResponse};
+use diesel::prelude::*;
+use serde_json::json;
+
+use super::AppState;
+use crate::db::migrate::{latest_tenant_version, public_pending};
+use crate::db::schema::tenants;
+use crate::error::{AppError, AppResult};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(super::resource("/healthz").route(web::get().to(healthz)))
+        .service(super::resource("/readyz").route(web::get().to(readyz)));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers, `public` has nothing pending, and no
+/// tenant schema is behind this binary's tenant migrations.
+async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
+    let latest = latest_tenant_version();
+    let (pending, behind) = state
+        .db
+        .public(move |conn| -> AppResult<(bool, i64)> {
+            let pending = public_pending(conn)?;
+            let behind = tenants::table
+                .filter(
+                    tenants::schema_version
+                        .is_null()
+                        .or(tenants::schema_version.lt(latest)),
+                )
+                .count()
+                .get_result::<i64>(conn)?;
+            Ok((pending, behind))
+        })
+        .await
+        .map_err(|e| {
+            if e.status().is_server_error() {
+                AppError::unavailable("database_unavailable", "the database is not reachable")
+            } else {
+                e
+            }
+        })?;
+    if pending {
+        return Err(AppError::unavailable(
+            "migrations_pending",
+            "public migrations are pending; run `switchboard migrate`",
+        ));
+    }
+    if behind > 0 {
+        return Err(AppError::unavailable(
+            "migrations_pending",
+            format!("{behind} tenant schema(s) are behind; run `switchboard migrate`"),
+        ));
+    }
+    Ok(HttpResponse::Ok()
+        .json(json!({"status": "ready", "database": "ok", "tenant_schema_version": latest})))
+}

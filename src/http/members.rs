@@ -1,0 +1,131 @@
+//! `/api/members`: admins manage who works in the tenant.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::pagination::{PageQuery, Paged};
+use super::AppState;
+use crate::auth::members::{self, NewMember};
+use crate::auth::password::PasswordHash;
+use crate::auth::users::Email;
+use crate::auth::{AuthContext, Role};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("/members")
+            .route(web::get().to(list))
+            .route(web::post().to(add)),
+    )
+    .service(
+        super::resource("/members/{user_id}")
+            .route(web::patch().to(change_role))
+            .route(web::delete().to(remove)),
+    );
+}
+
+fn parse_role(raw: &str) -> AppResult<Role> {
+    Role::parse(raw).ok_or_else(|| {
+        AppError::invalid("invalid_role", "role must be owner, admin, agent or viewer")
+    })
+}
+
+fn parse_user_id(raw: &str) -> AppResult<UserId> {
+    UserId::parse(raw).ok_or_else(|| AppError::not_found("member"))
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let page = q.parse()?;
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            members::list(tc, page.after, page.limit)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.user_id.0)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    email: String,
+    role: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn add(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<AddBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let body = body.into_inner();
+    let email = Email::parse(&body.email)?;
+    let role = parse_role(&body.role)?;
+    let new = NewMember {
+        email,
+        role,
+        name: body.name.unwrap_or_default(),
+        // Hash (slow, CPU-bound) on the blocking pool, before the transaction.
+        password_hash: match body.password {
+            Some(p) => Some(web::block(move || PasswordHash::create(&p)).await??),
+            None => None,
+        },
+    };
+    let member = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            members::add(tc, auth.user, auth.role, new)
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(member))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+async fn change_role(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<RoleBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let user = parse_user_id(&path)?;
+    let role = parse_role(&body.role)?;
+    let member = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            members::change_role(tc, auth.user, auth.role, user, role)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(member))
+}
+
+async fn remove(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let user = parse_user_id(&path)?;
+    state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            members::remove(tc, auth.user, auth.role, user)
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,173 @@
+//! HTTP: routes and thin handlers. Handlers parse and check input, call a
+//! domain function on the blocking pool and shape the answer; every failure
+//! becomes the JSON error contract through [`AppError`].
+
+pub mod auth;
+pub mod health;
+pub mod members;
+pub mod pagination;
+pub mod tenants;
+
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use crate::auth::JwtKeys;
+use crate::config::ServerConfig;
+use crate::db::Db;
+use crate::error::{AppError, ErrorKind};
+use crate::telemetry::RequestSpan;
+
+/// Largest JSON body the API accepts (webhooks have their own, larger limit).
+pub const JSON_LIMIT: usize = 256 * 1024;
+
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<ServerConfig>,
+}
+
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let e = match &err {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            AppError::new(
+                ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                format!("the body is larger than {JSON_LIMIT} bytes"),
+            )
+        }
+        JsonPayloadError::ContentType => AppError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(de) if de.is_data() => {
+            AppError::invalid("invalid_body", de.to_string())
+        }
+        JsonPayloadError::Deserialize(de) => {
+            AppError::bad_request("invalid_json", format!("the body is not valid JSON: {de}"))
+        }
+        other => AppError::bad_request("invalid_body", other.to_string()),
+    };
+    e.into()
+}
+
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::bad_request("invalid_query", err.to_string()).into()
+}
+
+fn path_error(_err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::not_found("resource").into()
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, AppError> {
+    Err(AppError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// A resource whose unmatched methods answer 405 in the JSON error shape.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, AppError> {
+    Err(AppError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// Gives errors produced by the framework itself (an unmatched method, a
+/// handler-less 404…) the JSON error shape; our own errors already have it.
+fn json_error_shape<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (code, message) = match status.as_u16() {
+        400 => ("bad_request", "the request is malformed"),
+        401 => ("unauthorized", "authentication is required"),
+        403 => ("forbidden", "not allowed"),
+        404 => ("not_found", "no such resource"),
+        405 => ("method_not_allowed", "this method is not allowed here"),
+        408 => ("request_timeout", "the request took too long"),
+        413 => ("payload_too_large", "the body is too large"),
+        415 => ("unsupported_media_type", "unsupported content type"),
+        431 => ("headers_too_large", "the request headers are too large"),
+        s if s >= 500 => ("internal_error", "internal error"),
+        _ => ("error", "the request failed"),
+    };
+    let (req, _) = res.into_parts();
+    let body = HttpResponse::build(status)
+        .json(serde_json::json!({"error": {"code": code, "message": message}}));
+    let res = ServiceResponse::new(req, body).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}
+
+pub fn error_shape<B: 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(json_error_shape)
+}
+
+/// All routes; shared by the server and the tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(JSON_LIMIT)
+            .content_type_required(false)
+            .error_handler(json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(query_error))
+    .app_data(web::PathConfig::default().error_handler(path_error))
+    .configure(health::routes)
+    .service(
+        web::scope("/api")
+            .configure(auth::routes)
+            .configure(tenants::routes)
+            .configure(members::routes),
+    )
+    .default_service(web::to(no_route));
+}
+
+/// Binds the server to `listener` (port 0 in tests).
+pub fn build_server(
+    config: Arc<ServerConfig>,
+    db: Db,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
+    let keys = web::Data::new(JwtKeys::new(config.jwt_secret.expose()));
+    let state = web::Data::new(AppState {
+        db,
+        config: config.clone(),
+    });
+    // Database work runs on each worker's blocking pool; no more threads than
+    // the pool has connections, so waiting happens in r2d2, bounded.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let blocking = (config.db.pool_size as usize).div_ceil(workers).max(2);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(error_shape())
+            .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
+            .app_data(state.clone())
+            .app_data(keys.clone())
+            .configure(routes)
+    })
+    .workers(workers)
+    .worker_max_blocking_threads(blocking)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

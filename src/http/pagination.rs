@@ -1,0 +1,77 @@
+//! Cursor pagination: `?limit=` (default 50, max 200) and an opaque
+//! `?cursor=`; answers are `{"items": [...], "next_cursor": ... | null}`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AppError, AppResult};
+
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+pub struct PageRequest {
+    pub limit: i64,
+    /// The key the next page starts after.
+    pub after: Option<i64>,
+}
+
+impl PageQuery {
+    pub fn parse(&self) -> AppResult<PageRequest> {
+        let limit = match self.limit.as_deref() {
+            None | Some("") => 50,
+            Some(l) => l
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=200).contains(n))
+                .ok_or_else(|| {
+                    AppError::bad_request("invalid_limit", "limit must be a number from 1 to 200")
+                })?,
+        };
+        let after = match self.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(decode_cursor(c)?),
+        };
+        Ok(PageRequest { limit, after })
+    }
+}
+
+pub fn encode_cursor(key: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("k:{key}"))
+}
+
+pub fn decode_cursor(c: &str) -> AppResult<i64> {
+    let bad = || {
+        AppError::bad_request(
+            "invalid_cursor",
+            "the cursor is not one this server gave out",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let s = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    s.strip_prefix("k:")
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(bad)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Paged<T> {
+    /// Builds a page from a result of at most `limit` rows; `key` gives the
+    /// cursor key of an item.
+    pub fn new(items: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Self {
+        let next_cursor = if items.len() as i64 >= limit {
+            items.last().map(|i| encode_cursor(key(i)))
+        } else {
+            None
+        };
+        Paged { items, next_cursor }
+    }
+}

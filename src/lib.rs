@@ -1,0 +1,23 @@
+//! Switchboard: a schema-per-tenant social inbox backend.
+//!
+//! The folders are the architecture: `db` (pool, tenant-scoped connections,
+//! migrations), `tenancy` (tenants and their schemas), `auth` (users,
+//! passwords, tokens, roles), `http` (routes and thin handlers). Domain
+//! functions take plain values and a connection so they are testable without
+//! HTTP.
+
+pub mod audit;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod ops;
+pub mod secret;
+pub mod telemetry;
+pub mod tenancy;
+
+pub use error::{AppError, AppResult};

@@ -1,0 +1,29 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+use switchboard::cli::{Cli, Command};
+use switchboard::config::ServerConfig;
+use switchboard::ops;
+
+fn main() -> ExitCode {
+    // A `.env` file is optional; the environment wins over it.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve => match ServerConfig::from_env() {
+            Ok(cfg) => ops::serve(cfg),
+            Err(e) => Err(e.into()),
+        },
+        Command::Migrate { jobs } => ops::migrate(jobs),
+        Command::Tenant(cmd) => ops::tenant(cmd),
+        Command::User(cmd) => ops::user(cmd),
+        Command::Bench(args) => switchboard::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

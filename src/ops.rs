@@ -1,0 +1,239 @@
+//! Operators' commands: `serve`, `migrate`, `tenant …`, `user …`. Each reads
+//! the configuration it needs and prints a short, human answer.
+
+use anyhow::{bail, Context};
+use diesel::prelude::*;
+use std::sync::Arc;
+
+use crate::auth::users::{self, Email};
+use crate::auth::Role;
+use crate::cli::{TenantCommand, UserCommand};
+use crate::config::{DbConfig, ServerConfig};
+use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
+use crate::db::schema::memberships;
+use crate::db::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
+use crate::error::AppError;
+use crate::tenancy::{self, NewTenant, TenantSlug, TenantStatus};
+
+fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
+    ensure_database(cfg.database_url.expose()).context("cannot prepare the database")?;
+    connect_pool(
+        cfg.database_url.expose(),
+        PoolOptions {
+            max_size: size,
+            ..Default::default()
+        },
+    )
+    .context("cannot connect to DATABASE_URL")
+}
+
+/// Domain errors carry a clear message; show it as one line.
+fn user_error(e: AppError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message)
+}
+
+pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    crate::telemetry::init(config.json_logs);
+    let pool = pool_for(&config.db, config.db.pool_size)?;
+    {
+        let mut conn = pool.get()?;
+        let applied = run_public_migrations(&mut conn)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "public migrations applied");
+        }
+    }
+    // Tenant schemas are brought up to date in the background; until then
+    // the guard refuses the tenants that are behind (503 tenant_not_ready).
+    {
+        let pool = pool.clone();
+        std::thread::spawn(move || match migrate_all(&pool, &Migrations::tenant(), 2) {
+            Ok(r) => {
+                for (slug, e) in r.failures() {
+                    tracing::error!(tenant = slug, error = e, "tenant migration failed");
+                }
+                if r.applied_count() > 0 {
+                    tracing::info!(
+                        migrated = r.applied_count(),
+                        "tenant schemas migrated at start-up"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "start-up migration failed"),
+        });
+    }
+    let listener = std::net::TcpListener::bind(config.bind)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    tracing::info!(bind = %config.bind, public_url = %config.public_url, "serving");
+    let config = Arc::new(config);
+    actix_web::rt::System::new().block_on(async move {
+        let server = crate::http::build_server(config, Db::new(pool), listener)?;
+        server.await
+    })?;
+    Ok(())
+}
+
+pub fn migrate(jobs: usize) -> anyhow::Result<()> {
+    let cfg = DbConfig::from_env()?;
+    let jobs = jobs.clamp(1, 64);
+    let pool = pool_for(&cfg, jobs as u32 + 1)?;
+    let report = migrate_all(&pool, &Migrations::tenant(), jobs)?;
+    if !report.public_applied.is_empty() {
+        println!("public: applied {}", report.public_applied.join(", "));
+    }
+    for (slug, outcome) in &report.results {
+        match outcome {
+            crate::db::migrate::TenantOutcome::Applied(v) => {
+                println!("{slug}: applied {}", v.join(", "))
+            }
+            crate::db::migrate::TenantOutcome::AlreadyCurrent => println!("{slug}: current"),
+            crate::db::migrate::TenantOutcome::Failed(e) => println!("{slug}: FAILED: {e}"),
+        }
+    }
+    let failed: Vec<_> = report.failures().collect();
+    println!(
+        "{} tenant(s): {} already current, {} migrated, {} failed, in {:.2?}",
+        report.tenants_total,
+        report.skipped_current
+            + report
+                .results
+                .iter()
+                .filter(|(_, o)| matches!(o, crate::db::migrate::TenantOutcome::AlreadyCurrent))
+                .count(),
+        report.applied_count(),
+        failed.len(),
+        report.elapsed
+    );
+    if !failed.is_empty() {
+        for (slug, e) in &failed {
+            eprintln!("failed: {slug}: {e}");
+        }
+        bail!("{} tenant schema(s) failed to migrate", failed.len());
+    }
+    Ok(())
+}
+
+pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
+    let cfg = DbConfig::from_env()?;
+    let pool = pool_for(&cfg, 2)?;
+    let mut conn = pool.get()?;
+    run_public_migrations(&mut conn)?;
+    match cmd {
+        TenantCommand::Create {
+            slug,
+            name,
+            owner_email,
+            owner_password,
+            owner_name,
+        } => {
+            let new = NewTenant {
+                slug: TenantSlug::parse(&slug).map_err(user_error)?,
+                name,
+                owner_email: Email::parse(&owner_email).map_err(user_error)?,
+                owner_name,
+                owner_password,
+            };
+            let (t, owner) = tenancy::create_tenant(&mut conn, new).map_err(user_error)?;
+            println!(
+                "created tenant {} (id {}, schema {}) owned by {}",
+                t.slug, t.id, t.schema_name, owner.email
+            );
+        }
+        TenantCommand::List => {
+            println!(
+                "{:<8} {:<24} {:<10} {:<16} name",
+                "id", "slug", "status", "schema_version"
+            );
+            for t in tenancy::list(&mut conn)? {
+                println!(
+                    "{:<8} {:<24} {:<10} {:<16} {}",
+                    t.id,
+                    t.slug,
+                    t.status,
+                    t.schema_version.as_deref().unwrap_or("-"),
+                    t.name
+                );
+            }
+        }
+        TenantCommand::Suspend { slug } => {
+            tenancy::set_status(&mut conn, &slug, TenantStatus::Suspended).map_err(user_error)?;
+            println!("suspended {slug}");
+        }
+        TenantCommand::Resume { slug } => {
+            tenancy::set_status(&mut conn, &slug, TenantStatus::Active).map_err(user_error)?;
+            println!("resumed {slug}");
+        }
+        TenantCommand::Drop { slug, yes } => {
+            if !yes {
+                bail!("dropping {slug} deletes all of its data; add --yes to confirm");
+            }
+            let t = tenancy::drop_tenant(&mut conn, &slug).map_err(user_error)?;
+            println!("dropped tenant {} and schema {}", t.slug, t.schema_name);
+        }
+    }
+    Ok(())
+}
+
+pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    let cfg = DbConfig::from_env()?;
+    let pool = pool_for(&cfg, 2)?;
+    let mut conn = pool.get()?;
+    run_public_migrations(&mut conn)?;
+    match cmd {
+        UserCommand::Create {
+            email,
+            password,
+            name,
+            tenant,
+            role,
+        } => {
+            let email = Email::parse(&email).map_err(user_error)?;
+            let membership = match (tenant, role) {
+                (Some(slug), Some(role)) => {
+                    let role = Role::parse(&role).ok_or_else(|| {
+                        anyhow::anyhow!("role must be owner, admin, agent or viewer")
+                    })?;
+                    let t = tenancy::find_by_slug(&mut conn, &slug)?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {slug:?}"))?;
+                    Some((t, role))
+                }
+                _ => None,
+            };
+            let hash =
+                crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
+            let user = conn.transaction(|conn| -> Result<_, AppError> {
+                let user = match users::find_by_email(conn, &email)? {
+                    Some(u) if membership.is_some() => u,
+                    Some(_) => {
+                        return Err(AppError::conflict(
+                            "email_taken",
+                            "a user with this email already exists",
+                        ))
+                    }
+                    None => users::insert(conn, &email, &name, &hash)?,
+                };
+                if let Some((t, role)) = &membership {
+                    diesel::insert_into(memberships::table)
+                        .values((
+                            memberships::user_id.eq(user.id),
+                            memberships::tenant_id.eq(t.id),
+                            memberships::role.eq(role.as_str()),
+                        ))
+                        .on_conflict((memberships::user_id, memberships::tenant_id))
+                        .do_update()
+                        .set(memberships::role.eq(role.as_str()))
+                        .execute(conn)?;
+                }
+                Ok(user)
+            });
+            let user = user.map_err(user_error)?;
+            match membership {
+                Some((t, role)) => println!(
+                    "user {} (id {}) is {} of {}",
+                    user.email, user.id, role, t.slug
+                ),
+                None => println!("created user {} (id {})", user.email, user.id),
+            }
+        }
+    }
+    Ok(())
+}

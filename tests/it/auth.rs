@@ -1,0 +1,648 @@
+//! Accounts over HTTP: login, refresh rotation, roles, members, tenants, and
+//! the JSON error contract.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::json;
+
+use switchboard::auth::jwt::{Claims, JwtKeys, AUDIENCE, ISSUER};
+use switchboard::auth::Role;
+use switchboard::config::Signup;
+
+use crate::common::{spawn_app, spawn_app_with, token, TestApp, JWT_SECRET, OPERATOR_TOKEN};
+
+fn claims(user: &str, tenant: &str) -> Claims {
+    let now = chrono::Utc::now().timestamp();
+    Claims {
+        sub: user.into(),
+        tid: tenant.into(),
+        ten: "x".into(),
+        role: Role::Owner,
+        fam: "f".into(),
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        iat: now,
+        nbf: now,
+        exp: now + 600,
+        jti: "j".into(),
+    }
+}
+
+async fn me_status(app: &TestApp, token: &str) -> (u16, String) {
+    let r = app.call("GET", "/api/me", Some(token), None).await;
+    (
+        r.status,
+        r.body
+            .pointer("/error/code")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+#[actix_web::test]
+async fn login_me_and_forged_or_stale_tokens() {
+    let app = spawn_app().await;
+    let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let access = token(&ann, "access_token");
+    assert_eq!(ann["role"], "owner");
+    assert_eq!(ann["tenant"]["slug"], "acme");
+
+    let me = app.call("GET", "/api/me", Some(&access), None).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["user"]["email"], "ann@acme.test");
+    assert_eq!(me.body["memberships"][0]["tenant"]["slug"], "acme");
+    let user_id = me.body["user"]["id"].as_str().expect("id").to_string();
+    let tenant_id = me.body["tenant"]["id"].as_str().expect("id").to_string();
+
+    // Wrong password, unknown tenant, unknown email: one answer.
+    for (email, pw, tenant) in [
+        ("ann@acme.test", "nope-nope-1", "acme"),
+        ("ann@acme.test", "ann-password-1", "other"),
+        ("zed@acme.test", "ann-password-1", "acme"),
+    ] {
+        let r = app
+            .call(
+                "POST",
+                "/api/auth/login",
+                None,
+                Some(json!({"email": email, "password": pw, "tenant": tenant})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (401, Some("invalid_credentials"))
+        );
+    }
+
+    let keys = JwtKeys::new(JWT_SECRET.as_bytes());
+    let now = chrono::Utc::now().timestamp();
+    let mut expired = claims(&user_id, &tenant_id);
+    expired.exp = now - 120;
+    expired.iat = now - 1000;
+    expired.nbf = now - 1000;
+    let mut early = claims(&user_id, &tenant_id);
+    early.nbf = now + 300;
+    let mut aud = claims(&user_id, &tenant_id);
+    aud.aud = "someone-else".into();
+    let mut iss = claims(&user_id, &tenant_id);
+    iss.iss = "evil".into();
+    let other_key = JwtKeys::new(b"another-secret-another-secret-another!");
+    let header_none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload =
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&user_id, &tenant_id)).expect("json"));
+    let header_hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512","typ":"JWT"}"#);
+
+    let bad = [
+        keys.sign(&expired).expect("sign"),
+        keys.sign(&early).expect("sign"),
+        keys.sign(&aud).expect("sign"),
+        keys.sign(&iss).expect("sign"),
+        other_key.sign(&claims(&user_id, &tenant_id)).expect("sign"),
+        format!("{header_none}.{payload}."),
+        format!("{header_hs512}.{payload}.AAAA"),
+        "garbage".into(),
+        String::new(),
+    ];
+    for t in &bad {
+        let (status, _) = me_status(&app, t).await;
+        assert_eq!(status, 401, "token {t:?} must be refused");
+    }
+    let (_, code) = me_status(&app, &bad[0]).await;
+    assert_eq!(code, "token_expired");
+    let r = app
+        .client
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 401);
+
+    // A well-signed token naming a tenant the user is not a member of.
+    let beth = app
+        .signup("beta", "beth@beta.test", "beth-password-1")
+        .await;
+    let beta_id = beth["tenant"]["id"].as_str().expect("id");
+    let crossed = keys.sign(&claims(&user_id, beta_id)).expect("sign");
+    assert_eq!(
+        me_status(&app, &crossed).await,
+        (401, "token_revoked".to_string())
+    );
+}
+
+#[actix_web::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let app = spawn_app().await;
+    let first = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let r1 = token(&first, "refresh_token");
+
+    let second = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
+        .await;
+    assert_eq!(second.status, 200);
+    let r2 = token(&second.body, "refresh_token");
+    assert_ne!(r1, r2);
+    assert_eq!(
+        me_status(&app, &token(&second.body, "access_token"))
+            .await
+            .0,
+        200
+    );
+
+    // r1 again: reuse. Refused, and r2 (same family) dies with it.
+    let reuse = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
+        .await;
+    assert_eq!(
+        (reuse.status, reuse.body["error"]["code"].as_str()),
+        (401, Some("refresh_token_reused"))
+    );
+    let after = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r2})),
+        )
+        .await;
+    assert_eq!(after.status, 401);
+
+    // A fresh login is a new family; logout ends it.
+    let third = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let r3 = token(&third, "refresh_token");
+    let out = app
+        .call(
+            "POST",
+            "/api/auth/logout",
+            None,
+            Some(json!({"refresh_token": r3})),
+        )
+        .await;
+    assert_eq!(out.status, 204);
+    let after = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r3})),
+        )
+        .await;
+    assert_eq!(after.status, 401);
+    let junk = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": "nope"})),
+        )
+        .await;
+    assert_eq!(junk.status, 401);
+}
+
+#[actix_web::test]
+async fn roles_members_and_the_last_owner() {
+    let app = spawn_app().await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let owner_t = token(&owner, "access_token");
+
+    // Add a viewer and an admin.
+    let v = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&owner_t),
+            Some(json!({"email": "vic@acme.test", "role": "viewer", "password": "vic-password-1"})),
+        )
+        .await;
+    assert_eq!(v.status, 201, "{:?}", v.body);
+    let vic_id = v.body["user_id"].as_str().expect("id").to_string();
+    let a = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&owner_t),
+            Some(json!({"email": "al@acme.test", "role": "admin", "password": "al-password-1"})),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    let dup = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&owner_t),
+            Some(json!({"email": "AL@acme.test", "role": "agent"})),
+        )
+        .await;
+    assert_eq!(
+        (dup.status, dup.body["error"]["code"].as_str()),
+        (409, Some("already_member"))
+    );
+    let nopw = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&owner_t),
+            Some(json!({"email": "new@acme.test", "role": "agent"})),
+        )
+        .await;
+    assert_eq!(
+        (nopw.status, nopw.body["error"]["code"].as_str()),
+        (422, Some("password_required"))
+    );
+    let badrole = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&owner_t),
+            Some(json!({"email": "new@acme.test", "role": "god", "password": "whatever-1"})),
+        )
+        .await;
+    assert_eq!(badrole.status, 422);
+
+    // A viewer calling admin endpoints.
+    let vic = app.login("vic@acme.test", "vic-password-1", "acme").await;
+    let vic_t = token(&vic, "access_token");
+    for (m, p, b) in [
+        ("GET", "/api/members", None),
+        (
+            "POST",
+            "/api/members",
+            Some(json!({"email": "x@acme.test", "role": "agent", "password": "xx-password"})),
+        ),
+    ] {
+        let r = app.call(m, p, Some(&vic_t), b).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{m} {p}"
+        );
+    }
+
+    // An admin cannot make owners; the last owner cannot be demoted or removed.
+    let al = app.login("al@acme.test", "al-password-1", "acme").await;
+    let al_t = token(&al, "access_token");
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/members/{vic_id}"),
+            Some(&al_t),
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let ann_id = owner["user"]["id"].as_str().expect("id").to_string();
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/members/{ann_id}"),
+            Some(&owner_t),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("last_owner"))
+    );
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/members/{ann_id}"),
+            Some(&owner_t),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("last_owner"))
+    );
+
+    // Promote vic to agent: vic's old token (role viewer) stops working at once.
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/members/{vic_id}"),
+            Some(&al_t),
+            Some(json!({"role": "agent"})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["role"].as_str()), (200, Some("agent")));
+    assert_eq!(
+        me_status(&app, &vic_t).await,
+        (401, "token_revoked".to_string())
+    );
+    let vic = app.login("vic@acme.test", "vic-password-1", "acme").await;
+    let vic_t = token(&vic, "access_token");
+    let vic_r = token(&vic, "refresh_token");
+
+    // Removing vic: access token refused now, refresh refused next time.
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/members/{vic_id}"),
+            Some(&al_t),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(me_status(&app, &vic_t).await.0, 401);
+    let r = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": vic_r})),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/members/{vic_id}"),
+            Some(&al_t),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Tenant B's member is a 404 from tenant A's admin.
+    let beth = app
+        .signup("beta", "beth@beta.test", "beth-password-1")
+        .await;
+    let beth_id = beth["user"]["id"].as_str().expect("id");
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/members/{beth_id}"),
+            Some(&owner_t),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/members/{beth_id}"),
+            Some(&owner_t),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let list = app
+        .call("GET", "/api/members?limit=1", Some(&owner_t), None)
+        .await;
+    assert_eq!(list.body["items"].as_array().map(|a| a.len()), Some(1));
+    let cursor = list.body["next_cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_string();
+    let rest = app
+        .call(
+            "GET",
+            &format!("/api/members?cursor={cursor}"),
+            Some(&owner_t),
+            None,
+        )
+        .await;
+    let emails: Vec<_> = rest.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["email"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(emails, ["al@acme.test"]);
+    assert!(!emails.contains(&"beth@beta.test"));
+
+    // One person, two tenants: memberships show both.
+    let r = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&token(&beth, "access_token")),
+            Some(json!({"email": "al@acme.test", "role": "agent"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let al_beta = app.login("al@acme.test", "al-password-1", "beta").await;
+    let me = app
+        .call(
+            "GET",
+            "/api/me",
+            Some(&token(&al_beta, "access_token")),
+            None,
+        )
+        .await;
+    assert_eq!(me.body["memberships"].as_array().map(|a| a.len()), Some(2));
+    assert_eq!(me.body["tenant"]["slug"], "beta");
+    assert_eq!(me.body["role"], "agent");
+}
+
+#[actix_web::test]
+async fn suspended_tenants_are_locked_out() {
+    let app = spawn_app().await;
+    let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let mut conn = app.db.conn();
+    switchboard::tenancy::set_status(
+        &mut conn,
+        "acme",
+        switchboard::tenancy::TenantStatus::Suspended,
+    )
+    .expect("suspend");
+    assert_eq!(
+        me_status(&app, &token(&ann, "access_token")).await,
+        (403, "tenant_suspended".to_string())
+    );
+    let r = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (403, Some("tenant_suspended"))
+    );
+    let r = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": token(&ann, "refresh_token")})),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    switchboard::tenancy::set_status(
+        &mut conn,
+        "acme",
+        switchboard::tenancy::TenantStatus::Active,
+    )
+    .expect("resume");
+    app.login("ann@acme.test", "ann-password-1", "acme").await;
+}
+
+#[actix_web::test]
+async fn signup_rules_and_bad_slugs() {
+    let app = spawn_app_with(Signup::Closed).await;
+    let body = json!({"slug": "acme", "name": "Acme", "owner_email": "ann@acme.test", "owner_password": "ann-password-1"});
+    let r = app
+        .call("POST", "/api/tenants", None, Some(body.clone()))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (403, Some("signup_closed"))
+    );
+    let r = app
+        .call(
+            "POST",
+            "/api/tenants",
+            Some("wrong-operator-token"),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = app
+        .call(
+            "POST",
+            "/api/tenants",
+            Some(OPERATOR_TOKEN),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = app
+        .call(
+            "POST",
+            "/api/tenants",
+            Some(OPERATOR_TOKEN),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("tenant_exists"))
+    );
+
+    for slug in [
+        "a; drop schema public",
+        "x\"; DROP TABLE users; --",
+        "Acme",
+        "public",
+        "pg-catalog",
+        "information-schema",
+        "pg_catalog",
+        &"a".repeat(60),
+        "",
+    ] {
+        let mut b = body.clone();
+        b["slug"] = json!(slug);
+        let r = app
+            .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("invalid_slug")),
+            "{slug}"
+        );
+    }
+    let mut b = body.clone();
+    b["slug"] = json!("other");
+    b["owner_email"] = json!("otto@other.test");
+    b["owner_password"] = json!("short");
+    let r = app
+        .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (422, Some("weak_password"))
+    );
+    // Owner email of an existing user with a wrong password: refused, nothing made.
+    let mut b = body.clone();
+    b["slug"] = json!("other");
+    b["owner_password"] = json!("not-anns-password");
+    let r = app
+        .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
+        .await;
+    assert_eq!(r.status, 409);
+    let mut conn = app.db.conn();
+    assert!(switchboard::tenancy::find_by_slug(&mut conn, "other")
+        .expect("query")
+        .is_none());
+}
+
+#[actix_web::test]
+async fn every_error_has_the_json_shape() {
+    let app = spawn_app().await;
+    let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let t = token(&ann, "access_token");
+    let send = |method: &str, path: &str, body: &'static str| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        app.client
+            .request(m, app.url(path))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(&str, &str, &'static str, u16)> = vec![
+        ("POST", "/api/auth/login", "{not json", 400),
+        ("POST", "/api/auth/login", "", 400),
+        (
+            "POST",
+            "/api/auth/login",
+            r#"{"email": 5, "password": "x", "tenant": "acme"}"#,
+            422,
+        ),
+        (
+            "POST",
+            "/api/auth/login",
+            r#"{"email": "a@b.co", "password": "x", "tenant": "acme", "extra": 1}"#,
+            422,
+        ),
+        ("POST", "/api/auth/login", r#"{"email": "a@b.co"}"#, 422),
+        ("POST", "/api/members", r#"["array"]"#, 422),
+        ("PATCH", "/api/members/abc", r#"{"role": "agent"}"#, 404),
+        ("PATCH", "/api/members/99999", r#"{"role": "agent"}"#, 404),
+        ("GET", "/api/members?limit=1000", "", 400),
+        ("GET", "/api/members?cursor=%%%", "", 400),
+        ("GET", "/api/nothing-here", "", 404),
+        ("PUT", "/api/members", "{}", 405),
+        ("GET", "/api/auth/login", "", 405),
+    ];
+    for (m, p, b, want) in cases {
+        let res = send(m, p, b).await.expect("send");
+        let status = res.status().as_u16();
+        let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
+        assert_eq!(status, want, "{m} {p} {b}: {body}");
+        crate::common::assert_error_shape(status, &body);
+    }
+    // A body over the limit: 413 with the shape, not a dropped connection.
+    let big = format!(
+        r#"{{"email": "{}", "password": "x", "tenant": "acme"}}"#,
+        "a".repeat(600 * 1024)
+    );
+    let res = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 413);
+    let body: serde_json::Value = res.json().await.expect("json");
+    crate::common::assert_error_shape(413, &body);
+    // Health endpoints answer.
+    assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
+    assert_eq!(app.call("GET", "/readyz", None, None).await.status, 200);
+}

@@ -1,0 +1,410 @@
+//! Test support: a real PostgreSQL, a fresh database per test (dropped on
+//! `Drop`, leftovers of dead runs swept), and `spawn_app()` starting the real
+//! server on port 0.
+//!
+//! PostgreSQL is found at `SWITCHBOARD_TEST_ADMIN_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). When nothing answers there
+//! and the PostgreSQL binaries (`initdb`, `pg_ctl`) are installed, a throwaway
+//! cluster is started in a temporary folder and removed when the tests end.
+#![allow(dead_code)]
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use switchboard::config::{DbConfig, EncryptionKey, MetaConfig, ServerConfig, Signup};
+use switchboard::db::migrate::run_public_migrations;
+use switchboard::db::{connect_pool, Db, PgPool, PoolOptions};
+use switchboard::secret::Secret;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+
+static ADMIN_URL: OnceLock<String> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+fn with_db(admin_url: &str, db: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b.to_string(), format!("?{q}")),
+        None => (admin_url.to_string(), String::new()),
+    };
+    let (root, _) = base.rsplit_once('/').expect("admin URL names a database");
+    format!("{root}/{db}{query}")
+}
+
+fn find_pg_bin(name: &str) -> Option<PathBuf> {
+    if let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !p.is_empty() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .map(|d| d.join("bin").join(name))
+        .find(|p| p.exists())
+}
+
+extern "C" fn stop_cluster() {
+    if let Some(dir) = CLUSTER_DIR.get() {
+        if let Some(pg_ctl) = find_pg_bin("pg_ctl") {
+            let data = dir.join("data");
+            let _ = as_pg_user(
+                &pg_ctl,
+                &["-D", &data.to_string_lossy(), "-m", "immediate", "stop"],
+            )
+            .output();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn as_pg_user(bin: &PathBuf, args: &[&str]) -> Command {
+    // initdb refuses to run as root: run the cluster as `postgres` then.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(bin).args(args);
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(args);
+        c
+    }
+}
+
+fn start_throwaway_cluster() -> String {
+    let initdb = find_pg_bin("initdb").expect(
+        "no PostgreSQL answers at SWITCHBOARD_TEST_ADMIN_URL and initdb is not installed: \
+         install PostgreSQL (Debian: apt-get install postgresql) or point SWITCHBOARD_TEST_ADMIN_URL at a server",
+    );
+    let pg_ctl = find_pg_bin("pg_ctl").expect("pg_ctl not found next to initdb");
+    let dir = std::env::temp_dir().join(format!("switchboard-test-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status();
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let data = dir.join("data");
+    let st = as_pg_user(
+        &initdb,
+        &[
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+    )
+    .output()
+    .expect("initdb runs");
+    assert!(
+        st.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        dir.to_string_lossy()
+    );
+    let st = as_pg_user(
+        &pg_ctl,
+        &[
+            "-D",
+            &data.to_string_lossy(),
+            "-o",
+            &opts,
+            "-l",
+            &dir.join("log").to_string_lossy(),
+            "-w",
+            "start",
+        ],
+    )
+    .output()
+    .expect("pg_ctl runs");
+    assert!(
+        st.status.success(),
+        "pg_ctl start failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let _ = CLUSTER_DIR.set(dir.clone());
+    unsafe { libc::atexit(stop_cluster) };
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// URL of a database we may create databases from.
+pub fn admin_url() -> &'static str {
+    ADMIN_URL.get_or_init(|| {
+        let url = std::env::var("SWITCHBOARD_TEST_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = if PgConnection::establish(&url).is_ok() {
+            url
+        } else {
+            start_throwaway_cluster()
+        };
+        sweep_leftovers(&url);
+        url
+    })
+}
+
+/// Drops test databases whose test process is gone (a killed run).
+fn sweep_leftovers(admin: &str) {
+    let Ok(mut conn) = PgConnection::establish(admin) else {
+        return;
+    };
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'sbt\\_%'")
+            .load(&mut conn)
+            .unwrap_or_default();
+    for r in rows {
+        let pid = r
+            .datname
+            .split('_')
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = conn.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    r.datname
+                ));
+            }
+        }
+    }
+}
+
+/// A database of one's own, with `public` migrated; dropped on `Drop`.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let admin = admin_url();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("sbt_{}_{}_{}", std::process::id(), n, rand_suffix());
+        let mut conn = PgConnection::establish(admin).expect("admin connection");
+        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        let url = with_db(admin, &name);
+        let mut c = PgConnection::establish(&url).expect("connect test database");
+        run_public_migrations(&mut c).expect("public migrations");
+        TestDb { name, url }
+    }
+
+    pub fn pool(&self, size: u32) -> PgPool {
+        connect_pool(
+            &self.url,
+            PoolOptions {
+                max_size: size,
+                min_idle: Some(0),
+                ..Default::default()
+            },
+        )
+        .expect("pool")
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(admin_url()) {
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use rand::Rng;
+    let mut r = rand::thread_rng();
+    (0..6)
+        .map(|_| (b'a' + r.gen_range(0..26)) as char)
+        .collect()
+}
+
+pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
+    ServerConfig {
+        db: DbConfig {
+            database_url: Secret::new(db.url.clone()),
+            pool_size: 4,
+        },
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        public_url: "http://127.0.0.1:0".into(),
+        jwt_secret: Secret::new(JWT_SECRET.as_bytes().to_vec()),
+        encryption_keys: vec![EncryptionKey {
+            id: "k1".into(),
+            key: Secret::new([7u8; 32]),
+        }],
+        signup,
+        operator_token: Some(Secret::new(OPERATOR_TOKEN.into())),
+        meta: MetaConfig {
+            app_id: "1234567890123456".into(),
+            app_secret: Secret::new("fake_app_secret_0123456789abcdef".into()),
+            verify_token: Secret::new("verify-me".into()),
+            graph_url: "http://127.0.0.1:9".into(),
+            graph_version: "v24.0".into(),
+            dialog_url: "http://127.0.0.1:9".into(),
+        },
+        json_logs: false,
+    }
+}
+
+/// A running server on port 0 against its own database.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub config: Arc<ServerConfig>,
+    handle: actix_web::dev::ServerHandle,
+    pub db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Signup::Open).await
+}
+
+pub async fn spawn_app_with(signup: Signup) -> TestApp {
+    let db = TestDb::new();
+    let config = Arc::new(test_config(&db, signup));
+    let pool = db.pool(4);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = switchboard::http::build_server(config.clone(), Db::new(pool.clone()), listener)
+        .expect("server");
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        pool,
+        config,
+        handle,
+        db,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop accepting; the database is dropped with FORCE right after.
+        let h = self.handle.clone();
+        actix_web::rt::spawn(async move { h.stop(false).await });
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(m, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        if status >= 400 {
+            assert_error_shape(status, &body);
+        }
+        Resp { status, body }
+    }
+
+    /// Creates a tenant through the API (sign-up) and returns the owner's login.
+    pub async fn signup(&self, slug: &str, email: &str, password: &str) -> serde_json::Value {
+        let r = self
+            .call(
+                "POST",
+                "/api/tenants",
+                None,
+                Some(serde_json::json!({"slug": slug, "name": format!("{slug} inc"), "owner_email": email, "owner_password": password})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        self.login(email, password, slug).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str, tenant: &str) -> serde_json::Value {
+        let r = self
+            .call(
+                "POST",
+                "/api/auth/login",
+                None,
+                Some(serde_json::json!({"email": email, "password": password, "tenant": tenant})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+}
+
+/// Every error answer is `{"error": {"code": "...", "message": "..."}}`.
+pub fn assert_error_shape(status: u16, body: &serde_json::Value) {
+    let code = body.pointer("/error/code").and_then(|c| c.as_str());
+    let message = body.pointer("/error/message").and_then(|c| c.as_str());
+    assert!(
+        code.is_some_and(
+            |c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        ) && message.is_some_and(|m| !m.is_empty()),
+        "status {status} without the JSON error shape: {body}"
+    );
+}
+
+pub fn token(v: &serde_json::Value, key: &str) -> String {
+    v[key].as_str().expect("token").to_string()
+}

@@ -1,0 +1,183 @@
+//! `migrate` over many tenant schemas: fast skip, concurrency, failures, and
+//! every tenant migration's `down.sql`.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+use std::path::{Path, PathBuf};
+
+use switchboard::db::migrate::{latest_version, migrate_all, Migrations, TenantOutcome};
+use switchboard::tenancy::{self, TenantSlug};
+
+use crate::common::TestDb;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// The embedded tenant migrations plus one new one, as a folder.
+fn migrations_with_extra() -> (PathBuf, Migrations) {
+    let dir = std::env::temp_dir().join(format!(
+        "sb-migrations-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"), &dir);
+    let extra = dir.join("2099-01-01-000001_extra_thing");
+    std::fs::create_dir_all(&extra).expect("mkdir");
+    std::fs::write(
+        extra.join("up.sql"),
+        "CREATE TABLE extra_thing (id BIGSERIAL PRIMARY KEY, note TEXT);",
+    )
+    .expect("write");
+    std::fs::write(extra.join("down.sql"), "DROP TABLE extra_thing;").expect("write");
+    let source = FileBasedMigrations::from_path(&dir).expect("migrations folder");
+    (dir, Migrations::new(source))
+}
+
+fn applied_versions(conn: &mut PgConnection, schema: &str) -> i64 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "(SELECT count(*) FROM \"{schema}\".__diesel_schema_migrations)"
+    )))
+    .get_result(conn)
+    .expect("count")
+}
+
+#[test]
+fn migrate_two_hundred_tenants_concurrently_with_one_failing() {
+    const N: usize = 200;
+    let db = TestDb::new();
+    let pool = db.pool(10);
+    // Provision in parallel to keep the test short.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let mut conn = pool.get().expect("conn");
+                for i in (w..N).step_by(4) {
+                    let slug = TenantSlug::parse(&format!("t{i:03}")).expect("slug");
+                    tenancy::provision(&mut conn, &slug, "T").expect("provision");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("provision worker");
+    }
+    let mut conn = db.conn();
+    // Make one tenant fail the new migration: the table already exists there.
+    conn.batch_execute("CREATE TABLE tenant_t042.extra_thing (x INT)")
+        .expect("sabotage");
+
+    let (dir, source) = migrations_with_extra();
+    let latest = latest_version(&source).expect("latest");
+    assert_eq!(latest, "20990101000001");
+
+    // Two runs at once, as two operators (or an operator and a server start).
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, source) = (pool.clone(), source.clone());
+            std::thread::spawn(move || migrate_all(&pool, &source, 4).expect("migrate runs"))
+        })
+        .collect();
+    let reports: Vec<_> = runs.into_iter().map(|r| r.join().expect("run")).collect();
+
+    let mut applied_by = std::collections::HashMap::<String, usize>::new();
+    for report in &reports {
+        assert_eq!(report.tenants_total, N);
+        let failed: Vec<_> = report.failures().map(|(s, _)| s.to_string()).collect();
+        assert_eq!(
+            failed,
+            vec!["t042".to_string()],
+            "only the sabotaged tenant fails"
+        );
+        for (slug, outcome) in &report.results {
+            if let TenantOutcome::Applied(v) = outcome {
+                assert_eq!(v, &vec![latest.clone()], "{slug}");
+                *applied_by.entry(slug.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(applied_by.len(), N - 1, "every healthy tenant migrated");
+    assert!(
+        applied_by.values().all(|n| *n == 1),
+        "no tenant migrated twice"
+    );
+
+    for i in 0..N {
+        let schema = format!("tenant_t{i:03}");
+        let expected = if i == 42 { 1 } else { 2 };
+        assert_eq!(applied_versions(&mut conn, &schema), expected, "{schema}");
+    }
+    let behind: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "(SELECT count(*) FROM public.tenants WHERE schema_version < '{latest}')"
+    )))
+    .get_result(&mut conn)
+    .expect("count");
+    assert_eq!(behind, 1);
+
+    // A third run skips every current schema with one query and retries the failure.
+    let third = migrate_all(&pool, &source, 4).expect("third run");
+    assert_eq!(third.skipped_current, N - 1);
+    assert_eq!(third.results.len(), 1);
+    assert_eq!(third.failures().count(), 1);
+
+    // Fixed by hand, the tenant catches up.
+    conn.batch_execute("DROP TABLE tenant_t042.extra_thing")
+        .expect("repair");
+    let fourth = migrate_all(&pool, &source, 4).expect("fourth run");
+    assert_eq!(fourth.failures().count(), 0);
+    assert_eq!(fourth.applied_count(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[derive(QueryableByName, PartialEq, Debug)]
+struct Column {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    table_name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    column_name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    data_type: String,
+}
+
+fn columns(conn: &mut PgConnection, schema: &str) -> Vec<Column> {
+    diesel::sql_query(format!(
+        "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = '{schema}' AND table_name <> '__diesel_schema_migrations' ORDER BY 1, 2"
+    ))
+    .load(conn)
+    .expect("columns")
+}
+
+#[test]
+fn every_tenant_migration_reverts_and_reapplies_cleanly() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A")
+        .expect("provision");
+    let before = columns(&mut conn, "tenant_alpha");
+    assert!(!before.is_empty());
+    conn.transaction(
+        |conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+            conn.revert_all_migrations(Migrations::tenant())?;
+            assert!(
+                columns(conn, "tenant_alpha").is_empty(),
+                "down.sql leaves tables behind"
+            );
+            conn.run_pending_migrations(Migrations::tenant())?;
+            Ok(())
+        },
+    )
+    .expect("revert and re-run");
+    assert_eq!(columns(&mut conn, "tenant_alpha"), before);
+}
