@@ -55,16 +55,8 @@ pub fn record(
 }
 
 /// Newest first; `before` is the id of the last entry of the previous page.
-pub fn list(
-    tc: &mut TenantConn<'_>,
-    before: Option<i64>,
-    limit: i64,
-) -> Result<Vec<AuditEntry>, DbError> {
-    let mut q = audit_log::table
-        .select(AuditEntry::as_select())
-        .order(audit_log::id.desc())
-        .limit(limit)
-        .into_boxed();
+pub fn list(tc: &mut TenantConn<'_>, before: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>, DbError> {
+    let mut q = audit_log::table.select(AuditEntry::as_select()).order(audit_log::id.desc()).limit(limit).into_boxed();
     if let Some(b) = before {
         q = q.filter(audit_log::id.lt(b));
     }

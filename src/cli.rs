@@ -3,11 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "switchboard",
-    version,
-    about = "Schema-per-tenant social inbox backend"
-)]
+#[command(name = "switchboard", version, about = "Schema-per-tenant social inbox backend")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -25,10 +25,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable,
-        problem: problem.into(),
-    }
+    ConfigError { variable, problem: problem.into() }
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -60,10 +57,7 @@ impl DbConfig {
                 .filter(|n| (1..=200).contains(n))
                 .ok_or_else(|| err("SWITCHBOARD_DB_POOL_SIZE", "must be a number from 1 to 200"))?,
         };
-        Ok(DbConfig {
-            database_url: Secret::new(url),
-            pool_size,
-        })
+        Ok(DbConfig { database_url: Secret::new(url), pool_size })
     }
 }
 
@@ -90,32 +84,16 @@ impl fmt::Debug for EncryptionKey {
 pub fn parse_encryption_keys(raw: &str) -> Result<Vec<EncryptionKey>, String> {
     let mut keys: Vec<EncryptionKey> = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, b64) = part
-            .split_once(':')
-            .ok_or("entries must look like id:base64key")?;
-        if id.is_empty()
-            || id.len() > 32
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "key id {id:?} must be 1-32 letters, digits, '-' or '_'"
-            ));
+        let (id, b64) = part.split_once(':').ok_or("entries must look like id:base64key")?;
+        if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("key id {id:?} must be 1-32 letters, digits, '-' or '_'"));
         }
-        let bytes = STANDARD
-            .decode(b64)
-            .map_err(|_| format!("key {id:?} is not valid base64"))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| format!("key {id:?} must decode to 32 bytes"))?;
+        let bytes = STANDARD.decode(b64).map_err(|_| format!("key {id:?} is not valid base64"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| format!("key {id:?} must decode to 32 bytes"))?;
         if keys.iter().any(|k| k.id == id) {
             return Err(format!("key id {id:?} appears twice"));
         }
-        keys.push(EncryptionKey {
-            id: id.to_string(),
-            key: Secret::new(key),
-        });
+        keys.push(EncryptionKey { id: id.to_string(), key: Secret::new(key) });
     }
     if keys.is_empty() {
         return Err("holds no key".into());
@@ -177,10 +155,7 @@ impl ServerConfig {
         let operator_token = var("SWITCHBOARD_OPERATOR_TOKEN").map(Secret::new);
         if let Some(t) = &operator_token {
             if t.expose().len() < 16 {
-                return Err(err(
-                    "SWITCHBOARD_OPERATOR_TOKEN",
-                    "must be at least 16 characters",
-                ));
+                return Err(err("SWITCHBOARD_OPERATOR_TOKEN", "must be at least 16 characters"));
             }
         }
         let app_id = required("META_APP_ID")?;
@@ -225,18 +200,9 @@ mod tests {
     fn encryption_keys() {
         let k = STANDARD.encode([7u8; 32]);
         let keys = parse_encryption_keys(&format!("k2:{k}, k1:{k}")).expect("valid");
-        assert_eq!(
-            keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-            ["k2", "k1"]
-        );
+        assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k2", "k1"]);
         assert!(!format!("{keys:?}").contains(&k));
-        for bad in [
-            "",
-            "k1",
-            "k1:!!",
-            &format!("k1:{}", STANDARD.encode([1u8; 16])),
-            &format!("k1:{k},k1:{k}"),
-        ] {
+        for bad in ["", "k1", "k1:!!", &format!("k1:{}", STANDARD.encode([1u8; 16])), &format!("k1:{k},k1:{k}")] {
             assert!(parse_encryption_keys(bad).is_err(), "{bad}");
         }
     }

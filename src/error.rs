@@ -59,17 +59,8 @@ pub struct AppError {
 }
 
 impl AppError {
-    pub fn new(
-        kind: ErrorKind,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
-        AppError {
-            kind,
-            code: code.into(),
-            message: message.into(),
-            source: None,
-        }
+    pub fn new(kind: ErrorKind, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        AppError { kind, code: code.into(), message: message.into(), source: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -82,11 +73,7 @@ impl AppError {
         Self::new(ErrorKind::Forbidden, code, message)
     }
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            ErrorKind::NotFound,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(ErrorKind::NotFound, "not_found", format!("{what} not found"))
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Conflict, code, message)
@@ -113,13 +100,7 @@ impl AppError {
 
 impl fmt::Debug for AppError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status().as_u16(),
-            self.code,
-            self.message
-        )?;
+        write!(f, "{} {}: {}", self.status().as_u16(), self.code, self.message)?;
         if let Some(source) = &self.source {
             write!(f, " ({source:#})")?;
         }
@@ -155,33 +136,22 @@ impl From<DbError> for AppError {
         use diesel::result::{DatabaseErrorKind, Error as D};
         match e {
             DbError::Query(D::NotFound) => AppError::not_found("resource"),
-            DbError::Query(D::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
-                AppError::conflict(
-                    "conflict",
-                    format!(
-                        "already exists ({})",
-                        info.constraint_name().unwrap_or("unique")
-                    ),
-                )
-            }
+            DbError::Query(D::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => AppError::conflict(
+                "conflict",
+                format!("already exists ({})", info.constraint_name().unwrap_or("unique")),
+            ),
             DbError::Query(D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
                 AppError::unavailable("retry", "concurrent update, please retry")
             }
             DbError::TenantNotFound => AppError::not_found("tenant"),
-            DbError::TenantSuspended => {
-                AppError::forbidden("tenant_suspended", "this tenant is suspended")
+            DbError::TenantSuspended => AppError::forbidden("tenant_suspended", "this tenant is suspended"),
+            DbError::TenantNotReady => {
+                AppError::unavailable("tenant_not_ready", "this tenant's schema is being migrated; retry shortly")
             }
-            DbError::TenantNotReady => AppError::unavailable(
-                "tenant_not_ready",
-                "this tenant's schema is being migrated; retry shortly",
-            ),
-            DbError::MembershipChanged => AppError::unauthorized(
-                "token_revoked",
-                "your membership in this tenant changed; log in again",
-            ),
-            DbError::Pool(_) => {
-                AppError::unavailable("database_unavailable", "the database is not reachable")
+            DbError::MembershipChanged => {
+                AppError::unauthorized("token_revoked", "your membership in this tenant changed; log in again")
             }
+            DbError::Pool(_) => AppError::unavailable("database_unavailable", "the database is not reachable"),
             other => AppError::internal(other),
         }
     }

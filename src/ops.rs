@@ -17,14 +17,11 @@ use crate::tenancy::{self, NewTenant, TenantSlug, TenantStatus};
 
 fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
     ensure_database(cfg.database_url.expose()).context("cannot prepare the database")?;
-    connect_pool(
-        cfg.database_url.expose(),
-        PoolOptions {
-            max_size: size,
-            ..Default::default()
-        },
-    )
-    .context("cannot connect to DATABASE_URL")
+    // Every connection is opened up front, so none is still being opened by
+    // an r2d2 thread when the command exits (libpq/OpenSSL crash in their
+    // exit handlers when a thread is connecting meanwhile).
+    let opts = PoolOptions { max_size: size, min_idle: Some(size), ..Default::default() };
+    connect_pool(cfg.database_url.expose(), opts).context("cannot connect to DATABASE_URL")
 }
 
 /// Domain errors carry a clear message; show it as one line.
@@ -52,17 +49,14 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
                     tracing::error!(tenant = slug, error = e, "tenant migration failed");
                 }
                 if r.applied_count() > 0 {
-                    tracing::info!(
-                        migrated = r.applied_count(),
-                        "tenant schemas migrated at start-up"
-                    );
+                    tracing::info!(migrated = r.applied_count(), "tenant schemas migrated at start-up");
                 }
             }
             Err(e) => tracing::error!(error = %e, "start-up migration failed"),
         });
     }
-    let listener = std::net::TcpListener::bind(config.bind)
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let listener =
+        std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, public_url = %config.public_url, "serving");
     let config = Arc::new(config);
     actix_web::rt::System::new().block_on(async move {
@@ -118,13 +112,7 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
     let mut conn = pool.get()?;
     run_public_migrations(&mut conn)?;
     match cmd {
-        TenantCommand::Create {
-            slug,
-            name,
-            owner_email,
-            owner_password,
-            owner_name,
-        } => {
+        TenantCommand::Create { slug, name, owner_email, owner_password, owner_name } => {
             let new = NewTenant {
                 slug: TenantSlug::parse(&slug).map_err(user_error)?,
                 name,
@@ -133,16 +121,10 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
                 owner_password,
             };
             let (t, owner) = tenancy::create_tenant(&mut conn, new).map_err(user_error)?;
-            println!(
-                "created tenant {} (id {}, schema {}) owned by {}",
-                t.slug, t.id, t.schema_name, owner.email
-            );
+            println!("created tenant {} (id {}, schema {}) owned by {}", t.slug, t.id, t.schema_name, owner.email);
         }
         TenantCommand::List => {
-            println!(
-                "{:<8} {:<24} {:<10} {:<16} name",
-                "id", "slug", "status", "schema_version"
-            );
+            println!("{:<8} {:<24} {:<10} {:<16} name", "id", "slug", "status", "schema_version");
             for t in tenancy::list(&mut conn)? {
                 println!(
                     "{:<8} {:<24} {:<10} {:<16} {}",
@@ -179,36 +161,23 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
     let mut conn = pool.get()?;
     run_public_migrations(&mut conn)?;
     match cmd {
-        UserCommand::Create {
-            email,
-            password,
-            name,
-            tenant,
-            role,
-        } => {
+        UserCommand::Create { email, password, name, tenant, role } => {
             let email = Email::parse(&email).map_err(user_error)?;
             let membership = match (tenant, role) {
                 (Some(slug), Some(role)) => {
-                    let role = Role::parse(&role).ok_or_else(|| {
-                        anyhow::anyhow!("role must be owner, admin, agent or viewer")
-                    })?;
+                    let role = Role::parse(&role)
+                        .ok_or_else(|| anyhow::anyhow!("role must be owner, admin, agent or viewer"))?;
                     let t = tenancy::find_by_slug(&mut conn, &slug)?
                         .ok_or_else(|| anyhow::anyhow!("no tenant {slug:?}"))?;
                     Some((t, role))
                 }
                 _ => None,
             };
-            let hash =
-                crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
+            let hash = crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
             let user = conn.transaction(|conn| -> Result<_, AppError> {
                 let user = match users::find_by_email(conn, &email)? {
                     Some(u) if membership.is_some() => u,
-                    Some(_) => {
-                        return Err(AppError::conflict(
-                            "email_taken",
-                            "a user with this email already exists",
-                        ))
-                    }
+                    Some(_) => return Err(AppError::conflict("email_taken", "a user with this email already exists")),
                     None => users::insert(conn, &email, &name, &hash)?,
                 };
                 if let Some((t, role)) = &membership {
@@ -227,10 +196,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             });
             let user = user.map_err(user_error)?;
             match membership {
-                Some((t, role)) => println!(
-                    "user {} (id {}) is {} of {}",
-                    user.email, user.id, role, t.slug
-                ),
+                Some((t, role)) => println!("user {} (id {}) is {} of {}", user.email, user.id, role, t.slug),
                 None => println!("created user {} (id {})", user.email, user.id),
             }
         }

@@ -25,10 +25,7 @@ impl AuthContext {
         if self.role.at_least(min) {
             Ok(())
         } else {
-            Err(AppError::forbidden(
-                "forbidden",
-                format!("this needs the {min} role or higher"),
-            ))
+            Err(AppError::forbidden("forbidden", format!("this needs the {min} role or higher")))
         }
     }
 
@@ -41,15 +38,9 @@ impl AuthContext {
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 pub fn authenticate(keys: &JwtKeys, token: &str) -> AppResult<AuthContext> {
@@ -73,9 +64,8 @@ impl FromRequest for AuthContext {
             let keys = req
                 .app_data::<web::Data<JwtKeys>>()
                 .ok_or_else(|| AppError::internal(anyhow::anyhow!("JwtKeys not registered")))?;
-            let token = bearer(req).ok_or_else(|| {
-                AppError::unauthorized("missing_token", "send Authorization: Bearer <access token>")
-            })?;
+            let token = bearer(req)
+                .ok_or_else(|| AppError::unauthorized("missing_token", "send Authorization: Bearer <access token>"))?;
             let ctx = authenticate(keys, token)?;
             tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
             tracing::Span::current().record("user_id", ctx.user.0);

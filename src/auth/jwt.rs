@@ -62,11 +62,7 @@ impl JwtKeys {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        JwtKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
+        JwtKeys { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
     pub fn issue(
@@ -102,20 +98,13 @@ impl JwtKeys {
 
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                K::ExpiredSignature => {
-                    AppError::unauthorized("token_expired", "the access token has expired")
-                }
-                K::ImmatureSignature => {
-                    AppError::unauthorized("invalid_token", "the access token is not valid yet")
-                }
-                K::InvalidAudience | K::InvalidIssuer => AppError::unauthorized(
-                    "invalid_token",
-                    "the access token is not for this service",
-                ),
-                _ => AppError::unauthorized("invalid_token", "the access token is invalid"),
-            })
+        decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims).map_err(|e| match e.kind() {
+            K::ExpiredSignature => AppError::unauthorized("token_expired", "the access token has expired"),
+            K::ImmatureSignature => AppError::unauthorized("invalid_token", "the access token is not valid yet"),
+            K::InvalidAudience | K::InvalidIssuer => {
+                AppError::unauthorized("invalid_token", "the access token is not for this service")
+            }
+            _ => AppError::unauthorized("invalid_token", "the access token is invalid"),
+        })
     }
 }

@@ -30,13 +30,7 @@ pub struct Member {
 type MemberRow = (i64, String, String, String, DateTime<Utc>);
 
 fn to_member(row: MemberRow) -> AppResult<Member> {
-    Ok(Member {
-        user_id: UserId(row.0),
-        email: row.1,
-        name: row.2,
-        role: stored_role(&row.3)?,
-        created_at: row.4,
-    })
+    Ok(Member { user_id: UserId(row.0), email: row.1, name: row.2, role: stored_role(&row.3)?, created_at: row.4 })
 }
 
 /// Members ordered by user id, after `after` (keyset pagination).
@@ -47,21 +41,12 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResul
         .filter(memberships::tenant_id.eq(tenant))
         .order(memberships::user_id)
         .limit(limit)
-        .select((
-            users_t::id,
-            users_t::email,
-            users_t::name,
-            memberships::role,
-            memberships::created_at,
-        ))
+        .select((users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at))
         .into_boxed();
     if let Some(a) = after {
         q = q.filter(memberships::user_id.gt(a));
     }
-    q.load::<MemberRow>(tc.pg())?
-        .into_iter()
-        .map(to_member)
-        .collect()
+    q.load::<MemberRow>(tc.pg())?.into_iter().map(to_member).collect()
 }
 
 pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
@@ -70,13 +55,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
         .inner_join(users_t::table)
         .filter(memberships::tenant_id.eq(tenant))
         .filter(memberships::user_id.eq(user.0))
-        .select((
-            users_t::id,
-            users_t::email,
-            users_t::name,
-            memberships::role,
-            memberships::created_at,
-        ))
+        .select((users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at))
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("member"))?;
@@ -85,10 +64,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
 
 fn ensure_may_grant(actor_role: Role, role: Role) -> AppResult<()> {
     if role == Role::Owner && actor_role != Role::Owner {
-        return Err(AppError::forbidden(
-            "forbidden",
-            "only an owner can make someone an owner",
-        ));
+        return Err(AppError::forbidden("forbidden", "only an owner can make someone an owner"));
     }
     Ok(())
 }
@@ -102,22 +78,14 @@ pub struct NewMember {
     pub password_hash: Option<super::password::PasswordHash>,
 }
 
-pub fn add(
-    tc: &mut TenantConn<'_>,
-    actor: UserId,
-    actor_role: Role,
-    new: NewMember,
-) -> AppResult<Member> {
+pub fn add(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, new: NewMember) -> AppResult<Member> {
     ensure_may_grant(actor_role, new.role)?;
     let tenant = tc.tenant();
     let user = match users::find_by_email(tc.pg(), &new.email)? {
         Some(u) => u,
         None => {
             let hash = new.password_hash.as_ref().ok_or_else(|| {
-                AppError::invalid(
-                    "password_required",
-                    "no user has this email yet; give a password to create one",
-                )
+                AppError::invalid("password_required", "no user has this email yet; give a password to create one")
             })?;
             users::insert(tc.pg(), &new.email, &new.name, hash)?
         }
@@ -131,10 +99,7 @@ pub fn add(
         .on_conflict_do_nothing()
         .execute(tc.pg())?;
     if inserted == 0 {
-        return Err(AppError::conflict(
-            "already_member",
-            "this user is already a member",
-        ));
+        return Err(AppError::conflict("already_member", "this user is already a member"));
     }
     audit::record(
         tc,
@@ -171,16 +136,10 @@ pub fn change_role(
     let owners = owner_count_locked(tc)?;
     let current = get(tc, user)?;
     if current.role == Role::Owner && actor_role != Role::Owner {
-        return Err(AppError::forbidden(
-            "forbidden",
-            "only an owner can change an owner's role",
-        ));
+        return Err(AppError::forbidden("forbidden", "only an owner can change an owner's role"));
     }
     if current.role == Role::Owner && role != Role::Owner && owners <= 1 {
-        return Err(AppError::conflict(
-            "last_owner",
-            "the last owner cannot be demoted",
-        ));
+        return Err(AppError::conflict("last_owner", "the last owner cannot be demoted"));
     }
     if current.role == role {
         return Ok(current);
@@ -200,25 +159,14 @@ pub fn change_role(
     get(tc, user)
 }
 
-pub fn remove(
-    tc: &mut TenantConn<'_>,
-    actor: UserId,
-    actor_role: Role,
-    user: UserId,
-) -> AppResult<()> {
+pub fn remove(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, user: UserId) -> AppResult<()> {
     let owners = owner_count_locked(tc)?;
     let current = get(tc, user)?;
     if current.role == Role::Owner && actor_role != Role::Owner {
-        return Err(AppError::forbidden(
-            "forbidden",
-            "only an owner can remove an owner",
-        ));
+        return Err(AppError::forbidden("forbidden", "only an owner can remove an owner"));
     }
     if current.role == Role::Owner && owners <= 1 {
-        return Err(AppError::conflict(
-            "last_owner",
-            "the last owner cannot be removed",
-        ));
+        return Err(AppError::conflict("last_owner", "the last owner cannot be removed"));
     }
     let tenant = tc.tenant();
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;

@@ -43,9 +43,7 @@ pub fn verify(password: &str, stored: &str) -> bool {
         return false;
     }
     match argon2::PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }
@@ -55,11 +53,8 @@ pub fn verify(password: &str, stored: &str) -> bool {
 pub fn verify_dummy(password: &str) {
     use std::sync::OnceLock;
     static DUMMY: OnceLock<String> = OnceLock::new();
-    let stored = DUMMY.get_or_init(|| {
-        PasswordHash::create("dummy-password-for-timing")
-            .map(|h| h.0)
-            .unwrap_or_default()
-    });
+    let stored =
+        DUMMY.get_or_init(|| PasswordHash::create("dummy-password-for-timing").map(|h| h.0).unwrap_or_default());
     let _ = verify(password, stored);
 }
 

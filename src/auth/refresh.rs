@@ -32,9 +32,7 @@ pub fn issue(
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     let token = URL_SAFE_NO_PAD.encode(bytes);
-    let family = family
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let family = family.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     diesel::insert_into(rt::table)
         .values((
             rt::token_hash.eq(hash(&token)),
@@ -59,10 +57,7 @@ type Time = chrono::DateTime<Utc>;
 type TokenRow = (i64, String, i64, i64, Time, Option<Time>, Option<Time>);
 
 fn invalid() -> AppError {
-    AppError::unauthorized(
-        "invalid_refresh_token",
-        "the refresh token is invalid or expired",
-    )
+    AppError::unauthorized("invalid_refresh_token", "the refresh token is invalid or expired")
 }
 
 /// Marks `token` used and returns its holder; must run inside a transaction
@@ -72,15 +67,7 @@ fn invalid() -> AppError {
 pub fn spend(conn: &mut PgConnection, token: &str) -> AppResult<Result<Spent, String>> {
     let row: Option<TokenRow> = rt::table
         .filter(rt::token_hash.eq(hash(token)))
-        .select((
-            rt::id,
-            rt::family_id,
-            rt::user_id,
-            rt::tenant_id,
-            rt::expires_at,
-            rt::used_at,
-            rt::revoked_at,
-        ))
+        .select((rt::id, rt::family_id, rt::user_id, rt::tenant_id, rt::expires_at, rt::used_at, rt::revoked_at))
         .for_update()
         .first(conn)
         .optional()?;
@@ -94,71 +81,44 @@ pub fn spend(conn: &mut PgConnection, token: &str) -> AppResult<Result<Spent, St
         // Reuse: the caller must revoke `family` and commit, then refuse.
         return Ok(Err(family));
     }
-    diesel::update(rt::table.find(id))
-        .set(rt::used_at.eq(Utc::now()))
-        .execute(conn)?;
-    Ok(Ok(Spent {
-        user: UserId(user),
-        tenant: TenantId(tenant),
-        family,
-    }))
+    diesel::update(rt::table.find(id)).set(rt::used_at.eq(Utc::now())).execute(conn)?;
+    Ok(Ok(Spent { user: UserId(user), tenant: TenantId(tenant), family }))
 }
 
 pub fn revoke_family(conn: &mut PgConnection, family: &str) -> Result<usize, DbError> {
-    Ok(diesel::update(
-        rt::table
-            .filter(rt::family_id.eq(family))
-            .filter(rt::revoked_at.is_null()),
-    )
-    .set(rt::revoked_at.eq(Utc::now()))
-    .execute(conn)?)
+    Ok(diesel::update(rt::table.filter(rt::family_id.eq(family)).filter(rt::revoked_at.is_null()))
+        .set(rt::revoked_at.eq(Utc::now()))
+        .execute(conn)?)
 }
 
 /// Revokes the family a token belongs to (logout). Unknown tokens are ignored.
 pub fn revoke_by_token(conn: &mut PgConnection, token: &str) -> Result<(), DbError> {
-    let family: Option<String> = rt::table
-        .filter(rt::token_hash.eq(hash(token)))
-        .select(rt::family_id)
-        .first(conn)
-        .optional()?;
+    let family: Option<String> =
+        rt::table.filter(rt::token_hash.eq(hash(token))).select(rt::family_id).first(conn).optional()?;
     if let Some(f) = family {
         revoke_family(conn, &f)?;
     }
     Ok(())
 }
 
-pub fn revoke_member(
-    conn: &mut PgConnection,
-    user: UserId,
-    tenant: TenantId,
-) -> Result<usize, DbError> {
+pub fn revoke_member(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> Result<usize, DbError> {
     Ok(diesel::update(
-        rt::table
-            .filter(rt::user_id.eq(user.0))
-            .filter(rt::tenant_id.eq(tenant.0))
-            .filter(rt::revoked_at.is_null()),
+        rt::table.filter(rt::user_id.eq(user.0)).filter(rt::tenant_id.eq(tenant.0)).filter(rt::revoked_at.is_null()),
     )
     .set(rt::revoked_at.eq(Utc::now()))
     .execute(conn)?)
 }
 
 pub fn revoke_tenant(conn: &mut PgConnection, tenant: TenantId) -> Result<usize, DbError> {
-    Ok(diesel::update(
-        rt::table
-            .filter(rt::tenant_id.eq(tenant.0))
-            .filter(rt::revoked_at.is_null()),
-    )
-    .set(rt::revoked_at.eq(Utc::now()))
-    .execute(conn)?)
+    Ok(diesel::update(rt::table.filter(rt::tenant_id.eq(tenant.0)).filter(rt::revoked_at.is_null()))
+        .set(rt::revoked_at.eq(Utc::now()))
+        .execute(conn)?)
 }
 
 /// Whether a family is still alive (the realtime layer closes sockets of
 /// revoked families).
 pub fn family_active(conn: &mut PgConnection, family: &str) -> Result<bool, DbError> {
-    let n: i64 = rt::table
-        .filter(rt::family_id.eq(family))
-        .filter(rt::revoked_at.is_null())
-        .count()
-        .get_result(conn)?;
+    let n: i64 =
+        rt::table.filter(rt::family_id.eq(family)).filter(rt::revoked_at.is_null()).count().get_result(conn)?;
     Ok(n > 0)
 }

@@ -23,11 +23,7 @@ pub struct TenantView {
 
 impl From<&Tenant> for TenantView {
     fn from(t: &Tenant) -> Self {
-        TenantView {
-            id: t.tenant_id(),
-            slug: t.slug.clone(),
-            name: t.name.clone(),
-        }
+        TenantView { id: t.tenant_id(), slug: t.slug.clone(), name: t.name.clone() }
     }
 }
 
@@ -49,17 +45,11 @@ fn invalid_credentials() -> AppError {
 /// Refuses tenants that are suspended or whose schema is not migrated yet.
 fn ensure_usable(tenant: &Tenant) -> AppResult<()> {
     if !tenant.is_active() {
-        return Err(AppError::forbidden(
-            "tenant_suspended",
-            "this tenant is suspended",
-        ));
+        return Err(AppError::forbidden("tenant_suspended", "this tenant is suspended"));
     }
     match tenant.schema_version.as_deref() {
         Some(v) if v >= latest_tenant_version() => Ok(()),
-        _ => Err(AppError::unavailable(
-            "tenant_not_ready",
-            "this tenant's schema is being migrated; retry shortly",
-        )),
+        _ => Err(AppError::unavailable("tenant_not_ready", "this tenant's schema is being migrated; retry shortly")),
     }
 }
 
@@ -82,13 +72,7 @@ fn pair(
     family: Option<&str>,
 ) -> AppResult<TokenPair> {
     let (refresh_token, family) = refresh::issue(conn, user.user_id(), tenant.tenant_id(), family)?;
-    let access_token = keys.issue(
-        user.user_id(),
-        tenant.tenant_id(),
-        &tenant.slug,
-        role,
-        &family,
-    )?;
+    let access_token = keys.issue(user.user_id(), tenant.tenant_id(), &tenant.slug, role, &family)?;
     Ok(TokenPair {
         access_token,
         refresh_token,
@@ -119,8 +103,7 @@ pub fn login(
         return Err(invalid_credentials());
     }
     let tenant = tenancy::find_by_slug(conn, tenant_slug)?.ok_or_else(invalid_credentials)?;
-    let role =
-        role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
+    let role = role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
     ensure_usable(&tenant)?;
     pair(conn, keys, &user, &tenant, role, None)
 }
@@ -145,18 +128,10 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
             refresh::revoke_family(conn, &spent.family)?;
             return Ok(Outcome::Removed);
         };
-        let tenant =
-            tenancy::find(conn, spent.tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
+        let tenant = tenancy::find(conn, spent.tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
         ensure_usable(&tenant)?;
         let user = users::find(conn, spent.user)?.ok_or_else(|| AppError::not_found("user"))?;
-        Ok(Outcome::Pair(Box::new(pair(
-            conn,
-            keys,
-            &user,
-            &tenant,
-            role,
-            Some(&spent.family),
-        )?)))
+        Ok(Outcome::Pair(Box::new(pair(conn, keys, &user, &tenant, role, Some(&spent.family))?)))
     })?;
     match outcome {
         Outcome::Pair(p) => Ok(*p),
@@ -164,10 +139,9 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
             "refresh_token_reused",
             "this refresh token was already used; its session has been ended everywhere",
         )),
-        Outcome::Removed => Err(AppError::unauthorized(
-            "membership_revoked",
-            "you are no longer a member of this tenant",
-        )),
+        Outcome::Removed => {
+            Err(AppError::unauthorized("membership_revoked", "you are no longer a member of this tenant"))
+        }
     }
 }
 
@@ -197,8 +171,7 @@ pub struct Me {
 }
 
 pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -> AppResult<Me> {
-    let u = users::find(conn, user)?
-        .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))?;
+    let u = users::find(conn, user)?.ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))?;
     let t = tenancy::find(conn, tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
     let rows: Vec<(String, String, String)> = memberships::table
         .inner_join(tenants::table)
@@ -208,17 +181,7 @@ pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -
         .load(conn)?;
     let memberships = rows
         .into_iter()
-        .map(|(slug, name, role)| {
-            Ok(MembershipView {
-                tenant: TenantRef { slug, name },
-                role: stored_role(&role)?,
-            })
-        })
+        .map(|(slug, name, role)| Ok(MembershipView { tenant: TenantRef { slug, name }, role: stored_role(&role)? }))
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(Me {
-        user: u.public(),
-        tenant: (&t).into(),
-        role,
-        memberships,
-    })
+    Ok(Me { user: u.public(), tenant: (&t).into(), role, memberships })
 }

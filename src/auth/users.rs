@@ -56,11 +56,7 @@ impl User {
     }
 
     pub fn public(&self) -> UserView {
-        UserView {
-            id: self.user_id(),
-            email: self.email.clone(),
-            name: self.name.clone(),
-        }
+        UserView { id: self.user_id(), email: self.email.clone(), name: self.name.clone() }
     }
 }
 
@@ -81,33 +77,17 @@ pub fn find_by_email(conn: &mut PgConnection, email: &Email) -> Result<Option<Us
 }
 
 pub fn find(conn: &mut PgConnection, id: UserId) -> Result<Option<User>, DbError> {
-    Ok(users::table
-        .find(id.0)
-        .select(User::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(users::table.find(id.0).select(User::as_select()).first(conn).optional()?)
 }
 
 /// Inserts a user; a taken email is a 409.
-pub fn insert(
-    conn: &mut PgConnection,
-    email: &Email,
-    name: &str,
-    hash: &PasswordHash,
-) -> AppResult<User> {
+pub fn insert(conn: &mut PgConnection, email: &Email, name: &str, hash: &PasswordHash) -> AppResult<User> {
     let name = name.trim();
     if name.chars().count() > 200 {
-        return Err(AppError::invalid(
-            "invalid_name",
-            "name must be at most 200 characters",
-        ));
+        return Err(AppError::invalid("invalid_name", "name must be at most 200 characters"));
     }
     diesel::insert_into(users::table)
-        .values((
-            users::email.eq(email.as_str()),
-            users::name.eq(name),
-            users::password_hash.eq(hash.as_str()),
-        ))
+        .values((users::email.eq(email.as_str()), users::name.eq(name), users::password_hash.eq(hash.as_str())))
         .on_conflict_do_nothing()
         .returning(User::as_returning())
         .get_result(conn)
@@ -116,12 +96,7 @@ pub fn insert(
 }
 
 /// Creates a user (hashing first, outside any transaction).
-pub fn create(
-    conn: &mut PgConnection,
-    email: &Email,
-    name: &str,
-    password: &str,
-) -> AppResult<User> {
+pub fn create(conn: &mut PgConnection, email: &Email, name: &str, password: &str) -> AppResult<User> {
     let hash = PasswordHash::create(password)?;
     insert(conn, email, name, &hash)
 }
@@ -132,19 +107,8 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(
-            Email::parse(" Ann@Example.COM ").map(|e| e.0).ok(),
-            Some("ann@example.com".into())
-        );
-        for bad in [
-            "",
-            "ann",
-            "ann@",
-            "@x.y",
-            "a b@x.y",
-            "a@b@c.d",
-            "ann@localhost",
-        ] {
+        assert_eq!(Email::parse(" Ann@Example.COM ").map(|e| e.0).ok(), Some("ann@example.com".into()));
+        for bad in ["", "ann", "ann@", "@x.y", "a b@x.y", "a@b@c.d", "ann@localhost"] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

@@ -40,9 +40,7 @@ impl Migrations {
 }
 
 impl MigrationSource<Pg> for Migrations {
-    fn migrations(
-        &self,
-    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<Pg>>>> {
+    fn migrations(&self) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<Pg>>>> {
         self.0.migrations()
     }
 }
@@ -52,14 +50,8 @@ const LOCK_CLASS_MIGRATE: i32 = 0x5b_0001;
 
 /// Newest version in a migration source ("" when it has none).
 pub fn latest_version<S: MigrationSource<Pg>>(source: &S) -> Result<String, DbError> {
-    let migrations = source
-        .migrations()
-        .map_err(|e| DbError::Migration(e.to_string()))?;
-    Ok(migrations
-        .iter()
-        .map(|m| m.name().version().to_string())
-        .max()
-        .unwrap_or_default())
+    let migrations = source.migrations().map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(migrations.iter().map(|m| m.name().version().to_string()).max().unwrap_or_default())
 }
 
 /// Newest embedded tenant migration: what a tenant schema must have reached
@@ -86,9 +78,7 @@ pub fn run_public_migrations(conn: &mut PgConnection) -> Result<Vec<String>, DbE
     conn.transaction(|conn| {
         advisory_lock(conn, "public")?;
         conn.batch_execute("SELECT pg_catalog.set_config('search_path', 'public', true)")?;
-        let applied = conn
-            .run_pending_migrations(PUBLIC_MIGRATIONS)
-            .map_err(migration_error)?;
+        let applied = conn.run_pending_migrations(PUBLIC_MIGRATIONS).map_err(migration_error)?;
         Ok(applied.iter().map(|v| v.to_string()).collect())
     })
 }
@@ -97,9 +87,7 @@ pub fn run_public_migrations(conn: &mut PgConnection) -> Result<Vec<String>, DbE
 pub fn public_pending(conn: &mut PgConnection) -> Result<bool, DbError> {
     conn.transaction(|conn| {
         conn.batch_execute("SELECT pg_catalog.set_config('search_path', 'public', true)")?;
-        let pending = conn
-            .has_pending_migration(PUBLIC_MIGRATIONS)
-            .map_err(migration_error)?;
+        let pending = conn.has_pending_migration(PUBLIC_MIGRATIONS).map_err(migration_error)?;
         Ok(pending)
     })
 }
@@ -114,23 +102,13 @@ pub fn migrate_schema_in_tx(
     source: &Migrations,
 ) -> Result<Vec<String>, DbError> {
     advisory_lock(conn, schema.as_str())?;
-    conn.batch_execute(&format!(
-        "SELECT pg_catalog.set_config('search_path', '{q}', true)",
-        q = schema.quoted()
-    ))?;
-    let applied: Vec<String> = conn
-        .run_pending_migrations(source.clone())
-        .map_err(migration_error)?
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    conn.batch_execute(&format!("SELECT pg_catalog.set_config('search_path', '{q}', true)", q = schema.quoted()))?;
+    let applied: Vec<String> =
+        conn.run_pending_migrations(source.clone()).map_err(migration_error)?.iter().map(|v| v.to_string()).collect();
     let latest = latest_version(source)?;
     // The search path holds only the tenant schema: `public` stays qualified.
     diesel::update(tenants::table.filter(tenants::schema_name.eq(schema.as_str())))
-        .set((
-            tenants::schema_version.eq(&latest),
-            tenants::updated_at.eq(diesel::dsl::now),
-        ))
+        .set((tenants::schema_version.eq(&latest), tenants::updated_at.eq(diesel::dsl::now)))
         .execute(conn)?;
     conn.batch_execute("SELECT pg_catalog.set_config('search_path', '', true)")?;
     Ok(applied)
@@ -163,20 +141,25 @@ impl MigrateReport {
     }
 
     pub fn applied_count(&self) -> usize {
-        self.results
-            .iter()
-            .filter(|(_, o)| matches!(o, TenantOutcome::Applied(v) if !v.is_empty()))
-            .count()
+        self.results.iter().filter(|(_, o)| matches!(o, TenantOutcome::Applied(v) if !v.is_empty())).count()
     }
 }
 
 /// Brings `public` and every tenant schema up to date, `jobs` schemas at a
 /// time. A failing tenant does not stop the others; see
 /// [`MigrateReport::failures`].
-pub fn migrate_all(
+pub fn migrate_all(pool: &PgPool, source: &Migrations, jobs: usize) -> Result<MigrateReport, DbError> {
+    migrate_all_with(pool, source, jobs, false)
+}
+
+/// Like [`migrate_all`]; with `check_every_schema` the one-query fast path is
+/// skipped and each schema is locked and inspected (what a tool without a
+/// version column must do; the benchmark reports both).
+pub fn migrate_all_with(
     pool: &PgPool,
     source: &Migrations,
     jobs: usize,
+    check_every_schema: bool,
 ) -> Result<MigrateReport, DbError> {
     let started = Instant::now();
     let mut report = MigrateReport::default();
@@ -185,15 +168,12 @@ pub fn migrate_all(
         let mut conn = pool.get()?;
         report.public_applied = run_public_migrations(&mut conn)?;
         report.tenants_total = tenants::table.count().get_result::<i64>(&mut conn)? as usize;
-        tenants::table
-            .filter(
-                tenants::schema_version
-                    .is_null()
-                    .or(tenants::schema_version.lt(&latest)),
-            )
-            .order(tenants::id)
-            .select((tenants::slug, tenants::schema_name))
-            .load(&mut conn)?
+        let mut q = tenants::table.order(tenants::id).select((tenants::slug, tenants::schema_name)).into_boxed();
+        if !check_every_schema {
+            let behind = tenants::schema_version.is_null().or(tenants::schema_version.lt(&latest));
+            q = q.filter(behind);
+        }
+        q.load(&mut conn)?
     };
     report.skipped_current = report.tenants_total - behind.len();
 
@@ -201,8 +181,7 @@ pub fn migrate_all(
     let results = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
-            let (queue, results, pool, source) =
-                (queue.clone(), results.clone(), pool.clone(), source.clone());
+            let (queue, results, pool, source) = (queue.clone(), results.clone(), pool.clone(), source.clone());
             std::thread::spawn(move || loop {
                 let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
                 let Some((slug, schema)) = next else { break };
@@ -216,11 +195,7 @@ pub fn migrate_all(
     for w in workers {
         let _ = w.join();
     }
-    report.results = std::mem::take(
-        &mut *results
-            .lock()
-            .map_err(|_| DbError::Migration("worker panicked".into()))?,
-    );
+    report.results = std::mem::take(&mut *results.lock().map_err(|_| DbError::Migration("worker panicked".into()))?);
     report.results.sort_by(|a, b| a.0.cmp(&b.0));
     report.elapsed = started.elapsed();
     Ok(report)

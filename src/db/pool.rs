@@ -17,17 +17,17 @@ pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
     pub max_size: u32,
+    /// Short-lived processes (commands, tests) should open every connection
+    /// up front (`Some(max_size)`): a connection r2d2 is still opening in the
+    /// background when the process exits can crash libpq/OpenSSL's exit
+    /// handlers.
     pub min_idle: Option<u32>,
     pub connect_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions {
-            max_size: 10,
-            min_idle: Some(1),
-            connect_timeout: Duration::from_secs(5),
-        }
+        PoolOptions { max_size: 10, min_idle: Some(1), connect_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -36,8 +36,7 @@ struct EmptySearchPath;
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for EmptySearchPath {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET search_path TO ''")
-            .map_err(diesel::r2d2::Error::QueryError)
+        conn.batch_execute("SET search_path TO ''").map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -97,30 +96,37 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
     {
-        self.public(move |conn| super::with_tenant(conn, &scope, f))
-            .await
+        self.public(move |conn| super::with_tenant(conn, &scope, f)).await
     }
+}
+
+/// The same server URL with another database name.
+pub fn url_with_database(url: &str, database: &str) -> Option<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://")? + 3;
+    let slash = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{database}", &base[..slash]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
 }
 
 /// Splits a PostgreSQL URL into (URL of the `postgres` maintenance database,
 /// database name). `None` when the URL names no database.
 pub fn maintenance_url(url: &str) -> Option<(String, String)> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
     let scheme_end = base.find("://")? + 3;
     let slash = base[scheme_end..].find('/')? + scheme_end;
     let name = &base[slash + 1..];
     if name.is_empty() {
         return None;
     }
-    let mut admin = format!("{}/postgres", &base[..slash]);
-    if let Some(q) = query {
-        admin.push('?');
-        admin.push_str(q);
-    }
-    Some((admin, name.to_string()))
+    Some((url_with_database(url, "postgres")?, name.to_string()))
 }
 
 /// Creates the database named in `url` when it does not exist yet, so a
@@ -133,13 +139,8 @@ pub fn ensure_database(url: &str) -> Result<(), DbError> {
     let Some((admin_url, name)) = maintenance_url(url) else {
         return Ok(());
     };
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(DbError::Migration(format!(
-            "will not create database {name:?}: unusual name"
-        )));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(DbError::Migration(format!("will not create database {name:?}: unusual name")));
     }
     let mut admin = PgConnection::establish(&admin_url)?;
     let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
@@ -161,11 +162,12 @@ mod tests {
     fn maintenance_urls() {
         assert_eq!(
             maintenance_url("postgres://u:p@h:5432/app?sslmode=disable"),
-            Some((
-                "postgres://u:p@h:5432/postgres?sslmode=disable".into(),
-                "app".into()
-            ))
+            Some(("postgres://u:p@h:5432/postgres?sslmode=disable".into(), "app".into()))
         );
         assert_eq!(maintenance_url("postgres://h"), None);
+        assert_eq!(
+            super::url_with_database("postgres://postgres@h/postgres?x=1", "b").as_deref(),
+            Some("postgres://postgres@h/b?x=1")
+        );
     }
 }

@@ -25,17 +25,11 @@ pub struct TenantScope {
 
 impl TenantScope {
     pub fn system(tenant: TenantId) -> Self {
-        TenantScope {
-            tenant,
-            member: None,
-        }
+        TenantScope { tenant, member: None }
     }
 
     pub fn member(tenant: TenantId, user: UserId, role: &'static str) -> Self {
-        TenantScope {
-            tenant,
-            member: Some((user, role)),
-        }
+        TenantScope { tenant, member: Some((user, role)) }
     }
 }
 
@@ -70,10 +64,7 @@ fn enter_sql(scope: &TenantScope) -> String {
         }
         None => ("NULL".to_string(), "NULL".to_string()),
     };
-    format!(
-        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {})",
-        scope.tenant.0, version, user, role
-    )
+    format!("BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {})", scope.tenant.0, version, user, role)
 }
 
 /// Runs `f` in one transaction scoped to the tenant. Commits when `f` returns

@@ -29,10 +29,8 @@ async fn login(
 ) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let keys = keys.into_inner();
-    let pair = state
-        .db
-        .public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant))
-        .await?;
+    let pair =
+        state.db.public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant)).await?;
     tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
     Ok(HttpResponse::Ok().json(pair))
 }
@@ -50,31 +48,17 @@ async fn refresh(
 ) -> AppResult<HttpResponse> {
     let token = body.into_inner().refresh_token;
     let keys = keys.into_inner();
-    let pair = state
-        .db
-        .public(move |conn| session::refresh(conn, &keys, &token))
-        .await?;
+    let pair = state.db.public(move |conn| session::refresh(conn, &keys, &token)).await?;
     Ok(HttpResponse::Ok().json(pair))
 }
 
-async fn logout(
-    state: web::Data<AppState>,
-    body: web::Json<RefreshBody>,
-) -> AppResult<HttpResponse> {
+async fn logout(state: web::Data<AppState>, body: web::Json<RefreshBody>) -> AppResult<HttpResponse> {
     let token = body.into_inner().refresh_token;
-    state
-        .db
-        .public(move |conn| session::logout(conn, &token))
-        .await?;
+    state.db.public(move |conn| session::logout(conn, &token)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn me(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
-    let me = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            session::me(tc.pg(), auth.user, auth.tenant, auth.role)
-        })
-        .await?;
+    let me = state.db.tenant(auth.scope(), move |tc| session::me(tc.pg(), auth.user, auth.tenant, auth.role)).await?;
     Ok(HttpResponse::Ok().json(me))
 }

@@ -27,11 +27,7 @@ async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
         .public(move |conn| -> AppResult<(bool, i64)> {
             let pending = public_pending(conn)?;
             let behind = tenants::table
-                .filter(
-                    tenants::schema_version
-                        .is_null()
-                        .or(tenants::schema_version.lt(latest)),
-                )
+                .filter(tenants::schema_version.is_null().or(tenants::schema_version.lt(latest)))
                 .count()
                 .get_result::<i64>(conn)?;
             Ok((pending, behind))
@@ -56,6 +52,5 @@ async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
             format!("{behind} tenant schema(s) are behind; run `switchboard migrate`"),
         ));
     }
-    Ok(HttpResponse::Ok()
-        .json(json!({"status": "ready", "database": "ok", "tenant_schema_version": latest})))
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "tenant_schema_version": latest})))
 }

@@ -13,41 +13,23 @@ use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        super::resource("/members")
-            .route(web::get().to(list))
-            .route(web::post().to(add)),
-    )
-    .service(
-        super::resource("/members/{user_id}")
-            .route(web::patch().to(change_role))
-            .route(web::delete().to(remove)),
+    cfg.service(super::resource("/members").route(web::get().to(list)).route(web::post().to(add))).service(
+        super::resource("/members/{user_id}").route(web::patch().to(change_role)).route(web::delete().to(remove)),
     );
 }
 
 fn parse_role(raw: &str) -> AppResult<Role> {
-    Role::parse(raw).ok_or_else(|| {
-        AppError::invalid("invalid_role", "role must be owner, admin, agent or viewer")
-    })
+    Role::parse(raw).ok_or_else(|| AppError::invalid("invalid_role", "role must be owner, admin, agent or viewer"))
 }
 
 fn parse_user_id(raw: &str) -> AppResult<UserId> {
     UserId::parse(raw).ok_or_else(|| AppError::not_found("member"))
 }
 
-async fn list(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    q: web::Query<PageQuery>,
-) -> AppResult<HttpResponse> {
+async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let page = q.parse()?;
-    let items = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            members::list(tc, page.after, page.limit)
-        })
-        .await?;
+    let items = state.db.tenant(auth.scope(), move |tc| members::list(tc, page.after, page.limit)).await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.user_id.0)))
 }
 
@@ -62,11 +44,7 @@ struct AddBody {
     name: Option<String>,
 }
 
-async fn add(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<AddBody>,
-) -> AppResult<HttpResponse> {
+async fn add(state: web::Data<AppState>, auth: AuthContext, body: web::Json<AddBody>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let body = body.into_inner();
     let email = Email::parse(&body.email)?;
@@ -81,12 +59,7 @@ async fn add(
             None => None,
         },
     };
-    let member = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            members::add(tc, auth.user, auth.role, new)
-        })
-        .await?;
+    let member = state.db.tenant(auth.scope(), move |tc| members::add(tc, auth.user, auth.role, new)).await?;
     Ok(HttpResponse::Created().json(member))
 }
 
@@ -105,27 +78,14 @@ async fn change_role(
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
     let role = parse_role(&body.role)?;
-    let member = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            members::change_role(tc, auth.user, auth.role, user, role)
-        })
-        .await?;
+    let member =
+        state.db.tenant(auth.scope(), move |tc| members::change_role(tc, auth.user, auth.role, user, role)).await?;
     Ok(HttpResponse::Ok().json(member))
 }
 
-async fn remove(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    path: web::Path<String>,
-) -> AppResult<HttpResponse> {
+async fn remove(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
-    state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            members::remove(tc, auth.user, auth.role, user)
-        })
-        .await?;
+    state.db.tenant(auth.scope(), move |tc| members::remove(tc, auth.user, auth.role, user)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -32,21 +32,17 @@ pub struct AppState {
 
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let e = match &err {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            AppError::new(
-                ErrorKind::PayloadTooLarge,
-                "payload_too_large",
-                format!("the body is larger than {JSON_LIMIT} bytes"),
-            )
-        }
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => AppError::new(
+            ErrorKind::PayloadTooLarge,
+            "payload_too_large",
+            format!("the body is larger than {JSON_LIMIT} bytes"),
+        ),
         JsonPayloadError::ContentType => AppError::new(
             ErrorKind::UnsupportedMediaType,
             "unsupported_media_type",
             "send Content-Type: application/json",
         ),
-        JsonPayloadError::Deserialize(de) if de.is_data() => {
-            AppError::invalid("invalid_body", de.to_string())
-        }
+        JsonPayloadError::Deserialize(de) if de.is_data() => AppError::invalid("invalid_body", de.to_string()),
         JsonPayloadError::Deserialize(de) => {
             AppError::bad_request("invalid_json", format!("the body is not valid JSON: {de}"))
         }
@@ -64,11 +60,7 @@ fn path_error(_err: PathError, _req: &HttpRequest) -> actix_web::Error {
 }
 
 async fn no_route(req: HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::new(
-        ErrorKind::NotFound,
-        "not_found",
-        format!("no route for {} {}", req.method(), req.path()),
-    ))
+    Err(AppError::new(ErrorKind::NotFound, "not_found", format!("no route for {} {}", req.method(), req.path())))
 }
 
 /// A resource whose unmatched methods answer 405 in the JSON error shape.
@@ -110,8 +102,7 @@ fn json_error_shape<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandle
         _ => ("error", "the request failed"),
     };
     let (req, _) = res.into_parts();
-    let body = HttpResponse::build(status)
-        .json(serde_json::json!({"error": {"code": code, "message": message}}));
+    let body = HttpResponse::build(status).json(serde_json::json!({"error": {"code": code, "message": message}}));
     let res = ServiceResponse::new(req, body).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
@@ -122,40 +113,21 @@ pub fn error_shape<B: 'static>() -> ErrorHandlers<B> {
 
 /// All routes; shared by the server and the tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(JSON_LIMIT)
-            .content_type_required(false)
-            .error_handler(json_error),
-    )
-    .app_data(web::QueryConfig::default().error_handler(query_error))
-    .app_data(web::PathConfig::default().error_handler(path_error))
-    .configure(health::routes)
-    .service(
-        web::scope("/api")
-            .configure(auth::routes)
-            .configure(tenants::routes)
-            .configure(members::routes),
-    )
-    .default_service(web::to(no_route));
+    cfg.app_data(web::JsonConfig::default().limit(JSON_LIMIT).content_type_required(false).error_handler(json_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .configure(health::routes)
+        .service(web::scope("/api").configure(auth::routes).configure(tenants::routes).configure(members::routes))
+        .default_service(web::to(no_route));
 }
 
 /// Binds the server to `listener` (port 0 in tests).
-pub fn build_server(
-    config: Arc<ServerConfig>,
-    db: Db,
-    listener: TcpListener,
-) -> std::io::Result<Server> {
+pub fn build_server(config: Arc<ServerConfig>, db: Db, listener: TcpListener) -> std::io::Result<Server> {
     let keys = web::Data::new(JwtKeys::new(config.jwt_secret.expose()));
-    let state = web::Data::new(AppState {
-        db,
-        config: config.clone(),
-    });
+    let state = web::Data::new(AppState { db, config: config.clone() });
     // Database work runs on each worker's blocking pool; no more threads than
     // the pool has connections, so waiting happens in r2d2, bounded.
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let blocking = (config.db.pool_size as usize).div_ceil(workers).max(2);
     let server = HttpServer::new(move || {
         App::new()

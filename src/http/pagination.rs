@@ -27,9 +27,7 @@ impl PageQuery {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| (1..=200).contains(n))
-                .ok_or_else(|| {
-                    AppError::bad_request("invalid_limit", "limit must be a number from 1 to 200")
-                })?,
+                .ok_or_else(|| AppError::bad_request("invalid_limit", "limit must be a number from 1 to 200"))?,
         };
         let after = match self.cursor.as_deref() {
             None | Some("") => None,
@@ -44,17 +42,10 @@ pub fn encode_cursor(key: i64) -> String {
 }
 
 pub fn decode_cursor(c: &str) -> AppResult<i64> {
-    let bad = || {
-        AppError::bad_request(
-            "invalid_cursor",
-            "the cursor is not one this server gave out",
-        )
-    };
+    let bad = || AppError::bad_request("invalid_cursor", "the cursor is not one this server gave out");
     let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
     let s = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    s.strip_prefix("k:")
-        .and_then(|k| k.parse().ok())
-        .ok_or_else(bad)
+    s.strip_prefix("k:").and_then(|k| k.parse().ok()).ok_or_else(bad)
 }
 
 #[derive(Debug, Serialize)]
@@ -67,11 +58,7 @@ impl<T> Paged<T> {
     /// Builds a page from a result of at most `limit` rows; `key` gives the
     /// cursor key of an item.
     pub fn new(items: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Self {
-        let next_cursor = if items.len() as i64 >= limit {
-            items.last().map(|i| encode_cursor(key(i)))
-        } else {
-            None
-        };
+        let next_cursor = if items.len() as i64 >= limit { items.last().map(|i| encode_cursor(key(i))) } else { None };
         Paged { items, next_cursor }
     }
 }

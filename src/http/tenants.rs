@@ -32,26 +32,17 @@ struct CreateBody {
 /// Whether the request carries the operator token.
 pub fn is_operator(state: &AppState, req: &HttpRequest) -> bool {
     match (&state.config.operator_token, bearer(req)) {
-        (Some(expected), Some(given)) => {
-            bool::from(expected.expose().as_bytes().ct_eq(given.as_bytes()))
-        }
+        (Some(expected), Some(given)) => bool::from(expected.expose().as_bytes().ct_eq(given.as_bytes())),
         _ => false,
     }
 }
 
-async fn create(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Json<CreateBody>,
-) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Json<CreateBody>) -> AppResult<HttpResponse> {
     if state.config.signup == Signup::Closed && !is_operator(&state, &req) {
         return Err(if bearer(&req).is_some() {
             AppError::unauthorized("invalid_operator_token", "the operator token is wrong")
         } else {
-            AppError::forbidden(
-                "signup_closed",
-                "sign-up is closed; an operator token is required",
-            )
+            AppError::forbidden("signup_closed", "sign-up is closed; an operator token is required")
         });
     }
     let body = body.into_inner();
@@ -62,10 +53,7 @@ async fn create(
         owner_name: body.owner_name.unwrap_or_default(),
         owner_password: body.owner_password,
     };
-    let (tenant, owner) = state
-        .db
-        .public(move |conn| tenancy::create_tenant(conn, new))
-        .await?;
+    let (tenant, owner) = state.db.public(move |conn| tenancy::create_tenant(conn, new)).await?;
     tracing::info!(tenant = %tenant.slug, "tenant created");
     Ok(HttpResponse::Created().json(json!({
         "tenant": TenantView::from(&tenant),

@@ -26,9 +26,7 @@ pub struct TenantSlug(String);
 
 impl TenantSlug {
     pub fn parse(raw: &str) -> AppResult<Self> {
-        let bad = |why: &str| {
-            AppError::invalid("invalid_slug", format!("slug {raw:?} is not valid: {why}"))
-        };
+        let bad = |why: &str| AppError::invalid("invalid_slug", format!("slug {raw:?} is not valid: {why}"));
         let bytes = raw.as_bytes();
         if !(2..=40).contains(&bytes.len()) {
             return Err(bad("it must be 2 to 40 characters long"));
@@ -36,10 +34,7 @@ impl TenantSlug {
         if !bytes[0].is_ascii_lowercase() {
             return Err(bad("it must start with a lowercase letter"));
         }
-        if !bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        {
+        if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-') {
             return Err(bad("only lowercase letters, digits and '-' are allowed"));
         }
         if raw.ends_with('-') || raw.contains("--") {
@@ -70,14 +65,10 @@ impl SchemaName {
         let b = raw.as_bytes();
         let shape_ok = (2..=48).contains(&b.len())
             && b[0].is_ascii_lowercase()
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
         let reserved = raw == "public" || raw == "information_schema" || raw.starts_with("pg_");
         if !shape_ok || reserved {
-            return Err(AppError::invalid(
-                "invalid_schema_name",
-                format!("schema name {raw:?} is not allowed"),
-            ));
+            return Err(AppError::invalid("invalid_schema_name", format!("schema name {raw:?} is not allowed")));
         }
         Ok(SchemaName(raw.to_string()))
     }
@@ -149,10 +140,7 @@ pub struct NewTenant {
 fn validate_name(name: &str) -> AppResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(AppError::invalid(
-            "invalid_name",
-            "name must be 1 to 200 characters",
-        ));
+        return Err(AppError::invalid("invalid_name", "name must be 1 to 200 characters"));
     }
     Ok(name.to_string())
 }
@@ -209,50 +197,29 @@ pub fn provision(conn: &mut PgConnection, slug: &TenantSlug, name: &str) -> AppR
             .returning(Tenant::as_returning())
             .get_result(conn)
             .optional()?
-            .ok_or_else(|| {
-                AppError::conflict(
-                    "tenant_exists",
-                    format!("tenant {:?} already exists", slug.as_str()),
-                )
-            })?;
-        conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
-            .map_err(|e| match e {
-                diesel::result::Error::DatabaseError(..) => AppError::conflict(
-                    "tenant_exists",
-                    format!("schema {} already exists", schema.as_str()),
-                ),
-                other => other.into(),
-            })?;
+            .ok_or_else(|| AppError::conflict("tenant_exists", format!("tenant {:?} already exists", slug.as_str())))?;
+        conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted())).map_err(|e| match e {
+            diesel::result::Error::DatabaseError(..) => {
+                AppError::conflict("tenant_exists", format!("schema {} already exists", schema.as_str()))
+            }
+            other => other.into(),
+        })?;
         migrate_schema_in_tx(conn, &schema, &Migrations::tenant())?;
         // Re-read so the returned row shows the recorded schema version.
-        Ok(tenants::table
-            .find(tenant.id)
-            .select(Tenant::as_select())
-            .get_result(conn)?)
+        Ok(tenants::table.find(tenant.id).select(Tenant::as_select()).get_result(conn)?)
     })
 }
 
 pub fn find_by_slug(conn: &mut PgConnection, slug: &str) -> Result<Option<Tenant>, DbError> {
-    Ok(tenants::table
-        .filter(tenants::slug.eq(slug))
-        .select(Tenant::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(tenants::table.filter(tenants::slug.eq(slug)).select(Tenant::as_select()).first(conn).optional()?)
 }
 
 pub fn find(conn: &mut PgConnection, id: TenantId) -> Result<Option<Tenant>, DbError> {
-    Ok(tenants::table
-        .find(id.0)
-        .select(Tenant::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(tenants::table.find(id.0).select(Tenant::as_select()).first(conn).optional()?)
 }
 
 pub fn list(conn: &mut PgConnection) -> Result<Vec<Tenant>, DbError> {
-    Ok(tenants::table
-        .order(tenants::slug)
-        .select(Tenant::as_select())
-        .load(conn)?)
+    Ok(tenants::table.order(tenants::slug).select(Tenant::as_select()).load(conn)?)
 }
 
 /// Suspends or resumes a tenant. Suspension also ends every refresh-token
@@ -260,10 +227,7 @@ pub fn list(conn: &mut PgConnection) -> Result<Vec<Tenant>, DbError> {
 pub fn set_status(conn: &mut PgConnection, slug: &str, status: TenantStatus) -> AppResult<Tenant> {
     conn.transaction(|conn| {
         let tenant: Tenant = diesel::update(tenants::table.filter(tenants::slug.eq(slug)))
-            .set((
-                tenants::status.eq(status.as_str()),
-                tenants::updated_at.eq(diesel::dsl::now),
-            ))
+            .set((tenants::status.eq(status.as_str()), tenants::updated_at.eq(diesel::dsl::now)))
             .returning(Tenant::as_returning())
             .get_result(conn)
             .optional()?
@@ -286,10 +250,7 @@ pub fn drop_tenant(conn: &mut PgConnection, slug: &str) -> AppResult<Tenant> {
             .optional()?
             .ok_or_else(|| AppError::not_found("tenant"))?;
         let schema = SchemaName::parse(&tenant.schema_name)?;
-        conn.batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            schema.quoted()
-        ))?;
+        conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))?;
         diesel::delete(tenants::table.find(tenant.id)).execute(conn)?;
         Ok(tenant)
     })
@@ -301,10 +262,7 @@ mod tests {
 
     #[test]
     fn slugs_and_schema_names() {
-        assert_eq!(
-            TenantSlug::parse("acme-co").map(|s| s.schema_name().0).ok(),
-            Some("tenant_acme_co".into())
-        );
+        assert_eq!(TenantSlug::parse("acme-co").map(|s| s.schema_name().0).ok(), Some("tenant_acme_co".into()));
         for bad in [
             "a; drop schema public",
             "A",
@@ -324,21 +282,11 @@ mod tests {
         ] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        for bad in [
-            "public",
-            "pg_catalog",
-            "information_schema",
-            "pg_toast",
-            "a; drop",
-            "Upper",
-            "x\"",
-            &"a".repeat(49),
-        ] {
+        for bad in
+            ["public", "pg_catalog", "information_schema", "pg_toast", "a; drop", "Upper", "x\"", &"a".repeat(49)]
+        {
             assert!(SchemaName::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(
-            SchemaName::parse("tenant_acme").map(|s| s.quoted()).ok(),
-            Some("\"tenant_acme\"".into())
-        );
+        assert_eq!(SchemaName::parse("tenant_acme").map(|s| s.quoted()).ok(), Some("\"tenant_acme\"".into()));
     }
 }

@@ -30,14 +30,7 @@ fn claims(user: &str, tenant: &str) -> Claims {
 
 async fn me_status(app: &TestApp, token: &str) -> (u16, String) {
     let r = app.call("GET", "/api/me", Some(token), None).await;
-    (
-        r.status,
-        r.body
-            .pointer("/error/code")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string(),
-    )
+    (r.status, r.body.pointer("/error/code").and_then(|c| c.as_str()).unwrap_or("").to_string())
 }
 
 #[actix_web::test]
@@ -62,17 +55,9 @@ async fn login_me_and_forged_or_stale_tokens() {
         ("zed@acme.test", "ann-password-1", "acme"),
     ] {
         let r = app
-            .call(
-                "POST",
-                "/api/auth/login",
-                None,
-                Some(json!({"email": email, "password": pw, "tenant": tenant})),
-            )
+            .call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": pw, "tenant": tenant})))
             .await;
-        assert_eq!(
-            (r.status, r.body["error"]["code"].as_str()),
-            (401, Some("invalid_credentials"))
-        );
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("invalid_credentials")));
     }
 
     let keys = JwtKeys::new(JWT_SECRET.as_bytes());
@@ -89,8 +74,7 @@ async fn login_me_and_forged_or_stale_tokens() {
     iss.iss = "evil".into();
     let other_key = JwtKeys::new(b"another-secret-another-secret-another!");
     let header_none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let payload =
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&user_id, &tenant_id)).expect("json"));
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&user_id, &tenant_id)).expect("json"));
     let header_hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512","typ":"JWT"}"#);
 
     let bad = [
@@ -110,24 +94,14 @@ async fn login_me_and_forged_or_stale_tokens() {
     }
     let (_, code) = me_status(&app, &bad[0]).await;
     assert_eq!(code, "token_expired");
-    let r = app
-        .client
-        .get(app.url("/api/me"))
-        .send()
-        .await
-        .expect("send");
+    let r = app.client.get(app.url("/api/me")).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 401);
 
     // A well-signed token naming a tenant the user is not a member of.
-    let beth = app
-        .signup("beta", "beth@beta.test", "beth-password-1")
-        .await;
+    let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
     let beta_id = beth["tenant"]["id"].as_str().expect("id");
     let crossed = keys.sign(&claims(&user_id, beta_id)).expect("sign");
-    assert_eq!(
-        me_status(&app, &crossed).await,
-        (401, "token_revoked".to_string())
-    );
+    assert_eq!(me_status(&app, &crossed).await, (401, "token_revoked".to_string()));
 }
 
 #[actix_web::test]
@@ -136,76 +110,26 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     let first = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let r1 = token(&first, "refresh_token");
 
-    let second = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": r1})),
-        )
-        .await;
+    let second = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r1}))).await;
     assert_eq!(second.status, 200);
     let r2 = token(&second.body, "refresh_token");
     assert_ne!(r1, r2);
-    assert_eq!(
-        me_status(&app, &token(&second.body, "access_token"))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(me_status(&app, &token(&second.body, "access_token")).await.0, 200);
 
     // r1 again: reuse. Refused, and r2 (same family) dies with it.
-    let reuse = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": r1})),
-        )
-        .await;
-    assert_eq!(
-        (reuse.status, reuse.body["error"]["code"].as_str()),
-        (401, Some("refresh_token_reused"))
-    );
-    let after = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": r2})),
-        )
-        .await;
+    let reuse = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r1}))).await;
+    assert_eq!((reuse.status, reuse.body["error"]["code"].as_str()), (401, Some("refresh_token_reused")));
+    let after = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r2}))).await;
     assert_eq!(after.status, 401);
 
     // A fresh login is a new family; logout ends it.
     let third = app.login("ann@acme.test", "ann-password-1", "acme").await;
     let r3 = token(&third, "refresh_token");
-    let out = app
-        .call(
-            "POST",
-            "/api/auth/logout",
-            None,
-            Some(json!({"refresh_token": r3})),
-        )
-        .await;
+    let out = app.call("POST", "/api/auth/logout", None, Some(json!({"refresh_token": r3}))).await;
     assert_eq!(out.status, 204);
-    let after = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": r3})),
-        )
-        .await;
+    let after = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r3}))).await;
     assert_eq!(after.status, 401);
-    let junk = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": "nope"})),
-        )
-        .await;
+    let junk = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": "nope"}))).await;
     assert_eq!(junk.status, 401);
 }
 
@@ -235,30 +159,13 @@ async fn roles_members_and_the_last_owner() {
         )
         .await;
     assert_eq!(a.status, 201);
-    let dup = app
-        .call(
-            "POST",
-            "/api/members",
-            Some(&owner_t),
-            Some(json!({"email": "AL@acme.test", "role": "agent"})),
-        )
-        .await;
-    assert_eq!(
-        (dup.status, dup.body["error"]["code"].as_str()),
-        (409, Some("already_member"))
-    );
+    let dup =
+        app.call("POST", "/api/members", Some(&owner_t), Some(json!({"email": "AL@acme.test", "role": "agent"}))).await;
+    assert_eq!((dup.status, dup.body["error"]["code"].as_str()), (409, Some("already_member")));
     let nopw = app
-        .call(
-            "POST",
-            "/api/members",
-            Some(&owner_t),
-            Some(json!({"email": "new@acme.test", "role": "agent"})),
-        )
+        .call("POST", "/api/members", Some(&owner_t), Some(json!({"email": "new@acme.test", "role": "agent"})))
         .await;
-    assert_eq!(
-        (nopw.status, nopw.body["error"]["code"].as_str()),
-        (422, Some("password_required"))
-    );
+    assert_eq!((nopw.status, nopw.body["error"]["code"].as_str()), (422, Some("password_required")));
     let badrole = app
         .call(
             "POST",
@@ -274,151 +181,54 @@ async fn roles_members_and_the_last_owner() {
     let vic_t = token(&vic, "access_token");
     for (m, p, b) in [
         ("GET", "/api/members", None),
-        (
-            "POST",
-            "/api/members",
-            Some(json!({"email": "x@acme.test", "role": "agent", "password": "xx-password"})),
-        ),
+        ("POST", "/api/members", Some(json!({"email": "x@acme.test", "role": "agent", "password": "xx-password"}))),
     ] {
         let r = app.call(m, p, Some(&vic_t), b).await;
-        assert_eq!(
-            (r.status, r.body["error"]["code"].as_str()),
-            (403, Some("forbidden")),
-            "{m} {p}"
-        );
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")), "{m} {p}");
     }
 
     // An admin cannot make owners; the last owner cannot be demoted or removed.
     let al = app.login("al@acme.test", "al-password-1", "acme").await;
     let al_t = token(&al, "access_token");
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/members/{vic_id}"),
-            Some(&al_t),
-            Some(json!({"role": "owner"})),
-        )
-        .await;
+    let r = app.call("PATCH", &format!("/api/members/{vic_id}"), Some(&al_t), Some(json!({"role": "owner"}))).await;
     assert_eq!(r.status, 403);
     let ann_id = owner["user"]["id"].as_str().expect("id").to_string();
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/members/{ann_id}"),
-            Some(&owner_t),
-            Some(json!({"role": "admin"})),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (409, Some("last_owner"))
-    );
-    let r = app
-        .call(
-            "DELETE",
-            &format!("/api/members/{ann_id}"),
-            Some(&owner_t),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (409, Some("last_owner"))
-    );
+    let r = app.call("PATCH", &format!("/api/members/{ann_id}"), Some(&owner_t), Some(json!({"role": "admin"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("last_owner")));
+    let r = app.call("DELETE", &format!("/api/members/{ann_id}"), Some(&owner_t), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("last_owner")));
 
     // Promote vic to agent: vic's old token (role viewer) stops working at once.
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/members/{vic_id}"),
-            Some(&al_t),
-            Some(json!({"role": "agent"})),
-        )
-        .await;
+    let r = app.call("PATCH", &format!("/api/members/{vic_id}"), Some(&al_t), Some(json!({"role": "agent"}))).await;
     assert_eq!((r.status, r.body["role"].as_str()), (200, Some("agent")));
-    assert_eq!(
-        me_status(&app, &vic_t).await,
-        (401, "token_revoked".to_string())
-    );
+    assert_eq!(me_status(&app, &vic_t).await, (401, "token_revoked".to_string()));
     let vic = app.login("vic@acme.test", "vic-password-1", "acme").await;
     let vic_t = token(&vic, "access_token");
     let vic_r = token(&vic, "refresh_token");
 
     // Removing vic: access token refused now, refresh refused next time.
-    let r = app
-        .call(
-            "DELETE",
-            &format!("/api/members/{vic_id}"),
-            Some(&al_t),
-            None,
-        )
-        .await;
+    let r = app.call("DELETE", &format!("/api/members/{vic_id}"), Some(&al_t), None).await;
     assert_eq!(r.status, 204);
     assert_eq!(me_status(&app, &vic_t).await.0, 401);
-    let r = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": vic_r})),
-        )
-        .await;
+    let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": vic_r}))).await;
     assert_eq!(r.status, 401);
-    let r = app
-        .call(
-            "DELETE",
-            &format!("/api/members/{vic_id}"),
-            Some(&al_t),
-            None,
-        )
-        .await;
+    let r = app.call("DELETE", &format!("/api/members/{vic_id}"), Some(&al_t), None).await;
     assert_eq!(r.status, 404);
 
     // Tenant B's member is a 404 from tenant A's admin.
-    let beth = app
-        .signup("beta", "beth@beta.test", "beth-password-1")
-        .await;
+    let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
     let beth_id = beth["user"]["id"].as_str().expect("id");
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/members/{beth_id}"),
-            Some(&owner_t),
-            Some(json!({"role": "viewer"})),
-        )
-        .await;
+    let r =
+        app.call("PATCH", &format!("/api/members/{beth_id}"), Some(&owner_t), Some(json!({"role": "viewer"}))).await;
     assert_eq!(r.status, 404);
-    let r = app
-        .call(
-            "DELETE",
-            &format!("/api/members/{beth_id}"),
-            Some(&owner_t),
-            None,
-        )
-        .await;
+    let r = app.call("DELETE", &format!("/api/members/{beth_id}"), Some(&owner_t), None).await;
     assert_eq!(r.status, 404);
-    let list = app
-        .call("GET", "/api/members?limit=1", Some(&owner_t), None)
-        .await;
+    let list = app.call("GET", "/api/members?limit=1", Some(&owner_t), None).await;
     assert_eq!(list.body["items"].as_array().map(|a| a.len()), Some(1));
-    let cursor = list.body["next_cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_string();
-    let rest = app
-        .call(
-            "GET",
-            &format!("/api/members?cursor={cursor}"),
-            Some(&owner_t),
-            None,
-        )
-        .await;
-    let emails: Vec<_> = rest.body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|m| m["email"].as_str().unwrap_or(""))
-        .collect();
+    let cursor = list.body["next_cursor"].as_str().expect("cursor").to_string();
+    let rest = app.call("GET", &format!("/api/members?cursor={cursor}"), Some(&owner_t), None).await;
+    let emails: Vec<_> =
+        rest.body["items"].as_array().expect("items").iter().map(|m| m["email"].as_str().unwrap_or("")).collect();
     assert_eq!(emails, ["al@acme.test"]);
     assert!(!emails.contains(&"beth@beta.test"));
 
@@ -433,14 +243,7 @@ async fn roles_members_and_the_last_owner() {
         .await;
     assert_eq!(r.status, 201);
     let al_beta = app.login("al@acme.test", "al-password-1", "beta").await;
-    let me = app
-        .call(
-            "GET",
-            "/api/me",
-            Some(&token(&al_beta, "access_token")),
-            None,
-        )
-        .await;
+    let me = app.call("GET", "/api/me", Some(&token(&al_beta, "access_token")), None).await;
     assert_eq!(me.body["memberships"].as_array().map(|a| a.len()), Some(2));
     assert_eq!(me.body["tenant"]["slug"], "beta");
     assert_eq!(me.body["role"], "agent");
@@ -451,16 +254,9 @@ async fn suspended_tenants_are_locked_out() {
     let app = spawn_app().await;
     let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let mut conn = app.db.conn();
-    switchboard::tenancy::set_status(
-        &mut conn,
-        "acme",
-        switchboard::tenancy::TenantStatus::Suspended,
-    )
-    .expect("suspend");
-    assert_eq!(
-        me_status(&app, &token(&ann, "access_token")).await,
-        (403, "tenant_suspended".to_string())
-    );
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
+        .expect("suspend");
+    assert_eq!(me_status(&app, &token(&ann, "access_token")).await, (403, "tenant_suspended".to_string()));
     let r = app
         .call(
             "POST",
@@ -469,69 +265,27 @@ async fn suspended_tenants_are_locked_out() {
             Some(json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
         )
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (403, Some("tenant_suspended"))
-    );
-    let r = app
-        .call(
-            "POST",
-            "/api/auth/refresh",
-            None,
-            Some(json!({"refresh_token": token(&ann, "refresh_token")})),
-        )
-        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("tenant_suspended")));
+    let r =
+        app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&ann, "refresh_token")}))).await;
     assert_eq!(r.status, 401);
-    switchboard::tenancy::set_status(
-        &mut conn,
-        "acme",
-        switchboard::tenancy::TenantStatus::Active,
-    )
-    .expect("resume");
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
     app.login("ann@acme.test", "ann-password-1", "acme").await;
 }
 
 #[actix_web::test]
 async fn signup_rules_and_bad_slugs() {
     let app = spawn_app_with(Signup::Closed).await;
-    let body = json!({"slug": "acme", "name": "Acme", "owner_email": "ann@acme.test", "owner_password": "ann-password-1"});
-    let r = app
-        .call("POST", "/api/tenants", None, Some(body.clone()))
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (403, Some("signup_closed"))
-    );
-    let r = app
-        .call(
-            "POST",
-            "/api/tenants",
-            Some("wrong-operator-token"),
-            Some(body.clone()),
-        )
-        .await;
+    let body =
+        json!({"slug": "acme", "name": "Acme", "owner_email": "ann@acme.test", "owner_password": "ann-password-1"});
+    let r = app.call("POST", "/api/tenants", None, Some(body.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("signup_closed")));
+    let r = app.call("POST", "/api/tenants", Some("wrong-operator-token"), Some(body.clone())).await;
     assert_eq!(r.status, 401);
-    let r = app
-        .call(
-            "POST",
-            "/api/tenants",
-            Some(OPERATOR_TOKEN),
-            Some(body.clone()),
-        )
-        .await;
+    let r = app.call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(body.clone())).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = app
-        .call(
-            "POST",
-            "/api/tenants",
-            Some(OPERATOR_TOKEN),
-            Some(body.clone()),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (409, Some("tenant_exists"))
-    );
+    let r = app.call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(body.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("tenant_exists")));
 
     for slug in [
         "a; drop schema public",
@@ -546,38 +300,23 @@ async fn signup_rules_and_bad_slugs() {
     ] {
         let mut b = body.clone();
         b["slug"] = json!(slug);
-        let r = app
-            .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
-            .await;
-        assert_eq!(
-            (r.status, r.body["error"]["code"].as_str()),
-            (422, Some("invalid_slug")),
-            "{slug}"
-        );
+        let r = app.call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b)).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_slug")), "{slug}");
     }
     let mut b = body.clone();
     b["slug"] = json!("other");
     b["owner_email"] = json!("otto@other.test");
     b["owner_password"] = json!("short");
-    let r = app
-        .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (422, Some("weak_password"))
-    );
+    let r = app.call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("weak_password")));
     // Owner email of an existing user with a wrong password: refused, nothing made.
     let mut b = body.clone();
     b["slug"] = json!("other");
     b["owner_password"] = json!("not-anns-password");
-    let r = app
-        .call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b))
-        .await;
+    let r = app.call("POST", "/api/tenants", Some(OPERATOR_TOKEN), Some(b)).await;
     assert_eq!(r.status, 409);
     let mut conn = app.db.conn();
-    assert!(switchboard::tenancy::find_by_slug(&mut conn, "other")
-        .expect("query")
-        .is_none());
+    assert!(switchboard::tenancy::find_by_slug(&mut conn, "other").expect("query").is_none());
 }
 
 #[actix_web::test]
@@ -597,18 +336,8 @@ async fn every_error_has_the_json_shape() {
     let cases: Vec<(&str, &str, &'static str, u16)> = vec![
         ("POST", "/api/auth/login", "{not json", 400),
         ("POST", "/api/auth/login", "", 400),
-        (
-            "POST",
-            "/api/auth/login",
-            r#"{"email": 5, "password": "x", "tenant": "acme"}"#,
-            422,
-        ),
-        (
-            "POST",
-            "/api/auth/login",
-            r#"{"email": "a@b.co", "password": "x", "tenant": "acme", "extra": 1}"#,
-            422,
-        ),
+        ("POST", "/api/auth/login", r#"{"email": 5, "password": "x", "tenant": "acme"}"#, 422),
+        ("POST", "/api/auth/login", r#"{"email": "a@b.co", "password": "x", "tenant": "acme", "extra": 1}"#, 422),
         ("POST", "/api/auth/login", r#"{"email": "a@b.co"}"#, 422),
         ("POST", "/api/members", r#"["array"]"#, 422),
         ("PATCH", "/api/members/abc", r#"{"role": "agent"}"#, 404),
@@ -627,10 +356,7 @@ async fn every_error_has_the_json_shape() {
         crate::common::assert_error_shape(status, &body);
     }
     // A body over the limit: 413 with the shape, not a dropped connection.
-    let big = format!(
-        r#"{{"email": "{}", "password": "x", "tenant": "acme"}}"#,
-        "a".repeat(600 * 1024)
-    );
+    let big = format!(r#"{{"email": "{}", "password": "x", "tenant": "acme"}}"#, "a".repeat(600 * 1024));
     let res = app
         .client
         .post(app.url("/api/auth/login"))

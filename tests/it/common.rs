@@ -38,37 +38,22 @@ fn with_db(admin_url: &str, db: &str) -> String {
 }
 
 fn find_pg_bin(name: &str) -> Option<PathBuf> {
-    if let Ok(out) = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-    {
+    if let Ok(out) = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output() {
         let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !p.is_empty() {
             return Some(PathBuf::from(p));
         }
     }
-    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path()).collect();
     dirs.sort();
-    dirs.into_iter()
-        .rev()
-        .map(|d| d.join("bin").join(name))
-        .find(|p| p.exists())
+    dirs.into_iter().rev().map(|d| d.join("bin").join(name)).find(|p| p.exists())
 }
 
 extern "C" fn stop_cluster() {
     if let Some(dir) = CLUSTER_DIR.get() {
         if let Some(pg_ctl) = find_pg_bin("pg_ctl") {
             let data = dir.join("data");
-            let _ = as_pg_user(
-                &pg_ctl,
-                &["-D", &data.to_string_lossy(), "-m", "immediate", "stop"],
-            )
-            .output();
+            let _ = as_pg_user(&pg_ctl, &["-D", &data.to_string_lossy(), "-m", "immediate", "stop"]).output();
         }
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -97,59 +82,22 @@ fn start_throwaway_cluster() -> String {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     if unsafe { libc::geteuid() } == 0 {
-        let _ = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&dir)
-            .status();
+        let _ = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
     let data = dir.join("data");
-    let st = as_pg_user(
-        &initdb,
-        &[
-            "-D",
-            &data.to_string_lossy(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ],
-    )
-    .output()
-    .expect("initdb runs");
-    assert!(
-        st.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-        dir.to_string_lossy()
-    );
+    let st = as_pg_user(&initdb, &["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        .output()
+        .expect("initdb runs");
+    assert!(st.status.success(), "initdb failed: {}", String::from_utf8_lossy(&st.stderr));
+    let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.to_string_lossy());
     let st = as_pg_user(
         &pg_ctl,
-        &[
-            "-D",
-            &data.to_string_lossy(),
-            "-o",
-            &opts,
-            "-l",
-            &dir.join("log").to_string_lossy(),
-            "-w",
-            "start",
-        ],
+        &["-D", &data.to_string_lossy(), "-o", &opts, "-l", &dir.join("log").to_string_lossy(), "-w", "start"],
     )
     .output()
     .expect("pg_ctl runs");
-    assert!(
-        st.status.success(),
-        "pg_ctl start failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert!(st.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&st.stderr));
     let _ = CLUSTER_DIR.set(dir.clone());
     unsafe { libc::atexit(stop_cluster) };
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
@@ -160,11 +108,7 @@ pub fn admin_url() -> &'static str {
     ADMIN_URL.get_or_init(|| {
         let url = std::env::var("SWITCHBOARD_TEST_ADMIN_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let url = if PgConnection::establish(&url).is_ok() {
-            url
-        } else {
-            start_throwaway_cluster()
-        };
+        let url = if PgConnection::establish(&url).is_ok() { url } else { start_throwaway_cluster() };
         sweep_leftovers(&url);
         url
     })
@@ -180,22 +124,14 @@ fn sweep_leftovers(admin: &str) {
         #[diesel(sql_type = diesel::sql_types::Text)]
         datname: String,
     }
-    let rows: Vec<Row> =
-        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'sbt\\_%'")
-            .load(&mut conn)
-            .unwrap_or_default();
+    let rows: Vec<Row> = diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'sbt\\_%'")
+        .load(&mut conn)
+        .unwrap_or_default();
     for r in rows {
-        let pid = r
-            .datname
-            .split('_')
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
+        let pid = r.datname.split('_').nth(1).and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = conn.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    r.datname
-                ));
+                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", r.datname));
             }
         }
     }
@@ -213,8 +149,7 @@ impl TestDb {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("sbt_{}_{}_{}", std::process::id(), n, rand_suffix());
         let mut conn = PgConnection::establish(admin).expect("admin connection");
-        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .expect("create test database");
+        conn.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
         let url = with_db(admin, &name);
         let mut c = PgConnection::establish(&url).expect("connect test database");
         run_public_migrations(&mut c).expect("public migrations");
@@ -222,15 +157,7 @@ impl TestDb {
     }
 
     pub fn pool(&self, size: u32) -> PgPool {
-        connect_pool(
-            &self.url,
-            PoolOptions {
-                max_size: size,
-                min_idle: Some(0),
-                ..Default::default()
-            },
-        )
-        .expect("pool")
+        connect_pool(&self.url, PoolOptions { max_size: size, min_idle: Some(size), ..Default::default() }).expect("pool")
     }
 
     pub fn conn(&self) -> PgConnection {
@@ -241,10 +168,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut conn) = PgConnection::establish(admin_url()) {
-            let _ = conn.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ));
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
         }
     }
 }
@@ -252,24 +176,16 @@ impl Drop for TestDb {
 fn rand_suffix() -> String {
     use rand::Rng;
     let mut r = rand::thread_rng();
-    (0..6)
-        .map(|_| (b'a' + r.gen_range(0..26)) as char)
-        .collect()
+    (0..6).map(|_| (b'a' + r.gen_range(0..26)) as char).collect()
 }
 
 pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
     ServerConfig {
-        db: DbConfig {
-            database_url: Secret::new(db.url.clone()),
-            pool_size: 4,
-        },
+        db: DbConfig { database_url: Secret::new(db.url.clone()), pool_size: 4 },
         bind: "127.0.0.1:0".parse().expect("addr"),
         public_url: "http://127.0.0.1:0".into(),
         jwt_secret: Secret::new(JWT_SECRET.as_bytes().to_vec()),
-        encryption_keys: vec![EncryptionKey {
-            id: "k1".into(),
-            key: Secret::new([7u8; 32]),
-        }],
+        encryption_keys: vec![EncryptionKey { id: "k1".into(), key: Secret::new([7u8; 32]) }],
         signup,
         operator_token: Some(Secret::new(OPERATOR_TOKEN.into())),
         meta: MetaConfig {
@@ -304,18 +220,10 @@ pub async fn spawn_app_with(signup: Signup) -> TestApp {
     let pool = db.pool(4);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let server = switchboard::http::build_server(config.clone(), Db::new(pool.clone()), listener)
-        .expect("server");
+    let server = switchboard::http::build_server(config.clone(), Db::new(pool.clone()), listener).expect("server");
     let handle = server.handle();
     actix_web::rt::spawn(server);
-    TestApp {
-        base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-        pool,
-        config,
-        handle,
-        db,
-    }
+    TestApp { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new(), pool, config, handle, db }
 }
 
 impl Drop for TestApp {
@@ -336,13 +244,7 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> Resp {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.client.request(m, self.url(path));
         if let Some(t) = token {
@@ -398,9 +300,8 @@ pub fn assert_error_shape(status: u16, body: &serde_json::Value) {
     let code = body.pointer("/error/code").and_then(|c| c.as_str());
     let message = body.pointer("/error/message").and_then(|c| c.as_str());
     assert!(
-        code.is_some_and(
-            |c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-        ) && message.is_some_and(|m| !m.is_empty()),
+        code.is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            && message.is_some_and(|m| !m.is_empty()),
         "status {status} without the JSON error shape: {body}"
     );
 }

@@ -25,19 +25,12 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The embedded tenant migrations plus one new one, as a folder.
 fn migrations_with_extra() -> (PathBuf, Migrations) {
-    let dir = std::env::temp_dir().join(format!(
-        "sb-migrations-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = std::env::temp_dir().join(format!("sb-migrations-{}-{}", std::process::id(), rand::random::<u32>()));
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"), &dir);
     let extra = dir.join("2099-01-01-000001_extra_thing");
     std::fs::create_dir_all(&extra).expect("mkdir");
-    std::fs::write(
-        extra.join("up.sql"),
-        "CREATE TABLE extra_thing (id BIGSERIAL PRIMARY KEY, note TEXT);",
-    )
-    .expect("write");
+    std::fs::write(extra.join("up.sql"), "CREATE TABLE extra_thing (id BIGSERIAL PRIMARY KEY, note TEXT);")
+        .expect("write");
     std::fs::write(extra.join("down.sql"), "DROP TABLE extra_thing;").expect("write");
     let source = FileBasedMigrations::from_path(&dir).expect("migrations folder");
     (dir, Migrations::new(source))
@@ -74,8 +67,7 @@ fn migrate_two_hundred_tenants_concurrently_with_one_failing() {
     }
     let mut conn = db.conn();
     // Make one tenant fail the new migration: the table already exists there.
-    conn.batch_execute("CREATE TABLE tenant_t042.extra_thing (x INT)")
-        .expect("sabotage");
+    conn.batch_execute("CREATE TABLE tenant_t042.extra_thing (x INT)").expect("sabotage");
 
     let (dir, source) = migrations_with_extra();
     let latest = latest_version(&source).expect("latest");
@@ -94,11 +86,7 @@ fn migrate_two_hundred_tenants_concurrently_with_one_failing() {
     for report in &reports {
         assert_eq!(report.tenants_total, N);
         let failed: Vec<_> = report.failures().map(|(s, _)| s.to_string()).collect();
-        assert_eq!(
-            failed,
-            vec!["t042".to_string()],
-            "only the sabotaged tenant fails"
-        );
+        assert_eq!(failed, vec!["t042".to_string()], "only the sabotaged tenant fails");
         for (slug, outcome) in &report.results {
             if let TenantOutcome::Applied(v) = outcome {
                 assert_eq!(v, &vec![latest.clone()], "{slug}");
@@ -107,10 +95,7 @@ fn migrate_two_hundred_tenants_concurrently_with_one_failing() {
         }
     }
     assert_eq!(applied_by.len(), N - 1, "every healthy tenant migrated");
-    assert!(
-        applied_by.values().all(|n| *n == 1),
-        "no tenant migrated twice"
-    );
+    assert!(applied_by.values().all(|n| *n == 1), "no tenant migrated twice");
 
     for i in 0..N {
         let schema = format!("tenant_t{i:03}");
@@ -131,8 +116,7 @@ fn migrate_two_hundred_tenants_concurrently_with_one_failing() {
     assert_eq!(third.failures().count(), 1);
 
     // Fixed by hand, the tenant catches up.
-    conn.batch_execute("DROP TABLE tenant_t042.extra_thing")
-        .expect("repair");
+    conn.batch_execute("DROP TABLE tenant_t042.extra_thing").expect("repair");
     let fourth = migrate_all(&pool, &source, 4).expect("fourth run");
     assert_eq!(fourth.failures().count(), 0);
     assert_eq!(fourth.applied_count(), 1);
@@ -162,22 +146,16 @@ fn columns(conn: &mut PgConnection, schema: &str) -> Vec<Column> {
 fn every_tenant_migration_reverts_and_reapplies_cleanly() {
     let db = TestDb::new();
     let mut conn = db.conn();
-    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A")
-        .expect("provision");
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
     let before = columns(&mut conn, "tenant_alpha");
     assert!(!before.is_empty());
-    conn.transaction(
-        |conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
-            conn.revert_all_migrations(Migrations::tenant())?;
-            assert!(
-                columns(conn, "tenant_alpha").is_empty(),
-                "down.sql leaves tables behind"
-            );
-            conn.run_pending_migrations(Migrations::tenant())?;
-            Ok(())
-        },
-    )
+    conn.transaction(|conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+        conn.revert_all_migrations(Migrations::tenant())?;
+        assert!(columns(conn, "tenant_alpha").is_empty(), "down.sql leaves tables behind");
+        conn.run_pending_migrations(Migrations::tenant())?;
+        Ok(())
+    })
     .expect("revert and re-run");
     assert_eq!(columns(&mut conn, "tenant_alpha"), before);
 }

@@ -15,41 +15,25 @@ use crate::common::TestDb;
 
 fn provision(conn: &mut PgConnection, slug: &str) -> TenantId {
     let slug = TenantSlug::parse(slug).expect("slug");
-    tenancy::provision(conn, &slug, "Test")
-        .expect("provision")
-        .tenant_id()
+    tenancy::provision(conn, &slug, "Test").expect("provision").tenant_id()
 }
 
 fn add_rows(conn: &mut PgConnection, t: TenantId, prefix: &str, n: usize) {
-    with_tenant(
-        conn,
-        &TenantScope::system(t),
-        |tc| -> Result<(), AppError> {
-            for i in 0..n {
-                diesel::insert_into(audit_log::table)
-                    .values((
-                        audit_log::action.eq(format!("{prefix}-{i}")),
-                        audit_log::target_type.eq("test"),
-                    ))
-                    .execute(tc.pg())?;
-            }
-            Ok(())
-        },
-    )
+    with_tenant(conn, &TenantScope::system(t), |tc| -> Result<(), AppError> {
+        for i in 0..n {
+            diesel::insert_into(audit_log::table)
+                .values((audit_log::action.eq(format!("{prefix}-{i}")), audit_log::target_type.eq("test")))
+                .execute(tc.pg())?;
+        }
+        Ok(())
+    })
     .expect("insert rows");
 }
 
 fn actions(conn: &mut PgConnection, t: TenantId) -> Vec<String> {
-    with_tenant(
-        conn,
-        &TenantScope::system(t),
-        |tc| -> Result<Vec<String>, AppError> {
-            Ok(audit_log::table
-                .select(audit_log::action)
-                .order(audit_log::id)
-                .load(tc.pg())?)
-        },
-    )
+    with_tenant(conn, &TenantScope::system(t), |tc| -> Result<Vec<String>, AppError> {
+        Ok(audit_log::table.select(audit_log::action).order(audit_log::id).load(tc.pg())?)
+    })
     .expect("read rows")
 }
 
@@ -69,11 +53,7 @@ fn tenants_never_see_each_others_rows_on_a_shared_small_pool() {
                 let pool = pool.clone();
                 std::thread::spawn(move || {
                     for i in 0..60 {
-                        let (tenant, prefix, count) = if (i + w) % 2 == 0 {
-                            (a, "alpha", 5)
-                        } else {
-                            (b, "beta", 7)
-                        };
+                        let (tenant, prefix, count) = if (i + w) % 2 == 0 { (a, "alpha", 5) } else { (b, "beta", 7) };
                         if i % 10 == 7 {
                             // A unit of work that panics mid-transaction; its
                             // connection must not come back with the transaction open.
@@ -84,10 +64,7 @@ fn tenants_never_see_each_others_rows_on_a_shared_small_pool() {
                                     &TenantScope::system(tenant),
                                     |tc| -> Result<(), AppError> {
                                         diesel::insert_into(audit_log::table)
-                                            .values((
-                                                audit_log::action.eq("leak"),
-                                                audit_log::target_type.eq("test"),
-                                            ))
+                                            .values((audit_log::action.eq("leak"), audit_log::target_type.eq("test")))
                                             .execute(tc.pg())?;
                                         panic!("panics on purpose");
                                     },
@@ -105,10 +82,7 @@ fn tenants_never_see_each_others_rows_on_a_shared_small_pool() {
                                     &TenantScope::system(tenant),
                                     |tc| -> Result<(), AppError> {
                                         diesel::insert_into(audit_log::table)
-                                            .values((
-                                                audit_log::action.eq("leak"),
-                                                audit_log::target_type.eq("test"),
-                                            ))
+                                            .values((audit_log::action.eq("leak"), audit_log::target_type.eq("test")))
                                             .execute(tc.pg())?;
                                         Err(AppError::invalid("boom", "fails on purpose"))
                                     },
@@ -118,20 +92,13 @@ fn tenants_never_see_each_others_rows_on_a_shared_small_pool() {
                             _ => {
                                 let seen = actions(&mut conn, tenant);
                                 assert_eq!(seen.len(), count, "tenant {prefix} saw {seen:?}");
-                                assert!(
-                                    seen.iter().all(|s| s.starts_with(prefix)),
-                                    "tenant {prefix} saw {seen:?}"
-                                );
+                                assert!(seen.iter().all(|s| s.starts_with(prefix)), "tenant {prefix} saw {seen:?}");
                             }
                         }
                         // Back in the pool's hands, the connection has no tenant.
                         assert_eq!(current_search_path(&mut conn).expect("search_path"), "\"\"");
-                        let outside =
-                            diesel::sql_query("SELECT count(*) FROM audit_log").execute(&mut *conn);
-                        assert!(
-                            outside.is_err(),
-                            "a query outside a tenant transaction must fail"
-                        );
+                        let outside = diesel::sql_query("SELECT count(*) FROM audit_log").execute(&mut *conn);
+                        assert!(outside.is_err(), "a query outside a tenant transaction must fail");
                     }
                 })
             })
@@ -154,22 +121,15 @@ fn the_guard_refuses_unknown_suspended_and_unmigrated_tenants() {
     let mut conn = pool.get().expect("checkout");
     let a = provision(&mut conn, "alpha");
     let refuse = |conn: &mut PgConnection, t: TenantId| {
-        with_tenant(conn, &TenantScope::system(t), |_| -> Result<(), DbError> {
-            Ok(())
-        })
-        .expect_err("refused")
+        with_tenant(conn, &TenantScope::system(t), |_| -> Result<(), DbError> { Ok(()) }).expect_err("refused")
     };
-    assert!(matches!(
-        refuse(&mut conn, TenantId(999_999)),
-        DbError::TenantNotFound
-    ));
+    assert!(matches!(refuse(&mut conn, TenantId(999_999)), DbError::TenantNotFound));
     tenancy::set_status(&mut conn, "alpha", TenantStatus::Suspended).expect("suspend");
     assert!(matches!(refuse(&mut conn, a), DbError::TenantSuspended));
     // The refused transaction was closed: the connection is still usable.
     assert_eq!(current_search_path(&mut conn).expect("usable"), "\"\"");
     tenancy::set_status(&mut conn, "alpha", TenantStatus::Active).expect("resume");
-    conn.batch_execute("UPDATE public.tenants SET schema_version = '1' WHERE slug = 'alpha'")
-        .expect("age");
+    conn.batch_execute("UPDATE public.tenants SET schema_version = '1' WHERE slug = 'alpha'").expect("age");
     assert!(matches!(refuse(&mut conn, a), DbError::TenantNotReady));
 }
 
@@ -179,25 +139,14 @@ fn provisioning_is_all_or_nothing_and_refuses_bad_names() {
     let mut conn = db.conn();
     provision(&mut conn, "alpha");
     // Same slug again: 409, and no second schema or row.
-    let again = tenancy::provision(
-        &mut conn,
-        &TenantSlug::parse("alpha").expect("slug"),
-        "Again",
-    );
+    let again = tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "Again");
     assert_eq!(again.expect_err("duplicate").status().as_u16(), 409);
     // A schema that exists without a tenant row (left by hand): refused, and
     // the tenant row inserted before the failure is rolled back.
-    conn.batch_execute("CREATE SCHEMA tenant_orphan")
-        .expect("orphan");
-    let orphan = tenancy::provision(
-        &mut conn,
-        &TenantSlug::parse("orphan").expect("slug"),
-        "Orphan",
-    );
+    conn.batch_execute("CREATE SCHEMA tenant_orphan").expect("orphan");
+    let orphan = tenancy::provision(&mut conn, &TenantSlug::parse("orphan").expect("slug"), "Orphan");
     assert_eq!(orphan.expect_err("schema exists").status().as_u16(), 409);
-    assert!(tenancy::find_by_slug(&mut conn, "orphan")
-        .expect("query")
-        .is_none());
+    assert!(tenancy::find_by_slug(&mut conn, "orphan").expect("query").is_none());
     for bad in [
         "a; drop schema public",
         "Robert'); DROP TABLE",

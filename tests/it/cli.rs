@@ -1,0 +1,110 @@
+//! The operator's command line, run as a process.
+
+use std::process::{Command, Output};
+
+use crate::common::TestDb;
+
+fn switchboard(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run switchboard")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn tenant_lifecycle_and_clear_errors() {
+    let db = TestDb::new();
+    let ok = |args: &[&str]| {
+        let o = switchboard(&db, args);
+        assert!(o.status.success(), "{args:?}: {:?} {}", o.status, text(&o));
+        text(&o)
+    };
+    let fails = |args: &[&str]| {
+        let o = switchboard(&db, args);
+        assert!(!o.status.success(), "{args:?} should fail: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        err
+    };
+
+    let out = ok(&[
+        "tenant",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--owner-email",
+        "ann@acme.test",
+        "--owner-password",
+        "ann-password-1",
+    ]);
+    assert!(out.contains("tenant_acme"), "{out}");
+    for bad in ["a; drop schema public", "pg-catalog", "public", "Acme"] {
+        let err = fails(&[
+            "tenant",
+            "create",
+            bad,
+            "--name",
+            "X",
+            "--owner-email",
+            "x@x.test",
+            "--owner-password",
+            "x-password-1",
+        ]);
+        assert!(err.contains("slug"), "{err}");
+    }
+    let err = fails(&[
+        "tenant",
+        "create",
+        "acme",
+        "--name",
+        "Again",
+        "--owner-email",
+        "ann@acme.test",
+        "--owner-password",
+        "ann-password-1",
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    ok(&[
+        "user",
+        "create",
+        "--email",
+        "bob@acme.test",
+        "--password",
+        "bob-password-1",
+        "--tenant",
+        "acme",
+        "--role",
+        "agent",
+    ]);
+    ok(&["tenant", "suspend", "acme"]);
+    assert!(ok(&["tenant", "list"]).contains("suspended"));
+    ok(&["tenant", "resume", "acme"]);
+    let out = ok(&["migrate", "--jobs", "2"]);
+    assert!(out.contains("1 tenant(s): 1 already current"), "{out}");
+    let err = fails(&["tenant", "drop", "acme"]);
+    assert!(err.contains("--yes"), "{err}");
+    ok(&["tenant", "drop", "acme", "--yes"]);
+    assert!(!ok(&["tenant", "list"]).contains("acme"));
+    let err = fails(&["tenant", "suspend", "acme"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // Configuration errors name the variable, in one line.
+    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("SWITCHBOARD_JWT_SECRET", "short")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("SWITCHBOARD_JWT_SECRET"), "{err}");
+}
