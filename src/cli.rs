@@ -25,6 +25,15 @@ pub enum Command {
     /// Operators' user work.
     #[command(subcommand)]
     User(UserCommand),
+    /// Run the local fake of Meta's Graph API and OAuth dialog.
+    FakeMeta {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        bind: String,
+    },
+    /// Encryption keys of stored tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print performance figures of this machine and database.
     Bench(BenchArgs),
 }
@@ -56,6 +65,13 @@ pub enum TenantCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Re-encrypt every stored token with the first key of
+    /// SWITCHBOARD_ENCRYPTION_KEYS (the others must still be listed).
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]

@@ -28,6 +28,7 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     Unprocessable,
     RateLimited,
+    BadGateway,
     Unavailable,
     Internal,
 }
@@ -45,6 +46,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -160,6 +162,28 @@ impl From<DbError> for AppError {
 impl From<diesel::result::Error> for AppError {
     fn from(e: diesel::result::Error) -> Self {
         DbError::from(e).into()
+    }
+}
+
+impl From<crate::meta::GraphError> for AppError {
+    fn from(e: crate::meta::GraphError) -> Self {
+        use crate::meta::GraphError as G;
+        let message = e.to_string();
+        match e {
+            G::TokenInvalid { .. } => AppError::invalid("meta_token_invalid", message),
+            G::Permission { .. } => AppError::invalid("meta_permission_denied", message),
+            G::RateLimited { .. } => AppError::new(ErrorKind::RateLimited, "meta_rate_limited", message),
+            G::OutsideWindow { .. } => AppError::invalid("outside_window", message),
+            G::RecipientUnavailable { .. } => AppError::invalid("recipient_unavailable", message),
+            G::Transient { .. } | G::Network(_) => AppError::unavailable("meta_unavailable", message),
+            G::Other { .. } | G::Decode(_) => AppError::new(ErrorKind::BadGateway, "meta_error", message),
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for AppError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        AppError::internal(e)
     }
 }
 

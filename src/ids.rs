@@ -1,9 +1,7 @@
 //! Typed ids: a user id cannot be passed where a tenant id is expected.
 //! On the wire every id is a decimal string (API.md: "ids are strings").
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
-
+#[macro_export]
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -17,28 +15,28 @@ macro_rules! id_type {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}", self.0)
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(&self.0)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 // Accept "42" (the contract) and 42 (lenient clients).
-                #[derive(Deserialize)]
+                #[derive(::serde::Deserialize)]
                 #[serde(untagged)]
                 enum Raw {
                     S(String),
                     N(i64),
                 }
-                let v = match Raw::deserialize(d)? {
+                let v = match <Raw as ::serde::Deserialize>::deserialize(d)? {
                     Raw::S(s) => s.parse::<i64>().map_err(serde::de::Error::custom)?,
                     Raw::N(n) => n,
                 };
@@ -51,11 +49,11 @@ macro_rules! id_type {
     };
 }
 
-id_type!(
+crate::id_type!(
     /// A global user (public.users).
     UserId
 );
-id_type!(
+crate::id_type!(
     /// A tenant (public.tenants).
     TenantId
 );

@@ -6,18 +6,23 @@
 //! functions take plain values and a connection so they are testable without
 //! HTTP.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod channels;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod meta;
 pub mod ops;
 pub mod secret;
 pub mod telemetry;
 pub mod tenancy;
+pub mod web;
 
 pub use error::{AppError, AppResult};

@@ -5,14 +5,16 @@ use anyhow::{bail, Context};
 use diesel::prelude::*;
 use std::sync::Arc;
 
+use crate::app::AppState;
 use crate::auth::users::{self, Email};
 use crate::auth::Role;
-use crate::cli::{TenantCommand, UserCommand};
+use crate::cli::{KeysCommand, TenantCommand, UserCommand};
 use crate::config::{DbConfig, ServerConfig};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
 use crate::db::schema::memberships;
 use crate::db::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
 use crate::error::AppError;
+use crate::meta::fake::{FakeConfig, FakeMeta};
 use crate::tenancy::{self, NewTenant, TenantSlug, TenantStatus};
 
 fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
@@ -60,10 +62,60 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(bind = %config.bind, public_url = %config.public_url, "serving");
     let config = Arc::new(config);
     actix_web::rt::System::new().block_on(async move {
-        let server = crate::http::build_server(config, Db::new(pool), listener)?;
+        let state = actix_web::web::Data::new(AppState::new(config, Db::new(pool)));
+        actix_web::rt::spawn(crate::channels::reconcile::run(state.clone()));
+        let server = crate::http::build_server(state, listener)?;
         server.await
     })?;
     Ok(())
+}
+
+pub fn fake_meta(bind: &str) -> anyhow::Result<()> {
+    crate::telemetry::init(false);
+    let mut cfg = FakeConfig::default();
+    if let Ok(id) = std::env::var("META_APP_ID") {
+        cfg.app_id = id;
+    }
+    if let Ok(secret) = std::env::var("META_APP_SECRET") {
+        cfg.app_secret = secret;
+    }
+    let listener = std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+    println!("fake Meta Graph API on http://{bind} (app id {}); control API under /_fake", cfg.app_id);
+    let fake = FakeMeta::new(cfg);
+    actix_web::rt::System::new().block_on(async move { fake.build_server(listener)?.await })?;
+    Ok(())
+}
+
+pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    let KeysCommand::Rotate = cmd;
+    let cfg = DbConfig::from_env()?;
+    let raw = std::env::var("SWITCHBOARD_ENCRYPTION_KEYS").unwrap_or_default();
+    let keys = crate::config::parse_encryption_keys(&raw)
+        .map_err(|p| anyhow::anyhow!("configuration error: SWITCHBOARD_ENCRYPTION_KEYS {p}"))?;
+    let keyring = crate::crypto::Keyring::new(&keys);
+    let pool = pool_for(&cfg, 2)?;
+    let mut conn = pool.get()?;
+    let report = rotate_keys(&mut conn, &keyring)?;
+    for (slug, n) in &report {
+        println!("{slug}: {n} value(s) re-encrypted");
+    }
+    println!("all tokens are now sealed with key {:?}", keyring.current_key_id());
+    Ok(())
+}
+
+/// Re-seals every stored token of every tenant with the current key.
+pub fn rotate_keys(
+    conn: &mut diesel::PgConnection,
+    keyring: &crate::crypto::Keyring,
+) -> anyhow::Result<Vec<(String, usize)>> {
+    let mut out = Vec::new();
+    for t in tenancy::list(conn)? {
+        let scope = crate::db::TenantScope::maintenance(t.tenant_id());
+        let n = crate::db::with_tenant(conn, &scope, |tc| crate::channels::reencrypt_tokens(tc, keyring))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", t.slug))?;
+        out.push((t.slug, n));
+    }
+    Ok(out)
 }
 
 pub fn migrate(jobs: usize) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-DROP FUNCTION IF EXISTS public.sb_enter_tenant(BIGINT, TEXT, BIGINT, TEXT);
+DROP FUNCTION IF EXISTS public.sb_enter_tenant(BIGINT, TEXT, BIGINT, TEXT, BOOLEAN);
 DROP TABLE IF EXISTS public.refresh_tokens;
 DROP TABLE IF EXISTS public.memberships;
 DROP TABLE IF EXISTS public.users;

@@ -52,7 +52,10 @@ CREATE INDEX refresh_tokens_user_tenant_idx ON public.refresh_tokens (user_id, t
 -- for requests made by a member, a membership whose role is no longer the one
 -- in the token. Then it points the search path at the tenant's schema for
 -- this transaction only (is_local = true), quoting the identifier.
-CREATE FUNCTION public.sb_enter_tenant(p_tenant BIGINT, p_min_version TEXT, p_user BIGINT, p_role TEXT)
+-- Maintenance work (Meta's data-deletion callback, key rotation) passes
+-- p_allow_suspended so it reaches suspended tenants too.
+CREATE FUNCTION public.sb_enter_tenant(p_tenant BIGINT, p_min_version TEXT, p_user BIGINT, p_role TEXT,
+                                       p_allow_suspended BOOLEAN)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     t public.tenants%ROWTYPE;
@@ -62,7 +65,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'switchboard:tenant_not_found';
     END IF;
-    IF t.status <> 'active' THEN
+    IF t.status <> 'active' AND NOT p_allow_suspended THEN
         RAISE EXCEPTION 'switchboard:tenant_suspended';
     END IF;
     IF t.schema_version IS NULL OR t.schema_version < p_min_version THEN

@@ -50,3 +50,45 @@ diesel::table! {
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens);
+
+diesel::table! {
+    public.channel_routes (platform, external_id) {
+        platform -> Text,
+        external_id -> Text,
+        tenant_id -> Int8,
+        channel_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    public.oauth_states (nonce) {
+        nonce -> Text,
+        tenant_id -> Int8,
+        user_id -> Int8,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    public.meta_user_links (meta_user_id, tenant_id) {
+        meta_user_id -> Text,
+        tenant_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    public.data_deletion_requests (confirmation_code) {
+        confirmation_code -> Text,
+        meta_user_id -> Text,
+        status -> Text,
+        tenants_affected -> Int4,
+        channels_affected -> Int4,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(channel_routes, tenants);

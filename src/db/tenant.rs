@@ -21,15 +21,21 @@ use crate::ids::{TenantId, UserId};
 pub struct TenantScope {
     pub tenant: TenantId,
     pub member: Option<(UserId, &'static str)>,
+    /// Reaches suspended tenants too (data deletion, key rotation).
+    pub maintenance: bool,
 }
 
 impl TenantScope {
     pub fn system(tenant: TenantId) -> Self {
-        TenantScope { tenant, member: None }
+        TenantScope { tenant, member: None, maintenance: false }
     }
 
     pub fn member(tenant: TenantId, user: UserId, role: &'static str) -> Self {
-        TenantScope { tenant, member: Some((user, role)) }
+        TenantScope { tenant, member: Some((user, role)), maintenance: false }
+    }
+
+    pub fn maintenance(tenant: TenantId) -> Self {
+        TenantScope { tenant, member: None, maintenance: true }
     }
 }
 
@@ -64,7 +70,10 @@ fn enter_sql(scope: &TenantScope) -> String {
         }
         None => ("NULL".to_string(), "NULL".to_string()),
     };
-    format!("BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {})", scope.tenant.0, version, user, role)
+    format!(
+        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {})",
+        scope.tenant.0, version, user, role, scope.maintenance
+    )
 }
 
 /// Runs `f` in one transaction scoped to the tenant. Commits when `f` returns

@@ -2,9 +2,12 @@
 //! domain function on the blocking pool and shape the answer; every failure
 //! becomes the JSON error contract through [`AppError`].
 
+pub mod audit;
 pub mod auth;
+pub mod channels;
 pub mod health;
 pub mod members;
+pub mod meta;
 pub mod pagination;
 pub mod tenants;
 
@@ -14,21 +17,14 @@ use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::net::TcpListener;
-use std::sync::Arc;
 
-use crate::auth::JwtKeys;
-use crate::config::ServerConfig;
-use crate::db::Db;
 use crate::error::{AppError, ErrorKind};
 use crate::telemetry::RequestSpan;
 
 /// Largest JSON body the API accepts (webhooks have their own, larger limit).
 pub const JSON_LIMIT: usize = 256 * 1024;
 
-pub struct AppState {
-    pub db: Db,
-    pub config: Arc<ServerConfig>,
-}
+pub use crate::app::AppState;
 
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let e = match &err {
@@ -117,14 +113,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .configure(health::routes)
-        .service(web::scope("/api").configure(auth::routes).configure(tenants::routes).configure(members::routes))
+        .service(
+            web::scope("/api")
+                .configure(auth::routes)
+                .configure(tenants::routes)
+                .configure(members::routes)
+                .configure(channels::routes)
+                .configure(audit::routes),
+        )
+        .configure(meta::routes)
+        .configure(crate::web::routes)
         .default_service(web::to(no_route));
 }
 
 /// Binds the server to `listener` (port 0 in tests).
-pub fn build_server(config: Arc<ServerConfig>, db: Db, listener: TcpListener) -> std::io::Result<Server> {
-    let keys = web::Data::new(JwtKeys::new(config.jwt_secret.expose()));
-    let state = web::Data::new(AppState { db, config: config.clone() });
+pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let keys = web::Data::new(state.jwt.clone());
+    let config = state.config.clone();
     // Database work runs on each worker's blocking pool; no more threads than
     // the pool has connections, so waiting happens in r2d2, bounded.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

@@ -157,7 +157,8 @@ impl TestDb {
     }
 
     pub fn pool(&self, size: u32) -> PgPool {
-        connect_pool(&self.url, PoolOptions { max_size: size, min_idle: Some(size), ..Default::default() }).expect("pool")
+        connect_pool(&self.url, PoolOptions { max_size: size, min_idle: Some(size), ..Default::default() })
+            .expect("pool")
     }
 
     pub fn conn(&self) -> PgConnection {
@@ -200,13 +201,16 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
     }
 }
 
-/// A running server on port 0 against its own database.
+/// A running server on port 0 against its own database, with its own fake
+/// Meta (also on port 0) as Graph API and OAuth dialog.
 pub struct TestApp {
     pub base: String,
+    pub fake_base: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub config: Arc<ServerConfig>,
-    handle: actix_web::dev::ServerHandle,
+    pub state: actix_web::web::Data<switchboard::app::AppState>,
+    handles: Vec<actix_web::dev::ServerHandle>,
     pub db: TestDb,
 }
 
@@ -216,21 +220,41 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(signup: Signup) -> TestApp {
     let db = TestDb::new();
-    let config = Arc::new(test_config(&db, signup));
-    let pool = db.pool(4);
+    let fake = switchboard::meta::fake::FakeMeta::new(switchboard::meta::fake::FakeConfig::default());
+    let fake_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fake_base = format!("http://127.0.0.1:{}", fake_listener.local_addr().expect("addr").port());
+    let fake_server = fake.build_server(fake_listener).expect("fake server");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = switchboard::http::build_server(config.clone(), Db::new(pool.clone()), listener).expect("server");
-    let handle = server.handle();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let mut cfg = test_config(&db, signup);
+    cfg.public_url = base.clone();
+    cfg.meta.graph_url = fake_base.clone();
+    cfg.meta.dialog_url = fake_base.clone();
+    let config = Arc::new(cfg);
+    let pool = db.pool(4);
+    let state = actix_web::web::Data::new(switchboard::app::AppState::new(config.clone(), Db::new(pool.clone())));
+    let server = switchboard::http::build_server(state.clone(), listener).expect("server");
+    let handles = vec![server.handle(), fake_server.handle()];
     actix_web::rt::spawn(server);
-    TestApp { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new(), pool, config, handle, db }
+    actix_web::rt::spawn(fake_server);
+    TestApp {
+        base,
+        fake_base,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        pool,
+        config,
+        state,
+        handles,
+        db,
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Stop accepting; the database is dropped with FORCE right after.
-        let h = self.handle.clone();
-        actix_web::rt::spawn(async move { h.stop(false).await });
+        for h in self.handles.clone() {
+            actix_web::rt::spawn(async move { h.stop(false).await });
+        }
     }
 }
 
@@ -242,6 +266,14 @@ pub struct Resp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// Calls the fake Meta's control API.
+    pub async fn fake(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let res = self.client.request(m, format!("{}{}", self.fake_base, path)).json(&body).send().await.expect("fake");
+        assert!(res.status().is_success(), "fake {path}: {}", res.status());
+        res.json().await.expect("json")
     }
 
     pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Resp {

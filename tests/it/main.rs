@@ -2,6 +2,7 @@
 //! binary keeps link time down; each test makes its own database.
 
 mod auth;
+mod channels;
 mod cli;
 mod common;
 mod migrate;

@@ -1,0 +1,544 @@
+//! Channels: the Facebook Pages, Instagram accounts and WhatsApp numbers a
+//! tenant has connected, who may see them, and their tokens (encrypted).
+//!
+//! Decisions:
+//! - A page or number is held by at most one tenant (`public.channel_routes`,
+//!   unique on (platform, external id)); connecting one another tenant holds
+//!   is 409 `channel_taken`. Disconnecting releases it; the channel row stays
+//!   (status `disconnected`) with its history unless `?purge=true`.
+//! - Reconnecting updates the row in place (same id, new token).
+//! - Owners and admins see every channel; agents and viewers only those they
+//!   are members of.
+//! - An Instagram account receives its webhooks through its Page's
+//!   subscription, so disconnecting a Page keeps that subscription while the
+//!   linked Instagram channel stays connected (and vice versa); a WhatsApp
+//!   business account is unsubscribed when its last number goes.
+
+pub mod connect;
+pub mod meta_callbacks;
+pub mod oauth;
+pub mod reconcile;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit;
+use crate::auth::Role;
+use crate::crypto::Keyring;
+use crate::db::schema::{channel_routes, memberships, meta_user_links};
+use crate::db::tenant_schema::{channel_members, channels};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::secret::Secret;
+
+crate::id_type!(
+    /// A channel, inside one tenant.
+    ChannelId
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Facebook,
+    Instagram,
+    Whatsapp,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Facebook => "facebook",
+            Platform::Instagram => "instagram",
+            Platform::Whatsapp => "whatsapp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Platform> {
+        match s {
+            "facebook" => Some(Platform::Facebook),
+            "instagram" => Some(Platform::Instagram),
+            "whatsapp" => Some(Platform::Whatsapp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelStatus {
+    Connected,
+    ReauthRequired,
+    Disconnected,
+}
+
+impl ChannelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStatus::Connected => "connected",
+            ChannelStatus::ReauthRequired => "reauth_required",
+            ChannelStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AutoReply {
+    pub enabled: bool,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    pub auto_reply: AutoReply,
+    pub notifications: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { auto_reply: AutoReply { enabled: false, text: String::new() }, notifications: true }
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = channels)]
+pub struct ChannelRow {
+    pub id: i64,
+    pub platform: String,
+    pub external_id: String,
+    pub name: String,
+    pub status: String,
+    pub settings: serde_json::Value,
+    access_token_enc: Option<String>,
+    pub parent_external_id: Option<String>,
+    pub meta_user_id: Option<String>,
+    pub status_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Associated data binding a sealed token to its channel.
+pub fn token_aad(platform: &str, external_id: &str) -> String {
+    format!("channel:{platform}:{external_id}")
+}
+
+impl ChannelRow {
+    pub fn channel_id(&self) -> ChannelId {
+        ChannelId(self.id)
+    }
+
+    pub fn platform(&self) -> Platform {
+        Platform::parse(&self.platform).unwrap_or(Platform::Facebook)
+    }
+
+    pub fn settings(&self) -> Settings {
+        serde_json::from_value(self.settings.clone()).unwrap_or_default()
+    }
+
+    /// The channel's access token, if it has one.
+    pub fn token(&self, keys: &Keyring) -> AppResult<Option<Secret<String>>> {
+        match &self.access_token_enc {
+            None => Ok(None),
+            Some(enc) => Ok(Some(keys.decrypt(enc, &token_aad(&self.platform, &self.external_id))?)),
+        }
+    }
+
+    pub fn sealed_token(&self) -> Option<&str> {
+        self.access_token_enc.as_deref()
+    }
+}
+
+/// A channel as the API shows it: never a token.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelView {
+    pub id: ChannelId,
+    pub platform: Platform,
+    pub external_id: String,
+    pub name: String,
+    pub status: String,
+    pub settings: Settings,
+    pub member_ids: Vec<UserId>,
+    pub parent_external_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
+    let member_ids: Vec<i64> = channel_members::table
+        .filter(channel_members::channel_id.eq(row.id))
+        .order(channel_members::user_id)
+        .select(channel_members::user_id)
+        .load(tc.pg())?;
+    Ok(ChannelView {
+        id: row.channel_id(),
+        platform: row.platform(),
+        external_id: row.external_id.clone(),
+        name: row.name.clone(),
+        status: row.status.clone(),
+        settings: row.settings(),
+        member_ids: member_ids.into_iter().map(UserId).collect(),
+        parent_external_id: row.parent_external_id.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// Channels the caller may see, ordered by id, after `after`.
+pub fn list(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    after: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<ChannelView>> {
+    let mut q = channels::table.select(ChannelRow::as_select()).order(channels::id).limit(limit).into_boxed();
+    if let Some(a) = after {
+        q = q.filter(channels::id.gt(a));
+    }
+    if !role.at_least(Role::Admin) {
+        let mine =
+            channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
+        q = q.filter(channels::id.eq_any(mine));
+    }
+    let rows = q.load(tc.pg())?;
+    rows.into_iter().map(|r| view(tc, r)).collect()
+}
+
+pub fn find(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelRow> {
+    channels::table
+        .find(id.0)
+        .select(ChannelRow::as_select())
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("channel"))
+}
+
+/// Whether `user` may see the channel (admins see all).
+pub fn can_see(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ChannelId) -> AppResult<bool> {
+    if role.at_least(Role::Admin) {
+        return Ok(true);
+    }
+    let n: i64 = channel_members::table
+        .filter(channel_members::channel_id.eq(id.0))
+        .filter(channel_members::user_id.eq(user.0))
+        .count()
+        .get_result(tc.pg())?;
+    Ok(n > 0)
+}
+
+pub fn get_view(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelView> {
+    let row = find(tc, id)?;
+    view(tc, row)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub auto_reply: Option<AutoReplyPatch>,
+    pub notifications: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoReplyPatch {
+    pub enabled: Option<bool>,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPatch {
+    pub name: Option<String>,
+    pub settings: Option<SettingsPatch>,
+}
+
+pub const MAX_AUTO_REPLY_CHARS: usize = 1000;
+
+pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPatch) -> AppResult<ChannelView> {
+    let row = find(tc, id)?;
+    let mut settings = row.settings();
+    let name = match p.name {
+        Some(n) => {
+            let n = n.trim().to_string();
+            if n.is_empty() || n.chars().count() > 200 {
+                return Err(AppError::invalid("invalid_name", "name must be 1 to 200 characters"));
+            }
+            n
+        }
+        None => row.name.clone(),
+    };
+    if let Some(s) = p.settings {
+        if let Some(n) = s.notifications {
+            settings.notifications = n;
+        }
+        if let Some(a) = s.auto_reply {
+            if let Some(t) = a.text {
+                if t.chars().count() > MAX_AUTO_REPLY_CHARS {
+                    return Err(AppError::invalid(
+                        "invalid_settings",
+                        "auto_reply.text must be at most 1000 characters",
+                    ));
+                }
+                settings.auto_reply.text = t;
+            }
+            if let Some(e) = a.enabled {
+                settings.auto_reply.enabled = e;
+            }
+        }
+    }
+    if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {
+        return Err(AppError::invalid("invalid_settings", "an enabled auto_reply needs a text"));
+    }
+    let settings_json = serde_json::to_value(&settings).map_err(AppError::internal)?;
+    diesel::update(channels::table.find(id.0))
+        .set((
+            channels::name.eq(&name),
+            channels::settings.eq(&settings_json),
+            channels::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "channel.updated",
+        "channel",
+        Some(id.to_string()),
+        json!({"name": name, "settings": settings_json}),
+    )?;
+    get_view(tc, id)
+}
+
+/// Replaces the channel's member list; every user must be a member of the tenant.
+pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users: &[UserId]) -> AppResult<ChannelView> {
+    find(tc, id)?;
+    let mut ids: Vec<i64> = users.iter().map(|u| u.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let tenant = tc.tenant().0;
+    let known: Vec<i64> = memberships::table
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::user_id.eq_any(&ids))
+        .select(memberships::user_id)
+        .load(tc.pg())?;
+    if let Some(missing) = ids.iter().find(|i| !known.contains(i)) {
+        return Err(AppError::invalid("unknown_user", format!("user {missing} is not a member of this tenant")));
+    }
+    diesel::delete(channel_members::table.filter(channel_members::channel_id.eq(id.0))).execute(tc.pg())?;
+    let rows: Vec<_> =
+        ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();
+    diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
+    audit::record(tc, Some(actor), "channel.members_set", "channel", Some(id.to_string()), json!({"user_ids": ids}))?;
+    get_view(tc, id)
+}
+
+/// Everything needed to connect (or reconnect) one channel.
+pub struct NewChannel {
+    pub platform: Platform,
+    pub external_id: String,
+    pub name: String,
+    pub token: Secret<String>,
+    pub parent_external_id: Option<String>,
+    pub meta_user_id: Option<String>,
+}
+
+/// Which tenant holds a page or number, if any.
+pub fn holder(conn: &mut diesel::PgConnection, platform: Platform, external_id: &str) -> AppResult<Option<i64>> {
+    Ok(channel_routes::table
+        .filter(channel_routes::platform.eq(platform.as_str()))
+        .filter(channel_routes::external_id.eq(external_id))
+        .select(channel_routes::tenant_id)
+        .first(conn)
+        .optional()?)
+}
+
+fn taken(platform: Platform, external_id: &str) -> AppError {
+    AppError::conflict("channel_taken", format!("{} {external_id} is connected to another tenant", platform.as_str()))
+}
+
+/// Inserts or updates the channel, claims its route, and records who
+/// connected it; 409 `channel_taken` when another tenant holds it.
+pub fn upsert_connected(
+    tc: &mut TenantConn<'_>,
+    keys: &Keyring,
+    actor: Option<UserId>,
+    c: &NewChannel,
+) -> AppResult<ChannelRow> {
+    let tenant = tc.tenant().0;
+    if holder(tc.pg(), c.platform, &c.external_id)?.is_some_and(|t| t != tenant) {
+        return Err(taken(c.platform, &c.external_id));
+    }
+    let sealed = keys.encrypt(&c.token, &token_aad(c.platform.as_str(), &c.external_id));
+    let existed = channels::table
+        .filter(channels::platform.eq(c.platform.as_str()))
+        .filter(channels::external_id.eq(&c.external_id))
+        .count()
+        .get_result::<i64>(tc.pg())?
+        > 0;
+    let row: ChannelRow = diesel::insert_into(channels::table)
+        .values((
+            channels::platform.eq(c.platform.as_str()),
+            channels::external_id.eq(&c.external_id),
+            channels::name.eq(&c.name),
+            channels::access_token_enc.eq(&sealed),
+            channels::parent_external_id.eq(&c.parent_external_id),
+            channels::meta_user_id.eq(&c.meta_user_id),
+        ))
+        .on_conflict((channels::platform, channels::external_id))
+        .do_update()
+        .set((
+            channels::name.eq(&c.name),
+            channels::access_token_enc.eq(&sealed),
+            channels::status.eq(ChannelStatus::Connected.as_str()),
+            channels::status_reason.eq(None::<String>),
+            channels::parent_external_id.eq(&c.parent_external_id),
+            channels::meta_user_id.eq(&c.meta_user_id),
+            channels::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(ChannelRow::as_returning())
+        .get_result(tc.pg())?;
+    diesel::insert_into(channel_routes::table)
+        .values((
+            channel_routes::platform.eq(c.platform.as_str()),
+            channel_routes::external_id.eq(&c.external_id),
+            channel_routes::tenant_id.eq(tenant),
+            channel_routes::channel_id.eq(row.id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tc.pg())?;
+    // A concurrent connect by another tenant may have won the route.
+    if holder(tc.pg(), c.platform, &c.external_id)? != Some(tenant) {
+        return Err(taken(c.platform, &c.external_id));
+    }
+    if let Some(m) = &c.meta_user_id {
+        diesel::insert_into(meta_user_links::table)
+            .values((meta_user_links::meta_user_id.eq(m), meta_user_links::tenant_id.eq(tenant)))
+            .on_conflict_do_nothing()
+            .execute(tc.pg())?;
+    }
+    let action = if existed { "channel.reconnected" } else { "channel.connected" };
+    audit::record(
+        tc,
+        actor,
+        action,
+        "channel",
+        Some(row.id.to_string()),
+        json!({"platform": c.platform, "external_id": c.external_id, "name": c.name}),
+    )?;
+    Ok(row)
+}
+
+/// Marks a channel disconnected: token dropped, route released, history kept.
+pub fn mark_disconnected(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId, reason: &str) -> AppResult<()> {
+    let row = find(tc, id)?;
+    diesel::update(channels::table.find(id.0))
+        .set((
+            channels::status.eq(ChannelStatus::Disconnected.as_str()),
+            channels::status_reason.eq(reason),
+            channels::access_token_enc.eq(None::<String>),
+            channels::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(tc.pg())?;
+    release_route(tc, &row)?;
+    audit::record(tc, actor, "channel.disconnected", "channel", Some(id.to_string()), json!({"reason": reason}))?;
+    Ok(())
+}
+
+fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
+    let tenant = tc.tenant().0;
+    diesel::delete(
+        channel_routes::table
+            .filter(channel_routes::platform.eq(&row.platform))
+            .filter(channel_routes::external_id.eq(&row.external_id))
+            .filter(channel_routes::tenant_id.eq(tenant)),
+    )
+    .execute(tc.pg())?;
+    Ok(())
+}
+
+/// Deletes the channel and, through cascades, its history.
+pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
+    let row = find(tc, id)?;
+    release_route(tc, &row)?;
+    diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
+    audit::record(
+        tc,
+        actor,
+        "channel.purged",
+        "channel",
+        Some(id.to_string()),
+        json!({"platform": row.platform, "external_id": row.external_id}),
+    )?;
+    Ok(())
+}
+
+/// Meta rejected the channel's token: it needs a new connect. Only a
+/// connected channel changes (a disconnected one stays disconnected).
+pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str) -> AppResult<bool> {
+    let n = diesel::update(channels::table.find(id.0).filter(channels::status.eq(ChannelStatus::Connected.as_str())))
+        .set((
+            channels::status.eq(ChannelStatus::ReauthRequired.as_str()),
+            channels::status_reason.eq(reason),
+            channels::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(tc.pg())?;
+    if n > 0 {
+        audit::record(tc, None, "channel.reauth_required", "channel", Some(id.to_string()), json!({"reason": reason}))?;
+    }
+    Ok(n > 0)
+}
+
+/// Other connected channels of this tenant that share `parent` (a page's
+/// Instagram account, a business account's numbers) or are that parent.
+pub fn dependents_connected(
+    tc: &mut TenantConn<'_>,
+    except: ChannelId,
+    platform: Platform,
+    external_or_parent: &str,
+) -> AppResult<i64> {
+    let live = [ChannelStatus::Connected.as_str(), ChannelStatus::ReauthRequired.as_str()];
+    let q = channels::table
+        .filter(channels::id.ne(except.0))
+        .filter(channels::status.eq_any(live))
+        .filter(channels::parent_external_id.eq(external_or_parent).or(channels::external_id.eq(external_or_parent)));
+    let n = match platform {
+        Platform::Whatsapp => q.filter(channels::platform.eq("whatsapp")).count().get_result(tc.pg())?,
+        _ => q.filter(channels::platform.ne("whatsapp")).count().get_result(tc.pg())?,
+    };
+    Ok(n)
+}
+
+/// Re-seals every token of this tenant with the keyring's current key.
+/// Returns how many values changed.
+pub fn reencrypt_tokens(tc: &mut TenantConn<'_>, keys: &Keyring) -> AppResult<usize> {
+    use crate::db::tenant_schema::pending_selections as ps;
+    let current = keys.current_key_id().to_string();
+    let mut changed = 0;
+    let rows: Vec<(i64, String, String, String)> = channels::table
+        .filter(channels::access_token_enc.is_not_null())
+        .select((channels::id, channels::platform, channels::external_id, channels::access_token_enc.assume_not_null()))
+        .load(tc.pg())?;
+    for (id, platform, external_id, sealed) in rows {
+        if Keyring::key_id_of(&sealed) == Some(current.as_str()) {
+            continue;
+        }
+        let aad = token_aad(&platform, &external_id);
+        let token = keys.decrypt(&sealed, &aad)?;
+        diesel::update(channels::table.find(id))
+            .set(channels::access_token_enc.eq(keys.encrypt(&token, &aad)))
+            .execute(tc.pg())?;
+        changed += 1;
+    }
+    let pending: Vec<(String, String)> = ps::table.select((ps::id, ps::user_token_enc)).load(tc.pg())?;
+    for (id, sealed) in pending {
+        if Keyring::key_id_of(&sealed) == Some(current.as_str()) {
+            continue;
+        }
+        let aad = oauth::selection_aad(&id);
+        let token = keys.decrypt(&sealed, &aad)?;
+        diesel::update(ps::table.find(&id)).set(ps::user_token_enc.eq(keys.encrypt(&token, &aad))).execute(tc.pg())?;
+        changed += 1;
+    }
+    Ok(changed)
+}

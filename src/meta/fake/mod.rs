@@ -1,0 +1,810 @@
+//! `switchboard fake-meta`: a stateful, local stand-in for the Graph API
+//! endpoints Switchboard calls, plus the OAuth dialog. It is product code:
+//! development, the demo, tests and load tests run against it.
+//!
+//! Graph endpoints accept an optional `/vNN.N/` prefix and the token as
+//! `?access_token=` or `Authorization: Bearer`, and answer with the shapes of
+//! `shared/fixtures/meta/`. Errors use Meta's error body and HTTP 400.
+//!
+//! Control API (JSON, for tests and the demo), all under `/_fake`:
+//! - `POST /_fake/users` `{name?, id?, pages: [{id?, name, category?, instagram?: {id?, username?, name?}}], wabas: [{id?, phone_numbers: [{id?, display_phone_number?, verified_name?}]}]}`
+//!   creates a Facebook user with pages, Instagram accounts and WhatsApp
+//!   business accounts; answers every id and token made.
+//! - `POST /_fake/dialog-user` `{user_id}`: who "logs in" at `/dialog/oauth`
+//!   (otherwise the dialog shows a page to pick a user, or takes `fake_user=`).
+//! - `POST /_fake/codes` `{user_id, redirect_uri?}` → `{code}` (embedded sign-up).
+//! - `POST /_fake/tokens/expire|revoke|restore` `{token}` or `{page_id}`: the
+//!   token then fails with 190/463 (expired) or 190/467 (logged out).
+//! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?}`:
+//!   the next `times` calls whose path contains `path` fail that way (or,
+//!   without `error`, only answer `delay_ms` late).
+//! - `GET /_fake/requests` every Graph call received (tokens and secrets
+//!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
+
+use actix_web::dev::Server;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    pub app_id: String,
+    pub app_secret: String,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        FakeConfig { app_id: "1234567890123456".into(), app_secret: "fake_app_secret_0123456789abcdef".into() }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Owner {
+    User(String),
+    Page(String),
+    /// A system-user token that manages one WhatsApp business account.
+    Waba(String),
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    owner: Owner,
+    error: Option<(i64, i64, &'static str)>,
+}
+
+#[derive(Clone, Debug)]
+struct User {
+    id: String,
+    name: String,
+    pages: Vec<String>,
+    wabas: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Page {
+    id: String,
+    name: String,
+    category: String,
+    token: String,
+    instagram: Option<String>,
+    subscribed_fields: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+struct Instagram {
+    id: String,
+    username: String,
+    name: String,
+}
+
+#[derive(Clone, Debug)]
+struct Waba {
+    id: String,
+    phones: Vec<String>,
+    subscribed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Phone {
+    id: String,
+    display: String,
+    verified_name: String,
+}
+
+#[derive(Clone, Debug)]
+struct Injection {
+    path: String,
+    method: Option<String>,
+    status: u16,
+    error: Option<Value>,
+    remaining: u32,
+    delay_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    users: BTreeMap<String, User>,
+    pages: BTreeMap<String, Page>,
+    instagram: HashMap<String, Instagram>,
+    wabas: BTreeMap<String, Waba>,
+    phones: HashMap<String, Phone>,
+    tokens: HashMap<String, Token>,
+    codes: HashMap<String, (String, Option<String>)>,
+    dialog_user: Option<String>,
+    injections: Vec<Injection>,
+    log: Vec<Value>,
+}
+
+impl State {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}{:010}", self.next_id)
+    }
+
+    fn token(&mut self, kind: &str, owner: Owner) -> String {
+        let t = format!("EAAFake{kind}{}", random_alnum(24));
+        self.tokens.insert(t.clone(), Token { owner, error: None });
+        t
+    }
+}
+
+fn random_alnum(n: usize) -> String {
+    let mut r = rand::thread_rng();
+    (0..n)
+        .map(|_| {
+            let c = r.gen_range(0..36u8);
+            (if c < 10 { b'0' + c } else { b'a' + c - 10 }) as char
+        })
+        .collect()
+}
+
+/// The fake's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct FakeMeta {
+    cfg: FakeConfig,
+    state: Arc<Mutex<State>>,
+}
+
+fn graph_error(code: i64, subcode: Option<i64>, message: &str) -> HttpResponse {
+    let mut e = json!({"message": message, "type": "OAuthException", "code": code, "fbtrace_id": format!("Fake{}", random_alnum(12))});
+    if let Some(s) = subcode {
+        e["error_subcode"] = json!(s);
+    }
+    HttpResponse::BadRequest().json(json!({ "error": e }))
+}
+
+fn no_object(id: &str) -> HttpResponse {
+    graph_error(
+        100,
+        Some(33),
+        &format!(
+            "Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."
+        ),
+    )
+}
+
+impl FakeMeta {
+    pub fn new(cfg: FakeConfig) -> FakeMeta {
+        FakeMeta { cfg, state: Arc::new(Mutex::new(State::default())) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in the fake; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The HTTP app: Graph endpoints, the OAuth dialog and the control API.
+    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::new(self.clone()))
+            .app_data(web::PayloadConfig::new(4 * 1024 * 1024))
+            .service(web::scope("/_fake").default_service(web::to(control)))
+            .default_service(web::to(graph));
+    }
+
+    pub fn build_server(&self, listener: TcpListener) -> std::io::Result<Server> {
+        let fake = self.clone();
+        Ok(HttpServer::new(move || App::new().configure(|c| fake.configure(c))).workers(2).listen(listener)?.run())
+    }
+}
+
+/// Strips an optional `/vNN.N` prefix and splits the path.
+fn segments(path: &str) -> Vec<String> {
+    let mut parts: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if parts.first().is_some_and(|p| {
+        p.len() > 1
+            && p.starts_with('v')
+            && p[1..].split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }) {
+        parts.remove(0);
+    }
+    parts
+}
+
+fn query_map(req: &HttpRequest) -> HashMap<String, String> {
+    web::Query::<HashMap<String, String>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default()
+}
+
+fn bearer_or_query(req: &HttpRequest, q: &HashMap<String, String>) -> Option<String> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::to_string);
+    header.or_else(|| q.get("access_token").cloned())
+}
+
+async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) -> HttpResponse {
+    let parts = segments(req.path());
+    let q = query_map(&req);
+    let token = bearer_or_query(&req, &q);
+    let method = req.method().as_str().to_string();
+    let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+
+    // Injected failures and delays come first.
+    let injected = {
+        let mut st = fake.lock();
+        let path = format!("/{}", parts.join("/"));
+        let mut log_q = q.clone();
+        for secret in ["access_token", "client_secret", "fb_exchange_token", "input_token", "code"] {
+            if log_q.contains_key(secret) {
+                log_q.insert(secret.into(), "[removed]".into());
+            }
+        }
+        let owner = token.as_ref().and_then(|t| st.tokens.get(t)).map(|t| format!("{:?}", t.owner));
+        st.log.push(json!({"method": method, "path": path, "query": log_q, "body": body_json, "token_owner": owner}));
+        let hit = st.injections.iter_mut().find(|i| {
+            i.remaining > 0
+                && path.contains(&i.path)
+                && i.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
+        });
+        hit.map(|i| {
+            i.remaining -= 1;
+            (i.status, i.error.clone(), i.delay_ms)
+        })
+    };
+    if let Some((status, error, delay_ms)) = injected {
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        if let Some(e) = error {
+            let status =
+                actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+            return HttpResponse::build(status).json(json!({ "error": e }));
+        }
+    }
+
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match (method.as_str(), p.as_slice()) {
+        ("GET", ["dialog", "oauth"]) => dialog(&fake, &q),
+        ("GET", ["oauth", "access_token"]) => access_token(&fake, &q),
+        ("GET", ["debug_token"]) => debug_token(&fake, &q, token.as_deref()),
+        (_, ["me", rest @ ..]) => with_token(&fake, token.as_deref(), |st, owner| match (owner, rest) {
+            (Owner::User(u), []) => {
+                let user = &st.users[u];
+                HttpResponse::Ok().json(json!({"id": user.id, "name": user.name}))
+            }
+            (Owner::User(u), ["accounts"]) => accounts(st, u, &q),
+            (Owner::Page(p), []) => HttpResponse::Ok().json(json!({"id": p, "name": st.pages[p].name})),
+            _ => graph_error(100, None, "Unsupported request on /me for this token"),
+        }),
+        (m, [id, "subscribed_apps"]) => {
+            let (m, id) = (m.to_string(), id.to_string());
+            let app_id = fake.cfg.app_id.clone();
+            with_token(&fake, token.as_deref(), move |st, owner| subscribed_apps(st, owner, &m, &id, &q, &app_id))
+        }
+        ("GET", [id, "phone_numbers"]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, owner| phone_numbers(st, owner, &id))
+        }
+        ("GET", [id]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, _| object(st, &id))
+        }
+        _ => graph_error(100, None, &format!("Unknown path components: {}", req.path())),
+    }
+}
+
+/// Checks the token and runs `f` with its owner.
+fn with_token(
+    fake: &FakeMeta,
+    token: Option<&str>,
+    f: impl FnOnce(&mut State, &Owner) -> HttpResponse,
+) -> HttpResponse {
+    let mut st = fake.lock();
+    let Some(t) = token.and_then(|t| st.tokens.get(t)).cloned() else {
+        return if token.is_none() {
+            graph_error(2500, None, "An active access token must be used to query information about the current user.")
+        } else {
+            graph_error(190, None, "Invalid OAuth access token - Cannot parse access token")
+        };
+    };
+    if let Some((code, subcode, message)) = t.error {
+        return graph_error(code, Some(subcode), message);
+    }
+    f(&mut st, &t.owner)
+}
+
+fn dialog(fake: &FakeMeta, q: &HashMap<String, String>) -> HttpResponse {
+    if q.get("client_id") != Some(&fake.cfg.app_id) {
+        return graph_error(100, None, "Invalid App ID");
+    }
+    let Some(redirect) = q.get("redirect_uri").filter(|r| r.starts_with("http")) else {
+        return graph_error(100, None, "redirect_uri is required");
+    };
+    let state_param = q.get("state").cloned().unwrap_or_default();
+    let mut st = fake.lock();
+    let user = q.get("fake_user").cloned().or_else(|| st.dialog_user.clone());
+    let Some(user) = user.filter(|u| st.users.contains_key(u)) else {
+        // Let a person pick who logs in.
+        let mut html =
+            String::from("<!doctype html><title>Fake Meta login</title><h1>Log in to the fake Meta as</h1><ul>");
+        let base = q.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
+        for u in st.users.values() {
+            html.push_str(&format!(
+                "<li><a href=\"?{base}&fake_user={}\">{} ({} pages)</a></li>",
+                enc(&u.id),
+                html_escape(&u.name),
+                u.pages.len()
+            ));
+        }
+        html.push_str("</ul>");
+        return HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html);
+    };
+    let code = format!("FakeCode{}", random_alnum(32));
+    st.codes.insert(code.clone(), (user, Some(redirect.clone())));
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    let location = format!("{redirect}{sep}code={}&state={}", enc(&code), enc(&state_param));
+    HttpResponse::Found().insert_header((header::LOCATION, location)).finish()
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn access_token(fake: &FakeMeta, q: &HashMap<String, String>) -> HttpResponse {
+    if q.get("client_id") != Some(&fake.cfg.app_id) || q.get("client_secret") != Some(&fake.cfg.app_secret) {
+        return graph_error(101, None, "Error validating client secret.");
+    }
+    let mut st = fake.lock();
+    let user = if q.get("grant_type").map(String::as_str) == Some("fb_exchange_token") {
+        match q.get("fb_exchange_token").and_then(|t| st.tokens.get(t)) {
+            Some(Token { owner: Owner::User(u), error: None }) => u.clone(),
+            _ => return graph_error(190, None, "Invalid OAuth access token."),
+        }
+    } else {
+        let Some(code) = q.get("code") else {
+            return graph_error(100, None, "Missing authorization code");
+        };
+        // Codes are single use.
+        let Some((user, redirect)) = st.codes.remove(code) else {
+            return graph_error(100, Some(36009), "This authorization code has been used.");
+        };
+        if redirect.is_some() && redirect.as_ref() != q.get("redirect_uri") {
+            return graph_error(100, Some(36008), "Error validating verification code. Please make sure your redirect_uri is identical to the one you used in the OAuth dialog request");
+        }
+        user
+    };
+    let token = st.token("User", Owner::User(user));
+    HttpResponse::Ok().json(json!({"access_token": token, "token_type": "bearer", "expires_in": 5183944}))
+}
+
+fn debug_token(fake: &FakeMeta, q: &HashMap<String, String>, token: Option<&str>) -> HttpResponse {
+    if token != Some(&format!("{}|{}", fake.cfg.app_id, fake.cfg.app_secret)) {
+        return graph_error(190, None, "Invalid OAuth access token signature.");
+    }
+    let st = fake.lock();
+    let input = q.get("input_token").and_then(|t| st.tokens.get(t));
+    let data = match input {
+        Some(Token { owner, error: None }) => {
+            let (kind, user, pages, wabas) = match owner {
+                Owner::User(u) => {
+                    let user = &st.users[u];
+                    ("USER", Some(u.clone()), user.pages.clone(), user.wabas.clone())
+                }
+                Owner::Page(p) => ("PAGE", None, vec![p.clone()], vec![]),
+                Owner::Waba(w) => ("SYSTEM_USER", None, vec![], vec![w.clone()]),
+            };
+            let igs: Vec<String> =
+                pages.iter().filter_map(|p| st.pages.get(p).and_then(|p| p.instagram.clone())).collect();
+            json!({
+                "app_id": fake.cfg.app_id, "type": kind, "application": "Switchboard (fake)",
+                "data_access_expires_at": 1780916000, "expires_at": 0, "is_valid": true, "issued_at": 1773140000,
+                "scopes": ["pages_show_list", "pages_messaging", "pages_manage_metadata", "instagram_basic", "instagram_manage_messages", "whatsapp_business_management", "whatsapp_business_messaging"],
+                "granular_scopes": [
+                    {"scope": "pages_show_list", "target_ids": pages},
+                    {"scope": "pages_messaging", "target_ids": pages},
+                    {"scope": "instagram_manage_messages", "target_ids": igs},
+                    {"scope": "whatsapp_business_management", "target_ids": wabas},
+                    {"scope": "whatsapp_business_messaging", "target_ids": wabas},
+                ],
+                "user_id": user,
+            })
+        }
+        Some(Token { error: Some((code, subcode, message)), .. }) => json!({
+            "app_id": fake.cfg.app_id, "is_valid": false, "scopes": [],
+            "error": {"code": code, "subcode": subcode, "message": message},
+        }),
+        None => {
+            json!({"is_valid": false, "scopes": [], "error": {"code": 190, "message": "Invalid OAuth access token."}})
+        }
+    };
+    HttpResponse::Ok().json(json!({ "data": data }))
+}
+
+fn accounts(st: &State, user: &str, q: &HashMap<String, String>) -> HttpResponse {
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(25).clamp(1, 100);
+    let start = q
+        .get("after")
+        .and_then(|a| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(a).ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("idx:").and_then(|n| n.parse::<usize>().ok()))
+        .unwrap_or(0);
+    let with_ig = q.get("fields").is_some_and(|f| f.contains("instagram_business_account"));
+    let ids = &st.users[user].pages;
+    let data: Vec<Value> = ids
+        .iter()
+        .skip(start)
+        .take(limit)
+        .filter_map(|id| st.pages.get(id))
+        .map(|p| {
+            let mut v = json!({
+                "access_token": p.token, "category": p.category,
+                "category_list": [{"id": "2209", "name": p.category}],
+                "name": p.name, "id": p.id, "tasks": ["ANALYZE", "MESSAGING", "MODERATE", "MANAGE"],
+            });
+            if let (true, Some(ig)) = (with_ig, p.instagram.as_ref().and_then(|i| st.instagram.get(i))) {
+                v["instagram_business_account"] = json!({"id": ig.id, "username": ig.username, "name": ig.name});
+            }
+            v
+        })
+        .collect();
+    use base64::Engine;
+    let cursor = |i: usize| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("idx:{i}"));
+    let end = start + data.len();
+    let mut paging = json!({"cursors": {"before": cursor(start), "after": cursor(end)}});
+    if end < ids.len() {
+        paging["next"] =
+            json!(format!("https://graph.facebook.com/v24.0/me/accounts?after={}&limit={limit}", cursor(end)));
+    }
+    HttpResponse::Ok().json(json!({"data": data, "paging": paging}))
+}
+
+fn subscribed_apps(
+    st: &mut State,
+    owner: &Owner,
+    method: &str,
+    id: &str,
+    q: &HashMap<String, String>,
+    app_id: &str,
+) -> HttpResponse {
+    if let Some(page) = st.pages.get_mut(id) {
+        if !matches!(owner, Owner::Page(p) if p == id) {
+            return graph_error(210, None, "(#210) A page access token is required to request this resource.");
+        }
+        return match method {
+            "POST" => {
+                let fields = q.get("subscribed_fields").map(|f| f.split(',').map(str::to_string).collect());
+                let Some(fields) = fields else {
+                    return graph_error(100, None, "(#100) The parameter subscribed_fields is required.");
+                };
+                page.subscribed_fields = Some(fields);
+                HttpResponse::Ok().json(json!({"success": true}))
+            }
+            "DELETE" => {
+                page.subscribed_fields = None;
+                HttpResponse::Ok().json(json!({"success": true}))
+            }
+            _ => {
+                let data: Vec<Value> = page
+                    .subscribed_fields
+                    .iter()
+                    .map(|f| json!({"category": "Business", "link": "https://switchboard.example.test/", "name": "Switchboard", "id": app_id, "subscribed_fields": f}))
+                    .collect();
+                HttpResponse::Ok().json(json!({ "data": data }))
+            }
+        };
+    }
+    if st.wabas.contains_key(id) {
+        if !owns_waba(st, owner, id) {
+            return graph_error(200, None, "(#200) Permissions error");
+        }
+        let Some(waba) = st.wabas.get_mut(id) else { return no_object(id) };
+        return match method {
+            "POST" => {
+                waba.subscribed = true;
+                HttpResponse::Ok().json(json!({"success": true}))
+            }
+            "DELETE" => {
+                waba.subscribed = false;
+                HttpResponse::Ok().json(json!({"success": true}))
+            }
+            _ => {
+                let data: Vec<Value> = if waba.subscribed {
+                    vec![json!({"whatsapp_business_api_data": {"id": app_id, "name": "Switchboard"}})]
+                } else {
+                    vec![]
+                };
+                HttpResponse::Ok().json(json!({ "data": data }))
+            }
+        };
+    }
+    no_object(id)
+}
+
+fn owns_waba(st: &State, owner: &Owner, waba: &str) -> bool {
+    match owner {
+        Owner::Waba(w) => w == waba,
+        Owner::User(u) => st.users.get(u).is_some_and(|u| u.wabas.iter().any(|w| w == waba)),
+        Owner::Page(_) => false,
+    }
+}
+
+fn phone_numbers(st: &State, owner: &Owner, id: &str) -> HttpResponse {
+    let Some(waba) = st.wabas.get(id) else { return no_object(id) };
+    if !owns_waba(st, owner, id) {
+        return graph_error(200, None, "(#200) Permissions error");
+    }
+    let data: Vec<Value> = waba
+        .phones
+        .iter()
+        .filter_map(|p| st.phones.get(p))
+        .map(|p| {
+            json!({
+                "verified_name": p.verified_name, "code_verification_status": "VERIFIED",
+                "display_phone_number": p.display, "quality_rating": "GREEN", "platform_type": "CLOUD_API",
+                "throughput": {"level": "STANDARD"}, "id": p.id,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"data": data, "paging": {"cursors": {"before": "QVFIUmFrZUJlZm9yZQZDZD", "after": "QVFIUmFrZUFmdGVyZAZDZD"}}}))
+}
+
+fn object(st: &State, id: &str) -> HttpResponse {
+    if let Some(p) = st.pages.get(id) {
+        let mut v = json!({"id": p.id, "name": p.name});
+        if let Some(ig) = &p.instagram {
+            v["instagram_business_account"] = json!({"id": ig});
+        }
+        return HttpResponse::Ok().json(v);
+    }
+    if let Some(ig) = st.instagram.get(id) {
+        return HttpResponse::Ok().json(json!({"id": ig.id, "username": ig.username, "name": ig.name}));
+    }
+    no_object(id)
+}
+
+// ---- control API -------------------------------------------------------
+
+#[derive(Deserialize)]
+struct NewUser {
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    pages: Vec<NewPage>,
+    #[serde(default)]
+    wabas: Vec<NewWaba>,
+}
+
+#[derive(Deserialize)]
+struct NewPage {
+    id: Option<String>,
+    name: String,
+    category: Option<String>,
+    instagram: Option<NewInstagram>,
+}
+
+#[derive(Deserialize)]
+struct NewInstagram {
+    id: Option<String>,
+    username: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NewWaba {
+    id: Option<String>,
+    #[serde(default)]
+    phone_numbers: Vec<NewPhone>,
+}
+
+#[derive(Deserialize)]
+struct NewPhone {
+    id: Option<String>,
+    display_phone_number: Option<String>,
+    verified_name: Option<String>,
+}
+
+fn bad(message: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": {"code": "bad_request", "message": message}}))
+}
+
+async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) -> HttpResponse {
+    let path = req.path().trim_start_matches("/_fake").trim_matches('/').to_string();
+    let method = req.method().as_str().to_string();
+    let body: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+    match (method.as_str(), path.as_str()) {
+        ("POST", "users") => match serde_json::from_value::<NewUser>(body) {
+            Ok(u) => create_user(&fake, u),
+            Err(e) => bad(&e.to_string()),
+        },
+        ("POST", "dialog-user") => {
+            let Some(u) = body.get("user_id").and_then(Value::as_str) else { return bad("user_id is required") };
+            fake.lock().dialog_user = Some(u.to_string());
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        ("POST", "codes") => {
+            let Some(u) = body.get("user_id").and_then(Value::as_str) else { return bad("user_id is required") };
+            let mut st = fake.lock();
+            if !st.users.contains_key(u) {
+                return bad("no such user");
+            }
+            let code = format!("FakeCode{}", random_alnum(32));
+            let redirect = body.get("redirect_uri").and_then(Value::as_str).map(str::to_string);
+            st.codes.insert(code.clone(), (u.to_string(), redirect));
+            HttpResponse::Ok().json(json!({ "code": code }))
+        }
+        ("POST", "tokens/expire" | "tokens/revoke" | "tokens/restore") => {
+            let mut st = fake.lock();
+            let token = match (body.get("token").and_then(Value::as_str), body.get("page_id").and_then(Value::as_str)) {
+                (Some(t), _) => t.to_string(),
+                (None, Some(p)) => match st.pages.get(p) {
+                    Some(page) => page.token.clone(),
+                    None => return bad("no such page"),
+                },
+                _ => return bad("token or page_id is required"),
+            };
+            let error = match path.as_str() {
+                "tokens/expire" => Some((190, 463, "Error validating access token: Session has expired on Tuesday, 10-Mar-26 03:00:00 PDT. The current time is Tuesday, 10-Mar-26 04:12:45 PDT.")),
+                "tokens/revoke" => Some((190, 467, "Error validating access token: The user has not authorized application 1234567890123456.")),
+                _ => None,
+            };
+            match st.tokens.get_mut(&token) {
+                Some(t) => {
+                    t.error = error;
+                    HttpResponse::Ok().json(json!({"ok": true}))
+                }
+                None => bad("no such token"),
+            }
+        }
+        ("POST", "errors") => {
+            let Some(p) = body.get("path").and_then(Value::as_str) else { return bad("path is required") };
+            let inj = Injection {
+                path: p.to_string(),
+                method: body.get("method").and_then(Value::as_str).map(str::to_string),
+                status: body.get("status").and_then(Value::as_u64).map(|s| s as u16).unwrap_or(400),
+                error: body.get("error").cloned().map(|mut e| {
+                    if e.get("type").is_none() {
+                        e["type"] = json!("OAuthException");
+                    }
+                    if e.get("message").is_none() {
+                        e["message"] = json!("Injected error");
+                    }
+                    e
+                }),
+                remaining: body.get("times").and_then(Value::as_u64).unwrap_or(1) as u32,
+                delay_ms: body.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
+            };
+            fake.lock().injections.push(inj);
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
+        ("GET", "state") => {
+            let st = fake.lock();
+            let pages: Vec<Value> = st
+                .pages
+                .values()
+                .map(|p| json!({"id": p.id, "name": p.name, "instagram": p.instagram, "subscribed_fields": p.subscribed_fields}))
+                .collect();
+            let wabas: Vec<Value> = st
+                .wabas
+                .values()
+                .map(|w| json!({"id": w.id, "phone_numbers": w.phones, "subscribed": w.subscribed}))
+                .collect();
+            HttpResponse::Ok()
+                .json(json!({"pages": pages, "wabas": wabas, "users": st.users.keys().collect::<Vec<_>>()}))
+        }
+        ("POST", "reset") => {
+            *fake.lock() = State::default();
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        _ => HttpResponse::NotFound().json(json!({"error": {"code": "not_found", "message": "unknown control path"}})),
+    }
+}
+
+fn create_user(fake: &FakeMeta, new: NewUser) -> HttpResponse {
+    let mut st = fake.lock();
+    let user_id = new.id.unwrap_or_else(|| st.id("1016"));
+    if st.users.contains_key(&user_id) {
+        return bad("user exists");
+    }
+    let mut out_pages = Vec::new();
+    let mut page_ids = Vec::new();
+    for p in new.pages {
+        let id = p.id.unwrap_or_else(|| st.id("10293"));
+        if st.pages.contains_key(&id) {
+            return bad(&format!("page {id} exists"));
+        }
+        let token = st.token("Page", Owner::Page(id.clone()));
+        let instagram = p.instagram.map(|ig| {
+            let ig_id = ig.id.unwrap_or_else(|| st.id("178414"));
+            let username = ig.username.unwrap_or_else(|| format!("ig_{ig_id}"));
+            st.instagram.insert(
+                ig_id.clone(),
+                Instagram {
+                    id: ig_id.clone(),
+                    username: username.clone(),
+                    name: ig.name.unwrap_or_else(|| username.clone()),
+                },
+            );
+            ig_id
+        });
+        out_pages.push(json!({"id": id, "name": p.name, "access_token": token, "instagram_id": instagram}));
+        st.pages.insert(
+            id.clone(),
+            Page {
+                id: id.clone(),
+                name: p.name,
+                category: p.category.unwrap_or_else(|| "Business".into()),
+                token,
+                instagram,
+                subscribed_fields: None,
+            },
+        );
+        page_ids.push(id);
+    }
+    let mut out_wabas = Vec::new();
+    let mut waba_ids = Vec::new();
+    for w in new.wabas {
+        let id = w.id.unwrap_or_else(|| st.id("11223"));
+        let mut phones = Vec::new();
+        for ph in w.phone_numbers {
+            let pid = ph.id.unwrap_or_else(|| st.id("12345"));
+            let display =
+                ph.display_phone_number.unwrap_or_else(|| format!("+1 555-{}", &pid[pid.len().saturating_sub(7)..]));
+            st.phones.insert(
+                pid.clone(),
+                Phone {
+                    id: pid.clone(),
+                    display,
+                    verified_name: ph.verified_name.unwrap_or_else(|| "Fake Business".into()),
+                },
+            );
+            phones.push(pid);
+        }
+        let token = st.token("System", Owner::Waba(id.clone()));
+        out_wabas.push(json!({"id": id, "access_token": token, "phone_numbers": phones}));
+        st.wabas.insert(id.clone(), Waba { id: id.clone(), phones, subscribed: false });
+        waba_ids.push(id);
+    }
+    let user_token = st.token("User", Owner::User(user_id.clone()));
+    st.users.insert(
+        user_id.clone(),
+        User {
+            id: user_id.clone(),
+            name: new.name.unwrap_or_else(|| "Fake User".into()),
+            pages: page_ids,
+            wabas: waba_ids,
+        },
+    );
+    HttpResponse::Created().json(json!({
+        "user": {"id": user_id, "access_token": user_token},
+        "pages": out_pages,
+        "wabas": out_wabas,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segments;
+
+    #[test]
+    fn version_prefixes_are_optional() {
+        assert_eq!(segments("/v24.0/me/accounts"), ["me", "accounts"]);
+        assert_eq!(segments("/v3.2/me"), ["me"]);
+        assert_eq!(segments("/me/accounts"), ["me", "accounts"]);
+        assert_eq!(segments("/vip/x"), ["vip", "x"]);
+    }
+}

@@ -1,0 +1,424 @@
+//! The Graph API client.
+//!
+//! Base URL and version come from configuration (`META_GRAPH_URL`,
+//! `META_GRAPH_VERSION`), so development and tests talk to `fake-meta`.
+//! Tokens travel in the `Authorization` header, never in a URL we log;
+//! reqwest errors are stripped of their URL (the OAuth calls carry the app
+//! secret in the query string, as Meta requires). Errors are classified by
+//! Meta's `code`/`error_subcode`, not by HTTP status; only transient failures
+//! are retried, with exponential backoff.
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+use crate::config::MetaConfig;
+use crate::secret::Secret;
+
+/// What a failed Graph call means for us.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("Meta rejected the access token (code {code}, subcode {subcode:?})")]
+    TokenInvalid { code: i64, subcode: Option<i64> },
+    #[error("Meta denied permission (code {code}): {message}")]
+    Permission { code: i64, subcode: Option<i64>, message: String },
+    #[error("Meta rate limit reached (code {code})")]
+    RateLimited { code: i64, subcode: Option<i64> },
+    #[error("outside the messaging window (code {code}, subcode {subcode:?})")]
+    OutsideWindow { code: i64, subcode: Option<i64> },
+    #[error("the recipient is not available (code {code}, subcode {subcode:?})")]
+    RecipientUnavailable { code: i64, subcode: Option<i64> },
+    #[error("temporary Meta error (code {code}): {message}")]
+    Transient { code: i64, subcode: Option<i64>, message: String },
+    #[error("Meta error {code}/{subcode:?}: {message}")]
+    Other { code: i64, subcode: Option<i64>, message: String },
+    #[error("cannot reach Meta: {0}")]
+    Network(String),
+    #[error("unexpected answer from Meta: {0}")]
+    Decode(String),
+}
+
+impl GraphError {
+    /// Classifies Meta's `code` / `error_subcode` (CONTRACTS.md §8.2).
+    pub fn classify(code: i64, subcode: Option<i64>, message: &str) -> GraphError {
+        let message = message.to_string();
+        match (code, subcode) {
+            (190 | 102, _) => GraphError::TokenInvalid { code, subcode },
+            (10, Some(2018278 | 2534022)) | (131047, _) => GraphError::OutsideWindow { code, subcode },
+            (551, _) | (131026, _) | (100, Some(2018001)) => GraphError::RecipientUnavailable { code, subcode },
+            (4 | 17 | 32 | 613 | 80001 | 80004 | 80006 | 80007 | 130429 | 131056, _) => {
+                GraphError::RateLimited { code, subcode }
+            }
+            (3 | 10 | 368 | 131031 | 130497, _) | (200..=299, _) => GraphError::Permission { code, subcode, message },
+            (1 | 2 | 131000 | 131016 | 131057, _) => GraphError::Transient { code, subcode, message },
+            _ => GraphError::Other { code, subcode, message },
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GraphError::Transient { .. } | GraphError::Network(_))
+    }
+
+    pub fn is_token_invalid(&self) -> bool {
+        matches!(self, GraphError::TokenInvalid { .. })
+    }
+
+    /// Meta's (code, subcode), when Meta answered with an error body.
+    pub fn code(&self) -> Option<(i64, Option<i64>)> {
+        match self {
+            GraphError::TokenInvalid { code, subcode }
+            | GraphError::RateLimited { code, subcode }
+            | GraphError::OutsideWindow { code, subcode }
+            | GraphError::RecipientUnavailable { code, subcode } => Some((*code, *subcode)),
+            GraphError::Permission { code, subcode, .. }
+            | GraphError::Transient { code, subcode, .. }
+            | GraphError::Other { code, subcode, .. } => Some((*code, *subcode)),
+            GraphError::Network(_) | GraphError::Decode(_) => None,
+        }
+    }
+
+    /// Parses an error body (`{"error": {...}}`); `None` if it is not one.
+    pub fn from_body(body: &Value) -> Option<GraphError> {
+        let e = body.get("error")?;
+        let code = e.get("code")?.as_i64()?;
+        let subcode = e.get("error_subcode").and_then(Value::as_i64);
+        let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+        Some(GraphError::classify(code, subcode, message))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserToken {
+    pub access_token: Secret<String>,
+    #[serde(default)]
+    pub expires_in: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaUser {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct InstagramAccount {
+    pub id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PageAccount {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub category: Option<String>,
+    pub access_token: Secret<String>,
+    #[serde(default)]
+    pub instagram_business_account: Option<InstagramAccount>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PhoneNumber {
+    pub id: String,
+    #[serde(default)]
+    pub display_phone_number: Option<String>,
+    #[serde(default)]
+    pub verified_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GranularScope {
+    pub scope: String,
+    #[serde(default)]
+    pub target_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenDebug {
+    #[serde(default)]
+    pub is_valid: bool,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub granular_scopes: Vec<GranularScope>,
+}
+
+/// Webhook fields a Page is subscribed to when connected.
+pub const PAGE_FIELDS: &str =
+    "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,message_reactions,standby,messaging_handovers";
+
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: String,
+    app_id: String,
+    app_secret: Secret<String>,
+    max_attempts: u32,
+    backoff: Duration,
+}
+
+impl GraphClient {
+    pub fn new(cfg: &MetaConfig) -> GraphClient {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        GraphClient {
+            http,
+            base: format!("{}/{}", cfg.graph_url, cfg.graph_version),
+            app_id: cfg.app_id.clone(),
+            app_secret: cfg.app_secret.clone(),
+            max_attempts: 3,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Fewer, faster retries (tests).
+    pub fn with_retry(mut self, max_attempts: u32, backoff: Duration) -> GraphClient {
+        self.max_attempts = max_attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// One Graph call, retried while the failure is transient.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&Secret<String>>,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<T, GraphError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call_once(method.clone(), path, token, query, body).await {
+                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                    let wait = self.backoff * 2u32.pow(attempt - 1);
+                    tracing::warn!(path, attempt, error = %e, "transient Graph error, retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&Secret<String>>,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<T, GraphError> {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let mut req = self.http.request(method, url).query(query);
+        if let Some(t) = token {
+            req = req.bearer_auth(t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        let status = res.status();
+        let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Some(err) = GraphError::from_body(&value) {
+            return Err(err);
+        }
+        if status.is_server_error() {
+            return Err(GraphError::Transient {
+                code: status.as_u16() as i64,
+                subcode: None,
+                message: format!("HTTP {status}"),
+            });
+        }
+        if !status.is_success() {
+            return Err(GraphError::Other {
+                code: status.as_u16() as i64,
+                subcode: None,
+                message: format!("HTTP {status}"),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| GraphError::Decode(e.to_string()))
+    }
+
+    /// OAuth code → short-lived user token (`redirect_uri` must equal the
+    /// dialog's; embedded sign-up codes have none).
+    pub async fn exchange_code(&self, code: &str, redirect_uri: Option<&str>) -> Result<UserToken, GraphError> {
+        let mut q =
+            vec![("client_id", self.app_id.as_str()), ("client_secret", self.app_secret.expose()), ("code", code)];
+        if let Some(r) = redirect_uri {
+            q.push(("redirect_uri", r));
+        }
+        self.call(Method::GET, "oauth/access_token", None, &q, None).await
+    }
+
+    /// Short-lived → long-lived user token (about 60 days).
+    pub async fn long_lived(&self, short: &Secret<String>) -> Result<UserToken, GraphError> {
+        let q = [
+            ("grant_type", "fb_exchange_token"),
+            ("client_id", self.app_id.as_str()),
+            ("client_secret", self.app_secret.expose()),
+            ("fb_exchange_token", short.expose()),
+        ];
+        self.call(Method::GET, "oauth/access_token", None, &q, None).await
+    }
+
+    pub async fn me(&self, token: &Secret<String>) -> Result<MetaUser, GraphError> {
+        self.call(Method::GET, "me", Some(token), &[("fields", "id,name")], None).await
+    }
+
+    /// Every page of `/me/accounts`, with linked Instagram accounts.
+    pub async fn accounts(&self, token: &Secret<String>) -> Result<Vec<PageAccount>, GraphError> {
+        #[derive(Deserialize)]
+        struct Cursors {
+            after: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Paging {
+            cursors: Option<Cursors>,
+            next: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            data: Vec<PageAccount>,
+            paging: Option<Paging>,
+        }
+        let fields = "id,name,category,access_token,instagram_business_account{id,username,name}";
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..100 {
+            let mut q = vec![("fields", fields), ("limit", "100")];
+            if let Some(a) = &after {
+                q.push(("after", a.as_str()));
+            }
+            let page: Page = self.call(Method::GET, "me/accounts", Some(token), &q, None).await?;
+            all.extend(page.data);
+            match page.paging {
+                Some(Paging { next: Some(_), cursors: Some(Cursors { after: Some(a) }) }) => after = Some(a),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    pub async fn subscribe_page(&self, page_id: &str, page_token: &Secret<String>) -> Result<(), GraphError> {
+        let v: Value = self
+            .call(
+                Method::POST,
+                &format!("{page_id}/subscribed_apps"),
+                Some(page_token),
+                &[("subscribed_fields", PAGE_FIELDS)],
+                None,
+            )
+            .await?;
+        expect_success(&v)
+    }
+
+    pub async fn unsubscribe_page(&self, page_id: &str, page_token: &Secret<String>) -> Result<(), GraphError> {
+        let v: Value =
+            self.call(Method::DELETE, &format!("{page_id}/subscribed_apps"), Some(page_token), &[], None).await?;
+        expect_success(&v)
+    }
+
+    /// Whether our app is subscribed to the page's webhooks.
+    pub async fn page_subscribed(&self, page_id: &str, page_token: &Secret<String>) -> Result<bool, GraphError> {
+        let v: Value =
+            self.call(Method::GET, &format!("{page_id}/subscribed_apps"), Some(page_token), &[], None).await?;
+        let apps = v.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(apps.iter().any(|a| a.get("id").and_then(Value::as_str) == Some(self.app_id.as_str())))
+    }
+
+    pub async fn phone_numbers(&self, waba_id: &str, token: &Secret<String>) -> Result<Vec<PhoneNumber>, GraphError> {
+        #[derive(Deserialize)]
+        struct Numbers {
+            data: Vec<PhoneNumber>,
+        }
+        let q = [("fields", "id,display_phone_number,verified_name"), ("limit", "100")];
+        let n: Numbers = self.call(Method::GET, &format!("{waba_id}/phone_numbers"), Some(token), &q, None).await?;
+        Ok(n.data)
+    }
+
+    pub async fn subscribe_waba(&self, waba_id: &str, token: &Secret<String>) -> Result<(), GraphError> {
+        let v: Value = self.call(Method::POST, &format!("{waba_id}/subscribed_apps"), Some(token), &[], None).await?;
+        expect_success(&v)
+    }
+
+    pub async fn unsubscribe_waba(&self, waba_id: &str, token: &Secret<String>) -> Result<(), GraphError> {
+        let v: Value = self.call(Method::DELETE, &format!("{waba_id}/subscribed_apps"), Some(token), &[], None).await?;
+        expect_success(&v)
+    }
+
+    /// `debug_token` with the app token: validity and granted targets.
+    pub async fn debug_token(&self, input: &Secret<String>) -> Result<TokenDebug, GraphError> {
+        #[derive(Deserialize)]
+        struct Wrap {
+            data: TokenDebug,
+        }
+        let app_token = Secret::new(format!("{}|{}", self.app_id, self.app_secret.expose()));
+        let w: Wrap =
+            self.call(Method::GET, "debug_token", Some(&app_token), &[("input_token", input.expose())], None).await?;
+        Ok(w.data)
+    }
+}
+
+/// `{"success": true}` (or `"true"`, as one of Meta's samples shows).
+fn expect_success(v: &Value) -> Result<(), GraphError> {
+    match v.get("success") {
+        Some(Value::Bool(true)) => Ok(()),
+        Some(Value::String(s)) if s == "true" => Ok(()),
+        _ => Err(GraphError::Decode(format!("expected success, got {v}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
+    }
+
+    #[test]
+    fn every_error_fixture_is_classified() {
+        let cases = [
+            ("graph_error_190_expired.json", "token"),
+            ("graph_error_190_logged_out.json", "token"),
+            ("graph_error_613_rate_limit.json", "rate"),
+            ("messenger_error_outside_window.json", "window"),
+            ("messenger_error_551_unavailable.json", "unavailable"),
+            ("whatsapp_error_130429.json", "rate"),
+            ("whatsapp_error_131026_sync.json", "unavailable"),
+        ];
+        for (name, want) in cases {
+            let e = GraphError::from_body(&fixture(name)).expect("an error body");
+            let got = match e {
+                GraphError::TokenInvalid { .. } => "token",
+                GraphError::RateLimited { .. } => "rate",
+                GraphError::OutsideWindow { .. } => "window",
+                GraphError::RecipientUnavailable { .. } => "unavailable",
+                _ => "other",
+            };
+            assert_eq!(got, want, "{name}: {e:?}");
+        }
+        assert!(GraphError::classify(2, None, "").is_transient());
+        assert!(matches!(GraphError::classify(200, None, ""), GraphError::Permission { .. }));
+        assert!(matches!(GraphError::classify(131047, None, ""), GraphError::OutsideWindow { .. }));
+        assert!(matches!(GraphError::classify(100, Some(33), ""), GraphError::Other { .. }));
+        assert!(GraphError::from_body(&fixture("me_accounts.json")).is_none());
+    }
+}

@@ -1,0 +1,15 @@
+//! Pages for people: the page the OAuth callback sends admins to, where they
+//! choose which pages to connect. It is static HTML that calls the JSON API
+//! with the admin's access token (kept in the browser's localStorage).
+
+use actix_web::{web, HttpResponse};
+
+const CONNECT_PAGE: &str = include_str!("../../templates/connect.html");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)));
+}
+
+async fn connect_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CONNECT_PAGE)
+}

@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS pending_selections;
+DROP TABLE IF EXISTS channel_members;
+DROP TABLE IF EXISTS channels;

@@ -1,0 +1,491 @@
+//! Connecting channels end to end against the fake Meta, over HTTP.
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use switchboard::channels::oauth::sign_state;
+use switchboard::crypto::Keyring;
+use switchboard::ids::{TenantId, UserId};
+
+use crate::common::{spawn_app, token, TestApp};
+
+const META_USER: &str = "10160000000000001";
+const PAGE_A: &str = "102938475610293";
+const PAGE_B: &str = "109876543210987";
+const IG_A: &str = "17841400123456789";
+
+/// A Meta user (the fixtures' ids) with two pages, the first with Instagram.
+async fn meta_user(app: &TestApp) -> Value {
+    app.fake(
+        "POST",
+        "/_fake/users",
+        json!({"id": META_USER, "name": "Ana Admin", "pages": [
+            {"id": PAGE_A, "name": "Loja Azul", "category": "Clothing (Brand)", "instagram": {"id": IG_A, "username": "loja.azul"}},
+            {"id": PAGE_B, "name": "Tasca do Zé", "category": "Restaurant"},
+        ], "wabas": [{"id": "112233445566778", "phone_numbers": [{"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}]}),
+    )
+    .await
+}
+
+/// start → dialog → callback (JSON): the selection.
+async fn oauth_round(app: &TestApp, admin: &str) -> Value {
+    let start = app.call("POST", "/api/channels/facebook/oauth/start", Some(admin), None).await;
+    assert_eq!(start.status, 200, "{:?}", start.body);
+    let url = start.body["url"].as_str().expect("url").to_string();
+    assert!(
+        url.starts_with(&format!("{}/v24.0/dialog/oauth?client_id=1234567890123456&redirect_uri=", app.fake_base)),
+        "{url}"
+    );
+    let dialog = app.client.get(&url).send().await.expect("dialog");
+    assert_eq!(dialog.status().as_u16(), 302);
+    let callback = dialog.headers()["location"].to_str().expect("location").to_string();
+    assert!(callback.starts_with(&format!("{}/api/channels/facebook/oauth/callback?code=", app.base)), "{callback}");
+    let res = app.client.get(&callback).header("accept", "application/json").send().await.expect("callback");
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.expect("json")
+}
+
+async fn channels(app: &TestApp, t: &str) -> Vec<Value> {
+    let r = app.call("GET", "/api/channels", Some(t), None).await;
+    assert_eq!(r.status, 200);
+    r.body["items"].as_array().expect("items").clone()
+}
+
+fn sealed_tokens(app: &TestApp, schema: &str) -> Vec<(String, Option<String>)> {
+    let mut conn = app.db.conn();
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        external_id: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        access_token_enc: Option<String>,
+    }
+    diesel::sql_query(format!("SELECT external_id, access_token_enc FROM {schema}.channels ORDER BY id"))
+        .load::<Row>(&mut conn)
+        .expect("channels")
+        .into_iter()
+        .map(|r| (r.external_id, r.access_token_enc))
+        .collect()
+}
+
+#[actix_web::test]
+async fn facebook_connect_flow_end_to_end() {
+    let app = spawn_app().await;
+    let created = meta_user(&app).await;
+    let page_a_token = created["pages"][0]["access_token"].as_str().expect("token").to_string();
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+
+    // A browser (no JSON) is sent on to the connect page.
+    let start = app.call("POST", "/api/channels/facebook/oauth/start", Some(&admin), None).await;
+    let dialog = app.client.get(start.body["url"].as_str().expect("url")).send().await.expect("dialog");
+    let callback = dialog.headers()["location"].to_str().expect("location").to_string();
+    let res = app.client.get(&callback).send().await.expect("callback");
+    assert_eq!(res.status().as_u16(), 302);
+    let location = res.headers()["location"].to_str().expect("location").to_string();
+    assert!(location.starts_with(&format!("{}/channels/connect?selection_id=", app.base)), "{location}");
+    let page = app.client.get(&location).send().await.expect("connect page");
+    assert_eq!(page.status().as_u16(), 200);
+    // The same callback again: the state is spent.
+    let replay = app.client.get(&callback).header("accept", "application/json").send().await.expect("replay");
+    assert_eq!(replay.status().as_u16(), 400);
+
+    // A JSON round: both pages, the first with Instagram.
+    let sel = oauth_round(&app, &admin).await;
+    let selection_id = sel["selection_id"].as_str().expect("id").to_string();
+    assert_eq!(sel["pages"].as_array().map(|p| p.len()), Some(2));
+    assert_eq!(sel["pages"][0]["instagram"]["id"], IG_A);
+    let pending = app.call("GET", &format!("/api/channels/facebook/pending/{selection_id}"), Some(&admin), None).await;
+    assert_eq!(pending.body["pages"][1]["name"], "Tasca do Zé");
+
+    // Connect page A with Instagram: two channels, A subscribed at Meta.
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": selection_id, "page_ids": [PAGE_A], "instagram": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["items"].as_array().map(|i| i.len()), Some(2));
+    let list = channels(&app, &admin).await;
+    let platforms: Vec<_> =
+        list.iter().map(|c| (c["platform"].as_str().unwrap_or(""), c["external_id"].as_str().unwrap_or(""))).collect();
+    assert_eq!(platforms, [("facebook", PAGE_A), ("instagram", IG_A)]);
+    assert_eq!(list[0]["status"], "connected");
+    assert_eq!(list[0]["settings"], json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true}));
+    let state = app.fake("GET", "/_fake/state", json!({})).await;
+    let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();
+    assert!(a["subscribed_fields"]
+        .as_array()
+        .is_some_and(|f| f.contains(&json!("messages")) && f.contains(&json!("message_echoes"))));
+    // Unknown page of the selection: 422; nothing else changes.
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": selection_id, "page_ids": ["999"]})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("unknown_page")));
+
+    // Tokens: never in an answer, sealed in the database.
+    let text = app
+        .client
+        .get(app.url("/api/channels"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("text");
+    assert!(!text.contains("EAAFake") && !text.contains(&page_a_token));
+    let sealed = sealed_tokens(&app, "tenant_acme");
+    let first_seal = sealed[0].1.clone().expect("sealed");
+    assert!(first_seal.starts_with("k1:") && !first_seal.contains(&page_a_token));
+
+    // Later: page B from a new round leaves A intact.
+    let sel2 = oauth_round(&app, &admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": sel2["selection_id"], "page_ids": [PAGE_B]})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(channels(&app, &admin).await.len(), 3);
+    // Reconnecting A: same row, new seal, no duplicate.
+    let a_id = list[0]["id"].as_str().expect("id").to_string();
+    let sel3 = oauth_round(&app, &admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": sel3["selection_id"], "page_ids": [PAGE_A], "instagram": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let after = channels(&app, &admin).await;
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[0]["id"].as_str(), Some(a_id.as_str()));
+    assert_ne!(sealed_tokens(&app, "tenant_acme")[0].1.as_deref(), Some(first_seal.as_str()));
+
+    // Another tenant cannot take page A: 409 at connect.
+    let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
+    let beta_admin = token(&beth, "access_token");
+    let sel_b = oauth_round(&app, &beta_admin).await;
+    assert_eq!(sel_b["pages"][0]["taken"], true);
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&beta_admin),
+            Some(json!({"selection_id": sel_b["selection_id"], "page_ids": [PAGE_A]})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("channel_taken")));
+    // Beta's selection is invisible to acme (another tenant's id is a 404).
+    let r = app
+        .call(
+            "GET",
+            &format!("/api/channels/facebook/pending/{}", sel_b["selection_id"].as_str().unwrap_or("")),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Agents see only their channels.
+    let agent = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&admin),
+            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
+        )
+        .await;
+    let agent_id = agent.body["user_id"].as_str().expect("id").to_string();
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    assert!(channels(&app, &al).await.is_empty());
+    let r = app.call("GET", &format!("/api/channels/{a_id}"), Some(&al), None).await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .call("PUT", &format!("/api/channels/{a_id}/members"), Some(&admin), Some(json!({"user_ids": [agent_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["member_ids"], json!([agent_id]));
+    let seen = channels(&app, &al).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["external_id"], PAGE_A);
+    let beth_id = beth["user"]["id"].as_str().expect("id");
+    let r = app
+        .call("PUT", &format!("/api/channels/{a_id}/members"), Some(&admin), Some(json!({"user_ids": [beth_id]})))
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("unknown_user")));
+    let r = app.call("PATCH", &format!("/api/channels/{a_id}"), Some(&al), Some(json!({"name": "x"}))).await;
+    assert_eq!(r.status, 403);
+
+    // Settings.
+    let r = app.call("PATCH", &format!("/api/channels/{a_id}"), Some(&admin), Some(json!({"name": "Loja", "settings": {"auto_reply": {"enabled": true, "text": "Olá! Já respondemos."}, "notifications": false}}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["settings"]["auto_reply"]["text"], "Olá! Já respondemos.");
+    assert_eq!(r.body["settings"]["notifications"], false);
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{a_id}"),
+            Some(&admin),
+            Some(json!({"settings": {"auto_reply": {"enabled": true, "text": ""}}})),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = app
+        .call("PATCH", &format!("/api/channels/{a_id}"), Some(&admin), Some(json!({"settings": {"colour": "red"}})))
+        .await;
+    assert_eq!(r.status, 422);
+
+    // Token health: Meta answers 190 → reauth_required, visible in the list.
+    app.fake("POST", "/_fake/tokens/expire", json!({"page_id": PAGE_A})).await;
+    let r = app.call("POST", &format!("/api/channels/{a_id}/check"), Some(&admin), None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("reauth_required")));
+    app.fake("POST", "/_fake/tokens/restore", json!({"page_id": PAGE_A})).await;
+    let r = app.call("POST", &format!("/api/channels/{a_id}/check"), Some(&admin), None).await;
+    assert_eq!(r.body["status"], "connected");
+
+    // Disconnect B: unsubscribed at Meta, kept as disconnected, released.
+    let b_id = after.iter().find(|c| c["external_id"] == PAGE_B).and_then(|c| c["id"].as_str()).expect("B").to_string();
+    let r = app.call("DELETE", &format!("/api/channels/{b_id}"), Some(&admin), None).await;
+    assert_eq!(r.status, 204);
+    let b = app.call("GET", &format!("/api/channels/{b_id}"), Some(&admin), None).await;
+    assert_eq!(b.body["status"], "disconnected");
+    let state = app.fake("GET", "/_fake/state", json!({})).await;
+    let b_meta = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_B).expect("B").clone();
+    assert!(b_meta["subscribed_fields"].is_null());
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&beta_admin),
+            Some(json!({"selection_id": sel_b["selection_id"], "page_ids": [PAGE_B]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "a released page can be connected elsewhere: {:?}", r.body);
+    // Purge removes the row.
+    let r = app.call("DELETE", &format!("/api/channels/{b_id}?purge=true"), Some(&admin), None).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.call("GET", &format!("/api/channels/{b_id}"), Some(&admin), None).await.status, 404);
+
+    // The audit log saw it all.
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&admin), None).await;
+    let actions: Vec<&str> =
+        log.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in [
+        "channel.connected",
+        "channel.reconnected",
+        "channel.members_set",
+        "channel.updated",
+        "channel.reauth_required",
+        "channel.disconnected",
+        "channel.purged",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+}
+
+#[actix_web::test]
+async fn tampered_expired_and_foreign_states_are_refused() {
+    let app = spawn_app().await;
+    meta_user(&app).await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+    let start = app.call("POST", "/api/channels/facebook/oauth/start", Some(&admin), None).await;
+    let dialog = app.client.get(start.body["url"].as_str().expect("url")).send().await.expect("dialog");
+    let callback = dialog.headers()["location"].to_str().expect("location").to_string();
+    let (base, state) = callback.split_once("&state=").expect("state");
+    let get = |url: String| {
+        let c = app.client.clone();
+        async move {
+            let r = c.get(url).header("accept", "application/json").send().await.expect("callback");
+            let s = r.status().as_u16();
+            let b: Value = r.json().await.expect("json");
+            (s, b)
+        }
+    };
+    // Tampered: one character of the payload changed.
+    let mut chars: Vec<char> = state.chars().collect();
+    chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    let (s, b) = get(format!("{base}&state={tampered}")).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_state")));
+    // Expired: correctly signed, but past its time.
+    let owner_id = UserId(owner["user"]["id"].as_str().and_then(|s| s.parse().ok()).expect("id"));
+    let tenant_id = TenantId(owner["tenant"]["id"].as_str().and_then(|s| s.parse().ok()).expect("id"));
+    let expired = sign_state(&app.state.state_key, "nonce-x", tenant_id, owner_id, chrono::Utc::now().timestamp() - 5);
+    let (s, _) = get(format!("{base}&state={expired}")).await;
+    assert_eq!(s, 400);
+    // Well signed but never issued (forged nonce): refused.
+    let forged =
+        sign_state(&app.state.state_key, "never-issued", tenant_id, owner_id, chrono::Utc::now().timestamp() + 300);
+    let (s, _) = get(format!("{base}&state={forged}")).await;
+    assert_eq!(s, 400);
+    // The real one still works once, then not again.
+    let (s, b) = get(callback.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = get(callback).await;
+    assert_eq!(s, 400);
+    // Meta's "user denied" comes back as an error.
+    let (s, b) = get(format!(
+        "{}/api/channels/facebook/oauth/callback?error=access_denied&error_reason=user_denied&state=x",
+        app.base
+    ))
+    .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("oauth_denied")));
+    // Only admins start the flow.
+    app.call(
+        "POST",
+        "/api/members",
+        Some(&admin),
+        Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
+    )
+    .await;
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let r = app.call("POST", "/api/channels/facebook/oauth/start", Some(&al), None).await;
+    assert_eq!(r.status, 403);
+}
+
+#[actix_web::test]
+async fn whatsapp_connect_rotation_and_meta_callbacks() {
+    let app = spawn_app().await;
+    let created = meta_user(&app).await;
+    let waba_token = created["wabas"][0]["access_token"].as_str().expect("token").to_string();
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+
+    // With a business account id and token.
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/whatsapp/connect",
+            Some(&admin),
+            Some(json!({"waba_id": "112233445566778", "access_token": waba_token})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["items"][0]["platform"], "whatsapp");
+    assert_eq!(r.body["items"][0]["external_id"], "123456789012345");
+    assert_eq!(r.body["items"][0]["name"], "Loja Azul (+1 555-123-4567)");
+    assert!(!r.body.to_string().contains(&waba_token));
+    let state = app.fake("GET", "/_fake/state", json!({})).await;
+    assert_eq!(state["wabas"][0]["subscribed"], true);
+    // Again, through embedded sign-up's code: same number, updated in place.
+    let code = app.fake("POST", "/_fake/codes", json!({"user_id": META_USER})).await;
+    let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(json!({"code": code["code"]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(channels(&app, &admin).await.len(), 1);
+    // A bad token is Meta's answer, not ours: 422; both kinds of body at once: 422.
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/whatsapp/connect",
+            Some(&admin),
+            Some(json!({"waba_id": "112233445566778", "access_token": "EAAnope"})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("meta_token_invalid")));
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/whatsapp/connect",
+            Some(&admin),
+            Some(json!({"code": "x", "waba_id": "1", "access_token": "y"})),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+
+    // Also page A through OAuth (records the Meta user for the callbacks).
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let sel = oauth_round(&app, &admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    // Key rotation: everything re-sealed under k2, readable with k2 alone.
+    let k1 = switchboard::config::EncryptionKey { id: "k1".into(), key: switchboard::secret::Secret::new([7u8; 32]) };
+    let k2 = switchboard::config::EncryptionKey { id: "k2".into(), key: switchboard::secret::Secret::new([9u8; 32]) };
+    let rotated = Keyring::new(&[k2.clone(), k1]);
+    let mut conn = app.pool.get().expect("conn");
+    let report = switchboard::ops::rotate_keys(&mut conn, &rotated).expect("rotate");
+    assert_eq!(report, vec![("acme".to_string(), 3)], "two channels and one pending selection");
+    let only_k2 = Keyring::new(&[k2]);
+    for (external_id, sealed) in sealed_tokens(&app, "tenant_acme") {
+        let sealed = sealed.expect("sealed");
+        assert!(sealed.starts_with("k2:"));
+        let platform = if external_id == PAGE_A { "facebook" } else { "whatsapp" };
+        let aad = switchboard::channels::token_aad(platform, &external_id);
+        assert!(only_k2.decrypt(&sealed, &aad).expect("opens").expose().starts_with("EAAFake"));
+    }
+    drop(conn);
+
+    // signed_request callbacks, with the shared fixtures (same app secret).
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/meta/signed_request_example.txt"
+    ))
+    .expect("fixture");
+    let forms: Vec<&str> = fixture.lines().filter_map(|l| l.strip_prefix("form_body=")).collect();
+    let tampered = fixture.lines().filter_map(|l| l.strip_prefix("signed_request=")).nth(2).expect("tampered");
+    let post = |path: &'static str, body: String| {
+        let c = app.client.clone();
+        let url = app.url(path);
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, b) = post("/meta/deauthorize", format!("signed_request={tampered}")).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, _) = post("/meta/data-deletion", format!("signed_request={tampered}")).await;
+    assert_eq!(s, 403);
+    let (s, _) = post("/meta/data-deletion", "nothing=here".into()).await;
+    assert_eq!(s, 400);
+    assert!(
+        channels(&app, &admin).await.iter().all(|c| c["status"] == "connected"),
+        "a refused callback changes nothing"
+    );
+
+    let (s, _) = post("/meta/deauthorize", forms[1].to_string()).await;
+    assert_eq!(s, 200);
+    let list = channels(&app, &admin).await;
+    assert!(list.iter().all(|c| c["status"] == "disconnected"), "{list:?}");
+    let (s, b) = post("/meta/data-deletion", forms[0].to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let code = b["confirmation_code"].as_str().expect("code").to_string();
+    assert_eq!(b["url"].as_str(), Some(format!("{}/meta/data-deletion/{code}", app.base).as_str()));
+    assert!(sealed_tokens(&app, "tenant_acme").iter().all(|(_, t)| t.is_none()), "tokens forgotten");
+    let page = app.client.get(app.url(&format!("/meta/data-deletion/{code}"))).send().await.expect("status page");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains(&code) && html.contains("completed"));
+    assert_eq!(app.call("GET", "/meta/data-deletion/NOPE123", None, None).await.status, 404);
+}
