@@ -4,6 +4,7 @@
 mod auth;
 mod channels;
 mod cli;
+mod graph;
 mod common;
 mod migrate;
 mod tenancy;

@@ -1,0 +1,47 @@
+//! The Graph client against the fake Meta over HTTP: paging, retries of
+//! transient failures only, and errors that never carry tokens.
+
+use serde_json::json;
+use std::time::Duration;
+
+use switchboard::meta::{GraphClient, GraphError};
+use switchboard::secret::Secret;
+
+use crate::common::spawn_app;
+
+#[actix_web::test]
+async fn paging_retries_and_classification() {
+    let app = spawn_app().await;
+    let pages: Vec<_> = (0..130).map(|i| json!({"id": format!("5000{i:05}"), "name": format!("Page {i}")})).collect();
+    let created = app.fake("POST", "/_fake/users", json!({"pages": pages})).await;
+    let token = Secret::new(created["user"]["access_token"].as_str().expect("token").to_string());
+    let graph = GraphClient::new(&app.config.meta).with_retry(3, Duration::from_millis(10));
+
+    // All 130 pages across paging.
+    let all = graph.accounts(&token).await.expect("accounts");
+    assert_eq!(all.len(), 130);
+    assert_eq!(all[129].name, "Page 129");
+
+    // Two 500s, then success: retried.
+    app.fake("POST", "/_fake/errors", json!({"path": "/me", "status": 500, "error": {"code": 2, "message": "Service temporarily unavailable"}, "times": 2})).await;
+    assert!(graph.me(&token).await.is_ok());
+    // A rate limit is not retried and is classified.
+    app.fake("POST", "/_fake/errors", json!({"path": "/me", "error": {"code": 613, "message": "Calls to this api have exceeded the rate limit."}})).await;
+    let before = app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().map(|a| a.len()).unwrap_or(0);
+    let err = graph.me(&token).await.expect_err("rate limited");
+    assert!(matches!(err, GraphError::RateLimited { code: 613, .. }), "{err:?}");
+    let after = app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().map(|a| a.len()).unwrap_or(0);
+    assert_eq!(after - before, 1, "not retried");
+    // An expired token: 190/463, no retry, and the token is in no message.
+    app.fake("POST", "/_fake/tokens/expire", json!({"token": token.expose()})).await;
+    let err = graph.me(&token).await.expect_err("expired");
+    assert!(matches!(err, GraphError::TokenInvalid { code: 190, subcode: Some(463) }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains(token.expose()));
+    // Slow answers time out as network errors after retries; nothing leaks the secret.
+    let slow = GraphClient::new(&app.config.meta).with_retry(1, Duration::from_millis(1));
+    let bad_code = slow.exchange_code("no-such-code", Some("http://x")).await.expect_err("bad code");
+    assert!(!format!("{bad_code:?}").contains("fake_app_secret"), "{bad_code:?}");
+    // The request log never stores tokens or secrets.
+    let log = app.fake("GET", "/_fake/requests", json!({})).await.to_string();
+    assert!(!log.contains(token.expose()) && !log.contains("fake_app_secret_0123456789abcdef"));
+}
