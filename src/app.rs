@@ -1,6 +1,7 @@
 //! The services a running server shares between its handlers and workers.
 
 use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::auth::JwtKeys;
 use crate::channels::oauth::state_key;
@@ -17,11 +18,23 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// Key that signs OAuth `state` values.
     pub state_key: Vec<u8>,
+    /// Wakes this instance's webhook processor (a webhook was stored here).
+    pub wake_processor: Arc<Notify>,
+    /// Wakes this instance's sender (a reply was queued here).
+    pub wake_sender: Arc<Notify>,
+    /// Contacts whose profile to look up at Meta: (tenant, contact id).
+    pub profile_lookups: mpsc::Sender<(crate::ids::TenantId, i64)>,
+    profile_rx: std::sync::Mutex<Option<mpsc::Receiver<(crate::ids::TenantId, i64)>>>,
 }
 
 impl AppState {
     pub fn new(config: Arc<ServerConfig>, db: Db) -> AppState {
+        let (tx, rx) = mpsc::channel(10_000);
         AppState {
+            wake_processor: Arc::new(Notify::new()),
+            wake_sender: Arc::new(Notify::new()),
+            profile_lookups: tx,
+            profile_rx: std::sync::Mutex::new(Some(rx)),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
@@ -31,8 +44,22 @@ impl AppState {
         }
     }
 
+    /// The receiving end of the profile-lookup queue (taken once, by the worker).
+    pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<(crate::ids::TenantId, i64)>> {
+        self.profile_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
     /// Where Meta sends the browser back after the OAuth dialog.
     pub fn oauth_redirect_uri(&self) -> String {
         format!("{}/api/channels/facebook/oauth/callback", self.config.public_url)
     }
+}
+
+/// Starts the background workers of `serve`: webhook processor, sender,
+/// profile lookups and the snooze clock (on the current actix runtime).
+pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
+    actix_web::rt::spawn(crate::inbox::processor::run(state.clone()));
+    actix_web::rt::spawn(crate::inbox::sender::run(state.clone()));
+    actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
+    actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
 }

@@ -30,6 +30,10 @@ pub enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:9090")]
         bind: String,
+        /// Where to send webhooks (echoes, receipts, inbound messages), e.g.
+        /// http://127.0.0.1:8080/webhooks/meta.
+        #[arg(long)]
+        webhook_url: Option<String>,
     },
     /// Encryption keys of stored tokens.
     #[command(subcommand)]

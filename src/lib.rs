@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod channels;
+pub mod inbox;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Command::Migrate { jobs } => ops::migrate(jobs),
         Command::Tenant(cmd) => ops::tenant(cmd),
         Command::User(cmd) => ops::user(cmd),
-        Command::FakeMeta { bind } => ops::fake_meta(&bind),
+        Command::FakeMeta { bind, webhook_url } => ops::fake_meta(&bind, webhook_url),
         Command::Keys(cmd) => ops::keys(cmd),
         Command::Bench(args) => switchboard::bench::run(args),
     };

@@ -64,13 +64,14 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let state = actix_web::web::Data::new(AppState::new(config, Db::new(pool)));
         actix_web::rt::spawn(crate::channels::reconcile::run(state.clone()));
+        crate::app::spawn_workers(&state);
         let server = crate::http::build_server(state, listener)?;
         server.await
     })?;
     Ok(())
 }
 
-pub fn fake_meta(bind: &str) -> anyhow::Result<()> {
+pub fn fake_meta(bind: &str, webhook_url: Option<String>) -> anyhow::Result<()> {
     crate::telemetry::init(false);
     let mut cfg = FakeConfig::default();
     if let Ok(id) = std::env::var("META_APP_ID") {
@@ -82,6 +83,7 @@ pub fn fake_meta(bind: &str) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
     println!("fake Meta Graph API on http://{bind} (app id {}); control API under /_fake", cfg.app_id);
     let fake = FakeMeta::new(cfg);
+    fake.set_webhook_target(webhook_url);
     actix_web::rt::System::new().block_on(async move { fake.build_server(listener)?.await })?;
     Ok(())
 }

@@ -39,7 +39,7 @@ crate::id_type!(
     ChannelId
 );
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Facebook,
@@ -94,11 +94,16 @@ pub struct AutoReply {
 pub struct Settings {
     pub auto_reply: AutoReply,
     pub notifications: bool,
+    /// Messenger and Instagram: let human agents answer between 24 hours and
+    /// 7 days after the contact's last message, with the `HUMAN_AGENT` tag
+    /// (the app needs Meta's Human Agent permission).
+    #[serde(default)]
+    pub human_agent: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { auto_reply: AutoReply { enabled: false, text: String::new() }, notifications: true }
+        Settings { auto_reply: AutoReply { enabled: false, text: String::new() }, notifications: true, human_agent: false }
     }
 }
 
@@ -238,6 +243,7 @@ pub fn get_view(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelView
 pub struct SettingsPatch {
     pub auto_reply: Option<AutoReplyPatch>,
     pub notifications: Option<bool>,
+    pub human_agent: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +278,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     if let Some(s) = p.settings {
         if let Some(n) = s.notifications {
             settings.notifications = n;
+        }
+        if let Some(h) = s.human_agent {
+            settings.human_agent = h;
         }
         if let Some(a) = s.auto_reply {
             if let Some(t) = a.text {

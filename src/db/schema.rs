@@ -92,3 +92,31 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(channel_routes, tenants);
+
+diesel::table! {
+    public.webhook_events (id) {
+        id -> Int8,
+        body -> Bytea,
+        received_at -> Timestamptz,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        processed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    public.send_queue (id) {
+        id -> Int8,
+        tenant_id -> Int8,
+        message_id -> Nullable<Int8>,
+        conversation_id -> Nullable<Int8>,
+        kind -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}

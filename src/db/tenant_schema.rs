@@ -51,4 +51,117 @@ diesel::table! {
 }
 
 diesel::joinable!(channel_members -> channels (channel_id));
-diesel::allow_tables_to_appear_in_same_query!(channels, channel_members, audit_log, pending_selections);
+
+diesel::table! {
+    contacts (id) {
+        id -> Int8,
+        channel_id -> Int8,
+        external_id -> Text,
+        name -> Nullable<Text>,
+        profile_pic_url -> Nullable<Text>,
+        profile_checked_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Int8,
+        channel_id -> Int8,
+        contact_id -> Int8,
+        status -> Text,
+        assignee_id -> Nullable<Int8>,
+        snoozed_until -> Nullable<Timestamptz>,
+        unread_count -> Int4,
+        last_message_id -> Nullable<Int8>,
+        last_activity_at -> Timestamptz,
+        last_inbound_at -> Nullable<Timestamptz>,
+        last_inbound_external_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Int8,
+        conversation_id -> Int8,
+        channel_id -> Int8,
+        direction -> Text,
+        sender_kind -> Text,
+        sender_user_id -> Nullable<Int8>,
+        text -> Nullable<Text>,
+        attachments -> Jsonb,
+        status -> Text,
+        error -> Nullable<Jsonb>,
+        external_id -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        reply_to_external_id -> Nullable<Text>,
+        quick_reply_payload -> Nullable<Text>,
+        postback_payload -> Nullable<Text>,
+        reactions -> Jsonb,
+        edited_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
+        platform_timestamp -> Nullable<Timestamptz>,
+        sort_at -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    early_statuses (channel_id, external_id, status) {
+        channel_id -> Int8,
+        external_id -> Text,
+        status -> Text,
+        error -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    events (seq) {
+        seq -> Int8,
+        #[sql_name = "type"]
+        type_ -> Text,
+        channel_id -> Nullable<Int8>,
+        conversation_id -> Nullable<Int8>,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    event_seq (id) {
+        id -> Int4,
+        value -> Int8,
+    }
+}
+
+diesel::table! {
+    canned_responses (id) {
+        id -> Int8,
+        shortcut -> Text,
+        text -> Text,
+        created_by -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(conversations -> contacts (contact_id));
+diesel::joinable!(conversations -> channels (channel_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(contacts -> channels (channel_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    audit_log,
+    pending_selections,
+    canned_responses,
+    channels,
+    channel_members,
+    contacts,
+    conversations,
+    messages,
+    events,
+    early_statuses
+);

@@ -6,10 +6,12 @@ pub mod audit;
 pub mod auth;
 pub mod channels;
 pub mod health;
+pub mod inbox;
 pub mod members;
 pub mod meta;
 pub mod pagination;
 pub mod tenants;
+pub mod webhooks;
 
 use actix_web::dev::{Server, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -119,8 +121,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(tenants::routes)
                 .configure(members::routes)
                 .configure(channels::routes)
+                .configure(inbox::routes)
+                .configure(webhooks::operator_routes)
                 .configure(audit::routes),
         )
+        .configure(webhooks::routes)
         .configure(meta::routes)
         .configure(crate::web::routes)
         .default_service(web::to(no_route));

@@ -62,3 +62,30 @@ impl<T> Paged<T> {
         Paged { items, next_cursor }
     }
 }
+
+/// A cursor over (time, id), for lists ordered by a timestamp.
+pub fn encode_time_cursor(at: chrono::DateTime<chrono::Utc>, id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("t:{}:{id}", at.timestamp_micros()))
+}
+
+pub fn decode_time_cursor(c: &str) -> AppResult<(chrono::DateTime<chrono::Utc>, i64)> {
+    let bad = || AppError::bad_request("invalid_cursor", "the cursor is not one this server gave out");
+    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let s = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    let rest = s.strip_prefix("t:").ok_or_else(bad)?;
+    let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
+    let at = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+/// Parses `?limit=`: default 50, 1 to 200.
+pub fn parse_limit(raw: Option<&str>) -> AppResult<i64> {
+    match raw {
+        None | Some("") => Ok(50),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| AppError::bad_request("invalid_limit", "limit must be a number from 1 to 200")),
+    }
+}

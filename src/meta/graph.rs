@@ -375,6 +375,59 @@ impl GraphClient {
     }
 }
 
+impl GraphClient {
+    /// Messenger / Instagram Send API. `account` is the page id (Messenger)
+    /// or the Instagram account id. Returns Meta's message id.
+    pub async fn send_text(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        text: &str,
+        tag: Option<&str>,
+        metadata: &str,
+    ) -> Result<String, GraphError> {
+        let mut body = serde_json::json!({
+            "recipient": {"id": recipient},
+            "messaging_type": if tag.is_some() { "MESSAGE_TAG" } else { "RESPONSE" },
+            "message": {"text": text, "metadata": metadata},
+        });
+        if let Some(t) = tag {
+            body["tag"] = Value::String(t.to_string());
+        }
+        let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
+        v.get("message_id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+    }
+
+    /// `typing_on`, `typing_off` or `mark_seen`.
+    pub async fn sender_action(&self, account: &str, token: &Secret<String>, recipient: &str, action: &str) -> Result<(), GraphError> {
+        let body = serde_json::json!({"recipient": {"id": recipient}, "sender_action": action});
+        let _: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
+        Ok(())
+    }
+
+    /// WhatsApp Cloud API text message; returns the wamid.
+    pub async fn whatsapp_text(&self, phone_id: &str, token: &Secret<String>, to: &str, text: &str) -> Result<String, GraphError> {
+        let body = serde_json::json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
+            "type": "text", "text": {"preview_url": false, "body": text},
+        });
+        let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
+        v.pointer("/messages/0/id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
+    }
+
+    pub async fn whatsapp_mark_read(&self, phone_id: &str, token: &Secret<String>, wamid: &str) -> Result<(), GraphError> {
+        let body = serde_json::json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid});
+        let _: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
+        Ok(())
+    }
+
+    /// A Messenger or Instagram user's profile.
+    pub async fn profile(&self, id: &str, token: &Secret<String>, fields: &str) -> Result<Value, GraphError> {
+        self.call(Method::GET, id, Some(token), &[("fields", fields)], None).await
+    }
+}
+
 /// `{"success": true}` (or `"true"`, as one of Meta's samples shows).
 fn expect_success(v: &Value) -> Result<(), GraphError> {
     match v.get("success") {

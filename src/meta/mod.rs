@@ -5,5 +5,6 @@
 pub mod fake;
 pub mod graph;
 pub mod signed_request;
+pub mod webhook;
 
 pub use graph::{GraphClient, GraphError};

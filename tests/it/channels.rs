@@ -9,13 +9,13 @@ use switchboard::ids::{TenantId, UserId};
 
 use crate::common::{spawn_app, token, TestApp};
 
-const META_USER: &str = "10160000000000001";
-const PAGE_A: &str = "102938475610293";
-const PAGE_B: &str = "109876543210987";
-const IG_A: &str = "17841400123456789";
+pub(crate) const META_USER: &str = "10160000000000001";
+pub(crate) const PAGE_A: &str = "102938475610293";
+pub(crate) const PAGE_B: &str = "109876543210987";
+pub(crate) const IG_A: &str = "17841400123456789";
 
 /// A Meta user (the fixtures' ids) with two pages, the first with Instagram.
-async fn meta_user(app: &TestApp) -> Value {
+pub(crate) async fn meta_user(app: &TestApp) -> Value {
     app.fake(
         "POST",
         "/_fake/users",
@@ -28,7 +28,7 @@ async fn meta_user(app: &TestApp) -> Value {
 }
 
 /// start → dialog → callback (JSON): the selection.
-async fn oauth_round(app: &TestApp, admin: &str) -> Value {
+pub(crate) async fn oauth_round(app: &TestApp, admin: &str) -> Value {
     let start = app.call("POST", "/api/channels/facebook/oauth/start", Some(admin), None).await;
     assert_eq!(start.status, 200, "{:?}", start.body);
     let url = start.body["url"].as_str().expect("url").to_string();
@@ -115,7 +115,7 @@ async fn facebook_connect_flow_end_to_end() {
         list.iter().map(|c| (c["platform"].as_str().unwrap_or(""), c["external_id"].as_str().unwrap_or(""))).collect();
     assert_eq!(platforms, [("facebook", PAGE_A), ("instagram", IG_A)]);
     assert_eq!(list[0]["status"], "connected");
-    assert_eq!(list[0]["settings"], json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true}));
+    assert_eq!(list[0]["settings"], json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true, "human_agent": false}));
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();
     assert!(a["subscribed_fields"]

@@ -206,6 +206,7 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
 pub struct TestApp {
     pub base: String,
     pub fake_base: String,
+    pub fake: switchboard::meta::fake::FakeMeta,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub config: Arc<ServerConfig>,
@@ -219,6 +220,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(signup: Signup) -> TestApp {
+    spawn(signup, true).await
+}
+
+/// The server without its background workers (webhook processor, sender):
+/// tests that drive processing by hand, as after a crash.
+pub async fn spawn_app_without_workers() -> TestApp {
+    spawn(Signup::Open, false).await
+}
+
+async fn spawn(signup: Signup, workers: bool) -> TestApp {
     let db = TestDb::new();
     let fake = switchboard::meta::fake::FakeMeta::new(switchboard::meta::fake::FakeConfig::default());
     let fake_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -235,11 +246,16 @@ pub async fn spawn_app_with(signup: Signup) -> TestApp {
     let state = actix_web::web::Data::new(switchboard::app::AppState::new(config.clone(), Db::new(pool.clone())));
     let server = switchboard::http::build_server(state.clone(), listener).expect("server");
     let handles = vec![server.handle(), fake_server.handle()];
+    fake.set_webhook_target(Some(format!("{base}/webhooks/meta")));
+    if workers {
+        switchboard::app::spawn_workers(&state);
+    }
     actix_web::rt::spawn(server);
     actix_web::rt::spawn(fake_server);
     TestApp {
         base,
         fake_base,
+        fake: fake.clone(),
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
         pool,
         config,
@@ -336,6 +352,58 @@ pub fn assert_error_shape(status: u16, body: &serde_json::Value) {
             && message.is_some_and(|m| !m.is_empty()),
         "status {status} without the JSON error shape: {body}"
     );
+}
+
+/// Waits until `check` holds (polling), or fails after a few seconds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+impl TestApp {
+    /// Posts a webhook body signed with the app secret (exact bytes).
+    pub async fn webhook(&self, body: &[u8]) -> u16 {
+        let sig = switchboard::meta::webhook::sign(self.config.meta.app_secret.expose().as_bytes(), body);
+        self.client
+            .post(self.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("webhook")
+            .status()
+            .as_u16()
+    }
+
+    /// Counts rows with SQL on a fresh connection.
+    pub fn count(&self, sql: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.db.conn();
+        diesel::sql_query(sql).get_result::<N>(&mut conn).map(|r| r.n).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Waits until no webhook is pending.
+    pub async fn processed(&self) {
+        eventually("webhooks processed", || async { self.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'pending'") == 0 }).await;
+    }
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
 }
 
 pub fn token(v: &serde_json::Value, key: &str) -> String {

@@ -8,3 +8,4 @@ mod graph;
 mod common;
 mod migrate;
 mod tenancy;
+mod inbox;

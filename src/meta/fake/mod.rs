@@ -18,8 +18,15 @@
 //! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?}`:
 //!   the next `times` calls whose path contains `path` fail that way (or,
 //!   without `error`, only answer `delay_ms` late).
+//! - `POST /_fake/webhook-target` `{url}`: where the fake sends webhooks
+//!   (`switchboard fake-meta --webhook-url` sets it at start).
+//! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
+//!   writes to a page, Instagram account or number; the fake sends the
+//!   signed webhook now and remembers the contact (window, profile).
 //! - `GET /_fake/requests` every Graph call received (tokens and secrets
 //!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
+
+mod messaging;
 
 use actix_web::dev::Server;
 use actix_web::http::header;
@@ -120,6 +127,12 @@ struct State {
     dialog_user: Option<String>,
     injections: Vec<Injection>,
     log: Vec<Value>,
+    /// Where webhooks go (`POST /_fake/webhook-target`).
+    webhook_target: Option<String>,
+    /// When each contact last wrote to each account: (account, contact).
+    last_inbound: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
+    /// Contact profiles; `None` answers 2018218 (no profile available).
+    profiles: HashMap<String, Option<String>>,
 }
 
 impl State {
@@ -150,6 +163,7 @@ fn random_alnum(n: usize) -> String {
 pub struct FakeMeta {
     cfg: FakeConfig,
     state: Arc<Mutex<State>>,
+    http: reqwest::Client,
 }
 
 fn graph_error(code: i64, subcode: Option<i64>, message: &str) -> HttpResponse {
@@ -172,7 +186,13 @@ fn no_object(id: &str) -> HttpResponse {
 
 impl FakeMeta {
     pub fn new(cfg: FakeConfig) -> FakeMeta {
-        FakeMeta { cfg, state: Arc::new(Mutex::new(State::default())) }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        FakeMeta { cfg, state: Arc::new(Mutex::new(State::default())), http }
+    }
+
+    /// Sends webhooks to `url` (`None` keeps them).
+    pub fn set_webhook_target(&self, url: Option<String>) {
+        self.lock().webhook_target = url;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -284,9 +304,14 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
             let id = id.to_string();
             with_token(&fake, token.as_deref(), move |st, owner| phone_numbers(st, owner, &id))
         }
+        ("POST", [id, "messages"]) => {
+            let id = id.to_string();
+            let f = fake.get_ref().clone();
+            with_token(&fake, token.as_deref(), move |st, owner| messaging::send(&f, st, owner, &id, &body_json))
+        }
         ("GET", [id]) => {
             let id = id.to_string();
-            with_token(&fake, token.as_deref(), move |st, _| object(st, &id))
+            with_token(&fake, token.as_deref(), move |st, _| messaging::profile(st, &id).unwrap_or_else(|| object(st, &id)))
         }
         _ => graph_error(100, None, &format!("Unknown path components: {}", req.path())),
     }
@@ -690,6 +715,12 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             fake.lock().injections.push(inj);
             HttpResponse::Ok().json(json!({"ok": true}))
         }
+        ("POST", "webhook-target") => {
+            let url = body.get("url").and_then(Value::as_str).map(str::to_string);
+            fake.lock().webhook_target = url;
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        ("POST", "inbound") => messaging::inbound(&fake, &body).await,
         ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
         ("GET", "state") => {
             let st = fake.lock();
@@ -707,7 +738,10 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 .json(json!({"pages": pages, "wabas": wabas, "users": st.users.keys().collect::<Vec<_>>()}))
         }
         ("POST", "reset") => {
-            *fake.lock() = State::default();
+            let mut st = fake.lock();
+            let target = st.webhook_target.take();
+            *st = State::default();
+            st.webhook_target = target;
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         _ => HttpResponse::NotFound().json(json!({"error": {"code": "not_found", "message": "unknown control path"}})),

@@ -1,0 +1,258 @@
+//! `/api/conversations`, `/api/contacts`, `/api/canned-responses`.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::pagination::{decode_time_cursor, encode_time_cursor, parse_limit, PageQuery, Paged};
+use super::{resource, AppState};
+use crate::auth::{AuthContext, Role};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::inbox::conversations::{self, Filter, Patch};
+use crate::inbox::events::with_events;
+use crate::inbox::{canned, contacts, messages, ConversationId};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/conversations").route(web::get().to(list)))
+        .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
+        .service(resource("/conversations/{id}/read").route(web::post().to(read)))
+        .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
+        .service(resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)))
+        .service(resource("/contacts").route(web::get().to(list_contacts)))
+        .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
+        .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
+}
+
+fn conversation_id(raw: &str) -> AppResult<ConversationId> {
+    ConversationId::parse(raw).ok_or_else(|| AppError::not_found("conversation"))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    channel_id: Option<String>,
+    assignee: Option<String>,
+    unread: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQuery>) -> AppResult<HttpResponse> {
+    let q = q.into_inner();
+    let limit = parse_limit(q.limit.as_deref())?;
+    let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
+    if let Some(s) = &q.status {
+        if !conversations::STATUSES.contains(&s.as_str()) {
+            return Err(AppError::bad_request("invalid_status", "status must be open, pending, snoozed or resolved"));
+        }
+    }
+    let bad_id = |what: &str| AppError::bad_request("invalid_query", format!("{what} is not an id"));
+    let filter = Filter {
+        status: q.status,
+        channel_id: q.channel_id.as_deref().map(|c| c.parse::<i64>().map_err(|_| bad_id("channel_id"))).transpose()?,
+        assignee: match q.assignee.as_deref() {
+            None | Some("") => None,
+            Some("me") => Some(Some(auth.user.0)),
+            Some("none") => Some(None),
+            Some(u) => Some(Some(u.parse::<i64>().map_err(|_| bad_id("assignee"))?)),
+        },
+        unread: match q.unread.as_deref() {
+            None | Some("false") | Some("") => false,
+            Some("true") => true,
+            Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
+        },
+        q: q.q,
+    };
+    let (user, role) = (auth.user, auth.role);
+    let items = state.db.tenant(auth.scope(), move |tc| conversations::list(tc, user, role, &filter, after, limit)).await?;
+    let next = if items.len() as i64 >= limit { items.last().map(|c| encode_time_cursor(c.last_activity_at, c.id.0)) } else { None };
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}
+
+async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let id = conversation_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    let view = state.db.tenant(auth.scope(), move |tc| conversations::get(tc, user, role, id)).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `{status?, assignee_id?, snoozed_until?}`; `assignee_id: null` unassigns.
+fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
+    let mut p = Patch::default();
+    for (k, v) in body {
+        match (k.as_str(), v) {
+            ("status", Value::String(s)) => p.status = Some(s),
+            ("assignee_id", Value::Null) => p.assignee_id = Some(None),
+            ("assignee_id", v @ (Value::String(_) | Value::Number(_))) => {
+                let u: UserId = serde_json::from_value(v).map_err(|_| AppError::invalid("invalid_assignee", "assignee_id is not a user id"))?;
+                p.assignee_id = Some(Some(u));
+            }
+            ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
+            ("snoozed_until", Value::String(s)) => {
+                let t = DateTime::parse_from_rfc3339(&s)
+                    .map_err(|_| AppError::invalid("invalid_snooze", "snoozed_until must be an RFC 3339 time"))?;
+                p.snoozed_until = Some(Some(t.with_timezone(&Utc)));
+            }
+            (k @ ("status" | "assignee_id" | "snoozed_until"), _) => {
+                return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type")))
+            }
+            (k, _) => return Err(AppError::invalid("invalid_body", format!("unknown field `{k}`"))),
+        }
+    }
+    Ok(p)
+}
+
+async fn patch(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let p = parse_patch(body.into_inner())?;
+    let (user, role) = (auth.user, auth.role);
+    let view = state.db.tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::patch(tc, log, user, role, id, p))).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    let queued = state.db.tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::mark_read(tc, log, user, role, id))).await?;
+    if queued {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingBody {
+    on: bool,
+}
+
+/// Shows the contact a typing indicator (Messenger, Instagram; WhatsApp has
+/// none without a message to answer). The live fan-out to colleagues comes
+/// with the realtime hub.
+async fn typing(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, body: web::Json<TypingBody>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let (user, role, keys) = (auth.user, auth.role, state.keys.clone());
+    let target = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let conv = messages::visible_conversation(tc, user, role, id)?;
+            let channel = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?;
+            let contact: String = {
+                use crate::db::tenant_schema::contacts;
+                use diesel::prelude::*;
+                contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?
+            };
+            let token = channel.token(&keys)?;
+            Ok::<_, AppError>((channel, contact, token))
+        })
+        .await?;
+    if let (channel, contact, Some(token)) = target {
+        if channel.status == "connected" && channel.platform() != crate::channels::Platform::Whatsapp {
+            let graph = state.graph.clone();
+            let action = if body.on { "typing_on" } else { "typing_off" };
+            // Best effort, off the request path.
+            actix_web::rt::spawn(async move {
+                let _ = graph.sender_action(&channel.external_id, &token, &contact, action).await;
+            });
+        }
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_messages(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, q: web::Query<MessagesQuery>) -> AppResult<HttpResponse> {
+    let id = conversation_id(&path)?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let before = q.before.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
+    let (user, role) = (auth.user, auth.role);
+    let (items, next) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let conv = messages::visible_conversation(tc, user, role, id)?;
+            messages::list(tc, &conv, before, limit)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next.map(|(at, id)| encode_time_cursor(at, id))})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    text: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+async fn send(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, body: web::Json<SendBody>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let b = body.into_inner();
+    let (user, role) = (auth.user, auth.role);
+    let (view, created) = state
+        .db
+        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| messages::create_reply(tc, log, user, role, id, b.text, b.client_id)))
+        .await?;
+    if created {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::Accepted().json(view))
+}
+
+#[derive(Deserialize)]
+struct ContactsQuery {
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_contacts(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ContactsQuery>) -> AppResult<HttpResponse> {
+    let q = q.into_inner();
+    let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
+    let (user, role, text) = (auth.user, auth.role, q.q);
+    let items = state.db.tenant(auth.scope(), move |tc| contacts::search(tc, user, role, text.as_deref(), page.after, page.limit)).await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
+}
+
+async fn list_canned(state: web::Data<AppState>, auth: AuthContext, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+    let page = q.parse()?;
+    let items = state.db.tenant(auth.scope(), move |tc| canned::list(tc, page.after, page.limit)).await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CannedBody {
+    shortcut: String,
+    text: String,
+}
+
+async fn create_canned(state: web::Data<AppState>, auth: AuthContext, body: web::Json<CannedBody>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let b = body.into_inner();
+    let user = auth.user;
+    let item = state.db.tenant(auth.scope(), move |tc| canned::create(tc, user, &b.shortcut, &b.text)).await?;
+    Ok(HttpResponse::Created().json(item))
+}
+
+async fn delete_canned(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = path.parse::<i64>().map_err(|_| AppError::not_found("canned response"))?;
+    state.db.tenant(auth.scope(), move |tc| canned::delete(tc, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

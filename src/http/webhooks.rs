@@ -1,0 +1,102 @@
+//! `GET/POST /webhooks/meta` and the operator's dead-letter endpoints.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+
+use super::pagination::{PageQuery, Paged};
+use super::tenants::is_operator;
+use super::{resource, AppState};
+use crate::error::{AppError, AppResult};
+use crate::inbox::processor;
+use crate::meta::webhook::verify_signature;
+
+/// Meta sends up to 3 MB (WhatsApp); leave room.
+pub const WEBHOOK_LIMIT: usize = 4 * 1024 * 1024;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/webhooks/meta")
+            .app_data(web::PayloadConfig::new(WEBHOOK_LIMIT))
+            .route(web::get().to(verify))
+            .route(web::post().to(receive)),
+    );
+}
+
+pub fn operator_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/operator/dead-letters").route(web::get().to(dead_letters)))
+        .service(resource("/operator/dead-letters/replay").route(web::post().to(replay)));
+}
+
+/// The subscription handshake: echo `hub.challenge` as plain text.
+async fn verify(state: web::Data<AppState>, q: web::Query<HashMap<String, String>>) -> AppResult<HttpResponse> {
+    let mode = q.get("hub.mode").map(String::as_str);
+    let token = q.get("hub.verify_token").map(String::as_str).unwrap_or("");
+    let expected = state.config.meta.verify_token.expose();
+    let token_ok = bool::from(token.as_bytes().ct_eq(expected.as_bytes()));
+    match (mode, token_ok, q.get("hub.challenge")) {
+        (Some("subscribe"), true, Some(challenge)) => Ok(HttpResponse::Ok().content_type("text/plain").body(challenge.clone())),
+        _ => Err(AppError::forbidden("verification_failed", "hub.mode or hub.verify_token is wrong")),
+    }
+}
+
+/// Verifies the signature over the raw bytes, stores them, then answers 200.
+async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> AppResult<HttpResponse> {
+    let header = req.headers().get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    if !verify_signature(state.config.meta.app_secret.expose().as_bytes(), &body, header) {
+        return Err(AppError::forbidden("invalid_signature", "X-Hub-Signature-256 is missing or does not match the body"));
+    }
+    let bytes = body.to_vec();
+    let id = state.db.public(move |conn| processor::store(conn, &bytes)).await?;
+    state.wake_processor.notify_one();
+    tracing::debug!(event = id, "webhook stored");
+    Ok(HttpResponse::Ok().json(json!({"received": true})))
+}
+
+fn require_operator(state: &AppState, req: &HttpRequest) -> AppResult<()> {
+    if is_operator(state, req) {
+        Ok(())
+    } else {
+        Err(AppError::unauthorized("operator_only", "send Authorization: Bearer <SWITCHBOARD_OPERATOR_TOKEN>"))
+    }
+}
+
+async fn dead_letters(state: web::Data<AppState>, req: HttpRequest, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+    require_operator(&state, &req)?;
+    let page = q.parse()?;
+    let items = state.db.public(move |conn| processor::dead_letters(conn, page.after, page.limit)).await?;
+    let items: Vec<_> = items
+        .into_iter()
+        .map(|d| {
+            let id = d.id;
+            let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or(serde_json::Value::Null);
+            (id, json!({"id": d.id.to_string(), "received_at": d.received_at, "attempts": d.attempts, "last_error": d.last_error, "body": body}))
+        })
+        .collect();
+    let keys: Vec<i64> = items.iter().map(|(id, _)| *id).collect();
+    let values: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
+    let mut page_out = Paged::new(values, page.limit, |_| 0);
+    page_out.next_cursor = if keys.len() as i64 >= page.limit { keys.last().map(|k| super::pagination::encode_cursor(*k)) } else { None };
+    Ok(HttpResponse::Ok().json(page_out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+async fn replay(state: web::Data<AppState>, req: HttpRequest, body: Option<web::Json<ReplayBody>>) -> AppResult<HttpResponse> {
+    require_operator(&state, &req)?;
+    let ids = body.map(|b| b.into_inner().ids).unwrap_or_default();
+    let ids: Vec<i64> = ids
+        .iter()
+        .map(|i| i.parse::<i64>().map_err(|_| AppError::invalid("invalid_id", format!("{i:?} is not an event id"))))
+        .collect::<AppResult<_>>()?;
+    let n = state.db.public(move |conn| processor::replay(conn, &ids)).await?;
+    state.wake_processor.notify_one();
+    Ok(HttpResponse::Ok().json(json!({"replayed": n})))
+}

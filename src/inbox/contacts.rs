@@ -1,0 +1,87 @@
+//! Contacts: search, and the profile (name, picture) looked up at Meta in
+//! the background. A failing lookup never blocks a message: the contact just
+//! keeps its id (WhatsApp contacts get their name from the webhook itself).
+
+use chrono::Utc;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::views::ContactRow;
+use super::ContactId;
+use crate::auth::Role;
+use crate::channels::{ChannelId, ChannelRow, Platform};
+use crate::db::tenant_schema::{channel_members, contacts};
+use crate::db::TenantConn;
+use crate::error::AppResult;
+use crate::ids::UserId;
+
+#[derive(Debug, Serialize)]
+pub struct ContactListItem {
+    pub id: ContactId,
+    pub channel_id: ChannelId,
+    pub external_id: String,
+    pub name: Option<String>,
+    pub profile_pic_url: Option<String>,
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+pub fn search(tc: &mut TenantConn<'_>, user: UserId, role: Role, q: Option<&str>, after: Option<i64>, limit: i64) -> AppResult<Vec<ContactListItem>> {
+    let mut query = contacts::table.select(ContactRow::as_select()).order(contacts::id).limit(limit).into_boxed();
+    if !role.at_least(Role::Admin) {
+        let mine = channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
+        query = query.filter(contacts::channel_id.eq_any(mine));
+    }
+    if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
+        let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        query = query.filter(contacts::name.ilike(pattern.clone()).or(contacts::external_id.ilike(pattern)));
+    }
+    if let Some(a) = after {
+        query = query.filter(contacts::id.gt(a));
+    }
+    let rows: Vec<ContactRow> = query.load(tc.pg())?;
+    Ok(rows
+        .into_iter()
+        .map(|c| ContactListItem {
+            id: ContactId(c.id),
+            channel_id: ChannelId(c.channel_id),
+            external_id: c.external_id,
+            name: c.name,
+            profile_pic_url: c.profile_pic_url,
+            created_at: c.created_at,
+        })
+        .collect())
+}
+
+/// Fields to ask Meta for, per platform.
+pub fn profile_fields(p: Platform) -> &'static str {
+    match p {
+        Platform::Instagram => "name,username,profile_pic",
+        _ => "first_name,last_name,profile_pic",
+    }
+}
+
+/// What the lookup needs: the contact's id at Meta and the channel's token.
+pub fn lookup_target(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<Option<(ContactRow, ChannelRow)>> {
+    let c: Option<ContactRow> = contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()?;
+    let Some(c) = c else { return Ok(None) };
+    if c.profile_checked_at.is_some() {
+        return Ok(None);
+    }
+    let ch = crate::channels::find(tc, ChannelId(c.channel_id))?;
+    Ok(Some((c, ch)))
+}
+
+/// Stores a profile (or only that it was checked).
+pub fn store_profile(tc: &mut TenantConn<'_>, contact_id: i64, name: Option<String>, pic: Option<String>) -> AppResult<()> {
+    let now = Utc::now();
+    let target = contacts::table.find(contact_id);
+    match name {
+        Some(n) => diesel::update(target)
+            .set((contacts::name.eq(n), contacts::profile_pic_url.eq(pic), contacts::profile_checked_at.eq(now), contacts::updated_at.eq(now)))
+            .execute(tc.pg())?,
+        None => diesel::update(target)
+            .set((contacts::profile_pic_url.eq(pic), contacts::profile_checked_at.eq(now), contacts::updated_at.eq(now)))
+            .execute(tc.pg())?,
+    };
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The per-tenant realtime log. Every change the inbox makes appends an
+//! event in the same transaction; the transaction then sends at most one
+//! `pg_notify` carrying only `<tenant id>:<last seq>` (delivered at commit,
+//! so listeners never hear of an event that rolled back).
+//!
+//! Sequence numbers come from the single row of `event_seq`, incremented
+//! with `UPDATE … RETURNING`: the row stays locked until the transaction
+//! ends, so a transaction holding seq 41 always commits before one can take
+//! 42, and a reader that has seen 42 can never later find a 41.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::db::tenant_schema::{event_seq, events};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+
+pub const NOTIFY_CHANNEL: &str = "switchboard_events";
+
+/// Events appended by one transaction.
+#[derive(Default)]
+pub struct EventLog {
+    last_seq: Option<i64>,
+    pub count: usize,
+}
+
+impl EventLog {
+    pub fn new() -> EventLog {
+        EventLog::default()
+    }
+
+    pub fn append(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        kind: &str,
+        channel_id: Option<i64>,
+        conversation_id: Option<i64>,
+        payload: impl Serialize,
+    ) -> AppResult<i64> {
+        let payload = serde_json::to_value(payload).map_err(AppError::internal)?;
+        let seq: i64 = diesel::update(event_seq::table.find(1))
+            .set(event_seq::value.eq(event_seq::value + 1))
+            .returning(event_seq::value)
+            .get_result(tc.pg())?;
+        diesel::insert_into(events::table)
+            .values((
+                events::seq.eq(seq),
+                events::type_.eq(kind),
+                events::channel_id.eq(channel_id),
+                events::conversation_id.eq(conversation_id),
+                events::payload.eq(payload),
+            ))
+            .execute(tc.pg())?;
+        self.last_seq = Some(seq);
+        self.count += 1;
+        Ok(seq)
+    }
+
+    /// One NOTIFY for the whole transaction, if anything was appended.
+    pub fn notify(self, tc: &mut TenantConn<'_>) -> AppResult<()> {
+        if let Some(seq) = self.last_seq {
+            let payload = format!("{}:{seq}", tc.tenant().0);
+            diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
+                .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+                .bind::<diesel::sql_types::Text, _>(payload)
+                .execute(tc.pg())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` with an event log and sends the notification at its end.
+pub fn with_events<T>(
+    tc: &mut TenantConn<'_>,
+    f: impl FnOnce(&mut TenantConn<'_>, &mut EventLog) -> AppResult<T>,
+) -> AppResult<T> {
+    let mut log = EventLog::new();
+    let out = f(tc, &mut log)?;
+    log.notify(tc)?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct StoredEvent {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub channel_id: Option<i64>,
+    pub conversation_id: Option<i64>,
+    pub data: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Events after `since`, oldest first.
+pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<StoredEvent>> {
+    Ok(events::table
+        .filter(events::seq.gt(since))
+        .order(events::seq)
+        .limit(limit)
+        .select((events::seq, events::type_, events::channel_id, events::conversation_id, events::payload, events::created_at))
+        .load(tc.pg())?)
+}
+
+pub fn last_seq(tc: &mut TenantConn<'_>) -> AppResult<i64> {
+    Ok(event_seq::table.find(1).select(event_seq::value).first(tc.pg())?)
+}

@@ -1,0 +1,421 @@
+//! Applying webhook items to a tenant's inbox, inside the processor's tenant
+//! transaction. Every write is idempotent: a replayed or duplicated webhook
+//! finds its message already stored (unique (channel, external id)) and
+//! changes nothing, and receipts only move statuses forward.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use super::events::EventLog;
+use super::messages::{self, NewOutgoing};
+use super::views::{ContactRow, ConversationRow, MessageRow, Names};
+use super::{status_moves_forward, ConversationId};
+use crate::channels::{ChannelRow, Platform};
+use crate::db::tenant_schema::{contacts, conversations, early_statuses, messages as m};
+use crate::db::TenantConn;
+use crate::error::AppResult;
+use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
+
+/// What the caller does after the transaction commits.
+#[derive(Default, Debug)]
+pub struct Followups {
+    /// Contacts whose profile should be looked up: (channel id, contact id).
+    pub profile_lookups: Vec<(i64, i64)>,
+    /// Outgoing messages queued (auto-replies): wake the sender.
+    pub queued_sends: usize,
+}
+
+pub struct Ingest<'l> {
+    pub log: &'l mut EventLog,
+    pub names: Names,
+    pub app_id: String,
+    pub followups: Followups,
+}
+
+fn preview(text: Option<&str>, attachments: &[Attachment]) -> String {
+    match text {
+        Some(t) if !t.is_empty() => t.chars().take(120).collect(),
+        _ => attachments.first().map(|a| format!("[{}]", a.kind)).unwrap_or_default(),
+    }
+}
+
+pub fn upsert_contact(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str, name: Option<&str>) -> AppResult<ContactRow> {
+    let inserted: Option<ContactRow> = diesel::insert_into(contacts::table)
+        .values((contacts::channel_id.eq(channel_id), contacts::external_id.eq(external_id), contacts::name.eq(name)))
+        .on_conflict((contacts::channel_id, contacts::external_id))
+        .do_nothing()
+        .returning(ContactRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    if let Some(c) = inserted {
+        return Ok(c);
+    }
+    let mut c: ContactRow = contacts::table
+        .filter(contacts::channel_id.eq(channel_id))
+        .filter(contacts::external_id.eq(external_id))
+        .select(ContactRow::as_select())
+        .first(tc.pg())?;
+    if let (Some(n), true) = (name, c.name.is_none()) {
+        c = diesel::update(contacts::table.find(c.id))
+            .set((contacts::name.eq(n), contacts::updated_at.eq(diesel::dsl::now)))
+            .returning(ContactRow::as_returning())
+            .get_result(tc.pg())?;
+    }
+    Ok(c)
+}
+
+/// The (channel, contact) conversation, created when missing.
+pub fn conversation_for(tc: &mut TenantConn<'_>, channel_id: i64, contact_id: i64) -> AppResult<(ConversationRow, bool)> {
+    let inserted: Option<ConversationRow> = diesel::insert_into(conversations::table)
+        .values((conversations::channel_id.eq(channel_id), conversations::contact_id.eq(contact_id)))
+        .on_conflict((conversations::channel_id, conversations::contact_id))
+        .do_nothing()
+        .returning(ConversationRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    if let Some(c) = inserted {
+        return Ok((c, true));
+    }
+    let c = conversations::table
+        .filter(conversations::channel_id.eq(channel_id))
+        .filter(conversations::contact_id.eq(contact_id))
+        .select(ConversationRow::as_select())
+        .for_update()
+        .first(tc.pg())?;
+    Ok((c, false))
+}
+
+fn find_by_external(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str) -> AppResult<Option<MessageRow>> {
+    Ok(m::table
+        .filter(m::channel_id.eq(channel_id))
+        .filter(m::external_id.eq(external_id))
+        .select(MessageRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?)
+}
+
+impl Ingest<'_> {
+    pub fn apply(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, item: &Item) -> AppResult<()> {
+        match item {
+            Item::Message { contact, contact_name, mid, text, attachments, quick_reply, postback, reply_to, timestamp } => {
+                let incoming = Incoming {
+                    contact,
+                    contact_name: contact_name.as_deref(),
+                    mid,
+                    text: text.as_deref(),
+                    attachments,
+                    quick_reply: quick_reply.as_deref(),
+                    postback: postback.as_deref(),
+                    reply_to: reply_to.as_deref(),
+                    timestamp: *timestamp,
+                };
+                self.incoming(tc, channel, incoming)
+            }
+            Item::Echo { contact, mid, text, attachments, app_id, metadata, timestamp } => {
+                self.echo(tc, channel, contact, mid, text.as_deref(), attachments, app_id.as_deref(), metadata.as_deref(), *timestamp)
+            }
+            Item::Edit { mid, text, timestamp, .. } => {
+                self.change(tc, channel, mid, |_| (m::text.eq(text.clone()), m::edited_at.eq(Some(*timestamp))))
+            }
+            Item::Delete { mid, timestamp, .. } => {
+                self.change(tc, channel, mid, |_| (m::text.eq(None::<String>), m::deleted_at.eq(Some(*timestamp))))
+            }
+            Item::Reaction { contact, mid, emoji, .. } => {
+                let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
+                let mut reactions = row.reactions.as_object().cloned().unwrap_or_default();
+                match emoji {
+                    Some(e) => reactions.insert(contact.clone(), json!(e)),
+                    None => reactions.remove(contact),
+                };
+                let updated: MessageRow = diesel::update(m::table.find(row.id))
+                    .set((m::reactions.eq(Value::Object(reactions)), m::updated_at.eq(diesel::dsl::now)))
+                    .returning(MessageRow::as_returning())
+                    .get_result(tc.pg())?;
+                self.updated(tc, &updated)
+            }
+            Item::Delivery { contact, mids, watermark } => self.receipt(tc, channel, contact, "delivered", mids, *watermark, None),
+            Item::Read { contact, watermark, mid } => {
+                let mids: Vec<String> = mid.iter().cloned().collect();
+                self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
+            }
+            Item::Status { wamid, status, error, .. } => self.status(tc, channel, wamid, *status, error.clone()),
+        }
+    }
+
+    fn updated(&mut self, tc: &mut TenantConn<'_>, row: &MessageRow) -> AppResult<()> {
+        self.log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+        Ok(())
+    }
+
+    fn change<V>(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, mid: &str, set: impl FnOnce(&MessageRow) -> V) -> AppResult<()>
+    where
+        V: diesel::query_builder::AsChangeset<Target = m::table>,
+        <V as diesel::query_builder::AsChangeset>::Changeset: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+    {
+        let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
+        let updated: MessageRow =
+            diesel::update(m::table.find(row.id)).set(set(&row)).returning(MessageRow::as_returning()).get_result(tc.pg())?;
+        self.updated(tc, &updated)
+    }
+
+    fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
+        let contact = upsert_contact(tc, channel.id, msg.contact, msg.contact_name)?;
+        self.names.forget_contact(contact.id);
+        if contact.profile_checked_at.is_none() && channel.platform() != Platform::Whatsapp {
+            self.followups.profile_lookups.push((channel.id, contact.id));
+        }
+        let (conv, created) = conversation_for(tc, channel.id, contact.id)?;
+        let inserted: Option<MessageRow> = diesel::insert_into(m::table)
+            .values((
+                m::conversation_id.eq(conv.id),
+                m::channel_id.eq(channel.id),
+                m::direction.eq("in"),
+                m::sender_kind.eq("contact"),
+                m::text.eq(msg.text),
+                m::attachments.eq(serde_json::to_value(msg.attachments).unwrap_or_else(|_| json!([]))),
+                m::status.eq("received"),
+                m::external_id.eq(msg.mid),
+                m::reply_to_external_id.eq(msg.reply_to),
+                m::quick_reply_payload.eq(msg.quick_reply),
+                m::postback_payload.eq(msg.postback),
+                m::platform_timestamp.eq(msg.timestamp),
+                m::sort_at.eq(msg.timestamp),
+            ))
+            .on_conflict((m::channel_id, m::external_id))
+            .do_nothing()
+            .returning(MessageRow::as_returning())
+            .get_result(tc.pg())
+            .optional()?;
+        // A replay or duplicate: already stored, nothing else to do.
+        let Some(row) = inserted else { return Ok(()) };
+        let reopened = !created && conv.status != "open";
+        let newest = msg.timestamp >= conv.last_activity_at || created;
+        let later_inbound = conv.last_inbound_at.is_none_or(|t| msg.timestamp >= t);
+        let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
+            .set((
+                conversations::status.eq("open"),
+                conversations::snoozed_until.eq(None::<DateTime<Utc>>),
+                conversations::unread_count.eq(conversations::unread_count + 1),
+                conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
+                conversations::last_activity_at.eq(if newest { msg.timestamp } else { conv.last_activity_at }),
+                conversations::last_inbound_at.eq(if later_inbound { Some(msg.timestamp) } else { conv.last_inbound_at }),
+                conversations::last_inbound_external_id.eq(if later_inbound {
+                    Some(msg.mid.to_string())
+                } else {
+                    conv.last_inbound_external_id.clone()
+                }),
+                conversations::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(ConversationRow::as_returning())
+            .get_result(tc.pg())?;
+        let view = self.names.message(tc, &row, contact.id)?;
+        self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
+        let conv_view = self.names.conversation(tc, &conv)?;
+        let kind = if created { "conversation.created" } else { "conversation.updated" };
+        self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        let settings = channel.settings();
+        if settings.notifications {
+            let n = if created || reopened { "new_conversation" } else { "new_message" };
+            self.log.append(
+                tc,
+                "notification",
+                Some(channel.id),
+                Some(conv.id),
+                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(msg.text, msg.attachments)}),
+            )?;
+        }
+        if (created || reopened) && settings.auto_reply.enabled && !settings.auto_reply.text.trim().is_empty() {
+            let out = NewOutgoing {
+                conversation: ConversationId(conv.id),
+                text: settings.auto_reply.text.clone(),
+                client_id: Some(format!("auto-reply:{}", row.id)),
+                agent: None,
+            };
+            messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
+            self.followups.queued_sends += 1;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn echo(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        contact: &str,
+        mid: &str,
+        text: Option<&str>,
+        attachments: &[Attachment],
+        app_id: Option<&str>,
+        metadata: Option<&str>,
+        timestamp: DateTime<Utc>,
+    ) -> AppResult<()> {
+        // Ours, already matched by id: at most a status step.
+        if let Some(row) = find_by_external(tc, channel.id, mid)? {
+            if status_moves_forward(&row.status, "sent") {
+                let updated: MessageRow = diesel::update(m::table.find(row.id))
+                    .set(m::status.eq("sent"))
+                    .returning(MessageRow::as_returning())
+                    .get_result(tc.pg())?;
+                self.updated(tc, &updated)?;
+            }
+            return Ok(());
+        }
+        // Ours, echoed before the send's answer was stored: match the metadata.
+        let ours = app_id.is_none_or(|a| a == self.app_id);
+        if let (true, Some(id)) = (ours, metadata.and_then(|md| md.strip_prefix("sb:")).and_then(|i| i.parse::<i64>().ok())) {
+            let row: Option<MessageRow> = m::table
+                .find(id)
+                .filter(m::channel_id.eq(channel.id))
+                .select(MessageRow::as_select())
+                .for_update()
+                .first(tc.pg())
+                .optional()?;
+            if let Some(row) = row {
+                if row.external_id.is_none() {
+                    let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
+                    let updated: MessageRow = diesel::update(m::table.find(row.id))
+                        .set((m::external_id.eq(mid), m::status.eq(status), m::updated_at.eq(diesel::dsl::now)))
+                        .returning(MessageRow::as_returning())
+                        .get_result(tc.pg())?;
+                    self.updated(tc, &updated)?;
+                }
+                return Ok(());
+            }
+        }
+        // Sent by the page from elsewhere (Page inbox, Business Suite, phone).
+        let c = upsert_contact(tc, channel.id, contact, None)?;
+        let (conv, created) = conversation_for(tc, channel.id, c.id)?;
+        let inserted: Option<MessageRow> = diesel::insert_into(m::table)
+            .values((
+                m::conversation_id.eq(conv.id),
+                m::channel_id.eq(channel.id),
+                m::direction.eq("out"),
+                m::sender_kind.eq("page"),
+                m::text.eq(text),
+                m::attachments.eq(serde_json::to_value(attachments).unwrap_or_else(|_| json!([]))),
+                m::status.eq("sent"),
+                m::external_id.eq(mid),
+                m::platform_timestamp.eq(timestamp),
+                m::sort_at.eq(timestamp),
+            ))
+            .on_conflict((m::channel_id, m::external_id))
+            .do_nothing()
+            .returning(MessageRow::as_returning())
+            .get_result(tc.pg())
+            .optional()?;
+        let Some(row) = inserted else { return Ok(()) };
+        let newest = timestamp >= conv.last_activity_at || created;
+        let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
+            .set((
+                conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
+                conversations::last_activity_at.eq(if newest { timestamp } else { conv.last_activity_at }),
+                conversations::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(ConversationRow::as_returning())
+            .get_result(tc.pg())?;
+        let view = self.names.message(tc, &row, c.id)?;
+        self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
+        let conv_view = self.names.conversation(tc, &conv)?;
+        let kind = if created { "conversation.created" } else { "conversation.updated" };
+        self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        Ok(())
+    }
+
+    /// Messenger/Instagram delivery and read receipts: by id and by watermark.
+    #[allow(clippy::too_many_arguments)]
+    fn receipt(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        contact: &str,
+        status: &str,
+        mids: &[String],
+        watermark: Option<DateTime<Utc>>,
+        _error: Option<Value>,
+    ) -> AppResult<()> {
+        let contact_id: Option<i64> = contacts::table
+            .filter(contacts::channel_id.eq(channel.id))
+            .filter(contacts::external_id.eq(contact))
+            .select(contacts::id)
+            .first(tc.pg())
+            .optional()?;
+        let Some(contact_id) = contact_id else { return Ok(()) };
+        let conv: Option<i64> = conversations::table
+            .filter(conversations::channel_id.eq(channel.id))
+            .filter(conversations::contact_id.eq(contact_id))
+            .select(conversations::id)
+            .first(tc.pg())
+            .optional()?;
+        let Some(conv) = conv else { return Ok(()) };
+        // "Read up to this message" (Instagram) is a watermark at its time.
+        let mut limit = watermark;
+        if status == "read" && watermark.is_none() {
+            for mid in mids {
+                let at: Option<DateTime<Utc>> = m::table
+                    .filter(m::channel_id.eq(channel.id))
+                    .filter(m::external_id.eq(mid))
+                    .select(m::sort_at)
+                    .first(tc.pg())
+                    .optional()?;
+                limit = limit.max(at);
+            }
+        }
+        let earlier: Vec<&str> = match status {
+            "read" => vec!["sent", "delivered"],
+            _ => vec!["sent"],
+        };
+        let mut q = m::table
+            .filter(m::conversation_id.eq(conv))
+            .filter(m::direction.eq("out"))
+            .filter(m::status.eq_any(earlier))
+            .into_boxed();
+        q = match limit {
+            Some(w) => q.filter(m::sort_at.le(w).or(m::external_id.eq_any(mids))),
+            None => q.filter(m::external_id.eq_any(mids)),
+        };
+        let ids: Vec<i64> = q.select(m::id).order(m::id).load(tc.pg())?;
+        for id in ids {
+            let updated: MessageRow = diesel::update(m::table.find(id))
+                .set((m::status.eq(status), m::updated_at.eq(diesel::dsl::now)))
+                .returning(MessageRow::as_returning())
+                .get_result(tc.pg())?;
+            self.updated(tc, &updated)?;
+        }
+        Ok(())
+    }
+
+    /// WhatsApp status of one message; kept for later if the id is unknown.
+    fn status(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, wamid: &str, status: DeliveryStatus, error: Option<Value>) -> AppResult<()> {
+        let Some(row) = find_by_external(tc, channel.id, wamid)? else {
+            diesel::insert_into(early_statuses::table)
+                .values((
+                    early_statuses::channel_id.eq(channel.id),
+                    early_statuses::external_id.eq(wamid),
+                    early_statuses::status.eq(status.as_str()),
+                    early_statuses::error.eq(&error),
+                ))
+                .on_conflict_do_nothing()
+                .execute(tc.pg())?;
+            return Ok(());
+        };
+        if let Some(updated) = messages::advance_status(tc, &row, status.as_str(), error)? {
+            self.updated(tc, &updated)?;
+        }
+        Ok(())
+    }
+}
+
+struct Incoming<'a> {
+    contact: &'a str,
+    contact_name: Option<&'a str>,
+    mid: &'a str,
+    text: Option<&'a str>,
+    attachments: &'a [Attachment],
+    quick_reply: Option<&'a str>,
+    postback: Option<&'a str>,
+    reply_to: Option<&'a str>,
+    timestamp: DateTime<Utc>,
+}

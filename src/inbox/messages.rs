@@ -1,0 +1,242 @@
+//! Messages: listing, agents' replies (stored `pending` with their send-queue
+//! row in one transaction), and the status steps the sender and webhooks make.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use super::events::EventLog;
+use super::views::{conversation_row, ConversationRow, MessageRow, MessageView, Names, ReplyWindow};
+use super::{status_moves_forward, ConversationId};
+use crate::audit;
+use crate::auth::Role;
+use crate::channels::{self, ChannelId, ChannelRow, Platform};
+use crate::db::schema::send_queue;
+use crate::db::tenant_schema::{conversations, early_statuses, messages as m};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+pub struct NewOutgoing {
+    pub conversation: ConversationId,
+    pub text: String,
+    pub client_id: Option<String>,
+    /// `None`: sent by the page itself (auto-reply).
+    pub agent: Option<UserId>,
+}
+
+/// Longest text each platform accepts.
+pub fn max_text_chars(p: Platform) -> usize {
+    match p {
+        Platform::Whatsapp => 4096,
+        _ => 2000,
+    }
+}
+
+/// Stores an outgoing message `pending` and its send-queue row; a repeated
+/// `client_id` returns the message stored the first time.
+pub fn queue_outgoing(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    names: &mut Names,
+    channel: &ChannelRow,
+    conv: &ConversationRow,
+    out: NewOutgoing,
+) -> AppResult<(MessageRow, bool)> {
+    let now = Utc::now();
+    let inserted: Option<MessageRow> = diesel::insert_into(m::table)
+        .values((
+            m::conversation_id.eq(conv.id),
+            m::channel_id.eq(channel.id),
+            m::direction.eq("out"),
+            m::sender_kind.eq(if out.agent.is_some() { "agent" } else { "page" }),
+            m::sender_user_id.eq(out.agent.map(|a| a.0)),
+            m::text.eq(&out.text),
+            m::status.eq("pending"),
+            m::client_id.eq(&out.client_id),
+            m::sort_at.eq(now),
+        ))
+        .on_conflict((m::conversation_id, m::client_id))
+        .do_nothing()
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    let Some(row) = inserted else {
+        let existing = m::table
+            .filter(m::conversation_id.eq(conv.id))
+            .filter(m::client_id.eq(&out.client_id))
+            .select(MessageRow::as_select())
+            .first(tc.pg())?;
+        return Ok((existing, false));
+    };
+    diesel::insert_into(send_queue::table)
+        .values((
+            send_queue::tenant_id.eq(tc.tenant().0),
+            send_queue::message_id.eq(row.id),
+            send_queue::conversation_id.eq(conv.id),
+            send_queue::kind.eq("message"),
+        ))
+        .execute(tc.pg())?;
+    let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
+        .set((
+            conversations::last_message_id.eq(row.id),
+            conversations::last_activity_at.eq(now),
+            conversations::updated_at.eq(now),
+        ))
+        .returning(ConversationRow::as_returning())
+        .get_result(tc.pg())?;
+    let view = names.message(tc, &row, conv.contact_id)?;
+    log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
+    let conv_view = names.conversation(tc, &conv)?;
+    log.append(tc, "conversation.updated", Some(channel.id), Some(conv.id), &conv_view)?;
+    Ok((row, true))
+}
+
+/// Loads a conversation the caller may see; anything else is a 404.
+pub fn visible_conversation(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationRow> {
+    let conv = conversation_row(tc, id)?;
+    if !channels::can_see(tc, user, role, ChannelId(conv.channel_id))? {
+        return Err(AppError::not_found("conversation"));
+    }
+    Ok(conv)
+}
+
+/// `POST /api/conversations/{id}/messages`.
+pub fn create_reply(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    text: String,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
+    let conv = visible_conversation(tc, user, role, id)?;
+    let mut names = Names::default();
+    let channel = names.channel(tc, conv.channel_id)?;
+    if let Some(cid) = &client_id {
+        if cid.is_empty() || cid.len() > 200 {
+            return Err(AppError::invalid("invalid_client_id", "client_id must be 1 to 200 characters"));
+        }
+        let existing: Option<MessageRow> = m::table
+            .filter(m::conversation_id.eq(conv.id))
+            .filter(m::client_id.eq(cid))
+            .select(MessageRow::as_select())
+            .first(tc.pg())
+            .optional()?;
+        if let Some(row) = existing {
+            return Ok((names.message(tc, &row, conv.contact_id)?, false));
+        }
+    }
+    if text.trim().is_empty() {
+        return Err(AppError::invalid("empty_text", "text must not be empty"));
+    }
+    let max = max_text_chars(channel.platform());
+    if text.chars().count() > max {
+        return Err(AppError::invalid("text_too_long", format!("text must be at most {max} characters on this platform")));
+    }
+    if channel.status != "connected" {
+        return Err(AppError::conflict("channel_not_connected", format!("the channel is {}; reconnect it first", channel.status)));
+    }
+    let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
+    if !window.can_reply {
+        return Err(AppError::invalid(
+            "outside_window",
+            "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag)",
+        ));
+    }
+    let (row, created) =
+        queue_outgoing(tc, log, &mut names, &channel, &conv, NewOutgoing { conversation: id, text, client_id, agent: Some(user) })?;
+    if created {
+        audit::record(tc, Some(user), "message.queued", "conversation", Some(id.to_string()), json!({"message_id": row.id.to_string()}))?;
+    }
+    Ok((names.message(tc, &row, conv.contact_id)?, created))
+}
+
+/// Moves a message's status forward (never back); `None` when it would not.
+pub fn advance_status(tc: &mut TenantConn<'_>, row: &MessageRow, to: &str, error: Option<Value>) -> AppResult<Option<MessageRow>> {
+    if !status_moves_forward(&row.status, to) {
+        return Ok(None);
+    }
+    let error = if to == "failed" { error.or_else(|| row.error.clone()) } else { row.error.clone() };
+    let updated = diesel::update(m::table.find(row.id).filter(m::status.eq(&row.status)))
+        .set((m::status.eq(to), m::error.eq(error), m::updated_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    Ok(updated)
+}
+
+/// The sender got Meta's id for a message: store it, mark it sent, and
+/// apply receipts that arrived first.
+pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_id: &str) -> AppResult<()> {
+    let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
+    // An echo that beat us and was stored as the page's own message.
+    diesel::delete(
+        m::table
+            .filter(m::channel_id.eq(row.channel_id))
+            .filter(m::external_id.eq(external_id))
+            .filter(m::sender_kind.eq("page"))
+            .filter(m::client_id.is_null())
+            .filter(m::id.ne(row.id)),
+    )
+    .execute(tc.pg())?;
+    let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
+    let mut row: MessageRow = diesel::update(m::table.find(id))
+        .set((
+            m::external_id.eq(external_id),
+            m::status.eq(status),
+            m::platform_timestamp.eq(row.platform_timestamp.or(Some(Utc::now()))),
+            m::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    let early: Vec<(String, Option<Value>)> = early_statuses::table
+        .filter(early_statuses::channel_id.eq(row.channel_id))
+        .filter(early_statuses::external_id.eq(external_id))
+        .select((early_statuses::status, early_statuses::error))
+        .load(tc.pg())?;
+    let mut early = early;
+    early.sort_by_key(|(s, _)| if s == "failed" { 10 } else { super::status_rank(s) });
+    for (status, error) in early {
+        if let Some(updated) = advance_status(tc, &row, &status, error)? {
+            row = updated;
+        }
+    }
+    diesel::delete(
+        early_statuses::table
+            .filter(early_statuses::channel_id.eq(row.channel_id))
+            .filter(early_statuses::external_id.eq(external_id)),
+    )
+    .execute(tc.pg())?;
+    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    Ok(())
+}
+
+pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &str, message: &str) -> AppResult<()> {
+    let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
+    if let Some(updated) = advance_status(tc, &row, "failed", Some(json!({"code": code, "message": message})))? {
+        log.append(tc, "message.updated", Some(updated.channel_id), Some(updated.conversation_id), updated.update_view())?;
+    }
+    Ok(())
+}
+
+/// Oldest-to-newest page of the messages before `before` (newest page when
+/// `None`); returns the items and the cursor of the next, older page.
+pub fn list(
+    tc: &mut TenantConn<'_>,
+    conv: &ConversationRow,
+    before: Option<(DateTime<Utc>, i64)>,
+    limit: i64,
+) -> AppResult<(Vec<MessageView>, Option<(DateTime<Utc>, i64)>)> {
+    let mut q = m::table.filter(m::conversation_id.eq(conv.id)).select(MessageRow::as_select()).into_boxed();
+    if let Some((at, id)) = before {
+        q = q.filter(m::sort_at.lt(at).or(m::sort_at.eq(at).and(m::id.lt(id))));
+    }
+    let mut rows: Vec<MessageRow> = q.order((m::sort_at.desc(), m::id.desc())).limit(limit).load(tc.pg())?;
+    let next = if rows.len() as i64 == limit { rows.last().map(|r| (r.sort_at, r.id)) } else { None };
+    rows.reverse();
+    let mut names = Names::default();
+    let items = rows.iter().map(|r| names.message(tc, r, conv.contact_id)).collect::<AppResult<Vec<_>>>()?;
+    Ok((items, next))
+}

@@ -1,0 +1,71 @@
+//! The inbox: contacts, conversations, messages and the replies agents send.
+//!
+//! Decisions:
+//! - One conversation per (channel, contact). Resolving closes it; the
+//!   contact's next message reopens it (that counts as "opening" for the
+//!   auto-reply). Snoozed and pending conversations reopen on a new message
+//!   too; snoozes also wake when `snoozed_until` passes.
+//! - The unread count belongs to the conversation (the team's inbox), not to
+//!   each agent; `POST …/read` by anyone clears it.
+//! - Receipts only ever move a message forward
+//!   (pending → sent → delivered → read); `failed` replaces only pending or
+//!   sent. A receipt for a message whose Meta id is not stored yet is kept
+//!   (`early_statuses`) and applied when the id arrives.
+//! - Echoes of our own sends are matched by id or by the `sb:<id>` metadata
+//!   we send; other echoes (Page inbox, Business Suite, another app) become
+//!   outgoing messages sent by the page.
+
+pub mod canned;
+pub mod contacts;
+pub mod conversations;
+pub mod events;
+pub mod ingest;
+pub mod messages;
+pub mod processor;
+pub mod sender;
+pub mod views;
+
+crate::id_type!(
+    /// A conversation, inside one tenant.
+    ConversationId
+);
+crate::id_type!(
+    /// A message, inside one tenant.
+    MessageId
+);
+crate::id_type!(
+    /// A contact, inside one tenant.
+    ContactId
+);
+
+/// Position of a status in the forward-only order.
+pub fn status_rank(s: &str) -> i32 {
+    match s {
+        "pending" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        _ => -1,
+    }
+}
+
+/// Whether `to` may replace `from`.
+pub fn status_moves_forward(from: &str, to: &str) -> bool {
+    match to {
+        "failed" => matches!(from, "pending" | "sent"),
+        _ => from != "failed" && status_rank(to) > status_rank(from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_moves_forward as fwd;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert!(fwd("pending", "sent") && fwd("sent", "delivered") && fwd("sent", "read") && fwd("delivered", "read"));
+        assert!(!fwd("read", "delivered") && !fwd("delivered", "sent") && !fwd("read", "read"));
+        assert!(fwd("sent", "failed") && fwd("pending", "failed"));
+        assert!(!fwd("delivered", "failed") && !fwd("failed", "sent") && !fwd("failed", "read"));
+    }
+}

@@ -1,0 +1,291 @@
+//! The durable webhook inbox and its processor.
+//!
+//! `store` inserts the verified raw body and returns once committed; Meta
+//! gets its 200 only then. Workers claim due rows with
+//! `FOR UPDATE SKIP LOCKED` (several server instances share the work),
+//! lease them for a minute, process a whole batch grouped by tenant — one
+//! tenant transaction and one NOTIFY for all of a tenant's items — and mark
+//! them done. A crash leaves the lease to expire and the rows to be claimed
+//! again; idempotent writes make the second pass harmless.
+//!
+//! Failures retry with exponential backoff and become dead letters after
+//! `MAX_ATTEMPTS`. A body that is not JSON or not a Meta object, and an item
+//! for a page or number no tenant holds, dead-letter at once (Meta must not
+//! retry because of us). Dead letters can be listed and replayed (CLI and
+//! the operator endpoint); replaying after connecting the page processes
+//! them. Items of a suspended tenant wait, unprocessed, until it resumes.
+
+use chrono::{Duration, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+use super::events::EventLog;
+use super::ingest::{Followups, Ingest};
+use super::views::Names;
+use crate::app::AppState;
+use crate::channels::{self, ChannelId};
+use crate::db::schema::{channel_routes, webhook_events as we};
+use crate::db::{with_tenant, DbError, PgPool, TenantScope};
+use crate::error::AppResult;
+use crate::ids::TenantId;
+use crate::meta::webhook::{self, Item, RouteKey};
+
+pub const MAX_ATTEMPTS: i32 = 8;
+const LEASE_SECS: i64 = 60;
+const SUSPENDED_RETRY_SECS: i64 = 60;
+
+/// Stores a verified webhook body; returns its id once committed.
+pub fn store(conn: &mut PgConnection, body: &[u8]) -> AppResult<i64> {
+    Ok(diesel::insert_into(we::table).values(we::body.eq(body)).returning(we::id).get_result(conn)?)
+}
+
+struct Claimed {
+    id: i64,
+    body: Vec<u8>,
+    attempts: i32,
+}
+
+fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Claimed>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        body: Vec<u8>,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempts: i32,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "UPDATE public.webhook_events SET attempts = attempts + 1, \
+                next_attempt_at = now() + make_interval(secs => $2) \
+          WHERE id IN (SELECT id FROM public.webhook_events \
+                        WHERE status = 'pending' AND next_attempt_at <= now() \
+                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+          RETURNING id, body, attempts",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<diesel::sql_types::Double, _>(LEASE_SECS as f64)
+    .load(conn)?;
+    let mut out: Vec<Claimed> = rows.into_iter().map(|r| Claimed { id: r.id, body: r.body, attempts: r.attempts }).collect();
+    out.sort_by_key(|c| c.id);
+    Ok(out)
+}
+
+/// What happened to each event of a batch.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub claimed: usize,
+    pub done: usize,
+    pub dead: usize,
+    pub retried: usize,
+    pub items: usize,
+    /// Contacts to look up at Meta: (tenant, contact id).
+    pub profile_lookups: Vec<(TenantId, i64)>,
+    pub queued_sends: usize,
+}
+
+enum Outcome {
+    Done,
+    Dead(String),
+    Retry(String),
+    Wait,
+}
+
+/// Claims and processes one batch. Blocking: run it on the blocking pool.
+pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<BatchReport> {
+    let mut conn = pool.get().map_err(DbError::from)?;
+    let claimed = claim(&mut conn, limit)?;
+    let mut report = BatchReport { claimed: claimed.len(), ..Default::default() };
+    if claimed.is_empty() {
+        return Ok(report);
+    }
+    let mut outcome: HashMap<i64, Outcome> = HashMap::new();
+    // (event id, route, item) in event order.
+    let mut work: Vec<(i64, RouteKey, Item)> = Vec::new();
+    for ev in &claimed {
+        match webhook::parse(&ev.body) {
+            Ok(items) => {
+                outcome.insert(ev.id, Outcome::Done);
+                work.extend(items.into_iter().map(|r| (ev.id, r.route, r.item)));
+            }
+            Err(e) => {
+                outcome.insert(ev.id, Outcome::Dead(e.to_string()));
+            }
+        }
+    }
+    report.items = work.len();
+    // One query routes every item of the batch.
+    let ids: Vec<String> = work.iter().map(|(_, r, _)| r.external_id.clone()).collect();
+    let routes: Vec<(String, String, i64, i64)> = channel_routes::table
+        .filter(channel_routes::external_id.eq_any(&ids))
+        .select((channel_routes::platform, channel_routes::external_id, channel_routes::tenant_id, channel_routes::channel_id))
+        .load(&mut conn)?;
+    let route_of = |r: &RouteKey| {
+        routes.iter().find(|(p, e, _, _)| p == r.platform.as_str() && *e == r.external_id).map(|(_, _, t, c)| (*t, *c))
+    };
+    let mut by_tenant: BTreeMap<i64, Vec<(i64, i64, Item)>> = BTreeMap::new();
+    for (ev, route, item) in work {
+        match route_of(&route) {
+            Some((tenant, channel)) => by_tenant.entry(tenant).or_default().push((ev, channel, item)),
+            None => {
+                let why = format!("no tenant holds {} {}", route.platform.as_str(), route.external_id);
+                outcome.insert(ev, Outcome::Dead(why));
+            }
+        }
+    }
+    for (tenant, items) in by_tenant {
+        let scope = TenantScope::system(TenantId(tenant));
+        let mut followups = Followups::default();
+        let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
+            let mut log = EventLog::new();
+            let mut ingest = Ingest { log: &mut log, names: Names::default(), app_id: app_id.to_string(), followups: Followups::default() };
+            let mut channels_seen: HashMap<i64, channels::ChannelRow> = HashMap::new();
+            for (_, channel_id, item) in &items {
+                let channel = match channels_seen.get(channel_id) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = channels::find(tc, ChannelId(*channel_id))?;
+                        channels_seen.insert(*channel_id, c.clone());
+                        c
+                    }
+                };
+                ingest.apply(tc, &channel, item)?;
+            }
+            followups = std::mem::take(&mut ingest.followups);
+            log.notify(tc)
+        });
+        match result {
+            Ok(()) => {
+                report.profile_lookups.extend(followups.profile_lookups.iter().map(|(_, contact)| (TenantId(tenant), *contact)));
+                report.queued_sends += followups.queued_sends;
+            }
+            Err(e) => {
+                let suspended = e.code == "tenant_suspended" || e.code == "tenant_not_ready";
+                for (ev, _, _) in &items {
+                    let entry = outcome.entry(*ev).or_insert(Outcome::Done);
+                    if matches!(entry, Outcome::Dead(_)) {
+                        continue;
+                    }
+                    *entry = if suspended { Outcome::Wait } else { Outcome::Retry(format!("{e:?}")) };
+                }
+                if !suspended {
+                    tracing::warn!(tenant, error = ?e, "webhook items failed; will retry");
+                }
+            }
+        }
+    }
+    let attempts: HashMap<i64, i32> = claimed.iter().map(|c| (c.id, c.attempts)).collect();
+    for (id, o) in outcome {
+        match o {
+            Outcome::Done => {
+                diesel::update(we::table.find(id))
+                    .set((we::status.eq("done"), we::processed_at.eq(Utc::now()), we::last_error.eq(None::<String>)))
+                    .execute(&mut conn)?;
+                report.done += 1;
+            }
+            Outcome::Dead(why) => {
+                diesel::update(we::table.find(id)).set((we::status.eq("dead"), we::last_error.eq(why))).execute(&mut conn)?;
+                report.dead += 1;
+            }
+            Outcome::Retry(why) => {
+                let n = attempts.get(&id).copied().unwrap_or(1);
+                if n >= MAX_ATTEMPTS {
+                    diesel::update(we::table.find(id)).set((we::status.eq("dead"), we::last_error.eq(why))).execute(&mut conn)?;
+                    report.dead += 1;
+                } else {
+                    let backoff = Duration::seconds(1i64 << n.clamp(0, 12));
+                    diesel::update(we::table.find(id))
+                        .set((we::next_attempt_at.eq(Utc::now() + backoff), we::last_error.eq(why)))
+                        .execute(&mut conn)?;
+                    report.retried += 1;
+                }
+            }
+            Outcome::Wait => {
+                // A suspended tenant: not an attempt that counts.
+                diesel::update(we::table.find(id))
+                    .set((
+                        we::attempts.eq(we::attempts - 1),
+                        we::next_attempt_at.eq(Utc::now() + Duration::seconds(SUSPENDED_RETRY_SECS)),
+                        we::last_error.eq("tenant suspended; waiting"),
+                    ))
+                    .execute(&mut conn)?;
+                report.retried += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Serialize, Queryable)]
+pub struct DeadLetter {
+    #[serde(serialize_with = "as_string")]
+    pub id: i64,
+    pub received_at: chrono::DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+pub fn dead_letters(conn: &mut PgConnection, after: Option<i64>, limit: i64) -> AppResult<Vec<DeadLetter>> {
+    let mut q = we::table
+        .filter(we::status.eq("dead"))
+        .order(we::id)
+        .limit(limit)
+        .select((we::id, we::received_at, we::attempts, we::last_error, we::body))
+        .into_boxed();
+    if let Some(a) = after {
+        q = q.filter(we::id.gt(a));
+    }
+    Ok(q.load(conn)?)
+}
+
+/// Puts dead letters back in the queue (all of them when `ids` is empty).
+pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
+    let base = we::table.filter(we::status.eq("dead"));
+    let set = (we::status.eq("pending"), we::attempts.eq(0), we::next_attempt_at.eq(Utc::now()));
+    let n = if ids.is_empty() {
+        diesel::update(base).set(set).execute(conn)?
+    } else {
+        diesel::update(base.filter(we::id.eq_any(ids))).set(set).execute(conn)?
+    };
+    Ok(n)
+}
+
+/// The processor loop inside `serve`: runs batches while there is work,
+/// then sleeps until woken (a webhook stored by this instance) or a short
+/// poll interval passes (work stored by other instances, retries).
+pub async fn run(state: actix_web::web::Data<AppState>) {
+    loop {
+        let pool = state.db.pool().clone();
+        let app_id = state.config.meta.app_id.clone();
+        let result = actix_web::web::block(move || process_batch(&pool, &app_id, 200)).await;
+        match result {
+            Ok(Ok(report)) if report.claimed > 0 => {
+                after_batch(&state, report);
+                continue;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = ?e, "webhook batch failed"),
+            Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(250), state.wake_processor.notified()).await;
+    }
+}
+
+fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
+    if report.queued_sends > 0 {
+        state.wake_sender.notify_one();
+    }
+    for (tenant, contact) in report.profile_lookups {
+        // Bounded queue: when it is full the lookup is simply skipped; the
+        // contact keeps its id and is looked up on its next message.
+        let _ = state.profile_lookups.try_send((tenant, contact));
+    }
+}
+

@@ -1,0 +1,359 @@
+//! The sender worker (replies and "seen" signals to Meta), the profile
+//! lookups and the snooze alarm clock, all inside `serve`.
+//!
+//! A queued reply is sent with the Send API (Messenger, Instagram) or the
+//! WhatsApp messages API, then marked `sent` with Meta's id, or `failed` with
+//! a typed reason: `outside_window`, `recipient_unavailable`,
+//! `meta_token_invalid` (the channel also becomes `reauth_required`),
+//! `meta_error`. Transient failures and rate limits retry with backoff.
+//! Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
+//! second per channel, default 20).
+
+use chrono::{Duration as ChronoDuration, Utc};
+use diesel::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::events::EventLog;
+use super::views::{ContactRow, ConversationRow, MessageRow, ReplyWindow};
+use super::{contacts, conversations, messages};
+use crate::app::AppState;
+use crate::channels::{connect::note_graph_error, ChannelId, ChannelRow, Platform};
+use crate::db::schema::send_queue as sq;
+use crate::db::tenant_schema::{contacts as ct, conversations as cv, messages as m};
+use crate::db::TenantScope;
+use crate::error::{AppError, AppResult};
+use crate::ids::TenantId;
+use crate::meta::GraphError;
+use crate::secret::Secret;
+
+const MAX_SEND_ATTEMPTS: i32 = 6;
+
+#[derive(Debug, Clone)]
+struct Job {
+    id: i64,
+    tenant: TenantId,
+    message_id: Option<i64>,
+    conversation_id: Option<i64>,
+    kind: String,
+    attempts: i32,
+}
+
+fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Job>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        tenant_id: i64,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        message_id: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        conversation_id: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        kind: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempts: i32,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
+          WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
+                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)?;
+    let mut jobs: Vec<Job> = rows
+        .into_iter()
+        .map(|r| Job {
+            id: r.id,
+            tenant: TenantId(r.tenant_id),
+            message_id: r.message_id,
+            conversation_id: r.conversation_id,
+            kind: r.kind,
+            attempts: r.attempts,
+        })
+        .collect();
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
+}
+
+enum JobEnd {
+    Done,
+    Retry { after: Duration, error: String, counts: bool },
+}
+
+async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
+    let id = job.id;
+    let attempts = job.attempts;
+    state
+        .db
+        .public(move |conn| {
+            match end {
+                JobEnd::Done => {
+                    diesel::update(sq::table.find(id)).set(sq::status.eq("done")).execute(conn)?;
+                }
+                JobEnd::Retry { after, error, counts } => {
+                    let next = Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
+                    let attempts_fix = if counts { attempts } else { attempts - 1 };
+                    diesel::update(sq::table.find(id))
+                        .set((sq::next_attempt_at.eq(next), sq::last_error.eq(error), sq::attempts.eq(attempts_fix)))
+                        .execute(conn)?;
+                }
+            }
+            Ok::<_, AppError>(())
+        })
+        .await
+}
+
+/// Everything a send needs, read in one tenant transaction.
+struct Context {
+    message: Option<MessageRow>,
+    conversation: ConversationRow,
+    contact: ContactRow,
+    channel: ChannelRow,
+    token: Option<Secret<String>>,
+}
+
+async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
+    let keys = state.keys.clone();
+    let (message_id, conversation_id) = (job.message_id, job.conversation_id);
+    state
+        .db
+        .tenant(TenantScope::system(job.tenant), move |tc| {
+            let message: Option<MessageRow> = match message_id {
+                Some(id) => m::table.find(id).select(MessageRow::as_select()).first(tc.pg()).optional()?,
+                None => None,
+            };
+            let conv_id = message.as_ref().map(|m| m.conversation_id).or(conversation_id);
+            let Some(conv_id) = conv_id else { return Ok(None) };
+            let conversation: Option<ConversationRow> =
+                cv::table.find(conv_id).select(ConversationRow::as_select()).first(tc.pg()).optional()?;
+            let Some(conversation) = conversation else { return Ok(None) };
+            let contact: ContactRow = ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
+            let channel = crate::channels::find(tc, ChannelId(conversation.channel_id))?;
+            let token = channel.token(&keys)?;
+            Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token }))
+        })
+        .await
+}
+
+/// Per-channel pacing of this instance's sends.
+#[derive(Default)]
+pub struct Pacer {
+    next: HashMap<(i64, i64), Instant>,
+}
+
+impl Pacer {
+    /// How long to wait before the channel may send again (and books the slot).
+    fn wait(&mut self, key: (i64, i64), per_second: u32) -> Option<Duration> {
+        let now = Instant::now();
+        let gap = Duration::from_secs(1) / per_second.max(1);
+        let slot = self.next.get(&key).copied().unwrap_or(now);
+        if slot > now + gap {
+            return Some(slot - now);
+        }
+        self.next.insert(key, slot.max(now) + gap);
+        None
+    }
+}
+
+fn send_rate() -> u32 {
+    std::env::var("SWITCHBOARD_SEND_RATE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(20)
+}
+
+async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
+    let ctx = match load(state, job).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return finish(state, job, JobEnd::Done).await,
+        Err(e) if e.code == "tenant_suspended" || e.code == "tenant_not_ready" => {
+            return finish(state, job, JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false }).await;
+        }
+        Err(e) => return Err(e),
+    };
+    if job.kind == "mark_seen" {
+        if let (Some(token), "connected") = (&ctx.token, ctx.channel.status.as_str()) {
+            let r = match ctx.channel.platform() {
+                Platform::Whatsapp => match &ctx.conversation.last_inbound_external_id {
+                    Some(wamid) => state.graph.whatsapp_mark_read(&ctx.channel.external_id, token, wamid).await,
+                    None => Ok(()),
+                },
+                _ => state.graph.sender_action(&ctx.channel.external_id, token, &ctx.contact.external_id, "mark_seen").await,
+            };
+            if let Err(e) = r {
+                note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+            }
+        }
+        return finish(state, job, JobEnd::Done).await;
+    }
+    let Some(message) = ctx.message.clone() else { return finish(state, job, JobEnd::Done).await };
+    if message.status != "pending" {
+        return finish(state, job, JobEnd::Done).await;
+    }
+    if let Some(wait) = pacer.wait((job.tenant.0, ctx.channel.id), send_rate()) {
+        return finish(state, job, JobEnd::Retry { after: wait, error: "paced".into(), counts: false }).await;
+    }
+    let fail = |code: &'static str, message: String| (code, message);
+    let outcome: Result<String, (&'static str, String)> = match (&ctx.token, ctx.channel.status.as_str()) {
+        (Some(token), "connected") => {
+            let window = ReplyWindow::of(&ctx.channel, ctx.conversation.last_inbound_at, Utc::now());
+            let text = message.text.clone().unwrap_or_default();
+            if !window.can_reply {
+                Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
+            } else {
+                let r = match ctx.channel.platform() {
+                    Platform::Whatsapp => state.graph.whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text).await,
+                    _ => {
+                        let metadata = format!("sb:{}", message.id);
+                        state
+                            .graph
+                            .send_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, window.tag, &metadata)
+                            .await
+                    }
+                };
+                match r {
+                    Ok(id) => Ok(id),
+                    Err(e) if (e.is_transient() || matches!(e, GraphError::RateLimited { .. })) && job.attempts < MAX_SEND_ATTEMPTS => {
+                        let after = Duration::from_secs(1u64 << job.attempts.clamp(0, 8));
+                        return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: true }).await;
+                    }
+                    Err(e) => {
+                        let e = note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+                        let code = match &e {
+                            GraphError::TokenInvalid { .. } => "meta_token_invalid",
+                            GraphError::OutsideWindow { .. } => "outside_window",
+                            GraphError::RecipientUnavailable { .. } => "recipient_unavailable",
+                            GraphError::RateLimited { .. } => "meta_rate_limited",
+                            GraphError::Permission { .. } => "meta_permission_denied",
+                            _ => "meta_error",
+                        };
+                        Err(fail(code, e.to_string()))
+                    }
+                }
+            }
+        }
+        _ => Err(fail("channel_not_connected", format!("the channel is {}", ctx.channel.status))),
+    };
+    let id = message.id;
+    let wake = match outcome {
+        Ok(external_id) => {
+            state
+                .db
+                .tenant(TenantScope::system(job.tenant), move |tc| {
+                    let mut log = EventLog::new();
+                    messages::mark_sent(tc, &mut log, id, &external_id)?;
+                    log.notify(tc)
+                })
+                .await?;
+            true
+        }
+        Err((code, why)) => {
+            state
+                .db
+                .tenant(TenantScope::system(job.tenant), move |tc| {
+                    let mut log = EventLog::new();
+                    messages::mark_failed(tc, &mut log, id, code, &why)?;
+                    log.notify(tc)
+                })
+                .await?;
+            false
+        }
+    };
+    let _ = wake;
+    finish(state, job, JobEnd::Done).await
+}
+
+/// One pass over due jobs; returns how many were claimed.
+pub async fn run_once(state: &AppState, pacer: &mut Pacer) -> AppResult<usize> {
+    let pool = state.db.pool().clone();
+    let jobs = actix_web::web::block(move || {
+        let mut conn = pool.get().map_err(crate::db::DbError::from)?;
+        claim(&mut conn, 50)
+    })
+    .await??;
+    for job in &jobs {
+        if let Err(e) = handle(state, pacer, job).await {
+            tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
+            let _ = finish(state, job, JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true }).await;
+        }
+    }
+    Ok(jobs.len())
+}
+
+pub async fn run(state: actix_web::web::Data<AppState>) {
+    let mut pacer = Pacer::default();
+    loop {
+        match run_once(&state, &mut pacer).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "sender pass failed"),
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), state.wake_sender.notified()).await;
+    }
+}
+
+/// Looks up contacts' profiles at Meta, one at a time.
+pub async fn run_profiles(state: actix_web::web::Data<AppState>) {
+    let Some(mut rx) = state.take_profile_queue() else { return };
+    while let Some((tenant, contact)) = rx.recv().await {
+        if let Err(e) = lookup_profile(&state, tenant, contact).await {
+            tracing::debug!(error = ?e, "profile lookup failed");
+        }
+    }
+}
+
+pub async fn lookup_profile(state: &AppState, tenant: TenantId, contact: i64) -> AppResult<()> {
+    let keys = state.keys.clone();
+    let scope = TenantScope::system(tenant);
+    let target = state
+        .db
+        .tenant(scope, move |tc| {
+            let Some((c, ch)) = contacts::lookup_target(tc, contact)? else { return Ok::<_, AppError>(None) };
+            let token = ch.token(&keys)?;
+            Ok(token.map(|t| (c, ch, t)))
+        })
+        .await?;
+    let Some((c, ch, token)) = target else { return Ok(()) };
+    let (name, pic) = match state.graph.profile(&c.external_id, &token, contacts::profile_fields(ch.platform())).await {
+        Ok(v) => {
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            let full = match (s("first_name"), s("last_name")) {
+                (Some(f), Some(l)) => Some(format!("{f} {l}")),
+                (Some(f), None) => Some(f),
+                _ => None,
+            };
+            (s("name").or(full).or_else(|| s("username")), s("profile_pic"))
+        }
+        Err(e) => {
+            note_graph_error(state, tenant, ChannelId(ch.id), e).await;
+            (None, None)
+        }
+    };
+    state.db.tenant(scope, move |tc| contacts::store_profile(tc, contact, name, pic)).await
+}
+
+/// Wakes snoozed conversations of every active tenant, every 30 seconds.
+pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let tenants = state
+            .db
+            .public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?))
+            .await
+            .unwrap_or_default();
+        for t in tenants.into_iter().filter(|t| t.is_active()) {
+            let r = state
+                .db
+                .tenant(TenantScope::system(t.tenant_id()), |tc| {
+                    let mut log = EventLog::new();
+                    conversations::wake_snoozed(tc, &mut log)?;
+                    log.notify(tc)
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(tenant = %t.slug, error = ?e, "snooze clock skipped a tenant");
+            }
+        }
+    }
+}

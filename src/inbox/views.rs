@@ -1,0 +1,328 @@
+//! The JSON shapes of API.md (Message, Conversation) and the rows behind them.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+
+use super::{ContactId, ConversationId, MessageId};
+use crate::channels::{ChannelId, ChannelRow, Platform};
+use crate::db::schema::users;
+use crate::db::tenant_schema::{channels, contacts, conversations, messages};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub channel_id: i64,
+    pub direction: String,
+    pub sender_kind: String,
+    pub sender_user_id: Option<i64>,
+    pub text: Option<String>,
+    pub attachments: Value,
+    pub status: String,
+    pub error: Option<Value>,
+    pub external_id: Option<String>,
+    pub client_id: Option<String>,
+    pub reply_to_external_id: Option<String>,
+    pub quick_reply_payload: Option<String>,
+    pub postback_payload: Option<String>,
+    pub reactions: Value,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub platform_timestamp: Option<DateTime<Utc>>,
+    pub sort_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = conversations)]
+pub struct ConversationRow {
+    pub id: i64,
+    pub channel_id: i64,
+    pub contact_id: i64,
+    pub status: String,
+    pub assignee_id: Option<i64>,
+    pub snoozed_until: Option<DateTime<Utc>>,
+    pub unread_count: i32,
+    pub last_message_id: Option<i64>,
+    pub last_activity_at: DateTime<Utc>,
+    pub last_inbound_at: Option<DateTime<Utc>>,
+    pub last_inbound_external_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = contacts)]
+pub struct ContactRow {
+    pub id: i64,
+    pub channel_id: i64,
+    pub external_id: String,
+    pub name: Option<String>,
+    pub profile_pic_url: Option<String>,
+    pub profile_checked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SenderView {
+    pub kind: String,
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub channel_id: ChannelId,
+    pub direction: String,
+    pub sender: SenderView,
+    pub text: Option<String>,
+    pub attachments: Value,
+    pub status: String,
+    pub error: Option<Value>,
+    pub external_id: Option<String>,
+    pub client_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub quick_reply_payload: Option<String>,
+    pub postback_payload: Option<String>,
+    pub reactions: Value,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub platform_timestamp: Option<DateTime<Utc>>,
+}
+
+/// `message.updated` data.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageUpdate {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub status: String,
+    pub error: Option<Value>,
+    pub text: Option<String>,
+    pub reactions: Value,
+    pub external_id: Option<String>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl MessageRow {
+    pub fn update_view(&self) -> MessageUpdate {
+        MessageUpdate {
+            id: MessageId(self.id),
+            conversation_id: ConversationId(self.conversation_id),
+            status: self.status.clone(),
+            error: self.error.clone(),
+            text: self.text.clone(),
+            reactions: self.reactions.clone(),
+            external_id: self.external_id.clone(),
+            edited_at: self.edited_at,
+            deleted_at: self.deleted_at,
+        }
+    }
+}
+
+/// Caches names while building many views in one transaction.
+#[derive(Default)]
+pub struct Names {
+    contacts: HashMap<i64, ContactRow>,
+    users: HashMap<i64, String>,
+    channels: HashMap<i64, ChannelRow>,
+}
+
+impl Names {
+    pub fn contact(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<ContactRow> {
+        if let Some(c) = self.contacts.get(&id) {
+            return Ok(c.clone());
+        }
+        let c: ContactRow = contacts::table.find(id).select(ContactRow::as_select()).first(tc.pg())?;
+        self.contacts.insert(id, c.clone());
+        Ok(c)
+    }
+
+    pub fn forget_contact(&mut self, id: i64) {
+        self.contacts.remove(&id);
+    }
+
+    pub fn channel(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<ChannelRow> {
+        if let Some(c) = self.channels.get(&id) {
+            return Ok(c.clone());
+        }
+        let c: ChannelRow = channels::table.find(id).select(ChannelRow::as_select()).first(tc.pg())?;
+        self.channels.insert(id, c.clone());
+        Ok(c)
+    }
+
+    fn user(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<String> {
+        if let Some(n) = self.users.get(&id) {
+            return Ok(n.clone());
+        }
+        let (name, email): (String, String) =
+            users::table.find(id).select((users::name, users::email)).first(tc.pg()).optional()?.unwrap_or_default();
+        let n = if name.is_empty() { email } else { name };
+        self.users.insert(id, n.clone());
+        Ok(n)
+    }
+
+    pub fn message(&mut self, tc: &mut TenantConn<'_>, row: &MessageRow, contact_id: i64) -> AppResult<MessageView> {
+        let sender = match row.sender_kind.as_str() {
+            "contact" => {
+                let c = self.contact(tc, contact_id)?;
+                SenderView { kind: "contact".into(), id: Some(c.id.to_string()), name: c.name }
+            }
+            "agent" => {
+                let name = match row.sender_user_id {
+                    Some(u) => Some(self.user(tc, u)?),
+                    None => None,
+                };
+                SenderView { kind: "agent".into(), id: row.sender_user_id.map(|u| u.to_string()), name }
+            }
+            _ => {
+                let ch = self.channel(tc, row.channel_id)?;
+                SenderView { kind: "page".into(), id: Some(ch.id.to_string()), name: Some(ch.name) }
+            }
+        };
+        Ok(MessageView {
+            id: MessageId(row.id),
+            conversation_id: ConversationId(row.conversation_id),
+            channel_id: ChannelId(row.channel_id),
+            direction: row.direction.clone(),
+            sender,
+            text: row.text.clone(),
+            attachments: row.attachments.clone(),
+            status: row.status.clone(),
+            error: row.error.clone(),
+            external_id: row.external_id.clone(),
+            client_id: row.client_id.clone(),
+            reply_to: row.reply_to_external_id.clone(),
+            quick_reply_payload: row.quick_reply_payload.clone(),
+            postback_payload: row.postback_payload.clone(),
+            reactions: row.reactions.clone(),
+            edited_at: row.edited_at,
+            deleted_at: row.deleted_at,
+            created_at: row.created_at,
+            platform_timestamp: row.platform_timestamp,
+        })
+    }
+
+    pub fn conversation(&mut self, tc: &mut TenantConn<'_>, row: &ConversationRow) -> AppResult<ConversationView> {
+        let contact = self.contact(tc, row.contact_id)?;
+        let channel = self.channel(tc, row.channel_id)?;
+        let last_message = match row.last_message_id {
+            Some(id) => messages::table
+                .find(id)
+                .select(MessageRow::as_select())
+                .first(tc.pg())
+                .optional()?
+                .map(|m| LastMessage {
+                    id: MessageId(m.id),
+                    text: m.text,
+                    direction: m.direction,
+                    status: m.status,
+                    created_at: m.created_at,
+                }),
+            None => None,
+        };
+        let window = ReplyWindow::of(&channel, row.last_inbound_at, Utc::now());
+        Ok(ConversationView {
+            id: ConversationId(row.id),
+            channel_id: ChannelId(row.channel_id),
+            platform: channel.platform(),
+            contact: ContactView {
+                id: ContactId(contact.id),
+                external_id: contact.external_id,
+                name: contact.name,
+                profile_pic_url: contact.profile_pic_url,
+            },
+            status: row.status.clone(),
+            assignee_id: row.assignee_id.map(UserId),
+            snoozed_until: row.snoozed_until,
+            unread_count: row.unread_count,
+            last_message,
+            last_activity_at: row.last_activity_at,
+            last_inbound_at: row.last_inbound_at,
+            can_reply: window.can_reply,
+            reply_window_ends_at: window.ends_at,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactView {
+    pub id: ContactId,
+    pub external_id: String,
+    pub name: Option<String>,
+    pub profile_pic_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastMessage {
+    pub id: MessageId,
+    pub text: Option<String>,
+    pub direction: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView {
+    pub id: ConversationId,
+    pub channel_id: ChannelId,
+    pub platform: Platform,
+    pub contact: ContactView,
+    pub status: String,
+    pub assignee_id: Option<UserId>,
+    pub snoozed_until: Option<DateTime<Utc>>,
+    pub unread_count: i32,
+    pub last_message: Option<LastMessage>,
+    pub last_activity_at: DateTime<Utc>,
+    pub last_inbound_at: Option<DateTime<Utc>>,
+    pub can_reply: bool,
+    pub reply_window_ends_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether an agent may answer now, until when, and with which tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyWindow {
+    pub can_reply: bool,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// `HUMAN_AGENT` between 24 h and 7 days (Messenger, Instagram).
+    pub tag: Option<&'static str>,
+}
+
+impl ReplyWindow {
+    pub fn of(channel: &ChannelRow, last_inbound: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ReplyWindow {
+        let connected = channel.status == "connected";
+        let Some(last) = last_inbound else { return ReplyWindow { can_reply: false, ends_at: None, tag: None } };
+        let standard = last + Duration::hours(24);
+        if now < standard {
+            return ReplyWindow { can_reply: connected, ends_at: Some(standard), tag: None };
+        }
+        let human = last + Duration::days(7);
+        if channel.platform() != Platform::Whatsapp && channel.settings().human_agent && now < human {
+            return ReplyWindow { can_reply: connected, ends_at: Some(human), tag: Some("HUMAN_AGENT") };
+        }
+        ReplyWindow { can_reply: false, ends_at: Some(standard), tag: None }
+    }
+}
+
+pub fn conversation_row(tc: &mut TenantConn<'_>, id: ConversationId) -> AppResult<ConversationRow> {
+    conversations::table
+        .find(id.0)
+        .select(ConversationRow::as_select())
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("conversation"))
+}

@@ -1,0 +1,289 @@
+//! The fake's messaging side: the Send API (Messenger, Instagram), sender
+//! actions, WhatsApp messages and mark-read, media, user profiles, and the
+//! webhooks Meta would send back — echoes, deliveries, reads, WhatsApp
+//! statuses — signed with the app secret exactly as Meta does (ASCII-escaped
+//! body, `X-Hub-Signature-256` and `X-Hub-Signature`).
+//!
+//! The messaging window is enforced for contacts the fake has seen write
+//! (`POST /_fake/inbound`): Messenger/Instagram answer `(#10)` subcode
+//! 2018278 outside 24 hours without the `HUMAN_AGENT` tag (7 days with it);
+//! WhatsApp accepts the send and then reports a `failed` status with 131047.
+
+use actix_web::HttpResponse;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha1::Sha1;
+
+use super::{graph_error, random_alnum, FakeMeta, Owner, State};
+use crate::meta::webhook::{meta_json, sign};
+
+/// Who a message goes through.
+#[derive(Clone, Debug)]
+pub(super) enum Account {
+    Page(String),
+    Instagram { ig: String },
+    Phone(String),
+}
+
+impl State {
+    pub(super) fn account_of(&self, id: &str) -> Option<Account> {
+        if self.pages.contains_key(id) {
+            Some(Account::Page(id.to_string()))
+        } else if self.instagram.contains_key(id) {
+            Some(Account::Instagram { ig: id.to_string() })
+        } else if self.phones.contains_key(id) {
+            Some(Account::Phone(id.to_string()))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `owner` may act for the account.
+    pub(super) fn may_use(&self, owner: &Owner, account: &Account) -> bool {
+        match (owner, account) {
+            (Owner::Page(p), Account::Page(id)) => p == id,
+            (Owner::Page(p), Account::Instagram { ig }) => self.pages.get(p).and_then(|pg| pg.instagram.as_ref()) == Some(ig),
+            (Owner::Waba(w), Account::Phone(ph)) => self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph)),
+            (Owner::User(u), Account::Phone(ph)) => {
+                self.users.get(u).is_some_and(|usr| usr.wabas.iter().any(|w| self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph))))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mid() -> String {
+    format!("m_{}", random_alnum(40))
+}
+
+fn wamid() -> String {
+    use base64::Engine;
+    format!("wamid.{}", base64::engine::general_purpose::STANDARD.encode(random_alnum(30)))
+}
+
+/// `POST /{account}/messages`.
+pub(super) fn send(fake: &FakeMeta, st: &mut State, owner: &Owner, id: &str, body: &Value) -> HttpResponse {
+    let Some(account) = st.account_of(id) else { return super::no_object(id) };
+    if !st.may_use(owner, &account) {
+        return graph_error(200, None, "(#200) The access token cannot send as this account");
+    }
+    match account {
+        Account::Phone(phone) => whatsapp(fake, st, &phone, body),
+        acct => messenger(fake, st, acct, body),
+    }
+}
+
+fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> HttpResponse {
+    let Some(recipient) = body.pointer("/recipient/id").and_then(Value::as_str).map(str::to_string) else {
+        return graph_error(100, None, "(#100) The parameter recipient is required");
+    };
+    let account_id = match &acct {
+        Account::Page(p) => p.clone(),
+        Account::Instagram { ig } => ig.clone(),
+        Account::Phone(p) => p.clone(),
+    };
+    if let Some(action) = body.get("sender_action").and_then(Value::as_str) {
+        if !["typing_on", "typing_off", "mark_seen", "react", "unreact"].contains(&action) {
+            return graph_error(100, None, "(#100) Param sender_action must be one of {MARK_SEEN, TYPING_ON, TYPING_OFF, REACT, UNREACT}");
+        }
+        return HttpResponse::Ok().json(json!({"recipient_id": recipient}));
+    }
+    let Some(message) = body.get("message") else { return graph_error(100, None, "(#100) The parameter message is required") };
+    let text = message.get("text").and_then(Value::as_str).unwrap_or("");
+    if text.chars().count() > 2000 {
+        return graph_error(100, None, "(#100) Length of param message[text] must be less than or equal to 2000");
+    }
+    let messaging_type = body.get("messaging_type").and_then(Value::as_str).unwrap_or("");
+    let tag = body.get("tag").and_then(Value::as_str);
+    match messaging_type {
+        "RESPONSE" | "UPDATE" => {}
+        "MESSAGE_TAG" if tag.is_some() => {}
+        "MESSAGE_TAG" => return graph_error(100, None, "(#100) Param tag is required for messaging_type MESSAGE_TAG"),
+        _ => return graph_error(100, None, "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}"),
+    }
+    if let Some(last) = st.last_inbound.get(&(account_id.clone(), recipient.clone())) {
+        let age = Utc::now() - *last;
+        let allowed = if tag == Some("HUMAN_AGENT") { Duration::days(7) } else { Duration::hours(24) };
+        if age > allowed {
+            let sub = if matches!(acct, Account::Instagram { .. }) { 2534022 } else { 2018278 };
+            return graph_error(10, Some(sub), "(#10) This message is sent outside of allowed window.");
+        }
+    }
+    let message_id = mid();
+    let now = Utc::now();
+    let (object, echo_message) = match &acct {
+        Account::Instagram { .. } => ("instagram", json!({"mid": message_id, "text": text, "is_echo": true})),
+        _ => {
+            let mut m = json!({"mid": message_id, "is_echo": true, "app_id": fake.cfg.app_id.parse::<u64>().map(Value::from).unwrap_or(json!(fake.cfg.app_id)), "text": text});
+            if let Some(md) = message.get("metadata") {
+                m["metadata"] = md.clone();
+            }
+            ("page", m)
+        }
+    };
+    let ms = now.timestamp_millis();
+    let envelope = |event: Value| json!({"object": object, "entry": [{"id": account_id, "time": ms, "messaging": [event]}]});
+    let mut out = vec![envelope(json!({"sender": {"id": account_id}, "recipient": {"id": recipient}, "timestamp": ms, "message": echo_message}))];
+    if object == "page" {
+        out.push(envelope(json!({"sender": {"id": recipient}, "recipient": {"id": account_id}, "timestamp": ms + 300, "delivery": {"mids": [message_id], "watermark": ms}})));
+        out.push(envelope(json!({"sender": {"id": recipient}, "recipient": {"id": account_id}, "timestamp": ms + 600, "read": {"watermark": ms}})));
+    } else {
+        out.push(envelope(json!({"sender": {"id": recipient}, "recipient": {"id": account_id}, "timestamp": ms + 600, "read": {"mid": message_id}})));
+    }
+    fake.emit_to(st.webhook_target.clone(), out);
+    HttpResponse::Ok().json(json!({"recipient_id": recipient, "message_id": message_id}))
+}
+
+fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpResponse {
+    if body.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") {
+        return wa_error(100, "(#100) The parameter messaging_product is required.");
+    }
+    if body.get("status").and_then(Value::as_str) == Some("read") {
+        return if body.get("message_id").and_then(Value::as_str).is_some() {
+            HttpResponse::Ok().json(json!({"success": true}))
+        } else {
+            wa_error(100, "(#100) The parameter message_id is required.")
+        };
+    }
+    let Some(to) = body.get("to").and_then(Value::as_str).map(str::to_string) else {
+        return wa_error(100, "(#100) The parameter to is required.");
+    };
+    let text = body.pointer("/text/body").and_then(Value::as_str).unwrap_or("");
+    if body.get("type").and_then(Value::as_str) != Some("text") || text.is_empty() {
+        return wa_error(100, "(#100) Only text messages with text.body are supported by the fake");
+    }
+    if text.chars().count() > 4096 {
+        return wa_error(100, "(#100) text.body must be at most 4096 characters");
+    }
+    let id = wamid();
+    let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
+    let outside = st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
+    let display = st.phones.get(phone).map(|p| p.display.clone()).unwrap_or_default();
+    let waba = st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone)).map(|w| w.id.clone()).unwrap_or_default();
+    let now = Utc::now().timestamp();
+    let status = |s: &str, at: i64, extra: Value| {
+        let mut v = json!({"id": id, "status": s, "timestamp": at.to_string(), "recipient_id": wa_id});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": display.chars().filter(char::is_ascii_digit).collect::<String>(), "phone_number_id": phone},
+            "statuses": [v]}, "field": "messages"}]}]})
+    };
+    let out = if outside {
+        vec![status("failed", now, json!({"errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
+            "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}]}))]
+    } else {
+        // Meta does not promise order: deliver "read" before "delivered".
+        vec![status("sent", now, json!({})), status("read", now + 2, json!({})), status("delivered", now + 1, json!({}))]
+    };
+    fake.emit_to(st.webhook_target.clone(), out);
+    HttpResponse::Ok().json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [{"id": id}]}))
+}
+
+fn wa_error(code: i64, message: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": {"message": message, "type": "OAuthException", "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": message}, "fbtrace_id": format!("Fake{}", random_alnum(12))}}))
+}
+
+/// `GET /{psid|igsid}`: a profile the fake knows (from `/_fake/inbound`).
+pub(super) fn profile(st: &State, id: &str) -> Option<HttpResponse> {
+    let p = st.profiles.get(id)?;
+    let Some(name) = p else {
+        return Some(graph_error(2018218, None, "No profile available for this user."));
+    };
+    let (first, last) = name.split_once(' ').unwrap_or((name.as_str(), ""));
+    Some(HttpResponse::Ok().json(json!({
+        "id": id, "name": name, "first_name": first, "last_name": last, "username": name.to_lowercase().replace(' ', "."),
+        "profile_pic": format!("https://fake-meta.invalid/profile/{id}.jpg"),
+    })))
+}
+
+/// `POST /_fake/inbound`: a contact writes to an account. The fake records
+/// it (window, profile) and sends the webhook Meta would send.
+pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(to), Some(from)) = (s("to"), s("from")) else { return super::bad("to and from are required") };
+    let text = s("text").unwrap_or_else(|| "hello".into());
+    let at: DateTime<Utc> = s("at").and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
+    let mut st = fake.lock();
+    let Some(account) = st.account_of(&to) else { return super::bad("no such page, Instagram account or phone number") };
+    st.last_inbound.insert((to.clone(), from.clone()), at);
+    let name = s("name");
+    if body.get("name").is_some() || !st.profiles.contains_key(&from) {
+        st.profiles.insert(from.clone(), name.clone());
+    }
+    let id = s("id");
+    let event = match account {
+        Account::Phone(phone) => {
+            let waba = st.wabas.values().find(|w| w.phones.contains(&phone)).map(|w| w.id.clone()).unwrap_or_default();
+            let wamid = id.unwrap_or_else(wamid);
+            let mut value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone},
+                "messages": [{"from": from, "id": wamid, "timestamp": at.timestamp().to_string(), "type": "text", "text": {"body": text}}]});
+            if let Some(n) = &name {
+                value["contacts"] = json!([{"profile": {"name": n}, "wa_id": from}]);
+            }
+            json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": value, "field": "messages"}]}]})
+        }
+        acct => {
+            let object = if matches!(acct, Account::Instagram { .. }) { "instagram" } else { "page" };
+            let ms = at.timestamp_millis();
+            json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
+                "timestamp": ms, "message": {"mid": id.unwrap_or_else(mid), "text": text}}]}]})
+        }
+    };
+    let target = st.webhook_target.clone();
+    drop(st);
+    let delivered = match target {
+        Some(url) => fake.post(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
+impl FakeMeta {
+    /// Serializes and signs a webhook body the way Meta does.
+    pub fn signed(&self, event: &Value) -> (String, String, String) {
+        let body = meta_json(event);
+        let sha256 = sign(self.cfg.app_secret.as_bytes(), body.as_bytes());
+        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(self.cfg.app_secret.as_bytes()).expect("HMAC accepts keys of any length");
+        mac.update(body.as_bytes());
+        let sha1 = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
+        (body, sha256, sha1)
+    }
+
+    /// Sends webhooks to `url` in the background, in order, retrying a few
+    /// times on failure like Meta does.
+    pub(super) fn emit_to(&self, url: Option<String>, events: Vec<Value>) {
+        let Some(url) = url else { return };
+        let fake = self.clone();
+        tokio::spawn(async move {
+            for ev in events {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                for attempt in 0..4u32 {
+                    match fake.post(&url, &ev).await {
+                        Some(200) => break,
+                        _ => tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await,
+                    }
+                }
+            }
+        });
+    }
+
+    pub(super) async fn post(&self, url: &str, event: &Value) -> Option<u16> {
+        let (body, sha256, sha1) = self.signed(event);
+        let res = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sha256)
+            .header("x-hub-signature", sha1)
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        Some(res.status().as_u16())
+    }
+}

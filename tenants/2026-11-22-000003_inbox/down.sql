@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS canned_responses;
+DROP TABLE IF EXISTS event_seq;
+DROP TABLE IF EXISTS events;
+DROP TABLE IF EXISTS early_statuses;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS conversations;
+DROP TABLE IF EXISTS contacts;

@@ -1,0 +1,528 @@
+//! From Meta webhook to conversation, and the agent's reply back, over HTTP
+//! against the fake Meta.
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use crate::channels::{meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
+use crate::common::{eventually, fixture, spawn_app, spawn_app_without_workers, token, TestApp};
+
+const PSID: &str = "7392015648120394";
+const PHONE: &str = "123456789012345";
+const WA_ID: &str = "14155550123";
+
+struct Ctx {
+    admin: String,
+}
+
+/// Tenant acme with page A (+ Instagram) and the WhatsApp number connected.
+async fn acme(app: &TestApp) -> Ctx {
+    let created = meta_user(app).await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+    let sel = oauth_round(app, &admin).await;
+    let r = app.call("POST", "/api/channels/facebook/connect", Some(&admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A], "instagram": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let waba_token = created["wabas"][0]["access_token"].as_str().expect("token");
+    let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(json!({"waba_id": "112233445566778", "access_token": waba_token}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    Ctx { admin }
+}
+
+async fn conversations(app: &TestApp, t: &str, query: &str) -> Vec<Value> {
+    let r = app.call("GET", &format!("/api/conversations{query}"), Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["items"].as_array().expect("items").clone()
+}
+
+async fn messages(app: &TestApp, t: &str, conversation: &str) -> Vec<Value> {
+    let r = app.call("GET", &format!("/api/conversations/{conversation}/messages?limit=200"), Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["items"].as_array().expect("items").clone()
+}
+
+fn by_contact<'a>(convs: &'a [Value], external: &str) -> &'a Value {
+    convs.iter().find(|c| c["contact"]["external_id"] == external).unwrap_or_else(|| panic!("no conversation with {external}"))
+}
+
+#[actix_web::test]
+async fn every_fixture_lands_as_the_right_rows() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let names = [
+        "messenger_text.json",
+        "messenger_text_quick_reply_and_reply_to.json",
+        "messenger_image.json",
+        "messenger_postback.json",
+        "messenger_echo.json",
+        "messenger_delivery.json",
+        "messenger_read.json",
+        "messenger_reaction.json",
+        "messenger_standby.json",
+        "messenger_echo_from_page_inbox.json",
+        "instagram_text.json",
+        "instagram_echo.json",
+        "instagram_story_mention.json",
+        "instagram_story_reply.json",
+        "instagram_reaction.json",
+        "instagram_seen.json",
+        "whatsapp_text.json",
+        "whatsapp_image.json",
+        "whatsapp_reply_context.json",
+        "whatsapp_reaction.json",
+        "whatsapp_status_sent.json",
+        "whatsapp_status_delivered.json",
+        "whatsapp_status_read.json",
+        "whatsapp_status_failed.json",
+        "whatsapp_status_batch_out_of_order.json",
+        "whatsapp_account_update.json",
+        "whatsapp_template_status_update.json",
+    ];
+    for name in names {
+        assert_eq!(app.webhook(&fixture(name)).await, 200, "{name}");
+        // Order matters for receipts after their messages: let each land.
+        app.processed().await;
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let fb = by_contact(&convs, PSID);
+    assert_eq!(fb["platform"], "facebook");
+    assert_eq!(fb["status"], "open");
+    let fb_msgs = messages(&app, &ctx.admin, fb["id"].as_str().expect("id")).await;
+    let texts: Vec<&str> = fb_msgs.iter().filter_map(|m| m["text"].as_str()).collect();
+    for t in ["Hi! Do you ship to Lisbon?", "Yes please", "Yes, we ship to Lisbon in 2-3 days.", "Message while another app (e.g. Page inbox) owns the thread", "(typed by a human in Meta Business Suite inbox)"] {
+        assert!(texts.contains(&t), "{t} missing from {texts:?}");
+    }
+    let quick = fb_msgs.iter().find(|m| m["text"] == "Yes please").expect("quick reply");
+    assert_eq!(quick["quick_reply_payload"], "CONFIRM_ORDER_8812");
+    assert_eq!(quick["reply_to"], "m_PageSentMsg0000001abc");
+    let image = fb_msgs.iter().find(|m| m["attachments"][0]["type"] == "image").expect("image");
+    assert!(image["attachments"][0]["url"].as_str().is_some_and(|u| u.starts_with("https://")));
+    // The echo (sent by the page from elsewhere) was delivered, read, reacted to.
+    let echo = fb_msgs.iter().find(|m| m["external_id"] == "m_Echo00000000000000000001").expect("echo");
+    assert_eq!((echo["direction"].as_str(), echo["sender"]["kind"].as_str(), echo["status"].as_str()), (Some("out"), Some("page"), Some("read")));
+    assert_eq!(echo["reactions"][PSID], "❤️");
+    let inbox_echo = fb_msgs.iter().find(|m| m["external_id"] == "m_Echo00000000000000000002").expect("page inbox echo");
+    assert_eq!(inbox_echo["sender"]["kind"], "page");
+    // Oldest to newest by Meta's time, not arrival.
+    let times: Vec<&str> = fb_msgs.iter().filter_map(|m| m["platform_timestamp"].as_str()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+    // The postback came from another contact: its own conversation.
+    let pb_conv = by_contact(&convs, "6283920174650381");
+    let pb = messages(&app, &ctx.admin, pb_conv["id"].as_str().expect("id")).await;
+    assert_eq!((pb[0]["text"].as_str(), pb[0]["postback_payload"].as_str()), (Some("Get Started"), Some("GET_STARTED")));
+
+    let ig = by_contact(&convs, "6841100000123456");
+    assert_eq!(ig["platform"], "instagram");
+    let ig_msgs = messages(&app, &ctx.admin, ig["id"].as_str().expect("id")).await;
+    assert!(ig_msgs.iter().any(|m| m["attachments"][0]["type"] == "story_mention"));
+    let ig_echo = ig_msgs.iter().find(|m| m["text"] == "Yes! Size M left.").expect("ig echo");
+    assert_eq!(ig_echo["status"], "read", "instagram_seen marks it read");
+    assert_eq!(ig_echo["reactions"]["6841100000123456"], "❤️");
+
+    let wa = by_contact(&convs, WA_ID);
+    assert_eq!(wa["contact"]["name"], "Ana Sousa");
+    let wa_msgs = messages(&app, &ctx.admin, wa["id"].as_str().expect("id")).await;
+    assert!(wa_msgs.iter().any(|m| m["text"] == "Olá! Ainda têm a mesa de carvalho?"));
+    assert!(wa_msgs.iter().any(|m| m["attachments"][0]["media_id"] == "1020304050607080" && m["text"] == "this one"));
+    assert!(wa["unread_count"].as_i64().unwrap_or(0) >= 2);
+    // Statuses for messages we never sent are kept, not lost.
+    assert!(app.count("SELECT count(*) AS n FROM tenant_acme.early_statuses") >= 3);
+
+    // Instagram delete (same id as the first IG text): updated, not inserted.
+    let before = app.count("SELECT count(*) AS n FROM tenant_acme.messages");
+    assert_eq!(app.webhook(&fixture("instagram_deleted.json")).await, 200);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), before);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE deleted_at IS NOT NULL AND text IS NULL"), 1);
+    // Events were logged for all of it, in one sequence.
+    let events = app.count("SELECT count(*) AS n FROM tenant_acme.events");
+    assert_eq!(app.count("SELECT max(seq) AS n FROM tenant_acme.events"), events);
+}
+
+#[actix_web::test]
+async fn duplicates_batches_and_tenants() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    // Page B belongs to tenant beta.
+    let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
+    let beta_admin = token(&beth, "access_token");
+    let sel = oauth_round(&app, &beta_admin).await;
+    let r = app.call("POST", "/api/channels/facebook/connect", Some(&beta_admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_B]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let body = fixture("messenger_text.json");
+    assert_eq!(app.webhook(&body).await, 200);
+    assert_eq!(app.webhook(&body).await, 200);
+    let sends: Vec<_> = (0..10).map(|_| app.webhook(&body)).collect();
+    for s in futures_util::future::join_all(sends).await {
+        assert_eq!(s, 200);
+    }
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'done'"), 12);
+    let convs = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(convs[0]["unread_count"], 1, "a duplicate is not a new unread message");
+
+    // One body, two pages, two tenants: each lands in its own schema only.
+    assert_eq!(app.webhook(&fixture("messenger_batch_two_pages.json")).await, 200);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_Batch%'"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_beta.messages WHERE external_id LIKE 'm_Batch%'"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_beta.messages WHERE text = 'first'"), 0);
+    let beta_convs = conversations(&app, &beta_admin, "").await;
+    assert_eq!(beta_convs.len(), 1);
+    assert_eq!(beta_convs[0]["last_message"]["text"], "hello page B");
+    // acme's newest message is "first", even though the earlier one arrived later.
+    let acme_conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID).clone();
+    assert_eq!(acme_conv["last_message"]["text"], "first");
+    // Ids are per tenant: beta's conversation id, asked in acme, never shows
+    // beta's conversation (it is acme's own with that id, or a 404).
+    let r = app.call("GET", &format!("/api/conversations/{}", beta_convs[0]["id"].as_str().unwrap_or("")), Some(&ctx.admin), None).await;
+    assert!(r.status == 404 || r.body["contact"]["external_id"] != "5102938475610293", "{:?}", r.body);
+    let r = app.call("GET", "/api/conversations/424242", Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 404);
+}
+
+#[actix_web::test]
+async fn signatures_are_checked_on_the_raw_bytes() {
+    let app = spawn_app().await;
+    acme(&app).await;
+    let raw = fixture("signature/messenger_unicode_body.raw");
+    let good = "sha256=02167e90e9f3f3636c13390296b063109f2ce034c86bbf27c4e1eaf17cab92c5";
+    let post = |body: Vec<u8>, sig: Option<&'static str>| {
+        let mut req = app.client.post(app.url("/webhooks/meta")).header("content-type", "application/json").body(body);
+        if let Some(s) = sig {
+            req = req.header("x-hub-signature-256", s);
+        }
+        async move { req.send().await.expect("post").status().as_u16() }
+    };
+    let reserialized = serde_json::to_vec(&serde_json::from_slice::<Value>(&raw).expect("json")).expect("json");
+    assert_eq!(post(reserialized, Some(good)).await, 403);
+    assert_eq!(post(raw.clone(), None).await, 403);
+    assert_eq!(post(raw.clone(), Some("sha256=00")).await, 403);
+    assert_eq!(post(raw.clone(), Some("sha1=0f62145090842379e67f37b09ef5607604a9ed87")).await, 403);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events"), 0, "nothing stored");
+    assert_eq!(post(raw, Some(good)).await, 200);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text LIKE 'Olá José — preço 10€ 😀 https://example.com/a?b=1'"), 1);
+    // Verification handshake.
+    let ok = app.client.get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444")).send().await.expect("get");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.text().await.expect("text"), "1158201444");
+    let bad = app.client.get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1")).send().await.expect("get");
+    assert_eq!(bad.status().as_u16(), 403);
+    // A valid signature over something that is not Meta's: stored, answered 200, dead-lettered.
+    assert_eq!(app.webhook(b"{not json").await, 200);
+    assert_eq!(app.webhook(br#"{"object":"user","entry":[]}"#).await, 200);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 2);
+}
+
+#[actix_web::test]
+async fn unknown_pages_dead_letter_and_replay_after_connecting() {
+    let app = spawn_app().await;
+    meta_user(&app).await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    app.processed().await;
+    let dead = app.call("GET", "/api/operator/dead-letters", Some(crate::common::OPERATOR_TOKEN), None).await;
+    assert_eq!(dead.status, 200, "{:?}", dead.body);
+    let items = dead.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1);
+    assert!(items[0]["last_error"].as_str().is_some_and(|e| e.contains(PAGE_A)));
+    assert_eq!(app.call("GET", "/api/operator/dead-letters", Some(&admin), None).await.status, 401);
+    // Connect the page, replay: the message arrives.
+    let sel = oauth_round(&app, &admin).await;
+    app.call("POST", "/api/channels/facebook/connect", Some(&admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]}))).await;
+    let r = app.call("POST", "/api/operator/dead-letters/replay", Some(crate::common::OPERATOR_TOKEN), Some(json!({}))).await;
+    assert_eq!(r.body["replayed"], 1);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 1);
+}
+
+#[actix_web::test]
+async fn a_crash_between_store_and_processing_loses_nothing() {
+    let app = spawn_app_without_workers().await;
+    acme(&app).await;
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    // A worker claimed one and died (its lease runs out).
+    let mut conn = app.db.conn();
+    diesel::sql_query("UPDATE public.webhook_events SET attempts = 1, next_attempt_at = now() - interval '1 second' WHERE id = (SELECT min(id) FROM public.webhook_events)")
+        .execute(&mut conn)
+        .expect("simulate a dead worker's expired lease");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0);
+    // The next start processes everything.
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    assert_eq!((report.claimed, report.done), (2, 2));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2);
+    // A suspended tenant's webhooks wait, then land after it resumes.
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended).expect("suspend");
+    assert_eq!(app.webhook(&fixture("messenger_postback.json")).await, 200);
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    assert_eq!((report.claimed, report.done, report.dead), (1, 0, 0));
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
+    diesel::sql_query("UPDATE public.webhook_events SET next_attempt_at = now() WHERE status = 'pending'").execute(&mut conn).expect("due now");
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    assert_eq!(report.done, 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 3);
+}
+
+async fn reply(app: &TestApp, t: &str, conv: &str, text: &str, client_id: &str) -> (u16, Value) {
+    let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(t), Some(json!({"text": text, "client_id": client_id}))).await;
+    (r.status, r.body)
+}
+
+async fn message_status(app: &TestApp, t: &str, conv: &str, id: &str) -> Value {
+    messages(app, t, conv).await.into_iter().find(|m| m["id"] == id).unwrap_or(Value::Null)
+}
+
+#[actix_web::test]
+async fn replies_go_out_once_and_receipts_move_forward() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    // Contacts write (through the fake, which signs and sends the webhooks).
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá, têm entregas?", "name": "Rui Costa"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Bom dia", "name": "Ana Sousa"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let fb = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let wa = by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string();
+    assert_eq!(by_contact(&convs, PSID)["can_reply"], true);
+    // The profile lookup fills the name in the background.
+    eventually("profile name", || async {
+        conversations(&app, &ctx.admin, "").await.iter().any(|c| c["contact"]["name"] == "Rui Costa")
+    })
+    .await;
+
+    let (status, msg) = reply(&app, &ctx.admin, &fb, "Sim, entregamos!", "c-1").await;
+    assert_eq!((status, msg["status"].as_str()), (202, Some("pending")), "{msg}");
+    let id = msg["id"].as_str().expect("id").to_string();
+    // A retried request returns the same message and sends nothing more.
+    let (status, again) = reply(&app, &ctx.admin, &fb, "Sim, entregamos!", "c-1").await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())));
+    eventually("messenger reply read", || async { message_status(&app, &ctx.admin, &fb, &id).await["status"] == "read" }).await;
+    let sent = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sends: Vec<&Value> = sent["items"].as_array().expect("items").iter().filter(|r| r["path"] == format!("/{PAGE_A}/messages") && r["body"]["message"].is_object()).collect();
+    assert_eq!(sends.len(), 1, "one send for two requests with one client_id");
+    let body = &sends[0]["body"];
+    assert_eq!(body["recipient"]["id"], PSID);
+    assert_eq!(body["messaging_type"], "RESPONSE");
+    assert_eq!(body["message"]["text"], "Sim, entregamos!");
+    assert_eq!(body["message"]["metadata"], format!("sb:{id}"));
+    // The echo matched the message: no second copy.
+    let fb_msgs = messages(&app, &ctx.admin, &fb).await;
+    assert_eq!(fb_msgs.iter().filter(|m| m["text"] == "Sim, entregamos!").count(), 1);
+    let mine = fb_msgs.iter().find(|m| m["id"] == id.as_str()).expect("mine");
+    assert!(mine["external_id"].as_str().is_some_and(|e| e.starts_with("m_")));
+    assert_eq!(mine["sender"]["kind"], "agent");
+
+    // WhatsApp: the fake reports sent, read, delivered (out of order): ends read.
+    let (status, msg) = reply(&app, &ctx.admin, &wa, "Bom dia! Como posso ajudar?", "c-2").await;
+    assert_eq!(status, 202);
+    let wid = msg["id"].as_str().expect("id").to_string();
+    eventually("whatsapp reply read", || async { message_status(&app, &ctx.admin, &wa, &wid).await["status"] == "read" }).await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(message_status(&app, &ctx.admin, &wa, &wid).await["status"], "read", "a late 'delivered' does not go back");
+    let wa_send = app.fake("GET", "/_fake/requests", json!({})).await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|r| r["path"] == format!("/{PHONE}/messages"))
+        .cloned()
+        .expect("wa send");
+    assert_eq!(wa_send["body"], json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID, "type": "text", "text": {"preview_url": false, "body": "Bom dia! Como posso ajudar?"}}));
+
+    // Reading the conversation clears unread and tells Meta.
+    let r = app.call("POST", &format!("/api/conversations/{fb}/read"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204);
+    let c = app.call("GET", &format!("/api/conversations/{fb}"), Some(&ctx.admin), None).await;
+    assert_eq!(c.body["unread_count"], 0);
+    eventually("mark_seen sent", || async {
+        app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().is_some_and(|a| a.iter().any(|r| r["body"]["sender_action"] == "mark_seen"))
+    })
+    .await;
+
+    // Bad input.
+    let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(json!({"text": "   "}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("empty_text")));
+    let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(json!({"text": "x".repeat(2001)}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("text_too_long")));
+    let r = app.call("POST", "/api/conversations/999999/messages", Some(&ctx.admin), Some(json!({"text": "hi"}))).await;
+    assert_eq!(r.status, 404);
+}
+
+#[actix_web::test]
+async fn outside_the_window_and_expired_tokens() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "old question", "at": two_days_ago})).await;
+    app.processed().await;
+    let conv = conversations(&app, &ctx.admin, "").await[0].clone();
+    let id = conv["id"].as_str().expect("id").to_string();
+    assert_eq!(conv["can_reply"], false);
+    let (status, body) = reply(&app, &ctx.admin, &id, "sorry for the delay", "late-1").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("outside_window")));
+
+    // With the human agent tag enabled: allowed within 7 days, sent tagged.
+    let channel_id = conv["channel_id"].as_str().expect("channel").to_string();
+    let r = app.call("PATCH", &format!("/api/channels/{channel_id}"), Some(&ctx.admin), Some(json!({"settings": {"human_agent": true}}))).await;
+    assert_eq!(r.status, 200);
+    let conv = app.call("GET", &format!("/api/conversations/{id}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(conv["can_reply"], true);
+    let (status, msg) = reply(&app, &ctx.admin, &id, "sorry for the delay", "late-2").await;
+    assert_eq!(status, 202);
+    let mid = msg["id"].as_str().expect("id").to_string();
+    eventually("tagged send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] != "pending" }).await;
+    let tagged = app.fake("GET", "/_fake/requests", json!({})).await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|r| r["body"]["message"]["text"] == "sorry for the delay")
+        .cloned()
+        .expect("sent");
+    assert_eq!((tagged["body"]["messaging_type"].as_str(), tagged["body"]["tag"].as_str()), (Some("MESSAGE_TAG"), Some("HUMAN_AGENT")));
+
+    // The page token expires at Meta: the send fails typed, the channel needs reauth.
+    app.fake("POST", "/_fake/tokens/expire", json!({"page_id": PAGE_A})).await;
+    let (status, msg) = reply(&app, &ctx.admin, &id, "are you there?", "late-3").await;
+    assert_eq!(status, 202);
+    let mid = msg["id"].as_str().expect("id").to_string();
+    eventually("failed send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] == "failed" }).await;
+    let failed = message_status(&app, &ctx.admin, &id, &mid).await;
+    assert_eq!(failed["error"]["code"], "meta_token_invalid");
+    let ch = app.call("GET", &format!("/api/channels/{channel_id}"), Some(&ctx.admin), None).await;
+    assert_eq!(ch.body["status"], "reauth_required");
+    let (status, body) = reply(&app, &ctx.admin, &id, "again", "late-4").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("channel_not_connected")));
+    // Webhooks for the channel keep being accepted.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hello?"})).await;
+    app.processed().await;
+    assert!(messages(&app, &ctx.admin, &id).await.iter().any(|m| m["text"] == "hello?"));
+}
+
+#[actix_web::test]
+async fn the_inbox_api() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    for (from, text, name) in [("1001", "Where is my order 8812?", "Maria Silva"), ("1002", "Do you have blue shoes?", "João Pereira"), ("1003", "Thanks!", "Rita")] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text, "name": name})).await;
+    }
+    app.processed().await;
+    let all = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0]["contact"]["external_id"], "1003", "newest activity first");
+    // Search over message text and contact names.
+    let found = conversations(&app, &ctx.admin, "?q=order%208812").await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["contact"]["external_id"], "1001");
+    eventually("profiles", || async { conversations(&app, &ctx.admin, "?q=Pereira").await.len() == 1 }).await;
+    // Paging.
+    let first = app.call("GET", "/api/conversations?limit=2", Some(&ctx.admin), None).await;
+    assert_eq!(first.body["items"].as_array().map(|a| a.len()), Some(2));
+    let cursor = first.body["next_cursor"].as_str().expect("cursor").to_string();
+    let rest = app.call("GET", &format!("/api/conversations?limit=2&cursor={cursor}"), Some(&ctx.admin), None).await;
+    assert_eq!(rest.body["items"][0]["contact"]["external_id"], "1001");
+    assert!(rest.body["next_cursor"].is_null());
+
+    // Assign, resolve, snooze; filters follow.
+    let maria = by_contact(&all, "1001")["id"].as_str().expect("id").to_string();
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"assignee_id": me, "status": "pending"}))).await;
+    assert_eq!((r.status, r.body["assignee_id"].as_str(), r.body["status"].as_str()), (200, Some(me.as_str()), Some("pending")));
+    assert_eq!(conversations(&app, &ctx.admin, "?assignee=me").await.len(), 1);
+    assert_eq!(conversations(&app, &ctx.admin, "?assignee=none").await.len(), 2);
+    assert_eq!(conversations(&app, &ctx.admin, "?status=pending").await.len(), 1);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"snoozed_until": later}))).await;
+    assert_eq!(r.body["status"], "snoozed");
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "snoozed", "snoozed_until": "2001-01-01T00:00:00Z"}))).await;
+    assert_eq!(r.status, 422);
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "closed"}))).await;
+    assert_eq!(r.status, 422);
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"colour": "red"}))).await;
+    assert_eq!(r.status, 422);
+    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "resolved", "assignee_id": null}))).await;
+    assert_eq!((r.body["status"].as_str(), r.body["assignee_id"].is_null()), (Some("resolved"), true));
+    // A new message reopens it.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "1001", "text": "still waiting"})).await;
+    app.processed().await;
+    let c = app.call("GET", &format!("/api/conversations/{maria}"), Some(&ctx.admin), None).await;
+    assert_eq!(c.body["status"], "open");
+    assert_eq!(conversations(&app, &ctx.admin, "?unread=true").await.len(), 3);
+
+    // Agents see only their channels' conversations; viewers never write.
+    let agent = app.call("POST", "/api/members", Some(&ctx.admin), Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"}))).await;
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    assert!(conversations(&app, &al, "").await.is_empty());
+    assert_eq!(app.call("GET", &format!("/api/conversations/{maria}"), Some(&al), None).await.status, 404);
+    assert_eq!(app.call("GET", &format!("/api/conversations/{maria}/messages"), Some(&al), None).await.status, 404);
+    let channel = c.body["channel_id"].as_str().expect("channel").to_string();
+    app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&ctx.admin), Some(json!({"user_ids": [agent.body["user_id"]]}))).await;
+    assert_eq!(conversations(&app, &al, "").await.len(), 3);
+    app.call("POST", "/api/members", Some(&ctx.admin), Some(json!({"email": "vi@acme.test", "role": "viewer", "password": "vi-password-1"}))).await;
+    let vi = token(&app.login("vi@acme.test", "vi-password-1", "acme").await, "access_token");
+    let r = app.call("POST", &format!("/api/conversations/{maria}/messages"), Some(&vi), Some(json!({"text": "hi"}))).await;
+    assert_eq!(r.status, 403);
+
+    // Messages page oldest to newest with a cursor to older ones.
+    let page = app.call("GET", &format!("/api/conversations/{maria}/messages?limit=1"), Some(&ctx.admin), None).await;
+    assert_eq!(page.body["items"][0]["text"], "still waiting");
+    let older = app.call("GET", &format!("/api/conversations/{maria}/messages?limit=1&before={}", page.body["next_cursor"].as_str().expect("cursor")), Some(&ctx.admin), None).await;
+    assert_eq!(older.body["items"][0]["text"], "Where is my order 8812?");
+
+    // Contacts and canned responses.
+    let r = app.call("GET", "/api/contacts?q=Rita", Some(&ctx.admin), None).await;
+    assert_eq!(r.body["items"].as_array().map(|a| a.len()), Some(1));
+    let r = app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "We ship in 2-3 days."}))).await;
+    assert_eq!(r.status, 201);
+    let cid = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "dup"}))).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(app.call("GET", "/api/canned-responses", Some(&al), None).await.body["items"][0]["shortcut"], "ship");
+    assert_eq!(app.call("DELETE", &format!("/api/canned-responses/{cid}"), Some(&ctx.admin), None).await.status, 204);
+
+    // The audit log has the assignment and status changes and the sends.
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let actions: Vec<&str> = log.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"conversation.assigned") && actions.contains(&"conversation.status_changed"), "{actions:?}");
+}
+
+#[actix_web::test]
+async fn auto_reply_and_notifications() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let channels = app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
+    let page = channels.iter().find(|c| c["external_id"] == PAGE_A).expect("page")["id"].as_str().expect("id").to_string();
+    let r = app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(json!({"settings": {"auto_reply": {"enabled": true, "text": "Thanks! We answer within the hour."}}}))).await;
+    assert_eq!(r.status, 200);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hi"})).await;
+    app.processed().await;
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    eventually("auto reply sent", || async {
+        messages(&app, &ctx.admin, &conv).await.iter().any(|m| m["text"] == "Thanks! We answer within the hour." && m["status"] != "pending")
+    })
+    .await;
+    // Only when a conversation opens: a second message gets no second auto-reply.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hello again"})).await;
+    app.processed().await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let count = messages(&app, &ctx.admin, &conv).await.iter().filter(|m| m["text"] == "Thanks! We answer within the hour.").count();
+    assert_eq!(count, 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 2);
+    // Muted: no notification events, the list still updates.
+    app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(json!({"settings": {"notifications": false}}))).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "third"})).await;
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 2);
+    assert_eq!(conversations(&app, &ctx.admin, "").await[0]["last_message"]["text"], "third");
+    let _ = IG_A;
+}
