@@ -58,7 +58,12 @@ impl AppState {
 /// Starts the background workers of `serve`: webhook processor, sender,
 /// profile lookups and the snooze clock (on the current actix runtime).
 pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
-    actix_web::rt::spawn(crate::inbox::processor::run(state.clone()));
+    // Several processors share the queue (SKIP LOCKED); one tenant's items
+    // still commit in order through its event sequence.
+    let processors = std::env::var("SWITCHBOARD_WEBHOOK_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2usize);
+    for _ in 0..processors.clamp(1, 16) {
+        actix_web::rt::spawn(crate::inbox::processor::run(state.clone()));
+    }
     actix_web::rt::spawn(crate::inbox::sender::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));

@@ -35,6 +35,11 @@ pub enum Command {
         #[arg(long)]
         webhook_url: Option<String>,
     },
+    /// Stored webhooks that could not be processed (dead letters).
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// Send signed webhooks to a server, at a given rate (load and demo).
+    Simulate(SimulateArgs),
     /// Encryption keys of stored tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -72,6 +77,55 @@ pub enum TenantCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// List dead letters.
+    DeadLetters {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put dead letters back in the queue: the given ids, or all with --all.
+    Replay {
+        ids: Vec<i64>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// The webhook endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/meta")]
+    pub url: String,
+    /// App secret that signs the bodies (defaults to META_APP_SECRET).
+    #[arg(long, env = "META_APP_SECRET", hide_env_values = true)]
+    pub app_secret: String,
+    /// Facebook Page id to send Messenger messages to.
+    #[arg(long)]
+    pub page: Option<String>,
+    /// WhatsApp phone number id to send WhatsApp messages to.
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// How many webhooks to send.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// Webhooks per second (0: as fast as possible).
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Distinct contacts to spread the messages over.
+    #[arg(long, default_value_t = 50)]
+    pub contacts: usize,
+    /// Send every webhook twice (Meta's retries).
+    #[arg(long)]
+    pub duplicates: bool,
+    /// Break the signature (the server must answer 403).
+    #[arg(long)]
+    pub bad_signature: bool,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Re-encrypt every stored token with the first key of
     /// SWITCHBOARD_ENCRYPTION_KEYS (the others must still be listed).
@@ -99,9 +153,15 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `tenancy`.
+    /// Which benchmark: `tenancy` or `ingest`.
     #[arg(default_value = "tenancy")]
     pub which: String,
+    /// Webhooks for the `ingest` benchmark.
+    #[arg(long, default_value_t = 10000)]
+    pub events: usize,
+    /// Concurrent senders for the `ingest` benchmark.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
     /// Tenants for the `migrate` timing.
     #[arg(long, default_value_t = 1000)]
     pub tenants: usize,

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         Command::User(cmd) => ops::user(cmd),
         Command::FakeMeta { bind, webhook_url } => ops::fake_meta(&bind, webhook_url),
         Command::Keys(cmd) => ops::keys(cmd),
+        Command::Webhooks(cmd) => ops::webhooks(cmd),
+        Command::Simulate(args) => switchboard::simulate::run_cli(args),
         Command::Bench(args) => switchboard::bench::run(args),
     };
     match result {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::app::AppState;
 use crate::auth::users::{self, Email};
 use crate::auth::Role;
-use crate::cli::{KeysCommand, TenantCommand, UserCommand};
+use crate::cli::{KeysCommand, TenantCommand, UserCommand, WebhooksCommand};
 use crate::config::{DbConfig, ServerConfig};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
 use crate::db::schema::memberships;
@@ -253,6 +253,37 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 Some((t, role)) => println!("user {} (id {}) is {} of {}", user.email, user.id, role, t.slug),
                 None => println!("created user {} (id {})", user.email, user.id),
             }
+        }
+    }
+    Ok(())
+}
+
+pub fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {
+    let cfg = DbConfig::from_env()?;
+    let pool = pool_for(&cfg, 1)?;
+    let mut conn = pool.get()?;
+    run_public_migrations(&mut conn)?;
+    match cmd {
+        WebhooksCommand::DeadLetters { limit } => {
+            let items =
+                crate::inbox::processor::dead_letters(&mut conn, None, limit.clamp(1, 1000)).map_err(user_error)?;
+            for d in &items {
+                println!(
+                    "{}  {}  attempts={}  {}",
+                    d.id,
+                    d.received_at.format("%Y-%m-%d %H:%M:%S"),
+                    d.attempts,
+                    d.last_error.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} dead letter(s)", items.len());
+        }
+        WebhooksCommand::Replay { ids, all } => {
+            if ids.is_empty() && !all {
+                bail!("name the dead letters to replay, or pass --all");
+            }
+            let n = crate::inbox::processor::replay(&mut conn, &ids).map_err(user_error)?;
+            println!("{n} webhook(s) queued again");
         }
     }
     Ok(())

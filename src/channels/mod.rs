@@ -103,7 +103,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { auto_reply: AutoReply { enabled: false, text: String::new() }, notifications: true, human_agent: false }
+        Settings {
+            auto_reply: AutoReply { enabled: false, text: String::new() },
+            notifications: true,
+            human_agent: false,
+        }
     }
 }
 

@@ -19,7 +19,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
         .service(resource("/conversations/{id}/read").route(web::post().to(read)))
         .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
-        .service(resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)))
+        .service(
+            resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
+        )
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
@@ -67,8 +69,13 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         q: q.q,
     };
     let (user, role) = (auth.user, auth.role);
-    let items = state.db.tenant(auth.scope(), move |tc| conversations::list(tc, user, role, &filter, after, limit)).await?;
-    let next = if items.len() as i64 >= limit { items.last().map(|c| encode_time_cursor(c.last_activity_at, c.id.0)) } else { None };
+    let items =
+        state.db.tenant(auth.scope(), move |tc| conversations::list(tc, user, role, &filter, after, limit)).await?;
+    let next = if items.len() as i64 >= limit {
+        items.last().map(|c| encode_time_cursor(c.last_activity_at, c.id.0))
+    } else {
+        None
+    };
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
 }
 
@@ -87,7 +94,8 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
             ("status", Value::String(s)) => p.status = Some(s),
             ("assignee_id", Value::Null) => p.assignee_id = Some(None),
             ("assignee_id", v @ (Value::String(_) | Value::Number(_))) => {
-                let u: UserId = serde_json::from_value(v).map_err(|_| AppError::invalid("invalid_assignee", "assignee_id is not a user id"))?;
+                let u: UserId = serde_json::from_value(v)
+                    .map_err(|_| AppError::invalid("invalid_assignee", "assignee_id is not a user id"))?;
                 p.assignee_id = Some(Some(u));
             }
             ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
@@ -115,7 +123,10 @@ async fn patch(
     let id = conversation_id(&path)?;
     let p = parse_patch(body.into_inner())?;
     let (user, role) = (auth.user, auth.role);
-    let view = state.db.tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::patch(tc, log, user, role, id, p))).await?;
+    let view = state
+        .db
+        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::patch(tc, log, user, role, id, p)))
+        .await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -123,7 +134,10 @@ async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<Str
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let (user, role) = (auth.user, auth.role);
-    let queued = state.db.tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::mark_read(tc, log, user, role, id))).await?;
+    let queued = state
+        .db
+        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::mark_read(tc, log, user, role, id)))
+        .await?;
     if queued {
         state.wake_sender.notify_one();
     }
@@ -139,7 +153,12 @@ struct TypingBody {
 /// Shows the contact a typing indicator (Messenger, Instagram; WhatsApp has
 /// none without a message to answer). The live fan-out to colleagues comes
 /// with the realtime hub.
-async fn typing(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, body: web::Json<TypingBody>) -> AppResult<HttpResponse> {
+async fn typing(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<TypingBody>,
+) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let (user, role, keys) = (auth.user, auth.role, state.keys.clone());
@@ -176,7 +195,12 @@ struct MessagesQuery {
     limit: Option<String>,
 }
 
-async fn list_messages(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, q: web::Query<MessagesQuery>) -> AppResult<HttpResponse> {
+async fn list_messages(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    q: web::Query<MessagesQuery>,
+) -> AppResult<HttpResponse> {
     let id = conversation_id(&path)?;
     let limit = parse_limit(q.limit.as_deref())?;
     let before = q.before.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
@@ -199,14 +223,21 @@ struct SendBody {
     client_id: Option<String>,
 }
 
-async fn send(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>, body: web::Json<SendBody>) -> AppResult<HttpResponse> {
+async fn send(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<SendBody>,
+) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let b = body.into_inner();
     let (user, role) = (auth.user, auth.role);
     let (view, created) = state
         .db
-        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| messages::create_reply(tc, log, user, role, id, b.text, b.client_id)))
+        .tenant(auth.scope(), move |tc| {
+            with_events(tc, |tc, log| messages::create_reply(tc, log, user, role, id, b.text, b.client_id))
+        })
         .await?;
     if created {
         state.wake_sender.notify_one();
@@ -221,15 +252,26 @@ struct ContactsQuery {
     cursor: Option<String>,
 }
 
-async fn list_contacts(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ContactsQuery>) -> AppResult<HttpResponse> {
+async fn list_contacts(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<ContactsQuery>,
+) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
     let (user, role, text) = (auth.user, auth.role, q.q);
-    let items = state.db.tenant(auth.scope(), move |tc| contacts::search(tc, user, role, text.as_deref(), page.after, page.limit)).await?;
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| contacts::search(tc, user, role, text.as_deref(), page.after, page.limit))
+        .await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
 }
 
-async fn list_canned(state: web::Data<AppState>, auth: AuthContext, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+async fn list_canned(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
     let page = q.parse()?;
     let items = state.db.tenant(auth.scope(), move |tc| canned::list(tc, page.after, page.limit)).await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id)))
@@ -242,7 +284,11 @@ struct CannedBody {
     text: String,
 }
 
-async fn create_canned(state: web::Data<AppState>, auth: AuthContext, body: web::Json<CannedBody>) -> AppResult<HttpResponse> {
+async fn create_canned(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<CannedBody>,
+) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let b = body.into_inner();
     let user = auth.user;
@@ -250,7 +296,11 @@ async fn create_canned(state: web::Data<AppState>, auth: AuthContext, body: web:
     Ok(HttpResponse::Created().json(item))
 }
 
-async fn delete_canned(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+async fn delete_canned(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = path.parse::<i64>().map_err(|_| AppError::not_found("canned response"))?;
     state.db.tenant(auth.scope(), move |tc| canned::delete(tc, id)).await?;

@@ -37,7 +37,9 @@ async fn verify(state: web::Data<AppState>, q: web::Query<HashMap<String, String
     let expected = state.config.meta.verify_token.expose();
     let token_ok = bool::from(token.as_bytes().ct_eq(expected.as_bytes()));
     match (mode, token_ok, q.get("hub.challenge")) {
-        (Some("subscribe"), true, Some(challenge)) => Ok(HttpResponse::Ok().content_type("text/plain").body(challenge.clone())),
+        (Some("subscribe"), true, Some(challenge)) => {
+            Ok(HttpResponse::Ok().content_type("text/plain").body(challenge.clone()))
+        }
         _ => Err(AppError::forbidden("verification_failed", "hub.mode or hub.verify_token is wrong")),
     }
 }
@@ -46,7 +48,10 @@ async fn verify(state: web::Data<AppState>, q: web::Query<HashMap<String, String
 async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> AppResult<HttpResponse> {
     let header = req.headers().get("x-hub-signature-256").and_then(|v| v.to_str().ok());
     if !verify_signature(state.config.meta.app_secret.expose().as_bytes(), &body, header) {
-        return Err(AppError::forbidden("invalid_signature", "X-Hub-Signature-256 is missing or does not match the body"));
+        return Err(AppError::forbidden(
+            "invalid_signature",
+            "X-Hub-Signature-256 is missing or does not match the body",
+        ));
     }
     let bytes = body.to_vec();
     let id = state.db.public(move |conn| processor::store(conn, &bytes)).await?;
@@ -63,7 +68,11 @@ fn require_operator(state: &AppState, req: &HttpRequest) -> AppResult<()> {
     }
 }
 
-async fn dead_letters(state: web::Data<AppState>, req: HttpRequest, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+async fn dead_letters(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
     require_operator(&state, &req)?;
     let page = q.parse()?;
     let items = state.db.public(move |conn| processor::dead_letters(conn, page.after, page.limit)).await?;
@@ -78,7 +87,8 @@ async fn dead_letters(state: web::Data<AppState>, req: HttpRequest, q: web::Quer
     let keys: Vec<i64> = items.iter().map(|(id, _)| *id).collect();
     let values: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
     let mut page_out = Paged::new(values, page.limit, |_| 0);
-    page_out.next_cursor = if keys.len() as i64 >= page.limit { keys.last().map(|k| super::pagination::encode_cursor(*k)) } else { None };
+    page_out.next_cursor =
+        if keys.len() as i64 >= page.limit { keys.last().map(|k| super::pagination::encode_cursor(*k)) } else { None };
     Ok(HttpResponse::Ok().json(page_out))
 }
 
@@ -89,7 +99,11 @@ struct ReplayBody {
     ids: Vec<String>,
 }
 
-async fn replay(state: web::Data<AppState>, req: HttpRequest, body: Option<web::Json<ReplayBody>>) -> AppResult<HttpResponse> {
+async fn replay(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Option<web::Json<ReplayBody>>,
+) -> AppResult<HttpResponse> {
     require_operator(&state, &req)?;
     let ids = body.map(|b| b.into_inner().ids).unwrap_or_default();
     let ids: Vec<i64> = ids

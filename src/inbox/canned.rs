@@ -23,7 +23,8 @@ fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResult<Vec<Canned>> {
-    let mut q = cr::table.select((cr::id, cr::shortcut, cr::text, cr::created_at)).order(cr::id).limit(limit).into_boxed();
+    let mut q =
+        cr::table.select((cr::id, cr::shortcut, cr::text, cr::created_at)).order(cr::id).limit(limit).into_boxed();
     if let Some(a) = after {
         q = q.filter(cr::id.gt(a));
     }

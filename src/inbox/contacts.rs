@@ -25,10 +25,18 @@ pub struct ContactListItem {
     pub created_at: chrono::DateTime<Utc>,
 }
 
-pub fn search(tc: &mut TenantConn<'_>, user: UserId, role: Role, q: Option<&str>, after: Option<i64>, limit: i64) -> AppResult<Vec<ContactListItem>> {
+pub fn search(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    q: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<ContactListItem>> {
     let mut query = contacts::table.select(ContactRow::as_select()).order(contacts::id).limit(limit).into_boxed();
     if !role.at_least(Role::Admin) {
-        let mine = channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
+        let mine =
+            channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
         query = query.filter(contacts::channel_id.eq_any(mine));
     }
     if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
@@ -62,7 +70,8 @@ pub fn profile_fields(p: Platform) -> &'static str {
 
 /// What the lookup needs: the contact's id at Meta and the channel's token.
 pub fn lookup_target(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<Option<(ContactRow, ChannelRow)>> {
-    let c: Option<ContactRow> = contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()?;
+    let c: Option<ContactRow> =
+        contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()?;
     let Some(c) = c else { return Ok(None) };
     if c.profile_checked_at.is_some() {
         return Ok(None);
@@ -72,15 +81,29 @@ pub fn lookup_target(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<Opti
 }
 
 /// Stores a profile (or only that it was checked).
-pub fn store_profile(tc: &mut TenantConn<'_>, contact_id: i64, name: Option<String>, pic: Option<String>) -> AppResult<()> {
+pub fn store_profile(
+    tc: &mut TenantConn<'_>,
+    contact_id: i64,
+    name: Option<String>,
+    pic: Option<String>,
+) -> AppResult<()> {
     let now = Utc::now();
     let target = contacts::table.find(contact_id);
     match name {
         Some(n) => diesel::update(target)
-            .set((contacts::name.eq(n), contacts::profile_pic_url.eq(pic), contacts::profile_checked_at.eq(now), contacts::updated_at.eq(now)))
+            .set((
+                contacts::name.eq(n),
+                contacts::profile_pic_url.eq(pic),
+                contacts::profile_checked_at.eq(now),
+                contacts::updated_at.eq(now),
+            ))
             .execute(tc.pg())?,
         None => diesel::update(target)
-            .set((contacts::profile_pic_url.eq(pic), contacts::profile_checked_at.eq(now), contacts::updated_at.eq(now)))
+            .set((
+                contacts::profile_pic_url.eq(pic),
+                contacts::profile_checked_at.eq(now),
+                contacts::updated_at.eq(now),
+            ))
             .execute(tc.pg())?,
     };
     Ok(())

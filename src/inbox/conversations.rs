@@ -40,7 +40,8 @@ pub fn list(
 ) -> AppResult<Vec<ConversationView>> {
     let mut q = c::table.select(ConversationRow::as_select()).into_boxed();
     if !role.at_least(Role::Admin) {
-        let mine = channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
+        let mine =
+            channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
         q = q.filter(c::channel_id.eq_any(mine));
     }
     if let Some(s) = &f.status {
@@ -59,7 +60,8 @@ pub fn list(
     }
     if let Some(text) = f.q.as_ref().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        let by_message = messages::table.filter(messages::text.ilike(pattern.clone())).select(messages::conversation_id);
+        let by_message =
+            messages::table.filter(messages::text.ilike(pattern.clone())).select(messages::conversation_id);
         let by_contact = contacts::table.filter(contacts::name.ilike(pattern)).select(contacts::id);
         q = q.filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
     }
@@ -144,7 +146,14 @@ pub fn patch(
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
     if status != row.status {
-        audit::record(tc, Some(user), "conversation.status_changed", "conversation", Some(id.to_string()), json!({"from": row.status, "to": status}))?;
+        audit::record(
+            tc,
+            Some(user),
+            "conversation.status_changed",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": row.status, "to": status}),
+        )?;
     }
     if assignee != row.assignee_id {
         audit::record(
@@ -162,7 +171,13 @@ pub fn patch(
 }
 
 /// Marks the conversation read and queues the platform's "seen" signal.
-pub fn mark_read(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role: Role, id: ConversationId) -> AppResult<bool> {
+pub fn mark_read(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+) -> AppResult<bool> {
     let row = visible_conversation(tc, user, role, id)?;
     if row.unread_count == 0 {
         return Ok(false);
@@ -185,10 +200,11 @@ pub fn mark_read(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role
 
 /// Wakes snoozed conversations whose time has come; returns how many.
 pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
-    let woken: Vec<ConversationRow> = diesel::update(c::table.filter(c::status.eq("snoozed")).filter(c::snoozed_until.le(Utc::now())))
-        .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
-        .returning(ConversationRow::as_returning())
-        .get_results(tc.pg())?;
+    let woken: Vec<ConversationRow> =
+        diesel::update(c::table.filter(c::status.eq("snoozed")).filter(c::snoozed_until.le(Utc::now())))
+            .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
+            .returning(ConversationRow::as_returning())
+            .get_results(tc.pg())?;
     let mut names = Names::default();
     for row in &woken {
         let view = names.conversation(tc, row)?;

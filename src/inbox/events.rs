@@ -19,10 +19,13 @@ use crate::error::{AppError, AppResult};
 
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 
-/// Events appended by one transaction.
+/// Events appended by one transaction. They are kept in memory and written
+/// at the end ([`EventLog::notify`]) with one sequence reservation and one
+/// multi-row insert, so the `event_seq` row lock is held only for the last
+/// moments of the transaction.
 #[derive(Default)]
 pub struct EventLog {
-    last_seq: Option<i64>,
+    pending: Vec<(String, Option<i64>, Option<i64>, Value)>,
     pub count: usize,
 }
 
@@ -33,40 +36,53 @@ impl EventLog {
 
     pub fn append(
         &mut self,
-        tc: &mut TenantConn<'_>,
+        _tc: &mut TenantConn<'_>,
         kind: &str,
         channel_id: Option<i64>,
         conversation_id: Option<i64>,
         payload: impl Serialize,
-    ) -> AppResult<i64> {
+    ) -> AppResult<()> {
         let payload = serde_json::to_value(payload).map_err(AppError::internal)?;
-        let seq: i64 = diesel::update(event_seq::table.find(1))
-            .set(event_seq::value.eq(event_seq::value + 1))
-            .returning(event_seq::value)
-            .get_result(tc.pg())?;
-        diesel::insert_into(events::table)
-            .values((
-                events::seq.eq(seq),
-                events::type_.eq(kind),
-                events::channel_id.eq(channel_id),
-                events::conversation_id.eq(conversation_id),
-                events::payload.eq(payload),
-            ))
-            .execute(tc.pg())?;
-        self.last_seq = Some(seq);
+        self.pending.push((kind.to_string(), channel_id, conversation_id, payload));
         self.count += 1;
-        Ok(seq)
+        Ok(())
     }
 
-    /// One NOTIFY for the whole transaction, if anything was appended.
+    /// Writes the events with consecutive sequence numbers and sends one
+    /// NOTIFY for the whole transaction, if anything was appended.
     pub fn notify(self, tc: &mut TenantConn<'_>) -> AppResult<()> {
-        if let Some(seq) = self.last_seq {
-            let payload = format!("{}:{seq}", tc.tenant().0);
-            diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
-                .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
-                .bind::<diesel::sql_types::Text, _>(payload)
-                .execute(tc.pg())?;
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let n = self.pending.len() as i64;
+        let last: i64 = diesel::update(event_seq::table.find(1))
+            .set(event_seq::value.eq(event_seq::value + n))
+            .returning(event_seq::value)
+            .get_result(tc.pg())?;
+        let first = last - n + 1;
+        let rows: Vec<_> = self
+            .pending
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, channel_id, conversation_id, payload))| {
+                (
+                    events::seq.eq(first + i as i64),
+                    events::type_.eq(kind),
+                    events::channel_id.eq(channel_id),
+                    events::conversation_id.eq(conversation_id),
+                    events::payload.eq(payload),
+                )
+            })
+            .collect();
+        // Large batches go in chunks (bind parameter limit).
+        for chunk in rows.chunks(2000) {
+            diesel::insert_into(events::table).values(chunk).execute(tc.pg())?;
+        }
+        let payload = format!("{}:{last}", tc.tenant().0);
+        diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
+            .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+            .bind::<diesel::sql_types::Text, _>(payload)
+            .execute(tc.pg())?;
         Ok(())
     }
 }
@@ -99,7 +115,14 @@ pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<S
         .filter(events::seq.gt(since))
         .order(events::seq)
         .limit(limit)
-        .select((events::seq, events::type_, events::channel_id, events::conversation_id, events::payload, events::created_at))
+        .select((
+            events::seq,
+            events::type_,
+            events::channel_id,
+            events::conversation_id,
+            events::payload,
+            events::created_at,
+        ))
         .load(tc.pg())?)
 }
 

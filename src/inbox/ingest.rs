@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 use super::events::EventLog;
 use super::messages::{self, NewOutgoing};
@@ -31,6 +32,56 @@ pub struct Ingest<'l> {
     pub names: Names,
     pub app_id: String,
     pub followups: Followups,
+    /// Within one transaction: contacts by (channel, external id) and
+    /// conversations by contact, so a batch asks the database once each.
+    pub contacts: HashMap<(i64, String), ContactRow>,
+    pub conversations: HashMap<i64, ConversationRow>,
+}
+
+impl<'l> Ingest<'l> {
+    pub fn new(log: &'l mut EventLog, app_id: &str) -> Ingest<'l> {
+        Ingest {
+            log,
+            names: Names::default(),
+            app_id: app_id.to_string(),
+            followups: Followups::default(),
+            contacts: HashMap::new(),
+            conversations: HashMap::new(),
+        }
+    }
+
+    fn contact(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel_id: i64,
+        external: &str,
+        name: Option<&str>,
+    ) -> AppResult<ContactRow> {
+        let key = (channel_id, external.to_string());
+        if let Some(c) = self.contacts.get(&key) {
+            if c.name.is_some() || name.is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = upsert_contact(tc, channel_id, external, name)?;
+        self.names.put_contact(&c);
+        self.contacts.insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn conversation(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel_id: i64,
+        contact_id: i64,
+    ) -> AppResult<(ConversationRow, bool)> {
+        if let Some(c) = self.conversations.get(&contact_id) {
+            return Ok((c.clone(), false));
+        }
+        let (c, created) = conversation_for(tc, channel_id, contact_id)?;
+        self.conversations.insert(contact_id, c.clone());
+        Ok((c, created))
+    }
 }
 
 fn preview(text: Option<&str>, attachments: &[Attachment]) -> String {
@@ -40,7 +91,12 @@ fn preview(text: Option<&str>, attachments: &[Attachment]) -> String {
     }
 }
 
-pub fn upsert_contact(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str, name: Option<&str>) -> AppResult<ContactRow> {
+pub fn upsert_contact(
+    tc: &mut TenantConn<'_>,
+    channel_id: i64,
+    external_id: &str,
+    name: Option<&str>,
+) -> AppResult<ContactRow> {
     let inserted: Option<ContactRow> = diesel::insert_into(contacts::table)
         .values((contacts::channel_id.eq(channel_id), contacts::external_id.eq(external_id), contacts::name.eq(name)))
         .on_conflict((contacts::channel_id, contacts::external_id))
@@ -66,7 +122,11 @@ pub fn upsert_contact(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &st
 }
 
 /// The (channel, contact) conversation, created when missing.
-pub fn conversation_for(tc: &mut TenantConn<'_>, channel_id: i64, contact_id: i64) -> AppResult<(ConversationRow, bool)> {
+pub fn conversation_for(
+    tc: &mut TenantConn<'_>,
+    channel_id: i64,
+    contact_id: i64,
+) -> AppResult<(ConversationRow, bool)> {
     let inserted: Option<ConversationRow> = diesel::insert_into(conversations::table)
         .values((conversations::channel_id.eq(channel_id), conversations::contact_id.eq(contact_id)))
         .on_conflict((conversations::channel_id, conversations::contact_id))
@@ -99,7 +159,17 @@ fn find_by_external(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str)
 impl Ingest<'_> {
     pub fn apply(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, item: &Item) -> AppResult<()> {
         match item {
-            Item::Message { contact, contact_name, mid, text, attachments, quick_reply, postback, reply_to, timestamp } => {
+            Item::Message {
+                contact,
+                contact_name,
+                mid,
+                text,
+                attachments,
+                quick_reply,
+                postback,
+                reply_to,
+                timestamp,
+            } => {
                 let incoming = Incoming {
                     contact,
                     contact_name: contact_name.as_deref(),
@@ -113,9 +183,17 @@ impl Ingest<'_> {
                 };
                 self.incoming(tc, channel, incoming)
             }
-            Item::Echo { contact, mid, text, attachments, app_id, metadata, timestamp } => {
-                self.echo(tc, channel, contact, mid, text.as_deref(), attachments, app_id.as_deref(), metadata.as_deref(), *timestamp)
-            }
+            Item::Echo { contact, mid, text, attachments, app_id, metadata, timestamp } => self.echo(
+                tc,
+                channel,
+                contact,
+                mid,
+                text.as_deref(),
+                attachments,
+                app_id.as_deref(),
+                metadata.as_deref(),
+                *timestamp,
+            ),
             Item::Edit { mid, text, timestamp, .. } => {
                 self.change(tc, channel, mid, |_| (m::text.eq(text.clone()), m::edited_at.eq(Some(*timestamp))))
             }
@@ -135,7 +213,9 @@ impl Ingest<'_> {
                     .get_result(tc.pg())?;
                 self.updated(tc, &updated)
             }
-            Item::Delivery { contact, mids, watermark } => self.receipt(tc, channel, contact, "delivered", mids, *watermark, None),
+            Item::Delivery { contact, mids, watermark } => {
+                self.receipt(tc, channel, contact, "delivered", mids, *watermark, None)
+            }
             Item::Read { contact, watermark, mid } => {
                 let mids: Vec<String> = mid.iter().cloned().collect();
                 self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
@@ -149,24 +229,34 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    fn change<V>(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, mid: &str, set: impl FnOnce(&MessageRow) -> V) -> AppResult<()>
+    fn change<V>(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        mid: &str,
+        set: impl FnOnce(&MessageRow) -> V,
+    ) -> AppResult<()>
     where
         V: diesel::query_builder::AsChangeset<Target = m::table>,
         <V as diesel::query_builder::AsChangeset>::Changeset: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
     {
         let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
-        let updated: MessageRow =
-            diesel::update(m::table.find(row.id)).set(set(&row)).returning(MessageRow::as_returning()).get_result(tc.pg())?;
+        let updated: MessageRow = diesel::update(m::table.find(row.id))
+            .set(set(&row))
+            .returning(MessageRow::as_returning())
+            .get_result(tc.pg())?;
         self.updated(tc, &updated)
     }
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
-        let contact = upsert_contact(tc, channel.id, msg.contact, msg.contact_name)?;
-        self.names.forget_contact(contact.id);
-        if contact.profile_checked_at.is_none() && channel.platform() != Platform::Whatsapp {
+        let contact = self.contact(tc, channel.id, msg.contact, msg.contact_name)?;
+        if contact.profile_checked_at.is_none()
+            && channel.platform() != Platform::Whatsapp
+            && !self.followups.profile_lookups.contains(&(channel.id, contact.id))
+        {
             self.followups.profile_lookups.push((channel.id, contact.id));
         }
-        let (conv, created) = conversation_for(tc, channel.id, contact.id)?;
+        let (conv, created) = self.conversation(tc, channel.id, contact.id)?;
         let inserted: Option<MessageRow> = diesel::insert_into(m::table)
             .values((
                 m::conversation_id.eq(conv.id),
@@ -200,7 +290,11 @@ impl Ingest<'_> {
                 conversations::unread_count.eq(conversations::unread_count + 1),
                 conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
                 conversations::last_activity_at.eq(if newest { msg.timestamp } else { conv.last_activity_at }),
-                conversations::last_inbound_at.eq(if later_inbound { Some(msg.timestamp) } else { conv.last_inbound_at }),
+                conversations::last_inbound_at.eq(if later_inbound {
+                    Some(msg.timestamp)
+                } else {
+                    conv.last_inbound_at
+                }),
                 conversations::last_inbound_external_id.eq(if later_inbound {
                     Some(msg.mid.to_string())
                 } else {
@@ -210,9 +304,10 @@ impl Ingest<'_> {
             ))
             .returning(ConversationRow::as_returning())
             .get_result(tc.pg())?;
+        self.conversations.insert(contact.id, conv.clone());
         let view = self.names.message(tc, &row, contact.id)?;
         self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
-        let conv_view = self.names.conversation(tc, &conv)?;
+        let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
         let kind = if created { "conversation.created" } else { "conversation.updated" };
         self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
         let settings = channel.settings();
@@ -234,6 +329,8 @@ impl Ingest<'_> {
                 agent: None,
             };
             messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
+            // The queued reply changed the conversation row.
+            self.conversations.remove(&contact.id);
             self.followups.queued_sends += 1;
         }
         Ok(())
@@ -265,7 +362,9 @@ impl Ingest<'_> {
         }
         // Ours, echoed before the send's answer was stored: match the metadata.
         let ours = app_id.is_none_or(|a| a == self.app_id);
-        if let (true, Some(id)) = (ours, metadata.and_then(|md| md.strip_prefix("sb:")).and_then(|i| i.parse::<i64>().ok())) {
+        if let (true, Some(id)) =
+            (ours, metadata.and_then(|md| md.strip_prefix("sb:")).and_then(|i| i.parse::<i64>().ok()))
+        {
             let row: Option<MessageRow> = m::table
                 .find(id)
                 .filter(m::channel_id.eq(channel.id))
@@ -286,8 +385,8 @@ impl Ingest<'_> {
             }
         }
         // Sent by the page from elsewhere (Page inbox, Business Suite, phone).
-        let c = upsert_contact(tc, channel.id, contact, None)?;
-        let (conv, created) = conversation_for(tc, channel.id, c.id)?;
+        let c = self.contact(tc, channel.id, contact, None)?;
+        let (conv, created) = self.conversation(tc, channel.id, c.id)?;
         let inserted: Option<MessageRow> = diesel::insert_into(m::table)
             .values((
                 m::conversation_id.eq(conv.id),
@@ -316,9 +415,10 @@ impl Ingest<'_> {
             ))
             .returning(ConversationRow::as_returning())
             .get_result(tc.pg())?;
+        self.conversations.insert(c.id, conv.clone());
         let view = self.names.message(tc, &row, c.id)?;
         self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
-        let conv_view = self.names.conversation(tc, &conv)?;
+        let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
         let kind = if created { "conversation.created" } else { "conversation.updated" };
         self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
         Ok(())
@@ -388,7 +488,14 @@ impl Ingest<'_> {
     }
 
     /// WhatsApp status of one message; kept for later if the id is unknown.
-    fn status(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, wamid: &str, status: DeliveryStatus, error: Option<Value>) -> AppResult<()> {
+    fn status(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        wamid: &str,
+        status: DeliveryStatus,
+        error: Option<Value>,
+    ) -> AppResult<()> {
         let Some(row) = find_by_external(tc, channel.id, wamid)? else {
             diesel::insert_into(early_statuses::table)
                 .values((

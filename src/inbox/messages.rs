@@ -93,7 +93,12 @@ pub fn queue_outgoing(
 }
 
 /// Loads a conversation the caller may see; anything else is a 404.
-pub fn visible_conversation(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationRow> {
+pub fn visible_conversation(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+) -> AppResult<ConversationRow> {
     let conv = conversation_row(tc, id)?;
     if !channels::can_see(tc, user, role, ChannelId(conv.channel_id))? {
         return Err(AppError::not_found("conversation"));
@@ -133,10 +138,16 @@ pub fn create_reply(
     }
     let max = max_text_chars(channel.platform());
     if text.chars().count() > max {
-        return Err(AppError::invalid("text_too_long", format!("text must be at most {max} characters on this platform")));
+        return Err(AppError::invalid(
+            "text_too_long",
+            format!("text must be at most {max} characters on this platform"),
+        ));
     }
     if channel.status != "connected" {
-        return Err(AppError::conflict("channel_not_connected", format!("the channel is {}; reconnect it first", channel.status)));
+        return Err(AppError::conflict(
+            "channel_not_connected",
+            format!("the channel is {}; reconnect it first", channel.status),
+        ));
     }
     let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
     if !window.can_reply {
@@ -145,16 +156,34 @@ pub fn create_reply(
             "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag)",
         ));
     }
-    let (row, created) =
-        queue_outgoing(tc, log, &mut names, &channel, &conv, NewOutgoing { conversation: id, text, client_id, agent: Some(user) })?;
+    let (row, created) = queue_outgoing(
+        tc,
+        log,
+        &mut names,
+        &channel,
+        &conv,
+        NewOutgoing { conversation: id, text, client_id, agent: Some(user) },
+    )?;
     if created {
-        audit::record(tc, Some(user), "message.queued", "conversation", Some(id.to_string()), json!({"message_id": row.id.to_string()}))?;
+        audit::record(
+            tc,
+            Some(user),
+            "message.queued",
+            "conversation",
+            Some(id.to_string()),
+            json!({"message_id": row.id.to_string()}),
+        )?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }
 
 /// Moves a message's status forward (never back); `None` when it would not.
-pub fn advance_status(tc: &mut TenantConn<'_>, row: &MessageRow, to: &str, error: Option<Value>) -> AppResult<Option<MessageRow>> {
+pub fn advance_status(
+    tc: &mut TenantConn<'_>,
+    row: &MessageRow,
+    to: &str,
+    error: Option<Value>,
+) -> AppResult<Option<MessageRow>> {
     if !status_moves_forward(&row.status, to) {
         return Ok(None);
     }
@@ -216,10 +245,19 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
 pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &str, message: &str) -> AppResult<()> {
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
     if let Some(updated) = advance_status(tc, &row, "failed", Some(json!({"code": code, "message": message})))? {
-        log.append(tc, "message.updated", Some(updated.channel_id), Some(updated.conversation_id), updated.update_view())?;
+        log.append(
+            tc,
+            "message.updated",
+            Some(updated.channel_id),
+            Some(updated.conversation_id),
+            updated.update_view(),
+        )?;
     }
     Ok(())
 }
+
+/// A page of messages and the (time, id) cursor of the next, older page.
+pub type MessagePage = (Vec<MessageView>, Option<(DateTime<Utc>, i64)>);
 
 /// Oldest-to-newest page of the messages before `before` (newest page when
 /// `None`); returns the items and the cursor of the next, older page.
@@ -228,7 +266,7 @@ pub fn list(
     conv: &ConversationRow,
     before: Option<(DateTime<Utc>, i64)>,
     limit: i64,
-) -> AppResult<(Vec<MessageView>, Option<(DateTime<Utc>, i64)>)> {
+) -> AppResult<MessagePage> {
     let mut q = m::table.filter(m::conversation_id.eq(conv.id)).select(MessageRow::as_select()).into_boxed();
     if let Some((at, id)) = before {
         q = q.filter(m::sort_at.lt(at).or(m::sort_at.eq(at).and(m::id.lt(id))));

@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::events::EventLog;
 use super::ingest::{Followups, Ingest};
-use super::views::Names;
 use crate::app::AppState;
 use crate::channels::{self, ChannelId};
 use crate::db::schema::{channel_routes, webhook_events as we};
@@ -67,7 +66,8 @@ fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Claimed>> {
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .bind::<diesel::sql_types::Double, _>(LEASE_SECS as f64)
     .load(conn)?;
-    let mut out: Vec<Claimed> = rows.into_iter().map(|r| Claimed { id: r.id, body: r.body, attempts: r.attempts }).collect();
+    let mut out: Vec<Claimed> =
+        rows.into_iter().map(|r| Claimed { id: r.id, body: r.body, attempts: r.attempts }).collect();
     out.sort_by_key(|c| c.id);
     Ok(out)
 }
@@ -119,7 +119,12 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
     let ids: Vec<String> = work.iter().map(|(_, r, _)| r.external_id.clone()).collect();
     let routes: Vec<(String, String, i64, i64)> = channel_routes::table
         .filter(channel_routes::external_id.eq_any(&ids))
-        .select((channel_routes::platform, channel_routes::external_id, channel_routes::tenant_id, channel_routes::channel_id))
+        .select((
+            channel_routes::platform,
+            channel_routes::external_id,
+            channel_routes::tenant_id,
+            channel_routes::channel_id,
+        ))
         .load(&mut conn)?;
     let route_of = |r: &RouteKey| {
         routes.iter().find(|(p, e, _, _)| p == r.platform.as_str() && *e == r.external_id).map(|(_, _, t, c)| (*t, *c))
@@ -139,7 +144,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         let mut followups = Followups::default();
         let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
             let mut log = EventLog::new();
-            let mut ingest = Ingest { log: &mut log, names: Names::default(), app_id: app_id.to_string(), followups: Followups::default() };
+            let mut ingest = Ingest::new(&mut log, app_id);
             let mut channels_seen: HashMap<i64, channels::ChannelRow> = HashMap::new();
             for (_, channel_id, item) in &items {
                 let channel = match channels_seen.get(channel_id) {
@@ -157,7 +162,9 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         });
         match result {
             Ok(()) => {
-                report.profile_lookups.extend(followups.profile_lookups.iter().map(|(_, contact)| (TenantId(tenant), *contact)));
+                report
+                    .profile_lookups
+                    .extend(followups.profile_lookups.iter().map(|(_, contact)| (TenantId(tenant), *contact)));
                 report.queued_sends += followups.queued_sends;
             }
             Err(e) => {
@@ -176,22 +183,29 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         }
     }
     let attempts: HashMap<i64, i32> = claimed.iter().map(|c| (c.id, c.attempts)).collect();
+    let done: Vec<i64> = outcome.iter().filter(|(_, o)| matches!(o, Outcome::Done)).map(|(id, _)| *id).collect();
+    if !done.is_empty() {
+        // One statement for the common case.
+        diesel::update(we::table.filter(we::id.eq_any(&done)))
+            .set((we::status.eq("done"), we::processed_at.eq(Utc::now()), we::last_error.eq(None::<String>)))
+            .execute(&mut conn)?;
+        report.done = done.len();
+    }
     for (id, o) in outcome {
         match o {
-            Outcome::Done => {
-                diesel::update(we::table.find(id))
-                    .set((we::status.eq("done"), we::processed_at.eq(Utc::now()), we::last_error.eq(None::<String>)))
-                    .execute(&mut conn)?;
-                report.done += 1;
-            }
+            Outcome::Done => {}
             Outcome::Dead(why) => {
-                diesel::update(we::table.find(id)).set((we::status.eq("dead"), we::last_error.eq(why))).execute(&mut conn)?;
+                diesel::update(we::table.find(id))
+                    .set((we::status.eq("dead"), we::last_error.eq(why)))
+                    .execute(&mut conn)?;
                 report.dead += 1;
             }
             Outcome::Retry(why) => {
                 let n = attempts.get(&id).copied().unwrap_or(1);
                 if n >= MAX_ATTEMPTS {
-                    diesel::update(we::table.find(id)).set((we::status.eq("dead"), we::last_error.eq(why))).execute(&mut conn)?;
+                    diesel::update(we::table.find(id))
+                        .set((we::status.eq("dead"), we::last_error.eq(why)))
+                        .execute(&mut conn)?;
                     report.dead += 1;
                 } else {
                     let backoff = Duration::seconds(1i64 << n.clamp(0, 12));
@@ -288,4 +302,3 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
         let _ = state.profile_lookups.try_send((tenant, contact));
     }
 }
-

@@ -94,7 +94,8 @@ async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
                     diesel::update(sq::table.find(id)).set(sq::status.eq("done")).execute(conn)?;
                 }
                 JobEnd::Retry { after, error, counts } => {
-                    let next = Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
+                    let next =
+                        Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
                     let attempts_fix = if counts { attempts } else { attempts - 1 };
                     diesel::update(sq::table.find(id))
                         .set((sq::next_attempt_at.eq(next), sq::last_error.eq(error), sq::attempts.eq(attempts_fix)))
@@ -130,7 +131,8 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
             let conversation: Option<ConversationRow> =
                 cv::table.find(conv_id).select(ConversationRow::as_select()).first(tc.pg()).optional()?;
             let Some(conversation) = conversation else { return Ok(None) };
-            let contact: ContactRow = ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
+            let contact: ContactRow =
+                ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
             let channel = crate::channels::find(tc, ChannelId(conversation.channel_id))?;
             let token = channel.token(&keys)?;
             Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token }))
@@ -167,7 +169,12 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
         Ok(Some(c)) => c,
         Ok(None) => return finish(state, job, JobEnd::Done).await,
         Err(e) if e.code == "tenant_suspended" || e.code == "tenant_not_ready" => {
-            return finish(state, job, JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false }).await;
+            return finish(
+                state,
+                job,
+                JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false },
+            )
+            .await;
         }
         Err(e) => return Err(e),
     };
@@ -178,7 +185,12 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                     Some(wamid) => state.graph.whatsapp_mark_read(&ctx.channel.external_id, token, wamid).await,
                     None => Ok(()),
                 },
-                _ => state.graph.sender_action(&ctx.channel.external_id, token, &ctx.contact.external_id, "mark_seen").await,
+                _ => {
+                    state
+                        .graph
+                        .sender_action(&ctx.channel.external_id, token, &ctx.contact.external_id, "mark_seen")
+                        .await
+                }
             };
             if let Err(e) = r {
                 note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
@@ -202,18 +214,33 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
             } else {
                 let r = match ctx.channel.platform() {
-                    Platform::Whatsapp => state.graph.whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text).await,
+                    Platform::Whatsapp => {
+                        state
+                            .graph
+                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text)
+                            .await
+                    }
                     _ => {
                         let metadata = format!("sb:{}", message.id);
                         state
                             .graph
-                            .send_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, window.tag, &metadata)
+                            .send_text(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.contact.external_id,
+                                &text,
+                                window.tag,
+                                &metadata,
+                            )
                             .await
                     }
                 };
                 match r {
                     Ok(id) => Ok(id),
-                    Err(e) if (e.is_transient() || matches!(e, GraphError::RateLimited { .. })) && job.attempts < MAX_SEND_ATTEMPTS => {
+                    Err(e)
+                        if (e.is_transient() || matches!(e, GraphError::RateLimited { .. }))
+                            && job.attempts < MAX_SEND_ATTEMPTS =>
+                    {
                         let after = Duration::from_secs(1u64 << job.attempts.clamp(0, 8));
                         return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: true }).await;
                     }
@@ -274,7 +301,12 @@ pub async fn run_once(state: &AppState, pacer: &mut Pacer) -> AppResult<usize> {
     for job in &jobs {
         if let Err(e) = handle(state, pacer, job).await {
             tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
-            let _ = finish(state, job, JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true }).await;
+            let _ = finish(
+                state,
+                job,
+                JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
+            )
+            .await;
         }
     }
     Ok(jobs.len())
@@ -337,11 +369,7 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
-        let tenants = state
-            .db
-            .public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?))
-            .await
-            .unwrap_or_default();
+        let tenants = state.db.public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?)).await.unwrap_or_default();
         for t in tenants.into_iter().filter(|t| t.is_active()) {
             let r = state
                 .db

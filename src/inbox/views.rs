@@ -150,8 +150,8 @@ impl Names {
         Ok(c)
     }
 
-    pub fn forget_contact(&mut self, id: i64) {
-        self.contacts.remove(&id);
+    pub fn put_contact(&mut self, c: &ContactRow) {
+        self.contacts.insert(c.id, c.clone());
     }
 
     pub fn channel(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<ChannelRow> {
@@ -216,22 +216,39 @@ impl Names {
     }
 
     pub fn conversation(&mut self, tc: &mut TenantConn<'_>, row: &ConversationRow) -> AppResult<ConversationView> {
+        self.conversation_with(tc, row, None)
+    }
+
+    /// Like [`Names::conversation`], with the last message already at hand.
+    pub fn conversation_with(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        row: &ConversationRow,
+        known: Option<&MessageRow>,
+    ) -> AppResult<ConversationView> {
         let contact = self.contact(tc, row.contact_id)?;
         let channel = self.channel(tc, row.channel_id)?;
-        let last_message = match row.last_message_id {
-            Some(id) => messages::table
-                .find(id)
-                .select(MessageRow::as_select())
-                .first(tc.pg())
-                .optional()?
-                .map(|m| LastMessage {
-                    id: MessageId(m.id),
-                    text: m.text,
-                    direction: m.direction,
-                    status: m.status,
-                    created_at: m.created_at,
-                }),
-            None => None,
+        let known = known.filter(|m| Some(m.id) == row.last_message_id);
+        let last_message = match (known, row.last_message_id) {
+            (Some(m), _) => Some(LastMessage {
+                id: MessageId(m.id),
+                text: m.text.clone(),
+                direction: m.direction.clone(),
+                status: m.status.clone(),
+                created_at: m.created_at,
+            }),
+            (None, Some(id)) => {
+                messages::table.find(id).select(MessageRow::as_select()).first(tc.pg()).optional()?.map(|m| {
+                    LastMessage {
+                        id: MessageId(m.id),
+                        text: m.text,
+                        direction: m.direction,
+                        status: m.status,
+                        created_at: m.created_at,
+                    }
+                })
+            }
+            (None, None) => None,
         };
         let window = ReplyWindow::of(&channel, row.last_inbound_at, Utc::now());
         Ok(ConversationView {

@@ -396,27 +396,50 @@ impl GraphClient {
             body["tag"] = Value::String(t.to_string());
         }
         let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
-        v.get("message_id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+        v.get("message_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
     }
 
     /// `typing_on`, `typing_off` or `mark_seen`.
-    pub async fn sender_action(&self, account: &str, token: &Secret<String>, recipient: &str, action: &str) -> Result<(), GraphError> {
+    pub async fn sender_action(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        action: &str,
+    ) -> Result<(), GraphError> {
         let body = serde_json::json!({"recipient": {"id": recipient}, "sender_action": action});
         let _: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
         Ok(())
     }
 
     /// WhatsApp Cloud API text message; returns the wamid.
-    pub async fn whatsapp_text(&self, phone_id: &str, token: &Secret<String>, to: &str, text: &str) -> Result<String, GraphError> {
+    pub async fn whatsapp_text(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        to: &str,
+        text: &str,
+    ) -> Result<String, GraphError> {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "text", "text": {"preview_url": false, "body": text},
         });
         let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
-        v.pointer("/messages/0/id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
+        v.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
     }
 
-    pub async fn whatsapp_mark_read(&self, phone_id: &str, token: &Secret<String>, wamid: &str) -> Result<(), GraphError> {
+    pub async fn whatsapp_mark_read(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        wamid: &str,
+    ) -> Result<(), GraphError> {
         let body = serde_json::json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid});
         let _: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
         Ok(())

@@ -115,7 +115,10 @@ async fn facebook_connect_flow_end_to_end() {
         list.iter().map(|c| (c["platform"].as_str().unwrap_or(""), c["external_id"].as_str().unwrap_or(""))).collect();
     assert_eq!(platforms, [("facebook", PAGE_A), ("instagram", IG_A)]);
     assert_eq!(list[0]["status"], "connected");
-    assert_eq!(list[0]["settings"], json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true, "human_agent": false}));
+    assert_eq!(
+        list[0]["settings"],
+        json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true, "human_agent": false})
+    );
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();
     assert!(a["subscribed_fields"]

@@ -398,7 +398,10 @@ impl TestApp {
 
     /// Waits until no webhook is pending.
     pub async fn processed(&self) {
-        eventually("webhooks processed", || async { self.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'pending'") == 0 }).await;
+        eventually("webhooks processed", || async {
+            self.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'pending'") == 0
+        })
+        .await;
     }
 }
 

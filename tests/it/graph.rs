@@ -26,7 +26,12 @@ async fn paging_retries_and_classification() {
     app.fake("POST", "/_fake/errors", json!({"path": "/me", "status": 500, "error": {"code": 2, "message": "Service temporarily unavailable"}, "times": 2})).await;
     assert!(graph.me(&token).await.is_ok());
     // A rate limit is not retried and is classified.
-    app.fake("POST", "/_fake/errors", json!({"path": "/me", "error": {"code": 613, "message": "Calls to this api have exceeded the rate limit."}})).await;
+    app.fake(
+        "POST",
+        "/_fake/errors",
+        json!({"path": "/me", "error": {"code": 613, "message": "Calls to this api have exceeded the rate limit."}}),
+    )
+    .await;
     let before = app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().map(|a| a.len()).unwrap_or(0);
     let err = graph.me(&token).await.expect_err("rate limited");
     assert!(matches!(err, GraphError::RateLimited { code: 613, .. }), "{err:?}");

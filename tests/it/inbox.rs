@@ -22,10 +22,24 @@ async fn acme(app: &TestApp) -> Ctx {
     let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let admin = token(&owner, "access_token");
     let sel = oauth_round(app, &admin).await;
-    let r = app.call("POST", "/api/channels/facebook/connect", Some(&admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A], "instagram": true}))).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A], "instagram": true})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let waba_token = created["wabas"][0]["access_token"].as_str().expect("token");
-    let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(json!({"waba_id": "112233445566778", "access_token": waba_token}))).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/whatsapp/connect",
+            Some(&admin),
+            Some(json!({"waba_id": "112233445566778", "access_token": waba_token})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     Ctx { admin }
 }
@@ -43,7 +57,10 @@ async fn messages(app: &TestApp, t: &str, conversation: &str) -> Vec<Value> {
 }
 
 fn by_contact<'a>(convs: &'a [Value], external: &str) -> &'a Value {
-    convs.iter().find(|c| c["contact"]["external_id"] == external).unwrap_or_else(|| panic!("no conversation with {external}"))
+    convs
+        .iter()
+        .find(|c| c["contact"]["external_id"] == external)
+        .unwrap_or_else(|| panic!("no conversation with {external}"))
 }
 
 #[actix_web::test]
@@ -92,7 +109,13 @@ async fn every_fixture_lands_as_the_right_rows() {
     assert_eq!(fb["status"], "open");
     let fb_msgs = messages(&app, &ctx.admin, fb["id"].as_str().expect("id")).await;
     let texts: Vec<&str> = fb_msgs.iter().filter_map(|m| m["text"].as_str()).collect();
-    for t in ["Hi! Do you ship to Lisbon?", "Yes please", "Yes, we ship to Lisbon in 2-3 days.", "Message while another app (e.g. Page inbox) owns the thread", "(typed by a human in Meta Business Suite inbox)"] {
+    for t in [
+        "Hi! Do you ship to Lisbon?",
+        "Yes please",
+        "Yes, we ship to Lisbon in 2-3 days.",
+        "Message while another app (e.g. Page inbox) owns the thread",
+        "(typed by a human in Meta Business Suite inbox)",
+    ] {
         assert!(texts.contains(&t), "{t} missing from {texts:?}");
     }
     let quick = fb_msgs.iter().find(|m| m["text"] == "Yes please").expect("quick reply");
@@ -102,9 +125,13 @@ async fn every_fixture_lands_as_the_right_rows() {
     assert!(image["attachments"][0]["url"].as_str().is_some_and(|u| u.starts_with("https://")));
     // The echo (sent by the page from elsewhere) was delivered, read, reacted to.
     let echo = fb_msgs.iter().find(|m| m["external_id"] == "m_Echo00000000000000000001").expect("echo");
-    assert_eq!((echo["direction"].as_str(), echo["sender"]["kind"].as_str(), echo["status"].as_str()), (Some("out"), Some("page"), Some("read")));
+    assert_eq!(
+        (echo["direction"].as_str(), echo["sender"]["kind"].as_str(), echo["status"].as_str()),
+        (Some("out"), Some("page"), Some("read"))
+    );
     assert_eq!(echo["reactions"][PSID], "❤️");
-    let inbox_echo = fb_msgs.iter().find(|m| m["external_id"] == "m_Echo00000000000000000002").expect("page inbox echo");
+    let inbox_echo =
+        fb_msgs.iter().find(|m| m["external_id"] == "m_Echo00000000000000000002").expect("page inbox echo");
     assert_eq!(inbox_echo["sender"]["kind"], "page");
     // Oldest to newest by Meta's time, not arrival.
     let times: Vec<&str> = fb_msgs.iter().filter_map(|m| m["platform_timestamp"].as_str()).collect();
@@ -114,7 +141,10 @@ async fn every_fixture_lands_as_the_right_rows() {
     // The postback came from another contact: its own conversation.
     let pb_conv = by_contact(&convs, "6283920174650381");
     let pb = messages(&app, &ctx.admin, pb_conv["id"].as_str().expect("id")).await;
-    assert_eq!((pb[0]["text"].as_str(), pb[0]["postback_payload"].as_str()), (Some("Get Started"), Some("GET_STARTED")));
+    assert_eq!(
+        (pb[0]["text"].as_str(), pb[0]["postback_payload"].as_str()),
+        (Some("Get Started"), Some("GET_STARTED"))
+    );
 
     let ig = by_contact(&convs, "6841100000123456");
     assert_eq!(ig["platform"], "instagram");
@@ -138,7 +168,10 @@ async fn every_fixture_lands_as_the_right_rows() {
     assert_eq!(app.webhook(&fixture("instagram_deleted.json")).await, 200);
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), before);
-    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE deleted_at IS NOT NULL AND text IS NULL"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE deleted_at IS NOT NULL AND text IS NULL"),
+        1
+    );
     // Events were logged for all of it, in one sequence.
     let events = app.count("SELECT count(*) AS n FROM tenant_acme.events");
     assert_eq!(app.count("SELECT max(seq) AS n FROM tenant_acme.events"), events);
@@ -152,7 +185,14 @@ async fn duplicates_batches_and_tenants() {
     let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
     let beta_admin = token(&beth, "access_token");
     let sel = oauth_round(&app, &beta_admin).await;
-    let r = app.call("POST", "/api/channels/facebook/connect", Some(&beta_admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_B]}))).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&beta_admin),
+            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_B]})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
     let body = fixture("messenger_text.json");
@@ -182,7 +222,14 @@ async fn duplicates_batches_and_tenants() {
     assert_eq!(acme_conv["last_message"]["text"], "first");
     // Ids are per tenant: beta's conversation id, asked in acme, never shows
     // beta's conversation (it is acme's own with that id, or a 404).
-    let r = app.call("GET", &format!("/api/conversations/{}", beta_convs[0]["id"].as_str().unwrap_or("")), Some(&ctx.admin), None).await;
+    let r = app
+        .call(
+            "GET",
+            &format!("/api/conversations/{}", beta_convs[0]["id"].as_str().unwrap_or("")),
+            Some(&ctx.admin),
+            None,
+        )
+        .await;
     assert!(r.status == 404 || r.body["contact"]["external_id"] != "5102938475610293", "{:?}", r.body);
     let r = app.call("GET", "/api/conversations/424242", Some(&ctx.admin), None).await;
     assert_eq!(r.status, 404);
@@ -211,10 +258,20 @@ async fn signatures_are_checked_on_the_raw_bytes() {
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text LIKE 'Olá José — preço 10€ 😀 https://example.com/a?b=1'"), 1);
     // Verification handshake.
-    let ok = app.client.get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444")).send().await.expect("get");
+    let ok = app
+        .client
+        .get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(ok.status().as_u16(), 200);
     assert_eq!(ok.text().await.expect("text"), "1158201444");
-    let bad = app.client.get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1")).send().await.expect("get");
+    let bad = app
+        .client
+        .get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(bad.status().as_u16(), 403);
     // A valid signature over something that is not Meta's: stored, answered 200, dead-lettered.
     assert_eq!(app.webhook(b"{not json").await, 200);
@@ -240,8 +297,16 @@ async fn unknown_pages_dead_letter_and_replay_after_connecting() {
     assert_eq!(app.call("GET", "/api/operator/dead-letters", Some(&admin), None).await.status, 401);
     // Connect the page, replay: the message arrives.
     let sel = oauth_round(&app, &admin).await;
-    app.call("POST", "/api/channels/facebook/connect", Some(&admin), Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]}))).await;
-    let r = app.call("POST", "/api/operator/dead-letters/replay", Some(crate::common::OPERATOR_TOKEN), Some(json!({}))).await;
+    app.call(
+        "POST",
+        "/api/channels/facebook/connect",
+        Some(&admin),
+        Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]})),
+    )
+    .await;
+    let r = app
+        .call("POST", "/api/operator/dead-letters/replay", Some(crate::common::OPERATOR_TOKEN), Some(json!({})))
+        .await;
     assert_eq!(r.body["replayed"], 1);
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 1);
@@ -264,19 +329,29 @@ async fn a_crash_between_store_and_processing_loses_nothing() {
     assert_eq!((report.claimed, report.done), (2, 2));
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2);
     // A suspended tenant's webhooks wait, then land after it resumes.
-    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended).expect("suspend");
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
+        .expect("suspend");
     assert_eq!(app.webhook(&fixture("messenger_postback.json")).await, 200);
     let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
     assert_eq!((report.claimed, report.done, report.dead), (1, 0, 0));
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
-    diesel::sql_query("UPDATE public.webhook_events SET next_attempt_at = now() WHERE status = 'pending'").execute(&mut conn).expect("due now");
+    diesel::sql_query("UPDATE public.webhook_events SET next_attempt_at = now() WHERE status = 'pending'")
+        .execute(&mut conn)
+        .expect("due now");
     let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
     assert_eq!(report.done, 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 3);
 }
 
 async fn reply(app: &TestApp, t: &str, conv: &str, text: &str, client_id: &str) -> (u16, Value) {
-    let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(t), Some(json!({"text": text, "client_id": client_id}))).await;
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{conv}/messages"),
+            Some(t),
+            Some(json!({"text": text, "client_id": client_id})),
+        )
+        .await;
     (r.status, r.body)
 }
 
@@ -289,8 +364,14 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     // Contacts write (through the fake, which signs and sends the webhooks).
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá, têm entregas?", "name": "Rui Costa"})).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Bom dia", "name": "Ana Sousa"})).await;
+    app.fake(
+        "POST",
+        "/_fake/inbound",
+        json!({"to": PAGE_A, "from": PSID, "text": "Olá, têm entregas?", "name": "Rui Costa"}),
+    )
+    .await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Bom dia", "name": "Ana Sousa"}))
+        .await;
     app.processed().await;
     let convs = conversations(&app, &ctx.admin, "").await;
     let fb = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
@@ -308,9 +389,17 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     // A retried request returns the same message and sends nothing more.
     let (status, again) = reply(&app, &ctx.admin, &fb, "Sim, entregamos!", "c-1").await;
     assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())));
-    eventually("messenger reply read", || async { message_status(&app, &ctx.admin, &fb, &id).await["status"] == "read" }).await;
+    eventually("messenger reply read", || async {
+        message_status(&app, &ctx.admin, &fb, &id).await["status"] == "read"
+    })
+    .await;
     let sent = app.fake("GET", "/_fake/requests", json!({})).await;
-    let sends: Vec<&Value> = sent["items"].as_array().expect("items").iter().filter(|r| r["path"] == format!("/{PAGE_A}/messages") && r["body"]["message"].is_object()).collect();
+    let sends: Vec<&Value> = sent["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"] == format!("/{PAGE_A}/messages") && r["body"]["message"].is_object())
+        .collect();
     assert_eq!(sends.len(), 1, "one send for two requests with one client_id");
     let body = &sends[0]["body"];
     assert_eq!(body["recipient"]["id"], PSID);
@@ -328,9 +417,16 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     let (status, msg) = reply(&app, &ctx.admin, &wa, "Bom dia! Como posso ajudar?", "c-2").await;
     assert_eq!(status, 202);
     let wid = msg["id"].as_str().expect("id").to_string();
-    eventually("whatsapp reply read", || async { message_status(&app, &ctx.admin, &wa, &wid).await["status"] == "read" }).await;
+    eventually("whatsapp reply read", || async {
+        message_status(&app, &ctx.admin, &wa, &wid).await["status"] == "read"
+    })
+    .await;
     actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(message_status(&app, &ctx.admin, &wa, &wid).await["status"], "read", "a late 'delivered' does not go back");
+    assert_eq!(
+        message_status(&app, &ctx.admin, &wa, &wid).await["status"],
+        "read",
+        "a late 'delivered' does not go back"
+    );
     let wa_send = app.fake("GET", "/_fake/requests", json!({})).await["items"]
         .as_array()
         .expect("items")
@@ -338,7 +434,10 @@ async fn replies_go_out_once_and_receipts_move_forward() {
         .find(|r| r["path"] == format!("/{PHONE}/messages"))
         .cloned()
         .expect("wa send");
-    assert_eq!(wa_send["body"], json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID, "type": "text", "text": {"preview_url": false, "body": "Bom dia! Como posso ajudar?"}}));
+    assert_eq!(
+        wa_send["body"],
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID, "type": "text", "text": {"preview_url": false, "body": "Bom dia! Como posso ajudar?"}})
+    );
 
     // Reading the conversation clears unread and tells Meta.
     let r = app.call("POST", &format!("/api/conversations/{fb}/read"), Some(&ctx.admin), None).await;
@@ -346,14 +445,25 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     let c = app.call("GET", &format!("/api/conversations/{fb}"), Some(&ctx.admin), None).await;
     assert_eq!(c.body["unread_count"], 0);
     eventually("mark_seen sent", || async {
-        app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().is_some_and(|a| a.iter().any(|r| r["body"]["sender_action"] == "mark_seen"))
+        app.fake("GET", "/_fake/requests", json!({})).await["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["body"]["sender_action"] == "mark_seen"))
     })
     .await;
 
     // Bad input.
-    let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(json!({"text": "   "}))).await;
+    let r = app
+        .call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(json!({"text": "   "})))
+        .await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("empty_text")));
-    let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(json!({"text": "x".repeat(2001)}))).await;
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{fb}/messages"),
+            Some(&ctx.admin),
+            Some(json!({"text": "x".repeat(2001)})),
+        )
+        .await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("text_too_long")));
     let r = app.call("POST", "/api/conversations/999999/messages", Some(&ctx.admin), Some(json!({"text": "hi"}))).await;
     assert_eq!(r.status, 404);
@@ -364,7 +474,8 @@ async fn outside_the_window_and_expired_tokens() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "old question", "at": two_days_ago})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "old question", "at": two_days_ago}))
+        .await;
     app.processed().await;
     let conv = conversations(&app, &ctx.admin, "").await[0].clone();
     let id = conv["id"].as_str().expect("id").to_string();
@@ -374,14 +485,22 @@ async fn outside_the_window_and_expired_tokens() {
 
     // With the human agent tag enabled: allowed within 7 days, sent tagged.
     let channel_id = conv["channel_id"].as_str().expect("channel").to_string();
-    let r = app.call("PATCH", &format!("/api/channels/{channel_id}"), Some(&ctx.admin), Some(json!({"settings": {"human_agent": true}}))).await;
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{channel_id}"),
+            Some(&ctx.admin),
+            Some(json!({"settings": {"human_agent": true}})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let conv = app.call("GET", &format!("/api/conversations/{id}"), Some(&ctx.admin), None).await.body;
     assert_eq!(conv["can_reply"], true);
     let (status, msg) = reply(&app, &ctx.admin, &id, "sorry for the delay", "late-2").await;
     assert_eq!(status, 202);
     let mid = msg["id"].as_str().expect("id").to_string();
-    eventually("tagged send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] != "pending" }).await;
+    eventually("tagged send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] != "pending" })
+        .await;
     let tagged = app.fake("GET", "/_fake/requests", json!({})).await["items"]
         .as_array()
         .expect("items")
@@ -389,14 +508,18 @@ async fn outside_the_window_and_expired_tokens() {
         .find(|r| r["body"]["message"]["text"] == "sorry for the delay")
         .cloned()
         .expect("sent");
-    assert_eq!((tagged["body"]["messaging_type"].as_str(), tagged["body"]["tag"].as_str()), (Some("MESSAGE_TAG"), Some("HUMAN_AGENT")));
+    assert_eq!(
+        (tagged["body"]["messaging_type"].as_str(), tagged["body"]["tag"].as_str()),
+        (Some("MESSAGE_TAG"), Some("HUMAN_AGENT"))
+    );
 
     // The page token expires at Meta: the send fails typed, the channel needs reauth.
     app.fake("POST", "/_fake/tokens/expire", json!({"page_id": PAGE_A})).await;
     let (status, msg) = reply(&app, &ctx.admin, &id, "are you there?", "late-3").await;
     assert_eq!(status, 202);
     let mid = msg["id"].as_str().expect("id").to_string();
-    eventually("failed send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] == "failed" }).await;
+    eventually("failed send", || async { message_status(&app, &ctx.admin, &id, &mid).await["status"] == "failed" })
+        .await;
     let failed = message_status(&app, &ctx.admin, &id, &mid).await;
     assert_eq!(failed["error"]["code"], "meta_token_invalid");
     let ch = app.call("GET", &format!("/api/channels/{channel_id}"), Some(&ctx.admin), None).await;
@@ -413,7 +536,11 @@ async fn outside_the_window_and_expired_tokens() {
 async fn the_inbox_api() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    for (from, text, name) in [("1001", "Where is my order 8812?", "Maria Silva"), ("1002", "Do you have blue shoes?", "João Pereira"), ("1003", "Thanks!", "Rita")] {
+    for (from, text, name) in [
+        ("1001", "Where is my order 8812?", "Maria Silva"),
+        ("1002", "Do you have blue shoes?", "João Pereira"),
+        ("1003", "Thanks!", "Rita"),
+    ] {
         app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text, "name": name})).await;
     }
     app.processed().await;
@@ -435,22 +562,53 @@ async fn the_inbox_api() {
 
     // Assign, resolve, snooze; filters follow.
     let maria = by_contact(&all, "1001")["id"].as_str().expect("id").to_string();
-    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"assignee_id": me, "status": "pending"}))).await;
-    assert_eq!((r.status, r.body["assignee_id"].as_str(), r.body["status"].as_str()), (200, Some(me.as_str()), Some("pending")));
+    let me =
+        app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{maria}"),
+            Some(&ctx.admin),
+            Some(json!({"assignee_id": me, "status": "pending"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["assignee_id"].as_str(), r.body["status"].as_str()),
+        (200, Some(me.as_str()), Some("pending"))
+    );
     assert_eq!(conversations(&app, &ctx.admin, "?assignee=me").await.len(), 1);
     assert_eq!(conversations(&app, &ctx.admin, "?assignee=none").await.len(), 2);
     assert_eq!(conversations(&app, &ctx.admin, "?status=pending").await.len(), 1);
     let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"snoozed_until": later}))).await;
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"snoozed_until": later})))
+        .await;
     assert_eq!(r.body["status"], "snoozed");
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "snoozed", "snoozed_until": "2001-01-01T00:00:00Z"}))).await;
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{maria}"),
+            Some(&ctx.admin),
+            Some(json!({"status": "snoozed", "snoozed_until": "2001-01-01T00:00:00Z"})),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "closed"}))).await;
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "closed"})))
+        .await;
     assert_eq!(r.status, 422);
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"colour": "red"}))).await;
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"colour": "red"})))
+        .await;
     assert_eq!(r.status, 422);
-    let r = app.call("PATCH", &format!("/api/conversations/{maria}"), Some(&ctx.admin), Some(json!({"status": "resolved", "assignee_id": null}))).await;
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{maria}"),
+            Some(&ctx.admin),
+            Some(json!({"status": "resolved", "assignee_id": null})),
+        )
+        .await;
     assert_eq!((r.body["status"].as_str(), r.body["assignee_id"].is_null()), (Some("resolved"), true));
     // A new message reopens it.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "1001", "text": "still waiting"})).await;
@@ -460,66 +618,131 @@ async fn the_inbox_api() {
     assert_eq!(conversations(&app, &ctx.admin, "?unread=true").await.len(), 3);
 
     // Agents see only their channels' conversations; viewers never write.
-    let agent = app.call("POST", "/api/members", Some(&ctx.admin), Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"}))).await;
+    let agent = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&ctx.admin),
+            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
+        )
+        .await;
     let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
     assert!(conversations(&app, &al, "").await.is_empty());
     assert_eq!(app.call("GET", &format!("/api/conversations/{maria}"), Some(&al), None).await.status, 404);
     assert_eq!(app.call("GET", &format!("/api/conversations/{maria}/messages"), Some(&al), None).await.status, 404);
     let channel = c.body["channel_id"].as_str().expect("channel").to_string();
-    app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&ctx.admin), Some(json!({"user_ids": [agent.body["user_id"]]}))).await;
+    app.call(
+        "PUT",
+        &format!("/api/channels/{channel}/members"),
+        Some(&ctx.admin),
+        Some(json!({"user_ids": [agent.body["user_id"]]})),
+    )
+    .await;
     assert_eq!(conversations(&app, &al, "").await.len(), 3);
-    app.call("POST", "/api/members", Some(&ctx.admin), Some(json!({"email": "vi@acme.test", "role": "viewer", "password": "vi-password-1"}))).await;
+    app.call(
+        "POST",
+        "/api/members",
+        Some(&ctx.admin),
+        Some(json!({"email": "vi@acme.test", "role": "viewer", "password": "vi-password-1"})),
+    )
+    .await;
     let vi = token(&app.login("vi@acme.test", "vi-password-1", "acme").await, "access_token");
-    let r = app.call("POST", &format!("/api/conversations/{maria}/messages"), Some(&vi), Some(json!({"text": "hi"}))).await;
+    let r =
+        app.call("POST", &format!("/api/conversations/{maria}/messages"), Some(&vi), Some(json!({"text": "hi"}))).await;
     assert_eq!(r.status, 403);
 
     // Messages page oldest to newest with a cursor to older ones.
     let page = app.call("GET", &format!("/api/conversations/{maria}/messages?limit=1"), Some(&ctx.admin), None).await;
     assert_eq!(page.body["items"][0]["text"], "still waiting");
-    let older = app.call("GET", &format!("/api/conversations/{maria}/messages?limit=1&before={}", page.body["next_cursor"].as_str().expect("cursor")), Some(&ctx.admin), None).await;
+    let older = app
+        .call(
+            "GET",
+            &format!(
+                "/api/conversations/{maria}/messages?limit=1&before={}",
+                page.body["next_cursor"].as_str().expect("cursor")
+            ),
+            Some(&ctx.admin),
+            None,
+        )
+        .await;
     assert_eq!(older.body["items"][0]["text"], "Where is my order 8812?");
 
     // Contacts and canned responses.
     let r = app.call("GET", "/api/contacts?q=Rita", Some(&ctx.admin), None).await;
     assert_eq!(r.body["items"].as_array().map(|a| a.len()), Some(1));
-    let r = app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "We ship in 2-3 days."}))).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/canned-responses",
+            Some(&ctx.admin),
+            Some(json!({"shortcut": "ship", "text": "We ship in 2-3 days."})),
+        )
+        .await;
     assert_eq!(r.status, 201);
     let cid = r.body["id"].as_str().expect("id").to_string();
-    let r = app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "dup"}))).await;
+    let r = app
+        .call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "dup"})))
+        .await;
     assert_eq!(r.status, 409);
     assert_eq!(app.call("GET", "/api/canned-responses", Some(&al), None).await.body["items"][0]["shortcut"], "ship");
     assert_eq!(app.call("DELETE", &format!("/api/canned-responses/{cid}"), Some(&ctx.admin), None).await.status, 204);
 
     // The audit log has the assignment and status changes and the sends.
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
-    let actions: Vec<&str> = log.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
-    assert!(actions.contains(&"conversation.assigned") && actions.contains(&"conversation.status_changed"), "{actions:?}");
+    let actions: Vec<&str> =
+        log.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(
+        actions.contains(&"conversation.assigned") && actions.contains(&"conversation.status_changed"),
+        "{actions:?}"
+    );
 }
 
 #[actix_web::test]
 async fn auto_reply_and_notifications() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let channels = app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
-    let page = channels.iter().find(|c| c["external_id"] == PAGE_A).expect("page")["id"].as_str().expect("id").to_string();
-    let r = app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(json!({"settings": {"auto_reply": {"enabled": true, "text": "Thanks! We answer within the hour."}}}))).await;
+    let channels =
+        app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
+    let page =
+        channels.iter().find(|c| c["external_id"] == PAGE_A).expect("page")["id"].as_str().expect("id").to_string();
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{page}"),
+            Some(&ctx.admin),
+            Some(json!({"settings": {"auto_reply": {"enabled": true, "text": "Thanks! We answer within the hour."}}})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hi"})).await;
     app.processed().await;
     let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
     eventually("auto reply sent", || async {
-        messages(&app, &ctx.admin, &conv).await.iter().any(|m| m["text"] == "Thanks! We answer within the hour." && m["status"] != "pending")
+        messages(&app, &ctx.admin, &conv)
+            .await
+            .iter()
+            .any(|m| m["text"] == "Thanks! We answer within the hour." && m["status"] != "pending")
     })
     .await;
     // Only when a conversation opens: a second message gets no second auto-reply.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hello again"})).await;
     app.processed().await;
     actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
-    let count = messages(&app, &ctx.admin, &conv).await.iter().filter(|m| m["text"] == "Thanks! We answer within the hour.").count();
+    let count = messages(&app, &ctx.admin, &conv)
+        .await
+        .iter()
+        .filter(|m| m["text"] == "Thanks! We answer within the hour.")
+        .count();
     assert_eq!(count, 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 2);
     // Muted: no notification events, the list still updates.
-    app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(json!({"settings": {"notifications": false}}))).await;
+    app.call(
+        "PATCH",
+        &format!("/api/channels/{page}"),
+        Some(&ctx.admin),
+        Some(json!({"settings": {"notifications": false}})),
+    )
+    .await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "third"})).await;
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 2);

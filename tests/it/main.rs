@@ -4,8 +4,9 @@
 mod auth;
 mod channels;
 mod cli;
-mod graph;
 mod common;
+mod events;
+mod graph;
+mod inbox;
 mod migrate;
 mod tenancy;
-mod inbox;

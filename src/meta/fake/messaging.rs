@@ -43,11 +43,13 @@ impl State {
     pub(super) fn may_use(&self, owner: &Owner, account: &Account) -> bool {
         match (owner, account) {
             (Owner::Page(p), Account::Page(id)) => p == id,
-            (Owner::Page(p), Account::Instagram { ig }) => self.pages.get(p).and_then(|pg| pg.instagram.as_ref()) == Some(ig),
-            (Owner::Waba(w), Account::Phone(ph)) => self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph)),
-            (Owner::User(u), Account::Phone(ph)) => {
-                self.users.get(u).is_some_and(|usr| usr.wabas.iter().any(|w| self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph))))
+            (Owner::Page(p), Account::Instagram { ig }) => {
+                self.pages.get(p).and_then(|pg| pg.instagram.as_ref()) == Some(ig)
             }
+            (Owner::Waba(w), Account::Phone(ph)) => self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph)),
+            (Owner::User(u), Account::Phone(ph)) => self.users.get(u).is_some_and(|usr| {
+                usr.wabas.iter().any(|w| self.wabas.get(w).is_some_and(|wb| wb.phones.contains(ph)))
+            }),
             _ => false,
         }
     }
@@ -85,11 +87,17 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
     };
     if let Some(action) = body.get("sender_action").and_then(Value::as_str) {
         if !["typing_on", "typing_off", "mark_seen", "react", "unreact"].contains(&action) {
-            return graph_error(100, None, "(#100) Param sender_action must be one of {MARK_SEEN, TYPING_ON, TYPING_OFF, REACT, UNREACT}");
+            return graph_error(
+                100,
+                None,
+                "(#100) Param sender_action must be one of {MARK_SEEN, TYPING_ON, TYPING_OFF, REACT, UNREACT}",
+            );
         }
         return HttpResponse::Ok().json(json!({"recipient_id": recipient}));
     }
-    let Some(message) = body.get("message") else { return graph_error(100, None, "(#100) The parameter message is required") };
+    let Some(message) = body.get("message") else {
+        return graph_error(100, None, "(#100) The parameter message is required");
+    };
     let text = message.get("text").and_then(Value::as_str).unwrap_or("");
     if text.chars().count() > 2000 {
         return graph_error(100, None, "(#100) Length of param message[text] must be less than or equal to 2000");
@@ -100,7 +108,9 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
         "RESPONSE" | "UPDATE" => {}
         "MESSAGE_TAG" if tag.is_some() => {}
         "MESSAGE_TAG" => return graph_error(100, None, "(#100) Param tag is required for messaging_type MESSAGE_TAG"),
-        _ => return graph_error(100, None, "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}"),
+        _ => {
+            return graph_error(100, None, "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
+        }
     }
     if let Some(last) = st.last_inbound.get(&(account_id.clone(), recipient.clone())) {
         let age = Utc::now() - *last;
@@ -123,8 +133,11 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
         }
     };
     let ms = now.timestamp_millis();
-    let envelope = |event: Value| json!({"object": object, "entry": [{"id": account_id, "time": ms, "messaging": [event]}]});
-    let mut out = vec![envelope(json!({"sender": {"id": account_id}, "recipient": {"id": recipient}, "timestamp": ms, "message": echo_message}))];
+    let envelope =
+        |event: Value| json!({"object": object, "entry": [{"id": account_id, "time": ms, "messaging": [event]}]});
+    let mut out = vec![envelope(
+        json!({"sender": {"id": account_id}, "recipient": {"id": recipient}, "timestamp": ms, "message": echo_message}),
+    )];
     if object == "page" {
         out.push(envelope(json!({"sender": {"id": recipient}, "recipient": {"id": account_id}, "timestamp": ms + 300, "delivery": {"mids": [message_id], "watermark": ms}})));
         out.push(envelope(json!({"sender": {"id": recipient}, "recipient": {"id": account_id}, "timestamp": ms + 600, "read": {"watermark": ms}})));
@@ -158,9 +171,11 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     }
     let id = wamid();
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
-    let outside = st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
+    let outside =
+        st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
     let display = st.phones.get(phone).map(|p| p.display.clone()).unwrap_or_default();
-    let waba = st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone)).map(|w| w.id.clone()).unwrap_or_default();
+    let waba =
+        st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone)).map(|w| w.id.clone()).unwrap_or_default();
     let now = Utc::now().timestamp();
     let status = |s: &str, at: i64, extra: Value| {
         let mut v = json!({"id": id, "status": s, "timestamp": at.to_string(), "recipient_id": wa_id});
@@ -173,14 +188,24 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             "statuses": [v]}, "field": "messages"}]}]})
     };
     let out = if outside {
-        vec![status("failed", now, json!({"errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
-            "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}]}))]
+        vec![status(
+            "failed",
+            now,
+            json!({"errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
+            "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}]}),
+        )]
     } else {
         // Meta does not promise order: deliver "read" before "delivered".
-        vec![status("sent", now, json!({})), status("read", now + 2, json!({})), status("delivered", now + 1, json!({}))]
+        vec![
+            status("sent", now, json!({})),
+            status("read", now + 2, json!({})),
+            status("delivered", now + 1, json!({})),
+        ]
     };
     fake.emit_to(st.webhook_target.clone(), out);
-    HttpResponse::Ok().json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [{"id": id}]}))
+    HttpResponse::Ok().json(
+        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [{"id": id}]}),
+    )
 }
 
 fn wa_error(code: i64, message: &str) -> HttpResponse {
@@ -207,35 +232,42 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
     let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(to), Some(from)) = (s("to"), s("from")) else { return super::bad("to and from are required") };
     let text = s("text").unwrap_or_else(|| "hello".into());
-    let at: DateTime<Utc> = s("at").and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
-    let mut st = fake.lock();
-    let Some(account) = st.account_of(&to) else { return super::bad("no such page, Instagram account or phone number") };
-    st.last_inbound.insert((to.clone(), from.clone()), at);
-    let name = s("name");
-    if body.get("name").is_some() || !st.profiles.contains_key(&from) {
-        st.profiles.insert(from.clone(), name.clone());
-    }
-    let id = s("id");
-    let event = match account {
-        Account::Phone(phone) => {
-            let waba = st.wabas.values().find(|w| w.phones.contains(&phone)).map(|w| w.id.clone()).unwrap_or_default();
-            let wamid = id.unwrap_or_else(wamid);
-            let mut value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone},
+    let at: DateTime<Utc> = s("at")
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let (event, target) = {
+        let mut st = fake.lock();
+        let Some(account) = st.account_of(&to) else {
+            return super::bad("no such page, Instagram account or phone number");
+        };
+        st.last_inbound.insert((to.clone(), from.clone()), at);
+        let name = s("name");
+        if body.get("name").is_some() || !st.profiles.contains_key(&from) {
+            st.profiles.insert(from.clone(), name.clone());
+        }
+        let id = s("id");
+        let event = match account {
+            Account::Phone(phone) => {
+                let waba =
+                    st.wabas.values().find(|w| w.phones.contains(&phone)).map(|w| w.id.clone()).unwrap_or_default();
+                let wamid = id.unwrap_or_else(wamid);
+                let mut value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone},
                 "messages": [{"from": from, "id": wamid, "timestamp": at.timestamp().to_string(), "type": "text", "text": {"body": text}}]});
-            if let Some(n) = &name {
-                value["contacts"] = json!([{"profile": {"name": n}, "wa_id": from}]);
+                if let Some(n) = &name {
+                    value["contacts"] = json!([{"profile": {"name": n}, "wa_id": from}]);
+                }
+                json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": value, "field": "messages"}]}]})
             }
-            json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": value, "field": "messages"}]}]})
-        }
-        acct => {
-            let object = if matches!(acct, Account::Instagram { .. }) { "instagram" } else { "page" };
-            let ms = at.timestamp_millis();
-            json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
+            acct => {
+                let object = if matches!(acct, Account::Instagram { .. }) { "instagram" } else { "page" };
+                let ms = at.timestamp_millis();
+                json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
                 "timestamp": ms, "message": {"mid": id.unwrap_or_else(mid), "text": text}}]}]})
-        }
+            }
+        };
+        (event, st.webhook_target.clone())
     };
-    let target = st.webhook_target.clone();
-    drop(st);
     let delivered = match target {
         Some(url) => fake.post(&url, &event).await,
         None => None,
@@ -248,7 +280,8 @@ impl FakeMeta {
     pub fn signed(&self, event: &Value) -> (String, String, String) {
         let body = meta_json(event);
         let sha256 = sign(self.cfg.app_secret.as_bytes(), body.as_bytes());
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(self.cfg.app_secret.as_bytes()).expect("HMAC accepts keys of any length");
+        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(self.cfg.app_secret.as_bytes())
+            .expect("HMAC accepts keys of any length");
         mac.update(body.as_bytes());
         let sha1 = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
         (body, sha256, sha1)

@@ -311,7 +311,9 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         }
         ("GET", [id]) => {
             let id = id.to_string();
-            with_token(&fake, token.as_deref(), move |st, _| messaging::profile(st, &id).unwrap_or_else(|| object(st, &id)))
+            with_token(&fake, token.as_deref(), move |st, _| {
+                messaging::profile(st, &id).unwrap_or_else(|| object(st, &id))
+            })
         }
         _ => graph_error(100, None, &format!("Unknown path components: {}", req.path())),
     }
