@@ -22,6 +22,8 @@ pub struct AppState {
     pub wake_processor: Arc<Notify>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
+    /// The cross-instance bus (typing, presence, access changes).
+    pub bus: Arc<dyn crate::realtime::Bus>,
     /// Contacts whose profile to look up at Meta: (tenant, contact id).
     pub profile_lookups: mpsc::Sender<(crate::ids::TenantId, i64)>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<(crate::ids::TenantId, i64)>>>,
@@ -34,6 +36,7 @@ impl AppState {
             wake_processor: Arc::new(Notify::new()),
             wake_sender: Arc::new(Notify::new()),
             profile_lookups: tx,
+            bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             profile_rx: std::sync::Mutex::new(Some(rx)),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),
@@ -67,4 +70,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::sender::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
+    actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
 }

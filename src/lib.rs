@@ -21,6 +21,7 @@ pub mod ids;
 pub mod inbox;
 pub mod meta;
 pub mod ops;
+pub mod realtime;
 pub mod secret;
 pub mod simulate;
 pub mod telemetry;

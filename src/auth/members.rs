@@ -17,6 +17,7 @@ use crate::db::schema::{memberships, users as users_t};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
+use crate::realtime::bus::{notify_live, LiveMsg};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Member {
@@ -171,6 +172,8 @@ pub fn remove(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, user: Us
     let tenant = tc.tenant();
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
     refresh::revoke_member(tc.pg(), user, tenant)?;
+    // Their sockets in this tenant close (4403), on every instance.
+    notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(
         tc,
         Some(actor),

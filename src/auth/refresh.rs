@@ -91,14 +91,23 @@ pub fn revoke_family(conn: &mut PgConnection, family: &str) -> Result<usize, DbE
         .execute(conn)?)
 }
 
-/// Revokes the family a token belongs to (logout). Unknown tokens are ignored.
-pub fn revoke_by_token(conn: &mut PgConnection, token: &str) -> Result<(), DbError> {
-    let family: Option<String> =
-        rt::table.filter(rt::token_hash.eq(hash(token))).select(rt::family_id).first(conn).optional()?;
-    if let Some(f) = family {
-        revoke_family(conn, &f)?;
+/// Revokes the family a token belongs to (logout). Unknown tokens are
+/// ignored. Returns the family's (tenant, user, family).
+pub fn revoke_by_token(conn: &mut PgConnection, token: &str) -> Result<Option<(i64, i64, String)>, DbError> {
+    let row: Option<(i64, i64, String)> = rt::table
+        .filter(rt::token_hash.eq(hash(token)))
+        .select((rt::tenant_id, rt::user_id, rt::family_id))
+        .first(conn)
+        .optional()?;
+    if let Some((_, _, f)) = &row {
+        revoke_family(conn, f)?;
     }
-    Ok(())
+    Ok(row)
+}
+
+/// The (tenant, user) of a family.
+pub fn family_owner(conn: &mut PgConnection, family: &str) -> Result<Option<(i64, i64)>, DbError> {
+    Ok(rt::table.filter(rt::family_id.eq(family)).select((rt::tenant_id, rt::user_id)).first(conn).optional()?)
 }
 
 pub fn revoke_member(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> Result<usize, DbError> {

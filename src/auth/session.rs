@@ -12,6 +12,7 @@ use crate::db::migrate::latest_tenant_version;
 use crate::db::schema::{memberships, tenants};
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
+use crate::realtime::bus::{notify_live, LiveMsg};
 use crate::tenancy::{self, Tenant};
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +122,9 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
             Ok(spent) => spent,
             Err(family) => {
                 refresh::revoke_family(conn, &family)?;
+                if let Some((t, u)) = refresh::family_owner(conn, &family)? {
+                    notify_live(conn, &LiveMsg::Revoked { t, u, family: Some(family) })?;
+                }
                 return Ok(Outcome::Reused);
             }
         };
@@ -146,8 +150,13 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
 }
 
 pub fn logout(conn: &mut PgConnection, token: &str) -> AppResult<()> {
-    refresh::revoke_by_token(conn, token)?;
-    Ok(())
+    conn.transaction(|conn| {
+        if let Some((t, u, family)) = refresh::revoke_by_token(conn, token)? {
+            // Sockets opened with this login close too.
+            notify_live(conn, &LiveMsg::Revoked { t, u, family: Some(family) })?;
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug, Serialize)]

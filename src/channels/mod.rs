@@ -343,6 +343,9 @@ pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users:
         ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();
     diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
     audit::record(tc, Some(actor), "channel.members_set", "channel", Some(id.to_string()), json!({"user_ids": ids}))?;
+    // Open sockets widen or narrow to the new channel sets.
+    let t = tc.tenant().0;
+    crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Acl { t })?;
     get_view(tc, id)
 }
 

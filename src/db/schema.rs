@@ -120,3 +120,15 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    public.ws_tickets (ticket_hash) {
+        ticket_hash -> Bytea,
+        tenant_id -> Int8,
+        user_id -> Int8,
+        role -> Text,
+        family -> Text,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}

@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod members;
 pub mod meta;
 pub mod pagination;
+pub mod realtime;
 pub mod tenants;
 pub mod webhooks;
 
@@ -123,18 +124,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(channels::routes)
                 .configure(inbox::routes)
                 .configure(webhooks::operator_routes)
+                .configure(realtime::api_routes)
                 .configure(audit::routes),
         )
         .configure(webhooks::routes)
+        .configure(realtime::routes)
         .configure(meta::routes)
         .configure(crate::web::routes)
         .default_service(web::to(no_route));
+}
+
+/// Starts this instance's hub and its LISTEN thread (inside the actix system).
+pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
+    use actix::Actor;
+    let active = crate::realtime::bus::ActiveTenants::default();
+    let instance = uuid::Uuid::new_v4().to_string();
+    let hub = crate::realtime::Hub::new(instance, state.bus.clone(), active.clone()).start();
+    crate::realtime::bus::spawn_listener(
+        state.config.db.database_url.expose().clone(),
+        state.db.pool().clone(),
+        hub.clone(),
+        active,
+    );
+    hub
 }
 
 /// Binds the server to `listener` (port 0 in tests).
 pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
+    let hub = web::Data::new(start_realtime(&state));
     // Database work runs on each worker's blocking pool; no more threads than
     // the pool has connections, so waiting happens in r2d2, bounded.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -145,6 +164,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
             .app_data(state.clone())
             .app_data(keys.clone())
+            .app_data(hub.clone())
             .configure(routes)
     })
     .workers(workers)

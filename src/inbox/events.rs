@@ -1,6 +1,6 @@
 //! The per-tenant realtime log. Every change the inbox makes appends an
 //! event in the same transaction; the transaction then sends at most one
-//! `pg_notify` carrying only `<tenant id>:<last seq>` (delivered at commit,
+//! `pg_notify` carrying only `<tenant id>:<first seq>:<last seq>` (delivered at commit,
 //! so listeners never hear of an event that rolled back).
 //!
 //! Sequence numbers come from the single row of `event_seq`, incremented
@@ -78,7 +78,8 @@ impl EventLog {
         for chunk in rows.chunks(2000) {
             diesel::insert_into(events::table).values(chunk).execute(tc.pg())?;
         }
-        let payload = format!("{}:{last}", tc.tenant().0);
+        // Ids only: "<tenant>:<first seq>:<last seq>".
+        let payload = format!("{}:{first}:{last}", tc.tenant().0);
         diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
             .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
             .bind::<diesel::sql_types::Text, _>(payload)
@@ -128,4 +129,22 @@ pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<S
 
 pub fn last_seq(tc: &mut TenantConn<'_>) -> AppResult<i64> {
     Ok(event_seq::table.find(1).select(event_seq::value).first(tc.pg())?)
+}
+
+/// The oldest kept seq (`None` when the log is empty).
+pub fn oldest_seq(tc: &mut TenantConn<'_>) -> AppResult<Option<i64>> {
+    Ok(events::table.select(diesel::dsl::min(events::seq)).first(tc.pg())?)
+}
+
+/// Drops events older than `hours`; returns how many.
+pub fn prune(tc: &mut TenantConn<'_>, hours: i64) -> AppResult<usize> {
+    let cutoff = Utc::now() - chrono::Duration::hours(hours);
+    Ok(diesel::delete(events::table.filter(events::created_at.lt(cutoff))).execute(tc.pg())?)
+}
+
+impl StoredEvent {
+    /// The frame a client receives: `{"seq", "type", "at", "data"}`.
+    pub fn frame(&self) -> String {
+        serde_json::json!({"seq": self.seq, "type": self.kind, "at": self.at, "data": self.data}).to_string()
+    }
 }

@@ -385,3 +385,28 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
         }
     }
 }
+
+/// Drops events older than `SWITCHBOARD_EVENT_RETENTION_HOURS` (default 72)
+/// from every tenant's log, hourly. A client resuming from before that gets
+/// `resync_required`.
+pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
+    let hours = std::env::var("SWITCHBOARD_EVENT_RETENTION_HOURS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|h| *h > 0)
+        .unwrap_or(72);
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let tenants = state.db.public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?)).await.unwrap_or_default();
+        for t in tenants {
+            let r = state
+                .db
+                .tenant(TenantScope::maintenance(t.tenant_id()), move |tc| super::events::prune(tc, hours))
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(tenant = %t.slug, error = ?e, "event pruning skipped a tenant");
+            }
+        }
+    }
+}

@@ -234,6 +234,7 @@ pub fn set_status(conn: &mut PgConnection, slug: &str, status: TenantStatus) -> 
             .ok_or_else(|| AppError::not_found("tenant"))?;
         if status == TenantStatus::Suspended {
             crate::auth::refresh::revoke_tenant(conn, tenant.tenant_id())?;
+            crate::realtime::bus::notify_live(conn, &crate::realtime::LiveMsg::Removed { t: tenant.id, u: 0 })?;
         }
         Ok(tenant)
     })

@@ -9,4 +9,5 @@ mod events;
 mod graph;
 mod inbox;
 mod migrate;
+mod realtime;
 mod tenancy;

@@ -1,0 +1,103 @@
+//! `POST /api/ws-ticket` and `GET /ws`: authentication happens before the
+//! upgrade; a bad credential, a suspended tenant or a foreign `Origin` gets
+//! a plain 401/403 and no socket.
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{resource, AppState};
+use crate::auth::extract::{authenticate, bearer};
+use crate::auth::AuthContext;
+use crate::db::schema::users;
+use crate::error::{AppError, AppResult};
+use crate::inbox::events;
+use crate::realtime::session::{visible_channels, SessionInit, WsSession};
+use crate::realtime::{tickets, Hub};
+
+pub fn api_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/ws-ticket").route(web::post().to(ticket)));
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/ws").route(web::get().to(connect)));
+}
+
+async fn ticket(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let t = state.db.tenant(auth.scope(), move |tc| tickets::issue(tc.pg(), &auth)).await?;
+    Ok(HttpResponse::Ok().json(json!({"ticket": t, "expires_in": tickets::TICKET_TTL_SECS})))
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    ticket: Option<String>,
+    since: Option<String>,
+}
+
+/// Browsers send `Origin`; it must be this server's public origin or one of
+/// `SWITCHBOARD_ALLOWED_ORIGINS`. Clients that send none are not browsers.
+fn origin_allowed(state: &AppState, req: &HttpRequest) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
+    let origin = origin.trim_end_matches('/');
+    let public = state.config.public_url.trim_end_matches('/');
+    origin == public
+        || std::env::var("SWITCHBOARD_ALLOWED_ORIGINS")
+            .map(|v| v.split(',').any(|o| o.trim().trim_end_matches('/') == origin))
+            .unwrap_or(false)
+}
+
+async fn connect(
+    state: web::Data<AppState>,
+    hub: web::Data<Addr<Hub>>,
+    req: HttpRequest,
+    stream: web::Payload,
+    q: web::Query<WsQuery>,
+) -> AppResult<HttpResponse> {
+    if !origin_allowed(&state, &req) {
+        return Err(AppError::forbidden("origin_not_allowed", "this origin may not open a socket here"));
+    }
+    let since = match q.since.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| AppError::bad_request("invalid_since", "since must be a sequence number"))?,
+        ),
+    };
+    let auth = match (&q.ticket, bearer(&req)) {
+        (Some(t), _) => {
+            let t = t.clone();
+            state.db.public(move |conn| tickets::redeem(conn, &t)).await?
+        }
+        (None, Some(token)) => authenticate(&state.jwt, token)?,
+        (None, None) => {
+            return Err(AppError::unauthorized("missing_credential", "send ?ticket= or Authorization: Bearer"))
+        }
+    };
+    // The guard checks the tenant is active and the membership unchanged.
+    let (user, role) = (auth.user.0, auth.role);
+    let (last_seq, channels, name) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            use diesel::prelude::*;
+            let last = events::last_seq(tc)?;
+            let channels = visible_channels(tc, user, role)?;
+            let (name, email): (String, String) =
+                users::table.find(user).select((users::name, users::email)).first(tc.pg())?;
+            Ok::<_, AppError>((last, channels, if name.is_empty() { email } else { name }))
+        })
+        .await?;
+    let session = WsSession::new(
+        hub.get_ref().clone(),
+        state.clone(),
+        SessionInit { tenant: auth.tenant.0, user, role, name, family: auth.family.clone(), channels, last_seq, since },
+    );
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(64 * 1024)
+        .start()
+        .map_err(|e| AppError::bad_request("not_a_websocket", format!("expected a WebSocket upgrade: {e}")))
+}

@@ -1,0 +1,204 @@
+//! The cross-instance bus. [`Bus`] is the small interface another transport
+//! (NATS, Redis) could implement for large fleets; [`PgBus`] is the one
+//! that needs nothing but PostgreSQL: NOTIFY to publish, one LISTEN
+//! connection per instance (outside the pool) to receive.
+//!
+//! Event hints (`switchboard_events`, sent by writers inside their
+//! transactions) carry `tenant:first:last`; the listener reads the events
+//! themselves from the log, only for tenants this instance has sockets for.
+//! After a reconnect it catches up from the log, so nothing is missed.
+
+use actix::Addr;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use super::hub::{Events, Hub, Live};
+use crate::db::{with_tenant, PgPool, TenantScope};
+use crate::error::{AppError, AppResult};
+use crate::ids::TenantId;
+use crate::inbox::events::{self, NOTIFY_CHANNEL};
+
+pub const LIVE_CHANNEL: &str = "switchboard_live";
+
+/// Messages that are not logged: typing, presence, access changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum LiveMsg {
+    Typing {
+        t: i64,
+        conv: i64,
+        ch: i64,
+        u: i64,
+        name: String,
+        on: bool,
+        origin: String,
+    },
+    Presence {
+        t: i64,
+        u: i64,
+        inst: String,
+        n: u32,
+        away: bool,
+    },
+    /// Channel access changed in the tenant: sessions reload their channels.
+    Acl {
+        t: i64,
+    },
+    /// A member left the tenant (or the tenant was suspended: `u` = 0).
+    Removed {
+        t: i64,
+        u: i64,
+    },
+    /// A login (refresh-token family) ended.
+    Revoked {
+        t: i64,
+        u: i64,
+        family: Option<String>,
+    },
+}
+
+pub trait Bus: Send + Sync {
+    /// Publishes a live message to every instance (this one included).
+    fn publish(&self, msg: &LiveMsg) -> AppResult<()>;
+}
+
+/// Sends a live message inside the caller's transaction (delivered at
+/// commit): access changes made anywhere, even by the CLI, reach every
+/// instance.
+pub fn notify_live(conn: &mut PgConnection, msg: &LiveMsg) -> AppResult<()> {
+    let payload = serde_json::to_string(msg).map_err(AppError::internal)?;
+    diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(LIVE_CHANNEL)
+        .bind::<diesel::sql_types::Text, _>(payload)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub struct PgBus {
+    pool: PgPool,
+}
+
+impl PgBus {
+    pub fn new(pool: PgPool) -> PgBus {
+        PgBus { pool }
+    }
+}
+
+impl Bus for PgBus {
+    fn publish(&self, msg: &LiveMsg) -> AppResult<()> {
+        let mut conn = self.pool.get().map_err(crate::db::DbError::from)?;
+        notify_live(&mut conn, msg)
+    }
+}
+
+/// Tenants with sockets on this instance (kept by the hub, read here).
+pub type ActiveTenants = Arc<RwLock<HashSet<i64>>>;
+
+/// Runs the LISTEN loop on its own thread until the process ends.
+pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, active: ActiveTenants) {
+    std::thread::Builder::new()
+        .name("switchboard-listen".into())
+        .spawn(move || {
+            let mut delivered: HashMap<i64, i64> = HashMap::new();
+            let mut backoff = Duration::from_millis(100);
+            // Ends with the hub (the server stopped).
+            while hub.connected() {
+                match listen(&database_url, &pool, &hub, &active, &mut delivered) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bus listener lost its connection; reconnecting");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+        .ok();
+}
+
+fn listen(
+    url: &str,
+    pool: &PgPool,
+    hub: &Addr<Hub>,
+    active: &ActiveTenants,
+    delivered: &mut HashMap<i64, i64>,
+) -> anyhow::Result<()> {
+    let mut conn = PgConnection::establish(url)?;
+    conn.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
+    // Whatever happened while we were away: catch up from the logs.
+    let known: Vec<i64> = delivered.keys().copied().collect();
+    for t in known {
+        catch_up(pool, hub, active, delivered, t, None)?;
+    }
+    while hub.connected() {
+        let mut got = false;
+        let notes: Vec<_> = conn.notifications_iter().collect::<Result<Vec<_>, _>>()?;
+        for n in notes {
+            got = true;
+            if n.channel == NOTIFY_CHANNEL {
+                let mut parts = n.payload.split(':').map(|p| p.parse::<i64>().ok());
+                if let (Some(Some(t)), Some(Some(first)), Some(Some(last))) = (parts.next(), parts.next(), parts.next())
+                {
+                    delivered.entry(t).or_insert(first - 1);
+                    catch_up(pool, hub, active, delivered, t, Some(last))?;
+                }
+            } else if let Ok(msg) = serde_json::from_str::<LiveMsg>(&n.payload) {
+                hub.do_send(Live(msg));
+            }
+        }
+        if !got {
+            // libpq has no blocking wait for notifications through diesel;
+            // a short sleep keeps the latency low and the cost negligible.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+fn catch_up(
+    pool: &PgPool,
+    hub: &Addr<Hub>,
+    active: &ActiveTenants,
+    delivered: &mut HashMap<i64, i64>,
+    tenant: i64,
+    until: Option<i64>,
+) -> anyhow::Result<()> {
+    let from = delivered.get(&tenant).copied().unwrap_or(0);
+    if until.is_some_and(|u| u <= from) {
+        return Ok(());
+    }
+    let wanted = active.read().map(|a| a.contains(&tenant)).unwrap_or(false);
+    if !wanted {
+        // Nobody here listens to this tenant: just move the mark.
+        if let Some(u) = until {
+            delivered.insert(tenant, u);
+        }
+        return Ok(());
+    }
+    let mut conn = pool.get()?;
+    let mut since = from;
+    loop {
+        let batch =
+            with_tenant(&mut conn, &TenantScope::maintenance(TenantId(tenant)), |tc| events::since(tc, since, 1000));
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(tenant, error = ?e, "cannot read events");
+                return Ok(());
+            }
+        };
+        let Some(last) = batch.last().map(|e| e.seq) else { break };
+        since = last;
+        let full = batch.len() == 1000;
+        hub.do_send(Events { tenant, events: Arc::new(batch) });
+        if !full {
+            break;
+        }
+    }
+    delivered.insert(tenant, since.max(until.unwrap_or(0)).max(from));
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! One hub per server instance: knows every socket's tenant, user and
+//! channels, fans events out, relays typing and presence, and closes
+//! sockets whose access ended. It never waits on a client: a session whose
+//! mailbox is full is dropped (close code 4408) and others go on.
+
+use actix::prelude::*;
+use chrono::Utc;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bus::{ActiveTenants, Bus, LiveMsg};
+use super::session::WsSession;
+use super::{CLOSE_LOGGED_OUT, CLOSE_REMOVED, CLOSE_TOO_SLOW};
+use crate::inbox::events::StoredEvent;
+
+pub const TYPING_TTL: Duration = Duration::from_secs(6);
+
+/// One frame for a session.
+#[derive(Clone)]
+pub struct Frame {
+    pub seq: Option<i64>,
+    pub text: Arc<str>,
+}
+
+/// Frames for one session, delivered as one mailbox message: a burst of
+/// events costs one slot, so only a client that stops reading fills its
+/// mailbox.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Push(pub Vec<Frame>);
+
+impl Push {
+    pub fn one(seq: Option<i64>, text: Arc<str>) -> Push {
+        Push(vec![Frame { seq, text }])
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadChannels;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub id: u64,
+    pub addr: Addr<WsSession>,
+    pub tenant: i64,
+    pub user: i64,
+    pub family: String,
+    /// `None`: sees every channel (admins).
+    pub channels: Option<HashSet<i64>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub id: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetChannels {
+    pub id: u64,
+    pub channels: Option<HashSet<i64>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAway {
+    pub id: u64,
+    pub away: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Events {
+    pub tenant: i64,
+    pub events: Arc<Vec<StoredEvent>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Live(pub LiveMsg);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TypingFrom {
+    pub id: u64,
+    pub tenant: i64,
+    pub conversation: i64,
+    pub channel: i64,
+    pub user: i64,
+    pub name: String,
+    pub on: bool,
+}
+
+struct Entry {
+    addr: Addr<WsSession>,
+    tenant: i64,
+    user: i64,
+    family: String,
+    channels: Option<HashSet<i64>>,
+    away: bool,
+}
+
+impl Entry {
+    fn sees(&self, channel: Option<i64>) -> bool {
+        match (&self.channels, channel) {
+            (None, _) | (_, None) => true,
+            (Some(set), Some(c)) => set.contains(&c),
+        }
+    }
+}
+
+pub struct Hub {
+    instance: String,
+    bus: Arc<dyn Bus>,
+    active: ActiveTenants,
+    sessions: HashMap<u64, Entry>,
+    by_tenant: HashMap<i64, HashSet<u64>>,
+    typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
+    presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
+    shown: HashMap<(i64, i64), &'static str>,
+}
+
+impl Hub {
+    pub fn new(instance: String, bus: Arc<dyn Bus>, active: ActiveTenants) -> Hub {
+        Hub {
+            instance,
+            bus,
+            active,
+            sessions: HashMap::new(),
+            by_tenant: HashMap::new(),
+            typing: HashMap::new(),
+            presence: HashMap::new(),
+            shown: HashMap::new(),
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.sessions.remove(&id)?;
+        if let Some(set) = self.by_tenant.get_mut(&e.tenant) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_tenant.remove(&e.tenant);
+                if let Ok(mut a) = self.active.write() {
+                    a.remove(&e.tenant);
+                }
+            }
+        }
+        Some(e)
+    }
+
+    /// Sends to one session without waiting; a full mailbox drops it.
+    fn send(&mut self, id: u64, push: Push) {
+        let Some(e) = self.sessions.get(&id) else { return };
+        match e.addr.try_send(push) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => {
+                tracing::info!(session = id, "socket too slow; closing it");
+                let addr = e.addr.clone();
+                let (tenant, user) = (e.tenant, e.user);
+                self.remove(id);
+                addr.do_send(CloseSession { code: CLOSE_TOO_SLOW, reason: "too slow; reconnect with since" });
+                self.publish_presence(tenant, user);
+            }
+            Err(SendError::Closed(_)) => {
+                if let Some(e) = self.remove(id) {
+                    self.publish_presence(e.tenant, e.user);
+                }
+            }
+        }
+    }
+
+    fn broadcast(&mut self, tenant: i64, channel: Option<i64>, push: &Push, except: Option<u64>) {
+        let ids: Vec<u64> = self
+            .by_tenant
+            .get(&tenant)
+            .map(|s| s.iter().copied().filter(|id| Some(*id) != except).collect())
+            .unwrap_or_default();
+        for id in ids {
+            if self.sessions.get(&id).is_some_and(|e| e.sees(channel)) {
+                self.send(id, push.clone());
+            }
+        }
+    }
+
+    fn publish(&self, msg: LiveMsg) {
+        let bus = self.bus.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            if let Err(e) = bus.publish(&msg) {
+                tracing::warn!(error = ?e, "could not publish a live message");
+            }
+        });
+    }
+
+    /// This instance's view of a user: how many sockets, all away or not.
+    fn publish_presence(&self, tenant: i64, user: i64) {
+        let mine: Vec<&Entry> = self.sessions.values().filter(|e| e.tenant == tenant && e.user == user).collect();
+        let n = mine.len() as u32;
+        let away = n > 0 && mine.iter().all(|e| e.away);
+        self.publish(LiveMsg::Presence { t: tenant, u: user, inst: self.instance.clone(), n, away });
+    }
+
+    fn presence_changed(&mut self, tenant: i64, user: i64) {
+        let status = match self.presence.get(&(tenant, user)) {
+            Some(m) if m.values().any(|(n, away)| *n > 0 && !away) => "online",
+            Some(m) if m.values().any(|(n, _)| *n > 0) => "away",
+            _ => "offline",
+        };
+        if self.shown.get(&(tenant, user)).copied().unwrap_or("offline") == status {
+            return;
+        }
+        self.shown.insert((tenant, user), status);
+        let frame =
+            json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
+        self.broadcast(tenant, None, &Push::one(None, frame.to_string().into()), None);
+    }
+
+    fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Push {
+        let frame = json!({"type": "typing", "at": Utc::now(), "data": {
+            "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
+        Push::one(None, frame.to_string().into())
+    }
+
+    fn origin_of(&self, id: u64) -> String {
+        format!("{}:{id}", self.instance)
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Typing expires 6 seconds after its last renewal.
+        ctx.run_interval(Duration::from_millis(500), |hub, _| {
+            let now = Instant::now();
+            let expired: Vec<_> =
+                hub.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
+            for ((tenant, conv, user), channel, name) in expired {
+                hub.typing.remove(&(tenant, conv, user));
+                let push = Hub::typing_frame(conv, user, &name, false);
+                let except: Vec<u64> = hub
+                    .sessions
+                    .iter()
+                    .filter(|(_, e)| e.tenant == tenant && e.user == user)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let ids: Vec<u64> = hub.by_tenant.get(&tenant).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                for id in ids.into_iter().filter(|i| !except.contains(i)) {
+                    if hub.sessions.get(&id).is_some_and(|e| e.sees(Some(channel))) {
+                        hub.send(id, push.clone());
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Handler<Join> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: Join, _: &mut Context<Self>) {
+        self.by_tenant.entry(m.tenant).or_default().insert(m.id);
+        if let Ok(mut a) = self.active.write() {
+            a.insert(m.tenant);
+        }
+        self.sessions.insert(
+            m.id,
+            Entry { addr: m.addr, tenant: m.tenant, user: m.user, family: m.family, channels: m.channels, away: false },
+        );
+        self.publish_presence(m.tenant, m.user);
+    }
+}
+
+impl Handler<Leave> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: Leave, _: &mut Context<Self>) {
+        if let Some(e) = self.remove(m.id) {
+            self.publish_presence(e.tenant, e.user);
+        }
+    }
+}
+
+impl Handler<SetChannels> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: SetChannels, _: &mut Context<Self>) {
+        if let Some(e) = self.sessions.get_mut(&m.id) {
+            e.channels = m.channels;
+        }
+    }
+}
+
+impl Handler<SetAway> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: SetAway, _: &mut Context<Self>) {
+        let Some(e) = self.sessions.get_mut(&m.id) else { return };
+        e.away = m.away;
+        let (t, u) = (e.tenant, e.user);
+        self.publish_presence(t, u);
+    }
+}
+
+impl Handler<Events> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: Events, _: &mut Context<Self>) {
+        let frames: Vec<(Option<i64>, Frame)> =
+            m.events.iter().map(|ev| (ev.channel_id, Frame { seq: Some(ev.seq), text: ev.frame().into() })).collect();
+        let ids: Vec<u64> = self.by_tenant.get(&m.tenant).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for id in ids {
+            let Some(e) = self.sessions.get(&id) else { continue };
+            let mine: Vec<Frame> = frames.iter().filter(|(ch, _)| e.sees(*ch)).map(|(_, f)| f.clone()).collect();
+            if !mine.is_empty() {
+                self.send(id, Push(mine));
+            }
+        }
+    }
+}
+
+impl Handler<TypingFrom> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: TypingFrom, _: &mut Context<Self>) {
+        let origin = self.origin_of(m.id);
+        self.publish(LiveMsg::Typing {
+            t: m.tenant,
+            conv: m.conversation,
+            ch: m.channel,
+            u: m.user,
+            name: m.name,
+            on: m.on,
+            origin,
+        });
+    }
+}
+
+impl Handler<Live> for Hub {
+    type Result = ();
+    fn handle(&mut self, Live(msg): Live, _: &mut Context<Self>) {
+        match msg {
+            LiveMsg::Typing { t, conv, ch, u, name, on, origin } => {
+                if on {
+                    self.typing.insert((t, conv, u), (Instant::now() + TYPING_TTL, ch, name.clone()));
+                } else {
+                    self.typing.remove(&(t, conv, u));
+                }
+                // Never echoed to its sender (any of the sender's own sockets).
+                let own: Vec<u64> =
+                    self.sessions.iter().filter(|(_, e)| e.tenant == t && e.user == u).map(|(id, _)| *id).collect();
+                let _ = origin;
+                let push = Hub::typing_frame(conv, u, &name, on);
+                let ids: Vec<u64> = self.by_tenant.get(&t).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                for id in ids.into_iter().filter(|i| !own.contains(i)) {
+                    if self.sessions.get(&id).is_some_and(|e| e.sees(Some(ch))) {
+                        self.send(id, push.clone());
+                    }
+                }
+            }
+            LiveMsg::Presence { t, u, inst, n, away } => {
+                self.presence.entry((t, u)).or_default().insert(inst, (n, away));
+                self.presence_changed(t, u);
+            }
+            LiveMsg::Acl { t } => {
+                let ids: Vec<u64> = self.by_tenant.get(&t).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                for id in ids {
+                    if let Some(e) = self.sessions.get(&id) {
+                        e.addr.do_send(ReloadChannels);
+                    }
+                }
+            }
+            LiveMsg::Removed { t, u } => {
+                let ids: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, e)| e.tenant == t && (u == 0 || e.user == u))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    if let Some(e) = self.remove(id) {
+                        e.addr
+                            .do_send(CloseSession { code: CLOSE_REMOVED, reason: "no longer a member of this tenant" });
+                        self.publish_presence(e.tenant, e.user);
+                    }
+                }
+            }
+            LiveMsg::Revoked { t, u, family } => {
+                let ids: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, e)| e.tenant == t && e.user == u && family.as_ref().is_none_or(|f| *f == e.family))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    if let Some(e) = self.remove(id) {
+                        e.addr.do_send(CloseSession { code: CLOSE_LOGGED_OUT, reason: "this login ended" });
+                        self.publish_presence(e.tenant, e.user);
+                    }
+                }
+            }
+        }
+    }
+}

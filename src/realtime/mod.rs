@@ -1,0 +1,26 @@
+//! The live inbox: authenticated WebSockets, one session actor per socket
+//! and one hub per server instance (actix actors; kept in this module so
+//! they could be swapped for another WebSocket stack).
+//!
+//! Flow: writers append to a tenant's event log and `NOTIFY` ids only; each
+//! instance's [`bus`] listens on one dedicated connection, reads the new
+//! events of tenants it has sockets for, and hands them to the [`hub`],
+//! which pushes each to the sessions allowed to see its channel. Typing,
+//! presence and access changes travel the same bus as small live messages
+//! and are neither logged nor replayed.
+//!
+//! Close codes: 4401 the session's login ended (logout, refresh reuse,
+//! role change), 4403 removed from the tenant or tenant suspended, 4408 the
+//! client fell too far behind (reconnect with `since` to resume).
+
+pub mod bus;
+pub mod hub;
+pub mod session;
+pub mod tickets;
+
+pub use bus::{Bus, LiveMsg, PgBus};
+pub use hub::Hub;
+
+pub const CLOSE_LOGGED_OUT: u16 = 4401;
+pub const CLOSE_REMOVED: u16 = 4403;
+pub const CLOSE_TOO_SLOW: u16 = 4408;

@@ -1,0 +1,355 @@
+//! One actor per WebSocket. It says `hello`, replays the log after `since`,
+//! then forwards what the hub pushes, never a duplicate at the seam. It
+//! answers `ping`, relays typing and presence, pings the client every 10 s
+//! and drops one silent for 30 s.
+
+use actix::prelude::*;
+use actix_web::web;
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::hub::{CloseSession, Frame, Hub, Join, Leave, Push, ReloadChannels, SetAway, SetChannels, TypingFrom};
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::db::{TenantConn, TenantScope};
+use crate::error::{AppError, AppResult};
+use crate::inbox::events;
+use crate::inbox::ConversationId;
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deliveries (each a burst of frames) waiting in a session's mailbox
+/// before it counts as too slow.
+pub const QUEUE: usize = 64;
+const REPLAY_LIMIT: i64 = 10_000;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The channels a member may see (`None`: all of them).
+pub fn visible_channels(tc: &mut TenantConn<'_>, user: i64, role: Role) -> AppResult<Option<HashSet<i64>>> {
+    use crate::db::tenant_schema::channel_members as cm;
+    use diesel::prelude::*;
+    if role.at_least(Role::Admin) {
+        return Ok(None);
+    }
+    let ids: Vec<i64> = cm::table.filter(cm::user_id.eq(user)).select(cm::channel_id).load(tc.pg())?;
+    Ok(Some(ids.into_iter().collect()))
+}
+
+pub struct WsSession {
+    id: u64,
+    hub: Addr<Hub>,
+    state: web::Data<AppState>,
+    tenant: i64,
+    user: i64,
+    role: Role,
+    name: String,
+    family: String,
+    channels: Option<HashSet<i64>>,
+    last_seq: i64,
+    since: Option<i64>,
+    last_sent: i64,
+    loading: bool,
+    buffered: Vec<Frame>,
+    heartbeat: Instant,
+    last_typing_sent: Option<(i64, Instant)>,
+}
+
+pub struct SessionInit {
+    pub tenant: i64,
+    pub user: i64,
+    pub role: Role,
+    pub name: String,
+    pub family: String,
+    pub channels: Option<HashSet<i64>>,
+    pub last_seq: i64,
+    pub since: Option<i64>,
+}
+
+impl WsSession {
+    pub fn new(hub: Addr<Hub>, state: web::Data<AppState>, init: SessionInit) -> WsSession {
+        WsSession {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            hub,
+            state,
+            tenant: init.tenant,
+            user: init.user,
+            role: init.role,
+            name: init.name,
+            family: init.family,
+            channels: init.channels,
+            last_seq: init.last_seq,
+            since: init.since,
+            last_sent: init.since.unwrap_or(init.last_seq),
+            loading: init.since.is_some(),
+            buffered: Vec::new(),
+            heartbeat: Instant::now(),
+            last_typing_sent: None,
+        }
+    }
+
+    fn scope(&self) -> TenantScope {
+        TenantScope::member(crate::ids::TenantId(self.tenant), crate::ids::UserId(self.user), self.role.as_str())
+    }
+
+    fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(seq) = frame.seq {
+            if seq <= self.last_sent {
+                return;
+            }
+            self.last_sent = seq;
+        }
+        ctx.text(&*frame.text);
+    }
+
+    fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.to_string()) }));
+        ctx.stop();
+    }
+
+    fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(since) = self.since else { return };
+        let state = self.state.clone();
+        let (scope, channels) = (self.scope(), self.channels.clone());
+        let fut = async move {
+            state
+                .db
+                .tenant(scope, move |tc| {
+                    let oldest = events::oldest_seq(tc)?;
+                    let last = events::last_seq(tc)?;
+                    // Pruned past `since`: the client must reload over REST.
+                    let gap = match oldest {
+                        Some(o) => since + 1 < o,
+                        None => since < last,
+                    };
+                    if gap {
+                        return Ok::<_, AppError>(Err((since, oldest, last)));
+                    }
+                    let mut out = Vec::new();
+                    let mut from = since;
+                    loop {
+                        let batch = events::since(tc, from, 1000)?;
+                        let Some(l) = batch.last().map(|e| e.seq) else { break };
+                        from = l;
+                        out.extend(batch.into_iter().filter(|e| match (&channels, e.channel_id) {
+                            (None, _) | (_, None) => true,
+                            (Some(set), Some(c)) => set.contains(&c),
+                        }));
+                        if out.len() as i64 >= REPLAY_LIMIT {
+                            break;
+                        }
+                    }
+                    Ok(Ok(out))
+                })
+                .await
+        };
+        ctx.wait(fut.into_actor(self).map(|result, act, ctx| {
+            match result {
+                Ok(Ok(evs)) => {
+                    for e in evs {
+                        act.write(&Frame { seq: Some(e.seq), text: e.frame().into() }, ctx);
+                    }
+                }
+                Ok(Err((since, oldest, last))) => {
+                    let frame = json!({"type": "resync_required", "at": Utc::now(),
+                        "data": {"since": since, "oldest_seq": oldest, "last_seq": last}});
+                    ctx.text(frame.to_string());
+                    act.last_sent = act.last_sent.max(last);
+                }
+                Err(e) => {
+                    tracing::warn!(error = ?e, "replay failed");
+                    WsSession::close(ctx, 1011, "could not read the event log");
+                    return;
+                }
+            }
+            act.loading = false;
+            for frame in std::mem::take(&mut act.buffered) {
+                act.write(&frame, ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(QUEUE);
+        ctx.run_interval(HEARTBEAT, |act, ctx| {
+            if Instant::now().duration_since(act.heartbeat) > CLIENT_TIMEOUT {
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+        });
+        self.hub.do_send(Join {
+            id: self.id,
+            addr: ctx.address(),
+            tenant: self.tenant,
+            user: self.user,
+            family: self.family.clone(),
+            channels: self.channels.clone(),
+        });
+        let hello = json!({"type": "hello", "at": Utc::now(), "data": {
+            "user_id": self.user.to_string(), "tenant": self.tenant.to_string(), "last_seq": self.last_seq}});
+        ctx.text(hello.to_string());
+        self.replay(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.hub.do_send(Leave { id: self.id });
+    }
+}
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+    fn handle(&mut self, Push(frames): Push, ctx: &mut Self::Context) {
+        if self.loading {
+            if self.buffered.len() + frames.len() > 50_000 {
+                WsSession::close(ctx, super::CLOSE_TOO_SLOW, "too far behind; reconnect with since");
+                return;
+            }
+            self.buffered.extend(frames);
+            return;
+        }
+        for f in &frames {
+            self.write(f, ctx);
+        }
+    }
+}
+
+impl Handler<CloseSession> for WsSession {
+    type Result = ();
+    fn handle(&mut self, m: CloseSession, ctx: &mut Self::Context) {
+        WsSession::close(ctx, m.code, m.reason);
+    }
+}
+
+impl Handler<ReloadChannels> for WsSession {
+    type Result = ();
+    fn handle(&mut self, _: ReloadChannels, ctx: &mut Self::Context) {
+        let state = self.state.clone();
+        let (scope, user, role) = (self.scope(), self.user, self.role);
+        let fut = async move { state.db.tenant(scope, move |tc| visible_channels(tc, user, role)).await };
+        ctx.spawn(fut.into_actor(self).map(|r, act, ctx| match r {
+            Ok(channels) => {
+                act.channels = channels.clone();
+                act.hub.do_send(SetChannels { id: act.id, channels });
+            }
+            // The guard refused: membership or role changed.
+            Err(e) if e.status().as_u16() == 401 || e.status().as_u16() == 403 => {
+                WsSession::close(ctx, super::CLOSE_REMOVED, "access changed");
+            }
+            Err(e) => tracing::warn!(error = ?e, "could not reload channels"),
+        }));
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMsg {
+    Ping,
+    Typing { conversation_id: ConversationId, on: bool },
+    Presence { status: String },
+}
+
+impl WsSession {
+    fn typing(&mut self, conversation: ConversationId, on: bool, ctx: &mut ws::WebsocketContext<Self>) {
+        let state = self.state.clone();
+        let (scope, user, role, keys) = (self.scope(), self.user, self.role, self.state.keys.clone());
+        let fut = async move {
+            state
+                .db
+                .tenant(scope, move |tc| {
+                    let conv =
+                        crate::inbox::messages::visible_conversation(tc, crate::ids::UserId(user), role, conversation)?;
+                    let channel = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?;
+                    let contact: String = {
+                        use crate::db::tenant_schema::contacts;
+                        use diesel::prelude::*;
+                        contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?
+                    };
+                    let token = channel.token(&keys)?;
+                    Ok::<_, AppError>((conv.id, channel, contact, token))
+                })
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
+            let Ok((conv, channel, contact, token)) = r else {
+                ctx.text(
+                    json!({"type": "error", "data": {"code": "not_found", "message": "no such conversation"}})
+                        .to_string(),
+                );
+                return;
+            };
+            act.hub.do_send(TypingFrom {
+                id: act.id,
+                tenant: act.tenant,
+                conversation: conv,
+                channel: channel.id,
+                user: act.user,
+                name: act.name.clone(),
+                on,
+            });
+            // Meta's typing indicator, at most every 5 s per conversation.
+            let due = match act.last_typing_sent {
+                Some((c, at)) if c == conv && on => at.elapsed() > Duration::from_secs(5),
+                _ => true,
+            };
+            if let (true, Some(token), "connected") = (due, token, channel.status.as_str()) {
+                if channel.platform() != crate::channels::Platform::Whatsapp {
+                    act.last_typing_sent = if on { Some((conv, Instant::now())) } else { None };
+                    let graph = act.state.graph.clone();
+                    let action = if on { "typing_on" } else { "typing_off" };
+                    actix_web::rt::spawn(async move {
+                        let _ = graph.sender_action(&channel.external_id, &token, &contact, action).await;
+                    });
+                }
+            }
+        }));
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(_) => {
+                ctx.stop();
+                return;
+            }
+        };
+        self.heartbeat = Instant::now();
+        match msg {
+            ws::Message::Ping(p) => ctx.pong(&p),
+            ws::Message::Pong(_) => {}
+            ws::Message::Text(text) => match serde_json::from_str::<ClientMsg>(&text) {
+                Ok(ClientMsg::Ping) => ctx.text(json!({"type": "pong", "at": Utc::now()}).to_string()),
+                Ok(ClientMsg::Typing { conversation_id, on }) => {
+                    if self.role.can_write() {
+                        self.typing(conversation_id, on, ctx);
+                    }
+                }
+                Ok(ClientMsg::Presence { status }) => match status.as_str() {
+                    "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
+                    _ => ctx.text(json!({"type": "error", "data": {"code": "invalid_status", "message": "status must be online or away"}}).to_string()),
+                },
+                Err(_) => ctx.text(json!({"type": "error", "data": {"code": "invalid_message", "message": "unknown or malformed message"}}).to_string()),
+            },
+            ws::Message::Binary(_) => {
+                ctx.text(json!({"type": "error", "data": {"code": "invalid_message", "message": "send JSON text frames"}}).to_string())
+            }
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            ws::Message::Continuation(_) => ctx.stop(),
+            ws::Message::Nop => {}
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The live inbox over real WebSocket clients.
+
+use actix_web::rt::time::timeout;
+use awc::ws::{Codec, Frame, Message};
+use awc::BoxedSocket;
+use diesel::prelude::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use crate::channels::{meta_user, oauth_round, META_USER, PAGE_A};
+use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
+
+type Socket = actix_codec::Framed<BoxedSocket, Codec>;
+
+async fn ws(app: &TestApp, query: &str, bearer: Option<&str>, origin: Option<&str>) -> Result<Socket, u16> {
+    let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).finish();
+    let mut req = client.ws(format!("{}/ws{query}", app.base.replace("http://", "ws://")));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(o) = origin {
+        req = req.origin(o);
+    }
+    match req.connect().await {
+        Ok((_, framed)) => Ok(framed),
+        Err(awc::error::WsClientError::InvalidResponseStatus(s)) => Err(s.as_u16()),
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+async fn ticket(app: &TestApp, t: &str) -> String {
+    let r = app.call("POST", "/api/ws-ticket", Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["ticket"].as_str().expect("ticket").to_string()
+}
+
+/// The next JSON frame (answering pings), or `None` after `wait`.
+async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
+    loop {
+        match timeout(wait, s.next()).await {
+            Ok(Some(Ok(Frame::Text(t)))) => return serde_json::from_slice(&t).ok(),
+            Ok(Some(Ok(Frame::Ping(p)))) => {
+                let _ = s.send(Message::Pong(p)).await;
+            }
+            Ok(Some(Ok(Frame::Close(reason)))) => {
+                return Some(json!({"type": "closed", "code": reason.map(|r| u16::from(r.code))}));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Frames until one of type `kind` (others skipped), or `None`.
+async fn until(s: &mut Socket, kind: &str, wait: Duration) -> Option<Value> {
+    let deadline = std::time::Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match next(s, left).await {
+            Some(v) if v["type"] == kind => return Some(v),
+            Some(v) if v["type"] == "closed" => return Some(v),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    None
+}
+
+async fn send(s: &mut Socket, v: Value) {
+    s.send(Message::Text(v.to_string().into())).await.expect("send");
+}
+
+struct Team {
+    admin: String,
+    agent_x: String,
+    agent_other: String,
+    agent_x_id: String,
+    beta_admin: String,
+}
+
+/// acme: page A connected, agent X member of it, another agent not; and a
+/// second tenant, beta.
+async fn team(app: &TestApp) -> Team {
+    meta_user(app).await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let admin = token(&owner, "access_token");
+    let sel = oauth_round(app, &admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(&admin),
+            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]})),
+        )
+        .await;
+    let channel = r.body["items"][0]["id"].as_str().expect("channel").to_string();
+    let x = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&admin),
+            Some(json!({"email": "xavi@acme.test", "role": "agent", "password": "xavi-password-1", "name": "Xavi"})),
+        )
+        .await;
+    let agent_x_id = x.body["user_id"].as_str().expect("id").to_string();
+    app.call(
+        "POST",
+        "/api/members",
+        Some(&admin),
+        Some(json!({"email": "olga@acme.test", "role": "agent", "password": "olga-password-1"})),
+    )
+    .await;
+    app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&admin), Some(json!({"user_ids": [agent_x_id]})))
+        .await;
+    let agent_x = token(&app.login("xavi@acme.test", "xavi-password-1", "acme").await, "access_token");
+    let agent_other = token(&app.login("olga@acme.test", "olga-password-1", "acme").await, "access_token");
+    let beta = app.signup("beta", "beth@beta.test", "beth-password-1").await;
+    Team { admin, agent_x, agent_other, agent_x_id, beta_admin: token(&beta, "access_token") }
+}
+
+#[actix_web::test]
+async fn refused_upgrades() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    assert_eq!(ws(&app, "", None, None).await.err(), Some(401));
+    assert_eq!(ws(&app, "?ticket=forged", None, None).await.err(), Some(401));
+    assert_eq!(ws(&app, "", Some("not-a-jwt"), None).await.err(), Some(401));
+    let tk = ticket(&app, &t.admin).await;
+    let mut ok = ws(&app, &format!("?ticket={tk}"), None, None).await.expect("first use");
+    assert_eq!(next(&mut ok, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    assert_eq!(ws(&app, &format!("?ticket={tk}"), None, None).await.err(), Some(401), "single use");
+    let expired = ticket(&app, &t.admin).await;
+    let mut conn = app.db.conn();
+    diesel::sql_query("UPDATE public.ws_tickets SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
+        .execute(&mut conn)
+        .expect("expire");
+    assert_eq!(ws(&app, &format!("?ticket={expired}"), None, None).await.err(), Some(401));
+    assert_eq!(ws(&app, "", Some(&t.admin), Some("https://evil.example")).await.err(), Some(403));
+    assert!(ws(&app, "", Some(&t.admin), Some(&app.base)).await.is_ok(), "our own origin");
+    assert_eq!(ws(&app, "?since=abc", Some(&t.admin), None).await.err(), Some(400));
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
+        .expect("suspend");
+    assert_eq!(ws(&app, "", Some(&t.admin), None).await.err(), Some(403));
+    // The open socket of the suspended tenant is closed.
+    let closed = until(&mut ok, "closed", Duration::from_secs(3)).await.expect("closed");
+    assert_eq!(closed["code"], 4403);
+}
+
+#[actix_web::test]
+async fn events_reach_exactly_who_may_see_them() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    let mut other = ws(&app, "", Some(&t.agent_other), None).await.expect("other");
+    let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
+    for s in [&mut admin, &mut x, &mut other, &mut beta] {
+        let hello = next(s, Duration::from_secs(3)).await.expect("hello");
+        assert_eq!(hello["type"], "hello");
+        assert!(hello["data"]["last_seq"].is_i64());
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "Olá 👋"})).await;
+    let a = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("admin gets it");
+    assert_eq!(a["data"]["text"], "Olá 👋");
+    assert!(a["seq"].as_i64().is_some_and(|s| s > 0) && a["at"].is_string());
+    let b = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("agent of the channel gets it");
+    assert_eq!(b["seq"], a["seq"]);
+    assert!(
+        until(&mut other, "message.created", Duration::from_millis(700)).await.is_none(),
+        "agent without the channel"
+    );
+    assert!(until(&mut beta, "message.created", Duration::from_millis(300)).await.is_none(), "another tenant");
+    // A ping is answered.
+    send(&mut x, json!({"type": "ping"})).await;
+    assert!(until(&mut x, "pong", Duration::from_secs(3)).await.is_some());
+
+    // Typing: reaches the colleague, never the sender, and expires.
+    let conv = app.call("GET", "/api/conversations", Some(&t.admin), None).await.body["items"][0]["id"]
+        .as_str()
+        .expect("conv")
+        .to_string();
+    send(&mut x, json!({"type": "typing", "conversation_id": conv, "on": true})).await;
+    let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing");
+    assert_eq!(
+        (typing["data"]["user_id"].as_str(), typing["data"]["on"].as_bool()),
+        (Some(t.agent_x_id.as_str()), Some(true))
+    );
+    assert!(typing.get("seq").is_none());
+    assert!(until(&mut x, "typing", Duration::from_millis(500)).await.is_none(), "not echoed");
+    assert!(
+        until(&mut other, "typing", Duration::from_millis(200)).await.is_none(),
+        "not to agents without the channel"
+    );
+    let off = until(&mut admin, "typing", Duration::from_secs(8)).await.expect("expiry");
+    assert_eq!(off["data"]["on"], false);
+    // Meta was told, once.
+    let actions = app.fake("GET", "/_fake/requests", json!({})).await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["body"]["sender_action"] == "typing_on")
+        .count();
+    assert_eq!(actions, 1);
+
+    // Presence: away, then offline when the last socket closes.
+    send(&mut x, json!({"type": "presence", "status": "away"})).await;
+    let p = until(&mut admin, "presence", Duration::from_secs(3)).await.expect("presence");
+    let p = if p["data"]["status"] == "online" {
+        until(&mut admin, "presence", Duration::from_secs(3)).await.expect("away")
+    } else {
+        p
+    };
+    assert_eq!(
+        (p["data"]["user_id"].as_str(), p["data"]["status"].as_str()),
+        (Some(t.agent_x_id.as_str()), Some("away"))
+    );
+    drop(x);
+    let p = until(&mut admin, "presence", Duration::from_secs(5)).await.expect("offline");
+    assert_eq!(p["data"]["status"], "offline");
+
+    // Access: the other agent gets the channel, then loses their membership.
+    let channel = a["data"]["channel_id"].as_str().expect("channel").to_string();
+    let olga_id = app.call("GET", "/api/me", Some(&t.agent_other), None).await.body["user"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    app.call(
+        "PUT",
+        &format!("/api/channels/{channel}/members"),
+        Some(&t.admin),
+        Some(json!({"user_ids": [t.agent_x_id, olga_id]})),
+    )
+    .await;
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "again"})).await;
+    assert!(until(&mut other, "message.created", Duration::from_secs(5)).await.is_some(), "widened at once");
+    let r = app.call("DELETE", &format!("/api/members/{olga_id}"), Some(&t.admin), None).await;
+    assert_eq!(r.status, 204);
+    let closed = until(&mut other, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4403);
+}
+
+fn append_events(app: &TestApp, n: usize) {
+    append_padded(app, n, 200);
+}
+
+fn append_padded(app: &TestApp, n: usize, pad: usize) {
+    append_in(&app.pool, n, pad);
+}
+
+fn append_in(pool: &switchboard::db::PgPool, n: usize, pad: usize) {
+    let mut conn = pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut conn, "acme").expect("q").expect("acme").tenant_id();
+    switchboard::db::with_tenant(
+        &mut conn,
+        &switchboard::db::TenantScope::system(tenant),
+        |tc| -> Result<(), switchboard::AppError> {
+            let mut log = switchboard::inbox::events::EventLog::new();
+            for i in 0..n {
+                log.append(tc, "channel.updated", None, None, json!({"i": i, "pad": "x".repeat(pad)}))?;
+            }
+            log.notify(tc)
+        },
+    )
+    .expect("append");
+}
+
+#[actix_web::test]
+async fn resume_with_since_and_resync() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
+    let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    drop(s);
+    for _ in 0..5 {
+        append_events(&app, 10);
+    }
+    let mut s = ws(&app, &format!("?since={last}"), Some(&t.admin), None).await.expect("resume");
+    assert_eq!(next(&mut s, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let mut seqs = Vec::new();
+    while seqs.len() < 50 {
+        let f = next(&mut s, Duration::from_secs(3)).await.expect("replayed event");
+        if f["seq"].is_i64() {
+            seqs.push(f["seq"].as_i64().unwrap_or(0));
+        }
+    }
+    assert_eq!(seqs, ((last + 1)..=(last + 50)).collect::<Vec<_>>(), "exactly the 50 missed, in order");
+    // Live ones follow, with no duplicate at the seam.
+    append_events(&app, 1);
+    let f = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live");
+    assert_eq!(f["seq"], last + 51);
+    assert!(next(&mut s, Duration::from_millis(300)).await.is_none_or(|f| f["seq"].as_i64() != Some(last + 51)));
+
+    // The log was pruned past `since`: resync_required.
+    let mut conn = app.db.conn();
+    diesel::sql_query(format!("DELETE FROM tenant_acme.events WHERE seq <= {}", last + 10))
+        .execute(&mut conn)
+        .expect("prune");
+    let mut s = ws(&app, "?since=1", Some(&t.admin), None).await.expect("old since");
+    next(&mut s, Duration::from_secs(3)).await.expect("hello");
+    let r = next(&mut s, Duration::from_secs(3)).await.expect("resync");
+    assert_eq!(r["type"], "resync_required");
+}
+
+#[actix_web::test]
+async fn a_client_that_never_reads_does_not_delay_others() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut slow = ws(&app, "", Some(&t.admin), None).await.expect("slow");
+    let mut fast = ws(&app, "", Some(&t.admin), None).await.expect("fast");
+    next(&mut fast, Duration::from_secs(3)).await.expect("hello");
+    let started = std::time::Instant::now();
+    // ~24 MB: more than the kernel buffers a socket that nobody reads. The
+    // writer is another thread, as other requests and workers would be.
+    let total = 6000;
+    let pool = app.pool.clone();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..(total / 20) {
+            append_in(&pool, 20, 4000);
+        }
+    });
+    let mut got = 0;
+    while got < total {
+        let f = next(&mut fast, Duration::from_secs(10)).await.expect("the fast client keeps receiving");
+        if f["type"] == "channel.updated" {
+            got += 1;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    writer.join().expect("writer");
+    // The slow one was dropped: draining it ends with close code 4408.
+    let mut closed = None;
+    while let Some(f) = next(&mut slow, Duration::from_secs(5)).await {
+        if f["type"] == "closed" {
+            closed = Some(f);
+            break;
+        }
+    }
+    assert_eq!(closed.expect("closed")["code"], 4408);
+}
+
+#[actix_web::test]
+async fn two_instances_share_one_database() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    // A second server process on the same database, without workers.
+    let second = spawn_app_without_workers().await;
+    let state = actix_web::web::Data::new(switchboard::app::AppState::new(
+        std::sync::Arc::new({
+            let mut c = (*second.config).clone();
+            c.db.database_url = app.config.db.database_url.clone();
+            c
+        }),
+        switchboard::db::Db::new(app.db.pool(2)),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("ws://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let server = switchboard::http::build_server(state, listener).expect("second server");
+    actix_web::rt::spawn(server);
+    let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).finish();
+    let (_, mut s) =
+        client.ws(format!("{base}/ws")).bearer_auth(&t.agent_x).connect().await.expect("ws on the second instance");
+    next(&mut s, Duration::from_secs(3)).await.expect("hello");
+    // The webhook is received and processed by the first instance.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "777", "text": "across instances"})).await;
+    let m = until(&mut s, "message.created", Duration::from_secs(5)).await.expect("delivered across instances");
+    assert_eq!(m["data"]["text"], "across instances");
+}
