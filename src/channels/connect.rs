@@ -371,7 +371,9 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                         diesel::update(channels::table.find(id.0))
                             .set((channels::status.eq("connected"), channels::status_reason.eq(None::<String>)))
                             .execute(tc.pg())?;
-                        Ok::<_, AppError>(())
+                        let mut log = crate::inbox::events::EventLog::new();
+                        log.append(tc, "channel.updated", Some(id.0), None, serde_json::json!({"id": id.to_string(), "status": "connected"}))?;
+                        log.notify(tc)
                     })
                     .await?;
             }

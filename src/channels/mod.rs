@@ -433,6 +433,7 @@ pub fn upsert_connected(
             .on_conflict_do_nothing()
             .execute(tc.pg())?;
     }
+    channel_event(tc, row.id, ChannelStatus::Connected.as_str())?;
     let action = if existed { "channel.reconnected" } else { "channel.connected" };
     audit::record(
         tc,
@@ -458,6 +459,7 @@ pub fn mark_disconnected(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: Cha
         .execute(tc.pg())?;
     release_route(tc, &row)?;
     audit::record(tc, actor, "channel.disconnected", "channel", Some(id.to_string()), json!({"reason": reason}))?;
+    channel_event(tc, id.0, ChannelStatus::Disconnected.as_str())?;
     Ok(())
 }
 
@@ -489,6 +491,13 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     Ok(())
 }
 
+/// Logs `channel.updated` (`{id, status}`) for open sockets.
+fn channel_event(tc: &mut TenantConn<'_>, id: i64, status: &str) -> AppResult<()> {
+    let mut log = crate::inbox::events::EventLog::new();
+    log.append(tc, "channel.updated", Some(id), None, json!({"id": id.to_string(), "status": status}))?;
+    log.notify(tc)
+}
+
 /// Meta rejected the channel's token: it needs a new connect. Only a
 /// connected channel changes (a disconnected one stays disconnected).
 pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str) -> AppResult<bool> {
@@ -501,6 +510,7 @@ pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str
         .execute(tc.pg())?;
     if n > 0 {
         audit::record(tc, None, "channel.reauth_required", "channel", Some(id.to_string()), json!({"reason": reason}))?;
+        channel_event(tc, id.0, ChannelStatus::ReauthRequired.as_str())?;
     }
     Ok(n > 0)
 }

@@ -239,6 +239,13 @@ async fn events_reach_exactly_who_may_see_them() {
     assert_eq!(r.status, 204);
     let closed = until(&mut other, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4403);
+
+    // Meta rejects the page token: the channel's new status is pushed live.
+    app.fake("POST", "/_fake/tokens/expire", json!({"page_id": PAGE_A})).await;
+    let r = app.call("POST", &format!("/api/channels/{channel}/check"), Some(&t.admin), None).await;
+    assert_eq!(r.body["status"], "reauth_required");
+    let c = until(&mut admin, "channel.updated", Duration::from_secs(5)).await.expect("channel.updated");
+    assert_eq!((c["data"]["id"].as_str(), c["data"]["status"].as_str()), (Some(channel.as_str()), Some("reauth_required")));
 }
 
 fn append_events(app: &TestApp, n: usize) {
