@@ -25,6 +25,9 @@ pub enum Command {
     /// Operators' user work.
     #[command(subcommand)]
     User(UserCommand),
+    /// Everything at once on this machine: database, fake Meta, server and a
+    /// seeded tenant with simulated customers.
+    Demo,
     /// Run the local fake of Meta's Graph API and OAuth dialog.
     FakeMeta {
         /// Listen address.

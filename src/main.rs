@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::Migrate { jobs } => ops::migrate(jobs),
+        Command::Demo => switchboard::demo::run(),
         Command::Tenant(cmd) => ops::tenant(cmd),
         Command::User(cmd) => ops::user(cmd),
         Command::FakeMeta { bind, webhook_url } => ops::fake_meta(&bind, webhook_url),

@@ -1,0 +1,225 @@
+//! `switchboard demo`: everything at once on this machine — a database (the
+//! one in `DATABASE_URL`, else a local PostgreSQL, else a throwaway cluster
+//! started from the installed PostgreSQL binaries), the fake Meta, the
+//! server with its workers, and a seeded tenant whose Facebook Page,
+//! Instagram account and WhatsApp number receive a simulated customer
+//! message every few seconds.
+//!
+//! The demo's secrets are fixed and public: never point it at real data.
+
+use anyhow::Context;
+use diesel::prelude::*;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::users::Email;
+use crate::channels::{NewChannel, Platform};
+use crate::config::{DbConfig, EncryptionKey, MetaConfig, ServerConfig, Signup};
+use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
+use crate::db::{connect_pool, ensure_database, with_tenant, Db, PoolOptions, TenantScope};
+use crate::error::AppError;
+use crate::meta::fake::{FakeConfig, FakeMeta};
+use crate::secret::Secret;
+use crate::tenancy::{self, NewTenant, TenantSlug};
+
+pub const DEMO_EMAIL: &str = "demo@switchboard.test";
+pub const DEMO_PASSWORD: &str = "demo-password";
+
+fn find_pg_bin(name: &str) -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    let installed = dirs.into_iter().rev().map(|d| d.join("bin").join(name)).find(|p| p.exists());
+    installed.or_else(|| {
+        std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.exists())
+    })
+}
+
+/// A PostgreSQL for the demo: `DATABASE_URL`, a local server, or a new
+/// cluster under the system's temp folder (kept between runs).
+fn database_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return Ok(url);
+    }
+    let local = "postgres://postgres@127.0.0.1:5432/switchboard_demo";
+    if PgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres").is_ok() {
+        return Ok(local.into());
+    }
+    let initdb = find_pg_bin("initdb").context("no PostgreSQL found: set DATABASE_URL, or install PostgreSQL (Debian: apt-get install postgresql)")?;
+    let pg_ctl = find_pg_bin("pg_ctl").context("pg_ctl not found next to initdb")?;
+    let dir = std::env::temp_dir().join("switchboard-demo-pg");
+    let data = dir.join("data");
+    let port = 55432;
+    let root = is_root();
+    let run = |bin: &std::path::Path, args: &[&str]| -> anyhow::Result<()> {
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(bin);
+            c
+        } else {
+            std::process::Command::new(bin)
+        };
+        let out = cmd.args(args).output()?;
+        anyhow::ensure!(out.status.success(), "{}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    if !data.exists() {
+        std::fs::create_dir_all(&dir)?;
+        if root {
+            std::process::Command::new("chown").arg("postgres:postgres").arg(&dir).status()?;
+        }
+        run(&initdb, &["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/switchboard_demo");
+    if PgConnection::establish(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).is_err() {
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.to_string_lossy());
+        run(&pg_ctl, &["-D", &data.to_string_lossy(), "-o", &opts, "-l", &dir.join("log").to_string_lossy(), "-w", "start"])?;
+        println!("started a PostgreSQL for the demo in {} (port {port})", dir.display());
+    }
+    Ok(url)
+}
+
+/// initdb refuses to run as root; the cluster then runs as `postgres`.
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    crate::telemetry::init(false);
+    let url = database_url()?;
+    ensure_database(&url).context("cannot prepare the demo database")?;
+    let pool = connect_pool(&url, PoolOptions { max_size: 10, min_idle: Some(2), ..Default::default() })?;
+    {
+        let mut conn = pool.get()?;
+        run_public_migrations(&mut conn)?;
+    }
+    migrate_all(&pool, &Migrations::tenant(), 2)?;
+    let bind = std::env::var("SWITCHBOARD_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = TcpListener::bind(&bind).with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let fake_listener = TcpListener::bind("127.0.0.1:9090").or_else(|_| TcpListener::bind("127.0.0.1:0"))?;
+    let fake_base = format!("http://{}", fake_listener.local_addr()?);
+    let base = format!("http://{addr}");
+    let fake_cfg = FakeConfig::default();
+    let config = Arc::new(ServerConfig {
+        db: DbConfig { database_url: Secret::new(url.clone()), pool_size: 10 },
+        bind: addr,
+        public_url: base.clone(),
+        jwt_secret: Secret::new(b"switchboard-demo-jwt-secret-not-for-production".to_vec()),
+        encryption_keys: vec![EncryptionKey { id: "demo".into(), key: Secret::new(*b"switchboard-demo-key-32-bytes!!!") }],
+        signup: Signup::Open,
+        operator_token: Some(Secret::new("switchboard-demo-operator-token".into())),
+        meta: MetaConfig {
+            app_id: fake_cfg.app_id.clone(),
+            app_secret: Secret::new(fake_cfg.app_secret.clone()),
+            verify_token: Secret::new("switchboard-demo".into()),
+            graph_url: fake_base.clone(),
+            graph_version: "v24.0".into(),
+            dialog_url: fake_base.clone(),
+        },
+        json_logs: false,
+    });
+    actix_web::rt::System::new().block_on(async move {
+        let fake = FakeMeta::new(fake_cfg);
+        fake.set_webhook_target(Some(format!("{base}/webhooks/meta")));
+        actix_web::rt::spawn(fake.build_server(fake_listener)?);
+        let state = actix_web::web::Data::new(crate::app::AppState::new(config, Db::new(pool.clone())));
+        crate::app::spawn_workers(&state);
+        let server = crate::http::build_server(state.clone(), listener)?;
+        let seeded = seed(&state, &fake_base).await;
+        match &seeded {
+            Ok(targets) => {
+                println!("\nSwitchboard demo on {base}  (fake Meta on {fake_base})");
+                println!("log in:  curl -X POST {base}/api/auth/login -H 'content-type: application/json' \\");
+                println!("           -d '{{\"email\":\"{DEMO_EMAIL}\",\"password\":\"{DEMO_PASSWORD}\",\"tenant\":\"demo\"}}'");
+                println!("then GET {base}/api/conversations with the access token, or open {}/ws", base.replace("http", "ws"));
+                println!("a simulated customer writes every 5 seconds to: {}\n", targets.join(", "));
+                actix_web::rt::spawn(customers(fake_base.clone(), targets.clone()));
+            }
+            Err(e) => eprintln!("demo seeding failed: {e:#}"),
+        }
+        server.await
+    })?;
+    Ok(())
+}
+
+/// The demo tenant, its owner, and a Page + Instagram + WhatsApp number
+/// connected (straight through the domain functions, no OAuth clicks).
+async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{fake_base}/_fake/users"))
+        .json(&json!({"name": "Demo Owner", "pages": [{"name": "Demo Shop", "instagram": {"username": "demo.shop"}}],
+            "wabas": [{"phone_numbers": [{"display_phone_number": "+1 555-010-0000", "verified_name": "Demo Shop"}]}]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let s = |p: &str| created.pointer(p).and_then(Value::as_str).map(str::to_string).unwrap_or_default();
+    let (page, page_token, ig) = (s("/pages/0/id"), s("/pages/0/access_token"), s("/pages/0/instagram_id"));
+    let (waba, phone, waba_token) = (s("/wabas/0/id"), s("/wabas/0/phone_numbers/0"), s("/wabas/0/access_token"));
+    let keys = state.keys.clone();
+    let (p2, ig2, ph2) = (page.clone(), ig.clone(), phone.clone());
+    state
+        .db
+        .public(move |conn| -> Result<(), AppError> {
+            let tenant = match tenancy::find_by_slug(conn, "demo")? {
+                Some(t) => t,
+                None => {
+                    let new = NewTenant {
+                        slug: TenantSlug::parse("demo")?,
+                        name: "Demo Shop".into(),
+                        owner_email: Email::parse(DEMO_EMAIL)?,
+                        owner_name: "Demo Owner".into(),
+                        owner_password: DEMO_PASSWORD.into(),
+                    };
+                    tenancy::create_tenant(conn, new)?.0
+                }
+            };
+            // Fresh fake ids each run: release the previous run's channels.
+            diesel::delete(crate::db::schema::channel_routes::table.filter(crate::db::schema::channel_routes::tenant_id.eq(tenant.id)))
+                .execute(conn)?;
+            with_tenant(conn, &TenantScope::system(tenant.tenant_id()), |tc| {
+                // The previous run's fake channels are gone with its fake Meta.
+                use crate::db::tenant_schema::channels as ch;
+                let old: Vec<i64> = ch::table.filter(ch::status.ne("disconnected")).select(ch::id).load(tc.pg())?;
+                for id in old {
+                    crate::channels::mark_disconnected(tc, None, crate::channels::ChannelId(id), "demo_restart")?;
+                }
+                let channels = [
+                    (Platform::Facebook, p2.clone(), "Demo Shop".to_string(), page_token.clone(), None),
+                    (Platform::Instagram, ig2.clone(), "demo.shop".to_string(), page_token.clone(), Some(p2.clone())),
+                    (Platform::Whatsapp, ph2.clone(), "Demo Shop (+1 555-010-0000)".to_string(), waba_token.clone(), Some(waba.clone())),
+                ];
+                for (platform, external_id, name, token, parent) in channels {
+                    let c = NewChannel { platform, external_id, name, token: Secret::new(token), parent_external_id: parent, meta_user_id: None };
+                    crate::channels::upsert_connected(tc, &keys, None, &c)?;
+                }
+                Ok::<_, AppError>(())
+            })
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(vec![page, ig, phone])
+}
+
+/// Customers writing, forever: one message every 5 seconds.
+async fn customers(fake_base: String, targets: Vec<String>) {
+    let http = reqwest::Client::new();
+    let lines = ["Olá! Do you ship to Lisbon?", "Is the oak table still available?", "Obrigado! 🙂", "Can I change my order?", "What are your opening hours?"];
+    let names = ["Ana Sousa", "Rui Costa", "Maria Silva", "João Pereira"];
+    let mut i = 0usize;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let to = &targets[i % targets.len()];
+        let who = i % names.len();
+        let from = if i % targets.len() == 2 { format!("35191000000{who}") } else { format!("99000000000{who}") };
+        let _ = http
+            .post(format!("{fake_base}/_fake/inbound"))
+            .json(&json!({"to": to, "from": from, "text": lines[i % lines.len()], "name": names[who]}))
+            .send()
+            .await;
+        i += 1;
+    }
+}
