@@ -7,6 +7,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY tenants ./tenants
+COPY templates ./templates
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -60,7 +60,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which.as_str() {
         "tenancy" => tenancy_bench(&args),
         "ingest" => ingest_bench(&args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest"),
+        "realtime" => crate::bench_realtime::run(&args),
+        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime"),
     }
 }
 

@@ -156,7 +156,7 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `tenancy` or `ingest`.
+    /// Which benchmark: `tenancy`, `ingest` or `realtime`.
     #[arg(default_value = "tenancy")]
     pub which: String,
     /// Webhooks for the `ingest` benchmark.
@@ -165,6 +165,15 @@ pub struct BenchArgs {
     /// Concurrent senders for the `ingest` benchmark.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Idle authenticated sockets for the `realtime` benchmark (comma list).
+    #[arg(long, default_value = "1000,10000")]
+    pub sockets: String,
+    /// Webhooks per second during the `realtime` latency run.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// Seconds of the `realtime` latency run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
     /// Tenants for the `migrate` timing.
     #[arg(long, default_value_t = 1000)]
     pub tenants: usize,

@@ -1,0 +1,290 @@
+//! `bench realtime`: the server runs as a child process (so its memory is
+//! its own) against a scratch database; this process opens authenticated
+//! WebSockets and sends signed webhooks.
+//!
+//! Printed: server RSS per idle socket (for each `--sockets` count), the
+//! latency from webhook POST to the `message.created` frame at the agents
+//! while webhooks arrive at `--rate` (agents spread over 50 channels, each
+//! event reaching that channel's agents), and ingest throughput with live
+//! push on (sockets connected) against off.
+
+use actix_web::rt::System;
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::auth::{JwtKeys, Role};
+use crate::bench::ScratchDb;
+use crate::channels::{NewChannel, Platform};
+use crate::cli::BenchArgs;
+use crate::config::{DbConfig, EncryptionKey};
+use crate::db::migrate::run_public_migrations;
+use crate::db::schema::{memberships, users};
+use crate::db::tenant_schema::channel_members;
+use crate::db::{connect_pool, with_tenant, PgPool, PoolOptions, TenantScope};
+use crate::error::AppError;
+use crate::ids::{TenantId, UserId};
+use crate::meta::webhook::{meta_json, sign};
+use crate::secret::Secret;
+use crate::tenancy::{self, TenantSlug};
+
+const CHANNELS: usize = 50;
+const SECRET: &str = "bench-realtime-jwt-secret-0123456789";
+const APP_SECRET: &str = "bench_app_secret";
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Fixture {
+    tenant: TenantId,
+    agents: Vec<UserId>,
+    pages: Vec<String>,
+}
+
+fn seed(pool: &PgPool, agents: usize) -> anyhow::Result<Fixture> {
+    let mut conn = pool.get()?;
+    run_public_migrations(&mut conn)?;
+    let t = tenancy::provision(&mut conn, &TenantSlug::parse("rt").map_err(|e| anyhow::anyhow!("{e}"))?, "RT")
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let keyring = crate::crypto::Keyring::new(&[EncryptionKey { id: "bench".into(), key: Secret::new([3u8; 32]) }]);
+    let pages: Vec<String> = (0..CHANNELS).map(|i| format!("40000000{i:07}")).collect();
+    let rows: Vec<(String, String, String)> =
+        (0..agents).map(|i| (format!("agent{i}@bench.test"), format!("Agent {i}"), "not-a-login".to_string())).collect();
+    let mut ids: Vec<i64> = Vec::new();
+    for chunk in rows.chunks(1000) {
+        let values: Vec<_> = chunk.iter().map(|(e, n, h)| (users::email.eq(e), users::name.eq(n), users::password_hash.eq(h))).collect();
+        ids.extend(diesel::insert_into(users::table).values(&values).returning(users::id).get_results::<i64>(&mut conn)?);
+    }
+    for chunk in ids.chunks(1000) {
+        let values: Vec<_> = chunk
+            .iter()
+            .map(|u| (memberships::user_id.eq(*u), memberships::tenant_id.eq(t.id), memberships::role.eq("agent")))
+            .collect();
+        diesel::insert_into(memberships::table).values(&values).execute(&mut conn)?;
+    }
+    let ids2 = ids.clone();
+    let pages2 = pages.clone();
+    with_tenant(&mut conn, &TenantScope::system(t.tenant_id()), |tc| -> Result<(), AppError> {
+        let mut channel_ids = Vec::new();
+        for p in &pages2 {
+            let c = NewChannel {
+                platform: Platform::Facebook,
+                external_id: p.clone(),
+                name: p.clone(),
+                token: Secret::new("EAAFakeBench".into()),
+                parent_external_id: None,
+                meta_user_id: None,
+            };
+            channel_ids.push(crate::channels::upsert_connected(tc, &keyring, None, &c)?.id);
+        }
+        for chunk in ids2.chunks(1000).enumerate() {
+            let values: Vec<_> = chunk
+                .1
+                .iter()
+                .enumerate()
+                .map(|(j, u)| {
+                    let i = chunk.0 * 1000 + j;
+                    (channel_members::channel_id.eq(channel_ids[i % CHANNELS]), channel_members::user_id.eq(*u))
+                })
+                .collect();
+            diesel::insert_into(channel_members::table).values(&values).execute(tc.pg())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(Fixture { tenant: t.tenant_id(), agents: ids.into_iter().map(UserId).collect(), pages })
+}
+
+fn start_server(url: &str, port: u16) -> anyhow::Result<std::process::Child> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("DATABASE_URL", url)
+        .env("SWITCHBOARD_BIND", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("SWITCHBOARD_ENCRYPTION_KEYS", format!("bench:{key}"))
+        .env("SWITCHBOARD_DB_POOL_SIZE", "12")
+        .env("SWITCHBOARD_RECONCILE_SECS", "0")
+        .env("META_APP_ID", "1234567890123456")
+        .env("META_APP_SECRET", APP_SECRET)
+        .env("META_VERIFY_TOKEN", "v")
+        .env("META_GRAPH_URL", "http://127.0.0.1:9")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    Ok(child)
+}
+
+fn now_nanos() -> i128 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128
+}
+
+fn webhook(page: &str, i: usize, run: u32) -> String {
+    let ms = chrono::Utc::now().timestamp_millis();
+    let v = serde_json::json!({"object": "page", "entry": [{"id": page, "time": ms, "messaging": [{
+        "sender": {"id": format!("8{:015}", i % 997)}, "recipient": {"id": page}, "timestamp": ms,
+        "message": {"mid": format!("m_rt_{run}_{i}"), "text": format!("t={}", now_nanos())}}]}]});
+    meta_json(&v)
+}
+
+async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, run: u32) -> Duration {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(32).build().unwrap_or_default();
+    let started = Instant::now();
+    let gap = if rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / rate };
+    futures_util::stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let body = webhook(&pages[i % pages.len()], i, run);
+            let sig = sign(APP_SECRET.as_bytes(), body.as_bytes());
+            let url = format!("{base}/webhooks/meta");
+            let due = started + gap * i as u32;
+            async move {
+                tokio::time::sleep_until(due.into()).await;
+                let _ = client.post(url).header("x-hub-signature-256", sig).header("content-type", "application/json").body(body).send().await;
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    started.elapsed()
+}
+
+fn pending(pool: &PgPool) -> i64 {
+    let Ok(mut conn) = pool.get() else { return 0 };
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("(SELECT count(*) FROM public.webhook_events WHERE status = 'pending')"))
+        .get_result(&mut conn)
+        .unwrap_or(0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let counts: Vec<usize> = args.sockets.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let max = counts.iter().copied().max().unwrap_or(1000);
+    let cfg = DbConfig::from_env()?;
+    let scratch = ScratchDb::create(cfg.database_url.expose(), "realtime")?;
+    let pool = connect_pool(&scratch.url, PoolOptions { max_size: 4, min_idle: Some(4), ..Default::default() })?;
+    let fx = seed(&pool, max)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = start_server(&scratch.url, port)?;
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let result = System::new().block_on(drive(args, &counts, &fx, &base, pid, &pool));
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+async fn drive(args: &BenchArgs, counts: &[usize], fx: &Fixture, base: &str, pid: u32, pool: &PgPool) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = JwtKeys::new(SECRET.as_bytes());
+    println!("switchboard bench realtime (server pid {pid}, {} channels)", CHANNELS);
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let base_rss = rss_kib(pid);
+    let latencies: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(Vec::new()));
+    let received: Rc<RefCell<usize>> = Rc::new(RefCell::new(0));
+    let mut sockets = Vec::new();
+    let mut open = 0usize;
+    for &target in counts {
+        while open < target {
+            let user = fx.agents[open];
+            let token = keys.issue(user, fx.tenant, "rt", Role::Agent, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let url = format!("{}/ws", base.replace("http://", "ws://"));
+            let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).timeout(Duration::from_secs(30)).finish();
+            let (_, framed) = client.ws(url).bearer_auth(token).connect().await.map_err(|e| anyhow::anyhow!("socket {open}: {e}"))?;
+            let (lat, rec) = (latencies.clone(), received.clone());
+            // Every socket is read (a socket nobody reads would be dropped as too slow).
+            let handle = actix_web::rt::spawn(async move {
+                let mut framed = framed;
+                while let Some(Ok(frame)) = framed.next().await {
+                    if let awc::ws::Frame::Text(t) = frame {
+                        if let Some(pos) = memchr_t(&t) {
+                            let digits: String = t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
+                            if let Ok(sent) = digits.parse::<i128>() {
+                                lat.borrow_mut().push((now_nanos() - sent) as f64 / 1e6);
+                                *rec.borrow_mut() += 1;
+                            }
+                        }
+                    }
+                }
+            });
+            sockets.push(handle);
+            open += 1;
+        }
+        actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(pid);
+        println!(
+            "{target} idle authenticated sockets: server RSS {} MiB, {:.1} KiB per socket   [goal < 25 KiB]",
+            rss / 1024,
+            (rss.saturating_sub(base_rss)) as f64 / target as f64
+        );
+    }
+    // Latency at a steady rate.
+    let count = (args.rate as u64 * args.seconds) as usize;
+    latencies.borrow_mut().clear();
+    *received.borrow_mut() = 0;
+    let spent = send_webhooks(base, &fx.pages, count, args.rate, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending(pool) > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let mut lat = latencies.borrow().clone();
+    let expected = count * (open / CHANNELS);
+    println!(
+        "{count} webhooks in {spent:.2?} ({:.0}/s) with {open} agents: {} of ~{expected} frames; webhook POST → frame at the agent p50 {:.1} ms, p99 {:.1} ms   [goal p99 < 100 ms at 2000/s]",
+        count as f64 / spent.as_secs_f64(),
+        lat.len(),
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99)
+    );
+    // Ingest with live push on, then off.
+    let burst = 4000;
+    let t = Instant::now();
+    send_webhooks(base, &fx.pages, burst, 0, 2).await;
+    while pending(pool) > 0 {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on = burst as f64 / t.elapsed().as_secs_f64();
+    for s in sockets {
+        s.abort();
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    send_webhooks(base, &fx.pages, burst, 0, 3).await;
+    while pending(pool) > 0 {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let off = burst as f64 / t.elapsed().as_secs_f64();
+    println!("ingest with live push to {open} sockets: {on:.0} events/s; without sockets: {off:.0} events/s; on/off {:.0} %   [goal >= 80 %]", on / off * 100.0);
+    Ok(())
+}
+
+/// Where `"t=` starts in a frame (the text carries the send time).
+fn memchr_t(t: &[u8]) -> Option<usize> {
+    if !t.windows(14).any(|w| w == b"message.create") {
+        return None;
+    }
+    t.windows(3).position(|w| w == b"\"t=").map(|p| p + 1)
+}
+
