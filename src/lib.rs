@@ -22,6 +22,7 @@ pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod meta;
+pub mod metrics;
 pub mod ops;
 pub mod realtime;
 pub mod secret;

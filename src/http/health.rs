@@ -11,7 +11,8 @@ use crate::error::{AppError, AppResult};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/healthz").route(web::get().to(healthz)))
-        .service(super::resource("/readyz").route(web::get().to(readyz)));
+        .service(super::resource("/readyz").route(web::get().to(readyz)))
+        .service(super::resource("/metrics").route(web::get().to(metrics)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -53,4 +54,18 @@ async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
         ));
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "tenant_schema_version": latest})))
+}
+
+async fn metrics(state: web::Data<AppState>) -> AppResult<HttpResponse> {
+    let (webhooks, sends) = state
+        .db
+        .public(|conn| -> AppResult<(i64, i64)> {
+            use crate::db::schema::{send_queue, webhook_events};
+            let w = webhook_events::table.filter(webhook_events::status.eq("pending")).count().get_result(conn)?;
+            let s = send_queue::table.filter(send_queue::status.eq("pending")).count().get_result(conn)?;
+            Ok((w, s))
+        })
+        .await
+        .unwrap_or((-1, -1));
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::render(webhooks, sends)))
 }

@@ -48,6 +48,7 @@ async fn verify(state: web::Data<AppState>, q: web::Query<HashMap<String, String
 async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> AppResult<HttpResponse> {
     let header = req.headers().get("x-hub-signature-256").and_then(|v| v.to_str().ok());
     if !verify_signature(state.config.meta.app_secret.expose().as_bytes(), &body, header) {
+        crate::metrics::inc(&crate::metrics::WEBHOOKS_REJECTED, 1);
         return Err(AppError::forbidden(
             "invalid_signature",
             "X-Hub-Signature-256 is missing or does not match the body",
@@ -56,6 +57,7 @@ async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
     let bytes = body.to_vec();
     let id = state.db.public(move |conn| processor::store(conn, &bytes)).await?;
     state.wake_processor.notify_one();
+    crate::metrics::inc(&crate::metrics::WEBHOOKS_STORED, 1);
     tracing::debug!(event = id, "webhook stored");
     Ok(HttpResponse::Ok().json(json!({"received": true})))
 }

@@ -275,12 +275,18 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 /// then sleeps until woken (a webhook stored by this instance) or a short
 /// poll interval passes (work stored by other instances, retries).
 pub async fn run(state: actix_web::web::Data<AppState>) {
+    // Smaller batches answer sooner; larger ones carry more per transaction.
+    let batch = std::env::var("SWITCHBOARD_WEBHOOK_BATCH").ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(100).clamp(1, 1000);
     loop {
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
-        let result = actix_web::web::block(move || process_batch(&pool, &app_id, 200)).await;
+        let result = actix_web::web::block(move || process_batch(&pool, &app_id, batch)).await;
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
+                use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED};
+                inc(&WEBHOOKS_PROCESSED, report.done as u64);
+                inc(&WEBHOOKS_DEAD, report.dead as u64);
+                inc(&WEBHOOKS_RETRIED, report.retried as u64);
                 after_batch(&state, report);
                 continue;
             }

@@ -272,6 +272,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                     log.notify(tc)
                 })
                 .await?;
+            crate::metrics::inc(&crate::metrics::MESSAGES_SENT, 1);
             true
         }
         Err((code, why)) => {
@@ -283,6 +284,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                     log.notify(tc)
                 })
                 .await?;
+            crate::metrics::inc(&crate::metrics::MESSAGES_FAILED, 1);
             false
         }
     };

@@ -179,6 +179,8 @@ impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        crate::metrics::WS_OPEN.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::inc(&crate::metrics::WS_OPENED, 1);
         ctx.set_mailbox_capacity(QUEUE);
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if Instant::now().duration_since(act.heartbeat) > CLIENT_TIMEOUT {
@@ -202,6 +204,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        crate::metrics::WS_OPEN.fetch_sub(1, Ordering::Relaxed);
         self.hub.do_send(Leave { id: self.id });
     }
 }

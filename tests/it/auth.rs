@@ -371,4 +371,6 @@ async fn every_error_has_the_json_shape() {
     // Health endpoints answer.
     assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
     assert_eq!(app.call("GET", "/readyz", None, None).await.status, 200);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("switchboard_webhooks_pending 0") && metrics.contains("# TYPE switchboard_ws_open gauge"), "{metrics}");
 }

@@ -1,0 +1,45 @@
+//! Process counters for `GET /metrics` (Prometheus text format). Plain
+//! atomics: the handful of figures an operator watches, no registry.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub static WEBHOOKS_STORED: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOKS_REJECTED: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOKS_PROCESSED: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOKS_DEAD: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOKS_RETRIED: AtomicU64 = AtomicU64::new(0);
+pub static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
+pub static MESSAGES_FAILED: AtomicU64 = AtomicU64::new(0);
+pub static WS_OPEN: AtomicI64 = AtomicI64::new(0);
+pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
+
+pub fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The exposition text; `pending` is the webhook backlog read at scrape time.
+pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
+    let counters = [
+        ("switchboard_webhooks_stored_total", "Verified webhooks stored", &WEBHOOKS_STORED),
+        ("switchboard_webhooks_rejected_total", "Webhooks refused for their signature", &WEBHOOKS_REJECTED),
+        ("switchboard_webhooks_processed_total", "Stored webhooks processed", &WEBHOOKS_PROCESSED),
+        ("switchboard_webhooks_dead_total", "Webhooks moved to the dead letters", &WEBHOOKS_DEAD),
+        ("switchboard_webhooks_retried_total", "Webhook processing attempts to retry", &WEBHOOKS_RETRIED),
+        ("switchboard_messages_sent_total", "Replies Meta accepted", &MESSAGES_SENT),
+        ("switchboard_messages_failed_total", "Replies that failed", &MESSAGES_FAILED),
+        ("switchboard_ws_connections_total", "WebSocket sessions opened", &WS_OPENED),
+    ];
+    let mut out = String::new();
+    for (name, help, c) in counters {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
+    }
+    let gauges = [
+        ("switchboard_ws_open", "Open WebSocket sessions on this instance", WS_OPEN.load(Ordering::Relaxed)),
+        ("switchboard_webhooks_pending", "Stored webhooks waiting to be processed (all instances)", pending_webhooks),
+        ("switchboard_sends_pending", "Queued sends (all instances)", pending_sends),
+    ];
+    for (name, help, v) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    out
+}
