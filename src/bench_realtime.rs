@@ -37,7 +37,9 @@ const APP_SECRET: &str = "bench_app_secret";
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -54,12 +56,16 @@ fn seed(pool: &PgPool, agents: usize) -> anyhow::Result<Fixture> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let keyring = crate::crypto::Keyring::new(&[EncryptionKey { id: "bench".into(), key: Secret::new([3u8; 32]) }]);
     let pages: Vec<String> = (0..CHANNELS).map(|i| format!("40000000{i:07}")).collect();
-    let rows: Vec<(String, String, String)> =
-        (0..agents).map(|i| (format!("agent{i}@bench.test"), format!("Agent {i}"), "not-a-login".to_string())).collect();
+    let rows: Vec<(String, String, String)> = (0..agents)
+        .map(|i| (format!("agent{i}@bench.test"), format!("Agent {i}"), "not-a-login".to_string()))
+        .collect();
     let mut ids: Vec<i64> = Vec::new();
     for chunk in rows.chunks(1000) {
-        let values: Vec<_> = chunk.iter().map(|(e, n, h)| (users::email.eq(e), users::name.eq(n), users::password_hash.eq(h))).collect();
-        ids.extend(diesel::insert_into(users::table).values(&values).returning(users::id).get_results::<i64>(&mut conn)?);
+        let values: Vec<_> =
+            chunk.iter().map(|(e, n, h)| (users::email.eq(e), users::name.eq(n), users::password_hash.eq(h))).collect();
+        ids.extend(
+            diesel::insert_into(users::table).values(&values).returning(users::id).get_results::<i64>(&mut conn)?,
+        );
     }
     for chunk in ids.chunks(1000) {
         let values: Vec<_> = chunk
@@ -148,7 +154,13 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
             let due = started + gap * i as u32;
             async move {
                 tokio::time::sleep_until(due.into()).await;
-                let _ = client.post(url).header("x-hub-signature-256", sig).header("content-type", "application/json").body(body).send().await;
+                let _ = client
+                    .post(url)
+                    .header("x-hub-signature-256", sig)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
             }
         })
         .buffer_unordered(32)
@@ -159,9 +171,11 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
 
 fn pending(pool: &PgPool) -> i64 {
     let Ok(mut conn) = pool.get() else { return 0 };
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("(SELECT count(*) FROM public.webhook_events WHERE status = 'pending')"))
-        .get_result(&mut conn)
-        .unwrap_or(0)
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM public.webhook_events WHERE status = 'pending')",
+    ))
+    .get_result(&mut conn)
+    .unwrap_or(0)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -189,7 +203,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn drive(args: &BenchArgs, counts: &[usize], fx: &Fixture, base: &str, pid: u32, pool: &PgPool) -> anyhow::Result<()> {
+async fn drive(
+    args: &BenchArgs,
+    counts: &[usize],
+    fx: &Fixture,
+    base: &str,
+    pid: u32,
+    pool: &PgPool,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for _ in 0..100 {
         if http.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
@@ -210,8 +231,12 @@ async fn drive(args: &BenchArgs, counts: &[usize], fx: &Fixture, base: &str, pid
             let user = fx.agents[open];
             let token = keys.issue(user, fx.tenant, "rt", Role::Agent, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
             let url = format!("{}/ws", base.replace("http://", "ws://"));
-            let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).timeout(Duration::from_secs(30)).finish();
-            let (_, framed) = client.ws(url).bearer_auth(token).connect().await.map_err(|e| anyhow::anyhow!("socket {open}: {e}"))?;
+            let client = awc::Client::builder()
+                .max_http_version(awc::http::Version::HTTP_11)
+                .timeout(Duration::from_secs(30))
+                .finish();
+            let (_, framed) =
+                client.ws(url).bearer_auth(token).connect().await.map_err(|e| anyhow::anyhow!("socket {open}: {e}"))?;
             let (lat, rec) = (latencies.clone(), received.clone());
             // Every socket is read (a socket nobody reads would be dropped as too slow).
             let handle = actix_web::rt::spawn(async move {
@@ -219,7 +244,8 @@ async fn drive(args: &BenchArgs, counts: &[usize], fx: &Fixture, base: &str, pid
                 while let Some(Ok(frame)) = framed.next().await {
                     if let awc::ws::Frame::Text(t) = frame {
                         if let Some(pos) = memchr_t(&t) {
-                            let digits: String = t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
+                            let digits: String =
+                                t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
                             if let Ok(sent) = digits.parse::<i128>() {
                                 lat.borrow_mut().push((now_nanos() - sent) as f64 / 1e6);
                                 *rec.borrow_mut() += 1;
@@ -287,4 +313,3 @@ fn memchr_t(t: &[u8]) -> Option<usize> {
     }
     t.windows(3).position(|w| w == b"\"t=").map(|p| p + 1)
 }
-

@@ -46,7 +46,8 @@ fn database_url() -> anyhow::Result<String> {
     if PgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres").is_ok() {
         return Ok(local.into());
     }
-    let initdb = find_pg_bin("initdb").context("no PostgreSQL found: set DATABASE_URL, or install PostgreSQL (Debian: apt-get install postgresql)")?;
+    let initdb = find_pg_bin("initdb")
+        .context("no PostgreSQL found: set DATABASE_URL, or install PostgreSQL (Debian: apt-get install postgresql)")?;
     let pg_ctl = find_pg_bin("pg_ctl").context("pg_ctl not found next to initdb")?;
     let dir = std::env::temp_dir().join("switchboard-demo-pg");
     let data = dir.join("data");
@@ -74,7 +75,10 @@ fn database_url() -> anyhow::Result<String> {
     let url = format!("postgres://postgres@127.0.0.1:{port}/switchboard_demo");
     if PgConnection::establish(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).is_err() {
         let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.to_string_lossy());
-        run(&pg_ctl, &["-D", &data.to_string_lossy(), "-o", &opts, "-l", &dir.join("log").to_string_lossy(), "-w", "start"])?;
+        run(
+            &pg_ctl,
+            &["-D", &data.to_string_lossy(), "-o", &opts, "-l", &dir.join("log").to_string_lossy(), "-w", "start"],
+        )?;
         println!("started a PostgreSQL for the demo in {} (port {port})", dir.display());
     }
     Ok(url)
@@ -107,7 +111,10 @@ pub fn run() -> anyhow::Result<()> {
         bind: addr,
         public_url: base.clone(),
         jwt_secret: Secret::new(b"switchboard-demo-jwt-secret-not-for-production".to_vec()),
-        encryption_keys: vec![EncryptionKey { id: "demo".into(), key: Secret::new(*b"switchboard-demo-key-32-bytes!!!") }],
+        encryption_keys: vec![EncryptionKey {
+            id: "demo".into(),
+            key: Secret::new(*b"switchboard-demo-key-32-bytes!!!"),
+        }],
         signup: Signup::Open,
         operator_token: Some(Secret::new("switchboard-demo-operator-token".into())),
         meta: MetaConfig {
@@ -178,8 +185,11 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
                 }
             };
             // Fresh fake ids each run: release the previous run's channels.
-            diesel::delete(crate::db::schema::channel_routes::table.filter(crate::db::schema::channel_routes::tenant_id.eq(tenant.id)))
-                .execute(conn)?;
+            diesel::delete(
+                crate::db::schema::channel_routes::table
+                    .filter(crate::db::schema::channel_routes::tenant_id.eq(tenant.id)),
+            )
+            .execute(conn)?;
             with_tenant(conn, &TenantScope::system(tenant.tenant_id()), |tc| {
                 // The previous run's fake channels are gone with its fake Meta.
                 use crate::db::tenant_schema::channels as ch;
@@ -190,10 +200,23 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
                 let channels = [
                     (Platform::Facebook, p2.clone(), "Demo Shop".to_string(), page_token.clone(), None),
                     (Platform::Instagram, ig2.clone(), "demo.shop".to_string(), page_token.clone(), Some(p2.clone())),
-                    (Platform::Whatsapp, ph2.clone(), "Demo Shop (+1 555-010-0000)".to_string(), waba_token.clone(), Some(waba.clone())),
+                    (
+                        Platform::Whatsapp,
+                        ph2.clone(),
+                        "Demo Shop (+1 555-010-0000)".to_string(),
+                        waba_token.clone(),
+                        Some(waba.clone()),
+                    ),
                 ];
                 for (platform, external_id, name, token, parent) in channels {
-                    let c = NewChannel { platform, external_id, name, token: Secret::new(token), parent_external_id: parent, meta_user_id: None };
+                    let c = NewChannel {
+                        platform,
+                        external_id,
+                        name,
+                        token: Secret::new(token),
+                        parent_external_id: parent,
+                        meta_user_id: None,
+                    };
                     crate::channels::upsert_connected(tc, &keys, None, &c)?;
                 }
                 Ok::<_, AppError>(())
@@ -207,7 +230,13 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
 /// Customers writing, forever: one message every 5 seconds.
 async fn customers(fake_base: String, targets: Vec<String>) {
     let http = reqwest::Client::new();
-    let lines = ["Olá! Do you ship to Lisbon?", "Is the oak table still available?", "Obrigado! 🙂", "Can I change my order?", "What are your opening hours?"];
+    let lines = [
+        "Olá! Do you ship to Lisbon?",
+        "Is the oak table still available?",
+        "Obrigado! 🙂",
+        "Can I change my order?",
+        "What are your opening hours?",
+    ];
     let names = ["Ana Sousa", "Rui Costa", "Maria Silva", "João Pereira"];
     let mut i = 0usize;
     loop {

@@ -372,7 +372,13 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                             .set((channels::status.eq("connected"), channels::status_reason.eq(None::<String>)))
                             .execute(tc.pg())?;
                         let mut log = crate::inbox::events::EventLog::new();
-                        log.append(tc, "channel.updated", Some(id.0), None, serde_json::json!({"id": id.to_string(), "status": "connected"}))?;
+                        log.append(
+                            tc,
+                            "channel.updated",
+                            Some(id.0),
+                            None,
+                            serde_json::json!({"id": id.to_string(), "status": "connected"}),
+                        )?;
                         log.notify(tc)
                     })
                     .await?;

@@ -116,6 +116,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .configure(health::routes)
+        // Before the /api scope, which would otherwise claim /api/openapi.json.
+        .configure(crate::web::routes)
         .service(
             web::scope("/api")
                 .configure(auth::routes)
@@ -130,7 +132,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(webhooks::routes)
         .configure(realtime::routes)
         .configure(meta::routes)
-        .configure(crate::web::routes)
         .default_service(web::to(no_route));
 }
 

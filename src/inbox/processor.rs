@@ -276,7 +276,11 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 /// poll interval passes (work stored by other instances, retries).
 pub async fn run(state: actix_web::web::Data<AppState>) {
     // Smaller batches answer sooner; larger ones carry more per transaction.
-    let batch = std::env::var("SWITCHBOARD_WEBHOOK_BATCH").ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(100).clamp(1, 1000);
+    let batch = std::env::var("SWITCHBOARD_WEBHOOK_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(100)
+        .clamp(1, 1000);
     loop {
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();

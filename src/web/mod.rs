@@ -5,9 +5,16 @@
 use actix_web::{web, HttpResponse};
 
 const CONNECT_PAGE: &str = include_str!("../../templates/connect.html");
+/// The API reference (OpenAPI 3), kept next to the routes it describes.
+const OPENAPI: &str = include_str!("../../templates/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)));
+    cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)))
+        .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
 }
 
 async fn connect_page() -> HttpResponse {

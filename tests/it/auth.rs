@@ -371,6 +371,22 @@ async fn every_error_has_the_json_shape() {
     // Health endpoints answer.
     assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
     assert_eq!(app.call("GET", "/readyz", None, None).await.status, 200);
+    let doc: serde_json::Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    for path in [
+        "/api/auth/login",
+        "/api/members/{user_id}",
+        "/api/channels/facebook/connect",
+        "/api/conversations/{id}/messages",
+        "/ws",
+        "/webhooks/meta",
+        "/meta/data-deletion",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
     let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("switchboard_webhooks_pending 0") && metrics.contains("# TYPE switchboard_ws_open gauge"), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_webhooks_pending 0") && metrics.contains("# TYPE switchboard_ws_open gauge"),
+        "{metrics}"
+    );
 }

@@ -245,7 +245,10 @@ async fn events_reach_exactly_who_may_see_them() {
     let r = app.call("POST", &format!("/api/channels/{channel}/check"), Some(&t.admin), None).await;
     assert_eq!(r.body["status"], "reauth_required");
     let c = until(&mut admin, "channel.updated", Duration::from_secs(5)).await.expect("channel.updated");
-    assert_eq!((c["data"]["id"].as_str(), c["data"]["status"].as_str()), (Some(channel.as_str()), Some("reauth_required")));
+    assert_eq!(
+        (c["data"]["id"].as_str(), c["data"]["status"].as_str()),
+        (Some(channel.as_str()), Some("reauth_required"))
+    );
 }
 
 fn append_events(app: &TestApp, n: usize) {
