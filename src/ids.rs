@@ -57,3 +57,17 @@ crate::id_type!(
     /// A tenant (public.tenants).
     TenantId
 );
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for
+/// query values in URLs we build).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

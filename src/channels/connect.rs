@@ -4,6 +4,8 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
+use crate::ids::percent_encode as enc;
+
 use super::oauth::{self, PendingPage};
 use super::{ChannelId, ChannelView, NewChannel, Platform};
 use crate::app::AppState;
@@ -14,18 +16,6 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::meta::GraphError;
 use crate::secret::Secret;
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// The URL of Meta's OAuth dialog, with a fresh signed state.
 pub async fn start_facebook(app: &AppState, auth: &AuthContext) -> AppResult<String> {

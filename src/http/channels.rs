@@ -12,7 +12,7 @@ use crate::auth::{AuthContext, Role};
 use crate::channels::connect::{self, WhatsappGrant};
 use crate::channels::{self, ChannelId, ChannelPatch};
 use crate::error::{AppError, AppResult};
-use crate::ids::UserId;
+use crate::ids::{percent_encode, UserId};
 use crate::secret::Secret;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -90,7 +90,7 @@ async fn oauth_callback(
             let why = q.error_description.unwrap_or_else(|| error.clone());
             return Err(AppError::bad_request("oauth_denied", format!("Meta login did not complete: {why}")));
         }
-        let location = format!("{page}?error={}", urlencode(&error));
+        let location = format!("{page}?error={}", percent_encode(&error));
         return Ok(HttpResponse::Found().insert_header((header::LOCATION, location)).finish());
     }
     let (Some(code), Some(st)) = (q.code, q.state) else {
@@ -100,20 +100,8 @@ async fn oauth_callback(
     if wants_json(&req) {
         return Ok(HttpResponse::Ok().json(selection));
     }
-    let location = format!("{page}?selection_id={}", urlencode(&selection.selection_id));
+    let location = format!("{page}?selection_id={}", percent_encode(&selection.selection_id));
     Ok(HttpResponse::Found().insert_header((header::LOCATION, location)).finish())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 async fn pending(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

@@ -445,6 +445,30 @@ impl GraphClient {
         Ok(())
     }
 
+    /// WhatsApp media: its metadata (`url`, `mime_type`, `sha256`, …).
+    pub async fn media(&self, media_id: &str, token: &Secret<String>) -> Result<Value, GraphError> {
+        self.call(Method::GET, media_id, Some(token), &[], None).await
+    }
+
+    /// Downloads a media URL; it needs the same token.
+    pub async fn download(&self, url: &str, token: &Secret<String>) -> Result<Vec<u8>, GraphError> {
+        let res = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        if !res.status().is_success() {
+            return Err(GraphError::Other {
+                code: res.status().as_u16() as i64,
+                subcode: None,
+                message: "media download refused".into(),
+            });
+        }
+        Ok(res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?.to_vec())
+    }
+
     /// A Messenger or Instagram user's profile.
     pub async fn profile(&self, id: &str, token: &Secret<String>, fields: &str) -> Result<Value, GraphError> {
         self.call(Method::GET, id, Some(token), &[("fields", fields)], None).await

@@ -46,6 +46,21 @@ async fn paging_retries_and_classification() {
     let slow = GraphClient::new(&app.config.meta).with_retry(1, Duration::from_millis(1));
     let bad_code = slow.exchange_code("no-such-code", Some("http://x")).await.expect_err("bad code");
     assert!(!format!("{bad_code:?}").contains("fake_app_secret"), "{bad_code:?}");
+    // WhatsApp media: metadata, then the bytes with the same token only.
+    let wa = app.fake("POST", "/_fake/users", json!({"wabas": [{"phone_numbers": [{"id": "555000111"}]}]})).await;
+    let wa_token = Secret::new(wa["wabas"][0]["access_token"].as_str().expect("token").to_string());
+    let m = app
+        .fake(
+            "POST",
+            "/_fake/media",
+            json!({"phone_number_id": "555000111", "mime_type": "image/png", "data": "PNGDATA"}),
+        )
+        .await;
+    let meta = graph.media(m["id"].as_str().expect("id"), &wa_token).await.expect("media");
+    assert_eq!(meta["mime_type"], "image/png");
+    let url = meta["url"].as_str().expect("url");
+    assert_eq!(graph.download(url, &wa_token).await.expect("bytes"), b"PNGDATA");
+    assert!(graph.download(url, &token).await.is_err(), "another account's token");
     // The request log never stores tokens or secrets.
     let log = app.fake("GET", "/_fake/requests", json!({})).await.to_string();
     assert!(!log.contains(token.expose()) && !log.contains("fake_app_secret_0123456789abcdef"));

@@ -320,3 +320,47 @@ impl FakeMeta {
         Some(res.status().as_u16())
     }
 }
+
+/// `GET /{media-id}` (WhatsApp): where to download it, for the number's token.
+pub(super) fn media(st: &State, owner: &Owner, id: &str, base: &str) -> Option<HttpResponse> {
+    let (phone, mime, data) = st.media.get(id)?;
+    if !st.may_use(owner, &Account::Phone(phone.clone())) {
+        return Some(graph_error(200, None, "(#200) Permissions error"));
+    }
+    use base64::Engine;
+    use sha2::Digest;
+    let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data));
+    Some(HttpResponse::Ok().json(json!({
+        "messaging_product": "whatsapp", "url": format!("{base}/_fake/media/{id}/download"),
+        "mime_type": mime, "sha256": sha, "file_size": data.len(), "id": id,
+    })))
+}
+
+/// `POST /_fake/media`.
+pub(super) fn add_media(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let Some(phone) = body.get("phone_number_id").and_then(Value::as_str) else {
+        return super::bad("phone_number_id is required");
+    };
+    let mut st = fake.lock();
+    if !st.phones.contains_key(phone) {
+        return super::bad("no such phone number");
+    }
+    let id = body.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| st.id("10203"));
+    let mime = body.get("mime_type").and_then(Value::as_str).unwrap_or("image/jpeg").to_string();
+    let data = body.get("data").and_then(Value::as_str).unwrap_or("fake image bytes").as_bytes().to_vec();
+    st.media.insert(id.clone(), (phone.to_string(), mime, data));
+    HttpResponse::Created().json(json!({"id": id}))
+}
+
+/// The media bytes; like Meta's lookaside URL it needs the Bearer token.
+pub(super) fn download(fake: &FakeMeta, id: &str, token: Option<&str>) -> HttpResponse {
+    let st = fake.lock();
+    let Some((phone, mime, data)) = st.media.get(id) else { return HttpResponse::NotFound().finish() };
+    let allowed = token
+        .and_then(|t| st.tokens.get(t))
+        .is_some_and(|t| t.error.is_none() && st.may_use(&t.owner, &Account::Phone(phone.clone())));
+    if !allowed {
+        return HttpResponse::Unauthorized().finish();
+    }
+    HttpResponse::Ok().content_type(mime.as_str()).body(data.clone())
+}

@@ -23,6 +23,9 @@
 //! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
 //!   writes to a page, Instagram account or number; the fake sends the
 //!   signed webhook now and remembers the contact (window, profile).
+//! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
+//!   WhatsApp media object; `GET /{media-id}` then answers its URL, which
+//!   downloads with the Bearer token.
 //! - `GET /_fake/requests` every Graph call received (tokens and secrets
 //!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
 
@@ -38,6 +41,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::ids::percent_encode as enc;
 
 #[derive(Clone, Debug)]
 pub struct FakeConfig {
@@ -133,6 +138,8 @@ struct State {
     last_inbound: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
     /// Contact profiles; `None` answers 2018218 (no profile available).
     profiles: HashMap<String, Option<String>>,
+    /// WhatsApp media: id -> (phone number id it belongs to, mime type, bytes).
+    media: HashMap<String, (String, String, Vec<u8>)>,
 }
 
 impl State {
@@ -311,8 +318,11 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         }
         ("GET", [id]) => {
             let id = id.to_string();
-            with_token(&fake, token.as_deref(), move |st, _| {
-                messaging::profile(st, &id).unwrap_or_else(|| object(st, &id))
+            let base = format!("{}://{}", req.connection_info().scheme(), req.connection_info().host());
+            with_token(&fake, token.as_deref(), move |st, owner| {
+                messaging::media(st, owner, &id, &base)
+                    .or_else(|| messaging::profile(st, &id))
+                    .unwrap_or_else(|| object(st, &id))
             })
         }
         _ => graph_error(100, None, &format!("Unknown path components: {}", req.path())),
@@ -370,18 +380,6 @@ fn dialog(fake: &FakeMeta, q: &HashMap<String, String>) -> HttpResponse {
     let sep = if redirect.contains('?') { '&' } else { '?' };
     let location = format!("{redirect}{sep}code={}&state={}", enc(&code), enc(&state_param));
     HttpResponse::Found().insert_header((header::LOCATION, location)).finish()
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn html_escape(s: &str) -> String {
@@ -723,6 +721,12 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
+        ("POST", "media") => messaging::add_media(&fake, &body),
+        (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
+            let id = p.trim_start_matches("media/").trim_end_matches("/download").to_string();
+            let token = bearer_or_query(&req, &query_map(&req));
+            messaging::download(&fake, &id, token.as_deref())
+        }
         ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
         ("GET", "state") => {
             let st = fake.lock();
