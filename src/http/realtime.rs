@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{resource, AppState};
 use crate::auth::extract::{authenticate, bearer};
 use crate::auth::AuthContext;
-use crate::db::schema::users;
+use crate::db::schema::{tenants, users};
 use crate::error::{AppError, AppResult};
 use crate::inbox::events;
 use crate::realtime::session::{visible_channels, SessionInit, WsSession};
@@ -80,7 +80,8 @@ async fn connect(
     };
     // The guard checks the tenant is active and the membership unchanged.
     let (user, role) = (auth.user.0, auth.role);
-    let (last_seq, channels, name) = state
+    let tenant_id = auth.tenant.0;
+    let (last_seq, channels, name, slug) = state
         .db
         .tenant(auth.scope(), move |tc| {
             use diesel::prelude::*;
@@ -88,13 +89,24 @@ async fn connect(
             let channels = visible_channels(tc, user, role)?;
             let (name, email): (String, String) =
                 users::table.find(user).select((users::name, users::email)).first(tc.pg())?;
-            Ok::<_, AppError>((last, channels, if name.is_empty() { email } else { name }))
+            let slug: String = tenants::table.find(tenant_id).select(tenants::slug).first(tc.pg())?;
+            Ok::<_, AppError>((last, channels, if name.is_empty() { email } else { name }, slug))
         })
         .await?;
     let session = WsSession::new(
         hub.get_ref().clone(),
         state.clone(),
-        SessionInit { tenant: auth.tenant.0, user, role, name, family: auth.family.clone(), channels, last_seq, since },
+        SessionInit {
+            tenant: auth.tenant.0,
+            tenant_slug: slug,
+            user,
+            role,
+            name,
+            family: auth.family.clone(),
+            channels,
+            last_seq,
+            since,
+        },
     );
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(64 * 1024)

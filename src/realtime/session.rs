@@ -46,6 +46,7 @@ pub struct WsSession {
     hub: Addr<Hub>,
     state: web::Data<AppState>,
     tenant: i64,
+    tenant_slug: String,
     user: i64,
     role: Role,
     name: String,
@@ -62,6 +63,7 @@ pub struct WsSession {
 
 pub struct SessionInit {
     pub tenant: i64,
+    pub tenant_slug: String,
     pub user: i64,
     pub role: Role,
     pub name: String,
@@ -78,6 +80,7 @@ impl WsSession {
             hub,
             state,
             tenant: init.tenant,
+            tenant_slug: init.tenant_slug,
             user: init.user,
             role: init.role,
             name: init.name,
@@ -197,8 +200,10 @@ impl Actor for WsSession {
             family: self.family.clone(),
             channels: self.channels.clone(),
         });
+        // `tenant` is the slug, as at login; `tenant_id` its id.
         let hello = json!({"type": "hello", "at": Utc::now(), "data": {
-            "user_id": self.user.to_string(), "tenant": self.tenant.to_string(), "last_seq": self.last_seq}});
+            "user_id": self.user.to_string(), "tenant": self.tenant_slug, "tenant_id": self.tenant.to_string(),
+            "last_seq": self.last_seq}});
         ctx.text(hello.to_string());
         self.replay(ctx);
     }

@@ -158,7 +158,8 @@ async fn events_reach_exactly_who_may_see_them() {
     for s in [&mut admin, &mut x, &mut other, &mut beta] {
         let hello = next(s, Duration::from_secs(3)).await.expect("hello");
         assert_eq!(hello["type"], "hello");
-        assert!(hello["data"]["last_seq"].is_i64());
+        assert!(hello["data"]["last_seq"].is_i64() && hello["data"]["user_id"].is_string());
+        assert!(hello["data"]["tenant"] == "acme" || hello["data"]["tenant"] == "beta");
     }
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "Olá 👋"})).await;
     let a = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("admin gets it");
