@@ -50,6 +50,45 @@ impl<'l> Ingest<'l> {
         }
     }
 
+    /// Loads, in two queries, the contacts and conversations a batch of
+    /// items will touch, so applying each item costs about two statements.
+    /// Nothing is locked here: the per-message update decides in SQL.
+    pub fn prefetch(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        let mut channel_ids: Vec<i64> = Vec::new();
+        let mut externals: Vec<String> = Vec::new();
+        for (channel, item) in items {
+            if let Item::Message { contact, .. } | Item::Echo { contact, .. } = item {
+                if !self.contacts.contains_key(&(*channel, contact.clone())) {
+                    channel_ids.push(*channel);
+                    externals.push(contact.clone());
+                }
+            }
+        }
+        if externals.is_empty() {
+            return Ok(());
+        }
+        channel_ids.sort_unstable();
+        channel_ids.dedup();
+        let found: Vec<ContactRow> = contacts::table
+            .filter(contacts::channel_id.eq_any(&channel_ids))
+            .filter(contacts::external_id.eq_any(&externals))
+            .select(ContactRow::as_select())
+            .load(tc.pg())?;
+        let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
+        for c in found {
+            self.names.put_contact(&c);
+            self.contacts.insert((c.channel_id, c.external_id.clone()), c);
+        }
+        let convs: Vec<ConversationRow> = conversations::table
+            .filter(conversations::contact_id.eq_any(&ids))
+            .select(ConversationRow::as_select())
+            .load(tc.pg())?;
+        for c in convs {
+            self.conversations.insert(c.contact_id, c);
+        }
+        Ok(())
+    }
+
     fn contact(
         &mut self,
         tc: &mut TenantConn<'_>,
@@ -97,21 +136,38 @@ pub fn upsert_contact(
     external_id: &str,
     name: Option<&str>,
 ) -> AppResult<ContactRow> {
-    let inserted: Option<ContactRow> = diesel::insert_into(contacts::table)
-        .values((contacts::channel_id.eq(channel_id), contacts::external_id.eq(external_id), contacts::name.eq(name)))
-        .on_conflict((contacts::channel_id, contacts::external_id))
-        .do_nothing()
-        .returning(ContactRow::as_returning())
-        .get_result(tc.pg())
-        .optional()?;
-    if let Some(c) = inserted {
-        return Ok(c);
-    }
-    let mut c: ContactRow = contacts::table
+    // Known contacts are the common case: one query for them.
+    let found: Option<ContactRow> = contacts::table
         .filter(contacts::channel_id.eq(channel_id))
         .filter(contacts::external_id.eq(external_id))
         .select(ContactRow::as_select())
-        .first(tc.pg())?;
+        .first(tc.pg())
+        .optional()?;
+    let mut c = match found {
+        Some(c) => c,
+        None => {
+            let inserted: Option<ContactRow> = diesel::insert_into(contacts::table)
+                .values((
+                    contacts::channel_id.eq(channel_id),
+                    contacts::external_id.eq(external_id),
+                    contacts::name.eq(name),
+                ))
+                .on_conflict((contacts::channel_id, contacts::external_id))
+                .do_nothing()
+                .returning(ContactRow::as_returning())
+                .get_result(tc.pg())
+                .optional()?;
+            match inserted {
+                Some(c) => return Ok(c),
+                // Another transaction inserted it meanwhile.
+                None => contacts::table
+                    .filter(contacts::channel_id.eq(channel_id))
+                    .filter(contacts::external_id.eq(external_id))
+                    .select(ContactRow::as_select())
+                    .first(tc.pg())?,
+            }
+        }
+    };
     if let (Some(n), true) = (name, c.name.is_none()) {
         c = diesel::update(contacts::table.find(c.id))
             .set((contacts::name.eq(n), contacts::updated_at.eq(diesel::dsl::now)))
@@ -281,29 +337,22 @@ impl Ingest<'_> {
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
         let reopened = !created && conv.status != "open";
-        let newest = msg.timestamp >= conv.last_activity_at || created;
-        let later_inbound = conv.last_inbound_at.is_none_or(|t| msg.timestamp >= t);
-        let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
-            .set((
-                conversations::status.eq("open"),
-                conversations::snoozed_until.eq(None::<DateTime<Utc>>),
-                conversations::unread_count.eq(conversations::unread_count + 1),
-                conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
-                conversations::last_activity_at.eq(if newest { msg.timestamp } else { conv.last_activity_at }),
-                conversations::last_inbound_at.eq(if later_inbound {
-                    Some(msg.timestamp)
-                } else {
-                    conv.last_inbound_at
-                }),
-                conversations::last_inbound_external_id.eq(if later_inbound {
-                    Some(msg.mid.to_string())
-                } else {
-                    conv.last_inbound_external_id.clone()
-                }),
-                conversations::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(ConversationRow::as_returning())
-            .get_result(tc.pg())?;
+        // Decided in SQL against the row as it is now (another worker may
+        // have moved it since we read it): never backwards in time.
+        let conv: ConversationRow = diesel::sql_query(
+            "UPDATE conversations SET status = 'open', snoozed_until = NULL, unread_count = unread_count + 1, \
+                 last_message_id = CASE WHEN $2 >= last_activity_at OR last_message_id IS NULL THEN $3 ELSE last_message_id END, \
+                 last_activity_at = CASE WHEN last_message_id IS NULL THEN $2 ELSE GREATEST(last_activity_at, $2) END, \
+                 last_inbound_external_id = CASE WHEN last_inbound_at IS NULL OR $2 >= last_inbound_at THEN $4 ELSE last_inbound_external_id END, \
+                 last_inbound_at = GREATEST(COALESCE(last_inbound_at, $2), $2), \
+                 updated_at = now() \
+             WHERE id = $1 RETURNING *",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(conv.id)
+        .bind::<diesel::sql_types::Timestamptz, _>(msg.timestamp)
+        .bind::<diesel::sql_types::BigInt, _>(row.id)
+        .bind::<diesel::sql_types::Text, _>(msg.mid)
+        .get_result(tc.pg())?;
         self.conversations.insert(contact.id, conv.clone());
         let view = self.names.message(tc, &row, contact.id)?;
         self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;

@@ -145,6 +145,8 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
             let mut log = EventLog::new();
             let mut ingest = Ingest::new(&mut log, app_id);
+            let refs: Vec<(i64, &Item)> = items.iter().map(|(_, c, i)| (*c, i)).collect();
+            ingest.prefetch(tc, &refs)?;
             let mut channels_seen: HashMap<i64, channels::ChannelRow> = HashMap::new();
             for (_, channel_id, item) in &items {
                 let channel = match channels_seen.get(channel_id) {

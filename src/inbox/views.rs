@@ -41,7 +41,7 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = conversations)]
 pub struct ConversationRow {
     pub id: i64,
