@@ -47,6 +47,7 @@ impl Keyring {
     }
 
     pub fn encrypt(&self, plaintext: &Secret<String>, aad: &str) -> String {
+        // Never empty: the configuration refuses an empty key list.
         let (id, cipher) = &self.keys[0];
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
