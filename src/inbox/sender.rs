@@ -412,3 +412,19 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+    use std::time::Duration;
+
+    #[test]
+    fn pacing_spaces_sends_per_channel() {
+        let mut p = Pacer::default();
+        // 10/s: the first sends go, then the channel must wait; others do not.
+        let waits: Vec<Option<Duration>> = (0..4).map(|_| p.wait((1, 1), 10)).collect();
+        assert!(waits[0].is_none() && waits[1].is_none());
+        assert!(waits[3].is_some_and(|w| w > Duration::ZERO && w <= Duration::from_millis(400)));
+        assert!(p.wait((1, 2), 10).is_none(), "another channel is not slowed");
+    }
+}

@@ -558,6 +558,16 @@ mod tests {
         assert_eq!(parse(&fixture("messenger_batch_two_pages.json")).expect("batch").len(), 3);
         assert!(parse(&fixture("whatsapp_account_update.json")).expect("ok").is_empty());
         assert!(parse(&fixture("whatsapp_template_status_update.json")).expect("ok").is_empty());
+        // Edits and unreactions (no fixture: shapes from the Messenger reference).
+        let edit = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1773140000000,"message_edit":{"mid":"m_1","text":"fixed typo","num_edit":1}}]}]}"#;
+        assert!(
+            matches!(&parse(edit).expect("edit")[0].item, Item::Edit { mid, text, .. } if mid == "m_1" && text.as_deref() == Some("fixed typo"))
+        );
+        let unreact = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"reaction":{"mid":"m_1","action":"unreact"}}]}]}"#;
+        assert!(matches!(&parse(unreact).expect("unreact")[0].item, Item::Reaction { emoji: None, .. }));
+        // Unknown event kinds inside a known object are skipped, not errors.
+        let optin = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"optin":{"ref":"x"}}]}]}"#;
+        assert!(parse(optin).expect("optin").is_empty());
         assert_eq!(parse(b"{not json"), Err(ParseError::NotJson));
         assert!(matches!(parse(br#"{"object":"user","entry":[]}"#), Err(ParseError::UnknownObject(_))));
     }

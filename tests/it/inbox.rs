@@ -749,3 +749,44 @@ async fn auto_reply_and_notifications() {
     assert_eq!(conversations(&app, &ctx.admin, "").await[0]["last_message"]["text"], "third");
     let _ = IG_A;
 }
+
+#[actix_web::test]
+async fn snoozes_wake_and_edits_update_in_place() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "typo heer", "id": "m_edit_me"}))
+        .await;
+    app.processed().await;
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    // An edit of that message: same row, new text.
+    let edit = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1, "messaging": [{"sender": {"id": PSID}, "recipient": {"id": PAGE_A},
+        "timestamp": chrono::Utc::now().timestamp_millis(), "message_edit": {"mid": "m_edit_me", "text": "typo here", "num_edit": 1}}]}]});
+    assert_eq!(app.webhook(edit.to_string().as_bytes()).await, 200);
+    app.processed().await;
+    let msgs = messages(&app, &ctx.admin, &conv).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["text"], "typo here");
+    assert!(msgs[0]["edited_at"].is_string());
+    // A snooze whose time has passed wakes the conversation.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"snoozed_until": soon})))
+        .await;
+    assert_eq!(r.body["status"], "snoozed");
+    let mut conn = app.db.conn();
+    diesel::sql_query("UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .expect("time passes");
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let woken = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        let n = switchboard::inbox::conversations::wake_snoozed(tc, &mut log)?;
+        log.notify(tc)?;
+        Ok::<_, switchboard::AppError>(n)
+    })
+    .expect("wake");
+    assert_eq!(woken, 1);
+    let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await;
+    assert_eq!((c.body["status"].as_str(), c.body["snoozed_until"].is_null()), (Some("open"), true));
+}
