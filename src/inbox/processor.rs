@@ -143,6 +143,10 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         let scope = TenantScope::system(TenantId(tenant));
         let mut followups = Followups::default();
         let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
+            // No wait for the WAL flush here: the event is marked done later,
+            // durably, and WAL order makes that imply this commit; a crash in
+            // between leaves the event to be processed again (idempotent).
+            diesel::sql_query("SET LOCAL synchronous_commit TO off").execute(tc.pg())?;
             let mut log = EventLog::new();
             let mut ingest = Ingest::new(&mut log, app_id);
             let refs: Vec<(i64, &Item)> = items.iter().map(|(_, c, i)| (*c, i)).collect();
