@@ -36,6 +36,13 @@ pub struct Ingest<'l> {
     /// conversations by contact, so a batch asks the database once each.
     pub contacts: HashMap<(i64, String), ContactRow>,
     pub conversations: HashMap<i64, ConversationRow>,
+    /// Contacts' messages of the batch, inserted up front in one statement:
+    /// (channel, Meta id) -> row; absent from `stored` but in `attempted`
+    /// means it was already there (a duplicate).
+    stored: HashMap<(i64, String), MessageRow>,
+    attempted: std::collections::HashSet<(i64, String)>,
+    /// Conversations this batch created (for `conversation.created`).
+    created: std::collections::HashSet<i64>,
 }
 
 impl<'l> Ingest<'l> {
@@ -47,6 +54,9 @@ impl<'l> Ingest<'l> {
             followups: Followups::default(),
             contacts: HashMap::new(),
             conversations: HashMap::new(),
+            stored: HashMap::new(),
+            attempted: Default::default(),
+            created: Default::default(),
         }
     }
 
@@ -64,9 +74,18 @@ impl<'l> Ingest<'l> {
                 }
             }
         }
-        if externals.is_empty() {
-            return Ok(());
+        if !externals.is_empty() {
+            self.load_known(tc, channel_ids, externals)?;
         }
+        self.insert_messages(tc, items)
+    }
+
+    fn load_known(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        mut channel_ids: Vec<i64>,
+        externals: Vec<String>,
+    ) -> AppResult<()> {
         channel_ids.sort_unstable();
         channel_ids.dedup();
         let found: Vec<ContactRow> = contacts::table
@@ -85,6 +104,63 @@ impl<'l> Ingest<'l> {
             .load(tc.pg())?;
         for c in convs {
             self.conversations.insert(c.contact_id, c);
+        }
+        Ok(())
+    }
+
+    /// Inserts every contact message of the batch in one statement (after
+    /// making sure its contact and conversation exist, in item order).
+    fn insert_messages(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        let mut rows = Vec::new();
+        for (channel, item) in items {
+            let Item::Message {
+                contact,
+                contact_name,
+                mid,
+                text,
+                attachments,
+                quick_reply,
+                postback,
+                reply_to,
+                timestamp,
+            } = item
+            else {
+                continue;
+            };
+            let c = self.contact(tc, *channel, contact, contact_name.as_deref())?;
+            let (conv, created) = self.conversation(tc, *channel, c.id)?;
+            if created {
+                self.created.insert(conv.id);
+            }
+            self.attempted.insert((*channel, mid.clone()));
+            rows.push((
+                m::conversation_id.eq(conv.id),
+                m::channel_id.eq(*channel),
+                m::direction.eq("in"),
+                m::sender_kind.eq("contact"),
+                m::text.eq(text.clone()),
+                m::attachments.eq(serde_json::to_value(attachments).unwrap_or_else(|_| json!([]))),
+                m::status.eq("received"),
+                m::external_id.eq(mid.clone()),
+                m::reply_to_external_id.eq(reply_to.clone()),
+                m::quick_reply_payload.eq(quick_reply.clone()),
+                m::postback_payload.eq(postback.clone()),
+                m::platform_timestamp.eq(*timestamp),
+                m::sort_at.eq(*timestamp),
+            ));
+        }
+        for chunk in rows.chunks(1000) {
+            let inserted: Vec<MessageRow> = diesel::insert_into(m::table)
+                .values(chunk)
+                .on_conflict((m::channel_id, m::external_id))
+                .do_nothing()
+                .returning(MessageRow::as_returning())
+                .get_results(tc.pg())?;
+            for r in inserted {
+                if let Some(ext) = r.external_id.clone() {
+                    self.stored.insert((r.channel_id, ext), r);
+                }
+            }
         }
         Ok(())
     }
@@ -312,28 +388,34 @@ impl Ingest<'_> {
         {
             self.followups.profile_lookups.push((channel.id, contact.id));
         }
-        let (conv, created) = self.conversation(tc, channel.id, contact.id)?;
-        let inserted: Option<MessageRow> = diesel::insert_into(m::table)
-            .values((
-                m::conversation_id.eq(conv.id),
-                m::channel_id.eq(channel.id),
-                m::direction.eq("in"),
-                m::sender_kind.eq("contact"),
-                m::text.eq(msg.text),
-                m::attachments.eq(serde_json::to_value(msg.attachments).unwrap_or_else(|_| json!([]))),
-                m::status.eq("received"),
-                m::external_id.eq(msg.mid),
-                m::reply_to_external_id.eq(msg.reply_to),
-                m::quick_reply_payload.eq(msg.quick_reply),
-                m::postback_payload.eq(msg.postback),
-                m::platform_timestamp.eq(msg.timestamp),
-                m::sort_at.eq(msg.timestamp),
-            ))
-            .on_conflict((m::channel_id, m::external_id))
-            .do_nothing()
-            .returning(MessageRow::as_returning())
-            .get_result(tc.pg())
-            .optional()?;
+        let (conv, mut created) = self.conversation(tc, channel.id, contact.id)?;
+        let key = (channel.id, msg.mid.to_string());
+        let inserted: Option<MessageRow> = if self.attempted.contains(&key) {
+            created = self.created.remove(&conv.id);
+            self.stored.remove(&key)
+        } else {
+            diesel::insert_into(m::table)
+                .values((
+                    m::conversation_id.eq(conv.id),
+                    m::channel_id.eq(channel.id),
+                    m::direction.eq("in"),
+                    m::sender_kind.eq("contact"),
+                    m::text.eq(msg.text),
+                    m::attachments.eq(serde_json::to_value(msg.attachments).unwrap_or_else(|_| json!([]))),
+                    m::status.eq("received"),
+                    m::external_id.eq(msg.mid),
+                    m::reply_to_external_id.eq(msg.reply_to),
+                    m::quick_reply_payload.eq(msg.quick_reply),
+                    m::postback_payload.eq(msg.postback),
+                    m::platform_timestamp.eq(msg.timestamp),
+                    m::sort_at.eq(msg.timestamp),
+                ))
+                .on_conflict((m::channel_id, m::external_id))
+                .do_nothing()
+                .returning(MessageRow::as_returning())
+                .get_result(tc.pg())
+                .optional()?
+        };
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
         let reopened = !created && conv.status != "open";
