@@ -24,6 +24,9 @@ pub struct AppState {
     pub wake_sender: Arc<Notify>,
     /// The cross-instance bus (typing, presence, access changes).
     pub bus: Arc<dyn crate::realtime::Bus>,
+    /// Verified webhook bodies on their way into `public.webhook_events`.
+    pub webhook_store: mpsc::Sender<crate::inbox::processor::StoreRequest>,
+    store_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::processor::StoreRequest>>>,
     /// Contacts whose profile to look up at Meta: (tenant, contact id).
     pub profile_lookups: mpsc::Sender<(crate::ids::TenantId, i64)>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<(crate::ids::TenantId, i64)>>>,
@@ -32,7 +35,10 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Arc<ServerConfig>, db: Db) -> AppState {
         let (tx, rx) = mpsc::channel(10_000);
+        let (store_tx, store_rx) = mpsc::channel(10_000);
         AppState {
+            webhook_store: store_tx,
+            store_rx: std::sync::Mutex::new(Some(store_rx)),
             wake_processor: Arc::new(Notify::new()),
             wake_sender: Arc::new(Notify::new()),
             profile_lookups: tx,
@@ -45,6 +51,11 @@ impl AppState {
             db,
             config,
         }
+    }
+
+    /// The receiving end of the webhook store queue (taken once).
+    pub fn take_store_queue(&self) -> Option<mpsc::Receiver<crate::inbox::processor::StoreRequest>> {
+        self.store_rx.lock().ok().and_then(|mut r| r.take())
     }
 
     /// The receiving end of the profile-lookup queue (taken once, by the worker).

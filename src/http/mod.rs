@@ -155,6 +155,8 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
     let hub = web::Data::new(start_realtime(&state));
+    // The webhook endpoint's group-commit writer.
+    actix_web::rt::spawn(crate::inbox::processor::run_store(state.clone()));
     // Database work runs on each worker's blocking pool; no more threads than
     // the pool has connections, so waiting happens in r2d2, bounded.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

@@ -54,11 +54,18 @@ async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
             "X-Hub-Signature-256 is missing or does not match the body",
         ));
     }
-    let bytes = body.to_vec();
-    let id = state.db.public(move |conn| processor::store(conn, &bytes)).await?;
-    state.wake_processor.notify_one();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let unavailable = || AppError::unavailable("store_unavailable", "the webhook could not be stored; Meta will retry");
+    state.webhook_store.send((body.to_vec(), tx)).await.map_err(|_| unavailable())?;
+    match rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "webhook store failed");
+            return Err(unavailable());
+        }
+        Err(_) => return Err(unavailable()),
+    }
     crate::metrics::inc(&crate::metrics::WEBHOOKS_STORED, 1);
-    tracing::debug!(event = id, "webhook stored");
     Ok(HttpResponse::Ok().json(json!({"received": true})))
 }
 

@@ -39,6 +39,42 @@ pub fn store(conn: &mut PgConnection, body: &[u8]) -> AppResult<i64> {
     Ok(diesel::insert_into(we::table).values(we::body.eq(body)).returning(we::id).get_result(conn)?)
 }
 
+/// A body to store and where to say it is committed.
+pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Group commit for the webhook endpoint: requests that arrive while one
+/// insert is running go into the next one — a single multi-row INSERT and
+/// one commit for all of them. Nothing waits on a timer, so a lone webhook is
+/// stored at once; under load many share a round trip and a WAL flush.
+/// Each request is answered only after its row is committed.
+pub async fn run_store(state: actix_web::web::Data<AppState>) {
+    let Some(mut rx) = state.take_store_queue() else { return };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 500 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let (bodies, replies): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().unzip();
+        let pool = state.db.pool().clone();
+        let result = actix_web::web::block(move || -> Result<usize, String> {
+            let mut conn = pool.get().map_err(|e| e.to_string())?;
+            let rows: Vec<_> = bodies.iter().map(|b| we::body.eq(b)).collect();
+            diesel::insert_into(we::table).values(&rows).execute(&mut conn).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let outcome = result.map(|_| ());
+        for reply in replies {
+            let _ = reply.send(outcome.clone());
+        }
+        state.wake_processor.notify_one();
+    }
+}
+
 struct Claimed {
     id: i64,
     body: Vec<u8>,
