@@ -43,6 +43,8 @@ pub struct Ingest<'l> {
     attempted: std::collections::HashSet<(i64, String)>,
     /// Conversations this batch created (for `conversation.created`).
     created: std::collections::HashSet<i64>,
+    /// Contacts whose conversation changed in memory, written by [`Ingest::flush`].
+    dirty: std::collections::HashSet<i64>,
 }
 
 impl<'l> Ingest<'l> {
@@ -57,12 +59,13 @@ impl<'l> Ingest<'l> {
             stored: HashMap::new(),
             attempted: Default::default(),
             created: Default::default(),
+            dirty: Default::default(),
         }
     }
 
     /// Loads, in two queries, the contacts and conversations a batch of
     /// items will touch, so applying each item costs about two statements.
-    /// Nothing is locked here: the per-message update decides in SQL.
+    /// The conversations are locked until the transaction ends.
     pub fn prefetch(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
@@ -98,9 +101,14 @@ impl<'l> Ingest<'l> {
             self.names.put_contact(&c);
             self.contacts.insert((c.channel_id, c.external_id.clone()), c);
         }
+        // Locked for the transaction (in id order, so two workers never
+        // deadlock here): their changes are then computed in memory and
+        // written once per batch.
         let convs: Vec<ConversationRow> = conversations::table
             .filter(conversations::contact_id.eq_any(&ids))
+            .order(conversations::id)
             .select(ConversationRow::as_select())
+            .for_update()
             .load(tc.pg())?;
         for c in convs {
             self.conversations.insert(c.contact_id, c);
@@ -162,6 +170,30 @@ impl<'l> Ingest<'l> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Writes the conversations changed in memory, in one statement.
+    pub fn flush(&mut self, tc: &mut TenantConn<'_>) -> AppResult<()> {
+        use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<ConversationRow> =
+            self.dirty.drain().filter_map(|contact| self.conversations.get(&contact).cloned()).collect();
+        diesel::sql_query(
+            "UPDATE conversations AS c SET status = 'open', snoozed_until = NULL, unread_count = v.unread, \
+                 last_message_id = v.lm, last_activity_at = v.la, last_inbound_at = v.li, \
+                 last_inbound_external_id = v.lie, updated_at = now() \
+             FROM unnest($1, $2, $3, $4, $5, $6) AS v(id, unread, lm, la, li, lie) WHERE c.id = v.id",
+        )
+        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(rows.iter().map(|r| r.unread_count).collect::<Vec<_>>())
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.last_message_id).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.last_activity_at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.last_inbound_at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.last_inbound_external_id.clone()).collect::<Vec<_>>())
+        .execute(tc.pg())?;
         Ok(())
     }
 
@@ -419,22 +451,24 @@ impl Ingest<'_> {
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
         let reopened = !created && conv.status != "open";
-        // Decided in SQL against the row as it is now (another worker may
-        // have moved it since we read it): never backwards in time.
-        let conv: ConversationRow = diesel::sql_query(
-            "UPDATE conversations SET status = 'open', snoozed_until = NULL, unread_count = unread_count + 1, \
-                 last_message_id = CASE WHEN $2 >= last_activity_at OR last_message_id IS NULL THEN $3 ELSE last_message_id END, \
-                 last_activity_at = CASE WHEN last_message_id IS NULL THEN $2 ELSE GREATEST(last_activity_at, $2) END, \
-                 last_inbound_external_id = CASE WHEN last_inbound_at IS NULL OR $2 >= last_inbound_at THEN $4 ELSE last_inbound_external_id END, \
-                 last_inbound_at = GREATEST(COALESCE(last_inbound_at, $2), $2), \
-                 updated_at = now() \
-             WHERE id = $1 RETURNING *",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(conv.id)
-        .bind::<diesel::sql_types::Timestamptz, _>(msg.timestamp)
-        .bind::<diesel::sql_types::BigInt, _>(row.id)
-        .bind::<diesel::sql_types::Text, _>(msg.mid)
-        .get_result(tc.pg())?;
+        // The row is locked by this transaction (prefetch, or created or
+        // selected FOR UPDATE): compute the change here, write it at flush.
+        let ts = msg.timestamp;
+        let old = conv;
+        let mut conv = old.clone();
+        conv.status = "open".into();
+        conv.snoozed_until = None;
+        conv.unread_count += 1;
+        if old.last_message_id.is_none() || ts >= old.last_activity_at {
+            conv.last_message_id = Some(row.id);
+        }
+        conv.last_activity_at = if old.last_message_id.is_none() { ts } else { old.last_activity_at.max(ts) };
+        if old.last_inbound_at.is_none_or(|t| ts >= t) {
+            conv.last_inbound_external_id = Some(msg.mid.to_string());
+        }
+        conv.last_inbound_at = Some(old.last_inbound_at.map_or(ts, |t| t.max(ts)));
+        conv.updated_at = Utc::now();
+        self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
         let view = self.names.message(tc, &row, contact.id)?;
         self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
@@ -459,6 +493,7 @@ impl Ingest<'_> {
                 client_id: Some(format!("auto-reply:{}", row.id)),
                 agent: None,
             };
+            self.flush(tc)?;
             messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
             // The queued reply changed the conversation row.
             self.conversations.remove(&contact.id);
@@ -516,6 +551,7 @@ impl Ingest<'_> {
             }
         }
         // Sent by the page from elsewhere (Page inbox, Business Suite, phone).
+        self.flush(tc)?;
         let c = self.contact(tc, channel.id, contact, None)?;
         let (conv, created) = self.conversation(tc, channel.id, c.id)?;
         let inserted: Option<MessageRow> = diesel::insert_into(m::table)

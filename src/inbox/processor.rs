@@ -199,6 +199,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
                 };
                 ingest.apply(tc, &channel, item)?;
             }
+            ingest.flush(tc)?;
             followups = std::mem::take(&mut ingest.followups);
             log.notify(tc)
         });
