@@ -297,12 +297,17 @@ fn ingest_bench(args: &BenchArgs) -> anyhow::Result<()> {
              text TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), UNIQUE (channel_id, external_id))",
         )?;
     }
-    let threads = args.concurrency.clamp(1, pool_size as usize - 1);
+    // Same concurrency as the webhook senders, on its own connections.
+    let threads = args.concurrency.clamp(1, 64);
+    let raw_pool = connect_pool(
+        &scratch.url,
+        PoolOptions { max_size: threads as u32, min_idle: Some(threads as u32), ..Default::default() },
+    )?;
     let per = args.events / threads;
     let t = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|w| {
-            let pool = pool.clone();
+            let pool = raw_pool.clone();
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let mut conn = pool.get()?;
                 for i in 0..per {

@@ -162,8 +162,9 @@ pub struct BenchArgs {
     /// Webhooks for the `ingest` benchmark.
     #[arg(long, default_value_t = 10000)]
     pub events: usize,
-    /// Concurrent senders for the `ingest` benchmark.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent senders for the `ingest` benchmark (and connections of its
+    /// raw-insert ceiling).
+    #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Idle authenticated sockets for the `realtime` benchmark (comma list).
     #[arg(long, default_value = "1000,10000")]
