@@ -148,12 +148,14 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
     futures_util::stream::iter(0..count)
         .map(|i| {
             let client = client.clone();
-            let body = webhook(&pages[i % pages.len()], i, run);
-            let sig = sign(APP_SECRET.as_bytes(), body.as_bytes());
+            let page = pages[i % pages.len()].clone();
             let url = format!("{base}/webhooks/meta");
             let due = started + gap * i as u32;
             async move {
                 tokio::time::sleep_until(due.into()).await;
+                // The send time goes into the body now, not when queued.
+                let body = webhook(&page, i, run);
+                let sig = sign(APP_SECRET.as_bytes(), body.as_bytes());
                 let _ = client
                     .post(url)
                     .header("x-hub-signature-256", sig)

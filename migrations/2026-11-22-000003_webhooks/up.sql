@@ -15,7 +15,9 @@ CREATE TABLE public.webhook_events (
     last_error      TEXT,
     processed_at    TIMESTAMPTZ
 );
-CREATE INDEX webhook_events_due_idx ON public.webhook_events (next_attempt_at) WHERE status = 'pending';
+-- Claims take the oldest due rows: only pending rows are indexed, so done
+-- ones (kept for a while, then pruned) never slow the claim down.
+CREATE INDEX webhook_events_pending_idx ON public.webhook_events (id) WHERE status = 'pending';
 CREATE INDEX webhook_events_dead_idx ON public.webhook_events (id) WHERE status = 'dead';
 
 -- Outgoing work of every tenant (sends, mark-seen), so one worker query
@@ -33,4 +35,4 @@ CREATE TABLE public.send_queue (
     last_error      TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX send_queue_due_idx ON public.send_queue (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX send_queue_pending_idx ON public.send_queue (id) WHERE status = 'pending';
