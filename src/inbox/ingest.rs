@@ -322,27 +322,21 @@ fn find_by_external(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str)
 
 impl Ingest<'_> {
     pub fn apply(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, item: &Item) -> AppResult<()> {
+        // A message not stored with its batch (a caller that did not
+        // prefetch) is stored the same way, alone.
+        if let Item::Message { mid, .. } = item {
+            if !self.attempted.contains(&(channel.id, mid.clone())) {
+                self.insert_messages(tc, &[(channel.id, item)])?;
+            }
+        }
         match item {
-            Item::Message {
-                contact,
-                contact_name,
-                mid,
-                text,
-                attachments,
-                quick_reply,
-                postback,
-                reply_to,
-                timestamp,
-            } => {
+            Item::Message { contact, contact_name, mid, text, attachments, timestamp, .. } => {
                 let incoming = Incoming {
                     contact,
                     contact_name: contact_name.as_deref(),
                     mid,
                     text: text.as_deref(),
                     attachments,
-                    quick_reply: quick_reply.as_deref(),
-                    postback: postback.as_deref(),
-                    reply_to: reply_to.as_deref(),
                     timestamp: *timestamp,
                 };
                 self.incoming(tc, channel, incoming)
@@ -422,32 +416,8 @@ impl Ingest<'_> {
         }
         let (conv, mut created) = self.conversation(tc, channel.id, contact.id)?;
         let key = (channel.id, msg.mid.to_string());
-        let inserted: Option<MessageRow> = if self.attempted.contains(&key) {
-            created = self.created.remove(&conv.id);
-            self.stored.remove(&key)
-        } else {
-            diesel::insert_into(m::table)
-                .values((
-                    m::conversation_id.eq(conv.id),
-                    m::channel_id.eq(channel.id),
-                    m::direction.eq("in"),
-                    m::sender_kind.eq("contact"),
-                    m::text.eq(msg.text),
-                    m::attachments.eq(serde_json::to_value(msg.attachments).unwrap_or_else(|_| json!([]))),
-                    m::status.eq("received"),
-                    m::external_id.eq(msg.mid),
-                    m::reply_to_external_id.eq(msg.reply_to),
-                    m::quick_reply_payload.eq(msg.quick_reply),
-                    m::postback_payload.eq(msg.postback),
-                    m::platform_timestamp.eq(msg.timestamp),
-                    m::sort_at.eq(msg.timestamp),
-                ))
-                .on_conflict((m::channel_id, m::external_id))
-                .do_nothing()
-                .returning(MessageRow::as_returning())
-                .get_result(tc.pg())
-                .optional()?
-        };
+        created = created || self.created.remove(&conv.id);
+        let inserted = self.stored.remove(&key);
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
         let reopened = !created && conv.status != "open";
@@ -688,8 +658,5 @@ struct Incoming<'a> {
     mid: &'a str,
     text: Option<&'a str>,
     attachments: &'a [Attachment],
-    quick_reply: Option<&'a str>,
-    postback: Option<&'a str>,
-    reply_to: Option<&'a str>,
     timestamp: DateTime<Utc>,
 }
