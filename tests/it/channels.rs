@@ -45,6 +45,21 @@ pub(crate) async fn oauth_round(app: &TestApp, admin: &str) -> Value {
     res.json().await.expect("json")
 }
 
+/// A whole OAuth round and a connect of `pages`: the connect answer.
+pub(crate) async fn connect_pages(app: &TestApp, admin: &str, pages: &[&str], instagram: bool) -> Value {
+    let sel = oauth_round(app, admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/facebook/connect",
+            Some(admin),
+            Some(json!({"selection_id": sel["selection_id"], "page_ids": pages, "instagram": instagram})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
 async fn channels(app: &TestApp, t: &str) -> Vec<Value> {
     let r = app.call("GET", "/api/channels", Some(t), None).await;
     assert_eq!(r.status, 200);
@@ -152,16 +167,7 @@ async fn facebook_connect_flow_end_to_end() {
     assert!(first_seal.starts_with("k1:") && !first_seal.contains(&page_a_token));
 
     // Later: page B from a new round leaves A intact.
-    let sel2 = oauth_round(&app, &admin).await;
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/facebook/connect",
-            Some(&admin),
-            Some(json!({"selection_id": sel2["selection_id"], "page_ids": [PAGE_B]})),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    connect_pages(&app, &admin, &[PAGE_B], false).await;
     assert_eq!(channels(&app, &admin).await.len(), 3);
     // Reconnecting A: same row, new seal, no duplicate.
     let a_id = list[0]["id"].as_str().expect("id").to_string();
@@ -415,16 +421,7 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
 
     // Also page A through OAuth (records the Meta user for the callbacks).
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
-    let sel = oauth_round(&app, &admin).await;
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/facebook/connect",
-            Some(&admin),
-            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]})),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    connect_pages(&app, &admin, &[PAGE_A], false).await;
 
     // Key rotation: everything re-sealed under k2, readable with k2 alone.
     let k1 = switchboard::config::EncryptionKey { id: "k1".into(), key: switchboard::secret::Secret::new([7u8; 32]) };

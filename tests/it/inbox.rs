@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use serde_json::{json, Value};
 
-use crate::channels::{meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
+use crate::channels::{connect_pages, meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
 use crate::common::{eventually, fixture, spawn_app, spawn_app_without_workers, token, TestApp};
 
 const PSID: &str = "7392015648120394";
@@ -21,16 +21,7 @@ async fn acme(app: &TestApp) -> Ctx {
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
     let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let admin = token(&owner, "access_token");
-    let sel = oauth_round(app, &admin).await;
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/facebook/connect",
-            Some(&admin),
-            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A], "instagram": true})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    connect_pages(app, &admin, &[PAGE_A], true).await;
     let waba_token = created["wabas"][0]["access_token"].as_str().expect("token");
     let r = app
         .call(
@@ -184,16 +175,7 @@ async fn duplicates_batches_and_tenants() {
     // Page B belongs to tenant beta.
     let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
     let beta_admin = token(&beth, "access_token");
-    let sel = oauth_round(&app, &beta_admin).await;
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/facebook/connect",
-            Some(&beta_admin),
-            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_B]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    connect_pages(&app, &beta_admin, &[PAGE_B], false).await;
 
     let body = fixture("messenger_text.json");
     assert_eq!(app.webhook(&body).await, 200);

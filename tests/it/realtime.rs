@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use crate::channels::{meta_user, oauth_round, META_USER, PAGE_A};
+use crate::channels::{connect_pages, meta_user, META_USER, PAGE_A};
 use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
 
 type Socket = actix_codec::Framed<BoxedSocket, Codec>;
@@ -85,16 +85,8 @@ async fn team(app: &TestApp) -> Team {
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
     let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let admin = token(&owner, "access_token");
-    let sel = oauth_round(app, &admin).await;
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/facebook/connect",
-            Some(&admin),
-            Some(json!({"selection_id": sel["selection_id"], "page_ids": [PAGE_A]})),
-        )
-        .await;
-    let channel = r.body["items"][0]["id"].as_str().expect("channel").to_string();
+    let r = connect_pages(app, &admin, &[PAGE_A], false).await;
+    let channel = r["items"][0]["id"].as_str().expect("channel").to_string();
     let x = app
         .call(
             "POST",
