@@ -116,9 +116,67 @@ impl<'l> Ingest<'l> {
         Ok(())
     }
 
+    /// New contacts and their conversations, each kind in one statement
+    /// (a burst of first messages, a campaign, costs no more per message).
+    fn create_missing(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        let mut new_contacts: Vec<(i64, String, Option<String>)> = Vec::new();
+        for (channel, item) in items {
+            if let Item::Message { contact, contact_name, .. } = item {
+                let key = (*channel, contact.clone());
+                if !self.contacts.contains_key(&key) && !new_contacts.iter().any(|(c, e, _)| *c == key.0 && *e == key.1) {
+                    new_contacts.push((*channel, contact.clone(), contact_name.clone()));
+                }
+            }
+        }
+        if !new_contacts.is_empty() {
+            let values: Vec<_> = new_contacts
+                .iter()
+                .map(|(c, e, n)| (contacts::channel_id.eq(*c), contacts::external_id.eq(e), contacts::name.eq(n)))
+                .collect();
+            let inserted: Vec<ContactRow> = diesel::insert_into(contacts::table)
+                .values(&values)
+                .on_conflict((contacts::channel_id, contacts::external_id))
+                .do_nothing()
+                .returning(ContactRow::as_returning())
+                .get_results(tc.pg())?;
+            for c in inserted {
+                self.names.put_contact(&c);
+                self.contacts.insert((c.channel_id, c.external_id.clone()), c);
+            }
+        }
+        // Contacts (found or made) without a conversation yet.
+        let mut need: Vec<(i64, i64)> = Vec::new();
+        for (channel, item) in items {
+            if let Item::Message { contact, .. } = item {
+                if let Some(c) = self.contacts.get(&(*channel, contact.clone())) {
+                    if !self.conversations.contains_key(&c.id) && !need.iter().any(|(_, id)| *id == c.id) {
+                        need.push((*channel, c.id));
+                    }
+                }
+            }
+        }
+        if !need.is_empty() {
+            let values: Vec<_> =
+                need.iter().map(|(ch, c)| (conversations::channel_id.eq(*ch), conversations::contact_id.eq(*c))).collect();
+            let inserted: Vec<ConversationRow> = diesel::insert_into(conversations::table)
+                .values(&values)
+                .on_conflict((conversations::channel_id, conversations::contact_id))
+                .do_nothing()
+                .returning(ConversationRow::as_returning())
+                .get_results(tc.pg())?;
+            for c in inserted {
+                self.created.insert(c.id);
+                self.conversations.insert(c.contact_id, c);
+            }
+        }
+        // Whatever a concurrent transaction made first is found one by one below.
+        Ok(())
+    }
+
     /// Inserts every contact message of the batch in one statement (after
     /// making sure its contact and conversation exist, in item order).
     fn insert_messages(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        self.create_missing(tc, items)?;
         let mut rows = Vec::new();
         for (channel, item) in items {
             let Item::Message {
