@@ -27,9 +27,9 @@ pub struct AppState {
     /// Verified webhook bodies on their way into `public.webhook_events`.
     pub webhook_store: mpsc::Sender<crate::inbox::processor::StoreRequest>,
     store_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::processor::StoreRequest>>>,
-    /// Contacts whose profile to look up at Meta: (tenant, contact id).
-    pub profile_lookups: mpsc::Sender<(crate::ids::TenantId, i64)>,
-    profile_rx: std::sync::Mutex<Option<mpsc::Receiver<(crate::ids::TenantId, i64)>>>,
+    /// Contacts whose profile to look up at Meta.
+    pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
+    profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
 }
 
 impl AppState {
@@ -59,7 +59,7 @@ impl AppState {
     }
 
     /// The receiving end of the profile-lookup queue (taken once, by the worker).
-    pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<(crate::ids::TenantId, i64)>> {
+    pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>> {
         self.profile_rx.lock().ok().and_then(|mut r| r.take())
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::views::ContactRow;
 use super::ContactId;
 use crate::auth::Role;
-use crate::channels::{ChannelId, ChannelRow, Platform};
+use crate::channels::{ChannelId, Platform};
 use crate::db::tenant_schema::{channel_members, contacts};
 use crate::db::TenantConn;
 use crate::error::AppResult;
@@ -60,24 +60,25 @@ pub fn search(
         .collect())
 }
 
+/// A profile to look up at Meta, with everything the lookup needs so it
+/// reads nothing from the database (only a found profile is written).
+#[derive(Debug, Clone)]
+pub struct ProfileLookup {
+    pub tenant: crate::ids::TenantId,
+    pub contact_id: i64,
+    pub contact_external: String,
+    pub platform: Platform,
+    pub channel_id: i64,
+    pub channel_external: String,
+    pub sealed_token: Option<String>,
+}
+
 /// Fields to ask Meta for, per platform.
 pub fn profile_fields(p: Platform) -> &'static str {
     match p {
         Platform::Instagram => "name,username,profile_pic",
         _ => "first_name,last_name,profile_pic",
     }
-}
-
-/// What the lookup needs: the contact's id at Meta and the channel's token.
-pub fn lookup_target(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<Option<(ContactRow, ChannelRow)>> {
-    let c: Option<ContactRow> =
-        contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()?;
-    let Some(c) = c else { return Ok(None) };
-    if c.profile_checked_at.is_some() {
-        return Ok(None);
-    }
-    let ch = crate::channels::find(tc, ChannelId(c.channel_id))?;
-    Ok(Some((c, ch)))
 }
 
 /// Stores a profile (or only that it was checked).

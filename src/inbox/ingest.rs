@@ -21,8 +21,8 @@ use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
 /// What the caller does after the transaction commits.
 #[derive(Default, Debug)]
 pub struct Followups {
-    /// Contacts whose profile should be looked up: (channel id, contact id).
-    pub profile_lookups: Vec<(i64, i64)>,
+    /// Contacts whose profile should be looked up at Meta.
+    pub profile_lookups: Vec<super::contacts::ProfileLookup>,
     /// Outgoing messages queued (auto-replies): wake the sender.
     pub queued_sends: usize,
 }
@@ -123,7 +123,8 @@ impl<'l> Ingest<'l> {
         for (channel, item) in items {
             if let Item::Message { contact, contact_name, .. } = item {
                 let key = (*channel, contact.clone());
-                if !self.contacts.contains_key(&key) && !new_contacts.iter().any(|(c, e, _)| *c == key.0 && *e == key.1) {
+                if !self.contacts.contains_key(&key) && !new_contacts.iter().any(|(c, e, _)| *c == key.0 && *e == key.1)
+                {
                     new_contacts.push((*channel, contact.clone(), contact_name.clone()));
                 }
             }
@@ -156,8 +157,10 @@ impl<'l> Ingest<'l> {
             }
         }
         if !need.is_empty() {
-            let values: Vec<_> =
-                need.iter().map(|(ch, c)| (conversations::channel_id.eq(*ch), conversations::contact_id.eq(*c))).collect();
+            let values: Vec<_> = need
+                .iter()
+                .map(|(ch, c)| (conversations::channel_id.eq(*ch), conversations::contact_id.eq(*c)))
+                .collect();
             let inserted: Vec<ConversationRow> = diesel::insert_into(conversations::table)
                 .values(&values)
                 .on_conflict((conversations::channel_id, conversations::contact_id))
@@ -468,9 +471,17 @@ impl Ingest<'_> {
         let contact = self.contact(tc, channel.id, msg.contact, msg.contact_name)?;
         if contact.profile_checked_at.is_none()
             && channel.platform() != Platform::Whatsapp
-            && !self.followups.profile_lookups.contains(&(channel.id, contact.id))
+            && !self.followups.profile_lookups.iter().any(|l| l.contact_id == contact.id)
         {
-            self.followups.profile_lookups.push((channel.id, contact.id));
+            self.followups.profile_lookups.push(super::contacts::ProfileLookup {
+                tenant: tc.tenant(),
+                contact_id: contact.id,
+                contact_external: contact.external_id.clone(),
+                platform: channel.platform(),
+                channel_id: channel.id,
+                channel_external: channel.external_id.clone(),
+                sealed_token: channel.sealed_token().map(str::to_string),
+            });
         }
         let (conv, mut created) = self.conversation(tc, channel.id, contact.id)?;
         let key = (channel.id, msg.mid.to_string());

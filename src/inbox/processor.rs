@@ -116,8 +116,8 @@ pub struct BatchReport {
     pub dead: usize,
     pub retried: usize,
     pub items: usize,
-    /// Contacts to look up at Meta: (tenant, contact id).
-    pub profile_lookups: Vec<(TenantId, i64)>,
+    /// Contacts to look up at Meta.
+    pub profile_lookups: Vec<super::contacts::ProfileLookup>,
     pub queued_sends: usize,
 }
 
@@ -205,9 +205,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         });
         match result {
             Ok(()) => {
-                report
-                    .profile_lookups
-                    .extend(followups.profile_lookups.iter().map(|(_, contact)| (TenantId(tenant), *contact)));
+                report.profile_lookups.extend(followups.profile_lookups);
                 report.queued_sends += followups.queued_sends;
             }
             Err(e) => {
@@ -349,9 +347,9 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();
     }
-    for (tenant, contact) in report.profile_lookups {
+    for lookup in report.profile_lookups {
         // Bounded queue: when it is full the lookup is simply skipped; the
         // contact keeps its id and is looked up on its next message.
-        let _ = state.profile_lookups.try_send((tenant, contact));
+        let _ = state.profile_lookups.try_send(lookup);
     }
 }

@@ -329,26 +329,22 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
 /// Looks up contacts' profiles at Meta, one at a time.
 pub async fn run_profiles(state: actix_web::web::Data<AppState>) {
     let Some(mut rx) = state.take_profile_queue() else { return };
-    while let Some((tenant, contact)) = rx.recv().await {
-        if let Err(e) = lookup_profile(&state, tenant, contact).await {
+    while let Some(lookup) = rx.recv().await {
+        if let Err(e) = lookup_profile(&state, lookup).await {
             tracing::debug!(error = ?e, "profile lookup failed");
         }
     }
 }
 
-pub async fn lookup_profile(state: &AppState, tenant: TenantId, contact: i64) -> AppResult<()> {
-    let keys = state.keys.clone();
-    let scope = TenantScope::system(tenant);
-    let target = state
-        .db
-        .tenant(scope, move |tc| {
-            let Some((c, ch)) = contacts::lookup_target(tc, contact)? else { return Ok::<_, AppError>(None) };
-            let token = ch.token(&keys)?;
-            Ok(token.map(|t| (c, ch, t)))
-        })
-        .await?;
-    let Some((c, ch, token)) = target else { return Ok(()) };
-    let (name, pic) = match state.graph.profile(&c.external_id, &token, contacts::profile_fields(ch.platform())).await {
+/// One lookup. A found profile is stored; Meta's "no profile for this
+/// user" is stored as checked; anything else (network, rate limit, a dead
+/// token) stores nothing and the contact's next message tries again.
+pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> AppResult<()> {
+    let Some(sealed) = &l.sealed_token else { return Ok(()) };
+    let aad = crate::channels::token_aad(l.platform.as_str(), &l.channel_external);
+    let token = state.keys.decrypt(sealed, &aad)?;
+    let (name, pic) = match state.graph.profile(&l.contact_external, &token, contacts::profile_fields(l.platform)).await
+    {
         Ok(v) => {
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
             let full = match (s("first_name"), s("last_name")) {
@@ -358,12 +354,19 @@ pub async fn lookup_profile(state: &AppState, tenant: TenantId, contact: i64) ->
             };
             (s("name").or(full).or_else(|| s("username")), s("profile_pic"))
         }
-        Err(e) => {
-            note_graph_error(state, tenant, ChannelId(ch.id), e).await;
+        Err(e)
+            if matches!(e.code(), Some((2018218, _)) | Some((100, Some(33))))
+                || matches!(e, GraphError::RecipientUnavailable { .. }) =>
+        {
             (None, None)
         }
+        Err(e) => {
+            note_graph_error(state, l.tenant, ChannelId(l.channel_id), e).await;
+            return Ok(());
+        }
     };
-    state.db.tenant(scope, move |tc| contacts::store_profile(tc, contact, name, pic)).await
+    let contact = l.contact_id;
+    state.db.tenant(TenantScope::system(l.tenant), move |tc| contacts::store_profile(tc, contact, name, pic)).await
 }
 
 /// Wakes snoozed conversations of every active tenant, every 30 seconds.
