@@ -85,20 +85,31 @@ async fn dead_letters(
     require_operator(&state, &req)?;
     let page = q.parse()?;
     let items = state.db.public(move |conn| processor::dead_letters(conn, page.after, page.limit)).await?;
-    let items: Vec<_> = items
+    let items: Vec<DeadLetterView> = items
         .into_iter()
-        .map(|d| {
-            let id = d.id;
-            let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or(serde_json::Value::Null);
-            (id, json!({"id": d.id.to_string(), "received_at": d.received_at, "attempts": d.attempts, "last_error": d.last_error, "body": body}))
+        .map(|d| DeadLetterView {
+            key: d.id,
+            id: d.id.to_string(),
+            received_at: d.received_at,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            body: serde_json::from_slice(&d.body).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    let keys: Vec<i64> = items.iter().map(|(id, _)| *id).collect();
-    let values: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
-    let mut page_out = Paged::new(values, page.limit, |_| 0);
-    page_out.next_cursor =
-        if keys.len() as i64 >= page.limit { keys.last().map(|k| super::pagination::encode_cursor(*k)) } else { None };
-    Ok(HttpResponse::Ok().json(page_out))
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |d| d.key)))
+}
+
+/// A dead letter as operators see it: the stored body as JSON (`null` if it
+/// was not JSON).
+#[derive(serde::Serialize)]
+struct DeadLetterView {
+    #[serde(skip)]
+    key: i64,
+    id: String,
+    received_at: chrono::DateTime<chrono::Utc>,
+    attempts: i32,
+    last_error: Option<String>,
+    body: serde_json::Value,
 }
 
 #[derive(Deserialize)]
