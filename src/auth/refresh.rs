@@ -123,11 +123,3 @@ pub fn revoke_tenant(conn: &mut PgConnection, tenant: TenantId) -> Result<usize,
         .set(rt::revoked_at.eq(Utc::now()))
         .execute(conn)?)
 }
-
-/// Whether a family is still alive (the realtime layer closes sockets of
-/// revoked families).
-pub fn family_active(conn: &mut PgConnection, family: &str) -> Result<bool, DbError> {
-    let n: i64 =
-        rt::table.filter(rt::family_id.eq(family)).filter(rt::revoked_at.is_null()).count().get_result(conn)?;
-    Ok(n > 0)
-}

@@ -162,30 +162,8 @@ async fn typing(
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let (user, role, keys) = (auth.user, auth.role, state.keys.clone());
-    let target = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            let conv = messages::visible_conversation(tc, user, role, id)?;
-            let channel = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?;
-            let contact: String = {
-                use crate::db::tenant_schema::contacts;
-                use diesel::prelude::*;
-                contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?
-            };
-            let token = channel.token(&keys)?;
-            Ok::<_, AppError>((channel, contact, token))
-        })
-        .await?;
-    if let (channel, contact, Some(token)) = target {
-        if channel.status == "connected" && channel.platform() != crate::channels::Platform::Whatsapp {
-            let graph = state.graph.clone();
-            let action = if body.on { "typing_on" } else { "typing_off" };
-            // Best effort, off the request path.
-            actix_web::rt::spawn(async move {
-                let _ = graph.sender_action(&channel.external_id, &token, &contact, action).await;
-            });
-        }
-    }
+    let target = state.db.tenant(auth.scope(), move |tc| messages::typing_target(tc, &keys, user, role, id)).await?;
+    target.send(&state.graph, body.on);
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -278,3 +278,45 @@ pub fn list(
     let items = rows.iter().map(|r| names.message(tc, r, conv.contact_id)).collect::<AppResult<Vec<_>>>()?;
     Ok((items, next))
 }
+
+/// What showing the contact a typing indicator needs, for a conversation
+/// the caller may see.
+pub struct TypingTarget {
+    pub conversation: i64,
+    pub channel: ChannelRow,
+    pub contact: String,
+    pub token: Option<crate::secret::Secret<String>>,
+}
+
+pub fn typing_target(
+    tc: &mut TenantConn<'_>,
+    keys: &crate::crypto::Keyring,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+) -> AppResult<TypingTarget> {
+    use crate::db::tenant_schema::contacts;
+    let conv = visible_conversation(tc, user, role, id)?;
+    let channel = channels::find(tc, ChannelId(conv.channel_id))?;
+    let contact: String = contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?;
+    let token = channel.token(keys)?;
+    Ok(TypingTarget { conversation: conv.id, channel, contact, token })
+}
+
+impl TypingTarget {
+    /// Sends `typing_on`/`typing_off` to Meta in the background, best effort
+    /// (Messenger and Instagram; WhatsApp has no indicator without a message
+    /// to answer). Returns whether it was sent.
+    pub fn send(self, graph: &crate::meta::GraphClient, on: bool) -> bool {
+        let (Some(token), "connected") = (self.token, self.channel.status.as_str()) else { return false };
+        if self.channel.platform() == Platform::Whatsapp {
+            return false;
+        }
+        let graph = graph.clone();
+        let action = if on { "typing_on" } else { "typing_off" };
+        actix_web::rt::spawn(async move {
+            let _ = graph.sender_action(&self.channel.external_id, &token, &self.contact, action).await;
+        });
+        true
+    }
+}

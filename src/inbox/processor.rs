@@ -34,11 +34,6 @@ pub const MAX_ATTEMPTS: i32 = 8;
 const LEASE_SECS: i64 = 60;
 const SUSPENDED_RETRY_SECS: i64 = 60;
 
-/// Stores a verified webhook body; returns its id once committed.
-pub fn store(conn: &mut PgConnection, body: &[u8]) -> AppResult<i64> {
-    Ok(diesel::insert_into(we::table).values(we::body.eq(body)).returning(we::id).get_result(conn)?)
-}
-
 /// A body to store and where to say it is committed.
 pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
 

@@ -28,6 +28,7 @@ pub const LIVE_CHANNEL: &str = "switchboard_live";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum LiveMsg {
+    /// Never shown to any socket of the typing user `u`.
     Typing {
         t: i64,
         conv: i64,
@@ -35,7 +36,6 @@ pub enum LiveMsg {
         u: i64,
         name: String,
         on: bool,
-        origin: String,
     },
     Presence {
         t: i64,

@@ -146,10 +146,6 @@ impl Hub {
         }
     }
 
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let e = self.sessions.remove(&id)?;
         if let Some(set) = self.by_tenant.get_mut(&e.tenant) {
@@ -234,10 +230,6 @@ impl Hub {
         let frame = json!({"type": "typing", "at": Utc::now(), "data": {
             "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
         Push::one(None, frame.to_string().into())
-    }
-
-    fn origin_of(&self, id: u64) -> String {
-        format!("{}:{id}", self.instance)
     }
 }
 
@@ -332,7 +324,6 @@ impl Handler<Events> for Hub {
 impl Handler<TypingFrom> for Hub {
     type Result = ();
     fn handle(&mut self, m: TypingFrom, _: &mut Context<Self>) {
-        let origin = self.origin_of(m.id);
         self.publish(LiveMsg::Typing {
             t: m.tenant,
             conv: m.conversation,
@@ -340,7 +331,6 @@ impl Handler<TypingFrom> for Hub {
             u: m.user,
             name: m.name,
             on: m.on,
-            origin,
         });
     }
 }
@@ -349,7 +339,7 @@ impl Handler<Live> for Hub {
     type Result = ();
     fn handle(&mut self, Live(msg): Live, _: &mut Context<Self>) {
         match msg {
-            LiveMsg::Typing { t, conv, ch, u, name, on, origin } => {
+            LiveMsg::Typing { t, conv, ch, u, name, on } => {
                 if on {
                     self.typing.insert((t, conv, u), (Instant::now() + TYPING_TTL, ch, name.clone()));
                 } else {
@@ -358,7 +348,6 @@ impl Handler<Live> for Hub {
                 // Never echoed to its sender (any of the sender's own sockets).
                 let own: Vec<u64> =
                     self.sessions.iter().filter(|(_, e)| e.tenant == t && e.user == u).map(|(id, _)| *id).collect();
-                let _ = origin;
                 let push = Hub::typing_frame(conv, u, &name, on);
                 let ids: Vec<u64> = self.by_tenant.get(&t).map(|s| s.iter().copied().collect()).unwrap_or_default();
                 for id in ids.into_iter().filter(|i| !own.contains(i)) {

@@ -274,32 +274,24 @@ impl WsSession {
             state
                 .db
                 .tenant(scope, move |tc| {
-                    let conv =
-                        crate::inbox::messages::visible_conversation(tc, crate::ids::UserId(user), role, conversation)?;
-                    let channel = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?;
-                    let contact: String = {
-                        use crate::db::tenant_schema::contacts;
-                        use diesel::prelude::*;
-                        contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?
-                    };
-                    let token = channel.token(&keys)?;
-                    Ok::<_, AppError>((conv.id, channel, contact, token))
+                    crate::inbox::messages::typing_target(tc, &keys, crate::ids::UserId(user), role, conversation)
                 })
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
-            let Ok((conv, channel, contact, token)) = r else {
+            let Ok(target) = r else {
                 ctx.text(
                     json!({"type": "error", "data": {"code": "not_found", "message": "no such conversation"}})
                         .to_string(),
                 );
                 return;
             };
+            let conv = target.conversation;
             act.hub.do_send(TypingFrom {
                 id: act.id,
                 tenant: act.tenant,
                 conversation: conv,
-                channel: channel.id,
+                channel: target.channel.id,
                 user: act.user,
                 name: act.name.clone(),
                 on,
@@ -309,15 +301,8 @@ impl WsSession {
                 Some((c, at)) if c == conv && on => at.elapsed() > Duration::from_secs(5),
                 _ => true,
             };
-            if let (true, Some(token), "connected") = (due, token, channel.status.as_str()) {
-                if channel.platform() != crate::channels::Platform::Whatsapp {
-                    act.last_typing_sent = if on { Some((conv, Instant::now())) } else { None };
-                    let graph = act.state.graph.clone();
-                    let action = if on { "typing_on" } else { "typing_off" };
-                    actix_web::rt::spawn(async move {
-                        let _ = graph.sender_action(&channel.external_id, &token, &contact, action).await;
-                    });
-                }
+            if due && target.send(&act.state.graph, on) {
+                act.last_typing_sent = if on { Some((conv, Instant::now())) } else { None };
             }
         }));
     }

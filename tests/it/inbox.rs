@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use serde_json::{json, Value};
 
-use crate::channels::{connect_pages, meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
+use crate::channels::{connect_pages, meta_user, oauth_round, META_USER, PAGE_A, PAGE_B};
 use crate::common::{eventually, fixture, spawn_app, spawn_app_without_workers, token, TestApp};
 
 const PSID: &str = "7392015648120394";
@@ -729,7 +729,6 @@ async fn auto_reply_and_notifications() {
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 2);
     assert_eq!(conversations(&app, &ctx.admin, "").await[0]["last_message"]["text"], "third");
-    let _ = IG_A;
 }
 
 #[actix_web::test]
