@@ -12,6 +12,7 @@ use actix_web::rt::System;
 use diesel::prelude::*;
 use futures_util::StreamExt;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -171,6 +172,34 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
     started.elapsed()
 }
 
+/// The server's counters (its `/metrics`), to explain a phase's figures.
+async fn counters(base: &str) -> HashMap<String, f64> {
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else { return HashMap::new() };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Frames per socket write and webhooks per processor batch between two readings.
+fn shape(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let batches = d("switchboard_webhook_batches_total").max(1.0);
+    let reads = d("switchboard_bus_reads_total").max(1.0);
+    format!(
+        "{:.1} frames per socket delivery; {:.1} webhooks per processor batch, {:.1} ms each; {:.0} event reads, {:.1} ms each",
+        d("switchboard_ws_frames_total") / d("switchboard_ws_deliveries_total").max(1.0),
+        d("switchboard_webhooks_processed_total") / batches,
+        d("switchboard_webhook_batch_micros_total") / batches / 1000.0,
+        reads,
+        d("switchboard_bus_read_micros_total") / reads / 1000.0,
+    )
+}
+
 fn pending(pool: &PgPool) -> i64 {
     let Ok(mut conn) = pool.get() else { return 0 };
     diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
@@ -226,6 +255,8 @@ async fn drive(
     let base_rss = rss_kib(pid);
     let latencies: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(Vec::new()));
     let received: Rc<RefCell<usize>> = Rc::new(RefCell::new(0));
+    // (POST → the processing transaction began, that → frame at the agent)
+    let splits: Rc<RefCell<Vec<(f64, f64)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut sockets = Vec::new();
     let mut open = 0usize;
     for &target in counts {
@@ -239,7 +270,7 @@ async fn drive(
                 .finish();
             let (_, framed) =
                 client.ws(url).bearer_auth(token).connect().await.map_err(|e| anyhow::anyhow!("socket {open}: {e}"))?;
-            let (lat, rec) = (latencies.clone(), received.clone());
+            let (lat, rec, split) = (latencies.clone(), received.clone(), splits.clone());
             // Every socket is read (a socket nobody reads would be dropped as too slow).
             let handle = actix_web::rt::spawn(async move {
                 let mut framed = framed;
@@ -249,7 +280,11 @@ async fn drive(
                             let digits: String =
                                 t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
                             if let Ok(sent) = digits.parse::<i128>() {
-                                lat.borrow_mut().push((now_nanos() - sent) as f64 / 1e6);
+                                let now = now_nanos();
+                                lat.borrow_mut().push((now - sent) as f64 / 1e6);
+                                if let Some(at) = event_at(&t) {
+                                    split.borrow_mut().push(((at - sent) as f64 / 1e6, (now - at) as f64 / 1e6));
+                                }
                                 *rec.borrow_mut() += 1;
                             }
                         }
@@ -270,7 +305,9 @@ async fn drive(
     // Latency at a steady rate.
     let count = (args.rate as u64 * args.seconds) as usize;
     latencies.borrow_mut().clear();
+    splits.borrow_mut().clear();
     *received.borrow_mut() = 0;
+    let before = counters(base).await;
     let spent = send_webhooks(base, &fx.pages, count, args.rate, 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending(pool) > 0 && Instant::now() < deadline {
@@ -286,14 +323,25 @@ async fn drive(
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99)
     );
+    let (mut wait, mut push): (Vec<f64>, Vec<f64>) = splits.borrow().iter().copied().unzip();
+    println!(
+        "  (POST → processing began p50 {:.1} ms, p99 {:.1} ms; then → frame p50 {:.1} ms, p99 {:.1} ms; {})",
+        percentile(&mut wait, 0.5),
+        percentile(&mut wait, 0.99),
+        percentile(&mut push, 0.5),
+        percentile(&mut push, 0.99),
+        shape(&before, &counters(base).await)
+    );
     // Ingest with live push on, then off.
     let burst = 4000;
+    let before = counters(base).await;
     let t = Instant::now();
     send_webhooks(base, &fx.pages, burst, 0, 2).await;
     while pending(pool) > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     let on = burst as f64 / t.elapsed().as_secs_f64();
+    let on_shape = shape(&before, &counters(base).await);
     for s in sockets {
         s.abort();
     }
@@ -305,6 +353,7 @@ async fn drive(
     }
     let off = burst as f64 / t.elapsed().as_secs_f64();
     println!("ingest with live push to {open} sockets: {on:.0} events/s; without sockets: {off:.0} events/s; on/off {:.0} %   [goal >= 80 %]", on / off * 100.0);
+    println!("  (push on: {on_shape})");
     Ok(())
 }
 
@@ -316,4 +365,12 @@ fn memchr_t(t: &[u8]) -> Option<usize> {
         return None;
     }
     s.find("\"t=").map(|p| p + 1)
+}
+
+/// The event's `at` (when its transaction began), in ns.
+fn event_at(t: &[u8]) -> Option<i128> {
+    let s = std::str::from_utf8(t).ok()?;
+    let start = s.find("\"at\":\"")? + 6;
+    let end = start + s[start..].find('"')?;
+    chrono::DateTime::parse_from_rfc3339(&s[start..end]).ok()?.timestamp_nanos_opt().map(i128::from)
 }

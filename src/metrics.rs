@@ -12,6 +12,12 @@ pub static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
 pub static MESSAGES_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static WS_OPEN: AtomicI64 = AtomicI64::new(0);
 pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
+pub static WS_DELIVERIES: AtomicU64 = AtomicU64::new(0);
+pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
+pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
+pub static BUS_READ_MICROS: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -28,6 +34,12 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ("switchboard_messages_sent_total", "Replies Meta accepted", &MESSAGES_SENT),
         ("switchboard_messages_failed_total", "Replies that failed", &MESSAGES_FAILED),
         ("switchboard_ws_connections_total", "WebSocket sessions opened", &WS_OPENED),
+        ("switchboard_ws_deliveries_total", "Bursts of frames handed to sockets", &WS_DELIVERIES),
+        ("switchboard_ws_frames_total", "Event frames handed to sockets", &WS_FRAMES),
+        ("switchboard_webhook_batches_total", "Processor batches that claimed work", &WEBHOOK_BATCHES),
+        ("switchboard_webhook_batch_micros_total", "Time spent in those batches (µs)", &WEBHOOK_BATCH_MICROS),
+        ("switchboard_bus_reads_total", "Event log reads by this instance's listener", &BUS_READS),
+        ("switchboard_bus_read_micros_total", "Time spent in those reads (µs)", &BUS_READ_MICROS),
     ];
     let mut out = String::new();
     for (name, help, c) in counters {

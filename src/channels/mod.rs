@@ -224,6 +224,13 @@ pub fn find(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelRow> {
         .ok_or_else(|| AppError::not_found("channel"))
 }
 
+/// Several channels in one query (the processor's batch), by id.
+pub fn find_many(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collections::HashMap<i64, ChannelRow>> {
+    let rows: Vec<ChannelRow> =
+        channels::table.filter(channels::id.eq_any(ids)).select(ChannelRow::as_select()).load(tc.pg())?;
+    Ok(rows.into_iter().map(|c| (c.id, c)).collect())
+}
+
 /// Whether `user` may see the channel (admins see all).
 pub fn can_see(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ChannelId) -> AppResult<bool> {
     if role.at_least(Role::Admin) {

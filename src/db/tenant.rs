@@ -23,19 +23,28 @@ pub struct TenantScope {
     pub member: Option<(UserId, &'static str)>,
     /// Reaches suspended tenants too (data deletion, key rotation).
     pub maintenance: bool,
+    /// Commit without waiting for the WAL flush. Only for work whose input
+    /// stays durable elsewhere and is redone if the commit is lost (the
+    /// webhook processor: its "done" mark rides in the same transaction).
+    pub async_commit: bool,
 }
 
 impl TenantScope {
     pub fn system(tenant: TenantId) -> Self {
-        TenantScope { tenant, member: None, maintenance: false }
+        TenantScope { tenant, member: None, maintenance: false, async_commit: false }
     }
 
     pub fn member(tenant: TenantId, user: UserId, role: &'static str) -> Self {
-        TenantScope { tenant, member: Some((user, role)), maintenance: false }
+        TenantScope { tenant, member: Some((user, role)), maintenance: false, async_commit: false }
     }
 
     pub fn maintenance(tenant: TenantId) -> Self {
-        TenantScope { tenant, member: None, maintenance: true }
+        TenantScope { tenant, member: None, maintenance: true, async_commit: false }
+    }
+
+    /// See [`TenantScope::async_commit`].
+    pub fn with_async_commit(self) -> Self {
+        TenantScope { async_commit: true, ..self }
     }
 }
 
@@ -70,8 +79,10 @@ fn enter_sql(scope: &TenantScope) -> String {
         }
         None => ("NULL".to_string(), "NULL".to_string()),
     };
+    // Same round trip as BEGIN; transaction-local like the search path.
+    let commit = if scope.async_commit { "; SET LOCAL synchronous_commit TO off" } else { "" };
     format!(
-        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {})",
+        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {}){commit}",
         scope.tenant.0, version, user, role, scope.maintenance
     )
 }

@@ -49,41 +49,42 @@ impl EventLog {
     }
 
     /// Writes the events with consecutive sequence numbers and sends one
-    /// NOTIFY for the whole transaction, if anything was appended.
+    /// NOTIFY for the whole transaction, if anything was appended. One
+    /// statement: reserve the numbers (locking the counter row until commit),
+    /// insert the rows, notify.
     pub fn notify(self, tc: &mut TenantConn<'_>) -> AppResult<()> {
+        use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
         if self.pending.is_empty() {
             return Ok(());
         }
         let n = self.pending.len() as i64;
-        let last: i64 = diesel::update(event_seq::table.find(1))
-            .set(event_seq::value.eq(event_seq::value + n))
-            .returning(event_seq::value)
-            .get_result(tc.pg())?;
-        let first = last - n + 1;
-        let rows: Vec<_> = self
-            .pending
-            .into_iter()
-            .enumerate()
-            .map(|(i, (kind, channel_id, conversation_id, payload))| {
-                (
-                    events::seq.eq(first + i as i64),
-                    events::type_.eq(kind),
-                    events::channel_id.eq(channel_id),
-                    events::conversation_id.eq(conversation_id),
-                    events::payload.eq(payload),
-                )
-            })
-            .collect();
-        // Large batches go in chunks (bind parameter limit).
-        for chunk in rows.chunks(2000) {
-            diesel::insert_into(events::table).values(chunk).execute(tc.pg())?;
+        let mut kinds = Vec::with_capacity(self.pending.len());
+        let mut channels = Vec::with_capacity(self.pending.len());
+        let mut conversations = Vec::with_capacity(self.pending.len());
+        let mut payloads = Vec::with_capacity(self.pending.len());
+        for (kind, channel_id, conversation_id, payload) in self.pending {
+            kinds.push(kind);
+            channels.push(channel_id);
+            conversations.push(conversation_id);
+            payloads.push(payload);
         }
-        // Ids only: "<tenant>:<first seq>:<last seq>".
-        let payload = format!("{}:{first}:{last}", tc.tenant().0);
-        diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
-            .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
-            .bind::<diesel::sql_types::Text, _>(payload)
-            .execute(tc.pg())?;
+        // The NOTIFY carries ids only: "<tenant>:<first seq>:<last seq>".
+        diesel::sql_query(
+            "WITH s AS (UPDATE event_seq SET value = value + $1 WHERE id = 1 RETURNING value), \
+                  ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, payload) \
+                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload \
+                            FROM s, unnest($2, $3, $4, $5) WITH ORDINALITY \
+                                    AS v(kind, channel_id, conversation_id, payload, ord)) \
+             SELECT pg_catalog.pg_notify($6, $7 || ':' || (s.value - $1 + 1) || ':' || s.value) FROM s",
+        )
+        .bind::<BigInt, _>(n)
+        .bind::<Array<Text>, _>(kinds)
+        .bind::<Array<Nullable<BigInt>>, _>(channels)
+        .bind::<Array<Nullable<BigInt>>, _>(conversations)
+        .bind::<Array<Jsonb>, _>(payloads)
+        .bind::<Text, _>(NOTIFY_CHANNEL)
+        .bind::<Text, _>(tc.tenant().0.to_string())
+        .execute(tc.pg())?;
         Ok(())
     }
 }

@@ -83,20 +83,23 @@ impl<'l> Ingest<'l> {
         self.insert_messages(tc, items)
     }
 
-    fn load_known(
-        &mut self,
-        tc: &mut TenantConn<'_>,
-        mut channel_ids: Vec<i64>,
-        externals: Vec<String>,
-    ) -> AppResult<()> {
-        channel_ids.sort_unstable();
-        channel_ids.dedup();
+    fn load_known(&mut self, tc: &mut TenantConn<'_>, channel_ids: Vec<i64>, externals: Vec<String>) -> AppResult<()> {
+        use diesel::dsl::sql;
+        use diesel::sql_types::{Array, BigInt, Bool, Text};
+        // Pairs, not two `= ANY` lists: those match the cross product (every
+        // contact id on every channel of the batch), which the planner
+        // rightly answers with a sequential scan; pairs are one index probe each.
         let found: Vec<ContactRow> = contacts::table
-            .filter(contacts::channel_id.eq_any(&channel_ids))
-            .filter(contacts::external_id.eq_any(&externals))
+            .filter(
+                sql::<Bool>("(channel_id, external_id) IN (SELECT * FROM unnest(")
+                    .bind::<Array<BigInt>, _>(channel_ids)
+                    .sql(", ")
+                    .bind::<Array<Text>, _>(externals)
+                    .sql("))"),
+            )
             .select(ContactRow::as_select())
             .load(tc.pg())?;
-        let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
+        let (channels, ids): (Vec<i64>, Vec<i64>) = found.iter().map(|c| (c.channel_id, c.id)).unzip();
         for c in found {
             self.names.put_contact(&c);
             self.contacts.insert((c.channel_id, c.external_id.clone()), c);
@@ -105,7 +108,13 @@ impl<'l> Ingest<'l> {
         // deadlock here): their changes are then computed in memory and
         // written once per batch.
         let convs: Vec<ConversationRow> = conversations::table
-            .filter(conversations::contact_id.eq_any(&ids))
+            .filter(
+                sql::<Bool>("(channel_id, contact_id) IN (SELECT * FROM unnest(")
+                    .bind::<Array<BigInt>, _>(channels)
+                    .sql(", ")
+                    .bind::<Array<BigInt>, _>(ids)
+                    .sql("))"),
+            )
             .order(conversations::id)
             .select(ConversationRow::as_select())
             .for_update()

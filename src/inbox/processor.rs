@@ -23,10 +23,10 @@ use std::collections::{BTreeMap, HashMap};
 use super::events::EventLog;
 use super::ingest::{Followups, Ingest};
 use crate::app::AppState;
-use crate::channels::{self, ChannelId};
+use crate::channels;
 use crate::db::schema::{channel_routes, webhook_events as we};
 use crate::db::{with_tenant, DbError, PgPool, TenantScope};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::meta::webhook::{self, Item, RouteKey};
 
@@ -170,36 +170,55 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
             }
         }
     }
+    // Events whose every item belongs to one tenant (the usual case) are
+    // marked done inside that tenant's transaction: one round trip fewer,
+    // and the mark commits or is lost together with the work it records.
+    let mut tenants_of: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (tenant, items) in &by_tenant {
+        for (ev, _, _) in items {
+            let ts = tenants_of.entry(*ev).or_default();
+            if !ts.contains(tenant) {
+                ts.push(*tenant);
+            }
+        }
+    }
+    let mut marked: Vec<i64> = Vec::new();
     for (tenant, items) in by_tenant {
-        let scope = TenantScope::system(TenantId(tenant));
+        // Asynchronous commit: the raw event stays durable and pending until
+        // this transaction's own "done" mark commits, so a commit lost in a
+        // crash only means processing it again (idempotent).
+        let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
+        let mut own: Vec<i64> = items
+            .iter()
+            .map(|(ev, _, _)| *ev)
+            .filter(|ev| {
+                tenants_of.get(ev).is_some_and(|t| t.len() == 1) && matches!(outcome.get(ev), Some(Outcome::Done))
+            })
+            .collect();
+        own.dedup();
         let mut followups = Followups::default();
         let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
-            // No wait for the WAL flush here: the event is marked done later,
-            // durably, and WAL order makes that imply this commit; a crash in
-            // between leaves the event to be processed again (idempotent).
-            diesel::sql_query("SET LOCAL synchronous_commit TO off").execute(tc.pg())?;
             let mut log = EventLog::new();
             let mut ingest = Ingest::new(&mut log, app_id);
             let refs: Vec<(i64, &Item)> = items.iter().map(|(_, c, i)| (*c, i)).collect();
             ingest.prefetch(tc, &refs)?;
-            let mut channels_seen: HashMap<i64, channels::ChannelRow> = HashMap::new();
+            let mut ids: Vec<i64> = items.iter().map(|(_, c, _)| *c).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let channels_of = channels::find_many(tc, &ids)?;
             for (_, channel_id, item) in &items {
-                let channel = match channels_seen.get(channel_id) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = channels::find(tc, ChannelId(*channel_id))?;
-                        channels_seen.insert(*channel_id, c.clone());
-                        c
-                    }
-                };
-                ingest.apply(tc, &channel, item)?;
+                // The route named it; gone only if deleted since (then retried, then dead).
+                let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;
+                ingest.apply(tc, channel, item)?;
             }
             ingest.flush(tc)?;
             followups = std::mem::take(&mut ingest.followups);
-            log.notify(tc)
+            log.notify(tc)?;
+            mark_done(tc.pg(), &own)
         });
         match result {
             Ok(()) => {
+                marked.extend(own);
                 report.profile_lookups.extend(followups.profile_lookups);
                 report.queued_sends += followups.queued_sends;
             }
@@ -220,13 +239,9 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
     }
     let attempts: HashMap<i64, i32> = claimed.iter().map(|c| (c.id, c.attempts)).collect();
     let done: Vec<i64> = outcome.iter().filter(|(_, o)| matches!(o, Outcome::Done)).map(|(id, _)| *id).collect();
-    if !done.is_empty() {
-        // One statement for the common case.
-        diesel::update(we::table.filter(we::id.eq_any(&done)))
-            .set((we::status.eq("done"), we::processed_at.eq(Utc::now()), we::last_error.eq(None::<String>)))
-            .execute(&mut conn)?;
-        report.done = done.len();
-    }
+    report.done = done.len();
+    let rest: Vec<i64> = done.into_iter().filter(|id| !marked.contains(id)).collect();
+    mark_done(&mut conn, &rest)?;
     for (id, o) in outcome {
         match o {
             Outcome::Done => {}
@@ -265,6 +280,18 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         }
     }
     Ok(report)
+}
+
+fn mark_done(conn: &mut PgConnection, ids: &[i64]) -> AppResult<()> {
+    if !ids.is_empty() {
+        diesel::sql_query(
+            "UPDATE public.webhook_events SET status = 'done', processed_at = now(), last_error = NULL \
+              WHERE id = ANY($1)",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+        .execute(conn)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, Queryable)]
@@ -320,10 +347,19 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     loop {
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
-        let result = actix_web::web::block(move || process_batch(&pool, &app_id, batch)).await;
+        let result = actix_web::web::block(move || {
+            let started = std::time::Instant::now();
+            let r = process_batch(&pool, &app_id, batch);
+            if r.as_ref().is_ok_and(|r| r.claimed > 0) {
+                crate::metrics::inc(&crate::metrics::WEBHOOK_BATCH_MICROS, started.elapsed().as_micros() as u64);
+            }
+            r
+        })
+        .await;
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
-                use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED};
+                use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED, WEBHOOK_BATCHES};
+                inc(&WEBHOOK_BATCHES, 1);
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);

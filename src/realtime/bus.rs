@@ -179,6 +179,7 @@ fn catch_up(
         }
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let mut conn = pool.get()?;
     let mut since = from;
     loop {
@@ -200,5 +201,7 @@ fn catch_up(
         }
     }
     delivered.insert(tenant, since.max(until.unwrap_or(0)).max(from));
+    crate::metrics::inc(&crate::metrics::BUS_READS, 1);
+    crate::metrics::inc(&crate::metrics::BUS_READ_MICROS, started.elapsed().as_micros() as u64);
     Ok(())
 }

@@ -112,12 +112,95 @@ struct Entry {
     away: bool,
 }
 
-impl Entry {
-    fn sees(&self, channel: Option<i64>) -> bool {
-        match (&self.channels, channel) {
-            (None, _) | (_, None) => true,
-            (Some(set), Some(c)) => set.contains(&c),
+type Ids = HashSet<u64>;
+
+/// Who is where: sessions by tenant, by user and by channel, so a fan-out
+/// costs the frames it delivers, not a scan of every socket of the tenant.
+/// A session is either in `all_channels` (admins) or under each of its
+/// channels in `by_channel`, never both.
+#[derive(Default)]
+struct Index {
+    sessions: HashMap<u64, Entry>,
+    by_tenant: HashMap<i64, Ids>,
+    by_user: HashMap<(i64, i64), Ids>,
+    by_channel: HashMap<(i64, i64), Ids>,
+    all_channels: HashMap<i64, Ids>,
+}
+
+fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: K, id: u64) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(&key);
         }
+    }
+}
+
+impl Index {
+    fn link_channels(&mut self, id: u64, tenant: i64, channels: &Option<HashSet<i64>>) {
+        match channels {
+            None => {
+                self.all_channels.entry(tenant).or_default().insert(id);
+            }
+            Some(set) => {
+                for c in set {
+                    self.by_channel.entry((tenant, *c)).or_default().insert(id);
+                }
+            }
+        }
+    }
+
+    fn unlink_channels(&mut self, id: u64, tenant: i64, channels: &Option<HashSet<i64>>) {
+        match channels {
+            None => unlink(&mut self.all_channels, tenant, id),
+            Some(set) => {
+                for c in set {
+                    unlink(&mut self.by_channel, (tenant, *c), id);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u64, e: Entry) {
+        self.by_tenant.entry(e.tenant).or_default().insert(id);
+        self.by_user.entry((e.tenant, e.user)).or_default().insert(id);
+        self.link_channels(id, e.tenant, &e.channels);
+        self.sessions.insert(id, e);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.sessions.remove(&id)?;
+        unlink(&mut self.by_tenant, e.tenant, id);
+        unlink(&mut self.by_user, (e.tenant, e.user), id);
+        self.unlink_channels(id, e.tenant, &e.channels);
+        Some(e)
+    }
+
+    fn set_channels(&mut self, id: u64, channels: Option<HashSet<i64>>) {
+        let Some(e) = self.sessions.get(&id) else { return };
+        let (tenant, old) = (e.tenant, e.channels.clone());
+        self.unlink_channels(id, tenant, &old);
+        self.link_channels(id, tenant, &channels);
+        if let Some(e) = self.sessions.get_mut(&id) {
+            e.channels = channels;
+        }
+    }
+
+    /// The sessions that may see an event of `channel` (`None`: tenant-wide).
+    fn audience(&self, tenant: i64, channel: Option<i64>) -> Vec<u64> {
+        let empty = Ids::new();
+        match channel {
+            None => self.by_tenant.get(&tenant).unwrap_or(&empty).iter().copied().collect(),
+            Some(c) => {
+                let members = self.by_channel.get(&(tenant, c)).unwrap_or(&empty);
+                let admins = self.all_channels.get(&tenant).unwrap_or(&empty);
+                members.iter().chain(admins.iter()).copied().collect()
+            }
+        }
+    }
+
+    fn of_user(&self, tenant: i64, user: i64) -> Vec<u64> {
+        self.by_user.get(&(tenant, user)).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 }
 
@@ -125,8 +208,7 @@ pub struct Hub {
     instance: String,
     bus: Arc<dyn Bus>,
     active: ActiveTenants,
-    sessions: HashMap<u64, Entry>,
-    by_tenant: HashMap<i64, HashSet<u64>>,
+    index: Index,
     typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
     presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
     shown: HashMap<(i64, i64), &'static str>,
@@ -138,8 +220,7 @@ impl Hub {
             instance,
             bus,
             active,
-            sessions: HashMap::new(),
-            by_tenant: HashMap::new(),
+            index: Index::default(),
             typing: HashMap::new(),
             presence: HashMap::new(),
             shown: HashMap::new(),
@@ -147,14 +228,10 @@ impl Hub {
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
-        let e = self.sessions.remove(&id)?;
-        if let Some(set) = self.by_tenant.get_mut(&e.tenant) {
-            set.remove(&id);
-            if set.is_empty() {
-                self.by_tenant.remove(&e.tenant);
-                if let Ok(mut a) = self.active.write() {
-                    a.remove(&e.tenant);
-                }
+        let e = self.index.remove(id)?;
+        if !self.index.by_tenant.contains_key(&e.tenant) {
+            if let Ok(mut a) = self.active.write() {
+                a.remove(&e.tenant);
             }
         }
         Some(e)
@@ -162,7 +239,7 @@ impl Hub {
 
     /// Sends to one session without waiting; a full mailbox drops it.
     fn send(&mut self, id: u64, push: Push) {
-        let Some(e) = self.sessions.get(&id) else { return };
+        let Some(e) = self.index.sessions.get(&id) else { return };
         match e.addr.try_send(push) {
             Ok(()) => {}
             Err(SendError::Full(_)) => {
@@ -181,14 +258,11 @@ impl Hub {
         }
     }
 
-    fn broadcast(&mut self, tenant: i64, channel: Option<i64>, push: &Push, except: Option<u64>) {
-        let ids: Vec<u64> = self
-            .by_tenant
-            .get(&tenant)
-            .map(|s| s.iter().copied().filter(|id| Some(*id) != except).collect())
-            .unwrap_or_default();
-        for id in ids {
-            if self.sessions.get(&id).is_some_and(|e| e.sees(channel)) {
+    /// To everyone who sees `channel`, but never to the sockets of `except_user`.
+    fn broadcast(&mut self, tenant: i64, channel: Option<i64>, push: &Push, except_user: Option<i64>) {
+        let skip = except_user.map(|u| self.index.of_user(tenant, u)).unwrap_or_default();
+        for id in self.index.audience(tenant, channel) {
+            if !skip.contains(&id) {
                 self.send(id, push.clone());
             }
         }
@@ -205,7 +279,8 @@ impl Hub {
 
     /// This instance's view of a user: how many sockets, all away or not.
     fn publish_presence(&self, tenant: i64, user: i64) {
-        let mine: Vec<&Entry> = self.sessions.values().filter(|e| e.tenant == tenant && e.user == user).collect();
+        let mine: Vec<&Entry> =
+            self.index.of_user(tenant, user).iter().filter_map(|id| self.index.sessions.get(id)).collect();
         let n = mine.len() as u32;
         let away = n > 0 && mine.iter().all(|e| e.away);
         self.publish(LiveMsg::Presence { t: tenant, u: user, inst: self.instance.clone(), n, away });
@@ -244,19 +319,7 @@ impl Actor for Hub {
                 hub.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
             for ((tenant, conv, user), channel, name) in expired {
                 hub.typing.remove(&(tenant, conv, user));
-                let push = Hub::typing_frame(conv, user, &name, false);
-                let except: Vec<u64> = hub
-                    .sessions
-                    .iter()
-                    .filter(|(_, e)| e.tenant == tenant && e.user == user)
-                    .map(|(id, _)| *id)
-                    .collect();
-                let ids: Vec<u64> = hub.by_tenant.get(&tenant).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                for id in ids.into_iter().filter(|i| !except.contains(i)) {
-                    if hub.sessions.get(&id).is_some_and(|e| e.sees(Some(channel))) {
-                        hub.send(id, push.clone());
-                    }
-                }
+                hub.broadcast(tenant, Some(channel), &Hub::typing_frame(conv, user, &name, false), Some(user));
             }
         });
     }
@@ -265,14 +328,12 @@ impl Actor for Hub {
 impl Handler<Join> for Hub {
     type Result = ();
     fn handle(&mut self, m: Join, _: &mut Context<Self>) {
-        self.by_tenant.entry(m.tenant).or_default().insert(m.id);
         if let Ok(mut a) = self.active.write() {
             a.insert(m.tenant);
         }
-        self.sessions.insert(
-            m.id,
-            Entry { addr: m.addr, tenant: m.tenant, user: m.user, family: m.family, channels: m.channels, away: false },
-        );
+        let entry =
+            Entry { addr: m.addr, tenant: m.tenant, user: m.user, family: m.family, channels: m.channels, away: false };
+        self.index.insert(m.id, entry);
         self.publish_presence(m.tenant, m.user);
     }
 }
@@ -289,16 +350,14 @@ impl Handler<Leave> for Hub {
 impl Handler<SetChannels> for Hub {
     type Result = ();
     fn handle(&mut self, m: SetChannels, _: &mut Context<Self>) {
-        if let Some(e) = self.sessions.get_mut(&m.id) {
-            e.channels = m.channels;
-        }
+        self.index.set_channels(m.id, m.channels);
     }
 }
 
 impl Handler<SetAway> for Hub {
     type Result = ();
     fn handle(&mut self, m: SetAway, _: &mut Context<Self>) {
-        let Some(e) = self.sessions.get_mut(&m.id) else { return };
+        let Some(e) = self.index.sessions.get_mut(&m.id) else { return };
         e.away = m.away;
         let (t, u) = (e.tenant, e.user);
         self.publish_presence(t, u);
@@ -308,15 +367,18 @@ impl Handler<SetAway> for Hub {
 impl Handler<Events> for Hub {
     type Result = ();
     fn handle(&mut self, m: Events, _: &mut Context<Self>) {
-        let frames: Vec<(Option<i64>, Frame)> =
-            m.events.iter().map(|ev| (ev.channel_id, Frame { seq: Some(ev.seq), text: ev.frame().into() })).collect();
-        let ids: Vec<u64> = self.by_tenant.get(&m.tenant).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        for id in ids {
-            let Some(e) = self.sessions.get(&id) else { continue };
-            let mine: Vec<Frame> = frames.iter().filter(|(ch, _)| e.sees(*ch)).map(|(_, f)| f.clone()).collect();
-            if !mine.is_empty() {
-                self.send(id, Push(mine));
+        // Each session's frames of this batch, in seq order, as one delivery.
+        let mut out: HashMap<u64, Vec<Frame>> = HashMap::new();
+        let mut audience: HashMap<Option<i64>, Vec<u64>> = HashMap::new();
+        for ev in m.events.iter() {
+            let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
+            let ids = audience.entry(ev.channel_id).or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
+            for id in ids.iter() {
+                out.entry(*id).or_default().push(frame.clone());
             }
+        }
+        for (id, frames) in out {
+            self.send(id, Push(frames));
         }
     }
 }
@@ -346,35 +408,21 @@ impl Handler<Live> for Hub {
                     self.typing.remove(&(t, conv, u));
                 }
                 // Never echoed to its sender (any of the sender's own sockets).
-                let own: Vec<u64> =
-                    self.sessions.iter().filter(|(_, e)| e.tenant == t && e.user == u).map(|(id, _)| *id).collect();
-                let push = Hub::typing_frame(conv, u, &name, on);
-                let ids: Vec<u64> = self.by_tenant.get(&t).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                for id in ids.into_iter().filter(|i| !own.contains(i)) {
-                    if self.sessions.get(&id).is_some_and(|e| e.sees(Some(ch))) {
-                        self.send(id, push.clone());
-                    }
-                }
+                self.broadcast(t, Some(ch), &Hub::typing_frame(conv, u, &name, on), Some(u));
             }
             LiveMsg::Presence { t, u, inst, n, away } => {
                 self.presence.entry((t, u)).or_default().insert(inst, (n, away));
                 self.presence_changed(t, u);
             }
             LiveMsg::Acl { t } => {
-                let ids: Vec<u64> = self.by_tenant.get(&t).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                for id in ids {
-                    if let Some(e) = self.sessions.get(&id) {
+                for id in self.index.audience(t, None) {
+                    if let Some(e) = self.index.sessions.get(&id) {
                         e.addr.do_send(ReloadChannels);
                     }
                 }
             }
             LiveMsg::Removed { t, u } => {
-                let ids: Vec<u64> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, e)| e.tenant == t && (u == 0 || e.user == u))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids = if u == 0 { self.index.audience(t, None) } else { self.index.of_user(t, u) };
                 for id in ids {
                     if let Some(e) = self.remove(id) {
                         e.addr
@@ -385,10 +433,12 @@ impl Handler<Live> for Hub {
             }
             LiveMsg::Revoked { t, u, family } => {
                 let ids: Vec<u64> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, e)| e.tenant == t && e.user == u && family.as_ref().is_none_or(|f| *f == e.family))
-                    .map(|(id, _)| *id)
+                    .index
+                    .of_user(t, u)
+                    .into_iter()
+                    .filter(|id| {
+                        self.index.sessions.get(id).is_some_and(|e| family.as_ref().is_none_or(|f| *f == e.family))
+                    })
                     .collect();
                 for id in ids {
                     if let Some(e) = self.remove(id) {

@@ -225,6 +225,8 @@ impl Handler<Push> for WsSession {
             self.buffered.extend(frames);
             return;
         }
+        crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
+        crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
         for f in &frames {
             self.write(f, ctx);
         }
