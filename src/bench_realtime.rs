@@ -172,6 +172,57 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
     started.elapsed()
 }
 
+/// CPU time (user + system, in clock ticks) of the server, of PostgreSQL's
+/// processes and of this benchmark process, read from /proc.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    server: u64,
+    postgres: u64,
+    client: u64,
+}
+
+fn ticks(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+fn cpu(server: u32) -> Cpu {
+    let mut c = Cpu::default();
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return c };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some((comm, t)) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)) else {
+            continue;
+        };
+        if pid == server {
+            c.server += t;
+        } else if pid == me {
+            c.client += t;
+        } else if comm == "postgres" {
+            c.postgres += t;
+        }
+    }
+    c
+}
+
+/// CPU per webhook between two readings, in µs.
+fn cpu_per(before: Cpu, after: Cpu, webhooks: usize) -> String {
+    let hz = 100.0; // USER_HZ on Linux
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz * 1e6 / webhooks.max(1) as f64;
+    format!(
+        "CPU per webhook: server {:.0} µs, PostgreSQL {:.0} µs, benchmark client {:.0} µs",
+        per(before.server, after.server),
+        per(before.postgres, after.postgres),
+        per(before.client, after.client)
+    )
+}
+
 /// The server's counters (its `/metrics`), to explain a phase's figures.
 async fn counters(base: &str) -> HashMap<String, f64> {
     let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else { return HashMap::new() };
@@ -308,12 +359,14 @@ async fn drive(
     splits.borrow_mut().clear();
     *received.borrow_mut() = 0;
     let before = counters(base).await;
+    let cpu_before = cpu(pid);
     let spent = send_webhooks(base, &fx.pages, count, args.rate, 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending(pool) > 0 && Instant::now() < deadline {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let cpu_latency = cpu_per(cpu_before, cpu(pid), count);
     let mut lat = latencies.borrow().clone();
     let expected = count * (open / CHANNELS);
     println!(
@@ -332,28 +385,34 @@ async fn drive(
         percentile(&mut push, 0.99),
         shape(&before, &counters(base).await)
     );
+    println!("  ({cpu_latency})");
     // Ingest with live push on, then off.
     let burst = 4000;
     let before = counters(base).await;
+    let cpu_before = cpu(pid);
     let t = Instant::now();
     send_webhooks(base, &fx.pages, burst, 0, 2).await;
     while pending(pool) > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     let on = burst as f64 / t.elapsed().as_secs_f64();
+    let on_cpu = cpu_per(cpu_before, cpu(pid), burst);
     let on_shape = shape(&before, &counters(base).await);
     for s in sockets {
         s.abort();
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = cpu(pid);
     let t = Instant::now();
     send_webhooks(base, &fx.pages, burst, 0, 3).await;
     while pending(pool) > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     let off = burst as f64 / t.elapsed().as_secs_f64();
+    let off_cpu = cpu_per(cpu_before, cpu(pid), burst);
     println!("ingest with live push to {open} sockets: {on:.0} events/s; without sockets: {off:.0} events/s; on/off {:.0} %   [goal >= 80 %]", on / off * 100.0);
-    println!("  (push on: {on_shape})");
+    println!("  (push on: {on_shape}; {on_cpu})");
+    println!("  (push off: {off_cpu})");
     Ok(())
 }
 

@@ -91,7 +91,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Claimed>> {
                 next_attempt_at = now() + make_interval(secs => $2) \
           WHERE id IN (SELECT id FROM public.webhook_events \
                         WHERE status = 'pending' AND next_attempt_at <= now() \
-                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                        ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
           RETURNING id, body, attempts",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
@@ -206,6 +206,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
             ids.sort_unstable();
             ids.dedup();
             let channels_of = channels::find_many(tc, &ids)?;
+            channels_of.values().for_each(|c| ingest.names.put_channel(c));
             for (_, channel_id, item) in &items {
                 // The route named it; gone only if deleted since (then retried, then dead).
                 let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;

@@ -154,6 +154,10 @@ impl Names {
         self.contacts.insert(c.id, c.clone());
     }
 
+    pub fn put_channel(&mut self, c: &ChannelRow) {
+        self.channels.insert(c.id, c.clone());
+    }
+
     pub fn channel(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<ChannelRow> {
         if let Some(c) = self.channels.get(&id) {
             return Ok(c.clone());

@@ -1,7 +1,8 @@
 //! One hub per server instance: knows every socket's tenant, user and
 //! channels, fans events out, relays typing and presence, and closes
-//! sockets whose access ended. It never waits on a client: a session whose
-//! mailbox is full is dropped (close code 4408) and others go on.
+//! sockets whose access ended. It never waits on a client: frames go to each
+//! session's [`Outbox`], and one that overflows (a client that stopped
+//! reading) is dropped with close code 4408 while others go on.
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -24,18 +25,61 @@ pub struct Frame {
     pub text: Arc<str>,
 }
 
-/// Frames for one session, delivered as one mailbox message: a burst of
-/// events costs one slot, so only a client that stops reading fills its
-/// mailbox.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Push(pub Vec<Frame>);
+/// Frames waiting for one session to write them.
+#[derive(Default)]
+pub struct Pending {
+    pub frames: Vec<Frame>,
+    /// A [`Drain`] is in the session's mailbox; the next frames just join.
+    pub woken: bool,
+}
 
-impl Push {
-    pub fn one(seq: Option<i64>, text: Arc<str>) -> Push {
-        Push(vec![Frame { seq, text }])
+/// A session's outbox, shared by the hub (appends) and the session (takes
+/// everything at once). The hub wakes the session only when the outbox
+/// goes from idle to busy, so a session that is busy or behind writes the
+/// frames of many events in one socket write instead of one write each;
+/// an idle one writes at once. Nothing here waits on a client: an outbox
+/// past [`OUTBOX_LIMIT`] frames means a client that stopped reading.
+#[derive(Default)]
+pub struct Outbox(std::sync::Mutex<Pending>);
+
+/// Frames a session may have waiting before it counts as too slow (4408).
+pub const OUTBOX_LIMIT: usize = 4096;
+
+impl Outbox {
+    /// Adds frames; `Ok(true)` when the session must be woken.
+    fn add(&self, frames: &[Frame]) -> Result<bool, ()> {
+        let mut p = self.0.lock().map_err(|_| ())?;
+        if p.frames.len() + frames.len() > OUTBOX_LIMIT {
+            return Err(());
+        }
+        p.frames.extend_from_slice(frames);
+        Ok(!std::mem::replace(&mut p.woken, true))
+    }
+
+    /// Everything waiting; the next frames wake the session again.
+    pub fn take(&self) -> Vec<Frame> {
+        match self.0.lock() {
+            Ok(mut p) => {
+                p.woken = false;
+                std::mem::take(&mut p.frames)
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Lets frames pile up unwritten (a resume is replaying the log) while
+    /// the next frames still wake the session.
+    pub fn rearm(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            p.woken = false;
+        }
     }
 }
+
+/// "Your outbox has frames."
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -53,6 +97,7 @@ pub struct ReloadChannels;
 pub struct Join {
     pub id: u64,
     pub addr: Addr<WsSession>,
+    pub outbox: Arc<Outbox>,
     pub tenant: i64,
     pub user: i64,
     pub family: String,
@@ -105,6 +150,7 @@ pub struct TypingFrom {
 
 struct Entry {
     addr: Addr<WsSession>,
+    outbox: Arc<Outbox>,
     tenant: i64,
     user: i64,
     family: String,
@@ -237,33 +283,39 @@ impl Hub {
         Some(e)
     }
 
-    /// Sends to one session without waiting; a full mailbox drops it.
-    fn send(&mut self, id: u64, push: Push) {
+    /// Queues frames for one session without waiting; an overflowing outbox
+    /// (a client that stopped reading) drops the session.
+    fn send(&mut self, id: u64, frames: &[Frame]) {
         let Some(e) = self.index.sessions.get(&id) else { return };
-        match e.addr.try_send(push) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => {
+        let wake = match e.outbox.add(frames) {
+            Ok(wake) => wake,
+            Err(()) => {
                 tracing::info!(session = id, "socket too slow; closing it");
                 let addr = e.addr.clone();
                 let (tenant, user) = (e.tenant, e.user);
                 self.remove(id);
                 addr.do_send(CloseSession { code: CLOSE_TOO_SLOW, reason: "too slow; reconnect with since" });
                 self.publish_presence(tenant, user);
+                return;
             }
-            Err(SendError::Closed(_)) => {
-                if let Some(e) = self.remove(id) {
-                    self.publish_presence(e.tenant, e.user);
-                }
+        };
+        if wake && !e.addr.connected() {
+            if let Some(e) = self.remove(id) {
+                self.publish_presence(e.tenant, e.user);
             }
+        } else if wake {
+            // At most one Drain is ever waiting, so the mailbox never fills.
+            e.addr.do_send(Drain);
         }
     }
 
     /// To everyone who sees `channel`, but never to the sockets of `except_user`.
-    fn broadcast(&mut self, tenant: i64, channel: Option<i64>, push: &Push, except_user: Option<i64>) {
+    fn broadcast(&mut self, tenant: i64, channel: Option<i64>, frame: Frame, except_user: Option<i64>) {
         let skip = except_user.map(|u| self.index.of_user(tenant, u)).unwrap_or_default();
+        let frames = [frame];
         for id in self.index.audience(tenant, channel) {
             if !skip.contains(&id) {
-                self.send(id, push.clone());
+                self.send(id, &frames);
             }
         }
     }
@@ -298,13 +350,13 @@ impl Hub {
         self.shown.insert((tenant, user), status);
         let frame =
             json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
-        self.broadcast(tenant, None, &Push::one(None, frame.to_string().into()), None);
+        self.broadcast(tenant, None, Frame { seq: None, text: frame.to_string().into() }, None);
     }
 
-    fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Push {
+    fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Frame {
         let frame = json!({"type": "typing", "at": Utc::now(), "data": {
             "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
-        Push::one(None, frame.to_string().into())
+        Frame { seq: None, text: frame.to_string().into() }
     }
 }
 
@@ -319,7 +371,7 @@ impl Actor for Hub {
                 hub.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
             for ((tenant, conv, user), channel, name) in expired {
                 hub.typing.remove(&(tenant, conv, user));
-                hub.broadcast(tenant, Some(channel), &Hub::typing_frame(conv, user, &name, false), Some(user));
+                hub.broadcast(tenant, Some(channel), Hub::typing_frame(conv, user, &name, false), Some(user));
             }
         });
     }
@@ -331,8 +383,15 @@ impl Handler<Join> for Hub {
         if let Ok(mut a) = self.active.write() {
             a.insert(m.tenant);
         }
-        let entry =
-            Entry { addr: m.addr, tenant: m.tenant, user: m.user, family: m.family, channels: m.channels, away: false };
+        let entry = Entry {
+            addr: m.addr,
+            outbox: m.outbox,
+            tenant: m.tenant,
+            user: m.user,
+            family: m.family,
+            channels: m.channels,
+            away: false,
+        };
         self.index.insert(m.id, entry);
         self.publish_presence(m.tenant, m.user);
     }
@@ -378,7 +437,7 @@ impl Handler<Events> for Hub {
             }
         }
         for (id, frames) in out {
-            self.send(id, Push(frames));
+            self.send(id, &frames);
         }
     }
 }
@@ -408,7 +467,7 @@ impl Handler<Live> for Hub {
                     self.typing.remove(&(t, conv, u));
                 }
                 // Never echoed to its sender (any of the sender's own sockets).
-                self.broadcast(t, Some(ch), &Hub::typing_frame(conv, u, &name, on), Some(u));
+                self.broadcast(t, Some(ch), Hub::typing_frame(conv, u, &name, on), Some(u));
             }
             LiveMsg::Presence { t, u, inst, n, away } => {
                 self.presence.entry((t, u)).or_default().insert(inst, (n, away));

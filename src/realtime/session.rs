@@ -11,9 +11,12 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::hub::{CloseSession, Frame, Hub, Join, Leave, Push, ReloadChannels, SetAway, SetChannels, TypingFrom};
+use super::hub::{
+    CloseSession, Drain, Frame, Hub, Join, Leave, Outbox, ReloadChannels, SetAway, SetChannels, TypingFrom,
+};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::db::{TenantConn, TenantScope};
@@ -23,9 +26,9 @@ use crate::inbox::ConversationId;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deliveries (each a burst of frames) waiting in a session's mailbox
-/// before it counts as too slow.
-pub const QUEUE: usize = 64;
+/// Mailbox slots: events travel through the [`Outbox`], so the mailbox
+/// holds only a wake-up and the odd control message.
+const MAILBOX: usize = 16;
 const REPLAY_LIMIT: i64 = 10_000;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -55,8 +58,9 @@ pub struct WsSession {
     last_seq: i64,
     since: Option<i64>,
     last_sent: i64,
+    /// Replaying the log after `since`: live frames wait in the outbox.
     loading: bool,
-    buffered: Vec<Frame>,
+    outbox: Arc<Outbox>,
     heartbeat: Instant,
     last_typing_sent: Option<(i64, Instant)>,
 }
@@ -90,7 +94,7 @@ impl WsSession {
             since: init.since,
             last_sent: init.since.unwrap_or(init.last_seq),
             loading: init.since.is_some(),
-            buffered: Vec::new(),
+            outbox: Arc::default(),
             heartbeat: Instant::now(),
             last_typing_sent: None,
         }
@@ -171,7 +175,9 @@ impl WsSession {
                 }
             }
             act.loading = false;
-            for frame in std::mem::take(&mut act.buffered) {
+            // Live frames that came meanwhile; those the replay covered are
+            // skipped by seq, so none is sent twice at the seam.
+            for frame in act.outbox.take() {
                 act.write(&frame, ctx);
             }
         }));
@@ -184,7 +190,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::metrics::WS_OPEN.fetch_add(1, Ordering::Relaxed);
         crate::metrics::inc(&crate::metrics::WS_OPENED, 1);
-        ctx.set_mailbox_capacity(QUEUE);
+        ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if Instant::now().duration_since(act.heartbeat) > CLIENT_TIMEOUT {
                 ctx.stop();
@@ -195,6 +201,7 @@ impl Actor for WsSession {
         self.hub.do_send(Join {
             id: self.id,
             addr: ctx.address(),
+            outbox: self.outbox.clone(),
             tenant: self.tenant,
             user: self.user,
             family: self.family.clone(),
@@ -214,17 +221,14 @@ impl Actor for WsSession {
     }
 }
 
-impl Handler<Push> for WsSession {
+impl Handler<Drain> for WsSession {
     type Result = ();
-    fn handle(&mut self, Push(frames): Push, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
         if self.loading {
-            if self.buffered.len() + frames.len() > 50_000 {
-                WsSession::close(ctx, super::CLOSE_TOO_SLOW, "too far behind; reconnect with since");
-                return;
-            }
-            self.buffered.extend(frames);
+            self.outbox.rearm();
             return;
         }
+        let frames = self.outbox.take();
         crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
         crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
         for f in &frames {
