@@ -402,6 +402,7 @@ async fn drive(
         s.abort();
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let before = counters(base).await;
     let cpu_before = cpu(pid);
     let t = Instant::now();
     send_webhooks(base, &fx.pages, burst, 0, 3).await;
@@ -410,9 +411,10 @@ async fn drive(
     }
     let off = burst as f64 / t.elapsed().as_secs_f64();
     let off_cpu = cpu_per(cpu_before, cpu(pid), burst);
+    let off_shape = shape(&before, &counters(base).await);
     println!("ingest with live push to {open} sockets: {on:.0} events/s; without sockets: {off:.0} events/s; on/off {:.0} %   [goal >= 80 %]", on / off * 100.0);
     println!("  (push on: {on_shape}; {on_cpu})");
-    println!("  (push off: {off_cpu})");
+    println!("  (push off: {off_shape}; {off_cpu})");
     Ok(())
 }
 

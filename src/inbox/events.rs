@@ -100,14 +100,15 @@ pub fn with_events<T>(
     Ok(out)
 }
 
-#[derive(Debug, Clone, Serialize, Queryable)]
+/// An event as read back for the sockets; `data` is the payload's JSON
+/// text, put into frames as it is (never parsed and serialised again).
+#[derive(Debug, Clone, Queryable)]
 pub struct StoredEvent {
     pub seq: i64,
-    #[serde(rename = "type")]
     pub kind: String,
     pub channel_id: Option<i64>,
     pub conversation_id: Option<i64>,
-    pub data: Value,
+    pub data: String,
     pub at: DateTime<Utc>,
 }
 
@@ -122,7 +123,7 @@ pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<S
             events::type_,
             events::channel_id,
             events::conversation_id,
-            events::payload,
+            diesel::dsl::sql::<diesel::sql_types::Text>("payload::text"),
             events::created_at,
         ))
         .load(tc.pg())?)
@@ -146,6 +147,32 @@ pub fn prune(tc: &mut TenantConn<'_>, hours: i64) -> AppResult<usize> {
 impl StoredEvent {
     /// The frame a client receives: `{"seq", "type", "at", "data"}`.
     pub fn frame(&self) -> String {
-        serde_json::json!({"seq": self.seq, "type": self.kind, "at": self.at, "data": self.data}).to_string()
+        let kind = serde_json::to_string(&self.kind).unwrap_or_else(|_| "\"\"".into());
+        let at = self.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        format!(r#"{{"seq":{},"type":{kind},"at":"{at}","data":{}}}"#, self.seq, self.data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_embeds_the_stored_payload_as_json() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z").expect("time").with_timezone(&Utc);
+        let ev = StoredEvent {
+            seq: 42,
+            kind: "message.created".into(),
+            channel_id: Some(7),
+            conversation_id: Some(9),
+            data: r#"{"id": "5", "text": "héllo \"quoted\" 👋"}"#.into(),
+            at,
+        };
+        let v: serde_json::Value = serde_json::from_str(&ev.frame()).expect("valid JSON");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["type"], "message.created");
+        assert_eq!(v["at"], "2026-11-22T10:00:00.123456Z");
+        assert_eq!(v["data"]["text"], "héllo \"quoted\" 👋");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(4));
     }
 }

@@ -337,15 +337,21 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 
 /// The processor loop inside `serve`: runs batches while there is work,
 /// then sleeps until woken (a webhook stored by this instance) or a short
-/// poll interval passes (work stored by other instances, retries).
-pub async fn run(state: actix_web::web::Data<AppState>) {
+/// poll interval passes (work stored by other instances, retries). A helper
+/// (`primary` false) claims only while the last batch came back full.
+pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
+    use std::sync::atomic::Ordering;
     // Smaller batches answer sooner; larger ones carry more per transaction.
     let batch = std::env::var("SWITCHBOARD_WEBHOOK_BATCH")
         .ok()
         .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(100)
+        .unwrap_or(500)
         .clamp(1, 1000);
     loop {
+        if !primary && !state.processor_behind.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        }
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
         let result = actix_web::web::block(move || {
@@ -359,6 +365,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         .await;
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
+                state.processor_behind.store(report.claimed as i64 >= batch, Ordering::Relaxed);
                 use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED, WEBHOOK_BATCHES};
                 inc(&WEBHOOK_BATCHES, 1);
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
@@ -367,7 +374,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
                 after_batch(&state, report);
                 continue;
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => state.processor_behind.store(false, Ordering::Relaxed),
             Ok(Err(e)) => tracing::warn!(error = ?e, "webhook batch failed"),
             Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
         }

@@ -18,11 +18,12 @@ use crate::inbox::events::StoredEvent;
 
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
 
-/// One frame for a session.
+/// One frame for a session. The text is shared: a clone for each of the
+/// sessions it goes to costs a reference count, not a copy.
 #[derive(Clone)]
 pub struct Frame {
     pub seq: Option<i64>,
-    pub text: Arc<str>,
+    pub text: bytestring::ByteString,
 }
 
 /// Frames waiting for one session to write them.

@@ -111,7 +111,7 @@ impl WsSession {
             }
             self.last_sent = seq;
         }
-        ctx.text(&*frame.text);
+        ctx.text(frame.text.clone());
     }
 
     fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {

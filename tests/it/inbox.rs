@@ -771,3 +771,51 @@ async fn snoozes_wake_and_edits_update_in_place() {
     let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await;
     assert_eq!((c.body["status"].as_str(), c.body["snoozed_until"].is_null()), (Some("open"), true));
 }
+
+/// More than a full batch waiting (a burst, a restart): the processor and
+/// its helper share the backlog, and every message lands exactly once, with
+/// one unread each, and the event log has no gap.
+#[actix_web::test]
+async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
+    let app = spawn_app().await;
+    acme(&app).await;
+    let template: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
+    const MESSAGES: usize = 1300;
+    let bodies: Vec<Vec<u8>> = (0..MESSAGES + 200)
+        .map(|i| {
+            // The last 200 repeat earlier messages (Meta's retries).
+            let i = if i >= MESSAGES { i - MESSAGES } else { i };
+            let mut v = template.clone();
+            let m = &mut v["entry"][0]["messaging"][0];
+            m["sender"]["id"] = json!(format!("9{:015}", i % 97));
+            m["message"]["mid"] = json!(format!("m_backlog_{i}"));
+            m["message"]["text"] = json!(format!("backlog {i} — ünïcode"));
+            serde_json::to_vec(&v).expect("body")
+        })
+        .collect();
+    // Stored as the endpoint stores them, all at once, before any processing.
+    {
+        let mut conn = app.db.conn();
+        let rows: Vec<_> = bodies.iter().map(|b| switchboard::db::schema::webhook_events::body.eq(b)).collect();
+        diesel::insert_into(switchboard::db::schema::webhook_events::table)
+            .values(&rows)
+            .execute(&mut conn)
+            .expect("store the backlog");
+    }
+    app.processed().await;
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_backlog_%'"),
+        MESSAGES as i64
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE contact_id IN (SELECT id FROM tenant_acme.contacts WHERE external_id LIKE '9%')"), 97);
+    assert_eq!(
+        app.count("SELECT coalesce(sum(unread_count), 0)::bigint AS n FROM tenant_acme.conversations"),
+        MESSAGES as i64
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status <> 'done'"), 0);
+    assert_eq!(
+        app.count("SELECT (max(seq) - min(seq) + 1 - count(*))::bigint AS n FROM tenant_acme.events"),
+        0,
+        "the event log has a gap"
+    );
+}
