@@ -2,11 +2,13 @@
 //! its own) against a scratch database; this process opens authenticated
 //! WebSockets and sends signed webhooks.
 //!
-//! Printed: server RSS per idle socket (for each `--sockets` count), the
-//! latency from webhook POST to the `message.created` frame at the agents
-//! while webhooks arrive at `--rate` (agents spread over 50 channels, each
-//! event reaching that channel's agents), and ingest throughput with live
-//! push on (sockets connected) against off.
+//! Printed, from a first server: its RSS per idle socket for each
+//! `--sockets` count. From a second, fresh one with `--agents` connected
+//! (spread over 50 channels; each event reaches its channel's agents): the
+//! latency from webhook POST to the `message.created` frame while webhooks
+//! arrive at `--rate`, then ingest throughput with live push on (sockets
+//! connected) against off. Each run also prints where its time and CPU went
+//! (the server's counters and /proc), so a figure can be explained.
 
 use actix_web::rt::System;
 use diesel::prelude::*;
@@ -44,37 +46,62 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Who a socket logs in as: tenant, its slug, the agent.
+type Login = (TenantId, String, UserId);
+
 struct Fixture {
-    tenant: TenantId,
-    agents: Vec<UserId>,
+    /// Tenant `rt`'s agents (latency and push runs).
+    agents: Vec<Login>,
+    /// Idle agents for the memory run, 100 to a tenant (as on a shared
+    /// instance; presence is tenant-wide, so one tenant of 10,000 would
+    /// measure its login storm instead of the sockets).
+    idle: Vec<Login>,
     pages: Vec<String>,
 }
 
-fn seed(pool: &PgPool, agents: usize) -> anyhow::Result<Fixture> {
+/// Users with an agent membership in `tenant`, inserted in bulk.
+fn agents_of(conn: &mut PgConnection, tenant: i64, prefix: &str, n: usize) -> anyhow::Result<Vec<i64>> {
+    let mut ids: Vec<i64> = Vec::new();
+    let rows: Vec<(String, String, String)> =
+        (0..n).map(|i| (format!("{prefix}{i}@bench.test"), format!("Agent {i}"), "not-a-login".to_string())).collect();
+    for chunk in rows.chunks(1000) {
+        let values: Vec<_> =
+            chunk.iter().map(|(e, n, h)| (users::email.eq(e), users::name.eq(n), users::password_hash.eq(h))).collect();
+        ids.extend(diesel::insert_into(users::table).values(&values).returning(users::id).get_results::<i64>(conn)?);
+    }
+    for chunk in ids.chunks(1000) {
+        let values: Vec<_> = chunk
+            .iter()
+            .map(|u| (memberships::user_id.eq(*u), memberships::tenant_id.eq(tenant), memberships::role.eq("agent")))
+            .collect();
+        diesel::insert_into(memberships::table).values(&values).execute(conn)?;
+    }
+    Ok(ids)
+}
+
+fn seed_idle(pool: &PgPool, count: usize) -> anyhow::Result<Vec<Login>> {
+    let mut conn = pool.get()?;
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count.div_ceil(100) {
+        let slug = format!("mem-{k}");
+        let t = tenancy::provision(&mut conn, &TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!("{e}"))?, "Mem")
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let n = (count - k * 100).min(100);
+        for u in agents_of(&mut conn, t.id, &format!("m{k}-"), n)? {
+            out.push((t.tenant_id(), slug.clone(), UserId(u)));
+        }
+    }
+    Ok(out)
+}
+
+fn seed(pool: &PgPool, agents: usize, idle: usize) -> anyhow::Result<Fixture> {
     let mut conn = pool.get()?;
     run_public_migrations(&mut conn)?;
     let t = tenancy::provision(&mut conn, &TenantSlug::parse("rt").map_err(|e| anyhow::anyhow!("{e}"))?, "RT")
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let keyring = crate::crypto::Keyring::new(&[EncryptionKey { id: "bench".into(), key: Secret::new([3u8; 32]) }]);
     let pages: Vec<String> = (0..CHANNELS).map(|i| format!("40000000{i:07}")).collect();
-    let rows: Vec<(String, String, String)> = (0..agents)
-        .map(|i| (format!("agent{i}@bench.test"), format!("Agent {i}"), "not-a-login".to_string()))
-        .collect();
-    let mut ids: Vec<i64> = Vec::new();
-    for chunk in rows.chunks(1000) {
-        let values: Vec<_> =
-            chunk.iter().map(|(e, n, h)| (users::email.eq(e), users::name.eq(n), users::password_hash.eq(h))).collect();
-        ids.extend(
-            diesel::insert_into(users::table).values(&values).returning(users::id).get_results::<i64>(&mut conn)?,
-        );
-    }
-    for chunk in ids.chunks(1000) {
-        let values: Vec<_> = chunk
-            .iter()
-            .map(|u| (memberships::user_id.eq(*u), memberships::tenant_id.eq(t.id), memberships::role.eq("agent")))
-            .collect();
-        diesel::insert_into(memberships::table).values(&values).execute(&mut conn)?;
-    }
+    let ids = agents_of(&mut conn, t.id, "agent", agents)?;
     let ids2 = ids.clone();
     let pages2 = pages.clone();
     with_tenant(&mut conn, &TenantScope::system(t.tenant_id()), |tc| -> Result<(), AppError> {
@@ -105,7 +132,9 @@ fn seed(pool: &PgPool, agents: usize) -> anyhow::Result<Fixture> {
         Ok(())
     })
     .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(Fixture { tenant: t.tenant_id(), agents: ids.into_iter().map(UserId).collect(), pages })
+    let tenant = t.tenant_id();
+    let agents = ids.into_iter().map(|u| (tenant, "rt".to_string(), UserId(u))).collect();
+    Ok(Fixture { agents, idle: seed_idle(pool, idle)?, pages })
 }
 
 fn start_server(url: &str, port: u16) -> anyhow::Result<std::process::Child> {
@@ -274,14 +303,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = DbConfig::from_env()?;
     let scratch = ScratchDb::create(cfg.database_url.expose(), "realtime")?;
     let pool = connect_pool(&scratch.url, PoolOptions { max_size: 4, min_idle: Some(4), ..Default::default() })?;
-    let fx = seed(&pool, max)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = start_server(&scratch.url, port)?;
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let result = System::new().block_on(drive(args, &counts, &fx, &base, pid, &pool));
-    let _ = child.kill();
-    let _ = child.wait();
+    let fx = seed(&pool, args.agents.max(1), max)?;
+    // Memory first, on a server of its own (its RSS then holds sockets only),
+    // then latency and push on a fresh one.
+    let mut result = Ok(());
+    for memory_only in [true, false] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = start_server(&scratch.url, port)?;
+        let pid = child.id();
+        let base = format!("http://127.0.0.1:{port}");
+        result = System::new().block_on(drive(args, &counts, &fx, &base, pid, &pool, memory_only));
+        let _ = child.kill();
+        let _ = child.wait();
+        if result.is_err() {
+            break;
+        }
+    }
     result
 }
 
@@ -292,6 +329,7 @@ async fn drive(
     base: &str,
     pid: u32,
     pool: &PgPool,
+    memory_only: bool,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for _ in 0..100 {
@@ -301,7 +339,11 @@ async fn drive(
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     let keys = JwtKeys::new(SECRET.as_bytes());
-    println!("switchboard bench realtime (server pid {pid}, {} channels)", CHANNELS);
+    if memory_only {
+        println!("switchboard bench realtime ({} channels; server pid {pid} for memory)", CHANNELS);
+    } else {
+        println!("(server pid {pid} for latency and push)");
+    }
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let base_rss = rss_kib(pid);
     let latencies: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(Vec::new()));
@@ -309,50 +351,73 @@ async fn drive(
     // (POST → the processing transaction began, that → frame at the agent)
     let splits: Rc<RefCell<Vec<(f64, f64)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut sockets = Vec::new();
-    let mut open = 0usize;
-    for &target in counts {
-        while open < target {
-            let user = fx.agents[open];
-            let token = keys.issue(user, fx.tenant, "rt", Role::Agent, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
-            let url = format!("{}/ws", base.replace("http://", "ws://"));
-            let client = awc::Client::builder()
-                .max_http_version(awc::http::Version::HTTP_11)
-                .timeout(Duration::from_secs(30))
-                .finish();
-            let (_, framed) =
-                client.ws(url).bearer_auth(token).connect().await.map_err(|e| anyhow::anyhow!("socket {open}: {e}"))?;
-            let (lat, rec, split) = (latencies.clone(), received.clone(), splits.clone());
-            // Every socket is read (a socket nobody reads would be dropped as too slow).
-            let handle = actix_web::rt::spawn(async move {
-                let mut framed = framed;
-                while let Some(Ok(frame)) = framed.next().await {
-                    if let awc::ws::Frame::Text(t) = frame {
-                        if let Some(pos) = memchr_t(&t) {
-                            let digits: String =
-                                t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
-                            if let Ok(sent) = digits.parse::<i128>() {
-                                let now = now_nanos();
-                                lat.borrow_mut().push((now - sent) as f64 / 1e6);
-                                if let Some(at) = event_at(&t) {
-                                    split.borrow_mut().push(((at - sent) as f64 / 1e6, (now - at) as f64 / 1e6));
-                                }
-                                *rec.borrow_mut() += 1;
-                            }
+    let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
+    // Opens sockets (agent i on channel i % CHANNELS) until `target` are open.
+    let open_to = |logins: &[Login], target: usize, sockets: &mut Vec<actix_web::rt::task::JoinHandle<()>>| {
+        let logins: Vec<Login> = logins[sockets.len()..target.min(logins.len())].to_vec();
+        let (lat, rec, split) = (latencies.clone(), received.clone(), splits.clone());
+        let (keys, ws_url) = (keys.clone(), ws_url.clone());
+        let start = sockets.len();
+        async move {
+            let mut opened = Vec::new();
+            for (i, (tenant, slug, user)) in logins.into_iter().enumerate() {
+                let i = start + i;
+                let token =
+                    keys.issue(user, tenant, &slug, Role::Agent, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+                let client = awc::Client::builder()
+                    .max_http_version(awc::http::Version::HTTP_11)
+                    .timeout(Duration::from_secs(30))
+                    .finish();
+                let (_, framed) = client
+                    .ws(ws_url.clone())
+                    .bearer_auth(token)
+                    .connect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("socket {i}: {e}"))?;
+                let (lat, rec, split) = (lat.clone(), rec.clone(), split.clone());
+                // Every socket is read (a socket nobody reads would be dropped as too slow).
+                opened.push(actix_web::rt::spawn(async move {
+                    let mut framed = framed;
+                    while let Some(Ok(frame)) = framed.next().await {
+                        let awc::ws::Frame::Text(t) = frame else { continue };
+                        let Some(pos) = memchr_t(&t) else { continue };
+                        let digits: String =
+                            t[pos + 2..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
+                        let Ok(sent) = digits.parse::<i128>() else { continue };
+                        let now = now_nanos();
+                        lat.borrow_mut().push((now - sent) as f64 / 1e6);
+                        if let Some(at) = event_at(&t) {
+                            split.borrow_mut().push(((at - sent) as f64 / 1e6, (now - at) as f64 / 1e6));
                         }
+                        *rec.borrow_mut() += 1;
                     }
-                }
-            });
-            sockets.push(handle);
-            open += 1;
+                }));
+            }
+            Ok::<_, anyhow::Error>(opened)
         }
-        actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-        let rss = rss_kib(pid);
-        println!(
-            "{target} idle authenticated sockets: server RSS {} MiB, {:.1} KiB per socket   [goal < 25 KiB]",
-            rss / 1024,
-            (rss.saturating_sub(base_rss)) as f64 / target as f64
-        );
+    };
+    if memory_only {
+        for &target in counts {
+            let more = open_to(&fx.idle, target, &mut sockets).await?;
+            sockets.extend(more);
+            actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+            let rss = rss_kib(pid);
+            let live = counters(base).await.get("switchboard_ws_open").copied().unwrap_or(0.0);
+            println!(
+                "{target} idle authenticated sockets ({live} open at the server): server RSS {} MiB, {:.1} KiB per socket   [goal < 25 KiB]",
+                rss / 1024,
+                (rss.saturating_sub(base_rss)) as f64 / target as f64
+            );
+        }
+        for s in sockets {
+            s.abort();
+        }
+        return Ok(());
     }
+    let more = open_to(&fx.agents, fx.agents.len(), &mut sockets).await?;
+    sockets.extend(more);
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let open = sockets.len();
     // Latency at a steady rate.
     let count = (args.rate as u64 * args.seconds) as usize;
     latencies.borrow_mut().clear();

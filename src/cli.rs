@@ -169,6 +169,10 @@ pub struct BenchArgs {
     /// Idle authenticated sockets for the `realtime` benchmark (comma list).
     #[arg(long, default_value = "1000,10000")]
     pub sockets: String,
+    /// Connected agents during the `realtime` latency and push on/off runs
+    /// (each channel's agents see its events; 50 channels).
+    #[arg(long, default_value_t = 1000)]
+    pub agents: usize,
     /// Webhooks per second during the `realtime` latency run.
     #[arg(long, default_value_t = 2000)]
     pub rate: u32,
