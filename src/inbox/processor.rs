@@ -182,11 +182,13 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
             }
         }
     }
-    let mut marked: Vec<i64> = Vec::new();
+    let mut marked: std::collections::HashSet<i64> = Default::default();
     for (tenant, items) in by_tenant {
         // Asynchronous commit: the raw event stays durable and pending until
-        // this transaction's own "done" mark commits, so a commit lost in a
-        // crash only means processing it again (idempotent).
+        // its "done" mark commits — in this transaction, or for an event of
+        // several tenants synchronously afterwards, which WAL order makes
+        // imply this one — so a commit lost in a crash only means processing
+        // it again (idempotent).
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
         let mut own: Vec<i64> = items
             .iter()

@@ -28,10 +28,11 @@ pub struct Frame {
 
 /// Frames waiting for one session to write them.
 #[derive(Default)]
-pub struct Pending {
-    pub frames: Vec<Frame>,
-    /// A [`Drain`] is in the session's mailbox; the next frames just join.
-    pub woken: bool,
+struct Pending {
+    frames: Vec<Frame>,
+    /// A [`Drain`] is on its way (or the session is replaying and will take
+    /// everything when done); the next frames just join.
+    woken: bool,
 }
 
 /// A session's outbox, shared by the hub (appends) and the session (takes
@@ -65,14 +66,6 @@ impl Outbox {
                 std::mem::take(&mut p.frames)
             }
             Err(_) => Vec::new(),
-        }
-    }
-
-    /// Lets frames pile up unwritten (a resume is replaying the log) while
-    /// the next frames still wake the session.
-    pub fn rearm(&self) {
-        if let Ok(mut p) = self.0.lock() {
-            p.woken = false;
         }
     }
 }

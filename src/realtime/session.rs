@@ -225,7 +225,7 @@ impl Handler<Drain> for WsSession {
     type Result = ();
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
         if self.loading {
-            self.outbox.rearm();
+            // Frames pile up without further wake-ups; the replay's end takes them.
             return;
         }
         let frames = self.outbox.take();
