@@ -20,10 +20,14 @@ pub struct AppState {
     pub state_key: Vec<u8>,
     /// Wakes this instance's webhook processor (a webhook was stored here).
     pub wake_processor: Arc<Notify>,
+    /// Webhooks this instance has stored (the processor gathers by it).
+    pub webhooks_stored: Arc<std::sync::atomic::AtomicU64>,
     /// The last webhook batch claimed all it could: helpers join in.
     pub processor_behind: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
+    /// How committed events reach this instance's sockets.
+    pub feed: Arc<crate::realtime::Feed>,
     /// The cross-instance bus (typing, presence, access changes).
     pub bus: Arc<dyn crate::realtime::Bus>,
     /// Verified webhook bodies on their way into `public.webhook_events`.
@@ -43,9 +47,11 @@ impl AppState {
             store_rx: std::sync::Mutex::new(Some(store_rx)),
             wake_processor: Arc::new(Notify::new()),
             processor_behind: Arc::default(),
+            webhooks_stored: Arc::default(),
             wake_sender: Arc::new(Notify::new()),
             profile_lookups: tx,
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
+            feed: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),

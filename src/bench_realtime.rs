@@ -270,10 +270,12 @@ fn shape(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String 
     let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let batches = d("switchboard_webhook_batches_total").max(1.0);
     let reads = d("switchboard_bus_reads_total").max(1.0);
+    let webhooks = d("switchboard_webhooks_processed_total").max(1.0);
     format!(
-        "{:.1} frames per socket delivery; {:.1} webhooks per processor batch, {:.1} ms each; {:.0} event reads, {:.1} ms each",
+        "{:.1} socket writes per webhook, {:.1} frames each; {:.1} webhooks per processor batch, {:.1} ms each; {:.0} event reads, {:.1} ms each",
+        d("switchboard_ws_deliveries_total") / webhooks,
         d("switchboard_ws_frames_total") / d("switchboard_ws_deliveries_total").max(1.0),
-        d("switchboard_webhooks_processed_total") / batches,
+        webhooks / batches,
         d("switchboard_webhook_batch_micros_total") / batches / 1000.0,
         reads,
         d("switchboard_bus_read_micros_total") / reads / 1000.0,
@@ -451,36 +453,59 @@ async fn drive(
         shape(&before, &counters(base).await)
     );
     println!("  ({cpu_latency})");
-    // Ingest with live push on, then off.
-    let burst = 4000;
-    let before = counters(base).await;
-    let cpu_before = cpu(pid);
-    let t = Instant::now();
-    send_webhooks(base, &fx.pages, burst, 0, 2).await;
-    while pending(pool) > 0 {
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    // Ingest with live push to every agent (20 to a channel), to a quarter
+    // of them (5 to a channel), then to none.
+    let on = burst(base, fx, pool, pid, 2).await;
+    let quarter = open / 4;
+    for s in sockets.drain(quarter..) {
+        s.abort();
     }
-    let on = burst as f64 / t.elapsed().as_secs_f64();
-    let on_cpu = cpu_per(cpu_before, cpu(pid), burst);
-    let on_shape = shape(&before, &counters(base).await);
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let few = burst(base, fx, pool, pid, 3).await;
     for s in sockets {
         s.abort();
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let off = burst(base, fx, pool, pid, 4).await;
+    let per_channel = |n: usize| n / CHANNELS;
+    println!(
+        "ingest with live push to {open} sockets ({} to a channel): {:.0} events/s; without sockets: {:.0} events/s; on/off {:.0} %   [goal >= 80 %]",
+        per_channel(open),
+        on.rate,
+        off.rate,
+        on.rate / off.rate * 100.0
+    );
+    println!("  (push on: {})", on.detail);
+    println!(
+        "  (with {quarter} sockets, {} to a channel: {:.0} events/s, {:.0} % of off; {})",
+        per_channel(quarter),
+        few.rate,
+        few.rate / off.rate * 100.0,
+        few.detail
+    );
+    println!("  (push off: {})", off.detail);
+    Ok(())
+}
+
+struct Burst {
+    rate: f64,
+    detail: String,
+}
+
+/// Sends 10,000 webhooks as fast as they are taken and times them until
+/// all are processed.
+async fn burst(base: &str, fx: &Fixture, pool: &PgPool, pid: u32, run: u32) -> Burst {
+    let count = 10_000;
     let before = counters(base).await;
     let cpu_before = cpu(pid);
     let t = Instant::now();
-    send_webhooks(base, &fx.pages, burst, 0, 3).await;
+    send_webhooks(base, &fx.pages, count, 0, run).await;
     while pending(pool) > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
-    let off = burst as f64 / t.elapsed().as_secs_f64();
-    let off_cpu = cpu_per(cpu_before, cpu(pid), burst);
-    let off_shape = shape(&before, &counters(base).await);
-    println!("ingest with live push to {open} sockets: {on:.0} events/s; without sockets: {off:.0} events/s; on/off {:.0} %   [goal >= 80 %]", on / off * 100.0);
-    println!("  (push on: {on_shape}; {on_cpu})");
-    println!("  (push off: {off_shape}; {off_cpu})");
-    Ok(())
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    let used = cpu_per(cpu_before, cpu(pid), count);
+    Burst { rate, detail: format!("{}; {used}", shape(&before, &counters(base).await)) }
 }
 
 /// Where `t=` starts in a `message.created` frame (the text carries the

@@ -18,6 +18,7 @@ pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READ_MICROS: AtomicU64 = AtomicU64::new(0);
+pub static BUS_DIRECT: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -40,6 +41,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ("switchboard_webhook_batch_micros_total", "Time spent in those batches (µs)", &WEBHOOK_BATCH_MICROS),
         ("switchboard_bus_reads_total", "Event log reads by this instance's listener", &BUS_READS),
         ("switchboard_bus_read_micros_total", "Time spent in those reads (µs)", &BUS_READ_MICROS),
+        (
+            "switchboard_bus_direct_total",
+            "Event batches this instance committed and handed to its sockets unread",
+            &BUS_DIRECT,
+        ),
     ];
     let mut out = String::new();
     for (name, help, c) in counters {

@@ -138,14 +138,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Starts this instance's hub and its LISTEN thread (inside the actix system).
 pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     use actix::Actor;
-    let active = crate::realtime::bus::ActiveTenants::default();
     let instance = uuid::Uuid::new_v4().to_string();
-    let hub = crate::realtime::Hub::new(instance, state.bus.clone(), active.clone()).start();
+    let hub = crate::realtime::Hub::new(instance, state.bus.clone(), state.feed.active()).start();
     crate::realtime::bus::spawn_listener(
         state.config.db.database_url.expose().clone(),
         state.db.pool().clone(),
         hub.clone(),
-        active,
+        state.feed.clone(),
     );
     hub
 }

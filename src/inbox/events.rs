@@ -11,7 +11,6 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::db::tenant_schema::{event_seq, events};
 use crate::db::TenantConn;
@@ -25,7 +24,8 @@ pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 /// moments of the transaction.
 #[derive(Default)]
 pub struct EventLog {
-    pending: Vec<(String, Option<i64>, Option<i64>, Value)>,
+    /// (type, channel, conversation, payload as JSON text)
+    pending: Vec<(String, Option<i64>, Option<i64>, String)>,
     pub count: usize,
 }
 
@@ -42,50 +42,81 @@ impl EventLog {
         conversation_id: Option<i64>,
         payload: impl Serialize,
     ) -> AppResult<()> {
-        let payload = serde_json::to_value(payload).map_err(AppError::internal)?;
+        // Serialised once: the same text is stored and, for the processor's
+        // events, framed for this instance's sockets.
+        let payload = serde_json::to_string(&payload).map_err(AppError::internal)?;
         self.pending.push((kind.to_string(), channel_id, conversation_id, payload));
         self.count += 1;
         Ok(())
     }
 
     /// Writes the events with consecutive sequence numbers and sends one
-    /// NOTIFY for the whole transaction, if anything was appended. One
-    /// statement: reserve the numbers (locking the counter row until commit),
-    /// insert the rows, notify.
+    /// NOTIFY for the whole transaction, if anything was appended.
     pub fn notify(self, tc: &mut TenantConn<'_>) -> AppResult<()> {
-        use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
+        self.write(tc).map(drop)
+    }
+
+    /// [`EventLog::notify`], returning the events as written, so that after
+    /// the commit they can go to this instance's sockets without being read
+    /// back ([`crate::realtime::Feed`]). One statement: reserve the numbers
+    /// (locking the counter row until commit), insert the rows, notify.
+    pub fn write(self, tc: &mut TenantConn<'_>) -> AppResult<Vec<StoredEvent>> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+        #[derive(QueryableByName)]
+        struct Reserved {
+            #[diesel(sql_type = BigInt)]
+            last: i64,
+            #[diesel(sql_type = Timestamptz)]
+            at: DateTime<Utc>,
+        }
         if self.pending.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let n = self.pending.len() as i64;
         let mut kinds = Vec::with_capacity(self.pending.len());
         let mut channels = Vec::with_capacity(self.pending.len());
         let mut conversations = Vec::with_capacity(self.pending.len());
         let mut payloads = Vec::with_capacity(self.pending.len());
-        for (kind, channel_id, conversation_id, payload) in self.pending {
+        for (kind, channel_id, conversation_id, payload) in &self.pending {
             kinds.push(kind);
-            channels.push(channel_id);
-            conversations.push(conversation_id);
+            channels.push(*channel_id);
+            conversations.push(*conversation_id);
             payloads.push(payload);
         }
         // The NOTIFY carries ids only: "<tenant>:<first seq>:<last seq>".
-        diesel::sql_query(
+        // `now()` is the transaction's start, the rows' `created_at`.
+        let reserved: Reserved = diesel::sql_query(
             "WITH s AS (UPDATE event_seq SET value = value + $1 WHERE id = 1 RETURNING value), \
                   ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, payload) \
-                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload \
+                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload::jsonb \
                             FROM s, unnest($2, $3, $4, $5) WITH ORDINALITY \
                                     AS v(kind, channel_id, conversation_id, payload, ord)) \
-             SELECT pg_catalog.pg_notify($6, $7 || ':' || (s.value - $1 + 1) || ':' || s.value) FROM s",
+             SELECT s.value AS last, now() AS at, \
+                    pg_catalog.pg_notify($6, $7 || ':' || (s.value - $1 + 1) || ':' || s.value) AS sent \
+               FROM s",
         )
         .bind::<BigInt, _>(n)
         .bind::<Array<Text>, _>(kinds)
         .bind::<Array<Nullable<BigInt>>, _>(channels)
         .bind::<Array<Nullable<BigInt>>, _>(conversations)
-        .bind::<Array<Jsonb>, _>(payloads)
+        .bind::<Array<Text>, _>(payloads)
         .bind::<Text, _>(NOTIFY_CHANNEL)
         .bind::<Text, _>(tc.tenant().0.to_string())
-        .execute(tc.pg())?;
-        Ok(())
+        .get_result(tc.pg())?;
+        let first = reserved.last - n + 1;
+        Ok(self
+            .pending
+            .into_iter()
+            .zip(first..)
+            .map(|((kind, channel_id, conversation_id, data), seq)| StoredEvent {
+                seq,
+                kind,
+                channel_id,
+                conversation_id,
+                data,
+                at: reserved.at,
+            })
+            .collect())
     }
 }
 

@@ -19,6 +19,8 @@ use chrono::{Duration, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 use super::events::EventLog;
 use super::ingest::{Followups, Ingest};
@@ -62,6 +64,9 @@ pub async fn run_store(state: actix_web::web::Data<AppState>) {
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
+        if let Ok(n) = result {
+            state.webhooks_stored.fetch_add(n as u64, Ordering::Relaxed);
+        }
         let outcome = result.map(|_| ());
         for reply in replies {
             let _ = reply.send(outcome.clone());
@@ -114,6 +119,8 @@ pub struct BatchReport {
     /// Contacts to look up at Meta.
     pub profile_lookups: Vec<super::contacts::ProfileLookup>,
     pub queued_sends: usize,
+    /// What each tenant transaction committed, for this instance's sockets.
+    pub events: Vec<(i64, Vec<super::events::StoredEvent>)>,
 }
 
 enum Outcome {
@@ -199,7 +206,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
             .collect();
         own.dedup();
         let mut followups = Followups::default();
-        let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<()> {
+        let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<Vec<super::events::StoredEvent>> {
             let mut log = EventLog::new();
             let mut ingest = Ingest::new(&mut log, app_id);
             let refs: Vec<(i64, &Item)> = items.iter().map(|(_, c, i)| (*c, i)).collect();
@@ -216,11 +223,13 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
             }
             ingest.flush(tc)?;
             followups = std::mem::take(&mut ingest.followups);
-            log.notify(tc)?;
-            mark_done(tc.pg(), &own)
+            let written = log.write(tc)?;
+            mark_done(tc.pg(), &own)?;
+            Ok(written)
         });
         match result {
-            Ok(()) => {
+            Ok(written) => {
+                report.events.push((tenant, written));
                 marked.extend(own);
                 report.profile_lookups.extend(followups.profile_lookups);
                 report.queued_sends += followups.queued_sends;
@@ -342,13 +351,18 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 /// poll interval passes (work stored by other instances, retries). A helper
 /// (`primary` false) claims only while the last batch came back full.
 pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
-    use std::sync::atomic::Ordering;
     // Smaller batches answer sooner; larger ones carry more per transaction.
-    let batch = std::env::var("SWITCHBOARD_WEBHOOK_BATCH")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(500)
-        .clamp(1, 1000);
+    let batch = env_or("SWITCHBOARD_WEBHOOK_BATCH", 500i64).clamp(1, 1000);
+    let stored = state.webhooks_stored.clone();
+    // Under load, gather: after a batch of at least `gather_at` (but not a
+    // full one: then the backlog is deep already) wait up to `gather` for
+    // half a batch more. Every batch writes once to each socket that sees
+    // any of it, so with many agents online the socket writes, more than the
+    // SQL, are what a batch costs; fewer, larger batches keep live push from
+    // eating the ingest (bench realtime: push on/off). Below `gather_at` a
+    // webhook is processed as soon as the last batch ends.
+    let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
+    let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
         if !primary && !state.processor_behind.load(Ordering::Relaxed) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -368,12 +382,16 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
                 state.processor_behind.store(report.claimed as i64 >= batch, Ordering::Relaxed);
+                let claimed = report.claimed as i64;
                 use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED, WEBHOOK_BATCHES};
                 inc(&WEBHOOK_BATCHES, 1);
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);
                 after_batch(&state, report);
+                if primary && claimed >= gather_at && claimed < batch {
+                    gather_more(&stored, &state.wake_processor, batch as u64 / 2, gather).await;
+                }
                 continue;
             }
             Ok(Ok(_)) => state.processor_behind.store(false, Ordering::Relaxed),
@@ -384,7 +402,26 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     }
 }
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Waits until `want` more webhooks are stored here (`stored` counts them,
+/// `stored_signal` rings at each store) or `most` has passed.
+pub async fn gather_more(stored: &AtomicU64, stored_signal: &Notify, want: u64, most: std::time::Duration) {
+    let mark = stored.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + most;
+    while stored.load(Ordering::Relaxed).wrapping_sub(mark) < want {
+        if tokio::time::timeout_at(deadline, stored_signal.notified()).await.is_err() {
+            break;
+        }
+    }
+}
+
 fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
+    for (tenant, events) in report.events {
+        state.feed.committed(tenant, events);
+    }
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();
     }
@@ -392,5 +429,36 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
         // Bounded queue: when it is full the lookup is simply skipped; the
         // contact keeps its id and is looked up on its next message.
         let _ = state.profile_lookups.try_send(lookup);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn gathering_ends_when_enough_arrived_or_at_the_deadline() {
+        let stored = Arc::new(AtomicU64::new(7));
+        let signal = Arc::new(Notify::new());
+        let (s, n) = (stored.clone(), signal.clone());
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s.fetch_add(60, Ordering::Relaxed);
+                n.notify_one();
+            }
+        });
+        // 250 wanted; 300 come within ~25 ms: it returns long before a minute.
+        tokio::time::timeout(Duration::from_secs(30), gather_more(&stored, &signal, 250, Duration::from_secs(60)))
+            .await
+            .expect("returns once enough were stored");
+        assert!(stored.load(Ordering::Relaxed) >= 7 + 250);
+        feeder.await.expect("feeder");
+        // Nothing comes: it gives up at its deadline.
+        tokio::time::timeout(Duration::from_secs(30), gather_more(&stored, &signal, 1, Duration::from_millis(20)))
+            .await
+            .expect("returns at the deadline");
     }
 }

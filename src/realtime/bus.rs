@@ -13,14 +13,14 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::hub::{Events, Hub, Live};
 use crate::db::{with_tenant, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
-use crate::inbox::events::{self, NOTIFY_CHANNEL};
+use crate::inbox::events::{self, StoredEvent, NOTIFY_CHANNEL};
 
 pub const LIVE_CHANNEL: &str = "switchboard_live";
 
@@ -98,16 +98,66 @@ impl Bus for PgBus {
 /// Tenants with sockets on this instance (kept by the hub, read here).
 pub type ActiveTenants = Arc<RwLock<HashSet<i64>>>;
 
-/// Runs the LISTEN loop on its own thread until the process ends.
-pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, active: ActiveTenants) {
+/// How committed events reach this instance's hub: read from the log when
+/// the LISTEN connection hears of them, or handed over by this instance's
+/// webhook processor right after its commit, without a read back (under
+/// load that read is most of what live push costs PostgreSQL). Both paths
+/// pass `delivered` (per tenant, the last seq given to the hub), so the hub
+/// gets every event once and in order: the direct path only ever extends a
+/// tenant's run of delivered events without a gap, and leaves anything else
+/// (another writer's events not yet delivered, the listener busy) to the
+/// log, whose notification still comes.
+#[derive(Default)]
+pub struct Feed {
+    hub: OnceLock<Addr<Hub>>,
+    active: ActiveTenants,
+    delivered: Mutex<HashMap<i64, i64>>,
+}
+
+impl Feed {
+    /// The tenants with sockets here, shared with the hub that keeps them.
+    pub fn active(&self) -> ActiveTenants {
+        self.active.clone()
+    }
+
+    fn wants(&self, tenant: i64) -> bool {
+        self.active.read().map(|a| a.contains(&tenant)).unwrap_or(false)
+    }
+
+    /// Events of `tenant` this instance has just committed, in seq order.
+    pub fn committed(&self, tenant: i64, events: Vec<StoredEvent>) {
+        let (Some(first), Some(last)) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq)) else {
+            return;
+        };
+        let Some(hub) = self.hub.get() else { return };
+        // Held by the listener while it reads the log: it will hear of these.
+        let Ok(mut delivered) = self.delivered.try_lock() else { return };
+        // A tenant the listener has not placed yet, or a gap before `first`:
+        // the log fills it, in order.
+        if delivered.get(&tenant) != Some(&(first - 1)) {
+            return;
+        }
+        delivered.insert(tenant, last);
+        if self.wants(tenant) {
+            crate::metrics::inc(&crate::metrics::BUS_DIRECT, 1);
+            hub.do_send(Events { tenant, events: Arc::new(events) });
+        }
+    }
+}
+
+/// Starts the LISTEN loop of `feed` on its own thread, until the hub stops.
+pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, feed: Arc<Feed>) {
+    if feed.hub.set(hub.clone()).is_err() {
+        tracing::error!("this instance's event feed already has a hub");
+        return;
+    }
     std::thread::Builder::new()
         .name("switchboard-listen".into())
         .spawn(move || {
-            let mut delivered: HashMap<i64, i64> = HashMap::new();
             let mut backoff = Duration::from_millis(100);
             // Ends with the hub (the server stopped).
             while hub.connected() {
-                match listen(&database_url, &pool, &hub, &active, &mut delivered) {
+                match listen(&database_url, &pool, &hub, &feed) {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "bus listener lost its connection; reconnecting");
@@ -120,19 +170,13 @@ pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, active
         .ok();
 }
 
-fn listen(
-    url: &str,
-    pool: &PgPool,
-    hub: &Addr<Hub>,
-    active: &ActiveTenants,
-    delivered: &mut HashMap<i64, i64>,
-) -> anyhow::Result<()> {
+fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Result<()> {
     let mut conn = PgConnection::establish(url)?;
     conn.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
     // Whatever happened while we were away: catch up from the logs.
-    let known: Vec<i64> = delivered.keys().copied().collect();
+    let known: Vec<i64> = feed.delivered.lock().map(|d| d.keys().copied().collect()).unwrap_or_default();
     for t in known {
-        catch_up(pool, hub, active, delivered, t, None)?;
+        catch_up(pool, hub, feed, t, None)?;
     }
     while hub.connected() {
         let mut got = false;
@@ -143,8 +187,7 @@ fn listen(
                 let mut parts = n.payload.split(':').map(|p| p.parse::<i64>().ok());
                 if let (Some(Some(t)), Some(Some(first)), Some(Some(last))) = (parts.next(), parts.next(), parts.next())
                 {
-                    delivered.entry(t).or_insert(first - 1);
-                    catch_up(pool, hub, active, delivered, t, Some(last))?;
+                    catch_up(pool, hub, feed, t, Some((first, last)))?;
                 }
             } else if let Ok(msg) = serde_json::from_str::<LiveMsg>(&n.payload) {
                 hub.do_send(Live(msg));
@@ -159,20 +202,24 @@ fn listen(
     Ok(())
 }
 
+/// Hands the hub `tenant`'s events after the last delivered one, up to the
+/// notified `(first, last)` (all there are after a reconnect: `None`).
 fn catch_up(
     pool: &PgPool,
     hub: &Addr<Hub>,
-    active: &ActiveTenants,
-    delivered: &mut HashMap<i64, i64>,
+    feed: &Feed,
     tenant: i64,
-    until: Option<i64>,
+    notified: Option<(i64, i64)>,
 ) -> anyhow::Result<()> {
-    let from = delivered.get(&tenant).copied().unwrap_or(0);
+    // Held throughout, so the direct path never slips in between.
+    let mut delivered = feed.delivered.lock().map_err(|_| anyhow::anyhow!("event feed lock poisoned"))?;
+    // The first we hear of a tenant is where its delivery starts.
+    let from = *delivered.entry(tenant).or_insert(notified.map(|(first, _)| first - 1).unwrap_or(0));
+    let until = notified.map(|(_, last)| last);
     if until.is_some_and(|u| u <= from) {
         return Ok(());
     }
-    let wanted = active.read().map(|a| a.contains(&tenant)).unwrap_or(false);
-    if !wanted {
+    if !feed.wants(tenant) {
         // Nobody here listens to this tenant: just move the mark.
         if let Some(u) = until {
             delivered.insert(tenant, u);

@@ -18,7 +18,7 @@ pub mod hub;
 pub mod session;
 pub mod tickets;
 
-pub use bus::{Bus, LiveMsg, PgBus};
+pub use bus::{Bus, Feed, LiveMsg, PgBus};
 pub use hub::Hub;
 
 pub const CLOSE_LOGGED_OUT: u16 = 4401;

@@ -56,7 +56,10 @@ pub struct WsSession {
     family: String,
     channels: Option<HashSet<i64>>,
     last_seq: i64,
-    since: Option<i64>,
+    /// Where the replay starts: the client's `since`, else the `last_seq`
+    /// its hello names (events committed between reading that and joining
+    /// the hub would otherwise fall between the two).
+    since: i64,
     last_sent: i64,
     /// Replaying the log after `since`: live frames wait in the outbox.
     loading: bool,
@@ -91,9 +94,9 @@ impl WsSession {
             family: init.family,
             channels: init.channels,
             last_seq: init.last_seq,
-            since: init.since,
+            since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
-            loading: init.since.is_some(),
+            loading: true,
             outbox: Arc::default(),
             heartbeat: Instant::now(),
             last_typing_sent: None,
@@ -120,7 +123,7 @@ impl WsSession {
     }
 
     fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(since) = self.since else { return };
+        let since = self.since;
         let state = self.state.clone();
         let (scope, channels) = (self.scope(), self.channels.clone());
         let fut = async move {

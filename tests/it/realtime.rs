@@ -370,3 +370,76 @@ async fn two_instances_share_one_database() {
     let m = until(&mut s, "message.created", Duration::from_secs(5)).await.expect("delivered across instances");
     assert_eq!(m["data"]["text"], "across instances");
 }
+
+/// Text frames with a `seq` until none comes for `quiet`.
+async fn sequenced(s: &mut Socket, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(v) = next(s, quiet).await {
+        if v["seq"].is_i64() {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn consecutive(frames: &[Value], after: i64) -> Vec<i64> {
+    let seqs: Vec<i64> = frames.iter().filter_map(|f| f["seq"].as_i64()).collect();
+    let want: Vec<i64> = (after + 1..after + 1 + seqs.len() as i64).collect();
+    assert_eq!(seqs, want, "every event once, in order, none skipped");
+    seqs
+}
+
+#[actix_web::test]
+async fn a_burst_reaches_every_socket_once_in_order_as_the_log_has_it() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut early = ws(&app, "", Some(&t.admin), None).await.expect("early");
+    let hello = next(&mut early, Duration::from_secs(3)).await.expect("hello");
+    let start = hello["data"]["last_seq"].as_i64().expect("last_seq");
+    let direct_before = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+    let post = |i: usize| {
+        let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1_773_140_000_000i64 + i as i64,
+            "messaging": [{"sender": {"id": format!("73920156481{:05}", i % 7)}, "recipient": {"id": PAGE_A},
+            "timestamp": 1_773_140_000_000i64 + i as i64,
+            "message": {"mid": format!("m_burst_{i}"), "text": format!("burst {i} ✓")}}]}]});
+        let app = &app;
+        async move { app.webhook(body.to_string().as_bytes()).await }
+    };
+    // Webhooks arrive while the processor works; a socket opens midway.
+    let mut statuses = futures_util::future::join_all((0..120).map(post)).await;
+    // Sockets opening while events are being committed must miss none.
+    let opening = async {
+        let mut opened = Vec::new();
+        for _ in 0..6 {
+            actix_web::rt::time::sleep(Duration::from_millis(15)).await;
+            let mut late = ws(&app, "", Some(&t.admin), None).await.expect("late");
+            let hello = next(&mut late, Duration::from_secs(3)).await.expect("hello");
+            opened.push((late, hello["data"]["last_seq"].as_i64().expect("last_seq")));
+        }
+        opened
+    };
+    let (more, opened) =
+        futures_util::future::join(futures_util::future::join_all((120..240).map(post)), opening).await;
+    statuses.extend(more);
+    assert!(statuses.iter().all(|s| *s == 200));
+    app.processed().await;
+
+    let live = sequenced(&mut early, Duration::from_secs(2)).await;
+    let seqs = consecutive(&live, start);
+    let texts: std::collections::HashSet<&str> =
+        live.iter().filter(|f| f["type"] == "message.created").filter_map(|f| f["data"]["text"].as_str()).collect();
+    assert_eq!(texts.len(), 240, "each message once");
+    let last = *seqs.last().expect("events");
+    // Those opened midway: everything after their hello, nothing before.
+    for (mut late, late_start) in opened {
+        let joined = sequenced(&mut late, Duration::from_millis(500)).await;
+        assert_eq!(consecutive(&joined, late_start).last().copied().unwrap_or(late_start), last);
+    }
+    // Read back from the log, the same frames the live sockets got.
+    let mut replay = ws(&app, &format!("?since={start}"), Some(&t.admin), None).await.expect("replay");
+    next(&mut replay, Duration::from_secs(3)).await.expect("hello");
+    let replayed = sequenced(&mut replay, Duration::from_secs(1)).await;
+    assert_eq!(replayed, live);
+    let direct = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(direct > direct_before, "committed events went to the sockets without a read back");
+}
