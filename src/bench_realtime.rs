@@ -6,9 +6,10 @@
 //! `--sockets` count. From a second, fresh one with `--agents` connected
 //! (spread over 50 channels; each event reaches its channel's agents): the
 //! latency from webhook POST to the `message.created` frame while webhooks
-//! arrive at `--rate`, then ingest throughput with live push on (sockets
-//! connected) against off. Each run also prints where its time and CPU went
-//! (the server's counters and /proc), so a figure can be explained.
+//! arrive at `--rate`, then ingest throughput (bursts of 10,000 webhooks)
+//! with live push to every agent, to a quarter of them, and with no socket
+//! connected. Each run also prints where its time and CPU went (the server's
+//! counters and /proc), so a figure can be explained.
 
 use actix_web::rt::System;
 use diesel::prelude::*;

@@ -5,8 +5,9 @@
 //!
 //! Event hints (`switchboard_events`, sent by writers inside their
 //! transactions) carry `tenant:first:last`; the listener reads the events
-//! themselves from the log, only for tenants this instance has sockets for.
-//! After a reconnect it catches up from the log, so nothing is missed.
+//! themselves from the log, only for tenants this instance has sockets for
+//! (unless this instance committed them: [`Feed`]). After a reconnect it
+//! catches up from the log, so nothing is missed.
 
 use actix::Addr;
 use diesel::connection::SimpleConnection;
