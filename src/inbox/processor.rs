@@ -195,7 +195,11 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         // its "done" mark commits — in this transaction, or for an event of
         // several tenants synchronously afterwards, which WAL order makes
         // imply this one — so a commit lost in a crash only means processing
-        // it again (idempotent).
+        // it again (idempotent). Sockets may already have had its events;
+        // processed again they can get other seqs, so a client may hold a seq
+        // the log then gives another event (a window of the last ~0.2 s
+        // before a PostgreSQL crash; a client ahead of the log is told to
+        // resync, see realtime::session).
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
         let mut own: Vec<i64> = items
             .iter()

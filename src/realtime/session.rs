@@ -132,11 +132,14 @@ impl WsSession {
                 .tenant(scope, move |tc| {
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
-                    // Pruned past `since`: the client must reload over REST.
-                    let gap = match oldest {
-                        Some(o) => since + 1 < o,
-                        None => since < last,
-                    };
+                    // Pruned past `since`, or `since` ahead of the log (a log
+                    // that lost its newest events, a database restored or
+                    // reset): the client must reload over REST.
+                    let gap = since > last
+                        || match oldest {
+                            Some(o) => since + 1 < o,
+                            None => since < last,
+                        };
                     if gap {
                         return Ok::<_, AppError>(Err((since, oldest, last)));
                     }
@@ -169,7 +172,8 @@ impl WsSession {
                     let frame = json!({"type": "resync_required", "at": Utc::now(),
                         "data": {"since": since, "oldest_seq": oldest, "last_seq": last}});
                     ctx.text(frame.to_string());
-                    act.last_sent = act.last_sent.max(last);
+                    // Live events continue after the log's end, whatever `since` said.
+                    act.last_sent = last;
                 }
                 Err(e) => {
                     tracing::warn!(error = ?e, "replay failed");

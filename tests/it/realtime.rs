@@ -304,6 +304,17 @@ async fn resume_with_since_and_resync() {
     next(&mut s, Duration::from_secs(3)).await.expect("hello");
     let r = next(&mut s, Duration::from_secs(3)).await.expect("resync");
     assert_eq!(r["type"], "resync_required");
+
+    // A `since` ahead of the log (it lost events, or was reset): resync too,
+    // and live events then flow from the log's end.
+    let ahead = last + 1_000;
+    let mut s = ws(&app, &format!("?since={ahead}"), Some(&t.admin), None).await.expect("since ahead");
+    next(&mut s, Duration::from_secs(3)).await.expect("hello");
+    let r = next(&mut s, Duration::from_secs(3)).await.expect("resync");
+    assert_eq!((r["type"].as_str(), r["data"]["last_seq"].as_i64()), (Some("resync_required"), Some(last + 51)));
+    append_events(&app, 1);
+    let f = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live after resync");
+    assert_eq!(f["seq"], last + 52);
 }
 
 #[actix_web::test]
