@@ -10,7 +10,6 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bench;
-pub mod bench_realtime;
 pub mod channels;
 pub mod cli;
 pub mod config;

@@ -1,179 +1,24 @@
-//! `switchboard bench`: figures measured on this machine, printed, never
-//! asserted (shared machines are noisy). Each benchmark works in a scratch
-//! database it creates next to `DATABASE_URL`'s and drops at the end.
+//! `bench ingest`: signed webhooks into a server in this process, timed at
+//! the answer and at the end of processing, against the raw insert ceiling.
 
-use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use std::time::{Duration, Instant};
 
-use crate::auth::users::Email;
 use crate::cli::BenchArgs;
 use crate::config::DbConfig;
-use crate::db::migrate::{migrate_all_with, run_public_migrations, Migrations};
-use crate::db::pool::{maintenance_url, url_with_database};
-use crate::db::{connect_pool, with_tenant, PgPool, PoolOptions, TenantScope};
+use crate::db::migrate::run_public_migrations;
+use crate::db::{connect_pool, with_tenant, PoolOptions, TenantScope};
 use crate::error::AppError;
-use crate::tenancy::{self, NewTenant, TenantSlug};
+use crate::tenancy::{self, TenantSlug};
 
-/// A database that exists for the length of a benchmark.
-pub struct ScratchDb {
-    admin_url: String,
-    name: String,
-    pub url: String,
-}
-
-impl ScratchDb {
-    pub fn create(base_url: &str, purpose: &str) -> anyhow::Result<ScratchDb> {
-        let (admin_url, _) = maintenance_url(base_url).context("DATABASE_URL names no database")?;
-        let name = format!("switchboard_bench_{purpose}_{}", std::process::id());
-        let mut admin = PgConnection::establish(&admin_url).context("cannot reach the maintenance database")?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
-        admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
-        let url = url_with_database(&admin_url, &name).context("bad DATABASE_URL")?;
-        Ok(ScratchDb { admin_url, name, url })
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
-        }
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or_default()
-}
-
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.which.as_str() {
-        "tenancy" => tenancy_bench(&args),
-        "ingest" => ingest_bench(&args),
-        "realtime" => crate::bench_realtime::run(&args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime"),
-    }
-}
-
-fn tenancy_bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let cfg = DbConfig::from_env()?;
-    let scratch = ScratchDb::create(cfg.database_url.expose(), "tenancy")?;
-    let pool = connect_pool(&scratch.url, PoolOptions { max_size: 6, min_idle: Some(6), ..Default::default() })?;
-    let mut conn = pool.get()?;
-    run_public_migrations(&mut conn)?;
-    println!("switchboard bench tenancy ({} tenant creations, {} tenants for migrate)", args.creates, args.tenants);
-
-    // 1. Tenant creation: schema + every tenant migration + row, and the full
-    //    sign-up with an owner (argon2 hashing dominates that one).
-    let mut provision_times = Vec::with_capacity(args.creates);
-    for i in 0..args.creates {
-        let slug = TenantSlug::parse(&format!("bench-{i:05}")).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let t = Instant::now();
-        tenancy::provision(&mut conn, &slug, "Bench").map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        provision_times.push(t.elapsed());
-    }
-    let mut signup_times = Vec::new();
-    for i in 0..args.creates.min(20) {
-        let new = NewTenant {
-            slug: TenantSlug::parse(&format!("owned-{i:05}")).map_err(|e| anyhow::anyhow!("{e}"))?,
-            name: "Bench".into(),
-            owner_email: Email::parse(&format!("owner{i}@bench.test")).map_err(|e| anyhow::anyhow!("{e}"))?,
-            owner_name: String::new(),
-            owner_password: "bench-password".into(),
-        };
-        let t = Instant::now();
-        tenancy::create_tenant(&mut conn, new).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        signup_times.push(t.elapsed());
-    }
-    println!(
-        "tenant create (schema + migrations + row): median {:.2?}, p90 {:.2?} over {}   [goal < 50 ms]",
-        median(provision_times.clone()),
-        percentile(&provision_times, 0.9),
-        provision_times.len()
-    );
-    println!(
-        "tenant sign-up with owner (adds argon2 hashing): median {:.2?} over {}",
-        median(signup_times.clone()),
-        signup_times.len()
-    );
-
-    // 2. `migrate` over N current tenants.
-    let have = args.creates + args.creates.min(20);
-    for i in have..args.tenants {
-        let slug = TenantSlug::parse(&format!("bench-{i:05}")).map_err(|e| anyhow::anyhow!("{e}"))?;
-        tenancy::provision(&mut conn, &slug, "Bench").map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    }
-    drop(conn);
-    let total = args.tenants.max(have);
-    let source = Migrations::tenant();
-    let fast = migrate_all_with(&pool, &source, 4, false)?;
-    let checked = migrate_all_with(&pool, &source, 4, true)?;
-    println!("migrate over {total} current tenants: {:.2?} (one query skips them all)   [goal < 10 s]", fast.elapsed);
-    println!(
-        "migrate over {total} current tenants, locking and inspecting every schema (4 jobs): {:.2?} ({:.2?} per schema)",
-        checked.elapsed,
-        checked.elapsed / total.max(1) as u32
-    );
-
-    // 3. The tenant switch against plain queries.
-    switch_overhead(&pool)?;
-    Ok(())
-}
-
-fn switch_overhead(pool: &PgPool) -> anyhow::Result<()> {
-    const N: usize = 3000;
-    let mut conn = pool.get()?;
-    let tenant = tenancy::find_by_slug(&mut conn, "bench-00000")?.context("bench tenant")?.tenant_id();
-    let query = "SELECT count(*) FROM public.tenants WHERE id = 1";
-    let time =
-        |conn: &mut PgConnection, f: &dyn Fn(&mut PgConnection) -> anyhow::Result<()>| -> anyhow::Result<Duration> {
-            for _ in 0..200 {
-                f(conn)?;
-            }
-            let t = Instant::now();
-            for _ in 0..N {
-                f(conn)?;
-            }
-            Ok(t.elapsed() / N as u32)
-        };
-    let plain = time(&mut conn, &|c| Ok(c.batch_execute(query)?))?;
-    let plain_tx = time(&mut conn, &|c| {
-        c.transaction(|c| c.batch_execute(query))?;
-        Ok(())
-    })?;
-    let tenant_tx = time(&mut conn, &|c| {
-        with_tenant(c, &TenantScope::system(tenant), |tc| -> Result<(), AppError> {
-            tc.pg().batch_execute("SELECT count(*) FROM audit_log")?;
-            Ok(())
-        })?;
-        Ok(())
-    })?;
-    println!("one query, autocommit: {plain:.2?} per unit of work");
-    println!("one query in a plain transaction (BEGIN, query, COMMIT): {plain_tx:.2?}");
-    println!(
-        "one query in a tenant transaction (BEGIN + guard + set_config in one round trip, query, COMMIT): {tenant_tx:.2?}"
-    );
-    println!(
-        "tenant switch cost over a plain transaction: {:+.1} µs, 0 extra round trips   [goal: no extra round trip]",
-        tenant_tx.as_secs_f64() * 1e6 - plain_tx.as_secs_f64() * 1e6
-    );
-    Ok(())
-}
+use super::ScratchDb;
 
 /// `bench ingest`: signed webhooks into a local server (in this process),
 /// measured at the HTTP answer and at the end of processing, against the
 /// raw PostgreSQL ceiling of single-row inserts of the same rows.
-fn ingest_bench(args: &BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     use crate::channels::{NewChannel, Platform};
     use crate::config::{EncryptionKey, MetaConfig, ServerConfig, Signup};
     use crate::secret::Secret;

@@ -15,12 +15,12 @@ use actix_web::rt::System;
 use diesel::prelude::*;
 use futures_util::StreamExt;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::probe::{counters, cpu, cpu_per, pending, rss_kib, shape};
+use super::ScratchDb;
 use crate::auth::{JwtKeys, Role};
-use crate::bench::ScratchDb;
 use crate::channels::{NewChannel, Platform};
 use crate::cli::BenchArgs;
 use crate::config::{DbConfig, EncryptionKey};
@@ -37,15 +37,6 @@ use crate::tenancy::{self, TenantSlug};
 const CHANNELS: usize = 50;
 const SECRET: &str = "bench-realtime-jwt-secret-0123456789";
 const APP_SECRET: &str = "bench_app_secret";
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Who a socket logs in as: tenant, its slug, the agent.
 type Login = (TenantId, String, UserId);
@@ -200,96 +191,6 @@ async fn send_webhooks(base: &str, pages: &[String], count: usize, rate: u32, ru
         .collect::<Vec<_>>()
         .await;
     started.elapsed()
-}
-
-/// CPU time (user + system, in clock ticks) of the server, of PostgreSQL's
-/// processes and of this benchmark process, read from /proc.
-#[derive(Clone, Copy, Default)]
-struct Cpu {
-    server: u64,
-    postgres: u64,
-    client: u64,
-}
-
-fn ticks(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_string();
-    let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
-}
-
-fn cpu(server: u32) -> Cpu {
-    let mut c = Cpu::default();
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return c };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Some((comm, t)) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)) else {
-            continue;
-        };
-        if pid == server {
-            c.server += t;
-        } else if pid == me {
-            c.client += t;
-        } else if comm == "postgres" {
-            c.postgres += t;
-        }
-    }
-    c
-}
-
-/// CPU per webhook between two readings, in µs.
-fn cpu_per(before: Cpu, after: Cpu, webhooks: usize) -> String {
-    let hz = 100.0; // USER_HZ on Linux
-    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz * 1e6 / webhooks.max(1) as f64;
-    format!(
-        "CPU per webhook: server {:.0} µs, PostgreSQL {:.0} µs, benchmark client {:.0} µs",
-        per(before.server, after.server),
-        per(before.postgres, after.postgres),
-        per(before.client, after.client)
-    )
-}
-
-/// The server's counters (its `/metrics`), to explain a phase's figures.
-async fn counters(base: &str) -> HashMap<String, f64> {
-    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else { return HashMap::new() };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// Frames per socket write and webhooks per processor batch between two readings.
-fn shape(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
-    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
-    let batches = d("switchboard_webhook_batches_total").max(1.0);
-    let reads = d("switchboard_bus_reads_total").max(1.0);
-    let webhooks = d("switchboard_webhooks_processed_total").max(1.0);
-    format!(
-        "{:.1} socket writes per webhook, {:.1} frames each; {:.1} webhooks per processor batch, {:.1} ms each; {:.0} event reads, {:.1} ms each",
-        d("switchboard_ws_deliveries_total") / webhooks,
-        d("switchboard_ws_frames_total") / d("switchboard_ws_deliveries_total").max(1.0),
-        webhooks / batches,
-        d("switchboard_webhook_batch_micros_total") / batches / 1000.0,
-        reads,
-        d("switchboard_bus_read_micros_total") / reads / 1000.0,
-    )
-}
-
-fn pending(pool: &PgPool) -> i64 {
-    let Ok(mut conn) = pool.get() else { return 0 };
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "(SELECT count(*) FROM public.webhook_events WHERE status = 'pending')",
-    ))
-    .get_result(&mut conn)
-    .unwrap_or(0)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
