@@ -139,7 +139,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     use actix::Actor;
     let instance = uuid::Uuid::new_v4().to_string();
-    let hub = crate::realtime::Hub::new(instance, state.bus.clone(), state.feed.active()).start();
+    let hub =
+        crate::realtime::Hub::new(instance, state.bus.clone(), state.feed.active(), state.feed.unwritten()).start();
     crate::realtime::bus::spawn_listener(
         state.config.db.database_url.expose().clone(),
         state.db.pool().clone(),

@@ -358,13 +358,18 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // Smaller batches answer sooner; larger ones carry more per transaction.
     let batch = env_or("SWITCHBOARD_WEBHOOK_BATCH", 500i64).clamp(1, 1000);
     let stored = state.webhooks_stored.clone();
-    // Under load, gather: after a batch of at least `gather_at` (but not a
-    // full one: then the backlog is deep already) wait up to `gather` for
-    // half a batch more. Every batch writes once to each socket that sees
-    // any of it, so with many agents online the socket writes, more than the
-    // SQL, are what a batch costs; fewer, larger batches keep live push from
-    // eating the ingest (bench realtime: push on/off). Below `gather_at` a
+    // Under load the processor lets work gather. Every batch writes once to
+    // each socket that sees any of it, so with many agents online the socket
+    // writes, more than the SQL, are what a batch costs, and fewer, larger
+    // batches keep live push from eating the ingest (bench realtime: push
+    // on/off). After a batch of at least `settle_at` it first lets this
+    // instance's sockets write what they were handed (at most `gather`):
+    // the more they have to write, the more webhooks the next batch finds.
+    // After one of at least `gather_at` it also waits (at most `gather`) for
+    // half a batch more. Neither after a full batch: the backlog is deep
+    // already. Below `settle_at` (at 2,000 webhooks/s batches hold ~30) a
     // webhook is processed as soon as the last batch ends.
+    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 100i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
@@ -393,6 +398,14 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);
                 after_batch(&state, report);
+                if primary && claimed >= settle_at && claimed < batch {
+                    let deadline = tokio::time::Instant::now() + gather;
+                    // Polled: the sessions finish on other threads, and a
+                    // millisecond is fine grain beside a batch of 100.
+                    while !state.feed.written() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
                 if primary && claimed >= gather_at && claimed < batch {
                     gather_more(&stored, &state.wake_processor, batch as u64 / 2, gather).await;
                 }

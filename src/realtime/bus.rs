@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use super::hub::{Events, Hub, Live};
+use super::hub::{Events, Hub, Live, Unwritten};
 use crate::db::{with_tenant, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
@@ -112,6 +112,7 @@ pub type ActiveTenants = Arc<RwLock<HashSet<i64>>>;
 pub struct Feed {
     hub: OnceLock<Addr<Hub>>,
     active: ActiveTenants,
+    unwritten: Arc<Unwritten>,
     delivered: Mutex<HashMap<i64, i64>>,
 }
 
@@ -119,6 +120,22 @@ impl Feed {
     /// The tenants with sockets here, shared with the hub that keeps them.
     pub fn active(&self) -> ActiveTenants {
         self.active.clone()
+    }
+
+    /// Work on its way to this instance's sockets, shared with the hub and
+    /// the sessions' outboxes.
+    pub fn unwritten(&self) -> Arc<Unwritten> {
+        self.unwritten.clone()
+    }
+
+    /// Whether the sockets have caught up with every batch handed over.
+    pub fn written(&self) -> bool {
+        self.unwritten.is_zero()
+    }
+
+    fn hand_over(&self, hub: &Addr<Hub>, tenant: i64, events: Vec<StoredEvent>) {
+        self.unwritten.add();
+        hub.do_send(Events { tenant, events: Arc::new(events) });
     }
 
     fn wants(&self, tenant: i64) -> bool {
@@ -141,7 +158,7 @@ impl Feed {
         delivered.insert(tenant, last);
         if self.wants(tenant) {
             crate::metrics::inc(&crate::metrics::BUS_DIRECT, 1);
-            hub.do_send(Events { tenant, events: Arc::new(events) });
+            self.hand_over(hub, tenant, events);
         }
     }
 }
@@ -243,7 +260,7 @@ fn catch_up(
         let Some(last) = batch.last().map(|e| e.seq) else { break };
         since = last;
         let full = batch.len() == 1000;
-        hub.do_send(Events { tenant, events: Arc::new(batch) });
+        feed.hand_over(hub, tenant, batch);
         if !full {
             break;
         }

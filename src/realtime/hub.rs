@@ -8,6 +8,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,37 +36,81 @@ struct Pending {
     woken: bool,
 }
 
+/// Work on its way to the sockets of this instance: event batches sent to
+/// the hub and not yet handled, plus sessions woken and not yet written.
+/// The webhook processor lets it fall to zero before claiming after a large
+/// batch, so that the more the sockets have to write, the larger the next
+/// batch, and the fewer the writes per webhook.
+#[derive(Default)]
+pub struct Unwritten(AtomicUsize);
+
+impl Unwritten {
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn done(&self) {
+        // Never below zero: a miscount must not make the processor wait forever.
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+}
+
 /// A session's outbox, shared by the hub (appends) and the session (takes
 /// everything at once). The hub wakes the session only when the outbox
 /// goes from idle to busy, so a session that is busy or behind writes the
 /// frames of many events in one socket write instead of one write each;
 /// an idle one writes at once. Nothing here waits on a client: an outbox
 /// past [`OUTBOX_LIMIT`] frames means a client that stopped reading.
-#[derive(Default)]
-pub struct Outbox(std::sync::Mutex<Pending>);
+pub struct Outbox {
+    pending: std::sync::Mutex<Pending>,
+    unwritten: Arc<Unwritten>,
+}
 
 /// Frames a session may have waiting before it counts as too slow (4408).
 pub const OUTBOX_LIMIT: usize = 4096;
 
 impl Outbox {
+    pub fn new(unwritten: Arc<Unwritten>) -> Outbox {
+        Outbox { pending: Default::default(), unwritten }
+    }
+
     /// Adds frames; `Ok(true)` when the session must be woken.
     fn add(&self, frames: &[Frame]) -> Result<bool, ()> {
-        let mut p = self.0.lock().map_err(|_| ())?;
+        let mut p = self.pending.lock().map_err(|_| ())?;
         if p.frames.len() + frames.len() > OUTBOX_LIMIT {
             return Err(());
         }
         p.frames.extend_from_slice(frames);
-        Ok(!std::mem::replace(&mut p.woken, true))
+        let wake = !std::mem::replace(&mut p.woken, true);
+        if wake {
+            self.unwritten.add();
+        }
+        Ok(wake)
     }
 
     /// Everything waiting; the next frames wake the session again.
     pub fn take(&self) -> Vec<Frame> {
-        match self.0.lock() {
+        match self.pending.lock() {
             Ok(mut p) => {
-                p.woken = false;
+                if std::mem::replace(&mut p.woken, false) {
+                    self.unwritten.done();
+                }
                 std::mem::take(&mut p.frames)
             }
             Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A session that ended with frames unwritten.
+        if self.pending.get_mut().map(|p| p.woken).unwrap_or(false) {
+            self.unwritten.done();
         }
     }
 }
@@ -248,6 +293,7 @@ pub struct Hub {
     instance: String,
     bus: Arc<dyn Bus>,
     active: ActiveTenants,
+    unwritten: Arc<Unwritten>,
     index: Index,
     typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
     presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
@@ -255,11 +301,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(instance: String, bus: Arc<dyn Bus>, active: ActiveTenants) -> Hub {
+    pub fn new(instance: String, bus: Arc<dyn Bus>, active: ActiveTenants, unwritten: Arc<Unwritten>) -> Hub {
         Hub {
             instance,
             bus,
             active,
+            unwritten,
             index: Index::default(),
             typing: HashMap::new(),
             presence: HashMap::new(),
@@ -433,6 +480,8 @@ impl Handler<Events> for Hub {
         for (id, frames) in out {
             self.send(id, &frames);
         }
+        // Counted by whoever sent the batch (bus::Feed, the listener).
+        self.unwritten.done();
     }
 }
 
@@ -501,5 +550,48 @@ impl Handler<Live> for Hub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: i64) -> Frame {
+        Frame { seq: Some(seq), text: format!("{{\"seq\":{seq}}}").into() }
+    }
+
+    #[test]
+    fn unwritten_counts_woken_outboxes_until_taken_or_dropped() {
+        let unwritten = Arc::new(Unwritten::default());
+        let a = Outbox::new(unwritten.clone());
+        assert_eq!(a.add(&[frame(1)]), Ok(true), "idle to busy wakes");
+        assert_eq!(a.add(&[frame(2), frame(3)]), Ok(false), "busy: frames just join");
+        assert!(!unwritten.is_zero());
+        let taken: Vec<i64> = a.take().iter().filter_map(|f| f.seq).collect();
+        assert_eq!(taken, vec![1, 2, 3]);
+        assert!(unwritten.is_zero());
+        // A session that ends with frames waiting no longer counts.
+        let b = Outbox::new(unwritten.clone());
+        assert_eq!(b.add(&[frame(4)]), Ok(true));
+        drop(b);
+        assert!(unwritten.is_zero());
+        // A miscount never wraps below zero.
+        unwritten.done();
+        unwritten.add();
+        assert!(!unwritten.is_zero());
+        unwritten.done();
+        assert!(unwritten.is_zero());
+    }
+
+    #[test]
+    fn an_overflowing_outbox_refuses_and_counts_nothing_more() {
+        let unwritten = Arc::new(Unwritten::default());
+        let o = Outbox::new(unwritten.clone());
+        let many: Vec<Frame> = (0..OUTBOX_LIMIT as i64).map(frame).collect();
+        assert_eq!(o.add(&many), Ok(true));
+        assert_eq!(o.add(&[frame(-1)]), Err(()));
+        assert_eq!(o.take().len(), OUTBOX_LIMIT);
+        assert!(unwritten.is_zero());
     }
 }

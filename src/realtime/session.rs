@@ -82,6 +82,7 @@ pub struct SessionInit {
 
 impl WsSession {
     pub fn new(hub: Addr<Hub>, state: web::Data<AppState>, init: SessionInit) -> WsSession {
+        let outbox = Arc::new(Outbox::new(state.feed.unwritten()));
         WsSession {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             hub,
@@ -97,7 +98,7 @@ impl WsSession {
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
             loading: true,
-            outbox: Arc::default(),
+            outbox,
             heartbeat: Instant::now(),
             last_typing_sent: None,
         }
