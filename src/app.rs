@@ -7,7 +7,9 @@ use crate::auth::JwtKeys;
 use crate::channels::oauth::state_key;
 use crate::config::ServerConfig;
 use crate::crypto::Keyring;
-use crate::db::Db;
+use crate::db::{Db, TenantConn, TenantScope};
+use crate::error::{AppError, AppResult};
+use crate::inbox::events::EventLog;
 use crate::meta::GraphClient;
 
 pub struct AppState {
@@ -70,6 +72,28 @@ impl AppState {
     /// The receiving end of the profile-lookup queue (taken once, by the worker).
     pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>> {
         self.profile_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// A tenant unit of work that logs events: they are written in its
+    /// transaction and, once it has committed, handed to this instance's
+    /// sockets without being read back (other instances read them from the
+    /// log when they hear of them).
+    pub async fn tenant_with_events<T, F>(&self, scope: TenantScope, f: F) -> AppResult<T>
+    where
+        F: FnOnce(&mut TenantConn<'_>, &mut EventLog) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let tenant = scope.tenant.0;
+        let (out, written) = self
+            .db
+            .tenant(scope, move |tc| {
+                let mut log = EventLog::new();
+                let out = f(tc, &mut log)?;
+                Ok::<_, AppError>((out, log.write(tc)?))
+            })
+            .await?;
+        self.feed.committed(tenant, written);
+        Ok(out)
     }
 
     /// Where Meta sends the browser back after the OAuth dialog.

@@ -11,7 +11,6 @@ use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::inbox::conversations::{self, Filter, Patch};
-use crate::inbox::events::with_events;
 use crate::inbox::{canned, contacts, messages, ConversationId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -123,10 +122,8 @@ async fn patch(
     let id = conversation_id(&path)?;
     let p = parse_patch(body.into_inner())?;
     let (user, role) = (auth.user, auth.role);
-    let view = state
-        .db
-        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::patch(tc, log, user, role, id, p)))
-        .await?;
+    let view =
+        state.tenant_with_events(auth.scope(), move |tc, log| conversations::patch(tc, log, user, role, id, p)).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -135,8 +132,7 @@ async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<Str
     let id = conversation_id(&path)?;
     let (user, role) = (auth.user, auth.role);
     let queued = state
-        .db
-        .tenant(auth.scope(), move |tc| with_events(tc, |tc, log| conversations::mark_read(tc, log, user, role, id)))
+        .tenant_with_events(auth.scope(), move |tc, log| conversations::mark_read(tc, log, user, role, id))
         .await?;
     if queued {
         state.wake_sender.notify_one();
@@ -212,9 +208,8 @@ async fn send(
     let b = body.into_inner();
     let (user, role) = (auth.user, auth.role);
     let (view, created) = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            with_events(tc, |tc, log| messages::create_reply(tc, log, user, role, id, b.text, b.client_id))
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            messages::create_reply(tc, log, user, role, id, b.text, b.client_id)
         })
         .await?;
     if created {

@@ -120,17 +120,6 @@ impl EventLog {
     }
 }
 
-/// Runs `f` with an event log and sends the notification at its end.
-pub fn with_events<T>(
-    tc: &mut TenantConn<'_>,
-    f: impl FnOnce(&mut TenantConn<'_>, &mut EventLog) -> AppResult<T>,
-) -> AppResult<T> {
-    let mut log = EventLog::new();
-    let out = f(tc, &mut log)?;
-    log.notify(tc)?;
-    Ok(out)
-}
-
 /// An event as read back for the sockets; `data` is the payload's JSON
 /// text, put into frames as it is (never parsed and serialised again).
 #[derive(Debug, Clone, Queryable)]

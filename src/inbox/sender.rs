@@ -14,7 +14,6 @@ use diesel::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::events::EventLog;
 use super::views::{ContactRow, ConversationRow, MessageRow, ReplyWindow};
 use super::{contacts, conversations, messages};
 use crate::app::AppState;
@@ -265,11 +264,8 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
     let wake = match outcome {
         Ok(external_id) => {
             state
-                .db
-                .tenant(TenantScope::system(job.tenant), move |tc| {
-                    let mut log = EventLog::new();
-                    messages::mark_sent(tc, &mut log, id, &external_id)?;
-                    log.notify(tc)
+                .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
+                    messages::mark_sent(tc, log, id, &external_id)
                 })
                 .await?;
             crate::metrics::inc(&crate::metrics::MESSAGES_SENT, 1);
@@ -277,11 +273,8 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
         }
         Err((code, why)) => {
             state
-                .db
-                .tenant(TenantScope::system(job.tenant), move |tc| {
-                    let mut log = EventLog::new();
-                    messages::mark_failed(tc, &mut log, id, code, &why)?;
-                    log.notify(tc)
+                .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
+                    messages::mark_failed(tc, log, id, code, &why)
                 })
                 .await?;
             crate::metrics::inc(&crate::metrics::MESSAGES_FAILED, 1);
@@ -377,11 +370,8 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
         let tenants = state.db.public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?)).await.unwrap_or_default();
         for t in tenants.into_iter().filter(|t| t.is_active()) {
             let r = state
-                .db
-                .tenant(TenantScope::system(t.tenant_id()), |tc| {
-                    let mut log = EventLog::new();
-                    conversations::wake_snoozed(tc, &mut log)?;
-                    log.notify(tc)
+                .tenant_with_events(TenantScope::system(t.tenant_id()), |tc, log| {
+                    conversations::wake_snoozed(tc, log).map(drop)
                 })
                 .await;
             if let Err(e) = r {

@@ -100,9 +100,10 @@ impl Bus for PgBus {
 pub type ActiveTenants = Arc<RwLock<HashSet<i64>>>;
 
 /// How committed events reach this instance's hub: read from the log when
-/// the LISTEN connection hears of them, or handed over by this instance's
-/// webhook processor right after its commit, without a read back (under
-/// load that read is most of what live push costs PostgreSQL). Both paths
+/// the LISTEN connection hears of them, or handed over by whoever in this
+/// instance committed them (the webhook processor, a request, the sender;
+/// see `AppState::tenant_with_events`), without a read back (under load
+/// that read is most of what live push costs PostgreSQL). Both paths
 /// pass `delivered` (per tenant, the last seq given to the hub), so the hub
 /// gets every event once and in order: the direct path only ever extends a
 /// tenant's run of delivered events without a gap, and leaves anything else

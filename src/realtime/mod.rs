@@ -6,12 +6,12 @@
 //! instance's [`bus`] listens on one dedicated connection, reads the new
 //! events of tenants it has sockets for, and hands them to the [`hub`],
 //! which pushes each to the sessions allowed to see its channel. Events
-//! this instance's webhook processor commits skip the read: it hands them
-//! over itself ([`bus::Feed`]). A new socket replays the log after the
-//! `last_seq` of its hello (or the client's `since`), so none falls between
-//! connecting and joining the hub. Typing,
-//! presence and access changes travel the same bus as small live messages
-//! and are neither logged nor replayed.
+//! this instance commits (webhook processor, agents' requests, the sender)
+//! skip the read: the committer hands them over itself ([`bus::Feed`]).
+//! A new socket replays the log after the `last_seq` of its hello (or the
+//! client's `since`), so none falls between connecting and joining the
+//! hub. Typing, presence and access changes travel the same bus as small
+//! live messages and are neither logged nor replayed.
 //!
 //! Close codes: 4401 the session's login ended (logout, refresh reuse,
 //! role change), 4403 removed from the tenant or tenant suspended, 4408 the

@@ -408,10 +408,11 @@ async fn a_burst_reaches_every_socket_once_in_order_as_the_log_has_it() {
     let hello = next(&mut early, Duration::from_secs(3)).await.expect("hello");
     let start = hello["data"]["last_seq"].as_i64().expect("last_seq");
     let direct_before = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let post = |i: usize| {
-        let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1_773_140_000_000i64 + i as i64,
+        let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": now_ms + i as i64,
             "messaging": [{"sender": {"id": format!("73920156481{:05}", i % 7)}, "recipient": {"id": PAGE_A},
-            "timestamp": 1_773_140_000_000i64 + i as i64,
+            "timestamp": now_ms + i as i64,
             "message": {"mid": format!("m_burst_{i}"), "text": format!("burst {i} ✓")}}]}]});
         let app = &app;
         async move { app.webhook(body.to_string().as_bytes()).await }
@@ -453,4 +454,27 @@ async fn a_burst_reaches_every_socket_once_in_order_as_the_log_has_it() {
     assert_eq!(replayed, live);
     let direct = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
     assert!(direct > direct_before, "committed events went to the sockets without a read back");
+
+    // An agent's reply and the sender's outcome follow, in order, after the burst.
+    let conv = live
+        .iter()
+        .find_map(|f| f["data"]["conversation_id"].as_str().filter(|_| f["type"] == "message.created"))
+        .expect("a conversation")
+        .to_string();
+    let r = app
+        .call("POST", &format!("/api/conversations/{conv}/messages"), Some(&t.admin), Some(json!({"text": "on it ✓"})))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let mut after = Vec::new();
+    while let Some(f) = next(&mut early, Duration::from_secs(2)).await {
+        let sent = f["type"] == "message.updated" && f["data"]["status"] == "sent";
+        after.push(f);
+        if sent {
+            break;
+        }
+    }
+    let after: Vec<Value> = after.into_iter().filter(|f| f["seq"].is_i64()).collect();
+    consecutive(&after, last);
+    assert!(after.iter().any(|f| f["type"] == "message.created" && f["data"]["text"] == "on it ✓"));
+    assert!(after.iter().any(|f| f["type"] == "message.updated" && f["data"]["status"] == "sent"));
 }
