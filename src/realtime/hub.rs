@@ -332,6 +332,9 @@ impl Hub {
             Ok(wake) => wake,
             Err(()) => {
                 tracing::info!(session = id, "socket too slow; closing it");
+                // Its frames are dropped (it resumes with `since`), and it no
+                // longer counts as unwritten work while its actor winds down.
+                drop(e.outbox.take());
                 let addr = e.addr.clone();
                 let (tenant, user) = (e.tenant, e.user);
                 self.remove(id);
