@@ -9,7 +9,9 @@
 //! again; idempotent writes make the second pass harmless.
 //!
 //! Failures retry with exponential backoff and become dead letters after
-//! `MAX_ATTEMPTS`. A body that is not JSON or not a Meta object, and an item
+//! `MAX_ATTEMPTS`. When a tenant's transaction fails, each of its webhooks
+//! is tried again alone, so one that cannot be stored retries (and in the
+//! end dead-letters) alone instead of taking its batch with it. A body that is not JSON or not a Meta object, and an item
 //! for a page or number no tenant holds, dead-letter at once (Meta must not
 //! retry because of us). Dead letters can be listed and replayed (CLI and
 //! the operator endpoint); replaying after connecting the page processes
@@ -201,54 +203,41 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         // before a PostgreSQL crash; a client ahead of the log is told to
         // resync, see realtime::session).
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
-        let mut own: Vec<i64> = items
-            .iter()
-            .map(|(ev, _, _)| *ev)
-            .filter(|ev| {
-                tenants_of.get(ev).is_some_and(|t| t.len() == 1) && matches!(outcome.get(ev), Some(Outcome::Done))
-            })
-            .collect();
-        own.dedup();
-        let mut followups = Followups::default();
-        let result = with_tenant(&mut conn, &scope, |tc| -> AppResult<Vec<super::events::StoredEvent>> {
-            let mut log = EventLog::new();
-            let mut ingest = Ingest::new(&mut log, app_id);
-            let refs: Vec<(i64, &Item)> = items.iter().map(|(_, c, i)| (*c, i)).collect();
-            ingest.prefetch(tc, &refs)?;
-            let mut ids: Vec<i64> = items.iter().map(|(_, c, _)| *c).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let channels_of = channels::find_many(tc, &ids)?;
-            channels_of.values().for_each(|c| ingest.names.put_channel(c));
-            for (_, channel_id, item) in &items {
-                // The route named it; gone only if deleted since (then retried, then dead).
-                let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;
-                ingest.apply(tc, channel, item)?;
+        let group: Vec<&Work> = items.iter().collect();
+        let parts = match apply_tenant(&mut conn, &scope, app_id, &group, &own(&group, &tenants_of, &outcome)) {
+            Ok(applied) => {
+                applied.record(tenant, &mut report, &mut marked);
+                continue;
             }
-            ingest.flush(tc)?;
-            followups = std::mem::take(&mut ingest.followups);
-            let written = log.write(tc)?;
-            mark_done(tc.pg(), &own)?;
-            Ok(written)
-        });
-        match result {
-            Ok(written) => {
-                report.events.push((tenant, written));
-                marked.extend(own);
-                report.profile_lookups.extend(followups.profile_lookups);
-                report.queued_sends += followups.queued_sends;
+            Err(e) if is_waiting(&e) => {
+                fail(&mut outcome, &group, &e);
+                continue;
             }
             Err(e) => {
-                let suspended = e.code == "tenant_suspended" || e.code == "tenant_not_ready";
-                for (ev, _, _) in &items {
-                    let entry = outcome.entry(*ev).or_insert(Outcome::Done);
-                    if matches!(entry, Outcome::Dead(_)) {
-                        continue;
-                    }
-                    *entry = if suspended { Outcome::Wait } else { Outcome::Retry(format!("{e:?}")) };
-                }
-                if !suspended {
+                let mut events: Vec<i64> = items.iter().map(|(ev, _, _)| *ev).collect();
+                events.dedup();
+                if events.len() == 1 {
                     tracing::warn!(tenant, error = ?e, "webhook items failed; will retry");
+                    fail(&mut outcome, &group, &e);
+                    continue;
+                }
+                // One webhook that cannot be stored (a payload PostgreSQL
+                // refuses, say) must not hold back the others: each again in
+                // a transaction of its own, so only it retries and, in the
+                // end, dead-letters.
+                tracing::warn!(tenant, error = ?e, "a tenant's webhooks failed together; trying each alone");
+                events
+            }
+        };
+        for ev in parts {
+            let part: Vec<&Work> = items.iter().filter(|(e, _, _)| *e == ev).collect();
+            match apply_tenant(&mut conn, &scope, app_id, &part, &own(&part, &tenants_of, &outcome)) {
+                Ok(applied) => applied.record(tenant, &mut report, &mut marked),
+                Err(e) => {
+                    if !is_waiting(&e) {
+                        tracing::warn!(tenant, webhook = ev, error = ?e, "webhook failed; will retry");
+                    }
+                    fail(&mut outcome, &part, &e);
                 }
             }
         }
@@ -296,6 +285,86 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         }
     }
     Ok(report)
+}
+
+/// An item to apply: (webhook event id, channel id, item).
+type Work = (i64, i64, Item);
+
+/// What one tenant transaction committed.
+struct Applied {
+    written: Vec<super::events::StoredEvent>,
+    followups: Followups,
+    marked: Vec<i64>,
+}
+
+impl Applied {
+    fn record(self, tenant: i64, report: &mut BatchReport, marked: &mut std::collections::HashSet<i64>) {
+        report.events.push((tenant, self.written));
+        marked.extend(self.marked);
+        report.profile_lookups.extend(self.followups.profile_lookups);
+        report.queued_sends += self.followups.queued_sends;
+    }
+}
+
+/// Applies `part` (one tenant's items, in order) in one tenant transaction
+/// that also marks the webhook events `own` done.
+fn apply_tenant(
+    conn: &mut PgConnection,
+    scope: &TenantScope,
+    app_id: &str,
+    part: &[&Work],
+    own: &[i64],
+) -> AppResult<Applied> {
+    with_tenant(conn, scope, |tc| {
+        let mut log = EventLog::new();
+        let mut ingest = Ingest::new(&mut log, app_id);
+        let refs: Vec<(i64, &Item)> = part.iter().map(|(_, c, i)| (*c, i)).collect();
+        ingest.prefetch(tc, &refs)?;
+        let mut ids: Vec<i64> = part.iter().map(|(_, c, _)| *c).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let channels_of = channels::find_many(tc, &ids)?;
+        channels_of.values().for_each(|c| ingest.names.put_channel(c));
+        for (_, channel_id, item) in part {
+            // The route named it; gone only if deleted since (then retried, then dead).
+            let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;
+            ingest.apply(tc, channel, item)?;
+        }
+        ingest.flush(tc)?;
+        let followups = std::mem::take(&mut ingest.followups);
+        let written = log.write(tc)?;
+        mark_done(tc.pg(), own)?;
+        Ok(Applied { written, followups, marked: own.to_vec() })
+    })
+}
+
+/// The webhook events of `part` whose every item is in it and that have not
+/// failed: their "done" mark rides in the tenant transaction.
+fn own(part: &[&Work], tenants_of: &HashMap<i64, Vec<i64>>, outcome: &HashMap<i64, Outcome>) -> Vec<i64> {
+    let mut ids: Vec<i64> = part
+        .iter()
+        .map(|(ev, _, _)| *ev)
+        .filter(|ev| tenants_of.get(ev).is_some_and(|t| t.len() == 1) && matches!(outcome.get(ev), Some(Outcome::Done)))
+        .collect();
+    ids.dedup();
+    ids
+}
+
+/// The tenant cannot take work now (suspended, or its schema not migrated yet).
+fn is_waiting(e: &AppError) -> bool {
+    e.code == "tenant_suspended" || e.code == "tenant_not_ready"
+}
+
+/// Records that `part` failed with `e`: waits for a tenant that cannot take
+/// work now, retries otherwise (dead letters stay dead).
+fn fail(outcome: &mut HashMap<i64, Outcome>, part: &[&Work], e: &AppError) {
+    for (ev, _, _) in part {
+        let entry = outcome.entry(*ev).or_insert(Outcome::Done);
+        if matches!(entry, Outcome::Dead(_)) {
+            continue;
+        }
+        *entry = if is_waiting(e) { Outcome::Wait } else { Outcome::Retry(format!("{e:?}")) };
+    }
 }
 
 fn mark_done(conn: &mut PgConnection, ids: &[i64]) -> AppResult<()> {

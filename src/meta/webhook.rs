@@ -4,7 +4,9 @@
 //! The signature is checked on the bytes exactly as received (Meta signs its
 //! own escaped serialization; re-serializing changes the bytes). Parsing is
 //! tolerant: every entry, messaging object, change, message and status of a
-//! batch is read; unknown event kinds are skipped, never errors.
+//! batch is read; unknown event kinds are skipped, never errors. U+0000 is
+//! removed from every string (PostgreSQL text and jsonb cannot hold it, and a
+//! customer's message must not be lost over an invisible character).
 
 use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
@@ -220,8 +222,18 @@ fn arr(v: Option<&Value>) -> &[Value] {
 /// Parses a webhook body. Objects Switchboard does not handle are an error
 /// (the event is dead-lettered, not retried); unknown event kinds inside a
 /// known object are skipped.
+fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(fields) => fields.values_mut().for_each(strip_nul),
+        _ => {}
+    }
+}
+
 pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
+    let mut v: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
+    strip_nul(&mut v);
     let object = v.get("object").and_then(Value::as_str).unwrap_or("");
     let mut out = Vec::new();
     match object {

@@ -794,14 +794,7 @@ async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
         })
         .collect();
     // Stored as the endpoint stores them, all at once, before any processing.
-    {
-        let mut conn = app.db.conn();
-        let rows: Vec<_> = bodies.iter().map(|b| switchboard::db::schema::webhook_events::body.eq(b)).collect();
-        diesel::insert_into(switchboard::db::schema::webhook_events::table)
-            .values(&rows)
-            .execute(&mut conn)
-            .expect("store the backlog");
-    }
+    store_bodies(&app, &bodies);
     app.processed().await;
     assert_eq!(
         app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_backlog_%'"),
@@ -818,4 +811,71 @@ async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
         0,
         "the event log has a gap"
     );
+}
+
+/// Stores Messenger texts for page A as webhook rows (as the endpoint would).
+fn store_texts(app: &TestApp, texts: &[(usize, String)]) {
+    let template: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
+    let rows: Vec<Vec<u8>> = texts
+        .iter()
+        .map(|(i, text)| {
+            let mut v = template.clone();
+            let m = &mut v["entry"][0]["messaging"][0];
+            m["sender"]["id"] = json!(format!("8{:015}", i % 5));
+            m["message"]["mid"] = json!(format!("m_poison_{i}"));
+            m["message"]["text"] = json!(text);
+            serde_json::to_vec(&v).expect("body")
+        })
+        .collect();
+    store_bodies(app, &rows);
+}
+
+/// Stores raw webhook bodies as the endpoint would, unprocessed.
+fn store_bodies(app: &TestApp, bodies: &[Vec<u8>]) {
+    let mut conn = app.db.conn();
+    let rows: Vec<_> = bodies.iter().map(|b| switchboard::db::schema::webhook_events::body.eq(b)).collect();
+    diesel::insert_into(switchboard::db::schema::webhook_events::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .expect("store");
+}
+
+#[actix_web::test]
+async fn one_poisonous_webhook_does_not_take_its_batch_down() {
+    let app = spawn_app_without_workers().await;
+    acme(&app).await;
+    // PostgreSQL refuses one message of the batch.
+    let mut conn = app.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "CREATE FUNCTION tenant_acme.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON tenant_acme.messages FOR EACH ROW \
+           WHEN (NEW.text = 'poison') EXECUTE FUNCTION tenant_acme.refuse()",
+    )
+    .expect("trigger");
+    let mut texts: Vec<(usize, String)> = (0..20).map(|i| (i, format!("fine {i}"))).collect();
+    texts.insert(7, (99, "poison".into()));
+    store_texts(&app, &texts);
+    let pool = app.db.pool(2);
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    assert_eq!((report.claimed, report.done, report.retried), (21, 20, 1), "{report:?}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_poison_%'"), 20);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'pending' AND last_error LIKE '%refused for the test%'"),
+        1
+    );
+    // The event log has the 20, with no gap.
+    assert_eq!(app.count("SELECT (max(seq) - min(seq) + 1 - count(*))::bigint AS n FROM tenant_acme.events"), 0);
+}
+
+#[actix_web::test]
+async fn a_nul_character_is_dropped_not_the_message() {
+    let app = spawn_app_without_workers().await;
+    acme(&app).await;
+    store_texts(&app, &[(1, "nul \u{0} inside".into()), (2, "fine".into())]);
+    let pool = app.db.pool(2);
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    assert_eq!((report.done, report.retried), (2, 0), "{report:?}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text = 'nul  inside'"), 1);
 }
