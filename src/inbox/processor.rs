@@ -425,7 +425,7 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 /// (`primary` false) claims only while the last batch came back full.
 pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // Smaller batches answer sooner; larger ones carry more per transaction.
-    let batch = env_or("SWITCHBOARD_WEBHOOK_BATCH", 500i64).clamp(1, 1000);
+    let batch = env_or("SWITCHBOARD_WEBHOOK_BATCH", 1000i64).clamp(1, 1000);
     let stored = state.webhooks_stored.clone();
     // Under load the processor lets work gather. Every batch writes once to
     // each socket that sees any of it, so with many agents online the socket
