@@ -145,6 +145,16 @@ impl From<DbError> for AppError {
             DbError::Query(D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
                 AppError::unavailable("retry", "concurrent update, please retry")
             }
+            // PostgreSQL text and jsonb cannot hold U+0000 (SQLSTATE 22021 /
+            // 22P05; diesel keeps no SQLSTATE, so the locale-independent part
+            // of the message is matched): the client's input, not our fault.
+            DbError::Query(D::DatabaseError(_, info))
+                if info.message().contains("0x00")
+                    || info.message().contains("\\u0000")
+                    || info.details().is_some_and(|d| d.contains("\\u0000")) =>
+            {
+                AppError::invalid("invalid_text", "text must not contain the character U+0000")
+            }
             DbError::TenantNotFound => AppError::not_found("tenant"),
             DbError::TenantSuspended => AppError::forbidden("tenant_suspended", "this tenant is suspended"),
             DbError::TenantNotReady => {

@@ -219,9 +219,7 @@ fn arr(v: Option<&Value>) -> &[Value] {
     v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// Parses a webhook body. Objects Switchboard does not handle are an error
-/// (the event is dead-lettered, not retried); unknown event kinds inside a
-/// known object are skipped.
+/// Removes U+0000 from every string (PostgreSQL cannot store it).
 fn strip_nul(v: &mut Value) {
     match v {
         Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
@@ -231,6 +229,9 @@ fn strip_nul(v: &mut Value) {
     }
 }
 
+/// Parses a webhook body. Objects Switchboard does not handle are an error
+/// (the event is dead-lettered, not retried); unknown event kinds inside a
+/// known object are skipped.
 pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
     let mut v: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
     strip_nul(&mut v);

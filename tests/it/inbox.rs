@@ -447,6 +447,13 @@ async fn replies_go_out_once_and_receipts_move_forward() {
         )
         .await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("text_too_long")));
+    // PostgreSQL text cannot hold U+0000: a clear 422, nothing written.
+    let before = messages(&app, &ctx.admin, &fb).await.len();
+    for body in [json!({"text": "a\u{0}b"}), json!({"text": "ok", "client_id": "c\u{0}"})] {
+        let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_text")), "{:?}", r.body);
+    }
+    assert_eq!(messages(&app, &ctx.admin, &fb).await.len(), before);
     let r = app.call("POST", "/api/conversations/999999/messages", Some(&ctx.admin), Some(json!({"text": "hi"}))).await;
     assert_eq!(r.status, 404);
 }
