@@ -129,11 +129,11 @@ impl<'l> Ingest<'l> {
     /// (a burst of first messages, a campaign, costs no more per message).
     fn create_missing(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
         let mut new_contacts: Vec<(i64, String, Option<String>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
             if let Item::Message { contact, contact_name, .. } = item {
                 let key = (*channel, contact.clone());
-                if !self.contacts.contains_key(&key) && !new_contacts.iter().any(|(c, e, _)| *c == key.0 && *e == key.1)
-                {
+                if !self.contacts.contains_key(&key) && seen.insert(key) {
                     new_contacts.push((*channel, contact.clone(), contact_name.clone()));
                 }
             }
@@ -156,10 +156,11 @@ impl<'l> Ingest<'l> {
         }
         // Contacts (found or made) without a conversation yet.
         let mut need: Vec<(i64, i64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
             if let Item::Message { contact, .. } = item {
                 if let Some(c) = self.contacts.get(&(*channel, contact.clone())) {
-                    if !self.conversations.contains_key(&c.id) && !need.iter().any(|(_, id)| *id == c.id) {
+                    if !self.conversations.contains_key(&c.id) && seen.insert(c.id) {
                         need.push((*channel, c.id));
                     }
                 }

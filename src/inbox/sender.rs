@@ -261,7 +261,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
         _ => Err(fail("channel_not_connected", format!("the channel is {}", ctx.channel.status))),
     };
     let id = message.id;
-    let wake = match outcome {
+    match outcome {
         Ok(external_id) => {
             state
                 .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
@@ -269,7 +269,6 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                 })
                 .await?;
             crate::metrics::inc(&crate::metrics::MESSAGES_SENT, 1);
-            true
         }
         Err((code, why)) => {
             state
@@ -278,10 +277,8 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                 })
                 .await?;
             crate::metrics::inc(&crate::metrics::MESSAGES_FAILED, 1);
-            false
         }
-    };
-    let _ = wake;
+    }
     finish(state, job, JobEnd::Done).await
 }
 
