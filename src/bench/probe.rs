@@ -23,6 +23,19 @@ pub struct Cpu {
     server: u64,
     postgres: u64,
     client: u64,
+    /// The whole machine (all cores): busy and idle ticks, from /proc/stat.
+    busy: u64,
+    idle: u64,
+}
+
+fn machine() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = v.get(3)? + v.get(4)?;
+    let busy = v.iter().take(8).sum::<u64>() - idle;
+    Some((busy, idle))
 }
 
 fn ticks(stat: &str) -> Option<(String, u64)> {
@@ -37,6 +50,9 @@ fn ticks(stat: &str) -> Option<(String, u64)> {
 
 pub fn cpu(server: u32) -> Cpu {
     let mut c = Cpu::default();
+    if let Some((busy, idle)) = machine() {
+        (c.busy, c.idle) = (busy, idle);
+    }
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else { return c };
     for entry in dir.flatten() {
@@ -59,11 +75,13 @@ pub fn cpu(server: u32) -> Cpu {
 pub fn cpu_per(before: Cpu, after: Cpu, webhooks: usize) -> String {
     let hz = 100.0; // USER_HZ on Linux
     let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz * 1e6 / webhooks.max(1) as f64;
+    let (busy, idle) = (after.busy.saturating_sub(before.busy), after.idle.saturating_sub(before.idle));
     format!(
-        "CPU per webhook: server {:.0} µs, PostgreSQL {:.0} µs, benchmark client {:.0} µs",
+        "CPU per webhook: server {:.0} µs, PostgreSQL {:.0} µs, benchmark client {:.0} µs; machine {:.0} % busy",
         per(before.server, after.server),
         per(before.postgres, after.postgres),
-        per(before.client, after.client)
+        per(before.client, after.client),
+        busy as f64 * 100.0 / (busy + idle).max(1) as f64
     )
 }
 

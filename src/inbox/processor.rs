@@ -436,10 +436,12 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // the more they have to write, the more webhooks the next batch finds.
     // After one of at least `gather_at` it also waits (at most `gather`) for
     // half a batch more. Neither after a full batch: the backlog is deep
-    // already. Below `settle_at` (at 2,000 webhooks/s batches hold ~30) a
-    // webhook is processed as soon as the last batch ends.
-    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 100i64);
-    let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
+    // already. Both only for a burst: at a steady 2,000 webhooks/s batches
+    // hold ~30-90, and a hiccup that doubles one must not make the next wait
+    // (waiting makes it larger still, and the latency climbs with it); below
+    // `settle_at` a webhook is processed as soon as the last batch ends.
+    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 400i64);
+    let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 400i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
         if !primary && !state.processor_behind.load(Ordering::Relaxed) {
