@@ -151,6 +151,17 @@ fn start_server(url: &str, port: u16) -> anyhow::Result<std::process::Child> {
     Ok(child)
 }
 
+/// The server under test, stopped however the benchmark ends (an error,
+/// a panic such as printing to a closed pipe), never left running.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn now_nanos() -> i128 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128
 }
@@ -213,12 +224,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut result = Ok(());
     for memory_only in [true, false] {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut child = start_server(&scratch.url, port)?;
-        let pid = child.id();
+        let server = Server(start_server(&scratch.url, port)?);
+        let pid = server.0.id();
         let base = format!("http://127.0.0.1:{port}");
         result = System::new().block_on(drive(args, &counts, &fx, &base, pid, &pool, memory_only));
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(server);
         if result.is_err() {
             break;
         }

@@ -12,11 +12,13 @@
 
 pub mod migrate;
 pub mod pool;
+pub mod prepared;
 pub mod schema;
 pub mod tenant;
 pub mod tenant_schema;
 
 pub use pool::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
+pub use prepared::prepared;
 pub use tenant::{with_tenant, TenantConn, TenantScope};
 
 #[derive(Debug, thiserror::Error)]

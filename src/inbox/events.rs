@@ -85,7 +85,7 @@ impl EventLog {
         }
         // The NOTIFY carries ids only: "<tenant>:<first seq>:<last seq>".
         // `now()` is the transaction's start, the rows' `created_at`.
-        let reserved: Reserved = diesel::sql_query(
+        let reserved: Reserved = crate::db::prepared(
             "WITH s AS (UPDATE event_seq SET value = value + $1 WHERE id = 1 RETURNING value), \
                   ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, payload) \
                           SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload::jsonb \

@@ -84,21 +84,16 @@ impl<'l> Ingest<'l> {
     }
 
     fn load_known(&mut self, tc: &mut TenantConn<'_>, channel_ids: Vec<i64>, externals: Vec<String>) -> AppResult<()> {
-        use diesel::dsl::sql;
-        use diesel::sql_types::{Array, BigInt, Bool, Text};
+        use diesel::sql_types::{Array, BigInt, Text};
         // Pairs, not two `= ANY` lists: those match the cross product (every
         // contact id on every channel of the batch), which the planner
         // rightly answers with a sequential scan; pairs are one index probe each.
-        let found: Vec<ContactRow> = contacts::table
-            .filter(
-                sql::<Bool>("(channel_id, external_id) IN (SELECT * FROM unnest(")
-                    .bind::<Array<BigInt>, _>(channel_ids)
-                    .sql(", ")
-                    .bind::<Array<Text>, _>(externals)
-                    .sql("))"),
-            )
-            .select(ContactRow::as_select())
-            .load(tc.pg())?;
+        let found: Vec<ContactRow> = crate::db::prepared(
+            "SELECT * FROM contacts WHERE (channel_id, external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+        )
+        .bind::<Array<BigInt>, _>(channel_ids)
+        .bind::<Array<Text>, _>(externals)
+        .load(tc.pg())?;
         let (channels, ids): (Vec<i64>, Vec<i64>) = found.iter().map(|c| (c.channel_id, c.id)).unzip();
         for c in found {
             self.names.put_contact(&c);
@@ -107,18 +102,14 @@ impl<'l> Ingest<'l> {
         // Locked for the transaction (in id order, so two workers never
         // deadlock here): their changes are then computed in memory and
         // written once per batch.
-        let convs: Vec<ConversationRow> = conversations::table
-            .filter(
-                sql::<Bool>("(channel_id, contact_id) IN (SELECT * FROM unnest(")
-                    .bind::<Array<BigInt>, _>(channels)
-                    .sql(", ")
-                    .bind::<Array<BigInt>, _>(ids)
-                    .sql("))"),
-            )
-            .order(conversations::id)
-            .select(ConversationRow::as_select())
-            .for_update()
-            .load(tc.pg())?;
+        let convs: Vec<ConversationRow> = crate::db::prepared(
+            "SELECT * FROM conversations \
+              WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
+              ORDER BY id FOR UPDATE",
+        )
+        .bind::<Array<BigInt>, _>(channels)
+        .bind::<Array<BigInt>, _>(ids)
+        .load(tc.pg())?;
         for c in convs {
             self.conversations.insert(c.contact_id, c);
         }
@@ -252,7 +243,7 @@ impl<'l> Ingest<'l> {
         }
         let rows: Vec<ConversationRow> =
             self.dirty.drain().filter_map(|contact| self.conversations.get(&contact).cloned()).collect();
-        diesel::sql_query(
+        crate::db::prepared(
             "UPDATE conversations AS c SET status = 'open', snoozed_until = NULL, unread_count = v.unread, \
                  last_message_id = v.lm, last_activity_at = v.la, last_inbound_at = v.li, \
                  last_inbound_external_id = v.lie, updated_at = now() \

@@ -29,7 +29,7 @@ use super::ingest::{Followups, Ingest};
 use crate::app::AppState;
 use crate::channels;
 use crate::db::schema::{channel_routes, webhook_events as we};
-use crate::db::{with_tenant, DbError, PgPool, TenantScope};
+use crate::db::{prepared, with_tenant, DbError, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::meta::webhook::{self, Item, RouteKey};
@@ -60,8 +60,10 @@ pub async fn run_store(state: actix_web::web::Data<AppState>) {
         let pool = state.db.pool().clone();
         let result = actix_web::web::block(move || -> Result<usize, String> {
             let mut conn = pool.get().map_err(|e| e.to_string())?;
-            let rows: Vec<_> = bodies.iter().map(|b| we::body.eq(b)).collect();
-            diesel::insert_into(we::table).values(&rows).execute(&mut conn).map_err(|e| e.to_string())
+            prepared("INSERT INTO public.webhook_events (body) SELECT unnest($1::bytea[])")
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&bodies)
+                .execute(&mut conn)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())
@@ -93,7 +95,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Claimed>> {
         #[diesel(sql_type = diesel::sql_types::Integer)]
         attempts: i32,
     }
-    let rows: Vec<Row> = diesel::sql_query(
+    let rows: Vec<Row> = prepared(
         "UPDATE public.webhook_events SET attempts = attempts + 1, \
                 next_attempt_at = now() + make_interval(secs => $2) \
           WHERE id IN (SELECT id FROM public.webhook_events \
@@ -369,7 +371,7 @@ fn fail(outcome: &mut HashMap<i64, Outcome>, part: &[&Work], e: &AppError) {
 
 fn mark_done(conn: &mut PgConnection, ids: &[i64]) -> AppResult<()> {
     if !ids.is_empty() {
-        diesel::sql_query(
+        prepared(
             "UPDATE public.webhook_events SET status = 'done', processed_at = now(), last_error = NULL \
               WHERE id = ANY($1)",
         )
@@ -436,12 +438,13 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // the more they have to write, the more webhooks the next batch finds.
     // After one of at least `gather_at` it also waits (at most `gather`) for
     // half a batch more. Neither after a full batch: the backlog is deep
-    // already. Both only for a burst: at a steady 2,000 webhooks/s batches
-    // hold ~30-90, and a hiccup that doubles one must not make the next wait
-    // (waiting makes it larger still, and the latency climbs with it); below
-    // `settle_at` a webhook is processed as soon as the last batch ends.
-    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 400i64);
-    let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 400i64);
+    // already. Below `settle_at` (at a steady 2,000 webhooks/s batches hold
+    // ~25-45) a webhook is processed as soon as the last batch ends. Without
+    // the settling, a burst with many sockets open stays in small batches:
+    // each writes to every socket, the writes slow the webhook answers on the
+    // same threads, and intake and processing meet at a few thousand a second.
+    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 100i64);
+    let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
         if !primary && !state.processor_behind.load(Ordering::Relaxed) {

@@ -59,7 +59,7 @@ pub struct ConversationRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = contacts)]
 pub struct ContactRow {
     pub id: i64,

@@ -167,3 +167,42 @@ fn provisioning_is_all_or_nothing_and_refuses_bad_names() {
     .expect("count");
     assert_eq!(schemas, 2, "alpha and the hand-made orphan only");
 }
+
+/// Hand-written SQL kept prepared per connection (`db::prepared`) names
+/// tenant tables unqualified, like the DSL's cached statements: PostgreSQL
+/// plans it again when the search path differs, so one kept statement on one
+/// connection reads whichever tenant the transaction is scoped to.
+#[test]
+fn a_kept_statement_reads_the_tenant_of_the_moment() {
+    use diesel::sql_types::{BigInt, Text};
+    use switchboard::db::prepared;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let a = provision(&mut conn, "alpha");
+    let b = provision(&mut conn, "beta");
+    add_rows(&mut conn, a, "alpha", 2);
+    add_rows(&mut conn, b, "beta", 3);
+    for _ in 0..3 {
+        for (tenant, want) in [(a, 2), (b, 3), (a, 2)] {
+            let n = with_tenant(&mut conn, &TenantScope::system(tenant), |tc| -> Result<i64, AppError> {
+                let c: Count = prepared("SELECT count(*) AS n FROM audit_log WHERE target_type = $1")
+                    .bind::<Text, _>("test")
+                    .get_result(tc.pg())?;
+                Ok(c.n)
+            })
+            .expect("count");
+            assert_eq!(n, want);
+        }
+    }
+    let kept: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'SELECT count(*) AS n FROM audit_log%'",
+    )
+    .get_result(&mut conn)
+    .expect("prepared statements");
+    assert_eq!(kept.n, 1, "prepared once on this connection, not per run or per tenant");
+}
