@@ -78,13 +78,18 @@ impl Outbox {
         Outbox { pending: Default::default(), unwritten }
     }
 
-    /// Adds frames; `Ok(true)` when the session must be woken.
-    fn add(&self, frames: &[Frame]) -> Result<bool, ()> {
+    /// Adds frames; `Ok(true)` when the session must be woken. Taken by
+    /// value: an idle outbox (the usual case) just keeps the list it is given.
+    fn add(&self, frames: Vec<Frame>) -> Result<bool, ()> {
         let mut p = self.pending.lock().map_err(|_| ())?;
         if p.frames.len() + frames.len() > OUTBOX_LIMIT {
             return Err(());
         }
-        p.frames.extend_from_slice(frames);
+        if p.frames.is_empty() {
+            p.frames = frames;
+        } else {
+            p.frames.extend(frames);
+        }
         let wake = !std::mem::replace(&mut p.woken, true);
         if wake {
             self.unwritten.add();
@@ -326,7 +331,7 @@ impl Hub {
 
     /// Queues frames for one session without waiting; an overflowing outbox
     /// (a client that stopped reading) drops the session.
-    fn send(&mut self, id: u64, frames: &[Frame]) {
+    fn send(&mut self, id: u64, frames: Vec<Frame>) {
         let Some(e) = self.index.sessions.get(&id) else { return };
         let wake = match e.outbox.add(frames) {
             Ok(wake) => wake,
@@ -356,10 +361,9 @@ impl Hub {
     /// To everyone who sees `channel`, but never to the sockets of `except_user`.
     fn broadcast(&mut self, tenant: i64, channel: Option<i64>, frame: Frame, except_user: Option<i64>) {
         let skip = except_user.map(|u| self.index.of_user(tenant, u)).unwrap_or_default();
-        let frames = [frame];
         for id in self.index.audience(tenant, channel) {
             if !skip.contains(&id) {
-                self.send(id, &frames);
+                self.send(id, vec![frame.clone()]);
             }
         }
     }
@@ -477,11 +481,11 @@ impl Handler<Events> for Hub {
             let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
             let ids = audience.entry(ev.channel_id).or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
             for id in ids.iter() {
-                out.entry(*id).or_default().push(frame.clone());
+                out.entry(*id).or_insert_with(|| Vec::with_capacity(m.events.len())).push(frame.clone());
             }
         }
         for (id, frames) in out {
-            self.send(id, &frames);
+            self.send(id, frames);
         }
         // Counted by whoever sent the batch (bus::Feed, the listener).
         self.unwritten.done();
@@ -568,15 +572,15 @@ mod tests {
     fn unwritten_counts_woken_outboxes_until_taken_or_dropped() {
         let unwritten = Arc::new(Unwritten::default());
         let a = Outbox::new(unwritten.clone());
-        assert_eq!(a.add(&[frame(1)]), Ok(true), "idle to busy wakes");
-        assert_eq!(a.add(&[frame(2), frame(3)]), Ok(false), "busy: frames just join");
+        assert_eq!(a.add(vec![frame(1)]), Ok(true), "idle to busy wakes");
+        assert_eq!(a.add(vec![frame(2), frame(3)]), Ok(false), "busy: frames just join");
         assert!(!unwritten.is_zero());
         let taken: Vec<i64> = a.take().iter().filter_map(|f| f.seq).collect();
         assert_eq!(taken, vec![1, 2, 3]);
         assert!(unwritten.is_zero());
         // A session that ends with frames waiting no longer counts.
         let b = Outbox::new(unwritten.clone());
-        assert_eq!(b.add(&[frame(4)]), Ok(true));
+        assert_eq!(b.add(vec![frame(4)]), Ok(true));
         drop(b);
         assert!(unwritten.is_zero());
         // A miscount never wraps below zero.
@@ -592,8 +596,8 @@ mod tests {
         let unwritten = Arc::new(Unwritten::default());
         let o = Outbox::new(unwritten.clone());
         let many: Vec<Frame> = (0..OUTBOX_LIMIT as i64).map(frame).collect();
-        assert_eq!(o.add(&many), Ok(true));
-        assert_eq!(o.add(&[frame(-1)]), Err(()));
+        assert_eq!(o.add(many), Ok(true));
+        assert_eq!(o.add(vec![frame(-1)]), Err(()));
         assert_eq!(o.take().len(), OUTBOX_LIMIT);
         assert!(unwritten.is_zero());
     }
