@@ -271,3 +271,78 @@ fn catch_up(
     crate::metrics::inc(&crate::metrics::BUS_READ_MICROS, started.elapsed().as_micros() as u64);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::Actor;
+
+    struct Quiet;
+
+    impl Bus for Quiet {
+        fn publish(&self, _: &LiveMsg) -> AppResult<()> {
+            Ok(())
+        }
+    }
+
+    fn event(seq: i64) -> StoredEvent {
+        StoredEvent {
+            seq,
+            kind: "message.created".into(),
+            channel_id: Some(1),
+            conversation_id: Some(1),
+            data: "{}".into(),
+            at: chrono::Utc::now(),
+        }
+    }
+
+    fn mark(feed: &Feed, tenant: i64) -> Option<i64> {
+        feed.delivered.lock().expect("marks").get(&tenant).copied()
+    }
+
+    async fn hub_caught_up(feed: &Feed) -> bool {
+        for _ in 0..500 {
+            if feed.written() {
+                return true;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    }
+
+    #[actix_web::test]
+    async fn the_direct_path_only_extends_a_run_without_a_gap() {
+        let feed = Feed::default();
+        let hub = Hub::new("test".into(), Arc::new(Quiet), feed.active(), feed.unwritten()).start();
+        assert!(feed.hub.set(hub).is_ok());
+        // A tenant the listener has not placed yet: left to the log.
+        feed.committed(7, vec![event(1)]);
+        assert_eq!(mark(&feed, 7), None);
+        assert!(feed.written(), "nothing handed over");
+
+        feed.delivered.lock().expect("marks").insert(7, 5);
+        feed.active.write().expect("active").insert(7);
+        feed.committed(7, vec![event(6), event(7)]);
+        assert_eq!(mark(&feed, 7), Some(7));
+        assert!(!feed.written(), "handed to the hub");
+        assert!(hub_caught_up(&feed).await, "the hub took the batch");
+
+        // A gap (an event of another writer not delivered yet): left to the log.
+        feed.committed(7, vec![event(9)]);
+        assert_eq!(mark(&feed, 7), Some(7));
+        assert!(feed.written());
+
+        // The listener holds the marks while it reads the log: left to it.
+        let held = feed.delivered.lock().expect("marks");
+        feed.committed(7, vec![event(8)]);
+        drop(held);
+        assert_eq!(mark(&feed, 7), Some(7));
+        assert!(feed.written());
+
+        // A tenant without sockets here: the mark moves, nothing is handed over.
+        feed.delivered.lock().expect("marks").insert(8, 0);
+        feed.committed(8, vec![event(1), event(2)]);
+        assert_eq!(mark(&feed, 8), Some(2));
+        assert!(feed.written());
+    }
+}

@@ -407,7 +407,6 @@ async fn a_burst_reaches_every_socket_once_in_order_as_the_log_has_it() {
     let mut early = ws(&app, "", Some(&t.admin), None).await.expect("early");
     let hello = next(&mut early, Duration::from_secs(3)).await.expect("hello");
     let start = hello["data"]["last_seq"].as_i64().expect("last_seq");
-    let direct_before = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let post = |i: usize| {
         let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": now_ms + i as i64,
@@ -451,9 +450,10 @@ async fn a_burst_reaches_every_socket_once_in_order_as_the_log_has_it() {
     let mut replay = ws(&app, &format!("?since={start}"), Some(&t.admin), None).await.expect("replay");
     next(&mut replay, Duration::from_secs(3)).await.expect("hello");
     let replayed = sequenced(&mut replay, Duration::from_secs(1)).await;
+    // Whether a batch went to the hub directly or through the log is a race
+    // (the listener may hear of the commit first) that changes nothing here:
+    // both paths must give these same frames. `bench realtime` counts reads.
     assert_eq!(replayed, live);
-    let direct = switchboard::metrics::BUS_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(direct > direct_before, "committed events went to the sockets without a read back");
 
     // An agent's reply and the sender's outcome follow, in order, after the burst.
     let conv = live
