@@ -181,7 +181,9 @@ impl<'l> Ingest<'l> {
     /// making sure its contact and conversation exist, in item order).
     fn insert_messages(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
         self.create_missing(tc, items)?;
-        let mut rows = Vec::new();
+        // Column by column, for one fixed statement (kept prepared) whatever
+        // the batch holds.
+        let mut rows = MessageColumns::default();
         for (channel, item) in items {
             let Item::Message {
                 contact,
@@ -203,33 +205,46 @@ impl<'l> Ingest<'l> {
                 self.created.insert(conv.id);
             }
             self.attempted.insert((*channel, mid.clone()));
-            rows.push((
-                m::conversation_id.eq(conv.id),
-                m::channel_id.eq(*channel),
-                m::direction.eq("in"),
-                m::sender_kind.eq("contact"),
-                m::text.eq(text.clone()),
-                m::attachments.eq(serde_json::to_value(attachments).unwrap_or_else(|_| json!([]))),
-                m::status.eq("received"),
-                m::external_id.eq(mid.clone()),
-                m::reply_to_external_id.eq(reply_to.clone()),
-                m::quick_reply_payload.eq(quick_reply.clone()),
-                m::postback_payload.eq(postback.clone()),
-                m::platform_timestamp.eq(*timestamp),
-                m::sort_at.eq(*timestamp),
-            ));
+            rows.conversation.push(conv.id);
+            rows.channel.push(*channel);
+            rows.text.push(text.clone());
+            rows.attachments.push(serde_json::to_string(attachments).unwrap_or_else(|_| "[]".into()));
+            rows.external.push(mid.clone());
+            rows.reply_to.push(reply_to.clone());
+            rows.quick_reply.push(quick_reply.clone());
+            rows.postback.push(postback.clone());
+            rows.at.push(*timestamp);
         }
-        for chunk in rows.chunks(1000) {
-            let inserted: Vec<MessageRow> = diesel::insert_into(m::table)
-                .values(chunk)
-                .on_conflict((m::channel_id, m::external_id))
-                .do_nothing()
-                .returning(MessageRow::as_returning())
-                .get_results(tc.pg())?;
-            for r in inserted {
-                if let Some(ext) = r.external_id.clone() {
-                    self.stored.insert((r.channel_id, ext), r);
-                }
+        if rows.conversation.is_empty() {
+            return Ok(());
+        }
+        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+        let inserted: Vec<MessageRow> = crate::db::prepared(
+            "INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, attachments, status, \
+                                   external_id, reply_to_external_id, quick_reply_payload, postback_payload, \
+                                   platform_timestamp, sort_at) \
+             SELECT v.conv, v.ch, 'in', 'contact', v.text, v.att::jsonb, 'received', v.ext, v.reply, v.qr, v.pb, \
+                    v.at, v.at \
+               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                           $8::text[], $9::timestamptz[]) WITH ORDINALITY \
+                    AS v(conv, ch, text, att, ext, reply, qr, pb, at, ord) \
+              ORDER BY v.ord \
+             ON CONFLICT (channel_id, external_id) DO NOTHING \
+             RETURNING *",
+        )
+        .bind::<Array<BigInt>, _>(&rows.conversation)
+        .bind::<Array<BigInt>, _>(&rows.channel)
+        .bind::<Array<Nullable<Text>>, _>(&rows.text)
+        .bind::<Array<Text>, _>(&rows.attachments)
+        .bind::<Array<Text>, _>(&rows.external)
+        .bind::<Array<Nullable<Text>>, _>(&rows.reply_to)
+        .bind::<Array<Nullable<Text>>, _>(&rows.quick_reply)
+        .bind::<Array<Nullable<Text>>, _>(&rows.postback)
+        .bind::<Array<Timestamptz>, _>(&rows.at)
+        .load(tc.pg())?;
+        for r in inserted {
+            if let Some(ext) = r.external_id.clone() {
+                self.stored.insert((r.channel_id, ext), r);
             }
         }
         Ok(())
@@ -291,6 +306,20 @@ impl<'l> Ingest<'l> {
         self.conversations.insert(contact_id, c.clone());
         Ok((c, created))
     }
+}
+
+/// A batch's contact messages, one vector per column.
+#[derive(Default)]
+struct MessageColumns {
+    conversation: Vec<i64>,
+    channel: Vec<i64>,
+    text: Vec<Option<String>>,
+    attachments: Vec<String>,
+    external: Vec<String>,
+    reply_to: Vec<Option<String>>,
+    quick_reply: Vec<Option<String>>,
+    postback: Vec<Option<String>>,
+    at: Vec<DateTime<Utc>>,
 }
 
 fn preview(text: Option<&str>, attachments: &[Attachment]) -> String {

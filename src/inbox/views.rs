@@ -14,7 +14,7 @@ use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = messages)]
 pub struct MessageRow {
     pub id: i64,
