@@ -500,12 +500,13 @@ impl Reader {
 /// The first complete WebSocket frame in `b`: opcode, payload start and end.
 fn ws_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
     let (b0, b1) = (*b.first()?, *b.get(1)?);
-    let (len, head) = match b1 & 0x7f {
+    let (len, head): (usize, usize) = match b1 & 0x7f {
         126 => (u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize, 4),
         127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize, 10),
         n => (n as usize, 2),
     };
-    (b.len() >= head + len).then_some((b0 & 0x0f, head, head + len))
+    let end = head.checked_add(len)?;
+    (b.len() >= end).then_some((b0 & 0x0f, head, end))
 }
 
 /// Where `t=` starts in a `message.created` frame (the text carries the
@@ -526,4 +527,35 @@ fn event_at(t: &[u8]) -> Option<i128> {
     let end = start + t[start..].iter().position(|b| *b == b'"')?;
     let at = std::str::from_utf8(&t[start..end]).ok()?;
     chrono::DateTime::parse_from_rfc3339(at).ok()?.timestamp_nanos_opt().map(i128::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_found_in_place_whatever_their_length_encoding() {
+        let mut b = vec![0x81, 3];
+        b.extend_from_slice(b"abc");
+        assert_eq!(ws_frame(&b), Some((1, 2, 5)));
+        assert_eq!(ws_frame(&b[..4]), None, "incomplete");
+        let mut b = vec![0x81, 126, 0x01, 0x00];
+        b.extend(std::iter::repeat_n(b'x', 256));
+        assert_eq!(ws_frame(&b), Some((1, 4, 260)));
+        let mut b = vec![0x89, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        b.extend(std::iter::repeat_n(b'y', 65536));
+        assert_eq!(ws_frame(&b), Some((9, 10, 65546)));
+        assert_eq!(ws_frame(&[0x81, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None, "no overflow");
+        assert_eq!(ws_frame(&[0x81]), None);
+    }
+
+    #[test]
+    fn only_message_created_frames_are_timed() {
+        let created = br#"{"seq":12,"type":"message.created","at":"2026-11-22T10:00:00.5Z","data":{"text":"t=1700"}}"#;
+        let pos = memchr_t(created).expect("timed");
+        assert_eq!(&created[pos..pos + 6], b"t=1700");
+        assert_eq!(event_at(created), Some(1_795_341_600_500_000_000));
+        let updated = br#"{"seq":13,"type":"conversation.updated","at":"2026-11-22T10:00:00Z","data":{"text":"t=1"}}"#;
+        assert_eq!(memchr_t(updated), None);
+    }
 }
