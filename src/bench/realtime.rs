@@ -261,7 +261,6 @@ async fn drive(
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let base_rss = rss_kib(pid);
     let latencies: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(Vec::new()));
-    let received: Rc<RefCell<usize>> = Rc::new(RefCell::new(0));
     // (POST → the processing transaction began, that → frame at the agent)
     let splits: Rc<RefCell<Vec<(f64, f64)>>> = Rc::new(RefCell::new(Vec::new()));
     // Frames are timed during the latency run only; the bursts just read them.
@@ -271,7 +270,7 @@ async fn drive(
     // Opens sockets (agent i on channel i % CHANNELS) until `target` are open.
     let open_to = |logins: &[Login], target: usize, sockets: &mut Vec<actix_web::rt::task::JoinHandle<()>>| {
         let logins: Vec<Login> = logins[sockets.len()..target.min(logins.len())].to_vec();
-        let (lat, rec, split, timing) = (latencies.clone(), received.clone(), splits.clone(), timing.clone());
+        let (lat, split, timing) = (latencies.clone(), splits.clone(), timing.clone());
         let (keys, ws_url) = (keys.clone(), ws_url.clone());
         let start = sockets.len();
         async move {
@@ -290,8 +289,7 @@ async fn drive(
                     .connect()
                     .await
                     .map_err(|e| anyhow::anyhow!("socket {i}: {e}"))?;
-                let reader =
-                    Reader { lat: lat.clone(), rec: rec.clone(), split: split.clone(), timing: timing.clone() };
+                let reader = Reader { lat: lat.clone(), split: split.clone(), timing: timing.clone() };
                 // Every socket is read (a socket nobody reads would be dropped as too slow).
                 opened.push(actix_web::rt::spawn(reader.run(framed.into_parts())));
             }
@@ -329,7 +327,6 @@ async fn drive(
     let count = (args.rate as u64 * args.seconds) as usize;
     latencies.borrow_mut().clear();
     splits.borrow_mut().clear();
-    *received.borrow_mut() = 0;
     let before = counters(base).await;
     let cpu_before = cpu(pid);
     let spent = send_webhooks(base, &fx.pages, count, args.rate, 1).await;
@@ -442,7 +439,6 @@ async fn burst(base: &str, fx: &Fixture, pool: &PgPool, pid: u32, run: u32) -> B
 /// socket silent for 30 s).
 struct Reader {
     lat: Rc<RefCell<Vec<f64>>>,
-    rec: Rc<RefCell<usize>>,
     split: Rc<RefCell<Vec<(f64, f64)>>>,
     timing: Rc<Cell<bool>>,
 }
@@ -482,7 +478,6 @@ impl Reader {
     }
 
     fn text(&self, t: &[u8]) {
-        *self.rec.borrow_mut() += 1;
         if !self.timing.get() {
             return;
         }

@@ -8,7 +8,8 @@
 //! the text cannot be built at run time and the statement is safe to keep.
 //!
 //! Placeholders are written `$1`, `$2`, … for the first, second, … `bind`;
-//! one may be used more than once.
+//! one may be used more than once. A `$` followed by digits is always a
+//! placeholder, so such text cannot appear in a literal (use a bind).
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

@@ -13,9 +13,10 @@
 //! is tried again alone, so one that cannot be stored retries (and in the
 //! end dead-letters) alone instead of taking its batch with it. A body that
 //! is not JSON or not a Meta object, and an item for a page or number no
-//! tenant holds, dead-letter at once (Meta must not retry because of us). Dead letters can be listed and replayed (CLI and
-//! the operator endpoint); replaying after connecting the page processes
-//! them. Items of a suspended tenant wait, unprocessed, until it resumes.
+//! tenant holds, dead-letter at once (Meta must not retry because of us).
+//! Dead letters can be listed and replayed (CLI and the operator endpoint);
+//! replaying after connecting the page processes them. Items of a
+//! suspended tenant wait, unprocessed, until it resumes.
 
 use chrono::{Duration, Utc};
 use diesel::prelude::*;

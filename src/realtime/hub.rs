@@ -481,7 +481,7 @@ impl Handler<Events> for Hub {
             let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
             let ids = audience.entry(ev.channel_id).or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
             for id in ids.iter() {
-                out.entry(*id).or_insert_with(|| Vec::with_capacity(m.events.len())).push(frame.clone());
+                out.entry(*id).or_default().push(frame.clone());
             }
         }
         for (id, frames) in out {

@@ -37,14 +37,20 @@ fn actions(conn: &mut PgConnection, t: TenantId) -> Vec<String> {
     .expect("read rows")
 }
 
+/// Tenants `alpha` and `beta` with `rows` audit rows each.
+fn alpha_and_beta(conn: &mut PgConnection, rows: (usize, usize)) -> (TenantId, TenantId) {
+    let a = provision(conn, "alpha");
+    let b = provision(conn, "beta");
+    add_rows(conn, a, "alpha", rows.0);
+    add_rows(conn, b, "beta", rows.1);
+    (a, b)
+}
+
 #[test]
 fn tenants_never_see_each_others_rows_on_a_shared_small_pool() {
     let db = TestDb::new();
     let mut setup = db.conn();
-    let a = provision(&mut setup, "alpha");
-    let b = provision(&mut setup, "beta");
-    add_rows(&mut setup, a, "alpha", 5);
-    add_rows(&mut setup, b, "beta", 7);
+    let (a, b) = alpha_and_beta(&mut setup, (5, 7));
 
     for pool_size in [1u32, 2] {
         let pool = db.pool(pool_size);
@@ -183,10 +189,7 @@ fn a_kept_statement_reads_the_tenant_of_the_moment() {
     }
     let db = TestDb::new();
     let mut conn = db.conn();
-    let a = provision(&mut conn, "alpha");
-    let b = provision(&mut conn, "beta");
-    add_rows(&mut conn, a, "alpha", 2);
-    add_rows(&mut conn, b, "beta", 3);
+    let (a, b) = alpha_and_beta(&mut conn, (2, 3));
     for _ in 0..3 {
         for (tenant, want) in [(a, 2), (b, 3), (a, 2)] {
             let n = with_tenant(&mut conn, &TenantScope::system(tenant), |tc| -> Result<i64, AppError> {
