@@ -92,7 +92,7 @@ impl AppState {
                 Ok::<_, AppError>((out, log.write(tc)?))
             })
             .await?;
-        self.feed.committed(tenant, written);
+        self.feed.committed(tenant, written, crate::realtime::hub::Pace::Now);
         Ok(out)
     }
 

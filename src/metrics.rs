@@ -19,6 +19,7 @@ pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READ_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_DIRECT: AtomicU64 = AtomicU64::new(0);
+pub static HUB_HELD: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -46,6 +47,7 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "Event batches this instance committed and handed to its sockets unread",
             &BUS_DIRECT,
         ),
+        ("switchboard_hub_held_total", "Event batches held under a backlog to go out with a later one", &HUB_HELD),
     ];
     let mut out = String::new();
     for (name, help, c) in counters {

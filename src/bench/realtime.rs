@@ -359,7 +359,7 @@ async fn drive(
     // Ingest throughput in rounds, each measuring back to back live push to
     // every agent (20 to a channel), to a quarter of them (5 to a channel)
     // and to none: single bursts on this shared machine move by ±10 points.
-    const ROUNDS: u32 = 3;
+    const ROUNDS: u32 = 5;
     let quarter = open / 4;
     let (mut all_pct, mut few_pct) = (Vec::new(), Vec::new());
     let mut details = Vec::new();
@@ -369,16 +369,19 @@ async fn drive(
             sockets.extend(more);
             actix_web::rt::time::sleep(Duration::from_secs(2)).await;
         }
+        analyze(pool);
         let on = burst(base, fx, pool, pid, 2 + round * 3).await;
         for s in sockets.drain(quarter..) {
             s.abort();
         }
         actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+        analyze(pool);
         let few = burst(base, fx, pool, pid, 3 + round * 3).await;
         for s in sockets.drain(..) {
             s.abort();
         }
         actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+        analyze(pool);
         let off = burst(base, fx, pool, pid, 4 + round * 3).await;
         all_pct.push(on.rate / off.rate * 100.0);
         few_pct.push(few.rate / off.rate * 100.0);
@@ -408,6 +411,17 @@ async fn drive(
         println!("  (last round, {case}: {detail})");
     }
     Ok(())
+}
+
+/// Fresh planner statistics before each burst, as autovacuum keeps them in
+/// a working inbox: left to autovacuum, the ANALYZE of a table that just
+/// grew by 10,000 rows lands inside whichever burst runs next, and the
+/// on/off comparison measures that instead.
+fn analyze(pool: &PgPool) {
+    use diesel::connection::SimpleConnection;
+    if let Ok(mut conn) = pool.get() {
+        let _ = conn.batch_execute("ANALYZE");
+    }
 }
 
 struct Burst {

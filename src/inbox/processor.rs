@@ -34,6 +34,7 @@ use crate::db::{prepared, with_tenant, DbError, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::meta::webhook::{self, Item, RouteKey};
+use crate::realtime::hub::Pace;
 
 pub const MAX_ATTEMPTS: i32 = 8;
 const LEASE_SECS: i64 = 60;
@@ -440,11 +441,18 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // After one of at least `gather_at` it also waits (at most `gather`) for
     // half a batch more. Neither after a full batch: the backlog is deep
     // already. Below `settle_at` (at a steady 2,000 webhooks/s batches hold
-    // ~25-45) a webhook is processed as soon as the last batch ends. Without
-    // the settling, a burst with many sockets open stays in small batches:
-    // each writes to every socket, the writes slow the webhook answers on the
-    // same threads, and intake and processing meet at a few thousand a second.
-    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 100i64);
+    // ~10-30, rarely more than 50) a webhook is processed as soon as the
+    // last batch ends. Without the settling, a burst with many sockets open
+    // stays in small batches: each writes to every socket, the writes slow
+    // the webhook answers on the same threads, and intake and processing
+    // meet at a few thousand a second (with `settle_at` 100 bursts still
+    // fell into that about one time in three; at 50 the worst rounds of
+    // bench realtime rose from ~55-65 % to ~70-75 %). A batch of at least
+    // `settle_at` is also handed to the hub as a backlog batch: its frames
+    // may wait for the next batch's, so a burst costs a round of socket
+    // writes per two batches or more, not per batch (realtime::hub); the
+    // first claim that finds nothing sends what waits.
+    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 50i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
@@ -472,7 +480,10 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);
-                after_batch(&state, report);
+                // A batch this large means more is queued behind it: its
+                // frames may wait for the next batch's (see realtime::hub).
+                let pace = if claimed >= settle_at { Pace::Backlog } else { Pace::Now };
+                after_batch(&state, report, pace);
                 if primary && claimed >= settle_at && claimed < batch {
                     let deadline = tokio::time::Instant::now() + gather;
                     // Polled: the sessions finish on other threads, and a
@@ -486,7 +497,13 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 }
                 continue;
             }
-            Ok(Ok(_)) => state.processor_behind.store(false, Ordering::Relaxed),
+            Ok(Ok(_)) => {
+                state.processor_behind.store(false, Ordering::Relaxed);
+                // Nothing more came: frames held for a next batch go out now.
+                if primary {
+                    state.feed.flush();
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = ?e, "webhook batch failed"),
             Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
         }
@@ -510,9 +527,9 @@ pub async fn gather_more(stored: &AtomicU64, stored_signal: &Notify, want: u64, 
     }
 }
 
-fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport) {
+fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace: Pace) {
     for (tenant, events) in report.events {
-        state.feed.committed(tenant, events);
+        state.feed.committed(tenant, events, pace);
     }
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use super::hub::{Events, Hub, Live, Unwritten};
+use super::hub::{Events, Flush, Hub, Live, Pace, Unwritten};
 use crate::db::{with_tenant, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
@@ -134,17 +134,25 @@ impl Feed {
         self.unwritten.is_zero()
     }
 
-    fn hand_over(&self, hub: &Addr<Hub>, tenant: i64, events: Vec<StoredEvent>) {
+    fn hand_over(&self, hub: &Addr<Hub>, tenant: i64, events: Vec<StoredEvent>, pace: Pace) {
         self.unwritten.add();
-        hub.do_send(Events { tenant, events: Arc::new(events) });
+        hub.do_send(Events { tenant, events: Arc::new(events), pace });
+    }
+
+    /// The committer ran out of work: whatever the hub holds goes out now.
+    pub fn flush(&self) {
+        if let Some(hub) = self.hub.get() {
+            hub.do_send(Flush);
+        }
     }
 
     fn wants(&self, tenant: i64) -> bool {
         self.active.read().map(|a| a.contains(&tenant)).unwrap_or(false)
     }
 
-    /// Events of `tenant` this instance has just committed, in seq order.
-    pub fn committed(&self, tenant: i64, events: Vec<StoredEvent>) {
+    /// Events of `tenant` this instance has just committed, in seq order;
+    /// `pace` says whether the hub may hold them for the next batch.
+    pub fn committed(&self, tenant: i64, events: Vec<StoredEvent>, pace: Pace) {
         let (Some(first), Some(last)) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq)) else {
             return;
         };
@@ -159,7 +167,7 @@ impl Feed {
         delivered.insert(tenant, last);
         if self.wants(tenant) {
             crate::metrics::inc(&crate::metrics::BUS_DIRECT, 1);
-            self.hand_over(hub, tenant, events);
+            self.hand_over(hub, tenant, events, pace);
         }
     }
 }
@@ -261,7 +269,7 @@ fn catch_up(
         let Some(last) = batch.last().map(|e| e.seq) else { break };
         since = last;
         let full = batch.len() == 1000;
-        feed.hand_over(hub, tenant, batch);
+        feed.hand_over(hub, tenant, batch, Pace::Now);
         if !full {
             break;
         }
@@ -316,32 +324,32 @@ mod tests {
         let hub = Hub::new("test".into(), Arc::new(Quiet), feed.active(), feed.unwritten()).start();
         assert!(feed.hub.set(hub).is_ok());
         // A tenant the listener has not placed yet: left to the log.
-        feed.committed(7, vec![event(1)]);
+        feed.committed(7, vec![event(1)], Pace::Now);
         assert_eq!(mark(&feed, 7), None);
         assert!(feed.written(), "nothing handed over");
 
         feed.delivered.lock().expect("marks").insert(7, 5);
         feed.active.write().expect("active").insert(7);
-        feed.committed(7, vec![event(6), event(7)]);
+        feed.committed(7, vec![event(6), event(7)], Pace::Now);
         assert_eq!(mark(&feed, 7), Some(7));
         assert!(!feed.written(), "handed to the hub");
         assert!(hub_caught_up(&feed).await, "the hub took the batch");
 
         // A gap (an event of another writer not delivered yet): left to the log.
-        feed.committed(7, vec![event(9)]);
+        feed.committed(7, vec![event(9)], Pace::Now);
         assert_eq!(mark(&feed, 7), Some(7));
         assert!(feed.written());
 
         // The listener holds the marks while it reads the log: left to it.
         let held = feed.delivered.lock().expect("marks");
-        feed.committed(7, vec![event(8)]);
+        feed.committed(7, vec![event(8)], Pace::Now);
         drop(held);
         assert_eq!(mark(&feed, 7), Some(7));
         assert!(feed.written());
 
         // A tenant without sockets here: the mark moves, nothing is handed over.
         feed.delivered.lock().expect("marks").insert(8, 0);
-        feed.committed(8, vec![event(1), event(2)]);
+        feed.committed(8, vec![event(1), event(2)], Pace::Now);
         assert_eq!(mark(&feed, 8), Some(2));
         assert!(feed.written());
     }

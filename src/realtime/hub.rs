@@ -3,6 +3,18 @@
 //! sockets whose access ended. It never waits on a client: frames go to each
 //! session's [`Outbox`], and one that overflows (a client that stopped
 //! reading) is dropped with close code 4408 while others go on.
+//!
+//! Under a backlog the hub paces itself: every batch of events costs one
+//! socket write to each socket that sees any of it, and in a burst the
+//! webhook processor commits batch after batch. A batch handed over with
+//! [`Pace::Backlog`] (its committer has more work right behind it) is held
+//! until the next batch arrives, so one round of writes carries both. A
+//! hold takes in further backlog batches while younger than [`HOLD_WHILE`];
+//! the next batch after that, any [`Pace::Now`] batch or a [`Flush`] (the
+//! processor found nothing more) sends it all, and [`HOLD_MAX`] sends it
+//! whatever happens. A trickle of webhooks and agents' own changes are
+//! never held. Held events are already in the log: a socket that connects
+//! meanwhile gets them once, from its replay or the flush.
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -18,6 +30,21 @@ use super::{CLOSE_LOGGED_OUT, CLOSE_REMOVED, CLOSE_TOO_SLOW};
 use crate::inbox::events::StoredEvent;
 
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
+/// A hold takes in further backlog batches while younger than this.
+pub const HOLD_WHILE: Duration = Duration::from_millis(150);
+/// Held events go out after this even if no further batch comes.
+pub const HOLD_MAX: Duration = Duration::from_millis(500);
+
+/// How soon a batch of events must reach the sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// At once: an agent's change, a webhook trickle, the log read by the
+    /// listener.
+    Now,
+    /// Its committer has more work right behind it: the hub may hold it
+    /// and send it with the next batch.
+    Backlog,
+}
 
 /// One frame for a session. The text is shared: a clone for each of the
 /// sessions it goes to costs a reference count, not a copy.
@@ -174,7 +201,13 @@ pub struct SetAway {
 pub struct Events {
     pub tenant: i64,
     pub events: Arc<Vec<StoredEvent>>,
+    pub pace: Pace,
 }
+
+/// "Send whatever is held": the committer ran out of work.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -303,6 +336,7 @@ pub struct Hub {
     typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
     presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
     shown: HashMap<(i64, i64), &'static str>,
+    holds: Holds,
 }
 
 impl Hub {
@@ -316,6 +350,7 @@ impl Hub {
             typing: HashMap::new(),
             presence: HashMap::new(),
             shown: HashMap::new(),
+            holds: Holds::default(),
         }
     }
 
@@ -473,22 +508,124 @@ impl Handler<SetAway> for Hub {
 
 impl Handler<Events> for Hub {
     type Result = ();
-    fn handle(&mut self, m: Events, _: &mut Context<Self>) {
-        // Each session's frames of this batch, in seq order, as one delivery.
+    fn handle(&mut self, m: Events, ctx: &mut Context<Self>) {
+        // Each batch counts as unwritten from its hand-over (bus::Feed, the
+        // listener) until its sessions are woken; a held one stops counting
+        // at once: the processor goes on with its next batch, which brings
+        // it out.
+        match self.holds.take(m, Instant::now()) {
+            Take::Send(batches) => {
+                self.deliver(batches);
+                self.unwritten.done();
+            }
+            Take::Joined => {
+                crate::metrics::inc(&crate::metrics::HUB_HELD, 1);
+                self.unwritten.done();
+            }
+            Take::Started(generation) => {
+                crate::metrics::inc(&crate::metrics::HUB_HELD, 1);
+                self.unwritten.done();
+                ctx.run_later(HOLD_MAX, move |hub, _| {
+                    if let Some(batches) = hub.holds.release_if(generation) {
+                        hub.deliver(batches);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Flush> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {
+        let batches = self.holds.release();
+        if !batches.is_empty() {
+            self.deliver(batches);
+        }
+    }
+}
+
+/// Batches held back to go out with a later one.
+struct Held {
+    batches: Vec<Events>,
+    since: Instant,
+    /// Tells the `HOLD_MAX` timer whether its hold is still the one waiting.
+    generation: u64,
+}
+
+/// The hub's backlog hold (see the module docs), apart from the sockets
+/// so its rules can be tested alone.
+#[derive(Default)]
+struct Holds {
+    held: Option<Held>,
+    started: u64,
+}
+
+enum Take {
+    /// Send these now (what was held, then the new batch).
+    Send(Vec<Events>),
+    /// Joined the hold already waiting.
+    Joined,
+    /// Started a hold; its `HOLD_MAX` timer names this generation.
+    Started(u64),
+}
+
+impl Holds {
+    fn take(&mut self, m: Events, now: Instant) -> Take {
+        if m.pace == Pace::Backlog {
+            match &mut self.held {
+                Some(h) if now.saturating_duration_since(h.since) < HOLD_WHILE => {
+                    h.batches.push(m);
+                    return Take::Joined;
+                }
+                None => {
+                    self.started += 1;
+                    self.held = Some(Held { batches: vec![m], since: now, generation: self.started });
+                    return Take::Started(self.started);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut all = self.release();
+        all.push(m);
+        Take::Send(all)
+    }
+
+    /// Everything held, oldest first.
+    fn release(&mut self) -> Vec<Events> {
+        self.held.take().map(|h| h.batches).unwrap_or_default()
+    }
+
+    /// What is held, if it is still the hold of `generation`.
+    fn release_if(&mut self, generation: u64) -> Option<Vec<Events>> {
+        if self.held.as_ref()?.generation == generation {
+            Some(self.release())
+        } else {
+            None
+        }
+    }
+}
+
+impl Hub {
+    /// Each session gets its frames of all `batches`, in the order they
+    /// were committed, as one delivery.
+    fn deliver(&mut self, batches: Vec<Events>) {
         let mut out: HashMap<u64, Vec<Frame>> = HashMap::new();
-        let mut audience: HashMap<Option<i64>, Vec<u64>> = HashMap::new();
-        for ev in m.events.iter() {
-            let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
-            let ids = audience.entry(ev.channel_id).or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
-            for id in ids.iter() {
-                out.entry(*id).or_default().push(frame.clone());
+        let mut audience: HashMap<(i64, Option<i64>), Vec<u64>> = HashMap::new();
+        for m in &batches {
+            for ev in m.events.iter() {
+                let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
+                let ids = audience
+                    .entry((m.tenant, ev.channel_id))
+                    .or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
+                for id in ids.iter() {
+                    out.entry(*id).or_default().push(frame.clone());
+                }
             }
         }
         for (id, frames) in out {
             self.send(id, frames);
         }
-        // Counted by whoever sent the batch (bus::Feed, the listener).
-        self.unwritten.done();
     }
 }
 
@@ -589,6 +726,66 @@ mod tests {
         assert!(!unwritten.is_zero());
         unwritten.done();
         assert!(unwritten.is_zero());
+    }
+
+    fn batch(first: i64, pace: Pace) -> Events {
+        let ev = |seq| StoredEvent {
+            seq,
+            kind: "message.created".into(),
+            channel_id: Some(1),
+            conversation_id: Some(1),
+            data: "{}".into(),
+            at: Utc::now(),
+        };
+        Events { tenant: 1, events: Arc::new(vec![ev(first), ev(first + 1)]), pace }
+    }
+
+    fn firsts(batches: &[Events]) -> Vec<i64> {
+        batches.iter().map(|b| b.events[0].seq).collect()
+    }
+
+    #[test]
+    fn a_backlog_batch_waits_for_the_next_and_goes_out_with_it_in_order() {
+        let mut holds = Holds::default();
+        let t0 = Instant::now();
+        assert!(matches!(holds.take(batch(1, Pace::Backlog), t0), Take::Started(1)));
+        // Backlog batches join while the hold is young...
+        assert!(matches!(holds.take(batch(3, Pace::Backlog), t0 + HOLD_WHILE / 2), Take::Joined));
+        // ...and the first one after that sends everything, oldest first.
+        match holds.take(batch(5, Pace::Backlog), t0 + HOLD_WHILE) {
+            Take::Send(b) => assert_eq!(firsts(&b), vec![1, 3, 5]),
+            _ => panic!("an old hold must go out"),
+        }
+        assert!(holds.release().is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_batch_that_must_go_now_sends_what_is_held_first() {
+        let mut holds = Holds::default();
+        let t0 = Instant::now();
+        // A trickle, an agent's change: never held.
+        match holds.take(batch(1, Pace::Now), t0) {
+            Take::Send(b) => assert_eq!(firsts(&b), vec![1]),
+            _ => panic!("never held"),
+        }
+        assert!(matches!(holds.take(batch(3, Pace::Backlog), t0), Take::Started(1)));
+        match holds.take(batch(5, Pace::Now), t0) {
+            Take::Send(b) => assert_eq!(firsts(&b), vec![3, 5]),
+            _ => panic!("must go now"),
+        }
+    }
+
+    #[test]
+    fn the_timer_releases_only_its_own_hold() {
+        let mut holds = Holds::default();
+        let t0 = Instant::now();
+        assert!(matches!(holds.take(batch(1, Pace::Backlog), t0), Take::Started(1)));
+        // The processor ran out of work (Flush): out it goes.
+        assert_eq!(firsts(&holds.release()), vec![1]);
+        assert!(matches!(holds.take(batch(3, Pace::Backlog), t0), Take::Started(2)));
+        assert!(holds.release_if(1).is_none(), "the first hold's timer finds a newer hold");
+        assert_eq!(holds.release_if(2).map(|b| firsts(&b)), Some(vec![3]));
+        assert!(holds.release_if(2).is_none());
     }
 
     #[test]

@@ -396,6 +396,18 @@ impl TestApp {
         diesel::sql_query(sql).get_result::<N>(&mut conn).map(|r| r.n).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Stores raw webhook bodies as the endpoint would, unprocessed (with
+    /// diesel, not the product's statement: the rows are seeded apart from
+    /// the code under test).
+    pub fn store_bodies(&self, bodies: &[Vec<u8>]) {
+        let mut conn = self.db.conn();
+        let rows: Vec<_> = bodies.iter().map(|b| switchboard::db::schema::webhook_events::body.eq(b)).collect();
+        diesel::insert_into(switchboard::db::schema::webhook_events::table)
+            .values(&rows)
+            .execute(&mut conn)
+            .expect("store");
+    }
+
     /// Waits until no webhook is pending.
     pub async fn processed(&self) {
         eventually("webhooks processed", || async {

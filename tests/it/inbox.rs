@@ -801,7 +801,7 @@ async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
         })
         .collect();
     // Stored as the endpoint stores them, all at once, before any processing.
-    store_bodies(&app, &bodies);
+    app.store_bodies(&bodies);
     app.processed().await;
     assert_eq!(
         app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_backlog_%'"),
@@ -834,17 +834,7 @@ fn store_texts(app: &TestApp, texts: &[(usize, String)]) {
             serde_json::to_vec(&v).expect("body")
         })
         .collect();
-    store_bodies(app, &rows);
-}
-
-/// Stores raw webhook bodies as the endpoint would, unprocessed.
-fn store_bodies(app: &TestApp, bodies: &[Vec<u8>]) {
-    let mut conn = app.db.conn();
-    let rows: Vec<_> = bodies.iter().map(|b| switchboard::db::schema::webhook_events::body.eq(b)).collect();
-    diesel::insert_into(switchboard::db::schema::webhook_events::table)
-        .values(&rows)
-        .execute(&mut conn)
-        .expect("store");
+    app.store_bodies(&rows);
 }
 
 #[actix_web::test]
