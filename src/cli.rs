@@ -179,6 +179,10 @@ pub struct BenchArgs {
     /// Seconds of the `realtime` latency run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Rounds of push on/off bursts after the `realtime` latency run (0: the
+    /// latency run only).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
     /// Tenants for the `migrate` timing.
     #[arg(long, default_value_t = 1000)]
     pub tenants: usize,

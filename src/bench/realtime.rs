@@ -359,11 +359,13 @@ async fn drive(
     // Ingest throughput in rounds, each measuring back to back live push to
     // every agent (20 to a channel), to a quarter of them (5 to a channel)
     // and to none: single bursts on this shared machine move by ±10 points.
-    const ROUNDS: u32 = 5;
+    if args.rounds == 0 {
+        return Ok(());
+    }
     let quarter = open / 4;
     let (mut all_pct, mut few_pct) = (Vec::new(), Vec::new());
     let mut details = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..args.rounds {
         if sockets.is_empty() {
             let more = open_to(&fx.agents, fx.agents.len(), &mut sockets).await?;
             sockets.extend(more);
