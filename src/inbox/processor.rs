@@ -445,9 +445,10 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // last batch ends. Without the settling, a burst with many sockets open
     // stays in small batches: each writes to every socket, the writes slow
     // the webhook answers on the same threads, and intake and processing
-    // meet at a few thousand a second (with `settle_at` 100 bursts still
-    // fell into that about one time in three; at 50 the worst rounds of
-    // bench realtime rose from ~55-65 % to ~70-75 %). A batch of at least
+    // meet at a few thousand a second (with `settle_at` 100 about one burst
+    // in three still stayed in small batches; at 50 fewer did, though the
+    // on/off ratio's gain is within the noise of the 2-core box and the
+    // latency run showed no cost). A batch of at least
     // `settle_at` is also handed to the hub as a backlog batch: its frames
     // may wait for the next batch's, so a burst costs a round of socket
     // writes per two batches or more, not per batch (realtime::hub); the
@@ -480,8 +481,8 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);
-                // A batch this large means more is queued behind it: its
-                // frames may wait for the next batch's (see realtime::hub).
+                // A batch this large most likely has more queued behind it:
+                // its frames may wait for the next batch's (realtime::hub).
                 let pace = if claimed >= settle_at { Pace::Backlog } else { Pace::Now };
                 after_batch(&state, report, pace);
                 if primary && claimed >= settle_at && claimed < batch {
@@ -499,7 +500,8 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
             }
             Ok(Ok(_)) => {
                 state.processor_behind.store(false, Ordering::Relaxed);
-                // Nothing more came: frames held for a next batch go out now.
+                // Nothing more came: frames held for a next batch go out now
+                // (the helper's too: only the primary keeps claiming).
                 if primary {
                     state.feed.flush();
                 }

@@ -14,6 +14,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -115,6 +116,8 @@ pub struct Feed {
     active: ActiveTenants,
     unwritten: Arc<Unwritten>,
     delivered: Mutex<HashMap<i64, i64>>,
+    /// A backlog batch went to the hub since the last flush (it may be held).
+    backlog_sent: AtomicBool,
 }
 
 impl Feed {
@@ -135,14 +138,21 @@ impl Feed {
     }
 
     fn hand_over(&self, hub: &Addr<Hub>, tenant: i64, events: Vec<StoredEvent>, pace: Pace) {
+        if pace == Pace::Backlog {
+            self.backlog_sent.store(true, Ordering::Relaxed);
+        }
         self.unwritten.add();
         hub.do_send(Events { tenant, events: Arc::new(events), pace });
     }
 
-    /// The committer ran out of work: whatever the hub holds goes out now.
+    /// The committer ran out of work: whatever the hub holds goes out now
+    /// (a message to the hub only if it may hold something: an idle
+    /// processor calls this at every poll).
     pub fn flush(&self) {
         if let Some(hub) = self.hub.get() {
-            hub.do_send(Flush);
+            if self.backlog_sent.swap(false, Ordering::Relaxed) {
+                hub.do_send(Flush);
+            }
         }
     }
 
@@ -352,5 +362,13 @@ mod tests {
         feed.committed(8, vec![event(1), event(2)], Pace::Now);
         assert_eq!(mark(&feed, 8), Some(2));
         assert!(feed.written());
+
+        // Only a backlog batch handed over makes the next flush reach the hub.
+        assert!(!feed.backlog_sent.load(Ordering::Relaxed), "nothing the hub could hold");
+        feed.committed(7, vec![event(8), event(9)], Pace::Backlog);
+        assert!(feed.backlog_sent.load(Ordering::Relaxed));
+        feed.flush();
+        assert!(!feed.backlog_sent.load(Ordering::Relaxed));
+        assert!(hub_caught_up(&feed).await);
     }
 }
