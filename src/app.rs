@@ -30,6 +30,8 @@ pub struct AppState {
     pub wake_sender: Arc<Notify>,
     /// How committed events reach this instance's sockets.
     pub feed: Arc<crate::realtime::Feed>,
+    /// Tenants whose search indexes have entries to merge.
+    pub search_backlog: Arc<crate::inbox::search_index::SearchBacklog>,
     /// The cross-instance bus (typing, presence, access changes).
     pub bus: Arc<dyn crate::realtime::Bus>,
     /// Verified webhook bodies on their way into `public.webhook_events`.
@@ -54,6 +56,7 @@ impl AppState {
             profile_lookups: tx,
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             feed: Arc::default(),
+            search_backlog: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),
@@ -103,7 +106,8 @@ impl AppState {
 }
 
 /// Starts the background workers of `serve`: webhook processor, sender,
-/// profile lookups and the snooze clock (on the current actix runtime).
+/// profile lookups, the snooze clock, event pruning and the search index
+/// merges (on the current actix runtime).
 pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     // One processor per instance, plus helpers that claim only while the
     // queue holds more than a full batch: under load the backlog gathers
@@ -120,4 +124,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
+    actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
 }

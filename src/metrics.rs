@@ -20,6 +20,7 @@ pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READ_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_DIRECT: AtomicU64 = AtomicU64::new(0);
 pub static HUB_HELD: AtomicU64 = AtomicU64::new(0);
+pub static SEARCH_PAGES_MERGED: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -48,6 +49,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             &BUS_DIRECT,
         ),
         ("switchboard_hub_held_total", "Event batches held under a backlog to go out with a later one", &HUB_HELD),
+        (
+            "switchboard_search_pages_merged_total",
+            "Pending-list pages of search indexes merged off the webhook path",
+            &SEARCH_PAGES_MERGED,
+        ),
     ];
     let mut out = String::new();
     for (name, help, c) in counters {

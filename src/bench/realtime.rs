@@ -166,11 +166,22 @@ fn now_nanos() -> i128 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128
 }
 
+/// What customers write, so messages are as long as real ones (the search
+/// index's work grows with the text); the send time goes first.
+const CUSTOMER_TEXTS: [&str; 6] = [
+    "Hi, my order hasn't arrived yet, can you check where it is?",
+    "Do you have this jacket in size M? The website says out of stock",
+    "Thanks!",
+    "I was charged twice for the same order, please refund one of them asap",
+    "What are your opening hours on Sunday?",
+    "Hello 👋 is the discount code still valid? It says expired when I try it at checkout",
+];
+
 fn webhook(page: &str, i: usize, run: u32) -> String {
     let ms = chrono::Utc::now().timestamp_millis();
     let v = serde_json::json!({"object": "page", "entry": [{"id": page, "time": ms, "messaging": [{
         "sender": {"id": format!("8{:015}", i % 997)}, "recipient": {"id": page}, "timestamp": ms,
-        "message": {"mid": format!("m_rt_{run}_{i}"), "text": format!("t={}", now_nanos())}}]}]});
+        "message": {"mid": format!("m_rt_{run}_{i}"), "text": format!("t={} {}", now_nanos(), CUSTOMER_TEXTS[i % CUSTOMER_TEXTS.len()])}}]}]});
     meta_json(&v)
 }
 

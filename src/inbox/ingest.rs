@@ -45,6 +45,9 @@ pub struct Ingest<'l> {
     created: std::collections::HashSet<i64>,
     /// Contacts whose conversation changed in memory, written by [`Ingest::flush`].
     dirty: std::collections::HashSet<i64>,
+    /// Bytes of message text this batch added to the search index
+    /// (merged off the webhook path: see `search_index`).
+    pub indexed_text: usize,
 }
 
 impl<'l> Ingest<'l> {
@@ -60,6 +63,7 @@ impl<'l> Ingest<'l> {
             attempted: Default::default(),
             created: Default::default(),
             dirty: Default::default(),
+            indexed_text: 0,
         }
     }
 
@@ -243,6 +247,7 @@ impl<'l> Ingest<'l> {
         .bind::<Array<Timestamptz>, _>(&rows.at)
         .load(tc.pg())?;
         for r in inserted {
+            self.indexed_text += r.text.as_ref().map_or(0, String::len);
             if let Some(ext) = r.external_id.clone() {
                 self.stored.insert((r.channel_id, ext), r);
             }

@@ -22,6 +22,7 @@ pub mod events;
 pub mod ingest;
 pub mod messages;
 pub mod processor;
+pub mod search_index;
 pub mod sender;
 pub mod views;
 

@@ -127,6 +127,8 @@ pub struct BatchReport {
     pub queued_sends: usize,
     /// What each tenant transaction committed, for this instance's sockets.
     pub events: Vec<(i64, Vec<super::events::StoredEvent>)>,
+    /// Bytes of message text each tenant transaction indexed for search.
+    pub indexed_text: Vec<(i64, usize)>,
 }
 
 enum Outcome {
@@ -299,11 +301,13 @@ struct Applied {
     written: Vec<super::events::StoredEvent>,
     followups: Followups,
     marked: Vec<i64>,
+    indexed_text: usize,
 }
 
 impl Applied {
     fn record(self, tenant: i64, report: &mut BatchReport, marked: &mut std::collections::HashSet<i64>) {
         report.events.push((tenant, self.written));
+        report.indexed_text.push((tenant, self.indexed_text));
         marked.extend(self.marked);
         report.profile_lookups.extend(self.followups.profile_lookups);
         report.queued_sends += self.followups.queued_sends;
@@ -336,9 +340,10 @@ fn apply_tenant(
         }
         ingest.flush(tc)?;
         let followups = std::mem::take(&mut ingest.followups);
+        let indexed_text = ingest.indexed_text;
         let written = log.write(tc)?;
         mark_done(tc.pg(), own)?;
-        Ok(Applied { written, followups, marked: own.to_vec() })
+        Ok(Applied { written, followups, marked: own.to_vec(), indexed_text })
     })
 }
 
@@ -532,6 +537,10 @@ pub async fn gather_more(stored: &AtomicU64, stored_signal: &Notify, want: u64, 
 fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace: Pace) {
     for (tenant, events) in report.events {
         state.feed.committed(tenant, events, pace);
+    }
+    let now = std::time::Instant::now();
+    for (tenant, bytes) in report.indexed_text {
+        state.search_backlog.indexed(TenantId(tenant), bytes, now);
     }
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();

@@ -876,3 +876,62 @@ async fn a_nul_character_is_dropped_not_the_message() {
     assert_eq!((report.done, report.retried), (2, 0), "{report:?}");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text = 'nul  inside'"), 1);
 }
+
+/// Pending entries of the tenant's message-text search index (pgstattuple).
+fn pending_search_entries(app: &TestApp) -> i64 {
+    let mut conn = app.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(&mut conn, "CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .expect("pgstattuple");
+    app.count("SELECT pending_tuples::bigint AS n FROM pgstatginindex('tenant_acme.messages_text_trgm')")
+}
+
+fn parcel_texts() -> Vec<(usize, String)> {
+    (0..200).map(|i| (i, format!("Where is my parcel {i}? Ordered last week 📦 — ünïcode"))).collect()
+}
+
+/// A batch only adds its texts to the search index's pending list; the
+/// merge is a call of its own (the background worker's), after which the
+/// texts are in the index proper and still found.
+#[actix_web::test]
+async fn a_batch_leaves_the_search_index_merge_to_a_call_of_its_own() {
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let texts = parcel_texts();
+    store_texts(&app, &texts);
+    let pool = app.db.pool(2);
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    assert_eq!(report.done, 200, "{report:?}");
+    let bytes: usize = report.indexed_text.iter().map(|(_, b)| b).sum();
+    assert_eq!(bytes, texts.iter().map(|(_, t)| t.len()).sum::<usize>(), "every stored text is counted once");
+    assert!(pending_search_entries(&app) > 0, "the batch merged the index itself");
+    let mut conn = pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut conn, "acme").expect("q").expect("acme").tenant_id();
+    let merge = |conn: &mut diesel::PgConnection| {
+        switchboard::db::with_tenant(
+            conn,
+            &switchboard::db::TenantScope::system(tenant),
+            switchboard::inbox::search_index::merge_pending,
+        )
+        .expect("merge")
+    };
+    assert!(merge(&mut conn) > 0, "pending pages merged");
+    assert_eq!(pending_search_entries(&app), 0);
+    assert_eq!(merge(&mut conn), 0, "nothing left the second time");
+    assert_eq!(conversations(&app, &ctx.admin, "?q=parcel%20199").await.len(), 1);
+    // Duplicates (Meta's retries) store nothing and index nothing.
+    store_texts(&app, &texts[..10]);
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    assert_eq!((report.done, report.indexed_text.iter().map(|(_, b)| b).sum::<usize>()), (10, 0), "{report:?}");
+}
+
+/// With the workers running, a processed burst's search entries are merged
+/// in the background within about a second (MERGE_AFTER).
+#[actix_web::test]
+async fn the_server_merges_the_search_index_in_the_background() {
+    let app = spawn_app().await;
+    acme(&app).await;
+    store_texts(&app, &parcel_texts());
+    app.processed().await;
+    eventually("search index merged", || async { pending_search_entries(&app) == 0 }).await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text LIKE 'Where is my parcel%'"), 200);
+}
