@@ -36,8 +36,10 @@ use crate::ids::TenantId;
 /// trigrams about one index entry per character, ~64 KiB of text is ~1 MB
 /// of pending entries, well below the 4 MB at which an insert merges.
 pub const MERGE_AT_BYTES: usize = 64 * 1024;
-/// A trickle is merged too, so a quiet tenant's next burst starts clean.
-pub const MERGE_AFTER: Duration = Duration::from_secs(1);
+/// A trickle is merged too, so a quiet tenant's next burst starts clean;
+/// rarely, since each merge is a transaction of its own and a shared
+/// instance may hold thousands of tenants that trickle.
+pub const MERGE_AFTER: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 
 /// The tenants whose search indexes have entries waiting, and how much.
