@@ -171,6 +171,9 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .configure(routes)
     })
     .workers(workers)
+    // Flushed at a socket's part of frames, so the dispatcher's buffer,
+    // which it keeps, stays that small (realtime::session::WRITE_BUDGET).
+    .h1_write_buffer_size(crate::realtime::session::WRITE_BUDGET)
     .worker_max_blocking_threads(blocking)
     .listen(listener)?
     .run();

@@ -87,7 +87,7 @@ impl Unwritten {
 }
 
 /// A session's outbox, shared by the hub (appends) and the session (takes
-/// everything at once). The hub wakes the session only when the outbox
+/// the oldest frames, a socket write's worth at a time). The hub wakes the session only when the outbox
 /// goes from idle to busy, so a session that is busy or behind writes the
 /// frames of many events in one socket write instead of one write each;
 /// an idle one writes at once. Nothing here waits on a client: an outbox
@@ -126,15 +126,32 @@ impl Outbox {
 
     /// Everything waiting; the next frames wake the session again.
     pub fn take(&self) -> Vec<Frame> {
-        match self.pending.lock() {
-            Ok(mut p) => {
-                if std::mem::replace(&mut p.woken, false) {
-                    self.unwritten.done();
-                }
-                std::mem::take(&mut p.frames)
-            }
-            Err(_) => Vec::new(),
+        self.take_up_to(usize::MAX).0
+    }
+
+    /// The oldest frames waiting, about `budget` bytes of text (at least one
+    /// frame), and whether more wait. While more wait the outbox stays
+    /// woken: new frames join without a wake-up and the session comes back
+    /// for them itself; once it has taken the last, the next frames wake it.
+    pub fn take_up_to(&self, budget: usize) -> (Vec<Frame>, bool) {
+        let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
+        let mut bytes = 0;
+        let fit = p
+            .frames
+            .iter()
+            .position(|f| {
+                bytes += f.text.len();
+                bytes > budget
+            })
+            .map_or(p.frames.len(), |i| i.max(1));
+        if fit < p.frames.len() {
+            let rest = p.frames.split_off(fit);
+            return (std::mem::replace(&mut p.frames, rest), true);
         }
+        if std::mem::replace(&mut p.woken, false) {
+            self.unwritten.done();
+        }
+        (std::mem::take(&mut p.frames), false)
     }
 }
 
@@ -786,6 +803,27 @@ mod tests {
         assert!(holds.release_if(1).is_none(), "the first hold's timer finds a newer hold");
         assert_eq!(holds.release_if(2).map(|b| firsts(&b)), Some(vec![3]));
         assert!(holds.release_if(2).is_none());
+    }
+
+    #[test]
+    fn a_budgeted_take_leaves_the_rest_woken_and_in_order() {
+        let unwritten = Arc::new(Unwritten::default());
+        let o = Outbox::new(unwritten.clone());
+        // Each frame's text is 9 or 10 bytes ({"seq":N}).
+        assert_eq!(o.add((1..=9).map(frame).collect()), Ok(true));
+        let seqs = |v: Vec<Frame>| v.iter().filter_map(|f| f.seq).collect::<Vec<_>>();
+        let (first, more) = o.take_up_to(30);
+        assert_eq!((seqs(first), more), (vec![1, 2, 3], true));
+        assert!(!unwritten.is_zero(), "frames still wait");
+        // Frames that come meanwhile join without waking the session again.
+        assert_eq!(o.add(vec![frame(10)]), Ok(false));
+        // A frame larger than the budget still goes, alone.
+        let (one, more) = o.take_up_to(1);
+        assert_eq!((seqs(one), more), (vec![4], true));
+        let (rest, more) = o.take_up_to(1000);
+        assert_eq!((seqs(rest), more), (vec![5, 6, 7, 8, 9, 10], false));
+        assert!(unwritten.is_zero());
+        assert_eq!(o.add(vec![frame(11)]), Ok(true), "empty again: the next frame wakes it");
     }
 
     #[test]

@@ -26,6 +26,15 @@ use crate::inbox::ConversationId;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a session hands the HTTP dispatcher at a time (also the
+/// dispatcher's flush size, `http::build_server`). The dispatcher keeps its
+/// write buffer as large as the largest write, up to 128 KiB, for the life
+/// of the connection, and a socket that is behind in a burst has 50–100 KiB
+/// of frames waiting: written whole, every once-busy socket kept that much
+/// (bench realtime, 1,000 agents: RSS +150–160 KiB per socket after one
+/// burst, +~90 after; CPU per webhook no higher, the writes still large).
+pub const WRITE_BUDGET: usize = 16 * 1024;
+
 /// Mailbox slots: events travel through the [`Outbox`], so the mailbox
 /// holds only a wake-up and the odd control message.
 const MAILBOX: usize = 16;
@@ -185,9 +194,7 @@ impl WsSession {
             act.loading = false;
             // Live frames that came meanwhile; those the replay covered are
             // skipped by seq, so none is sent twice at the seam.
-            for frame in act.outbox.take() {
-                act.write(&frame, ctx);
-            }
+            act.drain(ctx);
         }));
     }
 }
@@ -236,11 +243,24 @@ impl Handler<Drain> for WsSession {
             // Frames pile up without further wake-ups; the replay's end takes them.
             return;
         }
-        let frames = self.outbox.take();
+        self.drain(ctx);
+    }
+}
+
+impl WsSession {
+    /// Writes the oldest frames of the outbox, at most [`WRITE_BUDGET`]
+    /// bytes, and comes back for the rest once the socket has taken them.
+    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let (frames, more) = self.outbox.take_up_to(WRITE_BUDGET);
         crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
         crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
         for f in &frames {
             self.write(f, ctx);
+        }
+        if more {
+            // One yield: the HTTP dispatcher writes this part out before
+            // the session encodes the next.
+            ctx.spawn(actix::fut::wrap_future::<_, Self>(tokio::task::yield_now()).map(|_, act, ctx| act.drain(ctx)));
         }
     }
 }
