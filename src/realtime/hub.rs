@@ -87,10 +87,10 @@ impl Unwritten {
 }
 
 /// A session's outbox, shared by the hub (appends) and the session (takes
-/// the oldest frames, a socket write's worth at a time). The hub wakes the session only when the outbox
-/// goes from idle to busy, so a session that is busy or behind writes the
-/// frames of many events in one socket write instead of one write each;
-/// an idle one writes at once. Nothing here waits on a client: an outbox
+/// the oldest frames, up to a socket write's worth at a time). The hub
+/// wakes the session only when the outbox goes from idle to busy, so a
+/// session that is busy or behind writes the frames of many events in one
+/// socket write instead of one write each; an idle one writes at once. Nothing here waits on a client: an outbox
 /// past [`OUTBOX_LIMIT`] frames means a client that stopped reading.
 pub struct Outbox {
     pending: std::sync::Mutex<Pending>,

@@ -31,8 +31,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// write buffer as large as the largest write, up to 128 KiB, for the life
 /// of the connection, and a socket that is behind in a burst has 50–100 KiB
 /// of frames waiting: written whole, every once-busy socket kept that much
-/// (bench realtime, 1,000 agents: RSS +150–160 KiB per socket after one
-/// burst, +~90 after; CPU per webhook no higher, the writes still large).
+/// (bench realtime, 1,000 agents: RSS +147–162 KiB per socket after one
+/// burst; in parts +92–106, a third of it memory the allocator keeps; CPU
+/// per webhook no higher, the writes still few and large).
 pub const WRITE_BUDGET: usize = 16 * 1024;
 
 /// Mailbox slots: events travel through the [`Outbox`], so the mailbox
