@@ -421,6 +421,17 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
 }
 
+/// `messenger_text.json` (to page A) from another sender, with another Meta
+/// id and text: the body of one customer message.
+pub fn messenger_text(sender: &str, mid: &str, text: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
+    let m = &mut v["entry"][0]["messaging"][0];
+    m["sender"]["id"] = serde_json::json!(sender);
+    m["message"]["mid"] = serde_json::json!(mid);
+    m["message"]["text"] = serde_json::json!(text);
+    serde_json::to_vec(&v).expect("body")
+}
+
 pub fn token(v: &serde_json::Value, key: &str) -> String {
     v[key].as_str().expect("token").to_string()
 }

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 
 use crate::channels::{connect_pages, meta_user, oauth_round, META_USER, PAGE_A, PAGE_B};
-use crate::common::{eventually, fixture, spawn_app, spawn_app_without_workers, token, TestApp};
+use crate::common::{eventually, fixture, messenger_text, spawn_app, spawn_app_without_workers, token, TestApp};
 
 const PSID: &str = "7392015648120394";
 const PHONE: &str = "123456789012345";
@@ -786,18 +786,12 @@ async fn snoozes_wake_and_edits_update_in_place() {
 async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
     let app = spawn_app().await;
     acme(&app).await;
-    let template: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
     const MESSAGES: usize = 1300;
     let bodies: Vec<Vec<u8>> = (0..MESSAGES + 200)
         .map(|i| {
             // The last 200 repeat earlier messages (Meta's retries).
             let i = if i >= MESSAGES { i - MESSAGES } else { i };
-            let mut v = template.clone();
-            let m = &mut v["entry"][0]["messaging"][0];
-            m["sender"]["id"] = json!(format!("9{:015}", i % 97));
-            m["message"]["mid"] = json!(format!("m_backlog_{i}"));
-            m["message"]["text"] = json!(format!("backlog {i} — ünïcode"));
-            serde_json::to_vec(&v).expect("body")
+            messenger_text(&format!("9{:015}", i % 97), &format!("m_backlog_{i}"), &format!("backlog {i} — ünïcode"))
         })
         .collect();
     // Stored as the endpoint stores them, all at once, before any processing.
@@ -822,17 +816,9 @@ async fn a_deep_backlog_is_shared_and_lands_exactly_once() {
 
 /// Stores Messenger texts for page A as webhook rows (as the endpoint would).
 fn store_texts(app: &TestApp, texts: &[(usize, String)]) {
-    let template: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
     let rows: Vec<Vec<u8>> = texts
         .iter()
-        .map(|(i, text)| {
-            let mut v = template.clone();
-            let m = &mut v["entry"][0]["messaging"][0];
-            m["sender"]["id"] = json!(format!("8{:015}", i % 5));
-            m["message"]["mid"] = json!(format!("m_poison_{i}"));
-            m["message"]["text"] = json!(text);
-            serde_json::to_vec(&v).expect("body")
-        })
+        .map(|(i, text)| messenger_text(&format!("8{:015}", i % 5), &format!("m_poison_{i}"), text))
         .collect();
     app.store_bodies(&rows);
 }

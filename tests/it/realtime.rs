@@ -491,17 +491,9 @@ async fn a_backlog_batch_reaches_the_socket_whole_and_in_order() {
     // until the processor finds nothing more (unless the listener heard of
     // the commit first and read the events itself: a race by design, so the
     // hold's rules are unit-tested in realtime::hub).
-    let template: Value = serde_json::from_slice(&crate::common::fixture("messenger_text.json")).expect("fixture");
     let bodies: Vec<Vec<u8>> = (0..150)
         .map(|i| {
-            let mut v = template.clone();
-            v["entry"][0]["id"] = json!(PAGE_A);
-            let m = &mut v["entry"][0]["messaging"][0];
-            m["recipient"]["id"] = json!(PAGE_A);
-            m["sender"]["id"] = json!(format!("6{:015}", i % 11));
-            m["message"]["mid"] = json!(format!("m_held_{i}"));
-            m["message"]["text"] = json!(format!("held {i} — ✓"));
-            serde_json::to_vec(&v).expect("body")
+            crate::common::messenger_text(&format!("6{:015}", i % 11), &format!("m_held_{i}"), &format!("held {i} — ✓"))
         })
         .collect();
     app.store_bodies(&bodies);
