@@ -382,6 +382,48 @@ async fn two_instances_share_one_database() {
     assert_eq!(m["data"]["text"], "across instances");
 }
 
+/// The instance's LISTEN connection dies; events committed while it is away
+/// (their NOTIFYs reach nobody) come from the log once it is back: in
+/// order, none twice, none lost.
+#[actix_web::test]
+async fn the_listener_reconnects_and_catches_up_from_the_log() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
+    let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    // Heard live once, so the listener knows the tenant.
+    append_events(&app, 1);
+    let first = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live");
+    assert_eq!(first["seq"], last + 1);
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let mut conn = app.db.conn();
+    let old: Vec<i32> =
+        diesel::sql_query(listening).load::<Pid>(&mut conn).expect("listener").iter().map(|p| p.pid).collect();
+    assert_eq!(old.len(), 1, "one LISTEN connection per instance");
+    // Gone when this returns (it waits); the listener backs off before
+    // reconnecting, so the events below commit while nobody listens.
+    diesel::sql_query(format!("SELECT pg_terminate_backend({}, 5000)", old[0])).execute(&mut conn).expect("terminate");
+    append_events(&app, 5);
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let f = until(&mut s, "channel.updated", Duration::from_secs(5)).await.expect("caught up after the reconnect");
+        seqs.push(f["seq"].as_i64().expect("seq"));
+    }
+    assert_eq!(seqs, ((last + 2)..=(last + 6)).collect::<Vec<_>>());
+    let now: Vec<i32> =
+        diesel::sql_query(listening).load::<Pid>(&mut conn).expect("listener").iter().map(|p| p.pid).collect();
+    assert!(now.len() == 1 && now != old, "a new LISTEN connection: {old:?} -> {now:?}");
+    // Live again.
+    append_events(&app, 1);
+    assert_eq!(until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live")["seq"], last + 7);
+    assert!(next(&mut s, Duration::from_millis(300)).await.is_none_or(|f| !f["seq"].is_i64()), "nothing twice");
+}
+
 /// Text frames with a `seq` until none comes for `quiet`.
 async fn sequenced(s: &mut Socket, quiet: Duration) -> Vec<Value> {
     let mut out = Vec::new();
