@@ -363,17 +363,30 @@ fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
 fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
     let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
     let route = RouteKey { platform: Platform::Whatsapp, external_id: phone_id };
-    let names: Vec<(String, String)> = arr(value.get("contacts"))
+    let contacts = arr(value.get("contacts"));
+    // (phone or business-scoped user id, display name): a user who adopted
+    // a username may come without a name, shown by the username then.
+    let names: Vec<(String, String)> = contacts
         .iter()
-        .filter_map(|c| {
-            Some((
-                s(c.get("wa_id"))?,
-                c.get("profile").and_then(|p| p.get("name")).and_then(Value::as_str)?.to_string(),
-            ))
+        .flat_map(|c| {
+            let profile = c.get("profile");
+            let name = profile
+                .and_then(|p| p.get("name").or_else(|| p.get("username")))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            [s(c.get("wa_id")), s(c.get("user_id"))].into_iter().flatten().filter_map(move |k| Some((k, name.clone()?)))
         })
         .collect();
     for m in arr(value.get("messages")) {
-        let (Some(from), Some(id)) = (s(m.get("from")), s(m.get("id"))) else { continue };
+        // Who wrote: the phone number (`from`) while Meta shares it; for a
+        // user who adopted a username (2026) it may be withheld, and the
+        // business-scoped user id (BSUID) names them instead — on the
+        // message, or on the payload's one contact. A contact first known
+        // by phone stays that contact while the phone keeps coming.
+        let lone = |key: &str| if contacts.len() == 1 { s(contacts[0].get(key)) } else { None };
+        let from =
+            s(m.get("from")).or_else(|| s(m.get("from_user_id"))).or_else(|| lone("wa_id")).or_else(|| lone("user_id"));
+        let (Some(from), Some(id)) = (from, s(m.get("id"))) else { continue };
         let timestamp = secs(m.get("timestamp")).unwrap_or_else(Utc::now);
         let kind = m.get("type").and_then(Value::as_str).unwrap_or("unknown");
         let reply_to = m.get("context").and_then(|c| c.get("id")).and_then(Value::as_str).map(str::to_string);
@@ -508,6 +521,42 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Value>(&ours).expect("json"), parsed);
         assert_eq!(sign(secret, &raw), good);
+    }
+
+    #[test]
+    fn a_whatsapp_user_without_a_phone_number_is_known_by_their_bsuid() {
+        let value = |contact: Value, message: Value| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+                "field": "messages", "value": {"messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
+                    "contacts": [contact], "messages": [message]}}]}]});
+            let mut items = parse(&serde_json::to_vec(&body).expect("body")).expect("parse");
+            assert_eq!(items.len(), 1, "{items:?}");
+            match items.remove(0).item {
+                Item::Message { contact, contact_name, text, .. } => (contact, contact_name, text),
+                other => panic!("{other:?}"),
+            }
+        };
+        let text = serde_json::json!({"type": "text", "text": {"body": "olá 👋"}, "timestamp": "1749416383", "id": "wamid.B1"});
+        let with = |extra: Value| {
+            let mut m = text.clone();
+            m.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+            m
+        };
+        // The message names its sender's BSUID; the contact has a username only.
+        let contact = serde_json::json!({"profile": {"username": "@sheena"}, "user_id": "US.13491208655302741918"});
+        assert_eq!(
+            value(contact.clone(), with(serde_json::json!({"from_user_id": "US.13491208655302741918"}))),
+            ("US.13491208655302741918".into(), Some("@sheena".into()), Some("olá 👋".into()))
+        );
+        // Only the payload's one contact names them.
+        assert_eq!(value(contact, text.clone()).0, "US.13491208655302741918");
+        // While the phone number comes, it stays the contact's key.
+        let both = serde_json::json!({"profile": {"name": "Sheena"}, "wa_id": "16505551234", "user_id": "US.1"});
+        assert_eq!(
+            value(both, with(serde_json::json!({"from": "16505551234", "from_user_id": "US.1"}))),
+            ("16505551234".into(), Some("Sheena".into()), Some("olá 👋".into()))
+        );
     }
 
     #[test]
