@@ -266,7 +266,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
 }
 
 fn attachments(m: &Value) -> Vec<Attachment> {
-    arr(m.get("attachments"))
+    let mut out: Vec<Attachment> = arr(m.get("attachments"))
         .iter()
         .map(|a| Attachment {
             kind: a.get("type").and_then(Value::as_str).unwrap_or("file").to_string(),
@@ -274,7 +274,19 @@ fn attachments(m: &Value) -> Vec<Attachment> {
             media_id: None,
             caption: None,
         })
-        .collect()
+        .collect();
+    // An Instagram reply to a story: without the story the text makes no
+    // sense to the agent, so it comes along as a `story_reply` attachment
+    // (its CDN URL expires with the story).
+    if let Some(story) = m.get("reply_to").and_then(|r| r.get("story")) {
+        out.push(Attachment {
+            kind: "story_reply".into(),
+            url: s(story.get("url")),
+            media_id: None,
+            caption: s(story.get("id")).map(|id| format!("story {id}")),
+        });
+    }
+    out
 }
 
 fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
@@ -601,6 +613,9 @@ mod tests {
         assert!(
             matches!(one("instagram_story_mention.json").item, Item::Message { ref attachments, .. } if attachments[0].kind == "story_mention")
         );
+        assert!(matches!(one("instagram_story_reply.json").item, Item::Message { ref attachments, ref text, .. }
+                if text.as_deref() == Some("Love this one") && attachments.len() == 1 && attachments[0].kind == "story_reply"
+                    && attachments[0].url.as_deref().is_some_and(|u| u.contains("asset_id=17900000000000002"))));
         let wa = one("whatsapp_text.json");
         assert_eq!(wa.route, RouteKey { platform: Platform::Whatsapp, external_id: "123456789012345".into() });
         if let Item::Message { contact_name, timestamp, text, .. } = wa.item {
