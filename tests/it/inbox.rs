@@ -11,12 +11,12 @@ const PSID: &str = "7392015648120394";
 const PHONE: &str = "123456789012345";
 const WA_ID: &str = "14155550123";
 
-struct Ctx {
-    admin: String,
+pub(crate) struct Ctx {
+    pub(crate) admin: String,
 }
 
 /// Tenant acme with page A (+ Instagram) and the WhatsApp number connected.
-async fn acme(app: &TestApp) -> Ctx {
+pub(crate) async fn acme(app: &TestApp) -> Ctx {
     let created = meta_user(app).await;
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
     let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;

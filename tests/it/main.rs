@@ -9,5 +9,6 @@ mod events;
 mod graph;
 mod inbox;
 mod migrate;
+mod openapi;
 mod realtime;
 mod tenancy;

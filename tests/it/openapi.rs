@@ -1,0 +1,210 @@
+//! The OpenAPI document the server serves describes what it answers: live
+//! responses are checked against the document's own schemas (required
+//! fields, types, enums, nullability, date-times), so the two cannot drift
+//! apart unnoticed.
+
+use serde_json::{json, Value};
+
+use crate::common::{fixture, spawn_app, token, TestApp};
+use crate::inbox::acme;
+
+/// Where `value` departs from `schema` (resolved in `doc`), as paths.
+fn departures(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return departures(doc, &doc["components"]["schemas"][name], value, at, out);
+    }
+    if value.is_null() {
+        if schema["nullable"] != true {
+            out.push(format!("{at}: null, not nullable"));
+        }
+        return;
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            departures(doc, s, value, at, out);
+        }
+        return;
+    }
+    let fits = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !fits {
+        out.push(format!("{at}: {value} is not {}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            out.push(format!("{at}: {value} not in {allowed:?}"));
+        }
+    }
+    if schema["format"] == "date-time" {
+        if let Some(t) = value.as_str().filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_err()) {
+            out.push(format!("{at}: {t} is not RFC 3339"));
+        }
+    }
+    for key in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if value.get(key).is_none() {
+            out.push(format!("{at}: no `{key}`"));
+        }
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for (key, s) in props {
+            if let Some(v) = obj.get(key) {
+                departures(doc, s, v, &format!("{at}.{key}"), out);
+            }
+        }
+    }
+    if let Some(items) = value.as_array() {
+        for (i, v) in items.iter().enumerate() {
+            departures(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
+        }
+    }
+}
+
+/// Calls the server and checks the answer against the documented schema
+/// of `template` (the document's path) for that method and status.
+async fn check(
+    app: &TestApp,
+    doc: &Value,
+    method: &str,
+    template: &str,
+    path: &str,
+    t: Option<&str>,
+    body: Option<Value>,
+) -> Value {
+    let r = app.call(method, path, t, body).await;
+    let op = &doc["paths"][template][method.to_lowercase()];
+    let documented = &op["responses"][r.status.to_string()];
+    // Statuses not listed answer with the `default` response (the error shape).
+    let documented = if documented.is_null() { &op["responses"]["default"] } else { documented };
+    let documented = match documented["$ref"].as_str() {
+        Some(r) => &doc["components"]["responses"][r.trim_start_matches("#/components/responses/")],
+        None => documented,
+    };
+    let schema = &documented["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} answered {} ({:?}): no schema documented for it", r.status, r.body);
+    let mut out = Vec::new();
+    departures(doc, schema, &r.body, "$", &mut out);
+    assert!(out.is_empty(), "{method} {path} departs from the document: {out:#?}\n{:#}", r.body);
+    r.body
+}
+
+#[actix_web::test]
+async fn live_answers_match_the_served_openapi_document() {
+    let app = spawn_app().await;
+    let doc = app.call("GET", "/api/openapi.json", None, None).await.body;
+    assert_eq!(doc["openapi"], "3.0.3");
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    assert_eq!(app.webhook(&fixture("instagram_story_reply.json")).await, 200);
+    app.processed().await;
+
+    let tenant = check(
+        &app,
+        &doc,
+        "POST",
+        "/api/tenants",
+        "/api/tenants",
+        None,
+        Some(json!({"slug": "other-shop", "name": "Other", "owner_email": "o@other.test", "owner_password": "other-password-1"})),
+    )
+    .await;
+    assert_eq!(tenant["tenant"]["slug"], "other-shop");
+    let login = check(
+        &app,
+        &doc,
+        "POST",
+        "/api/auth/login",
+        "/api/auth/login",
+        None,
+        Some(json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
+    )
+    .await;
+    let refresh = json!({"refresh_token": token(&login, "refresh_token")});
+    check(&app, &doc, "POST", "/api/auth/refresh", "/api/auth/refresh", None, Some(refresh)).await;
+    check(&app, &doc, "GET", "/api/me", "/api/me", Some(admin), None).await;
+    let member = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let bo = check(&app, &doc, "POST", "/api/members", "/api/members", Some(admin), Some(member)).await;
+    let bo_id = bo["user_id"].as_str().expect("user id").to_string();
+    check(
+        &app,
+        &doc,
+        "PATCH",
+        "/api/members/{user_id}",
+        &format!("/api/members/{bo_id}"),
+        Some(admin),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    check(&app, &doc, "GET", "/api/members", "/api/members", Some(admin), None).await;
+
+    let channels = check(&app, &doc, "GET", "/api/channels", "/api/channels", Some(admin), None).await;
+    let channel = channels["items"][0]["id"].as_str().expect("channel").to_string();
+    let one = format!("/api/channels/{channel}");
+    check(&app, &doc, "GET", "/api/channels/{id}", &one, Some(admin), None).await;
+    let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Hi! We answer within the hour."}}});
+    check(&app, &doc, "PATCH", "/api/channels/{id}", &one, Some(admin), Some(settings)).await;
+    let members = json!({"user_ids": [bo_id]});
+    check(&app, &doc, "PUT", "/api/channels/{id}/members", &format!("{one}/members"), Some(admin), Some(members)).await;
+
+    let convs = check(&app, &doc, "GET", "/api/conversations", "/api/conversations", Some(admin), None).await;
+    assert!(convs["items"].as_array().is_some_and(|c| c.len() >= 2), "{convs}");
+    for conv in convs["items"].as_array().into_iter().flatten() {
+        let id = conv["id"].as_str().expect("id");
+        let path = format!("/api/conversations/{id}");
+        check(&app, &doc, "GET", "/api/conversations/{id}", &path, Some(admin), None).await;
+        let msgs = format!("{path}/messages");
+        check(&app, &doc, "GET", "/api/conversations/{id}/messages", &msgs, Some(admin), None).await;
+    }
+    // Errors have the documented shape too.
+    let none =
+        check(&app, &doc, "GET", "/api/conversations/{id}", "/api/conversations/999999", Some(admin), None).await;
+    assert_eq!(none["error"]["code"], "not_found");
+    let old = format!("/api/conversations/{}/messages", convs["items"][0]["id"].as_str().expect("id"));
+    let late = json!({"text": "Sorry for the wait", "client_id": "c-0"});
+    let refused = check(&app, &doc, "POST", "/api/conversations/{id}/messages", &old, Some(admin), Some(late)).await;
+    assert_eq!(refused["error"]["code"], "outside_window", "the fixtures' messages are months old");
+
+    // A customer writes now: that conversation can be answered.
+    app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": "4242", "text": "Still open?"}))
+        .await;
+    crate::common::eventually("the new conversation", || async {
+        let convs = app.call("GET", "/api/conversations", Some(admin), None).await.body;
+        convs["items"].as_array().is_some_and(|c| c.iter().any(|c| c["contact"]["external_id"] == "4242"))
+    })
+    .await;
+    let convs = check(&app, &doc, "GET", "/api/conversations", "/api/conversations", Some(admin), None).await;
+    let fresh = convs["items"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["contact"]["external_id"] == "4242"))
+        .and_then(|c| c["id"].as_str())
+        .expect("the new conversation")
+        .to_string();
+    let path = format!("/api/conversations/{fresh}");
+    check(&app, &doc, "PATCH", "/api/conversations/{id}", &path, Some(admin), Some(json!({"status": "pending"}))).await;
+    let reply = json!({"text": "On its way 📦", "client_id": "c-1"});
+    check(
+        &app,
+        &doc,
+        "POST",
+        "/api/conversations/{id}/messages",
+        &format!("{path}/messages"),
+        Some(admin),
+        Some(reply),
+    )
+    .await;
+
+    check(&app, &doc, "GET", "/api/contacts", "/api/contacts", Some(admin), None).await;
+    let canned = json!({"shortcut": "ship", "text": "We ship to Lisbon."});
+    check(&app, &doc, "POST", "/api/canned-responses", "/api/canned-responses", Some(admin), Some(canned)).await;
+    check(&app, &doc, "GET", "/api/canned-responses", "/api/canned-responses", Some(admin), None).await;
+    check(&app, &doc, "GET", "/api/audit-log", "/api/audit-log", Some(admin), None).await;
+    check(&app, &doc, "POST", "/api/ws-ticket", "/api/ws-ticket", Some(admin), None).await;
+}
