@@ -7,7 +7,7 @@
 //! (4 MB) — inside whichever insert crossed the line. On the webhook path
 //! that insert is the processor's message insert, in a transaction that
 //! holds the tenant's event sequence: every ~3,000–10,000 messages one batch
-//! paid a 35–85 ms merge and every webhook queued behind it waited (the
+//! paid a 35–110 ms merge and every webhook queued behind it waited (the
 //! slow statements auto_explain showed at 2,000 webhooks/s).
 //!
 //! So the processor notes how much text each tenant's batches indexed, and
