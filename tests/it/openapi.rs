@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 
 use crate::common::{fixture, spawn_app, token, TestApp};
 use crate::inbox::acme;
+use crate::realtime::{next, until, ws};
+use std::time::Duration;
 
 /// Where `value` departs from `schema` (resolved in `doc`), as paths.
 fn departures(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
@@ -65,6 +67,13 @@ fn departures(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Ve
             departures(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
         }
     }
+}
+
+/// Checks `value` against the document's schema `name`.
+fn conforms(doc: &Value, name: &str, value: &Value) {
+    let mut out = Vec::new();
+    departures(doc, &json!({"$ref": format!("#/components/schemas/{name}")}), value, "$", &mut out);
+    assert!(out.is_empty(), "{value:#} departs from {name}: {out:#?}");
 }
 
 /// Calls the server and checks the answer against the documented schema
@@ -172,9 +181,18 @@ async fn live_answers_match_the_served_openapi_document() {
     let refused = check(&app, &doc, "POST", "/api/conversations/{id}/messages", &old, Some(admin), Some(late)).await;
     assert_eq!(refused["error"]["code"], "outside_window", "the fixtures' messages are months old");
 
-    // A customer writes now: that conversation can be answered.
+    // A customer writes now: that conversation can be answered. The frames
+    // it brings carry the same objects as the REST answers.
+    let mut socket = ws(&app, "", Some(admin), None).await.expect("ws");
+    let hello = next(&mut socket, Duration::from_secs(3)).await.expect("hello");
+    conforms(&doc, "Event", &hello);
     app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": "4242", "text": "Still open?"}))
         .await;
+    for (kind, data) in [("message.created", "Message"), ("conversation.created", "Conversation")] {
+        let frame = until(&mut socket, kind, Duration::from_secs(5)).await.expect(kind);
+        conforms(&doc, "Event", &frame);
+        conforms(&doc, data, &frame["data"]);
+    }
     crate::common::eventually("the new conversation", || async {
         let convs = app.call("GET", "/api/conversations", Some(admin), None).await.body;
         convs["items"].as_array().is_some_and(|c| c.iter().any(|c| c["contact"]["external_id"] == "4242"))

@@ -11,9 +11,9 @@ use std::time::Duration;
 use crate::channels::{connect_pages, meta_user, META_USER, PAGE_A};
 use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
 
-type Socket = actix_codec::Framed<BoxedSocket, Codec>;
+pub(crate) type Socket = actix_codec::Framed<BoxedSocket, Codec>;
 
-async fn ws(app: &TestApp, query: &str, bearer: Option<&str>, origin: Option<&str>) -> Result<Socket, u16> {
+pub(crate) async fn ws(app: &TestApp, query: &str, bearer: Option<&str>, origin: Option<&str>) -> Result<Socket, u16> {
     let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).finish();
     let mut req = client.ws(format!("{}/ws{query}", app.base.replace("http://", "ws://")));
     if let Some(b) = bearer {
@@ -36,7 +36,7 @@ async fn ticket(app: &TestApp, t: &str) -> String {
 }
 
 /// The next JSON frame (answering pings), or `None` after `wait`.
-async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
+pub(crate) async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
     loop {
         match timeout(wait, s.next()).await {
             Ok(Some(Ok(Frame::Text(t)))) => return serde_json::from_slice(&t).ok(),
@@ -53,7 +53,7 @@ async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
 }
 
 /// Frames until one of type `kind` (others skipped), or `None`.
-async fn until(s: &mut Socket, kind: &str, wait: Duration) -> Option<Value> {
+pub(crate) async fn until(s: &mut Socket, kind: &str, wait: Duration) -> Option<Value> {
     let deadline = std::time::Instant::now() + wait;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match next(s, left).await {
