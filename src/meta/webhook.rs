@@ -432,7 +432,8 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
         let status = match status {
             "sent" => DeliveryStatus::Sent,
             "delivered" => DeliveryStatus::Delivered,
-            "read" => DeliveryStatus::Read,
+            // A voice note played (since Nov 2025): it was read first.
+            "read" | "played" => DeliveryStatus::Read,
             "failed" => DeliveryStatus::Failed,
             _ => continue,
         };
@@ -533,6 +534,16 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Value>(&ours).expect("json"), parsed);
         assert_eq!(sign(secret, &raw), good);
+    }
+
+    #[test]
+    fn a_played_voice_note_counts_as_read() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"106540352242922"},"statuses":[{"id":"wamid.V1","status":"played","timestamp":"1762160000","recipient_id":"16505551234"}]}}]}]}"#;
+        let items = parse(body).expect("parse");
+        assert!(
+            matches!(items.as_slice(), [Routed { item: Item::Status { wamid, status: DeliveryStatus::Read, .. }, .. }] if wamid == "wamid.V1"),
+            "{items:?}"
+        );
     }
 
     #[test]
