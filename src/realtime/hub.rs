@@ -352,7 +352,10 @@ pub struct Hub {
     index: Index,
     typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
     presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
-    shown: HashMap<(i64, i64), &'static str>,
+    /// Per tenant, the users shown online or away, with the frame that said
+    /// so: a socket that joins gets these first (nobody else would tell it
+    /// who is already there). Offline users are not kept.
+    shown: HashMap<i64, HashMap<i64, (&'static str, Frame)>>,
     holds: Holds,
 }
 
@@ -444,13 +447,34 @@ impl Hub {
             Some(m) if m.values().any(|(n, _)| *n > 0) => "away",
             _ => "offline",
         };
-        if self.shown.get(&(tenant, user)).copied().unwrap_or("offline") == status {
+        let was = self.shown.get(&tenant).and_then(|users| users.get(&user)).map_or("offline", |(s, _)| *s);
+        if was == status {
             return;
         }
-        self.shown.insert((tenant, user), status);
         let frame =
             json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
-        self.broadcast(tenant, None, Frame { seq: None, text: frame.to_string().into() }, None);
+        let frame = Frame { seq: None, text: frame.to_string().into() };
+        let users = self.shown.entry(tenant).or_default();
+        if status == "offline" {
+            users.remove(&user);
+            if users.is_empty() {
+                self.shown.remove(&tenant);
+            }
+        } else {
+            users.insert(user, (status, frame.clone()));
+        }
+        self.broadcast(tenant, None, frame, None);
+    }
+
+    /// Who is online or away in `tenant`, as the frames that said so (at
+    /// most half an outbox: a tenant with more agents online than that is
+    /// past what per-user presence frames can serve).
+    fn presence_now(&self, tenant: i64) -> Vec<Frame> {
+        let Some(users) = self.shown.get(&tenant) else { return Vec::new() };
+        if users.len() > OUTBOX_LIMIT / 2 {
+            tracing::warn!(tenant, online = users.len(), "too many agents online to tell a new socket about each");
+        }
+        users.values().take(OUTBOX_LIMIT / 2).map(|(_, f)| f.clone()).collect()
     }
 
     fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Frame {
@@ -493,6 +517,10 @@ impl Handler<Join> for Hub {
             away: false,
         };
         self.index.insert(m.id, entry);
+        let now = self.presence_now(m.tenant);
+        if !now.is_empty() {
+            self.send(m.id, now);
+        }
         self.publish_presence(m.tenant, m.user);
     }
 }

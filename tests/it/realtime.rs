@@ -382,6 +382,53 @@ async fn two_instances_share_one_database() {
     assert_eq!(m["data"]["text"], "across instances");
 }
 
+/// Presence frames until `quiet` passes without one: user id -> last status.
+async fn presence_seen(s: &mut Socket, quiet: Duration) -> std::collections::HashMap<String, String> {
+    let mut seen = std::collections::HashMap::new();
+    while let Some(f) = until(s, "presence", quiet).await {
+        let (Some(u), Some(st)) = (f["data"]["user_id"].as_str(), f["data"]["status"].as_str()) else { break };
+        seen.insert(u.to_string(), st.to_string());
+    }
+    seen
+}
+
+/// A socket that connects is told who is already online or away (nobody
+/// else would tell it), and who is not there is not mentioned.
+#[actix_web::test]
+async fn a_new_socket_hears_who_is_already_there() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    next(&mut x, Duration::from_secs(3)).await.expect("hello");
+    assert_eq!(
+        presence_seen(&mut x, Duration::from_millis(500)).await.get(&t.agent_x_id).map(String::as_str),
+        Some("online")
+    );
+    send(&mut x, json!({"type": "presence", "status": "away"})).await;
+    assert_eq!(
+        presence_seen(&mut x, Duration::from_millis(500)).await.get(&t.agent_x_id).map(String::as_str),
+        Some("away")
+    );
+
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    next(&mut admin, Duration::from_secs(3)).await.expect("hello");
+    let seen = presence_seen(&mut admin, Duration::from_millis(500)).await;
+    assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("away"), "{seen:?}");
+    assert_eq!(seen.len(), 2, "x and the admin, nobody else: {seen:?}");
+    // Another tenant's newcomer hears nothing of acme.
+    let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
+    next(&mut beta, Duration::from_secs(3)).await.expect("hello");
+    let seen = presence_seen(&mut beta, Duration::from_millis(500)).await;
+    assert!(!seen.contains_key(&t.agent_x_id) && seen.len() == 1, "{seen:?}");
+    // Gone: not reported to the next newcomer.
+    drop(x);
+    let seen = presence_seen(&mut admin, Duration::from_secs(2)).await;
+    assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("offline"));
+    let mut later = ws(&app, "", Some(&t.admin), None).await.expect("admin again");
+    next(&mut later, Duration::from_secs(3)).await.expect("hello");
+    assert!(!presence_seen(&mut later, Duration::from_millis(500)).await.contains_key(&t.agent_x_id));
+}
+
 /// The instance's LISTEN connection dies; events committed while it is away
 /// (their NOTIFYs reach nobody) come from the log once it is back: in
 /// order, none twice, none lost.
