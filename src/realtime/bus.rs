@@ -61,7 +61,22 @@ pub enum LiveMsg {
         u: i64,
         family: Option<String>,
     },
+    /// Instance `inst` has just started listening (first time or after a
+    /// reconnect) and knows nothing of the others' sockets: they answer
+    /// with [`LiveMsg::PresenceOf`].
+    PresenceWanted {
+        inst: String,
+    },
+    /// Instance `inst`'s sockets: (tenant, user, sockets, all away), in
+    /// parts of at most [`PRESENCE_PART`] users (a NOTIFY holds 8,000 bytes).
+    PresenceOf {
+        inst: String,
+        users: Vec<(i64, i64, u32, bool)>,
+    },
 }
+
+/// Users per [`LiveMsg::PresenceOf`]: ~50 bytes of JSON each at most.
+pub const PRESENCE_PART: usize = 120;
 
 pub trait Bus: Send + Sync {
     /// Publishes a live message to every instance (this one included).
@@ -232,6 +247,8 @@ fn with_keepalives(url: &str) -> String {
 fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Result<()> {
     let mut conn = PgConnection::establish(&with_keepalives(url))?;
     conn.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
+    // Presence the other instances announced while we were not listening.
+    hub.do_send(super::hub::WantPresence);
     // Whatever happened while we were away: catch up from the logs.
     let known: Vec<i64> = feed.delivered.lock().map(|d| d.keys().copied().collect()).unwrap_or_default();
     for t in known {
@@ -315,6 +332,14 @@ fn catch_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_presence_part_fits_a_notify() {
+        let users = vec![(i64::MAX, i64::MAX, u32::MAX, false); PRESENCE_PART];
+        let inst = "i".repeat(64);
+        let json = serde_json::to_string(&LiveMsg::PresenceOf { inst, users }).expect("json");
+        assert!(json.len() < 8000, "{} bytes", json.len());
+    }
 
     #[test]
     fn the_listener_connects_with_keepalives_unless_told_otherwise() {

@@ -230,6 +230,12 @@ pub struct Flush;
 #[rtype(result = "()")]
 pub struct Live(pub LiveMsg);
 
+/// This instance's listener is (again) listening: ask the other instances
+/// who is on their sockets.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WantPresence;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TypingFrom {
@@ -688,10 +694,47 @@ impl Handler<TypingFrom> for Hub {
     }
 }
 
+impl Handler<WantPresence> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: WantPresence, _: &mut Context<Self>) {
+        self.publish(LiveMsg::PresenceWanted { inst: self.instance.clone() });
+    }
+}
+
+impl Hub {
+    /// Every user with sockets here: (tenant, user, sockets, all away).
+    fn presence_here(&self) -> Vec<(i64, i64, u32, bool)> {
+        let mut users: HashMap<(i64, i64), (u32, bool)> = HashMap::new();
+        for e in self.index.sessions.values() {
+            let (n, away) = users.entry((e.tenant, e.user)).or_insert((0, true));
+            *n += 1;
+            *away &= e.away;
+        }
+        users.into_iter().map(|((t, u), (n, away))| (t, u, n, away)).collect()
+    }
+
+    fn heard_presence(&mut self, t: i64, u: i64, inst: String, n: u32, away: bool) {
+        self.presence.entry((t, u)).or_default().insert(inst, (n, away));
+        self.presence_changed(t, u);
+    }
+}
+
 impl Handler<Live> for Hub {
     type Result = ();
     fn handle(&mut self, Live(msg): Live, _: &mut Context<Self>) {
         match msg {
+            LiveMsg::PresenceWanted { inst } if inst != self.instance => {
+                for users in self.presence_here().chunks(super::bus::PRESENCE_PART) {
+                    self.publish(LiveMsg::PresenceOf { inst: self.instance.clone(), users: users.to_vec() });
+                }
+            }
+            LiveMsg::PresenceOf { inst, users } if inst != self.instance => {
+                for (t, u, n, away) in users {
+                    self.heard_presence(t, u, inst.clone(), n, away);
+                }
+            }
+            // Our own question or answer, come back through the bus.
+            LiveMsg::PresenceWanted { .. } | LiveMsg::PresenceOf { .. } => {}
             LiveMsg::Typing { t, conv, ch, u, name, on } => {
                 if on {
                     self.typing.insert((t, conv, u), (Instant::now() + TYPING_TTL, ch, name.clone()));
@@ -701,10 +744,7 @@ impl Handler<Live> for Hub {
                 // Never echoed to its sender (any of the sender's own sockets).
                 self.broadcast(t, Some(ch), Hub::typing_frame(conv, u, &name, on), Some(u));
             }
-            LiveMsg::Presence { t, u, inst, n, away } => {
-                self.presence.entry((t, u)).or_default().insert(inst, (n, away));
-                self.presence_changed(t, u);
-            }
+            LiveMsg::Presence { t, u, inst, n, away } => self.heard_presence(t, u, inst, n, away),
             LiveMsg::Acl { t } => {
                 for id in self.index.audience(t, None) {
                     if let Some(e) = self.index.sessions.get(&id) {

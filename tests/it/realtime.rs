@@ -354,27 +354,36 @@ async fn a_client_that_never_reads_does_not_delay_others() {
     assert_eq!(closed.expect("closed")["code"], 4408);
 }
 
-#[actix_web::test]
-async fn two_instances_share_one_database() {
-    let app = spawn_app().await;
-    let t = team(&app).await;
-    // A second server process on the same database, without workers.
-    let second = spawn_app_without_workers().await;
+/// A second server on `app`'s database, without workers: its WebSocket URL
+/// (the config of `other`, a spare app, with `app`'s database).
+fn second_instance(app: &TestApp, other: &TestApp) -> String {
     let state = actix_web::web::Data::new(switchboard::app::AppState::new(
         std::sync::Arc::new({
-            let mut c = (*second.config).clone();
+            let mut c = (*other.config).clone();
             c.db.database_url = app.config.db.database_url.clone();
             c
         }),
         switchboard::db::Db::new(app.db.pool(2)),
     ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let base = format!("ws://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let base = format!("ws://127.0.0.1:{}/ws", listener.local_addr().expect("addr").port());
     let server = switchboard::http::build_server(state, listener).expect("second server");
     actix_web::rt::spawn(server);
+    base
+}
+
+async fn ws_at(url: &str, bearer: &str) -> Socket {
     let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).finish();
-    let (_, mut s) =
-        client.ws(format!("{base}/ws")).bearer_auth(&t.agent_x).connect().await.expect("ws on the second instance");
+    let (_, s) = client.ws(url).bearer_auth(bearer).connect().await.expect("ws on the second instance");
+    s
+}
+
+#[actix_web::test]
+async fn two_instances_share_one_database() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let spare = spawn_app_without_workers().await;
+    let mut s = ws_at(&second_instance(&app, &spare), &t.agent_x).await;
     next(&mut s, Duration::from_secs(3)).await.expect("hello");
     // The webhook is received and processed by the first instance.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "777", "text": "across instances"})).await;
@@ -392,18 +401,22 @@ async fn presence_seen(s: &mut Socket, quiet: Duration) -> std::collections::Has
     seen
 }
 
+/// Agent X's socket, once the bus has carried X's own `online` back to it.
+async fn online_x(app: &TestApp, t: &Team) -> Socket {
+    let mut x = ws(app, "", Some(&t.agent_x), None).await.expect("x");
+    next(&mut x, Duration::from_secs(3)).await.expect("hello");
+    let seen = presence_seen(&mut x, Duration::from_millis(500)).await;
+    assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("online"), "{seen:?}");
+    x
+}
+
 /// A socket that connects is told who is already online or away (nobody
 /// else would tell it), and who is not there is not mentioned.
 #[actix_web::test]
 async fn a_new_socket_hears_who_is_already_there() {
     let app = spawn_app().await;
     let t = team(&app).await;
-    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
-    next(&mut x, Duration::from_secs(3)).await.expect("hello");
-    assert_eq!(
-        presence_seen(&mut x, Duration::from_millis(500)).await.get(&t.agent_x_id).map(String::as_str),
-        Some("online")
-    );
+    let mut x = online_x(&app, &t).await;
     send(&mut x, json!({"type": "presence", "status": "away"})).await;
     assert_eq!(
         presence_seen(&mut x, Duration::from_millis(500)).await.get(&t.agent_x_id).map(String::as_str),
@@ -427,6 +440,24 @@ async fn a_new_socket_hears_who_is_already_there() {
     let mut later = ws(&app, "", Some(&t.admin), None).await.expect("admin again");
     next(&mut later, Duration::from_secs(3)).await.expect("hello");
     assert!(!presence_seen(&mut later, Duration::from_millis(500)).await.contains_key(&t.agent_x_id));
+}
+
+/// An instance that starts after a colleague connected to another one
+/// learns of them (it asks when it starts listening) and tells its sockets.
+#[actix_web::test]
+async fn a_new_instance_learns_who_is_on_the_others() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut x = online_x(&app, &t).await;
+    let spare = spawn_app_without_workers().await;
+    let mut admin = ws_at(&second_instance(&app, &spare), &t.admin).await;
+    next(&mut admin, Duration::from_secs(3)).await.expect("hello");
+    let seen = presence_seen(&mut admin, Duration::from_secs(1)).await;
+    assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("online"), "{seen:?}");
+    // And changes on the first instance keep coming.
+    send(&mut x, json!({"type": "presence", "status": "away"})).await;
+    let seen = presence_seen(&mut admin, Duration::from_secs(1)).await;
+    assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("away"), "{seen:?}");
 }
 
 /// The instance's LISTEN connection dies; events committed while it is away
