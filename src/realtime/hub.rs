@@ -126,22 +126,23 @@ impl Outbox {
 
     /// Everything waiting; the next frames wake the session again.
     pub fn take(&self) -> Vec<Frame> {
-        self.take_up_to(usize::MAX).0
+        self.take_up_to(usize::MAX, usize::MAX).0
     }
 
-    /// The oldest frames waiting, about `budget` bytes of text (at least one
-    /// frame), and whether more wait. While more wait the outbox stays
+    /// The oldest frames waiting, at most `most` of them and about `budget`
+    /// bytes of text (at least one frame), and whether more wait. While more wait the outbox stays
     /// woken: new frames join without a wake-up and the session comes back
     /// for them itself; once it has taken the last, the next frames wake it.
-    pub fn take_up_to(&self, budget: usize) -> (Vec<Frame>, bool) {
+    pub fn take_up_to(&self, budget: usize, most: usize) -> (Vec<Frame>, bool) {
         let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
         let mut bytes = 0;
         let fit = p
             .frames
             .iter()
-            .position(|f| {
+            .enumerate()
+            .position(|(i, f)| {
                 bytes += f.text.len();
-                bytes > budget
+                bytes > budget || i >= most
             })
             .map_or(p.frames.len(), |i| i.max(1));
         if fit < p.frames.len() {
@@ -880,16 +881,19 @@ mod tests {
         // Each frame's text is 9 or 10 bytes ({"seq":N}).
         assert_eq!(o.add((1..=9).map(frame).collect()), Ok(true));
         let seqs = |v: Vec<Frame>| v.iter().filter_map(|f| f.seq).collect::<Vec<_>>();
-        let (first, more) = o.take_up_to(30);
+        let (first, more) = o.take_up_to(30, 100);
         assert_eq!((seqs(first), more), (vec![1, 2, 3], true));
         assert!(!unwritten.is_zero(), "frames still wait");
         // Frames that come meanwhile join without waking the session again.
         assert_eq!(o.add(vec![frame(10)]), Ok(false));
         // A frame larger than the budget still goes, alone.
-        let (one, more) = o.take_up_to(1);
+        let (one, more) = o.take_up_to(1, 100);
         assert_eq!((seqs(one), more), (vec![4], true));
-        let (rest, more) = o.take_up_to(1000);
-        assert_eq!((seqs(rest), more), (vec![5, 6, 7, 8, 9, 10], false));
+        // At most `most` frames, however small.
+        let (two, more) = o.take_up_to(1000, 2);
+        assert_eq!((seqs(two), more), (vec![5, 6], true));
+        let (rest, more) = o.take_up_to(1000, 100);
+        assert_eq!((seqs(rest), more), (vec![7, 8, 9, 10], false));
         assert!(unwritten.is_zero());
         assert_eq!(o.add(vec![frame(11)]), Ok(true), "empty again: the next frame wakes it");
     }

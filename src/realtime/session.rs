@@ -26,15 +26,21 @@ use crate::inbox::ConversationId;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// What a session hands the HTTP dispatcher at a time (also the
-/// dispatcher's flush size, `http::build_server`). The dispatcher keeps its
-/// write buffer as large as the largest write, up to 128 KiB, for the life
-/// of the connection, and a socket that is behind in a burst has 50–100 KiB
-/// of frames waiting: written whole, every once-busy socket kept that much
-/// (bench realtime, 1,000 agents: RSS +147–162 KiB per socket after one
-/// burst; in parts +92–106, a third of it memory the allocator keeps; CPU
-/// per webhook no higher, the writes still few and large).
+/// What a session hands the HTTP dispatcher at a time: at most this many
+/// bytes (also the dispatcher's flush size, `http::build_server`) and
+/// [`WRITE_FRAMES`] frames. actix keeps buffers as large as the largest
+/// write they carried for the life of the connection (the dispatcher's
+/// write buffer, up to 128 KiB; the context's queue of messages, one slot a
+/// frame), and a socket behind in a burst has 50–100 KiB of frames waiting,
+/// a newcomer to a tenant of 1,000 agents online 1,000 presence frames.
+/// Written whole, every such socket kept that much (bench realtime, 1,000
+/// agents: +147–162 KiB per socket after a burst, in parts +84–106; for
+/// 1,000 sockets told who is online 116 MiB, in parts 53). Burst frames
+/// (~700 bytes) fill the bytes first, so bursts still go out in writes of
+/// ~16 KiB.
 pub const WRITE_BUDGET: usize = 16 * 1024;
+/// See [`WRITE_BUDGET`]: bounds runs of small frames (presence).
+pub const WRITE_FRAMES: usize = 24;
 
 /// Mailbox slots: events travel through the [`Outbox`], so the mailbox
 /// holds only a wake-up and the odd control message.
@@ -252,16 +258,43 @@ impl WsSession {
     /// Writes the oldest frames of the outbox, at most [`WRITE_BUDGET`]
     /// bytes, and comes back for the rest once the socket has taken them.
     fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let (frames, more) = self.outbox.take_up_to(WRITE_BUDGET);
+        let (frames, more) = self.outbox.take_up_to(WRITE_BUDGET, WRITE_FRAMES);
         crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
         crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
         for f in &frames {
             self.write(f, ctx);
         }
         if more {
-            // One yield: the HTTP dispatcher writes this part out before
-            // the session encodes the next.
-            ctx.spawn(actix::fut::wrap_future::<_, Self>(tokio::task::yield_now()).map(|_, act, ctx| act.drain(ctx)));
+            // On the executor's next turn, once this part is written: a
+            // continuation that is ready at once (a plain yield) would run
+            // within the same poll of the actor and queue every part
+            // together; a timer would wait a millisecond a part.
+            ctx.spawn(actix::fut::wrap_future::<_, Self>(NextTurn::default()).map(|_, act, ctx| act.drain(ctx)));
+        }
+    }
+}
+
+/// Ready once the executor has run the other tasks that were ready: the
+/// first poll spawns a task that marks it and wakes it.
+#[derive(Default)]
+struct NextTurn(Option<std::rc::Rc<std::cell::Cell<bool>>>);
+
+impl std::future::Future for NextTurn {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match &self.0 {
+            Some(done) if done.get() => std::task::Poll::Ready(()),
+            Some(_) => std::task::Poll::Pending,
+            None => {
+                let done = std::rc::Rc::new(std::cell::Cell::new(false));
+                let (mark, waker) = (done.clone(), cx.waker().clone());
+                actix_web::rt::spawn(async move {
+                    mark.set(true);
+                    waker.wake();
+                });
+                self.0 = Some(done);
+                std::task::Poll::Pending
+            }
         }
     }
 }
