@@ -90,7 +90,8 @@ impl Unwritten {
 /// the oldest frames, up to a socket write's worth at a time). The hub
 /// wakes the session only when the outbox goes from idle to busy, so a
 /// session that is busy or behind writes the frames of many events in one
-/// socket write instead of one write each; an idle one writes at once. Nothing here waits on a client: an outbox
+/// socket write instead of one write each; an idle one writes at once.
+/// Nothing here waits on a client: an outbox
 /// past [`OUTBOX_LIMIT`] frames means a client that stopped reading.
 pub struct Outbox {
     pending: std::sync::Mutex<Pending>,
@@ -130,9 +131,10 @@ impl Outbox {
     }
 
     /// The oldest frames waiting, at most `most` of them and about `budget`
-    /// bytes of text (at least one frame), and whether more wait. While more wait the outbox stays
-    /// woken: new frames join without a wake-up and the session comes back
-    /// for them itself; once it has taken the last, the next frames wake it.
+    /// bytes of text (at least one frame), and whether more wait. While
+    /// more wait the outbox stays woken: new frames join without a wake-up
+    /// and the session comes back for them itself; once it has taken the
+    /// last, the next frames wake it.
     pub fn take_up_to(&self, budget: usize, most: usize) -> (Vec<Frame>, bool) {
         let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
         let mut bytes = 0;

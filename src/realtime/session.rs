@@ -256,7 +256,8 @@ impl Handler<Drain> for WsSession {
 
 impl WsSession {
     /// Writes the oldest frames of the outbox, at most [`WRITE_BUDGET`]
-    /// bytes, and comes back for the rest once the socket has taken them.
+    /// bytes and [`WRITE_FRAMES`] frames, and comes back for the rest on
+    /// the executor's next turn.
     fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let (frames, more) = self.outbox.take_up_to(WRITE_BUDGET, WRITE_FRAMES);
         crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);

@@ -269,12 +269,18 @@ fn append_in(pool: &switchboard::db::PgPool, n: usize, pad: usize) {
     .expect("append");
 }
 
-#[actix_web::test]
-async fn resume_with_since_and_resync() {
+/// A team, the admin's socket past its hello, and the `last_seq` it named.
+async fn admin_at_hello() -> (TestApp, Team, Socket, i64) {
     let app = spawn_app().await;
     let t = team(&app).await;
     let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
     let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    (app, t, s, last)
+}
+
+#[actix_web::test]
+async fn resume_with_since_and_resync() {
+    let (app, t, s, last) = admin_at_hello().await;
     drop(s);
     for _ in 0..5 {
         append_events(&app, 10);
@@ -401,11 +407,17 @@ async fn presence_seen(s: &mut Socket, quiet: Duration) -> std::collections::Has
     seen
 }
 
+/// A socket of `bearer` past its hello, and the presence it was told.
+async fn newcomer(app: &TestApp, bearer: &str) -> (Socket, std::collections::HashMap<String, String>) {
+    let mut s = ws(app, "", Some(bearer), None).await.expect("ws");
+    next(&mut s, Duration::from_secs(3)).await.expect("hello");
+    let seen = presence_seen(&mut s, Duration::from_millis(500)).await;
+    (s, seen)
+}
+
 /// Agent X's socket, once the bus has carried X's own `online` back to it.
 async fn online_x(app: &TestApp, t: &Team) -> Socket {
-    let mut x = ws(app, "", Some(&t.agent_x), None).await.expect("x");
-    next(&mut x, Duration::from_secs(3)).await.expect("hello");
-    let seen = presence_seen(&mut x, Duration::from_millis(500)).await;
+    let (x, seen) = newcomer(app, &t.agent_x).await;
     assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("online"), "{seen:?}");
     x
 }
@@ -423,23 +435,18 @@ async fn a_new_socket_hears_who_is_already_there() {
         Some("away")
     );
 
-    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
-    next(&mut admin, Duration::from_secs(3)).await.expect("hello");
-    let seen = presence_seen(&mut admin, Duration::from_millis(500)).await;
+    let (mut admin, seen) = newcomer(&app, &t.admin).await;
     assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("away"), "{seen:?}");
     assert_eq!(seen.len(), 2, "x and the admin, nobody else: {seen:?}");
     // Another tenant's newcomer hears nothing of acme.
-    let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
-    next(&mut beta, Duration::from_secs(3)).await.expect("hello");
-    let seen = presence_seen(&mut beta, Duration::from_millis(500)).await;
+    let (_beta, seen) = newcomer(&app, &t.beta_admin).await;
     assert!(!seen.contains_key(&t.agent_x_id) && seen.len() == 1, "{seen:?}");
     // Gone: not reported to the next newcomer.
     drop(x);
     let seen = presence_seen(&mut admin, Duration::from_secs(2)).await;
     assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("offline"));
-    let mut later = ws(&app, "", Some(&t.admin), None).await.expect("admin again");
-    next(&mut later, Duration::from_secs(3)).await.expect("hello");
-    assert!(!presence_seen(&mut later, Duration::from_millis(500)).await.contains_key(&t.agent_x_id));
+    let (_later, seen) = newcomer(&app, &t.admin).await;
+    assert!(!seen.contains_key(&t.agent_x_id), "{seen:?}");
 }
 
 /// An instance that starts after a colleague connected to another one
@@ -465,10 +472,7 @@ async fn a_new_instance_learns_who_is_on_the_others() {
 /// order, none twice, none lost.
 #[actix_web::test]
 async fn the_listener_reconnects_and_catches_up_from_the_log() {
-    let app = spawn_app().await;
-    let t = team(&app).await;
-    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
-    let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    let (app, _team, mut s, last) = admin_at_hello().await;
     // Heard live once, so the listener knows the tenant.
     append_events(&app, 1);
     let first = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live");
