@@ -105,9 +105,16 @@ pub struct SimulateArgs {
     /// Facebook Page id to send Messenger messages to.
     #[arg(long)]
     pub page: Option<String>,
+    /// Instagram account id to send Instagram messages to.
+    #[arg(long)]
+    pub instagram: Option<String>,
     /// WhatsApp phone number id to send WhatsApp messages to.
     #[arg(long)]
     pub phone: Option<String>,
+    /// Which kinds of webhook, in the order each contact's turn goes
+    /// (comma list; default: all of them).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::simulate::Kind::ALL)]
+    pub kinds: Vec<crate::simulate::Kind>,
     /// How many webhooks to send.
     #[arg(long, default_value_t = 100)]
     pub count: usize,

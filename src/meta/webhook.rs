@@ -253,10 +253,12 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
         "whatsapp_business_account" => {
             for entry in arr(v.get("entry")) {
                 for change in arr(entry.get("changes")) {
-                    if change.get("field").and_then(Value::as_str) != Some("messages") {
-                        continue;
+                    let value = change.get("value").unwrap_or(&Value::Null);
+                    match change.get("field").and_then(Value::as_str) {
+                        Some("messages") => whatsapp_value(value, &mut out),
+                        Some("smb_message_echoes") => whatsapp_echoes(value, &mut out),
+                        _ => {}
                     }
-                    whatsapp_value(change.get("value").unwrap_or(&Value::Null), &mut out);
                 }
             }
         }
@@ -459,6 +461,38 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
     }
 }
 
+/// Messages the business sent from the WhatsApp Business app or a linked
+/// device, on a number also connected to the Cloud API (coexistence): the
+/// agents see them in the conversation as sent by the page, as Messenger's
+/// echoes from the Page inbox. `from` is the business number, `to` the
+/// customer (or, for a customer known by username only, `to_user_id`).
+fn whatsapp_echoes(value: &Value, out: &mut Vec<Routed>) {
+    let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
+    let route = RouteKey { platform: Platform::Whatsapp, external_id: phone_id };
+    for m in arr(value.get("message_echoes")) {
+        let contact = s(m.get("to")).or_else(|| s(m.get("to_user_id")));
+        let (Some(contact), Some(mid)) = (contact, s(m.get("id"))) else { continue };
+        let kind = m.get("type").and_then(Value::as_str).unwrap_or("unknown");
+        // A reaction from the phone targets a message; it is not one.
+        if kind == "reaction" {
+            continue;
+        }
+        let (text, attachments, _, _) = whatsapp_content(m, kind);
+        out.push(Routed {
+            route: route.clone(),
+            item: Item::Echo {
+                contact,
+                mid,
+                text,
+                attachments,
+                app_id: None,
+                metadata: None,
+                timestamp: secs(m.get("timestamp")).unwrap_or_else(Utc::now),
+            },
+        });
+    }
+}
+
 type Content = (Option<String>, Vec<Attachment>, Option<String>, Option<String>);
 
 fn whatsapp_content(m: &Value, kind: &str) -> Content {
@@ -544,6 +578,36 @@ mod tests {
             matches!(items.as_slice(), [Routed { item: Item::Status { wamid, status: DeliveryStatus::Read, .. }, .. }] if wamid == "wamid.V1"),
             "{items:?}"
         );
+    }
+
+    #[test]
+    fn whatsapp_business_app_echoes_are_the_page_writing() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"112233445566778","changes":[{"field":"smb_message_echoes","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15551234567","phone_number_id":"123456789012345"},"message_echoes":[
+            {"from":"15551234567","to":"14155550123","id":"wamid.E1","timestamp":"1773140100","type":"text","text":{"body":"Sim, ainda temos \ud83d\ude0a"}},
+            {"from":"15551234567","to":"14155550123","id":"wamid.E2","timestamp":"1773140101","type":"image","image":{"id":"media-9","mime_type":"image/jpeg","caption":"a mesa"}},
+            {"from":"15551234567","to":"14155550123","id":"wamid.E3","timestamp":"1773140102","type":"reaction","reaction":{"message_id":"wamid.X","emoji":"\u2764"}},
+            {"from":"15551234567","id":"wamid.E4","timestamp":"1773140103","type":"text","text":{"body":"no recipient"}}]}}]}]}"#;
+        let items = parse(body).expect("parse");
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(items
+            .iter()
+            .all(|r| r.route.platform == Platform::Whatsapp && r.route.external_id == "123456789012345"));
+        match &items[0].item {
+            Item::Echo { contact, mid, text, app_id: None, metadata: None, timestamp, .. } => {
+                assert_eq!(
+                    (contact.as_str(), mid.as_str(), text.as_deref()),
+                    ("14155550123", "wamid.E1", Some("Sim, ainda temos 😊"))
+                );
+                assert_eq!(timestamp.timestamp(), 1_773_140_100, "seconds, not ms");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&items[1].item, Item::Echo { attachments, text, .. } if attachments[0].media_id.as_deref() == Some("media-9") && text.as_deref() == Some("a mesa"))
+        );
+        // Other fields of the account are not messages.
+        let other = String::from_utf8_lossy(body).replace("smb_message_echoes", "history");
+        assert_eq!(parse(other.as_bytes()).expect("parse"), vec![]);
     }
 
     #[test]

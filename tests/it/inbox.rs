@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use serde_json::{json, Value};
 
-use crate::channels::{connect_pages, meta_user, oauth_round, META_USER, PAGE_A, PAGE_B};
+use crate::channels::{connect_pages, meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
 use crate::common::{eventually, fixture, messenger_text, spawn_app, spawn_app_without_workers, token, TestApp};
 
 const PSID: &str = "7392015648120394";
@@ -292,6 +292,95 @@ async fn unknown_pages_dead_letter_and_replay_after_connecting() {
     assert_eq!(r.body["replayed"], 1);
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 1);
+}
+
+/// A message the business typed in the WhatsApp Business app on its phone
+/// (`smb_message_echoes`, coexistence), to `to`.
+fn whatsapp_echo(to: &str, wamid: &str, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "smb_message_echoes",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "message_echoes": [{"from": "15551234567", "to": to, "id": wamid, "timestamp": "1773140100",
+                "type": "text", "text": {"body": text}}]}}]}]}))
+    .expect("body")
+}
+
+#[actix_web::test]
+async fn replies_from_the_whatsapp_business_app_show_in_the_conversation_once() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    // Meta retries: the same echo twice.
+    for _ in 0..2 {
+        assert_eq!(app.webhook(&whatsapp_echo(WA_ID, "wamid.ECHO1", "Sim, ainda temos 🙂")).await, 200);
+    }
+    // To a customer who has not written here yet: a new conversation.
+    assert_eq!(app.webhook(&whatsapp_echo("351912345678", "wamid.ECHO2", "Olá, a sua encomenda chegou")).await, 200);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let wa = by_contact(&convs, WA_ID);
+    let msgs = messages(&app, &ctx.admin, wa["id"].as_str().expect("id")).await;
+    let echoes: Vec<&Value> = msgs.iter().filter(|m| m["external_id"] == "wamid.ECHO1").collect();
+    assert_eq!(echoes.len(), 1, "{msgs:?}");
+    assert_eq!(
+        (echoes[0]["direction"].as_str(), echoes[0]["sender"]["kind"].as_str(), echoes[0]["status"].as_str()),
+        (Some("out"), Some("page"), Some("sent"))
+    );
+    assert_eq!(echoes[0]["text"], "Sim, ainda temos 🙂");
+    assert_eq!(echoes[0]["platform_timestamp"], "2026-03-10T10:55:00Z");
+    assert_eq!(wa["last_message"]["text"], "Sim, ainda temos 🙂");
+    let other = by_contact(&convs, "351912345678");
+    assert_eq!(other["platform"], "whatsapp");
+    assert_eq!(other["last_message"]["direction"], "out");
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+}
+
+#[actix_web::test]
+async fn the_simulator_sends_every_kind_and_each_lands_once() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let args = switchboard::cli::SimulateArgs {
+        url: app.url("/webhooks/meta"),
+        app_secret: app.config.meta.app_secret.expose().to_string(),
+        page: Some(PAGE_A.into()),
+        instagram: Some(IG_A.into()),
+        phone: Some(PHONE.into()),
+        // The targets take turns: 16 each, two whole turns of Messenger's 8
+        // kinds and WhatsApp's 8, two and a part of Instagram's 6.
+        count: 48,
+        rate: 0,
+        concurrency: 1,
+        contacts: 50,
+        duplicates: true,
+        bad_signature: false,
+        kinds: switchboard::simulate::Kind::ALL.to_vec(),
+    };
+    let report = switchboard::simulate::run(&args).await;
+    assert_eq!((report.sent, report.statuses.get(&200).copied(), report.errors), (96, Some(96), 0));
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+    let per_platform = |platform: &str, filter: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.messages m JOIN tenant_acme.channels c ON c.id = m.channel_id \
+             WHERE c.platform = '{platform}' {filter}"
+        ))
+    };
+    // Messages once each (the copies were Meta's retries): text, image,
+    // button, postback or location, and the business's answer, a turn.
+    assert_eq!(per_platform("facebook", ""), 10);
+    assert_eq!(per_platform("instagram", ""), 12);
+    assert_eq!(per_platform("whatsapp", ""), 10);
+    // Each whole turn's answer was delivered, read and reacted to.
+    let answered = "AND m.sender_kind = 'page' AND m.status = 'read' AND m.reactions <> '{}'::jsonb";
+    assert_eq!(per_platform("facebook", answered), 2);
+    assert_eq!(per_platform("instagram", answered), 2);
+    assert_eq!(per_platform("whatsapp", answered), 2);
+    assert_eq!(per_platform("whatsapp", "AND m.text LIKE '📍%'"), 2);
+    assert_eq!(per_platform("facebook", "AND m.postback_payload = 'GET_STARTED'"), 2);
+    // A contact a turn (Instagram's third one too), one conversation each.
+    let convs = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(convs.len(), 7, "{convs:?}");
 }
 
 #[actix_web::test]
