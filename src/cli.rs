@@ -130,6 +130,13 @@ pub struct SimulateArgs {
     /// Send every webhook twice (Meta's retries).
     #[arg(long)]
     pub duplicates: bool,
+    /// Events per webhook body, as entries (Meta batches under load).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Send a webhook again, backing off, while the answer is not a 200
+    /// (as Meta does), at most this many times.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
     /// Break the signature (the server must answer 403).
     #[arg(long)]
     pub bad_signature: bool,

@@ -99,6 +99,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         contacts: 500,
         duplicates: false,
+        batch: 1,
+        retries: 0,
         bad_signature: false,
     };
     println!(

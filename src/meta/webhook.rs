@@ -37,6 +37,14 @@ pub fn sign(app_secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// `sha1=<hex>`: the older `X-Hub-Signature` header Meta still sends beside
+/// the SHA-256 one (we check only the latter; senders send both).
+pub fn sign_sha1(app_secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(app_secret).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// Serializes JSON the way Meta does on the wire: ASCII only, non-ASCII as
 /// lowercase `\uXXXX` (UTF-16 surrogate pairs beyond the BMP), `/` as `\/`.
 pub fn meta_json(v: &Value) -> String {

@@ -11,12 +11,10 @@
 
 use actix_web::HttpResponse;
 use chrono::{DateTime, Duration, Utc};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha1::Sha1;
 
 use super::{graph_error, random_alnum, FakeMeta, Owner, State};
-use crate::meta::webhook::{meta_json, sign};
+use crate::meta::webhook::{meta_json, sign, sign_sha1};
 
 /// Who a message goes through.
 #[derive(Clone, Debug)]
@@ -280,10 +278,7 @@ impl FakeMeta {
     pub fn signed(&self, event: &Value) -> (String, String, String) {
         let body = meta_json(event);
         let sha256 = sign(self.cfg.app_secret.as_bytes(), body.as_bytes());
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(self.cfg.app_secret.as_bytes())
-            .expect("HMAC accepts keys of any length");
-        mac.update(body.as_bytes());
-        let sha1 = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
+        let sha1 = sign_sha1(self.cfg.app_secret.as_bytes(), body.as_bytes());
         (body, sha256, sha1)
     }
 
