@@ -445,20 +445,25 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // the more they have to write, the more webhooks the next batch finds.
     // After one of at least `gather_at` it also waits (at most `gather`) for
     // half a batch more. Neither after a full batch: the backlog is deep
-    // already. Below `settle_at` (at a steady 2,000 webhooks/s batches hold
-    // ~10-30, rarely more than 50) a webhook is processed as soon as the
-    // last batch ends. Without the settling, a burst with many sockets open
-    // stays in small batches: each writes to every socket, the writes slow
-    // the webhook answers on the same threads, and intake and processing
-    // meet at a few thousand a second (with `settle_at` 100 about one burst
-    // in three still stayed in small batches; at 50 fewer did, though the
-    // on/off ratio's gain is within the noise of the 2-core box and the
-    // latency run showed no cost). A batch of at least
-    // `settle_at` is also handed to the hub as a backlog batch: its frames
-    // may wait for the next batch's, so a burst costs a round of socket
-    // writes per two batches or more, not per batch (realtime::hub); the
-    // first claim that finds nothing sends what waits.
-    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 50i64);
+    // already. Below `settle_at` a webhook is processed as soon as the last
+    // batch ends. Without the settling, a burst with many sockets open stays
+    // in small batches: each writes to every socket, the writes slow the
+    // webhook answers on the same threads, and intake and processing meet at
+    // a few thousand a second. A batch of at least `settle_at` is also
+    // handed to the hub as a backlog batch: its frames may wait for the next
+    // batch's, so a burst costs a round of socket writes per two batches or
+    // more, not per batch (realtime::hub); the first claim that finds
+    // nothing sends what waits.
+    //
+    // `settle_at` must stay above the batches of a steady load. At 2,000
+    // webhooks/s with 1,000 agents they hold ~10–30 on a fast machine and
+    // ~30–45 on a slower one, where at 50 the tail of batches above it was
+    // settled and held: each wait made the next batch larger and likelier to
+    // wait in turn, and the p99 went from ~90–115 to 155–305 ms (bench
+    // realtime, alternated runs). At 150 bursts still settle within their
+    // first batches (they run at 400–1,000 a batch); the on/off ratio did not
+    // move beyond the noise.
+    let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 150i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
