@@ -133,6 +133,10 @@ pub struct SimulateArgs {
     /// Events per webhook body, as entries (Meta batches under load).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Send the bodies in random order within windows of this many (Meta
+    /// does not keep order when it retries; 1 keeps the order).
+    #[arg(long, default_value_t = 1)]
+    pub shuffle: usize,
     /// Send a webhook again, backing off, while the answer is not a 200
     /// (as Meta does), at most this many times.
     #[arg(long, default_value_t = 0)]

@@ -9,8 +9,9 @@
 //! reactions name the ids of the turn's own messages, so they land on real
 //! rows. Bodies are signed with both of Meta's headers and escaped as Meta
 //! escapes; `--batch` puts several events of a target in one body,
-//! `--duplicates` sends each twice and `--retries` resends, backing off,
-//! what was not answered 200. The benchmarks use it too (text only).
+//! `--duplicates` sends each twice, `--shuffle N` sends them in random order
+//! within windows of N, and `--retries` resends, backing off, what was not
+//! answered 200. The benchmarks use it too (text only).
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
@@ -152,6 +153,21 @@ pub fn bodies(args: &SimulateArgs, run: &str) -> impl Iterator<Item = String> {
             }
         }
         Some(meta_json(&body))
+    })
+}
+
+/// `items` in random order within windows of `window` (1: as they come),
+/// as Meta delivers when it retries: a receipt before its message, a
+/// duplicate before the original.
+pub fn shuffled<T>(mut items: impl Iterator<Item = T>, window: usize) -> impl Iterator<Item = T> {
+    use rand::seq::SliceRandom;
+    let mut buf: Vec<T> = Vec::new();
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            buf.extend(items.by_ref().take(window.max(1)));
+            buf.shuffle(&mut rand::thread_rng());
+        }
+        buf.pop()
     })
 }
 
@@ -298,7 +314,7 @@ pub async fn run(args: &SimulateArgs) -> SimReport {
     let started = Instant::now();
     let gap = if args.rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / args.rate };
     let copies = if args.duplicates { 2 } else { 1 };
-    let jobs = bodies(args, &run).flat_map(|b| std::iter::repeat_n(b, copies));
+    let jobs = shuffled(bodies(args, &run).flat_map(|b| std::iter::repeat_n(b, copies)), args.shuffle);
     let results: Vec<(Option<u16>, Duration, u32)> = stream::iter(jobs.enumerate())
         .map(|(n, body)| {
             let client = client.clone();
@@ -404,6 +420,7 @@ mod tests {
             bad_signature: false,
             batch: 3,
             retries: 2,
+            shuffle: 1,
             kinds: Kind::ALL.to_vec(),
         }
     }
@@ -429,6 +446,19 @@ mod tests {
             .filter_map(|e| e["messaging"][0]["message"]["mid"].as_str().map(str::to_string))
             .collect();
         assert_eq!(mids.len(), 4, "{mids:?}");
+    }
+
+    #[test]
+    fn shuffling_reorders_only_within_its_window() {
+        let out: Vec<usize> = shuffled(0..100, 8).collect();
+        let mut sorted = out.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "nothing lost or repeated");
+        for (w, chunk) in out.chunks(8).enumerate() {
+            assert!(chunk.iter().all(|i| i / 8 == w), "{chunk:?} left window {w}");
+        }
+        assert_ne!(out, sorted, "some order changed (100 items in windows of 8: 1 in ~10^50 to stay sorted)");
+        assert_eq!(shuffled(0..5, 1).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     }
 
     #[actix_web::test]

@@ -100,6 +100,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         contacts: 500,
         duplicates: false,
         batch: 1,
+        shuffle: 1,
         retries: 0,
         bad_signature: false,
     };

@@ -322,7 +322,8 @@ pub async fn disconnect(app: &AppState, auth: &AuthContext, id: ChannelId, purge
 }
 
 /// Checks a channel's token and subscription at Meta: a rejected token makes
-/// the channel `reauth_required`; a lost page subscription is renewed.
+/// the channel `reauth_required`; a lost page or WhatsApp business account
+/// subscription is renewed.
 pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> AppResult<ChannelView> {
     let keys = app.keys.clone();
     let (row, token) = app
@@ -342,8 +343,16 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                     other => other.map(|_| ()),
                 }
             }
+            // The number's token reads its business account; the account's
+            // subscription, lost after failed deliveries, is renewed.
             Platform::Whatsapp => match &row.parent_external_id {
-                Some(waba) => app.graph.phone_numbers(waba, &token).await.map(|_| ()),
+                Some(waba) => match app.graph.phone_numbers(waba, &token).await {
+                    Ok(_) => match app.graph.waba_subscribed(waba, &token).await {
+                        Ok(false) => app.graph.subscribe_waba(waba, &token).await,
+                        other => other.map(|_| ()),
+                    },
+                    Err(e) => Err(e),
+                },
                 None => Ok(()),
             },
         };

@@ -1,8 +1,8 @@
-//! The watchdog: Meta silently unsubscribes a page after an hour of failed
-//! deliveries and tokens die without notice. Every
-//! `SWITCHBOARD_RECONCILE_SECS` (default 900; 0 turns it off) the server
-//! checks each connected channel at Meta, renews lost page subscriptions and
-//! marks channels with rejected tokens `reauth_required`.
+//! The watchdog: Meta silently unsubscribes a page or WhatsApp business
+//! account after an hour of failed deliveries, and tokens die without
+//! notice. Every `SWITCHBOARD_RECONCILE_SECS` (default 900; 0 turns it off)
+//! the server checks each connected channel at Meta, renews lost
+//! subscriptions and marks channels with rejected tokens `reauth_required`.
 
 use actix_web::web;
 use diesel::prelude::*;

@@ -352,6 +352,17 @@ impl GraphClient {
         Ok(n.data)
     }
 
+    /// Whether our app is subscribed to the business account's webhooks
+    /// (`{"data": [{"whatsapp_business_api_data": {"id", "name", …}}]}`).
+    pub async fn waba_subscribed(&self, waba_id: &str, token: &Secret<String>) -> Result<bool, GraphError> {
+        let v: Value = self.call(Method::GET, &format!("{waba_id}/subscribed_apps"), Some(token), &[], None).await?;
+        let apps = v.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(apps.iter().any(|a| {
+            a.get("whatsapp_business_api_data").and_then(|d| d.get("id")).and_then(Value::as_str)
+                == Some(self.app_id.as_str())
+        }))
+    }
+
     pub async fn subscribe_waba(&self, waba_id: &str, token: &Secret<String>) -> Result<(), GraphError> {
         let v: Value = self.call(Method::POST, &format!("{waba_id}/subscribed_apps"), Some(token), &[], None).await?;
         expect_success(&v)

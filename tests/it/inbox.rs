@@ -356,6 +356,7 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
         bad_signature: false,
         // Two events a body: the entries land in order.
         batch: 2,
+        shuffle: 1,
         retries: 0,
         kinds: switchboard::simulate::Kind::ALL.to_vec(),
     };
@@ -384,6 +385,65 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     // A contact a turn (Instagram's third one too), one conversation each.
     let convs = conversations(&app, &ctx.admin, "").await;
     assert_eq!(convs.len(), 7, "{convs:?}");
+    // Again out of order (receipts and reactions before their message,
+    // copies before originals), eight at a time: still each message once.
+    let report =
+        switchboard::simulate::run(&switchboard::cli::SimulateArgs { shuffle: 8, concurrency: 4, ..args }).await;
+    assert_eq!((report.statuses.get(&200).copied(), report.errors), (Some(48), 0));
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+    assert_eq!(
+        (per_platform("facebook", ""), per_platform("instagram", ""), per_platform("whatsapp", "")),
+        (20, 24, 20)
+    );
+    assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 7);
+}
+
+#[actix_web::test]
+async fn subscriptions_meta_drops_for_failed_deliveries_are_renewed_by_the_check() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let list = app.call("GET", "/api/channels", Some(&ctx.admin), None).await;
+    let id_of = |external: &str| {
+        list.body["items"].as_array().expect("items").iter().find(|c| c["external_id"] == external).expect("channel")
+            ["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let (page, phone) = (id_of(PAGE_A), id_of(PHONE));
+    let subscribed = |state: &Value| {
+        let page = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).cloned();
+        (page.map(|p| !p["subscribed_fields"].is_null()), state["wabas"][0]["subscribed"].as_bool())
+    };
+    // Our endpoint is down: two failed deliveries each and Meta gives up.
+    let url = app.url("/webhooks/meta");
+    app.fake("POST", "/_fake/webhook-target", json!({"url": "http://127.0.0.1:9/webhooks/meta", "disable_after": 2}))
+        .await;
+    for to in [PAGE_A, PAGE_A, PHONE, PHONE] {
+        let r = app.fake("POST", "/_fake/inbound", json!({"to": to, "from": "5102938475610293", "text": "olá?"})).await;
+        assert!(r["delivered_status"].is_null(), "{r}");
+    }
+    assert_eq!(subscribed(&app.fake("GET", "/_fake/state", json!({})).await), (Some(false), Some(false)));
+    // Back up, but unsubscribed: nothing comes, Instagram (the page's) neither.
+    app.fake("POST", "/_fake/webhook-target", json!({"url": url, "disable_after": 2})).await;
+    for to in [PAGE_A, IG_A, PHONE] {
+        let r = app.fake("POST", "/_fake/inbound", json!({"to": to, "from": "5102938475610293", "text": "olá?"})).await;
+        assert_eq!(r["dropped"], true, "{r}");
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events"), 0);
+    // The check (the watchdog's, on demand) subscribes both again.
+    for id in [&page, &phone] {
+        let r = app.call("POST", &format!("/api/channels/{id}/check"), Some(&ctx.admin), None).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    }
+    assert_eq!(subscribed(&app.fake("GET", "/_fake/state", json!({})).await), (Some(true), Some(true)));
+    for to in [PAGE_A, PHONE] {
+        let r = app.fake("POST", "/_fake/inbound", json!({"to": to, "from": "5102938475610293", "text": "olá?"})).await;
+        assert_eq!(r["delivered_status"], 200, "{r}");
+    }
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2);
 }
 
 #[actix_web::test]

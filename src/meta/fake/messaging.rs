@@ -266,11 +266,12 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
         };
         (event, st.webhook_target.clone())
     };
-    let delivered = match target {
-        Some(url) => fake.post(&url, &event).await,
-        None => None,
+    let (delivered, dropped) = match target {
+        Some(url) if fake.sending_to(&event) => (fake.post_noted(&url, &event).await, false),
+        Some(_) => (None, true),
+        None => (None, false),
     };
-    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered, "dropped": dropped}))
 }
 
 impl FakeMeta {
@@ -290,14 +291,70 @@ impl FakeMeta {
         tokio::spawn(async move {
             for ev in events {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                for attempt in 0..4u32 {
-                    match fake.post(&url, &ev).await {
-                        Some(200) => break,
-                        _ => tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await,
-                    }
+                if !fake.sending_to(&ev) {
+                    continue;
                 }
+                let mut delivered = false;
+                for attempt in 0..4u32 {
+                    if fake.post(&url, &ev).await == Some(200) {
+                        delivered = true;
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+                // One delivery, however many attempts it took.
+                fake.noted(&ev, delivered);
             }
         });
+    }
+
+    /// Whose subscription a webhook goes by: the page (an Instagram
+    /// account's page) or the WhatsApp business account.
+    fn subscriber(&self, event: &Value) -> Option<String> {
+        let id = event.get("entry")?.get(0)?.get("id")?.as_str()?;
+        let st = self.lock();
+        if st.pages.contains_key(id) || st.wabas.contains_key(id) {
+            return Some(id.to_string());
+        }
+        st.pages.values().find(|p| p.instagram.as_deref() == Some(id)).map(|p| p.id.clone())
+    }
+
+    /// Whether webhooks of this subscriber still go out (not disabled for
+    /// failing).
+    pub(super) fn sending_to(&self, event: &Value) -> bool {
+        self.subscriber(event).is_none_or(|id| !self.lock().disabled.contains(&id))
+    }
+
+    /// Posts and counts the outcome towards `disable_after`.
+    pub(super) async fn post_noted(&self, url: &str, event: &Value) -> Option<u16> {
+        let status = self.post(url, event).await;
+        self.noted(event, status == Some(200));
+        status
+    }
+
+    /// A delivery's outcome: a success clears the count, the
+    /// `disable_after`-th failure in a row removes the subscription.
+    fn noted(&self, event: &Value, ok: bool) {
+        let Some(id) = self.subscriber(event) else { return };
+        let mut st = self.lock();
+        let Some(limit) = st.disable_after else { return };
+        if ok {
+            st.failures.remove(&id);
+            return;
+        }
+        let n = st.failures.entry(id.clone()).or_default();
+        *n += 1;
+        if *n < limit {
+            return;
+        }
+        st.failures.remove(&id);
+        if let Some(page) = st.pages.get_mut(&id) {
+            page.subscribed_fields = None;
+        }
+        if let Some(waba) = st.wabas.get_mut(&id) {
+            waba.subscribed = false;
+        }
+        st.disabled.insert(id);
     }
 
     pub(super) async fn post(&self, url: &str, event: &Value) -> Option<u16> {

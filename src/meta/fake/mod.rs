@@ -18,8 +18,12 @@
 //! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?}`:
 //!   the next `times` calls whose path contains `path` fail that way (or,
 //!   without `error`, only answer `delay_ms` late).
-//! - `POST /_fake/webhook-target` `{url}`: where the fake sends webhooks
-//!   (`switchboard fake-meta --webhook-url` sets it at start).
+//! - `POST /_fake/webhook-target` `{url, disable_after?}`: where the fake
+//!   sends webhooks (`switchboard fake-meta --webhook-url` sets it at
+//!   start). With `disable_after: N`, N failed deliveries in a row to a page
+//!   or WhatsApp business account remove its subscription, as Meta does
+//!   after an hour of failures, and its webhooks stop until the app
+//!   subscribes it again (the watchdog's job).
 //! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
 //!   writes to a page, Instagram account or number; the fake sends the
 //!   signed webhook now and remembers the contact (window, profile).
@@ -134,6 +138,15 @@ struct State {
     log: Vec<Value>,
     /// Where webhooks go (`POST /_fake/webhook-target`).
     webhook_target: Option<String>,
+    /// After this many failed deliveries in a row to one page or business
+    /// account, its subscription is removed, as Meta does after an hour of
+    /// failures (`POST /_fake/webhook-target` `disable_after`).
+    disable_after: Option<u32>,
+    /// Failed deliveries in a row, by page or business account id.
+    failures: HashMap<String, u32>,
+    /// Pages and business accounts unsubscribed for failing: their webhooks
+    /// are no longer sent until the app subscribes again.
+    disabled: std::collections::HashSet<String>,
     /// When each contact last wrote to each account: (account, contact).
     last_inbound: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
     /// Contact profiles; `None` answers 2018218 (no profile available).
@@ -516,6 +529,7 @@ fn subscribed_apps(
                     return graph_error(100, None, "(#100) The parameter subscribed_fields is required.");
                 };
                 page.subscribed_fields = Some(fields);
+                st.disabled.remove(id);
                 HttpResponse::Ok().json(json!({"success": true}))
             }
             "DELETE" => {
@@ -540,6 +554,7 @@ fn subscribed_apps(
         return match method {
             "POST" => {
                 waba.subscribed = true;
+                st.disabled.remove(id);
                 HttpResponse::Ok().json(json!({"success": true}))
             }
             "DELETE" => {
@@ -717,7 +732,11 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         }
         ("POST", "webhook-target") => {
             let url = body.get("url").and_then(Value::as_str).map(str::to_string);
-            fake.lock().webhook_target = url;
+            let mut st = fake.lock();
+            st.webhook_target = url;
+            st.disable_after =
+                body.get("disable_after").and_then(Value::as_u64).map(|n| n.clamp(1, u32::MAX as u64) as u32);
+            st.failures.clear();
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
