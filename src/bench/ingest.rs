@@ -2,7 +2,6 @@
 //! the answer and at the end of processing, against the raw insert ceiling.
 
 use diesel::connection::SimpleConnection;
-use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -113,13 +112,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let report = rt.block_on(crate::simulate::run(&sim));
     let answered = started.elapsed();
     let mut conn = pool.get()?;
-    let count_pending = |conn: &mut PgConnection| -> anyhow::Result<i64> {
-        Ok(diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "(SELECT count(*) FROM public.webhook_events WHERE status = 'pending')",
-        ))
-        .get_result(conn)?)
-    };
-    while count_pending(&mut conn)? > 0 {
+    while super::probe::pending(&mut conn) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let processed = started.elapsed();

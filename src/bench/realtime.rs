@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::probe::{counters, cpu, cpu_per, pending, rss_kib, shape};
+use super::probe::{counters, cpu, cpu_per, pending_in, rss_kib, shape};
 use super::ScratchDb;
 use crate::auth::{JwtKeys, Role};
 use crate::channels::{NewChannel, Platform};
@@ -352,7 +352,7 @@ async fn drive(
     let cpu_before = cpu(pid);
     let spent = send_webhooks(base, &fx.pages, count, args.rate, 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pending(pool) > 0 && Instant::now() < deadline {
+    while pending_in(pool) && Instant::now() < deadline {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
@@ -436,14 +436,16 @@ async fn drive(
     Ok(())
 }
 
-/// Fresh planner statistics before each burst, as autovacuum keeps them in
-/// a working inbox: left to autovacuum, the ANALYZE of a table that just
-/// grew by 10,000 rows lands inside whichever burst runs next, and the
-/// on/off comparison measures that instead.
+/// Vacuumed tables and fresh planner statistics before each burst, as
+/// autovacuum keeps them in a working inbox: left to autovacuum, its work
+/// on a table that just grew by 10,000 rows lands inside whichever burst
+/// runs next, and the on/off comparison measures that instead; and where
+/// autovacuum is off (some of these machines), every burst inherits the
+/// dead rows of all the earlier ones.
 fn analyze(pool: &PgPool) {
     use diesel::connection::SimpleConnection;
     if let Ok(mut conn) = pool.get() {
-        let _ = conn.batch_execute("ANALYZE");
+        let _ = conn.batch_execute("VACUUM ANALYZE");
     }
 }
 
@@ -460,7 +462,7 @@ async fn burst(base: &str, fx: &Fixture, pool: &PgPool, pid: u32, run: u32) -> B
     let cpu_before = cpu(pid);
     let t = Instant::now();
     send_webhooks(base, &fx.pages, count, 0, run).await;
-    while pending(pool) > 0 {
+    while pending_in(pool) {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = count as f64 / t.elapsed().as_secs_f64();
