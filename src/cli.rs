@@ -37,6 +37,11 @@ pub enum Command {
         /// http://127.0.0.1:8080/webhooks/meta.
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Remove a page's or business account's subscription after this
+        /// many failed deliveries in a row, as Meta does after an hour of
+        /// failures (its webhooks stop until the app subscribes again).
+        #[arg(long)]
+        disable_after: Option<u32>,
     },
     /// Stored webhooks that could not be processed (dead letters).
     #[command(subcommand)]

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Command::Demo => switchboard::demo::run(),
         Command::Tenant(cmd) => ops::tenant(cmd),
         Command::User(cmd) => ops::user(cmd),
-        Command::FakeMeta { bind, webhook_url } => ops::fake_meta(&bind, webhook_url),
+        Command::FakeMeta { bind, webhook_url, disable_after } => ops::fake_meta(&bind, webhook_url, disable_after),
         Command::Keys(cmd) => ops::keys(cmd),
         Command::Webhooks(cmd) => ops::webhooks(cmd),
         Command::Simulate(args) => switchboard::simulate::run_cli(args),

@@ -71,7 +71,7 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn fake_meta(bind: &str, webhook_url: Option<String>) -> anyhow::Result<()> {
+pub fn fake_meta(bind: &str, webhook_url: Option<String>, disable_after: Option<u32>) -> anyhow::Result<()> {
     crate::telemetry::init(false);
     let mut cfg = FakeConfig::default();
     if let Ok(id) = std::env::var("META_APP_ID") {
@@ -84,6 +84,7 @@ pub fn fake_meta(bind: &str, webhook_url: Option<String>) -> anyhow::Result<()> 
     println!("fake Meta Graph API on http://{bind} (app id {}); control API under /_fake", cfg.app_id);
     let fake = FakeMeta::new(cfg);
     fake.set_webhook_target(webhook_url);
+    fake.set_disable_after(disable_after);
     actix_web::rt::System::new().block_on(async move { fake.build_server(listener)?.await })?;
     Ok(())
 }

@@ -366,6 +366,9 @@ pub struct Hub {
     /// who is already there). Offline users are not kept.
     shown: HashMap<i64, HashMap<i64, (&'static str, Frame)>>,
     holds: Holds,
+    /// When `presence_now` last warned of a tenant too large to tell about
+    /// (once a minute, not once per joining socket of a reconnect storm).
+    presence_warned: Option<Instant>,
 }
 
 impl Hub {
@@ -380,6 +383,7 @@ impl Hub {
             presence: HashMap::new(),
             shown: HashMap::new(),
             holds: Holds::default(),
+            presence_warned: None,
         }
     }
 
@@ -478,10 +482,12 @@ impl Hub {
     /// Who is online or away in `tenant`, as the frames that said so (at
     /// most half an outbox: a tenant with more agents online than that is
     /// past what per-user presence frames can serve).
-    fn presence_now(&self, tenant: i64) -> Vec<Frame> {
+    fn presence_now(&mut self, tenant: i64) -> Vec<Frame> {
         let Some(users) = self.shown.get(&tenant) else { return Vec::new() };
-        if users.len() > OUTBOX_LIMIT / 2 {
+        let quiet = self.presence_warned.is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+        if users.len() > OUTBOX_LIMIT / 2 && !quiet {
             tracing::warn!(tenant, online = users.len(), "too many agents online to tell a new socket about each");
+            self.presence_warned = Some(Instant::now());
         }
         users.values().take(OUTBOX_LIMIT / 2).map(|(_, f)| f.clone()).collect()
     }

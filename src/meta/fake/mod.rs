@@ -215,6 +215,13 @@ impl FakeMeta {
         self.lock().webhook_target = url;
     }
 
+    /// See `POST /_fake/webhook-target`'s `disable_after`.
+    pub fn set_disable_after(&self, failures: Option<u32>) {
+        let mut st = self.lock();
+        st.disable_after = failures.map(|n| n.max(1));
+        st.failures.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the fake; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -732,11 +739,10 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         }
         ("POST", "webhook-target") => {
             let url = body.get("url").and_then(Value::as_str).map(str::to_string);
-            let mut st = fake.lock();
-            st.webhook_target = url;
-            st.disable_after =
-                body.get("disable_after").and_then(Value::as_u64).map(|n| n.clamp(1, u32::MAX as u64) as u32);
-            st.failures.clear();
+            fake.set_webhook_target(url);
+            fake.set_disable_after(
+                body.get("disable_after").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32),
+            );
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
