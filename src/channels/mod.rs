@@ -482,11 +482,16 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Deletes the channel and, through cascades, its history.
+/// Deletes the channel and, through cascades, its history; and its events
+/// from the log, which hold copies of its messages and conversations and
+/// would otherwise be replayed to a socket resuming from before the purge
+/// until the retention pruned them.
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
+    use crate::db::tenant_schema::events;
     let row = find(tc, id)?;
     release_route(tc, &row)?;
     diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
+    diesel::delete(events::table.filter(events::channel_id.eq(id.0))).execute(tc.pg())?;
     audit::record(
         tc,
         actor,

@@ -447,6 +447,39 @@ async fn subscriptions_meta_drops_for_failed_deliveries_are_renewed_by_the_check
 }
 
 #[actix_web::test]
+async fn a_purged_channel_is_not_replayed_from_the_event_log() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    app.processed().await;
+    let list = app.call("GET", "/api/channels", Some(&ctx.admin), None).await;
+    let page = list.body["items"].as_array().expect("items").iter().find(|c| c["external_id"] == PAGE_A).expect("A")
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.events WHERE channel_id = {page}")), 0);
+    // A socket resuming from the start of what the log keeps (a client from
+    // before the log's first event is told to reload) hears the number's
+    // message only.
+    let first = app.count("SELECT min(seq) AS n FROM tenant_acme.events");
+    let query = format!("?since={}", first - 1);
+    let mut socket = crate::realtime::ws(&app, &query, Some(&ctx.admin), None).await.expect("socket");
+    let mut texts = Vec::new();
+    while let Some(frame) = crate::realtime::next(&mut socket, std::time::Duration::from_millis(700)).await {
+        assert_ne!(frame["type"], "resync_required");
+        assert_ne!(frame["data"]["channel_id"].as_str(), Some(page.as_str()), "{frame}");
+        if frame["type"] == "message.created" {
+            texts.push(frame["data"]["text"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(texts, ["Olá! Ainda têm a mesa de carvalho?"]);
+}
+
+#[actix_web::test]
 async fn a_crash_between_store_and_processing_loses_nothing() {
     let app = spawn_app_without_workers().await;
     acme(&app).await;
