@@ -485,13 +485,24 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 /// Deletes the channel and, through cascades, its history; and its events
 /// from the log, which hold copies of its messages and conversations and
 /// would otherwise be replayed to a socket resuming from before the purge
-/// until the retention pruned them.
+/// until the retention pruned them. Open sockets are told
+/// (`channel.updated` with `deleted: true`).
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     use crate::db::tenant_schema::events;
     let row = find(tc, id)?;
     release_route(tc, &row)?;
     diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
     diesel::delete(events::table.filter(events::channel_id.eq(id.0))).execute(tc.pg())?;
+    // Open inboxes drop it: disconnected, and gone for good (`deleted`).
+    let mut log = crate::inbox::events::EventLog::new();
+    log.append(
+        tc,
+        "channel.updated",
+        Some(id.0),
+        None,
+        json!({"id": id.to_string(), "status": ChannelStatus::Disconnected.as_str(), "deleted": true}),
+    )?;
+    log.notify(tc)?;
     audit::record(
         tc,
         actor,

@@ -459,9 +459,20 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
         .as_str()
         .expect("id")
         .to_string();
+    let mut open = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
     let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
     assert_eq!(r.status, 204);
-    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.events WHERE channel_id = {page}")), 0);
+    // An open inbox is told, and only that stays in the log.
+    let told = crate::realtime::until(&mut open, "channel.updated", std::time::Duration::from_secs(10)).await;
+    let told = told.expect("channel.updated");
+    assert_eq!((told["data"]["id"].as_str(), told["data"]["deleted"].as_bool()), (Some(page.as_str()), Some(true)));
+    assert_eq!(told["data"]["status"], "disconnected");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE channel_id = {page} AND type <> 'channel.updated'"
+        )),
+        0
+    );
     // A socket resuming from the start of what the log keeps (a client from
     // before the log's first event is told to reload) hears the number's
     // message only.
@@ -472,6 +483,9 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     while let Some(frame) = crate::realtime::next(&mut socket, std::time::Duration::from_millis(700)).await {
         assert_ne!(frame["type"], "resync_required");
         assert_ne!(frame["data"]["channel_id"].as_str(), Some(page.as_str()), "{frame}");
+        if frame["data"]["id"] == page.as_str() {
+            assert_eq!(frame["data"]["deleted"], true, "{frame}");
+        }
         if frame["type"] == "message.created" {
             texts.push(frame["data"]["text"].as_str().unwrap_or_default().to_string());
         }
