@@ -370,15 +370,11 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                         diesel::update(channels::table.find(id.0))
                             .set((channels::status.eq("connected"), channels::status_reason.eq(None::<String>)))
                             .execute(tc.pg())?;
-                        let mut log = crate::inbox::events::EventLog::new();
-                        log.append(
+                        super::channel_updated(
                             tc,
-                            "channel.updated",
-                            Some(id.0),
-                            None,
+                            id.0,
                             serde_json::json!({"id": id.to_string(), "status": "connected"}),
-                        )?;
-                        log.notify(tc)
+                        )
                     })
                     .await?;
             }

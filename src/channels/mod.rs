@@ -494,15 +494,11 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
     diesel::delete(events::table.filter(events::channel_id.eq(id.0))).execute(tc.pg())?;
     // Open inboxes drop it: disconnected, and gone for good (`deleted`).
-    let mut log = crate::inbox::events::EventLog::new();
-    log.append(
+    channel_updated(
         tc,
-        "channel.updated",
-        Some(id.0),
-        None,
+        id.0,
         json!({"id": id.to_string(), "status": ChannelStatus::Disconnected.as_str(), "deleted": true}),
     )?;
-    log.notify(tc)?;
     audit::record(
         tc,
         actor,
@@ -516,8 +512,13 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
 
 /// Logs `channel.updated` (`{id, status}`) for open sockets.
 fn channel_event(tc: &mut TenantConn<'_>, id: i64, status: &str) -> AppResult<()> {
+    channel_updated(tc, id, json!({"id": id.to_string(), "status": status}))
+}
+
+/// Logs `channel.updated` with `data` for the channel's sockets.
+pub(crate) fn channel_updated(tc: &mut TenantConn<'_>, id: i64, data: serde_json::Value) -> AppResult<()> {
     let mut log = crate::inbox::events::EventLog::new();
-    log.append(tc, "channel.updated", Some(id), None, json!({"id": id.to_string(), "status": status}))?;
+    log.append(tc, "channel.updated", Some(id), None, data)?;
     log.notify(tc)
 }
 
