@@ -276,6 +276,11 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
 }
 
 fn attachments(m: &Value) -> Vec<Attachment> {
+    // A kind of message the API cannot show (Instagram): the agent should
+    // still see that the contact wrote something, and look in the app.
+    if m.get("is_unsupported").and_then(Value::as_bool) == Some(true) {
+        return vec![Attachment { kind: "unsupported".into(), url: None, media_id: None, caption: None }];
+    }
     let mut out: Vec<Attachment> = arr(m.get("attachments"))
         .iter()
         .map(|a| Attachment {
@@ -541,6 +546,33 @@ fn whatsapp_content(m: &Value, kind: &str) -> Content {
                 None,
             )
         }
+        // Meta's notice, e.g. that the customer changed their number.
+        "system" => {
+            let sys = m.get("system").unwrap_or(&Value::Null);
+            (
+                body(sys.get("body")),
+                vec![Attachment { kind: "system".into(), url: None, media_id: None, caption: None }],
+                None,
+                None,
+            )
+        }
+        // Shared contact cards: their names and first numbers, readable.
+        "contacts" => {
+            let cards: Vec<String> = arr(m.get("contacts"))
+                .iter()
+                .map(|c| {
+                    let name =
+                        c.get("name").and_then(|n| n.get("formatted_name")).and_then(Value::as_str).unwrap_or("");
+                    let phone = arr(c.get("phones")).first().and_then(|p| p.get("phone")).and_then(Value::as_str);
+                    match phone {
+                        Some(p) => format!("👤 {name} {p}").trim_end().to_string(),
+                        None => format!("👤 {name}").trim_end().to_string(),
+                    }
+                })
+                .collect();
+            let text = (!cards.is_empty()).then(|| cards.join("\n"));
+            (text, vec![Attachment { kind: "contacts".into(), url: None, media_id: None, caption: None }], None, None)
+        }
         _ => (None, vec![Attachment { kind: kind.to_string(), url: None, media_id: None, caption: None }], None, None),
     }
 }
@@ -616,6 +648,34 @@ mod tests {
         // Other fields of the account are not messages.
         let other = String::from_utf8_lossy(body).replace("smb_message_echoes", "history");
         assert_eq!(parse(other.as_bytes()).expect("parse"), vec![]);
+    }
+
+    #[test]
+    fn unsupported_system_and_contact_card_messages_are_shown_for_what_they_are() {
+        let ig = br#"{"object":"instagram","entry":[{"id":"17841400123456789","time":1773140300123,"messaging":[{"sender":{"id":"6841100000123456"},"recipient":{"id":"17841400123456789"},"timestamp":1773140300123,"message":{"mid":"aWdfU1","is_unsupported":true}}]}]}"#;
+        match &parse(ig).expect("parse")[0].item {
+            Item::Message { text: None, attachments, .. } => assert_eq!(attachments[0].kind, "unsupported"),
+            other => panic!("{other:?}"),
+        }
+        let wa = |message: Value| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+                "value": {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "123456789012345"}, "messages": [message]}}]}]});
+            match parse(&serde_json::to_vec(&body).expect("body")).expect("parse").remove(0).item {
+                Item::Message { text, attachments, .. } => (text, attachments[0].kind.clone()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let system = wa(
+            serde_json::json!({"from": "14155550123", "id": "wamid.S1", "timestamp": "1773140000", "type": "system",
+            "system": {"body": "User A changed from 14155550123 to 14155550999", "wa_id": "14155550999", "type": "user_changed_number"}}),
+        );
+        assert_eq!(system, (Some("User A changed from 14155550123 to 14155550999".into()), "system".into()));
+        let cards = wa(
+            serde_json::json!({"from": "14155550123", "id": "wamid.C1", "timestamp": "1773140000", "type": "contacts",
+            "contacts": [{"name": {"formatted_name": "João Silva", "first_name": "João"}, "phones": [{"phone": "+351 912 345 678", "type": "CELL"}]},
+                         {"name": {"formatted_name": "Loja"}}]}),
+        );
+        assert_eq!(cards, (Some("👤 João Silva +351 912 345 678\n👤 Loja".into()), "contacts".into()));
     }
 
     #[test]
