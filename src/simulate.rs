@@ -374,6 +374,11 @@ pub fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
     if args.page.is_none() && args.phone.is_none() && args.instagram.is_none() {
         anyhow::bail!("give --page, --instagram and/or --phone: where the simulated contacts write");
     }
+    if args.count > 0 && bodies(&args, "check").next().is_none() {
+        anyhow::bail!(
+            "none of --kinds is sent on the platforms given (postback: Messenger and Instagram; location: WhatsApp)"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(run(&args));
     println!(

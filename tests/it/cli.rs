@@ -108,3 +108,23 @@ fn tenant_lifecycle_and_clear_errors() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("SWITCHBOARD_JWT_SECRET"), "{err}");
 }
+
+#[test]
+fn simulate_refuses_what_it_cannot_send_in_one_line() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("simulate")
+            .args(args)
+            .env("META_APP_SECRET", "sim-secret")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run switchboard");
+        assert!(!o.status.success(), "{args:?} should fail: {}", text(&o));
+        String::from_utf8_lossy(&o.stderr).trim().to_string()
+    };
+    let nowhere = run(&[]);
+    assert!(nowhere.contains("--page") && nowhere.lines().count() == 1, "{nowhere}");
+    let nothing = run(&["--phone", "123456789012345", "--kinds", "postback"]);
+    assert!(nothing.contains("none of --kinds") && nothing.lines().count() == 1, "{nothing}");
+    assert!(run(&["--page", "1", "--kinds", "text,fax"]).contains("invalid value 'fax'"));
+}
