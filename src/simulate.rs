@@ -233,6 +233,7 @@ impl Turns {
                     Kind::Read => json!({"read": {"watermark": ms}}),
                     Kind::Reaction => json!({"reaction": {"mid": format!("m_{answer}"), "action": "react",
                         "reaction": "love", "emoji": "❤️"}}),
+                    // Never asked of these platforms (`Platform::has`).
                     Kind::Location => Value::Null,
                 };
                 if let (Some(m), Some(b)) = (m.as_object_mut(), body.as_object()) {
@@ -291,6 +292,7 @@ impl Turns {
                         json!({"contacts": contacts, "messages": [message(kind, json!({
                         "reaction": {"message_id": format!("wamid.{answer}"), "emoji": "👍"}}))]}),
                     ),
+                    // Never asked of WhatsApp (`Platform::has`).
                     Kind::Postback => ("messages", json!({})),
                 };
                 let mut value = value;

@@ -392,19 +392,19 @@ async fn drive(
             sockets.extend(more);
             actix_web::rt::time::sleep(Duration::from_secs(2)).await;
         }
-        analyze(pool);
+        vacuum_analyze(pool);
         let on = burst(base, fx, pool, pid, 2 + round * 3).await;
         for s in sockets.drain(quarter..) {
             s.abort();
         }
         actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-        analyze(pool);
+        vacuum_analyze(pool);
         let few = burst(base, fx, pool, pid, 3 + round * 3).await;
         for s in sockets.drain(..) {
             s.abort();
         }
         actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-        analyze(pool);
+        vacuum_analyze(pool);
         let off = burst(base, fx, pool, pid, 4 + round * 3).await;
         all_pct.push(on.rate / off.rate * 100.0);
         few_pct.push(few.rate / off.rate * 100.0);
@@ -442,7 +442,7 @@ async fn drive(
 /// runs next, and the on/off comparison measures that instead; and where
 /// autovacuum is off (some of these machines), every burst inherits the
 /// dead rows of all the earlier ones.
-fn analyze(pool: &PgPool) {
+fn vacuum_analyze(pool: &PgPool) {
     use diesel::connection::SimpleConnection;
     if let Ok(mut conn) = pool.get() {
         let _ = conn.batch_execute("VACUUM ANALYZE");
