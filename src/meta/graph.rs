@@ -334,11 +334,15 @@ impl GraphClient {
         expect_success(&v)
     }
 
+    /// The apps subscribed to a page's or business account's webhooks.
+    async fn subscribed_apps(&self, id: &str, token: &Secret<String>) -> Result<Vec<Value>, GraphError> {
+        let v: Value = self.call(Method::GET, &format!("{id}/subscribed_apps"), Some(token), &[], None).await?;
+        Ok(v.get("data").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
     /// Whether our app is subscribed to the page's webhooks.
     pub async fn page_subscribed(&self, page_id: &str, page_token: &Secret<String>) -> Result<bool, GraphError> {
-        let v: Value =
-            self.call(Method::GET, &format!("{page_id}/subscribed_apps"), Some(page_token), &[], None).await?;
-        let apps = v.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        let apps = self.subscribed_apps(page_id, page_token).await?;
         Ok(apps.iter().any(|a| a.get("id").and_then(Value::as_str) == Some(self.app_id.as_str())))
     }
 
@@ -355,8 +359,7 @@ impl GraphClient {
     /// Whether our app is subscribed to the business account's webhooks
     /// (`{"data": [{"whatsapp_business_api_data": {"id", "name", …}}]}`).
     pub async fn waba_subscribed(&self, waba_id: &str, token: &Secret<String>) -> Result<bool, GraphError> {
-        let v: Value = self.call(Method::GET, &format!("{waba_id}/subscribed_apps"), Some(token), &[], None).await?;
-        let apps = v.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        let apps = self.subscribed_apps(waba_id, token).await?;
         Ok(apps.iter().any(|a| {
             a.get("whatsapp_business_api_data").and_then(|d| d.get("id")).and_then(Value::as_str)
                 == Some(self.app_id.as_str())

@@ -106,6 +106,14 @@ pub struct Attachment {
     pub caption: Option<String>,
 }
 
+impl Attachment {
+    /// An attachment known only by its kind (a location, a notice, what the
+    /// API cannot show).
+    fn bare(kind: &str) -> Attachment {
+        Attachment { kind: kind.to_string(), url: None, media_id: None, caption: None }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStatus {
     Sent,
@@ -279,7 +287,7 @@ fn attachments(m: &Value) -> Vec<Attachment> {
     // A kind of message the API cannot show (Instagram): the agent should
     // still see that the contact wrote something, and look in the app.
     if m.get("is_unsupported").and_then(Value::as_bool) == Some(true) {
-        return vec![Attachment { kind: "unsupported".into(), url: None, media_id: None, caption: None }];
+        return vec![Attachment::bare("unsupported")];
     }
     let mut out: Vec<Attachment> = arr(m.get("attachments"))
         .iter()
@@ -539,22 +547,12 @@ fn whatsapp_content(m: &Value, kind: &str) -> Content {
                 l.get("latitude").map(|v| v.to_string()).unwrap_or_default(),
                 l.get("longitude").map(|v| v.to_string()).unwrap_or_default()
             );
-            (
-                Some(text),
-                vec![Attachment { kind: "location".into(), url: None, media_id: None, caption: None }],
-                None,
-                None,
-            )
+            (Some(text), vec![Attachment::bare("location")], None, None)
         }
         // Meta's notice, e.g. that the customer changed their number.
         "system" => {
             let sys = m.get("system").unwrap_or(&Value::Null);
-            (
-                body(sys.get("body")),
-                vec![Attachment { kind: "system".into(), url: None, media_id: None, caption: None }],
-                None,
-                None,
-            )
+            (body(sys.get("body")), vec![Attachment::bare("system")], None, None)
         }
         // Shared contact cards: their names and first numbers, readable.
         "contacts" => {
@@ -564,16 +562,13 @@ fn whatsapp_content(m: &Value, kind: &str) -> Content {
                     let name =
                         c.get("name").and_then(|n| n.get("formatted_name")).and_then(Value::as_str).unwrap_or("");
                     let phone = arr(c.get("phones")).first().and_then(|p| p.get("phone")).and_then(Value::as_str);
-                    match phone {
-                        Some(p) => format!("👤 {name} {p}").trim_end().to_string(),
-                        None => format!("👤 {name}").trim_end().to_string(),
-                    }
+                    format!("👤 {name} {}", phone.unwrap_or("")).trim_end().to_string()
                 })
                 .collect();
             let text = (!cards.is_empty()).then(|| cards.join("\n"));
-            (text, vec![Attachment { kind: "contacts".into(), url: None, media_id: None, caption: None }], None, None)
+            (text, vec![Attachment::bare("contacts")], None, None)
         }
-        _ => (None, vec![Attachment { kind: kind.to_string(), url: None, media_id: None, caption: None }], None, None),
+        _ => (None, vec![Attachment::bare(kind)], None, None),
     }
 }
 
