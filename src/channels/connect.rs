@@ -362,7 +362,12 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                 app.db.tenant(scope, move |tc| super::mark_reauth_required(tc, id, &reason)).await?;
             }
             Err(e) => tracing::warn!(channel = id.0, error = %e, "channel health check failed"),
-            Ok(()) if row.status == "reauth_required" => {
+            // A disabled WhatsApp account's token still reads it: only
+            // Meta's reinstatement lifts that (see `whatsapp_account`).
+            Ok(())
+                if row.status == "reauth_required"
+                    && row.status_reason.as_deref() != Some(super::whatsapp_account::ACCOUNT_DISABLED) =>
+            {
                 // The token works again (restored at Meta): back to connected.
                 app.db
                     .tenant(scope, move |tc| {

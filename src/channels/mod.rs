@@ -18,6 +18,7 @@ pub mod connect;
 pub mod meta_callbacks;
 pub mod oauth;
 pub mod reconcile;
+pub mod whatsapp_account;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -170,6 +171,9 @@ pub struct ChannelView {
     pub settings: Settings,
     pub member_ids: Vec<UserId>,
     pub parent_external_id: Option<String>,
+    /// Why it is not connected (see `mark_disconnected`'s callers and
+    /// `whatsapp_account`), `None` while connected.
+    pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -189,6 +193,7 @@ fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
         settings: row.settings(),
         member_ids: member_ids.into_iter().map(UserId).collect(),
         parent_external_id: row.parent_external_id.clone(),
+        status_reason: row.status_reason.clone(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
@@ -434,6 +439,15 @@ pub fn upsert_connected(
     if holder(tc.pg(), c.platform, &c.external_id)? != Some(tenant) {
         return Err(taken(c.platform, &c.external_id));
     }
+    // The parent may have changed (a number moved to another business
+    // account): account-wide webhooks find the channel by it.
+    diesel::update(
+        channel_routes::table
+            .filter(channel_routes::platform.eq(c.platform.as_str()))
+            .filter(channel_routes::external_id.eq(&c.external_id)),
+    )
+    .set(channel_routes::parent_external_id.eq(&c.parent_external_id))
+    .execute(tc.pg())?;
     if let Some(m) = &c.meta_user_id {
         diesel::insert_into(meta_user_links::table)
             .values((meta_user_links::meta_user_id.eq(m), meta_user_links::tenant_id.eq(tenant)))

@@ -58,6 +58,7 @@ diesel::table! {
         tenant_id -> Int8,
         channel_id -> Int8,
         created_at -> Timestamptz,
+        parent_external_id -> Nullable<Text>,
     }
 }
 

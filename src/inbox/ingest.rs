@@ -475,6 +475,9 @@ impl Ingest<'_> {
                 self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
             }
             Item::Status { wamid, status, error, .. } => self.status(tc, channel, wamid, *status, error.clone()),
+            Item::AccountUpdate { event, detail, .. } => {
+                crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail)
+            }
         }
     }
 

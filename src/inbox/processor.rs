@@ -161,24 +161,43 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         }
     }
     report.items = work.len();
-    // One query routes every item of the batch.
-    let ids: Vec<String> = work.iter().map(|(_, r, _)| r.external_id.clone()).collect();
-    let routes: Vec<(String, String, i64, i64)> = channel_routes::table
-        .filter(channel_routes::external_id.eq_any(&ids))
+    // One query routes every item of the batch: channels by their id, an
+    // account's items by the account (to each of its channels).
+    let ids: Vec<&str> = work.iter().filter(|(_, r, _)| !r.parent).map(|(_, r, _)| r.external_id.as_str()).collect();
+    let parents: Vec<&str> = work.iter().filter(|(_, r, _)| r.parent).map(|(_, r, _)| r.external_id.as_str()).collect();
+    let mut query = channel_routes::table
         .select((
             channel_routes::platform,
             channel_routes::external_id,
+            channel_routes::parent_external_id,
             channel_routes::tenant_id,
             channel_routes::channel_id,
         ))
-        .load(&mut conn)?;
-    let route_of = |r: &RouteKey| {
-        routes.iter().find(|(p, e, _, _)| p == r.platform.as_str() && *e == r.external_id).map(|(_, _, t, c)| (*t, *c))
-    };
+        .filter(channel_routes::external_id.eq_any(&ids))
+        .into_boxed();
+    if !parents.is_empty() {
+        query = query.or_filter(channel_routes::parent_external_id.eq_any(&parents));
+    }
+    let routes: Vec<(String, String, Option<String>, i64, i64)> = query.load(&mut conn)?;
     let mut by_tenant: BTreeMap<i64, Vec<(i64, i64, Item)>> = BTreeMap::new();
     for (ev, route, item) in work {
-        match route_of(&route) {
-            Some((tenant, channel)) => by_tenant.entry(tenant).or_default().push((ev, channel, item)),
+        let mut matching = routes.iter().filter(|(p, e, parent, _, _)| {
+            p == route.platform.as_str()
+                && match route.parent {
+                    false => *e == route.external_id,
+                    true => parent.as_deref() == Some(route.external_id.as_str()),
+                }
+        });
+        if route.parent {
+            // No connected channel under that account: nothing to change
+            // (a duplicate after the account's channels were disconnected).
+            for (_, _, _, tenant, channel) in matching {
+                by_tenant.entry(*tenant).or_default().push((ev, *channel, item.clone()));
+            }
+            continue;
+        }
+        match matching.next() {
+            Some((_, _, _, tenant, channel)) => by_tenant.entry(*tenant).or_default().push((ev, *channel, item)),
             None => {
                 let why = format!("no tenant holds {} {}", route.platform.as_str(), route.external_id);
                 outcome.insert(ev, Outcome::Dead(why));

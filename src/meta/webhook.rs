@@ -87,11 +87,24 @@ pub fn meta_json(v: &Value) -> String {
     out
 }
 
-/// Where an item belongs: the channel's platform and external id.
+/// Where an item belongs: the channel's platform and external id, or with
+/// `parent` the id of the account that holds channels (a WhatsApp business
+/// account): the item then concerns each of its channels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
     pub platform: Platform,
     pub external_id: String,
+    pub parent: bool,
+}
+
+impl RouteKey {
+    pub fn channel(platform: Platform, external_id: impl Into<String>) -> Self {
+        RouteKey { platform, external_id: external_id.into(), parent: false }
+    }
+
+    pub fn parent(platform: Platform, external_id: impl Into<String>) -> Self {
+        RouteKey { platform, external_id: external_id.into(), parent: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -196,6 +209,14 @@ pub enum Item {
         error: Option<Value>,
         timestamp: DateTime<Utc>,
     },
+    /// Meta changed a WhatsApp business account (`account_update`): the app
+    /// removed, the account deleted, banned, restricted… `detail` is the
+    /// rest of the change's value. Routed by the account, for each number.
+    AccountUpdate {
+        event: String,
+        detail: Value,
+        timestamp: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,7 +279,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
             let platform = if object == "page" { Platform::Facebook } else { Platform::Instagram };
             for entry in arr(v.get("entry")) {
                 let Some(id) = s(entry.get("id")) else { continue };
-                let route = RouteKey { platform, external_id: id.clone() };
+                let route = RouteKey::channel(platform, id.clone());
                 for m in arr(entry.get("messaging")).iter().chain(arr(entry.get("standby"))) {
                     if let Some(item) = messaging_item(m, &id) {
                         out.push(Routed { route: route.clone(), item });
@@ -273,6 +294,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                     match change.get("field").and_then(Value::as_str) {
                         Some("messages") => whatsapp_value(value, &mut out),
                         Some("smb_message_echoes") => whatsapp_echoes(value, &mut out),
+                        Some("account_update") => account_update(entry, value, &mut out),
                         _ => {}
                     }
                 }
@@ -281,6 +303,27 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
         other => return Err(ParseError::UnknownObject(other.to_string())),
     }
     Ok(out)
+}
+
+/// `account_update` carries `entry.time` in seconds. The account is
+/// `entry.id`, except in the partner events (`PARTNER_REMOVED`,
+/// `PARTNER_APP_UNINSTALLED`…), whose entry is the partner's business and
+/// whose account is `value.waba_info.waba_id`.
+fn account_update(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
+    let waba = s(value.get("waba_info").and_then(|w| w.get("waba_id"))).or_else(|| s(entry.get("id")));
+    let (Some(waba), Some(event)) = (waba, value.get("event").and_then(Value::as_str)) else { return };
+    let mut detail = value.clone();
+    if let Some(fields) = detail.as_object_mut() {
+        fields.remove("event");
+    }
+    out.push(Routed {
+        route: RouteKey::parent(Platform::Whatsapp, waba),
+        item: Item::AccountUpdate {
+            event: event.to_string(),
+            detail,
+            timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
+        },
+    });
 }
 
 fn attachments(m: &Value) -> Vec<Attachment> {
@@ -397,7 +440,7 @@ fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
 
 fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
     let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
-    let route = RouteKey { platform: Platform::Whatsapp, external_id: phone_id };
+    let route = RouteKey::channel(Platform::Whatsapp, phone_id);
     let contacts = arr(value.get("contacts"));
     // (phone or business-scoped user id, display name): a user who adopted
     // a username may come without a name, shown by the username then.
@@ -489,7 +532,7 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
 /// customer (or, for a customer known by username only, `to_user_id`).
 fn whatsapp_echoes(value: &Value, out: &mut Vec<Routed>) {
     let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
-    let route = RouteKey { platform: Platform::Whatsapp, external_id: phone_id };
+    let route = RouteKey::channel(Platform::Whatsapp, phone_id);
     for m in arr(value.get("message_echoes")) {
         let contact = s(m.get("to")).or_else(|| s(m.get("to_user_id")));
         let (Some(contact), Some(mid)) = (contact, s(m.get("id"))) else { continue };
@@ -717,7 +760,7 @@ mod tests {
             v.remove(0)
         };
         let r = one("messenger_text.json");
-        assert_eq!(r.route, RouteKey { platform: Platform::Facebook, external_id: "102938475610293".into() });
+        assert_eq!(r.route, RouteKey::channel(Platform::Facebook, "102938475610293"));
         assert!(
             matches!(r.item, Item::Message { ref contact, ref text, .. } if contact == "7392015648120394" && text.as_deref() == Some("Hi! Do you ship to Lisbon?"))
         );
@@ -755,7 +798,7 @@ mod tests {
                 if text.as_deref() == Some("Love this one") && attachments.len() == 1 && attachments[0].kind == "story_reply"
                     && attachments[0].url.as_deref().is_some_and(|u| u.contains("asset_id=17900000000000002"))));
         let wa = one("whatsapp_text.json");
-        assert_eq!(wa.route, RouteKey { platform: Platform::Whatsapp, external_id: "123456789012345".into() });
+        assert_eq!(wa.route, RouteKey::channel(Platform::Whatsapp, "123456789012345"));
         if let Item::Message { contact_name, timestamp, text, .. } = wa.item {
             assert_eq!(contact_name.as_deref(), Some("Ana Sousa"));
             assert_eq!(timestamp.timestamp(), 1773140000, "WhatsApp times are seconds");
@@ -771,7 +814,17 @@ mod tests {
         ));
         assert_eq!(parse(&fixture("whatsapp_status_batch_out_of_order.json")).expect("batch").len(), 2);
         assert_eq!(parse(&fixture("messenger_batch_two_pages.json")).expect("batch").len(), 3);
-        assert!(parse(&fixture("whatsapp_account_update.json")).expect("ok").is_empty());
+        let account = one("whatsapp_account_update.json");
+        assert_eq!(account.route, RouteKey::parent(Platform::Whatsapp, "112233445566778"));
+        match account.item {
+            Item::AccountUpdate { event, detail, timestamp } => {
+                assert_eq!(event, "ACCOUNT_RESTRICTION");
+                assert!(detail.get("event").is_none() && detail["restriction_info"].is_array());
+                // entry.time is in seconds here.
+                assert_eq!(timestamp.timestamp(), 1_773_140_000);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&fixture("whatsapp_template_status_update.json")).expect("ok").is_empty());
         // Edits and unreactions (no fixture: shapes from the Messenger reference).
         let edit = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1773140000000,"message_edit":{"mid":"m_1","text":"fixed typo","num_edit":1}}]}]}"#;

@@ -489,3 +489,146 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     assert!(html.contains(&code) && html.contains("completed"));
     assert_eq!(app.call("GET", "/meta/data-deletion/NOPE123", None, None).await.status, 404);
 }
+
+/// An `account_update` webhook about business account `waba`.
+fn account_update(entry_id: &str, value: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": entry_id, "time": 1773140000,
+        "changes": [{"field": "account_update", "value": value}]}]}))
+    .expect("body")
+}
+
+#[actix_web::test]
+async fn whatsapp_account_updates_reach_every_number_of_the_account() {
+    const WABA: &str = "112233445566778";
+    const OTHER_WABA: &str = "998877665544332";
+    let app = spawn_app().await;
+    let acme = app
+        .fake(
+            "POST",
+            "/_fake/users",
+            json!({"id": META_USER, "name": "Ana Admin", "pages": [{"id": PAGE_A, "name": "Loja Azul"}],
+                   "wabas": [{"id": WABA, "phone_numbers": [{"id": "123456789012345"}, {"id": "123456789012346"}]}]}),
+        )
+        .await;
+    let beta = app
+        .fake("POST", "/_fake/users", json!({"wabas": [{"id": OTHER_WABA, "phone_numbers": [{"id": "5550001"}]}]}))
+        .await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let admin = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let beta_admin = token(&app.signup("beta", "bo@beta.test", "bo-password-1").await, "access_token");
+    connect_pages(&app, &admin, &[PAGE_A], false).await;
+    for (t, waba, grant) in [(&admin, WABA, &acme), (&beta_admin, OTHER_WABA, &beta)] {
+        let body = json!({"waba_id": waba, "access_token": grant["wabas"][0]["access_token"]});
+        let r = app.call("POST", "/api/channels/whatsapp/connect", Some(t), Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let state = |t: String| {
+        let app = &app;
+        async move {
+            let mut out: Vec<(String, String, Option<String>)> = channels(app, &t)
+                .await
+                .iter()
+                .map(|c| {
+                    (
+                        c["external_id"].as_str().expect("id").to_string(),
+                        c["status"].as_str().expect("status").to_string(),
+                        c["status_reason"].as_str().map(str::to_string),
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        }
+    };
+    let wa = |status: &str, reason: Option<&str>| {
+        vec![
+            (PAGE_A.to_string(), "connected".to_string(), None),
+            ("123456789012345".to_string(), status.to_string(), reason.map(str::to_string)),
+            ("123456789012346".to_string(), status.to_string(), reason.map(str::to_string)),
+        ]
+    };
+    let beta_connected = vec![("5550001".to_string(), "connected".to_string(), None)];
+
+    // A restriction changes nothing but is noted for the admins, once per
+    // number though Meta sent it twice.
+    for _ in 0..2 {
+        assert_eq!(app.webhook(&crate::common::fixture("whatsapp_account_update.json")).await, 200);
+    }
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("connected", None));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&admin), None).await;
+    let notes: Vec<&Value> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.whatsapp_account_update")
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes.iter().all(|n| n["details"]["event"] == "ACCOUNT_RESTRICTION"
+        && n["details"]["detail"]["restriction_info"][0]["restriction_type"] == "RESTRICTED_BIZ_INITIATED_MESSAGING"));
+
+    // Disabled: replies would fail; the channel check does not lift it.
+    let ban = |state: &str| json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": state, "waba_ban_date": "March 10, 2026"}});
+    assert_eq!(app.webhook(&account_update(WABA, ban("DISABLE"))).await, 200);
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("reauth_required", Some("whatsapp_account_disabled")));
+    let numbers = channels(&app, &admin).await;
+    let number_id = numbers.iter().find(|c| c["external_id"] == "123456789012345").expect("number")["id"].clone();
+    let r =
+        app.call("POST", &format!("/api/channels/{}/check", number_id.as_str().expect("id")), Some(&admin), None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("reauth_required")), "{:?}", r.body);
+    // Reinstated: connected again.
+    assert_eq!(app.webhook(&account_update(WABA, ban("REINSTATE"))).await, 200);
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("connected", None));
+
+    // Another app uninstalled from the account: not ours, only noted.
+    let uninstalled = |app_id: &str| json!({"event": "PARTNER_APP_UNINSTALLED", "waba_info": {"waba_id": WABA, "owner_business_id": "1284923862322270", "partner_app_id": app_id}});
+    assert_eq!(app.webhook(&account_update("2949482758682047", uninstalled("869361281603019"))).await, 200);
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("connected", None));
+
+    // The business removed us: the entry is the partner's business, the
+    // account is in waba_info. Both numbers disconnected, once, though the
+    // webhook came twice; the page and the other tenant untouched.
+    let removed =
+        json!({"event": "PARTNER_REMOVED", "waba_info": {"waba_id": WABA, "owner_business_id": "2329417887457253"}});
+    for _ in 0..2 {
+        assert_eq!(app.webhook(&account_update("2949482758682047", removed.clone())).await, 200);
+    }
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("disconnected", Some("whatsapp_partner_removed")));
+    assert_eq!(state(beta_admin.clone()).await, beta_connected);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
+              AND payload->>'status' = 'disconnected'"
+        ),
+        2
+    );
+    // The numbers are free: their messages now find no tenant.
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+    assert_eq!(app.webhook(&crate::common::fixture("whatsapp_text.json")).await, 200);
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 1);
+    // Our own app uninstalled from the other tenant's account, by the fake
+    // Meta: the webhook names our app, and the subscription ends there.
+    let sent = app
+        .fake("POST", "/_fake/account-update", json!({"waba_id": OTHER_WABA, "event": "PARTNER_APP_UNINSTALLED"}))
+        .await;
+    assert_eq!(sent["delivered_status"], 200, "{sent}");
+    assert_eq!(
+        sent["webhook"]["entry"][0]["changes"][0]["value"]["waba_info"]["partner_app_id"],
+        json!(app.config.meta.app_id)
+    );
+    let fake_state = app.client.get(format!("{}/_fake/state", app.fake_base)).send().await.expect("state");
+    let fake_state: Value = fake_state.json().await.expect("json");
+    let other = fake_state["wabas"].as_array().expect("wabas").iter().find(|w| w["id"] == OTHER_WABA).cloned();
+    assert_eq!(other.expect("other")["subscribed"], false);
+    app.processed().await;
+    assert_eq!(
+        state(beta_admin.clone()).await,
+        vec![("5550001".to_string(), "disconnected".to_string(), Some("whatsapp_app_uninstalled".to_string()))]
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 1);
+}

@@ -161,3 +161,43 @@ fn every_tenant_migration_reverts_and_reapplies_cleanly() {
     .expect("revert and re-run");
     assert_eq!(columns(&mut conn, "tenant_alpha"), before);
 }
+
+#[test]
+fn routes_take_their_channels_parents_when_the_column_arrives() {
+    use switchboard::db::migrate::PUBLIC_MIGRATIONS;
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let tenant = tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
+    // A tenant whose schema is not there (dropped by hand): skipped.
+    tenancy::provision(&mut conn, &TenantSlug::parse("gone").expect("slug"), "G").expect("provision");
+    conn.batch_execute(&format!(
+        "DROP SCHEMA tenant_gone CASCADE;
+         INSERT INTO tenant_alpha.channels (id, platform, external_id, name, parent_external_id)
+              VALUES (7, 'whatsapp', '555001', 'n1', 'waba-1'), (8, 'facebook', 'page-1', 'p', NULL);
+         INSERT INTO public.channel_routes (platform, external_id, tenant_id, channel_id)
+              VALUES ('whatsapp', '555001', {t}, 7), ('facebook', 'page-1', {t}, 8);",
+        t = tenant.id
+    ))
+    .expect("seed");
+    // Back to before the column, and forward again: the backfill runs.
+    conn.revert_last_migration(PUBLIC_MIGRATIONS).expect("revert");
+    conn.run_pending_migrations(PUBLIC_MIGRATIONS).expect("re-run");
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Route {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        external_id: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        parent_external_id: Option<String>,
+    }
+    let routes: Vec<Route> =
+        diesel::sql_query("SELECT external_id, parent_external_id FROM public.channel_routes ORDER BY external_id")
+            .load(&mut conn)
+            .expect("routes");
+    assert_eq!(
+        routes,
+        vec![
+            Route { external_id: "555001".into(), parent_external_id: Some("waba-1".into()) },
+            Route { external_id: "page-1".into(), parent_external_id: None },
+        ]
+    );
+}

@@ -274,6 +274,53 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
     HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered, "dropped": dropped}))
 }
 
+/// The business that owns the app, as Meta names it in the partner events'
+/// `entry.id`.
+const PARTNER_BUSINESS: &str = "100200300400500";
+
+/// `POST /_fake/account-update` `{waba_id, event, ...}`: Meta changes a
+/// WhatsApp business account and sends `account_update`. The rest of the
+/// body becomes the change's value (`ban_info`, `restriction_info`…). Partner
+/// events (`PARTNER_REMOVED`, `PARTNER_APP_UNINSTALLED`…) name the partner's
+/// business as the entry and the account in `waba_info`, as Meta's do; the
+/// app removed or uninstalled, or the account deleted, also ends the
+/// account's subscription here.
+pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let mut value = body.clone();
+    let Some(fields) = value.as_object_mut() else { return super::bad("a JSON object is required") };
+    let (Some(waba), Some(event)) = (
+        fields.remove("waba_id").and_then(|v| v.as_str().map(str::to_string)),
+        fields.get("event").and_then(Value::as_str).map(str::to_string),
+    ) else {
+        return super::bad("waba_id and event are required");
+    };
+    let target = {
+        let mut st = fake.lock();
+        let Some(account) = st.wabas.get_mut(&waba) else { return super::bad("no such business account") };
+        if matches!(event.as_str(), "PARTNER_REMOVED" | "PARTNER_APP_UNINSTALLED" | "ACCOUNT_DELETED") {
+            account.subscribed = false;
+        }
+        st.webhook_target.clone()
+    };
+    let entry_id = if event.starts_with("PARTNER_") {
+        let mut info = json!({"waba_id": waba, "owner_business_id": "2329417887457253"});
+        if event.starts_with("PARTNER_APP_") {
+            info["partner_app_id"] = json!(fake.cfg.app_id);
+        }
+        fields.insert("waba_info".into(), info);
+        PARTNER_BUSINESS.to_string()
+    } else {
+        waba
+    };
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": entry_id, "time": Utc::now().timestamp(),
+        "changes": [{"value": value, "field": "account_update"}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
 impl FakeMeta {
     /// Serializes and signs a webhook body the way Meta does.
     pub fn signed(&self, event: &Value) -> (String, String, String) {

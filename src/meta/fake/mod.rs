@@ -27,6 +27,10 @@
 //! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
 //!   writes to a page, Instagram account or number; the fake sends the
 //!   signed webhook now and remembers the contact (window, profile).
+//! - `POST /_fake/account-update` `{waba_id, event, ...}`: Meta changes a
+//!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
+//!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
+//!   Meta's, and ends the subscription when the app was removed.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers its URL, which
 //!   downloads with the Bearer token.
@@ -746,6 +750,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
+        ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "media") => messaging::add_media(&fake, &body),
         (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
             let id = p.trim_start_matches("media/").trim_end_matches("/download").to_string();

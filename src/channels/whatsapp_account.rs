@@ -1,0 +1,131 @@
+//! What Meta says about a WhatsApp business account (`account_update`
+//! webhooks) and what it does to the account's numbers, our channels.
+//!
+//! Decisions:
+//! - The business removed us (`PARTNER_REMOVED`), uninstalled our app
+//!   (`PARTNER_APP_UNINSTALLED` naming our app id, or no app) or deleted the
+//!   account (`ACCOUNT_DELETED`): its numbers are `disconnected` (token
+//!   dropped, history kept, number free for a new connect), as a disconnect
+//!   by an admin would, with the event as `status_reason`.
+//! - Meta disabled the account (`DISABLED_UPDATE`, `ban_info.waba_ban_state`
+//!   `DISABLE`): its numbers are `reauth_required` with reason
+//!   `whatsapp_account_disabled` — replies would fail, the token is kept, and
+//!   the channel check does not lift it; `REINSTATE` does (back to
+//!   `connected`), as does connecting the number again.
+//! - Everything else (restrictions, violations, pricing tiers, partner added,
+//!   `SCHEDULE_FOR_DISABLE`…) changes nothing but is written to the audit log
+//!   for the admins, once: a retried or duplicated webhook finds its entry
+//!   among the channel's recent ones and adds none.
+//!
+//! Every number of the account gets the event (the processor routes it by
+//! the account); a channel that is already disconnected is left alone.
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use super::{ChannelRow, ChannelStatus};
+use crate::audit;
+use crate::db::tenant_schema::channels;
+use crate::db::TenantConn;
+use crate::error::AppResult;
+
+/// `status_reason` of a number whose account Meta disabled.
+pub const ACCOUNT_DISABLED: &str = "whatsapp_account_disabled";
+
+/// How many of the newest audit entries are searched for a duplicate.
+const DUPLICATE_WINDOW: i64 = 500;
+
+/// Applies one `account_update` event to one of the account's numbers.
+pub fn apply(
+    tc: &mut TenantConn<'_>,
+    channel: &ChannelRow,
+    app_id: &str,
+    event: &str,
+    detail: &Value,
+) -> AppResult<()> {
+    // Read again: an earlier item of the same batch (a duplicate) may have
+    // changed it since the processor loaded it.
+    let channel = &super::find(tc, channel.channel_id())?;
+    if channel.status == ChannelStatus::Disconnected.as_str() {
+        return Ok(());
+    }
+    let id = channel.channel_id();
+    let for_us = || match detail.get("waba_info").and_then(|w| w.get("partner_app_id")) {
+        Some(app) => {
+            app.as_str().map(str::to_string).or_else(|| app.as_i64().map(|n| n.to_string())).as_deref() == Some(app_id)
+        }
+        None => true,
+    };
+    let ban_state = detail.get("ban_info").and_then(|b| b.get("waba_ban_state")).and_then(Value::as_str);
+    match (event, ban_state) {
+        ("PARTNER_REMOVED", _) => super::mark_disconnected(tc, None, id, "whatsapp_partner_removed"),
+        ("PARTNER_APP_UNINSTALLED", _) if for_us() => {
+            super::mark_disconnected(tc, None, id, "whatsapp_app_uninstalled")
+        }
+        ("ACCOUNT_DELETED", _) => super::mark_disconnected(tc, None, id, "whatsapp_account_deleted"),
+        ("DISABLED_UPDATE", Some("DISABLE")) => {
+            if !super::mark_reauth_required(tc, id, ACCOUNT_DISABLED)? {
+                // Already reauth_required for a token problem: the ban is
+                // the reason that matters now.
+                diesel::update(channels::table.find(id.0).filter(channels::status.eq("reauth_required")))
+                    .set(channels::status_reason.eq(ACCOUNT_DISABLED))
+                    .execute(tc.pg())?;
+            }
+            Ok(())
+        }
+        ("DISABLED_UPDATE", Some("REINSTATE")) => reinstate(tc, channel),
+        _ => note_once(tc, channel, event, detail),
+    }
+}
+
+/// A number of a disabled account is connected again.
+fn reinstate(tc: &mut TenantConn<'_>, channel: &ChannelRow) -> AppResult<()> {
+    let n = diesel::update(
+        channels::table
+            .find(channel.id)
+            .filter(channels::status.eq(ChannelStatus::ReauthRequired.as_str()))
+            .filter(channels::status_reason.eq(ACCOUNT_DISABLED)),
+    )
+    .set((
+        channels::status.eq(ChannelStatus::Connected.as_str()),
+        channels::status_reason.eq(None::<String>),
+        channels::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(tc.pg())?;
+    if n > 0 {
+        audit::record(tc, None, "channel.reinstated", "channel", Some(channel.id.to_string()), json!({}))?;
+        super::channel_updated(
+            tc,
+            channel.id,
+            json!({"id": channel.id.to_string(), "status": ChannelStatus::Connected.as_str()}),
+        )?;
+    }
+    Ok(())
+}
+
+/// Records an event that changes nothing, unless it already was.
+fn note_once(tc: &mut TenantConn<'_>, channel: &ChannelRow, event: &str, detail: &Value) -> AppResult<()> {
+    const ACTION: &str = "channel.whatsapp_account_update";
+    let details = json!({"event": event, "business_account": channel.parent_external_id, "detail": detail});
+    let target = channel.id.to_string();
+    #[derive(QueryableByName)]
+    struct Seen {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        seen: bool,
+    }
+    let seen = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM (SELECT action, target_id, details FROM audit_log \
+                                        ORDER BY id DESC LIMIT $1) recent \
+                         WHERE action = $2 AND target_id = $3 AND details = $4) AS seen",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(DUPLICATE_WINDOW)
+    .bind::<diesel::sql_types::Text, _>(ACTION)
+    .bind::<diesel::sql_types::Text, _>(&target)
+    .bind::<diesel::sql_types::Jsonb, _>(&details)
+    .get_result::<Seen>(tc.pg())?
+    .seen;
+    if !seen {
+        audit::record(tc, None, ACTION, "channel", Some(target), details)?;
+    }
+    Ok(())
+}
