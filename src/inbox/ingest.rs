@@ -71,6 +71,13 @@ impl<'l> Ingest<'l> {
     /// items will touch, so applying each item costs about two statements.
     /// The conversations are locked until the transaction ends.
     pub fn prefetch(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        // Before anything looks contacts up: the batch's messages from a
+        // customer's new number belong to the contact of the old one.
+        for (channel, item) in items {
+            if let Item::NumberChanged { contact, new_contact, .. } = item {
+                self.renumber(tc, *channel, contact, new_contact)?;
+            }
+        }
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
@@ -251,6 +258,29 @@ impl<'l> Ingest<'l> {
             if let Some(ext) = r.external_id.clone() {
                 self.stored.insert((r.channel_id, ext), r);
             }
+        }
+        Ok(())
+    }
+
+    /// A WhatsApp customer changed their number: their contact (and so
+    /// their conversation and where replies go) is known by the new one. If
+    /// the new number already is a contact of this channel (it wrote before
+    /// the notice came), both stay as they are. Once done, a repeat finds no
+    /// contact with the old number and changes nothing.
+    fn renumber(&mut self, tc: &mut TenantConn<'_>, channel_id: i64, old: &str, new: &str) -> AppResult<()> {
+        let here = contacts::table.filter(contacts::channel_id.eq(channel_id));
+        if here.filter(contacts::external_id.eq(new)).count().get_result::<i64>(tc.pg())? > 0 {
+            return Ok(());
+        }
+        let moved: Option<ContactRow> = diesel::update(here.filter(contacts::external_id.eq(old)))
+            .set((contacts::external_id.eq(new), contacts::updated_at.eq(diesel::dsl::now)))
+            .returning(ContactRow::as_returning())
+            .get_result(tc.pg())
+            .optional()?;
+        if let Some(c) = moved {
+            self.contacts.remove(&(channel_id, old.to_string()));
+            self.names.put_contact(&c);
+            self.contacts.insert((channel_id, new.to_string()), c);
         }
         Ok(())
     }
@@ -475,6 +505,8 @@ impl Ingest<'_> {
                 self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
             }
             Item::Status { wamid, status, error, .. } => self.status(tc, channel, wamid, *status, error.clone()),
+            // Done by `prefetch`; again for a caller that did not (a no-op then).
+            Item::NumberChanged { contact, new_contact, .. } => self.renumber(tc, channel.id, contact, new_contact),
             Item::AccountUpdate { event, detail, .. } => {
                 crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail)
             }

@@ -209,6 +209,13 @@ pub enum Item {
         error: Option<Value>,
         timestamp: DateTime<Utc>,
     },
+    /// A WhatsApp customer changed their phone number (a `system` message,
+    /// which also comes as a `Message` with the notice's text).
+    NumberChanged {
+        contact: String,
+        new_contact: String,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta changed a WhatsApp business account (`account_update`): the app
     /// removed, the account deleted, banned, restricted… `detail` is the
     /// rest of the change's value. Routed by the account, for each number.
@@ -303,6 +310,17 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
         other => return Err(ParseError::UnknownObject(other.to_string())),
     }
     Ok(out)
+}
+
+/// The new number of a `system` message saying the customer changed theirs
+/// (`user_changed_number` with `wa_id`; earlier `customer_changed_number`
+/// with `new_wa_id`).
+fn changed_number(m: &Value) -> Option<String> {
+    let sys = m.get("system")?;
+    match sys.get("type").and_then(Value::as_str)? {
+        "user_changed_number" | "customer_changed_number" => s(sys.get("wa_id")).or_else(|| s(sys.get("new_wa_id"))),
+        _ => None,
+    }
 }
 
 /// `account_update` carries `entry.time` in seconds. The account is
@@ -478,6 +496,17 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
             _ => {
                 let (text, attachments, quick, postback) = whatsapp_content(m, kind);
                 let contact_name = names.iter().find(|(w, _)| *w == from).map(|(_, n)| n.clone());
+                // The customer changed their number: from now on the contact
+                // is known by the new one (the change first), and the notice
+                // shows in the conversation that goes on there.
+                let from = match changed_number(m) {
+                    Some(new_contact) if new_contact != from => {
+                        let change = Item::NumberChanged { contact: from, new_contact: new_contact.clone(), timestamp };
+                        out.push(Routed { route: route.clone(), item: change });
+                        new_contact
+                    }
+                    _ => from,
+                };
                 Item::Message {
                     contact: from,
                     contact_name,
@@ -698,7 +727,7 @@ mod tests {
         let wa = |message: Value| {
             let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
                 "value": {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "123456789012345"}, "messages": [message]}}]}]});
-            match parse(&serde_json::to_vec(&body).expect("body")).expect("parse").remove(0).item {
+            match parse(&serde_json::to_vec(&body).expect("body")).expect("parse").pop().expect("an item").item {
                 Item::Message { text, attachments, .. } => (text, attachments[0].kind.clone()),
                 other => panic!("{other:?}"),
             }
@@ -708,6 +737,24 @@ mod tests {
             "system": {"body": "User A changed from 14155550123 to 14155550999", "wa_id": "14155550999", "type": "user_changed_number"}}),
         );
         assert_eq!(system, (Some("User A changed from 14155550123 to 14155550999".into()), "system".into()));
+        // The change of number, then the notice under the new number (both
+        // spellings Meta used).
+        for sys in [
+            serde_json::json!({"body": "changed", "wa_id": "14155550999", "type": "user_changed_number"}),
+            serde_json::json!({"body": "changed", "new_wa_id": "14155550999", "type": "customer_changed_number"}),
+        ] {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+                "field": "messages", "value": {"messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
+                    "messages": [{"from": "14155550123", "id": "wamid.S1", "timestamp": "1773140000", "type": "system", "system": sys}]}}]}]});
+            let items: Vec<Item> =
+                parse(&serde_json::to_vec(&body).expect("body")).expect("parse").into_iter().map(|r| r.item).collect();
+            assert!(
+                matches!(items.as_slice(), [Item::NumberChanged { contact, new_contact, .. }, Item::Message { contact: by, .. }]
+                if contact == "14155550123" && new_contact == "14155550999" && by == "14155550999"),
+                "{items:?}"
+            );
+        }
         let cards = wa(
             serde_json::json!({"from": "14155550123", "id": "wamid.C1", "timestamp": "1773140000", "type": "contacts",
             "contacts": [{"name": {"formatted_name": "João Silva", "first_name": "João"}, "phones": [{"phone": "+351 912 345 678", "type": "CELL"}]},

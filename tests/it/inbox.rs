@@ -1134,3 +1134,60 @@ async fn the_server_merges_the_search_index_in_the_background() {
         texts.len() as i64
     );
 }
+
+/// Meta's notice that a WhatsApp customer changed number, from the old one.
+fn number_change_notice(old: &str, new: &str, wamid: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "messages": [{"from": old, "id": wamid, "timestamp": "1773140200", "type": "system",
+                "system": {"body": format!("User A changed from {old} to {new}"), "wa_id": new, "type": "user_changed_number"}}]}}]}]}))
+    .expect("body")
+}
+
+#[actix_web::test]
+async fn a_whatsapp_customer_who_changes_number_keeps_their_conversation() {
+    const NEW: &str = "14155550999";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    app.processed().await;
+    let before = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID).clone();
+    let conv = before["id"].as_str().expect("id").to_string();
+    // The notice, twice (Meta retries).
+    for _ in 0..2 {
+        assert_eq!(app.webhook(&number_change_notice(WA_ID, NEW, "wamid.SYS1")).await, 200);
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let wa: Vec<&Value> = convs.iter().filter(|c| c["platform"] == "whatsapp").collect();
+    assert_eq!(wa.len(), 1, "{convs:?}");
+    assert_eq!((wa[0]["id"].as_str(), wa[0]["contact"]["external_id"].as_str()), (Some(conv.as_str()), Some(NEW)));
+    assert_eq!(wa[0]["contact"]["id"], before["contact"]["id"]);
+    assert_eq!(wa[0]["contact"]["name"], before["contact"]["name"]);
+    let notices: Vec<Value> =
+        messages(&app, &ctx.admin, &conv).await.into_iter().filter(|m| m["external_id"] == "wamid.SYS1").collect();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0]["text"], format!("User A changed from {WA_ID} to {NEW}"));
+    // The customer writes from the new number: same conversation; a reply
+    // goes to the new number.
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": NEW, "text": "é o meu número novo"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(convs.iter().filter(|c| c["platform"] == "whatsapp").count(), 1, "{convs:?}");
+    assert_eq!(by_contact(&convs, NEW)["last_message"]["text"], "é o meu número novo");
+    let (status, _) = reply(&app, &ctx.admin, &conv, "Obrigado, anotado!", "c-new-number").await;
+    assert_eq!(status, 202);
+    eventually("reply sent to the new number", || async {
+        app.fake("GET", "/_fake/requests", json!({})).await["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["path"] == format!("/{PHONE}/messages") && r["body"]["to"] == NEW))
+    })
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id IN ('14155550123', '14155550999')"),
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+}
