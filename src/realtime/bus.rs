@@ -31,48 +31,26 @@ pub const LIVE_CHANNEL: &str = "switchboard_live";
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum LiveMsg {
     /// Never shown to any socket of the typing user `u`.
-    Typing {
-        t: i64,
-        conv: i64,
-        ch: i64,
-        u: i64,
-        name: String,
-        on: bool,
-    },
-    Presence {
-        t: i64,
-        u: i64,
-        inst: String,
-        n: u32,
-        away: bool,
-    },
+    Typing { t: i64, conv: i64, ch: i64, u: i64, name: String, on: bool },
+    /// One user's sockets on instance `inst`. Sent by earlier releases;
+    /// this one sends its changes as [`LiveMsg::PresenceOf`], a tick's worth
+    /// at once, and still understands this during a rolling upgrade.
+    Presence { t: i64, u: i64, inst: String, n: u32, away: bool },
     /// Channel access changed in the tenant: sessions reload their channels.
-    Acl {
-        t: i64,
-    },
+    Acl { t: i64 },
     /// A member left the tenant (or the tenant was suspended: `u` = 0).
-    Removed {
-        t: i64,
-        u: i64,
-    },
+    Removed { t: i64, u: i64 },
     /// A login (refresh-token family) ended.
-    Revoked {
-        t: i64,
-        u: i64,
-        family: Option<String>,
-    },
+    Revoked { t: i64, u: i64, family: Option<String> },
     /// Instance `inst` has just started listening (first time or after a
     /// reconnect) and knows nothing of the others' sockets: they answer
     /// with [`LiveMsg::PresenceOf`].
-    PresenceWanted {
-        inst: String,
-    },
+    PresenceWanted { inst: String },
     /// Instance `inst`'s sockets: (tenant, user, sockets, all away), in
-    /// parts of at most [`PRESENCE_PART`] users (a NOTIFY holds 8,000 bytes).
-    PresenceOf {
-        inst: String,
-        users: Vec<(i64, i64, u32, bool)>,
-    },
+    /// parts of at most [`PRESENCE_PART`] users (a NOTIFY holds 8,000 bytes):
+    /// all of them in answer to [`LiveMsg::PresenceWanted`], else the users
+    /// whose sockets there changed in the last presence tick.
+    PresenceOf { inst: String, users: Vec<(i64, i64, u32, bool)> },
 }
 
 /// Users per [`LiveMsg::PresenceOf`]: ~50 bytes of JSON each at most.

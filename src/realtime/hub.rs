@@ -15,6 +15,12 @@
 //! whatever happens. A trickle of webhooks and agents' own changes are
 //! never held. Held events are already in the log: a socket that connects
 //! meanwhile gets them once, from its replay or the flush.
+//!
+//! Presence is paced too: the users whose sockets here joined, left or went
+//! away gather for [`PRESENCE_TICK`] and go out together — to this
+//! instance's sockets at once, to the others in a few bus messages — so
+//! when a thousand agents reconnect after a restart, each socket gets a few
+//! deliveries of many presence frames, not a thousand of one.
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -34,6 +40,9 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 pub const HOLD_WHILE: Duration = Duration::from_millis(150);
 /// Held events go out after this even if no further batch comes.
 pub const HOLD_MAX: Duration = Duration::from_millis(500);
+/// Presence changes gather this long and go out together (see
+/// `Hub::flush_presence`).
+pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
 
 /// How soon a batch of events must reach the sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +378,8 @@ pub struct Hub {
     /// When `presence_now` last warned of a tenant too large to tell about
     /// (once a minute, not once per joining socket of a reconnect storm).
     presence_warned: Option<Instant>,
+    /// Users whose sockets here changed since the last presence tick.
+    presence_dirty: std::collections::HashSet<(i64, i64)>,
 }
 
 impl Hub {
@@ -384,6 +395,7 @@ impl Hub {
             shown: HashMap::new(),
             holds: Holds::default(),
             presence_warned: None,
+            presence_dirty: Default::default(),
         }
     }
 
@@ -412,13 +424,13 @@ impl Hub {
                 let (tenant, user) = (e.tenant, e.user);
                 self.remove(id);
                 addr.do_send(CloseSession { code: CLOSE_TOO_SLOW, reason: "too slow; reconnect with since" });
-                self.publish_presence(tenant, user);
+                self.note_presence(tenant, user);
                 return;
             }
         };
         if wake && !e.addr.connected() {
             if let Some(e) = self.remove(id) {
-                self.publish_presence(e.tenant, e.user);
+                self.note_presence(e.tenant, e.user);
             }
         } else if wake {
             // At most one Drain is ever waiting, so the mailbox never fills.
@@ -445,16 +457,57 @@ impl Hub {
         });
     }
 
-    /// This instance's view of a user: how many sockets, all away or not.
-    fn publish_presence(&self, tenant: i64, user: i64) {
-        let mine: Vec<&Entry> =
-            self.index.of_user(tenant, user).iter().filter_map(|id| self.index.sessions.get(id)).collect();
-        let n = mine.len() as u32;
-        let away = n > 0 && mine.iter().all(|e| e.away);
-        self.publish(LiveMsg::Presence { t: tenant, u: user, inst: self.instance.clone(), n, away });
+    /// A user's sockets here changed (joined, left, away): their presence
+    /// goes out with the next tick's ([`PRESENCE_TICK`]).
+    fn note_presence(&mut self, tenant: i64, user: i64) {
+        self.presence_dirty.insert((tenant, user));
     }
 
-    fn presence_changed(&mut self, tenant: i64, user: i64) {
+    /// Sends the presence changed since the last tick: to the other
+    /// instances in parts of [`PRESENCE_PART`](super::bus::PRESENCE_PART)
+    /// users, to this instance's sockets at once. A reconnect storm of N
+    /// agents thus costs a NOTIFY per part and, per socket, one delivery a
+    /// tick, instead of a NOTIFY per socket and N² deliveries.
+    fn flush_presence(&mut self) {
+        if self.presence_dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<(i64, i64)> = self.presence_dirty.drain().collect();
+        let mine: Vec<(i64, i64, u32, bool)> = dirty
+            .into_iter()
+            .map(|(tenant, user)| {
+                let sockets: Vec<&Entry> =
+                    self.index.of_user(tenant, user).iter().filter_map(|id| self.index.sessions.get(id)).collect();
+                let n = sockets.len() as u32;
+                (tenant, user, n, n > 0 && sockets.iter().all(|e| e.away))
+            })
+            .collect();
+        for part in mine.chunks(super::bus::PRESENCE_PART) {
+            self.publish(LiveMsg::PresenceOf { inst: self.instance.clone(), users: part.to_vec() });
+        }
+        let inst = self.instance.clone();
+        self.heard_presence(&inst, mine);
+    }
+
+    /// An instance's view of users (sockets there, all away or not); each
+    /// tenant's sockets get that tenant's changes in one delivery.
+    fn heard_presence(&mut self, inst: &str, users: Vec<(i64, i64, u32, bool)>) {
+        let mut changed: HashMap<i64, Vec<Frame>> = HashMap::new();
+        for (tenant, user, n, away) in users {
+            self.presence.entry((tenant, user)).or_default().insert(inst.to_string(), (n, away));
+            if let Some(frame) = self.presence_changed(tenant, user) {
+                changed.entry(tenant).or_default().push(frame);
+            }
+        }
+        for (tenant, frames) in changed {
+            for id in self.index.audience(tenant, None) {
+                self.send(id, frames.clone());
+            }
+        }
+    }
+
+    /// The frame announcing `user`'s presence, if it is not what was shown.
+    fn presence_changed(&mut self, tenant: i64, user: i64) -> Option<Frame> {
         let status = match self.presence.get(&(tenant, user)) {
             Some(m) if m.values().any(|(n, away)| *n > 0 && !away) => "online",
             Some(m) if m.values().any(|(n, _)| *n > 0) => "away",
@@ -462,7 +515,7 @@ impl Hub {
         };
         let was = self.shown.get(&tenant).and_then(|users| users.get(&user)).map_or("offline", |(s, _)| *s);
         if was == status {
-            return;
+            return None;
         }
         let frame =
             json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
@@ -476,7 +529,7 @@ impl Hub {
         } else {
             users.insert(user, (status, frame.clone()));
         }
-        self.broadcast(tenant, None, frame, None);
+        Some(frame)
     }
 
     /// Who is online or away in `tenant`, as the frames that said so (at
@@ -503,6 +556,7 @@ impl Actor for Hub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(PRESENCE_TICK, |hub, _| hub.flush_presence());
         // Typing expires 6 seconds after its last renewal.
         ctx.run_interval(Duration::from_millis(500), |hub, _| {
             let now = Instant::now();
@@ -536,7 +590,7 @@ impl Handler<Join> for Hub {
         if !now.is_empty() {
             self.send(m.id, now);
         }
-        self.publish_presence(m.tenant, m.user);
+        self.note_presence(m.tenant, m.user);
     }
 }
 
@@ -544,7 +598,7 @@ impl Handler<Leave> for Hub {
     type Result = ();
     fn handle(&mut self, m: Leave, _: &mut Context<Self>) {
         if let Some(e) = self.remove(m.id) {
-            self.publish_presence(e.tenant, e.user);
+            self.note_presence(e.tenant, e.user);
         }
     }
 }
@@ -562,7 +616,7 @@ impl Handler<SetAway> for Hub {
         let Some(e) = self.index.sessions.get_mut(&m.id) else { return };
         e.away = m.away;
         let (t, u) = (e.tenant, e.user);
-        self.publish_presence(t, u);
+        self.note_presence(t, u);
     }
 }
 
@@ -721,11 +775,6 @@ impl Hub {
         }
         users.into_iter().map(|((t, u), (n, away))| (t, u, n, away)).collect()
     }
-
-    fn heard_presence(&mut self, t: i64, u: i64, inst: String, n: u32, away: bool) {
-        self.presence.entry((t, u)).or_default().insert(inst, (n, away));
-        self.presence_changed(t, u);
-    }
 }
 
 impl Handler<Live> for Hub {
@@ -737,12 +786,9 @@ impl Handler<Live> for Hub {
                     self.publish(LiveMsg::PresenceOf { inst: self.instance.clone(), users: users.to_vec() });
                 }
             }
-            LiveMsg::PresenceOf { inst, users } if inst != self.instance => {
-                for (t, u, n, away) in users {
-                    self.heard_presence(t, u, inst.clone(), n, away);
-                }
-            }
-            // Our own question or answer, come back through the bus.
+            LiveMsg::PresenceOf { inst, users } if inst != self.instance => self.heard_presence(&inst, users),
+            // Our own question, answer or changes, come back through the bus
+            // (the changes were applied here when sent).
             LiveMsg::PresenceWanted { .. } | LiveMsg::PresenceOf { .. } => {}
             LiveMsg::Typing { t, conv, ch, u, name, on } => {
                 if on {
@@ -753,7 +799,12 @@ impl Handler<Live> for Hub {
                 // Never echoed to its sender (any of the sender's own sockets).
                 self.broadcast(t, Some(ch), Hub::typing_frame(conv, u, &name, on), Some(u));
             }
-            LiveMsg::Presence { t, u, inst, n, away } => self.heard_presence(t, u, inst, n, away),
+            // From an instance of an earlier release (this one sends
+            // `PresenceOf`); never our own.
+            LiveMsg::Presence { t, u, inst, n, away } if inst != self.instance => {
+                self.heard_presence(&inst, vec![(t, u, n, away)])
+            }
+            LiveMsg::Presence { .. } => {}
             LiveMsg::Acl { t } => {
                 for id in self.index.audience(t, None) {
                     if let Some(e) = self.index.sessions.get(&id) {
@@ -767,7 +818,7 @@ impl Handler<Live> for Hub {
                     if let Some(e) = self.remove(id) {
                         e.addr
                             .do_send(CloseSession { code: CLOSE_REMOVED, reason: "no longer a member of this tenant" });
-                        self.publish_presence(e.tenant, e.user);
+                        self.note_presence(e.tenant, e.user);
                     }
                 }
             }
@@ -783,7 +834,7 @@ impl Handler<Live> for Hub {
                 for id in ids {
                     if let Some(e) = self.remove(id) {
                         e.addr.do_send(CloseSession { code: CLOSE_LOGGED_OUT, reason: "this login ended" });
-                        self.publish_presence(e.tenant, e.user);
+                        self.note_presence(e.tenant, e.user);
                     }
                 }
             }

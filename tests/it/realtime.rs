@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use crate::channels::{connect_pages, meta_user, META_USER, PAGE_A};
 use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
+use switchboard::auth::Role;
+use switchboard::ids::{TenantId, UserId};
 
 pub(crate) type Socket = actix_codec::Framed<BoxedSocket, Codec>;
 
@@ -627,4 +629,70 @@ async fn a_backlog_batch_reaches_the_socket_whole_and_in_order() {
     let texts: Vec<&str> =
         frames.iter().filter(|f| f["type"] == "message.created").filter_map(|f| f["data"]["text"].as_str()).collect();
     assert_eq!(texts.len(), 150, "each message once");
+}
+
+/// Forty agents connect at once (a restart's reconnect storm): colleagues
+/// learn of each, and the instances hear of them in a few bus messages,
+/// not one NOTIFY per socket.
+#[actix_web::test]
+async fn a_reconnect_storm_goes_out_in_a_few_presence_messages() {
+    use diesel::connection::SimpleConnection;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let (mut admin, _) = newcomer(&app, &t.admin).await;
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let mut conn = app.db.conn();
+    let tenant = diesel::sql_query("SELECT id FROM public.tenants WHERE slug = 'acme'")
+        .get_result::<Id>(&mut conn)
+        .expect("tenant")
+        .id;
+    let users: Vec<i64> = diesel::sql_query(
+        "INSERT INTO public.users (email, name, password_hash) \
+         SELECT 'storm' || i || '@acme.test', 'Storm ' || i, 'not-a-login' FROM generate_series(1, 40) i RETURNING id",
+    )
+    .load::<Id>(&mut conn)
+    .expect("users")
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    conn.batch_execute(&format!(
+        "INSERT INTO public.memberships (user_id, tenant_id, role) SELECT u, {tenant}, 'agent' FROM unnest(ARRAY{users:?}::bigint[]) u"
+    ))
+    .expect("memberships");
+    let mut listener = app.db.conn();
+    listener.batch_execute(&format!("LISTEN {}", switchboard::realtime::bus::LIVE_CHANNEL)).expect("listen");
+    let tokens: Vec<String> = users
+        .iter()
+        .map(|u| app.state.jwt.issue(UserId(*u), TenantId(tenant), "acme", Role::Agent, "storm").expect("token"))
+        .collect();
+    let sockets = futures_util::future::join_all(tokens.iter().map(|tok| async {
+        let mut s = ws(&app, "", Some(tok), None).await.expect("ws");
+        next(&mut s, Duration::from_secs(5)).await.expect("hello");
+        s
+    }))
+    .await;
+    let seen = presence_seen(&mut admin, Duration::from_secs(1)).await;
+    let online = users.iter().filter(|u| seen.get(&u.to_string()).map(String::as_str) == Some("online")).count();
+    assert_eq!(online, 40, "{seen:?}");
+    // What crossed the bus about them.
+    let notes: Vec<serde_json::Value> = listener
+        .notifications_iter()
+        .map(|n| serde_json::from_str(&n.expect("notification").payload).expect("json"))
+        .filter(|v: &serde_json::Value| matches!(v["k"].as_str(), Some("presence" | "presence_of")))
+        .collect();
+    let told: std::collections::HashSet<i64> = notes
+        .iter()
+        .flat_map(|n| match n["k"].as_str() {
+            Some("presence_of") => n["users"].as_array().cloned().unwrap_or_default(),
+            _ => vec![json!([n["t"], n["u"], n["n"], n["away"]])],
+        })
+        .filter_map(|u| u[1].as_i64())
+        .collect();
+    assert!(users.iter().all(|u| told.contains(u)), "{notes:?}");
+    assert!(notes.len() <= 10, "{} presence messages for 40 sockets", notes.len());
+    drop(sockets);
 }
