@@ -459,20 +459,28 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // each socket that sees any of it, so with many agents online the socket
     // writes, more than the SQL, are what a batch costs, and fewer, larger
     // batches keep live push from eating the ingest (bench realtime: push
-    // on/off). After a batch of at least `settle_at` it first lets this
-    // instance's sockets write what they were handed (at most `gather`):
-    // the more they have to write, the more webhooks the next batch finds.
-    // After one of at least `gather_at` it also waits (at most `gather`) for
-    // half a batch more. Neither after a full batch: the backlog is deep
-    // already. Below `settle_at` a webhook is processed as soon as the last
-    // batch ends. Without the settling, a burst with many sockets open stays
-    // in small batches: each writes to every socket, the writes slow the
-    // webhook answers on the same threads, and intake and processing meet at
-    // a few thousand a second. A batch of at least `settle_at` is also
+    // on/off). After every batch (of at least `wait_writes_at`, default 1)
+    // it first lets this instance's sockets write what they were handed (at
+    // most `gather`): the more they have to write, the more webhooks the next
+    // batch finds. After one of at least `gather_at` it also waits (at most
+    // `gather`) for half a batch more. Neither after a full batch: the
+    // backlog is deep already. A batch of at least `settle_at` is also
     // handed to the hub as a backlog batch: its frames may wait for the next
     // batch's, so a burst costs a round of socket writes per two batches or
     // more, not per batch (realtime::hub); the first claim that finds
     // nothing sends what waits.
+    //
+    // Waiting for the writes after small batches too is what keeps a burst
+    // out of a slow equilibrium. It used to start at `settle_at`: a burst
+    // whose first batches came in under it stayed in small batches, each
+    // writing to every socket; the writes slowed the webhook answers on the
+    // same threads, intake and processing met at ~3,000/s, and the batches
+    // never grew. Rounds of `bench realtime` were bimodal, ~5,700–6,200/s or
+    // ~2,800–3,600/s with push to 1,000 sockets (push on/off medians 43–75 %
+    // in six runs). Waiting after every batch, in four runs alternated with
+    // the old threshold: every round 4,500–6,400/s, medians 78–85 % against
+    // 65–72 %; steady batches grew from ~15 to ~30 and the p50 latency by
+    // ~5–10 ms (p99 44–75 ms against 37–67 ms).
     //
     // `settle_at` must stay above the batches of a steady load. At 2,000
     // webhooks/s with 1,000 agents they hold ~10–30 on a fast machine and
@@ -480,9 +488,9 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // settled and held: each wait made the next batch larger and likelier to
     // wait in turn, and the p99 went from ~90–115 to 155–305 ms (bench
     // realtime, alternated runs). At 150 bursts still settle within their
-    // first batches (they run at 400–1,000 a batch); the on/off ratio did not
-    // move beyond the noise.
+    // first batches (they run at 400–1,000 a batch).
     let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 150i64);
+    let wait_writes_at = env_or("SWITCHBOARD_WEBHOOK_WAIT_WRITES_AT", 1i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     loop {
@@ -514,7 +522,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 // its frames may wait for the next batch's (realtime::hub).
                 let pace = if claimed >= settle_at { Pace::Backlog } else { Pace::Now };
                 after_batch(&state, report, pace);
-                if primary && claimed >= settle_at && claimed < batch {
+                if primary && claimed >= wait_writes_at && claimed < batch {
                     let deadline = tokio::time::Instant::now() + gather;
                     // Polled: the sessions finish on other threads, and a
                     // millisecond is fine grain beside a batch of 100.

@@ -696,3 +696,94 @@ async fn a_reconnect_storm_goes_out_in_a_few_presence_messages() {
     assert!(notes.len() <= 10, "{} presence messages for 40 sockets", notes.len());
     drop(sockets);
 }
+
+/// `switchboard serve` as deployed: a process of its own on `app`'s
+/// database and fake Meta, on a port of its own; killed when dropped.
+struct Serve {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Serve {
+    async fn start(app: &TestApp) -> Serve {
+        use base64::Engine;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .env("DATABASE_URL", &app.db.url)
+            .env("SWITCHBOARD_BIND", format!("127.0.0.1:{port}"))
+            .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
+            .env("SWITCHBOARD_ENCRYPTION_KEYS", format!("k1:{key}"))
+            .env("META_APP_ID", &app.config.meta.app_id)
+            .env("META_APP_SECRET", app.config.meta.app_secret.expose())
+            .env("META_VERIFY_TOKEN", "verify-me")
+            .env("META_GRAPH_URL", &app.fake_base)
+            .env("META_DIALOG_URL", &app.fake_base)
+            .env("SWITCHBOARD_RECONCILE_SECS", "0")
+            .env("RUST_LOG", "warn")
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("switchboard serve");
+        let serve = Serve { child, base: format!("http://127.0.0.1:{port}") };
+        let ready = format!("{}/readyz", serve.base);
+        crate::common::eventually("serve is ready", || async {
+            app.client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        serve
+    }
+
+    fn ws(&self) -> String {
+        format!("{}/ws", self.base.replace("http://", "ws://"))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two `serve` processes on one database, each with its workers and its
+/// LISTEN connection: webhooks received by one reach agents on both,
+/// whichever process's worker handled each.
+#[actix_web::test]
+async fn two_serve_processes_share_one_database() {
+    // The in-process app only sets up (no workers: it handles no webhook).
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let (a, b) = (Serve::start(&app).await, Serve::start(&app).await);
+    let mut on_a = ws_at(&a.ws(), &t.admin).await;
+    let mut on_b = ws_at(&b.ws(), &t.agent_x).await;
+    for s in [&mut on_a, &mut on_b] {
+        next(s, Duration::from_secs(5)).await.expect("hello");
+    }
+    let secret = app.config.meta.app_secret.expose().as_bytes().to_vec();
+    for i in 0..6 {
+        let body =
+            crate::common::messenger_text(&format!("8800{i}"), &format!("m_two_processes_{i}"), &format!("olá {i}"));
+        let status = app
+            .client
+            .post(format!("{}/webhooks/meta", a.base))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", switchboard::meta::webhook::sign(&secret, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("webhook")
+            .status();
+        assert_eq!(status, 200);
+    }
+    for (name, s) in [("on a", &mut on_a), ("on b", &mut on_b)] {
+        let mut texts = std::collections::BTreeSet::new();
+        while texts.len() < 6 {
+            let m = until(s, "message.created", Duration::from_secs(10)).await;
+            let m = m.unwrap_or_else(|| panic!("{name}: only {texts:?}"));
+            texts.insert(m["data"]["text"].as_str().expect("text").to_string());
+        }
+        assert_eq!(texts, (0..6).map(|i| format!("olá {i}")).collect(), "{name}");
+    }
+}
