@@ -378,7 +378,7 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                         super::channel_updated(
                             tc,
                             id.0,
-                            serde_json::json!({"id": id.to_string(), "status": "connected"}),
+                            serde_json::json!({"id": id.to_string(), "status": "connected", "status_reason": null}),
                         )
                     })
                     .await?;

@@ -454,7 +454,7 @@ pub fn upsert_connected(
             .on_conflict_do_nothing()
             .execute(tc.pg())?;
     }
-    channel_event(tc, row.id, ChannelStatus::Connected.as_str())?;
+    channel_event(tc, row.id, ChannelStatus::Connected, None)?;
     let action = if existed { "channel.reconnected" } else { "channel.connected" };
     audit::record(
         tc,
@@ -480,7 +480,7 @@ pub fn mark_disconnected(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: Cha
         .execute(tc.pg())?;
     release_route(tc, &row)?;
     audit::record(tc, actor, "channel.disconnected", "channel", Some(id.to_string()), json!({"reason": reason}))?;
-    channel_event(tc, id.0, ChannelStatus::Disconnected.as_str())?;
+    channel_event(tc, id.0, ChannelStatus::Disconnected, Some(reason))?;
     Ok(())
 }
 
@@ -511,7 +511,7 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     channel_updated(
         tc,
         id.0,
-        json!({"id": id.to_string(), "status": ChannelStatus::Disconnected.as_str(), "deleted": true}),
+        json!({"id": id.to_string(), "status": ChannelStatus::Disconnected.as_str(), "status_reason": "purged", "deleted": true}),
     )?;
     audit::record(
         tc,
@@ -524,9 +524,9 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     Ok(())
 }
 
-/// Logs `channel.updated` (`{id, status}`) for open sockets.
-fn channel_event(tc: &mut TenantConn<'_>, id: i64, status: &str) -> AppResult<()> {
-    channel_updated(tc, id, json!({"id": id.to_string(), "status": status}))
+/// Logs `channel.updated` (`{id, status, status_reason}`) for open sockets.
+fn channel_event(tc: &mut TenantConn<'_>, id: i64, status: ChannelStatus, reason: Option<&str>) -> AppResult<()> {
+    channel_updated(tc, id, json!({"id": id.to_string(), "status": status.as_str(), "status_reason": reason}))
 }
 
 /// Logs `channel.updated` with `data` for the channel's sockets.
@@ -548,7 +548,7 @@ pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str
         .execute(tc.pg())?;
     if n > 0 {
         audit::record(tc, None, "channel.reauth_required", "channel", Some(id.to_string()), json!({"reason": reason}))?;
-        channel_event(tc, id.0, ChannelStatus::ReauthRequired.as_str())?;
+        channel_event(tc, id.0, ChannelStatus::ReauthRequired, Some(reason))?;
     }
     Ok(n > 0)
 }

@@ -97,7 +97,7 @@ fn reinstate(tc: &mut TenantConn<'_>, channel: &ChannelRow) -> AppResult<()> {
         super::channel_updated(
             tc,
             channel.id,
-            json!({"id": channel.id.to_string(), "status": ChannelStatus::Connected.as_str()}),
+            json!({"id": channel.id.to_string(), "status": ChannelStatus::Connected.as_str(), "status_reason": null}),
         )?;
     }
     Ok(())

@@ -602,7 +602,7 @@ async fn whatsapp_account_updates_reach_every_number_of_the_account() {
     assert_eq!(
         app.count(
             "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
-              AND payload->>'status' = 'disconnected'"
+              AND payload->>'status' = 'disconnected' AND payload->>'status_reason' = 'whatsapp_partner_removed'"
         ),
         2
     );
