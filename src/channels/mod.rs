@@ -496,17 +496,19 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Deletes the channel and, through cascades, its history; and its events
-/// from the log, which hold copies of its messages and conversations and
-/// would otherwise be replayed to a socket resuming from before the purge
-/// until the retention pruned them. Open sockets are told
-/// (`channel.updated` with `deleted: true`).
+/// Deletes the channel and, through cascades, its history; and empties its
+/// events in the log, which hold copies of its messages and conversations
+/// and would otherwise be replayed to a socket resuming from before the
+/// purge until the retention pruned them. They are redacted rather than
+/// deleted: their numbers stay, so a purge at the head of the log does not
+/// look like retention and send resuming clients `resync_required`
+/// ([`events::redact_channel`](crate::inbox::events::redact_channel)).
+/// Open sockets are told (`channel.updated` with `deleted: true`).
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
-    use crate::db::tenant_schema::events;
     let row = find(tc, id)?;
     release_route(tc, &row)?;
     diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
-    diesel::delete(events::table.filter(events::channel_id.eq(id.0))).execute(tc.pg())?;
+    crate::inbox::events::redact_channel(tc, id.0)?;
     // Open inboxes drop it: disconnected, and gone for good (`deleted`).
     channel_updated(
         tc,

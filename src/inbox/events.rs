@@ -132,10 +132,15 @@ pub struct StoredEvent {
     pub at: DateTime<Utc>,
 }
 
-/// Events after `since`, oldest first.
+/// The type of an event whose content was removed ([`redact_channel`]);
+/// never read back.
+pub const REDACTED: &str = "redacted";
+
+/// Events after `since`, oldest first (redacted ones left out).
 pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<StoredEvent>> {
     Ok(events::table
         .filter(events::seq.gt(since))
+        .filter(events::type_.ne(REDACTED))
         .order(events::seq)
         .limit(limit)
         .select((
@@ -151,6 +156,21 @@ pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<S
 
 pub fn last_seq(tc: &mut TenantConn<'_>) -> AppResult<i64> {
     Ok(event_seq::table.find(1).select(event_seq::value).first(tc.pg())?)
+}
+
+/// Empties a purged channel's events: no copy of its messages is replayed,
+/// while their sequence numbers stay in the log (resuming clients are told
+/// to resync only when retention removed what they missed). Retention
+/// prunes them like any other.
+pub fn redact_channel(tc: &mut TenantConn<'_>, channel_id: i64) -> AppResult<usize> {
+    Ok(diesel::update(events::table.filter(events::channel_id.eq(channel_id)))
+        .set((
+            events::type_.eq(REDACTED),
+            events::channel_id.eq(None::<i64>),
+            events::conversation_id.eq(None::<i64>),
+            events::payload.eq(serde_json::json!({})),
+        ))
+        .execute(tc.pg())?)
 }
 
 /// The oldest kept seq (`None` when the log is empty).

@@ -494,6 +494,18 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
         }
     }
     assert_eq!(texts, ["Olá! Ainda têm a mesa de carvalho?"]);
+    // The page's events were the log's first (its connection): emptied, not
+    // deleted, so a client resuming from the very start is not told to
+    // reload, and hears no copy of them either.
+    assert_eq!(app.count("SELECT min(seq) AS n FROM tenant_acme.events"), 1);
+    let mut from_start = crate::realtime::ws(&app, "?since=0", Some(&ctx.admin), None).await.expect("socket");
+    assert_eq!(
+        crate::realtime::next(&mut from_start, std::time::Duration::from_secs(5)).await.expect("hello")["type"],
+        "hello"
+    );
+    let first = crate::realtime::next(&mut from_start, std::time::Duration::from_secs(5)).await.expect("replay");
+    assert_ne!(first["type"], "resync_required", "{first}");
+    assert!(first["seq"].as_i64() > Some(1), "the page's own first event is not replayed: {first}");
 }
 
 #[actix_web::test]
