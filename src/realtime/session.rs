@@ -24,8 +24,22 @@ use crate::error::{AppError, AppResult};
 use crate::inbox::events;
 use crate::inbox::ConversationId;
 
-const HEARTBEAT: Duration = Duration::from_secs(10);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the server pings, and how long a client may stay silent (no
+/// frame of any kind, pongs included) before it is dropped:
+/// `SWITCHBOARD_WS_PING_SECS` (10) and `SWITCHBOARD_WS_TIMEOUT_SECS` (30),
+/// read once.
+fn heartbeat() -> (Duration, Duration) {
+    static HEARTBEAT: std::sync::OnceLock<(Duration, Duration)> = std::sync::OnceLock::new();
+    *HEARTBEAT.get_or_init(|| {
+        let secs = |name: &str, default: u64| {
+            std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0).unwrap_or(default)
+        };
+        let every = secs("SWITCHBOARD_WS_PING_SECS", 10);
+        // A timeout shorter than two pings would drop clients that answer.
+        let timeout = secs("SWITCHBOARD_WS_TIMEOUT_SECS", 30).max(2 * every);
+        (Duration::from_secs(every), Duration::from_secs(timeout))
+    })
+}
 /// What a session hands the HTTP dispatcher at a time: at most this many
 /// bytes (also the dispatcher's flush size, `http::build_server`) and
 /// [`WRITE_FRAMES`] frames. actix keeps buffers as large as the largest
@@ -213,8 +227,9 @@ impl Actor for WsSession {
         crate::metrics::WS_OPEN.fetch_add(1, Ordering::Relaxed);
         crate::metrics::inc(&crate::metrics::WS_OPENED, 1);
         ctx.set_mailbox_capacity(MAILBOX);
-        ctx.run_interval(HEARTBEAT, |act, ctx| {
-            if Instant::now().duration_since(act.heartbeat) > CLIENT_TIMEOUT {
+        let (every, timeout) = heartbeat();
+        ctx.run_interval(every, move |act, ctx| {
+            if Instant::now().duration_since(act.heartbeat) > timeout {
                 ctx.stop();
                 return;
             }

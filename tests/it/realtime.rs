@@ -706,6 +706,10 @@ struct Serve {
 
 impl Serve {
     async fn start(app: &TestApp) -> Serve {
+        Serve::start_with(app, &[]).await
+    }
+
+    async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
         use base64::Engine;
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
@@ -722,6 +726,7 @@ impl Serve {
             .env("META_DIALOG_URL", &app.fake_base)
             .env("SWITCHBOARD_RECONCILE_SECS", "0")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .current_dir(std::env::temp_dir())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -786,4 +791,40 @@ async fn two_serve_processes_share_one_database() {
         }
         assert_eq!(texts, (0..6).map(|i| format!("olá {i}")).collect(), "{name}");
     }
+}
+
+/// The server pings; a client silent past the timeout (no frame, not even
+/// a pong) is dropped, while one that answers stays. Timings shortened
+/// through the configuration, on a `serve` process of its own.
+#[actix_web::test]
+async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let serve =
+        Serve::start_with(&app, &[("SWITCHBOARD_WS_PING_SECS", "1"), ("SWITCHBOARD_WS_TIMEOUT_SECS", "2")]).await;
+    let mut silent = ws_at(&serve.ws(), &t.admin).await;
+    let connected = std::time::Instant::now();
+    let mut answering = ws_at(&serve.ws(), &t.agent_x).await;
+    // `next` answers the server's pings while it waits.
+    let until_then = std::time::Instant::now() + Duration::from_millis(4500);
+    while std::time::Instant::now() < until_then {
+        let _ = next(&mut answering, Duration::from_millis(300)).await;
+    }
+    send(&mut answering, json!({"type": "ping"})).await;
+    assert!(until(&mut answering, "pong", Duration::from_secs(3)).await.is_some(), "the answering client was dropped");
+    // The silent one was pinged, then dropped (about 3 s in: a ping a
+    // second, more than 2 s of silence); what it was sent is still to read.
+    let mut pings = 0;
+    let dropped_by = connected + Duration::from_secs(7);
+    let ended = loop {
+        let left = dropped_by.saturating_duration_since(std::time::Instant::now());
+        match timeout(left, silent.next()).await {
+            Ok(Some(Ok(Frame::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Frame::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break true,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the silent client is still connected 7 s in");
+    assert!(pings >= 1, "it was never pinged");
 }
