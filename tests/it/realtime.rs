@@ -828,3 +828,68 @@ async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
     assert!(ended, "the silent client is still connected 7 s in");
     assert!(pings >= 1, "it was never pinged");
 }
+
+/// Access that narrows or ends reaches open sockets at once: an agent taken
+/// off a channel stops getting its events on the same socket; a logout, or
+/// the reuse of a spent refresh token, closes that login's sockets (4401)
+/// and only those.
+#[actix_web::test]
+async fn narrowed_and_ended_logins_reach_open_sockets() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let first = app.login("xavi@acme.test", "xavi-password-1", "acme").await;
+    let second = app.login("xavi@acme.test", "xavi-password-1", "acme").await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    let mut x1 = ws(&app, "", Some(&token(&first, "access_token")), None).await.expect("x, first login");
+    let mut x2 = ws(&app, "", Some(&token(&second, "access_token")), None).await.expect("x, second login");
+    for s in [&mut admin, &mut x1, &mut x2] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "901", "text": "first"})).await;
+    for s in [&mut admin, &mut x1, &mut x2] {
+        assert!(until(s, "message.created", Duration::from_secs(5)).await.is_some());
+    }
+    // Off the channel: the same sockets stay open but hear nothing more of it.
+    let channel = channels_of(&app, &t.admin).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The sessions reload their channels when told (a NOTIFY away).
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "902", "text": "second"})).await;
+    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("the admin sees it");
+    assert_eq!(m["data"]["text"], "second");
+    for s in [&mut x1, &mut x2] {
+        let heard = until(s, "message.created", Duration::from_millis(800)).await;
+        assert!(heard.is_none(), "narrowed at once: {heard:?}");
+    }
+    // The first login logs out: its socket closes, the other login's stays.
+    let r = app
+        .call("POST", "/api/auth/logout", None, Some(json!({"refresh_token": token(&first, "refresh_token")})))
+        .await;
+    assert_eq!(r.status, 204);
+    let closed = until(&mut x1, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401);
+    send(&mut x2, json!({"type": "ping"})).await;
+    assert_eq!(until(&mut x2, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
+    // The second login's refresh token is used twice: the reuse ends it.
+    let spent = token(&second, "refresh_token");
+    for expected in [200, 401] {
+        let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": spent}))).await;
+        assert_eq!(r.status, expected, "{:?}", r.body);
+    }
+    let closed = until(&mut x2, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401);
+    // The admin's socket was never touched.
+    send(&mut admin, json!({"type": "ping"})).await;
+    assert!(until(&mut admin, "pong", Duration::from_secs(3)).await.is_some_and(|f| f["type"] == "pong"));
+}
+
+/// The id of page A's channel, as the admin lists it.
+async fn channels_of(app: &TestApp, admin: &str) -> String {
+    let r = app.call("GET", "/api/channels", Some(admin), None).await;
+    let items = r.body["items"].as_array().expect("items");
+    let page = items.iter().find(|c| c["external_id"] == PAGE_A).expect("page A");
+    page["id"].as_str().expect("id").to_string()
+}
