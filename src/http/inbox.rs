@@ -146,9 +146,8 @@ struct TypingBody {
     on: bool,
 }
 
-/// Shows the contact a typing indicator (Messenger, Instagram; WhatsApp has
-/// none without a message to answer). The live fan-out to colleagues comes
-/// with the realtime hub.
+/// Shows the contact a typing indicator (see `TypingTarget::send`). The
+/// live fan-out to colleagues comes with the realtime hub.
 async fn typing(
     state: web::Data<AppState>,
     auth: AuthContext,

@@ -286,6 +286,8 @@ pub struct TypingTarget {
     pub channel: ChannelRow,
     pub contact: String,
     pub token: Option<crate::secret::Secret<String>>,
+    /// The customer's latest message (WhatsApp shows typing on a receipt).
+    pub last_inbound: Option<String>,
 }
 
 pub fn typing_target(
@@ -300,19 +302,26 @@ pub fn typing_target(
     let channel = channels::find(tc, ChannelId(conv.channel_id))?;
     let contact: String = contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?;
     let token = channel.token(keys)?;
-    Ok(TypingTarget { conversation: conv.id, channel, contact, token })
+    Ok(TypingTarget { conversation: conv.id, channel, contact, token, last_inbound: conv.last_inbound_external_id })
 }
 
 impl TypingTarget {
-    /// Sends `typing_on`/`typing_off` to Meta in the background, best effort
-    /// (Messenger and Instagram; WhatsApp has no indicator without a message
-    /// to answer). Returns whether it was sent.
+    /// Shows the contact the business typing, in the background, best
+    /// effort. Messenger and Instagram: `typing_on`/`typing_off` sender
+    /// actions. WhatsApp: a read receipt of the customer's latest message
+    /// with a typing indicator (an agent who types has read it); there is no
+    /// "off" (it ends with the answer, or after 25 s), and nothing without a
+    /// message from the customer. Returns whether it was sent.
     pub fn send(self, graph: &crate::meta::GraphClient, on: bool) -> bool {
         let (Some(token), "connected") = (self.token, self.channel.status.as_str()) else { return false };
-        if self.channel.platform() == Platform::Whatsapp {
-            return false;
-        }
         let graph = graph.clone();
+        if self.channel.platform() == Platform::Whatsapp {
+            let (true, Some(wamid)) = (on, self.last_inbound) else { return false };
+            actix_web::rt::spawn(async move {
+                let _ = graph.whatsapp_typing(&self.channel.external_id, &token, &wamid).await;
+            });
+            return true;
+        }
         let action = if on { "typing_on" } else { "typing_off" };
         actix_web::rt::spawn(async move {
             let _ = graph.sender_action(&self.channel.external_id, &token, &self.contact, action).await;

@@ -454,7 +454,27 @@ impl GraphClient {
         token: &Secret<String>,
         wamid: &str,
     ) -> Result<(), GraphError> {
-        let body = serde_json::json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid});
+        self.whatsapp_read(phone_id, token, wamid, false).await
+    }
+
+    /// WhatsApp's typing indicator: a read receipt of the customer's message
+    /// `wamid` that also shows them the business typing (until it answers,
+    /// at most 25 s).
+    pub async fn whatsapp_typing(&self, phone_id: &str, token: &Secret<String>, wamid: &str) -> Result<(), GraphError> {
+        self.whatsapp_read(phone_id, token, wamid, true).await
+    }
+
+    async fn whatsapp_read(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        wamid: &str,
+        typing: bool,
+    ) -> Result<(), GraphError> {
+        let mut body = serde_json::json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid});
+        if typing {
+            body["typing_indicator"] = serde_json::json!({"type": "text"});
+        }
         let _: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
         Ok(())
     }

@@ -1203,3 +1203,39 @@ async fn a_whatsapp_customer_who_changes_number_keeps_their_conversation() {
     );
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
 }
+
+#[actix_web::test]
+async fn whatsapp_customers_see_the_agent_typing_on_their_latest_message() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    app.processed().await;
+    let wa = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let typing_receipts = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|r| r["path"] == format!("/{PHONE}/messages") && r["body"]["typing_indicator"].is_object())
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let r =
+        app.call("POST", &format!("/api/conversations/{wa}/typing"), Some(&ctx.admin), Some(json!({"on": true}))).await;
+    assert_eq!(r.status, 204);
+    eventually("typing indicator sent", || async { !typing_receipts().await.is_empty() }).await;
+    assert_eq!(
+        typing_receipts().await[0]["body"],
+        json!({"messaging_product": "whatsapp", "status": "read",
+               "message_id": "wamid.HBgLMTQxNTU1NTAxMjMVAgASGBQzQUZBS0UwMDAwMDAwMDAwMDAwMQA=",
+               "typing_indicator": {"type": "text"}})
+    );
+    // WhatsApp has no "off": nothing more is sent.
+    let r = app
+        .call("POST", &format!("/api/conversations/{wa}/typing"), Some(&ctx.admin), Some(json!({"on": false})))
+        .await;
+    assert_eq!(r.status, 204);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(typing_receipts().await.len(), 1);
+}

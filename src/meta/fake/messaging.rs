@@ -151,10 +151,14 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
         return wa_error(100, "(#100) The parameter messaging_product is required.");
     }
     if body.get("status").and_then(Value::as_str) == Some("read") {
-        return if body.get("message_id").and_then(Value::as_str).is_some() {
-            HttpResponse::Ok().json(json!({"success": true}))
-        } else {
-            wa_error(100, "(#100) The parameter message_id is required.")
+        // A typing indicator rides on a read receipt; its only type is text.
+        let typing = body.get("typing_indicator").map(|t| t.get("type").and_then(Value::as_str));
+        return match (body.get("message_id").and_then(Value::as_str), typing) {
+            (None, _) => wa_error(100, "(#100) The parameter message_id is required."),
+            (Some(_), Some(kind)) if kind != Some("text") => {
+                wa_error(100, "(#100) Invalid parameter: typing_indicator.type must be text.")
+            }
+            (Some(_), _) => HttpResponse::Ok().json(json!({"success": true})),
         };
     }
     let Some(to) = body.get("to").and_then(Value::as_str).map(str::to_string) else {
