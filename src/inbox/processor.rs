@@ -461,8 +461,9 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // batches keep live push from eating the ingest (bench realtime: push
     // on/off). After every batch (of at least `wait_writes_at`, default 1)
     // it first lets this instance's sockets write what they were handed (at
-    // most `gather`): the more they have to write, the more webhooks the next
-    // batch finds. After one of at least `gather_at` it also waits (at most
+    // most `gather`, and not past a stall: a client that stopped reading is
+    // not waited for, `Feed::settle`): the more they have to write, the more
+    // webhooks the next batch finds. After one of at least `gather_at` it also waits (at most
     // `gather`) for half a batch more. Neither after a full batch: the
     // backlog is deep already. A batch of at least `settle_at` is also
     // handed to the hub as a backlog batch: its frames may wait for the next
@@ -523,12 +524,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 let pace = if claimed >= settle_at { Pace::Backlog } else { Pace::Now };
                 after_batch(&state, report, pace);
                 if primary && claimed >= wait_writes_at && claimed < batch {
-                    let deadline = tokio::time::Instant::now() + gather;
-                    // Polled: the sessions finish on other threads, and a
-                    // millisecond is fine grain beside a batch of 100.
-                    while !state.feed.written() && tokio::time::Instant::now() < deadline {
-                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    }
+                    state.feed.settle(gather).await;
                 }
                 if primary && claimed >= gather_at && claimed < batch {
                     gather_more(&stored, &state.wake_processor, batch as u64 / 2, gather).await;

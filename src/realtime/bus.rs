@@ -93,6 +93,9 @@ impl Bus for PgBus {
 /// Tenants with sockets on this instance (kept by the hub, read here).
 pub type ActiveTenants = Arc<RwLock<HashSet<i64>>>;
 
+/// See [`Feed::settle`].
+pub const SETTLE_STALL: Duration = Duration::from_millis(10);
+
 /// How committed events reach this instance's hub: read from the log when
 /// the LISTEN connection hears of them, or handed over by whoever in this
 /// instance committed them (the webhook processor, a request, the sender;
@@ -128,6 +131,27 @@ impl Feed {
     /// Whether the sockets have caught up with every batch handed over.
     pub fn written(&self) -> bool {
         self.unwritten.is_zero()
+    }
+
+    /// Waits until the sockets have written what they were handed, at most
+    /// `most`, and no longer than [`SETTLE_STALL`] without progress: a
+    /// client that stopped reading keeps its share unwritten until it is
+    /// dropped as too slow (4408), and must not make every batch wait for
+    /// it meanwhile. Polled: the sessions run on other threads.
+    pub async fn settle(&self, most: Duration) {
+        let deadline = tokio::time::Instant::now() + most;
+        let (mut last, mut moved) = (self.unwritten.count(), tokio::time::Instant::now());
+        while last > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let now = tokio::time::Instant::now();
+            let count = self.unwritten.count();
+            if count != last {
+                (last, moved) = (count, now);
+            }
+            if now >= deadline || now.duration_since(moved) >= SETTLE_STALL {
+                break;
+            }
+        }
     }
 
     fn hand_over(&self, hub: &Addr<Hub>, tenant: i64, events: Vec<StoredEvent>, pace: Pace) {
@@ -310,6 +334,32 @@ fn catch_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn settling_waits_for_writes_but_not_for_a_stalled_client() {
+        let feed = Feed::default();
+        let unwritten = feed.unwritten();
+        // Nothing to write: back at once.
+        tokio::time::timeout(Duration::from_millis(500), feed.settle(Duration::from_secs(60)))
+            .await
+            .expect("nothing to wait for");
+        // Two sockets writing, one done after 5 ms, the other never (a client
+        // that stopped reading): it returns soon after the stall, not at the
+        // deadline.
+        unwritten.add();
+        unwritten.add();
+        let done = unwritten.clone();
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            done.done();
+        });
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), feed.settle(Duration::from_secs(60)))
+            .await
+            .expect("a stalled client is not waited for");
+        assert!(started.elapsed() >= SETTLE_STALL, "it waited for the one making progress");
+        assert_eq!(unwritten.count(), 1);
+    }
 
     #[test]
     fn a_full_presence_part_fits_a_notify() {

@@ -93,6 +93,11 @@ impl Unwritten {
     pub fn is_zero(&self) -> bool {
         self.0.load(Ordering::Relaxed) == 0
     }
+
+    /// Batches and woken outboxes not written yet.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A session's outbox, shared by the hub (appends) and the session (takes
