@@ -573,6 +573,12 @@ impl Actor for Hub {
             }
         });
     }
+
+    /// Shutting down: what the last tick did not send yet goes now (best
+    /// effort: the other instances hear of the sockets closed here).
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.flush_presence();
+    }
 }
 
 impl Handler<Join> for Hub {
