@@ -51,6 +51,20 @@ pub enum LiveMsg {
     /// all of them in answer to [`LiveMsg::PresenceWanted`], else the users
     /// whose sockets there changed in the last presence tick.
     PresenceOf { inst: String, users: Vec<(i64, i64, u32, bool)> },
+    /// Instance `inst` is up (every [`presence_alive`]): an instance that
+    /// said so once and then falls silent for three periods has died, and
+    /// the others forget the sockets it had.
+    Alive { inst: String },
+}
+
+/// How often an instance says it is alive: `SWITCHBOARD_PRESENCE_ALIVE_SECS`
+/// (30), read once. Three periods of silence and it is taken for dead.
+pub fn presence_alive() -> Duration {
+    static EVERY: OnceLock<Duration> = OnceLock::new();
+    *EVERY.get_or_init(|| {
+        let secs = std::env::var("SWITCHBOARD_PRESENCE_ALIVE_SECS").ok().and_then(|v| v.parse::<u64>().ok());
+        Duration::from_secs(secs.filter(|s| *s > 0).unwrap_or(30))
+    })
 }
 
 /// Users per [`LiveMsg::PresenceOf`]: ~50 bytes of JSON each at most.

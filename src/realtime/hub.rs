@@ -385,6 +385,9 @@ pub struct Hub {
     presence_warned: Option<Instant>,
     /// Users whose sockets here changed since the last presence tick.
     presence_dirty: std::collections::HashSet<(i64, i64)>,
+    /// Other instances that said they are alive, and when they were last
+    /// heard from (see [`LiveMsg::Alive`]).
+    instances: HashMap<String, Instant>,
 }
 
 impl Hub {
@@ -401,6 +404,7 @@ impl Hub {
             holds: Holds::default(),
             presence_warned: None,
             presence_dirty: Default::default(),
+            instances: HashMap::new(),
         }
     }
 
@@ -511,6 +515,20 @@ impl Hub {
         }
     }
 
+    /// A dead instance's sockets are gone: its users go offline unless
+    /// another instance has them.
+    fn forget_instance(&mut self, inst: &str) {
+        self.instances.remove(inst);
+        let users: Vec<(i64, i64)> =
+            self.presence.iter().filter(|(_, by)| by.contains_key(inst)).map(|(k, _)| *k).collect();
+        // As if it had said so: no sockets there.
+        self.heard_presence(inst, users.into_iter().map(|(t, u)| (t, u, 0, false)).collect());
+        self.presence.retain(|_, by| {
+            by.remove(inst);
+            !by.is_empty()
+        });
+    }
+
     /// The frame announcing `user`'s presence, if it is not what was shown.
     fn presence_changed(&mut self, tenant: i64, user: i64) -> Option<Frame> {
         let status = match self.presence.get(&(tenant, user)) {
@@ -562,6 +580,16 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(PRESENCE_TICK, |hub, _| hub.flush_presence());
+        let alive = super::bus::presence_alive();
+        ctx.run_interval(alive, move |hub, _| {
+            hub.publish(LiveMsg::Alive { inst: hub.instance.clone() });
+            let dead: Vec<String> =
+                hub.instances.iter().filter(|(_, at)| at.elapsed() > 3 * alive).map(|(i, _)| i.clone()).collect();
+            for inst in dead {
+                tracing::info!(instance = %inst, "an instance fell silent; forgetting its sockets");
+                hub.forget_instance(&inst);
+            }
+        });
         // Typing expires 6 seconds after its last renewal.
         ctx.run_interval(Duration::from_millis(500), |hub, _| {
             let now = Instant::now();
@@ -791,7 +819,16 @@ impl Hub {
 impl Handler<Live> for Hub {
     type Result = ();
     fn handle(&mut self, Live(msg): Live, _: &mut Context<Self>) {
+        // Any word from an instance known to be alive keeps it so.
+        if let LiveMsg::Alive { inst } | LiveMsg::PresenceOf { inst, .. } | LiveMsg::Presence { inst, .. } = &msg {
+            if *inst != self.instance
+                && (matches!(msg, LiveMsg::Alive { .. }) || self.instances.contains_key(inst.as_str()))
+            {
+                self.instances.insert(inst.clone(), Instant::now());
+            }
+        }
         match msg {
+            LiveMsg::Alive { .. } => {}
             LiveMsg::PresenceWanted { inst } if inst != self.instance => {
                 for users in self.presence_here().chunks(super::bus::PRESENCE_PART) {
                     self.publish(LiveMsg::PresenceOf { inst: self.instance.clone(), users: users.to_vec() });

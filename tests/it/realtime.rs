@@ -893,3 +893,36 @@ async fn channels_of(app: &TestApp, admin: &str) -> String {
     let page = items.iter().find(|c| c["external_id"] == PAGE_A).expect("page A");
     page["id"].as_str().expect("id").to_string()
 }
+
+/// An instance that said it was alive and then fell silent (it crashed) is
+/// forgotten after three periods: its agents go offline on the others.
+#[actix_web::test]
+async fn the_agents_of_an_instance_that_died_go_offline() {
+    use switchboard::realtime::bus::notify_live;
+    use switchboard::realtime::LiveMsg;
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let serve = Serve::start_with(&app, &[("SWITCHBOARD_PRESENCE_ALIVE_SECS", "1")]).await;
+    let mut admin = ws_at(&serve.ws(), &t.admin).await;
+    next(&mut admin, Duration::from_secs(3)).await.expect("hello");
+    presence_seen(&mut admin, Duration::from_millis(500)).await;
+    // A "ghost" instance says it is alive and has agent X's socket, then
+    // never speaks again.
+    let tenant: i64 =
+        serde_json::from_value(app.call("GET", "/api/me", Some(&t.admin), None).await.body["tenant"]["id"].clone())
+            .map(|id: String| id.parse().expect("id"))
+            .expect("tenant id");
+    let x: i64 = t.agent_x_id.parse().expect("id");
+    let mut conn = app.db.conn();
+    notify_live(&mut conn, &LiveMsg::Alive { inst: "ghost".into() }).expect("alive");
+    notify_live(&mut conn, &LiveMsg::PresenceOf { inst: "ghost".into(), users: vec![(tenant, x, 1, false)] })
+        .expect("presence");
+    let online = presence_seen(&mut admin, Duration::from_millis(800)).await;
+    assert_eq!(online.get(&t.agent_x_id).map(String::as_str), Some("online"), "{online:?}");
+    // Three seconds of silence, checked every second: offline within ~5 s.
+    let gone = until(&mut admin, "presence", Duration::from_secs(8)).await.expect("offline");
+    assert_eq!(
+        (gone["data"]["user_id"].as_str(), gone["data"]["status"].as_str()),
+        (Some(t.agent_x_id.as_str()), Some("offline"))
+    );
+}
