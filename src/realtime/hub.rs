@@ -388,6 +388,10 @@ pub struct Hub {
     /// Other instances that said they are alive, and when they were last
     /// heard from (see [`LiveMsg::Alive`]).
     instances: HashMap<String, Instant>,
+    /// When this instance's own `Alive` last came back through the bus: if
+    /// it stops coming, this instance is the deaf one (its listener is
+    /// down), and it takes nobody for dead.
+    own_alive_heard: Instant,
 }
 
 impl Hub {
@@ -405,6 +409,7 @@ impl Hub {
             presence_warned: None,
             presence_dirty: Default::default(),
             instances: HashMap::new(),
+            own_alive_heard: Instant::now(),
         }
     }
 
@@ -583,6 +588,9 @@ impl Actor for Hub {
         let alive = super::bus::presence_alive();
         ctx.run_interval(alive, move |hub, _| {
             hub.publish(LiveMsg::Alive { inst: hub.instance.clone() });
+            if hub.own_alive_heard.elapsed() > 3 * alive {
+                return;
+            }
             let dead: Vec<String> =
                 hub.instances.iter().filter(|(_, at)| at.elapsed() > 3 * alive).map(|(i, _)| i.clone()).collect();
             for inst in dead {
@@ -828,6 +836,7 @@ impl Handler<Live> for Hub {
             }
         }
         match msg {
+            LiveMsg::Alive { inst } if inst == self.instance => self.own_alive_heard = Instant::now(),
             LiveMsg::Alive { .. } => {}
             LiveMsg::PresenceWanted { inst } if inst != self.instance => {
                 for users in self.presence_here().chunks(super::bus::PRESENCE_PART) {
