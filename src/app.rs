@@ -40,6 +40,9 @@ pub struct AppState {
     /// Contacts whose profile to look up at Meta.
     pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
+    /// When each (tenant, conversation, agent) last showed a contact the
+    /// business typing through `POST …/typing` (sockets keep their own).
+    typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             feed: Arc::default(),
             search_backlog: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
+            typing_sent: Default::default(),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
@@ -65,6 +69,26 @@ impl AppState {
             db,
             config,
         }
+    }
+
+    /// Whether a typing indicator for this agent and conversation should go
+    /// to Meta now: "on" at most every 5 s, "off" always (and it resets).
+    pub fn typing_due(&self, tenant: i64, conversation: i64, user: i64, on: bool) -> bool {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        let Ok(mut sent) = self.typing_sent.lock() else { return true };
+        let now = std::time::Instant::now();
+        // Kept small: what is older than the period no longer matters.
+        sent.retain(|_, at| now.duration_since(*at) < EVERY);
+        let key = (tenant, conversation, user);
+        if !on {
+            sent.remove(&key);
+            return true;
+        }
+        if sent.contains_key(&key) {
+            return false;
+        }
+        sent.insert(key, now);
+        true
     }
 
     /// The receiving end of the webhook store queue (taken once).

@@ -101,6 +101,12 @@ pub fn create(conn: &mut PgConnection, email: &Email, name: &str, password: &str
     insert(conn, email, name, &hash)
 }
 
+/// How colleagues see a user: their name, or their email when they have none.
+pub fn display_name(conn: &mut PgConnection, user: UserId) -> Result<String, DbError> {
+    let (name, email): (String, String) = users::table.find(user.0).select((users::name, users::email)).first(conn)?;
+    Ok(if name.is_empty() { email } else { name })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,8 +146,10 @@ struct TypingBody {
     on: bool,
 }
 
-/// Shows the contact a typing indicator (see `TypingTarget::send`). The
-/// live fan-out to colleagues comes with the realtime hub.
+/// The same as a socket's `typing` message: colleagues who see the
+/// conversation get a `typing` frame (through the bus, on every instance;
+/// never the sender's own sockets), and the contact sees the business typing
+/// (`TypingTarget::send`), at most every 5 s per agent and conversation.
 async fn typing(
     state: web::Data<AppState>,
     auth: AuthContext,
@@ -156,9 +158,28 @@ async fn typing(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
-    let (user, role, keys) = (auth.user, auth.role, state.keys.clone());
-    let target = state.db.tenant(auth.scope(), move |tc| messages::typing_target(tc, &keys, user, role, id)).await?;
-    target.send(&state.graph, body.on);
+    let (user, role, keys, on, tenant) = (auth.user, auth.role, state.keys.clone(), body.on, auth.tenant.0);
+    let target = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let target = messages::typing_target(tc, &keys, user, role, id)?;
+            let name = crate::auth::users::display_name(tc.pg(), user)?;
+            let typing = crate::realtime::LiveMsg::Typing {
+                t: tenant,
+                conv: target.conversation,
+                ch: target.channel.id,
+                u: user.0,
+                name,
+                on,
+            };
+            // Sent at commit, to every instance's hub.
+            crate::realtime::bus::notify_live(tc.pg(), &typing)?;
+            Ok::<_, crate::error::AppError>(target)
+        })
+        .await?;
+    if state.typing_due(tenant, target.conversation, user.0, on) {
+        target.send(&state.graph, on);
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{resource, AppState};
 use crate::auth::extract::{authenticate, bearer};
 use crate::auth::AuthContext;
-use crate::db::schema::{tenants, users};
+use crate::db::schema::tenants;
 use crate::error::{AppError, AppResult};
 use crate::inbox::events;
 use crate::realtime::session::{visible_channels, SessionInit, WsSession};
@@ -87,10 +87,9 @@ async fn connect(
             use diesel::prelude::*;
             let last = events::last_seq(tc)?;
             let channels = visible_channels(tc, user, role)?;
-            let (name, email): (String, String) =
-                users::table.find(user).select((users::name, users::email)).first(tc.pg())?;
+            let name = crate::auth::users::display_name(tc.pg(), crate::ids::UserId(user))?;
             let slug: String = tenants::table.find(tenant_id).select(tenants::slug).first(tc.pg())?;
-            Ok::<_, AppError>((last, channels, if name.is_empty() { email } else { name }, slug))
+            Ok::<_, AppError>((last, channels, name, slug))
         })
         .await?;
     let session = WsSession::new(

@@ -926,3 +926,57 @@ async fn the_agents_of_an_instance_that_died_go_offline() {
         (Some(t.agent_x_id.as_str()), Some("offline"))
     );
 }
+
+/// `POST /api/conversations/{id}/typing` does what a socket's `typing`
+/// does: colleagues see it live (never the sender's own sockets), and the
+/// contact sees the page typing, at most every 5 s.
+#[actix_web::test]
+async fn typing_over_rest_reaches_colleagues_and_the_contact_once() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    for s in [&mut admin, &mut x] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "alguém aí?"})).await;
+    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
+    let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    for _ in 0..2 {
+        let r = app
+            .call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.agent_x), Some(json!({"on": true})))
+            .await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing");
+    assert_eq!(
+        (typing["data"]["user_id"].as_str(), typing["data"]["name"].as_str(), typing["data"]["on"].as_bool()),
+        (Some(t.agent_x_id.as_str()), Some("Xavi"), Some(true))
+    );
+    assert_eq!(typing["data"]["conversation_id"], conv.as_str());
+    assert!(until(&mut x, "typing", Duration::from_millis(500)).await.is_none(), "not echoed to the sender");
+    let r = app
+        .call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.agent_x), Some(json!({"on": false})))
+        .await;
+    assert_eq!(r.status, 204);
+    // The second "on" renewed it; then "off".
+    let mut seen = Vec::new();
+    while seen.last() != Some(&false) {
+        let f = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing off");
+        seen.push(f["data"]["on"].as_bool().expect("on"));
+    }
+    assert!(seen.len() <= 2, "{seen:?}");
+    let actions = |action: &'static str| {
+        let app = &app;
+        async move {
+            app.fake("GET", "/_fake/requests", json!({})).await["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter(|r| r["body"]["sender_action"] == action && r["body"]["recipient"]["id"] == "903")
+                .count()
+        }
+    };
+    crate::common::eventually("typing_off sent", || async { actions("typing_off").await == 1 }).await;
+    assert_eq!(actions("typing_on").await, 1, "two typing_on within 5 s: one sender action");
+}
