@@ -364,10 +364,7 @@ impl WsSession {
         };
         ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             let Ok(target) = r else {
-                ctx.text(
-                    json!({"type": "error", "data": {"code": "not_found", "message": "no such conversation"}})
-                        .to_string(),
-                );
+                ctx.text(error_frame("not_found", "no such conversation"));
                 return;
             };
             let conv = target.conversation;
@@ -414,13 +411,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 }
                 Ok(ClientMsg::Presence { status }) => match status.as_str() {
                     "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
-                    _ => ctx.text(json!({"type": "error", "data": {"code": "invalid_status", "message": "status must be online or away"}}).to_string()),
+                    _ => ctx.text(error_frame("invalid_status", "status must be online or away")),
                 },
-                Err(_) => ctx.text(json!({"type": "error", "data": {"code": "invalid_message", "message": "unknown or malformed message"}}).to_string()),
+                Err(_) => ctx.text(error_frame("invalid_message", "unknown or malformed message")),
             },
-            ws::Message::Binary(_) => {
-                ctx.text(json!({"type": "error", "data": {"code": "invalid_message", "message": "send JSON text frames"}}).to_string())
-            }
+            ws::Message::Binary(_) => ctx.text(error_frame("invalid_message", "send JSON text frames")),
             ws::Message::Close(reason) => {
                 ctx.close(reason);
                 ctx.stop();
@@ -429,4 +424,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Nop => {}
         }
     }
+}
+
+/// A client's mistake, told in the frame envelope (`type`, `at`, `data`
+/// with the REST error's `code` and `message`); the socket stays open.
+fn error_frame(code: &str, message: &str) -> String {
+    json!({"type": "error", "at": Utc::now(), "data": {"code": code, "message": message}}).to_string()
 }

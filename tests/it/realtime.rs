@@ -980,3 +980,28 @@ async fn typing_over_rest_reaches_colleagues_and_the_contact_once() {
     crate::common::eventually("typing_off sent", || async { actions("typing_off").await == 1 }).await;
     assert_eq!(actions("typing_on").await, 1, "two typing_on within 5 s: one sender action");
 }
+
+/// A client's malformed messages are answered with `error` frames in the
+/// envelope, and the socket stays open.
+#[actix_web::test]
+async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    next(&mut x, Duration::from_secs(3)).await.expect("hello");
+    let cases = [
+        (Message::Text("not json".into()), "invalid_message"),
+        (Message::Text(r#"{"type": "teleport"}"#.into()), "invalid_message"),
+        (Message::Binary(vec![1u8, 2, 3].into()), "invalid_message"),
+        (Message::Text(r#"{"type": "presence", "status": "asleep"}"#.into()), "invalid_status"),
+        (Message::Text(r#"{"type": "typing", "conversation_id": "999999", "on": true}"#.into()), "not_found"),
+    ];
+    for (message, code) in cases {
+        x.send(message).await.expect("send");
+        let e = until(&mut x, "error", Duration::from_secs(3)).await.expect("error frame");
+        assert_eq!(e["data"]["code"], code, "{e}");
+        assert!(e["data"]["message"].as_str().is_some_and(|m| !m.is_empty()) && e["at"].is_string(), "{e}");
+    }
+    send(&mut x, json!({"type": "ping"})).await;
+    assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
+}
