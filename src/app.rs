@@ -41,7 +41,7 @@ pub struct AppState {
     pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
     /// When each (tenant, conversation, agent) last showed a contact the
-    /// business typing through `POST …/typing` (sockets keep their own).
+    /// business typing, from a socket or `POST …/typing`.
     typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
 }
 

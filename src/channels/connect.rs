@@ -369,19 +369,7 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                     && row.status_reason.as_deref() != Some(super::whatsapp_account::ACCOUNT_DISABLED) =>
             {
                 // The token works again (restored at Meta): back to connected.
-                app.db
-                    .tenant(scope, move |tc| {
-                        use crate::db::tenant_schema::channels;
-                        diesel::update(channels::table.find(id.0))
-                            .set((channels::status.eq("connected"), channels::status_reason.eq(None::<String>)))
-                            .execute(tc.pg())?;
-                        super::channel_updated(
-                            tc,
-                            id.0,
-                            serde_json::json!({"id": id.to_string(), "status": "connected", "status_reason": null}),
-                        )
-                    })
-                    .await?;
+                app.db.tenant(scope, move |tc| super::restore_connected(tc, id, None)).await?;
             }
             Ok(()) => {}
         }

@@ -555,6 +555,30 @@ pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str
     Ok(n > 0)
 }
 
+/// A `reauth_required` channel works again: `connected`, and open inboxes
+/// are told. With `reason`, only a channel held back for that reason.
+/// Returns whether it changed.
+pub fn restore_connected(tc: &mut TenantConn<'_>, id: ChannelId, reason: Option<&str>) -> AppResult<bool> {
+    let row = find(tc, id)?;
+    if row.status != ChannelStatus::ReauthRequired.as_str()
+        || reason.is_some_and(|r| row.status_reason.as_deref() != Some(r))
+    {
+        return Ok(false);
+    }
+    let n =
+        diesel::update(channels::table.find(id.0).filter(channels::status.eq(ChannelStatus::ReauthRequired.as_str())))
+            .set((
+                channels::status.eq(ChannelStatus::Connected.as_str()),
+                channels::status_reason.eq(None::<String>),
+                channels::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tc.pg())?;
+    if n > 0 {
+        channel_event(tc, id.0, ChannelStatus::Connected, None)?;
+    }
+    Ok(n > 0)
+}
+
 /// Other connected channels of this tenant that share `parent` (a page's
 /// Instagram account, a business account's numbers) or are that parent.
 pub fn dependents_connected(

@@ -50,10 +50,11 @@ pub fn apply(
         return Ok(());
     }
     let id = channel.channel_id();
+    // Which app was uninstalled (a string, or a number in some payloads).
     let for_us = || match detail.get("waba_info").and_then(|w| w.get("partner_app_id")) {
-        Some(app) => {
-            app.as_str().map(str::to_string).or_else(|| app.as_i64().map(|n| n.to_string())).as_deref() == Some(app_id)
-        }
+        Some(Value::String(app)) => app == app_id,
+        Some(Value::Number(app)) => app.to_string() == app_id,
+        Some(_) => false,
         None => true,
     };
     let ban_state = detail.get("ban_info").and_then(|b| b.get("waba_ban_state")).and_then(Value::as_str);
@@ -67,7 +68,8 @@ pub fn apply(
             if !super::mark_reauth_required(tc, id, ACCOUNT_DISABLED)? {
                 // Already reauth_required for a token problem: the ban is
                 // the reason that matters now.
-                diesel::update(channels::table.find(id.0).filter(channels::status.eq("reauth_required")))
+                let held = ChannelStatus::ReauthRequired.as_str();
+                diesel::update(channels::table.find(id.0).filter(channels::status.eq(held)))
                     .set(channels::status_reason.eq(ACCOUNT_DISABLED))
                     .execute(tc.pg())?;
             }
@@ -80,25 +82,8 @@ pub fn apply(
 
 /// A number of a disabled account is connected again.
 fn reinstate(tc: &mut TenantConn<'_>, channel: &ChannelRow) -> AppResult<()> {
-    let n = diesel::update(
-        channels::table
-            .find(channel.id)
-            .filter(channels::status.eq(ChannelStatus::ReauthRequired.as_str()))
-            .filter(channels::status_reason.eq(ACCOUNT_DISABLED)),
-    )
-    .set((
-        channels::status.eq(ChannelStatus::Connected.as_str()),
-        channels::status_reason.eq(None::<String>),
-        channels::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(tc.pg())?;
-    if n > 0 {
+    if super::restore_connected(tc, channel.channel_id(), Some(ACCOUNT_DISABLED))? {
         audit::record(tc, None, "channel.reinstated", "channel", Some(channel.id.to_string()), json!({}))?;
-        super::channel_updated(
-            tc,
-            channel.id,
-            json!({"id": channel.id.to_string(), "status": ChannelStatus::Connected.as_str(), "status_reason": null}),
-        )?;
     }
     Ok(())
 }

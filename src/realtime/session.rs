@@ -95,7 +95,6 @@ pub struct WsSession {
     loading: bool,
     outbox: Arc<Outbox>,
     heartbeat: Instant,
-    last_typing_sent: Option<(i64, Instant)>,
 }
 
 pub struct SessionInit {
@@ -130,7 +129,6 @@ impl WsSession {
             loading: true,
             outbox,
             heartbeat: Instant::now(),
-            last_typing_sent: None,
         }
     }
 
@@ -377,13 +375,10 @@ impl WsSession {
                 name: act.name.clone(),
                 on,
             });
-            // Meta's typing indicator, at most every 5 s per conversation.
-            let due = match act.last_typing_sent {
-                Some((c, at)) if c == conv && on => at.elapsed() > Duration::from_secs(5),
-                _ => true,
-            };
-            if due && target.send(&act.state.graph, on) {
-                act.last_typing_sent = if on { Some((conv, Instant::now())) } else { None };
+            // Meta's typing indicator, throttled per agent and conversation
+            // as for `POST …/typing` (all of the agent's sockets together).
+            if act.state.typing_due(act.tenant, conv, act.user, on) {
+                target.send(&act.state.graph, on);
             }
         }));
     }
