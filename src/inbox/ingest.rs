@@ -45,6 +45,11 @@ pub struct Ingest<'l> {
     created: std::collections::HashSet<i64>,
     /// Contacts whose conversation changed in memory, written by [`Ingest::flush`].
     dirty: std::collections::HashSet<i64>,
+    /// WhatsApp numbers this batch saw change: (channel, old) -> new. A
+    /// message the old number sent before the change and delivered in the
+    /// same batch (or a new customer's first message and their change) is
+    /// the contact's under the new one.
+    renamed: HashMap<(i64, String), String>,
     /// Bytes of message text this batch added to the search index
     /// (merged off the webhook path: see `search_index`).
     pub indexed_text: usize,
@@ -63,6 +68,7 @@ impl<'l> Ingest<'l> {
             attempted: Default::default(),
             created: Default::default(),
             dirty: Default::default(),
+            renamed: HashMap::new(),
             indexed_text: 0,
         }
     }
@@ -82,9 +88,10 @@ impl<'l> Ingest<'l> {
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
             if let Item::Message { contact, .. } | Item::Echo { contact, .. } = item {
-                if !self.contacts.contains_key(&(*channel, contact.clone())) {
-                    channel_ids.push(*channel);
-                    externals.push(contact.clone());
+                let key = self.key(*channel, contact);
+                if !self.contacts.contains_key(&key) {
+                    channel_ids.push(key.0);
+                    externals.push(key.1);
                 }
             }
         }
@@ -134,9 +141,9 @@ impl<'l> Ingest<'l> {
         let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
             if let Item::Message { contact, contact_name, .. } = item {
-                let key = (*channel, contact.clone());
-                if !self.contacts.contains_key(&key) && seen.insert(key) {
-                    new_contacts.push((*channel, contact.clone(), contact_name.clone()));
+                let key = self.key(*channel, contact);
+                if !self.contacts.contains_key(&key) && seen.insert(key.clone()) {
+                    new_contacts.push((key.0, key.1, contact_name.clone()));
                 }
             }
         }
@@ -161,7 +168,7 @@ impl<'l> Ingest<'l> {
         let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
             if let Item::Message { contact, .. } = item {
-                if let Some(c) = self.contacts.get(&(*channel, contact.clone())) {
+                if let Some(c) = self.contacts.get(&self.key(*channel, contact)) {
                     if !self.conversations.contains_key(&c.id) && seen.insert(c.id) {
                         need.push((*channel, c.id));
                     }
@@ -266,12 +273,16 @@ impl<'l> Ingest<'l> {
     /// their conversation and where replies go) is known by the new one. If
     /// the new number already is a contact of this channel (it wrote before
     /// the notice came), both stay as they are. Once done, a repeat finds no
-    /// contact with the old number and changes nothing.
+    /// contact with the old number and changes nothing. Within the batch the
+    /// old number names the new one (`renamed`); a message from the old
+    /// number delivered in a later batch than the change opens a contact
+    /// of its own (Meta sends the change after what came before it).
     fn renumber(&mut self, tc: &mut TenantConn<'_>, channel_id: i64, old: &str, new: &str) -> AppResult<()> {
         let here = contacts::table.filter(contacts::channel_id.eq(channel_id));
         if here.filter(contacts::external_id.eq(new)).count().get_result::<i64>(tc.pg())? > 0 {
             return Ok(());
         }
+        self.renamed.insert((channel_id, old.to_string()), new.to_string());
         let moved: Option<ContactRow> = diesel::update(here.filter(contacts::external_id.eq(old)))
             .set((contacts::external_id.eq(new), contacts::updated_at.eq(diesel::dsl::now)))
             .returning(ContactRow::as_returning())
@@ -309,6 +320,16 @@ impl<'l> Ingest<'l> {
         Ok(())
     }
 
+    /// The key a contact of this batch is known by: its number now (see
+    /// `renamed`).
+    fn key(&self, channel_id: i64, external: &str) -> (i64, String) {
+        let key = (channel_id, external.to_string());
+        match self.renamed.get(&key) {
+            Some(new) => (channel_id, new.clone()),
+            None => key,
+        }
+    }
+
     fn contact(
         &mut self,
         tc: &mut TenantConn<'_>,
@@ -316,7 +337,8 @@ impl<'l> Ingest<'l> {
         external: &str,
         name: Option<&str>,
     ) -> AppResult<ContactRow> {
-        let key = (channel_id, external.to_string());
+        let key = self.key(channel_id, external);
+        let external = key.1.as_str();
         if let Some(c) = self.contacts.get(&key) {
             if c.name.is_some() || name.is_none() {
                 return Ok(c.clone());

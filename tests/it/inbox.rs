@@ -1204,6 +1204,57 @@ async fn a_whatsapp_customer_who_changes_number_keeps_their_conversation() {
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
 }
 
+/// A new customer's first message, their number change and a message sent
+/// from the old number before the change but delivered after the notice, all
+/// in one POST (so one batch): one contact, known by the new number, with all
+/// three in its conversation. Then the same for the now known customer.
+#[actix_web::test]
+async fn a_number_change_within_one_batch_keeps_one_contact() {
+    const OLD: &str = "5511987650001";
+    const NEW: &str = "5511987650002";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    // Then, a known customer: the change again, to a third number.
+    const THIRD: &str = "5511987650003";
+    let batch = |old: &str, new: &str, ids: [&str; 3]| {
+        let text = |id: &str, body: &str| json!({"from": old, "id": id, "timestamp": "1773140100", "type": "text", "text": {"body": body}});
+        serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+            "field": "messages",
+            "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+                "contacts": [{"profile": {"name": "Zé"}, "wa_id": old}],
+                "messages": [
+                    text(ids[0], "oi"),
+                    {"from": old, "id": ids[1], "timestamp": "1773140200", "type": "system",
+                        "system": {"body": format!("User A changed from {old} to {new}"), "wa_id": new, "type": "user_changed_number"}},
+                    text(ids[2], "mandei antes de trocar"),
+                ]}}]}]}))
+        .expect("body")
+    };
+    let mut expected = Vec::new();
+    for (old, new, ids) in
+        [(OLD, NEW, ["wamid.B1", "wamid.B2", "wamid.B3"]), (NEW, THIRD, ["wamid.C1", "wamid.C2", "wamid.C3"])]
+    {
+        assert_eq!(app.webhook(&batch(old, new, ids)).await, 200);
+        app.processed().await;
+        expected.extend(ids);
+        let convs = conversations(&app, &ctx.admin, "").await;
+        assert_eq!(convs.len(), 1, "{convs:?}");
+        assert_eq!(convs[0]["contact"]["external_id"], new);
+        assert_eq!(convs[0]["contact"]["name"], "Zé");
+        let stored: Vec<String> = messages(&app, &ctx.admin, convs[0]["id"].as_str().expect("id"))
+            .await
+            .iter()
+            .filter_map(|m| m["external_id"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(stored.len(), expected.len(), "{stored:?}");
+        for id in &expected {
+            assert!(stored.iter().any(|i| i == id), "{id} in {stored:?}");
+        }
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.contacts"), 1);
+}
+
 #[actix_web::test]
 async fn whatsapp_customers_see_the_agent_typing_on_their_latest_message() {
     let app = spawn_app().await;
