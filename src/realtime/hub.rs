@@ -580,6 +580,22 @@ impl Hub {
     }
 }
 
+/// The instances silent for three periods of `alive`, taken for dead; none
+/// while this instance's own `Alive` has not come back for as long (its
+/// listener is down: it is the one that hears nothing).
+fn silent_instances(
+    instances: &HashMap<String, Instant>,
+    own_heard: Instant,
+    now: Instant,
+    alive: Duration,
+) -> Vec<String> {
+    let silent = |at: Instant| now.saturating_duration_since(at) > 3 * alive;
+    if silent(own_heard) {
+        return Vec::new();
+    }
+    instances.iter().filter(|(_, at)| silent(**at)).map(|(i, _)| i.clone()).collect()
+}
+
 impl Actor for Hub {
     type Context = Context<Self>;
 
@@ -588,12 +604,7 @@ impl Actor for Hub {
         let alive = super::bus::presence_alive();
         ctx.run_interval(alive, move |hub, _| {
             hub.publish(LiveMsg::Alive { inst: hub.instance.clone() });
-            if hub.own_alive_heard.elapsed() > 3 * alive {
-                return;
-            }
-            let dead: Vec<String> =
-                hub.instances.iter().filter(|(_, at)| at.elapsed() > 3 * alive).map(|(i, _)| i.clone()).collect();
-            for inst in dead {
+            for inst in silent_instances(&hub.instances, hub.own_alive_heard, Instant::now(), alive) {
                 tracing::info!(instance = %inst, "an instance fell silent; forgetting its sockets");
                 hub.forget_instance(&inst);
             }
@@ -902,6 +913,25 @@ impl Handler<Live> for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_that_hears_nothing_takes_nobody_for_dead() {
+        let alive = Duration::from_secs(30);
+        let start = Instant::now();
+        let instances: HashMap<String, Instant> =
+            [("quiet".to_string(), start), ("talking".to_string(), start + Duration::from_secs(80))].into();
+        let now = start + Duration::from_secs(100);
+        // Hearing itself: the one silent for 100 s (> 90) is dead.
+        assert_eq!(
+            silent_instances(&instances, start + Duration::from_secs(95), now, alive),
+            vec!["quiet".to_string()]
+        );
+        // Its own Alive last came back 100 s ago: its listener is down, the
+        // silence is its own; nobody is forgotten.
+        assert!(silent_instances(&instances, start, now, alive).is_empty());
+        // Back within three periods of hearing itself: both stay.
+        assert!(silent_instances(&instances, now, start + Duration::from_secs(85), alive).is_empty());
+    }
 
     fn frame(seq: i64) -> Frame {
         Frame { seq: Some(seq), text: format!("{{\"seq\":{seq}}}").into() }
