@@ -10,9 +10,21 @@ use crate::channels::meta_callbacks;
 use crate::error::{AppError, AppResult};
 use crate::meta::signed_request::{self, SignedRequestError};
 
+/// Meta's signed requests are a few hundred bytes.
+const FORM_LIMIT: usize = 64 * 1024;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::FormConfig::default().limit(64 * 1024).error_handler(|e, _| {
-        AppError::bad_request("invalid_form", format!("expected a form with signed_request: {e}")).into()
+    cfg.app_data(web::FormConfig::default().limit(FORM_LIMIT).error_handler(|e, _| {
+        use actix_web::error::UrlencodedError;
+        match e {
+            UrlencodedError::Overflow { .. } => AppError::new(
+                crate::error::ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                format!("the body is larger than {FORM_LIMIT} bytes"),
+            ),
+            e => AppError::bad_request("invalid_form", format!("expected a form with signed_request: {e}")),
+        }
+        .into()
     }))
     .service(resource("/meta/deauthorize").route(web::post().to(deauthorize)))
     .service(resource("/meta/data-deletion").route(web::post().to(data_deletion)))

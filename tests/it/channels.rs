@@ -469,6 +469,8 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     assert_eq!(s, 403);
     let (s, _) = post("/meta/data-deletion", "nothing=here".into()).await;
     assert_eq!(s, 400);
+    let (s, b) = post("/meta/deauthorize", format!("signed_request={}", "a".repeat(100_000))).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")), "{b}");
     assert!(
         channels(&app, &admin).await.iter().all(|c| c["status"] == "connected"),
         "a refused callback changes nothing"
