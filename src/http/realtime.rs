@@ -108,7 +108,7 @@ async fn connect(
         },
     );
     ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(64 * 1024)
+        .frame_size(crate::realtime::session::CLIENT_MESSAGE_LIMIT)
         .start()
         .map_err(|e| AppError::bad_request("not_a_websocket", format!("expected a WebSocket upgrade: {e}")))
 }

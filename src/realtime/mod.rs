@@ -15,7 +15,9 @@
 //!
 //! Close codes: 4401 the session's login ended (logout, refresh reuse,
 //! role change), 4403 removed from the tenant or tenant suspended, 4408 the
-//! client fell too far behind (reconnect with `since` to resume).
+//! client fell too far behind (reconnect with `since` to resume); and the
+//! standard 1009 for a client message over `session::CLIENT_MESSAGE_LIMIT`,
+//! 1002 for a protocol error.
 
 pub mod bus;
 pub mod hub;

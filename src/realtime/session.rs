@@ -1,7 +1,8 @@
 //! One actor per WebSocket. It says `hello`, replays the log after `since`,
 //! then forwards what the hub pushes, never a duplicate at the seam. It
 //! answers `ping`, relays typing and presence, pings the client every 10 s
-//! and drops one silent for 30 s.
+//! and drops one silent for 30 s. A client's mistakes get `error` frames; a
+//! message in fragments is read whole, one over 64 KiB closes with 1009.
 
 use actix::prelude::*;
 use actix_web::web;
@@ -56,6 +57,10 @@ pub const WRITE_BUDGET: usize = 16 * 1024;
 /// See [`WRITE_BUDGET`]: bounds runs of small frames (presence).
 pub const WRITE_FRAMES: usize = 24;
 
+/// The largest message a client may send, whole or in fragments (its
+/// messages are a few dozen bytes); beyond it the socket closes with 1009.
+pub const CLIENT_MESSAGE_LIMIT: usize = 64 * 1024;
+
 /// Mailbox slots: events travel through the [`Outbox`], so the mailbox
 /// holds only a wake-up and the odd control message.
 const MAILBOX: usize = 16;
@@ -95,6 +100,9 @@ pub struct WsSession {
     loading: bool,
     outbox: Arc<Outbox>,
     heartbeat: Instant,
+    /// A client message arriving in fragments, gathered until its last
+    /// (`None` between messages; `Some(None)` for a binary one, refused whole).
+    fragments: Option<Option<Vec<u8>>>,
 }
 
 pub struct SessionInit {
@@ -129,6 +137,7 @@ impl WsSession {
             loading: true,
             outbox,
             heartbeat: Instant::now(),
+            fragments: None,
         }
     }
 
@@ -388,35 +397,67 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let msg = match msg {
             Ok(m) => m,
-            Err(_) => {
-                ctx.stop();
-                return;
-            }
+            Err(ws::ProtocolError::Overflow) => return Self::close(ctx, CloseCode::Size.into(), "message too large"),
+            Err(e) => return Self::close(ctx, CloseCode::Protocol.into(), &e.to_string()),
         };
         self.heartbeat = Instant::now();
         match msg {
             ws::Message::Ping(p) => ctx.pong(&p),
             ws::Message::Pong(_) => {}
-            ws::Message::Text(text) => match serde_json::from_str::<ClientMsg>(&text) {
-                Ok(ClientMsg::Ping) => ctx.text(json!({"type": "pong", "at": Utc::now()}).to_string()),
-                Ok(ClientMsg::Typing { conversation_id, on }) => {
-                    if self.role.can_write() {
-                        self.typing(conversation_id, on, ctx);
-                    }
-                }
-                Ok(ClientMsg::Presence { status }) => match status.as_str() {
-                    "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
-                    _ => ctx.text(error_frame("invalid_status", "status must be online or away")),
-                },
-                Err(_) => ctx.text(error_frame("invalid_message", "unknown or malformed message")),
-            },
+            ws::Message::Text(text) => self.client_text(&text, ctx),
             ws::Message::Binary(_) => ctx.text(error_frame("invalid_message", "send JSON text frames")),
             ws::Message::Close(reason) => {
                 ctx.close(reason);
                 ctx.stop();
             }
-            ws::Message::Continuation(_) => ctx.stop(),
+            ws::Message::Continuation(item) => self.fragment(item, ctx),
             ws::Message::Nop => {}
+        }
+    }
+}
+
+impl WsSession {
+    /// A message sent in fragments (RFC 6455 §5.4) is read once whole.
+    fn fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (first, binary, last, bytes) = match item {
+            actix_http::ws::Item::FirstText(b) => (true, false, false, b),
+            actix_http::ws::Item::FirstBinary(b) => (true, true, false, b),
+            actix_http::ws::Item::Continue(b) => (false, false, false, b),
+            actix_http::ws::Item::Last(b) => (false, false, true, b),
+        };
+        if first != self.fragments.is_none() {
+            return Self::close(ctx, CloseCode::Protocol.into(), "unexpected continuation frame");
+        }
+        let gathered = self.fragments.get_or_insert_with(|| (!binary).then(Vec::new));
+        if let Some(text) = gathered {
+            if text.len() + bytes.len() > CLIENT_MESSAGE_LIMIT {
+                return Self::close(ctx, CloseCode::Size.into(), "message too large");
+            }
+            text.extend_from_slice(&bytes);
+        }
+        if !last {
+            return;
+        }
+        match self.fragments.take().flatten().map(String::from_utf8) {
+            Some(Ok(text)) => self.client_text(&text, ctx),
+            Some(Err(_)) => Self::close(ctx, CloseCode::Invalid.into(), "text is not UTF-8"),
+            None => ctx.text(error_frame("invalid_message", "send JSON text frames")),
+        }
+    }
+
+    fn client_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match serde_json::from_str::<ClientMsg>(text) {
+            Ok(ClientMsg::Ping) => ctx.text(json!({"type": "pong", "at": Utc::now()}).to_string()),
+            Ok(ClientMsg::Typing { conversation_id, on }) => {
+                if self.role.can_write() {
+                    self.typing(conversation_id, on, ctx);
+                }
+            }
+            Ok(ClientMsg::Presence { status }) => match status.as_str() {
+                "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
+                _ => ctx.text(error_frame("invalid_status", "status must be online or away")),
+            },
+            Err(_) => ctx.text(error_frame("invalid_message", "unknown or malformed message")),
         }
     }
 }

@@ -1004,4 +1004,31 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
     }
     send(&mut x, json!({"type": "ping"})).await;
     assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
+    // A message in fragments (RFC 6455 §5.4) is read whole: a ping, split
+    // mid-character; a binary one is refused like a whole binary message.
+    use actix_http::ws::Item;
+    let ping = r#"{"type": "ping", "note": "olá"}"#.as_bytes();
+    let cut = ping.len() - 4;
+    for item in [
+        Item::FirstText(ping[..10].to_vec().into()),
+        Item::Continue(ping[10..cut].to_vec().into()),
+        Item::Last(ping[cut..].to_vec().into()),
+    ] {
+        x.send(Message::Continuation(item)).await.expect("send");
+    }
+    assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("fragments")["type"], "pong");
+    for item in [Item::FirstBinary(vec![1u8].into()), Item::Last(vec![2u8].into())] {
+        x.send(Message::Continuation(item)).await.expect("send");
+    }
+    let e = until(&mut x, "error", Duration::from_secs(3)).await.expect("binary fragments");
+    assert_eq!(e["data"]["code"], "invalid_message");
+    // Larger than any client message: closed with 1009, whole or in fragments.
+    x.send(Message::Text("x".repeat(70 * 1024).into())).await.expect("send");
+    assert_eq!(until(&mut x, "closed", Duration::from_secs(3)).await.expect("closed")["code"], 1009);
+    let mut y = ws(&app, "", Some(&t.agent_x), None).await.expect("y");
+    next(&mut y, Duration::from_secs(3)).await.expect("hello");
+    x = y;
+    x.send(Message::Continuation(Item::FirstText(vec![b' '; 40 * 1024].into()))).await.expect("send");
+    x.send(Message::Continuation(Item::Last(vec![b' '; 40 * 1024].into()))).await.expect("send");
+    assert_eq!(until(&mut x, "closed", Duration::from_secs(3)).await.expect("closed")["code"], 1009);
 }
