@@ -1,11 +1,15 @@
-//! `switchboard demo`: everything at once on this machine — a database (the
-//! one in `DATABASE_URL`, else a local PostgreSQL, else a throwaway cluster
-//! started from the installed PostgreSQL binaries), the fake Meta, the
+//! `switchboard demo`: everything at once on this machine — a database
+//! (`switchboard_demo` on the server of `DATABASE_URL`, else on a local
+//! PostgreSQL, else on a throwaway cluster started from the installed
+//! PostgreSQL binaries), the fake Meta, the
 //! server with its workers, and a seeded tenant whose Facebook Page,
 //! Instagram account and WhatsApp number receive a simulated customer
 //! message every few seconds.
 //!
-//! The demo's secrets are fixed and public: never point it at real data.
+//! The demo's secrets and its tenant's password are fixed and public, so it
+//! never uses the database `DATABASE_URL` names (a `.env` made for `serve`
+//! would otherwise get a tenant anyone can log in to), only its own
+//! `switchboard_demo` beside it.
 
 use anyhow::Context;
 use diesel::prelude::*;
@@ -36,15 +40,18 @@ fn find_pg_bin(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// A PostgreSQL for the demo: `DATABASE_URL`, a local server, or a new
-/// cluster under the system's temp folder (kept between runs).
+const DEMO_DATABASE: &str = "switchboard_demo";
+
+/// The demo's database: `switchboard_demo` on the server of `DATABASE_URL`,
+/// on a local server, or on a new cluster under the system's temp folder
+/// (kept between runs).
 fn database_url() -> anyhow::Result<String> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok(url);
+        return beside(&url);
     }
-    let local = "postgres://postgres@127.0.0.1:5432/switchboard_demo";
+    let local = format!("postgres://postgres@127.0.0.1:5432/{DEMO_DATABASE}");
     if PgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres").is_ok() {
-        return Ok(local.into());
+        return Ok(local);
     }
     let initdb = find_pg_bin("initdb")
         .context("no PostgreSQL found: set DATABASE_URL, or install PostgreSQL (Debian: apt-get install postgresql)")?;
@@ -72,7 +79,7 @@ fn database_url() -> anyhow::Result<String> {
         }
         run(&initdb, &["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
     }
-    let url = format!("postgres://postgres@127.0.0.1:{port}/switchboard_demo");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{DEMO_DATABASE}");
     if PgConnection::establish(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).is_err() {
         let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.to_string_lossy());
         run(
@@ -82,6 +89,11 @@ fn database_url() -> anyhow::Result<String> {
         println!("started a PostgreSQL for the demo in {} (port {port})", dir.display());
     }
     Ok(url)
+}
+
+/// The demo's database on the server of `url`, whatever database it names.
+fn beside(url: &str) -> anyhow::Result<String> {
+    crate::db::pool::url_with_database(url, DEMO_DATABASE).context("DATABASE_URL is not a postgres:// URL")
 }
 
 /// initdb refuses to run as root; the cluster then runs as `postgres`.
@@ -250,5 +262,18 @@ async fn customers(fake_base: String, targets: Vec<String>) {
             .send()
             .await;
         i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_never_uses_the_database_database_url_names() {
+        assert_eq!(
+            super::beside("postgres://app:secret@db.internal:5432/production?sslmode=require").expect("url"),
+            "postgres://app:secret@db.internal:5432/switchboard_demo?sslmode=require"
+        );
+        assert_eq!(super::beside("postgres://127.0.0.1").expect("url"), "postgres://127.0.0.1/switchboard_demo");
+        assert!(super::beside("not a url").is_err());
     }
 }
