@@ -43,6 +43,8 @@ pub struct AppState {
     /// When each (tenant, conversation, agent) last showed a contact the
     /// business typing, from a socket or `POST …/typing`.
     typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
+    /// Failed logins per account (see `auth::throttle`).
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             search_backlog: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
             typing_sent: Default::default(),
+            login_throttle: crate::auth::throttle::LoginThrottle::from_env(),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),
             jwt: JwtKeys::new(config.jwt_secret.expose()),

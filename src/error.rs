@@ -57,12 +57,20 @@ pub struct AppError {
     pub kind: ErrorKind,
     pub code: Cow<'static, str>,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
     source: Option<anyhow::Error>,
 }
 
 impl AppError {
     pub fn new(kind: ErrorKind, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        AppError { kind, code: code.into(), message: message.into(), source: None }
+        AppError { kind, code: code.into(), message: message.into(), retry_after: None, source: None }
+    }
+
+    /// With a `Retry-After` of `secs` (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -91,6 +99,7 @@ impl AppError {
             kind: ErrorKind::Internal,
             code: "internal_error".into(),
             message: "internal error".into(),
+            retry_after: None,
             source: Some(cause.into()),
         }
     }
@@ -127,7 +136,11 @@ impl ResponseError for AppError {
         if self.kind == ErrorKind::Internal {
             tracing::error!(error = ?self, "internal error");
         }
-        HttpResponse::build(self.status()).json(json!({
+        let mut response = HttpResponse::build(self.status());
+        if let Some(secs) = self.retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(json!({
             "error": {"code": self.code, "message": self.message}
         }))
     }

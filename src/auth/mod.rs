@@ -8,6 +8,7 @@ pub mod members;
 pub mod password;
 pub mod refresh;
 pub mod session;
+pub mod throttle;
 pub mod users;
 
 pub use extract::AuthContext;

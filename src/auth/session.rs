@@ -39,8 +39,11 @@ pub struct TokenPair {
     pub role: Role,
 }
 
+/// The one answer to every failed login (which part was wrong is not told).
+pub const INVALID_CREDENTIALS: &str = "invalid_credentials";
+
 fn invalid_credentials() -> AppError {
-    AppError::unauthorized("invalid_credentials", "email, password or tenant is wrong")
+    AppError::unauthorized(INVALID_CREDENTIALS, "email, password or tenant is wrong")
 }
 
 /// Refuses tenants that are suspended or whose schema is not migrated yet.

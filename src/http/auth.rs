@@ -2,10 +2,11 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use std::time::Instant;
 
 use super::AppState;
 use crate::auth::{session, AuthContext, JwtKeys};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/auth/login").route(web::post().to(login)))
@@ -29,10 +30,27 @@ async fn login(
 ) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let keys = keys.into_inner();
-    let pair =
-        state.db.public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant)).await?;
-    tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
-    Ok(HttpResponse::Ok().json(pair))
+    let email = body.email.clone();
+    if let Err(wait) = state.login_throttle.check(&email, Instant::now()) {
+        let secs = wait.as_secs() + 1;
+        return Err(AppError::new(
+            ErrorKind::RateLimited,
+            "too_many_attempts",
+            format!("too many failed logins for this account; try again in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    let result =
+        state.db.public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant)).await;
+    match &result {
+        Ok(pair) => {
+            state.login_throttle.succeeded(&email);
+            tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
+        }
+        Err(e) if e.code == session::INVALID_CREDENTIALS => state.login_throttle.failed(&email, Instant::now()),
+        Err(_) => {}
+    }
+    Ok(HttpResponse::Ok().json(result?))
 }
 
 #[derive(Deserialize)]

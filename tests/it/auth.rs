@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use switchboard::auth::jwt::{Claims, JwtKeys, AUDIENCE, ISSUER};
 use switchboard::auth::Role;
@@ -102,6 +102,43 @@ async fn login_me_and_forged_or_stale_tokens() {
     let beta_id = beth["tenant"]["id"].as_str().expect("id");
     let crossed = keys.sign(&claims(&user_id, beta_id)).expect("sign");
     assert_eq!(me_status(&app, &crossed).await, (401, "token_revoked".to_string()));
+}
+
+/// Twenty wrong passwords for one account within the window, and its
+/// logins answer 429 with Retry-After, the right password too; other
+/// accounts log in as before. (`SWITCHBOARD_LOGIN_ATTEMPTS`, default 20.)
+#[actix_web::test]
+async fn repeated_failed_logins_hold_the_account_back() {
+    let app = spawn_app().await;
+    app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    app.signup("beta", "bob@beta.test", "bob-password-1").await;
+    let login = |email: &'static str, pw: &'static str, tenant: &'static str| {
+        let (client, url) = (app.client.clone(), app.url("/api/auth/login"));
+        async move {
+            let r = client
+                .post(url)
+                .json(&json!({"email": email, "password": pw, "tenant": tenant}))
+                .send()
+                .await
+                .expect("login");
+            let retry =
+                r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            (r.status().as_u16(), retry, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for i in 0..20 {
+        // Mixed case and spaces are the same account.
+        let email = if i % 2 == 0 { "ann@acme.test" } else { " Ann@ACME.test" };
+        let (status, _, body) = login(email, "wrong-password", "acme").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_credentials")), "attempt {i}");
+    }
+    for pw in ["wrong-password", "ann-password-1"] {
+        let (status, retry, body) = login("ann@acme.test", pw, "acme").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_attempts")), "{body}");
+        assert!(retry.is_some_and(|s| (1..=900).contains(&s)), "{retry:?}");
+    }
+    let (status, _, _) = login("bob@beta.test", "bob-password-1", "beta").await;
+    assert_eq!(status, 200);
 }
 
 #[actix_web::test]
