@@ -87,7 +87,7 @@ impl<'l> Ingest<'l> {
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
-            if let Item::Message { contact, .. } | Item::Echo { contact, .. } = item {
+            if let Item::Message { contact, .. } | Item::Echo { contact, .. } | Item::History { contact, .. } = item {
                 let key = self.key(*channel, contact);
                 if !self.contacts.contains_key(&key) {
                     channel_ids.push(key.0);
@@ -365,6 +365,21 @@ impl<'l> Ingest<'l> {
     }
 }
 
+/// A message [`Ingest::store_elsewhere`] stores.
+struct Elsewhere<'a> {
+    contact: &'a str,
+    mid: &'a str,
+    inbound: bool,
+    status: &'a str,
+    text: Option<&'a str>,
+    attachments: &'a [Attachment],
+    timestamp: DateTime<Utc>,
+    /// From a shared history: a conversation it opens starts resolved (the
+    /// customer's next message reopens it), so an import of months of
+    /// chats does not fill the agents' open list.
+    history: bool,
+}
+
 /// A batch's contact messages, one vector per column.
 #[derive(Default)]
 struct MessageColumns {
@@ -488,6 +503,19 @@ impl Ingest<'_> {
                     timestamp: *timestamp,
                 };
                 self.incoming(tc, channel, incoming)
+            }
+            Item::History { contact, mid, inbound, text, attachments, status, timestamp } => {
+                let elsewhere = Elsewhere {
+                    contact,
+                    mid,
+                    inbound: *inbound,
+                    status,
+                    text: text.as_deref(),
+                    attachments,
+                    timestamp: *timestamp,
+                    history: true,
+                };
+                self.store_elsewhere(tc, channel, elsewhere)
             }
             Item::Echo { contact, mid, text, attachments, app_id, metadata, timestamp } => self.echo(
                 tc,
@@ -682,6 +710,19 @@ impl Ingest<'_> {
             }
         }
         // Sent by the page from elsewhere (Page inbox, Business Suite, phone).
+        let elsewhere =
+            Elsewhere { contact, mid, inbound: false, status: "sent", text, attachments, timestamp, history: false };
+        self.store_elsewhere(tc, channel, elsewhere)
+    }
+
+    /// A message that happened elsewhere (the page's other inboxes, a
+    /// WhatsApp Business app's shared history): stored once, made the
+    /// conversation's last message if it is the newest (and its last
+    /// inbound one, which opens the reply window, if it is the customer's),
+    /// and logged. Nothing else: no unread count, no reopening, no
+    /// notification, no automatic reply.
+    fn store_elsewhere(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Elsewhere<'_>) -> AppResult<()> {
+        let Elsewhere { contact, mid, inbound, status, text, attachments, timestamp, history } = msg;
         self.flush(tc)?;
         let c = self.contact(tc, channel.id, contact, None)?;
         let (conv, created) = self.conversation(tc, channel.id, c.id)?;
@@ -689,11 +730,11 @@ impl Ingest<'_> {
             .values((
                 m::conversation_id.eq(conv.id),
                 m::channel_id.eq(channel.id),
-                m::direction.eq("out"),
-                m::sender_kind.eq("page"),
+                m::direction.eq(if inbound { "in" } else { "out" }),
+                m::sender_kind.eq(if inbound { "contact" } else { "page" }),
                 m::text.eq(text),
                 m::attachments.eq(serde_json::to_value(attachments).unwrap_or_else(|_| json!([]))),
-                m::status.eq("sent"),
+                m::status.eq(status),
                 m::external_id.eq(mid),
                 m::platform_timestamp.eq(timestamp),
                 m::sort_at.eq(timestamp),
@@ -705,10 +746,18 @@ impl Ingest<'_> {
             .optional()?;
         let Some(row) = inserted else { return Ok(()) };
         let newest = timestamp >= conv.last_activity_at || created;
+        let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
             .set((
                 conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
                 conversations::last_activity_at.eq(if newest { timestamp } else { conv.last_activity_at }),
+                conversations::last_inbound_at.eq(if newest_inbound { Some(timestamp) } else { conv.last_inbound_at }),
+                conversations::last_inbound_external_id.eq(if newest_inbound {
+                    Some(mid.to_string())
+                } else {
+                    conv.last_inbound_external_id.clone()
+                }),
+                conversations::status.eq(if history && created { "resolved" } else { conv.status.as_str() }),
                 conversations::updated_at.eq(diesel::dsl::now),
             ))
             .returning(ConversationRow::as_returning())

@@ -171,6 +171,20 @@ pub enum Item {
         metadata: Option<String>,
         timestamp: DateTime<Utc>,
     },
+    /// A message of the chat history a WhatsApp Business app number shares
+    /// when it joins the Cloud API (coexistence, field `history`): stored
+    /// as it was, without notifying, counting unread or answering.
+    History {
+        contact: String,
+        mid: String,
+        /// Sent by the customer (else by the business, from the app).
+        inbound: bool,
+        text: Option<String>,
+        attachments: Vec<Attachment>,
+        /// Ours for outbound ones (`sent`, `delivered`, `read`, `failed`).
+        status: String,
+        timestamp: DateTime<Utc>,
+    },
     Edit {
         contact: String,
         mid: String,
@@ -301,6 +315,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                     match change.get("field").and_then(Value::as_str) {
                         Some("messages") => whatsapp_value(value, &mut out),
                         Some("smb_message_echoes") => whatsapp_echoes(value, &mut out),
+                        Some("history") => whatsapp_history(value, &mut out),
                         Some("account_update") => account_update(entry, value, &mut out),
                         _ => {}
                     }
@@ -583,6 +598,50 @@ fn whatsapp_echoes(value: &Value, out: &mut Vec<Routed>) {
                 timestamp: secs(m.get("timestamp")).unwrap_or_else(Utc::now),
             },
         });
+    }
+}
+
+/// `history`: chunks of `threads`, each a customer (`id`) and the messages
+/// between them and the business, oldest first; `from` is the customer or
+/// the business number. A chunk of `errors` (the business declined to
+/// share) carries no messages. Chunks may come out of order and again:
+/// each message is stored once, by its id.
+fn whatsapp_history(value: &Value, out: &mut Vec<Routed>) {
+    let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
+    let route = RouteKey::channel(Platform::Whatsapp, phone_id);
+    for chunk in arr(value.get("history")) {
+        for thread in arr(chunk.get("threads")) {
+            let Some(contact) = s(thread.get("id")) else { continue };
+            for m in arr(thread.get("messages")) {
+                let Some(mid) = s(m.get("id")) else { continue };
+                let kind = m.get("type").and_then(Value::as_str).unwrap_or("unknown");
+                if kind == "reaction" {
+                    continue;
+                }
+                let inbound = s(m.get("from")).is_some_and(|f| f == contact);
+                let (text, attachments, _, _) = whatsapp_content(m, kind);
+                let told = m.get("history_context").and_then(|h| h.get("status")).and_then(Value::as_str);
+                let status = match told.map(str::to_ascii_lowercase).as_deref() {
+                    _ if inbound => "received",
+                    Some("delivered") => "delivered",
+                    Some("read" | "played") => "read",
+                    Some("error" | "failed") => "failed",
+                    _ => "sent",
+                };
+                out.push(Routed {
+                    route: route.clone(),
+                    item: Item::History {
+                        contact: contact.clone(),
+                        mid,
+                        inbound,
+                        text,
+                        attachments,
+                        status: status.into(),
+                        timestamp: secs(m.get("timestamp")).unwrap_or_else(Utc::now),
+                    },
+                });
+            }
+        }
     }
 }
 

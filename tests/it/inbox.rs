@@ -1255,6 +1255,106 @@ async fn a_number_change_within_one_batch_keeps_one_contact() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.contacts"), 1);
 }
 
+/// A WhatsApp Business app number that joins shares its chat history
+/// (`history`, Meta's shape): the messages are stored once each, both
+/// directions, in conversations that start resolved; nothing is counted
+/// unread, notified or answered, even with an auto-reply on.
+#[actix_web::test]
+async fn a_shared_whatsapp_history_is_imported_quietly() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let channels =
+        app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
+    let wa = channels.iter().find(|c| c["external_id"] == PHONE).expect("wa")["id"].as_str().expect("id").to_string();
+    let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá!"}, "notifications": true}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{wa}"), Some(&ctx.admin), Some(settings)).await.status, 200);
+    let now = chrono::Utc::now().timestamp();
+    let at = |ago: i64| (now - ago).to_string();
+    let chunk = |order: i64, threads: Value| {
+        serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+            "field": "history",
+            "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+                "history": [{"metadata": {"phase": 0, "chunk_order": order, "progress": 100}, "threads": threads}]}}]}]}))
+        .expect("body")
+    };
+    let first = chunk(
+        1,
+        json!([{"id": "5511900000001", "messages": [
+            {"from": "5511900000001", "id": "wamid.H1", "timestamp": at(7200), "type": "text", "text": {"body": "Vocês entregam em Lisboa? 🇵🇹"},
+                "history_context": {"status": "READ"}},
+            {"from": "15551234567", "to": "5511900000001", "id": "wamid.H2", "timestamp": at(7000), "type": "text", "text": {"body": "Sim!"},
+                "history_context": {"status": "READ"}},
+            {"from": "5511900000001", "id": "wamid.H3", "timestamp": at(3600), "type": "media_placeholder",
+                "history_context": {"status": "DELIVERED"}},
+        ]}]),
+    );
+    let second = chunk(
+        2,
+        json!([{"id": "5511900000002", "messages": [
+            {"from": "15551234567", "to": "5511900000002", "id": "wamid.H4", "timestamp": at(86400 * 30), "type": "text",
+                "text": {"body": "Seu pedido saiu"}, "history_context": {"status": "DELIVERED"}},
+        ]}]),
+    );
+    let declined = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "history",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "history": [{"errors": [{"code": 2593109, "title": "History sync is turned off by the business"}]}]}}]}]}))
+    .expect("body");
+    // Out of order, repeated, and a declined chunk among them.
+    for body in [&second, &first, &declined, &first] {
+        assert_eq!(app.webhook(body).await, 200);
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(convs.len(), 2, "{convs:?}");
+    assert!(convs.iter().all(|c| c["status"] == "resolved" && c["unread_count"] == 0), "{convs:?}");
+    let a = by_contact(&convs, "5511900000001");
+    assert_eq!(a["last_message"]["direction"], "in");
+    assert_eq!(a["can_reply"], true, "the customer wrote within 24 h: {a}");
+    let found = messages(&app, &ctx.admin, a["id"].as_str().expect("id")).await;
+    let shape: Vec<(&str, &str, &str)> = found
+        .iter()
+        .map(|m| {
+            (
+                m["external_id"].as_str().unwrap_or(""),
+                m["direction"].as_str().unwrap_or(""),
+                m["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![("wamid.H1", "in", "received"), ("wamid.H2", "out", "read"), ("wamid.H3", "in", "received")]
+    );
+    assert_eq!(found[0]["text"], "Vocês entregam em Lisboa? 🇵🇹");
+    assert_eq!(found[1]["sender"]["kind"], "page");
+    let b = by_contact(&convs, "5511900000002");
+    assert_eq!((b["last_message"]["status"].as_str(), b["can_reply"].as_bool()), (Some("delivered"), Some(false)));
+    // Nothing answered, nothing notified.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = app.fake("GET", "/_fake/requests", json!({})).await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"] == format!("/{PHONE}/messages"))
+        .count();
+    assert_eq!(sent, 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 4);
+    // The customer writes again: the conversation reopens, as any would.
+    let again = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": "5511900000001"}],
+            "messages": [{"from": "5511900000001", "id": "wamid.H5", "timestamp": at(0), "type": "text", "text": {"body": "Oi de novo"}}]}}]}]}))
+    .expect("body");
+    assert_eq!(app.webhook(&again).await, 200);
+    app.processed().await;
+    let a = by_contact(&conversations(&app, &ctx.admin, "").await, "5511900000001").clone();
+    assert_eq!((a["status"].as_str(), a["unread_count"].as_i64()), (Some("open"), Some(1)), "{a}");
+}
+
 #[actix_web::test]
 async fn whatsapp_customers_see_the_agent_typing_on_their_latest_message() {
     let app = spawn_app().await;
