@@ -1289,22 +1289,17 @@ async fn a_shared_whatsapp_history_is_imported_quietly() {
                 "history_context": {"status": "DELIVERED"}},
         ]}]),
     );
-    let second = chunk(
-        2,
-        json!([{"id": "5511900000002", "messages": [
-            {"from": "15551234567", "to": "5511900000002", "id": "wamid.H4", "timestamp": at(86400 * 30), "type": "text",
-                "text": {"body": "Seu pedido saiu"}, "history_context": {"status": "DELIVERED"}},
-        ]}]),
-    );
-    let declined = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
-        "field": "history",
-        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
-            "history": [{"errors": [{"code": 2593109, "title": "History sync is turned off by the business"}]}]}}]}]}))
-    .expect("body");
-    // Out of order, repeated, and a declined chunk among them.
-    for body in [&second, &first, &declined, &first] {
-        assert_eq!(app.webhook(body).await, 200);
-    }
+    // Out of order, repeated, and a declined chunk among them; two through
+    // the fake Meta, which shapes them itself.
+    let second = json!({"phone_number_id": PHONE, "chunk_order": 2, "threads": [{"id": "5511900000002", "messages": [
+        {"from": "15551234567", "to": "5511900000002", "id": "wamid.H4", "timestamp": at(86400 * 30), "type": "text",
+            "text": {"body": "Seu pedido saiu"}, "history_context": {"status": "DELIVERED"}},
+    ]}]});
+    assert_eq!(app.fake("POST", "/_fake/history", second).await["delivered_status"], 200);
+    assert_eq!(app.webhook(&first).await, 200);
+    let declined = app.fake("POST", "/_fake/history", json!({"phone_number_id": PHONE, "declined": true})).await;
+    assert_eq!(declined["webhook"]["entry"][0]["changes"][0]["value"]["history"][0]["errors"][0]["code"], 2593109);
+    assert_eq!(app.webhook(&first).await, 200);
     app.processed().await;
     let convs = conversations(&app, &ctx.admin, "").await;
     assert_eq!(convs.len(), 2, "{convs:?}");

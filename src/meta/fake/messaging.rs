@@ -325,6 +325,44 @@ pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpRespons
     HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
 }
 
+/// `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
+/// chunk_order?, progress?}`: the WhatsApp Business app behind a number
+/// shares its chat history, and the fake sends one `history` chunk as Meta
+/// shapes it. `threads` are Meta's (`[{id: customer, messages: [...]}]`,
+/// each message with `from`, `id`, `timestamp`, `type`, its content and
+/// `history_context`); `declined: true` sends the chunk that says the
+/// business turned sharing off.
+pub(super) async fn history(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let Some(phone_id) = body.get("phone_number_id").and_then(Value::as_str) else {
+        return super::bad("phone_number_id is required");
+    };
+    let (target, waba, display) = {
+        let st = fake.lock();
+        let Some(phone) = st.phones.get(phone_id) else { return super::bad("no such phone number") };
+        let waba = st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone_id)).map(|w| w.id.clone());
+        (st.webhook_target.clone(), waba.unwrap_or_default(), phone.display.clone())
+    };
+    let chunk = if body.get("declined").and_then(Value::as_bool).unwrap_or(false) {
+        json!({"errors": [{"code": 2593109, "title": "History sync is turned off by the business",
+            "message": "History sync is turned off by the business",
+            "error_data": {"details": "The business has turned off history sharing"}}]})
+    } else {
+        let n = |key: &str, default: i64| body.get(key).and_then(Value::as_i64).unwrap_or(default);
+        json!({"metadata": {"phase": n("phase", 0), "chunk_order": n("chunk_order", 1), "progress": n("progress", 100)},
+            "threads": body.get("threads").cloned().unwrap_or_else(|| json!([]))})
+    };
+    let display: String = display.chars().filter(char::is_ascii_digit).collect();
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": display, "phone_number_id": phone_id},
+        "history": [chunk]}, "field": "history"}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
 impl FakeMeta {
     /// Serializes and signs a webhook body the way Meta does.
     pub fn signed(&self, event: &Value) -> (String, String, String) {

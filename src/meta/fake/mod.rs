@@ -31,6 +31,10 @@
 //!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
 //!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
 //!   Meta's, and ends the subscription when the app was removed.
+//! - `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
+//!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
+//!   its chat history; the fake sends one `history` chunk shaped as Meta's
+//!   (`declined: true`: the chunk saying sharing is off).
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers its URL, which
 //!   downloads with the Bearer token.
@@ -751,6 +755,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
+        ("POST", "history") => messaging::history(&fake, &body).await,
         ("POST", "media") => messaging::add_media(&fake, &body),
         (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
             let id = p.trim_start_matches("media/").trim_end_matches("/download").to_string();
