@@ -744,7 +744,9 @@ impl Ingest<'_> {
             .returning(MessageRow::as_returning())
             .get_result(tc.pg())
             .optional()?;
-        let Some(row) = inserted else { return Ok(()) };
+        let Some(row) = inserted else {
+            return if history { self.fill_placeholder(tc, channel, mid, text, attachments) } else { Ok(()) };
+        };
         let newest = timestamp >= conv.last_activity_at || created;
         let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
@@ -768,6 +770,40 @@ impl Ingest<'_> {
         let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
         let kind = if created { "conversation.created" } else { "conversation.updated" };
         self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        Ok(())
+    }
+
+    /// A shared history sends its media first as `media_placeholder`s and
+    /// later again, by the same ids, with their media (those of the last 14
+    /// days): the placeholder takes the media. Anything else already stored
+    /// stays as it is.
+    fn fill_placeholder(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        mid: &str,
+        text: Option<&str>,
+        attachments: &[Attachment],
+    ) -> AppResult<()> {
+        const PLACEHOLDER: &str = "media_placeholder";
+        if attachments.first().is_none_or(|a| a.kind == PLACEHOLDER) {
+            return Ok(());
+        }
+        let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
+        if row.attachments.pointer("/0/type").and_then(Value::as_str) != Some(PLACEHOLDER) {
+            return Ok(());
+        }
+        let media = serde_json::to_value(attachments).unwrap_or_else(|_| json!([]));
+        let updated: MessageRow = diesel::update(m::table.find(row.id))
+            .set((
+                m::attachments.eq(&media),
+                m::text.eq(text.or(row.text.as_deref())),
+                m::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(MessageRow::as_returning())
+            .get_result(tc.pg())?;
+        let view = crate::inbox::views::MessageUpdate { attachments: Some(media), ..updated.update_view() };
+        self.log.append(tc, "message.updated", Some(updated.channel_id), Some(updated.conversation_id), view)?;
         Ok(())
     }
 

@@ -114,6 +114,10 @@ pub struct MessageUpdate {
     pub external_id: Option<String>,
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Only when they changed (a shared history's media filled in), so
+    /// that receipts stay small.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Value>,
 }
 
 impl MessageRow {
@@ -128,6 +132,7 @@ impl MessageRow {
             external_id: self.external_id.clone(),
             edited_at: self.edited_at,
             deleted_at: self.deleted_at,
+            attachments: None,
         }
     }
 }

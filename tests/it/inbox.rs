@@ -1324,6 +1324,18 @@ async fn a_shared_whatsapp_history_is_imported_quietly() {
     );
     assert_eq!(found[0]["text"], "Vocês entregam em Lisboa? 🇵🇹");
     assert_eq!(found[1]["sender"]["kind"], "page");
+    assert_eq!(found[2]["attachments"][0]["type"], "media_placeholder");
+    // The media come later, by the same id: the placeholder takes them.
+    let media = json!({"phone_number_id": PHONE, "chunk_order": 3, "threads": [{"id": "5511900000001", "messages": [
+        {"from": "5511900000001", "id": "wamid.H3", "timestamp": at(3600), "type": "image",
+            "image": {"id": "998877", "mime_type": "image/jpeg", "sha256": "abc", "caption": "a foto"},
+            "history_context": {"status": "DELIVERED"}},
+    ]}]});
+    assert_eq!(app.fake("POST", "/_fake/history", media).await["delivered_status"], 200);
+    app.processed().await;
+    let found = messages(&app, &ctx.admin, a["id"].as_str().expect("id")).await;
+    assert_eq!((found.len(), found[2]["attachments"][0]["type"].as_str()), (3, Some("image")), "{found:?}");
+    assert_eq!(found[2]["text"], "a foto");
     let b = by_contact(&convs, "5511900000002");
     assert_eq!((b["last_message"]["status"].as_str(), b["can_reply"].as_bool()), (Some("delivered"), Some(false)));
     // Nothing answered, nothing notified.
