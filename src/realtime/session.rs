@@ -398,7 +398,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         let msg = match msg {
             Ok(m) => m,
             Err(ws::ProtocolError::Overflow) => return Self::close(ctx, CloseCode::Size.into(), "message too large"),
-            Err(e) => return Self::close(ctx, CloseCode::Protocol.into(), &e.to_string()),
+            Err(_) => return Self::close(ctx, CloseCode::Protocol.into(), "protocol error"),
         };
         self.heartbeat = Instant::now();
         match msg {
