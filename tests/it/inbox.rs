@@ -900,14 +900,18 @@ async fn the_inbox_api() {
     );
 }
 
+/// The id of the channel of `external_id` (a page, account or number).
+async fn channel_id(app: &TestApp, admin: &str, external_id: &str) -> String {
+    let channels = app.call("GET", "/api/channels", Some(admin), None).await.body["items"].clone();
+    let found = channels.as_array().expect("items").iter().find(|c| c["external_id"] == external_id).cloned();
+    found.expect("channel")["id"].as_str().expect("id").to_string()
+}
+
 #[actix_web::test]
 async fn auto_reply_and_notifications() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let channels =
-        app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
-    let page =
-        channels.iter().find(|c| c["external_id"] == PAGE_A).expect("page")["id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let r = app
         .call(
             "PATCH",
@@ -1263,9 +1267,7 @@ async fn a_number_change_within_one_batch_keeps_one_contact() {
 async fn a_shared_whatsapp_history_is_imported_quietly() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let channels =
-        app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body["items"].as_array().expect("items").clone();
-    let wa = channels.iter().find(|c| c["external_id"] == PHONE).expect("wa")["id"].as_str().expect("id").to_string();
+    let wa = channel_id(&app, &ctx.admin, PHONE).await;
     let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá!"}, "notifications": true}});
     assert_eq!(app.call("PATCH", &format!("/api/channels/{wa}"), Some(&ctx.admin), Some(settings)).await.status, 200);
     let now = chrono::Utc::now().timestamp();
