@@ -50,6 +50,9 @@ pub struct Ingest<'l> {
     /// same batch (or a new customer's first message and their change) is
     /// the contact's under the new one.
     renamed: HashMap<(i64, String), String>,
+    /// Conversations a shared history added to (id -> contact, and whether
+    /// the history opened it), announced once each by [`Ingest::finish`].
+    imported: std::collections::BTreeMap<i64, (i64, bool)>,
     /// Bytes of message text this batch added to the search index
     /// (merged off the webhook path: see `search_index`).
     pub indexed_text: usize,
@@ -69,6 +72,7 @@ impl<'l> Ingest<'l> {
             created: Default::default(),
             dirty: Default::default(),
             renamed: HashMap::new(),
+            imported: Default::default(),
             indexed_text: 0,
         }
     }
@@ -765,11 +769,30 @@ impl Ingest<'_> {
             .returning(ConversationRow::as_returning())
             .get_result(tc.pg())?;
         self.conversations.insert(c.id, conv.clone());
+        if history {
+            // Months of chats may come in one chunk: the live inbox hears of
+            // each conversation once (`finish`), not of every old message.
+            self.imported.entry(conv.id).or_insert((c.id, false)).1 |= created;
+            return Ok(());
+        }
         let view = self.names.message(tc, &row, c.id)?;
         self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
         let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
         let kind = if created { "conversation.created" } else { "conversation.updated" };
         self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        Ok(())
+    }
+
+    /// Ends the batch: writes what is still in memory and announces the
+    /// conversations a shared history added to.
+    pub fn finish(&mut self, tc: &mut TenantConn<'_>) -> AppResult<()> {
+        self.flush(tc)?;
+        for (id, (contact, created)) in std::mem::take(&mut self.imported) {
+            let Some(conv) = self.conversations.get(&contact).filter(|c| c.id == id).cloned() else { continue };
+            let view = self.names.conversation(tc, &conv)?;
+            let kind = if created { "conversation.created" } else { "conversation.updated" };
+            self.log.append(tc, kind, Some(conv.channel_id), Some(conv.id), &view)?;
+        }
         Ok(())
     }
 

@@ -357,7 +357,7 @@ fn apply_tenant(
             let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;
             ingest.apply(tc, channel, item)?;
         }
-        ingest.flush(tc)?;
+        ingest.finish(tc)?;
         let followups = std::mem::take(&mut ingest.followups);
         let indexed_text = ingest.indexed_text;
         let written = log.write(tc)?;
