@@ -50,9 +50,9 @@ pub struct Ingest<'l> {
     /// same batch (or a new customer's first message and their change) is
     /// the contact's under the new one.
     renamed: HashMap<(i64, String), String>,
-    /// Conversations a shared history added to (id -> contact, and whether
-    /// the history opened it), announced once each by [`Ingest::finish`].
-    imported: std::collections::BTreeMap<i64, (i64, bool)>,
+    /// Conversations a shared history added to since they were last
+    /// announced (id -> contact), announced once each by [`Ingest::finish`].
+    imported: std::collections::BTreeMap<i64, i64>,
     /// Bytes of message text this batch added to the search index
     /// (merged off the webhook path: see `search_index`).
     pub indexed_text: usize,
@@ -769,10 +769,18 @@ impl Ingest<'_> {
             .returning(ConversationRow::as_returning())
             .get_result(tc.pg())?;
         self.conversations.insert(c.id, conv.clone());
-        if history {
+        if history && !created {
             // Months of chats may come in one chunk: the live inbox hears of
-            // each conversation once (`finish`), not of every old message.
-            self.imported.entry(conv.id).or_insert((c.id, false)).1 |= created;
+            // each conversation when it opens and once more at the end of
+            // the batch (`finish`), not of every old message.
+            self.imported.insert(conv.id, c.id);
+            return Ok(());
+        }
+        if history {
+            // Announced now, so that anything later in the batch (a live
+            // message of the same customer) comes after it.
+            let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
+            self.log.append(tc, "conversation.created", Some(channel.id), Some(conv.id), &conv_view)?;
             return Ok(());
         }
         let view = self.names.message(tc, &row, c.id)?;
@@ -787,11 +795,10 @@ impl Ingest<'_> {
     /// conversations a shared history added to.
     pub fn finish(&mut self, tc: &mut TenantConn<'_>) -> AppResult<()> {
         self.flush(tc)?;
-        for (id, (contact, created)) in std::mem::take(&mut self.imported) {
+        for (id, contact) in std::mem::take(&mut self.imported) {
             let Some(conv) = self.conversations.get(&contact).filter(|c| c.id == id).cloned() else { continue };
             let view = self.names.conversation(tc, &conv)?;
-            let kind = if created { "conversation.created" } else { "conversation.updated" };
-            self.log.append(tc, kind, Some(conv.channel_id), Some(conv.id), &view)?;
+            self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
         }
         Ok(())
     }

@@ -1261,9 +1261,9 @@ async fn a_number_change_within_one_batch_keeps_one_contact() {
 
 /// A WhatsApp Business app number that joins shares its chat history
 /// (`history`, Meta's shape): the messages are stored once each, both
-/// directions, in conversations that start resolved and are announced once
-/// each; nothing is counted unread, notified or answered, even with an
-/// auto-reply on.
+/// directions, in conversations that start resolved and are announced per
+/// conversation, not per message; nothing is counted unread, notified or
+/// answered, even with an auto-reply on.
 #[actix_web::test]
 async fn a_shared_whatsapp_history_is_imported_quietly() {
     let app = spawn_app().await;
@@ -1354,6 +1354,15 @@ async fn a_shared_whatsapp_history_is_imported_quietly() {
     // The live inbox hears of each conversation, not of every old message.
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.created'"), 0);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.created'"), 2);
+    // One more for the three-message chunk, after its conversation opened.
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated'"), 1);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.events u JOIN tenant_acme.events c USING (conversation_id) \
+              WHERE u.type = 'conversation.updated' AND c.type = 'conversation.created' AND u.seq < c.seq"
+        ),
+        0
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 4);
     // The customer writes again: the conversation reopens, as any would.
     let again = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
