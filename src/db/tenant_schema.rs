@@ -127,8 +127,17 @@ diesel::table! {
         type_ -> Text,
         channel_id -> Nullable<Int8>,
         conversation_id -> Nullable<Int8>,
-        payload -> Jsonb,
+        payload -> Json,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    contact_former_numbers (channel_id, external_id, changed_at) {
+        channel_id -> Int8,
+        external_id -> Text,
+        contact_id -> Int8,
+        changed_at -> Timestamptz,
     }
 }
 
@@ -153,6 +162,7 @@ diesel::joinable!(conversations -> contacts (contact_id));
 diesel::joinable!(conversations -> channels (channel_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(contacts -> channels (channel_id));
+diesel::joinable!(contact_former_numbers -> contacts (contact_id));
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     pending_selections,
@@ -160,6 +170,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     channels,
     channel_members,
     contacts,
+    contact_former_numbers,
     conversations,
     messages,
     events,

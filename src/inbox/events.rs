@@ -88,7 +88,7 @@ impl EventLog {
         let reserved: Reserved = crate::db::prepared(
             "WITH s AS (UPDATE event_seq SET value = value + $1 WHERE id = 1 RETURNING value), \
                   ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, payload) \
-                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload::jsonb \
+                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload::json \
                             FROM s, unnest($2, $3, $4, $5) WITH ORDINALITY \
                                     AS v(kind, channel_id, conversation_id, payload, ord)) \
              SELECT s.value AS last, now() AS at, \

@@ -13,10 +13,24 @@ use super::messages::{self, NewOutgoing};
 use super::views::{ContactRow, ConversationRow, MessageRow, Names};
 use super::{status_moves_forward, ConversationId};
 use crate::channels::{ChannelRow, Platform};
-use crate::db::tenant_schema::{contacts, conversations, early_statuses, messages as m};
+use crate::db::tenant_schema::{contact_former_numbers, contacts, conversations, early_statuses, messages as m};
 use crate::db::TenantConn;
 use crate::error::AppResult;
 use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
+
+/// When a number changed hands, and the number its contact has now.
+type NumberChange = (DateTime<Utc>, String);
+
+/// The customer a message is from or to, and when it was sent, for items
+/// that store a message.
+fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
+    match item {
+        Item::Message { contact, timestamp, .. }
+        | Item::Echo { contact, timestamp, .. }
+        | Item::History { contact, timestamp, .. } => Some((contact, *timestamp)),
+        _ => None,
+    }
+}
 
 /// What the caller does after the transaction commits.
 #[derive(Default, Debug)]
@@ -45,11 +59,13 @@ pub struct Ingest<'l> {
     created: std::collections::HashSet<i64>,
     /// Contacts whose conversation changed in memory, written by [`Ingest::flush`].
     dirty: std::collections::HashSet<i64>,
-    /// WhatsApp numbers this batch saw change: (channel, old) -> new. A
-    /// message the old number sent before the change and delivered in the
-    /// same batch (or a new customer's first message and their change) is
-    /// the contact's under the new one.
-    renamed: HashMap<(i64, String), String>,
+    /// WhatsApp numbers changed, as far as this batch needs them: (channel,
+    /// old) -> every (when, number its contact has now). From this batch's
+    /// notices, and from `contact_former_numbers` for the batch's numbers
+    /// that changed before. A message the old number sent before a change
+    /// is the contact's who changed then, whenever and in whatever batch it
+    /// is delivered.
+    renamed: HashMap<(i64, String), Vec<NumberChange>>,
     /// Conversations a shared history added to since they were last
     /// announced (id -> contact), announced once each by [`Ingest::finish`].
     imported: std::collections::BTreeMap<i64, i64>,
@@ -84,15 +100,16 @@ impl<'l> Ingest<'l> {
         // Before anything looks contacts up: the batch's messages from a
         // customer's new number belong to the contact of the old one.
         for (channel, item) in items {
-            if let Item::NumberChanged { contact, new_contact, .. } = item {
-                self.renumber(tc, *channel, contact, new_contact)?;
+            if let Item::NumberChanged { contact, new_contact, timestamp } = item {
+                self.renumber(tc, *channel, contact, new_contact, *timestamp)?;
             }
         }
+        self.load_former_numbers(tc, items)?;
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
-            if let Item::Message { contact, .. } | Item::Echo { contact, .. } | Item::History { contact, .. } = item {
-                let key = self.key(*channel, contact);
+            if let Some((contact, at)) = from_contact(item) {
+                let key = self.key(*channel, contact, at);
                 if !self.contacts.contains_key(&key) {
                     channel_ids.push(key.0);
                     externals.push(key.1);
@@ -144,8 +161,8 @@ impl<'l> Ingest<'l> {
         let mut new_contacts: Vec<(i64, String, Option<String>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
-            if let Item::Message { contact, contact_name, .. } = item {
-                let key = self.key(*channel, contact);
+            if let Item::Message { contact, contact_name, timestamp, .. } = item {
+                let key = self.key(*channel, contact, *timestamp);
                 if !self.contacts.contains_key(&key) && seen.insert(key.clone()) {
                     new_contacts.push((key.0, key.1, contact_name.clone()));
                 }
@@ -171,8 +188,8 @@ impl<'l> Ingest<'l> {
         let mut need: Vec<(i64, i64)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (channel, item) in items {
-            if let Item::Message { contact, .. } = item {
-                if let Some(c) = self.contacts.get(&self.key(*channel, contact)) {
+            if let Item::Message { contact, timestamp, .. } = item {
+                if let Some(c) = self.contacts.get(&self.key(*channel, contact, *timestamp)) {
                     if !self.conversations.contains_key(&c.id) && seen.insert(c.id) {
                         need.push((*channel, c.id));
                     }
@@ -221,7 +238,7 @@ impl<'l> Ingest<'l> {
             else {
                 continue;
             };
-            let c = self.contact(tc, *channel, contact, contact_name.as_deref())?;
+            let c = self.contact(tc, *channel, contact, *timestamp, contact_name.as_deref())?;
             let (conv, created) = self.conversation(tc, *channel, c.id)?;
             if created {
                 self.created.insert(conv.id);
@@ -273,29 +290,97 @@ impl<'l> Ingest<'l> {
         Ok(())
     }
 
-    /// A WhatsApp customer changed their number: their contact (and so
-    /// their conversation and where replies go) is known by the new one. If
-    /// the new number already is a contact of this channel (it wrote before
-    /// the notice came), both stay as they are. Once done, a repeat finds no
-    /// contact with the old number and changes nothing. Within the batch the
-    /// old number names the new one (`renamed`); a message from the old
-    /// number delivered in a later batch than the change opens a contact
-    /// of its own (Meta sends the change after what came before it).
-    fn renumber(&mut self, tc: &mut TenantConn<'_>, channel_id: i64, old: &str, new: &str) -> AppResult<()> {
+    /// A WhatsApp customer changed their number at `at`: their contact (and
+    /// so their conversation and where replies go) is known by the new one,
+    /// and the old one is kept as a former number (`contact_former_numbers`)
+    /// so that what it sent before the change finds the contact, in this
+    /// batch or a later one (Meta may deliver it after the notice). What the
+    /// old number sends after the change is someone else's: numbers are
+    /// recycled. If the new number already is a contact of this channel (it
+    /// wrote before the notice came), both stay as they are. Once done, a
+    /// repeat finds the new number taken and changes nothing.
+    fn renumber(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel_id: i64,
+        old: &str,
+        new: &str,
+        at: DateTime<Utc>,
+    ) -> AppResult<()> {
         let here = contacts::table.filter(contacts::channel_id.eq(channel_id));
         if here.filter(contacts::external_id.eq(new)).count().get_result::<i64>(tc.pg())? > 0 {
             return Ok(());
         }
-        self.renamed.insert((channel_id, old.to_string()), new.to_string());
+        self.renamed.entry((channel_id, old.to_string())).or_default().push((at, new.to_string()));
         let moved: Option<ContactRow> = diesel::update(here.filter(contacts::external_id.eq(old)))
             .set((contacts::external_id.eq(new), contacts::updated_at.eq(diesel::dsl::now)))
             .returning(ContactRow::as_returning())
             .get_result(tc.pg())
             .optional()?;
-        if let Some(c) = moved {
-            self.contacts.remove(&(channel_id, old.to_string()));
-            self.names.put_contact(&c);
-            self.contacts.insert((channel_id, new.to_string()), c);
+        let contact = match moved {
+            Some(c) => {
+                self.contacts.remove(&(channel_id, old.to_string()));
+                c
+            }
+            // A customer this channel never heard from: the notice is their
+            // first word, so the contact starts under the new number.
+            None => upsert_contact(tc, channel_id, new, None)?,
+        };
+        diesel::insert_into(contact_former_numbers::table)
+            .values((
+                contact_former_numbers::channel_id.eq(channel_id),
+                contact_former_numbers::external_id.eq(old),
+                contact_former_numbers::contact_id.eq(contact.id),
+                contact_former_numbers::changed_at.eq(at),
+            ))
+            .on_conflict_do_nothing()
+            .execute(tc.pg())?;
+        self.names.put_contact(&contact);
+        self.contacts.insert((channel_id, new.to_string()), contact);
+        Ok(())
+    }
+
+    /// The earlier number changes of the numbers this batch's messages come
+    /// from (one query; the table is empty unless WhatsApp customers changed
+    /// numbers).
+    fn load_former_numbers(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+        use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+        #[derive(QueryableByName)]
+        struct Former {
+            #[diesel(sql_type = BigInt)]
+            channel_id: i64,
+            #[diesel(sql_type = Text)]
+            old: String,
+            #[diesel(sql_type = Text)]
+            new: String,
+            #[diesel(sql_type = Timestamptz)]
+            changed_at: DateTime<Utc>,
+        }
+        let mut seen = std::collections::HashSet::new();
+        let (channel_ids, externals): (Vec<i64>, Vec<String>) = items
+            .iter()
+            .filter_map(|(channel, item)| from_contact(item).map(|(contact, _)| (*channel, contact.to_string())))
+            .filter(|key| seen.insert(key.clone()))
+            .unzip();
+        if externals.is_empty() {
+            return Ok(());
+        }
+        let found: Vec<Former> = crate::db::prepared(
+            "SELECT f.channel_id, f.external_id AS old, c.external_id AS new, f.changed_at \
+               FROM contact_former_numbers f JOIN contacts c ON c.id = f.contact_id \
+              WHERE (f.channel_id, f.external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+        )
+        .bind::<Array<BigInt>, _>(channel_ids)
+        .bind::<Array<Text>, _>(externals)
+        .load(tc.pg())?;
+        for f in found {
+            // A number that became the contact's own again is not a former one.
+            if f.old != f.new {
+                let changes = self.renamed.entry((f.channel_id, f.old)).or_default();
+                if !changes.iter().any(|(at, _)| *at == f.changed_at) {
+                    changes.push((f.changed_at, f.new));
+                }
+            }
         }
         Ok(())
     }
@@ -324,14 +409,22 @@ impl<'l> Ingest<'l> {
         Ok(())
     }
 
-    /// The key a contact of this batch is known by: its number now (see
-    /// `renamed`).
-    fn key(&self, channel_id: i64, external: &str) -> (i64, String) {
-        let key = (channel_id, external.to_string());
-        match self.renamed.get(&key) {
-            Some(new) => (channel_id, new.clone()),
-            None => key,
+    /// The key the sender of a message sent at `at` from `external` is
+    /// known by: if `external` changed hands at or after `at`, the number
+    /// of the contact who had it then, as it is now (see `renamed`; followed
+    /// through a few changes in a row within the batch).
+    fn key(&self, channel_id: i64, external: &str, at: DateTime<Utc>) -> (i64, String) {
+        let mut key = (channel_id, external.to_string());
+        for _ in 0..4 {
+            let next = self.renamed.get(&key).and_then(|changes| {
+                changes.iter().filter(|(changed_at, _)| at <= *changed_at).min_by_key(|(changed_at, _)| *changed_at)
+            });
+            match next {
+                Some((_, new)) if *new != key.1 => key = (channel_id, new.clone()),
+                _ => break,
+            }
         }
+        key
     }
 
     fn contact(
@@ -339,9 +432,10 @@ impl<'l> Ingest<'l> {
         tc: &mut TenantConn<'_>,
         channel_id: i64,
         external: &str,
+        at: DateTime<Utc>,
         name: Option<&str>,
     ) -> AppResult<ContactRow> {
-        let key = self.key(channel_id, external);
+        let key = self.key(channel_id, external, at);
         let external = key.1.as_str();
         if let Some(c) = self.contacts.get(&key) {
             if c.name.is_some() || name.is_none() {
@@ -560,7 +654,9 @@ impl Ingest<'_> {
             }
             Item::Status { wamid, status, error, .. } => self.status(tc, channel, wamid, *status, error.clone()),
             // Done by `prefetch`; again for a caller that did not (a no-op then).
-            Item::NumberChanged { contact, new_contact, .. } => self.renumber(tc, channel.id, contact, new_contact),
+            Item::NumberChanged { contact, new_contact, timestamp } => {
+                self.renumber(tc, channel.id, contact, new_contact, *timestamp)
+            }
             Item::AccountUpdate { event, detail, .. } => {
                 crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail)
             }
@@ -592,7 +688,7 @@ impl Ingest<'_> {
     }
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
-        let contact = self.contact(tc, channel.id, msg.contact, msg.contact_name)?;
+        let contact = self.contact(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
         if contact.profile_checked_at.is_none()
             && channel.platform() != Platform::Whatsapp
             && !self.followups.profile_lookups.iter().any(|l| l.contact_id == contact.id)
@@ -728,7 +824,7 @@ impl Ingest<'_> {
     fn store_elsewhere(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Elsewhere<'_>) -> AppResult<()> {
         let Elsewhere { contact, mid, inbound, status, text, attachments, timestamp, history } = msg;
         self.flush(tc)?;
-        let c = self.contact(tc, channel.id, contact, None)?;
+        let c = self.contact(tc, channel.id, contact, timestamp, None)?;
         let (conv, created) = self.conversation(tc, channel.id, c.id)?;
         let inserted: Option<MessageRow> = diesel::insert_into(m::table)
             .values((

@@ -1259,6 +1259,75 @@ async fn a_number_change_within_one_batch_keeps_one_contact() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.contacts"), 1);
 }
 
+/// One WhatsApp text from `from`, sent at `at` (Unix seconds).
+fn whatsapp_text_at(from: &str, wamid: &str, at: i64, body: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "contacts": [{"profile": {"name": "Zé"}, "wa_id": from}],
+            "messages": [{"from": from, "id": wamid, "timestamp": at.to_string(), "type": "text", "text": {"body": body}}]}}]}]}))
+    .expect("body")
+}
+
+/// Messages from a number that changed, each delivered in a webhook of its
+/// own after the change: those sent before the change (Meta retries late)
+/// belong to the customer under the new number, however many changes later;
+/// one sent after it is someone else's (numbers are recycled), and does not
+/// pull the late ones away from the customer.
+#[actix_web::test]
+async fn a_late_message_from_a_former_number_finds_its_customer() {
+    const OLD: &str = "5511987650101";
+    const NEW: &str = "5511987650102";
+    const THIRD: &str = "5511987650103";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    // The notice's time: 1773140200 (see `number_change_notice`).
+    let steps: [(Vec<u8>, &str); 6] = [
+        (whatsapp_text_at(OLD, "wamid.L1", 1773140100, "oi"), "a first message"),
+        (number_change_notice(OLD, NEW, "wamid.L2"), "the change"),
+        (whatsapp_text_at(OLD, "wamid.L3", 1773140150, "mandei antes de trocar 📱"), "sent before, delivered after"),
+        (whatsapp_text_at(OLD, "wamid.L4", 1773140300, "número novo na operadora"), "someone else, after"),
+        (whatsapp_text_at(OLD, "wamid.L5", 1773140160, "mais uma de antes"), "before, with OLD taken again"),
+        (number_change_notice(NEW, THIRD, "wamid.L6"), "a second change"),
+    ];
+    for (body, what) in &steps {
+        assert_eq!(app.webhook(body).await, 200, "{what}");
+        app.processed().await;
+    }
+    // The second notice has the same time as the first: what the first
+    // number sent before it still follows the customer to the third.
+    assert_eq!(app.webhook(&whatsapp_text_at(OLD, "wamid.L7", 1773140170, "e outra")).await, 200);
+    // Delivered again: stored once.
+    assert_eq!(app.webhook(&whatsapp_text_at(OLD, "wamid.L3", 1773140150, "mandei antes de trocar 📱")).await, 200);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let customer = by_contact(&convs, THIRD);
+    let ids = |conv: &Value| {
+        let conv = conv["id"].as_str().expect("id").to_string();
+        let app = &app;
+        let admin = ctx.admin.clone();
+        async move {
+            let mut ids: Vec<String> = messages(app, &admin, &conv)
+                .await
+                .iter()
+                .filter_map(|m| m["external_id"].as_str().map(str::to_string))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(ids(customer).await, ["wamid.L1", "wamid.L2", "wamid.L3", "wamid.L5", "wamid.L6", "wamid.L7"]);
+    assert_eq!(ids(by_contact(&convs, OLD)).await, ["wamid.L4"]);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id IN ('{OLD}', '{NEW}', '{THIRD}')"
+        )),
+        2
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
+}
+
 /// A WhatsApp Business app number that joins shares its chat history
 /// (`history`, Meta's shape): the messages are stored once each, both
 /// directions, in conversations that start resolved and are announced per

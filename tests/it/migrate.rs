@@ -201,3 +201,31 @@ fn routes_take_their_channels_parents_when_the_column_arrives() {
         ]
     );
 }
+
+/// Events logged while payloads were jsonb are kept, and still read back,
+/// once the column is json.
+#[test]
+fn events_logged_as_jsonb_survive_the_move_to_json() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
+    conn.transaction(|conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+        conn.revert_last_migration(Migrations::tenant())?;
+        conn.batch_execute(
+            r#"INSERT INTO events (seq, type, payload) VALUES (1, 'channel.updated', '{"id": "7", "status": "reauth_required"}')"#,
+        )?;
+        conn.run_pending_migrations(Migrations::tenant())?;
+        Ok(())
+    })
+    .expect("revert, log, re-run");
+    #[derive(QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+    }
+    let p: Payload = diesel::sql_query("SELECT payload->>'status' AS status FROM tenant_alpha.events WHERE seq = 1")
+        .get_result(&mut conn)
+        .expect("event");
+    assert_eq!(p.status, "reauth_required");
+}

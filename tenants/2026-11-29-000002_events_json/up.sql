@@ -1,0 +1,5 @@
+-- Event payloads are stored as the text the server wrote (json, not jsonb):
+-- a replayed frame is then byte for byte the live one (jsonb reorders keys
+-- and adds spaces), and appending skips jsonb's conversion. Nothing queries
+-- inside a payload.
+ALTER TABLE events ALTER COLUMN payload TYPE JSON USING payload::json;
