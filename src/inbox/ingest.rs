@@ -21,6 +21,17 @@ use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
 /// When a number changed hands, and the number its contact has now.
 type NumberChange = (DateTime<Utc>, String);
 
+/// Who had a number at `at`, given the times it changed hands and the
+/// number each holder has now: the first to give it up at or after `at`
+/// (`None`: it changed hands only before, so whoever has it now).
+fn holder_at(changes: &[NumberChange], at: DateTime<Utc>) -> Option<&str> {
+    changes
+        .iter()
+        .filter(|(changed_at, _)| at <= *changed_at)
+        .min_by_key(|(changed_at, _)| *changed_at)
+        .map(|(_, n)| n.as_str())
+}
+
 /// The customer a message is from or to, and when it was sent, for items
 /// that store a message.
 fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
@@ -416,11 +427,8 @@ impl<'l> Ingest<'l> {
     fn key(&self, channel_id: i64, external: &str, at: DateTime<Utc>) -> (i64, String) {
         let mut key = (channel_id, external.to_string());
         for _ in 0..4 {
-            let next = self.renamed.get(&key).and_then(|changes| {
-                changes.iter().filter(|(changed_at, _)| at <= *changed_at).min_by_key(|(changed_at, _)| *changed_at)
-            });
-            match next {
-                Some((_, new)) if *new != key.1 => key = (channel_id, new.clone()),
+            match self.renamed.get(&key).and_then(|changes| holder_at(changes, at)) {
+                Some(new) if new != key.1 => key = (channel_id, new.to_string()),
                 _ => break,
             }
         }
@@ -1031,4 +1039,25 @@ struct Incoming<'a> {
     text: Option<&'a str>,
     attachments: &'a [Attachment],
     timestamp: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("time")
+    }
+
+    #[test]
+    fn a_number_belongs_to_whoever_gave_it_up_next() {
+        // Ana gave the number up at 200 (she is now on 555-B); Bruno got it
+        // and gave it up at 500 (now on 555-C).
+        let changes = vec![(at(500), "555C".to_string()), (at(200), "555B".to_string())];
+        assert_eq!(holder_at(&changes, at(100)), Some("555B"), "before the first change: Ana");
+        assert_eq!(holder_at(&changes, at(200)), Some("555B"), "the change's own second: still Ana");
+        assert_eq!(holder_at(&changes, at(300)), Some("555C"), "between the changes: Bruno");
+        assert_eq!(holder_at(&changes, at(600)), None, "after the last: whoever has it now");
+        assert_eq!(holder_at(&[], at(100)), None);
+    }
 }
