@@ -5,7 +5,6 @@
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -107,8 +106,7 @@ async fn connect(
             since,
         },
     );
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(crate::realtime::session::CLIENT_MESSAGE_LIMIT)
-        .start()
+    session
+        .start(&req, stream)
         .map_err(|e| AppError::bad_request("not_a_websocket", format!("expected a WebSocket upgrade: {e}")))
 }

@@ -63,13 +63,22 @@ pub struct Frame {
     pub text: bytestring::ByteString,
 }
 
-/// Frames waiting for one session to write them.
+/// Frames waiting for one session's socket.
 #[derive(Default)]
 struct Pending {
     frames: Vec<Frame>,
-    /// A [`Drain`] is on its way (or the session is replaying and will take
-    /// everything when done); the next frames just join.
+    /// The socket has been woken (or is replaying and will take everything
+    /// when done) and has not emptied the outbox yet; the next frames just
+    /// join.
     woken: bool,
+    /// The session's replay is done: the socket may take frames, skipping
+    /// those at or below `last_sent` (the replay sent them).
+    live: bool,
+    last_sent: i64,
+    /// The session is closing: nothing more goes out.
+    closed: bool,
+    /// Wakes the socket's writer when frames come.
+    waker: Option<std::task::Waker>,
 }
 
 /// Work on its way to the sockets of this instance: event batches sent to
@@ -100,11 +109,13 @@ impl Unwritten {
     }
 }
 
-/// A session's outbox, shared by the hub (appends) and the session (takes
-/// the oldest frames, up to a socket write's worth at a time). The hub
-/// wakes the session only when the outbox goes from idle to busy, so a
-/// session that is busy or behind writes the frames of many events in one
-/// socket write instead of one write each; an idle one writes at once.
+/// A session's outbox, shared by the hub (appends), the session (says when
+/// its replay is done, closes it) and the socket's writer (takes the oldest
+/// frames, up to a socket write's worth at a time, see
+/// [`Outbox::next_write`]). The hub wakes the writer only when the outbox
+/// goes from idle to busy, so a socket that is busy or behind gets the
+/// frames of many events in one write instead of one write each; an idle
+/// one writes at once.
 /// Nothing here waits on a client: an outbox
 /// past [`OUTBOX_LIMIT`] frames means a client that stopped reading.
 pub struct Outbox {
@@ -120,23 +131,97 @@ impl Outbox {
         Outbox { pending: Default::default(), unwritten }
     }
 
-    /// Adds frames; `Ok(true)` when the session must be woken. Taken by
-    /// value: an idle outbox (the usual case) just keeps the list it is given.
+    /// Adds frames and wakes the socket's writer if it was idle (`Ok(true)`
+    /// then). Taken by value: an idle outbox (the usual case) just keeps the
+    /// list it is given.
     fn add(&self, frames: Vec<Frame>) -> Result<bool, ()> {
-        let mut p = self.pending.lock().map_err(|_| ())?;
-        if p.frames.len() + frames.len() > OUTBOX_LIMIT {
-            return Err(());
-        }
-        if p.frames.is_empty() {
-            p.frames = frames;
-        } else {
-            p.frames.extend(frames);
-        }
-        let wake = !std::mem::replace(&mut p.woken, true);
-        if wake {
+        let waker = {
+            let mut p = self.pending.lock().map_err(|_| ())?;
+            if p.closed {
+                return Ok(false);
+            }
+            if p.frames.len() + frames.len() > OUTBOX_LIMIT {
+                return Err(());
+            }
+            if p.frames.is_empty() {
+                p.frames = frames;
+            } else {
+                p.frames.extend(frames);
+            }
+            if std::mem::replace(&mut p.woken, true) {
+                return Ok(false);
+            }
             self.unwritten.add();
+            if p.live {
+                p.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        Ok(wake)
+        Ok(true)
+    }
+
+    /// The replay is done (it sent everything up to `last_sent`): frames
+    /// go out from now on.
+    pub fn go_live(&self, last_sent: i64) {
+        let waker = {
+            let Ok(mut p) = self.pending.lock() else { return };
+            p.live = true;
+            p.last_sent = p.last_sent.max(last_sent);
+            p.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Nothing more goes out; what waits is dropped and stops counting as
+    /// unwritten work.
+    pub fn close(&self) {
+        let Ok(mut p) = self.pending.lock() else { return };
+        p.closed = true;
+        p.frames = Vec::new();
+        p.waker = None;
+        if std::mem::replace(&mut p.woken, false) {
+            self.unwritten.done();
+        }
+    }
+
+    /// The socket's next write: the oldest frames, encoded as WebSocket text
+    /// frames in one buffer, at most [`crate::realtime::session::WRITE_BUDGET`]
+    /// bytes or [`crate::realtime::session::WRITE_FRAMES`] frames (at least
+    /// one). `None` when there is nothing to send yet; `waker` is then
+    /// called when there is.
+    pub fn next_write(&self, waker: &std::task::Waker) -> Option<bytes::Bytes> {
+        use crate::realtime::session::{WRITE_BUDGET, WRITE_FRAMES};
+        loop {
+            let frames = {
+                let Ok(mut p) = self.pending.lock() else { return None };
+                if p.closed || !p.live || p.frames.is_empty() {
+                    if !p.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                        p.waker = Some(waker.clone());
+                    }
+                    return None;
+                }
+                let (mut frames, _) = Self::take_locked(&mut p, &self.unwritten, WRITE_BUDGET, WRITE_FRAMES);
+                // The replay already sent these.
+                let last_sent = p.last_sent;
+                frames.retain(|f| f.seq.is_none_or(|s| s > last_sent));
+                if let Some(s) = frames.iter().filter_map(|f| f.seq).max() {
+                    p.last_sent = s;
+                }
+                frames
+            };
+            if frames.is_empty() {
+                continue;
+            }
+            crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
+            crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
+            return Some(encode_text_frames(&frames));
+        }
     }
 
     /// Everything waiting; the next frames wake the session again.
@@ -151,6 +236,10 @@ impl Outbox {
     /// last, the next frames wake it.
     pub fn take_up_to(&self, budget: usize, most: usize) -> (Vec<Frame>, bool) {
         let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
+        Self::take_locked(&mut p, &self.unwritten, budget, most)
+    }
+
+    fn take_locked(p: &mut Pending, unwritten: &Unwritten, budget: usize, most: usize) -> (Vec<Frame>, bool) {
         let mut bytes = 0;
         let fit = p
             .frames
@@ -166,10 +255,41 @@ impl Outbox {
             return (std::mem::replace(&mut p.frames, rest), true);
         }
         if std::mem::replace(&mut p.woken, false) {
-            self.unwritten.done();
+            unwritten.done();
         }
         (std::mem::take(&mut p.frames), false)
     }
+}
+
+/// Frames as the server sends them on the wire (RFC 6455 §5.2: final,
+/// text, unmasked), one after another in one buffer: each event's text is
+/// copied once per socket, straight into what the socket writes.
+pub fn encode_text_frames(frames: &[Frame]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let header = |len: usize| match len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    let total: usize = frames.iter().map(|f| header(f.text.len()) + f.text.len()).sum();
+    let mut out = bytes::BytesMut::with_capacity(total);
+    for f in frames {
+        let len = f.text.len();
+        out.put_u8(0x81);
+        match len {
+            0..=125 => out.put_u8(len as u8),
+            126..=0xFFFF => {
+                out.put_u8(126);
+                out.put_u16(len as u16);
+            }
+            _ => {
+                out.put_u8(127);
+                out.put_u64(len as u64);
+            }
+        }
+        out.put_slice(f.text.as_bytes());
+    }
+    out.freeze()
 }
 
 impl Drop for Outbox {
@@ -180,11 +300,6 @@ impl Drop for Outbox {
         }
     }
 }
-
-/// "Your outbox has frames."
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -433,7 +548,7 @@ impl Hub {
                 tracing::info!(session = id, "socket too slow; closing it");
                 // Its frames are dropped (it resumes with `since`), and it no
                 // longer counts as unwritten work while its actor winds down.
-                drop(e.outbox.take());
+                e.outbox.close();
                 let addr = e.addr.clone();
                 let (tenant, user) = (e.tenant, e.user);
                 self.remove(id);
@@ -446,9 +561,6 @@ impl Hub {
             if let Some(e) = self.remove(id) {
                 self.note_presence(e.tenant, e.user);
             }
-        } else if wake {
-            // At most one Drain is ever waiting, so the mailbox never fills.
-            e.addr.do_send(Drain);
         }
     }
 
@@ -1052,6 +1164,51 @@ mod tests {
         assert_eq!(o.add(many), Ok(true));
         assert_eq!(o.add(vec![frame(-1)]), Err(()));
         assert_eq!(o.take().len(), OUTBOX_LIMIT);
+        assert!(unwritten.is_zero());
+    }
+
+    #[test]
+    fn frames_are_encoded_as_a_client_reads_them() {
+        // Each length form of RFC 6455: 7 bits, 16 bits and 64 bits.
+        let sizes = [0usize, 5, 125, 126, 127, 0xFFFF, 0x10000, 70_000];
+        let frames: Vec<Frame> = sizes
+            .iter()
+            .map(|n| Frame {
+                seq: None,
+                text: "é".repeat(n / 2).chars().chain("x".repeat(n % 2).chars()).collect::<String>().into(),
+            })
+            .collect();
+        let mut wire = bytes::BytesMut::from(&encode_text_frames(&frames)[..]);
+        for f in &frames {
+            let (finished, opcode, payload) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX)
+                .expect("a valid frame")
+                .expect("a whole frame");
+            assert!(finished);
+            assert_eq!(opcode, actix_http::ws::OpCode::Text);
+            assert_eq!(payload.as_deref().unwrap_or_default(), f.text.as_bytes());
+        }
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn the_writer_waits_for_the_replay_skips_what_it_sent_and_stops_at_close() {
+        let unwritten = Arc::new(Unwritten::default());
+        let o = Outbox::new(unwritten.clone());
+        let waker = futures_util::task::noop_waker();
+        assert_eq!(o.add((1..=5).map(frame).collect()), Ok(true));
+        assert!(o.next_write(&waker).is_none(), "nothing before the replay is done");
+        o.go_live(3);
+        let mut wire = bytes::BytesMut::from(&o.next_write(&waker).expect("frames")[..]);
+        let mut seqs = Vec::new();
+        while let Ok(Some((_, _, Some(p)))) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX) {
+            seqs.push(String::from_utf8_lossy(&p).into_owned());
+        }
+        assert_eq!(seqs, [r#"{"seq":4}"#, r#"{"seq":5}"#]);
+        assert!(unwritten.is_zero());
+        assert!(o.next_write(&waker).is_none());
+        o.close();
+        assert_eq!(o.add(vec![frame(6)]), Ok(false));
+        assert!(o.next_write(&waker).is_none());
         assert!(unwritten.is_zero());
     }
 }

@@ -1,5 +1,6 @@
 //! One actor per WebSocket. It says `hello`, replays the log after `since`,
-//! then forwards what the hub pushes, never a duplicate at the seam. It
+//! then lets what the hub pushes flow to the socket ([`Wire`]), never a
+//! duplicate at the seam. It
 //! answers `ping`, relays typing and presence, pings the client every 10 s
 //! and drops one silent for 30 s. A client's mistakes get `error` frames; a
 //! message in fragments is read whole, one over 64 KiB closes with 1009.
@@ -15,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::hub::{
-    CloseSession, Drain, Frame, Hub, Join, Leave, Outbox, ReloadChannels, SetAway, SetChannels, TypingFrom,
-};
+use super::hub::{CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, SetAway, SetChannels, TypingFrom};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::db::{TenantConn, TenantScope};
@@ -41,28 +40,27 @@ fn heartbeat() -> (Duration, Duration) {
         (Duration::from_secs(every), Duration::from_secs(timeout))
     })
 }
-/// What a session hands the HTTP dispatcher at a time: at most this many
-/// bytes (also the dispatcher's flush size, `http::build_server`) and
-/// [`WRITE_FRAMES`] frames. actix keeps buffers as large as the largest
-/// write they carried for the life of the connection (the dispatcher's
-/// write buffer, up to 128 KiB; the context's queue of messages, one slot a
-/// frame), and a socket behind in a burst has 50–100 KiB of frames waiting,
-/// a newcomer to a tenant of 1,000 agents online 1,000 presence frames.
-/// Written whole, every such socket kept that much (bench realtime, 1,000
-/// agents: +147–162 KiB per socket after a burst, in parts +84–106; for
-/// 1,000 sockets told who is online 116 MiB, in parts 53). Burst frames
-/// (~700 bytes) fill the bytes first, so bursts still go out in writes of
-/// ~16 KiB.
+/// The most a socket's [`Wire`] hands the HTTP dispatcher at a time: this
+/// many bytes, and [`WRITE_FRAMES`] frames. The dispatcher takes parts
+/// until its buffer holds this much (its flush size, `http::build_server`),
+/// then writes: a socket's write is 16–32 KiB at most. actix keeps that
+/// buffer as large as the largest write it carried (up to 128 KiB) for the
+/// life of the connection, and a socket behind in a burst has 50–100 KiB
+/// of frames waiting, a newcomer to a tenant of 1,000 agents online 1,000
+/// presence frames. Written whole, every such socket kept that much (bench
+/// realtime, 1,000 agents: +147–162 KiB per socket after a burst, in parts
+/// +65–84; for 1,000 sockets told who is online 116 MiB, in parts 66).
 pub const WRITE_BUDGET: usize = 16 * 1024;
-/// See [`WRITE_BUDGET`]: bounds runs of small frames (presence).
+/// See [`WRITE_BUDGET`]: bounds a part of small frames (presence).
 pub const WRITE_FRAMES: usize = 24;
 
 /// The largest message a client may send, whole or in fragments (its
 /// messages are a few dozen bytes); beyond it the socket closes with 1009.
 pub const CLIENT_MESSAGE_LIMIT: usize = 64 * 1024;
 
-/// Mailbox slots: events travel through the [`Outbox`], so the mailbox
-/// holds only a wake-up and the odd control message.
+/// Mailbox slots: events travel through the [`Outbox`] to the [`Wire`],
+/// never through the actor, so the mailbox holds only the odd control
+/// message.
 const MAILBOX: usize = 16;
 const REPLAY_LIMIT: i64 = 10_000;
 
@@ -95,9 +93,10 @@ pub struct WsSession {
     /// its hello names (events committed between reading that and joining
     /// the hub would otherwise fall between the two).
     since: i64,
+    /// The newest event the replay sent (live frames skip it and older ones).
     last_sent: i64,
-    /// Replaying the log after `since`: live frames wait in the outbox.
-    loading: bool,
+    /// Shared with the hub (which adds frames) and the socket's writer
+    /// ([`Wire`], which takes them once the replay is done).
     outbox: Arc<Outbox>,
     heartbeat: Instant,
     /// A client message arriving in fragments, gathered until its last
@@ -134,7 +133,6 @@ impl WsSession {
             last_seq: init.last_seq,
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
-            loading: true,
             outbox,
             heartbeat: Instant::now(),
             fragments: None,
@@ -145,17 +143,26 @@ impl WsSession {
         TenantScope::member(crate::ids::TenantId(self.tenant), crate::ids::UserId(self.user), self.role.as_str())
     }
 
-    fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(seq) = frame.seq {
-            if seq <= self.last_sent {
-                return;
-            }
-            self.last_sent = seq;
-        }
-        ctx.text(frame.text.clone());
+    /// Starts the session on an upgraded request: the actor's own frames
+    /// (hello, the replay, answers, pings, the close) and the hub's frames
+    /// (events, typing, presence) share the socket through a [`Wire`].
+    pub fn start<S>(
+        self,
+        req: &actix_web::HttpRequest,
+        stream: S,
+    ) -> Result<actix_web::HttpResponse, ws::HandshakeError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>> + 'static,
+    {
+        let mut response = ws::handshake(req)?;
+        let outbox = self.outbox.clone();
+        let actor =
+            ws::WebsocketContext::with_codec(self, stream, actix_http::ws::Codec::new().max_size(CLIENT_MESSAGE_LIMIT));
+        Ok(response.streaming(Wire { actor, outbox }))
     }
 
-    fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        self.outbox.close();
         ctx.close(Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.to_string()) }));
         ctx.stop();
     }
@@ -203,7 +210,10 @@ impl WsSession {
             match result {
                 Ok(Ok(evs)) => {
                     for e in evs {
-                        act.write(&Frame { seq: Some(e.seq), text: e.frame().into() }, ctx);
+                        if e.seq > act.last_sent {
+                            act.last_sent = e.seq;
+                            ctx.text(e.frame());
+                        }
                     }
                 }
                 Ok(Err((since, oldest, last))) => {
@@ -215,14 +225,14 @@ impl WsSession {
                 }
                 Err(e) => {
                     tracing::warn!(error = ?e, "replay failed");
-                    WsSession::close(ctx, 1011, "could not read the event log");
+                    act.close(ctx, 1011, "could not read the event log");
                     return;
                 }
             }
-            act.loading = false;
-            // Live frames that came meanwhile; those the replay covered are
+            // Live frames that came meanwhile follow the replay's (the
+            // actor's frames go out first); those the replay covered are
             // skipped by seq, so none is sent twice at the seam.
-            act.drain(ctx);
+            act.outbox.go_live(act.last_sent);
         }));
     }
 }
@@ -261,63 +271,41 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         crate::metrics::WS_OPEN.fetch_sub(1, Ordering::Relaxed);
+        self.outbox.close();
         self.hub.do_send(Leave { id: self.id });
     }
 }
 
-impl Handler<Drain> for WsSession {
-    type Result = ();
-    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
-        if self.loading {
-            // Frames pile up without further wake-ups; the replay's end takes them.
-            return;
-        }
-        self.drain(ctx);
-    }
+/// What the socket writes: the actor's frames first (so the hello and the
+/// replay precede everything), then the hub's, taken straight from the
+/// [`Outbox`] and encoded once per write ([`Outbox::next_write`]). The hub's
+/// frames never pass through the actor: no mailbox message, actor turn or
+/// per-frame queue slot per event, and the dispatcher asks for the next
+/// part as soon as it has room (16 KiB at a time, `http::build_server`).
+struct Wire<A> {
+    actor: A,
+    outbox: Arc<Outbox>,
 }
 
-impl WsSession {
-    /// Writes the oldest frames of the outbox, at most [`WRITE_BUDGET`]
-    /// bytes and [`WRITE_FRAMES`] frames, and comes back for the rest on
-    /// the executor's next turn.
-    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let (frames, more) = self.outbox.take_up_to(WRITE_BUDGET, WRITE_FRAMES);
-        crate::metrics::inc(&crate::metrics::WS_DELIVERIES, 1);
-        crate::metrics::inc(&crate::metrics::WS_FRAMES, frames.len() as u64);
-        for f in &frames {
-            self.write(f, ctx);
-        }
-        if more {
-            // On the executor's next turn, once this part is written: a
-            // continuation that is ready at once (a plain yield) would run
-            // within the same poll of the actor and queue every part
-            // together; a timer would wait a millisecond a part.
-            ctx.spawn(actix::fut::wrap_future::<_, Self>(NextTurn::default()).map(|_, act, ctx| act.drain(ctx)));
-        }
-    }
-}
+impl<A> futures_util::Stream for Wire<A>
+where
+    A: futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> + Unpin,
+{
+    type Item = Result<bytes::Bytes, actix_web::Error>;
 
-/// Ready once the executor has run the other tasks that were ready: the
-/// first poll spawns a task that marks it and wakes it.
-#[derive(Default)]
-struct NextTurn(Option<std::rc::Rc<std::cell::Cell<bool>>>);
-
-impl std::future::Future for NextTurn {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match &self.0 {
-            Some(done) if done.get() => std::task::Poll::Ready(()),
-            Some(_) => std::task::Poll::Pending,
-            None => {
-                let done = std::rc::Rc::new(std::cell::Cell::new(false));
-                let (mark, waker) = (done.clone(), cx.waker().clone());
-                actix_web::rt::spawn(async move {
-                    mark.set(true);
-                    waker.wake();
-                });
-                self.0 = Some(done);
-                std::task::Poll::Pending
-            }
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        // The actor's stream ends when the session does (after its close
+        // frame); so does the socket's, whatever the outbox holds.
+        if let Poll::Ready(done) = std::pin::Pin::new(&mut self.actor).poll_next(cx) {
+            return Poll::Ready(done);
+        }
+        match self.outbox.next_write(cx.waker()) {
+            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            None => Poll::Pending,
         }
     }
 }
@@ -325,7 +313,7 @@ impl std::future::Future for NextTurn {
 impl Handler<CloseSession> for WsSession {
     type Result = ();
     fn handle(&mut self, m: CloseSession, ctx: &mut Self::Context) {
-        WsSession::close(ctx, m.code, m.reason);
+        self.close(ctx, m.code, m.reason);
     }
 }
 
@@ -342,7 +330,7 @@ impl Handler<ReloadChannels> for WsSession {
             }
             // The guard refused: membership or role changed.
             Err(e) if e.status().as_u16() == 401 || e.status().as_u16() == 403 => {
-                WsSession::close(ctx, super::CLOSE_REMOVED, "access changed");
+                act.close(ctx, super::CLOSE_REMOVED, "access changed");
             }
             Err(e) => tracing::warn!(error = ?e, "could not reload channels"),
         }));
@@ -397,8 +385,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let msg = match msg {
             Ok(m) => m,
-            Err(ws::ProtocolError::Overflow) => return Self::close(ctx, CloseCode::Size.into(), "message too large"),
-            Err(_) => return Self::close(ctx, CloseCode::Protocol.into(), "protocol error"),
+            Err(ws::ProtocolError::Overflow) => return self.close(ctx, CloseCode::Size.into(), "message too large"),
+            Err(_) => return self.close(ctx, CloseCode::Protocol.into(), "protocol error"),
         };
         self.heartbeat = Instant::now();
         match msg {
@@ -407,6 +395,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Text(text) => self.client_text(&text, ctx),
             ws::Message::Binary(_) => ctx.text(error_frame("invalid_message", "send JSON text frames")),
             ws::Message::Close(reason) => {
+                // Nothing may follow the answering close frame.
+                self.outbox.close();
                 ctx.close(reason);
                 ctx.stop();
             }
@@ -426,12 +416,12 @@ impl WsSession {
             actix_http::ws::Item::Last(b) => (false, false, true, b),
         };
         if first != self.fragments.is_none() {
-            return Self::close(ctx, CloseCode::Protocol.into(), "unexpected continuation frame");
+            return self.close(ctx, CloseCode::Protocol.into(), "unexpected continuation frame");
         }
         let gathered = self.fragments.get_or_insert_with(|| (!binary).then(Vec::new));
         if let Some(text) = gathered {
             if text.len() + bytes.len() > CLIENT_MESSAGE_LIMIT {
-                return Self::close(ctx, CloseCode::Size.into(), "message too large");
+                return self.close(ctx, CloseCode::Size.into(), "message too large");
             }
             text.extend_from_slice(&bytes);
         }
@@ -440,7 +430,7 @@ impl WsSession {
         }
         match self.fragments.take().flatten().map(String::from_utf8) {
             Some(Ok(text)) => self.client_text(&text, ctx),
-            Some(Err(_)) => Self::close(ctx, CloseCode::Invalid.into(), "text is not UTF-8"),
+            Some(Err(_)) => self.close(ctx, CloseCode::Invalid.into(), "text is not UTF-8"),
             None => ctx.text(error_frame("invalid_message", "send JSON text frames")),
         }
     }
