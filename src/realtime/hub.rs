@@ -224,21 +224,23 @@ impl Outbox {
         }
     }
 
-    /// Everything waiting; the next frames wake the session again.
-    pub fn take(&self) -> Vec<Frame> {
+    /// Everything waiting (tests look at the outbox without a socket).
+    #[cfg(test)]
+    fn take(&self) -> Vec<Frame> {
         self.take_up_to(usize::MAX, usize::MAX).0
+    }
+
+    #[cfg(test)]
+    fn take_up_to(&self, budget: usize, most: usize) -> (Vec<Frame>, bool) {
+        let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
+        Self::take_locked(&mut p, &self.unwritten, budget, most)
     }
 
     /// The oldest frames waiting, at most `most` of them and about `budget`
     /// bytes of text (at least one frame), and whether more wait. While
     /// more wait the outbox stays woken: new frames join without a wake-up
-    /// and the session comes back for them itself; once it has taken the
+    /// and the writer comes back for them itself; once it has taken the
     /// last, the next frames wake it.
-    pub fn take_up_to(&self, budget: usize, most: usize) -> (Vec<Frame>, bool) {
-        let Ok(mut p) = self.pending.lock() else { return (Vec::new(), false) };
-        Self::take_locked(&mut p, &self.unwritten, budget, most)
-    }
-
     fn take_locked(p: &mut Pending, unwritten: &Unwritten, budget: usize, most: usize) -> (Vec<Frame>, bool) {
         let mut bytes = 0;
         let fit = p
