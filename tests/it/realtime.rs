@@ -238,8 +238,11 @@ async fn events_reach_exactly_who_may_see_them() {
     assert!(until(&mut other, "message.created", Duration::from_secs(5)).await.is_some(), "widened at once");
     let r = app.call("DELETE", &format!("/api/members/{olga_id}"), Some(&t.admin), None).await;
     assert_eq!(r.status, 204);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "after the removal"})).await;
     let closed = until(&mut other, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4403);
+    // Nothing follows a close frame, whatever the channel still logs.
+    assert_eq!(next(&mut other, Duration::from_millis(500)).await, None);
 
     // Meta rejects the page token: the channel's new status is pushed live.
     app.fake("POST", "/_fake/tokens/expire", json!({"page_id": PAGE_A})).await;
