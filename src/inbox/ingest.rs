@@ -107,7 +107,12 @@ impl<'l> Ingest<'l> {
     /// Loads, in two queries, the contacts and conversations a batch of
     /// items will touch, so applying each item costs about two statements.
     /// The conversations are locked until the transaction ends.
-    pub fn prefetch(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+    pub fn prefetch(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        items: &[(i64, &Item)],
+        channels: &HashMap<i64, ChannelRow>,
+    ) -> AppResult<()> {
         // Before anything looks contacts up: the batch's messages from a
         // customer's new number belong to the contact of the old one.
         for (channel, item) in items {
@@ -115,7 +120,13 @@ impl<'l> Ingest<'l> {
                 self.renumber(tc, *channel, contact, new_contact, *timestamp)?;
             }
         }
-        self.load_former_numbers(tc, items)?;
+        // Only WhatsApp numbers change: other batches skip the query.
+        let whatsapp: Vec<(i64, &Item)> = items
+            .iter()
+            .filter(|(channel, _)| channels.get(channel).is_some_and(|c| c.platform() == Platform::Whatsapp))
+            .map(|(channel, item)| (*channel, *item))
+            .collect();
+        self.load_former_numbers(tc, &whatsapp)?;
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
@@ -351,9 +362,8 @@ impl<'l> Ingest<'l> {
         Ok(())
     }
 
-    /// The earlier number changes of the numbers this batch's messages come
-    /// from (one query; the table is empty unless WhatsApp customers changed
-    /// numbers).
+    /// The earlier number changes of the numbers these WhatsApp messages
+    /// come from (one query).
     fn load_former_numbers(&mut self, tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
         use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
         #[derive(QueryableByName)]

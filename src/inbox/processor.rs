@@ -345,13 +345,13 @@ fn apply_tenant(
     with_tenant(conn, scope, |tc| {
         let mut log = EventLog::new();
         let mut ingest = Ingest::new(&mut log, app_id);
-        let refs: Vec<(i64, &Item)> = part.iter().map(|(_, c, i)| (*c, i)).collect();
-        ingest.prefetch(tc, &refs)?;
         let mut ids: Vec<i64> = part.iter().map(|(_, c, _)| *c).collect();
         ids.sort_unstable();
         ids.dedup();
         let channels_of = channels::find_many(tc, &ids)?;
         channels_of.values().for_each(|c| ingest.names.put_channel(c));
+        let refs: Vec<(i64, &Item)> = part.iter().map(|(_, c, i)| (*c, i)).collect();
+        ingest.prefetch(tc, &refs, &channels_of)?;
         for (_, channel_id, item) in part {
             // The route named it; gone only if deleted since (then retried, then dead).
             let channel = channels_of.get(channel_id).ok_or_else(|| AppError::not_found("channel"))?;
