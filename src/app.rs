@@ -28,6 +28,8 @@ pub struct AppState {
     pub processor_behind: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
+    /// Wakes the spare-schema refill (a tenant was created here).
+    pub spares_wanted: Arc<Notify>,
     /// How committed events reach this instance's sockets.
     pub feed: Arc<crate::realtime::Feed>,
     /// Tenants whose search indexes have entries to merge.
@@ -58,6 +60,7 @@ impl AppState {
             processor_behind: Arc::default(),
             webhooks_stored: Arc::default(),
             wake_sender: Arc::new(Notify::new()),
+            spares_wanted: Arc::new(Notify::new()),
             profile_lookups: tx,
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             feed: Arc::default(),
@@ -133,8 +136,8 @@ impl AppState {
 }
 
 /// Starts the background workers of `serve`: webhook processor, sender,
-/// profile lookups, the snooze clock, event pruning and the search index
-/// merges (on the current actix runtime).
+/// profile lookups, the snooze clock, event pruning, the search index
+/// merges and the spare tenant schemas (on the current actix runtime).
 pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     // One processor per instance, plus helpers that claim only while the
     // queue holds more than a full batch: under load the backlog gathers
@@ -152,4 +155,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
     actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
+    actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
 }

@@ -69,6 +69,21 @@ fn advisory_lock(conn: &mut PgConnection, key: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Takes the transaction-scoped lock `key` of the migration class if no one
+/// holds it; `false` when someone does.
+pub fn try_advisory_lock(conn: &mut PgConnection, key: &str) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        got: bool,
+    }
+    let row: Got = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_xact_lock($1, pg_catalog.hashtext($2)) AS got")
+        .bind::<Int4, _>(LOCK_CLASS_MIGRATE)
+        .bind::<Text, _>(key)
+        .get_result(conn)?;
+    Ok(row.got)
+}
+
 fn migration_error(e: Box<dyn std::error::Error + Send + Sync>) -> DbError {
     DbError::Migration(e.to_string())
 }

@@ -55,6 +55,7 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Cr
     };
     let (tenant, owner) = state.db.public(move |conn| tenancy::create_tenant(conn, new)).await?;
     tracing::info!(tenant = %tenant.slug, "tenant created");
+    state.spares_wanted.notify_one();
     Ok(HttpResponse::Created().json(json!({
         "tenant": TenantView::from(&tenant),
         "owner": owner.public(),

@@ -1,5 +1,6 @@
 //! Tenants and their schemas: validated names, provisioning (schema + tenant
-//! migrations + owner, all or nothing), suspension and removal.
+//! migrations + owner, all or nothing; the schema made ahead of time when a
+//! spare is ready, `spares`), suspension and removal.
 //!
 //! Decisions: a slug is `[a-z][a-z0-9-]{1,39}` (URL-friendly, no `_`, so the
 //! mapping to a schema name `tenant_<slug with - as _>` is one-to-one). A
@@ -19,6 +20,8 @@ use crate::db::schema::{memberships, tenants};
 use crate::db::DbError;
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
+
+pub mod spares;
 
 /// A tenant slug that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,7 +201,13 @@ pub fn provision(conn: &mut PgConnection, slug: &TenantSlug, name: &str) -> AppR
             .get_result(conn)
             .optional()?
             .ok_or_else(|| AppError::conflict("tenant_exists", format!("tenant {:?} already exists", slug.as_str())))?;
-        conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted())).map_err(|e| match e {
+        // A spare made ahead of time is renamed; otherwise the schema is
+        // made here (spares.rs). Either way the migrations below run.
+        let make = match spares::take(conn)? {
+            Some(spare) => format!("ALTER SCHEMA {} RENAME TO {}", spare.quoted(), schema.quoted()),
+            None => format!("CREATE SCHEMA {}", schema.quoted()),
+        };
+        conn.batch_execute(&make).map_err(|e| match e {
             diesel::result::Error::DatabaseError(..) => {
                 AppError::conflict("tenant_exists", format!("schema {} already exists", schema.as_str()))
             }

@@ -4,14 +4,15 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use std::panic::AssertUnwindSafe;
 
+use switchboard::db::migrate::latest_tenant_version;
 use switchboard::db::tenant::current_search_path;
 use switchboard::db::tenant_schema::audit_log;
 use switchboard::db::{with_tenant, DbError, TenantScope};
 use switchboard::error::AppError;
 use switchboard::ids::TenantId;
-use switchboard::tenancy::{self, TenantSlug, TenantStatus};
+use switchboard::tenancy::{self, spares, TenantSlug, TenantStatus};
 
-use crate::common::TestDb;
+use crate::common::{eventually, spawn_app, TestDb};
 
 fn provision(conn: &mut PgConnection, slug: &str) -> TenantId {
     let slug = TenantSlug::parse(slug).expect("slug");
@@ -208,4 +209,171 @@ fn a_kept_statement_reads_the_tenant_of_the_moment() {
     .get_result(&mut conn)
     .expect("prepared statements");
     assert_eq!(kept.n, 1, "prepared once on this connection, not per run or per tenant");
+}
+
+fn spare_names(conn: &mut PgConnection) -> Vec<String> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Array<diesel::sql_types::Text>>(
+        "(SELECT coalesce(array_agg(schema_name ORDER BY created_at, schema_name), '{}') FROM public.spare_schemas)",
+    ))
+    .get_result(conn)
+    .expect("spares")
+}
+
+fn schema_exists(conn: &mut PgConnection, name: &str) -> bool {
+    diesel::select(
+        diesel::dsl::sql::<diesel::sql_types::Bool>("EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .sql(")"),
+    )
+    .get_result(conn)
+    .expect("schema exists")
+}
+
+/// What a schema holds: every column with its type and default, every index
+/// and constraint, with the schema's own name taken out.
+fn fingerprint(conn: &mut PgConnection, schema: &str) -> Vec<String> {
+    diesel::select(
+        diesel::dsl::sql::<diesel::sql_types::Array<diesel::sql_types::Text>>(
+            "(SELECT array_agg(replace(x, s, '?') ORDER BY x) FROM (SELECT ",
+        )
+        .bind::<diesel::sql_types::Text, _>(schema)
+        .sql(
+            "::text AS s) q, LATERAL (
+                SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || coalesce(column_default, '') AS x
+                  FROM information_schema.columns WHERE table_schema = q.s
+                UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = q.s
+                UNION ALL SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(c.oid)
+                  FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = q.s
+             ) f)",
+        ),
+    )
+    .get_result(conn)
+    .expect("fingerprint")
+}
+
+#[test]
+fn a_spare_schema_becomes_the_tenant_and_a_failed_sign_up_gives_it_back() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let fresh = provision(&mut conn, "fresh");
+    assert!(spare_names(&mut conn).is_empty(), "nothing made spares here");
+    assert_eq!(spares::refill(&mut conn, 2).expect("refill"), 2);
+    assert_eq!(spares::refill(&mut conn, 2).expect("refill again"), 0, "two are listed already");
+    let before = spare_names(&mut conn);
+    assert_eq!(before.len(), 2);
+
+    // The oldest spare becomes alpha's schema: renamed, not made again, and
+    // the same as a schema made on the spot.
+    let alpha = provision(&mut conn, "alpha");
+    let after = spare_names(&mut conn);
+    assert_eq!(after, before[1..].to_vec());
+    assert!(!schema_exists(&mut conn, &before[0]), "the spare was renamed");
+    assert_eq!(fingerprint(&mut conn, "tenant_alpha"), fingerprint(&mut conn, "tenant_fresh"));
+    add_rows(&mut conn, alpha, "alpha", 3);
+    add_rows(&mut conn, fresh, "fresh", 1);
+    assert_eq!(actions(&mut conn, alpha), ["alpha-0", "alpha-1", "alpha-2"]);
+    let row = tenancy::find_by_slug(&mut conn, "alpha").expect("query").expect("alpha");
+    assert_eq!(row.schema_version.as_deref(), Some(latest_tenant_version()));
+
+    // A sign-up that fails after taking a spare (its schema name is taken)
+    // rolls back: the spare is listed again, under its own name.
+    conn.batch_execute("CREATE SCHEMA tenant_orphan").expect("orphan");
+    let orphan = tenancy::provision(&mut conn, &TenantSlug::parse("orphan").expect("slug"), "Orphan");
+    assert_eq!(orphan.expect_err("schema exists").status().as_u16(), 409);
+    assert_eq!(spare_names(&mut conn), after);
+    assert!(schema_exists(&mut conn, &after[0]));
+
+    // A listed spare dropped by hand is passed over (the schema is made on
+    // the spot), and the next refill forgets it.
+    conn.batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", after[0])).expect("drop by hand");
+    let beta = provision(&mut conn, "beta");
+    add_rows(&mut conn, beta, "beta", 1);
+    assert_eq!(actions(&mut conn, beta), ["beta-0"]);
+    assert_eq!(spares::refill(&mut conn, 1).expect("refill"), 1);
+    let now = spare_names(&mut conn);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], after[0]);
+}
+
+#[test]
+fn concurrent_sign_ups_each_get_a_schema_of_their_own() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    provision(&mut conn, "fresh");
+    spares::refill(&mut conn, 3).expect("refill");
+    let pool = db.pool(5);
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let mut conn = pool.get().expect("conn");
+                let slug = TenantSlug::parse(&format!("shop-{i}")).expect("slug");
+                tenancy::provision(&mut conn, &slug, "Shop").map(|t| t.tenant_id())
+            })
+        })
+        .collect();
+    let tenants: Vec<TenantId> =
+        handles.into_iter().map(|h| h.join().expect("thread").expect("every sign-up succeeds")).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        add_rows(&mut conn, *t, &format!("shop{i}"), 1);
+        assert_eq!(actions(&mut conn, *t), [format!("shop{i}-0")]);
+        assert_eq!(fingerprint(&mut conn, &format!("tenant_shop_{i}")), fingerprint(&mut conn, "tenant_fresh"));
+    }
+    // No spare was taken twice or lost: what is left is listed, and listed
+    // ones are exactly the spare schemas that remain.
+    let listed = spare_names(&mut conn);
+    let remaining: Vec<String> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Array<diesel::sql_types::Text>>(
+        "(SELECT coalesce(array_agg(nspname::text ORDER BY nspname), '{}') FROM pg_namespace WHERE nspname LIKE 'spare\\_%')",
+    ))
+    .get_result(&mut conn)
+    .expect("spare schemas");
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, remaining);
+    assert!(listed.len() < 3, "some sign-ups took a spare");
+}
+
+#[test]
+fn a_spare_made_by_an_older_release_catches_up_when_taken() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    provision(&mut conn, "fresh");
+    let spare = spares::make(&mut conn).expect("spare");
+    // Undo the newest tenant migration in the spare, as if an older release
+    // had made it.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants");
+    let mut versions: Vec<_> = std::fs::read_dir(&dir).expect("tenants/").map(|e| e.expect("entry").path()).collect();
+    versions.sort();
+    let newest = versions.last().expect("a tenant migration");
+    let down = std::fs::read_to_string(newest.join("down.sql")).expect("down.sql");
+    conn.transaction(|c| -> QueryResult<()> {
+        c.batch_execute(&format!("SET LOCAL search_path = \"{}\"", spare.as_str()))?;
+        c.batch_execute(&down)?;
+        diesel::sql_query("DELETE FROM __diesel_schema_migrations WHERE version = $1")
+            .bind::<diesel::sql_types::Text, _>(latest_tenant_version())
+            .execute(c)?;
+        Ok(())
+    })
+    .expect("make the spare older");
+    assert_ne!(fingerprint(&mut conn, spare.as_str()), fingerprint(&mut conn, "tenant_fresh"), "older, so different");
+    let t = provision(&mut conn, "gamma");
+    assert!(!schema_exists(&mut conn, spare.as_str()), "the old spare was taken");
+    assert_eq!(fingerprint(&mut conn, "tenant_gamma"), fingerprint(&mut conn, "tenant_fresh"));
+    let row = tenancy::find_by_slug(&mut conn, "gamma").expect("query").expect("gamma");
+    assert_eq!(row.schema_version.as_deref(), Some(latest_tenant_version()));
+    add_rows(&mut conn, t, "gamma", 1);
+}
+
+#[actix_web::test]
+async fn the_server_keeps_spares_ready_and_sign_up_takes_one() {
+    let app = spawn_app().await;
+    let count = "SELECT count(*) AS n FROM public.spare_schemas";
+    eventually("two spares made at start", || async { app.count(count) == 2 }).await;
+    let oldest = spare_names(&mut app.db.conn())[0].clone();
+    app.signup("delta", "owner@delta.test", "correct horse battery").await;
+    let mut conn = app.db.conn();
+    assert!(!schema_exists(&mut conn, &oldest), "sign-up renamed the oldest spare");
+    assert!(schema_exists(&mut conn, "tenant_delta"));
+    eventually("refilled after the sign-up", || async { app.count(count) == 2 }).await;
+    assert!(!spare_names(&mut conn).contains(&oldest));
 }
