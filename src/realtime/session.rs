@@ -62,7 +62,14 @@ pub const CLIENT_MESSAGE_LIMIT: usize = 64 * 1024;
 /// never through the actor, so the mailbox holds only the odd control
 /// message.
 const MAILBOX: usize = 16;
-const REPLAY_LIMIT: i64 = 10_000;
+/// A resume sends at most this many events; more (an agent back after a
+/// long weekend in a busy tenant) gets `resync_required`, as a pruned log
+/// does: reloading over REST is cheaper than a flood of frames, and the
+/// replay must never stop short and go live with a gap.
+const REPLAY_LIMIT: usize = 10_000;
+/// Events after `since` that a resume will sift for the agent's channels;
+/// beyond, `resync_required` without reading them.
+const REPLAY_SCAN_LIMIT: i64 = 100_000;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -177,16 +184,23 @@ impl WsSession {
                 .tenant(scope, move |tc| {
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
-                    // Pruned past `since`, or `since` ahead of the log (a log
+                    // Pruned past `since`, `since` ahead of the log (a log
                     // that lost its newest events, a database restored or
-                    // reset): the client must reload over REST.
-                    let gap = since > last
-                        || match oldest {
-                            Some(o) => since + 1 < o,
-                            None => since < last,
-                        };
-                    if gap {
-                        return Ok::<_, AppError>(Err((since, oldest, last)));
+                    // reset), or more than a replay carries: the client must
+                    // reload over REST.
+                    let pruned = match oldest {
+                        Some(o) => since + 1 < o,
+                        None => since < last,
+                    };
+                    let resync = |reason: &'static str| Ok::<_, AppError>(Err((reason, since, oldest, last)));
+                    if since > last {
+                        return resync("ahead");
+                    }
+                    if pruned {
+                        return resync("pruned");
+                    }
+                    if last - since > REPLAY_SCAN_LIMIT {
+                        return resync("too_many");
                     }
                     let mut out = Vec::new();
                     let mut from = since;
@@ -198,8 +212,8 @@ impl WsSession {
                             (None, _) | (_, None) => true,
                             (Some(set), Some(c)) => set.contains(&c),
                         }));
-                        if out.len() as i64 >= REPLAY_LIMIT {
-                            break;
+                        if out.len() > REPLAY_LIMIT {
+                            return resync("too_many");
                         }
                     }
                     Ok(Ok(out))
@@ -216,9 +230,9 @@ impl WsSession {
                         }
                     }
                 }
-                Ok(Err((since, oldest, last))) => {
+                Ok(Err((reason, since, oldest, last))) => {
                     let frame = json!({"type": "resync_required", "at": Utc::now(),
-                        "data": {"since": since, "oldest_seq": oldest, "last_seq": last}});
+                        "data": {"since": since, "oldest_seq": oldest, "last_seq": last, "reason": reason}});
                     ctx.text(frame.to_string());
                     // Live events continue after the log's end, whatever `since` said.
                     act.last_sent = last;

@@ -334,6 +334,37 @@ async fn resume_with_since_and_resync() {
     assert_eq!(f["seq"], last + 52);
 }
 
+/// A resume further behind than a replay carries (10,000 events) gets
+/// `resync_required`, never the first 10,000 and then a gap; live events
+/// follow from the log's end. Exactly 10,000 are still replayed.
+#[actix_web::test]
+async fn a_resume_too_far_behind_gets_resync_not_a_gap() {
+    let (app, t, s, last) = admin_at_hello().await;
+    drop(s);
+    append_padded(&app, 10_001, 0);
+    let mut s = ws(&app, &format!("?since={last}"), Some(&t.admin), None).await.expect("resume");
+    assert_eq!(next(&mut s, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let r = next(&mut s, Duration::from_secs(5)).await.expect("resync");
+    assert_eq!(
+        (r["type"].as_str(), r["data"]["reason"].as_str(), r["data"]["last_seq"].as_i64()),
+        (Some("resync_required"), Some("too_many"), Some(last + 10_001)),
+        "{r}"
+    );
+    append_events(&app, 1);
+    let f = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live after resync");
+    assert_eq!(f["seq"], last + 10_002);
+
+    let since = last + 2;
+    let mut s = ws(&app, &format!("?since={since}"), Some(&t.admin), None).await.expect("resume at the limit");
+    assert_eq!(next(&mut s, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let mut expected = since + 1;
+    while expected <= last + 10_002 {
+        let f = next(&mut s, Duration::from_secs(5)).await.expect("replayed event");
+        assert_eq!(f["seq"].as_i64(), Some(expected), "{f}");
+        expected += 1;
+    }
+}
+
 #[actix_web::test]
 async fn a_client_that_never_reads_does_not_delay_others() {
     let app = spawn_app().await;
