@@ -455,6 +455,9 @@ impl WsSession {
             Ok(ClientMsg::Typing { conversation_id, on }) => {
                 if self.role.can_write() {
                     self.typing(conversation_id, on, ctx);
+                } else {
+                    // As `POST …/typing` answers a viewer (403 forbidden).
+                    ctx.text(error_frame("forbidden", "typing needs the agent role or higher"));
                 }
             }
             Ok(ClientMsg::Presence { status }) => match status.as_str() {

@@ -1081,4 +1081,21 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
     x.send(Message::Continuation(Item::FirstText(vec![b' '; 40 * 1024].into()))).await.expect("send");
     x.send(Message::Continuation(Item::Last(vec![b' '; 40 * 1024].into()))).await.expect("send");
     assert_eq!(until(&mut x, "closed", Duration::from_secs(3)).await.expect("closed")["code"], 1009);
+
+    // A viewer may watch but not type: told so, as `POST …/typing` answers.
+    let added = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&t.admin),
+            Some(json!({"email": "vera@acme.test", "role": "viewer", "password": "vera-password-1"})),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    let viewer = token(&app.login("vera@acme.test", "vera-password-1", "acme").await, "access_token");
+    let mut v = ws(&app, "", Some(&viewer), None).await.expect("viewer");
+    next(&mut v, Duration::from_secs(3)).await.expect("hello");
+    send(&mut v, json!({"type": "typing", "conversation_id": "1", "on": true})).await;
+    let e = until(&mut v, "error", Duration::from_secs(3)).await.expect("typing refused");
+    assert_eq!(e["data"]["code"], "forbidden", "{e}");
 }
