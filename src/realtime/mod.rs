@@ -11,8 +11,9 @@
 //! A new socket replays the log after the `last_seq` of its hello (or the
 //! client's `since`), so none falls between connecting and joining the
 //! hub; a `since` the log cannot serve whole (pruned, ahead of it, or more
-//! than a replay carries) gets `resync_required` instead. Typing, presence and access changes travel the same bus as small
-//! live messages and are neither logged nor replayed.
+//! than a replay carries) gets `resync_required` instead. Typing, presence
+//! and access changes travel the same bus as small live messages and are
+//! neither logged nor replayed.
 //!
 //! Close codes: 4401 the session's login ended (logout, refresh reuse,
 //! role change), 4403 removed from the tenant or tenant suspended, 4408 the

@@ -2,7 +2,7 @@
 //!
 //! A tenant schema is ~64 relations (tables, indexes, sequences, TOAST), each
 //! a file; on the shared machines' disks creating them took 40–170 ms, most
-//! of a sign-up. Renaming a schema is one catalog update. So each server keeps
+//! of a sign-up. Renaming a schema is one catalog update. So the servers keep
 //! a few *spares*: schemas made and migrated exactly as a tenant's, listed in
 //! `public.spare_schemas` only once complete. Provisioning takes the oldest
 //! (`SKIP LOCKED`, so concurrent sign-ups take different ones) and renames it
