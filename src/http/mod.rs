@@ -150,11 +150,43 @@ pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     hub
 }
 
+/// On SIGTERM or SIGINT actix stops accepting and waits (up to 30 s) for
+/// open connections to end: WebSockets would hold a stopping instance that
+/// long and then be cut without a close frame. So the hub closes them
+/// first, with 1001 (going away): clients reconnect at once, to another
+/// instance, and resume with `since`.
+async fn close_sockets_on_shutdown(hub: actix::Addr<crate::realtime::Hub>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    let closed = hub
+        .send(crate::realtime::hub::CloseAll {
+            code: crate::realtime::CLOSE_GOING_AWAY,
+            reason: "the server is shutting down; reconnect",
+        })
+        .await
+        .unwrap_or(0);
+    tracing::info!(closed, "shutting down: WebSockets closed with 1001");
+}
+
 /// Binds the server to `listener` (port 0 in tests).
 pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
     let hub = web::Data::new(start_realtime(&state));
+    actix_web::rt::spawn(close_sockets_on_shutdown(hub.get_ref().clone()));
     // The webhook endpoint's group-commit writer.
     actix_web::rt::spawn(crate::inbox::processor::run_store(state.clone()));
     // Database work runs on each worker's blocking pool; no more threads than

@@ -310,6 +310,15 @@ pub struct CloseSession {
     pub reason: &'static str,
 }
 
+/// Closes every socket of this instance (the server is going away);
+/// answers how many there were.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReloadChannels;
@@ -509,6 +518,9 @@ pub struct Hub {
     /// it stops coming, this instance is the deaf one (its listener is
     /// down), and it takes nobody for dead.
     own_alive_heard: Instant,
+    /// Set by [`CloseAll`]: the server is going away, and a socket that
+    /// joins after it is closed the same way.
+    closing: Option<CloseSession>,
 }
 
 impl Hub {
@@ -527,6 +539,7 @@ impl Hub {
             presence_dirty: Default::default(),
             instances: HashMap::new(),
             own_alive_heard: Instant::now(),
+            closing: None,
         }
     }
 
@@ -757,6 +770,9 @@ impl Handler<Join> for Hub {
             channels: m.channels,
             away: false,
         };
+        if let Some(c) = &self.closing {
+            entry.addr.do_send(CloseSession { code: c.code, reason: c.reason });
+        }
         self.index.insert(m.id, entry);
         let now = self.presence_now(m.tenant);
         if !now.is_empty() {
@@ -772,6 +788,17 @@ impl Handler<Leave> for Hub {
         if let Some(e) = self.remove(m.id) {
             self.note_presence(e.tenant, e.user);
         }
+    }
+}
+
+impl Handler<CloseAll> for Hub {
+    type Result = usize;
+    fn handle(&mut self, m: CloseAll, _: &mut Context<Self>) -> usize {
+        self.closing = Some(CloseSession { code: m.code, reason: m.reason });
+        for e in self.index.sessions.values() {
+            e.addr.do_send(CloseSession { code: m.code, reason: m.reason });
+        }
+        self.index.sessions.len()
     }
 }
 

@@ -18,8 +18,9 @@
 //! Close codes: 4401 the session's login ended (logout, refresh reuse,
 //! role change), 4403 removed from the tenant or tenant suspended, 4408 the
 //! client fell too far behind (reconnect with `since` to resume); and the
-//! standard 1009 for a client message over `session::CLIENT_MESSAGE_LIMIT`,
-//! 1002 for a protocol error.
+//! standard 1001 when the server shuts down (reconnect, to another instance,
+//! with `since`), 1009 for a client message over
+//! `session::CLIENT_MESSAGE_LIMIT`, 1002 for a protocol error.
 
 pub mod bus;
 pub mod hub;
@@ -32,3 +33,4 @@ pub use hub::Hub;
 pub const CLOSE_LOGGED_OUT: u16 = 4401;
 pub const CLOSE_REMOVED: u16 = 4403;
 pub const CLOSE_TOO_SLOW: u16 = 4408;
+pub const CLOSE_GOING_AWAY: u16 = 1001;

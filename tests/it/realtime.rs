@@ -850,6 +850,31 @@ async fn two_serve_processes_share_one_database() {
     }
 }
 
+/// Told to stop (SIGTERM, as a deploy or `docker stop` does), `serve`
+/// closes its sockets with 1001 (going away) at once, so clients reconnect
+/// to another instance, and exits without waiting out its shutdown timeout.
+#[actix_web::test]
+async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let mut serve = Serve::start(&app).await;
+    let mut s = ws_at(&serve.ws(), &t.admin).await;
+    next(&mut s, Duration::from_secs(5)).await.expect("hello");
+    let asked = std::time::Instant::now();
+    let kill = std::process::Command::new("kill").arg("-TERM").arg(serve.child.id().to_string()).status();
+    assert!(kill.expect("kill").success());
+    let closed = until(&mut s, "closed", Duration::from_secs(5)).await.expect("a close frame");
+    assert_eq!(closed["code"], 1001, "{closed}");
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(10), "serve still running 10 s after SIGTERM");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 /// The server pings; a client silent past the timeout (no frame, not even
 /// a pong) is dropped, while one that answers stays. Timings shortened
 /// through the configuration, on a `serve` process of its own.
