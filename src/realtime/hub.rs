@@ -591,11 +591,18 @@ impl Hub {
 
     fn publish(&self, msg: LiveMsg) {
         let bus = self.bus.clone();
-        actix_web::rt::task::spawn_blocking(move || {
+        let work = move || {
             if let Err(e) = bus.publish(&msg) {
                 tracing::warn!(error = ?e, "could not publish a live message");
             }
-        });
+        };
+        // Dropped with its runtime (the process ending), the hub has no
+        // blocking pool to hand its last presence to: it publishes in place
+        // rather than panic.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
+        }
     }
 
     /// A user's sockets here changed (joined, left, away): their presence
