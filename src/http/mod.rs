@@ -150,12 +150,13 @@ pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     hub
 }
 
-/// On SIGTERM or SIGINT actix stops accepting and waits (up to 30 s) for
-/// open connections to end: WebSockets would hold a stopping instance that
-/// long and then be cut without a close frame. So the hub closes them
-/// first, with 1001 (going away): clients reconnect at once, to another
-/// instance, and resume with `since`.
-async fn close_sockets_on_shutdown(hub: actix::Addr<crate::realtime::Hub>) {
+/// Stops the server on SIGTERM or SIGINT (actix's own handling is off: it
+/// would wait up to 30 s for open connections, which WebSockets keep, and
+/// on SIGINT cut them without a close frame). The hub first closes every
+/// socket with 1001 (going away), so clients reconnect at once, to another
+/// instance, and resume with `since`; then requests in flight finish and
+/// the server stops.
+async fn stop_on_signal(hub: actix::Addr<crate::realtime::Hub>, server: actix_web::dev::ServerHandle) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -179,6 +180,7 @@ async fn close_sockets_on_shutdown(hub: actix::Addr<crate::realtime::Hub>) {
         .await
         .unwrap_or(0);
     tracing::info!(closed, "shutting down: WebSockets closed with 1001");
+    server.stop(true).await;
 }
 
 /// Binds the server to `listener` (port 0 in tests).
@@ -186,7 +188,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
     let hub = web::Data::new(start_realtime(&state));
-    actix_web::rt::spawn(close_sockets_on_shutdown(hub.get_ref().clone()));
+    let hub_addr = hub.get_ref().clone();
     // The webhook endpoint's group-commit writer.
     actix_web::rt::spawn(crate::inbox::processor::run_store(state.clone()));
     // Database work runs on each worker's blocking pool; no more threads than
@@ -207,7 +209,9 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     // which it keeps, stays that small (realtime::session::WRITE_BUDGET).
     .h1_write_buffer_size(crate::realtime::session::WRITE_BUDGET)
     .worker_max_blocking_threads(blocking)
+    .disable_signals()
     .listen(listener)?
     .run();
+    actix_web::rt::spawn(stop_on_signal(hub_addr, server.handle()));
     Ok(server)
 }

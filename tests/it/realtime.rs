@@ -857,22 +857,25 @@ async fn two_serve_processes_share_one_database() {
 async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
     let app = spawn_app_without_workers().await;
     let t = team(&app).await;
-    let mut serve = Serve::start(&app).await;
-    let mut s = ws_at(&serve.ws(), &t.admin).await;
-    next(&mut s, Duration::from_secs(5)).await.expect("hello");
-    let asked = std::time::Instant::now();
-    let kill = std::process::Command::new("kill").arg("-TERM").arg(serve.child.id().to_string()).status();
-    assert!(kill.expect("kill").success());
-    let closed = until(&mut s, "closed", Duration::from_secs(5)).await.expect("a close frame");
-    assert_eq!(closed["code"], 1001, "{closed}");
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(asked.elapsed() < Duration::from_secs(10), "serve still running 10 s after SIGTERM");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    for signal in ["TERM", "INT"] {
+        let mut serve = Serve::start(&app).await;
+        let mut s = ws_at(&serve.ws(), &t.admin).await;
+        next(&mut s, Duration::from_secs(5)).await.expect("hello");
+        let asked = std::time::Instant::now();
+        let kill =
+            std::process::Command::new("kill").arg(format!("-{signal}")).arg(serve.child.id().to_string()).status();
+        assert!(kill.expect("kill").success());
+        let closed = until(&mut s, "closed", Duration::from_secs(5)).await.expect("a close frame");
+        assert_eq!(closed["code"], 1001, "SIG{signal}: {closed}");
+        let status = loop {
+            if let Some(status) = serve.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(10), "serve still running 10 s after SIG{signal}");
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.success(), "SIG{signal}: {status:?}");
+    }
 }
 
 /// The server pings; a client silent past the timeout (no frame, not even
