@@ -159,13 +159,26 @@ pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
 async fn stop_on_signal(hub: actix::Addr<crate::realtime::Hub>, server: actix_web::dev::ServerHandle) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        // Once one is registered the process no longer dies of it, so
+        // whichever could be registered is waited on, even if the other
+        // could not.
+        async fn received(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let (term, int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+        if term.is_none() && int.is_none() {
+            tracing::warn!("cannot listen for SIGTERM or SIGINT: they end the process without closing sockets");
             return;
-        };
+        }
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = received(term) => {}
+            _ = received(int) => {}
         }
     }
     #[cfg(not(unix))]
