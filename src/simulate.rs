@@ -222,7 +222,8 @@ impl Turns {
                     Kind::Button => json!({"message": {"mid": mid(kind), "text": "Yes please",
                         "quick_reply": {"payload": format!("CONFIRM_{turn}")}}}),
                     Kind::Postback => {
-                        json!({"postback": {"mid": mid(kind), "title": "Get Started", "payload": "GET_STARTED"}})
+                        json!({"postback": {"mid": mid(kind), "title": "Get Started", "payload": "GET_STARTED",
+                            "referral": {"ref": format!("campaign_{turn}"), "source": "SHORTLINK", "type": "OPEN_THREAD"}}})
                     }
                     Kind::Echo => json!({"message": {"mid": format!("m_{answer}"), "is_echo": true,
                         "app_id": 263902037430900_i64, "text": format!("Obrigado! Resposta {turn} 👍")}}),
@@ -254,8 +255,13 @@ impl Turns {
                     m
                 };
                 let status = |s: &str| {
-                    json!({"statuses": [{"id": format!("wamid.{answer}"), "status": s, "timestamp": secs,
-                    "recipient_id": wa_id}]})
+                    let mut st =
+                        json!({"id": format!("wamid.{answer}"), "status": s, "timestamp": secs, "recipient_id": wa_id});
+                    // A service reply is priced per message; Meta says so once, on delivery.
+                    if s == "delivered" {
+                        st["pricing"] = json!({"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"});
+                    }
+                    json!({ "statuses": [st] })
                 };
                 let contacts = json!([{"profile": {"name": format!("Cliente {contact}")}, "wa_id": wa_id}]);
                 let (field, value) = match kind {
@@ -266,7 +272,8 @@ impl Turns {
                     Kind::Image => (
                         "messages",
                         json!({"contacts": contacts, "messages": [message(kind, json!({"image": {
-                        "caption": "esta", "mime_type": "image/jpeg", "id": format!("77{turn:012}")}}))]}),
+                        "caption": "esta", "mime_type": "image/jpeg",
+                        "sha256": "S3xWnH0b4vE5c2bY6mF8qQ9rT1uV3wX5yZ7aB9cD1eE=", "id": format!("77{turn:012}")}}))]}),
                     ),
                     Kind::Button => (
                         "messages",

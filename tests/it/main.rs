@@ -6,6 +6,7 @@ mod channels;
 mod cli;
 mod common;
 mod events;
+mod fake_meta;
 mod graph;
 mod inbox;
 mod migrate;

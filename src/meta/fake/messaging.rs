@@ -37,6 +37,18 @@ impl State {
         }
     }
 
+    /// A number's business account and the `metadata` its webhooks carry
+    /// (Meta writes the display number in digits only).
+    fn number_metadata(&self, phone: &str) -> (String, Value) {
+        let waba = self.wabas.values().find(|w| w.phones.iter().any(|p| p == phone)).map(|w| w.id.clone());
+        let display: String = self
+            .phones
+            .get(phone)
+            .map(|p| p.display.chars().filter(char::is_ascii_digit).collect())
+            .unwrap_or_default();
+        (waba.unwrap_or_default(), json!({"display_phone_number": display, "phone_number_id": phone}))
+    }
+
     /// Whether `owner` may act for the account.
     pub(super) fn may_use(&self, owner: &Owner, account: &Account) -> bool {
         match (owner, account) {
@@ -175,9 +187,7 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
     let outside =
         st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
-    let display = st.phones.get(phone).map(|p| p.display.clone()).unwrap_or_default();
-    let waba =
-        st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone)).map(|w| w.id.clone()).unwrap_or_default();
+    let (waba, metadata) = st.number_metadata(phone);
     let now = Utc::now().timestamp();
     let status = |s: &str, at: i64, extra: Value| {
         let mut v = json!({"id": id, "status": s, "timestamp": at.to_string(), "recipient_id": wa_id});
@@ -186,22 +196,25 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
         }
         json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": {
             "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": display.chars().filter(char::is_ascii_digit).collect::<String>(), "phone_number_id": phone},
-            "statuses": [v]}, "field": "messages"}]}]})
+            "metadata": metadata, "statuses": [v]}, "field": "messages"}]}]})
     };
     let out = if outside {
         vec![status(
             "failed",
             now,
             json!({"errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
-            "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}]}),
+            "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."},
+            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]}),
         )]
     } else {
+        // A reply inside the customer's window is a free service message,
+        // priced per message (the `pricing` Meta puts on sent and delivered).
+        let pricing = json!({"pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}});
         // Meta does not promise order: deliver "read" before "delivered".
         vec![
-            status("sent", now, json!({})),
+            status("sent", now, pricing.clone()),
             status("read", now + 2, json!({})),
-            status("delivered", now + 1, json!({})),
+            status("delivered", now + 1, pricing),
         ]
     };
     fake.emit_to(st.webhook_target.clone(), out);
@@ -215,17 +228,41 @@ fn wa_error(code: i64, message: &str) -> HttpResponse {
         "error_data": {"messaging_product": "whatsapp", "details": message}, "fbtrace_id": format!("Fake{}", random_alnum(12))}}))
 }
 
-/// `GET /{psid|igsid}`: a profile the fake knows (from `/_fake/inbound`).
-pub(super) fn profile(st: &State, id: &str) -> Option<HttpResponse> {
+/// `GET /{psid|igsid}?fields=…`: a profile the fake knows (from
+/// `/_fake/inbound`). Like Graph, it answers the fields asked for and the id,
+/// and refuses a field the platform's user profile does not have. Instagram
+/// users are those who wrote to an Instagram account.
+pub(super) fn profile(st: &State, id: &str, fields: Option<&str>) -> Option<HttpResponse> {
     let p = st.profiles.get(id)?;
     let Some(name) = p else {
         return Some(graph_error(2018218, None, "No profile available for this user."));
     };
+    let instagram =
+        st.last_inbound.keys().any(|(account, contact)| contact == id && st.instagram.contains_key(account));
     let (first, last) = name.split_once(' ').unwrap_or((name.as_str(), ""));
-    Some(HttpResponse::Ok().json(json!({
-        "id": id, "name": name, "first_name": first, "last_name": last, "username": name.to_lowercase().replace(' ', "."),
-        "profile_pic": format!("https://fake-meta.invalid/profile/{id}.jpg"),
-    })))
+    let pic = format!("https://fake-meta.invalid/profile/{id}.jpg");
+    let known = if instagram {
+        json!({"name": name, "username": name.to_lowercase().replace(' ', "."), "profile_pic": pic,
+            "follower_count": 0, "is_user_follow_business": false, "is_business_follow_user": false,
+            "is_verified_user": false})
+    } else {
+        json!({"name": name, "first_name": first, "last_name": last, "profile_pic": pic})
+    };
+    let default = if instagram { "name,username,profile_pic" } else { "first_name,last_name,profile_pic" };
+    let mut out = serde_json::Map::new();
+    for field in fields.unwrap_or(default).split(',').map(str::trim).filter(|f| !f.is_empty() && *f != "id") {
+        let Some(v) = known.get(field) else {
+            let node = if instagram { "IGUser" } else { "User" };
+            return Some(graph_error(
+                100,
+                None,
+                &format!("(#100) Tried accessing nonexisting field ({field}) on node type ({node})"),
+            ));
+        };
+        out.insert(field.to_string(), v.clone());
+    }
+    out.insert("id".into(), json!(id));
+    Some(HttpResponse::Ok().json(out))
 }
 
 /// `POST /_fake/inbound`: a contact writes to an account. The fake records
@@ -251,10 +288,9 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
         let id = s("id");
         let event = match account {
             Account::Phone(phone) => {
-                let waba =
-                    st.wabas.values().find(|w| w.phones.contains(&phone)).map(|w| w.id.clone()).unwrap_or_default();
+                let (waba, metadata) = st.number_metadata(&phone);
                 let wamid = id.unwrap_or_else(wamid);
-                let mut value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone},
+                let mut value = json!({"messaging_product": "whatsapp", "metadata": metadata,
                 "messages": [{"from": from, "id": wamid, "timestamp": at.timestamp().to_string(), "type": "text", "text": {"body": text}}]});
                 if let Some(n) = &name {
                     value["contacts"] = json!([{"profile": {"name": n}, "wa_id": from}]);
@@ -336,11 +372,13 @@ pub(super) async fn history(fake: &FakeMeta, body: &Value) -> HttpResponse {
     let Some(phone_id) = body.get("phone_number_id").and_then(Value::as_str) else {
         return super::bad("phone_number_id is required");
     };
-    let (target, waba, display) = {
+    let (target, waba, metadata) = {
         let st = fake.lock();
-        let Some(phone) = st.phones.get(phone_id) else { return super::bad("no such phone number") };
-        let waba = st.wabas.values().find(|w| w.phones.iter().any(|p| p == phone_id)).map(|w| w.id.clone());
-        (st.webhook_target.clone(), waba.unwrap_or_default(), phone.display.clone())
+        if !st.phones.contains_key(phone_id) {
+            return super::bad("no such phone number");
+        }
+        let (waba, metadata) = st.number_metadata(phone_id);
+        (st.webhook_target.clone(), waba, metadata)
     };
     let chunk = if body.get("declined").and_then(Value::as_bool).unwrap_or(false) {
         json!({"errors": [{"code": 2593109, "title": "History sync is turned off by the business",
@@ -351,10 +389,8 @@ pub(super) async fn history(fake: &FakeMeta, body: &Value) -> HttpResponse {
         json!({"metadata": {"phase": n("phase", 0), "chunk_order": n("chunk_order", 1), "progress": n("progress", 100)},
             "threads": body.get("threads").cloned().unwrap_or_else(|| json!([]))})
     };
-    let display: String = display.chars().filter(char::is_ascii_digit).collect();
     let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": display, "phone_number_id": phone_id},
+        "messaging_product": "whatsapp", "metadata": metadata,
         "history": [chunk]}, "field": "history"}]}]});
     let delivered = match target {
         Some(url) => fake.post_noted(&url, &event).await,
@@ -468,9 +504,9 @@ pub(super) fn media(st: &State, owner: &Owner, id: &str, base: &str) -> Option<H
     if !st.may_use(owner, &Account::Phone(phone.clone())) {
         return Some(graph_error(200, None, "(#200) Permissions error"));
     }
-    use base64::Engine;
     use sha2::Digest;
-    let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data));
+    // The media endpoint gives the checksum in hex (webhooks carry base64).
+    let sha = hex::encode(sha2::Sha256::digest(data));
     Some(HttpResponse::Ok().json(json!({
         "messaging_product": "whatsapp", "url": format!("{base}/_fake/media/{id}/download"),
         "mime_type": mime, "sha256": sha, "file_size": data.len(), "id": id,

@@ -4,7 +4,10 @@
 //!
 //! Graph endpoints accept an optional `/vNN.N/` prefix and the token as
 //! `?access_token=` or `Authorization: Bearer`, and answer with the shapes of
-//! `shared/fixtures/meta/`. Errors use Meta's error body and HTTP 400.
+//! `shared/fixtures/meta/`, which `tests/it/fake_meta.rs` checks field by
+//! field, for the webhooks it sends too. Errors use Meta's error body and
+//! HTTP 400. A profile (`GET /{psid|igsid}`) answers only the `fields` asked
+//! for, and refuses a field its platform's profile does not have.
 //!
 //! Control API (JSON, for tests and the demo), all under `/_fake`:
 //! - `POST /_fake/users` `{name?, id?, pages: [{id?, name, category?, instagram?: {id?, username?, name?}}], wabas: [{id?, phone_numbers: [{id?, display_phone_number?, verified_name?}]}]}`
@@ -347,9 +350,10 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         ("GET", [id]) => {
             let id = id.to_string();
             let base = format!("{}://{}", req.connection_info().scheme(), req.connection_info().host());
+            let fields = q.get("fields").cloned();
             with_token(&fake, token.as_deref(), move |st, owner| {
                 messaging::media(st, owner, &id, &base)
-                    .or_else(|| messaging::profile(st, &id))
+                    .or_else(|| messaging::profile(st, &id, fields.as_deref()))
                     .unwrap_or_else(|| object(st, &id))
             })
         }
@@ -446,41 +450,53 @@ fn debug_token(fake: &FakeMeta, q: &HashMap<String, String>, token: Option<&str>
         return graph_error(190, None, "Invalid OAuth access token signature.");
     }
     let st = fake.lock();
-    let input = q.get("input_token").and_then(|t| st.tokens.get(t));
-    let data = match input {
-        Some(Token { owner, error: None }) => {
-            let (kind, user, pages, wabas) = match owner {
-                Owner::User(u) => {
-                    let user = &st.users[u];
-                    ("USER", Some(u.clone()), user.pages.clone(), user.wabas.clone())
-                }
-                Owner::Page(p) => ("PAGE", None, vec![p.clone()], vec![]),
-                Owner::Waba(w) => ("SYSTEM_USER", None, vec![], vec![w.clone()]),
-            };
-            let igs: Vec<String> =
-                pages.iter().filter_map(|p| st.pages.get(p).and_then(|p| p.instagram.clone())).collect();
-            json!({
-                "app_id": fake.cfg.app_id, "type": kind, "application": "Switchboard (fake)",
-                "data_access_expires_at": 1780916000, "expires_at": 0, "is_valid": true, "issued_at": 1773140000,
-                "scopes": ["pages_show_list", "pages_messaging", "pages_manage_metadata", "instagram_basic", "instagram_manage_messages", "whatsapp_business_management", "whatsapp_business_messaging"],
-                "granular_scopes": [
-                    {"scope": "pages_show_list", "target_ids": pages},
-                    {"scope": "pages_messaging", "target_ids": pages},
-                    {"scope": "instagram_manage_messages", "target_ids": igs},
-                    {"scope": "whatsapp_business_management", "target_ids": wabas},
-                    {"scope": "whatsapp_business_messaging", "target_ids": wabas},
-                ],
-                "user_id": user,
-            })
-        }
-        Some(Token { error: Some((code, subcode, message)), .. }) => json!({
-            "app_id": fake.cfg.app_id, "is_valid": false, "scopes": [],
-            "error": {"code": code, "subcode": subcode, "message": message},
-        }),
-        None => {
-            json!({"is_valid": false, "scopes": [], "error": {"code": 190, "message": "Invalid OAuth access token."}})
-        }
+    let Some(input) = q.get("input_token").and_then(|t| st.tokens.get(t)) else {
+        let data =
+            json!({"is_valid": false, "scopes": [], "error": {"code": 190, "message": "Invalid OAuth access token."}});
+        return HttpResponse::Ok().json(json!({ "data": data }));
     };
+    let (kind, user, pages, wabas) = match &input.owner {
+        Owner::User(u) => {
+            let user = &st.users[u];
+            ("USER", Some(u.clone()), user.pages.clone(), user.wabas.clone())
+        }
+        Owner::Page(p) => ("PAGE", None, vec![p.clone()], vec![]),
+        Owner::Waba(w) => ("SYSTEM_USER", None, vec![], vec![w.clone()]),
+    };
+    let mut data = json!({"app_id": fake.cfg.app_id, "type": kind, "application": "Switchboard (fake)"});
+    if let Some(u) = user {
+        data["user_id"] = json!(u);
+    }
+    if let Some((code, subcode, message)) = input.error {
+        // Meta still describes the token, and says why it no longer works.
+        data["data_access_expires_at"] = json!(0);
+        data["expires_at"] = json!(1773139990);
+        data["is_valid"] = json!(false);
+        data["scopes"] = json!([]);
+        data["error"] = json!({"code": code, "subcode": subcode, "message": message});
+    } else {
+        let igs: Vec<String> = pages.iter().filter_map(|p| st.pages.get(p).and_then(|p| p.instagram.clone())).collect();
+        data["data_access_expires_at"] = json!(1780916000);
+        data["expires_at"] = json!(0);
+        data["is_valid"] = json!(true);
+        data["issued_at"] = json!(1773140000);
+        data["scopes"] = json!([
+            "pages_show_list",
+            "pages_messaging",
+            "pages_manage_metadata",
+            "instagram_basic",
+            "instagram_manage_messages",
+            "whatsapp_business_management",
+            "whatsapp_business_messaging"
+        ]);
+        data["granular_scopes"] = json!([
+            {"scope": "pages_show_list", "target_ids": pages},
+            {"scope": "pages_messaging", "target_ids": pages},
+            {"scope": "instagram_manage_messages", "target_ids": igs},
+            {"scope": "whatsapp_business_management", "target_ids": wabas},
+            {"scope": "whatsapp_business_messaging", "target_ids": wabas},
+        ]);
+    }
     HttpResponse::Ok().json(json!({ "data": data }))
 }
 

@@ -1,0 +1,507 @@
+//! The fake Meta speaks Meta's formats: everything it answers or sends has
+//! every field of the matching payload in `shared/fixtures/meta/` (real
+//! shapes), with the same JSON types; and what our Graph client sends has
+//! every field of the request fixtures. The fake may add fields, as Meta does.
+//!
+//! No database: the fake runs alone, with a small server that catches the
+//! webhooks it sends.
+
+use actix_web::{web, App, HttpServer};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::config::MetaConfig;
+use switchboard::ids::percent_encode;
+use switchboard::meta::fake::{FakeConfig, FakeMeta};
+use switchboard::meta::GraphClient;
+use switchboard::secret::Secret;
+
+use crate::common::fixture;
+
+/// Where `actual` lacks a field of `expected` or has another JSON type.
+/// Arrays of objects compare element by element (the fixture's order) and
+/// must not be shorter; lists of scalars compare their items' type; `null` in a fixture matches anything.
+fn shape_gaps(expected: &Value, actual: &Value, path: &str, gaps: &mut Vec<String>) {
+    match (expected, actual) {
+        (Value::Null, _) => {}
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, ev) in e {
+                match a.get(k) {
+                    Some(av) => shape_gaps(ev, av, &format!("{path}.{k}"), gaps),
+                    None => gaps.push(format!("{path}.{k} missing")),
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(a)) if !e.iter().any(|v| v.is_object() || v.is_array()) => {
+            // A list of scalars (tasks, scopes): its items' type, not its length.
+            match (e.first(), a.is_empty()) {
+                (Some(_), true) => gaps.push(format!("{path}: empty, Meta's is not")),
+                (Some(ev), false) => {
+                    a.iter().enumerate().for_each(|(i, av)| shape_gaps(ev, av, &format!("{path}[{i}]"), gaps))
+                }
+                (None, _) => {}
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            if a.len() < e.len() {
+                gaps.push(format!("{path}: {} items, Meta's has {}", a.len(), e.len()));
+            }
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                shape_gaps(ev, av, &format!("{path}[{i}]"), gaps);
+            }
+        }
+        (Value::Bool(_), Value::Bool(_)) | (Value::String(_), Value::String(_)) => {}
+        (Value::Number(e), Value::Number(a)) if e.is_f64() == a.is_f64() => {}
+        _ => gaps.push(format!("{path}: {actual} where Meta's is {expected}")),
+    }
+}
+
+#[track_caller]
+fn assert_shape(fixture_name: &str, actual: &Value) {
+    let expected: Value = serde_json::from_slice(&fixture(fixture_name)).expect("fixture json");
+    let mut gaps = Vec::new();
+    shape_gaps(&expected, actual, "", &mut gaps);
+    assert!(gaps.is_empty(), "{fixture_name}: {gaps:#?}\nours: {actual:#}");
+}
+
+struct Fake {
+    base: String,
+    http: reqwest::Client,
+    caught: Arc<Mutex<Vec<Value>>>,
+    handles: Vec<actix_web::dev::ServerHandle>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        for h in self.handles.clone() {
+            actix_web::rt::spawn(async move { h.stop(false).await });
+        }
+    }
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        let fake = FakeMeta::new(FakeConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let server = fake.build_server(listener).expect("fake");
+
+        let caught = Arc::new(Mutex::new(Vec::new()));
+        let sink = caught.clone();
+        let catcher_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let catcher_url = format!("http://127.0.0.1:{}/hook", catcher_listener.local_addr().expect("addr").port());
+        let catcher = HttpServer::new(move || {
+            let sink = sink.clone();
+            App::new().route(
+                "/hook",
+                web::post().to(move |body: web::Bytes| {
+                    let sink = sink.clone();
+                    async move {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                            sink.lock().expect("lock").push(v);
+                        }
+                        actix_web::HttpResponse::Ok().finish()
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .listen(catcher_listener)
+        .expect("catcher")
+        .run();
+        fake.set_webhook_target(Some(catcher_url));
+        let handles = vec![server.handle(), catcher.handle()];
+        actix_web::rt::spawn(server);
+        actix_web::rt::spawn(catcher);
+        Fake { base, http: reqwest::Client::new(), caught, handles }
+    }
+
+    fn meta_config(&self) -> MetaConfig {
+        let cfg = FakeConfig::default();
+        MetaConfig {
+            app_id: cfg.app_id,
+            app_secret: Secret::new(cfg.app_secret),
+            verify_token: Secret::new("verify-me".into()),
+            graph_url: self.base.clone(),
+            graph_version: "v24.0".into(),
+            dialog_url: self.base.clone(),
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.expect("fake answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.send(method, path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// Waits for the caught webhooks to hold one that `pick` accepts.
+    async fn webhook(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..250 {
+            if let Some(v) = self.caught.lock().expect("lock").iter().find(|v| pick(v)).cloned() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the fake sent no {what}: {:#?}", self.caught.lock().expect("lock"));
+    }
+
+    /// The body of the last Graph call the fake logged on `path`.
+    async fn last_request_body(&self, path: &str) -> Value {
+        let log = self.ok("GET", "/_fake/requests", None).await;
+        log["items"]
+            .as_array()
+            .and_then(|items| items.iter().rev().find(|r| r["path"] == path))
+            .map(|r| r["body"].clone())
+            .unwrap_or_else(|| panic!("no call on {path}: {log:#}"))
+    }
+}
+
+fn messaging_event(v: &Value) -> &Value {
+    &v["entry"][0]["messaging"][0]
+}
+
+fn wa_status(v: &Value) -> &Value {
+    &v["entry"][0]["changes"][0]["value"]["statuses"][0]
+}
+
+#[actix_web::test]
+async fn the_fake_answers_and_sends_in_metas_formats() {
+    let f = Fake::start().await;
+    let cfg = FakeConfig::default();
+    // The fixtures' world: two pages, the first with Instagram; a WhatsApp
+    // business account with one number.
+    let made = f
+        .ok(
+            "POST",
+            "/_fake/users",
+            Some(&json!({
+                "id": "10160000000000001", "name": "Ana Admin",
+                "pages": [
+                    {"id": "102938475610293", "name": "Loja Azul", "category": "Clothing (Brand)",
+                     "instagram": {"id": "17841400123456789", "username": "loja.azul"}},
+                    {"id": "109876543210987", "name": "Tasca do Zé", "category": "Restaurant"},
+                ],
+                "wabas": [{"id": "112233445566778", "phone_numbers": [
+                    {"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}],
+            })),
+        )
+        .await;
+    let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
+    let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
+    let secret = |t: &str| Secret::new(t.to_string());
+
+    // OAuth: code, then a long-lived token.
+    let redirect = "https://inbox.example.test/api/channels/facebook/oauth/callback";
+    let code =
+        f.ok("POST", "/_fake/codes", Some(&json!({"user_id": "10160000000000001", "redirect_uri": redirect}))).await;
+    let code = code["code"].as_str().expect("code");
+    let q = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
+    };
+    let exchanged = f
+        .ok(
+            "GET",
+            &format!(
+                "/v24.0/oauth/access_token?{}",
+                q(&[
+                    ("client_id", &cfg.app_id),
+                    ("client_secret", &cfg.app_secret),
+                    ("redirect_uri", redirect),
+                    ("code", code)
+                ])
+            ),
+            None,
+        )
+        .await;
+    assert_shape("oauth_access_token_code_exchange.json", &exchanged);
+    let short = exchanged["access_token"].as_str().expect("token");
+    let long = f
+        .ok(
+            "GET",
+            &format!(
+                "/v24.0/oauth/access_token?{}",
+                q(&[
+                    ("grant_type", "fb_exchange_token"),
+                    ("client_id", &cfg.app_id),
+                    ("client_secret", &cfg.app_secret),
+                    ("fb_exchange_token", short),
+                ])
+            ),
+            None,
+        )
+        .await;
+    assert_shape("oauth_access_token_long_lived.json", &long);
+    let user_token = long["access_token"].as_str().expect("token").to_string();
+
+    // The user's pages with their Instagram accounts.
+    let fields = "id,name,access_token,category,category_list,tasks,instagram_business_account";
+    let accounts = f
+        .ok("GET", &format!("/v24.0/me/accounts?{}", q(&[("fields", fields), ("access_token", &user_token)])), None)
+        .await;
+    assert_shape("me_accounts.json", &accounts);
+
+    // debug_token, valid and then for a token the user revoked.
+    let app_token = format!("{}|{}", cfg.app_id, cfg.app_secret);
+    let debug = |t: String| format!("/v24.0/debug_token?{}", q(&[("input_token", &t), ("access_token", &app_token)]));
+    assert_shape("debug_token.json", &f.ok("GET", &debug(user_token.clone()), None).await);
+
+    // Page subscription: subscribe, then read it back.
+    let subscribed_fields =
+        "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,message_reactions,standby,messaging_handovers";
+    let sub = f
+        .ok(
+            "POST",
+            &format!(
+                "/v24.0/102938475610293/subscribed_apps?{}",
+                q(&[("subscribed_fields", subscribed_fields), ("access_token", &page_token)])
+            ),
+            None,
+        )
+        .await;
+    assert_shape("subscribed_apps_post_success.json", &sub);
+    let subs = f
+        .ok("GET", &format!("/v24.0/102938475610293/subscribed_apps?{}", q(&[("access_token", &page_token)])), None)
+        .await;
+    assert_shape("subscribed_apps_get.json", &subs);
+
+    // WhatsApp numbers and media.
+    let numbers = f
+        .ok("GET", &format!("/v24.0/112233445566778/phone_numbers?{}", q(&[("access_token", &waba_token)])), None)
+        .await;
+    assert_shape("whatsapp_phone_numbers.json", &numbers);
+    let media = f
+        .ok("POST", "/_fake/media", Some(&json!({"phone_number_id": "123456789012345", "mime_type": "image/jpeg"})))
+        .await;
+    let media_id = media["id"].as_str().expect("media id");
+    let media = f.ok("GET", &format!("/v24.0/{media_id}?{}", q(&[("access_token", &waba_token)])), None).await;
+    assert_shape("whatsapp_media_get.json", &media);
+    // Meta's checksum is the hex SHA-256 of the bytes.
+    let sha = media["sha256"].as_str().expect("sha256");
+    assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{sha}");
+
+    // Customers write: the webhooks have Meta's shapes.
+    let inbound = |to: &str, from: &str, text: &str| json!({"to": to, "from": from, "text": text, "name": "Ana Sousa"});
+    let m = f.ok("POST", "/_fake/inbound", Some(&inbound("102938475610293", "7392015648120394", "Olá 👋"))).await;
+    assert_shape("messenger_text.json", &m["webhook"]);
+    let i = f.ok("POST", "/_fake/inbound", Some(&inbound("17841400123456789", "6841100000123456", "Ainda há?"))).await;
+    assert_shape("instagram_text.json", &i["webhook"]);
+    let w = f.ok("POST", "/_fake/inbound", Some(&inbound("123456789012345", "14155550123", "Olá!"))).await;
+    assert_shape("whatsapp_text.json", &w["webhook"]);
+    assert_eq!(
+        w["webhook"]["entry"][0]["changes"][0]["value"]["metadata"]["display_phone_number"], "15551234567",
+        "the number's own display number, in digits"
+    );
+    let wamid_in = w["webhook"]["entry"][0]["changes"][0]["value"]["messages"][0]["id"].as_str().expect("wamid");
+
+    // Profiles, with the fields asked for.
+    let profile =
+        |id: &str, fields: &str| format!("/v24.0/{id}?{}", q(&[("fields", fields), ("access_token", &page_token)]));
+    let mp = f.ok("GET", &profile("7392015648120394", "first_name,last_name,profile_pic"), None).await;
+    assert_shape("messenger_user_profile.json", &mp);
+    let ig_fields = "name,username,profile_pic,follower_count,is_user_follow_business,is_business_follow_user";
+    let ip = f.ok("GET", &profile("6841100000123456", ig_fields), None).await;
+    assert_shape("instagram_user_profile.json", &ip);
+    // Only what was asked (and the id), as Graph answers.
+    let only_name = f.ok("GET", &profile("6841100000123456", "name"), None).await;
+    assert_eq!(only_name, json!({"name": "Ana Sousa", "id": "6841100000123456"}));
+
+    // Our Graph client sends Meta's request shapes, and the fake answers in
+    // Meta's response shapes.
+    let graph = GraphClient::new(&f.meta_config());
+    let mid = graph
+        .send_text(
+            "102938475610293",
+            &secret(&page_token),
+            "7392015648120394",
+            "Yes, we ship to Lisbon in 2-3 days.",
+            None,
+            "inbox:msg:4f1c2a9e-0000-4000-8000-000000000001",
+        )
+        .await
+        .expect("send");
+    assert_shape("messenger_send_request.json", &f.last_request_body("/102938475610293/messages").await);
+    let raw = f
+        .ok(
+            "POST",
+            &format!("/v24.0/102938475610293/messages?{}", q(&[("access_token", &page_token)])),
+            Some(&serde_json::from_slice(&fixture("messenger_send_request.json")).expect("json")),
+        )
+        .await;
+    // The fixture's recipient is the customer who wrote above.
+    assert_shape("messenger_send_response.json", &raw);
+    graph
+        .send_text("102938475610293", &secret(&page_token), "7392015648120394", "Sorry.", Some("HUMAN_AGENT"), "m")
+        .await
+        .expect("human agent send");
+    assert_shape("messenger_send_request_human_agent.json", &f.last_request_body("/102938475610293/messages").await);
+    graph
+        .sender_action("102938475610293", &secret(&page_token), "7392015648120394", "typing_on")
+        .await
+        .expect("typing");
+    assert_shape("messenger_sender_action_request.json", &f.last_request_body("/102938475610293/messages").await);
+    let action = f
+        .ok(
+            "POST",
+            &format!("/v24.0/102938475610293/messages?{}", q(&[("access_token", &page_token)])),
+            Some(&serde_json::from_slice(&fixture("messenger_sender_action_request.json")).expect("json")),
+        )
+        .await;
+    assert_shape("messenger_sender_action_response.json", &action);
+
+    // The page's send comes back as echo, delivery and read webhooks.
+    let echo = f.webhook("echo", |v| messaging_event(v)["message"]["mid"] == mid.as_str()).await;
+    assert_shape("messenger_echo.json", &echo);
+    let delivery = f.webhook("delivery", |v| messaging_event(v)["delivery"]["mids"][0] == mid.as_str()).await;
+    assert_shape("messenger_delivery.json", &delivery);
+    let read = f.webhook("read", |v| messaging_event(v)["read"].is_object() && v["object"] == "page").await;
+    assert_shape("messenger_read.json", &read);
+
+    // Instagram: echo and seen.
+    let ig_mid = graph
+        .send_text("17841400123456789", &secret(&page_token), "6841100000123456", "Yes! Size M left.", None, "m")
+        .await
+        .expect("instagram send");
+    let ig_echo = f.webhook("Instagram echo", |v| messaging_event(v)["message"]["mid"] == ig_mid.as_str()).await;
+    assert_shape("instagram_echo.json", &ig_echo);
+    let seen = f.webhook("Instagram seen", |v| messaging_event(v)["read"]["mid"] == ig_mid.as_str()).await;
+    assert_shape("instagram_seen.json", &seen);
+
+    // WhatsApp: send, mark read (with typing), statuses.
+    let wamid = graph
+        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550123", "Sim, ainda temos! Quer reservar?")
+        .await
+        .expect("whatsapp send");
+    assert_shape("whatsapp_send_request_text.json", &f.last_request_body("/123456789012345/messages").await);
+    let raw = f
+        .ok(
+            "POST",
+            &format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)])),
+            Some(&serde_json::from_slice(&fixture("whatsapp_send_request_text.json")).expect("json")),
+        )
+        .await;
+    assert_shape("whatsapp_send_response.json", &raw);
+    graph.whatsapp_typing("123456789012345", &secret(&waba_token), wamid_in).await.expect("typing");
+    assert_shape("whatsapp_mark_read_request.json", &f.last_request_body("/123456789012345/messages").await);
+    let read = f
+        .ok(
+            "POST",
+            &format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)])),
+            Some(&serde_json::from_slice(&fixture("whatsapp_mark_read_request.json")).expect("json")),
+        )
+        .await;
+    assert_shape("whatsapp_mark_read_response.json", &read);
+    for status in ["sent", "delivered", "read"] {
+        let v = f.webhook(status, |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == status).await;
+        assert_shape(&format!("whatsapp_status_{status}.json"), &v);
+    }
+
+    // Meta restricts the business account.
+    let restricted = f
+        .ok(
+            "POST",
+            "/_fake/account-update",
+            Some(&json!({"waba_id": "112233445566778", "event": "ACCOUNT_RESTRICTION",
+                "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1773226400}]})),
+        )
+        .await;
+    assert_shape("whatsapp_account_update.json", &restricted["webhook"]);
+
+    // Outside the 24-hour window a WhatsApp send fails later, by webhook.
+    let day_ago = (chrono::Utc::now() - chrono::Duration::hours(25)).to_rfc3339();
+    f.ok(
+        "POST",
+        "/_fake/inbound",
+        Some(&json!({"to": "123456789012345", "from": "14155550999", "text": "old", "at": day_ago})),
+    )
+    .await;
+    let late =
+        graph.whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late").await.expect("accepted");
+    let failed = f.webhook("failed status", |v| wa_status(v)["id"] == late.as_str()).await;
+    assert_shape("whatsapp_status_failed.json", &failed);
+
+    // Errors: an expired token, and Messenger's window.
+    f.ok("POST", "/_fake/tokens/expire", Some(&json!({"token": user_token}))).await;
+    let (status, expired) = f.send("GET", &format!("/v24.0/me?{}", q(&[("access_token", &user_token)])), None).await;
+    assert_eq!(status, 400);
+    assert_shape("graph_error_190_expired.json", &expired);
+    f.ok("POST", "/_fake/tokens/revoke", Some(&json!({"token": user_token}))).await;
+    assert_shape("debug_token_invalid.json", &f.ok("GET", &debug(user_token.clone()), None).await);
+    f.ok(
+        "POST",
+        "/_fake/inbound",
+        Some(&json!({"to": "109876543210987", "from": "7392015648120999", "text": "old", "at": day_ago})),
+    )
+    .await;
+    let other_page = made["pages"][1]["access_token"].as_str().expect("token");
+    let (status, outside) = f
+        .send(
+            "POST",
+            &format!("/v24.0/109876543210987/messages?{}", q(&[("access_token", other_page)])),
+            Some(&json!({"recipient": {"id": "7392015648120999"}, "messaging_type": "RESPONSE", "message": {"text": "late"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_shape("messenger_error_outside_window.json", &outside);
+}
+
+#[test]
+fn the_simulator_sends_metas_webhook_shapes() {
+    use switchboard::cli::SimulateArgs;
+    use switchboard::simulate::{bodies, Kind};
+    // One event of one kind, for one target.
+    let one = |target: &str, kind: Kind| -> Value {
+        let args = SimulateArgs {
+            url: String::new(),
+            app_secret: "s".into(),
+            page: (target == "page").then(|| "102938475610293".into()),
+            instagram: (target == "instagram").then(|| "17841400123456789".into()),
+            phone: (target == "phone").then(|| "123456789012345".into()),
+            count: 1,
+            rate: 0,
+            concurrency: 1,
+            contacts: 1,
+            duplicates: false,
+            bad_signature: false,
+            batch: 1,
+            retries: 0,
+            shuffle: 1,
+            kinds: vec![kind],
+        };
+        let body = bodies(&args, "shape").next().unwrap_or_else(|| panic!("{target} sends {kind:?}"));
+        serde_json::from_str(&body).expect("json")
+    };
+    let cases = [
+        ("page", Kind::Text, "messenger_text.json"),
+        ("page", Kind::Image, "messenger_image.json"),
+        ("page", Kind::Postback, "messenger_postback.json"),
+        ("page", Kind::Echo, "messenger_echo_from_page_inbox.json"),
+        ("page", Kind::Delivery, "messenger_delivery.json"),
+        ("page", Kind::Read, "messenger_read.json"),
+        ("page", Kind::Reaction, "messenger_reaction.json"),
+        ("instagram", Kind::Text, "instagram_text.json"),
+        ("instagram", Kind::Echo, "instagram_echo.json"),
+        ("instagram", Kind::Read, "instagram_seen.json"),
+        ("instagram", Kind::Reaction, "instagram_reaction.json"),
+        ("phone", Kind::Text, "whatsapp_text.json"),
+        ("phone", Kind::Image, "whatsapp_image.json"),
+        ("phone", Kind::Delivery, "whatsapp_status_delivered.json"),
+        ("phone", Kind::Read, "whatsapp_status_read.json"),
+        ("phone", Kind::Reaction, "whatsapp_reaction.json"),
+    ];
+    for (target, kind, name) in cases {
+        assert_shape(name, &one(target, kind));
+    }
+}
