@@ -147,6 +147,20 @@ impl Fake {
         v
     }
 
+    /// Posts a request fixture, as is, to an account's Send API.
+    async fn post_fixture(&self, account: &str, token: &str, name: &str) -> Value {
+        let body: Value = serde_json::from_slice(&fixture(name)).expect("fixture json");
+        self.ok("POST", &format!("/v24.0/{account}/messages?access_token={}", percent_encode(token)), Some(&body)).await
+    }
+
+    /// Waits for a webhook that `pick` accepts and checks it against the
+    /// fixture named.
+    async fn webhook_like(&self, fixture_name: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let v = self.webhook(fixture_name, pick).await;
+        assert_shape(fixture_name, &v);
+        v
+    }
+
     /// Waits for the caught webhooks to hold one that `pick` accepts.
     async fn webhook(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..250 {
@@ -333,13 +347,7 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         .await
         .expect("send");
     assert_shape("messenger_send_request.json", &f.last_request_body("/102938475610293/messages").await);
-    let raw = f
-        .ok(
-            "POST",
-            &format!("/v24.0/102938475610293/messages?{}", q(&[("access_token", &page_token)])),
-            Some(&serde_json::from_slice(&fixture("messenger_send_request.json")).expect("json")),
-        )
-        .await;
+    let raw = f.post_fixture("102938475610293", &page_token, "messenger_send_request.json").await;
     // The fixture's recipient is the customer who wrote above.
     assert_shape("messenger_send_response.json", &raw);
     graph
@@ -352,32 +360,21 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         .await
         .expect("typing");
     assert_shape("messenger_sender_action_request.json", &f.last_request_body("/102938475610293/messages").await);
-    let action = f
-        .ok(
-            "POST",
-            &format!("/v24.0/102938475610293/messages?{}", q(&[("access_token", &page_token)])),
-            Some(&serde_json::from_slice(&fixture("messenger_sender_action_request.json")).expect("json")),
-        )
-        .await;
+    let action = f.post_fixture("102938475610293", &page_token, "messenger_sender_action_request.json").await;
     assert_shape("messenger_sender_action_response.json", &action);
 
     // The page's send comes back as echo, delivery and read webhooks.
-    let echo = f.webhook("echo", |v| messaging_event(v)["message"]["mid"] == mid.as_str()).await;
-    assert_shape("messenger_echo.json", &echo);
-    let delivery = f.webhook("delivery", |v| messaging_event(v)["delivery"]["mids"][0] == mid.as_str()).await;
-    assert_shape("messenger_delivery.json", &delivery);
-    let read = f.webhook("read", |v| messaging_event(v)["read"].is_object() && v["object"] == "page").await;
-    assert_shape("messenger_read.json", &read);
+    f.webhook_like("messenger_echo.json", |v| messaging_event(v)["message"]["mid"] == mid.as_str()).await;
+    f.webhook_like("messenger_delivery.json", |v| messaging_event(v)["delivery"]["mids"][0] == mid.as_str()).await;
+    f.webhook_like("messenger_read.json", |v| messaging_event(v)["read"].is_object() && v["object"] == "page").await;
 
     // Instagram: echo and seen.
     let ig_mid = graph
         .send_text("17841400123456789", &secret(&page_token), "6841100000123456", "Yes! Size M left.", None, "m")
         .await
         .expect("instagram send");
-    let ig_echo = f.webhook("Instagram echo", |v| messaging_event(v)["message"]["mid"] == ig_mid.as_str()).await;
-    assert_shape("instagram_echo.json", &ig_echo);
-    let seen = f.webhook("Instagram seen", |v| messaging_event(v)["read"]["mid"] == ig_mid.as_str()).await;
-    assert_shape("instagram_seen.json", &seen);
+    f.webhook_like("instagram_echo.json", |v| messaging_event(v)["message"]["mid"] == ig_mid.as_str()).await;
+    f.webhook_like("instagram_seen.json", |v| messaging_event(v)["read"]["mid"] == ig_mid.as_str()).await;
 
     // WhatsApp: send, mark read (with typing), statuses.
     let wamid = graph
@@ -385,23 +382,11 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         .await
         .expect("whatsapp send");
     assert_shape("whatsapp_send_request_text.json", &f.last_request_body("/123456789012345/messages").await);
-    let raw = f
-        .ok(
-            "POST",
-            &format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)])),
-            Some(&serde_json::from_slice(&fixture("whatsapp_send_request_text.json")).expect("json")),
-        )
-        .await;
+    let raw = f.post_fixture("123456789012345", &waba_token, "whatsapp_send_request_text.json").await;
     assert_shape("whatsapp_send_response.json", &raw);
     graph.whatsapp_typing("123456789012345", &secret(&waba_token), wamid_in).await.expect("typing");
     assert_shape("whatsapp_mark_read_request.json", &f.last_request_body("/123456789012345/messages").await);
-    let read = f
-        .ok(
-            "POST",
-            &format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)])),
-            Some(&serde_json::from_slice(&fixture("whatsapp_mark_read_request.json")).expect("json")),
-        )
-        .await;
+    let read = f.post_fixture("123456789012345", &waba_token, "whatsapp_mark_read_request.json").await;
     assert_shape("whatsapp_mark_read_response.json", &read);
     for status in ["sent", "delivered", "read"] {
         let v = f.webhook(status, |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == status).await;
@@ -429,8 +414,7 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
     .await;
     let late =
         graph.whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late").await.expect("accepted");
-    let failed = f.webhook("failed status", |v| wa_status(v)["id"] == late.as_str()).await;
-    assert_shape("whatsapp_status_failed.json", &failed);
+    f.webhook_like("whatsapp_status_failed.json", |v| wa_status(v)["id"] == late.as_str()).await;
 
     // Errors: an expired token, and Messenger's window.
     f.ok("POST", "/_fake/tokens/expire", Some(&json!({"token": user_token}))).await;
