@@ -423,6 +423,9 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
     assert_shape("graph_error_190_expired.json", &expired);
     f.ok("POST", "/_fake/tokens/revoke", Some(&json!({"token": user_token}))).await;
     assert_shape("debug_token_invalid.json", &f.ok("GET", &debug(user_token.clone()), None).await);
+    let (status, logged_out) = f.send("GET", &format!("/v24.0/me?{}", q(&[("access_token", &user_token)])), None).await;
+    assert_eq!((status, &logged_out["error"]["error_subcode"]), (400, &json!(467)));
+    assert_shape("graph_error_190_logged_out.json", &logged_out);
     f.ok(
         "POST",
         "/_fake/inbound",
