@@ -207,15 +207,11 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]}),
         )]
     } else {
-        // A reply inside the customer's window is a free service message,
-        // priced per message (the `pricing` Meta puts on sent and delivered).
+        // A reply inside the customer's window is a free service message.
+        // Meta prices a message on one of its statuses, not several: here `sent`.
         let pricing = json!({"pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}});
         // Meta does not promise order: deliver "read" before "delivered".
-        vec![
-            status("sent", now, pricing.clone()),
-            status("read", now + 2, json!({})),
-            status("delivered", now + 1, pricing),
-        ]
+        vec![status("sent", now, pricing), status("read", now + 2, json!({})), status("delivered", now + 1, json!({}))]
     };
     fake.emit_to(st.webhook_target.clone(), out);
     HttpResponse::Ok().json(
