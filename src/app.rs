@@ -24,8 +24,9 @@ pub struct AppState {
     pub wake_processor: Arc<Notify>,
     /// Webhooks this instance has stored (the processor gathers by it).
     pub webhooks_stored: Arc<std::sync::atomic::AtomicU64>,
-    /// The last webhook batch claimed all it could: helpers join in.
-    pub processor_behind: Arc<std::sync::atomic::AtomicBool>,
+    /// The last webhook batch claimed all it could: helpers join in. A
+    /// watch, so an idle helper sleeps until it changes instead of polling.
+    pub processor_behind: Arc<tokio::sync::watch::Sender<bool>>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
     /// Wakes the spare-schema refill (a tenant was created here).
@@ -57,7 +58,7 @@ impl AppState {
             webhook_store: store_tx,
             store_rx: std::sync::Mutex::new(Some(store_rx)),
             wake_processor: Arc::new(Notify::new()),
-            processor_behind: Arc::default(),
+            processor_behind: Arc::new(tokio::sync::watch::Sender::new(false)),
             webhooks_stored: Arc::default(),
             wake_sender: Arc::new(Notify::new()),
             spares_wanted: Arc::new(Notify::new()),

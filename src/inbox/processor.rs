@@ -494,10 +494,11 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     let wait_writes_at = env_or("SWITCHBOARD_WEBHOOK_WAIT_WRITES_AT", 1i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
+    let mut behind = state.processor_behind.subscribe();
+    let set_behind = |now: bool| state.processor_behind.send_if_modified(|b| std::mem::replace(b, now) != now);
     loop {
-        if !primary && !state.processor_behind.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
+        if !primary && behind.wait_for(|b| *b).await.is_err() {
+            return; // The state (and its sender) is gone: the server stopped.
         }
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
@@ -512,7 +513,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
         .await;
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
-                state.processor_behind.store(report.claimed as i64 >= batch, Ordering::Relaxed);
+                set_behind(report.claimed as i64 >= batch);
                 let claimed = report.claimed as i64;
                 use crate::metrics::{inc, WEBHOOKS_DEAD, WEBHOOKS_PROCESSED, WEBHOOKS_RETRIED, WEBHOOK_BATCHES};
                 inc(&WEBHOOK_BATCHES, 1);
@@ -532,7 +533,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 continue;
             }
             Ok(Ok(_)) => {
-                state.processor_behind.store(false, Ordering::Relaxed);
+                set_behind(false);
                 // Nothing more came: frames held for a next batch go out now
                 // (the helper's too: only the primary keeps claiming).
                 if primary {
