@@ -196,6 +196,26 @@ async fn stop_on_signal(hub: actix::Addr<crate::realtime::Hub>, server: actix_we
     server.stop(true).await;
 }
 
+/// Set on every accepted connection: data left unacknowledged, or unread
+/// behind a peer's zero window, for longer than the WebSocket silence
+/// timeout ends the connection (`TCP_USER_TIMEOUT`). Without it a client
+/// that stops reading keeps its connection, its dispatcher and a full send
+/// buffer (megabytes) for as long as it stays connected: its session is
+/// closed (silent, or 4408), but the close frame waits behind the unread
+/// bytes and actix has no write timeout. A peer gone without a word is let
+/// go as soon, instead of after the kernel's ~15 minutes of retries.
+fn on_connect(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    #[cfg(target_os = "linux")]
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let (_, silence) = crate::realtime::session::heartbeat();
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(silence)) {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = connection;
+}
+
 /// Binds the server to `listener` (port 0 in tests).
 pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
     let keys = web::Data::new(state.jwt.clone());
@@ -218,6 +238,13 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .configure(routes)
     })
     .workers(workers)
+    .on_connect(on_connect)
+    // Kept at actix's 1 s. After a WebSocket's closing handshake actix does
+    // not close TCP at once (RFC 6455 §7.1.1 asks the server to, and clients
+    // wait for it): it drains the socket's stream until the client closes or
+    // this timeout, which it reckons from a clock refreshed every 500 ms. A
+    // timeout under that can fall due before it is armed and then never
+    // wakes the connection, so closes finish 0.5–1 s after the handshake.
     // Flushed at a socket's part of frames, so the dispatcher's buffer,
     // which it keeps, stays that small (realtime::session::WRITE_BUDGET).
     .h1_write_buffer_size(crate::realtime::session::WRITE_BUDGET)

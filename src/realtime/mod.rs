@@ -20,7 +20,9 @@
 //! client fell too far behind (reconnect with `since` to resume); and the
 //! standard 1001 when the server shuts down (reconnect, to another instance,
 //! with `since`), 1009 for a client message over
-//! `session::CLIENT_MESSAGE_LIMIT`, 1002 for a protocol error.
+//! `session::CLIENT_MESSAGE_LIMIT`, 1002 for a protocol error. A close
+//! frame queues behind what the client has not read, so a client that
+//! stopped reading is let go at the TCP level too (`http::on_connect`).
 
 pub mod bus;
 pub mod hub;

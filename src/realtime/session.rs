@@ -28,7 +28,7 @@ use crate::inbox::ConversationId;
 /// frame of any kind, pongs included) before it is dropped:
 /// `SWITCHBOARD_WS_PING_SECS` (10) and `SWITCHBOARD_WS_TIMEOUT_SECS` (30),
 /// read once.
-fn heartbeat() -> (Duration, Duration) {
+pub fn heartbeat() -> (Duration, Duration) {
     static HEARTBEAT: std::sync::OnceLock<(Duration, Duration)> = std::sync::OnceLock::new();
     *HEARTBEAT.get_or_init(|| {
         let secs = |name: &str, default: u64| {

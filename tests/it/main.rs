@@ -12,4 +12,5 @@ mod inbox;
 mod migrate;
 mod openapi;
 mod realtime;
+mod teardown;
 mod tenancy;

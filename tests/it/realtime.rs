@@ -263,7 +263,7 @@ fn append_padded(app: &TestApp, n: usize, pad: usize) {
     append_in(&app.pool, n, pad);
 }
 
-fn append_in(pool: &switchboard::db::PgPool, n: usize, pad: usize) {
+pub(crate) fn append_in(pool: &switchboard::db::PgPool, n: usize, pad: usize) {
     let mut conn = pool.get().expect("conn");
     let tenant = switchboard::tenancy::find_by_slug(&mut conn, "acme").expect("q").expect("acme").tenant_id();
     switchboard::db::with_tenant(
@@ -756,9 +756,9 @@ async fn a_reconnect_storm_goes_out_in_a_few_presence_messages() {
 
 /// `switchboard serve` as deployed: a process of its own on `app`'s
 /// database and fake Meta, on a port of its own; killed when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: std::process::Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Serve {
@@ -766,7 +766,7 @@ impl Serve {
         Serve::start_with(app, &[]).await
     }
 
-    async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
+    pub(crate) async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
         use base64::Engine;
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
