@@ -106,7 +106,10 @@ pub fn login(
     if !user.password_matches(password) {
         return Err(invalid_credentials());
     }
-    let tenant = tenancy::find_by_slug(conn, tenant_slug)?.ok_or_else(invalid_credentials)?;
+    // Slugs are lower-case; a login form's "Acme " finds "acme", as the
+    // email is found whatever its case.
+    let tenant =
+        tenancy::find_by_slug(conn, &tenant_slug.trim().to_ascii_lowercase())?.ok_or_else(invalid_credentials)?;
     let role = role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
     ensure_usable(&tenant)?;
     pair(conn, keys, &user, &tenant, role, None)

@@ -59,6 +59,16 @@ async fn login_me_and_forged_or_stale_tokens() {
             .await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("invalid_credentials")));
     }
+    // Email and tenant as a person types them: case and spaces do not matter.
+    let r = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"email": " Ann@ACME.test", "password": "ann-password-1", "tenant": "Acme "})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["tenant"]["slug"].as_str()), (200, Some("acme")), "{:?}", r.body);
 
     let keys = JwtKeys::new(JWT_SECRET.as_bytes());
     let now = chrono::Utc::now().timestamp();
