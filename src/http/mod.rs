@@ -245,6 +245,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     // this timeout, which it reckons from a clock refreshed every 500 ms. A
     // timeout under that can fall due before it is armed and then never
     // wakes the connection, so closes finish 0.5–1 s after the handshake.
+    .client_disconnect_timeout(std::time::Duration::from_secs(1))
     // Flushed at a socket's part of frames, so the dispatcher's buffer,
     // which it keeps, stays that small (realtime::session::WRITE_BUDGET).
     .h1_write_buffer_size(crate::realtime::session::WRITE_BUDGET)
