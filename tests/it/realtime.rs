@@ -1134,3 +1134,34 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
     let e = until(&mut v, "error", Duration::from_secs(3)).await.expect("typing refused");
     assert_eq!(e["data"]["code"], "forbidden", "{e}");
 }
+
+/// A socket that keeps up is never dropped for the size of one delivery. A
+/// backlog (webhooks stored while no processor ran, a retry flood) is
+/// processed in batches of up to 1,000, each new conversation ~4 events,
+/// and the hub may hold batches to send them together: the admin, who sees
+/// every channel, gets deliveries of more than `OUTBOX_LIMIT` frames at
+/// once. It gets every event, in order, and is not closed as too slow.
+#[actix_web::test]
+async fn a_socket_that_keeps_up_gets_a_backlog_whole() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
+    let mut seq = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    let total = 5000;
+    let bodies: Vec<Vec<u8>> = (0..total)
+        .map(|i| crate::common::messenger_text(&format!("{}", 7_000_000 + i), &format!("m_backlog_{i}"), "a backlog"))
+        .collect();
+    app.store_bodies(&bodies);
+    let mut created = 0;
+    while created < total {
+        let f = next(&mut s, Duration::from_secs(20)).await.expect("the backlog keeps coming");
+        assert_ne!(f["type"], "closed", "{f}");
+        if let Some(n) = f["seq"].as_i64() {
+            assert_eq!(n, seq + 1, "in order, nothing missing: {f}");
+            seq = n;
+        }
+        if f["type"] == "message.created" {
+            created += 1;
+        }
+    }
+}
