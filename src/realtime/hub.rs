@@ -127,10 +127,10 @@ pub struct Outbox {
 /// Frames a session may have waiting from earlier deliveries when more
 /// come before it counts as too slow (4408). The delivery itself is not
 /// counted: one can be larger than this for a socket that keeps up (a
-/// backlog batch of 1,000 webhooks is ~4,000 events, and the hub may hold
-/// batches to send together; an admin sees them all), and refusing it
-/// dropped sockets that had read everything. So an outbox holds at most
-/// this plus one delivery.
+/// backlog batch of 1,000 new conversations is 3,000 events or more, the
+/// hub may hold batches to send together, and an admin sees them all), and
+/// refusing it dropped sockets that had read everything. So an outbox
+/// holds at most this plus one delivery.
 pub const OUTBOX_LIMIT: usize = 4096;
 
 impl Outbox {
