@@ -14,6 +14,7 @@ pub static WS_OPEN: AtomicI64 = AtomicI64::new(0);
 pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
 pub static WS_DELIVERIES: AtomicU64 = AtomicU64::new(0);
 pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
+pub static WS_REPLAYS_AGAIN: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
@@ -39,6 +40,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ("switchboard_ws_connections_total", "WebSocket sessions opened", &WS_OPENED),
         ("switchboard_ws_deliveries_total", "Bursts of frames handed to sockets", &WS_DELIVERIES),
         ("switchboard_ws_frames_total", "Event frames handed to sockets", &WS_FRAMES),
+        (
+            "switchboard_ws_replays_again_total",
+            "Replays read again from the log: a burst overflowed a socket still writing its replay",
+            &WS_REPLAYS_AGAIN,
+        ),
         ("switchboard_webhook_batches_total", "Processor batches that claimed work", &WEBHOOK_BATCHES),
         ("switchboard_webhook_batch_micros_total", "Time spent in those batches (µs)", &WEBHOOK_BATCH_MICROS),
         ("switchboard_bus_reads_total", "Event log reads by this instance's listener", &BUS_READS),

@@ -23,6 +23,7 @@
 //! deliveries of many presence frames, not a thousand of one.
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use chrono::Utc;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -77,6 +78,17 @@ struct Pending {
     last_sent: i64,
     /// The session is closing: nothing more goes out.
     closed: bool,
+    /// The writer has come to the outbox since the session went live. It
+    /// serves the session's own frames first, so until then the socket is
+    /// still writing its replay, and frames piling up are no sign of a
+    /// client that stopped reading.
+    drained: bool,
+    /// Events past [`OUTBOX_LIMIT`] were dropped before that: they are in
+    /// the log, and the session reads them there ([`ReplayAgain`]) before
+    /// the writer takes more.
+    behind: bool,
+    /// The session, told when it must replay again.
+    replay_again: Option<WeakRecipient<ReplayAgain>>,
     /// Wakes the socket's writer when frames come.
     waker: Option<std::task::Waker>,
 }
@@ -141,11 +153,18 @@ impl Outbox {
     /// Adds frames and wakes the socket's writer if it was idle (`Ok(true)`
     /// then). Taken by value: an idle outbox (the usual case) just keeps the
     /// list it is given.
-    fn add(&self, frames: Vec<Frame>) -> Result<bool, ()> {
+    fn add(&self, mut frames: Vec<Frame>) -> Result<bool, ()> {
         let waker = {
             let mut p = self.pending.lock().map_err(|_| ())?;
             if p.closed {
                 return Ok(false);
+            }
+            if p.frames.len() > OUTBOX_LIMIT && !p.drained {
+                // A socket still replaying, in a burst. Typing and presence,
+                // which are not logged, stay.
+                p.frames.retain(|f| f.seq.is_none());
+                frames.retain(|f| f.seq.is_none());
+                p.behind = true;
             }
             if p.frames.len() > OUTBOX_LIMIT {
                 return Err(());
@@ -169,6 +188,13 @@ impl Outbox {
             w.wake();
         }
         Ok(true)
+    }
+
+    /// Whom to tell when the outbox dropped events ([`Pending::behind`]).
+    pub fn on_behind(&self, session: WeakRecipient<ReplayAgain>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.replay_again = Some(session);
+        }
     }
 
     /// The replay is done (it sent everything up to `last_sent`): frames
@@ -207,6 +233,23 @@ impl Outbox {
         loop {
             let frames = {
                 let Ok(mut p) = self.pending.lock() else { return None };
+                if p.live && std::mem::take(&mut p.behind) {
+                    // The replay is written; what was dropped meanwhile comes
+                    // from the log, then live frames again (skipping what
+                    // that replay sent).
+                    p.live = false;
+                    p.drained = false;
+                    let (from, session) = (p.last_sent, p.replay_again.as_ref().and_then(|s| s.upgrade()));
+                    p.waker = Some(waker.clone());
+                    drop(p);
+                    if let Some(s) = session {
+                        s.do_send(ReplayAgain { from });
+                    }
+                    return None;
+                }
+                if p.live {
+                    p.drained = true;
+                }
                 if p.closed || !p.live || p.frames.is_empty() {
                     if !p.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                         p.waker = Some(waker.clone());
@@ -308,6 +351,15 @@ impl Drop for Outbox {
             self.unwritten.done();
         }
     }
+}
+
+/// Events for this session were dropped while its socket caught up: it
+/// reads the log after `from` (the newest event it was sent), then goes
+/// live again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplayAgain {
+    pub from: i64,
 }
 
 #[derive(Message)]
@@ -1203,6 +1255,9 @@ mod tests {
     fn an_overflowing_outbox_refuses_and_counts_nothing_more() {
         let unwritten = Arc::new(Unwritten::default());
         let o = Outbox::new(unwritten.clone());
+        // Live, and its writer has come to the outbox (its replay is written).
+        o.go_live(-1);
+        assert!(o.next_write(&futures_util::task::noop_waker()).is_none());
         // One delivery larger than the limit is taken whole: the socket
         // may keep up with it.
         let many: Vec<Frame> = (0..2 * OUTBOX_LIMIT as i64).map(frame).collect();
@@ -1238,6 +1293,38 @@ mod tests {
             assert_eq!(payload.as_deref().unwrap_or_default(), f.text.as_bytes());
         }
         assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn a_burst_while_the_replay_is_written_is_read_again_from_the_log_not_a_close() {
+        let unwritten = Arc::new(Unwritten::default());
+        let o = Outbox::new(unwritten.clone());
+        let presence = Frame { seq: None, text: "presence".into() };
+        let waker = futures_util::task::noop_waker();
+        let texts = |bytes: bytes::Bytes| {
+            let mut wire = bytes::BytesMut::from(&bytes[..]);
+            let mut texts = Vec::new();
+            while let Ok(Some((_, _, Some(p)))) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX) {
+                texts.push(String::from_utf8_lossy(&p).into_owned());
+            }
+            texts
+        };
+        // Replaying, or live with the replay not written yet (the writer has
+        // not come to the outbox): a burst past the limit, then more.
+        assert_eq!(o.add((10..11 + OUTBOX_LIMIT as i64).map(frame).collect()), Ok(true));
+        o.go_live(9);
+        assert_eq!(o.add(vec![presence.clone(), frame(5000)]), Ok(false), "no 4408 yet");
+        // The events were dropped (the log has them), presence stays. The
+        // writer, coming to the outbox, has the session replay again first.
+        assert!(o.next_write(&waker).is_none(), "the log first");
+        assert_eq!(o.add(vec![frame(5001)]), Ok(false));
+        o.go_live(5000);
+        assert_eq!(texts(o.next_write(&waker).expect("frames")), ["presence", r#"{"seq":5001}"#]);
+        assert!(unwritten.is_zero());
+        // Now the replay is written: the same overflow is a client that
+        // stopped reading.
+        assert_eq!(o.add((1..=OUTBOX_LIMIT as i64 + 1).map(|i| frame(6000 + i)).collect()), Ok(true));
+        assert_eq!(o.add(vec![frame(9999)]), Err(()));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::hub::{CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, SetAway, SetChannels, TypingFrom};
+use super::hub::{
+    CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, ReplayAgain, SetAway, SetChannels, TypingFrom,
+};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::db::{TenantConn, TenantScope};
@@ -266,6 +268,7 @@ impl Actor for WsSession {
             }
             ctx.ping(b"");
         });
+        self.outbox.on_behind(ctx.address().downgrade().recipient());
         self.hub.do_send(Join {
             id: self.id,
             addr: ctx.address(),
@@ -321,6 +324,16 @@ where
             Some(bytes) => Poll::Ready(Some(Ok(bytes))),
             None => Poll::Pending,
         }
+    }
+}
+
+impl Handler<ReplayAgain> for WsSession {
+    type Result = ();
+    fn handle(&mut self, m: ReplayAgain, ctx: &mut Self::Context) {
+        crate::metrics::inc(&crate::metrics::WS_REPLAYS_AGAIN, 1);
+        self.since = m.from;
+        self.last_sent = m.from;
+        self.replay(ctx);
     }
 }
 

@@ -1165,3 +1165,36 @@ async fn a_socket_that_keeps_up_gets_a_backlog_whole() {
         }
     }
 }
+
+/// A socket that resumes is still writing its replay when a burst comes:
+/// the frames past the limit are dropped and read again from the log once
+/// the replay is written, not a 4408 (which the client's reconnect would
+/// meet again for as long as the burst lasts). Here the client reads
+/// nothing until the burst is in, so its replay (24 MB) cannot be written;
+/// replay and burst together stay under what a replay carries. It gets
+/// every event in order and stays open.
+#[actix_web::test]
+async fn a_burst_while_a_resume_is_written_is_read_again_from_the_log() {
+    let (app, t, s, last) = admin_at_hello().await;
+    drop(s);
+    append_padded(&app, 1500, 16_000);
+    let mut s = ws(&app, &format!("?since={last}"), Some(&t.admin), None).await.expect("resume");
+    // The burst, in deliveries of 500, while nothing is read.
+    for _ in 0..16 {
+        append_padded(&app, 500, 100);
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let end = last + 1500 + 8000;
+    let mut seq = last;
+    while seq < end {
+        let f = next(&mut s, Duration::from_secs(10)).await.expect("frames keep coming");
+        assert!(f["type"] != "closed" && f["type"] != "resync_required", "{f} after seq {seq}");
+        if let Some(n) = f["seq"].as_i64() {
+            assert_eq!(n, seq + 1, "in order, nothing missing: {f}");
+            seq = n;
+        }
+    }
+    send(&mut s, json!({"type": "ping"})).await;
+    let pong = until(&mut s, "pong", Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(pong["type"], "pong", "still open: {pong}");
+}
