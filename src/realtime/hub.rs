@@ -233,7 +233,7 @@ impl Outbox {
         loop {
             let frames = {
                 let Ok(mut p) = self.pending.lock() else { return None };
-                if p.live && std::mem::take(&mut p.behind) {
+                if p.live && !p.closed && std::mem::take(&mut p.behind) {
                     // The replay is written; what was dropped meanwhile comes
                     // from the log, then live frames again (skipping what
                     // that replay sent).
