@@ -89,6 +89,8 @@ struct Pending {
     behind: bool,
     /// The session, told when it must replay again.
     replay_again: Option<WeakRecipient<ReplayAgain>>,
+    /// The writer took frames since the last delivery.
+    took: bool,
     /// Wakes the socket's writer when frames come.
     waker: Option<std::task::Waker>,
 }
@@ -137,13 +139,17 @@ pub struct Outbox {
 }
 
 /// Frames a session may have waiting from earlier deliveries when more
-/// come before it counts as too slow (4408). The delivery itself is not
+/// come before it counts as too slow (4408), if its socket took nothing
+/// since the last delivery; [`READING_FACTOR`] times as many if it did (a
+/// client that reads, behind in a burst). The delivery itself is not
 /// counted: one can be larger than this for a socket that keeps up (a
 /// backlog batch of 1,000 new conversations is 3,000 events or more, the
 /// hub may hold batches to send together, and an admin sees them all), and
 /// refusing it dropped sockets that had read everything. So an outbox
-/// holds at most this plus one delivery.
+/// holds at most four times this plus one delivery.
 pub const OUTBOX_LIMIT: usize = 4096;
+/// See [`OUTBOX_LIMIT`].
+pub const READING_FACTOR: usize = 4;
 
 impl Outbox {
     pub fn new(unwritten: Arc<Unwritten>) -> Outbox {
@@ -166,7 +172,8 @@ impl Outbox {
                 frames.retain(|f| f.seq.is_none());
                 p.behind = true;
             }
-            if p.frames.len() > OUTBOX_LIMIT {
+            let reading = std::mem::take(&mut p.took);
+            if p.frames.len() > OUTBOX_LIMIT * if reading { READING_FACTOR } else { 1 } {
                 return Err(());
             }
             if p.frames.is_empty() {
@@ -292,6 +299,7 @@ impl Outbox {
     /// and the writer comes back for them itself; once it has taken the
     /// last, the next frames wake it.
     fn take_locked(p: &mut Pending, unwritten: &Unwritten, budget: usize, most: usize) -> (Vec<Frame>, bool) {
+        p.took |= !p.frames.is_empty();
         let mut bytes = 0;
         let fit = p
             .frames
@@ -1262,14 +1270,23 @@ mod tests {
         // may keep up with it.
         let many: Vec<Frame> = (0..2 * OUTBOX_LIMIT as i64).map(frame).collect();
         assert_eq!(o.add(many), Ok(true));
-        // Taken down to the limit, more still come...
+        // Taken down to the limit: the socket reads, more still come...
         let (_, more) = o.take_up_to(usize::MAX, OUTBOX_LIMIT);
         assert!(more);
         assert_eq!(o.add(vec![frame(-1)]), Ok(false));
-        // ...but not while more than the limit waits from before.
+        // ...but not when it took nothing since and more than the limit waits.
         assert_eq!(o.add(vec![frame(-2)]), Err(()));
         assert_eq!(o.take().len(), OUTBOX_LIMIT + 1);
         assert!(unwritten.is_zero());
+
+        // A socket that reads is let fall further behind, not without end.
+        let o = Outbox::new(unwritten.clone());
+        o.go_live(-1);
+        assert!(o.next_write(&futures_util::task::noop_waker()).is_none());
+        let limit = OUTBOX_LIMIT * READING_FACTOR;
+        assert_eq!(o.add((0..limit as i64 + 2).map(frame).collect()), Ok(true));
+        let _ = o.take_up_to(usize::MAX, 1);
+        assert_eq!(o.add(vec![frame(-1)]), Err(()), "more than {limit} wait, reading or not");
     }
 
     #[test]
