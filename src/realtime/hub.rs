@@ -89,8 +89,9 @@ struct Pending {
     behind: bool,
     /// The session, told when it must replay again.
     replay_again: Option<WeakRecipient<ReplayAgain>>,
-    /// The writer took frames since the last delivery.
-    took: bool,
+    /// Since when frames have waited with none taken: set when the outbox
+    /// fills from empty, moved on at every take.
+    waiting_since: Option<Instant>,
     /// Wakes the socket's writer when frames come.
     waker: Option<std::task::Waker>,
 }
@@ -139,9 +140,9 @@ pub struct Outbox {
 }
 
 /// Frames a session may have waiting from earlier deliveries when more
-/// come before it counts as too slow (4408), if its socket took nothing
-/// since the last delivery; [`READING_FACTOR`] times as many if it did (a
-/// client that reads, behind in a burst). The delivery itself is not
+/// come before it counts as too slow (4408), if its socket took none for
+/// [`STALLED_AFTER`]; [`READING_FACTOR`] times as many if it did (a client
+/// that reads, behind in a burst). The delivery itself is not
 /// counted: one can be larger than this for a socket that keeps up (a
 /// backlog batch of 1,000 new conversations is 3,000 events or more, the
 /// hub may hold batches to send together, and an admin sees them all), and
@@ -150,6 +151,9 @@ pub struct Outbox {
 pub const OUTBOX_LIMIT: usize = 4096;
 /// See [`OUTBOX_LIMIT`].
 pub const READING_FACTOR: usize = 4;
+/// See [`OUTBOX_LIMIT`]: a socket that took nothing for this long has
+/// stopped reading (deliveries can come faster than a busy socket's turn).
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 impl Outbox {
     pub fn new(unwritten: Arc<Unwritten>) -> Outbox {
@@ -172,11 +176,13 @@ impl Outbox {
                 frames.retain(|f| f.seq.is_none());
                 p.behind = true;
             }
-            let reading = std::mem::take(&mut p.took);
+            let now = Instant::now();
+            let reading = p.waiting_since.is_none_or(|at| now.saturating_duration_since(at) < STALLED_AFTER);
             if p.frames.len() > OUTBOX_LIMIT * if reading { READING_FACTOR } else { 1 } {
                 return Err(());
             }
             if p.frames.is_empty() {
+                p.waiting_since = Some(now);
                 p.frames = frames;
             } else {
                 p.frames.extend(frames);
@@ -299,7 +305,9 @@ impl Outbox {
     /// and the writer comes back for them itself; once it has taken the
     /// last, the next frames wake it.
     fn take_locked(p: &mut Pending, unwritten: &Unwritten, budget: usize, most: usize) -> (Vec<Frame>, bool) {
-        p.took |= !p.frames.is_empty();
+        if !p.frames.is_empty() {
+            p.waiting_since = Some(Instant::now());
+        }
         let mut bytes = 0;
         let fit = p
             .frames
@@ -1274,7 +1282,9 @@ mod tests {
         let (_, more) = o.take_up_to(usize::MAX, OUTBOX_LIMIT);
         assert!(more);
         assert_eq!(o.add(vec![frame(-1)]), Ok(false));
-        // ...but not when it took nothing since and more than the limit waits.
+        // ...but not once it took nothing for a while and more than the
+        // limit waits.
+        o.pending.lock().expect("lock").waiting_since = Instant::now().checked_sub(STALLED_AFTER);
         assert_eq!(o.add(vec![frame(-2)]), Err(()));
         assert_eq!(o.take().len(), OUTBOX_LIMIT + 1);
         assert!(unwritten.is_zero());
@@ -1338,9 +1348,10 @@ mod tests {
         o.go_live(5000);
         assert_eq!(texts(o.next_write(&waker).expect("frames")), ["presence", r#"{"seq":5001}"#]);
         assert!(unwritten.is_zero());
-        // Now the replay is written: the same overflow is a client that
-        // stopped reading.
+        // Now the replay is written: the same overflow, nothing taken for a
+        // while, is a client that stopped reading.
         assert_eq!(o.add((1..=OUTBOX_LIMIT as i64 + 1).map(|i| frame(6000 + i)).collect()), Ok(true));
+        o.pending.lock().expect("lock").waiting_since = Instant::now().checked_sub(STALLED_AFTER);
         assert_eq!(o.add(vec![frame(9999)]), Err(()));
     }
 

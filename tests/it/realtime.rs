@@ -398,6 +398,11 @@ async fn a_client_that_never_reads_does_not_delay_others() {
     }
     assert!(started.elapsed() < Duration::from_secs(20));
     writer.join().expect("writer");
+    // It has read nothing for longer than a busy socket may take: the next
+    // deliveries find it stopped.
+    actix_web::rt::time::sleep(switchboard::realtime::hub::STALLED_AFTER + Duration::from_millis(500)).await;
+    append_in(&app.pool, 1000, 4000);
+    append_in(&app.pool, 1000, 4000);
     // The slow one was dropped: draining it ends with close code 4408.
     let mut closed = None;
     while let Some(f) = next(&mut slow, Duration::from_secs(5)).await {
