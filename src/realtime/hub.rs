@@ -1160,6 +1160,16 @@ mod tests {
         Frame { seq: Some(seq), text: format!("{{\"seq\":{seq}}}").into() }
     }
 
+    /// The texts of the frames in one socket write.
+    fn texts(write: bytes::Bytes) -> Vec<String> {
+        let mut wire = bytes::BytesMut::from(&write[..]);
+        let mut texts = Vec::new();
+        while let Ok(Some((_, _, Some(p)))) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX) {
+            texts.push(String::from_utf8_lossy(&p).into_owned());
+        }
+        texts
+    }
+
     #[test]
     fn unwritten_counts_woken_outboxes_until_taken_or_dropped() {
         let unwritten = Arc::new(Unwritten::default());
@@ -1328,14 +1338,6 @@ mod tests {
         let o = Outbox::new(unwritten.clone());
         let presence = Frame { seq: None, text: "presence".into() };
         let waker = futures_util::task::noop_waker();
-        let texts = |bytes: bytes::Bytes| {
-            let mut wire = bytes::BytesMut::from(&bytes[..]);
-            let mut texts = Vec::new();
-            while let Ok(Some((_, _, Some(p)))) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX) {
-                texts.push(String::from_utf8_lossy(&p).into_owned());
-            }
-            texts
-        };
         // Replaying, or live with the replay not written yet (the writer has
         // not come to the outbox): a burst past the limit, then more.
         assert_eq!(o.add((10..11 + OUTBOX_LIMIT as i64).map(frame).collect()), Ok(true));
@@ -1363,12 +1365,7 @@ mod tests {
         assert_eq!(o.add((1..=5).map(frame).collect()), Ok(true));
         assert!(o.next_write(&waker).is_none(), "nothing before the replay is done");
         o.go_live(3);
-        let mut wire = bytes::BytesMut::from(&o.next_write(&waker).expect("frames")[..]);
-        let mut seqs = Vec::new();
-        while let Ok(Some((_, _, Some(p)))) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX) {
-            seqs.push(String::from_utf8_lossy(&p).into_owned());
-        }
-        assert_eq!(seqs, [r#"{"seq":4}"#, r#"{"seq":5}"#]);
+        assert_eq!(texts(o.next_write(&waker).expect("frames")), [r#"{"seq":4}"#, r#"{"seq":5}"#]);
         assert!(unwritten.is_zero());
         assert!(o.next_write(&waker).is_none());
         o.close();
