@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
+use std::collections::HashSet;
 
 use crate::db::tenant_schema::{event_seq, events};
 use crate::db::TenantConn;
@@ -138,9 +139,19 @@ pub const REDACTED: &str = "redacted";
 
 /// Events after `since`, oldest first (redacted ones left out).
 pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<StoredEvent>> {
-    Ok(events::table
-        .filter(events::seq.gt(since))
-        .filter(events::type_.ne(REDACTED))
+    since_for(tc, since, None, limit)
+}
+
+/// Events after `since` for a member who sees `channels` (`None`: every
+/// channel; events of no channel, the tenant's own, go to all), oldest
+/// first, redacted ones left out.
+pub fn since_for(
+    tc: &mut TenantConn<'_>,
+    since: i64,
+    channels: Option<&HashSet<i64>>,
+    limit: i64,
+) -> AppResult<Vec<StoredEvent>> {
+    Ok(after(since, channels)
         .order(events::seq)
         .limit(limit)
         .select((
@@ -152,6 +163,30 @@ pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<S
             events::created_at,
         ))
         .load(tc.pg())?)
+}
+
+/// Whether more than `n` events after `since` are for a member who sees
+/// `channels` (as [`since_for`] reads them): a replay's size, known before
+/// it starts.
+pub fn more_than_after(
+    tc: &mut TenantConn<'_>,
+    since: i64,
+    channels: Option<&HashSet<i64>>,
+    n: i64,
+) -> AppResult<bool> {
+    let nth = after(since, channels).order(events::seq).offset(n).limit(1).select(events::seq).first::<i64>(tc.pg());
+    Ok(nth.optional()?.is_some())
+}
+
+fn after<'a>(since: i64, channels: Option<&HashSet<i64>>) -> events::BoxedQuery<'a, diesel::pg::Pg> {
+    let query = events::table.filter(events::seq.gt(since)).filter(events::type_.ne(REDACTED)).into_boxed();
+    match channels {
+        None => query,
+        Some(set) => {
+            let ids: Vec<i64> = set.iter().copied().collect();
+            query.filter(events::channel_id.is_null().or(events::channel_id.eq_any(ids)))
+        }
+    }
 }
 
 pub fn last_seq(tc: &mut TenantConn<'_>) -> AppResult<i64> {

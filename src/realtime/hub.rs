@@ -84,11 +84,15 @@ struct Pending {
     /// client that stopped reading.
     drained: bool,
     /// Events past [`OUTBOX_LIMIT`] were dropped before that: they are in
-    /// the log, and the session reads them there ([`ReplayAgain`]) before
-    /// the writer takes more.
+    /// the log, and the session reads them there ([`ReplayStep::Again`])
+    /// before the writer takes more.
     behind: bool,
-    /// The session, told when it must replay again.
-    replay_again: Option<WeakRecipient<ReplayAgain>>,
+    /// The session's replay handed the socket a page and reads the next
+    /// when the writer comes here, i.e. once the socket has taken it
+    /// ([`ReplayStep::NextPage`]).
+    page_out: bool,
+    /// The session, told when to read more of the log.
+    session: Option<WeakRecipient<ReplayStep>>,
     /// Since when frames have waited with none taken: set when the outbox
     /// fills from empty, moved on at every take.
     waiting_since: Option<Instant>,
@@ -203,10 +207,27 @@ impl Outbox {
         Ok(true)
     }
 
-    /// Whom to tell when the outbox dropped events ([`Pending::behind`]).
-    pub fn on_behind(&self, session: WeakRecipient<ReplayAgain>) {
+    /// Whom to tell when the socket has taken a replay page
+    /// ([`Pending::page_out`]) or the outbox dropped events
+    /// ([`Pending::behind`]).
+    pub fn replays_for(&self, session: WeakRecipient<ReplayStep>) {
         if let Ok(mut p) = self.pending.lock() {
-            p.replay_again = Some(session);
+            p.session = Some(session);
+        }
+    }
+
+    /// The session handed the socket a page of its replay: it is told
+    /// ([`ReplayStep::NextPage`]) when the writer has taken it, so a
+    /// replay holds a page or two in memory, not the whole log after
+    /// `since` (10,000 events of up to some KiB each, per resuming socket).
+    pub fn page_written(&self) {
+        let waker = {
+            let Ok(mut p) = self.pending.lock() else { return };
+            p.page_out = true;
+            p.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -246,17 +267,28 @@ impl Outbox {
         loop {
             let frames = {
                 let Ok(mut p) = self.pending.lock() else { return None };
+                if !p.live && !p.closed && std::mem::take(&mut p.page_out) {
+                    // The session's frames (the page) are all taken: the
+                    // writer only comes here when it has none left.
+                    let session = p.session.as_ref().and_then(|s| s.upgrade());
+                    p.waker = Some(waker.clone());
+                    drop(p);
+                    if let Some(s) = session {
+                        s.do_send(ReplayStep::NextPage);
+                    }
+                    return None;
+                }
                 if p.live && !p.closed && std::mem::take(&mut p.behind) {
                     // The replay is written; what was dropped meanwhile comes
                     // from the log, then live frames again (skipping what
                     // that replay sent).
                     p.live = false;
                     p.drained = false;
-                    let (from, session) = (p.last_sent, p.replay_again.as_ref().and_then(|s| s.upgrade()));
+                    let (from, session) = (p.last_sent, p.session.as_ref().and_then(|s| s.upgrade()));
                     p.waker = Some(waker.clone());
                     drop(p);
                     if let Some(s) = session {
-                        s.do_send(ReplayAgain { from });
+                        s.do_send(ReplayStep::Again { from });
                     }
                     return None;
                 }
@@ -369,13 +401,16 @@ impl Drop for Outbox {
     }
 }
 
-/// Events for this session were dropped while its socket caught up: it
-/// reads the log after `from` (the newest event it was sent), then goes
-/// live again.
+/// What an outbox tells its session's replay.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ReplayAgain {
-    pub from: i64,
+pub enum ReplayStep {
+    /// The socket has taken the replay's last page: read the next.
+    NextPage,
+    /// Events for this session were dropped while its socket caught up: it
+    /// reads the log after `from` (the newest event it was sent), then
+    /// goes live again.
+    Again { from: i64 },
 }
 
 #[derive(Message)]

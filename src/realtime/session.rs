@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::hub::{
-    CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, ReplayAgain, SetAway, SetChannels, TypingFrom,
+    CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, ReplayStep, SetAway, SetChannels, TypingFrom,
 };
 use crate::app::AppState;
 use crate::auth::Role;
@@ -69,8 +69,8 @@ const MAILBOX: usize = 16;
 /// does: reloading over REST is cheaper than a flood of frames, and the
 /// replay must never stop short and go live with a gap.
 const REPLAY_LIMIT: usize = 10_000;
-/// Events after `since` that a resume will sift for the agent's channels;
-/// beyond, `resync_required` without reading them.
+/// Events after `since` among which a resume will count the agent's;
+/// beyond, `resync_required` without counting.
 const REPLAY_SCAN_LIMIT: i64 = 100_000;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -104,6 +104,10 @@ pub struct WsSession {
     since: i64,
     /// The newest event the replay sent (live frames skip it and older ones).
     last_sent: i64,
+    /// Where the replay under way ends: the log's last seq when it began.
+    replay_to: i64,
+    /// How many events the replay's next page reads ([`PAGE_BYTES`]).
+    page_events: i64,
     /// Shared with the hub (which adds frames) and the socket's writer
     /// ([`Wire`], which takes them once the replay is done).
     outbox: Arc<Outbox>,
@@ -142,6 +146,8 @@ impl WsSession {
             last_seq: init.last_seq,
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
+            replay_to: 0,
+            page_events: PAGE_EVENTS.2,
             outbox,
             heartbeat: Instant::now(),
             fragments: None,
@@ -176,8 +182,15 @@ impl WsSession {
         ctx.stop();
     }
 
-    fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let since = self.since;
+    /// Sends the events after `last_sent` up to `replay_to` that the member
+    /// may see, a page at a time: the next page is read when the socket has
+    /// taken this one ([`ReplayStep::NextPage`]), so a resume far behind
+    /// holds a page or two, not all it replays. After the last page the
+    /// socket goes live. `start`: a replay from `since` begins; it is
+    /// checked against the log's bounds and [`REPLAY_LIMIT`], and ends at
+    /// the log's end as it is now (later events reach the outbox).
+    fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>, start: bool) {
+        let (since, from, to, size) = (self.since, self.last_sent, self.replay_to, self.page_events);
         let state = self.state.clone();
         let (scope, channels) = (self.scope(), self.channels.clone());
         let fut = async move {
@@ -186,64 +199,70 @@ impl WsSession {
                 .tenant(scope, move |tc| {
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
-                    // Pruned past `since`, `since` ahead of the log (a log
-                    // that lost its newest events, a database restored or
-                    // reset), or more than a replay carries: the client must
-                    // reload over REST.
-                    let pruned = match oldest {
-                        Some(o) => since + 1 < o,
-                        None => since < last,
-                    };
-                    let resync = |reason: &'static str| Ok::<_, AppError>(Err((reason, since, oldest, last)));
-                    if since > last {
+                    let resync = |reason: &'static str| Ok::<_, AppError>(Page::Resync { reason, oldest, last });
+                    // `from` ahead of the log (a log that lost its newest
+                    // events, a database restored or reset), pruned past
+                    // `from` (retention may run between pages too), or more
+                    // than a replay carries: the client must reload over REST.
+                    if from > last {
                         return resync("ahead");
                     }
+                    let pruned = match oldest {
+                        Some(o) => from + 1 < o,
+                        None => from < last,
+                    };
                     if pruned {
                         return resync("pruned");
                     }
-                    if last - since > REPLAY_SCAN_LIMIT {
+                    // Counted only when the log holds that many at all.
+                    if start
+                        && (last - since > REPLAY_SCAN_LIMIT
+                            || (last - since > REPLAY_LIMIT as i64
+                                && events::more_than_after(tc, since, channels.as_ref(), REPLAY_LIMIT as i64)?))
+                    {
                         return resync("too_many");
                     }
-                    let mut out = Vec::new();
-                    let mut from = since;
-                    loop {
-                        let batch = events::since(tc, from, 1000)?;
-                        let Some(l) = batch.last().map(|e| e.seq) else { break };
-                        from = l;
-                        out.extend(batch.into_iter().filter(|e| match (&channels, e.channel_id) {
-                            (None, _) | (_, None) => true,
-                            (Some(set), Some(c)) => set.contains(&c),
-                        }));
-                        if out.len() > REPLAY_LIMIT {
-                            return resync("too_many");
-                        }
-                    }
-                    Ok(Ok(out))
+                    let to = if start { last } else { to };
+                    let mut page = events::since_for(tc, from, channels.as_ref(), size)?;
+                    page.retain(|e| e.seq <= to);
+                    let end = (page.len() as i64) < size || page.last().is_some_and(|e| e.seq >= to);
+                    Ok(Page::Events { events: page, end, to })
                 })
                 .await
         };
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| {
-            match result {
-                Ok(Ok(evs)) => {
-                    for e in evs {
+            let resync = match result {
+                Ok(Page::Events { events, end, to }) => {
+                    act.replay_to = to;
+                    let bytes: usize = events.iter().map(|e| e.data.len()).sum();
+                    if let Some(fit) = (PAGE_BYTES * events.len()).checked_div(bytes) {
+                        act.page_events = (fit as i64).clamp(PAGE_EVENTS.0, PAGE_EVENTS.1);
+                    }
+                    for e in events {
                         if e.seq > act.last_sent {
                             act.last_sent = e.seq;
                             ctx.text(e.frame());
                         }
                     }
+                    if !end {
+                        act.outbox.page_written();
+                        return;
+                    }
+                    None
                 }
-                Ok(Err((reason, since, oldest, last))) => {
-                    let frame = json!({"type": "resync_required", "at": Utc::now(),
-                        "data": {"since": since, "oldest_seq": oldest, "last_seq": last, "reason": reason}});
-                    ctx.text(frame.to_string());
-                    // Live events continue after the log's end, whatever `since` said.
-                    act.last_sent = last;
-                }
+                Ok(Page::Resync { reason, oldest, last }) => Some((reason, oldest, last)),
                 Err(e) => {
                     tracing::warn!(error = ?e, "replay failed");
                     act.close(ctx, 1011, "could not read the event log");
                     return;
                 }
+            };
+            if let Some((reason, oldest, last)) = resync {
+                let frame = json!({"type": "resync_required", "at": Utc::now(),
+                    "data": {"since": act.since, "oldest_seq": oldest, "last_seq": last, "reason": reason}});
+                ctx.text(frame.to_string());
+                // Live events continue after the log's end, whatever `since` said.
+                act.last_sent = last;
             }
             // Live frames that came meanwhile follow the replay's (the
             // actor's frames go out first); those the replay covered are
@@ -251,6 +270,23 @@ impl WsSession {
             act.outbox.go_live(act.last_sent);
         }));
     }
+}
+
+/// A replay hands the socket a page at a time, and reads the next when the
+/// socket has taken it. A page is about this many bytes of events: its
+/// number of events follows the size of the last page's (between
+/// [`PAGE_EVENTS`]' bounds). Every copy of a page counts: the database's
+/// answer, the events, their frames, the socket's buffers.
+const PAGE_BYTES: usize = 128 * 1024;
+/// The fewest and most events in a page, and the first page's.
+const PAGE_EVENTS: (i64, i64, i64) = (4, 128, 16);
+
+/// What one read of a replay found.
+enum Page {
+    /// Events to send, whether they end the replay, and where it ends.
+    Events { events: Vec<events::StoredEvent>, end: bool, to: i64 },
+    /// The client must reload over REST.
+    Resync { reason: &'static str, oldest: Option<i64>, last: i64 },
 }
 
 impl Actor for WsSession {
@@ -268,8 +304,13 @@ impl Actor for WsSession {
             }
             ctx.ping(b"");
         });
-        self.outbox.on_behind(ctx.address().downgrade().recipient());
-        self.hub.do_send(Join {
+        self.outbox.replays_for(ctx.address().downgrade().recipient());
+        // `tenant` is the slug, as at login; `tenant_id` its id.
+        let hello = json!({"type": "hello", "at": Utc::now(), "data": {
+            "user_id": self.user.to_string(), "tenant": self.tenant_slug, "tenant_id": self.tenant.to_string(),
+            "last_seq": self.last_seq}});
+        ctx.text(hello.to_string());
+        let join = self.hub.send(Join {
             id: self.id,
             addr: ctx.address(),
             outbox: self.outbox.clone(),
@@ -278,12 +319,15 @@ impl Actor for WsSession {
             family: self.family.clone(),
             channels: self.channels.clone(),
         });
-        // `tenant` is the slug, as at login; `tenant_id` its id.
-        let hello = json!({"type": "hello", "at": Utc::now(), "data": {
-            "user_id": self.user.to_string(), "tenant": self.tenant_slug, "tenant_id": self.tenant.to_string(),
-            "last_seq": self.last_seq}});
-        ctx.text(hello.to_string());
-        self.replay(ctx);
+        // The replay reads the log once the hub has this session: an event
+        // committed after that read reaches the outbox. Read sooner, an
+        // event committed between the read and the join reached neither
+        // (nor was it read from the log at all when the tenant had no other
+        // socket here).
+        ctx.wait(join.into_actor(self).map(|joined, act, ctx| match joined {
+            Ok(()) => act.replay(ctx, true),
+            Err(_) => act.close(ctx, 1011, "server stopping"),
+        }));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -327,13 +371,18 @@ where
     }
 }
 
-impl Handler<ReplayAgain> for WsSession {
+impl Handler<ReplayStep> for WsSession {
     type Result = ();
-    fn handle(&mut self, m: ReplayAgain, ctx: &mut Self::Context) {
-        crate::metrics::inc(&crate::metrics::WS_REPLAYS_AGAIN, 1);
-        self.since = m.from;
-        self.last_sent = m.from;
-        self.replay(ctx);
+    fn handle(&mut self, m: ReplayStep, ctx: &mut Self::Context) {
+        match m {
+            ReplayStep::NextPage => self.replay(ctx, false),
+            ReplayStep::Again { from } => {
+                crate::metrics::inc(&crate::metrics::WS_REPLAYS_AGAIN, 1);
+                self.since = from;
+                self.last_sent = from;
+                self.replay(ctx, true);
+            }
+        }
     }
 }
 

@@ -13,16 +13,16 @@ use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
 use crate::realtime::{append_in, Serve};
 
 /// A WebSocket client written by hand: the upgrade, then raw frames.
-struct RawClient {
+pub(crate) struct RawClient {
     tcp: TcpStream,
     /// Bytes read and not yet parsed into frames.
     buf: Vec<u8>,
 }
 
 /// A server frame: its opcode and payload.
-struct RawFrame {
-    opcode: u8,
-    payload: Vec<u8>,
+pub(crate) struct RawFrame {
+    pub(crate) opcode: u8,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl RawClient {
@@ -30,6 +30,11 @@ impl RawClient {
     /// socket's receive buffer before connecting (a client that reads
     /// nothing then stalls the server's writes sooner).
     async fn connect(base: &str, bearer: &str, receive_buffer: Option<u32>) -> RawClient {
+        RawClient::connect_to(base, "/ws", bearer, receive_buffer).await
+    }
+
+    /// As [`RawClient::connect`], to `path` (with its query).
+    pub(crate) async fn connect_to(base: &str, path: &str, bearer: &str, receive_buffer: Option<u32>) -> RawClient {
         let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("address");
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(size) = receive_buffer {
@@ -37,7 +42,7 @@ impl RawClient {
         }
         let mut tcp = socket.connect(addr).await.expect("connect");
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Authorization: Bearer {bearer}\r\n\r\n"
         );
@@ -60,7 +65,7 @@ impl RawClient {
     }
 
     /// The next whole frame, or `None` at the end of the stream or after `wait`.
-    async fn frame(&mut self, wait: Duration) -> Option<RawFrame> {
+    pub(crate) async fn frame(&mut self, wait: Duration) -> Option<RawFrame> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(f) = self.parse() {
