@@ -305,11 +305,6 @@ impl Actor for WsSession {
             ctx.ping(b"");
         });
         self.outbox.replays_for(ctx.address().downgrade().recipient());
-        // `tenant` is the slug, as at login; `tenant_id` its id.
-        let hello = json!({"type": "hello", "at": Utc::now(), "data": {
-            "user_id": self.user.to_string(), "tenant": self.tenant_slug, "tenant_id": self.tenant.to_string(),
-            "last_seq": self.last_seq}});
-        ctx.text(hello.to_string());
         let join = self.hub.send(Join {
             id: self.id,
             addr: ctx.address(),
@@ -319,14 +314,23 @@ impl Actor for WsSession {
             family: self.family.clone(),
             channels: self.channels.clone(),
         });
-        // The replay reads the log once the hub has this session: an event
-        // committed after that read reaches the outbox. Read sooner, an
-        // event committed between the read and the join reached neither
-        // (nor was it read from the log at all when the tenant had no other
-        // socket here).
-        ctx.wait(join.into_actor(self).map(|joined, act, ctx| match joined {
-            Ok(()) => act.replay(ctx, true),
-            Err(_) => act.close(ctx, 1011, "server stopping"),
+        // The hello and the replay wait until the hub has this session: an
+        // event committed after that reaches the outbox, one before is in
+        // the log the replay reads, so a client that acts once it has its
+        // hello misses nothing. Read sooner, an event committed between the
+        // read and the join reached neither (nor was it read from the log
+        // at all when the tenant had no other socket here).
+        ctx.wait(join.into_actor(self).map(|joined, act, ctx| {
+            if joined.is_err() {
+                act.close(ctx, 1011, "server stopping");
+                return;
+            }
+            // `tenant` is the slug, as at login; `tenant_id` its id.
+            let hello = json!({"type": "hello", "at": Utc::now(), "data": {
+                "user_id": act.user.to_string(), "tenant": act.tenant_slug, "tenant_id": act.tenant.to_string(),
+                "last_seq": act.last_seq}});
+            ctx.text(hello.to_string());
+            act.replay(ctx, true);
         }));
     }
 
