@@ -10,7 +10,6 @@
 //! catches up from the log, so nothing is missed.
 
 use actix::Addr;
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -19,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::hub::{Events, Flush, Hub, Live, Pace, Unwritten};
+use crate::db::listen::ListenConnection;
 use crate::db::{with_tenant, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
@@ -261,8 +261,8 @@ fn with_keepalives(url: &str) -> String {
 }
 
 fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Result<()> {
-    let mut conn = PgConnection::establish(&with_keepalives(url))?;
-    conn.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
+    let mut conn = ListenConnection::connect(&with_keepalives(url))?;
+    conn.execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
     // Presence the other instances announced while we were not listening.
     hub.do_send(super::hub::WantPresence);
     // Whatever happened while we were away: catch up from the logs.
@@ -271,10 +271,9 @@ fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Res
         catch_up(pool, hub, feed, t, None)?;
     }
     while hub.connected() {
-        let mut got = false;
-        let notes: Vec<_> = conn.notifications_iter().collect::<Result<Vec<_>, _>>()?;
-        for n in notes {
-            got = true;
+        // Asleep until PostgreSQL sends something; the timeout only bounds
+        // how long a stopped hub goes unnoticed.
+        for n in conn.wait(LISTEN_WAIT)? {
             if n.channel == NOTIFY_CHANNEL {
                 let mut parts = n.payload.split(':').map(|p| p.parse::<i64>().ok());
                 if let (Some(Some(t)), Some(Some(first)), Some(Some(last))) = (parts.next(), parts.next(), parts.next())
@@ -285,14 +284,12 @@ fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Res
                 hub.do_send(Live(msg));
             }
         }
-        if !got {
-            // libpq has no blocking wait for notifications through diesel;
-            // a short sleep keeps the latency low and the cost negligible.
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
     Ok(())
 }
+
+/// See [`listen`].
+const LISTEN_WAIT: Duration = Duration::from_millis(500);
 
 /// Hands the hub `tenant`'s events after the last delivered one, up to the
 /// notified `(first, last)` (all there are after a reconnect: `None`).

@@ -104,3 +104,40 @@ fn retention_prunes_old_events_and_redacted_ones_are_skipped() {
     assert_eq!(with_tenant(&mut conn, &scope, events::oldest_seq).expect("oldest"), Some(3));
     assert_eq!(with_tenant(&mut conn, &scope, events::last_seq).expect("last"), 6);
 }
+
+/// The bus's LISTEN connection sleeps until a notification comes (no
+/// polling), takes what arrived together whole, in order and intact, and
+/// returns empty when its wait ends with nothing.
+#[test]
+fn the_listen_connection_wakes_when_a_notification_comes() {
+    use std::time::{Duration, Instant};
+    use switchboard::db::listen::{ListenConnection, Notification};
+    let db = TestDb::new();
+    let mut listener = ListenConnection::connect(&db.url).expect("connect");
+    listener.execute("LISTEN listen_test").expect("listen");
+    assert!(listener.execute("LISTEN").is_err(), "a bad command is an error, and the connection stays usable");
+
+    let started = Instant::now();
+    assert!(listener.wait(Duration::from_millis(300)).expect("wait").is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited: {:?}", started.elapsed());
+
+    let url = db.url.clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut other = ListenConnection::connect(&url).expect("connect");
+        other
+            .execute("NOTIFY listen_test, 'héllo 👋'; NOTIFY other_channel, 'no'; NOTIFY listen_test, 'two'")
+            .expect("notify");
+    });
+    let started = Instant::now();
+    let mut got = listener.wait(Duration::from_secs(20)).expect("wait");
+    assert!(started.elapsed() < Duration::from_secs(10), "woken by the notification, not the timeout");
+    while got.len() < 2 {
+        let more = listener.wait(Duration::from_secs(5)).expect("wait");
+        assert!(!more.is_empty(), "the second notification of the transaction: {got:?}");
+        got.extend(more);
+    }
+    sender.join().expect("sender");
+    let note = |payload: &str| Notification { channel: "listen_test".into(), payload: payload.into() };
+    assert_eq!(got, vec![note("héllo 👋"), note("two")]);
+}
