@@ -872,6 +872,48 @@ async fn two_serve_processes_share_one_database() {
     }
 }
 
+/// Events an instance commits go to its own sockets directly
+/// (`Feed::committed`), not read back from the log: its listener, woken at
+/// once by their notification, leaves them to that path. Ten webhooks, each
+/// in a batch of its own, on a `serve` process whose metrics are its own.
+#[actix_web::test]
+async fn an_instances_own_events_reach_its_sockets_without_a_read_back() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let serve = Serve::start(&app).await;
+    let mut s = ws_at(&serve.ws(), &t.admin).await;
+    next(&mut s, Duration::from_secs(5)).await.expect("hello");
+    let secret = app.config.meta.app_secret.expose().as_bytes().to_vec();
+    for i in 0..10 {
+        let body = crate::common::messenger_text("77001", &format!("m_direct_{i}"), &format!("direct {i}"));
+        let status = app
+            .client
+            .post(format!("{}/webhooks/meta", serve.base))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", switchboard::meta::webhook::sign(&secret, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("webhook")
+            .status();
+        assert_eq!(status, 200);
+        let m = until(&mut s, "message.created", Duration::from_secs(10)).await.expect("the message, live");
+        assert_eq!(m["data"]["text"], format!("direct {i}"));
+    }
+    let metrics = app.client.get(format!("{}/metrics", serve.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let (direct, reads) = (count("switchboard_bus_direct_total "), count("switchboard_bus_reads_total "));
+    // Without the listener's pause: 1–3 direct, 7–9 read back; with it 9
+    // and 1 (room is left for a loaded machine).
+    assert!(direct >= 6.0 && reads <= 4.0, "handed over directly {direct} times, read back {reads} times");
+}
+
 /// Told to stop (SIGTERM, as a deploy or `docker stop` does), `serve`
 /// closes its sockets with 1001 (going away) at once, so clients reconnect
 /// to another instance, and exits without waiting out its shutdown timeout.
