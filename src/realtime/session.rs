@@ -322,7 +322,7 @@ impl Actor for WsSession {
         // at all when the tenant had no other socket here).
         ctx.wait(join.into_actor(self).map(|joined, act, ctx| {
             if joined.is_err() {
-                act.close(ctx, 1011, "server stopping");
+                act.close(ctx, 1001, "server stopping");
                 return;
             }
             // `tenant` is the slug, as at login; `tenant_id` its id.
