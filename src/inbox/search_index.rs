@@ -46,6 +46,8 @@ const TICK: Duration = Duration::from_millis(100);
 #[derive(Default)]
 pub struct SearchBacklog {
     waiting: Mutex<HashMap<TenantId, Waiting>>,
+    /// Rung when text waits: the worker sleeps while none does.
+    arrived: tokio::sync::Notify,
 }
 
 struct Waiting {
@@ -62,6 +64,11 @@ impl SearchBacklog {
         if let Ok(mut w) = self.waiting.lock() {
             w.entry(tenant).or_insert(Waiting { bytes: 0, since: now }).bytes += bytes;
         }
+        self.arrived.notify_one();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.lock().map(|w| w.is_empty()).unwrap_or(true)
     }
 
     /// Takes the tenants due for a merge at `now`.
@@ -101,6 +108,11 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Asleep while no text waits (a permit stored by `indexed` meanwhile
+        // ends the wait at once).
+        if state.search_backlog.is_empty() {
+            state.search_backlog.arrived.notified().await;
+        }
         tick.tick().await;
         for tenant in state.search_backlog.take_due(Instant::now()) {
             let r = state.db.tenant(TenantScope::system(tenant), merge_pending).await;

@@ -621,6 +621,12 @@ pub struct Hub {
     presence_warned: Option<Instant>,
     /// Users whose sockets here changed since the last presence tick.
     presence_dirty: std::collections::HashSet<(i64, i64)>,
+    /// A presence tick is due ([`FlushPresence`], [`PRESENCE_TICK`] after
+    /// the first change): ticks come only when something changed, so an
+    /// idle hub sleeps.
+    presence_tick_due: bool,
+    /// This hub, once started: whom the tick is sent to.
+    me: Option<Addr<Hub>>,
     /// Other instances that said they are alive, and when they were last
     /// heard from (see [`LiveMsg::Alive`]).
     instances: HashMap<String, Instant>,
@@ -647,6 +653,8 @@ impl Hub {
             holds: Holds::default(),
             presence_warned: None,
             presence_dirty: Default::default(),
+            presence_tick_due: false,
+            me: None,
             instances: HashMap::new(),
             own_alive_heard: Instant::now(),
             closing: None,
@@ -716,9 +724,19 @@ impl Hub {
     }
 
     /// A user's sockets here changed (joined, left, away): their presence
-    /// goes out with the next tick's ([`PRESENCE_TICK`]).
+    /// goes out with the next tick's ([`PRESENCE_TICK`]), due from now if
+    /// none is.
     fn note_presence(&mut self, tenant: i64, user: i64) {
         self.presence_dirty.insert((tenant, user));
+        if self.presence_tick_due {
+            return;
+        }
+        let (Some(me), Ok(runtime)) = (self.me.clone(), tokio::runtime::Handle::try_current()) else { return };
+        self.presence_tick_due = true;
+        runtime.spawn(async move {
+            tokio::time::sleep(PRESENCE_TICK).await;
+            me.do_send(FlushPresence);
+        });
     }
 
     /// Sends the presence changed since the last tick: to the other
@@ -844,7 +862,7 @@ impl Actor for Hub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(PRESENCE_TICK, |hub, _| hub.flush_presence());
+        self.me = Some(ctx.address());
         let alive = super::bus::presence_alive();
         ctx.run_interval(alive, move |hub, _| {
             hub.publish(LiveMsg::Alive { inst: hub.instance.clone() });
@@ -962,6 +980,19 @@ impl Handler<Events> for Hub {
                 });
             }
         }
+    }
+}
+
+/// The presence tick ([`Hub::note_presence`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushPresence;
+
+impl Handler<FlushPresence> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: FlushPresence, _: &mut Context<Self>) {
+        self.presence_tick_due = false;
+        self.flush_presence();
     }
 }
 
