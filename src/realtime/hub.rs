@@ -23,7 +23,7 @@
 //! deliveries of many presence frames, not a thousand of one.
 
 use actix::prelude::*;
-use actix::WeakRecipient;
+use actix::{WeakAddr, WeakRecipient};
 use chrono::Utc;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -625,8 +625,9 @@ pub struct Hub {
     /// the first change): ticks come only when something changed, so an
     /// idle hub sleeps.
     presence_tick_due: bool,
-    /// This hub, once started: whom the tick is sent to.
-    me: Option<Addr<Hub>>,
+    /// This hub, once started: whom the tick is sent to (weak: a hub
+    /// must not keep itself alive).
+    me: Option<WeakAddr<Hub>>,
     /// Other instances that said they are alive, and when they were last
     /// heard from (see [`LiveMsg::Alive`]).
     instances: HashMap<String, Instant>,
@@ -735,7 +736,9 @@ impl Hub {
         self.presence_tick_due = true;
         runtime.spawn(async move {
             tokio::time::sleep(PRESENCE_TICK).await;
-            me.do_send(FlushPresence);
+            if let Some(hub) = me.upgrade() {
+                hub.do_send(FlushPresence);
+            }
         });
     }
 
@@ -862,7 +865,7 @@ impl Actor for Hub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.me = Some(ctx.address());
+        self.me = Some(ctx.address().downgrade());
         let alive = super::bus::presence_alive();
         ctx.run_interval(alive, move |hub, _| {
             hub.publish(LiveMsg::Alive { inst: hub.instance.clone() });

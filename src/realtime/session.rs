@@ -147,7 +147,7 @@ impl WsSession {
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
             replay_to: 0,
-            page_events: PAGE_EVENTS.2,
+            page_events: PAGE_EVENTS_FIRST,
             outbox,
             heartbeat: Instant::now(),
             fragments: None,
@@ -236,7 +236,7 @@ impl WsSession {
                     act.replay_to = to;
                     let bytes: usize = events.iter().map(|e| e.data.len()).sum();
                     if let Some(fit) = (PAGE_BYTES * events.len()).checked_div(bytes) {
-                        act.page_events = (fit as i64).clamp(PAGE_EVENTS.0, PAGE_EVENTS.1);
+                        act.page_events = (fit as i64).clamp(PAGE_EVENTS_MIN, PAGE_EVENTS_MAX);
                     }
                     for e in events {
                         if e.seq > act.last_sent {
@@ -274,12 +274,16 @@ impl WsSession {
 
 /// A replay hands the socket a page at a time, and reads the next when the
 /// socket has taken it. A page is about this many bytes of events: its
-/// number of events follows the size of the last page's (between
-/// [`PAGE_EVENTS`]' bounds). Every copy of a page counts: the database's
-/// answer, the events, their frames, the socket's buffers.
+/// number of events follows the size of the last page's, between
+/// [`PAGE_EVENTS_MIN`] and [`PAGE_EVENTS_MAX`]. Every copy of a page counts:
+/// the database's answer, the events, their frames, the socket's buffers.
 const PAGE_BYTES: usize = 128 * 1024;
-/// The fewest and most events in a page, and the first page's.
-const PAGE_EVENTS: (i64, i64, i64) = (4, 128, 16);
+/// See [`PAGE_BYTES`].
+const PAGE_EVENTS_MIN: i64 = 4;
+/// See [`PAGE_BYTES`].
+const PAGE_EVENTS_MAX: i64 = 128;
+/// The first page's events, before any size is known.
+const PAGE_EVENTS_FIRST: i64 = 16;
 
 /// What one read of a replay found.
 enum Page {

@@ -372,9 +372,15 @@ where
 impl TestApp {
     /// Posts a webhook body signed with the app secret (exact bytes).
     pub async fn webhook(&self, body: &[u8]) -> u16 {
+        self.webhook_at(&self.base, body).await
+    }
+
+    /// As [`TestApp::webhook`], to the server at `base` (a `serve` process
+    /// on this app's database and secret).
+    pub async fn webhook_at(&self, base: &str, body: &[u8]) -> u16 {
         let sig = switchboard::meta::webhook::sign(self.config.meta.app_secret.expose().as_bytes(), body);
         self.client
-            .post(self.url("/webhooks/meta"))
+            .post(format!("{base}/webhooks/meta"))
             .header("content-type", "application/json")
             .header("x-hub-signature-256", sig)
             .body(body.to_vec())

@@ -845,21 +845,10 @@ async fn two_serve_processes_share_one_database() {
     for s in [&mut on_a, &mut on_b] {
         next(s, Duration::from_secs(5)).await.expect("hello");
     }
-    let secret = app.config.meta.app_secret.expose().as_bytes().to_vec();
     for i in 0..6 {
         let body =
             crate::common::messenger_text(&format!("8800{i}"), &format!("m_two_processes_{i}"), &format!("olá {i}"));
-        let status = app
-            .client
-            .post(format!("{}/webhooks/meta", a.base))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", switchboard::meta::webhook::sign(&secret, &body))
-            .body(body)
-            .send()
-            .await
-            .expect("webhook")
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(app.webhook_at(&a.base, &body).await, 200);
     }
     for (name, s) in [("on a", &mut on_a), ("on b", &mut on_b)] {
         let mut texts = std::collections::BTreeSet::new();
@@ -883,20 +872,9 @@ async fn an_instances_own_events_reach_its_sockets_without_a_read_back() {
     let serve = Serve::start(&app).await;
     let mut s = ws_at(&serve.ws(), &t.admin).await;
     next(&mut s, Duration::from_secs(5)).await.expect("hello");
-    let secret = app.config.meta.app_secret.expose().as_bytes().to_vec();
     for i in 0..10 {
         let body = crate::common::messenger_text("77001", &format!("m_direct_{i}"), &format!("direct {i}"));
-        let status = app
-            .client
-            .post(format!("{}/webhooks/meta", serve.base))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", switchboard::meta::webhook::sign(&secret, &body))
-            .body(body)
-            .send()
-            .await
-            .expect("webhook")
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(app.webhook_at(&serve.base, &body).await, 200);
         let m = until(&mut s, "message.created", Duration::from_secs(10)).await.expect("the message, live");
         assert_eq!(m["data"]["text"], format!("direct {i}"));
     }
