@@ -317,6 +317,10 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         return Err(AppError::invalid("invalid_settings", "an enabled auto_reply needs a text"));
     }
     let settings_json = serde_json::to_value(&settings).map_err(AppError::internal)?;
+    // A retried or repeated PATCH changes nothing: no write, no event.
+    if name == row.name && settings_json == serde_json::to_value(row.settings()).map_err(AppError::internal)? {
+        return get_view(tc, id);
+    }
     diesel::update(channels::table.find(id.0))
         .set((
             channels::name.eq(&name),
@@ -332,7 +336,15 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         Some(id.to_string()),
         json!({"name": name, "settings": settings_json}),
     )?;
-    get_view(tc, id)
+    // The live inbox shows the new name and settings at once.
+    let view = get_view(tc, id)?;
+    channel_updated(
+        tc,
+        id.0,
+        json!({"id": id.to_string(), "status": view.status, "status_reason": view.status_reason,
+            "name": view.name, "settings": view.settings}),
+    )?;
+    Ok(view)
 }
 
 /// Replaces the channel's member list; every user must be a member of the tenant.

@@ -98,8 +98,15 @@ impl ListenConnection {
         let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let timeout = most.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one pollfd, valid for the call. A signal (EINTR) just ends
-        // the wait early; a hang-up shows in `take`, as libpq reads.
-        unsafe { libc::poll(&mut poll, 1, timeout) };
+        // the wait early; a hang-up shows in `take`, as libpq reads. Any
+        // other failure would fail again at once: the caller reconnects
+        // (with its backoff) rather than spin here.
+        if unsafe { libc::poll(&mut poll, 1, timeout) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(ListenError::Lost(format!("poll: {err}")));
+            }
+        }
         self.take()
     }
 

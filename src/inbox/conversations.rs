@@ -136,6 +136,10 @@ pub fn patch(
         }
         assignee = a.map(|u| u.0);
     }
+    // A retried or repeated PATCH changes nothing: no write, no event.
+    if (&status, snoozed_until, assignee) == (&row.status, row.snoozed_until, row.assignee_id) {
+        return Names::default().conversation(tc, &row);
+    }
     let updated: ConversationRow = diesel::update(c::table.find(row.id))
         .set((
             c::status.eq(&status),

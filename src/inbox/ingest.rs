@@ -747,11 +747,7 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
-        let view = self.names.message(tc, &row, contact.id)?;
-        self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
-        let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
-        let kind = if created { "conversation.created" } else { "conversation.updated" };
-        self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        self.log_message(tc, &conv, &row, contact.id, created)?;
         let settings = channel.settings();
         if settings.notifications {
             let n = if created || reopened { "new_conversation" } else { "new_message" };
@@ -897,11 +893,31 @@ impl Ingest<'_> {
             self.log.append(tc, "conversation.created", Some(channel.id), Some(conv.id), &conv_view)?;
             return Ok(());
         }
-        let view = self.names.message(tc, &row, c.id)?;
-        self.log.append(tc, "message.created", Some(channel.id), Some(conv.id), &view)?;
-        let conv_view = self.names.conversation_with(tc, &conv, Some(&row))?;
-        let kind = if created { "conversation.created" } else { "conversation.updated" };
-        self.log.append(tc, kind, Some(channel.id), Some(conv.id), &conv_view)?;
+        self.log_message(tc, &conv, &row, c.id, created)
+    }
+
+    /// Logs a new message and its conversation's summary (which shows it as
+    /// the last message). A conversation it opened is announced first, so
+    /// the live inbox never hears of a message in a conversation it does
+    /// not know; an existing one is updated after the message.
+    fn log_message(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        conv: &ConversationRow,
+        row: &MessageRow,
+        contact_id: i64,
+        created: bool,
+    ) -> AppResult<()> {
+        let (channel, id) = (Some(conv.channel_id), Some(conv.id));
+        let view = self.names.message(tc, row, contact_id)?;
+        let conv_view = self.names.conversation_with(tc, conv, Some(row))?;
+        if created {
+            self.log.append(tc, "conversation.created", channel, id, &conv_view)?;
+            self.log.append(tc, "message.created", channel, id, &view)?;
+        } else {
+            self.log.append(tc, "message.created", channel, id, &view)?;
+            self.log.append(tc, "conversation.updated", channel, id, &conv_view)?;
+        }
         Ok(())
     }
 

@@ -188,7 +188,7 @@ async fn live_answers_match_the_served_openapi_document() {
     conforms(&doc, "Event", &hello);
     app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": "4242", "text": "Still open?"}))
         .await;
-    for (kind, data) in [("message.created", "Message"), ("conversation.created", "Conversation")] {
+    for (kind, data) in [("conversation.created", "Conversation"), ("message.created", "Message")] {
         let frame = until(&mut socket, kind, Duration::from_secs(5)).await.expect(kind);
         conforms(&doc, "Event", &frame);
         conforms(&doc, data, &frame["data"]);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use crate::channels::{connect_pages, meta_user, META_USER, PAGE_A};
-use crate::common::{spawn_app, spawn_app_without_workers, token, TestApp};
+use crate::common::{messenger_text, spawn_app, spawn_app_without_workers, token, TestApp};
 use switchboard::auth::Role;
 use switchboard::ids::{TenantId, UserId};
 
@@ -145,6 +145,98 @@ async fn refused_upgrades() {
     // The open socket of the suspended tenant is closed.
     let closed = until(&mut ok, "closed", Duration::from_secs(3)).await.expect("closed");
     assert_eq!(closed["code"], 4403);
+}
+
+/// The logged frames of a socket until `quiet` passes without one, as
+/// (type, conversation id).
+async fn logged_kinds(s: &mut Socket, quiet: Duration) -> Vec<(String, String)> {
+    let mut kinds = Vec::new();
+    while let Some(f) = next(s, quiet).await {
+        if f["seq"].is_i64() {
+            let conv = f["data"]["conversation_id"].as_str().or(f["data"]["id"].as_str()).unwrap_or_default();
+            kinds.push((f["type"].as_str().unwrap_or_default().to_string(), conv.to_string()));
+        }
+    }
+    kinds
+}
+
+#[actix_web::test]
+async fn a_new_conversation_is_announced_before_its_first_message() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    assert_eq!(next(&mut admin, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let quiet = Duration::from_millis(700);
+    // A customer's first message, then their second.
+    assert_eq!(app.webhook(&messenger_text("7000000000000001", "m_first.1", "Olá")).await, 200);
+    let first = logged_kinds(&mut admin, quiet).await;
+    let conv = first.first().map(|(_, c)| c.clone()).unwrap_or_default();
+    let kinds: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["conversation.created", "message.created", "notification"], "{first:?}");
+    assert!(first.iter().all(|(_, c)| *c == conv), "{first:?}");
+    assert_eq!(app.webhook(&messenger_text("7000000000000001", "m_first.2", "Ainda aí?")).await, 200);
+    let second = logged_kinds(&mut admin, quiet).await;
+    let kinds: Vec<&str> = second.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["message.created", "conversation.updated", "notification"], "{second:?}");
+    // A message the page sent from elsewhere (Business Suite) to someone
+    // who never wrote: the same order.
+    let mut echo: Value =
+        serde_json::from_slice(&crate::common::fixture("messenger_echo_from_page_inbox.json")).expect("fixture");
+    echo["entry"][0]["messaging"][0]["recipient"]["id"] = json!("7000000000000002");
+    assert_eq!(app.webhook(&serde_json::to_vec(&echo).expect("body")).await, 200);
+    let third = logged_kinds(&mut admin, quiet).await;
+    let kinds: Vec<&str> = third.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["conversation.created", "message.created"], "{third:?}");
+    assert_ne!(third[0].1, conv);
+}
+
+#[actix_web::test]
+async fn changes_reach_the_live_inbox_once_and_a_repeated_patch_is_silent() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    assert_eq!(app.webhook(&messenger_text("7000000000000003", "m_patch.1", "Oi")).await, 200);
+    app.processed().await;
+    let conv = app.call("GET", "/api/conversations", Some(&t.admin), None).await.body["items"][0]["id"]
+        .as_str()
+        .expect("conversation")
+        .to_string();
+    let (mut x, mut other) = (
+        ws(&app, "", Some(&t.agent_x), None).await.expect("x"),
+        ws(&app, "", Some(&t.agent_other), None).await.expect("other"),
+    );
+    for s in [&mut x, &mut other] {
+        assert_eq!(next(s, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    }
+    let quiet = Duration::from_millis(700);
+    // A renamed channel, new settings: its agents see them at once.
+    let rename = json!({"name": "Loja Ünica", "settings": {"notifications": false}});
+    let path = format!("/api/channels/{channel}");
+    assert_eq!(app.call("PATCH", &path, Some(&t.admin), Some(rename.clone())).await.status, 200);
+    let f = until(&mut x, "channel.updated", Duration::from_secs(5)).await.expect("channel.updated");
+    assert_eq!((f["data"]["id"].as_str(), f["data"]["name"].as_str()), (Some(channel.as_str()), Some("Loja Ünica")));
+    assert_eq!(
+        (f["data"]["status"].as_str(), f["data"]["settings"]["notifications"].as_bool()),
+        (Some("connected"), Some(false))
+    );
+    assert!(until(&mut other, "channel.updated", quiet).await.is_none(), "an agent without the channel");
+    // The same PATCH again (a retry): the same answer, nothing logged.
+    let again = app.call("PATCH", &path, Some(&t.admin), Some(rename)).await;
+    assert_eq!((again.status, again.body["name"].as_str()), (200, Some("Loja Ünica")));
+    assert_eq!(logged_kinds(&mut x, quiet).await, []);
+    // As for a conversation.
+    let path = format!("/api/conversations/{conv}");
+    let resolve = json!({"status": "resolved", "assignee_id": t.agent_x_id});
+    assert_eq!(app.call("PATCH", &path, Some(&t.admin), Some(resolve.clone())).await.status, 200);
+    assert_eq!(logged_kinds(&mut x, quiet).await, [("conversation.updated".to_string(), conv.clone())]);
+    let again = app.call("PATCH", &path, Some(&t.admin), Some(resolve)).await;
+    assert_eq!((again.status, again.body["status"].as_str()), (200, Some("resolved")));
+    assert_eq!(again.body["assignee_id"], t.agent_x_id.as_str());
+    assert_eq!(logged_kinds(&mut x, quiet).await, []);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action LIKE 'conversation.%' OR action = 'channel.updated'"),
+        3
+    );
 }
 
 #[actix_web::test]
