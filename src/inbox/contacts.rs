@@ -6,11 +6,12 @@ use chrono::Utc;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::views::ContactRow;
+use super::events::EventLog;
+use super::views::{ContactRow, ConversationRow, Names};
 use super::ContactId;
 use crate::auth::Role;
 use crate::channels::{ChannelId, Platform};
-use crate::db::tenant_schema::{channel_members, contacts};
+use crate::db::tenant_schema::{channel_members, contacts, conversations};
 use crate::db::TenantConn;
 use crate::error::AppResult;
 use crate::ids::UserId;
@@ -81,31 +82,42 @@ pub fn profile_fields(p: Platform) -> &'static str {
     }
 }
 
-/// Stores a profile (or only that it was checked).
+/// Stores a profile (or only that it was checked). A name or picture that
+/// changed is announced as `conversation.updated` for the contact's
+/// conversations: a Messenger or Instagram customer's first message comes
+/// without a name, and the live inbox learns it here, not at the next reload.
 pub fn store_profile(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     contact_id: i64,
     name: Option<String>,
     pic: Option<String>,
 ) -> AppResult<()> {
     let now = Utc::now();
-    let target = contacts::table.find(contact_id);
-    match name {
-        Some(n) => diesel::update(target)
-            .set((
-                contacts::name.eq(n),
-                contacts::profile_pic_url.eq(pic),
-                contacts::profile_checked_at.eq(now),
-                contacts::updated_at.eq(now),
-            ))
-            .execute(tc.pg())?,
-        None => diesel::update(target)
-            .set((
-                contacts::profile_pic_url.eq(pic),
-                contacts::profile_checked_at.eq(now),
-                contacts::updated_at.eq(now),
-            ))
-            .execute(tc.pg())?,
+    let Some(old) = contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()? else {
+        return Ok(());
     };
+    // No name found keeps the one the contact has (a WhatsApp profile name).
+    let name = name.or_else(|| old.name.clone());
+    let changed = name != old.name || pic != old.profile_pic_url;
+    diesel::update(contacts::table.find(contact_id))
+        .set((
+            contacts::name.eq(&name),
+            contacts::profile_pic_url.eq(&pic),
+            contacts::profile_checked_at.eq(now),
+            contacts::updated_at.eq(now),
+        ))
+        .execute(tc.pg())?;
+    if changed {
+        let rows: Vec<ConversationRow> = conversations::table
+            .filter(conversations::contact_id.eq(contact_id))
+            .select(ConversationRow::as_select())
+            .load(tc.pg())?;
+        let mut names = Names::default();
+        for row in &rows {
+            let view = names.conversation(tc, row)?;
+            log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+        }
+    }
     Ok(())
 }

@@ -356,7 +356,11 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
         }
     };
     let contact = l.contact_id;
-    state.db.tenant(TenantScope::system(l.tenant), move |tc| contacts::store_profile(tc, contact, name, pic)).await
+    state
+        .tenant_with_events(TenantScope::system(l.tenant), move |tc, log| {
+            contacts::store_profile(tc, log, contact, name, pic)
+        })
+        .await
 }
 
 /// Wakes snoozed conversations of every active tenant, every 30 seconds.

@@ -190,6 +190,32 @@ async fn a_new_conversation_is_announced_before_its_first_message() {
     assert_ne!(third[0].1, conv);
 }
 
+/// Messenger sends no name: the one Meta's profile gives comes after the
+/// conversation's first frames, as an update, once.
+#[actix_web::test]
+async fn a_customers_name_found_at_meta_reaches_the_live_inbox() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    assert_eq!(next(&mut x, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let from = "7000000000000004";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Olá", "name": "Rosa Lima Ñ"})).await;
+    let created = until(&mut x, "conversation.created", Duration::from_secs(5)).await.expect("created");
+    assert_eq!(created["data"]["contact"]["external_id"], from);
+    assert!(created["data"]["contact"]["name"].is_null(), "the webhook has no name: {created}");
+    let named = until(&mut x, "conversation.updated", Duration::from_secs(5)).await.expect("the name, live");
+    assert_eq!(
+        (named["data"]["id"].as_str(), named["data"]["contact"]["name"].as_str()),
+        (created["data"]["id"].as_str(), Some("Rosa Lima Ñ"))
+    );
+    assert!(named["data"]["contact"]["profile_pic_url"].is_string());
+    // The customer's next message: the name is known, nothing is looked up or announced again.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Ainda aí?"})).await;
+    let kinds = logged_kinds(&mut x, Duration::from_millis(800)).await;
+    let kinds: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["message.created", "conversation.updated", "notification"]);
+}
+
 #[actix_web::test]
 async fn changes_reach_the_live_inbox_once_and_a_repeated_patch_is_silent() {
     let app = spawn_app().await;
