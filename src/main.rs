@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchboard: {e:#}");
+            eprintln!("switchboard: {}", ops::failure_line(&e));
             ExitCode::FAILURE
         }
     }

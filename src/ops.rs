@@ -289,3 +289,40 @@ pub fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A command's failure as one line for the terminal: each cause once (an
+/// error that shows its source in its own text, as `DbError` does, is not
+/// followed by it again), libpq's multi-line messages joined.
+pub fn failure_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failure_is_one_line_with_each_cause_once() {
+        let libpq =
+            "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\tIs the server running?\n";
+        let inner = anyhow::anyhow!(libpq.to_string());
+        let db = inner.context(format!("cannot connect: {libpq}"));
+        let e = db.context("cannot prepare the database");
+        assert_eq!(
+            super::failure_line(&e),
+            "cannot prepare the database: cannot connect: connection to server at \"127.0.0.1\", port 1 failed: \
+             Connection refused Is the server running?"
+        );
+        let plain = anyhow::anyhow!("DATABASE_URL is not set").context("configuration error");
+        assert_eq!(super::failure_line(&plain), "configuration error: DATABASE_URL is not set");
+    }
+}

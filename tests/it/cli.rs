@@ -107,6 +107,19 @@ fn tenant_lifecycle_and_clear_errors() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("SWITCHBOARD_JWT_SECRET"), "{err}");
+
+    // A database that does not answer: one line, libpq's reason once.
+    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["tenant", "list"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
 }
 
 #[test]
