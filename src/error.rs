@@ -140,6 +140,17 @@ impl ResponseError for AppError {
         if let Some(secs) = self.retry_after {
             response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
         }
+        if self.status() == StatusCode::UNAUTHORIZED {
+            // RFC 7235 asks every 401 to name its scheme; RFC 6750 says
+            // which token failure it was.
+            let challenge = match self.code.as_ref() {
+                "invalid_token" | "token_expired" | "token_revoked" | "membership_revoked" => {
+                    r#"Bearer realm="switchboard", error="invalid_token""#
+                }
+                _ => r#"Bearer realm="switchboard""#,
+            };
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
         response.json(json!({
             "error": {"code": self.code, "message": self.message}
         }))

@@ -106,6 +106,13 @@ async fn login_me_and_forged_or_stale_tokens() {
     assert_eq!(code, "token_expired");
     let r = app.client.get(app.url("/api/me")).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 401);
+    // Every 401 names its scheme (RFC 7235), and a bad token says so (RFC 6750).
+    let challenge = |r: &reqwest::Response| {
+        r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    assert_eq!(challenge(&r), r#"Bearer realm="switchboard""#);
+    let r = app.client.get(app.url("/api/me")).bearer_auth(&bad[0]).send().await.expect("send");
+    assert_eq!(challenge(&r), r#"Bearer realm="switchboard", error="invalid_token""#);
 
     // A well-signed token naming a tenant the user is not a member of.
     let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
