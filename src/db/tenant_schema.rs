@@ -62,6 +62,7 @@ diesel::table! {
         profile_checked_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        name_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -346,7 +346,7 @@ impl<'l> Ingest<'l> {
             }
             // A customer this channel never heard from: the notice is their
             // first word, so the contact starts under the new number.
-            None => upsert_contact(tc, channel_id, new, None)?,
+            None => upsert_contact(tc, channel_id, new, None, at)?,
         };
         diesel::insert_into(contact_former_numbers::table)
             .values((
@@ -456,11 +456,11 @@ impl<'l> Ingest<'l> {
         let key = self.key(channel_id, external, at);
         let external = key.1.as_str();
         if let Some(c) = self.contacts.get(&key) {
-            if c.name.is_some() || name.is_none() {
+            if name.is_none() || c.name.as_deref() == name {
                 return Ok(c.clone());
             }
         }
-        let c = upsert_contact(tc, channel_id, external, name)?;
+        let c = upsert_contact(tc, channel_id, external, name, at)?;
         self.names.put_contact(&c);
         self.contacts.insert(key, c.clone());
         Ok(c)
@@ -517,11 +517,17 @@ fn preview(text: Option<&str>, attachments: &[Attachment]) -> String {
     }
 }
 
+/// The contact of `external_id` on the channel, created when missing. A
+/// `name` (WhatsApp's profile name, sent with each message at `at`) is
+/// taken when the contact has none or when it is newer than the one it has:
+/// customers rename themselves, and a webhook delivered late does not undo
+/// that.
 pub fn upsert_contact(
     tc: &mut TenantConn<'_>,
     channel_id: i64,
     external_id: &str,
     name: Option<&str>,
+    at: DateTime<Utc>,
 ) -> AppResult<ContactRow> {
     // Known contacts are the common case: one query for them.
     let found: Option<ContactRow> = contacts::table
@@ -538,6 +544,7 @@ pub fn upsert_contact(
                     contacts::channel_id.eq(channel_id),
                     contacts::external_id.eq(external_id),
                     contacts::name.eq(name),
+                    contacts::name_at.eq(name.map(|_| at)),
                 ))
                 .on_conflict((contacts::channel_id, contacts::external_id))
                 .do_nothing()
@@ -555,11 +562,16 @@ pub fn upsert_contact(
             }
         }
     };
-    if let (Some(n), true) = (name, c.name.is_none()) {
-        c = diesel::update(contacts::table.find(c.id))
-            .set((contacts::name.eq(n), contacts::updated_at.eq(diesel::dsl::now)))
+    if let Some(n) = name.filter(|n| c.name.as_deref() != Some(*n)) {
+        let older = contacts::name.is_null().or(contacts::name_at.is_null()).or(contacts::name_at.le(at));
+        let renamed: Option<ContactRow> = diesel::update(contacts::table.find(c.id).filter(older))
+            .set((contacts::name.eq(n), contacts::name_at.eq(at), contacts::updated_at.eq(diesel::dsl::now)))
             .returning(ContactRow::as_returning())
-            .get_result(tc.pg())?;
+            .get_result(tc.pg())
+            .optional()?;
+        if let Some(r) = renamed {
+            c = r;
+        }
     }
     Ok(c)
 }

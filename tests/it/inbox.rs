@@ -1261,13 +1261,67 @@ async fn a_number_change_within_one_batch_keeps_one_contact() {
 
 /// One WhatsApp text from `from`, sent at `at` (Unix seconds).
 fn whatsapp_text_at(from: &str, wamid: &str, at: i64, body: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+    serde_json::to_vec(
+        &json!({"object": "whatsapp_business_account", "entry": [whatsapp_entry(from, "Zé", wamid, at, body)]}),
+    )
+    .expect("body")
+}
+
+/// One entry of a WhatsApp messages webhook: `from`, with the profile name
+/// `name`, wrote `body` at `at`.
+fn whatsapp_entry(from: &str, name: &str, wamid: &str, at: i64, body: &str) -> Value {
+    json!({"id": "112233445566778", "changes": [{
         "field": "messages",
         "value": {"messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
-            "contacts": [{"profile": {"name": "Zé"}, "wa_id": from}],
-            "messages": [{"from": from, "id": wamid, "timestamp": at.to_string(), "type": "text", "text": {"body": body}}]}}]}]}))
-    .expect("body")
+            "contacts": [{"profile": {"name": name}, "wa_id": from}],
+            "messages": [{"from": from, "id": wamid, "timestamp": at.to_string(), "type": "text", "text": {"body": body}}]}}]})
+}
+
+/// A WhatsApp customer who renames themselves shows the new name, live and
+/// over REST. A message from before the rename, delivered late, does not
+/// bring the old name back, nor does an older entry after a newer one in
+/// the same webhook.
+#[actix_web::test]
+async fn a_whatsapp_customer_who_renames_themselves_shows_the_new_name() {
+    const WHO: &str = "5511987650201";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let send = |entries: Vec<Value>| {
+        serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": entries})).expect("body")
+    };
+    let name = || async {
+        let convs = conversations(&app, &ctx.admin, "").await;
+        by_contact(&convs, WHO)["contact"]["name"].as_str().map(str::to_string)
+    };
+    assert_eq!(app.webhook(&send(vec![whatsapp_entry(WHO, "Ana", "wamid.N1", 1773140100, "oi")])).await, 200);
+    app.processed().await;
+    assert_eq!(name().await.as_deref(), Some("Ana"));
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("ws");
+    let hello = crate::realtime::next(&mut socket, std::time::Duration::from_secs(3)).await.expect("hello");
+    assert_eq!(hello["type"], "hello");
+    let renamed = whatsapp_entry(WHO, "Ana Sousa ✓", "wamid.N2", 1773140200, "sou eu");
+    assert_eq!(app.webhook(&send(vec![renamed])).await, 200);
+    let wait = std::time::Duration::from_secs(10);
+    let m = crate::realtime::until(&mut socket, "message.created", wait).await.expect("message.created");
+    assert_eq!(m["data"]["sender"]["name"], "Ana Sousa ✓");
+    let c = crate::realtime::until(&mut socket, "conversation.updated", wait).await.expect("conversation.updated");
+    assert_eq!(c["data"]["contact"]["name"], "Ana Sousa ✓");
+    // Sent before the rename, delivered after it.
+    let late = whatsapp_entry(WHO, "Ana", "wamid.N0", 1773140050, "mandei antes");
+    assert_eq!(app.webhook(&send(vec![late])).await, 200);
+    app.processed().await;
+    assert_eq!(name().await.as_deref(), Some("Ana Sousa ✓"));
+    // Two renames in one webhook, the newer first.
+    let both = send(vec![
+        whatsapp_entry(WHO, "Ana S.", "wamid.N4", 1773140400, "de novo"),
+        whatsapp_entry(WHO, "Ana Lima", "wamid.N3", 1773140300, "antes disso"),
+    ]);
+    assert_eq!(app.webhook(&both).await, 200);
+    app.processed().await;
+    assert_eq!(name().await.as_deref(), Some("Ana S."));
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id = '{WHO}'")), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'wamid.N%'"), 5);
 }
 
 /// Messages from a number that changed, each delivered in a webhook of its
