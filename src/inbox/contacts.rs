@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::events::EventLog;
-use super::views::{ContactRow, ConversationRow, Names};
+use super::views::{ContactRow, ConversationRow};
 use super::ContactId;
 use crate::auth::Role;
 use crate::channels::{ChannelId, Platform};
@@ -113,11 +113,7 @@ pub fn store_profile(
             .filter(conversations::contact_id.eq(contact_id))
             .select(ConversationRow::as_select())
             .load(tc.pg())?;
-        let mut names = Names::default();
-        for row in &rows {
-            let view = names.conversation(tc, row)?;
-            log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
-        }
+        super::conversations::announce(tc, log, &rows)?;
     }
     Ok(())
 }

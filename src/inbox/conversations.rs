@@ -209,10 +209,16 @@ pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<us
             .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
             .returning(ConversationRow::as_returning())
             .get_results(tc.pg())?;
+    announce(tc, log, &woken)?;
+    Ok(woken.len())
+}
+
+/// Logs `conversation.updated` with the summary of each conversation.
+pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, rows: &[ConversationRow]) -> AppResult<()> {
     let mut names = Names::default();
-    for row in &woken {
+    for row in rows {
         let view = names.conversation(tc, row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
-    Ok(woken.len())
+    Ok(())
 }

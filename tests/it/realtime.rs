@@ -164,24 +164,24 @@ async fn logged_kinds(s: &mut Socket, want: usize, quiet: Duration) -> Vec<(Stri
     }
 }
 
+/// The types of [`logged_kinds`]' frames.
+fn types(frames: &[(String, String)]) -> Vec<&str> {
+    frames.iter().map(|(k, _)| k.as_str()).collect()
+}
+
 #[actix_web::test]
 async fn a_new_conversation_is_announced_before_its_first_message() {
-    let app = spawn_app().await;
-    let t = team(&app).await;
-    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
-    assert_eq!(next(&mut admin, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let (app, _, mut admin, _) = admin_at_hello().await;
     let quiet = Duration::from_millis(700);
     // A customer's first message, then their second.
     assert_eq!(app.webhook(&messenger_text("7000000000000001", "m_first.1", "Olá")).await, 200);
     let first = logged_kinds(&mut admin, 3, quiet).await;
     let conv = first.first().map(|(_, c)| c.clone()).unwrap_or_default();
-    let kinds: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["conversation.created", "message.created", "notification"], "{first:?}");
+    assert_eq!(types(&first), ["conversation.created", "message.created", "notification"], "{first:?}");
     assert!(first.iter().all(|(_, c)| *c == conv), "{first:?}");
     assert_eq!(app.webhook(&messenger_text("7000000000000001", "m_first.2", "Ainda aí?")).await, 200);
     let second = logged_kinds(&mut admin, 3, quiet).await;
-    let kinds: Vec<&str> = second.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["message.created", "conversation.updated", "notification"], "{second:?}");
+    assert_eq!(types(&second), ["message.created", "conversation.updated", "notification"], "{second:?}");
     // A message the page sent from elsewhere (Business Suite) to someone
     // who never wrote: the same order.
     let mut echo: Value =
@@ -189,8 +189,7 @@ async fn a_new_conversation_is_announced_before_its_first_message() {
     echo["entry"][0]["messaging"][0]["recipient"]["id"] = json!("7000000000000002");
     assert_eq!(app.webhook(&serde_json::to_vec(&echo).expect("body")).await, 200);
     let third = logged_kinds(&mut admin, 2, quiet).await;
-    let kinds: Vec<&str> = third.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["conversation.created", "message.created"], "{third:?}");
+    assert_eq!(types(&third), ["conversation.created", "message.created"], "{third:?}");
     assert_ne!(third[0].1, conv);
 }
 
@@ -215,9 +214,8 @@ async fn a_customers_name_found_at_meta_reaches_the_live_inbox() {
     assert!(named["data"]["contact"]["profile_pic_url"].is_string());
     // The customer's next message: the name is known, nothing is looked up or announced again.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Ainda aí?"})).await;
-    let kinds = logged_kinds(&mut x, 3, Duration::from_millis(800)).await;
-    let kinds: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["message.created", "conversation.updated", "notification"]);
+    let next_message = logged_kinds(&mut x, 3, Duration::from_millis(800)).await;
+    assert_eq!(types(&next_message), ["message.created", "conversation.updated", "notification"]);
 }
 
 #[actix_web::test]
