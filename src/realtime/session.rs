@@ -4,6 +4,8 @@
 //! answers `ping`, relays typing and presence, pings the client every 10 s
 //! and drops one silent for 30 s. A client's mistakes get `error` frames; a
 //! message in fragments is read whole, one over 64 KiB closes with 1009.
+//! When the member's channels change, it narrows or widens and says so
+//! (`channels.changed`).
 
 use actix::prelude::*;
 use actix_web::web;
@@ -408,10 +410,19 @@ impl Handler<ReloadChannels> for WsSession {
         let (scope, user, role) = (self.scope(), self.user, self.role);
         let fut = async move { state.db.tenant(scope, move |tc| visible_channels(tc, user, role)).await };
         ctx.spawn(fut.into_actor(self).map(|r, act, ctx| match r {
-            Ok(channels) => {
+            Ok(channels) if channels != act.channels => {
+                // The client learns at once which channels it now sees (to
+                // reload its lists); an admin sees all, always.
+                let mut ids: Vec<i64> = channels.iter().flatten().copied().collect();
+                ids.sort_unstable();
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                ctx.text(
+                    json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string(),
+                );
                 act.channels = channels.clone();
                 act.hub.do_send(SetChannels { id: act.id, channels });
             }
+            Ok(_) => {}
             // The guard refused: membership or role changed.
             Err(e) if e.status().as_u16() == 401 || e.status().as_u16() == 403 => {
                 act.close(ctx, super::CLOSE_REMOVED, "access changed");

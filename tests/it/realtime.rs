@@ -353,7 +353,10 @@ async fn events_reach_exactly_who_may_see_them() {
         Some(json!({"user_ids": [t.agent_x_id, olga_id]})),
     )
     .await;
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // Told which channels they see now (an extension: reload the lists).
+    let changed = until(&mut other, "channels.changed", Duration::from_secs(5)).await.expect("channels.changed");
+    assert_eq!(changed["data"]["channel_ids"], json!([channel]));
+    assert!(changed.get("seq").is_none(), "not logged, not replayed");
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "again"})).await;
     assert!(until(&mut other, "message.created", Duration::from_secs(5)).await.is_some(), "widened at once");
     let r = app.call("DELETE", &format!("/api/members/{olga_id}"), Some(&t.admin), None).await;
@@ -1102,8 +1105,12 @@ async fn narrowed_and_ended_logins_reach_open_sockets() {
         .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    // The sessions reload their channels when told (a NOTIFY away).
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // The sessions reload their channels when told (a NOTIFY away), and say so.
+    for s in [&mut x1, &mut x2] {
+        let changed = until(s, "channels.changed", Duration::from_secs(5)).await.expect("channels.changed");
+        assert_eq!(changed["data"]["channel_ids"], json!([]));
+    }
+    assert!(until(&mut admin, "channels.changed", Duration::from_millis(300)).await.is_none(), "an admin sees all");
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "902", "text": "second"})).await;
     let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("the admin sees it");
     assert_eq!(m["data"]["text"], "second");
