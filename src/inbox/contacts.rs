@@ -94,7 +94,11 @@ pub fn store_profile(
     pic: Option<String>,
 ) -> AppResult<()> {
     let now = Utc::now();
-    let Some(old) = contacts::table.find(contact_id).select(ContactRow::as_select()).first(tc.pg()).optional()? else {
+    // Locked: two lookups of one contact (queued by two batches) store and
+    // announce one after the other, the second finding nothing changed.
+    let Some(old) =
+        contacts::table.find(contact_id).select(ContactRow::as_select()).for_update().first(tc.pg()).optional()?
+    else {
         return Ok(());
     };
     // No name found keeps the one the contact has (a WhatsApp profile name).

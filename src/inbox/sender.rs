@@ -316,15 +316,26 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     }
 }
 
-/// Looks up contacts' profiles at Meta, one at a time.
+/// Looks up contacts' profiles at Meta, [`PROFILE_LOOKUPS_AT_ONCE`] at a time.
 pub async fn run_profiles(state: actix_web::web::Data<AppState>) {
-    let Some(mut rx) = state.take_profile_queue() else { return };
-    while let Some(lookup) = rx.recv().await {
-        if let Err(e) = lookup_profile(&state, lookup).await {
-            tracing::debug!(error = ?e, "profile lookup failed");
-        }
-    }
+    use futures_util::StreamExt;
+    let Some(rx) = state.take_profile_queue() else { return };
+    let lookups = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|l| (l, rx)) });
+    lookups
+        .for_each_concurrent(PROFILE_LOOKUPS_AT_ONCE, |lookup| {
+            let state = state.clone();
+            async move {
+                if let Err(e) = lookup_profile(&state, lookup).await {
+                    tracing::debug!(error = ?e, "profile lookup failed");
+                }
+            }
+        })
+        .await;
 }
+
+/// Profile lookups in flight at once: a burst of new customers (a campaign)
+/// gets its names in seconds, not one Graph round trip after another.
+const PROFILE_LOOKUPS_AT_ONCE: usize = 8;
 
 /// One lookup. A found profile is stored; Meta's "no profile for this
 /// user" is stored as checked; anything else (network, rate limit, a dead
