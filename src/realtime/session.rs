@@ -545,7 +545,9 @@ impl WsSession {
                 "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
                 _ => ctx.text(error_frame("invalid_status", "status must be online or away")),
             },
-            Err(_) => ctx.text(error_frame("invalid_message", "unknown or malformed message")),
+            // serde's words say what is wrong ("missing field `on`",
+            // "unknown variant `teleport`, expected one of …").
+            Err(e) => ctx.text(error_frame("invalid_message", &format!("unknown or malformed message: {e}"))),
         }
     }
 }

@@ -1289,6 +1289,10 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
         assert_eq!(e["data"]["code"], code, "{e}");
         assert!(e["data"]["message"].as_str().is_some_and(|m| !m.is_empty()) && e["at"].is_string(), "{e}");
     }
+    // The message says what is wrong.
+    send(&mut x, json!({"type": "typing", "conversation_id": "1"})).await;
+    let e = until(&mut x, "error", Duration::from_secs(3)).await.expect("error frame");
+    assert!(e["data"]["message"].as_str().is_some_and(|m| m.contains("missing field `on`")), "{e}");
     send(&mut x, json!({"type": "ping"})).await;
     assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
     // A message in fragments (RFC 6455 §5.4) is read whole: a ping, split
