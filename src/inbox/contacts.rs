@@ -41,8 +41,12 @@ pub fn search(
         query = query.filter(contacts::channel_id.eq_any(mine));
     }
     if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
-        let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        query = query.filter(contacts::name.ilike(pattern.clone()).or(contacts::external_id.ilike(pattern)));
+        let pattern = super::contains_pattern(text);
+        query = query.filter(
+            super::sb_fold(contacts::name)
+                .like(super::sb_fold(Some(pattern.clone())))
+                .or(contacts::external_id.like(pattern)),
+        );
     }
     if let Some(a) = after {
         query = query.filter(contacts::id.gt(a));

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::EventLog;
 use super::messages::visible_conversation;
 use super::views::{ConversationRow, ConversationView, Names};
-use super::ConversationId;
+use super::{contains_pattern, sb_fold, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::db::schema::{memberships, send_queue};
@@ -59,10 +59,11 @@ pub fn list(
         q = q.filter(c::unread_count.gt(0));
     }
     if let Some(text) = f.q.as_ref().map(|t| t.trim()).filter(|t| !t.is_empty()) {
-        let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        // Folded on both sides, as the trigram indexes hold the text.
+        let pattern = sb_fold(Some(contains_pattern(text)));
         let by_message =
-            messages::table.filter(messages::text.ilike(pattern.clone())).select(messages::conversation_id);
-        let by_contact = contacts::table.filter(contacts::name.ilike(pattern)).select(contacts::id);
+            messages::table.filter(sb_fold(messages::text).like(pattern.clone())).select(messages::conversation_id);
+        let by_contact = contacts::table.filter(sb_fold(contacts::name).like(pattern)).select(contacts::id);
         q = q.filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
     }
     if let Some((at, id)) = after {

@@ -39,6 +39,18 @@ crate::id_type!(
     ContactId
 );
 
+diesel::define_sql_function! {
+    /// Text as search compares it: lower case, accents removed
+    /// (`public.sb_fold`, which the search indexes hold too).
+    fn sb_fold(text: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+/// `%text%` for a LIKE that finds `text` anywhere, its own `%`, `_` and `\`
+/// taken literally.
+pub fn contains_pattern(text: &str) -> String {
+    format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+}
+
 /// Position of a status in the forward-only order.
 pub fn status_rank(s: &str) -> i32 {
     match s {

@@ -742,7 +742,7 @@ async fn the_inbox_api() {
     for (from, text, name) in [
         ("1001", "Where is my order 8812?", "Maria Silva"),
         ("1002", "Do you have blue shoes?", "João Pereira"),
-        ("1003", "Thanks!", "Rita"),
+        ("1003", "Vocês entregam em Évora? Thanks!", "Rita"),
     ] {
         app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text, "name": name})).await;
     }
@@ -755,6 +755,18 @@ async fn the_inbox_api() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["contact"]["external_id"], "1001");
     eventually("profiles", || async { conversations(&app, &ctx.admin, "?q=Pereira").await.len() == 1 }).await;
+    // Case and accents fold, both ways; `%` and `_` are taken literally.
+    for (q, who) in [("joao", "1002"), ("JOÃO", "1002"), ("voces%20entregam%20em%20evora", "1003"), ("ÉVORA", "1003")]
+    {
+        let found = conversations(&app, &ctx.admin, &format!("?q={q}")).await;
+        let found: Vec<&str> = found.iter().filter_map(|c| c["contact"]["external_id"].as_str()).collect();
+        assert_eq!(found, [who], "q={q}");
+    }
+    for q in ["%25", "_"] {
+        assert!(conversations(&app, &ctx.admin, &format!("?q={q}")).await.is_empty(), "q={q}");
+    }
+    let r = app.call("GET", "/api/contacts?q=joao%20pereira", Some(&ctx.admin), None).await;
+    assert_eq!(r.body["items"][0]["name"], "João Pereira", "{:?}", r.body);
     // Paging.
     let first = app.call("GET", "/api/conversations?limit=2", Some(&ctx.admin), None).await;
     assert_eq!(first.body["items"].as_array().map(|a| a.len()), Some(2));
