@@ -45,7 +45,7 @@ pub fn search(
         query = query.filter(
             super::sb_fold(contacts::name)
                 .like(super::sb_fold(Some(pattern.clone())))
-                .or(contacts::external_id.like(pattern)),
+                .or(contacts::external_id.ilike(pattern)),
         );
     }
     if let Some(a) = after {
