@@ -362,6 +362,15 @@ pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users:
     if let Some(missing) = ids.iter().find(|i| !known.contains(i)) {
         return Err(AppError::invalid("unknown_user", format!("user {missing} is not a member of this tenant")));
     }
+    // The same list again (a retry): nothing to write, audit or tell.
+    let current: Vec<i64> = channel_members::table
+        .filter(channel_members::channel_id.eq(id.0))
+        .order(channel_members::user_id)
+        .select(channel_members::user_id)
+        .load(tc.pg())?;
+    if current == ids {
+        return get_view(tc, id);
+    }
     diesel::delete(channel_members::table.filter(channel_members::channel_id.eq(id.0))).execute(tc.pg())?;
     let rows: Vec<_> =
         ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();

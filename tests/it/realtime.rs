@@ -298,6 +298,13 @@ async fn changes_reach_the_live_inbox_once_and_a_repeated_patch_is_silent() {
         app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action LIKE 'conversation.%' OR action = 'channel.updated'"),
         3
     );
+    // The channel's members, as they are: nothing written or told.
+    let members_set = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'channel.members_set'";
+    let before = app.count(members_set);
+    let same = json!({"user_ids": [t.agent_x_id]});
+    let r = app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(same)).await;
+    assert_eq!((r.status, &r.body["member_ids"]), (200, &json!([t.agent_x_id])), "{:?}", r.body);
+    assert_eq!(app.count(members_set), before);
 }
 
 #[actix_web::test]
