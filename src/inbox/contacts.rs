@@ -41,11 +41,10 @@ pub fn search(
         query = query.filter(contacts::channel_id.eq_any(mine));
     }
     if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
-        let pattern = super::contains_pattern(text);
         query = query.filter(
             super::sb_fold(contacts::name)
-                .like(super::sb_fold(Some(pattern.clone())))
-                .or(contacts::external_id.ilike(pattern)),
+                .like(super::sb_fold_contains(text.to_string()))
+                .or(contacts::external_id.ilike(super::contains_pattern(text))),
         );
     }
     if let Some(a) = after {

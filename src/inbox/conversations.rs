@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::EventLog;
 use super::messages::visible_conversation;
 use super::views::{ConversationRow, ConversationView, Names};
-use super::{contains_pattern, sb_fold, ConversationId};
+use super::{sb_fold, sb_fold_contains, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::db::schema::{memberships, send_queue};
@@ -60,7 +60,7 @@ pub fn list(
     }
     if let Some(text) = f.q.as_ref().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         // Folded on both sides, as the trigram indexes hold the text.
-        let pattern = sb_fold(Some(contains_pattern(text)));
+        let pattern = sb_fold_contains(text.to_string());
         let by_message =
             messages::table.filter(sb_fold(messages::text).like(pattern.clone())).select(messages::conversation_id);
         let by_contact = contacts::table.filter(sb_fold(contacts::name).like(pattern)).select(contacts::id);

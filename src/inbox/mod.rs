@@ -45,6 +45,12 @@ diesel::define_sql_function! {
     fn sb_fold(text: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
+diesel::define_sql_function! {
+    /// A LIKE pattern that finds the folded `text` anywhere in folded text,
+    /// its own `%`, `_` and `\` taken literally (`public.sb_fold_contains`).
+    fn sb_fold_contains(text: diesel::sql_types::Text) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
 /// `%text%` for a LIKE that finds `text` anywhere, its own `%`, `_` and `\`
 /// taken literally.
 pub fn contains_pattern(text: &str) -> String {

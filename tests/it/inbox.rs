@@ -762,7 +762,8 @@ async fn the_inbox_api() {
         let found: Vec<&str> = found.iter().filter_map(|c| c["contact"]["external_id"].as_str()).collect();
         assert_eq!(found, [who], "q={q}");
     }
-    for q in ["%25", "_"] {
+    // ％ and ＿ (full width) fold to `%` and `_`: still taken literally.
+    for q in ["%25", "_", "%EF%BC%85", "%EF%BC%BF"] {
         assert!(conversations(&app, &ctx.admin, &format!("?q={q}")).await.is_empty(), "q={q}");
     }
     let r = app.call("GET", "/api/contacts?q=joao%20pereira", Some(&ctx.admin), None).await;
