@@ -156,6 +156,16 @@ impl WsSession {
         }
     }
 
+    /// The channels the member sees, sorted, as the wire shows ids
+    /// (`None`: every channel).
+    fn channel_ids(&self) -> Option<Vec<String>> {
+        self.channels.as_ref().map(|set| {
+            let mut ids: Vec<i64> = set.iter().copied().collect();
+            ids.sort_unstable();
+            ids.iter().map(i64::to_string).collect()
+        })
+    }
+
     fn scope(&self) -> TenantScope {
         TenantScope::member(crate::ids::TenantId(self.tenant), crate::ids::UserId(self.user), self.role.as_str())
     }
@@ -331,10 +341,12 @@ impl Actor for WsSession {
                 act.close(ctx, 1001, "server stopping");
                 return;
             }
-            // `tenant` is the slug, as at login; `tenant_id` its id.
+            // `tenant` is the slug, as at login; `tenant_id` its id;
+            // `channel_ids` the channels the member sees (`null`: all, an
+            // admin), as `channels.changed` will tell when they change.
             let hello = json!({"type": "hello", "at": Utc::now(), "data": {
                 "user_id": act.user.to_string(), "tenant": act.tenant_slug, "tenant_id": act.tenant.to_string(),
-                "last_seq": act.last_seq}});
+                "last_seq": act.last_seq, "channel_ids": act.channel_ids()}});
             ctx.text(hello.to_string());
             act.replay(ctx, true);
         }));
@@ -413,13 +425,11 @@ impl Handler<ReloadChannels> for WsSession {
             Ok(channels) if channels != act.channels => {
                 // The client learns at once which channels it now sees (to
                 // reload its lists); an admin sees all, always.
-                let mut ids: Vec<i64> = channels.iter().flatten().copied().collect();
-                ids.sort_unstable();
-                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                act.channels = channels.clone();
+                let ids = act.channel_ids();
                 ctx.text(
                     json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string(),
                 );
-                act.channels = channels.clone();
                 act.hub.do_send(SetChannels { id: act.id, channels });
             }
             Ok(_) => {}

@@ -315,11 +315,16 @@ async fn events_reach_exactly_who_may_see_them() {
     let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
     let mut other = ws(&app, "", Some(&t.agent_other), None).await.expect("other");
     let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
-    for s in [&mut admin, &mut x, &mut other, &mut beta] {
+    let page_a = channels_of(&app, &t.admin).await;
+    // The hello names the channels each sees (`null`: all, an admin).
+    for (s, sees) in
+        [(&mut admin, json!(null)), (&mut x, json!([page_a])), (&mut other, json!([])), (&mut beta, json!(null))]
+    {
         let hello = next(s, Duration::from_secs(3)).await.expect("hello");
         assert_eq!(hello["type"], "hello");
         assert!(hello["data"]["last_seq"].is_i64() && hello["data"]["user_id"].is_string());
         assert!(hello["data"]["tenant"] == "acme" || hello["data"]["tenant"] == "beta");
+        assert_eq!(hello["data"]["channel_ids"], sees, "{hello}");
     }
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "555", "text": "Olá 👋"})).await;
     let a = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("admin gets it");
