@@ -461,9 +461,32 @@ pub struct SetChannels {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetAway {
+pub struct SetStated {
     pub id: u64,
-    pub away: bool,
+    pub stated: Stated,
+}
+
+/// What a socket's client said of its agent (`{"type": "presence"}`);
+/// a new socket is `Online`. An agent's presence is derived from these:
+/// online while any socket says online, away while the rest say away,
+/// offline with no socket or every one saying offline ("appear offline":
+/// the socket still gets everything, colleagues see the agent gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stated {
+    Online,
+    Away,
+    Offline,
+}
+
+impl Stated {
+    pub fn parse(s: &str) -> Option<Stated> {
+        match s {
+            "online" => Some(Stated::Online),
+            "away" => Some(Stated::Away),
+            "offline" => Some(Stated::Offline),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Message)]
@@ -508,7 +531,7 @@ struct Entry {
     user: i64,
     family: String,
     channels: Option<HashSet<i64>>,
-    away: bool,
+    stated: Stated,
 }
 
 type Ids = HashSet<u64>;
@@ -755,10 +778,9 @@ impl Hub {
         let mine: Vec<(i64, i64, u32, bool)> = dirty
             .into_iter()
             .map(|(tenant, user)| {
-                let sockets: Vec<&Entry> =
-                    self.index.of_user(tenant, user).iter().filter_map(|id| self.index.sessions.get(id)).collect();
-                let n = sockets.len() as u32;
-                (tenant, user, n, n > 0 && sockets.iter().all(|e| e.away))
+                let sockets = self.index.of_user(tenant, user);
+                let (n, away) = shown(sockets.iter().filter_map(|id| self.index.sessions.get(id)).map(|e| e.stated));
+                (tenant, user, n, away)
             })
             .collect();
         for part in mine.chunks(super::bus::PRESENCE_PART) {
@@ -906,7 +928,7 @@ impl Handler<Join> for Hub {
             user: m.user,
             family: m.family,
             channels: m.channels,
-            away: false,
+            stated: Stated::Online,
         };
         if let Some(c) = &self.closing {
             entry.addr.do_send(CloseSession { code: c.code, reason: c.reason });
@@ -947,11 +969,14 @@ impl Handler<SetChannels> for Hub {
     }
 }
 
-impl Handler<SetAway> for Hub {
+impl Handler<SetStated> for Hub {
     type Result = ();
-    fn handle(&mut self, m: SetAway, _: &mut Context<Self>) {
+    fn handle(&mut self, m: SetStated, _: &mut Context<Self>) {
         let Some(e) = self.index.sessions.get_mut(&m.id) else { return };
-        e.away = m.away;
+        if e.stated == m.stated {
+            return;
+        }
+        e.stated = m.stated;
         let (t, u) = (e.tenant, e.user);
         self.note_presence(t, u);
     }
@@ -1114,16 +1139,34 @@ impl Handler<WantPresence> for Hub {
     }
 }
 
+/// How one instance shows a user, from their sockets there: (sockets that
+/// show them, all of those away). What crosses instances; a socket saying
+/// offline counts as none.
+fn shown(stated: impl IntoIterator<Item = Stated>) -> (u32, bool) {
+    let (mut n, mut away) = (0, true);
+    for s in stated {
+        if s != Stated::Offline {
+            n += 1;
+            away &= s == Stated::Away;
+        }
+    }
+    (n, n > 0 && away)
+}
+
 impl Hub {
     /// Every user with sockets here: (tenant, user, sockets, all away).
     fn presence_here(&self) -> Vec<(i64, i64, u32, bool)> {
-        let mut users: HashMap<(i64, i64), (u32, bool)> = HashMap::new();
+        let mut users: HashMap<(i64, i64), Vec<Stated>> = HashMap::new();
         for e in self.index.sessions.values() {
-            let (n, away) = users.entry((e.tenant, e.user)).or_insert((0, true));
-            *n += 1;
-            *away &= e.away;
+            users.entry((e.tenant, e.user)).or_default().push(e.stated);
         }
-        users.into_iter().map(|((t, u), (n, away))| (t, u, n, away)).collect()
+        users
+            .into_iter()
+            .map(|((t, u), stated)| {
+                let (n, away) = shown(stated);
+                (t, u, n, away)
+            })
+            .collect()
     }
 }
 
@@ -1223,6 +1266,16 @@ mod tests {
         assert!(silent_instances(&instances, start, now, alive).is_empty());
         // Back within three periods of hearing itself: both stay.
         assert!(silent_instances(&instances, now, start + Duration::from_secs(85), alive).is_empty());
+    }
+
+    #[test]
+    fn a_user_is_shown_by_the_sockets_that_do_not_say_offline() {
+        use Stated::*;
+        assert_eq!(shown([]), (0, false), "no socket");
+        assert_eq!(shown([Online, Away]), (2, false), "one tab online");
+        assert_eq!(shown([Away, Away]), (2, true));
+        assert_eq!(shown([Offline, Away]), (1, true), "the other tab away");
+        assert_eq!(shown([Offline, Offline]), (0, false), "appearing offline");
     }
 
     fn frame(seq: i64) -> Frame {

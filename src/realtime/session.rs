@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::hub::{
-    CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, ReplayStep, SetAway, SetChannels, TypingFrom,
+    CloseSession, Hub, Join, Leave, Outbox, ReloadChannels, ReplayStep, SetChannels, SetStated, Stated, TypingFrom,
 };
 use crate::app::AppState;
 use crate::auth::Role;
@@ -446,8 +446,19 @@ impl Handler<ReloadChannels> for WsSession {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMsg {
     Ping,
-    Typing { conversation_id: ConversationId, on: bool },
-    Presence { status: String },
+    /// Without `on` the message means typing: sending it is the sign.
+    Typing {
+        conversation_id: ConversationId,
+        #[serde(default = "typing_on")]
+        on: bool,
+    },
+    Presence {
+        status: String,
+    },
+}
+
+fn typing_on() -> bool {
+    true
 }
 
 impl WsSession {
@@ -551,9 +562,9 @@ impl WsSession {
                     ctx.text(error_frame("forbidden", "typing needs the agent role or higher"));
                 }
             }
-            Ok(ClientMsg::Presence { status }) => match status.as_str() {
-                "away" | "online" => self.hub.do_send(SetAway { id: self.id, away: status == "away" }),
-                _ => ctx.text(error_frame("invalid_status", "status must be online or away")),
+            Ok(ClientMsg::Presence { status }) => match Stated::parse(&status) {
+                Some(stated) => self.hub.do_send(SetStated { id: self.id, stated }),
+                None => ctx.text(error_frame("invalid_status", "status must be online, away or offline")),
             },
             // serde's words say what is wrong ("missing field `on`",
             // "unknown variant `teleport`, expected one of …").

@@ -374,6 +374,10 @@ async fn events_reach_exactly_who_may_see_them() {
         .filter(|r| r["body"]["sender_action"] == "typing_on")
         .count();
     assert_eq!(actions, 1);
+    // A typing message without `on` means typing.
+    send(&mut x, json!({"type": "typing", "conversation_id": conv})).await;
+    let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing without on");
+    assert_eq!(typing["data"]["on"], true);
 
     // Presence: away, then offline when the last socket closes.
     send(&mut x, json!({"type": "presence", "status": "away"})).await;
@@ -387,6 +391,17 @@ async fn events_reach_exactly_who_may_see_them() {
         (p["data"]["user_id"].as_str(), p["data"]["status"].as_str()),
         (Some(t.agent_x_id.as_str()), Some("away"))
     );
+    // "Appear offline": the socket stays, colleagues see the agent gone,
+    // and back.
+    send(&mut x, json!({"type": "presence", "status": "offline"})).await;
+    let p = until(&mut admin, "presence", Duration::from_secs(3)).await.expect("appear offline");
+    assert_eq!(
+        (p["data"]["user_id"].as_str(), p["data"]["status"].as_str()),
+        (Some(t.agent_x_id.as_str()), Some("offline"))
+    );
+    send(&mut x, json!({"type": "presence", "status": "online"})).await;
+    let p = until(&mut admin, "presence", Duration::from_secs(3)).await.expect("online again");
+    assert_eq!(p["data"]["status"], "online");
     drop(x);
     let p = until(&mut admin, "presence", Duration::from_secs(5)).await.expect("offline");
     assert_eq!(p["data"]["status"], "offline");
@@ -1308,9 +1323,9 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
         assert!(e["data"]["message"].as_str().is_some_and(|m| !m.is_empty()) && e["at"].is_string(), "{e}");
     }
     // The message says what is wrong.
-    send(&mut x, json!({"type": "typing", "conversation_id": "1"})).await;
+    send(&mut x, json!({"type": "typing", "on": true})).await;
     let e = until(&mut x, "error", Duration::from_secs(3)).await.expect("error frame");
-    assert!(e["data"]["message"].as_str().is_some_and(|m| m.contains("missing field `on`")), "{e}");
+    assert!(e["data"]["message"].as_str().is_some_and(|m| m.contains("missing field `conversation_id`")), "{e}");
     send(&mut x, json!({"type": "ping"})).await;
     assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
     // A message in fragments (RFC 6455 §5.4) is read whole: a ping, split
