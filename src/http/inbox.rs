@@ -143,6 +143,7 @@ async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<Str
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TypingBody {
+    #[serde(default = "crate::realtime::typing_on_by_default")]
     on: bool,
 }
 

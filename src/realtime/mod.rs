@@ -36,3 +36,9 @@ pub const CLOSE_LOGGED_OUT: u16 = 4401;
 pub const CLOSE_REMOVED: u16 = 4403;
 pub const CLOSE_TOO_SLOW: u16 = 4408;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// `on` of a typing message (socket or REST) that leaves it out: sending
+/// one is the sign of typing.
+pub fn typing_on_by_default() -> bool {
+    true
+}

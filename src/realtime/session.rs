@@ -446,19 +446,14 @@ impl Handler<ReloadChannels> for WsSession {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMsg {
     Ping,
-    /// Without `on` the message means typing: sending it is the sign.
     Typing {
         conversation_id: ConversationId,
-        #[serde(default = "typing_on")]
+        #[serde(default = "super::typing_on_by_default")]
         on: bool,
     },
     Presence {
         status: String,
     },
-}
-
-fn typing_on() -> bool {
-    true
 }
 
 impl WsSession {

@@ -1262,10 +1262,9 @@ async fn typing_over_rest_reaches_colleagues_and_the_contact_once() {
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "alguém aí?"})).await;
     let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
     let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
-    for _ in 0..2 {
-        let r = app
-            .call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.agent_x), Some(json!({"on": true})))
-            .await;
+    // Without `on` it means typing (the first frame shows it on).
+    for body in [json!({}), json!({"on": true})] {
+        let r = app.call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.agent_x), Some(body)).await;
         assert_eq!(r.status, 204, "{:?}", r.body);
     }
     let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing");
