@@ -10,8 +10,9 @@ use crate::db::schema::tenants;
 use crate::error::{AppError, AppResult};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/healthz").route(web::get().to(healthz)))
-        .service(super::resource("/readyz").route(web::get().to(readyz)))
+    // HEAD too: load balancers' health checks often use it.
+    cfg.service(super::resource("/healthz").route(web::get().to(healthz)).route(web::head().to(healthz)))
+        .service(super::resource("/readyz").route(web::get().to(readyz)).route(web::head().to(readyz)))
         .service(super::resource("/metrics").route(web::get().to(metrics)));
 }
 

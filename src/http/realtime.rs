@@ -108,5 +108,5 @@ async fn connect(
     );
     session
         .start(&req, stream)
-        .map_err(|e| AppError::bad_request("not_a_websocket", format!("expected a WebSocket upgrade: {e}")))
+        .map_err(|e| AppError::bad_request("not_a_websocket", format!("this is not a WebSocket upgrade ({e})")))
 }

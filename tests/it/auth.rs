@@ -425,6 +425,10 @@ async fn every_error_has_the_json_shape() {
     // Health endpoints answer.
     assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
     assert_eq!(app.call("GET", "/readyz", None, None).await.status, 200);
+    for path in ["/healthz", "/readyz"] {
+        let head = app.call("HEAD", path, None, None).await;
+        assert_eq!((head.status, head.body), (200, serde_json::Value::Null), "HEAD {path}: no body");
+    }
     let doc: serde_json::Value =
         app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
     for path in [

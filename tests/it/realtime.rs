@@ -139,6 +139,11 @@ async fn refused_upgrades() {
     assert_eq!(ws(&app, "", Some(&t.admin), Some("https://evil.example")).await.err(), Some(403));
     assert!(ws(&app, "", Some(&t.admin), Some(&app.base)).await.is_ok(), "our own origin");
     assert_eq!(ws(&app, "?since=abc", Some(&t.admin), None).await.err(), Some(400));
+    // A plain request, credential and all: 400, and no socket; without a
+    // credential 401 as for an upgrade.
+    let plain = app.call("GET", "/ws", Some(&t.admin), None).await;
+    assert_eq!((plain.status, plain.body["error"]["code"].as_str()), (400, Some("not_a_websocket")));
+    assert_eq!(app.call("GET", "/ws", None, None).await.status, 401);
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
         .expect("suspend");
     assert_eq!(ws(&app, "", Some(&t.admin), None).await.err(), Some(403));
