@@ -123,6 +123,9 @@ pub struct ServerConfig {
     pub operator_token: Option<Secret<String>>,
     pub meta: MetaConfig,
     pub json_logs: bool,
+    /// Browser origins (`scheme://host[:port]`) allowed besides the public
+    /// URL's own: to open sockets and to call the API across origins.
+    pub allowed_origins: Vec<String>,
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -133,7 +136,37 @@ fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
     Ok(v.trim_end_matches('/').to_string())
 }
 
+/// `scheme://host[:port]` of an http(s) URL, as browsers send it in
+/// `Origin` (default ports left out, host in lower case).
+fn origin_of(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let origin = url.origin();
+    (origin.is_tuple() && matches!(url.scheme(), "http" | "https")).then(|| origin.ascii_serialization())
+}
+
+/// `SWITCHBOARD_ALLOWED_ORIGINS`: a comma-separated list of origins (a
+/// path, query or credentials would never match a browser's `Origin`).
+pub fn parse_origins(raw: &str) -> Result<Vec<String>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let bare = reqwest::Url::parse(o).is_ok_and(|u| {
+                u.path() == "/" && u.query().is_none() && u.fragment().is_none() && u.username().is_empty()
+            });
+            origin_of(o).filter(|_| bare).ok_or_else(|| format!("{o:?} is not an origin like https://app.example.com"))
+        })
+        .collect()
+}
+
 impl ServerConfig {
+    /// Whether a browser at `origin` may open a socket or read the API's
+    /// answers: the public URL's own origin, or one allowed.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        origin_of(&self.public_url).is_some_and(|o| o == origin) || self.allowed_origins.iter().any(|o| o == origin)
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         let db = DbConfig::from_env()?;
         let bind: SocketAddr = var("SWITCHBOARD_BIND")
@@ -178,6 +211,8 @@ impl ServerConfig {
             Some("json") => true,
             Some(_) => return Err(err("SWITCHBOARD_LOG_FORMAT", "must be text or json")),
         };
+        let allowed_origins = parse_origins(&var("SWITCHBOARD_ALLOWED_ORIGINS").unwrap_or_default())
+            .map_err(|p| err("SWITCHBOARD_ALLOWED_ORIGINS", p))?;
         Ok(ServerConfig {
             db,
             bind,
@@ -188,6 +223,7 @@ impl ServerConfig {
             operator_token,
             meta,
             json_logs,
+            allowed_origins,
         })
     }
 }
@@ -204,6 +240,19 @@ mod tests {
         assert!(!format!("{keys:?}").contains(&k));
         for bad in ["", "k1", "k1:!!", &format!("k1:{}", STANDARD.encode([1u8; 16])), &format!("k1:{k},k1:{k}")] {
             assert!(parse_encryption_keys(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allowed_origins() {
+        assert_eq!(
+            parse_origins(" https://App.Example.com, http://localhost:5173/ ,https://x.example:443").expect("valid"),
+            ["https://app.example.com", "http://localhost:5173", "https://x.example"]
+        );
+        assert_eq!(parse_origins("").expect("none"), Vec::<String>::new());
+        for bad in ["app.example.com", "https://app.example.com/inbox", "ftp://x.example", "https://u:p@x.example", "*"]
+        {
+            assert!(parse_origins(bad).is_err(), "{bad}");
         }
     }
 }

@@ -138,6 +138,7 @@ pub fn run() -> anyhow::Result<()> {
             dialog_url: fake_base.clone(),
         },
         json_logs: false,
+        allowed_origins: Vec::new(),
     });
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);

@@ -73,6 +73,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             dialog_url: "http://127.0.0.1:9".into(),
         },
         json_logs: false,
+        allowed_origins: Vec::new(),
     });
     let db = crate::db::Db::new(pool.clone());
     std::thread::spawn(move || {

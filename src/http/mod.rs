@@ -20,7 +20,9 @@ use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::net::TcpListener;
+use std::sync::Arc;
 
+use crate::config::ServerConfig;
 use crate::error::{AppError, ErrorKind};
 use crate::telemetry::RequestSpan;
 
@@ -110,8 +112,25 @@ pub fn error_shape<B: 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(json_error_shape)
 }
 
-/// All routes; shared by the server and the tests.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Cross-origin calls to the API from the browser origins allowed
+/// ([`ServerConfig::origin_allowed`]): a preflight is answered, an answer
+/// carries `Access-Control-Allow-Origin`. Tokens travel in `Authorization`,
+/// never cookies, so no credentials mode. Another origin's request is served
+/// without those headers (a browser then withholds the answer), as for
+/// clients that are not browsers; its preflight is refused (400).
+fn cors(config: Arc<ServerConfig>) -> actix_cors::Cors {
+    use actix_web::http::Method;
+    actix_cors::Cors::default()
+        .allowed_origin_fn(move |origin, _| origin.to_str().is_ok_and(|o| config.origin_allowed(o)))
+        .allowed_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(3600)
+        .block_on_origin_mismatch(false)
+}
+
+/// All routes.
+pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
     cfg.app_data(web::JsonConfig::default().limit(JSON_LIMIT).content_type_required(false).error_handler(json_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
@@ -120,6 +139,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(crate::web::routes)
         .service(
             web::scope("/api")
+                .wrap(cors(config))
                 .configure(auth::routes)
                 .configure(tenants::routes)
                 .configure(members::routes)
@@ -235,7 +255,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .app_data(state.clone())
             .app_data(keys.clone())
             .app_data(hub.clone())
-            .configure(routes)
+            .configure(|cfg| routes(cfg, config.clone()))
     })
     .workers(workers)
     .on_connect(on_connect)

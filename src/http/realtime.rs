@@ -39,13 +39,10 @@ struct WsQuery {
 /// Browsers send `Origin`; it must be this server's public origin or one of
 /// `SWITCHBOARD_ALLOWED_ORIGINS`. Clients that send none are not browsers.
 fn origin_allowed(state: &AppState, req: &HttpRequest) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
-    let origin = origin.trim_end_matches('/');
-    let public = state.config.public_url.trim_end_matches('/');
-    origin == public
-        || std::env::var("SWITCHBOARD_ALLOWED_ORIGINS")
-            .map(|v| v.split(',').any(|o| o.trim().trim_end_matches('/') == origin))
-            .unwrap_or(false)
+    match req.headers().get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|o| state.config.origin_allowed(o)),
+    }
 }
 
 async fn connect(

@@ -9,7 +9,7 @@ use switchboard::auth::jwt::{Claims, JwtKeys, AUDIENCE, ISSUER};
 use switchboard::auth::Role;
 use switchboard::config::Signup;
 
-use crate::common::{spawn_app, spawn_app_with, token, TestApp, JWT_SECRET, OPERATOR_TOKEN};
+use crate::common::{spawn_app, spawn_app_with, token, TestApp, ALLOWED_ORIGIN, JWT_SECRET, OPERATOR_TOKEN};
 
 fn claims(user: &str, tenant: &str) -> Claims {
     let now = chrono::Utc::now().timestamp();
@@ -371,6 +371,60 @@ async fn signup_rules_and_bad_slugs() {
     assert_eq!(r.status, 409);
     let mut conn = app.db.conn();
     assert!(switchboard::tenancy::find_by_slug(&mut conn, "other").expect("query").is_none());
+}
+
+/// A web inbox served from an allowed origin may call the API (CORS);
+/// another origin's browser is not let read the answers.
+#[actix_web::test]
+async fn browsers_of_allowed_origins_may_call_the_api() {
+    let app = spawn_app().await;
+    let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let access = token(&ann, "access_token");
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.to_ascii_lowercase())
+    };
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/conversations/1"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+    };
+    let ok = preflight(ALLOWED_ORIGIN).await.expect("preflight");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(header(&ok, "access-control-allow-origin").as_deref(), Some(ALLOWED_ORIGIN));
+    assert!(header(&ok, "access-control-allow-methods").is_some_and(|m| m.contains("patch")));
+    let allowed = header(&ok, "access-control-allow-headers").unwrap_or_default();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
+    assert!(header(&ok, "access-control-allow-credentials").is_none(), "tokens, not cookies");
+    // The answer itself, an error's too, names the origin and lets the
+    // page read Retry-After and WWW-Authenticate.
+    for bearer in [Some(access.as_str()), None] {
+        let mut req = app.client.get(app.url("/api/me")).header("origin", ALLOWED_ORIGIN);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let r = req.send().await.expect("me");
+        assert_eq!(r.status().as_u16(), if bearer.is_some() { 200 } else { 401 });
+        assert_eq!(header(&r, "access-control-allow-origin").as_deref(), Some(ALLOWED_ORIGIN));
+        assert!(header(&r, "access-control-expose-headers").is_some_and(|h| h.contains("retry-after")));
+    }
+    // The server's own origin (the pages it serves) is allowed as well.
+    let own = app.client.get(app.url("/api/me")).bearer_auth(&access).header("origin", &app.base).send().await;
+    let own = own.expect("me");
+    assert_eq!(header(&own, "access-control-allow-origin"), Some(app.base.clone()));
+    // Another origin: served as to any client, without the header that
+    // would let its page read the answer; its preflight is refused.
+    let evil = app.client.get(app.url("/api/me")).bearer_auth(&access).header("origin", "https://evil.example");
+    let evil = evil.send().await.expect("me");
+    assert_eq!(evil.status().as_u16(), 200);
+    assert!(header(&evil, "access-control-allow-origin").is_none());
+    let refused = preflight("https://evil.example").await.expect("preflight");
+    assert_eq!(refused.status().as_u16(), 400);
+    assert!(header(&refused, "access-control-allow-origin").is_none());
+    let body: serde_json::Value = refused.json().await.expect("json");
+    crate::common::assert_error_shape(400, &body);
 }
 
 #[actix_web::test]

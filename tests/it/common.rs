@@ -23,15 +23,23 @@ use switchboard::secret::Secret;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
 pub const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+/// A browser origin other than the server's own that may call it.
+pub const ALLOWED_ORIGIN: &str = "https://inbox.example";
 
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
 
+/// The URL of test database `db` on the admin URL's server. Without TLS
+/// unless the admin URL asks for it: a test's pool and listener reconnect
+/// when its database is dropped, which can fall on the process's exit, and
+/// libpq setting up TLS in a thread while OpenSSL's exit handler tears it
+/// down crashed the test binary (SIGSEGV after every test passed).
 fn with_db(admin_url: &str, db: &str) -> String {
     let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b.to_string(), format!("?{q}")),
-        None => (admin_url.to_string(), String::new()),
+        Some((b, q)) if q.contains("sslmode=") => (b.to_string(), format!("?{q}")),
+        Some((b, q)) => (b.to_string(), format!("?{q}&sslmode=disable")),
+        None => (admin_url.to_string(), "?sslmode=disable".to_string()),
     };
     let (root, _) = base.rsplit_once('/').expect("admin URL names a database");
     format!("{root}/{db}{query}")
@@ -198,6 +206,7 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
             dialog_url: "http://127.0.0.1:9".into(),
         },
         json_logs: false,
+        allowed_origins: vec![ALLOWED_ORIGIN.into()],
     }
 }
 

@@ -138,6 +138,8 @@ async fn refused_upgrades() {
     assert_eq!(ws(&app, &format!("?ticket={expired}"), None, None).await.err(), Some(401));
     assert_eq!(ws(&app, "", Some(&t.admin), Some("https://evil.example")).await.err(), Some(403));
     assert!(ws(&app, "", Some(&t.admin), Some(&app.base)).await.is_ok(), "our own origin");
+    assert!(ws(&app, "", Some(&t.admin), Some(crate::common::ALLOWED_ORIGIN)).await.is_ok(), "an allowed one");
+    assert!(ws(&app, "", Some(&t.admin), Some("https://inbox.example/")).await.is_ok(), "written with a slash");
     assert_eq!(ws(&app, "?since=abc", Some(&t.admin), None).await.err(), Some(400));
     // A plain request, credential and all: 400, and no socket; without a
     // credential 401 as for an upgrade.
