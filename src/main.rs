@@ -6,6 +6,7 @@ use switchboard::config::ServerConfig;
 use switchboard::ops;
 
 fn main() -> ExitCode {
+    switchboard::db::tls_exit::keep_tls_state_through_exit();
     // A `.env` file is optional; the environment wins over it.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();

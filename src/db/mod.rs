@@ -17,6 +17,7 @@ pub mod prepared;
 pub mod schema;
 pub mod tenant;
 pub mod tenant_schema;
+pub mod tls_exit;
 
 pub use pool::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
 pub use prepared::prepared;

@@ -30,16 +30,10 @@ static ADMIN_URL: OnceLock<String> = OnceLock::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// The URL of test database `db` on the admin URL's server. Without TLS
-/// unless the admin URL asks for it: a test's pool and listener reconnect
-/// when its database is dropped, which can fall on the process's exit, and
-/// libpq setting up TLS in a thread while OpenSSL's exit handler tears it
-/// down crashed the test binary (SIGSEGV after every test passed).
 fn with_db(admin_url: &str, db: &str) -> String {
     let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) if q.contains("sslmode=") => (b.to_string(), format!("?{q}")),
-        Some((b, q)) => (b.to_string(), format!("?{q}&sslmode=disable")),
-        None => (admin_url.to_string(), "?sslmode=disable".to_string()),
+        Some((b, q)) => (b.to_string(), format!("?{q}")),
+        None => (admin_url.to_string(), String::new()),
     };
     let (root, _) = base.rsplit_once('/').expect("admin URL names a database");
     format!("{root}/{db}{query}")
@@ -114,6 +108,9 @@ fn start_throwaway_cluster() -> String {
 /// URL of a database we may create databases from.
 pub fn admin_url() -> &'static str {
     ADMIN_URL.get_or_init(|| {
+        // As `main` does: a test's pool and listener reconnect when its
+        // database is dropped, which can fall on the process's exit.
+        switchboard::db::tls_exit::keep_tls_state_through_exit();
         let url = std::env::var("SWITCHBOARD_TEST_ADMIN_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let url = if PgConnection::establish(&url).is_ok() { url } else { start_throwaway_cluster() };
