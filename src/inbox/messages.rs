@@ -106,6 +106,19 @@ pub fn visible_conversation(
     Ok(conv)
 }
 
+/// A `client_id` makes a retry safe: the same agent sending the same text
+/// gets the message stored the first time. Anything else under that id is
+/// not a retry, and would otherwise be silently dropped: 409.
+fn same_request(stored: &MessageRow, user: UserId, text: &str) -> AppResult<()> {
+    if stored.sender_user_id == Some(user.0) && stored.text.as_deref() == Some(text) {
+        return Ok(());
+    }
+    Err(AppError::conflict(
+        "client_id_reused",
+        "this client_id was used for another message in this conversation; use a new one",
+    ))
+}
+
 /// `POST /api/conversations/{id}/messages`.
 pub fn create_reply(
     tc: &mut TenantConn<'_>,
@@ -130,6 +143,7 @@ pub fn create_reply(
             .first(tc.pg())
             .optional()?;
         if let Some(row) = existing {
+            same_request(&row, user, &text)?;
             return Ok((names.message(tc, &row, conv.contact_id)?, false));
         }
     }
@@ -162,8 +176,12 @@ pub fn create_reply(
         &mut names,
         &channel,
         &conv,
-        NewOutgoing { conversation: id, text, client_id, agent: Some(user) },
+        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user) },
     )?;
+    if !created {
+        // A concurrent request with the same client_id stored first.
+        same_request(&row, user, &text)?;
+    }
     if created {
         audit::record(
             tc,

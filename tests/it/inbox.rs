@@ -591,6 +591,9 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     // A retried request returns the same message and sends nothing more.
     let (status, again) = reply(&app, &ctx.admin, &fb, "Sim, entregamos!", "c-1").await;
     assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())));
+    // Another text under that client_id is no retry: refused, not dropped.
+    let (status, reused) = reply(&app, &ctx.admin, &fb, "Outra coisa", "c-1").await;
+    assert_eq!((status, reused["error"]["code"].as_str()), (409, Some("client_id_reused")), "{reused}");
     eventually("messenger reply read", || async {
         message_status(&app, &ctx.admin, &fb, &id).await["status"] == "read"
     })
