@@ -12,8 +12,9 @@ use super::{resource, AppState};
 use crate::auth::extract::{authenticate, bearer};
 use crate::auth::AuthContext;
 use crate::db::schema::tenants;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorKind};
 use crate::inbox::events;
+use crate::realtime::hub::SocketsOf;
 use crate::realtime::session::{visible_channels, SessionInit, WsSession};
 use crate::realtime::{tickets, Hub};
 
@@ -74,6 +75,17 @@ async fn connect(
             return Err(AppError::unauthorized("missing_credential", "send ?ticket= or Authorization: Bearer"))
         }
     };
+    if let Some(cap) = crate::realtime::sockets_per_member() {
+        let open = hub.send(SocketsOf { tenant: auth.tenant.0, user: auth.user.0 }).await.unwrap_or(0);
+        if open >= cap {
+            return Err(AppError::new(
+                ErrorKind::RateLimited,
+                "too_many_sockets",
+                format!("this member has {open} sockets open here, the most allowed; close one"),
+            )
+            .retry_after(5));
+        }
+    }
     // The guard checks the tenant is active and the membership unchanged.
     let (user, role) = (auth.user.0, auth.role);
     let tenant_id = auth.tenant.0;

@@ -459,6 +459,14 @@ pub struct SetChannels {
     pub channels: Option<HashSet<i64>>,
 }
 
+/// How many sockets a member has open on this instance.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct SocketsOf {
+    pub tenant: i64,
+    pub user: i64,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetStated {
@@ -939,6 +947,13 @@ impl Handler<Join> for Hub {
             self.send(m.id, now);
         }
         self.note_presence(m.tenant, m.user);
+    }
+}
+
+impl Handler<SocketsOf> for Hub {
+    type Result = usize;
+    fn handle(&mut self, m: SocketsOf, _: &mut Context<Self>) -> usize {
+        self.index.by_user.get(&(m.tenant, m.user)).map_or(0, HashSet::len)
     }
 }
 

@@ -154,6 +154,31 @@ async fn refused_upgrades() {
     assert_eq!(closed["code"], 4403);
 }
 
+/// A member's sockets on an instance are capped (32 by default): the next
+/// is refused before the upgrade with 429, others' are not, and closing one
+/// makes room.
+#[actix_web::test]
+async fn a_member_has_at_most_so_many_sockets_at_once() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let cap = switchboard::realtime::sockets_per_member().expect("a cap by default");
+    let mut open = Vec::new();
+    for _ in 0..cap {
+        let mut s = ws(&app, "", Some(&t.agent_x), None).await.expect("under the cap");
+        next(&mut s, Duration::from_secs(5)).await.expect("hello");
+        open.push(s);
+    }
+    assert_eq!(ws(&app, "", Some(&t.agent_x), None).await.err(), Some(429));
+    let over = app.call("GET", "/ws", Some(&t.agent_x), None).await;
+    assert_eq!(over.body["error"]["code"], "too_many_sockets", "{:?}", over.body);
+    assert!(ws(&app, "", Some(&t.admin), None).await.is_ok(), "another member");
+    drop(open.pop());
+    crate::common::eventually("room again once one closed", || async {
+        ws(&app, "", Some(&t.agent_x), None).await.is_ok()
+    })
+    .await;
+}
+
 /// The logged frames of a socket, as (type, conversation id): the first
 /// `want` of them (however slow the machine, up to 10 s), then any more that
 /// come before `quiet` passes without one.
