@@ -178,10 +178,6 @@ pub fn create_reply(
         &conv,
         NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user) },
     )?;
-    if !created {
-        // A concurrent request with the same client_id stored first.
-        same_request(&row, user, &text)?;
-    }
     if created {
         audit::record(
             tc,
@@ -191,6 +187,9 @@ pub fn create_reply(
             Some(id.to_string()),
             json!({"message_id": row.id.to_string()}),
         )?;
+    } else {
+        // A concurrent request with the same client_id stored first.
+        same_request(&row, user, &text)?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }
