@@ -160,6 +160,11 @@ impl ResponseError for AppError {
 impl From<DbError> for AppError {
     fn from(e: DbError) -> Self {
         use diesel::result::{DatabaseErrorKind, Error as D};
+        // The pool could not connect, or a query's connection was gone:
+        // the dependency is down (or just restarted), not our bug.
+        if matches!(e, DbError::Pool(_)) || crate::db::connection_lost(&e) {
+            return AppError::unavailable("database_unavailable", "the database is not reachable").retry_after(1);
+        }
         match e {
             DbError::Query(D::NotFound) => AppError::not_found("resource"),
             DbError::Query(D::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => AppError::conflict(
@@ -187,7 +192,6 @@ impl From<DbError> for AppError {
             DbError::MembershipChanged => {
                 AppError::unauthorized("token_revoked", "your membership in this tenant changed; log in again")
             }
-            DbError::Pool(_) => AppError::unavailable("database_unavailable", "the database is not reachable"),
             other => AppError::internal(other),
         }
     }

@@ -22,6 +22,7 @@ pub static BUS_READ_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_DIRECT: AtomicU64 = AtomicU64::new(0);
 pub static HUB_HELD: AtomicU64 = AtomicU64::new(0);
 pub static SEARCH_PAGES_MERGED: AtomicU64 = AtomicU64::new(0);
+pub static DB_CONNECTIONS_LOST: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -59,6 +60,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_search_pages_merged_total",
             "Pending-list pages of search indexes merged off the webhook path",
             &SEARCH_PAGES_MERGED,
+        ),
+        (
+            "switchboard_db_connections_lost_total",
+            "Pooled connections found closed by the server and replaced before any work",
+            &DB_CONNECTIONS_LOST,
         ),
     ];
     let mut out = String::new();

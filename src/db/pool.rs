@@ -5,9 +5,10 @@
 //! a read of somebody else's rows. Connections are recycled after ten minutes
 //! because a backend that touched many schemas holds their catalog cache.
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::result::DatabaseErrorKind;
 use std::time::Duration;
 
 use super::DbError;
@@ -89,14 +90,64 @@ impl Db {
         .await?
     }
 
-    /// Runs `f` inside one tenant transaction on the blocking pool.
+    /// Runs `f` inside one tenant transaction on the blocking pool. A pooled
+    /// connection the server has closed since (a restart, a failover, a
+    /// proxy or firewall cutting idle connections) fails at the `BEGIN`,
+    /// before anything is done: it is dropped and the transaction opened on
+    /// another, up to the pool's size, so the request does not fail for it.
     pub async fn tenant<T, E, F>(&self, scope: super::TenantScope, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut super::TenantConn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
     {
-        self.public(move |conn| super::with_tenant(conn, &scope, f)).await
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let mut conn = retry_lost(&pool, |conn| super::tenant::begin(conn, &scope))?;
+            super::tenant::run_begun(&mut conn, scope.tenant, f)
+        })
+        .await?
+    }
+}
+
+/// Whether the error says the connection is gone: diesel turns libpq's
+/// `CONNECTION_BAD` and SQLSTATE class 08 into `ClosedConnection`, and a
+/// query libpq could not send on a dead socket ("no connection to the
+/// server") into `UnableToSendCommand`, which it also uses for too many
+/// bind parameters; libpq's message (C locale) tells the two apart.
+pub fn connection_lost(e: &DbError) -> bool {
+    use diesel::result::Error as D;
+    match e {
+        DbError::Query(D::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => true,
+        DbError::Query(D::DatabaseError(DatabaseErrorKind::UnableToSendCommand, info)) => {
+            let m = info.message();
+            m.contains("connection") || m.contains("server")
+        }
+        _ => false,
+    }
+}
+
+/// A pooled connection on which `first` succeeded. `first` must be safe to
+/// repeat when the connection turns out closed: it is retried on another
+/// connection, as many times as the pool holds connections, each closed one
+/// being marked broken so the pool discards it instead of handing it out
+/// again.
+pub fn retry_lost(
+    pool: &PgPool,
+    mut first: impl FnMut(&mut PgConnection) -> Result<(), DbError>,
+) -> Result<PooledConnection<ConnectionManager<PgConnection>>, DbError> {
+    let mut left = pool.max_size();
+    loop {
+        let mut conn = pool.get()?;
+        match first(&mut conn) {
+            Ok(()) => return Ok(conn),
+            Err(e) if left > 0 && connection_lost(&e) => {
+                left -= 1;
+                AnsiTransactionManager::transaction_manager_status_mut(&mut *conn).set_in_error();
+                crate::metrics::inc(&crate::metrics::DB_CONNECTIONS_LOST, 1);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -95,15 +95,32 @@ where
     F: FnOnce(&mut TenantConn<'_>) -> Result<T, E>,
     E: From<DbError>,
 {
+    begin(conn, scope)?;
+    run_begun(conn, scope.tenant, f)
+}
+
+/// Opens the tenant transaction (`BEGIN` and the guard, one round trip).
+/// On failure no transaction is left open and, if the connection could not
+/// close one, it is marked broken so the pool discards it; nothing was
+/// done, so the caller may try again on another connection.
+pub(super) fn begin(conn: &mut PgConnection, scope: &TenantScope) -> Result<(), DbError> {
     if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, &enter_sql(scope)) {
         // The guard raised inside our BEGIN: the server-side transaction is
         // open and aborted while diesel believes none is. Close it by hand.
         if conn.batch_execute("ROLLBACK").is_err() {
             AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
         }
-        return Err(DbError::from_guard(e).into());
+        return Err(DbError::from_guard(e));
     }
-    let tenant = scope.tenant;
+    Ok(())
+}
+
+/// The rest of [`with_tenant`], once [`begin`] succeeded on `conn`.
+pub(super) fn run_begun<T, E, F>(conn: &mut PgConnection, tenant: TenantId, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut TenantConn<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
     let result = f(&mut TenantConn { conn, tenant });
     match result {
         Ok(value) => {

@@ -61,11 +61,19 @@ pub async fn run_store(state: actix_web::web::Data<AppState>) {
         let (bodies, replies): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().unzip();
         let pool = state.db.pool().clone();
         let result = actix_web::web::block(move || -> Result<usize, String> {
-            let mut conn = pool.get().map_err(|e| e.to_string())?;
-            prepared("INSERT INTO public.webhook_events (body) SELECT unnest($1::bytea[])")
-                .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&bodies)
-                .execute(&mut conn)
-                .map_err(|e| e.to_string())
+            // On a connection the server closed since, tried again on
+            // another rather than answering 503: stored twice at worst
+            // (were the reply lost after the commit), which processing
+            // absorbs as it does Meta's own duplicates.
+            let mut stored = 0;
+            crate::db::retry_lost(&pool, |conn| {
+                stored = prepared("INSERT INTO public.webhook_events (body) SELECT unnest($1::bytea[])")
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&bodies)
+                    .execute(conn)?;
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(stored)
         })
         .await
         .map_err(|e| e.to_string())

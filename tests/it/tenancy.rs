@@ -377,3 +377,55 @@ async fn the_server_keeps_spares_ready_and_sign_up_takes_one() {
     eventually("refilled after the sign-up", || async { app.count(count) == 2 }).await;
     assert!(!spare_names(&mut conn).contains(&oldest));
 }
+
+/// Cuts every server-side connection of the app's database but the caller's
+/// (as a restart, a failover or a proxy dropping idle connections would);
+/// how many.
+fn cut_connections(app: &crate::common::TestApp) -> i64 {
+    app.count(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+}
+
+/// Pooled connections the server closed since are replaced before any work:
+/// a tenant request or a webhook does not fail for one, and other work that
+/// meets one gets 503 `database_unavailable`, never a 500.
+#[actix_web::test]
+async fn connections_the_server_closed_cost_no_request() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let access = crate::common::token(&owner, "access_token");
+    let lost = || switchboard::metrics::DB_CONNECTIONS_LOST.load(std::sync::atomic::Ordering::Relaxed);
+    let before = lost();
+    // Every idle pooled connection (and the bus's listener) is cut; without
+    // workers nothing else takes one before the requests below.
+    assert!(cut_connections(&app) >= 4);
+    for _ in 0..8 {
+        let r = app.call("GET", "/api/conversations", Some(&access), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert!(lost() > before, "the closed connections were met and replaced");
+    cut_connections(&app);
+    let body = crate::common::messenger_text("5100000000000001", "m_cut.1", "still there?");
+    for _ in 0..4 {
+        assert_eq!(app.webhook(&body).await, 200);
+    }
+    cut_connections(&app);
+    for _ in 0..6 {
+        let r = app
+            .call(
+                "POST",
+                "/api/auth/login",
+                None,
+                Some(serde_json::json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
+            )
+            .await;
+        assert!(
+            r.status == 200 || (r.status == 503 && r.body["error"]["code"] == "database_unavailable"),
+            "{} {:?}",
+            r.status,
+            r.body
+        );
+    }
+}
