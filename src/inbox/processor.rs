@@ -95,7 +95,7 @@ struct Claimed {
     attempts: i32,
 }
 
-fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Claimed>> {
+fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, DbError> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -148,8 +148,14 @@ enum Outcome {
 
 /// Claims and processes one batch. Blocking: run it on the blocking pool.
 pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<BatchReport> {
-    let mut conn = pool.get().map_err(DbError::from)?;
-    let claimed = claim(&mut conn, limit)?;
+    // A connection the server closed since fails the claim before it is
+    // sent (or, at worst, after it took its lease: those webhooks wait out
+    // the lease); the claim goes to another connection.
+    let mut claimed = Vec::new();
+    let mut conn = crate::db::retry_lost(pool, |conn| {
+        claimed = claim(conn, limit)?;
+        Ok(())
+    })?;
     let mut report = BatchReport { claimed: claimed.len(), ..Default::default() };
     if claimed.is_empty() {
         return Ok(report);

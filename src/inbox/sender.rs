@@ -38,7 +38,7 @@ struct Job {
     attempts: i32,
 }
 
-fn claim(conn: &mut PgConnection, limit: i64) -> AppResult<Vec<Job>> {
+fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbError> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -285,9 +285,15 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
 /// One pass over due jobs; returns how many were claimed.
 pub async fn run_once(state: &AppState, pacer: &mut Pacer) -> AppResult<usize> {
     let pool = state.db.pool().clone();
-    let jobs = actix_web::web::block(move || {
-        let mut conn = pool.get().map_err(crate::db::DbError::from)?;
-        claim(&mut conn, 50)
+    let jobs = actix_web::web::block(move || -> AppResult<Vec<Job>> {
+        // On another connection if the first is one the server closed (as
+        // the processor's claim).
+        let mut jobs = Vec::new();
+        crate::db::retry_lost(&pool, |conn| {
+            jobs = claim(conn, 50)?;
+            Ok(())
+        })?;
+        Ok(jobs)
     })
     .await??;
     for job in &jobs {
