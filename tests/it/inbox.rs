@@ -255,17 +255,15 @@ async fn signatures_are_checked_on_the_raw_bytes() {
         .await
         .expect("get");
     assert_eq!(bad.status().as_u16(), 403);
-    // A valid signature over what is not a JSON object: refused, nothing
-    // stored; over an object of a kind not known here: stored, answered
-    // 200, dead-lettered.
-    for body in [&b"{not json"[..], b"", b"[]", b" \"text\"", br#"{"object":"page"} trailing"#] {
-        assert_eq!(app.webhook(body).await, 400, "{:?}", String::from_utf8_lossy(body));
+    // A valid signature over something that is not Meta's: stored, answered
+    // 200 (a non-200 would make Meta retry or switch the webhooks off),
+    // dead-lettered.
+    let odd: [&[u8]; 4] = [b"{not json", b"[]", b"", br#"{"object":"user","entry":[]}"#];
+    for body in odd {
+        assert_eq!(app.webhook(body).await, 200, "{:?}", String::from_utf8_lossy(body));
     }
-    let before = app.count("SELECT count(*) AS n FROM public.webhook_events");
-    assert_eq!(app.webhook(br#"{"object":"user","entry":[]}"#).await, 200);
     app.processed().await;
-    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events"), before + 1);
-    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 4);
 }
 
 #[actix_web::test]
