@@ -117,6 +117,52 @@ pub struct WsSession {
     /// A client message arriving in fragments, gathered until its last
     /// (`None` between messages; `Some(None)` for a binary one, refused whole).
     fragments: Option<Option<Vec<u8>>>,
+    /// What the client may still send ([`Allowance`]).
+    allowance: Allowance,
+    /// The last typing message passed on: (conversation, on, when).
+    last_typing: Option<(ConversationId, bool, Instant)>,
+}
+
+/// A client's messages (typing, presence, ping) cost the server a database
+/// read or a fan-out to colleagues each, so a socket may send a burst of
+/// [`CLIENT_BURST`], refilled at [`CLIENT_RATE`] a second; beyond that
+/// they are dropped, and the client told so at most once a second
+/// (`rate_limited`). A person typing renews every few seconds.
+struct Allowance {
+    tokens: f32,
+    at: Instant,
+    told: Option<Instant>,
+}
+
+const CLIENT_BURST: f32 = 40.0;
+const CLIENT_RATE: f32 = 20.0;
+/// A typing message that repeats the last one passed on (same conversation,
+/// still typing) within this is dropped: colleagues' typing frames and the
+/// lookup behind them come at most this often per socket, well inside the
+/// 6 s a renewal keeps typing on.
+const TYPING_REPEAT: Duration = Duration::from_secs(1);
+
+impl Allowance {
+    fn new(now: Instant) -> Self {
+        Allowance { tokens: CLIENT_BURST, at: now, told: None }
+    }
+
+    /// Takes one message's worth; `Err(tell)` when there is none left,
+    /// `tell` when the client has not been told so for a second.
+    fn take(&mut self, now: Instant) -> Result<(), bool> {
+        let refill = now.saturating_duration_since(self.at).as_secs_f32() * CLIENT_RATE;
+        self.tokens = (self.tokens + refill).min(CLIENT_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let tell = self.told.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if tell {
+            self.told = Some(now);
+        }
+        Err(tell)
+    }
 }
 
 pub struct SessionInit {
@@ -153,6 +199,8 @@ impl WsSession {
             outbox,
             heartbeat: Instant::now(),
             fragments: None,
+            allowance: Allowance::new(Instant::now()),
+            last_typing: None,
         }
     }
 
@@ -547,9 +595,23 @@ impl WsSession {
     }
 
     fn client_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let now = Instant::now();
+        if let Err(tell) = self.allowance.take(now) {
+            if tell {
+                ctx.text(error_frame("rate_limited", "too many messages; some were dropped, slow down"));
+            }
+            return;
+        }
         match serde_json::from_str::<ClientMsg>(text) {
             Ok(ClientMsg::Ping) => ctx.text(json!({"type": "pong", "at": Utc::now()}).to_string()),
             Ok(ClientMsg::Typing { conversation_id, on }) => {
+                let repeat = self.last_typing.is_some_and(|(c, o, at)| {
+                    c == conversation_id && o == on && (!on || now.saturating_duration_since(at) < TYPING_REPEAT)
+                });
+                if repeat {
+                    return;
+                }
+                self.last_typing = Some((conversation_id, on, now));
                 if self.role.can_write() {
                     self.typing(conversation_id, on, ctx);
                 } else {

@@ -154,6 +154,45 @@ async fn refused_upgrades() {
     assert_eq!(closed["code"], 4403);
 }
 
+/// A client that floods its socket is held back: a burst of typing
+/// messages reaches colleagues as one frame, and past its allowance the
+/// client's messages are dropped and it is told so, once; the socket stays.
+#[actix_web::test]
+async fn a_client_flooding_its_socket_is_held_back() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    for s in [&mut admin, &mut x] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "oi"})).await;
+    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
+    let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    for _ in 0..30 {
+        send(&mut x, json!({"type": "typing", "conversation_id": conv, "on": true})).await;
+    }
+    assert!(until(&mut admin, "typing", Duration::from_secs(3)).await.is_some(), "typing");
+    assert!(until(&mut admin, "typing", Duration::from_millis(500)).await.is_none(), "one frame for the burst");
+    // Pings past the allowance: some answered, the rest dropped, told once.
+    for _ in 0..200 {
+        send(&mut x, json!({"type": "ping"})).await;
+    }
+    let (mut pongs, mut told) = (0, 0);
+    while let Some(f) = next(&mut x, Duration::from_millis(700)).await {
+        match f["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if f["data"]["code"] == "rate_limited" => told += 1,
+            _ => {}
+        }
+    }
+    assert!((10..100).contains(&pongs) && told == 1, "{pongs} pongs, told {told} times");
+    // A second on, the allowance is back.
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    send(&mut x, json!({"type": "ping"})).await;
+    assert!(until(&mut x, "pong", Duration::from_secs(3)).await.is_some(), "answered again");
+}
+
 /// A member's sockets on an instance are capped (32 by default): the next
 /// is refused before the upgrade with 429, others' are not, and closing one
 /// makes room.
