@@ -127,6 +127,7 @@ pub struct ChannelRow {
     pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub last_webhook_at: Option<DateTime<Utc>>,
 }
 
 /// Associated data binding a sealed token to its channel.
@@ -176,6 +177,9 @@ pub struct ChannelView {
     pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When a webhook last came for it, to the minute ([`note_webhooks`]);
+    /// `None` before the first.
+    pub last_webhook_at: Option<DateTime<Utc>>,
 }
 
 fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
@@ -196,6 +200,7 @@ fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
         status_reason: row.status_reason.clone(),
         created_at: row.created_at,
         updated_at: row.updated_at,
+        last_webhook_at: row.last_webhook_at,
     })
 }
 
@@ -234,6 +239,22 @@ pub fn find_many(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collect
     let rows: Vec<ChannelRow> =
         channels::table.filter(channels::id.eq_any(ids)).select(ChannelRow::as_select()).load(tc.pg())?;
     Ok(rows.into_iter().map(|c| (c.id, c)).collect())
+}
+
+/// Notes that webhooks came for `ids` (the processor, in its tenant
+/// transaction). To the minute: a channel's row is written at most once a
+/// minute however busy it is, and never waited for (one locked by another
+/// processor or a request is being written anyway, or will be next minute).
+pub fn note_webhooks(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<()> {
+    crate::db::prepared(
+        "UPDATE channels SET last_webhook_at = now() WHERE id IN ( \
+             SELECT id FROM channels WHERE id = ANY($1) \
+                AND (last_webhook_at IS NULL OR last_webhook_at < now() - interval '1 minute') \
+                FOR UPDATE SKIP LOCKED)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .execute(tc.pg())?;
+    Ok(())
 }
 
 /// Whether `user` may see the channel (admins see all).

@@ -28,6 +28,7 @@ diesel::table! {
         status_reason -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        last_webhook_at -> Nullable<Timestamptz>,
     }
 }
 

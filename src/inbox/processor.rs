@@ -372,6 +372,7 @@ fn apply_tenant(
             ingest.apply(tc, channel, item)?;
         }
         ingest.finish(tc)?;
+        channels::note_webhooks(tc, &ids)?;
         let followups = std::mem::take(&mut ingest.followups);
         let indexed_text = ingest.indexed_text;
         let written = log.write(tc)?;

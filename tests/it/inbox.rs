@@ -1555,3 +1555,36 @@ async fn whatsapp_customers_see_the_agent_typing_on_their_latest_message() {
     actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(typing_receipts().await.len(), 1);
 }
+
+/// A channel shows when a webhook last came for it (to the minute): set by
+/// the first, left alone by the next within the minute, none for a channel
+/// that had none.
+#[actix_web::test]
+async fn a_channel_shows_when_its_last_webhook_came() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let last_webhook = |external: &'static str| {
+        let app = &app;
+        let admin = ctx.admin.clone();
+        async move {
+            let list = app.call("GET", "/api/channels", Some(&admin), None).await;
+            list.body["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|c| c["external_id"] == external)
+                .expect("channel")["last_webhook_at"]
+                .clone()
+        }
+    };
+    assert!(last_webhook(PAGE_A).await.is_null(), "none yet");
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_last.1", "olá")).await, 200);
+    app.processed().await;
+    let first = last_webhook(PAGE_A).await;
+    let at = chrono::DateTime::parse_from_rfc3339(first.as_str().expect("a time")).expect("RFC 3339");
+    assert!((chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds().abs() < 60, "{first}");
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_last.2", "ainda aí?")).await, 200);
+    app.processed().await;
+    assert_eq!(last_webhook(PAGE_A).await, first, "written at most once a minute");
+    assert!(last_webhook(PHONE).await.is_null(), "the WhatsApp number had none");
+}
