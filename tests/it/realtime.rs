@@ -159,16 +159,7 @@ async fn refused_upgrades() {
 /// client's messages are dropped and it is told so, once; the socket stays.
 #[actix_web::test]
 async fn a_client_flooding_its_socket_is_held_back() {
-    let app = spawn_app().await;
-    let t = team(&app).await;
-    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
-    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
-    for s in [&mut admin, &mut x] {
-        next(s, Duration::from_secs(3)).await.expect("hello");
-    }
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "oi"})).await;
-    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
-    let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    let (_app, _, mut admin, mut x, conv) = admin_and_xavi_at_a_conversation("904").await;
     for _ in 0..30 {
         send(&mut x, json!({"type": "typing", "conversation_id": conv, "on": true})).await;
     }
@@ -544,6 +535,22 @@ fn append_on(pool: &switchboard::db::PgPool, channel: Option<i64>, n: usize, pad
         },
     )
     .expect("append");
+}
+
+/// A team; the admin's and agent Xavi's sockets past their hellos; and the
+/// conversation a customer (`from`) opened on page A, which both see.
+async fn admin_and_xavi_at_a_conversation(from: &str) -> (TestApp, Team, Socket, Socket, String) {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
+    for s in [&mut admin, &mut x] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "alguém aí?"})).await;
+    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
+    let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    (app, t, admin, x, conv)
 }
 
 /// A team, the admin's socket past its hello, and the `last_seq` it named.
@@ -1323,16 +1330,7 @@ async fn the_agents_of_an_instance_that_died_go_offline() {
 /// contact sees the page typing, at most every 5 s.
 #[actix_web::test]
 async fn typing_over_rest_reaches_colleagues_and_the_contact_once() {
-    let app = spawn_app().await;
-    let t = team(&app).await;
-    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
-    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("x");
-    for s in [&mut admin, &mut x] {
-        next(s, Duration::from_secs(3)).await.expect("hello");
-    }
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "alguém aí?"})).await;
-    let m = until(&mut admin, "message.created", Duration::from_secs(5)).await.expect("message");
-    let conv = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    let (app, t, mut admin, mut x, conv) = admin_and_xavi_at_a_conversation("903").await;
     // Without `on` it means typing (the first frame shows it on).
     for body in [json!({}), json!({"on": true})] {
         let r = app.call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.agent_x), Some(body)).await;
