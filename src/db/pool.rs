@@ -75,7 +75,11 @@ impl Db {
     }
 
     /// Runs `f` with a plain pooled connection (public tables only) on the
-    /// blocking pool.
+    /// blocking pool. The connection is checked first (`SELECT 1`,
+    /// one round trip) and replaced if the server closed it, as a tenant
+    /// transaction's `BEGIN` does for it: `f` may write before it reads,
+    /// so it cannot be the check. The work that comes here is rare beside
+    /// the tenant work (logins, refreshes, socket tickets, operators').
     pub async fn public<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
@@ -84,7 +88,7 @@ impl Db {
     {
         let pool = self.pool.clone();
         actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(DbError::from)?;
+            let mut conn = retry_lost(&pool, |conn| conn.batch_execute("SELECT 1").map_err(DbError::from))?;
             f(&mut conn)
         })
         .await?
