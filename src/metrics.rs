@@ -23,6 +23,7 @@ pub static BUS_DIRECT: AtomicU64 = AtomicU64::new(0);
 pub static HUB_HELD: AtomicU64 = AtomicU64::new(0);
 pub static SEARCH_PAGES_MERGED: AtomicU64 = AtomicU64::new(0);
 pub static DB_CONNECTIONS_LOST: AtomicU64 = AtomicU64::new(0);
+pub static WS_CLIENT_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -65,6 +66,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_db_connections_lost_total",
             "Pooled connections found closed by the server and replaced before any work",
             &DB_CONNECTIONS_LOST,
+        ),
+        (
+            "switchboard_ws_client_messages_dropped_total",
+            "Client socket messages dropped past the socket's allowance",
+            &WS_CLIENT_DROPPED,
         ),
     ];
     let mut out = String::new();

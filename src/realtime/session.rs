@@ -597,6 +597,7 @@ impl WsSession {
     fn client_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         let now = Instant::now();
         if let Err(tell) = self.allowance.take(now) {
+            crate::metrics::inc(&crate::metrics::WS_CLIENT_DROPPED, 1);
             if tell {
                 ctx.text(error_frame("rate_limited", "too many messages; some were dropped, slow down"));
             }

@@ -178,6 +178,8 @@ async fn a_client_flooding_its_socket_is_held_back() {
         }
     }
     assert!((10..100).contains(&pongs) && told == 1, "{pongs} pongs, told {told} times");
+    let dropped = switchboard::metrics::WS_CLIENT_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 200 - pongs as u64, "{dropped} counted dropped");
     // A second on, the allowance is back.
     actix_web::rt::time::sleep(Duration::from_secs(1)).await;
     send(&mut x, json!({"type": "ping"})).await;
