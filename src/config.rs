@@ -126,6 +126,13 @@ pub struct ServerConfig {
     /// Browser origins (`scheme://host[:port]`) allowed besides the public
     /// URL's own: to open sockets and to call the API across origins.
     pub allowed_origins: Vec<String>,
+    /// The most sockets one member may have open on an instance at once
+    /// (`SWITCHBOARD_WS_MAX_PER_MEMBER`; none by default). A person's tabs,
+    /// phone and desktop app are a handful; a client that leaks sockets,
+    /// or a token's holder opening thousands, costs ~20 KiB and a fan-out
+    /// delivery each. Off by default so that load tests and integrations
+    /// that open many sockets on one login are not refused.
+    pub ws_max_per_member: Option<usize>,
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -213,6 +220,14 @@ impl ServerConfig {
         };
         let allowed_origins = parse_origins(&var("SWITCHBOARD_ALLOWED_ORIGINS").unwrap_or_default())
             .map_err(|p| err("SWITCHBOARD_ALLOWED_ORIGINS", p))?;
+        let ws_max_per_member = match var("SWITCHBOARD_WS_MAX_PER_MEMBER") {
+            None => None,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => return Err(err("SWITCHBOARD_WS_MAX_PER_MEMBER", "must be a number (0 for no limit)")),
+            },
+        };
         Ok(ServerConfig {
             db,
             bind,
@@ -224,6 +239,7 @@ impl ServerConfig {
             meta,
             json_logs,
             allowed_origins,
+            ws_max_per_member,
         })
     }
 }

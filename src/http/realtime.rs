@@ -75,7 +75,7 @@ async fn connect(
             return Err(AppError::unauthorized("missing_credential", "send ?ticket= or Authorization: Bearer"))
         }
     };
-    if let Some(cap) = crate::realtime::sockets_per_member() {
+    if let Some(cap) = state.config.ws_max_per_member {
         let open = hub.send(SocketsOf { tenant: auth.tenant.0, user: auth.user.0 }).await.unwrap_or(0);
         if open >= cap {
             return Err(AppError::new(

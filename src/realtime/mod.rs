@@ -37,23 +37,6 @@ pub const CLOSE_REMOVED: u16 = 4403;
 pub const CLOSE_TOO_SLOW: u16 = 4408;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// The most sockets one member may have open on an instance at once
-/// (`SWITCHBOARD_WS_MAX_PER_MEMBER`, 32; 0 for no limit): tabs, phone and
-/// desktop app are a handful, and a client that leaks sockets (or a
-/// token's holder opening thousands) would otherwise cost every instance
-/// ~20 KiB and a fan-out delivery each. Checked before the upgrade, so a
-/// burst of simultaneous connects may pass it by a few.
-pub fn sockets_per_member() -> Option<usize> {
-    static CAP: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *CAP.get_or_init(|| {
-        match std::env::var("SWITCHBOARD_WS_MAX_PER_MEMBER").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => Some(32),
-        }
-    })
-}
-
 /// `on` of a typing message (socket or REST) that leaves it out: sending
 /// one is the sign of typing.
 pub fn typing_on_by_default() -> bool {

@@ -204,6 +204,8 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
         },
         json_logs: false,
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        // As an operator would set it; tests open a few sockets a member.
+        ws_max_per_member: Some(32),
     }
 }
 

@@ -193,14 +193,14 @@ async fn a_client_flooding_its_socket_is_held_back() {
     assert!(until(&mut x, "pong", Duration::from_secs(3)).await.is_some(), "answered again");
 }
 
-/// A member's sockets on an instance are capped (32 by default): the next
-/// is refused before the upgrade with 429, others' are not, and closing one
-/// makes room.
+/// With a cap on a member's sockets on an instance (the tests set 32), the
+/// next is refused before the upgrade with 429, others' are not, and
+/// closing one makes room.
 #[actix_web::test]
 async fn a_member_has_at_most_so_many_sockets_at_once() {
     let app = spawn_app().await;
     let t = team(&app).await;
-    let cap = switchboard::realtime::sockets_per_member().expect("a cap by default");
+    let cap = app.config.ws_max_per_member.expect("the tests' configuration sets a cap");
     let mut open = Vec::new();
     for _ in 0..cap {
         let mut s = ws(&app, "", Some(&t.agent_x), None).await.expect("under the cap");
