@@ -107,22 +107,27 @@ fn tenant_lifecycle_and_clear_errors() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("SWITCHBOARD_JWT_SECRET"), "{err}");
-    // (Under `timeout`: were the value let through, the server would run.)
-    let o = Command::new("timeout")
-        .args(["20", env!("CARGO_BIN_EXE_switchboard"), "serve"])
-        .env("DATABASE_URL", &db.url)
-        .env("SWITCHBOARD_JWT_SECRET", "a-jwt-secret-of-more-than-32-bytes!!")
-        .env("SWITCHBOARD_ENCRYPTION_KEYS", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
-        .env("META_APP_ID", "1")
-        .env("META_APP_SECRET", "s")
-        .env("META_VERIFY_TOKEN", "v")
-        .env("SWITCHBOARD_ALLOWED_ORIGINS", "https://inbox.example/app")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run");
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("SWITCHBOARD_ALLOWED_ORIGINS") && err.trim().lines().count() == 1, "{err}");
+    // With everything else valid (under `timeout`: were the value let
+    // through, the server would run).
+    for (variable, bad) in
+        [("SWITCHBOARD_ALLOWED_ORIGINS", "https://inbox.example/app"), ("SWITCHBOARD_WS_MAX_PER_MEMBER", "lots")]
+    {
+        let o = Command::new("timeout")
+            .args(["20", env!("CARGO_BIN_EXE_switchboard"), "serve"])
+            .env("DATABASE_URL", &db.url)
+            .env("SWITCHBOARD_JWT_SECRET", "a-jwt-secret-of-more-than-32-bytes!!")
+            .env("SWITCHBOARD_ENCRYPTION_KEYS", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            .env("META_APP_ID", "1")
+            .env("META_APP_SECRET", "s")
+            .env("META_VERIFY_TOKEN", "v")
+            .env(variable, bad)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("run");
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(variable) && err.trim().lines().count() == 1, "{err}");
+    }
 
     // A database that does not answer: one line, libpq's reason once.
     let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
