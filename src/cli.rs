@@ -179,7 +179,7 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `tenancy`, `ingest` or `realtime`.
+    /// Which benchmark: `tenancy`, `ingest`, `realtime` or `search`.
     #[arg(default_value = "tenancy")]
     pub which: String,
     /// Webhooks for the `ingest` benchmark.
@@ -212,4 +212,7 @@ pub struct BenchArgs {
     /// Tenant creations to time.
     #[arg(long, default_value_t = 100)]
     pub creates: usize,
+    /// Messages in the tenant the `search` benchmark searches.
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: usize,
 }

@@ -5,6 +5,7 @@
 mod ingest;
 mod probe;
 mod realtime;
+mod search;
 mod tenancy;
 
 use anyhow::Context;
@@ -60,6 +61,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "tenancy" => tenancy::run(&args),
         "ingest" => ingest::run(&args),
         "realtime" => realtime::run(&args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime"),
+        "search" => search::run(&args),
+        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime, search"),
     }
 }

@@ -42,10 +42,11 @@ pub fn search(
     }
     if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
         query = query.filter(
-            super::sb_fold(contacts::name)
+            contacts::search_name
                 .like(super::sb_fold_contains(text.to_string()))
                 .or(contacts::external_id.ilike(super::contains_pattern(text))),
         );
+        super::plan_for_the_pattern(tc)?;
     }
     if let Some(a) = after {
         query = query.filter(contacts::id.gt(a));

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::EventLog;
 use super::messages::visible_conversation;
 use super::views::{ConversationRow, ConversationView, Names};
-use super::{sb_fold, sb_fold_contains, ConversationId};
+use super::{plan_for_the_pattern, sb_fold_contains, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::db::schema::{memberships, send_queue};
@@ -59,12 +59,14 @@ pub fn list(
         q = q.filter(c::unread_count.gt(0));
     }
     if let Some(text) = f.q.as_ref().map(|t| t.trim()).filter(|t| !t.is_empty()) {
-        // Folded on both sides, as the trigram indexes hold the text.
+        // Folded on both sides: the columns hold folded text, as do the
+        // trigram indexes on them.
         let pattern = sb_fold_contains(text.to_string());
         let by_message =
-            messages::table.filter(sb_fold(messages::text).like(pattern.clone())).select(messages::conversation_id);
-        let by_contact = contacts::table.filter(sb_fold(contacts::name).like(pattern)).select(contacts::id);
+            messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
+        let by_contact = contacts::table.filter(contacts::search_name.like(pattern)).select(contacts::id);
         q = q.filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
+        plan_for_the_pattern(tc)?;
     }
     if let Some((at, id)) = after {
         q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));

@@ -149,8 +149,10 @@ impl<'l> Ingest<'l> {
         // Pairs, not two `= ANY` lists: those match the cross product (every
         // contact id on every channel of the batch), which the planner
         // rightly answers with a sequential scan; pairs are one index probe each.
+        // Columns named, not `*`: the folded search copy of the name is not read.
         let found: Vec<ContactRow> = crate::db::prepared(
-            "SELECT * FROM contacts WHERE (channel_id, external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+            "SELECT id, channel_id, external_id, name, profile_pic_url, profile_checked_at, created_at, updated_at \
+               FROM contacts WHERE (channel_id, external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
         )
         .bind::<Array<BigInt>, _>(channel_ids)
         .bind::<Array<Text>, _>(externals)
@@ -280,6 +282,8 @@ impl<'l> Ingest<'l> {
             return Ok(());
         }
         use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+        // Columns returned by name, not `*`: the folded search copy of each
+        // text is not read.
         let inserted: Vec<MessageRow> = crate::db::prepared(
             "INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, attachments, status, \
                                    external_id, reply_to_external_id, quick_reply_payload, postback_payload, \
@@ -291,7 +295,10 @@ impl<'l> Ingest<'l> {
                     AS v(conv, ch, text, att, ext, reply, qr, pb, at, ord) \
               ORDER BY v.ord \
              ON CONFLICT (channel_id, external_id) DO NOTHING \
-             RETURNING *",
+             RETURNING id, conversation_id, channel_id, direction, sender_kind, sender_user_id, text, attachments, \
+                       status, error, external_id, client_id, reply_to_external_id, quick_reply_payload, \
+                       postback_payload, reactions, edited_at, deleted_at, platform_timestamp, sort_at, created_at, \
+                       updated_at",
         )
         .bind::<Array<BigInt>, _>(&rows.conversation)
         .bind::<Array<BigInt>, _>(&rows.channel)

@@ -13,5 +13,6 @@ mod licences;
 mod migrate;
 mod openapi;
 mod realtime;
+mod search;
 mod teardown;
 mod tenancy;

@@ -1,0 +1,141 @@
+//! `bench search`: the inbox search (`GET /api/conversations?q=`, the
+//! domain function behind it) over one tenant holding `--messages` messages,
+//! 50 to a conversation, as an admin sees them (every channel).
+//!
+//! Queries of one and two characters cannot be narrowed by the trigram
+//! index and scan the tenant's folded message texts; longer ones go through
+//! the index. Beside the scan, the same scan folding every message as it
+//! reads it, as search did before the folded columns: what they save.
+
+use anyhow::Context;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use std::time::{Duration, Instant};
+
+use crate::auth::Role;
+use crate::cli::BenchArgs;
+use crate::config::DbConfig;
+use crate::db::migrate::run_public_migrations;
+use crate::db::{connect_pool, with_tenant, PoolOptions, TenantScope};
+use crate::error::AppError;
+use crate::ids::UserId;
+use crate::inbox::conversations::{self, Filter};
+use crate::tenancy::{self, TenantSlug};
+
+use super::{median, ScratchDb};
+
+const PER_CONVERSATION: usize = 50;
+const RUNS: usize = 7;
+
+/// Texts of the kind customers write, accents and all; each message adds
+/// its number, so a number is a rare word.
+const TEXTS: [&str; 10] = [
+    "hello there, my order has not arrived yet",
+    "can you help me with a refund please",
+    "thanks a lot!",
+    "where is my package? tracking says delivered",
+    "I want to change my delivery address",
+    "ok",
+    "Olá, tudo bem? Preciso de ajuda com o pedido",
+    "the app crashes when I log in",
+    "¿Cuánto cuesta el azul? Gracias",
+    "great service, cheers 👍",
+];
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let cfg = DbConfig::from_env()?;
+    let scratch = ScratchDb::create(cfg.database_url.expose(), "search")?;
+    let pool = connect_pool(&scratch.url, PoolOptions { max_size: 2, min_idle: Some(1), ..Default::default() })?;
+    let mut conn = pool.get()?;
+    run_public_migrations(&mut conn)?;
+    let slug = TenantSlug::parse("search").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = tenancy::provision(&mut conn, &slug, "Bench").map_err(|e| anyhow::anyhow!("{e:?}"))?.tenant_id();
+    let scope = TenantScope::system(tenant);
+    let conversations = args.messages.div_ceil(PER_CONVERSATION).max(1);
+    println!(
+        "switchboard bench search ({} messages in {conversations} conversations of one tenant, median of {RUNS} runs)",
+        conversations * PER_CONVERSATION
+    );
+
+    let seeding = Instant::now();
+    with_tenant(&mut conn, &scope, |tc| -> Result<(), AppError> {
+        let texts = TEXTS.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+        tc.pg().batch_execute(&format!(
+            "INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Bench page');
+             INSERT INTO contacts (channel_id, external_id, name)
+               SELECT 1, (7000000000000000 + g)::text,
+                      (ARRAY['João Silva','Zoë Müller','Ana Pérez','Mehmet Öztürk','Chloé Dubois'])[1 + g % 5] || ' ' || g
+                 FROM generate_series(1, {conversations}) g;
+             INSERT INTO conversations (channel_id, contact_id, last_activity_at)
+               SELECT 1, id, now() - id * interval '1 minute' FROM contacts;
+             INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, status, sort_at)
+               SELECT c.id, 1, 'in', 'contact', (ARRAY[{texts}])[1 + (c.id * 7 + g) % 10] || ' #' || (c.id * {PER_CONVERSATION} + g),
+                      'received', c.last_activity_at - g * interval '1 second'
+                 FROM conversations c CROSS JOIN generate_series(1, {PER_CONVERSATION}) g;
+             ANALYZE contacts; ANALYZE conversations; ANALYZE messages;"
+        ))?;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    println!("(seeded in {:.1?})", seeding.elapsed());
+
+    let rare = format!("#{}", conversations * PER_CONVERSATION / 2 + 1);
+    let cases: [(&str, &str); 7] = [
+        ("one character, in most messages", "a"),
+        ("two characters, in a tenth of them", "ok"),
+        ("two characters, in none", "zq"),
+        ("a common word", "refund"),
+        ("a word written with accents, asked without", "preciso de ajuda"),
+        ("a contact's name, asked without accents", "zoe muller"),
+        ("a rare word (one message)", rare.as_str()),
+    ];
+    for (what, q) in cases {
+        let filter = Filter { q: Some(q.to_string()), ..Default::default() };
+        let mut times = Vec::with_capacity(RUNS);
+        let mut found = 0;
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            found = with_tenant(&mut conn, &scope, |tc| {
+                conversations::list(tc, UserId(0), Role::Owner, &filter, None, 50).map(|v| v.len())
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            times.push(t.elapsed());
+        }
+        println!("{what} ({q:?}): first page of {found} in {:.1?}", median(times));
+    }
+
+    // The scan that one or two characters need, on the folded column and
+    // folding as it reads.
+    let mut scan = |sql: &str| -> anyhow::Result<Duration> {
+        let mut times = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let n: i64 = with_tenant(&mut conn, &scope, |tc| -> Result<i64, AppError> {
+                // One process: parallel workers would hide the per-row cost.
+                tc.pg().batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")?;
+                Ok(diesel::sql_query(sql).bind::<Text, _>("zq").get_result::<Count>(tc.pg())?.n)
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            anyhow::ensure!(n == 0, "the scan found {n} messages with \"zq\"");
+            times.push(t.elapsed());
+        }
+        Ok(median(times))
+    };
+    let column = scan("SELECT count(*) AS n FROM messages WHERE search_text LIKE public.sb_fold_contains($1)")
+        .context("scanning the folded column")?;
+    let folding =
+        scan("SELECT count(*) AS n FROM messages WHERE public.sb_fold(text) LIKE public.sb_fold_contains($1)")
+            .context("scanning and folding")?;
+    println!(
+        "scan of every message in one process: {column:.1?} on the folded column, {folding:.1?} folding each text ({:.1}x)",
+        folding.as_secs_f64() / column.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
