@@ -423,3 +423,25 @@ async fn connections_the_server_closed_cost_no_request() {
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
 }
+
+/// The workers' claims move to another connection too: the first pass after
+/// the pool's connections were closed claims its work instead of failing
+/// (and leaving it a batch later).
+#[actix_web::test]
+async fn the_workers_claims_survive_closed_connections() {
+    let app = crate::common::spawn_app_without_workers().await;
+    // A page no tenant holds: claimed, then dead-lettered.
+    app.store_bodies(&[crate::common::messenger_text("5100000000000002", "m_claim.1", "anyone there?")]);
+    assert!(cut_connections(&app) >= 4);
+    let (pool, app_id) = (app.pool.clone(), app.config.meta.app_id.clone());
+    let report = actix_web::web::block(move || switchboard::inbox::processor::process_batch(&pool, &app_id, 100))
+        .await
+        .expect("blocking pool")
+        .expect("the processor's pass");
+    assert_eq!(report.claimed, 1);
+    assert!(cut_connections(&app) >= 4);
+    let claimed = switchboard::inbox::sender::run_once(&app.state, &mut switchboard::inbox::sender::Pacer::default())
+        .await
+        .expect("the sender's pass");
+    assert_eq!(claimed, 0, "nothing was queued");
+}
