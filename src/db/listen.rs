@@ -13,13 +13,13 @@
 //! The unsafe code is confined here: one owned `PGconn`, used from one
 //! thread at a time (`&mut self`), freed once.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
 
 use pq_sys::{
     ConnStatusType, ExecStatusType, PGconn, PQclear, PQconnectdb, PQconsumeInput, PQerrorMessage, PQexec, PQfinish,
-    PQfreemem, PQnotifies, PQresultStatus, PQsocket, PQstatus,
+    PQfreemem, PQnotifies, PQresultStatus, PQsetNoticeProcessor, PQsocket, PQstatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,19 @@ pub enum ListenError {
 pub struct Notification {
     pub channel: String,
     pub payload: String,
+}
+
+/// What the server says outside a command's answer (a notice, or the
+/// `FATAL` of a server shutting the connection down) goes to the log, not
+/// raw to standard error as libpq's default does: the loss itself is
+/// reported by the next wait, which reconnects.
+unsafe extern "C" fn log_notice(_arg: *mut c_void, message: *const c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libpq passes a NUL-terminated message valid for this call.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    tracing::info!(notice = %text.trim_end(), "PostgreSQL, to the bus listener");
 }
 
 pub struct ListenConnection {
@@ -60,6 +73,8 @@ impl ListenConnection {
         if unsafe { PQstatus(listener.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
             return Err(ListenError::Connect(listener.last_error()));
         }
+        // SAFETY: a live connection; the processor keeps no state (null arg).
+        unsafe { PQsetNoticeProcessor(listener.conn.as_ptr(), Some(log_notice), std::ptr::null_mut()) };
         Ok(listener)
     }
 

@@ -141,3 +141,38 @@ fn the_listen_connection_wakes_when_a_notification_comes() {
     let note = |payload: &str| Notification { channel: "listen_test".into(), payload: payload.into() };
     assert_eq!(got, vec![note("héllo 👋"), note("two")]);
 }
+
+/// What the server says to the bus listener outside an answer (a notice, or
+/// the `FATAL` of a server cutting the connection) goes to the log, not raw
+/// to standard error past the log's format.
+#[test]
+fn the_listener_logs_what_the_server_says_between_answers() {
+    use std::sync::{Arc, Mutex};
+    use switchboard::db::listen::ListenConnection;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let db = TestDb::new();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut listener = ListenConnection::connect(&db.url).expect("connect");
+        listener.execute("DO $$ BEGIN RAISE NOTICE 'nothing to see, réunion'; END $$").expect("notice");
+    });
+    let log = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+    assert!(log.contains("NOTICE:  nothing to see, réunion"), "{log:?}");
+}
