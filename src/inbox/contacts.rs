@@ -40,18 +40,22 @@ pub fn search(
             channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
         query = query.filter(contacts::channel_id.eq_any(mine));
     }
-    if let Some(text) = q.map(str::trim).filter(|t| !t.is_empty()) {
+    let search = q.map(str::trim).filter(|t| !t.is_empty());
+    if let Some(text) = search {
         query = query.filter(
             contacts::search_name
                 .like(super::sb_fold_contains(text.to_string()))
                 .or(contacts::external_id.ilike(super::contains_pattern(text))),
         );
-        super::plan_for_the_pattern(tc)?;
     }
     if let Some(a) = after {
         query = query.filter(contacts::id.gt(a));
     }
-    let rows: Vec<ContactRow> = query.load(tc.pg())?;
+    let rows: Vec<ContactRow> = if search.is_some() {
+        super::planned_for_the_pattern(tc, |pg| query.load(pg))?
+    } else {
+        query.load(tc.pg())?
+    };
     Ok(rows
         .into_iter()
         .map(|c| ContactListItem {

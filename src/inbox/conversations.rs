@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::EventLog;
 use super::messages::visible_conversation;
 use super::views::{ConversationRow, ConversationView, Names};
-use super::{plan_for_the_pattern, sb_fold_contains, ConversationId};
+use super::{planned_for_the_pattern, sb_fold_contains, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::db::schema::{memberships, send_queue};
@@ -58,7 +58,8 @@ pub fn list(
     if f.unread {
         q = q.filter(c::unread_count.gt(0));
     }
-    if let Some(text) = f.q.as_ref().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+    let search = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if let Some(text) = search {
         // Folded on both sides: the columns hold folded text, as do the
         // trigram indexes on them.
         let pattern = sb_fold_contains(text.to_string());
@@ -66,12 +67,13 @@ pub fn list(
             messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
         let by_contact = contacts::table.filter(contacts::search_name.like(pattern)).select(contacts::id);
         q = q.filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
-        plan_for_the_pattern(tc)?;
     }
     if let Some((at, id)) = after {
         q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
     }
-    let rows: Vec<ConversationRow> = q.order((c::last_activity_at.desc(), c::id.desc())).limit(limit).load(tc.pg())?;
+    let q = q.order((c::last_activity_at.desc(), c::id.desc())).limit(limit);
+    let rows: Vec<ConversationRow> =
+        if search.is_some() { planned_for_the_pattern(tc, |pg| q.load(pg))? } else { q.load(tc.pg())? };
     let mut names = Names::default();
     rows.iter().map(|r| names.conversation(tc, r)).collect()
 }

@@ -47,18 +47,24 @@ diesel::define_sql_function! {
     fn sb_fold_contains(text: diesel::sql_types::Text) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
-/// Has the rest of this transaction planned for its own parameters, as a
-/// search needs: its cost depends on the pattern. One or two characters
-/// cannot use the trigram index and are best scanned, longer ones best looked
-/// up. The statement is cached per connection, and after five runs
-/// PostgreSQL may settle on a generic plan, made without the pattern: one way
-/// for every pattern, and `sb_fold_contains($1)` evaluated for every row
-/// instead of once (at 200,000 messages a two-character search took 350 ms
-/// instead of 40; `bench search`).
-pub(crate) fn plan_for_the_pattern(tc: &mut crate::db::TenantConn<'_>) -> crate::error::AppResult<()> {
+/// Runs a search planned for its own parameters: its cost depends on the
+/// pattern. One or two characters cannot use the trigram index and are best
+/// scanned, longer ones best looked up. The statement is cached per
+/// connection, and after five runs PostgreSQL may settle on a generic plan,
+/// made without the pattern: one way for every pattern, and
+/// `sb_fold_contains($1)` evaluated for every row instead of once (at
+/// 200,000 messages a two-character search took 350 ms instead of 40;
+/// `bench search`). What the transaction does next (lookups by id) keeps
+/// its cached plans.
+pub(crate) fn planned_for_the_pattern<T>(
+    tc: &mut crate::db::TenantConn<'_>,
+    search: impl FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T>,
+) -> crate::error::AppResult<T> {
     use diesel::connection::SimpleConnection;
     tc.pg().batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")?;
-    Ok(())
+    let found = search(tc.pg())?;
+    tc.pg().batch_execute("SET LOCAL plan_cache_mode = DEFAULT")?;
+    Ok(found)
 }
 
 /// `%text%` for a LIKE that finds `text` anywhere, its own `%`, `_` and `\`
