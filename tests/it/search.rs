@@ -88,3 +88,60 @@ fn every_search_is_planned_for_its_own_pattern() {
     assert_eq!(plans.generic, 0, "a search ran on a generic plan ({} custom)", plans.custom);
     assert!(plans.custom >= 33, "the searches were cached and planned {} times", plans.custom);
 }
+
+#[derive(QueryableByName)]
+struct Scans {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// A contact search matches names or external ids; with an index on each,
+/// PostgreSQL answers the OR from both instead of reading every contact.
+#[test]
+fn contact_search_reads_the_indexes_not_every_contact() {
+    let db = TestDb::new();
+    let pool = db.pool(1);
+    let mut conn = pool.get().expect("conn");
+    let tenant =
+        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
+    conn.batch_execute(
+        "SET search_path = tenant_alpha, public;
+         INSERT INTO channels (platform, external_id, name) VALUES ('whatsapp', '123456789012345', 'Number');
+         INSERT INTO contacts (channel_id, external_id, name)
+           SELECT 1, (14155550000 + g)::text, 'Customer ' || md5(g::text) FROM generate_series(1, 100000) g;
+         UPDATE contacts SET name = 'Zoë Müller' WHERE id = 777;
+         ANALYZE contacts; RESET search_path;",
+    )
+    .expect("seed");
+    let scope = TenantScope::system(tenant);
+    let search = |conn: &mut PgConnection, q: &str| {
+        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, 50))
+            .expect("contact search")
+            .into_iter()
+            .map(|c| c.external_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(search(&mut conn, "4155569999"), ["14155569999"], "by number");
+    assert_eq!(search(&mut conn, "zoe mull"), ["14155550777"], "by name");
+    // The statistics arrive a moment after the backend flushes them.
+    conn.batch_execute(
+        "DO $$ BEGIN IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN \
+           PERFORM pg_stat_force_next_flush(); END IF; END $$",
+    )
+    .expect("flush");
+    let scans = |conn: &mut PgConnection| -> i64 {
+        conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
+        diesel::sql_query(
+            "SELECT coalesce(sum(idx_scan), 0)::int8 AS n FROM pg_stat_user_indexes \
+              WHERE schemaname = 'tenant_alpha' AND indexrelname = 'contacts_external_trgm'",
+        )
+        .get_result::<Scans>(conn)
+        .expect("index scans")
+        .n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while scans(&mut conn) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(scans(&mut conn), 2, "each search read the external ids' index");
+}
