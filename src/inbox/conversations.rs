@@ -74,8 +74,7 @@ pub fn list(
     let q = q.order((c::last_activity_at.desc(), c::id.desc())).limit(limit);
     let rows: Vec<ConversationRow> =
         if search.is_some() { planned_for_the_pattern(tc, |pg| q.load(pg))? } else { q.load(tc.pg())? };
-    let mut names = Names::default();
-    rows.iter().map(|r| names.conversation(tc, r)).collect()
+    Names::default().conversations(tc, &rows)
 }
 
 pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationView> {
@@ -220,10 +219,9 @@ pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<us
 
 /// Logs `conversation.updated` with the summary of each conversation.
 pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, rows: &[ConversationRow]) -> AppResult<()> {
-    let mut names = Names::default();
-    for row in rows {
-        let view = names.conversation(tc, row)?;
-        log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+    let views = Names::default().conversations(tc, rows)?;
+    for (row, view) in rows.iter().zip(&views) {
+        log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), view)?;
     }
     Ok(())
 }

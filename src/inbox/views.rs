@@ -228,6 +228,38 @@ impl Names {
         self.conversation_with(tc, row, None)
     }
 
+    /// The views of many conversations (a page of the list, a batch to
+    /// announce): their contacts and last messages are read in one query
+    /// each, not one per conversation.
+    pub fn conversations(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        rows: &[ConversationRow],
+    ) -> AppResult<Vec<ConversationView>> {
+        let unknown: Vec<i64> =
+            rows.iter().map(|r| r.contact_id).filter(|id| !self.contacts.contains_key(id)).collect();
+        if !unknown.is_empty() {
+            let found: Vec<ContactRow> =
+                contacts::table.filter(contacts::id.eq_any(unknown)).select(ContactRow::as_select()).load(tc.pg())?;
+            for c in &found {
+                self.put_contact(c);
+            }
+        }
+        let last_ids: Vec<i64> = rows.iter().filter_map(|r| r.last_message_id).collect();
+        let last: HashMap<i64, MessageRow> = if last_ids.is_empty() {
+            HashMap::new()
+        } else {
+            messages::table
+                .filter(messages::id.eq_any(last_ids))
+                .select(MessageRow::as_select())
+                .load(tc.pg())?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect()
+        };
+        rows.iter().map(|r| self.conversation_with(tc, r, r.last_message_id.and_then(|id| last.get(&id)))).collect()
+    }
+
     /// Like [`Names::conversation`], with the last message already at hand.
     pub fn conversation_with(
         &mut self,

@@ -1,5 +1,5 @@
-//! Inbox search at the domain level, on one connection: what it finds, and
-//! that each search is planned for its own pattern.
+//! The inbox list and search at the domain level, on one connection: what
+//! they find, how each search is planned, what a page costs.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -144,4 +144,52 @@ fn contact_search_reads_the_indexes_not_every_contact() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(scans(&mut conn), 2, "each search read the external ids' index");
+}
+
+/// A page of the inbox is a few queries, not a few per conversation: the
+/// contacts and last messages of the page are read together.
+#[test]
+fn a_page_of_the_inbox_reads_its_contacts_and_last_messages_together() {
+    let db = TestDb::new();
+    let pool = db.pool(1);
+    let mut conn = pool.get().expect("conn");
+    let tenant =
+        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
+    conn.batch_execute(
+        "SET search_path = tenant_alpha, public;
+         INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
+         INSERT INTO contacts (channel_id, external_id, name)
+           SELECT 1, (7392015648120000 + g)::text, 'Client ' || g FROM generate_series(1, 40) g;
+         INSERT INTO conversations (channel_id, contact_id, last_activity_at)
+           SELECT 1, id, now() - id * interval '1 minute' FROM contacts ORDER BY id;
+         INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, status)
+           SELECT c.id, 1, 'in', 'contact', 'olá ' || c.id || '.' || g, 'received'
+             FROM conversations c CROSS JOIN generate_series(1, 3) g;
+         UPDATE conversations c SET last_message_id = (SELECT max(id) FROM messages m WHERE m.conversation_id = c.id);
+         RESET search_path;",
+    )
+    .expect("seed");
+    let executed = |conn: &mut PgConnection| -> i64 {
+        diesel::sql_query(
+            "SELECT coalesce(sum(generic_plans + custom_plans), 0)::int8 AS n FROM pg_prepared_statements",
+        )
+        .get_result::<Scans>(conn)
+        .expect("statements")
+        .n
+    };
+    let scope = TenantScope::system(tenant);
+    let before = executed(&mut conn);
+    let page = with_tenant(&mut conn, &scope, |tc| {
+        conversations::list(tc, UserId(0), Role::Owner, &conversations::Filter::default(), None, 30)
+    })
+    .expect("list");
+    let statements = executed(&mut conn) - before;
+    assert_eq!(page.len(), 30);
+    for view in &page {
+        let id = view.id.0;
+        assert_eq!(view.contact.name.as_deref(), Some(format!("Client {id}").as_str()));
+        let last = view.last_message.as_ref().expect("last message");
+        assert_eq!(last.text.as_deref(), Some(format!("olá {id}.3").as_str()));
+    }
+    assert!(statements <= 6, "a page of 30 ran {statements} statements");
 }
