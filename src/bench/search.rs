@@ -5,8 +5,9 @@
 //! The list with no query is timed too: what every page costs besides the
 //! search (its contacts and last messages). Queries of one and two
 //! characters cannot be narrowed by the trigram index and scan the tenant's
-//! folded message texts; longer ones go through the index. Beside the scan, the same scan folding every message as it
-//! reads it, as search did before the folded columns: what they save.
+//! folded message texts; longer ones go through the index. Beside the scan,
+//! the same scan folding every message as it reads it, as search did before
+//! the folded columns: what they save.
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -99,7 +100,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("a rare word (one message)", rare.as_str()),
     ];
     for (what, q) in cases {
-        let filter = Filter { q: Some(q.to_string()).filter(|q| !q.is_empty()), ..Default::default() };
+        let filter = Filter { q: (!q.is_empty()).then(|| q.to_string()), ..Default::default() };
         let mut times = Vec::with_capacity(RUNS);
         let mut found = 0;
         for _ in 0..RUNS {

@@ -13,6 +13,18 @@ use switchboard::tenancy::{self, TenantSlug};
 
 use crate::common::TestDb;
 
+/// A database with tenant `alpha` seeded by `sql` (run in its schema), and
+/// the pool of one connection every statement of the test goes through.
+fn alpha_seeded(sql: &str) -> (TestDb, switchboard::db::PgPool, TenantScope) {
+    let db = TestDb::new();
+    let pool = db.pool(1);
+    let mut conn = pool.get().expect("conn");
+    let tenant =
+        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
+    conn.batch_execute(&format!("SET search_path = tenant_alpha, public; {sql}; RESET search_path")).expect("seed");
+    (db, pool, TenantScope::system(tenant))
+}
+
 #[derive(QueryableByName)]
 struct Plans {
     #[diesel(sql_type = BigInt)]
@@ -28,14 +40,8 @@ struct Plans {
 /// folded columns must find across case and accents, written and changed.
 #[test]
 fn every_search_is_planned_for_its_own_pattern() {
-    let db = TestDb::new();
-    let pool = db.pool(1);
-    let mut conn = pool.get().expect("conn");
-    let tenant =
-        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
-    conn.batch_execute(
-        "SET search_path = tenant_alpha, public;
-         INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
+    let (_db, pool, scope) = alpha_seeded(
+        "INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
          INSERT INTO contacts (channel_id, external_id, name)
            SELECT 1, (7392015648120000 + g)::text, (ARRAY['João Pereira', 'Zoë Müller', 'Ana Ruiz'])[1 + g % 3]
              FROM generate_series(1, 3000) g;
@@ -48,10 +54,9 @@ fn every_search_is_planned_for_its_own_pattern() {
              FROM conversations c CROSS JOIN generate_series(1, 20) g;
          UPDATE messages SET text = 'Où est ma commande ?' WHERE id = 1;
          UPDATE contacts SET name = 'Łukasz Wróbel' WHERE id = 2;
-         ANALYZE; RESET search_path;",
-    )
-    .expect("seed");
-    let scope = TenantScope::system(tenant);
+         ANALYZE",
+    );
+    let mut conn = pool.get().expect("conn");
     let found = |conn: &mut PgConnection, q: &str| -> usize {
         let filter = conversations::Filter { q: Some(q.to_string()), ..Default::default() };
         with_tenant(conn, &scope, |tc| conversations::list(tc, UserId(0), Role::Owner, &filter, None, 200))
@@ -90,7 +95,7 @@ fn every_search_is_planned_for_its_own_pattern() {
 }
 
 #[derive(QueryableByName)]
-struct Scans {
+struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
 }
@@ -99,21 +104,14 @@ struct Scans {
 /// PostgreSQL answers the OR from both instead of reading every contact.
 #[test]
 fn contact_search_reads_the_indexes_not_every_contact() {
-    let db = TestDb::new();
-    let pool = db.pool(1);
-    let mut conn = pool.get().expect("conn");
-    let tenant =
-        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
-    conn.batch_execute(
-        "SET search_path = tenant_alpha, public;
-         INSERT INTO channels (platform, external_id, name) VALUES ('whatsapp', '123456789012345', 'Number');
+    let (_db, pool, scope) = alpha_seeded(
+        "INSERT INTO channels (platform, external_id, name) VALUES ('whatsapp', '123456789012345', 'Number');
          INSERT INTO contacts (channel_id, external_id, name)
            SELECT 1, (14155550000 + g)::text, 'Customer ' || md5(g::text) FROM generate_series(1, 100000) g;
          UPDATE contacts SET name = 'Zoë Müller' WHERE id = 777;
-         ANALYZE contacts; RESET search_path;",
-    )
-    .expect("seed");
-    let scope = TenantScope::system(tenant);
+         ANALYZE contacts",
+    );
+    let mut conn = pool.get().expect("conn");
     let search = |conn: &mut PgConnection, q: &str| {
         with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, 50))
             .expect("contact search")
@@ -135,7 +133,7 @@ fn contact_search_reads_the_indexes_not_every_contact() {
             "SELECT coalesce(sum(idx_scan), 0)::int8 AS n FROM pg_stat_user_indexes \
               WHERE schemaname = 'tenant_alpha' AND indexrelname = 'contacts_external_trgm'",
         )
-        .get_result::<Scans>(conn)
+        .get_result::<Count>(conn)
         .expect("index scans")
         .n
     };
@@ -150,14 +148,8 @@ fn contact_search_reads_the_indexes_not_every_contact() {
 /// contacts and last messages of the page are read together.
 #[test]
 fn a_page_of_the_inbox_reads_its_contacts_and_last_messages_together() {
-    let db = TestDb::new();
-    let pool = db.pool(1);
-    let mut conn = pool.get().expect("conn");
-    let tenant =
-        tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision").tenant_id();
-    conn.batch_execute(
-        "SET search_path = tenant_alpha, public;
-         INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
+    let (_db, pool, scope) = alpha_seeded(
+        "INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
          INSERT INTO contacts (channel_id, external_id, name)
            SELECT 1, (7392015648120000 + g)::text, 'Client ' || g FROM generate_series(1, 40) g;
          INSERT INTO conversations (channel_id, contact_id, last_activity_at)
@@ -165,19 +157,17 @@ fn a_page_of_the_inbox_reads_its_contacts_and_last_messages_together() {
          INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, status)
            SELECT c.id, 1, 'in', 'contact', 'olá ' || c.id || '.' || g, 'received'
              FROM conversations c CROSS JOIN generate_series(1, 3) g;
-         UPDATE conversations c SET last_message_id = (SELECT max(id) FROM messages m WHERE m.conversation_id = c.id);
-         RESET search_path;",
-    )
-    .expect("seed");
+         UPDATE conversations c SET last_message_id = (SELECT max(id) FROM messages m WHERE m.conversation_id = c.id)",
+    );
+    let mut conn = pool.get().expect("conn");
     let executed = |conn: &mut PgConnection| -> i64 {
         diesel::sql_query(
             "SELECT coalesce(sum(generic_plans + custom_plans), 0)::int8 AS n FROM pg_prepared_statements",
         )
-        .get_result::<Scans>(conn)
+        .get_result::<Count>(conn)
         .expect("statements")
         .n
     };
-    let scope = TenantScope::system(tenant);
     let before = executed(&mut conn);
     let page = with_tenant(&mut conn, &scope, |tc| {
         conversations::list(tc, UserId(0), Role::Owner, &conversations::Filter::default(), None, 30)
