@@ -54,6 +54,31 @@ pub fn record(
     Ok(())
 }
 
+/// The `details` of the entries for `action` on `target` among the newest
+/// `window` of the log, newest first: what Meta's notices, which may come
+/// twice or late, are checked against before they are recorded.
+pub fn recent(
+    tc: &mut TenantConn<'_>,
+    action: &str,
+    target: &str,
+    window: i64,
+) -> Result<Vec<serde_json::Value>, DbError> {
+    #[derive(QueryableByName)]
+    struct Recent {
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        details: serde_json::Value,
+    }
+    let rows: Vec<Recent> = diesel::sql_query(
+        "SELECT details FROM (SELECT id, action, target_id, details FROM audit_log ORDER BY id DESC LIMIT $1) recent \
+         WHERE action = $2 AND target_id = $3 ORDER BY id DESC",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(window)
+    .bind::<diesel::sql_types::Text, _>(action)
+    .bind::<diesel::sql_types::Text, _>(target)
+    .load(tc.pg())?;
+    Ok(rows.into_iter().map(|r| r.details).collect())
+}
+
 /// Newest first; `before` is the id of the last entry of the previous page.
 pub fn list(tc: &mut TenantConn<'_>, before: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>, DbError> {
     let mut q = audit_log::table.select(AuditEntry::as_select()).order(audit_log::id.desc()).limit(limit).into_boxed();

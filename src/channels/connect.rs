@@ -362,11 +362,11 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                 app.db.tenant(scope, move |tc| super::mark_reauth_required(tc, id, &reason)).await?;
             }
             Err(e) => tracing::warn!(channel = id.0, error = %e, "channel health check failed"),
-            // A disabled WhatsApp account's token still reads it: only
-            // Meta's reinstatement lifts that (see `whatsapp_account`).
+            // A disabled WhatsApp account's or a blocked page's token still
+            // reads it: only Meta lifts those (`whatsapp_account`, `policy`).
             Ok(())
                 if row.status == "reauth_required"
-                    && row.status_reason.as_deref() != Some(super::whatsapp_account::ACCOUNT_DISABLED) =>
+                    && !row.status_reason.as_deref().is_some_and(|r| super::HELD_BY_META.contains(&r)) =>
             {
                 // The token works again (restored at Meta): back to connected.
                 app.db.tenant(scope, move |tc| super::restore_connected(tc, id, None)).await?;

@@ -17,6 +17,7 @@
 pub mod connect;
 pub mod meta_callbacks;
 pub mod oauth;
+pub mod policy;
 pub mod reconcile;
 pub mod whatsapp_account;
 
@@ -229,6 +230,18 @@ pub fn find(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelRow> {
     channels::table
         .find(id.0)
         .select(ChannelRow::as_select())
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("channel"))
+}
+
+/// [`find`], locking the row until the transaction ends: for Meta's
+/// notices, so that a duplicate applied at the same time waits for this one.
+pub fn find_locked(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelRow> {
+    channels::table
+        .find(id.0)
+        .select(ChannelRow::as_select())
+        .for_update()
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("channel"))
@@ -595,6 +608,35 @@ pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str
         channel_event(tc, id.0, ChannelStatus::ReauthRequired, Some(reason))?;
     }
     Ok(n > 0)
+}
+
+/// How many of the newest audit entries Meta's notices about a channel are
+/// checked against (for a duplicate, or a newer notice already applied).
+pub const NOTICE_WINDOW: i64 = 500;
+
+/// Why Meta, not a token, holds a channel back; only Meta lifts these (or a
+/// new connect), never the channel check, since the token still works.
+pub const HELD_BY_META: [&str; 2] = [whatsapp_account::ACCOUNT_DISABLED, policy::POLICY_BLOCK];
+
+/// Meta holds the channel back (`reason`, one of [`HELD_BY_META`]):
+/// replies would fail. `reauth_required` with that reason, also when a
+/// token problem had already made it so (Meta's hold is what matters now).
+pub fn mark_held(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str) -> AppResult<()> {
+    if mark_reauth_required(tc, id, reason)? {
+        return Ok(());
+    }
+    let n = diesel::update(
+        channels::table
+            .find(id.0)
+            .filter(channels::status.eq(ChannelStatus::ReauthRequired.as_str()))
+            .filter(channels::status_reason.is_distinct_from(reason)),
+    )
+    .set((channels::status_reason.eq(reason), channels::updated_at.eq(diesel::dsl::now)))
+    .execute(tc.pg())?;
+    if n > 0 {
+        channel_event(tc, id.0, ChannelStatus::ReauthRequired, Some(reason))?;
+    }
+    Ok(())
 }
 
 /// A `reauth_required` channel works again: `connected`, and open inboxes

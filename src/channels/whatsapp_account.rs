@@ -20,20 +20,15 @@
 //! Every number of the account gets the event (the processor routes it by
 //! the account); a channel that is already disconnected is left alone.
 
-use diesel::prelude::*;
 use serde_json::{json, Value};
 
 use super::{ChannelRow, ChannelStatus};
 use crate::audit;
-use crate::db::tenant_schema::channels;
 use crate::db::TenantConn;
 use crate::error::AppResult;
 
 /// `status_reason` of a number whose account Meta disabled.
 pub const ACCOUNT_DISABLED: &str = "whatsapp_account_disabled";
-
-/// How many of the newest audit entries are searched for a duplicate.
-const DUPLICATE_WINDOW: i64 = 500;
 
 /// Applies one `account_update` event to one of the account's numbers.
 pub fn apply(
@@ -43,9 +38,10 @@ pub fn apply(
     event: &str,
     detail: &Value,
 ) -> AppResult<()> {
-    // Read again: an earlier item of the same batch (a duplicate) may have
-    // changed it since the processor loaded it.
-    let channel = &super::find(tc, channel.channel_id())?;
+    // Read again, and locked: an earlier item of the same batch (a
+    // duplicate) may have changed it since the processor loaded it, and a
+    // duplicate in another batch waits for this one's audit entry.
+    let channel = &super::find_locked(tc, channel.channel_id())?;
     if channel.status == ChannelStatus::Disconnected.as_str() {
         return Ok(());
     }
@@ -64,17 +60,7 @@ pub fn apply(
             super::mark_disconnected(tc, None, id, "whatsapp_app_uninstalled")
         }
         ("ACCOUNT_DELETED", _) => super::mark_disconnected(tc, None, id, "whatsapp_account_deleted"),
-        ("DISABLED_UPDATE", Some("DISABLE")) => {
-            if !super::mark_reauth_required(tc, id, ACCOUNT_DISABLED)? {
-                // Already reauth_required for a token problem: the ban is
-                // the reason that matters now.
-                let held = ChannelStatus::ReauthRequired.as_str();
-                diesel::update(channels::table.find(id.0).filter(channels::status.eq(held)))
-                    .set(channels::status_reason.eq(ACCOUNT_DISABLED))
-                    .execute(tc.pg())?;
-            }
-            Ok(())
-        }
+        ("DISABLED_UPDATE", Some("DISABLE")) => super::mark_held(tc, id, ACCOUNT_DISABLED),
         ("DISABLED_UPDATE", Some("REINSTATE")) => reinstate(tc, channel),
         _ => note_once(tc, channel, event, detail),
     }
@@ -93,23 +79,7 @@ fn note_once(tc: &mut TenantConn<'_>, channel: &ChannelRow, event: &str, detail:
     const ACTION: &str = "channel.whatsapp_account_update";
     let details = json!({"event": event, "business_account": channel.parent_external_id, "detail": detail});
     let target = channel.id.to_string();
-    #[derive(QueryableByName)]
-    struct Seen {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        seen: bool,
-    }
-    let seen = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM (SELECT action, target_id, details FROM audit_log \
-                                        ORDER BY id DESC LIMIT $1) recent \
-                         WHERE action = $2 AND target_id = $3 AND details = $4) AS seen",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(DUPLICATE_WINDOW)
-    .bind::<diesel::sql_types::Text, _>(ACTION)
-    .bind::<diesel::sql_types::Text, _>(&target)
-    .bind::<diesel::sql_types::Jsonb, _>(&details)
-    .get_result::<Seen>(tc.pg())?
-    .seen;
-    if !seen {
+    if !audit::recent(tc, ACTION, &target, super::NOTICE_WINDOW)?.contains(&details) {
         audit::record(tc, None, ACTION, "channel", Some(target), details)?;
     }
     Ok(())

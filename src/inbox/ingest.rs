@@ -697,6 +697,9 @@ impl Ingest<'_> {
             Item::AccountUpdate { event, detail, .. } => {
                 crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail)
             }
+            Item::PolicyEnforcement { action, reason, timestamp } => {
+                crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
+            }
         }
     }
 

@@ -149,9 +149,12 @@ pub struct TokenDebug {
     pub granular_scopes: Vec<GranularScope>,
 }
 
-/// Webhook fields a Page is subscribed to when connected.
-pub const PAGE_FIELDS: &str =
-    "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,message_reactions,standby,messaging_handovers";
+/// Webhook fields a Page is subscribed to when connected: those of Meta's
+/// example, plus `message_edits` (a customer's edit updates the message)
+/// and `messaging_policy_enforcement` (a page Meta blocks cannot reply).
+/// The app's Page webhook subscription must list them too.
+pub const PAGE_FIELDS: &str = "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,\
+                               message_reactions,message_edits,standby,messaging_handovers,messaging_policy_enforcement";
 
 #[derive(Clone)]
 pub struct GraphClient {
@@ -340,10 +343,18 @@ impl GraphClient {
         Ok(v.get("data").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
-    /// Whether our app is subscribed to the page's webhooks.
+    /// Whether our app is subscribed to the page's webhooks, with every
+    /// field of [`PAGE_FIELDS`] where Meta lists them: a page subscribed by
+    /// an older release lacks the newer ones, and subscribing again
+    /// replaces its list.
     pub async fn page_subscribed(&self, page_id: &str, page_token: &Secret<String>) -> Result<bool, GraphError> {
         let apps = self.subscribed_apps(page_id, page_token).await?;
-        Ok(apps.iter().any(|a| a.get("id").and_then(Value::as_str) == Some(self.app_id.as_str())))
+        Ok(apps.iter().filter(|a| a.get("id").and_then(Value::as_str) == Some(self.app_id.as_str())).any(|a| {
+            match a.get("subscribed_fields").and_then(Value::as_array) {
+                Some(fields) => PAGE_FIELDS.split(',').all(|f| fields.iter().any(|g| g.as_str() == Some(f))),
+                None => true,
+            }
+        }))
     }
 
     pub async fn phone_numbers(&self, waba_id: &str, token: &Secret<String>) -> Result<Vec<PhoneNumber>, GraphError> {

@@ -238,6 +238,13 @@ pub enum Item {
         detail: Value,
         timestamp: DateTime<Utc>,
     },
+    /// Meta enforced its Messenger policies on the page
+    /// (`policy_enforcement`: `warning`, `block` or `unblock`, with a reason).
+    PolicyEnforcement {
+        action: String,
+        reason: Option<String>,
+        timestamp: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -389,9 +396,15 @@ fn attachments(m: &Value) -> Vec<Attachment> {
 }
 
 fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
+    let timestamp = ms(m.get("timestamp")).unwrap_or_else(Utc::now);
+    // About the page itself: it has no sender.
+    if let Some(p) = m.get("policy_enforcement") {
+        let action = p.get("action").and_then(Value::as_str)?.to_ascii_lowercase();
+        let reason = p.get("reason").and_then(Value::as_str).map(str::to_string);
+        return Some(Item::PolicyEnforcement { action, reason, timestamp });
+    }
     let sender = s(m.get("sender").and_then(|x| x.get("id")))?;
     let recipient = s(m.get("recipient").and_then(|x| x.get("id"))).unwrap_or_default();
-    let timestamp = ms(m.get("timestamp")).unwrap_or_else(Utc::now);
     // The contact is whoever is not the page/account.
     let contact = if sender == own_id { recipient } else { sender };
     if let Some(msg) = m.get("message") {
@@ -943,6 +956,26 @@ mod tests {
         let optin = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"optin":{"ref":"x"}}]}]}"#;
         assert!(parse(optin).expect("optin").is_empty());
         assert_eq!(parse(b"{not json"), Err(ParseError::NotJson));
+        assert!(matches!(parse(br#"{"object":"user","entry":[]}"#), Err(ParseError::UnknownObject(_))));
+    }
+
+    #[test]
+    fn a_policy_enforcement_is_about_the_page_and_has_no_sender() {
+        let body = br#"{"object":"page","entry":[{"id":"102938475610293","time":1773140000523,"messaging":[{"recipient":{"id":"102938475610293"},"timestamp":1773140000123,"policy_enforcement":{"action":"block","reason":"The bot violated our Platform Policies (https:\/\/developers.facebook.com\/policy\/#messengerplatform)."}}]}]}"#;
+        let items = parse(body).expect("parses");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].route, RouteKey::channel(Platform::Facebook, "102938475610293"));
+        match &items[0].item {
+            Item::PolicyEnforcement { action, reason, timestamp } => {
+                assert_eq!(action, "block");
+                assert!(reason.as_deref().is_some_and(|r| r.contains("developers.facebook.com/policy")));
+                assert_eq!(timestamp.timestamp_millis(), 1_773_140_000_123);
+            }
+            other => panic!("{other:?}"),
+        }
+        // No action: nothing to apply.
+        let bare = String::from_utf8_lossy(body).replace(r#""action":"block","#, "");
+        assert!(parse(bare.as_bytes()).expect("parses").is_empty());
         assert!(matches!(parse(br#"{"object":"user","entry":[]}"#), Err(ParseError::UnknownObject(_))));
     }
 }

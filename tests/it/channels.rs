@@ -634,3 +634,128 @@ async fn whatsapp_account_updates_reach_every_number_of_the_account() {
     );
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 1);
 }
+
+#[actix_web::test]
+async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
+    const PSID: &str = "7392015648120394";
+    let app = spawn_app().await;
+    let grant = meta_user(&app).await;
+    app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
+    let admin = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    connect_pages(&app, &admin, &[PAGE_A], false).await;
+    let page_token = grant["pages"][0]["access_token"].as_str().expect("page token").to_string();
+    let subscribed_fields = || async {
+        let state = app.fake("GET", "/_fake/state", json!({})).await;
+        let page = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).cloned();
+        page.expect("page")["subscribed_fields"].clone()
+    };
+    // Connecting subscribes the page to the notices (and to edits).
+    let fields = subscribed_fields().await;
+    for field in ["messaging_policy_enforcement", "message_edits", "messages"] {
+        assert!(fields.as_array().is_some_and(|f| f.contains(&json!(field))), "{field}: {fields}");
+    }
+    let status = || async {
+        let list = channels(&app, &admin).await;
+        let c = list.iter().find(|c| c["external_id"] == PAGE_A).expect("page").clone();
+        (c["status"].as_str().unwrap_or_default().to_string(), c["status_reason"].as_str().map(str::to_string))
+    };
+    let connected = ("connected".to_string(), None);
+    let blocked = ("reauth_required".to_string(), Some("meta_policy_block".to_string()));
+    let enforce = |action: &'static str| {
+        let app = &app;
+        async move {
+            let sent =
+                app.fake("POST", "/_fake/policy-enforcement", json!({"page_id": PAGE_A, "action": action})).await;
+            assert_eq!(sent["delivered_status"], 200, "{sent}");
+            app.processed().await;
+            sent["webhook"].clone()
+        }
+    };
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá, há tamanho M?"})).await;
+    app.processed().await;
+    let convs = app.call("GET", "/api/conversations", Some(&admin), None).await;
+    let conv_id = convs.body["items"][0]["id"].as_str().expect("conversation").to_string();
+
+    // A warning changes nothing; the admins read it in the audit log.
+    enforce("warning").await;
+    assert_eq!(status().await, connected);
+
+    // Blocked (and the webhook delivered twice): the channel says why,
+    // replies are refused, and the channel check, whose token still
+    // works, does not lift it.
+    let block = enforce("block").await;
+    assert_eq!(app.webhook(&serde_json::to_vec(&block).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(status().await, blocked);
+    let conv = app.call("GET", &format!("/api/conversations/{conv_id}"), Some(&admin), None).await;
+    assert_eq!(conv.body["can_reply"], false, "{:?}", conv.body);
+    let reply = json!({"text": "Temos sim!", "client_id": "c-1"});
+    let r =
+        app.call("POST", &format!("/api/conversations/{conv_id}/messages"), Some(&admin), Some(reply.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("channel_not_connected")), "{:?}", r.body);
+    let channel_id = channels(&app, &admin).await[0]["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("reauth_required")), "{:?}", r.body);
+    // At Meta, the page's sends fail meanwhile.
+    let send = app
+        .client
+        .post(format!("{}/v24.0/{PAGE_A}/messages?access_token={page_token}", app.fake_base))
+        .json(&json!({"recipient": {"id": PSID}, "messaging_type": "RESPONSE", "message": {"text": "oi"}}))
+        .send()
+        .await
+        .expect("send");
+    let error: Value = send.json().await.expect("json");
+    assert_eq!(error["error"]["code"], 368, "{error}");
+
+    // Unblocked: replies work again.
+    let unblock = enforce("unblock").await;
+    assert_eq!(status().await, connected);
+    let r = app.call("POST", &format!("/api/conversations/{conv_id}/messages"), Some(&admin), Some(reply)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+
+    // A block Meta retried late, older than the unblock: noted, not applied.
+    let mut late = block.clone();
+    let before = unblock["entry"][0]["messaging"][0]["timestamp"].as_i64().expect("ms") - 1;
+    late["entry"][0]["messaging"][0]["timestamp"] = json!(before);
+    assert_eq!(app.webhook(&serde_json::to_vec(&late).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(status().await, connected);
+
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&admin), None).await;
+    let actions: Vec<(String, String)> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.policy_enforcement")
+        .map(|e| (e["details"]["action"].as_str().unwrap_or_default().to_string(), e["details"]["reason"].to_string()))
+        .collect();
+    let order: Vec<&str> = actions.iter().rev().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(order, ["warning", "block", "unblock", "block"], "{actions:?}");
+    assert!(actions.iter().all(|(_, reason)| reason.contains("Platform Policies")), "{actions:?}");
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
+              AND payload->>'status_reason' = 'meta_policy_block'"
+        ),
+        1
+    );
+
+    // A page subscribed by an older release, without the newer fields: the
+    // channel check subscribes it again with all of them.
+    let old_fields = "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes";
+    let r = app
+        .client
+        .post(format!(
+            "{}/v24.0/{PAGE_A}/subscribed_apps?subscribed_fields={old_fields}&access_token={page_token}",
+            app.fake_base
+        ))
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(!subscribed_fields().await.as_array().is_some_and(|f| f.contains(&json!("message_edits"))));
+    let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    let fields = subscribed_fields().await;
+    assert!(fields.as_array().is_some_and(|f| f.contains(&json!("messaging_policy_enforcement"))), "{fields}");
+}

@@ -95,6 +95,13 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
         Account::Instagram { ig } => ig.clone(),
         Account::Phone(p) => p.clone(),
     };
+    if matches!(&acct, Account::Page(p) if st.blocked_pages.contains(p)) {
+        return graph_error(
+            368,
+            None,
+            "(#368) The action attempted has been deemed abusive or is otherwise disallowed",
+        );
+    }
     if let Some(action) = body.get("sender_action").and_then(Value::as_str) {
         if !["typing_on", "typing_off", "mark_seen", "react", "unreact"].contains(&action) {
             return graph_error(
@@ -355,6 +362,47 @@ pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpRespons
         None => None,
     };
     HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
+/// `POST /_fake/policy-enforcement` `{page_id, action, reason?}`: Meta
+/// enforces its Messenger policies on a page and sends
+/// `policy_enforcement`, which names the page as recipient and has no
+/// sender, if the page's subscription has `messaging_policy_enforcement`.
+/// `block` makes the page's Messenger sends fail with `(#368)` until
+/// `unblock` (its Instagram account is another channel, not blocked).
+pub(super) async fn policy_enforcement(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let (Some(page), Some(action)) =
+        (body.get("page_id").and_then(Value::as_str), body.get("action").and_then(Value::as_str))
+    else {
+        return super::bad("page_id and action are required");
+    };
+    if !["warning", "block", "unblock"].contains(&action) {
+        return super::bad("action must be warning, block or unblock");
+    }
+    let reason = body.get("reason").and_then(Value::as_str).unwrap_or(
+        "The bot violated our Platform Policies (https://developers.facebook.com/docs/messenger-platform/policy/policy-overview).",
+    );
+    let (target, subscribed) = {
+        let mut st = fake.lock();
+        let Some(p) = st.pages.get(page) else { return super::bad("no such page") };
+        // Meta sends it only to an app whose page subscription has the field.
+        let subscribed =
+            p.subscribed_fields.as_ref().is_some_and(|f| f.iter().any(|f| f == "messaging_policy_enforcement"));
+        match action {
+            "block" => st.blocked_pages.insert(page.to_string()),
+            "unblock" => st.blocked_pages.remove(page),
+            _ => false,
+        };
+        (st.webhook_target.clone(), subscribed)
+    };
+    let ms = Utc::now().timestamp_millis();
+    let event = json!({"object": "page", "entry": [{"id": page, "time": ms, "messaging": [{
+        "recipient": {"id": page}, "timestamp": ms, "policy_enforcement": {"action": action, "reason": reason}}]}]});
+    let delivered = match target {
+        Some(url) if subscribed && fake.sending_to(&event) => fake.post_noted(&url, &event).await,
+        _ => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered, "subscribed": subscribed}))
 }
 
 /// `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,

@@ -34,6 +34,10 @@
 //!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
 //!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
 //!   Meta's, and ends the subscription when the app was removed.
+//! - `POST /_fake/policy-enforcement` `{page_id, action, reason?}`: Meta
+//!   warns, blocks or unblocks a page for its policies and sends the
+//!   `policy_enforcement` webhook (if the page's subscription has the
+//!   field); a blocked page's sends fail with `(#368)`.
 //! - `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
 //!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
@@ -164,6 +168,9 @@ struct State {
     profiles: HashMap<String, Option<String>>,
     /// WhatsApp media: id -> (phone number id it belongs to, mime type, bytes).
     media: HashMap<String, (String, String, Vec<u8>)>,
+    /// Pages Meta blocked for its policies (`POST /_fake/policy-enforcement`):
+    /// they cannot send until unblocked.
+    blocked_pages: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -771,6 +778,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
+        ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
         ("POST", "media") => messaging::add_media(&fake, &body),
         (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
