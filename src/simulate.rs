@@ -5,9 +5,10 @@
 //! `--kinds` left at its default, each contact's turn is a message, an
 //! image, a button tap, a reply the business typed on its phone or in the
 //! Page inbox (an echo), the receipts of that reply and a reaction to it,
-//! and a location or a postback where the platform has one. Receipts and
-//! reactions name the ids of the turn's own messages, so they land on real
-//! rows. Bodies are signed with both of Meta's headers and escaped as Meta
+//! a location or a postback where the platform has one, and the contact
+//! editing their text and unsending their photo where the platform lets
+//! them. Receipts, reactions, edits and unsends name the ids of the turn's
+//! own messages, so they land on real rows. Bodies are signed with both of Meta's headers and escaped as Meta
 //! escapes; `--batch` puts several events of a target in one body,
 //! `--duplicates` sends each twice, `--shuffle N` sends them in random order
 //! within windows of N, and `--retries` resends, backing off, what was not
@@ -44,11 +45,15 @@ pub enum Kind {
     Read,
     /// The contact reacting to that answer.
     Reaction,
+    /// The contact editing the turn's text (Messenger, Instagram).
+    Edit,
+    /// The contact unsending the turn's photo (Instagram).
+    Unsend,
 }
 
 impl Kind {
     /// Every kind, in the order a contact's turn goes.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Text,
         Kind::Image,
         Kind::Button,
@@ -58,6 +63,8 @@ impl Kind {
         Kind::Delivery,
         Kind::Read,
         Kind::Reaction,
+        Kind::Edit,
+        Kind::Unsend,
     ];
 }
 
@@ -71,9 +78,9 @@ enum Platform {
 impl Platform {
     fn has(self, kind: Kind) -> bool {
         match self {
-            Platform::Messenger => kind != Kind::Location,
+            Platform::Messenger => !matches!(kind, Kind::Location | Kind::Unsend),
             Platform::Instagram => !matches!(kind, Kind::Location | Kind::Delivery | Kind::Button),
-            Platform::Whatsapp => kind != Kind::Postback,
+            Platform::Whatsapp => !matches!(kind, Kind::Postback | Kind::Edit | Kind::Unsend),
         }
     }
 }
@@ -234,6 +241,9 @@ impl Turns {
                     Kind::Read => json!({"read": {"watermark": ms}}),
                     Kind::Reaction => json!({"reaction": {"mid": format!("m_{answer}"), "action": "react",
                         "reaction": "love", "emoji": "❤️"}}),
+                    Kind::Edit => json!({"message_edit": {"mid": mid(Kind::Text),
+                        "text": format!("{text} (editado)"), "num_edit": 1}}),
+                    Kind::Unsend => json!({"message": {"mid": mid(Kind::Image), "is_deleted": true}}),
                     // Never asked of these platforms (`Platform::has`).
                     Kind::Location => Value::Null,
                 };
@@ -300,7 +310,7 @@ impl Turns {
                         "reaction": {"message_id": format!("wamid.{answer}"), "emoji": "👍"}}))]}),
                     ),
                     // Never asked of WhatsApp (`Platform::has`).
-                    Kind::Postback => ("messages", json!({})),
+                    Kind::Postback | Kind::Edit | Kind::Unsend => ("messages", json!({})),
                 };
                 let mut value = value;
                 if let Some(v) = value.as_object_mut() {

@@ -127,6 +127,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    early_changes (channel_id, external_id, kind, contact, at) {
+        channel_id -> Int8,
+        external_id -> Text,
+        kind -> Text,
+        contact -> Text,
+        at -> Timestamptz,
+        value -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (seq) {
         seq -> Int8,
         #[sql_name = "type"]
@@ -180,5 +192,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     events,
-    early_statuses
+    early_statuses,
+    early_changes
 );

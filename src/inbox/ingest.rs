@@ -8,12 +8,13 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+use super::early::{self, Change};
 use super::events::EventLog;
 use super::messages::{self, NewOutgoing};
 use super::views::{ContactRow, ConversationRow, MessageRow, Names};
 use super::{status_moves_forward, ConversationId};
 use crate::channels::{ChannelRow, Platform};
-use crate::db::tenant_schema::{contact_former_numbers, contacts, conversations, early_statuses, messages as m};
+use crate::db::tenant_schema::{contact_former_numbers, contacts, conversations, messages as m};
 use crate::db::TenantConn;
 use crate::error::AppResult;
 use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
@@ -310,6 +311,10 @@ impl<'l> Ingest<'l> {
         .bind::<Array<Nullable<Text>>, _>(&rows.postback)
         .bind::<Array<Timestamptz>, _>(&rows.at)
         .load(tc.pg())?;
+        // Created as they are now: what their contacts did to them before
+        // they came is applied first.
+        let mut inserted = inserted;
+        early::take(tc, &mut inserted)?;
         for r in inserted {
             self.indexed_text += r.text.as_ref().map_or(0, String::len);
             if let Some(ext) = r.external_id.clone() {
@@ -628,12 +633,11 @@ impl Ingest<'_> {
             }
         }
         match item {
-            Item::Message { contact, contact_name, mid, text, attachments, timestamp, .. } => {
+            Item::Message { contact, contact_name, mid, attachments, timestamp, .. } => {
                 let incoming = Incoming {
                     contact,
                     contact_name: contact_name.as_deref(),
                     mid,
-                    text: text.as_deref(),
                     attachments,
                     timestamp: *timestamp,
                 };
@@ -664,23 +668,12 @@ impl Ingest<'_> {
                 *timestamp,
             ),
             Item::Edit { mid, text, timestamp, .. } => {
-                self.change(tc, channel, mid, |_| (m::text.eq(text.clone()), m::edited_at.eq(Some(*timestamp))))
+                self.contact_change(tc, channel, mid, Change::Edit { text: text.clone() }, *timestamp)
             }
-            Item::Delete { mid, timestamp, .. } => {
-                self.change(tc, channel, mid, |_| (m::text.eq(None::<String>), m::deleted_at.eq(Some(*timestamp))))
-            }
-            Item::Reaction { contact, mid, emoji, .. } => {
-                let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
-                let mut reactions = row.reactions.as_object().cloned().unwrap_or_default();
-                match emoji {
-                    Some(e) => reactions.insert(contact.clone(), json!(e)),
-                    None => reactions.remove(contact),
-                };
-                let updated: MessageRow = diesel::update(m::table.find(row.id))
-                    .set((m::reactions.eq(Value::Object(reactions)), m::updated_at.eq(diesel::dsl::now)))
-                    .returning(MessageRow::as_returning())
-                    .get_result(tc.pg())?;
-                self.updated(tc, &updated)
+            Item::Delete { mid, timestamp, .. } => self.contact_change(tc, channel, mid, Change::Unsend, *timestamp),
+            Item::Reaction { contact, mid, emoji, timestamp } => {
+                let change = Change::Reaction { contact: contact.clone(), emoji: emoji.clone() };
+                self.contact_change(tc, channel, mid, change, *timestamp)
             }
             Item::Delivery { contact, mids, watermark } => {
                 self.receipt(tc, channel, contact, "delivered", mids, *watermark, None)
@@ -708,22 +701,23 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    fn change<V>(
+    /// A contact's reaction, edit or unsend of message `mid`: applied if it
+    /// changes anything, or kept for when the message comes ([`early`]).
+    fn contact_change(
         &mut self,
         tc: &mut TenantConn<'_>,
         channel: &ChannelRow,
         mid: &str,
-        set: impl FnOnce(&MessageRow) -> V,
-    ) -> AppResult<()>
-    where
-        V: diesel::query_builder::AsChangeset<Target = m::table>,
-        <V as diesel::query_builder::AsChangeset>::Changeset: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
-    {
-        let Some(row) = find_by_external(tc, channel.id, mid)? else { return Ok(()) };
-        let updated: MessageRow = diesel::update(m::table.find(row.id))
-            .set(set(&row))
-            .returning(MessageRow::as_returning())
-            .get_result(tc.pg())?;
+        change: Change,
+        at: DateTime<Utc>,
+    ) -> AppResult<()> {
+        let Some(mut row) = find_by_external(tc, channel.id, mid)? else {
+            return early::keep(tc, channel.id, mid, &change, at);
+        };
+        if !change.apply_to(&mut row, at) {
+            return Ok(());
+        }
+        let updated = early::write(tc, &row)?;
         self.updated(tc, &updated)
     }
 
@@ -778,7 +772,7 @@ impl Ingest<'_> {
                 "notification",
                 Some(channel.id),
                 Some(conv.id),
-                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(msg.text, msg.attachments)}),
+                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(row.text.as_deref(), if row.deleted_at.is_some() { &[] } else { msg.attachments })}),
             )?;
         }
         if (created || reopened) && settings.auto_reply.enabled && !settings.auto_reply.text.trim().is_empty() {
@@ -880,9 +874,10 @@ impl Ingest<'_> {
             .returning(MessageRow::as_returning())
             .get_result(tc.pg())
             .optional()?;
-        let Some(row) = inserted else {
+        let Some(mut row) = inserted else {
             return if history { self.fill_placeholder(tc, channel, mid, text, attachments) } else { Ok(()) };
         };
+        early::take(tc, std::slice::from_mut(&mut row))?;
         let newest = timestamp >= conv.last_activity_at || created;
         let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
@@ -1001,6 +996,18 @@ impl Ingest<'_> {
         watermark: Option<DateTime<Utc>>,
         _error: Option<Value>,
     ) -> AppResult<()> {
+        // Messages named that are not stored yet (a reply sent elsewhere,
+        // whose echo is still to come) take the receipt when they are.
+        if !mids.is_empty() {
+            let known: Vec<Option<String>> = m::table
+                .filter(m::channel_id.eq(channel.id))
+                .filter(m::external_id.eq_any(mids))
+                .select(m::external_id)
+                .load(tc.pg())?;
+            for mid in mids.iter().filter(|mid| !known.iter().any(|k| k.as_ref() == Some(*mid))) {
+                early::keep_status(tc, channel.id, mid, status, None)?;
+            }
+        }
         let contact_id: Option<i64> = contacts::table
             .filter(contacts::channel_id.eq(channel.id))
             .filter(contacts::external_id.eq(contact))
@@ -1062,16 +1069,7 @@ impl Ingest<'_> {
         error: Option<Value>,
     ) -> AppResult<()> {
         let Some(row) = find_by_external(tc, channel.id, wamid)? else {
-            diesel::insert_into(early_statuses::table)
-                .values((
-                    early_statuses::channel_id.eq(channel.id),
-                    early_statuses::external_id.eq(wamid),
-                    early_statuses::status.eq(status.as_str()),
-                    early_statuses::error.eq(&error),
-                ))
-                .on_conflict_do_nothing()
-                .execute(tc.pg())?;
-            return Ok(());
+            return early::keep_status(tc, channel.id, wamid, status.as_str(), error.as_ref());
         };
         if let Some(updated) = messages::advance_status(tc, &row, status.as_str(), error)? {
             self.updated(tc, &updated)?;
@@ -1084,7 +1082,6 @@ struct Incoming<'a> {
     contact: &'a str,
     contact_name: Option<&'a str>,
     mid: &'a str,
-    text: Option<&'a str>,
     attachments: &'a [Attachment],
     timestamp: DateTime<Utc>,
 }

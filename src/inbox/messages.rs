@@ -12,7 +12,7 @@ use crate::audit;
 use crate::auth::Role;
 use crate::channels::{self, ChannelId, ChannelRow, Platform};
 use crate::db::schema::send_queue;
-use crate::db::tenant_schema::{conversations, early_statuses, messages as m};
+use crate::db::tenant_schema::{conversations, messages as m};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
@@ -214,11 +214,12 @@ pub fn advance_status(
 }
 
 /// The sender got Meta's id for a message: store it, mark it sent, and
-/// apply receipts that arrived first.
+/// apply the receipts and reactions that arrived first ([`super::early`]).
 pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_id: &str) -> AppResult<()> {
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
-    // An echo that beat us and was stored as the page's own message.
-    diesel::delete(
+    // An echo that beat us and was stored as the page's own message: what
+    // the customer did to it (read it, reacted) is carried over.
+    let beaten: Vec<(String, Value)> = diesel::delete(
         m::table
             .filter(m::channel_id.eq(row.channel_id))
             .filter(m::external_id.eq(external_id))
@@ -226,7 +227,16 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
             .filter(m::client_id.is_null())
             .filter(m::id.ne(row.id)),
     )
-    .execute(tc.pg())?;
+    .returning((m::status, m::reactions))
+    .get_results(tc.pg())?;
+    for (status, reactions) in beaten {
+        super::early::keep_status(tc, row.channel_id, external_id, &status, None)?;
+        for (contact, emoji) in reactions.as_object().into_iter().flatten() {
+            let change =
+                super::early::Change::Reaction { contact: contact.clone(), emoji: emoji.as_str().map(str::to_string) };
+            super::early::keep(tc, row.channel_id, external_id, &change, Utc::now())?;
+        }
+    }
     let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
     let mut row: MessageRow = diesel::update(m::table.find(id))
         .set((
@@ -237,24 +247,7 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
         ))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
-    let early: Vec<(String, Option<Value>)> = early_statuses::table
-        .filter(early_statuses::channel_id.eq(row.channel_id))
-        .filter(early_statuses::external_id.eq(external_id))
-        .select((early_statuses::status, early_statuses::error))
-        .load(tc.pg())?;
-    let mut early = early;
-    early.sort_by_key(|(s, _)| if s == "failed" { 10 } else { super::status_rank(s) });
-    for (status, error) in early {
-        if let Some(updated) = advance_status(tc, &row, &status, error)? {
-            row = updated;
-        }
-    }
-    diesel::delete(
-        early_statuses::table
-            .filter(early_statuses::channel_id.eq(row.channel_id))
-            .filter(early_statuses::external_id.eq(external_id)),
-    )
-    .execute(tc.pg())?;
+    super::early::take(tc, std::slice::from_mut(&mut row))?;
     log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 pub mod canned;
 pub mod contacts;
 pub mod conversations;
+pub mod early;
 pub mod events;
 pub mod ingest;
 pub mod messages;

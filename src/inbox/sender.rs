@@ -400,8 +400,9 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
 }
 
 /// Drops events older than `SWITCHBOARD_EVENT_RETENTION_HOURS` (default 72)
-/// from every tenant's log, hourly. A client resuming from before that gets
-/// `resync_required`.
+/// from every tenant's log, hourly (a client resuming from before that gets
+/// `resync_required`), and receipts and changes that waited for their
+/// message longer than [`early::KEEP_DAYS`](super::early::KEEP_DAYS).
 pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
     let hours = std::env::var("SWITCHBOARD_EVENT_RETENTION_HOURS")
         .ok()
@@ -415,7 +416,10 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
         for t in tenants {
             let r = state
                 .db
-                .tenant(TenantScope::maintenance(t.tenant_id()), move |tc| super::events::prune(tc, hours))
+                .tenant(TenantScope::maintenance(t.tenant_id()), move |tc| {
+                    super::events::prune(tc, hours)?;
+                    super::early::prune(tc)
+                })
                 .await;
             if let Err(e) = r {
                 tracing::debug!(tenant = %t.slug, error = ?e, "event pruning skipped a tenant");

@@ -350,9 +350,9 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
         page: Some(PAGE_A.into()),
         instagram: Some(IG_A.into()),
         phone: Some(PHONE.into()),
-        // The targets take turns: 16 each, two whole turns of Messenger's 8
-        // kinds and WhatsApp's 8, two and a part of Instagram's 6.
-        count: 48,
+        // The targets take turns: 18 each, two whole turns of Messenger's 9
+        // kinds, two and a part of Instagram's 8 and of WhatsApp's 8.
+        count: 54,
         rate: 0,
         concurrency: 1,
         contacts: 50,
@@ -365,7 +365,7 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
         kinds: switchboard::simulate::Kind::ALL.to_vec(),
     };
     let report = switchboard::simulate::run(&args).await;
-    assert_eq!((report.sent, report.statuses.get(&200).copied(), report.errors), (48, Some(48), 0));
+    assert_eq!((report.sent, report.statuses.get(&200).copied(), report.errors), (54, Some(54), 0));
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
     let per_platform = |platform: &str, filter: &str| {
@@ -377,8 +377,8 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     // Messages once each (the copies were Meta's retries): text, image,
     // button, postback or location, and the business's answer, a turn.
     assert_eq!(per_platform("facebook", ""), 10);
-    assert_eq!(per_platform("instagram", ""), 12);
-    assert_eq!(per_platform("whatsapp", ""), 10);
+    assert_eq!(per_platform("instagram", ""), 10);
+    assert_eq!(per_platform("whatsapp", ""), 12);
     // Each whole turn's answer was delivered, read and reacted to.
     let answered = "AND m.sender_kind = 'page' AND m.status = 'read' AND m.reactions <> '{}'::jsonb";
     assert_eq!(per_platform("facebook", answered), 2);
@@ -386,21 +386,39 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     assert_eq!(per_platform("whatsapp", answered), 2);
     assert_eq!(per_platform("whatsapp", "AND m.text LIKE '📍%'"), 2);
     assert_eq!(per_platform("facebook", "AND m.postback_payload = 'GET_STARTED'"), 2);
-    // A contact a turn (Instagram's third one too), one conversation each.
+    // Each whole turn's text was edited, and on Instagram its photo unsent.
+    let edited = "AND m.edited_at IS NOT NULL AND m.text LIKE '%(editado)'";
+    assert_eq!((per_platform("facebook", edited), per_platform("instagram", edited)), (2, 2));
+    let unsent = "AND m.deleted_at IS NOT NULL AND m.attachments = '[]'::jsonb";
+    assert_eq!(per_platform("instagram", unsent), 2);
+    // A contact a turn (the third turns of Instagram and WhatsApp too), one
+    // conversation each.
     let convs = conversations(&app, &ctx.admin, "").await;
-    assert_eq!(convs.len(), 7, "{convs:?}");
-    // Again out of order (receipts and reactions before their message,
-    // copies before originals), eight at a time: still each message once.
+    assert_eq!(convs.len(), 8, "{convs:?}");
+    // Again out of order (receipts, reactions, edits and unsends before
+    // their message, copies before originals), eight at a time: still each
+    // message once, and each change applied, whenever its message came.
     let report =
         switchboard::simulate::run(&switchboard::cli::SimulateArgs { shuffle: 8, concurrency: 4, ..args }).await;
-    assert_eq!((report.statuses.get(&200).copied(), report.errors), (Some(48), 0));
+    assert_eq!((report.statuses.get(&200).copied(), report.errors), (Some(54), 0));
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
     assert_eq!(
         (per_platform("facebook", ""), per_platform("instagram", ""), per_platform("whatsapp", "")),
-        (20, 24, 20)
+        (20, 20, 24)
     );
-    assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 7);
+    let reacted = "AND m.sender_kind = 'page' AND m.reactions <> '{}'::jsonb";
+    assert_eq!(
+        (per_platform("facebook", reacted), per_platform("instagram", reacted), per_platform("whatsapp", reacted)),
+        (4, 4, 4)
+    );
+    assert_eq!((per_platform("facebook", edited), per_platform("instagram", edited)), (4, 4));
+    assert_eq!(per_platform("instagram", unsent), 4);
+    // Receipts by id that came before their answer waited for it (Messenger
+    // reads go by time, and one before the answer cannot name it).
+    assert_eq!((per_platform("instagram", answered), per_platform("whatsapp", answered)), (4, 4));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
+    assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 8);
 }
 
 #[actix_web::test]
@@ -1015,6 +1033,143 @@ async fn snoozes_wake_and_edits_update_in_place() {
     assert_eq!(woken, 1);
     let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await;
     assert_eq!((c.body["status"].as_str(), c.body["snoozed_until"].is_null()), (Some("open"), true));
+}
+
+/// After failures Meta retries in no particular order: a customer's unsend,
+/// edits and reaction can come before their message. They wait for it, and
+/// the message is created as it is now; duplicates and older edits change
+/// nothing; what waits for a message that never comes is dropped in time.
+#[actix_web::test]
+async fn changes_that_come_before_their_message_wait_for_it() {
+    const IGSID: &str = "6841100000123456";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let t0 = chrono::Utc::now().timestamp_millis() - 60_000;
+    let messaging = |object: &str, account: &str, from: &str, ms: i64, event: Value| {
+        let mut m = json!({"sender": {"id": from}, "recipient": {"id": account}, "timestamp": ms});
+        if let (Some(m), Some(e)) = (m.as_object_mut(), event.as_object()) {
+            m.extend(e.clone());
+        }
+        serde_json::to_vec(&json!({"object": object, "entry": [{"id": account, "time": ms, "messaging": [m]}]}))
+            .expect("body")
+    };
+    let ig = |ms: i64, event: Value| messaging("instagram", IG_A, IGSID, ms, event);
+    let fb = |ms: i64, event: Value| messaging("page", PAGE_A, PSID, ms, event);
+    let secret = "o meu cartão é 4111 1111 1111 1111";
+    let bodies = [
+        // Instagram: unsent (twice) before the message itself came.
+        ig(t0 + 2_000, json!({"message": {"mid": "ig_unsent", "is_deleted": true}})),
+        ig(t0 + 2_000, json!({"message": {"mid": "ig_unsent", "is_deleted": true}})),
+        // Messenger: the second edit, the first, a reaction, then the message.
+        fb(t0 + 5_000, json!({"message_edit": {"mid": "m_edited", "text": "Olá, têm o tamanho M?", "num_edit": 2}})),
+        fb(t0 + 3_000, json!({"message_edit": {"mid": "m_edited", "text": "Olá, têm tamanho M", "num_edit": 1}})),
+        fb(t0 + 6_000, json!({"reaction": {"mid": "m_edited", "action": "react", "reaction": "love", "emoji": "❤️"}})),
+    ];
+    for body in &bodies {
+        assert_eq!(app.webhook(body).await, 200);
+    }
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 4);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0);
+    for body in [
+        ig(t0, json!({"message": {"mid": "ig_unsent", "text": secret}})),
+        fb(t0, json!({"message": {"mid": "m_edited", "text": "Ola tem tamanho"}})),
+    ] {
+        assert_eq!(app.webhook(&body).await, 200);
+    }
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv_of = |platform: &str| {
+        convs.iter().find(|c| c["platform"] == platform).expect("conversation")["id"].as_str().expect("id").to_string()
+    };
+    let unsent = messages(&app, &ctx.admin, &conv_of("instagram")).await;
+    assert_eq!(unsent.len(), 1);
+    assert!(unsent[0]["text"].is_null() && unsent[0]["deleted_at"].is_string(), "{:?}", unsent[0]);
+    let edited = messages(&app, &ctx.admin, &conv_of("facebook")).await;
+    assert_eq!(edited.len(), 1);
+    assert_eq!(edited[0]["text"], "Olá, têm o tamanho M?", "{:?}", edited[0]);
+    assert_eq!(edited[0]["reactions"], json!({PSID: "❤️"}));
+    // The unsent text never reached the log, a notification or the index.
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE payload::text LIKE '%4111%'"), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE search_text LIKE '%4111%'"), 0);
+    // Created as they are: no message.updated for what came first.
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), 0);
+
+    // Now in order: a duplicate and an older edit change nothing and log
+    // nothing; a newer one does, once.
+    for body in [
+        &bodies[2],
+        &bodies[3],
+        &fb(t0 + 9_000, json!({"message_edit": {"mid": "m_edited", "text": "Têm o M?", "num_edit": 3}})),
+    ] {
+        assert_eq!(app.webhook(body).await, 200);
+    }
+    app.processed().await;
+    let edited = messages(&app, &ctx.admin, &conv_of("facebook")).await;
+    assert_eq!(edited[0]["text"], "Têm o M?");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), 1);
+    // An unsend, then an edit that was made before it: stays unsent, and
+    // the image goes with the text.
+    app.webhook(&fb(
+        t0 + 10_000,
+        json!({"message": {"mid": "m_photo", "text": "esta",
+        "attachments": [{"type": "image", "payload": {"url": "https://scontent.xx.fbcdn.net/v/photo.jpg"}}]}}),
+    ))
+    .await;
+    app.webhook(&fb(t0 + 12_000, json!({"message": {"mid": "m_photo", "is_deleted": true}}))).await;
+    app.webhook(&fb(t0 + 11_000, json!({"message_edit": {"mid": "m_photo", "text": "esta aqui", "num_edit": 1}})))
+        .await;
+    app.processed().await;
+    let photo =
+        messages(&app, &ctx.admin, &conv_of("facebook")).await.into_iter().find(|m| m["external_id"] == "m_photo");
+    let photo = photo.expect("photo");
+    assert_eq!((photo["text"].clone(), photo["attachments"].clone()), (Value::Null, json!([])), "{photo:?}");
+
+    // A reply typed in the Instagram app, read before its echo came.
+    let echo = |ms: i64, event: Value| messaging("instagram", IG_A, IG_A, ms, event);
+    app.webhook(&ig(t0 + 21_000, json!({"read": {"mid": "ig_from_app"}}))).await;
+    let mut reply =
+        echo(t0 + 20_000, json!({"message": {"mid": "ig_from_app", "text": "Já seguiu!", "is_echo": true}}));
+    let mut v: Value = serde_json::from_slice(&reply).expect("json");
+    v["entry"][0]["messaging"][0]["recipient"]["id"] = json!(IGSID);
+    reply = serde_json::to_vec(&v).expect("body");
+    app.webhook(&reply).await;
+    app.processed().await;
+    let from_app =
+        messages(&app, &ctx.admin, &conv_of("instagram")).await.into_iter().find(|m| m["external_id"] == "ig_from_app");
+    let from_app = from_app.expect("echo");
+    assert_eq!(
+        (from_app["direction"].as_str(), from_app["status"].as_str()),
+        (Some("out"), Some("read")),
+        "{from_app:?}"
+    );
+
+    // A reaction to a message that never comes (sent before the channel was
+    // connected) waits seven days, and so does a receipt.
+    app.webhook(&fb(t0, json!({"reaction": {"mid": "m_before_us", "action": "react", "emoji": "👍"}}))).await;
+    app.webhook(&fixture("whatsapp_status_delivered.json")).await;
+    app.processed().await;
+    let waiting = "SELECT (SELECT count(*) FROM tenant_acme.early_changes) + (SELECT count(*) FROM tenant_acme.early_statuses) AS n";
+    assert_eq!(app.count(waiting), 2);
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let prune = |pooled: &mut _| {
+        switchboard::db::with_tenant(pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+            switchboard::inbox::early::prune(tc)
+        })
+        .expect("prune")
+    };
+    assert_eq!(prune(&mut pooled), 0);
+    let mut conn = app.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "UPDATE tenant_acme.early_changes SET created_at = now() - interval '8 days'; \
+         UPDATE tenant_acme.early_statuses SET created_at = now() - interval '8 days'",
+    )
+    .expect("time passes");
+    assert_eq!(prune(&mut pooled), 2);
+    assert_eq!(app.count(waiting), 0);
 }
 
 /// More than a full batch waiting (a burst, a restart): the processor and
