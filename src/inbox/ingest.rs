@@ -830,10 +830,12 @@ impl Ingest<'_> {
             if let Some(row) = row {
                 if row.external_id.is_none() {
                     let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
-                    let updated: MessageRow = diesel::update(m::table.find(row.id))
+                    let mut updated: MessageRow = diesel::update(m::table.find(row.id))
                         .set((m::external_id.eq(mid), m::status.eq(status), m::updated_at.eq(diesel::dsl::now)))
                         .returning(MessageRow::as_returning())
                         .get_result(tc.pg())?;
+                    // Its receipts may have come before its echo.
+                    early::take(tc, std::slice::from_mut(&mut updated))?;
                     self.updated(tc, &updated)?;
                 }
                 return Ok(());

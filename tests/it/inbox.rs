@@ -530,6 +530,47 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     assert!(first["seq"].as_i64() > Some(1), "the page's own first event is not replayed: {first}");
 }
 
+/// A reply's delivery, naming its id, comes before the echo that tells us
+/// that id (the send's answer is slow): the echo, matched by our metadata,
+/// takes the receipt.
+#[actix_web::test]
+async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let process = || {
+        let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+        assert_eq!(report.dead, 0);
+    };
+    let ms = chrono::Utc::now().timestamp_millis();
+    let event = |e: Value| {
+        serde_json::to_vec(&json!({"object": "page", "entry": [{"id": PAGE_A, "time": ms, "messaging": [e]}]}))
+            .expect("body")
+    };
+    let question = event(json!({"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": ms - 1_000,
+        "message": {"mid": "m_question", "text": "Têm o M?"}}));
+    assert_eq!(app.webhook(&question).await, 200);
+    process();
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "Temos!", "c-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id = msg["id"].as_str().expect("id").to_string();
+    let delivery = event(json!({"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": ms + 300,
+        "delivery": {"mids": ["m_answer"], "watermark": ms - 60_000}}));
+    assert_eq!(app.webhook(&delivery).await, 200);
+    process();
+    let echo = event(json!({"sender": {"id": PAGE_A}, "recipient": {"id": PSID}, "timestamp": ms,
+        "message": {"mid": "m_answer", "is_echo": true, "app_id": 1234567890123456_i64, "metadata": format!("sb:{id}"), "text": "Temos!"}}));
+    assert_eq!(app.webhook(&echo).await, 200);
+    process();
+    let mine = messages(&app, &ctx.admin, &conv).await.into_iter().find(|m| m["id"] == id.as_str()).expect("reply");
+    assert_eq!(
+        (mine["external_id"].as_str(), mine["status"].as_str()),
+        (Some("m_answer"), Some("delivered")),
+        "{mine}"
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_statuses"), 0);
+}
+
 #[actix_web::test]
 async fn a_crash_between_store_and_processing_loses_nothing() {
     let app = spawn_app_without_workers().await;
