@@ -180,6 +180,10 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
     let s = |p: &str| created.pointer(p).and_then(Value::as_str).map(str::to_string).unwrap_or_default();
     let (page, page_token, ig) = (s("/pages/0/id"), s("/pages/0/access_token"), s("/pages/0/instagram_id"));
     let (waba, phone, waba_token) = (s("/wabas/0/id"), s("/wabas/0/phone_numbers/0"), s("/wabas/0/access_token"));
+    // Subscribed as a connect would, so the fake sends what Meta sends to a
+    // subscribed app (policy notices need the field).
+    state.graph.subscribe_page(&page, &Secret::new(page_token.clone())).await?;
+    state.graph.subscribe_waba(&waba, &Secret::new(waba_token.clone())).await?;
     let keys = state.keys.clone();
     let (p2, ig2, ph2) = (page.clone(), ig.clone(), phone.clone());
     state
