@@ -105,6 +105,8 @@ diesel::table! {
         quick_reply_payload -> Nullable<Text>,
         postback_payload -> Nullable<Text>,
         reactions -> Jsonb,
+        /// Meta's time of each contact's reaction (ms by contact).
+        reacted_at -> Jsonb,
         edited_at -> Nullable<Timestamptz>,
         deleted_at -> Nullable<Timestamptz>,
         platform_timestamp -> Nullable<Timestamptz>,

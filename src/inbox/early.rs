@@ -3,9 +3,11 @@
 //!
 //! Decisions:
 //! - Changes go by Meta's timestamps, not by arrival: an edit older than the
-//!   one shown changes nothing, an unsent message stays unsent (no edit
-//!   brings its text back) and loses its attachments too, and a change that
-//!   changes nothing (Meta's duplicate) logs nothing.
+//!   one shown changes nothing, nor does a contact's reaction older than
+//!   their reaction shown (`reacted_at`; at the same time, the later
+//!   arrival wins: WhatsApp's times are to the second); an unsent message
+//!   stays unsent (no edit brings its text back) and loses its attachments
+//!   too; and a change that changes nothing (Meta's duplicate) logs nothing.
 //! - After a failure Meta retries in no particular order, so a change can
 //!   come before its message. It is kept (`early_changes`) and applied when
 //!   the message is stored, which is then created as it is now: an unsent
@@ -58,6 +60,11 @@ impl Change {
     pub fn apply_to(&self, row: &mut MessageRow, at: DateTime<Utc>) -> bool {
         match self {
             Change::Reaction { contact, emoji } => {
+                // Same time: arrival decides (WhatsApp's are to the second).
+                let mut times = row.reacted_at.as_object().cloned().unwrap_or_default();
+                if times.get(contact).and_then(Value::as_i64).is_some_and(|shown| shown > at.timestamp_millis()) {
+                    return false;
+                }
                 let mut reactions = row.reactions.as_object().cloned().unwrap_or_default();
                 let before = reactions.get(contact).cloned();
                 match emoji {
@@ -67,7 +74,9 @@ impl Change {
                 if reactions.get(contact) == before.as_ref() {
                     return false;
                 }
+                times.insert(contact.clone(), json!(at.timestamp_millis()));
                 row.reactions = Value::Object(reactions);
+                row.reacted_at = Value::Object(times);
                 true
             }
             Change::Edit { text } => {
@@ -98,6 +107,7 @@ pub fn write(tc: &mut TenantConn<'_>, row: &MessageRow) -> AppResult<MessageRow>
             m::text.eq(&row.text),
             m::attachments.eq(&row.attachments),
             m::reactions.eq(&row.reactions),
+            m::reacted_at.eq(&row.reacted_at),
             m::edited_at.eq(row.edited_at),
             m::deleted_at.eq(row.deleted_at),
             m::updated_at.eq(diesel::dsl::now),
@@ -269,6 +279,7 @@ mod tests {
             quick_reply_payload: None,
             postback_payload: None,
             reactions: json!({}),
+            reacted_at: json!({}),
             edited_at: None,
             deleted_at: None,
             platform_timestamp: Some(at),
@@ -306,5 +317,14 @@ mod tests {
         assert!(react(None).apply_to(&mut r, at(2)));
         assert!(!react(None).apply_to(&mut r, at(2)));
         assert_eq!(r.reactions, json!({}));
+        // A reaction made before the removal, delivered after it: stays removed.
+        assert!(!react(Some("👍")).apply_to(&mut r, at(1)));
+        // Another within the same second (WhatsApp's precision): it came later.
+        assert!(react(Some("😂")).apply_to(&mut r, at(2)));
+        assert_eq!(r.reactions, json!({"psid": "😂"}));
+        // Another contact's reaction has a time of its own.
+        let other = Change::Reaction { contact: "igsid".into(), emoji: Some("❤️".into()) };
+        assert!(other.apply_to(&mut r, at(0)));
+        assert_eq!(r.reactions, json!({"psid": "😂", "igsid": "❤️"}));
     }
 }

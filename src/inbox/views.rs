@@ -33,6 +33,8 @@ pub struct MessageRow {
     pub quick_reply_payload: Option<String>,
     pub postback_payload: Option<String>,
     pub reactions: Value,
+    /// When each contact's reaction was made (ms by contact): not shown.
+    pub reacted_at: Value,
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
     pub platform_timestamp: Option<DateTime<Utc>>,

@@ -1150,6 +1150,12 @@ async fn changes_that_come_before_their_message_wait_for_it() {
     let edited = messages(&app, &ctx.admin, &conv_of("facebook")).await;
     assert_eq!(edited[0]["text"], "Têm o M?");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), 1);
+    // A reaction made before the one shown, delivered after it: no change.
+    let older = fb(t0 + 4_000, json!({"reaction": {"mid": "m_edited", "action": "react", "emoji": "👍"}}));
+    assert_eq!(app.webhook(&older).await, 200);
+    app.processed().await;
+    assert_eq!(messages(&app, &ctx.admin, &conv_of("facebook")).await[0]["reactions"], json!({PSID: "❤️"}));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), 1);
     // An unsend, then an edit that was made before it: stays unsent, and
     // the image goes with the text.
     app.webhook(&fb(
