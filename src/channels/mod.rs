@@ -551,7 +551,8 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Deletes the channel and, through cascades, its history; and empties its
+/// Deletes the channel and, through cascades, its history (and what waited
+/// for messages that had not come, [`crate::inbox::early`]); and empties its
 /// events in the log, which hold copies of its messages and conversations
 /// and would otherwise be replayed to a socket resuming from before the
 /// purge until the retention pruned them. They are redacted rather than
@@ -563,6 +564,7 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     let row = find(tc, id)?;
     release_route(tc, &row)?;
     diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
+    crate::inbox::early::forget_channel(tc, id.0)?;
     crate::inbox::events::redact_channel(tc, id.0)?;
     // Open inboxes drop it: disconnected, and gone for good (`deleted`).
     channel_updated(

@@ -247,6 +247,13 @@ pub fn take(tc: &mut TenantConn<'_>, rows: &mut [MessageRow]) -> AppResult<()> {
     Ok(())
 }
 
+/// Drops what a purged channel's messages were waiting for.
+pub fn forget_channel(tc: &mut TenantConn<'_>, channel_id: i64) -> AppResult<()> {
+    diesel::delete(ec::table.filter(ec::channel_id.eq(channel_id))).execute(tc.pg())?;
+    diesel::delete(early_statuses::table.filter(early_statuses::channel_id.eq(channel_id))).execute(tc.pg())?;
+    Ok(())
+}
+
 /// Drops kept changes and receipts older than [`KEEP_DAYS`]; how many.
 pub fn prune(tc: &mut TenantConn<'_>) -> AppResult<usize> {
     let cutoff = Utc::now() - Duration::days(KEEP_DAYS);

@@ -474,7 +474,17 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     let ctx = acme(&app).await;
     assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
     assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    // An edit and a receipt waiting for messages that have not come: the
+    // purge takes them too (the edit holds the customer's words).
+    let edit = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1, "messaging": [{"sender": {"id": PSID},
+        "recipient": {"id": PAGE_A}, "timestamp": 1773140000000_i64, "message_edit": {"mid": "m_later", "text": "meu endereço", "num_edit": 1}}]}]});
+    assert_eq!(app.webhook(edit.to_string().as_bytes()).await, 200);
+    let delivery = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1, "messaging": [{"sender": {"id": PSID},
+        "recipient": {"id": PAGE_A}, "timestamp": 1773140000000_i64, "delivery": {"mids": ["m_reply_later"], "watermark": 1}}]}]});
+    assert_eq!(app.webhook(delivery.to_string().as_bytes()).await, 200);
     app.processed().await;
+    let waiting = "SELECT (SELECT count(*) FROM tenant_acme.early_changes) + (SELECT count(*) FROM tenant_acme.early_statuses) AS n";
+    assert_eq!(app.count(waiting), 2);
     let list = app.call("GET", "/api/channels", Some(&ctx.admin), None).await;
     let page = list.body["items"].as_array().expect("items").iter().find(|c| c["external_id"] == PAGE_A).expect("A")
         ["id"]
@@ -484,6 +494,7 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     let mut open = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
     let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
     assert_eq!(r.status, 204);
+    assert_eq!(app.count(waiting), 0);
     // An open inbox is told, and only that stays in the log.
     let told = crate::realtime::until(&mut open, "channel.updated", std::time::Duration::from_secs(10)).await;
     let told = told.expect("channel.updated");
