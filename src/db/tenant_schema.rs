@@ -84,6 +84,10 @@ diesel::table! {
         last_inbound_external_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// The contact's newest Messenger delivery watermark.
+        contact_delivered_at -> Nullable<Timestamptz>,
+        /// The contact's newest Messenger read watermark.
+        contact_read_at -> Nullable<Timestamptz>,
     }
 }
 

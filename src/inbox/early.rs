@@ -16,6 +16,9 @@
 //!   status webhook beating the send's answer, a read beating the echo of a
 //!   reply sent elsewhere) are kept the same way (`early_statuses`) and move
 //!   the message forward when it is stored or gets its id.
+//! - Messenger's watermarks name no message: the newest of each kind is
+//!   kept on the conversation, and a reply sent elsewhere whose echo comes
+//!   after it takes the receipt it covers.
 //! - What waits for a message that never comes (one from before the
 //!   channel was connected) is dropped after [`KEEP_DAYS`]: Meta stops
 //!   retrying after seven.
@@ -185,6 +188,41 @@ fn take_statuses(tc: &mut TenantConn<'_>, row: &mut MessageRow) -> AppResult<()>
             *row = updated;
         }
     }
+    Ok(())
+}
+
+/// A Messenger reply sent elsewhere (an echo, Meta's time `sent_at`),
+/// stored after the contact's watermark that covers it: it takes the
+/// receipt (watermarks name no message, so they are kept per conversation,
+/// `contact_delivered_at` and `contact_read_at`).
+pub fn take_watermarks(tc: &mut TenantConn<'_>, row: &mut MessageRow, sent_at: DateTime<Utc>) -> AppResult<()> {
+    use crate::db::tenant_schema::conversations as c;
+    let (delivered, read): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        c::table.find(row.conversation_id).select((c::contact_delivered_at, c::contact_read_at)).first(tc.pg())?;
+    let to = match (delivered, read) {
+        (_, Some(w)) if sent_at <= w => "read",
+        (Some(w), _) if sent_at <= w => "delivered",
+        _ => return Ok(()),
+    };
+    if let Some(updated) = super::messages::advance_status(tc, row, to, None)? {
+        *row = updated;
+    }
+    Ok(())
+}
+
+/// Keeps the contact's newest Messenger watermark of a kind (`delivered`,
+/// `read`) on their conversation, for replies stored after it.
+pub fn keep_watermark(tc: &mut TenantConn<'_>, conversation: i64, status: &str, w: DateTime<Utc>) -> AppResult<()> {
+    use crate::db::tenant_schema::conversations as c;
+    let q = c::table.find(conversation);
+    match status {
+        "read" => diesel::update(q.filter(c::contact_read_at.is_null().or(c::contact_read_at.lt(w))))
+            .set(c::contact_read_at.eq(w))
+            .execute(tc.pg())?,
+        _ => diesel::update(q.filter(c::contact_delivered_at.is_null().or(c::contact_delivered_at.lt(w))))
+            .set(c::contact_delivered_at.eq(w))
+            .execute(tc.pg())?,
+    };
     Ok(())
 }
 

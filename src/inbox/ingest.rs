@@ -166,8 +166,13 @@ impl<'l> Ingest<'l> {
         // Locked for the transaction (in id order, so two workers never
         // deadlock here): their changes are then computed in memory and
         // written once per batch.
+        // Columns named: a `*` changes shape when a migration adds one, and
+        // a statement kept prepared must not (nor differ between tenants
+        // while `migrate` runs).
         let convs: Vec<ConversationRow> = crate::db::prepared(
-            "SELECT * FROM conversations \
+            "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
+                    last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at \
+               FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",
         )
@@ -836,6 +841,9 @@ impl Ingest<'_> {
                         .get_result(tc.pg())?;
                     // Its receipts may have come before its echo.
                     early::take(tc, std::slice::from_mut(&mut updated))?;
+                    if channel.platform() == Platform::Facebook {
+                        early::take_watermarks(tc, &mut updated, timestamp)?;
+                    }
                     self.updated(tc, &updated)?;
                 }
                 return Ok(());
@@ -880,6 +888,9 @@ impl Ingest<'_> {
             return if history { self.fill_placeholder(tc, channel, mid, text, attachments) } else { Ok(()) };
         };
         early::take(tc, std::slice::from_mut(&mut row))?;
+        if !inbound && !history && channel.platform() == Platform::Facebook {
+            early::take_watermarks(tc, &mut row, timestamp)?;
+        }
         let newest = timestamp >= conv.last_activity_at || created;
         let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
@@ -1024,6 +1035,9 @@ impl Ingest<'_> {
             .first(tc.pg())
             .optional()?;
         let Some(conv) = conv else { return Ok(()) };
+        if let Some(w) = watermark {
+            early::keep_watermark(tc, conv, status, w)?;
+        }
         // "Read up to this message" (Instagram) is a watermark at its time.
         let mut limit = watermark;
         if status == "read" && watermark.is_none() {

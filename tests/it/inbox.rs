@@ -414,9 +414,12 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     );
     assert_eq!((per_platform("facebook", edited), per_platform("instagram", edited)), (4, 4));
     assert_eq!(per_platform("instagram", unsent), 4);
-    // Receipts by id that came before their answer waited for it (Messenger
-    // reads go by time, and one before the answer cannot name it).
-    assert_eq!((per_platform("instagram", answered), per_platform("whatsapp", answered)), (4, 4));
+    // Receipts that came before their answer waited for it: by id, or as
+    // the conversation's watermark (Messenger's reads name no message).
+    assert_eq!(
+        (per_platform("facebook", answered), per_platform("instagram", answered), per_platform("whatsapp", answered)),
+        (4, 4, 4)
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
     assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 8);
 }
@@ -1183,6 +1186,29 @@ async fn changes_that_come_before_their_message_wait_for_it() {
         messages(&app, &ctx.admin, &conv_of("facebook")).await.into_iter().find(|m| m["external_id"] == "m_photo");
     let photo = photo.expect("photo");
     assert_eq!((photo["text"].clone(), photo["attachments"].clone()), (Value::Null, json!([])), "{photo:?}");
+
+    // A reply typed in the Page inbox, read (by watermark) before its echo
+    // came; and one sent after that read, which the watermark does not cover.
+    app.webhook(&fb(t0 + 31_000, json!({"read": {"watermark": t0 + 30_500}}))).await;
+    let page_echo = |ms: i64, mid: &str| {
+        let mut v: Value = serde_json::from_slice(&messaging(
+            "page",
+            PAGE_A,
+            PAGE_A,
+            ms,
+            json!({"message":
+            {"mid": mid, "text": "Respondido na caixa da página", "is_echo": true, "app_id": 263902037430900_i64}}),
+        ))
+        .expect("json");
+        v["entry"][0]["messaging"][0]["recipient"]["id"] = json!(PSID);
+        serde_json::to_vec(&v).expect("body")
+    };
+    app.webhook(&page_echo(t0 + 30_000, "m_page_inbox_read")).await;
+    app.webhook(&page_echo(t0 + 32_000, "m_page_inbox_unread")).await;
+    app.processed().await;
+    let fb_msgs = messages(&app, &ctx.admin, &conv_of("facebook")).await;
+    let status_of = |mid: &str| fb_msgs.iter().find(|m| m["external_id"] == mid).expect("echo")["status"].clone();
+    assert_eq!((status_of("m_page_inbox_read"), status_of("m_page_inbox_unread")), (json!("read"), json!("sent")));
 
     // A reply typed in the Instagram app, read before its echo came.
     let echo = |ms: i64, event: Value| messaging("instagram", IG_A, IG_A, ms, event);
