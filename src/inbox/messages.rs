@@ -217,9 +217,10 @@ pub fn advance_status(
 /// apply the receipts and reactions that arrived first ([`super::early`]).
 pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_id: &str) -> AppResult<()> {
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
-    // An echo that beat us and was stored as the page's own message: what
-    // the customer did to it (read it, reacted) is carried over.
-    let beaten: Vec<(String, Value)> = diesel::delete(
+    // An echo that beat us and was stored as the page's own message (an
+    // Instagram echo has no metadata to match): what the customer did to it
+    // (read it, reacted) is carried over, and it goes.
+    let beaten: Vec<(i64, String, Value)> = diesel::delete(
         m::table
             .filter(m::channel_id.eq(row.channel_id))
             .filter(m::external_id.eq(external_id))
@@ -227,10 +228,10 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
             .filter(m::client_id.is_null())
             .filter(m::id.ne(row.id)),
     )
-    .returning((m::status, m::reactions))
+    .returning((m::id, m::status, m::reactions))
     .get_results(tc.pg())?;
-    for (status, reactions) in beaten {
-        super::early::keep_status(tc, row.channel_id, external_id, &status, None)?;
+    for (_, status, reactions) in &beaten {
+        super::early::keep_status(tc, row.channel_id, external_id, status, None)?;
         for (contact, emoji) in reactions.as_object().into_iter().flatten() {
             let change =
                 super::early::Change::Reaction { contact: contact.clone(), emoji: emoji.as_str().map(str::to_string) };
@@ -249,6 +250,36 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
         .get_result(tc.pg())?;
     super::early::take(tc, std::slice::from_mut(&mut row))?;
     log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    if !beaten.is_empty() {
+        merged(tc, log, &row, beaten.iter().map(|(ghost, _, _)| *ghost).collect())?;
+    }
+    Ok(())
+}
+
+/// The live inbox showed `ghosts` (echoes of `row` stored before its id was
+/// known) as messages of their own: each is announced gone, `merged_into`
+/// the reply (an extension of `message.updated`; `deleted_at` set for
+/// clients that know only that), and a conversation that showed one as its
+/// last message shows the reply.
+fn merged(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &MessageRow, ghosts: Vec<i64>) -> AppResult<()> {
+    let (channel, conversation) = (Some(row.channel_id), Some(row.conversation_id));
+    for ghost in &ghosts {
+        let data = json!({"id": ghost.to_string(), "conversation_id": row.conversation_id.to_string(),
+            "status": row.status, "error": null, "text": null, "reactions": {}, "external_id": row.external_id,
+            "edited_at": null, "deleted_at": Utc::now(), "merged_into": row.id.to_string()});
+        log.append(tc, "message.updated", channel, conversation, data)?;
+    }
+    let conv: Option<ConversationRow> = diesel::update(
+        conversations::table.find(row.conversation_id).filter(conversations::last_message_id.eq_any(&ghosts)),
+    )
+    .set(conversations::last_message_id.eq(row.id))
+    .returning(ConversationRow::as_returning())
+    .get_result(tc.pg())
+    .optional()?;
+    if let Some(conv) = conv {
+        let view = super::views::Names::default().conversation(tc, &conv)?;
+        log.append(tc, "conversation.updated", channel, conversation, view)?;
+    }
     Ok(())
 }
 

@@ -585,6 +585,74 @@ async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_statuses"), 0);
 }
 
+/// Instagram echoes carry no metadata: one that comes before the send's
+/// answer is stored as the page's message. When the answer comes, the two
+/// are one: the echo's row goes, the conversation shows the agent's reply
+/// as its last message, and the live inbox is told which row went where.
+#[actix_web::test]
+async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
+    const IGSID: &str = "6841100000123456";
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let process = || {
+        let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+        assert_eq!(report.dead, 0);
+    };
+    let ms = chrono::Utc::now().timestamp_millis();
+    let event = |from: &str, to: &str, at: i64, message: Value| {
+        serde_json::to_vec(&json!({"object": "instagram", "entry": [{"id": IG_A, "time": at, "messaging": [
+            {"sender": {"id": from}, "recipient": {"id": to}, "timestamp": at, "message": message}]}]}))
+        .expect("body")
+    };
+    assert_eq!(app.webhook(&event(IGSID, IG_A, ms - 1_000, json!({"mid": "ig_q", "text": "Ainda há?"}))).await, 200);
+    process();
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "Há sim!", "c-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id: i64 = msg["id"].as_str().expect("id").parse().expect("number");
+    // The echo first (Meta sent it after we queued the reply), then a read
+    // naming it: both on the page's row.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let ms = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        app.webhook(&event(IG_A, IGSID, ms, json!({"mid": "ig_answer", "text": "Há sim!", "is_echo": true}))).await,
+        200
+    );
+    let read =
+        serde_json::to_vec(&json!({"object": "instagram", "entry": [{"id": IG_A, "time": ms + 500, "messaging": [
+        {"sender": {"id": IGSID}, "recipient": {"id": IG_A}, "timestamp": ms + 500, "read": {"mid": "ig_answer"}}]}]}))
+        .expect("body");
+    assert_eq!(app.webhook(&read).await, 200);
+    process();
+    let ghost: i64 = app.count("SELECT id AS n FROM tenant_acme.messages WHERE external_id = 'ig_answer'");
+    assert_ne!(ghost, id);
+    // The send's answer.
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        switchboard::inbox::messages::mark_sent(tc, &mut log, id, "ig_answer")?;
+        log.notify(tc)
+    })
+    .expect("mark sent");
+    let msgs = messages(&app, &ctx.admin, &conv).await;
+    let out: Vec<&Value> = msgs.iter().filter(|m| m["direction"] == "out").collect();
+    assert_eq!(out.len(), 1, "{msgs:?}");
+    assert_eq!((out[0]["id"].as_str(), out[0]["status"].as_str()), (Some(id.to_string().as_str()), Some("read")));
+    let summary = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(summary["last_message"]["id"].as_str(), Some(id.to_string().as_str()), "{summary}");
+    let told = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated' \
+          AND payload->>'id' = '{ghost}' AND payload->>'merged_into' = '{id}' AND payload->>'deleted_at' IS NOT NULL"
+    ));
+    assert_eq!(told, 1);
+    let last = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE seq = (SELECT max(seq) FROM tenant_acme.events) \
+          AND type = 'conversation.updated' AND payload->'last_message'->>'id' = '{id}'"
+    ));
+    assert_eq!(last, 1);
+}
+
 #[actix_web::test]
 async fn a_crash_between_store_and_processing_loses_nothing() {
     let app = spawn_app_without_workers().await;
