@@ -274,7 +274,9 @@ pub fn take(tc: &mut TenantConn<'_>, rows: &mut [MessageRow]) -> AppResult<()> {
             let change = match k.kind.as_str() {
                 "reaction" => Change::Reaction { contact: k.contact.clone(), emoji: k.value.clone() },
                 "edit" => Change::Edit { text: k.value.clone() },
-                _ => Change::Unsend,
+                "delete" => Change::Unsend,
+                // Written by a newer release: not ours to guess.
+                _ => continue,
             };
             changed |= change.apply_to(row, k.at);
         }

@@ -220,7 +220,7 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
     // An echo that beat us and was stored as the page's own message (an
     // Instagram echo has no metadata to match): what the customer did to it
     // (read it, reacted) is carried over, and it goes.
-    let beaten: Vec<(i64, String, Value)> = diesel::delete(
+    let beaten: Vec<(i64, String, Value, Value)> = diesel::delete(
         m::table
             .filter(m::channel_id.eq(row.channel_id))
             .filter(m::external_id.eq(external_id))
@@ -228,14 +228,15 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
             .filter(m::client_id.is_null())
             .filter(m::id.ne(row.id)),
     )
-    .returning((m::id, m::status, m::reactions))
+    .returning((m::id, m::status, m::reactions, m::reacted_at))
     .get_results(tc.pg())?;
-    for (_, status, reactions) in &beaten {
+    for (_, status, reactions, reacted_at) in &beaten {
         super::early::keep_status(tc, row.channel_id, external_id, status, None)?;
         for (contact, emoji) in reactions.as_object().into_iter().flatten() {
             let change =
                 super::early::Change::Reaction { contact: contact.clone(), emoji: emoji.as_str().map(str::to_string) };
-            super::early::keep(tc, row.channel_id, external_id, &change, Utc::now())?;
+            let at = reacted_at.get(contact).and_then(Value::as_i64).and_then(DateTime::from_timestamp_millis);
+            super::early::keep(tc, row.channel_id, external_id, &change, at.unwrap_or_else(Utc::now))?;
         }
     }
     let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
@@ -251,7 +252,7 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
     super::early::take(tc, std::slice::from_mut(&mut row))?;
     log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
     if !beaten.is_empty() {
-        merged(tc, log, &row, beaten.iter().map(|(ghost, _, _)| *ghost).collect())?;
+        merged(tc, log, &row, beaten.iter().map(|(ghost, ..)| *ghost).collect())?;
     }
     Ok(())
 }

@@ -623,6 +623,12 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
         {"sender": {"id": IGSID}, "recipient": {"id": IG_A}, "timestamp": ms + 500, "read": {"mid": "ig_answer"}}]}]}))
         .expect("body");
     assert_eq!(app.webhook(&read).await, 200);
+    let react =
+        serde_json::to_vec(&json!({"object": "instagram", "entry": [{"id": IG_A, "time": ms + 600, "messaging": [
+        {"sender": {"id": IGSID}, "recipient": {"id": IG_A}, "timestamp": ms + 600,
+         "reaction": {"mid": "ig_answer", "action": "react", "reaction": "love", "emoji": "❤️"}}]}]}))
+        .expect("body");
+    assert_eq!(app.webhook(&react).await, 200);
     process();
     let ghost: i64 = app.count("SELECT id AS n FROM tenant_acme.messages WHERE external_id = 'ig_answer'");
     assert_ne!(ghost, id);
@@ -639,6 +645,7 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
     let out: Vec<&Value> = msgs.iter().filter(|m| m["direction"] == "out").collect();
     assert_eq!(out.len(), 1, "{msgs:?}");
     assert_eq!((out[0]["id"].as_str(), out[0]["status"].as_str()), (Some(id.to_string().as_str()), Some("read")));
+    assert_eq!(out[0]["reactions"], json!({IGSID: "❤️"}));
     let summary = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
     assert_eq!(summary["last_message"]["id"].as_str(), Some(id.to_string().as_str()), "{summary}");
     let told = app.count(&format!(
