@@ -684,14 +684,43 @@ fn whatsapp_content(m: &Value, kind: &str) -> Content {
             let reply = i.get("button_reply").or_else(|| i.get("list_reply")).unwrap_or(&Value::Null);
             (body(reply.get("title")), vec![], body(reply.get("id")), None)
         }
+        // A pin: its place's name and address when it has them, and a
+        // `geo:` URI (RFC 5870) that maps apps open.
         "location" => {
             let l = m.get("location").unwrap_or(&Value::Null);
-            let text = format!(
-                "📍 {} {}",
-                l.get("latitude").map(|v| v.to_string()).unwrap_or_default(),
-                l.get("longitude").map(|v| v.to_string()).unwrap_or_default()
-            );
-            (Some(text), vec![Attachment::bare("location")], None, None)
+            let (lat, long) = (l.get("latitude").and_then(Value::as_f64), l.get("longitude").and_then(Value::as_f64));
+            let place: Vec<String> = ["name", "address"].iter().filter_map(|k| body(l.get(*k))).collect();
+            let at = match (lat, long) {
+                (Some(lat), Some(long)) => format!("{lat}, {long}"),
+                _ => String::new(),
+            };
+            let text = match (place.is_empty(), at.is_empty()) {
+                (false, false) => format!("📍 {} ({at})", place.join(", ")),
+                (false, true) => format!("📍 {}", place.join(", ")),
+                _ => format!("📍 {at}"),
+            };
+            let url = match (lat, long) {
+                (Some(lat), Some(long)) => Some(format!("geo:{lat},{long}")),
+                _ => body(l.get("url")),
+            };
+            (Some(text), vec![Attachment { url, ..Attachment::bare("location") }], None, None)
+        }
+        // An order from the business's catalog: what and how many, readable.
+        "order" => {
+            let o = m.get("order").unwrap_or(&Value::Null);
+            let mut lines = vec!["🛒 Order".to_string()];
+            for item in arr(o.get("product_items")) {
+                let product = s(item.get("product_retailer_id")).unwrap_or_default();
+                let quantity = s(item.get("quantity")).unwrap_or_else(|| "1".into());
+                let price = match (s(item.get("item_price")), s(item.get("currency"))) {
+                    (Some(p), Some(c)) => format!(" — {p} {c}"),
+                    (Some(p), None) => format!(" — {p}"),
+                    _ => String::new(),
+                };
+                lines.push(format!("{quantity} × {product}{price}"));
+            }
+            lines.extend(body(o.get("text")));
+            (Some(lines.join("\n")), vec![Attachment::bare("order")], None, None)
         }
         // Meta's notice, e.g. that the customer changed their number.
         "system" => {
@@ -957,6 +986,37 @@ mod tests {
         assert!(parse(optin).expect("optin").is_empty());
         assert_eq!(parse(b"{not json"), Err(ParseError::NotJson));
         assert!(matches!(parse(br#"{"object":"user","entry":[]}"#), Err(ParseError::UnknownObject(_))));
+    }
+
+    #[test]
+    fn a_whatsapp_pin_and_order_read_as_text() {
+        let wa = |message: serde_json::Value| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp", "metadata": {"phone_number_id": "106540352242922"},
+                "messages": [message]}}]}]});
+            match parse(body.to_string().as_bytes()).expect("parses").remove(0).item {
+                Item::Message { text, attachments, .. } => (text.unwrap_or_default(), attachments),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (text, att) = wa(
+            serde_json::json!({"from": "16505551234", "id": "wamid.L", "timestamp": "1749416383", "type": "location",
+            "location": {"latitude": 38.7223, "longitude": -9.1393, "name": "Loja Azul", "address": "Rua Augusta 1, Lisboa"}}),
+        );
+        assert_eq!(text, "📍 Loja Azul, Rua Augusta 1, Lisboa (38.7223, -9.1393)");
+        assert_eq!((att[0].kind.as_str(), att[0].url.as_deref()), ("location", Some("geo:38.7223,-9.1393")));
+        let (text, _) = wa(
+            serde_json::json!({"from": "16505551234", "id": "wamid.P", "timestamp": "1749416383", "type": "location",
+            "location": {"latitude": 38.7223, "longitude": -9.1393}}),
+        );
+        assert_eq!(text, "📍 38.7223, -9.1393");
+        let (text, att) =
+            wa(serde_json::json!({"from": "16505551234", "id": "wamid.O", "timestamp": "1749416383", "type": "order",
+            "order": {"catalog_id": "5551234", "text": "Para sábado, por favor", "product_items": [
+                {"product_retailer_id": "MESA-CARVALHO", "quantity": 1, "item_price": 349.9, "currency": "EUR"},
+                {"product_retailer_id": "CADEIRA-01", "quantity": "4", "item_price": "59", "currency": "EUR"}]}}));
+        assert_eq!(text, "🛒 Order\n1 × MESA-CARVALHO — 349.9 EUR\n4 × CADEIRA-01 — 59 EUR\nPara sábado, por favor");
+        assert_eq!(att[0].kind, "order");
     }
 
     #[test]
