@@ -381,6 +381,7 @@ fn attachments(m: &Value) -> Vec<Attachment> {
             caption: None,
         })
         .collect();
+    out.extend(referral(m.get("referral")));
     // An Instagram reply to a story: without the story the text makes no
     // sense to the agent, so it comes along as a `story_reply` attachment
     // (its CDN URL expires with the story).
@@ -393,6 +394,29 @@ fn attachments(m: &Value) -> Vec<Attachment> {
         });
     }
     out
+}
+
+/// The ad or post a customer came from (Click-to-Messenger/Instagram/
+/// WhatsApp ads, a Marketplace listing): their first message ("Is this
+/// still available?") means nothing without it, so it comes along as a
+/// `referral` attachment — the ad's picture or link as `url`, its title as
+/// `caption`. A referral from a plain m.me / ig.me link (a `ref` only) has
+/// nothing to show and adds none.
+fn referral(r: Option<&Value>) -> Option<Attachment> {
+    let r = r?;
+    let ads = r.get("ads_context_data").unwrap_or(&Value::Null);
+    let url = ["photo_url", "video_url"]
+        .iter()
+        .find_map(|k| s(ads.get(*k)))
+        .or_else(|| ["source_url", "image_url", "video_url", "thumbnail_url"].iter().find_map(|k| s(r.get(*k))));
+    let caption = s(ads.get("ad_title")).or_else(|| {
+        let parts: Vec<String> = ["headline", "body"].iter().filter_map(|k| s(r.get(*k))).collect();
+        (!parts.is_empty()).then(|| parts.join(" — "))
+    });
+    if url.is_none() && caption.is_none() {
+        return None;
+    }
+    Some(Attachment { kind: "referral".into(), url, media_id: None, caption })
 }
 
 fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
@@ -448,7 +472,8 @@ fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
             contact_name: None,
             mid,
             text: pb.get("title").and_then(Value::as_str).map(str::to_string),
-            attachments: vec![],
+            // "Get Started" tapped in an ad's conversation names the ad.
+            attachments: referral(pb.get("referral")).into_iter().collect(),
             quick_reply: None,
             postback: pb.get("payload").and_then(Value::as_str).map(str::to_string),
             reply_to: None,
@@ -522,7 +547,8 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
                 Item::Reaction { contact: from, mid: target, emoji, timestamp }
             }
             _ => {
-                let (text, attachments, quick, postback) = whatsapp_content(m, kind);
+                let (text, mut attachments, quick, postback) = whatsapp_content(m, kind);
+                attachments.extend(referral(m.get("referral")));
                 let contact_name = names.iter().find(|(w, _)| *w == from).map(|(_, n)| n.clone());
                 // The customer changed their number: from now on the contact
                 // is known by the new one (the change first), and the notice
@@ -1017,6 +1043,47 @@ mod tests {
                 {"product_retailer_id": "CADEIRA-01", "quantity": "4", "item_price": "59", "currency": "EUR"}]}}));
         assert_eq!(text, "🛒 Order\n1 × MESA-CARVALHO — 349.9 EUR\n4 × CADEIRA-01 — 59 EUR\nPara sábado, por favor");
         assert_eq!(att[0].kind, "order");
+    }
+
+    #[test]
+    fn the_ad_a_customer_came_from_comes_with_their_message() {
+        let attachments_of =
+            |body: serde_json::Value| match parse(body.to_string().as_bytes()).expect("parses").remove(0).item {
+                Item::Message { attachments, .. } => attachments,
+                other => panic!("{other:?}"),
+            };
+        // Click-to-WhatsApp (the shape of meta/CONTRACTS.md §6).
+        let wa = attachments_of(
+            serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"phone_number_id": "106540352242922"},
+            "messages": [{"from": "16505551234", "id": "wamid.A", "timestamp": "1749416383", "type": "text", "text": {"body": "Ainda está disponível?"},
+                "referral": {"source_url": "https://fb.me/3cr4Wqqkv", "source_id": "120226305854810726", "source_type": "ad",
+                    "headline": "Mesa de carvalho", "body": "Entrega em Lisboa", "media_type": "image",
+                    "image_url": "https://scontent.xx.fbcdn.net/v/ad.jpg", "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ"}}]}}]}]}),
+        );
+        assert_eq!(wa.len(), 1);
+        assert_eq!(
+            (wa[0].kind.as_str(), wa[0].url.as_deref(), wa[0].caption.as_deref()),
+            ("referral", Some("https://fb.me/3cr4Wqqkv"), Some("Mesa de carvalho — Entrega em Lisboa"))
+        );
+        // Click-to-Messenger: the ad's picture and title.
+        let fb = attachments_of(
+            serde_json::json!({"object": "page", "entry": [{"id": "1", "time": 1, "messaging": [{"sender": {"id": "2"},
+            "recipient": {"id": "1"}, "timestamp": 1773140000000_i64, "message": {"mid": "m_ad", "text": "Is this available?",
+            "referral": {"ref": "spring", "ad_id": "6045246247433", "source": "ADS", "type": "OPEN_THREAD",
+                "ads_context_data": {"ad_title": "Oak table", "photo_url": "https://scontent.xx.fbcdn.net/v/table.jpg", "post_id": "1_2"}}}}]}]}),
+        );
+        assert_eq!(
+            (fb[0].kind.as_str(), fb[0].url.as_deref(), fb[0].caption.as_deref()),
+            ("referral", Some("https://scontent.xx.fbcdn.net/v/table.jpg"), Some("Oak table"))
+        );
+        // An m.me link's ref alone: nothing to show.
+        let link = attachments_of(
+            serde_json::json!({"object": "page", "entry": [{"id": "1", "time": 1, "messaging": [{"sender": {"id": "2"},
+            "recipient": {"id": "1"}, "timestamp": 1773140000000_i64, "message": {"mid": "m_link", "text": "Olá",
+            "referral": {"ref": "footer", "source": "SHORTLINK", "type": "OPEN_THREAD"}}}]}]}),
+        );
+        assert!(link.is_empty());
     }
 
     #[test]
