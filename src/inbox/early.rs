@@ -21,12 +21,14 @@
 //!   after it takes the receipt it covers.
 //! - What waits for a message that never comes (one from before the
 //!   channel was connected) is dropped after [`KEEP_DAYS`]: Meta stops
-//!   retrying after seven.
+//!   retrying after seven. What waits for a message that came meanwhile
+//!   (two workers racing) is applied by the hourly [`sweep`].
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use serde_json::{json, Value};
 
+use super::events::EventLog;
 use super::views::MessageRow;
 use crate::db::tenant_schema::{early_changes as ec, early_statuses, messages as m};
 use crate::db::TenantConn;
@@ -285,6 +287,43 @@ pub fn take(tc: &mut TenantConn<'_>, rows: &mut [MessageRow]) -> AppResult<()> {
         }
     }
     Ok(())
+}
+
+/// Applies what waits for messages that are stored after all, and logs
+/// `message.updated` for each that changed; how many. Two workers can race
+/// (one keeps an edit while the other stores its message, neither seeing
+/// the other's uncommitted row): this, run with the hourly pruning, is the
+/// net under that rare case, so nothing kept outlives its message for long.
+pub fn sweep(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
+    let mut rows: Vec<MessageRow> = diesel::sql_query(
+        "SELECT id, conversation_id, channel_id, direction, sender_kind, sender_user_id, text, attachments, status, \
+                error, external_id, client_id, reply_to_external_id, quick_reply_payload, postback_payload, reactions, \
+                reacted_at, edited_at, deleted_at, platform_timestamp, sort_at, created_at, updated_at \
+           FROM messages \
+          WHERE (channel_id, external_id) IN (SELECT channel_id, external_id FROM early_changes \
+                                              UNION SELECT channel_id, external_id FROM early_statuses) \
+          ORDER BY id FOR UPDATE",
+    )
+    .load(tc.pg())?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let before: Vec<DateTime<Utc>> = rows.iter().map(|r| r.updated_at).collect();
+    take(tc, &mut rows)?;
+    let mut changed = 0;
+    for (row, was) in rows.iter().zip(before) {
+        if row.updated_at != was {
+            log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+            changed += 1;
+        }
+    }
+    // Receipts of incoming messages are no receipts: nothing will take them.
+    diesel::sql_query(
+        "DELETE FROM early_statuses s USING messages m \
+          WHERE m.channel_id = s.channel_id AND m.external_id = s.external_id",
+    )
+    .execute(tc.pg())?;
+    Ok(changed)
 }
 
 /// Drops what a purged channel's messages were waiting for.

@@ -401,8 +401,9 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
 
 /// Drops events older than `SWITCHBOARD_EVENT_RETENTION_HOURS` (default 72)
 /// from every tenant's log, hourly (a client resuming from before that gets
-/// `resync_required`), and receipts and changes that waited for their
-/// message longer than [`early::KEEP_DAYS`](super::early::KEEP_DAYS).
+/// `resync_required`); applies what waited for messages that came
+/// meanwhile, and drops receipts and changes that waited for their message
+/// longer than [`early::KEEP_DAYS`](super::early::KEEP_DAYS).
 pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
     let hours = std::env::var("SWITCHBOARD_EVENT_RETENTION_HOURS")
         .ok()
@@ -418,6 +419,9 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
                 .db
                 .tenant(TenantScope::maintenance(t.tenant_id()), move |tc| {
                     super::events::prune(tc, hours)?;
+                    let mut log = super::events::EventLog::new();
+                    super::early::sweep(tc, &mut log)?;
+                    log.notify(tc)?;
                     super::early::prune(tc)
                 })
                 .await;

@@ -1304,6 +1304,34 @@ async fn changes_that_come_before_their_message_wait_for_it() {
         "{from_app:?}"
     );
 
+    // Two workers raced: one kept a reaction while the other stored its
+    // message (neither saw the other's row). The hourly sweep applies it.
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let scope = switchboard::db::TenantScope::system(tenant);
+    let mut conn = app.db.conn();
+    diesel::sql_query(format!(
+        "INSERT INTO tenant_acme.early_changes (channel_id, external_id, kind, contact, at, value) \
+         SELECT channel_id, external_id, 'reaction', '{PSID}', now(), '😮' FROM tenant_acme.messages WHERE external_id = 'm_photo'"
+    ))
+    .execute(&mut conn)
+    .expect("a kept reaction");
+    let updates = "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'";
+    let updates_before = app.count(updates);
+    let swept = switchboard::db::with_tenant(&mut pooled, &scope, |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        let n = switchboard::inbox::early::sweep(tc, &mut log)?;
+        log.notify(tc)?;
+        Ok::<_, switchboard::AppError>(n)
+    })
+    .expect("sweep");
+    assert_eq!(swept, 1);
+    assert_eq!(app.count(updates), updates_before + 1);
+    let photo =
+        messages(&app, &ctx.admin, &conv_of("facebook")).await.into_iter().find(|m| m["external_id"] == "m_photo");
+    assert_eq!(photo.expect("photo")["reactions"], json!({PSID: "😮"}));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
+
     // A reaction to a message that never comes (sent before the channel was
     // connected) waits seven days, and so does a receipt.
     app.webhook(&fb(t0, json!({"reaction": {"mid": "m_before_us", "action": "react", "emoji": "👍"}}))).await;
@@ -1311,16 +1339,9 @@ async fn changes_that_come_before_their_message_wait_for_it() {
     app.processed().await;
     let waiting = "SELECT (SELECT count(*) FROM tenant_acme.early_changes) + (SELECT count(*) FROM tenant_acme.early_statuses) AS n";
     assert_eq!(app.count(waiting), 2);
-    let mut pooled = app.pool.get().expect("conn");
-    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
-    let prune = |pooled: &mut _| {
-        switchboard::db::with_tenant(pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
-            switchboard::inbox::early::prune(tc)
-        })
-        .expect("prune")
-    };
+    let prune =
+        |pooled: &mut _| switchboard::db::with_tenant(pooled, &scope, switchboard::inbox::early::prune).expect("prune");
     assert_eq!(prune(&mut pooled), 0);
-    let mut conn = app.db.conn();
     diesel::connection::SimpleConnection::batch_execute(
         &mut conn,
         "UPDATE tenant_acme.early_changes SET created_at = now() - interval '8 days'; \
