@@ -616,6 +616,46 @@ pub fn mark_reauth_required(tc: &mut TenantConn<'_>, id: ChannelId, reason: &str
 /// checked against (for a duplicate, or a newer notice already applied).
 pub const NOTICE_WINDOW: i64 = 500;
 
+/// What a notice from Meta about a channel is, against those recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Recorded already (Meta's retry or duplicate): nothing to do.
+    Duplicate,
+    /// Older than a recorded notice of its kind (a retry delivered late):
+    /// recorded for the admins, but it changes nothing.
+    Late,
+    /// Recorded; it is the newest of its kind: apply it.
+    Fresh,
+}
+
+/// Records Meta's notice as `action` in the channel's audit log, with its
+/// time `at` (in `details`), once. Among the notices `ordered` picks (those
+/// that change the channel and undo each other, like a block and an
+/// unblock), one older than a recorded one is [`Notice::Late`].
+pub fn record_notice(
+    tc: &mut TenantConn<'_>,
+    id: ChannelId,
+    action: &str,
+    mut details: serde_json::Value,
+    at: chrono::DateTime<chrono::Utc>,
+    ordered: impl Fn(&serde_json::Value) -> bool,
+) -> AppResult<Notice> {
+    details["at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let target = id.to_string();
+    let recent = audit::recent(tc, action, &target, NOTICE_WINDOW)?;
+    if recent.contains(&details) {
+        return Ok(Notice::Duplicate);
+    }
+    let late = ordered(&details)
+        && recent
+            .iter()
+            .filter(|d| ordered(d))
+            .filter_map(|d| d["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
+            .any(|newer| newer > at);
+    audit::record(tc, None, action, "channel", Some(target), details)?;
+    Ok(if late { Notice::Late } else { Notice::Fresh })
+}
+
 /// Why Meta, not a token, holds a channel back; only Meta lifts these (or a
 /// new connect), never the channel check, since the token still works.
 pub const HELD_BY_META: [&str; 2] = [whatsapp_account::ACCOUNT_DISABLED, policy::POLICY_BLOCK];

@@ -18,10 +18,10 @@
 //!   the channel changes nothing: a late `block` does not undo a newer
 //!   `unblock`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{ChannelRow, ChannelStatus};
+use super::{ChannelRow, ChannelStatus, Notice};
 use crate::audit;
 use crate::db::TenantConn;
 use crate::error::AppResult;
@@ -45,26 +45,16 @@ pub fn apply(
         return Ok(());
     }
     let id = channel.channel_id();
-    let target = channel.id.to_string();
-    let details = json!({"action": action, "reason": reason, "at": at.to_rfc3339_opts(SecondsFormat::Millis, true)});
-    let recent = audit::recent(tc, ACTION, &target, super::NOTICE_WINDOW)?;
-    if recent.contains(&details) {
-        return Ok(());
-    }
-    let superseded = recent
-        .iter()
-        .filter(|d| matches!(d["action"].as_str(), Some("block" | "unblock")))
-        .filter_map(|d| d["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
-        .any(|newest| newest > at);
-    audit::record(tc, None, ACTION, "channel", Some(target.clone()), details)?;
-    if superseded {
+    let details = json!({"action": action, "reason": reason});
+    let undoing = |d: &serde_json::Value| matches!(d["action"].as_str(), Some("block" | "unblock"));
+    if super::record_notice(tc, id, ACTION, details, at, undoing)? != Notice::Fresh {
         return Ok(());
     }
     match action {
         "block" => super::mark_held(tc, id, POLICY_BLOCK),
         "unblock" => {
             if super::restore_connected(tc, id, Some(POLICY_BLOCK))? {
-                audit::record(tc, None, "channel.reinstated", "channel", Some(target), json!({}))?;
+                audit::record(tc, None, "channel.reinstated", "channel", Some(id.to_string()), json!({}))?;
             }
             Ok(())
         }

@@ -15,14 +15,18 @@
 //! - Everything else (restrictions, violations, pricing tiers, partner added,
 //!   `SCHEDULE_FOR_DISABLE`…) changes nothing but is written to the audit log
 //!   for the admins, once: a retried or duplicated webhook finds its entry
-//!   among the channel's recent ones and adds none.
+//!   among the channel's recent ones and adds none. Bans and reinstatements
+//!   are written there too, and one older than one recorded (a retry
+//!   delivered late) changes nothing: a late ban does not undo a newer
+//!   reinstatement.
 //!
 //! Every number of the account gets the event (the processor routes it by
 //! the account); a channel that is already disconnected is left alone.
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{ChannelRow, ChannelStatus};
+use super::{ChannelRow, ChannelStatus, Notice};
 use crate::audit;
 use crate::db::TenantConn;
 use crate::error::AppResult;
@@ -37,6 +41,7 @@ pub fn apply(
     app_id: &str,
     event: &str,
     detail: &Value,
+    at: DateTime<Utc>,
 ) -> AppResult<()> {
     // Read again, and locked: an earlier item of the same batch (a
     // duplicate) may have changed it since the processor loaded it, and a
@@ -60,9 +65,18 @@ pub fn apply(
             super::mark_disconnected(tc, None, id, "whatsapp_app_uninstalled")
         }
         ("ACCOUNT_DELETED", _) => super::mark_disconnected(tc, None, id, "whatsapp_account_deleted"),
-        ("DISABLED_UPDATE", Some("DISABLE")) => super::mark_held(tc, id, ACCOUNT_DISABLED),
-        ("DISABLED_UPDATE", Some("REINSTATE")) => reinstate(tc, channel),
-        _ => note_once(tc, channel, event, detail),
+        ("DISABLED_UPDATE", Some(state @ ("DISABLE" | "REINSTATE"))) => {
+            // A ban and a reinstatement undo each other: the newest wins.
+            let bans = |d: &Value| d["event"] == "DISABLED_UPDATE";
+            if note(tc, channel, event, detail, at, bans)? != Notice::Fresh {
+                return Ok(());
+            }
+            match state {
+                "DISABLE" => super::mark_held(tc, id, ACCOUNT_DISABLED),
+                _ => reinstate(tc, channel),
+            }
+        }
+        _ => note(tc, channel, event, detail, at, |_| false).map(|_| ()),
     }
 }
 
@@ -74,13 +88,15 @@ fn reinstate(tc: &mut TenantConn<'_>, channel: &ChannelRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Records an event that changes nothing, unless it already was.
-fn note_once(tc: &mut TenantConn<'_>, channel: &ChannelRow, event: &str, detail: &Value) -> AppResult<()> {
-    const ACTION: &str = "channel.whatsapp_account_update";
+/// Records the event for the admins, once ([`super::record_notice`]).
+fn note(
+    tc: &mut TenantConn<'_>,
+    channel: &ChannelRow,
+    event: &str,
+    detail: &Value,
+    at: DateTime<Utc>,
+    ordered: impl Fn(&Value) -> bool,
+) -> AppResult<Notice> {
     let details = json!({"event": event, "business_account": channel.parent_external_id, "detail": detail});
-    let target = channel.id.to_string();
-    if !audit::recent(tc, ACTION, &target, super::NOTICE_WINDOW)?.contains(&details) {
-        audit::record(tc, None, ACTION, "channel", Some(target), details)?;
-    }
-    Ok(())
+    super::record_notice(tc, channel.channel_id(), "channel.whatsapp_account_update", details, at, ordered)
 }

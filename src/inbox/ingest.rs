@@ -692,8 +692,8 @@ impl Ingest<'_> {
             Item::NumberChanged { contact, new_contact, timestamp } => {
                 self.renumber(tc, channel.id, contact, new_contact, *timestamp)
             }
-            Item::AccountUpdate { event, detail, .. } => {
-                crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail)
+            Item::AccountUpdate { event, detail, timestamp } => {
+                crate::channels::whatsapp_account::apply(tc, channel, &self.app_id, event, detail, *timestamp)
             }
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)

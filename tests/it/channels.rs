@@ -494,7 +494,12 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
 
 /// An `account_update` webhook about business account `waba`.
 fn account_update(entry_id: &str, value: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": entry_id, "time": 1773140000,
+    account_update_at(entry_id, value, 1773140000)
+}
+
+/// As [`account_update`], sent by Meta at `time` (seconds).
+fn account_update_at(entry_id: &str, value: Value, time: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": entry_id, "time": time,
         "changes": [{"field": "account_update", "value": value}]}]}))
     .expect("body")
 }
@@ -580,7 +585,11 @@ async fn whatsapp_account_updates_reach_every_number_of_the_account() {
         app.call("POST", &format!("/api/channels/{}/check", number_id.as_str().expect("id")), Some(&admin), None).await;
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("reauth_required")), "{:?}", r.body);
     // Reinstated: connected again.
-    assert_eq!(app.webhook(&account_update(WABA, ban("REINSTATE"))).await, 200);
+    assert_eq!(app.webhook(&account_update_at(WABA, ban("REINSTATE"), 1773140600)).await, 200);
+    app.processed().await;
+    assert_eq!(state(admin.clone()).await, wa("connected", None));
+    // A ban from before the reinstatement, retried late: noted, not applied.
+    assert_eq!(app.webhook(&account_update_at(WABA, ban("DISABLE"), 1773140300)).await, 200);
     app.processed().await;
     assert_eq!(state(admin.clone()).await, wa("connected", None));
 
