@@ -544,6 +544,13 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     assert!(first["seq"].as_i64() > Some(1), "the page's own first event is not replayed: {first}");
 }
 
+/// Runs the webhook processor once, as a worker would (for an app without
+/// workers, whose order of processing the test chooses).
+fn process_now(app: &TestApp) {
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    assert_eq!(report.dead, 0);
+}
+
 /// A reply's delivery, naming its id, comes before the echo that tells us
 /// that id (the send's answer is slow): the echo, matched by our metadata,
 /// takes the receipt.
@@ -551,10 +558,6 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
 async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let process = || {
-        let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
-        assert_eq!(report.dead, 0);
-    };
     let ms = chrono::Utc::now().timestamp_millis();
     let event = |e: Value| {
         serde_json::to_vec(&json!({"object": "page", "entry": [{"id": PAGE_A, "time": ms, "messaging": [e]}]}))
@@ -563,7 +566,7 @@ async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
     let question = event(json!({"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": ms - 1_000,
         "message": {"mid": "m_question", "text": "Têm o M?"}}));
     assert_eq!(app.webhook(&question).await, 200);
-    process();
+    process_now(&app);
     let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
     let (status, msg) = reply(&app, &ctx.admin, &conv, "Temos!", "c-1").await;
     assert_eq!(status, 202, "{msg}");
@@ -571,11 +574,11 @@ async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
     let delivery = event(json!({"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": ms + 300,
         "delivery": {"mids": ["m_answer"], "watermark": ms - 60_000}}));
     assert_eq!(app.webhook(&delivery).await, 200);
-    process();
+    process_now(&app);
     let echo = event(json!({"sender": {"id": PAGE_A}, "recipient": {"id": PSID}, "timestamp": ms,
         "message": {"mid": "m_answer", "is_echo": true, "app_id": 1234567890123456_i64, "metadata": format!("sb:{id}"), "text": "Temos!"}}));
     assert_eq!(app.webhook(&echo).await, 200);
-    process();
+    process_now(&app);
     let mine = messages(&app, &ctx.admin, &conv).await.into_iter().find(|m| m["id"] == id.as_str()).expect("reply");
     assert_eq!(
         (mine["external_id"].as_str(), mine["status"].as_str()),
@@ -594,10 +597,6 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
     const IGSID: &str = "6841100000123456";
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let process = || {
-        let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
-        assert_eq!(report.dead, 0);
-    };
     let ms = chrono::Utc::now().timestamp_millis();
     let event = |from: &str, to: &str, at: i64, message: Value| {
         serde_json::to_vec(&json!({"object": "instagram", "entry": [{"id": IG_A, "time": at, "messaging": [
@@ -605,7 +604,7 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
         .expect("body")
     };
     assert_eq!(app.webhook(&event(IGSID, IG_A, ms - 1_000, json!({"mid": "ig_q", "text": "Ainda há?"}))).await, 200);
-    process();
+    process_now(&app);
     let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
     let (status, msg) = reply(&app, &ctx.admin, &conv, "Há sim!", "c-1").await;
     assert_eq!(status, 202, "{msg}");
@@ -629,7 +628,7 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
          "reaction": {"mid": "ig_answer", "action": "react", "reaction": "love", "emoji": "❤️"}}]}]}))
         .expect("body");
     assert_eq!(app.webhook(&react).await, 200);
-    process();
+    process_now(&app);
     let ghost: i64 = app.count("SELECT id AS n FROM tenant_acme.messages WHERE external_id = 'ig_answer'");
     assert_ne!(ghost, id);
     // The send's answer.
