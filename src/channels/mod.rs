@@ -628,8 +628,8 @@ pub enum Notice {
     Fresh,
 }
 
-/// Records Meta's notice as `action` in the channel's audit log, with its
-/// time `at` (in `details`), once. Among the notices `ordered` picks (those
+/// Records Meta's notice (`details`, an object) as `action` in the channel's
+/// audit log, with its time `at` added, once. Among the notices `ordered` picks (those
 /// that change the channel and undo each other, like a block and an
 /// unblock), one older than a recorded one is [`Notice::Late`].
 pub fn record_notice(
@@ -640,7 +640,9 @@ pub fn record_notice(
     at: chrono::DateTime<chrono::Utc>,
     ordered: impl Fn(&serde_json::Value) -> bool,
 ) -> AppResult<Notice> {
-    details["at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    if let Some(fields) = details.as_object_mut() {
+        fields.insert("at".into(), json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    }
     let target = id.to_string();
     let recent = audit::recent(tc, action, &target, NOTICE_WINDOW)?;
     if recent.contains(&details) {
