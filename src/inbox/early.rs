@@ -4,8 +4,8 @@
 //! Decisions:
 //! - Changes go by Meta's timestamps, not by arrival: an edit older than the
 //!   one shown changes nothing, nor does a contact's reaction older than
-//!   their reaction shown (`reacted_at`; at the same time, the later
-//!   arrival wins: WhatsApp's times are to the second); an unsent message
+//!   their reaction shown (`reacted_at`); at the same time, the later
+//!   arrival wins (WhatsApp's times are to the second); an unsent message
 //!   stays unsent (no edit brings its text back) and loses its attachments
 //!   too; and a change that changes nothing (Meta's duplicate) logs nothing.
 //! - After a failure Meta retries in no particular order, so a change can
@@ -85,7 +85,10 @@ impl Change {
                 true
             }
             Change::Edit { text } => {
-                if row.deleted_at.is_some() || row.edited_at.is_some_and(|shown| shown >= at) {
+                // Same time: arrival decides, as for reactions; the same
+                // edit again is a duplicate.
+                let duplicate = row.edited_at == Some(at) && row.text == *text;
+                if row.deleted_at.is_some() || row.edited_at.is_some_and(|shown| shown > at) || duplicate {
                     return false;
                 }
                 row.text = text.clone();
@@ -387,6 +390,8 @@ mod tests {
         assert!(!edit("first").apply_to(&mut r, at(10)), "an older edit, delivered late");
         assert!(!edit("second").apply_to(&mut r, at(20)), "a duplicate");
         assert_eq!((r.text.as_deref(), r.edited_at), (Some("second"), Some(at(20))));
+        assert!(edit("second, again").apply_to(&mut r, at(20)), "another at the same time: it came later");
+        assert!(edit("second").apply_to(&mut r, at(21)));
         assert!(Change::Unsend.apply_to(&mut r, at(30)));
         assert!(!Change::Unsend.apply_to(&mut r, at(30)));
         assert!(!edit("third").apply_to(&mut r, at(40)), "no edit brings an unsent text back");
