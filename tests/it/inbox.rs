@@ -1349,6 +1349,18 @@ async fn changes_that_come_before_their_message_wait_for_it() {
     .expect("time passes");
     assert_eq!(prune(&mut pooled), 2);
     assert_eq!(app.count(waiting), 0);
+
+    // Meta's own shapes: the fixtures' unsend (a minute later) of the
+    // fixtures' text, delivered first.
+    for name in ["instagram_deleted.json", "instagram_text.json"] {
+        assert_eq!(app.webhook(&fixture(name)).await, 200);
+        app.processed().await;
+    }
+    let text: Value = serde_json::from_slice(&fixture("instagram_text.json")).expect("json");
+    let mid = text["entry"][0]["messaging"][0]["message"]["mid"].as_str().expect("mid");
+    let unsent = messages(&app, &ctx.admin, &conv_of("instagram")).await.into_iter().find(|m| m["external_id"] == mid);
+    let unsent = unsent.expect("the fixture's message");
+    assert!(unsent["text"].is_null() && unsent["deleted_at"].is_string(), "{unsent}");
 }
 
 /// More than a full batch waiting (a burst, a restart): the processor and
