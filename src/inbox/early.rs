@@ -11,7 +11,7 @@
 //! - After a failure Meta retries in no particular order, so a change can
 //!   come before its message. It is kept (`early_changes`) and applied when
 //!   the message is stored, which is then created as it is now: an unsent
-//!   message never shows its text, not even in a notification.
+//!   message never shows its text, and raises no notification.
 //! - Receipts that come before their outgoing message's id is known (a
 //!   status webhook beating the send's answer, a read beating the echo of a
 //!   reply sent elsewhere) are kept the same way (`early_statuses`) and move

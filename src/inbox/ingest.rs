@@ -770,14 +770,15 @@ impl Ingest<'_> {
         self.conversations.insert(contact.id, conv.clone());
         self.log_message(tc, &conv, &row, contact.id, created)?;
         let settings = channel.settings();
-        if settings.notifications {
+        // Unsent before it came (`early`): nothing to show, no one to ping.
+        if settings.notifications && row.deleted_at.is_none() {
             let n = if created || reopened { "new_conversation" } else { "new_message" };
             self.log.append(
                 tc,
                 "notification",
                 Some(channel.id),
                 Some(conv.id),
-                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(row.text.as_deref(), if row.deleted_at.is_some() { &[] } else { msg.attachments })}),
+                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
         }
         if (created || reopened) && settings.auto_reply.enabled && !settings.auto_reply.text.trim().is_empty() {

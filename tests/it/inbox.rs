@@ -1215,6 +1215,13 @@ async fn changes_that_come_before_their_message_wait_for_it() {
     let unsent = messages(&app, &ctx.admin, &conv_of("instagram")).await;
     assert_eq!(unsent.len(), 1);
     assert!(unsent[0]["text"].is_null() && unsent[0]["deleted_at"].is_string(), "{:?}", unsent[0]);
+    // Nobody is pinged for a message that was unsent before it came.
+    let pings = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND conversation_id = {}",
+        conv_of("instagram")
+    );
+    assert_eq!(app.count(&pings), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'"), 1);
     let edited = messages(&app, &ctx.admin, &conv_of("facebook")).await;
     assert_eq!(edited.len(), 1);
     assert_eq!(edited[0]["text"], "Olá, têm o tamanho M?", "{:?}", edited[0]);
