@@ -459,6 +459,39 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         .await;
     assert_eq!(status, 400);
     assert_shape("messenger_error_outside_window.json", &outside);
+
+    // Magic recipients (meta/CONTRACTS.md §11), answered as Meta's fixtures.
+    use switchboard::meta::fake::{RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
+    for (psid, name) in [
+        (UNAVAILABLE_PSID, "messenger_error_551_unavailable.json"),
+        (RATE_LIMITED_PSID, "graph_error_613_rate_limit.json"),
+    ] {
+        let (status, error) = f
+            .send(
+                "POST",
+                &format!("/v24.0/109876543210987/messages?{}", q(&[("access_token", other_page)])),
+                Some(&json!({"recipient": {"id": psid}, "messaging_type": "RESPONSE", "message": {"text": "olá"}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{error}");
+        assert_shape(name, &error);
+    }
+    for (to, name, expected) in [
+        (RATE_LIMITED_WA, "whatsapp_error_130429.json", 429),
+        (UNDELIVERABLE_WA, "whatsapp_error_131026_sync.json", 400),
+    ] {
+        let body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "text",
+            "text": {"preview_url": false, "body": "olá"}});
+        let (status, error) = f
+            .send(
+                "POST",
+                &format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)])),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, expected, "{error}");
+        assert_shape(name, &error);
+    }
 }
 
 #[test]

@@ -16,6 +16,15 @@ use serde_json::{json, Value};
 use super::{graph_error, random_alnum, FakeMeta, Owner, State};
 use crate::meta::webhook::{meta_json, sign, sign_sha1};
 
+/// A Messenger/Instagram recipient Meta says is not available (551/1545041).
+pub const UNAVAILABLE_PSID: &str = "5510000000001545";
+/// A Messenger/Instagram recipient whose sends hit the page's rate limit (613).
+pub const RATE_LIMITED_PSID: &str = "6130000000000613";
+/// A WhatsApp number whose sends hit the throughput limit (130429, HTTP 429).
+pub const RATE_LIMITED_WA: &str = "15550130429";
+/// A WhatsApp number that cannot receive messages (131026, answered at once).
+pub const UNDELIVERABLE_WA: &str = "15550131026";
+
 /// Who a message goes through.
 #[derive(Clone, Debug)]
 pub(super) enum Account {
@@ -115,6 +124,11 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
     let Some(message) = body.get("message") else {
         return graph_error(100, None, "(#100) The parameter message is required");
     };
+    match recipient.as_str() {
+        UNAVAILABLE_PSID => return graph_error(551, Some(1545041), "(#551) This person isn't available right now."),
+        RATE_LIMITED_PSID => return graph_error(613, None, "(#613) Calls to this api have exceeded the rate limit."),
+        _ => {}
+    }
     let text = message.get("text").and_then(Value::as_str).unwrap_or("");
     if text.chars().count() > 2000 {
         return graph_error(100, None, "(#100) Length of param message[text] must be less than or equal to 2000");
@@ -190,8 +204,27 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     if text.chars().count() > 4096 {
         return wa_error(100, "(#100) text.body must be at most 4096 characters");
     }
-    let id = wamid();
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
+    match wa_id.as_str() {
+        RATE_LIMITED_WA => {
+            return wa_error_as(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                130429,
+                "(#130429) Rate limit hit",
+                "Message failed to send because there were too many messages sent from this phone number in a short period of time",
+            )
+        }
+        UNDELIVERABLE_WA => {
+            return wa_error_as(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                131026,
+                "(#131026) Message Undeliverable",
+                "Receiver is incapable of receiving this message",
+            )
+        }
+        _ => {}
+    }
+    let id = wamid();
     let outside =
         st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
     let (waba, metadata) = st.number_metadata(phone);
@@ -227,8 +260,14 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
 }
 
 fn wa_error(code: i64, message: &str) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({"error": {"message": message, "type": "OAuthException", "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": message}, "fbtrace_id": format!("Fake{}", random_alnum(12))}}))
+    wa_error_as(actix_web::http::StatusCode::BAD_REQUEST, code, message, message)
+}
+
+/// A WhatsApp error with the HTTP status its docs give (429 for a rate
+/// limit) and `error_data.details`.
+fn wa_error_as(status: actix_web::http::StatusCode, code: i64, message: &str, details: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"message": message, "type": "OAuthException", "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details}, "fbtrace_id": format!("Fake{}", random_alnum(12))}}))
 }
 
 /// `GET /{psid|igsid}?fields=…`: a profile the fake knows (from

@@ -21,6 +21,11 @@
 //! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?}`:
 //!   the next `times` calls whose path contains `path` fail that way (or,
 //!   without `error`, only answer `delay_ms` late).
+//! - Magic recipients (meta/CONTRACTS.md §11): Messenger/Instagram sends to
+//!   `5510000000001545` fail with 551/1545041 (not available) and to
+//!   `6130000000000613` with 613 (rate limit); WhatsApp sends to
+//!   `15550130429` fail with 130429 (HTTP 429) and to `15550131026` with
+//!   131026 (undeliverable), as Meta's fixtures show them.
 //! - `POST /_fake/webhook-target` `{url, disable_after?}`: where the fake
 //!   sends webhooks (`switchboard fake-meta --webhook-url` sets it at
 //!   start). With `disable_after: N`, N failed deliveries in a row to a page
@@ -49,6 +54,8 @@
 //!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
 
 mod messaging;
+
+pub use messaging::{RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
 
 use actix_web::dev::Server;
 use actix_web::http::header;
