@@ -706,6 +706,45 @@ async fn message_status(app: &TestApp, t: &str, conv: &str, id: &str) -> Value {
     messages(app, t, conv).await.into_iter().find(|m| m["id"] == id).unwrap_or(Value::Null)
 }
 
+/// Meta refuses some sends: a person not available (Messenger 551, WhatsApp
+/// 131026) fails the reply with Meta's reason at once; a rate limit
+/// (WhatsApp 130429) keeps it pending and tries again later.
+#[actix_web::test]
+async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
+    use switchboard::meta::fake::{RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    for (to, from) in [(PAGE_A, UNAVAILABLE_PSID), (PHONE, UNDELIVERABLE_WA), (PHONE, RATE_LIMITED_WA)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Olá?"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let mut sent = Vec::new();
+    for contact in [UNAVAILABLE_PSID, UNDELIVERABLE_WA, RATE_LIMITED_WA] {
+        let conv = by_contact(&convs, contact)["id"].as_str().expect("id").to_string();
+        let (status, msg) = reply(&app, &ctx.admin, &conv, "Bom dia!", "c-1").await;
+        assert_eq!(status, 202, "{msg}");
+        sent.push((conv, msg["id"].as_str().expect("id").to_string()));
+    }
+    for (conv, id) in &sent[..2] {
+        eventually("the refused reply failed", || async {
+            message_status(&app, &ctx.admin, conv, id).await["status"] == "failed"
+        })
+        .await;
+        let failed = message_status(&app, &ctx.admin, conv, id).await;
+        assert_eq!(failed["error"]["code"], "recipient_unavailable", "{failed}");
+    }
+    let (conv, id) = &sent[2];
+    eventually("the rate-limited reply was tried and put back", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {id} AND attempts >= 1 \
+               AND status <> 'done' AND next_attempt_at > now()"
+        )) == 1
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
+}
+
 #[actix_web::test]
 async fn replies_go_out_once_and_receipts_move_forward() {
     let app = spawn_app().await;
