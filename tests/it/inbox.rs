@@ -745,6 +745,42 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
 }
 
+/// The fake delivers what follows a send as Meta does after failures: in
+/// one body, in random order, twice. Each reply still ends read, once.
+#[actix_web::test]
+async fn receipts_batched_shuffled_and_doubled_still_end_read() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let habits = json!({"url": app.url("/webhooks/meta"), "batch": true, "shuffle": true, "duplicates": true});
+    app.fake("POST", "/_fake/webhook-target", habits).await;
+    for (to, from) in [(PAGE_A, PSID), (PHONE, WA_ID)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Olá?"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let stored_before = app.count("SELECT count(*) AS n FROM public.webhook_events");
+    for (i, contact) in [PSID, WA_ID].into_iter().enumerate() {
+        let conv = by_contact(&convs, contact)["id"].as_str().expect("id").to_string();
+        let (status, msg) = reply(&app, &ctx.admin, &conv, "Bom dia!", &format!("c-{i}")).await;
+        assert_eq!(status, 202, "{msg}");
+        let id = msg["id"].as_str().expect("id").to_string();
+        eventually("the reply read", || async {
+            message_status(&app, &ctx.admin, &conv, &id).await["status"] == "read"
+        })
+        .await;
+        let out = messages(&app, &ctx.admin, &conv).await.into_iter().filter(|m| m["direction"] == "out").count();
+        assert_eq!(out, 1);
+    }
+    // Each send's webhooks came as one body, twice.
+    app.processed().await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events") - stored_before, 4);
+    let bodies = app.count(
+        "SELECT count(DISTINCT body) AS n FROM public.webhook_events \
+          WHERE id > (SELECT max(id) - 4 FROM public.webhook_events)",
+    );
+    assert_eq!(bodies, 2);
+}
+
 #[actix_web::test]
 async fn replies_go_out_once_and_receipts_move_forward() {
     let app = spawn_app().await;

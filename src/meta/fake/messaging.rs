@@ -403,6 +403,20 @@ pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpRespons
     HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
 }
 
+/// Webhooks of one object in one body, their entries in order (Meta
+/// batches up to 1,000 updates so).
+fn batched(events: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for ev in events {
+        let same = out.last().is_some_and(|last: &Value| last["object"] == ev["object"]);
+        match (same, out.last_mut().and_then(|l| l["entry"].as_array_mut()), ev["entry"].as_array()) {
+            (true, Some(entries), Some(more)) => entries.extend(more.iter().cloned()),
+            _ => out.push(ev),
+        }
+    }
+    out
+}
+
 /// `POST /_fake/policy-enforcement` `{page_id, action, reason?}`: Meta
 /// enforces its Messenger policies on a page and sends
 /// `policy_enforcement`, which names the page as recipient and has no
@@ -491,27 +505,38 @@ impl FakeMeta {
         (body, sha256, sha1)
     }
 
-    /// Sends webhooks to `url` in the background, in order, retrying a few
-    /// times on failure like Meta does.
-    pub(super) fn emit_to(&self, url: Option<String>, events: Vec<Value>) {
+    /// Sends webhooks to `url` in the background, in order (or as the
+    /// `webhook-target`'s delivery habits say), retrying a few times on
+    /// failure like Meta does.
+    pub(super) fn emit_to(&self, url: Option<String>, mut events: Vec<Value>) {
         let Some(url) = url else { return };
         let fake = self.clone();
         tokio::spawn(async move {
-            for ev in events {
+            // Read here, not before: the caller holds the state's lock.
+            let habits = fake.lock().delivery;
+            if habits.shuffle {
+                use rand::seq::SliceRandom;
+                events.shuffle(&mut rand::thread_rng());
+            }
+            if habits.batch {
+                events = batched(events);
+            }
+            let copies = if habits.duplicates { 2 } else { 1 };
+            for ev in events.iter().flat_map(|ev| std::iter::repeat_n(ev, copies)) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                if !fake.sending_to(&ev) {
+                if !fake.sending_to(ev) {
                     continue;
                 }
                 let mut delivered = false;
                 for attempt in 0..4u32 {
-                    if fake.post(&url, &ev).await == Some(200) {
+                    if fake.post(&url, ev).await == Some(200) {
                         delivered = true;
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
                 }
                 // One delivery, however many attempts it took.
-                fake.noted(&ev, delivered);
+                fake.noted(ev, delivered);
             }
         });
     }

@@ -26,12 +26,16 @@
 //!   `6130000000000613` with 613 (rate limit); WhatsApp sends to
 //!   `15550130429` fail with 130429 (HTTP 429) and to `15550131026` with
 //!   131026 (undeliverable), as Meta's fixtures show them.
-//! - `POST /_fake/webhook-target` `{url, disable_after?}`: where the fake
-//!   sends webhooks (`switchboard fake-meta --webhook-url` sets it at
-//!   start). With `disable_after: N`, N failed deliveries in a row to a page
-//!   or WhatsApp business account remove its subscription, as Meta does
-//!   after an hour of failures, and its webhooks stop until the app
-//!   subscribes it again (the watchdog's job).
+//! - `POST /_fake/webhook-target` `{url, disable_after?, batch?, shuffle?, duplicates?}`:
+//!   where the fake sends webhooks (`switchboard fake-meta --webhook-url`
+//!   sets it at start). With `disable_after: N`, N failed deliveries in a
+//!   row to a page or WhatsApp business account remove its subscription,
+//!   as Meta does after an hour of failures, and its webhooks stop until
+//!   the app subscribes it again (the watchdog's job). The webhooks that
+//!   follow a send (echo, delivery, read; a WhatsApp reply's statuses) go
+//!   in one body with `batch`, in random order with `shuffle`, and each
+//!   twice with `duplicates`, as Meta delivers them after failures
+//!   (meta/CONTRACTS.md §3.4).
 //! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
 //!   writes to a page, Instagram account or number; the fake sends the
 //!   signed webhook now and remembers the contact (window, profile).
@@ -145,6 +149,16 @@ struct Injection {
     delay_ms: u64,
 }
 
+/// Meta's delivery habits, on demand: the webhooks that follow a send (an
+/// echo, its delivery and read; a WhatsApp reply's statuses) in one body,
+/// in random order, or each twice.
+#[derive(Default, Clone, Copy)]
+struct Delivery {
+    batch: bool,
+    shuffle: bool,
+    duplicates: bool,
+}
+
 #[derive(Default)]
 struct State {
     next_id: u64,
@@ -160,6 +174,9 @@ struct State {
     log: Vec<Value>,
     /// Where webhooks go (`POST /_fake/webhook-target`).
     webhook_target: Option<String>,
+    /// How the webhooks that follow a send are delivered (the same call's
+    /// `batch`, `shuffle`, `duplicates`).
+    delivery: Delivery,
     /// After this many failed deliveries in a row to one page or business
     /// account, its subscription is removed, as Meta does after an hour of
     /// failures (`POST /_fake/webhook-target` `disable_after`).
@@ -781,6 +798,9 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             fake.set_disable_after(
                 body.get("disable_after").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32),
             );
+            let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+            fake.lock().delivery =
+                Delivery { batch: flag("batch"), shuffle: flag("shuffle"), duplicates: flag("duplicates") };
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => messaging::inbound(&fake, &body).await,
