@@ -150,11 +150,20 @@ pub struct TokenDebug {
 }
 
 /// Webhook fields a Page is subscribed to when connected: those of Meta's
-/// example, plus `message_edits` (a customer's edit updates the message)
-/// and `messaging_policy_enforcement` (a page Meta blocks cannot reply).
-/// The app's Page webhook subscription must list them too.
+/// example ([`PAGE_FIELDS_NEEDED`]), plus `message_edits` (a customer's edit
+/// updates the message) and `messaging_policy_enforcement` (a page Meta
+/// blocks cannot reply). The app's Page webhook subscription must list them
+/// too.
 pub const PAGE_FIELDS: &str = "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,\
                                message_reactions,message_edits,standby,messaging_handovers,messaging_policy_enforcement";
+
+/// The fields of Meta's example (meta/CONTRACTS.md §7.3): a page whose
+/// subscription lacks one is subscribed again by the channel check. The
+/// two added later are not required there, so a page subscribed by an
+/// older release (or a Meta that lists the example's fields) is left as
+/// it is, and gets them at its next connect.
+pub const PAGE_FIELDS_NEEDED: &str =
+    "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,message_reactions,standby,messaging_handovers";
 
 #[derive(Clone)]
 pub struct GraphClient {
@@ -344,14 +353,13 @@ impl GraphClient {
     }
 
     /// Whether our app is subscribed to the page's webhooks, with every
-    /// field of [`PAGE_FIELDS`] where Meta lists them: a page subscribed by
-    /// an older release lacks the newer ones, and subscribing again
-    /// replaces its list.
+    /// field of [`PAGE_FIELDS_NEEDED`] where Meta lists them (subscribing
+    /// again replaces the list).
     pub async fn page_subscribed(&self, page_id: &str, page_token: &Secret<String>) -> Result<bool, GraphError> {
         let apps = self.subscribed_apps(page_id, page_token).await?;
         Ok(apps.iter().filter(|a| a.get("id").and_then(Value::as_str) == Some(self.app_id.as_str())).any(|a| {
             match a.get("subscribed_fields").and_then(Value::as_array) {
-                Some(fields) => PAGE_FIELDS.split(',').all(|f| fields.iter().any(|g| g.as_str() == Some(f))),
+                Some(fields) => PAGE_FIELDS_NEEDED.split(',').all(|f| fields.iter().any(|g| g.as_str() == Some(f))),
                 None => true,
             }
         }))

@@ -749,8 +749,8 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
         1
     );
 
-    // A page subscribed by an older release, without the newer fields: the
-    // channel check subscribes it again with all of them.
+    // A page whose subscription lost some of the usual fields: the channel
+    // check subscribes it again, with all of ours.
     let old_fields = "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes";
     let r = app
         .client
@@ -767,4 +767,30 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
     let fields = subscribed_fields().await;
     assert!(fields.as_array().is_some_and(|f| f.contains(&json!("messaging_policy_enforcement"))), "{fields}");
+    // A page with Meta's example list (meta/CONTRACTS.md §7.3) is left as it is.
+    let example = switchboard::meta::graph::PAGE_FIELDS_NEEDED;
+    let r = app
+        .client
+        .post(format!(
+            "{}/v24.0/{PAGE_A}/subscribed_apps?subscribed_fields={example}&access_token={page_token}",
+            app.fake_base
+        ))
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(r.status().as_u16(), 200);
+    let subscribes = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|r| r["method"] == "POST" && r["path"] == format!("/{PAGE_A}/subscribed_apps"))
+            .count()
+    };
+    let before = subscribes().await;
+    assert!(before >= 3, "the connect's, the check's and ours: {before}");
+    let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    assert_eq!(subscribes().await, before);
 }
