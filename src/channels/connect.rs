@@ -192,6 +192,8 @@ async fn store(app: &AppState, auth: &AuthContext, new_channels: Vec<NewChannel>
             let mut out = Vec::new();
             for c in &new_channels {
                 let row = super::upsert_connected(tc, &keys, Some(actor), c)?;
+                // A page was subscribed before it was stored.
+                super::note_subscribed(tc, &row)?;
                 out.push(super::get_view(tc, row.channel_id())?);
             }
             Ok(out)
@@ -338,8 +340,18 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
         let result = match row.platform() {
             Platform::Facebook | Platform::Instagram => {
                 let page = row.parent_external_id.clone().unwrap_or_else(|| row.external_id.clone());
+                // Subscribed with fewer fields than this release asks for
+                // (by an older one): once more, with all of them.
+                let ours = row.subscribed_fields.as_deref() == Some(crate::meta::graph::PAGE_FIELDS);
                 match app.graph.page_subscribed(&page, &token).await {
-                    Ok(false) => app.graph.subscribe_page(&page, &token).await,
+                    Ok(subscribed) if !subscribed || !ours => {
+                        let r = app.graph.subscribe_page(&page, &token).await;
+                        if r.is_ok() {
+                            let row = row.clone();
+                            app.db.tenant(scope, move |tc| super::note_subscribed(tc, &row)).await?;
+                        }
+                        r
+                    }
                     other => other.map(|_| ()),
                 }
             }

@@ -129,6 +129,9 @@ pub struct ChannelRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_webhook_at: Option<DateTime<Utc>>,
+    /// The webhook fields we last subscribed the page with (Facebook and
+    /// Instagram); `None` before this was recorded.
+    pub subscribed_fields: Option<String>,
 }
 
 /// Associated data binding a sealed token to its channel.
@@ -233,6 +236,28 @@ pub fn find(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelRow> {
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("channel"))
+}
+
+/// Records that the page of this Facebook or Instagram channel was just
+/// subscribed with [`PAGE_FIELDS`](crate::meta::graph::PAGE_FIELDS) (its
+/// Page and Instagram channels share the subscription).
+pub fn note_subscribed(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
+    let page = match row.platform() {
+        Platform::Facebook => row.external_id.clone(),
+        Platform::Instagram => match &row.parent_external_id {
+            Some(page) => page.clone(),
+            None => return Ok(()),
+        },
+        Platform::Whatsapp => return Ok(()),
+    };
+    let of_page = channels::platform
+        .eq(Platform::Facebook.as_str())
+        .and(channels::external_id.eq(page.clone()))
+        .or(channels::platform.eq(Platform::Instagram.as_str()).and(channels::parent_external_id.eq(page)));
+    diesel::update(channels::table.filter(of_page))
+        .set(channels::subscribed_fields.eq(crate::meta::graph::PAGE_FIELDS))
+        .execute(tc.pg())?;
+    Ok(())
 }
 
 /// [`find`], locking the row until the transaction ends: for Meta's

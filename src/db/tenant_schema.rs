@@ -29,6 +29,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         last_webhook_at -> Nullable<Timestamptz>,
+        /// The webhook fields we last subscribed the page with.
+        subscribed_fields -> Nullable<Text>,
     }
 }
 

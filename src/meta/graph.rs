@@ -158,10 +158,11 @@ pub const PAGE_FIELDS: &str = "messages,messaging_postbacks,message_deliveries,m
                                message_reactions,message_edits,standby,messaging_handovers,messaging_policy_enforcement";
 
 /// The fields of Meta's example (meta/CONTRACTS.md §7.3): a page whose
-/// subscription lacks one is subscribed again by the channel check. The
-/// two added later are not required there, so a page subscribed by an
-/// older release (or a Meta that lists the example's fields) is left as
-/// it is, and gets them at its next connect.
+/// subscription, as Meta lists it, lacks one is subscribed again by the
+/// channel check. The two added later are not required of Meta's list (a
+/// Meta that lists the example's fields must not be re-subscribed at every
+/// check); a page we subscribed with fewer fields is found by what we
+/// recorded (`channels.subscribed_fields`) and subscribed again once.
 pub const PAGE_FIELDS_NEEDED: &str =
     "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes,message_reactions,standby,messaging_handovers";
 

@@ -790,7 +790,21 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
     };
     let before = subscribes().await;
     assert!(before >= 3, "the connect's, the check's and ours: {before}");
-    let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    let check = || async {
+        let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    };
+    check().await;
     assert_eq!(subscribes().await, before);
+    // A page an older release subscribed (it did not record the fields):
+    // subscribed again once, with our additions, then left alone.
+    app.count(
+        "WITH u AS (UPDATE tenant_acme.channels SET subscribed_fields = NULL RETURNING 1) SELECT count(*) AS n FROM u",
+    );
+    check().await;
+    assert_eq!(subscribes().await, before + 1);
+    let fields = subscribed_fields().await;
+    assert!(fields.as_array().is_some_and(|f| f.contains(&json!("messaging_policy_enforcement"))), "{fields}");
+    check().await;
+    assert_eq!(subscribes().await, before + 1);
 }
