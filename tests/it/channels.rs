@@ -751,34 +751,27 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
 
     // A page whose subscription lost some of the usual fields: the channel
     // check subscribes it again, with all of ours.
-    let old_fields = "messages,messaging_postbacks,message_deliveries,message_reads,message_echoes";
-    let r = app
-        .client
-        .post(format!(
-            "{}/v24.0/{PAGE_A}/subscribed_apps?subscribed_fields={old_fields}&access_token={page_token}",
-            app.fake_base
-        ))
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(r.status().as_u16(), 200);
+    let subscribe_at_meta = |fields: &'static str| {
+        let (app, token) = (&app, page_token.clone());
+        async move {
+            let url = format!(
+                "{}/v24.0/{PAGE_A}/subscribed_apps?subscribed_fields={fields}&access_token={token}",
+                app.fake_base
+            );
+            assert_eq!(app.client.post(url).send().await.expect("subscribe").status().as_u16(), 200);
+        }
+    };
+    let check = || async {
+        let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    };
+    subscribe_at_meta("messages,messaging_postbacks,message_deliveries,message_reads,message_echoes").await;
     assert!(!subscribed_fields().await.as_array().is_some_and(|f| f.contains(&json!("message_edits"))));
-    let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
+    check().await;
     let fields = subscribed_fields().await;
     assert!(fields.as_array().is_some_and(|f| f.contains(&json!("messaging_policy_enforcement"))), "{fields}");
     // A page with Meta's example list (meta/CONTRACTS.md §7.3) is left as it is.
-    let example = switchboard::meta::graph::PAGE_FIELDS_NEEDED;
-    let r = app
-        .client
-        .post(format!(
-            "{}/v24.0/{PAGE_A}/subscribed_apps?subscribed_fields={example}&access_token={page_token}",
-            app.fake_base
-        ))
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(r.status().as_u16(), 200);
+    subscribe_at_meta(switchboard::meta::graph::PAGE_FIELDS_NEEDED).await;
     let subscribes = || async {
         let log = app.fake("GET", "/_fake/requests", json!({})).await;
         log["items"]
@@ -790,10 +783,6 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
     };
     let before = subscribes().await;
     assert!(before >= 3, "the connect's, the check's and ours: {before}");
-    let check = || async {
-        let r = app.call("POST", &format!("/api/channels/{channel_id}/check"), Some(&admin), None).await;
-        assert_eq!((r.status, r.body["status"].as_str()), (200, Some("connected")), "{:?}", r.body);
-    };
     check().await;
     assert_eq!(subscribes().await, before);
     // A page an older release subscribed (it did not record the fields):
