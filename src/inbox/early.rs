@@ -298,16 +298,12 @@ pub fn take(tc: &mut TenantConn<'_>, rows: &mut [MessageRow]) -> AppResult<()> {
 /// the other's uncommitted row): this, run with the hourly pruning, is the
 /// net under that rare case, so nothing kept outlives its message for long.
 pub fn sweep(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
-    let mut rows: Vec<MessageRow> = diesel::sql_query(
-        "SELECT id, conversation_id, channel_id, direction, sender_kind, sender_user_id, text, attachments, status, \
-                error, external_id, client_id, reply_to_external_id, quick_reply_payload, postback_payload, reactions, \
-                reacted_at, edited_at, deleted_at, platform_timestamp, sort_at, created_at, updated_at \
-           FROM messages \
-          WHERE (channel_id, external_id) IN (SELECT channel_id, external_id FROM early_changes \
-                                              UNION SELECT channel_id, external_id FROM early_statuses) \
-          ORDER BY id FOR UPDATE",
-    )
-    .load(tc.pg())?;
+    let waited_for = diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "(channel_id, external_id) IN (SELECT channel_id, external_id FROM early_changes \
+                                       UNION SELECT channel_id, external_id FROM early_statuses)",
+    );
+    let mut rows: Vec<MessageRow> =
+        m::table.filter(waited_for).select(MessageRow::as_select()).order(m::id).for_update().load(tc.pg())?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -265,9 +265,19 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
 fn merged(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &MessageRow, ghosts: Vec<i64>) -> AppResult<()> {
     let (channel, conversation) = (Some(row.channel_id), Some(row.conversation_id));
     for ghost in &ghosts {
-        let data = json!({"id": ghost.to_string(), "conversation_id": row.conversation_id.to_string(),
-            "status": row.status, "error": null, "text": null, "reactions": {}, "external_id": row.external_id,
-            "edited_at": null, "deleted_at": Utc::now(), "merged_into": row.id.to_string()});
+        // The reply's update, as the row that went: gone, and into which.
+        let gone = MessageRow {
+            id: *ghost,
+            text: None,
+            reactions: json!({}),
+            edited_at: None,
+            deleted_at: Some(Utc::now()),
+            ..row.clone()
+        };
+        let mut data = serde_json::to_value(gone.update_view()).unwrap_or_else(|_| json!({}));
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("merged_into".into(), json!(row.id.to_string()));
+        }
         log.append(tc, "message.updated", channel, conversation, data)?;
     }
     let conv: Option<ConversationRow> = diesel::update(
