@@ -9,6 +9,8 @@ fn main() -> ExitCode {
     switchboard::db::tls_exit::keep_tls_state_through_exit();
     // A `.env` file is optional; the environment wins over it.
     let _ = dotenvy::dotenv();
+    // Before any thread: it may set an environment variable.
+    switchboard::db::tls_exit::skip_gss_unless_asked();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve => match ServerConfig::from_env() {

@@ -22,7 +22,8 @@
 //! - What waits for a message that never comes (one from before the
 //!   channel was connected) is dropped after [`KEEP_DAYS`]: Meta stops
 //!   retrying after seven. What waits for a message that came meanwhile
-//!   (two workers racing) is applied by the hourly [`sweep`].
+//!   (two workers racing) is applied by a [`sweep`] of its tenant a few
+//!   seconds after it was kept (`inbox::processor`), and by the hourly one.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -295,8 +296,9 @@ pub fn take(tc: &mut TenantConn<'_>, rows: &mut [MessageRow]) -> AppResult<()> {
 /// Applies what waits for messages that are stored after all, and logs
 /// `message.updated` for each that changed; how many. Two workers can race
 /// (one keeps an edit while the other stores its message, neither seeing
-/// the other's uncommitted row): this, run with the hourly pruning, is the
-/// net under that rare case, so nothing kept outlives its message for long.
+/// the other's uncommitted row): this, run a few seconds after a batch kept
+/// something and with the hourly pruning, is the net under that rare case,
+/// so nothing kept outlives its message for long.
 pub fn sweep(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
     let waited_for = diesel::dsl::sql::<diesel::sql_types::Bool>(
         "(channel_id, external_id) IN (SELECT channel_id, external_id FROM early_changes \

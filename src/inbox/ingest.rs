@@ -51,6 +51,9 @@ pub struct Followups {
     pub profile_lookups: Vec<super::contacts::ProfileLookup>,
     /// Outgoing messages queued (auto-replies): wake the sender.
     pub queued_sends: usize,
+    /// Something was kept for a message not stored yet ([`early`]): sweep
+    /// the tenant soon, in case a racing transaction was storing it.
+    pub kept_early: bool,
 }
 
 pub struct Ingest<'l> {
@@ -717,6 +720,7 @@ impl Ingest<'_> {
         at: DateTime<Utc>,
     ) -> AppResult<()> {
         let Some(mut row) = find_by_external(tc, channel.id, mid)? else {
+            self.followups.kept_early = true;
             return early::keep(tc, channel.id, mid, &change, at);
         };
         if !change.apply_to(&mut row, at) {
@@ -1019,6 +1023,7 @@ impl Ingest<'_> {
                 .select(m::external_id)
                 .load(tc.pg())?;
             for mid in mids.iter().filter(|mid| !known.iter().any(|k| k.as_ref() == Some(*mid))) {
+                self.followups.kept_early = true;
                 early::keep_status(tc, channel.id, mid, status, None)?;
             }
         }
@@ -1086,6 +1091,7 @@ impl Ingest<'_> {
         error: Option<Value>,
     ) -> AppResult<()> {
         let Some(row) = find_by_external(tc, channel.id, wamid)? else {
+            self.followups.kept_early = true;
             return early::keep_status(tc, channel.id, wamid, status.as_str(), error.as_ref());
         };
         if let Some(updated) = messages::advance_status(tc, &row, status.as_str(), error)? {

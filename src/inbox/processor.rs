@@ -137,6 +137,8 @@ pub struct BatchReport {
     pub events: Vec<(i64, Vec<super::events::StoredEvent>)>,
     /// Bytes of message text each tenant transaction indexed for search.
     pub indexed_text: Vec<(i64, usize)>,
+    /// Tenants that kept a change or receipt for a message not stored yet.
+    pub kept_early: Vec<i64>,
 }
 
 enum Outcome {
@@ -344,6 +346,9 @@ impl Applied {
         marked.extend(self.marked);
         report.profile_lookups.extend(self.followups.profile_lookups);
         report.queued_sends += self.followups.queued_sends;
+        if self.followups.kept_early {
+            report.kept_early.push(tenant);
+        }
     }
 }
 
@@ -594,6 +599,47 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace
         // contact keeps its id and is looked up on its next message.
         let _ = state.profile_lookups.try_send(lookup);
     }
+    for tenant in report.kept_early {
+        sweep_soon(state, tenant);
+    }
+}
+
+/// How long after a batch kept a change for a message it did not find the
+/// tenant's kept changes are matched again ([`super::early::sweep`]).
+const SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Two workers can race: one keeps an edit, an unsend or a receipt while
+/// the other stores its message, neither seeing the other's uncommitted
+/// row, so each commits without the other. The keeping side looks again
+/// once the storing transaction must have ended (a batch takes well under
+/// a second); the hourly sweep stays the net for a slower one. One sweep
+/// per tenant at a time: a keep committed before it starts is in it.
+fn sweep_soon(state: &actix_web::web::Data<AppState>, tenant: i64) {
+    let fresh = state.sweeps_due.lock().map(|mut due| due.insert(tenant)).unwrap_or(false);
+    if !fresh {
+        return;
+    }
+    let state = state.clone();
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(SWEEP_AFTER).await;
+        if let Ok(mut due) = state.sweeps_due.lock() {
+            due.remove(&tenant);
+        }
+        let r = state
+            .db
+            .tenant(TenantScope::maintenance(TenantId(tenant)), |tc| {
+                let mut log = EventLog::new();
+                let applied = super::early::sweep(tc, &mut log)?;
+                log.notify(tc)?;
+                Ok::<_, AppError>(applied)
+            })
+            .await;
+        match r {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tenant, applied = n, "kept changes matched messages a racing batch stored"),
+            Err(e) => tracing::debug!(tenant, error = ?e, "sweep of kept changes skipped"),
+        }
+    });
 }
 
 #[cfg(test)]

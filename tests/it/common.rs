@@ -113,7 +113,12 @@ pub fn admin_url() -> &'static str {
         switchboard::db::tls_exit::keep_tls_state_through_exit();
         let url = std::env::var("SWITCHBOARD_TEST_ADMIN_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let url = if PgConnection::establish(&url).is_ok() { url } else { start_throwaway_cluster() };
+        let url = switchboard::db::tls_exit::without_gss_probe(&url);
+        let url = if PgConnection::establish(&url).is_ok() {
+            url
+        } else {
+            switchboard::db::tls_exit::without_gss_probe(&start_throwaway_cluster())
+        };
         sweep_leftovers(&url);
         url
     })

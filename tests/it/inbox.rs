@@ -771,7 +771,12 @@ async fn receipts_batched_shuffled_and_doubled_still_end_read() {
         let out = messages(&app, &ctx.admin, &conv).await.into_iter().filter(|m| m["direction"] == "out").count();
         assert_eq!(out, 1);
     }
-    // Each send's webhooks came as one body, twice.
+    // Each send's webhooks came as one body, twice (the second copy may
+    // still be on its way when the first has been applied).
+    eventually("both copies of each body stored", || async {
+        app.count("SELECT count(*) AS n FROM public.webhook_events") - stored_before >= 4
+    })
+    .await;
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events") - stored_before, 4);
     let bodies = app.count(
@@ -1237,6 +1242,57 @@ async fn snoozes_wake_and_edits_update_in_place() {
     assert_eq!(woken, 1);
     let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await;
     assert_eq!((c.body["status"].as_str(), c.body["snoozed_until"].is_null()), (Some("open"), true));
+}
+
+/// Two workers racing: one stores a customer's message while the other
+/// handles its unsend and, not seeing the uncommitted message, keeps the
+/// unsend for later. Neither transaction sees the other's row, so the
+/// keeping side looks again soon after: the message ends unsent within
+/// seconds, not at the hourly sweep.
+#[actix_web::test]
+async fn an_unsend_kept_while_its_message_was_being_stored_is_applied_soon() {
+    use diesel::connection::SimpleConnection;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_first", "Olá")).await, 200);
+    app.processed().await;
+    // The other worker's transaction: the message is in, not committed.
+    let mut storing = app.db.conn();
+    storing
+        .batch_execute(
+            "BEGIN; \
+             INSERT INTO tenant_acme.messages \
+                    (conversation_id, channel_id, direction, sender_kind, text, status, external_id, platform_timestamp) \
+             SELECT conversation_id, channel_id, 'in', 'contact', 'o meu PIN é 4321', 'received', 'm_racing', now() \
+               FROM tenant_acme.messages WHERE external_id = 'm_first'",
+        )
+        .expect("the racing insert");
+    let now = chrono::Utc::now().timestamp_millis();
+    let unsend = serde_json::to_vec(&json!({"object": "page", "entry": [{"id": PAGE_A, "time": now, "messaging": [
+        {"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": now,
+         "message": {"mid": "m_racing", "is_deleted": true}}]}]}))
+    .expect("body");
+    assert_eq!(app.webhook(&unsend).await, 200);
+    app.processed().await;
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"),
+        1,
+        "kept: the message was not visible"
+    );
+    storing.batch_execute("COMMIT").expect("the racing commit");
+    eventually("the kept unsend applied", || async {
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id = 'm_racing' AND deleted_at IS NOT NULL",
+        ) == 1
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    let shown = messages(&app, &ctx.admin, &conv).await;
+    let racing = shown.iter().find(|m| m["external_id"] == "m_racing").expect("the racing message");
+    assert!(racing["text"].is_null() && racing["deleted_at"].is_string(), "{racing:?}");
+    // Live inboxes were told.
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), 1);
 }
 
 /// After failures Meta retries in no particular order: a customer's unsend,
