@@ -245,15 +245,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                     }
                     Err(e) => {
                         let e = note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
-                        let code = match &e {
-                            GraphError::TokenInvalid { .. } => "meta_token_invalid",
-                            GraphError::OutsideWindow { .. } => "outside_window",
-                            GraphError::RecipientUnavailable { .. } => "recipient_unavailable",
-                            GraphError::RateLimited { .. } => "meta_rate_limited",
-                            GraphError::Permission { .. } => "meta_permission_denied",
-                            _ => "meta_error",
-                        };
-                        Err(fail(code, e.to_string()))
+                        Err(fail(e.reason(), e.to_string()))
                     }
                 }
             }

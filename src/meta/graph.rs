@@ -57,6 +57,20 @@ impl GraphError {
         }
     }
 
+    /// The reason a message that failed with this error shows
+    /// (`Message.error.code`), whether Meta refused the send or reported the
+    /// failure later by webhook (a WhatsApp `failed` status).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GraphError::TokenInvalid { .. } => "meta_token_invalid",
+            GraphError::OutsideWindow { .. } => "outside_window",
+            GraphError::RecipientUnavailable { .. } => "recipient_unavailable",
+            GraphError::RateLimited { .. } => "meta_rate_limited",
+            GraphError::Permission { .. } => "meta_permission_denied",
+            _ => "meta_error",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, GraphError::Transient { .. } | GraphError::Network(_))
     }

@@ -586,15 +586,7 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
             "failed" => DeliveryStatus::Failed,
             _ => continue,
         };
-        let error = st.get("errors").and_then(|e| e.as_array()).and_then(|e| e.first()).map(|e| {
-            serde_json::json!({
-                "code": e.get("code").and_then(Value::as_i64).map(|c| c.to_string()).unwrap_or_default(),
-                "message": e.get("error_data").and_then(|d| d.get("details")).and_then(Value::as_str)
-                    .or_else(|| e.get("message").and_then(Value::as_str))
-                    .or_else(|| e.get("title").and_then(Value::as_str))
-                    .unwrap_or("failed"),
-            })
-        });
+        let error = st.get("errors").and_then(|e| e.as_array()).and_then(|e| e.first()).map(status_error);
         out.push(Routed {
             route: route.clone(),
             item: Item::Status {
@@ -613,6 +605,24 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
 /// agents see them in the conversation as sent by the page, as Messenger's
 /// echoes from the Page inbox. `from` is the business number, `to` the
 /// customer (or, for a customer known by username only, `to_user_id`).
+/// A WhatsApp `failed` status's error as the message shows it: the same
+/// reason a refused send gets (`outside_window` for 131047, which Meta
+/// reports only this way), Meta's explanation, and Meta's code as
+/// `meta_code`.
+fn status_error(e: &Value) -> Value {
+    let meta_code = e.get("code").and_then(Value::as_i64);
+    let message = e
+        .get("error_data")
+        .and_then(|d| d.get("details"))
+        .and_then(Value::as_str)
+        .or_else(|| e.get("message").and_then(Value::as_str))
+        .or_else(|| e.get("title").and_then(Value::as_str))
+        .unwrap_or("failed");
+    let reason =
+        meta_code.map_or("meta_error", |c| crate::meta::graph::GraphError::classify(c, None, message).reason());
+    serde_json::json!({"code": reason, "message": message, "meta_code": meta_code})
+}
+
 fn whatsapp_echoes(value: &Value, out: &mut Vec<Routed>) {
     let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
     let route = RouteKey::channel(Platform::Whatsapp, phone_id);
@@ -982,10 +992,13 @@ mod tests {
             matches!(one("whatsapp_image.json").item, Item::Message { ref attachments, .. } if attachments[0].media_id.as_deref() == Some("1020304050607080"))
         );
         assert!(matches!(one("whatsapp_reaction.json").item, Item::Reaction { emoji: Some(_), .. }));
-        assert!(matches!(
-            one("whatsapp_status_failed.json").item,
-            Item::Status { status: DeliveryStatus::Failed, error: Some(_), .. }
-        ));
+        match one("whatsapp_status_failed.json").item {
+            Item::Status { status: DeliveryStatus::Failed, error: Some(e), .. } => {
+                assert_eq!((&e["code"], &e["meta_code"]), (&Value::from("outside_window"), &Value::from(131047)));
+                assert!(e["message"].as_str().is_some_and(|m| m.contains("24 hours")), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse(&fixture("whatsapp_status_batch_out_of_order.json")).expect("batch").len(), 2);
         assert_eq!(parse(&fixture("messenger_batch_two_pages.json")).expect("batch").len(), 3);
         let account = one("whatsapp_account_update.json");

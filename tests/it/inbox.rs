@@ -745,6 +745,38 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
 }
 
+/// WhatsApp accepts a send outside the customer's window and reports the
+/// failure later, by a `failed` status (131047): the message shows the
+/// same reason a refused send shows, with Meta's code beside it.
+#[actix_web::test]
+async fn a_whatsapp_failure_reported_later_shows_the_same_reason() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    // Meta last heard from the customer 25 hours ago...
+    let long_ago = (chrono::Utc::now() - chrono::Duration::hours(25)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá", "at": long_ago})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let (status, body) = reply(&app, &ctx.admin, &conv, "Bom dia!", "w-0").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("outside_window")), "{body}");
+    // ...while a message we were told of is recent: here the window is
+    // open, at Meta it is not.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(app.webhook(&whatsapp_text_at(WA_ID, "wamid.recent-only-here", now, "Ainda aí?")).await, 200);
+    app.processed().await;
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "Bom dia!", "w-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id = msg["id"].as_str().expect("id").to_string();
+    eventually("the reply failed by webhook", || async {
+        message_status(&app, &ctx.admin, &conv, &id).await["status"] == "failed"
+    })
+    .await;
+    let failed = message_status(&app, &ctx.admin, &conv, &id).await;
+    assert_eq!((&failed["error"]["code"], &failed["error"]["meta_code"]), (&json!("outside_window"), &json!(131047)));
+    assert!(failed["error"]["message"].as_str().is_some_and(|m| m.contains("24 hours")), "{failed}");
+    assert!(failed["external_id"].is_string(), "Meta accepted it first: {failed}");
+}
+
 /// The fake delivers what follows a send as Meta does after failures: in
 /// one body, in random order, twice. Each reply still ends read, once.
 #[actix_web::test]
