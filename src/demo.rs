@@ -246,6 +246,9 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
 }
 
 /// Customers writing, forever: one message every 5 seconds.
+/// The photo the demo's WhatsApp customers send (text, so the fake can take it).
+const DEMO_PHOTO: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="160" height="120"><rect width="160" height="120" fill="#f4efe6"/><rect x="40" y="35" width="80" height="60" fill="#c8955c"/><rect x="40" y="35" width="80" height="14" fill="#a8743f"/><text x="80" y="112" font-size="11" text-anchor="middle" font-family="sans-serif">oak table</text></svg>"##;
+
 async fn customers(fake_base: String, targets: Vec<String>) {
     let http = reqwest::Client::new();
     let lines = [
@@ -261,12 +264,16 @@ async fn customers(fake_base: String, targets: Vec<String>) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let to = &targets[i % targets.len()];
         let who = i % names.len();
-        let from = if i % targets.len() == 2 { format!("35191000000{who}") } else { format!("99000000000{who}") };
-        let _ = http
-            .post(format!("{fake_base}/_fake/inbound"))
-            .json(&json!({"to": to, "from": from, "text": lines[i % lines.len()], "name": names[who]}))
-            .send()
-            .await;
+        let whatsapp = i % targets.len() == 2;
+        let from = if whatsapp { format!("35191000000{who}") } else { format!("99000000000{who}") };
+        let mut inbound = json!({"to": to, "from": from, "text": lines[i % lines.len()], "name": names[who]});
+        // Now and then a WhatsApp customer sends a photo: the inbox opens it
+        // through `GET /api/messages/{id}/attachments/0`.
+        if whatsapp && (i / targets.len()) % 3 == 1 {
+            inbound["text"] = json!("This one, please");
+            inbound["image"] = json!({"mime_type": "image/svg+xml", "data": DEMO_PHOTO});
+        }
+        let _ = http.post(format!("{fake_base}/_fake/inbound")).json(&inbound).send().await;
         i += 1;
     }
 }

@@ -8,10 +8,10 @@ use serde_json::{json, Map, Value};
 use super::pagination::{decode_time_cursor, encode_time_cursor, parse_limit, PageQuery, Paged};
 use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorKind};
 use crate::ids::UserId;
 use crate::inbox::conversations::{self, Filter, Patch};
-use crate::inbox::{canned, contacts, messages, ConversationId};
+use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/conversations").route(web::get().to(list)))
@@ -21,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
+        .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
@@ -208,6 +209,85 @@ async fn list_messages(
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next.map(|(at, id)| encode_time_cursor(at, id))})))
+}
+
+/// One attachment of a message. Messenger and Instagram media live on
+/// Meta's CDN, which serves them to whoever has the URL: a redirect there.
+/// WhatsApp media are served only to the channel's token: fetched from Meta
+/// (its URL, then its bytes) and passed through as they come, never stored.
+/// Served as a download in a sandbox unless it is an image, video or sound
+/// file: a customer's file must not run as a page of this origin.
+async fn attachment(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    use actix_web::http::header;
+    use futures_util::TryStreamExt;
+    let (raw_id, raw_index) = path.into_inner();
+    let id = MessageId::parse(&raw_id).ok_or_else(|| AppError::not_found("message"))?;
+    let index: usize = raw_index.parse().map_err(|_| AppError::not_found("attachment"))?;
+    let (user, role, tenant) = (auth.user, auth.role, auth.tenant);
+    let source =
+        state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, user, role, id, index)).await?;
+    let (media_id, channel) = match source {
+        messages::AttachmentSource::Url(url) => {
+            return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish())
+        }
+        messages::AttachmentSource::Media { media_id, channel } => (media_id, channel),
+    };
+    let sealed = channel.sealed_token().unwrap_or_default();
+    let token =
+        state.keys.decrypt(sealed, &crate::channels::token_aad(channel.platform().as_str(), &channel.external_id))?;
+    let meta_error = |e: crate::meta::GraphError| async {
+        let e = crate::channels::connect::note_graph_error(&state, tenant, channel.channel_id(), e).await;
+        media_error(e)
+    };
+    let info = match state.graph.media(&media_id, &token).await {
+        Ok(info) => info,
+        Err(e) => return Err(meta_error(e).await),
+    };
+    let Some(url) = info.get("url").and_then(Value::as_str) else {
+        return Err(AppError::new(ErrorKind::BadGateway, "meta_error", "Meta gave no URL for this media"));
+    };
+    let download = match state.graph.download_stream(url, &token).await {
+        Ok(d) => d,
+        Err(e) => return Err(meta_error(e).await),
+    };
+    let mime = info
+        .get("mime_type")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or(download.content_type)
+        .filter(|m| m.parse::<actix_web::mime::Mime>().is_ok())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
+    let mut res = HttpResponse::Ok();
+    res.content_type(mime)
+        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
+        .insert_header((header::CONTENT_DISPOSITION, if shown_inline { "inline" } else { "attachment" }));
+    if let Some(length) = download.length {
+        res.no_chunking(length);
+    }
+    Ok(res.streaming(download.body.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))))
+}
+
+/// What Meta's refusal to hand over a media means for the agent.
+fn media_error(e: crate::meta::GraphError) -> AppError {
+    use crate::meta::GraphError as G;
+    match &e {
+        // WhatsApp keeps media for 30 days, then the id names nothing.
+        G::Other { code: 100 | 404, .. } | G::Permission { code: 200..=299 | 10, .. } if !e.is_token_invalid() => {
+            AppError::new(ErrorKind::NotFound, "media_unavailable", format!("Meta no longer serves this media ({e})"))
+        }
+        G::TokenInvalid { .. } => AppError::conflict(
+            "meta_token_invalid",
+            "Meta refused the channel's token; reconnect the channel to fetch its media",
+        ),
+        _ => e.into(),
+    }
 }
 
 #[derive(Deserialize)]

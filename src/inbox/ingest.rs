@@ -997,7 +997,10 @@ impl Ingest<'_> {
             ))
             .returning(MessageRow::as_returning())
             .get_result(tc.pg())?;
-        let view = crate::inbox::views::MessageUpdate { attachments: Some(media), ..updated.update_view() };
+        let view = crate::inbox::views::MessageUpdate {
+            attachments: Some(crate::inbox::views::shown_attachments(updated.id, &media)),
+            ..updated.update_view()
+        };
         self.log.append(tc, "message.updated", Some(updated.channel_id), Some(updated.conversation_id), view)?;
         Ok(())
     }

@@ -308,6 +308,65 @@ pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &
     Ok(())
 }
 
+/// Where one of a message's attachments is fetched from
+/// (`GET /api/messages/{id}/attachments/{index}`).
+#[derive(Debug)]
+pub enum AttachmentSource {
+    /// Meta's CDN serves it to whoever has the URL (Messenger, Instagram).
+    Url(String),
+    /// WhatsApp media: Meta serves it only to the channel's token.
+    Media { media_id: String, channel: Box<ChannelRow> },
+}
+
+/// The attachment `index` of message `id`, if the caller may see the
+/// message; anything else is a 404, as for a message of another tenant.
+/// An unsent message has nothing left to fetch; the channel's token is
+/// needed while it is connected (or waiting for reconnection: the token
+/// may still be good for media).
+pub fn attachment_source(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+    index: usize,
+) -> AppResult<AttachmentSource> {
+    let row: MessageRow = m::table
+        .find(id.0)
+        .select(MessageRow::as_select())
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("message"))?;
+    if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
+        return Err(AppError::not_found("message"));
+    }
+    let attachment = row
+        .attachments
+        .as_array()
+        .and_then(|a| a.get(index))
+        .filter(|_| row.deleted_at.is_none())
+        .ok_or_else(|| AppError::not_found("attachment"))?;
+    let text = |k: &str| attachment.get(k).and_then(Value::as_str).map(str::to_string);
+    if let Some(media_id) = text("media_id") {
+        let channel = channels::find(tc, ChannelId(row.channel_id))?;
+        if channel.sealed_token().is_none() {
+            return Err(AppError::conflict(
+                "channel_not_connected",
+                format!("the channel is {}; its media can be fetched once it is reconnected", channel.status),
+            ));
+        }
+        return Ok(AttachmentSource::Media { media_id, channel: Box::new(channel) });
+    }
+    // A pin's `geo:` URI is for the client itself, not a place to fetch from.
+    match text("url").filter(|u| u.starts_with("https://") || u.starts_with("http://")) {
+        Some(url) => Ok(AttachmentSource::Url(url)),
+        None => Err(AppError::new(
+            crate::error::ErrorKind::NotFound,
+            "no_media",
+            "this attachment has nothing to fetch (a location, a notice, what Meta does not show)",
+        )),
+    }
+}
+
 /// A page of messages and the (time, id) cursor of the next, older page.
 pub type MessagePage = (Vec<MessageView>, Option<(DateTime<Utc>, i64)>);
 

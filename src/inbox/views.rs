@@ -139,6 +139,33 @@ impl MessageRow {
     }
 }
 
+/// The path a client fetches a message's attachment `index` from
+/// (`GET /api/messages/{id}/attachments/{index}`).
+pub fn attachment_path(message: i64, index: usize) -> String {
+    format!("/api/messages/{message}/attachments/{index}")
+}
+
+/// A message's attachments as clients see them: WhatsApp media, which Meta
+/// serves only to the channel's token, get this server's
+/// [`attachment_path`] as their `url` (a path on this server, fetched with
+/// the agent's Bearer token); the others keep Meta's CDN URL.
+pub fn shown_attachments(message: i64, stored: &Value) -> Value {
+    let Some(items) = stored.as_array() else { return stored.clone() };
+    let shown = items
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut a = a.clone();
+            let proxied = a.get("media_id").is_some_and(Value::is_string) && a.get("url").is_none_or(Value::is_null);
+            if let (true, Some(o)) = (proxied, a.as_object_mut()) {
+                o.insert("url".into(), Value::String(attachment_path(message, i)));
+            }
+            a
+        })
+        .collect();
+    Value::Array(shown)
+}
+
 /// Caches names while building many views in one transaction.
 #[derive(Default)]
 pub struct Names {
@@ -210,7 +237,7 @@ impl Names {
             direction: row.direction.clone(),
             sender,
             text: row.text.clone(),
-            attachments: row.attachments.clone(),
+            attachments: shown_attachments(row.id, &row.attachments),
             status: row.status.clone(),
             error: row.error.clone(),
             external_id: row.external_id.clone(),

@@ -40,6 +40,16 @@ pub enum GraphError {
     Decode(String),
 }
 
+/// How long a media download may take, start to end.
+const MEDIA_TIMEOUT_SECS: u64 = 120;
+
+/// A media download under way ([`GraphClient::download_stream`]).
+pub struct MediaStream {
+    pub content_type: Option<String>,
+    pub length: Option<u64>,
+    pub body: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, GraphError>> + Send>>,
+}
+
 impl GraphError {
     /// Classifies Meta's `code` / `error_subcode` (CONTRACTS.md §8.2).
     pub fn classify(code: i64, subcode: Option<i64>, message: &str) -> GraphError {
@@ -520,10 +530,35 @@ impl GraphClient {
 
     /// Downloads a media URL; it needs the same token.
     pub async fn download(&self, url: &str, token: &Secret<String>) -> Result<Vec<u8>, GraphError> {
+        let res = self.open_download(url, token).await?;
+        Ok(res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?.to_vec())
+    }
+
+    /// Starts downloading a media URL; its bytes come as they arrive, so a
+    /// 100 MB document passes through without being held in memory.
+    pub async fn download_stream(&self, url: &str, token: &Secret<String>) -> Result<MediaStream, GraphError> {
+        let res = self.open_download(url, token).await?;
+        let content_type =
+            res.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let length = res.content_length();
+        let body = futures_util::stream::unfold(Some(res), |res| async move {
+            let mut res = res?;
+            match res.chunk().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), Some(res))),
+                Ok(None) => None,
+                Err(e) => Some((Err(GraphError::Network(e.without_url().to_string())), None)),
+            }
+        });
+        Ok(MediaStream { content_type, length, body: Box::pin(body) })
+    }
+
+    async fn open_download(&self, url: &str, token: &Secret<String>) -> Result<reqwest::Response, GraphError> {
         let res = self
             .http
             .get(url)
             .bearer_auth(token.expose())
+            // Media can be large; the Graph calls' 10 s would cut a video.
+            .timeout(Duration::from_secs(MEDIA_TIMEOUT_SECS))
             .send()
             .await
             .map_err(|e| GraphError::Network(e.without_url().to_string()))?;
@@ -534,7 +569,7 @@ impl GraphClient {
                 message: "media download refused".into(),
             });
         }
-        Ok(res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?.to_vec())
+        Ok(res)
     }
 
     /// A Messenger or Instagram user's profile.

@@ -745,6 +745,154 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
 }
 
+/// A customer's photo or file can be opened from the inbox: WhatsApp media,
+/// which Meta serves only to the channel's token, come through this server
+/// to agents who may see the conversation; Messenger's CDN links are a
+/// redirect away.
+#[actix_web::test]
+async fn agents_open_what_customers_send() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let photo = app
+        .fake(
+            "POST",
+            "/_fake/media",
+            json!({"phone_number_id": PHONE, "mime_type": "image/png", "data": "PNG fake image bytes"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("media id")
+        .to_string();
+    let pdf = app
+        .fake(
+            "POST",
+            "/_fake/media",
+            json!({"phone_number_id": PHONE, "mime_type": "application/pdf", "data": "%PDF-1.7 fatura"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("media id")
+        .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let media_message = |wamid: &str, kind: &str, media: Value| {
+        let mut entry = whatsapp_entry(WA_ID, "Zé", wamid, now, "");
+        let m = &mut entry["changes"][0]["value"]["messages"][0];
+        m["type"] = json!(kind);
+        m[kind] = media;
+        if let Some(o) = m.as_object_mut() {
+            o.remove("text");
+        }
+        serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [entry]})).expect("body")
+    };
+    for body in [
+        media_message("wamid.photo", "image", json!({"id": photo, "mime_type": "image/png", "caption": "a encomenda"})),
+        media_message(
+            "wamid.pdf",
+            "document",
+            json!({"id": pdf, "mime_type": "application/pdf", "filename": "fatura.pdf"}),
+        ),
+        media_message("wamid.gone", "image", json!({"id": "999000999000", "mime_type": "image/jpeg"})),
+        media_message("wamid.pin", "location", json!({"latitude": 38.7223, "longitude": -9.1393, "name": "Loja"})),
+    ] {
+        assert_eq!(app.webhook(&body).await, 200);
+    }
+    assert_eq!(app.webhook(&fixture("messenger_image.json")).await, 200);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let wa = by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string();
+    let shown = messages(&app, &ctx.admin, &wa).await;
+    let url_of = |wamid: &str| {
+        let m = shown.iter().find(|m| m["external_id"] == wamid).expect("message");
+        m["attachments"][0]["url"].as_str().expect("a url for the media").to_string()
+    };
+    let photo_url = url_of("wamid.photo");
+    assert!(photo_url.starts_with("/api/messages/") && photo_url.ends_with("/attachments/0"), "{photo_url}");
+    let get = |path: String, t: Option<String>| {
+        let req = app.client.get(app.url(&path));
+        let req = match t {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move { req.send().await.expect("request") }
+    };
+    let res = get(photo_url.clone(), Some(ctx.admin.clone())).await;
+    assert_eq!(res.status(), 200);
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    assert_eq!(header(&res, "content-type"), "image/png");
+    assert_eq!(header(&res, "content-disposition"), "inline");
+    assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"PNG fake image bytes");
+    // A file is a download, never a page of this origin.
+    let res = get(url_of("wamid.pdf"), Some(ctx.admin.clone())).await;
+    assert_eq!((res.status().as_u16(), header(&res, "content-type")), (200, "application/pdf".to_string()));
+    assert_eq!(header(&res, "content-disposition"), "attachment");
+    assert!(header(&res, "content-security-policy").contains("sandbox"));
+    // Meta keeps media 30 days: then there is nothing to show.
+    let gone = app.call("GET", &url_of("wamid.gone"), Some(&ctx.admin), None).await;
+    assert_eq!((gone.status, gone.body["error"]["code"].as_str()), (404, Some("media_unavailable")), "{:?}", gone.body);
+    // A pin has nothing to fetch; nor has an index past the end.
+    let pin = shown.iter().find(|m| m["external_id"] == "wamid.pin").expect("pin");
+    let pin_path = format!("/api/messages/{}/attachments/0", pin["id"].as_str().expect("id"));
+    let r = app.call("GET", &pin_path, Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("no_media")));
+    let r = app.call("GET", &photo_url.replace("/attachments/0", "/attachments/7"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 404);
+    // Messenger's CDN link: a redirect.
+    let fb = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let image = messages(&app, &ctx.admin, &fb)
+        .await
+        .into_iter()
+        .find(|m| m["attachments"][0]["type"] == "image")
+        .expect("image");
+    let cdn = image["attachments"][0]["url"].as_str().expect("cdn url").to_string();
+    let res =
+        get(format!("/api/messages/{}/attachments/0", image["id"].as_str().expect("id")), Some(ctx.admin.clone()))
+            .await;
+    assert_eq!((res.status().as_u16(), header(&res, "location")), (302, cdn));
+    // The fake's customers send photos as Meta does (the demo's do).
+    let sent = app
+        .fake(
+            "POST",
+            "/_fake/inbound",
+            json!({"to": PHONE, "from": WA_ID, "text": "esta", "image": {"mime_type": "image/svg+xml", "data": "<svg/>"}}),
+        )
+        .await;
+    let fixture_image: Value = serde_json::from_slice(&fixture("whatsapp_image.json")).expect("fixture");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        k.sort();
+        k
+    };
+    let image_of = |v: &Value| v["entry"][0]["changes"][0]["value"]["messages"][0]["image"].clone();
+    assert_eq!(keys(&image_of(&sent["webhook"])), keys(&image_of(&fixture_image)));
+    app.processed().await;
+    let wamid = sent["webhook"]["entry"][0]["changes"][0]["value"]["messages"][0]["id"].as_str().expect("wamid");
+    let m = messages(&app, &ctx.admin, &wa).await.into_iter().find(|m| m["external_id"] == wamid).expect("the photo");
+    assert_eq!(m["text"], "esta");
+    let res = get(m["attachments"][0]["url"].as_str().expect("url").to_string(), Some(ctx.admin.clone())).await;
+    assert_eq!(header(&res, "content-type"), "image/svg+xml");
+    assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"<svg/>");
+    // Only for who may see the conversation.
+    assert_eq!(get(photo_url.clone(), None).await.status(), 401);
+    let r = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&ctx.admin),
+            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let r = app.call("GET", &photo_url, Some(&al), None).await;
+    assert_eq!(r.status, 404, "an agent without the channel sees no such message");
+    let other = app.signup("globex", "gil@globex.test", "gil-password-1").await;
+    let r = app.call("GET", &photo_url, Some(&token(&other, "access_token")), None).await;
+    assert_eq!(r.status, 404, "another tenant's message id names nothing here");
+}
+
 /// WhatsApp accepts a send outside the customer's window and reports the
 /// failure later, by a `failed` status (131047): the message shows the
 /// same reason a refused send shows, with Meta's code beside it.

@@ -328,12 +328,26 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
             st.profiles.insert(from.clone(), name.clone());
         }
         let id = s("id");
+        let image = body.get("image").filter(|i| i.is_object());
         let event = match account {
             Account::Phone(phone) => {
                 let (waba, metadata) = st.number_metadata(&phone);
                 let wamid = id.unwrap_or_else(wamid);
-                let mut value = json!({"messaging_product": "whatsapp", "metadata": metadata,
-                "messages": [{"from": from, "id": wamid, "timestamp": at.timestamp().to_string(), "type": "text", "text": {"body": text}}]});
+                let mut message = json!({"from": from, "id": wamid, "timestamp": at.timestamp().to_string(), "type": "text", "text": {"body": text}});
+                if let Some(image) = image {
+                    let mime = image.get("mime_type").and_then(Value::as_str).unwrap_or("image/jpeg").to_string();
+                    let data =
+                        image.get("data").and_then(Value::as_str).unwrap_or("fake image bytes").as_bytes().to_vec();
+                    use base64::Engine;
+                    use sha2::Digest;
+                    // Webhooks carry the checksum in base64 (the media endpoint in hex).
+                    let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+                    let media_id = st.id("10203");
+                    st.media.insert(media_id.clone(), (phone.clone(), mime.clone(), data));
+                    message = json!({"from": from, "id": message["id"], "timestamp": message["timestamp"], "type": "image",
+                        "image": {"caption": text, "mime_type": mime, "sha256": sha, "id": media_id}});
+                }
+                let mut value = json!({"messaging_product": "whatsapp", "metadata": metadata, "messages": [message]});
                 if let Some(n) = &name {
                     value["contacts"] = json!([{"profile": {"name": n}, "wa_id": from}]);
                 }
@@ -342,8 +356,15 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
             acct => {
                 let object = if matches!(acct, Account::Instagram { .. }) { "instagram" } else { "page" };
                 let ms = at.timestamp_millis();
+                let mid = id.unwrap_or_else(mid);
+                let message = match image {
+                    // Meta's CDN serves a photo to whoever has its URL.
+                    Some(_) => json!({"mid": mid, "attachments": [{"type": "image",
+                        "payload": {"url": format!("https://fake-meta.invalid/cdn/{mid}.jpg")}}]}),
+                    None => json!({"mid": mid, "text": text}),
+                };
                 json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
-                "timestamp": ms, "message": {"mid": id.unwrap_or_else(mid), "text": text}}]}]})
+                "timestamp": ms, "message": message}]}]})
             }
         };
         (event, st.webhook_target.clone())

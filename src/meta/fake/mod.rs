@@ -36,9 +36,12 @@
 //!   in one body with `batch`, in random order with `shuffle`, and each
 //!   twice with `duplicates`, as Meta delivers them after failures
 //!   (meta/CONTRACTS.md §3.4).
-//! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?}`: a contact
-//!   writes to a page, Instagram account or number; the fake sends the
-//!   signed webhook now and remembers the contact (window, profile).
+//! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?, image?}`: a
+//!   contact writes to a page, Instagram account or number; the fake sends
+//!   the signed webhook now and remembers the contact (window, profile).
+//!   `image: {mime_type?, data?}` sends a photo instead, `text` its caption:
+//!   to a number as a media object the fake then serves (as `/_fake/media`
+//!   makes), to a page or Instagram account as a CDN URL.
 //! - `POST /_fake/account-update` `{waba_id, event, ...}`: Meta changes a
 //!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
 //!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
