@@ -230,11 +230,11 @@ async fn attachment(
     let (user, role, tenant) = (auth.user, auth.role, auth.tenant);
     let source =
         state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, user, role, id, index)).await?;
-    let (media_id, channel) = match source {
+    let (media_id, filename, channel) = match source {
         messages::AttachmentSource::Url(url) => {
             return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish())
         }
-        messages::AttachmentSource::Media { media_id, channel } => (media_id, channel),
+        messages::AttachmentSource::Media { media_id, filename, channel } => (media_id, filename, channel),
     };
     let sealed = channel.sealed_token().unwrap_or_default();
     let token =
@@ -267,11 +267,38 @@ async fn attachment(
         .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
-        .insert_header((header::CONTENT_DISPOSITION, if shown_inline { "inline" } else { "attachment" }));
+        .insert_header(disposition(shown_inline, filename.as_deref()));
     if let Some(length) = download.length {
         res.no_chunking(length);
     }
     Ok(res.streaming(download.body.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))))
+}
+
+/// `inline` or `attachment`, with the customer's file name when there is
+/// one: only its last path segment, without control characters, and
+/// outside ASCII also as RFC 5987 UTF-8 (with an ASCII stand-in first).
+fn disposition(inline: bool, filename: Option<&str>) -> actix_web::http::header::ContentDisposition {
+    use actix_web::http::header::{Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue};
+    let mut parameters = Vec::new();
+    let name: Option<String> = filename
+        .and_then(|n| n.rsplit(['/', '\\']).next())
+        .map(|n| n.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|n| !n.trim().is_empty());
+    if let Some(name) = name {
+        if name.is_ascii() {
+            parameters.push(DispositionParam::Filename(name));
+        } else {
+            let ascii: String = name.chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
+            parameters.push(DispositionParam::Filename(ascii));
+            parameters.push(DispositionParam::FilenameExt(ExtendedValue {
+                charset: Charset::Ext("UTF-8".into()),
+                language_tag: None,
+                value: name.into_bytes(),
+            }));
+        }
+    }
+    let disposition = if inline { DispositionType::Inline } else { DispositionType::Attachment };
+    ContentDisposition { disposition, parameters }
 }
 
 /// What Meta's refusal to hand over a media means for the agent.

@@ -315,7 +315,7 @@ pub enum AttachmentSource {
     /// Meta's CDN serves it to whoever has the URL (Messenger, Instagram).
     Url(String),
     /// WhatsApp media: Meta serves it only to the channel's token.
-    Media { media_id: String, channel: Box<ChannelRow> },
+    Media { media_id: String, filename: Option<String>, channel: Box<ChannelRow> },
 }
 
 /// The attachment `index` of message `id`, if the caller may see the
@@ -354,7 +354,7 @@ pub fn attachment_source(
                 format!("the channel is {}; its media can be fetched once it is reconnected", channel.status),
             ));
         }
-        return Ok(AttachmentSource::Media { media_id, channel: Box::new(channel) });
+        return Ok(AttachmentSource::Media { media_id, filename: text("filename"), channel: Box::new(channel) });
     }
     // A pin's `geo:` URI is for the client itself, not a place to fetch from.
     match text("url").filter(|u| u.starts_with("https://") || u.starts_with("http://")) {

@@ -117,13 +117,16 @@ pub struct Attachment {
     pub media_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub caption: Option<String>,
+    /// A WhatsApp document's file name, as the customer's phone gave it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub filename: Option<String>,
 }
 
 impl Attachment {
     /// An attachment known only by its kind (a location, a notice, what the
     /// API cannot show).
     fn bare(kind: &str) -> Attachment {
-        Attachment { kind: kind.to_string(), url: None, media_id: None, caption: None }
+        Attachment { kind: kind.to_string(), url: None, media_id: None, caption: None, filename: None }
     }
 }
 
@@ -375,10 +378,8 @@ fn attachments(m: &Value) -> Vec<Attachment> {
     let mut out: Vec<Attachment> = arr(m.get("attachments"))
         .iter()
         .map(|a| Attachment {
-            kind: a.get("type").and_then(Value::as_str).unwrap_or("file").to_string(),
             url: a.get("payload").and_then(|p| p.get("url")).and_then(Value::as_str).map(str::to_string),
-            media_id: None,
-            caption: None,
+            ..Attachment::bare(a.get("type").and_then(Value::as_str).unwrap_or("file"))
         })
         .collect();
     out.extend(referral(m.get("referral")));
@@ -387,10 +388,9 @@ fn attachments(m: &Value) -> Vec<Attachment> {
     // (its CDN URL expires with the story).
     if let Some(story) = m.get("reply_to").and_then(|r| r.get("story")) {
         out.push(Attachment {
-            kind: "story_reply".into(),
             url: s(story.get("url")),
-            media_id: None,
             caption: s(story.get("id")).map(|id| format!("story {id}")),
+            ..Attachment::bare("story_reply")
         });
     }
     out
@@ -416,7 +416,7 @@ fn referral(r: Option<&Value>) -> Option<Attachment> {
     if url.is_none() && caption.is_none() {
         return None;
     }
-    Some(Attachment { kind: "referral".into(), url, media_id: None, caption })
+    Some(Attachment { url, caption, ..Attachment::bare("referral") })
 }
 
 fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
@@ -704,10 +704,10 @@ fn whatsapp_content(m: &Value, kind: &str) -> Content {
             let media = m.get(kind).unwrap_or(&Value::Null);
             let caption = body(media.get("caption"));
             let a = Attachment {
-                kind: if kind == "document" { "file".into() } else { kind.into() },
-                url: None,
                 media_id: s(media.get("id")),
                 caption: caption.clone(),
+                filename: body(media.get("filename")),
+                ..Attachment::bare(if kind == "document" { "file" } else { kind })
             };
             (caption, vec![a], None, None)
         }

@@ -789,7 +789,7 @@ async fn agents_open_what_customers_send() {
         media_message(
             "wamid.pdf",
             "document",
-            json!({"id": pdf, "mime_type": "application/pdf", "filename": "fatura.pdf"}),
+            json!({"id": pdf, "mime_type": "application/pdf", "filename": "../Fatura nº 7.pdf"}),
         ),
         media_message("wamid.gone", "image", json!({"id": "999000999000", "mime_type": "image/jpeg"})),
         media_message("wamid.pin", "location", json!({"latitude": 38.7223, "longitude": -9.1393, "name": "Loja"})),
@@ -827,7 +827,12 @@ async fn agents_open_what_customers_send() {
     // A file is a download, never a page of this origin.
     let res = get(url_of("wamid.pdf"), Some(ctx.admin.clone())).await;
     assert_eq!((res.status().as_u16(), header(&res, "content-type")), (200, "application/pdf".to_string()));
-    assert_eq!(header(&res, "content-disposition"), "attachment");
+    // Under the customer's file name (its last segment; RFC 5987 beside an
+    // ASCII stand-in, as it is not ASCII).
+    assert_eq!(
+        header(&res, "content-disposition"),
+        "attachment; filename=\"Fatura n_ 7.pdf\"; filename*=UTF-8''Fatura%20n%C2%BA%207.pdf"
+    );
     assert!(header(&res, "content-security-policy").contains("sandbox"));
     // Meta keeps media 30 days: then there is nothing to show.
     let gone = app.call("GET", &url_of("wamid.gone"), Some(&ctx.admin), None).await;
