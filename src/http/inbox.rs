@@ -305,8 +305,9 @@ fn disposition(inline: bool, filename: Option<&str>) -> actix_web::http::header:
 fn media_error(e: crate::meta::GraphError) -> AppError {
     use crate::meta::GraphError as G;
     match &e {
-        // WhatsApp keeps media for 30 days, then the id names nothing.
-        G::Other { code: 100 | 404, .. } | G::Permission { code: 200..=299 | 10, .. } if !e.is_token_invalid() => {
+        // WhatsApp keeps media for 30 days, then the id names nothing (or
+        // names a media this number may no longer read).
+        G::Other { code: 100 | 404, .. } | G::Permission { code: 200..=299 | 10, .. } => {
             AppError::new(ErrorKind::NotFound, "media_unavailable", format!("Meta no longer serves this media ({e})"))
         }
         G::TokenInvalid { .. } => AppError::conflict(

@@ -745,6 +745,13 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
 }
 
+/// A WhatsApp media object of the number at the fake; its id.
+async fn fake_media(app: &TestApp, mime: &str, data: &str) -> String {
+    let made =
+        app.fake("POST", "/_fake/media", json!({"phone_number_id": PHONE, "mime_type": mime, "data": data})).await;
+    made["id"].as_str().expect("media id").to_string()
+}
+
 /// A customer's photo or file can be opened from the inbox: WhatsApp media,
 /// which Meta serves only to the channel's token, come through this server
 /// to agents who may see the conversation; Messenger's CDN links are a
@@ -753,26 +760,8 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
 async fn agents_open_what_customers_send() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let photo = app
-        .fake(
-            "POST",
-            "/_fake/media",
-            json!({"phone_number_id": PHONE, "mime_type": "image/png", "data": "PNG fake image bytes"}),
-        )
-        .await["id"]
-        .as_str()
-        .expect("media id")
-        .to_string();
-    let pdf = app
-        .fake(
-            "POST",
-            "/_fake/media",
-            json!({"phone_number_id": PHONE, "mime_type": "application/pdf", "data": "%PDF-1.7 fatura"}),
-        )
-        .await["id"]
-        .as_str()
-        .expect("media id")
-        .to_string();
+    let photo = fake_media(&app, "image/png", "PNG fake image bytes").await;
+    let pdf = fake_media(&app, "application/pdf", "%PDF-1.7 fatura").await;
     let now = chrono::Utc::now().timestamp();
     let media_message = |wamid: &str, kind: &str, media: Value| {
         let mut entry = whatsapp_entry(WA_ID, "Zé", wamid, now, "");
