@@ -216,11 +216,13 @@ async fn list_messages(
 /// WhatsApp media are served only to the channel's token: fetched from Meta
 /// (its URL, then its bytes) and passed through as they come, never stored.
 /// Served as a download in a sandbox unless it is an image, video or sound
-/// file: a customer's file must not run as a page of this origin.
+/// file: a customer's file must not run as a page of this origin. A `Range`
+/// goes on to Meta and its part comes back (206), so players can seek.
 async fn attachment(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<(String, String)>,
+    req: actix_web::HttpRequest,
 ) -> AppResult<HttpResponse> {
     use actix_web::http::header;
     use futures_util::TryStreamExt;
@@ -250,10 +252,23 @@ async fn attachment(
     let Some(url) = info.get("url").and_then(Value::as_str) else {
         return Err(AppError::new(ErrorKind::BadGateway, "meta_error", "Meta gave no URL for this media"));
     };
-    let download = match state.graph.download_stream(url, &token).await {
+    // Only a plain byte range goes on (it is the one Meta serves).
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| r.len() <= 100 && r.starts_with("bytes="));
+    let download = match state.graph.download_stream(url, &token, range).await {
         Ok(d) => d,
         Err(e) => return Err(meta_error(e).await),
     };
+    if download.status == 416 {
+        return Err(AppError::new(
+            ErrorKind::RangeNotSatisfiable,
+            "range_not_satisfiable",
+            format!("the media has no such part ({})", download.content_range.as_deref().unwrap_or("size unknown")),
+        ));
+    }
     let mime = info
         .get("mime_type")
         .and_then(Value::as_str)
@@ -262,7 +277,16 @@ async fn attachment(
         .filter(|m| m.parse::<actix_web::mime::Mime>().is_ok())
         .unwrap_or_else(|| "application/octet-stream".into());
     let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
-    let mut res = HttpResponse::Ok();
+    let mut res = match download.status {
+        206 => HttpResponse::PartialContent(),
+        _ => HttpResponse::Ok(),
+    };
+    if let (206, Some(part)) = (download.status, &download.content_range) {
+        res.insert_header((header::CONTENT_RANGE, part.as_str()));
+    }
+    if download.ranges {
+        res.insert_header((header::ACCEPT_RANGES, "bytes"));
+    }
     res.content_type(mime)
         .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))

@@ -45,8 +45,14 @@ const MEDIA_TIMEOUT_SECS: u64 = 120;
 
 /// A media download under way ([`GraphClient::download_stream`]).
 pub struct MediaStream {
+    /// 200, 206 (the part asked for) or 416 (a part the media does not have).
+    pub status: u16,
     pub content_type: Option<String>,
     pub length: Option<u64>,
+    /// Which part this is (`Content-Range`), for a 206 or 416.
+    pub content_range: Option<String>,
+    /// Whether parts may be asked for (`Accept-Ranges: bytes`).
+    pub ranges: bool,
     pub body: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, GraphError>> + Send>>,
 }
 
@@ -530,16 +536,28 @@ impl GraphClient {
 
     /// Downloads a media URL; it needs the same token.
     pub async fn download(&self, url: &str, token: &Secret<String>) -> Result<Vec<u8>, GraphError> {
-        let res = self.open_download(url, token).await?;
+        let res = self.open_download(url, token, None).await?;
         Ok(res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?.to_vec())
     }
 
-    /// Starts downloading a media URL; its bytes come as they arrive, so a
-    /// 100 MB document passes through without being held in memory.
-    pub async fn download_stream(&self, url: &str, token: &Secret<String>) -> Result<MediaStream, GraphError> {
-        let res = self.open_download(url, token).await?;
-        let content_type =
-            res.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    /// Starts downloading a media URL, or the part `range` (a `Range`
+    /// header's value) names: a video player seeks by asking for parts. Its
+    /// bytes come as they arrive, so a 100 MB document passes through
+    /// without being held in memory.
+    pub async fn download_stream(
+        &self,
+        url: &str,
+        token: &Secret<String>,
+        range: Option<&str>,
+    ) -> Result<MediaStream, GraphError> {
+        let res = self.open_download(url, token, range).await?;
+        let header = |name: reqwest::header::HeaderName| {
+            res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let content_range = header(reqwest::header::CONTENT_RANGE);
+        let ranges = header(reqwest::header::ACCEPT_RANGES).is_some_and(|r| r.eq_ignore_ascii_case("bytes"));
+        let status = res.status().as_u16();
         let length = res.content_length();
         let body = futures_util::stream::unfold(Some(res), |res| async move {
             let mut res = res?;
@@ -549,20 +567,27 @@ impl GraphClient {
                 Err(e) => Some((Err(GraphError::Network(e.without_url().to_string())), None)),
             }
         });
-        Ok(MediaStream { content_type, length, body: Box::pin(body) })
+        Ok(MediaStream { status, content_type, length, content_range, ranges, body: Box::pin(body) })
     }
 
-    async fn open_download(&self, url: &str, token: &Secret<String>) -> Result<reqwest::Response, GraphError> {
-        let res = self
+    async fn open_download(
+        &self,
+        url: &str,
+        token: &Secret<String>,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, GraphError> {
+        let mut req = self
             .http
             .get(url)
             .bearer_auth(token.expose())
             // Media can be large; the Graph calls' 10 s would cut a video.
-            .timeout(Duration::from_secs(MEDIA_TIMEOUT_SECS))
-            .send()
-            .await
-            .map_err(|e| GraphError::Network(e.without_url().to_string()))?;
-        if !res.status().is_success() {
+            .timeout(Duration::from_secs(MEDIA_TIMEOUT_SECS));
+        if let Some(r) = range {
+            req = req.header(reqwest::header::RANGE, r);
+        }
+        let res = req.send().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        let unsatisfiable = range.is_some() && res.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE;
+        if !res.status().is_success() && !unsatisfiable {
             return Err(GraphError::Other {
                 code: res.status().as_u16() as i64,
                 subcode: None,

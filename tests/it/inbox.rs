@@ -812,7 +812,18 @@ async fn agents_open_what_customers_send() {
     assert_eq!(header(&res, "content-type"), "image/png");
     assert_eq!(header(&res, "content-disposition"), "inline");
     assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&res, "accept-ranges"), "bytes");
     assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"PNG fake image bytes");
+    // A player seeks: the part asked for, from Meta, as Meta gives it.
+    let part = app.client.get(app.url(&photo_url)).bearer_auth(&ctx.admin).header("range", "bytes=4-7").send().await;
+    let part = part.expect("request");
+    assert_eq!((part.status().as_u16(), header(&part, "content-range")), (206, "bytes 4-7/20".to_string()));
+    assert_eq!(part.bytes().await.expect("bytes").as_ref(), b"fake");
+    let past = app.client.get(app.url(&photo_url)).bearer_auth(&ctx.admin).header("range", "bytes=99-").send().await;
+    let past = past.expect("request");
+    assert_eq!(past.status().as_u16(), 416);
+    let body: Value = past.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "range_not_satisfiable");
     // A file is a download, never a page of this origin.
     let res = get(url_of("wamid.pdf"), Some(ctx.admin.clone())).await;
     assert_eq!((res.status().as_u16(), header(&res, "content-type")), (200, "application/pdf".to_string()));

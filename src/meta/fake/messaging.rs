@@ -658,8 +658,9 @@ pub(super) fn add_media(fake: &FakeMeta, body: &Value) -> HttpResponse {
     HttpResponse::Created().json(json!({"id": id}))
 }
 
-/// The media bytes; like Meta's lookaside URL it needs the Bearer token.
-pub(super) fn download(fake: &FakeMeta, id: &str, token: Option<&str>) -> HttpResponse {
+/// The media bytes; like Meta's lookaside URL it needs the Bearer token,
+/// and it serves a part for a `Range` (206, or 416 past the end).
+pub(super) fn download(fake: &FakeMeta, id: &str, token: Option<&str>, range: Option<&str>) -> HttpResponse {
     let st = fake.lock();
     let Some((phone, mime, data)) = st.media.get(id) else { return HttpResponse::NotFound().finish() };
     let allowed = token
@@ -668,5 +669,57 @@ pub(super) fn download(fake: &FakeMeta, id: &str, token: Option<&str>) -> HttpRe
     if !allowed {
         return HttpResponse::Unauthorized().finish();
     }
-    HttpResponse::Ok().content_type(mime.as_str()).body(data.clone())
+    match range.and_then(|r| byte_range(r, data.len())) {
+        None => {
+            HttpResponse::Ok().content_type(mime.as_str()).insert_header(("accept-ranges", "bytes")).body(data.clone())
+        }
+        Some(Ok((start, end))) => HttpResponse::PartialContent()
+            .content_type(mime.as_str())
+            .insert_header(("accept-ranges", "bytes"))
+            .insert_header(("content-range", format!("bytes {start}-{end}/{}", data.len())))
+            .body(data[start..=end].to_vec()),
+        Some(Err(())) => HttpResponse::RangeNotSatisfiable()
+            .insert_header(("content-range", format!("bytes */{}", data.len())))
+            .finish(),
+    }
+}
+
+/// A `Range: bytes=…` over a body of `len` bytes: the inclusive part it
+/// names, or `Err` when it names nothing there. Several ranges, or another
+/// unit, are ignored (the whole body), as a server may.
+fn byte_range(range: &str, len: usize) -> Option<Result<(usize, usize), ()>> {
+    let spec = range.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let last = len.checked_sub(1);
+    let part = match (a.parse::<usize>().ok(), b.parse::<usize>().ok()) {
+        (Some(start), Some(end)) if start <= end => (start, end.min(last.unwrap_or(0))),
+        (Some(start), None) if b.is_empty() => (start, last.unwrap_or(0)),
+        (None, Some(suffix)) if a.is_empty() && suffix > 0 => (len.saturating_sub(suffix), last.unwrap_or(0)),
+        _ => return None,
+    };
+    if last.is_none() || part.0 >= len {
+        return Some(Err(()));
+    }
+    Some(Ok(part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn ranges_as_a_server_reads_them() {
+        assert_eq!(byte_range("bytes=0-2", 20), Some(Ok((0, 2))));
+        assert_eq!(byte_range("bytes=5-", 20), Some(Ok((5, 19))));
+        assert_eq!(byte_range("bytes=-4", 20), Some(Ok((16, 19))));
+        assert_eq!(byte_range("bytes=10-999", 20), Some(Ok((10, 19))));
+        assert_eq!(byte_range("bytes=20-", 20), Some(Err(())));
+        assert_eq!(byte_range("bytes=0-1,5-6", 20), None);
+        assert_eq!(byte_range("items=0-1", 20), None);
+        assert_eq!(byte_range("bytes=3-1", 20), None);
+    }
 }

@@ -814,7 +814,8 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
             let id = p.trim_start_matches("media/").trim_end_matches("/download").to_string();
             let token = bearer_or_query(&req, &query_map(&req));
-            messaging::download(&fake, &id, token.as_deref())
+            let range = req.headers().get("range").and_then(|v| v.to_str().ok());
+            messaging::download(&fake, &id, token.as_deref(), range)
         }
         ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
         ("GET", "state") => {
