@@ -48,6 +48,8 @@ pub struct AppState {
     typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
     /// Failed logins per account (see `auth::throttle`).
     pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// WhatsApp media URLs Meta gave, kept for a player's next part.
+    pub media_urls: crate::inbox::media::MediaUrls,
     /// Tenants with a sweep of kept changes due soon (`inbox::processor`).
     pub sweeps_due: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
@@ -71,6 +73,7 @@ impl AppState {
             profile_rx: std::sync::Mutex::new(Some(rx)),
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
+            media_urls: Default::default(),
             login_throttle: crate::auth::throttle::LoginThrottle::from_env(),
             graph: GraphClient::new(&config.meta),
             keys: Keyring::new(&config.encryption_keys),

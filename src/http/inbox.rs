@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::pagination::{decode_time_cursor, encode_time_cursor, parse_limit, PageQuery, Paged};
 use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
-use crate::error::{AppError, AppResult, ErrorKind};
+use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::inbox::conversations::{self, Filter, Patch};
 use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
@@ -214,7 +214,7 @@ async fn list_messages(
 /// One attachment of a message. Messenger and Instagram media live on
 /// Meta's CDN, which serves them to whoever has the URL: a redirect there.
 /// WhatsApp media are served only to the channel's token: fetched from Meta
-/// (its URL, then its bytes) and passed through as they come, never stored.
+/// and passed through as they come, never stored (`inbox::media`).
 /// Served as a download in a sandbox unless it is an image, video or sound
 /// file: a customer's file must not run as a page of this origin. A `Range`
 /// goes on to Meta and its part comes back (206), so players can seek.
@@ -238,44 +238,14 @@ async fn attachment(
         }
         messages::AttachmentSource::Media { media_id, filename, channel } => (media_id, filename, channel),
     };
-    let sealed = channel.sealed_token().unwrap_or_default();
-    let token =
-        state.keys.decrypt(sealed, &crate::channels::token_aad(channel.platform().as_str(), &channel.external_id))?;
-    let meta_error = |e: crate::meta::GraphError| async {
-        let e = crate::channels::connect::note_graph_error(&state, tenant, channel.channel_id(), e).await;
-        media_error(e)
-    };
-    let info = match state.graph.media(&media_id, &token).await {
-        Ok(info) => info,
-        Err(e) => return Err(meta_error(e).await),
-    };
-    let Some(url) = info.get("url").and_then(Value::as_str) else {
-        return Err(AppError::new(ErrorKind::BadGateway, "meta_error", "Meta gave no URL for this media"));
-    };
     // Only a plain byte range goes on (it is the one Meta serves).
     let range = req
         .headers()
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .filter(|r| r.len() <= 100 && r.starts_with("bytes="));
-    let download = match state.graph.download_stream(url, &token, range).await {
-        Ok(d) => d,
-        Err(e) => return Err(meta_error(e).await),
-    };
-    if download.status == 416 {
-        return Err(AppError::new(
-            ErrorKind::RangeNotSatisfiable,
-            "range_not_satisfiable",
-            format!("the media has no such part ({})", download.content_range.as_deref().unwrap_or("size unknown")),
-        ));
-    }
-    let mime = info
-        .get("mime_type")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or(download.content_type)
-        .filter(|m| m.parse::<actix_web::mime::Mime>().is_ok())
-        .unwrap_or_else(|| "application/octet-stream".into());
+    let crate::inbox::media::Opened { stream: download, mime } =
+        crate::inbox::media::open(&state, tenant, &channel, &media_id, range).await?;
     let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
     let mut res = match download.status {
         206 => HttpResponse::PartialContent(),
@@ -323,23 +293,6 @@ fn disposition(inline: bool, filename: Option<&str>) -> actix_web::http::header:
     }
     let disposition = if inline { DispositionType::Inline } else { DispositionType::Attachment };
     ContentDisposition { disposition, parameters }
-}
-
-/// What Meta's refusal to hand over a media means for the agent.
-fn media_error(e: crate::meta::GraphError) -> AppError {
-    use crate::meta::GraphError as G;
-    match &e {
-        // WhatsApp keeps media for 30 days, then the id names nothing (or
-        // names a media this number may no longer read).
-        G::Other { code: 100 | 404, .. } | G::Permission { code: 200..=299 | 10, .. } => {
-            AppError::new(ErrorKind::NotFound, "media_unavailable", format!("Meta no longer serves this media ({e})"))
-        }
-        G::TokenInvalid { .. } => AppError::conflict(
-            "meta_token_invalid",
-            "Meta refused the channel's token; reconnect the channel to fetch its media",
-        ),
-        _ => e.into(),
-    }
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ pub mod conversations;
 pub mod early;
 pub mod events;
 pub mod ingest;
+pub mod media;
 pub mod messages;
 pub mod processor;
 pub mod search_index;

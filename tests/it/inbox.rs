@@ -824,6 +824,15 @@ async fn agents_open_what_customers_send() {
     assert_eq!(past.status().as_u16(), 416);
     let body: Value = past.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "range_not_satisfiable");
+    // Three fetches, one question to Meta for the media's URL.
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let lookups = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&format!("/{photo}"))))
+        .count();
+    assert_eq!(lookups, 1, "the URL Meta gave serves the next parts too");
     // A file is a download, never a page of this origin.
     let res = get(url_of("wamid.pdf"), Some(ctx.admin.clone())).await;
     assert_eq!((res.status().as_u16(), header(&res, "content-type")), (200, "application/pdf".to_string()));
