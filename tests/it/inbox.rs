@@ -745,6 +745,14 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
 }
 
+/// Adds agent Al (of no channel yet) to acme: the member, and Al's token.
+async fn agent_al(app: &TestApp, admin: &str) -> (Value, String) {
+    let member = json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"});
+    let r = app.call("POST", "/api/members", Some(admin), Some(member)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (r.body, token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token"))
+}
+
 /// A WhatsApp media object of the number at the fake; its id.
 async fn fake_media(app: &TestApp, mime: &str, data: &str) -> String {
     let made =
@@ -890,16 +898,7 @@ async fn agents_open_what_customers_send() {
     assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"<svg/>");
     // Only for who may see the conversation.
     assert_eq!(get(photo_url.clone(), None).await.status(), 401);
-    let r = app
-        .call(
-            "POST",
-            "/api/members",
-            Some(&ctx.admin),
-            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let (_, al) = agent_al(&app, &ctx.admin).await;
     let r = app.call("GET", &photo_url, Some(&al), None).await;
     assert_eq!(r.status, 404, "an agent without the channel sees no such message");
     let other = app.signup("globex", "gil@globex.test", "gil-password-1").await;
@@ -1262,15 +1261,7 @@ async fn the_inbox_api() {
     assert_eq!(conversations(&app, &ctx.admin, "?unread=true").await.len(), 3);
 
     // Agents see only their channels' conversations; viewers never write.
-    let agent = app
-        .call(
-            "POST",
-            "/api/members",
-            Some(&ctx.admin),
-            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
-        )
-        .await;
-    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let (agent, al) = agent_al(&app, &ctx.admin).await;
     assert!(conversations(&app, &al, "").await.is_empty());
     assert_eq!(app.call("GET", &format!("/api/conversations/{maria}"), Some(&al), None).await.status, 404);
     assert_eq!(app.call("GET", &format!("/api/conversations/{maria}/messages"), Some(&al), None).await.status, 404);
@@ -1279,7 +1270,7 @@ async fn the_inbox_api() {
         "PUT",
         &format!("/api/channels/{channel}/members"),
         Some(&ctx.admin),
-        Some(json!({"user_ids": [agent.body["user_id"]]})),
+        Some(json!({"user_ids": [agent["user_id"]]})),
     )
     .await;
     assert_eq!(conversations(&app, &al, "").await.len(), 3);
