@@ -129,8 +129,16 @@ fn cors(config: Arc<ServerConfig>) -> actix_cors::Cors {
             header::ACCEPT,
             header::ACCEPT_LANGUAGE,
             header::CONTENT_LANGUAGE,
+            // A media's parts (`GET /api/messages/{id}/attachments/{index}`).
+            header::RANGE,
         ])
-        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .expose_headers([
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
+            header::CONTENT_DISPOSITION,
+        ])
         .max_age(3600)
         .block_on_origin_mismatch(false)
 }

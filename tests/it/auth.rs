@@ -397,6 +397,18 @@ async fn browsers_of_allowed_origins_may_call_the_api() {
     assert!(header(&ok, "access-control-allow-methods").is_some_and(|m| m.contains("patch")));
     let allowed = header(&ok, "access-control-allow-headers").unwrap_or_default();
     assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
+    // A web inbox elsewhere fetches a customer's video by parts.
+    let media = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/messages/1/attachments/0"))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization, range")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(media.status().is_success(), "{}", media.status());
+    assert!(header(&media, "access-control-allow-headers").is_some_and(|h| h.contains("range")));
     assert!(header(&ok, "access-control-allow-credentials").is_none(), "tokens, not cookies");
     // The answer itself, an error's too, names the origin and lets the
     // page read Retry-After and WWW-Authenticate.
@@ -408,7 +420,11 @@ async fn browsers_of_allowed_origins_may_call_the_api() {
         let r = req.send().await.expect("me");
         assert_eq!(r.status().as_u16(), if bearer.is_some() { 200 } else { 401 });
         assert_eq!(header(&r, "access-control-allow-origin").as_deref(), Some(ALLOWED_ORIGIN));
-        assert!(header(&r, "access-control-expose-headers").is_some_and(|h| h.contains("retry-after")));
+        let exposed = header(&r, "access-control-expose-headers").unwrap_or_default();
+        assert!(
+            ["retry-after", "content-range", "content-disposition"].iter().all(|h| exposed.contains(h)),
+            "{exposed}"
+        );
     }
     // The server's own origin (the pages it serves) is allowed as well.
     let own = app.client.get(app.url("/api/me")).bearer_auth(&access).header("origin", &app.base).send().await;
