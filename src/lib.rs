@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod ops;
 pub mod realtime;
 pub mod secret;
+pub mod signed;
 pub mod simulate;
 pub mod telemetry;
 pub mod tenancy;

@@ -9,10 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::crypto::Keyring;
 use crate::db::schema::oauth_states;
@@ -35,27 +33,14 @@ struct StateClaims {
     e: i64,
 }
 
-/// The state-signing key, derived from the JWT secret with a fixed label so
-/// a state can never pass for a token or the reverse.
+/// The state-signing key ([`crate::signed`]).
 pub fn state_key(jwt_secret: &[u8]) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"switchboard oauth state v1\0");
-    h.update(jwt_secret);
-    h.finalize().to_vec()
-}
-
-fn mac(key: &[u8], payload: &str) -> Hmac<Sha256> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-    m.update(payload.as_bytes());
-    m
+    crate::signed::key(jwt_secret, "switchboard oauth state v1")
 }
 
 /// Signs a state value (no database work: see [`new_state`]).
 pub fn sign_state(key: &[u8], nonce: &str, tenant: TenantId, user: UserId, expires_at: i64) -> String {
-    let claims = StateClaims { n: nonce.to_string(), t: tenant.0, u: user.0, e: expires_at };
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
-    let sig = URL_SAFE_NO_PAD.encode(mac(key, &payload).finalize().into_bytes());
-    format!("{payload}.{sig}")
+    crate::signed::sign(key, &StateClaims { n: nonce.to_string(), t: tenant.0, u: user.0, e: expires_at })
 }
 
 /// Mints a state for (tenant, user) and records its nonce.
@@ -84,11 +69,10 @@ fn bad_state(message: &str) -> AppError {
 
 /// Verifies and spends a state: returns who started the flow.
 pub fn consume_state(conn: &mut PgConnection, key: &[u8], state: &str) -> AppResult<(TenantId, UserId)> {
-    let (payload, sig) = state.split_once('.').ok_or_else(|| bad_state("the OAuth state is malformed"))?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad_state("the OAuth state is malformed"))?;
-    mac(key, payload).verify_slice(&sig).map_err(|_| bad_state("the OAuth state was tampered with"))?;
-    let raw = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad_state("the OAuth state is malformed"))?;
-    let claims: StateClaims = serde_json::from_slice(&raw).map_err(|_| bad_state("the OAuth state is malformed"))?;
+    let claims: StateClaims = crate::signed::open(key, state).map_err(|e| match e {
+        crate::signed::Unsigned::Tampered => bad_state("the OAuth state was tampered with"),
+        crate::signed::Unsigned::Malformed => bad_state("the OAuth state is malformed"),
+    })?;
     if claims.e < Utc::now().timestamp() {
         return Err(bad_state("the OAuth state has expired; start again"));
     }
