@@ -20,6 +20,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// Key that signs OAuth `state` values.
     pub state_key: Vec<u8>,
+    /// Key that signs media links (`POST /api/messages/{id}/attachments/{index}/link`).
+    pub link_key: Vec<u8>,
     /// Wakes this instance's webhook processor (a webhook was stored here).
     pub wake_processor: Arc<Notify>,
     /// Webhooks this instance has stored (the processor gathers by it).
@@ -79,6 +81,7 @@ impl AppState {
             keys: Keyring::new(&config.encryption_keys),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             state_key: state_key(config.jwt_secret.expose()),
+            link_key: crate::signed::key(config.jwt_secret.expose(), "switchboard media link v1"),
             db,
             config,
         }

@@ -22,6 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
         .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
+        .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
@@ -220,18 +221,33 @@ async fn list_messages(
 /// goes on to Meta and its part comes back (206), so players can seek.
 async fn attachment(
     state: web::Data<AppState>,
-    auth: AuthContext,
     path: web::Path<(String, String)>,
+    q: web::Query<LinkQuery>,
     req: actix_web::HttpRequest,
 ) -> AppResult<HttpResponse> {
     use actix_web::http::header;
+    use actix_web::FromRequest;
     use futures_util::TryStreamExt;
-    let (raw_id, raw_index) = path.into_inner();
-    let id = MessageId::parse(&raw_id).ok_or_else(|| AppError::not_found("message"))?;
-    let index: usize = raw_index.parse().map_err(|_| AppError::not_found("attachment"))?;
-    let (user, role, tenant) = (auth.user, auth.role, auth.tenant);
-    let source =
-        state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, user, role, id, index)).await?;
+    let (id, index) = attachment_path(&path)?;
+    let (tenant, source) = match q.link.as_deref() {
+        // A link made for this attachment stands for the Bearer token.
+        Some(link) => {
+            let claims: LinkClaims = crate::signed::open(&state.link_key, link).map_err(|_| bad_link())?;
+            if (claims.m, claims.i) != (id.0, index) || claims.e < Utc::now().timestamp() {
+                return Err(bad_link());
+            }
+            let tenant = crate::ids::TenantId(claims.t);
+            let scope = crate::db::TenantScope::system(tenant);
+            (tenant, state.db.tenant(scope, move |tc| messages::attachment_source(tc, None, id, index)).await?)
+        }
+        None => {
+            let auth = AuthContext::extract(&req).await?;
+            let viewer = Some((auth.user, auth.role));
+            let source =
+                state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, viewer, id, index)).await?;
+            (auth.tenant, source)
+        }
+    };
     let (media_id, filename, channel) = match source {
         messages::AttachmentSource::Url(url) => {
             return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish())
@@ -266,6 +282,53 @@ async fn attachment(
         res.no_chunking(length);
     }
     Ok(res.streaming(download.body.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))))
+}
+
+#[derive(Deserialize)]
+struct LinkQuery {
+    link: Option<String>,
+}
+
+/// What a media link says: tenant, message, attachment, and until when.
+#[derive(serde::Serialize, Deserialize)]
+struct LinkClaims {
+    t: i64,
+    m: i64,
+    i: usize,
+    e: i64,
+}
+
+/// How long a media link works: long enough to start a video and seek in
+/// it, short enough that one copied elsewhere soon stops working.
+const LINK_SECS: i64 = 300;
+
+fn bad_link() -> AppError {
+    AppError::forbidden("invalid_link", "this link is not one this server made for this attachment, or it expired")
+}
+
+fn attachment_path(path: &(String, String)) -> AppResult<(MessageId, usize)> {
+    let id = MessageId::parse(&path.0).ok_or_else(|| AppError::not_found("message"))?;
+    let index: usize = path.1.parse().map_err(|_| AppError::not_found("attachment"))?;
+    Ok((id, index))
+}
+
+/// A link to one attachment that works without the Bearer token for five
+/// minutes, for what cannot send it: a page's `<video src>` or `<img src>`
+/// (a blob would make a long video download whole before it plays).
+/// Whoever has the link may fetch that attachment until it expires, as with
+/// Meta's own CDN URLs; only who may see the message gets one.
+async fn attachment_link(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, index) = attachment_path(&path)?;
+    let viewer = Some((auth.user, auth.role));
+    state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, viewer, id, index)).await?;
+    let claims = LinkClaims { t: auth.tenant.0, m: id.0, i: index, e: Utc::now().timestamp() + LINK_SECS };
+    let link = crate::signed::sign(&state.link_key, &claims);
+    let url = format!("{}?link={link}", crate::inbox::views::attachment_path(id.0, index));
+    Ok(HttpResponse::Ok().json(json!({"url": url, "expires_in": LINK_SECS})))
 }
 
 /// `inline` or `attachment`, with the customer's file name when there is

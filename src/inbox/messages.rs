@@ -318,15 +318,15 @@ pub enum AttachmentSource {
     Media { media_id: String, filename: Option<String>, channel: Box<ChannelRow> },
 }
 
-/// The attachment `index` of message `id`, if the caller may see the
-/// message; anything else is a 404, as for a message of another tenant.
+/// The attachment `index` of message `id`, if `viewer` may see the message
+/// (no viewer: a signed link, checked when it was made); anything else is a
+/// 404, as for a message of another tenant.
 /// An unsent message has nothing left to fetch; the channel's token is
 /// needed while it is connected (or waiting for reconnection: the token
 /// may still be good for media).
 pub fn attachment_source(
     tc: &mut TenantConn<'_>,
-    user: UserId,
-    role: Role,
+    viewer: Option<(UserId, Role)>,
     id: super::MessageId,
     index: usize,
 ) -> AppResult<AttachmentSource> {
@@ -336,8 +336,10 @@ pub fn attachment_source(
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("message"))?;
-    if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
-        return Err(AppError::not_found("message"));
+    if let Some((user, role)) = viewer {
+        if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
+            return Err(AppError::not_found("message"));
+        }
     }
     let attachment = row
         .attachments

@@ -898,7 +898,35 @@ async fn agents_open_what_customers_send() {
     assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"<svg/>");
     // Only for who may see the conversation.
     assert_eq!(get(photo_url.clone(), None).await.status(), 401);
+    // A link stands for the token five minutes, for a <video src>: for this
+    // attachment only, and only as this server signed it.
+    let made = app.call("POST", &format!("{photo_url}/link"), Some(&ctx.admin), None).await;
+    assert_eq!((made.status, made.body["expires_in"].as_i64()), (200, Some(300)), "{:?}", made.body);
+    let link = made.body["url"].as_str().expect("url").to_string();
+    assert!(link.starts_with(&format!("{photo_url}?link=")), "{link}");
+    let res = get(link.clone(), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"PNG fake image bytes");
+    let part = app.client.get(app.url(&link)).header("range", "bytes=0-2").send().await.expect("request");
+    assert_eq!((part.status().as_u16(), part.bytes().await.expect("bytes").as_ref()), (206, &b"PNG"[..]));
+    let pdf_path = url_of("wamid.pdf");
+    for forged in [
+        link.replace(&photo_url, &pdf_path),
+        format!("{}{}", &link[..link.len() - 1], if link.ends_with('A') { 'B' } else { 'A' }),
+        format!("{photo_url}?link=not-a-link"),
+    ] {
+        let r = app.call("GET", &forged, None, None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("invalid_link")), "{forged}");
+    }
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body;
+    let tenant: i64 = me["tenant"]["id"].as_str().expect("tenant id").parse().expect("number");
+    let message: i64 = photo_url.split('/').nth(3).expect("id").parse().expect("number");
+    let claims = json!({"t": tenant, "m": message, "i": 0, "e": chrono::Utc::now().timestamp() - 1});
+    let expired = format!("{photo_url}?link={}", switchboard::signed::sign(&app.state.link_key, &claims));
+    assert_eq!(app.call("GET", &expired, None, None).await.status, 403);
     let (_, al) = agent_al(&app, &ctx.admin).await;
+    let r = app.call("POST", &format!("{photo_url}/link"), Some(&al), None).await;
+    assert_eq!(r.status, 404, "no link to what one may not see");
     let r = app.call("GET", &photo_url, Some(&al), None).await;
     assert_eq!(r.status, 404, "an agent without the channel sees no such message");
     let other = app.signup("globex", "gil@globex.test", "gil-password-1").await;
