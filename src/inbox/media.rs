@@ -99,8 +99,9 @@ pub async fn open(
                 let Some(url) = text("url") else {
                     return Err(AppError::new(ErrorKind::BadGateway, "meta_error", "Meta gave no URL for this media"));
                 };
-                state.media_urls.put(key.clone(), url.clone(), text("mime_type"), Instant::now());
-                (url, text("mime_type"))
+                let mime = text("mime_type");
+                state.media_urls.put(key.clone(), url.clone(), mime.clone(), Instant::now());
+                (url, mime)
             }
         };
         match state.graph.download_stream(&url, &token, range).await {

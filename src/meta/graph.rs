@@ -534,12 +534,6 @@ impl GraphClient {
         self.call(Method::GET, media_id, Some(token), &[], None).await
     }
 
-    /// Downloads a media URL; it needs the same token.
-    pub async fn download(&self, url: &str, token: &Secret<String>) -> Result<Vec<u8>, GraphError> {
-        let res = self.open_download(url, token, None).await?;
-        Ok(res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?.to_vec())
-    }
-
     /// Starts downloading a media URL, or the part `range` (a `Range`
     /// header's value) names: a video player seeks by asking for parts. Its
     /// bytes come as they arrive, so a 100 MB document passes through

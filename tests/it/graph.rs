@@ -59,8 +59,10 @@ async fn paging_retries_and_classification() {
     let meta = graph.media(m["id"].as_str().expect("id"), &wa_token).await.expect("media");
     assert_eq!(meta["mime_type"], "image/png");
     let url = meta["url"].as_str().expect("url");
-    assert_eq!(graph.download(url, &wa_token).await.expect("bytes"), b"PNGDATA");
-    assert!(graph.download(url, &token).await.is_err(), "another account's token");
+    let download = graph.download_stream(url, &wa_token, None).await.expect("download");
+    let bytes: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(download.body).await.expect("bytes");
+    assert_eq!(bytes.concat(), b"PNGDATA");
+    assert!(graph.download_stream(url, &token, None).await.is_err(), "another account's token");
     // The request log never stores tokens or secrets.
     let log = app.fake("GET", "/_fake/requests", json!({})).await.to_string();
     assert!(!log.contains(token.expose()) && !log.contains("fake_app_secret_0123456789abcdef"));

@@ -798,10 +798,7 @@ async fn agents_open_what_customers_send() {
     let convs = conversations(&app, &ctx.admin, "").await;
     let wa = by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string();
     let shown = messages(&app, &ctx.admin, &wa).await;
-    let url_of = |wamid: &str| {
-        let m = shown.iter().find(|m| m["external_id"] == wamid).expect("message");
-        m["attachments"][0]["url"].as_str().expect("a url for the media").to_string()
-    };
+    let url_of = |wamid: &str| url_of_in(&shown, wamid);
     let photo_url = url_of("wamid.photo");
     assert!(photo_url.starts_with("/api/messages/") && photo_url.ends_with("/attachments/0"), "{photo_url}");
     let get = |path: String, t: Option<String>| {
@@ -932,6 +929,26 @@ async fn agents_open_what_customers_send() {
     let other = app.signup("globex", "gil@globex.test", "gil-password-1").await;
     let r = app.call("GET", &photo_url, Some(&token(&other, "access_token")), None).await;
     assert_eq!(r.status, 404, "another tenant's message id names nothing here");
+    // Meta refuses the channel's token: 409, and the channel asks to be
+    // reconnected, as after a refused send.
+    let late = fake_media(&app, "image/jpeg", "JPEG").await;
+    let body = media_message("wamid.late", "image", json!({"id": late, "mime_type": "image/jpeg"}));
+    assert_eq!(app.webhook(&body).await, 200);
+    app.processed().await;
+    let expired = json!({"path": late, "status": 400, "error": {"code": 190, "error_subcode": 463, "message": "Error validating access token: Session has expired"}});
+    app.fake("POST", "/_fake/errors", expired).await;
+    let shown = messages(&app, &ctx.admin, &wa).await;
+    let r = app.call("GET", &url_of_in(&shown, "wamid.late"), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("meta_token_invalid")), "{:?}", r.body);
+    let channel = by_contact(&convs, WA_ID)["channel_id"].as_str().expect("channel").to_string();
+    let ch = app.call("GET", &format!("/api/channels/{channel}"), Some(&ctx.admin), None).await;
+    assert_eq!(ch.body["status"], "reauth_required");
+}
+
+/// The `url` of the first attachment of the message Meta knows as `mid`.
+fn url_of_in(shown: &[Value], mid: &str) -> String {
+    let m = shown.iter().find(|m| m["external_id"] == mid).expect("message");
+    m["attachments"][0]["url"].as_str().expect("a url for the media").to_string()
 }
 
 /// WhatsApp accepts a send outside the customer's window and reports the
