@@ -830,14 +830,23 @@ async fn agents_open_what_customers_send() {
     let body: Value = past.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "range_not_satisfiable");
     // Three fetches, one question to Meta for the media's URL.
-    let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    let lookups = log["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&format!("/{photo}"))))
-        .count();
-    assert_eq!(lookups, 1, "the URL Meta gave serves the next parts too");
+    let lookups = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&format!("/{photo}"))))
+            .count()
+    };
+    assert_eq!(lookups().await, 1, "the URL Meta gave serves the next parts too");
+    // Meta's URL stops working before the server stops using it (Meta's
+    // minutes are not a promise): the server asks for a new one, once.
+    app.fake("POST", "/_fake/media-urls/expire", json!({})).await;
+    let again = app.client.get(app.url(&photo_url)).bearer_auth(&ctx.admin).header("range", "bytes=0-2").send().await;
+    let again = again.expect("request");
+    assert_eq!((again.status().as_u16(), again.bytes().await.expect("bytes").as_ref()), (206, &b"PNG"[..]));
+    assert_eq!(lookups().await, 2, "a new URL, asked for once");
     // A file is a download, never a page of this origin.
     let res = get(url_of("wamid.pdf"), Some(ctx.admin.clone())).await;
     assert_eq!((res.status().as_u16(), header(&res, "content-type")), (200, "application/pdf".to_string()));

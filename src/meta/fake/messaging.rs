@@ -628,7 +628,7 @@ impl FakeMeta {
 }
 
 /// `GET /{media-id}` (WhatsApp): where to download it, for the number's token.
-pub(super) fn media(st: &State, owner: &Owner, id: &str, base: &str) -> Option<HttpResponse> {
+pub(super) fn media(st: &mut State, owner: &Owner, id: &str, base: &str) -> Option<HttpResponse> {
     let (phone, mime, data) = st.media.get(id)?;
     if !st.may_use(owner, &Account::Phone(phone.clone())) {
         return Some(graph_error(200, None, "(#200) Permissions error"));
@@ -636,10 +636,17 @@ pub(super) fn media(st: &State, owner: &Owner, id: &str, base: &str) -> Option<H
     use sha2::Digest;
     // The media endpoint gives the checksum in hex (webhooks carry base64).
     let sha = hex::encode(sha2::Sha256::digest(data));
-    Some(HttpResponse::Ok().json(json!({
-        "messaging_product": "whatsapp", "url": format!("{base}/_fake/media/{id}/download"),
-        "mime_type": mime, "sha256": sha, "file_size": data.len(), "id": id,
-    })))
+    let answer = json!({
+        "messaging_product": "whatsapp", "mime_type": mime, "sha256": sha, "file_size": data.len(), "id": id,
+    });
+    // Every lookup hands out a new URL, good for a few minutes.
+    let now = std::time::Instant::now();
+    st.media_urls.retain(|_, (_, at)| now.duration_since(*at) < super::MEDIA_URL_LIFETIME);
+    let grant = super::random_alnum(20);
+    st.media_urls.insert(grant.clone(), (id.to_string(), now));
+    let mut answer = answer;
+    answer["url"] = json!(format!("{base}/_fake/media/{id}/download?grant={grant}"));
+    Some(HttpResponse::Ok().json(answer))
 }
 
 /// `POST /_fake/media`.
@@ -659,10 +666,23 @@ pub(super) fn add_media(fake: &FakeMeta, body: &Value) -> HttpResponse {
 }
 
 /// The media bytes; like Meta's lookaside URL it needs the Bearer token,
-/// and it serves a part for a `Range` (206, or 416 past the end).
-pub(super) fn download(fake: &FakeMeta, id: &str, token: Option<&str>, range: Option<&str>) -> HttpResponse {
+/// works only for a few minutes after the lookup that gave it (`grant`),
+/// and serves a part for a `Range` (206, or 416 past the end).
+pub(super) fn download(
+    fake: &FakeMeta,
+    id: &str,
+    grant: Option<&str>,
+    token: Option<&str>,
+    range: Option<&str>,
+) -> HttpResponse {
     let st = fake.lock();
     let Some((phone, mime, data)) = st.media.get(id) else { return HttpResponse::NotFound().finish() };
+    let current = grant.and_then(|g| st.media_urls.get(g)).is_some_and(|(media, at)| {
+        media == id && at.elapsed() < super::MEDIA_URL_LIFETIME
+    });
+    if !current {
+        return HttpResponse::NotFound().finish();
+    }
     let allowed = token
         .and_then(|t| st.tokens.get(t))
         .is_some_and(|t| t.error.is_none() && st.may_use(&t.owner, &Account::Phone(phone.clone())));

@@ -55,8 +55,11 @@
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
 //!   (`declined: true`: the chunk saying sharing is off).
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
-//!   WhatsApp media object; `GET /{media-id}` then answers its URL, which
-//!   downloads with the Bearer token.
+//!   WhatsApp media object; `GET /{media-id}` then answers a URL, which
+//!   downloads with the Bearer token for five minutes (Meta's URLs are
+//!   short-lived; meta/CONTRACTS.md §7.6), then answers 404.
+//!   `POST /_fake/media-urls/expire` ends every URL handed out so far, as
+//!   if those minutes had passed.
 //! - `GET /_fake/requests` every Graph call received (tokens and secrets
 //!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
 
@@ -195,6 +198,9 @@ struct State {
     profiles: HashMap<String, Option<String>>,
     /// WhatsApp media: id -> (phone number id it belongs to, mime type, bytes).
     media: HashMap<String, (String, String, Vec<u8>)>,
+    /// The download URLs handed out for media: grant -> (media id, when).
+    /// Each lasts [`MEDIA_URL_LIFETIME`], as Meta's last minutes, not days.
+    media_urls: HashMap<String, (String, std::time::Instant)>,
     /// Pages Meta blocked for its policies (`POST /_fake/policy-enforcement`):
     /// they cannot send until unblocked.
     blocked_pages: std::collections::HashSet<String>,
@@ -212,6 +218,9 @@ impl State {
         t
     }
 }
+
+/// How long a media URL the fake hands out downloads (Meta's: minutes).
+const MEDIA_URL_LIFETIME: Duration = Duration::from_secs(300);
 
 fn random_alnum(n: usize) -> String {
     let mut r = rand::thread_rng();
@@ -811,11 +820,16 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
         ("POST", "media") => messaging::add_media(&fake, &body),
+        ("POST", "media-urls/expire") => {
+            fake.lock().media_urls.clear();
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
         (_, p) if p.starts_with("media/") && p.ends_with("/download") => {
             let id = p.trim_start_matches("media/").trim_end_matches("/download").to_string();
-            let token = bearer_or_query(&req, &query_map(&req));
+            let q = query_map(&req);
+            let token = bearer_or_query(&req, &q);
             let range = req.headers().get("range").and_then(|v| v.to_str().ok());
-            messaging::download(&fake, &id, token.as_deref(), range)
+            messaging::download(&fake, &id, q.get("grant").map(String::as_str), token.as_deref(), range)
         }
         ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
         ("GET", "state") => {
