@@ -14,6 +14,7 @@ pub mod listen;
 pub mod migrate;
 pub mod pool;
 pub mod prepared;
+pub mod queue;
 pub mod schema;
 pub mod tenant;
 pub mod tenant_schema;

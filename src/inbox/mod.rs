@@ -69,6 +69,21 @@ pub(crate) fn planned_for_the_pattern<T>(
     Ok(found)
 }
 
+/// How long an idle worker of `queue` sleeps unless woken
+/// ([`crate::db::queue`]); as before on an error.
+pub(crate) async fn idle_wait(state: &crate::app::AppState, queue: crate::db::queue::Queue) -> std::time::Duration {
+    let pool = state.db.pool().clone();
+    let due = actix_web::web::block(move || {
+        let mut conn = pool.get()?;
+        crate::db::queue::idle_wait(&mut conn, queue)
+    })
+    .await;
+    match due {
+        Ok(Ok(wait)) => wait,
+        _ => crate::db::queue::HELD_RETRY,
+    }
+}
+
 /// `%text%` for a LIKE that finds `text` anywhere, its own `%`, `_` and `\`
 /// taken literally.
 pub fn contains_pattern(text: &str) -> String {

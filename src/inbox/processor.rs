@@ -29,6 +29,7 @@ use super::events::EventLog;
 use super::ingest::{Followups, Ingest};
 use crate::app::AppState;
 use crate::channels;
+use crate::db::queue::{Queue, HELD_RETRY};
 use crate::db::schema::{channel_routes, webhook_events as we};
 use crate::db::{prepared, with_tenant, DbError, PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
@@ -468,8 +469,9 @@ pub fn replay(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
 }
 
 /// The processor loop inside `serve`: runs batches while there is work,
-/// then sleeps until woken (a webhook stored by this instance) or a short
-/// poll interval passes (work stored by other instances, retries). A helper
+/// then sleeps until woken (a webhook stored by this instance) or the next
+/// row falls due (retries; work other instances stored and left, looked
+/// for at least every two seconds: `db::queue`). A helper
 /// (`primary` false) claims only while the last batch came back full.
 pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // Smaller batches answer sooner; larger ones carry more per transaction.
@@ -515,6 +517,8 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     let mut behind = state.processor_behind.subscribe();
+    // The last wait passed without a wake (see below).
+    let mut quiet = false;
     let set_behind = |now: bool| state.processor_behind.send_if_modified(|b| std::mem::replace(b, now) != now);
     loop {
         if !primary && behind.wait_for(|b| *b).await.is_err() {
@@ -558,12 +562,19 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 // (the helper's too: only the primary keeps claiming).
                 if primary {
                     state.feed.flush();
+                    // The helper goes back to waiting for a full batch.
+                    // Under load a store wakes this wait within
+                    // milliseconds: the due time is asked only once a wait
+                    // passed unwoken.
+                    let wait = if quiet { super::idle_wait(&state, Queue::Webhooks).await } else { HELD_RETRY };
+                    quiet = tokio::time::timeout(wait, state.wake_processor.notified()).await.is_err();
+                    continue;
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = ?e, "webhook batch failed"),
             Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(250), state.wake_processor.notified()).await;
+        let _ = tokio::time::timeout(HELD_RETRY, state.wake_processor.notified()).await;
     }
 }
 

@@ -18,6 +18,7 @@ use super::views::{ContactRow, ConversationRow, MessageRow, ReplyWindow};
 use super::{contacts, conversations, messages};
 use crate::app::AppState;
 use crate::channels::{connect::note_graph_error, ChannelId, ChannelRow, Platform};
+use crate::db::queue::{Queue, HELD_RETRY};
 use crate::db::schema::send_queue as sq;
 use crate::db::tenant_schema::{contacts as ct, conversations as cv, messages as m};
 use crate::db::TenantScope;
@@ -304,13 +305,19 @@ pub async fn run_once(state: &AppState, pacer: &mut Pacer) -> AppResult<usize> {
 
 pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut pacer = Pacer::default();
+    let mut quiet = false;
     loop {
-        match run_once(&state, &mut pacer).await {
+        let wait = match run_once(&state, &mut pacer).await {
             Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "sender pass failed"),
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(250), state.wake_sender.notified()).await;
+            // As the processor: the due time only once a wait passed unwoken.
+            Ok(_) if quiet => super::idle_wait(&state, Queue::Sends).await,
+            Ok(_) => HELD_RETRY,
+            Err(e) => {
+                tracing::warn!(error = ?e, "sender pass failed");
+                HELD_RETRY
+            }
+        };
+        quiet = tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err();
     }
 }
 

@@ -37,6 +37,8 @@ use super::{CLOSE_LOGGED_OUT, CLOSE_REMOVED, CLOSE_TOO_SLOW};
 use crate::inbox::events::StoredEvent;
 
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
+/// How often, while anyone types, expired typing is looked for.
+const TYPING_CHECK: Duration = Duration::from_millis(500);
 /// A hold takes in further backlog batches while younger than this.
 pub const HOLD_WHILE: Duration = Duration::from_millis(150);
 /// Held events go out after this even if no further batch comes.
@@ -641,6 +643,9 @@ pub struct Hub {
     unwritten: Arc<Unwritten>,
     index: Index,
     typing: HashMap<(i64, i64, i64), (Instant, i64, String)>,
+    /// An expiry check of `typing` is scheduled ([`Hub::expire_typing`]):
+    /// only while someone types, so an idle hub sleeps.
+    typing_check_due: bool,
     presence: HashMap<(i64, i64), HashMap<String, (u32, bool)>>,
     /// Per tenant, the users shown online or away, with the frame that said
     /// so: a socket that joins gets these first (nobody else would tell it
@@ -680,6 +685,7 @@ impl Hub {
             unwritten,
             index: Index::default(),
             typing: HashMap::new(),
+            typing_check_due: false,
             presence: HashMap::new(),
             shown: HashMap::new(),
             holds: Holds::default(),
@@ -868,6 +874,27 @@ impl Hub {
         users.values().take(OUTBOX_LIMIT / 2).map(|(_, f)| f.clone()).collect()
     }
 
+    /// Typing expires [`TYPING_TTL`] after its last renewal: checked every
+    /// [`TYPING_CHECK`] while anyone types, not at all otherwise.
+    fn check_typing_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.typing_check_due && !self.typing.is_empty() {
+            self.typing_check_due = true;
+            ctx.run_later(TYPING_CHECK, |hub, ctx| hub.expire_typing(ctx));
+        }
+    }
+
+    fn expire_typing(&mut self, ctx: &mut Context<Self>) {
+        self.typing_check_due = false;
+        let now = Instant::now();
+        let expired: Vec<_> =
+            self.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
+        for ((tenant, conv, user), channel, name) in expired {
+            self.typing.remove(&(tenant, conv, user));
+            self.broadcast(tenant, Some(channel), Hub::typing_frame(conv, user, &name, false), Some(user));
+        }
+        self.check_typing_soon(ctx);
+    }
+
     fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Frame {
         let frame = json!({"type": "typing", "at": Utc::now(), "data": {
             "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
@@ -902,16 +929,6 @@ impl Actor for Hub {
             for inst in silent_instances(&hub.instances, hub.own_alive_heard, Instant::now(), alive) {
                 tracing::info!(instance = %inst, "an instance fell silent; forgetting its sockets");
                 hub.forget_instance(&inst);
-            }
-        });
-        // Typing expires 6 seconds after its last renewal.
-        ctx.run_interval(Duration::from_millis(500), |hub, _| {
-            let now = Instant::now();
-            let expired: Vec<_> =
-                hub.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
-            for ((tenant, conv, user), channel, name) in expired {
-                hub.typing.remove(&(tenant, conv, user));
-                hub.broadcast(tenant, Some(channel), Hub::typing_frame(conv, user, &name, false), Some(user));
             }
         });
     }
@@ -1187,7 +1204,7 @@ impl Hub {
 
 impl Handler<Live> for Hub {
     type Result = ();
-    fn handle(&mut self, Live(msg): Live, _: &mut Context<Self>) {
+    fn handle(&mut self, Live(msg): Live, ctx: &mut Context<Self>) {
         // Any word from an instance known to be alive keeps it so.
         if let LiveMsg::Alive { inst } | LiveMsg::PresenceOf { inst, .. } | LiveMsg::Presence { inst, .. } = &msg {
             if *inst != self.instance
@@ -1211,6 +1228,7 @@ impl Handler<Live> for Hub {
             LiveMsg::Typing { t, conv, ch, u, name, on } => {
                 if on {
                     self.typing.insert((t, conv, u), (Instant::now() + TYPING_TTL, ch, name.clone()));
+                    self.check_typing_soon(ctx);
                 } else {
                     self.typing.remove(&(t, conv, u));
                 }

@@ -445,3 +445,42 @@ async fn the_workers_claims_survive_closed_connections() {
         .expect("the sender's pass");
     assert_eq!(claimed, 0, "nothing was queued");
 }
+
+/// An idle worker sleeps until its queue's next row falls due, never past
+/// `IDLE_MOST` (another instance's leftovers), and looks again soon when
+/// rows are due but held (another worker claimed them).
+#[actix_web::test]
+async fn idle_workers_sleep_until_their_next_row_falls_due() {
+    use std::time::Duration;
+    use switchboard::db::queue::{idle_wait, Queue, HELD_RETRY, IDLE_MOST};
+    let app = crate::common::spawn_app_without_workers().await;
+    let mut conn = app.db.conn();
+    assert_eq!(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), IDLE_MOST);
+    assert_eq!(idle_wait(&mut conn, Queue::Sends).expect("wait"), IDLE_MOST);
+    app.signup("idle", "ida@idle.test", "ida-password-1").await;
+    // A webhook to retry in a second; a reply to retry in a second and a half.
+    conn.batch_execute(
+        "INSERT INTO public.webhook_events (body, next_attempt_at) VALUES ('{}', now() + interval '1 second')",
+    )
+    .expect("a retry");
+    conn.batch_execute(
+        "INSERT INTO public.send_queue (tenant_id, kind, next_attempt_at) \
+         SELECT id, 'message', now() + interval '1.5 seconds' FROM public.tenants WHERE slug = 'idle'",
+    )
+    .expect("a send to retry");
+    let about = |wait: Duration, secs: f64| {
+        let s = wait.as_secs_f64();
+        // Less by the time this test took since the insert.
+        assert!(s > secs - 0.4 && s <= secs + 0.01, "{wait:?} against {secs} s");
+    };
+    about(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), 1.0);
+    about(idle_wait(&mut conn, Queue::Sends).expect("wait"), 1.5);
+    // Due, but no claim took it (another worker's lease): soon again.
+    conn.batch_execute("UPDATE public.webhook_events SET next_attempt_at = now() - interval '1 second'").expect("due");
+    assert_eq!(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), HELD_RETRY);
+    // Done and dead rows are no work.
+    conn.batch_execute("UPDATE public.webhook_events SET status = 'done'").expect("done");
+    conn.batch_execute("UPDATE public.send_queue SET status = 'dead'").expect("dead");
+    assert_eq!(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), IDLE_MOST);
+    assert_eq!(idle_wait(&mut conn, Queue::Sends).expect("wait"), IDLE_MOST);
+}

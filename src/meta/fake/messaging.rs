@@ -677,9 +677,9 @@ pub(super) fn download(
 ) -> HttpResponse {
     let st = fake.lock();
     let Some((phone, mime, data)) = st.media.get(id) else { return HttpResponse::NotFound().finish() };
-    let current = grant.and_then(|g| st.media_urls.get(g)).is_some_and(|(media, at)| {
-        media == id && at.elapsed() < super::MEDIA_URL_LIFETIME
-    });
+    let current = grant
+        .and_then(|g| st.media_urls.get(g))
+        .is_some_and(|(media, at)| media == id && at.elapsed() < super::MEDIA_URL_LIFETIME);
     if !current {
         return HttpResponse::NotFound().finish();
     }
