@@ -512,11 +512,24 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // wait in turn, and the p99 went from ~90–115 to 155–305 ms (bench
     // realtime, alternated runs). At 150 bursts still settle within their
     // first batches (they run at 400–1,000 a batch).
+    // That was not enough on the slowest machines: see `backlog_rate`.
     let settle_at = env_or("SWITCHBOARD_WEBHOOK_SETTLE_AT", 150i64);
     let wait_writes_at = env_or("SWITCHBOARD_WEBHOOK_WAIT_WRITES_AT", 1i64);
     let gather_at = env_or("SWITCHBOARD_WEBHOOK_GATHER_AT", 200i64);
     let gather = std::time::Duration::from_millis(env_or("SWITCHBOARD_WEBHOOK_GATHER_MS", 50u64));
     let mut behind = state.processor_behind.subscribe();
+    // How fast webhooks come, not how large batches are, tells heavy load
+    // from a steady one. Batch size alone could not: on a slower machine
+    // (bench realtime, the sixth, ninth and fifteenth in
+    // docs/BENCHMARKS.md) steady batches at 2,000/s reached `settle_at`,
+    // and each hold made the next batch larger and likelier to be held in
+    // turn, the p99 locked in at 200–700 ms. The rate a batch's claim
+    // measures does not grow with the waits, so the hold and the gathering
+    // no longer feed themselves. Below `backlog_rate` latency comes first;
+    // above it (bursts, which run at 3,000–9,000/s) fewer, larger socket
+    // writes do.
+    let backlog_rate = env_or("SWITCHBOARD_WEBHOOK_BACKLOG_RATE", 2600f64);
+    let mut claims = ClaimRate::default();
     // The last wait passed without a wake (see below).
     let mut quiet = false;
     let set_behind = |now: bool| state.processor_behind.send_if_modified(|b| std::mem::replace(b, now) != now);
@@ -526,6 +539,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
         }
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
+        let claim_started = std::time::Instant::now();
         let result = actix_web::web::block(move || {
             let started = std::time::Instant::now();
             let r = process_batch(&pool, &app_id, batch);
@@ -544,19 +558,23 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 inc(&WEBHOOKS_PROCESSED, report.done as u64);
                 inc(&WEBHOOKS_DEAD, report.dead as u64);
                 inc(&WEBHOOKS_RETRIED, report.retried as u64);
-                // A batch this large most likely has more queued behind it:
+                let rate = claims.note(claim_started, report.claimed as u64);
+                // A batch this large, with webhooks coming faster than
+                // `backlog_rate`, most likely has more queued behind it:
                 // its frames may wait for the next batch's (realtime::hub).
-                let pace = if claimed >= settle_at { Pace::Backlog } else { Pace::Now };
+                let heavy = rate >= backlog_rate || claimed >= batch;
+                let pace = if claimed >= settle_at && heavy { Pace::Backlog } else { Pace::Now };
                 after_batch(&state, report, pace);
                 if primary && claimed >= wait_writes_at && claimed < batch {
                     state.feed.settle(gather).await;
                 }
-                if primary && claimed >= gather_at && claimed < batch {
+                if primary && claimed >= gather_at && heavy && claimed < batch {
                     gather_more(&stored, &state.wake_processor, batch as u64 / 2, gather).await;
                 }
                 continue;
             }
             Ok(Ok(_)) => {
+                claims.note(claim_started, 0);
                 set_behind(false);
                 // Nothing more came: frames held for a next batch go out now
                 // (the helper's too: only the primary keeps claiming).
@@ -575,6 +593,38 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
             Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
         }
         let _ = tokio::time::timeout(HELD_RETRY, state.wake_processor.notified()).await;
+    }
+}
+
+/// Webhooks claimed per second over the last [`ClaimRate::WINDOW`]: what
+/// each claim took arrived since the one before it.
+#[derive(Default)]
+pub struct ClaimRate {
+    claims: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl ClaimRate {
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Notes a claim that started `at` and took `claimed`; the rate now
+    /// (0 until two claims span some time). A claim that found nothing
+    /// drained the queue: the count starts again from it.
+    pub fn note(&mut self, at: std::time::Instant, claimed: u64) -> f64 {
+        if claimed == 0 {
+            self.claims.clear();
+        }
+        self.claims.push_back((at, claimed));
+        while self.claims.len() > 2 && self.claims.front().is_some_and(|(t, _)| at.duration_since(*t) > Self::WINDOW) {
+            self.claims.pop_front();
+        }
+        let Some(&(first, _)) = self.claims.front() else { return 0.0 };
+        let span = at.duration_since(first).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        // The first claim's webhooks came before the span began.
+        let came: u64 = self.claims.iter().skip(1).map(|(_, n)| n).sum();
+        came as f64 / span
     }
 }
 
@@ -655,6 +705,31 @@ fn sweep_soon(state: &actix_web::web::Data<AppState>, tenant: i64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_claim_rate_counts_what_came_since_the_first_claim_of_the_window() {
+        use super::ClaimRate;
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut rate = ClaimRate::default();
+        assert_eq!(rate.note(t0, 40), 0.0, "one claim spans no time");
+        // Steady 2,000/s in batches of 200, whatever the gaps between them.
+        assert_eq!(rate.note(ms(100), 200), 2000.0);
+        assert_eq!(rate.note(ms(200), 200), 2000.0);
+        for i in 3..30 {
+            let r = rate.note(ms(100 * i), 200);
+            assert!((r - 2000.0).abs() < 1.0, "{r}");
+        }
+        // A burst: 900 every 100 ms reads as a burst within two claims.
+        rate.note(ms(3000), 0);
+        rate.note(ms(3010), 1);
+        assert!(rate.note(ms(3110), 900) > 8000.0);
+        // Long idle: a claim after it reads low, not as a burst.
+        assert_eq!(rate.note(ms(9000), 0), 0.0);
+        assert!(rate.note(ms(10500), 5) < 10.0);
+        assert!(rate.claims.len() <= 3);
+    }
+
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
