@@ -580,10 +580,10 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                 // (the helper's too: only the primary keeps claiming).
                 if primary {
                     state.feed.flush();
-                    // The helper goes back to waiting for a full batch.
                     // Under load a store wakes this wait within
                     // milliseconds: the due time is asked only once a wait
-                    // passed unwoken.
+                    // passed unwoken. (The helper goes back to waiting for
+                    // a full batch, below.)
                     let wait = if quiet { super::idle_wait(&state, Queue::Webhooks).await } else { HELD_RETRY };
                     quiet = tokio::time::timeout(wait, state.wake_processor.notified()).await.is_err();
                     continue;
@@ -705,10 +705,13 @@ fn sweep_soon(state: &actix_web::web::Data<AppState>, tenant: i64) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
     #[test]
     fn the_claim_rate_counts_what_came_since_the_first_claim_of_the_window() {
-        use super::ClaimRate;
-        use std::time::{Duration, Instant};
+        use std::time::Instant;
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut rate = ClaimRate::default();
@@ -729,10 +732,6 @@ mod tests {
         assert!(rate.note(ms(10500), 5) < 10.0);
         assert!(rate.claims.len() <= 3);
     }
-
-    use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn gathering_ends_when_enough_arrived_or_at_the_deadline() {

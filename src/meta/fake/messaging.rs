@@ -636,17 +636,16 @@ pub(super) fn media(st: &mut State, owner: &Owner, id: &str, base: &str) -> Opti
     use sha2::Digest;
     // The media endpoint gives the checksum in hex (webhooks carry base64).
     let sha = hex::encode(sha2::Sha256::digest(data));
-    let answer = json!({
-        "messaging_product": "whatsapp", "mime_type": mime, "sha256": sha, "file_size": data.len(), "id": id,
-    });
+    let (mime, size) = (mime.clone(), data.len());
     // Every lookup hands out a new URL, good for a few minutes.
     let now = std::time::Instant::now();
     st.media_urls.retain(|_, (_, at)| now.duration_since(*at) < super::MEDIA_URL_LIFETIME);
     let grant = super::random_alnum(20);
     st.media_urls.insert(grant.clone(), (id.to_string(), now));
-    let mut answer = answer;
-    answer["url"] = json!(format!("{base}/_fake/media/{id}/download?grant={grant}"));
-    Some(HttpResponse::Ok().json(answer))
+    Some(HttpResponse::Ok().json(json!({
+        "messaging_product": "whatsapp", "url": format!("{base}/_fake/media/{id}/download?grant={grant}"),
+        "mime_type": mime, "sha256": sha, "file_size": size, "id": id,
+    })))
 }
 
 /// `POST /_fake/media`.
