@@ -2311,3 +2311,22 @@ async fn a_channel_shows_when_its_last_webhook_came() {
     assert_eq!(last_webhook(PAGE_A).await, first, "written at most once a minute");
     assert!(last_webhook(PHONE).await.is_null(), "the WhatsApp number had none");
 }
+
+/// Work no local store wakes the processor for (another instance stored it
+/// and stopped, or a retry fell due) is still taken by an idle processor,
+/// which sleeps until the next row is due but never unboundedly.
+#[actix_web::test]
+async fn an_idle_processor_still_takes_work_it_was_not_woken_for() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_idle.1", "first")).await, 200);
+    app.processed().await;
+    // Idle long enough that its waits pass unwoken and it sleeps long.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(800)).await;
+    app.store_bodies(&[messenger_text(PSID, "m_idle.2", "stored elsewhere")]);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let shown = messages(&app, &ctx.admin, &conv).await;
+    assert!(shown.iter().any(|m| m["text"] == "stored elsewhere"), "{shown:?}");
+}
