@@ -449,6 +449,23 @@ async fn events_reach_exactly_who_may_see_them() {
     send(&mut x, json!({"type": "typing", "conversation_id": conv})).await;
     let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing without on");
     assert_eq!(typing["data"]["on"], true);
+    // That typing began after the first expired, when the hub had stopped
+    // checking (it checks only while someone types); renewed 3 s in, it
+    // lasts 6 s from the renewal, then expires all the same.
+    let began = std::time::Instant::now();
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    send(&mut x, json!({"type": "typing", "conversation_id": conv, "on": true})).await;
+    loop {
+        let f = until(&mut admin, "typing", Duration::from_secs(10)).await.expect("expiry after the renewal");
+        if f["data"]["on"] == false {
+            break;
+        }
+    }
+    assert!(
+        began.elapsed() >= Duration::from_millis(8500),
+        "expired {:?} after it began, before the renewal's 6 s",
+        began.elapsed()
+    );
 
     // Presence: away, then offline when the last socket closes.
     send(&mut x, json!({"type": "presence", "status": "away"})).await;
