@@ -33,6 +33,16 @@ pub struct Filter {
 
 pub const STATUSES: [&str; 4] = ["open", "pending", "snoozed", "resolved"];
 
+/// Who lists, with which filter, from where: what every statement of a
+/// page applies.
+#[derive(Clone, Copy)]
+struct Listing<'f> {
+    user: UserId,
+    role: Role,
+    filter: &'f Filter,
+    after: Option<(DateTime<Utc>, i64)>,
+}
+
 /// How many pages' worth of the newest conversations a search probes one
 /// by one before it collects every match: see [`search`].
 const PROBE_PAGES: i64 = 4;
@@ -46,27 +56,21 @@ pub fn list(
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> AppResult<Vec<ConversationView>> {
+    let listing = Listing { user, role, filter: f, after };
     let search_text = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let rows = match search_text {
-        Some(text) => planned_for_the_pattern(tc, |pg| search(pg, user, role, f, after, text, limit))?,
-        None => {
-            newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), user, role, f, after))
-                .limit(limit)
-                .load(tc.pg())?
-        }
+        Some(text) => planned_for_the_pattern(tc, |pg| search(pg, listing, text, limit))?,
+        None => newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
+            .limit(limit)
+            .load(tc.pg())?,
     };
     Names::default().conversations(tc, &rows)
 }
 
 /// `q` narrowed by the filter's conditions (all but the search) and the
 /// keyset.
-fn filtered<'a, ST: 'a>(
-    mut q: c::BoxedQuery<'a, Pg, ST>,
-    user: UserId,
-    role: Role,
-    f: &Filter,
-    after: Option<(DateTime<Utc>, i64)>,
-) -> c::BoxedQuery<'a, Pg, ST> {
+fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) -> c::BoxedQuery<'a, Pg, ST> {
+    let Listing { user, role, filter: f, after } = listing;
     if !role.at_least(Role::Admin) {
         let mine =
             channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
@@ -108,43 +112,38 @@ fn newest_first<'a, ST: 'a>(q: c::BoxedQuery<'a, Pg, ST>) -> c::BoxedQuery<'a, P
 /// Probing the newest conversations one by one, each through its messages'
 /// index and stopping at its first match, costs what the page costs when
 /// most conversations match, and reads every message of every conversation
-/// when the word sits in old ones only. PostgreSQL does not choose well
-/// between them: the page's `LIMIT` does not reach into a match on messages
-/// or a contact (an `OR` of two subqueries), and its costs rate reading a
-/// message as far cheaper than a `LIKE` on it.
+/// probed when the word is rare (50 conversations of 5,000 messages: 60 ms
+/// against 2 for collecting). PostgreSQL does not choose well between them:
+/// the page's `LIMIT` does not reach into a match on messages or a contact
+/// (an `OR` of two subqueries), and its costs rate reading a message as far
+/// cheaper than a `LIKE` on it.
 ///
-/// So the newest conversations are probed a page at a time, at most
-/// `PROBE_PAGES` pages. The probing stops as soon as the page is full (every
-/// conversation not probed is older), and also as soon as the conversations
-/// probed so far, matching as they did, could not fill it from the ones
-/// left: a word in none of the newest page's conversations costs that one
-/// page's probe. Then the rest are collected, those probed left out.
+/// So: PostgreSQL's estimate of the messages holding the word decides
+/// first. Under [`PROBE_FROM`] of them per conversation of the page, the
+/// matches are collected, as cheap as they are few. Above it, the newest
+/// conversations are probed a page at a time, at most `PROBE_PAGES` pages.
+/// The probing stops as soon as the page is full (every conversation not
+/// probed is older), and also as soon as the conversations probed so far,
+/// matching as they did, could not fill it from the ones left; then the
+/// rest are collected, those probed left out.
 ///
-/// `bench search`, 1,000,000 messages: words in most conversations 1.7–2.4
-/// ms (140–270 ms collecting); a word in every third conversation 7 ms
-/// (13); words only old conversations or few messages hold pay the one
-/// page's probe, 3–5 ms more than collecting alone (9–16 ms).
-fn search(
-    pg: &mut PgConnection,
-    user: UserId,
-    role: Role,
-    f: &Filter,
-    after: Option<(DateTime<Utc>, i64)>,
-    text: &str,
-    limit: i64,
-) -> QueryResult<Vec<ConversationRow>> {
+/// `bench search`, 1,000,000 messages: words in most conversations 2.2–2.8
+/// ms (136–268 ms collecting only); rarer words as before, plus the
+/// estimate (about 1 ms).
+fn search(pg: &mut PgConnection, listing: Listing<'_>, text: &str, limit: i64) -> QueryResult<Vec<ConversationRow>> {
     let page = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+    if messages_holding(pg, text)? < PROBE_FROM * limit as f64 {
+        return collect(pg, listing, text, &[], limit);
+    }
     let most = limit.saturating_mul(PROBE_PAGES);
-    let newest: Vec<i64> =
-        newest_first(filtered(c::table.select(c::id).into_boxed(), user, role, f, after)).limit(most).load(pg)?;
+    let newest: Vec<i64> = newest_first(filtered(c::table.select(c::id).into_boxed(), listing)).limit(most).load(pg)?;
     let mut rows: Vec<ConversationRow> = Vec::new();
     let mut probed = 0;
     for ids in newest.chunks(page) {
-        let found: Vec<ConversationRow> =
-            filtered(c::table.select(ConversationRow::as_select()).into_boxed(), user, role, f, after)
-                .filter(c::id.eq_any(ids))
-                .filter(probed_message_holds(text).or(probed_contact_holds(text)))
-                .load(pg)?;
+        let found: Vec<ConversationRow> = filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
+            .filter(c::id.eq_any(ids))
+            .filter(probed_message_holds(text).or(probed_contact_holds(text)))
+            .load(pg)?;
         rows.extend(found);
         probed += ids.len();
         if rows.len() >= page || rows.len() * newest.len() < page * probed {
@@ -153,16 +152,7 @@ fn search(
     }
     let everything_probed = probed == newest.len() && (newest.len() as i64) < most;
     if rows.len() < page && !everything_probed {
-        let pattern = sb_fold_contains(text.to_string());
-        let by_message =
-            messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
-        let by_contact = contacts::table.filter(contacts::search_name.like(pattern)).select(contacts::id);
-        let older: Vec<ConversationRow> =
-            newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), user, role, f, after))
-                .filter(c::id.ne_all(&newest[..probed]))
-                .filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)))
-                .limit(limit - rows.len() as i64)
-                .load(pg)?;
+        let older = collect(pg, listing, text, &newest[..probed], limit - rows.len() as i64)?;
         rows.extend(older);
     }
     // Sorted here whatever happened between the statements: a conversation
@@ -170,6 +160,49 @@ fn search(
     rows.sort_by_key(|r| std::cmp::Reverse((r.last_activity_at, r.id)));
     rows.truncate(page);
     Ok(rows)
+}
+
+/// Probing pays (see [`search`]) from this many messages holding the word,
+/// as PostgreSQL estimates them, per conversation of the page.
+const PROBE_FROM: f64 = 100.0;
+
+#[derive(QueryableByName)]
+struct Explained {
+    #[diesel(sql_type = diesel::sql_types::Json, column_name = "QUERY PLAN")]
+    plan: serde_json::Value,
+}
+
+/// PostgreSQL's estimate of the messages holding `text`: the statement is
+/// planned, not run (a fraction of a millisecond), with the text itself,
+/// from the column's statistics. Unreadable, it counts as many.
+fn messages_holding(pg: &mut PgConnection, text: &str) -> QueryResult<f64> {
+    let explained: Explained = diesel::sql_query(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM messages WHERE search_text LIKE public.sb_fold_contains($1)",
+    )
+    .bind::<Text, _>(text)
+    .get_result(pg)?;
+    Ok(explained.plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(f64::MAX))
+}
+
+/// The newest `limit` conversations but those in `skip` with a message or
+/// contact holding `text`, from every match.
+fn collect(
+    pg: &mut PgConnection,
+    listing: Listing<'_>,
+    text: &str,
+    skip: &[i64],
+    limit: i64,
+) -> QueryResult<Vec<ConversationRow>> {
+    let pattern = sb_fold_contains(text.to_string());
+    let by_message =
+        messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
+    let by_contact = contacts::table.filter(contacts::search_name.like(pattern)).select(contacts::id);
+    let mut q = newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
+        .filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
+    if !skip.is_empty() {
+        q = q.filter(c::id.ne_all(skip));
+    }
+    q.limit(limit).load(pg)
 }
 
 /// A condition on the outer query's conversation, with the searched text

@@ -232,24 +232,29 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
              FROM contacts;
          INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, status)
            SELECT c.id, c.channel_id, 'in', 'contact',
-                  'Olá ' || g
-                    || CASE WHEN g = 3 THEN ' ALPHA' ELSE '' END
-                    || CASE WHEN c.id % 3 = 0 AND g = 5 THEN ' béta' ELSE '' END
-                    || CASE WHEN c.id > 500 AND g > 6 THEN ' gamma' ELSE '' END
-                    || CASE WHEN c.id % 7 = 0 AND g = 9 THEN ' delta' ELSE '' END,
+                  'Olá ' || g || ' ALPHA'
+                    || CASE WHEN c.id % 3 = 0 THEN ' béta' ELSE '' END
+                    || CASE WHEN c.id > 500 THEN ' gamma' ELSE '' END
+                    || CASE WHEN c.id % 7 = 0 THEN ' delta' ELSE '' END
+                    || CASE WHEN c.id = 250 AND g = 4 THEN ' epsilon' ELSE '' END,
                   'received'
              FROM conversations c CROSS JOIN generate_series(1, 10) g;
          INSERT INTO channel_members (channel_id, user_id) VALUES (2, 42);
          ANALYZE",
     );
     let mut conn = pool.get().expect("conn");
-    let cases: [(&str, &str); 7] = [
+    // Each word in every message of the conversations that hold it: for
+    // pages of 7 (probing from 700 estimated messages) the first four are
+    // probed, for pages of 50 (from 5,000) only the first two; the others
+    // are collected at once.
+    let cases: [(&str, &str); 8] = [
         ("alpha", "in every conversation: the newest page is the answer"),
+        ("ol", "two characters, in every message"),
         ("beta", "in every third: probed over several pages"),
         ("gamma", "in the oldest hundred only: probed, then collected"),
         ("delta", "in every seventh: too few probed, the rest collected"),
         ("zoe nandu", "a contact's name in every fifth"),
-        ("ol", "two characters, in every message"),
+        ("epsilon", "in one message"),
         ("nowhere", "in none"),
     ];
     let who: [(UserId, Role, conversations::Filter, &str); 4] = [
@@ -271,8 +276,10 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
     for (q, what) in cases {
         for (user, role, filter, condition) in &who {
             let expected = every_match(&mut conn, q, condition);
-            if q != "nowhere" {
-                assert!(expected.len() > 10, "{q}: the seed holds matches for {condition}");
+            match q {
+                "nowhere" => {}
+                "epsilon" => assert_eq!(expected.len(), usize::from(*condition != "c.channel_id = 2")),
+                _ => assert!(expected.len() > 10, "{q}: the seed holds matches for {condition}"),
             }
             for limit in [50, 7] {
                 let filter = conversations::Filter { q: Some(q.to_string()), ..filter.clone() };
@@ -295,15 +302,21 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
     }
 }
 
-#[derive(QueryableByName)]
-struct Scans {
+#[derive(QueryableByName, Debug, Clone, Copy, PartialEq)]
+struct Reads {
+    /// Scans of the whole messages table.
     #[diesel(sql_type = BigInt)]
     seq: i64,
+    /// Reads through a conversation's messages (its index).
+    #[diesel(sql_type = BigInt)]
+    probes: i64,
 }
 
 /// A word most conversations hold fills the first page from the newest
-/// conversations, without reading every message; one that no message holds
-/// still reads them all (which shows this test can see a scan).
+/// conversations, without reading every message; a rare one is looked up
+/// in the trigram index, without reading conversations one by one; a
+/// two-character one that no message holds reads them all (which shows
+/// this test can see a scan).
 #[test]
 fn a_common_word_is_found_without_reading_every_message() {
     let (_db, pool, scope) = alpha_seeded(
@@ -315,10 +328,11 @@ fn a_common_word_is_found_without_reading_every_message() {
          INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, text, status)
            SELECT c.id, 1, 'in', 'contact', CASE WHEN g % 4 = 0 THEN 'ok, thanks' ELSE 'where is my order?' END, 'received'
              FROM conversations c CROSS JOIN generate_series(1, 20) g;
+         UPDATE messages SET text = 'where is my zebra?' WHERE id = 7777;
          ANALYZE",
     );
     let mut conn = pool.get().expect("conn");
-    let scans = |conn: &mut PgConnection| -> i64 {
+    let reads = |conn: &mut PgConnection| -> Reads {
         conn.batch_execute(
             "DO $$ BEGIN IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN \
                PERFORM pg_stat_force_next_flush(); END IF; END $$",
@@ -326,22 +340,29 @@ fn a_common_word_is_found_without_reading_every_message() {
         .expect("flush");
         conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
         diesel::sql_query(
-            "SELECT coalesce(sum(seq_scan), 0)::int8 AS seq FROM pg_stat_user_tables \
-              WHERE schemaname = 'tenant_alpha' AND relname = 'messages'",
+            "SELECT (SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables \
+                      WHERE schemaname = 'tenant_alpha' AND relname = 'messages')::int8 AS seq, \
+                    (SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes \
+                      WHERE schemaname = 'tenant_alpha' AND relname = 'messages' \
+                        AND indexrelname IN ('messages_conversation_idx', 'messages_client_key'))::int8 AS probes",
         )
-        .get_result::<Scans>(conn)
-        .expect("scans")
-        .seq
+        .get_result::<Reads>(conn)
+        .expect("reads")
     };
-    // Counts reach the view a moment after the backend flushes them.
-    let settled = |conn: &mut PgConnection, at_least: i64| -> i64 {
+    // Counts reach the view a moment after the backend flushes them: wait
+    // for `until` to hold, or (for none) long enough that they would have.
+    let settled = |conn: &mut PgConnection, until: &dyn Fn(Reads) -> bool| -> Reads {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let mut n = scans(conn);
-        while n < at_least && std::time::Instant::now() < deadline {
+        let mut now = reads(conn);
+        while !until(now) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            n = scans(conn);
+            now = reads(conn);
         }
-        n
+        now
+    };
+    let quiet = |conn: &mut PgConnection| {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        reads(conn)
     };
     let search = |conn: &mut PgConnection, q: &str| -> usize {
         let filter = conversations::Filter { q: Some(q.to_string()), ..Default::default() };
@@ -349,13 +370,17 @@ fn a_common_word_is_found_without_reading_every_message() {
             .expect("search")
             .len()
     };
-    let before = settled(&mut conn, 0);
+    let before = quiet(&mut conn);
     assert_eq!(search(&mut conn, "ok"), 50);
     assert_eq!(search(&mut conn, "or"), 50);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert_eq!(settled(&mut conn, before), before, "a common word read the messages table through");
+    let common = settled(&mut conn, &|r| r.probes > before.probes);
+    assert_eq!(common.seq, before.seq, "a common word read the messages table through");
+    assert!(common.probes > before.probes, "a common word probed the newest conversations");
+    let common = quiet(&mut conn);
+    assert_eq!(search(&mut conn, "zebra"), 1);
+    assert_eq!(quiet(&mut conn), common, "a rare word probed conversations, or read every message");
     assert_eq!(search(&mut conn, "zq"), 0);
-    assert!(settled(&mut conn, before + 1) > before, "a word in no message reads them all");
+    assert!(settled(&mut conn, &|r| r.seq > common.seq).seq > common.seq, "a word in no message reads them all");
 }
 
 #[derive(QueryableByName)]
