@@ -142,7 +142,7 @@ fn search(pg: &mut PgConnection, listing: Listing<'_>, text: &str, limit: i64) -
     for ids in newest.chunks(page) {
         let found: Vec<ConversationRow> = filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
             .filter(c::id.eq_any(ids))
-            .filter(probed_message_holds(text).or(probed_contact_holds(text)))
+            .filter(probe(MESSAGE_HOLDS, text).or(probe(CONTACT_HOLDS, text)))
             .load(pg)?;
         rows.extend(found);
         probed += ids.len();
@@ -210,28 +210,20 @@ fn collect(
 type Probe = SqlLiteral<Bool, UncheckedBind<SqlLiteral<Bool>, AsExprOf<String, Text>>>;
 
 /// Whether the conversation (the row of the outer query) has a message
-/// holding `text`, asked of that conversation's messages, stopping at the
-/// first match. `OFFSET 0` keeps it a question per conversation: without
-/// it PostgreSQL may turn it into a hash of every match, the collecting
-/// this probe is there to avoid. diesel's query builder has no correlated
-/// subquery.
-fn probed_message_holds(text: &str) -> Probe {
-    sql::<Bool>(
-        "EXISTS (SELECT 1 FROM messages probed WHERE probed.conversation_id = conversations.id \
-           AND probed.search_text LIKE public.sb_fold_contains(",
-    )
-    .bind::<Text, _>(text.to_string())
-    .sql(") OFFSET 0)")
-}
+/// holding the text, asked of that conversation's messages, stopping at the
+/// first match.
+const MESSAGE_HOLDS: &str = "EXISTS (SELECT 1 FROM messages probed \
+    WHERE probed.conversation_id = conversations.id AND probed.search_text LIKE public.sb_fold_contains(";
+/// Whether the conversation's contact's name holds the text, by its key.
+const CONTACT_HOLDS: &str = "EXISTS (SELECT 1 FROM contacts probed \
+    WHERE probed.id = conversations.contact_id AND probed.search_name LIKE public.sb_fold_contains(";
 
-/// Whether the conversation's contact's name holds `text`, by its key.
-fn probed_contact_holds(text: &str) -> Probe {
-    sql::<Bool>(
-        "EXISTS (SELECT 1 FROM contacts probed WHERE probed.id = conversations.contact_id \
-           AND probed.search_name LIKE public.sb_fold_contains(",
-    )
-    .bind::<Text, _>(text.to_string())
-    .sql(") OFFSET 0)")
+/// `MESSAGE_HOLDS` or `CONTACT_HOLDS` for `text`. `OFFSET 0` keeps each a
+/// question per conversation: without it PostgreSQL may turn it into a hash
+/// of every match, the collecting the probe is there to avoid. diesel's
+/// query builder has no correlated subquery.
+fn probe(holds: &'static str, text: &str) -> Probe {
+    sql::<Bool>(holds).bind::<Text, _>(text.to_string()).sql(") OFFSET 0)")
 }
 
 pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationView> {

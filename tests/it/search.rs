@@ -98,6 +98,17 @@ fn every_search_is_planned_for_its_own_pattern() {
     assert!(plans.custom >= 18, "the searches were cached and planned {} times", plans.custom);
 }
 
+/// Hands this backend's table and index counts to the statistics views
+/// and reads them afresh; they reach the views a moment after.
+fn flush_stats(conn: &mut PgConnection) {
+    conn.batch_execute(
+        "DO $$ BEGIN IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN \
+           PERFORM pg_stat_force_next_flush(); END IF; END $$",
+    )
+    .expect("flush");
+    conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -125,14 +136,8 @@ fn contact_search_reads_the_indexes_not_every_contact() {
     };
     assert_eq!(search(&mut conn, "4155569999"), ["14155569999"], "by number");
     assert_eq!(search(&mut conn, "zoe mull"), ["14155550777"], "by name");
-    // The statistics arrive a moment after the backend flushes them.
-    conn.batch_execute(
-        "DO $$ BEGIN IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN \
-           PERFORM pg_stat_force_next_flush(); END IF; END $$",
-    )
-    .expect("flush");
     let scans = |conn: &mut PgConnection| -> i64 {
-        conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
+        flush_stats(conn);
         diesel::sql_query(
             "SELECT coalesce(sum(idx_scan), 0)::int8 AS n FROM pg_stat_user_indexes \
               WHERE schemaname = 'tenant_alpha' AND indexrelname = 'contacts_external_trgm'",
@@ -333,12 +338,7 @@ fn a_common_word_is_found_without_reading_every_message() {
     );
     let mut conn = pool.get().expect("conn");
     let reads = |conn: &mut PgConnection| -> Reads {
-        conn.batch_execute(
-            "DO $$ BEGIN IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN \
-               PERFORM pg_stat_force_next_flush(); END IF; END $$",
-        )
-        .expect("flush");
-        conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
+        flush_stats(conn);
         diesel::sql_query(
             "SELECT (SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables \
                       WHERE schemaname = 'tenant_alpha' AND relname = 'messages')::int8 AS seq, \
