@@ -43,10 +43,6 @@ struct Listing<'f> {
     after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// How many pages' worth of the newest conversations a search probes one
-/// by one before it collects every match: see [`search`].
-const PROBE_PAGES: i64 = 4;
-
 /// Newest activity first, keyset on (last_activity_at, id).
 pub fn list(
     tc: &mut TenantConn<'_>,
@@ -165,6 +161,10 @@ fn search(pg: &mut PgConnection, listing: Listing<'_>, text: &str, limit: i64) -
 /// Probing pays (see [`search`]) from this many messages holding the word,
 /// as PostgreSQL estimates them, per conversation of the page.
 const PROBE_FROM: f64 = 100.0;
+
+/// How many pages' worth of the newest conversations a search probes one
+/// by one, at most, before it collects the rest.
+const PROBE_PAGES: i64 = 4;
 
 #[derive(QueryableByName)]
 struct Explained {
