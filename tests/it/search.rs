@@ -402,3 +402,58 @@ fn pooled_connections_do_not_compile_queries() {
         assert_eq!(setting.jit, "off");
     }
 }
+
+#[derive(QueryableByName)]
+struct Read {
+    #[diesel(sql_type = BigInt)]
+    tuples: i64,
+}
+
+/// An inbox tab (a status) in a tenant whose conversations are mostly
+/// resolved reads its own conversations, not every resolved one on the way.
+#[test]
+fn a_status_tab_reads_its_own_conversations_only() {
+    let (_db, pool, scope) = alpha_seeded(
+        "INSERT INTO channels (platform, external_id, name) VALUES ('facebook', '102938475610293', 'Page A');
+         INSERT INTO contacts (channel_id, external_id, name)
+           SELECT 1, (7392015648120000 + g)::text, 'Client ' || g FROM generate_series(1, 5000) g;
+         INSERT INTO conversations (channel_id, contact_id, status, assignee_id, last_activity_at)
+           SELECT 1, id, CASE WHEN id % 500 = 0 THEN 'pending' WHEN id % 50 = 0 THEN 'open' ELSE 'resolved' END,
+                  CASE WHEN id % 100 = 0 THEN 7 END, now() - id * interval '1 minute'
+             FROM contacts;
+         ANALYZE",
+    );
+    let mut conn = pool.get().expect("conn");
+    let read = |conn: &mut PgConnection| -> i64 {
+        flush_stats(conn);
+        diesel::sql_query(
+            "SELECT (coalesce(sum(seq_tup_read), 0) + coalesce(sum(idx_tup_fetch), 0))::int8 AS tuples \
+               FROM pg_stat_user_tables WHERE schemaname = 'tenant_alpha' AND relname = 'conversations'",
+        )
+        .get_result::<Read>(conn)
+        .expect("reads")
+        .tuples
+    };
+    let list = |conn: &mut PgConnection, filter: conversations::Filter| -> usize {
+        with_tenant(conn, &scope, |tc| conversations::list(tc, UserId(0), Role::Owner, &filter, None, 50))
+            .expect("list")
+            .len()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = read(&mut conn);
+    let status = |s: &str| conversations::Filter { status: Some(s.into()), ..Default::default() };
+    assert_eq!(list(&mut conn, status("pending")), 10);
+    assert_eq!(list(&mut conn, status("snoozed")), 0);
+    let unassigned = conversations::Filter { assignee: Some(None), ..status("open") };
+    assert_eq!(list(&mut conn, unassigned), 50, "open and unassigned: 50 of 50");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut after = read(&mut conn);
+    while after == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        after = read(&mut conn);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let after = read(&mut conn);
+    assert!(after > before, "the reads were counted");
+    assert!(after - before < 500, "three tabs read {} conversations of 5,000", after - before);
+}

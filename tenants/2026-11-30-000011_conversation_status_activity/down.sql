@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS conversations_status_activity_idx;
