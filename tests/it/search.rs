@@ -109,6 +109,25 @@ fn flush_stats(conn: &mut PgConnection) {
     conn.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
 }
 
+/// Reads statistics with `read` until `done` holds of them, for at most
+/// 15 s (they reach the views a moment after the backend flushes them).
+fn read_until<T: Copy>(conn: &mut PgConnection, read: impl Fn(&mut PgConnection) -> T, done: impl Fn(T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut now = read(conn);
+    while !done(now) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        now = read(conn);
+    }
+    now
+}
+
+/// Reads statistics with `read` once whatever was counted has surely
+/// reached the views.
+fn read_settled<T>(conn: &mut PgConnection, read: impl Fn(&mut PgConnection) -> T) -> T {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    read(conn)
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -146,11 +165,7 @@ fn contact_search_reads_the_indexes_not_every_contact() {
         .expect("index scans")
         .n
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while scans(&mut conn) < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert_eq!(scans(&mut conn), 2, "each search read the external ids' index");
+    assert_eq!(read_until(&mut conn, scans, |n| n >= 2), 2, "each search read the external ids' index");
 }
 
 /// A page of the inbox is a few queries, not a few per conversation: the
@@ -349,38 +364,24 @@ fn a_common_word_is_found_without_reading_every_message() {
         .get_result::<Reads>(conn)
         .expect("reads")
     };
-    // Counts reach the view a moment after the backend flushes them: wait
-    // for `until` to hold, or (for none) long enough that they would have.
-    let settled = |conn: &mut PgConnection, until: &dyn Fn(Reads) -> bool| -> Reads {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let mut now = reads(conn);
-        while !until(now) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            now = reads(conn);
-        }
-        now
-    };
-    let quiet = |conn: &mut PgConnection| {
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        reads(conn)
-    };
     let search = |conn: &mut PgConnection, q: &str| -> usize {
         let filter = conversations::Filter { q: Some(q.to_string()), ..Default::default() };
         with_tenant(conn, &scope, |tc| conversations::list(tc, UserId(0), Role::Owner, &filter, None, 50))
             .expect("search")
             .len()
     };
-    let before = quiet(&mut conn);
+    let before = read_settled(&mut conn, reads);
     assert_eq!(search(&mut conn, "ok"), 50);
     assert_eq!(search(&mut conn, "or"), 50);
-    let common = settled(&mut conn, &|r| r.probes > before.probes);
+    let common = read_until(&mut conn, reads, |r| r.probes > before.probes);
     assert_eq!(common.seq, before.seq, "a common word read the messages table through");
     assert!(common.probes > before.probes, "a common word probed the newest conversations");
-    let common = quiet(&mut conn);
+    let common = read_settled(&mut conn, reads);
     assert_eq!(search(&mut conn, "zebra"), 1);
-    assert_eq!(quiet(&mut conn), common, "a rare word probed conversations, or read every message");
+    assert_eq!(read_settled(&mut conn, reads), common, "a rare word probed conversations, or read every message");
     assert_eq!(search(&mut conn, "zq"), 0);
-    assert!(settled(&mut conn, &|r| r.seq > common.seq).seq > common.seq, "a word in no message reads them all");
+    let rare = read_until(&mut conn, reads, |r| r.seq > common.seq);
+    assert!(rare.seq > common.seq, "a word in no message reads them all");
 }
 
 #[derive(QueryableByName)]
@@ -439,21 +440,14 @@ fn a_status_tab_reads_its_own_conversations_only() {
             .expect("list")
             .len()
     };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let before = read(&mut conn);
+    let before = read_settled(&mut conn, read);
     let status = |s: &str| conversations::Filter { status: Some(s.into()), ..Default::default() };
     assert_eq!(list(&mut conn, status("pending")), 10);
     assert_eq!(list(&mut conn, status("snoozed")), 0);
     let unassigned = conversations::Filter { assignee: Some(None), ..status("open") };
     assert_eq!(list(&mut conn, unassigned), 50, "open and unassigned: 50 of 50");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut after = read(&mut conn);
-    while after == before && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        after = read(&mut conn);
-    }
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let after = read(&mut conn);
+    read_until(&mut conn, read, |n| n > before);
+    let after = read_settled(&mut conn, read);
     assert!(after > before, "the reads were counted");
     assert!(after - before < 500, "three tabs read {} conversations of 5,000", after - before);
 }
