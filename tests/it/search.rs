@@ -263,10 +263,11 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
          ANALYZE",
     );
     let mut conn = pool.get().expect("conn");
-    // Each word in every message of the conversations that hold it: for
-    // pages of 7 (probing from 700 estimated messages) the first four are
-    // probed, for pages of 50 (from 5,000) only the first two; the others
-    // are collected at once.
+    // Each word in every message of the conversations that hold it, 6,000
+    // messages for the first two down to 850 for "delta": for pages of 7
+    // (probing from an estimated 700 messages) the first five are probed,
+    // for pages of 50 (from 5,000) the first two; the others are collected
+    // at once.
     let cases: [(&str, &str); 8] = [
         ("alpha", "in every conversation: the newest page is the answer"),
         ("ol", "two characters, in every message"),
