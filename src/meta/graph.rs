@@ -611,8 +611,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Value {
-        let path = format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
+        serde_json::from_str(&std::fs::read_to_string(crate::meta::fixture_path(name)).expect("fixture")).expect("json")
     }
 
     #[test]

@@ -8,3 +8,14 @@ pub mod signed_request;
 pub mod webhook;
 
 pub use graph::{GraphClient, GraphError};
+
+/// A file of the shared Meta fixtures (`../shared/fixtures/meta`). Found
+/// from the checkout `cargo test` runs in (its `CARGO_MANIFEST_DIR` at run
+/// time), not the one the test binary was compiled in: a binary reused
+/// from another checkout through a shared target directory still reads
+/// this one's fixtures.
+#[cfg(test)]
+pub(crate) fn fixture_path(name: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&root).join("../shared/fixtures/meta").join(name)
+}

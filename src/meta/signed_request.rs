@@ -67,8 +67,8 @@ mod tests {
 
     #[test]
     fn fixtures() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/meta/signed_request_example.txt");
-        let text = std::fs::read_to_string(path).expect("shared fixtures beside the project");
+        let text = std::fs::read_to_string(crate::meta::fixture_path("signed_request_example.txt"))
+            .expect("shared fixtures beside the project");
         let values: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("signed_request=")).collect();
         assert_eq!(values.len(), 3);
         let deletion = verify(values[0], SECRET).expect("data deletion verifies");

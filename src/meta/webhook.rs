@@ -786,7 +786,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+        std::fs::read(crate::meta::fixture_path(name)).expect("fixture")
     }
 
     #[test]

@@ -441,11 +441,7 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     drop(conn);
 
     // signed_request callbacks, with the shared fixtures (same app secret).
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/meta/signed_request_example.txt"
-    ))
-    .expect("fixture");
+    let fixture = String::from_utf8(crate::common::fixture("signed_request_example.txt")).expect("fixture");
     let forms: Vec<&str> = fixture.lines().filter_map(|l| l.strip_prefix("form_body=")).collect();
     let tampered = fixture.lines().filter_map(|l| l.strip_prefix("signed_request=")).nth(2).expect("tampered");
     let post = |path: &'static str, body: String| {

@@ -436,8 +436,15 @@ impl TestApp {
     }
 }
 
+/// This checkout's root: `cargo test` names it at run time; the compiled-in
+/// one may be another checkout's whose binaries a shared target directory
+/// reused.
+pub fn project_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()).into()
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../shared/fixtures/meta/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+    std::fs::read(project_dir().join("../shared/fixtures/meta").join(name)).expect("fixture")
 }
 
 /// `messenger_text.json` (to page A) from another sender, with another Meta

@@ -16,7 +16,7 @@ fn no_dependency_is_gpl_or_unlicensed() {
         .expect("rustc names its host");
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked", "--offline", "--filter-platform", &host])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(crate::common::project_dir())
         .output()
         .expect("cargo metadata");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -27,7 +27,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The embedded tenant migrations plus one new one, as a folder.
 fn migrations_with_extra() -> (PathBuf, Migrations) {
     let dir = std::env::temp_dir().join(format!("sb-migrations-{}-{}", std::process::id(), rand::random::<u32>()));
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"), &dir);
+    copy_dir(&crate::common::project_dir().join("tenants"), &dir);
     let extra = dir.join("2099-01-01-000001_extra_thing");
     std::fs::create_dir_all(&extra).expect("mkdir");
     std::fs::write(extra.join("up.sql"), "CREATE TABLE extra_thing (id BIGSERIAL PRIMARY KEY, note TEXT);")

@@ -341,7 +341,7 @@ fn a_spare_made_by_an_older_release_catches_up_when_taken() {
     let spare = spares::make(&mut conn).expect("spare");
     // Undo the newest tenant migration in the spare, as if an older release
     // had made it.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants");
+    let dir = crate::common::project_dir().join("tenants");
     let mut versions: Vec<_> = std::fs::read_dir(&dir).expect("tenants/").map(|e| e.expect("entry").path()).collect();
     versions.sort();
     let newest = versions.last().expect("a tenant migration");
