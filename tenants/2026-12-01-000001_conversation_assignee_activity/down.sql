@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS conversations_assignee_activity_idx;
