@@ -1,6 +1,12 @@
 //! Contacts: search, and the profile (name, picture) looked up at Meta in
 //! the background. A failing lookup never blocks a message: the contact just
 //! keeps its id (WhatsApp contacts get their name from the webhook itself).
+//!
+//! A profile is looked up again when its contact writes more than
+//! [`PROFILE_FRESH`] after the last lookup: Meta's picture URLs expire, and
+//! customers rename themselves. A contact who never writes again keeps what
+//! was found (a client shows its initials for a picture that no longer
+//! loads); no one is looked up for being read.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -69,6 +75,17 @@ pub fn search(
         .collect())
 }
 
+/// How long a looked-up profile (or Meta's answer that there is none) is
+/// taken as current: a day, so a customer active every day costs one
+/// profile call a day, not one a message.
+pub const PROFILE_FRESH: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// Whether a Messenger or Instagram contact last looked up at `checked_at`
+/// (never: `None`) is to be looked up at `now`.
+pub fn profile_due(checked_at: Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> bool {
+    checked_at.is_none_or(|at| now - at > PROFILE_FRESH)
+}
+
 /// A profile to look up at Meta, with everything the lookup needs so it
 /// reads nothing from the database (only a found profile is written).
 #[derive(Debug, Clone)]
@@ -128,4 +145,18 @@ pub fn store_profile(
         super::conversations::announce(tc, log, &rows)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_is_due_when_never_looked_up_or_a_day_old() {
+        let now = Utc::now();
+        assert!(profile_due(None, now));
+        assert!(!profile_due(Some(now), now));
+        assert!(!profile_due(Some(now - PROFILE_FRESH), now));
+        assert!(profile_due(Some(now - PROFILE_FRESH - chrono::TimeDelta::seconds(1)), now));
+    }
 }

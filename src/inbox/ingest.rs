@@ -732,7 +732,7 @@ impl Ingest<'_> {
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
         let contact = self.contact(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
-        if contact.profile_checked_at.is_none()
+        if super::contacts::profile_due(contact.profile_checked_at, Utc::now())
             && channel.platform() != Platform::Whatsapp
             && !self.followups.profile_lookups.iter().any(|l| l.contact_id == contact.id)
         {

@@ -1033,6 +1033,46 @@ async fn receipts_batched_shuffled_and_doubled_still_end_read() {
     assert_eq!(bodies, 2);
 }
 
+/// Meta's picture URLs expire and customers rename themselves: a contact
+/// who writes more than a day after their profile was looked up is looked
+/// up again, in the background as the first time; within the day, not.
+#[actix_web::test]
+async fn a_profile_is_looked_up_again_a_day_later() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let from = "7392015648120777";
+    let name = || async {
+        let convs = conversations(&app, &ctx.admin, "").await;
+        let theirs = convs.iter().find(|c| c["contact"]["external_id"] == from);
+        theirs.and_then(|c| c["contact"]["name"].as_str().map(str::to_string))
+    };
+    let lookups = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let items = log["items"].as_array().expect("items").clone();
+        items.iter().filter(|r| r["method"] == "GET" && r["path"] == format!("/{from}")).count()
+    };
+    let write = |text: &'static str, name: &'static str| {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text, "name": name}))
+    };
+    write("Olá", "Rui Costa").await;
+    eventually("the first lookup", || async { name().await.as_deref() == Some("Rui Costa") }).await;
+    // Renamed at Meta, writing again the same day: nothing is asked.
+    write("Ainda aí?", "Rui C. Costa").await;
+    app.processed().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(name().await.as_deref(), Some("Rui Costa"));
+    // A day on, their next message brings the new name.
+    let mut conn = app.db.conn();
+    diesel::sql_query(format!(
+        "UPDATE tenant_acme.contacts SET profile_checked_at = now() - interval '25 hours' WHERE external_id = '{from}'"
+    ))
+    .execute(&mut conn)
+    .expect("a day passes");
+    write("Olá de novo", "Rui C. Costa").await;
+    eventually("the second lookup", || async { name().await.as_deref() == Some("Rui C. Costa") }).await;
+    assert_eq!(lookups().await, 2, "one lookup a day, not one a message");
+}
+
 #[actix_web::test]
 async fn replies_go_out_once_and_receipts_move_forward() {
     let app = spawn_app().await;
