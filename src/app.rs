@@ -45,6 +45,11 @@ pub struct AppState {
     /// Contacts whose profile to look up at Meta.
     pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
+    /// Messenger and Instagram media to copy off Meta's CDN.
+    pub media_copies: mpsc::Sender<crate::inbox::media_copies::MediaCopy>,
+    copy_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>>>,
+    /// Where those copies may be fetched from.
+    pub cdn_hosts: crate::inbox::media_copies::CdnHosts,
     /// When each (tenant, conversation, agent) last showed a contact the
     /// business typing, from a socket or `POST …/typing`.
     typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
@@ -60,6 +65,7 @@ impl AppState {
     pub fn new(config: Arc<ServerConfig>, db: Db) -> AppState {
         let (tx, rx) = mpsc::channel(10_000);
         let (store_tx, store_rx) = mpsc::channel(10_000);
+        let (copy_tx, copy_rx) = mpsc::channel(10_000);
         AppState {
             webhook_store: store_tx,
             store_rx: std::sync::Mutex::new(Some(store_rx)),
@@ -73,6 +79,9 @@ impl AppState {
             feed: Arc::default(),
             search_backlog: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
+            media_copies: copy_tx,
+            copy_rx: std::sync::Mutex::new(Some(copy_rx)),
+            cdn_hosts: crate::inbox::media_copies::CdnHosts::new(&config.meta.graph_url),
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
             media_urls: Default::default(),
@@ -115,6 +124,11 @@ impl AppState {
     /// The receiving end of the profile-lookup queue (taken once, by the worker).
     pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>> {
         self.profile_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// The receiving end of the media-copy queue (taken once, by the worker).
+    pub fn take_copy_queue(&self) -> Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>> {
+        self.copy_rx.lock().ok().and_then(|mut r| r.take())
     }
 
     /// A tenant unit of work that logs events: they are written in its
@@ -162,6 +176,7 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     }
     actix_web::rt::spawn(crate::inbox::sender::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
+    actix_web::rt::spawn(crate::inbox::media_copies::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
     actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));

@@ -53,6 +53,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    media_copies (message_id, idx) {
+        message_id -> Int8,
+        idx -> Int4,
+        mime -> Text,
+        bytes -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(channel_members -> channels (channel_id));
 
 diesel::table! {

@@ -213,7 +213,9 @@ async fn list_messages(
 }
 
 /// One attachment of a message. Messenger and Instagram media live on
-/// Meta's CDN, which serves them to whoever has the URL: a redirect there.
+/// Meta's CDN, which serves them to whoever has the URL until it expires:
+/// the copy made of it when the message came (`inbox::media_copies`), else
+/// a redirect there.
 /// WhatsApp media are served only to the channel's token: fetched from Meta
 /// and passed through as they come, never stored (`inbox::media`).
 /// Served as a download in a sandbox unless it is an image, video or sound
@@ -238,21 +240,21 @@ async fn attachment(
             }
             let tenant = crate::ids::TenantId(claims.t);
             let scope = crate::db::TenantScope::system(tenant);
-            (tenant, state.db.tenant(scope, move |tc| messages::attachment_source(tc, None, id, index)).await?)
+            (tenant, state.db.tenant(scope, move |tc| source_and_copy(tc, None, id, index)).await?)
         }
         None => {
             let auth = AuthContext::extract(&req).await?;
             let viewer = Some((auth.user, auth.role));
-            let source =
-                state.db.tenant(auth.scope(), move |tc| messages::attachment_source(tc, viewer, id, index)).await?;
+            let source = state.db.tenant(auth.scope(), move |tc| source_and_copy(tc, viewer, id, index)).await?;
             (auth.tenant, source)
         }
     };
     let (media_id, filename, channel) = match source {
-        messages::AttachmentSource::Url(url) => {
+        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(&req, copy),
+        (messages::AttachmentSource::Url(url), None) => {
             return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish())
         }
-        messages::AttachmentSource::Media { media_id, filename, channel } => (media_id, filename, channel),
+        (messages::AttachmentSource::Media { media_id, filename, channel }, _) => (media_id, filename, channel),
     };
     // Only a plain byte range goes on (it is the one Meta serves).
     let range = req
@@ -282,6 +284,64 @@ async fn attachment(
         res.no_chunking(length);
     }
     Ok(res.streaming(download.body.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))))
+}
+
+/// Where attachment `index` of message `id` comes from, and for one on
+/// Meta's CDN the copy kept of it (its type and bytes), in one unit of work.
+fn source_and_copy(
+    tc: &mut crate::db::TenantConn<'_>,
+    viewer: Option<(crate::ids::UserId, crate::auth::Role)>,
+    id: MessageId,
+    index: usize,
+) -> AppResult<(messages::AttachmentSource, Option<crate::inbox::media_copies::StoredCopy>)> {
+    let source = messages::attachment_source(tc, viewer, id, index)?;
+    let copy = match source {
+        messages::AttachmentSource::Url(_) => crate::inbox::media_copies::find(tc, id.0, index)?,
+        messages::AttachmentSource::Media { .. } => None,
+    };
+    Ok((source, copy))
+}
+
+/// A copy of a CDN media, whole or the one part a `Range` asks for (206;
+/// 416 for a part it does not have), with the same guards as a WhatsApp
+/// media: shown inline only if an image, video or sound, `nosniff`, and
+/// sandboxed.
+fn copy_response(
+    req: &actix_web::HttpRequest,
+    copy: crate::inbox::media_copies::StoredCopy,
+) -> AppResult<HttpResponse> {
+    use actix_web::http::header;
+    let crate::inbox::media_copies::StoredCopy { mime, bytes } = copy;
+    let len = bytes.len();
+    let part = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| crate::byte_range::byte_range(r, len));
+    let mut res = match part {
+        Some(Err(())) => {
+            return Err(AppError::new(
+                crate::error::ErrorKind::RangeNotSatisfiable,
+                "range_not_satisfiable",
+                format!("the media has no such part (bytes */{len})"),
+            ))
+        }
+        Some(Ok(_)) => HttpResponse::PartialContent(),
+        None => HttpResponse::Ok(),
+    };
+    let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
+    res.content_type(mime)
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
+        .insert_header(disposition(shown_inline, None));
+    Ok(match part {
+        Some(Ok((start, end))) => res
+            .insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")))
+            .body(bytes[start..=end].to_vec()),
+        _ => res.body(bytes),
+    })
 }
 
 #[derive(Deserialize)]

@@ -110,8 +110,10 @@ impl Change {
 }
 
 /// Writes the changeable columns of `row` back; returns the row as stored.
+/// An unsent message's copies of its media go with its attachments: after
+/// the row's update, which waits for a copy being stored (it holds the row).
 pub fn write(tc: &mut TenantConn<'_>, row: &MessageRow) -> AppResult<MessageRow> {
-    Ok(diesel::update(m::table.find(row.id))
+    let stored: MessageRow = diesel::update(m::table.find(row.id))
         .set((
             m::text.eq(&row.text),
             m::attachments.eq(&row.attachments),
@@ -122,7 +124,11 @@ pub fn write(tc: &mut TenantConn<'_>, row: &MessageRow) -> AppResult<MessageRow>
             m::updated_at.eq(diesel::dsl::now),
         ))
         .returning(MessageRow::as_returning())
-        .get_result(tc.pg())?)
+        .get_result(tc.pg())?;
+    if stored.deleted_at.is_some() {
+        super::media_copies::forget(tc, stored.id)?;
+    }
+    Ok(stored)
 }
 
 /// Keeps a change whose message (`external_id` on the channel) is not

@@ -49,6 +49,8 @@ fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
 pub struct Followups {
     /// Contacts whose profile should be looked up at Meta.
     pub profile_lookups: Vec<super::contacts::ProfileLookup>,
+    /// Messenger and Instagram media to copy off Meta's CDN.
+    pub media_copies: Vec<super::media_copies::MediaCopy>,
     /// Outgoing messages queued (auto-replies): wake the sender.
     pub queued_sends: usize,
     /// Something was kept for a message not stored yet ([`early`]): sweep
@@ -773,6 +775,9 @@ impl Ingest<'_> {
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
         self.log_message(tc, &conv, &row, contact.id, created)?;
+        if channel.platform() != Platform::Whatsapp {
+            self.followups.media_copies.extend(super::media_copies::wanted(tc.tenant(), &row));
+        }
         let settings = channel.settings();
         // Unsent before it came (`early`): nothing to show, no one to ping.
         if settings.notifications && row.deleted_at.is_none() {

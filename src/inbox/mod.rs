@@ -22,6 +22,7 @@ pub mod early;
 pub mod events;
 pub mod ingest;
 pub mod media;
+pub mod media_copies;
 pub mod messages;
 pub mod processor;
 pub mod search_index;

@@ -133,6 +133,8 @@ pub struct BatchReport {
     pub items: usize,
     /// Contacts to look up at Meta.
     pub profile_lookups: Vec<super::contacts::ProfileLookup>,
+    /// Media to copy off Meta's CDN.
+    pub media_copies: Vec<super::media_copies::MediaCopy>,
     pub queued_sends: usize,
     /// What each tenant transaction committed, for this instance's sockets.
     pub events: Vec<(i64, Vec<super::events::StoredEvent>)>,
@@ -346,6 +348,7 @@ impl Applied {
         report.indexed_text.push((tenant, self.indexed_text));
         marked.extend(self.marked);
         report.profile_lookups.extend(self.followups.profile_lookups);
+        report.media_copies.extend(self.followups.media_copies);
         report.queued_sends += self.followups.queued_sends;
         if self.followups.kept_early {
             report.kept_early.push(tenant);
@@ -654,6 +657,10 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace
     }
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();
+    }
+    // Bounded too: what does not fit keeps Meta's URL only.
+    for copy in report.media_copies.into_iter().filter(|c| state.cdn_hosts.allows(&c.url)) {
+        let _ = state.media_copies.try_send(copy);
     }
     for lookup in report.profile_lookups {
         // Bounded queue: when it is full the lookup is simply skipped; the

@@ -2370,3 +2370,102 @@ async fn an_idle_processor_still_takes_work_it_was_not_woken_for() {
     let shown = messages(&app, &ctx.admin, &conv).await;
     assert!(shown.iter().any(|m| m["text"] == "stored elsewhere"), "{shown:?}");
 }
+
+/// Meta's CDN URLs expire: an Instagram or Messenger photo is copied as
+/// it comes, and served from the copy (a part for a `Range`) once Meta's
+/// URL no longer works; its `url` stays Meta's. An unsend removes the copy.
+/// A URL off Meta's CDN (a link a customer shares) is never fetched.
+#[actix_web::test]
+async fn cdn_media_are_copied_before_metas_urls_expire() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (from, other) = ("6841100000188888", "7392015648120888");
+    let photo = json!({"mime_type": "image/png", "data": "PNG bytes of a photo"});
+    let sent =
+        app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": from, "id": "m_photo.1", "image": photo})).await;
+    let cdn = sent["webhook"]["entry"][0]["messaging"][0]["message"]["attachments"][0]["payload"]["url"]
+        .as_str()
+        .expect("the CDN URL")
+        .to_string();
+    // On Messenger, a shared link on a host that is no CDN of Meta's, in
+    // the same message as a photo of Meta's: only the photo is fetched.
+    let mut body: Value = serde_json::from_slice(&messenger_text(other, "m_two.1", "")).expect("json");
+    let message = &mut body["entry"][0]["messaging"][0]["message"];
+    message.as_object_mut().expect("message").remove("text");
+    message["attachments"] = json!([
+        {"type": "fallback", "payload": {"url": format!("{}/healthz", app.base)}},
+        {"type": "image", "payload": {"url": cdn}},
+    ]);
+    assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
+    app.processed().await;
+    let copies = "SELECT count(*) AS n FROM tenant_acme.media_copies";
+    eventually("both copies", || async { app.count(copies) == 2 }).await;
+    app.fake("POST", "/_fake/cdn/expire", json!({})).await;
+    assert_eq!(app.client.get(&cdn).send().await.expect("request").status().as_u16(), 403, "Meta's URL expired");
+
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv_of = |contact: &str| by_contact(&convs, contact)["id"].as_str().expect("id").to_string();
+    let find = |shown: Vec<Value>, mid: &str| shown.into_iter().find(|m| m["external_id"] == mid).expect("message");
+    let first = find(messages(&app, &ctx.admin, &conv_of(from)).await, "m_photo.1");
+    assert_eq!(first["attachments"][0]["url"], cdn.as_str(), "the url stays Meta's");
+    let path = format!("/api/messages/{}/attachments/0", first["id"].as_str().expect("id"));
+    let get = |path: String, range: Option<&'static str>| {
+        let mut req = app.client.get(app.url(&path)).bearer_auth(&ctx.admin);
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        async move { req.send().await.expect("request") }
+    };
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    let res = get(path.clone(), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "content-type"), "image/png");
+    assert_eq!(header(&res, "content-disposition"), "inline");
+    assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert!(header(&res, "content-security-policy").contains("sandbox"));
+    assert_eq!(res.bytes().await.expect("bytes").as_ref(), b"PNG bytes of a photo");
+    let part = get(path.clone(), Some("bytes=4-8")).await;
+    assert_eq!((part.status().as_u16(), header(&part, "content-range")), (206, "bytes 4-8/20".to_string()));
+    assert_eq!(part.bytes().await.expect("bytes").as_ref(), b"bytes");
+    let past = get(path.clone(), Some("bytes=20-")).await;
+    assert_eq!(past.status().as_u16(), 416);
+    let body: Value = past.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "range_not_satisfiable");
+    // Without a token: a link made for the attachment, as for WhatsApp's.
+    let link = app.call("POST", &format!("{path}/link"), Some(&ctx.admin), None).await;
+    let link = link.body["url"].as_str().expect("link").to_string();
+    let res = app.client.get(app.url(&link)).send().await.expect("request");
+    assert_eq!(
+        (res.status().as_u16(), res.bytes().await.expect("bytes").as_ref()),
+        (200, &b"PNG bytes of a photo"[..])
+    );
+
+    // The message of two: the shared link was not fetched (a redirect
+    // still), the photo was.
+    let two = find(messages(&app, &ctx.admin, &conv_of(other)).await, "m_two.1");
+    let two_path = |i: usize| format!("/api/messages/{}/attachments/{i}", two["id"].as_str().expect("id"));
+    let res = app.client.get(app.url(&two_path(0))).bearer_auth(&ctx.admin).send().await.expect("request");
+    assert_eq!(res.status().as_u16(), 302);
+    let res = get(two_path(1), None).await;
+    assert_eq!(
+        (res.status().as_u16(), res.bytes().await.expect("bytes").as_ref()),
+        (200, &b"PNG bytes of a photo"[..])
+    );
+
+    // The customer unsends the photo: its copy goes with it.
+    let mut unsend: Value = serde_json::from_slice(&fixture("instagram_deleted.json")).expect("fixture");
+    let now = chrono::Utc::now().timestamp_millis();
+    unsend["entry"][0]["id"] = json!(IG_A);
+    unsend["entry"][0]["time"] = json!(now);
+    let event = &mut unsend["entry"][0]["messaging"][0];
+    event["sender"]["id"] = json!(from);
+    event["recipient"]["id"] = json!(IG_A);
+    event["timestamp"] = json!(now);
+    event["message"]["mid"] = json!("m_photo.1");
+    assert_eq!(app.webhook(&serde_json::to_vec(&unsend).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(app.count(copies), 1);
+    assert_eq!(get(path, None).await.status().as_u16(), 404);
+}

@@ -309,7 +309,7 @@ pub(super) fn profile(st: &State, id: &str, fields: Option<&str>) -> Option<Http
 
 /// `POST /_fake/inbound`: a contact writes to an account. The fake records
 /// it (window, profile) and sends the webhook Meta would send.
-pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
+pub(super) async fn inbound(fake: &FakeMeta, body: &Value, base: &str) -> HttpResponse {
     let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(to), Some(from)) = (s("to"), s("from")) else { return super::bad("to and from are required") };
     let text = s("text").unwrap_or_else(|| "hello".into());
@@ -359,8 +359,15 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value) -> HttpResponse {
                 let mid = id.unwrap_or_else(mid);
                 let message = match image {
                     // Meta's CDN serves a photo to whoever has its URL.
-                    Some(_) => json!({"mid": mid, "attachments": [{"type": "image",
-                        "payload": {"url": format!("https://fake-meta.invalid/cdn/{mid}.jpg")}}]}),
+                    Some(image) => {
+                        let mime = image.get("mime_type").and_then(Value::as_str).unwrap_or("image/jpeg").to_string();
+                        let data =
+                            image.get("data").and_then(Value::as_str).unwrap_or("fake image bytes").as_bytes().to_vec();
+                        let name = format!("{mid}.jpg");
+                        st.cdn.insert(name.clone(), (mime, data));
+                        json!({"mid": mid, "attachments": [{"type": "image",
+                            "payload": {"url": format!("{base}/_fake/cdn/{name}")}}]})
+                    }
                     None => json!({"mid": mid, "text": text}),
                 };
                 json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
@@ -688,7 +695,7 @@ pub(super) fn download(
     if !allowed {
         return HttpResponse::Unauthorized().finish();
     }
-    match range.and_then(|r| byte_range(r, data.len())) {
+    match range.and_then(|r| crate::byte_range::byte_range(r, data.len())) {
         None => {
             HttpResponse::Ok().content_type(mime.as_str()).insert_header(("accept-ranges", "bytes")).body(data.clone())
         }
@@ -700,45 +707,5 @@ pub(super) fn download(
         Some(Err(())) => HttpResponse::RangeNotSatisfiable()
             .insert_header(("content-range", format!("bytes */{}", data.len())))
             .finish(),
-    }
-}
-
-/// A `Range: bytes=…` over a body of `len` bytes: the inclusive part it
-/// names, or `Err` when it names nothing there. Several ranges, or another
-/// unit, are ignored (the whole body), as a server may.
-fn byte_range(range: &str, len: usize) -> Option<Result<(usize, usize), ()>> {
-    let spec = range.strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let last = len.checked_sub(1);
-    let part = match (a.parse::<usize>().ok(), b.parse::<usize>().ok()) {
-        (Some(start), Some(end)) if start <= end => (start, end.min(last.unwrap_or(0))),
-        (Some(start), None) if b.is_empty() => (start, last.unwrap_or(0)),
-        (None, Some(suffix)) if a.is_empty() && suffix > 0 => (len.saturating_sub(suffix), last.unwrap_or(0)),
-        _ => return None,
-    };
-    if last.is_none() || part.0 >= len {
-        return Some(Err(()));
-    }
-    Some(Ok(part))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::byte_range;
-
-    #[test]
-    fn ranges_as_a_server_reads_them() {
-        assert_eq!(byte_range("bytes=0-2", 20), Some(Ok((0, 2))));
-        assert_eq!(byte_range("bytes=5-", 20), Some(Ok((5, 19))));
-        assert_eq!(byte_range("bytes=-4", 20), Some(Ok((16, 19))));
-        assert_eq!(byte_range("bytes=10-999", 20), Some(Ok((10, 19))));
-        assert_eq!(byte_range("bytes=20-", 20), Some(Err(())));
-        assert_eq!(byte_range("bytes=0-1,5-6", 20), None);
-        assert_eq!(byte_range("items=0-1", 20), None);
-        assert_eq!(byte_range("bytes=3-1", 20), None);
     }
 }

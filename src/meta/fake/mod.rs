@@ -41,7 +41,9 @@
 //!   the signed webhook now and remembers the contact (window, profile).
 //!   `image: {mime_type?, data?}` sends a photo instead, `text` its caption:
 //!   to a number as a media object the fake then serves (as `/_fake/media`
-//!   makes), to a page or Instagram account as a CDN URL.
+//!   makes), to a page or Instagram account as a CDN URL on the fake
+//!   (`GET /_fake/cdn/{name}`, no token, as Meta's CDN), which answers 403
+//!   once `POST /_fake/cdn/expire` has said its URLs expired.
 //! - `POST /_fake/account-update` `{waba_id, event, ...}`: Meta changes a
 //!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
 //!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
@@ -198,6 +200,12 @@ struct State {
     profiles: HashMap<String, Option<String>>,
     /// WhatsApp media: id -> (phone number id it belongs to, mime type, bytes).
     media: HashMap<String, (String, String, Vec<u8>)>,
+    /// Messenger and Instagram photos on the fake's "CDN"
+    /// (`/_fake/cdn/{name}`): name -> (mime type, bytes). Served to whoever
+    /// asks, as Meta's CDN is, until `POST /_fake/cdn/expire`.
+    cdn: HashMap<String, (String, Vec<u8>)>,
+    /// Whether the CDN URLs handed out have expired (403, as Meta's do).
+    cdn_expired: bool,
     /// The download URLs handed out for media: grant -> (media id, when).
     /// Each lasts [`MEDIA_URL_LIFETIME`], as Meta's last minutes, not days.
     media_urls: HashMap<String, (String, std::time::Instant)>,
@@ -815,7 +823,23 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 Delivery { batch: flag("batch"), shuffle: flag("shuffle"), duplicates: flag("duplicates") };
             HttpResponse::Ok().json(json!({"ok": true}))
         }
-        ("POST", "inbound") => messaging::inbound(&fake, &body).await,
+        ("POST", "inbound") => {
+            let base = format!("{}://{}", req.connection_info().scheme(), req.connection_info().host());
+            messaging::inbound(&fake, &body, &base).await
+        }
+        ("POST", "cdn/expire") => {
+            fake.lock().cdn_expired = true;
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        ("GET", p) if p.starts_with("cdn/") => {
+            let st = fake.lock();
+            match st.cdn.get(p.trim_start_matches("cdn/")) {
+                // Meta's CDN refuses an expired URL's signature with a 403.
+                Some(_) if st.cdn_expired => HttpResponse::Forbidden().body("URL signature expired"),
+                Some((mime, data)) => HttpResponse::Ok().content_type(mime.as_str()).body(data.clone()),
+                None => HttpResponse::NotFound().finish(),
+            }
+        }
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
