@@ -252,7 +252,14 @@ async fn attachment(
     let (media_id, filename, channel) = match source {
         (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(&req, copy),
         (messages::AttachmentSource::Url(url), None) => {
-            return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish())
+            // No copy (missed as the message came): made now, while Meta's
+            // URL may still work, for the next time.
+            if state.cdn_hosts.allows(&url) {
+                let index = i32::try_from(index).unwrap_or(i32::MAX);
+                let copy = crate::inbox::media_copies::MediaCopy { tenant, message_id: id.0, index, url: url.clone() };
+                let _ = state.media_copies.try_send(copy);
+            }
+            return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish());
         }
         (messages::AttachmentSource::Media { media_id, filename, channel }, _) => (media_id, filename, channel),
     };

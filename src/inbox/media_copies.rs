@@ -16,8 +16,9 @@
 //! - Meta's limit, 25 MB, is the most copied; a larger file, or one that
 //!   takes longer than [`FETCH_TIMEOUT`], keeps Meta's URL only.
 //! - Best effort: a bounded queue of this instance, [`COPIES_AT_ONCE`]
-//!   fetches at a time. What is not copied (queue full, the process
-//!   stopped, the CDN failed) is not tried again and redirects as before.
+//!   fetches at a time. What was not copied (queue full, the process
+//!   stopped, the CDN failed) redirects to Meta's URL, and is queued again
+//!   each time it is asked for, so it is copied if that URL still works.
 //! - Kept in the tenant's schema (`media_copies`): gone with the message
 //!   (a channel purged, the tenant dropped), and at once when the contact
 //!   unsends it ([`forget`]); a copy that lands after the unsend is not

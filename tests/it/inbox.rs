@@ -2400,6 +2400,19 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
     app.processed().await;
     let copies = "SELECT count(*) AS n FROM tenant_acme.media_copies";
     eventually("both copies", || async { app.count(copies) == 2 }).await;
+    // A copy missed (the process stopped before it was made, say) is made
+    // when the attachment is first asked for, while Meta's URL works.
+    let missed = app
+        .count("WITH d AS (DELETE FROM tenant_acme.media_copies WHERE idx = 1 RETURNING message_id) SELECT count(*) AS n FROM d");
+    assert_eq!(missed, 1);
+    let two_id = app.count("SELECT id AS n FROM tenant_acme.messages WHERE external_id = 'm_two.1'");
+    let res = app.client.get(app.url(&format!("/api/messages/{two_id}/attachments/1"))).bearer_auth(&ctx.admin);
+    let res = res.send().await.expect("request");
+    assert_eq!(
+        (res.status().as_u16(), res.headers().get("location").and_then(|l| l.to_str().ok())),
+        (302, Some(cdn.as_str()))
+    );
+    eventually("the missed copy", || async { app.count(copies) == 2 }).await;
     app.fake("POST", "/_fake/cdn/expire", json!({})).await;
     assert_eq!(app.client.get(&cdn).send().await.expect("request").status().as_u16(), 403, "Meta's URL expired");
 
