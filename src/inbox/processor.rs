@@ -658,7 +658,7 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace
     if report.queued_sends > 0 {
         state.wake_sender.notify_one();
     }
-    // Bounded too: what does not fit keeps Meta's URL only.
+    // Bounded too: what does not fit is queued again when it is asked for.
     for copy in report.media_copies.into_iter().filter(|c| state.cdn_hosts.allows(&c.url)) {
         let _ = state.media_copies.try_send(copy);
     }
