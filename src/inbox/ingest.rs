@@ -901,6 +901,9 @@ impl Ingest<'_> {
         if !inbound && !history && channel.platform() == Platform::Facebook {
             early::take_watermarks(tc, &mut row, timestamp)?;
         }
+        if channel.platform() != Platform::Whatsapp {
+            self.followups.media_copies.extend(super::media_copies::wanted(tc.tenant(), &row));
+        }
         let newest = timestamp >= conv.last_activity_at || created;
         let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))

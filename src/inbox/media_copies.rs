@@ -6,8 +6,8 @@
 //! is one (else it redirects to Meta's URL, as before).
 //!
 //! Decisions:
-//! - What a customer sends is copied; not what the business sent from
-//!   elsewhere (echoes) or a shared chat history.
+//! - What a customer sends is copied, and what the business sent from
+//!   elsewhere (the Page inbox, its phone: echoes), whose URLs expire alike.
 //! - Only Meta's CDN is fetched from: https on a host under `fbcdn.net`,
 //!   `fbsbx.com` or `cdninstagram.com`, or the host of `META_GRAPH_URL`
 //!   (the local fake), redirects included. A link a customer shares
@@ -55,7 +55,7 @@ pub struct MediaCopy {
     pub url: String,
 }
 
-/// The attachments of a contact's message that have a URL to fetch (which
+/// The attachments of a message that have a URL to fetch (which
 /// of them may be fetched is [`CdnHosts`]'s to say). An unsent message
 /// has none.
 pub fn wanted(tenant: TenantId, row: &MessageRow) -> Vec<MediaCopy> {

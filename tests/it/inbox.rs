@@ -2371,8 +2371,9 @@ async fn an_idle_processor_still_takes_work_it_was_not_woken_for() {
     assert!(shown.iter().any(|m| m["text"] == "stored elsewhere"), "{shown:?}");
 }
 
-/// Meta's CDN URLs expire: an Instagram or Messenger photo is copied as
-/// it comes, and served from the copy (a part for a `Range`) once Meta's
+/// Meta's CDN URLs expire: an Instagram or Messenger photo (a customer's,
+/// or the business's own sent from elsewhere) is copied as it comes, and
+/// served from the copy (a part for a `Range`) once Meta's
 /// URL no longer works; its `url` stays Meta's. An unsend removes the copy.
 /// A URL off Meta's CDN (a link a customer shares) is never fetched.
 #[actix_web::test]
@@ -2397,9 +2398,22 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
         {"type": "image", "payload": {"url": cdn}},
     ]);
     assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
+    // The business answers with a photo from the Page inbox: its echo's
+    // URL expires alike.
+    let mut echo: Value = serde_json::from_slice(&fixture("messenger_echo.json")).expect("fixture");
+    echo["entry"][0]["id"] = json!(PAGE_A);
+    let event = &mut echo["entry"][0]["messaging"][0];
+    event["sender"]["id"] = json!(PAGE_A);
+    event["recipient"]["id"] = json!(other);
+    event["message"] = json!({"mid": "m_echo_photo.1", "is_echo": true, "app_id": 263902037430900_i64,
+        "attachments": [{"type": "image", "payload": {"url": cdn}}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&echo).expect("body")).await, 200);
     app.processed().await;
     let copies = "SELECT count(*) AS n FROM tenant_acme.media_copies";
-    eventually("both copies", || async { app.count(copies) == 2 }).await;
+    eventually("three copies", || async { app.count(copies) == 3 }).await;
+    let of_echo = "SELECT count(*) AS n FROM tenant_acme.media_copies c JOIN tenant_acme.messages m \
+                   ON m.id = c.message_id WHERE m.external_id = 'm_echo_photo.1' AND m.sender_kind = 'page'";
+    assert_eq!(app.count(of_echo), 1);
     // A copy missed (the process stopped before it was made, say) is made
     // when the attachment is first asked for, while Meta's URL works.
     let missed = app
@@ -2412,7 +2426,7 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
         (res.status().as_u16(), res.headers().get("location").and_then(|l| l.to_str().ok())),
         (302, Some(cdn.as_str()))
     );
-    eventually("the missed copy", || async { app.count(copies) == 2 }).await;
+    eventually("the missed copy", || async { app.count(copies) == 3 }).await;
     app.fake("POST", "/_fake/cdn/expire", json!({})).await;
     assert_eq!(app.client.get(&cdn).send().await.expect("request").status().as_u16(), 403, "Meta's URL expired");
 
@@ -2479,6 +2493,6 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
     event["message"]["mid"] = json!("m_photo.1");
     assert_eq!(app.webhook(&serde_json::to_vec(&unsend).expect("body")).await, 200);
     app.processed().await;
-    assert_eq!(app.count(copies), 1);
+    assert_eq!(app.count(copies), 2);
     assert_eq!(get(path, None).await.status().as_u16(), 404);
 }
