@@ -24,6 +24,8 @@ pub static HUB_HELD: AtomicU64 = AtomicU64::new(0);
 pub static SEARCH_PAGES_MERGED: AtomicU64 = AtomicU64::new(0);
 pub static DB_CONNECTIONS_LOST: AtomicU64 = AtomicU64::new(0);
 pub static WS_CLIENT_DROPPED: AtomicU64 = AtomicU64::new(0);
+pub static MEDIA_COPIED: AtomicU64 = AtomicU64::new(0);
+pub static MEDIA_NOT_COPIED: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -71,6 +73,12 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_ws_client_messages_dropped_total",
             "Client socket messages dropped past the socket's allowance",
             &WS_CLIENT_DROPPED,
+        ),
+        ("switchboard_media_copied_total", "Messenger and Instagram media copied off Meta's CDN", &MEDIA_COPIED),
+        (
+            "switchboard_media_not_copied_total",
+            "Media copies that failed (the CDN refused or was unreachable, too large, too slow)",
+            &MEDIA_NOT_COPIED,
         ),
     ];
     let mut out = String::new();

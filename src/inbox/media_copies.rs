@@ -138,8 +138,14 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
             async move {
                 let (message, index) = (copy.message_id, copy.index);
                 match copy_one(&state, &http, copy).await {
-                    Ok(stored) => tracing::debug!(message, index, stored, "media copy"),
-                    Err(e) => tracing::debug!(message, index, error = %e, "media not copied"),
+                    Ok(stored) => {
+                        crate::metrics::inc(&crate::metrics::MEDIA_COPIED, u64::from(stored));
+                        tracing::debug!(message, index, stored, "media copy");
+                    }
+                    Err(e) => {
+                        crate::metrics::inc(&crate::metrics::MEDIA_NOT_COPIED, 1);
+                        tracing::debug!(message, index, error = %e, "media not copied");
+                    }
                 }
             }
         })

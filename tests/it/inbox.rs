@@ -2414,6 +2414,13 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
     let of_echo = "SELECT count(*) AS n FROM tenant_acme.media_copies c JOIN tenant_acme.messages m \
                    ON m.id = c.message_id WHERE m.external_id = 'm_echo_photo.1' AND m.sender_kind = 'page'";
     assert_eq!(app.count(of_echo), 1);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("request").text().await.expect("text");
+    let copied = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_media_copied_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("the copies' counter");
+    assert!(copied >= 3, "{copied}");
     // A copy missed (the process stopped before it was made, say) is made
     // when the attachment is first asked for, while Meta's URL works.
     let missed = app
