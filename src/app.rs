@@ -50,6 +50,8 @@ pub struct AppState {
     copy_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>>>,
     /// Where those copies may be fetched from.
     pub cdn_hosts: crate::inbox::media_copies::CdnHosts,
+    /// Copies queued again from a look at their attachment, and when.
+    pub copy_retries: crate::inbox::media_copies::Retries,
     /// When each (tenant, conversation, agent) last showed a contact the
     /// business typing, from a socket or `POST …/typing`.
     typing_sent: std::sync::Mutex<std::collections::HashMap<(i64, i64, i64), std::time::Instant>>,
@@ -82,6 +84,7 @@ impl AppState {
             media_copies: copy_tx,
             copy_rx: std::sync::Mutex::new(Some(copy_rx)),
             cdn_hosts: crate::inbox::media_copies::CdnHosts::new(&config.meta.graph_url),
+            copy_retries: Default::default(),
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
             media_urls: Default::default(),

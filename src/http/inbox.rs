@@ -254,9 +254,9 @@ async fn attachment(
         (messages::AttachmentSource::Url(url), None) => {
             // No copy (missed as the message came): made now, while Meta's
             // URL may still work, for the next time.
-            if state.cdn_hosts.allows(&url) {
-                let index = i32::try_from(index).unwrap_or(i32::MAX);
-                let copy = crate::inbox::media_copies::MediaCopy { tenant, message_id: id.0, index, url: url.clone() };
+            let index = i32::try_from(index).unwrap_or(i32::MAX);
+            let copy = crate::inbox::media_copies::MediaCopy { tenant, message_id: id.0, index, url: url.clone() };
+            if state.cdn_hosts.allows(&url) && state.copy_retries.due(&copy, std::time::Instant::now()) {
                 let _ = state.media_copies.try_send(copy);
             }
             return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish());

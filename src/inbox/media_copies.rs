@@ -18,7 +18,10 @@
 //! - Best effort: a bounded queue of this instance, [`COPIES_AT_ONCE`]
 //!   fetches at a time. What was not copied (queue full, the process
 //!   stopped, the CDN failed) redirects to Meta's URL, and is queued again
-//!   each time it is asked for, so it is copied if that URL still works.
+//!   when it is asked for, so it is copied if that URL still works; at
+//!   most once every [`RETRY_AFTER`] per attachment ([`Retries`]), so an
+//!   old conversation full of expired URLs does not send the CDN a request
+//!   for every photo at every look.
 //! - Kept in the tenant's schema (`media_copies`): gone with the message
 //!   (a channel purged, the tenant dropped), and at once when the contact
 //!   unsends it ([`forget`]); a copy that lands after the unsend is not
@@ -45,6 +48,37 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const COPIES_AT_ONCE: usize = 4;
 /// Meta's CDN hosts: these and their subdomains.
 const CDN_DOMAINS: [&str; 3] = ["fbcdn.net", "fbsbx.com", "cdninstagram.com"];
+
+/// How soon a copy asked for again is tried again (by this instance).
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+/// Attachments remembered as tried at most; past it, the old are forgotten.
+const RETRIES_KEPT: usize = 10_000;
+
+/// When this instance last queued each attachment's copy from a look at it:
+/// (tenant, message, index).
+#[derive(Default)]
+pub struct Retries {
+    tried: std::sync::Mutex<std::collections::HashMap<(i64, i64, i32), std::time::Instant>>,
+}
+
+impl Retries {
+    /// Whether `copy` is to be tried now (and if so, remembers it was).
+    pub fn due(&self, copy: &MediaCopy, now: std::time::Instant) -> bool {
+        let Ok(mut tried) = self.tried.lock() else { return false };
+        let key = (copy.tenant.0, copy.message_id, copy.index);
+        if tried.get(&key).is_some_and(|at| now.duration_since(*at) < RETRY_AFTER) {
+            return false;
+        }
+        if tried.len() >= RETRIES_KEPT {
+            tried.retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
+            if tried.len() >= RETRIES_KEPT {
+                tried.clear();
+            }
+        }
+        tried.insert(key, now);
+        true
+    }
+}
 
 /// One attachment to copy.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +270,17 @@ pub fn forget(tc: &mut TenantConn<'_>, message_id: i64) -> AppResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_asked_for_again_is_tried_once_in_a_while() {
+        let retries = Retries::default();
+        let copy = |m| MediaCopy { tenant: TenantId(1), message_id: m, index: 0, url: "https://x.fbcdn.net/1".into() };
+        let now = std::time::Instant::now();
+        assert!(retries.due(&copy(7), now));
+        assert!(!retries.due(&copy(7), now + std::time::Duration::from_secs(60)));
+        assert!(retries.due(&copy(8), now), "another attachment");
+        assert!(retries.due(&copy(7), now + RETRY_AFTER));
+    }
 
     #[test]
     fn only_metas_cdn_and_the_graph_host_are_fetched_from() {
