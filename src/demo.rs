@@ -267,9 +267,10 @@ async fn customers(fake_base: String, targets: Vec<String>) {
         let whatsapp = i % targets.len() == 2;
         let from = if whatsapp { format!("35191000000{who}") } else { format!("99000000000{who}") };
         let mut inbound = json!({"to": to, "from": from, "text": lines[i % lines.len()], "name": names[who]});
-        // Now and then a WhatsApp customer sends a photo: the inbox opens it
-        // through `GET /api/messages/{id}/attachments/0`.
-        if whatsapp && (i / targets.len()) % 3 == 1 {
+        // Now and then a customer sends a photo: the inbox opens it through
+        // `GET /api/messages/{id}/attachments/0` (a WhatsApp one from Meta,
+        // a Messenger or Instagram one from the copy of the fake's CDN).
+        if (i / targets.len()) % 3 == 1 {
             inbound["text"] = json!("This one, please");
             inbound["image"] = json!({"mime_type": "image/svg+xml", "data": DEMO_PHOTO});
         }
