@@ -231,6 +231,13 @@ async fn attachment(
     use actix_web::FromRequest;
     use futures_util::TryStreamExt;
     let (id, index) = attachment_path(&path)?;
+    // Only a plain byte range is honoured (it is the one Meta serves).
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| r.len() <= 100 && r.starts_with("bytes="))
+        .map(str::to_string);
     let (tenant, source) = match q.link.as_deref() {
         // A link made for this attachment stands for the Bearer token.
         Some(link) => {
@@ -240,17 +247,22 @@ async fn attachment(
             }
             let tenant = crate::ids::TenantId(claims.t);
             let scope = crate::db::TenantScope::system(tenant);
-            (tenant, state.db.tenant(scope, move |tc| source_and_copy(tc, None, id, index)).await?)
+            let range = range.clone();
+            (tenant, state.db.tenant(scope, move |tc| source_and_copy(tc, None, id, index, range.as_deref())).await?)
         }
         None => {
             let auth = AuthContext::extract(&req).await?;
             let viewer = Some((auth.user, auth.role));
-            let source = state.db.tenant(auth.scope(), move |tc| source_and_copy(tc, viewer, id, index)).await?;
+            let range = range.clone();
+            let source = state
+                .db
+                .tenant(auth.scope(), move |tc| source_and_copy(tc, viewer, id, index, range.as_deref()))
+                .await?;
             (auth.tenant, source)
         }
     };
     let (media_id, filename, channel) = match source {
-        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(&req, copy),
+        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(copy),
         (messages::AttachmentSource::Url(url), None) => {
             // No copy (missed as the message came): made now, while Meta's
             // URL may still work, for the next time.
@@ -263,14 +275,8 @@ async fn attachment(
         }
         (messages::AttachmentSource::Media { media_id, filename, channel }, _) => (media_id, filename, channel),
     };
-    // Only a plain byte range goes on (it is the one Meta serves).
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|r| r.len() <= 100 && r.starts_with("bytes="));
     let crate::inbox::media::Opened { stream: download, mime } =
-        crate::inbox::media::open(&state, tenant, &channel, &media_id, range).await?;
+        crate::inbox::media::open(&state, tenant, &channel, &media_id, range.as_deref()).await?;
     let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
     let mut res = match download.status {
         206 => HttpResponse::PartialContent(),
@@ -294,37 +300,30 @@ async fn attachment(
 }
 
 /// Where attachment `index` of message `id` comes from, and for one on
-/// Meta's CDN the copy kept of it (its type and bytes), in one unit of work.
+/// Meta's CDN the copy kept of it (the part `range` names), in one unit of
+/// work.
 fn source_and_copy(
     tc: &mut crate::db::TenantConn<'_>,
     viewer: Option<(crate::ids::UserId, crate::auth::Role)>,
     id: MessageId,
     index: usize,
+    range: Option<&str>,
 ) -> AppResult<(messages::AttachmentSource, Option<crate::inbox::media_copies::StoredCopy>)> {
     let source = messages::attachment_source(tc, viewer, id, index)?;
     let copy = match source {
-        messages::AttachmentSource::Url(_) => crate::inbox::media_copies::find(tc, id.0, index)?,
+        messages::AttachmentSource::Url(_) => crate::inbox::media_copies::find(tc, id.0, index, range)?,
         messages::AttachmentSource::Media { .. } => None,
     };
     Ok((source, copy))
 }
 
-/// A copy of a CDN media, whole or the one part a `Range` asks for (206;
+/// A copy of a CDN media, whole or the one part a `Range` asked for (206;
 /// 416 for a part it does not have), with the same guards as a WhatsApp
 /// media: shown inline only if an image, video or sound, `nosniff`, and
 /// sandboxed.
-fn copy_response(
-    req: &actix_web::HttpRequest,
-    copy: crate::inbox::media_copies::StoredCopy,
-) -> AppResult<HttpResponse> {
+fn copy_response(copy: crate::inbox::media_copies::StoredCopy) -> AppResult<HttpResponse> {
     use actix_web::http::header;
-    let crate::inbox::media_copies::StoredCopy { mime, bytes } = copy;
-    let len = bytes.len();
-    let part = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|r| crate::byte_range::byte_range(r, len));
+    let crate::inbox::media_copies::StoredCopy { mime, len, part, bytes } = copy;
     let mut res = match part {
         Some(Err(())) => {
             return Err(AppError::new(
@@ -333,22 +332,22 @@ fn copy_response(
                 format!("the media has no such part (bytes */{len})"),
             ))
         }
-        Some(Ok(_)) => HttpResponse::PartialContent(),
+        Some(Ok((start, end))) => {
+            let mut res = HttpResponse::PartialContent();
+            res.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
+            res
+        }
         None => HttpResponse::Ok(),
     };
     let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
-    res.content_type(mime)
+    Ok(res
+        .content_type(mime)
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
-        .insert_header(disposition(shown_inline, None));
-    Ok(match part {
-        Some(Ok((start, end))) => res
-            .insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")))
-            .body(bytes[start..=end].to_vec()),
-        _ => res.body(bytes),
-    })
+        .insert_header(disposition(shown_inline, None))
+        .body(bytes))
 }
 
 #[derive(Deserialize)]

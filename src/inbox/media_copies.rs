@@ -248,17 +248,69 @@ pub fn store(tc: &mut TenantConn<'_>, message_id: i64, index: i32, mime: &str, b
     Ok(n > 0)
 }
 
-/// A copy as stored: the media's type and bytes.
-#[derive(Debug, Queryable)]
+/// A copy as read: the media's type and size, and the bytes asked for.
+#[derive(Debug)]
 pub struct StoredCopy {
     pub mime: String,
+    pub len: usize,
+    /// What was read: the whole (`None`), the part a `Range` named
+    /// (inclusive offsets, with its bytes), or nothing for a part the
+    /// media does not have (`Err`).
+    pub part: Option<Result<(usize, usize), ()>>,
     pub bytes: Vec<u8>,
 }
 
-/// The copy of attachment `index` of `message_id`.
-pub fn find(tc: &mut TenantConn<'_>, message_id: i64, index: usize) -> AppResult<Option<StoredCopy>> {
+/// The copy of attachment `index` of `message_id`, whole or only the part
+/// `range` (a `Range` header's value) names: the bytes are stored out of
+/// line uncompressed, so a player seeking through a video reads its parts,
+/// not the whole file each time.
+pub fn find(
+    tc: &mut TenantConn<'_>,
+    message_id: i64,
+    index: usize,
+    range: Option<&str>,
+) -> AppResult<Option<StoredCopy>> {
+    use diesel::sql_types::{BigInt, Binary, Integer, Text};
+    #[derive(QueryableByName)]
+    struct Head {
+        #[diesel(sql_type = Text)]
+        mime: String,
+        #[diesel(sql_type = Integer)]
+        len: i32,
+    }
+    #[derive(QueryableByName)]
+    struct Part {
+        #[diesel(sql_type = Binary)]
+        bytes: Vec<u8>,
+    }
     let Ok(index) = i32::try_from(index) else { return Ok(None) };
-    Ok(mc::table.find((message_id, index)).select((mc::mime, mc::bytes)).first(tc.pg()).optional()?)
+    // The size comes from the stored value's header, without reading it.
+    let head: Option<Head> = diesel::sql_query(
+        "SELECT mime, octet_length(bytes) AS len FROM media_copies WHERE message_id = $1 AND idx = $2",
+    )
+    .bind::<BigInt, _>(message_id)
+    .bind::<Integer, _>(index)
+    .get_result(tc.pg())
+    .optional()?;
+    let Some(Head { mime, len }) = head else { return Ok(None) };
+    let len = usize::try_from(len).unwrap_or(0);
+    let part = range.and_then(|r| crate::byte_range::byte_range(r, len));
+    let (from, count) = match part {
+        Some(Err(())) => return Ok(Some(StoredCopy { mime, len, part, bytes: Vec::new() })),
+        Some(Ok((start, end))) => (start, end - start + 1),
+        None => (0, len),
+    };
+    // `substring` counts from 1; both fit an i32, as the size did.
+    let (from, count) = (i32::try_from(from + 1).unwrap_or(i32::MAX), i32::try_from(count).unwrap_or(i32::MAX));
+    let read: Part = diesel::sql_query(
+        "SELECT substring(bytes FROM $3 FOR $4) AS bytes FROM media_copies WHERE message_id = $1 AND idx = $2",
+    )
+    .bind::<BigInt, _>(message_id)
+    .bind::<Integer, _>(index)
+    .bind::<Integer, _>(from)
+    .bind::<Integer, _>(count)
+    .get_result(tc.pg())?;
+    Ok(Some(StoredCopy { mime, len, part, bytes: read.bytes }))
 }
 
 /// Removes a message's copies (its contact unsent it).
