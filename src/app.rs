@@ -45,6 +45,8 @@ pub struct AppState {
     /// Contacts whose profile to look up at Meta.
     pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
     profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
+    /// Stale profiles queued from a look at their conversation, and when.
+    pub profile_refreshes: crate::inbox::contacts::StaleRetries,
     /// Messenger and Instagram media to copy off Meta's CDN.
     pub media_copies: mpsc::Sender<crate::inbox::media_copies::MediaCopy>,
     copy_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>>>,
@@ -81,10 +83,11 @@ impl AppState {
             feed: Arc::default(),
             search_backlog: Arc::default(),
             profile_rx: std::sync::Mutex::new(Some(rx)),
+            profile_refreshes: crate::inbox::contacts::stale_retries(),
             media_copies: copy_tx,
             copy_rx: std::sync::Mutex::new(Some(copy_rx)),
             cdn_hosts: crate::inbox::media_copies::CdnHosts::new(&config.meta.graph_url),
-            copy_retries: Default::default(),
+            copy_retries: crate::inbox::media_copies::retries(),
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
             media_urls: Default::default(),

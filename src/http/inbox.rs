@@ -70,8 +70,15 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         q: q.q,
     };
     let (user, role) = (auth.user, auth.role);
-    let items =
-        state.db.tenant(auth.scope(), move |tc| conversations::list(tc, user, role, &filter, after, limit)).await?;
+    let (items, stale) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let items = conversations::list(tc, user, role, &filter, after, limit)?;
+            let contacts: Vec<i64> = items.iter().map(|c| c.contact.id.0).collect();
+            Ok::<_, AppError>((items, contacts::stale_profiles(tc, &contacts, Utc::now())?))
+        })
+        .await?;
+    crate::inbox::sender::refresh_stale_profiles(&state, stale);
     let next = if items.len() as i64 >= limit {
         items.last().map(|c| encode_time_cursor(c.last_activity_at, c.id.0))
     } else {
@@ -83,7 +90,15 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
 async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
     let id = conversation_id(&path)?;
     let (user, role) = (auth.user, auth.role);
-    let view = state.db.tenant(auth.scope(), move |tc| conversations::get(tc, user, role, id)).await?;
+    let (view, stale) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let view = conversations::get(tc, user, role, id)?;
+            let stale = contacts::stale_profiles(tc, &[view.contact.id.0], Utc::now())?;
+            Ok::<_, AppError>((view, stale))
+        })
+        .await?;
+    crate::inbox::sender::refresh_stale_profiles(&state, stale);
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -268,7 +283,7 @@ async fn attachment(
             // URL may still work, for the next time.
             let index = i32::try_from(index).unwrap_or(i32::MAX);
             let copy = crate::inbox::media_copies::MediaCopy { tenant, message_id: id.0, index, url: url.clone() };
-            if state.cdn_hosts.allows(&url) && state.copy_retries.due(&copy, std::time::Instant::now()) {
+            if state.cdn_hosts.allows(&url) && state.copy_retries.due(copy.key(), std::time::Instant::now()) {
                 let _ = state.media_copies.try_send(copy);
             }
             return Ok(HttpResponse::Found().insert_header((header::LOCATION, url)).finish());

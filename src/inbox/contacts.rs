@@ -4,9 +4,13 @@
 //!
 //! A profile is looked up again when its contact writes more than
 //! [`PROFILE_FRESH`] after the last lookup: Meta's picture URLs expire, and
-//! customers rename themselves. A contact who never writes again keeps what
-//! was found (a client shows its initials for a picture that no longer
-//! loads); no one is looked up for being read.
+//! customers rename themselves. A quiet contact's profile is looked up
+//! again when an agent looks at their conversation (listed or opened) more
+//! than [`PROFILE_STALE`] after the last lookup, so an old conversation
+//! opened today shows a picture that loads; at most once every ten minutes
+//! per contact and instance while that lookup fails ([`stale_profiles`]).
+//! A contact whose profile was never found is only looked up when they
+//! write (their first lookup may still be under way).
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -80,6 +84,23 @@ pub fn search(
 /// profile call a day, not one a message.
 pub const PROFILE_FRESH: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
+/// How old a quiet contact's profile may be when their conversation is
+/// looked at: Meta's picture URLs last days, not weeks, and a list page
+/// looked at every minute must not cost a Graph call a minute.
+pub const PROFILE_STALE: chrono::TimeDelta = chrono::TimeDelta::days(3);
+
+/// How soon a lookup queued from a look at the conversation is queued
+/// again (by this instance) while it fails.
+pub const STALE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Lookups queued from looks, by (tenant, contact).
+pub type StaleRetries = super::once_per::OncePer<(i64, i64)>;
+
+/// An empty [`StaleRetries`].
+pub fn stale_retries() -> StaleRetries {
+    StaleRetries::new(STALE_RETRY_AFTER, 10_000)
+}
+
 /// Whether a Messenger or Instagram contact last looked up at `checked_at`
 /// (never: `None`) is to be looked up at `now`.
 pub fn profile_due(checked_at: Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> bool {
@@ -97,6 +118,42 @@ pub struct ProfileLookup {
     pub channel_id: i64,
     pub channel_external: String,
     pub sealed_token: Option<String>,
+}
+
+impl ProfileLookup {
+    pub fn new(tenant: crate::ids::TenantId, contact: &ContactRow, channel: &crate::channels::ChannelRow) -> Self {
+        ProfileLookup {
+            tenant,
+            contact_id: contact.id,
+            contact_external: contact.external_id.clone(),
+            platform: channel.platform(),
+            channel_id: channel.id,
+            channel_external: channel.external_id.clone(),
+            sealed_token: channel.sealed_token().map(str::to_string),
+        }
+    }
+}
+
+/// Lookups for the Messenger and Instagram contacts among `contact_ids`
+/// whose profile was found more than [`PROFILE_STALE`] before `now` (one
+/// query; none is the usual answer).
+pub fn stale_profiles(
+    tc: &mut TenantConn<'_>,
+    contact_ids: &[i64],
+    now: chrono::DateTime<Utc>,
+) -> AppResult<Vec<ProfileLookup>> {
+    use crate::db::tenant_schema::channels;
+    if contact_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(ContactRow, crate::channels::ChannelRow)> = contacts::table
+        .inner_join(channels::table)
+        .filter(contacts::id.eq_any(contact_ids))
+        .filter(contacts::profile_checked_at.lt(now - PROFILE_STALE))
+        .filter(channels::platform.ne(Platform::Whatsapp.as_str()))
+        .select((ContactRow::as_select(), crate::channels::ChannelRow::as_select()))
+        .load(tc.pg())?;
+    Ok(rows.iter().map(|(contact, channel)| ProfileLookup::new(tc.tenant(), contact, channel)).collect())
 }
 
 /// Fields to ask Meta for, per platform.

@@ -738,15 +738,7 @@ impl Ingest<'_> {
             && channel.platform() != Platform::Whatsapp
             && !self.followups.profile_lookups.iter().any(|l| l.contact_id == contact.id)
         {
-            self.followups.profile_lookups.push(super::contacts::ProfileLookup {
-                tenant: tc.tenant(),
-                contact_id: contact.id,
-                contact_external: contact.external_id.clone(),
-                platform: channel.platform(),
-                channel_id: channel.id,
-                channel_external: channel.external_id.clone(),
-                sealed_token: channel.sealed_token().map(str::to_string),
-            });
+            self.followups.profile_lookups.push(super::contacts::ProfileLookup::new(tc.tenant(), &contact, channel));
         }
         let (conv, mut created) = self.conversation(tc, channel.id, contact.id)?;
         let key = (channel.id, msg.mid.to_string());

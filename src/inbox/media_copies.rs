@@ -54,30 +54,13 @@ pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600)
 /// Attachments remembered as tried at most; past it, the old are forgotten.
 const RETRIES_KEPT: usize = 10_000;
 
-/// When this instance last queued each attachment's copy from a look at it:
-/// (tenant, message, index).
-#[derive(Default)]
-pub struct Retries {
-    tried: std::sync::Mutex<std::collections::HashMap<(i64, i64, i32), std::time::Instant>>,
-}
+/// Copies queued again from a look at their attachment, by this instance:
+/// at most every [`RETRY_AFTER`] per attachment.
+pub type Retries = super::once_per::OncePer<(i64, i64, i32)>;
 
-impl Retries {
-    /// Whether `copy` is to be tried now (and if so, remembers it was).
-    pub fn due(&self, copy: &MediaCopy, now: std::time::Instant) -> bool {
-        let Ok(mut tried) = self.tried.lock() else { return false };
-        let key = (copy.tenant.0, copy.message_id, copy.index);
-        if tried.get(&key).is_some_and(|at| now.duration_since(*at) < RETRY_AFTER) {
-            return false;
-        }
-        if tried.len() >= RETRIES_KEPT {
-            tried.retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
-            if tried.len() >= RETRIES_KEPT {
-                tried.clear();
-            }
-        }
-        tried.insert(key, now);
-        true
-    }
+/// An empty [`Retries`].
+pub fn retries() -> Retries {
+    Retries::new(RETRY_AFTER, RETRIES_KEPT)
 }
 
 /// One attachment to copy.
@@ -87,6 +70,13 @@ pub struct MediaCopy {
     pub message_id: i64,
     pub index: i32,
     pub url: String,
+}
+
+impl MediaCopy {
+    /// Which attachment: (tenant, message, index).
+    pub fn key(&self) -> (i64, i64, i32) {
+        (self.tenant.0, self.message_id, self.index)
+    }
 }
 
 /// The attachments of a message that have a URL to fetch (which
@@ -325,13 +315,13 @@ mod tests {
 
     #[test]
     fn a_copy_asked_for_again_is_tried_once_in_a_while() {
-        let retries = Retries::default();
+        let retries = retries();
         let copy = |m| MediaCopy { tenant: TenantId(1), message_id: m, index: 0, url: "https://x.fbcdn.net/1".into() };
         let now = std::time::Instant::now();
-        assert!(retries.due(&copy(7), now));
-        assert!(!retries.due(&copy(7), now + std::time::Duration::from_secs(60)));
-        assert!(retries.due(&copy(8), now), "another attachment");
-        assert!(retries.due(&copy(7), now + RETRY_AFTER));
+        assert!(retries.due(copy(7).key(), now));
+        assert!(!retries.due(copy(7).key(), now + std::time::Duration::from_secs(60)));
+        assert!(retries.due(copy(8).key(), now), "another attachment");
+        assert!(retries.due(copy(7).key(), now + RETRY_AFTER));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod media;
 pub mod media_copies;
 pub mod messages;
+pub mod once_per;
 pub mod processor;
 pub mod search_index;
 pub mod sender;

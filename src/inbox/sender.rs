@@ -338,6 +338,18 @@ pub async fn run_profiles(state: actix_web::web::Data<AppState>) {
         .await;
 }
 
+/// Queues the lookups of stale profiles an agent just looked at
+/// ([`contacts::stale_profiles`]), each at most once in a while; a full
+/// queue drops them (the next look queues them again).
+pub fn refresh_stale_profiles(state: &AppState, lookups: Vec<contacts::ProfileLookup>) {
+    let now = std::time::Instant::now();
+    for lookup in lookups {
+        if state.profile_refreshes.due((lookup.tenant.0, lookup.contact_id), now) {
+            let _ = state.profile_lookups.try_send(lookup);
+        }
+    }
+}
+
 /// Profile lookups in flight at once: a burst of new customers (a campaign)
 /// gets its names in seconds, not one Graph round trip after another.
 const PROFILE_LOOKUPS_AT_ONCE: usize = 8;

@@ -1074,6 +1074,96 @@ async fn a_profile_is_looked_up_again_a_day_later() {
 }
 
 #[actix_web::test]
+async fn a_quiet_contacts_stale_profile_is_looked_up_when_looked_at() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (from, other) = ("7392015648120888", "7392015648120999");
+    let contact = |who: &'static str| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let convs = conversations(app, &admin, "").await;
+            let theirs = convs.iter().find(|c| c["contact"]["external_id"] == who);
+            theirs.map(|c| c["contact"].clone()).unwrap_or_default()
+        }
+    };
+    let lookups = |who: &'static str| {
+        let app = &app;
+        async move {
+            let log = app.fake("GET", "/_fake/requests", json!({})).await;
+            let items = log["items"].as_array().expect("items").clone();
+            items.iter().filter(|r| r["method"] == "GET" && r["path"] == format!("/{who}")).count()
+        }
+    };
+    // What a contact's profile looks like days later: Meta's picture URL
+    // has expired (here: another URL, and an old name, stand for it).
+    let days_pass = |who: &str, days: i64| {
+        let mut conn = app.db.conn();
+        diesel::sql_query(format!(
+            "UPDATE tenant_acme.contacts SET profile_checked_at = now() - interval '{days} days', \
+             name = 'Old name', profile_pic_url = 'https://scontent.xx.fbcdn.net/expired.jpg' \
+             WHERE external_id = '{who}'"
+        ))
+        .execute(&mut conn)
+        .expect("days pass");
+    };
+    let settle = || async {
+        app.processed().await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    for (who, name) in [(from, "Inês Faria"), (other, "Zé Dias")] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": who, "text": "Bom dia", "name": name})).await;
+        eventually("the first lookup", || async { contact(who).await["name"] == name }).await;
+    }
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let open = |who: &str| {
+        let id = by_contact(&convs, who)["id"].as_str().expect("id").to_string();
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/{id}"), Some(&admin), None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+
+    // Two days on, looking costs nothing.
+    days_pass(from, 2);
+    open(from).await;
+    conversations(&app, &ctx.admin, "").await;
+    settle().await;
+    assert_eq!((lookups(from).await, contact(from).await["name"].clone()), (1, json!("Old name")));
+
+    // Four days on, opening the conversation looks the profile up again.
+    days_pass(from, 4);
+    open(from).await;
+    eventually("looked up on opening", || async { contact(from).await["name"] == "Inês Faria" }).await;
+    let pic = contact(from).await["profile_pic_url"].clone();
+    assert!(pic.as_str().is_some_and(|p| !p.contains("expired")), "{pic}");
+    // Fresh again: more looks ask nothing.
+    open(from).await;
+    conversations(&app, &ctx.admin, "").await;
+    settle().await;
+    assert_eq!(lookups(from).await, 2);
+
+    // Listing does it too; while Meta fails, it is tried once, not at
+    // every look (the contact's next message tries again).
+    days_pass(other, 4);
+    let down = json!({"path": format!("/{other}"), "method": "GET", "status": 500,
+        "error": {"code": 2, "message": "Service temporarily unavailable"}, "times": 10});
+    app.fake("POST", "/_fake/errors", down).await;
+    conversations(&app, &ctx.admin, "").await;
+    // The first lookup, then one on listing: three attempts (Graph's
+    // client retries a transient error twice).
+    eventually("looked up again on listing", || async { lookups(other).await == 4 }).await;
+    let tried = 4;
+    for _ in 0..3 {
+        conversations(&app, &ctx.admin, "").await;
+        open(other).await;
+    }
+    settle().await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!((lookups(other).await, contact(other).await["name"].clone()), (tried, json!("Old name")));
+}
+
+#[actix_web::test]
 async fn replies_go_out_once_and_receipts_move_forward() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
