@@ -32,6 +32,8 @@ use super::{median, ScratchDb};
 
 const PER_CONVERSATION: usize = 50;
 const RUNS: usize = 7;
+/// The agent whose own conversations ("mine") are listed.
+const AGENT: i64 = 42;
 
 /// Texts of the kind customers write, accents and all; each message adds
 /// its number, so a number is a rare word.
@@ -69,8 +71,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         conversations * PER_CONVERSATION
     );
 
-    // The oldest tenth of the conversations (the highest ids) say "kiwi".
+    // The oldest tenth of the conversations (the highest ids) say "kiwi";
+    // an agent has ten of them, spread from the newest to the oldest.
     let old = conversations - conversations / 10;
+    let every = (conversations / 10).max(1);
     let seeding = Instant::now();
     with_tenant(&mut conn, &scope, |tc| -> Result<(), AppError> {
         let texts = TEXTS.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(",");
@@ -90,6 +94,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         || ' #' || (c.id * {PER_CONVERSATION} + g),
                       'received', c.last_activity_at - g * interval '1 second'
                  FROM conversations c CROSS JOIN generate_series(1, {PER_CONVERSATION}) g;
+             UPDATE conversations SET assignee_id = {AGENT} WHERE id % {every} = 0;
              ANALYZE contacts; ANALYZE conversations; ANALYZE messages;"
         ))?;
         Ok(())
@@ -110,8 +115,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("a contact's name, asked without accents", "zoe muller"),
         ("a rare word (one message)", rare.as_str()),
     ];
-    for (what, q) in cases {
-        let filter = Filter { q: (!q.is_empty()).then(|| q.to_string()), ..Default::default() };
+    let mut listings: Vec<(String, Filter)> = cases
+        .iter()
+        .map(|(what, q)| {
+            (format!("{what} ({q:?})"), Filter { q: (!q.is_empty()).then(|| q.to_string()), ..Default::default() })
+        })
+        .collect();
+    // "Mine" without a status: the assignee's own index, not a walk of
+    // the whole inbox for the agent's few.
+    listings.push((
+        "an agent's own, every status (assignee=me)".into(),
+        Filter { assignee: Some(Some(AGENT)), ..Default::default() },
+    ));
+    listings.push((
+        "an agent's own, open (assignee=me&status=open)".into(),
+        Filter { assignee: Some(Some(AGENT)), status: Some("open".into()), ..Default::default() },
+    ));
+    for (what, filter) in listings {
         let mut times = Vec::with_capacity(RUNS);
         let mut found = 0;
         for _ in 0..RUNS {
@@ -122,7 +142,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             times.push(t.elapsed());
         }
-        println!("{what} ({q:?}): first page of {found} in {:.1?}", median(times));
+        println!("{what}: first page of {found} in {:.1?}", median(times));
     }
 
     // The scan that one or two characters need, on the folded column and
