@@ -483,10 +483,15 @@ async fn list_contacts(
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
     let (user, role, text) = (auth.user, auth.role, q.q);
-    let items = state
+    let (items, stale) = state
         .db
-        .tenant(auth.scope(), move |tc| contacts::search(tc, user, role, text.as_deref(), page.after, page.limit))
+        .tenant(auth.scope(), move |tc| {
+            let items = contacts::search(tc, user, role, text.as_deref(), page.after, page.limit)?;
+            let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
+            Ok::<_, AppError>((items, contacts::stale_profiles(tc, &ids, Utc::now())?))
+        })
         .await?;
+    crate::inbox::sender::refresh_stale_profiles(&state, stale);
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
 }
 

@@ -5,10 +5,12 @@
 //! A profile is looked up again when its contact writes more than
 //! [`PROFILE_FRESH`] after the last lookup: Meta's picture URLs expire, and
 //! customers rename themselves. A quiet contact's profile is looked up
-//! again when an agent looks at their conversation (listed or opened) more
-//! than [`PROFILE_STALE`] after the last lookup, so an old conversation
-//! opened today shows a picture that loads; at most once every ten minutes
-//! per contact and instance while that lookup fails ([`stale_profiles`]).
+//! again when someone of the team looks at them (their conversation listed
+//! or opened, or found in `GET /api/contacts`) more than [`PROFILE_STALE`]
+//! after the last lookup, so an old conversation opened today shows a
+//! picture that loads; at most once every ten minutes per contact and
+//! instance while that lookup fails ([`stale_profiles`]). A viewer's look
+//! counts too: the lookup is the server's upkeep, not the viewer's write.
 //! A contact whose profile was never found is only looked up when they
 //! write (their first lookup may still be under way).
 

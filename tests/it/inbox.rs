@@ -1077,7 +1077,7 @@ async fn a_profile_is_looked_up_again_a_day_later() {
 async fn a_quiet_contacts_stale_profile_is_looked_up_when_looked_at() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let (from, other) = ("7392015648120888", "7392015648120999");
+    let (from, other, third) = ("7392015648120888", "7392015648120999", "7392015648120777");
     let contact = |who: &'static str| {
         let (app, admin) = (&app, ctx.admin.clone());
         async move {
@@ -1110,7 +1110,7 @@ async fn a_quiet_contacts_stale_profile_is_looked_up_when_looked_at() {
         app.processed().await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
-    for (who, name) in [(from, "Inês Faria"), (other, "Zé Dias")] {
+    for (who, name) in [(from, "Inês Faria"), (other, "Zé Dias"), (third, "Iara Lopes")] {
         app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": who, "text": "Bom dia", "name": name})).await;
         eventually("the first lookup", || async { contact(who).await["name"] == name }).await;
     }
@@ -1142,6 +1142,12 @@ async fn a_quiet_contacts_stale_profile_is_looked_up_when_looked_at() {
     conversations(&app, &ctx.admin, "").await;
     settle().await;
     assert_eq!(lookups(from).await, 2);
+
+    // So does finding them among the contacts.
+    days_pass(third, 4);
+    let r = app.call("GET", "/api/contacts?q=old", Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually("looked up on a contact search", || async { lookups(third).await == 2 }).await;
 
     // Listing does it too; while Meta fails, it is tried once, not at
     // every look (the contact's next message tries again).
