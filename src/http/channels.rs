@@ -29,7 +29,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete)),
         )
         .service(resource("/channels/{id}/members").route(web::put().to(set_members)))
-        .service(resource("/channels/{id}/check").route(web::post().to(check)));
+        .service(resource("/channels/{id}/check").route(web::post().to(check)))
+        .service(resource("/channels/{id}/templates").route(web::get().to(templates)));
 }
 
 fn channel_id(raw: &str) -> AppResult<ChannelId> {
@@ -212,6 +213,13 @@ async fn delete(
     };
     connect::disconnect(&state, &auth, id, purge).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// A WhatsApp channel's message templates, as Meta has them now.
+async fn templates(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let id = channel_id(&path)?;
+    let items = crate::inbox::templates::list(&state, auth.scope(), auth.user, auth.role, id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
 }
 
 async fn check(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

@@ -442,7 +442,11 @@ fn disposition(inline: bool, filename: Option<&str>) -> actix_web::http::header:
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
-    text: String,
+    #[serde(default)]
+    text: Option<String>,
+    /// A WhatsApp template instead of text (`inbox::templates`).
+    #[serde(default)]
+    template: Option<crate::inbox::templates::Choice>,
     #[serde(default)]
     client_id: Option<String>,
 }
@@ -457,11 +461,22 @@ async fn send(
     let id = conversation_id(&path)?;
     let b = body.into_inner();
     let (user, role) = (auth.user, auth.role);
-    let (view, created) = state
-        .tenant_with_events(auth.scope(), move |tc, log| {
-            messages::create_reply(tc, log, user, role, id, b.text, b.client_id)
-        })
-        .await?;
+    let (view, created) = match (b.text, b.template) {
+        (Some(text), None) => {
+            state
+                .tenant_with_events(auth.scope(), move |tc, log| {
+                    messages::create_reply(tc, log, user, role, id, text, b.client_id)
+                })
+                .await?
+        }
+        (None, Some(choice)) => {
+            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, b.client_id).await?
+        }
+        (None, None) => return Err(AppError::invalid("invalid_body", "missing field `text`")),
+        (Some(_), Some(_)) => {
+            return Err(AppError::invalid("invalid_body", "send text or a template, not both"));
+        }
+    };
     if created {
         state.wake_sender.notify_one();
     }

@@ -788,6 +788,7 @@ impl Ingest<'_> {
                 text: settings.auto_reply.text.clone(),
                 client_id: Some(format!("auto-reply:{}", row.id)),
                 agent: None,
+                template: None,
             };
             self.flush(tc)?;
             messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;

@@ -23,6 +23,8 @@ pub struct NewOutgoing {
     pub client_id: Option<String>,
     /// `None`: sent by the page itself (auto-reply).
     pub agent: Option<UserId>,
+    /// A WhatsApp template's attachment (`inbox::templates`): what is sent.
+    pub template: Option<Value>,
 }
 
 /// Longest text each platform accepts.
@@ -52,6 +54,7 @@ pub fn queue_outgoing(
             m::sender_kind.eq(if out.agent.is_some() { "agent" } else { "page" }),
             m::sender_user_id.eq(out.agent.map(|a| a.0)),
             m::text.eq(&out.text),
+            m::attachments.eq(out.template.iter().cloned().collect::<Value>()),
             m::status.eq("pending"),
             m::client_id.eq(&out.client_id),
             m::sort_at.eq(now),
@@ -113,13 +116,17 @@ fn same_request(stored: &MessageRow, user: UserId, text: &str) -> AppResult<()> 
     if stored.sender_user_id == Some(user.0) && stored.text.as_deref() == Some(text) {
         return Ok(());
     }
-    Err(AppError::conflict(
-        "client_id_reused",
-        "this client_id was used for another message in this conversation; use a new one",
-    ))
+    Err(client_id_reused())
 }
 
-/// `POST /api/conversations/{id}/messages`.
+fn client_id_reused() -> AppError {
+    AppError::conflict(
+        "client_id_reused",
+        "this client_id was used for another message in this conversation; use a new one",
+    )
+}
+
+/// `POST /api/conversations/{id}/messages` with `text`.
 pub fn create_reply(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -129,20 +136,107 @@ pub fn create_reply(
     text: String,
     client_id: Option<String>,
 ) -> AppResult<(MessageView, bool)> {
+    reply(tc, log, user, role, id, text, None, client_id)
+}
+
+/// What a template reply needs before Meta is asked for the template.
+pub enum TemplateTarget {
+    /// The `client_id` was used already: a retry, answered with its message.
+    Retried(MessageView),
+    /// The conversation's WhatsApp channel, connected.
+    Channel(ChannelRow),
+}
+
+/// The checks of a template reply that need no template: the caller may
+/// see the conversation, it is WhatsApp's, its channel is connected, and a
+/// retry (a `client_id` used already) is answered without asking Meta.
+pub fn template_target(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    client_id: Option<&str>,
+    choice: &super::templates::Choice,
+) -> AppResult<TemplateTarget> {
+    let conv = visible_conversation(tc, user, role, id)?;
+    let mut names = Names::default();
+    let channel = names.channel(tc, conv.channel_id)?;
+    if let Some(cid) = client_id {
+        check_client_id(cid)?;
+        if let Some(row) = by_client_id(tc, conv.id, cid)? {
+            // The same agent sending the same template is a retry.
+            let asked = (
+                choice.name.clone(),
+                choice.language.clone(),
+                choice.header_parameters.clone(),
+                choice.parameters.clone(),
+            );
+            if row.sender_user_id != Some(user.0) || super::templates::stored(&row.attachments) != Some(asked) {
+                return Err(client_id_reused());
+            }
+            return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
+        }
+    }
+    if channel.platform() != Platform::Whatsapp {
+        return Err(AppError::invalid("templates_whatsapp_only", "message templates are WhatsApp's; send text here"));
+    }
+    if channel.status != "connected" {
+        return Err(AppError::conflict(
+            "channel_not_connected",
+            format!("the channel is {}; reconnect it first", channel.status),
+        ));
+    }
+    Ok(TemplateTarget::Channel(channel))
+}
+
+/// `POST /api/conversations/{id}/messages` with `template`, made ready
+/// ([`super::templates::prepare`]): sent whether the window is open or not.
+pub fn create_template_reply(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    prepared: super::templates::Prepared,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
+    reply(tc, log, user, role, id, prepared.text, Some(prepared.attachment), client_id)
+}
+
+fn check_client_id(cid: &str) -> AppResult<()> {
+    if cid.is_empty() || cid.len() > 200 {
+        return Err(AppError::invalid("invalid_client_id", "client_id must be 1 to 200 characters"));
+    }
+    Ok(())
+}
+
+fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: &str) -> AppResult<Option<MessageRow>> {
+    Ok(m::table
+        .filter(m::conversation_id.eq(conversation))
+        .filter(m::client_id.eq(cid))
+        .select(MessageRow::as_select())
+        .first(tc.pg())
+        .optional()?)
+}
+
+/// A reply: text, or a template's text and attachment (`template`).
+#[allow(clippy::too_many_arguments)]
+fn reply(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    text: String,
+    template: Option<Value>,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
     if let Some(cid) = &client_id {
-        if cid.is_empty() || cid.len() > 200 {
-            return Err(AppError::invalid("invalid_client_id", "client_id must be 1 to 200 characters"));
-        }
-        let existing: Option<MessageRow> = m::table
-            .filter(m::conversation_id.eq(conv.id))
-            .filter(m::client_id.eq(cid))
-            .select(MessageRow::as_select())
-            .first(tc.pg())
-            .optional()?;
-        if let Some(row) = existing {
+        check_client_id(cid)?;
+        if let Some(row) = by_client_id(tc, conv.id, cid)? {
             same_request(&row, user, &text)?;
             return Ok((names.message(tc, &row, conv.contact_id)?, false));
         }
@@ -150,8 +244,11 @@ pub fn create_reply(
     if text.trim().is_empty() {
         return Err(AppError::invalid("empty_text", "text must not be empty"));
     }
+    if template.is_some() && channel.platform() != Platform::Whatsapp {
+        return Err(AppError::invalid("templates_whatsapp_only", "message templates are WhatsApp's; send text here"));
+    }
     let max = max_text_chars(channel.platform());
-    if text.chars().count() > max {
+    if template.is_none() && text.chars().count() > max {
         return Err(AppError::invalid(
             "text_too_long",
             format!("text must be at most {max} characters on this platform"),
@@ -163,11 +260,12 @@ pub fn create_reply(
             format!("the channel is {}; reconnect it first", channel.status),
         ));
     }
+    // A template is what may be sent once the window has closed.
     let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
-    if !window.can_reply {
+    if template.is_none() && !window.can_reply {
         return Err(AppError::invalid(
             "outside_window",
-            "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag)",
+            "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag; a WhatsApp template at any time)",
         ));
     }
     let (row, created) = queue_outgoing(
@@ -176,7 +274,7 @@ pub fn create_reply(
         &mut names,
         &channel,
         &conv,
-        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user) },
+        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user), template },
     )?;
     if created {
         audit::record(

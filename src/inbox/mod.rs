@@ -28,6 +28,7 @@ pub mod once_per;
 pub mod processor;
 pub mod search_index;
 pub mod sender;
+pub mod templates;
 pub mod views;
 
 crate::id_type!(

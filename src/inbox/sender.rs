@@ -210,11 +210,27 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
         (Some(token), "connected") => {
             let window = ReplyWindow::of(&ctx.channel, ctx.conversation.last_inbound_at, Utc::now());
             let text = message.text.clone().unwrap_or_default();
-            if !window.can_reply {
+            // A template may go out whether the window is open or not.
+            let template = super::templates::stored(&message.attachments);
+            if !window.can_reply && template.is_none() {
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
             } else {
-                let r = match ctx.channel.platform() {
-                    Platform::Whatsapp => {
+                let r = match (ctx.channel.platform(), template) {
+                    (Platform::Whatsapp, Some((name, language, header, body))) => {
+                        state
+                            .graph
+                            .whatsapp_template(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.contact.external_id,
+                                &name,
+                                &language,
+                                &header,
+                                &body,
+                            )
+                            .await
+                    }
+                    (Platform::Whatsapp, None) => {
                         state
                             .graph
                             .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text)

@@ -339,6 +339,7 @@ impl Names {
             last_activity_at: row.last_activity_at,
             last_inbound_at: row.last_inbound_at,
             can_reply: window.can_reply,
+            can_send_template: channel.platform() == Platform::Whatsapp && channel.status == "connected",
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })
@@ -376,6 +377,8 @@ pub struct ConversationView {
     pub last_activity_at: DateTime<Utc>,
     pub last_inbound_at: Option<DateTime<Utc>>,
     pub can_reply: bool,
+    /// A WhatsApp template may be sent (`inbox::templates`), window or not.
+    pub can_send_template: bool,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

@@ -494,6 +494,77 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
     }
 }
 
+/// WhatsApp templates at the fake: listed in pages as Graph lists them,
+/// sent at any time, and refused with Meta's codes.
+#[actix_web::test]
+async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
+    let f = Fake::start().await;
+    let (waba, phone) = ("112233445566778", "123456789012345");
+    let made = f
+        .ok(
+            "POST",
+            "/_fake/users",
+            Some(&json!({"name": "Ana", "pages": [], "wabas": [{"id": waba, "phone_numbers": [{"id": phone}]}]})),
+        )
+        .await;
+    let token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
+    let graph = GraphClient::new(&f.meta_config());
+    let secret = Secret::new(token.clone());
+    // Every account starts with Meta's sample.
+    let all = graph.whatsapp_templates(waba, &secret, None).await.expect("templates");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (&all[0]["name"], &all[0]["status"], &all[0]["language"]),
+        (&json!("hello_world"), &json!("APPROVED"), &json!("en_US"))
+    );
+    assert!(all[0]["components"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "BODY")), "{all:?}");
+    let add = |name: &str, status: &str| {
+        json!({"waba_id": waba, "name": name, "language": "pt_BR", "status": status, "header": "Pedido {{1}}",
+            "body": "Olá {{1}}, pedido {{2}}."})
+    };
+    for i in 0..4 {
+        f.ok("POST", "/_fake/templates", Some(&add(&format!("t{i}"), "APPROVED"))).await;
+    }
+    f.ok("POST", "/_fake/templates", Some(&add("paused", "PAUSED"))).await;
+    // Pages: the client follows them; one name is one template.
+    let (status, page) = f
+        .send("GET", &format!("/v24.0/{waba}/message_templates?limit=2&access_token={}", percent_encode(&token)), None)
+        .await;
+    assert_eq!((status, page["data"].as_array().map(Vec::len)), (200, Some(2)));
+    assert!(page["paging"]["next"].is_string() && page["paging"]["cursors"]["after"].is_string(), "{page}");
+    assert_eq!(graph.whatsapp_templates(waba, &secret, None).await.expect("all").len(), 6);
+    let one = graph.whatsapp_templates(waba, &secret, Some("t2")).await.expect("one");
+    assert_eq!(one.iter().map(|t| t["name"].clone()).collect::<Vec<_>>(), vec![json!("t2")]);
+
+    // Sent outside the customer's window, and priced, not failed.
+    let day_ago = (chrono::Utc::now() - chrono::Duration::hours(30)).to_rfc3339();
+    f.ok("POST", "/_fake/inbound", Some(&json!({"to": phone, "from": "14155550999", "text": "old", "at": day_ago})))
+        .await;
+    let params = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let wamid = graph
+        .whatsapp_template(phone, &secret, "14155550999", "t1", "pt_BR", &params(&["#1"]), &params(&["Zoë", "#1"]))
+        .await
+        .expect("template sent");
+    let sent = f.webhook("sent", |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == "sent").await;
+    assert_eq!(wa_status(&sent)["pricing"]["category"], "utility", "{sent}");
+    f.webhook("read", |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == "read").await;
+
+    // Refusals, with Meta's codes.
+    for (name, language, header, body, code) in [
+        ("t1", "en_US", vec!["#1"], vec!["Zoë", "#1"], 132001),
+        ("nope", "pt_BR", vec![], vec![], 132001),
+        ("t1", "pt_BR", vec!["#1"], vec!["Zoë"], 132000),
+        ("t1", "pt_BR", vec!["#1"], vec!["Zoë\nAna", "#1"], 132018),
+        ("paused", "pt_BR", vec!["#1"], vec!["Zoë", "#1"], 132015),
+    ] {
+        let e = graph
+            .whatsapp_template(phone, &secret, "14155550123", name, language, &params(&header), &params(&body))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code().map(|(c, _)| c), Some(code), "{name} {language}: {e}");
+    }
+}
+
 #[test]
 fn the_simulator_sends_metas_webhook_shapes() {
     use switchboard::cli::SimulateArgs;

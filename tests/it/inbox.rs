@@ -992,6 +992,109 @@ async fn a_whatsapp_failure_reported_later_shows_the_same_reason() {
     assert!(failed["external_id"].is_string(), "Meta accepted it first: {failed}");
 }
 
+/// Outside WhatsApp's 24-hour window free text is refused, and an agent
+/// sends an approved template instead, its parameters filled in: listed
+/// from Meta, checked before it is queued, sent as a template, shown as
+/// the customer reads it, safe to retry.
+#[actix_web::test]
+async fn a_whatsapp_template_reopens_a_closed_window() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let waba = "112233445566778";
+    let add = |t: Value| app.fake("POST", "/_fake/templates", t);
+    add(json!({"waba_id": waba, "name": "order_update", "language": "pt_BR", "header": "Pedido {{1}}",
+        "body": "Olá {{1}}, o seu pedido {{2}} saiu para entrega.", "footer": "Loja Exemplo"}))
+    .await;
+    add(json!({"waba_id": waba, "name": "promo", "language": "pt_BR", "body": "Promoção!", "status": "PENDING"})).await;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá", "at": two_days_ago})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, fb) = (by_contact(&convs, WA_ID), by_contact(&convs, PSID));
+    assert_eq!((&wa["can_reply"], &wa["can_send_template"]), (&json!(false), &json!(true)), "{wa}");
+    assert_eq!(fb["can_send_template"], false, "{fb}");
+    let (wa_conv, fb_conv) = (wa["id"].as_str().expect("id").to_string(), fb["id"].as_str().expect("id").to_string());
+    let (wa_channel, fb_channel) = (wa["channel_id"].as_str().expect("id"), fb["channel_id"].as_str().expect("id"));
+
+    // The channel's templates, as Meta has them; approved first.
+    let r = app.call("GET", &format!("/api/channels/{wa_channel}/templates"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let items = r.body["items"].as_array().expect("items").clone();
+    let named = |n: &str| items.iter().find(|t| t["name"] == n).cloned().unwrap_or_default();
+    assert_eq!(named("order_update")["body_parameters"], 2);
+    assert_eq!(named("order_update")["header_parameters"], 1);
+    assert_eq!((&named("hello_world")["sendable"], &named("promo")["sendable"]), (&json!(true), &json!(false)));
+    assert_eq!(items.last().map(|t| t["name"].clone()), Some(json!("promo")));
+    let r = app.call("GET", &format!("/api/channels/{fb_channel}/templates"), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("templates_whatsapp_only")));
+
+    // Text is refused; what a template send gets wrong is said before
+    // anything is queued.
+    let (status, body) = reply(&app, &ctx.admin, &wa_conv, "Bom dia!", "t-0").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("outside_window")), "{body}");
+    let send = |conv: String, body: Value| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move { app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&admin), Some(body)).await }
+    };
+    let order = |params: Value| {
+        json!({"template": {"name": "order_update", "language": "pt_BR", "header_parameters": ["#4521"],
+            "parameters": params}, "client_id": "t-1"})
+    };
+    for (body, code) in [
+        (order(json!(["Zoë"])), "invalid_template_parameters"),
+        (order(json!(["Zoë", "#4521\nx"])), "invalid_template_parameters"),
+        (json!({"template": {"name": "order_update", "language": "en_US"}}), "unknown_template"),
+        (json!({"template": {"name": "promo", "language": "pt_BR"}}), "template_not_approved"),
+        (json!({"text": "x", "template": {"name": "hello_world", "language": "en_US"}}), "invalid_body"),
+    ] {
+        let r = send(wa_conv.clone(), body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+    let r = send(fb_conv.clone(), json!({"template": {"name": "hello_world", "language": "en_US"}})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("templates_whatsapp_only")));
+    assert!(messages(&app, &ctx.admin, &wa_conv).await.iter().all(|m| m["direction"] == "in"), "nothing queued");
+
+    // The template goes out, shown as the customer reads it, and is read.
+    let r = send(wa_conv.clone(), order(json!(["Zoë", "#4521"]))).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (202, Some("pending")), "{:?}", r.body);
+    assert_eq!(r.body["text"], "Pedido #4521\n\nOlá Zoë, o seu pedido #4521 saiu para entrega.\n\nLoja Exemplo");
+    assert_eq!(
+        (&r.body["attachments"][0]["type"], &r.body["attachments"][0]["name"]),
+        (&json!("template"), &json!("order_update"))
+    );
+    let id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the template read", || async {
+        message_status(&app, &ctx.admin, &wa_conv, &id).await["status"] == "read"
+    })
+    .await;
+    // A retry returns the same message and sends nothing more.
+    let again = send(wa_conv.clone(), order(json!(["Zoë", "#4521"]))).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (202, Some(id.as_str())));
+    // Another template under that client_id is no retry.
+    let reused = send(wa_conv.clone(), order(json!(["Ana", "#4521"]))).await;
+    assert_eq!((reused.status, reused.body["error"]["code"].as_str()), (409, Some("client_id_reused")));
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sent: Vec<Value> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"] == format!("/{PHONE}/messages") && r["body"]["type"] == "template")
+        .map(|r| r["body"]["template"].clone())
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0],
+        json!({"name": "order_update", "language": {"code": "pt_BR"}, "components": [
+            {"type": "header", "parameters": [{"type": "text", "text": "#4521"}]},
+            {"type": "body", "parameters": [{"type": "text", "text": "Zoë"}, {"type": "text", "text": "#4521"}]}]})
+    );
+    // The sample every account has takes no parameters.
+    let r = send(wa_conv.clone(), json!({"template": {"name": "hello_world", "language": "en_US"}})).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert!(r.body["text"].as_str().is_some_and(|t| t.starts_with("Hello World\n\nWelcome")), "{:?}", r.body);
+}
+
 /// The fake delivers what follows a send as Meta does after failures: in
 /// one body, in random order, twice. Each reply still ends read, once.
 #[actix_web::test]

@@ -162,6 +162,11 @@ async fn live_answers_match_the_served_openapi_document() {
     check(&app, &doc, "PATCH", "/api/channels/{id}", &one, Some(admin), Some(settings)).await;
     let members = json!({"user_ids": [bo_id]});
     check(&app, &doc, "PUT", "/api/channels/{id}/members", &format!("{one}/members"), Some(admin), Some(members)).await;
+    let whatsapp = channels["items"].as_array().and_then(|cs| cs.iter().find(|c| c["platform"] == "whatsapp"));
+    let whatsapp = whatsapp.and_then(|c| c["id"].as_str()).expect("a whatsapp channel");
+    let templates = format!("/api/channels/{whatsapp}/templates");
+    let listed = check(&app, &doc, "GET", "/api/channels/{id}/templates", &templates, Some(admin), None).await;
+    assert_eq!(listed["items"][0]["name"], "hello_world", "{listed}");
 
     let convs = check(&app, &doc, "GET", "/api/conversations", "/api/conversations", Some(admin), None).await;
     assert!(convs["items"].as_array().is_some_and(|c| c.len() >= 2), "{convs}");

@@ -7,7 +7,8 @@
 //! The messaging window is enforced for contacts the fake has seen write
 //! (`POST /_fake/inbound`): Messenger/Instagram answer `(#10)` subcode
 //! 2018278 outside 24 hours without the `HUMAN_AGENT` tag (7 days with it);
-//! WhatsApp accepts the send and then reports a `failed` status with 131047.
+//! WhatsApp accepts the send and then reports a `failed` status with 131047,
+//! unless it is a template (`templates`), which may be sent at any time.
 
 use actix_web::HttpResponse;
 use chrono::{DateTime, Duration, Utc};
@@ -197,13 +198,27 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     let Some(to) = body.get("to").and_then(Value::as_str).map(str::to_string) else {
         return wa_error(100, "(#100) The parameter to is required.");
     };
-    let text = body.pointer("/text/body").and_then(Value::as_str).unwrap_or("");
-    if body.get("type").and_then(Value::as_str) != Some("text") || text.is_empty() {
-        return wa_error(100, "(#100) Only text messages with text.body are supported by the fake");
-    }
-    if text.chars().count() > 4096 {
-        return wa_error(100, "(#100) text.body must be at most 4096 characters");
-    }
+    // A template's category, which Meta prices it by; `None` for text.
+    let template = match body.get("type").and_then(Value::as_str) {
+        Some("template") => {
+            let (waba, _) = st.number_metadata(phone);
+            match super::templates::check_send(st, &waba, body) {
+                Ok(category) => Some(category),
+                Err(refused) => return *refused,
+            }
+        }
+        Some("text") => {
+            let text = body.pointer("/text/body").and_then(Value::as_str).unwrap_or("");
+            if text.is_empty() {
+                return wa_error(100, "(#100) The parameter text.body is required.");
+            }
+            if text.chars().count() > 4096 {
+                return wa_error(100, "(#100) text.body must be at most 4096 characters");
+            }
+            None
+        }
+        _ => return wa_error(100, "(#100) Only text and template messages are supported by the fake"),
+    };
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
     match wa_id.as_str() {
         RATE_LIMITED_WA => {
@@ -225,8 +240,12 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
         _ => {}
     }
     let id = wamid();
-    let outside =
-        st.last_inbound.get(&(phone.to_string(), wa_id.clone())).is_some_and(|t| Utc::now() - *t > Duration::hours(24));
+    // Templates are what may be sent outside the customer service window.
+    let outside = template.is_none()
+        && st
+            .last_inbound
+            .get(&(phone.to_string(), wa_id.clone()))
+            .is_some_and(|t| Utc::now() - *t > Duration::hours(24));
     let (waba, metadata) = st.number_metadata(phone);
     let now = Utc::now().timestamp();
     let status = |s: &str, at: i64, extra: Value| {
@@ -249,23 +268,40 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     } else {
         // A reply inside the customer's window is a free service message.
         // Meta prices a message on one of its statuses, not several: here `sent`.
-        let pricing = json!({"pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}});
+        let pricing = match &template {
+            Some(category) => {
+                json!({"pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": category}})
+            }
+            None => {
+                json!({"pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}})
+            }
+        };
         // Meta does not promise order: deliver "read" before "delivered".
         vec![status("sent", now, pricing), status("read", now + 2, json!({})), status("delivered", now + 1, json!({}))]
     };
     fake.emit_to(st.webhook_target.clone(), out);
+    // v24+ says how a template was taken (pacing can hold it).
+    let message = match template {
+        Some(_) => json!({"id": id, "message_status": "accepted"}),
+        None => json!({"id": id}),
+    };
     HttpResponse::Ok().json(
-        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [{"id": id}]}),
+        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [message]}),
     )
 }
 
-fn wa_error(code: i64, message: &str) -> HttpResponse {
+pub(super) fn wa_error(code: i64, message: &str) -> HttpResponse {
     wa_error_as(actix_web::http::StatusCode::BAD_REQUEST, code, message, message)
 }
 
 /// A WhatsApp error with the HTTP status its docs give (429 for a rate
 /// limit) and `error_data.details`.
-fn wa_error_as(status: actix_web::http::StatusCode, code: i64, message: &str, details: &str) -> HttpResponse {
+pub(super) fn wa_error_as(
+    status: actix_web::http::StatusCode,
+    code: i64,
+    message: &str,
+    details: &str,
+) -> HttpResponse {
     HttpResponse::build(status).json(json!({"error": {"message": message, "type": "OAuthException", "code": code,
         "error_data": {"messaging_product": "whatsapp", "details": details}, "fbtrace_id": format!("Fake{}", random_alnum(12))}}))
 }

@@ -56,6 +56,10 @@
 //!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
 //!   (`declined: true`: the chunk saying sharing is off).
+//! - `POST /_fake/templates` `{waba_id, name, body, language?, category?,
+//!   status?, header?, footer?}`: a WhatsApp message template (each account
+//!   starts with Meta's approved `hello_world`); `templates` says how
+//!   `GET /{waba-id}/message_templates` and template sends behave.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers a URL, which
 //!   downloads with the Bearer token for five minutes (Meta's URLs are
@@ -66,6 +70,7 @@
 //!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
 
 mod messaging;
+mod templates;
 
 pub use messaging::{RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
 
@@ -138,6 +143,7 @@ struct Waba {
     id: String,
     phones: Vec<String>,
     subscribed: bool,
+    templates: Vec<templates::Template>,
 }
 
 #[derive(Clone, Debug)]
@@ -392,6 +398,10 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         ("GET", [id, "phone_numbers"]) => {
             let id = id.to_string();
             with_token(&fake, token.as_deref(), move |st, owner| phone_numbers(st, owner, &id))
+        }
+        ("GET", [id, "message_templates"]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, owner| templates::list(st, owner, &id, &q))
         }
         ("POST", [id, "messages"]) => {
             let id = id.to_string();
@@ -840,6 +850,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 None => HttpResponse::NotFound().finish(),
             }
         }
+        ("POST", "templates") => templates::add(&mut fake.lock(), &body),
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
@@ -944,7 +955,10 @@ fn create_user(fake: &FakeMeta, new: NewUser) -> HttpResponse {
         }
         let token = st.token("System", Owner::Waba(id.clone()));
         out_wabas.push(json!({"id": id, "access_token": token, "phone_numbers": phones}));
-        st.wabas.insert(id.clone(), Waba { id: id.clone(), phones, subscribed: false });
+        st.wabas.insert(
+            id.clone(),
+            Waba { id: id.clone(), phones, subscribed: false, templates: vec![templates::Template::sample()] },
+        );
         waba_ids.push(id);
     }
     let user_token = st.token("User", Owner::User(user_id.clone()));

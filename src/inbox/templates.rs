@@ -1,0 +1,414 @@
+//! WhatsApp message templates: what an agent sends a WhatsApp customer
+//! whose customer service window (24 hours after their last message) has
+//! closed, when free text is refused (meta/CONTRACTS.md §10). Meta
+//! approves each template beforehand; the agent picks one and fills in its
+//! parameters.
+//!
+//! Decisions:
+//! - Read from Meta at each use (`GET /api/channels/{id}/templates`, and
+//!   once per send): Meta approves, pauses and disables templates on its
+//!   own schedule, and a kept copy would offer what Meta then refuses.
+//! - Positional text parameters are supported, in the body and in a text
+//!   header. A template with a media or location header, named parameters,
+//!   or buttons that take parameters is listed with `sendable: false`.
+//! - The message stored shows the template as the customer reads it
+//!   (header, body and footer, parameters filled in), so the conversation,
+//!   its preview and search read like any reply; its one attachment,
+//!   `{type: "template", name, language, header_parameters, parameters}`,
+//!   says what the sender sends.
+//! - A template may be sent at any time, window open or not; Messenger and
+//!   Instagram have none (their 7-day `HUMAN_AGENT` tag is the reply
+//!   window's business, `inbox::views::ReplyWindow`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::messages::{self, TemplateTarget};
+use super::views::MessageView;
+use super::ConversationId;
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::channels::{ChannelId, ChannelRow, Platform};
+use crate::db::{TenantConn, TenantScope};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::secret::Secret;
+
+/// A parameter's longest text (Meta's body holds at most 1,024 characters).
+pub const MOST_PARAMETER_CHARS: usize = 1024;
+
+/// A template as Meta lists it, readable.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+    pub category: String,
+    /// `APPROVED`, `PENDING`, `REJECTED`, `PAUSED`, `DISABLED`…
+    pub status: String,
+    /// A text header, if it has one.
+    pub header: Option<String>,
+    pub body: String,
+    pub footer: Option<String>,
+    /// How many `{{n}}` the header and the body take.
+    pub header_parameters: usize,
+    pub body_parameters: usize,
+    /// Approved and of the kind this server fills in.
+    pub sendable: bool,
+}
+
+/// What an agent asks to send (`template` in `POST …/messages`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    pub name: String,
+    pub language: String,
+    #[serde(default)]
+    pub parameters: Vec<String>,
+    #[serde(default)]
+    pub header_parameters: Vec<String>,
+}
+
+/// A chosen template made ready: the text stored and the attachment that
+/// tells the sender what to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub text: String,
+    pub attachment: Value,
+}
+
+/// The distinct `{{1}}`, `{{2}}`… in a text, highest first wins: `{{2}}`
+/// alone still takes two.
+fn placeholders(text: &str) -> usize {
+    let mut most = 0;
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        if let Ok(n) = after[..end].trim().parse::<usize>() {
+            most = most.max(n);
+        }
+        rest = &after[end + 2..];
+    }
+    most
+}
+
+/// Whether a text holds a named parameter (`{{first_name}}`).
+fn named_placeholders(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { return false };
+        if after[..end].trim().parse::<usize>().is_err() {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
+/// One template of Meta's list; `None` if it has no name, language or body.
+pub fn parse(v: &Value) -> Option<Template> {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let components = v.get("components").and_then(Value::as_array).cloned().unwrap_or_default();
+    let of = |kind: &str| components.iter().find(|c| s(c, "type").is_some_and(|t| t.eq_ignore_ascii_case(kind)));
+    let body = of("BODY").and_then(|c| s(c, "text"))?;
+    let header = of("HEADER");
+    let header_text =
+        header.filter(|h| s(h, "format").is_none_or(|f| f.eq_ignore_ascii_case("TEXT"))).and_then(|h| s(h, "text"));
+    let footer = of("FOOTER").and_then(|c| s(c, "text"));
+    let status = s(v, "status").unwrap_or_default();
+    let named = s(v, "parameter_format").is_some_and(|f| f.eq_ignore_ascii_case("NAMED"))
+        || named_placeholders(&body)
+        || header_text.as_deref().is_some_and(named_placeholders);
+    let media_header = header.is_some() && header_text.is_none();
+    let button_parameters = of("BUTTONS")
+        .and_then(|b| b.get("buttons"))
+        .and_then(Value::as_array)
+        .is_some_and(|bs| bs.iter().any(|b| b.to_string().contains("{{")));
+    Some(Template {
+        name: s(v, "name")?,
+        language: s(v, "language")?,
+        category: s(v, "category").unwrap_or_default(),
+        sendable: status == "APPROVED" && !named && !media_header && !button_parameters,
+        status,
+        header_parameters: header_text.as_deref().map_or(0, placeholders),
+        body_parameters: placeholders(&body),
+        header: header_text,
+        body,
+        footer,
+    })
+}
+
+/// `{{n}}` replaced by the n-th parameter.
+fn fill(text: &str, parameters: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        match after[..end].trim().parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| parameters.get(i)) {
+            Some(p) => out.push_str(p),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks the agent's parameters against the template (Meta's own rules:
+/// each given, no new line or tab, at most four spaces in a row) and makes
+/// the message.
+pub fn prepare(t: &Template, choice: &Choice) -> AppResult<Prepared> {
+    if t.status != "APPROVED" {
+        return Err(AppError::invalid(
+            "template_not_approved",
+            format!("template {} ({}) is {}, not approved", t.name, t.language, t.status.to_lowercase()),
+        ));
+    }
+    if !t.sendable {
+        return Err(AppError::invalid(
+            "template_not_supported",
+            "this template needs a media header, named parameters or button parameters, which cannot be sent from here",
+        ));
+    }
+    let bad = |why: String| AppError::invalid("invalid_template_parameters", why);
+    for (given, wanted, what) in [
+        (&choice.header_parameters, t.header_parameters, "header_parameters"),
+        (&choice.parameters, t.body_parameters, "parameters"),
+    ] {
+        if given.len() != wanted {
+            return Err(bad(format!("the template takes {wanted} {what}; {} given", given.len())));
+        }
+        for p in given {
+            if p.trim().is_empty() {
+                return Err(bad(format!("{what} must not be empty")));
+            }
+            if p.contains(['\n', '\t']) || p.contains("     ") {
+                return Err(bad(format!("{what} may not hold a new line, a tab or more than four spaces in a row")));
+            }
+            if p.chars().count() > MOST_PARAMETER_CHARS {
+                return Err(bad(format!("{what} must be at most {MOST_PARAMETER_CHARS} characters each")));
+            }
+        }
+    }
+    let parts: Vec<String> = [
+        t.header.as_deref().map(|h| fill(h, &choice.header_parameters)),
+        Some(fill(&t.body, &choice.parameters)),
+        t.footer.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.trim().is_empty())
+    .collect();
+    Ok(Prepared {
+        text: parts.join("\n\n"),
+        attachment: json!({"type": "template", "url": null, "name": t.name, "language": t.language,
+            "header_parameters": choice.header_parameters, "parameters": choice.parameters}),
+    })
+}
+
+/// The template a stored message's attachments say to send, if any:
+/// (name, language, header parameters, body parameters).
+pub fn stored(attachments: &Value) -> Option<(String, String, Vec<String>, Vec<String>)> {
+    let a = attachments.as_array()?.iter().find(|a| a.get("type").and_then(Value::as_str) == Some("template"))?;
+    let strings = |k: &str| -> Vec<String> {
+        a.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
+    };
+    Some((
+        a.get("name")?.as_str()?.to_string(),
+        a.get("language")?.as_str()?.to_string(),
+        strings("header_parameters"),
+        strings("parameters"),
+    ))
+}
+
+/// A WhatsApp channel the caller may see, with its business account and
+/// token: where its templates are read.
+fn channel_for_templates(
+    tc: &mut TenantConn<'_>,
+    keys: &crate::crypto::Keyring,
+    user: UserId,
+    role: Role,
+    id: ChannelId,
+) -> AppResult<(ChannelRow, String, Secret<String>)> {
+    if !crate::channels::can_see(tc, user, role, id)? {
+        return Err(AppError::not_found("channel"));
+    }
+    let row = crate::channels::find(tc, id)?;
+    source(keys, row)
+}
+
+/// The channel's business account and token, if it is WhatsApp's and connected.
+fn source(keys: &crate::crypto::Keyring, row: ChannelRow) -> AppResult<(ChannelRow, String, Secret<String>)> {
+    if row.platform() != Platform::Whatsapp {
+        return Err(AppError::invalid("templates_whatsapp_only", "message templates are WhatsApp's"));
+    }
+    let not_connected =
+        || AppError::conflict("channel_not_connected", format!("the channel is {}; reconnect it first", row.status));
+    if row.status != "connected" {
+        return Err(not_connected());
+    }
+    let (Some(waba), Some(token)) = (row.parent_external_id.clone(), row.token(keys)?) else {
+        return Err(not_connected());
+    };
+    Ok((row, waba, token))
+}
+
+/// Meta's templates of a business account (`name`: only those), readable;
+/// a dead token marks the channel `reauth_required` on the way.
+async fn from_meta(
+    app: &AppState,
+    tenant: crate::ids::TenantId,
+    row: &ChannelRow,
+    waba: &str,
+    token: &Secret<String>,
+    name: Option<&str>,
+) -> AppResult<Vec<Template>> {
+    match app.graph.whatsapp_templates(waba, token, name).await {
+        Ok(list) => Ok(list.iter().filter_map(parse).collect()),
+        Err(e) => Err(crate::channels::connect::note_graph_error(app, tenant, ChannelId(row.id), e).await.into()),
+    }
+}
+
+/// `GET /api/channels/{id}/templates`: the channel's templates, every
+/// status (an agent sees why one cannot be sent), approved first.
+pub async fn list(
+    app: &AppState,
+    scope: TenantScope,
+    user: UserId,
+    role: Role,
+    id: ChannelId,
+) -> AppResult<Vec<Template>> {
+    let keys = app.keys.clone();
+    let (row, waba, token) = app.db.tenant(scope, move |tc| channel_for_templates(tc, &keys, user, role, id)).await?;
+    let mut list = from_meta(app, scope.tenant, &row, &waba, &token, None).await?;
+    list.sort_by(|a, b| (b.sendable, &a.name, &a.language).cmp(&(a.sendable, &b.name, &b.language)));
+    Ok(list)
+}
+
+/// `POST /api/conversations/{id}/messages` with `template`: the template is
+/// read from Meta, checked and filled in, and the reply queued as any other.
+pub async fn send(
+    app: &AppState,
+    scope: TenantScope,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    choice: Choice,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
+    let (keys, cid, asked) = (app.keys.clone(), client_id.clone(), choice.clone());
+    let target = app
+        .db
+        .tenant(scope, move |tc| match messages::template_target(tc, user, role, id, cid.as_deref(), &asked)? {
+            TemplateTarget::Retried(view) => Ok::<_, AppError>(Err(view)),
+            TemplateTarget::Channel(row) => Ok(Ok(source(&keys, row)?)),
+        })
+        .await?;
+    let (row, waba, token) = match target {
+        Err(retried) => return Ok((retried, false)),
+        Ok(found) => found,
+    };
+    let found = from_meta(app, scope.tenant, &row, &waba, &token, Some(&choice.name)).await?;
+    let template =
+        found.into_iter().find(|t| t.name == choice.name && t.language == choice.language).ok_or_else(|| {
+            AppError::invalid(
+                "unknown_template",
+                format!("the business account has no template {} in {}", choice.name, choice.language),
+            )
+        })?;
+    let prepared = prepare(&template, &choice)?;
+    app.tenant_with_events(scope, move |tc, log| {
+        messages::create_template_reply(tc, log, user, role, id, prepared, client_id)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order_update() -> Value {
+        json!({"name": "order_update", "language": "pt_BR", "status": "APPROVED", "category": "UTILITY",
+        "parameter_format": "POSITIONAL", "id": "1",
+        "components": [
+            {"type": "HEADER", "format": "TEXT", "text": "Pedido {{1}}"},
+            {"type": "BODY", "text": "Olá {{1}}, o seu pedido {{2}} saiu para entrega. Obrigado, {{1}}!"},
+            {"type": "FOOTER", "text": "Loja Exemplo"},
+            {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Falar com alguém"}]}
+        ]})
+    }
+
+    fn choice(header: &[&str], body: &[&str]) -> Choice {
+        Choice {
+            name: "order_update".into(),
+            language: "pt_BR".into(),
+            header_parameters: header.iter().map(|s| s.to_string()).collect(),
+            parameters: body.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_template_is_read_and_filled_in() {
+        let t = parse(&order_update()).expect("template");
+        assert_eq!((t.header_parameters, t.body_parameters, t.sendable), (1, 2, true));
+        let p = prepare(&t, &choice(&["#4521"], &["Zoë", "#4521"])).expect("prepared");
+        assert_eq!(
+            p.text,
+            "Pedido #4521\n\nOlá Zoë, o seu pedido #4521 saiu para entrega. Obrigado, Zoë!\n\nLoja Exemplo"
+        );
+        assert_eq!(
+            stored(&json!([p.attachment])),
+            Some(("order_update".into(), "pt_BR".into(), vec!["#4521".into()], vec!["Zoë".into(), "#4521".into()]))
+        );
+        // A filled-in parameter that looks like a placeholder stays as given.
+        let p = prepare(&t, &choice(&["{{2}}"], &["a", "b"])).expect("prepared");
+        assert!(p.text.starts_with("Pedido {{2}}\n\nOlá a"), "{}", p.text);
+    }
+
+    #[test]
+    fn parameters_are_checked_as_meta_checks_them() {
+        let t = parse(&order_update()).expect("template");
+        for (header, body) in [
+            (&["#1"][..], &["Zoë"][..]),
+            (&[][..], &["Zoë", "#1"][..]),
+            (&["#1"][..], &["Zoë", " "][..]),
+            (&["#1"][..], &["Zoë\nAna", "#1"][..]),
+            (&["#1"][..], &["Zoë     Ana", "#1"][..]),
+        ] {
+            let e = prepare(&t, &choice(header, body)).expect_err("refused");
+            assert_eq!(e.code, "invalid_template_parameters", "{header:?} {body:?}");
+        }
+        let long = "x".repeat(MOST_PARAMETER_CHARS + 1);
+        assert!(prepare(&t, &choice(&["#1"], &["Zoë", &long])).is_err());
+    }
+
+    #[test]
+    fn what_cannot_be_sent_from_here_says_so() {
+        let mut paused = order_update();
+        paused["status"] = json!("PAUSED");
+        let t = parse(&paused).expect("template");
+        assert!(!t.sendable);
+        assert_eq!(prepare(&t, &choice(&["#1"], &["a", "b"])).expect_err("paused").code, "template_not_approved");
+        for change in [
+            json!({"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["4::aW1hZ2U="]}}),
+            json!({"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Ver", "url": "https://x.test/{{1}}"}]}),
+        ] {
+            let mut v = order_update();
+            let kind = change["type"].clone();
+            let components = v["components"].as_array_mut().expect("components");
+            components.retain(|c| c["type"] != kind);
+            components.push(change);
+            assert!(!parse(&v).expect("template").sendable, "{v}");
+        }
+        let named = json!({"name": "n", "language": "en", "status": "APPROVED", "parameter_format": "NAMED",
+            "components": [{"type": "BODY", "text": "Hi {{first_name}}"}]});
+        assert!(!parse(&named).expect("template").sendable);
+        assert!(parse(&json!({"name": "x", "language": "en", "components": []})).is_none(), "no body");
+    }
+}

@@ -1,0 +1,217 @@
+//! The fake's WhatsApp message templates: each business account starts
+//! with Meta's sample `hello_world` (en_US, approved), as a new account at
+//! Meta does; `POST /_fake/templates` adds or replaces one.
+//!
+//! `GET /{waba-id}/message_templates` lists them in Graph's shape (filters
+//! `name` and `status`, `limit`, the `after` cursor). A `template` send
+//! (`POST /{phone-number-id}/messages`) is checked as Meta checks it: the
+//! name and language must exist in the number's account (132001), the
+//! template must be approved (132001; paused 132015, disabled 132016), the
+//! body's parameters must all be given (132000), and a parameter may hold
+//! no new line, tab or more than four spaces in a row (132018).
+
+use actix_web::HttpResponse;
+use serde_json::{json, Value};
+
+use super::{graph_error, no_object, random_alnum, Owner, State};
+
+#[derive(Clone, Debug)]
+pub(super) struct Template {
+    id: String,
+    name: String,
+    language: String,
+    category: String,
+    status: String,
+    components: Value,
+}
+
+impl Template {
+    /// The sample every new WhatsApp business account has.
+    pub(super) fn sample() -> Template {
+        Template {
+            id: format!("9{}", random_digits(14)),
+            name: "hello_world".into(),
+            language: "en_US".into(),
+            category: "UTILITY".into(),
+            status: "APPROVED".into(),
+            components: json!([
+                {"type": "HEADER", "format": "TEXT", "text": "Hello World"},
+                {"type": "BODY", "text": "Welcome and congratulations!! This message demonstrates your ability to send a WhatsApp message notification from the Cloud API, hosted by Meta. Thank you for taking the time to test with us."},
+                {"type": "FOOTER", "text": "WhatsApp Business Platform sample message"}
+            ]),
+        }
+    }
+
+    fn graph(&self) -> Value {
+        json!({"name": self.name, "parameter_format": "POSITIONAL", "components": self.components,
+            "language": self.language, "status": self.status, "category": self.category, "id": self.id})
+    }
+
+    /// How many `{{n}}` the body and a text header ask for, each.
+    fn wanted(&self) -> (usize, usize) {
+        let count = |kind: &str| {
+            self.components
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+                .filter_map(|c| c.get("text").and_then(Value::as_str))
+                .map(placeholders)
+                .sum::<usize>()
+        };
+        (count("HEADER"), count("BODY"))
+    }
+}
+
+fn random_digits(n: usize) -> String {
+    random_alnum(n * 3).chars().filter(char::is_ascii_digit).chain(std::iter::repeat('7')).take(n).collect()
+}
+
+/// The distinct `{{1}}`, `{{2}}`… in a template text.
+fn placeholders(text: &str) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        if let Ok(n) = after[..end].trim().parse::<u32>() {
+            seen.insert(n);
+        }
+        rest = &after[end + 2..];
+    }
+    seen.len()
+}
+
+/// `POST /_fake/templates` `{waba_id, name, language?, category?, status?,
+/// header?, body, footer?}`.
+pub(super) fn add(st: &mut State, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(waba_id), Some(name), Some(text)) = (s("waba_id"), s("name"), s("body")) else {
+        return HttpResponse::BadRequest().json(json!({"error": "waba_id, name and body are required"}));
+    };
+    let Some(waba) = st.wabas.get_mut(&waba_id) else {
+        return HttpResponse::BadRequest().json(json!({"error": "no such business account"}));
+    };
+    let mut components = Vec::new();
+    if let Some(h) = s("header") {
+        components.push(json!({"type": "HEADER", "format": "TEXT", "text": h}));
+    }
+    components.push(json!({"type": "BODY", "text": text}));
+    if let Some(f) = s("footer") {
+        components.push(json!({"type": "FOOTER", "text": f}));
+    }
+    let language = s("language").unwrap_or_else(|| "en_US".into());
+    waba.templates.retain(|t| !(t.name == name && t.language == language));
+    let template = Template {
+        id: format!("9{}", random_digits(14)),
+        name,
+        language,
+        category: s("category").unwrap_or_else(|| "UTILITY".into()),
+        status: s("status").unwrap_or_else(|| "APPROVED".into()),
+        components: Value::Array(components),
+    };
+    let answer = template.graph();
+    waba.templates.push(template);
+    HttpResponse::Ok().json(answer)
+}
+
+/// `GET /{waba-id}/message_templates`.
+pub(super) fn list(
+    st: &State,
+    owner: &Owner,
+    waba_id: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> HttpResponse {
+    let Some(waba) = st.wabas.get(waba_id) else { return no_object(waba_id) };
+    if !super::owns_waba(st, owner, waba_id) {
+        return graph_error(200, None, "(#200) Permissions error");
+    }
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(25).clamp(1, 250);
+    let from = q.get("after").and_then(|a| a.strip_prefix("fake-after-")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let matching: Vec<&Template> = waba
+        .templates
+        .iter()
+        .filter(|t| q.get("name").is_none_or(|n| &t.name == n))
+        .filter(|t| q.get("status").is_none_or(|s| t.status.eq_ignore_ascii_case(s)))
+        .collect();
+    let page: Vec<Value> = matching.iter().skip(from).take(limit).map(|t| t.graph()).collect();
+    let mut paging = json!({"cursors": {"before": format!("fake-before-{from}"), "after": format!("fake-after-{}", from + page.len())}});
+    if from + page.len() < matching.len() {
+        paging["next"] = json!(format!(
+            "https://graph.facebook.com/v24.0/{waba_id}/message_templates?after=fake-after-{}",
+            from + page.len()
+        ));
+    }
+    HttpResponse::Ok().json(json!({"data": page, "paging": paging}))
+}
+
+/// Checks a `template` send through a number of `waba`; `Ok` with the
+/// template's category (which Meta prices the message by).
+pub(super) fn check_send(st: &State, waba: &str, body: &Value) -> Result<String, Box<HttpResponse>> {
+    let t = body.get("template").unwrap_or(&Value::Null);
+    let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+    let language = t.pointer("/language/code").and_then(Value::as_str).unwrap_or("");
+    if name.is_empty() || language.is_empty() {
+        return Err(Box::new(super::messaging::wa_error(
+            100,
+            "(#100) The parameters template.name and template.language.code are required.",
+        )));
+    }
+    let found = st.wabas.get(waba).and_then(|w| w.templates.iter().find(|x| x.name == name && x.language == language));
+    let missing = || {
+        super::messaging::wa_error_as(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            132001,
+            "(#132001) Template name does not exist in the translation",
+            &format!("template name ({name}) does not exist in {language}"),
+        )
+    };
+    let Some(found) = found else { return Err(Box::new(missing())) };
+    match found.status.as_str() {
+        "APPROVED" => {}
+        "PAUSED" => {
+            return Err(Box::new(super::messaging::wa_error(132015, "(#132015) Template is Paused")));
+        }
+        "DISABLED" => {
+            return Err(Box::new(super::messaging::wa_error(132016, "(#132016) Template is Disabled")));
+        }
+        _ => return Err(Box::new(missing())),
+    }
+    let given = |kind: &str| -> Vec<String> {
+        t.get("components")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("type").and_then(Value::as_str).is_some_and(|k| k.eq_ignore_ascii_case(kind)))
+            .flat_map(|c| c.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default())
+            .map(|p| p.get("text").and_then(Value::as_str).unwrap_or("").to_string())
+            .collect()
+    };
+    let (header, body_params) = (given("header"), given("body"));
+    let (want_header, want_body) = found.wanted();
+    if header.len() != want_header || body_params.len() != want_body {
+        return Err(Box::new(super::messaging::wa_error(
+            132000,
+            "(#132000) Number of parameters does not match the expected number of params",
+        )));
+    }
+    if header.iter().chain(&body_params).any(|p| p.is_empty() || p.contains(['\n', '\t']) || p.contains("     ")) {
+        return Err(Box::new(super::messaging::wa_error(
+            132018,
+            "(#132018) Param text cannot have new-line/tab characters or more than 4 consecutive spaces",
+        )));
+    }
+    Ok(found.category.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_counted_once_each() {
+        assert_eq!(placeholders("Hi {{1}}, your order {{2}} ships {{ 3 }}; thanks {{1}}"), 3);
+        assert_eq!(placeholders("No parameters"), 0);
+        assert_eq!(placeholders("Broken {{1"), 0);
+    }
+}
