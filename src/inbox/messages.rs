@@ -143,13 +143,15 @@ pub fn create_reply(
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.
     Retried(MessageView),
-    /// The conversation's WhatsApp channel, connected.
+    /// The conversation's channel.
     Channel(ChannelRow),
 }
 
-/// The checks of a template reply that need no template: the caller may
-/// see the conversation, it is WhatsApp's, its channel is connected, and a
-/// retry (a `client_id` used already) is answered without asking Meta.
+/// The checks of a template reply that come before Meta is asked: the
+/// caller may see the conversation, and a retry (the same agent, template
+/// and parameters under a `client_id` used already) is answered without
+/// asking Meta. Whether the channel can send templates is
+/// `inbox::templates`' to check.
 pub fn template_target(
     tc: &mut TenantConn<'_>,
     user: UserId,
@@ -176,15 +178,6 @@ pub fn template_target(
             }
             return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
         }
-    }
-    if channel.platform() != Platform::Whatsapp {
-        return Err(AppError::invalid("templates_whatsapp_only", "message templates are WhatsApp's; send text here"));
-    }
-    if channel.status != "connected" {
-        return Err(AppError::conflict(
-            "channel_not_connected",
-            format!("the channel is {}; reconnect it first", channel.status),
-        ));
     }
     Ok(TemplateTarget::Channel(channel))
 }
