@@ -184,6 +184,14 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
     // subscribed app (policy notices need the field).
     state.graph.subscribe_page(&page, &Secret::new(page_token.clone())).await?;
     state.graph.subscribe_waba(&waba, &Secret::new(waba_token.clone())).await?;
+    // A template with parameters beside Meta's `hello_world`, and a
+    // WhatsApp customer whose window closed two days ago: what templates are for.
+    http.post(format!("{fake_base}/_fake/templates"))
+        .json(&json!({"waba_id": waba, "name": "order_update", "language": "en_US", "header": "Order {{1}}",
+            "body": "Hi {{1}}, your order {{2}} is on its way.", "footer": "Demo Shop"}))
+        .send()
+        .await?
+        .error_for_status()?;
     let keys = state.keys.clone();
     let (p2, ig2, ph2) = (page.clone(), ig.clone(), phone.clone());
     state
@@ -242,6 +250,13 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    http.post(format!("{fake_base}/_fake/inbound"))
+        .json(&json!({"to": phone, "from": "351910000099", "text": "Is my order coming?", "name": "Inês Lopes",
+            "at": two_days_ago}))
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(vec![page, ig, phone])
 }
 
