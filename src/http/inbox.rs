@@ -447,6 +447,9 @@ struct SendBody {
     /// A WhatsApp template instead of text (`inbox::templates`).
     #[serde(default)]
     template: Option<crate::inbox::templates::Choice>,
+    /// A note for the team, never sent (`messages::create_note`).
+    #[serde(default)]
+    private: bool,
     #[serde(default)]
     client_id: Option<String>,
 }
@@ -461,6 +464,17 @@ async fn send(
     let id = conversation_id(&path)?;
     let b = body.into_inner();
     let (user, role) = (auth.user, auth.role);
+    if b.private {
+        let Some(text) = b.text.filter(|_| b.template.is_none()) else {
+            return Err(AppError::invalid("invalid_body", "a private note is text; it takes no template"));
+        };
+        let (view, _) = state
+            .tenant_with_events(auth.scope(), move |tc, log| {
+                messages::create_note(tc, log, user, role, id, text, b.client_id)
+            })
+            .await?;
+        return Ok(HttpResponse::Created().json(view));
+    }
     let (view, created) = match (b.text, b.template) {
         (Some(text), None) => {
             state

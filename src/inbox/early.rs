@@ -379,6 +379,7 @@ mod tests {
             sort_at: at,
             created_at: at,
             updated_at: at,
+            private: false,
         }
     }
 

@@ -309,7 +309,7 @@ impl<'l> Ingest<'l> {
              RETURNING id, conversation_id, channel_id, direction, sender_kind, sender_user_id, text, attachments, \
                        status, error, external_id, client_id, reply_to_external_id, quick_reply_payload, \
                        postback_payload, reactions, reacted_at, edited_at, deleted_at, platform_timestamp, sort_at, \
-                       created_at, updated_at",
+                       created_at, updated_at, private",
         )
         .bind::<Array<BigInt>, _>(&rows.conversation)
         .bind::<Array<BigInt>, _>(&rows.channel)
@@ -1068,6 +1068,8 @@ impl Ingest<'_> {
         let mut q = m::table
             .filter(m::conversation_id.eq(conv))
             .filter(m::direction.eq("out"))
+            // A note was never sent: nothing for the customer to read.
+            .filter(m::private.eq(false))
             .filter(m::status.eq_any(earlier))
             .into_boxed();
         q = match limit {

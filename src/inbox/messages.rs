@@ -139,6 +139,80 @@ pub fn create_reply(
     reply(tc, log, user, role, id, text, None, client_id)
 }
 
+/// The longest note.
+pub const MOST_NOTE_CHARS: usize = 10_000;
+
+/// `POST /api/conversations/{id}/messages` with `private: true`: a note
+/// for the team. Stored `sent` at once and never sent to the customer, so
+/// it needs no reply window nor a connected channel; it is announced
+/// (`message.created`) like any message, but leaves the conversation's
+/// last message and activity as they were: the list stays about the
+/// customer. A `client_id` makes a retry safe, as for replies.
+pub fn create_note(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    text: String,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
+    let conv = visible_conversation(tc, user, role, id)?;
+    let mut names = Names::default();
+    if let Some(cid) = &client_id {
+        check_client_id(cid)?;
+        if let Some(row) = by_client_id(tc, conv.id, cid)? {
+            if !row.private {
+                return Err(client_id_reused());
+            }
+            same_request(&row, user, &text)?;
+            return Ok((names.message(tc, &row, conv.contact_id)?, false));
+        }
+    }
+    if text.trim().is_empty() {
+        return Err(AppError::invalid("empty_text", "text must not be empty"));
+    }
+    if text.chars().count() > MOST_NOTE_CHARS {
+        return Err(AppError::invalid("text_too_long", format!("a note must be at most {MOST_NOTE_CHARS} characters")));
+    }
+    let inserted: Option<MessageRow> = diesel::insert_into(m::table)
+        .values((
+            m::conversation_id.eq(conv.id),
+            m::channel_id.eq(conv.channel_id),
+            m::direction.eq("out"),
+            m::sender_kind.eq("agent"),
+            m::sender_user_id.eq(user.0),
+            m::text.eq(&text),
+            m::status.eq("sent"),
+            m::client_id.eq(&client_id),
+            m::sort_at.eq(Utc::now()),
+            m::private.eq(true),
+        ))
+        .on_conflict((m::conversation_id, m::client_id))
+        .do_nothing()
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    let Some(row) = inserted else {
+        // A concurrent request with the same client_id stored first.
+        let row = by_client_id(tc, conv.id, client_id.as_deref().unwrap_or_default())?
+            .ok_or_else(|| AppError::conflict("client_id_reused", "retry the request"))?;
+        same_request(&row, user, &text)?;
+        return Ok((names.message(tc, &row, conv.contact_id)?, false));
+    };
+    let view = names.message(tc, &row, conv.contact_id)?;
+    log.append(tc, "message.created", Some(conv.channel_id), Some(conv.id), &view)?;
+    audit::record(
+        tc,
+        Some(user),
+        "message.note",
+        "conversation",
+        Some(id.to_string()),
+        json!({"message_id": row.id.to_string()}),
+    )?;
+    Ok((view, true))
+}
+
 /// What a template reply needs before Meta is asked for the template.
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.
@@ -230,6 +304,9 @@ fn reply(
     if let Some(cid) = &client_id {
         check_client_id(cid)?;
         if let Some(row) = by_client_id(tc, conv.id, cid)? {
+            if row.private {
+                return Err(client_id_reused());
+            }
             same_request(&row, user, &text)?;
             return Ok((names.message(tc, &row, conv.contact_id)?, false));
         }

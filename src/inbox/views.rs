@@ -41,6 +41,8 @@ pub struct MessageRow {
     pub sort_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A note for the team (`messages::create_note`), never sent.
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -102,6 +104,8 @@ pub struct MessageView {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub platform_timestamp: Option<DateTime<Utc>>,
+    /// A note for the team, never sent (an extension).
+    pub private: bool,
 }
 
 /// `message.updated` data.
@@ -250,6 +254,7 @@ impl Names {
             deleted_at: row.deleted_at,
             created_at: row.created_at,
             platform_timestamp: row.platform_timestamp,
+            private: row.private,
         })
     }
 

@@ -1095,6 +1095,68 @@ async fn a_whatsapp_template_reopens_a_closed_window() {
     assert!(r.body["text"].as_str().is_some_and(|t| t.starts_with("Hello World\n\nWelcome")), "{:?}", r.body);
 }
 
+/// A private note is for the team: stored at once and never sent (window
+/// closed or not), announced like a message but not counted as the
+/// conversation's activity, untouched by the customer's receipts, found
+/// by search, and safe to retry.
+#[actix_web::test]
+async fn a_private_note_stays_with_the_team() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá", "at": two_days_ago})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (fb, wa) = (by_contact(&convs, PSID).clone(), by_contact(&convs, WA_ID).clone());
+    let fb_conv = fb["id"].as_str().expect("id").to_string();
+    let note = |conv: &str, body: Value| {
+        let (app, admin, conv) = (&app, ctx.admin.clone(), conv.to_string());
+        async move { app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&admin), Some(body)).await }
+    };
+    let text = "VIP customer: check order #77 before answering";
+    let r = note(&fb_conv, json!({"text": text, "private": true, "client_id": "n-1"})).await;
+    assert_eq!((r.status, &r.body["status"], &r.body["private"]), (201, &json!("sent"), &json!(true)), "{:?}", r.body);
+    assert_eq!(r.body["sender"]["kind"], "agent");
+    let id = r.body["id"].as_str().expect("id").to_string();
+    // A retry gets the note back; a reply under its client_id is no retry.
+    let again = note(&fb_conv, json!({"text": text, "private": true, "client_id": "n-1"})).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (201, Some(id.as_str())));
+    let (status, reused) = reply(&app, &ctx.admin, &fb_conv, text, "n-1").await;
+    assert_eq!((status, reused["error"]["code"].as_str()), (409, Some("client_id_reused")), "{reused}");
+    // The list stays about the customer.
+    let after = by_contact(&conversations(&app, &ctx.admin, "").await, PSID).clone();
+    assert_eq!(
+        (&after["last_message"]["id"], &after["last_activity_at"]),
+        (&fb["last_message"]["id"], &fb["last_activity_at"])
+    );
+    // Search finds it.
+    let found = conversations(&app, &ctx.admin, "?q=order%20%2377").await;
+    assert_eq!(found.iter().map(|c| c["id"].clone()).collect::<Vec<_>>(), vec![json!(fb_conv)]);
+    // A reply after it is read by the customer (a watermark); the note is not.
+    let (status, sent) = reply(&app, &ctx.admin, &fb_conv, "Olá! Como posso ajudar?", "r-1").await;
+    assert_eq!(status, 202, "{sent}");
+    let reply_id = sent["id"].as_str().expect("id").to_string();
+    eventually("the reply read", || async {
+        message_status(&app, &ctx.admin, &fb_conv, &reply_id).await["status"] == "read"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, &fb_conv, &id).await["status"], "sent");
+    // Nothing of it went to Meta.
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    assert!(!log.to_string().contains("VIP customer"), "the note went to Meta");
+    // A closed window does not matter; a note is text only.
+    let wa_conv = wa["id"].as_str().expect("id");
+    assert_eq!(note(wa_conv, json!({"text": "Asked about returns", "private": true})).await.status, 201);
+    for body in [
+        json!({"text": " ", "private": true}),
+        json!({"private": true, "template": {"name": "hello_world", "language": "en_US"}}),
+    ] {
+        let r = note(wa_conv, body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+    }
+}
+
 /// The fake delivers what follows a send as Meta does after failures: in
 /// one body, in random order, twice. Each reply still ends read, once.
 #[actix_web::test]
