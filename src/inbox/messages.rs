@@ -159,15 +159,12 @@ pub fn create_note(
 ) -> AppResult<(MessageView, bool)> {
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
-    if let Some(cid) = &client_id {
-        check_client_id(cid)?;
-        if let Some(row) = by_client_id(tc, conv.id, cid)? {
-            if !row.private {
-                return Err(client_id_reused());
-            }
-            same_request(&row, user, &text)?;
-            return Ok((names.message(tc, &row, conv.contact_id)?, false));
+    if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
+        if !row.private {
+            return Err(client_id_reused());
         }
+        same_request(&row, user, &text)?;
+        return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     if text.trim().is_empty() {
         return Err(AppError::invalid("empty_text", "text must not be empty"));
@@ -237,21 +234,14 @@ pub fn template_target(
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
-    if let Some(cid) = client_id {
-        check_client_id(cid)?;
-        if let Some(row) = by_client_id(tc, conv.id, cid)? {
-            // The same agent sending the same template is a retry.
-            let asked = (
-                choice.name.clone(),
-                choice.language.clone(),
-                choice.header_parameters.clone(),
-                choice.parameters.clone(),
-            );
-            if row.sender_user_id != Some(user.0) || super::templates::stored(&row.attachments) != Some(asked) {
-                return Err(client_id_reused());
-            }
-            return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
+    if let Some(row) = retried(tc, conv.id, client_id)? {
+        // The same agent sending the same template is a retry.
+        let asked =
+            (choice.name.clone(), choice.language.clone(), choice.header_parameters.clone(), choice.parameters.clone());
+        if row.sender_user_id != Some(user.0) || super::templates::stored(&row.attachments) != Some(asked) {
+            return Err(client_id_reused());
         }
+        return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
     }
     Ok(TemplateTarget::Channel(channel))
 }
@@ -270,11 +260,14 @@ pub fn create_template_reply(
     reply(tc, log, user, role, id, prepared.text, Some(prepared.attachment), client_id)
 }
 
-fn check_client_id(cid: &str) -> AppResult<()> {
+/// The message a `client_id` (1 to 200 characters) names in the
+/// conversation already, if any: the request may be a retry.
+fn retried(tc: &mut TenantConn<'_>, conversation: i64, client_id: Option<&str>) -> AppResult<Option<MessageRow>> {
+    let Some(cid) = client_id else { return Ok(None) };
     if cid.is_empty() || cid.len() > 200 {
         return Err(AppError::invalid("invalid_client_id", "client_id must be 1 to 200 characters"));
     }
-    Ok(())
+    by_client_id(tc, conversation, cid)
 }
 
 fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: &str) -> AppResult<Option<MessageRow>> {
@@ -301,15 +294,12 @@ fn reply(
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
-    if let Some(cid) = &client_id {
-        check_client_id(cid)?;
-        if let Some(row) = by_client_id(tc, conv.id, cid)? {
-            if row.private {
-                return Err(client_id_reused());
-            }
-            same_request(&row, user, &text)?;
-            return Ok((names.message(tc, &row, conv.contact_id)?, false));
+    if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
+        if row.private {
+            return Err(client_id_reused());
         }
+        same_request(&row, user, &text)?;
+        return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     if text.trim().is_empty() {
         return Err(AppError::invalid("empty_text", "text must not be empty"));
