@@ -14,6 +14,9 @@
 //! - Echoes of our own sends are matched by id or by the `sb:<id>` metadata
 //!   we send; other echoes (Page inbox, Business Suite, another app) become
 //!   outgoing messages sent by the page.
+//! - Besides text replies: WhatsApp templates, sendable whatever the
+//!   window (`templates`), and private notes for the team, never sent
+//!   (`messages::create_note`).
 
 pub mod canned;
 pub mod contacts;
