@@ -9,8 +9,11 @@
 //!   once per send): Meta approves, pauses and disables templates on its
 //!   own schedule, and a kept copy would offer what Meta then refuses.
 //! - Positional text parameters are supported, in the body and in a text
-//!   header. A template with a media or location header, named parameters,
-//!   or buttons that take parameters is listed with `sendable: false`.
+//!   header. A template with a media or location header, named
+//!   parameters, buttons that need something at send time (a code to copy,
+//!   a flow, a catalogue, a link with a parameter) or parts other than
+//!   header, body, footer and buttons (a carousel) is listed with
+//!   `sendable: false`.
 //! - The message stored shows the template as the customer reads it
 //!   (header, body and footer, parameters filled in), so the conversation,
 //!   its preview and search read like any reply; its one attachment,
@@ -121,15 +124,24 @@ pub fn parse(v: &Value) -> Option<Template> {
         || named_placeholders(&body)
         || header_text.as_deref().is_some_and(named_placeholders);
     let media_header = header.is_some() && header_text.is_none();
-    let button_parameters = of("BUTTONS")
-        .and_then(|b| b.get("buttons"))
-        .and_then(Value::as_array)
-        .is_some_and(|bs| bs.iter().any(|b| b.to_string().contains("{{")));
+    // Quick replies, calls and fixed links need nothing at send time; a
+    // code to copy (authentication), a flow, a catalogue or a link with a
+    // parameter would.
+    let plain_buttons = of("BUTTONS").and_then(|b| b.get("buttons")).and_then(Value::as_array).is_none_or(|bs| {
+        bs.iter().all(|b| {
+            s(b, "type").is_some_and(|t| matches!(t.to_uppercase().as_str(), "QUICK_REPLY" | "PHONE_NUMBER" | "URL"))
+                && !b.to_string().contains("{{")
+        })
+    });
+    // Carousels, limited-time offers and the like take parts of their own.
+    let known_parts = components.iter().all(|c| {
+        s(c, "type").is_some_and(|t| matches!(t.to_uppercase().as_str(), "HEADER" | "BODY" | "FOOTER" | "BUTTONS"))
+    });
     Some(Template {
         name: s(v, "name")?,
         language: s(v, "language")?,
         category: s(v, "category").unwrap_or_default(),
-        sendable: status == "APPROVED" && !named && !media_header && !button_parameters,
+        sendable: status == "APPROVED" && !named && !media_header && plain_buttons && known_parts,
         status,
         header_parameters: header_text.as_deref().map_or(0, placeholders),
         body_parameters: placeholders(&body),
@@ -406,6 +418,13 @@ mod tests {
             components.push(change);
             assert!(!parse(&v).expect("template").sendable, "{v}");
         }
+        let otp = json!({"name": "code", "language": "en", "status": "APPROVED", "category": "AUTHENTICATION",
+            "components": [{"type": "BODY", "text": "{{1}} is your verification code."},
+                {"type": "BUTTONS", "buttons": [{"type": "OTP", "otp_type": "COPY_CODE", "text": "Copy code"}]}]});
+        assert!(!parse(&otp).expect("template").sendable);
+        let carousel = json!({"name": "c", "language": "en", "status": "APPROVED",
+            "components": [{"type": "BODY", "text": "Look"}, {"type": "CAROUSEL", "cards": []}]});
+        assert!(!parse(&carousel).expect("template").sendable);
         let named = json!({"name": "n", "language": "en", "status": "APPROVED", "parameter_format": "NAMED",
             "components": [{"type": "BODY", "text": "Hi {{first_name}}"}]});
         assert!(!parse(&named).expect("template").sendable);
