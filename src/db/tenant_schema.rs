@@ -100,6 +100,8 @@ diesel::table! {
         contact_delivered_at -> Nullable<Timestamptz>,
         /// The contact's newest Messenger read watermark.
         contact_read_at -> Nullable<Timestamptz>,
+        /// Labels the team put on it, lower case, sorted.
+        labels -> Array<Text>,
     }
 }
 

@@ -39,6 +39,7 @@ struct ListQuery {
     assignee: Option<String>,
     unread: Option<String>,
     q: Option<String>,
+    label: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -68,6 +69,13 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
             Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
         },
         q: q.q,
+        label: q
+            .label
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .map(conversations::normalize_label)
+            .transpose()
+            .map_err(|e| AppError::bad_request("invalid_query", e.message))?,
     };
     let (user, role) = (auth.user, auth.role);
     let (items, stale) = state
@@ -102,7 +110,8 @@ async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<
     Ok(HttpResponse::Ok().json(view))
 }
 
-/// `{status?, assignee_id?, snoozed_until?}`; `assignee_id: null` unassigns.
+/// `{status?, assignee_id?, snoozed_until?, labels?}`; `assignee_id: null`
+/// unassigns; `labels` replaces the set.
 fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
     let mut p = Patch::default();
     for (k, v) in body {
@@ -114,13 +123,20 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
                     .map_err(|_| AppError::invalid("invalid_assignee", "assignee_id is not a user id"))?;
                 p.assignee_id = Some(Some(u));
             }
+            ("labels", Value::Array(items)) => {
+                let labels = items.into_iter().map(|l| match l {
+                    Value::String(l) => Ok(l),
+                    _ => Err(AppError::invalid("invalid_label", "labels are strings")),
+                });
+                p.labels = Some(labels.collect::<AppResult<Vec<_>>>()?);
+            }
             ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
             ("snoozed_until", Value::String(s)) => {
                 let t = DateTime::parse_from_rfc3339(&s)
                     .map_err(|_| AppError::invalid("invalid_snooze", "snoozed_until must be an RFC 3339 time"))?;
                 p.snoozed_until = Some(Some(t.with_timezone(&Utc)));
             }
-            (k @ ("status" | "assignee_id" | "snoozed_until"), _) => {
+            (k @ ("status" | "assignee_id" | "snoozed_until" | "labels"), _) => {
                 return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type")))
             }
             (k, _) => return Err(AppError::invalid("invalid_body", format!("unknown field `{k}`"))),

@@ -29,6 +29,8 @@ pub struct Filter {
     pub assignee: Option<Option<i64>>,
     pub unread: bool,
     pub q: Option<String>,
+    /// Only those with this label (normalized as stored).
+    pub label: Option<String>,
 }
 
 pub const STATUSES: [&str; 4] = ["open", "pending", "snoozed", "resolved"];
@@ -85,6 +87,9 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     }
     if f.unread {
         q = q.filter(c::unread_count.gt(0));
+    }
+    if let Some(label) = &f.label {
+        q = q.filter(c::labels.contains(vec![label.clone()]));
     }
     if let Some((at, id)) = after {
         q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
@@ -237,6 +242,8 @@ pub struct Patch {
     /// `Some(None)` unassigns.
     pub assignee_id: Option<Option<UserId>>,
     pub snoozed_until: Option<Option<DateTime<Utc>>>,
+    /// The whole set, replacing what it had (`[]` removes them all).
+    pub labels: Option<Vec<String>>,
 }
 
 pub fn patch(
@@ -251,6 +258,10 @@ pub fn patch(
     let mut status = row.status.clone();
     let mut snoozed_until = row.snoozed_until;
     let mut assignee = row.assignee_id;
+    let labels = match &p.labels {
+        Some(given) => normalize_labels(given)?,
+        None => row.labels.clone(),
+    };
     if let Some(s) = &p.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(AppError::invalid("invalid_status", "status must be open, pending, snoozed or resolved"));
@@ -290,7 +301,7 @@ pub fn patch(
         assignee = a.map(|u| u.0);
     }
     // A retried or repeated PATCH changes nothing: no write, no event.
-    if (&status, snoozed_until, assignee) == (&row.status, row.snoozed_until, row.assignee_id) {
+    if (&status, snoozed_until, assignee, &labels) == (&row.status, row.snoozed_until, row.assignee_id, &row.labels) {
         return Names::default().conversation(tc, &row);
     }
     let updated: ConversationRow = diesel::update(c::table.find(row.id))
@@ -298,6 +309,7 @@ pub fn patch(
             c::status.eq(&status),
             c::snoozed_until.eq(snoozed_until),
             c::assignee_id.eq(assignee),
+            c::labels.eq(&labels),
             c::updated_at.eq(diesel::dsl::now),
         ))
         .returning(ConversationRow::as_returning())
@@ -322,9 +334,50 @@ pub fn patch(
             json!({"from": row.assignee_id.map(|a| a.to_string()), "to": assignee.map(|a| a.to_string())}),
         )?;
     }
+    if labels != row.labels {
+        audit::record(
+            tc,
+            Some(user),
+            "conversation.labelled",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": row.labels, "to": labels}),
+        )?;
+    }
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
     Ok(view)
+}
+
+/// Most labels on one conversation, and the longest label.
+pub const MOST_LABELS: usize = 20;
+pub const MOST_LABEL_CHARS: usize = 50;
+
+/// One label as stored: trimmed, lower case, inner spaces as one; 1 to
+/// [`MOST_LABEL_CHARS`] characters, no control characters and no comma
+/// (clients list labels with commas).
+pub fn normalize_label(raw: &str) -> AppResult<String> {
+    let label = raw.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    let bad = |why: &str| AppError::invalid("invalid_label", format!("{why}: {raw:?}"));
+    if label.is_empty() || label.chars().count() > MOST_LABEL_CHARS {
+        return Err(bad(&format!("a label is 1 to {MOST_LABEL_CHARS} characters")));
+    }
+    if label.chars().any(|ch| ch.is_control() || ch == ',') {
+        return Err(bad("a label holds no comma and no control character"));
+    }
+    Ok(label)
+}
+
+/// A set of labels as stored: each normalized, once, sorted; at most
+/// [`MOST_LABELS`].
+pub fn normalize_labels(raw: &[String]) -> AppResult<Vec<String>> {
+    let mut labels = raw.iter().map(|l| normalize_label(l)).collect::<AppResult<Vec<_>>>()?;
+    labels.sort();
+    labels.dedup();
+    if labels.len() > MOST_LABELS {
+        return Err(AppError::invalid("invalid_label", format!("a conversation has at most {MOST_LABELS} labels")));
+    }
+    Ok(labels)
 }
 
 /// Marks the conversation read and queues the platform's "seen" signal.

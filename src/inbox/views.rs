@@ -61,6 +61,7 @@ pub struct ConversationRow {
     pub last_inbound_external_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -345,6 +346,7 @@ impl Names {
             last_inbound_at: row.last_inbound_at,
             can_reply: window.can_reply,
             can_send_template: channel.platform() == Platform::Whatsapp && channel.status == "connected",
+            labels: row.labels.clone(),
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })
@@ -384,6 +386,8 @@ pub struct ConversationView {
     pub can_reply: bool,
     /// A WhatsApp template may be sent (`inbox::templates`), window or not.
     pub can_send_template: bool,
+    /// Labels the team put on it (an extension).
+    pub labels: Vec<String>,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

@@ -1157,6 +1157,78 @@ async fn a_private_note_stays_with_the_team() {
     }
 }
 
+/// Labels sort a team's conversations: set as a whole by PATCH (kept
+/// lower case, once, sorted), shown and announced, filtered on (with the
+/// search too), checked, and a PATCH that changes nothing logs nothing.
+#[actix_web::test]
+async fn labels_sort_conversations() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Quero devolver o casaco"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Preço por atacado?"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(by_contact(&convs, PSID)["labels"], json!([]));
+    let (fb, wa) = (
+        by_contact(&convs, PSID)["id"].as_str().expect("id").to_string(),
+        by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string(),
+    );
+    let patch = |conv: &str, body: Value| {
+        let (app, admin, conv) = (&app, ctx.admin.clone(), conv.to_string());
+        async move { app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&admin), Some(body)).await }
+    };
+    let r = patch(&fb, json!({"labels": ["Refund", " VIP ", "refund", "Devolução  urgente"]})).await;
+    assert_eq!((r.status, &r.body["labels"]), (200, &json!(["devolução urgente", "refund", "vip"])), "{:?}", r.body);
+    assert_eq!(patch(&wa, json!({"labels": ["wholesale", "vip"]})).await.status, 200);
+    let ids =
+        |convs: Vec<Value>| convs.iter().map(|c| c["id"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?label=VIP").await).len(), 2);
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?label=refund").await), vec![fb.clone()]);
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?label=vip&q=atacado").await), vec![wa.clone()]);
+    assert!(conversations(&app, &ctx.admin, "?label=nobody").await.is_empty());
+    // The same set again is no change: no event, no audit row.
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let events = || async {
+        let mut conn = app.db.conn();
+        diesel::sql_query("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated'")
+            .get_result::<Count>(&mut conn)
+            .expect("count")
+            .n
+    };
+    let before = events().await;
+    assert_eq!(patch(&fb, json!({"labels": ["vip", "REFUND", "devolução urgente"]})).await.status, 200);
+    assert_eq!(events().await, before);
+    let audit = app.call("GET", "/api/audit-log", Some(&ctx.admin), None).await;
+    let labelled = audit.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "conversation.labelled")
+        .count();
+    assert_eq!(labelled, 2, "{:?}", audit.body);
+    // Removing them all, and what is refused.
+    let r = patch(&wa, json!({"labels": []})).await;
+    assert_eq!((r.status, &r.body["labels"]), (200, &json!([])));
+    let many: Vec<String> = (0..21).map(|i| format!("l{i}")).collect();
+    for body in [
+        json!({"labels": "vip"}),
+        json!({"labels": [1]}),
+        json!({"labels": [" "]}),
+        json!({"labels": ["a,b"]}),
+        json!({"labels": ["x".repeat(51)]}),
+        json!({"labels": many}),
+    ] {
+        let r = patch(&fb, body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+    }
+    let r = app.call("GET", "/api/conversations?label=a,b", Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{:?}", r.body);
+}
+
 /// The fake delivers what follows a send as Meta does after failures: in
 /// one body, in random order, twice. Each reply still ends read, once.
 #[actix_web::test]
