@@ -184,41 +184,72 @@ pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     hub
 }
 
+/// SIGTERM and SIGINT, listened for from the moment this is made: from
+/// then on they no longer end the process at once. Made before the server
+/// is, not in the task that waits for them, which the runtime may first
+/// run only after the first connections are served (a deploy's SIGTERM
+/// then killed the process without a close frame).
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Needs the runtime (inside the actix system).
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (term, int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+            if term.is_none() && int.is_none() {
+                tracing::warn!("cannot listen for SIGTERM or SIGINT: they end the process without closing sockets");
+            }
+            StopSignals { term, int }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Until one comes (never, if neither could be listened for).
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            // Whichever could be registered is waited on, even if the
+            // other could not.
+            async fn one(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = one(self.term) => {}
+                _ = one(self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Stops the server on SIGTERM or SIGINT (actix's own handling is off: it
 /// would wait up to 30 s for open connections, which WebSockets keep, and
 /// on SIGINT cut them without a close frame). The hub first closes every
 /// socket with 1001 (going away), so clients reconnect at once, to another
 /// instance, and resume with `since`; then requests in flight finish and
 /// the server stops.
-async fn stop_on_signal(hub: actix::Addr<crate::realtime::Hub>, server: actix_web::dev::ServerHandle) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, Signal, SignalKind};
-        // Once one is registered the process no longer dies of it, so
-        // whichever could be registered is waited on, even if the other
-        // could not.
-        async fn received(s: Option<Signal>) {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        let (term, int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
-        if term.is_none() && int.is_none() {
-            tracing::warn!("cannot listen for SIGTERM or SIGINT: they end the process without closing sockets");
-            return;
-        }
-        tokio::select! {
-            _ = received(term) => {}
-            _ = received(int) => {}
-        }
-    }
-    #[cfg(not(unix))]
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+async fn stop_on_signal(
+    signals: StopSignals,
+    hub: actix::Addr<crate::realtime::Hub>,
+    server: actix_web::dev::ServerHandle,
+) {
+    signals.received().await;
     let closed = hub
         .send(crate::realtime::hub::CloseAll {
             code: crate::realtime::CLOSE_GOING_AWAY,
@@ -252,6 +283,7 @@ fn on_connect(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions
 
 /// Binds the server to `listener` (port 0 in tests).
 pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let signals = StopSignals::listen();
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
     let hub = web::Data::new(start_realtime(&state));
@@ -287,6 +319,6 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     .disable_signals()
     .listen(listener)?
     .run();
-    actix_web::rt::spawn(stop_on_signal(hub_addr, server.handle()));
+    actix_web::rt::spawn(stop_on_signal(signals, hub_addr, server.handle()));
     Ok(server)
 }

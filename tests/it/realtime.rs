@@ -1075,6 +1075,17 @@ impl Serve {
     }
 
     pub(crate) async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
+        let serve = Serve::spawn_with(app, env);
+        let ready = format!("{}/readyz", serve.base);
+        crate::common::eventually("serve is ready", || async {
+            app.client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        serve
+    }
+
+    /// Started, not waited for.
+    fn spawn_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
         use base64::Engine;
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
@@ -1096,13 +1107,7 @@ impl Serve {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("switchboard serve");
-        let serve = Serve { child, base: format!("http://127.0.0.1:{port}") };
-        let ready = format!("{}/readyz", serve.base);
-        crate::common::eventually("serve is ready", || async {
-            app.client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        serve
+        Serve { child, base: format!("http://127.0.0.1:{port}") }
     }
 
     fn ws(&self) -> String {
@@ -1188,10 +1193,26 @@ async fn an_instances_own_events_reach_its_sockets_without_a_read_back() {
 /// Told to stop (SIGTERM, as a deploy or `docker stop` does), `serve`
 /// closes its sockets with 1001 (going away) at once, so clients reconnect
 /// to another instance, and exits without waiting out its shutdown timeout.
+/// It listens for the signals before it serves anything: one that comes as
+/// soon as it answers stops it as cleanly (the signal did not kill it).
 #[actix_web::test]
 async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
     let app = spawn_app_without_workers().await;
     let t = team(&app).await;
+    for _ in 0..3 {
+        // As soon as it answers.
+        let mut serve = Serve::spawn_with(&app, &[]);
+        let health = format!("{}/healthz", serve.base);
+        let started = std::time::Instant::now();
+        while app.client.get(&health).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "serve never answered");
+            actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        let kill = std::process::Command::new("kill").arg("-TERM").arg(serve.child.id().to_string()).status();
+        assert!(kill.expect("kill").success());
+        let status = serve.child.wait().expect("wait");
+        assert!(status.success(), "SIGTERM just after start: {status:?}");
+    }
     for signal in ["TERM", "INT"] {
         let mut serve = Serve::start(&app).await;
         let mut s = ws_at(&serve.ws(), &t.admin).await;
