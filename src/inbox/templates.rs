@@ -299,7 +299,7 @@ pub async fn list(
     let keys = app.keys.clone();
     let (row, waba, token) = app.db.tenant(scope, move |tc| channel_for_templates(tc, &keys, user, role, id)).await?;
     let mut list = from_meta(app, scope.tenant, &row, &waba, &token, None).await?;
-    list.sort_by(|a, b| (b.sendable, &a.name, &a.language).cmp(&(a.sendable, &b.name, &b.language)));
+    list.sort_by(|a, b| (!a.sendable, &a.name, &a.language).cmp(&(!b.sendable, &b.name, &b.language)));
     Ok(list)
 }
 
