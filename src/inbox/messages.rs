@@ -35,6 +35,44 @@ pub fn max_text_chars(p: Platform) -> usize {
     }
 }
 
+/// An agent's or the page's message as stored.
+#[derive(Insertable)]
+#[diesel(table_name = m)]
+struct NewMessage<'a> {
+    conversation_id: i64,
+    channel_id: i64,
+    direction: &'static str,
+    sender_kind: &'static str,
+    sender_user_id: Option<i64>,
+    text: &'a str,
+    attachments: Value,
+    status: &'static str,
+    client_id: Option<&'a str>,
+    sort_at: DateTime<Utc>,
+    private: bool,
+}
+
+/// Stores `new` unless its `client_id` is taken in the conversation already;
+/// the row either way, and whether this call stored it.
+fn insert_once(tc: &mut TenantConn<'_>, new: &NewMessage<'_>) -> AppResult<(MessageRow, bool)> {
+    let inserted: Option<MessageRow> = diesel::insert_into(m::table)
+        .values(new)
+        .on_conflict((m::conversation_id, m::client_id))
+        .do_nothing()
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    if let Some(row) = inserted {
+        return Ok((row, true));
+    }
+    let existing = m::table
+        .filter(m::conversation_id.eq(new.conversation_id))
+        .filter(m::client_id.eq(new.client_id))
+        .select(MessageRow::as_select())
+        .first(tc.pg())?;
+    Ok((existing, false))
+}
+
 /// Stores an outgoing message `pending` and its send-queue row; a repeated
 /// `client_id` returns the message stored the first time.
 pub fn queue_outgoing(
@@ -46,32 +84,23 @@ pub fn queue_outgoing(
     out: NewOutgoing,
 ) -> AppResult<(MessageRow, bool)> {
     let now = Utc::now();
-    let inserted: Option<MessageRow> = diesel::insert_into(m::table)
-        .values((
-            m::conversation_id.eq(conv.id),
-            m::channel_id.eq(channel.id),
-            m::direction.eq("out"),
-            m::sender_kind.eq(if out.agent.is_some() { "agent" } else { "page" }),
-            m::sender_user_id.eq(out.agent.map(|a| a.0)),
-            m::text.eq(&out.text),
-            m::attachments.eq(out.template.iter().cloned().collect::<Value>()),
-            m::status.eq("pending"),
-            m::client_id.eq(&out.client_id),
-            m::sort_at.eq(now),
-        ))
-        .on_conflict((m::conversation_id, m::client_id))
-        .do_nothing()
-        .returning(MessageRow::as_returning())
-        .get_result(tc.pg())
-        .optional()?;
-    let Some(row) = inserted else {
-        let existing = m::table
-            .filter(m::conversation_id.eq(conv.id))
-            .filter(m::client_id.eq(&out.client_id))
-            .select(MessageRow::as_select())
-            .first(tc.pg())?;
-        return Ok((existing, false));
+    let new = NewMessage {
+        conversation_id: conv.id,
+        channel_id: channel.id,
+        direction: "out",
+        sender_kind: if out.agent.is_some() { "agent" } else { "page" },
+        sender_user_id: out.agent.map(|a| a.0),
+        text: &out.text,
+        attachments: out.template.iter().cloned().collect(),
+        status: "pending",
+        client_id: out.client_id.as_deref(),
+        sort_at: now,
+        private: false,
     };
+    let (row, stored) = insert_once(tc, &new)?;
+    if !stored {
+        return Ok((row, false));
+    }
     diesel::insert_into(send_queue::table)
         .values((
             send_queue::tenant_id.eq(tc.tenant().0),
@@ -172,31 +201,25 @@ pub fn create_note(
     if text.chars().count() > MOST_NOTE_CHARS {
         return Err(AppError::invalid("text_too_long", format!("a note must be at most {MOST_NOTE_CHARS} characters")));
     }
-    let inserted: Option<MessageRow> = diesel::insert_into(m::table)
-        .values((
-            m::conversation_id.eq(conv.id),
-            m::channel_id.eq(conv.channel_id),
-            m::direction.eq("out"),
-            m::sender_kind.eq("agent"),
-            m::sender_user_id.eq(user.0),
-            m::text.eq(&text),
-            m::status.eq("sent"),
-            m::client_id.eq(&client_id),
-            m::sort_at.eq(Utc::now()),
-            m::private.eq(true),
-        ))
-        .on_conflict((m::conversation_id, m::client_id))
-        .do_nothing()
-        .returning(MessageRow::as_returning())
-        .get_result(tc.pg())
-        .optional()?;
-    let Some(row) = inserted else {
+    let new = NewMessage {
+        conversation_id: conv.id,
+        channel_id: conv.channel_id,
+        direction: "out",
+        sender_kind: "agent",
+        sender_user_id: Some(user.0),
+        text: &text,
+        attachments: Value::Array(Vec::new()),
+        status: "sent",
+        client_id: client_id.as_deref(),
+        sort_at: Utc::now(),
+        private: true,
+    };
+    let (row, stored) = insert_once(tc, &new)?;
+    if !stored {
         // A concurrent request with the same client_id stored first.
-        let row = by_client_id(tc, conv.id, client_id.as_deref().unwrap_or_default())?
-            .ok_or_else(|| AppError::conflict("client_id_reused", "retry the request"))?;
         same_request(&row, user, &text)?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
-    };
+    }
     let view = names.message(tc, &row, conv.contact_id)?;
     log.append(tc, "message.created", Some(conv.channel_id), Some(conv.id), &view)?;
     audit::record(
