@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
+        .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
@@ -511,6 +512,14 @@ async fn send(
         state.wake_sender.notify_one();
     }
     Ok(HttpResponse::Accepted().json(view))
+}
+
+/// The labels in use on the conversations the caller may see, most used
+/// first (at most 200; `next_cursor` is always null).
+async fn list_labels(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let (user, role) = (auth.user, auth.role);
+    let items = state.db.tenant(auth.scope(), move |tc| conversations::labels_in_use(tc, user, role)).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
 }
 
 #[derive(Deserialize)]

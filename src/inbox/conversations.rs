@@ -380,6 +380,34 @@ pub fn normalize_labels(raw: &[String]) -> AppResult<Vec<String>> {
     Ok(labels)
 }
 
+/// A label in use, and on how many conversations.
+#[derive(Debug, serde::Serialize, QueryableByName, PartialEq)]
+pub struct LabelCount {
+    #[diesel(sql_type = Text)]
+    pub label: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub conversations: i64,
+}
+
+/// The most labels `GET /api/labels` lists.
+pub const MOST_LABELS_LISTED: i64 = 200;
+
+/// `GET /api/labels`: the labels on the conversations the caller may see,
+/// most used first, for a client to offer as it types. One pass over the
+/// tenant's conversations (no index, as for the filter).
+pub fn labels_in_use(tc: &mut TenantConn<'_>, user: UserId, role: Role) -> AppResult<Vec<LabelCount>> {
+    Ok(diesel::sql_query(
+        "SELECT l AS label, count(*) AS conversations \
+           FROM conversations c CROSS JOIN LATERAL unnest(c.labels) AS l \
+          WHERE $1 OR c.channel_id IN (SELECT channel_id FROM channel_members WHERE user_id = $2) \
+          GROUP BY l ORDER BY count(*) DESC, l LIMIT $3",
+    )
+    .bind::<Bool, _>(role.at_least(Role::Admin))
+    .bind::<diesel::sql_types::BigInt, _>(user.0)
+    .bind::<diesel::sql_types::BigInt, _>(MOST_LABELS_LISTED)
+    .load(tc.pg())?)
+}
+
 /// Marks the conversation read and queues the platform's "seen" signal.
 pub fn mark_read(
     tc: &mut TenantConn<'_>,

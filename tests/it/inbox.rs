@@ -1186,6 +1186,30 @@ async fn labels_sort_conversations() {
     assert_eq!(ids(conversations(&app, &ctx.admin, "?label=refund").await), vec![fb.clone()]);
     assert_eq!(ids(conversations(&app, &ctx.admin, "?label=vip&q=atacado").await), vec![wa.clone()]);
     assert!(conversations(&app, &ctx.admin, "?label=nobody").await.is_empty());
+    // What is in use, most used first, for a client to offer.
+    let r = app.call("GET", "/api/labels", Some(&ctx.admin), None).await;
+    assert_eq!(
+        r.body["items"],
+        json!([{"label": "vip", "conversations": 2}, {"label": "devolução urgente", "conversations": 1},
+            {"label": "refund", "conversations": 1}, {"label": "wholesale", "conversations": 1}]),
+        "{:?}",
+        r.body
+    );
+    // An agent sees the labels of their channels' conversations only.
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let labels = |t: String| {
+        let app = &app;
+        async move { app.call("GET", "/api/labels", Some(&t), None).await.body["items"].clone() }
+    };
+    assert_eq!(labels(al_token.clone()).await, json!([]));
+    let wa_channel = by_contact(&convs, WA_ID)["channel_id"].as_str().expect("channel").to_string();
+    let members = json!({"user_ids": [al["user_id"]]});
+    let r = app.call("PUT", &format!("/api/channels/{wa_channel}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        labels(al_token).await,
+        json!([{"label": "vip", "conversations": 1}, {"label": "wholesale", "conversations": 1}])
+    );
     // The same set again is no change: no event, no audit row.
     #[derive(QueryableByName)]
     struct Count {

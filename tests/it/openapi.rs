@@ -225,6 +225,7 @@ async fn live_answers_match_the_served_openapi_document() {
     .await;
 
     check(&app, &doc, "GET", "/api/contacts", "/api/contacts", Some(admin), None).await;
+    check(&app, &doc, "GET", "/api/labels", "/api/labels", Some(admin), None).await;
     let canned = json!({"shortcut": "ship", "text": "We ship to Lisbon."});
     check(&app, &doc, "POST", "/api/canned-responses", "/api/canned-responses", Some(admin), Some(canned)).await;
     check(&app, &doc, "GET", "/api/canned-responses", "/api/canned-responses", Some(admin), None).await;
