@@ -79,9 +79,10 @@ pub struct Prepared {
     pub attachment: Value,
 }
 
-/// The distinct `{{1}}`, `{{2}}`… in a text, highest first wins: `{{2}}`
-/// alone still takes two.
-fn placeholders(text: &str) -> usize {
+/// How many parameters a template text takes: its highest `{{n}}`
+/// (`{{2}}` alone still takes two). The fake counts with this too, so the
+/// two cannot disagree.
+pub fn placeholders(text: &str) -> usize {
     let mut most = 0;
     let mut rest = text;
     while let Some(start) = rest.find("{{") {

@@ -14,6 +14,7 @@ use actix_web::HttpResponse;
 use serde_json::{json, Value};
 
 use super::{graph_error, no_object, random_alnum, Owner, State};
+use crate::inbox::templates::placeholders;
 
 #[derive(Clone, Debug)]
 pub(super) struct Template {
@@ -65,21 +66,6 @@ impl Template {
 
 fn random_digits(n: usize) -> String {
     random_alnum(n * 3).chars().filter(char::is_ascii_digit).chain(std::iter::repeat('7')).take(n).collect()
-}
-
-/// The distinct `{{1}}`, `{{2}}`… in a template text.
-fn placeholders(text: &str) -> usize {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        if let Ok(n) = after[..end].trim().parse::<u32>() {
-            seen.insert(n);
-        }
-        rest = &after[end + 2..];
-    }
-    seen.len()
 }
 
 /// `POST /_fake/templates` `{waba_id, name, language?, category?, status?,
