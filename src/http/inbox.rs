@@ -250,6 +250,7 @@ async fn list_messages(
 /// a redirect there.
 /// WhatsApp media are served only to the channel's token: fetched from Meta
 /// and passed through as they come, never stored (`inbox::media`).
+/// A file an agent sent is served from where it is kept (`inbox::uploads`).
 /// Served as a download in a sandbox unless it is an image, video or sound
 /// file: a customer's file must not run as a page of this origin. A `Range`
 /// goes on to Meta and its part comes back (206), so players can seek.
@@ -294,7 +295,14 @@ async fn attachment(
         }
     };
     let (media_id, filename, channel) = match source {
-        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(copy),
+        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(copy, None),
+        (messages::AttachmentSource::Uploaded { filename }, Some(copy)) => {
+            return copy_response(copy, filename.as_deref())
+        }
+        (messages::AttachmentSource::Uploaded { .. }, None) => {
+            // Stored with its message in one transaction: only a purge between the reads.
+            return Err(AppError::not_found("attachment"));
+        }
         (messages::AttachmentSource::Url(url), None) => {
             // No copy (missed as the message came): made now, while Meta's
             // URL may still work, for the next time.
@@ -343,7 +351,9 @@ fn source_and_copy(
 ) -> AppResult<(messages::AttachmentSource, Option<crate::inbox::media_copies::StoredCopy>)> {
     let source = messages::attachment_source(tc, viewer, id, index)?;
     let copy = match source {
-        messages::AttachmentSource::Url(_) => crate::inbox::media_copies::find(tc, id.0, index, range)?,
+        messages::AttachmentSource::Url(_) | messages::AttachmentSource::Uploaded { .. } => {
+            crate::inbox::media_copies::find(tc, id.0, index, range)?
+        }
         messages::AttachmentSource::Media { .. } => None,
     };
     Ok((source, copy))
@@ -353,7 +363,7 @@ fn source_and_copy(
 /// 416 for a part it does not have), with the same guards as a WhatsApp
 /// media: shown inline only if an image, video or sound, `nosniff`, and
 /// sandboxed.
-fn copy_response(copy: crate::inbox::media_copies::StoredCopy) -> AppResult<HttpResponse> {
+fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<&str>) -> AppResult<HttpResponse> {
     use actix_web::http::header;
     let crate::inbox::media_copies::StoredCopy { mime, len, part, bytes } = copy;
     let mut res = match part {
@@ -378,7 +388,7 @@ fn copy_response(copy: crate::inbox::media_copies::StoredCopy) -> AppResult<Http
         .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
-        .insert_header(disposition(shown_inline, None))
+        .insert_header(disposition(shown_inline, filename))
         .body(bytes))
 }
 
@@ -471,15 +481,36 @@ struct SendBody {
     client_id: Option<String>,
 }
 
+/// `POST …/messages`: JSON (text, a template or a note), or
+/// `multipart/form-data` with a file (`inbox::uploads`).
 async fn send(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<SendBody>,
-) -> AppResult<HttpResponse> {
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+) -> actix_web::Result<HttpResponse> {
+    use actix_web::FromRequest;
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
-    let b = body.into_inner();
+    let multipart = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    if multipart {
+        return Ok(send_file(state, auth, id, &req, payload).await?);
+    }
+    let body = web::Json::<SendBody>::from_request(&req, &mut payload.into_inner()).await?;
+    Ok(send_json(state, auth, id, body.into_inner()).await?)
+}
+
+async fn send_json(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    id: ConversationId,
+    b: SendBody,
+) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
     if b.private {
         let Some(text) = b.text.filter(|_| b.template.is_none()) else {
@@ -512,6 +543,100 @@ async fn send(
         state.wake_sender.notify_one();
     }
     Ok(HttpResponse::Accepted().json(view))
+}
+
+/// A file and what may come with it, read from a `multipart/form-data` body.
+struct FileForm {
+    upload: crate::inbox::uploads::Upload,
+    text: Option<String>,
+    client_id: Option<String>,
+}
+
+async fn send_file(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    id: ConversationId,
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+) -> AppResult<HttpResponse> {
+    let (user, role) = (auth.user, auth.role);
+    let FileForm { upload, text, client_id } = read_file_form(req, payload).await?;
+    let (view, created) = state
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            messages::create_file_reply(tc, log, user, role, id, upload, text, client_id)
+        })
+        .await?;
+    if created {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::Accepted().json(view))
+}
+
+/// Longest `text` and `client_id` parts read (their own limits are checked after).
+const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
+
+/// Reads `file` (required, once), `text` and `client_id` (optional, once
+/// each); any other part, or one repeated, is refused. A `text` left empty
+/// (as a browser's form sends an untouched field) is no caption.
+async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> AppResult<FileForm> {
+    use crate::inbox::uploads::{Upload, MOST_BYTES};
+    use futures_util::TryStreamExt;
+    let bad = |e: actix_multipart::MultipartError| {
+        AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
+    };
+    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let (mut file, mut text, mut client_id) = (None, None, None);
+    while let Some(mut field) = form.try_next().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.try_next().await.map_err(bad)? {
+            if bytes.len() + chunk.len() > most {
+                return Err(match name.as_str() {
+                    "file" => AppError::new(
+                        crate::error::ErrorKind::PayloadTooLarge,
+                        "file_too_large",
+                        format!("a file must be at most {} MB", MOST_BYTES / (1024 * 1024)),
+                    ),
+                    _ => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let as_text = |bytes: Vec<u8>| {
+            String::from_utf8(bytes)
+                .map_err(|_| AppError::bad_request("invalid_body", format!("the part `{name}` is not UTF-8 text")))
+        };
+        match name.as_str() {
+            "file" if file.is_none() => {
+                let declared = field.content_type().map(|m| m.essence_str().to_string());
+                let disposition = field.content_disposition();
+                let filename = disposition
+                    .and_then(|d| d.get_filename_ext())
+                    .map(|ext| String::from_utf8_lossy(&ext.value).into_owned())
+                    .or_else(|| disposition.and_then(|d| d.get_filename()).map(str::to_string));
+                file = Some(Upload::new(bytes, declared.as_deref(), filename.as_deref()));
+            }
+            "text" if text.is_none() => text = Some(as_text(bytes)?),
+            "client_id" if client_id.is_none() => client_id = Some(as_text(bytes)?),
+            "private" => {
+                return Err(AppError::invalid("invalid_body", "a private note is text; it takes no file"));
+            }
+            "file" | "text" | "client_id" => {
+                return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
+            }
+            _ => {
+                return Err(AppError::bad_request(
+                    "invalid_body",
+                    format!("unknown part `{name}`: expected `file`, `text` and `client_id`"),
+                ));
+            }
+        }
+    }
+    let Some(upload) = file else {
+        return Err(AppError::bad_request("invalid_body", "missing part `file`"));
+    };
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), client_id })
 }
 
 /// The labels in use on the conversations the caller may see, most used

@@ -785,10 +785,10 @@ impl Ingest<'_> {
         if (created || reopened) && settings.auto_reply.enabled && !settings.auto_reply.text.trim().is_empty() {
             let out = NewOutgoing {
                 conversation: ConversationId(conv.id),
-                text: settings.auto_reply.text.clone(),
+                text: Some(settings.auto_reply.text.clone()),
                 client_id: Some(format!("auto-reply:{}", row.id)),
                 agent: None,
-                template: None,
+                attachment: None,
             };
             self.flush(tc)?;
             messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;

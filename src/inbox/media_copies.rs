@@ -28,6 +28,8 @@
 //!   stored ([`store`] holds the message's row).
 //! - WhatsApp media are not copied: Meta keeps them 30 days behind the
 //!   channel's token (`inbox::media`).
+//! - The same table keeps the files agents send (`inbox::uploads`), stored
+//!   with their message: there the kept file is the original, not a copy.
 
 use diesel::prelude::*;
 use serde_json::Value;

@@ -19,12 +19,14 @@ use crate::ids::UserId;
 
 pub struct NewOutgoing {
     pub conversation: ConversationId,
-    pub text: String,
+    /// `None`: a file without a caption.
+    pub text: Option<String>,
     pub client_id: Option<String>,
     /// `None`: sent by the page itself (auto-reply).
     pub agent: Option<UserId>,
-    /// A WhatsApp template's attachment (`inbox::templates`): what is sent.
-    pub template: Option<Value>,
+    /// What is sent besides the text: a WhatsApp template's attachment
+    /// (`inbox::templates`) or an agent's file (`inbox::uploads`).
+    pub attachment: Option<Value>,
 }
 
 /// Longest text each platform accepts.
@@ -44,7 +46,7 @@ struct NewMessage<'a> {
     direction: &'static str,
     sender_kind: &'static str,
     sender_user_id: Option<i64>,
-    text: &'a str,
+    text: Option<&'a str>,
     attachments: Value,
     status: &'static str,
     client_id: Option<&'a str>,
@@ -90,8 +92,8 @@ pub fn queue_outgoing(
         direction: "out",
         sender_kind: if out.agent.is_some() { "agent" } else { "page" },
         sender_user_id: out.agent.map(|a| a.0),
-        text: &out.text,
-        attachments: out.template.iter().cloned().collect(),
+        text: out.text.as_deref(),
+        attachments: out.attachment.iter().cloned().collect(),
         status: "pending",
         client_id: out.client_id.as_deref(),
         sort_at: now,
@@ -139,10 +141,14 @@ pub fn visible_conversation(
 }
 
 /// A `client_id` makes a retry safe: the same agent sending the same text
-/// gets the message stored the first time. Anything else under that id is
-/// not a retry, and would otherwise be silently dropped: 409.
-fn same_request(stored: &MessageRow, user: UserId, text: &str) -> AppResult<()> {
-    if stored.sender_user_id == Some(user.0) && stored.text.as_deref() == Some(text) {
+/// (and the same file, by its SHA-256) gets the message stored the first
+/// time. Anything else under that id is not a retry, and would otherwise
+/// be silently dropped: 409.
+fn same_request(stored: &MessageRow, user: UserId, text: Option<&str>, file: Option<&str>) -> AppResult<()> {
+    if stored.sender_user_id == Some(user.0)
+        && stored.text.as_deref() == text
+        && super::uploads::stored_sha256(&stored.attachments) == file
+    {
         return Ok(());
     }
     Err(client_id_reused())
@@ -165,7 +171,24 @@ pub fn create_reply(
     text: String,
     client_id: Option<String>,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, text, None, client_id)
+    reply(tc, log, user, role, id, Reply::Text(text), client_id)
+}
+
+/// `POST /api/conversations/{id}/messages` with a file (`inbox::uploads`),
+/// and on WhatsApp perhaps a caption: stored with the message, sent by the
+/// sender.
+#[allow(clippy::too_many_arguments)]
+pub fn create_file_reply(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    upload: super::uploads::Upload,
+    caption: Option<String>,
+    client_id: Option<String>,
+) -> AppResult<(MessageView, bool)> {
+    reply(tc, log, user, role, id, Reply::File { upload, caption }, client_id)
 }
 
 /// The longest note.
@@ -192,7 +215,7 @@ pub fn create_note(
         if !row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, &text)?;
+        same_request(&row, user, Some(&text), None)?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     if text.trim().is_empty() {
@@ -207,7 +230,7 @@ pub fn create_note(
         direction: "out",
         sender_kind: "agent",
         sender_user_id: Some(user.0),
-        text: &text,
+        text: Some(&text),
         attachments: Value::Array(Vec::new()),
         status: "sent",
         client_id: client_id.as_deref(),
@@ -217,7 +240,7 @@ pub fn create_note(
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, &text)?;
+        same_request(&row, user, Some(&text), None)?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     let view = names.message(tc, &row, conv.contact_id)?;
@@ -280,7 +303,7 @@ pub fn create_template_reply(
     prepared: super::templates::Prepared,
     client_id: Option<String>,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, prepared.text, Some(prepared.attachment), client_id)
+    reply(tc, log, user, role, id, Reply::Template(prepared), client_id)
 }
 
 /// The message a `client_id` (1 to 200 characters) names in the
@@ -302,40 +325,71 @@ fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: &str) -> AppRes
         .optional()?)
 }
 
-/// A reply: text, or a template's text and attachment (`template`).
-#[allow(clippy::too_many_arguments)]
+/// What an agent's reply carries.
+enum Reply {
+    Text(String),
+    /// A WhatsApp template, filled in: its text and attachment.
+    Template(super::templates::Prepared),
+    /// A file, with a caption where the platform shows one.
+    File {
+        upload: super::uploads::Upload,
+        caption: Option<String>,
+    },
+}
+
+/// A reply: text, a template, or a file.
 fn reply(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     role: Role,
     id: ConversationId,
-    text: String,
-    template: Option<Value>,
+    content: Reply,
     client_id: Option<String>,
 ) -> AppResult<(MessageView, bool)> {
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
+    let file_sha = match &content {
+        Reply::File { upload, .. } => Some(upload.sha256.clone()),
+        _ => None,
+    };
+    let (text, attachment, file) = match content {
+        Reply::Text(text) => (Some(text), None, None),
+        Reply::Template(prepared) => (Some(prepared.text), Some(prepared.attachment), None),
+        Reply::File { upload, caption } => (caption, Some(upload.attachment()), Some(upload)),
+    };
     if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
         if row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, &text)?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
-    if text.trim().is_empty() {
-        return Err(AppError::invalid("empty_text", "text must not be empty"));
-    }
-    if template.is_some() && channel.platform() != Platform::Whatsapp {
-        return Err(AppError::invalid("templates_whatsapp_only", "message templates are WhatsApp's; send text here"));
-    }
-    let max = max_text_chars(channel.platform());
-    if template.is_none() && text.chars().count() > max {
-        return Err(AppError::invalid(
-            "text_too_long",
-            format!("text must be at most {max} characters on this platform"),
-        ));
+    let template = file.is_none() && attachment.is_some();
+    match &file {
+        Some(upload) => {
+            super::uploads::check(channel.platform(), upload, text.as_deref())?;
+        }
+        None => {
+            let text = text.as_deref().unwrap_or_default();
+            if text.trim().is_empty() {
+                return Err(AppError::invalid("empty_text", "text must not be empty"));
+            }
+            if template && channel.platform() != Platform::Whatsapp {
+                return Err(AppError::invalid(
+                    "templates_whatsapp_only",
+                    "message templates are WhatsApp's; send text here",
+                ));
+            }
+            let max = max_text_chars(channel.platform());
+            if !template && text.chars().count() > max {
+                return Err(AppError::invalid(
+                    "text_too_long",
+                    format!("text must be at most {max} characters on this platform"),
+                ));
+            }
+        }
     }
     if channel.status != "connected" {
         return Err(AppError::conflict(
@@ -345,7 +399,7 @@ fn reply(
     }
     // A template is what may be sent once the window has closed.
     let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
-    if template.is_none() && !window.can_reply {
+    if !template && !window.can_reply {
         return Err(AppError::invalid(
             "outside_window",
             "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag; a WhatsApp template at any time)",
@@ -357,9 +411,13 @@ fn reply(
         &mut names,
         &channel,
         &conv,
-        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user), template },
+        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user), attachment },
     )?;
     if created {
+        if let Some(upload) = &file {
+            // The file is kept with its message, as a copy of a customer's media is.
+            super::media_copies::store(tc, row.id, 0, &upload.mime, &upload.bytes)?;
+        }
         audit::record(
             tc,
             Some(user),
@@ -370,7 +428,7 @@ fn reply(
         )?;
     } else {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, &text)?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }
@@ -497,6 +555,8 @@ pub enum AttachmentSource {
     Url(String),
     /// WhatsApp media: Meta serves it only to the channel's token.
     Media { media_id: String, filename: Option<String>, channel: Box<ChannelRow> },
+    /// A file an agent sent (`inbox::uploads`), kept here with its name.
+    Uploaded { filename: Option<String> },
 }
 
 /// The attachment `index` of message `id`, if `viewer` may see the message
@@ -529,6 +589,9 @@ pub fn attachment_source(
         .filter(|_| row.deleted_at.is_none())
         .ok_or_else(|| AppError::not_found("attachment"))?;
     let text = |k: &str| attachment.get(k).and_then(Value::as_str).map(str::to_string);
+    if attachment.get("uploaded").and_then(Value::as_bool) == Some(true) {
+        return Ok(AttachmentSource::Uploaded { filename: text("filename") });
+    }
     if let Some(media_id) = text("media_id") {
         let channel = channels::find(tc, ChannelId(row.channel_id))?;
         if channel.sealed_token().is_none() {

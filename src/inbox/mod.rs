@@ -14,9 +14,9 @@
 //! - Echoes of our own sends are matched by id or by the `sb:<id>` metadata
 //!   we send; other echoes (Page inbox, Business Suite, another app) become
 //!   outgoing messages sent by the page.
-//! - Besides text replies: WhatsApp templates, sendable whatever the
-//!   window (`templates`), and private notes for the team, never sent
-//!   (`messages::create_note`).
+//! - Besides text replies: files (`uploads`), WhatsApp templates,
+//!   sendable whatever the window (`templates`), and private notes for the
+//!   team, never sent (`messages::create_note`).
 
 pub mod canned;
 pub mod contacts;
@@ -32,6 +32,7 @@ pub mod processor;
 pub mod search_index;
 pub mod sender;
 pub mod templates;
+pub mod uploads;
 pub mod views;
 
 crate::id_type!(

@@ -8,6 +8,11 @@
 //! `meta_error`. Transient failures and rate limits retry with backoff.
 //! Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20).
+//!
+//! A file (`inbox::uploads`) is uploaded with its send, which may take a
+//! minute: it goes apart from the other sends ([`FILES_AT_ONCE`] at a
+//! time), and what follows it in its conversation waits for it, so the
+//! customer gets the messages in the order the agent sent them.
 
 use chrono::{Duration as ChronoDuration, Utc};
 use diesel::prelude::*;
@@ -114,6 +119,8 @@ struct Context {
     contact: ContactRow,
     channel: ChannelRow,
     token: Option<Secret<String>>,
+    /// An agent's file (`inbox::uploads`) and its bytes.
+    file: Option<(super::uploads::Sendable, bytes::Bytes)>,
 }
 
 async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
@@ -135,15 +142,45 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
                 ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
             let channel = crate::channels::find(tc, ChannelId(conversation.channel_id))?;
             let token = channel.token(&keys)?;
-            Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token }))
+            // Read only for a message still to be sent.
+            let file = match message.as_ref().filter(|m| m.status == "pending") {
+                Some(m) => match super::uploads::Sendable::of(&m.attachments) {
+                    Some(sendable) => super::media_copies::find(tc, m.id, 0, None)?
+                        .map(|copy| (sendable, bytes::Bytes::from(copy.bytes))),
+                    None => None,
+                },
+                None => None,
+            };
+            Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token, file }))
         })
         .await
 }
 
-/// Per-channel pacing of this instance's sends.
+/// Per-channel pacing of this instance's sends, and the files it is
+/// uploading meanwhile ([`FILES_AT_ONCE`] at most).
 #[derive(Default)]
 pub struct Pacer {
     next: HashMap<(i64, i64), Instant>,
+    /// (tenant, conversation) of each file being sent apart: what follows
+    /// it in its conversation waits for it, so the customer gets them in
+    /// the order the agent sent them.
+    uploading: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(i64, i64)>>>,
+}
+
+/// Files sent at once by one instance, each apart from the other sends: an
+/// upload of 25 MB may take a minute, which text replies must not wait for.
+pub const FILES_AT_ONCE: usize = 4;
+
+/// How long a file's send job is held by the instance uploading it: past
+/// every attempt of [`GraphClient::call_multipart`](crate::meta::GraphClient::call_multipart),
+/// so that no other pass takes it up meanwhile.
+const FILE_LEASE_SECONDS: i64 = 15 * 60;
+
+impl Pacer {
+    fn uploads(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(i64, i64)>> {
+        // Only inserts and removes happen under the lock: a poisoned one holds a good set.
+        self.uploading.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Pacer {
@@ -164,7 +201,7 @@ fn send_rate() -> u32 {
     std::env::var("SWITCHBOARD_SEND_RATE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(20)
 }
 
-async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
+async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
     let ctx = match load(state, job).await {
         Ok(Some(c)) => c,
         Ok(None) => return finish(state, job, JobEnd::Done).await,
@@ -202,9 +239,48 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
     if message.status != "pending" {
         return finish(state, job, JobEnd::Done).await;
     }
+    let conversation = (job.tenant.0, ctx.conversation.id);
+    let (behind_a_file, uploads) = {
+        let uploading = pacer.uploads();
+        (uploading.contains(&conversation), uploading.len())
+    };
+    if behind_a_file || (ctx.file.is_some() && uploads >= FILES_AT_ONCE) {
+        let error = "waits for a file being sent".to_string();
+        return finish(state, job, JobEnd::Retry { after: Duration::from_secs(1), error, counts: false }).await;
+    }
     if let Some(wait) = pacer.wait((job.tenant.0, ctx.channel.id), send_rate()) {
         return finish(state, job, JobEnd::Retry { after: wait, error: "paced".into(), counts: false }).await;
     }
+    if ctx.file.is_none() {
+        return deliver(state, job, ctx, message).await;
+    }
+    // A file goes apart, its job held meanwhile (`FILE_LEASE_SECONDS`).
+    let id = job.id;
+    state
+        .db
+        .public(move |conn| {
+            diesel::update(sq::table.find(id))
+                .set(sq::next_attempt_at.eq(Utc::now() + ChronoDuration::seconds(FILE_LEASE_SECONDS)))
+                .execute(conn)?;
+            Ok::<_, AppError>(())
+        })
+        .await?;
+    pacer.uploads().insert(conversation);
+    let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
+    actix_web::rt::spawn(async move {
+        if let Err(e) = deliver(&state, &job, ctx, message).await {
+            tracing::warn!(job = job.id, error = ?e, "file send failed; will retry");
+            let retry = JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true };
+            let _ = finish(&state, &job, retry).await;
+        }
+        uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation);
+        state.wake_sender.notify_one();
+    });
+    Ok(())
+}
+
+/// Sends a reply and records how it went.
+async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
     let fail = |code: &'static str, message: String| (code, message);
     let outcome: Result<String, (&'static str, String)> = match (&ctx.token, ctx.channel.status.as_str()) {
         (Some(token), "connected") => {
@@ -214,9 +290,41 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
             let template = super::templates::stored(&message.attachments);
             if !window.can_reply && template.is_none() {
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
+            } else if ctx.file.is_none() && super::uploads::Sendable::of(&message.attachments).is_some() {
+                // Stored with the message; gone only if the message went meanwhile.
+                Err(fail("file_missing", "the file to send is no longer kept".into()))
             } else {
-                let r = match (ctx.channel.platform(), template) {
-                    (Platform::Whatsapp, Some((name, language, header, body))) => {
+                let r = match (ctx.channel.platform(), template, &ctx.file) {
+                    (Platform::Whatsapp, _, Some((file, bytes))) => {
+                        let caption = message.text.as_deref();
+                        state
+                            .graph
+                            .whatsapp_file(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.contact.external_id,
+                                file,
+                                bytes.clone(),
+                                caption,
+                            )
+                            .await
+                    }
+                    (_, _, Some((file, bytes))) => {
+                        let metadata = format!("sb:{}", message.id);
+                        state
+                            .graph
+                            .send_file(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.contact.external_id,
+                                file,
+                                bytes.clone(),
+                                window.tag,
+                                &metadata,
+                            )
+                            .await
+                    }
+                    (Platform::Whatsapp, Some((name, language, header, body)), None) => {
                         state
                             .graph
                             .whatsapp_template(
@@ -230,7 +338,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
                             )
                             .await
                     }
-                    (Platform::Whatsapp, None) => {
+                    (Platform::Whatsapp, None, None) => {
                         state
                             .graph
                             .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text)
@@ -292,7 +400,7 @@ async fn handle(state: &AppState, pacer: &mut Pacer, job: &Job) -> AppResult<()>
 }
 
 /// One pass over due jobs; returns how many were claimed.
-pub async fn run_once(state: &AppState, pacer: &mut Pacer) -> AppResult<usize> {
+pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer) -> AppResult<usize> {
     let pool = state.db.pool().clone();
     let jobs = actix_web::web::block(move || -> AppResult<Vec<Job>> {
         // On another connection if the first is one the server closed (as

@@ -151,9 +151,10 @@ pub fn attachment_path(message: i64, index: usize) -> String {
 }
 
 /// A message's attachments as clients see them: WhatsApp media, which Meta
-/// serves only to the channel's token, get this server's
-/// [`attachment_path`] as their `url` (a path on this server, fetched with
-/// the agent's Bearer token); the others keep Meta's CDN URL.
+/// serves only to the channel's token, and agents' files, kept here
+/// (`inbox::uploads`), get this server's [`attachment_path`] as their
+/// `url` (a path on this server, fetched with the agent's Bearer token);
+/// the others keep Meta's CDN URL.
 pub fn shown_attachments(message: i64, stored: &Value) -> Value {
     let Some(items) = stored.as_array() else { return stored.clone() };
     let shown = items
@@ -161,7 +162,8 @@ pub fn shown_attachments(message: i64, stored: &Value) -> Value {
         .enumerate()
         .map(|(i, a)| {
             let mut a = a.clone();
-            let proxied = a.get("media_id").is_some_and(Value::is_string) && a.get("url").is_none_or(Value::is_null);
+            let here = a.get("media_id").is_some_and(Value::is_string) || a.get("uploaded") == Some(&Value::Bool(true));
+            let proxied = here && a.get("url").is_none_or(Value::is_null);
             if let (true, Some(o)) = (proxied, a.as_object_mut()) {
                 o.insert("url".into(), Value::String(attachment_path(message, i)));
             }

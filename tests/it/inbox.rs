@@ -13,6 +13,8 @@ const WA_ID: &str = "14155550123";
 
 pub(crate) struct Ctx {
     pub(crate) admin: String,
+    /// The WhatsApp business account's token at the fake Meta.
+    pub(crate) waba_token: String,
 }
 
 /// Tenant acme with page A (+ Instagram) and the WhatsApp number connected.
@@ -32,7 +34,7 @@ pub(crate) async fn acme(app: &TestApp) -> Ctx {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    Ctx { admin }
+    Ctx { admin, waba_token: waba_token.to_string() }
 }
 
 async fn conversations(app: &TestApp, t: &str, query: &str) -> Vec<Value> {
@@ -2863,4 +2865,227 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
     app.processed().await;
     assert_eq!(app.count(copies), 2);
     assert_eq!(get(path, None).await.status().as_u16(), 404);
+}
+
+/// A `multipart/form-data` send of `file` (name, type, bytes) with the other parts given.
+async fn send_file(
+    app: &TestApp,
+    t: &str,
+    conv: &str,
+    file: Option<(&str, &str, &[u8])>,
+    parts: &[(&str, &str)],
+) -> crate::common::Resp {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in parts {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    if let Some((name, mime, bytes)) = file {
+        let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string()).mime_str(mime);
+        form = form.part("file", part.expect("mime"));
+    }
+    let res = app
+        .client
+        .post(app.url(&format!("/api/conversations/{conv}/messages")))
+        .bearer_auth(t)
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if status >= 400 {
+        crate::common::assert_error_shape(status, &body);
+    }
+    crate::common::Resp { status, body }
+}
+
+#[actix_web::test]
+async fn an_agent_sends_files_as_each_platform_takes_them() {
+    const IGSID: &str = "6841100000654321";
+    const LATE_WA: &str = "14155550999";
+    let png: Vec<u8> = [&b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..], &[7u8; 64][..]].concat();
+    let jpeg: Vec<u8> = [&b"\xff\xd8\xff\xe0\0\x10JFIF\0"[..], "recibo nº 7 🧾".as_bytes()].concat();
+    let pdf: &[u8] = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n%%EOF\n";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    for (to, from) in [(PAGE_A, PSID), (IG_A, IGSID), (PHONE, WA_ID)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Pode mandar a fatura?"})).await;
+    }
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": LATE_WA, "text": "Olá", "at": two_days_ago})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv = |who: &str| by_contact(&convs, who)["id"].as_str().expect("id").to_string();
+    let (fb, ig, wa, late) = (conv(PSID), conv(IGSID), conv(WA_ID), conv(LATE_WA));
+
+    // Messenger: the photo is stored with the message and uploaded with the send.
+    let r = send_file(&app, &ctx.admin, &fb, Some(("foto.png", "image/png", &png)), &[("client_id", "f-1")]).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (202, Some("pending")), "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let shown = &r.body["attachments"][0];
+    assert_eq!(
+        (&shown["type"], &shown["url"], &shown["filename"], &shown["mime_type"], &shown["size"]),
+        (
+            &json!("image"),
+            &json!(format!("/api/messages/{id}/attachments/0")),
+            &json!("foto.png"),
+            &json!("image/png"),
+            &json!(png.len())
+        ),
+        "{shown}"
+    );
+    assert_eq!(r.body["text"], Value::Null);
+    eventually("the photo read", || async { message_status(&app, &ctx.admin, &fb, &id).await["status"] == "read" })
+        .await;
+    let file = app.client.get(app.url(&format!("/api/messages/{id}/attachments/0"))).bearer_auth(&ctx.admin);
+    let res = file.send().await.expect("get");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+    assert_eq!(res.bytes().await.expect("bytes").to_vec(), png);
+    // The echo (matched by its metadata) is the same message, not another.
+    let outgoing: Vec<Value> =
+        messages(&app, &ctx.admin, &fb).await.into_iter().filter(|m| m["direction"] == "out").collect();
+    assert_eq!(outgoing.len(), 1, "{outgoing:?}");
+    // A retry is answered with the message; another file under its client_id is not a retry.
+    let again = send_file(&app, &ctx.admin, &fb, Some(("foto.png", "image/png", &png)), &[("client_id", "f-1")]).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (202, Some(id.as_str())));
+    let other =
+        send_file(&app, &ctx.admin, &fb, Some(("f.pdf", "application/pdf", pdf)), &[("client_id", "f-1")]).await;
+    assert_eq!((other.status, other.body["error"]["code"].as_str()), (409, Some("client_id_reused")));
+
+    // What each platform refuses is said before anything is stored.
+    let zip: &[u8] = b"PK\x03\x04\x14\0\0\0\x08\0rest";
+    let mut big = png.clone();
+    big.resize(6 * 1024 * 1024, 0);
+    for (conv, file, parts, status, code) in [
+        (&fb, Some(("foto.png", "image/png", &png[..])), vec![("text", "a caption")], 422, "caption_not_supported"),
+        (&ig, Some(("a.zip", "application/zip", zip)), vec![], 422, "unsupported_attachment"),
+        (&wa, Some(("a.zip", "application/zip", zip)), vec![], 422, "unsupported_attachment"),
+        (&wa, Some(("big.png", "image/png", &big[..])), vec![], 413, "file_too_large"),
+        (&wa, Some(("empty.txt", "text/plain", &b""[..])), vec![], 422, "empty_file"),
+        (&late, Some(("foto.png", "image/png", &png[..])), vec![], 422, "outside_window"),
+        (&wa, None, vec![("text", "no file")], 400, "invalid_body"),
+        (&wa, Some(("foto.png", "image/png", &png[..])), vec![("private", "true")], 422, "invalid_body"),
+        (&wa, Some(("foto.png", "image/png", &png[..])), vec![("colour", "red")], 400, "invalid_body"),
+    ] {
+        let r = send_file(&app, &ctx.admin, conv, file, &parts).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{parts:?}: {:?}", r.body);
+    }
+    // A text part ignored before the file was refused was not stored either.
+    assert!(messages(&app, &ctx.admin, &late).await.iter().all(|m| m["direction"] == "in"));
+
+    // Instagram takes a PDF, in the send call itself.
+    let r = send_file(&app, &ctx.admin, &ig, Some(("fatura.pdf", "application/pdf", pdf)), &[]).await;
+    assert_eq!((r.status, r.body["attachments"][0]["type"].as_str()), (202, Some("file")), "{:?}", r.body);
+    let ig_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the PDF sent", || async {
+        ["sent", "delivered", "read"]
+            .contains(&message_status(&app, &ctx.admin, &ig, &ig_id).await["status"].as_str().unwrap_or(""))
+    })
+    .await;
+
+    // WhatsApp: uploaded to the number's media, then sent by its id with the caption.
+    let r = send_file(
+        &app,
+        &ctx.admin,
+        &wa,
+        Some(("C:\\fotos\\recibo.jpg", "image/jpeg", &jpeg)),
+        &[("text", "Aqui está o recibo 🧾"), ("client_id", "w-1")],
+    )
+    .await;
+    assert_eq!((r.status, r.body["text"].as_str()), (202, Some("Aqui está o recibo 🧾")), "{:?}", r.body);
+    assert_eq!(r.body["attachments"][0]["filename"], "recibo.jpg");
+    let wa_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the receipt read", || async {
+        message_status(&app, &ctx.admin, &wa, &wa_id).await["status"] == "read"
+    })
+    .await;
+    let r = send_file(&app, &ctx.admin, &wa, Some(("nota.txt", "text/plain", b"Total: 10 EUR")), &[]).await;
+    assert_eq!((r.status, r.body["attachments"][0]["type"].as_str()), (202, Some("file")), "{:?}", r.body);
+    let doc_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the document sent", || async {
+        message_status(&app, &ctx.admin, &wa, &doc_id).await["status"] == "read"
+    })
+    .await;
+
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let calls = log["items"].as_array().expect("items").clone();
+    let to = |path: String| calls.iter().filter(|c| c["path"] == path).map(|c| c["body"].clone()).collect::<Vec<_>>();
+    let fb_sends: Vec<Value> =
+        to(format!("/{PAGE_A}/messages")).into_iter().filter(|b| b["filedata"].is_object()).collect();
+    assert_eq!(fb_sends.len(), 1, "one upload for the photo and its retry: {fb_sends:?}");
+    assert_eq!(fb_sends[0]["recipient"], json!({"id": PSID}));
+    assert_eq!(fb_sends[0]["message"]["attachment"]["type"], "image");
+    assert_eq!(
+        (&fb_sends[0]["filedata"]["content_type"], &fb_sends[0]["filedata"]["size"]),
+        (&json!("image/png"), &json!(png.len()))
+    );
+    let ig_sends: Vec<Value> =
+        to(format!("/{IG_A}/messages")).into_iter().filter(|b| b["filedata"].is_object()).collect();
+    assert_eq!(ig_sends.len(), 1);
+    assert_eq!(ig_sends[0]["message"]["attachment"]["type"], "file");
+    let uploads = to(format!("/{PHONE}/media"));
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    assert_eq!((&uploads[0]["type"], &uploads[0]["messaging_product"]), (&json!("image/jpeg"), &json!("whatsapp")));
+    let sends: Vec<Value> = to(format!("/{PHONE}/messages"))
+        .into_iter()
+        .filter(|b| b["type"] == "image" || b["type"] == "document")
+        .collect();
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    assert_eq!(sends[0]["image"]["caption"], "Aqui está o recibo 🧾");
+    assert!(sends[0]["image"]["id"].is_string());
+    assert_eq!(sends[1]["document"]["filename"], "nota.txt");
+    // What WhatsApp got is what the agent sent.
+    let media_id = sends[0]["image"]["id"].as_str().expect("media id");
+    let waba_token = &ctx.waba_token;
+    let meta = app.client.get(format!("{}/v24.0/{media_id}", app.fake_base)).bearer_auth(waba_token).send().await;
+    let meta: Value = meta.expect("media").json().await.expect("json");
+    let download = app.client.get(meta["url"].as_str().expect("url")).bearer_auth(waba_token).send().await;
+    assert_eq!(download.expect("download").bytes().await.expect("bytes").to_vec(), jpeg);
+}
+
+#[actix_web::test]
+async fn a_slow_upload_holds_back_only_its_own_conversation() {
+    let jpeg: Vec<u8> = [&b"\xff\xd8\xff\xe0\0\x10JFIF\0"[..], &[1u8; 256][..]].concat();
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    for (to, from) in [(PAGE_A, PSID), (PHONE, WA_ID)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Olá"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (fb, wa) =
+        (by_contact(&convs, PSID)["id"].as_str().expect("id"), by_contact(&convs, WA_ID)["id"].as_str().expect("id"));
+    // WhatsApp takes four seconds over the upload.
+    app.fake("POST", "/_fake/errors", json!({"path": "/media", "method": "POST", "delay_ms": 4000, "times": 1})).await;
+    let r = send_file(&app, &ctx.admin, wa, Some(("foto.jpg", "image/jpeg", &jpeg)), &[]).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let photo = r.body["id"].as_str().expect("id").to_string();
+    let (status, after) = reply(&app, &ctx.admin, wa, "e depois o texto", "wa-2").await;
+    assert_eq!(status, 202, "{after}");
+    let (status, other) = reply(&app, &ctx.admin, fb, "noutra conversa", "fb-1").await;
+    assert_eq!(status, 202, "{other}");
+    let other_id = other["id"].as_str().expect("id").to_string();
+    // Another conversation's reply does not wait for the upload...
+    eventually("the other conversation's reply sent", || async {
+        message_status(&app, &ctx.admin, fb, &other_id).await["status"] != "pending"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, wa, &photo).await["status"], "pending", "the upload is still going");
+    // ...and the text after the photo goes after it.
+    let after_id = after["id"].as_str().expect("id").to_string();
+    eventually("the text after the photo read", || async {
+        message_status(&app, &ctx.admin, wa, &after_id).await["status"] == "read"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, wa, &photo).await["status"], "read");
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sends: Vec<String> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{PHONE}/messages") && c["body"]["to"].is_string())
+        .map(|c| c["body"]["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(sends, ["image", "text"]);
 }

@@ -14,6 +14,7 @@ use actix_web::HttpResponse;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
+use super::uploads::FakeFile;
 use super::{graph_error, random_alnum, FakeMeta, Owner, State};
 use crate::meta::webhook::{meta_json, sign, sign_sha1};
 
@@ -84,19 +85,39 @@ fn wamid() -> String {
     format!("wamid.{}", base64::engine::general_purpose::STANDARD.encode(random_alnum(30)))
 }
 
-/// `POST /{account}/messages`.
-pub(super) fn send(fake: &FakeMeta, st: &mut State, owner: &Owner, id: &str, body: &Value) -> HttpResponse {
+/// `POST /{account}/messages`: JSON, or for a Messenger or Instagram
+/// attachment multipart with the file (`filedata`, `uploads`); `base` is
+/// where the fake's CDN is.
+pub(super) fn send(
+    fake: &FakeMeta,
+    st: &mut State,
+    owner: &Owner,
+    id: &str,
+    body: &Value,
+    file: Option<&FakeFile>,
+    base: &str,
+) -> HttpResponse {
     let Some(account) = st.account_of(id) else { return super::no_object(id) };
     if !st.may_use(owner, &account) {
         return graph_error(200, None, "(#200) The access token cannot send as this account");
     }
     match account {
+        Account::Phone(_) if file.is_some() => {
+            wa_error(100, "(#100) Upload media to /{phone-number-id}/media, then send its id")
+        }
         Account::Phone(phone) => whatsapp(fake, st, &phone, body),
-        acct => messenger(fake, st, acct, body),
+        acct => messenger(fake, st, acct, body, file, base),
     }
 }
 
-fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> HttpResponse {
+fn messenger(
+    fake: &FakeMeta,
+    st: &mut State,
+    acct: Account,
+    body: &Value,
+    file: Option<&FakeFile>,
+    base: &str,
+) -> HttpResponse {
     let Some(recipient) = body.pointer("/recipient/id").and_then(Value::as_str).map(str::to_string) else {
         return graph_error(100, None, "(#100) The parameter recipient is required");
     };
@@ -130,6 +151,10 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
         RATE_LIMITED_PSID => return graph_error(613, None, "(#613) Calls to this api have exceeded the rate limit."),
         _ => {}
     }
+    let attachments = match super::uploads::messenger_attachment(st, &acct, message, file, base) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
     let text = message.get("text").and_then(Value::as_str).unwrap_or("");
     if text.chars().count() > 2000 {
         return graph_error(100, None, "(#100) Length of param message[text] must be less than or equal to 2000");
@@ -154,7 +179,7 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
     }
     let message_id = mid();
     let now = Utc::now();
-    let (object, echo_message) = match &acct {
+    let (object, mut echo_message) = match &acct {
         Account::Instagram { .. } => ("instagram", json!({"mid": message_id, "text": text, "is_echo": true})),
         _ => {
             let mut m = json!({"mid": message_id, "is_echo": true, "app_id": fake.cfg.app_id.parse::<u64>().map(Value::from).unwrap_or(json!(fake.cfg.app_id)), "text": text});
@@ -164,6 +189,11 @@ fn messenger(fake: &FakeMeta, st: &mut State, acct: Account, body: &Value) -> Ht
             ("page", m)
         }
     };
+    // An attachment is echoed as Meta echoes it: no text, its CDN URL.
+    if let (Some(a), Some(m)) = (attachments, echo_message.as_object_mut()) {
+        m.remove("text");
+        m.insert("attachments".into(), a);
+    }
     let ms = now.timestamp_millis();
     let envelope =
         |event: Value| json!({"object": object, "entry": [{"id": account_id, "time": ms, "messaging": [event]}]});
@@ -217,7 +247,13 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             }
             None
         }
-        _ => return wa_error(100, "(#100) Only text and template messages are supported by the fake"),
+        Some(kind @ ("image" | "video" | "audio" | "document")) => {
+            if let Err(refused) = super::uploads::check_media_send(st, phone, kind, body) {
+                return *refused;
+            }
+            None
+        }
+        _ => return wa_error(100, "(#100) The fake sends text, template, image, video, audio and document messages"),
     };
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
     match wa_id.as_str() {

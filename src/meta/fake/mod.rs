@@ -9,6 +9,13 @@
 //! HTTP 400. A profile (`GET /{psid|igsid}`) answers only the `fields` asked
 //! for, and refuses a field its platform's profile does not have.
 //!
+//! Files a business sends (`uploads`): a Messenger or Instagram attachment
+//! uploaded with the send (`filedata`) is put on the fake's CDN and echoed
+//! with its URL there; `POST /{phone-number-id}/media` keeps a WhatsApp
+//! upload as a media object, which image, video, audio and document
+//! messages then name by id. Types and sizes are checked as Meta checks
+//! them; attachments by URL are refused (the fake does not fetch).
+//!
 //! Control API (JSON, for tests and the demo), all under `/_fake`:
 //! - `POST /_fake/users` `{name?, id?, pages: [{id?, name, category?, instagram?: {id?, username?, name?}}], wabas: [{id?, phone_numbers: [{id?, display_phone_number?, verified_name?}]}]}`
 //!   creates a Facebook user with pages, Instagram accounts and WhatsApp
@@ -71,6 +78,7 @@
 
 mod messaging;
 mod templates;
+mod uploads;
 
 pub use messaging::{RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
 
@@ -298,7 +306,8 @@ impl FakeMeta {
     /// The HTTP app: Graph endpoints, the OAuth dialog and the control API.
     pub fn configure(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(self.clone()))
-            .app_data(web::PayloadConfig::new(4 * 1024 * 1024))
+            // WhatsApp documents go up to 100 MB.
+            .app_data(web::PayloadConfig::new(101 * 1024 * 1024))
             .service(web::scope("/_fake").default_service(web::to(control)))
             .default_service(web::to(graph));
     }
@@ -341,7 +350,20 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
     let q = query_map(&req);
     let token = bearer_or_query(&req, &q);
     let method = req.method().as_str().to_string();
-    let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let (body_json, file) = if multipart {
+        match uploads::read_form(req.headers(), body).await {
+            Ok(form) => form,
+            Err(e) => return graph_error(100, None, &format!("(#100) The multipart body could not be read: {e}")),
+        }
+    } else {
+        (serde_json::from_slice(&body).unwrap_or(Value::Null), None)
+    };
+    let base = format!("{}://{}", req.connection_info().scheme(), req.connection_info().host());
 
     // Injected failures and delays come first.
     let injected = {
@@ -406,11 +428,18 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         ("POST", [id, "messages"]) => {
             let id = id.to_string();
             let f = fake.get_ref().clone();
-            with_token(&fake, token.as_deref(), move |st, owner| messaging::send(&f, st, owner, &id, &body_json))
+            with_token(&fake, token.as_deref(), move |st, owner| {
+                messaging::send(&f, st, owner, &id, &body_json, file.as_ref(), &base)
+            })
+        }
+        ("POST", [id, "media"]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, owner| {
+                uploads::whatsapp_upload(st, owner, &id, &body_json, file)
+            })
         }
         ("GET", [id]) => {
             let id = id.to_string();
-            let base = format!("{}://{}", req.connection_info().scheme(), req.connection_info().host());
             let fields = q.get("fields").cloned();
             with_token(&fake, token.as_deref(), move |st, owner| {
                 messaging::media(st, owner, &id, &base)
