@@ -173,6 +173,11 @@ pub fn shown_attachments(message: i64, stored: &Value) -> Value {
     Value::Array(shown)
 }
 
+/// The `type` of a message's first attachment.
+fn first_attachment_type(attachments: &Value) -> Option<String> {
+    attachments.as_array()?.first()?.get("type")?.as_str().map(str::to_string)
+}
+
 /// Caches names while building many views in one transaction.
 #[derive(Default)]
 pub struct Names {
@@ -311,6 +316,7 @@ impl Names {
             (Some(m), _) => Some(LastMessage {
                 id: MessageId(m.id),
                 text: m.text.clone(),
+                attachment_type: first_attachment_type(&m.attachments),
                 direction: m.direction.clone(),
                 status: m.status.clone(),
                 created_at: m.created_at,
@@ -319,6 +325,7 @@ impl Names {
                 messages::table.find(id).select(MessageRow::as_select()).first(tc.pg()).optional()?.map(|m| {
                     LastMessage {
                         id: MessageId(m.id),
+                        attachment_type: first_attachment_type(&m.attachments),
                         text: m.text,
                         direction: m.direction,
                         status: m.status,
@@ -367,6 +374,9 @@ pub struct ContactView {
 pub struct LastMessage {
     pub id: MessageId,
     pub text: Option<String>,
+    /// The type of its first attachment (`image`, `file`, `template`…), for
+    /// a list to show "Photo" where there is no text.
+    pub attachment_type: Option<String>,
     pub direction: String,
     pub status: String,
     pub created_at: DateTime<Utc>,

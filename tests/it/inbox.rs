@@ -2946,6 +2946,11 @@ async fn an_agent_sends_files_as_each_platform_takes_them() {
     let outgoing: Vec<Value> =
         messages(&app, &ctx.admin, &fb).await.into_iter().filter(|m| m["direction"] == "out").collect();
     assert_eq!(outgoing.len(), 1, "{outgoing:?}");
+    // The list shows what the last message holds where it has no text.
+    let listed = conversations(&app, &ctx.admin, "").await;
+    let last = &by_contact(&listed, PSID)["last_message"];
+    assert_eq!((&last["text"], &last["attachment_type"]), (&Value::Null, &json!("image")), "{last}");
+    assert_eq!(by_contact(&listed, IGSID)["last_message"]["attachment_type"], Value::Null);
     // A retry is answered with the message; another file under its client_id is not a retry.
     let again = send_file(&app, &ctx.admin, &fb, Some(("foto.png", "image/png", &png)), &[("client_id", "f-1")]).await;
     assert_eq!((again.status, again.body["id"].as_str()), (202, Some(id.as_str())));
