@@ -11,6 +11,10 @@
 //! The cases cover both, and a word only old conversations hold, where the
 //! probing is wasted. Beside the scan, the same scan folding every message
 //! as it reads it, as search did before the folded columns: what they save.
+//! Then what no index serves on purpose: a label (`?label=`), common and
+//! rare, and the labels in use (`GET /api/labels`), which reads every
+//! conversation; and the stale-profile check the list's handler adds to
+//! each page (`contacts::stale_profiles`).
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -95,6 +99,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                       'received', c.last_activity_at - g * interval '1 second'
                  FROM conversations c CROSS JOIN generate_series(1, {PER_CONVERSATION}) g;
              UPDATE conversations SET assignee_id = {AGENT} WHERE id % {every} = 0;
+             UPDATE conversations SET labels = '{{vip}}' WHERE id % 5 = 0;
+             UPDATE conversations SET labels = labels || '{{legal}}'::text[] WHERE id > {old} AND id % 20 = 0;
+             UPDATE contacts SET profile_checked_at = now() - interval '1 hour';
              ANALYZE contacts; ANALYZE conversations; ANALYZE messages;"
         ))?;
         Ok(())
@@ -131,6 +138,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "an agent's own, open (assignee=me&status=open)".into(),
         Filter { assignee: Some(Some(AGENT)), status: Some("open".into()), ..Default::default() },
     ));
+    // Labels: no index serves them (`inbox::conversations`), so a label few
+    // conversations have, and only old ones, walks the inbox.
+    listings.push((
+        "a label on a fifth of them (label=vip)".into(),
+        Filter { label: Some("vip".into()), ..Default::default() },
+    ));
+    listings.push((
+        "a label on a few old ones only (label=legal)".into(),
+        Filter { label: Some("legal".into()), ..Default::default() },
+    ));
     for (what, filter) in listings {
         let mut times = Vec::with_capacity(RUNS);
         let mut found = 0;
@@ -144,6 +161,39 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         println!("{what}: first page of {found} in {:.1?}", median(times));
     }
+
+    // What the list's handler adds to the page: the check for stale
+    // profiles among its contacts (fresh here, as usually: it finds none).
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let page = with_tenant(&mut conn, &scope, |tc| {
+            conversations::list(tc, UserId(0), Role::Owner, &Filter::default(), None, 50)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let contacts: Vec<i64> = page.iter().map(|c| c.contact.id.0).collect();
+        let t = Instant::now();
+        let stale = with_tenant(&mut conn, &scope, |tc| {
+            crate::inbox::contacts::stale_profiles(tc, &contacts, chrono::Utc::now()).map(|v| v.len())
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        anyhow::ensure!(stale == 0, "{stale} stale profiles among fresh ones");
+        times.push(t.elapsed());
+    }
+    println!("the stale-profile check of a page of 50 (none stale): {:.1?}", median(times));
+    let mut times = Vec::with_capacity(RUNS);
+    let mut labels = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        labels = with_tenant(&mut conn, &scope, |tc| {
+            conversations::labels_in_use(tc, UserId(0), Role::Owner).map(|v| v.len())
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(t.elapsed());
+    }
+    println!(
+        "the labels in use (GET /api/labels), over {conversations} conversations: {labels} in {:.1?}",
+        median(times)
+    );
 
     // The scan that one or two characters need, on the folded column and
     // folding as it reads.
