@@ -21,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
+        .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
         .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
@@ -637,6 +638,41 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
         return Err(AppError::bad_request("invalid_body", "missing part `file`"));
     };
     Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), client_id })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    text: String,
+}
+
+/// A private note rewritten by its author (`messages::edit_note`).
+async fn edit_note(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<NoteBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let (user, role, text) = (auth.user, auth.role, body.into_inner().text);
+    let view = state
+        .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text))
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// A private note deleted by its author or an admin (`messages::delete_note`).
+async fn delete_note(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let (user, role) = (auth.user, auth.role);
+    state.tenant_with_events(auth.scope(), move |tc, log| messages::delete_note(tc, log, user, role, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The labels in use on the conversations the caller may see, most used

@@ -256,6 +256,108 @@ pub fn create_note(
     Ok((view, true))
 }
 
+/// A note the caller may change: it exists, the caller sees its channel
+/// (else 404, as for another tenant's), and it is a note (messages sent to
+/// the customer stay as they were sent: 403 `not_a_note`).
+fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super::MessageId) -> AppResult<MessageRow> {
+    let row: MessageRow = m::table
+        .find(id.0)
+        .select(MessageRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("message"))?;
+    if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
+        return Err(AppError::not_found("message"));
+    }
+    if !row.private {
+        return Err(AppError::forbidden(
+            "not_a_note",
+            "only private notes can be edited or deleted; what the customer was sent stays as it was sent",
+        ));
+    }
+    Ok(row)
+}
+
+/// `PATCH /api/messages/{id}` with `text`: a note's author rewrites it
+/// (announced as `message.updated` with `edited_at`; the same text again
+/// changes nothing). Nobody else may: 403 `not_your_note`.
+pub fn edit_note(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+    text: String,
+) -> AppResult<MessageView> {
+    let row = changeable_note(tc, user, role, id)?;
+    if row.sender_user_id != Some(user.0) {
+        return Err(AppError::forbidden("not_your_note", "only its author can edit a note"));
+    }
+    if row.deleted_at.is_some() {
+        return Err(AppError::conflict("note_deleted", "this note was deleted"));
+    }
+    if text.trim().is_empty() {
+        return Err(AppError::invalid("empty_text", "text must not be empty; delete the note instead"));
+    }
+    if text.chars().count() > MOST_NOTE_CHARS {
+        return Err(AppError::invalid("text_too_long", format!("a note must be at most {MOST_NOTE_CHARS} characters")));
+    }
+    let contact = conversation_row(tc, ConversationId(row.conversation_id))?.contact_id;
+    let mut names = Names::default();
+    if row.text.as_deref() == Some(text.as_str()) {
+        return names.message(tc, &row, contact);
+    }
+    let row: MessageRow = diesel::update(m::table.find(row.id))
+        .set((m::text.eq(&text), m::edited_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    audit::record(
+        tc,
+        Some(user),
+        "message.note_edited",
+        "conversation",
+        Some(row.conversation_id.to_string()),
+        json!({"message_id": row.id.to_string()}),
+    )?;
+    names.message(tc, &row, contact)
+}
+
+/// `DELETE /api/messages/{id}`: a note's author, or an admin, deletes it.
+/// It stays in its place as deleted (text gone, `deleted_at` set, as an
+/// unsent message shows), announced as `message.updated`; deleting it
+/// again changes nothing.
+pub fn delete_note(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+) -> AppResult<()> {
+    let row = changeable_note(tc, user, role, id)?;
+    if row.sender_user_id != Some(user.0) && !role.at_least(Role::Admin) {
+        return Err(AppError::forbidden("not_your_note", "only its author or an admin can delete a note"));
+    }
+    if row.deleted_at.is_some() {
+        return Ok(());
+    }
+    let row: MessageRow = diesel::update(m::table.find(row.id))
+        .set((m::text.eq(None::<String>), m::deleted_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    audit::record(
+        tc,
+        Some(user),
+        "message.note_deleted",
+        "conversation",
+        Some(row.conversation_id.to_string()),
+        json!({"message_id": row.id.to_string()}),
+    )?;
+    Ok(())
+}
+
 /// What a template reply needs before Meta is asked for the template.
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.

@@ -3094,3 +3094,91 @@ async fn a_slow_upload_holds_back_only_its_own_conversation() {
         .collect();
     assert_eq!(sends, ["image", "text"]);
 }
+
+/// A note is its author's to rewrite; its author or an admin may delete it,
+/// and it stays in its place as deleted. What the customer was sent stays.
+#[actix_web::test]
+async fn a_note_is_edited_by_its_author_and_deleted_by_its_author_or_an_admin() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (conv, channel) = {
+        let c = by_contact(&convs, WA_ID);
+        (c["id"].as_str().expect("id").to_string(), c["channel_id"].as_str().expect("channel").to_string())
+    };
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{channel}/members"),
+            Some(&ctx.admin),
+            Some(json!({"user_ids": [al["user_id"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let note = |t: String, text: &str| {
+        let (app, conv, body) = (&app, conv.clone(), json!({"text": text, "private": true}));
+        async move { app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&t), Some(body)).await }
+    };
+    let mine = note(al_token.clone(), "cliente prefere email").await;
+    assert_eq!(mine.status, 201, "{:?}", mine.body);
+    let mine = format!("/api/messages/{}", mine.body["id"].as_str().expect("id"));
+    let admins = note(ctx.admin.clone(), "pedido #4521 atrasado").await;
+    let admins = format!("/api/messages/{}", admins.body["id"].as_str().expect("id"));
+    let inbound = messages(&app, &ctx.admin, &conv).await.into_iter().find(|m| m["direction"] == "in").expect("in");
+    let inbound = format!("/api/messages/{}", inbound["id"].as_str().expect("id"));
+
+    // The author rewrites it: shown, announced, searchable under its new words.
+    let before = app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'");
+    let r = app.call("PATCH", &mine, Some(&al_token), Some(json!({"text": "cliente prefere WhatsApp 📱"}))).await;
+    assert_eq!((r.status, r.body["text"].as_str()), (200, Some("cliente prefere WhatsApp 📱")), "{:?}", r.body);
+    assert!(r.body["edited_at"].is_string(), "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), before + 1);
+    // The same text again changes nothing.
+    let r = app.call("PATCH", &mine, Some(&al_token), Some(json!({"text": "cliente prefere WhatsApp 📱"}))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'"), before + 1);
+    assert_eq!(conversations(&app, &ctx.admin, "?q=prefere%20whatsapp").await.len(), 1);
+    assert_eq!(conversations(&app, &ctx.admin, "?q=prefere%20email").await.len(), 0);
+
+    // Nobody else rewrites it; what the customer wrote or was sent is no note.
+    for (path, t, body, status, code) in [
+        (&mine, &ctx.admin, json!({"text": "x"}), 403, "not_your_note"),
+        (&admins, &al_token, json!({"text": "x"}), 403, "not_your_note"),
+        (&inbound, &ctx.admin, json!({"text": "x"}), 403, "not_a_note"),
+        (&mine, &al_token, json!({"text": "  "}), 422, "empty_text"),
+        (&mine, &al_token, json!({"text": "x".repeat(10_001)}), 422, "text_too_long"),
+        (&mine, &al_token, json!({"texto": "x"}), 422, "invalid_body"),
+    ] {
+        let r = app.call("PATCH", path, Some(t), Some(body)).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{path}: {:?}", r.body);
+    }
+    for path in ["/api/messages/999999", "/api/messages/abc"] {
+        assert_eq!(app.call("PATCH", path, Some(&ctx.admin), Some(json!({"text": "x"}))).await.status, 404);
+        assert_eq!(app.call("DELETE", path, Some(&ctx.admin), None).await.status, 404);
+    }
+    let r = app.call("DELETE", &admins, Some(&al_token), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("not_your_note")));
+    let r = app.call("DELETE", &inbound, Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("not_a_note")));
+
+    // Deleted by an admin: it stays in its place as deleted, once.
+    assert_eq!(app.call("DELETE", &mine, Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(app.call("DELETE", &mine, Some(&al_token), None).await.status, 204);
+    let shown = messages(&app, &al_token, &conv).await;
+    let gone =
+        shown.iter().find(|m| format!("/api/messages/{}", m["id"].as_str().unwrap_or("")) == mine).expect("kept");
+    assert_eq!((&gone["text"], gone["deleted_at"].is_string(), &gone["private"]), (&Value::Null, true, &json!(true)));
+    let r = app.call("PATCH", &mine, Some(&al_token), Some(json!({"text": "de volta"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("note_deleted")));
+    assert_eq!(app.call("DELETE", &admins, Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action IN ('message.note_edited', 'message.note_deleted')"
+        ),
+        3
+    );
+    assert_eq!(conversations(&app, &ctx.admin, "?q=prefere").await.len(), 0, "a deleted note is not found");
+}
