@@ -480,6 +480,17 @@ struct SendBody {
     private: bool,
     #[serde(default)]
     client_id: Option<String>,
+    /// The id of the conversation's message this answers (WhatsApp quotes it).
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+/// A `reply_to` as given: a message id, else 422 `invalid_reply_to`.
+fn reply_to(raw: Option<&str>) -> AppResult<Option<MessageId>> {
+    raw.map(|r| {
+        MessageId::parse(r).ok_or_else(|| AppError::invalid("invalid_reply_to", "reply_to must be a message's id"))
+    })
+    .transpose()
 }
 
 /// `POST …/messages`: JSON (text, a template or a note), or
@@ -514,8 +525,8 @@ async fn send_json(
 ) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
     if b.private {
-        let Some(text) = b.text.filter(|_| b.template.is_none()) else {
-            return Err(AppError::invalid("invalid_body", "a private note is text; it takes no template"));
+        let Some(text) = b.text.filter(|_| b.template.is_none() && b.reply_to.is_none()) else {
+            return Err(AppError::invalid("invalid_body", "a private note is text; it takes no template nor reply_to"));
         };
         let (view, _) = state
             .tenant_with_events(auth.scope(), move |tc, log| {
@@ -524,16 +535,17 @@ async fn send_json(
             .await?;
         return Ok(HttpResponse::Created().json(view));
     }
+    let opts = messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())? };
     let (view, created) = match (b.text, b.template) {
         (Some(text), None) => {
             state
                 .tenant_with_events(auth.scope(), move |tc, log| {
-                    messages::create_reply(tc, log, user, role, id, text, b.client_id)
+                    messages::create_reply(tc, log, user, role, id, text, opts)
                 })
                 .await?
         }
         (None, Some(choice)) => {
-            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, b.client_id).await?
+            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, opts).await?
         }
         (None, None) => return Err(AppError::invalid("invalid_body", "missing field `text`")),
         (Some(_), Some(_)) => {
@@ -550,7 +562,7 @@ async fn send_json(
 struct FileForm {
     upload: crate::inbox::uploads::Upload,
     text: Option<String>,
-    client_id: Option<String>,
+    opts: messages::ReplyOptions,
 }
 
 async fn send_file(
@@ -561,10 +573,10 @@ async fn send_file(
     payload: web::Payload,
 ) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
-    let FileForm { upload, text, client_id } = read_file_form(req, payload).await?;
+    let FileForm { upload, text, opts } = read_file_form(req, payload).await?;
     let (view, created) = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            messages::create_file_reply(tc, log, user, role, id, upload, text, client_id)
+            messages::create_file_reply(tc, log, user, role, id, upload, text, opts)
         })
         .await?;
     if created {
@@ -576,8 +588,8 @@ async fn send_file(
 /// Longest `text` and `client_id` parts read (their own limits are checked after).
 const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 
-/// Reads `file` (required, once), `text` and `client_id` (optional, once
-/// each); any other part, or one repeated, is refused. A `text` left empty
+/// Reads `file` (required, once), `text`, `client_id` and `reply_to`
+/// (optional, once each); any other part, or one repeated, is refused. A `text` left empty
 /// (as a browser's form sends an untouched field) is no caption.
 async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> AppResult<FileForm> {
     use crate::inbox::uploads::{Upload, MOST_BYTES};
@@ -586,7 +598,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
         AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
-    let (mut file, mut text, mut client_id) = (None, None, None);
+    let (mut file, mut text, mut client_id, mut quoted) = (None, None, None, None);
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -620,16 +632,17 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
             }
             "text" if text.is_none() => text = Some(as_text(bytes)?),
             "client_id" if client_id.is_none() => client_id = Some(as_text(bytes)?),
+            "reply_to" if quoted.is_none() => quoted = Some(as_text(bytes)?),
             "private" => {
                 return Err(AppError::invalid("invalid_body", "a private note is text; it takes no file"));
             }
-            "file" | "text" | "client_id" => {
+            "file" | "text" | "client_id" | "reply_to" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
                 return Err(AppError::bad_request(
                     "invalid_body",
-                    format!("unknown part `{name}`: expected `file`, `text` and `client_id`"),
+                    format!("unknown part `{name}`: expected `file`, `text`, `client_id` and `reply_to`"),
                 ));
             }
         }
@@ -637,7 +650,8 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     let Some(upload) = file else {
         return Err(AppError::bad_request("invalid_body", "missing part `file`"));
     };
-    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), client_id })
+    let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), opts })
 }
 
 #[derive(Deserialize)]

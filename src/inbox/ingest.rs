@@ -789,6 +789,7 @@ impl Ingest<'_> {
                 client_id: Some(format!("auto-reply:{}", row.id)),
                 agent: None,
                 attachment: None,
+                reply_to_external_id: None,
             };
             self.flush(tc)?;
             messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;

@@ -17,6 +17,15 @@ use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
+/// What a reply may carry besides its content.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyOptions {
+    /// Makes a retry safe (1 to 200 characters).
+    pub client_id: Option<String>,
+    /// The message of the conversation it answers: WhatsApp shows it quoted.
+    pub reply_to: Option<super::MessageId>,
+}
+
 pub struct NewOutgoing {
     pub conversation: ConversationId,
     /// `None`: a file without a caption.
@@ -27,6 +36,8 @@ pub struct NewOutgoing {
     /// What is sent besides the text: a WhatsApp template's attachment
     /// (`inbox::templates`) or an agent's file (`inbox::uploads`).
     pub attachment: Option<Value>,
+    /// The WhatsApp id of the message it quotes.
+    pub reply_to_external_id: Option<String>,
 }
 
 /// Longest text each platform accepts.
@@ -52,6 +63,7 @@ struct NewMessage<'a> {
     client_id: Option<&'a str>,
     sort_at: DateTime<Utc>,
     private: bool,
+    reply_to_external_id: Option<&'a str>,
 }
 
 /// Stores `new` unless its `client_id` is taken in the conversation already;
@@ -98,6 +110,7 @@ pub fn queue_outgoing(
         client_id: out.client_id.as_deref(),
         sort_at: now,
         private: false,
+        reply_to_external_id: out.reply_to_external_id.as_deref(),
     };
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
@@ -169,9 +182,9 @@ pub fn create_reply(
     role: Role,
     id: ConversationId,
     text: String,
-    client_id: Option<String>,
+    opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, Reply::Text(text), client_id)
+    reply(tc, log, user, role, id, Reply::Text(text), opts)
 }
 
 /// `POST /api/conversations/{id}/messages` with a file (`inbox::uploads`),
@@ -186,9 +199,9 @@ pub fn create_file_reply(
     id: ConversationId,
     upload: super::uploads::Upload,
     caption: Option<String>,
-    client_id: Option<String>,
+    opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, Reply::File { upload, caption }, client_id)
+    reply(tc, log, user, role, id, Reply::File { upload, caption }, opts)
 }
 
 /// The longest note.
@@ -236,6 +249,7 @@ pub fn create_note(
         client_id: client_id.as_deref(),
         sort_at: Utc::now(),
         private: true,
+        reply_to_external_id: None,
     };
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
@@ -403,9 +417,9 @@ pub fn create_template_reply(
     role: Role,
     id: ConversationId,
     prepared: super::templates::Prepared,
-    client_id: Option<String>,
+    opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, Reply::Template(prepared), client_id)
+    reply(tc, log, user, role, id, Reply::Template(prepared), opts)
 }
 
 /// The message a `client_id` (1 to 200 characters) names in the
@@ -425,6 +439,38 @@ fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: &str) -> AppRes
         .select(MessageRow::as_select())
         .first(tc.pg())
         .optional()?)
+}
+
+/// The WhatsApp id of the message `quoted`, which a reply may quote: a
+/// message of the same conversation that WhatsApp has (received, or sent
+/// and not unsent), not a note. Messenger and Instagram replies quote
+/// nothing (`reply_to_whatsapp_only`).
+fn quotable(
+    tc: &mut TenantConn<'_>,
+    channel: &ChannelRow,
+    conv: &ConversationRow,
+    quoted: super::MessageId,
+) -> AppResult<String> {
+    if channel.platform() != Platform::Whatsapp {
+        return Err(AppError::invalid(
+            "reply_to_whatsapp_only",
+            "only WhatsApp shows a reply quoting a message; send it without reply_to",
+        ));
+    }
+    let found: Option<Option<String>> = m::table
+        .find(quoted.0)
+        .filter(m::conversation_id.eq(conv.id))
+        .filter(m::private.eq(false))
+        .filter(m::deleted_at.is_null())
+        .select(m::external_id)
+        .first(tc.pg())
+        .optional()?;
+    found.flatten().ok_or_else(|| {
+        AppError::invalid(
+            "invalid_reply_to",
+            "reply_to must be a message of this conversation that WhatsApp has: not a note, not one still pending, not one unsent",
+        )
+    })
 }
 
 /// What an agent's reply carries.
@@ -447,8 +493,9 @@ fn reply(
     role: Role,
     id: ConversationId,
     content: Reply,
-    client_id: Option<String>,
+    opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
+    let ReplyOptions { client_id, reply_to } = opts;
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
@@ -493,6 +540,10 @@ fn reply(
             }
         }
     }
+    let reply_to_external_id = match reply_to {
+        Some(quoted) => Some(quotable(tc, &channel, &conv, quoted)?),
+        None => None,
+    };
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -513,7 +564,14 @@ fn reply(
         &mut names,
         &channel,
         &conv,
-        NewOutgoing { conversation: id, text: text.clone(), client_id, agent: Some(user), attachment },
+        NewOutgoing {
+            conversation: id,
+            text: text.clone(),
+            client_id,
+            agent: Some(user),
+            attachment,
+            reply_to_external_id,
+        },
     )?;
     if created {
         if let Some(upload) = &file {

@@ -294,6 +294,8 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 // Stored with the message; gone only if the message went meanwhile.
                 Err(fail("file_missing", "the file to send is no longer kept".into()))
             } else {
+                // The customer's message the reply quotes (WhatsApp only).
+                let quoted = message.reply_to_external_id.as_deref();
                 let r = match (ctx.channel.platform(), template, &ctx.file) {
                     (Platform::Whatsapp, _, Some((file, bytes))) => {
                         let caption = message.text.as_deref();
@@ -306,6 +308,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 file,
                                 bytes.clone(),
                                 caption,
+                                quoted,
                             )
                             .await
                     }
@@ -335,13 +338,14 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 &language,
                                 &header,
                                 &body,
+                                quoted,
                             )
                             .await
                     }
                     (Platform::Whatsapp, None, None) => {
                         state
                             .graph
-                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text)
+                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, quoted)
                             .await
                     }
                     _ => {

@@ -313,9 +313,9 @@ pub async fn send(
     role: Role,
     id: ConversationId,
     choice: Choice,
-    client_id: Option<String>,
+    opts: messages::ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    let (keys, cid, asked) = (app.keys.clone(), client_id.clone(), choice.clone());
+    let (keys, cid, asked) = (app.keys.clone(), opts.client_id.clone(), choice.clone());
     let target = app
         .db
         .tenant(scope, move |tc| match messages::template_target(tc, user, role, id, cid.as_deref(), &asked)? {
@@ -337,7 +337,7 @@ pub async fn send(
         })?;
     let prepared = prepare(&template, &choice)?;
     app.tenant_with_events(scope, move |tc, log| {
-        messages::create_template_reply(tc, log, user, role, id, prepared, client_id)
+        messages::create_template_reply(tc, log, user, role, id, prepared, opts)
     })
     .await
 }

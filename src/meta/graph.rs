@@ -555,6 +555,7 @@ impl GraphClient {
     /// An agent's file on WhatsApp: uploaded to the number's media
     /// (`/{phone-number-id}/media`), then sent by its id, with a caption if
     /// any. Returns the wamid.
+    #[allow(clippy::too_many_arguments)]
     pub async fn whatsapp_file(
         &self,
         phone_id: &str,
@@ -563,6 +564,7 @@ impl GraphClient {
         file: &crate::inbox::uploads::Sendable,
         bytes: bytes::Bytes,
         caption: Option<&str>,
+        context: Option<&str>,
     ) -> Result<String, GraphError> {
         let name = file.name();
         let uploaded: Value = self
@@ -589,11 +591,7 @@ impl GraphClient {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": kind,
         });
         body[kind] = media;
-        let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
-        v.pointer("/messages/0/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
+        self.whatsapp_message(phone_id, token, body, context).await
     }
 
     /// `typing_on`, `typing_off` or `mark_seen`.
@@ -609,18 +607,35 @@ impl GraphClient {
         Ok(())
     }
 
-    /// WhatsApp Cloud API text message; returns the wamid.
+    /// WhatsApp Cloud API text message, quoting the message `context`
+    /// names if any; returns the wamid.
     pub async fn whatsapp_text(
         &self,
         phone_id: &str,
         token: &Secret<String>,
         to: &str,
         text: &str,
+        context: Option<&str>,
     ) -> Result<String, GraphError> {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "text", "text": {"preview_url": false, "body": text},
         });
+        self.whatsapp_message(phone_id, token, body, context).await
+    }
+
+    /// Sends a WhatsApp message (`body`), as a reply to the message
+    /// `context` names (its wamid) if any; returns the new wamid.
+    async fn whatsapp_message(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        mut body: Value,
+        context: Option<&str>,
+    ) -> Result<String, GraphError> {
+        if let Some(wamid) = context {
+            body["context"] = serde_json::json!({"message_id": wamid});
+        }
         let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
         v.pointer("/messages/0/id")
             .and_then(Value::as_str)
@@ -670,6 +685,7 @@ impl GraphClient {
         language: &str,
         header: &[String],
         body: &[String],
+        context: Option<&str>,
     ) -> Result<String, GraphError> {
         let params =
             |ps: &[String]| ps.iter().map(|p| serde_json::json!({"type": "text", "text": p})).collect::<Vec<_>>();
@@ -684,12 +700,7 @@ impl GraphClient {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "template",
             "template": {"name": name, "language": {"code": language}, "components": components},
         });
-        let v: Value =
-            self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&request)).await?;
-        v.pointer("/messages/0/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
+        self.whatsapp_message(phone_id, token, request, context).await
     }
 
     pub async fn whatsapp_mark_read(

@@ -391,7 +391,7 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
 
     // WhatsApp: send, mark read (with typing), statuses.
     let wamid = graph
-        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550123", "Sim, ainda temos! Quer reservar?")
+        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550123", "Sim, ainda temos! Quer reservar?", None)
         .await
         .expect("whatsapp send");
     assert_shape("whatsapp_send_request_text.json", &f.last_request_body("/123456789012345/messages").await);
@@ -429,8 +429,10 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         Some(&json!({"to": "123456789012345", "from": "14155550999", "text": "old", "at": day_ago})),
     )
     .await;
-    let late =
-        graph.whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late").await.expect("accepted");
+    let late = graph
+        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late", None)
+        .await
+        .expect("accepted");
     f.webhook_like("whatsapp_status_failed.json", |v| wa_status(v)["id"] == late.as_str()).await;
 
     // Errors: an expired token, and Messenger's window.
@@ -542,7 +544,16 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
         .await;
     let params = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     let wamid = graph
-        .whatsapp_template(phone, &secret, "14155550999", "t1", "pt_BR", &params(&["#1"]), &params(&["Zoë", "#1"]))
+        .whatsapp_template(
+            phone,
+            &secret,
+            "14155550999",
+            "t1",
+            "pt_BR",
+            &params(&["#1"]),
+            &params(&["Zoë", "#1"]),
+            None,
+        )
         .await
         .expect("template sent");
     let sent = f.webhook("sent", |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == "sent").await;
@@ -558,7 +569,7 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
         ("paused", "pt_BR", vec!["#1"], vec!["Zoë", "#1"], 132015),
     ] {
         let e = graph
-            .whatsapp_template(phone, &secret, "14155550123", name, language, &params(&header), &params(&body))
+            .whatsapp_template(phone, &secret, "14155550123", name, language, &params(&header), &params(&body), None)
             .await
             .expect_err("refused");
         assert_eq!(e.code().map(|(c, _)| c), Some(code), "{name} {language}: {e}");

@@ -3182,3 +3182,64 @@ async fn a_note_is_edited_by_its_author_and_deleted_by_its_author_or_an_admin() 
     );
     assert_eq!(conversations(&app, &ctx.admin, "?q=prefere").await.len(), 0, "a deleted note is not found");
 }
+
+/// A WhatsApp reply may quote the customer's message it answers.
+#[actix_web::test]
+async fn a_whatsapp_reply_quotes_the_message_it_answers() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Qual é o prazo?"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "E o preço?"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, fb) =
+        (by_contact(&convs, WA_ID)["id"].as_str().expect("id"), by_contact(&convs, PSID)["id"].as_str().expect("id"));
+    let shown = messages(&app, &ctx.admin, wa).await;
+    let question = shown.iter().find(|m| m["text"] == "Qual é o prazo?").expect("question").clone();
+    let fb_message = messages(&app, &ctx.admin, fb).await[0]["id"].clone();
+    let send = |conv: &str, body: Value| {
+        let (app, t, conv) = (&app, ctx.admin.clone(), conv.to_string());
+        async move { app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&t), Some(body)).await }
+    };
+    let note = send(wa, json!({"text": "ver com o armazém", "private": true})).await;
+    for (conv, body, code) in [
+        (wa, json!({"text": "x", "reply_to": note.body["id"]}), "invalid_reply_to"),
+        (wa, json!({"text": "x", "reply_to": fb_message}), "invalid_reply_to"),
+        (wa, json!({"text": "x", "reply_to": "abc"}), "invalid_reply_to"),
+        (fb, json!({"text": "x", "reply_to": fb_message}), "reply_to_whatsapp_only"),
+        (wa, json!({"text": "x", "reply_to": question["id"], "private": true}), "invalid_body"),
+    ] {
+        let r = send(conv, body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+    let r = send(wa, json!({"text": "Três dias úteis.", "reply_to": question["id"], "client_id": "q-1"})).await;
+    assert_eq!((r.status, &r.body["reply_to"]), (202, &question["external_id"]), "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the answer read", || async { message_status(&app, &ctx.admin, wa, &id).await["status"] == "read" })
+        .await;
+    // A file quotes as well.
+    let jpeg: Vec<u8> = [&b"\xff\xd8\xff\xe0\0\x10JFIF\0"[..], &[2u8; 32][..]].concat();
+    let price = shown.iter().find(|m| m["text"] == "E o preço?").expect("price");
+    let r = send_file(
+        &app,
+        &ctx.admin,
+        wa,
+        Some(("tabela.jpg", "image/jpeg", &jpeg)),
+        &[("reply_to", price["id"].as_str().expect("id"))],
+    )
+    .await;
+    assert_eq!((r.status, &r.body["reply_to"]), (202, &price["external_id"]), "{:?}", r.body);
+    let file_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the table read", || async { message_status(&app, &ctx.admin, wa, &file_id).await["status"] == "read" })
+        .await;
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let contexts: Vec<Value> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{PHONE}/messages") && c["body"]["to"].is_string())
+        .map(|c| json!([c["body"]["type"], c["body"]["context"]["message_id"]]))
+        .collect();
+    assert_eq!(contexts, [json!(["text", question["external_id"]]), json!(["image", price["external_id"]])]);
+}
