@@ -119,8 +119,8 @@ struct Context {
     contact: ContactRow,
     channel: ChannelRow,
     token: Option<Secret<String>>,
-    /// An agent's file (`inbox::uploads`) and its bytes.
-    file: Option<(super::uploads::Sendable, bytes::Bytes)>,
+    /// An agent's file (`inbox::uploads`); its bytes are read when it is sent.
+    file: Option<super::uploads::Sendable>,
 }
 
 async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
@@ -142,15 +142,7 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
                 ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
             let channel = crate::channels::find(tc, ChannelId(conversation.channel_id))?;
             let token = channel.token(&keys)?;
-            // Read only for a message still to be sent.
-            let file = match message.as_ref().filter(|m| m.status == "pending") {
-                Some(m) => match super::uploads::Sendable::of(&m.attachments) {
-                    Some(sendable) => super::media_copies::find(tc, m.id, 0, None)?
-                        .map(|copy| (sendable, bytes::Bytes::from(copy.bytes))),
-                    None => None,
-                },
-                None => None,
-            };
+            let file = message.as_ref().and_then(|m| super::uploads::Sendable::of(&m.attachments));
             Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token, file }))
         })
         .await
@@ -281,6 +273,20 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
 
 /// Sends a reply and records how it went.
 async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
+    // A file's bytes (up to 25 MB) are read only now, not at each pass it waits.
+    let bytes = match &ctx.file {
+        Some(_) => {
+            let id = message.id;
+            state
+                .db
+                .tenant(TenantScope::system(job.tenant), move |tc| {
+                    Ok::<_, AppError>(super::media_copies::find(tc, id, 0, None)?.map(|c| bytes::Bytes::from(c.bytes)))
+                })
+                .await?
+        }
+        None => None,
+    };
+    let file = ctx.file.as_ref().zip(bytes);
     let fail = |code: &'static str, message: String| (code, message);
     let outcome: Result<String, (&'static str, String)> = match (&ctx.token, ctx.channel.status.as_str()) {
         (Some(token), "connected") => {
@@ -290,13 +296,13 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
             let template = super::templates::stored(&message.attachments);
             if !window.can_reply && template.is_none() {
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
-            } else if ctx.file.is_none() && super::uploads::Sendable::of(&message.attachments).is_some() {
+            } else if ctx.file.is_some() && file.is_none() {
                 // Stored with the message; gone only if the message went meanwhile.
                 Err(fail("file_missing", "the file to send is no longer kept".into()))
             } else {
                 // The customer's message the reply quotes (WhatsApp only).
                 let quoted = message.reply_to_external_id.as_deref();
-                let r = match (ctx.channel.platform(), template, &ctx.file) {
+                let r = match (ctx.channel.platform(), template, &file) {
                     (Platform::Whatsapp, _, Some((file, bytes))) => {
                         let caption = message.text.as_deref();
                         state
