@@ -115,14 +115,21 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    /// The file's type from its bytes; else the `declared` one, unless it
-    /// claims an image, a video or a sound the bytes do not show.
+    /// The file's type from its bytes; else the `declared` one (or the
+    /// one its name's extension says), unless it claims an image, a video
+    /// or a sound the bytes do not show. An Office document's bytes say
+    /// only "an archive" (or which Office family) for certain: there the
+    /// client's Office type is believed.
     pub fn new(bytes: Vec<u8>, declared: Option<&str>, filename: Option<&str>) -> Upload {
         let found = infer::get(&bytes).map(|t| normalized(t.mime_type()).to_string());
         let declared = declared
             .map(|d| d.split(';').next().unwrap_or(d).trim().to_ascii_lowercase())
-            .filter(|d| plausible_mime(d) && Kind::of(d) == Kind::File);
-        let mime = found.or(declared).unwrap_or_else(|| "application/octet-stream".into());
+            .filter(|d| plausible_mime(d) && Kind::of(d) == Kind::File && d != "application/octet-stream")
+            .or_else(|| filename.and_then(office_type_of_name).map(str::to_string));
+        let mime = match (found, declared) {
+            (Some(found), Some(office)) if same_office_family(&found, &office) => office,
+            (found, declared) => found.or(declared).unwrap_or_else(|| "application/octet-stream".into()),
+        };
         use sha2::Digest;
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
         Upload { filename: filename.and_then(clean_name), mime, bytes, sha256 }
@@ -157,6 +164,34 @@ fn normalized(mime: &str) -> &str {
         "video/3gp" => "video/3gpp",
         m => m,
     }
+}
+
+const DOCX: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+const PPTX: &str = "application/vnd.openxmlformats-officedocument.presentationml.presentation";
+const OLE_TYPES: [&str; 3] = ["application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"];
+
+/// An Office type by the file name's extension.
+fn office_type_of_name(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "docx" => DOCX,
+        "xlsx" => XLSX,
+        "pptx" => PPTX,
+        "doc" => OLE_TYPES[0],
+        "xls" => OLE_TYPES[1],
+        "ppt" => OLE_TYPES[2],
+        _ => return None,
+    })
+}
+
+/// Whether the client's Office type fits what the bytes show: a ZIP archive
+/// for the Open XML ones (what `found` then says, an archive or one of them,
+/// is a guess from where its parts lie), an OLE2 file for the older ones.
+fn same_office_family(found: &str, office: &str) -> bool {
+    let open_xml = [DOCX, XLSX, PPTX];
+    (open_xml.contains(&office) && (found == "application/zip" || open_xml.contains(&found)))
+        || (OLE_TYPES.contains(&office) && OLE_TYPES.contains(&found))
 }
 
 /// `type/subtype` of token characters, as a client may name a document's type.
@@ -319,6 +354,23 @@ mod tests {
         assert_eq!((text.mime.as_str(), text.filename.as_deref()), ("text/plain", Some("notes.txt")));
         let odd = Upload::new(b"x".to_vec(), Some("not a type"), Some("\"\u{7}"));
         assert_eq!((odd.mime.as_str(), odd.filename), ("application/octet-stream", None));
+    }
+
+    #[test]
+    fn an_office_document_is_what_the_client_says_if_the_bytes_agree() {
+        // A DOCX is a ZIP archive whose parts' order tells, only sometimes, which it is.
+        let zip = b"PK\x03\x04\x14\0\0\0\x08\0rest of an archive".to_vec();
+        let docx = Upload::new(zip.clone(), Some(DOCX), Some("contrato.docx"));
+        assert_eq!(docx.mime, DOCX);
+        let by_name = Upload::new(zip.clone(), Some("application/octet-stream"), Some("Folha.XLSX"));
+        assert_eq!(by_name.mime, XLSX);
+        // An archive is no spreadsheet because it says so: only an Office type is believed.
+        let zip_named = Upload::new(zip.clone(), Some("application/pdf"), Some("a.pdf"));
+        assert_eq!(zip_named.mime, "application/zip");
+        // A PDF is a PDF whatever its name.
+        let pdf = Upload::new(PDF.to_vec(), Some(DOCX), Some("x.docx"));
+        assert_eq!(pdf.mime, "application/pdf");
+        assert!(check(Platform::Whatsapp, &docx, None).is_ok());
     }
 
     #[test]
