@@ -27,7 +27,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
-        .service(resource("/canned-responses/{id}").route(web::delete().to(delete_canned)));
+        .service(
+            resource("/canned-responses/{id}")
+                .route(web::patch().to(update_canned))
+                .route(web::delete().to(delete_canned)),
+        );
 }
 
 fn conversation_id(raw: &str) -> AppResult<ConversationId> {
@@ -749,8 +753,34 @@ async fn create_canned(
     auth.require(Role::Agent)?;
     let b = body.into_inner();
     let user = auth.user;
-    let item = state.db.tenant(auth.scope(), move |tc| canned::create(tc, user, &b.shortcut, &b.text)).await?;
-    Ok(HttpResponse::Created().json(item))
+    let (item, added) = state.db.tenant(auth.scope(), move |tc| canned::create(tc, user, &b.shortcut, &b.text)).await?;
+    // A retry gets the one it made: 200, not a second 201.
+    Ok(if added { HttpResponse::Created().json(item) } else { HttpResponse::Ok().json(item) })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CannedPatch {
+    #[serde(default)]
+    shortcut: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+async fn update_canned(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<CannedPatch>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = path.parse::<i64>().map_err(|_| AppError::not_found("canned response"))?;
+    let b = body.into_inner();
+    let item = state
+        .db
+        .tenant(auth.scope(), move |tc| canned::update(tc, id, b.shortcut.as_deref(), b.text.as_deref()))
+        .await?;
+    Ok(HttpResponse::Ok().json(item))
 }
 
 async fn delete_canned(

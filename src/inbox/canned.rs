@@ -31,21 +31,76 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResul
     Ok(q.load(tc.pg())?)
 }
 
-pub fn create(tc: &mut TenantConn<'_>, user: UserId, shortcut: &str, text: &str) -> AppResult<Canned> {
+/// A shortcut as kept (without a leading `/`), if it is one.
+fn checked_shortcut(shortcut: &str) -> AppResult<&str> {
     let shortcut = shortcut.trim().trim_start_matches('/');
     if shortcut.is_empty() || shortcut.chars().count() > 50 || shortcut.chars().any(char::is_whitespace) {
         return Err(AppError::invalid("invalid_shortcut", "shortcut must be 1 to 50 characters without spaces"));
     }
+    Ok(shortcut)
+}
+
+fn check_text(text: &str) -> AppResult<()> {
     if text.trim().is_empty() || text.chars().count() > 4096 {
         return Err(AppError::invalid("invalid_text", "text must be 1 to 4096 characters"));
     }
-    diesel::insert_into(cr::table)
+    Ok(())
+}
+
+fn shortcut_taken() -> AppError {
+    AppError::conflict("shortcut_taken", "another canned response has this shortcut")
+}
+
+/// Adds one; whether it was added. The same shortcut and text again (a
+/// retry) is answered with the one stored; another text under a shortcut
+/// in use is 409 `shortcut_taken`.
+pub fn create(tc: &mut TenantConn<'_>, user: UserId, shortcut: &str, text: &str) -> AppResult<(Canned, bool)> {
+    let shortcut = checked_shortcut(shortcut)?;
+    check_text(text)?;
+    let added: Option<Canned> = diesel::insert_into(cr::table)
         .values((cr::shortcut.eq(shortcut), cr::text.eq(text), cr::created_by.eq(user.0)))
         .on_conflict_do_nothing()
         .returning((cr::id, cr::shortcut, cr::text, cr::created_at))
         .get_result(tc.pg())
+        .optional()?;
+    if let Some(added) = added {
+        return Ok((added, true));
+    }
+    let stored: Canned = cr::table
+        .filter(cr::shortcut.eq(shortcut))
+        .select((cr::id, cr::shortcut, cr::text, cr::created_at))
+        .first(tc.pg())?;
+    if stored.text != text {
+        return Err(shortcut_taken());
+    }
+    Ok((stored, false))
+}
+
+/// Changes one's shortcut, text or both.
+pub fn update(tc: &mut TenantConn<'_>, id: i64, shortcut: Option<&str>, text: Option<&str>) -> AppResult<Canned> {
+    let shortcut = shortcut.map(checked_shortcut).transpose()?;
+    if let Some(t) = text {
+        check_text(t)?;
+    }
+    let current: Canned = cr::table
+        .find(id)
+        .select((cr::id, cr::shortcut, cr::text, cr::created_at))
+        .for_update()
+        .first(tc.pg())
         .optional()?
-        .ok_or_else(|| AppError::conflict("shortcut_taken", "a canned response with this shortcut exists"))
+        .ok_or_else(|| AppError::not_found("canned response"))?;
+    let (shortcut, text) = (shortcut.unwrap_or(&current.shortcut), text.unwrap_or(&current.text));
+    if shortcut != current.shortcut {
+        let taken: Option<i64> =
+            cr::table.filter(cr::shortcut.eq(shortcut)).select(cr::id).first(tc.pg()).optional()?;
+        if taken.is_some() {
+            return Err(shortcut_taken());
+        }
+    }
+    Ok(diesel::update(cr::table.find(id))
+        .set((cr::shortcut.eq(shortcut), cr::text.eq(text)))
+        .returning((cr::id, cr::shortcut, cr::text, cr::created_at))
+        .get_result(tc.pg())?)
 }
 
 pub fn delete(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {

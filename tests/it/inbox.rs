@@ -1772,7 +1772,30 @@ async fn the_inbox_api() {
         .call("POST", "/api/canned-responses", Some(&ctx.admin), Some(json!({"shortcut": "ship", "text": "dup"})))
         .await;
     assert_eq!(r.status, 409);
+    // A retry is answered with the one it made.
+    let again = json!({"shortcut": "/ship", "text": "We ship in 2-3 days."});
+    let r = app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(again)).await;
+    assert_eq!((r.status, r.body["id"].as_str()), (200, Some(cid.as_str())), "{:?}", r.body);
     assert_eq!(app.call("GET", "/api/canned-responses", Some(&al), None).await.body["items"][0]["shortcut"], "ship");
+    // Edited: its text, its shortcut (unless another has it).
+    let other = json!({"shortcut": "hours", "text": "We answer 9 to 18h."});
+    assert_eq!(app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(other)).await.status, 201);
+    let path = format!("/api/canned-responses/{cid}");
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"text": "We ship in 1-2 days 🚚"}))).await;
+    assert_eq!(
+        (r.status, r.body["text"].as_str(), r.body["shortcut"].as_str()),
+        (200, Some("We ship in 1-2 days 🚚"), Some("ship"))
+    );
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"shortcut": "hours"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("shortcut_taken")));
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"shortcut": "two words"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_shortcut")));
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"shortcut": "/envio"}))).await;
+    assert_eq!((r.status, r.body["shortcut"].as_str()), (200, Some("envio")));
+    assert_eq!(
+        app.call("PATCH", "/api/canned-responses/999999", Some(&al), Some(json!({"text": "x"}))).await.status,
+        404
+    );
     assert_eq!(app.call("DELETE", &format!("/api/canned-responses/{cid}"), Some(&ctx.admin), None).await.status, 204);
 
     // The audit log has the assignment and status changes and the sends.
