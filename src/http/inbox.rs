@@ -22,6 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
         .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
+        .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
         .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
@@ -677,6 +678,42 @@ async fn edit_note(
     let view = state
         .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text))
         .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactionBody {
+    emoji: String,
+}
+
+/// The business reacts to a customer's message (`messages::react`).
+async fn react(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<ReactionBody>,
+) -> AppResult<HttpResponse> {
+    set_reaction(state, auth, &path, Some(body.into_inner().emoji)).await
+}
+
+/// The business takes its reaction back.
+async fn unreact(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    set_reaction(state, auth, &path, None).await
+}
+
+async fn set_reaction(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: &str,
+    emoji: Option<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = MessageId::parse(path).ok_or_else(|| AppError::not_found("message"))?;
+    let (user, role) = (auth.user, auth.role);
+    let view =
+        state.tenant_with_events(auth.scope(), move |tc, log| messages::react(tc, log, user, role, id, emoji)).await?;
+    state.wake_sender.notify_one();
     Ok(HttpResponse::Ok().json(view))
 }
 

@@ -372,6 +372,74 @@ pub fn delete_note(
     Ok(())
 }
 
+/// The longest reaction kept (one emoji, with its modifiers and joiners).
+const MOST_REACTION_CHARS: usize = 16;
+
+/// `PUT /api/messages/{id}/reaction` (`Some` emoji) or `DELETE` (`None`):
+/// the business reacts to a customer's message, as the page or number.
+/// Kept in the message's `reactions` under the channel's own id (as Meta
+/// names the page or number reacting), announced (`message.updated`) and
+/// sent by the sender; the same reaction again changes and sends nothing.
+/// Only a customer's message Meta has, inside the reply window (a reaction
+/// is a message on WhatsApp).
+pub fn react(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+    emoji: Option<String>,
+) -> AppResult<MessageView> {
+    if let Some(e) = &emoji {
+        if e.trim().is_empty() || e.chars().count() > MOST_REACTION_CHARS || e.chars().any(char::is_whitespace) {
+            return Err(AppError::invalid("invalid_reaction", "a reaction is one emoji"));
+        }
+    }
+    let row: MessageRow = m::table
+        .find(id.0)
+        .select(MessageRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("message"))?;
+    if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
+        return Err(AppError::not_found("message"));
+    }
+    if row.direction != "in" || row.external_id.is_none() || row.deleted_at.is_some() {
+        return Err(AppError::invalid(
+            "cannot_react",
+            "only a customer's message can be reacted to (not one of ours, not one unsent)",
+        ));
+    }
+    let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
+    let mut names = Names::default();
+    let channel = names.channel(tc, row.channel_id)?;
+    if channel.status != "connected" {
+        return Err(AppError::conflict(
+            "channel_not_connected",
+            format!("the channel is {}; reconnect it first", channel.status),
+        ));
+    }
+    if !ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now()).can_reply {
+        return Err(AppError::invalid("outside_window", "the reply window has closed: a reaction cannot be sent"));
+    }
+    let mut row = row;
+    let change = super::early::Change::Reaction { contact: channel.external_id.clone(), emoji };
+    if change.apply_to(&mut row, Utc::now()) {
+        row = super::early::write(tc, &row)?;
+        log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+        diesel::insert_into(send_queue::table)
+            .values((
+                send_queue::tenant_id.eq(tc.tenant().0),
+                send_queue::message_id.eq(row.id),
+                send_queue::conversation_id.eq(conv.id),
+                send_queue::kind.eq("reaction"),
+            ))
+            .execute(tc.pg())?;
+    }
+    names.message(tc, &row, conv.contact_id)
+}
+
 /// What a template reply needs before Meta is asked for the template.
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.

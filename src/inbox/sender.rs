@@ -1,5 +1,6 @@
-//! The sender worker (replies and "seen" signals to Meta), the profile
-//! lookups and the snooze alarm clock, all inside `serve`.
+//! The sender worker (replies, "seen" signals and the business's reactions
+//! to Meta), the profile lookups and the snooze alarm clock, all inside
+//! `serve`.
 //!
 //! A queued reply is sent with the Send API (Messenger, Instagram) or the
 //! WhatsApp messages API, then marked `sent` with Meta's id, or `failed` with
@@ -227,6 +228,10 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         }
         return finish(state, job, JobEnd::Done).await;
     }
+    if job.kind == "reaction" {
+        send_reaction(state, job, &ctx).await;
+        return finish(state, job, JobEnd::Done).await;
+    }
     let Some(message) = ctx.message.clone() else { return finish(state, job, JobEnd::Done).await };
     if message.status != "pending" {
         return finish(state, job, JobEnd::Done).await;
@@ -269,6 +274,26 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         state.wake_sender.notify_one();
     });
     Ok(())
+}
+
+/// Sends the business's reaction to a customer's message as it is now (so
+/// that of several quick changes the last is what the customer sees). A
+/// failure is noted on the channel, not retried: the reaction stays shown
+/// here, as the agent set it.
+async fn send_reaction(state: &AppState, job: &Job, ctx: &Context) {
+    let (Some(message), Some(token), "connected") = (&ctx.message, &ctx.token, ctx.channel.status.as_str()) else {
+        return;
+    };
+    let Some(external) = message.external_id.as_deref() else { return };
+    let emoji = message.reactions.get(&ctx.channel.external_id).and_then(serde_json::Value::as_str);
+    let (account, to) = (&ctx.channel.external_id, &ctx.contact.external_id);
+    let r = match ctx.channel.platform() {
+        Platform::Whatsapp => state.graph.whatsapp_reaction(account, token, to, external, emoji).await,
+        _ => state.graph.react(account, token, to, external, emoji).await,
+    };
+    if let Err(e) = r {
+        note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+    }
 }
 
 /// Sends a reply and records how it went.

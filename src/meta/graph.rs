@@ -594,6 +594,43 @@ impl GraphClient {
         self.whatsapp_message(phone_id, token, body, context).await
     }
 
+    /// The page's (or Instagram account's) reaction to the customer's
+    /// message `mid`: `react` with the emoji, or `unreact` (`None`).
+    pub async fn react(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        mid: &str,
+        emoji: Option<&str>,
+    ) -> Result<(), GraphError> {
+        let body = match emoji {
+            Some(e) => serde_json::json!({"recipient": {"id": recipient}, "sender_action": "react",
+                "payload": {"message_id": mid, "reaction": e}}),
+            None => serde_json::json!({"recipient": {"id": recipient}, "sender_action": "unreact",
+                "payload": {"message_id": mid}}),
+        };
+        let _: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
+        Ok(())
+    }
+
+    /// The number's reaction to the customer's message `wamid` (a message
+    /// of its own on WhatsApp; an empty emoji removes it). Returns the wamid.
+    pub async fn whatsapp_reaction(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        to: &str,
+        wamid: &str,
+        emoji: Option<&str>,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
+            "type": "reaction", "reaction": {"message_id": wamid, "emoji": emoji.unwrap_or("")},
+        });
+        self.whatsapp_message(phone_id, token, body, None).await.map(drop)
+    }
+
     /// `typing_on`, `typing_off` or `mark_seen`.
     pub async fn sender_action(
         &self,

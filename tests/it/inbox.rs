@@ -3266,3 +3266,87 @@ async fn a_whatsapp_reply_quotes_the_message_it_answers() {
         .collect();
     assert_eq!(contexts, [json!(["text", question["external_id"]]), json!(["image", price["external_id"]])]);
 }
+
+/// An agent reacts to a customer's message as the page or number.
+#[actix_web::test]
+async fn an_agent_reacts_to_a_customers_message() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Chegou, obrigado!"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Adorei"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, fb) =
+        (by_contact(&convs, WA_ID)["id"].as_str().expect("id"), by_contact(&convs, PSID)["id"].as_str().expect("id"));
+    let wa_in = messages(&app, &ctx.admin, wa).await[0].clone();
+    let fb_in = messages(&app, &ctx.admin, fb).await[0].clone();
+    let path = |m: &Value| format!("/api/messages/{}/reaction", m["id"].as_str().expect("id"));
+    let sent_to = |account: &'static str| {
+        let app = &app;
+        async move {
+            let log = app.fake("GET", "/_fake/requests", json!({})).await;
+            log["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter(|c| c["path"] == format!("/{account}/messages"))
+                .filter(|c| {
+                    c["body"]["type"] == "reaction"
+                        || c["body"]["sender_action"].as_str().is_some_and(|a| a.ends_with("react"))
+                })
+                .map(|c| c["body"].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+
+    let r = app.call("PUT", &path(&wa_in), Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await;
+    assert_eq!((r.status, &r.body["reactions"]), (200, &json!({PHONE: "👍"})), "{:?}", r.body);
+    // The same again changes and sends nothing.
+    let r = app.call("PUT", &path(&wa_in), Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await;
+    assert_eq!(r.status, 200);
+    eventually("the reaction sent", || async { sent_to(PHONE).await.len() == 1 }).await;
+    let r = app.call("DELETE", &path(&wa_in), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, &r.body["reactions"]), (200, &json!({})), "{:?}", r.body);
+    eventually("the reaction taken back", || async { sent_to(PHONE).await.len() == 2 }).await;
+    let sent = sent_to(PHONE).await;
+    let wamid = &wa_in["external_id"];
+    assert_eq!(sent[0]["reaction"], json!({"message_id": wamid, "emoji": "👍"}));
+    assert_eq!(sent[1]["reaction"], json!({"message_id": wamid, "emoji": ""}));
+    assert_eq!(sent[0]["to"], WA_ID);
+
+    let r = app.call("PUT", &path(&fb_in), Some(&ctx.admin), Some(json!({"emoji": "❤️"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually("the page's reaction sent", || async { sent_to(PAGE_A).await.len() == 1 }).await;
+    assert_eq!(
+        sent_to(PAGE_A).await[0],
+        json!({"recipient": {"id": PSID}, "sender_action": "react", "payload": {"message_id": fb_in["external_id"], "reaction": "❤️"}})
+    );
+    // The live inbox hears of it as of any change to the message.
+    assert!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated'") >= 3);
+
+    // Only a customer's message, with one emoji.
+    let (status, ours) = reply(&app, &ctx.admin, wa, "De nada!", "r-1").await;
+    assert_eq!(status, 202);
+    let note = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{wa}/messages"),
+            Some(&ctx.admin),
+            Some(json!({"text": "ok", "private": true})),
+        )
+        .await;
+    for (m, body, status, code) in [
+        (&ours, json!({"emoji": "👍"}), 422, "cannot_react"),
+        (&note.body, json!({"emoji": "👍"}), 422, "cannot_react"),
+        (&wa_in, json!({"emoji": "two words"}), 422, "invalid_reaction"),
+        (&wa_in, json!({"emoji": ""}), 422, "invalid_reaction"),
+        (&wa_in, json!({"emoji": "👍", "x": 1}), 422, "invalid_body"),
+    ] {
+        let r = app.call("PUT", &path(m), Some(&ctx.admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", r.body);
+    }
+    assert_eq!(
+        app.call("PUT", "/api/messages/abc/reaction", Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await.status,
+        404
+    );
+}

@@ -141,6 +141,12 @@ fn messenger(
                 "(#100) Param sender_action must be one of {MARK_SEEN, TYPING_ON, TYPING_OFF, REACT, UNREACT}",
             );
         }
+        if matches!(action, "react" | "unreact") && body.pointer("/payload/message_id").is_none() {
+            return graph_error(100, None, "(#100) Param payload[message_id] is required");
+        }
+        if action == "react" && body.pointer("/payload/reaction").and_then(Value::as_str).is_none() {
+            return graph_error(100, None, "(#100) Param payload[reaction] is required");
+        }
         return HttpResponse::Ok().json(json!({"recipient_id": recipient}));
     }
     let Some(message) = body.get("message") else {
@@ -247,13 +253,28 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             }
             None
         }
+        Some("reaction") => {
+            let reaction = body.get("reaction");
+            let (Some(_), Some(_)) = (
+                reaction.and_then(|r| r.get("message_id")).and_then(Value::as_str),
+                reaction.and_then(|r| r.get("emoji")).and_then(Value::as_str),
+            ) else {
+                return wa_error(100, "(#100) Param reaction must have message_id and emoji");
+            };
+            None
+        }
         Some(kind @ ("image" | "video" | "audio" | "document")) => {
             if let Err(refused) = super::uploads::check_media_send(st, phone, kind, body) {
                 return *refused;
             }
             None
         }
-        _ => return wa_error(100, "(#100) The fake sends text, template, image, video, audio and document messages"),
+        _ => {
+            return wa_error(
+                100,
+                "(#100) The fake sends text, template, image, video, audio, document and reaction messages",
+            )
+        }
     };
     let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
     match wa_id.as_str() {

@@ -1,0 +1,3 @@
+DELETE FROM public.send_queue WHERE kind = 'reaction';
+ALTER TABLE public.send_queue DROP CONSTRAINT send_queue_kind_check;
+ALTER TABLE public.send_queue ADD CONSTRAINT send_queue_kind_check CHECK (kind IN ('message', 'mark_seen'));
