@@ -550,7 +550,7 @@ async fn send_json(
                 .await?
         }
         (None, Some(choice)) => {
-            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, opts).await?
+            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, opts, None).await?
         }
         (None, None) => return Err(AppError::invalid("invalid_body", "missing field `text`")),
         (Some(_), Some(_)) => {
@@ -567,6 +567,8 @@ async fn send_json(
 struct FileForm {
     upload: crate::inbox::uploads::Upload,
     text: Option<String>,
+    /// A template whose media header the file is.
+    template: Option<crate::inbox::templates::Choice>,
     opts: messages::ReplyOptions,
 }
 
@@ -578,12 +580,22 @@ async fn send_file(
     payload: web::Payload,
 ) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
-    let FileForm { upload, text, opts } = read_file_form(req, payload).await?;
-    let (view, created) = state
-        .tenant_with_events(auth.scope(), move |tc, log| {
-            messages::create_file_reply(tc, log, user, role, id, upload, text, opts)
-        })
-        .await?;
+    let FileForm { upload, text, template, opts } = read_file_form(req, payload).await?;
+    let (view, created) = match template {
+        Some(_) if text.is_some() => {
+            return Err(AppError::invalid("invalid_body", "a template's text is the template's: send no text with it"));
+        }
+        Some(choice) => {
+            crate::inbox::templates::send(&state, auth.scope(), user, role, id, choice, opts, Some(upload)).await?
+        }
+        None => {
+            state
+                .tenant_with_events(auth.scope(), move |tc, log| {
+                    messages::create_file_reply(tc, log, user, role, id, upload, text, opts)
+                })
+                .await?
+        }
+    };
     if created {
         state.wake_sender.notify_one();
     }
@@ -593,8 +605,9 @@ async fn send_file(
 /// Longest `text` and `client_id` parts read (their own limits are checked after).
 const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 
-/// Reads `file` (required, once), `text`, `client_id` and `reply_to`
-/// (optional, once each); any other part, or one repeated, is refused. A `text` left empty
+/// Reads `file` (required, once), `text`, `client_id`, `reply_to` and
+/// `template` (a template's JSON, whose media header the file is; optional,
+/// once each); any other part, or one repeated, is refused. A `text` left empty
 /// (as a browser's form sends an untouched field) is no caption.
 async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> AppResult<FileForm> {
     use crate::inbox::uploads::{Upload, MOST_BYTES};
@@ -603,7 +616,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
         AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
-    let (mut file, mut text, mut client_id, mut quoted) = (None, None, None, None);
+    let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -638,16 +651,22 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
             "text" if text.is_none() => text = Some(as_text(bytes)?),
             "client_id" if client_id.is_none() => client_id = Some(as_text(bytes)?),
             "reply_to" if quoted.is_none() => quoted = Some(as_text(bytes)?),
+            "template" if template.is_none() => {
+                let choice = serde_json::from_slice::<crate::inbox::templates::Choice>(&bytes).map_err(|e| {
+                    AppError::invalid("invalid_body", format!("the part `template` is not a template: {e}"))
+                })?;
+                template = Some(choice);
+            }
             "private" => {
                 return Err(AppError::invalid("invalid_body", "a private note is text; it takes no file"));
             }
-            "file" | "text" | "client_id" | "reply_to" => {
+            "file" | "text" | "client_id" | "reply_to" | "template" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
                 return Err(AppError::bad_request(
                     "invalid_body",
-                    format!("unknown part `{name}`: expected `file`, `text`, `client_id` and `reply_to`"),
+                    format!("unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to` and `template`"),
                 ));
             }
         }
@@ -656,7 +675,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
         return Err(AppError::bad_request("invalid_body", "missing part `file`"));
     };
     let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
-    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), opts })
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, opts })
 }
 
 #[derive(Deserialize)]

@@ -788,7 +788,7 @@ impl Ingest<'_> {
                 text: Some(settings.auto_reply.text.clone()),
                 client_id: Some(format!("auto-reply:{}", row.id)),
                 agent: None,
-                attachment: None,
+                attachments: Vec::new(),
                 reply_to_external_id: None,
             };
             self.flush(tc)?;

@@ -33,9 +33,9 @@ pub struct NewOutgoing {
     pub client_id: Option<String>,
     /// `None`: sent by the page itself (auto-reply).
     pub agent: Option<UserId>,
-    /// What is sent besides the text: a WhatsApp template's attachment
-    /// (`inbox::templates`) or an agent's file (`inbox::uploads`).
-    pub attachment: Option<Value>,
+    /// What is sent besides the text: an agent's file (`inbox::uploads`),
+    /// first, and a WhatsApp template's attachment (`inbox::templates`).
+    pub attachments: Vec<Value>,
     /// The WhatsApp id of the message it quotes.
     pub reply_to_external_id: Option<String>,
 }
@@ -105,7 +105,7 @@ pub fn queue_outgoing(
         sender_kind: if out.agent.is_some() { "agent" } else { "page" },
         sender_user_id: out.agent.map(|a| a.0),
         text: out.text.as_deref(),
-        attachments: out.attachment.iter().cloned().collect(),
+        attachments: Value::Array(out.attachments),
         status: "pending",
         client_id: out.client_id.as_deref(),
         sort_at: now,
@@ -460,6 +460,7 @@ pub fn template_target(
     id: ConversationId,
     client_id: Option<&str>,
     choice: &super::templates::Choice,
+    header_file_sha: Option<&str>,
 ) -> AppResult<TemplateTarget> {
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
@@ -468,7 +469,10 @@ pub fn template_target(
         // The same agent sending the same template is a retry.
         let asked =
             (choice.name.clone(), choice.language.clone(), choice.header_parameters.clone(), choice.parameters.clone());
-        if row.sender_user_id != Some(user.0) || super::templates::stored(&row.attachments) != Some(asked) {
+        if row.sender_user_id != Some(user.0)
+            || super::templates::stored(&row.attachments) != Some(asked)
+            || super::uploads::stored_sha256(&row.attachments) != header_file_sha
+        {
             return Err(client_id_reused());
         }
         return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
@@ -478,6 +482,7 @@ pub fn template_target(
 
 /// `POST /api/conversations/{id}/messages` with `template`, made ready
 /// ([`super::templates::prepare`]): sent whether the window is open or not.
+#[allow(clippy::too_many_arguments)]
 pub fn create_template_reply(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -485,9 +490,10 @@ pub fn create_template_reply(
     role: Role,
     id: ConversationId,
     prepared: super::templates::Prepared,
+    header_file: Option<super::uploads::Upload>,
     opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    reply(tc, log, user, role, id, Reply::Template(prepared), opts)
+    reply(tc, log, user, role, id, Reply::Template { prepared, header_file }, opts)
 }
 
 /// The message a `client_id` (1 to 200 characters) names in the
@@ -544,8 +550,12 @@ fn quotable(
 /// What an agent's reply carries.
 enum Reply {
     Text(String),
-    /// A WhatsApp template, filled in: its text and attachment.
-    Template(super::templates::Prepared),
+    /// A WhatsApp template, filled in: its text and attachment, and the
+    /// file its media header shows.
+    Template {
+        prepared: super::templates::Prepared,
+        header_file: Option<super::uploads::Upload>,
+    },
     /// A file, with a caption where the platform shows one.
     File {
         upload: super::uploads::Upload,
@@ -567,15 +577,17 @@ fn reply(
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
-    let file_sha = match &content {
-        Reply::File { upload, .. } => Some(upload.sha256.clone()),
-        _ => None,
+    let template = matches!(content, Reply::Template { .. });
+    // A file, sent as the message or as a template's header: kept first.
+    let (text, attachments, file) = match content {
+        Reply::Text(text) => (Some(text), Vec::new(), None),
+        Reply::Template { prepared, header_file } => {
+            let file_attachment = header_file.as_ref().map(super::uploads::Upload::attachment);
+            (Some(prepared.text), file_attachment.into_iter().chain([prepared.attachment]).collect(), header_file)
+        }
+        Reply::File { upload, caption } => (caption, vec![upload.attachment()], Some(upload)),
     };
-    let (text, attachment, file) = match content {
-        Reply::Text(text) => (Some(text), None, None),
-        Reply::Template(prepared) => (Some(prepared.text), Some(prepared.attachment), None),
-        Reply::File { upload, caption } => (caption, Some(upload.attachment()), Some(upload)),
-    };
+    let file_sha = file.as_ref().map(|f| f.sha256.clone());
     if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
         if row.private {
             return Err(client_id_reused());
@@ -583,12 +595,12 @@ fn reply(
         same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
-    let template = file.is_none() && attachment.is_some();
     match &file {
-        Some(upload) => {
+        // A header's file was checked with its template (`templates::prepare`).
+        Some(upload) if !template => {
             super::uploads::check(channel.platform(), upload, text.as_deref())?;
         }
-        None => {
+        _ => {
             let text = text.as_deref().unwrap_or_default();
             if text.trim().is_empty() {
                 return Err(AppError::invalid("empty_text", "text must not be empty"));
@@ -637,7 +649,7 @@ fn reply(
             text: text.clone(),
             client_id,
             agent: Some(user),
-            attachment,
+            attachments,
             reply_to_external_id,
         },
     )?;

@@ -328,6 +328,22 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 // The customer's message the reply quotes (WhatsApp only).
                 let quoted = message.reply_to_external_id.as_deref();
                 let r = match (ctx.channel.platform(), template, &file) {
+                    (Platform::Whatsapp, Some((name, language, header, body)), header_media) => {
+                        state
+                            .graph
+                            .whatsapp_template(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.contact.external_id,
+                                &name,
+                                &language,
+                                &header,
+                                &body,
+                                header_media.as_ref().map(|(f, b)| (*f, b.clone())),
+                                quoted,
+                            )
+                            .await
+                    }
                     (Platform::Whatsapp, _, Some((file, bytes))) => {
                         let caption = message.text.as_deref();
                         state
@@ -355,21 +371,6 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 bytes.clone(),
                                 window.tag,
                                 &metadata,
-                            )
-                            .await
-                    }
-                    (Platform::Whatsapp, Some((name, language, header, body)), None) => {
-                        state
-                            .graph
-                            .whatsapp_template(
-                                &ctx.channel.external_id,
-                                token,
-                                &ctx.contact.external_id,
-                                &name,
-                                &language,
-                                &header,
-                                &body,
-                                quoted,
                             )
                             .await
                     }

@@ -9,11 +9,14 @@
 //!   once per send): Meta approves, pauses and disables templates on its
 //!   own schedule, and a kept copy would offer what Meta then refuses.
 //! - Positional text parameters are supported, in the body and in a text
-//!   header. A template with a media or location header, named
-//!   parameters, buttons that need something at send time (a code to copy,
-//!   a flow, a catalogue, a link with a parameter) or parts other than
-//!   header, body, footer and buttons (a carousel) is listed with
-//!   `sendable: false`.
+//!   header. An image, video or document header (`header_media`) takes
+//!   the agent's file, sent as multipart with the template as a JSON
+//!   `template` part (`inbox::uploads`); the file is uploaded to the
+//!   number's media and the header names it. A template with a location
+//!   header, named parameters, buttons that need something at send time (a
+//!   code to copy, a flow, a catalogue, a link with a parameter) or parts
+//!   other than header, body, footer and buttons (a carousel) is listed
+//!   with `sendable: false`.
 //! - The message stored shows the template as the customer reads it
 //!   (header, body and footer, parameters filled in), so the conversation,
 //!   its preview and search read like any reply; its one attachment,
@@ -50,6 +53,8 @@ pub struct Template {
     pub status: String,
     /// A text header, if it has one.
     pub header: Option<String>,
+    /// `image`, `video` or `document`: the header is a file the agent gives.
+    pub header_media: Option<String>,
     pub body: String,
     pub footer: Option<String>,
     /// How many `{{n}}` the header and the body take.
@@ -124,7 +129,10 @@ pub fn parse(v: &Value) -> Option<Template> {
     let named = s(v, "parameter_format").is_some_and(|f| f.eq_ignore_ascii_case("NAMED"))
         || named_placeholders(&body)
         || header_text.as_deref().is_some_and(named_placeholders);
-    let media_header = header.is_some() && header_text.is_none();
+    let header_format = header.and_then(|h| s(h, "format")).map(|f| f.to_ascii_lowercase());
+    let header_media = header_format.filter(|f| matches!(f.as_str(), "image" | "video" | "document"));
+    // A location header needs coordinates at send time, which nothing here asks for.
+    let other_header = header.is_some() && header_text.is_none() && header_media.is_none();
     // Quick replies, calls and fixed links need nothing at send time; a
     // code to copy (authentication), a flow, a catalogue or a link with a
     // parameter would.
@@ -142,11 +150,12 @@ pub fn parse(v: &Value) -> Option<Template> {
         name: s(v, "name")?,
         language: s(v, "language")?,
         category: s(v, "category").unwrap_or_default(),
-        sendable: status == "APPROVED" && !named && !media_header && plain_buttons && known_parts,
+        sendable: status == "APPROVED" && !named && !other_header && plain_buttons && known_parts,
         status,
         header_parameters: header_text.as_deref().map_or(0, placeholders),
         body_parameters: placeholders(&body),
         header: header_text,
+        header_media,
         body,
         footer,
     })
@@ -174,9 +183,10 @@ fn fill(text: &str, parameters: &[String]) -> String {
 }
 
 /// Checks the agent's parameters against the template (Meta's own rules:
-/// each given, no new line or tab, at most four spaces in a row) and makes
-/// the message.
-pub fn prepare(t: &Template, choice: &Choice) -> AppResult<Prepared> {
+/// each given, no new line or tab, at most four spaces in a row), and the
+/// file a media header takes (`header_file`: what WhatsApp takes, of the
+/// header's kind), and makes the message.
+pub fn prepare(t: &Template, choice: &Choice, header_file: Option<&super::uploads::Upload>) -> AppResult<Prepared> {
     if t.status != "APPROVED" {
         return Err(AppError::invalid(
             "template_not_approved",
@@ -186,8 +196,29 @@ pub fn prepare(t: &Template, choice: &Choice) -> AppResult<Prepared> {
     if !t.sendable {
         return Err(AppError::invalid(
             "template_not_supported",
-            "this template needs a media header, named parameters or button parameters, which cannot be sent from here",
+            "this template needs a location header, named parameters or button parameters, which cannot be sent from here",
         ));
+    }
+    match (t.header_media.as_deref(), header_file) {
+        (Some(kind), None) => {
+            return Err(AppError::invalid(
+                "template_needs_media",
+                format!("this template's header is a {kind}: send the template as multipart/form-data with the file"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(AppError::invalid("invalid_body", "this template's header takes no file"));
+        }
+        (Some(kind), Some(file)) => {
+            let sent_as = super::uploads::check(Platform::Whatsapp, file, None)?.whatsapp_type();
+            if sent_as != kind {
+                return Err(AppError::invalid(
+                    "invalid_template_media",
+                    format!("this template's header is a {kind}; the file is a {sent_as} ({})", file.mime),
+                ));
+            }
+        }
+        (None, None) => {}
     }
     let bad = |why: String| AppError::invalid("invalid_template_parameters", why);
     for (given, wanted, what) in [
@@ -221,7 +252,8 @@ pub fn prepare(t: &Template, choice: &Choice) -> AppResult<Prepared> {
     Ok(Prepared {
         text: parts.join("\n\n"),
         attachment: json!({"type": "template", "url": null, "name": t.name, "language": t.language,
-            "header_parameters": choice.header_parameters, "parameters": choice.parameters}),
+            "header_parameters": choice.header_parameters, "parameters": choice.parameters,
+            "header_media": t.header_media}),
     })
 }
 
@@ -306,6 +338,7 @@ pub async fn list(
 
 /// `POST /api/conversations/{id}/messages` with `template`: the template is
 /// read from Meta, checked and filled in, and the reply queued as any other.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     app: &AppState,
     scope: TenantScope,
@@ -314,13 +347,17 @@ pub async fn send(
     id: ConversationId,
     choice: Choice,
     opts: messages::ReplyOptions,
+    header_file: Option<super::uploads::Upload>,
 ) -> AppResult<(MessageView, bool)> {
     let (keys, cid, asked) = (app.keys.clone(), opts.client_id.clone(), choice.clone());
+    let sha = header_file.as_ref().map(|f| f.sha256.clone());
     let target = app
         .db
-        .tenant(scope, move |tc| match messages::template_target(tc, user, role, id, cid.as_deref(), &asked)? {
-            TemplateTarget::Retried(view) => Ok::<_, AppError>(Err(view)),
-            TemplateTarget::Channel(row) => Ok(Ok(source(&keys, row)?)),
+        .tenant(scope, move |tc| {
+            match messages::template_target(tc, user, role, id, cid.as_deref(), &asked, sha.as_deref())? {
+                TemplateTarget::Retried(view) => Ok::<_, AppError>(Err(view)),
+                TemplateTarget::Channel(row) => Ok(Ok(source(&keys, row)?)),
+            }
         })
         .await?;
     let (row, waba, token) = match target {
@@ -335,9 +372,9 @@ pub async fn send(
                 format!("the business account has no template {} in {}", choice.name, choice.language),
             )
         })?;
-    let prepared = prepare(&template, &choice)?;
+    let prepared = prepare(&template, &choice, header_file.as_ref())?;
     app.tenant_with_events(scope, move |tc, log| {
-        messages::create_template_reply(tc, log, user, role, id, prepared, opts)
+        messages::create_template_reply(tc, log, user, role, id, prepared, header_file, opts)
     })
     .await
 }
@@ -370,7 +407,7 @@ mod tests {
     fn a_template_is_read_and_filled_in() {
         let t = parse(&order_update()).expect("template");
         assert_eq!((t.header_parameters, t.body_parameters, t.sendable), (1, 2, true));
-        let p = prepare(&t, &choice(&["#4521"], &["Zoë", "#4521"])).expect("prepared");
+        let p = prepare(&t, &choice(&["#4521"], &["Zoë", "#4521"]), None).expect("prepared");
         assert_eq!(
             p.text,
             "Pedido #4521\n\nOlá Zoë, o seu pedido #4521 saiu para entrega. Obrigado, Zoë!\n\nLoja Exemplo"
@@ -380,7 +417,7 @@ mod tests {
             Some(("order_update".into(), "pt_BR".into(), vec!["#4521".into()], vec!["Zoë".into(), "#4521".into()]))
         );
         // A filled-in parameter that looks like a placeholder stays as given.
-        let p = prepare(&t, &choice(&["{{2}}"], &["a", "b"])).expect("prepared");
+        let p = prepare(&t, &choice(&["{{2}}"], &["a", "b"]), None).expect("prepared");
         assert!(p.text.starts_with("Pedido {{2}}\n\nOlá a"), "{}", p.text);
     }
 
@@ -394,11 +431,11 @@ mod tests {
             (&["#1"][..], &["Zoë\nAna", "#1"][..]),
             (&["#1"][..], &["Zoë     Ana", "#1"][..]),
         ] {
-            let e = prepare(&t, &choice(header, body)).expect_err("refused");
+            let e = prepare(&t, &choice(header, body), None).expect_err("refused");
             assert_eq!(e.code, "invalid_template_parameters", "{header:?} {body:?}");
         }
         let long = "x".repeat(MOST_PARAMETER_CHARS + 1);
-        assert!(prepare(&t, &choice(&["#1"], &["Zoë", &long])).is_err());
+        assert!(prepare(&t, &choice(&["#1"], &["Zoë", &long]), None).is_err());
     }
 
     #[test]
@@ -407,9 +444,9 @@ mod tests {
         paused["status"] = json!("PAUSED");
         let t = parse(&paused).expect("template");
         assert!(!t.sendable);
-        assert_eq!(prepare(&t, &choice(&["#1"], &["a", "b"])).expect_err("paused").code, "template_not_approved");
+        assert_eq!(prepare(&t, &choice(&["#1"], &["a", "b"]), None).expect_err("paused").code, "template_not_approved");
         for change in [
-            json!({"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["4::aW1hZ2U="]}}),
+            json!({"type": "HEADER", "format": "LOCATION"}),
             json!({"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Ver", "url": "https://x.test/{{1}}"}]}),
         ] {
             let mut v = order_update();
@@ -430,5 +467,26 @@ mod tests {
             "components": [{"type": "BODY", "text": "Hi {{first_name}}"}]});
         assert!(!parse(&named).expect("template").sendable);
         assert!(parse(&json!({"name": "x", "language": "en", "components": []})).is_none(), "no body");
+    }
+
+    #[test]
+    fn a_media_header_takes_a_file_of_its_kind() {
+        use crate::inbox::uploads::Upload;
+        let invoice = json!({"name": "invoice", "language": "pt_BR", "status": "APPROVED", "category": "UTILITY",
+            "components": [{"type": "HEADER", "format": "DOCUMENT", "example": {"header_handle": ["4::YQ=="]}},
+                {"type": "BODY", "text": "A sua fatura {{1}}."}]});
+        let t = parse(&invoice).expect("template");
+        assert!(t.sendable);
+        assert_eq!((t.header_media.as_deref(), t.header_parameters), (Some("document"), 0));
+        let pdf = Upload::new(b"%PDF-1.7\n1 0 obj\n".to_vec(), None, Some("fatura.pdf"));
+        let png = Upload::new(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec(), None, None);
+        let p = prepare(&t, &choice(&[], &["#7"]), Some(&pdf)).expect("prepared");
+        assert_eq!((p.text.as_str(), &p.attachment["header_media"]), ("A sua fatura #7.", &json!("document")));
+        let code = |file: Option<&Upload>| prepare(&t, &choice(&[], &["#7"]), file).expect_err("refused").code;
+        assert_eq!(code(None), "template_needs_media");
+        assert_eq!(code(Some(&png)), "invalid_template_media");
+        let text_header = parse(&order_update()).expect("template");
+        let e = prepare(&text_header, &choice(&["#1"], &["a", "b"]), Some(&pdf)).expect_err("no file");
+        assert_eq!(e.code, "invalid_body");
     }
 }

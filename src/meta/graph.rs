@@ -566,19 +566,9 @@ impl GraphClient {
         caption: Option<&str>,
         context: Option<&str>,
     ) -> Result<String, GraphError> {
+        let media_id = self.whatsapp_upload(phone_id, token, file, bytes).await?;
+        let media_id = media_id.as_str();
         let name = file.name();
-        let uploaded: Value = self
-            .call_multipart(&format!("{phone_id}/media"), token, || {
-                reqwest::multipart::Form::new()
-                    .text("messaging_product", "whatsapp")
-                    .text("type", file.mime.clone())
-                    .part("file", file_part(bytes.clone(), &name, &file.mime))
-            })
-            .await?;
-        let media_id = uploaded
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| GraphError::Decode(format!("no media id in {uploaded}")))?;
         let kind = file.kind.whatsapp_type();
         let mut media = serde_json::json!({"id": media_id});
         if let Some(c) = caption {
@@ -629,6 +619,31 @@ impl GraphClient {
             "type": "reaction", "reaction": {"message_id": wamid, "emoji": emoji.unwrap_or("")},
         });
         self.whatsapp_message(phone_id, token, body, None).await.map(drop)
+    }
+
+    /// Uploads a file to the number's media (`/{phone-number-id}/media`);
+    /// returns the media's id, which messages then name.
+    pub async fn whatsapp_upload(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        file: &crate::inbox::uploads::Sendable,
+        bytes: bytes::Bytes,
+    ) -> Result<String, GraphError> {
+        let name = file.name();
+        let uploaded: Value = self
+            .call_multipart(&format!("{phone_id}/media"), token, || {
+                reqwest::multipart::Form::new()
+                    .text("messaging_product", "whatsapp")
+                    .text("type", file.mime.clone())
+                    .part("file", file_part(bytes.clone(), &name, &file.mime))
+            })
+            .await?;
+        uploaded
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode(format!("no media id in {uploaded}")))
     }
 
     /// `typing_on`, `typing_off` or `mark_seen`.
@@ -711,7 +726,8 @@ impl GraphClient {
     }
 
     /// A WhatsApp template message with its text parameters, positional,
-    /// for a text header and for the body; returns the wamid.
+    /// for a text header and for the body, or a media header's file
+    /// (`header_media`: uploaded first, then named); returns the wamid.
     #[allow(clippy::too_many_arguments)]
     pub async fn whatsapp_template(
         &self,
@@ -722,12 +738,23 @@ impl GraphClient {
         language: &str,
         header: &[String],
         body: &[String],
+        header_media: Option<(&crate::inbox::uploads::Sendable, bytes::Bytes)>,
         context: Option<&str>,
     ) -> Result<String, GraphError> {
         let params =
             |ps: &[String]| ps.iter().map(|p| serde_json::json!({"type": "text", "text": p})).collect::<Vec<_>>();
         let mut components = Vec::new();
-        if !header.is_empty() {
+        if let Some((file, bytes)) = header_media {
+            let id = self.whatsapp_upload(phone_id, token, file, bytes).await?;
+            let kind = file.kind.whatsapp_type();
+            let mut media = serde_json::json!({"id": id});
+            if kind == "document" {
+                media["filename"] = Value::String(file.name());
+            }
+            let mut parameter = serde_json::json!({"type": kind});
+            parameter[kind] = media;
+            components.push(serde_json::json!({"type": "header", "parameters": [parameter]}));
+        } else if !header.is_empty() {
             components.push(serde_json::json!({"type": "header", "parameters": params(header)}));
         }
         if !body.is_empty() {

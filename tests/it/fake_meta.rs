@@ -553,6 +553,7 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
             &params(&["#1"]),
             &params(&["Zoë", "#1"]),
             None,
+            None,
         )
         .await
         .expect("template sent");
@@ -569,7 +570,17 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
         ("paused", "pt_BR", vec!["#1"], vec!["Zoë", "#1"], 132015),
     ] {
         let e = graph
-            .whatsapp_template(phone, &secret, "14155550123", name, language, &params(&header), &params(&body), None)
+            .whatsapp_template(
+                phone,
+                &secret,
+                "14155550123",
+                name,
+                language,
+                &params(&header),
+                &params(&body),
+                None,
+                None,
+            )
             .await
             .expect_err("refused");
         assert_eq!(e.code().map(|(c, _)| c), Some(code), "{name} {language}: {e}");

@@ -3350,3 +3350,75 @@ async fn an_agent_reacts_to_a_customers_message() {
         404
     );
 }
+
+/// A template whose header is a document takes the agent's file, window or not.
+#[actix_web::test]
+async fn a_template_with_a_document_header_sends_the_agents_file() {
+    let pdf: &[u8] = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n% fatura 7\n%%EOF\n";
+    let png: Vec<u8> = [&b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..], &[3u8; 32][..]].concat();
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let template = json!({"waba_id": "112233445566778", "name": "invoice", "language": "pt_BR",
+        "header_media": "DOCUMENT", "body": "A sua fatura {{1}} está pronta."});
+    app.fake("POST", "/_fake/templates", template).await;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá", "at": two_days_ago})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, channel) = {
+        let c = by_contact(&convs, WA_ID);
+        (c["id"].as_str().expect("id").to_string(), c["channel_id"].as_str().expect("channel").to_string())
+    };
+    let r = app.call("GET", &format!("/api/channels/{channel}/templates"), Some(&ctx.admin), None).await;
+    let invoice = r.body["items"].as_array().expect("items").iter().find(|t| t["name"] == "invoice").cloned();
+    let invoice = invoice.expect("invoice");
+    assert_eq!(
+        (&invoice["header_media"], &invoice["sendable"], &invoice["body_parameters"]),
+        (&json!("document"), &json!(true), &json!(1))
+    );
+    let choice = json!({"name": "invoice", "language": "pt_BR", "parameters": ["#7"]}).to_string();
+
+    // Without the file, with another kind of file, or with text of its own: refused.
+    let body = json!({"template": {"name": "invoice", "language": "pt_BR", "parameters": ["#7"]}});
+    let r = app.call("POST", &format!("/api/conversations/{wa}/messages"), Some(&ctx.admin), Some(body)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("template_needs_media")), "{:?}", r.body);
+    for (file, parts, code) in [
+        (("f.png", "image/png", &png[..]), vec![("template", choice.as_str())], "invalid_template_media"),
+        (("f.pdf", "application/pdf", pdf), vec![("template", choice.as_str()), ("text", "olá")], "invalid_body"),
+        (("f.pdf", "application/pdf", pdf), vec![("template", "{\"name\": 1}")], "invalid_body"),
+    ] {
+        let r = send_file(&app, &ctx.admin, &wa, Some(file), &parts).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{parts:?}: {:?}", r.body);
+    }
+
+    let parts = [("template", choice.as_str()), ("client_id", "inv-7")];
+    let r = send_file(&app, &ctx.admin, &wa, Some(("fatura-7.pdf", "application/pdf", pdf)), &parts).await;
+    assert_eq!((r.status, r.body["text"].as_str()), (202, Some("A sua fatura #7 está pronta.")), "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let (file, template) = (&r.body["attachments"][0], &r.body["attachments"][1]);
+    assert_eq!((&file["type"], &file["filename"]), (&json!("file"), &json!("fatura-7.pdf")));
+    assert_eq!((&template["type"], &template["header_media"]), (&json!("template"), &json!("document")));
+    eventually("the invoice read", || async { message_status(&app, &ctx.admin, &wa, &id).await["status"] == "read" })
+        .await;
+    // A retry is the same message; another file under its client_id is not a retry.
+    let again = send_file(&app, &ctx.admin, &wa, Some(("fatura-7.pdf", "application/pdf", pdf)), &parts).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (202, Some(id.as_str())));
+    let other =
+        send_file(&app, &ctx.admin, &wa, Some(("f.pdf", "application/pdf", b"%PDF-1.4\nother\n")), &parts).await;
+    assert_eq!((other.status, other.body["error"]["code"].as_str()), (409, Some("client_id_reused")));
+
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let calls = log["items"].as_array().expect("items");
+    assert_eq!(calls.iter().filter(|c| c["path"] == format!("/{PHONE}/media")).count(), 1);
+    let sent: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["path"] == format!("/{PHONE}/messages") && c["body"]["type"] == "template")
+        .map(|c| &c["body"]["template"]["components"])
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let header = &sent[0][0];
+    assert_eq!((&header["type"], &header["parameters"][0]["type"]), (&json!("header"), &json!("document")));
+    assert_eq!(header["parameters"][0]["document"]["filename"], "fatura-7.pdf");
+    assert!(header["parameters"][0]["document"]["id"].is_string(), "{header}");
+    assert_eq!(sent[0][1], json!({"type": "body", "parameters": [{"type": "text", "text": "#7"}]}));
+}

@@ -64,7 +64,8 @@
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
 //!   (`declined: true`: the chunk saying sharing is off).
 //! - `POST /_fake/templates` `{waba_id, name, body, language?, category?,
-//!   status?, header?, footer?}`: a WhatsApp message template (each account
+//!   status?, header? | header_media? (IMAGE, VIDEO, DOCUMENT), footer?}`:
+//!   a WhatsApp message template (each account
 //!   starts with Meta's approved `hello_world`); `templates` says how
 //!   `GET /{waba-id}/message_templates` and template sends behave.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a

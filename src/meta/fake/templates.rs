@@ -49,6 +49,18 @@ impl Template {
     }
 
     /// How many `{{n}}` the body and a text header ask for, each.
+    /// `image`, `video` or `document` for a media header.
+    fn header_media(&self) -> Option<String> {
+        self.components
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("HEADER"))
+            .and_then(|h| h.get("format").and_then(Value::as_str))
+            .map(str::to_ascii_lowercase)
+            .filter(|f| matches!(f.as_str(), "image" | "video" | "document"))
+    }
+
     fn wanted(&self) -> (usize, usize) {
         let count = |kind: &str| {
             self.components
@@ -79,7 +91,13 @@ pub(super) fn add(st: &mut State, body: &Value) -> HttpResponse {
         return HttpResponse::BadRequest().json(json!({"error": "no such business account"}));
     };
     let mut components = Vec::new();
-    if let Some(h) = s("header") {
+    if let Some(format) = s("header_media").map(|f| f.to_ascii_uppercase()) {
+        if !matches!(format.as_str(), "IMAGE" | "VIDEO" | "DOCUMENT") {
+            return HttpResponse::BadRequest().json(json!({"error": "header_media is IMAGE, VIDEO or DOCUMENT"}));
+        }
+        // Meta keeps an example of the header's media, by a handle of its own.
+        components.push(json!({"type": "HEADER", "format": format, "example": {"header_handle": [format!("4::{}", random_alnum(16))]}}));
+    } else if let Some(h) = s("header") {
         components.push(json!({"type": "HEADER", "format": "TEXT", "text": h}));
     }
     components.push(json!({"type": "BODY", "text": text}));
@@ -173,7 +191,33 @@ pub(super) fn check_send(st: &State, waba: &str, body: &Value) -> Result<String,
             .map(|p| p.get("text").and_then(Value::as_str).unwrap_or("").to_string())
             .collect()
     };
-    let (header, body_params) = (given("header"), given("body"));
+    if let Some(kind) = found.header_media() {
+        // The header's one parameter names a media object of the business's numbers, of the header's kind.
+        let parameter = t
+            .get("components")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str).is_some_and(|k| k.eq_ignore_ascii_case("header")))
+            .and_then(|c| c.get("parameters")?.as_array()?.first().cloned());
+        let phones = st.wabas.get(waba).map(|w| w.phones.clone()).unwrap_or_default();
+        let media_ok = parameter.as_ref().is_some_and(|p| {
+            p.get("type").and_then(Value::as_str) == Some(kind.as_str())
+                && p.get(kind.as_str()).and_then(|m| m.get("id")).and_then(Value::as_str).is_some_and(|id| {
+                    st.media.get(id).is_some_and(|(phone, mime, _)| {
+                        phones.contains(phone) && (kind == "document" || mime.starts_with(&format!("{kind}/")))
+                    })
+                })
+        });
+        if !media_ok {
+            return Err(Box::new(super::messaging::wa_error(
+                132012,
+                "(#132012) Parameter format does not match format in the created template",
+            )));
+        }
+    }
+    let (header, body_params) =
+        if found.header_media().is_some() { (Vec::new(), given("body")) } else { (given("header"), given("body")) };
     let (want_header, want_body) = found.wanted();
     if header.len() != want_header || body_params.len() != want_body {
         return Err(Box::new(super::messaging::wa_error(
