@@ -15,8 +15,11 @@
 //!   we send; other echoes (Page inbox, Business Suite, another app) become
 //!   outgoing messages sent by the page.
 //! - Besides text replies: files (`uploads`), WhatsApp templates,
-//!   sendable whatever the window (`templates`), and private notes for the
-//!   team, never sent (`messages::create_note`).
+//!   sendable whatever the window (`templates`), private notes for the
+//!   team, never sent, which their author may edit (`messages::create_note`,
+//!   `edit_note`, `delete_note`), and the business's reactions to
+//!   customers' messages (`messages::react`). A WhatsApp reply may quote
+//!   the message it answers (`ReplyOptions::reply_to`).
 
 pub mod canned;
 pub mod contacts;
