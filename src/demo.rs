@@ -192,6 +192,13 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
         .send()
         .await?
         .error_for_status()?;
+    // And one whose header is a document the agent attaches (an invoice).
+    http.post(format!("{fake_base}/_fake/templates"))
+        .json(&json!({"waba_id": waba, "name": "invoice", "language": "en_US", "header_media": "DOCUMENT",
+            "body": "Hi {{1}}, here is your invoice {{2}}.", "footer": "Demo Shop"}))
+        .send()
+        .await?
+        .error_for_status()?;
     let keys = state.keys.clone();
     let (p2, ig2, ph2) = (page.clone(), ig.clone(), phone.clone());
     state
