@@ -63,6 +63,8 @@ pub struct AppState {
     pub media_urls: crate::inbox::media::MediaUrls,
     /// Tenants with a sweep of kept changes due soon (`inbox::processor`).
     pub sweeps_due: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// WhatsApp business accounts' templates as last read (`inbox::templates`).
+    pub templates: crate::inbox::templates::TemplateCache,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             copy_retries: crate::inbox::media_copies::retries(),
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
+            templates: Default::default(),
             media_urls: Default::default(),
             login_throttle: crate::auth::throttle::LoginThrottle::from_env(),
             graph: GraphClient::new(&config.meta),

@@ -405,6 +405,12 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                         return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: true }).await;
                     }
                     Err(e) => {
+                        // The template is gone, paused, disabled or changed: the kept list is stale.
+                        if matches!(e.code(), Some((132000 | 132001 | 132012 | 132015 | 132016, _))) {
+                            if let Some(waba) = ctx.channel.parent_external_id.as_deref() {
+                                state.templates.forget(waba);
+                            }
+                        }
                         let e = note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
                         Err(fail(e.reason(), e.to_string()))
                     }

@@ -5,9 +5,13 @@
 //! parameters.
 //!
 //! Decisions:
-//! - Read from Meta at each use (`GET /api/channels/{id}/templates`, and
-//!   once per send): Meta approves, pauses and disables templates on its
-//!   own schedule, and a kept copy would offer what Meta then refuses.
+//! - Read from Meta, and kept by each instance for [`KEPT_FOR`] per
+//!   business account ([`TemplateCache`]): Meta approves, pauses and
+//!   disables templates on its own schedule, so a copy kept long would
+//!   offer what Meta then refuses; read at every look and send, a team
+//!   opening the template picker all day would spend the business
+//!   account's Graph call budget. A send Meta refuses because the template
+//!   is gone, paused or disabled drops the copy (`inbox::sender`).
 //! - Positional text parameters are supported, in the body and in a text
 //!   header. An image, video or document header (`header_media`) takes
 //!   the agent's file, sent as multipart with the template as a JSON
@@ -304,18 +308,58 @@ fn source(keys: &crate::crypto::Keyring, row: ChannelRow) -> AppResult<(ChannelR
     Ok((row, waba, token))
 }
 
-/// Meta's templates of a business account (`name`: only those), readable;
-/// a dead token marks the channel `reauth_required` on the way.
+/// How long an instance keeps a business account's templates as read.
+pub const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Each business account's templates as last read from Meta, and when.
+#[derive(Default)]
+pub struct TemplateCache {
+    lists: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Template>)>>,
+}
+
+impl TemplateCache {
+    fn lists(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (std::time::Instant, Vec<Template>)>> {
+        // Only whole lists are put and taken under the lock: a poisoned one holds good lists.
+        self.lists.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, waba: &str) -> Option<Vec<Template>> {
+        self.lists().get(waba).filter(|(at, _)| at.elapsed() < KEPT_FOR).map(|(_, list)| list.clone())
+    }
+
+    fn put(&self, waba: &str, list: Vec<Template>) {
+        let mut lists = self.lists();
+        lists.retain(|_, (at, _)| at.elapsed() < KEPT_FOR);
+        lists.insert(waba.to_string(), (std::time::Instant::now(), list));
+    }
+
+    /// Drops a business account's list: Meta said one of them changed.
+    pub fn forget(&self, waba: &str) {
+        self.lists().remove(waba);
+    }
+}
+
+/// Meta's templates of a business account, readable: kept a while
+/// ([`TemplateCache`]); a dead token marks the channel `reauth_required`
+/// on the way.
 async fn from_meta(
     app: &AppState,
     tenant: crate::ids::TenantId,
     row: &ChannelRow,
     waba: &str,
     token: &Secret<String>,
-    name: Option<&str>,
 ) -> AppResult<Vec<Template>> {
-    match app.graph.whatsapp_templates(waba, token, name).await {
-        Ok(list) => Ok(list.iter().filter_map(parse).collect()),
+    if let Some(list) = app.templates.get(waba) {
+        return Ok(list);
+    }
+    match app.graph.whatsapp_templates(waba, token, None).await {
+        Ok(list) => {
+            let list: Vec<Template> = list.iter().filter_map(parse).collect();
+            app.templates.put(waba, list.clone());
+            Ok(list)
+        }
         Err(e) => Err(crate::channels::connect::note_graph_error(app, tenant, ChannelId(row.id), e).await.into()),
     }
 }
@@ -331,7 +375,7 @@ pub async fn list(
 ) -> AppResult<Vec<Template>> {
     let keys = app.keys.clone();
     let (row, waba, token) = app.db.tenant(scope, move |tc| channel_for_templates(tc, &keys, user, role, id)).await?;
-    let mut list = from_meta(app, scope.tenant, &row, &waba, &token, None).await?;
+    let mut list = from_meta(app, scope.tenant, &row, &waba, &token).await?;
     list.sort_by(|a, b| (!a.sendable, &a.name, &a.language).cmp(&(!b.sendable, &b.name, &b.language)));
     Ok(list)
 }
@@ -364,7 +408,7 @@ pub async fn send(
         Err(retried) => return Ok((retried, false)),
         Ok(found) => found,
     };
-    let found = from_meta(app, scope.tenant, &row, &waba, &token, Some(&choice.name)).await?;
+    let found = from_meta(app, scope.tenant, &row, &waba, &token).await?;
     let template =
         found.into_iter().find(|t| t.name == choice.name && t.language == choice.language).ok_or_else(|| {
             AppError::invalid(

@@ -3421,4 +3421,32 @@ async fn a_template_with_a_document_header_sends_the_agents_file() {
     assert_eq!(header["parameters"][0]["document"]["filename"], "fatura-7.pdf");
     assert!(header["parameters"][0]["document"]["id"].is_string(), "{header}");
     assert_eq!(sent[0][1], json!({"type": "body", "parameters": [{"type": "text", "text": "#7"}]}));
+    // The list was read from Meta once for the look and every send since (kept a minute).
+    let reads = |log: &Value| {
+        log["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|c| c["path"] == "/112233445566778/message_templates")
+            .count()
+    };
+    assert_eq!(reads(&log), 1);
+
+    // Meta pauses it: the kept list still offers it, Meta refuses the send,
+    // and the list is read again, so the next try is refused before anything is queued.
+    let paused = json!({"waba_id": "112233445566778", "name": "invoice", "language": "pt_BR",
+        "header_media": "DOCUMENT", "body": "A sua fatura {{1}} está pronta.", "status": "PAUSED"});
+    app.fake("POST", "/_fake/templates", paused).await;
+    let parts = [("template", choice.as_str()), ("client_id", "inv-8")];
+    let r = send_file(&app, &ctx.admin, &wa, Some(("fatura-8.pdf", "application/pdf", pdf)), &parts).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the paused template's send failed", || async {
+        message_status(&app, &ctx.admin, &wa, &id).await["status"] == "failed"
+    })
+    .await;
+    let parts = [("template", choice.as_str()), ("client_id", "inv-9")];
+    let r = send_file(&app, &ctx.admin, &wa, Some(("fatura-8.pdf", "application/pdf", pdf)), &parts).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("template_not_approved")), "{:?}", r.body);
+    assert_eq!(reads(&app.fake("GET", "/_fake/requests", json!({})).await), 2);
 }
