@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
+        .service(resource("/contacts/{id}").route(web::patch().to(rename_contact)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(
             resource("/canned-responses/{id}")
@@ -782,6 +783,37 @@ async fn list_contacts(
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
+}
+
+/// The team names a contact, or takes its name back (`contacts::rename`):
+/// `{"name": "…"}` or `{"name": null}`.
+async fn rename_contact(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = crate::inbox::ContactId::parse(&path).ok_or_else(|| AppError::not_found("contact"))?;
+    let body = body.into_inner();
+    if let Some(other) = body.keys().find(|k| k.as_str() != "name") {
+        return Err(AppError::invalid("invalid_body", format!("unknown field `{other}`, expected `name`")));
+    }
+    let name = match body.get("name") {
+        Some(Value::String(n)) => Some(n.clone()),
+        Some(Value::Null) => None,
+        Some(_) => return Err(AppError::invalid("invalid_body", "name is a string, or null to take it back")),
+        None => return Err(AppError::invalid("invalid_body", "missing field `name`")),
+    };
+    let (user, role) = (auth.user, auth.role);
+    let (item, stale) = state
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            let item = contacts::rename(tc, log, user, role, id, name)?;
+            Ok((item, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
+        })
+        .await?;
+    crate::inbox::sender::refresh_stale_profiles(&state, stale);
+    Ok(HttpResponse::Ok().json(item))
 }
 
 async fn list_canned(

@@ -13,6 +13,9 @@
 //! counts too: the lookup is the server's upkeep, not the viewer's write.
 //! A contact whose profile was never found is only looked up when they
 //! write (their first lookup may still be under way).
+//!
+//! The team may name a contact ([`rename`]): Meta's names then wait until
+//! the team takes its name back.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -25,7 +28,7 @@ use crate::auth::Role;
 use crate::channels::{ChannelId, Platform};
 use crate::db::tenant_schema::{channel_members, contacts, conversations};
 use crate::db::TenantConn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
 #[derive(Debug, Serialize)]
@@ -185,8 +188,10 @@ pub fn store_profile(
     else {
         return Ok(());
     };
-    // No name found keeps the one the contact has (a WhatsApp profile name).
-    let name = name.or_else(|| old.name.clone());
+    // No name found keeps the one the contact has (a WhatsApp profile
+    // name), and so does a name the team gave.
+    let named_by_team: Option<i64> = contacts::table.find(contact_id).select(contacts::name_set_by).first(tc.pg())?;
+    let name = if named_by_team.is_some() { old.name.clone() } else { name.or_else(|| old.name.clone()) };
     let changed = name != old.name || pic != old.profile_pic_url;
     diesel::update(contacts::table.find(contact_id))
         .set((
@@ -203,6 +208,108 @@ pub fn store_profile(
             .load(tc.pg())?;
         super::conversations::announce(tc, log, &rows)?;
     }
+    Ok(())
+}
+
+/// The longest name the team gives a contact.
+pub const MOST_NAME_CHARS: usize = 200;
+
+/// `PATCH /api/contacts/{id}` with `name`: the team names a contact (a
+/// WhatsApp "Mom 2", a Messenger customer without a public name). The
+/// name stays, whatever Meta's profile lookups and webhooks say, until the
+/// team takes it back (`None`): then Meta's next name (a profile lookup,
+/// queued now for Messenger and Instagram, or the next WhatsApp webhook)
+/// shows. Announced for the contact's conversations and audited; the same
+/// name again changes nothing. Only for who may see the contact's channel.
+pub fn rename(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ContactId,
+    name: Option<String>,
+) -> AppResult<ContactListItem> {
+    let name = name.map(|n| n.trim().to_string());
+    if let Some(n) = &name {
+        if n.is_empty() || n.chars().count() > MOST_NAME_CHARS || n.chars().any(char::is_control) {
+            return Err(AppError::invalid(
+                "invalid_name",
+                format!("a name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+            ));
+        }
+    }
+    let old: ContactRow = contacts::table
+        .find(id.0)
+        .select(ContactRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("contact"))?;
+    if !crate::channels::can_see(tc, user, role, ChannelId(old.channel_id))? {
+        return Err(AppError::not_found("contact"));
+    }
+    let set_by: Option<i64> = contacts::table.find(id.0).select(contacts::name_set_by).first(tc.pg())?;
+    let row: ContactRow = match &name {
+        Some(n) if set_by.is_some() && old.name.as_deref() == Some(n.as_str()) => old,
+        Some(n) => {
+            let row = diesel::update(contacts::table.find(id.0))
+                .set((
+                    contacts::name.eq(n),
+                    contacts::name_set_by.eq(user.0),
+                    contacts::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(ContactRow::as_returning())
+                .get_result(tc.pg())?;
+            after_rename(tc, log, user, &row, "contact.renamed")?;
+            row
+        }
+        None if set_by.is_none() => old,
+        None => {
+            // Meta's next name shows: a profile lookup is due now.
+            let row = diesel::update(contacts::table.find(id.0))
+                .set((
+                    contacts::name_set_by.eq(None::<i64>),
+                    contacts::name_at.eq(None::<chrono::DateTime<Utc>>),
+                    // Stale, so that this look queues the lookup (`stale_profiles`).
+                    contacts::profile_checked_at.eq(chrono::DateTime::<Utc>::UNIX_EPOCH),
+                    contacts::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(ContactRow::as_returning())
+                .get_result(tc.pg())?;
+            after_rename(tc, log, user, &row, "contact.name_released")?;
+            row
+        }
+    };
+    Ok(ContactListItem {
+        id: ContactId(row.id),
+        channel_id: ChannelId(row.channel_id),
+        external_id: row.external_id,
+        name: row.name,
+        profile_pic_url: row.profile_pic_url,
+        created_at: row.created_at,
+    })
+}
+
+fn after_rename(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    row: &ContactRow,
+    action: &str,
+) -> AppResult<()> {
+    let rows: Vec<ConversationRow> = conversations::table
+        .filter(conversations::contact_id.eq(row.id))
+        .select(ConversationRow::as_select())
+        .load(tc.pg())?;
+    super::conversations::announce(tc, log, &rows)?;
+    crate::audit::record(
+        tc,
+        Some(user),
+        action,
+        "contact",
+        Some(row.id.to_string()),
+        serde_json::json!({"name": row.name}),
+    )?;
     Ok(())
 }
 

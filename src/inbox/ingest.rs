@@ -585,7 +585,10 @@ pub fn upsert_contact(
         }
     };
     if let Some(n) = name.filter(|n| c.name.as_deref() != Some(*n)) {
-        let older = contacts::name.is_null().or(contacts::name_at.is_null()).or(contacts::name_at.le(at));
+        // Newer than the name shown, and not one the team gave.
+        let older = contacts::name_set_by
+            .is_null()
+            .and(contacts::name.is_null().or(contacts::name_at.is_null()).or(contacts::name_at.le(at)));
         let renamed: Option<ContactRow> = diesel::update(contacts::table.find(c.id).filter(older))
             .set((contacts::name.eq(n), contacts::name_at.eq(at), contacts::updated_at.eq(diesel::dsl::now)))
             .returning(ContactRow::as_returning())

@@ -3450,3 +3450,64 @@ async fn a_template_with_a_document_header_sends_the_agents_file() {
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("template_not_approved")), "{:?}", r.body);
     assert_eq!(reads(&app.fake("GET", "/_fake/requests", json!({})).await), 2);
 }
+
+/// The team names a contact; Meta's names wait until the team takes it back.
+#[actix_web::test]
+async fn the_team_names_a_contact_and_metas_names_wait() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá", "name": "Zé"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá", "name": "Rita Meta"})).await;
+    app.processed().await;
+    let contact_of = |who: &'static str| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move { by_contact(&conversations(app, &t, "").await, who)["contact"].clone() }
+    };
+    eventually("the Messenger profile looked up", || async { contact_of(PSID).await["name"] == "Rita Meta" }).await;
+    let (wa, fb) = (contact_of(WA_ID).await, contact_of(PSID).await);
+    let path = |c: &Value| format!("/api/contacts/{}", c["id"].as_str().expect("id"));
+
+    let r = app.call("PATCH", &path(&wa), Some(&ctx.admin), Some(json!({"name": "  José Silva (loja) "}))).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (200, Some("José Silva (loja)")), "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "?", "name": "Zé 2"})).await;
+    app.processed().await;
+    assert_eq!(contact_of(WA_ID).await["name"], "José Silva (loja)", "a webhook's name waits");
+    assert_eq!(conversations(&app, &ctx.admin, "?q=jose%20silva").await.len(), 1, "found by the team's name");
+    for (p, body, status, code) in [
+        (path(&wa), json!({"name": ""}), 422, "invalid_name"),
+        (path(&wa), json!({"name": "a\nb"}), 422, "invalid_name"),
+        (path(&wa), json!({}), 422, "invalid_body"),
+        (path(&wa), json!({"name": 5}), 422, "invalid_body"),
+        (path(&wa), json!({"nome": "x"}), 422, "invalid_body"),
+        ("/api/contacts/abc".to_string(), json!({"name": "x"}), 404, "not_found"),
+        ("/api/contacts/999999".to_string(), json!({"name": "x"}), 404, "not_found"),
+    ] {
+        let r = app.call("PATCH", &p, Some(&ctx.admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", r.body);
+    }
+    // Taken back: the name stays until Meta gives the next one.
+    let r = app.call("PATCH", &path(&wa), Some(&ctx.admin), Some(json!({"name": null}))).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (200, Some("José Silva (loja)")));
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "!", "name": "Zé 3"})).await;
+    app.processed().await;
+    assert_eq!(contact_of(WA_ID).await["name"], "Zé 3");
+
+    // Messenger: a profile lookup's name waits too; taken back, it is looked up again.
+    let r = app.call("PATCH", &path(&fb), Some(&ctx.admin), Some(json!({"name": "Rita VIP"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let fb_id: i64 = fb["id"].as_str().expect("id").parse().expect("number");
+    switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        switchboard::inbox::contacts::store_profile(tc, &mut log, fb_id, Some("Rita Meta".into()), None)?;
+        log.notify(tc)
+    })
+    .expect("profile stored");
+    assert_eq!(contact_of(PSID).await["name"], "Rita VIP");
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "x", "name": "Rita Nova"})).await;
+    let r = app.call("PATCH", &path(&fb), Some(&ctx.admin), Some(json!({"name": null}))).await;
+    assert_eq!(r.status, 200);
+    eventually("Meta's name back", || async { contact_of(PSID).await["name"] == "Rita Nova" }).await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action LIKE 'contact.%'"), 4);
+}
