@@ -326,16 +326,28 @@ pub fn edit_note(
         .set((m::text.eq(&text), m::edited_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
+    note_changed(tc, log, user, &row, "message.note_edited")?;
+    names.message(tc, &row, contact)
+}
+
+/// A note's change: announced (`message.updated`) and audited as `action`.
+fn note_changed(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    row: &MessageRow,
+    action: &str,
+) -> AppResult<()> {
     log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
     audit::record(
         tc,
         Some(user),
-        "message.note_edited",
+        action,
         "conversation",
         Some(row.conversation_id.to_string()),
         json!({"message_id": row.id.to_string()}),
     )?;
-    names.message(tc, &row, contact)
+    Ok(())
 }
 
 /// `DELETE /api/messages/{id}`: a note's author, or an admin, deletes it.
@@ -360,16 +372,7 @@ pub fn delete_note(
         .set((m::text.eq(None::<String>), m::deleted_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
-    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
-    audit::record(
-        tc,
-        Some(user),
-        "message.note_deleted",
-        "conversation",
-        Some(row.conversation_id.to_string()),
-        json!({"message_id": row.id.to_string()}),
-    )?;
-    Ok(())
+    note_changed(tc, log, user, &row, "message.note_deleted")
 }
 
 /// The longest reaction kept (one emoji, with its modifiers and joiners).

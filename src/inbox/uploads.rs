@@ -47,6 +47,18 @@ const MOST_NAME_CHARS: usize = 200;
 
 const MB: usize = 1024 * 1024;
 
+/// What WhatsApp takes as a document (Meta's list; the fake checks with it too).
+pub const WHATSAPP_DOCUMENT_TYPES: [&str; 8] = [
+    "text/plain",
+    "application/pdf",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+];
+
 /// What a file is shown and sent as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -250,19 +262,7 @@ pub fn check(platform: Platform, upload: &Upload, caption: Option<&str>) -> AppR
                 Kind::Image => (&["image/jpeg", "image/png"], 5),
                 Kind::Video => (&["video/mp4", "video/3gpp"], 16),
                 Kind::Audio => (&["audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"], 16),
-                Kind::File => (
-                    &[
-                        "text/plain",
-                        "application/pdf",
-                        "application/msword",
-                        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-                        "application/vnd.ms-excel",
-                        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                        "application/vnd.ms-powerpoint",
-                        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-                    ],
-                    25,
-                ),
+                Kind::File => (&WHATSAPP_DOCUMENT_TYPES, 25),
             };
             if !allowed.contains(&mime) {
                 return Err(unsupported(format!(

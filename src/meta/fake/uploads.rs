@@ -152,19 +152,7 @@ fn whatsapp_types(kind: &str) -> Option<(&'static [&'static str], usize)> {
         "image" => (&["image/jpeg", "image/png"], 5 * MB),
         "video" => (&["video/mp4", "video/3gpp"], 16 * MB),
         "audio" => (&["audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"], 16 * MB),
-        "document" => (
-            &[
-                "text/plain",
-                "application/pdf",
-                "application/msword",
-                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-                "application/vnd.ms-excel",
-                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                "application/vnd.ms-powerpoint",
-                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-            ],
-            100 * MB,
-        ),
+        "document" => (&crate::inbox::uploads::WHATSAPP_DOCUMENT_TYPES, 100 * MB),
         _ => return None,
     })
 }
