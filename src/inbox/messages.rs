@@ -270,10 +270,14 @@ pub fn create_note(
     Ok((view, true))
 }
 
-/// A note the caller may change: it exists, the caller sees its channel
-/// (else 404, as for another tenant's), and it is a note (messages sent to
-/// the customer stay as they were sent: 403 `not_a_note`).
-fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super::MessageId) -> AppResult<MessageRow> {
+/// A message the caller may see, its row held for a change (else 404, as
+/// for another tenant's).
+fn visible_message_for_update(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+) -> AppResult<MessageRow> {
     let row: MessageRow = m::table
         .find(id.0)
         .select(MessageRow::as_select())
@@ -284,6 +288,14 @@ fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super:
     if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
         return Err(AppError::not_found("message"));
     }
+    Ok(row)
+}
+
+/// A note the caller may change: it exists, the caller sees its channel
+/// (else 404, as for another tenant's), and it is a note (messages sent to
+/// the customer stay as they were sent: 403 `not_a_note`).
+fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super::MessageId) -> AppResult<MessageRow> {
+    let row = visible_message_for_update(tc, user, role, id)?;
     if !row.private {
         return Err(AppError::forbidden(
             "not_a_note",
@@ -398,16 +410,7 @@ pub fn react(
             return Err(AppError::invalid("invalid_reaction", "a reaction is one emoji"));
         }
     }
-    let row: MessageRow = m::table
-        .find(id.0)
-        .select(MessageRow::as_select())
-        .for_update()
-        .first(tc.pg())
-        .optional()?
-        .ok_or_else(|| AppError::not_found("message"))?;
-    if !channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
-        return Err(AppError::not_found("message"));
-    }
+    let row = visible_message_for_update(tc, user, role, id)?;
     if row.direction != "in" || row.external_id.is_none() || row.deleted_at.is_some() {
         return Err(AppError::invalid(
             "cannot_react",
