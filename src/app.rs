@@ -65,6 +65,8 @@ pub struct AppState {
     pub sweeps_due: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// WhatsApp business accounts' templates as last read (`inbox::templates`).
     pub templates: crate::inbox::templates::TemplateCache,
+    /// Agents' files read at once ([`crate::inbox::uploads::READ_AT_ONCE`]).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
             templates: Default::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(crate::inbox::uploads::READ_AT_ONCE)),
             media_urls: Default::default(),
             login_throttle: crate::auth::throttle::LoginThrottle::from_env(),
             graph: GraphClient::new(&config.meta),

@@ -581,7 +581,11 @@ async fn send_file(
     payload: web::Payload,
 ) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
-    let FileForm { upload, text, template, opts } = read_file_form(req, payload).await?;
+    // Memory stays bounded however many agents upload at once: the others wait.
+    let reading = state.uploads.clone().acquire_owned().await;
+    let form = read_file_form(req, payload).await;
+    drop(reading);
+    let FileForm { upload, text, template, opts } = form?;
     let (view, created) = match template {
         Some(_) if text.is_some() => {
             return Err(AppError::invalid("invalid_body", "a template's text is the template's: send no text with it"));

@@ -40,6 +40,10 @@ use crate::error::{AppError, AppResult, ErrorKind};
 
 /// The largest file an agent may send.
 pub const MOST_BYTES: usize = super::media_copies::MOST_BYTES;
+/// Files read from agents at once by one instance: each is held in memory
+/// while read (up to [`MOST_BYTES`]); more wait, unread, their bytes left
+/// in the network's buffers.
+pub const READ_AT_ONCE: usize = 8;
 /// The longest caption (WhatsApp's).
 pub const MOST_CAPTION_CHARS: usize = 1024;
 /// The longest file name kept.
