@@ -536,7 +536,7 @@ async fn send_json(
         };
         let (view, _) = state
             .tenant_with_events(auth.scope(), move |tc, log| {
-                messages::create_note(tc, log, user, role, id, text, b.client_id)
+                messages::create_note(tc, log, user, role, id, Some(text), None, b.client_id)
             })
             .await?;
         return Ok(HttpResponse::Created().json(view));
@@ -570,6 +570,8 @@ struct FileForm {
     text: Option<String>,
     /// A template whose media header the file is.
     template: Option<crate::inbox::templates::Choice>,
+    /// A note for the team, with the file (`private` part `true`).
+    private: bool,
     opts: messages::ReplyOptions,
 }
 
@@ -585,7 +587,18 @@ async fn send_file(
     let reading = state.uploads.clone().acquire_owned().await;
     let form = read_file_form(req, payload).await;
     drop(reading);
-    let FileForm { upload, text, template, opts } = form?;
+    let FileForm { upload, text, template, private, opts } = form?;
+    if private {
+        if template.is_some() || opts.reply_to.is_some() {
+            return Err(AppError::invalid("invalid_body", "a private note takes no template nor reply_to"));
+        }
+        let (view, _) = state
+            .tenant_with_events(auth.scope(), move |tc, log| {
+                messages::create_note(tc, log, user, role, id, text, Some(upload), opts.client_id)
+            })
+            .await?;
+        return Ok(HttpResponse::Created().json(view));
+    }
     let (view, created) = match template {
         Some(_) if text.is_some() => {
             return Err(AppError::invalid("invalid_body", "a template's text is the template's: send no text with it"));
@@ -622,6 +635,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
+    let mut private = None;
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -662,16 +676,22 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
                 })?;
                 template = Some(choice);
             }
-            "private" => {
-                return Err(AppError::invalid("invalid_body", "a private note is text; it takes no file"));
+            "private" if private.is_none() => {
+                private = Some(match as_text(bytes)?.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(AppError::invalid("invalid_body", "the part `private` is true or false")),
+                });
             }
-            "file" | "text" | "client_id" | "reply_to" | "template" => {
+            "file" | "text" | "client_id" | "reply_to" | "template" | "private" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
                 return Err(AppError::bad_request(
                     "invalid_body",
-                    format!("unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to` and `template`"),
+                    format!(
+                        "unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to`, `template` and `private`"
+                    ),
                 ));
             }
         }
@@ -680,7 +700,8 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
         return Err(AppError::bad_request("invalid_body", "missing part `file`"));
     };
     let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
-    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, opts })
+    let private = private.unwrap_or(false);
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, opts })
 }
 
 #[derive(Deserialize)]

@@ -208,34 +208,51 @@ pub fn create_file_reply(
 pub const MOST_NOTE_CHARS: usize = 10_000;
 
 /// `POST /api/conversations/{id}/messages` with `private: true`: a note
-/// for the team. Stored `sent` at once and never sent to the customer, so
-/// it needs no reply window nor a connected channel; it is announced
+/// for the team, text or a file or both. Stored `sent` at once and never
+/// sent to the customer, so it needs no reply window nor a connected
+/// channel, and its file no platform's rules; it is announced
 /// (`message.created`) like any message, but leaves the conversation's
 /// last message and activity as they were: the list stays about the
 /// customer. A `client_id` makes a retry safe, as for replies.
+#[allow(clippy::too_many_arguments)]
 pub fn create_note(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     role: Role,
     id: ConversationId,
-    text: String,
+    text: Option<String>,
+    file: Option<super::uploads::Upload>,
     client_id: Option<String>,
 ) -> AppResult<(MessageView, bool)> {
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
+    let file_sha = file.as_ref().map(|f| f.sha256.clone());
     if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
         if !row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, Some(&text), None)?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
-    if text.trim().is_empty() {
-        return Err(AppError::invalid("empty_text", "text must not be empty"));
+    match (&text, &file) {
+        (Some(t), _) if t.trim().is_empty() => {
+            return Err(AppError::invalid("empty_text", "text must not be empty"));
+        }
+        (Some(t), _) if t.chars().count() > MOST_NOTE_CHARS => {
+            return Err(AppError::invalid(
+                "text_too_long",
+                format!("a note must be at most {MOST_NOTE_CHARS} characters"),
+            ));
+        }
+        (None, None) => return Err(AppError::invalid("empty_text", "text must not be empty")),
+        _ => {}
     }
-    if text.chars().count() > MOST_NOTE_CHARS {
-        return Err(AppError::invalid("text_too_long", format!("a note must be at most {MOST_NOTE_CHARS} characters")));
+    // Never sent: no platform's rules, only the size any file may have.
+    if let Some(f) = &file {
+        if f.bytes.is_empty() {
+            return Err(AppError::invalid("empty_file", "the file is empty"));
+        }
     }
     let new = NewMessage {
         conversation_id: conv.id,
@@ -243,8 +260,8 @@ pub fn create_note(
         direction: "out",
         sender_kind: "agent",
         sender_user_id: Some(user.0),
-        text: Some(&text),
-        attachments: Value::Array(Vec::new()),
+        text: text.as_deref(),
+        attachments: Value::Array(file.iter().map(super::uploads::Upload::attachment).collect()),
         status: "sent",
         client_id: client_id.as_deref(),
         sort_at: Utc::now(),
@@ -254,8 +271,11 @@ pub fn create_note(
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, Some(&text), None)?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
+    }
+    if let Some(f) = &file {
+        super::media_copies::store(tc, row.id, 0, &f.mime, &f.bytes)?;
     }
     let view = names.message(tc, &row, conv.contact_id)?;
     log.append(tc, "message.created", Some(conv.channel_id), Some(conv.id), &view)?;
@@ -381,9 +401,16 @@ pub fn delete_note(
         return Ok(());
     }
     let row: MessageRow = diesel::update(m::table.find(row.id))
-        .set((m::text.eq(None::<String>), m::deleted_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
+        .set((
+            m::text.eq(None::<String>),
+            m::attachments.eq(json!([])),
+            m::deleted_at.eq(diesel::dsl::now),
+            m::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
+    // Its file goes with it.
+    super::media_copies::forget(tc, row.id)?;
     note_changed(tc, log, user, &row, "message.note_deleted")
 }
 

@@ -2993,7 +2993,7 @@ async fn an_agent_sends_files_as_each_platform_takes_them() {
         (&wa, Some(("empty.txt", "text/plain", &b""[..])), vec![], 422, "empty_file"),
         (&late, Some(("foto.png", "image/png", &png[..])), vec![], 422, "outside_window"),
         (&wa, None, vec![("text", "no file")], 400, "invalid_body"),
-        (&wa, Some(("foto.png", "image/png", &png[..])), vec![("private", "true")], 422, "invalid_body"),
+        (&wa, Some(("foto.png", "image/png", &png[..])), vec![("private", "maybe")], 422, "invalid_body"),
         (&wa, Some(("foto.png", "image/png", &png[..])), vec![("colour", "red")], 400, "invalid_body"),
     ] {
         let r = send_file(&app, &ctx.admin, conv, file, &parts).await;
@@ -3197,11 +3197,36 @@ async fn a_note_is_edited_by_its_author_and_deleted_by_its_author_or_an_admin() 
     let r = app.call("PATCH", &mine, Some(&al_token), Some(json!({"text": "de volta"}))).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("note_deleted")));
     assert_eq!(app.call("DELETE", &admins, Some(&ctx.admin), None).await.status, 204);
+
+    // A note may carry a file (a screenshot for the team): kept, never sent,
+    // and gone with the note.
+    let shot: Vec<u8> = [&b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..], &[9u8; 40][..]].concat();
+    let parts = [("private", "true"), ("text", "o erro que o cliente viu"), ("client_id", "n-1")];
+    let r = send_file(&app, &al_token, &conv, Some(("erro.png", "image/png", &shot)), &parts).await;
+    assert_eq!((r.status, &r.body["private"], &r.body["status"]), (201, &json!(true), &json!("sent")), "{:?}", r.body);
+    let again = send_file(&app, &al_token, &conv, Some(("erro.png", "image/png", &shot)), &parts).await;
+    assert_eq!((again.status, &again.body["id"]), (201, &r.body["id"]), "a retry");
+    let url = r.body["attachments"][0]["url"].as_str().expect("url").to_string();
+    let file = app.client.get(app.url(&url)).bearer_auth(&al_token).send().await.expect("get");
+    assert_eq!(file.bytes().await.expect("bytes").to_vec(), shot);
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    assert!(
+        log["items"].as_array().expect("items").iter().all(|c| c["path"] != format!("/{PHONE}/media")),
+        "never sent"
+    );
+    let with_file = format!("/api/messages/{}", r.body["id"].as_str().expect("id"));
+    assert_eq!(app.call("DELETE", &with_file, Some(&al_token), None).await.status, 204);
+    assert_eq!(app.call("GET", &url, Some(&al_token), None).await.status, 404, "its file is gone with it");
+    let kept = format!(
+        "SELECT count(*) AS n FROM tenant_acme.media_copies WHERE message_id = {}",
+        r.body["id"].as_str().expect("id")
+    );
+    assert_eq!(app.count(&kept), 0);
     assert_eq!(
         app.count(
             "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action IN ('message.note_edited', 'message.note_deleted')"
         ),
-        3
+        4
     );
     assert_eq!(conversations(&app, &ctx.admin, "?q=prefere").await.len(), 0, "a deleted note is not found");
 }
