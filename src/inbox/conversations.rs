@@ -15,7 +15,7 @@ use super::views::{ConversationRow, ConversationView, Names};
 use super::{planned_for_the_pattern, sb_fold_contains, ConversationId};
 use crate::audit;
 use crate::auth::Role;
-use crate::db::schema::{memberships, send_queue};
+use crate::db::schema::memberships;
 use crate::db::tenant_schema::{channel_members, contacts, conversations as c, messages};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -424,13 +424,7 @@ pub fn mark_read(
         .set((c::unread_count.eq(0), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
-    diesel::insert_into(send_queue::table)
-        .values((
-            send_queue::tenant_id.eq(tc.tenant().0),
-            send_queue::conversation_id.eq(row.id),
-            send_queue::kind.eq("mark_seen"),
-        ))
-        .execute(tc.pg())?;
+    super::sender::queue(tc, super::sender::SendKind::MarkSeen, row.id, None)?;
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
     Ok(true)

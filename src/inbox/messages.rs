@@ -11,7 +11,6 @@ use super::{status_moves_forward, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::channels::{self, ChannelId, ChannelRow, Platform};
-use crate::db::schema::send_queue;
 use crate::db::tenant_schema::{conversations, messages as m};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -116,14 +115,7 @@ pub fn queue_outgoing(
     if !stored {
         return Ok((row, false));
     }
-    diesel::insert_into(send_queue::table)
-        .values((
-            send_queue::tenant_id.eq(tc.tenant().0),
-            send_queue::message_id.eq(row.id),
-            send_queue::conversation_id.eq(conv.id),
-            send_queue::kind.eq("message"),
-        ))
-        .execute(tc.pg())?;
+    super::sender::queue(tc, super::sender::SendKind::Message, conv.id, Some(row.id))?;
     let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
         .set((
             conversations::last_message_id.eq(row.id),
@@ -461,14 +453,7 @@ pub fn react(
     if change.apply_to(&mut row, Utc::now()) {
         row = super::early::write(tc, &row)?;
         log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
-        diesel::insert_into(send_queue::table)
-            .values((
-                send_queue::tenant_id.eq(tc.tenant().0),
-                send_queue::message_id.eq(row.id),
-                send_queue::conversation_id.eq(conv.id),
-                send_queue::kind.eq("reaction"),
-            ))
-            .execute(tc.pg())?;
+        super::sender::queue(tc, super::sender::SendKind::Reaction, conv.id, Some(row.id))?;
     }
     names.message(tc, &row, conv.contact_id)
 }

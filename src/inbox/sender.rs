@@ -35,6 +35,46 @@ use crate::secret::Secret;
 
 const MAX_SEND_ATTEMPTS: i32 = 6;
 
+/// What a send job sends (`public.send_queue.kind`, whose CHECK lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    /// A reply: its message.
+    Message,
+    /// "Seen" for the conversation's customer.
+    MarkSeen,
+    /// The business's reaction to a customer's message, as it is by then.
+    Reaction,
+}
+
+impl SendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendKind::Message => "message",
+            SendKind::MarkSeen => "mark_seen",
+            SendKind::Reaction => "reaction",
+        }
+    }
+}
+
+/// Queues a send job in the caller's transaction (it goes with the change
+/// that asks for it); the sender is woken by the caller after the commit.
+pub fn queue(
+    tc: &mut crate::db::TenantConn<'_>,
+    kind: SendKind,
+    conversation: i64,
+    message: Option<i64>,
+) -> AppResult<()> {
+    diesel::insert_into(sq::table)
+        .values((
+            sq::tenant_id.eq(tc.tenant().0),
+            sq::message_id.eq(message),
+            sq::conversation_id.eq(conversation),
+            sq::kind.eq(kind.as_str()),
+        ))
+        .execute(tc.pg())?;
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct Job {
     id: i64,
@@ -208,7 +248,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         }
         Err(e) => return Err(e),
     };
-    if job.kind == "mark_seen" {
+    if job.kind == SendKind::MarkSeen.as_str() {
         if let (Some(token), "connected") = (&ctx.token, ctx.channel.status.as_str()) {
             let r = match ctx.channel.platform() {
                 Platform::Whatsapp => match &ctx.conversation.last_inbound_external_id {
@@ -228,7 +268,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         }
         return finish(state, job, JobEnd::Done).await;
     }
-    if job.kind == "reaction" {
+    if job.kind == SendKind::Reaction.as_str() {
         send_reaction(state, job, &ctx).await;
         return finish(state, job, JobEnd::Done).await;
     }
