@@ -80,6 +80,10 @@ diesel::table! {
         search_name -> Nullable<Text>,
         /// The member who named the contact; Meta's names wait while set.
         name_set_by -> Nullable<Int8>,
+        /// What the team saved about the customer (`PATCH /api/contacts/{id}`).
+        email -> Nullable<Text>,
+        phone -> Nullable<Text>,
+        notes -> Nullable<Text>,
     }
 }
 

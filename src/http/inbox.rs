@@ -27,7 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
-        .service(resource("/contacts/{id}").route(web::patch().to(rename_contact)))
+        .service(resource("/contacts/{id}").route(web::get().to(get_contact)).route(web::patch().to(update_contact)))
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(
             resource("/canned-responses/{id}")
@@ -810,9 +810,29 @@ async fn list_contacts(
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
 }
 
-/// The team names a contact, or takes its name back (`contacts::rename`):
-/// `{"name": "…"}` or `{"name": null}`.
-async fn rename_contact(
+/// One contact, with what the team saved about them.
+async fn get_contact(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = crate::inbox::ContactId::parse(&path).ok_or_else(|| AppError::not_found("contact"))?;
+    let (user, role) = (auth.user, auth.role);
+    let (item, stale) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let item = contacts::get(tc, user, role, id)?;
+            Ok::<_, AppError>((item, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
+        })
+        .await?;
+    crate::inbox::sender::refresh_stale_profiles(&state, stale);
+    Ok(HttpResponse::Ok().json(item))
+}
+
+/// The team names a contact or keeps what it knows of them
+/// (`contacts::update`): any of `name`, `email`, `phone`, `notes`, each a
+/// string or `null`.
+async fn update_contact(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
@@ -821,19 +841,34 @@ async fn rename_contact(
     auth.require(Role::Agent)?;
     let id = crate::inbox::ContactId::parse(&path).ok_or_else(|| AppError::not_found("contact"))?;
     let body = body.into_inner();
-    if let Some(other) = body.keys().find(|k| k.as_str() != "name") {
-        return Err(AppError::invalid("invalid_body", format!("unknown field `{other}`, expected `name`")));
+    const FIELDS: [&str; 4] = ["name", "email", "phone", "notes"];
+    if let Some(other) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            format!("unknown field `{other}`, expected `name`, `email`, `phone` or `notes`"),
+        ));
     }
-    let name = match body.get("name") {
-        Some(Value::String(n)) => Some(n.clone()),
-        Some(Value::Null) => None,
-        Some(_) => return Err(AppError::invalid("invalid_body", "name is a string, or null to take it back")),
-        None => return Err(AppError::invalid("invalid_body", "missing field `name`")),
+    if body.is_empty() {
+        return Err(AppError::invalid("invalid_body", "give at least one of `name`, `email`, `phone`, `notes`"));
+    }
+    let field = |key: &str| -> AppResult<Option<Option<String>>> {
+        match body.get(key) {
+            None => Ok(None),
+            Some(Value::String(v)) => Ok(Some(Some(v.clone()))),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(_) => Err(AppError::invalid("invalid_body", format!("`{key}` is a string, or null to clear it"))),
+        }
+    };
+    let changes = contacts::ContactChanges {
+        name: field("name")?,
+        email: field("email")?,
+        phone: field("phone")?,
+        notes: field("notes")?,
     };
     let (user, role) = (auth.user, auth.role);
     let (item, stale) = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            let item = contacts::rename(tc, log, user, role, id, name)?;
+            let item = contacts::update(tc, log, user, role, id, changes)?;
             Ok((item, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
         })
         .await?;

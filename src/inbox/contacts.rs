@@ -14,8 +14,19 @@
 //! A contact whose profile was never found is only looked up when they
 //! write (their first lookup may still be under way).
 //!
-//! The team may name a contact ([`rename`]): Meta's names then wait until
-//! the team takes its name back.
+//! The team may name a contact ([`update`]): Meta's names then wait until
+//! the team takes its name back. It may also keep what it knows of the
+//! customer beyond Meta's profile: an e-mail address, a phone number and a
+//! note ([`ContactDetails`]). Decisions: each is optional and cleared with
+//! `null` or `""`; an address is checked for its shape only (one `@`, a
+//! domain with a dot, no spaces), a number for the characters people
+//! write one with (digits, spaces, `+ - ( ) .`, 3 to 15 digits), both kept
+//! as typed; a note holds at most [`MOST_NOTES_CHARS`] characters, new
+//! lines allowed. Search (`?q=`) finds a saved address or number too. A
+//! change is audited (`contact.updated`, naming the fields; a note's text
+//! stays out of the log) and announced as `contact.updated` (the contact,
+//! to the agents of its channel); a name still announces the contact's
+//! conversations, whose summaries show it.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -39,6 +50,127 @@ pub struct ContactListItem {
     pub name: Option<String>,
     pub profile_pic_url: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
+    #[serde(flatten)]
+    pub details: ContactDetails,
+}
+
+impl ContactListItem {
+    fn new(row: ContactRow, details: ContactDetails) -> Self {
+        ContactListItem {
+            id: ContactId(row.id),
+            channel_id: ChannelId(row.channel_id),
+            external_id: row.external_id,
+            name: row.name,
+            profile_pic_url: row.profile_pic_url,
+            created_at: row.created_at,
+            details,
+        }
+    }
+}
+
+/// What the team keeps about a customer beyond Meta's profile. Apart from
+/// [`ContactRow`], which the webhook path reads and writes: none of it is
+/// Meta's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Queryable, Selectable)]
+#[diesel(table_name = contacts)]
+pub struct ContactDetails {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub notes: Option<String>,
+}
+
+diesel::define_sql_function! {
+    /// `coalesce` of a nullable text with a text.
+    #[sql_name = "coalesce"]
+    fn coalesce_text(value: diesel::sql_types::Nullable<diesel::sql_types::Text>, otherwise: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// The longest e-mail address (RFC 5321's path limit).
+pub const MOST_EMAIL_CHARS: usize = 254;
+/// The longest note about a contact.
+pub const MOST_NOTES_CHARS: usize = 5000;
+
+/// What `PATCH /api/contacts/{id}` changes: a field left out (`None`)
+/// stays; `Some(None)` clears it (for `name`: gives it back to Meta).
+#[derive(Debug, Clone, Default)]
+pub struct ContactChanges {
+    pub name: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+    pub phone: Option<Option<String>>,
+    pub notes: Option<Option<String>>,
+}
+
+impl ContactChanges {
+    /// Checks and tidies every field before anything is written: trimmed,
+    /// an empty address, number or note clears it.
+    fn checked(self) -> AppResult<ContactChanges> {
+        let blank_clears =
+            |v: Option<Option<String>>| v.map(|inner| inner.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+        let name = self.name.map(|n| n.map(|t| t.trim().to_string()));
+        if let Some(Some(n)) = &name {
+            if n.is_empty() || n.chars().count() > MOST_NAME_CHARS || n.chars().any(char::is_control) {
+                return Err(AppError::invalid(
+                    "invalid_name",
+                    format!("a name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+                ));
+            }
+        }
+        let email = blank_clears(self.email);
+        if let Some(Some(e)) = &email {
+            if !plausible_email(e) {
+                return Err(AppError::invalid(
+                    "invalid_email",
+                    format!(
+                        "an e-mail address is name@domain.tld, at most {MOST_EMAIL_CHARS} characters, without spaces"
+                    ),
+                ));
+            }
+        }
+        let phone = blank_clears(self.phone);
+        if let Some(Some(p)) = &phone {
+            if !plausible_phone(p) {
+                return Err(AppError::invalid(
+                    "invalid_phone",
+                    "a phone number has 3 to 15 digits, with only spaces and + - ( ) . between them",
+                ));
+            }
+        }
+        let notes = self.notes.map(|n| n.map(|t| t.trim_end().to_string()).filter(|t| !t.trim().is_empty()));
+        if let Some(Some(n)) = &notes {
+            if n.chars().count() > MOST_NOTES_CHARS
+                || n.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            {
+                return Err(AppError::invalid(
+                    "invalid_notes",
+                    format!("a note is at most {MOST_NOTES_CHARS} characters, without control characters but new lines and tabs"),
+                ));
+            }
+        }
+        Ok(ContactChanges { name, email, phone, notes })
+    }
+}
+
+/// An address of the shape `local@domain.tld`: what can be checked
+/// without sending it mail.
+fn plausible_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else { return false };
+    e.chars().count() <= MOST_EMAIL_CHARS
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !local.is_empty()
+        && local.chars().count() <= 64
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+/// A number as people write one: `+351 912 345 678`, `(555) 123-4567`.
+fn plausible_phone(p: &str) -> bool {
+    let digits = p.chars().filter(char::is_ascii_digit).count();
+    (3..=15).contains(&digits)
+        && p.chars().all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
+        && !p[1..].contains('+')
 }
 
 pub fn search(
@@ -49,7 +181,11 @@ pub fn search(
     after: Option<i64>,
     limit: i64,
 ) -> AppResult<Vec<ContactListItem>> {
-    let mut query = contacts::table.select(ContactRow::as_select()).order(contacts::id).limit(limit).into_boxed();
+    let mut query = contacts::table
+        .select((ContactRow::as_select(), ContactDetails::as_select()))
+        .order(contacts::id)
+        .limit(limit)
+        .into_boxed();
     if !role.at_least(Role::Admin) {
         let mine =
             channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
@@ -57,31 +193,31 @@ pub fn search(
     }
     let search = q.map(str::trim).filter(|t| !t.is_empty());
     if let Some(text) = search {
+        // The saved address or number: the partial index's expression and
+        // predicate, written with the DSL so that diesel keeps the statement
+        // (its `''` and `' '` are parameters, constants again in the custom
+        // plan `planned_for_the_pattern` asks for, where the index matches).
+        let details = coalesce_text(contacts::email, "").concat(" ").concat(coalesce_text(contacts::phone, ""));
+        let in_details = contacts::email
+            .is_not_null()
+            .or(contacts::phone.is_not_null())
+            .and(details.ilike(super::contains_pattern(text)));
         query = query.filter(
             contacts::search_name
                 .like(super::sb_fold_contains(text.to_string()))
-                .or(contacts::external_id.ilike(super::contains_pattern(text))),
+                .or(contacts::external_id.ilike(super::contains_pattern(text)))
+                .or(in_details),
         );
     }
     if let Some(a) = after {
         query = query.filter(contacts::id.gt(a));
     }
-    let rows: Vec<ContactRow> = if search.is_some() {
+    let rows: Vec<(ContactRow, ContactDetails)> = if search.is_some() {
         super::planned_for_the_pattern(tc, |pg| query.load(pg))?
     } else {
         query.load(tc.pg())?
     };
-    Ok(rows
-        .into_iter()
-        .map(|c| ContactListItem {
-            id: ContactId(c.id),
-            channel_id: ChannelId(c.channel_id),
-            external_id: c.external_id,
-            name: c.name,
-            profile_pic_url: c.profile_pic_url,
-            created_at: c.created_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(|(row, details)| ContactListItem::new(row, details)).collect())
 }
 
 /// How long a looked-up profile (or Meta's answer that there is none) is
@@ -214,30 +350,38 @@ pub fn store_profile(
 /// The longest name the team gives a contact.
 pub const MOST_NAME_CHARS: usize = 200;
 
-/// `PATCH /api/contacts/{id}` with `name`: the team names a contact (a
-/// WhatsApp "Mom 2", a Messenger customer without a public name). The
-/// name stays, whatever Meta's profile lookups and webhooks say, until the
-/// team takes it back (`None`): then Meta's next name (a profile lookup,
-/// queued now for Messenger and Instagram, or the next WhatsApp webhook)
-/// shows. Announced for the contact's conversations and audited; the same
-/// name again changes nothing. Only for who may see the contact's channel.
-pub fn rename(
+/// `GET /api/contacts/{id}`: one contact, for who may see its channel.
+pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ContactId) -> AppResult<ContactListItem> {
+    let (row, details): (ContactRow, ContactDetails) = contacts::table
+        .find(id.0)
+        .select((ContactRow::as_select(), ContactDetails::as_select()))
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("contact"))?;
+    if !crate::channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
+        return Err(AppError::not_found("contact"));
+    }
+    Ok(ContactListItem::new(row, details))
+}
+
+/// `PATCH /api/contacts/{id}`: the team names a contact (a WhatsApp
+/// "Mom 2", a Messenger customer without a public name) or keeps its
+/// address, number or note ([module docs](self)). A name stays, whatever
+/// Meta's profile lookups and webhooks say, until the team takes it back
+/// (`Some(None)`): then Meta's next name (a profile lookup, queued now for
+/// Messenger and Instagram, or the next WhatsApp webhook) shows. Every
+/// field is checked before anything is written; what is as it was changes
+/// nothing (a retry logs nothing). Only for who may see the contact's
+/// channel.
+pub fn update(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     role: Role,
     id: ContactId,
-    name: Option<String>,
+    changes: ContactChanges,
 ) -> AppResult<ContactListItem> {
-    let name = name.map(|n| n.trim().to_string());
-    if let Some(n) = &name {
-        if n.is_empty() || n.chars().count() > MOST_NAME_CHARS || n.chars().any(char::is_control) {
-            return Err(AppError::invalid(
-                "invalid_name",
-                format!("a name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
-            ));
-        }
-    }
+    let changes = changes.checked()?;
     let old: ContactRow = contacts::table
         .find(id.0)
         .select(ContactRow::as_select())
@@ -248,10 +392,13 @@ pub fn rename(
     if !crate::channels::can_see(tc, user, role, ChannelId(old.channel_id))? {
         return Err(AppError::not_found("contact"));
     }
-    let set_by: Option<i64> = contacts::table.find(id.0).select(contacts::name_set_by).first(tc.pg())?;
-    let row: ContactRow = match &name {
-        Some(n) if set_by.is_some() && old.name.as_deref() == Some(n.as_str()) => old,
-        Some(n) => {
+    let (set_by, details): (Option<i64>, ContactDetails) =
+        contacts::table.find(id.0).select((contacts::name_set_by, ContactDetails::as_select())).first(tc.pg())?;
+    let mut changed = false;
+    let row: ContactRow = match &changes.name {
+        None => old,
+        Some(Some(n)) if set_by.is_some() && old.name.as_deref() == Some(n.as_str()) => old,
+        Some(Some(n)) => {
             let row = diesel::update(contacts::table.find(id.0))
                 .set((
                     contacts::name.eq(n),
@@ -261,10 +408,11 @@ pub fn rename(
                 .returning(ContactRow::as_returning())
                 .get_result(tc.pg())?;
             after_rename(tc, log, user, &row, "contact.renamed")?;
+            changed = true;
             row
         }
-        None if set_by.is_none() => old,
-        None => {
+        Some(None) if set_by.is_none() => old,
+        Some(None) => {
             // Meta's next name shows: a profile lookup is due now.
             let row = diesel::update(contacts::table.find(id.0))
                 .set((
@@ -277,17 +425,48 @@ pub fn rename(
                 .returning(ContactRow::as_returning())
                 .get_result(tc.pg())?;
             after_rename(tc, log, user, &row, "contact.name_released")?;
+            changed = true;
             row
         }
     };
-    Ok(ContactListItem {
-        id: ContactId(row.id),
-        channel_id: ChannelId(row.channel_id),
-        external_id: row.external_id,
-        name: row.name,
-        profile_pic_url: row.profile_pic_url,
-        created_at: row.created_at,
-    })
+    let wanted = ContactDetails {
+        email: changes.email.unwrap_or_else(|| details.email.clone()),
+        phone: changes.phone.unwrap_or_else(|| details.phone.clone()),
+        notes: changes.notes.unwrap_or_else(|| details.notes.clone()),
+    };
+    if wanted != details {
+        diesel::update(contacts::table.find(id.0))
+            .set((
+                contacts::email.eq(&wanted.email),
+                contacts::phone.eq(&wanted.phone),
+                contacts::notes.eq(&wanted.notes),
+                contacts::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tc.pg())?;
+        let fields: Vec<&str> = [
+            ("email", wanted.email != details.email),
+            ("phone", wanted.phone != details.phone),
+            ("notes", wanted.notes != details.notes),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect();
+        // The note's text is the team's working notes, not an admin's record.
+        crate::audit::record(
+            tc,
+            Some(user),
+            "contact.updated",
+            "contact",
+            Some(row.id.to_string()),
+            serde_json::json!({"fields": fields, "email": wanted.email, "phone": wanted.phone}),
+        )?;
+        changed = true;
+    }
+    let item = ContactListItem::new(row, wanted);
+    if changed {
+        log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
+    }
+    Ok(item)
 }
 
 fn after_rename(

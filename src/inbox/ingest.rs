@@ -56,6 +56,9 @@ pub struct Followups {
     /// Something was kept for a message not stored yet ([`early`]): sweep
     /// the tenant soon, in case a racing transaction was storing it.
     pub kept_early: bool,
+    /// WhatsApp business accounts whose templates Meta changed: drop this
+    /// instance's kept lists ([`super::templates::TemplateCache`]).
+    pub templates_changed: Vec<String>,
 }
 
 pub struct Ingest<'l> {
@@ -705,6 +708,22 @@ impl Ingest<'_> {
             }
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
+            }
+            Item::TemplateStatus { template_id, name, language, event, reason, timestamp } => {
+                if let Some(waba) = &channel.parent_external_id {
+                    if !self.followups.templates_changed.contains(waba) {
+                        self.followups.templates_changed.push(waba.clone());
+                    }
+                }
+                let change = super::templates::StatusChange {
+                    template_id: template_id.as_deref(),
+                    name,
+                    language: language.as_deref(),
+                    event,
+                    reason: reason.as_deref(),
+                    at: *timestamp,
+                };
+                super::templates::status_changed(tc, self.log, channel, change).map(|_| ())
             }
         }
     }

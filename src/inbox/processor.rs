@@ -142,6 +142,8 @@ pub struct BatchReport {
     pub indexed_text: Vec<(i64, usize)>,
     /// Tenants that kept a change or receipt for a message not stored yet.
     pub kept_early: Vec<i64>,
+    /// WhatsApp business accounts whose templates Meta changed.
+    pub templates_changed: Vec<String>,
 }
 
 enum Outcome {
@@ -350,6 +352,7 @@ impl Applied {
         report.profile_lookups.extend(self.followups.profile_lookups);
         report.media_copies.extend(self.followups.media_copies);
         report.queued_sends += self.followups.queued_sends;
+        report.templates_changed.extend(self.followups.templates_changed);
         if self.followups.kept_early {
             report.kept_early.push(tenant);
         }
@@ -669,6 +672,9 @@ fn after_batch(state: &actix_web::web::Data<AppState>, report: BatchReport, pace
     }
     for tenant in report.kept_early {
         sweep_soon(state, tenant);
+    }
+    for waba in report.templates_changed {
+        state.templates.forget(&waba);
     }
 }
 

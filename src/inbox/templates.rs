@@ -11,7 +11,16 @@
 //!   offer what Meta then refuses; read at every look and send, a team
 //!   opening the template picker all day would spend the business
 //!   account's Graph call budget. A send Meta refuses because the template
-//!   is gone, paused or disabled drops the copy (`inbox::sender`).
+//!   is gone, paused or disabled drops the copy (`inbox::sender`), as does
+//!   Meta's `message_template_status_update` webhook on the instance that
+//!   processes it ([`status_changed`]); another instance keeps its copy
+//!   until [`KEPT_FOR`] has passed.
+//! - That webhook is also announced to the agents of each number of the
+//!   account (`template.updated`, so a template picker reloads) and written
+//!   to the channel's audit log (`channel.whatsapp_template_status`), once:
+//!   Meta's retry or duplicate finds its entry and adds nothing, and a
+//!   change older than one recorded for the same template (a retry
+//!   delivered late) is recorded but not announced.
 //! - Positional text parameters are supported, in the body and in a text
 //!   header. An image, video or document header (`header_media`) takes
 //!   the agent's file, sent as multipart with the template as a JSON
@@ -339,6 +348,65 @@ impl TemplateCache {
     pub fn forget(&self, waba: &str) {
         self.lists().remove(waba);
     }
+}
+
+/// What Meta's `message_template_status_update` says about one template.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusChange<'a> {
+    pub template_id: Option<&'a str>,
+    pub name: &'a str,
+    pub language: Option<&'a str>,
+    pub event: &'a str,
+    pub reason: Option<&'a str>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records a template's new status for one number of its account and
+/// announces it to the number's agents ([module docs](self)). Returns
+/// whether it was announced. Dropping the kept list is the caller's, after
+/// the commit (`Followups::templates_changed`).
+pub fn status_changed(
+    tc: &mut TenantConn<'_>,
+    log: &mut super::events::EventLog,
+    channel: &ChannelRow,
+    change: StatusChange<'_>,
+) -> AppResult<bool> {
+    if channel.platform() != Platform::Whatsapp
+        || channel.status == crate::channels::ChannelStatus::Disconnected.as_str()
+    {
+        return Ok(false);
+    }
+    let details = json!({
+        "event": change.event,
+        "template_id": change.template_id,
+        "name": change.name,
+        "language": change.language,
+        "reason": change.reason,
+        "business_account": channel.parent_external_id,
+    });
+    let same_template = |d: &Value| d["name"] == change.name && d["language"] == json!(change.language);
+    let notice = crate::channels::record_notice(
+        tc,
+        channel.channel_id(),
+        "channel.whatsapp_template_status",
+        details,
+        change.at,
+        same_template,
+    )?;
+    if notice != crate::channels::Notice::Fresh {
+        return Ok(false);
+    }
+    let data = json!({
+        "channel_id": channel.channel_id(),
+        "template_id": change.template_id,
+        "name": change.name,
+        "language": change.language,
+        "event": change.event,
+        "reason": change.reason,
+        "at": change.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    log.append(tc, "template.updated", Some(channel.id), None, data)?;
+    Ok(true)
 }
 
 /// Meta's templates of a business account, readable: kept a while

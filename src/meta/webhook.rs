@@ -241,6 +241,19 @@ pub enum Item {
         detail: Value,
         timestamp: DateTime<Utc>,
     },
+    /// Meta approved, rejected, paused, disabled or reinstated one of a
+    /// WhatsApp business account's message templates
+    /// (`message_template_status_update`). Routed by the account.
+    TemplateStatus {
+        /// Meta's template id (a number in the payload, kept as text).
+        template_id: Option<String>,
+        name: String,
+        language: Option<String>,
+        /// `APPROVED`, `REJECTED`, `PAUSED`, `DISABLED`, `REINSTATED`…
+        event: String,
+        reason: Option<String>,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta enforced its Messenger policies on the page
     /// (`policy_enforcement`: `warning`, `block` or `unblock`, with a reason).
     PolicyEnforcement {
@@ -327,6 +340,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                         Some("smb_message_echoes") => whatsapp_echoes(value, &mut out),
                         Some("history") => whatsapp_history(value, &mut out),
                         Some("account_update") => account_update(entry, value, &mut out),
+                        Some("message_template_status_update") => template_status(entry, value, &mut out),
                         _ => {}
                     }
                 }
@@ -364,6 +378,27 @@ fn account_update(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
         item: Item::AccountUpdate {
             event: event.to_string(),
             detail,
+            timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
+        },
+    });
+}
+
+/// `message_template_status_update`: `entry.id` is the account, `entry.time`
+/// in seconds. Meta's `reason` is `null` or `"NONE"` when there is none.
+fn template_status(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
+    let (Some(waba), Some(name), Some(event)) =
+        (s(entry.get("id")), s(value.get("message_template_name")), s(value.get("event")))
+    else {
+        return;
+    };
+    out.push(Routed {
+        route: RouteKey::parent(Platform::Whatsapp, waba),
+        item: Item::TemplateStatus {
+            template_id: s(value.get("message_template_id")),
+            name,
+            language: s(value.get("message_template_language")),
+            event,
+            reason: s(value.get("reason")).filter(|r| !r.is_empty() && r != "NONE"),
             timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
         },
     });
@@ -1012,7 +1047,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse(&fixture("whatsapp_template_status_update.json")).expect("ok").is_empty());
+        let template = one("whatsapp_template_status_update.json");
+        assert_eq!(template.route, RouteKey::parent(Platform::Whatsapp, "112233445566778"));
+        match template.item {
+            Item::TemplateStatus { template_id, name, language, event, reason, timestamp } => {
+                // The id is a number in the payload, too long for some parsers.
+                assert_eq!(template_id.as_deref(), Some("1122334455667788"));
+                assert_eq!((name.as_str(), language.as_deref()), ("order_followup", Some("pt_PT")));
+                assert_eq!((event.as_str(), reason), ("APPROVED", None));
+                assert_eq!(timestamp.timestamp(), 1_773_140_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let paused = br#"{"object":"whatsapp_business_account","entry":[{"id":"9","time":1773140000,"changes":[{"field":"message_template_status_update","value":{"event":"PAUSED","message_template_id":7,"message_template_name":"promo","message_template_language":"en_US","reason":"LOW_QUALITY"}}]}]}"#;
+        assert!(matches!(&parse(paused).expect("paused")[0].item,
+            Item::TemplateStatus { event, reason: Some(r), .. } if event == "PAUSED" && r == "LOW_QUALITY"));
         // Edits and unreactions (no fixture: shapes from the Messenger reference).
         let edit = br#"{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1773140000000,"message_edit":{"mid":"m_1","text":"fixed typo","num_edit":1}}]}]}"#;
         assert!(

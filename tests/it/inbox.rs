@@ -1097,6 +1097,83 @@ async fn a_whatsapp_template_reopens_a_closed_window() {
     assert!(r.body["text"].as_str().is_some_and(|t| t.starts_with("Hello World\n\nWelcome")), "{:?}", r.body);
 }
 
+/// Meta reviews templates on its own schedule and says so by webhook: the
+/// number's agents are told at once, the kept list is dropped (a paused
+/// template is not offered for the minute it would otherwise be kept), the
+/// admins' audit log has it once, and a retry delivered late changes
+/// nothing.
+#[actix_web::test]
+async fn a_template_meta_pauses_is_announced_and_no_longer_offered() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let hello = || async {
+        let r = app.call("GET", &format!("/api/channels/{channel}/templates"), Some(&ctx.admin), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let items = r.body["items"].as_array().expect("items").clone();
+        items.into_iter().find(|t| t["name"] == "hello_world").expect("hello_world")
+    };
+    assert_eq!((&hello().await["status"], &hello().await["sendable"]), (&json!("APPROVED"), &json!(true)));
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+
+    let review = |event: &str| {
+        let app = &app;
+        let body = json!({"waba_id": "112233445566778", "name": "hello_world", "language": "en_US",
+            "event": event, "reason": "LOW_QUALITY"});
+        async move {
+            let r = app.fake("POST", "/_fake/template-status", body).await;
+            assert_eq!(r["delivered_status"], 200, "{r}");
+            app.processed().await;
+            r["webhook"].clone()
+        }
+    };
+    let paused = review("PAUSED").await;
+    let frame = crate::realtime::until(&mut socket, "template.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("template.updated");
+    assert_eq!(frame["data"]["channel_id"], json!(channel), "{frame}");
+    assert_eq!(
+        (&frame["data"]["name"], &frame["data"]["language"], &frame["data"]["event"], &frame["data"]["reason"]),
+        (&json!("hello_world"), &json!("en_US"), &json!("PAUSED"), &json!("LOW_QUALITY")),
+        "{frame}"
+    );
+    assert!(frame["seq"].as_i64().is_some(), "logged, so a resuming socket gets it: {frame}");
+    // Read from Meta again at once, not a minute later.
+    assert_eq!((&hello().await["status"], &hello().await["sendable"]), (&json!("PAUSED"), &json!(false)));
+
+    // Meta's retry of the same webhook adds nothing.
+    assert_eq!(app.webhook(&serde_json::to_vec(&paused).expect("body")).await, 200);
+    app.processed().await;
+    // Reinstated; then the pause again, delivered late (older than the
+    // reinstatement): recorded, not announced.
+    let reinstated = review("REINSTATED").await;
+    assert_eq!(hello().await["sendable"], true);
+    let mut late = paused.clone();
+    late["entry"][0]["time"] = json!(reinstated["entry"][0]["time"].as_i64().expect("time") - 60);
+    assert_eq!(app.webhook(&serde_json::to_vec(&late).expect("body")).await, 200);
+    app.processed().await;
+
+    let announced = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'template.updated' \
+          AND payload->>'name' = 'hello_world'",
+    );
+    assert_eq!(announced, 2, "the pause and the reinstatement, once each");
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let events: Vec<&str> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.whatsapp_template_status")
+        .filter_map(|e| e["details"]["event"].as_str())
+        .collect();
+    assert_eq!(events, ["PAUSED", "REINSTATED", "PAUSED"], "newest first");
+    // Only the WhatsApp number heard of it; the page did not.
+    let elsewhere = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'template.updated' AND channel_id <> {channel}"
+    );
+    assert_eq!(app.count(&elsewhere), 0);
+}
+
 /// A private note is for the team: stored at once and never sent (window
 /// closed or not), announced like a message but not counted as the
 /// conversation's activity, untouched by the customer's receipts, found
@@ -3535,4 +3612,98 @@ async fn the_team_names_a_contact_and_metas_names_wait() {
     assert_eq!(r.status, 200);
     eventually("Meta's name back", || async { contact_of(PSID).await["name"] == "Rita Nova" }).await;
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action LIKE 'contact.%'"), 4);
+}
+
+/// The team keeps what it knows of a customer beyond Meta's profile: an
+/// address, a number and a note, each checked before anything is written,
+/// found by contact search, announced to the channel's agents and audited
+/// without the note's text; a retry changes nothing.
+#[actix_web::test]
+async fn the_team_keeps_a_contacts_address_number_and_note() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá", "name": "Zoé Meta"})).await;
+    app.processed().await;
+    let contact_of = || async { by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["contact"].clone() };
+    eventually("the profile looked up", || async { contact_of().await["name"] == "Zoé Meta" }).await;
+    let contact = contact_of().await;
+    let path = format!("/api/contacts/{}", contact["id"].as_str().expect("id"));
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let patch = |body: Value| {
+        let (app, path, t) = (&app, path.clone(), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(body)).await }
+    };
+
+    let details = json!({"email": " zoe.lima@exemplo.pt ", "phone": "+351 912-345 678",
+        "notes": "Prefere manhãs.\n\tCliente desde 2019 — 🛋️"});
+    let r = patch(details.clone()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (&r.body["email"], &r.body["phone"], &r.body["notes"]),
+        (
+            &json!("zoe.lima@exemplo.pt"),
+            &json!("+351 912-345 678"),
+            &json!("Prefere manhãs.\n\tCliente desde 2019 — 🛋️")
+        )
+    );
+    let frame = crate::realtime::until(&mut socket, "contact.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("contact.updated");
+    assert_eq!((&frame["data"]["id"], &frame["data"]["email"]), (&contact["id"], &json!("zoe.lima@exemplo.pt")));
+    let shown = app.call("GET", &path, Some(&ctx.admin), None).await;
+    assert_eq!((shown.status, &shown.body["phone"]), (200, &json!("+351 912-345 678")), "{:?}", shown.body);
+
+    // Found by the saved address or number, not by anything else.
+    for (q, found) in [("EXEMPLO.pt", 1), ("912-345", 1), ("nowhere.example", 0)] {
+        let r = app.call("GET", &format!("/api/contacts?q={}", q.replace(' ', "%20")), Some(&ctx.admin), None).await;
+        assert_eq!(r.body["items"].as_array().map(Vec::len), Some(found), "{q}: {:?}", r.body);
+    }
+
+    // Each field is checked before anything is written.
+    let long = "x".repeat(5001);
+    for body in [
+        json!({"email": "zoe@"}),
+        json!({"email": "zoe lima@exemplo.pt"}),
+        json!({"email": "zoe@localhost"}),
+        json!({"email": "a@b@c.pt"}),
+        json!({"phone": "12"}),
+        json!({"phone": "call me"}),
+        json!({"phone": "351+912"}),
+        json!({"notes": long}),
+        json!({"notes": "bell \u{7}"}),
+        json!({"name": "Zoé Lima", "email": "not an address"}),
+    ] {
+        let r = patch(body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert!(r.body["error"]["code"].as_str().is_some_and(|c| c.starts_with("invalid_")), "{:?}", r.body);
+    }
+    for body in [json!({"email": 5}), json!({"age": 30}), json!({})] {
+        let r = patch(body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}");
+    }
+    let unchanged = app.call("GET", &path, Some(&ctx.admin), None).await.body;
+    assert_eq!((&unchanged["email"], &unchanged["name"]), (&json!("zoe.lima@exemplo.pt"), &json!("Zoé Meta")));
+
+    // A retry changes nothing; clearing takes null or "".
+    assert_eq!(patch(details).await.status, 200);
+    let r = patch(json!({"email": null, "phone": ""})).await;
+    assert_eq!((&r.body["email"], &r.body["phone"], r.body["notes"].is_string()), (&json!(null), &json!(null), true));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'contact.updated'"), 2);
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let entries: Vec<Value> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "contact.updated")
+        .map(|e| e["details"].clone())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1]["fields"], json!(["email", "phone", "notes"]));
+    assert!(entries.iter().all(|d| !d.to_string().contains("manhãs")), "the note stays out of the log");
+
+    // Only for who may see the contact's channel.
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    assert_eq!(app.call("GET", &path, Some(&al), None).await.status, 404);
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"notes": "x"}))).await;
+    assert_eq!(r.status, 404);
 }

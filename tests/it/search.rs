@@ -143,6 +143,7 @@ fn contact_search_reads_the_indexes_not_every_contact() {
          INSERT INTO contacts (channel_id, external_id, name)
            SELECT 1, (14155550000 + g)::text, 'Customer ' || md5(g::text) FROM generate_series(1, 100000) g;
          UPDATE contacts SET name = 'Zoë Müller' WHERE id = 777;
+         UPDATE contacts SET email = 'ana@exemplo.pt', phone = '+351 912 345 678' WHERE id = 778;
          ANALYZE contacts",
     );
     let mut conn = pool.get().expect("conn");
@@ -155,17 +156,24 @@ fn contact_search_reads_the_indexes_not_every_contact() {
     };
     assert_eq!(search(&mut conn, "4155569999"), ["14155569999"], "by number");
     assert_eq!(search(&mut conn, "zoe mull"), ["14155550777"], "by name");
-    let scans = |conn: &mut PgConnection| -> i64 {
-        flush_stats(conn);
-        diesel::sql_query(
-            "SELECT coalesce(sum(idx_scan), 0)::int8 AS n FROM pg_stat_user_indexes \
-              WHERE schemaname = 'tenant_alpha' AND indexrelname = 'contacts_external_trgm'",
-        )
-        .get_result::<Count>(conn)
-        .expect("index scans")
-        .n
+    assert_eq!(search(&mut conn, "EXEMPLO.PT"), ["14155550778"], "by the address the team saved");
+    assert_eq!(search(&mut conn, "912 345"), ["14155550778"], "by the number the team saved");
+    let scans = |index: &'static str| {
+        move |conn: &mut PgConnection| -> i64 {
+            flush_stats(conn);
+            diesel::sql_query(format!(
+                "SELECT coalesce(sum(idx_scan), 0)::int8 AS n FROM pg_stat_user_indexes \
+                  WHERE schemaname = 'tenant_alpha' AND indexrelname = '{index}'"
+            ))
+            .get_result::<Count>(conn)
+            .expect("index scans")
+            .n
+        }
     };
-    assert_eq!(read_until(&mut conn, scans, |n| n >= 2), 2, "each search read the external ids' index");
+    let external = read_until(&mut conn, scans("contacts_external_trgm"), |n| n >= 4);
+    assert_eq!(external, 4, "each search read the external ids' index");
+    let details = read_until(&mut conn, scans("contacts_details_trgm"), |n| n >= 4);
+    assert_eq!(details, 4, "and the saved details' index, not every contact");
 }
 
 /// A page of the inbox is a few queries, not a few per conversation: the

@@ -68,6 +68,9 @@
 //!   a WhatsApp message template (each account
 //!   starts with Meta's approved `hello_world`); `templates` says how
 //!   `GET /{waba-id}/message_templates` and template sends behave.
+//!   `POST /_fake/template-status` `{waba_id, name, language?, event,
+//!   reason?}`: Meta approves, rejects, pauses, disables or reinstates it
+//!   and sends the `message_template_status_update` webhook.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers a URL, which
 //!   downloads with the Bearer token for five minutes (Meta's URLs are
@@ -881,6 +884,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             }
         }
         ("POST", "templates") => templates::add(&mut fake.lock(), &body),
+        ("POST", "template-status") => templates::review(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,

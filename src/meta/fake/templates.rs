@@ -9,6 +9,11 @@
 //! template must be approved (132001; paused 132015, disabled 132016), the
 //! body's parameters must all be given (132000), and a parameter may hold
 //! no new line, tab or more than four spaces in a row (132018).
+//!
+//! `POST /_fake/template-status` `{waba_id, name, language?, event,
+//! reason?}` is Meta reviewing a template: its status changes as the event
+//! says (`REINSTATED` makes it approved again) and the fake sends the
+//! `message_template_status_update` webhook, shaped as Meta's.
 
 use actix_web::HttpResponse;
 use serde_json::{json, Value};
@@ -117,6 +122,44 @@ pub(super) fn add(st: &mut State, body: &Value) -> HttpResponse {
     let answer = template.graph();
     waba.templates.push(template);
     HttpResponse::Ok().json(answer)
+}
+
+/// The status a template has after Meta's review event.
+fn status_after(event: &str) -> &str {
+    match event {
+        "REINSTATED" => "APPROVED",
+        other => other,
+    }
+}
+
+/// `POST /_fake/template-status`: see the module docs.
+pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(waba_id), Some(name), Some(event)) = (s("waba_id"), s("name"), s("event")) else {
+        return super::bad("waba_id, name and event are required");
+    };
+    let event = event.to_ascii_uppercase();
+    let language = s("language").unwrap_or_else(|| "en_US".into());
+    let (template_id, target) = {
+        let mut st = fake.lock();
+        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
+        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
+            return super::bad("no such template in that account and language");
+        };
+        template.status = status_after(&event).to_string();
+        // Meta sends the id as a JSON number.
+        let id: u64 = template.id.parse().unwrap_or_default();
+        (id, st.webhook_target.clone())
+    };
+    let value = json!({"event": event, "message_template_id": template_id, "message_template_name": name,
+        "message_template_language": language, "reason": s("reason")});
+    let webhook = json!({"object": "whatsapp_business_account", "entry": [{"id": waba_id,
+        "time": chrono::Utc::now().timestamp(), "changes": [{"field": "message_template_status_update", "value": value}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &webhook).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": webhook, "delivered_status": delivered}))
 }
 
 /// `GET /{waba-id}/message_templates`.

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS contacts_details_trgm;
+ALTER TABLE contacts DROP COLUMN IF EXISTS email, DROP COLUMN IF EXISTS phone, DROP COLUMN IF EXISTS notes;
