@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
         .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
+        .service(resource("/messages/{id}/retry").route(web::post().to(retry_message)))
         .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
@@ -760,6 +761,20 @@ async fn set_reaction(
         state.tenant_with_events(auth.scope(), move |tc, log| messages::react(tc, log, user, role, id, emoji)).await?;
     state.wake_sender.notify_one();
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// A failed reply sent again (`messages::retry`): 202 with it `pending`.
+async fn retry_message(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let (user, role) = (auth.user, auth.role);
+    let view = state.tenant_with_events(auth.scope(), move |tc, log| messages::retry(tc, log, user, role, id)).await?;
+    state.wake_sender.notify_one();
+    Ok(HttpResponse::Accepted().json(view))
 }
 
 /// A private note deleted by its author or an admin (`messages::delete_note`).

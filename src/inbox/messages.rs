@@ -458,6 +458,72 @@ pub fn react(
     names.message(tc, &row, conv.contact_id)
 }
 
+/// `POST /api/messages/{id}/retry`: a reply that failed (Meta refused it,
+/// the channel was disconnected, the window closed before it went) is sent
+/// again, as it was written: `pending` again, its error and Meta's id of
+/// the failed attempt cleared, queued, announced (`message.updated`) and
+/// audited. Only a reply of the team's (not a note, not the page's own
+/// message), and only if it could be sent now: the channel connected, the
+/// window open (a template at any time). A reply already pending again (a
+/// retried retry) is answered as it is; one that went out is 409
+/// `not_failed`.
+pub fn retry(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: super::MessageId,
+) -> AppResult<MessageView> {
+    let row = visible_message_for_update(tc, user, role, id)?;
+    if row.direction != "out" || row.sender_kind != "agent" || row.private || row.deleted_at.is_some() {
+        return Err(AppError::invalid("not_retryable", "only a reply the team sent can be sent again"));
+    }
+    let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
+    let mut names = Names::default();
+    match row.status.as_str() {
+        "pending" => return names.message(tc, &row, conv.contact_id),
+        "failed" => {}
+        _ => return Err(AppError::conflict("not_failed", "the reply went out; only a failed one is sent again")),
+    }
+    let channel = names.channel(tc, row.channel_id)?;
+    if channel.status != "connected" {
+        return Err(AppError::conflict(
+            "channel_not_connected",
+            format!("the channel is {}; reconnect it first", channel.status),
+        ));
+    }
+    let template = super::templates::stored(&row.attachments).is_some();
+    if !template && !ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now()).can_reply {
+        return Err(AppError::invalid(
+            "outside_window",
+            "the contact's last message is older than the reply window allows; send a template instead",
+        ));
+    }
+    // Meta's id of the failed attempt goes: a late status of it must not
+    // move the new attempt, whose id the send brings.
+    let row: MessageRow = diesel::update(m::table.find(row.id))
+        .set((
+            m::status.eq("pending"),
+            m::error.eq(None::<Value>),
+            m::external_id.eq(None::<String>),
+            m::platform_timestamp.eq(None::<DateTime<Utc>>),
+            m::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    super::sender::queue(tc, super::sender::SendKind::Message, conv.id, Some(row.id))?;
+    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    audit::record(
+        tc,
+        Some(user),
+        "message.retried",
+        "conversation",
+        Some(conv.id.to_string()),
+        json!({"message_id": row.id.to_string()}),
+    )?;
+    names.message(tc, &row, conv.contact_id)
+}
+
 /// What a template reply needs before Meta is asked for the template.
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.

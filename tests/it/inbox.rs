@@ -3707,3 +3707,85 @@ async fn the_team_keeps_a_contacts_address_number_and_note() {
     let r = app.call("PATCH", &path, Some(&al), Some(json!({"notes": "x"}))).await;
     assert_eq!(r.status, 404);
 }
+
+/// A reply Meta refused is sent again at an agent's word, as it was
+/// written, when it could be sent now (channel connected, window open);
+/// one that went out, a customer's message or a note cannot be.
+#[actix_web::test]
+async fn a_failed_reply_is_sent_again_when_it_can_be() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let refuse = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "status": 400,
+        "error": {"code": 100, "message": "(#100) Invalid parameter"}, "times": 1});
+    app.fake("POST", "/_fake/errors", refuse).await;
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "Bom dia, Zoë!", "r-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id = msg["id"].as_str().expect("id").to_string();
+    eventually("the refused reply failed", || async {
+        message_status(&app, &ctx.admin, &conv, &id).await["status"] == "failed"
+    })
+    .await;
+    let retry = |id: String| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move { app.call("POST", &format!("/api/messages/{id}/retry"), Some(&t), None).await }
+    };
+    let sql = |statement: String| {
+        let mut conn = app.db.conn();
+        diesel::sql_query(statement).execute(&mut conn).expect("sql");
+    };
+
+    // Not while it could not be sent either.
+    sql(format!("UPDATE tenant_acme.conversations SET last_inbound_at = now() - interval '3 days' WHERE id = {conv}"));
+    let r = retry(id.clone()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("outside_window")), "{:?}", r.body);
+    sql(format!("UPDATE tenant_acme.conversations SET last_inbound_at = now() WHERE id = {conv}"));
+    sql(format!("UPDATE tenant_acme.channels SET status = 'reauth_required' WHERE external_id = '{PAGE_A}'"));
+    let r = retry(id.clone()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("channel_not_connected")), "{:?}", r.body);
+    sql(format!("UPDATE tenant_acme.channels SET status = 'connected' WHERE external_id = '{PAGE_A}'"));
+    assert_eq!(message_status(&app, &ctx.admin, &conv, &id).await["status"], "failed", "nothing half written");
+
+    // Sent again, and it goes out.
+    let r = retry(id.clone()).await;
+    assert_eq!((r.status, &r.body["status"], &r.body["error"]), (202, &json!("pending"), &json!(null)), "{:?}", r.body);
+    assert_eq!(r.body["text"], "Bom dia, Zoë!");
+    eventually("the second attempt went out", || async {
+        let s = message_status(&app, &ctx.admin, &conv, &id).await["status"].clone();
+        s != "pending" && s != "failed"
+    })
+    .await;
+    let r = retry(id.clone()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("not_failed")));
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let attempts = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"] == format!("/{PAGE_A}/messages") && r["body"]["message"]["text"] == "Bom dia, Zoë!")
+        .count();
+    assert_eq!(attempts, 2, "the refused send and the retry");
+
+    // What cannot be sent again.
+    let customers = messages(&app, &ctx.admin, &conv).await.into_iter().find(|m| m["direction"] == "in");
+    let customers = customers.expect("the customer's message")["id"].as_str().expect("id").to_string();
+    let note = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{conv}/messages"),
+            Some(&ctx.admin),
+            Some(json!({"text": "Cliente VIP", "private": true})),
+        )
+        .await;
+    assert_eq!(note.status, 201, "{:?}", note.body);
+    for other in [customers, note.body["id"].as_str().expect("id").to_string()] {
+        let r = retry(other).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("not_retryable")), "{:?}", r.body);
+    }
+    for missing in ["999999", "abc"] {
+        assert_eq!(retry(missing.to_string()).await.status, 404);
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'message.retried'"), 1);
+}
