@@ -22,7 +22,8 @@
 //! domain with a dot, no spaces), a number for the characters people
 //! write one with (digits, spaces, `+ - ( ) .`, 3 to 15 digits), both kept
 //! as typed; a note holds at most [`MOST_NOTES_CHARS`] characters, new
-//! lines allowed. Search (`?q=`) finds a saved address or number too. A
+//! lines allowed. Search (contacts' and conversations' `?q=`) finds a saved
+//! address or number too, folded as names are ([`details_hold`]). A
 //! change is audited (`contact.updated`, naming the fields; a note's text
 //! stays out of the log) and announced as `contact.updated` (the contact,
 //! to the agents of its channel); a name still announces the contact's
@@ -84,6 +85,24 @@ diesel::define_sql_function! {
     #[sql_name = "coalesce"]
     fn coalesce_text(value: diesel::sql_types::Nullable<diesel::sql_types::Text>, otherwise: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
+
+/// Whether a contact's saved address or number holds `text` (a `&str`),
+/// folded as names are: the partial index's expression and predicate,
+/// written with the DSL so that diesel keeps the statement (its `''` and
+/// `' '` are parameters, constants again in the custom plan a search asks
+/// for, where the index matches). A macro, not a function: the expression's
+/// type is long, and a boxed one could not sit in a subquery.
+macro_rules! details_hold {
+    ($text:expr) => {{
+        use $crate::db::tenant_schema::contacts as dc;
+        use $crate::inbox::contacts::coalesce_text;
+        dc::email.is_not_null().or(dc::phone.is_not_null()).and(
+            $crate::inbox::sb_fold(coalesce_text(dc::email, "").concat(" ").concat(coalesce_text(dc::phone, "")))
+                .like($crate::inbox::sb_fold_contains(String::from($text))),
+        )
+    }};
+}
+pub(crate) use details_hold;
 
 /// The longest e-mail address (RFC 5321's path limit).
 pub const MOST_EMAIL_CHARS: usize = 254;
@@ -193,20 +212,11 @@ pub fn search(
     }
     let search = q.map(str::trim).filter(|t| !t.is_empty());
     if let Some(text) = search {
-        // The saved address or number: the partial index's expression and
-        // predicate, written with the DSL so that diesel keeps the statement
-        // (its `''` and `' '` are parameters, constants again in the custom
-        // plan `planned_for_the_pattern` asks for, where the index matches).
-        let details = coalesce_text(contacts::email, "").concat(" ").concat(coalesce_text(contacts::phone, ""));
-        let in_details = contacts::email
-            .is_not_null()
-            .or(contacts::phone.is_not_null())
-            .and(details.ilike(super::contains_pattern(text)));
         query = query.filter(
             contacts::search_name
                 .like(super::sb_fold_contains(text.to_string()))
                 .or(contacts::external_id.ilike(super::contains_pattern(text)))
-                .or(in_details),
+                .or(details_hold!(text)),
         );
     }
     if let Some(a) = after {

@@ -2,8 +2,7 @@
 //! agents make (status, assignee, snooze, read).
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{sql, AsExprOf};
-use diesel::expression::{SqlLiteral, UncheckedBind};
+use diesel::dsl::sql;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
@@ -143,7 +142,7 @@ fn search(pg: &mut PgConnection, listing: Listing<'_>, text: &str, limit: i64) -
     for ids in newest.chunks(page) {
         let found: Vec<ConversationRow> = filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
             .filter(c::id.eq_any(ids))
-            .filter(probe(MESSAGE_HOLDS, text).or(probe(CONTACT_HOLDS, text)))
+            .filter(message_probe(text).or(contact_probe(text)))
             .load(pg)?;
         rows.extend(found);
         probed += ids.len();
@@ -201,7 +200,9 @@ fn collect(
     let pattern = sb_fold_contains(text.to_string());
     let by_message =
         messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
-    let by_contact = contacts::table.filter(contacts::search_name.like(pattern)).select(contacts::id);
+    let by_contact = contacts::table
+        .filter(contacts::search_name.like(pattern).or(super::contacts::details_hold!(text)))
+        .select(contacts::id);
     let mut q = newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
         .filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
     if !skip.is_empty() {
@@ -212,23 +213,44 @@ fn collect(
 
 /// A condition on the outer query's conversation, with the searched text
 /// bound.
-type Probe = SqlLiteral<Bool, UncheckedBind<SqlLiteral<Bool>, AsExprOf<String, Text>>>;
+type Probe = Box<dyn BoxableExpression<c::table, Pg, SqlType = Bool>>;
 
 /// Whether the conversation (the row of the outer query) has a message
 /// holding the text, asked of that conversation's messages, stopping at the
 /// first match.
-const MESSAGE_HOLDS: &str = "EXISTS (SELECT 1 FROM messages probed \
-    WHERE probed.conversation_id = conversations.id AND probed.search_text LIKE public.sb_fold_contains(";
-/// Whether the conversation's contact's name holds the text, by its key.
-const CONTACT_HOLDS: &str = "EXISTS (SELECT 1 FROM contacts probed \
-    WHERE probed.id = conversations.contact_id AND probed.search_name LIKE public.sb_fold_contains(";
+const MESSAGE_HOLDS: [&str; 2] = [
+    "EXISTS (SELECT 1 FROM messages probed \
+      WHERE probed.conversation_id = conversations.id AND probed.search_text LIKE public.sb_fold_contains(",
+    ") OFFSET 0)",
+];
+/// Whether the conversation's contact's name, or the address or number
+/// the team saved for them, holds the text, by the contact's key. The text
+/// is bound once for each `LIKE`: a custom plan folds each pattern once,
+/// where a pattern computed in the subquery was folded at every probe.
+const CONTACT_HOLDS: [&str; 3] = [
+    "EXISTS (SELECT 1 FROM contacts probed \
+      WHERE probed.id = conversations.contact_id AND (probed.search_name LIKE public.sb_fold_contains(",
+    ") OR ((probed.email IS NOT NULL OR probed.phone IS NOT NULL) \
+      AND public.sb_fold(coalesce(probed.email, '') || ' ' || coalesce(probed.phone, '')) \
+          LIKE public.sb_fold_contains(",
+    "))) OFFSET 0)",
+];
 
-/// `MESSAGE_HOLDS` or `CONTACT_HOLDS` for `text`. `OFFSET 0` keeps each a
-/// question per conversation: without it PostgreSQL may turn it into a hash
-/// of every match, the collecting the probe is there to avoid. diesel's
-/// query builder has no correlated subquery.
-fn probe(holds: &'static str, text: &str) -> Probe {
-    sql::<Bool>(holds).bind::<Text, _>(text.to_string()).sql(") OFFSET 0)")
+/// `MESSAGE_HOLDS` for `text`. `OFFSET 0` keeps each probe a question per
+/// conversation: without it PostgreSQL may turn it into a hash of every
+/// match, the collecting the probe is there to avoid. diesel's query
+/// builder has no correlated subquery.
+fn message_probe(text: &str) -> Probe {
+    let [holds, end] = MESSAGE_HOLDS;
+    Box::new(sql::<Bool>(holds).bind::<Text, _>(text.to_string()).sql(end))
+}
+
+/// `CONTACT_HOLDS` for `text`, as [`message_probe`].
+fn contact_probe(text: &str) -> Probe {
+    let [holds, between, end] = CONTACT_HOLDS;
+    Box::new(
+        sql::<Bool>(holds).bind::<Text, _>(text.to_string()).sql(between).bind::<Text, _>(text.to_string()).sql(end),
+    )
 }
 
 pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationView> {

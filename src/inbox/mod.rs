@@ -59,6 +59,11 @@ diesel::define_sql_function! {
     fn sb_fold_contains(text: diesel::sql_types::Text) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
+diesel::define_sql_function! {
+    /// Text folded as search compares it (`public.sb_fold`).
+    fn sb_fold(text: diesel::sql_types::Text) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
 /// Runs a search planned for its own parameters: its cost depends on the
 /// pattern. One or two characters cannot use the trigram index and are best
 /// scanned, longer ones best looked up. The statement is cached per

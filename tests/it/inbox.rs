@@ -3657,6 +3657,8 @@ async fn the_team_keeps_a_contacts_address_number_and_note() {
     for (q, found) in [("EXEMPLO.pt", 1), ("912-345", 1), ("nowhere.example", 0)] {
         let r = app.call("GET", &format!("/api/contacts?q={}", q.replace(' ', "%20")), Some(&ctx.admin), None).await;
         assert_eq!(r.body["items"].as_array().map(Vec::len), Some(found), "{q}: {:?}", r.body);
+        // The inbox's search finds the contact's conversation by them too.
+        assert_eq!(conversations(&app, &ctx.admin, &format!("?q={q}")).await.len(), found, "{q}");
     }
 
     // Each field is checked before anything is written.

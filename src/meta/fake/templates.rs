@@ -12,7 +12,8 @@
 //!
 //! `POST /_fake/template-status` `{waba_id, name, language?, event,
 //! reason?}` is Meta reviewing a template: its status changes as the event
-//! says (`REINSTATED` makes it approved again) and the fake sends the
+//! (one of Meta's) says (`REINSTATED` makes it approved again, `DELETED`
+//! takes it off the list) and the fake sends the
 //! `message_template_status_update` webhook, shaped as Meta's.
 
 use actix_web::HttpResponse;
@@ -124,6 +125,23 @@ pub(super) fn add(st: &mut State, body: &Value) -> HttpResponse {
     HttpResponse::Ok().json(answer)
 }
 
+/// The events of Meta's `message_template_status_update`.
+const REVIEW_EVENTS: [&str; 13] = [
+    "APPROVED",
+    "ARCHIVED",
+    "DELETED",
+    "DISABLED",
+    "FLAGGED",
+    "IN_APPEAL",
+    "LIMIT_EXCEEDED",
+    "LOCKED",
+    "PAUSED",
+    "PENDING",
+    "PENDING_DELETION",
+    "REINSTATED",
+    "REJECTED",
+];
+
 /// The status a template has after Meta's review event.
 fn status_after(event: &str) -> &str {
     match event {
@@ -139,6 +157,9 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
         return super::bad("waba_id, name and event are required");
     };
     let event = event.to_ascii_uppercase();
+    if !REVIEW_EVENTS.contains(&event.as_str()) {
+        return super::bad(&format!("event is one of {}", REVIEW_EVENTS.join(", ")));
+    }
     let language = s("language").unwrap_or_else(|| "en_US".into());
     let (template_id, target) = {
         let mut st = fake.lock();
@@ -149,6 +170,10 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
         template.status = status_after(&event).to_string();
         // Meta sends the id as a JSON number.
         let id: u64 = template.id.parse().unwrap_or_default();
+        // A deleted template leaves the account's list.
+        if event == "DELETED" {
+            waba.templates.retain(|t| !(t.name == name && t.language == language));
+        }
         (id, st.webhook_target.clone())
     };
     let value = json!({"event": event, "message_template_id": template_id, "message_template_name": name,
