@@ -195,6 +195,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         median(times)
     );
 
+    // An admin's report of the last seven days (`inbox::reports`): every
+    // message read once, every conversation's first messages through its
+    // index (none answered here: each walk goes through all its messages).
+    let mut times = Vec::with_capacity(RUNS);
+    let mut opened = 0;
+    for _ in 0..RUNS {
+        let period = crate::inbox::reports::Period::parse(None, None, None, chrono::Utc::now())
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let t = Instant::now();
+        opened = with_tenant(&mut conn, &scope, |tc| {
+            crate::inbox::reports::overview(tc, period).map(|o| o.conversations_opened)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(t.elapsed());
+    }
+    println!(
+        "an admin's report of the last 7 days (GET /api/reports/overview), {opened} conversations opened: {:.1?}",
+        median(times)
+    );
+
     // The scan that one or two characters need, on the folded column and
     // folding as it reads.
     let mut scan = |sql: &str| -> anyhow::Result<Duration> {

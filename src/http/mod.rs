@@ -11,6 +11,7 @@ pub mod members;
 pub mod meta;
 pub mod pagination;
 pub mod realtime;
+pub mod reports;
 pub mod tenants;
 pub mod webhooks;
 
@@ -161,7 +162,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(inbox::routes)
                 .configure(webhooks::operator_routes)
                 .configure(realtime::api_routes)
-                .configure(audit::routes),
+                .configure(audit::routes)
+                .configure(reports::routes),
         )
         .configure(webhooks::routes)
         .configure(realtime::routes)

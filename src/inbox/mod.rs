@@ -32,6 +32,7 @@ pub mod media_copies;
 pub mod messages;
 pub mod once_per;
 pub mod processor;
+pub mod reports;
 pub mod search_index;
 pub mod sender;
 pub mod templates;

@@ -3791,3 +3791,113 @@ async fn a_failed_reply_is_sent_again_when_it_can_be() {
     }
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'message.retried'"), 1);
 }
+
+/// An admin's report of a period: what came in, what the team answered and
+/// how soon, who answered and resolved, per channel; for one channel or an
+/// empty past period; refused to agents and for a bad period.
+#[actix_web::test]
+async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let wa_channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{wa_channel}/members"),
+            Some(&ctx.admin),
+            Some(json!({"user_ids": [al["user_id"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    const QUIET: &str = "7392015648120999";
+    for (to, from) in [(PAGE_A, PSID), (PHONE, WA_ID), (PAGE_A, QUIET)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Olá?"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv_of = |who: &str| by_contact(&convs, who)["id"].as_str().expect("id").to_string();
+    let (fb, wa) = (conv_of(PSID), conv_of(WA_ID));
+    // The customers wrote ten and two minutes before they were answered.
+    let mut conn = app.db.conn();
+    for (conv, seconds) in [(&fb, 600), (&wa, 120)] {
+        diesel::sql_query(format!(
+            "UPDATE tenant_acme.messages SET sort_at = now() - interval '{seconds} seconds' WHERE conversation_id = {conv}"
+        ))
+        .execute(&mut conn)
+        .expect("earlier");
+    }
+    assert_eq!(reply(&app, &ctx.admin, &fb, "Bom dia!", "rep-1").await.0, 202);
+    assert_eq!(reply(&app, &al_token, &wa, "Olá, diga", "rep-2").await.0, 202);
+    let note = json!({"text": "VIP", "private": true});
+    let r = app.call("POST", &format!("/api/conversations/{fb}/messages"), Some(&ctx.admin), Some(note)).await;
+    assert_eq!(r.status, 201);
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{fb}"), Some(&ctx.admin), Some(json!({"status": "resolved"})))
+        .await;
+    assert_eq!(r.status, 200);
+
+    let report = |query: String| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move { app.call("GET", &format!("/api/reports/overview{query}"), Some(&t), None).await }
+    };
+    let r = report(String::new()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let o = &r.body;
+    assert_eq!(
+        [
+            &o["conversations_opened"],
+            &o["conversations_resolved"],
+            &o["messages_received"],
+            &o["replies_sent"],
+            &o["notes_written"]
+        ],
+        [&json!(3), &json!(1), &json!(3), &json!(2), &json!(1)],
+        "{o}"
+    );
+    let first = &o["first_response"];
+    assert_eq!((&first["answered"], &first["unanswered"]), (&json!(2), &json!(1)), "{first}");
+    let near = |v: &Value, secs: i64| v.as_i64().is_some_and(|s| (secs - 2..=secs + 30).contains(&s));
+    assert!(near(&first["median_seconds"], 120) && near(&first["p90_seconds"], 600), "{first}");
+    let agents = o["agents"].as_array().expect("agents");
+    let agent = |email: &str| agents.iter().find(|a| a["email"] == email).cloned().unwrap_or_default();
+    let (ann, al_figures) = (agent("ann@acme.test"), agent("al@acme.test"));
+    assert_eq!(
+        (&ann["replies"], &ann["resolved"], &ann["first_responses"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{ann}"
+    );
+    assert!(near(&ann["median_first_response_seconds"], 600), "{ann}");
+    assert_eq!((&al_figures["replies"], &al_figures["resolved"]), (&json!(1), &json!(0)), "{al_figures}");
+    assert!(near(&al_figures["median_first_response_seconds"], 120), "{al_figures}");
+    let channels = o["channels"].as_array().expect("channels");
+    let page = channels.iter().find(|c| c["platform"] == "facebook").expect("the page");
+    assert_eq!(
+        (&page["conversations_opened"], &page["messages_received"], &page["replies_sent"]),
+        (&json!(2), &json!(2), &json!(1))
+    );
+
+    // One channel; a past period holds nothing.
+    let r = report(format!("?channel_id={wa_channel}")).await;
+    assert_eq!(
+        (&r.body["conversations_opened"], &r.body["conversations_resolved"]),
+        (&json!(1), &json!(0)),
+        "{:?}",
+        r.body
+    );
+    let r = report("?from=2020-01-01&to=2020-02-01".into()).await;
+    assert_eq!((&r.body["messages_received"], &r.body["agents"]), (&json!(0), &json!([])), "{:?}", r.body);
+    assert_eq!(r.body["from"], "2020-01-01T00:00:00Z");
+
+    for (query, code) in [
+        ("?from=2026-12-01&to=2026-11-01", "invalid_period"),
+        ("?from=2020-01-01&to=2026-01-01", "invalid_period"),
+        ("?from=yesterday", "invalid_period"),
+        ("?channel_id=abc", "invalid_channel_id"),
+    ] {
+        let r = report(query.to_string()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{query}");
+    }
+    let r = app.call("GET", "/api/reports/overview", Some(&al_token), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")));
+}

@@ -224,7 +224,12 @@ async fn live_answers_match_the_served_openapi_document() {
     )
     .await;
 
-    check(&app, &doc, "GET", "/api/contacts", "/api/contacts", Some(admin), None).await;
+    let contacts = check(&app, &doc, "GET", "/api/contacts", "/api/contacts", Some(admin), None).await;
+    let contact = format!("/api/contacts/{}", contacts["items"][0]["id"].as_str().expect("a contact"));
+    check(&app, &doc, "GET", "/api/contacts/{id}", &contact, Some(admin), None).await;
+    let details = json!({"email": "rita@exemplo.pt", "notes": "Prefers mornings"});
+    check(&app, &doc, "PATCH", "/api/contacts/{id}", &contact, Some(admin), Some(details)).await;
+    check(&app, &doc, "GET", "/api/reports/overview", "/api/reports/overview", Some(admin), None).await;
     check(&app, &doc, "GET", "/api/labels", "/api/labels", Some(admin), None).await;
     let canned = json!({"shortcut": "ship", "text": "We ship to Lisbon."});
     check(&app, &doc, "POST", "/api/canned-responses", "/api/canned-responses", Some(admin), Some(canned)).await;
