@@ -507,6 +507,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn addresses_and_numbers_are_checked_for_their_shape() {
+        for good in ["zoe@exemplo.pt", "a.b+tag@mail.co.uk", "Zoë@exemplo.pt"] {
+            assert!(plausible_email(good), "{good}");
+        }
+        for bad in [
+            "zoe",
+            "zoe@",
+            "@exemplo.pt",
+            "zoe@localhost",
+            "zoe@.pt",
+            "zoe@exemplo.",
+            "a@b..pt",
+            "a b@c.pt",
+            "a@b@c.pt",
+        ] {
+            assert!(!plausible_email(bad), "{bad}");
+        }
+        assert!(!plausible_email(&format!("{}@exemplo.pt", "a".repeat(65))));
+        for good in ["+351 912 345 678", "(555) 123-4567", "112", "555.123.4567"] {
+            assert!(plausible_phone(good), "{good}");
+        }
+        for bad in ["12", "+", "1234567890123456", "351+912", "call me", "912 345 678 ext 2", "١٢٣٤"] {
+            assert!(!plausible_phone(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_profile_is_due_when_never_looked_up_or_a_day_old() {
         let now = Utc::now();
         assert!(profile_due(None, now));
