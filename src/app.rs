@@ -64,7 +64,7 @@ pub struct AppState {
     /// Tenants with a sweep of kept changes due soon (`inbox::processor`).
     pub sweeps_due: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// WhatsApp business accounts' templates as last read (`inbox::templates`).
-    pub templates: crate::inbox::templates::TemplateCache,
+    pub templates: std::sync::Arc<crate::inbox::templates::TemplateCache>,
     /// Agents' files read at once ([`crate::inbox::uploads::READ_AT_ONCE`]).
     pub uploads: Arc<tokio::sync::Semaphore>,
 }

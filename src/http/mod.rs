@@ -175,8 +175,14 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
 pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
     use actix::Actor;
     let instance = uuid::Uuid::new_v4().to_string();
-    let hub =
-        crate::realtime::Hub::new(instance, state.bus.clone(), state.feed.active(), state.feed.unwritten()).start();
+    let hub = crate::realtime::Hub::new(
+        instance,
+        state.bus.clone(),
+        state.feed.active(),
+        state.feed.unwritten(),
+        state.templates.clone(),
+    )
+    .start();
     crate::realtime::bus::spawn_listener(
         state.config.db.database_url.expose().clone(),
         state.db.pool().clone(),

@@ -12,9 +12,9 @@
 //!   opening the template picker all day would spend the business
 //!   account's Graph call budget. A send Meta refuses because the template
 //!   is gone, paused or disabled drops the copy (`inbox::sender`), as does
-//!   Meta's `message_template_status_update` webhook on the instance that
-//!   processes it ([`status_changed`]); another instance keeps its copy
-//!   until [`KEPT_FOR`] has passed.
+//!   Meta's `message_template_status_update` webhook ([`status_changed`]):
+//!   on the instance that processes it as soon as it commits, on the
+//!   others when the bus tells them (`LiveMsg::Templates`).
 //! - That webhook is also announced to the agents of each number of the
 //!   account (`template.updated`, so a template picker reloads) and written
 //!   to the channel's audit log (`channel.whatsapp_template_status`), once:
@@ -395,6 +395,11 @@ pub fn status_changed(
     )?;
     if notice != crate::channels::Notice::Fresh {
         return Ok(false);
+    }
+    // Every instance drops its kept list at the commit (identical
+    // notifications of one transaction are sent once).
+    if let Some(waba) = &channel.parent_external_id {
+        crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Templates { waba: waba.clone() })?;
     }
     let data = json!({
         "channel_id": channel.channel_id(),

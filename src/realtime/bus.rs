@@ -55,6 +55,11 @@ pub enum LiveMsg {
     /// said so once and then falls silent for three periods has died, and
     /// the others forget the sockets it had.
     Alive { inst: String },
+    /// Meta changed a template of WhatsApp business account `waba`: every
+    /// instance drops its kept list of them (`inbox::templates`). An
+    /// instance of an earlier release ignores it and keeps its list its
+    /// minute.
+    Templates { waba: String },
 }
 
 /// How often an instance says it is alive: `SWITCHBOARD_PRESENCE_ALIVE_SECS`
@@ -469,7 +474,7 @@ mod tests {
     #[actix_web::test]
     async fn the_direct_path_only_extends_a_run_without_a_gap() {
         let feed = Feed::default();
-        let hub = Hub::new("test".into(), Arc::new(Quiet), feed.active(), feed.unwritten()).start();
+        let hub = Hub::new("test".into(), Arc::new(Quiet), feed.active(), feed.unwritten(), Default::default()).start();
         assert!(feed.hub.set(hub).is_ok());
         // A tenant the listener has not placed yet: left to the log.
         feed.committed(7, vec![event(1)], Pace::Now);

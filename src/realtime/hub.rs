@@ -674,12 +674,22 @@ pub struct Hub {
     /// Set by [`CloseAll`]: the server is going away, and a socket that
     /// joins after it is closed the same way.
     closing: Option<CloseSession>,
+    /// This instance's kept template lists, dropped when any instance
+    /// hears Meta changed one ([`LiveMsg::Templates`]).
+    templates: Arc<crate::inbox::templates::TemplateCache>,
 }
 
 impl Hub {
-    pub fn new(instance: String, bus: Arc<dyn Bus>, active: ActiveTenants, unwritten: Arc<Unwritten>) -> Hub {
+    pub fn new(
+        instance: String,
+        bus: Arc<dyn Bus>,
+        active: ActiveTenants,
+        unwritten: Arc<Unwritten>,
+        templates: Arc<crate::inbox::templates::TemplateCache>,
+    ) -> Hub {
         Hub {
             instance,
+            templates,
             bus,
             active,
             unwritten,
@@ -1241,6 +1251,7 @@ impl Handler<Live> for Hub {
                 self.heard_presence(&inst, vec![(t, u, n, away)])
             }
             LiveMsg::Presence { .. } => {}
+            LiveMsg::Templates { waba } => self.templates.forget(&waba),
             LiveMsg::Acl { t } => {
                 for id in self.index.audience(t, None) {
                     if let Some(e) = self.index.sessions.get(&id) {

@@ -1653,3 +1653,45 @@ async fn a_paged_resume_gives_each_member_their_events_only() {
         assert_eq!(got, expected);
     }
 }
+
+/// Meta's review of a WhatsApp template reaches every instance's kept list
+/// of templates, not only the one that processed the webhook: another
+/// `serve` process shows the paused template at once, not a minute later.
+#[actix_web::test]
+async fn a_template_review_reaches_every_instances_kept_templates() {
+    let app = spawn_app().await;
+    let ctx = crate::inbox::acme(&app).await;
+    let other = Serve::start_with(&app, &[]).await;
+    let channels = app.call("GET", "/api/channels", Some(&ctx.admin), None).await.body;
+    let channel = channels["items"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["platform"] == "whatsapp"))
+        .and_then(|c| c["id"].as_str())
+        .expect("the number")
+        .to_string();
+    let status_at = |base: String| {
+        let (app, admin, channel) = (&app, ctx.admin.clone(), channel.clone());
+        async move {
+            let r = app
+                .client
+                .get(format!("{base}/api/channels/{channel}/templates"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .expect("templates");
+            let body: Value = r.json().await.expect("json");
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            items.iter().find(|t| t["name"] == "hello_world").map(|t| t["status"].clone()).unwrap_or_default()
+        }
+    };
+    // The other instance keeps the list it read.
+    assert_eq!(status_at(other.base.clone()).await, "APPROVED");
+    let review = json!({"waba_id": "112233445566778", "name": "hello_world", "event": "PAUSED"});
+    let r = app.fake("POST", "/_fake/template-status", review).await;
+    assert_eq!(r["delivered_status"], 200, "{r}");
+    app.processed().await;
+    crate::common::eventually("the other instance reads the list again", || async {
+        status_at(other.base.clone()).await == "PAUSED"
+    })
+    .await;
+}
