@@ -15,6 +15,8 @@ use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/conversations").route(web::get().to(list)))
+        // Before `{id}`, which would otherwise claim it.
+        .service(resource("/conversations/bulk").route(web::post().to(patch_many)))
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
         .service(resource("/conversations/{id}/read").route(web::post().to(read)))
         .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
@@ -167,6 +169,42 @@ async fn patch(
     let view =
         state.tenant_with_events(auth.scope(), move |tc, log| conversations::patch(tc, log, user, role, id, p)).await?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// `{ids, status?, assignee_id?, snoozed_until?, labels?}`: the same change
+/// to each conversation of `ids` (`conversations::patch_many`), all or none.
+async fn patch_many(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let mut body = body.into_inner();
+    let most = conversations::MOST_AT_ONCE;
+    let invalid = || AppError::invalid("invalid_ids", format!("ids is a list of 1 to {most} conversation ids"));
+    let Some(Value::Array(given)) = body.remove("ids") else { return Err(invalid()) };
+    let mut ids: Vec<ConversationId> = Vec::with_capacity(given.len());
+    for v in given {
+        let id = match &v {
+            Value::String(s) => ConversationId::parse(s),
+            Value::Number(n) => n.as_i64().and_then(|n| ConversationId::parse(&n.to_string())),
+            _ => None,
+        };
+        // An id that names no conversation is not found, as in a path.
+        let id = id.ok_or_else(|| AppError::not_found("conversation"))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() || ids.len() > most {
+        return Err(invalid());
+    }
+    let p = parse_patch(body)?;
+    let (user, role) = (auth.user, auth.role);
+    let items = state
+        .tenant_with_events(auth.scope(), move |tc, log| conversations::patch_many(tc, log, user, role, &ids, &p))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items})))
 }
 
 async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

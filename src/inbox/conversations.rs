@@ -258,7 +258,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId
     Names::default().conversation(tc, &row)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Patch {
     pub status: Option<String>,
     /// `Some(None)` unassigns.
@@ -266,6 +266,33 @@ pub struct Patch {
     pub snoozed_until: Option<Option<DateTime<Utc>>>,
     /// The whole set, replacing what it had (`[]` removes them all).
     pub labels: Option<Vec<String>>,
+}
+
+/// The most conversations one bulk change takes.
+pub const MOST_AT_ONCE: usize = 100;
+
+/// `POST /api/conversations/bulk`: the same change to each of `ids` (a
+/// team resolving or assigning a screenful at once), each as
+/// [`patch`] makes it (checked, audited, announced; one already so
+/// unchanged), all in the caller's one transaction: a conversation the
+/// caller may not see, or a change one of them refuses, and none changes
+/// (the error names the conversation).
+pub fn patch_many(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    ids: &[ConversationId],
+    p: &Patch,
+) -> AppResult<Vec<ConversationView>> {
+    ids.iter()
+        .map(|id| {
+            patch(tc, log, user, role, *id, p.clone()).map_err(|mut e| {
+                e.message = format!("conversation {id}: {}", e.message);
+                e
+            })
+        })
+        .collect()
 }
 
 pub fn patch(

@@ -3901,3 +3901,75 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     let r = app.call("GET", "/api/reports/overview", Some(&al_token), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")));
 }
+
+/// A team resolves or assigns a screenful of conversations at once: each
+/// changed, audited and announced as one by one; a conversation the caller
+/// may not see, or a change one refuses, and none changes.
+#[actix_web::test]
+async fn conversations_change_in_bulk_all_or_none() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let members = json!({"user_ids": [al["user_id"]]});
+    assert_eq!(
+        app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await.status,
+        200
+    );
+    for from in ["7392015648120001", "7392015648120002", "7392015648120003"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Olá"})).await;
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Oi"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id_of = |who: &str| by_contact(&convs, who)["id"].clone();
+    let on_page: Vec<Value> =
+        ["7392015648120001", "7392015648120002", "7392015648120003"].iter().map(|w| id_of(w)).collect();
+    let wa = id_of(WA_ID);
+    let bulk = |t: String, body: Value| {
+        let app = &app;
+        async move { app.call("POST", "/api/conversations/bulk", Some(&t), Some(body)).await }
+    };
+    let statuses = || async {
+        let convs = conversations(&app, &ctx.admin, "").await;
+        convs.iter().map(|c| (c["id"].clone(), c["status"].clone())).collect::<std::collections::HashMap<_, _>>()
+    };
+
+    // Al may not see the WhatsApp number: nothing changes, the page's neither.
+    let mut with_wa = on_page.clone();
+    with_wa.push(wa.clone());
+    let r = bulk(al_token.clone(), json!({"ids": with_wa, "status": "resolved"})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")), "{:?}", r.body);
+    assert!(statuses().await.values().all(|s| s == "open"), "nothing half written");
+    // A change one refuses (a snooze in the past) refuses them all.
+    let past = json!({"ids": on_page, "status": "snoozed", "snoozed_until": "2020-01-01T00:00:00Z"});
+    let r = bulk(al_token.clone(), past).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_snooze")), "{:?}", r.body);
+    for (body, code) in [
+        (json!({"status": "resolved"}), "invalid_ids"),
+        (json!({"ids": [], "status": "resolved"}), "invalid_ids"),
+        (json!({"ids": (1..=101).map(|i| i.to_string()).collect::<Vec<_>>(), "status": "resolved"}), "invalid_ids"),
+        (json!({"ids": on_page, "status": "closed"}), "invalid_status"),
+        (json!({"ids": on_page, "colour": "red"}), "invalid_body"),
+    ] {
+        let r = bulk(al_token.clone(), body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+
+    // Resolved and assigned at once (an id twice counts once).
+    let mut twice = on_page.clone();
+    twice.push(on_page[0].clone());
+    let r = bulk(al_token.clone(), json!({"ids": twice, "status": "resolved", "assignee_id": al["user_id"]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let items = r.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|c| c["status"] == "resolved" && c["assignee_id"] == al["user_id"]), "{items:?}");
+    let now = statuses().await;
+    assert!(on_page.iter().all(|id| now[id] == "resolved") && now[&wa] == "open", "{now:?}");
+    let audited = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.status_changed'";
+    assert_eq!(app.count(audited), 3);
+    // The same again changes nothing.
+    let r = bulk(al_token.clone(), json!({"ids": on_page, "status": "resolved"})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.count(audited), 3);
+}
