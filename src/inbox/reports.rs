@@ -19,6 +19,9 @@
 //!   counts as unanswered). A reply from Meta's own apps answers too (the
 //!   customer was answered), but is no agent's; an auto-reply does not.
 //!   Median and 90th percentile by nearest rank, in seconds.
+//! - `now` is the inbox at the time of the report, whatever the period:
+//!   conversations open, pending and snoozed, and the open ones nobody is
+//!   assigned.
 //! - No index serves a period (one on every message's time would cost every
 //!   webhook): a report reads the tenant's messages once, and each opened
 //!   conversation's first messages through its own index, which a period
@@ -106,6 +109,8 @@ pub struct Overview {
     pub replies_sent: i64,
     pub notes_written: i64,
     pub first_response: FirstResponse,
+    /// The inbox as it is at the time of the report, whatever the period.
+    pub now: Backlog,
     pub agents: Vec<AgentFigures>,
     pub channels: Vec<ChannelFigures>,
 }
@@ -116,6 +121,20 @@ pub struct FirstResponse {
     pub unanswered: i64,
     pub median_seconds: Option<i64>,
     pub p90_seconds: Option<i64>,
+}
+
+/// Conversations waiting on the team now: by status, and the open ones
+/// nobody is assigned.
+#[derive(Debug, Default, Serialize, PartialEq, QueryableByName)]
+pub struct Backlog {
+    #[diesel(sql_type = BigInt)]
+    pub open: i64,
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = BigInt)]
+    pub snoozed: i64,
+    #[diesel(sql_type = BigInt)]
+    pub open_unassigned: i64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -243,6 +262,19 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .load(tc.pg())?;
 
+    // Resolved conversations are most of a long history: the status index
+    // counts only those waiting.
+    let now: Backlog = diesel::sql_query(
+        "SELECT count(*) FILTER (WHERE status = 'open') AS open, \
+                count(*) FILTER (WHERE status = 'pending') AS pending, \
+                count(*) FILTER (WHERE status = 'snoozed') AS snoozed, \
+                count(*) FILTER (WHERE status = 'open' AND assignee_id IS NULL) AS open_unassigned \
+           FROM conversations \
+          WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1)",
+    )
+    .bind::<Nullable<BigInt>, _>(channel)
+    .get_result(tc.pg())?;
+
     let mut channels: BTreeMap<i64, ChannelFigures> = BTreeMap::new();
     let mut agents: BTreeMap<i64, AgentFigures> = BTreeMap::new();
     let mut waits_by_agent: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
@@ -306,6 +338,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         replies_sent: channels.iter().map(|c| c.replies_sent).sum(),
         notes_written,
         first_response,
+        now,
         agents,
         channels,
     })

@@ -3836,6 +3836,9 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
         .call("PATCH", &format!("/api/conversations/{fb}"), Some(&ctx.admin), Some(json!({"status": "resolved"})))
         .await;
     assert_eq!(r.status, 200);
+    let mine = json!({"assignee_id": al["user_id"]});
+    let r = app.call("PATCH", &format!("/api/conversations/{wa}"), Some(&al_token), Some(mine)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 
     let report = |query: String| {
         let (app, t) = (&app, ctx.admin.clone());
@@ -3855,6 +3858,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
         [&json!(3), &json!(1), &json!(3), &json!(2), &json!(1)],
         "{o}"
     );
+    assert_eq!(o["now"], json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1}), "the inbox now");
     let first = &o["first_response"];
     assert_eq!((&first["answered"], &first["unanswered"]), (&json!(2), &json!(1)), "{first}");
     let near = |v: &Value, secs: i64| v.as_i64().is_some_and(|s| (secs - 2..=secs + 30).contains(&s));
@@ -3885,8 +3889,10 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
         "{:?}",
         r.body
     );
+    assert_eq!(r.body["now"]["open_unassigned"], 0, "{:?}", r.body);
     let r = report("?from=2020-01-01&to=2020-02-01".into()).await;
     assert_eq!((&r.body["messages_received"], &r.body["agents"]), (&json!(0), &json!([])), "{:?}", r.body);
+    assert_eq!(r.body["now"]["open"], 2, "the inbox now, whatever the period");
     assert_eq!(r.body["from"], "2020-01-01T00:00:00Z");
 
     for (query, code) in [
