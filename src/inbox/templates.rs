@@ -363,8 +363,10 @@ pub struct StatusChange<'a> {
 
 /// Records a template's new status for one number of its account and
 /// announces it to the number's agents ([module docs](self)). Returns
-/// whether it was announced. Dropping the kept list is the caller's, after
-/// the commit (`Followups::templates_changed`).
+/// whether it was announced. Every instance's kept list is dropped when
+/// the bus tells it, at the commit; the processing instance's is also
+/// dropped by its caller straight after the commit
+/// (`Followups::templates_changed`), so its next look cannot beat the bus.
 pub fn status_changed(
     tc: &mut TenantConn<'_>,
     log: &mut super::events::EventLog,
