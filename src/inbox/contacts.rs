@@ -392,9 +392,9 @@ pub fn update(
     changes: ContactChanges,
 ) -> AppResult<ContactListItem> {
     let changes = changes.checked()?;
-    let old: ContactRow = contacts::table
+    let (old, set_by, details): (ContactRow, Option<i64>, ContactDetails) = contacts::table
         .find(id.0)
-        .select(ContactRow::as_select())
+        .select((ContactRow::as_select(), contacts::name_set_by, ContactDetails::as_select()))
         .for_update()
         .first(tc.pg())
         .optional()?
@@ -402,8 +402,6 @@ pub fn update(
     if !crate::channels::can_see(tc, user, role, ChannelId(old.channel_id))? {
         return Err(AppError::not_found("contact"));
     }
-    let (set_by, details): (Option<i64>, ContactDetails) =
-        contacts::table.find(id.0).select((contacts::name_set_by, ContactDetails::as_select())).first(tc.pg())?;
     let mut changed = false;
     let row: ContactRow = match &changes.name {
         None => old,
