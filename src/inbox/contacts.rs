@@ -329,14 +329,17 @@ pub fn store_profile(
     let now = Utc::now();
     // Locked: two lookups of one contact (queued by two batches) store and
     // announce one after the other, the second finding nothing changed.
-    let Some(old) =
-        contacts::table.find(contact_id).select(ContactRow::as_select()).for_update().first(tc.pg()).optional()?
+    let Some((old, named_by_team)) = contacts::table
+        .find(contact_id)
+        .select((ContactRow::as_select(), contacts::name_set_by))
+        .for_update()
+        .first::<(ContactRow, Option<i64>)>(tc.pg())
+        .optional()?
     else {
         return Ok(());
     };
     // No name found keeps the one the contact has (a WhatsApp profile
     // name), and so does a name the team gave.
-    let named_by_team: Option<i64> = contacts::table.find(contact_id).select(contacts::name_set_by).first(tc.pg())?;
     let name = if named_by_team.is_some() { old.name.clone() } else { name.or_else(|| old.name.clone()) };
     let changed = name != old.name || pic != old.profile_pic_url;
     diesel::update(contacts::table.find(contact_id))
