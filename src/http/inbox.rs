@@ -121,8 +121,9 @@ async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<
     Ok(HttpResponse::Ok().json(view))
 }
 
-/// `{status?, assignee_id?, snoozed_until?, labels?}`; `assignee_id: null`
-/// unassigns; `labels` replaces the set.
+/// `{status?, assignee_id?, snoozed_until?, labels? | add_labels?,
+/// remove_labels?}`; `assignee_id: null` unassigns; `labels` replaces the
+/// set, `add_labels` and `remove_labels` change it.
 fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
     let mut p = Patch::default();
     for (k, v) in body {
@@ -134,12 +135,17 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
                     .map_err(|_| AppError::invalid("invalid_assignee", "assignee_id is not a user id"))?;
                 p.assignee_id = Some(Some(u));
             }
-            ("labels", Value::Array(items)) => {
+            (k @ ("labels" | "add_labels" | "remove_labels"), Value::Array(items)) => {
                 let labels = items.into_iter().map(|l| match l {
                     Value::String(l) => Ok(l),
                     _ => Err(AppError::invalid("invalid_label", "labels are strings")),
                 });
-                p.labels = Some(labels.collect::<AppResult<Vec<_>>>()?);
+                let labels = labels.collect::<AppResult<Vec<_>>>()?;
+                match k {
+                    "labels" => p.labels = Some(labels),
+                    "add_labels" => p.add_labels = labels,
+                    _ => p.remove_labels = labels,
+                }
             }
             ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
             ("snoozed_until", Value::String(s)) => {
@@ -147,11 +153,17 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
                     .map_err(|_| AppError::invalid("invalid_snooze", "snoozed_until must be an RFC 3339 time"))?;
                 p.snoozed_until = Some(Some(t.with_timezone(&Utc)));
             }
-            (k @ ("status" | "assignee_id" | "snoozed_until" | "labels"), _) => {
+            (k @ ("status" | "assignee_id" | "snoozed_until" | "labels" | "add_labels" | "remove_labels"), _) => {
                 return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type")))
             }
             (k, _) => return Err(AppError::invalid("invalid_body", format!("unknown field `{k}`"))),
         }
+    }
+    if p.labels.is_some() && !(p.add_labels.is_empty() && p.remove_labels.is_empty()) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "give `labels` (the whole set) or `add_labels`/`remove_labels`, not both",
+        ));
     }
     Ok(p)
 }

@@ -266,6 +266,10 @@ pub struct Patch {
     pub snoozed_until: Option<Option<DateTime<Utc>>>,
     /// The whole set, replacing what it had (`[]` removes them all).
     pub labels: Option<Vec<String>>,
+    /// Labels to add to, and to take from, what it has (not with `labels`):
+    /// one label on a screenful at once, whatever else each has.
+    pub add_labels: Vec<String>,
+    pub remove_labels: Vec<String>,
 }
 
 /// The most conversations one bulk change takes.
@@ -309,7 +313,15 @@ pub fn patch(
     let mut assignee = row.assignee_id;
     let labels = match &p.labels {
         Some(given) => normalize_labels(given)?,
-        None => row.labels.clone(),
+        None if p.add_labels.is_empty() && p.remove_labels.is_empty() => row.labels.clone(),
+        None => {
+            let (add, remove) = (normalize_labels(&p.add_labels)?, normalize_labels(&p.remove_labels)?);
+            if let Some(both) = add.iter().find(|l| remove.contains(l)) {
+                return Err(AppError::invalid("invalid_label", format!("`{both}` is both added and removed")));
+            }
+            let kept = row.labels.iter().filter(|l| !remove.contains(l)).cloned();
+            normalize_labels(&kept.chain(add).collect::<Vec<_>>())?
+        }
     };
     if let Some(s) = &p.status {
         if !STATUSES.contains(&s.as_str()) {

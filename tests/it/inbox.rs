@@ -3978,4 +3978,28 @@ async fn conversations_change_in_bulk_all_or_none() {
     let r = bulk(al_token.clone(), json!({"ids": on_page, "status": "resolved"})).await;
     assert_eq!(r.status, 200);
     assert_eq!(app.count(audited), 3);
+
+    // One label on them all, whatever else each has; then one taken off.
+    let first = format!("/api/conversations/{}", on_page[0].as_str().expect("id"));
+    let r = app.call("PATCH", &first, Some(&al_token), Some(json!({"labels": ["legal", "refund"]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = bulk(al_token.clone(), json!({"ids": on_page, "add_labels": [" VIP "]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let labels: Vec<Value> = r.body["items"].as_array().expect("items").iter().map(|c| c["labels"].clone()).collect();
+    assert_eq!(labels, [json!(["legal", "refund", "vip"]), json!(["vip"]), json!(["vip"])]);
+    let r = bulk(al_token.clone(), json!({"ids": on_page, "remove_labels": ["legal"], "add_labels": ["late"]})).await;
+    let labels: Vec<Value> = r.body["items"].as_array().expect("items").iter().map(|c| c["labels"].clone()).collect();
+    assert_eq!(labels, [json!(["late", "refund", "vip"]), json!(["late", "vip"]), json!(["late", "vip"])]);
+    for (body, code) in [
+        (json!({"ids": on_page, "labels": ["a"], "add_labels": ["b"]}), "invalid_body"),
+        (json!({"ids": on_page, "add_labels": ["vip"], "remove_labels": ["VIP"]}), "invalid_label"),
+        (json!({"ids": on_page, "add_labels": [5]}), "invalid_label"),
+        (json!({"ids": on_page, "remove_labels": "vip"}), "invalid_body"),
+    ] {
+        let r = bulk(al_token.clone(), body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+    // The same works on one conversation.
+    let r = app.call("PATCH", &first, Some(&al_token), Some(json!({"remove_labels": ["late", "refund"]}))).await;
+    assert_eq!(r.body["labels"], json!(["vip"]), "{:?}", r.body);
 }
