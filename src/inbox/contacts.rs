@@ -53,10 +53,13 @@ pub struct ContactListItem {
     pub created_at: chrono::DateTime<Utc>,
     #[serde(flatten)]
     pub details: ContactDetails,
+    /// The contact's conversation (one per contact, in its channel), for a
+    /// contact page to open.
+    pub conversation_id: Option<super::ConversationId>,
 }
 
 impl ContactListItem {
-    fn new(row: ContactRow, details: ContactDetails) -> Self {
+    fn new(row: ContactRow, details: ContactDetails, conversation: Option<i64>) -> ContactListItem {
         ContactListItem {
             id: ContactId(row.id),
             channel_id: ChannelId(row.channel_id),
@@ -65,7 +68,41 @@ impl ContactListItem {
             profile_pic_url: row.profile_pic_url,
             created_at: row.created_at,
             details,
+            conversation_id: conversation.map(super::ConversationId),
         }
+    }
+
+    /// The items of `rows`, each with its conversation (one query, which
+    /// the (channel, contact) key's unique index answers).
+    fn of(tc: &mut TenantConn<'_>, rows: Vec<(ContactRow, ContactDetails)>) -> AppResult<Vec<ContactListItem>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (channels, ids): (Vec<i64>, Vec<i64>) = rows.iter().map(|(r, _)| (r.channel_id, r.id)).unzip();
+        let conversation_of: std::collections::HashMap<i64, i64> = conversations::table
+            .filter(conversations::channel_id.eq_any(&channels))
+            .filter(conversations::contact_id.eq_any(&ids))
+            .select((conversations::contact_id, conversations::id))
+            .load::<(i64, i64)>(tc.pg())?
+            .into_iter()
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|(row, details)| {
+                let conversation = conversation_of.get(&row.id).copied();
+                ContactListItem::new(row, details, conversation)
+            })
+            .collect())
+    }
+
+    fn one(tc: &mut TenantConn<'_>, row: ContactRow, details: ContactDetails) -> AppResult<ContactListItem> {
+        let conversation: Option<i64> = conversations::table
+            .filter(conversations::channel_id.eq(row.channel_id))
+            .filter(conversations::contact_id.eq(row.id))
+            .select(conversations::id)
+            .first(tc.pg())
+            .optional()?;
+        Ok(ContactListItem::new(row, details, conversation))
     }
 }
 
@@ -227,7 +264,7 @@ pub fn search(
     } else {
         query.load(tc.pg())?
     };
-    Ok(rows.into_iter().map(|(row, details)| ContactListItem::new(row, details)).collect())
+    ContactListItem::of(tc, rows)
 }
 
 /// How long a looked-up profile (or Meta's answer that there is none) is
@@ -374,7 +411,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ContactId) -> 
     if !crate::channels::can_see(tc, user, role, ChannelId(row.channel_id))? {
         return Err(AppError::not_found("contact"));
     }
-    Ok(ContactListItem::new(row, details))
+    ContactListItem::one(tc, row, details)
 }
 
 /// `PATCH /api/contacts/{id}`: the team names a contact (a WhatsApp
@@ -473,7 +510,7 @@ pub fn update(
         )?;
         changed = true;
     }
-    let item = ContactListItem::new(row, wanted);
+    let item = ContactListItem::one(tc, row, wanted)?;
     if changed {
         log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
     }

@@ -3652,6 +3652,11 @@ async fn the_team_keeps_a_contacts_address_number_and_note() {
     assert_eq!((&frame["data"]["id"], &frame["data"]["email"]), (&contact["id"], &json!("zoe.lima@exemplo.pt")));
     let shown = app.call("GET", &path, Some(&ctx.admin), None).await;
     assert_eq!((shown.status, &shown.body["phone"]), (200, &json!("+351 912-345 678")), "{:?}", shown.body);
+    // With the conversation a contact page opens.
+    let conversation = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].clone();
+    assert_eq!(shown.body["conversation_id"], conversation);
+    let listed = app.call("GET", "/api/contacts?q=exemplo", Some(&ctx.admin), None).await;
+    assert_eq!(listed.body["items"][0]["conversation_id"], conversation, "{:?}", listed.body);
 
     // Found by the saved address or number, not by anything else.
     for (q, found) in [("EXEMPLO.pt", 1), ("912-345", 1), ("nowhere.example", 0)] {
