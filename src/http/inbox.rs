@@ -43,6 +43,16 @@ fn conversation_id(raw: &str) -> AppResult<ConversationId> {
     ConversationId::parse(raw).ok_or_else(|| AppError::not_found("conversation"))
 }
 
+/// A message id from a path; one that names no message is not found.
+fn message_id(raw: &str) -> AppResult<MessageId> {
+    MessageId::parse(raw).ok_or_else(|| AppError::not_found("message"))
+}
+
+/// A contact id from a path; one that names no contact is not found.
+fn contact_id(raw: &str) -> AppResult<crate::inbox::ContactId> {
+    crate::inbox::ContactId::parse(raw).ok_or_else(|| AppError::not_found("contact"))
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     status: Option<String>,
@@ -197,13 +207,12 @@ async fn patch_many(
     let Some(Value::Array(given)) = body.remove("ids") else { return Err(invalid()) };
     let mut ids: Vec<ConversationId> = Vec::with_capacity(given.len());
     for v in given {
-        let id = match &v {
-            Value::String(s) => ConversationId::parse(s),
-            Value::Number(n) => n.as_i64().and_then(|n| ConversationId::parse(&n.to_string())),
-            _ => None,
-        };
         // An id that names no conversation is not found, as in a path.
-        let id = id.ok_or_else(|| AppError::not_found("conversation"))?;
+        let id = match &v {
+            Value::String(s) => conversation_id(s)?,
+            Value::Number(n) => conversation_id(&n.to_string())?,
+            _ => return Err(AppError::not_found("conversation")),
+        };
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -473,7 +482,7 @@ fn bad_link() -> AppError {
 }
 
 fn attachment_path(path: &(String, String)) -> AppResult<(MessageId, usize)> {
-    let id = MessageId::parse(&path.0).ok_or_else(|| AppError::not_found("message"))?;
+    let id = message_id(&path.0)?;
     let index: usize = path.1.parse().map_err(|_| AppError::not_found("attachment"))?;
     Ok((id, index))
 }
@@ -769,7 +778,7 @@ async fn edit_note(
     body: web::Json<NoteBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
-    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let id = message_id(&path)?;
     let (user, role, text) = (auth.user, auth.role, body.into_inner().text);
     let view = state
         .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text))
@@ -805,7 +814,7 @@ async fn set_reaction(
     emoji: Option<String>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
-    let id = MessageId::parse(path).ok_or_else(|| AppError::not_found("message"))?;
+    let id = message_id(path)?;
     let (user, role) = (auth.user, auth.role);
     let view =
         state.tenant_with_events(auth.scope(), move |tc, log| messages::react(tc, log, user, role, id, emoji)).await?;
@@ -820,7 +829,7 @@ async fn retry_message(
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
-    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let id = message_id(&path)?;
     let (user, role) = (auth.user, auth.role);
     let view = state.tenant_with_events(auth.scope(), move |tc, log| messages::retry(tc, log, user, role, id)).await?;
     state.wake_sender.notify_one();
@@ -834,7 +843,7 @@ async fn delete_note(
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
-    let id = MessageId::parse(&path).ok_or_else(|| AppError::not_found("message"))?;
+    let id = message_id(&path)?;
     let (user, role) = (auth.user, auth.role);
     state.tenant_with_events(auth.scope(), move |tc, log| messages::delete_note(tc, log, user, role, id)).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -881,7 +890,7 @@ async fn get_contact(
     auth: AuthContext,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = crate::inbox::ContactId::parse(&path).ok_or_else(|| AppError::not_found("contact"))?;
+    let id = contact_id(&path)?;
     let (user, role) = (auth.user, auth.role);
     let (item, stale) = state
         .db
@@ -904,7 +913,7 @@ async fn update_contact(
     body: web::Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
-    let id = crate::inbox::ContactId::parse(&path).ok_or_else(|| AppError::not_found("contact"))?;
+    let id = contact_id(&path)?;
     let body = body.into_inner();
     const FIELDS: [&str; 4] = ["name", "email", "phone", "notes"];
     if let Some(other) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
