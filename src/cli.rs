@@ -175,6 +175,14 @@ pub enum UserCommand {
         #[arg(long, requires = "tenant")]
         role: Option<String>,
     },
+    /// Set a user's password (one who forgot theirs) and end all of their
+    /// logins, in every tenant.
+    Password {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "SWITCHBOARD_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -255,6 +255,12 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 None => println!("created user {} (id {})", user.email, user.id),
             }
         }
+        UserCommand::Password { email, password } => {
+            let email = Email::parse(&email).map_err(user_error)?;
+            let hash = crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
+            let ended = crate::auth::account::set_password(&mut conn, &email, &hash).map_err(user_error)?;
+            println!("set the password of {}; ended {ended} login(s)", email.as_str());
+        }
     }
     Ok(())
 }

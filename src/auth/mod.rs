@@ -2,6 +2,7 @@
 //! `(user, tenant, role)`, HS256 access tokens, rotating refresh tokens and the
 //! request extractor that hands handlers an authenticated [`AuthContext`].
 
+pub mod account;
 pub mod extract;
 pub mod jwt;
 pub mod members;

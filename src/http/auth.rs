@@ -5,6 +5,7 @@ use serde::Deserialize;
 use std::time::Instant;
 
 use super::AppState;
+use crate::auth::account::{self, AccountChanges};
 use crate::auth::{session, AuthContext, JwtKeys};
 use crate::error::{AppError, AppResult, ErrorKind};
 
@@ -12,7 +13,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/auth/login").route(web::post().to(login)))
         .service(super::resource("/auth/refresh").route(web::post().to(refresh)))
         .service(super::resource("/auth/logout").route(web::post().to(logout)))
-        .service(super::resource("/me").route(web::get().to(me)));
+        .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)));
 }
 
 #[derive(Deserialize)]
@@ -23,6 +24,19 @@ struct LoginBody {
     tenant: String,
 }
 
+/// Holds back a caller whose account has used up its failed passwords.
+fn throttled(state: &AppState, email: &str) -> AppResult<()> {
+    state.login_throttle.check(email, Instant::now()).map_err(|wait| {
+        let secs = wait.as_secs() + 1;
+        AppError::new(
+            ErrorKind::RateLimited,
+            "too_many_attempts",
+            format!("too many failed logins for this account; try again in {secs} s"),
+        )
+        .retry_after(secs)
+    })
+}
+
 async fn login(
     state: web::Data<AppState>,
     keys: web::Data<JwtKeys>,
@@ -31,15 +45,7 @@ async fn login(
     let body = body.into_inner();
     let keys = keys.into_inner();
     let email = body.email.clone();
-    if let Err(wait) = state.login_throttle.check(&email, Instant::now()) {
-        let secs = wait.as_secs() + 1;
-        return Err(AppError::new(
-            ErrorKind::RateLimited,
-            "too_many_attempts",
-            format!("too many failed logins for this account; try again in {secs} s"),
-        )
-        .retry_after(secs));
-    }
+    throttled(&state, &email)?;
     let result =
         state.db.public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant)).await;
     match &result {
@@ -78,5 +84,54 @@ async fn logout(state: web::Data<AppState>, body: web::Json<RefreshBody>) -> App
 
 async fn me(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
     let me = state.db.tenant(auth.scope(), move |tc| session::me(tc.pg(), auth.user, auth.tenant, auth.role)).await?;
+    Ok(HttpResponse::Ok().json(me))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeChange {
+    name: Option<String>,
+    current_password: Option<String>,
+    new_password: Option<String>,
+}
+
+/// `PATCH /api/me`: one's own name and password (see [`account`]). Answers
+/// as `GET /api/me` does.
+async fn change_me(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MeChange>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let checks_password = body.current_password.is_some();
+    let email = if checks_password {
+        let user = auth.user;
+        let email = state.db.public(move |conn| account::email_of(conn, user)).await?;
+        throttled(&state, &email)?;
+        Some(email)
+    } else {
+        None
+    };
+    // Hashing the new password (tens of ms) runs on the blocking pool too.
+    let changes =
+        web::block(move || AccountChanges::checked(body.name, body.current_password, body.new_password)).await??;
+    let result = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let changed = account::change(tc, auth.user, &auth.family, changes)?;
+            Ok::<_, AppError>((changed, session::me(tc.pg(), auth.user, auth.tenant, auth.role)?))
+        })
+        .await;
+    if let Some(email) = email {
+        match &result {
+            Ok(_) => state.login_throttle.succeeded(&email),
+            Err(e) if e.code == account::WRONG_PASSWORD => state.login_throttle.failed(&email, Instant::now()),
+            Err(_) => {}
+        }
+    }
+    let (changed, me) = result?;
+    if !changed.is_empty() {
+        tracing::info!(user_id = %auth.user, ?changed, "account changed");
+    }
     Ok(HttpResponse::Ok().json(me))
 }

@@ -518,3 +518,161 @@ async fn every_error_has_the_json_shape() {
         "{metrics}"
     );
 }
+
+/// A person changes their own name and password. A new password needs the
+/// current one (a wrong one changes nothing and counts as a failed login of
+/// the account), and ends every other login of theirs, in every tenant:
+/// refresh tokens refused, sockets closed with 4401; the login that made the
+/// change carries on. An operator sets a password without the current one,
+/// ending every login.
+#[actix_web::test]
+async fn a_person_changes_their_name_and_password() {
+    use crate::realtime::{next, until, ws};
+    use std::time::Duration;
+
+    let app = spawn_app().await;
+    let ann = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
+    let r = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&token(&beth, "access_token")),
+            Some(json!({"email": "ann@acme.test", "role": "agent"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let here = token(&ann, "access_token");
+    let other = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let at_beta = app.login("ann@acme.test", "ann-password-1", "beta").await;
+    let mut sockets = Vec::new();
+    for t in [&here, &token(&other, "access_token"), &token(&at_beta, "access_token")] {
+        let mut s = ws(&app, "", Some(t), None).await.expect("socket");
+        assert_eq!(next(&mut s, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+        sockets.push(s);
+    }
+
+    let me = |body: Value| app.call("PATCH", "/api/me", Some(&here), Some(body));
+    for (body, status, code) in [
+        (json!({"new_password": "new-password-1"}), 422, "current_password_required"),
+        (json!({"current_password": "ann-password-1"}), 422, "new_password_required"),
+        (json!({"current_password": "ann-password-1", "new_password": "short"}), 422, "weak_password"),
+        (json!({"current_password": "ann-password-1", "new_password": "ann-password-1"}), 422, "same_password"),
+        (
+            json!({"name": "x".repeat(201), "current_password": "ann-password-1", "new_password": "new-password-1"}),
+            422,
+            "invalid_name",
+        ),
+        (
+            json!({"name": "Ann", "current_password": "wrong-password", "new_password": "new-password-1"}),
+            403,
+            "wrong_password",
+        ),
+    ] {
+        let r = me(body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", r.body);
+    }
+    for body in [json!({"name": 5}), json!({"email": "x@y.test"}), json!([])] {
+        let r = me(body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}: {:?}", r.body);
+    }
+    let unchanged = app.call("GET", "/api/me", Some(&here), None).await;
+    assert_eq!(unchanged.body["user"]["name"], "", "nothing was written");
+    assert_eq!(app.login("ann@acme.test", "ann-password-1", "acme").await["role"], "owner");
+
+    // The change: a name, and a new password.
+    let r =
+        me(json!({"name": "  Ann Lee ", "current_password": "ann-password-1", "new_password": "new-password-1"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((r.body["user"]["name"].as_str(), r.body["tenant"]["slug"].as_str()), (Some("Ann Lee"), Some("acme")));
+    let old = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
+        )
+        .await;
+    assert_eq!(old.status, 401);
+    assert_eq!(app.login("ann@acme.test", "new-password-1", "beta").await["role"], "agent");
+    // The other logins end, here and at beta; this one carries on.
+    for other in [&other, &at_beta] {
+        let r = app
+            .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(other, "refresh_token")})))
+            .await;
+        assert_eq!(r.status, 401, "{:?}", r.body);
+    }
+    for s in &mut sockets[1..] {
+        let closed = until(s, "closed", Duration::from_secs(5)).await.expect("closed");
+        assert_eq!(closed["code"], 4401);
+    }
+    crate::realtime::send(&mut sockets[0], json!({"type": "ping"})).await;
+    assert_eq!(until(&mut sockets[0], "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
+    let r =
+        app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&ann, "refresh_token")}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (here, kept) = (token(&r.body, "access_token"), token(&r.body, "refresh_token"));
+    // The members list shows the name; the audit log names the fields only.
+    let members = app.call("GET", "/api/members", Some(&here), None).await;
+    assert_eq!(members.body["items"][0]["name"], "Ann Lee", "{:?}", members.body);
+    let log = app.call("GET", "/api/audit-log", Some(&here), None).await;
+    let entry = log.body["items"].as_array().expect("items").iter().find(|e| e["action"] == "account.updated").cloned();
+    let entry = entry.expect("audited");
+    assert_eq!(entry["details"]["fields"], json!(["password", "name"]));
+    assert!(!entry.to_string().contains("new-password-1"));
+    // A name alone; the same name again changes and logs nothing.
+    for _ in 0..2 {
+        let r = app.call("PATCH", "/api/me", Some(&here), Some(json!({"name": "Ann"}))).await;
+        assert_eq!(r.body["user"]["name"], "Ann");
+    }
+    let log = app.call("GET", "/api/audit-log", Some(&here), None).await;
+    let updates =
+        log.body["items"].as_array().expect("items").iter().filter(|e| e["action"] == "account.updated").count();
+    assert_eq!(updates, 2);
+
+    // Wrong current passwords count against the account's logins.
+    for _ in 0..20 {
+        let r = app
+            .call(
+                "PATCH",
+                "/api/me",
+                Some(&here),
+                Some(json!({"current_password": "guess-guess", "new_password": "x-password-9"})),
+            )
+            .await;
+        assert_eq!(r.status, 403);
+    }
+    let r = app
+        .call(
+            "PATCH",
+            "/api/me",
+            Some(&here),
+            Some(json!({"current_password": "new-password-1", "new_password": "x-password-9"})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (429, Some("too_many_attempts")));
+    let r = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"email": "ann@acme.test", "password": "new-password-1", "tenant": "acme"})),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+
+    // An operator sets it without the current one; every login ends.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["user", "password", "--email", "ANN@acme.test"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("SWITCHBOARD_USER_PASSWORD", "reset-password-1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run switchboard");
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success() && out.contains("ann@acme.test"), "{out} {}", String::from_utf8_lossy(&cli.stderr));
+    let closed = until(&mut sockets[0], "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401);
+    let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": kept}))).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+}

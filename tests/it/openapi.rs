@@ -139,6 +139,8 @@ async fn live_answers_match_the_served_openapi_document() {
     let refresh = json!({"refresh_token": token(&login, "refresh_token")});
     check(&app, &doc, "POST", "/api/auth/refresh", "/api/auth/refresh", None, Some(refresh)).await;
     check(&app, &doc, "GET", "/api/me", "/api/me", Some(admin), None).await;
+    let renamed = check(&app, &doc, "PATCH", "/api/me", "/api/me", Some(admin), Some(json!({"name": "Ann"}))).await;
+    assert_eq!(renamed["user"]["name"], "Ann");
     let member = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
     let bo = check(&app, &doc, "POST", "/api/members", "/api/members", Some(admin), Some(member)).await;
     let bo_id = bo["user_id"].as_str().expect("user id").to_string();

@@ -74,7 +74,7 @@ pub(crate) async fn until(s: &mut Socket, kind: &str, wait: Duration) -> Option<
     None
 }
 
-async fn send(s: &mut Socket, v: Value) {
+pub(crate) async fn send(s: &mut Socket, v: Value) {
     s.send(Message::Text(v.to_string().into())).await.expect("send");
 }
 
