@@ -15,6 +15,7 @@
 //!   business account is unsubscribed when its last number goes.
 
 pub mod connect;
+pub mod hours;
 pub mod meta_callbacks;
 pub mod oauth;
 pub mod policy;
@@ -92,6 +93,17 @@ pub struct AutoReply {
     pub text: String,
 }
 
+impl AutoReply {
+    fn off() -> AutoReply {
+        AutoReply { enabled: false, text: String::new() }
+    }
+
+    /// The text to send, when on.
+    pub fn due(&self) -> Option<&str> {
+        (self.enabled && !self.text.trim().is_empty()).then_some(self.text.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Settings {
     pub auto_reply: AutoReply,
@@ -101,15 +113,35 @@ pub struct Settings {
     /// (the app needs Meta's Human Agent permission).
     #[serde(default)]
     pub human_agent: bool,
+    /// When the team answers ([`hours`]); `None`: always.
+    #[serde(default)]
+    pub business_hours: Option<hours::BusinessHours>,
+    /// Sent once per closed period to a conversation whose customer writes
+    /// outside `business_hours`.
+    #[serde(default = "AutoReply::off")]
+    pub away_reply: AutoReply,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            auto_reply: AutoReply { enabled: false, text: String::new() },
+            auto_reply: AutoReply::off(),
             notifications: true,
             human_agent: false,
+            business_hours: None,
+            away_reply: AutoReply::off(),
         }
+    }
+}
+
+impl Settings {
+    /// The away text and the moment the channel closed, when a customer
+    /// writing at `now` should get it. Hours stored before a check existed
+    /// and no longer valid count as always open.
+    pub fn away_due(&self, now: DateTime<Utc>) -> Option<(&str, DateTime<Utc>)> {
+        let text = self.away_reply.due()?;
+        let since = self.business_hours.as_ref()?.closed_since(now).ok()??;
+        Some((text, since))
     }
 }
 
@@ -319,6 +351,16 @@ pub struct SettingsPatch {
     pub auto_reply: Option<AutoReplyPatch>,
     pub notifications: Option<bool>,
     pub human_agent: Option<bool>,
+    /// Left out: unchanged; `null`: no hours (always open); else replaced.
+    #[serde(default, deserialize_with = "present")]
+    pub business_hours: Option<Option<hours::BusinessHours>>,
+    pub away_reply: Option<AutoReplyPatch>,
+}
+
+/// A field that is there, `null` or not: `Some`; left out: `None` (by
+/// `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +378,24 @@ pub struct ChannelPatch {
 }
 
 pub const MAX_AUTO_REPLY_CHARS: usize = 1000;
+
+impl AutoReplyPatch {
+    fn apply_to(self, reply: &mut AutoReply, field: &str) -> AppResult<()> {
+        if let Some(t) = self.text {
+            if t.chars().count() > MAX_AUTO_REPLY_CHARS {
+                return Err(AppError::invalid(
+                    "invalid_settings",
+                    format!("{field}.text must be at most {MAX_AUTO_REPLY_CHARS} characters"),
+                ));
+            }
+            reply.text = t;
+        }
+        if let Some(e) = self.enabled {
+            reply.enabled = e;
+        }
+        Ok(())
+    }
+}
 
 pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPatch) -> AppResult<ChannelView> {
     let row = find(tc, id)?;
@@ -358,22 +418,23 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
             settings.human_agent = h;
         }
         if let Some(a) = s.auto_reply {
-            if let Some(t) = a.text {
-                if t.chars().count() > MAX_AUTO_REPLY_CHARS {
-                    return Err(AppError::invalid(
-                        "invalid_settings",
-                        "auto_reply.text must be at most 1000 characters",
-                    ));
-                }
-                settings.auto_reply.text = t;
-            }
-            if let Some(e) = a.enabled {
-                settings.auto_reply.enabled = e;
-            }
+            a.apply_to(&mut settings.auto_reply, "auto_reply")?;
+        }
+        if let Some(a) = s.away_reply {
+            a.apply_to(&mut settings.away_reply, "away_reply")?;
+        }
+        if let Some(h) = s.business_hours {
+            settings.business_hours = h.map(hours::BusinessHours::checked).transpose()?;
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {
         return Err(AppError::invalid("invalid_settings", "an enabled auto_reply needs a text"));
+    }
+    if settings.away_reply.enabled && settings.away_reply.text.trim().is_empty() {
+        return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs a text"));
+    }
+    if settings.away_reply.enabled && settings.business_hours.is_none() {
+        return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs business_hours"));
     }
     let settings_json = serde_json::to_value(&settings).map_err(AppError::internal)?;
     // A retried or repeated PATCH changes nothing: no write, no event.

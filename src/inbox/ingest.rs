@@ -804,20 +804,31 @@ impl Ingest<'_> {
                 json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
         }
-        if (created || reopened) && settings.auto_reply.enabled && !settings.auto_reply.text.trim().is_empty() {
+        let mut replies = Vec::new();
+        if created || reopened {
+            if let Some(text) = settings.auto_reply.due() {
+                replies.push((text, format!("auto-reply:{}", row.id)));
+            }
+        }
+        // Once per closed period (`channels::hours`); not for a message
+        // the customer had unsent before it came.
+        if let Some((text, since)) = settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none()) {
+            replies.push((text, format!("away-reply:{}", since.timestamp())));
+        }
+        for (text, client_id) in replies {
             let out = NewOutgoing {
                 conversation: ConversationId(conv.id),
-                text: Some(settings.auto_reply.text.clone()),
-                client_id: Some(format!("auto-reply:{}", row.id)),
+                text: Some(text.to_string()),
+                client_id: Some(client_id),
                 agent: None,
                 attachments: Vec::new(),
                 reply_to_external_id: None,
             };
             self.flush(tc)?;
-            messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
+            let (_, queued) = messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
             // The queued reply changed the conversation row.
             self.conversations.remove(&contact.id);
-            self.followups.queued_sends += 1;
+            self.followups.queued_sends += usize::from(queued);
         }
         Ok(())
     }

@@ -1941,6 +1941,107 @@ async fn auto_reply_and_notifications() {
     assert_eq!(conversations(&app, &ctx.admin, "").await[0]["last_message"]["text"], "third");
 }
 
+/// Business hours and the away reply: a customer writing while the
+/// channel is closed gets the away text once per closed period, after the
+/// greeting when the conversation opens (a second message, or Meta's
+/// retry, adds nothing); while it is open, only the greeting. Hours are
+/// checked before anything is written.
+#[actix_web::test]
+async fn the_away_reply_goes_once_while_closed() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let path = format!("/api/channels/{page}");
+    let patch = |settings: Value| app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"settings": settings})));
+    let utc = |week: Value| json!({"timezone": "UTC", "week": week});
+    for (settings, says) in [
+        (json!({"away_reply": {"enabled": true, "text": "Closed."}}), "needs business_hours"),
+        (json!({"business_hours": {"timezone": "Nowhere/Atlantis", "week": []}}), "time zone"),
+        (json!({"business_hours": utc(json!([{"day": "mon", "open": "18:00", "close": "09:00"}]))}), "closes before"),
+        (json!({"business_hours": utc(json!([{"day": "mon", "open": "9", "close": "17:00"}]))}), "HH:MM"),
+        (json!({"business_hours": utc(json!([{"day": "someday", "open": "09:00", "close": "17:00"}]))}), "mon … sun"),
+        (json!({"business_hours": utc(json!([])), "away_reply": {"enabled": true, "text": " "}}), "needs a text"),
+        (json!({"business_hours": utc(json!([])), "away_reply": {"text": "x".repeat(1001)}}), "at most 1000"),
+    ] {
+        let r = patch(settings.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")), "{settings}");
+        let message = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{settings}: {message}");
+    }
+    for settings in
+        [json!({"business_hours": {"timezone": "UTC"}}), json!({"business_hours": utc(json!([{"day": "mon"}]))})]
+    {
+        assert_eq!(patch(settings.clone()).await.status, 422, "{settings}");
+    }
+    let r = app.call("GET", "/api/channels", Some(&ctx.admin), None).await;
+    let unchanged = r.body["items"].as_array().expect("items").iter().find(|c| c["id"] == page.as_str()).cloned();
+    let unchanged = unchanged.expect("page");
+    assert_eq!(
+        (unchanged["settings"]["business_hours"].is_null(), &unchanged["settings"]["away_reply"]["enabled"]),
+        (true, &json!(false))
+    );
+
+    // Closed all week (no openings), greeting and away reply on.
+    let r = patch(json!({"auto_reply": {"enabled": true, "text": "Hello!"},
+        "business_hours": {"timezone": " Europe/Lisbon", "week": []},
+        "away_reply": {"enabled": true, "text": "We are closed; back at nine."}}))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["settings"]["business_hours"], json!({"timezone": "Europe/Lisbon", "week": []}));
+    // Written now, so the reply window is open.
+    let now_text = |from: &str, mid: &str, text: &str| {
+        let mut v: Value = serde_json::from_slice(&messenger_text(from, mid, text)).expect("json");
+        v["entry"][0]["messaging"][0]["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
+        serde_json::to_vec(&v).expect("body")
+    };
+    let first = now_text(PSID, "m_away_1", "anyone there?");
+    for _ in 0..2 {
+        assert_eq!(app.webhook(&first).await, 200);
+    }
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let gone_out = |m: &Value| ["sent", "delivered", "read"].contains(&m["status"].as_str().unwrap_or(""));
+    let texts = |msgs: &[Value]| msgs.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    eventually("greeting and away reply sent", || async {
+        let msgs = messages(&app, &ctx.admin, &conv).await;
+        msgs.len() == 3 && msgs[1..].iter().all(gone_out)
+    })
+    .await;
+    let msgs = messages(&app, &ctx.admin, &conv).await;
+    assert_eq!(texts(&msgs), ["anyone there?", "Hello!", "We are closed; back at nine."]);
+    assert_eq!((&msgs[2]["direction"], &msgs[2]["sender"]["kind"]), (&json!("out"), &json!("page")));
+    // The same evening: nothing more.
+    assert_eq!(app.webhook(&now_text(PSID, "m_away_2", "hello?")).await, 200);
+    app.processed().await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(texts(&messages(&app, &ctx.admin, &conv).await).len(), 4);
+    // Open around the clock: a new customer gets the greeting only.
+    let always: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|d| json!({"day": d, "open": "00:00", "close": "24:00"}))
+        .collect();
+    let r = patch(json!({"business_hours": {"timezone": "Asia/Tokyo", "week": always}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["settings"]["away_reply"]["enabled"], true);
+    assert_eq!(app.webhook(&now_text("7392015648120777", "m_away_3", "hi")).await, 200);
+    app.processed().await;
+    let other = by_contact(&conversations(&app, &ctx.admin, "").await, "7392015648120777")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    eventually("greeting sent", || async {
+        messages(&app, &ctx.admin, &other).await.iter().any(|m| m["text"] == "Hello!" && gone_out(m))
+    })
+    .await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(texts(&messages(&app, &ctx.admin, &other).await), ["hi", "Hello!"]);
+    // Hours taken away (null): the away reply must go off first.
+    let r = patch(json!({"business_hours": null})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")));
+    let r = patch(json!({"business_hours": null, "away_reply": {"enabled": false}})).await;
+    assert_eq!((r.status, r.body["settings"]["business_hours"].is_null()), (200, true), "{:?}", r.body);
+}
+
 #[actix_web::test]
 async fn snoozes_wake_and_edits_update_in_place() {
     let app = spawn_app().await;
