@@ -65,6 +65,8 @@ pub struct AppState {
     pub sweeps_due: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// WhatsApp business accounts' templates as last read (`inbox::templates`).
     pub templates: std::sync::Arc<crate::inbox::templates::TemplateCache>,
+    /// Who is online, as this instance's hub shows it (`realtime::online`).
+    pub online: Arc<crate::realtime::Online>,
     /// Agents' files read at once ([`crate::inbox::uploads::READ_AT_ONCE`]).
     pub uploads: Arc<tokio::sync::Semaphore>,
 }
@@ -95,6 +97,7 @@ impl AppState {
             typing_sent: Default::default(),
             sweeps_due: Default::default(),
             templates: Default::default(),
+            online: Default::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(crate::inbox::uploads::READ_AT_ONCE)),
             media_urls: Default::default(),
             login_throttle: crate::auth::throttle::LoginThrottle::from_env(),

@@ -120,6 +120,10 @@ pub struct Settings {
     /// outside `business_hours`.
     #[serde(default = "AutoReply::off")]
     pub away_reply: AutoReply,
+    /// A conversation that opens with no one assigned goes to the least
+    /// busy of the channel's agents online now (`inbox::ingest`).
+    #[serde(default)]
+    pub auto_assign: bool,
 }
 
 impl Default for Settings {
@@ -130,6 +134,7 @@ impl Default for Settings {
             human_agent: false,
             business_hours: None,
             away_reply: AutoReply::off(),
+            auto_assign: false,
         }
     }
 }
@@ -355,6 +360,7 @@ pub struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     pub business_hours: Option<Option<hours::BusinessHours>>,
     pub away_reply: Option<AutoReplyPatch>,
+    pub auto_assign: Option<bool>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -416,6 +422,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         }
         if let Some(h) = s.human_agent {
             settings.human_agent = h;
+        }
+        if let Some(a) = s.auto_assign {
+            settings.auto_assign = a;
         }
         if let Some(a) = s.auto_reply {
             a.apply_to(&mut settings.auto_reply, "auto_reply")?;

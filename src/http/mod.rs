@@ -180,7 +180,7 @@ pub fn start_realtime(state: &AppState) -> actix::Addr<crate::realtime::Hub> {
         state.bus.clone(),
         state.feed.active(),
         state.feed.unwritten(),
-        state.templates.clone(),
+        crate::realtime::hub::Shared { templates: state.templates.clone(), online: state.online.clone() },
     )
     .start();
     crate::realtime::bus::spawn_listener(

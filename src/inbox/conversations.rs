@@ -410,6 +410,61 @@ pub fn patch(
     Ok(view)
 }
 
+/// Of `candidates`, the one to hand a new conversation of `channel`: a
+/// member of the channel who answers (owner, admin or agent; not a viewer),
+/// with the fewest open or pending conversations assigned, ties to the
+/// longest-standing member (the lowest id). Owners and admins see every
+/// channel but are candidates only where they are listed as members.
+pub fn least_busy(
+    tc: &mut TenantConn<'_>,
+    channel: crate::channels::ChannelId,
+    candidates: &[UserId],
+) -> AppResult<Option<UserId>> {
+    let ids: Vec<i64> = candidates.iter().map(|u| u.0).collect();
+    let listed: Vec<i64> = channel_members::table
+        .filter(channel_members::channel_id.eq(channel.0))
+        .filter(channel_members::user_id.eq_any(&ids))
+        .select(channel_members::user_id)
+        .load(tc.pg())?;
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    let tenant = tc.tenant().0;
+    let answering: Vec<i64> = memberships::table
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::user_id.eq_any(&listed))
+        .filter(memberships::role.ne(Role::Viewer.as_str()))
+        .select(memberships::user_id)
+        .load(tc.pg())?;
+    let load: Vec<(Option<i64>, i64)> = c::table
+        .filter(c::assignee_id.eq_any(&answering))
+        .filter(c::status.eq_any(["open", "pending"]))
+        .group_by(c::assignee_id)
+        .select((c::assignee_id, diesel::dsl::count_star()))
+        .load(tc.pg())?;
+    let busy = |user: i64| load.iter().find(|(a, _)| *a == Some(user)).map_or(0, |(_, n)| *n);
+    Ok(answering.into_iter().min_by_key(|u| (busy(*u), *u)).map(UserId))
+}
+
+/// Assigns a conversation no one has to `agent`, by the server (the audit
+/// entry has no actor). A conversation someone took meanwhile keeps them.
+pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId) -> AppResult<bool> {
+    let n = diesel::update(c::table.find(id.0).filter(c::assignee_id.is_null()))
+        .set(c::assignee_id.eq(agent.0))
+        .execute(tc.pg())?;
+    if n > 0 {
+        audit::record(
+            tc,
+            None,
+            "conversation.assigned",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": null, "to": agent.0.to_string(), "by": "auto_assign"}),
+        )?;
+    }
+    Ok(n > 0)
+}
+
 /// Most labels on one conversation, and the longest label.
 pub const MOST_LABELS: usize = 20;
 pub const MOST_LABEL_CHARS: usize = 50;

@@ -63,6 +63,8 @@ pub struct Followups {
 
 pub struct Ingest<'l> {
     pub log: &'l mut EventLog,
+    /// Who may be handed a conversation (`auto_assign`).
+    online: &'l crate::realtime::Online,
     pub names: Names,
     pub app_id: String,
     pub followups: Followups,
@@ -95,9 +97,10 @@ pub struct Ingest<'l> {
 }
 
 impl<'l> Ingest<'l> {
-    pub fn new(log: &'l mut EventLog, app_id: &str) -> Ingest<'l> {
+    pub fn new(log: &'l mut EventLog, app_id: &str, online: &'l crate::realtime::Online) -> Ingest<'l> {
         Ingest {
             log,
+            online,
             names: Names::default(),
             app_id: app_id.to_string(),
             followups: Followups::default(),
@@ -788,11 +791,19 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
+        let settings = channel.settings();
+        if (created || reopened) && conv.assignee_id.is_none() && settings.auto_assign {
+            if let Some(agent) = self.auto_assign(tc, channel, conv.id)? {
+                conv.assignee_id = Some(agent.0);
+                if let Some(kept) = self.conversations.get_mut(&contact.id) {
+                    kept.assignee_id = Some(agent.0);
+                }
+            }
+        }
         self.log_message(tc, &conv, &row, contact.id, created)?;
         if channel.platform() != Platform::Whatsapp {
             self.followups.media_copies.extend(super::media_copies::wanted(tc.tenant(), &row));
         }
-        let settings = channel.settings();
         // Unsent before it came (`early`): nothing to show, no one to ping.
         if settings.notifications && row.deleted_at.is_none() {
             let n = if created || reopened { "new_conversation" } else { "new_message" };
@@ -831,6 +842,27 @@ impl Ingest<'_> {
             self.followups.queued_sends += usize::from(queued);
         }
         Ok(())
+    }
+
+    /// Hands conversation `id`, just opened with no one assigned, to the
+    /// least busy of the channel's agents online now, if any is.
+    fn auto_assign(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        id: i64,
+    ) -> AppResult<Option<crate::ids::UserId>> {
+        let online = self.online.of(tc.tenant());
+        if online.is_empty() {
+            return Ok(None);
+        }
+        // The batch's reopened conversations count as open in the tally.
+        self.flush(tc)?;
+        let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online)? else {
+            return Ok(None);
+        };
+        let assigned = super::conversations::assign_automatically(tc, ConversationId(id), agent)?;
+        Ok(assigned.then_some(agent))
     }
 
     #[allow(clippy::too_many_arguments)]

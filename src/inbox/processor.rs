@@ -36,6 +36,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::meta::webhook::{self, Item, RouteKey};
 use crate::realtime::hub::Pace;
+use crate::realtime::Online;
 
 pub const MAX_ATTEMPTS: i32 = 8;
 const LEASE_SECS: i64 = 60;
@@ -154,7 +155,8 @@ enum Outcome {
 }
 
 /// Claims and processes one batch. Blocking: run it on the blocking pool.
-pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<BatchReport> {
+/// `online`: who may be handed a conversation (`realtime::online`).
+pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -> AppResult<BatchReport> {
     // A connection the server closed since fails the claim before it is
     // sent (or, at worst, after it took its lease: those webhooks wait out
     // the lease); the claim goes to another connection.
@@ -250,7 +252,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         // resync, see realtime::session).
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
         let group: Vec<&Work> = items.iter().collect();
-        let parts = match apply_tenant(&mut conn, &scope, app_id, &group, &own(&group, &tenants_of, &outcome)) {
+        let parts = match apply_tenant(&mut conn, &scope, app_id, online, &group, &own(&group, &tenants_of, &outcome)) {
             Ok(applied) => {
                 applied.record(tenant, &mut report, &mut marked);
                 continue;
@@ -277,7 +279,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, limit: i64) -> AppResult<Batch
         };
         for ev in parts {
             let part: Vec<&Work> = items.iter().filter(|(e, _, _)| *e == ev).collect();
-            match apply_tenant(&mut conn, &scope, app_id, &part, &own(&part, &tenants_of, &outcome)) {
+            match apply_tenant(&mut conn, &scope, app_id, online, &part, &own(&part, &tenants_of, &outcome)) {
                 Ok(applied) => applied.record(tenant, &mut report, &mut marked),
                 Err(e) => {
                     if !is_waiting(&e) {
@@ -365,12 +367,13 @@ fn apply_tenant(
     conn: &mut PgConnection,
     scope: &TenantScope,
     app_id: &str,
+    online: &Online,
     part: &[&Work],
     own: &[i64],
 ) -> AppResult<Applied> {
     with_tenant(conn, scope, |tc| {
         let mut log = EventLog::new();
-        let mut ingest = Ingest::new(&mut log, app_id);
+        let mut ingest = Ingest::new(&mut log, app_id, online);
         let mut ids: Vec<i64> = part.iter().map(|(_, c, _)| *c).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -545,10 +548,11 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
         }
         let pool = state.db.pool().clone();
         let app_id = state.config.meta.app_id.clone();
+        let online = state.online.clone();
         let claim_started = std::time::Instant::now();
         let result = actix_web::web::block(move || {
             let started = std::time::Instant::now();
-            let r = process_batch(&pool, &app_id, batch);
+            let r = process_batch(&pool, &app_id, &online, batch);
             if r.as_ref().is_ok_and(|r| r.claimed > 0) {
                 crate::metrics::inc(&crate::metrics::WEBHOOK_BATCH_MICROS, started.elapsed().as_micros() as u64);
             }

@@ -474,7 +474,14 @@ mod tests {
     #[actix_web::test]
     async fn the_direct_path_only_extends_a_run_without_a_gap() {
         let feed = Feed::default();
-        let hub = Hub::new("test".into(), Arc::new(Quiet), feed.active(), feed.unwritten(), Default::default()).start();
+        let hub = Hub::new(
+            "test".into(),
+            Arc::new(Quiet),
+            feed.active(),
+            feed.unwritten(),
+            crate::realtime::hub::Shared { templates: Default::default(), online: Default::default() },
+        )
+        .start();
         assert!(feed.hub.set(hub).is_ok());
         // A tenant the listener has not placed yet: left to the log.
         feed.committed(7, vec![event(1)], Pace::Now);

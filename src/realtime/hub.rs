@@ -677,6 +677,14 @@ pub struct Hub {
     /// This instance's kept template lists, dropped when any instance
     /// hears Meta changed one ([`LiveMsg::Templates`]).
     templates: Arc<crate::inbox::templates::TemplateCache>,
+    /// Who is online, as `shown` says, for the webhook processor.
+    online: Arc<super::Online>,
+}
+
+/// What a hub shares with the rest of its instance.
+pub struct Shared {
+    pub templates: Arc<crate::inbox::templates::TemplateCache>,
+    pub online: Arc<super::Online>,
 }
 
 impl Hub {
@@ -685,11 +693,12 @@ impl Hub {
         bus: Arc<dyn Bus>,
         active: ActiveTenants,
         unwritten: Arc<Unwritten>,
-        templates: Arc<crate::inbox::templates::TemplateCache>,
+        shared: Shared,
     ) -> Hub {
         Hub {
             instance,
-            templates,
+            templates: shared.templates,
+            online: shared.online,
             bus,
             active,
             unwritten,
@@ -856,6 +865,7 @@ impl Hub {
         if was == status {
             return None;
         }
+        self.online.set(tenant, user, status == "online");
         let frame =
             json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
         let frame = Frame { seq: None, text: frame.to_string().into() };

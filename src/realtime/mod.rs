@@ -26,11 +26,13 @@
 
 pub mod bus;
 pub mod hub;
+pub mod online;
 pub mod session;
 pub mod tickets;
 
 pub use bus::{Bus, Feed, LiveMsg, PgBus};
 pub use hub::Hub;
+pub use online::Online;
 
 pub const CLOSE_LOGGED_OUT: u16 = 4401;
 pub const CLOSE_REMOVED: u16 = 4403;

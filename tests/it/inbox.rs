@@ -549,7 +549,8 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+        .expect("batch");
     assert_eq!(report.dead, 0);
 }
 
@@ -674,20 +675,23 @@ async fn a_crash_between_store_and_processing_loses_nothing() {
         .expect("simulate a dead worker's expired lease");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0);
     // The next start processes everything.
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+        .expect("batch");
     assert_eq!((report.claimed, report.done), (2, 2));
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2);
     // A suspended tenant's webhooks wait, then land after it resumes.
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
         .expect("suspend");
     assert_eq!(app.webhook(&fixture("messenger_postback.json")).await, 200);
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+        .expect("batch");
     assert_eq!((report.claimed, report.done, report.dead), (1, 0, 0));
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
     diesel::sql_query("UPDATE public.webhook_events SET next_attempt_at = now() WHERE status = 'pending'")
         .execute(&mut conn)
         .expect("due now");
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", 100).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+        .expect("batch");
     assert_eq!(report.done, 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 3);
 }
@@ -2402,7 +2406,8 @@ async fn one_poisonous_webhook_does_not_take_its_batch_down() {
     texts.insert(7, (99, "poison".into()));
     store_texts(&app, &texts);
     let pool = app.db.pool(2);
-    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, &app.state.online, 500)
+        .expect("batch");
     assert_eq!((report.claimed, report.done, report.retried), (21, 20, 1), "{report:?}");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id LIKE 'm_poison_%'"), 20);
     assert_eq!(
@@ -2419,7 +2424,8 @@ async fn a_nul_character_is_dropped_not_the_message() {
     acme(&app).await;
     store_texts(&app, &[(1, "nul \u{0} inside".into()), (2, "fine".into())]);
     let pool = app.db.pool(2);
-    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, &app.state.online, 500)
+        .expect("batch");
     assert_eq!((report.done, report.retried), (2, 0), "{report:?}");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text = 'nul  inside'"), 1);
 }
@@ -2453,7 +2459,8 @@ async fn a_batch_leaves_the_search_index_merge_to_a_call_of_its_own() {
     let texts = parcel_texts();
     store_texts(&app, &texts);
     let pool = app.db.pool(2);
-    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, &app.state.online, 500)
+        .expect("batch");
     assert_eq!(report.done, texts.len(), "{report:?}");
     let bytes: usize = report.indexed_text.iter().map(|(_, b)| b).sum();
     assert_eq!(bytes, texts.iter().map(|(_, t)| t.len()).sum::<usize>(), "every stored text is counted once");
@@ -2474,7 +2481,8 @@ async fn a_batch_leaves_the_search_index_merge_to_a_call_of_its_own() {
     assert_eq!(conversations(&app, &ctx.admin, "?q=parcel%20199").await.len(), 1);
     // Duplicates (Meta's retries) store nothing and index nothing.
     store_texts(&app, &texts[..10]);
-    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, 500).expect("batch");
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, &app.state.online, 500)
+        .expect("batch");
     assert_eq!((report.done, report.indexed_text.iter().map(|(_, b)| b).sum::<usize>()), (10, 0), "{report:?}");
 }
 

@@ -1695,3 +1695,97 @@ async fn a_template_review_reaches_every_instances_kept_templates() {
     })
     .await;
 }
+
+/// Waits for a presence frame saying `user` is `status`.
+async fn shown_as(s: &mut Socket, user: &str, status: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let f = until(s, "presence", left).await.unwrap_or_else(|| panic!("{user} never shown {status}"));
+        if f["data"]["user_id"] == user && f["data"]["status"] == status {
+            return;
+        }
+    }
+    panic!("{user} never shown {status}");
+}
+
+/// Auto-assignment (`settings.auto_assign`): a conversation that opens with
+/// no one assigned goes to the least busy of the channel's agents online
+/// now, never to one offline or away, nor to someone online who is not on
+/// the channel; the live inbox hears it assigned from the start. Off (the
+/// default), nobody is assigned.
+#[actix_web::test]
+async fn new_conversations_go_to_the_least_busy_agent_online() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
+    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
+        ["user_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{channel}/members"),
+            Some(&t.admin),
+            Some(json!({"user_ids": [t.agent_x_id, olga_id]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let assignee_of = |from: &'static str| {
+        let app = &app;
+        let admin = t.admin.clone();
+        async move {
+            app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": format!("hi from {from}")}))
+                .await;
+            app.processed().await;
+            let r = app.call("GET", "/api/conversations?limit=200", Some(&admin), None).await;
+            let items = r.body["items"].as_array().expect("items").clone();
+            let c = items.iter().find(|c| c["contact"]["external_id"] == from).expect("conversation").clone();
+            c["assignee_id"].as_str().map(str::to_string)
+        }
+    };
+    let mut x = online_x(&app, &t).await;
+    assert_eq!(assignee_of("801").await, None, "off by default");
+
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{channel}"),
+            Some(&t.admin),
+            Some(json!({"settings": {"auto_assign": true}})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body["settings"]["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
+    // The admin is online but not on the channel; Olga is offline: Xavi.
+    let (mut admin, _) = newcomer(&app, &t.admin).await;
+    assert_eq!(assignee_of("802").await.as_deref(), Some(t.agent_x_id.as_str()));
+    let created = until(&mut admin, "conversation.created", Duration::from_secs(3)).await.expect("created");
+    assert_eq!(created["data"]["assignee_id"], t.agent_x_id.as_str(), "announced assigned");
+    // Olga comes: she has none, Xavi one.
+    let mut olga = ws(&app, "", Some(&t.agent_other), None).await.expect("olga");
+    next(&mut olga, Duration::from_secs(3)).await.expect("hello");
+    shown_as(&mut admin, &olga_id, "online").await;
+    assert_eq!(assignee_of("803").await.as_deref(), Some(olga_id.as_str()));
+    // One each: the tie goes to the longest-standing member, Xavi.
+    assert_eq!(assignee_of("804").await.as_deref(), Some(t.agent_x_id.as_str()));
+    // Xavi away: Olga, though she has as many.
+    send(&mut x, json!({"type": "presence", "status": "away"})).await;
+    shown_as(&mut admin, &t.agent_x_id, "away").await;
+    assert_eq!(assignee_of("805").await.as_deref(), Some(olga_id.as_str()));
+    // Olga gone, Xavi away: nobody.
+    drop(olga);
+    shown_as(&mut admin, &olga_id, "offline").await;
+    assert_eq!(assignee_of("806").await, None);
+    // Audited as the server's doing.
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&t.admin), None).await;
+    let auto: Vec<&Value> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "conversation.assigned" && e["details"]["by"] == "auto_assign")
+        .collect();
+    assert_eq!(auto.len(), 4);
+    assert!(auto.iter().all(|e| e["actor_user_id"].is_null()));
+}

@@ -433,11 +433,12 @@ async fn the_workers_claims_survive_closed_connections() {
     // A page no tenant holds: claimed, then dead-lettered.
     app.store_bodies(&[crate::common::messenger_text("5100000000000002", "m_claim.1", "anyone there?")]);
     assert!(cut_connections(&app) >= 4);
-    let (pool, app_id) = (app.pool.clone(), app.config.meta.app_id.clone());
-    let report = actix_web::web::block(move || switchboard::inbox::processor::process_batch(&pool, &app_id, 100))
-        .await
-        .expect("blocking pool")
-        .expect("the processor's pass");
+    let (pool, app_id, online) = (app.pool.clone(), app.config.meta.app_id.clone(), app.state.online.clone());
+    let report =
+        actix_web::web::block(move || switchboard::inbox::processor::process_batch(&pool, &app_id, &online, 100))
+            .await
+            .expect("blocking pool")
+            .expect("the processor's pass");
     assert_eq!(report.claimed, 1);
     // The pool still holds the connections the first cut closed; of those
     // opened since (the pass's own, returned to the pool, and whatever the
