@@ -124,6 +124,10 @@ pub struct Settings {
     /// busy of the channel's agents online now (`inbox::ingest`).
     #[serde(default)]
     pub auto_assign: bool,
+    /// Agents with this many open or pending conversations are passed over
+    /// by `auto_assign`; `None`: no limit.
+    #[serde(default)]
+    pub auto_assign_limit: Option<u32>,
 }
 
 impl Default for Settings {
@@ -135,6 +139,7 @@ impl Default for Settings {
             business_hours: None,
             away_reply: AutoReply::off(),
             auto_assign: false,
+            auto_assign_limit: None,
         }
     }
 }
@@ -361,6 +366,8 @@ pub struct SettingsPatch {
     pub business_hours: Option<Option<hours::BusinessHours>>,
     pub away_reply: Option<AutoReplyPatch>,
     pub auto_assign: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub auto_assign_limit: Option<Option<u32>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -384,6 +391,7 @@ pub struct ChannelPatch {
 }
 
 pub const MAX_AUTO_REPLY_CHARS: usize = 1000;
+pub const MOST_AUTO_ASSIGN_LIMIT: u32 = 10_000;
 
 impl AutoReplyPatch {
     fn apply_to(self, reply: &mut AutoReply, field: &str) -> AppResult<()> {
@@ -425,6 +433,15 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         }
         if let Some(a) = s.auto_assign {
             settings.auto_assign = a;
+        }
+        if let Some(limit) = s.auto_assign_limit {
+            if limit.is_some_and(|n| !(1..=MOST_AUTO_ASSIGN_LIMIT).contains(&n)) {
+                return Err(AppError::invalid(
+                    "invalid_settings",
+                    format!("auto_assign_limit is 1 to {MOST_AUTO_ASSIGN_LIMIT}, or null for no limit"),
+                ));
+            }
+            settings.auto_assign_limit = limit;
         }
         if let Some(a) = s.auto_reply {
             a.apply_to(&mut settings.auto_reply, "auto_reply")?;

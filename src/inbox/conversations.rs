@@ -412,13 +412,15 @@ pub fn patch(
 
 /// Of `candidates`, the one to hand a new conversation of `channel`: a
 /// member of the channel who answers (owner, admin or agent; not a viewer),
-/// with the fewest open or pending conversations assigned, ties to the
-/// longest-standing member (the lowest id). Owners and admins see every
-/// channel but are candidates only where they are listed as members.
+/// with the fewest open or pending conversations assigned (fewer than
+/// `limit`, when there is one), ties to the longest-standing member (the
+/// lowest id). Owners and admins see every channel but are candidates only
+/// where they are listed as members.
 pub fn least_busy(
     tc: &mut TenantConn<'_>,
     channel: crate::channels::ChannelId,
     candidates: &[UserId],
+    limit: Option<u32>,
 ) -> AppResult<Option<UserId>> {
     let ids: Vec<i64> = candidates.iter().map(|u| u.0).collect();
     let listed: Vec<i64> = channel_members::table
@@ -443,7 +445,8 @@ pub fn least_busy(
         .select((c::assignee_id, diesel::dsl::count_star()))
         .load(tc.pg())?;
     let busy = |user: i64| load.iter().find(|(a, _)| *a == Some(user)).map_or(0, |(_, n)| *n);
-    Ok(answering.into_iter().min_by_key(|u| (busy(*u), *u)).map(UserId))
+    let room = |user: &i64| limit.is_none_or(|l| busy(*user) < i64::from(l));
+    Ok(answering.into_iter().filter(room).min_by_key(|u| (busy(*u), *u)).map(UserId))
 }
 
 /// Assigns a conversation no one has to `agent`, by the server (the audit

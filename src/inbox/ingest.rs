@@ -793,7 +793,7 @@ impl Ingest<'_> {
         self.conversations.insert(contact.id, conv.clone());
         let settings = channel.settings();
         if (created || reopened) && conv.assignee_id.is_none() && settings.auto_assign {
-            if let Some(agent) = self.auto_assign(tc, channel, conv.id)? {
+            if let Some(agent) = self.auto_assign(tc, channel, conv.id, settings.auto_assign_limit)? {
                 conv.assignee_id = Some(agent.0);
                 if let Some(kept) = self.conversations.get_mut(&contact.id) {
                     kept.assignee_id = Some(agent.0);
@@ -851,6 +851,7 @@ impl Ingest<'_> {
         tc: &mut TenantConn<'_>,
         channel: &ChannelRow,
         id: i64,
+        limit: Option<u32>,
     ) -> AppResult<Option<crate::ids::UserId>> {
         let online = self.online.of(tc.tenant());
         if online.is_empty() {
@@ -858,7 +859,7 @@ impl Ingest<'_> {
         }
         // The batch's reopened conversations count as open in the tally.
         self.flush(tc)?;
-        let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online)? else {
+        let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online, limit)? else {
             return Ok(None);
         };
         let assigned = super::conversations::assign_automatically(tc, ConversationId(id), agent)?;

@@ -1774,6 +1774,35 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     send(&mut x, json!({"type": "presence", "status": "away"})).await;
     shown_as(&mut admin, &t.agent_x_id, "away").await;
     assert_eq!(assignee_of("805").await.as_deref(), Some(olga_id.as_str()));
+    // A limit of two each: Olga, with two, is passed over.
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{channel}"),
+            Some(&t.admin),
+            Some(json!({"settings": {"auto_assign_limit": 0}})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")));
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{channel}"),
+            Some(&t.admin),
+            Some(json!({"settings": {"auto_assign_limit": 2}})),
+        )
+        .await;
+    assert_eq!(r.body["settings"]["auto_assign_limit"], 2, "{:?}", r.body);
+    assert_eq!(assignee_of("807").await, None, "Olga is full, Xavi away");
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{channel}"),
+            Some(&t.admin),
+            Some(json!({"settings": {"auto_assign_limit": null}})),
+        )
+        .await;
+    assert!(r.body["settings"]["auto_assign_limit"].is_null(), "{:?}", r.body);
     // Olga gone, Xavi away: nobody.
     drop(olga);
     shown_as(&mut admin, &olga_id, "offline").await;
