@@ -128,6 +128,10 @@ pub struct Settings {
     /// by `auto_assign`; `None`: no limit.
     #[serde(default)]
     pub auto_assign_limit: Option<u32>,
+    /// A satisfaction survey sent when a conversation is resolved
+    /// (`inbox::csat`).
+    #[serde(default = "AutoReply::off")]
+    pub csat: AutoReply,
 }
 
 impl Default for Settings {
@@ -140,6 +144,7 @@ impl Default for Settings {
             away_reply: AutoReply::off(),
             auto_assign: false,
             auto_assign_limit: None,
+            csat: AutoReply::off(),
         }
     }
 }
@@ -368,6 +373,7 @@ pub struct SettingsPatch {
     pub auto_assign: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub auto_assign_limit: Option<Option<u32>>,
+    pub csat: Option<AutoReplyPatch>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -449,6 +455,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         if let Some(a) = s.away_reply {
             a.apply_to(&mut settings.away_reply, "away_reply")?;
         }
+        if let Some(a) = s.csat {
+            a.apply_to(&mut settings.csat, "csat")?;
+        }
         if let Some(h) = s.business_hours {
             settings.business_hours = h.map(hours::BusinessHours::checked).transpose()?;
         }
@@ -458,6 +467,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     }
     if settings.away_reply.enabled && settings.away_reply.text.trim().is_empty() {
         return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs a text"));
+    }
+    if settings.csat.enabled && settings.csat.text.trim().is_empty() {
+        return Err(AppError::invalid("invalid_settings", "an enabled csat needs a text"));
     }
     if settings.away_reply.enabled && settings.business_hours.is_none() {
         return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs business_hours"));

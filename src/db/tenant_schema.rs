@@ -204,7 +204,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    csat_surveys (id) {
+        id -> Int8,
+        conversation_id -> Int8,
+        channel_id -> Int8,
+        message_id -> Nullable<Int8>,
+        assignee_id -> Nullable<Int8>,
+        resolved_by -> Nullable<Int8>,
+        sent_at -> Timestamptz,
+        rating -> Nullable<Int2>,
+        comment -> Nullable<Text>,
+        answered_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(conversations -> contacts (contact_id));
+diesel::joinable!(csat_surveys -> conversations (conversation_id));
 diesel::joinable!(conversations -> channels (channel_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(contacts -> channels (channel_id));
@@ -221,5 +237,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     events,
     early_statuses,
-    early_changes
+    early_changes,
+    csat_surveys
 );

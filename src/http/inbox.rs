@@ -190,6 +190,10 @@ async fn patch(
     let (user, role) = (auth.user, auth.role);
     let view =
         state.tenant_with_events(auth.scope(), move |tc, log| conversations::patch(tc, log, user, role, id, p)).await?;
+    if view.status == "resolved" {
+        // It may have queued a satisfaction survey (`inbox::csat`).
+        state.wake_sender.notify_one();
+    }
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -225,6 +229,9 @@ async fn patch_many(
     let items = state
         .tenant_with_events(auth.scope(), move |tc, log| conversations::patch_many(tc, log, user, role, &ids, &p))
         .await?;
+    if items.iter().any(|c| c.status == "resolved") {
+        state.wake_sender.notify_one();
+    }
     Ok(HttpResponse::Ok().json(json!({"items": items})))
 }
 

@@ -407,6 +407,11 @@ pub fn patch(
     }
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
+    if status == "resolved" && row.status != "resolved" && super::csat::on_resolved(tc, log, &updated, user)? {
+        // The survey is the conversation's last message now.
+        let surveyed = super::views::conversation_row(tc, id)?;
+        return Names::default().conversation(tc, &surveyed);
+    }
     Ok(view)
 }
 

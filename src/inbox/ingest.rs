@@ -443,10 +443,11 @@ impl<'l> Ingest<'l> {
         let rows: Vec<ConversationRow> =
             self.dirty.drain().filter_map(|contact| self.conversations.get(&contact).cloned()).collect();
         crate::db::prepared(
-            "UPDATE conversations AS c SET status = 'open', snoozed_until = NULL, unread_count = v.unread, \
-                 last_message_id = v.lm, last_activity_at = v.la, last_inbound_at = v.li, \
-                 last_inbound_external_id = v.lie, updated_at = now() \
-             FROM unnest($1, $2, $3, $4, $5, $6) AS v(id, unread, lm, la, li, lie) WHERE c.id = v.id",
+            "UPDATE conversations AS c SET status = v.status, \
+                 snoozed_until = CASE WHEN v.status = 'open' THEN NULL ELSE c.snoozed_until END, \
+                 unread_count = v.unread, last_message_id = v.lm, last_activity_at = v.la, \
+                 last_inbound_at = v.li, last_inbound_external_id = v.lie, updated_at = now() \
+             FROM unnest($1, $2, $3, $4, $5, $6, $7) AS v(id, unread, lm, la, li, lie, status) WHERE c.id = v.id",
         )
         .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind::<Array<Integer>, _>(rows.iter().map(|r| r.unread_count).collect::<Vec<_>>())
@@ -454,6 +455,7 @@ impl<'l> Ingest<'l> {
         .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.last_activity_at).collect::<Vec<_>>())
         .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.last_inbound_at).collect::<Vec<_>>())
         .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.last_inbound_external_id.clone()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
         .execute(tc.pg())?;
         Ok(())
     }
@@ -771,15 +773,23 @@ impl Ingest<'_> {
         let inserted = self.stored.remove(&key);
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
-        let reopened = !created && conv.status != "open";
+        // A bare rating of a resolved conversation's survey leaves it
+        // resolved (`csat`).
+        let rated_only = !created
+            && conv.status == "resolved"
+            && row.deleted_at.is_none()
+            && super::csat::answer(tc, conv.id, row.text.as_deref(), Utc::now())?.is_some_and(|r| r.comment.is_none());
+        let reopened = !created && conv.status != "open" && !rated_only;
         // The row is locked by this transaction (prefetch, or created or
         // selected FOR UPDATE): compute the change here, write it at flush.
         let ts = msg.timestamp;
         let old = conv;
         let mut conv = old.clone();
-        conv.status = "open".into();
-        conv.snoozed_until = None;
-        conv.unread_count += 1;
+        if !rated_only {
+            conv.status = "open".into();
+            conv.snoozed_until = None;
+            conv.unread_count += 1;
+        }
         if old.last_message_id.is_none() || ts >= old.last_activity_at {
             conv.last_message_id = Some(row.id);
         }
@@ -805,7 +815,7 @@ impl Ingest<'_> {
             self.followups.media_copies.extend(super::media_copies::wanted(tc.tenant(), &row));
         }
         // Unsent before it came (`early`): nothing to show, no one to ping.
-        if settings.notifications && row.deleted_at.is_none() {
+        if settings.notifications && row.deleted_at.is_none() && !rated_only {
             let n = if created || reopened { "new_conversation" } else { "new_message" };
             self.log.append(
                 tc,
@@ -823,7 +833,7 @@ impl Ingest<'_> {
         }
         // Once per closed period (`channels::hours`); not for a message
         // the customer had unsent before it came.
-        if let Some((text, since)) = settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none()) {
+        if let Some((text, since)) = settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none() && !rated_only) {
             replies.push((text, format!("away-reply:{}", since.timestamp())));
         }
         for (text, client_id) in replies {

@@ -24,6 +24,7 @@
 pub mod canned;
 pub mod contacts;
 pub mod conversations;
+pub mod csat;
 pub mod early;
 pub mod events;
 pub mod ingest;

@@ -19,6 +19,10 @@
 //!   counts as unanswered). A reply from Meta's own apps answers too (the
 //!   customer was answered), but is no agent's; an auto-reply does not.
 //!   Median and 90th percentile by nearest rank, in seconds.
+//! - Satisfaction (`csat`): the surveys sent in the period and their
+//!   answers, whenever they came; an agent's are those of the
+//!   conversations they had when resolved (or resolved, if no one had
+//!   them).
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, and the open ones nobody is
 //!   assigned.
@@ -109,6 +113,8 @@ pub struct Overview {
     pub replies_sent: i64,
     pub notes_written: i64,
     pub first_response: FirstResponse,
+    /// Satisfaction surveys sent in the period, and their answers.
+    pub csat: Csat,
     /// The inbox as it is at the time of the report, whatever the period.
     pub now: Backlog,
     pub agents: Vec<AgentFigures>,
@@ -121,6 +127,17 @@ pub struct FirstResponse {
     pub unanswered: i64,
     pub median_seconds: Option<i64>,
     pub p90_seconds: Option<i64>,
+}
+
+/// Surveys sent in the period (`inbox::csat`), whenever answered.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Csat {
+    pub surveys_sent: i64,
+    pub answered: i64,
+    /// Mean rating, to two decimals; `None` with no answers.
+    pub average: Option<f64>,
+    /// How many answered 1, 2, 3, 4 and 5.
+    pub ratings: [i64; 5],
 }
 
 /// Conversations waiting on the team now: by status, and the open ones
@@ -147,6 +164,10 @@ pub struct AgentFigures {
     /// Conversations opened in the period whose first answer was theirs.
     pub first_responses: i64,
     pub median_first_response_seconds: Option<i64>,
+    /// Answered surveys of conversations they had (or resolved, when no
+    /// one had them), and the mean rating.
+    pub csat_answered: i64,
+    pub csat_average: Option<f64>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -191,6 +212,16 @@ struct Resolved {
     actor_user_id: Option<i64>,
     #[diesel(sql_type = BigInt)]
     n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Surveys {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    agent: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    sent: i64,
+    #[diesel(sql_type = diesel::sql_types::Array<BigInt>)]
+    ratings: Vec<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -262,6 +293,20 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .load(tc.pg())?;
 
+    let surveys: Vec<Surveys> = diesel::sql_query(
+        "SELECT coalesce(assignee_id, resolved_by) AS agent, count(*) AS sent, \
+                ARRAY[count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2), \
+                      count(*) FILTER (WHERE rating = 3), count(*) FILTER (WHERE rating = 4), \
+                      count(*) FILTER (WHERE rating = 5)] AS ratings \
+           FROM csat_surveys \
+          WHERE sent_at >= $1 AND sent_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
+          GROUP BY 1",
+    )
+    .bind::<Timestamptz, _>(period.from)
+    .bind::<Timestamptz, _>(period.to)
+    .bind::<Nullable<BigInt>, _>(channel)
+    .load(tc.pg())?;
+
     // Resolved conversations are most of a long history: the status index
     // counts only those waiting.
     let now: Backlog = diesel::sql_query(
@@ -313,6 +358,24 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             agents.entry(user).or_insert_with(|| empty_agent(user)).resolved += r.n;
         }
     }
+    let mut csat = Csat::default();
+    for group in &surveys {
+        csat.surveys_sent += group.sent;
+        let mut mine = [0i64; 5];
+        for (n, count) in mine.iter_mut().zip(&group.ratings) {
+            *n = *count;
+        }
+        for (all, n) in csat.ratings.iter_mut().zip(mine) {
+            *all += n;
+        }
+        if let (Some(user), Some(average)) = (group.agent, mean(&mine)) {
+            let a = agents.entry(user).or_insert_with(|| empty_agent(user));
+            a.csat_answered = mine.iter().sum();
+            a.csat_average = Some(average);
+        }
+    }
+    csat.answered = csat.ratings.iter().sum();
+    csat.average = mean(&csat.ratings);
     for (user, mut w) in waits_by_agent {
         if let Some(a) = agents.get_mut(&user) {
             a.median_first_response_seconds = rank(&mut w, 50);
@@ -338,6 +401,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         replies_sent: channels.iter().map(|c| c.replies_sent).sum(),
         notes_written,
         first_response,
+        csat,
         now,
         agents,
         channels,
@@ -364,7 +428,16 @@ fn empty_agent(id: i64) -> AgentFigures {
         resolved: 0,
         first_responses: 0,
         median_first_response_seconds: None,
+        csat_answered: 0,
+        csat_average: None,
     }
+}
+
+/// The mean of ratings counted as [1s, 2s, 3s, 4s, 5s], to two decimals.
+fn mean(ratings: &[i64; 5]) -> Option<f64> {
+    let answers: i64 = ratings.iter().sum();
+    let total: i64 = ratings.iter().zip(1..).map(|(n, score)| n * score).sum();
+    (answers > 0).then(|| (total as f64 * 100.0 / answers as f64).round() / 100.0)
 }
 
 /// The `percent`th percentile of `values` by nearest rank; `None` for none.
@@ -410,6 +483,14 @@ fn name_agents(tc: &mut TenantConn<'_>, agents: &mut BTreeMap<i64, AgentFigures>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratings_average_to_two_decimals() {
+        assert_eq!(mean(&[0; 5]), None);
+        assert_eq!(mean(&[0, 0, 0, 0, 3]), Some(5.0));
+        assert_eq!(mean(&[1, 0, 0, 1, 1]), Some(3.33));
+        assert_eq!(mean(&[0, 1, 0, 0, 2]), Some(4.0));
+    }
 
     #[test]
     fn percentiles_are_by_nearest_rank() {

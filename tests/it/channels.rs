@@ -133,7 +133,8 @@ async fn facebook_connect_flow_end_to_end() {
     assert_eq!(
         list[0]["settings"],
         json!({"auto_reply": {"enabled": false, "text": ""}, "notifications": true, "human_agent": false,
-            "business_hours": null, "away_reply": {"enabled": false, "text": ""}, "auto_assign": false, "auto_assign_limit": null})
+            "business_hours": null, "away_reply": {"enabled": false, "text": ""}, "auto_assign": false, "auto_assign_limit": null,
+            "csat": {"enabled": false, "text": ""}})
     );
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();

@@ -4117,3 +4117,102 @@ async fn conversations_change_in_bulk_all_or_none() {
     let r = app.call("PATCH", &first, Some(&al_token), Some(json!({"remove_labels": ["late", "refund"]}))).await;
     assert_eq!(r.body["labels"], json!(["vip"]), "{:?}", r.body);
 }
+
+/// Satisfaction surveys: resolving a conversation on a channel with `csat`
+/// on sends the survey; the customer's bare rating is kept and leaves the
+/// conversation resolved, a rating with words reopens it with the words as
+/// the comment, anything else just reopens it; no survey outside the reply
+/// window; reports average the answers.
+#[actix_web::test]
+async fn a_resolved_conversation_asks_how_it_went() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let path = format!("/api/channels/{page}");
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"settings": {"csat": {"enabled": true}}}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")), "needs a text");
+    let survey = "How did we do? Answer 1 (bad) to 5 (great).";
+    let r = app
+        .call("PATCH", &path, Some(&ctx.admin), Some(json!({"settings": {"csat": {"enabled": true, "text": survey}}})))
+        .await;
+    assert_eq!(r.body["settings"]["csat"]["text"], survey, "{:?}", r.body);
+
+    let say = |text: &'static str| {
+        let app = &app;
+        async move {
+            app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": text})).await;
+            app.processed().await;
+        }
+    };
+    let resolve = |conv: String| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let body = json!({"status": "resolved"});
+            let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&admin), Some(body)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body
+        }
+    };
+    let status_of = |conv: String| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/{conv}"), Some(&admin), None).await;
+            (r.body["status"].as_str().unwrap_or("").to_string(), r.body["unread_count"].as_i64().unwrap_or(-1))
+        }
+    };
+    say("my order is late").await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    app.call("POST", &format!("/api/conversations/{conv}/read"), Some(&ctx.admin), None).await;
+    let resolved = resolve(conv.clone()).await;
+    assert_eq!((&resolved["status"], &resolved["last_message"]["text"]), (&json!("resolved"), &json!(survey)));
+    eventually("survey sent", || async {
+        messages(&app, &ctx.admin, &conv).await.iter().any(|m| m["text"] == survey && m["status"] != "pending")
+    })
+    .await;
+    let sent = messages(&app, &ctx.admin, &conv).await;
+    let sent = sent.iter().find(|m| m["text"] == survey).expect("survey");
+    assert_eq!((&sent["sender"]["kind"], &sent["status"] == "failed"), (&json!("page"), false), "{sent}");
+
+    // A bare rating: kept, the conversation stays resolved and read.
+    say("4").await;
+    assert_eq!(status_of(conv.clone()).await, ("resolved".to_string(), 0));
+    // Changed their mind: the later rating counts.
+    say("⭐⭐⭐⭐⭐").await;
+    assert_eq!(status_of(conv.clone()).await.0, "resolved");
+    let row = |conv: &str| {
+        let sql = format!(
+            "SELECT count(*) AS n FROM tenant_acme.csat_surveys WHERE conversation_id = {conv} AND rating = 5 AND comment IS NULL"
+        );
+        app.count(&sql)
+    };
+    assert_eq!(row(&conv), 1);
+    // Something else: reopened, nothing rated.
+    say("and another thing").await;
+    assert_eq!(status_of(conv.clone()).await.0, "open");
+    // Resolved again: a second survey; a rating with words reopens.
+    resolve(conv.clone()).await;
+    say("2 - the box came broken").await;
+    assert_eq!(status_of(conv.clone()).await.0, "open");
+    let commented = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.csat_surveys WHERE conversation_id = {conv} AND rating = 2 \
+         AND comment = 'the box came broken'"
+    ));
+    assert_eq!(commented, 1);
+    // Outside the reply window: no survey.
+    let mut conn = app.db.conn();
+    diesel::sql_query(format!(
+        "UPDATE tenant_acme.conversations SET last_inbound_at = now() - interval '25 hours' WHERE id = {conv}"
+    ))
+    .execute(&mut conn)
+    .expect("a day passes");
+    resolve(conv.clone()).await;
+    assert_eq!(
+        app.count(&format!("SELECT count(*) AS n FROM tenant_acme.csat_surveys WHERE conversation_id = {conv}")),
+        2
+    );
+    // Reports: two surveys, both answered, 5 and 2.
+    let r = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await;
+    assert_eq!(r.body["csat"], json!({"surveys_sent": 2, "answered": 2, "average": 3.5, "ratings": [0, 1, 0, 0, 1]}));
+    let agents = r.body["agents"].as_array().expect("agents");
+    assert_eq!((&agents[0]["csat_answered"], &agents[0]["csat_average"]), (&json!(2), &json!(3.5)), "{agents:?}");
+}
