@@ -519,6 +519,17 @@ async fn every_error_has_the_json_shape() {
     );
 }
 
+/// A login's answer, whatever it is.
+async fn try_login(app: &TestApp, email: &str, password: &str, tenant: &str) -> crate::common::Resp {
+    app.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password, "tenant": tenant})))
+        .await
+}
+
+/// `PATCH /api/me` as the holder of `access`.
+async fn change_me(app: &TestApp, access: &str, body: Value) -> crate::common::Resp {
+    app.call("PATCH", "/api/me", Some(access), Some(body)).await
+}
+
 /// A person changes their own name and password. A new password needs the
 /// current one (a wrong one changes nothing and counts as a failed login of
 /// the account), and ends every other login of theirs, in every tenant:
@@ -552,7 +563,6 @@ async fn a_person_changes_their_name_and_password() {
         sockets.push(s);
     }
 
-    let me = |body: Value| app.call("PATCH", "/api/me", Some(&here), Some(body));
     for (body, status, code) in [
         (json!({"new_password": "new-password-1"}), 422, "current_password_required"),
         (json!({"current_password": "ann-password-1"}), 422, "new_password_required"),
@@ -569,11 +579,11 @@ async fn a_person_changes_their_name_and_password() {
             "wrong_password",
         ),
     ] {
-        let r = me(body.clone()).await;
+        let r = change_me(&app, &here, body.clone()).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", r.body);
     }
     for body in [json!({"name": 5}), json!({"email": "x@y.test"}), json!([])] {
-        let r = me(body.clone()).await;
+        let r = change_me(&app, &here, body.clone()).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}: {:?}", r.body);
     }
     let unchanged = app.call("GET", "/api/me", Some(&here), None).await;
@@ -581,18 +591,11 @@ async fn a_person_changes_their_name_and_password() {
     assert_eq!(app.login("ann@acme.test", "ann-password-1", "acme").await["role"], "owner");
 
     // The change: a name, and a new password.
-    let r =
-        me(json!({"name": "  Ann Lee ", "current_password": "ann-password-1", "new_password": "new-password-1"})).await;
+    let change = json!({"name": "  Ann Lee ", "current_password": "ann-password-1", "new_password": "new-password-1"});
+    let r = change_me(&app, &here, change).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!((r.body["user"]["name"].as_str(), r.body["tenant"]["slug"].as_str()), (Some("Ann Lee"), Some("acme")));
-    let old = app
-        .call(
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"})),
-        )
-        .await;
+    let old = try_login(&app, "ann@acme.test", "ann-password-1", "acme").await;
     assert_eq!(old.status, 401);
     assert_eq!(app.login("ann@acme.test", "new-password-1", "beta").await["role"], "agent");
     // The other logins end, here and at beta; this one carries on.
@@ -622,7 +625,7 @@ async fn a_person_changes_their_name_and_password() {
     assert!(!entry.to_string().contains("new-password-1"));
     // A name alone; the same name again changes and logs nothing.
     for _ in 0..2 {
-        let r = app.call("PATCH", "/api/me", Some(&here), Some(json!({"name": "Ann"}))).await;
+        let r = change_me(&app, &here, json!({"name": "Ann"})).await;
         assert_eq!(r.body["user"]["name"], "Ann");
     }
     let log = app.call("GET", "/api/audit-log", Some(&here), None).await;
@@ -632,33 +635,13 @@ async fn a_person_changes_their_name_and_password() {
 
     // Wrong current passwords count against the account's logins.
     for _ in 0..20 {
-        let r = app
-            .call(
-                "PATCH",
-                "/api/me",
-                Some(&here),
-                Some(json!({"current_password": "guess-guess", "new_password": "x-password-9"})),
-            )
-            .await;
+        let r =
+            change_me(&app, &here, json!({"current_password": "guess-guess", "new_password": "x-password-9"})).await;
         assert_eq!(r.status, 403);
     }
-    let r = app
-        .call(
-            "PATCH",
-            "/api/me",
-            Some(&here),
-            Some(json!({"current_password": "new-password-1", "new_password": "x-password-9"})),
-        )
-        .await;
+    let r = change_me(&app, &here, json!({"current_password": "new-password-1", "new_password": "x-password-9"})).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (429, Some("too_many_attempts")));
-    let r = app
-        .call(
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"email": "ann@acme.test", "password": "new-password-1", "tenant": "acme"})),
-        )
-        .await;
+    let r = try_login(&app, "ann@acme.test", "new-password-1", "acme").await;
     assert_eq!(r.status, 429);
 
     // An operator sets it without the current one; every login ends.

@@ -1746,17 +1746,12 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
             c["assignee_id"].as_str().map(str::to_string)
         }
     };
+    let path = format!("/api/channels/{channel}");
+    let settings = |s: Value| app.call("PATCH", &path, Some(&t.admin), Some(json!({"settings": s})));
     let mut x = online_x(&app, &t).await;
     assert_eq!(assignee_of("801").await, None, "off by default");
 
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{channel}"),
-            Some(&t.admin),
-            Some(json!({"settings": {"auto_assign": true}})),
-        )
-        .await;
+    let r = settings(json!({"auto_assign": true})).await;
     assert_eq!((r.status, &r.body["settings"]["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
     // The admin is online but not on the channel; Olga is offline: Xavi.
     let (mut admin, _) = newcomer(&app, &t.admin).await;
@@ -1775,33 +1770,12 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     shown_as(&mut admin, &t.agent_x_id, "away").await;
     assert_eq!(assignee_of("805").await.as_deref(), Some(olga_id.as_str()));
     // A limit of two each: Olga, with two, is passed over.
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{channel}"),
-            Some(&t.admin),
-            Some(json!({"settings": {"auto_assign_limit": 0}})),
-        )
-        .await;
+    let r = settings(json!({"auto_assign_limit": 0})).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")));
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{channel}"),
-            Some(&t.admin),
-            Some(json!({"settings": {"auto_assign_limit": 2}})),
-        )
-        .await;
+    let r = settings(json!({"auto_assign_limit": 2})).await;
     assert_eq!(r.body["settings"]["auto_assign_limit"], 2, "{:?}", r.body);
     assert_eq!(assignee_of("807").await, None, "Olga is full, Xavi away");
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{channel}"),
-            Some(&t.admin),
-            Some(json!({"settings": {"auto_assign_limit": null}})),
-        )
-        .await;
+    let r = settings(json!({"auto_assign_limit": null})).await;
     assert!(r.body["settings"]["auto_assign_limit"].is_null(), "{:?}", r.body);
     // Olga gone, Xavi away: nobody.
     drop(olga);
