@@ -196,4 +196,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
     actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
     actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
+    actix_web::rt::spawn(crate::integrations::webhooks::run(state.clone()));
 }

@@ -12,7 +12,7 @@ use crate::ids::UserId;
 #[derive(Debug, Serialize, Queryable, Selectable)]
 #[diesel(table_name = audit_log)]
 pub struct AuditEntry {
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "crate::ids::as_string")]
     pub id: i64,
     #[serde(serialize_with = "opt_as_string")]
     pub actor_user_id: Option<i64>,
@@ -21,10 +21,6 @@ pub struct AuditEntry {
     pub target_id: Option<String>,
     pub details: serde_json::Value,
     pub created_at: DateTime<Utc>,
-}
-
-fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 fn opt_as_string<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {

@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// delivery each. Off by default so that load tests and integrations
     /// that open many sockets on one login are not refused.
     pub ws_max_per_member: Option<usize>,
+    /// Whether integrators' webhooks may target private, loopback and
+    /// link-local addresses (`SWITCHBOARD_WEBHOOKS_PRIVATE_OK`; no by
+    /// default: a tenant's admin must not reach the servers beside ours).
+    pub webhooks_private_ok: bool,
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -228,6 +232,11 @@ impl ServerConfig {
                 Err(_) => return Err(err("SWITCHBOARD_WS_MAX_PER_MEMBER", "must be a number (0 for no limit)")),
             },
         };
+        let webhooks_private_ok = match var("SWITCHBOARD_WEBHOOKS_PRIVATE_OK").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
+        };
         Ok(ServerConfig {
             db,
             bind,
@@ -240,6 +249,7 @@ impl ServerConfig {
             json_logs,
             allowed_origins,
             ws_max_per_member,
+            webhooks_private_ok,
         })
     }
 }

@@ -1,6 +1,12 @@
 //! Typed ids: a user id cannot be passed where a tenant id is expected.
 //! On the wire every id is a decimal string (API.md: "ids are strings").
 
+/// Serialises a row's raw `i64` id as the contract's decimal string
+/// (`#[serde(serialize_with = "crate::ids::as_string")]`).
+pub fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 #[macro_export]
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

@@ -21,6 +21,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod inbox;
+pub mod integrations;
 pub mod meta;
 pub mod metrics;
 pub mod ops;

@@ -114,8 +114,13 @@ pub fn rotate_keys(
     let mut out = Vec::new();
     for t in tenancy::list(conn)? {
         let scope = crate::db::TenantScope::maintenance(t.tenant_id());
-        let n = crate::db::with_tenant(conn, &scope, |tc| crate::channels::reencrypt_tokens(tc, keyring))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", t.slug))?;
+        let n = crate::db::with_tenant(conn, &scope, |tc| {
+            Ok::<_, AppError>(
+                crate::channels::reencrypt_tokens(tc, keyring)?
+                    + crate::integrations::webhooks::reencrypt_secrets(tc, keyring)?,
+            )
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e}", t.slug))?;
         out.push((t.slug, n));
     }
     Ok(out)

@@ -75,6 +75,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         json_logs: false,
         allowed_origins: Vec::new(),
         ws_max_per_member: None,
+        webhooks_private_ok: false,
     });
     let db = crate::db::Db::new(pool.clone());
     std::thread::spawn(move || {

@@ -133,3 +133,21 @@ diesel::table! {
         used_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    public.outgoing_webhooks (id) {
+        id -> Int8,
+        tenant_id -> Int8,
+        url -> Text,
+        secret_enc -> Text,
+        event_types -> Array<Text>,
+        enabled -> Bool,
+        cursor_seq -> Int8,
+        failures -> Int4,
+        next_attempt_at -> Timestamptz,
+        leased_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        last_delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}

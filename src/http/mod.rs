@@ -7,6 +7,7 @@ pub mod auth;
 pub mod channels;
 pub mod health;
 pub mod inbox;
+pub mod integrations;
 pub mod members;
 pub mod meta;
 pub mod pagination;
@@ -163,7 +164,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(webhooks::operator_routes)
                 .configure(realtime::api_routes)
                 .configure(audit::routes)
-                .configure(reports::routes),
+                .configure(reports::routes)
+                .configure(integrations::routes),
         )
         .configure(webhooks::routes)
         .configure(realtime::routes)

@@ -11,15 +11,11 @@ use crate::ids::UserId;
 
 #[derive(Debug, Serialize, Queryable)]
 pub struct Canned {
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "crate::ids::as_string")]
     pub id: i64,
     pub shortcut: String,
     pub text: String,
     pub created_at: DateTime<Utc>,
-}
-
-fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResult<Vec<Canned>> {

@@ -439,17 +439,13 @@ fn mark_done(conn: &mut PgConnection, ids: &[i64]) -> AppResult<()> {
 
 #[derive(Debug, Serialize, Queryable)]
 pub struct DeadLetter {
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "crate::ids::as_string")]
     pub id: i64,
     pub received_at: chrono::DateTime<Utc>,
     pub attempts: i32,
     pub last_error: Option<String>,
     #[serde(skip)]
     pub body: Vec<u8>,
-}
-
-fn as_string<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 pub fn dead_letters(conn: &mut PgConnection, after: Option<i64>, limit: i64) -> AppResult<Vec<DeadLetter>> {

@@ -425,13 +425,18 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
     connect_pages(&app, &admin, &[PAGE_A], false).await;
 
+    // An integrator's webhook, whose signing secret is sealed too.
+    let hook = json!({"url": "https://crm.example.com/hooks"});
+    let made = app.call("POST", "/api/integrations/webhooks", Some(&admin), Some(hook)).await;
+    let hook_secret = made.body["secret"].as_str().expect("secret").to_string();
+
     // Key rotation: everything re-sealed under k2, readable with k2 alone.
     let k1 = switchboard::config::EncryptionKey { id: "k1".into(), key: switchboard::secret::Secret::new([7u8; 32]) };
     let k2 = switchboard::config::EncryptionKey { id: "k2".into(), key: switchboard::secret::Secret::new([9u8; 32]) };
     let rotated = Keyring::new(&[k2.clone(), k1]);
     let mut conn = app.pool.get().expect("conn");
     let report = switchboard::ops::rotate_keys(&mut conn, &rotated).expect("rotate");
-    assert_eq!(report, vec![("acme".to_string(), 3)], "two channels and one pending selection");
+    assert_eq!(report, vec![("acme".to_string(), 4)], "two channels, one pending selection, one webhook");
     let only_k2 = Keyring::new(&[k2]);
     for (external_id, sealed) in sealed_tokens(&app, "tenant_acme") {
         let sealed = sealed.expect("sealed");
@@ -440,6 +445,15 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
         let aad = switchboard::channels::token_aad(platform, &external_id);
         assert!(only_k2.decrypt(&sealed, &aad).expect("opens").expose().starts_with("EAAFake"));
     }
+    let (tenant, sealed): (i64, String) = switchboard::db::schema::outgoing_webhooks::table
+        .select((
+            switchboard::db::schema::outgoing_webhooks::tenant_id,
+            switchboard::db::schema::outgoing_webhooks::secret_enc,
+        ))
+        .first(&mut conn)
+        .expect("webhook");
+    let aad = switchboard::integrations::webhooks::aad(switchboard::ids::TenantId(tenant));
+    assert_eq!(only_k2.decrypt(&sealed, &aad).expect("opens").expose(), &hook_secret);
     drop(conn);
 
     // signed_request callbacks, with the shared fixtures (same app secret).

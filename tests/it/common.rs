@@ -211,6 +211,7 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         // As an operator would set it; tests open a few sockets a member.
         ws_max_per_member: Some(32),
+        webhooks_private_ok: true,
     }
 }
 

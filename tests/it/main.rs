@@ -9,6 +9,7 @@ mod events;
 mod fake_meta;
 mod graph;
 mod inbox;
+mod integrations;
 mod licences;
 mod migrate;
 mod openapi;

@@ -232,6 +232,13 @@ async fn live_answers_match_the_served_openapi_document() {
     let details = json!({"email": "rita@exemplo.pt", "notes": "Prefers mornings"});
     check(&app, &doc, "PATCH", "/api/contacts/{id}", &contact, Some(admin), Some(details)).await;
     check(&app, &doc, "GET", "/api/reports/overview", "/api/reports/overview", Some(admin), None).await;
+    let hooks = "/api/integrations/webhooks";
+    let hook = json!({"url": "https://crm.example.com/hooks", "event_types": ["message.created"]});
+    let made = check(&app, &doc, "POST", hooks, hooks, Some(admin), Some(hook)).await;
+    let hook_path = format!("{hooks}/{}", made["id"].as_str().expect("id"));
+    check(&app, &doc, "GET", hooks, hooks, Some(admin), None).await;
+    let off = json!({"enabled": false});
+    check(&app, &doc, "PATCH", "/api/integrations/webhooks/{id}", &hook_path, Some(admin), Some(off)).await;
     check(&app, &doc, "GET", "/api/labels", "/api/labels", Some(admin), None).await;
     let canned = json!({"shortcut": "ship", "text": "We ship to Lisbon."});
     check(&app, &doc, "POST", "/api/canned-responses", "/api/canned-responses", Some(admin), Some(canned)).await;

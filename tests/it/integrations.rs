@@ -1,0 +1,169 @@
+//! Integrators' webhooks against a real receiver.
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::channels::PAGE_A;
+use crate::common::{eventually, spawn_app, TestApp};
+use crate::inbox::acme;
+
+/// What the receiver heard, and the statuses it answers with in turn
+/// (200 once they run out).
+#[derive(Default)]
+struct Receiver {
+    heard: Mutex<Vec<(String, Vec<u8>)>>,
+    answers: Mutex<VecDeque<u16>>,
+}
+
+async fn hear(req: HttpRequest, body: web::Bytes, r: web::Data<Arc<Receiver>>) -> HttpResponse {
+    let sig = req.headers().get("x-switchboard-signature-256").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    r.heard.lock().expect("lock").push((sig, body.to_vec()));
+    let status = r.answers.lock().expect("lock").pop_front().unwrap_or(200);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status")).finish()
+}
+
+async fn receiver() -> (Arc<Receiver>, String) {
+    let r = Arc::new(Receiver::default());
+    let data = web::Data::new(r.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://127.0.0.1:{}/hooks/switchboard", listener.local_addr().expect("addr").port());
+    let server =
+        HttpServer::new(move || App::new().app_data(data.clone()).route("/hooks/switchboard", web::post().to(hear)))
+            .workers(1)
+            .listen(listener)
+            .expect("listen")
+            .run();
+    actix_web::rt::spawn(server);
+    (r, url)
+}
+
+fn heard(r: &Receiver) -> Vec<(String, Value)> {
+    r.heard
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(sig, body)| (sig.clone(), serde_json::from_slice(body).unwrap_or(Value::Null)))
+        .collect()
+}
+
+fn types(body: &Value) -> Vec<String> {
+    body["events"]
+        .as_array()
+        .map(|e| e.iter().map(|e| e["type"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
+
+async fn inbound(app: &TestApp, from: &str, text: &str) {
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text})).await;
+    app.processed().await;
+}
+
+/// An admin names an endpoint; the tenant's events reach it signed and in
+/// order, a failed delivery is tried again with the same events and none
+/// is sent twice after a success; types choose what goes; switched off it
+/// gets nothing, and switched on it gets what it missed.
+#[actix_web::test]
+async fn events_reach_an_integrators_endpoint_signed_and_in_order() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (r, url) = receiver().await;
+    let admin = ctx.admin.as_str();
+    let agent = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(admin),
+            Some(json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"})),
+        )
+        .await;
+    assert_eq!(agent.status, 201);
+    let al = crate::common::token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    assert_eq!(app.call("GET", "/api/integrations/webhooks", Some(&al), None).await.status, 403);
+    for (body, code) in [
+        (json!({"url": "ftp://example.com/x"}), "invalid_url"),
+        (json!({"url": "https://user:pw@example.com/x"}), "invalid_url"),
+        (json!({"url": url, "event_types": ["message.exploded"]}), "invalid_event_types"),
+    ] {
+        let r = app.call("POST", "/api/integrations/webhooks", Some(admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}");
+    }
+    // Events from before the endpoint are not sent.
+    inbound(&app, "7100", "before").await;
+    r.answers.lock().expect("lock").push_back(500);
+    let made = app.call("POST", "/api/integrations/webhooks", Some(admin), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let secret = made.body["secret"].as_str().expect("secret").to_string();
+    let id = made.body["id"].as_str().expect("id").to_string();
+    assert!(secret.starts_with("whsec_"));
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    assert_eq!(listed.body["items"][0]["url"], url.as_str());
+    assert!(listed.body["items"][0].get("secret").is_none() && !listed.body.to_string().contains(&secret));
+
+    inbound(&app, "7101", "hello there").await;
+    eventually("a failure, then the same events delivered", || async { heard(&r).len() >= 2 }).await;
+    let got = heard(&r);
+    assert_eq!(got[0].1, got[1].1, "the retry carries the same events");
+    let body = &got[1].1;
+    let bytes = r.heard.lock().expect("lock")[1].1.clone();
+    assert_eq!(got[1].0, switchboard::integrations::webhooks::signature(&secret, &bytes), "signed with the secret");
+    assert!(types(body).contains(&"message.created".to_string()), "{body}");
+    assert!(!body.to_string().contains("before"), "nothing from before the endpoint");
+    let texts: Vec<&str> =
+        body["events"].as_array().expect("events").iter().filter_map(|e| e["data"]["text"].as_str()).collect();
+    assert_eq!(texts, ["hello there"]);
+    let seqs: Vec<i64> = body["events"].as_array().expect("events").iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && !seqs.is_empty(), "{seqs:?}");
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(heard(&r).len(), 2, "nothing sent twice after a success");
+
+    // Only conversation updates.
+    let path = format!("/api/integrations/webhooks/{id}");
+    let p = app.call("PATCH", &path, Some(admin), Some(json!({"event_types": ["conversation.updated"]}))).await;
+    assert_eq!(p.body["event_types"], json!(["conversation.updated"]), "{:?}", p.body);
+    inbound(&app, "7101", "second").await;
+    eventually("the conversation update", || async { heard(&r).len() >= 3 }).await;
+    assert!(types(&heard(&r)[2].1).iter().all(|t| t == "conversation.updated"), "{:?}", heard(&r)[2].1);
+
+    // Off: nothing; on again: what it missed.
+    let p = app.call("PATCH", &path, Some(admin), Some(json!({"enabled": false, "event_types": []}))).await;
+    assert_eq!(p.body["enabled"], false);
+    inbound(&app, "7102", "while off").await;
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(heard(&r).len(), 3);
+    app.call("PATCH", &path, Some(admin), Some(json!({"enabled": true}))).await;
+    eventually("what it missed", || async { heard(&r).iter().any(|(_, b)| b.to_string().contains("while off")) }).await;
+
+    // Retention pruned what it had not had yet: told to resync first.
+    let sql = |q: &str| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(q).execute(&mut app.db.conn()).expect("sql");
+    };
+    sql("DELETE FROM tenant_acme.events WHERE seq < (SELECT max(seq) FROM tenant_acme.events)");
+    sql("UPDATE public.outgoing_webhooks SET cursor_seq = 0");
+    let before = heard(&r).len();
+    eventually("resync_required", || async { heard(&r).len() > before }).await;
+    let resync = heard(&r)[before].1.clone();
+    assert_eq!((types(&resync)[0].as_str(), &resync["events"][0]["data"]["since"]), ("resync_required", &json!(0)));
+    // Failing for about a day: switched off, and the audit log says so.
+    r.answers.lock().expect("lock").push_back(503);
+    sql("UPDATE public.outgoing_webhooks SET failures = 149, cursor_seq = 0");
+    eventually("switched off", || async {
+        app.call("GET", "/api/integrations/webhooks", Some(admin), None).await.body["items"][0]["enabled"] == false
+    })
+    .await;
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    assert_eq!(listed.body["items"][0]["last_error"], "answered 503");
+
+    let log = app.call("GET", "/api/audit-log", Some(admin), None).await;
+    let actions: Vec<&str> =
+        log.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["webhook.created", "webhook.updated", "webhook.disabled"] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+    assert_eq!(app.call("DELETE", &path, Some(admin), None).await.status, 204);
+    assert_eq!(app.call("DELETE", &path, Some(admin), None).await.status, 404);
+    assert_eq!(app.call("PATCH", "/api/integrations/webhooks/nope", Some(admin), Some(json!({}))).await.status, 404);
+}
