@@ -25,8 +25,8 @@
 //!   request goes to the address that was checked (no redirects), so a
 //!   tenant cannot make the server call what sits beside it.
 //! - One delivery at a time per endpoint, across instances (a lease on the
-//!   row); endpoints are looked at every [`LOOK_EVERY`], so an event reaches
-//!   an endpoint within about that.
+//!   row), all of a round's at once; endpoints are looked at every
+//!   [`LOOK_EVERY`], so an event reaches an endpoint within about that.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -504,34 +504,40 @@ fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> App
     Ok(())
 }
 
-/// One round: every endpoint due gets its next batch.
+/// One round: every endpoint due gets its next batch, all at once, so a
+/// slow receiver holds up only itself.
 pub async fn deliver_due(state: &AppState) -> AppResult<usize> {
     let pool = state.db.pool().clone();
     let claimed = actix_web::web::block(move || claim(&mut *pool.get().map_err(db_gone)?, 16)).await??;
+    let rounds = futures_util::future::join_all(claimed.into_iter().map(|due| deliver(state, due))).await;
     let mut sent = 0;
-    for due in claimed {
-        let pool = state.db.pool().clone();
-        let (batch, due) = actix_web::web::block(move || (next_batch(&pool, &due), due)).await?;
-        let outcome = match batch {
-            Err(e) => Err(format!("reading the events: {}", e.message)),
-            Ok(Batch { body: None, last }) if last == due.cursor => Ok(None),
-            // Only types it does not want: passed over.
-            Ok(Batch { body: None, last }) => Ok(Some(last)),
-            Ok(Batch { body: Some(body), last }) => match state.keys.decrypt(&due.secret_enc, &aad(due.tenant)) {
-                Err(e) => Err(format!("the secret cannot be read: {e}")),
-                Ok(secret) => {
-                    let private_ok = state.config.webhooks_private_ok;
-                    post(&due.url, body, secret.expose(), private_ok).await.map(|()| {
-                        sent += 1;
-                        Some(last)
-                    })
-                }
-            },
-        };
-        let pool = state.db.pool().clone();
-        actix_web::web::block(move || settle(&pool, &due, outcome)).await??;
+    for delivered in rounds {
+        sent += usize::from(delivered?);
     }
     Ok(sent)
+}
+
+/// One endpoint's next batch, sent and settled; whether it was delivered.
+async fn deliver(state: &AppState, due: Due) -> AppResult<bool> {
+    let pool = state.db.pool().clone();
+    let (batch, due) = actix_web::web::block(move || (next_batch(&pool, &due), due)).await?;
+    let requested = matches!(batch, Ok(Batch { body: Some(_), .. }));
+    let outcome = match batch {
+        Err(e) => Err(format!("reading the events: {}", e.message)),
+        Ok(Batch { body: None, last }) if last == due.cursor => Ok(None),
+        // Only types it does not want: passed over.
+        Ok(Batch { body: None, last }) => Ok(Some(last)),
+        Ok(Batch { body: Some(body), last }) => match state.keys.decrypt(&due.secret_enc, &aad(due.tenant)) {
+            Err(e) => Err(format!("the secret cannot be read: {e}")),
+            Ok(secret) => {
+                post(&due.url, body, secret.expose(), state.config.webhooks_private_ok).await.map(|()| Some(last))
+            }
+        },
+    };
+    let delivered = requested && outcome.is_ok();
+    let pool = state.db.pool().clone();
+    actix_web::web::block(move || settle(&pool, &due, outcome)).await??;
+    Ok(delivered)
 }
 
 fn db_gone(e: impl std::fmt::Display) -> AppError {
