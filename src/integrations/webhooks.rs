@@ -592,6 +592,21 @@ mod tests {
         assert_eq!(backoff(100).num_seconds(), 600);
     }
 
+    /// Refused before any connection is tried; allowed, the same kind of
+    /// address is connected to.
+    #[actix_web::test]
+    async fn internal_targets_are_refused_unless_allowed() {
+        for url in ["http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://[::1]:9/hook", "http://10.0.0.1:9/"] {
+            let why = post(url, "{}".into(), "s", false).await.expect_err("refused");
+            assert!(why.contains("internal address"), "{url}: {why}");
+        }
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let why = post(&url, "{}".into(), "s", true).await.expect_err("nothing listens");
+        assert!(why.starts_with("no answer"), "{why}");
+    }
+
     #[test]
     fn signatures_are_hex_hmac_sha256() {
         // RFC 4231 test case 2.
