@@ -83,7 +83,7 @@ impl BusinessHours {
         let week = self.week()?;
         self.timezone = week.tz.name().to_string();
         for o in &mut self.week {
-            o.day = o.day.to_ascii_lowercase();
+            o.day = o.day.trim().to_ascii_lowercase();
         }
         Ok(self)
     }
@@ -203,7 +203,7 @@ mod tests {
         assert!(code(hours("europe/lisbon", &[])).contains("time zone"), "names as the zone database spells them");
         // Trimmed, days in any case, openings that touch.
         let ok =
-            hours(" Europe/Lisbon ", &[("MON", "09:00", "13:00"), ("mon", "13:00", "24:00")]).checked().expect("ok");
+            hours(" Europe/Lisbon ", &[(" MON", "09:00", "13:00"), ("mon", "13:00", "24:00")]).checked().expect("ok");
         assert_eq!(ok.timezone, "Europe/Lisbon");
         assert_eq!(ok.week[0].day, "mon");
     }

@@ -137,19 +137,8 @@ pub fn aad(tenant: TenantId) -> String {
     format!("outgoing-webhook:{}", tenant.0)
 }
 
-const COLUMNS: (
-    w::id,
-    w::url,
-    w::event_types,
-    w::enabled,
-    w::failures,
-    w::last_error,
-    w::last_delivered_at,
-    w::created_at,
-) = (w::id, w::url, w::event_types, w::enabled, w::failures, w::last_error, w::last_delivered_at, w::created_at);
-
 pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<Endpoint>> {
-    Ok(w::table.filter(w::tenant_id.eq(tc.tenant().0)).order(w::id).select(COLUMNS).load(tc.pg())?)
+    Ok(w::table.filter(w::tenant_id.eq(tc.tenant().0)).order(w::id).select(Endpoint::as_select()).load(tc.pg())?)
 }
 
 /// Makes an endpoint that delivers from the log's end on.
@@ -179,7 +168,7 @@ pub fn create(
             w::event_types.eq(&types),
             w::cursor_seq.eq(cursor),
         ))
-        .returning(COLUMNS)
+        .returning(Endpoint::as_returning())
         .get_result(tc.pg())?;
     audit::record(
         tc,
@@ -206,7 +195,7 @@ pub fn update(tc: &mut TenantConn<'_>, actor: UserId, id: i64, change: Change) -
     let current: Endpoint = w::table
         .filter(w::tenant_id.eq(tc.tenant().0))
         .find(id)
-        .select(COLUMNS)
+        .select(Endpoint::as_select())
         .for_update()
         .first(tc.pg())
         .optional()?
@@ -229,12 +218,12 @@ pub fn update(tc: &mut TenantConn<'_>, actor: UserId, id: i64, change: Change) -
                 w::last_error.eq(None::<String>),
                 w::next_attempt_at.eq(Utc::now()),
             ))
-            .returning(COLUMNS)
+            .returning(Endpoint::as_returning())
             .get_result(tc.pg())?
     } else {
         diesel::update(target)
             .set((w::url.eq(&url), w::event_types.eq(&types), w::enabled.eq(enabled)))
-            .returning(COLUMNS)
+            .returning(Endpoint::as_returning())
             .get_result(tc.pg())?
     };
     audit::record(
