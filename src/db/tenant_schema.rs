@@ -84,6 +84,9 @@ diesel::table! {
         email -> Nullable<Text>,
         phone -> Nullable<Text>,
         notes -> Nullable<Text>,
+        /// When the team blocked the contact, and who (`inbox::contacts`).
+        blocked_at -> Nullable<Timestamptz>,
+        blocked_by -> Nullable<Int8>,
     }
 }
 

@@ -867,6 +867,8 @@ async fn list_labels(state: web::Data<AppState>, auth: AuthContext) -> AppResult
 #[derive(Deserialize)]
 struct ContactsQuery {
     q: Option<String>,
+    /// `true`: only blocked contacts; `false`: only the others.
+    blocked: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -878,11 +880,17 @@ async fn list_contacts(
 ) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
+    let blocked = match q.blocked.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
+    };
     let (user, role, text) = (auth.user, auth.role, q.q);
     let (items, stale) = state
         .db
         .tenant(auth.scope(), move |tc| {
-            let items = contacts::search(tc, user, role, text.as_deref(), page.after, page.limit)?;
+            let items = contacts::search(tc, user, role, text.as_deref(), blocked, page.after, page.limit)?;
             let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
             Ok::<_, AppError>((items, contacts::stale_profiles(tc, &ids, Utc::now())?))
         })
@@ -912,7 +920,7 @@ async fn get_contact(
 
 /// The team names a contact or keeps what it knows of them
 /// (`contacts::update`): any of `name`, `email`, `phone`, `notes`, each a
-/// string or `null`.
+/// string or `null`, and `blocked`, true or false.
 async fn update_contact(
     state: web::Data<AppState>,
     auth: AuthContext,
@@ -922,16 +930,24 @@ async fn update_contact(
     auth.require(Role::Agent)?;
     let id = contact_id(&path)?;
     let body = body.into_inner();
-    const FIELDS: [&str; 4] = ["name", "email", "phone", "notes"];
+    const FIELDS: [&str; 5] = ["name", "email", "phone", "notes", "blocked"];
     if let Some(other) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(AppError::invalid(
             "invalid_body",
-            format!("unknown field `{other}`, expected `name`, `email`, `phone` or `notes`"),
+            format!("unknown field `{other}`, expected `name`, `email`, `phone`, `notes` or `blocked`"),
         ));
     }
     if body.is_empty() {
-        return Err(AppError::invalid("invalid_body", "give at least one of `name`, `email`, `phone`, `notes`"));
+        return Err(AppError::invalid(
+            "invalid_body",
+            "give at least one of `name`, `email`, `phone`, `notes`, `blocked`",
+        ));
     }
+    let blocked = match body.get("blocked") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(AppError::invalid("invalid_body", "`blocked` is true or false")),
+    };
     let field = |key: &str| -> AppResult<Option<Option<String>>> {
         match body.get(key) {
             None => Ok(None),
@@ -945,6 +961,7 @@ async fn update_contact(
         email: field("email")?,
         phone: field("phone")?,
         notes: field("notes")?,
+        blocked,
     };
     let (user, role) = (auth.user, auth.role);
     let (item, stale) = state

@@ -28,6 +28,28 @@
 //! stays out of the log) and announced as `contact.updated` (the contact,
 //! to the agents of its channel); a name still announces the contact's
 //! conversations, whose summaries show it.
+//!
+//! The team may block a contact (spam, abuse: `{"blocked": true}`; any
+//! member who answers and may see the channel, audited as
+//! `contact.blocked` and `contact.unblocked`). Decisions, after what
+//! Chatwoot's users asked of theirs:
+//! - Their conversation is resolved at once (audited as a change of
+//!   status `by: contact_blocked`, no survey sent), and its summary shows
+//!   `contact.blocked`, so the team sees why it stays resolved.
+//! - Their messages are still stored and announced (`message.created`),
+//!   so nothing is lost if the block was a mistake, but quietly: no
+//!   reopening, unread count, place in the list (not the last message or
+//!   activity, as for notes), notification, greeting, away reply,
+//!   assignment, survey answer, profile lookup or media copy (a copy is
+//!   fetched from Meta when someone opens it, while Meta's URL lasts).
+//!   The reply window's clock still moves, as Meta's does.
+//! - Nothing is sent to them: a reply, file, template, reaction or retry
+//!   is 409 `contact_blocked` (notes stay free); one queued before the
+//!   block fails with that code; a "seen" or typing is not shown them.
+//! - Meta is not told (a Page or WhatsApp block at Meta would also stop
+//!   the webhooks, and the history with them); unblocking changes nothing
+//!   else, and the next message reopens the conversation as anyone's.
+//! - `GET /api/contacts?blocked=true` lists them (`false`: the others).
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -53,6 +75,9 @@ pub struct ContactListItem {
     pub created_at: chrono::DateTime<Utc>,
     #[serde(flatten)]
     pub details: ContactDetails,
+    /// Blocked by the team ([module docs](self)), and since when.
+    pub blocked: bool,
+    pub blocked_at: Option<chrono::DateTime<Utc>>,
     /// The contact's conversation (one per contact, in its channel), for a
     /// contact page to open.
     pub conversation_id: Option<super::ConversationId>,
@@ -68,6 +93,8 @@ impl ContactListItem {
             profile_pic_url: row.profile_pic_url,
             created_at: row.created_at,
             details,
+            blocked: row.blocked_at.is_some(),
+            blocked_at: row.blocked_at,
             conversation_id: conversation.map(super::ConversationId),
         }
     }
@@ -154,6 +181,8 @@ pub struct ContactChanges {
     pub email: Option<Option<String>>,
     pub phone: Option<Option<String>>,
     pub notes: Option<Option<String>>,
+    /// `Some(true)` blocks, `Some(false)` unblocks.
+    pub blocked: Option<bool>,
 }
 
 impl ContactChanges {
@@ -202,7 +231,7 @@ impl ContactChanges {
                 ));
             }
         }
-        Ok(ContactChanges { name, email, phone, notes })
+        Ok(ContactChanges { name, email, phone, notes, blocked: self.blocked })
     }
 }
 
@@ -234,6 +263,7 @@ pub fn search(
     user: UserId,
     role: Role,
     q: Option<&str>,
+    blocked: Option<bool>,
     after: Option<i64>,
     limit: i64,
 ) -> AppResult<Vec<ContactListItem>> {
@@ -255,6 +285,11 @@ pub fn search(
                 .or(contacts::external_id.ilike(super::contains_pattern(text)))
                 .or(details_hold!(text)),
         );
+    }
+    match blocked {
+        Some(true) => query = query.filter(contacts::blocked_at.is_not_null()),
+        Some(false) => query = query.filter(contacts::blocked_at.is_null()),
+        None => {}
     }
     if let Some(a) = after {
         query = query.filter(contacts::id.gt(a));
@@ -510,11 +545,104 @@ pub fn update(
         )?;
         changed = true;
     }
+    let row = match changes.blocked {
+        Some(true) if row.blocked_at.is_none() => {
+            changed = true;
+            block(tc, log, user, &row)?
+        }
+        Some(false) if row.blocked_at.is_some() => {
+            changed = true;
+            unblock(tc, log, user, &row)?
+        }
+        _ => row,
+    };
     let item = ContactListItem::one(tc, row, wanted)?;
     if changed {
         log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
     }
     Ok(item)
+}
+
+/// Blocks `contact` for `user` ([module docs](self)): its conversation is
+/// resolved if it was not (audited as a change of status `by` the block,
+/// without a survey) and announced, since its summary shows the block.
+fn block(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &ContactRow) -> AppResult<ContactRow> {
+    let row = diesel::update(contacts::table.find(contact.id))
+        .set((
+            contacts::blocked_at.eq(diesel::dsl::now),
+            contacts::blocked_by.eq(user.0),
+            contacts::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(ContactRow::as_returning())
+        .get_result(tc.pg())?;
+    let open: Vec<ConversationRow> = conversations::table
+        .filter(conversations::contact_id.eq(contact.id))
+        .filter(conversations::status.ne("resolved"))
+        .select(ConversationRow::as_select())
+        .for_update()
+        .load(tc.pg())?;
+    for conv in &open {
+        diesel::update(conversations::table.find(conv.id))
+            .set((
+                conversations::status.eq("resolved"),
+                conversations::snoozed_until.eq(None::<chrono::DateTime<Utc>>),
+                conversations::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tc.pg())?;
+        crate::audit::record(
+            tc,
+            Some(user),
+            "conversation.status_changed",
+            "conversation",
+            Some(conv.id.to_string()),
+            serde_json::json!({"from": conv.status, "to": "resolved", "by": "contact_blocked"}),
+        )?;
+    }
+    after_block(tc, log, user, &row, "contact.blocked")?;
+    Ok(row)
+}
+
+/// Lifts the block on `contact`: nothing else changes; their next message
+/// reopens their conversation as anyone's does.
+fn unblock(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &ContactRow) -> AppResult<ContactRow> {
+    let row = diesel::update(contacts::table.find(contact.id))
+        .set((
+            contacts::blocked_at.eq(None::<chrono::DateTime<Utc>>),
+            contacts::blocked_by.eq(None::<i64>),
+            contacts::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(ContactRow::as_returning())
+        .get_result(tc.pg())?;
+    after_block(tc, log, user, &row, "contact.unblocked")?;
+    Ok(row)
+}
+
+fn after_block(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    row: &ContactRow,
+    action: &str,
+) -> AppResult<()> {
+    let rows: Vec<ConversationRow> = conversations::table
+        .filter(conversations::contact_id.eq(row.id))
+        .select(ConversationRow::as_select())
+        .load(tc.pg())?;
+    super::conversations::announce(tc, log, &rows)?;
+    crate::audit::record(tc, Some(user), action, "contact", Some(row.id.to_string()), serde_json::json!({}))?;
+    Ok(())
+}
+
+/// Refuses anything sent to a blocked contact (409 `contact_blocked`):
+/// replies, files, templates, reactions and retries alike. Notes stay free.
+pub fn refuse_if_blocked(contact: &ContactRow) -> AppResult<()> {
+    if contact.blocked_at.is_some() {
+        return Err(AppError::conflict(
+            "contact_blocked",
+            "the contact is blocked; unblock them (PATCH /api/contacts/{id}) to write to them",
+        ));
+    }
+    Ok(())
 }
 
 fn after_rename(

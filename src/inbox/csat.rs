@@ -76,6 +76,14 @@ pub fn on_resolved(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &Conversati
     let channel = channels::find(tc, ChannelId(row.channel_id))?;
     let settings = channel.settings();
     let Some(text) = settings.csat.due() else { return Ok(false) };
+    // Nothing goes to a blocked contact (`contacts`).
+    let blocked: Option<DateTime<Utc>> = crate::db::tenant_schema::contacts::table
+        .find(row.contact_id)
+        .select(crate::db::tenant_schema::contacts::blocked_at)
+        .first(tc.pg())?;
+    if blocked.is_some() {
+        return Ok(false);
+    }
     let window = ReplyWindow::of(&channel, row.last_inbound_at, Utc::now());
     if !window.can_reply || window.tag.is_some() {
         return Ok(false);

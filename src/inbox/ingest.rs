@@ -163,7 +163,8 @@ impl<'l> Ingest<'l> {
         // rightly answers with a sequential scan; pairs are one index probe each.
         // Columns named, not `*`: the folded search copy of the name is not read.
         let found: Vec<ContactRow> = crate::db::prepared(
-            "SELECT id, channel_id, external_id, name, profile_pic_url, profile_checked_at, created_at, updated_at \
+            "SELECT id, channel_id, external_id, name, profile_pic_url, profile_checked_at, created_at, updated_at, \
+                    blocked_at \
                FROM contacts WHERE (channel_id, external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
         )
         .bind::<Array<BigInt>, _>(channel_ids)
@@ -761,7 +762,9 @@ impl Ingest<'_> {
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
         let contact = self.contact(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
-        if super::contacts::profile_due(contact.profile_checked_at, Utc::now())
+        let blocked = contact.blocked_at.is_some();
+        if !blocked
+            && super::contacts::profile_due(contact.profile_checked_at, Utc::now())
             && channel.platform() != Platform::Whatsapp
             && !self.followups.profile_lookups.iter().any(|l| l.contact_id == contact.id)
         {
@@ -773,6 +776,9 @@ impl Ingest<'_> {
         let inserted = self.stored.remove(&key);
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
+        if blocked {
+            return self.quietly(tc, conv, &row, contact.id, msg, created);
+        }
         // A bare rating of a resolved conversation's survey leaves it
         // resolved (`csat`).
         let rated_only = !created
@@ -852,6 +858,36 @@ impl Ingest<'_> {
             self.followups.queued_sends += usize::from(queued);
         }
         Ok(())
+    }
+
+    /// A message from a contact the team blocked (`contacts` module docs):
+    /// stored and announced to whoever has the conversation open, the reply
+    /// window's clock moved as Meta's is (for when they are unblocked), and
+    /// nothing else: no reopening, unread count, place in the list,
+    /// notification, automatic reply, assignment or survey answer.
+    fn quietly(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        mut conv: ConversationRow,
+        row: &MessageRow,
+        contact_id: i64,
+        msg: Incoming<'_>,
+        created: bool,
+    ) -> AppResult<()> {
+        let ts = msg.timestamp;
+        if created {
+            // A blocked contact's conversation made now (it had none):
+            // resolved, as blocking leaves the one it has.
+            conv.status = "resolved".into();
+        }
+        if conv.last_inbound_at.is_none_or(|t| ts >= t) {
+            conv.last_inbound_external_id = Some(msg.mid.to_string());
+        }
+        conv.last_inbound_at = Some(conv.last_inbound_at.map_or(ts, |t| t.max(ts)));
+        conv.updated_at = Utc::now();
+        self.dirty.insert(contact_id);
+        self.conversations.insert(contact_id, conv.clone());
+        self.log_message(tc, &conv, row, contact_id, created)
     }
 
     /// Hands conversation `id`, just opened with no one assigned, to the

@@ -439,6 +439,7 @@ pub fn react(
     let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
     let mut names = Names::default();
     let channel = names.channel(tc, row.channel_id)?;
+    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -486,6 +487,7 @@ pub fn retry(
         _ => return Err(AppError::conflict("not_failed", "the reply went out; only a failed one is sent again")),
     }
     let channel = names.channel(tc, row.channel_id)?;
+    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -561,6 +563,7 @@ pub fn template_target(
         }
         return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
     }
+    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
     Ok(TemplateTarget::Channel(channel))
 }
 
@@ -708,6 +711,7 @@ fn reply(
         Some(quoted) => Some(quotable(tc, &channel, &conv, quoted)?),
         None => None,
     };
+    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -981,8 +985,10 @@ pub fn typing_target(
     use crate::db::tenant_schema::contacts;
     let conv = visible_conversation(tc, user, role, id)?;
     let channel = channels::find(tc, ChannelId(conv.channel_id))?;
-    let contact: String = contacts::table.find(conv.contact_id).select(contacts::external_id).first(tc.pg())?;
-    let token = channel.token(keys)?;
+    let (contact, blocked_at): (String, Option<chrono::DateTime<Utc>>) =
+        contacts::table.find(conv.contact_id).select((contacts::external_id, contacts::blocked_at)).first(tc.pg())?;
+    // A blocked contact is shown nothing, typing included.
+    let token = if blocked_at.is_some() { None } else { channel.token(keys)? };
     Ok(TypingTarget { conversation: conv.id, channel, contact, token, last_inbound: conv.last_inbound_external_id })
 }
 

@@ -6,7 +6,8 @@
 //! WhatsApp messages API, then marked `sent` with Meta's id, or `failed` with
 //! a typed reason: `outside_window`, `recipient_unavailable`,
 //! `meta_token_invalid` (the channel also becomes `reauth_required`),
-//! `meta_error`. Transient failures and rate limits retry with backoff.
+//! `meta_error`, `contact_blocked` (the team blocked the contact after the
+//! reply was queued; `inbox::contacts`). Transient failures and rate limits retry with backoff.
 //! Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20).
 //!
@@ -248,6 +249,11 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         }
         Err(e) => return Err(e),
     };
+    // Nothing reaches a blocked contact (`contacts`): a reply fails as
+    // `contact_blocked` (`deliver`); a "seen" or a reaction is dropped.
+    if ctx.contact.blocked_at.is_some() && job.kind != SendKind::Message.as_str() {
+        return finish(state, job, JobEnd::Done).await;
+    }
     if job.kind == SendKind::MarkSeen.as_str() {
         if let (Some(token), "connected") = (&ctx.token, ctx.channel.status.as_str()) {
             let r = match ctx.channel.platform() {
@@ -354,6 +360,10 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     let file = ctx.file.as_ref().zip(bytes);
     let fail = |code: &'static str, message: String| (code, message);
     let outcome: Result<String, (&'static str, String)> = match (&ctx.token, ctx.channel.status.as_str()) {
+        // Queued before the team blocked the contact.
+        _ if ctx.contact.blocked_at.is_some() => {
+            Err(fail("contact_blocked", "the contact was blocked before the message could be sent".into()))
+        }
         (Some(token), "connected") => {
             let window = ReplyWindow::of(&ctx.channel, ctx.conversation.last_inbound_at, Utc::now());
             let text = message.text.clone().unwrap_or_default();

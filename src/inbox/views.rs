@@ -75,6 +75,9 @@ pub struct ContactRow {
     pub profile_checked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the team blocked the contact (`inbox::contacts`): their
+    /// messages are kept quietly and nothing is sent to them.
+    pub blocked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +348,7 @@ impl Names {
                 external_id: contact.external_id,
                 name: contact.name,
                 profile_pic_url: contact.profile_pic_url,
+                blocked: contact.blocked_at.is_some(),
             },
             status: row.status.clone(),
             assignee_id: row.assignee_id.map(UserId),
@@ -368,6 +372,9 @@ pub struct ContactView {
     pub external_id: String,
     pub name: Option<String>,
     pub profile_pic_url: Option<String>,
+    /// Blocked by the team (an extension): why the conversation stays
+    /// resolved and replies are refused.
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

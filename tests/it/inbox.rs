@@ -4216,3 +4216,155 @@ async fn a_resolved_conversation_asks_how_it_went() {
     let agents = r.body["agents"].as_array().expect("agents");
     assert_eq!((&agents[0]["csat_answered"], &agents[0]["csat_average"]), (&json!(2), &json!(3.5)), "{agents:?}");
 }
+
+/// A contact the team blocks: their conversation is resolved without a
+/// survey, their messages are kept quietly (no reopening, unread count,
+/// notification or automatic reply), nothing is sent to them (a reply
+/// queued before the block fails as `contact_blocked`), and
+/// `?blocked=true` finds them. Unblocked, their next message opens the
+/// conversation as anyone's does.
+#[actix_web::test]
+async fn a_blocked_contact_is_kept_quietly_and_sent_nothing() {
+    use switchboard::meta::fake::RATE_LIMITED_WA;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Hello!"},
+        "csat": {"enabled": true, "text": "How did we do? 1 to 5"}}});
+    let r = app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(settings)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "buy 10k followers 🚀"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": RATE_LIMITED_WA, "text": "Olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let contact_path = |c: &Value| format!("/api/contacts/{}", c["contact"]["id"].as_str().expect("contact id"));
+    let (spammer, rate_limited) =
+        (contact_path(by_contact(&convs, PSID)), contact_path(by_contact(&convs, RATE_LIMITED_WA)));
+    let texts = |msgs: &[Value]| msgs.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    eventually("the greeting went out", || async {
+        let msgs = messages(&app, &ctx.admin, &conv).await;
+        msgs.len() == 2 && msgs[1]["status"] != "pending"
+    })
+    .await;
+    // A reply Meta holds back (rate limit) waits in the queue when the block comes.
+    let wa_conv = by_contact(&convs, RATE_LIMITED_WA)["id"].as_str().expect("id").to_string();
+    let (status, held) = reply(&app, &ctx.admin, &wa_conv, "Bom dia!", "c-1").await;
+    assert_eq!(status, 202, "{held}");
+    let held = held["id"].as_str().expect("id").to_string();
+    eventually("the rate-limited reply was put back", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {held} AND attempts >= 1 AND status <> 'done'"
+        )) == 1
+    })
+    .await;
+    let before = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!((&before["status"], &before["contact"]["blocked"]), (&json!("open"), &json!(false)));
+    let notifications = || app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification'");
+    let notified = notifications();
+
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    for path in [&spammer, &rate_limited] {
+        let r = app.call("PATCH", path, Some(&ctx.admin), Some(json!({"blocked": true}))).await;
+        assert_eq!(
+            (r.status, &r.body["blocked"], r.body["blocked_at"].is_string()),
+            (200, &json!(true), true),
+            "{:?}",
+            r.body
+        );
+    }
+    let frame = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("conversation.updated");
+    assert_eq!((&frame["data"]["status"], &frame["data"]["contact"]["blocked"]), (&json!("resolved"), &json!(true)));
+    // Resolved by the block, without a survey.
+    let shown = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!((&shown["status"], &shown["contact"]["blocked"]), (&json!("resolved"), &json!(true)));
+    assert_eq!(texts(&messages(&app, &ctx.admin, &conv).await).len(), 2);
+    // The reply queued before the block is not sent.
+    app.count(&format!(
+        "WITH due AS (UPDATE public.send_queue SET next_attempt_at = now() WHERE message_id = {held} RETURNING 1) \
+         SELECT count(*) AS n FROM due"
+    ));
+    eventually("the held reply failed", || async {
+        message_status(&app, &ctx.admin, &wa_conv, &held).await["status"] == "failed"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, &wa_conv, &held).await["error"]["code"], "contact_blocked");
+
+    // Their messages are kept, quietly.
+    for text in ["follow back!!", "FREE FOLLOWERS"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": text})).await;
+    }
+    app.processed().await;
+    let msgs = messages(&app, &ctx.admin, &conv).await;
+    assert_eq!(texts(&msgs), ["buy 10k followers 🚀", "Hello!", "follow back!!", "FREE FOLLOWERS"]);
+    let quiet = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(
+        (&quiet["status"], &quiet["unread_count"], &quiet["last_message"]["text"]),
+        (&json!("resolved"), &before["unread_count"], &json!("Hello!")),
+        "{quiet}"
+    );
+    assert_eq!(notifications(), notified);
+    assert!(conversations(&app, &ctx.admin, "?status=open").await.iter().all(|c| c["id"] != conv.as_str()));
+
+    // Nothing is sent to them; notes stay free.
+    let (status, refused) = reply(&app, &ctx.admin, &conv, "Please stop.", "c-2").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("contact_blocked")), "{refused}");
+    let path = format!("/api/conversations/{conv}/messages");
+    let note = app.call("POST", &path, Some(&ctx.admin), Some(json!({"text": "spam bot", "private": true}))).await;
+    assert_eq!(note.status, 201, "{:?}", note.body);
+    let spam = msgs[2]["id"].as_str().expect("id");
+    let r = app
+        .call("PUT", &format!("/api/messages/{spam}/reaction"), Some(&ctx.admin), Some(json!({"emoji": "👎"})))
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("contact_blocked")), "{:?}", r.body);
+
+    // Reopened and resolved by hand while blocked: still no survey.
+    for status in ["open", "resolved"] {
+        let body = json!({"status": status});
+        let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.csat_surveys"), 0);
+
+    // Found among the blocked; the filter and the field are checked.
+    let listed = |q: &'static str| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move { app.call("GET", &format!("/api/contacts{q}"), Some(&t), None).await }
+    };
+    assert_eq!(listed("?blocked=true").await.body["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(listed("?blocked=false").await.body["items"].as_array().map(Vec::len), Some(0));
+    let r = listed("?blocked=maybe").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_blocked")));
+    for body in [json!({"blocked": "yes"}), json!({"blocked": null}), json!({"blocked": 1})] {
+        let r = app.call("PATCH", &spammer, Some(&ctx.admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}");
+    }
+    // Blocking again changes nothing.
+    let r = app.call("PATCH", &spammer, Some(&ctx.admin), Some(json!({"blocked": true}))).await;
+    assert_eq!((r.status, &r.body["blocked"]), (200, &json!(true)));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    let actions: Vec<&Value> = log["items"].as_array().expect("items").iter().collect();
+    let count = |action: &str| actions.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("contact.blocked"), 2);
+    assert!(actions
+        .iter()
+        .any(|e| e["action"] == "conversation.status_changed" && e["details"]["by"] == "contact_blocked"));
+
+    // Unblocked: the next message opens the conversation as anyone's.
+    let r = app.call("PATCH", &spammer, Some(&ctx.admin), Some(json!({"blocked": false}))).await;
+    assert_eq!((r.status, &r.body["blocked"], &r.body["blocked_at"]), (200, &json!(false), &json!(null)));
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "sorry, a real question"})).await;
+    app.processed().await;
+    let reopened = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!((&reopened["status"], &reopened["contact"]["blocked"]), (&json!("open"), &json!(false)));
+    assert_eq!(reopened["unread_count"].as_i64(), before["unread_count"].as_i64().map(|n| n + 1));
+    assert_eq!(notifications(), notified + 1);
+    eventually("the greeting again", || async {
+        texts(&messages(&app, &ctx.admin, &conv).await).iter().filter(|t| *t == "Hello!").count() == 2
+    })
+    .await;
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    assert!(log["items"].as_array().expect("items").iter().any(|e| e["action"] == "contact.unblocked"));
+}

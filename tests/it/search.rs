@@ -64,7 +64,7 @@ fn every_search_is_planned_for_its_own_pattern() {
             .len()
     };
     let contacts_found = |conn: &mut PgConnection, q: &str| -> usize {
-        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, 200))
+        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, None, 200))
             .expect("contact search")
             .len()
     };
@@ -148,7 +148,7 @@ fn contact_search_reads_the_indexes_not_every_contact() {
     );
     let mut conn = pool.get().expect("conn");
     let search = |conn: &mut PgConnection, q: &str| {
-        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, 50))
+        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, None, 50))
             .expect("contact search")
             .into_iter()
             .map(|c| c.external_id)
