@@ -167,3 +167,24 @@ async fn events_reach_an_integrators_endpoint_signed_and_in_order() {
     assert_eq!(app.call("DELETE", &path, Some(admin), None).await.status, 404);
     assert_eq!(app.call("PATCH", "/api/integrations/webhooks/nope", Some(admin), Some(json!({}))).await.status, 404);
 }
+
+/// A tenant has at most ten endpoints, however many creates come at once.
+#[actix_web::test]
+async fn creates_at_once_stop_at_the_limit() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let create = |i: usize| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move {
+            let body = json!({"url": format!("https://hooks.example.com/{i}")});
+            app.call("POST", "/api/integrations/webhooks", Some(&t), Some(body)).await
+        }
+    };
+    let answers = futures_util::future::join_all((0..16).map(create)).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[201; 10].as_slice(), [409; 6].as_slice()].concat(), "{statuses:?}");
+    assert!(answers.iter().filter(|r| r.status == 409).all(|r| r.body["error"]["code"] == "too_many_webhooks"));
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(&ctx.admin), None).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(10), "{:?}", listed.body);
+}
