@@ -176,7 +176,8 @@ impl AppState {
 
 /// Starts the background workers of `serve`: webhook processor, sender,
 /// profile lookups, the snooze clock, event pruning, the search index
-/// merges and the spare tenant schemas (on the current actix runtime).
+/// merges, the spare tenant schemas, integrators' webhooks and the public
+/// tables' housekeeping (on the current actix runtime).
 pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     // One processor per instance, plus helpers that claim only while the
     // queue holds more than a full batch: under load the backlog gathers
@@ -197,4 +198,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
     actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
     actix_web::rt::spawn(crate::integrations::webhooks::run(state.clone()));
+    actix_web::rt::spawn(crate::db::housekeeping::run(state.clone()));
 }

@@ -10,6 +10,7 @@
 //! Tenant tables ([`tenant_schema`]) are unqualified, so they only resolve on a
 //! `TenantConn`; a query for them anywhere else fails loudly.
 
+pub mod housekeeping;
 pub mod listen;
 pub mod migrate;
 pub mod pool;

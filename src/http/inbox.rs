@@ -30,7 +30,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
-        .service(resource("/contacts/{id}").route(web::get().to(get_contact)).route(web::patch().to(update_contact)))
+        .service(
+            resource("/contacts/{id}")
+                .route(web::get().to(get_contact))
+                .route(web::patch().to(update_contact))
+                .route(web::delete().to(erase_contact)),
+        )
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(
             resource("/canned-responses/{id}")
@@ -972,6 +977,19 @@ async fn update_contact(
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     Ok(HttpResponse::Ok().json(item))
+}
+
+/// A customer's right to erasure (`contacts::erase`): admins only, 204.
+async fn erase_contact(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = contact_id(&path)?;
+    let user = auth.user;
+    state.tenant_with_events(auth.scope(), move |tc, log| contacts::erase(tc, log, user, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn list_canned(

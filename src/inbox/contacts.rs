@@ -50,6 +50,9 @@
 //!   the webhooks, and the history with them); unblocking changes nothing
 //!   else, and the next message reopens the conversation as anyone's.
 //! - `GET /api/contacts?blocked=true` lists them (`false`: the others).
+//!
+//! An admin may erase a contact, for a customer's right to erasure
+//! ([`erase`]).
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -631,6 +634,76 @@ fn after_block(
     super::conversations::announce(tc, log, &rows)?;
     crate::audit::record(tc, Some(user), action, "contact", Some(row.id.to_string()), serde_json::json!({}))?;
     Ok(())
+}
+
+/// What [`erase`] removed.
+#[derive(Debug, Serialize)]
+pub struct Erased {
+    pub conversations: usize,
+    pub messages: i64,
+}
+
+/// `DELETE /api/contacts/{id}` (admins): a customer's right to erasure.
+/// The contact goes with everything the tenant holds of them: their
+/// conversation and its messages, files, ratings and former numbers
+/// (cascades); the live log's copies (events redacted as a purged
+/// channel's are, so no socket resuming and no integrator's endpoint is
+/// sent them); and what the audit log says of the contact (entries kept,
+/// who did what and when, their details emptied). Open inboxes are told
+/// (`conversation.deleted` `{id, channel_id}`); audited as `contact.erased`
+/// with counts only. If the customer writes again, they are a new contact.
+pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
+    use crate::db::tenant_schema::{audit_log, events, messages};
+    let contact: ContactRow = contacts::table
+        .find(id.0)
+        .select(ContactRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("contact"))?;
+    let conversation_ids: Vec<i64> = conversations::table
+        .filter(conversations::contact_id.eq(contact.id))
+        .select(conversations::id)
+        .for_update()
+        .load(tc.pg())?;
+    let message_count: i64 =
+        messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
+    diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;
+    let contact_key = contact.id.to_string();
+    let copies = events::conversation_id.eq_any(&conversation_ids).or(events::type_
+        .eq("contact.updated")
+        .and(events::channel_id.eq(contact.channel_id))
+        .and(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("payload->>'id' = ")
+                .bind::<diesel::sql_types::Text, _>(&contact_key),
+        ));
+    diesel::update(events::table.filter(copies))
+        .set((
+            events::type_.eq(super::events::REDACTED),
+            events::channel_id.eq(None::<i64>),
+            events::conversation_id.eq(None::<i64>),
+            events::payload.eq(serde_json::json!({})),
+        ))
+        .execute(tc.pg())?;
+    diesel::update(
+        audit_log::table.filter(audit_log::target_type.eq("contact")).filter(audit_log::target_id.eq(&contact_key)),
+    )
+    .set(audit_log::details.eq(serde_json::json!({"erased": true})))
+    .execute(tc.pg())?;
+    for conversation in &conversation_ids {
+        let data = serde_json::json!({"id": conversation.to_string(), "channel_id": contact.channel_id.to_string()});
+        log.append(tc, "conversation.deleted", Some(contact.channel_id), Some(*conversation), data)?;
+    }
+    let erased = Erased { conversations: conversation_ids.len(), messages: message_count };
+    crate::audit::record(
+        tc,
+        Some(user),
+        "contact.erased",
+        "contact",
+        Some(contact_key),
+        serde_json::json!({"channel_id": contact.channel_id.to_string(), "conversations": erased.conversations, "messages": erased.messages}),
+    )?;
+    Ok(erased)
 }
 
 /// Refuses anything sent to a blocked contact (409 `contact_blocked`):

@@ -60,11 +60,12 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_SECS: i64 = 60;
 
 /// The event types an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 10] = [
+pub const EVENT_TYPES: [&str; 11] = [
     "message.created",
     "message.updated",
     "conversation.created",
     "conversation.updated",
+    "conversation.deleted",
     "channel.updated",
     "channels.changed",
     "contact.updated",

@@ -4368,3 +4368,76 @@ async fn a_blocked_contact_is_kept_quietly_and_sent_nothing() {
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
     assert!(log["items"].as_array().expect("items").iter().any(|e| e["action"] == "contact.unblocked"));
 }
+
+/// A customer's right to erasure: an admin deletes a contact, and with it
+/// their conversation, messages and everything the live log and the audit
+/// log held of them; open inboxes are told; the other customers' stay. If
+/// the customer writes again, they are someone new.
+#[actix_web::test]
+async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let other = "7392015648120555";
+    app.fake(
+        "POST",
+        "/_fake/inbound",
+        json!({"to": PAGE_A, "from": PSID, "text": "Sou a Zoé Quintela, NIF 123456789"}),
+    )
+    .await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": other, "text": "Another customer"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let contact = format!("/api/contacts/{}", by_contact(&convs, PSID)["contact"]["id"].as_str().expect("contact"));
+    let r = app.call("PATCH", &contact, Some(&ctx.admin), Some(json!({"email": "zoe.quintela@exemplo.pt"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (status, sent) = reply(&app, &ctx.admin, &conv, "Olá Zoé Quintela!", "c-1").await;
+    assert_eq!(status, 202, "{sent}");
+    let path = format!("/api/conversations/{conv}/messages");
+    let note = json!({"text": "Zoé Quintela asked for an invoice", "private": true});
+    assert_eq!(app.call("POST", &path, Some(&ctx.admin), Some(note)).await.status, 201);
+    let held = |table: &str, column: &str| {
+        app.count(&format!("SELECT count(*) AS n FROM tenant_acme.{table} WHERE {column}::text ILIKE '%quintela%'"))
+    };
+    assert!(held("events", "payload") >= 4, "the live log holds copies before");
+    assert_eq!(held("audit_log", "details"), 1, "the saved address is in the log");
+
+    // Admins only.
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    assert_eq!(app.call("DELETE", &contact, Some(&al), None).await.status, 403);
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let r = app.call("DELETE", &contact, Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let frame = crate::realtime::until(&mut socket, "conversation.deleted", std::time::Duration::from_secs(10))
+        .await
+        .expect("conversation.deleted");
+    assert_eq!(frame["data"]["id"], conv.as_str());
+
+    // Nothing of theirs is left, anywhere the tenant keeps it.
+    assert_eq!(app.call("GET", &contact, Some(&ctx.admin), None).await.status, 404);
+    assert_eq!(app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.status, 404);
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE conversation_id = {conv}")), 0);
+    assert_eq!(held("messages", "text"), 0);
+    assert_eq!(held("events", "payload"), 0);
+    assert_eq!(held("audit_log", "details"), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE payload::text LIKE '%zoe.quintela%'"), 0);
+    let resumed = app.call("GET", "/api/conversations?q=Quintela", Some(&ctx.admin), None).await;
+    assert_eq!(resumed.body["items"].as_array().map(Vec::len), Some(0));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    let erased = log["items"].as_array().expect("items").iter().find(|e| e["action"] == "contact.erased").cloned();
+    let erased = erased.expect("contact.erased");
+    assert_eq!((&erased["details"]["conversations"], &erased["details"]["messages"]), (&json!(1), &json!(3)));
+    // The other customer's conversation stays; a second erase finds nothing.
+    let left = conversations(&app, &ctx.admin, "").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["last_message"]["text"], "Another customer");
+    assert_eq!(app.call("DELETE", &contact, Some(&ctx.admin), None).await.status, 404);
+
+    // Writing again, they are someone new.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hello again"})).await;
+    app.processed().await;
+    let again = conversations(&app, &ctx.admin, "").await;
+    let new = by_contact(&again, PSID);
+    assert_ne!(new["id"], conv.as_str());
+    assert_eq!(messages(&app, &ctx.admin, new["id"].as_str().expect("id")).await.len(), 1);
+}

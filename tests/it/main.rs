@@ -8,6 +8,7 @@ mod common;
 mod events;
 mod fake_meta;
 mod graph;
+mod housekeeping;
 mod inbox;
 mod integrations;
 mod licences;

@@ -1,0 +1,79 @@
+//! The public tables that grow with traffic are pruned by retention, and
+//! only what retention no longer keeps goes.
+
+use diesel::prelude::*;
+use serde_json::json;
+use switchboard::db::housekeeping::{prune, Pruned, Retention, BATCH};
+
+use crate::channels::PAGE_A;
+use crate::common::{spawn_app, token};
+use crate::inbox::acme;
+
+#[actix_web::test]
+async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
+    let app = spawn_app().await;
+    acme(&app).await;
+    for i in 0..4 {
+        let text = format!("message {i}");
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648120394", "text": text})).await;
+    }
+    app.processed().await;
+    let login = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let mut conn = app.db.conn();
+    let run = |conn: &mut PgConnection, sql: &str| {
+        diesel::sql_query(sql).execute(conn).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    };
+    // Two days old: processed webhooks (a backlog of more than a batch of
+    // them, as a release that kept everything leaves), a dead letter, one
+    // still pending, a finished send, and a refresh token expired that long.
+    let processed = app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'done'");
+    assert!(processed >= 4, "{processed}");
+    run(&mut conn, "UPDATE public.webhook_events SET processed_at = now() - interval '2 days' WHERE status = 'done'");
+    run(
+        &mut conn,
+        &format!(
+            "INSERT INTO public.webhook_events (body, status, processed_at, received_at) \
+             SELECT 'old'::bytea, 'done', now() - interval '3 days', now() - interval '3 days' \
+               FROM generate_series(1, {})",
+            BATCH + 1000
+        ),
+    );
+    run(&mut conn, "INSERT INTO public.webhook_events (body, status, received_at) VALUES ('dead'::bytea, 'dead', now() - interval '9 days'), ('waiting'::bytea, 'pending', now() - interval '9 days')");
+    // Processed an hour ago: kept.
+    run(&mut conn, "INSERT INTO public.webhook_events (body, status, processed_at) VALUES ('recent'::bytea, 'done', now() - interval '1 hour')");
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    run(
+        &mut conn,
+        &format!(
+            "INSERT INTO public.send_queue (tenant_id, conversation_id, kind, status, created_at) VALUES \
+             ({tenant}, 1, 'mark_seen', 'done', now() - interval '2 days'), \
+             ({tenant}, 1, 'mark_seen', 'dead', now() - interval '2 days'), \
+             ({tenant}, 1, 'mark_seen', 'pending', now() - interval '2 days'), \
+             ({tenant}, 1, 'mark_seen', 'done', now() - interval '1 hour')"
+        ),
+    );
+    let sends_before = app.count("SELECT count(*) AS n FROM public.send_queue");
+    let old_sends = app.count("SELECT count(*) AS n FROM public.send_queue WHERE status <> 'pending' AND created_at < now() - interval '1 day'");
+    assert_eq!(old_sends, 2);
+    run(&mut conn, "UPDATE public.refresh_tokens SET expires_at = now() - interval '2 days' WHERE id = (SELECT min(id) FROM public.refresh_tokens)");
+    let tokens_before = app.count("SELECT count(*) AS n FROM public.refresh_tokens");
+
+    let retention = Retention { work: chrono::Duration::hours(24), refresh_tokens: chrono::Duration::days(1) };
+    let pruned = prune(&mut conn, chrono::Utc::now(), retention).expect("prune");
+    assert_eq!(
+        pruned,
+        Pruned { webhooks: processed as usize + BATCH as usize + 1000, sends: 2, refresh_tokens: 1 },
+        "{pruned:?}"
+    );
+    let left =
+        |status: &str| app.count(&format!("SELECT count(*) AS n FROM public.webhook_events WHERE status = '{status}'"));
+    assert_eq!((left("done"), left("dead"), left("pending")), (1, 1, 1));
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.send_queue"), sends_before - 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.refresh_tokens"), tokens_before - 1);
+    // A second pass finds nothing; the newest login still refreshes.
+    assert_eq!(prune(&mut conn, chrono::Utc::now(), retention).expect("prune"), Pruned::default());
+    let r = app
+        .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
