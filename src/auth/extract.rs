@@ -1,9 +1,10 @@
 //! The request extractor: `AuthContext` in a handler's arguments means "a
-//! valid access token was presented". The tenant comes only from the token.
+//! valid access token (or a member's API token, `auth::api_tokens`) was
+//! presented". The tenant comes only from the token.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
-use std::future::{ready, Ready};
+use futures_util::future::{ready, FutureExt, LocalBoxFuture};
 
 use super::{JwtKeys, Role};
 use crate::db::TenantScope;
@@ -17,6 +18,8 @@ pub struct AuthContext {
     pub tenant_slug: String,
     pub role: Role,
     pub family: String,
+    /// The member's API token the request came with, if it did.
+    pub api_token: Option<i64>,
 }
 
 impl AuthContext {
@@ -52,25 +55,48 @@ pub fn authenticate(keys: &JwtKeys, token: &str) -> AppResult<AuthContext> {
         tenant_slug: claims.ten.clone(),
         role: claims.role,
         family: claims.fam.clone(),
+        api_token: None,
     })
+}
+
+/// Who a bearer credential is: a member's API token (looked up) or an
+/// access token (verified here).
+pub async fn authenticate_bearer(state: &crate::app::AppState, token: &str) -> AppResult<AuthContext> {
+    if token.starts_with(super::api_tokens::PREFIX) {
+        let token = token.to_string();
+        return state.db.public(move |conn| super::api_tokens::authenticate(conn, &token)).await;
+    }
+    authenticate(&state.jwt, token)
+}
+
+fn recorded(ctx: AuthContext) -> AuthContext {
+    tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
+    tracing::Span::current().record("user_id", ctx.user.0);
+    ctx
 }
 
 impl FromRequest for AuthContext {
     type Error = AppError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = (|| {
-            let keys = req
-                .app_data::<web::Data<JwtKeys>>()
-                .ok_or_else(|| AppError::internal(anyhow::anyhow!("JwtKeys not registered")))?;
-            let token = bearer(req)
-                .ok_or_else(|| AppError::unauthorized("missing_token", "send Authorization: Bearer <access token>"))?;
-            let ctx = authenticate(keys, token)?;
-            tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
-            tracing::Span::current().record("user_id", ctx.user.0);
-            Ok(ctx)
-        })();
-        ready(result)
+        let Some(token) = bearer(req) else {
+            let missing = AppError::unauthorized("missing_token", "send Authorization: Bearer <access token>");
+            return ready(Err(missing)).boxed_local();
+        };
+        // An API token needs the database; an access token does not.
+        if token.starts_with(super::api_tokens::PREFIX) {
+            let Some(state) = req.app_data::<web::Data<crate::app::AppState>>().cloned() else {
+                return ready(Err(AppError::internal(anyhow::anyhow!("AppState not registered")))).boxed_local();
+            };
+            let token = token.to_string();
+            return async move { authenticate_bearer(&state, &token).await.map(recorded) }.boxed_local();
+        }
+        let result = req
+            .app_data::<web::Data<JwtKeys>>()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("JwtKeys not registered")))
+            .and_then(|keys| authenticate(keys, token))
+            .map(recorded);
+        ready(result).boxed_local()
     }
 }

@@ -3,6 +3,7 @@
 //! request extractor that hands handlers an authenticated [`AuthContext`].
 
 pub mod account;
+pub mod api_tokens;
 pub mod extract;
 pub mod jwt;
 pub mod members;

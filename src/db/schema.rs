@@ -47,9 +47,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Members' API tokens (`auth::api_tokens`).
+    public.api_tokens (id) {
+        id -> Int8,
+        tenant_id -> Int8,
+        user_id -> Int8,
+        name -> Text,
+        token_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> tenants (tenant_id));
-diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens);
+diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens, api_tokens);
 
 diesel::table! {
     public.channel_routes (platform, external_id) {

@@ -6,14 +6,67 @@ use std::time::Instant;
 
 use super::AppState;
 use crate::auth::account::{self, AccountChanges};
-use crate::auth::{session, AuthContext, JwtKeys};
+use crate::auth::{api_tokens, session, AuthContext, JwtKeys, Role};
 use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/auth/login").route(web::post().to(login)))
         .service(super::resource("/auth/refresh").route(web::post().to(refresh)))
         .service(super::resource("/auth/logout").route(web::post().to(logout)))
-        .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)));
+        .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
+        .service(super::resource("/me/tokens").route(web::get().to(my_tokens)).route(web::post().to(create_token)))
+        .service(super::resource("/me/tokens/{id}").route(web::delete().to(revoke_token)))
+        .service(super::resource("/api-tokens").route(web::get().to(all_tokens)))
+        .service(super::resource("/api-tokens/{id}").route(web::delete().to(revoke_token)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    #[serde(default)]
+    expires_in_days: Option<i64>,
+}
+
+/// `GET /api/me/tokens`: the caller's API tokens here (`auth::api_tokens`).
+async fn my_tokens(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let user = auth.user;
+    let items = state.db.tenant(auth.scope(), move |tc| api_tokens::list(tc, Some(user))).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+/// `GET /api/api-tokens` (admins): every member's tokens here.
+async fn all_tokens(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let items = state.db.tenant(auth.scope(), move |tc| api_tokens::list(tc, None)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+/// `POST /api/me/tokens` `{name, expires_in_days?}`: 201 with the token,
+/// shown this once.
+async fn create_token(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<NewToken>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let created = state
+        .db
+        .tenant(auth.scope(), move |tc| api_tokens::create(tc, &auth, &body.name, body.expires_in_days))
+        .await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// `DELETE /api/me/tokens/{id}` (one's own) and `/api/api-tokens/{id}`
+/// (an admin's, anyone's): 204.
+async fn revoke_token(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = path.parse::<i64>().map_err(|_| AppError::not_found("token"))?;
+    state.db.tenant(auth.scope(), move |tc| api_tokens::revoke(tc, &auth, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{resource, AppState};
-use crate::auth::extract::{authenticate, bearer};
+use crate::auth::extract::{authenticate_bearer, bearer};
 use crate::auth::AuthContext;
 use crate::db::schema::tenants;
 use crate::error::{AppError, AppResult, ErrorKind};
@@ -70,7 +70,7 @@ async fn connect(
             let t = t.clone();
             state.db.public(move |conn| tickets::redeem(conn, &t)).await?
         }
-        (None, Some(token)) => authenticate(&state.jwt, token)?,
+        (None, Some(token)) => authenticate_bearer(&state, token).await?,
         (None, None) => {
             return Err(AppError::unauthorized("missing_credential", "send ?ticket= or Authorization: Bearer"))
         }

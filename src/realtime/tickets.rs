@@ -53,5 +53,13 @@ pub fn redeem(conn: &mut PgConnection, ticket: &str) -> AppResult<AuthContext> {
     let (tenant, user, role, family) =
         row.ok_or_else(|| AppError::unauthorized("invalid_ticket", "the ticket is unknown, spent or expired"))?;
     let role = Role::parse(&role).ok_or_else(|| AppError::unauthorized("invalid_ticket", "the ticket is invalid"))?;
-    Ok(AuthContext { user: UserId(user), tenant: TenantId(tenant), tenant_slug: String::new(), role, family })
+    let api_token = crate::auth::api_tokens::of_family(&family);
+    Ok(AuthContext {
+        user: UserId(user),
+        tenant: TenantId(tenant),
+        tenant_slug: String::new(),
+        role,
+        family,
+        api_token,
+    })
 }

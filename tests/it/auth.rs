@@ -659,3 +659,104 @@ async fn a_person_changes_their_name_and_password() {
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": kept}))).await;
     assert_eq!(r.status, 401, "{:?}", r.body);
 }
+
+/// A member's API token acts as them, with the role they have at each use,
+/// opens sockets, cannot make tokens, and stops at once when revoked (its
+/// sockets closing) or when the member is removed; only its hash is kept.
+#[actix_web::test]
+async fn an_api_token_acts_as_its_member_until_revoked() {
+    use crate::realtime::{next, until, ws};
+    use std::time::Duration;
+
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let member = json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"});
+    let r = app.call("POST", "/api/members", Some(&ann), Some(member)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let al_id = r.body["user_id"].as_str().expect("id").to_string();
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let create = |t: &str, body: Value| {
+        let (app, t) = (&app, t.to_string());
+        async move { app.call("POST", "/api/me/tokens", Some(&t), Some(body)).await }
+    };
+
+    for (body, code) in [
+        (json!({"name": " "}), "invalid_name"),
+        (json!({"name": "x".repeat(101)}), "invalid_name"),
+        (json!({"name": "CRM", "expires_in_days": 0}), "invalid_expiry"),
+        (json!({"name": "CRM", "expires_in_days": 3651}), "invalid_expiry"),
+        (json!({"name": 5}), "invalid_body"),
+        (json!({"name": "CRM", "scope": "all"}), "invalid_body"),
+        (json!({}), "invalid_body"),
+    ] {
+        let r = create(&al, body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+    let r = create(&al, json!({"name": " CRM sync ", "expires_in_days": 30})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!((r.body["name"].as_str(), r.body["expires_at"].is_string()), (Some("CRM sync"), true));
+    let crm = r.body["token"].as_str().expect("token").to_string();
+    let crm_id = r.body["id"].as_str().expect("id").to_string();
+    assert!(crm.starts_with("sbt_") && crm.len() == 47, "{crm}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.api_tokens WHERE token_hash::text LIKE '%sbt_%'"), 0);
+
+    // It acts as Al, an agent.
+    let me = app.call("GET", "/api/me", Some(&crm), None).await;
+    assert_eq!((me.status, me.body["role"].as_str()), (200, Some("agent")), "{:?}", me.body);
+    assert_eq!(me.body["user"]["email"], "al@acme.test");
+    let r = create(&crm, json!({"name": "another"})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("token_cannot_mint")));
+    let mine = app.call("GET", "/api/me/tokens", Some(&al), None).await;
+    let items = mine.body["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 1);
+    assert!(items[0].get("token").is_none() && items[0]["last_used_at"].is_string(), "{items:?}");
+    for bad in ["sbt_nothing-like-a-token", "sbt_"] {
+        let r = app.call("GET", "/api/me", Some(bad), None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("invalid_token")), "{bad}");
+    }
+    // Demoted, the token has the new role at once.
+    let r = app.call("PATCH", &format!("/api/members/{al_id}"), Some(&ann), Some(json!({"role": "viewer"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let me = app.call("GET", "/api/me", Some(&crm), None).await;
+    assert_eq!((me.status, me.body["role"].as_str()), (200, Some("viewer")), "{:?}", me.body);
+    // (Al's access token, issued as an agent's, is refused now: a new login.)
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    assert_eq!(app.call("GET", "/api/api-tokens", Some(&crm), None).await.status, 403);
+    let all = app.call("GET", "/api/api-tokens", Some(&ann), None).await;
+    assert_eq!(all.body["items"][0]["user_id"], al_id.as_str(), "{:?}", all.body);
+
+    // A socket opened with it closes when it is revoked; then it is refused.
+    let mut socket = ws(&app, "", Some(&crm), None).await.expect("socket");
+    assert_eq!(next(&mut socket, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
+    let r = app.call("DELETE", &format!("/api/me/tokens/{crm_id}"), Some(&al), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let closed = until(&mut socket, "closed", Duration::from_secs(10)).await.expect("closed");
+    assert_eq!(closed["code"], 4401);
+    assert_eq!(app.call("GET", "/api/me", Some(&crm), None).await.status, 401);
+    assert_eq!(app.call("DELETE", &format!("/api/me/tokens/{crm_id}"), Some(&al), None).await.status, 404);
+
+    // An admin revokes anyone's; another member cannot; a removed member's go.
+    let second = create(&al, json!({"name": "backup"})).await.body;
+    let second_id = second["id"].as_str().expect("id").to_string();
+    let third = create(&al, json!({"name": "reports"})).await.body["token"].as_str().expect("token").to_string();
+    let r = app.call("DELETE", &format!("/api/me/tokens/{second_id}"), Some(&ann), None).await;
+    assert_eq!(r.status, 204, "an admin revokes it by either path");
+    let r = app.call("DELETE", &format!("/api/api-tokens/{second_id}"), Some(&ann), None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(app.call("GET", "/api/me", Some(&third), None).await.status, 200);
+    let r = app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ann), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(app.call("GET", "/api/me", Some(&third), None).await.status, 401);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.api_tokens"), 0);
+
+    // At most twenty a member.
+    for i in 0..20 {
+        assert_eq!(create(&ann, json!({"name": format!("t{i}")})).await.status, 201);
+    }
+    let r = create(&ann, json!({"name": "one more"})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("too_many_tokens")));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
+    let entries = log["items"].as_array().expect("items");
+    assert!(entries.iter().any(|e| e["action"] == "api_token.revoked"));
+    assert!(!log.to_string().contains("sbt_"), "never the token");
+}

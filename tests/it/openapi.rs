@@ -245,4 +245,11 @@ async fn live_answers_match_the_served_openapi_document() {
     check(&app, &doc, "GET", "/api/canned-responses", "/api/canned-responses", Some(admin), None).await;
     check(&app, &doc, "GET", "/api/audit-log", "/api/audit-log", Some(admin), None).await;
     check(&app, &doc, "POST", "/api/ws-ticket", "/api/ws-ticket", Some(admin), None).await;
+    let tokens = "/api/me/tokens";
+    let made =
+        check(&app, &doc, "POST", tokens, tokens, Some(admin), Some(json!({"name": "CRM", "expires_in_days": 90})))
+            .await;
+    let api_token = made["token"].as_str().expect("token").to_string();
+    check(&app, &doc, "GET", tokens, tokens, Some(&api_token), None).await;
+    check(&app, &doc, "GET", "/api/api-tokens", "/api/api-tokens", Some(admin), None).await;
 }
