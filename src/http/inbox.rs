@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
+        .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
         .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
         .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
         .service(resource("/messages/{id}/retry").route(web::post().to(retry_message)))
@@ -321,6 +322,30 @@ async fn list_messages(
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next.map(|(at, id)| encode_time_cursor(at, id))})))
+}
+
+#[derive(Deserialize)]
+struct TranscriptQuery {
+    tz: Option<String>,
+    notes: Option<String>,
+}
+
+/// The conversation as a text file (`inbox::transcript`).
+async fn transcript(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    q: web::Query<TranscriptQuery>,
+) -> AppResult<HttpResponse> {
+    let id = conversation_id(&path)?;
+    let opts = crate::inbox::transcript::Options::parse(q.tz.as_deref(), q.notes.as_deref())?;
+    let (user, role) = (auth.user, auth.role);
+    let t = state.db.tenant(auth.scope(), move |tc| crate::inbox::transcript::render(tc, user, role, id, opts)).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{}\"", t.filename)))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(t.text))
 }
 
 /// One attachment of a message. Messenger and Instagram media live on

@@ -37,6 +37,7 @@ pub mod reports;
 pub mod search_index;
 pub mod sender;
 pub mod templates;
+pub mod transcript;
 pub mod uploads;
 pub mod views;
 

@@ -216,7 +216,7 @@ impl Names {
         Ok(c)
     }
 
-    fn user(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<String> {
+    pub fn user(&mut self, tc: &mut TenantConn<'_>, id: i64) -> AppResult<String> {
         if let Some(n) = self.users.get(&id) {
             return Ok(n.clone());
         }

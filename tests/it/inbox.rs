@@ -4441,3 +4441,68 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
     assert_ne!(new["id"], conv.as_str());
     assert_eq!(messages(&app, &ctx.admin, new["id"].as_str().expect("id")).await.len(), 1);
 }
+
+/// A conversation exported as text: each message a line, in the zone
+/// asked for, the team's notes only when asked for, audited; only for who
+/// may see the conversation.
+#[actix_web::test]
+async fn a_conversation_is_exported_as_a_transcript() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake(
+        "POST",
+        "/_fake/inbound",
+        json!({"to": PAGE_A, "from": PSID, "text": "Olá!\nA encomenda 4417 não chegou.", "name": "Zoé Lima"}),
+    )
+    .await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let (status, sent) = reply(&app, &ctx.admin, &conv, "Vamos ver já 📦", "c-1").await;
+    assert_eq!(status, 202, "{sent}");
+    let path = format!("/api/conversations/{conv}/messages");
+    let note = json!({"text": "Carrier lost it; refund", "private": true});
+    assert_eq!(app.call("POST", &path, Some(&ctx.admin), Some(note)).await.status, 201);
+    let get = |query: &str| {
+        let url = app.url(&format!("/api/conversations/{conv}/transcript{query}"));
+        let (client, t) = (app.client.clone(), ctx.admin.clone());
+        async move { client.get(url).bearer_auth(t).send().await.expect("transcript") }
+    };
+
+    let r = get("").await;
+    assert_eq!(r.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    assert_eq!(header(&r, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(header(&r, "content-disposition"), format!("attachment; filename=\"conversation-{conv}.txt\""));
+    let text = r.text().await.expect("text");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with(&format!("Conversation {conv} with Zoé Lima (Messenger, ")), "{text}");
+    assert!(lines[1].contains("(UTC)"), "{text}");
+    let said: Vec<&str> = lines.iter().skip(3).map(|l| l.split_once("] ").map_or(*l, |(_, rest)| rest)).collect();
+    assert_eq!(
+        said,
+        ["Zoé Lima: Olá!", "    A encomenda 4417 não chegou.", "ann@acme.test: Vamos ver já 📦"],
+        "{text}"
+    );
+    assert!(!text.contains("refund"), "notes stay out unless asked for");
+
+    let with_notes = get("?notes=true&tz=Asia/Tokyo").await.text().await.expect("text");
+    assert!(with_notes.contains("Note by ann@acme.test: Carrier lost it; refund"), "{with_notes}");
+    assert!(with_notes.lines().nth(1).is_some_and(|l| l.contains("(Asia/Tokyo)")), "{with_notes}");
+    let at = |t: &str| t.lines().nth(3).and_then(|l| l.get(1..17)).unwrap_or_default().to_string();
+    assert_ne!(at(&text), at(&with_notes), "times are in the zone asked for");
+    for (query, code) in [("?tz=Mars/Olympus", "invalid_timezone"), ("?notes=yes", "invalid_notes")] {
+        let r = get(query).await;
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], code);
+    }
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    let r = app.call("GET", &format!("/api/conversations/{conv}/transcript"), Some(&al), None).await;
+    assert_eq!(r.status, 404);
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    let exports =
+        log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "conversation.exported").count();
+    assert_eq!(exports, 2);
+}
