@@ -11,9 +11,20 @@ use crate::error::{AppError, AppResult};
 use crate::integrations::webhooks::{self, Change};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/integrations/webhooks").route(web::get().to(list)).route(web::post().to(create))).service(
-        resource("/integrations/webhooks/{id}").route(web::patch().to(update)).route(web::delete().to(delete)),
-    );
+    cfg.service(resource("/integrations/webhooks").route(web::get().to(list)).route(web::post().to(create)))
+        .service(resource("/integrations/webhooks/{id}").route(web::patch().to(update)).route(web::delete().to(delete)))
+        .service(resource("/integrations/webhooks/{id}/ping").route(web::post().to(ping)));
+}
+
+/// `POST /api/integrations/webhooks/{id}/ping`: a signed `ping` now, and
+/// how it went (200 either way: the endpoint exists; the receiver failed).
+async fn ping(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = webhook_id(&path)?;
+    let st = state.clone();
+    let (url, secret) = state.db.tenant(auth.scope(), move |tc| webhooks::ping_target(tc, &st.keys, id)).await?;
+    let outcome = webhooks::ping(id, &url, &secret, state.config.webhooks_private_ok).await;
+    Ok(HttpResponse::Ok().json(outcome))
 }
 
 /// An endpoint's id from the path; anything else names none.

@@ -24,6 +24,9 @@
 //!   only public addresses: the host is resolved at each delivery and the
 //!   request goes to the address that was checked (no redirects), so a
 //!   tenant cannot make the server call what sits beside it.
+//! - `POST …/{id}/ping` sends one signed `ping` event (`seq` 0, not from
+//!   the log) at once and answers how it went, for an admin setting up a
+//!   receiver; the cursor and the failure count are left alone.
 //! - One delivery at a time per endpoint, across instances (a lease on the
 //!   row), all of a round's at once; endpoints are looked at every
 //!   [`LOOK_EVERY`], so an event reaches an endpoint within about that.
@@ -442,6 +445,42 @@ async fn post(url: &str, body: String, secret: &str, private_ok: bool) -> Result
         Ok(())
     } else {
         Err(format!("answered {}", r.status().as_u16()))
+    }
+}
+
+/// How a ping went.
+#[derive(Debug, Serialize)]
+pub struct Ping {
+    pub delivered: bool,
+    /// Why not, when it was not.
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What pinging endpoint `id` needs: its URL and its secret.
+pub fn ping_target(tc: &mut TenantConn<'_>, keys: &Keyring, id: i64) -> AppResult<(String, Secret<String>)> {
+    let tenant = tc.tenant();
+    let (url, secret_enc): (String, String) = w::table
+        .filter(w::tenant_id.eq(tenant.0))
+        .find(id)
+        .select((w::url, w::secret_enc))
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("webhook"))?;
+    let secret = keys.decrypt(&secret_enc, &aad(tenant)).map_err(AppError::internal)?;
+    Ok((url, secret))
+}
+
+/// Sends endpoint `id` (at `url`, signed with `secret`) a `ping` event now.
+pub async fn ping(id: i64, url: &str, secret: &Secret<String>, private_ok: bool) -> Ping {
+    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = json!({"events": [{"seq": 0, "type": "ping", "at": at, "data": {"webhook_id": id.to_string()}}]});
+    let started = std::time::Instant::now();
+    let outcome = post(url, body.to_string(), secret.expose(), private_ok).await;
+    Ping {
+        delivered: outcome.is_ok(),
+        error: outcome.err(),
+        duration_ms: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
     }
 }
 

@@ -188,3 +188,42 @@ async fn creates_at_once_stop_at_the_limit() {
     let listed = app.call("GET", "/api/integrations/webhooks", Some(&ctx.admin), None).await;
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(10), "{:?}", listed.body);
 }
+
+/// An admin pings an endpoint while setting up a receiver: one signed
+/// `ping` now, and how it went; the endpoint's failures stay as they were.
+#[actix_web::test]
+async fn a_ping_says_whether_the_receiver_answers() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (r, url) = receiver().await;
+    let admin = ctx.admin.as_str();
+    // Switched off, so only the pings reach the receiver.
+    let made = app.call("POST", "/api/integrations/webhooks", Some(admin), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let (id, secret) = (made.body["id"].as_str().expect("id"), made.body["secret"].as_str().expect("secret"));
+    let path = format!("/api/integrations/webhooks/{id}");
+    app.call("PATCH", &path, Some(admin), Some(json!({"enabled": false}))).await;
+
+    let ping = app.call("POST", &format!("{path}/ping"), Some(admin), None).await;
+    assert_eq!((ping.status, &ping.body["delivered"], &ping.body["error"]), (200, &json!(true), &json!(null)));
+    assert!(ping.body["duration_ms"].is_u64(), "{:?}", ping.body);
+    let got = heard(&r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(types(&got[0].1), ["ping"]);
+    assert_eq!((&got[0].1["events"][0]["seq"], &got[0].1["events"][0]["data"]["webhook_id"]), (&json!(0), &json!(id)));
+    let bytes = r.heard.lock().expect("lock")[0].1.clone();
+    assert_eq!(got[0].0, switchboard::integrations::webhooks::signature(secret, &bytes));
+
+    r.answers.lock().expect("lock").push_back(503);
+    let ping = app.call("POST", &format!("{path}/ping"), Some(admin), None).await;
+    assert_eq!(
+        (ping.status, &ping.body["delivered"], &ping.body["error"]),
+        (200, &json!(false), &json!("answered 503"))
+    );
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    assert_eq!(listed.body["items"][0]["failures"], 0, "{:?}", listed.body);
+    for bad in ["999999", "abc"] {
+        let r = app.call("POST", &format!("/api/integrations/webhooks/{bad}/ping"), Some(admin), None).await;
+        assert_eq!(r.status, 404, "{bad}");
+    }
+}
