@@ -222,6 +222,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Members a note mentions (`inbox::mentions`).
+    note_mentions (message_id, user_id) {
+        message_id -> Int8,
+        user_id -> Int8,
+        conversation_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(note_mentions -> messages (message_id));
 diesel::joinable!(conversations -> contacts (contact_id));
 diesel::joinable!(csat_surveys -> conversations (conversation_id));
 diesel::joinable!(conversations -> channels (channel_id));
@@ -241,5 +252,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     early_statuses,
     early_changes,
-    csat_surveys
+    csat_surveys,
+    note_mentions
 );

@@ -24,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
         .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
+        .service(resource("/mentions").route(web::get().to(list_mentions)))
         .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
         .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
         .service(resource("/messages/{id}/retry").route(web::post().to(retry_message)))
@@ -324,6 +325,21 @@ async fn list_messages(
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next.map(|(at, id)| encode_time_cursor(at, id))})))
 }
 
+/// `GET /api/mentions`: the notes that mention the caller, newest first.
+async fn list_mentions(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = q.parse()?;
+    let (user, role) = (auth.user, auth.role);
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| crate::inbox::mentions::of(tc, user, role, page.after, page.limit))
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.message_id.0)))
+}
+
 #[derive(Deserialize)]
 struct TranscriptQuery {
     tz: Option<String>,
@@ -586,6 +602,9 @@ struct SendBody {
     /// The id of the conversation's message this answers (WhatsApp quotes it).
     #[serde(default)]
     reply_to: Option<String>,
+    /// A note's members to call in (`inbox::mentions`).
+    #[serde(default)]
+    mentions: Option<Vec<String>>,
 }
 
 /// A `reply_to` as given: a message id, else 422 `invalid_reply_to`.
@@ -631,12 +650,19 @@ async fn send_json(
         let Some(text) = b.text.filter(|_| b.template.is_none() && b.reply_to.is_none()) else {
             return Err(AppError::invalid("invalid_body", "a private note is text; it takes no template nor reply_to"));
         };
+        let note = messages::Note {
+            text: Some(text),
+            file: None,
+            client_id: b.client_id,
+            mentions: b.mentions.unwrap_or_default(),
+        };
         let (view, _) = state
-            .tenant_with_events(auth.scope(), move |tc, log| {
-                messages::create_note(tc, log, user, role, id, Some(text), None, b.client_id)
-            })
+            .tenant_with_events(auth.scope(), move |tc, log| messages::create_note(tc, log, user, role, id, note))
             .await?;
         return Ok(HttpResponse::Created().json(view));
+    }
+    if b.mentions.is_some() {
+        return Err(AppError::invalid("invalid_body", "mentions are for private notes"));
     }
     let opts = messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())? };
     let (view, created) = match (b.text, b.template) {
@@ -691,7 +717,8 @@ async fn send_file(
         }
         let (view, _) = state
             .tenant_with_events(auth.scope(), move |tc, log| {
-                messages::create_note(tc, log, user, role, id, text, Some(upload), opts.client_id)
+                let note = messages::Note { text, file: Some(upload), client_id: opts.client_id, mentions: Vec::new() };
+                messages::create_note(tc, log, user, role, id, note)
             })
             .await?;
         return Ok(HttpResponse::Created().json(view));

@@ -199,6 +199,16 @@ pub fn create_file_reply(
 /// The longest note.
 pub const MOST_NOTE_CHARS: usize = 10_000;
 
+/// A note as asked for: text or a file or both, a `client_id` for retries,
+/// and the ids of the members it mentions.
+#[derive(Default)]
+pub struct Note {
+    pub text: Option<String>,
+    pub file: Option<super::uploads::Upload>,
+    pub client_id: Option<String>,
+    pub mentions: Vec<String>,
+}
+
 /// `POST /api/conversations/{id}/messages` with `private: true`: a note
 /// for the team, text or a file or both. Stored `sent` at once and never
 /// sent to the customer, so it needs no reply window nor a connected
@@ -206,17 +216,16 @@ pub const MOST_NOTE_CHARS: usize = 10_000;
 /// (`message.created`) like any message, but leaves the conversation's
 /// last message and activity as they were: the list stays about the
 /// customer. A `client_id` makes a retry safe, as for replies.
-#[allow(clippy::too_many_arguments)]
+/// It may call colleagues in (`mentions`, [`super::mentions`]).
 pub fn create_note(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     role: Role,
     id: ConversationId,
-    text: Option<String>,
-    file: Option<super::uploads::Upload>,
-    client_id: Option<String>,
+    note: Note,
 ) -> AppResult<(MessageView, bool)> {
+    let Note { text, file, client_id, mentions } = note;
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let file_sha = file.as_ref().map(|f| f.sha256.clone());
@@ -246,6 +255,7 @@ pub fn create_note(
             return Err(AppError::invalid("empty_file", "the file is empty"));
         }
     }
+    let mentioned = super::mentions::checked(tc, &conv, &mentions)?;
     let new = NewMessage {
         conversation_id: conv.id,
         channel_id: conv.channel_id,
@@ -271,6 +281,7 @@ pub fn create_note(
     }
     let view = names.message(tc, &row, conv.contact_id)?;
     log.append(tc, "message.created", Some(conv.channel_id), Some(conv.id), &view)?;
+    super::mentions::record(tc, log, &conv, &row, user, &mentioned)?;
     audit::record(
         tc,
         Some(user),

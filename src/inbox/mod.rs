@@ -30,6 +30,7 @@ pub mod events;
 pub mod ingest;
 pub mod media;
 pub mod media_copies;
+pub mod mentions;
 pub mod messages;
 pub mod once_per;
 pub mod processor;

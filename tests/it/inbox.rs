@@ -4506,3 +4506,63 @@ async fn a_conversation_is_exported_as_a_transcript() {
         log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "conversation.exported").count();
     assert_eq!(exports, 2);
 }
+
+/// A note calls colleagues in: each mentioned member who may see the
+/// conversation is told (a `mention` notification naming them) and finds
+/// the note in `GET /api/mentions`; a member who cannot see it cannot be
+/// mentioned; a retry tells nobody twice.
+#[actix_web::test]
+async fn a_note_mentions_a_colleague() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Where is my refund?"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{conv}/messages");
+    let note = |mentions: Value, client_id: &str| json!({"text": "@Al can you check the refund?", "private": true, "mentions": mentions, "client_id": client_id});
+    // Al cannot see page A yet.
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(note(json!([al_id]), "n-1"))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_mentions")), "{:?}", r.body);
+    for bad in [json!(["abc"]), json!(["999999"]), json!((0..21).map(|i| i.to_string()).collect::<Vec<_>>())] {
+        let r = app.call("POST", &path, Some(&ctx.admin), Some(note(bad.clone(), "n-1"))).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_mentions")), "{bad}");
+    }
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"text": "hi", "mentions": [al_id]}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "not on a reply");
+    assert_eq!(messages(&app, &ctx.admin, &conv).await.len(), 1, "nothing was written");
+
+    let members = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut socket = crate::realtime::ws(&app, "", Some(&al), None).await.expect("socket");
+    let ann_id =
+        app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
+    // Named twice, and the author too: Al is told once, the author not at all.
+    for _ in 0..2 {
+        let r = app.call("POST", &path, Some(&ctx.admin), Some(note(json!([al_id, al_id, ann_id]), "n-2"))).await;
+        assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+    }
+    let told =
+        crate::realtime::until(&mut socket, "notification", std::time::Duration::from_secs(10)).await.expect("told");
+    assert_eq!(
+        (&told["data"]["kind"], &told["data"]["user_id"], &told["data"]["by"], &told["data"]["conversation_id"]),
+        (&json!("mention"), &json!(al_id), &json!(ann_id), &json!(conv))
+    );
+    assert_eq!(told["data"]["preview"], "@Al can you check the refund?");
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND payload->>'kind' = 'mention'"
+        ),
+        1
+    );
+    let mine = app.call("GET", "/api/mentions", Some(&al), None).await;
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    let items = mine.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!((&items[0]["conversation_id"], &items[0]["by"]), (&json!(conv), &json!(ann_id)));
+    let theirs = app.call("GET", "/api/mentions", Some(&ctx.admin), None).await;
+    assert_eq!(theirs.body["items"].as_array().map(Vec::len), Some(1), "the author named themself");
+}

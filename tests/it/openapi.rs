@@ -252,4 +252,5 @@ async fn live_answers_match_the_served_openapi_document() {
     let api_token = made["token"].as_str().expect("token").to_string();
     check(&app, &doc, "GET", tokens, tokens, Some(&api_token), None).await;
     check(&app, &doc, "GET", "/api/api-tokens", "/api/api-tokens", Some(admin), None).await;
+    check(&app, &doc, "GET", "/api/mentions", "/api/mentions", Some(admin), None).await;
 }

@@ -1,0 +1,149 @@
+//! Mentions in the team's notes: `POST …/messages` with `private: true`
+//! may name `mentions`, the ids of members to call in ("@Ann, can you
+//! check the refund?"). Each is told at once and finds the note again in
+//! `GET /api/mentions`.
+//!
+//! Decisions:
+//! - The client names the members (its picker knows their ids); the
+//!   note's text is the author's, shown as written. At most
+//!   [`MOST_MENTIONS`]; each must be a member who may see the
+//!   conversation's channel (`invalid_mentions` names one who is not), so
+//!   nobody is called to a conversation they cannot open. A member named
+//!   twice counts once.
+//! - Each mentioned member but the author gets a `notification` event
+//!   `{kind: "mention", user_id, by, conversation_id, channel_id,
+//!   message_id, preview}`. Like every notification it goes to the
+//!   channel's sockets; a client shows the ones whose `user_id` is its
+//!   own. Mentions ring whatever the channel's `notifications` setting
+//!   (that one mutes customers' messages, not colleagues).
+//! - A retried note (same `client_id`) notifies nobody again.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use super::events::EventLog;
+use super::views::{ConversationRow, MessageRow};
+use super::{ConversationId, MessageId};
+use crate::auth::Role;
+use crate::channels::{self, ChannelId};
+use crate::db::schema::memberships;
+use crate::db::tenant_schema::{messages as m, note_mentions as nm};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+/// The most members one note mentions.
+pub const MOST_MENTIONS: usize = 20;
+
+/// The members `raw` names, checked against conversation `conv`: once
+/// each, every one a member who may see its channel.
+pub fn checked(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &[String]) -> AppResult<Vec<UserId>> {
+    if raw.len() > MOST_MENTIONS {
+        return Err(AppError::invalid("invalid_mentions", format!("a note mentions at most {MOST_MENTIONS} members")));
+    }
+    let mut ids: Vec<UserId> = Vec::new();
+    for r in raw {
+        let not_one =
+            || AppError::invalid("invalid_mentions", format!("`{r}` is not a member who can see this conversation"));
+        let id = r.trim().parse::<i64>().ok().filter(|i| *i > 0).map(UserId).ok_or_else(not_one)?;
+        if ids.contains(&id) {
+            continue;
+        }
+        let role: Option<String> = memberships::table
+            .filter(memberships::tenant_id.eq(tc.tenant().0))
+            .filter(memberships::user_id.eq(id.0))
+            .select(memberships::role)
+            .first(tc.pg())
+            .optional()?;
+        let Some(role) = role.as_deref().and_then(Role::parse) else { return Err(not_one()) };
+        if !channels::can_see(tc, id, role, ChannelId(conv.channel_id))? {
+            return Err(not_one());
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Records that note `note`, by `author`, mentions `members`, and tells
+/// each (but the author).
+pub fn record(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    conv: &ConversationRow,
+    note: &MessageRow,
+    author: UserId,
+    members: &[UserId],
+) -> AppResult<()> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = members
+        .iter()
+        .map(|u| (nm::message_id.eq(note.id), nm::user_id.eq(u.0), nm::conversation_id.eq(conv.id)))
+        .collect();
+    diesel::insert_into(nm::table).values(&rows).on_conflict_do_nothing().execute(tc.pg())?;
+    let preview: String = note.text.as_deref().unwrap_or("[file]").chars().take(120).collect();
+    for member in members.iter().filter(|u| **u != author) {
+        log.append(
+            tc,
+            "notification",
+            Some(conv.channel_id),
+            Some(conv.id),
+            json!({"kind": "mention", "user_id": member.to_string(), "by": author.to_string(),
+                   "conversation_id": conv.id.to_string(), "channel_id": conv.channel_id.to_string(),
+                   "message_id": note.id.to_string(), "preview": preview}),
+        )?;
+    }
+    Ok(())
+}
+
+/// A note that mentions the caller, as `GET /api/mentions` lists it.
+#[derive(Debug, Serialize)]
+pub struct Mention {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    #[serde(serialize_with = "crate::ids::as_string")]
+    pub by: i64,
+    pub text: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The notes that mention `user`, newest first, after cursor `before` (a
+/// message id), in the channels they may still see.
+pub fn of(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    before: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<Mention>> {
+    let mut q = nm::table
+        .inner_join(m::table)
+        .filter(nm::user_id.eq(user.0))
+        .filter(m::deleted_at.is_null())
+        .select((m::id, m::conversation_id, m::channel_id, m::sender_user_id, m::text, m::created_at))
+        .order(nm::message_id.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(nm::message_id.lt(b));
+    }
+    if !role.at_least(Role::Admin) {
+        use crate::db::tenant_schema::channel_members as cm;
+        q = q.filter(m::channel_id.eq_any(cm::table.filter(cm::user_id.eq(user.0)).select(cm::channel_id)));
+    }
+    type Row = (i64, i64, i64, Option<i64>, Option<String>, DateTime<Utc>);
+    let rows: Vec<Row> = q.load(tc.pg())?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, conversation, _, by, text, created_at)| Mention {
+            message_id: MessageId(id),
+            conversation_id: ConversationId(conversation),
+            by: by.unwrap_or_default(),
+            text,
+            created_at,
+        })
+        .collect())
+}
