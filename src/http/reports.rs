@@ -1,5 +1,5 @@
 //! `GET /api/reports/overview`: admins read a period's figures
-//! (`inbox::reports`).
+//! (`inbox::reports`); its agents' and channels' tables also as CSV.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -11,7 +11,36 @@ use crate::error::{AppError, AppResult};
 use crate::inbox::reports::{self, Period};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/reports/overview").route(web::get().to(overview)));
+    cfg.service(resource("/reports/overview").route(web::get().to(overview)))
+        .service(resource("/reports/agents.csv").route(web::get().to(agents_csv)))
+        .service(resource("/reports/channels.csv").route(web::get().to(channels_csv)));
+}
+
+/// The overview's agents, as CSV.
+async fn agents_csv(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<OverviewQuery>,
+) -> AppResult<HttpResponse> {
+    let figures = figures(&state, &auth, q.into_inner()).await?;
+    Ok(csv("agents", figures.agents_csv()))
+}
+
+/// The overview's channels, as CSV.
+async fn channels_csv(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<OverviewQuery>,
+) -> AppResult<HttpResponse> {
+    let figures = figures(&state, &auth, q.into_inner()).await?;
+    Ok(csv("channels", figures.channels_csv()))
+}
+
+fn csv(table: &str, body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{table}.csv\"")))
+        .body(body)
 }
 
 #[derive(Deserialize)]
@@ -26,8 +55,12 @@ async fn overview(
     auth: AuthContext,
     q: web::Query<OverviewQuery>,
 ) -> AppResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(figures(&state, &auth, q.into_inner()).await?))
+}
+
+/// The period's figures, for an admin.
+async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppResult<reports::Overview> {
     auth.require(Role::Admin)?;
-    let q = q.into_inner();
     let channel = match q.channel_id.as_deref() {
         Some(c) => Some(
             c.parse::<i64>()
@@ -39,6 +72,5 @@ async fn overview(
         None => None,
     };
     let period = Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())?;
-    let figures = state.db.tenant(auth.scope(), move |tc| reports::overview(tc, period)).await?;
-    Ok(HttpResponse::Ok().json(figures))
+    state.db.tenant(auth.scope(), move |tc| reports::overview(tc, period)).await
 }

@@ -480,9 +480,95 @@ fn name_agents(tc: &mut TenantConn<'_>, agents: &mut BTreeMap<i64, AgentFigures>
     Ok(())
 }
 
+/// The report's tables as CSV, for a spreadsheet
+/// (`GET /api/reports/agents.csv`, `…/channels.csv`): a header row, then
+/// one row per agent or channel; times in seconds, averages to two
+/// decimals, empty where there is none.
+impl Overview {
+    pub fn agents_csv(&self) -> String {
+        let mut out = csv_row(&[
+            "user_id",
+            "name",
+            "email",
+            "replies",
+            "resolved",
+            "first_responses",
+            "median_first_response_seconds",
+            "csat_answered",
+            "csat_average",
+        ]);
+        for a in &self.agents {
+            out.push_str(&csv_row(&[
+                &a.user_id.to_string(),
+                a.name.as_deref().unwrap_or_default(),
+                a.email.as_deref().unwrap_or_default(),
+                &a.replies.to_string(),
+                &a.resolved.to_string(),
+                &a.first_responses.to_string(),
+                &a.median_first_response_seconds.map(|s| s.to_string()).unwrap_or_default(),
+                &a.csat_answered.to_string(),
+                &a.csat_average.map(|v| format!("{v:.2}")).unwrap_or_default(),
+            ]));
+        }
+        out
+    }
+
+    pub fn channels_csv(&self) -> String {
+        let mut out =
+            csv_row(&["channel_id", "name", "platform", "conversations_opened", "messages_received", "replies_sent"]);
+        for c in &self.channels {
+            out.push_str(&csv_row(&[
+                &c.channel_id.to_string(),
+                &c.name,
+                &c.platform,
+                &c.conversations_opened.to_string(),
+                &c.messages_received.to_string(),
+                &c.replies_sent.to_string(),
+            ]));
+        }
+        out
+    }
+}
+
+/// One CSV line (RFC 4180, CRLF). A field a spreadsheet would take for a
+/// formula (a name someone chose, starting `=`, `+`, `-`, `@`, a tab or a
+/// carriage return) is kept as text with a leading `'`: an exported
+/// report must not run what a member typed as their name.
+fn csv_row(fields: &[&str]) -> String {
+    let cells: Vec<String> = fields
+        .iter()
+        .map(|f| {
+            let f = if f.starts_with(['=', '+', '-', '@', '\t', '\r']) && f.parse::<f64>().is_err() {
+                format!("'{f}")
+            } else {
+                f.to_string()
+            };
+            if f.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f
+            }
+        })
+        .collect();
+    format!("{}\r\n", cells.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_quotes_what_it_must_and_runs_no_formula() {
+        assert_eq!(csv_row(&["1", "Ann", "ann@acme.test"]), "1,Ann,ann@acme.test\r\n");
+        assert_eq!(
+            csv_row(&["Lee, Ann", "say \"hi\"", "two\nlines"]),
+            "\"Lee, Ann\",\"say \"\"hi\"\"\",\"two\nlines\"\r\n"
+        );
+        assert_eq!(
+            csv_row(&["=HYPERLINK(\"x\")", "@SUM(A1)", "-12", "+3.5", ""]),
+            "\"'=HYPERLINK(\"\"x\"\")\",'@SUM(A1),-12,+3.5,\r\n"
+        );
+    }
 
     #[test]
     fn ratings_average_to_two_decimals() {

@@ -4020,6 +4020,29 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     }
     let r = app.call("GET", "/api/reports/overview", Some(&al_token), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    // The tables as CSV, for a spreadsheet: the same figures, a row each.
+    let csv = |table: &str, token: &str| {
+        let (client, url, t) = (app.client.clone(), app.url(&format!("/api/reports/{table}.csv")), token.to_string());
+        async move { client.get(url).bearer_auth(t).send().await.expect("csv") }
+    };
+    let r = csv("agents", &ctx.admin).await;
+    assert_eq!(r.status(), 200);
+    let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(kind, "text/csv; charset=utf-8");
+    let text = r.text().await.expect("text");
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0][..5], ["user_id", "name", "email", "replies", "resolved"], "{text}");
+    assert!(text.ends_with("\r\n"), "CRLF lines");
+    let ann_row = rows.iter().find(|r| r.get(2) == Some(&"ann@acme.test")).expect("Ann's row");
+    assert_eq!((ann_row[3], ann_row[4], ann_row[5]), ("1", "1", "1"), "{text}");
+    assert_eq!(rows.len(), agents.len() + 1);
+    let channels_csv = csv("channels", &ctx.admin).await.text().await.expect("text");
+    let facebook = channels_csv.lines().find(|l| l.contains(",facebook,")).expect("the page's row");
+    assert!(facebook.ends_with(",2,2,1"), "{channels_csv}");
+    assert_eq!(csv("agents", &al_token).await.status(), 403);
+    let r = app.call("GET", "/api/reports/channels.csv?from=yesterday", Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_period")));
 }
 
 /// A team resolves or assigns a screenful of conversations at once: each
