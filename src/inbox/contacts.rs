@@ -651,7 +651,9 @@ pub struct Erased {
 /// sent them); and what the audit log says of the contact (entries kept,
 /// who did what and when, their details emptied). Open inboxes are told
 /// (`conversation.deleted` `{id, channel_id}`); audited as `contact.erased`
-/// with counts only. If the customer writes again, they are a new contact.
+/// with counts only. Meta's late echo of a reply to them names the erased
+/// message and is dropped (`ingest`). If the customer writes again, they
+/// are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
     use crate::db::tenant_schema::{audit_log, events, messages};
     let contact: ContactRow = contacts::table

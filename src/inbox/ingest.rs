@@ -962,8 +962,10 @@ impl Ingest<'_> {
                     }
                     self.updated(tc, &updated)?;
                 }
-                return Ok(());
             }
+            // Ours, and gone (its contact erased while it was on its way):
+            // not a message from elsewhere to bring back.
+            return Ok(());
         }
         // Sent by the page from elsewhere (Page inbox, Business Suite, phone).
         let elsewhere =

@@ -4416,6 +4416,12 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let (status, sent) = reply(&app, &ctx.admin, &conv, "Olá Zoé Quintela!", "c-1").await;
     assert_eq!(status, 202, "{sent}");
+    let reply_id = sent["id"].as_str().expect("id").to_string();
+    eventually("the reply went out", || async {
+        message_status(&app, &ctx.admin, &conv, &reply_id).await["status"] != "pending"
+    })
+    .await;
+    app.processed().await;
     let path = format!("/api/conversations/{conv}/messages");
     let note = json!({"text": "Zoé Quintela asked for an invoice", "private": true});
     assert_eq!(app.call("POST", &path, Some(&ctx.admin), Some(note)).await.status, 201);
@@ -4455,6 +4461,15 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["last_message"]["text"], "Another customer");
     assert_eq!(app.call("DELETE", &contact, Some(&ctx.admin), None).await.status, 404);
+    // Meta's echo of the reply, late (a retry): ours, gone, not brought back.
+    let echo = json!({"object": "page", "entry": [{"id": PAGE_A, "time": 1, "messaging": [{
+        "sender": {"id": PAGE_A}, "recipient": {"id": PSID}, "timestamp": chrono::Utc::now().timestamp_millis(),
+        "message": {"mid": "m_late_echo", "is_echo": true, "app_id": 1234567890123456_i64,
+                    "metadata": format!("sb:{reply_id}"), "text": "Olá Zoé Quintela!"}}]}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&echo).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 1);
+    assert_eq!(held("messages", "text"), 0);
 
     // Writing again, they are someone new.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "hello again"})).await;
