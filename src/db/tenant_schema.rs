@@ -111,6 +111,8 @@ diesel::table! {
         contact_read_at -> Nullable<Timestamptz>,
         /// Labels the team put on it, lower case, sorted.
         labels -> Array<Text>,
+        /// low, medium, high or urgent (`inbox::conversations`).
+        priority -> Nullable<Text>,
     }
 }
 

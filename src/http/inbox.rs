@@ -68,6 +68,7 @@ struct ListQuery {
     unread: Option<String>,
     q: Option<String>,
     label: Option<String>,
+    priority: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -104,6 +105,13 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
             .map(conversations::normalize_label)
             .transpose()
             .map_err(|e| AppError::bad_request("invalid_query", e.message))?,
+        priority: match q.priority.as_deref() {
+            None | Some("") => None,
+            Some("none") => Some(None),
+            Some(p) => Some(Some(conversations::checked_priority(p).map_err(|_| {
+                AppError::bad_request("invalid_query", "priority is low, medium, high, urgent or none")
+            })?)),
+        },
     };
     let (user, role) = (auth.user, auth.role);
     let (items, stale) = state
@@ -139,8 +147,9 @@ async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<
 }
 
 /// `{status?, assignee_id?, snoozed_until?, labels? | add_labels?,
-/// remove_labels?}`; `assignee_id: null` unassigns; `labels` replaces the
-/// set, `add_labels` and `remove_labels` change it.
+/// remove_labels?, priority?}`; `assignee_id: null` unassigns; `labels`
+/// replaces the set, `add_labels` and `remove_labels` change it;
+/// `priority: null` takes it away.
 fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
     let mut p = Patch::default();
     for (k, v) in body {
@@ -164,15 +173,19 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
                     _ => p.remove_labels = labels,
                 }
             }
+            ("priority", Value::Null) => p.priority = Some(None),
+            ("priority", Value::String(s)) => p.priority = Some(Some(s)),
             ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
             ("snoozed_until", Value::String(s)) => {
                 let t = DateTime::parse_from_rfc3339(&s)
                     .map_err(|_| AppError::invalid("invalid_snooze", "snoozed_until must be an RFC 3339 time"))?;
                 p.snoozed_until = Some(Some(t.with_timezone(&Utc)));
             }
-            (k @ ("status" | "assignee_id" | "snoozed_until" | "labels" | "add_labels" | "remove_labels"), _) => {
-                return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type")))
-            }
+            (
+                k @ ("status" | "assignee_id" | "snoozed_until" | "labels" | "add_labels" | "remove_labels"
+                | "priority"),
+                _,
+            ) => return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type"))),
             (k, _) => return Err(AppError::invalid("invalid_body", format!("unknown field `{k}`"))),
         }
     }

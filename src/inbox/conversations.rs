@@ -30,9 +30,22 @@ pub struct Filter {
     pub q: Option<String>,
     /// Only those with this label (normalized as stored).
     pub label: Option<String>,
+    /// `Some(None)`: no priority; `Some(Some(p))`: priority p.
+    pub priority: Option<Option<String>>,
 }
 
 pub const STATUSES: [&str; 4] = ["open", "pending", "snoozed", "resolved"];
+/// A conversation's priority, least to most urgent (none: `null`).
+pub const PRIORITIES: [&str; 4] = ["low", "medium", "high", "urgent"];
+
+/// A priority as given: one of [`PRIORITIES`], else 422 `invalid_priority`.
+pub fn checked_priority(raw: &str) -> AppResult<String> {
+    PRIORITIES
+        .iter()
+        .find(|p| **p == raw)
+        .map(|p| p.to_string())
+        .ok_or_else(|| AppError::invalid("invalid_priority", "priority is low, medium, high, urgent or null"))
+}
 
 /// Who lists, with which filter, from where: what every statement of a
 /// page applies.
@@ -89,6 +102,11 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     }
     if let Some(label) = &f.label {
         q = q.filter(c::labels.contains(vec![label.clone()]));
+    }
+    match &f.priority {
+        Some(None) => q = q.filter(c::priority.is_null()),
+        Some(Some(p)) => q = q.filter(c::priority.eq(p.clone())),
+        None => {}
     }
     if let Some((at, id)) = after {
         q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
@@ -270,6 +288,8 @@ pub struct Patch {
     /// one label on a screenful at once, whatever else each has.
     pub add_labels: Vec<String>,
     pub remove_labels: Vec<String>,
+    /// `Some(None)` takes the priority away.
+    pub priority: Option<Option<String>>,
 }
 
 /// The most conversations one bulk change takes.
@@ -361,8 +381,15 @@ pub fn patch(
         }
         assignee = a.map(|u| u.0);
     }
+    let priority = match &p.priority {
+        None => row.priority.clone(),
+        Some(None) => None,
+        Some(Some(given)) => Some(checked_priority(given)?),
+    };
     // A retried or repeated PATCH changes nothing: no write, no event.
-    if (&status, snoozed_until, assignee, &labels) == (&row.status, row.snoozed_until, row.assignee_id, &row.labels) {
+    if (&status, snoozed_until, assignee, &labels, &priority)
+        == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority)
+    {
         return Names::default().conversation(tc, &row);
     }
     let updated: ConversationRow = diesel::update(c::table.find(row.id))
@@ -371,10 +398,21 @@ pub fn patch(
             c::snoozed_until.eq(snoozed_until),
             c::assignee_id.eq(assignee),
             c::labels.eq(&labels),
+            c::priority.eq(&priority),
             c::updated_at.eq(diesel::dsl::now),
         ))
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
+    if priority != row.priority {
+        audit::record(
+            tc,
+            Some(user),
+            "conversation.prioritized",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": row.priority, "to": priority}),
+        )?;
+    }
     if status != row.status {
         audit::record(
             tc,

@@ -183,7 +183,8 @@ impl<'l> Ingest<'l> {
         // while `migrate` runs).
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
-                    last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels \
+                    last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
+                    priority \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",

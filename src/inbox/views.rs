@@ -62,6 +62,8 @@ pub struct ConversationRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub labels: Vec<String>,
+    /// low, medium, high or urgent; `None` for none.
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -360,6 +362,7 @@ impl Names {
             can_reply: window.can_reply,
             can_send_template: channel.platform() == Platform::Whatsapp && channel.status == "connected",
             labels: row.labels.clone(),
+            priority: row.priority.clone(),
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })
@@ -407,6 +410,8 @@ pub struct ConversationView {
     pub can_send_template: bool,
     /// Labels the team put on it (an extension).
     pub labels: Vec<String>,
+    /// How urgent the team judged it: low, medium, high, urgent or null (an extension).
+    pub priority: Option<String>,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

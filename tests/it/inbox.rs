@@ -4604,3 +4604,51 @@ async fn a_note_mentions_a_colleague() {
     let theirs = app.call("GET", "/api/mentions", Some(&ctx.admin), None).await;
     assert_eq!(theirs.body["items"].as_array().map(Vec::len), Some(1), "the author named themself");
 }
+
+/// The team marks how urgent a conversation is: shown on it, a filter of
+/// the list, changed one at a time or in bulk, audited; a repeat changes
+/// nothing, `null` takes it away.
+#[actix_web::test]
+async fn conversations_carry_a_priority() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    for from in ["7392015648120001", "7392015648120002", "7392015648120003"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "hello"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let (first, second, third) = (id("7392015648120001"), id("7392015648120002"), id("7392015648120003"));
+    assert!(convs.iter().all(|c| c["priority"].is_null()));
+    let patch = |conv: &str, body: Value| {
+        let (app, path, t) = (&app, format!("/api/conversations/{conv}"), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(body)).await }
+    };
+    for _ in 0..2 {
+        let r = patch(&first, json!({"priority": "urgent"})).await;
+        assert_eq!((r.status, &r.body["priority"]), (200, &json!("urgent")), "{:?}", r.body);
+    }
+    for bad in [json!({"priority": "URGENT"}), json!({"priority": "p1"}), json!({"priority": ""})] {
+        let r = patch(&second, bad.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_priority")), "{bad}");
+    }
+    let r = patch(&second, json!({"priority": 3})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")));
+    let bulk = json!({"ids": [second, third], "priority": "high"});
+    let r = app.call("POST", "/api/conversations/bulk", Some(&ctx.admin), Some(bulk)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["items"].as_array().expect("items").iter().all(|c| c["priority"] == "high"));
+    let r = patch(&third, json!({"priority": null})).await;
+    assert_eq!((r.status, &r.body["priority"]), (200, &json!(null)));
+
+    let ids = |list: Vec<Value>| list.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?priority=urgent").await), [first.as_str()]);
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?priority=high").await), [second.as_str()]);
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?priority=none").await), [third.as_str()]);
+    let r = app.call("GET", "/api/conversations?priority=p1", Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    let changes: Vec<&Value> =
+        log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "conversation.prioritized").collect();
+    assert_eq!(changes.len(), 4, "urgent once, high twice, then none: {changes:?}");
+}
