@@ -50,6 +50,17 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResul
     q.load::<MemberRow>(tc.pg())?.into_iter().map(to_member).collect()
 }
 
+/// The role `user` has in this tenant, if they are a member.
+pub fn role_of(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Option<Role>> {
+    let role: Option<String> = memberships::table
+        .filter(memberships::tenant_id.eq(tc.tenant().0))
+        .filter(memberships::user_id.eq(user.0))
+        .select(memberships::role)
+        .first(tc.pg())
+        .optional()?;
+    Ok(role.as_deref().and_then(Role::parse))
+}
+
 pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
     let tenant = tc.tenant().0;
     let row: MemberRow = memberships::table

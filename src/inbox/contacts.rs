@@ -493,7 +493,7 @@ pub fn update(
                 ))
                 .returning(ContactRow::as_returning())
                 .get_result(tc.pg())?;
-            after_rename(tc, log, user, &row, "contact.renamed")?;
+            after_change(tc, log, user, &row, "contact.renamed", serde_json::json!({"name": row.name}))?;
             changed = true;
             row
         }
@@ -510,7 +510,7 @@ pub fn update(
                 ))
                 .returning(ContactRow::as_returning())
                 .get_result(tc.pg())?;
-            after_rename(tc, log, user, &row, "contact.name_released")?;
+            after_change(tc, log, user, &row, "contact.name_released", serde_json::json!({"name": row.name}))?;
             changed = true;
             row
         }
@@ -601,7 +601,7 @@ fn block(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &Co
             serde_json::json!({"from": conv.status, "to": "resolved", "by": "contact_blocked"}),
         )?;
     }
-    after_block(tc, log, user, &row, "contact.blocked")?;
+    after_change(tc, log, user, &row, "contact.blocked", serde_json::json!({}))?;
     Ok(row)
 }
 
@@ -616,24 +616,8 @@ fn unblock(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &
         ))
         .returning(ContactRow::as_returning())
         .get_result(tc.pg())?;
-    after_block(tc, log, user, &row, "contact.unblocked")?;
+    after_change(tc, log, user, &row, "contact.unblocked", serde_json::json!({}))?;
     Ok(row)
-}
-
-fn after_block(
-    tc: &mut TenantConn<'_>,
-    log: &mut EventLog,
-    user: UserId,
-    row: &ContactRow,
-    action: &str,
-) -> AppResult<()> {
-    let rows: Vec<ConversationRow> = conversations::table
-        .filter(conversations::contact_id.eq(row.id))
-        .select(ConversationRow::as_select())
-        .load(tc.pg())?;
-    super::conversations::announce(tc, log, &rows)?;
-    crate::audit::record(tc, Some(user), action, "contact", Some(row.id.to_string()), serde_json::json!({}))?;
-    Ok(())
 }
 
 /// What [`erase`] removed.
@@ -720,26 +704,22 @@ pub fn refuse_if_blocked(contact: &ContactRow) -> AppResult<()> {
     Ok(())
 }
 
-fn after_rename(
+/// After a change its conversations' summaries show (a name, a block):
+/// they are announced, and the change audited as `action`.
+fn after_change(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     row: &ContactRow,
     action: &str,
+    details: serde_json::Value,
 ) -> AppResult<()> {
     let rows: Vec<ConversationRow> = conversations::table
         .filter(conversations::contact_id.eq(row.id))
         .select(ConversationRow::as_select())
         .load(tc.pg())?;
     super::conversations::announce(tc, log, &rows)?;
-    crate::audit::record(
-        tc,
-        Some(user),
-        action,
-        "contact",
-        Some(row.id.to_string()),
-        serde_json::json!({"name": row.name}),
-    )?;
+    crate::audit::record(tc, Some(user), action, "contact", Some(row.id.to_string()), details)?;
     Ok(())
 }
 

@@ -365,13 +365,7 @@ pub fn patch(
     }
     if let Some(a) = p.assignee_id {
         if let Some(a) = a {
-            let member: Option<String> = memberships::table
-                .filter(memberships::tenant_id.eq(tc.tenant().0))
-                .filter(memberships::user_id.eq(a.0))
-                .select(memberships::role)
-                .first(tc.pg())
-                .optional()?;
-            let role = member.as_deref().and_then(Role::parse);
+            let role = crate::auth::members::role_of(tc, a)?;
             let Some(role) = role.filter(|r| r.can_write()) else {
                 return Err(AppError::invalid("invalid_assignee", "the assignee must be a member who can answer"));
             };

@@ -356,30 +356,11 @@ mod tests {
     fn row() -> MessageRow {
         let at = DateTime::from_timestamp(1_773_140_000, 0).expect("time");
         MessageRow {
-            id: 1,
-            conversation_id: 1,
-            channel_id: 1,
-            direction: "in".into(),
-            sender_kind: "contact".into(),
-            sender_user_id: None,
             text: Some("original".into()),
             attachments: json!([{"type": "image", "url": "https://cdn.example.test/1.jpg"}]),
-            status: "received".into(),
-            error: None,
             external_id: Some("m_1".into()),
-            client_id: None,
-            reply_to_external_id: None,
-            quick_reply_payload: None,
-            postback_payload: None,
-            reactions: json!({}),
-            reacted_at: json!({}),
-            edited_at: None,
-            deleted_at: None,
             platform_timestamp: Some(at),
-            sort_at: at,
-            created_at: at,
-            updated_at: at,
-            private: false,
+            ..MessageRow::sample(at)
         }
     }
 

@@ -28,7 +28,6 @@ use super::views::{ConversationRow, MessageRow};
 use super::{ConversationId, MessageId};
 use crate::auth::Role;
 use crate::channels::{self, ChannelId};
-use crate::db::schema::memberships;
 use crate::db::tenant_schema::{messages as m, note_mentions as nm};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -51,13 +50,7 @@ pub fn checked(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &[String]) 
         if ids.contains(&id) {
             continue;
         }
-        let role: Option<String> = memberships::table
-            .filter(memberships::tenant_id.eq(tc.tenant().0))
-            .filter(memberships::user_id.eq(id.0))
-            .select(memberships::role)
-            .first(tc.pg())
-            .optional()?;
-        let Some(role) = role.as_deref().and_then(Role::parse) else { return Err(not_one()) };
+        let Some(role) = crate::auth::members::role_of(tc, id)? else { return Err(not_one()) };
         if !channels::can_see(tc, id, role, ChannelId(conv.channel_id))? {
             return Err(not_one());
         }

@@ -194,33 +194,7 @@ mod tests {
     use super::*;
 
     fn row(text: Option<&str>, attachments: Value) -> MessageRow {
-        let now = Utc::now();
-        MessageRow {
-            id: 1,
-            conversation_id: 1,
-            channel_id: 1,
-            direction: "in".into(),
-            sender_kind: "contact".into(),
-            sender_user_id: None,
-            text: text.map(str::to_string),
-            attachments,
-            status: "received".into(),
-            error: None,
-            external_id: None,
-            client_id: None,
-            reply_to_external_id: None,
-            quick_reply_payload: None,
-            postback_payload: None,
-            reactions: Value::Null,
-            reacted_at: Value::Null,
-            edited_at: None,
-            deleted_at: None,
-            platform_timestamp: None,
-            sort_at: now,
-            created_at: now,
-            updated_at: now,
-            private: false,
-        }
+        MessageRow { text: text.map(str::to_string), attachments, ..MessageRow::sample(Utc::now()) }
     }
 
     #[test]

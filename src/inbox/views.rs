@@ -45,6 +45,39 @@ pub struct MessageRow {
     pub private: bool,
 }
 
+#[cfg(test)]
+impl MessageRow {
+    /// A customer's message received at `at`, for unit tests to vary.
+    pub fn sample(at: DateTime<Utc>) -> MessageRow {
+        MessageRow {
+            id: 1,
+            conversation_id: 1,
+            channel_id: 1,
+            direction: "in".into(),
+            sender_kind: "contact".into(),
+            sender_user_id: None,
+            text: None,
+            attachments: Value::Array(Vec::new()),
+            status: "received".into(),
+            error: None,
+            external_id: None,
+            client_id: None,
+            reply_to_external_id: None,
+            quick_reply_payload: None,
+            postback_payload: None,
+            reactions: serde_json::json!({}),
+            reacted_at: serde_json::json!({}),
+            edited_at: None,
+            deleted_at: None,
+            platform_timestamp: None,
+            sort_at: at,
+            created_at: at,
+            updated_at: at,
+            private: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = conversations)]
 pub struct ConversationRow {
