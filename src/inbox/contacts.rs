@@ -470,6 +470,11 @@ pub fn update(
     changes: ContactChanges,
 ) -> AppResult<ContactListItem> {
     let changes = changes.checked()?;
+    if changes.blocked == Some(true) {
+        // Its conversations first, then the contact: the order the webhook
+        // path locks them in, so the two never wait on each other.
+        lock_conversations(tc, id)?;
+    }
     let (old, set_by, details): (ContactRow, Option<i64>, ContactDetails) = contacts::table
         .find(id.0)
         .select((ContactRow::as_select(), contacts::name_set_by, ContactDetails::as_select()))
@@ -620,6 +625,17 @@ fn unblock(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &
     Ok(row)
 }
 
+/// Locks contact `id`'s conversations (one per channel it writes on) and
+/// answers their ids.
+fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId) -> AppResult<Vec<i64>> {
+    Ok(conversations::table
+        .filter(conversations::contact_id.eq(id.0))
+        .order(conversations::id)
+        .select(conversations::id)
+        .for_update()
+        .load(tc.pg())?)
+}
+
 /// What [`erase`] removed.
 #[derive(Debug, Serialize)]
 pub struct Erased {
@@ -640,6 +656,8 @@ pub struct Erased {
 /// are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
     use crate::db::tenant_schema::{audit_log, events, messages};
+    // Conversations, then the contact: the webhook path's order.
+    let conversation_ids = lock_conversations(tc, id)?;
     let contact: ContactRow = contacts::table
         .find(id.0)
         .select(ContactRow::as_select())
@@ -647,11 +665,6 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("contact"))?;
-    let conversation_ids: Vec<i64> = conversations::table
-        .filter(conversations::contact_id.eq(contact.id))
-        .select(conversations::id)
-        .for_update()
-        .load(tc.pg())?;
     let message_count: i64 =
         messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
     diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;

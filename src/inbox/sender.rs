@@ -7,8 +7,8 @@
 //! a typed reason: `outside_window`, `recipient_unavailable`,
 //! `meta_token_invalid` (the channel also becomes `reauth_required`),
 //! `meta_error`, `contact_blocked` (the team blocked the contact after the
-//! reply was queued; `inbox::contacts`). Transient failures and rate limits retry with backoff.
-//! Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
+//! reply was queued; `inbox::contacts`). Transient failures and rate limits
+//! retry with backoff. Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20).
 //!
 //! A file (`inbox::uploads`) is uploaded with its send, which may take a

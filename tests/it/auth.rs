@@ -725,6 +725,11 @@ async fn an_api_token_acts_as_its_member_until_revoked() {
     let all = app.call("GET", "/api/api-tokens", Some(&ann), None).await;
     assert_eq!(all.body["items"][0]["user_id"], al_id.as_str(), "{:?}", all.body);
 
+    // A new password ends logins, not tokens.
+    let change = json!({"current_password": "al-password-1", "new_password": "al-password-2"});
+    assert_eq!(change_me(&app, &al, change).await.status, 200);
+    assert_eq!(app.call("GET", "/api/me", Some(&crm), None).await.status, 200);
+
     // A socket opened with it closes when it is revoked; then it is refused.
     let mut socket = ws(&app, "", Some(&crm), None).await.expect("socket");
     assert_eq!(next(&mut socket, Duration::from_secs(3)).await.expect("hello")["type"], "hello");
