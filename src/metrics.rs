@@ -26,6 +26,7 @@ pub static DB_CONNECTIONS_LOST: AtomicU64 = AtomicU64::new(0);
 pub static WS_CLIENT_DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static MEDIA_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static MEDIA_NOT_COPIED: AtomicU64 = AtomicU64::new(0);
+pub static PRUNED_ROWS: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -79,6 +80,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_media_not_copied_total",
             "Media copies that failed (the CDN refused or was unreachable, too large, too slow)",
             &MEDIA_NOT_COPIED,
+        ),
+        (
+            "switchboard_pruned_rows_total",
+            "Processed webhooks, finished sends and expired refresh tokens deleted by the housekeeping",
+            &PRUNED_ROWS,
         ),
     ];
     let mut out = String::new();

@@ -15,6 +15,7 @@
 //! so no lock is held long and a backlog of months (a release before this
 //! one kept everything) drains without stalling the queues. Instances that
 //! prune at once only wait on each other's rows.
+//! `switchboard_pruned_rows_total` counts what went.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -59,7 +60,7 @@ pub struct Pruned {
 /// Deletes, as of `now`, what `retention` no longer keeps.
 pub fn prune(conn: &mut PgConnection, now: DateTime<Utc>, retention: Retention) -> Result<Pruned, DbError> {
     let work_cutoff = now - retention.work;
-    Ok(Pruned {
+    let pruned = Pruned {
         webhooks: in_batches(
             conn,
             "DELETE FROM public.webhook_events WHERE id IN (SELECT id FROM public.webhook_events \
@@ -78,7 +79,10 @@ pub fn prune(conn: &mut PgConnection, now: DateTime<Utc>, retention: Retention) 
               WHERE expires_at < $1 ORDER BY id LIMIT $2)",
             now - retention.refresh_tokens,
         )?,
-    })
+    };
+    let rows = pruned.webhooks + pruned.sends + pruned.refresh_tokens;
+    crate::metrics::inc(&crate::metrics::PRUNED_ROWS, rows as u64);
+    Ok(pruned)
 }
 
 /// Runs `sql` (a delete of at most `$2` rows older than `$1`) until it
@@ -107,12 +111,14 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         tick.tick().await;
         let pruned = state.db.public(move |conn| Ok::<_, AppError>(prune(conn, Utc::now(), retention)?)).await;
         match pruned {
-            Ok(p) if p != Pruned::default() => tracing::info!(
-                webhooks = p.webhooks,
-                sends = p.sends,
-                refresh_tokens = p.refresh_tokens,
-                "pruned what retention no longer keeps"
-            ),
+            Ok(p) if p != Pruned::default() => {
+                tracing::info!(
+                    webhooks = p.webhooks,
+                    sends = p.sends,
+                    refresh_tokens = p.refresh_tokens,
+                    "pruned what retention no longer keeps"
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = ?e, "housekeeping skipped a pass"),
         }

@@ -708,6 +708,8 @@ struct FileForm {
     template: Option<crate::inbox::templates::Choice>,
     /// A note for the team, with the file (`private` part `true`).
     private: bool,
+    /// A note's members to call in (`mentions` part: ids, comma-separated).
+    mentions: Option<Vec<String>>,
     opts: messages::ReplyOptions,
 }
 
@@ -723,18 +725,22 @@ async fn send_file(
     let reading = state.uploads.clone().acquire_owned().await;
     let form = read_file_form(req, payload).await;
     drop(reading);
-    let FileForm { upload, text, template, private, opts } = form?;
+    let FileForm { upload, text, template, private, mentions, opts } = form?;
     if private {
         if template.is_some() || opts.reply_to.is_some() {
             return Err(AppError::invalid("invalid_body", "a private note takes no template nor reply_to"));
         }
+        let mentions = mentions.unwrap_or_default();
         let (view, _) = state
             .tenant_with_events(auth.scope(), move |tc, log| {
-                let note = messages::Note { text, file: Some(upload), client_id: opts.client_id, mentions: Vec::new() };
+                let note = messages::Note { text, file: Some(upload), client_id: opts.client_id, mentions };
                 messages::create_note(tc, log, user, role, id, note)
             })
             .await?;
         return Ok(HttpResponse::Created().json(view));
+    }
+    if mentions.is_some() {
+        return Err(AppError::invalid("invalid_body", "mentions are for private notes"));
     }
     let (view, created) = match template {
         Some(_) if text.is_some() => {
@@ -772,7 +778,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
-    let mut private = None;
+    let (mut private, mut mentions) = (None, None);
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -820,14 +826,18 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
                     _ => return Err(AppError::invalid("invalid_body", "the part `private` is true or false")),
                 });
             }
-            "file" | "text" | "client_id" | "reply_to" | "template" | "private" => {
+            "mentions" if mentions.is_none() => {
+                let ids = as_text(bytes)?;
+                mentions = Some(ids.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect());
+            }
+            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "mentions" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
                 return Err(AppError::bad_request(
                     "invalid_body",
                     format!(
-                        "unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to`, `template` and `private`"
+                        "unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to`, `template`, `private` and `mentions`"
                     ),
                 ));
             }
@@ -838,7 +848,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     };
     let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
     let private = private.unwrap_or(false);
-    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, opts })
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, mentions, opts })
 }
 
 #[derive(Deserialize)]

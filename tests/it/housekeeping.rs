@@ -59,7 +59,10 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
     let tokens_before = app.count("SELECT count(*) AS n FROM public.refresh_tokens");
 
     let retention = Retention { work: chrono::Duration::hours(24), refresh_tokens: chrono::Duration::days(1) };
+    let counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
     let pruned = prune(&mut conn, chrono::Utc::now(), retention).expect("prune");
+    let now_counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(now_counted >= counted + (pruned.webhooks + pruned.sends + pruned.refresh_tokens) as u64);
     assert_eq!(
         pruned,
         Pruned { webhooks: processed as usize + BATCH as usize + 1000, sends: 2, refresh_tokens: 1 },

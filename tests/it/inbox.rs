@@ -4603,6 +4603,18 @@ async fn a_note_mentions_a_colleague() {
     assert_eq!((&items[0]["conversation_id"], &items[0]["by"]), (&json!(conv), &json!(ann_id)));
     let theirs = app.call("GET", "/api/mentions", Some(&ctx.admin), None).await;
     assert_eq!(theirs.body["items"].as_array().map(Vec::len), Some(1), "the author named themself");
+
+    // A note with a file names them in a `mentions` part; not a reply.
+    let file = Some(("refund.pdf", "application/pdf", b"%PDF-1.4 refund form".as_slice()));
+    let parts = [("private", "true"), ("text", "@Al the form"), ("mentions", al_id.as_str())];
+    let r = send_file(&app, &ctx.admin, &conv, file, &parts).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = send_file(&app, &ctx.admin, &conv, file, &[("text", "x"), ("mentions", al_id.as_str())]).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")));
+    let mine = app.call("GET", "/api/mentions", Some(&al), None).await;
+    let texts: Vec<&str> =
+        mine.body["items"].as_array().expect("items").iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, ["@Al the form", "@Al can you check the refund?"], "newest first");
 }
 
 /// The team marks how urgent a conversation is: shown on it, a filter of
