@@ -42,7 +42,9 @@
 //!   activity, as for notes), notification, greeting, away reply,
 //!   assignment, survey answer, profile lookup or media copy (a copy is
 //!   fetched from Meta when someone opens it, while Meta's URL lasts).
-//!   The reply window's clock still moves, as Meta's does.
+//!   The reply window's clock still moves, as Meta's does. A webhook
+//!   batch that read the contact just before a block committed sees it
+//!   before it would reopen the conversation (`ingest`).
 //! - Nothing is sent to them: a reply, file, template, reaction or retry
 //!   is 409 `contact_blocked` (notes stay free); one queued before the
 //!   block fails with that code; a "seen" or typing is not shown them.

@@ -763,7 +763,7 @@ impl Ingest<'_> {
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
         let contact = self.contact(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
-        let blocked = contact.blocked_at.is_some();
+        let mut blocked = contact.blocked_at.is_some();
         if !blocked
             && super::contacts::profile_due(contact.profile_checked_at, Utc::now())
             && channel.platform() != Platform::Whatsapp
@@ -777,6 +777,16 @@ impl Ingest<'_> {
         let inserted = self.stored.remove(&key);
         // A replay or duplicate: already stored, nothing else to do.
         let Some(row) = inserted else { return Ok(()) };
+        // The contact was read before the conversation's lock was had: a
+        // block committed meanwhile (it resolves the conversation, holding
+        // that lock) is seen now, where it matters: before reopening.
+        if !blocked && !created && conv.status != "open" {
+            blocked = contacts::table
+                .find(contact.id)
+                .select(contacts::blocked_at)
+                .first::<Option<DateTime<Utc>>>(tc.pg())?
+                .is_some();
+        }
         if blocked {
             return self.quietly(tc, conv, &row, contact.id, msg, created);
         }

@@ -4664,3 +4664,48 @@ async fn conversations_carry_a_priority() {
         log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "conversation.prioritized").collect();
     assert_eq!(changes.len(), 4, "urgent once, high twice, then none: {changes:?}");
 }
+
+/// A block that commits while a webhook batch waits for the conversation's
+/// lock (the batch read the contact before the block) still keeps the
+/// message quiet: the conversation stays resolved.
+#[actix_web::test]
+async fn a_block_committed_while_a_batch_waits_keeps_its_message_quiet() {
+    let app = spawn_app_without_workers().await;
+    acme(&app).await;
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_race_1", "first")).await, 200);
+    process_now(&app);
+    let conv = app.count("SELECT id AS n FROM tenant_acme.conversations");
+    let unread = |app: &TestApp| {
+        app.count(&format!("SELECT unread_count::int8 AS n FROM tenant_acme.conversations WHERE id = {conv}"))
+    };
+    let before = unread(&app);
+    assert_eq!(app.webhook(&messenger_text(PSID, "m_race_2", "second")).await, 200);
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        // What blocking does, holding the conversation while the batch reads the contact.
+        let blocker = s.spawn(|| {
+            let mut conn = app.db.conn();
+            conn.transaction::<_, diesel::result::Error, _>(|conn| {
+                diesel::sql_query(format!("SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE"))
+                    .execute(conn)?;
+                locked.send(()).expect("signal");
+                std::thread::sleep(std::time::Duration::from_millis(800));
+                diesel::sql_query("UPDATE tenant_acme.contacts SET blocked_at = now()").execute(conn)?;
+                diesel::sql_query(format!(
+                    "UPDATE tenant_acme.conversations SET status = 'resolved' WHERE id = {conv}"
+                ))
+                .execute(conn)?;
+                Ok(())
+            })
+            .expect("block");
+        });
+        is_locked.recv().expect("locked");
+        process_now(&app);
+        blocker.join().expect("blocker");
+    });
+    let status = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {conv} AND status = 'resolved'"
+    ));
+    assert_eq!((status, unread(&app)), (1, before), "stays resolved, nothing counted");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2, "kept all the same");
+}
