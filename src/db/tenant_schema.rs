@@ -234,6 +234,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Macros (`inbox::macros`).
+    macros (id) {
+        id -> Int8,
+        name -> Text,
+        actions -> Jsonb,
+        created_by -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(note_mentions -> messages (message_id));
 diesel::joinable!(conversations -> contacts (contact_id));
 diesel::joinable!(csat_surveys -> conversations (conversation_id));
@@ -255,5 +267,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     early_statuses,
     early_changes,
     csat_surveys,
-    note_mentions
+    note_mentions,
+    macros
 );

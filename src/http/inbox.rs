@@ -25,6 +25,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
         .service(resource("/mentions").route(web::get().to(list_mentions)))
+        .service(resource("/macros").route(web::get().to(list_macros)).route(web::post().to(create_macro)))
+        .service(resource("/macros/{id}").route(web::patch().to(update_macro)).route(web::delete().to(delete_macro)))
+        .service(resource("/conversations/{id}/macros/{macro_id}").route(web::post().to(run_macro)))
         .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
         .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
         .service(resource("/messages/{id}/retry").route(web::post().to(retry_message)))
@@ -351,6 +354,99 @@ async fn list_mentions(
         .tenant(auth.scope(), move |tc| crate::inbox::mentions::of(tc, user, role, page.after, page.limit))
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.message_id.0)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MacroBody {
+    name: String,
+    actions: Vec<crate::inbox::macros::Action>,
+}
+
+/// A macro's id from the path; anything else names none.
+fn macro_id(raw: &str) -> AppResult<i64> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| AppError::not_found("macro"))
+}
+
+/// `GET /api/macros`: the tenant's macros, by name (`inbox::macros`).
+async fn list_macros(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let items = state.db.tenant(auth.scope(), crate::inbox::macros::list).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+}
+
+async fn create_macro(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MacroBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let (user, b) = (auth.user, body.into_inner());
+    let made =
+        state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, None, &b.name, b.actions)).await?;
+    Ok(HttpResponse::Created().json(made))
+}
+
+/// `PATCH /api/macros/{id}` `{name, actions}`: the whole macro again.
+async fn update_macro(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<MacroBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = macro_id(&path)?;
+    let (user, b) = (auth.user, body.into_inner());
+    let saved = state
+        .db
+        .tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, Some(id), &b.name, b.actions))
+        .await?;
+    Ok(HttpResponse::Ok().json(saved))
+}
+
+async fn delete_macro(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = macro_id(&path)?;
+    let user = auth.user;
+    state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::delete(tc, user, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    client_id: Option<String>,
+}
+
+/// `POST /api/conversations/{id}/macros/{macro_id}` `{client_id?}` (the
+/// body may be left out): runs the macro, all or nothing.
+async fn run_macro(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let (conversation, id) = path.into_inner();
+    let (conversation, id) = (conversation_id(&conversation)?, macro_id(&id)?);
+    let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::invalid("invalid_body", e.to_string()))?
+    };
+    let (user, role) = (auth.user, auth.role);
+    let ran = state
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            crate::inbox::macros::run(tc, log, user, role, conversation, id, b.client_id)
+        })
+        .await?;
+    if ran.queued {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::Ok().json(ran))
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,7 @@ pub mod csat;
 pub mod early;
 pub mod events;
 pub mod ingest;
+pub mod macros;
 pub mod media;
 pub mod media_copies;
 pub mod mentions;

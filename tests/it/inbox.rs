@@ -4709,3 +4709,91 @@ async fn a_block_committed_while_a_batch_waits_keeps_its_message_quiet() {
     assert_eq!((status, unread(&app)), (1, before), "stays resolved, nothing counted");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2, "kept all the same");
 }
+
+/// An admin keeps macros; an agent runs one on a conversation: its
+/// messages, then its changes, all or nothing; a retry under the same
+/// `client_id` sends nothing twice.
+#[actix_web::test]
+async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let refund = json!({"name": "Refund sent", "actions": [
+        {"type": "send_message", "text": "Your refund is on its way."},
+        {"type": "add_note", "text": "Refund issued in the shop's back office"},
+        {"type": "add_labels", "labels": ["Refund"]},
+        {"type": "set_priority", "priority": "low"},
+        {"type": "set_status", "status": "resolved"}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(refund.clone())).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(r.body["actions"][2], json!({"type": "add_labels", "labels": ["refund"]}));
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(refund)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("macro_name_taken")));
+    for (body, code) in [
+        (json!({"name": "x", "actions": []}), "invalid_actions"),
+        (json!({"name": "x", "actions": [{"type": "set_status", "status": "snoozed"}]}), "invalid_actions"),
+        (json!({"name": "x", "actions": [{"type": "explode"}]}), "invalid_body"),
+        (json!({"name": " ", "actions": [{"type": "add_note", "text": "x"}]}), "invalid_name"),
+    ] {
+        let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{body}: {:?}", r.body);
+    }
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/macros",
+            Some(&al),
+            Some(json!({"name": "mine", "actions": [{"type": "add_note", "text": "x"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(app.call("GET", "/api/macros", Some(&al), None).await.body["items"].as_array().map(Vec::len), Some(1));
+
+    // A customer who wrote just now, and one whose window closed long ago.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Where is my refund?"})).await;
+    assert_eq!(app.webhook(&messenger_text("7392015648120777", "m_old", "old question")).await, 200);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (fresh, old) = (
+        by_contact(&convs, PSID)["id"].as_str().expect("id").to_string(),
+        by_contact(&convs, "7392015648120777")["id"].as_str().expect("id").to_string(),
+    );
+    let run = |conv: &str, body: Option<Value>| {
+        let (app, path, t) = (&app, format!("/api/conversations/{conv}/macros/{id}"), ctx.admin.clone());
+        async move { app.call("POST", &path, Some(&t), body).await }
+    };
+    for _ in 0..2 {
+        let r = run(&fresh, Some(json!({"client_id": "run-1"}))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let c = &r.body["conversation"];
+        assert_eq!(
+            (&c["status"], &c["labels"], &c["priority"]),
+            (&json!("resolved"), &json!(["refund"]), &json!("low"))
+        );
+        assert_eq!(r.body["messages"].as_array().map(Vec::len), Some(2));
+    }
+    let texts: Vec<String> =
+        messages(&app, &ctx.admin, &fresh).await.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(texts, ["Where is my refund?", "Your refund is on its way.", "Refund issued in the shop's back office"]);
+
+    // The window closed: nothing of the run happens, and the error says which action.
+    let r = run(&old, None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("outside_window")), "{:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("action 1:")), "{:?}", r.body);
+    let untouched = app.call("GET", &format!("/api/conversations/{old}"), Some(&ctx.admin), None).await.body;
+    assert_eq!((&untouched["status"], &untouched["labels"]), (&json!("open"), &json!([])));
+    assert_eq!(messages(&app, &ctx.admin, &old).await.len(), 1, "not even the note");
+    // Al sees neither channel nor conversation: not found.
+    assert_eq!(app.call("POST", &format!("/api/conversations/{fresh}/macros/{id}"), Some(&al), None).await.status, 404);
+
+    // Renamed, then deleted: gone.
+    let renamed = json!({"name": "Refund done", "actions": [{"type": "add_labels", "labels": ["refund"]}]});
+    let r = app.call("PATCH", &format!("/api/macros/{id}"), Some(&ctx.admin), Some(renamed)).await;
+    assert_eq!((r.status, &r.body["name"]), (200, &json!("Refund done")), "{:?}", r.body);
+    assert_eq!(app.call("DELETE", &format!("/api/macros/{id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(run(&fresh, None).await.status, 404);
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
+    let runs = log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "macro.run").count();
+    assert_eq!(runs, 2);
+}

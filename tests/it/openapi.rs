@@ -253,4 +253,9 @@ async fn live_answers_match_the_served_openapi_document() {
     check(&app, &doc, "GET", tokens, tokens, Some(&api_token), None).await;
     check(&app, &doc, "GET", "/api/api-tokens", "/api/api-tokens", Some(admin), None).await;
     check(&app, &doc, "GET", "/api/mentions", "/api/mentions", Some(admin), None).await;
+    let thanks = json!({"name": "Thanks", "actions": [{"type": "add_labels", "labels": ["thanked"]}]});
+    let made = check(&app, &doc, "POST", "/api/macros", "/api/macros", Some(admin), Some(thanks)).await;
+    check(&app, &doc, "GET", "/api/macros", "/api/macros", Some(admin), None).await;
+    let run = format!("{path}/macros/{}", made["id"].as_str().expect("id"));
+    check(&app, &doc, "POST", "/api/conversations/{id}/macros/{macro_id}", &run, Some(admin), None).await;
 }

@@ -1,0 +1,302 @@
+//! Macros: a named list of actions an agent runs on a conversation at once
+//! ("Refund sent": reply with the refund text, label `refund`, resolve).
+//!
+//! Decisions:
+//! - Admins keep the tenant's macros (`/api/macros`); agents list and run
+//!   them (`POST /api/conversations/{id}/macros/{macro_id}`).
+//! - Actions: `send_message {text}`, `add_note {text}`, `add_labels` and
+//!   `remove_labels {labels}`, `assign {assignee_id}` (`null` unassigns),
+//!   `set_status {status}` (open, pending or resolved), `set_priority
+//!   {priority}`; 1 to [`MOST_ACTIONS`]. Each is checked when the macro is
+//!   saved (`invalid_actions` names the first wrong one), and again when it
+//!   runs, as the same change by hand would be.
+//! - A run is one transaction: every message, in the macro's order, then
+//!   the conversation's changes at once (one `conversation.updated`, the
+//!   usual audit entries), so a macro that answers and resolves sends its
+//!   answer before any satisfaction survey. If one action is refused (the
+//!   reply window closed, an assignee who left), nothing of the run
+//!   happens and the error says which.
+//! - A `client_id` makes a run safe to retry: its messages take
+//!   `<client_id>:<n>`, so a retry sends nothing twice (the changes are
+//!   the same again, so they change nothing).
+//! - A run is audited (`macro.run`, with the macro's name).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::conversations::{self, Patch};
+use super::events::EventLog;
+use super::messages::{self, Note, ReplyOptions};
+use super::views::{ConversationView, MessageView};
+use super::ConversationId;
+use crate::audit;
+use crate::auth::Role;
+use crate::db::tenant_schema::macros as mc;
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+/// The most actions one macro holds.
+pub const MOST_ACTIONS: usize = 20;
+/// The longest name.
+pub const MOST_NAME_CHARS: usize = 100;
+
+/// One step of a macro.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    SendMessage { text: String },
+    AddNote { text: String },
+    AddLabels { labels: Vec<String> },
+    RemoveLabels { labels: Vec<String> },
+    Assign { assignee_id: Option<UserId> },
+    SetStatus { status: String },
+    SetPriority { priority: Option<String> },
+}
+
+/// A macro as listed.
+#[derive(Debug, Serialize)]
+pub struct Macro {
+    #[serde(serialize_with = "crate::ids::as_string")]
+    pub id: i64,
+    pub name: String,
+    pub actions: Vec<Action>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type Row = (i64, String, serde_json::Value, DateTime<Utc>, DateTime<Utc>);
+
+fn of_row((id, name, actions, created_at, updated_at): Row) -> Macro {
+    // Written by `save` only, from checked actions.
+    let actions = serde_json::from_value(actions).unwrap_or_default();
+    Macro { id, name, actions, created_at, updated_at }
+}
+
+fn invalid(why: String) -> AppError {
+    AppError::invalid("invalid_actions", why)
+}
+
+/// A name and actions checked and tidied: labels as kept, texts trimmed.
+fn checked(name: &str, actions: Vec<Action>) -> AppResult<(String, Vec<Action>)> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MOST_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "invalid_name",
+            format!("a macro's name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+        ));
+    }
+    if actions.is_empty() || actions.len() > MOST_ACTIONS {
+        return Err(invalid(format!("a macro has 1 to {MOST_ACTIONS} actions")));
+    }
+    let mut tidy = Vec::with_capacity(actions.len());
+    for (n, action) in actions.into_iter().enumerate() {
+        let at = |e: AppError| invalid(format!("action {}: {}", n + 1, e.message));
+        tidy.push(match action {
+            Action::SendMessage { text } => Action::SendMessage { text: checked_text(&text, n)? },
+            Action::AddNote { text } => Action::AddNote { text: checked_text(&text, n)? },
+            Action::AddLabels { labels } => {
+                Action::AddLabels { labels: conversations::normalize_labels(&labels).map_err(at)? }
+            }
+            Action::RemoveLabels { labels } => {
+                Action::RemoveLabels { labels: conversations::normalize_labels(&labels).map_err(at)? }
+            }
+            Action::SetStatus { status } if ["open", "pending", "resolved"].contains(&status.as_str()) => {
+                Action::SetStatus { status }
+            }
+            Action::SetStatus { .. } => {
+                return Err(invalid(format!("action {}: status is open, pending or resolved", n + 1)))
+            }
+            Action::SetPriority { priority: Some(p) } => {
+                Action::SetPriority { priority: Some(conversations::checked_priority(&p).map_err(at)?) }
+            }
+            other => other,
+        });
+    }
+    Ok((name.to_string(), tidy))
+}
+
+fn checked_text(text: &str, n: usize) -> AppResult<String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > messages::MOST_NOTE_CHARS {
+        return Err(invalid(format!("action {}: a text is 1 to {} characters", n + 1, messages::MOST_NOTE_CHARS)));
+    }
+    Ok(text.to_string())
+}
+
+pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<Macro>> {
+    let rows: Vec<Row> = mc::table
+        .order(mc::name)
+        .select((mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at))
+        .load(tc.pg())?;
+    Ok(rows.into_iter().map(of_row).collect())
+}
+
+/// Saves a new macro (`id` `None`) or changes one; a name in use is 409
+/// `macro_name_taken`.
+pub fn save(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    id: Option<i64>,
+    name: &str,
+    actions: Vec<Action>,
+) -> AppResult<Macro> {
+    let (name, actions) = checked(name, actions)?;
+    let taken: Option<i64> = mc::table.filter(mc::name.eq(&name)).select(mc::id).first(tc.pg()).optional()?;
+    if taken.is_some_and(|t| Some(t) != id) {
+        return Err(AppError::conflict("macro_name_taken", "another macro has this name"));
+    }
+    let value = serde_json::to_value(&actions).map_err(AppError::internal)?;
+    let cols = (mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at);
+    let row: Row = match id {
+        None => diesel::insert_into(mc::table)
+            .values((mc::name.eq(&name), mc::actions.eq(&value), mc::created_by.eq(user.0)))
+            .returning(cols)
+            .get_result(tc.pg())?,
+        Some(id) => diesel::update(mc::table.find(id))
+            .set((mc::name.eq(&name), mc::actions.eq(&value), mc::updated_at.eq(diesel::dsl::now)))
+            .returning(cols)
+            .get_result(tc.pg())
+            .optional()?
+            .ok_or_else(|| AppError::not_found("macro"))?,
+    };
+    let action = if id.is_some() { "macro.updated" } else { "macro.created" };
+    audit::record(tc, Some(user), action, "macro", Some(row.0.to_string()), json!({"name": row.1}))?;
+    Ok(of_row(row))
+}
+
+pub fn delete(tc: &mut TenantConn<'_>, user: UserId, id: i64) -> AppResult<()> {
+    let name: Option<String> = diesel::delete(mc::table.find(id)).returning(mc::name).get_result(tc.pg()).optional()?;
+    let name = name.ok_or_else(|| AppError::not_found("macro"))?;
+    audit::record(tc, Some(user), "macro.deleted", "macro", Some(id.to_string()), json!({"name": name}))?;
+    Ok(())
+}
+
+/// What a run did: the messages it wrote, and the conversation after.
+#[derive(Debug, Serialize)]
+pub struct Ran {
+    pub conversation: ConversationView,
+    pub messages: Vec<MessageView>,
+    /// Whether a reply was queued or the conversation resolved (the caller
+    /// wakes the sender).
+    #[serde(skip)]
+    pub queued: bool,
+}
+
+/// Runs macro `id` on conversation `conversation` for `user`
+/// ([module docs](self)).
+pub fn run(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    conversation: ConversationId,
+    id: i64,
+    client_id: Option<String>,
+) -> AppResult<Ran> {
+    let row: Row = mc::table
+        .find(id)
+        .select((mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at))
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("macro"))?;
+    let found = of_row(row);
+    // Before anything: a conversation the caller may not see is not found.
+    messages::visible_conversation(tc, user, role, conversation)?;
+    let step = |n: usize, mut e: AppError| {
+        e.message = format!("action {}: {}", n + 1, e.message);
+        e
+    };
+    let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
+    let mut written = Vec::new();
+    let mut queued = false;
+    let mut patch = Patch::default();
+    for (n, action) in found.actions.iter().enumerate() {
+        match action {
+            Action::SendMessage { text } => {
+                let opts = ReplyOptions { client_id: client(n), reply_to: None };
+                let (view, created) = messages::create_reply(tc, log, user, role, conversation, text.clone(), opts)
+                    .map_err(|e| step(n, e))?;
+                queued |= created;
+                written.push(view);
+            }
+            Action::AddNote { text } => {
+                let note = Note { text: Some(text.clone()), client_id: client(n), ..Note::default() };
+                let (view, _) =
+                    messages::create_note(tc, log, user, role, conversation, note).map_err(|e| step(n, e))?;
+                written.push(view);
+            }
+            Action::AddLabels { labels } => {
+                patch.remove_labels.retain(|l| !labels.contains(l));
+                patch.add_labels.extend(labels.iter().cloned());
+            }
+            Action::RemoveLabels { labels } => {
+                patch.add_labels.retain(|l| !labels.contains(l));
+                patch.remove_labels.extend(labels.iter().cloned());
+            }
+            Action::Assign { assignee_id } => patch.assignee_id = Some(*assignee_id),
+            Action::SetStatus { status } => patch.status = Some(status.clone()),
+            Action::SetPriority { priority } => patch.priority = Some(priority.clone()),
+        }
+    }
+    let resolves = patch.status.as_deref() == Some("resolved");
+    let view = conversations::patch(tc, log, user, role, conversation, patch).map_err(|mut e| {
+        e.message = format!("the changes: {}", e.message);
+        e
+    })?;
+    audit::record(
+        tc,
+        Some(user),
+        "macro.run",
+        "conversation",
+        Some(conversation.to_string()),
+        json!({"macro_id": found.id.to_string(), "name": found.name}),
+    )?;
+    Ok(Ran { conversation: view, messages: written, queued: queued || resolves })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_read_and_checked() {
+        let actions: Vec<Action> = serde_json::from_value(json!([
+            {"type": "send_message", "text": " Refund sent. "},
+            {"type": "add_labels", "labels": ["Refund", "refund"]},
+            {"type": "assign", "assignee_id": null},
+            {"type": "assign", "assignee_id": "7"},
+            {"type": "set_priority", "priority": "high"},
+            {"type": "set_status", "status": "resolved"}
+        ]))
+        .expect("actions");
+        let (name, tidy) = checked(" Refund ", actions).expect("checked");
+        assert_eq!(name, "Refund");
+        assert_eq!(tidy[0], Action::SendMessage { text: "Refund sent.".into() });
+        assert_eq!(tidy[1], Action::AddLabels { labels: vec!["refund".into()] });
+        assert_eq!(tidy[3], Action::Assign { assignee_id: Some(UserId(7)) });
+        for bad in [
+            json!([{"type": "explode"}]),
+            json!([{"type": "send_message"}]),
+            json!([{"type": "send_message", "text": "x", "extra": 1}]),
+        ] {
+            assert!(serde_json::from_value::<Vec<Action>>(bad.clone()).is_err(), "{bad}");
+        }
+        for bad in [
+            vec![],
+            vec![Action::SendMessage { text: " ".into() }],
+            vec![Action::SetStatus { status: "snoozed".into() }],
+            vec![Action::SetPriority { priority: Some("p1".into()) }],
+            vec![Action::AddLabels { labels: vec!["a,b".into()] }],
+        ] {
+            let e = checked("x", bad.clone()).err().map(|e| e.code);
+            assert_eq!(e.as_deref(), Some("invalid_actions"), "{bad:?}");
+        }
+        assert_eq!(
+            checked(" ", vec![Action::AddNote { text: "x".into() }]).err().map(|e| e.code),
+            Some("invalid_name".into())
+        );
+    }
+}
