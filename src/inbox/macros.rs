@@ -7,7 +7,8 @@
 //! - Actions: `send_message {text}`, `add_note {text}`, `add_labels` and
 //!   `remove_labels {labels}`, `assign {assignee_id}` (`null` unassigns),
 //!   `set_status {status}` (open, pending or resolved), `set_priority
-//!   {priority}`; 1 to [`MOST_ACTIONS`]. Each is checked when the macro is
+//!   {priority}`, `snooze {hours}` (1 to 720); 1 to [`MOST_ACTIONS`]; of
+//!   the status actions, the last one counts. Each is checked when the macro is
 //!   saved (`invalid_actions` names the first wrong one), and again when it
 //!   runs, as the same change by hand would be.
 //! - A run is one transaction: every message, in the macro's order, then
@@ -42,18 +43,38 @@ use crate::ids::UserId;
 pub const MOST_ACTIONS: usize = 20;
 /// The longest name.
 pub const MOST_NAME_CHARS: usize = 100;
+/// The longest snooze a macro sets: 30 days.
+pub const MOST_SNOOZE_HOURS: i64 = 720;
 
 /// One step of a macro.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
-    SendMessage { text: String },
-    AddNote { text: String },
-    AddLabels { labels: Vec<String> },
-    RemoveLabels { labels: Vec<String> },
-    Assign { assignee_id: Option<UserId> },
-    SetStatus { status: String },
-    SetPriority { priority: Option<String> },
+    SendMessage {
+        text: String,
+    },
+    AddNote {
+        text: String,
+    },
+    AddLabels {
+        labels: Vec<String>,
+    },
+    RemoveLabels {
+        labels: Vec<String>,
+    },
+    Assign {
+        assignee_id: Option<UserId>,
+    },
+    SetStatus {
+        status: String,
+    },
+    SetPriority {
+        priority: Option<String>,
+    },
+    /// Snoozes it for this many hours (1 to [`MOST_SNOOZE_HOURS`]).
+    Snooze {
+        hours: i64,
+    },
 }
 
 /// A macro as listed.
@@ -108,6 +129,9 @@ fn checked(name: &str, actions: Vec<Action>) -> AppResult<(String, Vec<Action>)>
             }
             Action::SetStatus { .. } => {
                 return Err(invalid(format!("action {}: status is open, pending or resolved", n + 1)))
+            }
+            Action::Snooze { hours } if !(1..=MOST_SNOOZE_HOURS).contains(&hours) => {
+                return Err(invalid(format!("action {}: hours is 1 to {MOST_SNOOZE_HOURS}", n + 1)))
             }
             Action::SetPriority { priority: Some(p) } => {
                 Action::SetPriority { priority: Some(conversations::checked_priority(&p).map_err(at)?) }
@@ -237,7 +261,14 @@ pub fn run(
                 patch.remove_labels.extend(labels.iter().cloned());
             }
             Action::Assign { assignee_id } => patch.assignee_id = Some(*assignee_id),
-            Action::SetStatus { status } => patch.status = Some(status.clone()),
+            Action::SetStatus { status } => {
+                patch.status = Some(status.clone());
+                patch.snoozed_until = None;
+            }
+            Action::Snooze { hours } => {
+                patch.status = Some("snoozed".into());
+                patch.snoozed_until = Some(Some(Utc::now() + chrono::Duration::hours(*hours)));
+            }
             Action::SetPriority { priority } => patch.priority = Some(priority.clone()),
         }
     }
@@ -290,6 +321,8 @@ mod tests {
             vec![Action::SetStatus { status: "snoozed".into() }],
             vec![Action::SetPriority { priority: Some("p1".into()) }],
             vec![Action::AddLabels { labels: vec!["a,b".into()] }],
+            vec![Action::Snooze { hours: 0 }],
+            vec![Action::Snooze { hours: 721 }],
         ] {
             let e = checked("x", bad.clone()).err().map(|e| e.code);
             assert_eq!(e.as_deref(), Some("invalid_actions"), "{bad:?}");

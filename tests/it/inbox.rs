@@ -4787,6 +4787,21 @@ async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
     // Al sees neither channel nor conversation: not found.
     assert_eq!(app.call("POST", &format!("/api/conversations/{fresh}/macros/{id}"), Some(&al), None).await.status, 404);
 
+    // A macro snoozes for some hours; the last status action counts.
+    let later = json!({"name": "Later", "actions": [{"type": "set_status", "status": "open"}, {"type": "snooze", "hours": 24}]});
+    let made = app.call("POST", "/api/macros", Some(&ctx.admin), Some(later)).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let path = format!("/api/conversations/{fresh}/macros/{}", made.body["id"].as_str().expect("id"));
+    let r = app.call("POST", &path, Some(&ctx.admin), None).await;
+    assert_eq!(r.body["conversation"]["status"], "snoozed", "{:?}", r.body);
+    let until =
+        r.body["conversation"]["snoozed_until"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let hours = until.map(|t| (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes());
+    assert!(hours.is_some_and(|m| (23 * 60..=24 * 60).contains(&m)), "{:?}", r.body);
+    let bad = json!({"name": "Never", "actions": [{"type": "snooze", "hours": 0}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(bad)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_actions")));
+
     // Renamed, then deleted: gone.
     let renamed = json!({"name": "Refund done", "actions": [{"type": "add_labels", "labels": ["refund"]}]});
     let r = app.call("PATCH", &format!("/api/macros/{id}"), Some(&ctx.admin), Some(renamed)).await;
@@ -4795,5 +4810,5 @@ async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
     assert_eq!(run(&fresh, None).await.status, 404);
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
     let runs = log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "macro.run").count();
-    assert_eq!(runs, 2);
+    assert_eq!(runs, 3);
 }
