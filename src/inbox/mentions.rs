@@ -116,7 +116,7 @@ pub fn of(
         .inner_join(m::table)
         .filter(nm::user_id.eq(user.0))
         .filter(m::deleted_at.is_null())
-        .select((m::id, m::conversation_id, m::channel_id, m::sender_user_id, m::text, m::created_at))
+        .select((m::id, m::conversation_id, m::sender_user_id, m::text, m::created_at))
         .order(nm::message_id.desc())
         .limit(limit)
         .into_boxed();
@@ -127,11 +127,11 @@ pub fn of(
         use crate::db::tenant_schema::channel_members as cm;
         q = q.filter(m::channel_id.eq_any(cm::table.filter(cm::user_id.eq(user.0)).select(cm::channel_id)));
     }
-    type Row = (i64, i64, i64, Option<i64>, Option<String>, DateTime<Utc>);
+    type Row = (i64, i64, Option<i64>, Option<String>, DateTime<Utc>);
     let rows: Vec<Row> = q.load(tc.pg())?;
     Ok(rows
         .into_iter()
-        .map(|(id, conversation, _, by, text, created_at)| Mention {
+        .map(|(id, conversation, by, text, created_at)| Mention {
             message_id: MessageId(id),
             conversation_id: ConversationId(conversation),
             by: by.unwrap_or_default(),
