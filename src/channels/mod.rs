@@ -132,6 +132,10 @@ pub struct Settings {
     /// (`inbox::csat`).
     #[serde(default = "AutoReply::off")]
     pub csat: AutoReply,
+    /// Minutes the team gives itself to answer, by priority
+    /// (`inbox::waiting`).
+    #[serde(default)]
+    pub reply_targets: crate::inbox::waiting::ReplyTargets,
 }
 
 impl Default for Settings {
@@ -145,6 +149,7 @@ impl Default for Settings {
             auto_assign: false,
             auto_assign_limit: None,
             csat: AutoReply::off(),
+            reply_targets: Default::default(),
         }
     }
 }
@@ -374,6 +379,9 @@ pub struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     pub auto_assign_limit: Option<Option<u32>>,
     pub csat: Option<AutoReplyPatch>,
+    /// Left out: unchanged; `null`: no targets; else replaced whole.
+    #[serde(default, deserialize_with = "present")]
+    pub reply_targets: Option<Option<crate::inbox::waiting::ReplyTargets>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -460,6 +468,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         }
         if let Some(h) = s.business_hours {
             settings.business_hours = h.map(hours::BusinessHours::checked).transpose()?;
+        }
+        if let Some(t) = s.reply_targets {
+            settings.reply_targets = t.map(|t| t.checked()).transpose()?.unwrap_or_default();
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {

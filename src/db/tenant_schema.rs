@@ -113,6 +113,8 @@ diesel::table! {
         labels -> Array<Text>,
         /// low, medium, high or urgent (`inbox::conversations`).
         priority -> Nullable<Text>,
+        /// The customer's oldest message not yet answered (`inbox::waiting`).
+        waiting_since -> Nullable<Timestamptz>,
     }
 }
 
@@ -243,6 +245,8 @@ diesel::table! {
         created_by -> Nullable<Int8>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// The member whose own macro it is; `None`: the team's.
+        owner_user_id -> Nullable<Int8>,
     }
 }
 

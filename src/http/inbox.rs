@@ -72,8 +72,21 @@ struct ListQuery {
     q: Option<String>,
     label: Option<String>,
     priority: Option<String>,
+    waiting: Option<String>,
+    overdue: Option<String>,
+    sort: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+}
+
+/// `true` or `false` (empty or left out: `None`), else 400 naming `what`.
+fn flag(raw: Option<&str>, what: &str) -> AppResult<Option<bool>> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(AppError::bad_request("invalid_query", format!("{what} must be true or false"))),
+    }
 }
 
 async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQuery>) -> AppResult<HttpResponse> {
@@ -95,11 +108,7 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
             Some("none") => Some(None),
             Some(u) => Some(Some(u.parse::<i64>().map_err(|_| bad_id("assignee"))?)),
         },
-        unread: match q.unread.as_deref() {
-            None | Some("false") | Some("") => false,
-            Some("true") => true,
-            Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
-        },
+        unread: flag(q.unread.as_deref(), "unread")?.unwrap_or(false),
         q: q.q,
         label: q
             .label
@@ -115,7 +124,21 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
                 AppError::bad_request("invalid_query", "priority is low, medium, high, urgent or none")
             })?)),
         },
+        waiting: flag(q.waiting.as_deref(), "waiting")?,
+        overdue: flag(q.overdue.as_deref(), "overdue")?.unwrap_or(false),
+        longest_waiting: match q.sort.as_deref() {
+            None | Some("") | Some("activity") => false,
+            Some("waiting") => true,
+            Some(_) => return Err(AppError::bad_request("invalid_query", "sort is activity or waiting")),
+        },
     };
+    if filter.longest_waiting && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+        return Err(AppError::bad_request(
+            "invalid_query",
+            "sort=waiting does not go with q: a search lists by activity",
+        ));
+    }
+    let longest_waiting = filter.longest_waiting;
     let (user, role) = (auth.user, auth.role);
     let (items, stale) = state
         .db
@@ -127,7 +150,10 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     let next = if items.len() as i64 >= limit {
-        items.last().map(|c| encode_time_cursor(c.last_activity_at, c.id.0))
+        items.last().map(|c| match (longest_waiting, c.waiting_since) {
+            (true, Some(since)) => encode_time_cursor(since, c.id.0),
+            _ => encode_time_cursor(c.last_activity_at, c.id.0),
+        })
     } else {
         None
     };
@@ -361,6 +387,14 @@ async fn list_mentions(
 struct MacroBody {
     name: String,
     actions: Vec<crate::inbox::macros::Action>,
+    /// `team` (the default) or `personal`, when made.
+    visibility: Option<crate::inbox::macros::Visibility>,
+}
+
+impl MacroBody {
+    fn draft(self) -> crate::inbox::macros::Draft {
+        crate::inbox::macros::Draft { name: self.name, actions: self.actions, visibility: self.visibility }
+    }
 }
 
 /// A macro's id from the path; anything else names none.
@@ -368,21 +402,22 @@ fn macro_id(raw: &str) -> AppResult<i64> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| AppError::not_found("macro"))
 }
 
-/// `GET /api/macros`: the tenant's macros, by name (`inbox::macros`).
+/// `GET /api/macros`: the team's macros and the caller's own, by name
+/// (`inbox::macros`).
 async fn list_macros(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
-    let items = state.db.tenant(auth.scope(), crate::inbox::macros::list).await?;
+    let user = auth.user;
+    let items = state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::list(tc, user)).await?;
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
 }
 
+/// Who may keep which macro is the domain's to say (`macros::save`).
 async fn create_macro(
     state: web::Data<AppState>,
     auth: AuthContext,
     body: web::Json<MacroBody>,
 ) -> AppResult<HttpResponse> {
-    auth.require(Role::Admin)?;
-    let (user, b) = (auth.user, body.into_inner());
-    let made =
-        state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, None, &b.name, b.actions)).await?;
+    let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
+    let made = state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, role, None, draft)).await?;
     Ok(HttpResponse::Created().json(made))
 }
 
@@ -393,13 +428,10 @@ async fn update_macro(
     path: web::Path<String>,
     body: web::Json<MacroBody>,
 ) -> AppResult<HttpResponse> {
-    auth.require(Role::Admin)?;
     let id = macro_id(&path)?;
-    let (user, b) = (auth.user, body.into_inner());
-    let saved = state
-        .db
-        .tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, Some(id), &b.name, b.actions))
-        .await?;
+    let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
+    let saved =
+        state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, role, Some(id), draft)).await?;
     Ok(HttpResponse::Ok().json(saved))
 }
 
@@ -408,10 +440,9 @@ async fn delete_macro(
     auth: AuthContext,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    auth.require(Role::Admin)?;
     let id = macro_id(&path)?;
-    let user = auth.user;
-    state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::delete(tc, user, id)).await?;
+    let (user, role) = (auth.user, auth.role);
+    state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::delete(tc, user, role, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -951,6 +982,9 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
 #[serde(deny_unknown_fields)]
 struct NoteBody {
     text: String,
+    /// The members the note calls in now (`inbox::mentions`); left out,
+    /// they stay.
+    mentions: Option<Vec<String>>,
 }
 
 /// A private note rewritten by its author (`messages::edit_note`).
@@ -962,9 +996,10 @@ async fn edit_note(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = message_id(&path)?;
-    let (user, role, text) = (auth.user, auth.role, body.into_inner().text);
+    let NoteBody { text, mentions } = body.into_inner();
+    let (user, role) = (auth.user, auth.role);
     let view = state
-        .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text))
+        .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text, mentions))
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

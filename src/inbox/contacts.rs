@@ -595,6 +595,7 @@ fn block(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &Co
         diesel::update(conversations::table.find(conv.id))
             .set((
                 conversations::status.eq("resolved"),
+                conversations::waiting_since.eq(None::<chrono::DateTime<Utc>>),
                 conversations::snoozed_until.eq(None::<chrono::DateTime<Utc>>),
                 conversations::updated_at.eq(diesel::dsl::now),
             ))

@@ -32,6 +32,14 @@ pub struct Filter {
     pub label: Option<String>,
     /// `Some(None)`: no priority; `Some(Some(p))`: priority p.
     pub priority: Option<Option<String>>,
+    /// `Some(true)`: only those whose customer waits for the team
+    /// (`waiting`); `Some(false)`: only the others.
+    pub waiting: Option<bool>,
+    /// Only those waiting past their channel's reply target.
+    pub overdue: bool,
+    /// The waiting ones, longest wait first, keyset on (waiting_since, id);
+    /// not with `q`.
+    pub longest_waiting: bool,
 }
 
 pub const STATUSES: [&str; 4] = ["open", "pending", "snoozed", "resolved"];
@@ -57,7 +65,8 @@ struct Listing<'f> {
     after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// Newest activity first, keyset on (last_activity_at, id).
+/// Newest activity first, keyset on (last_activity_at, id); or the
+/// longest waits first (`Filter::longest_waiting`).
 pub fn list(
     tc: &mut TenantConn<'_>,
     user: UserId,
@@ -70,6 +79,10 @@ pub fn list(
     let search_text = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let rows = match search_text {
         Some(text) => planned_for_the_pattern(tc, |pg| search(pg, listing, text, limit))?,
+        None if f.longest_waiting => filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
+            .order((c::waiting_since.asc(), c::id.asc()))
+            .limit(limit)
+            .load(tc.pg())?,
         None => newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
             .limit(limit)
             .load(tc.pg())?,
@@ -108,7 +121,20 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
         Some(Some(p)) => q = q.filter(c::priority.eq(p.clone())),
         None => {}
     }
-    if let Some((at, id)) = after {
+    match f.waiting {
+        Some(true) => q = q.filter(c::waiting_since.is_not_null()),
+        Some(false) => q = q.filter(c::waiting_since.is_null()),
+        None => {}
+    }
+    if f.overdue {
+        q = q.filter(sql::<Bool>(super::waiting::OVERDUE));
+    }
+    if f.longest_waiting {
+        q = q.filter(c::waiting_since.is_not_null());
+        if let Some((at, id)) = after {
+            q = q.filter(c::waiting_since.gt(at).or(c::waiting_since.eq(at).and(c::id.gt(id))));
+        }
+    } else if let Some((at, id)) = after {
         q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
     }
     q
@@ -389,6 +415,7 @@ pub fn patch(
     let updated: ConversationRow = diesel::update(c::table.find(row.id))
         .set((
             c::status.eq(&status),
+            c::waiting_since.eq(super::waiting::kept_unless(status == "resolved")),
             c::snoozed_until.eq(snoozed_until),
             c::assignee_id.eq(assignee),
             c::labels.eq(&labels),

@@ -91,6 +91,9 @@ pub struct Ingest<'l> {
     /// Conversations a shared history added to since they were last
     /// announced (id -> contact), announced once each by [`Ingest::finish`].
     imported: std::collections::BTreeMap<i64, i64>,
+    /// Conversations where a reply of the team's failed: their wait is
+    /// worked out again by [`Ingest::finish`] (`waiting`), in id order.
+    unanswered: std::collections::BTreeSet<i64>,
     /// Bytes of message text this batch added to the search index
     /// (merged off the webhook path: see `search_index`).
     pub indexed_text: usize,
@@ -112,6 +115,7 @@ impl<'l> Ingest<'l> {
             dirty: Default::default(),
             renamed: HashMap::new(),
             imported: Default::default(),
+            unanswered: Default::default(),
             indexed_text: 0,
         }
     }
@@ -184,7 +188,7 @@ impl<'l> Ingest<'l> {
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
                     last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority \
+                    priority, waiting_since \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",
@@ -448,8 +452,8 @@ impl<'l> Ingest<'l> {
             "UPDATE conversations AS c SET status = v.status, \
                  snoozed_until = CASE WHEN v.status = 'open' THEN NULL ELSE c.snoozed_until END, \
                  unread_count = v.unread, last_message_id = v.lm, last_activity_at = v.la, \
-                 last_inbound_at = v.li, last_inbound_external_id = v.lie, updated_at = now() \
-             FROM unnest($1, $2, $3, $4, $5, $6, $7) AS v(id, unread, lm, la, li, lie, status) WHERE c.id = v.id",
+                 last_inbound_at = v.li, last_inbound_external_id = v.lie, waiting_since = v.ws, updated_at = now() \
+             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS v(id, unread, lm, la, li, lie, status, ws) WHERE c.id = v.id",
         )
         .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind::<Array<Integer>, _>(rows.iter().map(|r| r.unread_count).collect::<Vec<_>>())
@@ -458,6 +462,7 @@ impl<'l> Ingest<'l> {
         .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.last_inbound_at).collect::<Vec<_>>())
         .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.last_inbound_external_id.clone()).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.waiting_since).collect::<Vec<_>>())
         .execute(tc.pg())?;
         Ok(())
     }
@@ -806,6 +811,10 @@ impl Ingest<'_> {
             conv.status = "open".into();
             conv.snoozed_until = None;
             conv.unread_count += 1;
+            // Unsent before it came (`early`): nothing to answer.
+            if row.deleted_at.is_none() {
+                conv.waiting_since = Some(old.waiting_since.map_or(ts, |w| w.min(ts)));
+            }
         }
         if old.last_message_id.is_none() || ts >= old.last_activity_at {
             conv.last_message_id = Some(row.id);
@@ -1025,6 +1034,9 @@ impl Ingest<'_> {
         }
         let newest = timestamp >= conv.last_activity_at || created;
         let newest_inbound = inbound && conv.last_inbound_at.is_none_or(|t| timestamp >= t);
+        // The business answered from elsewhere (`waiting`); a shared history
+        // is the past, and answers nothing now.
+        let answered = !inbound && !history && conv.waiting_since.is_some_and(|w| w <= timestamp);
         let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
             .set((
                 conversations::last_message_id.eq(if newest { Some(row.id) } else { conv.last_message_id }),
@@ -1036,6 +1048,7 @@ impl Ingest<'_> {
                     conv.last_inbound_external_id.clone()
                 }),
                 conversations::status.eq(if history && created { "resolved" } else { conv.status.as_str() }),
+                conversations::waiting_since.eq(if answered { None } else { conv.waiting_since }),
                 conversations::updated_at.eq(diesel::dsl::now),
             ))
             .returning(ConversationRow::as_returning())
@@ -1091,6 +1104,15 @@ impl Ingest<'_> {
             let Some(conv) = self.conversations.get(&contact).filter(|c| c.id == id).cloned() else { continue };
             let view = self.names.conversation(tc, &conv)?;
             self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
+        }
+        for id in std::mem::take(&mut self.unanswered) {
+            if let Some(conv) = super::waiting::recompute(tc, id)? {
+                if let Some(kept) = self.conversations.get_mut(&conv.contact_id) {
+                    kept.waiting_since = conv.waiting_since;
+                }
+                let view = self.names.conversation(tc, &conv)?;
+                self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
+            }
         }
         Ok(())
     }
@@ -1227,6 +1249,9 @@ impl Ingest<'_> {
             return early::keep_status(tc, channel.id, wamid, status.as_str(), error.as_ref());
         };
         if let Some(updated) = messages::advance_status(tc, &row, status.as_str(), error)? {
+            if updated.status == "failed" && updated.sender_kind == "agent" {
+                self.unanswered.insert(updated.conversation_id);
+            }
             self.updated(tc, &updated)?;
         }
         Ok(())

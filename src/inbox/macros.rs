@@ -2,8 +2,14 @@
 //! ("Refund sent": reply with the refund text, label `refund`, resolve).
 //!
 //! Decisions:
-//! - Admins keep the tenant's macros (`/api/macros`); agents list and run
-//!   them (`POST /api/conversations/{id}/macros/{macro_id}`).
+//! - Admins keep the team's macros (`/api/macros`); every member lists
+//!   and runs them (`POST /api/conversations/{id}/macros/{macro_id}`).
+//! - A member who answers (owner, admin, agent) also keeps macros of their
+//!   own (`visibility: "personal"` when made): only they see, change and
+//!   run them (to anyone else they do not exist: 404), and they go when
+//!   the member leaves the tenant. Names are unique among the team's and
+//!   among each member's own; one of each may share a name. Visibility is
+//!   chosen when a macro is made and stays.
 //! - Actions: `send_message {text}`, `add_note {text}`, `add_labels` and
 //!   `remove_labels {labels}`, `assign {assignee_id}` (`null` unassigns),
 //!   `set_status {status}` (open, pending or resolved), `set_priority
@@ -77,6 +83,15 @@ pub enum Action {
     },
 }
 
+/// Whose a macro is: the team's, or its maker's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    #[default]
+    Team,
+    Personal,
+}
+
 /// A macro as listed.
 #[derive(Debug, Serialize)]
 pub struct Macro {
@@ -84,16 +99,57 @@ pub struct Macro {
     pub id: i64,
     pub name: String,
     pub actions: Vec<Action>,
+    pub visibility: Visibility,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its owner, for the checks; not shown (only the owner sees it).
+    #[serde(skip)]
+    owner: Option<i64>,
 }
 
-type Row = (i64, String, serde_json::Value, DateTime<Utc>, DateTime<Utc>);
+type Row = (i64, String, serde_json::Value, DateTime<Utc>, DateTime<Utc>, Option<i64>);
 
-fn of_row((id, name, actions, created_at, updated_at): Row) -> Macro {
+/// The columns of a [`Row`].
+macro_rules! row_columns {
+    () => {
+        (mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at, mc::owner_user_id)
+    };
+}
+
+fn of_row((id, name, actions, created_at, updated_at, owner): Row) -> Macro {
     // Written by `save` only, from checked actions.
     let actions = serde_json::from_value(actions).unwrap_or_default();
-    Macro { id, name, actions, created_at, updated_at }
+    let visibility = if owner.is_some() { Visibility::Personal } else { Visibility::Team };
+    Macro { id, name, actions, visibility, created_at, updated_at, owner }
+}
+
+/// Macro `id` as `user` may see it: the team's, or their own; anyone
+/// else's is not found.
+fn visible(tc: &mut TenantConn<'_>, user: UserId, id: i64) -> AppResult<Macro> {
+    let row: Option<Row> = mc::table
+        .find(id)
+        .filter(mc::owner_user_id.is_null().or(mc::owner_user_id.eq(user.0)))
+        .select(row_columns!())
+        .first(tc.pg())
+        .optional()?;
+    row.map(of_row).ok_or_else(|| AppError::not_found("macro"))
+}
+
+/// Who may change a macro of `visibility`: the team's, admins; one's own,
+/// its owner if they answer (they are the only one who sees it).
+fn may_keep(role: Role, visibility: Visibility) -> AppResult<()> {
+    let needed = if visibility == Visibility::Team { Role::Admin } else { Role::Agent };
+    if role.at_least(needed) {
+        return Ok(());
+    }
+    Err(AppError::forbidden(
+        "forbidden",
+        if visibility == Visibility::Team {
+            "only admins keep the team's macros; make one of your own with visibility personal"
+        } else {
+            "only members who answer keep macros"
+        },
+    ))
 }
 
 fn invalid(why: String) -> AppError {
@@ -150,51 +206,97 @@ fn checked_text(text: &str, n: usize) -> AppResult<String> {
     Ok(text.to_string())
 }
 
-pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<Macro>> {
+/// The team's macros and `user`'s own, by name.
+pub fn list(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Vec<Macro>> {
     let rows: Vec<Row> = mc::table
-        .order(mc::name)
-        .select((mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at))
+        .filter(mc::owner_user_id.is_null().or(mc::owner_user_id.eq(user.0)))
+        .order((mc::name, mc::id))
+        .select(row_columns!())
         .load(tc.pg())?;
     Ok(rows.into_iter().map(of_row).collect())
 }
 
-/// Saves a new macro (`id` `None`) or changes one; a name in use is 409
-/// `macro_name_taken`.
-pub fn save(
-    tc: &mut TenantConn<'_>,
-    user: UserId,
-    id: Option<i64>,
-    name: &str,
-    actions: Vec<Action>,
-) -> AppResult<Macro> {
-    let (name, actions) = checked(name, actions)?;
-    let taken: Option<i64> = mc::table.filter(mc::name.eq(&name)).select(mc::id).first(tc.pg()).optional()?;
+/// What a macro is made of, as given.
+pub struct Draft {
+    pub name: String,
+    pub actions: Vec<Action>,
+    /// Only when it is made (`None`: the team's); a change keeps it.
+    pub visibility: Option<Visibility>,
+}
+
+/// Saves a new macro (`id` `None`) or changes one ([module docs](self));
+/// a name in use among the same owner's is 409 `macro_name_taken`.
+pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, draft: Draft) -> AppResult<Macro> {
+    let owner = match id {
+        None => {
+            let visibility = draft.visibility.unwrap_or_default();
+            may_keep(role, visibility)?;
+            (visibility == Visibility::Personal).then_some(user.0)
+        }
+        Some(id) => {
+            let found = visible(tc, user, id)?;
+            may_keep(role, found.visibility)?;
+            if draft.visibility.is_some_and(|v| v != found.visibility) {
+                return Err(AppError::invalid(
+                    "invalid_visibility",
+                    "a macro's visibility stays as it was made; make a new one instead",
+                ));
+            }
+            found.owner
+        }
+    };
+    let (name, actions) = checked(&draft.name, draft.actions)?;
+    let same_name = mc::table.filter(mc::name.eq(&name)).select(mc::id).into_boxed();
+    let same_name = match owner {
+        Some(o) => same_name.filter(mc::owner_user_id.eq(o)),
+        None => same_name.filter(mc::owner_user_id.is_null()),
+    };
+    let taken: Option<i64> = same_name.first(tc.pg()).optional()?;
     if taken.is_some_and(|t| Some(t) != id) {
-        return Err(AppError::conflict("macro_name_taken", "another macro has this name"));
+        return Err(AppError::conflict("macro_name_taken", "another macro of the same owner has this name"));
     }
     let value = serde_json::to_value(&actions).map_err(AppError::internal)?;
-    let cols = (mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at);
     let row: Row = match id {
         None => diesel::insert_into(mc::table)
-            .values((mc::name.eq(&name), mc::actions.eq(&value), mc::created_by.eq(user.0)))
-            .returning(cols)
+            .values((
+                mc::name.eq(&name),
+                mc::actions.eq(&value),
+                mc::created_by.eq(user.0),
+                mc::owner_user_id.eq(owner),
+            ))
+            .returning(row_columns!())
             .get_result(tc.pg())?,
         Some(id) => diesel::update(mc::table.find(id))
             .set((mc::name.eq(&name), mc::actions.eq(&value), mc::updated_at.eq(diesel::dsl::now)))
-            .returning(cols)
+            .returning(row_columns!())
             .get_result(tc.pg())
             .optional()?
             .ok_or_else(|| AppError::not_found("macro"))?,
     };
     let action = if id.is_some() { "macro.updated" } else { "macro.created" };
-    audit::record(tc, Some(user), action, "macro", Some(row.0.to_string()), json!({"name": row.1}))?;
+    let visibility = if owner.is_some() { "personal" } else { "team" };
+    audit::record(
+        tc,
+        Some(user),
+        action,
+        "macro",
+        Some(row.0.to_string()),
+        json!({"name": row.1, "visibility": visibility}),
+    )?;
     Ok(of_row(row))
 }
 
-pub fn delete(tc: &mut TenantConn<'_>, user: UserId, id: i64) -> AppResult<()> {
-    let name: Option<String> = diesel::delete(mc::table.find(id)).returning(mc::name).get_result(tc.pg()).optional()?;
-    let name = name.ok_or_else(|| AppError::not_found("macro"))?;
-    audit::record(tc, Some(user), "macro.deleted", "macro", Some(id.to_string()), json!({"name": name}))?;
+pub fn delete(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: i64) -> AppResult<()> {
+    let found = visible(tc, user, id)?;
+    may_keep(role, found.visibility)?;
+    diesel::delete(mc::table.find(id)).execute(tc.pg())?;
+    audit::record(tc, Some(user), "macro.deleted", "macro", Some(id.to_string()), json!({"name": found.name}))?;
+    Ok(())
+}
+
+/// A member left the tenant: their own macros go with them.
+pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
+    diesel::delete(mc::table.filter(mc::owner_user_id.eq(user.0))).execute(tc.pg())?;
     Ok(())
 }
 
@@ -220,13 +322,7 @@ pub fn run(
     id: i64,
     client_id: Option<String>,
 ) -> AppResult<Ran> {
-    let row: Row = mc::table
-        .find(id)
-        .select((mc::id, mc::name, mc::actions, mc::created_at, mc::updated_at))
-        .first(tc.pg())
-        .optional()?
-        .ok_or_else(|| AppError::not_found("macro"))?;
-    let found = of_row(row);
+    let found = visible(tc, user, id)?;
     // Before anything: a conversation the caller may not see is not found.
     messages::visible_conversation(tc, user, role, conversation)?;
     let step = |n: usize, mut e: AppError| {

@@ -17,6 +17,9 @@
 //!   own. Mentions ring whatever the channel's `notifications` setting
 //!   (that one mutes customers' messages, not colleagues).
 //! - A retried note (same `client_id`) notifies nobody again.
+//! - Editing a note (`PATCH /api/messages/{id}`) may give `mentions`
+//!   again: the note then mentions exactly those; a member it names anew
+//!   is told, one it no longer names stops finding it. Left out, they stay.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -60,7 +63,7 @@ pub fn checked(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &[String]) 
 }
 
 /// Records that note `note`, by `author`, mentions `members`, and tells
-/// each (but the author).
+/// each (but the author) it did not mention already.
 pub fn record(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -76,9 +79,13 @@ pub fn record(
         .iter()
         .map(|u| (nm::message_id.eq(note.id), nm::user_id.eq(u.0), nm::conversation_id.eq(conv.id)))
         .collect();
-    diesel::insert_into(nm::table).values(&rows).on_conflict_do_nothing().execute(tc.pg())?;
+    let added: Vec<i64> = diesel::insert_into(nm::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning(nm::user_id)
+        .get_results(tc.pg())?;
     let preview: String = note.text.as_deref().unwrap_or("[file]").chars().take(120).collect();
-    for member in members.iter().filter(|u| **u != author) {
+    for member in members.iter().filter(|u| **u != author && added.contains(&u.0)) {
         log.append(
             tc,
             "notification",
@@ -90,6 +97,28 @@ pub fn record(
         )?;
     }
     Ok(())
+}
+
+/// An edited note mentions `members` now: those it no longer names stop
+/// finding it in their mentions, those it names anew are told.
+pub fn replace(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    conv: &ConversationRow,
+    note: &MessageRow,
+    author: UserId,
+    members: &[UserId],
+) -> AppResult<()> {
+    let kept: Vec<i64> = members.iter().map(|u| u.0).collect();
+    diesel::delete(nm::table.filter(nm::message_id.eq(note.id)).filter(nm::user_id.ne_all(&kept))).execute(tc.pg())?;
+    record(tc, log, conv, note, author, members)
+}
+
+/// The members note `id` mentions, in id order.
+pub fn of_note(tc: &mut TenantConn<'_>, id: MessageId) -> AppResult<Vec<UserId>> {
+    let ids: Vec<i64> =
+        nm::table.filter(nm::message_id.eq(id.0)).select(nm::user_id).order(nm::user_id).load(tc.pg())?;
+    Ok(ids.into_iter().map(UserId).collect())
 }
 
 /// A note that mentions the caller, as `GET /api/mentions` lists it.

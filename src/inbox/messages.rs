@@ -116,10 +116,14 @@ pub fn queue_outgoing(
         return Ok((row, false));
     }
     super::sender::queue(tc, super::sender::SendKind::Message, conv.id, Some(row.id))?;
+    // An agent's message answers whoever waits; an automatic one does not
+    // (`waiting`).
+    let waiting = super::waiting::kept_unless(out.agent.is_some());
     let conv: ConversationRow = diesel::update(conversations::table.find(conv.id))
         .set((
             conversations::last_message_id.eq(row.id),
             conversations::last_activity_at.eq(now),
+            conversations::waiting_since.eq(waiting),
             conversations::updated_at.eq(now),
         ))
         .returning(ConversationRow::as_returning())
@@ -330,7 +334,8 @@ fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super:
 
 /// `PATCH /api/messages/{id}` with `text`: a note's author rewrites it
 /// (announced as `message.updated` with `edited_at`; the same text again
-/// changes nothing). Nobody else may: 403 `not_your_note`.
+/// changes nothing), and with `mentions` names the members it calls in
+/// anew (`mentions` module docs). Nobody else may: 403 `not_your_note`.
 pub fn edit_note(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -338,6 +343,7 @@ pub fn edit_note(
     role: Role,
     id: super::MessageId,
     text: String,
+    mentions: Option<Vec<String>>,
 ) -> AppResult<MessageView> {
     let row = changeable_note(tc, user, role, id)?;
     if row.sender_user_id != Some(user.0) {
@@ -352,17 +358,29 @@ pub fn edit_note(
     if text.chars().count() > MOST_NOTE_CHARS {
         return Err(AppError::invalid("text_too_long", format!("a note must be at most {MOST_NOTE_CHARS} characters")));
     }
-    let contact = conversation_row(tc, ConversationId(row.conversation_id))?.contact_id;
+    let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
+    let mentioned = mentions.map(|raw| super::mentions::checked(tc, &conv, &raw)).transpose()?;
     let mut names = Names::default();
-    if row.text.as_deref() == Some(text.as_str()) {
-        return names.message(tc, &row, contact);
+    let same_mentions = match &mentioned {
+        None => true,
+        Some(given) => {
+            let mut given = given.clone();
+            given.sort_by_key(|u| u.0);
+            super::mentions::of_note(tc, super::MessageId(row.id))? == given
+        }
+    };
+    if row.text.as_deref() == Some(text.as_str()) && same_mentions {
+        return names.message(tc, &row, conv.contact_id);
     }
     let row: MessageRow = diesel::update(m::table.find(row.id))
         .set((m::text.eq(&text), m::edited_at.eq(diesel::dsl::now), m::updated_at.eq(diesel::dsl::now)))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
     note_changed(tc, log, user, &row, "message.note_edited")?;
-    names.message(tc, &row, contact)
+    if let Some(members) = mentioned.filter(|_| !same_mentions) {
+        super::mentions::replace(tc, log, &conv, &row, user, &members)?;
+    }
+    names.message(tc, &row, conv.contact_id)
 }
 
 /// A note's change: announced (`message.updated`) and audited as `action`.
@@ -526,6 +544,8 @@ pub fn retry(
         .get_result(tc.pg())?;
     super::sender::queue(tc, super::sender::SendKind::Message, conv.id, Some(row.id))?;
     log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    // On its way again: it answers what it answered before it failed.
+    rewaited(tc, log, conv.id)?;
     audit::record(
         tc,
         Some(user),
@@ -873,6 +893,12 @@ fn merged(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &MessageRow, ghosts:
 }
 
 pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &str, message: &str) -> AppResult<()> {
+    // The conversation is locked before the message, as the webhook path
+    // does: a failed reply of an agent's answered nothing (`waiting`).
+    let Some(conversation) = m::table.find(id).select(m::conversation_id).first::<i64>(tc.pg()).optional()? else {
+        return Ok(());
+    };
+    conversations::table.find(conversation).select(conversations::id).for_update().first::<i64>(tc.pg())?;
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
     if let Some(updated) = advance_status(tc, &row, "failed", Some(json!({"code": code, "message": message})))? {
         log.append(
@@ -882,6 +908,19 @@ pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &
             Some(updated.conversation_id),
             updated.update_view(),
         )?;
+        if updated.sender_kind == "agent" {
+            rewaited(tc, log, updated.conversation_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Works conversation `id`'s wait out again after one of its replies
+/// failed or was retried, announcing the change (`waiting::recompute`).
+fn rewaited(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64) -> AppResult<()> {
+    if let Some(conv) = super::waiting::recompute(tc, id)? {
+        let view = Names::default().conversation(tc, &conv)?;
+        log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ pub mod templates;
 pub mod transcript;
 pub mod uploads;
 pub mod views;
+pub mod waiting;
 
 crate::id_type!(
     /// A conversation, inside one tenant.

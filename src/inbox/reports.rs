@@ -24,8 +24,9 @@
 //!   conversations they had when resolved (or resolved, if no one had
 //!   them).
 //! - `now` is the inbox at the time of the report, whatever the period:
-//!   conversations open, pending and snoozed, and the open ones nobody is
-//!   assigned.
+//!   conversations open, pending and snoozed, the open ones nobody is
+//!   assigned, those whose customer waits for an answer and those past
+//!   their reply target (`waiting`).
 //! - No index serves a period (one on every message's time would cost every
 //!   webhook): a report reads the tenant's messages once, and each opened
 //!   conversation's first messages through its own index, which a period
@@ -140,8 +141,8 @@ pub struct Csat {
     pub ratings: [i64; 5],
 }
 
-/// Conversations waiting on the team now: by status, and the open ones
-/// nobody is assigned.
+/// Conversations waiting on the team now: by status, the open ones nobody
+/// is assigned, and those whose customer waits.
 #[derive(Debug, Default, Serialize, PartialEq, QueryableByName)]
 pub struct Backlog {
     #[diesel(sql_type = BigInt)]
@@ -152,6 +153,12 @@ pub struct Backlog {
     pub snoozed: i64,
     #[diesel(sql_type = BigInt)]
     pub open_unassigned: i64,
+    /// Whose customer waits for an answer (`waiting`), and of those, past
+    /// their channel's reply target.
+    #[diesel(sql_type = BigInt)]
+    pub waiting: i64,
+    #[diesel(sql_type = BigInt)]
+    pub overdue: i64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -309,14 +316,17 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
 
     // Resolved conversations are most of a long history: the status index
     // counts only those waiting.
-    let now: Backlog = diesel::sql_query(
+    let now: Backlog = diesel::sql_query(format!(
         "SELECT count(*) FILTER (WHERE status = 'open') AS open, \
                 count(*) FILTER (WHERE status = 'pending') AS pending, \
                 count(*) FILTER (WHERE status = 'snoozed') AS snoozed, \
-                count(*) FILTER (WHERE status = 'open' AND assignee_id IS NULL) AS open_unassigned \
+                count(*) FILTER (WHERE status = 'open' AND assignee_id IS NULL) AS open_unassigned, \
+                count(*) FILTER (WHERE waiting_since IS NOT NULL) AS waiting, \
+                count(*) FILTER (WHERE {}) AS overdue \
            FROM conversations \
           WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1)",
-    )
+        super::waiting::OVERDUE
+    ))
     .bind::<Nullable<BigInt>, _>(channel)
     .get_result(tc.pg())?;
 

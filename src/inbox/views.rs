@@ -97,6 +97,9 @@ pub struct ConversationRow {
     pub labels: Vec<String>,
     /// low, medium, high or urgent; `None` for none.
     pub priority: Option<String>,
+    /// When the customer's oldest message the team has not answered came
+    /// (`inbox::waiting`).
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -396,6 +399,8 @@ impl Names {
             can_send_template: channel.platform() == Platform::Whatsapp && channel.status == "connected",
             labels: row.labels.clone(),
             priority: row.priority.clone(),
+            waiting_since: row.waiting_since,
+            reply_due_at: super::waiting::reply_due_at(&channel.settings, row.priority.as_deref(), row.waiting_since),
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })
@@ -445,6 +450,12 @@ pub struct ConversationView {
     pub labels: Vec<String>,
     /// How urgent the team judged it: low, medium, high, urgent or null (an extension).
     pub priority: Option<String>,
+    /// When the customer's oldest message the team has not answered came
+    /// (an extension; `inbox::waiting`).
+    pub waiting_since: Option<DateTime<Utc>>,
+    /// When the channel's reply target for its priority runs out, while
+    /// the customer waits (an extension).
+    pub reply_due_at: Option<DateTime<Utc>>,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

@@ -3972,7 +3972,11 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
         [&json!(3), &json!(1), &json!(3), &json!(2), &json!(1)],
         "{o}"
     );
-    assert_eq!(o["now"], json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1}), "the inbox now");
+    assert_eq!(
+        o["now"],
+        json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1, "waiting": 1, "overdue": 0}),
+        "the inbox now: the quiet customer waits"
+    );
     let first = &o["first_response"];
     assert_eq!((&first["answered"], &first["unanswered"]), (&json!(2), &json!(1)), "{first}");
     let near = |v: &Value, secs: i64| v.as_i64().is_some_and(|s| (secs - 2..=secs + 30).contains(&s));
@@ -4579,9 +4583,11 @@ async fn a_note_mentions_a_colleague() {
     let ann_id =
         app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
     // Named twice, and the author too: Al is told once, the author not at all.
+    let mut first_note = String::new();
     for _ in 0..2 {
         let r = app.call("POST", &path, Some(&ctx.admin), Some(note(json!([al_id, al_id, ann_id]), "n-2"))).await;
         assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+        first_note = r.body["id"].as_str().expect("id").to_string();
     }
     let told =
         crate::realtime::until(&mut socket, "notification", std::time::Duration::from_secs(10)).await.expect("told");
@@ -4615,6 +4621,47 @@ async fn a_note_mentions_a_colleague() {
     let texts: Vec<&str> =
         mine.body["items"].as_array().expect("items").iter().filter_map(|m| m["text"].as_str()).collect();
     assert_eq!(texts, ["@Al the form", "@Al can you check the refund?"], "newest first");
+
+    // Edited, the note names whom it names now: Al no longer, then again
+    // (told again); the same edit twice, or text alone, changes no one.
+    let mentions_told = || {
+        app.count(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND payload->>'kind' = 'mention'",
+        )
+    };
+    let al_sees = || async {
+        let mine = app.call("GET", "/api/mentions", Some(&al), None).await.body;
+        mine["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let edit = |body: Value| {
+        let (app, path, t) = (&app, format!("/api/messages/{first_note}"), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(body)).await }
+    };
+    let before = mentions_told();
+    let r = edit(json!({"text": "Ann will check the refund", "mentions": [ann_id]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(al_sees().await, ["@Al the form"]);
+    assert_eq!(mentions_told(), before, "nobody new");
+    let r = edit(json!({"text": "Ann will check the refund", "mentions": ["999999"]})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_mentions")));
+    for _ in 0..2 {
+        let r = edit(json!({"text": "@Al over to you", "mentions": [al_id, ann_id]})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(mentions_told(), before + 1, "Al, once");
+    // Ann dropped, Al kept: Al is not told again.
+    let r = edit(json!({"text": "@Al over to you", "mentions": [al_id]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(mentions_told(), before + 1, "Al was named already");
+    let r = edit(json!({"text": "@Al over to you, thanks"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(al_sees().await, ["@Al the form", "@Al over to you, thanks"]);
+    assert_eq!(mentions_told(), before + 1);
 }
 
 /// The team marks how urgent a conversation is: shown on it, a filter of
@@ -4811,4 +4858,214 @@ async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
     let runs = log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "macro.run").count();
     assert_eq!(runs, 3);
+}
+
+fn time_of(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// A customer waits from their first unanswered message until the team
+/// answers: an automatic greeting does not answer, a failed reply did not,
+/// a reply, resolving or the business writing from Meta's apps does. A
+/// channel's reply targets by priority give `reply_due_at`; the list
+/// shows the waiting, the overdue, and the longest waits first.
+#[actix_web::test]
+async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
+    use switchboard::meta::fake::UNAVAILABLE_PSID;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let settings = |s: Value| {
+        let (app, path, t) = (&app, format!("/api/channels/{page}"), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(json!({"settings": s}))).await }
+    };
+    for bad in [json!({"urgent": 0}), json!({"none": 43_201}), json!({"critical": 5}), json!({"high": "soon"})] {
+        let r = settings(json!({"reply_targets": bad})).await;
+        assert!(matches!(r.status, 400 | 422), "{bad}: {:?}", r.body);
+        assert!(r.body["error"]["code"].is_string(), "{:?}", r.body);
+    }
+    let targets = json!({"reply_targets": {"urgent": 5, "none": 60}, "auto_reply": {"enabled": true, "text": "Hi!"}});
+    let r = settings(targets).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["settings"]["reply_targets"],
+        json!({"urgent": 5, "high": null, "medium": null, "low": null, "none": 60})
+    );
+
+    let now = chrono::Utc::now();
+    let ago = |minutes: i64| now - chrono::Duration::minutes(minutes);
+    let (long, short, answered) = ("7392015648130001", "7392015648130002", "7392015648130003");
+    for (from, at) in [(long, ago(120)), (short, ago(10)), (answered, ago(30)), (UNAVAILABLE_PSID, ago(20))] {
+        let body = json!({"to": PAGE_A, "from": from, "text": "hello?", "at": at.to_rfc3339()});
+        app.fake("POST", "/_fake/inbound", body).await;
+    }
+    app.processed().await;
+    // Asking again does not move the wait: it is from the first question.
+    let again = json!({"to": PAGE_A, "from": long, "text": "anyone?", "at": ago(100).to_rfc3339()});
+    app.fake("POST", "/_fake/inbound", again).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let close = |a: Option<chrono::DateTime<chrono::Utc>>, b: chrono::DateTime<chrono::Utc>| {
+        a.is_some_and(|a| (a - b).num_milliseconds().abs() < 1_000)
+    };
+    for (from, asked) in [(long, ago(120)), (short, ago(10)), (answered, ago(30))] {
+        let c = by_contact(&convs, from);
+        assert!(close(time_of(&c["waiting_since"]), asked), "the greeting answers nothing: {c}");
+        assert!(close(time_of(&c["reply_due_at"]), asked + chrono::Duration::minutes(60)), "{c}");
+    }
+
+    // A reply answers; one Meta refuses did not.
+    let (status, body) = reply(&app, &ctx.admin, &id(answered), "Here we are", "w-1").await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = reply(&app, &ctx.admin, &id(UNAVAILABLE_PSID), "Here we are", "w-2").await;
+    assert_eq!(status, 202, "{body}");
+    let refused = id(UNAVAILABLE_PSID);
+    eventually("the refused reply failed and the wait came back", || async {
+        let c = app.call("GET", &format!("/api/conversations/{refused}"), Some(&ctx.admin), None).await.body;
+        close(time_of(&c["waiting_since"]), ago(20))
+    })
+    .await;
+    let c = app.call("GET", &format!("/api/conversations/{}", id(answered)), Some(&ctx.admin), None).await.body;
+    assert_eq!((&c["waiting_since"], &c["reply_due_at"]), (&Value::Null, &Value::Null), "{c}");
+
+    let ids = |list: Vec<Value>| list.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?waiting=false").await), [id(answered)]);
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?overdue=true").await), [id(long)]);
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{}", id(short)),
+            Some(&ctx.admin),
+            Some(json!({"priority": "urgent"})),
+        )
+        .await;
+    assert!(close(time_of(&r.body["reply_due_at"]), ago(10) + chrono::Duration::minutes(5)), "{:?}", r.body);
+    let mut overdue = ids(conversations(&app, &ctx.admin, "?overdue=true").await);
+    overdue.sort();
+    let mut expected = vec![id(long), id(short)];
+    expected.sort();
+    assert_eq!(overdue, expected);
+    let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
+    assert_eq!((&report["now"]["waiting"], &report["now"]["overdue"]), (&json!(3), &json!(2)), "{report}");
+    // Longest waits first, a page at a time.
+    let longest = [id(long), refused.clone(), id(short)];
+    let first = app.call("GET", "/api/conversations?sort=waiting&limit=2", Some(&ctx.admin), None).await.body;
+    assert_eq!(ids(first["items"].as_array().expect("items").clone()), longest[..2]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let rest = conversations(&app, &ctx.admin, &format!("?sort=waiting&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(rest), longest[2..]);
+    for bad in ["?waiting=maybe", "?overdue=1", "?sort=oldest", "?sort=waiting&q=hello"] {
+        let r = app.call("GET", &format!("/api/conversations{bad}"), Some(&ctx.admin), None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}");
+    }
+
+    // Resolving ends a wait; the customer's next message starts one.
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{}", id(long)),
+            Some(&ctx.admin),
+            Some(json!({"status": "resolved"})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body["waiting_since"]), (200, &Value::Null), "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": long, "text": "me again"})).await;
+    app.processed().await;
+    let c = app.call("GET", &format!("/api/conversations/{}", id(long)), Some(&ctx.admin), None).await.body;
+    assert!(close(time_of(&c["waiting_since"]), chrono::Utc::now()), "{c}");
+
+    // The business answering from the WhatsApp Business app answers too.
+    assert_eq!(app.webhook(&fixture("whatsapp_text.json")).await, 200);
+    app.processed().await;
+    let wa = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{wa}");
+    assert!(app.call("GET", &path, Some(&ctx.admin), None).await.body["waiting_since"].is_string());
+    assert_eq!(app.webhook(&whatsapp_echo(WA_ID, "wamid.ANSWERED", "Sim!")).await, 200);
+    app.processed().await;
+    assert_eq!(app.call("GET", &path, Some(&ctx.admin), None).await.body["waiting_since"], Value::Null);
+}
+
+/// A member keeps macros of their own: nobody else sees, changes or runs
+/// them; names are unique per owner; visibility stays as made; they go
+/// when the member leaves.
+#[actix_web::test]
+async fn an_agent_keeps_macros_of_their_own() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let make = |t: &str, body: Value| {
+        let (app, t) = (&app, t.to_string());
+        async move { app.call("POST", "/api/macros", Some(&t), Some(body)).await }
+    };
+    let mine = |visibility: Option<&str>| {
+        let mut m = json!({"name": "Chase the courier", "actions": [{"type": "add_note", "text": "Courier chased"}]});
+        if let Some(v) = visibility {
+            m["visibility"] = json!(v);
+        }
+        m
+    };
+    let r = make(&al, mine(None)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")), "the team's are admins'");
+    let r = make(&al, mine(Some("personal"))).await;
+    assert_eq!((r.status, &r.body["visibility"]), (201, &json!("personal")), "{:?}", r.body);
+    let al_macro = r.body["id"].as_str().expect("id").to_string();
+    let r = make(&al, mine(Some("personal"))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("macro_name_taken")));
+    let r = make(&al, mine(Some("everyone"))).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    // The same name is free among the team's and the admin's own.
+    let r = make(&ctx.admin, mine(None)).await;
+    assert_eq!((r.status, &r.body["visibility"]), (201, &json!("team")), "{:?}", r.body);
+    let r = make(&ctx.admin, mine(Some("personal"))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let listed = |t: &str| {
+        let (app, t) = (&app, t.to_string());
+        async move {
+            let items = app.call("GET", "/api/macros", Some(&t), None).await.body["items"].clone();
+            items
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|m| m["visibility"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (mut al_sees, mut admin_sees) = (listed(&al).await, listed(&ctx.admin).await);
+    al_sees.sort();
+    admin_sees.sort();
+    assert_eq!(al_sees, ["personal", "team"], "his own and the team's");
+    assert_eq!(admin_sees, ["personal", "team"], "hers and the team's");
+
+    // Anyone else, an admin too: not found.
+    let path = format!("/api/macros/{al_macro}");
+    let renamed = json!({"name": "Courier", "actions": [{"type": "add_note", "text": "Courier chased"}]});
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(renamed.clone())).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(app.call("DELETE", &path, Some(&ctx.admin), None).await.status, 404);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Where is my parcel?"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let run = format!("/api/conversations/{conv}/macros/{al_macro}");
+    assert_eq!(app.call("POST", &run, Some(&ctx.admin), None).await.status, 404);
+    let mut team = renamed.clone();
+    team["visibility"] = json!("team");
+    let r = app.call("PATCH", &path, Some(&al), Some(team)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_visibility")));
+    let r = app.call("PATCH", &path, Some(&al), Some(renamed)).await;
+    assert_eq!((r.status, &r.body["name"], &r.body["visibility"]), (200, &json!("Courier"), &json!("personal")));
+    let r = app.call("POST", &run, Some(&al), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["messages"][0]["text"], "Courier chased");
+
+    // Al leaves: his macros go, the team's stay.
+    assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NOT NULL"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NULL"), 1);
 }

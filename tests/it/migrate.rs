@@ -230,3 +230,69 @@ fn events_logged_as_jsonb_survive_the_move_to_json() {
         .expect("event");
     assert_eq!(p.status, "reauth_required");
 }
+
+/// Conversations already waiting when `waiting_since` arrives get it from
+/// their messages: the customer's first message after the team's last
+/// answer (not a failed reply, a note or an automatic message); none for
+/// an answered or resolved one.
+#[test]
+fn conversations_waiting_before_the_column_arrives_get_their_wait() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        since: Option<String>,
+    }
+    let waiting: Vec<Waiting> = conn
+        .transaction(|conn| -> Result<Vec<Waiting>, Box<dyn std::error::Error + Send + Sync>> {
+            conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+            while conn.revert_last_migration(Migrations::tenant())?.to_string() != "20261201000012" {}
+            // 1: asked twice, answered by a reply that failed and by an
+            // auto-reply, with a note: waits since its first question.
+            // 2: asked, answered by an agent: waits for nobody.
+            // 3: answered, asked again twice: since the later first one.
+            // 4: asked, resolved: nobody. 5: answered from Meta's apps.
+            conn.batch_execute(
+                "INSERT INTO channels (id, platform, external_id, name) VALUES (1, 'facebook', 'page-1', 'P');
+                 INSERT INTO contacts (id, channel_id, external_id) SELECT i, 1, 'psid-' || i FROM generate_series(1, 5) i;
+                 INSERT INTO conversations (id, channel_id, contact_id, status, last_inbound_at)
+                      SELECT i, 1, i, CASE WHEN i = 4 THEN 'resolved' ELSE 'open' END, now() FROM generate_series(1, 5) i;
+                 INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, status, client_id, private, sort_at) VALUES
+                   (1, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:00Z'),
+                   (1, 1, 'out', 'agent', 'failed', 'c1', false, '2026-03-01 10:01Z'),
+                   (1, 1, 'out', 'page', 'sent', 'auto-reply:1', false, '2026-03-01 10:02Z'),
+                   (1, 1, 'out', 'agent', 'pending', 'n1', true, '2026-03-01 10:03Z'),
+                   (1, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:04Z'),
+                   (2, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:00Z'),
+                   (2, 1, 'out', 'agent', 'sent', 'c2', false, '2026-03-01 10:05Z'),
+                   (3, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 09:00Z'),
+                   (3, 1, 'out', 'agent', 'read', 'c3', false, '2026-03-01 09:30Z'),
+                   (3, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 11:00Z'),
+                   (3, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 11:10Z'),
+                   (4, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:00Z'),
+                   (5, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:00Z'),
+                   (5, 1, 'out', 'page', 'sent', NULL, false, '2026-03-01 10:20Z');",
+            )?;
+            conn.run_pending_migrations(Migrations::tenant())?;
+            Ok(diesel::sql_query(
+                "SELECT id, to_char(waiting_since AT TIME ZONE 'UTC', 'HH24:MI') AS since FROM conversations ORDER BY id",
+            )
+            .load(conn)?)
+        })
+        .expect("revert, seed, re-run");
+    let since = |s: &str| Some(s.to_string());
+    assert_eq!(
+        waiting,
+        vec![
+            Waiting { id: 1, since: since("10:00") },
+            Waiting { id: 2, since: None },
+            Waiting { id: 3, since: since("11:00") },
+            Waiting { id: 4, since: None },
+            Waiting { id: 5, since: None },
+        ]
+    );
+}
