@@ -115,6 +115,8 @@ diesel::table! {
         priority -> Nullable<Text>,
         /// The customer's oldest message not yet answered (`inbox::waiting`).
         waiting_since -> Nullable<Timestamptz>,
+        /// The wait last rung as overdue (`inbox::waiting::ring_overdue`).
+        overdue_rung_for -> Nullable<Timestamptz>,
     }
 }
 

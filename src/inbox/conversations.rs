@@ -122,7 +122,7 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
         None => {}
     }
     match f.waiting {
-        Some(true) => q = q.filter(c::waiting_since.is_not_null()),
+        Some(true) => q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::waiting_since.is_not_null()),
         Some(false) => q = q.filter(c::waiting_since.is_null()),
         None => {}
     }
@@ -130,7 +130,7 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
         q = q.filter(sql::<Bool>(super::waiting::OVERDUE));
     }
     if f.longest_waiting {
-        q = q.filter(c::waiting_since.is_not_null());
+        q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::waiting_since.is_not_null());
         if let Some((at, id)) = after {
             q = q.filter(c::waiting_since.gt(at).or(c::waiting_since.eq(at).and(c::id.gt(id))));
         }

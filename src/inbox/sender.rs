@@ -607,7 +607,8 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
         .await
 }
 
-/// Wakes snoozed conversations of every active tenant, every 30 seconds.
+/// Wakes snoozed conversations of every active tenant, and rings waits
+/// past their reply target (`waiting`), every 30 seconds.
 pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -616,7 +617,8 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
         for t in tenants.into_iter().filter(|t| t.is_active()) {
             let r = state
                 .tenant_with_events(TenantScope::system(t.tenant_id()), |tc, log| {
-                    conversations::wake_snoozed(tc, log).map(drop)
+                    conversations::wake_snoozed(tc, log)?;
+                    super::waiting::ring_overdue(tc, log).map(drop)
                 })
                 .await;
             if let Err(e) = r {

@@ -10,7 +10,9 @@
 //!   writing from Meta's own apps (an echo) at or after it. An automatic
 //!   message (greeting, away reply, survey) answers nothing: the customer
 //!   still waits for a person; nor does a note. Resolving clears it; a
-//!   message that reopens the conversation starts it again. A bare rating
+//!   message that reopens the conversation starts it again. Snoozing or
+//!   setting it pending does not: the customer still waits (a snoozed
+//!   conversation past its target counts as overdue). A bare rating
 //!   of a survey, a message unsent before it came and a blocked contact's
 //!   messages start nothing.
 //! - A reply that fails (Meta refuses it, or WhatsApp reports it failed
@@ -25,6 +27,13 @@
 //!   `reply_due_at`; `GET /api/conversations?overdue=true` lists those
 //!   past it. Minutes of the clock, not of business hours: a team that
 //!   closes at night sets targets that reach over it, or none.
+//! - When a wait passes its target, the team is told once: a
+//!   `notification` `{kind: "reply_overdue", conversation_id, channel_id,
+//!   user_id (the assignee, or null), waiting_since, reply_due_at}` to the
+//!   channel's sockets, within 30 seconds ([`ring_overdue`], on the clock
+//!   that wakes snoozed conversations). A new wait, after an answer or a
+//!   resolve, rings again when it too runs over; a wait already rung does
+//!   not ring again for a changed target or priority.
 //! - `GET /api/conversations?waiting=true` lists the waiting ones
 //!   (`false`: the others); `sort=waiting` lists the waiting ones, longest
 //!   wait first (not with `q`, which lists by activity).
@@ -38,6 +47,13 @@ use serde::{Deserialize, Serialize};
 use super::views::ConversationRow;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
+
+/// The statuses of a conversation someone may wait in. A resolved one
+/// waits for nobody (resolving ends a wait), so a query of the waiting
+/// names these too: the status index then reads only the unresolved
+/// conversations, where `waiting_since` has no index of its own (every
+/// webhook would pay for keeping it).
+pub const UNRESOLVED: [&str; 3] = ["open", "pending", "snoozed"];
 
 /// The longest target: 30 days.
 pub const MOST_TARGET_MINUTES: u32 = 43_200;
@@ -101,7 +117,8 @@ pub fn reply_due_at(
 
 /// The condition `?overdue=true` adds to a query of `conversations`:
 /// waiting past its channel's target for its priority (no target: never).
-pub const OVERDUE: &str = "conversations.waiting_since IS NOT NULL \
+/// The statuses are named for the status index (see [`UNRESOLVED`]).
+pub const OVERDUE: &str = "conversations.status IN ('open', 'pending', 'snoozed') AND conversations.waiting_since IS NOT NULL \
     AND conversations.waiting_since + make_interval(mins => (SELECT (ch.settings->'reply_targets'->>coalesce(conversations.priority, 'none'))::int \
                                                                 FROM channels ch WHERE ch.id = conversations.channel_id)) <= now()";
 
@@ -110,6 +127,34 @@ pub const OVERDUE: &str = "conversations.waiting_since IS NOT NULL \
 /// message may have started a wait since).
 pub fn kept_unless(answered: bool) -> SqlLiteral<Nullable<Timestamptz>> {
     diesel::dsl::sql(if answered { "NULL" } else { "waiting_since" })
+}
+
+/// Tells the team of every wait that passed its target since the last
+/// look, once per wait ([module docs](self)); how many.
+pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) -> AppResult<usize> {
+    let rung: Vec<ConversationRow> = diesel::sql_query(format!(
+        "UPDATE conversations SET overdue_rung_for = waiting_since \
+          WHERE {OVERDUE} AND overdue_rung_for IS DISTINCT FROM waiting_since \
+         RETURNING conversations.*"
+    ))
+    .load(tc.pg())?;
+    for conv in &rung {
+        let settings: serde_json::Value = crate::db::tenant_schema::channels::table
+            .find(conv.channel_id)
+            .select(crate::db::tenant_schema::channels::settings)
+            .first(tc.pg())?;
+        log.append(
+            tc,
+            "notification",
+            Some(conv.channel_id),
+            Some(conv.id),
+            serde_json::json!({"kind": "reply_overdue", "conversation_id": conv.id.to_string(),
+                "channel_id": conv.channel_id.to_string(), "user_id": conv.assignee_id.map(|a| a.to_string()),
+                "waiting_since": conv.waiting_since,
+                "reply_due_at": reply_due_at(&settings, conv.priority.as_deref(), conv.waiting_since)}),
+        )?;
+    }
+    Ok(rung.len())
 }
 
 /// The team's messages that answer a customer, as a condition on `o`:

@@ -1,2 +1,2 @@
-DROP INDEX IF EXISTS conversations_waiting_idx;
+ALTER TABLE conversations DROP COLUMN IF EXISTS overdue_rung_for;
 ALTER TABLE conversations DROP COLUMN IF EXISTS waiting_since;

@@ -2,6 +2,9 @@
 -- (`inbox::waiting`): set by their message, cleared by the team's answer
 -- or by resolving. Nullable, no default: no rewrite.
 ALTER TABLE conversations ADD COLUMN IF NOT EXISTS waiting_since TIMESTAMPTZ;
+-- The wait (its `waiting_since`) the team was last told had passed its
+-- reply target: each wait rings once.
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS overdue_rung_for TIMESTAMPTZ;
 
 -- The conversations already waiting: their customer's first message after
 -- the team's last answer (the same rule as `waiting::recompute`). Only
@@ -22,6 +25,8 @@ UPDATE conversations c
          WHERE c2.status <> 'resolved' AND c2.last_inbound_at IS NOT NULL) w
  WHERE c.id = w.id AND w.at IS NOT NULL;
 
--- The longest waits first (`?sort=waiting`), and only the waiting ones.
-CREATE INDEX IF NOT EXISTS conversations_waiting_idx
-    ON conversations (waiting_since, id) WHERE waiting_since IS NOT NULL;
+-- No index of its own: every webhook updates its conversation, and one
+-- more index to keep cost each of them (`bench realtime`, twenty-fifth
+-- machine). A resolved conversation waits for nobody, so the queries of
+-- waiting ones also name the unresolved statuses and read the status
+-- index, which holds few of a long history's conversations.

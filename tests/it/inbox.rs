@@ -4948,6 +4948,29 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     assert_eq!(overdue, expected);
     let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
     assert_eq!((&report["now"]["waiting"], &report["now"]["overdue"]), (&json!(3), &json!(2)), "{report}");
+    // The clock rings each overdue wait once.
+    let ring = || {
+        let mut pooled = app.pool.get().expect("conn");
+        let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+        switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+            let mut log = switchboard::inbox::events::EventLog::new();
+            let n = switchboard::inbox::waiting::ring_overdue(tc, &mut log)?;
+            log.write(tc)?;
+            Ok::<_, switchboard::AppError>(n)
+        })
+        .expect("ring")
+    };
+    assert_eq!((ring(), ring()), (2, 0));
+    let rung = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND payload->>'kind' = 'reply_overdue'",
+    );
+    assert_eq!(rung, 2);
+    let short_rung = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE payload->>'kind' = 'reply_overdue' \
+            AND payload->>'conversation_id' = '{}' AND payload->>'reply_due_at' IS NOT NULL",
+        id(short)
+    ));
+    assert_eq!(short_rung, 1);
     // Longest waits first, a page at a time.
     let longest = [id(long), refused.clone(), id(short)];
     let first = app.call("GET", "/api/conversations?sort=waiting&limit=2", Some(&ctx.admin), None).await.body;
