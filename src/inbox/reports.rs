@@ -251,9 +251,11 @@ struct Person {
     email: String,
 }
 
-/// The replies of the team's that answer a customer: an agent's, or the
-/// business's from Meta's own apps (no client id), not an auto-reply.
-const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.status <> 'failed' \
+/// The replies of the team's that answer a customer, as a condition on
+/// messages `m`: an agent's, or the business's from Meta's own apps (no
+/// client id); not failed, not a note, not an auto-reply. (A customer's
+/// wait ends by the same rule: `waiting`.)
+pub(super) const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.status <> 'failed' \
     AND (m.sender_kind = 'agent' OR (m.sender_kind = 'page' AND m.client_id IS NULL))";
 
 /// The period's figures ([module docs](self)).

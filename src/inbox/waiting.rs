@@ -18,8 +18,9 @@
 //! - A reply that fails (Meta refuses it, or WhatsApp reports it failed
 //!   later) answered nothing: the wait is worked out again from the
 //!   conversation's messages ([`recompute`]: the customer's first message
-//!   after the team's last answer that did not fail), and a retry of it
-//!   is worked out again too.
+//!   after the team's last answer that did not fail, answers counted as
+//!   the reports count first responses), and a retry of it is worked out
+//!   again too.
 //! - Reply targets: a channel's `settings.reply_targets`, minutes by
 //!   priority (`urgent`, `high`, `medium`, `low`, and `none` for a
 //!   conversation without one), each 1 to [`MOST_TARGET_MINUTES`] or
@@ -157,13 +158,6 @@ pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) 
     Ok(rung.len())
 }
 
-/// The team's messages that answer a customer, as a condition on `o`:
-/// an agent's, or the business's from Meta's own apps (no client id);
-/// not failed, not a note, not an automatic message. (The reports count
-/// first responses by the same rule.)
-const ANSWER: &str = "o.direction = 'out' AND NOT o.private AND o.status <> 'failed' \
-    AND (o.sender_kind = 'agent' OR (o.sender_kind = 'page' AND o.client_id IS NULL))";
-
 /// Works conversation `id`'s wait out again from its messages (after a
 /// reply failed, or was retried); the row when that changed it. A
 /// resolved conversation waits for nobody.
@@ -172,12 +166,13 @@ pub fn recompute(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<Conversat
         "WITH w AS (SELECT (SELECT min(i.sort_at) FROM messages i \
                              WHERE i.conversation_id = $1 AND i.direction = 'in' AND NOT i.private \
                                AND i.deleted_at IS NULL \
-                               AND i.sort_at > coalesce((SELECT max(o.sort_at) FROM messages o \
-                                                          WHERE o.conversation_id = $1 AND {ANSWER}), \
+                               AND i.sort_at > coalesce((SELECT max(m.sort_at) FROM messages m \
+                                                          WHERE m.conversation_id = $1 AND {answers}), \
                                                         '-infinity'::timestamptz)) AS at) \
          UPDATE conversations SET waiting_since = w.at, updated_at = now() FROM w \
           WHERE id = $1 AND status <> 'resolved' AND waiting_since IS DISTINCT FROM w.at \
-         RETURNING conversations.*"
+         RETURNING conversations.*",
+        answers = super::reports::ANSWERS
     ))
     .bind::<BigInt, _>(id)
     .get_result(tc.pg())
