@@ -252,6 +252,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    saved_views (id) {
+        id -> Int8,
+        user_id -> Int8,
+        name -> Text,
+        filters -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(note_mentions -> messages (message_id));
 diesel::joinable!(conversations -> contacts (contact_id));
 diesel::joinable!(csat_surveys -> conversations (conversation_id));
@@ -274,5 +285,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     early_changes,
     csat_surveys,
     note_mentions,
-    macros
+    macros,
+    saved_views
 );

@@ -10,7 +10,7 @@ use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
-use crate::inbox::conversations::{self, Filter, Patch};
+use crate::inbox::conversations::{self, FilterParams, Patch};
 use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -25,6 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
         .service(resource("/mentions").route(web::get().to(list_mentions)))
+        .service(resource("/views").route(web::get().to(list_views)).route(web::post().to(create_view)))
+        .service(resource("/views/{id}").route(web::patch().to(update_view)).route(web::delete().to(delete_view)))
         .service(resource("/macros").route(web::get().to(list_macros)).route(web::post().to(create_macro)))
         .service(resource("/macros/{id}").route(web::patch().to(update_macro)).route(web::delete().to(delete_macro)))
         .service(resource("/conversations/{id}/macros/{macro_id}").route(web::post().to(run_macro)))
@@ -65,92 +67,38 @@ fn contact_id(raw: &str) -> AppResult<crate::inbox::ContactId> {
 
 #[derive(Deserialize)]
 struct ListQuery {
-    status: Option<String>,
-    channel_id: Option<String>,
-    assignee: Option<String>,
-    unread: Option<String>,
-    q: Option<String>,
-    label: Option<String>,
-    priority: Option<String>,
-    waiting: Option<String>,
-    overdue: Option<String>,
-    sort: Option<String>,
+    #[serde(flatten)]
+    filters: FilterParams,
+    /// A saved view's filters (`inbox::saved_views`), under those given here.
+    view: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
-}
-
-/// `true` or `false` (empty or left out: `None`), else 400 naming `what`.
-fn flag(raw: Option<&str>, what: &str) -> AppResult<Option<bool>> {
-    match raw {
-        None | Some("") => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(_) => Err(AppError::bad_request("invalid_query", format!("{what} must be true or false"))),
-    }
 }
 
 async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQuery>) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let limit = parse_limit(q.limit.as_deref())?;
     let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
-    if let Some(s) = &q.status {
-        if !conversations::STATUSES.contains(&s.as_str()) {
-            return Err(AppError::bad_request("invalid_status", "status must be open, pending, snoozed or resolved"));
-        }
-    }
-    let bad_id = |what: &str| AppError::bad_request("invalid_query", format!("{what} is not an id"));
-    let filter = Filter {
-        status: q.status,
-        channel_id: q.channel_id.as_deref().map(|c| c.parse::<i64>().map_err(|_| bad_id("channel_id"))).transpose()?,
-        assignee: match q.assignee.as_deref() {
-            None | Some("") => None,
-            Some("me") => Some(Some(auth.user.0)),
-            Some("none") => Some(None),
-            Some(u) => Some(Some(u.parse::<i64>().map_err(|_| bad_id("assignee"))?)),
-        },
-        unread: flag(q.unread.as_deref(), "unread")?.unwrap_or(false),
-        q: q.q,
-        label: q
-            .label
-            .as_deref()
-            .filter(|l| !l.is_empty())
-            .map(conversations::normalize_label)
-            .transpose()
-            .map_err(|e| AppError::bad_request("invalid_query", e.message))?,
-        priority: match q.priority.as_deref() {
-            None | Some("") => None,
-            Some("none") => Some(None),
-            Some(p) => Some(Some(conversations::checked_priority(p).map_err(|_| {
-                AppError::bad_request("invalid_query", "priority is low, medium, high, urgent or none")
-            })?)),
-        },
-        waiting: flag(q.waiting.as_deref(), "waiting")?,
-        overdue: flag(q.overdue.as_deref(), "overdue")?.unwrap_or(false),
-        longest_waiting: match q.sort.as_deref() {
-            None | Some("") | Some("activity") => false,
-            Some("waiting") => true,
-            Some(_) => return Err(AppError::bad_request("invalid_query", "sort is activity or waiting")),
-        },
-    };
-    if filter.longest_waiting && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
-        return Err(AppError::bad_request(
-            "invalid_query",
-            "sort=waiting does not go with q: a search lists by activity",
-        ));
-    }
-    let longest_waiting = filter.longest_waiting;
+    let view = q.view.as_deref().filter(|v| !v.is_empty()).map(saved_view_id).transpose()?;
     let (user, role) = (auth.user, auth.role);
-    let (items, stale) = state
+    let given = q.filters;
+    // Checked before any database work, a view's filters after it is read.
+    let filter = given.filter(user)?;
+    let (items, stale, filter) = state
         .db
         .tenant(auth.scope(), move |tc| {
+            let filter = match view {
+                Some(id) => crate::inbox::saved_views::find(tc, user, id)?.filters.overlaid(given).filter(user)?,
+                None => filter,
+            };
             let items = conversations::list(tc, user, role, &filter, after, limit)?;
             let contacts: Vec<i64> = items.iter().map(|c| c.contact.id.0).collect();
-            Ok::<_, AppError>((items, contacts::stale_profiles(tc, &contacts, Utc::now())?))
+            Ok::<_, AppError>((items, contacts::stale_profiles(tc, &contacts, Utc::now())?, filter))
         })
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     let next = if items.len() as i64 >= limit {
-        items.last().map(|c| match (longest_waiting, c.waiting_since) {
+        items.last().map(|c| match (filter.longest_waiting, c.waiting_since) {
             (true, Some(since)) => encode_time_cursor(since, c.id.0),
             _ => encode_time_cursor(c.last_activity_at, c.id.0),
         })
@@ -380,6 +328,66 @@ async fn list_mentions(
         .tenant(auth.scope(), move |tc| crate::inbox::mentions::of(tc, user, role, page.after, page.limit))
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.message_id.0)))
+}
+
+/// A saved view's id from the path or `?view=`; anything else names none.
+fn saved_view_id(raw: &str) -> AppResult<i64> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| AppError::not_found("view"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewBody {
+    name: String,
+    #[serde(default)]
+    filters: Map<String, Value>,
+}
+
+/// `GET /api/views`: the caller's saved views, by name (`inbox::saved_views`).
+async fn list_views(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let user = auth.user;
+    let items = state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::list(tc, user)).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+}
+
+async fn create_view(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<ViewBody>,
+) -> AppResult<HttpResponse> {
+    let (user, b) = (auth.user, body.into_inner());
+    let made = state
+        .db
+        .tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, None, &b.name, &b.filters))
+        .await?;
+    Ok(HttpResponse::Created().json(made))
+}
+
+/// `PATCH /api/views/{id}` `{name, filters}`: the whole view again.
+async fn update_view(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<ViewBody>,
+) -> AppResult<HttpResponse> {
+    let id = saved_view_id(&path)?;
+    let (user, b) = (auth.user, body.into_inner());
+    let saved = state
+        .db
+        .tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, Some(id), &b.name, &b.filters))
+        .await?;
+    Ok(HttpResponse::Ok().json(saved))
+}
+
+async fn delete_view(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = saved_view_id(&path)?;
+    let user = auth.user;
+    state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::delete(tc, user, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ use diesel::dsl::sql;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::events::EventLog;
@@ -40,6 +41,109 @@ pub struct Filter {
     /// The waiting ones, longest wait first, keyset on (waiting_since, id);
     /// not with `q`.
     pub longest_waiting: bool,
+}
+
+/// The list's filters as a client writes them (query parameters, or a
+/// saved view's `filters`): read into a [`Filter`] for the one who lists,
+/// so `assignee=me` is whoever uses them.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+pub struct FilterParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overdue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
+}
+
+impl FilterParams {
+    /// The names a client may give.
+    pub const NAMES: [&'static str; 10] =
+        ["status", "channel_id", "assignee", "unread", "q", "label", "priority", "waiting", "overdue", "sort"];
+
+    /// These, with each one `over` gives put in its place.
+    pub fn overlaid(self, over: FilterParams) -> FilterParams {
+        FilterParams {
+            status: over.status.or(self.status),
+            channel_id: over.channel_id.or(self.channel_id),
+            assignee: over.assignee.or(self.assignee),
+            unread: over.unread.or(self.unread),
+            q: over.q.or(self.q),
+            label: over.label.or(self.label),
+            priority: over.priority.or(self.priority),
+            waiting: over.waiting.or(self.waiting),
+            overdue: over.overdue.or(self.overdue),
+            sort: over.sort.or(self.sort),
+        }
+    }
+
+    /// The filter these say for member `me`; a wrong one is 400
+    /// `invalid_query` (`invalid_status` for a status) naming it.
+    pub fn filter(&self, me: UserId) -> AppResult<Filter> {
+        let bad = |why: String| AppError::bad_request("invalid_query", why);
+        let flag = |raw: Option<&str>, what: &str| match raw {
+            None | Some("") => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(bad(format!("{what} must be true or false"))),
+        };
+        let id = |raw: &str, what: &str| raw.parse::<i64>().map_err(|_| bad(format!("{what} is not an id")));
+        let status = self.status.clone();
+        if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
+            return Err(AppError::bad_request("invalid_status", "status must be open, pending, snoozed or resolved"));
+        }
+        let filter = Filter {
+            status,
+            channel_id: self.channel_id.as_deref().map(|c| id(c, "channel_id")).transpose()?,
+            assignee: match self.assignee.as_deref() {
+                None | Some("") => None,
+                Some("me") => Some(Some(me.0)),
+                Some("none") => Some(None),
+                Some(u) => Some(Some(id(u, "assignee")?)),
+            },
+            unread: flag(self.unread.as_deref(), "unread")?.unwrap_or(false),
+            q: self.q.clone(),
+            label: self
+                .label
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .map(normalize_label)
+                .transpose()
+                .map_err(|e| bad(e.message))?,
+            priority: match self.priority.as_deref() {
+                None | Some("") => None,
+                Some("none") => Some(None),
+                Some(p) => Some(Some(
+                    checked_priority(p).map_err(|_| bad("priority is low, medium, high, urgent or none".into()))?,
+                )),
+            },
+            waiting: flag(self.waiting.as_deref(), "waiting")?,
+            overdue: flag(self.overdue.as_deref(), "overdue")?.unwrap_or(false),
+            longest_waiting: match self.sort.as_deref() {
+                None | Some("") | Some("activity") => false,
+                Some("waiting") => true,
+                Some(_) => return Err(bad("sort is activity or waiting".into())),
+            },
+        };
+        if filter.longest_waiting && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+            return Err(bad("sort=waiting does not go with q: a search lists by activity".into()));
+        }
+        Ok(filter)
+    }
 }
 
 pub const STATUSES: [&str; 4] = ["open", "pending", "snoozed", "resolved"];

@@ -36,6 +36,7 @@ pub mod messages;
 pub mod once_per;
 pub mod processor;
 pub mod reports;
+pub mod saved_views;
 pub mod search_index;
 pub mod sender;
 pub mod templates;

@@ -5092,3 +5092,76 @@ async fn an_agent_keeps_macros_of_their_own() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NOT NULL"), 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NULL"), 1);
 }
+
+/// A member saves named filters of the list and lists by them, a filter
+/// in the query taking the place of the view's; nobody else sees or uses
+/// them; filters are checked as the list checks them.
+#[actix_web::test]
+async fn a_saved_view_lists_as_its_filters_say() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    for from in ["7392015648140001", "7392015648140002", "7392015648140003"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "hello"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let (first, second, third) = (id("7392015648140001"), id("7392015648140002"), id("7392015648140003"));
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].clone();
+    for (conv, body) in [
+        (&first, json!({"priority": "urgent", "assignee_id": me})),
+        (&second, json!({"priority": "urgent"})),
+        (&third, json!({"assignee_id": me})),
+    ] {
+        let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let view = json!({"name": "Mine, urgent", "filters": {"assignee": "me", "priority": "urgent", "unread": true}});
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view.clone())).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["filters"], json!({"assignee": "me", "priority": "urgent", "unread": "true"}));
+    let view_id = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("view_name_taken")));
+    for bad in [json!({"priority": "p1"}), json!({"colour": "red"}), json!({"sort": "waiting", "q": "x"})] {
+        let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(json!({"name": "bad", "filters": bad}))).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_filters")), "{bad}");
+    }
+
+    let ids = |list: Vec<Value>| list.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={view_id}")).await), [first.as_str()]);
+    // The query's own filter takes the place of the view's.
+    let mut either = ids(conversations(&app, &ctx.admin, &format!("?view={view_id}&assignee=")).await);
+    either.sort();
+    let mut urgent = vec![first.clone(), second.clone()];
+    urgent.sort();
+    assert_eq!(either, urgent);
+    assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={view_id}&priority=none")).await), [third]);
+    let r = app.call("GET", &format!("/api/conversations?view={view_id}&priority=p1"), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")));
+
+    // Al neither sees nor uses it.
+    assert_eq!(app.call("GET", "/api/views", Some(&al), None).await.body["items"], json!([]));
+    for (method, path) in [
+        ("GET", format!("/api/conversations?view={view_id}")),
+        ("DELETE", format!("/api/views/{view_id}")),
+        ("GET", "/api/conversations?view=abc".to_string()),
+    ] {
+        assert_eq!(app.call(method, &path, Some(&al), None).await.status, 404, "{method} {path}");
+    }
+    let renamed = json!({"name": "Urgent", "filters": {"priority": "urgent"}});
+    assert_eq!(app.call("PATCH", &format!("/api/views/{view_id}"), Some(&al), Some(renamed.clone())).await.status, 404);
+    let r = app.call("PATCH", &format!("/api/views/{view_id}"), Some(&ctx.admin), Some(renamed)).await;
+    assert_eq!((r.status, &r.body["name"]), (200, &json!("Urgent")), "{:?}", r.body);
+    assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={view_id}")).await).len(), 2);
+    assert_eq!(app.call("DELETE", &format!("/api/views/{view_id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(app.call("GET", "/api/views", Some(&ctx.admin), None).await.body["items"], json!([]));
+    // A member who leaves takes their views along.
+    let r =
+        app.call("POST", "/api/views", Some(&al), Some(json!({"name": "Open", "filters": {"status": "open"}}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let al_id = al_member["user_id"].as_str().expect("id");
+    assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.saved_views"), 0);
+}

@@ -258,4 +258,12 @@ async fn live_answers_match_the_served_openapi_document() {
     check(&app, &doc, "GET", "/api/macros", "/api/macros", Some(admin), None).await;
     let run = format!("{path}/macros/{}", made["id"].as_str().expect("id"));
     check(&app, &doc, "POST", "/api/conversations/{id}/macros/{macro_id}", &run, Some(admin), None).await;
+    let mine = json!({"name": "Mine", "filters": {"assignee": "me", "unread": true}});
+    let view = check(&app, &doc, "POST", "/api/views", "/api/views", Some(admin), Some(mine)).await;
+    check(&app, &doc, "GET", "/api/views", "/api/views", Some(admin), None).await;
+    let view_path = format!("/api/views/{}", view["id"].as_str().expect("id"));
+    let open = json!({"name": "Open", "filters": {"status": "open"}});
+    check(&app, &doc, "PATCH", "/api/views/{id}", &view_path, Some(admin), Some(open)).await;
+    let bad = json!({"name": "Bad", "filters": {"colour": "red"}});
+    check(&app, &doc, "POST", "/api/views", "/api/views", Some(admin), Some(bad)).await;
 }
