@@ -504,6 +504,8 @@ pub fn retry(
     role: Role,
     id: super::MessageId,
 ) -> AppResult<MessageView> {
+    // A retry changes the conversation's wait too (`waiting`).
+    lock_conversation_of(tc, id.0)?;
     let row = visible_message_for_update(tc, user, role, id)?;
     if row.direction != "out" || row.sender_kind != "agent" || row.private || row.deleted_at.is_some() {
         return Err(AppError::invalid("not_retryable", "only a reply the team sent can be sent again"));
@@ -893,12 +895,11 @@ fn merged(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &MessageRow, ghosts:
 }
 
 pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &str, message: &str) -> AppResult<()> {
-    // The conversation is locked before the message, as the webhook path
-    // does: a failed reply of an agent's answered nothing (`waiting`).
-    let Some(conversation) = m::table.find(id).select(m::conversation_id).first::<i64>(tc.pg()).optional()? else {
+    // A failed reply of an agent's answered nothing (`waiting`): its
+    // conversation changes too.
+    if lock_conversation_of(tc, id)?.is_none() {
         return Ok(());
-    };
-    conversations::table.find(conversation).select(conversations::id).for_update().first::<i64>(tc.pg())?;
+    }
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
     if let Some(updated) = advance_status(tc, &row, "failed", Some(json!({"code": code, "message": message})))? {
         log.append(
@@ -913,6 +914,18 @@ pub fn mark_failed(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, code: &
         }
     }
     Ok(())
+}
+
+/// Locks the conversation of message `id` (when there is one), before
+/// the message is locked: the webhook path takes a conversation's lock
+/// before its messages', and a change of both takes them in that order
+/// too, so that neither waits for the other.
+fn lock_conversation_of(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<i64>> {
+    let Some(conversation) = m::table.find(id).select(m::conversation_id).first::<i64>(tc.pg()).optional()? else {
+        return Ok(None);
+    };
+    conversations::table.find(conversation).select(conversations::id).for_update().first::<i64>(tc.pg())?;
+    Ok(Some(conversation))
 }
 
 /// Works conversation `id`'s wait out again after one of its replies
