@@ -17,6 +17,9 @@
 //! is closed. A conversation opened while closed gets the greeting
 //! (`auto_reply`) and then the away text: the contract's greeting is
 //! unconditional.
+//!
+//! Reply targets may count only these hours (`inbox::waiting`):
+//! [`BusinessHours::after_open_minutes`] runs the clock while open.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
@@ -148,7 +151,36 @@ impl BusinessHours {
         }
         Ok(Some(last_close.unwrap_or_else(|| week.at(today, 0))))
     }
+
+    /// The moment `minutes` minutes of opening have passed since `since`,
+    /// the clock stopped while closed (`inbox::waiting`'s targets in
+    /// business hours); `None` when the openings of the next
+    /// [`MOST_DAYS_AHEAD`] days do not add up to that (an empty week never does).
+    pub fn after_open_minutes(&self, since: DateTime<Utc>, minutes: u32) -> AppResult<Option<DateTime<Utc>>> {
+        let week = self.week()?;
+        let mut left = Duration::minutes(i64::from(minutes));
+        // An opening ends by its day's midnight, so none before `since`'s
+        // own day in the zone reaches past it.
+        let first = since.with_timezone(&week.tz).date_naive();
+        for ahead in 0..=MOST_DAYS_AHEAD {
+            let Some(date) = first.checked_add_signed(Duration::days(ahead)) else { break };
+            for &(open, close) in &week.days[date.weekday().num_days_from_monday() as usize] {
+                let (from, to) = (week.at(date, open).max(since), week.at(date, close));
+                if to <= from {
+                    continue;
+                }
+                if to - from >= left {
+                    return Ok(Some(from + left));
+                }
+                left -= to - from;
+            }
+        }
+        Ok(None)
+    }
 }
+
+/// How far ahead [`BusinessHours::after_open_minutes`] looks: a year.
+pub const MOST_DAYS_AHEAD: i64 = 366;
 
 impl Week {
     /// The instant `minute` minutes into `date` in the zone; a wall time
@@ -240,6 +272,46 @@ mod tests {
         // Always open.
         let always: Vec<(&str, &str, &str)> = DAYS.iter().map(|(d, _)| (*d, "00:00", "24:00")).collect();
         assert_eq!(hours("Asia/Tokyo", &always).closed_since(at("2026-12-01T12:00:00Z")).expect("ok"), None);
+    }
+
+    #[test]
+    fn minutes_of_opening_stop_while_closed() {
+        // Lisbon, weekdays 09:00–13:00 and 14:00–18:00; 2026-12-01 is a Tuesday.
+        let day: Vec<(&str, &str, &str)> = ["mon", "tue", "wed", "thu", "fri"]
+            .iter()
+            .flat_map(|d| [(*d, "09:00", "13:00"), (*d, "14:00", "18:00")])
+            .collect();
+        let h = hours("Europe/Lisbon", &day);
+        let after = |since: &str, minutes: u32| h.after_open_minutes(at(since), minutes).expect("valid hours");
+        // Open: the clock runs.
+        assert_eq!(after("2026-12-01T10:00:00Z", 30), Some(at("2026-12-01T10:30:00Z")));
+        // Across lunch: an hour stopped.
+        assert_eq!(after("2026-12-01T12:45:00Z", 30), Some(at("2026-12-01T14:15:00Z")));
+        // Written at lunch: the clock starts at 14:00.
+        assert_eq!(after("2026-12-01T13:20:00Z", 60), Some(at("2026-12-01T15:00:00Z")));
+        // Used up exactly at closing: due then, not next morning.
+        assert_eq!(after("2026-12-01T17:00:00Z", 60), Some(at("2026-12-01T18:00:00Z")));
+        // Friday evening: Monday morning.
+        assert_eq!(after("2026-12-04T20:00:00Z", 15), Some(at("2026-12-07T09:15:00Z")));
+        // Two working days (16 hours) from Tuesday noon: Thursday noon.
+        assert_eq!(after("2026-12-01T12:00:00Z", 16 * 60), Some(at("2026-12-03T12:00:00Z")));
+        // Summer time: 09:00 in Lisbon is 08:00 UTC.
+        assert_eq!(after("2026-07-01T06:00:00Z", 10), Some(at("2026-07-01T08:10:00Z")));
+        // A night shift across midnight runs on.
+        let night = hours("UTC", &[("tue", "22:00", "24:00"), ("wed", "00:00", "06:00")]);
+        assert_eq!(
+            night.after_open_minutes(at("2026-12-01T23:30:00Z"), 60).expect("ok"),
+            Some(at("2026-12-02T00:30:00Z"))
+        );
+        // Never open: never due; an hour a week reaches a month's target
+        // within the year; thirty days of minutes at an hour a week does not.
+        assert_eq!(hours("UTC", &[]).after_open_minutes(at("2026-12-01T12:00:00Z"), 1).expect("ok"), None);
+        let sparse = hours("UTC", &[("mon", "09:00", "10:00")]);
+        assert_eq!(
+            sparse.after_open_minutes(at("2026-12-01T12:00:00Z"), 120).expect("ok"),
+            Some(at("2026-12-14T10:00:00Z"))
+        );
+        assert_eq!(sparse.after_open_minutes(at("2026-12-01T12:00:00Z"), 43_200).expect("ok"), None);
     }
 
     #[test]

@@ -485,10 +485,21 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     if settings.away_reply.enabled && settings.business_hours.is_none() {
         return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs business_hours"));
     }
+    if settings.reply_targets.only_business_hours && settings.business_hours.is_none() {
+        return Err(AppError::invalid(
+            "invalid_settings",
+            "reply_targets counted only_business_hours need business_hours",
+        ));
+    }
     let settings_json = serde_json::to_value(&settings).map_err(AppError::internal)?;
+    let before = row.settings();
     // A retried or repeated PATCH changes nothing: no write, no event.
-    if name == row.name && settings_json == serde_json::to_value(row.settings()).map_err(AppError::internal)? {
+    if name == row.name && settings_json == serde_json::to_value(&before).map_err(AppError::internal)? {
         return get_view(tc, id);
+    }
+    // The waiting conversations' due times follow the targets and hours.
+    if (&settings.reply_targets, &settings.business_hours) != (&before.reply_targets, &before.business_hours) {
+        crate::inbox::waiting::redue(tc, id.0, &settings, None)?;
     }
     diesel::update(channels::table.find(id.0))
         .set((

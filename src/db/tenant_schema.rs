@@ -117,6 +117,9 @@ diesel::table! {
         waiting_since -> Nullable<Timestamptz>,
         /// The wait last rung as overdue (`inbox::waiting::ring_overdue`).
         overdue_rung_for -> Nullable<Timestamptz>,
+        /// When the channel's reply target for the wait runs out
+        /// (`inbox::waiting::due`); `None` when nobody waits or no target.
+        reply_due_at -> Nullable<Timestamptz>,
     }
 }
 

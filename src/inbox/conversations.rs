@@ -516,10 +516,10 @@ pub fn patch(
     {
         return Names::default().conversation(tc, &row);
     }
-    let updated: ConversationRow = diesel::update(c::table.find(row.id))
+    let mut updated: ConversationRow = diesel::update(c::table.find(row.id))
         .set((
             c::status.eq(&status),
-            c::waiting_since.eq(super::waiting::kept_unless(status == "resolved")),
+            super::waiting::kept_unless(status == "resolved"),
             c::snoozed_until.eq(snoozed_until),
             c::assignee_id.eq(assignee),
             c::labels.eq(&labels),
@@ -529,6 +529,13 @@ pub fn patch(
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
     if priority != row.priority {
+        // Another priority, another target for the wait (`waiting`).
+        if updated.waiting_since.is_some() {
+            let settings = crate::channels::find(tc, crate::channels::ChannelId(updated.channel_id))?.settings();
+            if let Some((_, due)) = super::waiting::redue(tc, updated.channel_id, &settings, Some(updated.id))?.pop() {
+                updated.reply_due_at = due;
+            }
+        }
         audit::record(
             tc,
             Some(user),

@@ -188,7 +188,7 @@ impl<'l> Ingest<'l> {
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
                     last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority, waiting_since \
+                    priority, waiting_since, reply_due_at \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",
@@ -452,8 +452,10 @@ impl<'l> Ingest<'l> {
             "UPDATE conversations AS c SET status = v.status, \
                  snoozed_until = CASE WHEN v.status = 'open' THEN NULL ELSE c.snoozed_until END, \
                  unread_count = v.unread, last_message_id = v.lm, last_activity_at = v.la, \
-                 last_inbound_at = v.li, last_inbound_external_id = v.lie, waiting_since = v.ws, updated_at = now() \
-             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS v(id, unread, lm, la, li, lie, status, ws) WHERE c.id = v.id",
+                 last_inbound_at = v.li, last_inbound_external_id = v.lie, waiting_since = v.ws, reply_due_at = v.due, \
+                 updated_at = now() \
+             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS v(id, unread, lm, la, li, lie, status, ws, due) \
+            WHERE c.id = v.id",
         )
         .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind::<Array<Integer>, _>(rows.iter().map(|r| r.unread_count).collect::<Vec<_>>())
@@ -463,6 +465,7 @@ impl<'l> Ingest<'l> {
         .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.last_inbound_external_id.clone()).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
         .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.waiting_since).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|r| r.reply_due_at).collect::<Vec<_>>())
         .execute(tc.pg())?;
         Ok(())
     }
@@ -807,6 +810,7 @@ impl Ingest<'_> {
         let ts = msg.timestamp;
         let old = conv;
         let mut conv = old.clone();
+        let settings = channel.settings();
         if !rated_only {
             conv.status = "open".into();
             conv.snoozed_until = None;
@@ -814,6 +818,11 @@ impl Ingest<'_> {
             // Unsent before it came (`early`): nothing to answer.
             if row.deleted_at.is_none() {
                 conv.waiting_since = Some(old.waiting_since.map_or(ts, |w| w.min(ts)));
+            }
+            if conv.waiting_since != old.waiting_since {
+                conv.reply_due_at = conv
+                    .waiting_since
+                    .and_then(|since| super::waiting::due(&settings, conv.priority.as_deref(), since));
             }
         }
         if old.last_message_id.is_none() || ts >= old.last_activity_at {
@@ -827,7 +836,6 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
-        let settings = channel.settings();
         if (created || reopened) && conv.assignee_id.is_none() && settings.auto_assign {
             if let Some(agent) = self.auto_assign(tc, channel, conv.id, settings.auto_assign_limit)? {
                 conv.assignee_id = Some(agent.0);
@@ -1049,6 +1057,7 @@ impl Ingest<'_> {
                 }),
                 conversations::status.eq(if history && created { "resolved" } else { conv.status.as_str() }),
                 conversations::waiting_since.eq(if answered { None } else { conv.waiting_since }),
+                conversations::reply_due_at.eq(if answered { None } else { conv.reply_due_at }),
                 conversations::updated_at.eq(diesel::dsl::now),
             ))
             .returning(ConversationRow::as_returning())
@@ -1109,6 +1118,7 @@ impl Ingest<'_> {
             if let Some(conv) = super::waiting::recompute(tc, id)? {
                 if let Some(kept) = self.conversations.get_mut(&conv.contact_id) {
                     kept.waiting_since = conv.waiting_since;
+                    kept.reply_due_at = conv.reply_due_at;
                 }
                 let view = self.names.conversation(tc, &conv)?;
                 self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;

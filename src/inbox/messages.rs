@@ -123,7 +123,7 @@ pub fn queue_outgoing(
         .set((
             conversations::last_message_id.eq(row.id),
             conversations::last_activity_at.eq(now),
-            conversations::waiting_since.eq(waiting),
+            waiting,
             conversations::updated_at.eq(now),
         ))
         .returning(ConversationRow::as_returning())

@@ -100,6 +100,8 @@ pub struct ConversationRow {
     /// When the customer's oldest message the team has not answered came
     /// (`inbox::waiting`).
     pub waiting_since: Option<DateTime<Utc>>,
+    /// When the wait's target runs out (`inbox::waiting`).
+    pub reply_due_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -400,7 +402,7 @@ impl Names {
             labels: row.labels.clone(),
             priority: row.priority.clone(),
             waiting_since: row.waiting_since,
-            reply_due_at: super::waiting::reply_due_at(&channel.settings, row.priority.as_deref(), row.waiting_since),
+            reply_due_at: row.reply_due_at,
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })

@@ -26,8 +26,17 @@
 //!   conversation without one), each 1 to [`MOST_TARGET_MINUTES`] or
 //!   `null` for no target. A waiting conversation with a target shows
 //!   `reply_due_at`; `GET /api/conversations?overdue=true` lists those
-//!   past it. Minutes of the clock, not of business hours: a team that
-//!   closes at night sets targets that reach over it, or none.
+//!   past it. Minutes of the clock, unless `only_business_hours` is true:
+//!   then minutes while the channel is open by its `business_hours` (which
+//!   it must have), the clock stopped at night and at weekends, as a team
+//!   that closes counts them ([`due`]; a target the openings of the next
+//!   year do not reach is no target).
+//! - `reply_due_at` is kept on the conversation (so the overdue ones are a
+//!   comparison the status index serves), worked out as the wait starts,
+//!   and again when the priority, the wait or the channel's targets or
+//!   hours change ([`redue`]). A channel's change of targets or hours
+//!   moves the due times of its waiting conversations without an event
+//!   for each: clients read the list again on its `channel.updated`.
 //! - When a wait passes its target, the team is told once: a
 //!   `notification` `{kind: "reply_overdue", conversation_id, channel_id,
 //!   user_id (the assignee, or null), waiting_since, reply_due_at}` to the
@@ -46,6 +55,8 @@ use diesel::sql_types::{BigInt, Nullable, Timestamptz};
 use serde::{Deserialize, Serialize};
 
 use super::views::ConversationRow;
+use crate::channels::Settings;
+use crate::db::tenant_schema::conversations as c;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 
@@ -74,6 +85,9 @@ pub struct ReplyTargets {
     /// For conversations without a priority.
     #[serde(default)]
     pub none: Option<u32>,
+    /// Count only minutes while the channel is open (its `business_hours`).
+    #[serde(default)]
+    pub only_business_hours: bool,
 }
 
 impl ReplyTargets {
@@ -95,39 +109,95 @@ impl ReplyTargets {
         }
         Ok(self)
     }
+
+    /// The target, in minutes, of a conversation of `priority`.
+    pub fn minutes(&self, priority: Option<&str>) -> Option<u32> {
+        match priority {
+            Some("urgent") => self.urgent,
+            Some("high") => self.high,
+            Some("medium") => self.medium,
+            Some("low") => self.low,
+            _ => self.none,
+        }
+    }
 }
 
-/// The target, in minutes, of a conversation of `priority` under a
-/// channel's stored settings; read straight from them, as every
-/// conversation summary needs it.
-pub fn target_minutes(settings: &serde_json::Value, priority: Option<&str>) -> Option<i64> {
-    let minutes = settings.get("reply_targets")?.get(priority.unwrap_or("none"))?.as_u64()?;
-    i64::try_from(minutes).ok()
-}
-
-/// When the team should have answered a conversation waiting since
-/// `since`, if its channel sets a target for its priority.
-pub fn reply_due_at(
-    settings: &serde_json::Value,
-    priority: Option<&str>,
-    since: Option<DateTime<Utc>>,
-) -> Option<DateTime<Utc>> {
-    let minutes = target_minutes(settings, priority)?;
-    since?.checked_add_signed(Duration::minutes(minutes))
+/// When the team should have answered a conversation of `priority` whose
+/// customer waits since `since`, under its channel's `settings`; `None`
+/// without a target. Hours stored before they were checked and no longer
+/// valid count as always open (as for the away reply).
+pub fn due(settings: &Settings, priority: Option<&str>, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let minutes = settings.reply_targets.minutes(priority)?;
+    let clock = || since.checked_add_signed(Duration::minutes(i64::from(minutes)));
+    match settings.business_hours.as_ref().filter(|_| settings.reply_targets.only_business_hours) {
+        Some(hours) => hours.after_open_minutes(since, minutes).unwrap_or_else(|_| clock()),
+        None => clock(),
+    }
 }
 
 /// The condition `?overdue=true` adds to a query of `conversations`:
 /// waiting past its channel's target for its priority (no target: never).
 /// The statuses are named for the status index (see [`UNRESOLVED`]).
-pub const OVERDUE: &str = "conversations.status IN ('open', 'pending', 'snoozed') AND conversations.waiting_since IS NOT NULL \
-    AND conversations.waiting_since + make_interval(mins => (SELECT (ch.settings->'reply_targets'->>coalesce(conversations.priority, 'none'))::int \
-                                                                FROM channels ch WHERE ch.id = conversations.channel_id)) <= now()";
+pub const OVERDUE: &str =
+    "conversations.status IN ('open', 'pending', 'snoozed') AND conversations.reply_due_at <= now()";
 
-/// What an update sets `waiting_since` to: cleared when `answered`, else
-/// kept as the row has it when written (not as it was read: a customer's
-/// message may have started a wait since).
-pub fn kept_unless(answered: bool) -> SqlLiteral<Nullable<Timestamptz>> {
-    diesel::dsl::sql(if answered { "NULL" } else { "waiting_since" })
+/// The two columns of a wait an update writes.
+pub type Wait = (
+    diesel::dsl::Eq<c::waiting_since, SqlLiteral<Nullable<Timestamptz>>>,
+    diesel::dsl::Eq<c::reply_due_at, SqlLiteral<Nullable<Timestamptz>>>,
+);
+
+/// What an update sets the wait to: cleared when `answered`, else kept as
+/// the row has it when written (not as it was read: a customer's message
+/// may have started a wait since).
+pub fn kept_unless(answered: bool) -> Wait {
+    let kept = |column: &'static str| diesel::dsl::sql(if answered { "NULL" } else { column });
+    (c::waiting_since.eq(kept("waiting_since")), c::reply_due_at.eq(kept("reply_due_at")))
+}
+
+/// Works out again the due times of `channel`'s waiting conversations
+/// (or of conversation `only` of it, whatever its state) under the
+/// channel's `settings`, after they or a conversation's priority or wait
+/// changed; the conversations whose due time changed, with it. The rows
+/// are locked in id order, as a webhook's batch locks them, and before a
+/// change of the channel's row: a batch that holds them and then notes
+/// its webhooks on the channel cannot wait for us while we wait for it.
+pub fn redue(
+    tc: &mut TenantConn<'_>,
+    channel: i64,
+    settings: &Settings,
+    only: Option<i64>,
+) -> AppResult<Vec<(i64, Option<DateTime<Utc>>)>> {
+    let columns = (c::id, c::status, c::priority, c::waiting_since, c::reply_due_at);
+    let of_channel = c::table.filter(c::channel_id.eq(channel)).order(c::id);
+    type Row = (i64, String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = match only {
+        Some(id) => of_channel.filter(c::id.eq(id)).select(columns).for_update().load(tc.pg())?,
+        None => of_channel
+            .filter(c::status.eq_any(UNRESOLVED))
+            .filter(c::waiting_since.is_not_null())
+            .select(columns)
+            .for_update()
+            .load(tc.pg())?,
+    };
+    let changed: Vec<(i64, Option<DateTime<Utc>>)> = rows
+        .into_iter()
+        .filter_map(|(id, status, priority, since, was)| {
+            let now = since.filter(|_| status != "resolved").and_then(|s| due(settings, priority.as_deref(), s));
+            (now != was).then_some((id, now))
+        })
+        .collect();
+    if !changed.is_empty() {
+        let (ids, dues): (Vec<i64>, Vec<Option<DateTime<Utc>>>) = changed.iter().copied().unzip();
+        diesel::sql_query(
+            "UPDATE conversations AS c SET reply_due_at = v.due \
+               FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, due) WHERE c.id = v.id",
+        )
+        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
+        .bind::<diesel::sql_types::Array<Nullable<Timestamptz>>, _>(dues)
+        .execute(tc.pg())?;
+    }
+    Ok(changed)
 }
 
 /// Tells the team of every wait that passed its target since the last
@@ -140,10 +210,6 @@ pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) 
     ))
     .load(tc.pg())?;
     for conv in &rung {
-        let settings: serde_json::Value = crate::db::tenant_schema::channels::table
-            .find(conv.channel_id)
-            .select(crate::db::tenant_schema::channels::settings)
-            .first(tc.pg())?;
         log.append(
             tc,
             "notification",
@@ -152,15 +218,15 @@ pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) 
             serde_json::json!({"kind": "reply_overdue", "conversation_id": conv.id.to_string(),
                 "channel_id": conv.channel_id.to_string(), "user_id": conv.assignee_id.map(|a| a.to_string()),
                 "waiting_since": conv.waiting_since,
-                "reply_due_at": reply_due_at(&settings, conv.priority.as_deref(), conv.waiting_since)}),
+                "reply_due_at": conv.reply_due_at}),
         )?;
     }
     Ok(rung.len())
 }
 
 /// Works conversation `id`'s wait out again from its messages (after a
-/// reply failed, or was retried); the row when that changed it. A
-/// resolved conversation waits for nobody.
+/// reply failed, or was retried), and its due time with it; the row when
+/// that changed it. A resolved conversation waits for nobody.
 pub fn recompute(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<ConversationRow>> {
     let changed: Option<ConversationRow> = diesel::sql_query(format!(
         "WITH w AS (SELECT (SELECT min(i.sort_at) FROM messages i \
@@ -177,7 +243,16 @@ pub fn recompute(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<Conversat
     .bind::<BigInt, _>(id)
     .get_result(tc.pg())
     .optional()?;
-    Ok(changed)
+    Ok(match changed {
+        Some(mut conv) => {
+            let settings = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?.settings();
+            if let Some((_, due)) = redue(tc, conv.channel_id, &settings, Some(conv.id))?.pop() {
+                conv.reply_due_at = due;
+            }
+            Some(conv)
+        }
+        None => None,
+    })
 }
 
 #[cfg(test)]
@@ -185,16 +260,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A channel's default settings with `changes`.
+    fn settings(changes: serde_json::Value) -> Settings {
+        let mut all = serde_json::to_value(Settings::default()).expect("settings");
+        for (key, value) in changes.as_object().into_iter().flatten() {
+            all[key] = value.clone();
+        }
+        serde_json::from_value(all).expect("settings")
+    }
+
     #[test]
     fn a_target_is_read_by_priority_and_none_stands_for_no_priority() {
-        let settings = json!({"reply_targets": {"urgent": 15, "high": null, "none": 240}});
-        let since = DateTime::from_timestamp(1_000_000, 0);
-        assert_eq!(reply_due_at(&settings, Some("urgent"), since), since.map(|s| s + Duration::minutes(15)));
-        assert_eq!(reply_due_at(&settings, None, since), since.map(|s| s + Duration::minutes(240)));
-        assert_eq!(reply_due_at(&settings, Some("high"), since), None, "null: no target");
-        assert_eq!(reply_due_at(&settings, Some("low"), since), None, "absent: no target");
-        assert_eq!(reply_due_at(&settings, Some("urgent"), None), None, "nobody waiting");
-        assert_eq!(reply_due_at(&json!({}), Some("urgent"), since), None, "no targets at all");
+        let s = settings(json!({"reply_targets": {"urgent": 15, "high": null, "none": 240}}));
+        let since = DateTime::from_timestamp(1_000_000, 0).expect("time");
+        assert_eq!(due(&s, Some("urgent"), since), Some(since + Duration::minutes(15)));
+        assert_eq!(due(&s, None, since), Some(since + Duration::minutes(240)));
+        assert_eq!(due(&s, Some("high"), since), None, "null: no target");
+        assert_eq!(due(&s, Some("low"), since), None, "absent: no target");
+        assert_eq!(due(&settings(json!({})), Some("urgent"), since), None, "no targets at all");
+    }
+
+    #[test]
+    fn business_hours_stop_the_clock_only_when_asked() {
+        // Open weekdays 09:00–17:00 UTC; 2026-12-04 is a Friday.
+        let week: Vec<_> = ["mon", "tue", "wed", "thu", "fri"]
+            .iter()
+            .map(|d| json!({"day": d, "open": "09:00", "close": "17:00"}))
+            .collect();
+        let hours = json!({"timezone": "UTC", "week": week});
+        let friday_evening = DateTime::parse_from_rfc3339("2026-12-04T16:30:00Z").expect("time").to_utc();
+        let clock = settings(json!({"business_hours": hours, "reply_targets": {"none": 60}}));
+        assert_eq!(due(&clock, None, friday_evening), Some(friday_evening + Duration::minutes(60)));
+        let open =
+            settings(json!({"business_hours": hours, "reply_targets": {"none": 60, "only_business_hours": true}}));
+        let monday = DateTime::parse_from_rfc3339("2026-12-07T09:30:00Z").expect("time").to_utc();
+        assert_eq!(due(&open, None, friday_evening), Some(monday));
+        // No hours (only by hand: the API refuses it): the clock.
+        let none = settings(json!({"reply_targets": {"none": 60, "only_business_hours": true}}));
+        assert_eq!(due(&none, None, friday_evening), Some(friday_evening + Duration::minutes(60)));
     }
 
     #[test]

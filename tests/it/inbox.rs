@@ -2189,6 +2189,12 @@ async fn changes_that_come_before_their_message_wait_for_it() {
     let unsent = messages(&app, &ctx.admin, &conv_of("instagram")).await;
     assert_eq!(unsent.len(), 1);
     assert!(unsent[0]["text"].is_null() && unsent[0]["deleted_at"].is_string(), "{:?}", unsent[0]);
+    // A message unsent before it came is no question: nobody waits; the
+    // edited one waits.
+    let waiting_of =
+        |platform: &str| convs.iter().find(|c| c["platform"] == platform).map(|c| c["waiting_since"].clone());
+    assert_eq!(waiting_of("instagram"), Some(Value::Null));
+    assert!(waiting_of("facebook").is_some_and(|w| w.is_string()), "{convs:?}");
     // Nobody is pinged for a message that was unsent before it came.
     let pings = format!(
         "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND conversation_id = {}",
@@ -4206,6 +4212,9 @@ async fn a_resolved_conversation_asks_how_it_went() {
     // Changed their mind: the later rating counts.
     say("⭐⭐⭐⭐⭐").await;
     assert_eq!(status_of(conv.clone()).await.0, "resolved");
+    // A rating is not a question: nobody waits (`waiting`).
+    let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(c["waiting_since"], Value::Null, "{c}");
     let row = |conv: &str| {
         let sql = format!(
             "SELECT count(*) AS n FROM tenant_acme.csat_surveys WHERE conversation_id = {conv} AND rating = 5 AND comment IS NULL"
@@ -4889,7 +4898,7 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(
         r.body["settings"]["reply_targets"],
-        json!({"urgent": 5, "high": null, "medium": null, "low": null, "none": 60})
+        json!({"urgent": 5, "high": null, "medium": null, "low": null, "none": 60, "only_business_hours": false})
     );
 
     let now = chrono::Utc::now();
@@ -4941,6 +4950,14 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
         )
         .await;
     assert!(close(time_of(&r.body["reply_due_at"]), ago(10) + chrono::Duration::minutes(5)), "{:?}", r.body);
+    // Pending or snoozed, the customer still waits, and is due as before.
+    let snooze_until = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    for change in [json!({"status": "pending"}), json!({"snoozed_until": snooze_until}), json!({"status": "open"})] {
+        let r = app.call("PATCH", &format!("/api/conversations/{}", id(short)), Some(&ctx.admin), Some(change)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(close(time_of(&r.body["waiting_since"]), ago(10)), "{:?}", r.body);
+        assert!(close(time_of(&r.body["reply_due_at"]), ago(10) + chrono::Duration::minutes(5)), "{:?}", r.body);
+    }
     let mut overdue = ids(conversations(&app, &ctx.admin, "?overdue=true").await);
     overdue.sort();
     let mut expected = vec![id(long), id(short)];
@@ -5007,6 +5024,68 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     assert_eq!(app.webhook(&whatsapp_echo(WA_ID, "wamid.ANSWERED", "Sim!")).await, 200);
     app.processed().await;
     assert_eq!(app.call("GET", &path, Some(&ctx.admin), None).await.body["waiting_since"], Value::Null);
+}
+
+/// A target may count only the channel's business hours: the wait's due
+/// time stops at night and at weekends, and moves with the priority, the
+/// targets and the hours.
+#[actix_web::test]
+async fn a_target_in_business_hours_stops_while_the_channel_is_closed() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let settings = |s: Value| {
+        let (app, path, t) = (&app, format!("/api/channels/{page}"), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(json!({"settings": s}))).await }
+    };
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|d| d.to_utc()).ok();
+    let weekdays: Vec<Value> = ["mon", "tue", "wed", "thu", "fri"]
+        .iter()
+        .map(|d| json!({"day": d, "open": "09:00", "close": "17:00"}))
+        .collect();
+    let hours = json!({"timezone": "UTC", "week": weekdays});
+    let targets = json!({"none": 60, "urgent": 15, "only_business_hours": true});
+    let r = settings(json!({"reply_targets": targets})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")), "no hours to count");
+    let r = settings(json!({"reply_targets": targets, "business_hours": hours})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = settings(json!({"business_hours": null})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_settings")), "targets count them");
+
+    // Friday 2026-11-27, ten minutes before closing: an hour of opening
+    // is ten minutes on Friday and fifty on Monday.
+    let from = "7392015648130041";
+    let body = json!({"to": PAGE_A, "from": from, "text": "still there?", "at": "2026-11-27T16:50:00Z"});
+    app.fake("POST", "/_fake/inbound", body).await;
+    app.processed().await;
+    let id = by_contact(&conversations(&app, &ctx.admin, "").await, from)["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{id}");
+    let due = || {
+        let (app, path, t) = (&app, path.clone(), ctx.admin.clone());
+        async move { time_of(&app.call("GET", &path, Some(&t), None).await.body["reply_due_at"]) }
+    };
+    assert_eq!(due().await, at("2026-11-30T09:50:00Z"));
+    // Urgent: fifteen minutes, five of them on Monday.
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"priority": "urgent"}))).await;
+    assert_eq!(time_of(&r.body["reply_due_at"]), at("2026-11-30T09:05:00Z"), "{:?}", r.body);
+    assert_eq!(due().await, at("2026-11-30T09:05:00Z"));
+    // Saturday mornings open too: due then.
+    let mut week = hours["week"].as_array().cloned().unwrap_or_default();
+    week.push(json!({"day": "sat", "open": "10:00", "close": "12:00"}));
+    let r = settings(json!({"business_hours": {"timezone": "UTC", "week": week}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(due().await, at("2026-11-28T10:05:00Z"));
+    // Minutes of the clock again.
+    let r = settings(json!({"reply_targets": {"none": 60, "urgent": 15}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(due().await, at("2026-11-27T17:05:00Z"));
+    let overdue = conversations(&app, &ctx.admin, "?overdue=true").await;
+    assert_eq!(overdue.iter().map(|c| c["id"].clone()).collect::<Vec<_>>(), [json!(id)]);
+    // No target for its priority: not due, not overdue.
+    let r = settings(json!({"reply_targets": {"none": 60}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(due().await, None);
+    assert!(conversations(&app, &ctx.admin, "?overdue=true").await.is_empty());
 }
 
 /// A member keeps macros of their own: nobody else sees, changes or runs
@@ -5157,6 +5236,17 @@ async fn a_saved_view_lists_as_its_filters_say() {
     assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={view_id}")).await).len(), 2);
     assert_eq!(app.call("DELETE", &format!("/api/views/{view_id}"), Some(&ctx.admin), None).await.status, 204);
     assert_eq!(app.call("GET", "/api/views", Some(&ctx.admin), None).await.body["items"], json!([]));
+    // Fifty a member; the fifty-first waits for one to go.
+    for n in 0..50 {
+        let r = app
+            .call("POST", "/api/views", Some(&ctx.admin), Some(json!({"name": format!("v{n}"), "filters": {}})))
+            .await;
+        assert_eq!(r.status, 201, "{n}: {:?}", r.body);
+    }
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(json!({"name": "one more", "filters": {}}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("too_many_views")), "{:?}", r.body);
+    let deleted = "WITH d AS (DELETE FROM tenant_acme.saved_views RETURNING 1) SELECT count(*) AS n FROM d";
+    assert_eq!(app.count(deleted), 50);
     // A member who leaves takes their views along.
     let r =
         app.call("POST", "/api/views", Some(&al), Some(json!({"name": "Open", "filters": {"status": "open"}}))).await;

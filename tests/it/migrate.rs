@@ -246,6 +246,8 @@ fn conversations_waiting_before_the_column_arrives_get_their_wait() {
         id: i64,
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
         since: Option<String>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        due: Option<String>,
     }
     let waiting: Vec<Waiting> = conn
         .transaction(|conn| -> Result<Vec<Waiting>, Box<dyn std::error::Error + Send + Sync>> {
@@ -256,11 +258,15 @@ fn conversations_waiting_before_the_column_arrives_get_their_wait() {
             // 2: asked, answered by an agent: waits for nobody.
             // 3: answered, asked again twice: since the later first one.
             // 4: asked, resolved: nobody. 5: answered from Meta's apps.
+            // Due: 30 minutes with no priority; 1 is high, whose target
+            // was stored by hand as a word, which is no target.
             conn.batch_execute(
-                "INSERT INTO channels (id, platform, external_id, name) VALUES (1, 'facebook', 'page-1', 'P');
+                "INSERT INTO channels (id, platform, external_id, name, settings) VALUES (1, 'facebook', 'page-1', 'P',
+                        '{\"reply_targets\": {\"none\": 30, \"high\": \"soon\"}}');
                  INSERT INTO contacts (id, channel_id, external_id) SELECT i, 1, 'psid-' || i FROM generate_series(1, 5) i;
                  INSERT INTO conversations (id, channel_id, contact_id, status, last_inbound_at)
                       SELECT i, 1, i, CASE WHEN i = 4 THEN 'resolved' ELSE 'open' END, now() FROM generate_series(1, 5) i;
+                 UPDATE conversations SET priority = 'high' WHERE id = 1;
                  INSERT INTO messages (conversation_id, channel_id, direction, sender_kind, status, client_id, private, sort_at) VALUES
                    (1, 1, 'in', 'contact', 'received', NULL, false, '2026-03-01 10:00Z'),
                    (1, 1, 'out', 'agent', 'failed', 'c1', false, '2026-03-01 10:01Z'),
@@ -279,7 +285,8 @@ fn conversations_waiting_before_the_column_arrives_get_their_wait() {
             )?;
             conn.run_pending_migrations(Migrations::tenant())?;
             Ok(diesel::sql_query(
-                "SELECT id, to_char(waiting_since AT TIME ZONE 'UTC', 'HH24:MI') AS since FROM conversations ORDER BY id",
+                "SELECT id, to_char(waiting_since AT TIME ZONE 'UTC', 'HH24:MI') AS since, \
+                        to_char(reply_due_at AT TIME ZONE 'UTC', 'HH24:MI') AS due FROM conversations ORDER BY id",
             )
             .load(conn)?)
         })
@@ -288,11 +295,11 @@ fn conversations_waiting_before_the_column_arrives_get_their_wait() {
     assert_eq!(
         waiting,
         vec![
-            Waiting { id: 1, since: since("10:00") },
-            Waiting { id: 2, since: None },
-            Waiting { id: 3, since: since("11:00") },
-            Waiting { id: 4, since: None },
-            Waiting { id: 5, since: None },
+            Waiting { id: 1, since: since("10:00"), due: None },
+            Waiting { id: 2, since: None, due: None },
+            Waiting { id: 3, since: since("11:00"), due: since("11:30") },
+            Waiting { id: 4, since: None, due: None },
+            Waiting { id: 5, since: None, due: None },
         ]
     );
 }
