@@ -258,7 +258,8 @@ diesel::table! {
 diesel::table! {
     saved_views (id) {
         id -> Int8,
-        user_id -> Int8,
+        /// `None`: the team's (`inbox::saved_views`).
+        user_id -> Nullable<Int8>,
         name -> Text,
         filters -> Jsonb,
         created_at -> Timestamptz,

@@ -341,9 +341,18 @@ struct ViewBody {
     name: String,
     #[serde(default)]
     filters: Map<String, Value>,
+    /// `personal` (the default) or `team`, when made.
+    visibility: Option<crate::inbox::Visibility>,
 }
 
-/// `GET /api/views`: the caller's saved views, by name (`inbox::saved_views`).
+impl ViewBody {
+    fn draft(self) -> crate::inbox::saved_views::Draft {
+        crate::inbox::saved_views::Draft { name: self.name, filters: self.filters, visibility: self.visibility }
+    }
+}
+
+/// `GET /api/views`: the team's saved views and the caller's own, by name
+/// (`inbox::saved_views`).
 async fn list_views(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
     let user = auth.user;
     let items = state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::list(tc, user)).await?;
@@ -355,11 +364,9 @@ async fn create_view(
     auth: AuthContext,
     body: web::Json<ViewBody>,
 ) -> AppResult<HttpResponse> {
-    let (user, b) = (auth.user, body.into_inner());
-    let made = state
-        .db
-        .tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, None, &b.name, &b.filters))
-        .await?;
+    let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
+    let made =
+        state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, role, None, &draft)).await?;
     Ok(HttpResponse::Created().json(made))
 }
 
@@ -371,10 +378,10 @@ async fn update_view(
     body: web::Json<ViewBody>,
 ) -> AppResult<HttpResponse> {
     let id = saved_view_id(&path)?;
-    let (user, b) = (auth.user, body.into_inner());
+    let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
     let saved = state
         .db
-        .tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, Some(id), &b.name, &b.filters))
+        .tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, role, Some(id), &draft))
         .await?;
     Ok(HttpResponse::Ok().json(saved))
 }
@@ -385,8 +392,8 @@ async fn delete_view(
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     let id = saved_view_id(&path)?;
-    let user = auth.user;
-    state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::delete(tc, user, id)).await?;
+    let (user, role) = (auth.user, auth.role);
+    state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::delete(tc, user, role, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -396,7 +403,7 @@ struct MacroBody {
     name: String,
     actions: Vec<crate::inbox::macros::Action>,
     /// `team` (the default) or `personal`, when made.
-    visibility: Option<crate::inbox::macros::Visibility>,
+    visibility: Option<crate::inbox::Visibility>,
 }
 
 impl MacroBody {

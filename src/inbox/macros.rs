@@ -83,14 +83,7 @@ pub enum Action {
     },
 }
 
-/// Whose a macro is: the team's, or its maker's own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    #[default]
-    Team,
-    Personal,
-}
+pub use super::Visibility;
 
 /// A macro as listed.
 #[derive(Debug, Serialize)]
@@ -229,7 +222,7 @@ pub struct Draft {
 pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, draft: Draft) -> AppResult<Macro> {
     let owner = match id {
         None => {
-            let visibility = draft.visibility.unwrap_or_default();
+            let visibility = draft.visibility.unwrap_or(Visibility::Team);
             may_keep(role, visibility)?;
             (visibility == Visibility::Personal).then_some(user.0)
         }

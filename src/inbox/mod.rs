@@ -45,6 +45,15 @@ pub mod uploads;
 pub mod views;
 pub mod waiting;
 
+/// Whose a macro or a saved view is: the team's (every member's to use,
+/// admins' to keep), or its maker's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Team,
+    Personal,
+}
+
 crate::id_type!(
     /// A conversation, inside one tenant.
     ConversationId

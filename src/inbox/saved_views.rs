@@ -1,21 +1,27 @@
-//! Saved views: a member's named filters of the conversation list ("My
-//! urgent ones", "Overdue on WhatsApp"), kept here so that every device
-//! they sign in on has them.
+//! Saved views: named filters of the conversation list ("My urgent ones",
+//! "Overdue on WhatsApp"), a member's own or the team's, kept here so that
+//! every device they sign in on has them.
 //!
 //! Decisions:
-//! - A view is its owner's alone (`/api/views`: list, make, change whole,
-//!   delete); anyone else's is not found. They go when the member leaves.
+//! - A view is its maker's own (`visibility: "personal"`, the default), or
+//!   the team's (`"team"`: every member lists and uses it, admins make,
+//!   change and delete it: "Urgent, unassigned" set up once for everyone).
+//!   Anyone else's own view is not found; a member's own views go when
+//!   they leave, the team's stay. Visibility is chosen when a view is made
+//!   and stays (`invalid_visibility`).
 //! - `filters` holds the list's own query parameters (`status`,
 //!   `channel_id`, `assignee`, `unread`, `q`, `label`, `priority`,
 //!   `waiting`, `overdue`, `sort`), each a string (a JSON `true` or number
 //!   is taken as written), checked as the list checks them
 //!   (`invalid_filters` says which is wrong). `assignee: "me"` is whoever
-//!   uses the view: its owner.
+//!   uses the view, so one team view serves each member.
 //! - `GET /api/conversations?view={id}` lists by the view; a filter also
 //!   given in the query takes the place of the view's one. A channel the
-//!   owner no longer sees simply lists nothing from it.
-//! - Names are 1 to [`MOST_NAME_CHARS`] characters, unique per member
-//!   (409 `view_name_taken`); at most [`MOST_PER_MEMBER`] views a member.
+//!   member does not see simply lists nothing from it.
+//! - Names are 1 to [`MOST_NAME_CHARS`] characters, unique among the
+//!   team's and among each member's own (409 `view_name_taken`; a member's
+//!   may share a team view's name); at most [`MOST_PER_MEMBER`] views a
+//!   member, and as many for the team (409 `too_many_views`).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -23,16 +29,18 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::conversations::FilterParams;
+use super::Visibility;
+use crate::auth::Role;
 use crate::db::tenant_schema::saved_views as sv;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
-/// The most views a member keeps.
+/// The most views a member keeps, and the team.
 pub const MOST_PER_MEMBER: i64 = 50;
 /// The longest name.
 pub const MOST_NAME_CHARS: usize = 100;
-/// First key of the advisory lock a member's makes take turns under.
+/// First key of the advisory lock an owner's makes take turns under.
 const MAKE_LOCK_CLASS: i32 = 0x5b_0004;
 
 /// A view as listed.
@@ -42,27 +50,32 @@ pub struct SavedView {
     pub id: i64,
     pub name: String,
     pub filters: FilterParams,
+    pub visibility: Visibility,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its owner, for the checks; not shown (only the owner sees it).
+    #[serde(skip)]
+    owner: Option<i64>,
 }
 
-type Row = (i64, String, Value, DateTime<Utc>, DateTime<Utc>);
+type Row = (i64, String, Value, DateTime<Utc>, DateTime<Utc>, Option<i64>);
 
 macro_rules! row_columns {
     () => {
-        (sv::id, sv::name, sv::filters, sv::created_at, sv::updated_at)
+        (sv::id, sv::name, sv::filters, sv::created_at, sv::updated_at, sv::user_id)
     };
 }
 
-fn of_row((id, name, filters, created_at, updated_at): Row) -> SavedView {
+fn of_row((id, name, filters, created_at, updated_at, owner): Row) -> SavedView {
     // Written by `save` only, from checked filters.
     let filters = serde_json::from_value(filters).unwrap_or_default();
-    SavedView { id, name, filters, created_at, updated_at }
+    let visibility = if owner.is_some() { Visibility::Personal } else { Visibility::Team };
+    SavedView { id, name, filters, visibility, created_at, updated_at, owner }
 }
 
 /// A view's name and filters checked ([module docs](self)); the filters
 /// as stored.
-fn checked(owner: UserId, name: &str, filters: &Map<String, Value>) -> AppResult<(String, FilterParams)> {
+fn checked(user: UserId, name: &str, filters: &Map<String, Value>) -> AppResult<(String, FilterParams)> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MOST_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(AppError::invalid(
@@ -89,58 +102,101 @@ fn checked(owner: UserId, name: &str, filters: &Map<String, Value>) -> AppResult
         given.insert(key.clone(), Value::String(text));
     }
     let params: FilterParams = serde_json::from_value(Value::Object(given)).map_err(|e| invalid(e.to_string()))?;
-    params.filter(owner).map_err(|e| invalid(e.message))?;
+    params.filter(user).map_err(|e| invalid(e.message))?;
     Ok((name.to_string(), params))
 }
 
-/// `user`'s views, by name.
+/// The team's views and `user`'s own, by name.
 pub fn list(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Vec<SavedView>> {
-    let rows: Vec<Row> =
-        sv::table.filter(sv::user_id.eq(user.0)).order((sv::name, sv::id)).select(row_columns!()).load(tc.pg())?;
+    let rows: Vec<Row> = sv::table
+        .filter(sv::user_id.eq(user.0).or(sv::user_id.is_null()))
+        .order((sv::name, sv::id))
+        .select(row_columns!())
+        .load(tc.pg())?;
     Ok(rows.into_iter().map(of_row).collect())
 }
 
-/// View `id` if it is `user`'s; anyone else's is not found.
+/// View `id` if `user` may use it (the team's, or their own); anyone
+/// else's is not found.
 pub fn find(tc: &mut TenantConn<'_>, user: UserId, id: i64) -> AppResult<SavedView> {
-    let row: Option<Row> =
-        sv::table.find(id).filter(sv::user_id.eq(user.0)).select(row_columns!()).first(tc.pg()).optional()?;
+    let row: Option<Row> = sv::table
+        .find(id)
+        .filter(sv::user_id.eq(user.0).or(sv::user_id.is_null()))
+        .select(row_columns!())
+        .first(tc.pg())
+        .optional()?;
     row.map(of_row).ok_or_else(|| AppError::not_found("view"))
 }
 
-/// Makes a view (`id` `None`) or changes one of `user`'s, whole.
-pub fn save(
-    tc: &mut TenantConn<'_>,
-    user: UserId,
-    id: Option<i64>,
-    name: &str,
-    filters: &Map<String, Value>,
-) -> AppResult<SavedView> {
-    if let Some(id) = id {
-        find(tc, user, id)?;
+/// Who may keep a view of `visibility`: the team's, admins; one's own,
+/// its owner (the only one who sees it).
+fn may_keep(role: Role, visibility: Visibility) -> AppResult<()> {
+    if visibility == Visibility::Personal || role.at_least(Role::Admin) {
+        return Ok(());
     }
-    let (name, params) = checked(user, name, filters)?;
-    // Two makes at once would both count forty-nine: a member's take turns.
+    Err(AppError::forbidden(
+        "forbidden",
+        "only admins keep the team's views; make one of your own with visibility personal",
+    ))
+}
+
+/// A view to save: its name, filters and, when made, visibility.
+#[derive(Debug)]
+pub struct Draft {
+    pub name: String,
+    pub filters: Map<String, Value>,
+    /// `personal` when left out.
+    pub visibility: Option<Visibility>,
+}
+
+/// Makes a view (`id` `None`) or changes one `user` may keep, whole.
+pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, draft: &Draft) -> AppResult<SavedView> {
+    let owner = match id {
+        None => {
+            let visibility = draft.visibility.unwrap_or(Visibility::Personal);
+            may_keep(role, visibility)?;
+            (visibility == Visibility::Personal).then_some(user.0)
+        }
+        Some(id) => {
+            let found = find(tc, user, id)?;
+            may_keep(role, found.visibility)?;
+            if draft.visibility.is_some_and(|v| v != found.visibility) {
+                return Err(AppError::invalid(
+                    "invalid_visibility",
+                    "a view's visibility stays as it was made; make a new one instead",
+                ));
+            }
+            found.owner
+        }
+    };
+    let (name, params) = checked(user, &draft.name, &draft.filters)?;
+    // Two makes at once would both count forty-nine: an owner's take turns.
     diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
         .bind::<diesel::sql_types::Int4, _>(MAKE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tc.tenant().0, user.0))
+        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tc.tenant().0, owner.unwrap_or(0)))
         .execute(tc.pg())?;
-    let taken: Option<i64> =
-        sv::table.filter(sv::user_id.eq(user.0)).filter(sv::name.eq(&name)).select(sv::id).first(tc.pg()).optional()?;
+    let of_owner = |owner: Option<i64>| match owner {
+        Some(o) => sv::table.filter(sv::user_id.eq(o)).into_boxed(),
+        None => sv::table.filter(sv::user_id.is_null()).into_boxed(),
+    };
+    let taken: Option<i64> = of_owner(owner).filter(sv::name.eq(&name)).select(sv::id).first(tc.pg()).optional()?;
     if taken.is_some_and(|t| Some(t) != id) {
-        return Err(AppError::conflict("view_name_taken", "another view of yours has this name"));
+        let whose = if owner.is_some() { "another view of yours" } else { "another of the team's views" };
+        return Err(AppError::conflict("view_name_taken", format!("{whose} has this name")));
     }
     let value = serde_json::to_value(&params).map_err(AppError::internal)?;
     let row: Row = match id {
         None => {
-            let held: i64 = sv::table.filter(sv::user_id.eq(user.0)).count().get_result(tc.pg())?;
+            let held: i64 = of_owner(owner).count().get_result(tc.pg())?;
             if held >= MOST_PER_MEMBER {
+                let whose = if owner.is_some() { "a member keeps" } else { "the team keeps" };
                 return Err(AppError::conflict(
                     "too_many_views",
-                    format!("a member keeps at most {MOST_PER_MEMBER} views; delete one first"),
+                    format!("{whose} at most {MOST_PER_MEMBER} views; delete one first"),
                 ));
             }
             diesel::insert_into(sv::table)
-                .values((sv::user_id.eq(user.0), sv::name.eq(&name), sv::filters.eq(&value)))
+                .values((sv::user_id.eq(owner), sv::name.eq(&name), sv::filters.eq(&value)))
                 .returning(row_columns!())
                 .get_result(tc.pg())?
         }
@@ -152,15 +208,16 @@ pub fn save(
     Ok(of_row(row))
 }
 
-pub fn delete(tc: &mut TenantConn<'_>, user: UserId, id: i64) -> AppResult<()> {
-    let gone = diesel::delete(sv::table.find(id).filter(sv::user_id.eq(user.0))).execute(tc.pg())?;
-    if gone == 0 {
-        return Err(AppError::not_found("view"));
-    }
+/// Deletes view `id`, if `user` may keep it.
+pub fn delete(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: i64) -> AppResult<()> {
+    let found = find(tc, user, id)?;
+    may_keep(role, found.visibility)?;
+    diesel::delete(sv::table.find(found.id)).execute(tc.pg())?;
     Ok(())
 }
 
-/// A member left the tenant: their views go with them.
+/// A member left the tenant: their own views go with them (the team's
+/// they made stay).
 pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
     diesel::delete(sv::table.filter(sv::user_id.eq(user.0))).execute(tc.pg())?;
     Ok(())

@@ -5026,6 +5026,70 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     assert_eq!(app.call("GET", &path, Some(&ctx.admin), None).await.body["waiting_since"], Value::Null);
 }
 
+/// A team's view: every member lists and uses it, each as themselves
+/// (`assignee: me`); admins alone keep it; it stays when its maker leaves.
+#[actix_web::test]
+async fn a_team_view_serves_every_member_as_themselves() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for from in ["7392015648150001", "7392015648150002"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "hello"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let (hers, his) = (id("7392015648150001"), id("7392015648150002"));
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].clone();
+    for (conv, body) in [(&hers, json!({"assignee_id": me})), (&his, json!({"assignee_id": al_id}))] {
+        let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let mine = json!({"name": "Mine", "visibility": "team", "filters": {"assignee": "me"}});
+    let r = app.call("POST", "/api/views", Some(&al), Some(mine.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")), "admins keep the team's");
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(mine.clone())).await;
+    assert_eq!((r.status, &r.body["visibility"]), (201, &json!("team")), "{:?}", r.body);
+    let team = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(mine)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("view_name_taken")));
+
+    // Al lists it and uses it as himself.
+    let listed = app.call("GET", "/api/views", Some(&al), None).await.body["items"].clone();
+    assert_eq!(
+        listed.as_array().map(|l| l.iter().map(|v| v["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(team)])
+    );
+    let ids = |list: Vec<Value>| list.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &al, &format!("?view={team}")).await), [his.as_str()]);
+    assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={team}")).await), [hers.as_str()]);
+    // He neither changes nor deletes it; a view of his own may share its name.
+    let path = format!("/api/views/{team}");
+    let r = app.call("PATCH", &path, Some(&al), Some(json!({"name": "Ours", "filters": {}}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(app.call("DELETE", &path, Some(&al), None).await.status, 403);
+    let r = app.call("POST", "/api/views", Some(&al), Some(json!({"name": "Mine", "filters": {"unread": true}}))).await;
+    assert_eq!((r.status, &r.body["visibility"]), (201, &json!("personal")), "{:?}", r.body);
+    // Visibility stays as made.
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"name": "Mine", "visibility": "personal"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_visibility")));
+    let r = app
+        .call("PATCH", &path, Some(&ctx.admin), Some(json!({"name": "Assigned to me", "filters": {"assignee": "me"}})))
+        .await;
+    assert_eq!((r.status, &r.body["name"]), (200, &json!("Assigned to me")), "{:?}", r.body);
+
+    // Al leaves: his own view goes, the team's stays.
+    assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.saved_views"), 1);
+    assert_eq!(app.call("DELETE", &path, Some(&ctx.admin), None).await.status, 204);
+}
+
 /// A target may count only the channel's business hours: the wait's due
 /// time stops at night and at weekends, and moves with the priority, the
 /// targets and the hours.
