@@ -98,10 +98,7 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     let next = if items.len() as i64 >= limit {
-        items.last().map(|c| match (filter.longest_waiting, c.waiting_since) {
-            (true, Some(since)) => encode_time_cursor(since, c.id.0),
-            _ => encode_time_cursor(c.last_activity_at, c.id.0),
-        })
+        items.last().map(|c| encode_time_cursor(filter.order.keyed_at(c), c.id.0))
     } else {
         None
     };

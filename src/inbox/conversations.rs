@@ -38,9 +38,33 @@ pub struct Filter {
     pub waiting: Option<bool>,
     /// Only those waiting past their channel's reply target.
     pub overdue: bool,
-    /// The waiting ones, longest wait first, keyset on (waiting_since, id);
-    /// not with `q`.
-    pub longest_waiting: bool,
+    /// The list's order (not the newest activity first only without `q`).
+    pub order: Order,
+}
+
+/// How the list is ordered (`sort`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Newest activity first, keyset on (last_activity_at, id).
+    #[default]
+    Activity,
+    /// The waiting ones, longest wait first, keyset on (waiting_since, id).
+    Waiting,
+    /// The waiting ones with a reply target, soonest due first (the most
+    /// overdue first), keyset on (reply_due_at, id).
+    Due,
+}
+
+impl Order {
+    /// The time the keyset of a conversation's place in this order reads.
+    pub fn keyed_at(self, view: &super::views::ConversationView) -> DateTime<Utc> {
+        match self {
+            Order::Activity => None,
+            Order::Waiting => view.waiting_since,
+            Order::Due => view.reply_due_at,
+        }
+        .unwrap_or(view.last_activity_at)
+    }
 }
 
 /// The list's filters as a client writes them (query parameters, or a
@@ -133,14 +157,15 @@ impl FilterParams {
             },
             waiting: flag(self.waiting.as_deref(), "waiting")?,
             overdue: flag(self.overdue.as_deref(), "overdue")?.unwrap_or(false),
-            longest_waiting: match self.sort.as_deref() {
-                None | Some("") | Some("activity") => false,
-                Some("waiting") => true,
-                Some(_) => return Err(bad("sort is activity or waiting".into())),
+            order: match self.sort.as_deref() {
+                None | Some("") | Some("activity") => Order::Activity,
+                Some("waiting") => Order::Waiting,
+                Some("due") => Order::Due,
+                Some(_) => return Err(bad("sort is activity, waiting or due".into())),
             },
         };
-        if filter.longest_waiting && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
-            return Err(bad("sort=waiting does not go with q: a search lists by activity".into()));
+        if filter.order != Order::Activity && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+            return Err(bad("sort=waiting or due does not go with q: a search lists by activity".into()));
         }
         Ok(filter)
     }
@@ -169,8 +194,8 @@ struct Listing<'f> {
     after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// Newest activity first, keyset on (last_activity_at, id); or the
-/// longest waits first (`Filter::longest_waiting`).
+/// In the filter's [`Order`]: newest activity first, the longest waits
+/// first, or the soonest due first.
 pub fn list(
     tc: &mut TenantConn<'_>,
     user: UserId,
@@ -183,8 +208,14 @@ pub fn list(
     let search_text = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let rows = match search_text {
         Some(text) => planned_for_the_pattern(tc, |pg| search(pg, listing, text, limit))?,
-        None if f.longest_waiting => filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
-            .order((c::waiting_since.asc(), c::id.asc()))
+        None if f.order == Order::Waiting => {
+            filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
+                .order((c::waiting_since.asc(), c::id.asc()))
+                .limit(limit)
+                .load(tc.pg())?
+        }
+        None if f.order == Order::Due => filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
+            .order((c::reply_due_at.asc(), c::id.asc()))
             .limit(limit)
             .load(tc.pg())?,
         None => newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
@@ -233,13 +264,24 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     if f.overdue {
         q = q.filter(sql::<Bool>(super::waiting::OVERDUE));
     }
-    if f.longest_waiting {
-        q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::waiting_since.is_not_null());
-        if let Some((at, id)) = after {
-            q = q.filter(c::waiting_since.gt(at).or(c::waiting_since.eq(at).and(c::id.gt(id))));
+    match f.order {
+        Order::Waiting => {
+            q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::waiting_since.is_not_null());
+            if let Some((at, id)) = after {
+                q = q.filter(c::waiting_since.gt(at).or(c::waiting_since.eq(at).and(c::id.gt(id))));
+            }
         }
-    } else if let Some((at, id)) = after {
-        q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
+        Order::Due => {
+            q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::reply_due_at.is_not_null());
+            if let Some((at, id)) = after {
+                q = q.filter(c::reply_due_at.gt(at).or(c::reply_due_at.eq(at).and(c::id.gt(id))));
+            }
+        }
+        Order::Activity => {
+            if let Some((at, id)) = after {
+                q = q.filter(c::last_activity_at.lt(at).or(c::last_activity_at.eq(at).and(c::id.lt(id))));
+            }
+        }
     }
     q
 }

@@ -46,7 +46,9 @@
 //!   not ring again for a changed target or priority.
 //! - `GET /api/conversations?waiting=true` lists the waiting ones
 //!   (`false`: the others); `sort=waiting` lists the waiting ones, longest
-//!   wait first (not with `q`, which lists by activity).
+//!   wait first, and `sort=due` those with a target, soonest due first
+//!   (the most overdue first: what to answer next, whatever the
+//!   priorities); neither with `q`, which lists by activity.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::expression::SqlLiteral;

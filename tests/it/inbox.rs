@@ -4995,7 +4995,15 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     let cursor = first["next_cursor"].as_str().expect("a next page");
     let rest = conversations(&app, &ctx.admin, &format!("?sort=waiting&limit=2&cursor={cursor}")).await;
     assert_eq!(ids(rest), longest[2..]);
-    for bad in ["?waiting=maybe", "?overdue=1", "?sort=oldest", "?sort=waiting&q=hello"] {
+    // Soonest due first: the urgent one, asked last, is due before the
+    // one Meta refused an answer to.
+    let soonest = [id(long), id(short), refused.clone()];
+    let first = app.call("GET", "/api/conversations?sort=due&limit=2", Some(&ctx.admin), None).await.body;
+    assert_eq!(ids(first["items"].as_array().expect("items").clone()), soonest[..2]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let rest = conversations(&app, &ctx.admin, &format!("?sort=due&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(rest), soonest[2..]);
+    for bad in ["?waiting=maybe", "?overdue=1", "?sort=oldest", "?sort=waiting&q=hello", "?sort=due&q=hello"] {
         let r = app.call("GET", &format!("/api/conversations{bad}"), Some(&ctx.admin), None).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}");
     }
