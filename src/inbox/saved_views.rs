@@ -8,7 +8,9 @@
 //!   change and delete it: "Urgent, unassigned" set up once for everyone).
 //!   Anyone else's own view is not found; a member's own views go when
 //!   they leave, the team's stay. Visibility is chosen when a view is made
-//!   and stays (`invalid_visibility`).
+//!   and stays (`invalid_visibility`). The team's are shared settings,
+//!   audited (`view.created`, `view.updated`, `view.deleted`); a member's
+//!   own are their preference, not audited.
 //! - `filters` holds the list's own query parameters (`status`,
 //!   `channel_id`, `assignee`, `unread`, `q`, `label`, `priority`,
 //!   `waiting`, `overdue`, `sort`), each a string (a JSON `true` or number
@@ -26,7 +28,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::conversations::FilterParams;
 use super::Visibility;
@@ -205,6 +207,10 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
             .returning(row_columns!())
             .get_result(tc.pg())?,
     };
+    if owner.is_none() {
+        let action = if id.is_some() { "view.updated" } else { "view.created" };
+        crate::audit::record(tc, Some(user), action, "view", Some(row.0.to_string()), json!({"name": row.1}))?;
+    }
     Ok(of_row(row))
 }
 
@@ -213,6 +219,16 @@ pub fn delete(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: i64) -> App
     let found = find(tc, user, id)?;
     may_keep(role, found.visibility)?;
     diesel::delete(sv::table.find(found.id)).execute(tc.pg())?;
+    if found.owner.is_none() {
+        crate::audit::record(
+            tc,
+            Some(user),
+            "view.deleted",
+            "view",
+            Some(id.to_string()),
+            json!({"name": found.name}),
+        )?;
+    }
     Ok(())
 }
 

@@ -5096,6 +5096,13 @@ async fn a_team_view_serves_every_member_as_themselves() {
     assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.saved_views"), 1);
     assert_eq!(app.call("DELETE", &path, Some(&ctx.admin), None).await.status, 204);
+    // The team's are audited; a member's own are not.
+    let audited = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE target_type = 'view' AND target_id = '{team}' \
+           AND action IN ('view.created', 'view.updated', 'view.deleted')"
+    ));
+    assert_eq!(audited, 3);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE target_type = 'view'"), 3);
 }
 
 /// A target may count only the channel's business hours: the wait's due
