@@ -274,6 +274,21 @@ diesel::joinable!(conversations -> channels (channel_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(contacts -> channels (channel_id));
 diesel::joinable!(contact_former_numbers -> contacts (contact_id));
+diesel::table! {
+    /// Waits that ran past their reply target (`inbox::waiting`).
+    missed_targets (id) {
+        id -> Int8,
+        conversation_id -> Int8,
+        channel_id -> Int8,
+        assignee_id -> Nullable<Int8>,
+        priority -> Nullable<Text>,
+        waiting_since -> Timestamptz,
+        due_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(missed_targets -> conversations (conversation_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     pending_selections,
@@ -290,5 +305,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     csat_surveys,
     note_mentions,
     macros,
-    saved_views
+    saved_views,
+    missed_targets
 );

@@ -23,6 +23,10 @@
 //!   answers, whenever they came; an agent's are those of the
 //!   conversations they had when resolved (or resolved, if no one had
 //!   them).
+//! - Reply targets missed (`targets_missed`): the waits whose due time
+//!   fell in the period and that the overdue clock rang (`waiting`),
+//!   answered since or not; an agent's are those assigned to them when
+//!   it rang (none assigned: the tenant's and the channel's only).
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -113,6 +117,8 @@ pub struct Overview {
     pub messages_received: i64,
     pub replies_sent: i64,
     pub notes_written: i64,
+    /// Waits past their reply target, due in the period.
+    pub targets_missed: i64,
     pub first_response: FirstResponse,
     /// Satisfaction surveys sent in the period, and their answers.
     pub csat: Csat,
@@ -175,6 +181,8 @@ pub struct AgentFigures {
     /// one had them), and the mean rating.
     pub csat_answered: i64,
     pub csat_average: Option<f64>,
+    /// Waits past their reply target while theirs.
+    pub targets_missed: i64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -185,6 +193,7 @@ pub struct ChannelFigures {
     pub conversations_opened: i64,
     pub messages_received: i64,
     pub replies_sent: i64,
+    pub targets_missed: i64,
 }
 
 #[derive(QueryableByName)]
@@ -217,6 +226,16 @@ struct Opened {
 struct Resolved {
     #[diesel(sql_type = Nullable<BigInt>)]
     actor_user_id: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Missed {
+    #[diesel(sql_type = BigInt)]
+    channel_id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    assignee_id: Option<i64>,
     #[diesel(sql_type = BigInt)]
     n: i64,
 }
@@ -316,6 +335,16 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .load(tc.pg())?;
 
+    let missed: Vec<Missed> = diesel::sql_query(
+        "SELECT channel_id, assignee_id, count(*) AS n FROM missed_targets \
+          WHERE due_at >= $1 AND due_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
+          GROUP BY channel_id, assignee_id",
+    )
+    .bind::<Timestamptz, _>(period.from)
+    .bind::<Timestamptz, _>(period.to)
+    .bind::<Nullable<BigInt>, _>(channel)
+    .load(tc.pg())?;
+
     // Resolved conversations are most of a long history: the status index
     // counts only those waiting.
     let now: Backlog = diesel::sql_query(format!(
@@ -361,6 +390,14 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             // The business wrote first and the customer has not written: nothing to answer.
             (None, _) => {}
             (Some(_), None) => unanswered += 1,
+        }
+    }
+    let mut targets_missed = 0;
+    for m in &missed {
+        targets_missed += m.n;
+        channels.entry(m.channel_id).or_insert_with(|| empty_channel(m.channel_id)).targets_missed += m.n;
+        if let Some(user) = m.assignee_id {
+            agents.entry(user).or_insert_with(|| empty_agent(user)).targets_missed += m.n;
         }
     }
     let mut conversations_resolved = 0;
@@ -412,6 +449,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         messages_received: channels.iter().map(|c| c.messages_received).sum(),
         replies_sent: channels.iter().map(|c| c.replies_sent).sum(),
         notes_written,
+        targets_missed,
         first_response,
         csat,
         now,
@@ -428,6 +466,7 @@ fn empty_channel(id: i64) -> ChannelFigures {
         conversations_opened: 0,
         messages_received: 0,
         replies_sent: 0,
+        targets_missed: 0,
     }
 }
 
@@ -442,6 +481,7 @@ fn empty_agent(id: i64) -> AgentFigures {
         median_first_response_seconds: None,
         csat_answered: 0,
         csat_average: None,
+        targets_missed: 0,
     }
 }
 
@@ -508,6 +548,7 @@ impl Overview {
             "median_first_response_seconds",
             "csat_answered",
             "csat_average",
+            "targets_missed",
         ]);
         for a in &self.agents {
             out.push_str(&csv_row(&[
@@ -520,14 +561,22 @@ impl Overview {
                 &a.median_first_response_seconds.map(|s| s.to_string()).unwrap_or_default(),
                 &a.csat_answered.to_string(),
                 &a.csat_average.map(|v| format!("{v:.2}")).unwrap_or_default(),
+                &a.targets_missed.to_string(),
             ]));
         }
         out
     }
 
     pub fn channels_csv(&self) -> String {
-        let mut out =
-            csv_row(&["channel_id", "name", "platform", "conversations_opened", "messages_received", "replies_sent"]);
+        let mut out = csv_row(&[
+            "channel_id",
+            "name",
+            "platform",
+            "conversations_opened",
+            "messages_received",
+            "replies_sent",
+            "targets_missed",
+        ]);
         for c in &self.channels {
             out.push_str(&csv_row(&[
                 &c.channel_id.to_string(),
@@ -536,6 +585,7 @@ impl Overview {
                 &c.conversations_opened.to_string(),
                 &c.messages_received.to_string(),
                 &c.replies_sent.to_string(),
+                &c.targets_missed.to_string(),
             ]));
         }
         out

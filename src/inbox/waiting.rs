@@ -43,7 +43,9 @@
 //!   channel's sockets, within 30 seconds ([`ring_overdue`], on the clock
 //!   that wakes snoozed conversations). A new wait, after an answer or a
 //!   resolve, rings again when it too runs over; a wait already rung does
-//!   not ring again for a changed target or priority.
+//!   not ring again for a changed target or priority. Each wait rung is
+//!   kept (`missed_targets`: channel, assignee then, priority, due time)
+//!   for the reports' `targets_missed`.
 //! - `GET /api/conversations?waiting=true` lists the waiting ones
 //!   (`false`: the others); `sort=waiting` lists the waiting ones, longest
 //!   wait first, and `sort=due` those with a target, soonest due first
@@ -203,12 +205,18 @@ pub fn redue(
 }
 
 /// Tells the team of every wait that passed its target since the last
-/// look, once per wait ([module docs](self)); how many.
+/// look, once per wait ([module docs](self)), and keeps it for the reports
+/// (`missed_targets`); how many.
 pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) -> AppResult<usize> {
     let rung: Vec<ConversationRow> = diesel::sql_query(format!(
-        "UPDATE conversations SET overdue_rung_for = waiting_since \
-          WHERE {OVERDUE} AND overdue_rung_for IS DISTINCT FROM waiting_since \
-         RETURNING conversations.*"
+        "WITH rung AS (UPDATE conversations SET overdue_rung_for = waiting_since \
+                        WHERE {OVERDUE} AND overdue_rung_for IS DISTINCT FROM waiting_since \
+                       RETURNING conversations.*), \
+              kept AS (INSERT INTO missed_targets \
+                              (conversation_id, channel_id, assignee_id, priority, waiting_since, due_at) \
+                       SELECT id, channel_id, assignee_id, priority, waiting_since, reply_due_at FROM rung \
+                       ON CONFLICT (conversation_id, waiting_since) DO NOTHING) \
+         SELECT * FROM rung"
     ))
     .load(tc.pg())?;
     for conv in &rung {

@@ -4049,7 +4049,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert_eq!(rows.len(), agents.len() + 1);
     let channels_csv = csv("channels", &ctx.admin).await.text().await.expect("text");
     let facebook = channels_csv.lines().find(|l| l.contains(",facebook,")).expect("the page's row");
-    assert!(facebook.ends_with(",2,2,1"), "{channels_csv}");
+    assert!(facebook.ends_with(",2,2,1,0"), "{channels_csv}");
     assert_eq!(csv("agents", &al_token).await.status(), 403);
     let r = app.call("GET", "/api/reports/channels.csv?from=yesterday", Some(&ctx.admin), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_period")));
@@ -4940,13 +4940,14 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
 
     let ids = |list: Vec<Value>| list.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
     assert_eq!(ids(conversations(&app, &ctx.admin, "?waiting=false").await), [id(answered)]);
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].clone();
     assert_eq!(ids(conversations(&app, &ctx.admin, "?overdue=true").await), [id(long)]);
     let r = app
         .call(
             "PATCH",
             &format!("/api/conversations/{}", id(short)),
             Some(&ctx.admin),
-            Some(json!({"priority": "urgent"})),
+            Some(json!({"priority": "urgent", "assignee_id": me})),
         )
         .await;
     assert!(close(time_of(&r.body["reply_due_at"]), ago(10) + chrono::Duration::minutes(5)), "{:?}", r.body);
@@ -4988,6 +4989,21 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
         id(short)
     ));
     assert_eq!(short_rung, 1);
+    // The reports count each wait rung as a target missed, by channel and
+    // by who had it then.
+    let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
+    assert_eq!(report["targets_missed"], json!(2), "{report}");
+    assert_eq!(report["channels"][0]["targets_missed"], json!(2), "{report}");
+    let agents = report["agents"].as_array().cloned().unwrap_or_default();
+    let admin = agents.iter().find(|a| a["user_id"] == me).expect("the admin's figures");
+    assert_eq!(admin["targets_missed"], json!(1), "{report}");
+    let csv = app.client.get(app.url("/api/reports/agents.csv")).bearer_auth(&ctx.admin).send().await.expect("csv");
+    let csv = csv.text().await.expect("text");
+    let (header, row) = (
+        csv.lines().next().unwrap_or_default(),
+        csv.lines().find(|l| l.starts_with(&format!("{},", me.as_str().unwrap_or("?")))),
+    );
+    assert!(header.ends_with(",targets_missed") && row.is_some_and(|r| r.ends_with(",1")), "{csv}");
     // Longest waits first, a page at a time.
     let longest = [id(long), refused.clone(), id(short)];
     let first = app.call("GET", "/api/conversations?sort=waiting&limit=2", Some(&ctx.admin), None).await.body;
