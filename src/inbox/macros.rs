@@ -112,7 +112,7 @@ macro_rules! row_columns {
 fn of_row((id, name, actions, created_at, updated_at, owner): Row) -> Macro {
     // Written by `save` only, from checked actions.
     let actions = serde_json::from_value(actions).unwrap_or_default();
-    let visibility = if owner.is_some() { Visibility::Personal } else { Visibility::Team };
+    let visibility = Visibility::of(owner);
     Macro { id, name, actions, visibility, created_at, updated_at, owner }
 }
 
@@ -224,17 +224,12 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
         None => {
             let visibility = draft.visibility.unwrap_or(Visibility::Team);
             may_keep(role, visibility)?;
-            (visibility == Visibility::Personal).then_some(user.0)
+            visibility.owner(user)
         }
         Some(id) => {
             let found = visible(tc, user, id)?;
             may_keep(role, found.visibility)?;
-            if draft.visibility.is_some_and(|v| v != found.visibility) {
-                return Err(AppError::invalid(
-                    "invalid_visibility",
-                    "a macro's visibility stays as it was made; make a new one instead",
-                ));
-            }
+            found.visibility.kept(draft.visibility, "macro")?;
             found.owner
         }
     };

@@ -54,6 +54,35 @@ pub enum Visibility {
     Personal,
 }
 
+impl Visibility {
+    /// Whose a thing of this visibility that `maker` makes is: theirs, or
+    /// the team's (`None`).
+    pub fn owner(self, maker: crate::ids::UserId) -> Option<i64> {
+        (self == Visibility::Personal).then_some(maker.0)
+    }
+
+    /// The visibility of a thing kept for `owner` (`None`: the team).
+    pub fn of(owner: Option<i64>) -> Visibility {
+        if owner.is_some() {
+            Visibility::Personal
+        } else {
+            Visibility::Team
+        }
+    }
+
+    /// A change that names `asked` keeps this visibility, as made; else
+    /// 422 `invalid_visibility` (of a `what`).
+    pub fn kept(self, asked: Option<Visibility>, what: &str) -> crate::error::AppResult<()> {
+        if asked.is_some_and(|v| v != self) {
+            return Err(crate::error::AppError::invalid(
+                "invalid_visibility",
+                format!("a {what}'s visibility stays as it was made; make a new one instead"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 crate::id_type!(
     /// A conversation, inside one tenant.
     ConversationId

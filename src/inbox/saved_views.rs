@@ -71,7 +71,7 @@ macro_rules! row_columns {
 fn of_row((id, name, filters, created_at, updated_at, owner): Row) -> SavedView {
     // Written by `save` only, from checked filters.
     let filters = serde_json::from_value(filters).unwrap_or_default();
-    let visibility = if owner.is_some() { Visibility::Personal } else { Visibility::Team };
+    let visibility = Visibility::of(owner);
     SavedView { id, name, filters, visibility, created_at, updated_at, owner }
 }
 
@@ -157,17 +157,12 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
         None => {
             let visibility = draft.visibility.unwrap_or(Visibility::Personal);
             may_keep(role, visibility)?;
-            (visibility == Visibility::Personal).then_some(user.0)
+            visibility.owner(user)
         }
         Some(id) => {
             let found = find(tc, user, id)?;
             may_keep(role, found.visibility)?;
-            if draft.visibility.is_some_and(|v| v != found.visibility) {
-                return Err(AppError::invalid(
-                    "invalid_visibility",
-                    "a view's visibility stays as it was made; make a new one instead",
-                ));
-            }
+            found.visibility.kept(draft.visibility, "view")?;
             found.owner
         }
     };
