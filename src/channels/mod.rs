@@ -486,10 +486,7 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         return Err(AppError::invalid("invalid_settings", "an enabled away_reply needs business_hours"));
     }
     if settings.reply_targets.only_business_hours && settings.business_hours.is_none() {
-        return Err(AppError::invalid(
-            "invalid_settings",
-            "reply_targets counted only_business_hours need business_hours",
-        ));
+        return Err(AppError::invalid("invalid_settings", "reply_targets.only_business_hours needs business_hours"));
     }
     let settings_json = serde_json::to_value(&settings).map_err(AppError::internal)?;
     let before = row.settings();
@@ -499,7 +496,7 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     }
     // The waiting conversations' due times follow the targets and hours.
     if (&settings.reply_targets, &settings.business_hours) != (&before.reply_targets, &before.business_hours) {
-        crate::inbox::waiting::redue(tc, id.0, &settings, None)?;
+        crate::inbox::waiting::redue(tc, id.0, &settings)?;
     }
     diesel::update(channels::table.find(id.0))
         .set((

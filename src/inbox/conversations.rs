@@ -573,10 +573,7 @@ pub fn patch(
     if priority != row.priority {
         // Another priority, another target for the wait (`waiting`).
         if updated.waiting_since.is_some() {
-            let settings = crate::channels::find(tc, crate::channels::ChannelId(updated.channel_id))?.settings();
-            if let Some((_, due)) = super::waiting::redue(tc, updated.channel_id, &settings, Some(updated.id))?.pop() {
-                updated.reply_due_at = due;
-            }
+            super::waiting::redue_one(tc, &mut updated)?;
         }
         audit::record(
             tc,

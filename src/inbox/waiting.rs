@@ -34,7 +34,7 @@
 //! - `reply_due_at` is kept on the conversation (so the overdue ones are a
 //!   comparison the status index serves), worked out as the wait starts,
 //!   and again when the priority, the wait or the channel's targets or
-//!   hours change ([`redue`]). A channel's change of targets or hours
+//!   hours change ([`redue_one`], [`redue`]). A channel's change of targets or hours
 //!   moves the due times of its waiting conversations without an event
 //!   for each: clients read the list again on its `channel.updated`.
 //! - When a wait passes its target, the team is told once: a
@@ -159,35 +159,36 @@ pub fn kept_unless(answered: bool) -> Wait {
     (c::waiting_since.eq(kept("waiting_since")), c::reply_due_at.eq(kept("reply_due_at")))
 }
 
+/// The due time of a conversation in `status` of `priority` waiting since
+/// `since` (a resolved one waits for nobody).
+fn due_of(
+    settings: &Settings,
+    status: &str,
+    priority: Option<&str>,
+    since: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    since.filter(|_| status != "resolved").and_then(|s| due(settings, priority, s))
+}
+
 /// Works out again the due times of `channel`'s waiting conversations
-/// (or of conversation `only` of it, whatever its state) under the
-/// channel's `settings`, after they or a conversation's priority or wait
-/// changed; the conversations whose due time changed, with it. The rows
+/// under its `settings`, after those changed; how many moved. The rows
 /// are locked in id order, as a webhook's batch locks them, and before a
 /// change of the channel's row: a batch that holds them and then notes
 /// its webhooks on the channel cannot wait for us while we wait for it.
-pub fn redue(
-    tc: &mut TenantConn<'_>,
-    channel: i64,
-    settings: &Settings,
-    only: Option<i64>,
-) -> AppResult<Vec<(i64, Option<DateTime<Utc>>)>> {
-    let columns = (c::id, c::status, c::priority, c::waiting_since, c::reply_due_at);
-    let of_channel = c::table.filter(c::channel_id.eq(channel)).order(c::id);
+pub fn redue(tc: &mut TenantConn<'_>, channel: i64, settings: &Settings) -> AppResult<usize> {
     type Row = (i64, String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-    let rows: Vec<Row> = match only {
-        Some(id) => of_channel.filter(c::id.eq(id)).select(columns).for_update().load(tc.pg())?,
-        None => of_channel
-            .filter(c::status.eq_any(UNRESOLVED))
-            .filter(c::waiting_since.is_not_null())
-            .select(columns)
-            .for_update()
-            .load(tc.pg())?,
-    };
+    let rows: Vec<Row> = c::table
+        .filter(c::channel_id.eq(channel))
+        .filter(c::status.eq_any(UNRESOLVED))
+        .filter(c::waiting_since.is_not_null())
+        .order(c::id)
+        .select((c::id, c::status, c::priority, c::waiting_since, c::reply_due_at))
+        .for_update()
+        .load(tc.pg())?;
     let changed: Vec<(i64, Option<DateTime<Utc>>)> = rows
         .into_iter()
         .filter_map(|(id, status, priority, since, was)| {
-            let now = since.filter(|_| status != "resolved").and_then(|s| due(settings, priority.as_deref(), s));
+            let now = due_of(settings, &status, priority.as_deref(), since);
             (now != was).then_some((id, now))
         })
         .collect();
@@ -201,7 +202,20 @@ pub fn redue(
         .bind::<diesel::sql_types::Array<Nullable<Timestamptz>>, _>(dues)
         .execute(tc.pg())?;
     }
-    Ok(changed)
+    Ok(changed.len())
+}
+
+/// Works the due time of `conv`, a row this transaction just wrote (so
+/// locked, and as it is), out again after its priority or wait changed,
+/// writing it when it moved.
+pub fn redue_one(tc: &mut TenantConn<'_>, conv: &mut ConversationRow) -> AppResult<()> {
+    let settings = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?.settings();
+    let now = due_of(&settings, &conv.status, conv.priority.as_deref(), conv.waiting_since);
+    if now != conv.reply_due_at {
+        diesel::update(c::table.find(conv.id)).set(c::reply_due_at.eq(now)).execute(tc.pg())?;
+        conv.reply_due_at = now;
+    }
+    Ok(())
 }
 
 /// Tells the team of every wait that passed its target since the last
@@ -255,10 +269,7 @@ pub fn recompute(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<Conversat
     .optional()?;
     Ok(match changed {
         Some(mut conv) => {
-            let settings = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?.settings();
-            if let Some((_, due)) = redue(tc, conv.channel_id, &settings, Some(conv.id))?.pop() {
-                conv.reply_due_at = due;
-            }
+            redue_one(tc, &mut conv)?;
             Some(conv)
         }
         None => None,
