@@ -4507,6 +4507,11 @@ async fn a_conversation_is_exported_as_a_transcript() {
     )
     .await;
     app.processed().await;
+    // The name comes from the profile lookup, which runs after the webhook.
+    eventually("the profile looked up", || async {
+        by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["contact"]["name"] == "Zoé Lima"
+    })
+    .await;
     let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
     let (status, sent) = reply(&app, &ctx.admin, &conv, "Vamos ver já 📦", "c-1").await;
     assert_eq!(status, 202, "{sent}");
