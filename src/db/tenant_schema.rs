@@ -120,6 +120,9 @@ diesel::table! {
         /// When the channel's reply target for the wait runs out
         /// (`inbox::waiting::due`); `None` when nobody waits or no target.
         reply_due_at -> Nullable<Timestamptz>,
+        /// Which app answers the customer (`inbox::handover`); `None`
+        /// while nothing said otherwise (we do).
+        thread_control -> Nullable<Jsonb>,
     }
 }
 

@@ -20,6 +20,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
         .service(resource("/conversations/{id}/read").route(web::post().to(read)))
         .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
+        .service(resource("/conversations/{id}/thread-control").route(web::post().to(thread_control)))
         .service(
             resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
         )
@@ -284,6 +285,56 @@ async fn typing(
         target.send(&state.graph, on);
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThreadControlBody {
+    action: String,
+    /// Meta's app id, as text or a number.
+    #[serde(default)]
+    app_id: Value,
+}
+
+/// `{action: "take"}` takes the customer's thread from whichever app holds
+/// it; `{action: "pass", app_id?}` passes it to another app (Meta's Page
+/// Inbox unless named): `inbox::handover`. Meta is asked first; the
+/// conversation changes only once it said yes.
+async fn thread_control(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<ThreadControlBody>,
+) -> AppResult<HttpResponse> {
+    use crate::inbox::handover::{self, Request};
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let ours = state.graph.app_id().to_string();
+    let app = match &body.app_id {
+        Value::Null => None,
+        Value::String(a) => Some(a.clone()),
+        Value::Number(n) if n.is_u64() => Some(n.to_string()),
+        _ => return Err(AppError::invalid("invalid_app_id", "app_id is another app's Meta id (digits only)")),
+    };
+    let request = Request::parse(&body.action, app.as_deref(), &ours)?;
+    let (user, role, keys) = (auth.user, auth.role, state.keys.clone());
+    let target = state.db.tenant(auth.scope(), move |tc| handover::target(tc, &keys, user, role, id)).await?;
+    let (account, contact) = (target.channel.external_id.as_str(), target.contact.as_str());
+    let asked = match &request {
+        Request::Take => state.graph.take_thread_control(account, &target.token, contact, "switchboard").await,
+        Request::Pass(app) => {
+            state.graph.pass_thread_control(account, &target.token, contact, app, "switchboard").await
+        }
+    };
+    if let Err(e) = asked {
+        let channel = target.channel.channel_id();
+        return Err(crate::channels::connect::note_graph_error(&state, auth.tenant, channel, e).await.into());
+    }
+    let conversation = target.conversation;
+    let view = state
+        .tenant_with_events(auth.scope(), move |tc, log| handover::done(tc, log, conversation, &request, &ours))
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 #[derive(Deserialize)]

@@ -34,12 +34,14 @@ fn holder_at(changes: &[NumberChange], at: DateTime<Utc>) -> Option<&str> {
 }
 
 /// The customer a message is from or to, and when it was sent, for items
-/// that store a message.
+/// that store a message or change a conversation (their contacts and
+/// conversations are read, and locked, with the batch's).
 fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
     match item {
         Item::Message { contact, timestamp, .. }
         | Item::Echo { contact, timestamp, .. }
-        | Item::History { contact, timestamp, .. } => Some((contact, *timestamp)),
+        | Item::History { contact, timestamp, .. }
+        | Item::ThreadControl { contact, timestamp, .. } => Some((contact, *timestamp)),
         _ => None,
     }
 }
@@ -188,7 +190,7 @@ impl<'l> Ingest<'l> {
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
                     last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority, waiting_since, reply_due_at \
+                    priority, waiting_since, reply_due_at, thread_control \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",
@@ -724,6 +726,9 @@ impl Ingest<'_> {
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
             }
+            Item::ThreadControl { contact, change, timestamp } => {
+                self.thread_control(tc, channel, contact, change, *timestamp)
+            }
             Item::TemplateStatus { template_id, name, language, event, reason, timestamp } => {
                 if let Some(waba) = &channel.parent_external_id {
                     if !self.followups.templates_changed.contains(waba) {
@@ -741,6 +746,48 @@ impl Ingest<'_> {
                 super::templates::status_changed(tc, self.log, channel, change).map(|_| ())
             }
         }
+    }
+
+    /// Who holds a customer's thread ([`super::handover`]). A customer
+    /// with no conversation here yet has nothing to show it on: skipped.
+    fn thread_control(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        channel: &ChannelRow,
+        contact: &str,
+        change: &crate::meta::webhook::ThreadChange,
+        at: DateTime<Utc>,
+    ) -> AppResult<()> {
+        let known = match self.contacts.get(&(channel.id, contact.to_string())) {
+            Some(c) => Some(c.id),
+            None => contacts::table
+                .filter(contacts::channel_id.eq(channel.id))
+                .filter(contacts::external_id.eq(contact))
+                .select(contacts::id)
+                .first(tc.pg())
+                .optional()?,
+        };
+        let Some(contact_id) = known else { return Ok(()) };
+        let conv = match self.conversations.entry(contact_id) {
+            std::collections::hash_map::Entry::Occupied(kept) => kept.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let found: Option<ConversationRow> = conversations::table
+                    .filter(conversations::channel_id.eq(channel.id))
+                    .filter(conversations::contact_id.eq(contact_id))
+                    .select(ConversationRow::as_select())
+                    .for_update()
+                    .first(tc.pg())
+                    .optional()?;
+                let Some(found) = found else { return Ok(()) };
+                slot.insert(found)
+            }
+        };
+        if super::handover::apply(tc, conv, change, at, &self.app_id)? {
+            let conv = conv.clone();
+            let view = self.names.conversation(tc, &conv)?;
+            self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
+        }
+        Ok(())
     }
 
     fn updated(&mut self, tc: &mut TenantConn<'_>, row: &MessageRow) -> AppResult<()> {

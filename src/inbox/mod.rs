@@ -27,6 +27,7 @@ pub mod conversations;
 pub mod csat;
 pub mod early;
 pub mod events;
+pub mod handover;
 pub mod ingest;
 pub mod macros;
 pub mod media;

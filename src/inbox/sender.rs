@@ -377,73 +377,93 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
             } else {
                 // The customer's message the reply quotes (WhatsApp only).
                 let quoted = message.reply_to_external_id.as_deref();
-                let r = match (ctx.channel.platform(), template, &file) {
-                    (Platform::Whatsapp, Some((name, language, header, body)), header_media) => {
-                        state
-                            .graph
-                            .whatsapp_template(
-                                &ctx.channel.external_id,
-                                token,
-                                &ctx.contact.external_id,
-                                &name,
-                                &language,
-                                &header,
-                                &body,
-                                header_media.as_ref().map(|(f, b)| (*f, b.clone())),
-                                quoted,
-                            )
-                            .await
-                    }
-                    (Platform::Whatsapp, _, Some((file, bytes))) => {
-                        let caption = message.text.as_deref();
-                        state
-                            .graph
-                            .whatsapp_file(
-                                &ctx.channel.external_id,
-                                token,
-                                &ctx.contact.external_id,
-                                file,
-                                bytes.clone(),
-                                caption,
-                                quoted,
-                            )
-                            .await
-                    }
-                    (_, _, Some((file, bytes))) => {
+                // Another app holds the thread (`handover`): take it back first.
+                let take = super::handover::ThreadControl::held_elsewhere(&ctx.conversation)
+                    && ctx.channel.platform() != Platform::Whatsapp;
+                let taken = match take {
+                    true => {
                         let metadata = format!("sb:{}", message.id);
-                        state
+                        let r = state
                             .graph
-                            .send_file(
-                                &ctx.channel.external_id,
-                                token,
-                                &ctx.contact.external_id,
-                                file,
-                                bytes.clone(),
-                                window.tag,
-                                &metadata,
-                            )
-                            .await
+                            .take_thread_control(&ctx.channel.external_id, token, &ctx.contact.external_id, &metadata)
+                            .await;
+                        if r.is_ok() {
+                            took_thread(state, job.tenant, ctx.conversation.id).await?;
+                        }
+                        r
                     }
-                    (Platform::Whatsapp, None, None) => {
-                        state
-                            .graph
-                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, quoted)
-                            .await
-                    }
-                    _ => {
-                        let metadata = format!("sb:{}", message.id);
-                        state
-                            .graph
-                            .send_text(
-                                &ctx.channel.external_id,
-                                token,
-                                &ctx.contact.external_id,
-                                &text,
-                                window.tag,
-                                &metadata,
-                            )
-                            .await
-                    }
+                    false => Ok(()),
+                };
+                let r = match taken {
+                    Err(e) => Err(e),
+                    Ok(()) => match (ctx.channel.platform(), template, &file) {
+                        (Platform::Whatsapp, Some((name, language, header, body)), header_media) => {
+                            state
+                                .graph
+                                .whatsapp_template(
+                                    &ctx.channel.external_id,
+                                    token,
+                                    &ctx.contact.external_id,
+                                    &name,
+                                    &language,
+                                    &header,
+                                    &body,
+                                    header_media.as_ref().map(|(f, b)| (*f, b.clone())),
+                                    quoted,
+                                )
+                                .await
+                        }
+                        (Platform::Whatsapp, _, Some((file, bytes))) => {
+                            let caption = message.text.as_deref();
+                            state
+                                .graph
+                                .whatsapp_file(
+                                    &ctx.channel.external_id,
+                                    token,
+                                    &ctx.contact.external_id,
+                                    file,
+                                    bytes.clone(),
+                                    caption,
+                                    quoted,
+                                )
+                                .await
+                        }
+                        (_, _, Some((file, bytes))) => {
+                            let metadata = format!("sb:{}", message.id);
+                            state
+                                .graph
+                                .send_file(
+                                    &ctx.channel.external_id,
+                                    token,
+                                    &ctx.contact.external_id,
+                                    file,
+                                    bytes.clone(),
+                                    window.tag,
+                                    &metadata,
+                                )
+                                .await
+                        }
+                        (Platform::Whatsapp, None, None) => {
+                            state
+                                .graph
+                                .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, quoted)
+                                .await
+                        }
+                        _ => {
+                            let metadata = format!("sb:{}", message.id);
+                            state
+                                .graph
+                                .send_text(
+                                    &ctx.channel.external_id,
+                                    token,
+                                    &ctx.contact.external_id,
+                                    &text,
+                                    window.tag,
+                                    &metadata,
+                                )
+                                .await
+                        }
+                    },
                 };
                 match r {
                     Ok(id) => Ok(id),
@@ -489,6 +509,18 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
         }
     }
     finish(state, job, JobEnd::Done).await
+}
+
+/// The thread is ours from a take that Meta accepted (a later event of
+/// Meta's still wins: `handover`).
+async fn took_thread(state: &AppState, tenant: TenantId, conversation: i64) -> AppResult<()> {
+    let ours = state.graph.app_id().to_string();
+    let change = crate::meta::webhook::ThreadChange::Passed { to: Some(ours.clone()) };
+    state
+        .tenant_with_events(TenantScope::system(tenant), move |tc, log| {
+            super::handover::apply_to(tc, log, conversation, &change, Utc::now(), &ours).map(|_| ())
+        })
+        .await
 }
 
 /// One pass over due jobs; returns how many were claimed.

@@ -102,6 +102,8 @@ pub struct ConversationRow {
     pub waiting_since: Option<DateTime<Utc>>,
     /// When the wait's target runs out (`inbox::waiting`).
     pub reply_due_at: Option<DateTime<Utc>>,
+    /// Which app answers the customer (`inbox::handover`).
+    pub thread_control: Option<Value>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -403,6 +405,7 @@ impl Names {
             priority: row.priority.clone(),
             waiting_since: row.waiting_since,
             reply_due_at: row.reply_due_at,
+            thread_control: super::handover::ThreadControl::of(row).map(|t| t.view()),
             reply_window_ends_at: window.ends_at,
             created_at: row.created_at,
         })
@@ -458,6 +461,9 @@ pub struct ConversationView {
     /// When the channel's reply target for its priority runs out, while
     /// the customer waits (an extension).
     pub reply_due_at: Option<DateTime<Utc>>,
+    /// Which app answers the customer, once a handover event or a standby
+    /// delivery said so (an extension; Messenger and Instagram only).
+    pub thread_control: Option<super::handover::ThreadControlView>,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

@@ -646,6 +646,45 @@ impl GraphClient {
             .ok_or_else(|| GraphError::Decode(format!("no media id in {uploaded}")))
     }
 
+    /// Handover: takes a customer's thread from the app holding it
+    /// (`POST /{account}/take_thread_control`, Meta answers `{"success": true}`).
+    pub async fn take_thread_control(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        metadata: &str,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::json!({"recipient": {"id": recipient}, "metadata": metadata});
+        self.thread_control(&format!("{account}/take_thread_control"), token, &body).await
+    }
+
+    /// Handover: passes a customer's thread to app `target_app_id`
+    /// (`POST /{account}/pass_thread_control`).
+    pub async fn pass_thread_control(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        target_app_id: &str,
+        metadata: &str,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::json!({
+            "recipient": {"id": recipient},
+            "target_app_id": target_app_id,
+            "metadata": metadata,
+        });
+        self.thread_control(&format!("{account}/pass_thread_control"), token, &body).await
+    }
+
+    async fn thread_control(&self, path: &str, token: &Secret<String>, body: &Value) -> Result<(), GraphError> {
+        let v: Value = self.call(Method::POST, path, Some(token), &[], Some(body)).await?;
+        match v.get("success").and_then(Value::as_bool) {
+            Some(true) => Ok(()),
+            _ => Err(GraphError::Decode(format!("no success in {v}"))),
+        }
+    }
+
     /// `typing_on`, `typing_off` or `mark_seen`.
     pub async fn sender_action(
         &self,

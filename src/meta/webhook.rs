@@ -254,6 +254,16 @@ pub enum Item {
         reason: Option<String>,
         timestamp: DateTime<Utc>,
     },
+    /// Who answers a Messenger or Instagram customer changed, or another
+    /// app asked to (the handover protocol: `pass_thread_control`,
+    /// `take_thread_control`, `request_thread_control`), or an event came on
+    /// the `standby` channel, which Meta uses while another app holds the
+    /// thread.
+    ThreadControl {
+        contact: String,
+        change: ThreadChange,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta enforced its Messenger policies on the page
     /// (`policy_enforcement`: `warning`, `block` or `unblock`, with a reason).
     PolicyEnforcement {
@@ -261,6 +271,30 @@ pub enum Item {
         reason: Option<String>,
         timestamp: DateTime<Utc>,
     },
+}
+
+/// Meta's Page Inbox app (Business Suite), which holds a thread a person
+/// answers from there. Meta's documents give it with 15 digits and, in one
+/// place, 14: both are recognised ([`is_page_inbox`]).
+pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
+
+pub fn is_page_inbox(app_id: &str) -> bool {
+    app_id == PAGE_INBOX_APP_ID || app_id == "26390203743090"
+}
+
+/// What a handover event says of a thread (app ids as Meta sends them,
+/// numbers or text, kept as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadChange {
+    /// `pass_thread_control`, delivered to the new owner: `to` holds it now.
+    Passed { to: Option<String> },
+    /// `take_thread_control`, delivered to the app it was taken from: `by`
+    /// (when Meta names it) holds it now.
+    Taken { by: Option<String> },
+    /// `request_thread_control`: app `by` asks the owner for the thread.
+    Requested { by: Option<String> },
+    /// An event delivered on `standby`: some other app holds the thread.
+    Standby,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -324,8 +358,20 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
             for entry in arr(v.get("entry")) {
                 let Some(id) = s(entry.get("id")) else { continue };
                 let route = RouteKey::channel(platform, id.clone());
-                for m in arr(entry.get("messaging")).iter().chain(arr(entry.get("standby"))) {
+                for m in arr(entry.get("messaging")) {
                     if let Some(item) = messaging_item(m, &id) {
+                        out.push(Routed { route: route.clone(), item });
+                    }
+                }
+                // Events another app's thread lets us see: stored as any
+                // other, and telling that the thread is not ours now.
+                for m in arr(entry.get("standby")) {
+                    if let Some(item) = messaging_item(m, &id) {
+                        out.push(Routed { route: route.clone(), item });
+                    }
+                    if let Some(contact) = contact_of(m, &id) {
+                        let timestamp = ms(m.get("timestamp")).unwrap_or_else(Utc::now);
+                        let item = Item::ThreadControl { contact, change: ThreadChange::Standby, timestamp };
                         out.push(Routed { route: route.clone(), item });
                     }
                 }
@@ -454,6 +500,14 @@ fn referral(r: Option<&Value>) -> Option<Attachment> {
     Some(Attachment { url, caption, ..Attachment::bare("referral") })
 }
 
+/// The customer of a Messenger/Instagram event: whoever of sender and
+/// recipient is not the page or account (`None` for events about the page).
+fn contact_of(m: &Value, own_id: &str) -> Option<String> {
+    let sender = s(m.get("sender").and_then(|x| x.get("id")))?;
+    let recipient = s(m.get("recipient").and_then(|x| x.get("id"))).unwrap_or_default();
+    Some(if sender == own_id { recipient } else { sender })
+}
+
 fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
     let timestamp = ms(m.get("timestamp")).unwrap_or_else(Utc::now);
     // About the page itself: it has no sender.
@@ -462,10 +516,20 @@ fn messaging_item(m: &Value, own_id: &str) -> Option<Item> {
         let reason = p.get("reason").and_then(Value::as_str).map(str::to_string);
         return Some(Item::PolicyEnforcement { action, reason, timestamp });
     }
-    let sender = s(m.get("sender").and_then(|x| x.get("id")))?;
-    let recipient = s(m.get("recipient").and_then(|x| x.get("id"))).unwrap_or_default();
-    // The contact is whoever is not the page/account.
-    let contact = if sender == own_id { recipient } else { sender };
+    let contact = contact_of(m, own_id)?;
+    let owner = |v: &Value, key: &str| s(v.get(key)).filter(|id| !id.is_empty());
+    if let Some(p) = m.get("pass_thread_control") {
+        let change = ThreadChange::Passed { to: owner(p, "new_owner_app_id") };
+        return Some(Item::ThreadControl { contact, change, timestamp });
+    }
+    if let Some(p) = m.get("take_thread_control") {
+        let change = ThreadChange::Taken { by: owner(p, "new_owner_app_id") };
+        return Some(Item::ThreadControl { contact, change, timestamp });
+    }
+    if let Some(p) = m.get("request_thread_control") {
+        let change = ThreadChange::Requested { by: owner(p, "requested_owner_app_id") };
+        return Some(Item::ThreadControl { contact, change, timestamp });
+    }
     if let Some(msg) = m.get("message") {
         let mid = s(msg.get("mid"))?;
         let text = msg.get("text").and_then(Value::as_str).map(str::to_string);
@@ -997,7 +1061,12 @@ mod tests {
         assert!(
             matches!(one("messenger_postback.json").item, Item::Message { ref postback, .. } if postback.as_deref() == Some("GET_STARTED"))
         );
-        assert!(matches!(one("messenger_standby.json").item, Item::Message { .. }));
+        // A standby event is stored, and tells that another app holds the thread.
+        let standby = parse(&fixture("messenger_standby.json")).expect("standby");
+        assert!(matches!(&standby[..], [
+            Routed { item: Item::Message { contact: a, .. }, .. },
+            Routed { item: Item::ThreadControl { contact: b, change: ThreadChange::Standby, timestamp }, .. },
+        ] if a == "7392015648120394" && b == a && timestamp.timestamp_millis() == 1_773_140_100_023));
         assert!(
             matches!(one("messenger_image.json").item, Item::Message { ref attachments, .. } if attachments[0].kind == "image" && attachments[0].url.is_some())
         );
@@ -1146,6 +1215,65 @@ mod tests {
             "referral": {"ref": "footer", "source": "SHORTLINK", "type": "OPEN_THREAD"}}}]}]}),
         );
         assert!(link.is_empty());
+    }
+
+    #[test]
+    fn handover_events_say_who_holds_the_thread() {
+        // Meta's shapes, in one batch of two pages (standby and messaging),
+        // app ids as numbers and as text, an idle previous owner (null).
+        let body = r#"{"object":"page","entry":[
+          {"id":"102938475610293","time":1773140000523,"messaging":[
+            {"sender":{"id":"7392015648120394"},"recipient":{"id":"102938475610293"},"timestamp":1773140000100,
+             "pass_thread_control":{"previous_owner_app_id":null,"new_owner_app_id":"1234567890123456","metadata":"ç"}},
+            {"sender":{"id":"7392015648120394"},"recipient":{"id":"102938475610293"},"timestamp":1773140000200,
+             "take_thread_control":{"previous_owner_app_id":1234567890123456,"new_owner_app_id":263902037430900,"metadata":""}},
+            {"sender":{"id":"7392015648120394"},"recipient":{"id":"102938475610293"},"timestamp":1773140000300,
+             "request_thread_control":{"requested_owner_app_id":"263902037430900","metadata":"a human, please"}},
+            {"recipient":{"id":"102938475610293"},"timestamp":1773140000400,"app_roles":{"1234567890123456":["primary_receiver"]}}]},
+          {"id":"564738291056473","time":1773140000523,"standby":[
+            {"sender":{"id":"7001"},"recipient":{"id":"564738291056473"},"timestamp":1773140000500,"read":{"watermark":1773140000000}},
+            {"sender":{"id":"564738291056473"},"recipient":{"id":"7002"},"timestamp":1773140000600,
+             "message":{"mid":"m_pageinbox","is_echo":true,"app_id":263902037430900,"text":"Olá 👋"}}]}]}"#;
+        let items = parse(body.as_bytes()).expect("parses");
+        let changes: Vec<(&str, &str, ThreadChange, i64)> = items
+            .iter()
+            .filter_map(|r| match &r.item {
+                Item::ThreadControl { contact, change, timestamp } => {
+                    Some((r.route.external_id.as_str(), contact.as_str(), change.clone(), timestamp.timestamp_millis()))
+                }
+                _ => None,
+            })
+            .collect();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            changes,
+            [
+                (
+                    "102938475610293",
+                    "7392015648120394",
+                    ThreadChange::Passed { to: some("1234567890123456") },
+                    1773140000100
+                ),
+                (
+                    "102938475610293",
+                    "7392015648120394",
+                    ThreadChange::Taken { by: some("263902037430900") },
+                    1773140000200
+                ),
+                (
+                    "102938475610293",
+                    "7392015648120394",
+                    ThreadChange::Requested { by: some("263902037430900") },
+                    1773140000300
+                ),
+                ("564738291056473", "7001", ThreadChange::Standby, 1773140000500),
+                ("564738291056473", "7002", ThreadChange::Standby, 1773140000600),
+            ]
+        );
+        // The standby read and echo are still what they are; app_roles is about the page: nothing.
+        assert_eq!(items.len(), 7, "{items:?}");
+        assert!(items.iter().any(|r| matches!(&r.item, Item::Read { contact, .. } if contact == "7001")));
+        assert!(items.iter().any(|r| matches!(&r.item, Item::Echo { contact, .. } if contact == "7002")));
     }
 
     #[test]

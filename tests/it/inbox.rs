@@ -5355,3 +5355,182 @@ async fn a_saved_view_lists_as_its_filters_say() {
     assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.saved_views"), 0);
 }
+
+/// Handover: another app (Meta's Page Inbox) takes a customer's thread;
+/// agents see it live, the customer's messages still come (on standby), a
+/// repeated or older handover event changes nothing, an agent's reply takes
+/// the thread back before it is sent, and agents take or pass the thread
+/// themselves; bad requests get their reasons.
+#[actix_web::test]
+async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
+    use switchboard::meta::webhook::PAGE_INBOX_APP_ID;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let from = "7392015648120777";
+    let write =
+        |text: &'static str| app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text}));
+    assert!(write("Olá").await["webhook"]["entry"][0]["messaging"].is_array());
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, from)["id"].as_str().expect("id").to_string();
+    let one = |conv: String| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move { app.call("GET", &format!("/api/conversations/{conv}"), Some(&admin), None).await.body }
+    };
+    assert!(one(conv.clone()).await["thread_control"].is_null(), "untouched: we answer");
+    let updates = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated' AND conversation_id = {conv}"
+        ))
+    };
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    assert_eq!(
+        crate::realtime::next(&mut socket, std::time::Duration::from_secs(3)).await.expect("hello")["type"],
+        "hello"
+    );
+
+    // The Page Inbox takes it: shown live.
+    let took = app.fake("POST", "/_fake/handover", json!({"to": PAGE_A, "from": from, "action": "take"})).await;
+    assert_eq!((took["subscribed"].as_bool(), took["delivered_status"].as_u64()), (Some(true), Some(200)), "{took}");
+    app.processed().await;
+    let live = loop {
+        let wait = std::time::Duration::from_secs(5);
+        let update = crate::realtime::until(&mut socket, "conversation.updated", wait).await.expect("live");
+        if !update["data"]["thread_control"].is_null() {
+            break update;
+        }
+    };
+    let held = &live["data"]["thread_control"];
+    assert_eq!(
+        (&held["held_by"], &held["app_id"], &held["page_inbox"], &held["requested_by"]),
+        (&json!("other"), &json!(PAGE_INBOX_APP_ID), &json!(true), &Value::Null),
+        "{live}"
+    );
+    assert_eq!(one(conv.clone()).await["thread_control"], *held);
+    // The same event again, and an older one saying it came back: nothing.
+    let before = updates();
+    let again = serde_json::to_vec(&took["webhook"]).expect("body");
+    assert_eq!(app.webhook(&again).await, 200);
+    let mut older = took["webhook"].clone();
+    let event = &mut older["entry"][0]["messaging"][0];
+    let earlier = event["timestamp"].as_i64().expect("ms") - 60_000;
+    event["timestamp"] = json!(earlier);
+    let taken = event.as_object_mut().and_then(|e| e.remove("take_thread_control")).expect("take");
+    event["pass_thread_control"] =
+        json!({"previous_owner_app_id": taken["new_owner_app_id"], "new_owner_app_id": "1234567890123456"});
+    assert_eq!(app.webhook(&serde_json::to_vec(&older).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(updates(), before, "a repeat or older event announces nothing");
+    assert_eq!(one(conv.clone()).await["thread_control"]["held_by"], "other");
+
+    // The customer writes on: Meta delivers it on standby, and it is stored.
+    let standby = write("Ainda aí? 🙂").await;
+    assert!(standby["webhook"]["entry"][0]["standby"].is_array(), "{standby}");
+    app.processed().await;
+    let texts: Vec<Value> = messages(&app, &ctx.admin, &conv).await.iter().map(|m| m["text"].clone()).collect();
+    assert!(texts.contains(&json!("Ainda aí? 🙂")), "{texts:?}");
+    assert_eq!(one(conv.clone()).await["thread_control"]["app_id"], PAGE_INBOX_APP_ID, "standby keeps the app known");
+
+    // An agent's reply takes the thread back first.
+    let requests_before = app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().expect("items").len();
+    let (status, sent) = reply(&app, &ctx.admin, &conv, "Sim, estou aqui.", "c-1").await;
+    assert_eq!(status, 202, "{sent}");
+    let id = sent["id"].as_str().expect("id").to_string();
+    eventually("the reply sent", || async {
+        message_status(&app, &ctx.admin, &conv, &id).await["status"] != "pending"
+    })
+    .await;
+    let status = message_status(&app, &ctx.admin, &conv, &id).await["status"].clone();
+    assert!(["sent", "delivered", "read"].contains(&status.as_str().unwrap_or_default()), "{status}");
+    let calls: Vec<String> = app.fake("GET", "/_fake/requests", json!({})).await["items"].as_array().expect("items")
+        [requests_before..]
+        .iter()
+        .filter(|r| r["method"] == "POST")
+        .map(|r| r["path"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(calls, ["take_thread_control", "messages"]);
+    let ours = one(conv.clone()).await["thread_control"].clone();
+    assert_eq!((&ours["held_by"], &ours["app_id"]), (&json!("us"), &Value::Null), "{ours}");
+    assert!(write("Obrigada").await["webhook"]["entry"][0]["messaging"].is_array(), "the fake agrees");
+
+    // The Page Inbox asks for it; an agent passes it there, then takes it back.
+    app.fake(
+        "POST",
+        "/_fake/handover",
+        json!({"to": PAGE_A, "from": from, "action": "request", "metadata": "a human"}),
+    )
+    .await;
+    app.processed().await;
+    assert_eq!(one(conv.clone()).await["thread_control"]["requested_by"], PAGE_INBOX_APP_ID);
+    let path = format!("/api/conversations/{conv}/thread-control");
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "pass"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (
+            &r.body["thread_control"]["held_by"],
+            &r.body["thread_control"]["page_inbox"],
+            &r.body["thread_control"]["requested_by"]
+        ),
+        (&json!("other"), &json!(true), &Value::Null)
+    );
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let pass = log["items"].as_array().expect("items").iter().rev().find(|r| r["method"] == "POST").cloned();
+    let pass = pass.expect("a call");
+    assert!(pass["path"].as_str().is_some_and(|p| p.ends_with(&format!("{PAGE_A}/pass_thread_control"))), "{pass}");
+    assert_eq!(
+        (&pass["body"]["recipient"]["id"], &pass["body"]["target_app_id"]),
+        (&json!(from), &json!(PAGE_INBOX_APP_ID))
+    );
+    assert!(write("?").await["webhook"]["entry"][0]["standby"].is_array(), "passed at Meta too");
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "take"}))).await;
+    assert_eq!((r.status, &r.body["thread_control"]["held_by"]), (200, &json!("us")), "{:?}", r.body);
+
+    // Meta refuses a take: the thread stays as it was, and Meta's reason is told.
+    app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "pass", "app_id": 4455}))).await;
+    app.fake("POST", "/_fake/errors", json!({"path": "/take_thread_control", "error": {"code": 10, "message": "(#10) Application does not have permission for this action"}})).await;
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "take"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("meta_permission_denied")), "{:?}", r.body);
+    let held = one(conv.clone()).await["thread_control"].clone();
+    assert_eq!(
+        (&held["held_by"], &held["app_id"], &held["page_inbox"]),
+        (&json!("other"), &json!("4455"), &json!(false))
+    );
+    // …and a reply that cannot take the thread fails with it.
+    app.fake("POST", "/_fake/errors", json!({"path": "/take_thread_control", "error": {"code": 10, "message": "(#10) Application does not have permission for this action"}})).await;
+    let (_, refused) = reply(&app, &ctx.admin, &conv, "Olá de novo", "c-2").await;
+    let id = refused["id"].as_str().expect("id").to_string();
+    eventually("the reply failed", || async {
+        message_status(&app, &ctx.admin, &conv, &id).await["status"] == "failed"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, &conv, &id).await["error"]["code"], "meta_permission_denied");
+
+    // Bad requests.
+    for (body, status, code) in [
+        (json!({"action": "steal"}), 422, "invalid_action"),
+        (json!({"action": "pass", "app_id": "12ab"}), 422, "invalid_app_id"),
+        (json!({"action": "pass", "app_id": "1234567890123456"}), 422, "invalid_app_id"),
+        (json!({"action": "take", "app_id": "42"}), 422, "invalid_app_id"),
+        (json!({"action": "pass", "app_id": -1}), 422, "invalid_app_id"),
+    ] {
+        let r = app.call("POST", &path, Some(&ctx.admin), Some(body.clone())).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+    }
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "take", "why": "x"}))).await;
+    assert!(r.status == 400 || r.status == 422, "{:?}", r.body);
+    assert!(r.body["error"]["code"].is_string());
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Bom dia"})).await;
+    app.processed().await;
+    let wa = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{wa}/thread-control"),
+            Some(&ctx.admin),
+            Some(json!({"action": "take"})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("handover_unsupported")));
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    let r = app.call("POST", &path, Some(&al), Some(json!({"action": "take"}))).await;
+    assert_eq!(r.status, 404, "not Al's channel");
+}

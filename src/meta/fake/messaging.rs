@@ -463,7 +463,10 @@ pub(super) async fn inbound(fake: &FakeMeta, body: &Value, base: &str) -> HttpRe
                     }
                     None => json!({"mid": mid, "text": text}),
                 };
-                json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [{"sender": {"id": from}, "recipient": {"id": to},
+                // Another app holds the thread: Meta delivers it on standby.
+                let channel =
+                    if st.thread_owners.contains_key(&(to.clone(), from.clone())) { "standby" } else { "messaging" };
+                json!({"object": object, "entry": [{"id": to, "time": ms, channel: [{"sender": {"id": from}, "recipient": {"id": to},
                 "timestamp": ms, "message": message}]}]})
             }
         };
@@ -572,6 +575,103 @@ pub(super) async fn policy_enforcement(fake: &FakeMeta, body: &Value) -> HttpRes
     let ms = Utc::now().timestamp_millis();
     let event = json!({"object": "page", "entry": [{"id": page, "time": ms, "messaging": [{
         "recipient": {"id": page}, "timestamp": ms, "policy_enforcement": {"action": action, "reason": reason}}]}]});
+    let delivered = match target {
+        Some(url) if subscribed && fake.sending_to(&event) => fake.post_noted(&url, &event).await,
+        _ => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered, "subscribed": subscribed}))
+}
+
+/// `POST /{account}/take_thread_control` or `…/pass_thread_control`:
+/// our app takes a customer's thread, or passes it to `target_app_id`.
+/// Meta tells the other app, not us: no webhook comes back.
+pub(super) fn thread_control(
+    st: &mut State,
+    owner: &Owner,
+    id: &str,
+    take: bool,
+    body: &Value,
+    ours: &str,
+) -> HttpResponse {
+    let Some(account) = st.account_of(id) else { return super::no_object(id) };
+    if matches!(account, Account::Phone(_)) {
+        return graph_error(100, None, "(#100) Unsupported post request: handover is for pages and Instagram accounts");
+    }
+    if !st.may_use(owner, &account) {
+        return graph_error(200, None, "(#200) The access token cannot act for this account");
+    }
+    let Some(recipient) = body.pointer("/recipient/id").and_then(Value::as_str).map(str::to_string) else {
+        return graph_error(100, None, "(#100) The parameter recipient is required");
+    };
+    let key = (id.to_string(), recipient);
+    if take {
+        st.thread_owners.remove(&key);
+    } else {
+        let target = match body.get("target_app_id") {
+            Some(Value::String(t)) => t.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return graph_error(100, None, "(#100) The parameter target_app_id is required"),
+        };
+        if target == ours {
+            return graph_error(100, None, "(#100) Param target_app_id must be another app than the caller");
+        }
+        st.thread_owners.insert(key, target);
+    }
+    HttpResponse::Ok().json(json!({"success": true}))
+}
+
+/// `POST /_fake/handover` `{to, from, action, app_id?, metadata?}`: another
+/// app takes a customer's thread from ours (`take`), passes it to ours
+/// (`pass`) or asks ours for it (`request`); Meta sends our app
+/// `take_thread_control`, `pass_thread_control` or `request_thread_control`
+/// if the page's subscription has `messaging_handovers`.
+pub(super) async fn handover(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(to), Some(from), Some(action)) = (s("to"), s("from"), s("action")) else {
+        return super::bad("to, from and action are required");
+    };
+    let app = s("app_id").unwrap_or_else(|| crate::meta::webhook::PAGE_INBOX_APP_ID.to_string());
+    let metadata = s("metadata").unwrap_or_default();
+    let ours = fake.cfg.app_id.clone();
+    let (target, subscribed, object) = {
+        let mut st = fake.lock();
+        let object = match st.account_of(&to) {
+            Some(Account::Page(_)) => "page",
+            Some(Account::Instagram { .. }) => "instagram",
+            _ => return super::bad("no such page or Instagram account"),
+        };
+        let page = st.pages.values().find(|p| p.id == to || p.instagram.as_deref() == Some(to.as_str()));
+        let subscribed = page
+            .and_then(|p| p.subscribed_fields.as_ref())
+            .is_some_and(|f| f.iter().any(|f| f == "messaging_handovers"));
+        let key = (to.clone(), from.clone());
+        match action.as_str() {
+            "take" => {
+                st.thread_owners.insert(key, app.clone());
+            }
+            "pass" => {
+                st.thread_owners.remove(&key);
+            }
+            "request" => {}
+            _ => return super::bad("action must be take, pass or request"),
+        }
+        (st.webhook_target.clone(), subscribed, object)
+    };
+    let change = match action.as_str() {
+        "take" => {
+            json!({"take_thread_control": {"previous_owner_app_id": ours, "new_owner_app_id": app, "metadata": metadata}})
+        }
+        "pass" => {
+            json!({"pass_thread_control": {"previous_owner_app_id": app, "new_owner_app_id": ours, "metadata": metadata}})
+        }
+        _ => json!({"request_thread_control": {"requested_owner_app_id": app, "metadata": metadata}}),
+    };
+    let ms = Utc::now().timestamp_millis();
+    let mut messaging = json!({"sender": {"id": from}, "recipient": {"id": to}, "timestamp": ms});
+    if let (Some(m), Some(c)) = (messaging.as_object_mut(), change.as_object()) {
+        m.extend(c.clone());
+    }
+    let event = json!({"object": object, "entry": [{"id": to, "time": ms, "messaging": [messaging]}]});
     let delivered = match target {
         Some(url) if subscribed && fake.sending_to(&event) => fake.post_noted(&url, &event).await,
         _ => None,

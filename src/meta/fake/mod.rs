@@ -59,6 +59,14 @@
 //!   warns, blocks or unblocks a page for its policies and sends the
 //!   `policy_enforcement` webhook (if the page's subscription has the
 //!   field); a blocked page's sends fail with `(#368)`.
+//! - `POST /_fake/handover` `{to, from, action, app_id?, metadata?}`:
+//!   another app (Meta's Page Inbox unless `app_id` names one) `take`s a
+//!   customer's thread, `pass`es it back, or `request`s it, and the fake
+//!   sends the `messaging_handovers` webhook (if the page's subscription has
+//!   the field). While another app holds a thread, the customer's messages
+//!   come on `standby`. `POST /{account}/take_thread_control` and
+//!   `…/pass_thread_control` (`recipient`, `target_app_id`) move it as
+//!   Meta does, answering `{"success": true}`.
 //! - `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
 //!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
@@ -230,6 +238,9 @@ struct State {
     /// Pages Meta blocked for its policies (`POST /_fake/policy-enforcement`):
     /// they cannot send until unblocked.
     blocked_pages: std::collections::HashSet<String>,
+    /// Customers' threads another app holds (handover): (page or Instagram
+    /// account, contact) -> that app's id. Absent: ours (or idle).
+    thread_owners: HashMap<(String, String), String>,
 }
 
 impl State {
@@ -434,6 +445,13 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
             let f = fake.get_ref().clone();
             with_token(&fake, token.as_deref(), move |st, owner| {
                 messaging::send(&f, st, owner, &id, &body_json, file.as_ref(), &base)
+            })
+        }
+        ("POST", [id, action @ ("take_thread_control" | "pass_thread_control")]) => {
+            let (id, take) = (id.to_string(), *action == "take_thread_control");
+            let app_id = fake.cfg.app_id.clone();
+            with_token(&fake, token.as_deref(), move |st, owner| {
+                messaging::thread_control(st, owner, &id, take, &body_json, &app_id)
             })
         }
         ("POST", [id, "media"]) => {
@@ -887,6 +905,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "template-status") => templates::review(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
+        ("POST", "handover") => messaging::handover(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
         ("POST", "media") => messaging::add_media(&fake, &body),
         ("POST", "media-urls/expire") => {

@@ -1,0 +1,1 @@
+ALTER TABLE conversations DROP COLUMN IF EXISTS thread_control;
