@@ -331,6 +331,41 @@ pub fn find_many(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collect
     Ok(rows.into_iter().map(|c| (c.id, c)).collect())
 }
 
+/// First key of the advisory locks between a channel's settings and the
+/// webhook batches that act on them: a batch works out new waits' reply
+/// due times from the targets and hours it read (`inbox::waiting`), which a
+/// change committed meanwhile would leave stale (its `redue` sees only the
+/// waits already committed).
+const SETTINGS_LOCK_CLASS: i32 = 0x5b_0005;
+
+/// For a webhook batch, before it reads channels `ids`: their settings stay
+/// as read until it commits. Shared: batches never wait for each other,
+/// only for a change of the settings ([`patch`]), which waits for them.
+pub fn read_settings(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<()> {
+    let tenant = tc.tenant().0.to_string();
+    crate::db::prepared(
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, pg_catalog.hashtext($2 || ':' || id)) \
+           FROM unnest($3::bigint[]) AS id ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Integer, _>(SETTINGS_LOCK_CLASS)
+    .bind::<diesel::sql_types::Text, _>(tenant)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .execute(tc.pg())?;
+    Ok(())
+}
+
+/// For a change of channel `id`'s settings, before it reads them: waits for
+/// the webhook batches acting on them ([`read_settings`]) and any other
+/// change (which would otherwise be lost), and they for it.
+fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
+    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2 || ':' || $3::bigint))")
+        .bind::<diesel::sql_types::Integer, _>(SETTINGS_LOCK_CLASS)
+        .bind::<diesel::sql_types::Text, _>(tc.tenant().0.to_string())
+        .bind::<diesel::sql_types::BigInt, _>(id.0)
+        .execute(tc.pg())?;
+    Ok(())
+}
+
 /// Notes that webhooks came for `ids` (the processor, in its tenant
 /// transaction). To the minute: a channel's row is written at most once a
 /// minute however busy it is, and never waited for (one locked by another
@@ -426,6 +461,8 @@ impl AutoReplyPatch {
 }
 
 pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPatch) -> AppResult<ChannelView> {
+    // Read after the lock: this statement's snapshot has what committed before.
+    change_settings(tc, id)?;
     let row = find(tc, id)?;
     let mut settings = row.settings();
     let name = match p.name {

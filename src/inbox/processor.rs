@@ -377,6 +377,8 @@ fn apply_tenant(
         let mut ids: Vec<i64> = part.iter().map(|(_, c, _)| *c).collect();
         ids.sort_unstable();
         ids.dedup();
+        // Their settings (reply targets, hours) stay as read until commit.
+        channels::read_settings(tc, &ids)?;
         let channels_of = channels::find_many(tc, &ids)?;
         channels_of.values().for_each(|c| ingest.names.put_channel(c));
         let refs: Vec<(i64, &Item)> = part.iter().map(|(_, c, i)| (*c, i)).collect();

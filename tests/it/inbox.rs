@@ -5188,6 +5188,45 @@ async fn a_target_in_business_hours_stops_while_the_channel_is_closed() {
     assert!(conversations(&app, &ctx.admin, "?overdue=true").await.is_empty());
 }
 
+/// A change of a channel's targets or hours waits for the webhook batches
+/// that read the old ones (their new waits' due times come from them), and
+/// is then applied to what they wrote: held here by a transaction that
+/// reads the channel as a batch does.
+#[actix_web::test]
+async fn a_change_of_targets_waits_for_the_batches_reading_them() {
+    use switchboard::db::{with_tenant, TenantScope};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let channel: i64 = page.parse().expect("numeric id");
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let mut conn = app.db.conn();
+    let batch = std::thread::spawn(move || {
+        with_tenant(&mut conn, &TenantScope::system(tenant), |tc| {
+            switchboard::channels::read_settings(tc, &[channel])?;
+            let _ = locked_tx.send(());
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(20));
+            Ok::<_, switchboard::error::AppError>(())
+        })
+    });
+    locked.recv_timeout(std::time::Duration::from_secs(10)).expect("the batch reads the channel");
+    let path = format!("/api/channels/{page}");
+    let mut change = Box::pin(app.call(
+        "PATCH",
+        &path,
+        Some(&ctx.admin),
+        Some(json!({"settings": {"reply_targets": {"none": 30}}})),
+    ));
+    let early = actix_web::rt::time::timeout(std::time::Duration::from_millis(700), &mut change).await;
+    assert!(early.is_err(), "the change went ahead of a batch reading the old targets");
+    let _ = release.send(());
+    batch.join().expect("thread").expect("batch");
+    let r = change.await;
+    assert_eq!((r.status, &r.body["settings"]["reply_targets"]["none"]), (200, &json!(30)), "{:?}", r.body);
+}
+
 /// A member keeps macros of their own: nobody else sees, changes or runs
 /// them; names are unique per owner; visibility stays as made; they go
 /// when the member leaves.
