@@ -42,10 +42,10 @@
 //!   user_id (the assignee, or null), waiting_since, reply_due_at}` to the
 //!   channel's sockets, within 30 seconds ([`ring_overdue`], on the clock
 //!   that wakes snoozed conversations). A new wait, after an answer or a
-//!   resolve, rings again when it too runs over; a wait already rung does
-//!   not ring again for a changed target or priority. Each wait rung is
-//!   kept (`missed_targets`: channel, assignee then, priority, due time)
-//!   for the reports' `targets_missed`.
+//!   resolve, rings again when it too runs over; so does a wait already
+//!   rung whose due time a change of priority, targets or hours moved past
+//!   now. Each wait rung is kept once (`missed_targets`: channel, assignee
+//!   then, priority, due time) for the reports' `targets_missed`.
 //! - `GET /api/conversations?waiting=true` lists the waiting ones
 //!   (`false`: the others); `sort=waiting` lists the waiting ones, longest
 //!   wait first, and `sort=due` those with a target, soonest due first
@@ -195,7 +195,8 @@ pub fn redue(tc: &mut TenantConn<'_>, channel: i64, settings: &Settings) -> AppR
     if !changed.is_empty() {
         let (ids, dues): (Vec<i64>, Vec<Option<DateTime<Utc>>>) = changed.iter().copied().unzip();
         diesel::sql_query(
-            "UPDATE conversations AS c SET reply_due_at = v.due \
+            "UPDATE conversations AS c SET reply_due_at = v.due, \
+                    overdue_rung_for = CASE WHEN v.due > now() THEN NULL ELSE c.overdue_rung_for END \
                FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, due) WHERE c.id = v.id",
         )
         .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
@@ -212,7 +213,14 @@ pub fn redue_one(tc: &mut TenantConn<'_>, conv: &mut ConversationRow) -> AppResu
     let settings = crate::channels::find(tc, crate::channels::ChannelId(conv.channel_id))?.settings();
     let now = due_of(&settings, &conv.status, conv.priority.as_deref(), conv.waiting_since);
     if now != conv.reply_due_at {
-        diesel::update(c::table.find(conv.id)).set(c::reply_due_at.eq(now)).execute(tc.pg())?;
+        // Due later than now: a wait already rung rings again if it runs over.
+        if now.is_some_and(|due| due > Utc::now()) {
+            diesel::update(c::table.find(conv.id))
+                .set((c::reply_due_at.eq(now), c::overdue_rung_for.eq(None::<DateTime<Utc>>)))
+                .execute(tc.pg())?;
+        } else {
+            diesel::update(c::table.find(conv.id)).set(c::reply_due_at.eq(now)).execute(tc.pg())?;
+        }
         conv.reply_due_at = now;
     }
     Ok(())

@@ -5028,6 +5028,19 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
         let r = app.call("GET", &format!("/api/conversations{bad}"), Some(&ctx.admin), None).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}");
     }
+    // A rung wait whose due time moves later rings again when it runs
+    // over that; the reports count the wait once.
+    let priority = |p: Value| {
+        let (app, path, t) = (&app, format!("/api/conversations/{}", id(short)), ctx.admin.clone());
+        async move { app.call("PATCH", &path, Some(&t), Some(json!({ "priority": p }))).await }
+    };
+    let r = priority(Value::Null).await;
+    assert!(close(time_of(&r.body["reply_due_at"]), ago(10) + chrono::Duration::minutes(60)), "{:?}", r.body);
+    assert_eq!(ring(), 0, "not due now");
+    priority(json!("urgent")).await;
+    assert_eq!((ring(), ring()), (1, 0), "due again, rung again, once");
+    let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
+    assert_eq!(report["targets_missed"], json!(2), "{report}");
 
     // Resolving ends a wait; the customer's next message starts one.
     let r = app
