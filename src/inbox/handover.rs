@@ -19,6 +19,11 @@
 //! Events apply in Meta's order (their `timestamp`), whatever order they
 //! are delivered in: one older than the last applied changes nothing, and
 //! neither does a repeat. A change is announced (`conversation.updated`).
+//! When another app asks for the thread, or takes it, of a conversation
+//! not resolved, the channel's sockets also get a `notification`
+//! (`thread_requested`, `thread_taken`: `{conversation_id, channel_id,
+//! user_id (the assignee, or null), app_id, page_inbox}`), as the person
+//! working on it should know; an agent's own take or pass tells nobody.
 //! A conversation no handover event or standby delivery touched has no
 //! `thread_control` (null): the usual case, where Switchboard answers.
 //!
@@ -145,25 +150,65 @@ impl ThreadControl {
     }
 }
 
+/// A thread's move, as written.
+pub struct Moved {
+    pub before: Option<ThreadControl>,
+    pub after: ThreadControl,
+}
+
+impl Moved {
+    /// Whether agents should hear of it: the holder or the request
+    /// changed, not just the time.
+    pub fn announced(&self) -> bool {
+        self.before.as_ref().is_none_or(|c| !c.same_as(&self.after))
+    }
+
+    /// What the team is told of a move another app made, for a
+    /// conversation not resolved: another app asked for the thread
+    /// (`thread_requested`), or took it (`thread_taken`). `user_id` is the
+    /// assignee (or null), as in the other notifications.
+    pub fn notice(&self, row: &ConversationRow) -> Option<serde_json::Value> {
+        if row.status == "resolved" {
+            return None;
+        }
+        let before = self.before.as_ref();
+        let (kind, app) = if self.after.requested_by.is_some()
+            && before.and_then(|b| b.requested_by.as_ref()) != self.after.requested_by.as_ref()
+        {
+            ("thread_requested", self.after.requested_by.as_deref())
+        } else if self.after.held_by == Holder::Other && before.is_none_or(|b| b.held_by != Holder::Other) {
+            ("thread_taken", self.after.app_id.as_deref())
+        } else {
+            return None;
+        };
+        Some(serde_json::json!({
+            "kind": kind,
+            "conversation_id": row.id.to_string(),
+            "channel_id": row.channel_id.to_string(),
+            "user_id": row.assignee_id.map(|a| a.to_string()),
+            "app_id": app,
+            "page_inbox": app.is_some_and(is_page_inbox),
+        }))
+    }
+}
+
 /// Applies `change` to `row` (locked by the caller), writing it and
-/// keeping the row in step; whether agents should hear of it (the holder or
-/// the request changed, not just the time).
+/// keeping the row in step; the move, if it moved.
 pub fn apply(
     tc: &mut TenantConn<'_>,
     row: &mut ConversationRow,
     change: &ThreadChange,
     at: DateTime<Utc>,
     ours: &str,
-) -> AppResult<bool> {
-    let current = ThreadControl::of(row);
-    let Some(next) = ThreadControl::next(current.as_ref(), change, at, ours) else { return Ok(false) };
-    let changed = current.as_ref().is_none_or(|c| !c.same_as(&next));
-    let value = serde_json::to_value(&next).map_err(AppError::internal)?;
+) -> AppResult<Option<Moved>> {
+    let before = ThreadControl::of(row);
+    let Some(after) = ThreadControl::next(before.as_ref(), change, at, ours) else { return Ok(None) };
+    let value = serde_json::to_value(&after).map_err(AppError::internal)?;
     diesel::update(c::table.find(row.id))
         .set((c::thread_control.eq(&value), c::updated_at.eq(diesel::dsl::now)))
         .execute(tc.pg())?;
     row.thread_control = Some(value);
-    Ok(changed)
+    Ok(Some(Moved { before, after }))
 }
 
 /// Applies `change` to conversation `id` (locking it) and announces it.
@@ -177,7 +222,7 @@ pub fn apply_to(
 ) -> AppResult<ConversationRow> {
     let mut row: ConversationRow =
         c::table.find(id).select(ConversationRow::as_select()).for_update().first(tc.pg())?;
-    if apply(tc, &mut row, change, at, ours)? {
+    if apply(tc, &mut row, change, at, ours)?.is_some_and(|m| m.announced()) {
         let view = Names::default().conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
@@ -324,6 +369,53 @@ mod tests {
         let t2 = ThreadControl::next(Some(&t1), &passed, at(20), OURS).expect("passed");
         assert_eq!((t2.held_by, t2.requested_by.as_deref()), (Holder::Other, None));
         assert!(!t1.same_as(&t2));
+    }
+
+    #[test]
+    fn the_team_is_told_when_another_app_asks_for_or_takes_a_thread() {
+        let row = |status: &str| ConversationRow {
+            id: 7,
+            channel_id: 3,
+            contact_id: 5,
+            status: status.into(),
+            assignee_id: Some(11),
+            snoozed_until: None,
+            unread_count: 0,
+            last_message_id: None,
+            last_activity_at: at(0),
+            last_inbound_at: None,
+            last_inbound_external_id: None,
+            created_at: at(0),
+            updated_at: at(0),
+            labels: vec![],
+            priority: None,
+            waiting_since: None,
+            reply_due_at: None,
+            thread_control: None,
+        };
+        let moved = |before: Option<&ThreadControl>, change: ThreadChange, ms: i64| {
+            let after = ThreadControl::next(before, &change, at(ms), OURS).expect("moves");
+            Moved { before: before.cloned(), after }
+        };
+        let kind = |m: &Moved, status: &str| m.notice(&row(status)).map(|n| n["kind"].as_str().map(str::to_string));
+        let asked = moved(None, ThreadChange::Requested { by: some(PAGE_INBOX_APP_ID) }, 10);
+        assert_eq!(kind(&asked, "open"), Some(Some("thread_requested".into())));
+        let notice = asked.notice(&row("open")).expect("notice");
+        assert_eq!((&notice["user_id"], &notice["page_inbox"]), (&serde_json::json!("11"), &serde_json::json!(true)));
+        assert_eq!(kind(&asked, "resolved"), None, "nobody works on it");
+        // Asked again by the same app: told once.
+        let again = moved(Some(&asked.after), ThreadChange::Requested { by: some(PAGE_INBOX_APP_ID) }, 20);
+        assert_eq!(kind(&again, "open"), None);
+        let taken = moved(Some(&asked.after), ThreadChange::Taken { by: some("777") }, 30);
+        assert_eq!(kind(&taken, "pending"), Some(Some("thread_taken".into())));
+        // Meta naming the app after standby told it was taken: nothing new.
+        let standby = moved(None, ThreadChange::Standby, 40);
+        assert_eq!(kind(&standby, "open"), Some(Some("thread_taken".into())));
+        let named = moved(Some(&standby.after), ThreadChange::Taken { by: some("777") }, 50);
+        assert_eq!(kind(&named, "open"), None);
+        // Coming back to us tells nobody.
+        let back = moved(Some(&taken.after), ThreadChange::Passed { to: some(OURS) }, 60);
+        assert_eq!(kind(&back, "open"), None);
     }
 
     #[test]

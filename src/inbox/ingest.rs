@@ -782,10 +782,14 @@ impl Ingest<'_> {
                 slot.insert(found)
             }
         };
-        if super::handover::apply(tc, conv, change, at, &self.app_id)? {
-            let conv = conv.clone();
+        let Some(moved) = super::handover::apply(tc, conv, change, at, &self.app_id)? else { return Ok(()) };
+        let conv = conv.clone();
+        if moved.announced() {
             let view = self.names.conversation(tc, &conv)?;
             self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
+        }
+        if let Some(notice) = moved.notice(&conv) {
+            self.log.append(tc, "notification", Some(conv.channel_id), Some(conv.id), notice)?;
         }
         Ok(())
     }

@@ -5458,6 +5458,13 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
         "{live}"
     );
     assert_eq!(one(conv.clone()).await["thread_control"], *held);
+    let told = |kind: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' \
+                AND payload->>'kind' = '{kind}' AND payload->>'conversation_id' = '{conv}'"
+        ))
+    };
+    assert_eq!(told("thread_taken"), 1, "the team is told");
     // The same event again, and an older one saying it came back: nothing.
     let before = updates();
     let again = serde_json::to_vec(&took["webhook"]).expect("body");
@@ -5513,6 +5520,7 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
     .await;
     app.processed().await;
     assert_eq!(one(conv.clone()).await["thread_control"]["requested_by"], PAGE_INBOX_APP_ID);
+    assert_eq!(told("thread_requested"), 1);
     let path = format!("/api/conversations/{conv}/thread-control");
     let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "pass"}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -5555,6 +5563,8 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
     })
     .await;
     assert_eq!(message_status(&app, &ctx.admin, &conv, &id).await["error"]["code"], "meta_permission_denied");
+
+    assert_eq!((told("thread_taken"), told("thread_requested")), (1, 1), "agents' own moves tell nobody");
 
     // Bad requests.
     for (body, status, code) in [
