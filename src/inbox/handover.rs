@@ -242,7 +242,15 @@ impl Request {
     pub fn parse(action: &str, app_id: Option<&str>, ours: &str) -> AppResult<Request> {
         let app = match app_id {
             None => None,
-            Some(a) if (1..=32).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_digit()) && a != ours => Some(a),
+            // Meta's ids are positive numbers, written without leading zeros.
+            Some(a)
+                if (1..=32).contains(&a.len())
+                    && a.bytes().all(|b| b.is_ascii_digit())
+                    && !a.starts_with('0')
+                    && a != ours =>
+            {
+                Some(a)
+            }
             Some(_) => {
                 return Err(AppError::invalid("invalid_app_id", "app_id is another app's Meta id (digits only)"))
             }
@@ -430,6 +438,8 @@ mod tests {
             ("pass", Some(OURS), "invalid_app_id"),
             ("pass", Some("12a"), "invalid_app_id"),
             ("pass", Some(""), "invalid_app_id"),
+            ("pass", Some("0"), "invalid_app_id"),
+            ("pass", Some("042"), "invalid_app_id"),
         ] {
             let e = Request::parse(action, app, OURS).expect_err(action);
             assert_eq!(e.code, code, "{action} {app:?}");
