@@ -726,6 +726,35 @@ impl Ingest<'_> {
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
             }
+            Item::TemplateCategory {
+                template_id,
+                name,
+                language,
+                previous,
+                category,
+                coming,
+                coming_at,
+                timestamp,
+            } => {
+                if coming.is_none() {
+                    if let Some(waba) = &channel.parent_external_id {
+                        if !self.followups.templates_changed.contains(waba) {
+                            self.followups.templates_changed.push(waba.clone());
+                        }
+                    }
+                }
+                let change = super::templates::CategoryChange {
+                    template_id: template_id.as_deref(),
+                    name,
+                    language: language.as_deref(),
+                    previous: previous.as_deref(),
+                    category: category.as_deref(),
+                    coming: coming.as_deref(),
+                    coming_at: *coming_at,
+                    at: *timestamp,
+                };
+                super::templates::category_changed(tc, self.log, channel, change).map(|_| ())
+            }
             Item::ThreadControl { contact, change, timestamp } => {
                 self.thread_control(tc, channel, contact, change, *timestamp)
             }

@@ -373,11 +373,6 @@ pub fn status_changed(
     channel: &ChannelRow,
     change: StatusChange<'_>,
 ) -> AppResult<bool> {
-    if channel.platform() != Platform::Whatsapp
-        || channel.status == crate::channels::ChannelStatus::Disconnected.as_str()
-    {
-        return Ok(false);
-    }
     let details = json!({
         "event": change.event,
         "template_id": change.template_id,
@@ -386,23 +381,6 @@ pub fn status_changed(
         "reason": change.reason,
         "business_account": channel.parent_external_id,
     });
-    let same_template = |d: &Value| d["name"] == change.name && d["language"] == json!(change.language);
-    let notice = crate::channels::record_notice(
-        tc,
-        channel.channel_id(),
-        "channel.whatsapp_template_status",
-        details,
-        change.at,
-        same_template,
-    )?;
-    if notice != crate::channels::Notice::Fresh {
-        return Ok(false);
-    }
-    // Every instance drops its kept list at the commit (identical
-    // notifications of one transaction are sent once).
-    if let Some(waba) = &channel.parent_external_id {
-        crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Templates { waba: waba.clone() })?;
-    }
     let data = json!({
         "channel_id": channel.channel_id(),
         "template_id": change.template_id,
@@ -412,7 +390,120 @@ pub fn status_changed(
         "reason": change.reason,
         "at": change.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
-    log.append(tc, "template.updated", Some(channel.id), None, data)?;
+    let notice = Notice { action: "channel.whatsapp_template_status", details, data, at: change.at, kept_stale: true };
+    announce(tc, log, channel, notice, change.name, change.language)
+}
+
+/// What Meta's `template_category_update` says about one template: a
+/// change made (`previous` set) or one coming (`coming` set, at `coming_at`).
+#[derive(Debug, Clone, Copy)]
+pub struct CategoryChange<'a> {
+    pub template_id: Option<&'a str>,
+    pub name: &'a str,
+    pub language: Option<&'a str>,
+    pub previous: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub coming: Option<&'a str>,
+    pub coming_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records a template's category change (made, or coming) for one number
+/// of its account and announces it as `template.updated` with `event`
+/// `CATEGORY_CHANGED` (`previous_category`, `category`) or
+/// `CATEGORY_CHANGE_COMING` (`category`, `correct_category`,
+/// `category_update_at`): a category decides what a template may be used
+/// for and what Meta charges for it. Once, as a status change; a change
+/// made drops the kept lists as one does, a coming one changes nothing yet.
+pub fn category_changed(
+    tc: &mut TenantConn<'_>,
+    log: &mut super::events::EventLog,
+    channel: &ChannelRow,
+    change: CategoryChange<'_>,
+) -> AppResult<bool> {
+    let event = if change.coming.is_some() { "CATEGORY_CHANGE_COMING" } else { "CATEGORY_CHANGED" };
+    let details = json!({
+        "event": event,
+        "template_id": change.template_id,
+        "name": change.name,
+        "language": change.language,
+        "previous_category": change.previous,
+        "category": change.category,
+        "correct_category": change.coming,
+        "category_update_at": change.coming_at,
+        "business_account": channel.parent_external_id,
+    });
+    let mut data = json!({
+        "channel_id": channel.channel_id(),
+        "template_id": change.template_id,
+        "name": change.name,
+        "language": change.language,
+        "event": event,
+        "reason": null,
+        "category": change.category,
+        "at": change.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    match change.coming {
+        Some(coming) => {
+            data["correct_category"] = json!(coming);
+            data["category_update_at"] = json!(change.coming_at);
+        }
+        None => data["previous_category"] = json!(change.previous),
+    }
+    let notice = Notice {
+        action: "channel.whatsapp_template_category",
+        details,
+        data,
+        at: change.at,
+        kept_stale: change.coming.is_none(),
+    };
+    announce(tc, log, channel, notice, change.name, change.language)
+}
+
+/// A template notice of Meta's, as kept and as announced.
+struct Notice {
+    action: &'static str,
+    details: Value,
+    data: Value,
+    at: chrono::DateTime<chrono::Utc>,
+    /// The kept lists no longer say what Meta says.
+    kept_stale: bool,
+}
+
+/// Records `notice` in the channel's audit log once and, unless a newer
+/// one for the same template was recorded (a retry delivered late),
+/// announces it to the number's agents; whether it did.
+fn announce(
+    tc: &mut TenantConn<'_>,
+    log: &mut super::events::EventLog,
+    channel: &ChannelRow,
+    notice: Notice,
+    name: &str,
+    language: Option<&str>,
+) -> AppResult<bool> {
+    if channel.platform() != Platform::Whatsapp
+        || channel.status == crate::channels::ChannelStatus::Disconnected.as_str()
+    {
+        return Ok(false);
+    }
+    let same_template = |d: &Value| d["name"] == name && d["language"] == json!(language);
+    let recorded = crate::channels::record_notice(
+        tc,
+        channel.channel_id(),
+        notice.action,
+        notice.details,
+        notice.at,
+        same_template,
+    )?;
+    if recorded != crate::channels::Notice::Fresh {
+        return Ok(false);
+    }
+    // Every instance drops its kept list at the commit (identical
+    // notifications of one transaction are sent once).
+    if let (true, Some(waba)) = (notice.kept_stale, &channel.parent_external_id) {
+        crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Templates { waba: waba.clone() })?;
+    }
+    log.append(tc, "template.updated", Some(channel.id), None, notice.data)?;
     Ok(true)
 }
 

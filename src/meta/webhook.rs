@@ -264,6 +264,22 @@ pub enum Item {
         change: ThreadChange,
         timestamp: DateTime<Utc>,
     },
+    /// Meta changed a WhatsApp template's category, or says it will
+    /// (`template_category_update`). Routed by the account.
+    TemplateCategory {
+        template_id: Option<String>,
+        name: String,
+        language: Option<String>,
+        /// A change made: the category before.
+        previous: Option<String>,
+        /// The category now (`new_category`).
+        category: Option<String>,
+        /// A change coming: the category it will have (`correct_category`),
+        /// and when (`category_update_timestamp`).
+        coming: Option<String>,
+        coming_at: Option<DateTime<Utc>>,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta enforced its Messenger policies on the page
     /// (`policy_enforcement`: `warning`, `block` or `unblock`, with a reason).
     PolicyEnforcement {
@@ -387,6 +403,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                         Some("history") => whatsapp_history(value, &mut out),
                         Some("account_update") => account_update(entry, value, &mut out),
                         Some("message_template_status_update") => template_status(entry, value, &mut out),
+                        Some("template_category_update") => template_category(entry, value, &mut out),
                         _ => {}
                     }
                 }
@@ -445,6 +462,32 @@ fn template_status(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
             language: s(value.get("message_template_language")),
             event,
             reason: s(value.get("reason")).filter(|r| !r.is_empty() && r != "NONE"),
+            timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
+        },
+    });
+}
+
+/// `template_category_update`: `entry.id` is the account, times in
+/// seconds. A change made names `previous_category`; one coming names
+/// `correct_category` and `category_update_timestamp`.
+fn template_category(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
+    let (Some(waba), Some(name)) = (s(entry.get("id")), s(value.get("message_template_name"))) else { return };
+    let text = |key: &str| s(value.get(key)).filter(|c| !c.is_empty());
+    let coming = text("correct_category");
+    let previous = text("previous_category");
+    if coming.is_none() && previous.is_none() {
+        return;
+    }
+    out.push(Routed {
+        route: RouteKey::parent(Platform::Whatsapp, waba),
+        item: Item::TemplateCategory {
+            template_id: s(value.get("message_template_id")),
+            name,
+            language: s(value.get("message_template_language")),
+            previous,
+            category: text("new_category"),
+            coming_at: coming.as_ref().and_then(|_| secs(value.get("category_update_timestamp"))),
+            coming,
             timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
         },
     });
@@ -1274,6 +1317,36 @@ mod tests {
         assert_eq!(items.len(), 7, "{items:?}");
         assert!(items.iter().any(|r| matches!(&r.item, Item::Read { contact, .. } if contact == "7001")));
         assert!(items.iter().any(|r| matches!(&r.item, Item::Echo { contact, .. } if contact == "7002")));
+    }
+
+    #[test]
+    fn a_template_category_change_made_or_coming() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[
+          {"id":"112233445566778","time":1773140000,"changes":[{"field":"template_category_update","value":{
+            "message_template_id":1234567890,"message_template_name":"order_update","message_template_language":"pt_BR",
+            "previous_category":"UTILITY","new_category":"MARKETING"}}]},
+          {"id":"112233445566778","time":1773140100,"changes":[{"field":"template_category_update","value":{
+            "message_template_id":"987","message_template_name":"promo","message_template_language":"en_US",
+            "correct_category":"MARKETING","new_category":"UTILITY","category_update_timestamp":1773226500}},
+            {"field":"template_category_update","value":{"message_template_name":"odd","new_category":"UTILITY"}}]}]}"#;
+        let items = parse(body).expect("parses");
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(items[0].route, RouteKey::parent(Platform::Whatsapp, "112233445566778"));
+        match (&items[0].item, &items[1].item) {
+            (
+                Item::TemplateCategory { template_id, name, previous, category, coming: None, timestamp, .. },
+                Item::TemplateCategory { coming: Some(coming), coming_at: Some(when), category: now, .. },
+            ) => {
+                assert_eq!((template_id.as_deref(), name.as_str()), (Some("1234567890"), "order_update"));
+                assert_eq!((previous.as_deref(), category.as_deref()), (Some("UTILITY"), Some("MARKETING")));
+                assert_eq!(timestamp.timestamp(), 1_773_140_000);
+                assert_eq!(
+                    (coming.as_str(), now.as_deref(), when.timestamp()),
+                    ("MARKETING", Some("UTILITY"), 1_773_226_500)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

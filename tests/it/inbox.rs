@@ -1178,6 +1178,78 @@ async fn a_template_meta_pauses_is_announced_and_no_longer_offered() {
     assert_eq!(app.count(&elsewhere), 0);
 }
 
+/// Meta re-categorises templates (a utility one found to be marketing):
+/// a change coming is announced with its date and changes nothing yet; a
+/// change made is announced, read from Meta at once, and a repeat adds
+/// nothing.
+#[actix_web::test]
+async fn a_template_meta_recategorises_is_announced_coming_and_made() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let category = || async {
+        let r = app.call("GET", &format!("/api/channels/{channel}/templates"), Some(&ctx.admin), None).await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        items.into_iter().find(|t| t["name"] == "hello_world").expect("hello_world")["category"].clone()
+    };
+    assert_eq!(category().await, "UTILITY");
+    let recategorise = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app.fake("POST", "/_fake/template-category", body).await;
+            assert_eq!(r["delivered_status"], 200, "{r}");
+            app.processed().await;
+            r["webhook"].clone()
+        }
+    };
+    let base =
+        json!({"waba_id": "112233445566778", "name": "hello_world", "language": "en_US", "category": "MARKETING"});
+    let mut coming = base.clone();
+    coming["coming_in_hours"] = json!(24);
+    recategorise(coming).await;
+    assert_eq!(category().await, "UTILITY", "not yet");
+    let made = recategorise(base).await;
+    assert_eq!(category().await, "MARKETING", "read from Meta again at once");
+    assert_eq!(app.webhook(&serde_json::to_vec(&made).expect("body")).await, 200);
+    app.processed().await;
+    let announced: Vec<Value> = {
+        let mut conn = app.db.conn();
+        #[derive(QueryableByName)]
+        struct P {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            p: String,
+        }
+        diesel::sql_query(
+            "SELECT payload::text AS p FROM tenant_acme.events WHERE type = 'template.updated' ORDER BY seq",
+        )
+        .load::<P>(&mut conn)
+        .expect("events")
+        .into_iter()
+        .map(|p| serde_json::from_str(&p.p).expect("json"))
+        .collect()
+    };
+    assert_eq!(announced.len(), 2, "{announced:?}");
+    let (first, second) = (&announced[0], &announced[1]);
+    assert_eq!(
+        (&first["event"], &first["category"], &first["correct_category"]),
+        (&json!("CATEGORY_CHANGE_COMING"), &json!("UTILITY"), &json!("MARKETING"))
+    );
+    let when = first["category_update_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    assert!(when.is_some_and(|w| w.to_utc() > chrono::Utc::now() + chrono::Duration::hours(23)), "{first}");
+    assert_eq!(
+        (&second["event"], &second["previous_category"], &second["category"], &second["channel_id"]),
+        (&json!("CATEGORY_CHANGED"), &json!("UTILITY"), &json!("MARKETING"), &json!(channel))
+    );
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let kept = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.whatsapp_template_category")
+        .count();
+    assert_eq!(kept, 2);
+}
+
 /// A private note is for the team: stored at once and never sent (window
 /// closed or not), announced like a message but not counted as the
 /// conversation's activity, untouched by the customer's receipts, found

@@ -79,6 +79,9 @@
 //!   `POST /_fake/template-status` `{waba_id, name, language?, event,
 //!   reason?}`: Meta approves, rejects, pauses, disables or reinstates it
 //!   and sends the `message_template_status_update` webhook.
+//!   `POST /_fake/template-category` `{waba_id, name, language?, category,
+//!   coming_in_hours?}`: Meta re-categorises it, or says it will, and sends
+//!   `template_category_update`.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers a URL, which
 //!   downloads with the Bearer token for five minutes (Meta's URLs are
@@ -903,6 +906,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         }
         ("POST", "templates") => templates::add(&mut fake.lock(), &body),
         ("POST", "template-status") => templates::review(&fake, &body).await,
+        ("POST", "template-category") => templates::recategorise(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "handover") => messaging::handover(&fake, &body).await,

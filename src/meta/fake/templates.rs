@@ -15,6 +15,12 @@
 //! (one of Meta's) says (`REINSTATED` makes it approved again, `DELETED`
 //! takes it off the list) and the fake sends the
 //! `message_template_status_update` webhook, shaped as Meta's.
+//!
+//! `POST /_fake/template-category` `{waba_id, name, language?, category,
+//! coming_in_hours?}` is Meta re-categorising a template: the category
+//! changes and the fake sends `template_category_update` naming the
+//! previous one; with `coming_in_hours` it only says the change will come
+//! then (`correct_category`, `category_update_timestamp`), changing nothing.
 
 use actix_web::HttpResponse;
 use serde_json::{json, Value};
@@ -180,6 +186,61 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
         "message_template_language": language, "reason": s("reason")});
     let webhook = json!({"object": "whatsapp_business_account", "entry": [{"id": waba_id,
         "time": chrono::Utc::now().timestamp(), "changes": [{"field": "message_template_status_update", "value": value}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &webhook).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": webhook, "delivered_status": delivered}))
+}
+
+/// Meta's template categories.
+const CATEGORIES: [&str; 3] = ["MARKETING", "UTILITY", "AUTHENTICATION"];
+
+/// `POST /_fake/template-category`: see the module docs.
+pub(super) async fn recategorise(fake: &super::FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(waba_id), Some(name), Some(category)) = (s("waba_id"), s("name"), s("category")) else {
+        return super::bad("waba_id, name and category are required");
+    };
+    let category = category.to_ascii_uppercase();
+    if !CATEGORIES.contains(&category.as_str()) {
+        return super::bad(&format!("category is one of {}", CATEGORIES.join(", ")));
+    }
+    let coming = match body.get("coming_in_hours") {
+        None | Some(Value::Null) => None,
+        Some(h) => match h.as_u64().filter(|h| (1..=720).contains(h)) {
+            Some(h) => Some(chrono::Utc::now() + chrono::Duration::hours(h as i64)),
+            None => return super::bad("coming_in_hours is 1 to 720"),
+        },
+    };
+    let language = s("language").unwrap_or_else(|| "en_US".into());
+    let (template_id, before, target) = {
+        let mut st = fake.lock();
+        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
+        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
+            return super::bad("no such template in that account and language");
+        };
+        let before = template.category.clone();
+        if coming.is_none() {
+            template.category = category.clone();
+        }
+        (template.id.parse::<u64>().unwrap_or_default(), before, st.webhook_target.clone())
+    };
+    let mut value = json!({"message_template_id": template_id, "message_template_name": name,
+        "message_template_language": language});
+    match coming {
+        Some(at) => {
+            value["correct_category"] = json!(category);
+            value["new_category"] = json!(before);
+            value["category_update_timestamp"] = json!(at.timestamp());
+        }
+        None => {
+            value["previous_category"] = json!(before);
+            value["new_category"] = json!(category);
+        }
+    }
+    let webhook = json!({"object": "whatsapp_business_account", "entry": [{"id": waba_id,
+        "time": chrono::Utc::now().timestamp(), "changes": [{"field": "template_category_update", "value": value}]}]});
     let delivered = match target {
         Some(url) => fake.post_noted(&url, &webhook).await,
         None => None,
