@@ -239,6 +239,7 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
         WhatsappGrant::Token { waba_id, token } => (token, vec![waba_id], None),
     };
     let mut new_channels = Vec::new();
+    let mut listed = Vec::new();
     for waba in &wabas {
         let numbers = app.graph.phone_numbers(waba, &token).await?;
         if numbers.is_empty() {
@@ -259,6 +260,7 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
             .await?;
         app.graph.subscribe_waba(waba, &token).await?;
         for n in numbers {
+            listed.push((n.id.clone(), n.display_phone_number.clone(), n.quality_rating.clone()));
             let name = match (&n.verified_name, &n.display_phone_number) {
                 (Some(v), Some(d)) => format!("{v} ({d})"),
                 (Some(v), None) => v.clone(),
@@ -275,7 +277,16 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
             });
         }
     }
-    store(app, auth, new_channels).await
+    let stored = store(app, auth, new_channels).await?;
+    // What the account says of each number (`whatsapp_number`), shown at once.
+    app.db
+        .tenant(auth.scope(), move |tc| {
+            for (id, display, quality) in &listed {
+                super::whatsapp_number::listed(tc, id, display.as_deref(), quality.as_deref())?;
+            }
+            stored.iter().map(|c| super::get_view(tc, c.id)).collect()
+        })
+        .await
 }
 
 /// Disconnects a channel: unsubscribes at Meta where nothing else of this
@@ -359,10 +370,24 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
             // subscription, lost after failed deliveries, is renewed.
             Platform::Whatsapp => match &row.parent_external_id {
                 Some(waba) => match app.graph.phone_numbers(waba, &token).await {
-                    Ok(_) => match app.graph.waba_subscribed(waba, &token).await {
-                        Ok(false) => app.graph.subscribe_waba(waba, &token).await,
-                        other => other.map(|_| ()),
-                    },
+                    Ok(numbers) => {
+                        if let Some(n) = numbers.into_iter().find(|n| n.id == row.external_id) {
+                            app.db
+                                .tenant(scope, move |tc| {
+                                    super::whatsapp_number::listed(
+                                        tc,
+                                        &n.id,
+                                        n.display_phone_number.as_deref(),
+                                        n.quality_rating.as_deref(),
+                                    )
+                                })
+                                .await?;
+                        }
+                        match app.graph.waba_subscribed(waba, &token).await {
+                            Ok(false) => app.graph.subscribe_waba(waba, &token).await,
+                            other => other.map(|_| ()),
+                        }
+                    }
                     Err(e) => Err(e),
                 },
                 None => Ok(()),

@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod policy;
 pub mod reconcile;
 pub mod whatsapp_account;
+pub mod whatsapp_number;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -184,6 +185,8 @@ pub struct ChannelRow {
     /// The webhook fields we last subscribed the page with (Facebook and
     /// Instagram); `None` before this was recorded.
     pub subscribed_fields: Option<String>,
+    /// What Meta says of a WhatsApp number ([`whatsapp_number`]).
+    pub whatsapp_number: Option<serde_json::Value>,
 }
 
 /// Associated data binding a sealed token to its channel.
@@ -236,6 +239,8 @@ pub struct ChannelView {
     /// When a webhook last came for it, to the minute ([`note_webhooks`]);
     /// `None` before the first.
     pub last_webhook_at: Option<DateTime<Utc>>,
+    /// What Meta says of a WhatsApp number (an extension; [`whatsapp_number`]).
+    pub whatsapp_number: Option<whatsapp_number::WhatsappNumber>,
 }
 
 fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
@@ -257,6 +262,7 @@ fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
         created_at: row.created_at,
         updated_at: row.updated_at,
         last_webhook_at: row.last_webhook_at,
+        whatsapp_number: whatsapp_number::WhatsappNumber::of(&row),
     })
 }
 

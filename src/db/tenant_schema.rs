@@ -31,6 +31,8 @@ diesel::table! {
         last_webhook_at -> Nullable<Timestamptz>,
         /// The webhook fields we last subscribed the page with.
         subscribed_fields -> Nullable<Text>,
+        /// What Meta says of a WhatsApp number (`channels::whatsapp_number`).
+        whatsapp_number -> Nullable<Jsonb>,
     }
 }
 

@@ -726,6 +726,15 @@ impl Ingest<'_> {
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
             }
+            Item::NumberQuality { display, event, limit, timestamp } => {
+                let update = crate::channels::whatsapp_number::QualityUpdate {
+                    display,
+                    event,
+                    limit: limit.as_deref(),
+                    at: *timestamp,
+                };
+                crate::channels::whatsapp_number::quality_update(tc, channel, update)
+            }
             Item::TemplateCategory {
                 template_id,
                 name,

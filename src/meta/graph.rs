@@ -160,6 +160,9 @@ pub struct PhoneNumber {
     pub display_phone_number: Option<String>,
     #[serde(default)]
     pub verified_name: Option<String>,
+    /// `GREEN`, `YELLOW`, `RED` or `UNKNOWN`.
+    #[serde(default)]
+    pub quality_rating: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,7 +433,7 @@ impl GraphClient {
         struct Numbers {
             data: Vec<PhoneNumber>,
         }
-        let q = [("fields", "id,display_phone_number,verified_name"), ("limit", "100")];
+        let q = [("fields", "id,display_phone_number,verified_name,quality_rating"), ("limit", "100")];
         let n: Numbers = self.call(Method::GET, &format!("{waba_id}/phone_numbers"), Some(token), &q, None).await?;
         Ok(n.data)
     }

@@ -264,6 +264,16 @@ pub enum Item {
         change: ThreadChange,
         timestamp: DateTime<Utc>,
     },
+    /// Meta changed a WhatsApp number's quality or messaging limit
+    /// (`phone_number_quality_update`). Routed by the account; the number
+    /// is named by its display number, digits only.
+    NumberQuality {
+        display: String,
+        event: String,
+        /// `max_daily_conversations_per_business`, else `current_limit`.
+        limit: Option<String>,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta changed a WhatsApp template's category, or says it will
     /// (`template_category_update`). Routed by the account.
     TemplateCategory {
@@ -404,6 +414,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                         Some("account_update") => account_update(entry, value, &mut out),
                         Some("message_template_status_update") => template_status(entry, value, &mut out),
                         Some("template_category_update") => template_category(entry, value, &mut out),
+                        Some("phone_number_quality_update") => number_quality(entry, value, &mut out),
                         _ => {}
                     }
                 }
@@ -462,6 +473,30 @@ fn template_status(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
             language: s(value.get("message_template_language")),
             event,
             reason: s(value.get("reason")).filter(|r| !r.is_empty() && r != "NONE"),
+            timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
+        },
+    });
+}
+
+/// `phone_number_quality_update`: `entry.id` is the account, `entry.time`
+/// in seconds; the number is its display number.
+fn number_quality(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
+    let display =
+        s(value.get("display_phone_number")).map(|d| d.chars().filter(char::is_ascii_digit).collect::<String>());
+    let (Some(waba), Some(display), Some(event)) =
+        (s(entry.get("id")), display.filter(|d| !d.is_empty()), s(value.get("event")))
+    else {
+        return;
+    };
+    let limit = ["max_daily_conversations_per_business", "current_limit"]
+        .iter()
+        .find_map(|k| s(value.get(*k)).filter(|l| !l.is_empty()));
+    out.push(Routed {
+        route: RouteKey::parent(Platform::Whatsapp, waba),
+        item: Item::NumberQuality {
+            display,
+            event,
+            limit,
             timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
         },
     });
@@ -1317,6 +1352,30 @@ mod tests {
         assert_eq!(items.len(), 7, "{items:?}");
         assert!(items.iter().any(|r| matches!(&r.item, Item::Read { contact, .. } if contact == "7001")));
         assert!(items.iter().any(|r| matches!(&r.item, Item::Echo { contact, .. } if contact == "7002")));
+    }
+
+    #[test]
+    fn a_number_quality_update_names_the_number_by_its_display_number() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"112233445566778","time":1773140000,
+          "changes":[{"field":"phone_number_quality_update","value":{"display_phone_number":"15550783881",
+            "event":"DOWNGRADE","old_limit":"TIER_1K","current_limit":"TIER_250","max_daily_conversations_per_business":"250"}},
+           {"field":"phone_number_quality_update","value":{"display_phone_number":"+1 555-078-3881","event":"FLAGGED"}},
+           {"field":"phone_number_quality_update","value":{"display_phone_number":"","event":"FLAGGED"}}]}]}"#;
+        let items = parse(body).expect("parses");
+        let got: Vec<(&str, &str, Option<&str>, i64)> = items
+            .iter()
+            .filter_map(|r| match &r.item {
+                Item::NumberQuality { display, event, limit, timestamp } => {
+                    Some((display.as_str(), event.as_str(), limit.as_deref(), timestamp.timestamp()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("15550783881", "DOWNGRADE", Some("250"), 1773140000), ("15550783881", "FLAGGED", None, 1773140000)]
+        );
+        assert_eq!(items[0].route, RouteKey::parent(Platform::Whatsapp, "112233445566778"));
     }
 
     #[test]

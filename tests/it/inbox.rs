@@ -1250,6 +1250,88 @@ async fn a_template_meta_recategorises_is_announced_coming_and_made() {
     assert_eq!(kept, 2);
 }
 
+/// What Meta says of a WhatsApp number: read at connect and at a check,
+/// changed by Meta's quality webhook (which names the number by its
+/// display number), shown live, audited once; a late retry changes nothing.
+#[actix_web::test]
+async fn a_whatsapp_numbers_quality_is_shown_and_follows_meta() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let number = || async {
+        app.call("GET", &format!("/api/channels/{channel}"), Some(&ctx.admin), None).await.body["whatsapp_number"]
+            .clone()
+    };
+    let at_connect = number().await;
+    assert_eq!(
+        (&at_connect["display_phone_number"], &at_connect["quality_rating"], &at_connect["quality_event"]),
+        (&json!("15551234567"), &json!("GREEN"), &Value::Null),
+        "{at_connect}"
+    );
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let r = app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await;
+    assert!(r.body["whatsapp_number"].is_null(), "pages have none");
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+
+    let downgrade = json!({"phone_number_id": PHONE, "event": "DOWNGRADE", "quality_rating": "YELLOW",
+        "old_limit": "TIER_1K", "current_limit": "TIER_250", "max_daily_conversations_per_business": "250"});
+    let sent = app.fake("POST", "/_fake/number-quality", downgrade).await;
+    assert_eq!(sent["delivered_status"], 200, "{sent}");
+    app.processed().await;
+    let frame = crate::realtime::until(&mut socket, "channel.updated", std::time::Duration::from_secs(5))
+        .await
+        .expect("channel.updated");
+    assert_eq!(
+        (&frame["data"]["id"], &frame["data"]["whatsapp_number"]["quality_event"]),
+        (&json!(channel), &json!("DOWNGRADE")),
+        "{frame}"
+    );
+    let now = number().await;
+    assert_eq!(
+        (&now["messaging_limit"], &now["quality_event"], &now["quality_rating"]),
+        (&json!("250"), &json!("DOWNGRADE"), &json!("GREEN")),
+        "the rating is what the account lists: {now}"
+    );
+    // A check reads the rating Meta lists now.
+    let r = app.call("POST", &format!("/api/channels/{channel}/check"), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, &r.body["whatsapp_number"]["quality_rating"]), (200, &json!("YELLOW")), "{:?}", r.body);
+    assert_eq!(r.body["whatsapp_number"]["messaging_limit"], "250", "kept");
+
+    // Meta's retry adds nothing; an older one (delivered late) is recorded, not applied.
+    let webhook = sent["webhook"].clone();
+    assert_eq!(app.webhook(&serde_json::to_vec(&webhook).expect("body")).await, 200);
+    let mut late = webhook.clone();
+    late["entry"][0]["time"] = json!(webhook["entry"][0]["time"].as_i64().expect("time") - 600);
+    late["entry"][0]["changes"][0]["value"]["event"] = json!("UPGRADE");
+    late["entry"][0]["changes"][0]["value"]["max_daily_conversations_per_business"] = json!("1000");
+    assert_eq!(app.webhook(&serde_json::to_vec(&late).expect("body")).await, 200);
+    // Another number's (a display number this account does not have): nothing.
+    let mut other = webhook.clone();
+    other["entry"][0]["changes"][0]["value"]["display_phone_number"] = json!("15559999999");
+    other["entry"][0]["changes"][0]["value"]["event"] = json!("FLAGGED");
+    other["entry"][0]["time"] = json!(webhook["entry"][0]["time"].as_i64().expect("time") + 60);
+    assert_eq!(app.webhook(&serde_json::to_vec(&other).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(
+        (&number().await["quality_event"], &number().await["messaging_limit"]),
+        (&json!("DOWNGRADE"), &json!("250"))
+    );
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let kept: Vec<&str> = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.whatsapp_number_quality")
+        .filter_map(|e| e["details"]["event"].as_str())
+        .collect();
+    assert_eq!(kept, ["UPGRADE", "DOWNGRADE"], "newest first, each once");
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"),
+        0,
+        "nothing dead-lettered"
+    );
+}
+
 /// A private note is for the team: stored at once and never sent (window
 /// closed or not), announced like a message but not counted as the
 /// conversation's activity, untouched by the customer's receipts, found

@@ -527,6 +527,41 @@ pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpRespons
     HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
 }
 
+/// `POST /_fake/number-quality` `{phone_number_id, event, quality_rating?,
+/// current_limit?, old_limit?, max_daily_conversations_per_business?}`:
+/// Meta re-rates a WhatsApp number and sends `phone_number_quality_update`
+/// to its account's subscribers, naming the number by its display number
+/// (digits only), as Meta does.
+pub(super) async fn number_quality(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(phone), Some(event)) = (s("phone_number_id"), s("event")) else {
+        return super::bad("phone_number_id and event are required");
+    };
+    let (target, waba, display) = {
+        let mut st = fake.lock();
+        let Some(number) = st.phones.get_mut(&phone) else { return super::bad("no such phone number") };
+        if let Some(q) = s("quality_rating") {
+            number.quality = q;
+        }
+        let display: String = number.display.chars().filter(char::is_ascii_digit).collect();
+        let (waba, _) = st.number_metadata(&phone);
+        (st.webhook_target.clone(), waba, display)
+    };
+    let mut value = json!({"display_phone_number": display, "event": event});
+    for key in ["current_limit", "old_limit", "max_daily_conversations_per_business"] {
+        if let Some(v) = s(key) {
+            value[key] = json!(v);
+        }
+    }
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": Utc::now().timestamp(),
+        "changes": [{"value": value, "field": "phone_number_quality_update"}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
 /// Webhooks of one object in one body, their entries in order (Meta
 /// batches up to 1,000 updates so).
 fn batched(events: Vec<Value>) -> Vec<Value> {

@@ -67,6 +67,11 @@
 //!   come on `standby`. `POST /{account}/take_thread_control` and
 //!   `…/pass_thread_control` (`recipient`, `target_app_id`) move it as
 //!   Meta does, answering `{"success": true}`.
+//! - `POST /_fake/number-quality` `{phone_number_id, event, quality_rating?,
+//!   current_limit?, old_limit?, max_daily_conversations_per_business?}`:
+//!   Meta re-rates a WhatsApp number (`quality_rating` is what
+//!   `phone_numbers` lists from then on) and sends
+//!   `phone_number_quality_update`, naming it by its display number.
 //! - `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
 //!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
@@ -174,6 +179,8 @@ struct Phone {
     id: String,
     display: String,
     verified_name: String,
+    /// `GREEN` until `POST /_fake/number-quality` says otherwise.
+    quality: String,
 }
 
 #[derive(Clone, Debug)]
@@ -740,7 +747,7 @@ fn phone_numbers(st: &State, owner: &Owner, id: &str) -> HttpResponse {
         .map(|p| {
             json!({
                 "verified_name": p.verified_name, "code_verification_status": "VERIFIED",
-                "display_phone_number": p.display, "quality_rating": "GREEN", "platform_type": "CLOUD_API",
+                "display_phone_number": p.display, "quality_rating": p.quality, "platform_type": "CLOUD_API",
                 "throughput": {"level": "STANDARD"}, "id": p.id,
             })
         })
@@ -908,6 +915,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "template-status") => templates::review(&fake, &body).await,
         ("POST", "template-category") => templates::recategorise(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
+        ("POST", "number-quality") => messaging::number_quality(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "handover") => messaging::handover(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
@@ -1006,6 +1014,7 @@ fn create_user(fake: &FakeMeta, new: NewUser) -> HttpResponse {
                     id: pid.clone(),
                     display,
                     verified_name: ph.verified_name.unwrap_or_else(|| "Fake Business".into()),
+                    quality: "GREEN".into(),
                 },
             );
             phones.push(pid);
