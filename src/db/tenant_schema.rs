@@ -89,6 +89,10 @@ diesel::table! {
         /// When the team blocked the contact, and who (`inbox::contacts`).
         blocked_at -> Nullable<Timestamptz>,
         blocked_by -> Nullable<Int8>,
+        /// When the WhatsApp customer stopped marketing messages, and
+        /// Meta's time of their last choice (`inbox::contacts`).
+        marketing_stopped_at -> Nullable<Timestamptz>,
+        marketing_chosen_at -> Nullable<Timestamptz>,
     }
 }
 

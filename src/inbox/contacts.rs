@@ -147,6 +147,9 @@ pub struct ContactDetails {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub notes: Option<String>,
+    /// When the WhatsApp customer stopped marketing messages (Meta's
+    /// `user_preferences`; [`marketing_choice`]); `None` while they get them.
+    pub marketing_stopped_at: Option<chrono::DateTime<Utc>>,
 }
 
 diesel::define_sql_function! {
@@ -526,6 +529,7 @@ pub fn update(
         email: changes.email.unwrap_or_else(|| details.email.clone()),
         phone: changes.phone.unwrap_or_else(|| details.phone.clone()),
         notes: changes.notes.unwrap_or_else(|| details.notes.clone()),
+        marketing_stopped_at: details.marketing_stopped_at,
     };
     if wanted != details {
         diesel::update(contacts::table.find(id.0))
@@ -723,6 +727,50 @@ pub fn refuse_if_blocked(contact: &ContactRow) -> AppResult<()> {
 
 /// After a change its conversations' summaries show (a name, a block):
 /// they are announced, and the change audited as `action`.
+/// A WhatsApp customer stopped (`stopped`) or resumed marketing messages
+/// at `at` (Meta's `user_preferences`): kept on their contact, announced
+/// (`contact.updated`) and audited (`contact.marketing_stopped` /
+/// `contact.marketing_resumed`), unless a choice as new or newer is kept (a
+/// retry, or one delivered late). A customer this channel never heard from
+/// has no contact to keep it on: nothing.
+pub fn marketing_choice(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    channel_id: i64,
+    external_id: &str,
+    stopped: bool,
+    at: chrono::DateTime<Utc>,
+) -> AppResult<()> {
+    let changed: Option<(ContactRow, ContactDetails)> = diesel::update(
+        contacts::table
+            .filter(contacts::channel_id.eq(channel_id))
+            .filter(contacts::external_id.eq(external_id))
+            .filter(contacts::marketing_chosen_at.is_null().or(contacts::marketing_chosen_at.lt(at))),
+    )
+    .set((
+        contacts::marketing_stopped_at.eq(stopped.then_some(at)),
+        contacts::marketing_chosen_at.eq(at),
+        contacts::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning((ContactRow::as_returning(), ContactDetails::as_returning()))
+    .get_result(tc.pg())
+    .optional()?;
+    let Some((row, details)) = changed else { return Ok(()) };
+    let action = if stopped { "contact.marketing_stopped" } else { "contact.marketing_resumed" };
+    crate::audit::record(tc, None, action, "contact", Some(row.id.to_string()), serde_json::json!({"at": at}))?;
+    let item = ContactListItem::one(tc, row, details)?;
+    log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
+    Ok(())
+}
+
+/// Whether a WhatsApp customer stopped marketing messages (a marketing
+/// template is then refused before it is sent: Meta would not deliver it).
+pub fn marketing_stopped(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<bool> {
+    let at: Option<chrono::DateTime<Utc>> =
+        contacts::table.find(contact_id).select(contacts::marketing_stopped_at).first(tc.pg())?;
+    Ok(at.is_some())
+}
+
 fn after_change(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,

@@ -726,6 +726,9 @@ impl Ingest<'_> {
             Item::PolicyEnforcement { action, reason, timestamp } => {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
             }
+            Item::MarketingChoice { contact, stopped, timestamp } => {
+                super::contacts::marketing_choice(tc, self.log, channel.id, contact, *stopped, *timestamp)
+            }
             Item::NumberQuality { display, event, limit, timestamp } => {
                 let update = crate::channels::whatsapp_number::QualityUpdate {
                     display,

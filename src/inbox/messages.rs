@@ -563,8 +563,9 @@ pub fn retry(
 pub enum TemplateTarget {
     /// The `client_id` was used already: a retry, answered with its message.
     Retried(MessageView),
-    /// The conversation's channel.
-    Channel(ChannelRow),
+    /// The conversation's channel, and whether its customer stopped
+    /// marketing messages.
+    Channel(ChannelRow, bool),
 }
 
 /// The checks of a template reply that come before Meta is asked: the
@@ -597,7 +598,8 @@ pub fn template_target(
         return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
     }
     super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
-    Ok(TemplateTarget::Channel(channel))
+    let stopped = super::contacts::marketing_stopped(tc, conv.contact_id)?;
+    Ok(TemplateTarget::Channel(channel, stopped))
 }
 
 /// `POST /api/conversations/{id}/messages` with `template`, made ready

@@ -35,6 +35,11 @@
 //!   its preview and search read like any reply; its one attachment,
 //!   `{type: "template", name, language, header_parameters, parameters}`,
 //!   says what the sender sends.
+//! - A customer who stopped marketing messages on WhatsApp (Meta's
+//!   `user_preferences`, kept on the contact as `marketing_stopped_at`) is
+//!   not sent a `MARKETING` template: 409 `marketing_stopped` before Meta
+//!   is asked (Meta would accept it and report it failed, 131050). Utility
+//!   and authentication templates, and replies, still go.
 //! - A template may be sent at any time, window open or not; Messenger and
 //!   Instagram have none (their 7-day `HUMAN_AGENT` tag is the reply
 //!   window's business, `inbox::views::ReplyWindow`).
@@ -566,11 +571,11 @@ pub async fn send(
         .tenant(scope, move |tc| {
             match messages::template_target(tc, user, role, id, cid.as_deref(), &asked, sha.as_deref())? {
                 TemplateTarget::Retried(view) => Ok::<_, AppError>(Err(view)),
-                TemplateTarget::Channel(row) => Ok(Ok(source(&keys, row)?)),
+                TemplateTarget::Channel(row, stopped) => Ok(Ok((source(&keys, row)?, stopped))),
             }
         })
         .await?;
-    let (row, waba, token) = match target {
+    let ((row, waba, token), marketing_stopped) = match target {
         Err(retried) => return Ok((retried, false)),
         Ok(found) => found,
     };
@@ -582,6 +587,13 @@ pub async fn send(
                 format!("the business account has no template {} in {}", choice.name, choice.language),
             )
         })?;
+    // Meta would take it and report it failed (131050): say so now.
+    if marketing_stopped && template.category.eq_ignore_ascii_case("MARKETING") {
+        return Err(AppError::conflict(
+            "marketing_stopped",
+            "the customer stopped marketing messages on WhatsApp; a utility template or a reply in the window still reaches them",
+        ));
+    }
     let prepared = prepare(&template, &choice, header_file.as_ref())?;
     app.tenant_with_events(scope, move |tc, log| {
         messages::create_template_reply(tc, log, user, role, id, prepared, header_file, opts)

@@ -264,6 +264,13 @@ pub enum Item {
         change: ThreadChange,
         timestamp: DateTime<Utc>,
     },
+    /// A WhatsApp customer stopped or resumed the business's marketing
+    /// messages (`user_preferences`, category `marketing_messages`).
+    MarketingChoice {
+        contact: String,
+        stopped: bool,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta changed a WhatsApp number's quality or messaging limit
     /// (`phone_number_quality_update`). Routed by the account; the number
     /// is named by its display number, digits only.
@@ -415,6 +422,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                         Some("message_template_status_update") => template_status(entry, value, &mut out),
                         Some("template_category_update") => template_category(entry, value, &mut out),
                         Some("phone_number_quality_update") => number_quality(entry, value, &mut out),
+                        Some("user_preferences") => user_preferences(value, &mut out),
                         _ => {}
                     }
                 }
@@ -476,6 +484,29 @@ fn template_status(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
             timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
         },
     });
+}
+
+/// `user_preferences`: routed by the number (`metadata.phone_number_id`);
+/// each preference names its customer (`wa_id`, or the business-scoped
+/// `user_id` of one who hides their number) and its `value`, `stop` or
+/// `resume`, with a `timestamp` in seconds. Only marketing messages have
+/// preferences today; other categories are skipped.
+fn user_preferences(value: &Value, out: &mut Vec<Routed>) {
+    let Some(phone_id) = s(value.get("metadata").and_then(|m| m.get("phone_number_id"))) else { return };
+    let route = RouteKey::channel(Platform::Whatsapp, phone_id);
+    for p in arr(value.get("user_preferences")) {
+        if p.get("category").and_then(Value::as_str) != Some("marketing_messages") {
+            continue;
+        }
+        let stopped = match p.get("value").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+            Some("stop") => true,
+            Some("resume") => false,
+            _ => continue,
+        };
+        let Some(contact) = s(p.get("wa_id")).or_else(|| s(p.get("user_id"))) else { continue };
+        let timestamp = secs(p.get("timestamp")).unwrap_or_else(Utc::now);
+        out.push(Routed { route: route.clone(), item: Item::MarketingChoice { contact, stopped, timestamp } });
+    }
 }
 
 /// `phone_number_quality_update`: `entry.id` is the account, `entry.time`
@@ -1352,6 +1383,30 @@ mod tests {
         assert_eq!(items.len(), 7, "{items:?}");
         assert!(items.iter().any(|r| matches!(&r.item, Item::Read { contact, .. } if contact == "7001")));
         assert!(items.iter().any(|r| matches!(&r.item, Item::Echo { contact, .. } if contact == "7002")));
+    }
+
+    #[test]
+    fn a_customers_marketing_choice_is_read_per_customer() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"112233445566778","changes":[{"field":"user_preferences",
+          "value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15551234567","phone_number_id":"123456789012345"},
+            "contacts":[{"profile":{"name":"Ze"},"wa_id":"14155550123"}],
+            "user_preferences":[
+              {"wa_id":"14155550123","detail":"User requested to stop marketing messages","category":"marketing_messages","value":"stop","timestamp":1773140000},
+              {"user_id":"US.1349120865530274","detail":"User requested to resume marketing messages","category":"marketing_messages","value":"resume","timestamp":"1773140100"},
+              {"wa_id":"14155550199","category":"something_else","value":"stop","timestamp":1773140200},
+              {"wa_id":"14155550199","category":"marketing_messages","value":"maybe","timestamp":1773140200}]}}]}]}"#;
+        let items = parse(body).expect("parses");
+        let got: Vec<(&str, bool, i64)> = items
+            .iter()
+            .filter_map(|r| match &r.item {
+                Item::MarketingChoice { contact, stopped, timestamp } => {
+                    Some((contact.as_str(), *stopped, timestamp.timestamp()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, [("14155550123", true, 1773140000), ("US.1349120865530274", false, 1773140100)]);
+        assert_eq!(items[0].route, RouteKey::channel(Platform::Whatsapp, "123456789012345"));
     }
 
     #[test]

@@ -1250,6 +1250,98 @@ async fn a_template_meta_recategorises_is_announced_coming_and_made() {
     assert_eq!(kept, 2);
 }
 
+/// A WhatsApp customer who stops marketing messages is not sent a
+/// marketing template (a utility one still goes); the choice shows on the
+/// contact, follows Meta's order, and a marketing template sent while we
+/// did not know yet fails with Meta's reason.
+#[actix_web::test]
+async fn a_customer_who_stopped_marketing_gets_no_marketing_template() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let waba = "112233445566778";
+    app.fake(
+        "POST",
+        "/_fake/templates",
+        json!({"waba_id": waba, "name": "promo", "language": "pt_BR",
+        "body": "Promoção de Natal!", "category": "MARKETING"}),
+    )
+    .await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID).clone();
+    let (id, contact) =
+        (conv["id"].as_str().expect("id").to_string(), conv["contact"]["id"].as_str().expect("id").to_string());
+    let stopped_at = || async {
+        app.call("GET", &format!("/api/contacts/{contact}"), Some(&ctx.admin), None).await.body["marketing_stopped_at"]
+            .clone()
+    };
+    assert!(stopped_at().await.is_null());
+    let send = |name: &str, client: &str| {
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/conversations/{id}/messages"));
+        let body = json!({"template": {"name": name, "language": if name == "promo" { "pt_BR" } else { "en_US" }}, "client_id": client});
+        async move { app.call("POST", &path, Some(&admin), Some(body)).await }
+    };
+    let prefer = |value: &str| {
+        let body = json!({"phone_number_id": PHONE, "wa_id": WA_ID, "value": value});
+        let app = &app;
+        async move {
+            let r = app.fake("POST", "/_fake/user-preferences", body).await;
+            app.processed().await;
+            r
+        }
+    };
+
+    let stop = prefer("stop").await;
+    assert_eq!(stop["delivered_status"], 200, "{stop}");
+    assert!(stopped_at().await.is_string(), "shown on the contact");
+    let r = send("promo", "m-1").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("marketing_stopped")), "{:?}", r.body);
+    let r = send("hello_world", "u-1").await;
+    assert_eq!(r.status, 202, "a utility template still goes: {:?}", r.body);
+    // Meta's retry, and a resume older than the stop: nothing changes.
+    assert_eq!(app.webhook(&serde_json::to_vec(&stop["webhook"]).expect("body")).await, 200);
+    let mut old_resume = stop["webhook"].clone();
+    let pref = &mut old_resume["entry"][0]["changes"][0]["value"]["user_preferences"][0];
+    pref["value"] = json!("resume");
+    pref["timestamp"] = json!(pref["timestamp"].as_i64().expect("ts") - 3600);
+    assert_eq!(app.webhook(&serde_json::to_vec(&old_resume).expect("body")).await, 200);
+    app.processed().await;
+    assert!(stopped_at().await.is_string());
+    let audited =
+        |action: &str| app.count(&format!("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = '{action}'"));
+    assert_eq!(audited("contact.marketing_stopped"), 1);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'contact.updated' AND payload->>'id' = '{contact}'"
+        )),
+        1,
+        "announced once"
+    );
+
+    // Resumed (a second later, as Meta's times are in seconds): it goes.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    prefer("resume").await;
+    assert!(stopped_at().await.is_null());
+    let r = send("promo", "m-2").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+
+    // Stopped at Meta while we did not hear of it: Meta takes the
+    // template and reports it failed, with its reason.
+    app.fake("POST", "/_fake/webhook-target", json!({"url": null})).await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    prefer("stop").await;
+    app.fake("POST", "/_fake/webhook-target", json!({"url": format!("{}/webhooks/meta", app.base)})).await;
+    let r = send("promo", "m-3").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let sent = r.body["id"].as_str().expect("id").to_string();
+    eventually("Meta reports it failed", || async {
+        message_status(&app, &ctx.admin, &id, &sent).await["status"] == "failed"
+    })
+    .await;
+    let failed = message_status(&app, &ctx.admin, &id, &sent).await;
+    assert!(failed["error"]["message"].as_str().is_some_and(|m| m.contains("marketing")), "{failed}");
+}
+
 /// What Meta says of a WhatsApp number: read at connect and at a check,
 /// changed by Meta's quality webhook (which names the number by its
 /// display number), shown live, audited once; a late retry changes nothing.

@@ -314,7 +314,19 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             "messaging_product": "whatsapp",
             "metadata": metadata, "statuses": [v]}, "field": "messages"}]}]})
     };
-    let out = if outside {
+    // A marketing template to a customer who stopped them: taken, then failed.
+    let stopped =
+        template.as_deref() == Some("marketing") && st.marketing_stopped.contains(&(phone.to_string(), wa_id.clone()));
+    let out = if stopped {
+        vec![status(
+            "failed",
+            now,
+            json!({"errors": [{"code": 131050, "title": "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business.",
+            "message": "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business.",
+            "error_data": {"details": "The recipient stopped marketing messages from this business."},
+            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]}),
+        )]
+    } else if outside {
         vec![status(
             "failed",
             now,
@@ -520,6 +532,47 @@ pub(super) async fn account_update(fake: &FakeMeta, body: &Value) -> HttpRespons
     };
     let event = json!({"object": "whatsapp_business_account", "entry": [{"id": entry_id, "time": Utc::now().timestamp(),
         "changes": [{"value": value, "field": "account_update"}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
+/// `POST /_fake/user-preferences` `{phone_number_id, wa_id, value}`: see
+/// the module docs of `fake`.
+pub(super) async fn user_preferences(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(phone), Some(wa_id), Some(value)) = (s("phone_number_id"), s("wa_id"), s("value")) else {
+        return super::bad("phone_number_id, wa_id and value are required");
+    };
+    let stop = match value.as_str() {
+        "stop" => true,
+        "resume" => false,
+        _ => return super::bad("value is stop or resume"),
+    };
+    let (target, waba, metadata) = {
+        let mut st = fake.lock();
+        if !st.phones.contains_key(&phone) {
+            return super::bad("no such phone number");
+        }
+        let key = (phone.clone(), wa_id.clone());
+        if stop {
+            st.marketing_stopped.insert(key);
+        } else {
+            st.marketing_stopped.remove(&key);
+        }
+        let (waba, metadata) = st.number_metadata(&phone);
+        (st.webhook_target.clone(), waba, metadata)
+    };
+    let detail =
+        if stop { "User requested to stop marketing messages" } else { "User requested to resume marketing messages" };
+    let value = json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "contacts": [{"profile": {"name": "Customer"}, "wa_id": wa_id}],
+        "user_preferences": [{"wa_id": wa_id, "detail": detail, "category": "marketing_messages", "value": value,
+            "timestamp": Utc::now().timestamp()}]});
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba,
+        "changes": [{"value": value, "field": "user_preferences"}]}]});
     let delivered = match target {
         Some(url) => fake.post_noted(&url, &event).await,
         None => None,

@@ -72,6 +72,11 @@
 //!   Meta re-rates a WhatsApp number (`quality_rating` is what
 //!   `phone_numbers` lists from then on) and sends
 //!   `phone_number_quality_update`, naming it by its display number.
+//! - `POST /_fake/user-preferences` `{phone_number_id, wa_id, value}`: a
+//!   WhatsApp customer stops (`stop`) or resumes (`resume`) the number's
+//!   marketing messages; the fake sends `user_preferences`, and from then
+//!   on a marketing template to them is taken and reported `failed`
+//!   (131050), as Meta does.
 //! - `POST /_fake/history` `{phone_number_id, threads?, declined?, phase?,
 //!   chunk_order?, progress?}`: the number's WhatsApp Business app shares
 //!   its chat history; the fake sends one `history` chunk shaped as Meta's
@@ -251,6 +256,9 @@ struct State {
     /// Customers' threads another app holds (handover): (page or Instagram
     /// account, contact) -> that app's id. Absent: ours (or idle).
     thread_owners: HashMap<(String, String), String>,
+    /// WhatsApp customers who stopped a number's marketing messages:
+    /// (phone number id, wa_id).
+    marketing_stopped: std::collections::HashSet<(String, String)>,
 }
 
 impl State {
@@ -916,6 +924,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "template-category") => templates::recategorise(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "number-quality") => messaging::number_quality(&fake, &body).await,
+        ("POST", "user-preferences") => messaging::user_preferences(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "handover") => messaging::handover(&fake, &body).await,
         ("POST", "history") => messaging::history(&fake, &body).await,
