@@ -38,6 +38,9 @@ pub struct Filter {
     pub waiting: Option<bool>,
     /// Only those waiting past their channel's reply target.
     pub overdue: bool,
+    /// `Some(true)`: only those whose thread another app holds
+    /// (`inbox::handover`); `Some(false)`: only the others.
+    pub held_elsewhere: Option<bool>,
     /// The list's order (not the newest activity first only without `q`).
     pub order: Order,
 }
@@ -92,12 +95,25 @@ pub struct FilterParams {
     pub overdue: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sort: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_elsewhere: Option<String>,
 }
 
 impl FilterParams {
     /// The names a client may give.
-    pub const NAMES: [&'static str; 10] =
-        ["status", "channel_id", "assignee", "unread", "q", "label", "priority", "waiting", "overdue", "sort"];
+    pub const NAMES: [&'static str; 11] = [
+        "status",
+        "channel_id",
+        "assignee",
+        "unread",
+        "q",
+        "label",
+        "priority",
+        "waiting",
+        "overdue",
+        "sort",
+        "held_elsewhere",
+    ];
 
     /// These, with each one `over` gives put in its place.
     pub fn overlaid(self, over: FilterParams) -> FilterParams {
@@ -112,6 +128,7 @@ impl FilterParams {
             waiting: over.waiting.or(self.waiting),
             overdue: over.overdue.or(self.overdue),
             sort: over.sort.or(self.sort),
+            held_elsewhere: over.held_elsewhere.or(self.held_elsewhere),
         }
     }
 
@@ -157,6 +174,7 @@ impl FilterParams {
             },
             waiting: flag(self.waiting.as_deref(), "waiting")?,
             overdue: flag(self.overdue.as_deref(), "overdue")?.unwrap_or(false),
+            held_elsewhere: flag(self.held_elsewhere.as_deref(), "held_elsewhere")?,
             order: match self.sort.as_deref() {
                 None | Some("") | Some("activity") => Order::Activity,
                 Some("waiting") => Order::Waiting,
@@ -263,6 +281,11 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     }
     if f.overdue {
         q = q.filter(sql::<Bool>(super::waiting::OVERDUE));
+    }
+    match f.held_elsewhere {
+        Some(true) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE)),
+        Some(false) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE).is_distinct_from(true)),
+        None => {}
     }
     match f.order {
         Order::Waiting => {

@@ -50,6 +50,10 @@ use crate::ids::UserId;
 use crate::meta::webhook::{is_page_inbox, ThreadChange, PAGE_INBOX_APP_ID};
 use crate::secret::Secret;
 
+/// SQL: the conversation's thread is held by another app (the list's
+/// `held_elsewhere` filter; NULL when nothing was said).
+pub const HELD_ELSEWHERE: &str = "conversations.thread_control->>'held_by' = 'other'";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Holder {

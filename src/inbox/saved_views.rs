@@ -13,7 +13,7 @@
 //!   own are their preference, not audited.
 //! - `filters` holds the list's own query parameters (`status`,
 //!   `channel_id`, `assignee`, `unread`, `q`, `label`, `priority`,
-//!   `waiting`, `overdue`, `sort`), each a string (a JSON `true` or number
+//!   `waiting`, `overdue`, `sort`, `held_elsewhere`), each a string (a JSON `true` or number
 //!   is taken as written), checked as the list checks them
 //!   (`invalid_filters` says which is wrong). `assignee: "me"` is whoever
 //!   uses the view, so one team view serves each member.

@@ -721,6 +721,9 @@ pub(super) async fn handover(fake: &FakeMeta, body: &Value) -> HttpResponse {
     let app = s("app_id").unwrap_or_else(|| crate::meta::webhook::PAGE_INBOX_APP_ID.to_string());
     let metadata = s("metadata").unwrap_or_default();
     let ours = fake.cfg.app_id.clone();
+    if app == ours {
+        return super::bad("app_id is another app's: our app's own moves come through the Graph API");
+    }
     let (target, subscribed, object) = {
         let mut st = fake.lock();
         let object = match st.account_of(&to) {
