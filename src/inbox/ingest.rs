@@ -715,7 +715,16 @@ impl Ingest<'_> {
                 let mids: Vec<String> = mid.iter().cloned().collect();
                 self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
             }
-            Item::Status { wamid, status, error, .. } => self.status(tc, channel, wamid, *status, error.clone()),
+            Item::Status { contact, wamid, status, error, timestamp } => {
+                // Meta refused a marketing template: the customer stopped them
+                // (the preference's own webhook may never have come).
+                let stopped = error.as_ref().and_then(|e| e["meta_code"].as_i64())
+                    == Some(crate::meta::webhook::MARKETING_STOPPED);
+                if stopped && *status == DeliveryStatus::Failed {
+                    super::contacts::marketing_choice(tc, self.log, channel.id, contact, true, *timestamp)?;
+                }
+                self.status(tc, channel, wamid, *status, error.clone())
+            }
             // Done by `prefetch`; again for a caller that did not (a no-op then).
             Item::NumberChanged { contact, new_contact, timestamp } => {
                 self.renumber(tc, channel.id, contact, new_contact, *timestamp)

@@ -813,6 +813,10 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
 /// agents see them in the conversation as sent by the page, as Messenger's
 /// echoes from the Page inbox. `from` is the business number, `to` the
 /// customer (or, for a customer known by username only, `to_user_id`).
+/// WhatsApp's code for a marketing template to a customer who stopped
+/// marketing messages: reported only by a `failed` status.
+pub const MARKETING_STOPPED: i64 = 131050;
+
 /// A WhatsApp `failed` status's error as the message shows it: the same
 /// reason a refused send gets (`outside_window` for 131047, which Meta
 /// reports only this way), Meta's explanation, and Meta's code as
@@ -826,8 +830,12 @@ fn status_error(e: &Value) -> Value {
         .or_else(|| e.get("message").and_then(Value::as_str))
         .or_else(|| e.get("title").and_then(Value::as_str))
         .unwrap_or("failed");
-    let reason =
-        meta_code.map_or("meta_error", |c| crate::meta::graph::GraphError::classify(c, None, message).reason());
+    let reason = match meta_code {
+        // The customer stopped marketing messages (a marketing template).
+        Some(MARKETING_STOPPED) => "marketing_stopped",
+        Some(c) => crate::meta::graph::GraphError::classify(c, None, message).reason(),
+        None => "meta_error",
+    };
     serde_json::json!({"code": reason, "message": message, "meta_code": meta_code})
 }
 

@@ -1339,7 +1339,14 @@ async fn a_customer_who_stopped_marketing_gets_no_marketing_template() {
     })
     .await;
     let failed = message_status(&app, &ctx.admin, &id, &sent).await;
+    assert_eq!(
+        (&failed["error"]["code"], &failed["error"]["meta_code"]),
+        (&json!("marketing_stopped"), &json!(131050))
+    );
     assert!(failed["error"]["message"].as_str().is_some_and(|m| m.contains("marketing")), "{failed}");
+    assert!(stopped_at().await.is_string(), "the failure tells what the preference did not");
+    let r = send("promo", "m-4").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("marketing_stopped")), "{:?}", r.body);
 }
 
 /// What Meta says of a WhatsApp number: read at connect and at a check,
