@@ -29,7 +29,11 @@
 //!
 //! An agent's reply to a thread held elsewhere takes it first
 //! (`take_thread_control`, in the sender; if Meta refuses, the reply fails
-//! with Meta's reason). `POST /api/conversations/{id}/thread-control`
+//! with Meta's reason). Automatic messages never take it: no greeting or
+//! away reply is written for a thread held elsewhere (a standby event's
+//! holder is applied before the message it brings), and a survey, or
+//! anything automatic queued before the thread moved, fails with
+//! `thread_held_elsewhere`. `POST /api/conversations/{id}/thread-control`
 //! takes the thread, or passes it to another app (the Page Inbox unless
 //! one is named). WhatsApp has no such events here: its conversations never
 //! have a `thread_control`.

@@ -834,6 +834,11 @@ impl Ingest<'_> {
         };
         let Some(moved) = super::handover::apply(tc, conv, change, at, &self.app_id)? else { return Ok(()) };
         let conv = conv.clone();
+        // Created by this batch and not announced yet: its
+        // `conversation.created` will carry the thread as it is.
+        if self.created.contains(&conv.id) {
+            return Ok(());
+        }
         if moved.announced() {
             let view = self.names.conversation(tc, &conv)?;
             self.log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
@@ -961,14 +966,18 @@ impl Ingest<'_> {
             )?;
         }
         let mut replies = Vec::new();
-        if created || reopened {
+        // Another app answers this customer (`handover`): ours stays quiet.
+        let quiet = super::handover::ThreadControl::held_elsewhere(&conv);
+        if (created || reopened) && !quiet {
             if let Some(text) = settings.auto_reply.due() {
                 replies.push((text, format!("auto-reply:{}", row.id)));
             }
         }
         // Once per closed period (`channels::hours`); not for a message
         // the customer had unsent before it came.
-        if let Some((text, since)) = settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none() && !rated_only) {
+        if let Some((text, since)) =
+            settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none() && !rated_only && !quiet)
+        {
             replies.push((text, format!("away-reply:{}", since.timestamp())));
         }
         for (text, client_id) in replies {

@@ -364,6 +364,14 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
         _ if ctx.contact.blocked_at.is_some() => {
             Err(fail("contact_blocked", "the contact was blocked before the message could be sent".into()))
         }
+        // An automatic message (greeting, away reply, survey) never takes a
+        // thread from the app answering the customer; an agent's reply does.
+        _ if message.sender_kind != "agent" && super::handover::ThreadControl::held_elsewhere(&ctx.conversation) => {
+            Err(fail(
+                "thread_held_elsewhere",
+                "another app answers this customer now; an automatic message does not take the thread from it".into(),
+            ))
+        }
         (Some(token), "connected") => {
             let window = ReplyWindow::of(&ctx.channel, ctx.conversation.last_inbound_at, Utc::now());
             let text = message.text.clone().unwrap_or_default();
@@ -378,8 +386,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 // The customer's message the reply quotes (WhatsApp only).
                 let quoted = message.reply_to_external_id.as_deref();
                 // Another app holds the thread (`handover`): take it back first.
-                let take = super::handover::ThreadControl::held_elsewhere(&ctx.conversation)
-                    && ctx.channel.platform() != Platform::Whatsapp;
+                let take = super::handover::ThreadControl::held_elsewhere(&ctx.conversation);
                 let taken = match take {
                     true => {
                         let metadata = format!("sb:{}", message.id);

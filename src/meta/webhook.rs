@@ -398,13 +398,15 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                 }
                 // Events another app's thread lets us see: stored as any
                 // other, and telling that the thread is not ours now.
+                // The thread's holder first: what the event brings (a greeting
+                // to a new customer) knows another app answers them.
                 for m in arr(entry.get("standby")) {
-                    if let Some(item) = messaging_item(m, &id) {
-                        out.push(Routed { route: route.clone(), item });
-                    }
                     if let Some(contact) = contact_of(m, &id) {
                         let timestamp = ms(m.get("timestamp")).unwrap_or_else(Utc::now);
                         let item = Item::ThreadControl { contact, change: ThreadChange::Standby, timestamp };
+                        out.push(Routed { route: route.clone(), item });
+                    }
+                    if let Some(item) = messaging_item(m, &id) {
                         out.push(Routed { route: route.clone(), item });
                     }
                 }
@@ -1181,8 +1183,8 @@ mod tests {
         // A standby event is stored, and tells that another app holds the thread.
         let standby = parse(&fixture("messenger_standby.json")).expect("standby");
         assert!(matches!(&standby[..], [
-            Routed { item: Item::Message { contact: a, .. }, .. },
             Routed { item: Item::ThreadControl { contact: b, change: ThreadChange::Standby, timestamp }, .. },
+            Routed { item: Item::Message { contact: a, .. }, .. },
         ] if a == "7392015648120394" && b == a && timestamp.timestamp_millis() == 1_773_140_100_023));
         assert!(
             matches!(one("messenger_image.json").item, Item::Message { ref attachments, .. } if attachments[0].kind == "image" && attachments[0].url.is_some())

@@ -5865,4 +5865,61 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
     let (_, al) = agent_al(&app, &ctx.admin).await;
     let r = app.call("POST", &path, Some(&al), Some(json!({"action": "take"}))).await;
     assert_eq!(r.status, 404, "not Al's channel");
+
+    // A new customer whose thread the Page Inbox holds from the start: the
+    // conversation comes announced as held there, and our greeting stays
+    // quiet (it would take the thread from the person answering there).
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let greeting = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá! Já respondemos."}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(greeting)).await.status, 200);
+    let newcomer = "7392015648120888";
+    app.fake("POST", "/_fake/handover", json!({"to": PAGE_A, "from": newcomer, "action": "take"})).await;
+    let first = app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": newcomer, "text": "Olá"})).await;
+    assert!(first["webhook"]["entry"][0]["standby"].is_array(), "{first}");
+    app.processed().await;
+    let new_conv = by_contact(&conversations(&app, &ctx.admin, "").await, newcomer).clone();
+    assert_eq!(new_conv["thread_control"]["held_by"], "other", "{new_conv}");
+    let new_id = new_conv["id"].as_str().expect("id").to_string();
+    let first_event = app.count(&format!(
+        "SELECT count(*) AS n FROM (SELECT type, payload FROM tenant_acme.events WHERE conversation_id = {new_id} \
+            ORDER BY seq LIMIT 1) e WHERE e.type = 'conversation.created' AND e.payload->'thread_control'->>'held_by' = 'other'"
+    ));
+    assert_eq!(first_event, 1, "announced once, as it is, before anything else of it");
+    let said: Vec<Value> = messages(&app, &ctx.admin, &new_id).await.iter().map(|m| m["direction"].clone()).collect();
+    assert_eq!(said, [json!("in")], "no greeting");
+    // Nor does a survey at resolving take the thread: it fails, saying why.
+    let survey = json!({"settings": {"csat": {"enabled": true, "text": "Como correu? Responda de 1 a 5."}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(survey)).await.status, 200);
+    let resolve = json!({"status": "resolved"});
+    let r = app.call("PATCH", &format!("/api/conversations/{new_id}"), Some(&ctx.admin), Some(resolve)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually("the survey tried", || async {
+        messages(&app, &ctx.admin, &new_id).await.iter().any(|m| m["direction"] == "out" && m["status"] == "failed")
+    })
+    .await;
+    let tried =
+        messages(&app, &ctx.admin, &new_id).await.into_iter().find(|m| m["direction"] == "out").expect("survey");
+    assert_eq!(tried["error"]["code"], "thread_held_elsewhere", "{tried}");
+    let takes = app.fake("GET", "/_fake/requests", json!({})).await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| {
+            r["path"].as_str().is_some_and(|p| p.ends_with("take_thread_control"))
+                && r["body"]["recipient"]["id"] == newcomer
+        })
+        .count();
+    assert_eq!(takes, 0, "never taken for an automatic message");
+    let off = json!({"settings": {"csat": {"enabled": false, "text": "Como correu? Responda de 1 a 5."}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(off)).await.status, 200);
+    // The first customer, whose thread is ours, is greeted when they come back.
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"status": "resolved"})))
+        .await;
+    assert_eq!(r.status, 200);
+    app.call("POST", &path, Some(&ctx.admin), Some(json!({"action": "take"}))).await;
+    write("Voltei").await;
+    app.processed().await;
+    let greeted = messages(&app, &ctx.admin, &conv).await.iter().any(|m| m["text"] == "Olá! Já respondemos.");
+    assert!(greeted, "a thread of ours is greeted");
 }
