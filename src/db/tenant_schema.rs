@@ -93,6 +93,9 @@ diesel::table! {
         /// Meta's time of their last choice (`inbox::contacts`).
         marketing_stopped_at -> Nullable<Timestamptz>,
         marketing_chosen_at -> Nullable<Timestamptz>,
+        /// The number an agent wrote first to, when Meta knows the
+        /// customer by another WhatsApp id (`inbox::outreach`).
+        whatsapp_input -> Nullable<Text>,
     }
 }
 

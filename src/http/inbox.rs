@@ -14,7 +14,7 @@ use crate::inbox::conversations::{self, FilterParams, Patch};
 use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/conversations").route(web::get().to(list)))
+    cfg.service(resource("/conversations").route(web::get().to(list)).route(web::post().to(start)))
         // Before `{id}`, which would otherwise claim it.
         .service(resource("/conversations/bulk").route(web::post().to(patch_many)))
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
@@ -830,12 +830,7 @@ async fn send(
     use actix_web::FromRequest;
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
-    let multipart = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
-    if multipart {
+    if is_multipart(&req) {
         return Ok(send_file(state, auth, id, &req, payload).await?);
     }
     let body = web::Json::<SendBody>::from_request(&req, &mut payload.into_inner()).await?;
@@ -890,6 +885,83 @@ async fn send_json(
     Ok(HttpResponse::Accepted().json(view))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    channel_id: crate::channels::ChannelId,
+    phone_number: String,
+    #[serde(default)]
+    template: Option<crate::inbox::templates::Choice>,
+    #[serde(default)]
+    client_id: Option<String>,
+    /// Named only to say why it is refused (`inbox::outreach`).
+    #[serde(default)]
+    text: Option<Value>,
+}
+
+/// `POST /api/conversations`: writing first to a WhatsApp number, with a
+/// template (`inbox::outreach`); JSON, or `multipart/form-data` with the
+/// template's header file and `channel_id` and `phone_number` parts.
+async fn start(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+) -> actix_web::Result<HttpResponse> {
+    use crate::inbox::outreach;
+    use actix_web::FromRequest;
+    auth.require(Role::Agent)?;
+    let template_required = || {
+        AppError::invalid(
+            "template_required",
+            "a business writes first with an approved template (`template`); once the customer writes, reply in the conversation",
+        )
+    };
+    let (channel, number, choice, opts, file) = if is_multipart(&req) {
+        let reading = state.uploads.clone().acquire_owned().await;
+        let form = read_file_form(&req, payload, &["channel_id", "phone_number"]).await;
+        drop(reading);
+        let mut form = form?;
+        if form.private || form.mentions.is_some() || form.text.is_some() {
+            return Err(
+                AppError::invalid("invalid_body", "a conversation starts with a template and its file alone").into()
+            );
+        }
+        let Some(choice) = form.template.take() else { return Err(template_required().into()) };
+        let part = |name: &str| {
+            form.others
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| AppError::bad_request("invalid_body", format!("missing part `{name}`")))
+        };
+        let channel = crate::channels::ChannelId::parse(part("channel_id")?.trim())
+            .ok_or_else(|| AppError::not_found("channel"))?;
+        let number = outreach::Number::parse(&part("phone_number")?)?;
+        (channel, number, choice, form.opts, Some(form.upload))
+    } else {
+        let b = web::Json::<StartBody>::from_request(&req, &mut payload.into_inner()).await?.into_inner();
+        let Some(choice) = b.template.filter(|_| b.text.is_none()) else { return Err(template_required().into()) };
+        let number = outreach::Number::parse(&b.phone_number)?;
+        (b.channel_id, number, choice, messages::ReplyOptions { client_id: b.client_id, reply_to: None }, None)
+    };
+    let (user, role) = (auth.user, auth.role);
+    let (started, queued) =
+        outreach::start(&state, auth.scope(), user, role, channel, number, choice, opts, file).await?;
+    if queued {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::Accepted().json(started))
+}
+
+/// Whether the request's body is `multipart/form-data`.
+fn is_multipart(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
+}
+
 /// A file and what may come with it, read from a `multipart/form-data` body.
 struct FileForm {
     upload: crate::inbox::uploads::Upload,
@@ -901,6 +973,8 @@ struct FileForm {
     /// A note's members to call in (`mentions` part: ids, comma-separated).
     mentions: Option<Vec<String>>,
     opts: messages::ReplyOptions,
+    /// The text parts the caller named besides these, by name.
+    others: Vec<(String, String)>,
 }
 
 async fn send_file(
@@ -913,9 +987,9 @@ async fn send_file(
     let (user, role) = (auth.user, auth.role);
     // Memory stays bounded however many agents upload at once: the others wait.
     let reading = state.uploads.clone().acquire_owned().await;
-    let form = read_file_form(req, payload).await;
+    let form = read_file_form(req, payload, &[]).await;
     drop(reading);
-    let FileForm { upload, text, template, private, mentions, opts } = form?;
+    let FileForm { upload, text, template, private, mentions, opts, .. } = form?;
     if private {
         if template.is_some() || opts.reply_to.is_some() {
             return Err(AppError::invalid("invalid_body", "a private note takes no template nor reply_to"));
@@ -958,9 +1032,10 @@ const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 
 /// Reads `file` (required, once), `text`, `client_id`, `reply_to` and
 /// `template` (a template's JSON, whose media header the file is; optional,
-/// once each); any other part, or one repeated, is refused. A `text` left empty
-/// (as a browser's form sends an untouched field) is no caption.
-async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> AppResult<FileForm> {
+/// once each), and the text parts named in `also` (once each); any other
+/// part, or one repeated, is refused. A `text` left empty (as a browser's
+/// form sends an untouched field) is no caption.
+async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, also: &[&str]) -> AppResult<FileForm> {
     use crate::inbox::uploads::{Upload, MOST_BYTES};
     use futures_util::TryStreamExt;
     let bad = |e: actix_multipart::MultipartError| {
@@ -968,7 +1043,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
-    let (mut private, mut mentions) = (None, None);
+    let (mut private, mut mentions, mut others) = (None, None, Vec::<(String, String)>::new());
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -1020,15 +1095,24 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
                 let ids = as_text(bytes)?;
                 mentions = Some(ids.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect());
             }
+            other if also.contains(&other) && !others.iter().any(|(n, _)| n == other) => {
+                let value = as_text(bytes)?;
+                others.push((name, value));
+            }
             "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "mentions" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
+            other if also.contains(&other) => {
+                return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
+            }
             _ => {
+                let mut expected =
+                    ["file", "text", "client_id", "reply_to", "template", "private", "mentions"].to_vec();
+                expected.extend_from_slice(also);
+                let expected = expected.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
                 return Err(AppError::bad_request(
                     "invalid_body",
-                    format!(
-                        "unknown part `{name}`: expected `file`, `text`, `client_id`, `reply_to`, `template`, `private` and `mentions`"
-                    ),
+                    format!("unknown part `{name}`: expected {expected}"),
                 ));
             }
         }
@@ -1038,7 +1122,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload) -> 
     };
     let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
     let private = private.unwrap_or(false);
-    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, mentions, opts })
+    Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, mentions, opts, others })
 }
 
 #[derive(Deserialize)]

@@ -763,6 +763,85 @@ pub fn marketing_choice(
     Ok(())
 }
 
+/// Meta named a WhatsApp customer by another id than the number they were
+/// written to (`graph::WhatsappSent`; a number an agent typed to write
+/// first, `inbox::outreach`): the contact takes Meta's id, so their answers,
+/// which come from it, land in their conversation. Announced with their
+/// conversations and audited (`contact.whatsapp_id`, system); the number
+/// written to is kept (`whatsapp_input`), so writing first to it again
+/// finds them. A number Meta answers with as it was written is the
+/// customer's id: sent as an id from then on. Unless
+/// another contact of the channel has it already (the customer wrote
+/// before under it): both then stay as they are.
+pub fn known_to_whatsapp_as(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    contact_id: i64,
+    wa_id: &str,
+) -> AppResult<()> {
+    if wa_id.is_empty() || wa_id.len() > 20 || !wa_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(());
+    }
+    // The number written was the customer's id: nothing more to remember.
+    let confirmed = diesel::update(
+        contacts::table
+            .find(contact_id)
+            .filter(contacts::external_id.eq(wa_id))
+            .filter(contacts::whatsapp_input.eq(wa_id)),
+    )
+    .set(contacts::whatsapp_input.eq(None::<String>))
+    .execute(tc.pg())?;
+    if confirmed > 0 {
+        return Ok(());
+    }
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        was: String,
+    }
+    // A savepoint: a customer's message stored meanwhile under that id
+    // (the unique key) leaves the contact as it was, not the send unrecorded.
+    let moved: Option<Moved> = tc
+        .pg()
+        .transaction(|c| {
+            diesel::sql_query(
+                "UPDATE contacts AS k SET external_id = $2, whatsapp_input = old.was, updated_at = now() \
+                   FROM (SELECT id, external_id AS was FROM contacts WHERE id = $1 FOR UPDATE) AS old \
+                  WHERE k.id = old.id AND k.external_id <> $2 \
+                    AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.channel_id = k.channel_id AND o.external_id = $2) \
+                 RETURNING old.was",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(contact_id)
+            .bind::<diesel::sql_types::Text, _>(wa_id)
+            .get_result(c)
+            .optional()
+        })
+        .or_else(|e| match e {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => Ok(None),
+            e => Err(e),
+        })?;
+    let Some(moved) = moved else { return Ok(()) };
+    crate::audit::record(
+        tc,
+        None,
+        "contact.whatsapp_id",
+        "contact",
+        Some(contact_id.to_string()),
+        serde_json::json!({"from": moved.was, "to": wa_id}),
+    )?;
+    let (row, details): (ContactRow, ContactDetails) = contacts::table
+        .find(contact_id)
+        .select((ContactRow::as_select(), ContactDetails::as_select()))
+        .first(tc.pg())?;
+    let item = ContactListItem::one(tc, row, details)?;
+    log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
+    let rows: Vec<ConversationRow> = conversations::table
+        .filter(conversations::contact_id.eq(contact_id))
+        .select(ConversationRow::as_select())
+        .load(tc.pg())?;
+    super::conversations::announce(tc, log, &rows)
+}
+
 /// Whether a WhatsApp customer stopped marketing messages (a marketing
 /// template is then refused before it is sent: Meta would not deliver it).
 pub fn marketing_stopped(tc: &mut TenantConn<'_>, contact_id: i64) -> AppResult<bool> {

@@ -35,6 +35,7 @@ pub mod media_copies;
 pub mod mentions;
 pub mod messages;
 pub mod once_per;
+pub mod outreach;
 pub mod processor;
 pub mod reports;
 pub mod saved_views;

@@ -25,8 +25,10 @@
 //!   them).
 //! - Reply targets missed (`targets_missed`): the waits whose due time
 //!   fell in the period and that the overdue clock rang (`waiting`),
-//!   answered since or not; an agent's are those assigned to them when
-//!   it rang (none assigned: the tenant's and the channel's only).
+//!   answered since or not, or that ended (answered, resolved) past it
+//!   before the clock looked (tenant migration `late_answers`); an
+//!   agent's are those assigned to them when it rang or ended (none
+//!   assigned: the tenant's and the channel's only).
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past

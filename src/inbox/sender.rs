@@ -163,6 +163,12 @@ struct Context {
     token: Option<Secret<String>>,
     /// An agent's file (`inbox::uploads`); its bytes are read when it is sent.
     file: Option<super::uploads::Sendable>,
+    /// Who a WhatsApp message is sent `to`: the customer's WhatsApp id, or
+    /// the number an agent wrote first to, as a phone number (`+` and its
+    /// digits) until Meta has said which id it is (`inbox::outreach`).
+    whatsapp_to: String,
+    /// The contact's id is such a number, not yet one Meta named.
+    unconfirmed: bool,
 }
 
 async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
@@ -180,12 +186,26 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
             let conversation: Option<ConversationRow> =
                 cv::table.find(conv_id).select(ConversationRow::as_select()).first(tc.pg()).optional()?;
             let Some(conversation) = conversation else { return Ok(None) };
-            let contact: ContactRow =
-                ct::table.find(conversation.contact_id).select(ContactRow::as_select()).first(tc.pg())?;
+            let (contact, typed): (ContactRow, Option<String>) = ct::table
+                .find(conversation.contact_id)
+                .select((ContactRow::as_select(), ct::whatsapp_input))
+                .first(tc.pg())?;
+            let unconfirmed = typed.as_deref() == Some(contact.external_id.as_str());
+            let whatsapp_to =
+                if unconfirmed { format!("+{}", contact.external_id) } else { contact.external_id.clone() };
             let channel = crate::channels::find(tc, ChannelId(conversation.channel_id))?;
             let token = channel.token(&keys)?;
             let file = message.as_ref().and_then(|m| super::uploads::Sendable::of(&m.attachments));
-            Ok::<_, AppError>(Some(Context { message, conversation, contact, channel, token, file }))
+            Ok::<_, AppError>(Some(Context {
+                message,
+                conversation,
+                contact,
+                channel,
+                token,
+                file,
+                whatsapp_to,
+                unconfirmed,
+            }))
         })
         .await
 }
@@ -342,6 +362,10 @@ async fn send_reaction(state: &AppState, job: &Job, ctx: &Context) {
     }
 }
 
+/// How a send went: the message's id at Meta and, on WhatsApp, the
+/// customer's id as Meta names it (`WhatsappSent`); or why it failed.
+type Outcome = Result<(String, Option<String>), (&'static str, String)>;
+
 /// Sends a reply and records how it went.
 async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
     // A file's bytes (up to 25 MB) are read only now, not at each pass it waits.
@@ -359,7 +383,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     };
     let file = ctx.file.as_ref().zip(bytes);
     let fail = |code: &'static str, message: String| (code, message);
-    let outcome: Result<String, (&'static str, String)> = match (&ctx.token, ctx.channel.status.as_str()) {
+    let outcome: Outcome = match (&ctx.token, ctx.channel.status.as_str()) {
         // Queued before the team blocked the contact.
         _ if ctx.contact.blocked_at.is_some() => {
             Err(fail("contact_blocked", "the contact was blocked before the message could be sent".into()))
@@ -404,22 +428,21 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 let r = match taken {
                     Err(e) => Err(e),
                     Ok(()) => match (ctx.channel.platform(), template, &file) {
-                        (Platform::Whatsapp, Some((name, language, header, body)), header_media) => {
-                            state
-                                .graph
-                                .whatsapp_template(
-                                    &ctx.channel.external_id,
-                                    token,
-                                    &ctx.contact.external_id,
-                                    &name,
-                                    &language,
-                                    &header,
-                                    &body,
-                                    header_media.as_ref().map(|(f, b)| (*f, b.clone())),
-                                    quoted,
-                                )
-                                .await
-                        }
+                        (Platform::Whatsapp, Some((name, language, header, body)), header_media) => state
+                            .graph
+                            .whatsapp_template(
+                                &ctx.channel.external_id,
+                                token,
+                                &ctx.whatsapp_to,
+                                &name,
+                                &language,
+                                &header,
+                                &body,
+                                header_media.as_ref().map(|(f, b)| (*f, b.clone())),
+                                quoted,
+                            )
+                            .await
+                            .map(sent),
                         (Platform::Whatsapp, _, Some((file, bytes))) => {
                             let caption = message.text.as_deref();
                             state
@@ -427,13 +450,14 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 .whatsapp_file(
                                     &ctx.channel.external_id,
                                     token,
-                                    &ctx.contact.external_id,
+                                    &ctx.whatsapp_to,
                                     file,
                                     bytes.clone(),
                                     caption,
                                     quoted,
                                 )
                                 .await
+                                .map(sent)
                         }
                         (_, _, Some((file, bytes))) => {
                             let metadata = format!("sb:{}", message.id);
@@ -449,13 +473,13 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                     &metadata,
                                 )
                                 .await
+                                .map(|id| (id, None))
                         }
-                        (Platform::Whatsapp, None, None) => {
-                            state
-                                .graph
-                                .whatsapp_text(&ctx.channel.external_id, token, &ctx.contact.external_id, &text, quoted)
-                                .await
-                        }
+                        (Platform::Whatsapp, None, None) => state
+                            .graph
+                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.whatsapp_to, &text, quoted)
+                            .await
+                            .map(sent),
                         _ => {
                             let metadata = format!("sb:{}", message.id);
                             state
@@ -469,6 +493,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                     &metadata,
                                 )
                                 .await
+                                .map(|id| (id, None))
                         }
                     },
                 };
@@ -498,10 +523,17 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     };
     let id = message.id;
     match outcome {
-        Ok(external_id) => {
+        Ok((external_id, wa_id)) => {
+            let (contact, known_as, unconfirmed) = (ctx.contact.id, ctx.contact.external_id.clone(), ctx.unconfirmed);
             state
                 .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
-                    messages::mark_sent(tc, log, id, &external_id)
+                    messages::mark_sent(tc, log, id, &external_id)?;
+                    // Meta said who the customer is: news only for a
+                    // number an agent wrote first to.
+                    match wa_id.filter(|w| unconfirmed || *w != known_as) {
+                        Some(w) => super::contacts::known_to_whatsapp_as(tc, log, contact, &w),
+                        None => Ok(()),
+                    }
                 })
                 .await?;
             crate::metrics::inc(&crate::metrics::MESSAGES_SENT, 1);
@@ -516,6 +548,11 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
         }
     }
     finish(state, job, JobEnd::Done).await
+}
+
+/// A WhatsApp send's message id and the customer's WhatsApp id.
+fn sent(s: crate::meta::graph::WhatsappSent) -> (String, Option<String>) {
+    (s.wamid, s.wa_id)
 }
 
 /// The thread is ours from a take that Meta accepted (a later event of

@@ -564,22 +564,35 @@ pub async fn send(
     opts: messages::ReplyOptions,
     header_file: Option<super::uploads::Upload>,
 ) -> AppResult<(MessageView, bool)> {
-    let (keys, cid, asked) = (app.keys.clone(), opts.client_id.clone(), choice.clone());
+    let (cid, asked) = (opts.client_id.clone(), choice.clone());
     let sha = header_file.as_ref().map(|f| f.sha256.clone());
     let target = app
         .db
-        .tenant(scope, move |tc| {
-            match messages::template_target(tc, user, role, id, cid.as_deref(), &asked, sha.as_deref())? {
-                TemplateTarget::Retried(view) => Ok::<_, AppError>(Err(view)),
-                TemplateTarget::Channel(row, stopped) => Ok(Ok((source(&keys, row)?, stopped))),
-            }
-        })
+        .tenant(scope, move |tc| messages::template_target(tc, user, role, id, cid.as_deref(), &asked, sha.as_deref()))
         .await?;
-    let ((row, waba, token), marketing_stopped) = match target {
-        Err(retried) => return Ok((retried, false)),
-        Ok(found) => found,
+    let (row, marketing_stopped) = match target {
+        TemplateTarget::Retried(view) => return Ok((view, false)),
+        TemplateTarget::Channel(row, stopped) => (row, stopped),
     };
-    let found = from_meta(app, scope.tenant, &row, &waba, &token).await?;
+    let prepared = checked(app, scope.tenant, row, &choice, header_file.as_ref(), marketing_stopped).await?;
+    app.tenant_with_events(scope, move |tc, log| {
+        messages::create_template_reply(tc, log, user, role, id, prepared, header_file, opts)
+    })
+    .await
+}
+
+/// `choice` of the templates Meta has for channel `row` now, checked and
+/// filled in (`marketing_stopped`: its customer stopped marketing ones).
+pub async fn checked(
+    app: &AppState,
+    tenant: crate::ids::TenantId,
+    row: ChannelRow,
+    choice: &Choice,
+    header_file: Option<&super::uploads::Upload>,
+    marketing_stopped: bool,
+) -> AppResult<Prepared> {
+    let (row, waba, token) = source(&app.keys, row)?;
+    let found = from_meta(app, tenant, &row, &waba, &token).await?;
     let template =
         found.into_iter().find(|t| t.name == choice.name && t.language == choice.language).ok_or_else(|| {
             AppError::invalid(
@@ -594,11 +607,7 @@ pub async fn send(
             "the customer stopped marketing messages on WhatsApp; a utility template or a reply in the window still reaches them",
         ));
     }
-    let prepared = prepare(&template, &choice, header_file.as_ref())?;
-    app.tenant_with_events(scope, move |tc, log| {
-        messages::create_template_reply(tc, log, user, role, id, prepared, header_file, opts)
-    })
-    .await
+    prepare(&template, choice, header_file)
 }
 
 #[cfg(test)]

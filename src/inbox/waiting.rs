@@ -45,7 +45,10 @@
 //!   resolve, rings again when it too runs over; so does a wait already
 //!   rung whose due time a change of priority, targets or hours moved past
 //!   now. Each wait rung is kept once (`missed_targets`: channel, assignee
-//!   then, priority, due time) for the reports' `targets_missed`.
+//!   then, priority, due time) for the reports' `targets_missed`; so is a
+//!   wait that ends past its due time before the clock rang it, by a
+//!   trigger on `conversations` (tenant migration `late_answers`), so no
+//!   way of ending a wait can forget it. Nobody is told of those.
 //! - `GET /api/conversations?waiting=true` lists the waiting ones
 //!   (`false`: the others); `sort=waiting` lists the waiting ones, longest
 //!   wait first, and `sort=due` those with a target, soonest due first

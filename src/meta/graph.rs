@@ -17,6 +17,16 @@ use std::time::Duration;
 use crate::config::MetaConfig;
 use crate::secret::Secret;
 
+/// What WhatsApp answers a send with: the message's id, and the WhatsApp
+/// id of the customer it went to, which may differ from the number given
+/// (Meta: "may differ from the input"; many Brazilian mobiles are known
+/// without the ninth digit their number has now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhatsappSent {
+    pub wamid: String,
+    pub wa_id: Option<String>,
+}
+
 /// What a failed Graph call means for us.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -568,7 +578,7 @@ impl GraphClient {
         bytes: bytes::Bytes,
         caption: Option<&str>,
         context: Option<&str>,
-    ) -> Result<String, GraphError> {
+    ) -> Result<WhatsappSent, GraphError> {
         let media_id = self.whatsapp_upload(phone_id, token, file, bytes).await?;
         let media_id = media_id.as_str();
         let name = file.name();
@@ -710,7 +720,7 @@ impl GraphClient {
         to: &str,
         text: &str,
         context: Option<&str>,
-    ) -> Result<String, GraphError> {
+    ) -> Result<WhatsappSent, GraphError> {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "text", "text": {"preview_url": false, "body": text},
@@ -726,15 +736,18 @@ impl GraphClient {
         token: &Secret<String>,
         mut body: Value,
         context: Option<&str>,
-    ) -> Result<String, GraphError> {
+    ) -> Result<WhatsappSent, GraphError> {
         if let Some(wamid) = context {
             body["context"] = serde_json::json!({"message_id": wamid});
         }
         let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
-        v.pointer("/messages/0/id")
+        let wamid = v
+            .pointer("/messages/0/id")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))
+            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))?;
+        let wa_id = v.pointer("/contacts/0/wa_id").and_then(Value::as_str).map(str::to_string);
+        Ok(WhatsappSent { wamid, wa_id })
     }
 
     /// A WhatsApp business account's message templates (`name`: only
@@ -782,7 +795,7 @@ impl GraphClient {
         body: &[String],
         header_media: Option<(&crate::inbox::uploads::Sendable, bytes::Bytes)>,
         context: Option<&str>,
-    ) -> Result<String, GraphError> {
+    ) -> Result<WhatsappSent, GraphError> {
         let params =
             |ps: &[String]| ps.iter().map(|p| serde_json::json!({"type": "text", "text": p})).collect::<Vec<_>>();
         let mut components = Vec::new();

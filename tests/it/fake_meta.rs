@@ -394,6 +394,8 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         .whatsapp_text("123456789012345", &secret(&waba_token), "14155550123", "Sim, ainda temos! Quer reservar?", None)
         .await
         .expect("whatsapp send");
+    assert_eq!(wamid.wa_id.as_deref(), Some("14155550123"));
+    let wamid = wamid.wamid;
     assert_shape("whatsapp_send_request_text.json", &f.last_request_body("/123456789012345/messages").await);
     let raw = f.post_fixture("123456789012345", &waba_token, "whatsapp_send_request_text.json").await;
     assert_shape("whatsapp_send_response.json", &raw);
@@ -432,8 +434,17 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
     let late = graph
         .whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late", None)
         .await
-        .expect("accepted");
+        .expect("accepted")
+        .wamid;
     f.webhook_like("whatsapp_status_failed.json", |v| wa_status(v)["id"] == late.as_str()).await;
+    // A Brazilian mobile is known without its ninth digit, and Meta says so.
+    let br = graph
+        .whatsapp_text("123456789012345", &secret(&waba_token), "+55 11 98765-4321", "Olá", None)
+        .await
+        .expect("accepted");
+    assert_eq!(br.wa_id.as_deref(), Some("551187654321"));
+    let status = f.webhook("its sent", |v| wa_status(v)["id"] == br.wamid.as_str()).await;
+    assert_eq!(wa_status(&status)["recipient_id"], "551187654321");
 
     // Errors: an expired token, and Messenger's window.
     f.ok("POST", "/_fake/tokens/expire", Some(&json!({"token": user_token}))).await;
@@ -556,7 +567,8 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
             None,
         )
         .await
-        .expect("template sent");
+        .expect("template sent")
+        .wamid;
     let sent = f.webhook("sent", |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == "sent").await;
     assert_eq!(wa_status(&sent)["pricing"]["category"], "utility", "{sent}");
     f.webhook("read", |v| wa_status(v)["id"] == wamid.as_str() && wa_status(v)["status"] == "read").await;

@@ -276,7 +276,11 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             )
         }
     };
-    let wa_id: String = to.chars().filter(char::is_ascii_digit).collect();
+    // A WhatsApp id is taken as it is; a phone number (`+` and digits) is
+    // looked up, and a customer who wrote is known by the id they wrote from.
+    let digits: String = to.chars().filter(char::is_ascii_digit).collect();
+    let wrote = st.last_inbound.contains_key(&(phone.to_string(), digits.clone()));
+    let wa_id = if wrote || !to.trim_start().starts_with('+') { digits } else { whatsapp_id(&to) };
     match wa_id.as_str() {
         RATE_LIMITED_WA => {
             return wa_error_as(
@@ -357,6 +361,22 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     HttpResponse::Ok().json(
         json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [message]}),
     )
+}
+
+/// The WhatsApp id Meta answers a send to the phone number `to` with
+/// (`contacts[0].wa_id`) when the customer has not written to the number
+/// (one who has is known by the id they wrote from; a send to a WhatsApp
+/// id, digits alone, names that id): its digits, except that a Brazilian mobile
+/// (`55`, a two-digit area, a leading `9`, eight digits) is known without
+/// that ninth digit, as many registered before Brazil added it are.
+/// Meta's answer "may differ from the input"; this is the case the fake
+/// shows of it.
+pub fn whatsapp_id(to: &str) -> String {
+    let digits: String = to.chars().filter(char::is_ascii_digit).collect();
+    match digits.as_bytes() {
+        [b'5', b'5', _, _, b'9', ..] if digits.len() == 13 => format!("{}{}", &digits[..4], &digits[5..]),
+        _ => digits,
+    }
 }
 
 pub(super) fn wa_error(code: i64, message: &str) -> HttpResponse {

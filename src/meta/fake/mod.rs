@@ -33,6 +33,10 @@
 //!   `6130000000000613` with 613 (rate limit); WhatsApp sends to
 //!   `15550130429` fail with 130429 (HTTP 429) and to `15550131026` with
 //!   131026 (undeliverable), as Meta's fixtures show them.
+//! - A WhatsApp send answers with the customer's `wa_id`, which for a send
+//!   to a phone number (`+` and digits) of a Brazilian mobile (`55`, area,
+//!   `9`, eight digits) that has not written to the number lacks the ninth
+//!   digit ([`whatsapp_id`]), as Meta's does for many such numbers.
 //! - `POST /_fake/webhook-target` `{url, disable_after?, batch?, shuffle?, duplicates?}`:
 //!   where the fake sends webhooks (`switchboard fake-meta --webhook-url`
 //!   sets it at start). With `disable_after: N`, N failed deliveries in a
@@ -105,7 +109,7 @@ mod messaging;
 mod templates;
 mod uploads;
 
-pub use messaging::{RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
+pub use messaging::{whatsapp_id, RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
 
 use actix_web::dev::Server;
 use actix_web::http::header;

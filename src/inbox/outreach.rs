@@ -1,0 +1,281 @@
+//! Writing first: an agent starts a WhatsApp conversation with a number
+//! that has not written (or not lately), with an approved template, as
+//! WhatsApp allows a business to (a reminder, a follow-up to a call).
+//!
+//! Decisions:
+//! - WhatsApp only (`whatsapp_only`): on Messenger and Instagram the
+//!   customer writes first, and a business has no way to reach a person it
+//!   has no id for.
+//! - A template only (`template_required`): a number that has not written
+//!   in 24 hours takes nothing else, and one that has is answered in its
+//!   conversation (`POST …/messages`).
+//! - The number is the customer's WhatsApp number with its country code,
+//!   `+`, spaces, dots, dashes and brackets allowed (`+351 912-345 678`),
+//!   7 to 15 digits (E.164) not starting with 0 (`invalid_phone_number`).
+//!   Its digits are the contact's WhatsApp id, as Meta's webhooks name the
+//!   customer, so their answer lands in the same conversation. When Meta
+//!   answers the send with another id for them (a Brazilian mobile is
+//!   often known without its ninth digit), the contact takes Meta's and
+//!   keeps the number written (`contacts::known_to_whatsapp_as`), so a
+//!   start to it again finds them. Until Meta has answered, the contact's
+//!   messages go `to` the number as a phone number (`+` and digits), as
+//!   Meta resolves those, and afterwards to the id Meta named.
+//! - A number the channel knows goes to its conversation (one per contact
+//!   and channel): a resolved one is reopened (and given to the starter if
+//!   nobody has it), an open, pending or snoozed one is left as it is; a
+//!   blocked contact is refused (`contact_blocked`), a marketing template
+//!   to a customer who stopped them too (`marketing_stopped`). A new one
+//!   is made open and the starter's, announced (`conversation.created`)
+//!   and audited (`conversation.started`).
+//! - The template is checked with Meta before anything is written: a
+//!   refused one leaves no contact and no conversation behind. The
+//!   contact, the conversation and the queued message are one transaction;
+//!   a `client_id` makes a retry safe, as for any reply.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::conversations::{self, Patch};
+use super::events::EventLog;
+use super::messages::{self, TemplateTarget};
+use super::views::{ConversationView, MessageView, Names};
+use super::ConversationId;
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::channels::{self, ChannelId, ChannelRow, Platform};
+use crate::db::tenant_schema::{contacts, conversations as c};
+use crate::db::{TenantConn, TenantScope};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+/// A customer's WhatsApp number: its digits, country code first (Meta's
+/// `wa_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Number(String);
+
+impl Number {
+    /// The number as a person writes it ([module docs](self)).
+    pub fn parse(raw: &str) -> AppResult<Number> {
+        let bad = || {
+            AppError::invalid(
+                "invalid_phone_number",
+                "phone_number must be a WhatsApp number with its country code, e.g. +14155550123",
+            )
+        };
+        let trimmed = raw.trim();
+        let rest = trimmed.strip_prefix('+').unwrap_or(trimmed);
+        if !rest.chars().all(|ch| ch.is_ascii_digit() || matches!(ch, ' ' | '-' | '.' | '(' | ')')) {
+            return Err(bad());
+        }
+        let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+        if !(7..=15).contains(&digits.len()) || digits.starts_with('0') {
+            return Err(bad());
+        }
+        Ok(Number(digits))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What `POST /api/conversations` answers: where the message went, and it.
+#[derive(Serialize)]
+pub struct Started {
+    pub conversation: ConversationView,
+    pub message: MessageView,
+}
+
+/// Where a start goes, read before Meta is asked.
+enum Found {
+    /// The `client_id` was used already in the number's conversation.
+    Retried(ConversationId, MessageView),
+    /// The channel, and whether the number's customer stopped marketing
+    /// messages.
+    Channel(ChannelRow, bool),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn look(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    channel: ChannelId,
+    number: &Number,
+    client_id: Option<&str>,
+    choice: &super::templates::Choice,
+    header_file_sha: Option<&str>,
+) -> AppResult<Found> {
+    if !channels::can_see(tc, user, role, channel)? {
+        return Err(AppError::not_found("channel"));
+    }
+    let row = channels::find(tc, channel)?;
+    if row.platform() != Platform::Whatsapp {
+        return Err(AppError::invalid(
+            "whatsapp_only",
+            "only WhatsApp lets a business write first; on Messenger and Instagram the customer does",
+        ));
+    }
+    let existing: Option<i64> = c::table
+        .inner_join(contacts::table)
+        .filter(c::channel_id.eq(channel.0))
+        .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
+        // The customer's own id before a number Meta knew them by otherwise.
+        .order(contacts::external_id.ne(number.as_str()))
+        .select(c::id)
+        .first(tc.pg())
+        .optional()?;
+    let Some(id) = existing.map(ConversationId) else {
+        return Ok(Found::Channel(row, false));
+    };
+    Ok(match messages::template_target(tc, user, role, id, client_id, choice, header_file_sha)? {
+        TemplateTarget::Retried(view) => Found::Retried(id, view),
+        TemplateTarget::Channel(row, stopped) => Found::Channel(row, stopped),
+    })
+}
+
+/// The number's conversation on `channel`, made (open, `user`'s) or
+/// reopened as the [module docs](self) say.
+pub fn open(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    channel: &ChannelRow,
+    number: &Number,
+) -> AppResult<ConversationId> {
+    let known: Option<i64> = contacts::table
+        .filter(contacts::channel_id.eq(channel.id))
+        .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
+        .order(contacts::external_id.ne(number.as_str()))
+        .select(contacts::id)
+        .first(tc.pg())
+        .optional()?;
+    let contact = match known {
+        Some(id) => id,
+        None => new_contact(tc, channel.id, number)?,
+    };
+    let (conv, created) = super::ingest::conversation_for(tc, channel.id, contact)?;
+    let id = ConversationId(conv.id);
+    if created {
+        let conv = diesel::update(c::table.find(conv.id))
+            .set((c::assignee_id.eq(user.0), c::updated_at.eq(diesel::dsl::now)))
+            .returning(super::views::ConversationRow::as_returning())
+            .get_result(tc.pg())?;
+        crate::audit::record(
+            tc,
+            Some(user),
+            "conversation.started",
+            "conversation",
+            Some(id.to_string()),
+            serde_json::json!({"channel_id": channel.id.to_string(), "contact_id": contact.to_string()}),
+        )?;
+        let view = Names::default().conversation(tc, &conv)?;
+        log.append(tc, "conversation.created", Some(channel.id), Some(conv.id), &view)?;
+    } else if conv.status == "resolved" {
+        let reopen = Patch {
+            status: Some("open".into()),
+            assignee_id: conv.assignee_id.is_none().then_some(Some(user)),
+            ..Patch::default()
+        };
+        conversations::patch(tc, log, user, role, id, reopen)?;
+    }
+    Ok(id)
+}
+
+/// A contact for a number nobody of the channel has: sent to as a phone
+/// number until Meta answers with the customer's id (`whatsapp_input` set
+/// to the id; `contacts::known_to_whatsapp_as`). One a customer's message
+/// stored meanwhile has that id from Meta already.
+fn new_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<i64> {
+    let inserted: Option<i64> = diesel::insert_into(contacts::table)
+        .values((
+            contacts::channel_id.eq(channel),
+            contacts::external_id.eq(number.as_str()),
+            contacts::whatsapp_input.eq(number.as_str()),
+        ))
+        .on_conflict((contacts::channel_id, contacts::external_id))
+        .do_nothing()
+        .returning(contacts::id)
+        .get_result(tc.pg())
+        .optional()?;
+    match inserted {
+        Some(id) => Ok(id),
+        None => Ok(super::ingest::upsert_contact(tc, channel, number.as_str(), None, Utc::now())?.id),
+    }
+}
+
+/// `POST /api/conversations`: `choice` sent to `number` on `channel`
+/// ([module docs](self)); whether the message was queued now (not a retry).
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    app: &AppState,
+    scope: TenantScope,
+    user: UserId,
+    role: Role,
+    channel: ChannelId,
+    number: Number,
+    choice: super::templates::Choice,
+    opts: messages::ReplyOptions,
+    header_file: Option<super::uploads::Upload>,
+) -> AppResult<(Started, bool)> {
+    if opts.reply_to.is_some() {
+        return Err(AppError::invalid("invalid_reply_to", "a conversation's first message quotes nothing"));
+    }
+    let (cid, asked, wanted) = (opts.client_id.clone(), choice.clone(), number.clone());
+    let sha = header_file.as_ref().map(|f| f.sha256.clone());
+    let found = app
+        .db
+        .tenant(scope, move |tc| look(tc, user, role, channel, &wanted, cid.as_deref(), &asked, sha.as_deref()))
+        .await?;
+    let (row, marketing_stopped) = match found {
+        Found::Retried(id, message) => {
+            let conversation = app.db.tenant(scope, move |tc| conversations::get(tc, user, role, id)).await?;
+            return Ok((Started { conversation, message }, false));
+        }
+        Found::Channel(row, stopped) => (row, stopped),
+    };
+    let prepared =
+        super::templates::checked(app, scope.tenant, row.clone(), &choice, header_file.as_ref(), marketing_stopped)
+            .await?;
+    app.tenant_with_events(scope, move |tc, log| {
+        let id = open(tc, log, user, role, &row, &number)?;
+        let (message, queued) = messages::create_template_reply(tc, log, user, role, id, prepared, header_file, opts)?;
+        let conversation = conversations::get(tc, user, role, id)?;
+        Ok((Started { conversation, message }, queued))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_read_as_people_write_them() {
+        for (raw, digits) in [
+            ("+14155550123", "14155550123"),
+            ("14155550123", "14155550123"),
+            (" +351 912-345 678 ", "351912345678"),
+            ("+44 (20) 7946.0958", "442079460958"),
+            ("+6831234", "6831234"),
+        ] {
+            assert_eq!(Number::parse(raw).map(|n| n.0).ok().as_deref(), Some(digits), "{raw}");
+        }
+        for raw in [
+            "",
+            "+",
+            "123456",
+            "1234567890123456",
+            "0044 20 7946 0958",
+            "+1 415 555 0123 ext 4",
+            "++14155550123",
+            "１４１５５５５０１２３",
+            "+1\u{200b}4155550123",
+            "1415555012३",
+        ] {
+            assert!(Number::parse(raw).is_err(), "{raw:?}");
+        }
+    }
+}
