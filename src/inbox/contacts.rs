@@ -176,6 +176,16 @@ macro_rules! details_hold {
 }
 pub(crate) use details_hold;
 
+/// The digits of a search written as a phone number is (`+351 912-345`:
+/// digits and `+ - ( ) .` and spaces, at least three digits and some of
+/// the other characters); `None` for any other search, which is matched
+/// as written.
+pub fn phone_digits(text: &str) -> Option<String> {
+    let phone_like = text.chars().all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'));
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    (phone_like && digits.len() >= 3 && digits.len() < text.len()).then_some(digits)
+}
+
 /// The longest e-mail address (RFC 5321's path limit).
 pub const MOST_EMAIL_CHARS: usize = 254;
 /// The longest note about a contact.
@@ -287,12 +297,17 @@ pub fn search(
     }
     let search = q.map(str::trim).filter(|t| !t.is_empty());
     if let Some(text) = search {
-        query = query.filter(
-            contacts::search_name
-                .like(super::sb_fold_contains(text.to_string()))
-                .or(contacts::external_id.ilike(super::contains_pattern(text)))
-                .or(details_hold!(text)),
-        );
+        // A number as people write it finds a WhatsApp customer's id by its
+        // digits, and the number an agent wrote first to (`outreach`).
+        let digits = phone_digits(text);
+        let written = contacts::search_name
+            .like(super::sb_fold_contains(text.to_string()))
+            .or(contacts::external_id.ilike(super::contains_pattern(digits.as_deref().unwrap_or(text))))
+            .or(details_hold!(text));
+        query = match digits {
+            Some(digits) => query.filter(written.or(contacts::whatsapp_input.eq(digits))),
+            None => query.filter(written),
+        };
     }
     match blocked {
         Some(true) => query = query.filter(contacts::blocked_at.is_not_null()),
@@ -870,6 +885,17 @@ fn after_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_written_as_a_number_is_read_as_its_digits() {
+        for (q, digits) in [("+351 912 345 678", Some("351912345678")), ("(912) 345-678", Some("912345678"))] {
+            assert_eq!(phone_digits(q).as_deref(), digits, "{q}");
+        }
+        // Digits alone are matched as written; words are not numbers.
+        for q in ["912345678", "+1", "Ana 912 345", "12", "+ - ()"] {
+            assert_eq!(phone_digits(q), None, "{q}");
+        }
+    }
 
     #[test]
     fn addresses_and_numbers_are_checked_for_their_shape() {

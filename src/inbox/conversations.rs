@@ -413,9 +413,18 @@ fn collect(
     let pattern = sb_fold_contains(text.to_string());
     let by_message =
         messages::table.filter(messages::search_text.like(pattern.clone())).select(messages::conversation_id);
-    let by_contact = contacts::table
-        .filter(contacts::search_name.like(pattern).or(super::contacts::details_hold!(text)))
-        .select(contacts::id);
+    let written = contacts::search_name.like(pattern).or(super::contacts::details_hold!(text));
+    let by_contact = match super::contacts::phone_digits(text) {
+        Some(digits) => contacts::table
+            .filter(
+                written
+                    .or(contacts::external_id.like(super::contains_pattern(&digits)))
+                    .or(contacts::whatsapp_input.eq(digits)),
+            )
+            .select(contacts::id)
+            .into_boxed(),
+        None => contacts::table.filter(written).select(contacts::id).into_boxed(),
+    };
     let mut q = newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
         .filter(c::id.eq_any(by_message).or(c::contact_id.eq_any(by_contact)));
     if !skip.is_empty() {
@@ -440,14 +449,19 @@ const MESSAGE_HOLDS: [&str; 2] = [
 /// the team saved for them, holds the text, by the contact's key. The text
 /// is bound once for each `LIKE`: a custom plan folds each pattern once,
 /// where a pattern computed in the subquery was folded at every probe.
-const CONTACT_HOLDS: [&str; 3] = [
+const CONTACT_HOLDS: [&str; 4] = [
     "EXISTS (SELECT 1 FROM contacts probed \
       WHERE probed.id = conversations.contact_id AND (probed.search_name LIKE public.sb_fold_contains(",
     ") OR ((probed.email IS NOT NULL OR probed.phone IS NOT NULL) \
       AND public.sb_fold(coalesce(probed.email, '') || ' ' || coalesce(probed.phone, '')) \
           LIKE public.sb_fold_contains(",
-    "))) OFFSET 0)",
+    "))",
+    ") OFFSET 0)",
 ];
+/// What `CONTACT_HOLDS` adds for a text written as a phone number
+/// (`contacts::phone_digits`): the customer's id holding its digits, or the
+/// number an agent wrote first to being them.
+const NUMBER_HOLDS: [&str; 2] = [" OR probed.external_id LIKE ", " OR probed.whatsapp_input = "];
 
 /// `MESSAGE_HOLDS` for `text`. `OFFSET 0` keeps each probe a question per
 /// conversation: without it PostgreSQL may turn it into a hash of every
@@ -460,10 +474,26 @@ fn message_probe(text: &str) -> Probe {
 
 /// `CONTACT_HOLDS` for `text`, as [`message_probe`].
 fn contact_probe(text: &str) -> Probe {
-    let [holds, between, end] = CONTACT_HOLDS;
-    Box::new(
-        sql::<Bool>(holds).bind::<Text, _>(text.to_string()).sql(between).bind::<Text, _>(text.to_string()).sql(end),
-    )
+    let [holds, between, details_end, end] = CONTACT_HOLDS;
+    let probe = sql::<Bool>(holds)
+        .bind::<Text, _>(text.to_string())
+        .sql(between)
+        .bind::<Text, _>(text.to_string())
+        .sql(details_end);
+    match super::contacts::phone_digits(text) {
+        Some(digits) => {
+            let [id_holds, input_is] = NUMBER_HOLDS;
+            Box::new(
+                probe
+                    .sql(id_holds)
+                    .bind::<Text, _>(super::contains_pattern(&digits))
+                    .sql(input_is)
+                    .bind::<Text, _>(digits)
+                    .sql(end),
+            )
+        }
+        None => Box::new(probe.sql(end)),
+    }
 }
 
 pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationView> {

@@ -4060,6 +4060,19 @@ async fn an_agent_writes_first_to_a_whatsapp_number_with_a_template() {
     assert_eq!((r.status, &r.body["conversation"]["id"]), (202, &json!(br)), "{:?}", r.body);
     assert_eq!(written("5511987654321") + written("551187654321"), 2, "one contact, one conversation");
     assert_eq!(counted("audit_log WHERE action = 'contact.whatsapp_id'"), 1);
+
+    // A number as people write it finds the customer, in contacts and in
+    // the inbox, by their id or by the number written first to.
+    for (q, conv) in
+        [("+351 912 345 678", &id), ("(912) 345-678", &id), ("+55 11 98765-4321", &br), ("+55 11 8765-4321", &br)]
+    {
+        let query = format!("?q={}", switchboard::ids::percent_encode(q));
+        let found = conversations(&app, &ctx.admin, &query).await;
+        let ids: Vec<&str> = found.iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(ids, [conv.as_str()], "{q}");
+        let contacts = app.call("GET", &format!("/api/contacts{query}"), Some(&ctx.admin), None).await.body;
+        assert_eq!(contacts["items"].as_array().map(Vec::len), Some(1), "{q}: {contacts}");
+    }
 }
 
 /// A template whose header is a document takes the agent's file, window or not.
