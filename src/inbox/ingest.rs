@@ -736,6 +736,9 @@ impl Ingest<'_> {
                 crate::channels::policy::apply(tc, channel, action, reason.as_deref(), *timestamp)
             }
             Item::MarketingChoice { contact, stopped, timestamp } => {
+                // A customer who never wrote (a template sent from elsewhere)
+                // is kept too, so that writing first to them knows (`outreach`).
+                upsert_contact(tc, channel.id, contact, None, *timestamp)?;
                 super::contacts::marketing_choice(tc, self.log, channel.id, contact, *stopped, *timestamp)
             }
             Item::NumberQuality { display, event, limit, timestamp } => {

@@ -24,7 +24,8 @@
 //!   and channel): a resolved one is reopened (and given to the starter if
 //!   nobody has it), an open, pending or snoozed one is left as it is; a
 //!   blocked contact is refused (`contact_blocked`), a marketing template
-//!   to a customer who stopped them too (`marketing_stopped`). A new one
+//!   to a customer who stopped them too (`marketing_stopped`; known even
+//!   of a customer who never wrote, from Meta's `user_preferences`). A new one
 //!   is made open and the starter's, announced (`conversation.created`)
 //!   and audited (`conversation.started`).
 //! - The template is checked with Meta before anything is written: a
@@ -117,22 +118,40 @@ fn look(
             "only WhatsApp lets a business write first; on Messenger and Instagram the customer does",
         ));
     }
-    let existing: Option<i64> = c::table
-        .inner_join(contacts::table)
+    let Some(contact) = known_contact(tc, channel.0, number)? else {
+        return Ok(Found::Channel(row, false));
+    };
+    let conversation: Option<i64> = c::table
         .filter(c::channel_id.eq(channel.0))
-        .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
-        // The customer's own id before a number Meta knew them by otherwise.
-        .order(contacts::external_id.ne(number.as_str()))
+        .filter(c::contact_id.eq(contact))
         .select(c::id)
         .first(tc.pg())
         .optional()?;
-    let Some(id) = existing.map(ConversationId) else {
-        return Ok(Found::Channel(row, false));
-    };
-    Ok(match messages::template_target(tc, user, role, id, client_id, choice, header_file_sha)? {
-        TemplateTarget::Retried(view) => Found::Retried(id, view),
-        TemplateTarget::Channel(row, stopped) => Found::Channel(row, stopped),
-    })
+    match conversation.map(ConversationId) {
+        Some(id) => Ok(match messages::template_target(tc, user, role, id, client_id, choice, header_file_sha)? {
+            TemplateTarget::Retried(view) => Found::Retried(id, view),
+            TemplateTarget::Channel(row, stopped) => Found::Channel(row, stopped),
+        }),
+        // Known without a conversation: their marketing choice came first.
+        None => {
+            let found: super::views::ContactRow =
+                contacts::table.find(contact).select(super::views::ContactRow::as_select()).first(tc.pg())?;
+            super::contacts::refuse_if_blocked(&found)?;
+            Ok(Found::Channel(row, super::contacts::marketing_stopped(tc, contact)?))
+        }
+    }
+}
+
+/// The channel's contact of `number`: whose WhatsApp id it is, else the
+/// one an agent wrote first to at it (Meta knowing them by another id).
+fn known_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<Option<i64>> {
+    Ok(contacts::table
+        .filter(contacts::channel_id.eq(channel))
+        .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
+        .order(contacts::external_id.ne(number.as_str()))
+        .select(contacts::id)
+        .first(tc.pg())
+        .optional()?)
 }
 
 /// The number's conversation on `channel`, made (open, `user`'s) or
@@ -145,14 +164,7 @@ pub fn open(
     channel: &ChannelRow,
     number: &Number,
 ) -> AppResult<ConversationId> {
-    let known: Option<i64> = contacts::table
-        .filter(contacts::channel_id.eq(channel.id))
-        .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
-        .order(contacts::external_id.ne(number.as_str()))
-        .select(contacts::id)
-        .first(tc.pg())
-        .optional()?;
-    let contact = match known {
+    let contact = match known_contact(tc, channel.id, number)? {
         Some(id) => id,
         None => new_contact(tc, channel.id, number)?,
     };

@@ -3839,6 +3839,9 @@ async fn an_agent_writes_first_to_a_whatsapp_number_with_a_template() {
     let template = json!({"waba_id": "112233445566778", "name": "invoice", "language": "pt_BR",
         "header_media": "DOCUMENT", "body": "A sua fatura {{1}} está pronta."});
     app.fake("POST", "/_fake/templates", template).await;
+    let promo = json!({"waba_id": "112233445566778", "name": "promo", "language": "pt_BR",
+        "body": "Promoção de Natal!", "category": "MARKETING"});
+    app.fake("POST", "/_fake/templates", promo).await;
     let start = |t: &str, body: Value| {
         let (app, t) = (&app, t.to_string());
         async move { app.call("POST", "/api/conversations", Some(&t), Some(body)).await }
@@ -4060,6 +4063,26 @@ async fn an_agent_writes_first_to_a_whatsapp_number_with_a_template() {
     assert_eq!((r.status, &r.body["conversation"]["id"]), (202, &json!(br)), "{:?}", r.body);
     assert_eq!(written("5511987654321") + written("551187654321"), 2, "one contact, one conversation");
     assert_eq!(counted("audit_log WHERE action = 'contact.whatsapp_id'"), 1);
+
+    // A customer who never wrote stopped marketing messages (a template
+    // sent from elsewhere): kept, so a marketing template is refused and a
+    // utility one goes, in a conversation made for them.
+    let stopper = "14155550777";
+    let r = app
+        .fake("POST", "/_fake/user-preferences", json!({"phone_number_id": PHONE, "wa_id": stopper, "value": "stop"}))
+        .await;
+    assert_eq!(r["delivered_status"], 200, "{r}");
+    app.processed().await;
+    let mut to_stopper = json!({"channel_id": phone, "phone_number": format!("+{stopper}"),
+        "template": {"name": "promo", "language": "pt_BR"}, "client_id": "m-1"});
+    let r = start(&ctx.admin, to_stopper.clone()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("marketing_stopped")), "{:?}", r.body);
+    assert_eq!(written(stopper), 1, "the contact alone");
+    to_stopper["template"] = hello.clone();
+    let r = start(&ctx.admin, to_stopper).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert!(r.body["conversation"]["contact"]["id"].is_string());
+    assert_eq!(written(stopper), 2);
 
     // A number as people write it finds the customer, in contacts and in
     // the inbox, by their id or by the number written first to.
