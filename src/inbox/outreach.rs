@@ -97,6 +97,10 @@ enum Found {
     Channel(ChannelRow, bool),
 }
 
+/// Where a start to `number` on `channel` goes, as far as the database
+/// knows before Meta is asked: a retry's message, or the channel (seen by
+/// the caller, WhatsApp) and the customer's marketing choice; a blocked
+/// customer is refused here.
 #[allow(clippy::too_many_arguments)]
 fn look(
     tc: &mut TenantConn<'_>,
