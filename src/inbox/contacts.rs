@@ -181,9 +181,7 @@ pub(crate) use details_hold;
 /// the other characters); `None` for any other search, which is matched
 /// as written.
 pub fn phone_digits(text: &str) -> Option<String> {
-    let phone_like = text.chars().all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'));
-    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
-    (phone_like && digits.len() >= 3 && digits.len() < text.len()).then_some(digits)
+    written_number(text).filter(|digits| digits.len() >= 3 && digits.len() < text.len())
 }
 
 /// The longest e-mail address (RFC 5321's path limit).
@@ -270,10 +268,16 @@ fn plausible_email(e: &str) -> bool {
 
 /// A number as people write one: `+351 912 345 678`, `(555) 123-4567`.
 fn plausible_phone(p: &str) -> bool {
-    let digits = p.chars().filter(char::is_ascii_digit).count();
-    (3..=15).contains(&digits)
-        && p.chars().all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
-        && !p[1..].contains('+')
+    // All ASCII once read as a number, so slicing a byte off is safe.
+    written_number(p).is_some_and(|digits| (3..=15).contains(&digits.len()) && !p[1..].contains('+'))
+}
+
+/// The digits of `text` when it is written as people write phone numbers
+/// (digits, `+ - ( ) .` and spaces, nothing else); `None` otherwise.
+pub fn written_number(text: &str) -> Option<String> {
+    text.chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
+        .then(|| text.chars().filter(char::is_ascii_digit).collect())
 }
 
 pub fn search(

@@ -66,14 +66,12 @@ impl Number {
         };
         let trimmed = raw.trim();
         let rest = trimmed.strip_prefix('+').unwrap_or(trimmed);
-        if !rest.chars().all(|ch| ch.is_ascii_digit() || matches!(ch, ' ' | '-' | '.' | '(' | ')')) {
-            return Err(bad());
+        match super::contacts::written_number(rest) {
+            Some(digits) if !rest.contains('+') && (7..=15).contains(&digits.len()) && !digits.starts_with('0') => {
+                Ok(Number(digits))
+            }
+            _ => Err(bad()),
         }
-        let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
-        if !(7..=15).contains(&digits.len()) || digits.starts_with('0') {
-            return Err(bad());
-        }
-        Ok(Number(digits))
     }
 
     pub fn as_str(&self) -> &str {
