@@ -23,6 +23,9 @@
 //!   answers, whenever they came; an agent's are those of the
 //!   conversations they had when resolved (or resolved, if no one had
 //!   them).
+//! - Conversations started (`conversations_started`, of those opened):
+//!   the team wrote first (`inbox::outreach`), counted by the audit log's
+//!   `conversation.started`, per channel and per agent who started them.
 //! - Reply targets missed (`targets_missed`): the waits whose due time
 //!   fell in the period and that the overdue clock rang (`waiting`),
 //!   answered since or not, or that ended (answered, resolved) past it
@@ -115,6 +118,8 @@ pub struct Overview {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub conversations_opened: i64,
+    /// Of those, the ones the team started by writing first (`outreach`).
+    pub conversations_started: i64,
     pub conversations_resolved: i64,
     pub messages_received: i64,
     pub replies_sent: i64,
@@ -183,6 +188,8 @@ pub struct AgentFigures {
     /// one had them), and the mean rating.
     pub csat_answered: i64,
     pub csat_average: Option<f64>,
+    /// Conversations they started by writing first (`outreach`).
+    pub conversations_started: i64,
     /// Waits past their reply target while theirs.
     pub targets_missed: i64,
 }
@@ -193,6 +200,7 @@ pub struct ChannelFigures {
     pub name: String,
     pub platform: String,
     pub conversations_opened: i64,
+    pub conversations_started: i64,
     pub messages_received: i64,
     pub replies_sent: i64,
     pub targets_missed: i64,
@@ -226,6 +234,17 @@ struct Opened {
 
 #[derive(QueryableByName)]
 struct Resolved {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    actor_user_id: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Conversations started by writing first, by channel and starter.
+#[derive(QueryableByName)]
+struct Started {
+    #[diesel(sql_type = BigInt)]
+    channel_id: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     actor_user_id: Option<i64>,
     #[diesel(sql_type = BigInt)]
@@ -323,6 +342,20 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .load(tc.pg())?;
 
+    // As the audit log keeps them: an erased contact's conversation was
+    // still started (its entry keeps the channel, not the contact).
+    let started: Vec<Started> = diesel::sql_query(
+        "SELECT (a.details->>'channel_id')::int8 AS channel_id, a.actor_user_id, count(*) AS n \
+           FROM audit_log a \
+          WHERE a.action = 'conversation.started' AND a.created_at >= $1 AND a.created_at < $2 \
+            AND ($3::int8 IS NULL OR a.details->>'channel_id' = $3::text) \
+          GROUP BY 1, 2",
+    )
+    .bind::<Timestamptz, _>(period.from)
+    .bind::<Timestamptz, _>(period.to)
+    .bind::<Nullable<BigInt>, _>(channel)
+    .load(tc.pg())?;
+
     let surveys: Vec<Surveys> = diesel::sql_query(
         "SELECT coalesce(assignee_id, resolved_by) AS agent, count(*) AS sent, \
                 ARRAY[count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2), \
@@ -402,6 +435,14 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             agents.entry(user).or_insert_with(|| empty_agent(user)).targets_missed += m.n;
         }
     }
+    let mut conversations_started = 0;
+    for st in &started {
+        conversations_started += st.n;
+        channels.entry(st.channel_id).or_insert_with(|| empty_channel(st.channel_id)).conversations_started += st.n;
+        if let Some(user) = st.actor_user_id {
+            agents.entry(user).or_insert_with(|| empty_agent(user)).conversations_started += st.n;
+        }
+    }
     let mut conversations_resolved = 0;
     for r in &resolved {
         conversations_resolved += r.n;
@@ -447,6 +488,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         from: period.from,
         to: period.to,
         conversations_opened: opened.len() as i64,
+        conversations_started,
         conversations_resolved,
         messages_received: channels.iter().map(|c| c.messages_received).sum(),
         replies_sent: channels.iter().map(|c| c.replies_sent).sum(),
@@ -466,6 +508,7 @@ fn empty_channel(id: i64) -> ChannelFigures {
         name: String::new(),
         platform: String::new(),
         conversations_opened: 0,
+        conversations_started: 0,
         messages_received: 0,
         replies_sent: 0,
         targets_missed: 0,
@@ -483,6 +526,7 @@ fn empty_agent(id: i64) -> AgentFigures {
         median_first_response_seconds: None,
         csat_answered: 0,
         csat_average: None,
+        conversations_started: 0,
         targets_missed: 0,
     }
 }
@@ -550,6 +594,7 @@ impl Overview {
             "median_first_response_seconds",
             "csat_answered",
             "csat_average",
+            "conversations_started",
             "targets_missed",
         ]);
         for a in &self.agents {
@@ -563,6 +608,7 @@ impl Overview {
                 &a.median_first_response_seconds.map(|s| s.to_string()).unwrap_or_default(),
                 &a.csat_answered.to_string(),
                 &a.csat_average.map(|v| format!("{v:.2}")).unwrap_or_default(),
+                &a.conversations_started.to_string(),
                 &a.targets_missed.to_string(),
             ]));
         }
@@ -575,6 +621,7 @@ impl Overview {
             "name",
             "platform",
             "conversations_opened",
+            "conversations_started",
             "messages_received",
             "replies_sent",
             "targets_missed",
@@ -585,6 +632,7 @@ impl Overview {
                 &c.name,
                 &c.platform,
                 &c.conversations_opened.to_string(),
+                &c.conversations_started.to_string(),
                 &c.messages_received.to_string(),
                 &c.replies_sent.to_string(),
                 &c.targets_missed.to_string(),

@@ -4084,6 +4084,17 @@ async fn an_agent_writes_first_to_a_whatsapp_number_with_a_template() {
     assert!(r.body["conversation"]["contact"]["id"].is_string());
     assert_eq!(written(stopper), 2);
 
+    // The reports count the conversations the team started, by channel
+    // and by who started them: the first, the invoice, the Brazilian and
+    // the stopper's (a restart of a known one is no start).
+    let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
+    assert_eq!((&report["conversations_started"], &report["conversations_opened"]), (&json!(4), &json!(4)), "{report}");
+    let mine = report["agents"].as_array().and_then(|a| a.iter().find(|a| a["user_id"] == me).cloned());
+    assert_eq!(mine.map(|a| a["conversations_started"].clone()), Some(json!(4)), "{report}");
+    let by_channel =
+        report["channels"].as_array().and_then(|c| c.iter().find(|c| c["channel_id"] == json!(phone)).cloned());
+    assert_eq!(by_channel.map(|c| c["conversations_started"].clone()), Some(json!(4)), "{report}");
+
     // A number as people write it finds the customer, in contacts and in
     // the inbox, by their id or by the number written first to.
     for (q, conv) in
@@ -4579,7 +4590,8 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert_eq!(rows.len(), agents.len() + 1);
     let channels_csv = csv("channels", &ctx.admin).await.text().await.expect("text");
     let facebook = channels_csv.lines().find(|l| l.contains(",facebook,")).expect("the page's row");
-    assert!(facebook.ends_with(",2,2,1,0"), "{channels_csv}");
+    // opened, started by writing first, received, replies, targets missed
+    assert!(facebook.ends_with(",2,0,2,1,0"), "{channels_csv}");
     assert_eq!(csv("agents", &al_token).await.status(), 403);
     let r = app.call("GET", "/api/reports/channels.csv?from=yesterday", Some(&ctx.admin), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_period")));
