@@ -156,7 +156,10 @@ pub fn run() -> anyhow::Result<()> {
                 println!("log in:  curl -X POST {base}/api/auth/login -H 'content-type: application/json' \\");
                 println!("           -d '{{\"email\":\"{DEMO_EMAIL}\",\"password\":\"{DEMO_PASSWORD}\",\"tenant\":\"demo\"}}'");
                 println!("then GET {base}/api/conversations with the access token, or open {}/ws", base.replace("http", "ws"));
-                println!("a simulated customer writes every 5 seconds to: {}\n", targets.join(", "));
+                println!("a simulated customer writes every 5 seconds to: {}", targets.join(", "));
+                println!("write first on WhatsApp: POST {base}/api/conversations");
+                println!("           {{\"channel_id\":\"<the WhatsApp channel's id>\",\"phone_number\":\"+55 11 98765-4321\",");
+                println!("            \"template\":{{\"name\":\"hello_world\",\"language\":\"en_US\"}}}}\n");
                 actix_web::rt::spawn(customers(fake_base.clone(), targets.clone()));
             }
             Err(e) => eprintln!("demo seeding failed: {e:#}"),
