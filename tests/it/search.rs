@@ -225,10 +225,15 @@ fn every_match(conn: &mut PgConnection, q: &str, condition: &str) -> Vec<i64> {
         id: i64,
     }
     conn.batch_execute("SET search_path = tenant_alpha, public").expect("path");
+    // A search written as a number also reads the contacts' ids.
+    let number = match switchboard::inbox::contacts::phone_digits(q) {
+        Some(digits) => format!("k.external_id LIKE '%{digits}%' OR k.whatsapp_input = '{digits}' OR"),
+        None => String::new(),
+    };
     let ids = diesel::sql_query(format!(
         "SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id
           WHERE ({condition})
-            AND (k.search_name LIKE public.sb_fold_contains($1)
+            AND ({number} k.search_name LIKE public.sb_fold_contains($1)
                  OR public.sb_fold(concat_ws(' ', k.email, k.phone)) LIKE public.sb_fold_contains($1)
                  OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
                               AND m.search_text LIKE public.sb_fold_contains($1)))
@@ -265,7 +270,8 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
                     || CASE WHEN c.id % 3 = 0 THEN ' béta' ELSE '' END
                     || CASE WHEN c.id > 500 THEN ' gamma' ELSE '' END
                     || CASE WHEN c.id % 7 = 0 THEN ' delta' ELSE '' END
-                    || CASE WHEN c.id = 250 AND g = 4 THEN ' epsilon' ELSE '' END,
+                    || CASE WHEN c.id = 250 AND g = 4 THEN ' epsilon' ELSE '' END
+                    || CASE WHEN c.id % 2 = 0 THEN ' tel 912 345' ELSE '' END,
                   'received'
              FROM conversations c CROSS JOIN generate_series(1, 10) g;
          -- Addresses the team saved: some hold a word of the messages,
@@ -273,6 +279,8 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
          UPDATE contacts SET email = 'Béta.' || id || '@exemplo.pt' WHERE id % 11 = 0;
          UPDATE contacts SET email = 'delta' || id || '@exemplo.pt', phone = '+351 91 ' || id
           WHERE id % 13 = 0;
+         -- WhatsApp-like ids holding a number's digits, found by them alone.
+         UPDATE contacts SET external_id = '351912345' || id WHERE id % 17 = 0;
          INSERT INTO channel_members (channel_id, user_id) VALUES (2, 42);
          ANALYZE",
     );
@@ -282,7 +290,7 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
     // (probing from an estimated 700 messages) the first five are probed,
     // for pages of 50 (from 5,000) the first two; the others are collected
     // at once.
-    let cases: [(&str, &str); 8] = [
+    let cases: [(&str, &str); 9] = [
         ("alpha", "in every conversation: the newest page is the answer"),
         ("ol", "two characters, in every message"),
         ("beta", "in every third: probed over several pages"),
@@ -291,6 +299,7 @@ fn a_search_pages_through_every_match_whichever_way_it_finds_them() {
         ("zoe nandu", "a contact's name in every fifth"),
         ("epsilon", "in one message"),
         ("nowhere", "in none"),
+        ("912 345", "a number: in every second conversation's messages, and in some contacts' ids"),
     ];
     let who: [(UserId, Role, conversations::Filter, &str); 4] = [
         (UserId(0), Role::Owner, conversations::Filter::default(), "true"),
