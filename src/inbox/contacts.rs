@@ -789,9 +789,9 @@ pub fn marketing_choice(
 /// conversations and audited (`contact.whatsapp_id`, system); the number
 /// written to is kept (`whatsapp_input`), so writing first to it again
 /// finds them. A number Meta answers with as it was written is the
-/// customer's id: sent as an id from then on. Unless
-/// another contact of the channel has it already (the customer wrote
-/// before under it): both then stay as they are.
+/// customer's id: sent as an id from then on. When another contact of
+/// the channel has Meta's id already (the customer wrote before under
+/// it), the one made for the number folds into it (`fold_into_known`).
 pub fn known_to_whatsapp_as(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -839,7 +839,7 @@ pub fn known_to_whatsapp_as(
             diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => Ok(None),
             e => Err(e),
         })?;
-    let Some(moved) = moved else { return Ok(()) };
+    let Some(moved) = moved else { return fold_into_known(tc, log, contact_id, wa_id) };
     crate::audit::record(
         tc,
         None,
@@ -859,6 +859,125 @@ pub fn known_to_whatsapp_as(
         .select(ConversationRow::as_select())
         .load(tc.pg())?;
     super::conversations::announce(tc, log, &rows)
+}
+
+/// Meta's id for the customer an agent wrote first to (`typed`, a contact
+/// still named by the number as written) is another contact's: the
+/// customer wrote before under it. While `typed`'s conversation holds only
+/// the team's messages, they move to that contact's conversation (made if
+/// it has none) and `typed` goes, so the customer has one thread; that
+/// contact keeps the number written (`whatsapp_input`), so writing first
+/// to it again finds them. Announced (`conversation.deleted` for the one
+/// that went, `message.created` for each message moved, the thread
+/// updated) and audited (`contact.merged`). A `client_id` both threads
+/// used leaves both as they are, as does a customer's message in `typed`'s.
+fn fold_into_known(tc: &mut TenantConn<'_>, log: &mut EventLog, typed: i64, wa_id: &str) -> AppResult<()> {
+    use super::views::{MessageRow, Names};
+    use crate::db::tenant_schema::messages;
+    let Some((channel, external, input)) = contacts::table
+        .find(typed)
+        .select((contacts::channel_id, contacts::external_id, contacts::whatsapp_input))
+        .first::<(i64, String, Option<String>)>(tc.pg())
+        .optional()?
+    else {
+        return Ok(());
+    };
+    if input.as_deref() != Some(external.as_str()) || external == wa_id {
+        return Ok(());
+    }
+    let known: Option<i64> = contacts::table
+        .filter(contacts::channel_id.eq(channel))
+        .filter(contacts::external_id.eq(wa_id))
+        .select(contacts::id)
+        .first(tc.pg())
+        .optional()?;
+    let Some(known) = known else { return Ok(()) };
+    let (into, made) = super::ingest::conversation_for(tc, channel, known)?;
+    let from: Option<ConversationRow> = conversations::table
+        .filter(conversations::contact_id.eq(typed))
+        .select(ConversationRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?;
+    let customer_wrote = match &from {
+        Some(f) => {
+            let inbound = messages::table
+                .filter(messages::conversation_id.eq(f.id))
+                .filter(messages::direction.eq("in"))
+                .count()
+                .get_result::<i64>(tc.pg())?;
+            inbound > 0
+        }
+        None => false,
+    };
+    if customer_wrote {
+        return Ok(());
+    }
+    // A savepoint: a client_id both threads used leaves both as they are.
+    let moved: Vec<MessageRow> = match &from {
+        Some(f) => {
+            let (from_id, into_id) = (f.id, into.id);
+            let attempt = tc.pg().transaction(|c| {
+                diesel::sql_query("UPDATE note_mentions SET conversation_id = $2 WHERE conversation_id = $1")
+                    .bind::<diesel::sql_types::BigInt, _>(from_id)
+                    .bind::<diesel::sql_types::BigInt, _>(into_id)
+                    .execute(c)?;
+                diesel::update(messages::table.filter(messages::conversation_id.eq(from_id)))
+                    .set(messages::conversation_id.eq(into_id))
+                    .returning(MessageRow::as_returning())
+                    .get_results(c)
+            });
+            match attempt {
+                Ok(rows) => rows,
+                Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => Vec::new(),
+    };
+    if let Some(f) = &from {
+        diesel::delete(conversations::table.find(f.id)).execute(tc.pg())?;
+        let data = serde_json::json!({"id": f.id.to_string(), "channel_id": channel.to_string()});
+        log.append(tc, "conversation.deleted", Some(channel), Some(f.id), data)?;
+    }
+    diesel::delete(contacts::table.find(typed)).execute(tc.pg())?;
+    diesel::update(contacts::table.find(known).filter(contacts::whatsapp_input.is_null()))
+        .set(contacts::whatsapp_input.eq(&external))
+        .execute(tc.pg())?;
+    // The thread's newest message may be one moved.
+    let into: ConversationRow = diesel::sql_query(
+        "UPDATE conversations c SET last_message_id = n.id, last_activity_at = greatest(c.last_activity_at, n.sort_at), \
+                updated_at = now() \
+           FROM (SELECT id, sort_at FROM messages WHERE conversation_id = $1 AND NOT private \
+                  ORDER BY sort_at DESC, id DESC LIMIT 1) n \
+          WHERE c.id = $1 RETURNING c.*",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(into.id)
+    .get_result(tc.pg())
+    .optional()?
+    .unwrap_or(into);
+    crate::audit::record(
+        tc,
+        None,
+        "contact.merged",
+        "contact",
+        Some(known.to_string()),
+        serde_json::json!({"from_contact_id": typed.to_string(), "number": external, "messages": moved.len()}),
+    )?;
+    let mut names = Names::default();
+    if made {
+        let view = names.conversation(tc, &into)?;
+        log.append(tc, "conversation.created", Some(channel), Some(into.id), &view)?;
+    }
+    for m in &moved {
+        let view = names.message(tc, m, known)?;
+        log.append(tc, "message.created", Some(channel), Some(into.id), &view)?;
+    }
+    let view = names.conversation(tc, &into)?;
+    log.append(tc, "conversation.updated", Some(channel), Some(into.id), &view)?;
+    Ok(())
 }
 
 /// Whether a WhatsApp customer stopped marketing messages (a marketing

@@ -17,7 +17,10 @@
 //!   answers the send with another id for them (a Brazilian mobile is
 //!   often known without its ninth digit), the contact takes Meta's and
 //!   keeps the number written (`contacts::known_to_whatsapp_as`), so a
-//!   start to it again finds them. Until Meta has answered, the contact's
+//!   start to it again finds them; when Meta's id is another contact's
+//!   (the customer wrote before under it), the team's messages join that
+//!   customer's thread and the contact made for the number goes
+//!   (`contacts::fold_into_known`). Until Meta has answered, the contact's
 //!   messages go `to` the number as a phone number (`+` and digits), as
 //!   Meta resolves those, and afterwards to the id Meta named.
 //! - A number the channel knows goes to its conversation (one per contact

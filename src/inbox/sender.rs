@@ -527,15 +527,22 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
             let (contact, known_as, unconfirmed) = (ctx.contact.id, ctx.contact.external_id.clone(), ctx.unconfirmed);
             state
                 .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
-                    messages::mark_sent(tc, log, id, &external_id)?;
-                    // Meta said who the customer is: news only for a
-                    // number an agent wrote first to.
-                    match wa_id.filter(|w| unconfirmed || *w != known_as) {
-                        Some(w) => super::contacts::known_to_whatsapp_as(tc, log, contact, &w),
-                        None => Ok(()),
-                    }
+                    messages::mark_sent(tc, log, id, &external_id)
                 })
                 .await?;
+            // Meta said who the customer is: news only for a number an
+            // agent wrote first to. Apart from the send's record, which a
+            // failure here (a lock another transaction holds) must not undo.
+            if let Some(w) = wa_id.filter(|w| unconfirmed || *w != known_as) {
+                let named = state
+                    .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
+                        super::contacts::known_to_whatsapp_as(tc, log, contact, &w)
+                    })
+                    .await;
+                if let Err(e) = named {
+                    tracing::warn!(contact, error = %e.message, "the customer's WhatsApp id was not recorded");
+                }
+            }
             crate::metrics::inc(&crate::metrics::MESSAGES_SENT, 1);
         }
         Err((code, why)) => {

@@ -4107,6 +4107,39 @@ async fn an_agent_writes_first_to_a_whatsapp_number_with_a_template() {
         let contacts = app.call("GET", &format!("/api/contacts{query}"), Some(&ctx.admin), None).await.body;
         assert_eq!(contacts["items"].as_array().map(Vec::len), Some(1), "{q}: {contacts}");
     }
+
+    // A customer who wrote before under the id Meta knows, written to by
+    // the number as people write it: the template joins their thread, and
+    // the number typed again finds it.
+    let rio = "552187654321";
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": rio, "text": "Oi, tudo bem?"})).await;
+    app.processed().await;
+    let thread = by_contact(&conversations(&app, &ctx.admin, "").await, rio)["id"].as_str().expect("id").to_string();
+    let typed =
+        json!({"channel_id": phone, "phone_number": "+55 21 98765-4321", "template": hello, "client_id": "rio-1"});
+    let r = start(&ctx.admin, typed.clone()).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let apart = r.body["conversation"]["id"].as_str().expect("id").to_string();
+    assert_ne!(apart, thread, "Meta has not said yet");
+    eventually("the template joins the customer's thread", || async {
+        app.call("GET", &format!("/api/conversations/{apart}"), Some(&ctx.admin), None).await.status == 404
+    })
+    .await;
+    let listed = app.call("GET", &format!("/api/conversations/{thread}/messages"), Some(&ctx.admin), None).await.body;
+    let texts: Vec<&str> =
+        listed["items"].as_array().expect("items").iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.len() == 2 && texts[1].starts_with("Hello World"), "{texts:?}");
+    assert_eq!((written("5521987654321"), written(rio)), (0, 2), "one contact, one thread");
+    assert_eq!(counted("audit_log WHERE action = 'contact.merged'"), 1);
+    assert_eq!(
+        counted(&format!("events WHERE type = 'conversation.deleted' AND payload->>'id' = '{apart}'")),
+        1,
+        "open inboxes are told"
+    );
+    let mut again = typed;
+    again["client_id"] = json!("rio-2");
+    let r = start(&ctx.admin, again).await;
+    assert_eq!((r.status, &r.body["conversation"]["id"]), (202, &json!(thread)), "{:?}", r.body);
 }
 
 /// A template whose header is a document takes the agent's file, window or not.
