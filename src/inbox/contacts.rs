@@ -892,7 +892,6 @@ fn fold_into_known(tc: &mut TenantConn<'_>, log: &mut EventLog, typed: i64, wa_i
         .first(tc.pg())
         .optional()?;
     let Some(known) = known else { return Ok(()) };
-    let (into, made) = super::ingest::conversation_for(tc, channel, known)?;
     let from: Option<ConversationRow> = conversations::table
         .filter(conversations::contact_id.eq(typed))
         .select(ConversationRow::as_select())
@@ -913,6 +912,9 @@ fn fold_into_known(tc: &mut TenantConn<'_>, log: &mut EventLog, typed: i64, wa_i
     if customer_wrote {
         return Ok(());
     }
+    // Made only now: a thread for a customer known by their marketing
+    // choice alone (a client_id both used needs one that exists).
+    let (into, made) = super::ingest::conversation_for(tc, channel, known)?;
     // A savepoint: a client_id both threads used leaves both as they are.
     let moved: Vec<MessageRow> = match &from {
         Some(f) => {
