@@ -23,9 +23,12 @@
 //!   answers, whenever they came; an agent's are those of the
 //!   conversations they had when resolved (or resolved, if no one had
 //!   them).
-//! - Conversations started (`conversations_started`, of those opened):
-//!   the team wrote first (`inbox::outreach`), counted by the audit log's
-//!   `conversation.started`, per channel and per agent who started them.
+//! - Conversations started (`conversations_started`): the team wrote
+//!   first (`inbox::outreach`), counted by the audit log's
+//!   `conversation.started`, per channel and per agent who started them;
+//!   one whose messages then joined the customer's earlier thread
+//!   (`contacts::known_to_whatsapp_as`) still counts, though it is no
+//!   longer among those opened.
 //! - Reply targets missed (`targets_missed`): the waits whose due time
 //!   fell in the period and that the overdue clock rang (`waiting`),
 //!   answered since or not, or that ended (answered, resolved) past it
@@ -118,7 +121,7 @@ pub struct Overview {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub conversations_opened: i64,
-    /// Of those, the ones the team started by writing first (`outreach`).
+    /// The ones the team started by writing first (`outreach`).
     pub conversations_started: i64,
     pub conversations_resolved: i64,
     pub messages_received: i64,
