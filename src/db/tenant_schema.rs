@@ -165,6 +165,8 @@ diesel::table! {
         search_text -> Nullable<Text>,
         /// A note for the team, never sent.
         private -> Bool,
+        /// Meta took the template but holds it (template pacing).
+        held_by_meta -> Nullable<Text>,
     }
 }
 

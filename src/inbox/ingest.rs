@@ -323,7 +323,7 @@ impl<'l> Ingest<'l> {
              RETURNING id, conversation_id, channel_id, direction, sender_kind, sender_user_id, text, attachments, \
                        status, error, external_id, client_id, reply_to_external_id, quick_reply_payload, \
                        postback_payload, reactions, reacted_at, edited_at, deleted_at, platform_timestamp, sort_at, \
-                       created_at, updated_at, private",
+                       created_at, updated_at, private, held_by_meta",
         )
         .bind::<Array<BigInt>, _>(&rows.conversation)
         .bind::<Array<BigInt>, _>(&rows.channel)

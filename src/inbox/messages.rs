@@ -796,28 +796,45 @@ fn reply(
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }
 
-/// Moves a message's status forward (never back); `None` when it would not.
+/// Moves a message's status forward (never back); `None` when it would
+/// not. Any status ends a hold of Meta's (`held_by_meta`): a held
+/// template's `sent` comes when Meta lets it go, though it shows `sent`
+/// already.
 pub fn advance_status(
     tc: &mut TenantConn<'_>,
     row: &MessageRow,
     to: &str,
     error: Option<Value>,
 ) -> AppResult<Option<MessageRow>> {
-    if !status_moves_forward(&row.status, to) {
+    let forward = status_moves_forward(&row.status, to);
+    if !forward && row.held_by_meta.is_none() {
         return Ok(None);
     }
+    let to = if forward { to } else { row.status.as_str() };
     let error = if to == "failed" { error.or_else(|| row.error.clone()) } else { row.error.clone() };
     let updated = diesel::update(m::table.find(row.id).filter(m::status.eq(&row.status)))
-        .set((m::status.eq(to), m::error.eq(error), m::updated_at.eq(diesel::dsl::now)))
+        .set((
+            m::status.eq(to),
+            m::error.eq(error),
+            m::held_by_meta.eq(None::<String>),
+            m::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())
         .optional()?;
     Ok(updated)
 }
 
-/// The sender got Meta's id for a message: store it, mark it sent, and
+/// The sender got Meta's id for a message: store it, mark it sent (and
+/// `held_by_meta`, what Meta said when it took a template it holds), and
 /// apply the receipts and reactions that arrived first ([`super::early`]).
-pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_id: &str) -> AppResult<()> {
+pub fn mark_sent(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    id: i64,
+    external_id: &str,
+    held: Option<&str>,
+) -> AppResult<()> {
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
     // An echo that beat us and was stored as the page's own message (an
     // Instagram echo has no metadata to match): what the customer did to it
@@ -847,6 +864,7 @@ pub fn mark_sent(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, external_
             m::external_id.eq(external_id),
             m::status.eq(status),
             m::platform_timestamp.eq(row.platform_timestamp.or(Some(Utc::now()))),
+            m::held_by_meta.eq(held),
             m::updated_at.eq(diesel::dsl::now),
         ))
         .returning(MessageRow::as_returning())

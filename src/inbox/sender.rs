@@ -362,9 +362,17 @@ async fn send_reaction(state: &AppState, job: &Job, ctx: &Context) {
     }
 }
 
-/// How a send went: the message's id at Meta and, on WhatsApp, the
-/// customer's id as Meta names it (`WhatsappSent`); or why it failed.
-type Outcome = Result<(String, Option<String>), (&'static str, String)>;
+/// How a send went: what Meta answered (`Sent`), or why it failed.
+type Outcome = Result<Sent, (&'static str, String)>;
+
+/// A send Meta took: the message's id there and, on WhatsApp, the
+/// customer's id as Meta names it and whether Meta holds the message
+/// (`WhatsappSent`).
+struct Sent {
+    external_id: String,
+    wa_id: Option<String>,
+    held: Option<String>,
+}
 
 /// Sends a reply and records how it went.
 async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
@@ -473,7 +481,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                     &metadata,
                                 )
                                 .await
-                                .map(|id| (id, None))
+                                .map(|external_id| Sent { external_id, wa_id: None, held: None })
                         }
                         (Platform::Whatsapp, None, None) => state
                             .graph
@@ -493,7 +501,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                     &metadata,
                                 )
                                 .await
-                                .map(|id| (id, None))
+                                .map(|external_id| Sent { external_id, wa_id: None, held: None })
                         }
                     },
                 };
@@ -523,11 +531,11 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     };
     let id = message.id;
     match outcome {
-        Ok((external_id, wa_id)) => {
+        Ok(Sent { external_id, wa_id, held }) => {
             let (contact, known_as, unconfirmed) = (ctx.contact.id, ctx.contact.external_id.clone(), ctx.unconfirmed);
             state
                 .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
-                    messages::mark_sent(tc, log, id, &external_id)
+                    messages::mark_sent(tc, log, id, &external_id, held.as_deref())
                 })
                 .await?;
             // Meta said who the customer is: news only for a number an
@@ -557,9 +565,9 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     finish(state, job, JobEnd::Done).await
 }
 
-/// A WhatsApp send's message id and the customer's WhatsApp id.
-fn sent(s: crate::meta::graph::WhatsappSent) -> (String, Option<String>) {
-    (s.wamid, s.wa_id)
+/// What a WhatsApp send's answer tells.
+fn sent(s: crate::meta::graph::WhatsappSent) -> Sent {
+    Sent { external_id: s.wamid, wa_id: s.wa_id, held: s.held }
 }
 
 /// The thread is ours from a take that Meta accepted (a later event of

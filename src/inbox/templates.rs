@@ -40,6 +40,14 @@
 //!   not sent a `MARKETING` template: 409 `marketing_stopped` before Meta
 //!   is asked (Meta would accept it and report it failed, 131050). Utility
 //!   and authentication templates, and replies, still go.
+//! - Template pacing: Meta may take a template and hold it while it
+//!   gathers customers' feedback on it (the send's answer says
+//!   `held_for_quality_assessment`). The message shows `sent` with
+//!   `held_by_meta` until Meta's next status for it (`messages::
+//!   advance_status`): `sent`, `delivered` or `read` as Meta lets it go, or
+//!   `failed` (132015, reason `template_not_approved`) when Meta drops it
+//!   and pauses the template. Nobody is told apart from the
+//!   `message.updated`: the hold is Meta's, and usually short.
 //! - A template may be sent at any time, window open or not; Messenger and
 //!   Instagram have none (their 7-day `HUMAN_AGENT` tag is the reply
 //!   window's business, `inbox::views::ReplyWindow`).

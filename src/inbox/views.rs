@@ -43,6 +43,9 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
     /// A note for the team (`messages::create_note`), never sent.
     pub private: bool,
+    /// Meta took this template but holds it (template pacing): what it
+    /// said (`held_for_quality_assessment`, `paused`) until its next status.
+    pub held_by_meta: Option<String>,
 }
 
 #[cfg(test)]
@@ -74,6 +77,7 @@ impl MessageRow {
             created_at: at,
             updated_at: at,
             private: false,
+            held_by_meta: None,
         }
     }
 }
@@ -152,6 +156,8 @@ pub struct MessageView {
     pub platform_timestamp: Option<DateTime<Utc>>,
     /// A note for the team, never sent (an extension).
     pub private: bool,
+    /// Meta took this template but holds it (an extension).
+    pub held_by_meta: Option<String>,
 }
 
 /// `message.updated` data.
@@ -166,6 +172,7 @@ pub struct MessageUpdate {
     pub external_id: Option<String>,
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    pub held_by_meta: Option<String>,
     /// Only when they changed (a shared history's media filled in), so
     /// that receipts stay small.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +191,7 @@ impl MessageRow {
             external_id: self.external_id.clone(),
             edited_at: self.edited_at,
             deleted_at: self.deleted_at,
+            held_by_meta: self.held_by_meta.clone(),
             attachments: None,
         }
     }
@@ -308,6 +316,7 @@ impl Names {
             created_at: row.created_at,
             platform_timestamp: row.platform_timestamp,
             private: row.private,
+            held_by_meta: row.held_by_meta.clone(),
         })
     }
 

@@ -25,6 +25,19 @@ use crate::secret::Secret;
 pub struct WhatsappSent {
     pub wamid: String,
     pub wa_id: Option<String>,
+    /// `messages[0].message_status` when it is not `accepted`: Meta took a
+    /// template but holds it (template pacing, v24+:
+    /// `held_for_quality_assessment`, or `paused`). A later status webhook
+    /// says whether it went (`sent`) or was dropped (`failed`, 132015).
+    pub held: Option<String>,
+}
+
+/// A send's `messages[0].message_status` when Meta holds the message:
+/// any value but `accepted` (a status Meta adds later is shown as it
+/// comes, cut to 64 characters).
+fn held_status(answer: &Value) -> Option<String> {
+    let status = answer.pointer("/messages/0/message_status")?.as_str()?.trim();
+    (!status.is_empty() && !status.eq_ignore_ascii_case("accepted")).then(|| status.chars().take(64).collect())
 }
 
 /// What a failed Graph call means for us.
@@ -93,6 +106,9 @@ impl GraphError {
             GraphError::RecipientUnavailable { .. } => "recipient_unavailable",
             GraphError::RateLimited { .. } => "meta_rate_limited",
             GraphError::Permission { .. } => "meta_permission_denied",
+            // WhatsApp: the template was paused or disabled after it was
+            // checked (a drop by template pacing reports 132015 later).
+            GraphError::Other { code: 132015 | 132016, .. } => "template_not_approved",
             _ => "meta_error",
         }
     }
@@ -747,7 +763,8 @@ impl GraphClient {
             .map(str::to_string)
             .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))?;
         let wa_id = v.pointer("/contacts/0/wa_id").and_then(Value::as_str).map(str::to_string);
-        Ok(WhatsappSent { wamid, wa_id })
+        let held = held_status(&v);
+        Ok(WhatsappSent { wamid, wa_id, held })
     }
 
     /// A WhatsApp business account's message templates (`name`: only
@@ -936,6 +953,26 @@ mod tests {
 
     fn fixture(name: &str) -> Value {
         serde_json::from_str(&std::fs::read_to_string(crate::meta::fixture_path(name)).expect("fixture")).expect("json")
+    }
+
+    #[test]
+    fn a_template_meta_holds_is_told_from_one_taken() {
+        // Meta's answer for a template held by pacing (v24+).
+        assert_eq!(
+            held_status(&fixture("whatsapp_send_response_template_held.json")).as_deref(),
+            Some("held_for_quality_assessment")
+        );
+        assert_eq!(held_status(&fixture("whatsapp_send_response.json")), None, "no message_status: a plain send");
+        let answer = |s: Value| serde_json::json!({"messages": [{"id": "wamid.X", "message_status": s}]});
+        assert_eq!(held_status(&answer("accepted".into())), None);
+        assert_eq!(held_status(&answer("ACCEPTED".into())), None);
+        assert_eq!(held_status(&answer("paused".into())).as_deref(), Some("paused"));
+        assert_eq!(held_status(&answer(Value::Null)), None);
+        assert_eq!(held_status(&answer("".into())), None);
+        assert_eq!(held_status(&answer("x".repeat(100).into())).map(|s| s.len()), Some(64));
+        // A send refused because the template was paused (or disabled) meanwhile.
+        assert_eq!(GraphError::classify(132015, None, "Template is Paused").reason(), "template_not_approved");
+        assert_eq!(GraphError::classify(132016, None, "Template is Disabled").reason(), "template_not_approved");
     }
 
     #[test]

@@ -639,7 +639,7 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
     let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
     switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         let mut log = switchboard::inbox::events::EventLog::new();
-        switchboard::inbox::messages::mark_sent(tc, &mut log, id, "ig_answer")?;
+        switchboard::inbox::messages::mark_sent(tc, &mut log, id, "ig_answer", None)?;
         log.notify(tc)
     })
     .expect("mark sent");
@@ -1176,6 +1176,122 @@ async fn a_template_meta_pauses_is_announced_and_no_longer_offered() {
         "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'template.updated' AND channel_id <> {channel}"
     );
     assert_eq!(app.count(&elsewhere), 0);
+}
+
+/// Template pacing: Meta takes a template it paces but holds it
+/// (`held_for_quality_assessment`). The message shows the hold, live and
+/// in the list, until Meta lets it go (then its statuses come as any
+/// send's) or drops it (a `failed` status, 132015, and the template
+/// paused): the reply then fails with the reason a paused template gets.
+#[actix_web::test]
+async fn a_template_meta_holds_shows_held_until_it_goes_or_is_dropped() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let waba = "112233445566778";
+    let template = json!({"waba_id": waba, "name": "novidades", "language": "pt_BR", "category": "MARKETING",
+        "body": "Chegaram as novidades de inverno, {{1}}! 🧣"});
+    app.fake("POST", "/_fake/templates", template).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Têm casacos?"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let pacing = |action: &str| {
+        let app = &app;
+        let body = json!({"waba_id": waba, "name": "novidades", "language": "pt_BR", "action": action});
+        async move {
+            let r = app.fake("POST", "/_fake/template-pacing", body).await;
+            app.processed().await;
+            r
+        }
+    };
+    let send = |client_id: &str| {
+        let (app, admin, conv) = (&app, ctx.admin.clone(), conv.clone());
+        let body = json!({"template": {"name": "novidades", "language": "pt_BR", "parameters": ["Zoë"]},
+            "client_id": client_id});
+        async move {
+            let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&admin), Some(body)).await;
+            assert_eq!(r.status, 202, "{:?}", r.body);
+            assert_eq!(r.body["held_by_meta"], Value::Null, "not sent yet: {:?}", r.body);
+            r.body["id"].as_str().expect("id").to_string()
+        }
+    };
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+
+    // Held, then let go: its statuses come as any send's.
+    pacing("hold").await;
+    let first = send("pace-1").await;
+    eventually("the first held", || async {
+        message_status(&app, &ctx.admin, &conv, &first).await["held_by_meta"] == "held_for_quality_assessment"
+    })
+    .await;
+    let shown = message_status(&app, &ctx.admin, &conv, &first).await;
+    assert_eq!((&shown["status"], &shown["error"]), (&json!("sent"), &Value::Null), "{shown}");
+    let live = loop {
+        let f = crate::realtime::until(&mut socket, "message.updated", std::time::Duration::from_secs(10))
+            .await
+            .expect("message.updated");
+        if f["data"]["id"] == first.as_str() && f["data"]["held_by_meta"].is_string() {
+            break f;
+        }
+    };
+    assert_eq!(live["data"]["held_by_meta"], "held_for_quality_assessment", "{live}");
+    // Meta said nothing more meanwhile: still held.
+    app.processed().await;
+    assert_eq!(message_status(&app, &ctx.admin, &conv, &first).await["held_by_meta"], "held_for_quality_assessment");
+    // Meta lets it go: its `sent` (the first status Meta gives it) ends
+    // the hold, though the message showed `sent` already.
+    let wamid =
+        message_status(&app, &ctx.admin, &conv, &first).await["external_id"].as_str().expect("wamid").to_string();
+    let mut went: Value = serde_json::from_slice(&fixture("whatsapp_status_sent.json")).expect("json");
+    went["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!(wamid);
+    assert_eq!(app.webhook(&serde_json::to_vec(&went).expect("body")).await, 200);
+    app.processed().await;
+    let shown = message_status(&app, &ctx.admin, &conv, &first).await;
+    assert_eq!((&shown["status"], &shown["held_by_meta"]), (&json!("sent"), &Value::Null), "{shown}");
+    let released = pacing("release").await;
+    assert_eq!((&released["held"], &released["webhooks"]), (&json!(1), &json!(3)), "{released}");
+    eventually("the first read", || async {
+        let m = message_status(&app, &ctx.admin, &conv, &first).await;
+        m["status"] == "read" && m["held_by_meta"].is_null()
+    })
+    .await;
+
+    // Held again, then dropped: the reply fails as a paused template's.
+    pacing("hold").await;
+    let second = send("pace-2").await;
+    eventually("the second held", || async {
+        message_status(&app, &ctx.admin, &conv, &second).await["held_by_meta"] == "held_for_quality_assessment"
+    })
+    .await;
+    let dropped = pacing("drop").await;
+    assert_eq!((&dropped["held"], &dropped["webhooks"]), (&json!(1), &json!(2)), "{dropped}");
+    eventually("the second failed", || async {
+        message_status(&app, &ctx.admin, &conv, &second).await["status"] == "failed"
+    })
+    .await;
+    let failed = message_status(&app, &ctx.admin, &conv, &second).await;
+    assert_eq!(
+        (&failed["error"]["code"], &failed["error"]["meta_code"], &failed["held_by_meta"]),
+        (&json!("template_not_approved"), &json!(132015), &Value::Null),
+        "{failed}"
+    );
+    // The template is paused: not offered, and a send of it is refused before it is queued.
+    let r = app.call("GET", &format!("/api/channels/{channel}/templates"), Some(&ctx.admin), None).await;
+    let listed = r.body["items"].as_array().expect("items").iter().find(|t| t["name"] == "novidades").cloned();
+    assert_eq!(listed.map(|t| t["sendable"].clone()), Some(json!(false)), "{:?}", r.body);
+    let body =
+        json!({"template": {"name": "novidades", "language": "pt_BR", "parameters": ["Zoë"]}, "client_id": "pace-3"});
+    let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(body)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("template_not_approved")), "{:?}", r.body);
+    // A plain reply is never held.
+    let (status, body) = reply(&app, &ctx.admin, &conv, "Temos, sim!", "pace-4").await;
+    assert_eq!(status, 202, "{body}");
+    let plain = body["id"].as_str().expect("id").to_string();
+    eventually("the reply read", || async {
+        message_status(&app, &ctx.admin, &conv, &plain).await["status"] == "read"
+    })
+    .await;
+    assert_eq!(message_status(&app, &ctx.admin, &conv, &plain).await["held_by_meta"], Value::Null);
 }
 
 /// Meta re-categorises templates (a utility one found to be marketing):

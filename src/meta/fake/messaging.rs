@@ -234,12 +234,13 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     let Some(to) = body.get("to").and_then(Value::as_str).map(str::to_string) else {
         return wa_error(100, "(#100) The parameter to is required.");
     };
-    // A template's category, which Meta prices it by; `None` for text.
-    let template = match body.get("type").and_then(Value::as_str) {
+    // A template's category, which Meta prices it by (`None` for text), and
+    // whether Meta paces it.
+    let (template, paced) = match body.get("type").and_then(Value::as_str) {
         Some("template") => {
             let (waba, _) = st.number_metadata(phone);
             match super::templates::check_send(st, &waba, body) {
-                Ok(category) => Some(category),
+                Ok((category, paced)) => (Some(category), paced),
                 Err(refused) => return *refused,
             }
         }
@@ -251,7 +252,7 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             if text.chars().count() > 4096 {
                 return wa_error(100, "(#100) text.body must be at most 4096 characters");
             }
-            None
+            (None, false)
         }
         Some("reaction") => {
             let reaction = body.get("reaction");
@@ -261,13 +262,13 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             ) else {
                 return wa_error(100, "(#100) Param reaction must have message_id and emoji");
             };
-            None
+            (None, false)
         }
         Some(kind @ ("image" | "video" | "audio" | "document")) => {
             if let Err(refused) = super::uploads::check_media_send(st, phone, kind, body) {
                 return *refused;
             }
-            None
+            (None, false)
         }
         _ => {
             return wa_error(
@@ -309,15 +310,8 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             .is_some_and(|t| Utc::now() - *t > Duration::hours(24));
     let (waba, metadata) = st.number_metadata(phone);
     let now = Utc::now().timestamp();
-    let status = |s: &str, at: i64, extra: Value| {
-        let mut v = json!({"id": id, "status": s, "timestamp": at.to_string(), "recipient_id": wa_id});
-        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-            o.extend(e.clone());
-        }
-        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{"value": {
-            "messaging_product": "whatsapp",
-            "metadata": metadata, "statuses": [v]}, "field": "messages"}]}]})
-    };
+    let sent = SentTo { waba: waba.clone(), metadata, wamid: id.clone(), wa_id: wa_id.clone() };
+    let status = |s: &str, at: i64, extra: Value| sent.status(s, at, extra);
     // A marketing template to a customer who stopped them: taken, then failed.
     let stopped =
         template.as_deref() == Some("marketing") && st.marketing_stopped.contains(&(phone.to_string(), wa_id.clone()));
@@ -338,10 +332,56 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."},
             "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]}),
         )]
+    } else if paced {
+        // Held until the pacing ends (`/_fake/template-pacing`): no status yet.
+        let body = body.get("template").unwrap_or(&Value::Null);
+        let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
+        let language = body.pointer("/language/code").and_then(Value::as_str).unwrap_or_default();
+        super::templates::hold(st, &waba, name, language, sent.clone(), template.clone().unwrap_or_default());
+        Vec::new()
     } else {
-        // A reply inside the customer's window is a free service message.
+        sent.went(template.as_deref(), now)
+    };
+    fake.emit_to(st.webhook_target.clone(), out);
+    // v24+ says how a template was taken (pacing can hold it).
+    let message = match (template, paced) {
+        (Some(_), true) => json!({"id": id, "message_status": "held_for_quality_assessment"}),
+        (Some(_), false) => json!({"id": id, "message_status": "accepted"}),
+        (None, _) => json!({"id": id}),
+    };
+    HttpResponse::Ok().json(
+        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [message]}),
+    )
+}
+
+/// A WhatsApp message the fake took: what its status webhooks name.
+#[derive(Clone, Debug)]
+pub(super) struct SentTo {
+    pub(super) waba: String,
+    pub(super) metadata: Value,
+    pub(super) wamid: String,
+    pub(super) wa_id: String,
+}
+
+impl SentTo {
+    /// A `statuses` webhook of this message (`extra`: pricing, errors).
+    pub(super) fn status(&self, status: &str, at: i64, extra: Value) -> Value {
+        let mut v =
+            json!({"id": self.wamid, "status": status, "timestamp": at.to_string(), "recipient_id": self.wa_id});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        json!({"object": "whatsapp_business_account", "entry": [{"id": self.waba, "changes": [{"value": {
+            "messaging_product": "whatsapp",
+            "metadata": self.metadata, "statuses": [v]}, "field": "messages"}]}]})
+    }
+
+    /// The statuses of a message that went at `now`: sent (priced by the
+    /// template's `category`, or free inside the customer's window), then
+    /// read before delivered (Meta does not promise order).
+    pub(super) fn went(&self, category: Option<&str>, now: i64) -> Vec<Value> {
         // Meta prices a message on one of its statuses, not several: here `sent`.
-        let pricing = match &template {
+        let pricing = match category {
             Some(category) => {
                 json!({"pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": category}})
             }
@@ -349,18 +389,12 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
                 json!({"pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}})
             }
         };
-        // Meta does not promise order: deliver "read" before "delivered".
-        vec![status("sent", now, pricing), status("read", now + 2, json!({})), status("delivered", now + 1, json!({}))]
-    };
-    fake.emit_to(st.webhook_target.clone(), out);
-    // v24+ says how a template was taken (pacing can hold it).
-    let message = match template {
-        Some(_) => json!({"id": id, "message_status": "accepted"}),
-        None => json!({"id": id}),
-    };
-    HttpResponse::Ok().json(
-        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}], "messages": [message]}),
-    )
+        vec![
+            self.status("sent", now, pricing),
+            self.status("read", now + 2, json!({})),
+            self.status("delivered", now + 1, json!({})),
+        ]
+    }
 }
 
 /// The WhatsApp id Meta answers a send to the phone number `to` with

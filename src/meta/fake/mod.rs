@@ -96,6 +96,10 @@
 //!   `POST /_fake/template-category` `{waba_id, name, language?, category,
 //!   coming_in_hours?}`: Meta re-categorises it, or says it will, and sends
 //!   `template_category_update`.
+//!   `POST /_fake/template-pacing` `{waba_id, name, language?, action:
+//!   hold|release|drop}`: Meta paces it (its sends are taken as
+//!   `held_for_quality_assessment`), then lets the held ones go or drops
+//!   them (132015) and pauses it.
 //! - `POST /_fake/media` `{phone_number_id, mime_type?, data?}` → `{id}`: a
 //!   WhatsApp media object; `GET /{media-id}` then answers a URL, which
 //!   downloads with the Bearer token for five minutes (Meta's URLs are
@@ -926,6 +930,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "templates") => templates::add(&mut fake.lock(), &body),
         ("POST", "template-status") => templates::review(&fake, &body).await,
         ("POST", "template-category") => templates::recategorise(&fake, &body).await,
+        ("POST", "template-pacing") => templates::pacing(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "number-quality") => messaging::number_quality(&fake, &body).await,
         ("POST", "user-preferences") => messaging::user_preferences(&fake, &body).await,

@@ -21,6 +21,15 @@
 //! changes and the fake sends `template_category_update` naming the
 //! previous one; with `coming_in_hours` it only says the change will come
 //! then (`correct_category`, `category_update_timestamp`), changing nothing.
+//!
+//! `POST /_fake/template-pacing` `{waba_id, name, language?, action}` is
+//! Meta's template pacing: `hold` makes the template's sends answer
+//! `message_status: held_for_quality_assessment` and send no status;
+//! `release` (a good quality signal, or none in time) lets the held ones
+//! go (`sent`, `delivered`, `read` webhooks) and ends the pacing; `drop` (a
+//! bad signal) fails each held one with a `failed` status of code 132015
+//! and pauses the template, with its `message_template_status_update`
+//! (`PAUSED`) webhook.
 
 use actix_web::HttpResponse;
 use serde_json::{json, Value};
@@ -36,6 +45,10 @@ pub(super) struct Template {
     category: String,
     status: String,
     components: Value,
+    /// Meta paces it (`/_fake/template-pacing`): sends are held.
+    paced: bool,
+    /// The sends held meanwhile, with the category each is priced by.
+    held: Vec<(super::messaging::SentTo, String)>,
 }
 
 impl Template {
@@ -52,6 +65,8 @@ impl Template {
                 {"type": "BODY", "text": "Welcome and congratulations!! This message demonstrates your ability to send a WhatsApp message notification from the Cloud API, hosted by Meta. Thank you for taking the time to test with us."},
                 {"type": "FOOTER", "text": "WhatsApp Business Platform sample message"}
             ]),
+            paced: false,
+            held: Vec::new(),
         }
     }
 
@@ -125,6 +140,8 @@ pub(super) fn add(st: &mut State, body: &Value) -> HttpResponse {
         category: s("category").unwrap_or_else(|| "UTILITY".into()),
         status: s("status").unwrap_or_else(|| "APPROVED".into()),
         components: Value::Array(components),
+        paced: false,
+        held: Vec::new(),
     };
     let answer = template.graph();
     waba.templates.push(template);
@@ -182,15 +199,84 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
         }
         (id, st.webhook_target.clone())
     };
-    let value = json!({"event": event, "message_template_id": template_id, "message_template_name": name,
-        "message_template_language": language, "reason": s("reason")});
-    let webhook = json!({"object": "whatsapp_business_account", "entry": [{"id": waba_id,
-        "time": chrono::Utc::now().timestamp(), "changes": [{"field": "message_template_status_update", "value": value}]}]});
+    let webhook = status_update(&waba_id, template_id, &name, &language, &event, s("reason"));
     let delivered = match target {
         Some(url) => fake.post_noted(&url, &webhook).await,
         None => None,
     };
     HttpResponse::Ok().json(json!({"webhook": webhook, "delivered_status": delivered}))
+}
+
+/// Meta's `message_template_status_update` webhook of a template.
+fn status_update(waba_id: &str, id: u64, name: &str, language: &str, event: &str, reason: Option<String>) -> Value {
+    let value = json!({"event": event, "message_template_id": id, "message_template_name": name,
+        "message_template_language": language, "reason": reason});
+    json!({"object": "whatsapp_business_account", "entry": [{"id": waba_id,
+        "time": chrono::Utc::now().timestamp(), "changes": [{"field": "message_template_status_update", "value": value}]}]})
+}
+
+/// Keeps a send of a paced template until its pacing ends.
+pub(super) fn hold(
+    st: &mut State,
+    waba: &str,
+    name: &str,
+    language: &str,
+    sent: super::messaging::SentTo,
+    category: String,
+) {
+    let template =
+        st.wabas.get_mut(waba).and_then(|w| w.templates.iter_mut().find(|t| t.name == name && t.language == language));
+    if let Some(t) = template {
+        t.held.push((sent, category));
+    }
+}
+
+/// `POST /_fake/template-pacing`: see the module docs.
+pub(super) async fn pacing(fake: &super::FakeMeta, body: &Value) -> HttpResponse {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(waba_id), Some(name), Some(action)) = (s("waba_id"), s("name"), s("action")) else {
+        return super::bad("waba_id, name and action are required");
+    };
+    if !matches!(action.as_str(), "hold" | "release" | "drop") {
+        return super::bad("action is hold, release or drop");
+    }
+    let language = s("language").unwrap_or_else(|| "en_US".into());
+    let (held, template_id, target) = {
+        let mut st = fake.lock();
+        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
+        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
+            return super::bad("no such template in that account and language");
+        };
+        template.paced = action == "hold";
+        if action == "drop" {
+            template.status = "PAUSED".into();
+        }
+        let held = std::mem::take(&mut template.held);
+        (held, template.id.parse::<u64>().unwrap_or_default(), st.webhook_target.clone())
+    };
+    let now = chrono::Utc::now().timestamp();
+    let mut out: Vec<Value> = Vec::new();
+    for (sent, category) in &held {
+        match action.as_str() {
+            "release" => out.extend(sent.went(Some(category), now)),
+            _ => out.push(sent.status(
+                "failed",
+                now,
+                json!({"errors": [{"code": 132015, "title": "Template is Paused", "message": "Template is Paused",
+                    "error_data": {"details": "Template is temporarily unavailable to use because it was paused due to low quality."},
+                    "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]}),
+            )),
+        }
+    }
+    let paused = (action == "drop").then(|| status_update(&waba_id, template_id, &name, &language, "PAUSED", None));
+    let mut delivered = Vec::new();
+    if let Some(url) = target {
+        for webhook in out.iter().chain(&paused) {
+            delivered.push(fake.post_noted(&url, webhook).await);
+        }
+    }
+    HttpResponse::Ok().json(json!({"held": held.len(), "webhooks": out.len() + usize::from(paused.is_some()),
+        "delivered_status": delivered}))
 }
 
 /// Meta's template categories.
@@ -279,8 +365,9 @@ pub(super) fn list(
 }
 
 /// Checks a `template` send through a number of `waba`; `Ok` with the
-/// template's category (which Meta prices the message by).
-pub(super) fn check_send(st: &State, waba: &str, body: &Value) -> Result<String, Box<HttpResponse>> {
+/// template's category (which Meta prices the message by) and whether
+/// Meta paces it (holds the send).
+pub(super) fn check_send(st: &State, waba: &str, body: &Value) -> Result<(String, bool), Box<HttpResponse>> {
     let t = body.get("template").unwrap_or(&Value::Null);
     let name = t.get("name").and_then(Value::as_str).unwrap_or("");
     let language = t.pointer("/language/code").and_then(Value::as_str).unwrap_or("");
@@ -360,7 +447,7 @@ pub(super) fn check_send(st: &State, waba: &str, body: &Value) -> Result<String,
             "(#132018) Param text cannot have new-line/tab characters or more than 4 consecutive spaces",
         )));
     }
-    Ok(found.category.to_lowercase())
+    Ok((found.category.to_lowercase(), found.paced))
 }
 
 #[cfg(test)]
