@@ -194,6 +194,30 @@ pub fn token_aad(platform: &str, external_id: &str) -> String {
     format!("channel:{platform}:{external_id}")
 }
 
+#[cfg(test)]
+impl ChannelRow {
+    /// A connected channel of `platform`, for unit tests to vary.
+    pub fn sample(platform: Platform) -> ChannelRow {
+        ChannelRow {
+            id: 1,
+            platform: platform.as_str().into(),
+            external_id: "123456789012345".into(),
+            name: "Sample".into(),
+            status: ChannelStatus::Connected.as_str().into(),
+            settings: json!({}),
+            access_token_enc: None,
+            parent_external_id: None,
+            meta_user_id: None,
+            status_reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            last_webhook_at: None,
+            subscribed_fields: None,
+            whatsapp_number: None,
+        }
+    }
+}
+
 impl ChannelRow {
     pub fn channel_id(&self) -> ChannelId {
         ChannelId(self.id)

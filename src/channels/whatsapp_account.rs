@@ -12,7 +12,10 @@
 //!   `whatsapp_account_disabled` — replies would fail, the token is kept, and
 //!   the channel check does not lift it; `REINSTATE` does (back to
 //!   `connected`), as does connecting the number again.
-//! - Everything else (restrictions, violations, pricing tiers, partner added,
+//! - A restriction (`ACCOUNT_RESTRICTION`) is kept on each number
+//!   (`whatsapp_number::restricted`: shown, and some sends refused), the
+//!   newest one winning as a ban's does.
+//! - Everything else (violations, pricing tiers, partner added,
 //!   `SCHEDULE_FOR_DISABLE`…) changes nothing but is written to the audit log
 //!   for the admins, once: a retried or duplicated webhook finds its entry
 //!   among the channel's recent ones and adds none. Bans and reinstatements
@@ -75,6 +78,14 @@ pub fn apply(
                 "DISABLE" => super::mark_held(tc, id, ACCOUNT_DISABLED),
                 _ => reinstate(tc, channel),
             }
+        }
+        ("ACCOUNT_RESTRICTION", _) => {
+            // Each lists the account's restrictions: the newest wins.
+            let restrictions = |d: &Value| d["event"] == "ACCOUNT_RESTRICTION";
+            if note(tc, channel, event, detail, at, restrictions)? != Notice::Fresh {
+                return Ok(());
+            }
+            super::whatsapp_number::restricted(tc, channel, super::whatsapp_number::Restriction::listed(detail))
         }
         _ => note(tc, channel, event, detail, at, |_| false).map(|_| ()),
     }

@@ -21,6 +21,25 @@
 //!   (null for pages). A webhook's change is a `channel.updated` and is
 //!   audited (`channel.whatsapp_number_quality`) once; one older than one
 //!   recorded (a retry delivered late) is recorded but not applied.
+//! - Meta's restrictions of the number's business account
+//!   (`account_update` `ACCOUNT_RESTRICTION`, `restriction_info[]`: a
+//!   `restriction_type` and an `expiration` in seconds) are shown there too,
+//!   as `restrictions` `[{restriction_type, expires_at}]`, while in force:
+//!   the newest event's list is the account's (an empty one lifts them),
+//!   and one lifts itself at its expiration (no event of Meta's says so:
+//!   the clock that wakes snoozed conversations drops it within 30
+//!   seconds, a `channel.updated`, [`lift_ended`]). Two stop
+//!   sends before Meta is asked ([`refuse_if_restricted`], 409
+//!   `messaging_restricted`; a reply queued before fails with that reason):
+//!   `RESTRICTED_CUSTOMER_INITIATED_MESSAGING` anything inside a customer's
+//!   24-hour window (replies, files, templates, reactions, automatic
+//!   messages), and
+//!   `RESTRICTED_BIZ_INITIATED_MESSAGING` what starts a conversation:
+//!   templates once the window has closed, and writing first
+//!   (`inbox::outreach`). Conversations show it in `can_reply` and
+//!   `can_send_template`; clients read them again on the channel's
+//!   `channel.updated` (a conversation's flags change without an event of
+//!   its own). Others (adding numbers…) are only shown.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -42,6 +61,53 @@ pub struct WhatsappNumber {
     pub messaging_limit: Option<String>,
     pub quality_event: Option<String>,
     pub quality_event_at: Option<DateTime<Utc>>,
+    /// Meta's restrictions of the account in force ([module docs](self)).
+    #[serde(default)]
+    pub restrictions: Vec<Restriction>,
+}
+
+/// A restriction Meta put on a WhatsApp business account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    /// `RESTRICTED_BIZ_INITIATED_MESSAGING`,
+    /// `RESTRICTED_CUSTOMER_INITIATED_MESSAGING`,
+    /// `RESTRICTED_ADD_PHONE_NUMBER_ACTION`… as Meta names it.
+    pub restriction_type: String,
+    /// When it ends, as Meta said; none: until Meta lifts it.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// No template once the window has closed, no writing first.
+pub const BUSINESS_INITIATED: &str = "RESTRICTED_BIZ_INITIATED_MESSAGING";
+/// Nothing inside a customer's window.
+pub const CUSTOMER_INITIATED: &str = "RESTRICTED_CUSTOMER_INITIATED_MESSAGING";
+
+impl Restriction {
+    fn in_force(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|end| end > now)
+    }
+
+    /// `restriction_info` of an `ACCOUNT_RESTRICTION` (its `expiration` a
+    /// number or a string of seconds); an item without a type is skipped.
+    pub fn listed(detail: &serde_json::Value) -> Vec<Restriction> {
+        let items = detail.get("restriction_info").and_then(serde_json::Value::as_array);
+        items
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let kind = r.get("restriction_type")?.as_str()?.trim();
+                let end = match r.get("expiration") {
+                    Some(serde_json::Value::Number(n)) => n.as_i64(),
+                    Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+                    _ => None,
+                };
+                (!kind.is_empty()).then(|| Restriction {
+                    restriction_type: kind.chars().take(100).collect(),
+                    expires_at: end.and_then(|s| DateTime::from_timestamp(s, 0)),
+                })
+            })
+            .collect()
+    }
 }
 
 /// A number's display number as Meta's webhooks write it: digits only.
@@ -50,9 +116,103 @@ pub fn digits(display: &str) -> String {
 }
 
 impl WhatsappNumber {
+    /// As kept, without the restrictions that ran out.
     pub fn of(row: &ChannelRow) -> Option<WhatsappNumber> {
-        row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok())
+        let mut number: WhatsappNumber =
+            row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok())?;
+        let now = Utc::now();
+        number.restrictions.retain(|r| r.in_force(now));
+        Some(number)
     }
+}
+
+/// The restriction of Meta's that a send on `channel` breaks now, if one
+/// does: inside the customer's window (`window_open`) customer-initiated
+/// messaging, else business-initiated.
+pub fn restricting(channel: &ChannelRow, window_open: bool) -> Option<Restriction> {
+    if channel.platform() != Platform::Whatsapp {
+        return None;
+    }
+    let kind = if window_open { CUSTOMER_INITIATED } else { BUSINESS_INITIATED };
+    WhatsappNumber::of(channel)?.restrictions.into_iter().find(|r| r.restriction_type == kind)
+}
+
+/// 409 `messaging_restricted` when a send would break a restriction of
+/// Meta's ([`restricting`]).
+pub fn refuse_if_restricted(channel: &ChannelRow, window_open: bool) -> AppResult<()> {
+    match restricting(channel, window_open) {
+        Some(r) => Err(AppError::conflict("messaging_restricted", restricted_message(&r))),
+        None => Ok(()),
+    }
+}
+
+/// Why a send is refused, in words.
+pub fn restricted_message(r: &Restriction) -> String {
+    let what = match r.restriction_type.as_str() {
+        CUSTOMER_INITIATED => "replying to customers",
+        _ => "starting conversations (templates after the 24-hour window, writing first)",
+    };
+    match r.expires_at {
+        Some(end) => format!("Meta restricted this WhatsApp account from {what} until {}", end.to_rfc3339()),
+        None => format!("Meta restricted this WhatsApp account from {what}"),
+    }
+}
+
+/// Meta's newest list of the account's restrictions, on one of its
+/// numbers (locked by the caller): kept, and shown at once when it changed.
+pub fn restricted(tc: &mut TenantConn<'_>, channel: &ChannelRow, restrictions: Vec<Restriction>) -> AppResult<()> {
+    let before = WhatsappNumber::of(channel).unwrap_or_default();
+    let now = Utc::now();
+    let after = WhatsappNumber {
+        restrictions: restrictions.into_iter().filter(|r| r.in_force(now)).collect(),
+        ..before.clone()
+    };
+    if after == before {
+        return Ok(());
+    }
+    write(tc, channel.id, &after)?;
+    announce(tc, channel.id)
+}
+
+/// Drops the restrictions that ran out from the numbers that kept them,
+/// each a `channel.updated` (their conversations may send again: clients
+/// read them again); how many numbers. Run by the clock that wakes snoozed
+/// conversations; a number another transaction holds waits for its next
+/// tick.
+pub fn lift_ended(tc: &mut TenantConn<'_>) -> AppResult<usize> {
+    let rows: Vec<ChannelRow> = channels::table
+        .filter(channels::platform.eq(Platform::Whatsapp.as_str()))
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "coalesce(whatsapp_number->'restrictions', '[]'::jsonb) <> '[]'::jsonb",
+        ))
+        .order(channels::id)
+        .select(ChannelRow::as_select())
+        .for_update()
+        .skip_locked()
+        .load(tc.pg())?;
+    let mut lifted = 0;
+    for row in rows {
+        let kept: WhatsappNumber =
+            row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+        let Some(now) = WhatsappNumber::of(&row) else { continue };
+        if now.restrictions.len() != kept.restrictions.len() {
+            write(tc, row.id, &now)?;
+            announce(tc, row.id)?;
+            lifted += 1;
+        }
+    }
+    Ok(lifted)
+}
+
+/// The live inbox shows a change of the number at once, as a settings change.
+fn announce(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {
+    let view = super::get_view(tc, ChannelId(id))?;
+    super::channel_updated(
+        tc,
+        id,
+        json!({"id": view.id, "status": view.status, "status_reason": view.status_reason,
+            "whatsapp_number": view.whatsapp_number}),
+    )
 }
 
 fn write(tc: &mut TenantConn<'_>, id: i64, number: &WhatsappNumber) -> AppResult<()> {
@@ -141,12 +301,64 @@ pub fn quality_update(tc: &mut TenantConn<'_>, channel: &ChannelRow, update: Qua
         ..before
     };
     write(tc, channel.id, &after)?;
-    // The live inbox shows it at once, as a settings change.
-    let view = super::get_view(tc, ChannelId(channel.id))?;
-    super::channel_updated(
-        tc,
-        channel.id,
-        json!({"id": view.id, "status": view.status, "status_reason": view.status_reason,
-            "whatsapp_number": view.whatsapp_number}),
-    )
+    announce(tc, channel.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_restrictions_are_read_as_meta_writes_them() {
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(crate::meta::fixture_path("whatsapp_account_update.json")).expect("fixture"),
+        )
+        .expect("json");
+        let value = &fixture["entry"][0]["changes"][0]["value"];
+        let listed = Restriction::listed(value);
+        assert_eq!(
+            listed,
+            vec![Restriction {
+                restriction_type: BUSINESS_INITIATED.into(),
+                expires_at: DateTime::from_timestamp(1_773_226_400, 0),
+            }]
+        );
+        // The fixture's ran out in March 2026.
+        assert!(!listed[0].in_force(Utc::now()));
+        let odd = json!({"restriction_info": [
+            {"restriction_type": CUSTOMER_INITIATED, "expiration": "4102444800"},
+            {"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"},
+            {"expiration": 4102444800_i64},
+            {"restriction_type": "", "expiration": 1},
+            "not an object"
+        ]});
+        let listed = Restriction::listed(&odd);
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[0].expires_at, DateTime::from_timestamp(4_102_444_800, 0), "seconds as a string");
+        assert!(listed[1].expires_at.is_none() && listed[1].in_force(Utc::now()), "no end: in force");
+        assert!(Restriction::listed(&json!({})).is_empty());
+        assert!(Restriction::listed(&json!({"restriction_info": "x"})).is_empty());
+    }
+
+    #[test]
+    fn a_restriction_refuses_only_what_it_names() {
+        let restriction = |kind: &str| Restriction { restriction_type: kind.into(), expires_at: None };
+        let number = |r: Vec<Restriction>| WhatsappNumber { restrictions: r, ..WhatsappNumber::default() };
+        let mut channel = ChannelRow::sample(Platform::Whatsapp);
+        channel.whatsapp_number = serde_json::to_value(number(vec![restriction(BUSINESS_INITIATED)])).ok();
+        assert!(restricting(&channel, false).is_some(), "a template after the window");
+        assert!(restricting(&channel, true).is_none(), "a reply inside it");
+        channel.whatsapp_number = serde_json::to_value(number(vec![restriction(CUSTOMER_INITIATED)])).ok();
+        assert!(restricting(&channel, true).is_some());
+        assert!(restricting(&channel, false).is_none());
+        let ended = Restriction {
+            expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+            ..restriction(CUSTOMER_INITIATED)
+        };
+        channel.whatsapp_number = serde_json::to_value(number(vec![ended])).ok();
+        assert!(restricting(&channel, true).is_none(), "ran out");
+        let mut page = ChannelRow::sample(Platform::Facebook);
+        page.whatsapp_number = serde_json::to_value(number(vec![restriction(CUSTOMER_INITIATED)])).ok();
+        assert!(restricting(&page, true).is_none(), "only WhatsApp numbers");
+    }
 }

@@ -478,6 +478,7 @@ pub fn react(
     if !ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now()).can_reply {
         return Err(AppError::invalid("outside_window", "the reply window has closed: a reaction cannot be sent"));
     }
+    crate::channels::whatsapp_number::refuse_if_restricted(&channel, true)?;
     let mut row = row;
     let change = super::early::Change::Reaction { contact: channel.external_id.clone(), emoji };
     if change.apply_to(&mut row, Utc::now()) {
@@ -526,12 +527,14 @@ pub fn retry(
         ));
     }
     let template = super::templates::stored(&row.attachments).is_some();
-    if !template && !ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now()).can_reply {
+    let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
+    if !template && !window.can_reply {
         return Err(AppError::invalid(
             "outside_window",
             "the contact's last message is older than the reply window allows; send a template instead",
         ));
     }
+    crate::channels::whatsapp_number::refuse_if_restricted(&channel, window.can_reply)?;
     // Meta's id of the failed attempt goes: a late status of it must not
     // move the new attempt, whose id the send brings.
     let row: MessageRow = diesel::update(m::table.find(row.id))
@@ -598,6 +601,9 @@ pub fn template_target(
         return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
     }
     super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    // Before Meta is asked for the template.
+    let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
+    crate::channels::whatsapp_number::refuse_if_restricted(&channel, window.can_reply)?;
     let stopped = super::contacts::marketing_stopped(tc, conv.contact_id)?;
     Ok(TemplateTarget::Channel(channel, stopped))
 }
@@ -761,6 +767,7 @@ fn reply(
             "the contact's last message is older than the reply window allows (24 hours; 7 days with the human agent tag; a WhatsApp template at any time)",
         ));
     }
+    crate::channels::whatsapp_number::refuse_if_restricted(&channel, window.can_reply)?;
     let (row, created) = queue_outgoing(
         tc,
         log,

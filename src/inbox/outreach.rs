@@ -124,6 +124,8 @@ fn look(
         ));
     }
     let Some(contact) = known_contact(tc, channel.0, number)? else {
+        // Writing first starts a conversation.
+        channels::whatsapp_number::refuse_if_restricted(&row, false)?;
         return Ok(Found::Channel(row, false));
     };
     let conversation: Option<i64> = c::table
@@ -142,6 +144,7 @@ fn look(
             let found: super::views::ContactRow =
                 contacts::table.find(contact).select(super::views::ContactRow::as_select()).first(tc.pg())?;
             super::contacts::refuse_if_blocked(&found)?;
+            channels::whatsapp_number::refuse_if_restricted(&row, false)?;
             Ok(Found::Channel(row, super::contacts::marketing_stopped(tc, contact)?))
         }
     }

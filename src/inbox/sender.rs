@@ -411,6 +411,9 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
             let template = super::templates::stored(&message.attachments);
             if !window.can_reply && template.is_none() {
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
+            } else if let Some(r) = crate::channels::whatsapp_number::restricting(&ctx.channel, window.can_reply) {
+                // Meta restricted the account after the message was queued.
+                Err(fail("messaging_restricted", crate::channels::whatsapp_number::restricted_message(&r)))
             } else if ctx.file.is_some() && file.is_none() {
                 // Stored with the message; gone only if the message went meanwhile.
                 Err(fail("file_missing", "the file to send is no longer kept".into()))
@@ -698,8 +701,9 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
         .await
 }
 
-/// Wakes snoozed conversations of every active tenant, and rings waits
-/// past their reply target (`waiting`), every 30 seconds.
+/// Wakes snoozed conversations of every active tenant, lifts the WhatsApp
+/// restrictions that ran out (`channels::whatsapp_number`), and rings
+/// waits past their reply target (`waiting`), every 30 seconds.
 pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -709,6 +713,7 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
             let r = state
                 .tenant_with_events(TenantScope::system(t.tenant_id()), |tc, log| {
                     conversations::wake_snoozed(tc, log)?;
+                    crate::channels::whatsapp_number::lift_ended(tc)?;
                     super::waiting::ring_overdue(tc, log).map(drop)
                 })
                 .await;

@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 use super::{ContactId, ConversationId, MessageId};
+use crate::channels::whatsapp_number::restricting;
 use crate::channels::{ChannelId, ChannelRow, Platform};
 use crate::db::schema::users;
 use crate::db::tenant_schema::{channels, contacts, conversations, messages};
@@ -408,8 +409,11 @@ impl Names {
             last_message,
             last_activity_at: row.last_activity_at,
             last_inbound_at: row.last_inbound_at,
-            can_reply: window.can_reply,
-            can_send_template: channel.platform() == Platform::Whatsapp && channel.status == "connected",
+            // Meta's restrictions of a WhatsApp account stop some sends.
+            can_reply: window.can_reply && restricting(&channel, true).is_none(),
+            can_send_template: channel.platform() == Platform::Whatsapp
+                && channel.status == "connected"
+                && restricting(&channel, window.can_reply).is_none(),
             labels: row.labels.clone(),
             priority: row.priority.clone(),
             waiting_since: row.waiting_since,

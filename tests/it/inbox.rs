@@ -1294,6 +1294,158 @@ async fn a_template_meta_holds_shows_held_until_it_goes_or_is_dropped() {
     assert_eq!(message_status(&app, &ctx.admin, &conv, &plain).await["held_by_meta"], Value::Null);
 }
 
+/// Meta restricts a WhatsApp business account (`account_update`
+/// `ACCOUNT_RESTRICTION`): the numbers show it while it is in force, and
+/// the sends it restricts are refused before Meta is asked (business-
+/// initiated: templates after the window, writing first; customer-
+/// initiated: anything inside the window), or fail if queued before. The
+/// newest list wins; an empty one lifts them.
+#[actix_web::test]
+async fn a_restricted_whatsapp_account_refuses_the_sends_meta_restricts() {
+    use switchboard::meta::fake::RATE_LIMITED_WA;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let waba = "112233445566778";
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::hours(48)).to_rfc3339();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": "351910000042", "text": "Oi", "at": two_days_ago}))
+        .await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": RATE_LIMITED_WA, "text": "Olá?"})).await;
+    app.processed().await;
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let id = |c: &str| by_contact(&convs, c)["id"].as_str().expect("id").to_string();
+    let (open, closed, limited) = (id(WA_ID), id("351910000042"), id(RATE_LIMITED_WA));
+    let restrict = |kinds: &[&str], time: i64| {
+        let until = chrono::Utc::now().timestamp() + 86_400;
+        let info: Vec<Value> = kinds.iter().map(|k| json!({"restriction_type": k, "expiration": until})).collect();
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": time,
+            "changes": [{"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info": info}}]}]});
+        let app = &app;
+        async move {
+            assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
+            app.processed().await;
+        }
+    };
+    let flags = |conv: String| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/{conv}"), Some(&admin), None).await;
+            (r.body["can_reply"].clone(), r.body["can_send_template"].clone())
+        }
+    };
+    let template = |conv: String, client_id: &str| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        let body = json!({"template": {"name": "hello_world", "language": "en_US"}, "client_id": client_id});
+        async move { app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&admin), Some(body)).await }
+    };
+    let start = |number: &str| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        let body = json!({"channel_id": channel, "phone_number": number,
+            "template": {"name": "hello_world", "language": "en_US"}, "client_id": format!("start-{number}")});
+        async move { app.call("POST", "/api/conversations", Some(&admin), Some(body)).await }
+    };
+    // A reply the fake keeps refusing for now (rate limit): pending, retried.
+    let (status, body) = reply(&app, &ctx.admin, &limited, "Bom dia!", "limited-1").await;
+    assert_eq!(status, 202, "{body}");
+    let queued = body["id"].as_str().expect("id").to_string();
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+
+    // No starting conversations: shown on the number, live.
+    let now = chrono::Utc::now().timestamp();
+    restrict(&["RESTRICTED_BIZ_INITIATED_MESSAGING"], now - 600).await;
+    let frame = crate::realtime::until(&mut socket, "channel.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("channel.updated");
+    let shown = &frame["data"]["whatsapp_number"]["restrictions"];
+    assert_eq!(shown[0]["restriction_type"], "RESTRICTED_BIZ_INITIATED_MESSAGING", "{frame}");
+    assert!(shown[0]["expires_at"].is_string(), "{frame}");
+    let r = app.call("GET", &format!("/api/channels/{channel}"), Some(&ctx.admin), None).await;
+    assert_eq!(&r.body["whatsapp_number"]["restrictions"], shown, "{:?}", r.body);
+    // Inside the window all goes; after it, no template; no writing first.
+    assert_eq!(flags(open.clone()).await, (json!(true), json!(true)));
+    assert_eq!(flags(closed.clone()).await, (json!(false), json!(false)));
+    let (status, body) = reply(&app, &ctx.admin, &open, "Bom dia!", "open-1").await;
+    assert_eq!(status, 202, "{body}");
+    let r = template(closed.clone(), "closed-1").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("messaging_restricted")), "{:?}", r.body);
+    let r = start("+351 912 000 111").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("messaging_restricted")), "{:?}", r.body);
+    let contacts = app.count("SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id = '351912000111'");
+    assert_eq!(contacts, 0, "nothing written");
+    let messages_of_closed = messages(&app, &ctx.admin, &closed).await;
+    assert!(messages_of_closed.iter().all(|m| m["direction"] == "in"), "nothing queued: {messages_of_closed:?}");
+
+    // Now no replies: the newest list wins; the reply queued before fails.
+    restrict(&["RESTRICTED_CUSTOMER_INITIATED_MESSAGING"], now - 300).await;
+    assert_eq!(flags(open.clone()).await, (json!(false), json!(false)));
+    assert_eq!(flags(closed.clone()).await, (json!(false), json!(true)));
+    let (status, body) = reply(&app, &ctx.admin, &open, "Ainda aí?", "open-2").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("messaging_restricted")), "{body}");
+    let r = template(open.clone(), "open-3").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("messaging_restricted")), "{:?}", r.body);
+    let r = template(closed.clone(), "closed-2").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let theirs = messages(&app, &ctx.admin, &open).await.into_iter().find(|m| m["direction"] == "in").expect("in");
+    let path = format!("/api/messages/{}/reaction", theirs["id"].as_str().expect("id"));
+    let r = app.call("PUT", &path, Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("messaging_restricted")), "{:?}", r.body);
+    eventually("the reply queued before failed", || async {
+        message_status(&app, &ctx.admin, &limited, &queued).await["status"] == "failed"
+    })
+    .await;
+    let failed = message_status(&app, &ctx.admin, &limited, &queued).await;
+    assert_eq!(failed["error"]["code"], "messaging_restricted", "{failed}");
+    // Meta's retry of the first, delivered late: recorded, not applied.
+    restrict(&["RESTRICTED_BIZ_INITIATED_MESSAGING"], now - 600).await;
+    restrict(&["RESTRICTED_BIZ_INITIATED_MESSAGING"], now - 450).await;
+    assert_eq!(flags(closed.clone()).await, (json!(false), json!(true)));
+
+    // Lifted: an empty list.
+    restrict(&[], now - 100).await;
+    let r = app.call("GET", &format!("/api/channels/{channel}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.body["whatsapp_number"]["restrictions"], json!([]), "{:?}", r.body);
+    assert_eq!(flags(open.clone()).await, (json!(true), json!(true)));
+    let (status, body) = reply(&app, &ctx.admin, &open, "Ainda aí?", "open-2").await;
+    assert_eq!(status, 202, "{body}");
+    let r = start("+351 912 000 111").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+
+    // One that runs out lifts itself: the clock drops it, announced once.
+    let soon = chrono::Utc::now().timestamp() + 2;
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": now,
+        "changes": [{"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info":
+            [{"restriction_type": "RESTRICTED_CUSTOMER_INITIATED_MESSAGING", "expiration": soon}]}}]}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(flags(open.clone()).await, (json!(false), json!(false)));
+    let lift = || {
+        let mut pooled = app.pool.get().expect("conn");
+        let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+        switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+            switchboard::channels::whatsapp_number::lift_ended(tc)
+        })
+        .expect("lift")
+    };
+    let lifted_updates = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
+              AND channel_id = {channel} AND (payload->'whatsapp_number'->'restrictions')::jsonb = '[]'::jsonb"
+        ))
+    };
+    let before = lifted_updates();
+    assert_eq!(lift(), 0, "still in force");
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(flags(open.clone()).await, (json!(true), json!(true)), "shown as ended before the clock looks");
+    assert_eq!(lift(), 1);
+    assert_eq!(lift(), 0, "once");
+    assert_eq!(lifted_updates(), before + 1);
+    let kept = app.count(&format!(
+        "SELECT jsonb_array_length(whatsapp_number->'restrictions')::bigint AS n FROM tenant_acme.channels WHERE id = {channel}"
+    ));
+    assert_eq!(kept, 0);
+}
+
 /// Meta re-categorises templates (a utility one found to be marketing):
 /// a change coming is announced with its date and changes nothing yet; a
 /// change made is announced, read from Meta at once, and a repeat adds

@@ -58,7 +58,10 @@
 //! - `POST /_fake/account-update` `{waba_id, event, ...}`: Meta changes a
 //!   WhatsApp business account (`PARTNER_REMOVED`, `DISABLED_UPDATE` with
 //!   `ban_info`…); the fake sends the `account_update` webhook, shaped as
-//!   Meta's, and ends the subscription when the app was removed.
+//!   Meta's, and ends the subscription when the app was removed. An
+//!   `ACCOUNT_RESTRICTION` changes none of the fake's answers: Meta's error
+//!   for a restricted send is not known here (Switchboard refuses those
+//!   sends itself).
 //! - `POST /_fake/policy-enforcement` `{page_id, action, reason?}`: Meta
 //!   warns, blocks or unblocks a page for its policies and sends the
 //!   `policy_enforcement` webhook (if the page's subscription has the
