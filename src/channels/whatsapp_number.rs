@@ -97,7 +97,8 @@ impl Restriction {
             .filter_map(|r| {
                 let kind = r.get("restriction_type")?.as_str()?.trim();
                 let end = match r.get("expiration") {
-                    Some(serde_json::Value::Number(n)) => n.as_i64(),
+                    // Seconds; a fraction of one is dropped.
+                    Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
                     Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
                     _ => None,
                 };
@@ -327,15 +328,17 @@ mod tests {
         assert!(!listed[0].in_force(Utc::now()));
         let odd = json!({"restriction_info": [
             {"restriction_type": CUSTOMER_INITIATED, "expiration": "4102444800"},
+            {"restriction_type": BUSINESS_INITIATED, "expiration": 4102444800.5},
             {"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"},
             {"expiration": 4102444800_i64},
             {"restriction_type": "", "expiration": 1},
             "not an object"
         ]});
         let listed = Restriction::listed(&odd);
-        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed.len(), 3, "{listed:?}");
         assert_eq!(listed[0].expires_at, DateTime::from_timestamp(4_102_444_800, 0), "seconds as a string");
-        assert!(listed[1].expires_at.is_none() && listed[1].in_force(Utc::now()), "no end: in force");
+        assert_eq!(listed[1].expires_at, DateTime::from_timestamp(4_102_444_800, 0), "a fraction dropped");
+        assert!(listed[2].expires_at.is_none() && listed[2].in_force(Utc::now()), "no end: in force");
         assert!(Restriction::listed(&json!({})).is_empty());
         assert!(Restriction::listed(&json!({"restriction_info": "x"})).is_empty());
     }
