@@ -819,6 +819,11 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
 /// marketing messages: reported only by a `failed` status.
 pub const MARKETING_STOPPED: i64 = 131050;
 
+/// WhatsApp's code for a marketing template Meta did not deliver "to
+/// maintain healthy ecosystem engagement" (a customer's limit of
+/// marketing messages from all businesses): not before a day has passed.
+pub const MARKETING_LIMITED: i64 = 131049;
+
 /// A WhatsApp `failed` status's error as the message shows it: the same
 /// reason a refused send gets (`outside_window` for 131047, which Meta
 /// reports only this way), Meta's explanation, and Meta's code as
@@ -835,6 +840,8 @@ fn status_error(e: &Value) -> Value {
     let reason = match meta_code {
         // The customer stopped marketing messages (a marketing template).
         Some(MARKETING_STOPPED) => "marketing_stopped",
+        // Meta held back a marketing template: try again in a day or more.
+        Some(MARKETING_LIMITED) => "marketing_limited",
         Some(c) => crate::meta::graph::GraphError::classify(c, None, message).reason(),
         None => "meta_error",
     };
@@ -1221,6 +1228,23 @@ mod tests {
                 assert!(e["message"].as_str().is_some_and(|m| m.contains("24 hours")), "{e}");
             }
             other => panic!("{other:?}"),
+        }
+        // Meta's other reasons a status gives (the same body, another code).
+        for (code, reason) in [
+            (131050, "marketing_stopped"),
+            (131049, "marketing_limited"),
+            (132015, "template_not_approved"),
+            (131026, "recipient_unavailable"),
+            (131000, "meta_error"),
+        ] {
+            let mut failed: Value = serde_json::from_slice(&fixture("whatsapp_status_failed.json")).expect("json");
+            failed["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"][0]["code"] = Value::from(code);
+            match parse(&serde_json::to_vec(&failed).expect("body")).expect("parsed").remove(0).item {
+                Item::Status { error: Some(e), .. } => {
+                    assert_eq!((&e["code"], &e["meta_code"]), (&Value::from(reason), &Value::from(code)))
+                }
+                other => panic!("{other:?}"),
+            }
         }
         assert_eq!(parse(&fixture("whatsapp_status_batch_out_of_order.json")).expect("batch").len(), 2);
         assert_eq!(parse(&fixture("messenger_batch_two_pages.json")).expect("batch").len(), 3);
