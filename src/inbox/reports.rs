@@ -35,6 +35,13 @@
 //!   before the clock looked (tenant migration `late_answers`); an
 //!   agent's are those assigned to them when it rang or ended (none
 //!   assigned: the tenant's and the channel's only).
+//! - A contact blocked at the time of the report (spam, abuse) is left out
+//!   of what customers brought: their conversations opened (and so their
+//!   first responses), the messages they sent, and the reply targets their
+//!   waits missed (blocking resolves the conversation, which would end a
+//!   wait past its target). What the team did stays counted: replies,
+//!   notes, resolutions (a block's too), surveys, conversations started.
+//!   Unblocking them brings them back.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -301,19 +308,26 @@ struct Person {
 pub(super) const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.status <> 'failed' \
     AND (m.sender_kind = 'agent' OR (m.sender_kind = 'page' AND m.client_id IS NULL))";
 
+/// The conversations of the contacts blocked now, whom a report leaves
+/// out of what customers brought ([module docs](self)): few, read once
+/// per query (the blocked contacts' partial index).
+const BLOCKED: &str = "SELECT bc.id FROM conversations bc JOIN contacts bk ON bk.id = bc.contact_id \
+    WHERE bk.blocked_at IS NOT NULL";
+
 /// The period's figures ([module docs](self)).
 pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> {
     let channel = period.channel.map(|c| c.0);
-    let counts: Vec<MessageCounts> = diesel::sql_query(
+    let counts: Vec<MessageCounts> = diesel::sql_query(format!(
         "SELECT channel_id, sender_user_id, \
-                count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
+                count(*) FILTER (WHERE direction = 'in' AND NOT private \
+                                   AND conversation_id <> ALL (ARRAY({BLOCKED}))) AS received, \
                 count(*) FILTER (WHERE direction = 'out' AND sender_kind = 'agent' AND NOT private \
                                    AND status <> 'failed') AS replies, \
                 count(*) FILTER (WHERE private) AS notes \
            FROM messages \
           WHERE sort_at >= $1 AND sort_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
-          GROUP BY channel_id, sender_user_id",
-    )
+          GROUP BY channel_id, sender_user_id"
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
@@ -327,7 +341,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
            LEFT JOIN LATERAL (SELECT m.sort_at AS at, m.sender_user_id AS by FROM messages m \
                                WHERE m.conversation_id = c.id AND {ANSWERS} AND m.sort_at >= asked.at \
                                ORDER BY m.sort_at, m.id LIMIT 1) answer ON true \
-          WHERE c.created_at >= $1 AND c.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3)"
+          WHERE c.created_at >= $1 AND c.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
+            AND c.id <> ALL (ARRAY({BLOCKED}))"
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
@@ -373,11 +388,12 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .load(tc.pg())?;
 
-    let missed: Vec<Missed> = diesel::sql_query(
+    let missed: Vec<Missed> = diesel::sql_query(format!(
         "SELECT channel_id, assignee_id, count(*) AS n FROM missed_targets \
           WHERE due_at >= $1 AND due_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
-          GROUP BY channel_id, assignee_id",
-    )
+            AND conversation_id <> ALL (ARRAY({BLOCKED})) \
+          GROUP BY channel_id, assignee_id"
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)

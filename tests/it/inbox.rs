@@ -4801,6 +4801,32 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     let mine = json!({"assignee_id": al["user_id"]});
     let r = app.call("PATCH", &format!("/api/conversations/{wa}"), Some(&al_token), Some(mine)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    // A spammer, blocked: left out of what customers brought (their
+    // conversation, messages and the target their wait missed), though the
+    // block's resolution is Ann's.
+    const SPAM: &str = "7392015648120666";
+    for text in ["Cheap followers!", "Cheap followers!!"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": SPAM, "text": text})).await;
+    }
+    app.processed().await;
+    let spam = by_contact(&conversations(&app, &ctx.admin, "").await, SPAM).clone();
+    let spam_contact = spam["contact"]["id"].as_str().expect("id").to_string();
+    diesel::sql_query(format!(
+        "INSERT INTO tenant_acme.missed_targets (conversation_id, channel_id, priority, waiting_since, due_at) \
+         VALUES ({}, {}, NULL, now() - interval '2 hours', now() - interval '1 hour')",
+        spam["id"].as_str().expect("id"),
+        spam["channel_id"].as_str().expect("id")
+    ))
+    .execute(&mut conn)
+    .expect("a missed target");
+    let block = |on: bool| {
+        let (app, t, path) = (&app, ctx.admin.clone(), format!("/api/contacts/{spam_contact}"));
+        async move {
+            let r = app.call("PATCH", &path, Some(&t), Some(json!({"blocked": on}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    block(true).await;
 
     let report = |query: String| {
         let (app, t) = (&app, ctx.admin.clone());
@@ -4817,9 +4843,10 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
             &o["replies_sent"],
             &o["notes_written"]
         ],
-        [&json!(3), &json!(1), &json!(3), &json!(2), &json!(1)],
+        [&json!(3), &json!(2), &json!(3), &json!(2), &json!(1)],
         "{o}"
     );
+    assert_eq!(o["targets_missed"], 0, "{o}");
     assert_eq!(
         o["now"],
         json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1, "waiting": 1, "overdue": 0}),
@@ -4834,7 +4861,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     let (ann, al_figures) = (agent("ann@acme.test"), agent("al@acme.test"));
     assert_eq!(
         (&ann["replies"], &ann["resolved"], &ann["first_responses"]),
-        (&json!(1), &json!(1), &json!(1)),
+        (&json!(1), &json!(2), &json!(1)),
         "{ann}"
     );
     assert!(near(&ann["median_first_response_seconds"], 600), "{ann}");
@@ -4887,7 +4914,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert_eq!(rows[0][..5], ["user_id", "name", "email", "replies", "resolved"], "{text}");
     assert!(text.ends_with("\r\n"), "CRLF lines");
     let ann_row = rows.iter().find(|r| r.get(2) == Some(&"ann@acme.test")).expect("Ann's row");
-    assert_eq!((ann_row[3], ann_row[4], ann_row[5]), ("1", "1", "1"), "{text}");
+    assert_eq!((ann_row[3], ann_row[4], ann_row[5]), ("1", "2", "1"), "{text}");
     assert_eq!(rows.len(), agents.len() + 1);
     let channels_csv = csv("channels", &ctx.admin).await.text().await.expect("text");
     let facebook = channels_csv.lines().find(|l| l.contains(",facebook,")).expect("the page's row");
@@ -4896,6 +4923,15 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert_eq!(csv("agents", &al_token).await.status(), 403);
     let r = app.call("GET", "/api/reports/channels.csv?from=yesterday", Some(&ctx.admin), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_period")));
+
+    // Unblocked, the spammer counts again.
+    block(false).await;
+    let o = report(String::new()).await.body;
+    assert_eq!(
+        [&o["conversations_opened"], &o["messages_received"], &o["targets_missed"], &o["first_response"]["unanswered"]],
+        [&json!(4), &json!(5), &json!(1), &json!(2)],
+        "{o}"
+    );
 }
 
 /// A team resolves or assigns a screenful of conversations at once: each
