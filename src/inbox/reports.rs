@@ -261,6 +261,15 @@ struct Started {
     n: i64,
 }
 
+/// A count by channel.
+#[derive(QueryableByName)]
+struct PerChannel {
+    #[diesel(sql_type = BigInt)]
+    channel_id: i64,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 #[derive(QueryableByName)]
 struct Missed {
     #[diesel(sql_type = BigInt)]
@@ -317,16 +326,27 @@ const BLOCKED: &str = "SELECT bc.id FROM conversations bc JOIN contacts bk ON bk
 /// The period's figures ([module docs](self)).
 pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> {
     let channel = period.channel.map(|c| c.0);
-    let counts: Vec<MessageCounts> = diesel::sql_query(format!(
+    let counts: Vec<MessageCounts> = diesel::sql_query(
         "SELECT channel_id, sender_user_id, \
-                count(*) FILTER (WHERE direction = 'in' AND NOT private \
-                                   AND conversation_id <> ALL (ARRAY({BLOCKED}))) AS received, \
+                count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
                 count(*) FILTER (WHERE direction = 'out' AND sender_kind = 'agent' AND NOT private \
                                    AND status <> 'failed') AS replies, \
                 count(*) FILTER (WHERE private) AS notes \
            FROM messages \
           WHERE sort_at >= $1 AND sort_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
-          GROUP BY channel_id, sender_user_id"
+          GROUP BY channel_id, sender_user_id",
+    )
+    .bind::<Timestamptz, _>(period.from)
+    .bind::<Timestamptz, _>(period.to)
+    .bind::<Nullable<BigInt>, _>(channel)
+    .load(tc.pg())?;
+    // What blocked contacts sent, taken off the count above: read through
+    // their few conversations' index, not by another pass over the period.
+    let blocked_received: Vec<PerChannel> = diesel::sql_query(format!(
+        "SELECT m.channel_id, count(*) AS n FROM messages m \
+          WHERE m.conversation_id IN ({BLOCKED}) AND m.direction = 'in' AND NOT m.private \
+            AND m.sort_at >= $1 AND m.sort_at < $2 AND ($3::int8 IS NULL OR m.channel_id = $3) \
+          GROUP BY m.channel_id"
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
@@ -427,6 +447,9 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         if let (Some(user), true) = (c.sender_user_id, c.replies > 0) {
             agents.entry(user).or_insert_with(|| empty_agent(user)).replies += c.replies;
         }
+    }
+    for b in &blocked_received {
+        channels.entry(b.channel_id).or_insert_with(|| empty_channel(b.channel_id)).messages_received -= b.n;
     }
     let mut waits = Vec::new();
     let mut unanswered = 0;
