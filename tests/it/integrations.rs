@@ -137,6 +137,14 @@ async fn events_reach_an_integrators_endpoint_signed_and_in_order() {
     eventually("what it missed", || async { heard(&r).iter().any(|(_, b)| b.to_string().contains("while off")) }).await;
 
     // Retention pruned what it had not had yet: told to resync first.
+    // (Once the delivery just heard is settled: its cursor is written
+    // after the endpoint answered, over a change made meanwhile.)
+    let settled = || {
+        eventually("the delivery settled", || async {
+            app.count("SELECT count(*) AS n FROM public.outgoing_webhooks WHERE leased_until IS NULL") == 1
+        })
+    };
+    settled().await;
     let sql = |q: &str| {
         use diesel::RunQueryDsl;
         diesel::sql_query(q).execute(&mut app.db.conn()).expect("sql");
@@ -149,6 +157,7 @@ async fn events_reach_an_integrators_endpoint_signed_and_in_order() {
     assert_eq!((types(&resync)[0].as_str(), &resync["events"][0]["data"]["since"]), ("resync_required", &json!(0)));
     // Failing for about a day: switched off, and the audit log says so.
     r.answers.lock().expect("lock").push_back(503);
+    settled().await;
     sql("UPDATE public.outgoing_webhooks SET failures = 149, cursor_seq = 0");
     eventually("switched off", || async {
         app.call("GET", "/api/integrations/webhooks", Some(admin), None).await.body["items"][0]["enabled"] == false
