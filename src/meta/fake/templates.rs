@@ -186,15 +186,15 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
     let language = s("language").unwrap_or_else(|| "en_US".into());
     let (template_id, target) = {
         let mut st = fake.lock();
-        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
-        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
-            return super::bad("no such template in that account and language");
+        let template = match found(&mut st, &waba_id, &name, &language) {
+            Ok(t) => t,
+            Err(missing) => return super::bad(missing),
         };
         template.status = status_after(&event).to_string();
         // Meta sends the id as a JSON number.
         let id: u64 = template.id.parse().unwrap_or_default();
         // A deleted template leaves the account's list.
-        if event == "DELETED" {
+        if let (true, Some(waba)) = (event == "DELETED", st.wabas.get_mut(&waba_id)) {
             waba.templates.retain(|t| !(t.name == name && t.language == language));
         }
         (id, st.webhook_target.clone())
@@ -205,6 +205,16 @@ pub(super) async fn review(fake: &super::FakeMeta, body: &Value) -> HttpResponse
         None => None,
     };
     HttpResponse::Ok().json(json!({"webhook": webhook, "delivered_status": delivered}))
+}
+
+/// The template `name` in `language` of the account `waba_id`, or what
+/// is missing.
+fn found<'a>(st: &'a mut State, waba_id: &str, name: &str, language: &str) -> Result<&'a mut Template, &'static str> {
+    let Some(waba) = st.wabas.get_mut(waba_id) else { return Err("no such business account") };
+    waba.templates
+        .iter_mut()
+        .find(|t| t.name == name && t.language == language)
+        .ok_or("no such template in that account and language")
 }
 
 /// Meta's `message_template_status_update` webhook of a template.
@@ -243,9 +253,9 @@ pub(super) async fn pacing(fake: &super::FakeMeta, body: &Value) -> HttpResponse
     let language = s("language").unwrap_or_else(|| "en_US".into());
     let (held, template_id, target) = {
         let mut st = fake.lock();
-        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
-        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
-            return super::bad("no such template in that account and language");
+        let template = match found(&mut st, &waba_id, &name, &language) {
+            Ok(t) => t,
+            Err(missing) => return super::bad(missing),
         };
         template.paced = action == "hold";
         if action == "drop" {
@@ -302,9 +312,9 @@ pub(super) async fn recategorise(fake: &super::FakeMeta, body: &Value) -> HttpRe
     let language = s("language").unwrap_or_else(|| "en_US".into());
     let (template_id, before, target) = {
         let mut st = fake.lock();
-        let Some(waba) = st.wabas.get_mut(&waba_id) else { return super::bad("no such business account") };
-        let Some(template) = waba.templates.iter_mut().find(|t| t.name == name && t.language == language) else {
-            return super::bad("no such template in that account and language");
+        let template = match found(&mut st, &waba_id, &name, &language) {
+            Ok(t) => t,
+            Err(missing) => return super::bad(missing),
         };
         let before = template.category.clone();
         if coming.is_none() {
