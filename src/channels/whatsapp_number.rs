@@ -119,11 +119,15 @@ pub fn digits(display: &str) -> String {
 impl WhatsappNumber {
     /// As kept, without the restrictions that ran out.
     pub fn of(row: &ChannelRow) -> Option<WhatsappNumber> {
-        let mut number: WhatsappNumber =
-            row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok())?;
+        let mut number = WhatsappNumber::kept(row)?;
         let now = Utc::now();
         number.restrictions.retain(|r| r.in_force(now));
         Some(number)
+    }
+
+    /// As kept, restrictions that ran out included.
+    fn kept(row: &ChannelRow) -> Option<WhatsappNumber> {
+        row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 }
 
@@ -178,13 +182,16 @@ pub fn restricted(tc: &mut TenantConn<'_>, channel: &ChannelRow, restrictions: V
 /// Drops the restrictions that ran out from the numbers that kept them,
 /// each a `channel.updated` (their conversations may send again: clients
 /// read them again); how many numbers. Run by the clock that wakes snoozed
-/// conversations; a number another transaction holds waits for its next
-/// tick.
+/// conversations: only the numbers with a restriction past its end are
+/// read and locked (a webhook batch may be reading the others); one another
+/// transaction holds waits for the next tick.
 pub fn lift_ended(tc: &mut TenantConn<'_>) -> AppResult<usize> {
     let rows: Vec<ChannelRow> = channels::table
         .filter(channels::platform.eq(Platform::Whatsapp.as_str()))
         .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "coalesce(whatsapp_number->'restrictions', '[]'::jsonb) <> '[]'::jsonb",
+            "jsonb_typeof(whatsapp_number->'restrictions') = 'array' \
+             AND EXISTS (SELECT 1 FROM jsonb_array_elements(whatsapp_number->'restrictions') AS r \
+                          WHERE (r->>'expires_at')::timestamptz <= now())",
         ))
         .order(channels::id)
         .select(ChannelRow::as_select())
@@ -193,9 +200,7 @@ pub fn lift_ended(tc: &mut TenantConn<'_>) -> AppResult<usize> {
         .load(tc.pg())?;
     let mut lifted = 0;
     for row in rows {
-        let kept: WhatsappNumber =
-            row.whatsapp_number.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
-        let Some(now) = WhatsappNumber::of(&row) else { continue };
+        let (Some(kept), Some(now)) = (WhatsappNumber::kept(&row), WhatsappNumber::of(&row)) else { continue };
         if now.restrictions.len() != kept.restrictions.len() {
             write(tc, row.id, &now)?;
             announce(tc, row.id)?;
