@@ -20,6 +20,7 @@ pub mod meta_callbacks;
 pub mod oauth;
 pub mod policy;
 pub mod reconcile;
+pub mod send_hold;
 pub mod whatsapp_account;
 pub mod whatsapp_number;
 
@@ -187,6 +188,8 @@ pub struct ChannelRow {
     pub subscribed_fields: Option<String>,
     /// What Meta says of a WhatsApp number ([`whatsapp_number`]).
     pub whatsapp_number: Option<serde_json::Value>,
+    /// Its sends held while Meta rate-limits it ([`send_hold`]).
+    pub send_hold: Option<serde_json::Value>,
 }
 
 /// Associated data binding a sealed token to its channel.
@@ -214,6 +217,7 @@ impl ChannelRow {
             last_webhook_at: None,
             subscribed_fields: None,
             whatsapp_number: None,
+            send_hold: None,
         }
     }
 }
@@ -265,6 +269,9 @@ pub struct ChannelView {
     pub last_webhook_at: Option<DateTime<Utc>>,
     /// What Meta says of a WhatsApp number (an extension; [`whatsapp_number`]).
     pub whatsapp_number: Option<whatsapp_number::WhatsappNumber>,
+    /// Its sends held while Meta rate-limits it (an extension; [`send_hold`]);
+    /// `None` when they are not.
+    pub send_hold: Option<send_hold::SendHold>,
 }
 
 fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
@@ -287,6 +294,7 @@ fn view(tc: &mut TenantConn<'_>, row: ChannelRow) -> AppResult<ChannelView> {
         updated_at: row.updated_at,
         last_webhook_at: row.last_webhook_at,
         whatsapp_number: whatsapp_number::WhatsappNumber::of(&row),
+        send_hold: send_hold::SendHold::of(&row, Utc::now()),
     })
 }
 

@@ -33,6 +33,8 @@ diesel::table! {
         subscribed_fields -> Nullable<Text>,
         /// What Meta says of a WhatsApp number (`channels::whatsapp_number`).
         whatsapp_number -> Nullable<Jsonb>,
+        /// Sends held while Meta rate-limits the channel (`channels::send_hold`).
+        send_hold -> Nullable<Jsonb>,
     }
 }
 

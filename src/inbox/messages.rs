@@ -1088,9 +1088,13 @@ impl TypingTarget {
     /// actions. WhatsApp: a read receipt of the customer's latest message
     /// with a typing indicator (an agent who types has read it); there is no
     /// "off" (it ends with the answer, or after 25 s), and nothing without a
-    /// message from the customer. Returns whether it was sent.
+    /// message from the customer. Nothing while Meta rate-limits the
+    /// channel (`channels::send_hold`). Returns whether it was sent.
     pub fn send(self, graph: &crate::meta::GraphClient, on: bool) -> bool {
         let (Some(token), "connected") = (self.token, self.channel.status.as_str()) else { return false };
+        if crate::channels::send_hold::SendHold::of(&self.channel, Utc::now()).is_some() {
+            return false;
+        }
         let graph = graph.clone();
         if self.channel.platform() == Platform::Whatsapp {
             let (true, Some(wamid)) = (on, self.last_inbound) else { return false };

@@ -7,8 +7,9 @@
 //! a typed reason: `outside_window`, `recipient_unavailable`,
 //! `meta_token_invalid` (the channel also becomes `reauth_required`),
 //! `meta_error`, `contact_blocked` (the team blocked the contact after the
-//! reply was queued; `inbox::contacts`). Transient failures and rate limits
-//! retry with backoff. Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
+//! reply was queued; `inbox::contacts`). Transient failures retry with
+//! backoff; Meta's rate limits hold the channel's sends until they pass
+//! (`channels::send_hold`). Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20).
 //!
 //! A file (`inbox::uploads`) is uploaded with its send, which may take a
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::views::{ContactRow, ConversationRow, MessageRow, ReplyWindow};
 use super::{contacts, conversations, messages};
 use crate::app::AppState;
+use crate::channels::send_hold::{self, SendHold};
 use crate::channels::{connect::note_graph_error, ChannelId, ChannelRow, Platform};
 use crate::db::queue::{Queue, HELD_RETRY};
 use crate::db::schema::send_queue as sq;
@@ -274,6 +276,16 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
     if ctx.contact.blocked_at.is_some() && job.kind != SendKind::Message.as_str() {
         return finish(state, job, JobEnd::Done).await;
     }
+    // Meta rate-limits the channel (`channels::send_hold`): what would be
+    // sent waits for the hold's end; a "seen" by then is news of nothing.
+    if let Some(hold) = SendHold::of(&ctx.channel, Utc::now()) {
+        if job.kind == SendKind::MarkSeen.as_str() {
+            return finish(state, job, JobEnd::Done).await;
+        }
+        let after = until(hold.until);
+        let error = format!("held: Meta's rate limit (code {})", hold.code);
+        return finish(state, job, JobEnd::Retry { after, error, counts: false }).await;
+    }
     if job.kind == SendKind::MarkSeen.as_str() {
         if let (Some(token), "connected") = (&ctx.token, ctx.channel.status.as_str()) {
             let r = match ctx.channel.platform() {
@@ -288,14 +300,23 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
                         .await
                 }
             };
-            if let Err(e) = r {
-                note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+            match r {
+                Ok(()) => lift_hold(state, job.tenant, &ctx.channel).await,
+                Err(e) => {
+                    if let Err(err) = hold_sends(state, job.tenant, &ctx.channel, &e).await {
+                        tracing::warn!(error = %err.message, "the channel's sends could not be held");
+                    }
+                    note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+                }
             }
         }
         return finish(state, job, JobEnd::Done).await;
     }
     if job.kind == SendKind::Reaction.as_str() {
-        send_reaction(state, job, &ctx).await;
+        if let Some(after) = send_reaction(state, job, &ctx).await {
+            let error = "held: Meta's rate limit".to_string();
+            return finish(state, job, JobEnd::Retry { after, error, counts: false }).await;
+        }
         return finish(state, job, JobEnd::Done).await;
     }
     let Some(message) = ctx.message.clone() else { return finish(state, job, JobEnd::Done).await };
@@ -345,21 +366,72 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
 /// Sends the business's reaction to a customer's message as it is now (so
 /// that of several quick changes the last is what the customer sees). A
 /// failure is noted on the channel, not retried: the reaction stays shown
-/// here, as the agent set it.
-async fn send_reaction(state: &AppState, job: &Job, ctx: &Context) {
+/// here, as the agent set it. Meta's rate limit holds the channel's sends,
+/// this one's too: returns how long until it is tried again.
+async fn send_reaction(state: &AppState, job: &Job, ctx: &Context) -> Option<Duration> {
     let (Some(message), Some(token), "connected") = (&ctx.message, &ctx.token, ctx.channel.status.as_str()) else {
-        return;
+        return None;
     };
-    let Some(external) = message.external_id.as_deref() else { return };
+    let external = message.external_id.as_deref()?;
     let emoji = message.reactions.get(&ctx.channel.external_id).and_then(serde_json::Value::as_str);
     let (account, to) = (&ctx.channel.external_id, &ctx.contact.external_id);
     let r = match ctx.channel.platform() {
         Platform::Whatsapp => state.graph.whatsapp_reaction(account, token, to, external, emoji).await,
         _ => state.graph.react(account, token, to, external, emoji).await,
     };
-    if let Err(e) = r {
-        note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+    match r {
+        Ok(()) => lift_hold(state, job.tenant, &ctx.channel).await,
+        Err(e) => match hold_sends(state, job.tenant, &ctx.channel, &e).await {
+            Ok(Some(after)) => return Some(after),
+            Ok(None) => {
+                note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
+            }
+            Err(err) => tracing::warn!(error = %err.message, "the channel's sends could not be held"),
+        },
     }
+    None
+}
+
+/// After Meta's rate limit `e` on a call of `channel`'s: holds what the
+/// limit's scope names (`channels::send_hold`) and returns how long until
+/// the channel may send; `None` for any other error, and for a limit that
+/// holds only its own send (its retries back off as a transient error's).
+async fn hold_sends(
+    state: &AppState,
+    tenant: TenantId,
+    channel: &ChannelRow,
+    e: &GraphError,
+) -> AppResult<Option<Duration>> {
+    let GraphError::RateLimited { code, regain_in, .. } = e else { return Ok(None) };
+    let (code, said) = (*code, *regain_in);
+    if send_hold::scope(code) == send_hold::Scope::Send {
+        return Ok(None);
+    }
+    let channel = channel.clone();
+    let end = state
+        .db
+        .tenant(TenantScope::system(tenant), move |tc| send_hold::hold(tc, &channel, code, said, Utc::now()))
+        .await?;
+    crate::metrics::inc(&crate::metrics::SENDS_HELD, 1);
+    tracing::warn!(tenant = tenant.0, code, until = %end, "Meta rate-limits the channel: its sends are held");
+    Ok(Some(until(end)))
+}
+
+/// A call of the channel's went through: its hold, if one is kept, is lifted.
+async fn lift_hold(state: &AppState, tenant: TenantId, channel: &ChannelRow) {
+    if channel.send_hold.is_none() {
+        return;
+    }
+    let id = channel.id;
+    let r = state.db.tenant(TenantScope::system(tenant), move |tc| send_hold::lift(tc, id)).await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e.message, "the channel's hold could not be lifted");
+    }
+}
+
+/// How long from now until `end` (a second at least: a retry is not a spin).
+fn until(end: chrono::DateTime<Utc>) -> Duration {
+    (end - Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(1))
 }
 
 /// How a send went: what Meta answered (`Sent`), or why it failed.
@@ -510,6 +582,14 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 };
                 match r {
                     Ok(id) => Ok(id),
+                    // The channel's sends wait for Meta's limit to pass, this one's too.
+                    Err(e @ GraphError::RateLimited { code, .. })
+                        if send_hold::scope(code) != send_hold::Scope::Send =>
+                    {
+                        let after =
+                            hold_sends(state, job.tenant, &ctx.channel, &e).await?.unwrap_or(Duration::from_secs(1));
+                        return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: false }).await;
+                    }
                     Err(e)
                         if (e.is_transient() || matches!(e, GraphError::RateLimited { .. }))
                             && job.attempts < MAX_SEND_ATTEMPTS =>
@@ -535,6 +615,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
     let id = message.id;
     match outcome {
         Ok(Sent { external_id, wa_id, held }) => {
+            lift_hold(state, job.tenant, &ctx.channel).await;
             let (contact, known_as, unconfirmed) = (ctx.contact.id, ctx.contact.external_id.clone(), ctx.unconfirmed);
             state
                 .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {

@@ -40,6 +40,35 @@ fn held_status(answer: &Value) -> Option<String> {
     (!status.is_empty() && !status.eq_ignore_ascii_case("accepted")).then(|| status.chars().take(64).collect())
 }
 
+/// How long Meta says a limit it met lasts: the longest
+/// `estimated_time_to_regain_access` (minutes) of `X-Business-Use-Case-Usage`
+/// (one list of usages per business id), else `Retry-After` (seconds).
+/// `None` when neither says, or says 0.
+pub fn regain_in(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let usage = headers
+        .get("x-business-use-case-usage")
+        .and_then(|v| serde_json::from_slice::<Value>(v.as_bytes()).ok())
+        .and_then(|v| {
+            v.as_object()?
+                .values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .filter_map(|u| u.get("estimated_time_to_regain_access").and_then(Value::as_f64))
+                .filter(|m| m.is_finite() && *m > 0.0)
+                .reduce(f64::max)
+        })
+        // A day at most: a longer figure is more likely a mistake than a plan.
+        .map(|minutes| Duration::from_secs((minutes.min(1440.0) * 60.0).ceil() as u64));
+    usage.or_else(|| {
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s.min(86_400)))
+    })
+}
+
 /// What a failed Graph call means for us.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -47,8 +76,10 @@ pub enum GraphError {
     TokenInvalid { code: i64, subcode: Option<i64> },
     #[error("Meta denied permission (code {code}): {message}")]
     Permission { code: i64, subcode: Option<i64>, message: String },
+    /// `regain_in`: how long Meta said the limit lasts, when it said so
+    /// (its usage headers' `estimated_time_to_regain_access`, or `Retry-After`).
     #[error("Meta rate limit reached (code {code})")]
-    RateLimited { code: i64, subcode: Option<i64> },
+    RateLimited { code: i64, subcode: Option<i64>, regain_in: Option<Duration> },
     #[error("outside the messaging window (code {code}, subcode {subcode:?})")]
     OutsideWindow { code: i64, subcode: Option<i64> },
     #[error("the recipient is not available (code {code}, subcode {subcode:?})")]
@@ -88,7 +119,7 @@ impl GraphError {
             (10, Some(2018278 | 2534022)) | (131047, _) => GraphError::OutsideWindow { code, subcode },
             (551, _) | (131026, _) | (100, Some(2018001)) => GraphError::RecipientUnavailable { code, subcode },
             (4 | 17 | 32 | 613 | 80001 | 80004 | 80006 | 80007 | 130429 | 131056, _) => {
-                GraphError::RateLimited { code, subcode }
+                GraphError::RateLimited { code, subcode, regain_in: None }
             }
             (3 | 10 | 368 | 131031 | 130497, _) | (200..=299, _) => GraphError::Permission { code, subcode, message },
             (1 | 2 | 131000 | 131016 | 131057, _) => GraphError::Transient { code, subcode, message },
@@ -125,7 +156,7 @@ impl GraphError {
     pub fn code(&self) -> Option<(i64, Option<i64>)> {
         match self {
             GraphError::TokenInvalid { code, subcode }
-            | GraphError::RateLimited { code, subcode }
+            | GraphError::RateLimited { code, subcode, .. }
             | GraphError::OutsideWindow { code, subcode }
             | GraphError::RecipientUnavailable { code, subcode } => Some((*code, *subcode)),
             GraphError::Permission { code, subcode, .. }
@@ -334,9 +365,13 @@ impl GraphClient {
     async fn answer<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, GraphError> {
         let res = req.send().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
         let status = res.status();
+        let regain = regain_in(res.headers());
         let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if let Some(err) = GraphError::from_body(&value) {
+        if let Some(mut err) = GraphError::from_body(&value) {
+            if let GraphError::RateLimited { regain_in, .. } = &mut err {
+                *regain_in = regain;
+            }
             return Err(err);
         }
         if status.is_server_error() {
@@ -973,6 +1008,33 @@ mod tests {
         // A send refused because the template was paused (or disabled) meanwhile.
         assert_eq!(GraphError::classify(132015, None, "Template is Paused").reason(), "template_not_approved");
         assert_eq!(GraphError::classify(132016, None, "Template is Disabled").reason(), "template_not_approved");
+    }
+
+    #[test]
+    fn how_long_a_limit_lasts_is_read_from_metas_headers() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).expect("a header value"));
+            }
+            regain_in(&h)
+        };
+        let buc = r#"{"112130216863063":[{"type":"pages","call_count":100,"total_cputime":3,"total_time":9,"estimated_time_to_regain_access":0},{"type":"messenger","call_count":100,"total_cputime":1,"total_time":1,"estimated_time_to_regain_access":12}],"2":[{"type":"pages","estimated_time_to_regain_access":4.5}]}"#;
+        assert_eq!(with(&[("x-business-use-case-usage", buc)]), Some(Duration::from_secs(12 * 60)), "the longest");
+        let fraction = r#"{"1":[{"estimated_time_to_regain_access":0.5}]}"#;
+        assert_eq!(with(&[("x-business-use-case-usage", fraction)]), Some(Duration::from_secs(30)));
+        let zero = r#"{"1":[{"type":"pages","call_count":95,"estimated_time_to_regain_access":0}]}"#;
+        assert_eq!(with(&[("x-business-use-case-usage", zero)]), None, "0: no word");
+        assert_eq!(with(&[("x-business-use-case-usage", zero), ("retry-after", "40")]), Some(Duration::from_secs(40)));
+        let huge = r#"{"1":[{"estimated_time_to_regain_access":1e300}]}"#;
+        assert_eq!(with(&[("x-business-use-case-usage", huge)]), Some(Duration::from_secs(86_400)), "a day at most");
+        for odd in ["not json", "[]", r#"{"1":"x"}"#, r#"{"1":[{"estimated_time_to_regain_access":"7"}]}"#] {
+            assert_eq!(with(&[("x-business-use-case-usage", odd)]), None, "{odd}");
+        }
+        assert_eq!(with(&[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")]), None, "a date is not taken");
+        assert_eq!(with(&[("x-app-usage", r#"{"call_count":100,"total_cputime":4,"total_time":5}"#)]), None);
+        assert_eq!(with(&[]), None);
     }
 
     #[test]

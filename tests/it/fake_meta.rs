@@ -505,6 +505,40 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
         assert_eq!(status, expected, "{error}");
         assert_shape(name, &error);
     }
+    // The pair rate limit: too many messages to one customer just now.
+    let body = json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+        "to": switchboard::meta::fake::PAIR_LIMITED_WA, "type": "text", "text": {"body": "olá"}});
+    let path = format!("/v24.0/123456789012345/messages?{}", q(&[("access_token", &waba_token)]));
+    let (status, error) = f.send("POST", &path, Some(&body)).await;
+    assert_eq!((status, &error["error"]["code"]), (400, &json!(131056)), "{error}");
+    assert_eq!(error["error"]["error_data"]["messaging_product"], "whatsapp");
+
+    // An injected error comes with the headers asked for, a JSON value as its text.
+    let usage =
+        json!({"109876543210987": [{"type": "messenger", "call_count": 100, "estimated_time_to_regain_access": 3}]});
+    let inject = json!({"path": "/109876543210987/messages", "error": {"code": 80006},
+        "headers": {"X-Business-Use-Case-Usage": usage, "Retry-After": "180"}});
+    f.ok("POST", "/_fake/errors", Some(&inject)).await;
+    let res = f
+        .http
+        .post(format!("{}/v24.0/109876543210987/messages?{}", f.base, q(&[("access_token", other_page)])))
+        .json(
+            &json!({"recipient": {"id": "7392015648120999"}, "messaging_type": "RESPONSE", "message": {"text": "olá"}}),
+        )
+        .send()
+        .await
+        .expect("fake answers");
+    assert_eq!(res.status().as_u16(), 400);
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let sent: Value = serde_json::from_str(&header("x-business-use-case-usage").expect("usage header")).expect("json");
+    assert_eq!((sent, header("retry-after").as_deref()), (usage, Some("180")));
+    assert_eq!(switchboard::meta::graph::regain_in(res.headers()), Some(Duration::from_secs(180)));
+    for headers in [json!("x"), json!({"bad name": "1"}), json!({"X-Ok": "line\nbreak"})] {
+        let (status, answer) = f
+            .send("POST", "/_fake/errors", Some(&json!({"path": "/x", "error": {"code": 1}, "headers": headers})))
+            .await;
+        assert_eq!(status, 400, "{answer}");
+    }
 }
 
 /// WhatsApp templates at the fake: listed in pages as Graph lists them,

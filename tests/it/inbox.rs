@@ -740,15 +740,20 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
         let failed = message_status(&app, &ctx.admin, conv, id).await;
         assert_eq!(failed["error"]["code"], "recipient_unavailable", "{failed}");
     }
+    // The number's throughput limit holds its sends, this one's too: tried
+    // once, put back uncounted until the hold ends.
     let (conv, id) = &sent[2];
     eventually("the rate-limited reply was tried and put back", || async {
         app.count(&format!(
-            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {id} AND attempts >= 1 \
-               AND status <> 'done' AND next_attempt_at > now()"
+            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {id} AND attempts = 0 \
+               AND status = 'pending' AND next_attempt_at > now() AND last_error LIKE '%rate limit%'"
         )) == 1
     })
     .await;
     assert_eq!(message_status(&app, &ctx.admin, conv, id).await["status"], "pending");
+    let channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let shown = app.call("GET", &format!("/api/channels/{channel}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(shown["send_hold"]["code"], 130429, "{shown}");
 }
 
 /// Adds agent Al (of no channel yet) to acme: the member, and Al's token.
@@ -1178,6 +1183,168 @@ async fn a_template_meta_pauses_is_announced_and_no_longer_offered() {
     assert_eq!(app.count(&elsewhere), 0);
 }
 
+/// Meta's rate limit holds the channel's sends (`channels::send_hold`):
+/// the reply that met it and those queued after wait, pending and in order,
+/// with no call to Meta meanwhile ("seen" and typing are dropped), for as
+/// long as Meta said (its usage header), the hold shown on the channel and
+/// announced; once it ends they go, in order, and the hold is lifted.
+/// Without Meta's word the first hold is 15 s; a business account's limit
+/// (80007) holds every number of that account, and no other.
+#[actix_web::test]
+async fn metas_rate_limit_holds_the_channels_sends_until_it_passes() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá?"})).await;
+    app.processed().await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let length = |hold: &Value| {
+        let at = |k: &str| chrono::DateTime::parse_from_rfc3339(hold[k].as_str().expect("a time")).expect("rfc 3339");
+        (at("until") - at("since")).num_seconds()
+    };
+    let sends = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let page_calls = format!("/{PAGE_A}/messages");
+        log["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&page_calls)))
+            .map(|r| {
+                r["body"]["message"]["text"].as_str().or(r["body"]["sender_action"].as_str()).unwrap_or("").to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = sends().await.len();
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let usage = json!({"112233445566778": [{"type": "messenger", "call_count": 100, "total_cputime": 14,
+        "total_time": 31, "estimated_time_to_regain_access": 7}]});
+    app.fake(
+        "POST",
+        "/_fake/errors",
+        json!({"path": format!("/{PAGE_A}/messages"), "method": "POST",
+            "error": {"code": 80006, "message": "(#80006) There have been too many messages sent from this page. Please wait a while and try again."},
+            "headers": {"X-Business-Use-Case-Usage": usage}}),
+    )
+    .await;
+    let (status, first) = reply(&app, &ctx.admin, &conv, "Primeira", "held-1").await;
+    assert_eq!(status, 202, "{first}");
+    let frame = crate::realtime::until(&mut socket, "channel.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("channel.updated");
+    let hold = frame["data"]["send_hold"].clone();
+    assert_eq!((&frame["data"]["id"], &hold["code"]), (&json!(page), &json!(80006)), "{frame}");
+    assert_eq!(length(&hold), 7 * 60, "as long as Meta said: {hold}");
+    let shown = app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(shown["send_hold"], hold);
+    let (status, second) = reply(&app, &ctx.admin, &conv, "Segunda", "held-2").await;
+    assert_eq!(status, 202, "{second}");
+    let (first, second) = (first["id"].as_str().expect("id"), second["id"].as_str().expect("id"));
+    let r = app.call("POST", &format!("/api/conversations/{conv}/read"), Some(&ctx.admin), None).await;
+    assert!(r.status < 300, "{:?}", r.body);
+    let r = app
+        .call("POST", &format!("/api/conversations/{conv}/typing"), Some(&ctx.admin), Some(json!({"on": true})))
+        .await;
+    assert!(r.status < 300, "{:?}", r.body);
+    eventually("the second reply was held, uncounted, and the seen dropped", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {second} AND attempts = 0 \
+               AND status = 'pending' AND last_error LIKE 'held%' AND next_attempt_at > now() + interval '6 minutes'"
+        )) == 1
+            && app.count("SELECT count(*) AS n FROM public.send_queue WHERE kind = 'mark_seen' AND status = 'pending'")
+                == 0
+    })
+    .await;
+    assert_eq!(sends().await[before..], ["Primeira"], "one call, the one Meta refused");
+    for id in [first, second] {
+        assert_eq!(message_status(&app, &ctx.admin, &conv, id).await["status"], "pending");
+    }
+
+    // The hold ends (as if seven minutes passed): both go, in order, and it is lifted.
+    app.count(&format!(
+        "WITH ended AS (UPDATE tenant_acme.channels SET send_hold = jsonb_set(send_hold, '{{until}}', \
+            to_jsonb(now() - interval '1 second')) WHERE id = {page} RETURNING 1), \
+         due AS (UPDATE public.send_queue SET next_attempt_at = now() WHERE status = 'pending' RETURNING 1) \
+         SELECT (SELECT count(*) FROM ended) + (SELECT count(*) FROM due) AS n"
+    ));
+    for id in [first, second] {
+        eventually("the held reply went", || async {
+            message_status(&app, &ctx.admin, &conv, id).await["status"] != "pending"
+        })
+        .await;
+        assert_eq!(message_status(&app, &ctx.admin, &conv, id).await["error"], Value::Null);
+    }
+    assert_eq!(sends().await[before..], ["Primeira", "Primeira", "Segunda"]);
+    let frame = crate::realtime::until(&mut socket, "channel.updated", std::time::Duration::from_secs(10))
+        .await
+        .expect("channel.updated");
+    assert_eq!(frame["data"]["send_hold"], Value::Null, "{frame}");
+    let shown = app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(shown["send_hold"], Value::Null, "lifted: {shown}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.channels WHERE send_hold IS NOT NULL"), 0);
+
+    // No word from Meta of how long: 15 s.
+    app.fake(
+        "POST",
+        "/_fake/errors",
+        json!({"path": format!("/{PAGE_A}/messages"), "method": "POST",
+        "error": {"code": 613, "message": "(#613) Calls to this api have exceeded the rate limit."}}),
+    )
+    .await;
+    let (status, third) = reply(&app, &ctx.admin, &conv, "Terceira", "held-3").await;
+    assert_eq!(status, 202, "{third}");
+    eventually("the page was held again", || async {
+        app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await.body["send_hold"]["code"] == 613
+    })
+    .await;
+    let shown = app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(length(&shown["send_hold"]), 15, "{shown}");
+
+    // A business account's limit holds its numbers, not another account's.
+    let numbers = ["109000000000001", "109000000000002"];
+    let made = app
+        .fake(
+            "POST",
+            "/_fake/users",
+            json!({"name": "Bia", "wabas": [{"id": "445566778899001", "phone_numbers": [
+                {"id": numbers[0], "display_phone_number": "+1 555-000-0001", "verified_name": "Loja Azul Sul"},
+                {"id": numbers[1], "display_phone_number": "+1 555-000-0002", "verified_name": "Loja Azul Norte"}]}]}),
+        )
+        .await;
+    let waba_token = made["wabas"][0]["access_token"].as_str().expect("token");
+    let r = app
+        .call(
+            "POST",
+            "/api/channels/whatsapp/connect",
+            Some(&ctx.admin),
+            Some(json!({"waba_id": "445566778899001", "access_token": waba_token})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": numbers[0], "from": "351910000077", "text": "Olá"})).await;
+    app.processed().await;
+    let wa_conv =
+        conversations(&app, &ctx.admin, "").await.into_iter().find(|c| c["contact"]["external_id"] == "351910000077");
+    let wa_conv = wa_conv.expect("the conversation")["id"].as_str().expect("id").to_string();
+    app.fake("POST", "/_fake/errors", json!({"path": format!("/{}/messages", numbers[0]), "method": "POST", "status": 429,
+        "error": {"code": 80007, "message": "(#80007) Rate limit issues: the WhatsApp Business Account has reached its rate limit."}}))
+    .await;
+    let (status, body) = reply(&app, &ctx.admin, &wa_conv, "Bom dia", "waba-1").await;
+    assert_eq!(status, 202, "{body}");
+    let held = |external: &'static str| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let id = channel_id(app, &admin, external).await;
+            app.call("GET", &format!("/api/channels/{id}"), Some(&admin), None).await.body["send_hold"]["code"].clone()
+        }
+    };
+    eventually("the account's numbers were held", || async {
+        held(numbers[0]).await == 80007 && held(numbers[1]).await == 80007
+    })
+    .await;
+    assert_eq!(held(PHONE).await, Value::Null, "another account's number sends");
+}
+
 /// Template pacing: Meta takes a template it paces but holds it
 /// (`held_for_quality_assessment`). The message shows the hold, live and
 /// in the list, until Meta lets it go (then its statuses come as any
@@ -1302,7 +1469,7 @@ async fn a_template_meta_holds_shows_held_until_it_goes_or_is_dropped() {
 /// newest list wins; an empty one lifts them.
 #[actix_web::test]
 async fn a_restricted_whatsapp_account_refuses_the_sends_meta_restricts() {
-    use switchboard::meta::fake::RATE_LIMITED_WA;
+    use switchboard::meta::fake::PAIR_LIMITED_WA;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let waba = "112233445566778";
@@ -1310,12 +1477,12 @@ async fn a_restricted_whatsapp_account_refuses_the_sends_meta_restricts() {
     app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá"})).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": "351910000042", "text": "Oi", "at": two_days_ago}))
         .await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": RATE_LIMITED_WA, "text": "Olá?"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": PAIR_LIMITED_WA, "text": "Olá?"})).await;
     app.processed().await;
     let channel = channel_id(&app, &ctx.admin, PHONE).await;
     let convs = conversations(&app, &ctx.admin, "").await;
     let id = |c: &str| by_contact(&convs, c)["id"].as_str().expect("id").to_string();
-    let (open, closed, limited) = (id(WA_ID), id("351910000042"), id(RATE_LIMITED_WA));
+    let (open, closed, limited) = (id(WA_ID), id("351910000042"), id(PAIR_LIMITED_WA));
     let restrict = |kinds: &[&str], time: i64| {
         let until = chrono::Utc::now().timestamp() + 86_400;
         let info: Vec<Value> = kinds.iter().map(|k| json!({"restriction_type": k, "expiration": until})).collect();
@@ -1345,7 +1512,7 @@ async fn a_restricted_whatsapp_account_refuses_the_sends_meta_restricts() {
             "template": {"name": "hello_world", "language": "en_US"}, "client_id": format!("start-{number}")});
         async move { app.call("POST", "/api/conversations", Some(&admin), Some(body)).await }
     };
-    // A reply the fake keeps refusing for now (rate limit): pending, retried.
+    // A reply the fake keeps refusing for now (the pair rate limit): pending, retried.
     let (status, body) = reply(&app, &ctx.admin, &limited, "Bom dia!", "limited-1").await;
     assert_eq!(status, 202, "{body}");
     let queued = body["id"].as_str().expect("id").to_string();
@@ -5141,7 +5308,7 @@ async fn a_resolved_conversation_asks_how_it_went() {
 /// conversation as anyone's does.
 #[actix_web::test]
 async fn a_blocked_contact_is_kept_quietly_and_sent_nothing() {
-    use switchboard::meta::fake::RATE_LIMITED_WA;
+    use switchboard::meta::fake::PAIR_LIMITED_WA as RATE_LIMITED_WA;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;

@@ -26,6 +26,9 @@ pub const RATE_LIMITED_PSID: &str = "6130000000000613";
 pub const RATE_LIMITED_WA: &str = "15550130429";
 /// A WhatsApp number that cannot receive messages (131026, answered at once).
 pub const UNDELIVERABLE_WA: &str = "15550131026";
+/// A WhatsApp number the business has written to too often just now: the
+/// pair rate limit (131056), which holds sends to that customer only.
+pub const PAIR_LIMITED_WA: &str = "15550131056";
 
 /// Who a message goes through.
 #[derive(Clone, Debug)]
@@ -289,6 +292,14 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
                 130429,
                 "(#130429) Rate limit hit",
                 "Message failed to send because there were too many messages sent from this phone number in a short period of time",
+            )
+        }
+        PAIR_LIMITED_WA => {
+            return wa_error_as(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                131056,
+                "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+                "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time",
             )
         }
         UNDELIVERABLE_WA => {

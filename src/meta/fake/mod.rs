@@ -25,14 +25,17 @@
 //! - `POST /_fake/codes` `{user_id, redirect_uri?}` → `{code}` (embedded sign-up).
 //! - `POST /_fake/tokens/expire|revoke|restore` `{token}` or `{page_id}`: the
 //!   token then fails with 190/463 (expired) or 190/467 (logged out).
-//! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?}`:
+//! - `POST /_fake/errors` `{path, method?, status?, error: {code, error_subcode?, message?}, times?, delay_ms?, headers?}`:
 //!   the next `times` calls whose path contains `path` fail that way (or,
-//!   without `error`, only answer `delay_ms` late).
+//!   without `error`, only answer `delay_ms` late), with `headers` (name to
+//!   value; a value that is not a string is sent as its JSON, as Meta's
+//!   `X-Business-Use-Case-Usage` is).
 //! - Magic recipients (meta/CONTRACTS.md §11): Messenger/Instagram sends to
 //!   `5510000000001545` fail with 551/1545041 (not available) and to
 //!   `6130000000000613` with 613 (rate limit); WhatsApp sends to
-//!   `15550130429` fail with 130429 (HTTP 429) and to `15550131026` with
-//!   131026 (undeliverable), as Meta's fixtures show them.
+//!   `15550130429` fail with 130429 (HTTP 429), to `15550131026` with
+//!   131026 (undeliverable), as Meta's fixtures show them, and to
+//!   `15550131056` with 131056 (the pair rate limit).
 //! - A WhatsApp send answers with the customer's `wa_id`, which for a send
 //!   to a phone number (`+` and digits) of a Brazilian mobile (`55`, area,
 //!   `9`, eight digits) that has not written to the number lacks the ninth
@@ -116,7 +119,9 @@ mod messaging;
 mod templates;
 mod uploads;
 
-pub use messaging::{whatsapp_id, RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA};
+pub use messaging::{
+    whatsapp_id, PAIR_LIMITED_WA, RATE_LIMITED_PSID, RATE_LIMITED_WA, UNAVAILABLE_PSID, UNDELIVERABLE_WA,
+};
 
 use actix_web::dev::Server;
 use actix_web::http::header;
@@ -207,6 +212,7 @@ struct Injection {
     error: Option<Value>,
     remaining: u32,
     delay_ms: u64,
+    headers: Vec<(String, String)>,
 }
 
 /// Meta's delivery habits, on demand: the webhooks that follow a send (an
@@ -428,17 +434,21 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         });
         hit.map(|i| {
             i.remaining -= 1;
-            (i.status, i.error.clone(), i.delay_ms)
+            (i.status, i.error.clone(), i.delay_ms, i.headers.clone())
         })
     };
-    if let Some((status, error, delay_ms)) = injected {
+    if let Some((status, error, delay_ms, headers)) = injected {
         if delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
         if let Some(e) = error {
             let status =
                 actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
-            return HttpResponse::build(status).json(json!({ "error": e }));
+            let mut answer = HttpResponse::build(status);
+            for header in headers {
+                answer.insert_header(header);
+            }
+            return answer.json(json!({ "error": e }));
         }
     }
 
@@ -829,6 +839,26 @@ struct NewPhone {
     verified_name: Option<String>,
 }
 
+/// An injected error's `headers`: names and values HTTP allows.
+fn injected_headers(given: Option<&Value>) -> Result<Vec<(String, String)>, &'static str> {
+    let Some(given) = given.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let Some(map) = given.as_object() else { return Err("headers must be an object of names and values") };
+    let mut headers = Vec::new();
+    for (name, value) in map {
+        let value = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let valid = actix_web::http::header::HeaderName::try_from(name.as_str()).is_ok()
+            && actix_web::http::header::HeaderValue::from_str(&value).is_ok();
+        if !valid {
+            return Err("a header's name or value is not one HTTP allows");
+        }
+        headers.push((name.clone(), value));
+    }
+    Ok(headers)
+}
+
 fn bad(message: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": {"code": "bad_request", "message": message}}))
 }
@@ -898,6 +928,10 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 }),
                 remaining: body.get("times").and_then(Value::as_u64).unwrap_or(1) as u32,
                 delay_ms: body.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
+                headers: match injected_headers(body.get("headers")) {
+                    Ok(h) => h,
+                    Err(why) => return bad(why),
+                },
             };
             fake.lock().injections.push(inj);
             HttpResponse::Ok().json(json!({"ok": true}))
