@@ -539,6 +539,12 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
             .await;
         assert_eq!(status, 400, "{answer}");
     }
+    // An error that is not an object is refused, not a crash of the fake.
+    for error in [json!("x"), json!(true), json!([1]), json!(613)] {
+        let (status, answer) = f.send("POST", "/_fake/errors", Some(&json!({"path": "/x", "error": error}))).await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    f.ok("GET", "/_fake/requests", None).await;
 }
 
 /// WhatsApp templates at the fake: listed in pages as Graph lists them,

@@ -917,15 +917,16 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 path: p.to_string(),
                 method: body.get("method").and_then(Value::as_str).map(str::to_string),
                 status: body.get("status").and_then(Value::as_u64).map(|s| s as u16).unwrap_or(400),
-                error: body.get("error").cloned().map(|mut e| {
-                    if e.get("type").is_none() {
-                        e["type"] = json!("OAuthException");
+                error: match body.get("error").filter(|e| !e.is_null()).map(Value::as_object) {
+                    None => None,
+                    Some(None) => return bad("error must be an object: {code, error_subcode?, message?}"),
+                    Some(Some(e)) => {
+                        let mut e = e.clone();
+                        e.entry("type").or_insert_with(|| json!("OAuthException"));
+                        e.entry("message").or_insert_with(|| json!("Injected error"));
+                        Some(Value::Object(e))
                     }
-                    if e.get("message").is_none() {
-                        e["message"] = json!("Injected error");
-                    }
-                    e
-                }),
+                },
                 remaining: body.get("times").and_then(Value::as_u64).unwrap_or(1) as u32,
                 delay_ms: body.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
                 headers: match injected_headers(body.get("headers")) {
