@@ -183,6 +183,12 @@ pub enum UserCommand {
         #[arg(long, env = "SWITCHBOARD_USER_PASSWORD", hide_env_values = true)]
         password: String,
     },
+    /// Turn off a person's two-step sign-in (a lost phone and lost recovery
+    /// codes); their password stays.
+    MfaOff {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -123,6 +123,8 @@ pub fn rotate_keys(
         .map_err(|e| anyhow::anyhow!("{}: {e}", t.slug))?;
         out.push((t.slug, n));
     }
+    let people = crate::auth::mfa::reencrypt_secrets(conn, keyring).map_err(|e| anyhow::anyhow!("people: {e}"))?;
+    out.push(("(people's authenticator secrets)".to_string(), people));
     Ok(out)
 }
 
@@ -265,6 +267,12 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             let hash = crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
             let ended = crate::auth::account::set_password(&mut conn, &email, &hash).map_err(user_error)?;
             println!("set the password of {}; ended {ended} login(s)", email.as_str());
+        }
+        UserCommand::MfaOff { email } => {
+            let email = Email::parse(&email).map_err(user_error)?;
+            let was_on = crate::auth::mfa::turn_off_for(&mut conn, &email).map_err(user_error)?;
+            let what = if was_on { "turned off" } else { "was not on" };
+            println!("two-step sign-in of {}: {what}", email.as_str());
         }
     }
     Ok(())

@@ -146,7 +146,7 @@ pub fn set_password(conn: &mut PgConnection, email: &Email, new: &PasswordHash) 
 
 /// Revokes the person's live refresh-token families but `keep`, in every
 /// tenant, and closes the sockets opened with them on every instance.
-fn end_logins(conn: &mut PgConnection, user: UserId, keep: Option<&str>) -> AppResult<usize> {
+pub(super) fn end_logins(conn: &mut PgConnection, user: UserId, keep: Option<&str>) -> AppResult<usize> {
     let mut live = rt::table
         .filter(rt::user_id.eq(user.0))
         .filter(rt::revoked_at.is_null())

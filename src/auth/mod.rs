@@ -7,6 +7,7 @@ pub mod api_tokens;
 pub mod extract;
 pub mod jwt;
 pub mod members;
+pub mod mfa;
 pub mod password;
 pub mod refresh;
 pub mod session;

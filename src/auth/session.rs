@@ -88,12 +88,16 @@ fn pair(
     })
 }
 
+/// A login: the password, then (for a person who turned it on) the second
+/// step (`auth::mfa`), only once the password and tenant are right.
 pub fn login(
     conn: &mut PgConnection,
     keys: &JwtKeys,
+    keyring: &crate::crypto::Keyring,
     email: &str,
     password: &str,
     tenant_slug: &str,
+    second: &super::mfa::SecondStep,
 ) -> AppResult<TokenPair> {
     let Ok(email) = Email::parse(email) else {
         password::verify_dummy(password);
@@ -112,6 +116,7 @@ pub fn login(
         tenancy::find_by_slug(conn, &tenant_slug.trim().to_ascii_lowercase())?.ok_or_else(invalid_credentials)?;
     let role = role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
     ensure_usable(&tenant)?;
+    super::mfa::check_login(conn, keyring, &user, second, chrono::Utc::now())?;
     pair(conn, keys, &user, &tenant, role, None)
 }
 

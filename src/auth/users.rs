@@ -44,6 +44,8 @@ pub struct User {
     pub name: String,
     password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// When two-step sign-in was turned on (`auth::mfa`); `None`: off.
+    pub totp_enabled_at: Option<DateTime<Utc>>,
 }
 
 impl User {
@@ -56,7 +58,12 @@ impl User {
     }
 
     pub fn public(&self) -> UserView {
-        UserView { id: self.user_id(), email: self.email.clone(), name: self.name.clone() }
+        UserView {
+            id: self.user_id(),
+            email: self.email.clone(),
+            name: self.name.clone(),
+            mfa_enabled: self.totp_enabled_at.is_some(),
+        }
     }
 }
 
@@ -66,6 +73,8 @@ pub struct UserView {
     pub id: UserId,
     pub email: String,
     pub name: String,
+    /// Whether the person signs in in two steps (an extension; `auth::mfa`).
+    pub mfa_enabled: bool,
 }
 
 pub fn find_by_email(conn: &mut PgConnection, email: &Email) -> Result<Option<User>, DbError> {

@@ -21,6 +21,21 @@ diesel::table! {
         name -> Text,
         password_hash -> Text,
         created_at -> Timestamptz,
+        /// Two-step sign-in (`auth::mfa`).
+        totp_secret_enc -> Nullable<Text>,
+        totp_enabled_at -> Nullable<Timestamptz>,
+        totp_last_step -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    /// Single-use recovery codes of two-step sign-in (`auth::mfa`).
+    public.recovery_codes (id) {
+        id -> Int8,
+        user_id -> Int8,
+        code_hash -> Text,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -63,7 +78,7 @@ diesel::table! {
 
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> tenants (tenant_id));
-diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens, api_tokens);
+diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens, api_tokens, recovery_codes);
 
 diesel::table! {
     public.channel_routes (platform, external_id) {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::AppState;
 use crate::auth::account::{self, AccountChanges};
-use crate::auth::{api_tokens, session, AuthContext, JwtKeys, Role};
+use crate::auth::{api_tokens, mfa, session, AuthContext, JwtKeys, Role};
 use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -14,6 +14,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(super::resource("/auth/refresh").route(web::post().to(refresh)))
         .service(super::resource("/auth/logout").route(web::post().to(logout)))
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
+        .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
+        .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
         .service(super::resource("/me/tokens").route(web::get().to(my_tokens)).route(web::post().to(create_token)))
         .service(super::resource("/me/tokens/{id}").route(web::delete().to(revoke_token)))
         .service(super::resource("/api-tokens").route(web::get().to(all_tokens)))
@@ -75,6 +77,11 @@ struct LoginBody {
     email: String,
     password: String,
     tenant: String,
+    /// The second step of a person who turned it on (`auth::mfa`).
+    #[serde(default)]
+    otp: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
 }
 
 /// Holds back a caller whose account has used up its failed passwords.
@@ -99,14 +106,20 @@ async fn login(
     let keys = keys.into_inner();
     let email = body.email.clone();
     throttled(&state, &email)?;
-    let result =
-        state.db.public(move |conn| session::login(conn, &keys, &body.email, &body.password, &body.tenant)).await;
+    let keyring = state.keys.clone();
+    let second = mfa::SecondStep { otp: body.otp, recovery_code: body.recovery_code };
+    let result = state
+        .db
+        .public(move |conn| session::login(conn, &keys, &keyring, &body.email, &body.password, &body.tenant, &second))
+        .await;
     match &result {
         Ok(pair) => {
             state.login_throttle.succeeded(&email);
             tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
         }
-        Err(e) if e.code == session::INVALID_CREDENTIALS => state.login_throttle.failed(&email, Instant::now()),
+        Err(e) if e.code == session::INVALID_CREDENTIALS || e.code == mfa::INVALID_OTP => {
+            state.login_throttle.failed(&email, Instant::now())
+        }
         Err(_) => {}
     }
     Ok(HttpResponse::Ok().json(result?))
@@ -187,4 +200,89 @@ async fn change_me(
         tracing::info!(user_id = %auth.user, ?changed, "account changed");
     }
     Ok(HttpResponse::Ok().json(me))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaEnroll {
+    current_password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaConfirm {
+    code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaDisable {
+    current_password: String,
+    code: String,
+}
+
+/// Runs `work` (which checks the caller's password or code) behind the
+/// account's failed-login count: a wrong password or code counts as a
+/// failed login, so a stolen access token buys no more guesses.
+async fn counted<T: Send + 'static>(
+    state: &AppState,
+    auth: &AuthContext,
+    work: impl FnOnce(&mut crate::db::TenantConn<'_>) -> AppResult<T> + Send + 'static,
+) -> AppResult<T> {
+    let user = auth.user;
+    let email = state.db.public(move |conn| account::email_of(conn, user)).await?;
+    throttled(state, &email)?;
+    let result = state.db.tenant(auth.scope(), work).await;
+    match &result {
+        Ok(_) => state.login_throttle.succeeded(&email),
+        Err(e) if e.code == account::WRONG_PASSWORD || e.code == mfa::INVALID_OTP => {
+            state.login_throttle.failed(&email, Instant::now())
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// `POST /api/me/mfa` `{current_password}`: a new authenticator secret,
+/// pending until confirmed (`auth::mfa`).
+async fn mfa_enroll(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MfaEnroll>,
+) -> AppResult<HttpResponse> {
+    let (keys, password, user) = (state.keys.clone(), body.into_inner().current_password, auth.user);
+    let enrollment = counted(&state, &auth, move |tc| mfa::enroll(tc, &keys, user, &password)).await?;
+    Ok(HttpResponse::Ok().json(enrollment))
+}
+
+/// `POST /api/me/mfa/confirm` `{code}`: turns two-step sign-in on; answers
+/// the recovery codes, this once.
+async fn mfa_confirm(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MfaConfirm>,
+) -> AppResult<HttpResponse> {
+    let (keys, code, user, family) = (state.keys.clone(), body.into_inner().code, auth.user, auth.family.clone());
+    let codes = state
+        .db
+        .tenant(auth.scope(), move |tc| mfa::confirm(tc, &keys, user, &family, &code, chrono::Utc::now()))
+        .await?;
+    tracing::info!(user_id = %auth.user, "two-step sign-in turned on");
+    Ok(HttpResponse::Ok().json(codes))
+}
+
+/// `DELETE /api/me/mfa` `{current_password, code}`: turns it off (204).
+async fn mfa_disable(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MfaDisable>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let (keys, user) = (state.keys.clone(), auth.user);
+    counted(&state, &auth, move |tc| {
+        mfa::disable(tc, &keys, user, &body.current_password, &body.code, chrono::Utc::now())
+    })
+    .await?;
+    tracing::info!(user_id = %auth.user, "two-step sign-in turned off");
+    Ok(HttpResponse::NoContent().finish())
 }

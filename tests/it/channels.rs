@@ -431,6 +431,10 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     let hook = json!({"url": "https://crm.example.com/hooks"});
     let made = app.call("POST", "/api/integrations/webhooks", Some(&admin), Some(hook)).await;
     let hook_secret = made.body["secret"].as_str().expect("secret").to_string();
+    // And a person's authenticator secret (two-step sign-in begun).
+    let begun = json!({"current_password": "ann-password-1"});
+    let enrolled = app.call("POST", "/api/me/mfa", Some(&admin), Some(begun)).await;
+    assert_eq!(enrolled.status, 200, "{:?}", enrolled.body);
 
     // Key rotation: everything re-sealed under k2, readable with k2 alone.
     let k1 = switchboard::config::EncryptionKey { id: "k1".into(), key: switchboard::secret::Secret::new([7u8; 32]) };
@@ -438,7 +442,16 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     let rotated = Keyring::new(&[k2.clone(), k1]);
     let mut conn = app.pool.get().expect("conn");
     let report = switchboard::ops::rotate_keys(&mut conn, &rotated).expect("rotate");
-    assert_eq!(report, vec![("acme".to_string(), 4)], "two channels, one pending selection, one webhook");
+    let expected = vec![("acme".to_string(), 4), ("(people's authenticator secrets)".to_string(), 1)];
+    assert_eq!(report, expected, "two channels, one pending selection, one webhook; one person");
+    let person: Vec<Option<String>> = switchboard::db::schema::users::table
+        .select(switchboard::db::schema::users::totp_secret_enc)
+        .load(&mut conn)
+        .expect("users");
+    assert!(
+        person.iter().flatten().all(|s| s.starts_with("k2:")) && person.iter().flatten().count() == 1,
+        "{person:?}"
+    );
     let only_k2 = Keyring::new(&[k2]);
     for (external_id, sealed) in sealed_tokens(&app, "tenant_acme") {
         let sealed = sealed.expect("sealed");

@@ -12,6 +12,7 @@ mod housekeeping;
 mod inbox;
 mod integrations;
 mod licences;
+mod mfa;
 mod migrate;
 mod openapi;
 mod realtime;
