@@ -26,12 +26,22 @@ pub struct Member {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Whether they sign in in two steps (an extension; `auth::mfa`), so an
+    /// admin can see who has not.
+    pub mfa_enabled: bool,
 }
 
-type MemberRow = (i64, String, String, String, DateTime<Utc>);
+type MemberRow = (i64, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
 
 fn to_member(row: MemberRow) -> AppResult<Member> {
-    Ok(Member { user_id: UserId(row.0), email: row.1, name: row.2, role: stored_role(&row.3)?, created_at: row.4 })
+    Ok(Member {
+        user_id: UserId(row.0),
+        email: row.1,
+        name: row.2,
+        role: stored_role(&row.3)?,
+        created_at: row.4,
+        mfa_enabled: row.5.is_some(),
+    })
 }
 
 /// Members ordered by user id, after `after` (keyset pagination).
@@ -42,7 +52,14 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResul
         .filter(memberships::tenant_id.eq(tenant))
         .order(memberships::user_id)
         .limit(limit)
-        .select((users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at))
+        .select((
+            users_t::id,
+            users_t::email,
+            users_t::name,
+            memberships::role,
+            memberships::created_at,
+            users_t::totp_enabled_at,
+        ))
         .into_boxed();
     if let Some(a) = after {
         q = q.filter(memberships::user_id.gt(a));
@@ -67,7 +84,14 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
         .inner_join(users_t::table)
         .filter(memberships::tenant_id.eq(tenant))
         .filter(memberships::user_id.eq(user.0))
-        .select((users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at))
+        .select((
+            users_t::id,
+            users_t::email,
+            users_t::name,
+            memberships::role,
+            memberships::created_at,
+            users_t::totp_enabled_at,
+        ))
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("member"))?;

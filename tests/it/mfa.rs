@@ -99,6 +99,9 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("mfa_enabled")), "{:?}", r.body);
     let me = app.call("GET", "/api/me", Some(&ann), None).await;
     assert_eq!((me.status, &me.body["user"]["mfa_enabled"]), (200, &json!(true)), "{:?}", me.body);
+    // Admins see who signs in in two steps.
+    let members = app.call("GET", "/api/members", Some(&ann), None).await.body;
+    assert_eq!(members["items"][0]["mfa_enabled"], true, "{members}");
     // The other login ended; this one goes on.
     let refresh = json!({"refresh_token": token(&other, "refresh_token")});
     assert_eq!(app.call("POST", "/api/auth/refresh", None, Some(refresh)).await.status, 401);
