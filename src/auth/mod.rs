@@ -6,6 +6,7 @@ pub mod account;
 pub mod api_tokens;
 pub mod extract;
 pub mod jwt;
+pub mod logins;
 pub mod members;
 pub mod mfa;
 pub mod password;

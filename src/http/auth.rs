@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::AppState;
 use crate::auth::account::{self, AccountChanges};
-use crate::auth::{api_tokens, mfa, session, AuthContext, JwtKeys, Role};
+use crate::auth::{api_tokens, logins, mfa, session, AuthContext, JwtKeys, Role};
 use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -16,6 +16,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
         .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
         .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
+        .service(
+            super::resource("/me/logins").route(web::get().to(my_logins)).route(web::delete().to(end_other_logins)),
+        )
+        .service(super::resource("/me/logins/{id}").route(web::delete().to(end_login)))
         .service(super::resource("/me/tokens").route(web::get().to(my_tokens)).route(web::post().to(create_token)))
         .service(super::resource("/me/tokens/{id}").route(web::delete().to(revoke_token)))
         .service(super::resource("/api-tokens").route(web::get().to(all_tokens)))
@@ -284,5 +288,27 @@ async fn mfa_disable(
     })
     .await?;
     tracing::info!(user_id = %auth.user, "two-step sign-in turned off");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /api/me/logins`: the caller's live logins, in every tenant
+/// (`auth::logins`).
+async fn my_logins(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let (user, family) = (auth.user, auth.family.clone());
+    let items = state.db.tenant(auth.scope(), move |tc| logins::list(tc, user, &family)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+/// `DELETE /api/me/logins`: ends every login of the caller's but this one.
+async fn end_other_logins(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let (user, family) = (auth.user, auth.family.clone());
+    let ended = state.db.tenant(auth.scope(), move |tc| logins::end_others(tc, user, &family)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ended": ended})))
+}
+
+/// `DELETE /api/me/logins/{id}`: ends one of the caller's logins (204).
+async fn end_login(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let (user, id) = (auth.user, path.into_inner());
+    state.db.tenant(auth.scope(), move |tc| logins::end(tc, user, &id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -765,3 +765,87 @@ async fn an_api_token_acts_as_its_member_until_revoked() {
     assert!(entries.iter().any(|e| e["action"] == "api_token.revoked"));
     assert!(!log.to_string().contains("sbt_"), "never the token");
 }
+
+/// The family (`fam`) an access token belongs to.
+fn family_of(access: &str) -> String {
+    let payload = access.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json");
+    claims["fam"].as_str().expect("fam").to_string()
+}
+
+/// A person sees their live logins (one per refresh family, a refresh
+/// moving its last refresh, not adding one), ends one (its refresh token
+/// stops, its sockets close with 4401) or every other; never another
+/// person's.
+#[actix_web::test]
+async fn a_person_sees_and_ends_their_logins() {
+    use crate::realtime::{until, ws};
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let first = app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let ann = token(&first, "access_token");
+    let second = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let third = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let member = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ann), Some(member)).await.status, 201);
+    let bo = app.login("bo@acme.test", "bo-password-1", "acme").await;
+    let logins = || async {
+        let r = app.call("GET", "/api/me/logins", Some(&ann), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["items"].as_array().expect("items").clone()
+    };
+    let listed = logins().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let current: Vec<&Value> = listed.iter().filter(|l| l["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!((&current[0]["id"], &current[0]["tenant"]["slug"]), (&json!(family_of(&ann)), &json!("acme")));
+    let id_of = |pair: &Value| family_of(&token(pair, "access_token"));
+    let before = listed.iter().find(|l| l["id"] == id_of(&second)).expect("second").clone();
+
+    // A refresh is the same login, refreshed later.
+    let r = app
+        .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&second, "refresh_token")})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let second_refresh = token(&r.body, "refresh_token");
+    let listed = logins().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let after = listed.iter().find(|l| l["id"] == id_of(&second)).expect("second");
+    assert_eq!(after["started_at"], before["started_at"]);
+    let at = |l: &Value| {
+        chrono::DateTime::parse_from_rfc3339(l["last_refreshed_at"].as_str().expect("a time")).expect("rfc 3339")
+    };
+    assert!(at(after) > at(&before), "{before} {after}");
+
+    // One ended: its refresh token stops, its socket closes.
+    let mut socket = ws(&app, "", Some(&token(&third, "access_token")), None).await.expect("socket");
+    let r = app.call("DELETE", &format!("/api/me/logins/{}", id_of(&third)), Some(&ann), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let closed = until(&mut socket, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401);
+    let r = app
+        .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&third, "refresh_token")})))
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(logins().await.len(), 2);
+    // Not another person's, nor one that is gone.
+    for id in [id_of(&bo), id_of(&third), "no-such-login".to_string()] {
+        let r = app.call("DELETE", &format!("/api/me/logins/{id}"), Some(&ann), None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")), "{:?}", r.body);
+    }
+    let r =
+        app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&bo, "refresh_token")}))).await;
+    assert_eq!(r.status, 200, "Bo's login goes on");
+
+    // Every other one.
+    let r = app.call("DELETE", "/api/me/logins", Some(&ann), None).await;
+    assert_eq!((r.status, &r.body["ended"]), (200, &json!(1)), "{:?}", r.body);
+    let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": second_refresh}))).await;
+    assert_eq!(r.status, 401);
+    let listed = logins().await;
+    assert_eq!((listed.len(), &listed[0]["current"]), (1, &json!(true)), "{listed:?}");
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
+    let ended =
+        log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "account.logins_ended").count();
+    assert_eq!(ended, 2);
+}
