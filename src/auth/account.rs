@@ -121,16 +121,20 @@ pub fn change(
         changed.push("name");
     }
     if !changed.is_empty() {
-        crate::audit::record(
-            tc,
-            Some(user),
-            "account.updated",
-            "user",
-            Some(user.0.to_string()),
-            json!({"fields": changed}),
-        )?;
+        audited(tc, user, "account.updated", json!({"fields": changed}))?;
     }
     Ok(changed)
+}
+
+/// Audits `action` on the person's own account, in the tenant they did it from.
+pub(super) fn audited(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    action: &str,
+    details: serde_json::Value,
+) -> AppResult<()> {
+    crate::audit::record(tc, Some(user), action, "user", Some(user.0.to_string()), details)?;
+    Ok(())
 }
 
 /// Sets a password without the current one (operators), ending every login

@@ -106,7 +106,5 @@ pub fn end_others(tc: &mut TenantConn<'_>, user: UserId, keep: &str) -> AppResul
 }
 
 fn audited(tc: &mut TenantConn<'_>, user: UserId, count: usize) -> AppResult<()> {
-    let details = json!({"count": count});
-    crate::audit::record(tc, Some(user), "account.logins_ended", "user", Some(user.0.to_string()), details)?;
-    Ok(())
+    super::account::audited(tc, user, "account.logins_ended", json!({"count": count}))
 }

@@ -33,6 +33,16 @@ pub struct Member {
 
 type MemberRow = (i64, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
 
+/// What a [`MemberRow`] is read from.
+const MEMBER_COLUMNS: (
+    users_t::id,
+    users_t::email,
+    users_t::name,
+    memberships::role,
+    memberships::created_at,
+    users_t::totp_enabled_at,
+) = (users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at, users_t::totp_enabled_at);
+
 fn to_member(row: MemberRow) -> AppResult<Member> {
     Ok(Member {
         user_id: UserId(row.0),
@@ -52,14 +62,7 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResul
         .filter(memberships::tenant_id.eq(tenant))
         .order(memberships::user_id)
         .limit(limit)
-        .select((
-            users_t::id,
-            users_t::email,
-            users_t::name,
-            memberships::role,
-            memberships::created_at,
-            users_t::totp_enabled_at,
-        ))
+        .select(MEMBER_COLUMNS)
         .into_boxed();
     if let Some(a) = after {
         q = q.filter(memberships::user_id.gt(a));
@@ -84,14 +87,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
         .inner_join(users_t::table)
         .filter(memberships::tenant_id.eq(tenant))
         .filter(memberships::user_id.eq(user.0))
-        .select((
-            users_t::id,
-            users_t::email,
-            users_t::name,
-            memberships::role,
-            memberships::created_at,
-            users_t::totp_enabled_at,
-        ))
+        .select(MEMBER_COLUMNS)
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::not_found("member"))?;

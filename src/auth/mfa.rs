@@ -246,14 +246,7 @@ pub fn confirm(
     let rows: Vec<_> = codes.iter().map(|c| (rc::user_id.eq(user.0), rc::code_hash.eq(recovery_hash(c)))).collect();
     diesel::insert_into(rc::table).values(&rows).on_conflict_do_nothing().execute(tc.pg())?;
     super::account::end_logins(tc.pg(), user, Some(keep_family))?;
-    crate::audit::record(
-        tc,
-        Some(user),
-        "account.mfa_enabled",
-        "user",
-        Some(user.0.to_string()),
-        serde_json::json!({}),
-    )?;
+    super::account::audited(tc, user, "account.mfa_enabled", serde_json::json!({}))?;
     Ok(RecoveryCodes { recovery_codes: codes })
 }
 
@@ -278,14 +271,7 @@ pub fn disable(
         return Err(AppError::forbidden(INVALID_OTP, "the code is wrong, was used already, or is too old"));
     }
     turn_off(tc.pg(), user)?;
-    crate::audit::record(
-        tc,
-        Some(user),
-        "account.mfa_disabled",
-        "user",
-        Some(user.0.to_string()),
-        serde_json::json!({}),
-    )?;
+    super::account::audited(tc, user, "account.mfa_disabled", serde_json::json!({}))?;
     Ok(())
 }
 
