@@ -100,13 +100,7 @@ pub fn change(
     keep_family: &str,
     changes: AccountChanges,
 ) -> AppResult<Vec<&'static str>> {
-    let row: User = u::table
-        .find(user.0)
-        .select(User::as_select())
-        .for_update()
-        .first(tc.pg())
-        .optional()?
-        .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))?;
+    let row: User = users::own_for_update(tc.pg(), user)?;
     let mut changed = Vec::new();
     if let Some(pw) = &changes.password {
         if !row.password_matches(&pw.current) {

@@ -145,16 +145,6 @@ fn new_recovery_code() -> String {
     format!("{}-{}", &chars[..5], &chars[5..])
 }
 
-fn locked_user(conn: &mut PgConnection, user: UserId) -> AppResult<User> {
-    u::table
-        .find(user.0)
-        .select(User::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?
-        .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))
-}
-
 fn wrong_code() -> AppError {
     AppError::unauthorized(INVALID_OTP, "the code is wrong, was used already, or is too old")
 }
@@ -162,7 +152,7 @@ fn wrong_code() -> AppError {
 /// Begins turning two-step sign-in on for `user`, whose current password
 /// is `password`: a new secret, pending until [`confirm`].
 pub fn enroll(tc: &mut TenantConn<'_>, keys: &Keyring, user: UserId, password: &str) -> AppResult<Enrollment> {
-    let row = locked_user(tc.pg(), user)?;
+    let row = users::own_for_update(tc.pg(), user)?;
     if !row.password_matches(password) {
         return Err(AppError::forbidden(super::account::WRONG_PASSWORD, "the current password is wrong"));
     }
@@ -230,7 +220,7 @@ pub fn confirm(
     code: &str,
     now: DateTime<Utc>,
 ) -> AppResult<RecoveryCodes> {
-    let row = locked_user(tc.pg(), user)?;
+    let row = users::own_for_update(tc.pg(), user)?;
     if row.totp_enabled_at.is_some() {
         return Err(AppError::conflict("mfa_enabled", "two-step sign-in is on already"));
     }
@@ -260,7 +250,7 @@ pub fn disable(
     code: &str,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
-    let row = locked_user(tc.pg(), user)?;
+    let row = users::own_for_update(tc.pg(), user)?;
     if !row.password_matches(password) {
         return Err(AppError::forbidden(super::account::WRONG_PASSWORD, "the current password is wrong"));
     }

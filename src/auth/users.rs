@@ -89,6 +89,18 @@ pub fn find(conn: &mut PgConnection, id: UserId) -> Result<Option<User>, DbError
     Ok(users::table.find(id.0).select(User::as_select()).first(conn).optional()?)
 }
 
+/// The caller's own row, locked for a change of their account (a token's
+/// user that is gone is a 401).
+pub fn own_for_update(conn: &mut PgConnection, id: UserId) -> AppResult<User> {
+    users::table
+        .find(id.0)
+        .select(User::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))
+}
+
 /// Inserts a user; a taken email is a 409.
 pub fn insert(conn: &mut PgConnection, email: &Email, name: &str, hash: &PasswordHash) -> AppResult<User> {
     let name = name.trim();

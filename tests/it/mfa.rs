@@ -158,4 +158,16 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     let mut conn = app.pool.get().expect("conn");
     assert!(switchboard::auth::mfa::turn_off_for(&mut conn, &email).expect("off"));
     assert_eq!(login(&app, json!({})).await.0, 200);
+
+    // Wrong codes count with the account's failed logins: guessing them is
+    // no faster than guessing the password.
+    let r = app.call("POST", "/api/me/mfa", Some(&ann), Some(json!({"current_password": "ann-password-1"}))).await;
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let r = app.call("POST", "/api/me/mfa/confirm", Some(&ann), Some(json!({"code": code(&secret, step_now())}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for _ in 0..20 {
+        assert_eq!(login(&app, json!({"otp": wrong(&secret)})).await.0, 401);
+    }
+    let (status, body) = login(&app, json!({"otp": code(&secret, step_now() + 1)})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_attempts")), "{body}");
 }
