@@ -21,6 +21,8 @@
 //!   drift), and each only once: the step of the last code taken is kept
 //!   and a code of that step or an earlier one is refused, so a code read
 //!   over a shoulder cannot be used again.
+//! - `POST /api/me/mfa/recovery-codes {code}` (a code from the app) answers
+//!   ten new recovery codes; the old ones, used or not, stop working.
 //! - `DELETE /api/me/mfa {current_password, code}` (a code or a recovery
 //!   code) turns it off. An operator turns it off for a person who lost
 //!   both (`switchboard user mfa-off`). Refresh tokens, API tokens and
@@ -231,13 +233,41 @@ pub fn confirm(
         return Err(AppError::invalid(INVALID_OTP, "the code is wrong or too old: type the one the app shows now"));
     }
     diesel::update(u::table.find(user.0)).set(u::totp_enabled_at.eq(now)).execute(tc.pg())?;
-    diesel::delete(rc::table.filter(rc::user_id.eq(user.0))).execute(tc.pg())?;
-    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
-    let rows: Vec<_> = codes.iter().map(|c| (rc::user_id.eq(user.0), rc::code_hash.eq(recovery_hash(c)))).collect();
-    diesel::insert_into(rc::table).values(&rows).on_conflict_do_nothing().execute(tc.pg())?;
+    let codes = new_recovery_codes(tc.pg(), user)?;
     super::account::end_logins(tc.pg(), user, Some(keep_family))?;
     super::account::audited(tc, user, "account.mfa_enabled", serde_json::json!({}))?;
+    Ok(codes)
+}
+
+/// Replaces the person's recovery codes with ten new ones.
+fn new_recovery_codes(conn: &mut PgConnection, user: UserId) -> AppResult<RecoveryCodes> {
+    diesel::delete(rc::table.filter(rc::user_id.eq(user.0))).execute(conn)?;
+    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
+    let rows: Vec<_> = codes.iter().map(|c| (rc::user_id.eq(user.0), rc::code_hash.eq(recovery_hash(c)))).collect();
+    diesel::insert_into(rc::table).values(&rows).on_conflict_do_nothing().execute(conn)?;
     Ok(RecoveryCodes { recovery_codes: codes })
+}
+
+/// New recovery codes for a person whose two-step sign-in is on (the old
+/// ones, used or not, stop working), with a code from the app: a stolen
+/// session alone cannot read them.
+pub fn renew_recovery_codes(
+    tc: &mut TenantConn<'_>,
+    keys: &Keyring,
+    user: UserId,
+    code: &str,
+    now: DateTime<Utc>,
+) -> AppResult<RecoveryCodes> {
+    let row = users::own_for_update(tc.pg(), user)?;
+    if row.totp_enabled_at.is_none() {
+        return Err(AppError::conflict("mfa_not_enabled", "two-step sign-in is not on"));
+    }
+    if !take_code(tc.pg(), keys, user, code, now.timestamp())? {
+        return Err(AppError::forbidden(INVALID_OTP, "the code is wrong, was used already, or is too old"));
+    }
+    let codes = new_recovery_codes(tc.pg(), user)?;
+    super::account::audited(tc, user, "account.mfa_recovery_codes_renewed", serde_json::json!({}))?;
+    Ok(codes)
 }
 
 /// Turns two-step sign-in off, with the current password and a code (or

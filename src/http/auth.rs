@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
         .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
         .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
+        .service(super::resource("/me/mfa/recovery-codes").route(web::post().to(mfa_recovery_codes)))
         .service(
             super::resource("/me/logins").route(web::get().to(my_logins)).route(web::delete().to(end_other_logins)),
         )
@@ -311,4 +312,16 @@ async fn end_login(state: web::Data<AppState>, auth: AuthContext, path: web::Pat
     let (user, id) = (auth.user, path.into_inner());
     state.db.tenant(auth.scope(), move |tc| logins::end(tc, user, &id)).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/me/mfa/recovery-codes` `{code}`: ten new recovery codes.
+async fn mfa_recovery_codes(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<MfaConfirm>,
+) -> AppResult<HttpResponse> {
+    let (keys, code, user) = (state.keys.clone(), body.into_inner().code, auth.user);
+    let codes =
+        counted(&state, &auth, move |tc| mfa::renew_recovery_codes(tc, &keys, user, &code, chrono::Utc::now())).await?;
+    Ok(HttpResponse::Ok().json(codes))
 }

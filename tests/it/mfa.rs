@@ -36,6 +36,11 @@ fn code(secret: &str, step: i64) -> String {
     format!("{n:06}")
 }
 
+/// The step of the last code the server took.
+fn last_step_taken(app: &TestApp) -> i64 {
+    app.count("SELECT coalesce(max(totp_last_step), 0) AS n FROM public.users")
+}
+
 fn step_now() -> i64 {
     chrono::Utc::now().timestamp() / 30
 }
@@ -128,6 +133,34 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = login(&app, json!({"recovery_code": recovery[0]})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_otp")), "{body}");
+
+    // New recovery codes, with a code from the app; the old ones stop.
+    let renew = |code: String| json!({"code": code});
+    let r = app.call("POST", "/api/me/mfa/recovery-codes", Some(&ann), Some(renew(wrong(&secret)))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("invalid_otp")), "{:?}", r.body);
+    let taken = last_step_taken(&app);
+    let r = app.call("POST", "/api/me/mfa/recovery-codes", Some(&ann), Some(renew(code(&secret, taken)))).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (403, Some("invalid_otp")),
+        "the login took it: {:?}",
+        r.body
+    );
+    // A minute and a half later (the last code taken set back, rather than waited for).
+    app.count("WITH back AS (UPDATE public.users SET totp_last_step = totp_last_step - 3 RETURNING 1) SELECT count(*) AS n FROM back");
+    let soon = code(&secret, step_now());
+    let r = app.call("POST", "/api/me/mfa/recovery-codes", Some(&ann), Some(renew(soon))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let old = recovery.clone();
+    let recovery: Vec<String> = r.body["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("a code").into())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let (status, body) = login(&app, json!({"recovery_code": old[2]})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_otp")), "an old one: {body}");
 
     // Off: the password and a code (a recovery code will do).
     let off = |password: &str, code: &str| json!({"current_password": password, "code": code});
