@@ -27,6 +27,16 @@
 //!   code) turns it off. An operator turns it off for a person who lost
 //!   both (`switchboard user mfa-off`). Refresh tokens, API tokens and
 //!   WebSocket tickets are not asked again: they come from a login that was.
+//! - A tenant may require it of its members (`PATCH /api/tenant
+//!   {require_mfa}`, owners, who must have it on themselves). A member
+//!   without it then cannot log in there (403 `mfa_required`) and their
+//!   logins there end at their next refresh (within 15 minutes); they set it
+//!   up with their password instead of a login: `POST /api/auth/mfa-setup
+//!   {email, password, tenant}` answers the secret, `POST
+//!   /api/auth/mfa-setup/confirm {email, password, tenant, code}` turns it on
+//!   and answers the recovery codes with a login. Both are counted as
+//!   logins are. API tokens go on working (they are a member's own, for
+//!   scripts; the member answers for them).
 //! - `GET /api/me` and a login's `user` show `mfa_enabled`; turning it on
 //!   or off is audited in the tenant the person did it from
 //!   (`account.mfa_enabled`, `account.mfa_disabled`).
@@ -227,7 +237,10 @@ pub fn confirm(
         return Err(AppError::conflict("mfa_enabled", "two-step sign-in is on already"));
     }
     if secret_of(tc.pg(), keys, user)?.is_none() {
-        return Err(AppError::conflict("mfa_not_started", "begin with POST /api/me/mfa"));
+        return Err(AppError::conflict(
+            "mfa_not_started",
+            "begin with POST /api/me/mfa (or, without a login, POST /api/auth/mfa-setup)",
+        ));
     }
     if !take_code(tc.pg(), keys, user, code, now.timestamp())? {
         return Err(AppError::invalid(INVALID_OTP, "the code is wrong or too old: type the one the app shows now"));
@@ -326,11 +339,12 @@ pub fn check_login(
     conn: &mut PgConnection,
     keys: &Keyring,
     user: &User,
+    tenant: &crate::tenancy::Tenant,
     second: &SecondStep,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
     if user.totp_enabled_at.is_none() {
-        return Ok(());
+        return if tenant.require_mfa { Err(required_here()) } else { Ok(()) };
     }
     let id = user.user_id();
     let taken = match (second.otp.as_deref(), second.recovery_code.as_deref()) {
@@ -348,6 +362,43 @@ pub fn check_login(
     } else {
         Err(wrong_code())
     }
+}
+
+/// The code of a login refused because its tenant requires two-step
+/// sign-in, which the person has not set up.
+pub const MFA_REQUIRED: &str = "mfa_required";
+
+/// 403 `mfa_required`: the tenant requires two-step sign-in of a person
+/// without it.
+pub fn required_here() -> AppError {
+    AppError::forbidden(
+        MFA_REQUIRED,
+        "this tenant requires two-step sign-in: set it up with POST /api/auth/mfa-setup {email, password, tenant}, \
+         then POST /api/auth/mfa-setup/confirm with a code from the app, which logs you in",
+    )
+}
+
+/// Whether a tenant requires two-step sign-in (`PATCH /api/tenant`): only
+/// a person who signs in so may turn it on (they would lock themselves out
+/// otherwise). Audited as `tenant.updated`. Answers the tenant.
+pub fn set_required(tc: &mut TenantConn<'_>, user: UserId, required: bool) -> AppResult<crate::tenancy::Tenant> {
+    use crate::db::schema::tenants;
+    let me = users::own_for_update(tc.pg(), user)?;
+    if required && me.totp_enabled_at.is_none() {
+        return Err(AppError::conflict(
+            "mfa_not_enabled",
+            "turn on your own two-step sign-in (POST /api/me/mfa) before requiring it of everyone",
+        ));
+    }
+    let tenant = tc.tenant().0;
+    let changed = diesel::update(tenants::table.find(tenant).filter(tenants::require_mfa.ne(required)))
+        .set((tenants::require_mfa.eq(required), tenants::updated_at.eq(diesel::dsl::now)))
+        .execute(tc.pg())?;
+    if changed > 0 {
+        let details = serde_json::json!({"require_mfa": required});
+        crate::audit::record(tc, Some(user), "tenant.updated", "tenant", Some(tenant.to_string()), details)?;
+    }
+    crate::tenancy::find(tc.pg(), crate::ids::TenantId(tenant))?.ok_or_else(|| AppError::not_found("tenant"))
 }
 
 /// Re-seals every person's authenticator secret with the current key.

@@ -20,11 +20,13 @@ pub struct TenantView {
     pub id: TenantId,
     pub slug: String,
     pub name: String,
+    /// Its members must sign in in two steps (an extension; `auth::mfa`).
+    pub require_mfa: bool,
 }
 
 impl From<&Tenant> for TenantView {
     fn from(t: &Tenant) -> Self {
-        TenantView { id: t.tenant_id(), slug: t.slug.clone(), name: t.name.clone() }
+        TenantView { id: t.tenant_id(), slug: t.slug.clone(), name: t.name.clone(), require_mfa: t.require_mfa }
     }
 }
 
@@ -88,8 +90,9 @@ fn pair(
     })
 }
 
-/// A login: the password, then (for a person who turned it on) the second
-/// step (`auth::mfa`), only once the password and tenant are right.
+/// A login: the password, then (for a person who turned it on, or whose
+/// tenant requires it) the second step (`auth::mfa`), only once the
+/// password and tenant are right.
 pub fn login(
     conn: &mut PgConnection,
     keys: &JwtKeys,
@@ -99,6 +102,20 @@ pub fn login(
     tenant_slug: &str,
     second: &super::mfa::SecondStep,
 ) -> AppResult<TokenPair> {
+    let (user, tenant, role) = credentials(conn, email, password, tenant_slug)?;
+    super::mfa::check_login(conn, keyring, &user, &tenant, second, chrono::Utc::now())?;
+    pair(conn, keys, &user, &tenant, role, None)
+}
+
+/// The person, tenant and role a login's email, password and tenant name,
+/// if all are right and the tenant is usable (401 `invalid_credentials`
+/// whatever was wrong).
+pub fn credentials(
+    conn: &mut PgConnection,
+    email: &str,
+    password: &str,
+    tenant_slug: &str,
+) -> AppResult<(users::User, Tenant, Role)> {
     let Ok(email) = Email::parse(email) else {
         password::verify_dummy(password);
         return Err(invalid_credentials());
@@ -116,8 +133,18 @@ pub fn login(
         tenancy::find_by_slug(conn, &tenant_slug.trim().to_ascii_lowercase())?.ok_or_else(invalid_credentials)?;
     let role = role_of(conn, user.user_id(), tenant.tenant_id())?.ok_or_else(invalid_credentials)?;
     ensure_usable(&tenant)?;
-    super::mfa::check_login(conn, keyring, &user, second, chrono::Utc::now())?;
-    pair(conn, keys, &user, &tenant, role, None)
+    Ok((user, tenant, role))
+}
+
+/// A new login (token pair) of a person whose credentials were checked.
+pub fn open(
+    conn: &mut PgConnection,
+    keys: &JwtKeys,
+    user: &users::User,
+    tenant: &Tenant,
+    role: Role,
+) -> AppResult<TokenPair> {
+    pair(conn, keys, user, tenant, role, None)
 }
 
 /// Rotates a refresh token. The role in the new access token is the member's
@@ -127,6 +154,7 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
         Pair(Box<TokenPair>),
         Reused,
         Removed,
+        MfaRequired,
     }
     let outcome = conn.transaction(|conn| -> AppResult<Outcome> {
         let spent = match refresh::spend(conn, token)? {
@@ -146,6 +174,12 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
         let tenant = tenancy::find(conn, spent.tenant)?.ok_or_else(|| AppError::not_found("tenant"))?;
         ensure_usable(&tenant)?;
         let user = users::find(conn, spent.user)?.ok_or_else(|| AppError::not_found("user"))?;
+        // The tenant came to require two-step sign-in of a person without
+        // it: this login ends; the next needs it set up (`auth::mfa`).
+        if tenant.require_mfa && user.totp_enabled_at.is_none() {
+            refresh::revoke_family(conn, &spent.family)?;
+            return Ok(Outcome::MfaRequired);
+        }
         Ok(Outcome::Pair(Box::new(pair(conn, keys, &user, &tenant, role, Some(&spent.family))?)))
     })?;
     match outcome {
@@ -157,6 +191,7 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
         Outcome::Removed => {
             Err(AppError::unauthorized("membership_revoked", "you are no longer a member of this tenant"))
         }
+        Outcome::MfaRequired => Err(super::mfa::required_here()),
     }
 }
 

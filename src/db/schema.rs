@@ -11,6 +11,8 @@ diesel::table! {
         schema_version -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// Members must sign in in two steps (`auth::mfa`).
+        require_mfa -> Bool,
     }
 }
 

@@ -13,6 +13,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/auth/login").route(web::post().to(login)))
         .service(super::resource("/auth/refresh").route(web::post().to(refresh)))
         .service(super::resource("/auth/logout").route(web::post().to(logout)))
+        .service(super::resource("/auth/mfa-setup").route(web::post().to(mfa_setup)))
+        .service(super::resource("/auth/mfa-setup/confirm").route(web::post().to(mfa_setup_confirm)))
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
         .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
         .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
@@ -324,4 +326,71 @@ async fn mfa_recovery_codes(
     let codes =
         counted(&state, &auth, move |tc| mfa::renew_recovery_codes(tc, &keys, user, &code, chrono::Utc::now())).await?;
     Ok(HttpResponse::Ok().json(codes))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaSetup {
+    email: String,
+    password: String,
+    tenant: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// Checks a setup's credentials as a login does, counted as one.
+async fn setup_credentials(
+    state: &AppState,
+    body: &MfaSetup,
+) -> AppResult<(crate::auth::users::User, crate::tenancy::Tenant, Role)> {
+    throttled(state, &body.email)?;
+    let (email, password, tenant) = (body.email.clone(), body.password.clone(), body.tenant.clone());
+    let result = state.db.public(move |conn| session::credentials(conn, &email, &password, &tenant)).await;
+    if let Err(e) = &result {
+        if e.code == session::INVALID_CREDENTIALS {
+            state.login_throttle.failed(&body.email, Instant::now());
+        }
+    }
+    result
+}
+
+/// `POST /api/auth/mfa-setup` `{email, password, tenant}`: for a person
+/// whose tenant requires two-step sign-in, a new secret without a login
+/// (as `POST /api/me/mfa` answers).
+async fn mfa_setup(state: web::Data<AppState>, body: web::Json<MfaSetup>) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let (user, tenant, _) = setup_credentials(&state, &body).await?;
+    let (keys, id, password) = (state.keys.clone(), user.user_id(), body.password);
+    let scope = crate::db::TenantScope::system(tenant.tenant_id());
+    let enrollment = state.db.tenant(scope, move |tc| mfa::enroll(tc, &keys, id, &password)).await?;
+    Ok(HttpResponse::Ok().json(enrollment))
+}
+
+/// `POST /api/auth/mfa-setup/confirm` `{email, password, tenant, code}`:
+/// turns it on and logs in: the session, with the recovery codes.
+async fn mfa_setup_confirm(
+    state: web::Data<AppState>,
+    jwt: web::Data<JwtKeys>,
+    body: web::Json<MfaSetup>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let Some(code) = body.code.clone() else {
+        return Err(AppError::invalid("code_required", "give the code the authenticator app shows as `code`"));
+    };
+    let (user, tenant, role) = setup_credentials(&state, &body).await?;
+    let (keys, jwt, id) = (state.keys.clone(), jwt.into_inner(), user.user_id());
+    let scope = crate::db::TenantScope::system(tenant.tenant_id());
+    let (codes, pair) = state
+        .db
+        .tenant(scope, move |tc| {
+            let codes = mfa::confirm(tc, &keys, id, "", &code, chrono::Utc::now())?;
+            let user = crate::auth::users::find(tc.pg(), id)?.ok_or_else(|| AppError::not_found("user"))?;
+            let pair = session::open(tc.pg(), &jwt, &user, &tenant, role)?;
+            Ok::<_, AppError>((codes, pair))
+        })
+        .await?;
+    state.login_throttle.succeeded(&body.email);
+    let mut answer = serde_json::to_value(&pair).map_err(AppError::internal)?;
+    answer["recovery_codes"] = serde_json::json!(codes.recovery_codes);
+    Ok(HttpResponse::Ok().json(answer))
 }

@@ -1,5 +1,7 @@
 //! `POST /api/tenants`: sign-up. Open to anyone when `SWITCHBOARD_SIGNUP=open`;
 //! otherwise it needs `Authorization: Bearer <SWITCHBOARD_OPERATOR_TOKEN>`.
+//! `GET`/`PATCH /api/tenant`: the caller's tenant and its policy (an
+//! extension: whether it requires two-step sign-in, `auth::mfa`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -10,12 +12,43 @@ use super::AppState;
 use crate::auth::extract::bearer;
 use crate::auth::session::TenantView;
 use crate::auth::users::Email;
+use crate::auth::{mfa, AuthContext, Role};
 use crate::config::Signup;
 use crate::error::{AppError, AppResult};
 use crate::tenancy::{self, NewTenant, TenantSlug};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/tenants").route(web::post().to(create)));
+    cfg.service(super::resource("/tenants").route(web::post().to(create)))
+        .service(super::resource("/tenant").route(web::get().to(get_tenant)).route(web::patch().to(patch_tenant)));
+}
+
+/// `GET /api/tenant`: the caller's tenant.
+async fn get_tenant(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let id = auth.tenant;
+    let tenant = state
+        .db
+        .tenant(auth.scope(), move |tc| tenancy::find(tc.pg(), id)?.ok_or_else(|| AppError::not_found("tenant")))
+        .await?;
+    Ok(HttpResponse::Ok().json(TenantView::from(&tenant)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantChange {
+    require_mfa: bool,
+}
+
+/// `PATCH /api/tenant` `{require_mfa}` (owners): whether members must sign
+/// in in two steps.
+async fn patch_tenant(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<TenantChange>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Owner)?;
+    let (user, required) = (auth.user, body.into_inner().require_mfa);
+    let tenant = state.db.tenant(auth.scope(), move |tc| mfa::set_required(tc, user, required)).await?;
+    Ok(HttpResponse::Ok().json(TenantView::from(&tenant)))
 }
 
 #[derive(Deserialize)]

@@ -114,6 +114,8 @@ pub struct Tenant {
     pub status: String,
     pub schema_version: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Its members must sign in in two steps (`auth::mfa`).
+    pub require_mfa: bool,
 }
 
 fn ser_tenant_id<S: serde::Serializer>(id: &i64, s: S) -> Result<S::Ok, S::Error> {

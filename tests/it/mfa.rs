@@ -204,3 +204,80 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     let (status, body) = login(&app, json!({"otp": code(&secret, step_now() + 1)})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_attempts")), "{body}");
 }
+
+/// An owner who signs in in two steps may require it of every member: one
+/// without it cannot log in, their logins end at the next refresh, and they
+/// set it up with their password, which logs them in; lifted, logins need
+/// no code again.
+#[actix_web::test]
+async fn a_tenant_may_require_two_step_sign_in() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let member = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ann), Some(member)).await.status, 201);
+    let bo = app.login("bo@acme.test", "bo-password-1", "acme").await;
+    let require = |on: bool| json!({"require_mfa": on});
+    let r = app.call("PATCH", "/api/tenant", Some(&token(&bo, "access_token")), Some(require(true))).await;
+    assert_eq!(r.status, 403, "owners only: {:?}", r.body);
+    let r = app.call("PATCH", "/api/tenant", Some(&ann), Some(require(true))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("mfa_not_enabled")), "{:?}", r.body);
+    let r = app.call("POST", "/api/me/mfa", Some(&ann), Some(json!({"current_password": "ann-password-1"}))).await;
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let r = app.call("POST", "/api/me/mfa/confirm", Some(&ann), Some(json!({"code": code(&secret, step_now())}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = app.call("PATCH", "/api/tenant", Some(&ann), Some(require(true))).await;
+    assert_eq!(
+        (r.status, &r.body["require_mfa"], &r.body["slug"]),
+        (200, &json!(true), &json!("acme")),
+        "{:?}",
+        r.body
+    );
+    let r = app.call("GET", "/api/tenant", Some(&token(&bo, "access_token")), None).await;
+    assert_eq!((r.status, &r.body["require_mfa"]), (200, &json!(true)), "{:?}", r.body);
+
+    // Bo, without it: no login, and the one he has ends at its refresh.
+    let refresh = json!({"refresh_token": token(&bo, "refresh_token")});
+    let r = app.call("POST", "/api/auth/refresh", None, Some(refresh.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("mfa_required")), "{:?}", r.body);
+    assert_eq!(app.call("POST", "/api/auth/refresh", None, Some(refresh)).await.status, 401, "ended");
+    let bo_login = json!({"email": "bo@acme.test", "password": "bo-password-1", "tenant": "acme"});
+    let r = app.call("POST", "/api/auth/login", None, Some(bo_login.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("mfa_required")), "{:?}", r.body);
+
+    // He sets it up with his password, and is logged in.
+    let wrong_password = json!({"email": "bo@acme.test", "password": "nope-nope-1", "tenant": "acme"});
+    let r = app.call("POST", "/api/auth/mfa-setup", None, Some(wrong_password)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("invalid_credentials")), "{:?}", r.body);
+    let r = app.call("POST", "/api/auth/mfa-setup", None, Some(bo_login.clone())).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let bo_secret = r.body["secret"].as_str().expect("secret").to_string();
+    let with_code = |c: &str| {
+        let mut b = bo_login.clone();
+        b["code"] = json!(c);
+        b
+    };
+    let r = app.call("POST", "/api/auth/mfa-setup/confirm", None, Some(bo_login.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("code_required")), "{:?}", r.body);
+    let r = app.call("POST", "/api/auth/mfa-setup/confirm", None, Some(with_code(&wrong(&bo_secret)))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_otp")), "{:?}", r.body);
+    let r = app.call("POST", "/api/auth/mfa-setup/confirm", None, Some(with_code(&code(&bo_secret, step_now())))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((&r.body["user"]["mfa_enabled"], &r.body["tenant"]["require_mfa"]), (&json!(true), &json!(true)));
+    assert_eq!(r.body["recovery_codes"].as_array().map(Vec::len), Some(10));
+    let me = app.call("GET", "/api/me", Some(&token(&r.body, "access_token")), None).await;
+    assert_eq!(me.status, 200, "the login works: {:?}", me.body);
+    let r = app.call("POST", "/api/auth/login", None, Some(bo_login.clone())).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("otp_required")), "{:?}", r.body);
+
+    // Lifted: a member without it logs in as before.
+    let member = json!({"email": "cy@acme.test", "role": "viewer", "password": "cy-password-1"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ann), Some(member)).await.status, 201);
+    let cy_login = json!({"email": "cy@acme.test", "password": "cy-password-1", "tenant": "acme"});
+    assert_eq!(app.call("POST", "/api/auth/login", None, Some(cy_login.clone())).await.status, 403);
+    let r = app.call("PATCH", "/api/tenant", Some(&ann), Some(require(false))).await;
+    assert_eq!((r.status, &r.body["require_mfa"]), (200, &json!(false)), "{:?}", r.body);
+    assert_eq!(app.call("POST", "/api/auth/login", None, Some(cy_login)).await.status, 200);
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
+    let changes = log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "tenant.updated").count();
+    assert_eq!(changes, 2);
+}

@@ -143,6 +143,8 @@ async fn live_answers_match_the_served_openapi_document() {
     let begun = json!({"current_password": "ann-password-1"});
     let enrollment = check(&app, &doc, "POST", "/api/me/mfa", "/api/me/mfa", Some(admin), Some(begun)).await;
     assert!(enrollment["secret"].is_string(), "{enrollment}");
+    let tenant = check(&app, &doc, "GET", "/api/tenant", "/api/tenant", Some(admin), None).await;
+    assert_eq!(tenant["require_mfa"], false, "{tenant}");
     let logins = check(&app, &doc, "GET", "/api/me/logins", "/api/me/logins", Some(admin), None).await;
     assert!(!logins["items"].as_array().expect("items").is_empty(), "{logins}");
     let renamed = check(&app, &doc, "PATCH", "/api/me", "/api/me", Some(admin), Some(json!({"name": "Ann"}))).await;
