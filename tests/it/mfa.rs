@@ -41,6 +41,11 @@ fn last_step_taken(app: &TestApp) -> i64 {
     app.count("SELECT coalesce(max(totp_last_step), 0) AS n FROM public.users")
 }
 
+/// The recovery codes of an answer.
+fn recovery_codes(answer: &Value) -> Vec<String> {
+    answer["recovery_codes"].as_array().expect("codes").iter().map(|c| c.as_str().expect("a code").into()).collect()
+}
+
 fn step_now() -> i64 {
     chrono::Utc::now().timestamp() / 30
 }
@@ -92,12 +97,7 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     let confirm = code(&secret, step_now());
     let r = app.call("POST", "/api/me/mfa/confirm", Some(&ann), Some(json!({"code": confirm}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let recovery: Vec<String> = r.body["recovery_codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .map(|c| c.as_str().expect("a code").into())
-        .collect();
+    let recovery = recovery_codes(&r.body);
     assert_eq!(recovery.len(), 10);
     assert!(recovery.iter().all(|c| c.len() == 11), "{recovery:?}");
     let r = app.call("POST", "/api/me/mfa/confirm", Some(&ann), Some(json!({"code": confirm}))).await;
@@ -152,12 +152,7 @@ async fn two_step_sign_in_asks_a_code_once_it_is_on() {
     let r = app.call("POST", "/api/me/mfa/recovery-codes", Some(&ann), Some(renew(soon))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let old = recovery.clone();
-    let recovery: Vec<String> = r.body["recovery_codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .map(|c| c.as_str().expect("a code").into())
-        .collect();
+    let recovery = recovery_codes(&r.body);
     assert_eq!(recovery.len(), 10);
     let (status, body) = login(&app, json!({"recovery_code": old[2]})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_otp")), "an old one: {body}");
@@ -263,7 +258,7 @@ async fn a_tenant_may_require_two_step_sign_in() {
     let r = app.call("POST", "/api/auth/mfa-setup/confirm", None, Some(with_code(&code(&bo_secret, step_now())))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!((&r.body["user"]["mfa_enabled"], &r.body["tenant"]["require_mfa"]), (&json!(true), &json!(true)));
-    assert_eq!(r.body["recovery_codes"].as_array().map(Vec::len), Some(10));
+    assert_eq!(recovery_codes(&r.body).len(), 10);
     let me = app.call("GET", "/api/me", Some(&token(&r.body, "access_token")), None).await;
     assert_eq!(me.status, 200, "the login works: {:?}", me.body);
     let r = app.call("POST", "/api/auth/login", None, Some(bo_login.clone())).await;
