@@ -24,7 +24,8 @@
 //! - `POST /api/me/mfa/recovery-codes {code}` (a code from the app) answers
 //!   ten new recovery codes; the old ones, used or not, stop working.
 //! - `DELETE /api/me/mfa {current_password, code}` (a code or a recovery
-//!   code) turns it off. An operator turns it off for a person who lost
+//!   code) turns it off, unless a tenant the person works in requires it
+//!   (409 `mfa_required_by_tenant`). An operator turns it off for a person who lost
 //!   both (`switchboard user mfa-off`). Refresh tokens, API tokens and
 //!   WebSocket tickets are not asked again: they come from a login that was.
 //! - A tenant may require it of its members (`PATCH /api/tenant
@@ -302,6 +303,23 @@ pub fn disable(
     }
     if !(take_code(tc.pg(), keys, user, code, now.timestamp())? || take_recovery_code(tc.pg(), user, code)?) {
         return Err(AppError::forbidden(INVALID_OTP, "the code is wrong, was used already, or is too old"));
+    }
+    // Off, the person could no longer log in where it is required.
+    let requiring: Vec<String> = {
+        use crate::db::schema::{memberships, tenants};
+        memberships::table
+            .inner_join(tenants::table)
+            .filter(memberships::user_id.eq(user.0))
+            .filter(tenants::require_mfa)
+            .order(tenants::slug)
+            .select(tenants::slug)
+            .load(tc.pg())?
+    };
+    if !requiring.is_empty() {
+        return Err(AppError::conflict(
+            "mfa_required_by_tenant",
+            format!("two-step sign-in is required where you work: {}", requiring.join(", ")),
+        ));
     }
     turn_off(tc.pg(), user)?;
     super::account::audited(tc, user, "account.mfa_disabled", serde_json::json!({}))?;

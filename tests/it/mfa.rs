@@ -229,6 +229,11 @@ async fn a_tenant_may_require_two_step_sign_in() {
     );
     let r = app.call("GET", "/api/tenant", Some(&token(&bo, "access_token")), None).await;
     assert_eq!((r.status, &r.body["require_mfa"]), (200, &json!(true)), "{:?}", r.body);
+    // Ann cannot turn hers off while it is required where she works.
+    let off = json!({"current_password": "ann-password-1", "code": code(&secret, step_now() + 1)});
+    let r = app.call("DELETE", "/api/me/mfa", Some(&ann), Some(off)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("mfa_required_by_tenant")), "{:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("acme")), "{:?}", r.body);
 
     // Bo, without it: no login, and the one he has ends at its refresh.
     let refresh = json!({"refresh_token": token(&bo, "refresh_token")});
