@@ -211,6 +211,10 @@ async fn a_tenant_may_require_two_step_sign_in() {
     let member = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
     assert_eq!(app.call("POST", "/api/members", Some(&ann), Some(member)).await.status, 201);
     let bo = app.login("bo@acme.test", "bo-password-1", "acme").await;
+    let made = json!({"name": "bo's script"});
+    let r = app.call("POST", "/api/me/tokens", Some(&token(&bo, "access_token")), Some(made)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let script = r.body["token"].as_str().expect("an API token").to_string();
     let require = |on: bool| json!({"require_mfa": on});
     let r = app.call("PATCH", "/api/tenant", Some(&token(&bo, "access_token")), Some(require(true))).await;
     assert_eq!(r.status, 403, "owners only: {:?}", r.body);
@@ -240,6 +244,8 @@ async fn a_tenant_may_require_two_step_sign_in() {
     let r = app.call("POST", "/api/auth/refresh", None, Some(refresh.clone())).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("mfa_required")), "{:?}", r.body);
     assert_eq!(app.call("POST", "/api/auth/refresh", None, Some(refresh)).await.status, 401, "ended");
+    // His API token, for scripts, goes on working.
+    assert_eq!(app.call("GET", "/api/me", Some(&script), None).await.status, 200);
     let bo_login = json!({"email": "bo@acme.test", "password": "bo-password-1", "tenant": "acme"});
     let r = app.call("POST", "/api/auth/login", None, Some(bo_login.clone())).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("mfa_required")), "{:?}", r.body);
