@@ -119,15 +119,9 @@ async fn login(
         .db
         .public(move |conn| session::login(conn, &keys, &keyring, &body.email, &body.password, &body.tenant, &second))
         .await;
-    match &result {
-        Ok(pair) => {
-            state.login_throttle.succeeded(&email);
-            tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
-        }
-        Err(e) if e.code == session::INVALID_CREDENTIALS || e.code == mfa::INVALID_OTP => {
-            state.login_throttle.failed(&email, Instant::now())
-        }
-        Err(_) => {}
+    counts(&state, &email, &result);
+    if let Ok(pair) = &result {
+        tracing::info!(tenant = %pair.tenant.slug, user_id = %pair.user.id, "login");
     }
     Ok(HttpResponse::Ok().json(result?))
 }
@@ -177,14 +171,7 @@ async fn change_me(
 ) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let checks_password = body.current_password.is_some();
-    let email = if checks_password {
-        let user = auth.user;
-        let email = state.db.public(move |conn| account::email_of(conn, user)).await?;
-        throttled(&state, &email)?;
-        Some(email)
-    } else {
-        None
-    };
+    let email = if checks_password { Some(counting(&state, &auth).await?) } else { None };
     // Hashing the new password (tens of ms) runs on the blocking pool too.
     let changes =
         web::block(move || AccountChanges::checked(body.name, body.current_password, body.new_password)).await??;
@@ -196,11 +183,7 @@ async fn change_me(
         })
         .await;
     if let Some(email) = email {
-        match &result {
-            Ok(_) => state.login_throttle.succeeded(&email),
-            Err(e) if e.code == account::WRONG_PASSWORD => state.login_throttle.failed(&email, Instant::now()),
-            Err(_) => {}
-        }
+        counts(&state, &email, &result);
     }
     let (changed, me) = result?;
     if !changed.is_empty() {
@@ -236,18 +219,31 @@ async fn counted<T: Send + 'static>(
     auth: &AuthContext,
     work: impl FnOnce(&mut crate::db::TenantConn<'_>) -> AppResult<T> + Send + 'static,
 ) -> AppResult<T> {
+    let email = counting(state, auth).await?;
+    let result = state.db.tenant(auth.scope(), work).await;
+    counts(state, &email, &result);
+    result
+}
+
+/// The email the caller's failed logins are counted under, once it is not
+/// held back (429) — checked before any password is hashed or compared.
+async fn counting(state: &AppState, auth: &AuthContext) -> AppResult<String> {
     let user = auth.user;
     let email = state.db.public(move |conn| account::email_of(conn, user)).await?;
     throttled(state, &email)?;
-    let result = state.db.tenant(auth.scope(), work).await;
-    match &result {
-        Ok(_) => state.login_throttle.succeeded(&email),
-        Err(e) if e.code == account::WRONG_PASSWORD || e.code == mfa::INVALID_OTP => {
-            state.login_throttle.failed(&email, Instant::now())
+    Ok(email)
+}
+
+/// Counts how a check of `email`'s password or code went: a wrong one is a
+/// failed login of the account; a success clears the count.
+fn counts<T>(state: &AppState, email: &str, result: &AppResult<T>) {
+    match result {
+        Ok(_) => state.login_throttle.succeeded(email),
+        Err(e) if [session::INVALID_CREDENTIALS, account::WRONG_PASSWORD, mfa::INVALID_OTP].contains(&&*e.code) => {
+            state.login_throttle.failed(email, Instant::now())
         }
         Err(_) => {}
     }
-    result
 }
 
 /// `POST /api/me/mfa` `{current_password}`: a new authenticator secret,
@@ -346,6 +342,8 @@ async fn setup_credentials(
     throttled(state, &body.email)?;
     let (email, password, tenant) = (body.email.clone(), body.password.clone(), body.tenant.clone());
     let result = state.db.public(move |conn| session::credentials(conn, &email, &password, &tenant)).await;
+    // Failures only: a right password here is no login, and must not clear
+    // the count of wrong codes at login (`counts` would).
     if let Err(e) = &result {
         if e.code == session::INVALID_CREDENTIALS {
             state.login_throttle.failed(&body.email, Instant::now());
