@@ -94,7 +94,7 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Member> {
     to_member(row)
 }
 
-fn ensure_may_grant(actor_role: Role, role: Role) -> AppResult<()> {
+pub(super) fn ensure_may_grant(actor_role: Role, role: Role) -> AppResult<()> {
     if role == Role::Owner && actor_role != Role::Owner {
         return Err(AppError::forbidden("forbidden", "only an owner can make someone an owner"));
     }
@@ -117,7 +117,10 @@ pub fn add(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, new: NewMem
         Some(u) => u,
         None => {
             let hash = new.password_hash.as_ref().ok_or_else(|| {
-                AppError::invalid("password_required", "no user has this email yet; give a password to create one")
+                AppError::invalid(
+                    "password_required",
+                    "no user has this email yet; give a password to create one, or invite them (POST /api/invitations)",
+                )
             })?;
             users::insert(tc.pg(), &new.email, &new.name, hash)?
         }

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod api_tokens;
 pub mod extract;
+pub mod invitations;
 pub mod jwt;
 pub mod logins;
 pub mod members;

@@ -9,7 +9,10 @@
 //! - finished sends (done, or given up: the message shows its failure)
 //!   after the same time;
 //! - refresh tokens a day past their expiry (used, revoked or not: an
-//!   expired one is refused whether it is known or not).
+//!   expired one is refused whether it is known or not);
+//! - invitations a week past their expiry, accepted or not
+//!   (`auth::invitations`; until then an expired link is told apart from
+//!   an unknown one).
 //!
 //! Rows go in batches of [`BATCH`], each its own statement, oldest first,
 //! so no lock is held long and a backlog of months (a release before this
@@ -35,6 +38,8 @@ pub struct Retention {
     pub work: Duration,
     /// Refresh tokens, past their expiry.
     pub refresh_tokens: Duration,
+    /// Invitations, past their expiry.
+    pub invitations: Duration,
 }
 
 impl Retention {
@@ -45,7 +50,7 @@ impl Retention {
             .and_then(|v| v.parse::<i64>().ok())
             .filter(|h| *h > 0)
             .unwrap_or(24);
-        Retention { work: Duration::hours(hours), refresh_tokens: Duration::days(1) }
+        Retention { work: Duration::hours(hours), refresh_tokens: Duration::days(1), invitations: Duration::days(7) }
     }
 }
 
@@ -55,6 +60,7 @@ pub struct Pruned {
     pub webhooks: usize,
     pub sends: usize,
     pub refresh_tokens: usize,
+    pub invitations: usize,
 }
 
 /// Deletes, as of `now`, what `retention` no longer keeps.
@@ -79,8 +85,14 @@ pub fn prune(conn: &mut PgConnection, now: DateTime<Utc>, retention: Retention) 
               WHERE expires_at < $1 ORDER BY id LIMIT $2)",
             now - retention.refresh_tokens,
         )?,
+        invitations: in_batches(
+            conn,
+            "DELETE FROM public.invitations WHERE id IN (SELECT id FROM public.invitations \
+              WHERE expires_at < $1 ORDER BY id LIMIT $2)",
+            now - retention.invitations,
+        )?,
     };
-    let rows = pruned.webhooks + pruned.sends + pruned.refresh_tokens;
+    let rows = pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations;
     crate::metrics::inc(&crate::metrics::PRUNED_ROWS, rows as u64);
     Ok(pruned)
 }

@@ -78,9 +78,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Invitations to join a tenant (`auth::invitations`).
+    public.invitations (id) {
+        id -> Int8,
+        tenant_id -> Int8,
+        email -> Text,
+        role -> Text,
+        token_hash -> Bytea,
+        invited_by -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        accepted_at -> Nullable<Timestamptz>,
+        accepted_by -> Nullable<Int8>,
+    }
+}
+
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> tenants (tenant_id));
-diesel::allow_tables_to_appear_in_same_query!(tenants, users, memberships, refresh_tokens, api_tokens, recovery_codes);
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    users,
+    memberships,
+    refresh_tokens,
+    api_tokens,
+    recovery_codes,
+    invitations
+);
 
 diesel::table! {
     public.channel_routes (platform, external_id) {

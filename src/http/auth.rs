@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use super::AppState;
 use crate::auth::account::{self, AccountChanges};
+use crate::auth::invitations::{self, Acceptance};
+use crate::auth::password::PasswordHash;
 use crate::auth::{api_tokens, logins, mfa, session, AuthContext, JwtKeys, Role};
+use crate::db::TenantScope;
 use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -15,6 +18,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(super::resource("/auth/logout").route(web::post().to(logout)))
         .service(super::resource("/auth/mfa-setup").route(web::post().to(mfa_setup)))
         .service(super::resource("/auth/mfa-setup/confirm").route(web::post().to(mfa_setup_confirm)))
+        .service(super::resource("/auth/invitation").route(web::post().to(invitation)))
+        .service(super::resource("/auth/invitation/accept").route(web::post().to(accept_invitation)))
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
         .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
         .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
@@ -391,4 +396,62 @@ async fn mfa_setup_confirm(
     let mut answer = serde_json::to_value(&pair).map_err(AppError::internal)?;
     answer["recovery_codes"] = serde_json::json!(codes.recovery_codes);
     Ok(HttpResponse::Ok().json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvitationBody {
+    token: String,
+}
+
+/// `POST /api/auth/invitation` `{token}` (no login): what the link is for,
+/// before accepting it. A POST, so the token stays out of URLs and logs.
+async fn invitation(state: web::Data<AppState>, body: web::Json<InvitationBody>) -> AppResult<HttpResponse> {
+    let token = body.into_inner().token;
+    let found = state.db.public(move |conn| invitations::find(conn, &token)).await?;
+    found.usable(chrono::Utc::now())?;
+    Ok(HttpResponse::Ok().json(found.details))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    token: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /api/auth/invitation/accept` `{token, password, name?}` (no
+/// login): makes the membership (and the account of someone new); then
+/// they sign in as anyone does.
+async fn accept_invitation(state: web::Data<AppState>, body: web::Json<AcceptBody>) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let token = body.token.clone();
+    let found = state.db.public(move |conn| invitations::find(conn, &token)).await?;
+    if !found.accepted() {
+        found.usable(chrono::Utc::now())?;
+    }
+    let email = found.details.email.clone();
+    // Guessing an account's password here costs what it costs at login.
+    throttled(&state, &email)?;
+    let new_password = if found.details.has_account {
+        None
+    } else {
+        let password = body.password.clone();
+        Some(web::block(move || PasswordHash::create(&password)).await??)
+    };
+    let acceptance =
+        Acceptance { token: body.token, password: body.password, new_password, name: body.name.unwrap_or_default() };
+    let result = state
+        .db
+        .tenant(TenantScope::system(found.tenant), move |tc| invitations::accept(tc, &acceptance, chrono::Utc::now()))
+        .await;
+    match &result {
+        Err(e) if e.code == invitations::USED => state.login_throttle.failed(&email, Instant::now()),
+        _ => counts(&state, &email, &result),
+    }
+    let accepted = result?;
+    tracing::info!(tenant = %accepted.tenant.slug, user_id = %accepted.user.id, "invitation accepted");
+    Ok(HttpResponse::Ok().json(accepted))
 }

@@ -1,10 +1,12 @@
-//! `/api/members`: admins manage who works in the tenant.
+//! `/api/members` and `/api/invitations`: admins manage who works in the
+//! tenant.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::pagination::{PageQuery, Paged};
 use super::AppState;
+use crate::auth::invitations;
 use crate::auth::members::{self, NewMember};
 use crate::auth::password::PasswordHash;
 use crate::auth::users::Email;
@@ -13,9 +15,12 @@ use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/members").route(web::get().to(list)).route(web::post().to(add))).service(
-        super::resource("/members/{user_id}").route(web::patch().to(change_role)).route(web::delete().to(remove)),
-    );
+    cfg.service(super::resource("/members").route(web::get().to(list)).route(web::post().to(add)))
+        .service(
+            super::resource("/members/{user_id}").route(web::patch().to(change_role)).route(web::delete().to(remove)),
+        )
+        .service(super::resource("/invitations").route(web::get().to(invitations)).route(web::post().to(invite)))
+        .service(super::resource("/invitations/{id}").route(web::delete().to(revoke_invitation)));
 }
 
 fn parse_role(raw: &str) -> AppResult<Role> {
@@ -87,5 +92,55 @@ async fn remove(state: web::Data<AppState>, auth: AuthContext, path: web::Path<S
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
     state.db.tenant(auth.scope(), move |tc| members::remove(tc, auth.user, auth.role, user)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    email: String,
+    role: String,
+}
+
+/// `POST /api/invitations` `{email, role}`: 201 with the link to hand over
+/// (`auth::invitations`).
+async fn invite(state: web::Data<AppState>, auth: AuthContext, body: web::Json<InviteBody>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let email = Email::parse(&body.email)?;
+    let role = parse_role(&body.role)?;
+    let public_url = state.config.public_url.clone();
+    let issued = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            invitations::invite(tc, auth.user, auth.role, &email, role, &public_url, chrono::Utc::now())
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(issued))
+}
+
+/// `GET /api/invitations`: the pending ones, expired included.
+async fn invitations(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let page = q.parse()?;
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| invitations::list(tc, page.after, page.limit, chrono::Utc::now()))
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |i| i.id)))
+}
+
+/// `DELETE /api/invitations/{id}`: 204; the link stops working.
+async fn revoke_invitation(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = path.parse::<i64>().map_err(|_| AppError::not_found("invitation"))?;
+    state.db.tenant(auth.scope(), move |tc| invitations::revoke(tc, auth.user, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

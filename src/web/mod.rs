@@ -1,15 +1,19 @@
 //! Pages for people: the page the OAuth callback sends admins to, where they
-//! choose which pages to connect. It is static HTML that calls the JSON API
-//! with the admin's access token (kept in the browser's localStorage).
+//! choose which pages to connect (static HTML that calls the JSON API with
+//! the admin's access token, kept in the browser's localStorage), and the
+//! page an invitation's link opens (`auth::invitations`), where the invited
+//! person sets their password.
 
 use actix_web::{web, HttpResponse};
 
 const CONNECT_PAGE: &str = include_str!("../../templates/connect.html");
+const INVITE_PAGE: &str = include_str!("../../templates/invite.html");
 /// The API reference (OpenAPI 3), kept next to the routes it describes.
 const OPENAPI: &str = include_str!("../../templates/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)))
+        .service(crate::http::resource("/invite").route(web::get().to(invite_page)))
         .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
 }
 
@@ -19,4 +23,8 @@ async fn openapi() -> HttpResponse {
 
 async fn connect_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CONNECT_PAGE)
+}
+
+async fn invite_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(INVITE_PAGE)
 }

@@ -57,15 +57,32 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
     assert_eq!(old_sends, 2);
     run(&mut conn, "UPDATE public.refresh_tokens SET expires_at = now() - interval '2 days' WHERE id = (SELECT min(id) FROM public.refresh_tokens)");
     let tokens_before = app.count("SELECT count(*) AS n FROM public.refresh_tokens");
+    // Invitations: one expired eight days ago (goes), one six days ago and
+    // one still good (kept).
+    run(
+        &mut conn,
+        &format!(
+            "INSERT INTO public.invitations (tenant_id, email, role, token_hash, expires_at, accepted_at) VALUES \
+             ({tenant}, 'old@acme.test', 'agent', 'a'::bytea, now() - interval '8 days', now() - interval '9 days'), \
+             ({tenant}, 'late@acme.test', 'agent', 'b'::bytea, now() - interval '6 days', NULL), \
+             ({tenant}, 'new@acme.test', 'agent', 'c'::bytea, now() + interval '6 days', NULL)"
+        ),
+    );
 
-    let retention = Retention { work: chrono::Duration::hours(24), refresh_tokens: chrono::Duration::days(1) };
+    let retention = Retention {
+        work: chrono::Duration::hours(24),
+        refresh_tokens: chrono::Duration::days(1),
+        invitations: chrono::Duration::days(7),
+    };
     let counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
     let pruned = prune(&mut conn, chrono::Utc::now(), retention).expect("prune");
     let now_counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(now_counted >= counted + (pruned.webhooks + pruned.sends + pruned.refresh_tokens) as u64);
+    assert!(
+        now_counted >= counted + (pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations) as u64
+    );
     assert_eq!(
         pruned,
-        Pruned { webhooks: processed as usize + BATCH as usize + 1000, sends: 2, refresh_tokens: 1 },
+        Pruned { webhooks: processed as usize + BATCH as usize + 1000, sends: 2, refresh_tokens: 1, invitations: 1 },
         "{pruned:?}"
     );
     let left =
@@ -73,6 +90,8 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
     assert_eq!((left("done"), left("dead"), left("pending")), (1, 1, 1));
     assert_eq!(app.count("SELECT count(*) AS n FROM public.send_queue"), sends_before - 2);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.refresh_tokens"), tokens_before - 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations WHERE email <> 'old@acme.test'"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations"), 2);
     // A second pass finds nothing; the newest login still refreshes.
     assert_eq!(prune(&mut conn, chrono::Utc::now(), retention).expect("prune"), Pruned::default());
     let r = app

@@ -11,6 +11,7 @@ mod graph;
 mod housekeeping;
 mod inbox;
 mod integrations;
+mod invitations;
 mod licences;
 mod mfa;
 mod migrate;

@@ -163,6 +163,15 @@ async fn live_answers_match_the_served_openapi_document() {
     )
     .await;
     check(&app, &doc, "GET", "/api/members", "/api/members", Some(admin), None).await;
+    let invite = json!({"email": "cy@acme.test", "role": "agent"});
+    let link = check(&app, &doc, "POST", "/api/invitations", "/api/invitations", Some(admin), Some(invite)).await;
+    check(&app, &doc, "GET", "/api/invitations", "/api/invitations", Some(admin), None).await;
+    let held = json!({"token": token(&link, "token")});
+    check(&app, &doc, "POST", "/api/auth/invitation", "/api/auth/invitation", None, Some(held)).await;
+    let accepting = json!({"token": token(&link, "token"), "password": "cy-password-1", "name": "Cy"});
+    let path = "/api/auth/invitation/accept";
+    let joined = check(&app, &doc, "POST", path, path, None, Some(accepting)).await;
+    assert_eq!(joined["role"], "agent", "{joined}");
 
     let channels = check(&app, &doc, "GET", "/api/channels", "/api/channels", Some(admin), None).await;
     let channel = channels["items"][0]["id"].as_str().expect("channel").to_string();

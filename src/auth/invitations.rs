@@ -1,0 +1,401 @@
+//! Invitations: how an admin brings someone into the tenant without
+//! choosing their password for them (`POST /api/members` with a password
+//! is the other way, for an admin who sets people up themselves).
+//!
+//! Decisions:
+//! - An admin invites an email with a role (only an owner invites an
+//!   owner) and gets a link to hand over — this server sends no mail; the
+//!   link is for the admin's own mail or chat, or an integrator's. The link
+//!   is `{SWITCHBOARD_PUBLIC_URL}/invite#<token>`: the token rides in the
+//!   fragment, which browsers never send, so it stays out of access logs
+//!   and `Referer`s; the page posts it. It is `sbi_` and 43 characters of
+//!   randomness; only its SHA-256 is kept.
+//! - Valid [`VALID_DAYS`] days; one live invitation per email and tenant:
+//!   inviting again replaces it (a new link; the old one stops). Inviting
+//!   a member is 409 `already_member`. Admins list the pending ones and
+//!   revoke them.
+//! - Whoever holds the link accepts it: someone new sets a password (and a
+//!   name), and the account is made with the invited email; someone who
+//!   has an account gives its password, since a link alone must not add
+//!   an account to a tenant. A wrong password counts as a failed login of
+//!   that account. The answer is the membership, not a login: the person
+//!   then signs in as anyone does, with their second step, or sets it up
+//!   where the tenant requires it (`auth::mfa`).
+//! - One accept: a retry with the same password gets the same answer
+//!   (200); anyone else gets 409 `invitation_used`. Someone who became a
+//!   member meanwhile keeps the role they have. An expired link is 410
+//!   `invitation_expired`; an unknown or revoked one 404. A suspended
+//!   tenant's links wait for it (403 `tenant_suspended`).
+//! - Audited: `member.invited`, `invitation.revoked` (by the admin),
+//!   `member.added` with `by: invitation` (by the new member).
+//!   Housekeeping deletes invitations a week after they expire.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::password::PasswordHash;
+use super::session::TenantView;
+use super::users::{self, Email, UserView};
+use super::{members, stored_role, Role};
+use crate::audit;
+use crate::db::schema::{invitations as inv, memberships};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult, ErrorKind};
+use crate::ids::{TenantId, UserId};
+use crate::tenancy;
+
+/// What every invitation token starts with.
+pub const PREFIX: &str = "sbi_";
+/// How long a link is good for.
+pub const VALID_DAYS: i64 = 7;
+/// The error of a link that was accepted already (by someone else, or with
+/// another password).
+pub const USED: &str = "invitation_used";
+/// First key of the advisory lock invitations of one email take turns under.
+const INVITE_LOCK_CLASS: i32 = 0x5b_0004;
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn unknown() -> AppError {
+    AppError::new(ErrorKind::NotFound, "invitation_not_found", "this invitation does not exist or was revoked")
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = inv)]
+struct Row {
+    id: i64,
+    tenant_id: i64,
+    email: String,
+    role: String,
+    invited_by: Option<i64>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    accepted_at: Option<DateTime<Utc>>,
+    accepted_by: Option<i64>,
+}
+
+/// A pending invitation as admins see it (never its token).
+#[derive(Debug, Serialize)]
+pub struct Invitation {
+    #[serde(serialize_with = "crate::ids::as_string")]
+    pub id: i64,
+    pub email: String,
+    pub role: Role,
+    pub invited_by: Option<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Past `expires_at`: the link no longer works (invite again).
+    pub expired: bool,
+}
+
+impl Row {
+    fn listed(self, now: DateTime<Utc>) -> AppResult<Invitation> {
+        Ok(Invitation {
+            id: self.id,
+            role: stored_role(&self.role)?,
+            email: self.email,
+            invited_by: self.invited_by.map(UserId),
+            created_at: self.created_at,
+            expired: self.expires_at <= now,
+            expires_at: self.expires_at,
+        })
+    }
+
+    /// Refuses a link that was used or has expired.
+    fn usable(&self, now: DateTime<Utc>) -> AppResult<()> {
+        if self.accepted_at.is_some() {
+            return Err(AppError::conflict(USED, "this invitation was accepted already"));
+        }
+        if self.expires_at <= now {
+            return Err(AppError::new(
+                ErrorKind::Gone,
+                "invitation_expired",
+                "this invitation has expired; ask for a new one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An invitation just made: the listing, the token and the link to hand
+/// over, shown this once.
+#[derive(Debug, Serialize)]
+pub struct Issued {
+    #[serde(flatten)]
+    pub invitation: Invitation,
+    pub token: String,
+    pub accept_url: String,
+}
+
+/// `POST /api/invitations`: invites `email` as `role`; `public_url` is where
+/// the link points.
+pub fn invite(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    actor_role: Role,
+    email: &Email,
+    role: Role,
+    public_url: &str,
+    now: DateTime<Utc>,
+) -> AppResult<Issued> {
+    members::ensure_may_grant(actor_role, role)?;
+    let tenant = tc.tenant();
+    // Two invitations of one email at once: the second replaces the first.
+    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
+        .bind::<diesel::sql_types::Int4, _>(INVITE_LOCK_CLASS)
+        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tenant.0, email.as_str()))
+        .execute(tc.pg())?;
+    if let Some(user) = users::find_by_email(tc.pg(), email)? {
+        if members::role_of(tc, user.user_id())?.is_some() {
+            return Err(AppError::conflict("already_member", "this person is already a member"));
+        }
+    }
+    let replaced: usize = diesel::delete(
+        inv::table
+            .filter(inv::tenant_id.eq(tenant.0))
+            .filter(inv::email.eq(email.as_str()))
+            .filter(inv::accepted_at.is_null()),
+    )
+    .execute(tc.pg())?;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let row: Row = diesel::insert_into(inv::table)
+        .values((
+            inv::tenant_id.eq(tenant.0),
+            inv::email.eq(email.as_str()),
+            inv::role.eq(role.as_str()),
+            inv::token_hash.eq(hash(&token)),
+            inv::invited_by.eq(actor.0),
+            inv::created_at.eq(now),
+            inv::expires_at.eq(now + Duration::days(VALID_DAYS)),
+        ))
+        .returning(Row::as_returning())
+        .get_result(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "member.invited",
+        "invitation",
+        Some(row.id.to_string()),
+        json!({"email": row.email, "role": role, "replaced": replaced > 0}),
+    )?;
+    let accept_url = format!("{}/invite#{token}", public_url.trim_end_matches('/'));
+    Ok(Issued { invitation: row.listed(now)?, token, accept_url })
+}
+
+/// Pending invitations (expired ones too, until housekeeping), by id after
+/// `after`.
+pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64, now: DateTime<Utc>) -> AppResult<Vec<Invitation>> {
+    let mut q = inv::table
+        .filter(inv::tenant_id.eq(tc.tenant().0))
+        .filter(inv::accepted_at.is_null())
+        .order(inv::id)
+        .limit(limit)
+        .select(Row::as_select())
+        .into_boxed();
+    if let Some(a) = after {
+        q = q.filter(inv::id.gt(a));
+    }
+    q.load::<Row>(tc.pg())?.into_iter().map(|r| r.listed(now)).collect()
+}
+
+/// `DELETE /api/invitations/{id}`: the link stops working.
+pub fn revoke(tc: &mut TenantConn<'_>, actor: UserId, id: i64) -> AppResult<()> {
+    let gone: Option<(String, String)> = diesel::delete(
+        inv::table.filter(inv::id.eq(id)).filter(inv::tenant_id.eq(tc.tenant().0)).filter(inv::accepted_at.is_null()),
+    )
+    .returning((inv::email, inv::role))
+    .get_result(tc.pg())
+    .optional()?;
+    let (email, role) = gone.ok_or_else(|| AppError::not_found("invitation"))?;
+    audit::record(
+        tc,
+        Some(actor),
+        "invitation.revoked",
+        "invitation",
+        Some(id.to_string()),
+        json!({"email": email, "role": role}),
+    )?;
+    Ok(())
+}
+
+/// What the holder of a link is shown before accepting it.
+#[derive(Debug, Serialize)]
+pub struct Details {
+    pub tenant: TenantView,
+    pub email: String,
+    pub role: Role,
+    pub expires_at: DateTime<Utc>,
+    /// Whether the email has an account (then accepting asks its password,
+    /// else a new one).
+    pub has_account: bool,
+}
+
+/// A link as found, whatever its state (the accept re-checks it in its
+/// transaction).
+pub struct Found {
+    pub tenant: TenantId,
+    tenant_active: bool,
+    pub details: Details,
+    row: Row,
+}
+
+impl Found {
+    /// Refuses a link that was used or has expired, or a suspended tenant.
+    pub fn usable(&self, now: DateTime<Utc>) -> AppResult<()> {
+        self.row.usable(now)?;
+        if !self.tenant_active {
+            return Err(AppError::forbidden("tenant_suspended", "this tenant is suspended"));
+        }
+        Ok(())
+    }
+
+    /// Whether it was accepted already (a retry may still be answered).
+    pub fn accepted(&self) -> bool {
+        self.row.accepted_at.is_some()
+    }
+}
+
+/// Reads the invitation `token` names (404 for none).
+pub fn find(conn: &mut PgConnection, token: &str) -> AppResult<Found> {
+    // Not one of ours: no query.
+    if !token.starts_with(PREFIX) || token.len() != PREFIX.len() + 43 {
+        return Err(unknown());
+    }
+    let row: Row = inv::table
+        .filter(inv::token_hash.eq(hash(token)))
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or_else(unknown)?;
+    let tenant = tenancy::find(conn, TenantId(row.tenant_id))?.ok_or_else(unknown)?;
+    let email = Email::parse(&row.email)?;
+    let has_account = users::find_by_email(conn, &email)?.is_some();
+    let details = Details {
+        tenant: (&tenant).into(),
+        email: row.email.clone(),
+        role: stored_role(&row.role)?,
+        expires_at: row.expires_at,
+        has_account,
+    };
+    Ok(Found { tenant: tenant.tenant_id(), tenant_active: tenant.is_active(), details, row })
+}
+
+/// The membership an accepted invitation gave.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub user: UserView,
+    pub tenant: TenantView,
+    pub role: Role,
+}
+
+/// What accepting takes: the password (new, hashed by the caller off any
+/// transaction, for someone without an account; else their own) and the
+/// name of a new account.
+pub struct Acceptance {
+    pub token: String,
+    pub password: String,
+    pub new_password: Option<PasswordHash>,
+    pub name: String,
+}
+
+/// `POST /api/auth/invitation/accept`, in the invitation's tenant.
+pub fn accept(tc: &mut TenantConn<'_>, acceptance: &Acceptance, now: DateTime<Utc>) -> AppResult<Accepted> {
+    let tenant = tc.tenant();
+    let row: Row = inv::table
+        .filter(inv::token_hash.eq(hash(&acceptance.token)))
+        .filter(inv::tenant_id.eq(tenant.0))
+        .select(Row::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(unknown)?;
+    if row.accepted_at.is_some() {
+        return retried(tc, &row, &acceptance.password);
+    }
+    row.usable(now)?;
+    let email = Email::parse(&row.email)?;
+    let user = match users::find_by_email(tc.pg(), &email)? {
+        Some(user) if user.password_matches(&acceptance.password) => user,
+        Some(_) => return Err(AppError::unauthorized(super::session::INVALID_CREDENTIALS, "the password is wrong")),
+        None => {
+            // The account went between the look and now: hash and retry.
+            let hash = acceptance.new_password.as_ref().ok_or_else(|| {
+                AppError::conflict("invitation_changed", "this email's account changed meanwhile; try again")
+            })?;
+            users::insert(tc.pg(), &email, &acceptance.name, hash)?
+        }
+    };
+    let invited = stored_role(&row.role)?;
+    diesel::insert_into(memberships::table)
+        .values((
+            memberships::user_id.eq(user.id),
+            memberships::tenant_id.eq(tenant.0),
+            memberships::role.eq(invited.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tc.pg())?;
+    let role = members::role_of(tc, user.user_id())?.ok_or_else(unknown)?;
+    diesel::update(inv::table.find(row.id))
+        .set((inv::accepted_at.eq(now), inv::accepted_by.eq(user.id)))
+        .execute(tc.pg())?;
+    audit::record(
+        tc,
+        Some(user.user_id()),
+        "member.added",
+        "user",
+        Some(user.id.to_string()),
+        json!({
+            "email": user.email,
+            "role": role,
+            "by": "invitation",
+            "invitation_id": row.id.to_string(),
+            "invited_by": row.invited_by.map(|u| u.to_string()),
+        }),
+    )?;
+    accepted(tc, &user, role)
+}
+
+/// A second accept of a used link: the same answer for the person who
+/// accepted it, with their password; 409 for anyone else.
+fn retried(tc: &mut TenantConn<'_>, row: &Row, password: &str) -> AppResult<Accepted> {
+    let used = || AppError::conflict(USED, "this invitation was accepted already");
+    let user = match row.accepted_by {
+        Some(id) => users::find(tc.pg(), UserId(id))?.ok_or_else(used)?,
+        None => return Err(used()),
+    };
+    if !user.password_matches(password) {
+        return Err(used());
+    }
+    let role = members::role_of(tc, user.user_id())?.ok_or_else(used)?;
+    accepted(tc, &user, role)
+}
+
+fn accepted(tc: &mut TenantConn<'_>, user: &users::User, role: Role) -> AppResult<Accepted> {
+    let id = tc.tenant();
+    let tenant = tenancy::find(tc.pg(), id)?.ok_or_else(unknown)?;
+    Ok(Accepted { user: user.public(), tenant: (&tenant).into(), role })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_has_its_prefix_and_only_its_hash_is_kept() {
+        let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode([9u8; 32]));
+        assert_eq!(token.len(), PREFIX.len() + 43);
+        assert_eq!(hash(&token).len(), 32);
+        assert_ne!(hash(&token), hash(&token.replace('J', "K")));
+    }
+}

@@ -1,0 +1,201 @@
+//! Invitations: an admin invites an email; whoever holds the link sets a
+//! password (or gives their account's) and becomes a member, once.
+
+use serde_json::{json, Value};
+
+use crate::common::{spawn_app, token, TestApp};
+
+async fn invite(app: &TestApp, admin: &str, email: &str, role: &str) -> crate::common::Resp {
+    app.call("POST", "/api/invitations", Some(admin), Some(json!({"email": email, "role": role}))).await
+}
+
+async fn look(app: &TestApp, invitation: &str) -> crate::common::Resp {
+    app.call("POST", "/api/auth/invitation", None, Some(json!({"token": invitation}))).await
+}
+
+async fn accept(app: &TestApp, invitation: &str, password: &str, name: &str) -> crate::common::Resp {
+    app.call(
+        "POST",
+        "/api/auth/invitation/accept",
+        None,
+        Some(json!({"token": invitation, "password": password, "name": name})),
+    )
+    .await
+}
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+fn audited(log: &Value, action: &str) -> Vec<Value> {
+    log["items"].as_array().expect("items").iter().filter(|e| e["action"] == action).cloned().collect()
+}
+
+#[actix_web::test]
+async fn an_invited_person_sets_their_password_and_joins_once() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+
+    // Who may invite whom.
+    let r = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&ann),
+            Some(json!({"email": "al@acme.test", "role": "admin", "password": "al-password-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    app.call(
+        "POST",
+        "/api/members",
+        Some(&ann),
+        Some(json!({"email": "vic@acme.test", "role": "agent", "password": "vic-password-1"})),
+    )
+    .await;
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let vic = token(&app.login("vic@acme.test", "vic-password-1", "acme").await, "access_token");
+    assert_eq!(code(&invite(&app, &vic, "new@acme.test", "agent").await), (403, "forbidden"));
+    assert_eq!(code(&invite(&app, &al, "new@acme.test", "owner").await), (403, "forbidden"));
+    assert_eq!(code(&invite(&app, &al, "VIC@acme.test", "agent").await), (409, "already_member"));
+    assert_eq!(code(&invite(&app, &al, "not an email", "agent").await), (422, "invalid_email"));
+    assert_eq!(code(&invite(&app, &al, "new@acme.test", "boss").await), (422, "invalid_role"));
+    // Without a password, adding someone new points at invitations.
+    let r = app.call("POST", "/api/members", Some(&al), Some(json!({"email": "new@acme.test", "role": "agent"}))).await;
+    assert_eq!(code(&r), (422, "password_required"));
+
+    // The first link, then a second for the same email: the first stops.
+    let first = invite(&app, &al, " New@Acme.test ", "viewer").await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let first_token = token(&first.body, "token");
+    let r = invite(&app, &al, "new@acme.test", "agent").await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let link = r.body.clone();
+    let invitation = token(&link, "token");
+    assert!(invitation.starts_with("sbi_") && invitation != first_token);
+    assert_eq!(
+        (link["email"].as_str(), link["role"].as_str(), link["expired"].as_bool()),
+        (Some("new@acme.test"), Some("agent"), Some(false))
+    );
+    assert_eq!(link["accept_url"], json!(format!("{}/invite#{invitation}", app.base)));
+    assert_eq!(code(&look(&app, &first_token).await), (404, "invitation_not_found"));
+    let pending = app.call("GET", "/api/invitations", Some(&al), None).await;
+    assert_eq!(pending.body["items"].as_array().map(Vec::len), Some(1), "{:?}", pending.body);
+    assert!(pending.body["items"][0].get("token").is_none(), "a listing never shows the token");
+    assert_eq!(app.call("GET", "/api/invitations", Some(&vic), None).await.status, 403);
+
+    // What the link is for; made-up and malformed tokens are unknown.
+    let r = look(&app, &invitation).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (
+            r.body["tenant"]["slug"].as_str(),
+            r.body["email"].as_str(),
+            r.body["role"].as_str(),
+            r.body["has_account"].as_bool()
+        ),
+        (Some("acme"), Some("new@acme.test"), Some("agent"), Some(false))
+    );
+    for bad in [
+        "",
+        "sbi_",
+        "sbt_whatever",
+        &invitation.replace("sbi_", "sbi_x"),
+        &format!("{}A", &invitation[..invitation.len() - 1]),
+    ] {
+        assert_eq!(code(&look(&app, bad).await), (404, "invitation_not_found"), "{bad}");
+    }
+    // The page the link opens.
+    let page = app.client.get(app.url("/invite")).send().await.expect("page");
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.expect("html").contains("/api/auth/invitation/accept"));
+
+    // A weak password makes nothing; a good one makes the account and the
+    // membership, and they sign in with it.
+    assert_eq!(code(&accept(&app, &invitation, "short", "Nia").await), (422, "weak_password"));
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'new@acme.test'"), 0);
+    let r = accept(&app, &invitation, "nia-password-1", "Nia Ode").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (r.body["user"]["name"].as_str(), r.body["role"].as_str(), r.body["tenant"]["slug"].as_str()),
+        (Some("Nia Ode"), Some("agent"), Some("acme"))
+    );
+    assert!(r.body.get("access_token").is_none(), "accepting is not a login");
+    let nia = app.login("new@acme.test", "nia-password-1", "acme").await;
+    assert_eq!(nia["role"], "agent");
+    // A retry is answered the same; anyone else finds it used.
+    let again = accept(&app, &invitation, "nia-password-1", "Nia Ode").await;
+    assert_eq!((again.status, again.body["user"]["id"].clone()), (200, r.body["user"]["id"].clone()));
+    assert_eq!(code(&accept(&app, &invitation, "someone-else-1", "Eve").await), (409, "invitation_used"));
+    assert_eq!(code(&look(&app, &invitation).await), (409, "invitation_used"));
+    assert_eq!(app.call("GET", "/api/invitations", Some(&al), None).await.body["items"], json!([]));
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'new@acme.test'"), 1);
+
+    // Someone with an account elsewhere gives its password; a wrong one is
+    // refused and counted as a failed login of that account.
+    app.signup("bobco", "bob@bob.test", "bob-password-1").await;
+    let r = invite(&app, &ann, "bob@bob.test", "owner").await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let for_bob = token(&r.body, "token");
+    assert_eq!(look(&app, &for_bob).await.body["has_account"], json!(true));
+    assert_eq!(code(&accept(&app, &for_bob, "not-bobs-password", "Mallory").await), (401, "invalid_credentials"));
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.memberships m JOIN public.users u ON u.id = m.user_id WHERE u.email = 'bob@bob.test'"), 1);
+    let r = accept(&app, &for_bob, "bob-password-1", "Mallory").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["role"], "owner");
+    assert_ne!(r.body["user"]["name"], "Mallory", "an account's name is its own");
+    let bob = app.login("bob@bob.test", "bob-password-1", "acme").await;
+    let me = app.call("GET", "/api/me", Some(&token(&bob, "access_token")), None).await;
+    assert_eq!(me.body["memberships"].as_array().map(Vec::len), Some(2));
+
+    // Revoked, expired.
+    let r = invite(&app, &al, "cat@acme.test", "agent").await;
+    let (for_cat, cat_id) = (token(&r.body, "token"), token(&r.body, "id"));
+    assert_eq!(app.call("DELETE", &format!("/api/invitations/{cat_id}"), Some(&vic), None).await.status, 403);
+    assert_eq!(app.call("DELETE", &format!("/api/invitations/{cat_id}"), Some(&al), None).await.status, 204);
+    assert_eq!(app.call("DELETE", &format!("/api/invitations/{cat_id}"), Some(&al), None).await.status, 404);
+    assert_eq!(app.call("DELETE", "/api/invitations/nope", Some(&al), None).await.status, 404);
+    assert_eq!(code(&accept(&app, &for_cat, "cat-password-1", "Cat").await), (404, "invitation_not_found"));
+    let r = invite(&app, &al, "dan@acme.test", "agent").await;
+    let for_dan = token(&r.body, "token");
+    let mut conn = app.db.conn();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query(
+            "UPDATE public.invitations SET expires_at = now() - interval '1 minute' WHERE email = 'dan@acme.test'",
+        ),
+        &mut conn,
+    )
+    .expect("expire");
+    assert_eq!(code(&look(&app, &for_dan).await), (410, "invitation_expired"));
+    assert_eq!(code(&accept(&app, &for_dan, "dan-password-1", "Dan").await), (410, "invitation_expired"));
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'dan@acme.test'"), 0);
+    let listed = app.call("GET", "/api/invitations", Some(&al), None).await;
+    assert_eq!(listed.body["items"][0]["expired"], json!(true), "{:?}", listed.body);
+
+    // A suspended tenant's links wait for it.
+    let r = invite(&app, &al, "eve@acme.test", "agent").await;
+    let for_eve = token(&r.body, "token");
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
+        .expect("suspend");
+    assert_eq!(code(&look(&app, &for_eve).await), (403, "tenant_suspended"));
+    assert_eq!(code(&accept(&app, &for_eve, "eve-password-1", "Eve").await), (403, "tenant_suspended"));
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
+
+    // Two people racing with one link: one account, one member.
+    let (a, b) = tokio::join!(
+        accept(&app, &for_eve, "eve-password-1", "Eve"),
+        accept(&app, &for_eve, "mallory-password", "Mallory")
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{:?} {:?}", a.body, b.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'eve@acme.test'"), 1);
+
+    // The audit log tells who invited whom, and who came in by a link.
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
+    assert_eq!(audited(&log, "member.invited").len(), 6, "{log}");
+    assert_eq!(audited(&log, "invitation.revoked").len(), 1);
+    let joined = audited(&log, "member.added").into_iter().filter(|e| e["details"]["by"] == "invitation").count();
+    assert_eq!(joined, 3);
+    assert!(!log.to_string().contains("sbi_"), "no token in the audit log");
+}
