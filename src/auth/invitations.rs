@@ -16,9 +16,10 @@
 //!   revoke them.
 //! - Whoever holds the link accepts it: someone new sets a password (and a
 //!   name), and the account is made with the invited email; someone who
-//!   has an account gives its password, since a link alone must not add
-//!   an account to a tenant. A wrong password counts as a failed login of
-//!   that account. The answer is the membership, not a login: the person
+//!   has an account proves it as at a login — its password, then its
+//!   second step if it has one (`otp` or `recovery_code`) — since a link
+//!   alone must not add an account to a tenant. A wrong password or code
+//!   counts as a failed login of that account. The answer is the membership, not a login: the person
 //!   then signs in as anyone does, with their second step, or sets it up
 //!   where the tenant requires it (`auth::mfa`).
 //! - One accept: a retry with the same password gets the same answer
@@ -305,12 +306,19 @@ pub struct Accepted {
 pub struct Acceptance {
     pub token: String,
     pub password: String,
+    /// An existing account's second step, if it has one.
+    pub second: super::mfa::SecondStep,
     pub new_password: Option<PasswordHash>,
     pub name: String,
 }
 
 /// `POST /api/auth/invitation/accept`, in the invitation's tenant.
-pub fn accept(tc: &mut TenantConn<'_>, acceptance: &Acceptance, now: DateTime<Utc>) -> AppResult<Accepted> {
+pub fn accept(
+    tc: &mut TenantConn<'_>,
+    keys: &crate::crypto::Keyring,
+    acceptance: &Acceptance,
+    now: DateTime<Utc>,
+) -> AppResult<Accepted> {
     let tenant = tc.tenant();
     let row: Row = inv::table
         .filter(inv::token_hash.eq(hash(&acceptance.token)))
@@ -326,7 +334,10 @@ pub fn accept(tc: &mut TenantConn<'_>, acceptance: &Acceptance, now: DateTime<Ut
     row.usable(now)?;
     let email = Email::parse(&row.email)?;
     let user = match users::find_by_email(tc.pg(), &email)? {
-        Some(user) if user.password_matches(&acceptance.password) => user,
+        Some(user) if user.password_matches(&acceptance.password) => {
+            super::mfa::check_second_step(tc.pg(), keys, &user, &acceptance.second, now)?;
+            user
+        }
         Some(_) => return Err(AppError::unauthorized(super::session::INVALID_CREDENTIALS, "the password is wrong")),
         None => {
             // The account went between the look and now: hash and retry.

@@ -364,6 +364,21 @@ pub fn check_login(
     if user.totp_enabled_at.is_none() {
         return if tenant.require_mfa { Err(required_here()) } else { Ok(()) };
     }
+    check_second_step(conn, keys, user, second, now)
+}
+
+/// The second step of a person who turned it on (nothing for one who has
+/// not): a login's, or an invitation's accept by an existing account.
+pub fn check_second_step(
+    conn: &mut PgConnection,
+    keys: &Keyring,
+    user: &User,
+    second: &SecondStep,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    if user.totp_enabled_at.is_none() {
+        return Ok(());
+    }
     let id = user.user_id();
     let taken = match (second.otp.as_deref(), second.recovery_code.as_deref()) {
         (None, None) => {

@@ -420,6 +420,11 @@ struct AcceptBody {
     password: String,
     #[serde(default)]
     name: Option<String>,
+    /// An existing account's second step (`auth::mfa`).
+    #[serde(default)]
+    otp: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
 }
 
 /// `POST /api/auth/invitation/accept` `{token, password, name?}` (no
@@ -441,11 +446,19 @@ async fn accept_invitation(state: web::Data<AppState>, body: web::Json<AcceptBod
         let password = body.password.clone();
         Some(web::block(move || PasswordHash::create(&password)).await??)
     };
-    let acceptance =
-        Acceptance { token: body.token, password: body.password, new_password, name: body.name.unwrap_or_default() };
+    let acceptance = Acceptance {
+        token: body.token,
+        password: body.password,
+        second: mfa::SecondStep { otp: body.otp, recovery_code: body.recovery_code },
+        new_password,
+        name: body.name.unwrap_or_default(),
+    };
+    let keys = state.keys.clone();
     let result = state
         .db
-        .tenant(TenantScope::system(found.tenant), move |tc| invitations::accept(tc, &acceptance, chrono::Utc::now()))
+        .tenant(TenantScope::system(found.tenant), move |tc| {
+            invitations::accept(tc, &keys, &acceptance, chrono::Utc::now())
+        })
         .await;
     match &result {
         Err(e) if e.code == invitations::USED => state.login_throttle.failed(&email, Instant::now()),

@@ -131,20 +131,42 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(app.call("GET", "/api/invitations", Some(&al), None).await.body["items"], json!([]));
     assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'new@acme.test'"), 1);
 
-    // Someone with an account elsewhere gives its password; a wrong one is
-    // refused and counted as a failed login of that account.
-    app.signup("bobco", "bob@bob.test", "bob-password-1").await;
+    // Someone with an account elsewhere proves it as at a login: its
+    // password (a wrong one refused, and counted as a failed login of that
+    // account), then its second step.
+    let bob = token(&app.signup("bobco", "bob@bob.test", "bob-password-1").await, "access_token");
+    let begun = json!({"current_password": "bob-password-1"});
+    let secret = token(&app.call("POST", "/api/me/mfa", Some(&bob), Some(begun)).await.body, "secret");
+    let confirm = json!({"code": crate::mfa::code(&secret, crate::mfa::step_now())});
+    let on = app.call("POST", "/api/me/mfa/confirm", Some(&bob), Some(confirm)).await;
+    let recovery = crate::mfa::recovery_codes(&on.body);
     let r = invite(&app, &ann, "bob@bob.test", "owner").await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let for_bob = token(&r.body, "token");
     assert_eq!(look(&app, &for_bob).await.body["has_account"], json!(true));
     assert_eq!(code(&accept(&app, &for_bob, "not-bobs-password", "Mallory").await), (401, "invalid_credentials"));
+    assert_eq!(code(&accept(&app, &for_bob, "bob-password-1", "Mallory").await), (401, "otp_required"));
+    let with = |second: Value| {
+        let mut body = json!({"token": for_bob, "password": "bob-password-1", "name": "Mallory"});
+        body.as_object_mut().expect("object").extend(second.as_object().expect("object").clone());
+        app.call("POST", "/api/auth/invitation/accept", None, Some(body))
+    };
+    assert_eq!(code(&with(json!({"recovery_code": "aaaaa-bbbbb"})).await), (401, "invalid_otp"));
     assert_eq!(app.count("SELECT count(*) AS n FROM public.memberships m JOIN public.users u ON u.id = m.user_id WHERE u.email = 'bob@bob.test'"), 1);
-    let r = accept(&app, &for_bob, "bob-password-1", "Mallory").await;
+    // Twenty failures in all hold the account back, here as at a login.
+    for _ in 0..18 {
+        accept(&app, &for_bob, "not-bobs-password", "Mallory").await;
+    }
+    let held = accept(&app, &for_bob, "bob-password-1", "Mallory").await;
+    assert_eq!(code(&held), (429, "too_many_attempts"));
+    app.state.login_throttle.succeeded("bob@bob.test");
+    let r = with(json!({"recovery_code": recovery[0]})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["role"], "owner");
     assert_ne!(r.body["user"]["name"], "Mallory", "an account's name is its own");
-    let bob = app.login("bob@bob.test", "bob-password-1", "acme").await;
+    let second =
+        json!({"email": "bob@bob.test", "password": "bob-password-1", "tenant": "acme", "recovery_code": recovery[1]});
+    let bob = app.call("POST", "/api/auth/login", None, Some(second)).await.body;
     let me = app.call("GET", "/api/me", Some(&token(&bob, "access_token")), None).await;
     assert_eq!(me.body["memberships"].as_array().map(Vec::len), Some(2));
 

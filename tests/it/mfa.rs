@@ -27,7 +27,7 @@ fn unbase32(s: &str) -> Vec<u8> {
 }
 
 /// The six digits an authenticator app shows for `step` (30-second steps).
-fn code(secret: &str, step: i64) -> String {
+pub(crate) fn code(secret: &str, step: i64) -> String {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&unbase32(secret)).expect("key");
     mac.update(&(step as u64).to_be_bytes());
     let h = mac.finalize().into_bytes();
@@ -42,11 +42,11 @@ fn last_step_taken(app: &TestApp) -> i64 {
 }
 
 /// The recovery codes of an answer.
-fn recovery_codes(answer: &Value) -> Vec<String> {
+pub(crate) fn recovery_codes(answer: &Value) -> Vec<String> {
     answer["recovery_codes"].as_array().expect("codes").iter().map(|c| c.as_str().expect("a code").into()).collect()
 }
 
-fn step_now() -> i64 {
+pub(crate) fn step_now() -> i64 {
     chrono::Utc::now().timestamp() / 30
 }
 
