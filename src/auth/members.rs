@@ -209,6 +209,7 @@ pub fn remove(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, user: Us
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
+    crate::inbox::teams::forget_member(tc, user)?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

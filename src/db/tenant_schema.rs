@@ -134,6 +134,8 @@ diesel::table! {
         /// Which app answers the customer (`inbox::handover`); `None`
         /// while nothing said otherwise (we do).
         thread_control -> Nullable<Jsonb>,
+        /// The team it is handed to (`inbox::teams`).
+        team_id -> Nullable<Int8>,
     }
 }
 
@@ -305,6 +307,26 @@ diesel::table! {
 
 diesel::joinable!(missed_targets -> conversations (conversation_id));
 
+diesel::table! {
+    /// Named groups of members conversations are handed to (`inbox::teams`).
+    teams (id) {
+        id -> Int8,
+        name -> Text,
+        description -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    team_members (team_id, user_id) {
+        team_id -> Int8,
+        user_id -> Int8,
+    }
+}
+
+diesel::joinable!(team_members -> teams (team_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     pending_selections,
@@ -322,5 +344,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     note_mentions,
     macros,
     saved_views,
-    missed_targets
+    missed_targets,
+    teams,
+    team_members
 );

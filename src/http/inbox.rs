@@ -122,7 +122,8 @@ async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<
 }
 
 /// `{status?, assignee_id?, snoozed_until?, labels? | add_labels?,
-/// remove_labels?, priority?}`; `assignee_id: null` unassigns; `labels`
+/// remove_labels?, priority?, team_id?}`; `assignee_id: null` unassigns
+/// (`team_id: null` takes it from its team); `labels`
 /// replaces the set, `add_labels` and `remove_labels` change it;
 /// `priority: null` takes it away.
 fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
@@ -148,6 +149,12 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
                     _ => p.remove_labels = labels,
                 }
             }
+            ("team_id", Value::Null) => p.team_id = Some(None),
+            ("team_id", v @ (Value::String(_) | Value::Number(_))) => {
+                let t: crate::inbox::teams::TeamId = serde_json::from_value(v)
+                    .map_err(|_| AppError::invalid("invalid_team", "team_id is not a team id"))?;
+                p.team_id = Some(Some(t));
+            }
             ("priority", Value::Null) => p.priority = Some(None),
             ("priority", Value::String(s)) => p.priority = Some(Some(s)),
             ("snoozed_until", Value::Null) => p.snoozed_until = Some(None),
@@ -158,7 +165,7 @@ fn parse_patch(body: Map<String, Value>) -> AppResult<Patch> {
             }
             (
                 k @ ("status" | "assignee_id" | "snoozed_until" | "labels" | "add_labels" | "remove_labels"
-                | "priority"),
+                | "priority" | "team_id"),
                 _,
             ) => return Err(AppError::invalid("invalid_body", format!("{k} has the wrong type"))),
             (k, _) => return Err(AppError::invalid("invalid_body", format!("unknown field `{k}`"))),
@@ -192,7 +199,7 @@ async fn patch(
     Ok(HttpResponse::Ok().json(view))
 }
 
-/// `{ids, status?, assignee_id?, snoozed_until?, labels?}`: the same change
+/// `{ids, …}` with what a PATCH of one takes: the same change
 /// to each conversation of `ids` (`conversations::patch_many`), all or none.
 async fn patch_many(
     state: web::Data<AppState>,

@@ -13,6 +13,7 @@ pub mod meta;
 pub mod pagination;
 pub mod realtime;
 pub mod reports;
+pub mod teams;
 pub mod tenants;
 pub mod webhooks;
 
@@ -159,6 +160,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(auth::routes)
                 .configure(tenants::routes)
                 .configure(members::routes)
+                .configure(teams::routes)
                 .configure(channels::routes)
                 .configure(inbox::routes)
                 .configure(webhooks::operator_routes)

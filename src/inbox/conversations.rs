@@ -16,7 +16,7 @@ use super::{planned_for_the_pattern, sb_fold_contains, ConversationId};
 use crate::audit;
 use crate::auth::Role;
 use crate::db::schema::memberships;
-use crate::db::tenant_schema::{channel_members, contacts, conversations as c, messages};
+use crate::db::tenant_schema::{channel_members, contacts, conversations as c, messages, team_members};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
@@ -33,6 +33,8 @@ pub struct Filter {
     pub label: Option<String>,
     /// `Some(None)`: no priority; `Some(Some(p))`: priority p.
     pub priority: Option<Option<String>>,
+    /// Whose team's (`inbox::teams`).
+    pub team: Option<TeamFilter>,
     /// `Some(true)`: only those whose customer waits for the team
     /// (`waiting`); `Some(false)`: only the others.
     pub waiting: Option<bool>,
@@ -43,6 +45,17 @@ pub struct Filter {
     pub held_elsewhere: Option<bool>,
     /// The list's order (not the newest activity first only without `q`).
     pub order: Order,
+}
+
+/// Which team's conversations (`team=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeamFilter {
+    /// Handed to no team.
+    None,
+    /// Handed to this team.
+    Team(i64),
+    /// Handed to a team this member is in.
+    MemberOf(UserId),
 }
 
 /// How the list is ordered (`sort`).
@@ -97,11 +110,13 @@ pub struct FilterParams {
     pub sort: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_elsewhere: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 impl FilterParams {
     /// The names a client may give.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "status",
         "channel_id",
         "assignee",
@@ -113,6 +128,7 @@ impl FilterParams {
         "overdue",
         "sort",
         "held_elsewhere",
+        "team",
     ];
 
     /// These, with each one `over` gives put in its place.
@@ -129,6 +145,7 @@ impl FilterParams {
             overdue: over.overdue.or(self.overdue),
             sort: over.sort.or(self.sort),
             held_elsewhere: over.held_elsewhere.or(self.held_elsewhere),
+            team: over.team.or(self.team),
         }
     }
 
@@ -171,6 +188,12 @@ impl FilterParams {
                 Some(p) => Some(Some(
                     checked_priority(p).map_err(|_| bad("priority is low, medium, high, urgent or none".into()))?,
                 )),
+            },
+            team: match self.team.as_deref() {
+                None | Some("") => None,
+                Some("none") => Some(TeamFilter::None),
+                Some("mine") => Some(TeamFilter::MemberOf(me)),
+                Some(t) => Some(TeamFilter::Team(id(t, "team")?)),
             },
             waiting: flag(self.waiting.as_deref(), "waiting")?,
             overdue: flag(self.overdue.as_deref(), "overdue")?.unwrap_or(false),
@@ -272,6 +295,16 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     match &f.priority {
         Some(None) => q = q.filter(c::priority.is_null()),
         Some(Some(p)) => q = q.filter(c::priority.eq(p.clone())),
+        None => {}
+    }
+    match f.team {
+        Some(TeamFilter::None) => q = q.filter(c::team_id.is_null()),
+        Some(TeamFilter::Team(t)) => q = q.filter(c::team_id.eq(t)),
+        Some(TeamFilter::MemberOf(u)) => {
+            let teams =
+                team_members::table.filter(team_members::user_id.eq(u.0)).select(team_members::team_id.nullable());
+            q = q.filter(c::team_id.eq_any(teams))
+        }
         None => {}
     }
     match f.waiting {
@@ -515,6 +548,8 @@ pub struct Patch {
     pub remove_labels: Vec<String>,
     /// `Some(None)` takes the priority away.
     pub priority: Option<Option<String>>,
+    /// `Some(None)` takes it from its team (`inbox::teams`).
+    pub team_id: Option<Option<super::teams::TeamId>>,
 }
 
 /// The most conversations one bulk change takes.
@@ -605,9 +640,14 @@ pub fn patch(
         Some(None) => None,
         Some(Some(given)) => Some(checked_priority(given)?),
     };
+    let team = match p.team_id {
+        None => row.team_id,
+        Some(None) => None,
+        Some(Some(t)) => Some(super::teams::existing(tc, t)?),
+    };
     // A retried or repeated PATCH changes nothing: no write, no event.
-    if (&status, snoozed_until, assignee, &labels, &priority)
-        == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority)
+    if (&status, snoozed_until, assignee, &labels, &priority, team)
+        == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority, row.team_id)
     {
         return Names::default().conversation(tc, &row);
     }
@@ -619,10 +659,21 @@ pub fn patch(
             c::assignee_id.eq(assignee),
             c::labels.eq(&labels),
             c::priority.eq(&priority),
+            c::team_id.eq(team),
             c::updated_at.eq(diesel::dsl::now),
         ))
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
+    if team != row.team_id {
+        audit::record(
+            tc,
+            Some(user),
+            "conversation.team_changed",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": row.team_id.map(|t| t.to_string()), "to": team.map(|t| t.to_string())}),
+        )?;
+    }
     if priority != row.priority {
         // Another priority, another target for the wait (`waiting`).
         if updated.waiting_since.is_some() {

@@ -408,6 +408,7 @@ mod tests {
             waiting_since: None,
             reply_due_at: None,
             thread_control: None,
+            team_id: None,
         };
         let moved = |before: Option<&ThreadControl>, change: ThreadChange, ms: i64| {
             let after = ThreadControl::next(before, &change, at(ms), OURS).expect("moves");

@@ -71,6 +71,10 @@ pub enum Action {
     Assign {
         assignee_id: Option<UserId>,
     },
+    /// Hands it to a team (`inbox::teams`), or takes it from its team.
+    AssignTeam {
+        team_id: Option<super::teams::TeamId>,
+    },
     SetStatus {
         status: String,
     },
@@ -345,6 +349,7 @@ pub fn run(
                 patch.remove_labels.extend(labels.iter().cloned());
             }
             Action::Assign { assignee_id } => patch.assignee_id = Some(*assignee_id),
+            Action::AssignTeam { team_id } => patch.team_id = Some(*team_id),
             Action::SetStatus { status } => {
                 patch.status = Some(status.clone());
                 patch.snoozed_until = None;

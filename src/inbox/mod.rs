@@ -41,6 +41,7 @@ pub mod reports;
 pub mod saved_views;
 pub mod search_index;
 pub mod sender;
+pub mod teams;
 pub mod templates;
 pub mod transcript;
 pub mod uploads;

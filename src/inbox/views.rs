@@ -109,6 +109,8 @@ pub struct ConversationRow {
     pub reply_due_at: Option<DateTime<Utc>>,
     /// Which app answers the customer (`inbox::handover`).
     pub thread_control: Option<Value>,
+    /// The team it is handed to (`inbox::teams`).
+    pub team_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -404,6 +406,7 @@ impl Names {
             },
             status: row.status.clone(),
             assignee_id: row.assignee_id.map(UserId),
+            team_id: row.team_id.map(super::teams::TeamId),
             snoozed_until: row.snoozed_until,
             unread_count: row.unread_count,
             last_message,
@@ -456,6 +459,8 @@ pub struct ConversationView {
     pub contact: ContactView,
     pub status: String,
     pub assignee_id: Option<UserId>,
+    /// The team it is handed to (an extension; `inbox::teams`).
+    pub team_id: Option<super::teams::TeamId>,
     pub snoozed_until: Option<DateTime<Utc>>,
     pub unread_count: i32,
     pub last_message: Option<LastMessage>,

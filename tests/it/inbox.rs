@@ -37,7 +37,7 @@ pub(crate) async fn acme(app: &TestApp) -> Ctx {
     Ctx { admin, waba_token: waba_token.to_string() }
 }
 
-async fn conversations(app: &TestApp, t: &str, query: &str) -> Vec<Value> {
+pub(crate) async fn conversations(app: &TestApp, t: &str, query: &str) -> Vec<Value> {
     let r = app.call("GET", &format!("/api/conversations{query}"), Some(t), None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["items"].as_array().expect("items").clone()
@@ -49,7 +49,7 @@ async fn messages(app: &TestApp, t: &str, conversation: &str) -> Vec<Value> {
     r.body["items"].as_array().expect("items").clone()
 }
 
-fn by_contact<'a>(convs: &'a [Value], external: &str) -> &'a Value {
+pub(crate) fn by_contact<'a>(convs: &'a [Value], external: &str) -> &'a Value {
     convs
         .iter()
         .find(|c| c["contact"]["external_id"] == external)
@@ -757,7 +757,7 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
 }
 
 /// Adds agent Al (of no channel yet) to acme: the member, and Al's token.
-async fn agent_al(app: &TestApp, admin: &str) -> (Value, String) {
+pub(crate) async fn agent_al(app: &TestApp, admin: &str) -> (Value, String) {
     let member = json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"});
     let r = app.call("POST", "/api/members", Some(admin), Some(member)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -2578,7 +2578,7 @@ async fn the_inbox_api() {
 }
 
 /// The id of the channel of `external_id` (a page, account or number).
-async fn channel_id(app: &TestApp, admin: &str, external_id: &str) -> String {
+pub(crate) async fn channel_id(app: &TestApp, admin: &str, external_id: &str) -> String {
     let channels = app.call("GET", "/api/channels", Some(admin), None).await.body["items"].clone();
     let found = channels.as_array().expect("items").iter().find(|c| c["external_id"] == external_id).cloned();
     found.expect("channel")["id"].as_str().expect("id").to_string()

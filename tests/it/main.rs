@@ -18,5 +18,6 @@ mod migrate;
 mod openapi;
 mod realtime;
 mod search;
+mod teams;
 mod teardown;
 mod tenancy;

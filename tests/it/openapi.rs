@@ -172,6 +172,14 @@ async fn live_answers_match_the_served_openapi_document() {
     let path = "/api/auth/invitation/accept";
     let joined = check(&app, &doc, "POST", path, path, None, Some(accepting)).await;
     assert_eq!(joined["role"], "agent", "{joined}");
+    let billing = json!({"name": "Billing", "member_ids": [bo_id]});
+    let team = check(&app, &doc, "POST", "/api/teams", "/api/teams", Some(admin), Some(billing)).await;
+    let team = format!("/api/teams/{}", team["id"].as_str().expect("team id"));
+    check(&app, &doc, "GET", "/api/teams", "/api/teams", Some(admin), None).await;
+    check(&app, &doc, "GET", "/api/teams/{id}", &team, Some(admin), None).await;
+    check(&app, &doc, "PATCH", "/api/teams/{id}", &team, Some(admin), Some(json!({"name": "Payments"}))).await;
+    let members = json!({"user_ids": []});
+    check(&app, &doc, "PUT", "/api/teams/{id}/members", &format!("{team}/members"), Some(admin), Some(members)).await;
 
     let channels = check(&app, &doc, "GET", "/api/channels", "/api/channels", Some(admin), None).await;
     let channel = channels["items"][0]["id"].as_str().expect("channel").to_string();

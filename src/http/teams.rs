@@ -1,0 +1,116 @@
+//! `/api/teams`: groups of members conversations are handed to
+//! (`inbox::teams`).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::{AuthContext, Role};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::inbox::teams::{self, NewTeam, TeamId};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(super::resource("/teams").route(web::get().to(list)).route(web::post().to(create)))
+        .service(
+            super::resource("/teams/{id}")
+                .route(web::get().to(get_one))
+                .route(web::patch().to(update))
+                .route(web::delete().to(delete)),
+        )
+        .service(super::resource("/teams/{id}/members").route(web::put().to(set_members)));
+}
+
+fn team_id(raw: &str) -> AppResult<TeamId> {
+    TeamId::parse(raw).ok_or_else(|| AppError::not_found("team"))
+}
+
+/// `GET /api/teams` (every member): all of them (at most 100), by name.
+async fn list(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let items = state.db.tenant(auth.scope(), teams::list).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+}
+
+async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let id = team_id(&path)?;
+    let team = state.db.tenant(auth.scope(), move |tc| teams::get(tc, id)).await?;
+    Ok(HttpResponse::Ok().json(team))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    member_ids: Vec<UserId>,
+}
+
+/// `POST /api/teams` (admins): 201, or 200 with the team a repeated create
+/// made.
+async fn create(state: web::Data<AppState>, auth: AuthContext, body: web::Json<CreateBody>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let body = body.into_inner();
+    let new =
+        NewTeam { name: body.name, description: body.description.unwrap_or_default(), member_ids: body.member_ids };
+    let (team, made) = state.db.tenant(auth.scope(), move |tc| teams::create(tc, auth.user, &new)).await?;
+    Ok(if made { HttpResponse::Created() } else { HttpResponse::Ok() }.json(team))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `PATCH /api/teams/{id}` (admins) `{name?, description?}`.
+async fn update(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<UpdateBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = team_id(&path)?;
+    let body = body.into_inner();
+    let team = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            teams::update(tc, auth.user, id, body.name.as_deref(), body.description.as_deref())
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(team))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersBody {
+    user_ids: Vec<UserId>,
+}
+
+/// `PUT /api/teams/{id}/members` (admins) `{user_ids}`: the whole set.
+async fn set_members(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<MembersBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = team_id(&path)?;
+    let users = body.into_inner().user_ids;
+    let team = state.db.tenant(auth.scope(), move |tc| teams::set_members(tc, auth.user, id, &users)).await?;
+    Ok(HttpResponse::Ok().json(team))
+}
+
+/// `DELETE /api/teams/{id}` (admins): 204; its conversations have no team.
+async fn delete(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = team_id(&path)?;
+    state.tenant_with_events(auth.scope(), move |tc, log| teams::delete(tc, log, auth.user, id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

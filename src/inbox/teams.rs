@@ -1,0 +1,369 @@
+//! Teams: named groups of members ("Billing", "Night shift") that a
+//! conversation is handed to, beside or instead of one person, so a group
+//! can work from "our team's conversations" (an extension).
+//!
+//! Decisions:
+//! - Admins make, rename and delete teams and choose their members (any
+//!   member of the tenant); every member lists them (`GET /api/teams`,
+//!   with `member_ids`). A name is 1 to [`MOST_NAME_CHARS`] characters,
+//!   once per tenant whatever its case (409 `team_name_taken`); a
+//!   description up to [`MOST_DESCRIPTION_CHARS`]; at most [`MOST_TEAMS`]
+//!   teams (409 `too_many_teams`). A create repeated with the same name,
+//!   description and members answers the team made (200), so a retry
+//!   makes one.
+//! - A conversation has at most one team (`team_id`), set or taken away by
+//!   anyone who may change the conversation (`PATCH
+//!   /api/conversations/{id}` `{team_id}`, the bulk change, a macro's
+//!   `assign_team`), apart from its assignee: the team takes the
+//!   conversation, one of them answers it. A team does not widen who sees
+//!   a channel: that stays per member (`PUT /api/channels/{id}/members`).
+//! - The list filters by `team=<id>`, `team=none` or `team=mine` (the
+//!   teams the caller is in; saved views keep it as they keep `assignee=me`).
+//! - Deleting a team takes it off its conversations, each announced as
+//!   `conversation.updated`; a member who leaves the tenant leaves its teams.
+//! - Team changes are not pushed on the socket (clients read `GET
+//!   /api/teams` again); a conversation's team is, in its frames.
+//! - Audited: `team.created`, `team.updated`, `team.members_changed`,
+//!   `team.deleted`, and `conversation.team_changed`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use super::events::EventLog;
+use super::views::{ConversationRow, Names};
+use crate::audit;
+use crate::db::schema::memberships;
+use crate::db::tenant_schema::{conversations as c, team_members as tm, teams as t};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+crate::id_type!(
+    /// A team, inside one tenant.
+    TeamId
+);
+
+pub const MOST_NAME_CHARS: usize = 100;
+pub const MOST_DESCRIPTION_CHARS: usize = 1_000;
+/// The most teams a tenant keeps.
+pub const MOST_TEAMS: i64 = 100;
+/// First key of the advisory lock a tenant's team creates take turns under.
+const CREATE_LOCK_CLASS: i32 = 0x5b_0005;
+
+/// A team as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TeamView {
+    pub id: TeamId,
+    pub name: String,
+    pub description: String,
+    /// Its members, by user id (ascending).
+    pub member_ids: Vec<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = t)]
+struct Row {
+    id: i64,
+    name: String,
+    description: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn not_found() -> AppError {
+    AppError::not_found("team")
+}
+
+fn checked_name(raw: &str) -> AppResult<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > MOST_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "invalid_name",
+            format!("a team's name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn checked_description(raw: &str) -> AppResult<String> {
+    let description = raw.trim();
+    if description.chars().count() > MOST_DESCRIPTION_CHARS {
+        return Err(AppError::invalid(
+            "invalid_description",
+            format!("a team's description is at most {MOST_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    Ok(description.to_string())
+}
+
+/// `ids`, sorted and once each, if every one is a member of the tenant
+/// (else 422 `invalid_member` naming one that is not).
+fn checked_members(tc: &mut TenantConn<'_>, ids: &[UserId]) -> AppResult<Vec<i64>> {
+    let mut wanted: Vec<i64> = ids.iter().map(|u| u.0).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let tenant = tc.tenant().0;
+    let known: Vec<i64> = memberships::table
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::user_id.eq_any(&wanted))
+        .select(memberships::user_id)
+        .load(tc.pg())?;
+    if let Some(stranger) = wanted.iter().find(|u| !known.contains(u)) {
+        return Err(AppError::invalid("invalid_member", format!("user {stranger} is not a member of this tenant")));
+    }
+    Ok(wanted)
+}
+
+fn member_ids(tc: &mut TenantConn<'_>, team: i64) -> AppResult<Vec<UserId>> {
+    let ids: Vec<i64> = tm::table.filter(tm::team_id.eq(team)).order(tm::user_id).select(tm::user_id).load(tc.pg())?;
+    Ok(ids.into_iter().map(UserId).collect())
+}
+
+fn view(tc: &mut TenantConn<'_>, row: Row) -> AppResult<TeamView> {
+    let member_ids = member_ids(tc, row.id)?;
+    Ok(TeamView {
+        id: TeamId(row.id),
+        name: row.name,
+        description: row.description,
+        member_ids,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+fn row(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
+    t::table.find(id.0).select(Row::as_select()).for_update().first(tc.pg()).optional()?.ok_or_else(not_found)
+}
+
+/// Every team, by name.
+pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<TeamView>> {
+    let rows: Vec<Row> = t::table.order((t::name, t::id)).select(Row::as_select()).load(tc.pg())?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let members: Vec<(i64, i64)> = tm::table
+        .filter(tm::team_id.eq_any(&ids))
+        .order((tm::team_id, tm::user_id))
+        .select((tm::team_id, tm::user_id))
+        .load(tc.pg())?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TeamView {
+            member_ids: members.iter().filter(|(team, _)| *team == r.id).map(|(_, u)| UserId(*u)).collect(),
+            id: TeamId(r.id),
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect())
+}
+
+pub fn get(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<TeamView> {
+    let row = t::table.find(id.0).select(Row::as_select()).first(tc.pg()).optional()?.ok_or_else(not_found)?;
+    view(tc, row)
+}
+
+/// What a new team is.
+pub struct NewTeam {
+    pub name: String,
+    pub description: String,
+    pub member_ids: Vec<UserId>,
+}
+
+/// `POST /api/teams`: the team, and whether it was made now (`false`: the
+/// same create again).
+pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResult<(TeamView, bool)> {
+    let name = checked_name(&new.name)?;
+    let description = checked_description(&new.description)?;
+    let members = checked_members(tc, &new.member_ids)?;
+    // Two creates at once would both count 99, or both find the name free.
+    let tenant = tc.tenant().0;
+    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
+        .bind::<diesel::sql_types::Int4, _>(CREATE_LOCK_CLASS)
+        .bind::<diesel::sql_types::Text, _>(tenant.to_string())
+        .execute(tc.pg())?;
+    if let Some(same) = named(tc, &name)? {
+        let same = view(tc, same)?;
+        let wanted: Vec<UserId> = members.iter().copied().map(UserId).collect();
+        if same.name == name && same.description == description && same.member_ids == wanted {
+            return Ok((same, false));
+        }
+        return Err(taken());
+    }
+    let count: i64 = t::table.count().get_result(tc.pg())?;
+    if count >= MOST_TEAMS {
+        return Err(AppError::conflict("too_many_teams", format!("a tenant keeps at most {MOST_TEAMS} teams")));
+    }
+    let row: Row = diesel::insert_into(t::table)
+        .values((t::name.eq(&name), t::description.eq(&description)))
+        .returning(Row::as_returning())
+        .get_result(tc.pg())
+        .map_err(name_clash)?;
+    let values: Vec<_> = members.iter().map(|u| (tm::team_id.eq(row.id), tm::user_id.eq(*u))).collect();
+    if !values.is_empty() {
+        diesel::insert_into(tm::table).values(&values).execute(tc.pg())?;
+    }
+    audit::record(
+        tc,
+        Some(actor),
+        "team.created",
+        "team",
+        Some(row.id.to_string()),
+        json!({"name": name, "member_ids": members.iter().map(i64::to_string).collect::<Vec<_>>()}),
+    )?;
+    Ok((view(tc, row)?, true))
+}
+
+fn taken() -> AppError {
+    AppError::conflict("team_name_taken", "another team has this name")
+}
+
+/// A write that met the unique name (a rename racing this one): 409.
+fn name_clash(e: diesel::result::Error) -> AppError {
+    match e {
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => taken(),
+        e => e.into(),
+    }
+}
+
+/// The team called `name`, whatever its case.
+fn named(tc: &mut TenantConn<'_>, name: &str) -> AppResult<Option<Row>> {
+    Ok(t::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Text>("lower(name)").eq(name.to_lowercase()))
+        .select(Row::as_select())
+        .first(tc.pg())
+        .optional()?)
+}
+
+/// `PATCH /api/teams/{id}` `{name?, description?}`; the same values again
+/// change nothing.
+pub fn update(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    id: TeamId,
+    name: Option<&str>,
+    description: Option<&str>,
+) -> AppResult<TeamView> {
+    let name = name.map(checked_name).transpose()?;
+    let description = description.map(checked_description).transpose()?;
+    let current = row(tc, id)?;
+    let new_name = name.unwrap_or_else(|| current.name.clone());
+    let new_description = description.unwrap_or_else(|| current.description.clone());
+    if (&new_name, &new_description) == (&current.name, &current.description) {
+        return view(tc, current);
+    }
+    if new_name.to_lowercase() != current.name.to_lowercase() && named(tc, &new_name)?.is_some() {
+        return Err(taken());
+    }
+    let updated: Row = diesel::update(t::table.find(id.0))
+        .set((t::name.eq(&new_name), t::description.eq(&new_description), t::updated_at.eq(diesel::dsl::now)))
+        .returning(Row::as_returning())
+        .get_result(tc.pg())
+        .map_err(name_clash)?;
+    let mut fields = Vec::new();
+    if new_name != current.name {
+        fields.push("name");
+    }
+    if new_description != current.description {
+        fields.push("description");
+    }
+    audit::record(
+        tc,
+        Some(actor),
+        "team.updated",
+        "team",
+        Some(id.to_string()),
+        json!({"fields": fields, "from": current.name, "to": new_name}),
+    )?;
+    view(tc, updated)
+}
+
+/// `PUT /api/teams/{id}/members` `{user_ids}`: the whole set.
+pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: TeamId, user_ids: &[UserId]) -> AppResult<TeamView> {
+    let current = row(tc, id)?;
+    let wanted = checked_members(tc, user_ids)?;
+    let had: Vec<i64> = member_ids(tc, id.0)?.into_iter().map(|u| u.0).collect();
+    if had == wanted {
+        return view(tc, current);
+    }
+    diesel::delete(tm::table.filter(tm::team_id.eq(id.0)).filter(tm::user_id.ne_all(&wanted))).execute(tc.pg())?;
+    let values: Vec<_> = wanted.iter().map(|u| (tm::team_id.eq(id.0), tm::user_id.eq(*u))).collect();
+    if !values.is_empty() {
+        diesel::insert_into(tm::table).values(&values).on_conflict_do_nothing().execute(tc.pg())?;
+    }
+    diesel::update(t::table.find(id.0)).set(t::updated_at.eq(diesel::dsl::now)).execute(tc.pg())?;
+    let ids = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>();
+    let added: Vec<i64> = wanted.iter().filter(|u| !had.contains(u)).copied().collect();
+    let removed: Vec<i64> = had.iter().filter(|u| !wanted.contains(u)).copied().collect();
+    audit::record(
+        tc,
+        Some(actor),
+        "team.members_changed",
+        "team",
+        Some(id.to_string()),
+        json!({"added": ids(&added), "removed": ids(&removed)}),
+    )?;
+    get(tc, id)
+}
+
+/// `DELETE /api/teams/{id}`: taken off its conversations (each announced),
+/// then gone.
+pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: TeamId) -> AppResult<()> {
+    let current = row(tc, id)?;
+    let freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
+        .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
+        .returning(ConversationRow::as_returning())
+        .get_results(tc.pg())?;
+    let mut names = Names::default();
+    for conversation in &freed {
+        let view = names.conversation(tc, conversation)?;
+        log.append(tc, "conversation.updated", Some(conversation.channel_id), Some(conversation.id), &view)?;
+    }
+    diesel::delete(t::table.find(id.0)).execute(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "team.deleted",
+        "team",
+        Some(id.to_string()),
+        json!({"name": current.name, "conversations": freed.len()}),
+    )?;
+    Ok(())
+}
+
+/// `team`, if it is one of this tenant's (else 422 `invalid_team`): what a
+/// conversation may be handed to.
+pub fn existing(tc: &mut TenantConn<'_>, team: TeamId) -> AppResult<i64> {
+    // Held (key share) so a delete at once waits for this change to land.
+    t::table
+        .find(team.0)
+        .select(t::id)
+        .for_key_share()
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::invalid("invalid_team", format!("team {team} does not exist")))
+}
+
+/// A member who left the tenant leaves its teams.
+pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<usize> {
+    Ok(diesel::delete(tm::table.filter(tm::user_id.eq(user.0))).execute(tc.pg())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_descriptions_are_checked() {
+        assert_eq!(checked_name("  Billing ").ok().as_deref(), Some("Billing"));
+        assert!(checked_name(" ").is_err());
+        assert!(checked_name("a\u{0007}b").is_err());
+        assert!(checked_name(&"é".repeat(MOST_NAME_CHARS)).is_ok());
+        assert!(checked_name(&"é".repeat(MOST_NAME_CHARS + 1)).is_err());
+        assert_eq!(checked_description("").ok().as_deref(), Some(""));
+        assert!(checked_description(&"x".repeat(MOST_DESCRIPTION_CHARS + 1)).is_err());
+    }
+}

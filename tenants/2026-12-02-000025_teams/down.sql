@@ -1,0 +1,3 @@
+ALTER TABLE conversations DROP COLUMN IF EXISTS team_id;
+DROP TABLE IF EXISTS team_members;
+DROP TABLE IF EXISTS teams;

@@ -1,0 +1,148 @@
+//! Teams (`inbox::teams`): admins keep named groups of members; anyone who
+//! answers hands a conversation to one; the inbox filters by them.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use crate::channels::PAGE_A;
+use crate::common::{spawn_app, TestApp};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
+use crate::realtime::{until, ws};
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+fn ids(items: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = items.iter().map(|c| c["id"].as_str().expect("id").to_string()).collect();
+    ids.sort();
+    ids
+}
+
+async fn patch(app: &TestApp, t: &str, conversation: &str, body: Value) -> crate::common::Resp {
+    app.call("PATCH", &format!("/api/conversations/{conversation}"), Some(t), Some(body)).await
+}
+
+#[actix_web::test]
+async fn a_team_takes_conversations_and_its_members_find_them() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (al_member, al) = agent_al(&app, admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, admin, PAGE_A).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for from in ["7392015648160001", "7392015648160002"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "my invoice is wrong"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let (first, second) = (conv("7392015648160001"), conv("7392015648160002"));
+    assert_eq!(by_contact(&convs, "7392015648160001")["team_id"], Value::Null);
+
+    // Admins keep teams; a create said twice makes one.
+    let billing = json!({"name": "Billing", "description": "Invoices and refunds", "member_ids": [al_id, al_id]});
+    assert_eq!(code(&app.call("POST", "/api/teams", Some(&al), Some(billing.clone())).await), (403, "forbidden"));
+    let made = app.call("POST", "/api/teams", Some(admin), Some(billing.clone())).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    assert_eq!(made.body["member_ids"], json!([al_id]));
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let again = app.call("POST", "/api/teams", Some(admin), Some(billing)).await;
+    assert_eq!((again.status, &again.body["id"]), (200, &json!(team)));
+    for (body, want) in [
+        (json!({"name": " BILLING ", "description": "other"}), (409, "team_name_taken")),
+        (json!({"name": "  "}), (422, "invalid_name")),
+        (json!({"name": "x".repeat(101)}), (422, "invalid_name")),
+        (json!({"name": "Night", "member_ids": ["999999"]}), (422, "invalid_member")),
+        (json!({"name": "Night", "description": "d".repeat(1001)}), (422, "invalid_description")),
+    ] {
+        assert_eq!(code(&app.call("POST", "/api/teams", Some(admin), Some(body.clone())).await), want, "{body}");
+    }
+    let listed = app.call("GET", "/api/teams", Some(&al), None).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1), "{:?}", listed.body);
+    assert_eq!(listed.body["items"][0]["name"], "Billing");
+    assert_eq!(app.call("GET", "/api/teams/999999", Some(&al), None).await.status, 404);
+    assert_eq!(app.call("GET", "/api/teams/nope", Some(&al), None).await.status, 404);
+
+    // Al (an agent of the channel) hands a conversation to the team; his
+    // socket hears it.
+    let mut socket = ws(&app, "", Some(&al), None).await.expect("socket");
+    let r = patch(&app, &al, &first, json!({"team_id": team})).await;
+    assert_eq!((r.status, &r.body["team_id"]), (200, &json!(team)), "{:?}", r.body);
+    let frame = until(&mut socket, "conversation.updated", Duration::from_secs(5)).await.expect("frame");
+    assert_eq!((&frame["data"]["id"], &frame["data"]["team_id"]), (&json!(first), &json!(team)));
+    assert_eq!(code(&patch(&app, &al, &second, json!({"team_id": "999999"})).await), (422, "invalid_team"));
+    assert_eq!(code(&patch(&app, &al, &second, json!({"team_id": "abc"})).await), (422, "invalid_team"));
+    assert_eq!(code(&patch(&app, &al, &second, json!({"team_id": true})).await), (422, "invalid_body"));
+
+    // The inbox by team: mine, none, one.
+    assert_eq!(ids(&conversations(&app, &al, "?team=mine").await), [first.as_str()]);
+    assert_eq!(ids(&conversations(&app, &al, "?team=none").await), [second.as_str()]);
+    assert_eq!(ids(&conversations(&app, admin, &format!("?team={team}")).await), [first.as_str()]);
+    assert_eq!(conversations(&app, admin, "?team=mine").await.len(), 0, "the owner is in no team");
+    let r = app.call("GET", "/api/conversations?team=billing", Some(admin), None).await;
+    assert_eq!(code(&r), (400, "invalid_query"));
+    // A saved view keeps `team=mine` for whoever uses it.
+    let view = json!({"name": "Our team", "visibility": "team", "filters": {"team": "mine"}});
+    let r = app.call("POST", "/api/views", Some(admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view_id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(ids(&conversations(&app, &al, &format!("?view={view_id}")).await), [first.as_str()]);
+
+    // In bulk, and by a macro.
+    let r = app
+        .call("POST", "/api/conversations/bulk", Some(&al), Some(json!({"ids": [first, second], "team_id": team})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(conversations(&app, &al, "?team=mine").await.len(), 2);
+    let unteam = json!({"name": "Back to everyone", "actions": [{"type": "assign_team", "team_id": null}]});
+    let r = app.call("POST", "/api/macros", Some(admin), Some(unteam)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let run = format!("/api/conversations/{second}/macros/{}", r.body["id"].as_str().expect("id"));
+    let r = app.call("POST", &run, Some(&al), None).await;
+    assert_eq!((r.status, &r.body["conversation"]["team_id"]), (200, &Value::Null), "{:?}", r.body);
+
+    // Renamed; members changed: Al's "mine" empties.
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(admin), Some(json!({"name": "Payments"}))).await;
+    assert_eq!(
+        (r.status, &r.body["name"], &r.body["description"]),
+        (200, &json!("Payments"), &json!("Invoices and refunds"))
+    );
+    let r = app.call("PUT", &format!("/api/teams/{team}/members"), Some(admin), Some(json!({"user_ids": []}))).await;
+    assert_eq!((r.status, &r.body["member_ids"]), (200, &json!([])), "{:?}", r.body);
+    assert_eq!(conversations(&app, &al, "?team=mine").await.len(), 0);
+
+    // Deleted: its conversation has no team, and the socket hears so.
+    assert_eq!(app.call("DELETE", &format!("/api/teams/{team}"), Some(&al), None).await.status, 403);
+    assert_eq!(app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await.status, 204);
+    assert_eq!(app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await.status, 404);
+    let frame = loop {
+        let f = until(&mut socket, "conversation.updated", Duration::from_secs(5)).await.expect("frame");
+        if f["data"]["id"] == json!(first) && f["data"]["team_id"].is_null() {
+            break f;
+        }
+    };
+    assert_eq!(frame["data"]["status"], "open");
+    let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
+    assert_eq!(one.body["team_id"], Value::Null);
+
+    // A member who leaves the tenant leaves its teams.
+    let night =
+        app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Night", "member_ids": [al_id]}))).await;
+    let night_id = night.body["id"].as_str().expect("id").to_string();
+    assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(admin), None).await.status, 204);
+    let night = app.call("GET", &format!("/api/teams/{night_id}"), Some(admin), None).await;
+    assert_eq!(night.body["member_ids"], json!([]));
+
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(admin), None).await.body;
+    let actions: Vec<&str> =
+        log["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["team.created", "team.updated", "team.members_changed", "team.deleted", "conversation.team_changed"]
+    {
+        assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+    }
+}
