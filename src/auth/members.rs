@@ -43,6 +43,25 @@ const MEMBER_COLUMNS: (
     users_t::totp_enabled_at,
 ) = (users_t::id, users_t::email, users_t::name, memberships::role, memberships::created_at, users_t::totp_enabled_at);
 
+/// `users`, sorted and once each, if every one is a member of the tenant
+/// (else 422 `unknown_user` naming one that is not): who may be listed on
+/// a channel or a team.
+pub fn all_members(tc: &mut TenantConn<'_>, users: &[UserId]) -> AppResult<Vec<i64>> {
+    let mut ids: Vec<i64> = users.iter().map(|u| u.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let tenant = tc.tenant().0;
+    let known: Vec<i64> = memberships::table
+        .filter(memberships::tenant_id.eq(tenant))
+        .filter(memberships::user_id.eq_any(&ids))
+        .select(memberships::user_id)
+        .load(tc.pg())?;
+    if let Some(missing) = ids.iter().find(|i| !known.contains(i)) {
+        return Err(AppError::invalid("unknown_user", format!("user {missing} is not a member of this tenant")));
+    }
+    Ok(ids)
+}
+
 fn to_member(row: MemberRow) -> AppResult<Member> {
     Ok(Member {
         user_id: UserId(row.0),

@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::audit;
 use crate::auth::Role;
 use crate::crypto::Keyring;
-use crate::db::schema::{channel_routes, memberships, meta_user_links};
+use crate::db::schema::{channel_routes, meta_user_links};
 use crate::db::tenant_schema::{channel_members, channels};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -602,18 +602,7 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
 /// Replaces the channel's member list; every user must be a member of the tenant.
 pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users: &[UserId]) -> AppResult<ChannelView> {
     find(tc, id)?;
-    let mut ids: Vec<i64> = users.iter().map(|u| u.0).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let tenant = tc.tenant().0;
-    let known: Vec<i64> = memberships::table
-        .filter(memberships::tenant_id.eq(tenant))
-        .filter(memberships::user_id.eq_any(&ids))
-        .select(memberships::user_id)
-        .load(tc.pg())?;
-    if let Some(missing) = ids.iter().find(|i| !known.contains(i)) {
-        return Err(AppError::invalid("unknown_user", format!("user {missing} is not a member of this tenant")));
-    }
+    let ids = crate::auth::members::all_members(tc, users)?;
     // The same list again (a retry): nothing to write, audit or tell.
     let current: Vec<i64> = channel_members::table
         .filter(channel_members::channel_id.eq(id.0))

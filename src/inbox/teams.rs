@@ -34,7 +34,7 @@ use serde_json::json;
 use super::events::EventLog;
 use super::views::{ConversationRow, Names};
 use crate::audit;
-use crate::db::schema::memberships;
+use crate::auth::members;
 use crate::db::tenant_schema::{conversations as c, team_members as tm, teams as t};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -100,24 +100,6 @@ fn checked_description(raw: &str) -> AppResult<String> {
     Ok(description.to_string())
 }
 
-/// `ids`, sorted and once each, if every one is a member of the tenant
-/// (else 422 `invalid_member` naming one that is not).
-fn checked_members(tc: &mut TenantConn<'_>, ids: &[UserId]) -> AppResult<Vec<i64>> {
-    let mut wanted: Vec<i64> = ids.iter().map(|u| u.0).collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let tenant = tc.tenant().0;
-    let known: Vec<i64> = memberships::table
-        .filter(memberships::tenant_id.eq(tenant))
-        .filter(memberships::user_id.eq_any(&wanted))
-        .select(memberships::user_id)
-        .load(tc.pg())?;
-    if let Some(stranger) = wanted.iter().find(|u| !known.contains(u)) {
-        return Err(AppError::invalid("invalid_member", format!("user {stranger} is not a member of this tenant")));
-    }
-    Ok(wanted)
-}
-
 fn member_ids(tc: &mut TenantConn<'_>, team: i64) -> AppResult<Vec<UserId>> {
     let ids: Vec<i64> = tm::table.filter(tm::team_id.eq(team)).order(tm::user_id).select(tm::user_id).load(tc.pg())?;
     Ok(ids.into_iter().map(UserId).collect())
@@ -143,7 +125,7 @@ fn row(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
 pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<TeamView>> {
     let rows: Vec<Row> = t::table.order((t::name, t::id)).select(Row::as_select()).load(tc.pg())?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let members: Vec<(i64, i64)> = tm::table
+    let pairs: Vec<(i64, i64)> = tm::table
         .filter(tm::team_id.eq_any(&ids))
         .order((tm::team_id, tm::user_id))
         .select((tm::team_id, tm::user_id))
@@ -151,7 +133,7 @@ pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<TeamView>> {
     Ok(rows
         .into_iter()
         .map(|r| TeamView {
-            member_ids: members.iter().filter(|(team, _)| *team == r.id).map(|(_, u)| UserId(*u)).collect(),
+            member_ids: pairs.iter().filter(|(team, _)| *team == r.id).map(|(_, u)| UserId(*u)).collect(),
             id: TeamId(r.id),
             name: r.name,
             description: r.description,
@@ -178,7 +160,7 @@ pub struct NewTeam {
 pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResult<(TeamView, bool)> {
     let name = checked_name(&new.name)?;
     let description = checked_description(&new.description)?;
-    let members = checked_members(tc, &new.member_ids)?;
+    let listed = members::all_members(tc, &new.member_ids)?;
     // Two creates at once would both count 99, or both find the name free.
     let tenant = tc.tenant().0;
     diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
@@ -187,7 +169,7 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResul
         .execute(tc.pg())?;
     if let Some(same) = named(tc, &name)? {
         let same = view(tc, same)?;
-        let wanted: Vec<UserId> = members.iter().copied().map(UserId).collect();
+        let wanted: Vec<UserId> = listed.iter().copied().map(UserId).collect();
         if same.name == name && same.description == description && same.member_ids == wanted {
             return Ok((same, false));
         }
@@ -202,7 +184,7 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResul
         .returning(Row::as_returning())
         .get_result(tc.pg())
         .map_err(name_clash)?;
-    let values: Vec<_> = members.iter().map(|u| (tm::team_id.eq(row.id), tm::user_id.eq(*u))).collect();
+    let values: Vec<_> = listed.iter().map(|u| (tm::team_id.eq(row.id), tm::user_id.eq(*u))).collect();
     if !values.is_empty() {
         diesel::insert_into(tm::table).values(&values).execute(tc.pg())?;
     }
@@ -212,7 +194,7 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResul
         "team.created",
         "team",
         Some(row.id.to_string()),
-        json!({"name": name, "member_ids": members.iter().map(i64::to_string).collect::<Vec<_>>()}),
+        json!({"name": name, "member_ids": listed.iter().map(i64::to_string).collect::<Vec<_>>()}),
     )?;
     Ok((view(tc, row)?, true))
 }
@@ -284,7 +266,7 @@ pub fn update(
 /// `PUT /api/teams/{id}/members` `{user_ids}`: the whole set.
 pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: TeamId, user_ids: &[UserId]) -> AppResult<TeamView> {
     let current = row(tc, id)?;
-    let wanted = checked_members(tc, user_ids)?;
+    let wanted = members::all_members(tc, user_ids)?;
     let had: Vec<i64> = member_ids(tc, id.0)?.into_iter().map(|u| u.0).collect();
     if had == wanted {
         return view(tc, current);

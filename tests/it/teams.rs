@@ -57,7 +57,7 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
         (json!({"name": " BILLING ", "description": "other"}), (409, "team_name_taken")),
         (json!({"name": "  "}), (422, "invalid_name")),
         (json!({"name": "x".repeat(101)}), (422, "invalid_name")),
-        (json!({"name": "Night", "member_ids": ["999999"]}), (422, "invalid_member")),
+        (json!({"name": "Night", "member_ids": ["999999"]}), (422, "unknown_user")),
         (json!({"name": "Night", "description": "d".repeat(1001)}), (422, "invalid_description")),
     ] {
         assert_eq!(code(&app.call("POST", "/api/teams", Some(admin), Some(body.clone())).await), want, "{body}");
