@@ -213,7 +213,13 @@ pub fn change_role(
     get(tc, user)
 }
 
-pub fn remove(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, user: UserId) -> AppResult<()> {
+pub fn remove(
+    tc: &mut TenantConn<'_>,
+    log: &mut crate::inbox::events::EventLog,
+    actor: UserId,
+    actor_role: Role,
+    user: UserId,
+) -> AppResult<()> {
     let owners = owner_count_locked(tc)?;
     let current = get(tc, user)?;
     if current.role == Role::Owner && actor_role != Role::Owner {
@@ -228,7 +234,7 @@ pub fn remove(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, user: Us
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
-    crate::inbox::teams::forget_member(tc, user)?;
+    crate::inbox::teams::forget_member(tc, log, user)?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

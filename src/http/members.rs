@@ -91,7 +91,7 @@ async fn change_role(
 async fn remove(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
-    state.db.tenant(auth.scope(), move |tc| members::remove(tc, auth.user, auth.role, user)).await?;
+    state.tenant_with_events(auth.scope(), move |tc, log| members::remove(tc, log, auth.user, auth.role, user)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -55,7 +55,8 @@ async fn create(state: web::Data<AppState>, auth: AuthContext, body: web::Json<C
     let body = body.into_inner();
     let new =
         NewTeam { name: body.name, description: body.description.unwrap_or_default(), member_ids: body.member_ids };
-    let (team, made) = state.db.tenant(auth.scope(), move |tc| teams::create(tc, auth.user, &new)).await?;
+    let (team, made) =
+        state.tenant_with_events(auth.scope(), move |tc, log| teams::create(tc, log, auth.user, &new)).await?;
     Ok(if made { HttpResponse::Created() } else { HttpResponse::Ok() }.json(team))
 }
 
@@ -79,9 +80,8 @@ async fn update(
     let id = team_id(&path)?;
     let body = body.into_inner();
     let team = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            teams::update(tc, auth.user, id, body.name.as_deref(), body.description.as_deref())
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            teams::update(tc, log, auth.user, id, body.name.as_deref(), body.description.as_deref())
         })
         .await?;
     Ok(HttpResponse::Ok().json(team))
@@ -103,7 +103,9 @@ async fn set_members(
     auth.require(Role::Admin)?;
     let id = team_id(&path)?;
     let users = body.into_inner().user_ids;
-    let team = state.db.tenant(auth.scope(), move |tc| teams::set_members(tc, auth.user, id, &users)).await?;
+    let team = state
+        .tenant_with_events(auth.scope(), move |tc, log| teams::set_members(tc, log, auth.user, id, &users))
+        .await?;
     Ok(HttpResponse::Ok().json(team))
 }
 

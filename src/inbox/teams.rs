@@ -21,8 +21,10 @@
 //!   teams the caller is in; saved views keep it as they keep `assignee=me`).
 //! - Deleting a team takes it off its conversations, each announced as
 //!   `conversation.updated`; a member who leaves the tenant leaves its teams.
-//! - Team changes are not pushed on the socket (clients read `GET
-//!   /api/teams` again); a conversation's team is, in its frames.
+//! - Every member's socket hears of teams (tenant-wide events, logged and
+//!   replayed like the rest): `team.updated` with the team when one is
+//!   made or changed (its members too, a member's leaving included),
+//!   `team.deleted` `{id}`; a conversation's team is in its own frames.
 //! - Audited: `team.created`, `team.updated`, `team.members_changed`,
 //!   `team.deleted`, and `conversation.team_changed`.
 
@@ -157,7 +159,12 @@ pub struct NewTeam {
 
 /// `POST /api/teams`: the team, and whether it was made now (`false`: the
 /// same create again).
-pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResult<(TeamView, bool)> {
+pub fn create(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    actor: UserId,
+    new: &NewTeam,
+) -> AppResult<(TeamView, bool)> {
     let name = checked_name(&new.name)?;
     let description = checked_description(&new.description)?;
     let listed = members::all_members(tc, &new.member_ids)?;
@@ -196,7 +203,9 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: &NewTeam) -> AppResul
         Some(row.id.to_string()),
         json!({"name": name, "member_ids": listed.iter().map(i64::to_string).collect::<Vec<_>>()}),
     )?;
-    Ok((view(tc, row)?, true))
+    let made = view(tc, row)?;
+    log.append(tc, "team.updated", None, None, &made)?;
+    Ok((made, true))
 }
 
 fn taken() -> AppError {
@@ -224,6 +233,7 @@ fn named(tc: &mut TenantConn<'_>, name: &str) -> AppResult<Option<Row>> {
 /// change nothing.
 pub fn update(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     actor: UserId,
     id: TeamId,
     name: Option<&str>,
@@ -260,11 +270,19 @@ pub fn update(
         Some(id.to_string()),
         json!({"fields": fields, "from": current.name, "to": new_name}),
     )?;
-    view(tc, updated)
+    let changed = view(tc, updated)?;
+    log.append(tc, "team.updated", None, None, &changed)?;
+    Ok(changed)
 }
 
 /// `PUT /api/teams/{id}/members` `{user_ids}`: the whole set.
-pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: TeamId, user_ids: &[UserId]) -> AppResult<TeamView> {
+pub fn set_members(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    actor: UserId,
+    id: TeamId,
+    user_ids: &[UserId],
+) -> AppResult<TeamView> {
     let current = row(tc, id)?;
     let wanted = members::all_members(tc, user_ids)?;
     let had: Vec<i64> = member_ids(tc, id.0)?.into_iter().map(|u| u.0).collect();
@@ -288,7 +306,9 @@ pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: TeamId, user_ids:
         Some(id.to_string()),
         json!({"added": ids(&added), "removed": ids(&removed)}),
     )?;
-    get(tc, id)
+    let changed = get(tc, id)?;
+    log.append(tc, "team.updated", None, None, &changed)?;
+    Ok(changed)
 }
 
 /// `DELETE /api/teams/{id}`: taken off its conversations (each announced),
@@ -313,6 +333,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
         Some(id.to_string()),
         json!({"name": current.name, "conversations": freed.len()}),
     )?;
+    log.append(tc, "team.deleted", None, None, json!({"id": id}))?;
     Ok(())
 }
 
@@ -329,9 +350,15 @@ pub fn existing(tc: &mut TenantConn<'_>, team: TeamId) -> AppResult<i64> {
         .ok_or_else(|| AppError::invalid("invalid_team", format!("team {team} does not exist")))
 }
 
-/// A member who left the tenant leaves its teams.
-pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<usize> {
-    Ok(diesel::delete(tm::table.filter(tm::user_id.eq(user.0))).execute(tc.pg())?)
+/// A member who left the tenant leaves its teams (each announced).
+pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId) -> AppResult<()> {
+    let left: Vec<i64> =
+        diesel::delete(tm::table.filter(tm::user_id.eq(user.0))).returning(tm::team_id).get_results(tc.pg())?;
+    for team in left {
+        let changed = get(tc, TeamId(team))?;
+        log.append(tc, "team.updated", None, None, &changed)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
         (r.status, &r.body["name"], &r.body["description"]),
         (200, &json!("Payments"), &json!("Invoices and refunds"))
     );
+    // Every member's socket hears of teams.
+    let frame = until(&mut socket, "team.updated", Duration::from_secs(5)).await.expect("team frame");
+    assert_eq!((&frame["data"]["id"], &frame["data"]["name"]), (&json!(team), &json!("Payments")));
+    assert!(frame["seq"].is_i64(), "logged, so replayed: {frame}");
     let r = app.call("PUT", &format!("/api/teams/{team}/members"), Some(admin), Some(json!({"user_ids": []}))).await;
     assert_eq!((r.status, &r.body["member_ids"]), (200, &json!([])), "{:?}", r.body);
     assert_eq!(conversations(&app, &al, "?team=mine").await.len(), 0);
@@ -127,6 +131,8 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
         }
     };
     assert_eq!(frame["data"]["status"], "open");
+    let gone = until(&mut socket, "team.deleted", Duration::from_secs(5)).await.expect("deleted frame");
+    assert_eq!(gone["data"], json!({"id": team}));
     let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
     assert_eq!(one.body["team_id"], Value::Null);
 
@@ -134,7 +140,10 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
     let night =
         app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Night", "member_ids": [al_id]}))).await;
     let night_id = night.body["id"].as_str().expect("id").to_string();
+    let mut watching = ws(&app, "", Some(admin), None).await.expect("socket");
     assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(admin), None).await.status, 204);
+    let frame = until(&mut watching, "team.updated", Duration::from_secs(5)).await.expect("team frame");
+    assert_eq!((&frame["data"]["id"], &frame["data"]["member_ids"]), (&json!(night_id), &json!([])));
     let night = app.call("GET", &format!("/api/teams/{night_id}"), Some(admin), None).await;
     assert_eq!(night.body["member_ids"], json!([]));
 
