@@ -12,7 +12,7 @@ use crate::auth::{AuthContext, Role};
 use crate::channels::connect::{self, WhatsappGrant};
 use crate::channels::{self, ChannelId, ChannelPatch};
 use crate::error::{AppError, AppResult};
-use crate::ids::{percent_encode, UserId};
+use crate::ids::percent_encode;
 use crate::secret::Secret;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -173,17 +173,11 @@ async fn patch(
     Ok(HttpResponse::Ok().json(view))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembersBody {
-    user_ids: Vec<UserId>,
-}
-
 async fn set_members(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<MembersBody>,
+    body: web::Json<super::MembersBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = channel_id(&path)?;

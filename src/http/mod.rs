@@ -67,6 +67,13 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, AppError> {
     Err(AppError::new(ErrorKind::NotFound, "not_found", format!("no route for {} {}", req.method(), req.path())))
 }
 
+/// `{user_ids}`: who is listed on a channel or a team (the whole set).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersBody {
+    pub user_ids: Vec<crate::ids::UserId>,
+}
+
 /// A resource whose unmatched methods answer 405 in the JSON error shape.
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))

@@ -87,18 +87,12 @@ async fn update(
     Ok(HttpResponse::Ok().json(team))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembersBody {
-    user_ids: Vec<UserId>,
-}
-
 /// `PUT /api/teams/{id}/members` (admins) `{user_ids}`: the whole set.
 async fn set_members(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<MembersBody>,
+    body: web::Json<super::MembersBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = team_id(&path)?;
