@@ -138,6 +138,10 @@ pub struct Settings {
     /// (`inbox::waiting`).
     #[serde(default)]
     pub reply_targets: crate::inbox::waiting::ReplyTargets,
+    /// The team a conversation that opens with none is handed to
+    /// (`inbox::teams`); `auto_assign` then picks among its members.
+    #[serde(default)]
+    pub team_id: Option<crate::inbox::teams::TeamId>,
 }
 
 impl Default for Settings {
@@ -152,6 +156,7 @@ impl Default for Settings {
             auto_assign_limit: None,
             csat: AutoReply::off(),
             reply_targets: Default::default(),
+            team_id: None,
         }
     }
 }
@@ -455,6 +460,9 @@ pub struct SettingsPatch {
     /// Left out: unchanged; `null`: no targets; else replaced whole.
     #[serde(default, deserialize_with = "present")]
     pub reply_targets: Option<Option<crate::inbox::waiting::ReplyTargets>>,
+    /// Left out: unchanged; `null`: none.
+    #[serde(default, deserialize_with = "present")]
+    pub team_id: Option<Option<crate::inbox::teams::TeamId>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -546,6 +554,10 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         }
         if let Some(t) = s.reply_targets {
             settings.reply_targets = t.map(|t| t.checked()).transpose()?.unwrap_or_default();
+        }
+        if let Some(t) = s.team_id {
+            settings.team_id =
+                t.map(|t| crate::inbox::teams::existing(tc, t)).transpose()?.map(crate::inbox::teams::TeamId);
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {

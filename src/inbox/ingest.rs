@@ -945,8 +945,17 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
+        if let (true, None, Some(team)) = (created || reopened, conv.team_id, settings.team_id) {
+            // The channel's team takes it (`teams`), before anyone is picked.
+            if super::teams::hand_to_channels_team(tc, conv.id, team)? {
+                conv.team_id = Some(team.0);
+                if let Some(kept) = self.conversations.get_mut(&contact.id) {
+                    kept.team_id = Some(team.0);
+                }
+            }
+        }
         if (created || reopened) && conv.assignee_id.is_none() && settings.auto_assign {
-            if let Some(agent) = self.auto_assign(tc, channel, conv.id, settings.auto_assign_limit)? {
+            if let Some(agent) = self.auto_assign(tc, channel, &conv, settings.auto_assign_limit)? {
                 conv.assignee_id = Some(agent.0);
                 if let Some(kept) = self.conversations.get_mut(&contact.id) {
                     kept.assignee_id = Some(agent.0);
@@ -1031,19 +1040,24 @@ impl Ingest<'_> {
         self.log_message(tc, &conv, row, contact_id, created)
     }
 
-    /// Hands conversation `id`, just opened with no one assigned, to the
-    /// least busy of the channel's agents online now, if any is.
+    /// Hands `conv`, just opened with no one assigned, to the least busy of
+    /// the channel's agents online now (of its team's, when it has one), if
+    /// any is.
     fn auto_assign(
         &mut self,
         tc: &mut TenantConn<'_>,
         channel: &ChannelRow,
-        id: i64,
+        conv: &ConversationRow,
         limit: Option<u32>,
     ) -> AppResult<Option<crate::ids::UserId>> {
-        let online = self.online.of(tc.tenant());
+        let mut online = self.online.of(tc.tenant());
+        if let (Some(team), false) = (conv.team_id, online.is_empty()) {
+            online = super::teams::members_among(tc, team, &online)?;
+        }
         if online.is_empty() {
             return Ok(None);
         }
+        let id = conv.id;
         // The batch's reopened conversations count as open in the tally.
         self.flush(tc)?;
         let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online, limit)? else {

@@ -19,8 +19,14 @@
 //!   a channel: that stays per member (`PUT /api/channels/{id}/members`).
 //! - The list filters by `team=<id>`, `team=none` or `team=mine` (the
 //!   teams the caller is in; saved views keep it as they keep `assignee=me`).
+//! - A channel may name a team (`settings.team_id`): a conversation of it
+//!   that opens (new, or reopened by the customer) with no team is handed
+//!   to it, by the server (audited with `by: channel`), and the channel's
+//!   `auto_assign` then picks among that team's members only (online, and
+//!   listed on the channel); none of them there, it waits unassigned.
 //! - Deleting a team takes it off its conversations, each announced as
-//!   `conversation.updated`; a member who leaves the tenant leaves its teams.
+//!   `conversation.updated`, and off the channels naming it (each a
+//!   `channel.updated`); a member who leaves the tenant leaves its teams.
 //! - Every member's socket hears of teams (tenant-wide events, logged and
 //!   replayed like the rest): `team.updated` with the team when one is
 //!   made or changed (its members too, a member's leaving included),
@@ -37,7 +43,7 @@ use super::events::EventLog;
 use super::views::{ConversationRow, Names};
 use crate::audit;
 use crate::auth::members;
-use crate::db::tenant_schema::{conversations as c, team_members as tm, teams as t};
+use crate::db::tenant_schema::{channels as ch, conversations as c, team_members as tm, teams as t};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
@@ -324,6 +330,23 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
         let view = names.conversation(tc, conversation)?;
         log.append(tc, "conversation.updated", Some(conversation.channel_id), Some(conversation.id), &view)?;
     }
+    // Channels that hand their conversations to it hand them to none.
+    let channels: Vec<i64> =
+        diesel::update(ch::table.filter(ch::settings.retrieve_as_text("team_id").eq(id.to_string())))
+            .set((ch::settings.eq(ch::settings.remove("team_id")), ch::updated_at.eq(diesel::dsl::now)))
+            .returning(ch::id)
+            .get_results(tc.pg())?;
+    for channel in channels {
+        let view = crate::channels::get_view(tc, crate::channels::ChannelId(channel))?;
+        log.append(
+            tc,
+            "channel.updated",
+            Some(channel),
+            None,
+            json!({"id": view.id, "status": view.status, "status_reason": view.status_reason,
+                "name": view.name, "settings": view.settings}),
+        )?;
+    }
     diesel::delete(t::table.find(id.0)).execute(tc.pg())?;
     audit::record(
         tc,
@@ -348,6 +371,34 @@ pub fn existing(tc: &mut TenantConn<'_>, team: TeamId) -> AppResult<i64> {
         .first(tc.pg())
         .optional()?
         .ok_or_else(|| AppError::invalid("invalid_team", format!("team {team} does not exist")))
+}
+
+/// Hands conversation `id`, just opened with no team, to its channel's
+/// `team` (if it still is one), by the server: whether it did.
+pub fn hand_to_channels_team(tc: &mut TenantConn<'_>, id: i64, team: TeamId) -> AppResult<bool> {
+    let there = t::table.find(team.0).select(t::id).for_key_share();
+    let n = diesel::update(c::table.find(id).filter(c::team_id.is_null()).filter(diesel::dsl::exists(there)))
+        .set(c::team_id.eq(team.0))
+        .execute(tc.pg())?;
+    if n > 0 {
+        audit::record(
+            tc,
+            None,
+            "conversation.team_changed",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": null, "to": team.to_string(), "by": "channel"}),
+        )?;
+    }
+    Ok(n > 0)
+}
+
+/// The members of `team`, of `candidates`.
+pub fn members_among(tc: &mut TenantConn<'_>, team: i64, candidates: &[UserId]) -> AppResult<Vec<UserId>> {
+    let ids: Vec<i64> = candidates.iter().map(|u| u.0).collect();
+    let members: Vec<i64> =
+        tm::table.filter(tm::team_id.eq(team)).filter(tm::user_id.eq_any(&ids)).select(tm::user_id).load(tc.pg())?;
+    Ok(members.into_iter().map(UserId).collect())
 }
 
 /// A member who left the tenant leaves its teams (each announced).

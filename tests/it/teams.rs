@@ -112,6 +112,32 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
     let r = app.call("POST", &run, Some(&al), None).await;
     assert_eq!((r.status, &r.body["conversation"]["team_id"]), (200, &Value::Null), "{:?}", r.body);
 
+    // A channel's team: a conversation that opens there goes to it, and
+    // auto-assign picks among its members: Al, though Ann is listed on the
+    // channel too, online, and ahead of him on a tie.
+    let ann_id = app.call("GET", "/api/me", Some(admin), None).await.body["user"]["id"].clone();
+    let listed = json!({"user_ids": [al_id, ann_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let settings = |team: Value| json!({"settings": {"team_id": team, "auto_assign": true}});
+    let channel = format!("/api/channels/{page}");
+    let r = app.call("PATCH", &channel, Some(admin), Some(settings(json!("999999")))).await;
+    assert_eq!(code(&r), (422, "invalid_team"));
+    let r = app.call("PATCH", &channel, Some(admin), Some(settings(json!(team)))).await;
+    assert_eq!((r.status, &r.body["settings"]["team_id"]), (200, &json!(team)), "{:?}", r.body);
+    let _ann_online = ws(&app, "", Some(admin), None).await.expect("socket");
+    // Once her colleagues are told she is online, so is the server.
+    loop {
+        let f = until(&mut socket, "presence", Duration::from_secs(5)).await.expect("presence");
+        if f["data"]["user_id"] == ann_id && f["data"]["status"] == "online" {
+            break;
+        }
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648160003", "text": "refund?"})).await;
+    app.processed().await;
+    let third = by_contact(&conversations(&app, admin, "").await, "7392015648160003").clone();
+    assert_eq!((&third["team_id"], &third["assignee_id"]), (&json!(team), &json!(al_id)), "{third}");
+
     // Renamed; members changed: Al's "mine" empties.
     let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(admin), Some(json!({"name": "Payments"}))).await;
     assert_eq!(
@@ -141,6 +167,9 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
     assert_eq!(gone["data"], json!({"id": team}));
     let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
     assert_eq!(one.body["team_id"], Value::Null);
+    // The channel hands its conversations to no team now.
+    let r = app.call("GET", &channel, Some(admin), None).await;
+    assert_eq!((&r.body["settings"]["team_id"], &r.body["settings"]["auto_assign"]), (&Value::Null, &json!(true)));
 
     // A member who leaves the tenant leaves its teams.
     let night =
