@@ -581,9 +581,11 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     if name == row.name && settings_json == serde_json::to_value(&before).map_err(AppError::internal)? {
         return get_view(tc, id);
     }
-    // The waiting conversations' due times follow the targets and hours.
+    // The waiting conversations' due times follow the targets and hours
+    // (each announced, in the one NOTIFY of this change).
+    let mut log = crate::inbox::events::EventLog::new();
     if (&settings.reply_targets, &settings.business_hours) != (&before.reply_targets, &before.business_hours) {
-        crate::inbox::waiting::redue(tc, id.0, &settings)?;
+        crate::inbox::waiting::redue(tc, &mut log, id.0, &settings)?;
     }
     diesel::update(channels::table.find(id.0))
         .set((
@@ -602,12 +604,15 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
     )?;
     // The live inbox shows the new name and settings at once.
     let view = get_view(tc, id)?;
-    channel_updated(
+    log.append(
         tc,
-        id.0,
+        "channel.updated",
+        Some(id.0),
+        None,
         json!({"id": id.to_string(), "status": view.status, "status_reason": view.status_reason,
             "name": view.name, "settings": view.settings}),
     )?;
+    log.notify(tc)?;
     Ok(view)
 }
 

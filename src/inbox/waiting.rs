@@ -174,11 +174,17 @@ fn due_of(
 }
 
 /// Works out again the due times of `channel`'s waiting conversations
-/// under its `settings`, after those changed; how many moved. The rows
+/// under its `settings`, after those changed; each one that moved is
+/// announced (`conversation.updated`, its `reply_due_at` new) in `log`. The rows
 /// are locked in id order, as a webhook's batch locks them, and before a
 /// change of the channel's row: a batch that holds them and then notes
 /// its webhooks on the channel cannot wait for us while we wait for it.
-pub fn redue(tc: &mut TenantConn<'_>, channel: i64, settings: &Settings) -> AppResult<usize> {
+pub fn redue(
+    tc: &mut TenantConn<'_>,
+    log: &mut super::events::EventLog,
+    channel: i64,
+    settings: &Settings,
+) -> AppResult<usize> {
     type Row = (i64, String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
     let rows: Vec<Row> = c::table
         .filter(c::channel_id.eq(channel))
@@ -202,9 +208,16 @@ pub fn redue(tc: &mut TenantConn<'_>, channel: i64, settings: &Settings) -> AppR
                     overdue_rung_for = CASE WHEN v.due > now() THEN NULL ELSE c.overdue_rung_for END \
                FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, due) WHERE c.id = v.id",
         )
-        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
+        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
         .bind::<diesel::sql_types::Array<Nullable<Timestamptz>>, _>(dues)
         .execute(tc.pg())?;
+        // Open inboxes show the new due times (a list sorted by them too).
+        let moved: Vec<ConversationRow> =
+            c::table.filter(c::id.eq_any(&ids)).order(c::id).select(ConversationRow::as_select()).load(tc.pg())?;
+        let views = super::views::Names::default().conversations(tc, &moved)?;
+        for (row, view) in moved.iter().zip(&views) {
+            log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), view)?;
+        }
     }
     Ok(changed.len())
 }

@@ -6124,6 +6124,22 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
     assert_eq!(app.webhook(&whatsapp_echo(WA_ID, "wamid.ANSWERED", "Sim!")).await, 200);
     app.processed().await;
     assert_eq!(app.call("GET", &path, Some(&ctx.admin), None).await.body["waiting_since"], Value::Null);
+
+    // Another target moves the waits' due times, each announced to the
+    // open inboxes.
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let r = settings(json!({"reply_targets": {"none": 120}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let moved = id(long);
+    let frame = loop {
+        let wait = std::time::Duration::from_secs(5);
+        let f = crate::realtime::until(&mut socket, "conversation.updated", wait).await.expect("the moved wait");
+        if f["data"]["id"] == json!(moved) {
+            break f;
+        }
+    };
+    let since = time_of(&frame["data"]["waiting_since"]).expect("waiting");
+    assert!(close(time_of(&frame["data"]["reply_due_at"]), since + chrono::Duration::minutes(120)), "{frame}");
 }
 
 /// A team's view: every member lists and uses it, each as themselves
