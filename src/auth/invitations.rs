@@ -13,7 +13,8 @@
 //! - Valid [`VALID_DAYS`] days; one live invitation per email and tenant:
 //!   inviting again replaces it (a new link; the old one stops). Inviting
 //!   a member is 409 `already_member`. Admins list the pending ones and
-//!   revoke them.
+//!   revoke them; at most [`MOST_PENDING`] pending (409
+//!   `too_many_invitations`).
 //! - Whoever holds the link accepts it: someone new sets a password (and a
 //!   name), and the account is made with the invited email; someone who
 //!   has an account proves it as at a login — its password, then its
@@ -56,6 +57,9 @@ use crate::tenancy;
 pub const PREFIX: &str = "sbi_";
 /// How long a link is good for.
 pub const VALID_DAYS: i64 = 7;
+/// The most invitations a tenant has pending (expired ones included until
+/// housekeeping): a script gone wrong cannot fill the table.
+pub const MOST_PENDING: i64 = 1_000;
 /// The error of a link that was accepted already (by someone else, or with
 /// another password).
 pub const USED: &str = "invitation_used";
@@ -159,6 +163,19 @@ pub fn invite(
         if members::role_of(tc, user.user_id())?.is_some() {
             return Err(AppError::conflict("already_member", "this person is already a member"));
         }
+    }
+    let pending: i64 = inv::table
+        .filter(inv::tenant_id.eq(tenant.0))
+        .filter(inv::accepted_at.is_null())
+        .filter(inv::email.ne(email.as_str()))
+        .count()
+        .get_result(tc.pg())?;
+    // (Inviting an email again replaces its invitation: never refused.)
+    if pending >= MOST_PENDING {
+        return Err(AppError::conflict(
+            "too_many_invitations",
+            format!("a tenant has at most {MOST_PENDING} invitations pending; revoke some first"),
+        ));
     }
     let replaced: usize = diesel::delete(
         inv::table

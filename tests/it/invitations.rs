@@ -214,9 +214,24 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(statuses, [200, 409], "{:?} {:?}", a.body, b.body);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.users WHERE email = 'eve@acme.test'"), 1);
 
+    // A thousand pending at most (with the expired one above); inviting
+    // one of them again still works.
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "INSERT INTO public.invitations (tenant_id, email, role, token_hash, expires_at) \
+             SELECT {tenant}, 'bulk' || i || '@acme.test', 'agent', decode(md5(i::text), 'hex'), now() + interval '1 day' \
+               FROM generate_series(1, 999) AS i"
+        )),
+        &mut conn,
+    )
+    .expect("bulk");
+    assert_eq!(code(&invite(&app, &al, "one-more@acme.test", "agent").await), (409, "too_many_invitations"));
+    assert_eq!(invite(&app, &al, "bulk7@acme.test", "agent").await.status, 201);
+
     // The audit log tells who invited whom, and who came in by a link.
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
-    assert_eq!(audited(&log, "member.invited").len(), 6, "{log}");
+    assert_eq!(audited(&log, "member.invited").len(), 7, "{log}");
     assert_eq!(audited(&log, "invitation.revoked").len(), 1);
     let joined = audited(&log, "member.added").into_iter().filter(|e| e["details"]["by"] == "invitation").count();
     assert_eq!(joined, 3);
