@@ -602,7 +602,18 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         Some(id.to_string()),
         json!({"name": name, "settings": settings_json}),
     )?;
-    // The live inbox shows the new name and settings at once.
+    let view = announce_settings(tc, &mut log, id)?;
+    log.notify(tc)?;
+    Ok(view)
+}
+
+/// The channel as it is now, its name and settings announced in `log`
+/// (`channel.updated`), so the live inbox shows them at once.
+pub fn announce_settings(
+    tc: &mut TenantConn<'_>,
+    log: &mut crate::inbox::events::EventLog,
+    id: ChannelId,
+) -> AppResult<ChannelView> {
     let view = get_view(tc, id)?;
     log.append(
         tc,
@@ -612,7 +623,6 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         json!({"id": id.to_string(), "status": view.status, "status_reason": view.status_reason,
             "name": view.name, "settings": view.settings}),
     )?;
-    log.notify(tc)?;
     Ok(view)
 }
 

@@ -337,15 +337,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
             .returning(ch::id)
             .get_results(tc.pg())?;
     for channel in channels {
-        let view = crate::channels::get_view(tc, crate::channels::ChannelId(channel))?;
-        log.append(
-            tc,
-            "channel.updated",
-            Some(channel),
-            None,
-            json!({"id": view.id, "status": view.status, "status_reason": view.status_reason,
-                "name": view.name, "settings": view.settings}),
-        )?;
+        crate::channels::announce_settings(tc, log, crate::channels::ChannelId(channel))?;
     }
     diesel::delete(t::table.find(id.0)).execute(tc.pg())?;
     audit::record(

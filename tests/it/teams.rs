@@ -163,6 +163,8 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
         }
     };
     assert_eq!(frame["data"]["status"], "open");
+    let freed = until(&mut socket, "channel.updated", Duration::from_secs(5)).await.expect("channel frame");
+    assert_eq!((&freed["data"]["id"], &freed["data"]["settings"]["team_id"]), (&json!(page), &Value::Null));
     let gone = until(&mut socket, "team.deleted", Duration::from_secs(5)).await.expect("deleted frame");
     assert_eq!(gone["data"], json!({"id": team}));
     let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
