@@ -1,5 +1,6 @@
 //! `GET /api/reports/overview`: admins read a period's figures
-//! (`inbox::reports`); its agents' and channels' tables also as CSV.
+//! (`inbox::reports`), of all or of one channel or team; its agents' and
+//! channels' tables also as CSV.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -9,6 +10,7 @@ use crate::auth::{AuthContext, Role};
 use crate::channels::ChannelId;
 use crate::error::{AppError, AppResult};
 use crate::inbox::reports::{self, Period};
+use crate::inbox::teams::{self, TeamId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/reports/overview").route(web::get().to(overview)))
@@ -48,6 +50,7 @@ struct OverviewQuery {
     from: Option<String>,
     to: Option<String>,
     channel_id: Option<String>,
+    team_id: Option<String>,
 }
 
 async fn overview(
@@ -71,6 +74,18 @@ async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppR
         ),
         None => None,
     };
-    let period = Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())?;
-    state.db.tenant(auth.scope(), move |tc| reports::overview(tc, period)).await
+    let team = match q.team_id.as_deref() {
+        Some(t) => Some(TeamId::parse(t).ok_or_else(|| AppError::invalid("invalid_team", "team_id is a team's id"))?),
+        None => None,
+    };
+    let period = Period { team, ..Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())? };
+    state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            if let Some(team) = team {
+                teams::existing(tc, team)?;
+            }
+            reports::overview(tc, period)
+        })
+        .await
 }

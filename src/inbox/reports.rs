@@ -42,6 +42,12 @@
 //!   wait past its target). What the team did stays counted: replies,
 //!   notes, resolutions (a block's too), surveys, conversations started.
 //!   Unblocking them brings them back.
+//! - One team (`team_id`): the figures of the conversations in that team
+//!   at the time of the report (no history of a conversation's team is
+//!   kept: one handed to another team takes its past with it), whoever
+//!   worked them; the agents' table then lists whoever answered, resolved
+//!   or was assigned them, members of the team or not. With a channel too,
+//!   the conversations of both.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -63,6 +69,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+use super::teams::TeamId;
 use crate::channels::ChannelId;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -74,12 +81,14 @@ pub const MOST_DAYS: i64 = 366;
 /// The days a report covers when not told.
 pub const DEFAULT_DAYS: i64 = 7;
 
-/// `[from, to)`, and optionally one channel.
+/// `[from, to)`, and optionally one channel and one team.
 #[derive(Debug, Clone, Copy)]
 pub struct Period {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub channel: Option<ChannelId>,
+    /// The conversations in this team at the time of the report.
+    pub team: Option<TeamId>,
 }
 
 impl Period {
@@ -106,7 +115,7 @@ impl Period {
         if to - from > Duration::days(MOST_DAYS) {
             return Err(AppError::invalid("invalid_period", format!("a report covers at most {MOST_DAYS} days")));
         }
-        Ok(Period { from, to, channel })
+        Ok(Period { from, to, channel, team: None })
     }
 }
 
@@ -323,22 +332,31 @@ pub(super) const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.st
 const BLOCKED: &str = "SELECT bc.id FROM conversations bc JOIN contacts bk ON bk.id = bc.contact_id \
     WHERE bk.blocked_at IS NOT NULL";
 
+/// Whether the conversation `column` names is in the report's team (`$4`),
+/// when it names one: a condition for a table keyed by conversation.
+fn in_team(column: &str) -> String {
+    format!("($4::int8 IS NULL OR {column} IN (SELECT tm.id FROM conversations tm WHERE tm.team_id = $4))")
+}
+
 /// The period's figures ([module docs](self)).
 pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> {
     let channel = period.channel.map(|c| c.0);
-    let counts: Vec<MessageCounts> = diesel::sql_query(
+    let team = period.team.map(|t| t.0);
+    let counts: Vec<MessageCounts> = diesel::sql_query(format!(
         "SELECT channel_id, sender_user_id, \
                 count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
                 count(*) FILTER (WHERE direction = 'out' AND sender_kind = 'agent' AND NOT private \
                                    AND status <> 'failed') AS replies, \
                 count(*) FILTER (WHERE private) AS notes \
            FROM messages \
-          WHERE sort_at >= $1 AND sort_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
+          WHERE sort_at >= $1 AND sort_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) AND {} \
           GROUP BY channel_id, sender_user_id",
-    )
+        in_team("conversation_id")
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
     // What blocked contacts sent, taken off the count above: read through
     // their few conversations' index, not by another pass over the period.
@@ -346,11 +364,14 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         "SELECT m.channel_id, count(*) AS n FROM messages m \
           WHERE m.conversation_id IN ({BLOCKED}) AND m.direction = 'in' AND NOT m.private \
             AND m.sort_at >= $1 AND m.sort_at < $2 AND ($3::int8 IS NULL OR m.channel_id = $3) \
-          GROUP BY m.channel_id"
+            AND {} \
+          GROUP BY m.channel_id",
+        in_team("m.conversation_id")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
     let opened: Vec<Opened> = diesel::sql_query(format!(
         "SELECT c.channel_id, asked.at AS asked_at, answer.at AS answered_at, answer.by AS answered_by \
@@ -362,22 +383,25 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                                WHERE m.conversation_id = c.id AND {ANSWERS} AND m.sort_at >= asked.at \
                                ORDER BY m.sort_at, m.id LIMIT 1) answer ON true \
           WHERE c.created_at >= $1 AND c.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
-            AND c.id <> ALL (ARRAY({BLOCKED}))"
+            AND ($4::int8 IS NULL OR c.team_id = $4) AND c.id <> ALL (ARRAY({BLOCKED}))"
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
     let resolved: Vec<Resolved> = diesel::sql_query(
         "SELECT a.actor_user_id, count(*) AS n \
            FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
           WHERE a.action = 'conversation.status_changed' AND a.details->>'to' = 'resolved' \
             AND a.created_at >= $1 AND a.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
+            AND ($4::int8 IS NULL OR c.team_id = $4) \
           GROUP BY a.actor_user_id",
     )
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
 
     // As the audit log keeps them: an erased contact's conversation was
@@ -387,36 +411,42 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
            FROM audit_log a \
           WHERE a.action = 'conversation.started' AND a.created_at >= $1 AND a.created_at < $2 \
             AND ($3::int8 IS NULL OR a.details->>'channel_id' = $3::text) \
+            AND ($4::int8 IS NULL OR a.target_id IN (SELECT tm.id::text FROM conversations tm WHERE tm.team_id = $4)) \
           GROUP BY 1, 2",
     )
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
 
-    let surveys: Vec<Surveys> = diesel::sql_query(
+    let surveys: Vec<Surveys> = diesel::sql_query(format!(
         "SELECT coalesce(assignee_id, resolved_by) AS agent, count(*) AS sent, \
                 ARRAY[count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2), \
                       count(*) FILTER (WHERE rating = 3), count(*) FILTER (WHERE rating = 4), \
                       count(*) FILTER (WHERE rating = 5)] AS ratings \
            FROM csat_surveys \
-          WHERE sent_at >= $1 AND sent_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
+          WHERE sent_at >= $1 AND sent_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) AND {} \
           GROUP BY 1",
-    )
+        in_team("conversation_id")
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
 
     let missed: Vec<Missed> = diesel::sql_query(format!(
         "SELECT channel_id, assignee_id, count(*) AS n FROM missed_targets \
           WHERE due_at >= $1 AND due_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
-            AND conversation_id <> ALL (ARRAY({BLOCKED})) \
-          GROUP BY channel_id, assignee_id"
+            AND conversation_id <> ALL (ARRAY({BLOCKED})) AND {} \
+          GROUP BY channel_id, assignee_id",
+        in_team("conversation_id")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .load(tc.pg())?;
 
     // Resolved conversations are most of a long history: the status index
@@ -429,10 +459,12 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                 count(*) FILTER (WHERE waiting_since IS NOT NULL) AS waiting, \
                 count(*) FILTER (WHERE {}) AS overdue \
            FROM conversations \
-          WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1)",
+          WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1) \
+            AND ($2::int8 IS NULL OR team_id = $2)",
         super::waiting::OVERDUE
     ))
     .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
     .get_result(tc.pg())?;
 
     let mut channels: BTreeMap<i64, ChannelFigures> = BTreeMap::new();

@@ -696,7 +696,7 @@ async fn a_crash_between_store_and_processing_loses_nothing() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 3);
 }
 
-async fn reply(app: &TestApp, t: &str, conv: &str, text: &str, client_id: &str) -> (u16, Value) {
+pub(crate) async fn reply(app: &TestApp, t: &str, conv: &str, text: &str, client_id: &str) -> (u16, Value) {
     let r = app
         .call(
             "POST",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::channels::PAGE_A;
 use crate::common::{spawn_app, TestApp};
-use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, reply};
 use crate::realtime::{until, ws};
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
@@ -190,5 +190,74 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
     for action in ["team.created", "team.updated", "team.members_changed", "team.deleted", "conversation.team_changed"]
     {
         assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+    }
+}
+
+/// A report of one team: the figures of the conversations in it, whoever
+/// worked them; the team must be one of the tenant's.
+#[actix_web::test]
+async fn a_report_of_one_team_counts_its_conversations() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let senders = ["7392015648170001", "7392015648170002", "7392015648170003"];
+    for from in senders {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "¿Dónde está mi pedido? 📦"}))
+            .await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let [first, second, third] = senders.map(conv);
+    let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Envíos"}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let team = made.body["id"].as_str().expect("id").to_string();
+    for c in [&first, &second] {
+        assert_eq!(patch(&app, admin, c, json!({"team_id": team})).await.status, 200);
+    }
+    // The team answers and resolves one; the other conversation outside it
+    // is answered too.
+    assert_eq!(reply(&app, admin, &first, "Ya salió", "team-rep-1").await.0, 202);
+    assert_eq!(reply(&app, admin, &third, "Hola", "team-rep-2").await.0, 202);
+    assert_eq!(patch(&app, admin, &first, json!({"status": "resolved"})).await.status, 200);
+
+    let report = |query: String| {
+        let (app, t) = (&app, ctx.admin.clone());
+        async move { app.call("GET", &format!("/api/reports/overview{query}"), Some(&t), None).await }
+    };
+    let figures = |o: &Value| {
+        [
+            o["conversations_opened"].clone(),
+            o["messages_received"].clone(),
+            o["replies_sent"].clone(),
+            o["conversations_resolved"].clone(),
+            o["first_response"]["answered"].clone(),
+            o["first_response"]["unanswered"].clone(),
+            o["now"]["open"].clone(),
+        ]
+    };
+    let all = report(String::new()).await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!(figures(&all.body), [3, 3, 2, 1, 2, 1, 2].map(|n| json!(n)), "{:?}", all.body);
+    let one = report(format!("?team_id={team}")).await;
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_eq!(figures(&one.body), [2, 2, 1, 1, 1, 1, 1].map(|n| json!(n)), "{:?}", one.body);
+    let agents = one.body["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!((&agents[0]["replies"], &agents[0]["resolved"]), (&json!(1), &json!(1)));
+    // With its channel too; as CSV.
+    let page = channel_id(&app, admin, PAGE_A).await;
+    let both = report(format!("?team_id={team}&channel_id={page}")).await;
+    assert_eq!(figures(&both.body), figures(&one.body));
+    let csv = app.client.get(app.url(&format!("/api/reports/channels.csv?team_id={team}"))).bearer_auth(admin);
+    let text = csv.send().await.expect("csv").text().await.expect("text");
+    assert!(text.lines().nth(1).is_some_and(|row| row.ends_with(",2,0,2,1,0")), "{text}");
+    // A team nobody is in holds nothing; what is not a team is refused.
+    let empty = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Nadie"}))).await;
+    let empty = empty.body["id"].as_str().expect("id").to_string();
+    let none = report(format!("?team_id={empty}")).await;
+    assert_eq!(figures(&none.body), [0, 0, 0, 0, 0, 0, 0].map(|n| json!(n)), "{:?}", none.body);
+    for query in ["?team_id=abc", "?team_id=0", "?team_id=999999"] {
+        assert_eq!(code(&report(query.into()).await), (422, "invalid_team"), "{query}");
     }
 }
