@@ -974,7 +974,8 @@ impl Ingest<'_> {
                 "notification",
                 Some(channel.id),
                 Some(conv.id),
-                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(), "preview": preview(row.text.as_deref(), msg.attachments)}),
+                json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(),
+                    "team_id": conv.team_id.map(|t| t.to_string()), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
         }
         let mut replies = Vec::new();

@@ -29,8 +29,9 @@
 //!   blocked contact is refused (`contact_blocked`), a marketing template
 //!   to a customer who stopped them too (`marketing_stopped`; known even
 //!   of a customer who never wrote, from Meta's `user_preferences`). A new one
-//!   is made open and the starter's, announced (`conversation.created`)
-//!   and audited (`conversation.started`).
+//!   is made open and the starter's, in the channel's team if it names one
+//!   (`teams`), announced (`conversation.created`) and audited
+//!   (`conversation.started`).
 //! - The template is checked with Meta before anything is written: a
 //!   refused one leaves no contact and no conversation behind. The
 //!   contact, the conversation and the queued message are one transaction;
@@ -179,6 +180,10 @@ pub fn open(
     let (conv, created) = super::ingest::conversation_for(tc, channel.id, contact)?;
     let id = ConversationId(conv.id);
     if created {
+        // The channel's team takes it, as one a customer opens (`teams`).
+        if let Some(team) = channel.settings().team_id {
+            super::teams::hand_to_channels_team(tc, conv.id, team)?;
+        }
         let conv = diesel::update(c::table.find(conv.id))
             .set((c::assignee_id.eq(user.0), c::updated_at.eq(diesel::dsl::now)))
             .returning(super::views::ConversationRow::as_returning())

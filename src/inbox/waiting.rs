@@ -34,12 +34,13 @@
 //! - `reply_due_at` is kept on the conversation (so the overdue ones are a
 //!   comparison the status index serves), worked out as the wait starts,
 //!   and again when the priority, the wait or the channel's targets or
-//!   hours change ([`redue_one`], [`redue`]). A channel's change of targets or hours
-//!   moves the due times of its waiting conversations without an event
-//!   for each: clients read the list again on its `channel.updated`.
+//!   hours change ([`redue_one`], [`redue`]). A channel's change of targets
+//!   or hours moves the due times of its waiting conversations, each one
+//!   moved announced (`conversation.updated`) in the change's NOTIFY.
 //! - When a wait passes its target, the team is told once: a
 //!   `notification` `{kind: "reply_overdue", conversation_id, channel_id,
-//!   user_id (the assignee, or null), waiting_since, reply_due_at}` to the
+//!   user_id (the assignee, or null), team_id (its team, or null),
+//!   waiting_since, reply_due_at}` to the
 //!   channel's sockets, within 30 seconds ([`ring_overdue`], on the clock
 //!   that wakes snoozed conversations). A new wait, after an answer or a
 //!   resolve, rings again when it too runs over; so does a wait already
@@ -265,6 +266,7 @@ pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) 
             Some(conv.id),
             serde_json::json!({"kind": "reply_overdue", "conversation_id": conv.id.to_string(),
                 "channel_id": conv.channel_id.to_string(), "user_id": conv.assignee_id.map(|a| a.to_string()),
+                "team_id": conv.team_id.map(|t| t.to_string()),
                 "waiting_since": conv.waiting_since,
                 "reply_due_at": conv.reply_due_at}),
         )?;

@@ -8,7 +8,7 @@ use crate::channels::{connect_pages, meta_user, oauth_round, IG_A, META_USER, PA
 use crate::common::{eventually, fixture, messenger_text, spawn_app, spawn_app_without_workers, token, TestApp};
 
 const PSID: &str = "7392015648120394";
-const PHONE: &str = "123456789012345";
+pub(crate) const PHONE: &str = "123456789012345";
 const WA_ID: &str = "14155550123";
 
 pub(crate) struct Ctx {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::channels::PAGE_A;
 use crate::common::{spawn_app, TestApp};
-use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, reply};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, reply, PHONE};
 use crate::realtime::{until, ws};
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
@@ -194,7 +194,9 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
 }
 
 /// A report of one team: the figures of the conversations in it, whoever
-/// worked them; the team must be one of the tenant's.
+/// worked them; the team must be one of the tenant's. Notifications name
+/// the team; a conversation an agent starts on a channel naming a team
+/// goes to it.
 #[actix_web::test]
 async fn a_report_of_one_team_counts_its_conversations() {
     let app = spawn_app().await;
@@ -260,4 +262,30 @@ async fn a_report_of_one_team_counts_its_conversations() {
     for query in ["?team_id=abc", "?team_id=0", "?team_id=999999"] {
         assert_eq!(code(&report(query.into()).await), (422, "invalid_team"), "{query}");
     }
+
+    // Notifications name the conversation's team, so a client can show a
+    // team's members theirs.
+    let told = |conv: &str, team: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' \
+              AND conversation_id = {conv} AND payload->>'team_id' {team}"
+        ))
+    };
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": senders[1], "text": "¿Y ahora?"})).await;
+    app.processed().await;
+    assert_eq!(told(&second, &format!("= '{team}'")), 1, "the message after the handover names the team");
+    assert!(told(&second, "IS NULL") >= 1, "the first came before it");
+    // A WhatsApp number naming a team gives it the conversations an agent
+    // starts there too.
+    let phone = channel_id(&app, admin, PHONE).await;
+    let r = app
+        .call("PATCH", &format!("/api/channels/{phone}"), Some(admin), Some(json!({"settings": {"team_id": team}})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let start = json!({"channel_id": phone, "phone_number": "+34 612 345 678",
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "team-start"});
+    let r = app.call("POST", "/api/conversations", Some(admin), Some(start)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let started = &r.body["conversation"];
+    assert_eq!(started["team_id"], json!(team), "{started}");
 }
