@@ -315,6 +315,7 @@ diesel::table! {
         description -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        auto_assign -> Bool,
     }
 }
 

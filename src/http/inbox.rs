@@ -190,8 +190,10 @@ async fn patch(
     let id = conversation_id(&path)?;
     let p = parse_patch(body.into_inner())?;
     let (user, role) = (auth.user, auth.role);
-    let view =
-        state.tenant_with_events(auth.scope(), move |tc, log| conversations::patch(tc, log, user, role, id, p)).await?;
+    let online = state.online.of(auth.tenant);
+    let view = state
+        .tenant_with_events(auth.scope(), move |tc, log| conversations::patch(tc, log, user, role, id, p, &online))
+        .await?;
     if view.status == "resolved" {
         // It may have queued a satisfaction survey (`inbox::csat`).
         state.wake_sender.notify_one();
@@ -228,8 +230,11 @@ async fn patch_many(
     }
     let p = parse_patch(body)?;
     let (user, role) = (auth.user, auth.role);
+    let online = state.online.of(auth.tenant);
     let items = state
-        .tenant_with_events(auth.scope(), move |tc, log| conversations::patch_many(tc, log, user, role, &ids, &p))
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            conversations::patch_many(tc, log, user, role, &ids, &p, &online)
+        })
         .await?;
     if items.iter().any(|c| c.status == "resolved") {
         state.wake_sender.notify_one();
@@ -539,9 +544,10 @@ async fn run_macro(
         serde_json::from_slice(&body).map_err(|e| AppError::invalid("invalid_body", e.to_string()))?
     };
     let (user, role) = (auth.user, auth.role);
+    let online = state.online.of(auth.tenant);
     let ran = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            crate::inbox::macros::run(tc, log, user, role, conversation, id, b.client_id)
+            crate::inbox::macros::run(tc, log, user, role, conversation, id, b.client_id, &online)
         })
         .await?;
     if ran.queued {

@@ -9,7 +9,7 @@ use super::AppState;
 use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
-use crate::inbox::teams::{self, NewTeam, TeamId};
+use crate::inbox::teams::{self, NewTeam, TeamChange, TeamId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/teams").route(web::get().to(list)).route(web::post().to(create)))
@@ -46,6 +46,8 @@ struct CreateBody {
     description: Option<String>,
     #[serde(default)]
     member_ids: Vec<UserId>,
+    #[serde(default)]
+    auto_assign: bool,
 }
 
 /// `POST /api/teams` (admins): 201, or 200 with the team a repeated create
@@ -53,8 +55,12 @@ struct CreateBody {
 async fn create(state: web::Data<AppState>, auth: AuthContext, body: web::Json<CreateBody>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let body = body.into_inner();
-    let new =
-        NewTeam { name: body.name, description: body.description.unwrap_or_default(), member_ids: body.member_ids };
+    let new = NewTeam {
+        name: body.name,
+        description: body.description.unwrap_or_default(),
+        member_ids: body.member_ids,
+        auto_assign: body.auto_assign,
+    };
     let (team, made) =
         state.tenant_with_events(auth.scope(), move |tc, log| teams::create(tc, log, auth.user, &new)).await?;
     Ok(if made { HttpResponse::Created() } else { HttpResponse::Ok() }.json(team))
@@ -67,9 +73,11 @@ struct UpdateBody {
     name: Option<String>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    auto_assign: Option<bool>,
 }
 
-/// `PATCH /api/teams/{id}` (admins) `{name?, description?}`.
+/// `PATCH /api/teams/{id}` (admins) `{name?, description?, auto_assign?}`.
 async fn update(
     state: web::Data<AppState>,
     auth: AuthContext,
@@ -81,7 +89,12 @@ async fn update(
     let body = body.into_inner();
     let team = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            teams::update(tc, log, auth.user, id, body.name.as_deref(), body.description.as_deref())
+            let change = TeamChange {
+                name: body.name.as_deref(),
+                description: body.description.as_deref(),
+                auto_assign: body.auto_assign,
+            };
+            teams::update(tc, log, auth.user, id, change)
         })
         .await?;
     Ok(HttpResponse::Ok().json(team))

@@ -568,10 +568,11 @@ pub fn patch_many(
     role: Role,
     ids: &[ConversationId],
     p: &Patch,
+    online: &[UserId],
 ) -> AppResult<Vec<ConversationView>> {
     ids.iter()
         .map(|id| {
-            patch(tc, log, user, role, *id, p.clone()).map_err(|mut e| {
+            patch(tc, log, user, role, *id, p.clone(), online).map_err(|mut e| {
                 e.message = format!("conversation {id}: {}", e.message);
                 e
             })
@@ -579,6 +580,9 @@ pub fn patch_many(
         .collect()
 }
 
+/// `PATCH /api/conversations/{id}`: `p`'s changes, checked, audited and
+/// announced. `online` is who is online in the tenant now, of whom a team
+/// the conversation is handed to may pick its assignee (`teams`).
 pub fn patch(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -586,6 +590,7 @@ pub fn patch(
     role: Role,
     id: ConversationId,
     p: Patch,
+    online: &[UserId],
 ) -> AppResult<ConversationView> {
     let row = visible_conversation(tc, user, role, id)?;
     let mut status = row.status.clone();
@@ -645,6 +650,15 @@ pub fn patch(
         Some(None) => None,
         Some(Some(t)) => Some(super::teams::existing(tc, t)?),
     };
+    // Handed to a team that hands its conversations out, with no one on it
+    // and no one named by this change (`teams`).
+    let mut picked = None;
+    if let (Some(t), None, None, false) = (team, assignee, p.assignee_id, status == "resolved") {
+        if team != row.team_id {
+            picked = super::teams::pick_member(tc, t, crate::channels::ChannelId(row.channel_id), online)?;
+            assignee = picked.map(|u| u.0);
+        }
+    }
     // A retried or repeated PATCH changes nothing: no write, no event.
     if (&status, snoozed_until, assignee, &labels, &priority, team)
         == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority, row.team_id)
@@ -698,7 +712,16 @@ pub fn patch(
             json!({"from": row.status, "to": status}),
         )?;
     }
-    if assignee != row.assignee_id {
+    if let Some(agent) = picked {
+        audit::record(
+            tc,
+            None,
+            "conversation.assigned",
+            "conversation",
+            Some(id.to_string()),
+            json!({"from": null, "to": agent.to_string(), "by": "auto_assign", "team_id": team.map(|t| t.to_string())}),
+        )?;
+    } else if assignee != row.assignee_id {
         audit::record(
             tc,
             Some(user),

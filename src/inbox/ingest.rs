@@ -954,7 +954,13 @@ impl Ingest<'_> {
                 }
             }
         }
-        if (created || reopened) && conv.assignee_id.is_none() && settings.auto_assign {
+        // The channel's auto-assign, or (when it has none) its team's.
+        let assigning = settings.auto_assign
+            || match conv.team_id {
+                Some(team) if (created || reopened) && conv.assignee_id.is_none() => super::teams::assigns(tc, team)?,
+                _ => false,
+            };
+        if (created || reopened) && conv.assignee_id.is_none() && assigning {
             if let Some(agent) = self.auto_assign(tc, channel, &conv, settings.auto_assign_limit)? {
                 conv.assignee_id = Some(agent.0);
                 if let Some(kept) = self.conversations.get_mut(&contact.id) {

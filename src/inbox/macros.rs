@@ -304,7 +304,9 @@ pub struct Ran {
 }
 
 /// Runs macro `id` on conversation `conversation` for `user`
-/// ([module docs](self)).
+/// ([module docs](self)); `online` as for `conversations::patch` (a team
+/// the macro hands it to may pick its assignee among them).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -313,6 +315,7 @@ pub fn run(
     conversation: ConversationId,
     id: i64,
     client_id: Option<String>,
+    online: &[UserId],
 ) -> AppResult<Ran> {
     let found = visible(tc, user, id)?;
     // Before anything: a conversation the caller may not see is not found.
@@ -362,7 +365,7 @@ pub fn run(
         }
     }
     let resolves = patch.status.as_deref() == Some("resolved");
-    let view = conversations::patch(tc, log, user, role, conversation, patch).map_err(|mut e| {
+    let view = conversations::patch(tc, log, user, role, conversation, patch, online).map_err(|mut e| {
         e.message = format!("the changes: {}", e.message);
         e
     })?;

@@ -204,7 +204,7 @@ pub fn open(
             assignee_id: conv.assignee_id.is_none().then_some(Some(user)),
             ..Patch::default()
         };
-        conversations::patch(tc, log, user, role, id, reopen)?;
+        conversations::patch(tc, log, user, role, id, reopen, &[])?;
     }
     Ok(id)
 }

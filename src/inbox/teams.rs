@@ -24,6 +24,16 @@
 //!   to it, by the server (audited with `by: channel`), and the channel's
 //!   `auto_assign` then picks among that team's members only (online, and
 //!   listed on the channel); none of them there, it waits unassigned.
+//! - A team may hand its conversations out itself (`auto_assign`, off by
+//!   default): one handed to it (a PATCH, the bulk change, a macro, or its
+//!   channel's team) that has no one on it and is not resolved goes to the
+//!   least busy of its members online who are listed on the channel and
+//!   answer, within the channel's `auto_assign_limit` (audited `by:
+//!   auto_assign`); none of them there, it waits unassigned. A change that
+//!   names an assignee, or unassigns, with the team keeps that. One of the
+//!   team's that the customer opens or reopens with no one on it is picked
+//!   for the same way, as the channel's own `auto_assign` would (which,
+//!   with a team, already picks among the team).
 //! - Deleting a team takes it off its conversations, each announced as
 //!   `conversation.updated`, and off the channels naming it (each a
 //!   `channel.updated`); a member who leaves the tenant leaves its teams.
@@ -68,6 +78,9 @@ pub struct TeamView {
     pub description: String,
     /// Its members, by user id (ascending).
     pub member_ids: Vec<UserId>,
+    /// Whether a conversation handed to it with no one on it goes to the
+    /// least busy of its members online ([module docs](self)).
+    pub auto_assign: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -78,6 +91,7 @@ struct Row {
     id: i64,
     name: String,
     description: String,
+    auto_assign: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -120,6 +134,7 @@ fn view(tc: &mut TenantConn<'_>, row: Row) -> AppResult<TeamView> {
         name: row.name,
         description: row.description,
         member_ids,
+        auto_assign: row.auto_assign,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
@@ -145,6 +160,7 @@ pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<TeamView>> {
             id: TeamId(r.id),
             name: r.name,
             description: r.description,
+            auto_assign: r.auto_assign,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -161,6 +177,7 @@ pub struct NewTeam {
     pub name: String,
     pub description: String,
     pub member_ids: Vec<UserId>,
+    pub auto_assign: bool,
 }
 
 /// `POST /api/teams`: the team, and whether it was made now (`false`: the
@@ -183,7 +200,11 @@ pub fn create(
     if let Some(same) = named(tc, &name)? {
         let same = view(tc, same)?;
         let wanted: Vec<UserId> = listed.iter().copied().map(UserId).collect();
-        if same.name == name && same.description == description && same.member_ids == wanted {
+        if same.name == name
+            && same.description == description
+            && same.member_ids == wanted
+            && same.auto_assign == new.auto_assign
+        {
             return Ok((same, false));
         }
         return Err(taken());
@@ -193,7 +214,7 @@ pub fn create(
         return Err(AppError::conflict("too_many_teams", format!("a tenant keeps at most {MOST_TEAMS} teams")));
     }
     let row: Row = diesel::insert_into(t::table)
-        .values((t::name.eq(&name), t::description.eq(&description)))
+        .values((t::name.eq(&name), t::description.eq(&description), t::auto_assign.eq(new.auto_assign)))
         .returning(Row::as_returning())
         .get_result(tc.pg())
         .map_err(name_clash)?;
@@ -207,7 +228,8 @@ pub fn create(
         "team.created",
         "team",
         Some(row.id.to_string()),
-        json!({"name": name, "member_ids": listed.iter().map(i64::to_string).collect::<Vec<_>>()}),
+        json!({"name": name, "member_ids": listed.iter().map(i64::to_string).collect::<Vec<_>>(),
+            "auto_assign": new.auto_assign}),
     )?;
     let made = view(tc, row)?;
     log.append(tc, "team.updated", None, None, &made)?;
@@ -235,29 +257,42 @@ fn named(tc: &mut TenantConn<'_>, name: &str) -> AppResult<Option<Row>> {
         .optional()?)
 }
 
-/// `PATCH /api/teams/{id}` `{name?, description?}`; the same values again
-/// change nothing.
+/// What `PATCH /api/teams/{id}` changes; left out, kept.
+#[derive(Default)]
+pub struct TeamChange<'a> {
+    pub name: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub auto_assign: Option<bool>,
+}
+
+/// `PATCH /api/teams/{id}` `{name?, description?, auto_assign?}`; the same
+/// values again change nothing.
 pub fn update(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     actor: UserId,
     id: TeamId,
-    name: Option<&str>,
-    description: Option<&str>,
+    change: TeamChange<'_>,
 ) -> AppResult<TeamView> {
-    let name = name.map(checked_name).transpose()?;
-    let description = description.map(checked_description).transpose()?;
+    let name = change.name.map(checked_name).transpose()?;
+    let description = change.description.map(checked_description).transpose()?;
     let current = row(tc, id)?;
     let new_name = name.unwrap_or_else(|| current.name.clone());
     let new_description = description.unwrap_or_else(|| current.description.clone());
-    if (&new_name, &new_description) == (&current.name, &current.description) {
+    let auto_assign = change.auto_assign.unwrap_or(current.auto_assign);
+    if (&new_name, &new_description, auto_assign) == (&current.name, &current.description, current.auto_assign) {
         return view(tc, current);
     }
     if new_name.to_lowercase() != current.name.to_lowercase() && named(tc, &new_name)?.is_some() {
         return Err(taken());
     }
     let updated: Row = diesel::update(t::table.find(id.0))
-        .set((t::name.eq(&new_name), t::description.eq(&new_description), t::updated_at.eq(diesel::dsl::now)))
+        .set((
+            t::name.eq(&new_name),
+            t::description.eq(&new_description),
+            t::auto_assign.eq(auto_assign),
+            t::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(Row::as_returning())
         .get_result(tc.pg())
         .map_err(name_clash)?;
@@ -267,6 +302,9 @@ pub fn update(
     }
     if new_description != current.description {
         fields.push("description");
+    }
+    if auto_assign != current.auto_assign {
+        fields.push("auto_assign");
     }
     audit::record(
         tc,
@@ -383,6 +421,33 @@ pub fn hand_to_channels_team(tc: &mut TenantConn<'_>, id: i64, team: TeamId) -> 
         )?;
     }
     Ok(n > 0)
+}
+
+/// Whether `team` hands its conversations out itself (`auto_assign`).
+pub fn assigns(tc: &mut TenantConn<'_>, team: i64) -> AppResult<bool> {
+    Ok(t::table.find(team).select(t::auto_assign).first(tc.pg()).optional()?.unwrap_or(false))
+}
+
+/// Who takes a conversation of `channel` just handed to `team` with no one
+/// on it, when the team hands its conversations out: the least busy of its
+/// members in `online` who are listed on the channel and answer, within
+/// the channel's `auto_assign_limit` (`conversations::least_busy`); `None`
+/// when the team does not, or none of them can.
+pub fn pick_member(
+    tc: &mut TenantConn<'_>,
+    team: i64,
+    channel: crate::channels::ChannelId,
+    online: &[UserId],
+) -> AppResult<Option<UserId>> {
+    if online.is_empty() || !assigns(tc, team)? {
+        return Ok(None);
+    }
+    let candidates = members_among(tc, team, online)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let limit = crate::channels::find(tc, channel)?.settings().auto_assign_limit;
+    super::conversations::least_busy(tc, channel, &candidates, limit)
 }
 
 /// The members of `team`, of `candidates`.

@@ -289,3 +289,81 @@ async fn a_report_of_one_team_counts_its_conversations() {
     let started = &r.body["conversation"];
     assert_eq!(started["team_id"], json!(team), "{started}");
 }
+
+/// A team that hands out its conversations: one handed to it with no one
+/// on it goes to the least busy of its members online (none online: it
+/// waits); a change naming no one keeps no one; the customer reopening one
+/// of the team's gets a member too; off again, it picks no one.
+#[actix_web::test]
+async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (al_member, al) = agent_al(&app, admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, admin, PAGE_A).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let senders = ["7392015648180001", "7392015648180002", "7392015648180003", "7392015648180004"];
+    for from in senders {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Olá 👋"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
+    let [first, second, third, fourth] = senders.map(conv);
+
+    let team = json!({"name": "Suporte", "member_ids": [al_id], "auto_assign": true});
+    let made = app.call("POST", "/api/teams", Some(admin), Some(team)).await;
+    assert_eq!((made.status, &made.body["auto_assign"]), (201, &json!(true)), "{:?}", made.body);
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(admin), Some(json!({"auto_assign": "yes"}))).await;
+    assert_eq!(code(&r), (422, "invalid_body"));
+
+    // Nobody of the team online: it waits for one.
+    let r = patch(&app, admin, &first, json!({"team_id": team})).await;
+    assert_eq!((r.status, &r.body["assignee_id"]), (200, &Value::Null), "{:?}", r.body);
+
+    // Al comes online (the server knows once his colleagues are told).
+    let mut watching = ws(&app, "", Some(admin), None).await.expect("socket");
+    let _al_online = ws(&app, "", Some(&al), None).await.expect("socket");
+    loop {
+        let f = until(&mut watching, "presence", Duration::from_secs(5)).await.expect("presence");
+        if f["data"]["user_id"] == json!(al_id) && f["data"]["status"] == "online" {
+            break;
+        }
+    }
+    let r = patch(&app, admin, &second, json!({"team_id": team})).await;
+    assert_eq!((r.status, &r.body["team_id"], &r.body["assignee_id"]), (200, &json!(team), &json!(al_id)));
+    // Named no one with the team: no one.
+    let r = patch(&app, admin, &third, json!({"team_id": team, "assignee_id": null})).await;
+    assert_eq!((r.status, &r.body["assignee_id"]), (200, &Value::Null), "{:?}", r.body);
+    // In bulk: each gets one.
+    let r =
+        app.call("POST", "/api/conversations/bulk", Some(admin), Some(json!({"ids": [fourth], "team_id": team}))).await;
+    assert_eq!((r.status, &r.body["items"][0]["assignee_id"]), (200, &json!(al_id)), "{:?}", r.body);
+
+    // The customer reopens one of the team's with no one on it: Al.
+    assert_eq!(patch(&app, admin, &first, json!({"status": "resolved"})).await.status, 200);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": senders[0], "text": "Ainda preciso de ajuda"}))
+        .await;
+    app.processed().await;
+    let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
+    assert_eq!((&one.body["status"], &one.body["assignee_id"]), (&json!("open"), &json!(al_id)), "{:?}", one.body);
+
+    let picked = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+          AND actor_user_id IS NULL AND details->>'by' = 'auto_assign'",
+    );
+    assert_eq!(picked, 3, "the PATCH, the bulk change and the reopening");
+
+    // Off: a conversation handed over stays with no one.
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(admin), Some(json!({"auto_assign": false}))).await;
+    assert_eq!((r.status, &r.body["auto_assign"], &r.body["name"]), (200, &json!(false), &json!("Suporte")));
+    let r = patch(&app, admin, &third, json!({"team_id": null})).await;
+    assert_eq!(r.status, 200);
+    let r = patch(&app, admin, &third, json!({"team_id": team})).await;
+    assert_eq!((r.status, &r.body["assignee_id"]), (200, &Value::Null), "{:?}", r.body);
+}
