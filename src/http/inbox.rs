@@ -11,6 +11,7 @@ use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::inbox::conversations::{self, FilterParams, Patch};
+use crate::inbox::mentions::Mentions;
 use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -821,6 +822,14 @@ struct SendBody {
     /// A note's members to call in (`inbox::mentions`).
     #[serde(default)]
     mentions: Option<Vec<String>>,
+    /// A note's teams to call in (their members).
+    #[serde(default)]
+    mention_teams: Option<Vec<String>>,
+}
+
+/// Ids written comma-separated in a form's part, blanks skipped.
+fn id_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect()
 }
 
 /// A `reply_to` as given: a message id, else 422 `invalid_reply_to`.
@@ -865,14 +874,14 @@ async fn send_json(
             text: Some(text),
             file: None,
             client_id: b.client_id,
-            mentions: b.mentions.unwrap_or_default(),
+            mentions: Mentions { members: b.mentions.unwrap_or_default(), teams: b.mention_teams.unwrap_or_default() },
         };
         let (view, _) = state
             .tenant_with_events(auth.scope(), move |tc, log| messages::create_note(tc, log, user, role, id, note))
             .await?;
         return Ok(HttpResponse::Created().json(view));
     }
-    if b.mentions.is_some() {
+    if b.mentions.is_some() || b.mention_teams.is_some() {
         return Err(AppError::invalid("invalid_body", "mentions are for private notes"));
     }
     let opts = messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())? };
@@ -983,8 +992,9 @@ struct FileForm {
     template: Option<crate::inbox::templates::Choice>,
     /// A note for the team, with the file (`private` part `true`).
     private: bool,
-    /// A note's members to call in (`mentions` part: ids, comma-separated).
-    mentions: Option<Vec<String>>,
+    /// Whom a note calls in (`mentions` and `mention_teams` parts: ids,
+    /// comma-separated), when either part is there.
+    mentions: Option<Mentions>,
     opts: messages::ReplyOptions,
     /// The text parts the caller named besides these, by name.
     others: Vec<(String, String)>,
@@ -1056,7 +1066,8 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
     };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
-    let (mut private, mut mentions, mut others) = (None, None, Vec::<(String, String)>::new());
+    let (mut private, mut others) = (None, Vec::<(String, String)>::new());
+    let (mut mentions, mut mention_teams): (Option<Vec<String>>, Option<Vec<String>>) = (None, None);
     while let Some(mut field) = form.try_next().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
@@ -1104,15 +1115,13 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
                     _ => return Err(AppError::invalid("invalid_body", "the part `private` is true or false")),
                 });
             }
-            "mentions" if mentions.is_none() => {
-                let ids = as_text(bytes)?;
-                mentions = Some(ids.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect());
-            }
+            "mentions" if mentions.is_none() => mentions = Some(id_list(&as_text(bytes)?)),
+            "mention_teams" if mention_teams.is_none() => mention_teams = Some(id_list(&as_text(bytes)?)),
             other if also.contains(&other) && !others.iter().any(|(n, _)| n == other) => {
                 let value = as_text(bytes)?;
                 others.push((name, value));
             }
-            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "mentions" => {
+            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "mentions" | "mention_teams" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             other if also.contains(&other) => {
@@ -1120,7 +1129,8 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
             }
             _ => {
                 let mut expected =
-                    ["file", "text", "client_id", "reply_to", "template", "private", "mentions"].to_vec();
+                    ["file", "text", "client_id", "reply_to", "template", "private", "mentions", "mention_teams"]
+                        .to_vec();
                 expected.extend_from_slice(also);
                 let expected = expected.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
                 return Err(AppError::bad_request(
@@ -1135,6 +1145,8 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
     };
     let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
     let private = private.unwrap_or(false);
+    let mentions = (mentions.is_some() || mention_teams.is_some())
+        .then(|| Mentions { members: mentions.unwrap_or_default(), teams: mention_teams.unwrap_or_default() });
     Ok(FileForm { upload, text: text.filter(|t| !t.trim().is_empty()), template, private, mentions, opts, others })
 }
 
@@ -1142,9 +1154,10 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
 #[serde(deny_unknown_fields)]
 struct NoteBody {
     text: String,
-    /// The members the note calls in now (`inbox::mentions`); left out,
-    /// they stay.
+    /// The members the note calls in now (`inbox::mentions`), and the
+    /// teams; both left out, they stay.
     mentions: Option<Vec<String>>,
+    mention_teams: Option<Vec<String>>,
 }
 
 /// A private note rewritten by its author (`messages::edit_note`).
@@ -1156,7 +1169,9 @@ async fn edit_note(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = message_id(&path)?;
-    let NoteBody { text, mentions } = body.into_inner();
+    let NoteBody { text, mentions, mention_teams } = body.into_inner();
+    let mentions = (mentions.is_some() || mention_teams.is_some())
+        .then(|| Mentions { members: mentions.unwrap_or_default(), teams: mention_teams.unwrap_or_default() });
     let (user, role) = (auth.user, auth.role);
     let view = state
         .tenant_with_events(auth.scope(), move |tc, log| messages::edit_note(tc, log, user, role, id, text, mentions))

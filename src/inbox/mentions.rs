@@ -16,10 +16,17 @@
 //!   channel's sockets; a client shows the ones whose `user_id` is its
 //!   own. Mentions ring whatever the channel's `notifications` setting
 //!   (that one mutes customers' messages, not colleagues).
+//! - A note may call in whole teams too (`mention_teams`, up to
+//!   [`MOST_TEAMS`] team ids; one that is no team is `invalid_mentions`):
+//!   each of their members who may see the conversation's channel is
+//!   mentioned as if named (those who may not are passed over, not
+//!   refused: a team is not picked member by member); the note then
+//!   mentions those members, and a team's later changes do not change it.
 //! - A retried note (same `client_id`) notifies nobody again.
 //! - Editing a note (`PATCH /api/messages/{id}`) may give `mentions`
-//!   again: the note then mentions exactly those; a member it names anew
-//!   is told, one it no longer names stops finding it. Left out, they stay.
+//!   again (or `mention_teams`, or both): the note then mentions exactly
+//!   those; a member it names anew is told, one it no longer names stops
+//!   finding it. Left out, they stay.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -39,9 +46,44 @@ use crate::ids::UserId;
 /// The most members one note mentions.
 pub const MOST_MENTIONS: usize = 20;
 
+/// The most teams one note calls in.
+pub const MOST_TEAMS: usize = 10;
+
+/// Whom a note calls in, as asked: member ids, and team ids whose members
+/// it calls in.
+#[derive(Debug, Clone, Default)]
+pub struct Mentions {
+    pub members: Vec<String>,
+    pub teams: Vec<String>,
+}
+
 /// The members `raw` names, checked against conversation `conv`: once
-/// each, every one a member who may see its channel.
-pub fn checked(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &[String]) -> AppResult<Vec<UserId>> {
+/// each, every named one a member who may see its channel, and the
+/// members of the named teams who may.
+pub fn checked(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &Mentions) -> AppResult<Vec<UserId>> {
+    let mut ids = checked_members(tc, conv, &raw.members)?;
+    if raw.teams.len() > MOST_TEAMS {
+        return Err(AppError::invalid("invalid_mentions", format!("a note calls in at most {MOST_TEAMS} teams")));
+    }
+    let channel = ChannelId(conv.channel_id);
+    for r in &raw.teams {
+        let not_one = || AppError::invalid("invalid_mentions", format!("`{r}` is not a team"));
+        let team = super::teams::TeamId::parse(r.trim()).ok_or_else(not_one)?;
+        let members = super::teams::members_of(tc, team)?.ok_or_else(not_one)?;
+        for member in members {
+            if ids.contains(&member) {
+                continue;
+            }
+            let Some(role) = crate::auth::members::role_of(tc, member)? else { continue };
+            if channels::can_see(tc, member, role, channel)? {
+                ids.push(member);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn checked_members(tc: &mut TenantConn<'_>, conv: &ConversationRow, raw: &[String]) -> AppResult<Vec<UserId>> {
     if raw.len() > MOST_MENTIONS {
         return Err(AppError::invalid("invalid_mentions", format!("a note mentions at most {MOST_MENTIONS} members")));
     }

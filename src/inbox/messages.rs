@@ -204,13 +204,13 @@ pub fn create_file_reply(
 pub const MOST_NOTE_CHARS: usize = 10_000;
 
 /// A note as asked for: text or a file or both, a `client_id` for retries,
-/// and the ids of the members it mentions.
+/// and whom it mentions.
 #[derive(Default)]
 pub struct Note {
     pub text: Option<String>,
     pub file: Option<super::uploads::Upload>,
     pub client_id: Option<String>,
-    pub mentions: Vec<String>,
+    pub mentions: super::mentions::Mentions,
 }
 
 /// `POST /api/conversations/{id}/messages` with `private: true`: a note
@@ -343,7 +343,7 @@ pub fn edit_note(
     role: Role,
     id: super::MessageId,
     text: String,
-    mentions: Option<Vec<String>>,
+    mentions: Option<super::mentions::Mentions>,
 ) -> AppResult<MessageView> {
     let row = changeable_note(tc, user, role, id)?;
     if row.sender_user_id != Some(user.0) {

@@ -450,6 +450,12 @@ pub fn pick_member(
     super::conversations::least_busy(tc, channel, &candidates, limit)
 }
 
+/// The members of `team`, or `None` when it is no team.
+pub fn members_of(tc: &mut TenantConn<'_>, team: TeamId) -> AppResult<Option<Vec<UserId>>> {
+    let there: Option<i64> = t::table.find(team.0).select(t::id).first(tc.pg()).optional()?;
+    there.map(|id| member_ids(tc, id)).transpose()
+}
+
 /// The members of `team`, of `candidates`.
 pub fn members_among(tc: &mut TenantConn<'_>, team: i64, candidates: &[UserId]) -> AppResult<Vec<UserId>> {
     let ids: Vec<i64> = candidates.iter().map(|u| u.0).collect();

@@ -3771,7 +3771,7 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
 }
 
 /// A `multipart/form-data` send of `file` (name, type, bytes) with the other parts given.
-async fn send_file(
+pub(crate) async fn send_file(
     app: &TestApp,
     t: &str,
     conv: &str,

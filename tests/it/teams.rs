@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::channels::PAGE_A;
 use crate::common::{spawn_app, TestApp};
-use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, reply, PHONE};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, reply, send_file, PHONE};
 use crate::realtime::{until, ws};
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
@@ -366,4 +366,81 @@ async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
     assert_eq!(r.status, 200);
     let r = patch(&app, admin, &third, json!({"team_id": team})).await;
     assert_eq!((r.status, &r.body["assignee_id"]), (200, &Value::Null), "{:?}", r.body);
+}
+
+/// A note calls in a whole team: each member who may see the conversation
+/// is mentioned (told, and finds it), one who may not is passed over; a
+/// team that is none is refused and nothing written; not on a reply; a
+/// note with a file names teams in its own part; an edit names them anew.
+#[actix_web::test]
+async fn a_note_calls_in_a_team() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (al_member, al) = agent_al(&app, admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let bo = app.call("POST", "/api/members", Some(admin), Some(bo)).await;
+    assert_eq!(bo.status, 201, "{:?}", bo.body);
+    let bo_id = bo.body["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, admin, PAGE_A).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648190001", "text": "Reembolso?"})).await;
+    app.processed().await;
+    let conv =
+        by_contact(&conversations(&app, admin, "").await, "7392015648190001")["id"].as_str().expect("id").to_string();
+    let made = app
+        .call("POST", "/api/teams", Some(admin), Some(json!({"name": "Finanças", "member_ids": [al_id, bo_id]})))
+        .await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{conv}/messages");
+    let written =
+        || app.count(&format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE conversation_id = {conv}"));
+    let before = written();
+    for bad in [json!(["abc"]), json!(["999999"]), json!((1..=11).map(|i| i.to_string()).collect::<Vec<_>>())] {
+        let body = json!({"text": "@Finanças", "private": true, "mention_teams": bad});
+        let r = app.call("POST", &path, Some(admin), Some(body)).await;
+        assert_eq!(code(&r), (422, "invalid_mentions"), "{bad}");
+    }
+    let r = app.call("POST", &path, Some(admin), Some(json!({"text": "olá", "mention_teams": [team]}))).await;
+    assert_eq!(code(&r), (422, "invalid_body"), "not on a reply");
+    assert_eq!(written(), before, "nothing was written");
+
+    let mut socket = ws(&app, "", Some(&al), None).await.expect("socket");
+    let body = json!({"text": "@Finanças podem ver?", "private": true, "mention_teams": [team], "client_id": "tm-1"});
+    let r = app.call("POST", &path, Some(admin), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let note = r.body["id"].as_str().expect("id").to_string();
+    let told = until(&mut socket, "notification", Duration::from_secs(10)).await.expect("told");
+    assert_eq!((&told["data"]["kind"], &told["data"]["user_id"]), (&json!("mention"), &json!(al_id)));
+    let mentioned = |user: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' \
+              AND payload->>'kind' = 'mention' AND payload->>'user_id' = '{user}'"
+        ))
+    };
+    assert_eq!((mentioned(&al_id), mentioned(&bo_id)), (1, 0), "Bo cannot see the channel: passed over");
+    let mine = app.call("GET", "/api/mentions", Some(&al), None).await;
+    assert_eq!(mine.body["items"][0]["message_id"], json!(note), "{:?}", mine.body);
+
+    // With a file, in its own part; an edit names whom it names now.
+    let file = Some(("recibo.pdf", "application/pdf", b"%PDF-1.4 recibo".as_slice()));
+    let parts = [("private", "true"), ("text", "@Finanças o recibo"), ("mention_teams", team.as_str())];
+    let r = send_file(&app, admin, &conv, file, &parts).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(mentioned(&al_id), 2);
+    let edit = format!("/api/messages/{note}");
+    let r = app.call("PATCH", &edit, Some(admin), Some(json!({"text": "@Finanças?", "mentions": []}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let texts = |body: &Value| -> Vec<String> {
+        body["items"].as_array().expect("items").iter().filter_map(|m| m["text"].as_str().map(str::to_string)).collect()
+    };
+    assert_eq!(texts(&app.call("GET", "/api/mentions", Some(&al), None).await.body), ["@Finanças o recibo"]);
+    let r = app.call("PATCH", &edit, Some(admin), Some(json!({"text": "@Finanças!", "mention_teams": [team]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(texts(&app.call("GET", "/api/mentions", Some(&al), None).await.body).len(), 2);
+    assert_eq!(mentioned(&al_id), 3, "named anew, told again");
 }
