@@ -1,5 +1,5 @@
 //! `GET /api/reports/overview`: admins read a period's figures
-//! (`inbox::reports`), of all or of one channel or team; its agents' and
+//! (`inbox::reports`), of all or of one channel, team or label; its agents' and
 //! channels' tables also as CSV.
 
 use actix_web::{web, HttpResponse};
@@ -51,6 +51,7 @@ struct OverviewQuery {
     to: Option<String>,
     channel_id: Option<String>,
     team_id: Option<String>,
+    label: Option<String>,
 }
 
 async fn overview(
@@ -78,7 +79,10 @@ async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppR
         Some(t) => Some(TeamId::parse(t).ok_or_else(|| AppError::invalid("invalid_team", "team_id is a team's id"))?),
         None => None,
     };
-    let period = Period { team, ..Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())? };
+    // As stored, so `VIP ` finds `vip` (422 invalid_label otherwise).
+    let label = q.label.as_deref().map(crate::inbox::conversations::normalize_label).transpose()?;
+    let period =
+        Period { team, label, ..Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())? };
     state
         .db
         .tenant(auth.scope(), move |tc| {

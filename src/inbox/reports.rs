@@ -46,8 +46,10 @@
 //!   at the time of the report (no history of a conversation's team is
 //!   kept: one handed to another team takes its past with it), whoever
 //!   worked them; the agents' table then lists whoever answered, resolved
-//!   or was assigned them, members of the team or not. With a channel too,
-//!   the conversations of both.
+//!   or was assigned them, members of the team or not. One label (`label`)
+//!   the same way: the conversations that have it at the time of the
+//!   report. With a channel, a team or a label together, the conversations
+//!   of all.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -81,14 +83,17 @@ pub const MOST_DAYS: i64 = 366;
 /// The days a report covers when not told.
 pub const DEFAULT_DAYS: i64 = 7;
 
-/// `[from, to)`, and optionally one channel and one team.
-#[derive(Debug, Clone, Copy)]
+/// `[from, to)`, and optionally one channel, one team and one label.
+#[derive(Debug, Clone)]
 pub struct Period {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub channel: Option<ChannelId>,
     /// The conversations in this team at the time of the report.
     pub team: Option<TeamId>,
+    /// The conversations with this label (as stored: normalized) at the
+    /// time of the report.
+    pub label: Option<String>,
 }
 
 impl Period {
@@ -115,7 +120,7 @@ impl Period {
         if to - from > Duration::days(MOST_DAYS) {
             return Err(AppError::invalid("invalid_period", format!("a report covers at most {MOST_DAYS} days")));
         }
-        Ok(Period { from, to, channel, team: None })
+        Ok(Period { from, to, channel, team: None, label: None })
     }
 }
 
@@ -332,16 +337,25 @@ pub(super) const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.st
 const BLOCKED: &str = "SELECT bc.id FROM conversations bc JOIN contacts bk ON bk.id = bc.contact_id \
     WHERE bk.blocked_at IS NOT NULL";
 
-/// Whether the conversation `column` names is in the report's team (`$4`),
-/// when it names one: a condition for a table keyed by conversation.
-fn in_team(column: &str) -> String {
-    format!("($4::int8 IS NULL OR {column} IN (SELECT tm.id FROM conversations tm WHERE tm.team_id = $4))")
+/// Whether conversations `c` are among the report's: in its team (`$4`)
+/// and with its label (`$5`), when it names them.
+const SCOPED: &str = "($4::int8 IS NULL OR c.team_id = $4) AND ($5::text IS NULL OR $5 = ANY (c.labels))";
+
+/// Whether the conversation `column` names (`sc.id{cast}`'s type) is
+/// among the report's ([`SCOPED`]): a condition for a table keyed by
+/// conversation.
+fn in_scope(column: &str, cast: &str) -> String {
+    format!(
+        "(($4::int8 IS NULL AND $5::text IS NULL) OR {column} IN (SELECT sc.id{cast} FROM conversations sc \
+          WHERE ($4::int8 IS NULL OR sc.team_id = $4) AND ($5::text IS NULL OR $5 = ANY (sc.labels))))"
+    )
 }
 
 /// The period's figures ([module docs](self)).
 pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> {
     let channel = period.channel.map(|c| c.0);
     let team = period.team.map(|t| t.0);
+    let label = period.label.as_deref();
     let counts: Vec<MessageCounts> = diesel::sql_query(format!(
         "SELECT channel_id, sender_user_id, \
                 count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
@@ -351,12 +365,13 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
            FROM messages \
           WHERE sort_at >= $1 AND sort_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) AND {} \
           GROUP BY channel_id, sender_user_id",
-        in_team("conversation_id")
+        in_scope("conversation_id", "")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
     // What blocked contacts sent, taken off the count above: read through
     // their few conversations' index, not by another pass over the period.
@@ -366,12 +381,13 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             AND m.sort_at >= $1 AND m.sort_at < $2 AND ($3::int8 IS NULL OR m.channel_id = $3) \
             AND {} \
           GROUP BY m.channel_id",
-        in_team("m.conversation_id")
+        in_scope("m.conversation_id", "")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
     let opened: Vec<Opened> = diesel::sql_query(format!(
         "SELECT c.channel_id, asked.at AS asked_at, answer.at AS answered_at, answer.by AS answered_by \
@@ -383,41 +399,45 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                                WHERE m.conversation_id = c.id AND {ANSWERS} AND m.sort_at >= asked.at \
                                ORDER BY m.sort_at, m.id LIMIT 1) answer ON true \
           WHERE c.created_at >= $1 AND c.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
-            AND ($4::int8 IS NULL OR c.team_id = $4) AND c.id <> ALL (ARRAY({BLOCKED}))"
+            AND {SCOPED} AND c.id <> ALL (ARRAY({BLOCKED}))"
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
-    let resolved: Vec<Resolved> = diesel::sql_query(
+    let resolved: Vec<Resolved> = diesel::sql_query(format!(
         "SELECT a.actor_user_id, count(*) AS n \
            FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
           WHERE a.action = 'conversation.status_changed' AND a.details->>'to' = 'resolved' \
             AND a.created_at >= $1 AND a.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
-            AND ($4::int8 IS NULL OR c.team_id = $4) \
-          GROUP BY a.actor_user_id",
-    )
+            AND {SCOPED} \
+          GROUP BY a.actor_user_id"
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
 
     // As the audit log keeps them: an erased contact's conversation was
     // still started (its entry keeps the channel, not the contact).
-    let started: Vec<Started> = diesel::sql_query(
+    let started: Vec<Started> = diesel::sql_query(format!(
         "SELECT (a.details->>'channel_id')::int8 AS channel_id, a.actor_user_id, count(*) AS n \
            FROM audit_log a \
           WHERE a.action = 'conversation.started' AND a.created_at >= $1 AND a.created_at < $2 \
             AND ($3::int8 IS NULL OR a.details->>'channel_id' = $3::text) \
-            AND ($4::int8 IS NULL OR a.target_id IN (SELECT tm.id::text FROM conversations tm WHERE tm.team_id = $4)) \
+            AND {} \
           GROUP BY 1, 2",
-    )
+        in_scope("a.target_id", "::text")
+    ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
 
     let surveys: Vec<Surveys> = diesel::sql_query(format!(
@@ -428,12 +448,13 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
            FROM csat_surveys \
           WHERE sent_at >= $1 AND sent_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) AND {} \
           GROUP BY 1",
-        in_team("conversation_id")
+        in_scope("conversation_id", "")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
 
     let missed: Vec<Missed> = diesel::sql_query(format!(
@@ -441,12 +462,13 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           WHERE due_at >= $1 AND due_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
             AND conversation_id <> ALL (ARRAY({BLOCKED})) AND {} \
           GROUP BY channel_id, assignee_id",
-        in_team("conversation_id")
+        in_scope("conversation_id", "")
     ))
     .bind::<Timestamptz, _>(period.from)
     .bind::<Timestamptz, _>(period.to)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .load(tc.pg())?;
 
     // Resolved conversations are most of a long history: the status index
@@ -460,11 +482,12 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                 count(*) FILTER (WHERE {}) AS overdue \
            FROM conversations \
           WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1) \
-            AND ($2::int8 IS NULL OR team_id = $2)",
+            AND ($2::int8 IS NULL OR team_id = $2) AND ($3::text IS NULL OR $3 = ANY (labels))",
         super::waiting::OVERDUE
     ))
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
     .get_result(tc.pg())?;
 
     let mut channels: BTreeMap<i64, ChannelFigures> = BTreeMap::new();

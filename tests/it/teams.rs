@@ -194,7 +194,7 @@ async fn a_team_takes_conversations_and_its_members_find_them() {
 }
 
 /// A report of one team: the figures of the conversations in it, whoever
-/// worked them; the team must be one of the tenant's. Notifications name
+/// worked them; the team must be one of the tenant's. Of one label too. Notifications name
 /// the team; a conversation an agent starts on a channel naming a team
 /// goes to it.
 #[actix_web::test]
@@ -254,6 +254,18 @@ async fn a_report_of_one_team_counts_its_conversations() {
     let csv = app.client.get(app.url(&format!("/api/reports/channels.csv?team_id={team}"))).bearer_auth(admin);
     let text = csv.send().await.expect("csv").text().await.expect("text");
     assert!(text.lines().nth(1).is_some_and(|row| row.ends_with(",2,0,2,1,0")), "{text}");
+    // One label, as stored whatever its case; with the team, both.
+    for c in [&first, &third] {
+        assert_eq!(patch(&app, admin, c, json!({"add_labels": ["Urgente"]})).await.status, 200);
+    }
+    let labelled = report("?label=%20URGENTE".into()).await;
+    assert_eq!(labelled.status, 200, "{:?}", labelled.body);
+    assert_eq!(figures(&labelled.body), [2, 2, 2, 1, 2, 0, 1].map(|n| json!(n)), "{:?}", labelled.body);
+    let both = report(format!("?label=urgente&team_id={team}")).await;
+    assert_eq!(figures(&both.body), [1, 1, 1, 1, 1, 0, 0].map(|n| json!(n)), "{:?}", both.body);
+    for query in ["?label=", "?label=a,b"] {
+        assert_eq!(code(&report(query.into()).await), (422, "invalid_label"), "{query}");
+    }
     // A team nobody is in holds nothing; what is not a team is refused.
     let empty = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Nadie"}))).await;
     let empty = empty.body["id"].as_str().expect("id").to_string();
