@@ -713,14 +713,7 @@ pub fn patch(
         )?;
     }
     if let Some(agent) = picked {
-        audit::record(
-            tc,
-            None,
-            "conversation.assigned",
-            "conversation",
-            Some(id.to_string()),
-            json!({"from": null, "to": agent.to_string(), "by": "auto_assign", "team_id": team.map(|t| t.to_string())}),
-        )?;
+        audit_auto_assigned(tc, id, agent, team)?;
     } else if assignee != row.assignee_id {
         audit::record(
             tc,
@@ -797,16 +790,19 @@ pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: 
         .set(c::assignee_id.eq(agent.0))
         .execute(tc.pg())?;
     if n > 0 {
-        audit::record(
-            tc,
-            None,
-            "conversation.assigned",
-            "conversation",
-            Some(id.to_string()),
-            json!({"from": null, "to": agent.0.to_string(), "by": "auto_assign"}),
-        )?;
+        audit_auto_assigned(tc, id, agent, None)?;
     }
     Ok(n > 0)
+}
+
+/// The audit entry of an assignment by the server (no actor): by the
+/// channel's auto-assign, or by `team`'s (`teams`).
+fn audit_auto_assigned(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, team: Option<i64>) -> AppResult<()> {
+    let mut details = json!({"from": null, "to": agent.to_string(), "by": "auto_assign"});
+    if let Some(team) = team {
+        details["team_id"] = json!(team.to_string());
+    }
+    Ok(audit::record(tc, None, "conversation.assigned", "conversation", Some(id.to_string()), details)?)
 }
 
 /// Most labels on one conversation, and the longest label.

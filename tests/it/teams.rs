@@ -23,26 +23,39 @@ async fn patch(app: &TestApp, t: &str, conversation: &str, body: Value) -> crate
     app.call("PATCH", &format!("/api/conversations/{conversation}"), Some(t), Some(body)).await
 }
 
+/// Acme with agent Al listed on page A: the admin's token, Al's id and
+/// token, and the page's id.
+async fn al_on_page_a(app: &TestApp) -> (String, String, String, String) {
+    let ctx = acme(app).await;
+    let (al_member, al) = agent_al(app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(app, &ctx.admin, PAGE_A).await;
+    let listed = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (ctx.admin, al_id, al, page)
+}
+
+/// Each of `senders` writes `text` to page A: their conversations' ids, in
+/// that order.
+async fn write_to_page_a<const N: usize>(app: &TestApp, admin: &str, senders: [&str; N], text: &str) -> [String; N] {
+    for from in senders {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text})).await;
+    }
+    app.processed().await;
+    let convs = conversations(app, admin, "").await;
+    senders.map(|from| by_contact(&convs, from)["id"].as_str().expect("id").to_string())
+}
+
 #[actix_web::test]
 async fn a_team_takes_conversations_and_its_members_find_them() {
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.as_str();
-    let (al_member, al) = agent_al(&app, admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, admin, PAGE_A).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    for from in ["7392015648160001", "7392015648160002"] {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "my invoice is wrong"})).await;
-    }
-    app.processed().await;
-    let convs = conversations(&app, admin, "").await;
-    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
-    let (first, second) = (conv("7392015648160001"), conv("7392015648160002"));
-    assert_eq!(by_contact(&convs, "7392015648160001")["team_id"], Value::Null);
+    let (admin, al_id, al, page) = al_on_page_a(&app).await;
+    let admin = admin.as_str();
+    let senders = ["7392015648160001", "7392015648160002"];
+    let [first, second] = write_to_page_a(&app, admin, senders, "my invoice is wrong").await;
+    let one = app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await;
+    assert_eq!(one.body["team_id"], Value::Null);
 
     // Admins keep teams; a create said twice makes one.
     let billing = json!({"name": "Billing", "description": "Invoices and refunds", "member_ids": [al_id, al_id]});
@@ -203,14 +216,7 @@ async fn a_report_of_one_team_counts_its_conversations() {
     let ctx = acme(&app).await;
     let admin = ctx.admin.as_str();
     let senders = ["7392015648170001", "7392015648170002", "7392015648170003"];
-    for from in senders {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "¿Dónde está mi pedido? 📦"}))
-            .await;
-    }
-    app.processed().await;
-    let convs = conversations(&app, admin, "").await;
-    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
-    let [first, second, third] = senders.map(conv);
+    let [first, second, third] = write_to_page_a(&app, admin, senders, "¿Dónde está mi pedido? 📦").await;
     let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Envíos"}))).await;
     assert_eq!(made.status, 201, "{:?}", made.body);
     let team = made.body["id"].as_str().expect("id").to_string();
@@ -309,23 +315,10 @@ async fn a_report_of_one_team_counts_its_conversations() {
 #[actix_web::test]
 async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.as_str();
-    let (al_member, al) = agent_al(&app, admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, admin, PAGE_A).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (admin, al_id, al, _) = al_on_page_a(&app).await;
+    let admin = admin.as_str();
     let senders = ["7392015648180001", "7392015648180002", "7392015648180003", "7392015648180004"];
-    for from in senders {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Olá 👋"})).await;
-    }
-    app.processed().await;
-    let convs = conversations(&app, admin, "").await;
-    let conv = |from: &str| by_contact(&convs, from)["id"].as_str().expect("id").to_string();
-    let [first, second, third, fourth] = senders.map(conv);
+    let [first, second, third, fourth] = write_to_page_a(&app, admin, senders, "Olá 👋").await;
 
     let team = json!({"name": "Suporte", "member_ids": [al_id], "auto_assign": true});
     let made = app.call("POST", "/api/teams", Some(admin), Some(team)).await;
@@ -387,23 +380,13 @@ async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
 #[actix_web::test]
 async fn a_note_calls_in_a_team() {
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.as_str();
-    let (al_member, al) = agent_al(&app, admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let (admin, al_id, al, _) = al_on_page_a(&app).await;
+    let admin = admin.as_str();
     let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
     let bo = app.call("POST", "/api/members", Some(admin), Some(bo)).await;
     assert_eq!(bo.status, 201, "{:?}", bo.body);
     let bo_id = bo.body["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, admin, PAGE_A).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(json!({"user_ids": [al_id]})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648190001", "text": "Reembolso?"})).await;
-    app.processed().await;
-    let conv =
-        by_contact(&conversations(&app, admin, "").await, "7392015648190001")["id"].as_str().expect("id").to_string();
+    let [conv] = write_to_page_a(&app, admin, ["7392015648190001"], "Reembolso?").await;
     let made = app
         .call("POST", "/api/teams", Some(admin), Some(json!({"name": "Finanças", "member_ids": [al_id, bo_id]})))
         .await;
