@@ -18,6 +18,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/conversations").route(web::get().to(list)).route(web::post().to(start)))
         // Before `{id}`, which would otherwise claim it.
         .service(resource("/conversations/bulk").route(web::post().to(patch_many)))
+        .service(resource("/conversations/counts").route(web::get().to(counts)))
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
         .service(resource("/conversations/{id}/read").route(web::post().to(read)))
         .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
@@ -89,10 +90,7 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
     let (items, stale, filter) = state
         .db
         .tenant(auth.scope(), move |tc| {
-            let filter = match view {
-                Some(id) => crate::inbox::saved_views::find(tc, user, id)?.filters.overlaid(given).filter(user)?,
-                None => filter,
-            };
+            let filter = with_view(tc, user, view, given, filter)?;
             let items = conversations::list(tc, user, role, &filter, after, limit)?;
             let contacts: Vec<i64> = items.iter().map(|c| c.contact.id.0).collect();
             Ok::<_, AppError>((items, contacts::stale_profiles(tc, &contacts, Utc::now())?, filter))
@@ -105,6 +103,46 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         None
     };
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}
+
+/// The filter a list (or its counts) applies: `given` (already checked
+/// as `filter`), over saved view `view`'s when it names one.
+fn with_view(
+    tc: &mut crate::db::TenantConn<'_>,
+    user: crate::ids::UserId,
+    view: Option<i64>,
+    given: FilterParams,
+    filter: conversations::Filter,
+) -> AppResult<conversations::Filter> {
+    match view {
+        Some(id) => crate::inbox::saved_views::find(tc, user, id)?.filters.overlaid(given).filter(user),
+        None => Ok(filter),
+    }
+}
+
+#[derive(Deserialize)]
+struct CountsQuery {
+    #[serde(flatten)]
+    filters: FilterParams,
+    view: Option<String>,
+}
+
+/// `GET /api/conversations/counts` with the list's filters (or a saved
+/// view): the inbox's badges (`conversations::counts`).
+async fn counts(state: web::Data<AppState>, auth: AuthContext, q: web::Query<CountsQuery>) -> AppResult<HttpResponse> {
+    let q = q.into_inner();
+    let view = q.view.as_deref().filter(|v| !v.is_empty()).map(saved_view_id).transpose()?;
+    let (user, role) = (auth.user, auth.role);
+    let given = q.filters;
+    let filter = given.filter(user)?;
+    let counts = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let filter = with_view(tc, user, view, given, filter)?;
+            conversations::counts(tc, user, role, &filter)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(counts))
 }
 
 async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

@@ -6754,3 +6754,65 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
     let greeted = messages(&app, &ctx.admin, &conv).await.iter().any(|m| m["text"] == "Olá! Já respondemos.");
     assert!(greeted, "a thread of ours is greeted");
 }
+
+/// The inbox's badges (`GET /api/conversations/counts`): all, mine and no
+/// one's, for the list's filters or a saved view, of what the caller may
+/// see; not with a search.
+#[actix_web::test]
+async fn the_inbox_counts_what_its_lists_hold() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let wa_channel = channel_id(&app, &ctx.admin, PHONE).await;
+    let listed = json!({"user_ids": [al["user_id"]]});
+    let r = app.call("PUT", &format!("/api/channels/{wa_channel}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    const QUIET: &str = "7392015648121999";
+    for (to, from) in [(PAGE_A, PSID), (PHONE, WA_ID), (PAGE_A, QUIET)] {
+        app.fake("POST", "/_fake/inbound", json!({"to": to, "from": from, "text": "Olá, ¿hay alguien? 🙂"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv_of = |who: &str| by_contact(&convs, who)["id"].as_str().expect("id").to_string();
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].clone();
+    for (conv, assignee) in [(conv_of(PSID), me), (conv_of(WA_ID), al["user_id"].clone())] {
+        let r = app
+            .call(
+                "PATCH",
+                &format!("/api/conversations/{conv}"),
+                Some(&ctx.admin),
+                Some(json!({"assignee_id": assignee})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let counts = |t: String, query: String| {
+        let app = &app;
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/counts{query}"), Some(&t), None).await;
+            assert_eq!(r.status, 200, "{query}: {:?}", r.body);
+            (r.body["all"].as_i64(), r.body["mine"].as_i64(), r.body["unassigned"].as_i64())
+        }
+    };
+    let (admin, agent) = (ctx.admin.clone(), al_token.clone());
+    assert_eq!(counts(admin.clone(), String::new()).await, (Some(3), Some(1), Some(1)));
+    assert_eq!(counts(admin.clone(), "?assignee=none".into()).await, (Some(3), Some(1), Some(1)), "assignee aside");
+    assert_eq!(counts(agent.clone(), String::new()).await, (Some(1), Some(1), Some(0)), "what Al may see");
+    assert_eq!(counts(admin.clone(), format!("?channel_id={wa_channel}")).await, (Some(1), Some(0), Some(0)));
+    assert_eq!(counts(admin.clone(), "?status=resolved".into()).await, (Some(0), Some(0), Some(0)));
+    let view = json!({"name": "WhatsApp", "filters": {"channel_id": wa_channel}});
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(counts(admin.clone(), format!("?view={view}")).await, (Some(1), Some(0), Some(0)));
+    for (query, status, code) in [
+        ("?q=ol%C3%A1", 400, "invalid_query"),
+        ("?status=closed", 400, "invalid_status"),
+        ("?unread=maybe", 400, "invalid_query"),
+        ("?view=999999", 404, "not_found"),
+    ] {
+        let r = app.call("GET", &format!("/api/conversations/counts{query}"), Some(&admin), None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{query}");
+    }
+    assert_eq!(app.call("GET", "/api/conversations/counts", None, None).await.status, 401);
+}

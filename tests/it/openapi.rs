@@ -231,6 +231,10 @@ async fn live_answers_match_the_served_openapi_document() {
     })
     .await;
     let convs = check(&app, &doc, "GET", "/api/conversations", "/api/conversations", Some(admin), None).await;
+    let counted = "/api/conversations/counts";
+    let counts = check(&app, &doc, "GET", counted, &format!("{counted}?status=open"), Some(admin), None).await;
+    assert!(counts["all"].as_i64().is_some_and(|n| n >= 1), "{counts}");
+    check(&app, &doc, "GET", counted, &format!("{counted}?q=x"), Some(admin), None).await;
     let fresh = convs["items"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["contact"]["external_id"] == "4242"))
