@@ -195,6 +195,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         median(times)
     );
 
+    // The inbox's badges (`conversations::counts`): three counts, each
+    // stopping at `MOST_COUNTED`.
+    let mut times = Vec::with_capacity(RUNS);
+    let mut badges = None;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        badges = Some(
+            with_tenant(&mut conn, &scope, |tc| {
+                conversations::counts(tc, UserId(AGENT), Role::Owner, &Filter::default())
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        times.push(t.elapsed());
+    }
+    if let Some(b) = badges {
+        println!(
+            "the inbox's badges (GET /api/conversations/counts), all {}, mine {}, unassigned {}: {:.1?}",
+            b.all,
+            b.mine,
+            b.unassigned,
+            median(times)
+        );
+    }
+
     // An admin's report of the last seven days (`inbox::reports`): every
     // message read once, every conversation's first messages through its
     // index (none answered here: each walk goes through all its messages).
