@@ -21,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/conversations/counts").route(web::get().to(counts)))
         .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
         .service(resource("/conversations/{id}/read").route(web::post().to(read)))
+        .service(resource("/conversations/{id}/unread").route(web::post().to(unread)))
         .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
         .service(resource("/conversations/{id}/thread-control").route(web::post().to(thread_control)))
         .service(
@@ -291,6 +292,15 @@ async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<Str
     if queued {
         state.wake_sender.notify_one();
     }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Marks it unread again for the team (`conversations::mark_unread`).
+async fn unread(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = conversation_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    state.tenant_with_events(auth.scope(), move |tc, log| conversations::mark_unread(tc, log, user, role, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -917,6 +917,29 @@ pub fn mark_read(
     Ok(true)
 }
 
+/// `POST /api/conversations/{id}/unread`: marks it unread again for the
+/// team (an unread count of 0 becomes 1; one already unread stays as it
+/// is), so it stands out in the list to come back to. Meta is not told:
+/// a "seen" sent to the customer cannot be taken back. Whether it changed.
+pub fn mark_unread(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+) -> AppResult<bool> {
+    let row = visible_conversation(tc, user, role, id)?;
+    if row.unread_count > 0 {
+        return Ok(false);
+    }
+    let updated: ConversationRow = diesel::update(c::table.find(row.id))
+        .set((c::unread_count.eq(1), c::updated_at.eq(diesel::dsl::now)))
+        .returning(ConversationRow::as_returning())
+        .get_result(tc.pg())?;
+    announce(tc, log, std::slice::from_ref(&updated))?;
+    Ok(true)
+}
+
 /// Wakes snoozed conversations whose time has come; returns how many.
 pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
     let woken: Vec<ConversationRow> =

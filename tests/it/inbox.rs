@@ -2295,6 +2295,35 @@ async fn replies_go_out_once_and_receipts_move_forward() {
             .is_some_and(|a| a.iter().any(|r| r["body"]["sender_action"] == "mark_seen"))
     })
     .await;
+    // Marked unread again, to come back to: 1, announced; again, unchanged;
+    // Meta is not told (a "seen" cannot be taken back).
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let unread = format!("/api/conversations/{fb}/unread");
+    for _ in 0..2 {
+        assert_eq!(app.call("POST", &unread, Some(&ctx.admin), None).await.status, 204);
+    }
+    let c = app.call("GET", &format!("/api/conversations/{fb}"), Some(&ctx.admin), None).await;
+    assert_eq!(c.body["unread_count"], 1);
+    // (A profile look-up may announce another conversation first.)
+    let frame = loop {
+        let f = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(5))
+            .await
+            .expect("announced");
+        if f["data"]["id"] == json!(fb) {
+            break f;
+        }
+    };
+    assert_eq!(frame["data"]["unread_count"], 1, "{frame}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated' \
+              AND conversation_id = {fb} AND (payload->>'unread_count')::int = 1 AND seq > {}",
+            frame["seq"]
+        )),
+        0,
+        "the second changed nothing"
+    );
+    assert_eq!(app.call("POST", "/api/conversations/999999/unread", Some(&ctx.admin), None).await.status, 404);
 
     // Bad input.
     let r = app
