@@ -710,12 +710,11 @@ pub fn patch(
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
     if team != row.team_id {
-        audit::record(
+        audit_change(
             tc,
-            Some(user),
+            user,
+            id,
             "conversation.team_changed",
-            "conversation",
-            Some(id.to_string()),
             json!({"from": row.team_id.map(|t| t.to_string()), "to": team.map(|t| t.to_string())}),
         )?;
     }
@@ -724,46 +723,24 @@ pub fn patch(
         if updated.waiting_since.is_some() {
             super::waiting::redue_one(tc, &mut updated)?;
         }
-        audit::record(
-            tc,
-            Some(user),
-            "conversation.prioritized",
-            "conversation",
-            Some(id.to_string()),
-            json!({"from": row.priority, "to": priority}),
-        )?;
+        audit_change(tc, user, id, "conversation.prioritized", json!({"from": row.priority, "to": priority}))?;
     }
     if status != row.status {
-        audit::record(
-            tc,
-            Some(user),
-            "conversation.status_changed",
-            "conversation",
-            Some(id.to_string()),
-            json!({"from": row.status, "to": status}),
-        )?;
+        audit_change(tc, user, id, "conversation.status_changed", json!({"from": row.status, "to": status}))?;
     }
     if let Some(agent) = picked {
         audit_auto_assigned(tc, id, agent, team)?;
     } else if assignee != row.assignee_id {
-        audit::record(
+        audit_change(
             tc,
-            Some(user),
+            user,
+            id,
             "conversation.assigned",
-            "conversation",
-            Some(id.to_string()),
             json!({"from": row.assignee_id.map(|a| a.to_string()), "to": assignee.map(|a| a.to_string())}),
         )?;
     }
     if labels != row.labels {
-        audit::record(
-            tc,
-            Some(user),
-            "conversation.labelled",
-            "conversation",
-            Some(id.to_string()),
-            json!({"from": row.labels, "to": labels}),
-        )?;
+        audit_change(tc, user, id, "conversation.labelled", json!({"from": row.labels, "to": labels}))?;
     }
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
@@ -824,6 +801,17 @@ pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: 
         audit_auto_assigned(tc, id, agent, None)?;
     }
     Ok(n > 0)
+}
+
+/// The audit entry of `user`'s change to conversation `id`.
+fn audit_change(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    id: ConversationId,
+    action: &str,
+    details: serde_json::Value,
+) -> AppResult<()> {
+    Ok(audit::record(tc, Some(user), action, "conversation", Some(id.to_string()), details)?)
 }
 
 /// The audit entry of an assignment by the server (no actor): by the
