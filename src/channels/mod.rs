@@ -142,6 +142,10 @@ pub struct Settings {
     /// (`inbox::teams`); `auto_assign` then picks among its members.
     #[serde(default)]
     pub team_id: Option<crate::inbox::teams::TeamId>,
+    /// Rules that sort a conversation as it opens by what the customer
+    /// wrote (`inbox::routing`).
+    #[serde(default)]
+    pub routing: Vec<crate::inbox::routing::Rule>,
 }
 
 impl Default for Settings {
@@ -157,6 +161,7 @@ impl Default for Settings {
             csat: AutoReply::off(),
             reply_targets: Default::default(),
             team_id: None,
+            routing: Vec::new(),
         }
     }
 }
@@ -463,6 +468,8 @@ pub struct SettingsPatch {
     /// Left out: unchanged; `null`: none.
     #[serde(default, deserialize_with = "present")]
     pub team_id: Option<Option<crate::inbox::teams::TeamId>>,
+    /// Left out: unchanged; else replaced whole (`[]`: none).
+    pub routing: Option<Vec<crate::inbox::routing::Rule>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -558,6 +565,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         if let Some(t) = s.team_id {
             settings.team_id =
                 t.map(|t| crate::inbox::teams::existing(tc, t)).transpose()?.map(crate::inbox::teams::TeamId);
+        }
+        if let Some(rules) = s.routing {
+            settings.routing = crate::inbox::routing::checked(tc, rules)?;
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {

@@ -38,6 +38,7 @@ pub mod once_per;
 pub mod outreach;
 pub mod processor;
 pub mod reports;
+pub mod routing;
 pub mod saved_views;
 pub mod search_index;
 pub mod sender;

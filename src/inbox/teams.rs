@@ -377,6 +377,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     for channel in channels {
         crate::channels::announce_settings(tc, log, crate::channels::ChannelId(channel))?;
     }
+    super::routing::forget_team(tc, log, id.0)?;
     diesel::delete(t::table.find(id.0)).execute(tc.pg())?;
     audit::record(
         tc,

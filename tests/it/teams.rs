@@ -439,3 +439,79 @@ async fn a_note_calls_in_a_team() {
     assert_eq!(texts(&app.call("GET", "/api/mentions", Some(&al), None).await.body).len(), 2);
     assert_eq!(mentioned(&al_id), 3, "named anew, told again");
 }
+
+/// A channel's routing rules sort a conversation as it opens by what the
+/// customer wrote (case and accents aside): team, labels, priority; the
+/// first rule that matches; later messages do not route again; wrong rules
+/// are refused; a deleted team leaves the rules that name it.
+#[actix_web::test]
+async fn a_channels_rules_route_a_conversation_by_what_the_customer_wrote() {
+    let app = spawn_app().await;
+    let (admin, _, _, page) = al_on_page_a(&app).await;
+    let admin = admin.as_str();
+    let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Reembolsos"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let channel = format!("/api/channels/{page}");
+    let routing = |rules: Value| json!({"settings": {"routing": rules}});
+    let rules = json!([
+        {"contains": [" reembolso ", "refund"], "team_id": team, "labels": ["Refund "], "priority": "high"},
+        {"contains": ["fatura"], "labels": ["billing"]},
+        {"contains": ["urgente"], "team_id": team},
+    ]);
+    let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["settings"]["routing"][0],
+        json!({"contains": ["reembolso", "refund"], "team_id": team, "labels": ["refund"], "priority": "high"})
+    );
+    let one = |rule: Value| json!([rule]);
+    for (rules, want) in [
+        (json!((0..21).map(|_| json!({"contains": ["x"], "labels": ["x"]})).collect::<Vec<_>>()), "invalid_settings"),
+        (one(json!({"contains": ["x"]})), "invalid_settings"),
+        (one(json!({"contains": [], "labels": ["x"]})), "invalid_settings"),
+        (one(json!({"contains": ["  "], "labels": ["x"]})), "invalid_settings"),
+        (one(json!({"contains": ["x".repeat(101)], "labels": ["x"]})), "invalid_settings"),
+        (one(json!({"contains": ["x"], "team_id": "999999"})), "invalid_team"),
+        (one(json!({"contains": ["x"], "labels": ["a,b"]})), "invalid_label"),
+        (one(json!({"contains": ["x"], "priority": "asap"})), "invalid_priority"),
+        (one(json!({"contains": ["x"], "labels": ["x"], "assign": "me"})), "invalid_body"),
+    ] {
+        let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules.clone()))).await;
+        assert_eq!(code(&r), (422, want), "{rules}");
+    }
+    let kept = app.call("GET", &channel, Some(admin), None).await;
+    assert_eq!(kept.body["settings"]["routing"].as_array().map(Vec::len), Some(3), "nothing half written");
+
+    let senders = ["7392015648200001", "7392015648200002", "7392015648200003"];
+    let texts = ["Quero um REEMBOLSO da minha fatura", "Minha FATÚRA veio errada", "Olá, bom dia"];
+    for (from, text) in senders.iter().zip(texts) {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let shown = |from: &str| {
+        let c = by_contact(&convs, from);
+        (c["team_id"].clone(), c["labels"].clone(), c["priority"].clone())
+    };
+    assert_eq!(shown(senders[0]), (json!(team), json!(["refund"]), json!("high")), "the first rule that matches");
+    assert_eq!(shown(senders[1]), (Value::Null, json!(["billing"]), Value::Null), "accents aside");
+    assert_eq!(shown(senders[2]), (Value::Null, json!([]), Value::Null), "no rule");
+    // A later message of the open conversation does not route again.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": senders[2], "text": "É urgente!"})).await;
+    app.processed().await;
+    let third = by_contact(&conversations(&app, admin, "").await, senders[2]).clone();
+    assert_eq!(third["team_id"], Value::Null, "{third}");
+    let routed = app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed'");
+    assert_eq!(routed, 2);
+
+    // The team deleted: off the rules; the one left with nothing to do goes.
+    assert_eq!(app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await.status, 204);
+    let after = app.call("GET", &channel, Some(admin), None).await.body["settings"]["routing"].clone();
+    assert_eq!(
+        after,
+        json!([
+            {"contains": ["reembolso", "refund"], "team_id": null, "labels": ["refund"], "priority": "high"},
+            {"contains": ["fatura"], "team_id": null, "labels": ["billing"], "priority": null},
+        ])
+    );
+}

@@ -1,0 +1,202 @@
+//! Routing: a channel's rules that sort a conversation as it opens by what
+//! the customer wrote ("refund" → the Billing team, label `refund`,
+//! priority high), the automation a support inbox is asked for first (an
+//! extension; the channel's `settings.routing`).
+//!
+//! Decisions:
+//! - At most [`MOST_RULES`] rules, in order. A rule has 1 to
+//!   [`MOST_KEYWORDS`] keywords (`contains`, each 1 to
+//!   [`MOST_KEYWORD_CHARS`] characters) and at least one action: a team
+//!   (`team_id`), labels to add (`labels`), a `priority`. A wrong one is 422
+//!   (`invalid_settings`, or `invalid_team`, `invalid_label`,
+//!   `invalid_priority` for the actions), the rules replaced whole by a
+//!   channel's PATCH (`[]` removes them).
+//! - When a conversation opens (new, or reopened by the customer's message)
+//!   the first rule with a keyword in that message's text applies,
+//!   compared as search compares (`public.sb_fold`: case and accents aside;
+//!   anywhere in the text, so `reembolso` is found in "REEMBOLSOS"). Later
+//!   messages of the open conversation do not route again; a message
+//!   without text (a photo) routes nothing.
+//! - The rule's team goes to a conversation with none (so before the
+//!   channel's own `team_id`; a team deleted since is passed over), its
+//!   labels are added (as far as a conversation's 20 allow), its priority
+//!   is set on one with none (and the wait's due time follows). Auto-assign
+//!   then picks as it would, among the team when there is one. The
+//!   conversation's frames show the result; audited `conversation.routed`
+//!   `{rule (from 1), keyword}`.
+//! - Deleting a team takes it off the rules that name it (a rule left with
+//!   nothing to do goes), each channel announced (`channel.updated`).
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Integer, Nullable, Text};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::events::EventLog;
+use super::teams::TeamId;
+use super::views::ConversationRow;
+use crate::audit;
+use crate::db::tenant_schema::{channels as ch, conversations as c};
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+
+pub const MOST_RULES: usize = 20;
+pub const MOST_KEYWORDS: usize = 20;
+pub const MOST_KEYWORD_CHARS: usize = 100;
+
+/// One rule: when the opening message holds one of `contains`, do what
+/// the rest says.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub contains: Vec<String>,
+    #[serde(default)]
+    pub team_id: Option<TeamId>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+impl Rule {
+    fn does_something(&self) -> bool {
+        self.team_id.is_some() || !self.labels.is_empty() || self.priority.is_some()
+    }
+}
+
+fn invalid(why: String) -> AppError {
+    AppError::invalid("invalid_settings", why)
+}
+
+/// `rules` as a channel keeps them: checked ([module docs](self)), each
+/// keyword trimmed, labels as stored.
+pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>> {
+    if rules.len() > MOST_RULES {
+        return Err(invalid(format!("routing holds at most {MOST_RULES} rules")));
+    }
+    let mut kept = Vec::with_capacity(rules.len());
+    for (n, rule) in rules.into_iter().enumerate() {
+        let n = n + 1;
+        if rule.contains.is_empty() || rule.contains.len() > MOST_KEYWORDS {
+            return Err(invalid(format!("routing rule {n}: contains holds 1 to {MOST_KEYWORDS} keywords")));
+        }
+        let mut contains = Vec::with_capacity(rule.contains.len());
+        for keyword in &rule.contains {
+            let keyword = keyword.trim();
+            let chars = keyword.chars().count();
+            if chars == 0 || chars > MOST_KEYWORD_CHARS || keyword.chars().any(char::is_control) {
+                return Err(invalid(format!(
+                    "routing rule {n}: a keyword is 1 to {MOST_KEYWORD_CHARS} characters, without control characters"
+                )));
+            }
+            contains.push(keyword.to_string());
+        }
+        if !rule.does_something() {
+            return Err(invalid(format!("routing rule {n}: give it a team_id, labels or a priority")));
+        }
+        let team_id = rule.team_id.map(|t| super::teams::existing(tc, t)).transpose()?.map(TeamId);
+        let labels = super::conversations::normalize_labels(&rule.labels)?;
+        let priority = rule.priority.as_deref().map(super::conversations::checked_priority).transpose()?;
+        kept.push(Rule { contains, team_id, labels, priority });
+    }
+    Ok(kept)
+}
+
+#[derive(QueryableByName)]
+struct Matched {
+    #[diesel(sql_type = Nullable<Integer>)]
+    rule: Option<i32>,
+}
+
+/// What routing gave a conversation, as it now is.
+pub struct Routed {
+    pub team_id: Option<i64>,
+    pub labels: Vec<String>,
+    pub priority: Option<String>,
+}
+
+/// Routes conversation `conv`, just opened by a message with `text`, by
+/// `rules` ([module docs](self)): what it is now, when a rule applied.
+pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], text: &str) -> AppResult<Option<Routed>> {
+    let (keywords, owners): (Vec<&str>, Vec<i32>) =
+        rules.iter().zip(0i32..).flat_map(|(rule, n)| rule.contains.iter().map(move |k| (k.as_str(), n))).unzip();
+    let matched: Matched = diesel::sql_query(
+        "SELECT min(r.n) AS rule FROM unnest($2::text[], $3::int4[]) AS r(keyword, n) \
+          WHERE public.sb_fold($1) LIKE public.sb_fold_contains(r.keyword)",
+    )
+    .bind::<Text, _>(text)
+    .bind::<Array<Text>, _>(&keywords)
+    .bind::<Array<Integer>, _>(&owners)
+    .get_result(tc.pg())?;
+    let Some(rule) = matched.rule.and_then(|n| rules.get(n as usize).map(|r| (n, r))) else {
+        return Ok(None);
+    };
+    let (n, rule) = rule;
+    let mut labels = conv.labels.clone();
+    for label in &rule.labels {
+        if !labels.contains(label) && labels.len() < super::conversations::MOST_LABELS {
+            labels.push(label.clone());
+        }
+    }
+    labels.sort();
+    // A team deleted since is passed over (held, so a delete waits).
+    let team = match (conv.team_id, rule.team_id) {
+        (None, Some(t)) => match super::teams::existing(tc, t) {
+            Ok(id) => Some(id),
+            Err(e) if e.code == "invalid_team" => None,
+            Err(e) => return Err(e),
+        },
+        (kept, _) => kept,
+    };
+    let (team_id, labels, priority): (Option<i64>, Vec<String>, Option<String>) =
+        diesel::update(c::table.find(conv.id))
+            .set((
+                c::team_id.eq(team),
+                c::labels.eq(&labels),
+                c::priority.eq(conv.priority.clone().or_else(|| rule.priority.clone())),
+                c::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning((c::team_id, c::labels, c::priority))
+            .get_result(tc.pg())?;
+    let keyword = rule.contains.iter().find(|k| fold_holds(text, k)).cloned();
+    audit::record(
+        tc,
+        None,
+        "conversation.routed",
+        "conversation",
+        Some(conv.id.to_string()),
+        json!({"rule": n + 1, "keyword": keyword, "team_id": team_id.map(|t| t.to_string()),
+            "labels": labels, "priority": priority}),
+    )?;
+    Ok(Some(Routed { team_id, labels, priority }))
+}
+
+/// Whether `text` holds `keyword`, by lower case only: which keyword the
+/// audit names (the match itself is PostgreSQL's, accents aside too).
+fn fold_holds(text: &str, keyword: &str) -> bool {
+    text.to_lowercase().contains(&keyword.to_lowercase())
+}
+
+/// Takes deleted team `team` off every channel's rules (a rule left with
+/// nothing to do goes), each channel announced.
+pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, team: i64) -> AppResult<()> {
+    let all: Vec<(i64, serde_json::Value)> = ch::table.select((ch::id, ch::settings)).load(tc.pg())?;
+    for (id, raw) in all {
+        let Ok(mut settings) = serde_json::from_value::<crate::channels::Settings>(raw) else { continue };
+        if !settings.routing.iter().any(|r| r.team_id == Some(TeamId(team))) {
+            continue;
+        }
+        for rule in &mut settings.routing {
+            if rule.team_id == Some(TeamId(team)) {
+                rule.team_id = None;
+            }
+        }
+        settings.routing.retain(Rule::does_something);
+        let json = serde_json::to_value(&settings).map_err(AppError::internal)?;
+        diesel::update(ch::table.find(id))
+            .set((ch::settings.eq(json), ch::updated_at.eq(diesel::dsl::now)))
+            .execute(tc.pg())?;
+        crate::channels::announce_settings(tc, log, crate::channels::ChannelId(id))?;
+    }
+    Ok(())
+}
