@@ -895,14 +895,18 @@ pub fn mark_read(
     if row.unread_count == 0 {
         return Ok(false);
     }
-    let updated: ConversationRow = diesel::update(c::table.find(row.id))
-        .set((c::unread_count.eq(0), c::updated_at.eq(diesel::dsl::now)))
+    set_unread_count(tc, log, row.id, 0)?;
+    super::sender::queue(tc, super::sender::SendKind::MarkSeen, row.id, None)?;
+    Ok(true)
+}
+
+/// Sets conversation `id`'s unread count (the team's) to `count`, announced.
+fn set_unread_count(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, count: i32) -> AppResult<()> {
+    let updated: ConversationRow = diesel::update(c::table.find(id))
+        .set((c::unread_count.eq(count), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())?;
-    super::sender::queue(tc, super::sender::SendKind::MarkSeen, row.id, None)?;
-    let view = Names::default().conversation(tc, &updated)?;
-    log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
-    Ok(true)
+    announce(tc, log, std::slice::from_ref(&updated))
 }
 
 /// `POST /api/conversations/{id}/unread`: marks it unread again for the
@@ -920,11 +924,7 @@ pub fn mark_unread(
     if row.unread_count > 0 {
         return Ok(false);
     }
-    let updated: ConversationRow = diesel::update(c::table.find(row.id))
-        .set((c::unread_count.eq(1), c::updated_at.eq(diesel::dsl::now)))
-        .returning(ConversationRow::as_returning())
-        .get_result(tc.pg())?;
-    announce(tc, log, std::slice::from_ref(&updated))?;
+    set_unread_count(tc, log, row.id, 1)?;
     Ok(true)
 }
 

@@ -451,7 +451,20 @@ async fn a_channels_rules_route_a_conversation_by_what_the_customer_wrote() {
     let admin = admin.as_str();
     let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Reembolsos"}))).await;
     let team = made.body["id"].as_str().expect("id").to_string();
+    let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Geral"}))).await;
+    let general = made.body["id"].as_str().expect("id").to_string();
     let channel = format!("/api/channels/{page}");
+    // The channel's own team takes what no rule gave one; a high priority
+    // is due an answer in 30 minutes, none in no time set.
+    let r = app
+        .call(
+            "PATCH",
+            &channel,
+            Some(admin),
+            Some(json!({"settings": {"team_id": general, "reply_targets": {"high": 30}}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     let routing = |rules: Value| json!({"settings": {"routing": rules}});
     let rules = json!([
         {"contains": [" reembolso ", "refund"], "team_id": team, "labels": ["Refund "], "priority": "high"},
@@ -494,13 +507,22 @@ async fn a_channels_rules_route_a_conversation_by_what_the_customer_wrote() {
         (c["team_id"].clone(), c["labels"].clone(), c["priority"].clone())
     };
     assert_eq!(shown(senders[0]), (json!(team), json!(["refund"]), json!("high")), "the first rule that matches");
-    assert_eq!(shown(senders[1]), (Value::Null, json!(["billing"]), Value::Null), "accents aside");
-    assert_eq!(shown(senders[2]), (Value::Null, json!([]), Value::Null), "no rule");
+    assert_eq!(shown(senders[1]), (json!(general), json!(["billing"]), Value::Null), "accents aside");
+    assert_eq!(shown(senders[2]), (json!(general), json!([]), Value::Null), "no rule");
+    // The wait's due time follows the priority routing gave.
+    let routed = by_contact(&convs, senders[0]);
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a time")).expect("rfc 3339");
+    assert_eq!(
+        time(&routed["reply_due_at"]) - time(&routed["waiting_since"]),
+        chrono::Duration::minutes(30),
+        "{routed}"
+    );
+    assert_eq!(by_contact(&convs, senders[1])["reply_due_at"], Value::Null);
     // A later message of the open conversation does not route again.
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": senders[2], "text": "É urgente!"})).await;
     app.processed().await;
     let third = by_contact(&conversations(&app, admin, "").await, senders[2]).clone();
-    assert_eq!(third["team_id"], Value::Null, "{third}");
+    assert_eq!(third["team_id"], json!(general), "{third}");
     let routed = app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed'");
     assert_eq!(routed, 2);
 
