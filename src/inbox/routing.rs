@@ -28,7 +28,7 @@
 //!   nothing to do goes), each channel announced (`channel.updated`).
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Integer, Nullable, Text};
+use diesel::sql_types::{Array, Integer, Text};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -104,8 +104,10 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
 
 #[derive(QueryableByName)]
 struct Matched {
-    #[diesel(sql_type = Nullable<Integer>)]
-    rule: Option<i32>,
+    #[diesel(sql_type = Integer)]
+    rule: i32,
+    #[diesel(sql_type = Text)]
+    keyword: String,
 }
 
 /// What routing gave a conversation, as it now is.
@@ -120,18 +122,21 @@ pub struct Routed {
 pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], text: &str) -> AppResult<Option<Routed>> {
     let (keywords, owners): (Vec<&str>, Vec<i32>) =
         rules.iter().zip(0i32..).flat_map(|(rule, n)| rule.contains.iter().map(move |k| (k.as_str(), n))).unzip();
-    let matched: Matched = diesel::sql_query(
-        "SELECT min(r.n) AS rule FROM unnest($2::text[], $3::int4[]) AS r(keyword, n) \
-          WHERE public.sb_fold($1) LIKE public.sb_fold_contains(r.keyword)",
+    // The first rule that matches, and its first keyword that does.
+    let matched: Option<Matched> = diesel::sql_query(
+        "SELECT r.n AS rule, r.keyword FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS r(keyword, n, at) \
+          WHERE public.sb_fold($1) LIKE public.sb_fold_contains(r.keyword) ORDER BY r.at LIMIT 1",
     )
     .bind::<Text, _>(text)
     .bind::<Array<Text>, _>(&keywords)
     .bind::<Array<Integer>, _>(&owners)
-    .get_result(tc.pg())?;
-    let Some(rule) = matched.rule.and_then(|n| rules.get(n as usize).map(|r| (n, r))) else {
+    .get_result(tc.pg())
+    .optional()?;
+    let Some((n, keyword, rule)) =
+        matched.and_then(|m| rules.get(m.rule as usize).map(|rule| (m.rule, m.keyword, rule)))
+    else {
         return Ok(None);
     };
-    let (n, rule) = rule;
     let mut labels = conv.labels.clone();
     for label in &rule.labels {
         if !labels.contains(label) && labels.len() < super::conversations::MOST_LABELS {
@@ -158,7 +163,6 @@ pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], te
             ))
             .returning((c::team_id, c::labels, c::priority))
             .get_result(tc.pg())?;
-    let keyword = rule.contains.iter().find(|k| fold_holds(text, k)).cloned();
     audit::record(
         tc,
         None,
@@ -169,12 +173,6 @@ pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], te
             "labels": labels, "priority": priority}),
     )?;
     Ok(Some(Routed { team_id, labels, priority }))
-}
-
-/// Whether `text` holds `keyword`, by lower case only: which keyword the
-/// audit names (the match itself is PostgreSQL's, accents aside too).
-fn fold_holds(text: &str, keyword: &str) -> bool {
-    text.to_lowercase().contains(&keyword.to_lowercase())
 }
 
 /// Takes deleted team `team` off every channel's rules (a rule left with

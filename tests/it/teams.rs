@@ -523,8 +523,15 @@ async fn a_channels_rules_route_a_conversation_by_what_the_customer_wrote() {
     app.processed().await;
     let third = by_contact(&conversations(&app, admin, "").await, senders[2]).clone();
     assert_eq!(third["team_id"], json!(general), "{third}");
-    let routed = app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed'");
-    assert_eq!(routed, 2);
+    let routed = |keyword: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed' \
+              AND details->>'keyword' = '{keyword}'"
+        ))
+    };
+    assert_eq!((routed("reembolso"), routed("fatura")), (1, 1), "audited with the keyword found, accents aside");
+    let all = app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed'");
+    assert_eq!(all, 2);
 
     // The team deleted: off the rules; the one left with nothing to do goes.
     assert_eq!(app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await.status, 204);
