@@ -23,7 +23,7 @@
 //!   is set on one with none (and the wait's due time follows). Auto-assign
 //!   then picks as it would, among the team when there is one. The
 //!   conversation's frames show the result; audited `conversation.routed`
-//!   `{rule (from 1), keyword}`.
+//!   `{rule (from 1), keyword (the one found), team_id, labels, priority}`.
 //! - Deleting a team takes it off the rules that name it (a rule left with
 //!   nothing to do goes), each channel announced (`channel.updated`).
 

@@ -2297,6 +2297,11 @@ async fn replies_go_out_once_and_receipts_move_forward() {
     .await;
     // Marked unread again, to come back to: 1, announced; again, unchanged;
     // Meta is not told (a "seen" cannot be taken back).
+    let seen = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"].as_array().map_or(0, |a| a.iter().filter(|r| r["body"]["sender_action"] == "mark_seen").count())
+    };
+    let seen_before = seen().await;
     let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
     let unread = format!("/api/conversations/{fb}/unread");
     for _ in 0..2 {
@@ -2324,6 +2329,9 @@ async fn replies_go_out_once_and_receipts_move_forward() {
         "the second changed nothing"
     );
     assert_eq!(app.call("POST", "/api/conversations/999999/unread", Some(&ctx.admin), None).await.status, 404);
+    let queued =
+        app.count("SELECT count(*) AS n FROM public.send_queue WHERE kind = 'mark_seen' AND status = 'pending'");
+    assert_eq!((seen().await, queued), (seen_before, 0), "Meta is not told");
 
     // Bad input.
     let r = app
@@ -6081,6 +6089,10 @@ async fn a_waiting_customer_is_due_an_answer_by_the_channels_target() {
         id(short)
     ));
     assert_eq!(short_rung, 1);
+    let with_team = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE payload->>'kind' = 'reply_overdue' AND payload::jsonb ? 'team_id'",
+    );
+    assert_eq!(with_team, 2, "each names the conversation's team (none here)");
     // The reports count each wait rung, and each answered late, as a
     // target missed, by channel and by who had it then.
     let report = app.call("GET", "/api/reports/overview", Some(&ctx.admin), None).await.body;
