@@ -14,7 +14,9 @@
 //! Then what no index serves on purpose: a label (`?label=`), common and
 //! rare, and the labels in use (`GET /api/labels`), which reads every
 //! conversation; and the stale-profile check the list's handler adds to
-//! each page (`contacts::stale_profiles`).
+//! each page (`contacts::stale_profiles`). Last, the auto-resolve clock
+//! (`inbox::auto_resolve`): its look when nothing may be taken, and a tick
+//! resolving a full batch.
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -264,6 +266,59 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "scan of every message in one process: {column:.1?} on the folded column, {folding:.1?} folding each text ({:.1}x)",
         folding.as_secs_f64() / column.as_secs_f64().max(1e-9)
+    );
+
+    // The auto-resolve clock (`inbox::auto_resolve`), last since it
+    // resolves: its look every 30 s when every conversation is past the
+    // idle time but waits for an answer (its worst look: all read, none
+    // taken), then ticks that each resolve a full batch.
+    with_tenant(&mut conn, &scope, |tc| -> Result<(), AppError> {
+        tc.pg().batch_execute(
+            "UPDATE channels SET settings = settings || jsonb_build_object('auto_resolve', jsonb_build_object('after_hours', 1));
+             UPDATE conversations SET waiting_since = last_activity_at, updated_at = now() - interval '2 days',
+                                      last_activity_at = last_activity_at - interval '3 days';
+             ANALYZE conversations;",
+        )?;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let tick = |conn: &mut PgConnection| -> anyhow::Result<(usize, Duration)> {
+        let t = Instant::now();
+        let n = with_tenant(conn, &scope, |tc| {
+            let mut log = crate::inbox::events::EventLog::new();
+            let n = crate::inbox::auto_resolve::resolve_idle(tc, &mut log, chrono::Utc::now())?;
+            log.write(tc)?;
+            Ok::<_, AppError>(n)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((n, t.elapsed()))
+    };
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let (n, took) = tick(&mut conn)?;
+        anyhow::ensure!(n == 0, "auto-resolve took {n} conversations whose customers wait");
+        times.push(took);
+    }
+    println!(
+        "the auto-resolve clock's look, {conversations} conversations idle but owed an answer: none resolved in {:.1?}",
+        median(times)
+    );
+    with_tenant(&mut conn, &scope, |tc| -> Result<(), AppError> {
+        tc.pg()
+            .batch_execute("UPDATE conversations SET waiting_since = NULL, updated_at = now() - interval '2 days'")?;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (mut times, mut resolved) = (Vec::with_capacity(RUNS), 0);
+    for _ in 0..RUNS {
+        let (n, took) = tick(&mut conn)?;
+        resolved += n;
+        times.push(took);
+    }
+    println!(
+        "an auto-resolve tick over idle conversations: {} a tick ({resolved} in {RUNS} ticks) in {:.1?}",
+        crate::inbox::auto_resolve::BATCH,
+        median(times)
     );
     Ok(())
 }

@@ -146,6 +146,10 @@ pub struct Settings {
     /// wrote (`inbox::routing`).
     #[serde(default)]
     pub routing: Vec<crate::inbox::routing::Rule>,
+    /// Conversations idle this long are resolved (`inbox::auto_resolve`);
+    /// `None`: never.
+    #[serde(default)]
+    pub auto_resolve: Option<crate::inbox::auto_resolve::AutoResolve>,
 }
 
 impl Default for Settings {
@@ -162,6 +166,7 @@ impl Default for Settings {
             reply_targets: Default::default(),
             team_id: None,
             routing: Vec::new(),
+            auto_resolve: None,
         }
     }
 }
@@ -470,6 +475,9 @@ pub struct SettingsPatch {
     pub team_id: Option<Option<crate::inbox::teams::TeamId>>,
     /// Left out: unchanged; else replaced whole (`[]`: none).
     pub routing: Option<Vec<crate::inbox::routing::Rule>>,
+    /// Left out: unchanged; `null`: off; else replaced whole.
+    #[serde(default, deserialize_with = "present")]
+    pub auto_resolve: Option<Option<crate::inbox::auto_resolve::AutoResolve>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -568,6 +576,9 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         }
         if let Some(rules) = s.routing {
             settings.routing = crate::inbox::routing::checked(tc, rules)?;
+        }
+        if let Some(a) = s.auto_resolve {
+            settings.auto_resolve = a.map(crate::inbox::auto_resolve::AutoResolve::checked).transpose()?;
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {

@@ -783,8 +783,9 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
 }
 
 /// Wakes snoozed conversations of every active tenant, lifts the WhatsApp
-/// restrictions that ran out (`channels::whatsapp_number`), and rings
-/// waits past their reply target (`waiting`), every 30 seconds.
+/// restrictions that ran out (`channels::whatsapp_number`), rings waits
+/// past their reply target (`waiting`) and resolves idle conversations
+/// (`auto_resolve`), every 30 seconds.
 pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -795,7 +796,8 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
                 .tenant_with_events(TenantScope::system(t.tenant_id()), |tc, log| {
                     conversations::wake_snoozed(tc, log)?;
                     crate::channels::whatsapp_number::lift_ended(tc)?;
-                    super::waiting::ring_overdue(tc, log).map(drop)
+                    super::waiting::ring_overdue(tc, log)?;
+                    super::auto_resolve::resolve_idle(tc, log, chrono::Utc::now()).map(drop)
                 })
                 .await;
             if let Err(e) = r {

@@ -2,6 +2,7 @@
 //! binary keeps link time down; each test makes its own database.
 
 mod auth;
+mod auto_resolve;
 mod channels;
 mod cli;
 mod common;

@@ -185,7 +185,8 @@ async fn live_answers_match_the_served_openapi_document() {
     let channel = channels["items"][0]["id"].as_str().expect("channel").to_string();
     let one = format!("/api/channels/{channel}");
     check(&app, &doc, "GET", "/api/channels/{id}", &one, Some(admin), None).await;
-    let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Hi! We answer within the hour."}}});
+    let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": "Hi! We answer within the hour."},
+        "auto_resolve": {"after_hours": 48}}});
     check(&app, &doc, "PATCH", "/api/channels/{id}", &one, Some(admin), Some(settings)).await;
     let members = json!({"user_ids": [bo_id]});
     check(&app, &doc, "PUT", "/api/channels/{id}/members", &format!("{one}/members"), Some(admin), Some(members)).await;
