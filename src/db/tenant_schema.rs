@@ -98,6 +98,20 @@ diesel::table! {
         /// The number an agent wrote first to, when Meta knows the
         /// customer by another WhatsApp id (`inbox::outreach`).
         whatsapp_input -> Nullable<Text>,
+        /// The team's attributes of the customer, by key
+        /// (`inbox::attributes`).
+        attributes -> Jsonb,
+    }
+}
+
+diesel::table! {
+    /// The attributes a team defines for its contacts (`inbox::attributes`).
+    contact_attributes (key) {
+        key -> Text,
+        name -> Text,
+        kind -> Text,
+        options -> Array<Text>,
+        created_at -> Timestamptz,
     }
 }
 

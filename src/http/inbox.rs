@@ -1354,7 +1354,8 @@ async fn get_contact(
 
 /// The team names a contact or keeps what it knows of them
 /// (`contacts::update`): any of `name`, `email`, `phone`, `notes`, each a
-/// string or `null`, and `blocked`, true or false.
+/// string or `null`, `blocked`, true or false, and `attributes`, values by
+/// key (`inbox::attributes`).
 async fn update_contact(
     state: web::Data<AppState>,
     auth: AuthContext,
@@ -1364,19 +1365,26 @@ async fn update_contact(
     auth.require(Role::Agent)?;
     let id = contact_id(&path)?;
     let body = body.into_inner();
-    const FIELDS: [&str; 5] = ["name", "email", "phone", "notes", "blocked"];
+    const FIELDS: [&str; 6] = ["name", "email", "phone", "notes", "blocked", "attributes"];
     if let Some(other) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(AppError::invalid(
             "invalid_body",
-            format!("unknown field `{other}`, expected `name`, `email`, `phone`, `notes` or `blocked`"),
+            format!("unknown field `{other}`, expected `name`, `email`, `phone`, `notes`, `blocked` or `attributes`"),
         ));
     }
     if body.is_empty() {
         return Err(AppError::invalid(
             "invalid_body",
-            "give at least one of `name`, `email`, `phone`, `notes`, `blocked`",
+            "give at least one of `name`, `email`, `phone`, `notes`, `blocked`, `attributes`",
         ));
     }
+    let attributes = match body.get("attributes") {
+        None => Map::new(),
+        Some(Value::Object(given)) => given.clone(),
+        Some(_) => {
+            return Err(AppError::invalid("invalid_body", "`attributes` is an object of values by key"));
+        }
+    };
     let blocked = match body.get("blocked") {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -1396,6 +1404,7 @@ async fn update_contact(
         phone: field("phone")?,
         notes: field("notes")?,
         blocked,
+        attributes,
     };
     let (user, role) = (auth.user, auth.role);
     let (item, stale) = state

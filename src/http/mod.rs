@@ -2,6 +2,7 @@
 //! domain function on the blocking pool and shape the answer; every failure
 //! becomes the JSON error contract through [`AppError`].
 
+pub mod attributes;
 pub mod audit;
 pub mod auth;
 pub mod channels;
@@ -168,6 +169,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(tenants::routes)
                 .configure(members::routes)
                 .configure(teams::routes)
+                .configure(attributes::routes)
                 .configure(channels::routes)
                 .configure(inbox::routes)
                 .configure(webhooks::operator_routes)

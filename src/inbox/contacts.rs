@@ -141,7 +141,7 @@ impl ContactListItem {
 /// What the team keeps about a customer beyond Meta's profile. Apart from
 /// [`ContactRow`], which the webhook path reads and writes: none of it is
 /// Meta's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable)]
 #[diesel(table_name = contacts)]
 pub struct ContactDetails {
     pub email: Option<String>,
@@ -150,6 +150,8 @@ pub struct ContactDetails {
     /// When the WhatsApp customer stopped marketing messages (Meta's
     /// `user_preferences`; [`marketing_choice`]); `None` while they get them.
     pub marketing_stopped_at: Option<chrono::DateTime<Utc>>,
+    /// The team's attributes of the customer, by key (`attributes`).
+    pub attributes: serde_json::Value,
 }
 
 diesel::define_sql_function! {
@@ -199,6 +201,9 @@ pub struct ContactChanges {
     pub notes: Option<Option<String>>,
     /// `Some(true)` blocks, `Some(false)` unblocks.
     pub blocked: Option<bool>,
+    /// Attributes to set (`null` removes one); the others stay
+    /// (`attributes::apply`).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ContactChanges {
@@ -247,7 +252,7 @@ impl ContactChanges {
                 ));
             }
         }
-        Ok(ContactChanges { name, email, phone, notes, blocked: self.blocked })
+        Ok(ContactChanges { name, email, phone, notes, blocked: self.blocked, attributes: self.attributes })
     }
 }
 
@@ -549,6 +554,7 @@ pub fn update(
         phone: changes.phone.unwrap_or_else(|| details.phone.clone()),
         notes: changes.notes.unwrap_or_else(|| details.notes.clone()),
         marketing_stopped_at: details.marketing_stopped_at,
+        attributes: super::attributes::apply(tc, &details.attributes, &changes.attributes)?,
     };
     if wanted != details {
         diesel::update(contacts::table.find(id.0))
@@ -556,6 +562,7 @@ pub fn update(
                 contacts::email.eq(&wanted.email),
                 contacts::phone.eq(&wanted.phone),
                 contacts::notes.eq(&wanted.notes),
+                contacts::attributes.eq(&wanted.attributes),
                 contacts::updated_at.eq(diesel::dsl::now),
             ))
             .execute(tc.pg())?;
@@ -563,19 +570,20 @@ pub fn update(
             ("email", wanted.email != details.email),
             ("phone", wanted.phone != details.phone),
             ("notes", wanted.notes != details.notes),
+            ("attributes", wanted.attributes != details.attributes),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
         .collect();
-        // The note's text is the team's working notes, not an admin's record.
-        crate::audit::record(
-            tc,
-            Some(user),
-            "contact.updated",
-            "contact",
-            Some(row.id.to_string()),
-            serde_json::json!({"fields": fields, "email": wanted.email, "phone": wanted.phone}),
-        )?;
+        // The note's text is the team's working notes, not an admin's
+        // record; of the attributes, which changed, not their values.
+        let mut audited = serde_json::json!({"fields": fields, "email": wanted.email, "phone": wanted.phone});
+        if wanted.attributes != details.attributes {
+            let changed: Vec<&String> =
+                changes.attributes.keys().filter(|k| wanted.attributes.get(k) != details.attributes.get(k)).collect();
+            audited["attributes"] = serde_json::json!(changed);
+        }
+        crate::audit::record(tc, Some(user), "contact.updated", "contact", Some(row.id.to_string()), audited)?;
         changed = true;
     }
     let row = match changes.blocked {

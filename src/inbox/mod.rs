@@ -21,6 +21,7 @@
 //!   customers' messages (`messages::react`). A WhatsApp reply may quote
 //!   the message it answers (`ReplyOptions::reply_to`).
 
+pub mod attributes;
 pub mod auto_resolve;
 pub mod canned;
 pub mod contacts;

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL (see `common`). One test
 //! binary keeps link time down; each test makes its own database.
 
+mod attributes;
 mod auth;
 mod auto_resolve;
 mod channels;

@@ -259,8 +259,28 @@ async fn live_answers_match_the_served_openapi_document() {
     let contacts = check(&app, &doc, "GET", "/api/contacts", "/api/contacts", Some(admin), None).await;
     let contact = format!("/api/contacts/{}", contacts["items"][0]["id"].as_str().expect("a contact"));
     check(&app, &doc, "GET", "/api/contacts/{id}", &contact, Some(admin), None).await;
-    let details = json!({"email": "rita@exemplo.pt", "notes": "Prefers mornings"});
+    let attrs = "/api/contact-attributes";
+    let tier = json!({"key": "tier", "name": "Tier", "type": "list", "options": ["gold", "silver"]});
+    check(&app, &doc, "POST", attrs, attrs, Some(admin), Some(tier)).await;
+    check(&app, &doc, "GET", attrs, attrs, Some(admin), None).await;
+    let renamed = json!({"name": "Customer tier"});
+    check(
+        &app,
+        &doc,
+        "PATCH",
+        "/api/contact-attributes/{key}",
+        "/api/contact-attributes/tier",
+        Some(admin),
+        Some(renamed),
+    )
+    .await;
+    let details = json!({"email": "rita@exemplo.pt", "notes": "Prefers mornings", "attributes": {"tier": "gold"}});
     check(&app, &doc, "PATCH", "/api/contacts/{id}", &contact, Some(admin), Some(details)).await;
+    let scratch = json!({"key": "scratch", "name": "Scratch", "type": "text"});
+    check(&app, &doc, "POST", attrs, attrs, Some(admin), Some(scratch)).await;
+    let r = app.call("DELETE", "/api/contact-attributes/scratch", Some(admin), None).await;
+    let documented = &doc["paths"]["/api/contact-attributes/{key}"]["delete"]["responses"]["204"];
+    assert_eq!((r.status, documented.is_object()), (204, true));
     check(&app, &doc, "GET", "/api/reports/overview", "/api/reports/overview", Some(admin), None).await;
     let hooks = "/api/integrations/webhooks";
     let hook = json!({"url": "https://crm.example.com/hooks", "event_types": ["message.created"]});

@@ -1,0 +1,58 @@
+//! `/api/contact-attributes`: the attributes a team keeps for its contacts
+//! (`inbox::attributes`); their values go through `PATCH /api/contacts/{id}`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::{AuthContext, Role};
+use crate::error::AppResult;
+use crate::inbox::attributes::{self, DefinitionChange, NewDefinition};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(super::resource("/contact-attributes").route(web::get().to(list)).route(web::post().to(create)))
+        .service(
+            super::resource("/contact-attributes/{key}").route(web::patch().to(update)).route(web::delete().to(delete)),
+        );
+}
+
+/// `GET /api/contact-attributes` (every member): all of them, oldest first.
+async fn list(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+    let items = state.db.tenant(auth.scope(), attributes::list).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+}
+
+/// `POST /api/contact-attributes` (admins): 201, or 200 with the one a
+/// repeated create made.
+async fn create(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<NewDefinition>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let new = body.into_inner();
+    let (made, new) = state.db.tenant(auth.scope(), move |tc| attributes::create(tc, auth.user, new)).await?;
+    Ok(if new { HttpResponse::Created() } else { HttpResponse::Ok() }.json(made))
+}
+
+/// `PATCH /api/contact-attributes/{key}` (admins) `{name?, options?}`.
+async fn update(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<DefinitionChange>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let (key, change) = (path.into_inner(), body.into_inner());
+    let changed = state.db.tenant(auth.scope(), move |tc| attributes::update(tc, auth.user, &key, change)).await?;
+    Ok(HttpResponse::Ok().json(changed))
+}
+
+/// `DELETE /api/contact-attributes/{key}` (admins): 204; its values go
+/// from every contact.
+async fn delete(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let key = path.into_inner();
+    state.db.tenant(auth.scope(), move |tc| attributes::delete(tc, auth.user, &key)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

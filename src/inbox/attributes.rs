@@ -1,0 +1,346 @@
+//! Contact attributes: what a team keeps about its customers beyond Meta's
+//! profile and the contact's address, number and note — a plan, an order
+//! number, a renewal date, a VIP flag — defined once per tenant and filled
+//! in on each contact (an extension; `/api/contact-attributes`, and
+//! `attributes` on `PATCH /api/contacts/{id}`).
+//!
+//! Decisions:
+//! - A definition has a `key` (`[a-z][a-z0-9_]{0,39}`, what clients and
+//!   integrators use, fixed once made), a `name` to show (1 to 100
+//!   characters) and a `type`: `text` (up to [`MOST_TEXT_CHARS`]
+//!   characters), `number`, `boolean`, `date` (`YYYY-MM-DD`) or `list` (one
+//!   of its `options`, 1 to [`MOST_OPTIONS`] of 1 to 100 characters, no
+//!   two alike). At most [`MOST_ATTRIBUTES`] in a tenant. Admins keep
+//!   them; every member reads them. The same create again is answered
+//!   with the one made (200); another with its key is 409
+//!   `attribute_exists`.
+//! - A contact's values are an object by key; a change names only the keys
+//!   it changes (`null`, or an empty text, removes one), each checked
+//!   against its definition before anything is written (422
+//!   `invalid_attributes`, naming the key). Shown on every contact, `{}`
+//!   when none; announced and audited with the contact's other changes
+//!   (the audit names the keys, not the values, which may be personal).
+//! - A definition's name and a list's options may change; its key and type
+//!   may not (a value of another type would be lost or wrong): make a new
+//!   one. A list's option taken away, or a definition deleted, goes from
+//!   every contact that has it, in the same transaction, so no contact
+//!   shows a value no definition explains; those contacts are not each
+//!   announced (a client shows what the definitions now allow).
+//! - Changes to the definitions are not pushed on the socket: a client
+//!   reads them when it shows a contact, as it reads labels.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Text};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::audit;
+use crate::db::tenant_schema::contact_attributes as ca;
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+pub const MOST_ATTRIBUTES: i64 = 50;
+pub const MOST_OPTIONS: usize = 100;
+pub const MOST_TEXT_CHARS: usize = 500;
+const MOST_NAME_CHARS: usize = 100;
+const MOST_KEY_CHARS: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Text,
+    Number,
+    Boolean,
+    Date,
+    List,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Number => "number",
+            Kind::Boolean => "boolean",
+            Kind::Date => "date",
+            Kind::List => "list",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Kind> {
+        serde_json::from_value(Value::String(raw.to_string())).ok()
+    }
+}
+
+/// A definition, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Definition {
+    pub key: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub options: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = ca)]
+struct Row {
+    key: String,
+    name: String,
+    kind: String,
+    options: Vec<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn definition(self) -> Definition {
+        // The table's CHECK keeps the kind one of ours.
+        let kind = Kind::parse(&self.kind).unwrap_or(Kind::Text);
+        Definition { key: self.key, name: self.name, kind, options: self.options, created_at: self.created_at }
+    }
+}
+
+/// `POST /api/contact-attributes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDefinition {
+    pub key: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// `PATCH /api/contact-attributes/{key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub options: Option<Vec<String>>,
+}
+
+fn invalid(code: &'static str, why: impl Into<String>) -> AppError {
+    AppError::invalid(code, why.into())
+}
+
+fn not_found() -> AppError {
+    AppError::not_found("attribute")
+}
+
+fn checked_key(raw: &str) -> AppResult<String> {
+    let mut chars = raw.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && raw.len() <= MOST_KEY_CHARS;
+    if !ok {
+        return Err(invalid(
+            "invalid_key",
+            format!("a key is a lower-case letter, then up to {} of a-z, 0-9 and _", MOST_KEY_CHARS - 1),
+        ));
+    }
+    Ok(raw.to_string())
+}
+
+fn checked_name(raw: &str) -> AppResult<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > MOST_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "invalid_name",
+            format!("a name is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A list's options: trimmed, each 1 to 100 characters, no two alike, in
+/// the order given; only a list has them.
+fn checked_options(kind: Kind, raw: Vec<String>) -> AppResult<Vec<String>> {
+    if kind != Kind::List {
+        if raw.is_empty() {
+            return Ok(raw);
+        }
+        return Err(invalid("invalid_options", "only a list has options"));
+    }
+    if raw.is_empty() || raw.len() > MOST_OPTIONS {
+        return Err(invalid("invalid_options", format!("a list has 1 to {MOST_OPTIONS} options")));
+    }
+    let mut options: Vec<String> = Vec::with_capacity(raw.len());
+    for option in raw {
+        let option = option.trim().to_string();
+        if option.is_empty() || option.chars().count() > MOST_NAME_CHARS || option.chars().any(char::is_control) {
+            return Err(invalid(
+                "invalid_options",
+                format!("an option is 1 to {MOST_NAME_CHARS} characters, without control characters"),
+            ));
+        }
+        if options.contains(&option) {
+            return Err(invalid("invalid_options", format!("the option {option:?} is given twice")));
+        }
+        options.push(option);
+    }
+    Ok(options)
+}
+
+/// `GET /api/contact-attributes`: every definition, oldest first.
+pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<Definition>> {
+    let rows: Vec<Row> = ca::table.order((ca::created_at, ca::key)).select(Row::as_select()).load(tc.pg())?;
+    Ok(rows.into_iter().map(Row::definition).collect())
+}
+
+fn find(tc: &mut TenantConn<'_>, key: &str) -> AppResult<Option<Definition>> {
+    let row: Option<Row> = ca::table.find(key).select(Row::as_select()).for_update().first(tc.pg()).optional()?;
+    Ok(row.map(Row::definition))
+}
+
+/// Makes a definition ([module docs](self)): it and whether it is new.
+pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> AppResult<(Definition, bool)> {
+    let key = checked_key(&new.key)?;
+    let name = checked_name(&new.name)?;
+    let options = checked_options(new.kind, new.options)?;
+    // One create at a time per tenant: two would both count 49.
+    diesel::sql_query("LOCK TABLE contact_attributes IN SHARE ROW EXCLUSIVE MODE").execute(tc.pg())?;
+    if let Some(same) = find(tc, &key)? {
+        if (&same.name, same.kind, &same.options) == (&name, new.kind, &options) {
+            return Ok((same, false));
+        }
+        return Err(AppError::conflict("attribute_exists", format!("another attribute has the key `{key}`")));
+    }
+    let count: i64 = ca::table.count().get_result(tc.pg())?;
+    if count >= MOST_ATTRIBUTES {
+        return Err(AppError::conflict(
+            "too_many_attributes",
+            format!("a tenant keeps at most {MOST_ATTRIBUTES} contact attributes"),
+        ));
+    }
+    let row: Row = diesel::insert_into(ca::table)
+        .values((ca::key.eq(&key), ca::name.eq(&name), ca::kind.eq(new.kind.as_str()), ca::options.eq(&options)))
+        .returning(Row::as_returning())
+        .get_result(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "contact_attribute.created",
+        "contact_attribute",
+        Some(key),
+        json!({"name": name, "type": new.kind, "options": options}),
+    )?;
+    Ok((row.definition(), true))
+}
+
+/// Renames a definition or changes a list's options ([module docs](self)).
+pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: DefinitionChange) -> AppResult<Definition> {
+    let old = find(tc, key)?.ok_or_else(not_found)?;
+    let name = change.name.as_deref().map(checked_name).transpose()?.unwrap_or_else(|| old.name.clone());
+    let options = match change.options {
+        Some(given) => checked_options(old.kind, given)?,
+        None => old.options.clone(),
+    };
+    if (&name, &options) == (&old.name, &old.options) {
+        return Ok(old);
+    }
+    let row: Row = diesel::update(ca::table.find(key))
+        .set((ca::name.eq(&name), ca::options.eq(&options)))
+        .returning(Row::as_returning())
+        .get_result(tc.pg())?;
+    let dropped: Vec<&String> = old.options.iter().filter(|o| !options.contains(o)).collect();
+    let cleared = if dropped.is_empty() {
+        0
+    } else {
+        diesel::sql_query(
+            "UPDATE contacts SET attributes = attributes - $1, updated_at = now() WHERE attributes ->> $1 = ANY($2)",
+        )
+        .bind::<Text, _>(key)
+        .bind::<Array<Text>, _>(&dropped)
+        .execute(tc.pg())?
+    };
+    audit::record(
+        tc,
+        Some(actor),
+        "contact_attribute.updated",
+        "contact_attribute",
+        Some(key.to_string()),
+        json!({"name": name, "options": options, "contacts_cleared": cleared}),
+    )?;
+    Ok(row.definition())
+}
+
+/// Deletes a definition and its values on every contact.
+pub fn delete(tc: &mut TenantConn<'_>, actor: UserId, key: &str) -> AppResult<()> {
+    let old = find(tc, key)?.ok_or_else(not_found)?;
+    diesel::delete(ca::table.find(key)).execute(tc.pg())?;
+    let cleared =
+        diesel::sql_query("UPDATE contacts SET attributes = attributes - $1, updated_at = now() WHERE attributes ? $1")
+            .bind::<Text, _>(key)
+            .execute(tc.pg())?;
+    audit::record(
+        tc,
+        Some(actor),
+        "contact_attribute.deleted",
+        "contact_attribute",
+        Some(key.to_string()),
+        json!({"name": old.name, "contacts_cleared": cleared}),
+    )?;
+    Ok(())
+}
+
+/// A contact's values after `changes`: each key checked against its
+/// definition ([module docs](self)), `null` or an empty text removing it.
+/// `current` is the contact's object as stored.
+pub fn apply(tc: &mut TenantConn<'_>, current: &Value, changes: &Map<String, Value>) -> AppResult<Value> {
+    let mut values = current.as_object().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        return Ok(Value::Object(values));
+    }
+    let keys: Vec<&String> = changes.keys().collect();
+    // Shared locks: a definition deleted or narrowed meanwhile waits for
+    // this change and then clears what it wrote, or, first, is not found.
+    let rows: Vec<Row> = ca::table.filter(ca::key.eq_any(&keys)).select(Row::as_select()).for_share().load(tc.pg())?;
+    let definitions: std::collections::HashMap<String, Definition> =
+        rows.into_iter().map(|r| (r.key.clone(), r.definition())).collect();
+    for (key, given) in changes {
+        let Some(definition) = definitions.get(key) else {
+            return Err(invalid("invalid_attributes", format!("no contact attribute has the key `{key}`")));
+        };
+        match checked_value(definition, given)? {
+            Some(v) => values.insert(key.clone(), v),
+            None => values.remove(key),
+        };
+    }
+    Ok(Value::Object(values))
+}
+
+/// `given` as `definition` keeps it; `None` removes the value.
+fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Value>> {
+    let key = &definition.key;
+    let wrong = |what: &str| invalid("invalid_attributes", format!("`{key}` is {what}, or null to remove it"));
+    Ok(match (definition.kind, given) {
+        (_, Value::Null) => None,
+        (Kind::Text, Value::String(s)) => {
+            let s = s.trim();
+            if s.chars().count() > MOST_TEXT_CHARS || s.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(wrong(&format!("a text of at most {MOST_TEXT_CHARS} characters")));
+            }
+            (!s.is_empty()).then(|| Value::String(s.to_string()))
+        }
+        (Kind::Text, _) => return Err(wrong("a text")),
+        (Kind::Number, Value::Number(n)) => Some(Value::Number(n.clone())),
+        (Kind::Number, _) => return Err(wrong("a number")),
+        (Kind::Boolean, Value::Bool(b)) => Some(Value::Bool(*b)),
+        (Kind::Boolean, _) => return Err(wrong("true or false")),
+        (Kind::Date, Value::String(s)) if s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => {
+            Some(Value::String(s.clone()))
+        }
+        (Kind::Date, _) => return Err(wrong("a date, YYYY-MM-DD")),
+        (Kind::List, Value::String(s)) if definition.options.iter().any(|o| o == s.trim()) => {
+            Some(Value::String(s.trim().to_string()))
+        }
+        (Kind::List, _) => {
+            return Err(wrong(&format!("one of {}", serde_json::to_string(&definition.options).unwrap_or_default())))
+        }
+    })
+}

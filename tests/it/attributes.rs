@@ -1,0 +1,160 @@
+//! Contact attributes (`inbox::attributes`): admins define them, the team
+//! fills them in on contacts, each value checked against its definition.
+
+use serde_json::{json, Value};
+
+use crate::channels::PAGE_A;
+use crate::common::{spawn_app, TestApp};
+use crate::inbox::{acme, agent_al, by_contact, conversations};
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+async fn define(app: &TestApp, t: &str, body: Value) -> crate::common::Resp {
+    app.call("POST", "/api/contact-attributes", Some(t), Some(body)).await
+}
+
+#[actix_web::test]
+async fn a_team_defines_attributes_and_fills_them_in_checked() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (_, al) = agent_al(&app, admin).await;
+
+    let plan = json!({"key": "plan", "name": "Plan", "type": "list", "options": ["free", "pro", "enterprise"]});
+    let made = define(&app, admin, plan.clone()).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    assert_eq!(
+        (&made.body["key"], &made.body["type"], &made.body["options"]),
+        (&json!("plan"), &json!("list"), &json!(["free", "pro", "enterprise"]))
+    );
+    for body in [
+        json!({"key": "seats", "name": "Seats", "type": "number"}),
+        json!({"key": "vip", "name": "VIP", "type": "boolean"}),
+        json!({"key": "renewal", "name": "Renews on", "type": "date"}),
+        json!({"key": "order_ref", "name": "  Última encomenda  ", "type": "text"}),
+    ] {
+        let r = define(&app, admin, body.clone()).await;
+        assert_eq!(r.status, 201, "{body}: {:?}", r.body);
+    }
+    // The same create again is the one made; another under its key is not.
+    let again = define(&app, admin, plan.clone()).await;
+    assert_eq!((again.status, &again.body["created_at"]), (200, &made.body["created_at"]));
+    let other = json!({"key": "plan", "name": "Plan", "type": "text"});
+    assert_eq!(code(&define(&app, admin, other).await), (409, "attribute_exists"));
+    for (bad, expected) in [
+        (json!({"key": "Plan", "name": "x", "type": "text"}), "invalid_key"),
+        (json!({"key": "1st", "name": "x", "type": "text"}), "invalid_key"),
+        (json!({"key": "a".repeat(41), "name": "x", "type": "text"}), "invalid_key"),
+        (json!({"key": "x", "name": " ", "type": "text"}), "invalid_name"),
+        (json!({"key": "x", "name": "x", "type": "list"}), "invalid_options"),
+        (json!({"key": "x", "name": "x", "type": "list", "options": ["a", " a "]}), "invalid_options"),
+        (json!({"key": "x", "name": "x", "type": "text", "options": ["a"]}), "invalid_options"),
+        (json!({"key": "x", "name": "x", "type": "colour"}), "invalid_body"),
+        (json!({"key": "x", "name": "x", "type": "text", "required": true}), "invalid_body"),
+    ] {
+        assert_eq!(code(&define(&app, admin, bad.clone()).await).1, expected, "{bad}");
+    }
+    // Every member reads them, oldest first; only admins keep them.
+    let listed = app.call("GET", "/api/contact-attributes", Some(&al), None).await;
+    let keys: Vec<&str> =
+        listed.body["items"].as_array().expect("items").iter().filter_map(|d| d["key"].as_str()).collect();
+    assert_eq!(keys, ["plan", "seats", "vip", "renewal", "order_ref"]);
+    assert_eq!(listed.body["items"][4]["name"], "Última encomenda");
+    assert_eq!(code(&define(&app, &al, json!({"key": "x", "name": "x", "type": "text"})).await).0, 403);
+
+    // A customer's contact gets values, each as its definition says.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648190001", "text": "hi"})).await;
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let contact = by_contact(&convs, "7392015648190001")["contact"]["id"].as_str().expect("id").to_string();
+    let path = format!("/api/contacts/{contact}");
+    let fresh = app.call("GET", &path, Some(admin), None).await;
+    assert_eq!(fresh.body["attributes"], json!({}), "{:?}", fresh.body);
+    let set = |body: Value| {
+        let (app, path) = (&app, path.clone());
+        async move { app.call("PATCH", &path, Some(admin), Some(body)).await }
+    };
+    let r = set(json!({"attributes": {"plan": "pro", "seats": 12, "vip": true, "renewal": "2027-01-31",
+        "order_ref": "  #A-1 ✓ "}}))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let expected = json!({"plan": "pro", "seats": 12, "vip": true, "renewal": "2027-01-31", "order_ref": "#A-1 ✓"});
+    assert_eq!(r.body["attributes"], expected);
+    assert_eq!(app.call("GET", &path, Some(admin), None).await.body["attributes"], expected);
+    // A wrong value refuses the whole change: the name stays as it was.
+    for bad in [
+        json!({"plan": "gold"}),
+        json!({"seats": "12"}),
+        json!({"vip": "yes"}),
+        json!({"renewal": "2027-02-30"}),
+        json!({"renewal": "2027-1-31"}),
+        json!({"order_ref": "x".repeat(501)}),
+        json!({"colour": "blue"}),
+    ] {
+        let r = set(json!({"name": "Renamed", "attributes": bad.clone()})).await;
+        assert_eq!(code(&r), (422, "invalid_attributes"), "{bad}: {:?}", r.body);
+    }
+    assert_eq!(code(&set(json!({"attributes": ["plan"]})).await), (422, "invalid_body"));
+    let now = app.call("GET", &path, Some(admin), None).await.body;
+    assert_eq!((&now["name"], &now["attributes"]), (&Value::Null, &expected), "{now}");
+    // A change names only what it changes; null or an empty text removes.
+    let announced = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'contact.updated' AND payload->>'id' = '{contact}'"
+        ))
+    };
+    let before = announced();
+    let r = set(json!({"attributes": {"seats": null, "order_ref": "", "plan": "enterprise"}})).await;
+    assert_eq!(r.body["attributes"], json!({"plan": "enterprise", "vip": true, "renewal": "2027-01-31"}));
+    assert_eq!(announced(), before + 1);
+    let r = set(json!({"attributes": {"plan": "enterprise"}})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(announced(), before + 1, "the same values again change nothing");
+    // Audited by key, not by value.
+    let audited = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contact.updated' AND target_id = '{contact}' \
+            AND details->'attributes' @> '[\"seats\", \"order_ref\", \"plan\"]' \
+            AND jsonb_array_length(details->'attributes') = 3 AND details::text NOT LIKE '%enterprise%'"
+    ));
+    assert_eq!(audited, 1);
+
+    // A list's options change: a value taken away goes from the contacts.
+    let patch_def = |key: &str, body: Value| {
+        let app = &app;
+        let url = format!("/api/contact-attributes/{key}");
+        async move { app.call("PATCH", &url, Some(admin), Some(body)).await }
+    };
+    let r = patch_def("plan", json!({"name": "Subscription", "options": ["free", "pro"]})).await;
+    assert_eq!((r.status, &r.body["name"], &r.body["options"]), (200, &json!("Subscription"), &json!(["free", "pro"])));
+    let now = app.call("GET", &path, Some(admin), None).await.body;
+    assert_eq!(now["attributes"], json!({"vip": true, "renewal": "2027-01-31"}), "{now}");
+    assert_eq!(code(&patch_def("plan", json!({"type": "text"})).await), (422, "invalid_body"));
+    assert_eq!(code(&patch_def("seats", json!({"options": ["1"]})).await), (422, "invalid_options"));
+    assert_eq!(code(&patch_def("nothing", json!({"name": "x"})).await).0, 404);
+    assert_eq!(code(&patch_def("vip", json!({"name": "VIP"})).await).0, 200, "the same name: nothing to do");
+    // A definition deleted takes its values with it.
+    let r = app.call("DELETE", "/api/contact-attributes/vip", Some(admin), None).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.call("DELETE", "/api/contact-attributes/vip", Some(admin), None).await.status, 404);
+    let now = app.call("GET", &path, Some(admin), None).await.body;
+    assert_eq!(now["attributes"], json!({"renewal": "2027-01-31"}), "{now}");
+    assert_eq!(code(&set(json!({"attributes": {"vip": true}})).await), (422, "invalid_attributes"));
+    let audited = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contact_attribute.deleted' \
+            AND target_id = 'vip' AND details->>'contacts_cleared' = '1'",
+    );
+    assert_eq!(audited, 1);
+
+    // At most 50 in a tenant.
+    for n in 0..46 {
+        let r = define(&app, admin, json!({"key": format!("extra_{n}"), "name": format!("Extra {n}"), "type": "text"}))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    assert_eq!(
+        code(&define(&app, admin, json!({"key": "one_more", "name": "x", "type": "text"})).await).1,
+        "too_many_attributes"
+    );
+}
