@@ -16,7 +16,7 @@
 //! conversation; and the stale-profile check the list's handler adds to
 //! each page (`contacts::stale_profiles`). Last, the auto-resolve clock
 //! (`inbox::auto_resolve`): its look when nothing may be taken, and a tick
-//! resolving a full batch.
+//! resolving a full batch; before it, contacts found by an attribute.
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -267,6 +267,36 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "scan of every message in one process: {column:.1?} on the folded column, {folding:.1?} folding each text ({:.1}x)",
         folding.as_secs_f64() / column.as_secs_f64().max(1e-9)
     );
+
+    // Contacts by an attribute (`GET /api/contacts?attribute=`): a flag on
+    // one in 400 (through the GIN index), a plan every contact has.
+    with_tenant(&mut conn, &scope, |tc| -> Result<(), AppError> {
+        tc.pg().batch_execute(
+            "UPDATE contacts SET attributes = jsonb_build_object('plan', (ARRAY['free', 'pro'])[1 + id % 2]);
+             UPDATE contacts SET attributes = attributes || '{\"vip\": true}' WHERE id % 400 = 0;
+             ANALYZE contacts;",
+        )?;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    use crate::inbox::attributes::Wanted;
+    for (what, wanted) in [
+        ("a flag one in 400 has (attribute=vip:true)", Wanted::Is("vip".into(), serde_json::Value::Bool(true))),
+        ("a value half of them have (attribute=plan:pro)", Wanted::Is("plan".into(), "pro".into())),
+    ] {
+        let mut times = Vec::with_capacity(RUNS);
+        let mut found = 0;
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            found = with_tenant(&mut conn, &scope, |tc| {
+                let filter = crate::inbox::contacts::ContactFilter { attribute: Some(&wanted), ..Default::default() };
+                crate::inbox::contacts::search(tc, UserId(0), Role::Owner, &filter, None, 50).map(|v| v.len())
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            times.push(t.elapsed());
+        }
+        println!("contacts with {what}, over {conversations}: first page of {found} in {:.1?}", median(times));
+    }
 
     // The auto-resolve clock (`inbox::auto_resolve`), last since it
     // resolves: its look every 30 s when every conversation is past the

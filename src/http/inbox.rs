@@ -1303,6 +1303,8 @@ struct ContactsQuery {
     q: Option<String>,
     /// `true`: only blocked contacts; `false`: only the others.
     blocked: Option<String>,
+    /// `key` (has it) or `key:value` (`inbox::attributes::wanted`).
+    attribute: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -1320,11 +1322,13 @@ async fn list_contacts(
         Some("false") => Some(false),
         Some(_) => return Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
     };
-    let (user, role, text) = (auth.user, auth.role, q.q);
+    let (user, role, text, attribute) = (auth.user, auth.role, q.q, q.attribute);
     let (items, stale) = state
         .db
         .tenant(auth.scope(), move |tc| {
-            let items = contacts::search(tc, user, role, text.as_deref(), blocked, page.after, page.limit)?;
+            let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
+            let filter = contacts::ContactFilter { q: text.as_deref(), blocked, attribute: attribute.as_ref() };
+            let items = contacts::search(tc, user, role, &filter, page.after, page.limit)?;
             let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
             Ok::<_, AppError>((items, contacts::stale_profiles(tc, &ids, Utc::now())?))
         })

@@ -314,6 +314,58 @@ pub fn apply(tc: &mut TenantConn<'_>, current: &Value, changes: &Map<String, Val
     Ok(Value::Object(values))
 }
 
+/// `GET /api/contacts?attribute=`: contacts that have an attribute, or a
+/// value of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wanted {
+    /// `key`: any value.
+    Has(String),
+    /// `key:value`: that value, as the definition reads it (`seats:12` is
+    /// the number 12, `vip:true` the boolean).
+    Is(String, Value),
+}
+
+impl Wanted {
+    /// The object a contact's attributes must contain, for `Is`.
+    pub fn contained(&self) -> Option<Value> {
+        match self {
+            Wanted::Has(_) => None,
+            Wanted::Is(key, value) => Some(json!({key.as_str(): value})),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Wanted::Has(key) | Wanted::Is(key, _) => key,
+        }
+    }
+}
+
+/// Reads `key` or `key:value` against the definitions (422
+/// `invalid_attribute`: no such key, or a value the definition would not
+/// keep).
+pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
+    let (key, value) = match raw.split_once(':') {
+        Some((key, value)) => (key, Some(value)),
+        None => (raw, None),
+    };
+    let bad = |why: String| invalid("invalid_attribute", why);
+    let row: Option<Row> = ca::table.find(key).select(Row::as_select()).first(tc.pg()).optional()?;
+    let Some(definition) = row.map(Row::definition) else {
+        return Err(bad(format!("no contact attribute has the key `{key}`; give attribute=key or key:value")));
+    };
+    let Some(value) = value else { return Ok(Wanted::Has(definition.key)) };
+    let given = match definition.kind {
+        Kind::Number => serde_json::from_str::<serde_json::Number>(value).map(Value::Number).map_err(drop),
+        Kind::Boolean => value.parse::<bool>().map(Value::Bool).map_err(drop),
+        _ => Ok(Value::String(value.to_string())),
+    };
+    match given.ok().map(|v| checked_value(&definition, &v)) {
+        Some(Ok(Some(v))) => Ok(Wanted::Is(definition.key, v)),
+        _ => Err(bad(format!("`{value}` is no value of `{key}`"))),
+    }
+}
+
 /// `given` as `definition` keeps it; `None` removes the value.
 fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Value>> {
     let key = &definition.key;

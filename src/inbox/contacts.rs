@@ -285,15 +285,26 @@ pub fn written_number(text: &str) -> Option<String> {
         .then(|| text.chars().filter(char::is_ascii_digit).collect())
 }
 
+/// What `GET /api/contacts` narrows to: a search, blocked or not, an
+/// attribute.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContactFilter<'a> {
+    pub q: Option<&'a str>,
+    pub blocked: Option<bool>,
+    pub attribute: Option<&'a super::attributes::Wanted>,
+}
+
+/// `GET /api/contacts`: the contacts the caller may see, by id, narrowed
+/// by `filter`.
 pub fn search(
     tc: &mut TenantConn<'_>,
     user: UserId,
     role: Role,
-    q: Option<&str>,
-    blocked: Option<bool>,
+    filter: &ContactFilter<'_>,
     after: Option<i64>,
     limit: i64,
 ) -> AppResult<Vec<ContactListItem>> {
+    let ContactFilter { q, blocked, attribute } = *filter;
     let mut query = contacts::table
         .select((ContactRow::as_select(), ContactDetails::as_select()))
         .order(contacts::id)
@@ -321,6 +332,13 @@ pub fn search(
     match blocked {
         Some(true) => query = query.filter(contacts::blocked_at.is_not_null()),
         Some(false) => query = query.filter(contacts::blocked_at.is_null()),
+        None => {}
+    }
+    // Through the attributes' GIN index (tenant migration
+    // `contact_attributes`).
+    match attribute.map(|a| (a.key(), a.contained())) {
+        Some((_, Some(contained))) => query = query.filter(contacts::attributes.contains(contained)),
+        Some((key, None)) => query = query.filter(contacts::attributes.has_key(key.to_string())),
         None => {}
     }
     if let Some(a) = after {

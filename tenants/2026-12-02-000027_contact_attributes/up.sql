@@ -10,3 +10,6 @@ CREATE TABLE IF NOT EXISTS contact_attributes (
 );
 -- A constant default: no rewrite of the table, whatever its size.
 ALTER TABLE contacts ADD COLUMN IF NOT EXISTS attributes JSONB NOT NULL DEFAULT '{}';
+-- `GET /api/contacts?attribute=key` and `key:value`: the contacts that have
+-- it, or hold that value, without reading every contact.
+CREATE INDEX IF NOT EXISTS contacts_attributes_idx ON contacts USING gin (attributes);

@@ -120,6 +120,54 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     ));
     assert_eq!(audited, 1);
 
+    // Contacts found by an attribute, or by a value of it as its type
+    // reads it; another customer has a plan too, a cheaper one.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648190002", "text": "olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let other = by_contact(&convs, "7392015648190002")["contact"]["id"].as_str().expect("id").to_string();
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/contacts/{other}"),
+            Some(admin),
+            Some(json!({"attributes": {"plan": "free",
+            "seats": 3}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let found = |query: &str| {
+        let app = &app;
+        let url = format!("/api/contacts?attribute={query}");
+        async move {
+            let r = app.call("GET", &url, Some(admin), None).await;
+            if r.status != 200 {
+                return Err(code(&r).1.to_string());
+            }
+            Ok(r.body["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(String::from))
+                .collect::<Vec<_>>())
+        }
+    };
+    let both = {
+        let mut both = vec![contact.clone(), other.clone()];
+        both.sort_by_key(|id| id.parse::<i64>().unwrap_or_default());
+        both
+    };
+    assert_eq!(found("plan").await, Ok(both));
+    assert_eq!(found("plan:enterprise").await, Ok(vec![contact.clone()]));
+    assert_eq!(found("plan:free").await, Ok(vec![other.clone()]));
+    assert_eq!(found("seats:3").await, Ok(vec![other.clone()]));
+    assert_eq!(found("vip:true").await, Ok(vec![contact.clone()]));
+    assert_eq!(found("vip:false").await, Ok(vec![]));
+    assert_eq!(found("renewal").await, Ok(vec![contact.clone()]));
+    for bad in ["colour", "plan:gold", "seats:three", "vip:yes", "renewal:soon", "plan:"] {
+        assert_eq!(found(bad).await, Err("invalid_attribute".to_string()), "{bad}");
+    }
+
     // A list's options change: a value taken away goes from the contacts.
     let patch_def = |key: &str, body: Value| {
         let app = &app;

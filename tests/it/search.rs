@@ -64,9 +64,18 @@ fn every_search_is_planned_for_its_own_pattern() {
             .len()
     };
     let contacts_found = |conn: &mut PgConnection, q: &str| -> usize {
-        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, None, 200))
-            .expect("contact search")
-            .len()
+        with_tenant(conn, &scope, |tc| {
+            contacts::search(
+                tc,
+                UserId(0),
+                Role::Owner,
+                &contacts::ContactFilter { q: Some(q), ..Default::default() },
+                None,
+                200,
+            )
+        })
+        .expect("contact search")
+        .len()
     };
     // One-character searches first: they scan, a generic plan guessing a
     // few rows from the index looks cheaper than their plans.
@@ -148,11 +157,20 @@ fn contact_search_reads_the_indexes_not_every_contact() {
     );
     let mut conn = pool.get().expect("conn");
     let search = |conn: &mut PgConnection, q: &str| {
-        with_tenant(conn, &scope, |tc| contacts::search(tc, UserId(0), Role::Owner, Some(q), None, None, 50))
-            .expect("contact search")
-            .into_iter()
-            .map(|c| c.external_id)
-            .collect::<Vec<_>>()
+        with_tenant(conn, &scope, |tc| {
+            contacts::search(
+                tc,
+                UserId(0),
+                Role::Owner,
+                &contacts::ContactFilter { q: Some(q), ..Default::default() },
+                None,
+                50,
+            )
+        })
+        .expect("contact search")
+        .into_iter()
+        .map(|c| c.external_id)
+        .collect::<Vec<_>>()
     };
     assert_eq!(search(&mut conn, "4155569999"), ["14155569999"], "by number");
     assert_eq!(search(&mut conn, "zoe mull"), ["14155550777"], "by name");
