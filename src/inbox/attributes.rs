@@ -366,6 +366,30 @@ pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
     }
 }
 
+/// `key` or `key:value` as the conversations' `contact_attribute=` gives
+/// it, read without the definitions (a saved view outlives them: a key
+/// none has finds nothing).
+pub fn parsed_query(raw: &str) -> AppResult<(String, Option<String>)> {
+    let (key, value) = match raw.split_once(':') {
+        Some((key, value)) => (key, Some(value.to_string())),
+        None => (raw, None),
+    };
+    let key = checked_key(key)
+        .map_err(|_| invalid("invalid_query", format!("contact_attribute is key or key:value, not {raw:?}")))?;
+    Ok((key, value))
+}
+
+/// What a contact's attributes contain when its `key` is `value` as any
+/// type could hold it: the text, and the number or boolean it reads as
+/// (each a containment the GIN index answers).
+pub fn containing(key: &str, value: &str) -> Vec<Value> {
+    let typed = serde_json::from_str::<serde_json::Number>(value)
+        .map(Value::Number)
+        .ok()
+        .or_else(|| value.parse::<bool>().ok().map(Value::Bool));
+    std::iter::once(Value::String(value.to_string())).chain(typed).map(|v| json!({key: v})).collect()
+}
+
 /// `given` as `definition` keeps it; `None` removes the value.
 fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Value>> {
     let key = &definition.key;

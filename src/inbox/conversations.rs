@@ -43,6 +43,9 @@ pub struct Filter {
     /// `Some(true)`: only those whose thread another app holds
     /// (`inbox::handover`); `Some(false)`: only the others.
     pub held_elsewhere: Option<bool>,
+    /// Only those whose contact has this attribute, or (`Some`) this
+    /// value of it (`contact_attribute=key` or `key:value`).
+    pub contact_attribute: Option<(String, Option<String>)>,
     /// The list's order (not the newest activity first only without `q`).
     pub order: Order,
 }
@@ -112,11 +115,13 @@ pub struct FilterParams {
     pub held_elsewhere: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_attribute: Option<String>,
 }
 
 impl FilterParams {
     /// The names a client may give.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "status",
         "channel_id",
         "assignee",
@@ -129,6 +134,7 @@ impl FilterParams {
         "sort",
         "held_elsewhere",
         "team",
+        "contact_attribute",
     ];
 
     /// These, with each one `over` gives put in its place.
@@ -146,6 +152,7 @@ impl FilterParams {
             sort: over.sort.or(self.sort),
             held_elsewhere: over.held_elsewhere.or(self.held_elsewhere),
             team: over.team.or(self.team),
+            contact_attribute: over.contact_attribute.or(self.contact_attribute),
         }
     }
 
@@ -198,6 +205,10 @@ impl FilterParams {
             waiting: flag(self.waiting.as_deref(), "waiting")?,
             overdue: flag(self.overdue.as_deref(), "overdue")?.unwrap_or(false),
             held_elsewhere: flag(self.held_elsewhere.as_deref(), "held_elsewhere")?,
+            contact_attribute: match self.contact_attribute.as_deref() {
+                None | Some("") => None,
+                Some(raw) => Some(super::attributes::parsed_query(raw).map_err(|e| bad(e.message))?),
+            },
             order: match self.sort.as_deref() {
                 None | Some("") | Some("activity") => Order::Activity,
                 Some("waiting") => Order::Waiting,
@@ -349,6 +360,27 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     match f.held_elsewhere {
         Some(true) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE)),
         Some(false) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE).is_distinct_from(true)),
+        None => {}
+    }
+    // Through the contacts' GIN index on their attributes.
+    let holding = |of: contacts::BoxedQuery<'a, Pg, diesel::sql_types::BigInt>| c::contact_id.eq_any(of);
+    match &f.contact_attribute {
+        Some((key, None)) => {
+            q = q.filter(holding(
+                contacts::table.filter(contacts::attributes.has_key(key.clone())).select(contacts::id).into_boxed(),
+            ))
+        }
+        Some((key, Some(value))) => {
+            let mut of = contacts::table.select(contacts::id).into_boxed();
+            for (n, contained) in super::attributes::containing(key, value).into_iter().enumerate() {
+                of = if n == 0 {
+                    of.filter(contacts::attributes.contains(contained))
+                } else {
+                    of.or_filter(contacts::attributes.contains(contained))
+                };
+            }
+            q = q.filter(holding(of))
+        }
         None => {}
     }
     match f.order {

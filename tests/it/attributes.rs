@@ -167,6 +167,49 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     for bad in ["colour", "plan:gold", "seats:three", "vip:yes", "renewal:soon", "plan:"] {
         assert_eq!(found(bad).await, Err("invalid_attribute".to_string()), "{bad}");
     }
+    // The inbox lists their conversations the same way, in a saved view
+    // too, and counts them.
+    let conversation_of = |contact_id: &str| {
+        convs
+            .iter()
+            .find(|c| c["contact"]["id"] == contact_id)
+            .and_then(|c| c["id"].as_str())
+            .expect("conv")
+            .to_string()
+    };
+    let (theirs, others) = (conversation_of(&contact), conversation_of(&other));
+    let listed = |query: String| {
+        let app = &app;
+        async move {
+            let r = app.call("GET", &format!("/api/conversations?{query}"), Some(admin), None).await;
+            if r.status != 200 {
+                return Err(code(&r).1.to_string());
+            }
+            let mut ids: Vec<String> = r.body["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(String::from))
+                .collect();
+            ids.sort();
+            Ok(ids)
+        }
+    };
+    let mut both_conversations = vec![theirs.clone(), others.clone()];
+    both_conversations.sort();
+    assert_eq!(listed("contact_attribute=plan".into()).await, Ok(both_conversations));
+    assert_eq!(listed("contact_attribute=plan:enterprise".into()).await, Ok(vec![theirs.clone()]));
+    assert_eq!(listed("contact_attribute=seats:3&status=open".into()).await, Ok(vec![others.clone()]));
+    assert_eq!(listed("contact_attribute=vip:true&q=hi".into()).await, Ok(vec![theirs.clone()]));
+    assert_eq!(listed("contact_attribute=colour:blue".into()).await, Ok(vec![]), "a key none has finds nothing");
+    assert_eq!(listed("contact_attribute=Plan:pro".into()).await, Err("invalid_query".into()));
+    let view = json!({"name": "Enterprise", "filters": {"contact_attribute": "plan:enterprise"}});
+    let r = app.call("POST", "/api/views", Some(admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view_id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(listed(format!("view={view_id}")).await, Ok(vec![theirs.clone()]));
+    let counts = app.call("GET", &format!("/api/conversations/counts?view={view_id}"), Some(admin), None).await;
+    assert_eq!(counts.body["all"], 1, "{:?}", counts.body);
 
     // A list's options change: a value taken away goes from the contacts.
     let patch_def = |key: &str, body: Value| {
