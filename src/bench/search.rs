@@ -62,6 +62,22 @@ struct Count {
     n: i64,
 }
 
+/// The first page of 50 conversations `filter` lists, as an admin: how
+/// many, and the median time of [`RUNS`].
+fn first_page(conn: &mut PgConnection, scope: &TenantScope, filter: &Filter) -> anyhow::Result<(usize, Duration)> {
+    let mut times = Vec::with_capacity(RUNS);
+    let mut found = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        found = with_tenant(conn, scope, |tc| {
+            conversations::list(tc, UserId(0), Role::Owner, filter, None, 50).map(|v| v.len())
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(t.elapsed());
+    }
+    Ok((found, median(times)))
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = DbConfig::from_env()?;
     let scratch = ScratchDb::create(cfg.database_url.expose(), "search")?;
@@ -151,17 +167,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Filter { label: Some("legal".into()), ..Default::default() },
     ));
     for (what, filter) in listings {
-        let mut times = Vec::with_capacity(RUNS);
-        let mut found = 0;
-        for _ in 0..RUNS {
-            let t = Instant::now();
-            found = with_tenant(&mut conn, &scope, |tc| {
-                conversations::list(tc, UserId(0), Role::Owner, &filter, None, 50).map(|v| v.len())
-            })
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            times.push(t.elapsed());
-        }
-        println!("{what}: first page of {found} in {:.1?}", median(times));
+        let (found, took) = first_page(&mut conn, &scope, &filter)?;
+        println!("{what}: first page of {found} in {took:.1?}");
     }
 
     // What the list's handler adds to the page: the check for stale
@@ -300,19 +307,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The inbox narrowed the same way (`contact_attribute=vip:true`): a
     // subquery of the contacts through the same index.
     let filter = Filter { contact_attribute: Some(("vip".into(), Some("true".into()))), ..Default::default() };
-    let mut times = Vec::with_capacity(RUNS);
-    let mut found = 0;
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        found = with_tenant(&mut conn, &scope, |tc| {
-            conversations::list(tc, UserId(0), Role::Owner, &filter, None, 50).map(|v| v.len())
-        })
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        times.push(t.elapsed());
-    }
+    let (found, took) = first_page(&mut conn, &scope, &filter)?;
     println!(
-        "the inbox of those contacts (contact_attribute=vip:true), over {conversations}: first page of {found} in {:.1?}",
-        median(times)
+        "the inbox of those contacts (contact_attribute=vip:true), over {conversations}: first page of {found} in {took:.1?}"
     );
 
     // The auto-resolve clock (`inbox::auto_resolve`), last since it
