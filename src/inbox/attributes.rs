@@ -192,8 +192,16 @@ pub fn list(tc: &mut TenantConn<'_>) -> AppResult<Vec<Definition>> {
     Ok(rows.into_iter().map(Row::definition).collect())
 }
 
-fn find(tc: &mut TenantConn<'_>, key: &str) -> AppResult<Option<Definition>> {
-    let row: Option<Row> = ca::table.find(key).select(Row::as_select()).for_update().first(tc.pg()).optional()?;
+/// The definition of `key`, locked for a change when `to_change`. A key
+/// no definition can have (not of a key's shape, a NUL that PostgreSQL
+/// would refuse) is not found, without asking.
+fn find(tc: &mut TenantConn<'_>, key: &str, to_change: bool) -> AppResult<Option<Definition>> {
+    if checked_key(key).is_err() {
+        return Ok(None);
+    }
+    let query = ca::table.find(key).select(Row::as_select());
+    let row: Option<Row> =
+        if to_change { query.for_update().first(tc.pg()) } else { query.first(tc.pg()) }.optional()?;
     Ok(row.map(Row::definition))
 }
 
@@ -204,7 +212,7 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> App
     let options = checked_options(new.kind, new.options)?;
     // One create at a time per tenant: two would both count 49.
     diesel::sql_query("LOCK TABLE contact_attributes IN SHARE ROW EXCLUSIVE MODE").execute(tc.pg())?;
-    if let Some(same) = find(tc, &key)? {
+    if let Some(same) = find(tc, &key, true)? {
         if (&same.name, same.kind, &same.options) == (&name, new.kind, &options) {
             return Ok((same, false));
         }
@@ -234,7 +242,7 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> App
 
 /// Renames a definition or changes a list's options ([module docs](self)).
 pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: DefinitionChange) -> AppResult<Definition> {
-    let old = find(tc, key)?.ok_or_else(not_found)?;
+    let old = find(tc, key, true)?.ok_or_else(not_found)?;
     let name = change.name.as_deref().map(checked_name).transpose()?.unwrap_or_else(|| old.name.clone());
     let options = match change.options {
         Some(given) => checked_options(old.kind, given)?,
@@ -271,7 +279,7 @@ pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: Definit
 
 /// Deletes a definition and its values on every contact.
 pub fn delete(tc: &mut TenantConn<'_>, actor: UserId, key: &str) -> AppResult<()> {
-    let old = find(tc, key)?.ok_or_else(not_found)?;
+    let old = find(tc, key, true)?.ok_or_else(not_found)?;
     diesel::delete(ca::table.find(key)).execute(tc.pg())?;
     let cleared =
         diesel::sql_query("UPDATE contacts SET attributes = attributes - $1, updated_at = now() WHERE attributes ? $1")
@@ -295,6 +303,9 @@ pub fn apply(tc: &mut TenantConn<'_>, current: &Value, changes: &Map<String, Val
     let mut values = current.as_object().cloned().unwrap_or_default();
     if changes.is_empty() {
         return Ok(Value::Object(values));
+    }
+    if let Some(key) = changes.keys().find(|k| checked_key(k).is_err()) {
+        return Err(invalid("invalid_attributes", format!("no contact attribute has the key {key:?}")));
     }
     let keys: Vec<&String> = changes.keys().collect();
     // Shared locks: a definition deleted or narrowed meanwhile waits for
@@ -350,9 +361,8 @@ pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
         None => (raw, None),
     };
     let bad = |why: String| invalid("invalid_attribute", why);
-    let row: Option<Row> = ca::table.find(key).select(Row::as_select()).first(tc.pg()).optional()?;
-    let Some(definition) = row.map(Row::definition) else {
-        return Err(bad(format!("no contact attribute has the key `{key}`; give attribute=key or key:value")));
+    let Some(definition) = find(tc, key, false)? else {
+        return Err(bad(format!("no contact attribute has the key {key:?}; give attribute=key or key:value")));
     };
     let Some(value) = value else { return Ok(Wanted::Has(definition.key)) };
     let given = match definition.kind {
@@ -374,8 +384,12 @@ pub fn parsed_query(raw: &str) -> AppResult<(String, Option<String>)> {
         Some((key, value)) => (key, Some(value.to_string())),
         None => (raw, None),
     };
-    let key = checked_key(key)
-        .map_err(|_| invalid("invalid_query", format!("contact_attribute is key or key:value, not {raw:?}")))?;
+    let wrong = || invalid("invalid_query", format!("contact_attribute is key or key:value, not {raw:?}"));
+    let key = checked_key(key).map_err(|_| wrong())?;
+    // No value holds a control character (PostgreSQL's JSON refuses a NUL).
+    if value.as_deref().is_some_and(|v| v.chars().any(|c| c.is_control() && c != '\n')) {
+        return Err(wrong());
+    }
     Ok((key, value))
 }
 

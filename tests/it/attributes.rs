@@ -92,6 +92,8 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
         json!({"renewal": "2027-1-31"}),
         json!({"order_ref": "x".repeat(501)}),
         json!({"colour": "blue"}),
+        json!({"plan\0": "pro"}),
+        json!({"order_ref": "a\0b"}),
     ] {
         let r = set(json!({"name": "Renamed", "attributes": bad.clone()})).await;
         assert_eq!(code(&r), (422, "invalid_attributes"), "{bad}: {:?}", r.body);
@@ -164,7 +166,7 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert_eq!(found("vip:true").await, Ok(vec![contact.clone()]));
     assert_eq!(found("vip:false").await, Ok(vec![]));
     assert_eq!(found("renewal").await, Ok(vec![contact.clone()]));
-    for bad in ["colour", "plan:gold", "seats:three", "vip:yes", "renewal:soon", "plan:"] {
+    for bad in ["colour", "plan:gold", "seats:three", "vip:yes", "renewal:soon", "plan:", "plan%00", "order_ref:a%00"] {
         assert_eq!(found(bad).await, Err("invalid_attribute".to_string()), "{bad}");
     }
     // The inbox lists their conversations the same way, in a saved view
@@ -203,6 +205,8 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert_eq!(listed("contact_attribute=vip:true&q=hi".into()).await, Ok(vec![theirs.clone()]));
     assert_eq!(listed("contact_attribute=colour:blue".into()).await, Ok(vec![]), "a key none has finds nothing");
     assert_eq!(listed("contact_attribute=Plan:pro".into()).await, Err("invalid_query".into()));
+    assert_eq!(listed("contact_attribute=plan%00".into()).await, Err("invalid_query".into()));
+    assert_eq!(listed("contact_attribute=plan:a%00b".into()).await, Err("invalid_query".into()));
     let view = json!({"name": "Enterprise", "filters": {"contact_attribute": "plan:enterprise"}});
     let r = app.call("POST", "/api/views", Some(admin), Some(view)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -224,6 +228,7 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert_eq!(code(&patch_def("plan", json!({"type": "text"})).await), (422, "invalid_body"));
     assert_eq!(code(&patch_def("seats", json!({"options": ["1"]})).await), (422, "invalid_options"));
     assert_eq!(code(&patch_def("nothing", json!({"name": "x"})).await).0, 404);
+    assert_eq!(code(&patch_def("plan%00", json!({"name": "x"})).await).0, 404);
     assert_eq!(code(&patch_def("vip", json!({"name": "VIP"})).await).0, 200, "the same name: nothing to do");
     // A definition deleted takes its values with it.
     let r = app.call("DELETE", "/api/contact-attributes/vip", Some(admin), None).await;
