@@ -304,6 +304,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         println!("contacts with {what}, over {conversations}: first page of {found} in {:.1?}", median(times));
     }
+    // The contacts' export (`GET /api/contacts.csv`), every one of them.
+    let mut times = Vec::with_capacity(RUNS);
+    let (mut rows, mut bytes) = (0, 0);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        (rows, bytes) = with_tenant(&mut conn, &scope, |tc| {
+            let filter = crate::inbox::contacts::ContactFilter::default();
+            crate::inbox::contact_export::export(tc, UserId(AGENT), &filter).map(|(csv, n)| (n, csv.len()))
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(t.elapsed());
+    }
+    println!(
+        "the contacts' export (GET /api/contacts.csv): {rows} contacts, {} KiB in {:.1?}",
+        bytes / 1024,
+        median(times)
+    );
     // The inbox narrowed the same way (`contact_attribute=vip:true`): a
     // subquery of the contacts through the same index.
     let filter = Filter { contact_attribute: Some(("vip".into(), Some("true".into()))), ..Default::default() };

@@ -41,6 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
+        .service(resource("/contacts.csv").route(web::get().to(export_contacts)))
         .service(
             resource("/contacts/{id}")
                 .route(web::get().to(get_contact))
@@ -1316,12 +1317,7 @@ async fn list_contacts(
 ) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
-    let blocked = match q.blocked.as_deref() {
-        None => None,
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(_) => return Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
-    };
+    let blocked = blocked_param(q.blocked.as_deref())?;
     let (user, role, text, attribute) = (auth.user, auth.role, q.q, q.attribute);
     let (items, stale) = state
         .db
@@ -1335,6 +1331,49 @@ async fn list_contacts(
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
+}
+
+/// `blocked=true` (only blocked contacts) or `false` (only the others).
+fn blocked_param(raw: Option<&str>) -> AppResult<Option<bool>> {
+    match raw {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ContactsExportQuery {
+    q: Option<String>,
+    blocked: Option<String>,
+    attribute: Option<String>,
+}
+
+/// `GET /api/contacts.csv` (admins): the contacts the list's filters give,
+/// as a spreadsheet (`inbox::contact_export`).
+async fn export_contacts(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<ContactsExportQuery>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let q = q.into_inner();
+    let blocked = blocked_param(q.blocked.as_deref())?;
+    let (user, text, attribute) = (auth.user, q.q, q.attribute);
+    let (csv, _) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
+            let filter = contacts::ContactFilter { q: text.as_deref(), blocked, attribute: attribute.as_ref() };
+            crate::inbox::contact_export::export(tc, user, &filter)
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("Content-Disposition", "attachment; filename=\"contacts.csv\""))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(csv))
 }
 
 /// One contact, with what the team saved about them.

@@ -24,6 +24,7 @@
 pub mod attributes;
 pub mod auto_resolve;
 pub mod canned;
+pub mod contact_export;
 pub mod contacts;
 pub mod conversations;
 pub mod csat;

@@ -743,7 +743,7 @@ impl Overview {
 /// formula (a name someone chose, starting `=`, `+`, `-`, `@`, a tab or a
 /// carriage return) is kept as text with a leading `'`: an exported
 /// report must not run what a member typed as their name.
-fn csv_row(fields: &[&str]) -> String {
+pub(crate) fn csv_row(fields: &[&str]) -> String {
     let cells: Vec<String> = fields
         .iter()
         .map(|f| {

@@ -243,6 +243,43 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     );
     assert_eq!(audited, 1);
 
+    // Admins export the contacts as a spreadsheet, an attribute a column.
+    let r = app
+        .call("PATCH", &format!("/api/contacts/{other}"), Some(admin), Some(json!({"name": "=SUM(A1), \"Lda\""})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let export = |query: &str, t: &str| {
+        let req = app.client.get(app.url(&format!("/api/contacts.csv{query}"))).bearer_auth(t).send();
+        async move {
+            let r = req.await.expect("export");
+            let status = r.status().as_u16();
+            let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            (status, kind, r.text().await.expect("text"))
+        }
+    };
+    let (status, kind, csv) = export("", admin).await;
+    assert_eq!((status, kind.as_str()), (200, "text/csv; charset=utf-8"), "{csv}");
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines[0],
+        "id,channel_id,external_id,name,email,phone,notes,blocked,blocked_at,marketing_stopped_at,created_at,\
+         conversation_id,attributes.plan,attributes.seats,attributes.renewal,attributes.order_ref"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].starts_with(&format!("{contact},")) && lines[1].ends_with(",,,2027-01-31,"), "{csv}");
+    assert!(lines[2].contains(",\"'=SUM(A1), \"\"Lda\"\"\",") && lines[2].ends_with(",free,3,,"), "{csv}");
+    let (_, _, narrowed) = export("?attribute=plan:free", admin).await;
+    assert_eq!(narrowed.split("\r\n").filter(|l| !l.is_empty()).count(), 2, "{narrowed}");
+    let (status, _, _) = export("", &al).await;
+    assert_eq!(status, 403);
+    let (status, _, body) = export("?attribute=nothing", admin).await;
+    assert!(status == 422 && body.contains("invalid_attribute"), "{body}");
+    let audited = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contacts.exported' \
+            AND details->>'count' IN ('1', '2')",
+    );
+    assert_eq!(audited, 2);
+
     // At most 50 in a tenant.
     for n in 0..46 {
         let r = define(&app, admin, json!({"key": format!("extra_{n}"), "name": format!("Extra {n}"), "type": "text"}))
