@@ -181,22 +181,36 @@ pub async fn connect_facebook(
             });
         }
     }
-    store(app, auth, new_channels).await
+    store(app, auth, new_channels, Vec::new()).await
 }
 
-async fn store(app: &AppState, auth: &AuthContext, new_channels: Vec<NewChannel>) -> AppResult<Vec<ChannelView>> {
+/// What a WhatsApp business account says of one of its numbers: its id,
+/// display number and quality rating (`whatsapp_number`).
+type ListedNumber = (String, Option<String>, Option<String>);
+
+/// Stores the connected channels, and what their account says of each
+/// WhatsApp number, in one transaction; their views as they are then.
+async fn store(
+    app: &AppState,
+    auth: &AuthContext,
+    new_channels: Vec<NewChannel>,
+    listed: Vec<ListedNumber>,
+) -> AppResult<Vec<ChannelView>> {
     let keys = app.keys.clone();
     let actor = auth.user;
     app.db
         .tenant(auth.scope(), move |tc| {
-            let mut out = Vec::new();
+            let mut ids = Vec::with_capacity(new_channels.len());
             for c in &new_channels {
                 let row = super::upsert_connected(tc, &keys, Some(actor), c)?;
                 // A page was subscribed before it was stored.
                 super::note_subscribed(tc, &row)?;
-                out.push(super::get_view(tc, row.channel_id())?);
+                ids.push(row.channel_id());
             }
-            Ok(out)
+            for (id, display, quality) in &listed {
+                super::whatsapp_number::listed(tc, id, display.as_deref(), quality.as_deref())?;
+            }
+            ids.into_iter().map(|id| super::get_view(tc, id)).collect()
         })
         .await
 }
@@ -277,16 +291,9 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
             });
         }
     }
-    let stored = store(app, auth, new_channels).await?;
-    // What the account says of each number (`whatsapp_number`), shown at once.
-    app.db
-        .tenant(auth.scope(), move |tc| {
-            for (id, display, quality) in &listed {
-                super::whatsapp_number::listed(tc, id, display.as_deref(), quality.as_deref())?;
-            }
-            stored.iter().map(|c| super::get_view(tc, c.id)).collect()
-        })
-        .await
+    // What the account says of each number (`whatsapp_number`), shown at
+    // once and stored with the numbers.
+    store(app, auth, new_channels, listed).await
 }
 
 /// Disconnects a channel: unsubscribes at Meta where nothing else of this
