@@ -13,7 +13,9 @@
 //! - Actions: `send_message {text}`, `add_note {text}`, `add_labels` and
 //!   `remove_labels {labels}`, `assign {assignee_id}` (`null` unassigns),
 //!   `set_status {status}` (open, pending or resolved), `set_priority
-//!   {priority}`, `snooze {hours}` (1 to 720); 1 to [`MOST_ACTIONS`]; of
+//!   {priority}`, `snooze {hours}` (1 to 720), `set_contact_attributes
+//!   {attributes}` (the contact's, `inbox::attributes`; checked against
+//!   the definitions when saved and when run); 1 to [`MOST_ACTIONS`]; of
 //!   the status actions, the last one counts. Each is checked when the macro is
 //!   saved (`invalid_actions` names the first wrong one), and again when it
 //!   runs, as the same change by hand would be.
@@ -84,6 +86,11 @@ pub enum Action {
     /// Snoozes it for this many hours (1 to [`MOST_SNOOZE_HOURS`]).
     Snooze {
         hours: i64,
+    },
+    /// Sets the contact's attributes (`inbox::attributes`), as `PATCH
+    /// /api/contacts/{id}` `{attributes}` would: `null` removes one.
+    SetContactAttributes {
+        attributes: serde_json::Map<String, serde_json::Value>,
     },
 }
 
@@ -238,6 +245,16 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
         }
     };
     let (name, actions) = checked(&draft.name, draft.actions)?;
+    // Against the definitions as they are now (and again at each run).
+    for (n, action) in actions.iter().enumerate() {
+        if let Action::SetContactAttributes { attributes } = action {
+            if attributes.is_empty() {
+                return Err(invalid(format!("action {}: attributes names at least one", n + 1)));
+            }
+            super::attributes::apply(tc, &json!({}), attributes)
+                .map_err(|e| invalid(format!("action {}: {}", n + 1, e.message)))?;
+        }
+    }
     let same_name = mc::table.filter(mc::name.eq(&name)).select(mc::id).into_boxed();
     let same_name = match owner {
         Some(o) => same_name.filter(mc::owner_user_id.eq(o)),
@@ -319,7 +336,7 @@ pub fn run(
 ) -> AppResult<Ran> {
     let found = visible(tc, user, id)?;
     // Before anything: a conversation the caller may not see is not found.
-    messages::visible_conversation(tc, user, role, conversation)?;
+    let row = messages::visible_conversation(tc, user, role, conversation)?;
     let step = |n: usize, mut e: AppError| {
         e.message = format!("action {}: {}", n + 1, e.message);
         e
@@ -362,6 +379,11 @@ pub fn run(
                 patch.snoozed_until = Some(Some(Utc::now() + chrono::Duration::hours(*hours)));
             }
             Action::SetPriority { priority } => patch.priority = Some(priority.clone()),
+            Action::SetContactAttributes { attributes } => {
+                let changes = super::contacts::ContactChanges { attributes: attributes.clone(), ..Default::default() };
+                super::contacts::update(tc, log, user, role, super::ContactId(row.contact_id), changes)
+                    .map_err(|e| step(n, e))?;
+            }
         }
     }
     let resolves = patch.status.as_deref() == Some("resolved");

@@ -280,8 +280,30 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     );
     assert_eq!(audited, 2);
 
+    // A macro sets a contact's attributes, checked when saved and when run.
+    let bad_macro =
+        json!({"name": "Bigger", "actions": [{"type": "set_contact_attributes", "attributes": {"seats": "many"}}]});
+    let r = app.call("POST", "/api/macros", Some(admin), Some(bad_macro)).await;
+    assert_eq!(code(&r), (422, "invalid_actions"), "{:?}", r.body);
+    let grow = json!({"name": "Bigger", "actions": [{"type": "set_contact_attributes", "attributes": {"seats": 4,
+        "order_ref": "upgrade"}}, {"type": "add_labels", "labels": ["upsell"]}]});
+    let r = app.call("POST", "/api/macros", Some(admin), Some(grow)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let grow = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", &format!("/api/conversations/{others}/macros/{grow}"), Some(admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["conversation"]["labels"], json!(["upsell"]), "{:?}", r.body);
+    let now = app.call("GET", &format!("/api/contacts/{other}"), Some(admin), None).await.body;
+    assert_eq!(now["attributes"], json!({"plan": "free", "seats": 4, "order_ref": "upgrade"}), "{now}");
+    // A definition gone since: the run is refused whole, nothing written.
+    assert_eq!(app.call("DELETE", "/api/contact-attributes/order_ref", Some(admin), None).await.status, 204);
+    let r = app.call("POST", &format!("/api/conversations/{theirs}/macros/{grow}"), Some(admin), None).await;
+    assert_eq!(code(&r), (422, "invalid_attributes"), "{:?}", r.body);
+    let theirs_now = app.call("GET", &format!("/api/conversations/{theirs}"), Some(admin), None).await.body;
+    assert_eq!(theirs_now["labels"], json!([]), "{theirs_now}");
+
     // At most 50 in a tenant.
-    for n in 0..46 {
+    for n in 0..47 {
         let r = define(&app, admin, json!({"key": format!("extra_{n}"), "name": format!("Extra {n}"), "type": "text"}))
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
