@@ -63,20 +63,7 @@ fn every_search_is_planned_for_its_own_pattern() {
             .expect("search")
             .len()
     };
-    let contacts_found = |conn: &mut PgConnection, q: &str| -> usize {
-        with_tenant(conn, &scope, |tc| {
-            contacts::search(
-                tc,
-                UserId(0),
-                Role::Owner,
-                &contacts::ContactFilter { q: Some(q), ..Default::default() },
-                None,
-                200,
-            )
-        })
-        .expect("contact search")
-        .len()
-    };
+    let contacts_found = |conn: &mut PgConnection, q: &str| -> usize { contacts_matching(conn, &scope, q, 200).len() };
     // One-character searches first: they scan, a generic plan guessing a
     // few rows from the index looks cheaper than their plans.
     for _ in 0..6 {
@@ -157,20 +144,7 @@ fn contact_search_reads_the_indexes_not_every_contact() {
     );
     let mut conn = pool.get().expect("conn");
     let search = |conn: &mut PgConnection, q: &str| {
-        with_tenant(conn, &scope, |tc| {
-            contacts::search(
-                tc,
-                UserId(0),
-                Role::Owner,
-                &contacts::ContactFilter { q: Some(q), ..Default::default() },
-                None,
-                50,
-            )
-        })
-        .expect("contact search")
-        .into_iter()
-        .map(|c| c.external_id)
-        .collect::<Vec<_>>()
+        contacts_matching(conn, &scope, q, 50).into_iter().map(|c| c.external_id).collect::<Vec<_>>()
     };
     assert_eq!(search(&mut conn, "4155569999"), ["14155569999"], "by number");
     assert_eq!(search(&mut conn, "zoe mull"), ["14155550777"], "by name");
@@ -492,4 +466,16 @@ fn a_status_tab_reads_its_own_conversations_only() {
     let after = read_settled(&mut conn, read);
     assert!(after > before, "the reads were counted");
     assert!(after - before < 500, "three tabs read {} conversations of 5,000", after - before);
+}
+
+/// The first `limit` contacts a search for `q` finds, as an owner sees them.
+fn contacts_matching(
+    conn: &mut PgConnection,
+    scope: &switchboard::db::TenantScope,
+    q: &str,
+    limit: i64,
+) -> Vec<contacts::ContactListItem> {
+    let filter = contacts::ContactFilter { q: Some(q), ..Default::default() };
+    with_tenant(conn, scope, |tc| contacts::search(tc, UserId(0), Role::Owner, &filter, None, limit))
+        .expect("contact search")
 }
