@@ -176,6 +176,22 @@ async fn idle_conversations_are_resolved_but_not_a_customer_owed_an_answer() {
     assert_eq!(report["conversations_resolved"], 2, "{report}");
     let agents = report["agents"].as_array().cloned().unwrap_or_default();
     assert!(agents.iter().all(|a| a["resolved"] == 0), "{report}");
+    // A snooze that ends counts from its waking, not from the last message.
+    let mut conn = app.db.conn();
+    conn.batch_execute(&format!(
+        "UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second' WHERE id = {snoozed}"
+    ))
+    .expect("the snooze ends");
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        switchboard::inbox::conversations::wake_snoozed(tc, &mut log)?;
+        log.notify(tc)
+    })
+    .expect("wake");
+    tick(&app);
+    assert_eq!(status(&app, admin, &snoozed).await["status"], "open", "woken just now: not idle");
     // No survey goes to a customer silent for a day.
     let r = settings(json!({"csat": {"enabled": true, "text": "How did we do? 1-5"}})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
