@@ -1301,6 +1301,7 @@ async fn list_labels(state: web::Data<AppState>, auth: AuthContext) -> AppResult
 
 #[derive(Deserialize)]
 struct ContactsQuery {
+    channel_id: Option<String>,
     q: Option<String>,
     /// `true`: only blocked contacts; `false`: only the others.
     blocked: Option<String>,
@@ -1318,12 +1319,14 @@ async fn list_contacts(
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
     let blocked = blocked_param(q.blocked.as_deref())?;
+    let channel = super::channel_param(q.channel_id.as_deref())?;
     let (user, role, text, attribute) = (auth.user, auth.role, q.q, q.attribute);
     let (items, stale) = state
         .db
         .tenant(auth.scope(), move |tc| {
             let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
-            let filter = contacts::ContactFilter { q: text.as_deref(), blocked, attribute: attribute.as_ref() };
+            let filter =
+                contacts::ContactFilter { channel, q: text.as_deref(), blocked, attribute: attribute.as_ref() };
             let items = contacts::search(tc, user, role, &filter, page.after, page.limit)?;
             let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
             Ok::<_, AppError>((items, contacts::stale_profiles(tc, &ids, Utc::now())?))
@@ -1345,6 +1348,7 @@ fn blocked_param(raw: Option<&str>) -> AppResult<Option<bool>> {
 
 #[derive(Deserialize)]
 struct ContactsExportQuery {
+    channel_id: Option<String>,
     q: Option<String>,
     blocked: Option<String>,
     attribute: Option<String>,
@@ -1360,12 +1364,14 @@ async fn export_contacts(
     auth.require(Role::Admin)?;
     let q = q.into_inner();
     let blocked = blocked_param(q.blocked.as_deref())?;
+    let channel = super::channel_param(q.channel_id.as_deref())?;
     let (user, text, attribute) = (auth.user, q.q, q.attribute);
     let (csv, _) = state
         .db
         .tenant(auth.scope(), move |tc| {
             let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
-            let filter = contacts::ContactFilter { q: text.as_deref(), blocked, attribute: attribute.as_ref() };
+            let filter =
+                contacts::ContactFilter { channel, q: text.as_deref(), blocked, attribute: attribute.as_ref() };
             crate::inbox::contact_export::export(tc, user, &filter)
         })
         .await?;

@@ -27,7 +27,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::config::ServerConfig;
-use crate::error::{AppError, ErrorKind};
+use crate::error::{AppError, AppResult, ErrorKind};
 use crate::telemetry::RequestSpan;
 
 /// Largest JSON body the API accepts (webhooks have their own, larger limit).
@@ -152,6 +152,19 @@ fn cors(config: Arc<ServerConfig>) -> actix_cors::Cors {
         ])
         .max_age(3600)
         .block_on_origin_mismatch(false)
+}
+
+/// A `channel_id=` query parameter (reports, contacts): 422
+/// `invalid_channel_id` when it cannot name a channel.
+fn channel_param(raw: Option<&str>) -> AppResult<Option<crate::channels::ChannelId>> {
+    raw.map(|c| {
+        c.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(crate::channels::ChannelId)
+            .ok_or_else(|| AppError::invalid("invalid_channel_id", "channel_id is a channel's id"))
+    })
+    .transpose()
 }
 
 /// All routes.

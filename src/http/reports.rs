@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
-use crate::channels::ChannelId;
 use crate::error::{AppError, AppResult};
 use crate::inbox::reports::{self, Period};
 use crate::inbox::teams::{self, TeamId};
@@ -65,16 +64,7 @@ async fn overview(
 /// The period's figures, for an admin.
 async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppResult<reports::Overview> {
     auth.require(Role::Admin)?;
-    let channel = match q.channel_id.as_deref() {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .map(ChannelId)
-                .ok_or_else(|| AppError::invalid("invalid_channel_id", "channel_id is a channel's id"))?,
-        ),
-        None => None,
-    };
+    let channel = super::channel_param(q.channel_id.as_deref())?;
     let team = match q.team_id.as_deref() {
         Some(t) => Some(TeamId::parse(t).ok_or_else(|| AppError::invalid("invalid_team", "team_id is a team's id"))?),
         None => None,

@@ -4,7 +4,8 @@
 //! Decisions:
 //! - Admins only, and audited (`contacts.exported`, with the filters and
 //!   the count): it is the customers' personal data in bulk.
-//! - The list's filters (`q`, `blocked`, `attribute`); oldest first.
+//! - The list's filters (`channel_id`, `q`, `blocked`, `attribute`);
+//!   oldest first.
 //! - One row per contact: `id, channel_id, external_id, name, email,
 //!   phone, notes, blocked, blocked_at, marketing_stopped_at, created_at,
 //!   conversation_id`, then one column per contact attribute, named
@@ -97,7 +98,8 @@ pub fn export(tc: &mut TenantConn<'_>, user: UserId, filter: &ContactFilter<'_>)
         "contacts.exported",
         "contact",
         None,
-        serde_json::json!({"count": count, "q": filter.q, "blocked": filter.blocked,
+        serde_json::json!({"count": count, "channel_id": filter.channel.map(|c| c.0.to_string()),
+            "q": filter.q, "blocked": filter.blocked,
             "attribute": filter.attribute.map(|a| a.key().to_string())}),
     )?;
     Ok((out, count))

@@ -285,10 +285,11 @@ pub fn written_number(text: &str) -> Option<String> {
         .then(|| text.chars().filter(char::is_ascii_digit).collect())
 }
 
-/// What `GET /api/contacts` narrows to: a search, blocked or not, an
-/// attribute.
+/// What `GET /api/contacts` narrows to: a channel, a search, blocked or
+/// not, an attribute.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContactFilter<'a> {
+    pub channel: Option<ChannelId>,
     pub q: Option<&'a str>,
     pub blocked: Option<bool>,
     pub attribute: Option<&'a super::attributes::Wanted>,
@@ -304,7 +305,7 @@ pub fn search(
     after: Option<i64>,
     limit: i64,
 ) -> AppResult<Vec<ContactListItem>> {
-    let ContactFilter { q, blocked, attribute } = *filter;
+    let ContactFilter { channel, q, blocked, attribute } = *filter;
     let mut query = contacts::table
         .select((ContactRow::as_select(), ContactDetails::as_select()))
         .order(contacts::id)
@@ -314,6 +315,9 @@ pub fn search(
         let mine =
             channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
         query = query.filter(contacts::channel_id.eq_any(mine));
+    }
+    if let Some(channel) = channel {
+        query = query.filter(contacts::channel_id.eq(channel.0));
     }
     let search = q.map(str::trim).filter(|t| !t.is_empty());
     if let Some(text) = search {

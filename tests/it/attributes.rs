@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::channels::PAGE_A;
 use crate::common::{spawn_app, TestApp};
-use crate::inbox::{acme, agent_al, by_contact, conversations};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, PHONE};
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
     (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
@@ -166,6 +166,11 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert_eq!(found("vip:true").await, Ok(vec![contact.clone()]));
     assert_eq!(found("vip:false").await, Ok(vec![]));
     assert_eq!(found("renewal").await, Ok(vec![contact.clone()]));
+    // With a channel too: the page's contacts, none of the number's.
+    let (page, phone) = (channel_id(&app, admin, PAGE_A).await, channel_id(&app, admin, PHONE).await);
+    assert_eq!(found(&format!("plan&channel_id={page}")).await.map(|v| v.len()), Ok(2));
+    assert_eq!(found(&format!("plan&channel_id={phone}")).await, Ok(vec![]));
+    assert_eq!(found("plan&channel_id=page").await, Err("invalid_channel_id".to_string()));
     for bad in ["colour", "plan:gold", "seats:three", "vip:yes", "renewal:soon", "plan:", "plan%00", "order_ref:a%00"] {
         assert_eq!(found(bad).await, Err("invalid_attribute".to_string()), "{bad}");
     }
@@ -270,15 +275,17 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert!(lines[2].contains(",\"'=SUM(A1), \"\"Lda\"\"\",") && lines[2].ends_with(",free,3,,"), "{csv}");
     let (_, _, narrowed) = export("?attribute=plan:free", admin).await;
     assert_eq!(narrowed.split("\r\n").filter(|l| !l.is_empty()).count(), 2, "{narrowed}");
+    let (_, _, elsewhere) = export(&format!("?channel_id={phone}"), admin).await;
+    assert_eq!(elsewhere.split("\r\n").filter(|l| !l.is_empty()).count(), 1, "the header only: {elsewhere}");
     let (status, _, _) = export("", &al).await;
     assert_eq!(status, 403);
     let (status, _, body) = export("?attribute=nothing", admin).await;
     assert!(status == 422 && body.contains("invalid_attribute"), "{body}");
     let audited = app.count(
         "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contacts.exported' \
-            AND details->>'count' IN ('1', '2')",
+            AND details->>'count' IN ('0', '1', '2')",
     );
-    assert_eq!(audited, 2);
+    assert_eq!(audited, 3);
 
     // A macro sets a contact's attributes, checked when saved and when run.
     let bad_macro =
