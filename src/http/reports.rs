@@ -51,6 +51,7 @@ struct OverviewQuery {
     channel_id: Option<String>,
     team_id: Option<String>,
     label: Option<String>,
+    contact_attribute: Option<String>,
 }
 
 async fn overview(
@@ -71,14 +72,17 @@ async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppR
     };
     // As stored, so `VIP ` finds `vip` (422 invalid_label otherwise).
     let label = q.label.as_deref().map(crate::inbox::conversations::normalize_label).transpose()?;
-    let period =
+    let mut period =
         Period { team, label, ..Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())? };
+    let attribute = q.contact_attribute;
     state
         .db
         .tenant(auth.scope(), move |tc| {
             if let Some(team) = team {
                 teams::existing(tc, team)?;
             }
+            // Read as its definition reads it (422 invalid_attribute).
+            period.contact_attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
             reports::overview(tc, period)
         })
         .await

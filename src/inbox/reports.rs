@@ -48,8 +48,11 @@
 //!   worked them; the agents' table then lists whoever answered, resolved
 //!   or was assigned them, members of the team or not. One label (`label`)
 //!   the same way: the conversations that have it at the time of the
-//!   report. With a channel, a team or a label together, the conversations
-//!   of all.
+//!   report. One contact attribute (`contact_attribute`, `key` or
+//!   `key:value` as `inbox::attributes` reads it) the same way: the
+//!   conversations of the contacts that have it at the time of the report.
+//!   With a channel, a team, a label or an attribute together, the
+//!   conversations of all.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -67,7 +70,7 @@
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -83,7 +86,8 @@ pub const MOST_DAYS: i64 = 366;
 /// The days a report covers when not told.
 pub const DEFAULT_DAYS: i64 = 7;
 
-/// `[from, to)`, and optionally one channel, one team and one label.
+/// `[from, to)`, and optionally one channel, one team, one label and one
+/// contact attribute.
 #[derive(Debug, Clone)]
 pub struct Period {
     pub from: DateTime<Utc>,
@@ -94,6 +98,9 @@ pub struct Period {
     /// The conversations with this label (as stored: normalized) at the
     /// time of the report.
     pub label: Option<String>,
+    /// The conversations of the contacts with this attribute, or value of
+    /// it (`inbox::attributes`), at the time of the report.
+    pub contact_attribute: Option<super::attributes::Wanted>,
 }
 
 impl Period {
@@ -120,7 +127,7 @@ impl Period {
         if to - from > Duration::days(MOST_DAYS) {
             return Err(AppError::invalid("invalid_period", format!("a report covers at most {MOST_DAYS} days")));
         }
-        Ok(Period { from, to, channel, team: None, label: None })
+        Ok(Period { from, to, channel, team: None, label: None, contact_attribute: None })
     }
 }
 
@@ -337,17 +344,20 @@ pub(super) const ANSWERS: &str = "m.direction = 'out' AND NOT m.private AND m.st
 const BLOCKED: &str = "SELECT bc.id FROM conversations bc JOIN contacts bk ON bk.id = bc.contact_id \
     WHERE bk.blocked_at IS NOT NULL";
 
-/// Whether conversations `c` are among the report's: in its team (`$4`)
-/// and with its label (`$5`), when it names them.
-const SCOPED: &str = "($4::int8 IS NULL OR c.team_id = $4) AND ($5::text IS NULL OR $5 = ANY (c.labels))";
+/// Whether conversations `c` are among the report's: in its team (`$4`),
+/// with its label (`$5`), of a contact with its attribute (`$6`, of value
+/// `$7` when given), when it names them.
+const SCOPED: &str = "($4::int8 IS NULL OR c.team_id = $4) AND ($5::text IS NULL OR $5 = ANY (c.labels)) \
+    AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM contacts ct WHERE ct.id = c.contact_id \
+         AND ct.attributes ? $6 AND ($7::jsonb IS NULL OR ct.attributes @> $7)))";
 
-/// Whether the conversation `column` names (`sc.id{cast}`'s type) is
-/// among the report's ([`SCOPED`]): a condition for a table keyed by
+/// Whether the conversation `column` names (`c.id{cast}`'s type) is among
+/// the report's ([`SCOPED`]): a condition for a table keyed by
 /// conversation.
 fn in_scope(column: &str, cast: &str) -> String {
     format!(
-        "(($4::int8 IS NULL AND $5::text IS NULL) OR {column} IN (SELECT sc.id{cast} FROM conversations sc \
-          WHERE ($4::int8 IS NULL OR sc.team_id = $4) AND ($5::text IS NULL OR $5 = ANY (sc.labels))))"
+        "(($4::int8 IS NULL AND $5::text IS NULL AND $6::text IS NULL) \
+          OR {column} IN (SELECT c.id{cast} FROM conversations c WHERE {SCOPED}))"
     )
 }
 
@@ -356,6 +366,10 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     let channel = period.channel.map(|c| c.0);
     let team = period.team.map(|t| t.0);
     let label = period.label.as_deref();
+    let (attribute, attribute_value) = match &period.contact_attribute {
+        Some(a) => (Some(a.key()), a.contained()),
+        None => (None, None),
+    };
     let counts: Vec<MessageCounts> = diesel::sql_query(format!(
         "SELECT channel_id, sender_user_id, \
                 count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
@@ -372,6 +386,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
     // What blocked contacts sent, taken off the count above: read through
     // their few conversations' index, not by another pass over the period.
@@ -388,6 +404,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
     let opened: Vec<Opened> = diesel::sql_query(format!(
         "SELECT c.channel_id, asked.at AS asked_at, answer.at AS answered_at, answer.by AS answered_by \
@@ -406,6 +424,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
     let resolved: Vec<Resolved> = diesel::sql_query(format!(
         "SELECT a.actor_user_id, count(*) AS n \
@@ -420,6 +440,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     // As the audit log keeps them: an erased contact's conversation was
@@ -438,6 +460,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     let surveys: Vec<Surveys> = diesel::sql_query(format!(
@@ -455,6 +479,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     let missed: Vec<Missed> = diesel::sql_query(format!(
@@ -469,6 +495,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     // Resolved conversations are most of a long history: the status index
@@ -481,13 +509,17 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                 count(*) FILTER (WHERE waiting_since IS NOT NULL) AS waiting, \
                 count(*) FILTER (WHERE {}) AS overdue \
            FROM conversations \
-          WHERE status IN ('open', 'pending', 'snoozed') AND ($1::int8 IS NULL OR channel_id = $1) \
-            AND ($2::int8 IS NULL OR team_id = $2) AND ($3::text IS NULL OR $3 = ANY (labels))",
-        super::waiting::OVERDUE
+          WHERE status IN ('open', 'pending', 'snoozed') AND ($3::int8 IS NULL OR channel_id = $3) AND {}",
+        super::waiting::OVERDUE,
+        in_scope("id", "")
     ))
+    .bind::<Nullable<Timestamptz>, _>(None::<DateTime<Utc>>)
+    .bind::<Nullable<Timestamptz>, _>(None::<DateTime<Utc>>)
     .bind::<Nullable<BigInt>, _>(channel)
     .bind::<Nullable<BigInt>, _>(team)
     .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .get_result(tc.pg())?;
 
     let mut channels: BTreeMap<i64, ChannelFigures> = BTreeMap::new();

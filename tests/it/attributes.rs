@@ -220,6 +220,23 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     let counts = app.call("GET", &format!("/api/conversations/counts?view={view_id}"), Some(admin), None).await;
     assert_eq!(counts.body["all"], 1, "{:?}", counts.body);
 
+    // Reports of those customers' conversations.
+    let report = |query: &str| {
+        let url = format!("/api/reports/overview?contact_attribute={query}");
+        let app = &app;
+        async move { app.call("GET", &url, Some(admin), None).await }
+    };
+    for (query, opened) in [("plan", 2), ("plan:enterprise", 1), ("seats:3", 1), ("vip:false", 0)] {
+        let r = report(query).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let figures = (&r.body["conversations_opened"], &r.body["messages_received"], &r.body["now"]["open"]);
+        assert_eq!(figures, (&json!(opened), &json!(opened), &json!(opened)), "{query}: {:?}", r.body);
+    }
+    let r = app.call("GET", "/api/reports/agents.csv?contact_attribute=plan:enterprise", Some(admin), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(code(&report("plan:gold").await), (422, "invalid_attribute"));
+    assert_eq!(code(&report("nothing").await), (422, "invalid_attribute"));
+
     // A list's options change: a value taken away goes from the contacts.
     let patch_def = |key: &str, body: Value| {
         let app = &app;
