@@ -1299,14 +1299,62 @@ async fn list_labels(state: web::Data<AppState>, auth: AuthContext) -> AppResult
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
 }
 
+/// The contacts list's filters, shared by the list and its export.
 #[derive(Deserialize)]
-struct ContactsQuery {
+struct ContactsFilterQuery {
     channel_id: Option<String>,
     q: Option<String>,
     /// `true`: only blocked contacts; `false`: only the others.
     blocked: Option<String>,
     /// `key` (has it) or `key:value` (`inbox::attributes::wanted`).
     attribute: Option<String>,
+}
+
+/// [`ContactsFilterQuery`] checked as far as it can be before the
+/// database; the attribute is read against the definitions in [`Self::with`].
+struct ContactsFilterChecked {
+    channel: Option<crate::channels::ChannelId>,
+    q: Option<String>,
+    blocked: Option<bool>,
+    attribute: Option<String>,
+}
+
+impl ContactsFilterQuery {
+    fn checked(self) -> AppResult<ContactsFilterChecked> {
+        let blocked = match self.blocked.as_deref() {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => return Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
+        };
+        let channel = super::channel_param(self.channel_id.as_deref())?;
+        Ok(ContactsFilterChecked { channel, q: self.q, blocked, attribute: self.attribute })
+    }
+}
+
+impl ContactsFilterChecked {
+    /// `f` with the filter, its attribute read in `tc` (422
+    /// `invalid_attribute`).
+    fn with<T>(
+        &self,
+        tc: &mut crate::db::TenantConn<'_>,
+        f: impl FnOnce(&mut crate::db::TenantConn<'_>, &contacts::ContactFilter<'_>) -> AppResult<T>,
+    ) -> AppResult<T> {
+        let attribute = self.attribute.as_deref().map(|raw| crate::inbox::attributes::wanted(tc, raw)).transpose()?;
+        let filter = contacts::ContactFilter {
+            channel: self.channel,
+            q: self.q.as_deref(),
+            blocked: self.blocked,
+            attribute: attribute.as_ref(),
+        };
+        f(tc, &filter)
+    }
+}
+
+#[derive(Deserialize)]
+struct ContactsQuery {
+    #[serde(flatten)]
+    filter: ContactsFilterQuery,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -1318,16 +1366,12 @@ async fn list_contacts(
 ) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
-    let blocked = blocked_param(q.blocked.as_deref())?;
-    let channel = super::channel_param(q.channel_id.as_deref())?;
-    let (user, role, text, attribute) = (auth.user, auth.role, q.q, q.attribute);
+    let filter = q.filter.checked()?;
+    let (user, role) = (auth.user, auth.role);
     let (items, stale) = state
         .db
         .tenant(auth.scope(), move |tc| {
-            let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
-            let filter =
-                contacts::ContactFilter { channel, q: text.as_deref(), blocked, attribute: attribute.as_ref() };
-            let items = contacts::search(tc, user, role, &filter, page.after, page.limit)?;
+            let items = filter.with(tc, |tc, f| contacts::search(tc, user, role, f, page.after, page.limit))?;
             let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
             Ok::<_, AppError>((items, contacts::stale_profiles(tc, &ids, Utc::now())?))
         })
@@ -1336,44 +1380,19 @@ async fn list_contacts(
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id.0)))
 }
 
-/// `blocked=true` (only blocked contacts) or `false` (only the others).
-fn blocked_param(raw: Option<&str>) -> AppResult<Option<bool>> {
-    match raw {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(_) => Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
-    }
-}
-
-#[derive(Deserialize)]
-struct ContactsExportQuery {
-    channel_id: Option<String>,
-    q: Option<String>,
-    blocked: Option<String>,
-    attribute: Option<String>,
-}
-
 /// `GET /api/contacts.csv` (admins): the contacts the list's filters give,
 /// as a spreadsheet (`inbox::contact_export`).
 async fn export_contacts(
     state: web::Data<AppState>,
     auth: AuthContext,
-    q: web::Query<ContactsExportQuery>,
+    q: web::Query<ContactsFilterQuery>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
-    let q = q.into_inner();
-    let blocked = blocked_param(q.blocked.as_deref())?;
-    let channel = super::channel_param(q.channel_id.as_deref())?;
-    let (user, text, attribute) = (auth.user, q.q, q.attribute);
+    let filter = q.into_inner().checked()?;
+    let user = auth.user;
     let (csv, _) = state
         .db
-        .tenant(auth.scope(), move |tc| {
-            let attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
-            let filter =
-                contacts::ContactFilter { channel, q: text.as_deref(), blocked, attribute: attribute.as_ref() };
-            crate::inbox::contact_export::export(tc, user, &filter)
-        })
+        .tenant(auth.scope(), move |tc| filter.with(tc, |tc, f| crate::inbox::contact_export::export(tc, user, f)))
         .await?;
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
