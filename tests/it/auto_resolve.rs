@@ -260,3 +260,46 @@ async fn a_conversation_being_written_is_passed_over_not_waited_for() {
     tick(&app);
     eventually("both resolved", || async { conversations(&app, admin, "?status=resolved").await.len() == 2 }).await;
 }
+
+/// A tick resolves at most a batch a tenant, the longest idle first: turned
+/// on over a backlog, it clears it in steps.
+#[actix_web::test]
+async fn a_backlog_is_resolved_a_batch_a_tick_longest_idle_first() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let page = channel_id(&app, admin, PAGE_A).await;
+    let batch = switchboard::inbox::auto_resolve::BATCH;
+    // A backlog of months: one more than a batch, idle for 1 to 501 days.
+    let mut conn = app.db.conn();
+    conn.batch_execute(&format!(
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id) \
+           SELECT {page}, (7392015648200000 + g)::text FROM generate_series(1, {n}) g; \
+         INSERT INTO tenant_acme.conversations (channel_id, contact_id, last_activity_at, updated_at) \
+           SELECT {page}, id, now() - (id || ' days')::interval, now() - (id || ' days')::interval \
+             FROM tenant_acme.contacts WHERE external_id::bigint > 7392015648200000",
+        n = batch + 1
+    ))
+    .expect("a backlog");
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/channels/{page}"),
+            Some(admin),
+            Some(json!({"settings": {"auto_resolve": {"after_hours": 24}}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let open = |app: &TestApp| app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE status = 'open'");
+    let newest = "SELECT count(*) AS n FROM tenant_acme.conversations \
+        WHERE status = 'open' AND last_activity_at = (SELECT max(last_activity_at) FROM tenant_acme.conversations)";
+    // The server's own clock may have ticked too: at most a batch a tick,
+    // whoever ticks, and the newest idle one last.
+    let first = tick(&app);
+    assert!(first as i64 <= batch, "{first}");
+    if open(&app) > 0 {
+        assert_eq!(app.count(newest), 1, "the longest idle went first");
+    }
+    tick(&app);
+    assert_eq!(open(&app), 0, "the rest at the next tick");
+}
