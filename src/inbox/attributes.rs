@@ -352,14 +352,20 @@ impl Wanted {
     }
 }
 
+/// `key` or `key:value`: the key, and the value when given (it may hold
+/// colons itself).
+fn split(raw: &str) -> (&str, Option<&str>) {
+    match raw.split_once(':') {
+        Some((key, value)) => (key, Some(value)),
+        None => (raw, None),
+    }
+}
+
 /// Reads `key` or `key:value` against the definitions (422
 /// `invalid_attribute`: no such key, or a value the definition would not
 /// keep).
 pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
-    let (key, value) = match raw.split_once(':') {
-        Some((key, value)) => (key, Some(value)),
-        None => (raw, None),
-    };
+    let (key, value) = split(raw);
     let bad = |why: String| invalid("invalid_attribute", why);
     let Some(definition) = find(tc, key, false)? else {
         return Err(bad(format!("no contact attribute has the key {key:?}; give attribute=key or key:value")));
@@ -380,10 +386,8 @@ pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
 /// it, read without the definitions (a saved view outlives them: a key
 /// none has finds nothing).
 pub fn parsed_query(raw: &str) -> AppResult<(String, Option<String>)> {
-    let (key, value) = match raw.split_once(':') {
-        Some((key, value)) => (key, Some(value.to_string())),
-        None => (raw, None),
-    };
+    let (key, value) = split(raw);
+    let value = value.map(str::to_string);
     let wrong = || invalid("invalid_query", format!("contact_attribute is key or key:value, not {raw:?}"));
     let key = checked_key(key).map_err(|_| wrong())?;
     // No value holds a control character (PostgreSQL's JSON refuses a NUL).

@@ -338,8 +338,8 @@ pub fn search(
         Some(false) => query = query.filter(contacts::blocked_at.is_null()),
         None => {}
     }
-    // Through the attributes' GIN index (tenant migration
-    // `contact_attributes`).
+    // A rare attribute or value through the attributes' GIN index (tenant
+    // migration `contact_attributes`); a common one walking the ids.
     match attribute.map(|a| (a.key(), a.contained())) {
         Some((_, Some(contained))) => query = query.filter(contacts::attributes.contains(contained)),
         Some((key, None)) => query = query.filter(contacts::attributes.has_key(key.to_string())),

@@ -362,7 +362,8 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
         Some(false) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE).is_distinct_from(true)),
         None => {}
     }
-    // Through the contacts' GIN index on their attributes.
+    // A subquery of the contacts, a rare value through their attributes'
+    // GIN index.
     let holding = |of: contacts::BoxedQuery<'a, Pg, diesel::sql_types::BigInt>| c::contact_id.eq_any(of);
     match &f.contact_attribute {
         Some((key, None)) => {

@@ -513,6 +513,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         super::waiting::OVERDUE,
         in_scope("id", "")
     ))
+    // No period here; `$1` and `$2` stay unused so that the scope keeps
+    // its numbers (`SCOPED`).
     .bind::<Nullable<Timestamptz>, _>(None::<DateTime<Utc>>)
     .bind::<Nullable<Timestamptz>, _>(None::<DateTime<Utc>>)
     .bind::<Nullable<BigInt>, _>(channel)

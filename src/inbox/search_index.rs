@@ -18,8 +18,9 @@
 //! nearly as cheaply per entry as the 4 MB ones; inserts go on meanwhile
 //! (an insert that finds a merge running does not wait for it). Should this
 //! worker fall behind, PostgreSQL still merges at the limit as before.
-//! Replies and contact names are few and are merged with the next batch's
-//! texts, or by autovacuum.
+//! Replies, contact names and contact attributes (`inbox::attributes`: a
+//! new customer adds an empty object's entry) are few and are merged with
+//! the next batch's texts, or by autovacuum.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -97,7 +98,8 @@ pub fn merge_pending(tc: &mut TenantConn<'_>) -> AppResult<i64> {
     // The names resolve in the tenant's schema (first on the search path).
     let merged: Merged = diesel::sql_query(
         "SELECT (pg_catalog.gin_clean_pending_list('messages_text_trgm'::regclass) \
-               + pg_catalog.gin_clean_pending_list('contacts_name_trgm'::regclass)) AS pages",
+               + pg_catalog.gin_clean_pending_list('contacts_name_trgm'::regclass) \
+               + pg_catalog.gin_clean_pending_list('contacts_attributes_idx'::regclass)) AS pages",
     )
     .get_result(tc.pg())?;
     Ok(merged.pages)

@@ -10,20 +10,36 @@ use crate::common::TestApp;
 use crate::common::{eventually, spawn_app};
 use crate::inbox::{acme, by_contact, channel_id, conversations, reply, PHONE};
 
-/// One tick of the clock's auto-resolve for Acme: how many it resolved.
-/// A row lock it waited for would fail it.
-fn tick(app: &TestApp) -> usize {
+/// `work` in Acme's tenant as the clock does it (the system's scope, its
+/// events announced). A row lock it waits for past 3 s fails it.
+fn in_acme<T>(
+    app: &TestApp,
+    work: impl FnOnce(
+        &mut switchboard::db::TenantConn<'_>,
+        &mut switchboard::inbox::events::EventLog,
+    ) -> switchboard::AppResult<T>,
+) -> T {
     use diesel::RunQueryDsl;
     let mut pooled = app.pool.get().expect("conn");
     let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
     switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         diesel::sql_query("SET LOCAL lock_timeout = '3s'").execute(tc.pg())?;
         let mut log = switchboard::inbox::events::EventLog::new();
-        let n = switchboard::inbox::auto_resolve::resolve_idle(tc, &mut log, chrono::Utc::now())?;
+        let out = work(tc, &mut log)?;
         log.notify(tc)?;
-        Ok::<_, switchboard::AppError>(n)
+        Ok::<_, switchboard::AppError>(out)
     })
-    .expect("auto-resolve")
+    .expect("the clock's work")
+}
+
+/// One tick of the clock's auto-resolve for Acme: how many it resolved.
+fn tick(app: &TestApp) -> usize {
+    in_acme(app, |tc, log| switchboard::inbox::auto_resolve::resolve_idle(tc, log, chrono::Utc::now()))
+}
+
+/// Page A's `settings` changed by Acme's admin.
+async fn set_page(app: &TestApp, admin: &str, page: &str, settings: Value) -> crate::common::Resp {
+    app.call("PATCH", &format!("/api/channels/{page}"), Some(admin), Some(json!({"settings": settings}))).await
 }
 
 /// Nothing has happened to `ids` for `hours` (no message, no change).
@@ -46,11 +62,7 @@ async fn idle_conversations_are_resolved_but_not_a_customer_owed_an_answer() {
     let ctx = acme(&app).await;
     let admin = ctx.admin.as_str();
     let page = channel_id(&app, admin, PAGE_A).await;
-    let settings = |s: Value| {
-        let app = &app;
-        let page = page.clone();
-        async move { app.call("PATCH", &format!("/api/channels/{page}"), Some(admin), Some(json!({"settings": s}))).await }
-    };
+    let settings = |s: Value| set_page(&app, admin, &page, s);
 
     // Checked before anything is kept.
     for (bad, code) in [
@@ -182,14 +194,7 @@ async fn idle_conversations_are_resolved_but_not_a_customer_owed_an_answer() {
         "UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second' WHERE id = {snoozed}"
     ))
     .expect("the snooze ends");
-    let mut pooled = app.pool.get().expect("conn");
-    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
-    switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
-        let mut log = switchboard::inbox::events::EventLog::new();
-        switchboard::inbox::conversations::wake_snoozed(tc, &mut log)?;
-        log.notify(tc)
-    })
-    .expect("wake");
+    in_acme(&app, switchboard::inbox::conversations::wake_snoozed);
     tick(&app);
     assert_eq!(status(&app, admin, &snoozed).await["status"], "open", "woken just now: not idle");
     // No survey goes to a customer silent for a day.
@@ -238,14 +243,7 @@ async fn a_conversation_being_written_is_passed_over_not_waited_for() {
     let [first, second] = senders.map(|from| by_contact(&convs, from)["id"].as_str().expect("id").to_string());
     idle_for(&app, &[&first, &second], 3, "last_activity_at");
     idle_for(&app, &[&first, &second], 3, "updated_at");
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{page}"),
-            Some(admin),
-            Some(json!({"settings": {"auto_resolve": {"after_hours": 2, "unanswered": true}}})),
-        )
-        .await;
+    let r = set_page(&app, admin, &page, json!({"auto_resolve": {"after_hours": 2, "unanswered": true}})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     // Another transaction holds the first conversation's row.
     let mut holder = app.db.conn();
@@ -281,14 +279,7 @@ async fn a_backlog_is_resolved_a_batch_a_tick_longest_idle_first() {
         n = batch + 1
     ))
     .expect("a backlog");
-    let r = app
-        .call(
-            "PATCH",
-            &format!("/api/channels/{page}"),
-            Some(admin),
-            Some(json!({"settings": {"auto_resolve": {"after_hours": 24}}})),
-        )
-        .await;
+    let r = set_page(&app, admin, &page, json!({"auto_resolve": {"after_hours": 24}})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let open = |app: &TestApp| app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE status = 'open'");
     let newest = "SELECT count(*) AS n FROM tenant_acme.conversations \
