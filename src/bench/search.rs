@@ -16,7 +16,8 @@
 //! conversation; and the stale-profile check the list's handler adds to
 //! each page (`contacts::stale_profiles`). Last, the auto-resolve clock
 //! (`inbox::auto_resolve`): its look when nothing may be taken, and a tick
-//! resolving a full batch; before it, contacts found by an attribute.
+//! resolving a full batch; before it, contacts found by an attribute, their
+//! export and an import of a full file (`inbox::contact_import`).
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -40,6 +41,12 @@ const PER_CONVERSATION: usize = 50;
 const RUNS: usize = 7;
 /// The agent whose own conversations ("mine") are listed.
 const AGENT: i64 = 42;
+
+#[derive(QueryableByName)]
+struct Returned {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
 
 /// Texts of the kind customers write, accents and all; each message adds
 /// its number, so a number is a rare word.
@@ -319,6 +326,61 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "the contacts' export (GET /api/contacts.csv): {rows} contacts, {} KiB in {:.1?}",
         bytes / 1024,
+        median(times)
+    );
+    // The import (`POST /api/contacts/import`) of a full file of WhatsApp
+    // numbers nobody has, each with a plan: made (dry, so each run makes
+    // them again), then made for good, then the same file again.
+    let wa = with_tenant(&mut conn, &scope, |tc| -> Result<i64, AppError> {
+        tc.pg().batch_execute(
+            "INSERT INTO contact_attributes (key, name, kind, options) VALUES ('plan', 'Plan', 'list', '{free,pro}') \
+             ON CONFLICT DO NOTHING",
+        )?;
+        Ok(diesel::sql_query(
+            "INSERT INTO channels (platform, external_id, name) VALUES ('whatsapp', '109876543210987', 'Bench number') \
+             RETURNING id",
+        )
+        .get_result::<Returned>(tc.pg())?
+        .id)
+    })
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let rows = crate::inbox::contact_import::MOST_ROWS;
+    let mut file = String::from("phone,name,attributes.plan\r\n");
+    for n in 0..rows {
+        file.push_str(&format!("+351 91{n:07},Customer {n},{}\r\n", ["free", "pro"][n % 2]));
+    }
+    let import = |conn: &mut PgConnection,
+                  dry_run: bool|
+     -> anyhow::Result<(crate::inbox::contact_import::Imported, Duration)> {
+        let t = Instant::now();
+        let done = with_tenant(conn, &scope, |tc| {
+            let mut log = crate::inbox::events::EventLog::new();
+            let channel = Some(crate::channels::ChannelId(wa));
+            let done =
+                crate::inbox::contact_import::import(tc, &mut log, UserId(AGENT), channel, file.as_bytes(), dry_run)?;
+            log.write(tc)?;
+            Ok::<_, AppError>(done)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((done, t.elapsed()))
+    };
+    let mut times = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let (done, took) = import(&mut conn, true)?;
+        anyhow::ensure!(done.created == rows, "a dry import made {} of {rows}", done.created);
+        times.push(took);
+    }
+    let dry = median(times);
+    let (done, made) = import(&mut conn, false)?;
+    anyhow::ensure!(done.created == rows, "the import made {} of {rows}", done.created);
+    let mut times = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let (done, took) = import(&mut conn, false)?;
+        anyhow::ensure!(done.unchanged == rows, "the same file changed {} of {rows}", rows - done.unchanged);
+        times.push(took);
+    }
+    println!(
+        "the contacts' import (POST /api/contacts/import) of {rows} new WhatsApp numbers: {made:.1?} ({dry:.1?} dry); the same file again: {:.1?}",
         median(times)
     );
     // The inbox narrowed the same way (`contact_attribute=vip:true`): a

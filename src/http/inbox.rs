@@ -42,6 +42,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/labels").route(web::get().to(list_labels)))
         .service(resource("/contacts").route(web::get().to(list_contacts)))
         .service(resource("/contacts.csv").route(web::get().to(export_contacts)))
+        // Before `{id}`, which would otherwise claim it for its DELETE.
+        .service(
+            resource("/contacts/import")
+                .app_data(web::PayloadConfig::new(crate::inbox::contact_import::MOST_BYTES))
+                .route(web::post().to(import_contacts)),
+        )
         .service(
             resource("/contacts/{id}")
                 .route(web::get().to(get_contact))
@@ -1399,6 +1405,46 @@ async fn export_contacts(
         .insert_header(("Content-Disposition", "attachment; filename=\"contacts.csv\""))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .body(csv))
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    /// The channel of rows without a `channel_id` cell.
+    channel_id: Option<String>,
+    dry_run: Option<String>,
+}
+
+/// `POST /api/contacts/import` (admins): contacts from a CSV body, all or
+/// nothing (`inbox::contact_import`).
+async fn import_contacts(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    req: actix_web::HttpRequest,
+    q: web::Query<ImportQuery>,
+    body: web::Bytes,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    if is_multipart(&req) {
+        return Err(AppError::new(
+            crate::error::ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "send the CSV itself as the body (Content-Type: text/csv), not a form",
+        ));
+    }
+    let q = q.into_inner();
+    let channel = super::channel_param(q.channel_id.as_deref())?;
+    let dry_run = match q.dry_run.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(AppError::invalid("invalid_dry_run", "dry_run is true or false")),
+    };
+    let user = auth.user;
+    let imported = state
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            crate::inbox::contact_import::import(tc, log, user, channel, &body, dry_run)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(imported))
 }
 
 /// One contact, with what the team saved about them.

@@ -58,7 +58,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Text => "text",
             Kind::Number => "number",
@@ -371,15 +371,23 @@ pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
         return Err(bad(format!("no contact attribute has the key {key:?}; give attribute=key or key:value")));
     };
     let Some(value) = value else { return Ok(Wanted::Has(definition.key)) };
-    let given = match definition.kind {
-        Kind::Number => serde_json::from_str::<serde_json::Number>(value).map(Value::Number).map_err(drop),
-        Kind::Boolean => value.parse::<bool>().map(Value::Bool).map_err(drop),
-        _ => Ok(Value::String(value.to_string())),
-    };
-    match given.ok().map(|v| checked_value(&definition, &v)) {
-        Some(Ok(Some(v))) => Ok(Wanted::Is(definition.key, v)),
-        _ => Err(bad(format!("`{value}` is no value of `{key}`"))),
+    match typed(&definition, value) {
+        Some(v) => Ok(Wanted::Is(definition.key, v)),
+        None => Err(bad(format!("`{value}` is no value of `{key}`"))),
     }
+}
+
+/// `text` (a query's value, a spreadsheet's cell) as a value `definition`
+/// keeps: a number, `true` or `false` (in any case: spreadsheets write
+/// `TRUE`), a date, one of a list's options, a text; `None` when it is none
+/// of its type, or empty.
+pub fn typed(definition: &Definition, text: &str) -> Option<Value> {
+    let given = match definition.kind {
+        Kind::Number => Value::Number(serde_json::from_str::<serde_json::Number>(text).ok()?),
+        Kind::Boolean => Value::Bool(text.to_ascii_lowercase().parse::<bool>().ok()?),
+        _ => Value::String(text.to_string()),
+    };
+    checked_value(definition, &given).ok().flatten()
 }
 
 /// `key` or `key:value` as the conversations' `contact_attribute=` gives

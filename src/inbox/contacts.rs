@@ -520,6 +520,18 @@ pub fn update(
     id: ContactId,
     changes: ContactChanges,
 ) -> AppResult<ContactListItem> {
+    update_telling(tc, log, user, role, id, changes).map(|(item, _)| item)
+}
+
+/// [`update`], and whether anything changed.
+pub fn update_telling(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ContactId,
+    changes: ContactChanges,
+) -> AppResult<(ContactListItem, bool)> {
     let changes = changes.checked()?;
     if changes.blocked == Some(true) {
         // Its conversations first, then the contact: the order the webhook
@@ -623,7 +635,31 @@ pub fn update(
     if changed {
         log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
     }
-    Ok(item)
+    Ok((item, changed))
+}
+
+/// The contact `external_id` names on `channel`, if any.
+pub fn find_external(tc: &mut TenantConn<'_>, channel: ChannelId, external_id: &str) -> AppResult<Option<ContactId>> {
+    Ok(contacts::table
+        .filter(contacts::channel_id.eq(channel.0))
+        .filter(contacts::external_id.eq(external_id))
+        .select(contacts::id)
+        .first(tc.pg())
+        .optional()?
+        .map(ContactId))
+}
+
+/// A contact's channel and the name it shows.
+pub struct Shown {
+    pub channel_id: ChannelId,
+    pub name: Option<String>,
+}
+
+/// Contact `id`'s channel and shown name, if it is there.
+pub fn shown(tc: &mut TenantConn<'_>, id: ContactId) -> AppResult<Option<Shown>> {
+    let found: Option<(i64, Option<String>)> =
+        contacts::table.find(id.0).select((contacts::channel_id, contacts::name)).first(tc.pg()).optional()?;
+    Ok(found.map(|(channel, name)| Shown { channel_id: ChannelId(channel), name }))
 }
 
 /// Blocks `contact` for `user` ([module docs](self)): its conversation is

@@ -25,6 +25,7 @@ pub mod attributes;
 pub mod auto_resolve;
 pub mod canned;
 pub mod contact_export;
+pub mod contact_import;
 pub mod contacts;
 pub mod conversations;
 pub mod csat;

@@ -153,7 +153,7 @@ fn look(
 
 /// The channel's contact of `number`: whose WhatsApp id it is, else the
 /// one an agent wrote first to at it (Meta knowing them by another id).
-fn known_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<Option<i64>> {
+pub(crate) fn known_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<Option<i64>> {
     Ok(contacts::table
         .filter(contacts::channel_id.eq(channel))
         .filter(contacts::external_id.eq(number.as_str()).or(contacts::whatsapp_input.eq(number.as_str())))
@@ -213,7 +213,7 @@ pub fn open(
 /// number until Meta answers with the customer's id (`whatsapp_input` set
 /// to the id; `contacts::known_to_whatsapp_as`). One a customer's message
 /// stored meanwhile has that id from Meta already.
-fn new_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<i64> {
+pub(crate) fn new_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<i64> {
     let inserted: Option<i64> = diesel::insert_into(contacts::table)
         .values((
             contacts::channel_id.eq(channel),

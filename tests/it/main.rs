@@ -7,6 +7,7 @@ mod auto_resolve;
 mod channels;
 mod cli;
 mod common;
+mod contact_import;
 mod events;
 mod fake_meta;
 mod graph;
