@@ -5,7 +5,7 @@
 //! Decisions:
 //! - Admins only, as the export. The body is the CSV itself (UTF-8, a byte
 //!   order mark allowed, CRLF or LF lines, RFC 4180 quoting), its first line
-//!   the column names; at most [`MOST_BYTES`] (413) and [`MOST_ROWS`] rows
+//!   the column names (in any case); at most [`MOST_BYTES`] (413) and [`MOST_ROWS`] rows
 //!   (422 `too_many_rows`: split it).
 //! - Columns: `id`, `channel_id`, `external_id` find the contact; `name`,
 //!   `email`, `phone`, `notes` and `attributes.<key>` (a definition's key,
@@ -162,9 +162,10 @@ fn read(body: &[u8], definitions: &[Definition]) -> AppResult<Vec<Result<Row, (u
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
     let header = reader.headers().map_err(|e| bad_csv(format!("the first line: {e}")))?.clone();
     let mut columns = Vec::with_capacity(header.len());
-    for (n, name) in header.iter().enumerate() {
-        let name = name.trim();
-        if header.iter().take(n).any(|earlier| earlier.trim() == name) {
+    // Named in any case (`Phone`, `Email`): keys are lower case anyway.
+    let names: Vec<String> = header.iter().map(|name| name.trim().to_lowercase()).collect();
+    for (n, name) in names.iter().enumerate() {
+        if names[..n].contains(name) {
             return Err(bad_csv(format!("the column `{name}` is there twice")));
         }
         columns.push(Column::named(name, definitions)?);
@@ -441,7 +442,7 @@ mod tests {
         let defs = [definition("plan", Kind::List, &["free", "pro"]), definition("seats", Kind::Number, &[])];
         assert_eq!(code(read(b"phone,plna\n+351912345678,pro\n", &defs)), "invalid_csv");
         assert_eq!(code(read(b"phone,attributes.plna\n1,pro\n", &defs)), "invalid_csv");
-        assert_eq!(code(read(b"phone,phone\n1,2\n", &defs)), "invalid_csv");
+        assert_eq!(code(read(b"phone,Phone \n1,2\n", &defs)), "invalid_csv");
         assert_eq!(code(read(b"name,email\nAna,a@b.pt\n", &defs)), "invalid_csv");
         assert_eq!(code(read(b"phone,name\n1\n", &defs)), "invalid_csv");
         assert_eq!(code(read(b"\xff\xfephone\n", &defs)), "invalid_csv");
@@ -459,7 +460,7 @@ mod tests {
             definition("seats", Kind::Number, &[]),
             definition("vip", Kind::Boolean, &[]),
         ];
-        let body = "\u{feff}phone,attributes.plan,attributes.seats,attributes.vip,blocked,name\r\n\
+        let body = "\u{feff}Phone,attributes.plan,attributes.Seats,attributes.vip,blocked,Name\r\n\
                     +351 912 345 678,pro,12,TRUE,false,\"Ana, \"\"the\"\" client\"\r\n\
                     ,,,,,\r\n\
                     +351912345679,gold,x,maybe,,\r\n\
