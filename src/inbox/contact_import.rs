@@ -197,8 +197,15 @@ fn read(body: &[u8], definitions: &[Definition]) -> AppResult<Vec<Result<Row, (u
 /// ends and empty lines it passed over (a record starts with neither).
 fn line_at(text: &str, byte: u64) -> u64 {
     let from = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
-    let ends = text.as_bytes()[from..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
-    1 + text.as_bytes()[..from + ends].iter().filter(|b| **b == b'\n').count() as u64
+    let bytes = text.as_bytes();
+    let ends = bytes[from..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    // A line ends at LF, CRLF, or a lone CR (as old Mac files have it).
+    let breaks = bytes[..from + ends]
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' || (**b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count();
+    1 + breaks as u64
 }
 
 fn row(line: u64, columns: &[Column], record: &csv::StringRecord) -> Result<Row, (u64, String)> {
@@ -479,7 +486,7 @@ mod tests {
         assert!(last.attributes.is_empty() && last.name.is_none(), "empty cells change nothing");
         // Lines as a spreadsheet numbers them, past empty lines and a
         // cell of two lines, with either ending.
-        for end in ["\n", "\r\n"] {
+        for end in ["\n", "\r\n", "\r"] {
             let body = ["phone,notes", "", "+351912345671,\"two", "lines\"", "", "+351912345672,'=1+1"].join(end);
             let rows = read(body.as_bytes(), &defs).expect("read");
             let lines: Vec<u64> = rows.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.line).collect();
