@@ -12,7 +12,7 @@ use crate::inbox::{acme, by_contact, channel_id, conversations, reply, PHONE};
 
 /// `work` in Acme's tenant as the clock does it (the system's scope, its
 /// events announced). A row lock it waits for past 3 s fails it.
-fn in_acme<T>(
+pub(crate) fn in_acme<T>(
     app: &TestApp,
     work: impl FnOnce(
         &mut switchboard::db::TenantConn<'_>,

@@ -175,6 +175,22 @@ async fn a_spreadsheet_of_contacts_goes_in_whole_or_not_at_all() {
     let audited = app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contacts.imported'");
     assert_eq!(audited, 5, "each import that went in, once");
 
+    // The export's cap: more contacts than it holds is refused whole, and
+    // audited only when it is not.
+    let exported = |most: usize| {
+        crate::auto_resolve::in_acme(&app, |tc, _| {
+            let filter = switchboard::inbox::contacts::ContactFilter::default();
+            let user = switchboard::ids::UserId(1);
+            Ok(switchboard::inbox::contact_export::export_at_most(tc, user, &filter, most).map(|(_, n)| n))
+        })
+        .map_err(|e| e.code.to_string())
+    };
+    let audited = || app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contacts.exported'");
+    let before = audited();
+    assert_eq!(exported(4), Ok(4));
+    assert_eq!(exported(3), Err("too_many_contacts".to_string()));
+    assert_eq!(audited(), before + 1);
+
     // Admins only; the CSV itself, not a form; at most 2 MB.
     let (_, al) = agent_al(&app, admin).await;
     assert_eq!(code(&import(&app, &al, &q, list).await).0, 403);
