@@ -946,20 +946,20 @@ impl Ingest<'_> {
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
         if (created || reopened) && !settings.routing.is_empty() && row.deleted_at.is_none() {
-            // The channel's rules first, by what the customer wrote (`routing`).
-            if let Some(text) = row.text.as_deref().filter(|t| !t.trim().is_empty()) {
-                if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text)? {
-                    let priority_moved = routed.priority != conv.priority;
-                    conv.team_id = routed.team_id;
-                    conv.labels = routed.labels;
-                    conv.priority = routed.priority;
-                    if priority_moved {
-                        conv.reply_due_at = conv
-                            .waiting_since
-                            .and_then(|since| super::waiting::due(&settings, conv.priority.as_deref(), since));
-                    }
-                    self.conversations.insert(contact.id, conv.clone());
+            // The channel's rules first, by what the customer wrote and
+            // who they are (`routing`).
+            let text = row.text.as_deref().filter(|t| !t.trim().is_empty());
+            if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text)? {
+                let priority_moved = routed.priority != conv.priority;
+                conv.team_id = routed.team_id;
+                conv.labels = routed.labels;
+                conv.priority = routed.priority;
+                if priority_moved {
+                    conv.reply_due_at = conv
+                        .waiting_since
+                        .and_then(|since| super::waiting::due(&settings, conv.priority.as_deref(), since));
                 }
+                self.conversations.insert(contact.id, conv.clone());
             }
         }
         if let (true, None, Some(team)) = (created || reopened, conv.team_id, settings.team_id) {

@@ -4,33 +4,41 @@
 //! extension; the channel's `settings.routing`).
 //!
 //! Decisions:
-//! - At most [`MOST_RULES`] rules, in order. A rule has 1 to
+//! - At most [`MOST_RULES`] rules, in order. A rule has up to
 //!   [`MOST_KEYWORDS`] keywords (`contains`, each 1 to
-//!   [`MOST_KEYWORD_CHARS`] characters) and at least one action: a team
+//!   [`MOST_KEYWORD_CHARS`] characters), a `contact_attribute` (`vip`, or
+//!   `plan:enterprise`: the customer's, `inbox::attributes`, checked
+//!   against the definitions when saved), or both (both must hold), and
+//!   at least one action: a team
 //!   (`team_id`), labels to add (`labels`), a `priority`. A wrong one is 422
 //!   (`invalid_settings`, or `invalid_team`, `invalid_label`,
 //!   `invalid_priority` for the actions), the rules replaced whole by a
 //!   channel's PATCH (`[]` removes them).
 //! - When a conversation opens (new, or reopened by the customer's message)
-//!   the first rule with a keyword in that message's text applies,
+//!   the first rule that holds applies: a keyword in that message's text,
 //!   compared as search compares (`public.sb_fold`: case and accents aside;
-//!   anywhere in the text, so `reembolso` is found in "REEMBOLSOS"). Later
-//!   messages of the open conversation do not route again; a message
-//!   without text (a photo) routes nothing.
+//!   anywhere in the text, so `reembolso` is found in "REEMBOLSOS"), and
+//!   the customer's attribute as the contact has it then (a value as its
+//!   text or the number or boolean it reads as; a definition deleted since
+//!   holds for nobody). Later messages of the open conversation do not
+//!   route again; a message without text (a photo) meets only rules
+//!   without keywords. The contact's attributes are read only when a rule
+//!   asks for one.
 //! - The rule's team goes to a conversation with none (so before the
 //!   channel's own `team_id`; a team deleted since is passed over), its
 //!   labels are added (as far as a conversation's 20 allow), its priority
 //!   is set on one with none (and the wait's due time follows). Auto-assign
 //!   then picks as it would, among the team when there is one. The
 //!   conversation's frames show the result; audited `conversation.routed`
-//!   `{rule (from 1), keyword (the one found), team_id, labels, priority}`.
+//!   `{rule (from 1), keyword (the one found, null for a rule without),
+//!   contact_attribute, team_id, labels, priority}`.
 //! - Deleting a team takes it off the rules that name it (a rule left with
 //!   nothing to do goes), each channel announced (`channel.updated`).
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::events::EventLog;
 use super::teams::TeamId;
@@ -49,7 +57,12 @@ pub const MOST_KEYWORD_CHARS: usize = 100;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    #[serde(default)]
     pub contains: Vec<String>,
+    /// `key` or `key:value`: the customer's attribute (left out of a rule
+    /// without one, as rules were before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_attribute: Option<String>,
     #[serde(default)]
     pub team_id: Option<TeamId>,
     #[serde(default)]
@@ -77,9 +90,23 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
     let mut kept = Vec::with_capacity(rules.len());
     for (n, rule) in rules.into_iter().enumerate() {
         let n = n + 1;
-        if rule.contains.is_empty() || rule.contains.len() > MOST_KEYWORDS {
-            return Err(invalid(format!("routing rule {n}: contains holds 1 to {MOST_KEYWORDS} keywords")));
+        if rule.contains.len() > MOST_KEYWORDS {
+            return Err(invalid(format!("routing rule {n}: contains holds at most {MOST_KEYWORDS} keywords")));
         }
+        if rule.contains.is_empty() && rule.contact_attribute.is_none() {
+            return Err(invalid(format!("routing rule {n}: give it keywords (contains), a contact_attribute or both")));
+        }
+        // Against the definitions as they are now; kept as `key` or
+        // `key:value`, the value as its type writes it.
+        let contact_attribute = match rule.contact_attribute.as_deref() {
+            None => None,
+            Some(raw) => Some(match super::attributes::wanted(tc, raw.trim()) {
+                Ok(super::attributes::Wanted::Has(key)) => key,
+                Ok(super::attributes::Wanted::Is(key, Value::String(v))) => format!("{key}:{v}"),
+                Ok(super::attributes::Wanted::Is(key, v)) => format!("{key}:{v}"),
+                Err(e) => return Err(invalid(format!("routing rule {n}: {}", e.message))),
+            }),
+        };
         let mut contains = Vec::with_capacity(rule.contains.len());
         for keyword in &rule.contains {
             let keyword = keyword.trim();
@@ -97,7 +124,7 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
         let team_id = rule.team_id.map(|t| super::teams::existing(tc, t)).transpose()?.map(TeamId);
         let labels = super::conversations::normalize_labels(&rule.labels)?;
         let priority = rule.priority.as_deref().map(super::conversations::checked_priority).transpose()?;
-        kept.push(Rule { contains, team_id, labels, priority });
+        kept.push(Rule { contains, contact_attribute, team_id, labels, priority });
     }
     Ok(kept)
 }
@@ -117,24 +144,64 @@ pub struct Routed {
     pub priority: Option<String>,
 }
 
-/// Routes conversation `conv`, just opened by a message with `text`, by
-/// `rules` ([module docs](self)): what it is now, when a rule applied.
-pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], text: &str) -> AppResult<Option<Routed>> {
+/// Whether `attributes` (a contact's) hold `wanted` (`key` or `key:value`
+/// as [`checked`] keeps it): the value as its text, or the number or
+/// boolean it reads as.
+fn holds(attributes: &Value, wanted: &str) -> bool {
+    let Ok((key, value)) = super::attributes::parsed_query(wanted) else { return false };
+    let Some(have) = attributes.get(&key).filter(|v| !v.is_null()) else { return false };
+    match value {
+        None => true,
+        Some(value) => super::attributes::containing(&key, &value).iter().any(|c| c.get(&key) == Some(have)),
+    }
+}
+
+/// Routes conversation `conv`, just opened by a message with `text` (none
+/// for a photo), by `rules` ([module docs](self)): what it is now, when a
+/// rule applied.
+pub fn route(
+    tc: &mut TenantConn<'_>,
+    conv: &ConversationRow,
+    rules: &[Rule],
+    text: Option<&str>,
+) -> AppResult<Option<Routed>> {
+    // The contact's attributes, only when a rule asks for one.
+    let attributes: Value = match rules.iter().any(|r| r.contact_attribute.is_some()) {
+        true => crate::db::tenant_schema::contacts::table
+            .find(conv.contact_id)
+            .select(crate::db::tenant_schema::contacts::attributes)
+            .first(tc.pg())?,
+        false => Value::Null,
+    };
+    let may = |rule: &Rule| rule.contact_attribute.as_deref().is_none_or(|w| holds(&attributes, w));
+    // The first rule that holds without keywords bounds the ones with.
+    let plain = rules.iter().position(|r| r.contains.is_empty() && may(r));
+    let with_keywords = rules
+        .iter()
+        .zip(0i32..)
+        .take(plain.unwrap_or(rules.len()))
+        .filter(|(rule, _)| !rule.contains.is_empty() && may(rule));
     let (keywords, owners): (Vec<&str>, Vec<i32>) =
-        rules.iter().zip(0i32..).flat_map(|(rule, n)| rule.contains.iter().map(move |k| (k.as_str(), n))).unzip();
+        with_keywords.flat_map(|(rule, n)| rule.contains.iter().map(move |k| (k.as_str(), n))).unzip();
     // The first rule that matches, and its first keyword that does.
-    let matched: Option<Matched> = diesel::sql_query(
-        "SELECT r.n AS rule, r.keyword FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS r(keyword, n, at) \
-          WHERE public.sb_fold($1) LIKE public.sb_fold_contains(r.keyword) ORDER BY r.at LIMIT 1",
-    )
-    .bind::<Text, _>(text)
-    .bind::<Array<Text>, _>(&keywords)
-    .bind::<Array<Integer>, _>(&owners)
-    .get_result(tc.pg())
-    .optional()?;
-    let Some((n, keyword, rule)) =
-        matched.and_then(|m| rules.get(m.rule as usize).map(|rule| (m.rule, m.keyword, rule)))
-    else {
+    let matched: Option<Matched> = match text.filter(|_| !keywords.is_empty()) {
+        None => None,
+        Some(text) => diesel::sql_query(
+            "SELECT r.n AS rule, r.keyword FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS r(keyword, n, at) \
+              WHERE public.sb_fold($1) LIKE public.sb_fold_contains(r.keyword) ORDER BY r.at LIMIT 1",
+        )
+        .bind::<Text, _>(text)
+        .bind::<Array<Text>, _>(&keywords)
+        .bind::<Array<Integer>, _>(&owners)
+        .get_result(tc.pg())
+        .optional()?,
+    };
+    let found = match (matched, plain) {
+        (Some(m), _) => Some((m.rule as usize, Some(m.keyword))),
+        (None, Some(n)) => Some((n, None)),
+        (None, None) => None,
+    };
+    let Some((n, keyword, rule)) = found.and_then(|(n, keyword)| rules.get(n).map(|rule| (n, keyword, rule))) else {
         return Ok(None);
     };
     let mut labels = conv.labels.clone();
@@ -169,8 +236,8 @@ pub fn route(tc: &mut TenantConn<'_>, conv: &ConversationRow, rules: &[Rule], te
         "conversation.routed",
         "conversation",
         Some(conv.id.to_string()),
-        json!({"rule": n + 1, "keyword": keyword, "team_id": team_id.map(|t| t.to_string()),
-            "labels": labels, "priority": priority}),
+        json!({"rule": n + 1, "keyword": keyword, "contact_attribute": rule.contact_attribute,
+            "team_id": team_id.map(|t| t.to_string()), "labels": labels, "priority": priority}),
     )?;
     Ok(Some(Routed { team_id, labels, priority }))
 }

@@ -9,7 +9,7 @@ use crate::common::{Resp, TestApp};
 use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, PHONE};
 
 /// `POST /api/contacts/import{query}` with `body` as the CSV.
-async fn import(app: &TestApp, t: &str, query: &str, body: impl Into<reqwest::Body>) -> Resp {
+pub(crate) async fn import(app: &TestApp, t: &str, query: &str, body: impl Into<reqwest::Body>) -> Resp {
     let r = app
         .client
         .post(app.url(&format!("/api/contacts/import{query}")))

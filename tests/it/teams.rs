@@ -544,3 +544,100 @@ async fn a_channels_rules_route_a_conversation_by_what_the_customer_wrote() {
         ])
     );
 }
+
+/// Routing by who the customer is: a rule's `contact_attribute` (a VIP
+/// list imported before they wrote), alone or with keywords, a photo
+/// routed by it; checked against the definitions when saved.
+#[actix_web::test]
+async fn a_channels_rules_route_a_customer_by_their_attributes() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let whatsapp = channel_id(&app, admin, PHONE).await;
+    for d in [
+        json!({"key": "vip", "name": "VIP", "type": "boolean"}),
+        json!({"key": "plan", "name": "Plan", "type": "list", "options": ["free", "enterprise"]}),
+    ] {
+        assert_eq!(app.call("POST", "/api/contact-attributes", Some(admin), Some(d)).await.status, 201);
+    }
+    let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "VIP desk"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let channel = format!("/api/channels/{whatsapp}");
+    let routing = |rules: Value| json!({"settings": {"routing": rules}});
+    let rules = json!([
+        {"contains": ["cancel"], "contact_attribute": " plan:enterprise", "labels": ["churn-risk"]},
+        {"contact_attribute": "vip:TRUE", "team_id": team, "labels": ["vip"], "priority": "urgent"},
+        {"contains": ["cancel"], "labels": ["cancel"]},
+    ]);
+    let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let kept = &r.body["settings"]["routing"];
+    assert_eq!(
+        (&kept[0]["contact_attribute"], &kept[1]["contact_attribute"]),
+        (&json!("plan:enterprise"), &json!("vip:true"))
+    );
+    assert_eq!((&kept[1]["contains"], kept[2].get("contact_attribute")), (&json!([]), None), "{kept}");
+    let one = |rule: Value| json!([rule]);
+    for rules in [
+        one(json!({"contact_attribute": "colour", "labels": ["x"]})),
+        one(json!({"contact_attribute": "vip:maybe", "labels": ["x"]})),
+        one(json!({"contact_attribute": "plan:gold", "labels": ["x"]})),
+        one(json!({"labels": ["x"]})),
+        one(json!({"contact_attribute": "vip"})),
+    ] {
+        let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules.clone()))).await;
+        assert_eq!(code(&r), (422, "invalid_settings"), "{rules}");
+    }
+
+    // Who is who, known before they write.
+    let list = "phone,attributes.vip,attributes.plan\n+351 912 000 001,true,\n+351 912 000 002,,enterprise\n\
+                +351 912 000 003,true,enterprise\n+351 912 000 004,false,free\n";
+    let r = crate::contact_import::import(&app, admin, &format!("?channel_id={whatsapp}"), list).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let writes = [
+        ("351912000001", json!({"text": "bom dia"})),
+        ("351912000002", json!({"text": "I want to CANCEL"})),
+        ("351912000003", json!({"image": {"mime_type": "image/jpeg", "data": "a photo"}})),
+        ("351912000004", json!({"text": "cancel please"})),
+        ("351912000005", json!({"text": "olá"})),
+    ];
+    for (from, what) in &writes {
+        let mut body = json!({"to": PHONE, "from": from});
+        body.as_object_mut().expect("object").extend(what.as_object().expect("object").clone());
+        app.fake("POST", "/_fake/inbound", body).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let shown = |from: &str| {
+        let c = by_contact(&convs, from);
+        (c["team_id"].clone(), c["labels"].clone(), c["priority"].clone())
+    };
+    assert_eq!(shown("351912000001"), (json!(team), json!(["vip"]), json!("urgent")), "a VIP");
+    assert_eq!(shown("351912000002"), (Value::Null, json!(["churn-risk"]), Value::Null), "both hold: the first rule");
+    assert_eq!(shown("351912000003"), (json!(team), json!(["vip"]), json!("urgent")), "a VIP's photo");
+    assert_eq!(shown("351912000004"), (Value::Null, json!(["cancel"]), Value::Null), "not a VIP: the keyword's");
+    assert_eq!(shown("351912000005"), (Value::Null, json!([]), Value::Null), "unknown: no rule");
+    let audited = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed' \
+          AND details->>'contact_attribute' = 'vip:true' AND details->>'keyword' IS NULL",
+    );
+    assert_eq!(audited, 2);
+
+    // Made a VIP later: the next time they open a conversation.
+    let fifth = by_contact(&convs, "351912000005").clone();
+    let conv = fifth["id"].as_str().expect("id");
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{conv}"), Some(admin), Some(json!({"status": "resolved"})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let contact = fifth["contact"]["id"].as_str().expect("id");
+    let r = app
+        .call("PATCH", &format!("/api/contacts/{contact}"), Some(admin), Some(json!({"attributes": {"vip": true}})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": "351912000005", "text": "again"})).await;
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let c = by_contact(&convs, "351912000005");
+    assert_eq!((&c["team_id"], &c["labels"]), (&json!(team), &json!(["vip"])), "{c}");
+}
