@@ -269,7 +269,7 @@ pub fn import(
     // the events of a throwaway log.
     tc.pg().batch_execute("SAVEPOINT contact_import_dry_run")?;
     let done = apply(tc, &mut EventLog::new(), user, channel, rows);
-    if done.as_ref().is_err_and(|e| e.kind == ErrorKind::Internal) {
+    if done.as_ref().is_err_and(|e| e.kind != ErrorKind::Unprocessable) {
         return done;
     }
     tc.pg().batch_execute("ROLLBACK TO SAVEPOINT contact_import_dry_run")?;
@@ -298,9 +298,13 @@ fn apply(
             Ok(Outcome::Created) => done.created += 1,
             Ok(Outcome::Updated) => done.updated += 1,
             Ok(Outcome::Unchanged) => done.unchanged += 1,
-            // The transaction cannot go on.
-            Err((_, e)) if e.kind == ErrorKind::Internal => return Err(e),
-            Err((line, e)) => wrong.push((line, e.message)),
+            // A value checked and refused, a contact not there: the row's
+            // fault, and the transaction goes on to find the others'.
+            Err((line, e)) if matches!(e.kind, ErrorKind::Unprocessable | ErrorKind::NotFound) => {
+                wrong.push((line, e.message))
+            }
+            // Anything else (the database's) may have ended the transaction.
+            Err((_, e)) => return Err(e),
         }
     }
     if !wrong.is_empty() {
