@@ -945,11 +945,12 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
-        if (created || reopened) && !settings.routing.is_empty() && row.deleted_at.is_none() {
+        if !settings.routing.is_empty() && row.deleted_at.is_none() && !rated_only {
             // The channel's rules first, by what the customer wrote and
-            // who they are (`routing`).
+            // who they are (`routing`); later messages, by the rules that
+            // look at every message.
             let text = row.text.as_deref().filter(|t| !t.trim().is_empty());
-            if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text)? {
+            if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text, created || reopened)? {
                 let priority_moved = routed.priority != conv.priority;
                 conv.team_id = routed.team_id;
                 conv.labels = routed.labels;

@@ -21,9 +21,15 @@
 //!   the customer's attribute as the contact has it then (a value as its
 //!   text or the number or boolean it reads as; a definition deleted since
 //!   holds for nobody). Later messages of the open conversation do not
-//!   route again; a message without text (a photo) meets only rules
-//!   without keywords. The contact's attributes are read only when a rule
-//!   asks for one.
+//!   route again, except by the rules with `on: "every_message"` (a
+//!   conversation labelled `refund` whenever the customer asks for one,
+//!   however late): those look at each of the customer's messages, the
+//!   opening one too, and a later message applies the first of them that
+//!   holds. A message without text (a photo) meets only rules without
+//!   keywords. A rule that holds but would change nothing (its labels
+//!   there already, its team and priority set) is passed over silently.
+//!   The contact's attributes are read only when a rule looked at asks
+//!   for one.
 //! - The rule's team goes to a conversation with none (so before the
 //!   channel's own `team_id`; a team deleted since is passed over), its
 //!   labels are added (as far as a conversation's 20 allow), its priority
@@ -69,6 +75,27 @@ pub struct Rule {
     pub labels: Vec<String>,
     #[serde(default)]
     pub priority: Option<String>,
+    /// When it is looked at: as the conversation opens (left out), or at
+    /// every message of the customer's.
+    #[serde(default, skip_serializing_if = "On::is_opening")]
+    pub on: On,
+}
+
+/// Which of the customer's messages a rule looks at.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum On {
+    /// The one that opens the conversation (new, or reopened).
+    #[default]
+    Opening,
+    /// Every one, the opening one too.
+    EveryMessage,
+}
+
+impl On {
+    fn is_opening(&self) -> bool {
+        *self == On::Opening
+    }
 }
 
 impl Rule {
@@ -124,7 +151,7 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
         let team_id = rule.team_id.map(|t| super::teams::existing(tc, t)).transpose()?.map(TeamId);
         let labels = super::conversations::normalize_labels(&rule.labels)?;
         let priority = rule.priority.as_deref().map(super::conversations::checked_priority).transpose()?;
-        kept.push(Rule { contains, contact_attribute, team_id, labels, priority });
+        kept.push(Rule { contains, contact_attribute, team_id, labels, priority, on: rule.on });
     }
     Ok(kept)
 }
@@ -156,24 +183,30 @@ fn holds(attributes: &Value, wanted: &str) -> bool {
     }
 }
 
-/// Routes conversation `conv`, just opened by a message with `text` (none
-/// for a photo), by `rules` ([module docs](self)): what it is now, when a
-/// rule applied.
+/// Routes conversation `conv`, given a message of the customer's with
+/// `text` (none for a photo) that is `opening` it or a later one, by
+/// `rules` ([module docs](self)): what it is now, when a rule applied and
+/// changed something.
 pub fn route(
     tc: &mut TenantConn<'_>,
     conv: &ConversationRow,
     rules: &[Rule],
     text: Option<&str>,
+    opening: bool,
 ) -> AppResult<Option<Routed>> {
+    let looked_at = |rule: &Rule| opening || rule.on == On::EveryMessage;
+    if !rules.iter().any(looked_at) {
+        return Ok(None);
+    }
     // The contact's attributes, only when a rule asks for one.
-    let attributes: Value = match rules.iter().any(|r| r.contact_attribute.is_some()) {
+    let attributes: Value = match rules.iter().any(|r| looked_at(r) && r.contact_attribute.is_some()) {
         true => crate::db::tenant_schema::contacts::table
             .find(conv.contact_id)
             .select(crate::db::tenant_schema::contacts::attributes)
             .first(tc.pg())?,
         false => Value::Null,
     };
-    let may = |rule: &Rule| rule.contact_attribute.as_deref().is_none_or(|w| holds(&attributes, w));
+    let may = |rule: &Rule| looked_at(rule) && rule.contact_attribute.as_deref().is_none_or(|w| holds(&attributes, w));
     // The first rule that holds without keywords bounds the ones with.
     let plain = rules.iter().position(|r| r.contains.is_empty() && may(r));
     let with_keywords = rules
@@ -220,12 +253,19 @@ pub fn route(
         },
         (kept, _) => kept,
     };
+    let priority = conv.priority.clone().or_else(|| rule.priority.clone());
+    let mut before = conv.labels.clone();
+    before.sort();
+    // Nothing to do (a later message meeting a rule met before).
+    if (team, &labels, &priority) == (conv.team_id, &before, &conv.priority) {
+        return Ok(None);
+    }
     let (team_id, labels, priority): (Option<i64>, Vec<String>, Option<String>) =
         diesel::update(c::table.find(conv.id))
             .set((
                 c::team_id.eq(team),
                 c::labels.eq(&labels),
-                c::priority.eq(conv.priority.clone().or_else(|| rule.priority.clone())),
+                c::priority.eq(&priority),
                 c::updated_at.eq(diesel::dsl::now),
             ))
             .returning((c::team_id, c::labels, c::priority))

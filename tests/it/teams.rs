@@ -568,6 +568,7 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
         {"contains": ["cancel"], "contact_attribute": " plan:enterprise", "labels": ["churn-risk"]},
         {"contact_attribute": "vip:TRUE", "team_id": team, "labels": ["vip"], "priority": "urgent"},
         {"contains": ["cancel"], "labels": ["cancel"]},
+        {"contains": ["refund"], "labels": ["refund"], "on": "every_message"},
     ]);
     let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -577,6 +578,7 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
         (&json!("plan:enterprise"), &json!("vip:true"))
     );
     assert_eq!((&kept[1]["contains"], kept[2].get("contact_attribute")), (&json!([]), None), "{kept}");
+    assert_eq!((kept[2].get("on"), &kept[3]["on"]), (None, &json!("every_message")), "{kept}");
     let one = |rule: Value| json!([rule]);
     for rules in [
         one(json!({"contact_attribute": "colour", "labels": ["x"]})),
@@ -588,6 +590,8 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
         let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules.clone()))).await;
         assert_eq!(code(&r), (422, "invalid_settings"), "{rules}");
     }
+    let sometimes = one(json!({"contains": ["x"], "labels": ["x"], "on": "sometimes"}));
+    assert_eq!(code(&app.call("PATCH", &channel, Some(admin), Some(routing(sometimes))).await), (422, "invalid_body"));
 
     // Who is who, known before they write.
     let list = "phone,attributes.vip,attributes.plan\n+351 912 000 001,true,\n+351 912 000 002,,enterprise\n\
@@ -623,6 +627,21 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     );
     assert_eq!(audited, 2);
 
+    // A rule that looks at every message: a later one that holds labels
+    // the open conversation, once.
+    for text in ["and about a REFUND", "the refund, again"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": "351912000005", "text": text})).await;
+        app.processed().await;
+    }
+    let convs = conversations(&app, admin, "").await;
+    let c = by_contact(&convs, "351912000005");
+    assert_eq!((&c["status"], &c["labels"], &c["team_id"]), (&json!("open"), &json!(["refund"]), &Value::Null));
+    let refunds = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.routed' \
+          AND details->>'keyword' = 'refund'",
+    );
+    assert_eq!(refunds, 1, "a rule that changes nothing is passed over");
+
     // Made a VIP later: the next time they open a conversation.
     let fifth = by_contact(&convs, "351912000005").clone();
     let conv = fifth["id"].as_str().expect("id");
@@ -639,5 +658,5 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     app.processed().await;
     let convs = conversations(&app, admin, "").await;
     let c = by_contact(&convs, "351912000005");
-    assert_eq!((&c["team_id"], &c["labels"]), (&json!(team), &json!(["vip"])), "{c}");
+    assert_eq!((&c["team_id"], &c["labels"]), (&json!(team), &json!(["refund", "vip"])), "{c}");
 }
