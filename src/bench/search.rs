@@ -17,7 +17,9 @@
 //! each page (`contacts::stale_profiles`). Last, the auto-resolve clock
 //! (`inbox::auto_resolve`): its look when nothing may be taken, and a tick
 //! resolving a full batch; before it, contacts found by an attribute, their
-//! export and an import of a full file (`inbox::contact_import`).
+//! export, an import of a full file (`inbox::contact_import`), and a
+//! message routed through the most rules a channel keeps
+//! (`inbox::routing`).
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -381,6 +383,39 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "the contacts' import (POST /api/contacts/import) of {rows} new WhatsApp numbers: {made:.1?} ({dry:.1?} dry); the same file again: {:.1?}",
+        median(times)
+    );
+    // Routing a customer's message (`inbox::routing`) through the most
+    // rules a channel keeps, each with the most keywords and the last one
+    // with a contact attribute, none of which the message holds: its
+    // worst, what a channel with `every_message` rules adds to each
+    // message on the webhook path.
+    use crate::inbox::routing::{Rule, MOST_KEYWORDS, MOST_RULES};
+    let rules: Vec<Rule> = (0..MOST_RULES)
+        .map(|r| {
+            serde_json::from_value(serde_json::json!({
+                "contains": (0..MOST_KEYWORDS).map(|k| format!("palavra{r}x{k}")).collect::<Vec<_>>(),
+                "contact_attribute": (r + 1 == MOST_RULES).then_some("plan:pro"),
+                "labels": ["routed"], "on": "every_message"}))
+        })
+        .collect::<Result<_, _>>()?;
+    let text = "Olá! Preciso de ajuda com a minha encomenda, que ainda não chegou. ".repeat(8);
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let routed = with_tenant(&mut conn, &scope, |tc| {
+            use crate::db::tenant_schema::conversations as c;
+            let conv: crate::inbox::views::ConversationRow =
+                c::table.select(crate::inbox::views::ConversationRow::as_select()).first(tc.pg())?;
+            crate::inbox::routing::route(tc, &conv, &rules, Some(&text), false).map(|r| r.is_some())
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        anyhow::ensure!(!routed, "a rule matched the bench's message");
+        times.push(t.elapsed());
+    }
+    println!(
+        "routing a message of {} characters through {MOST_RULES} rules of {MOST_KEYWORDS} keywords, none met: {:.1?} (with a conversation's read)",
+        text.chars().count(),
         median(times)
     );
     // The inbox narrowed the same way (`contact_attribute=vip:true`): a
