@@ -945,12 +945,14 @@ impl Ingest<'_> {
         conv.updated_at = Utc::now();
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
+        let mut routing_reply = None;
         if !settings.routing.is_empty() && row.deleted_at.is_none() && !rated_only {
             // The channel's rules first, by what the customer wrote and
             // who they are (`routing`); later messages, by the rules that
             // look at every message.
             let text = row.text.as_deref().filter(|t| !t.trim().is_empty());
             if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text, created || reopened)? {
+                routing_reply = routed.reply;
                 let priority_moved = routed.priority != conv.priority;
                 conv.team_id = routed.team_id;
                 conv.labels = routed.labels;
@@ -1002,13 +1004,17 @@ impl Ingest<'_> {
                     "team_id": conv.team_id.map(|t| t.to_string()), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
         }
-        let mut replies = Vec::new();
+        let mut replies: Vec<(&str, String)> = Vec::new();
         // Another app answers this customer (`handover`): ours stays quiet.
         let quiet = super::handover::ThreadControl::held_elsewhere(&conv);
         if (created || reopened) && !quiet {
             if let Some(text) = settings.auto_reply.due() {
                 replies.push((text, format!("auto-reply:{}", row.id)));
             }
+        }
+        // A routing rule's answer (`routing`), once per customer message.
+        if let Some(text) = routing_reply.as_deref().filter(|_| !quiet) {
+            replies.push((text, format!("routing-reply:{}", row.id)));
         }
         // Once per closed period (`channels::hours`); not for a message
         // the customer had unsent before it came.

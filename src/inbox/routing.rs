@@ -9,7 +9,7 @@
 //!   [`MOST_KEYWORD_CHARS`] characters), a `contact_attribute` (`vip`, or
 //!   `plan:enterprise`: the customer's, `inbox::attributes`, checked
 //!   against the definitions when saved), or both (both must hold), and
-//!   at least one action: a team
+//!   at least one action: a reply (`reply`), a team
 //!   (`team_id`), labels to add (`labels`), a `priority`. A wrong one is 422
 //!   (`invalid_settings`, or `invalid_team`, `invalid_label`,
 //!   `invalid_priority` for the actions), the rules replaced whole by a
@@ -27,7 +27,15 @@
 //!   opening one too, and a later message applies the first of them that
 //!   holds. A message without text (a photo) meets only rules without
 //!   keywords. A rule that holds but would change nothing (its labels
-//!   there already, its team and priority set) is passed over silently.
+//!   there already, its team and priority set, no reply) is passed over
+//!   silently.
+//! - A rule's `reply` (1 to the auto-reply's characters) is sent to the
+//!   customer each time the rule applies (a question answered at once:
+//!   "hours" → the opening hours), as the channel's own automatic
+//!   replies are: from nobody, within the window the customer's message
+//!   just opened, not while another app holds a Messenger thread
+//!   (`handover`), once per customer message (its `client_id` names the
+//!   message, so Meta's retry sends nothing again).
 //!   The contact's attributes are read only when a rule looked at asks
 //!   for one.
 //! - The rule's team goes to a conversation with none (so before the
@@ -37,7 +45,7 @@
 //!   then picks as it would, among the team when there is one. The
 //!   conversation's frames show the result; audited `conversation.routed`
 //!   `{rule (from 1), keyword (the one found, null for a rule without),
-//!   contact_attribute, team_id, labels, priority}`.
+//!   contact_attribute, team_id, labels, priority, replied}`.
 //! - Deleting a team takes it off the rules that name it (a rule left with
 //!   nothing to do goes), each channel announced (`channel.updated`).
 
@@ -75,6 +83,10 @@ pub struct Rule {
     pub labels: Vec<String>,
     #[serde(default)]
     pub priority: Option<String>,
+    /// A text sent to the customer when the rule applies (a question
+    /// answered at once); left out of a rule without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
     /// When it is looked at: as the conversation opens (left out), or at
     /// every message of the customer's.
     #[serde(default, skip_serializing_if = "On::is_opening")]
@@ -100,7 +112,7 @@ impl On {
 
 impl Rule {
     fn does_something(&self) -> bool {
-        self.team_id.is_some() || !self.labels.is_empty() || self.priority.is_some()
+        self.team_id.is_some() || !self.labels.is_empty() || self.priority.is_some() || self.reply.is_some()
     }
 }
 
@@ -146,12 +158,21 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
             contains.push(keyword.to_string());
         }
         if !rule.does_something() {
-            return Err(invalid(format!("routing rule {n}: give it a team_id, labels or a priority")));
+            return Err(invalid(format!("routing rule {n}: give it a team_id, labels, a priority or a reply")));
+        }
+        let reply = rule.reply.as_deref().map(str::trim).map(str::to_string);
+        if reply.as_ref().is_some_and(|r| {
+            r.is_empty() || r.chars().count() > crate::channels::MAX_AUTO_REPLY_CHARS || r.contains('\0')
+        }) {
+            return Err(invalid(format!(
+                "routing rule {n}: a reply is 1 to {} characters",
+                crate::channels::MAX_AUTO_REPLY_CHARS
+            )));
         }
         let team_id = rule.team_id.map(|t| super::teams::existing(tc, t)).transpose()?.map(TeamId);
         let labels = super::conversations::normalize_labels(&rule.labels)?;
         let priority = rule.priority.as_deref().map(super::conversations::checked_priority).transpose()?;
-        kept.push(Rule { contains, contact_attribute, team_id, labels, priority, on: rule.on });
+        kept.push(Rule { contains, contact_attribute, team_id, labels, priority, reply, on: rule.on });
     }
     Ok(kept)
 }
@@ -164,11 +185,13 @@ struct Matched {
     keyword: String,
 }
 
-/// What routing gave a conversation, as it now is.
+/// What routing gave a conversation, as it now is, and the reply the rule
+/// sends.
 pub struct Routed {
     pub team_id: Option<i64>,
     pub labels: Vec<String>,
     pub priority: Option<String>,
+    pub reply: Option<String>,
 }
 
 /// Whether `attributes` (a contact's) hold `wanted` (`key` or `key:value`
@@ -256,11 +279,14 @@ pub fn route(
     let priority = conv.priority.clone().or_else(|| rule.priority.clone());
     let mut before = conv.labels.clone();
     before.sort();
+    let unchanged = (team, &labels, &priority) == (conv.team_id, &before, &conv.priority);
     // Nothing to do (a later message meeting a rule met before).
-    if (team, &labels, &priority) == (conv.team_id, &before, &conv.priority) {
+    if unchanged && rule.reply.is_none() {
         return Ok(None);
     }
-    let (team_id, labels, priority): (Option<i64>, Vec<String>, Option<String>) =
+    let (team_id, labels, priority): (Option<i64>, Vec<String>, Option<String>) = if unchanged {
+        (team, labels, priority)
+    } else {
         diesel::update(c::table.find(conv.id))
             .set((
                 c::team_id.eq(team),
@@ -269,7 +295,8 @@ pub fn route(
                 c::updated_at.eq(diesel::dsl::now),
             ))
             .returning((c::team_id, c::labels, c::priority))
-            .get_result(tc.pg())?;
+            .get_result(tc.pg())?
+    };
     audit::record(
         tc,
         None,
@@ -277,9 +304,10 @@ pub fn route(
         "conversation",
         Some(conv.id.to_string()),
         json!({"rule": n + 1, "keyword": keyword, "contact_attribute": rule.contact_attribute,
-            "team_id": team_id.map(|t| t.to_string()), "labels": labels, "priority": priority}),
+            "team_id": team_id.map(|t| t.to_string()), "labels": labels, "priority": priority,
+            "replied": rule.reply.is_some()}),
     )?;
-    Ok(Some(Routed { team_id, labels, priority }))
+    Ok(Some(Routed { team_id, labels, priority, reply: rule.reply.clone() }))
 }
 
 /// Takes deleted team `team` off every channel's rules (a rule left with

@@ -569,6 +569,7 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
         {"contact_attribute": "vip:TRUE", "team_id": team, "labels": ["vip"], "priority": "urgent"},
         {"contains": ["cancel"], "labels": ["cancel"]},
         {"contains": ["refund"], "labels": ["refund"], "on": "every_message"},
+        {"contains": ["hours", "horário"], "reply": "  We open 9–18, Monday to Friday.  ", "on": "every_message"},
     ]);
     let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -579,6 +580,7 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     );
     assert_eq!((&kept[1]["contains"], kept[2].get("contact_attribute")), (&json!([]), None), "{kept}");
     assert_eq!((kept[2].get("on"), &kept[3]["on"]), (None, &json!("every_message")), "{kept}");
+    assert_eq!((kept[3].get("reply"), &kept[4]["reply"]), (None, &json!("We open 9–18, Monday to Friday.")));
     let one = |rule: Value| json!([rule]);
     for rules in [
         one(json!({"contact_attribute": "colour", "labels": ["x"]})),
@@ -586,6 +588,8 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
         one(json!({"contact_attribute": "plan:gold", "labels": ["x"]})),
         one(json!({"labels": ["x"]})),
         one(json!({"contact_attribute": "vip"})),
+        one(json!({"contains": ["x"], "reply": "  "})),
+        one(json!({"contains": ["x"], "reply": "x".repeat(1001)})),
     ] {
         let r = app.call("PATCH", &channel, Some(admin), Some(routing(rules.clone()))).await;
         assert_eq!(code(&r), (422, "invalid_settings"), "{rules}");
@@ -641,6 +645,29 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
           AND details->>'keyword' = 'refund'",
     );
     assert_eq!(refunds, 1, "a rule that changes nothing is passed over");
+
+    // A rule's reply answers each message it holds for, once: Meta's
+    // retry of one sends nothing again.
+    let asked = json!({"to": PHONE, "from": "351912000004", "text": "What are your HOURS?", "id": "wamid.hours-1"});
+    for body in [asked.clone(), asked, json!({"to": PHONE, "from": "351912000004", "text": "horario?"})] {
+        app.fake("POST", "/_fake/inbound", body).await;
+        app.processed().await;
+    }
+    let fourth = by_contact(&convs, "351912000004")["id"].as_str().expect("id").to_string();
+    let answered = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.messages WHERE conversation_id = {fourth} AND direction = 'out' \
+              AND text = 'We open 9–18, Monday to Friday.' AND sender_user_id IS NULL"
+        ))
+    };
+    assert_eq!(answered(), 2, "one answer a question, none for the retry");
+    crate::common::eventually("the answers sent", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.messages WHERE conversation_id = {fourth} AND direction = 'out' \
+              AND external_id IS NOT NULL"
+        )) == 2
+    })
+    .await;
 
     // Made a VIP later: the next time they open a conversation.
     let fifth = by_contact(&convs, "351912000005").clone();
