@@ -28,7 +28,8 @@
 //!   holds. A message without text (a photo) meets only rules without
 //!   keywords. A rule that holds but would change nothing (its labels
 //!   there already, its team and priority set, no reply) is passed over
-//!   silently.
+//!   silently. The contact's attributes are read only when a rule looked
+//!   at asks for one.
 //! - A rule's `reply` (1 to the auto-reply's characters) is sent to the
 //!   customer each time the rule applies (a question answered at once:
 //!   "hours" → the opening hours), as the channel's own automatic
@@ -36,8 +37,6 @@
 //!   just opened, not while another app holds a Messenger thread
 //!   (`handover`), once per customer message (its `client_id` names the
 //!   message, so Meta's retry sends nothing again).
-//!   The contact's attributes are read only when a rule looked at asks
-//!   for one.
 //! - The rule's team goes to a conversation with none (so before the
 //!   channel's own `team_id`; a team deleted since is passed over), its
 //!   labels are added (as far as a conversation's 20 allow), its priority
