@@ -401,14 +401,19 @@ fn one(
             (found, false)
         }
     };
-    let shown = match created {
-        true => contacts::Shown { channel_id: channel.unwrap_or(ChannelId(0)), name: None },
-        false => contacts::shown(tc, id)?.ok_or_else(|| wrong(format!("no contact {id}")))?,
+    // The name shown, and that the contact is on the row's channel (one
+    // made now has no name, on the channel it was made on).
+    let shown_name = match created {
+        true => None,
+        false => {
+            let shown = contacts::shown(tc, id)?.ok_or_else(|| wrong(format!("no contact {id}")))?;
+            if let Some(c) = channel.filter(|c| *c != shown.channel_id) {
+                return Err(wrong(format!("contact {id} is not on channel {c}")));
+            }
+            shown.name
+        }
     };
-    if let Some(c) = channel.filter(|c| *c != shown.channel_id) {
-        return Err(wrong(format!("contact {id} is not on channel {c}")));
-    }
-    let name = row.name.map(|n| n.trim().to_string()).filter(|n| Some(n) != shown.name.as_ref());
+    let name = row.name.map(|n| n.trim().to_string()).filter(|n| Some(n) != shown_name.as_ref());
     let changes = ContactChanges {
         name: name.map(Some),
         email: row.email.map(Some),

@@ -6740,9 +6740,11 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
 
     // A new customer whose thread the Page Inbox holds from the start: the
     // conversation comes announced as held there, and our greeting stays
-    // quiet (it would take the thread from the person answering there).
+    // quiet (it would take the thread from the person answering there),
+    // and so does a routing rule's answer.
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
-    let greeting = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá! Já respondemos."}}});
+    let greeting = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá! Já respondemos."},
+        "routing": [{"contains": ["olá"], "reply": "Respondemos já.", "on": "every_message"}]}});
     assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(greeting)).await.status, 200);
     let newcomer = "7392015648120888";
     app.fake("POST", "/_fake/handover", json!({"to": PAGE_A, "from": newcomer, "action": "take"})).await;
@@ -6758,7 +6760,7 @@ async fn a_thread_another_app_holds_is_shown_and_a_reply_takes_it_back() {
     ));
     assert_eq!(first_event, 1, "announced once, as it is, before anything else of it");
     let said: Vec<Value> = messages(&app, &ctx.admin, &new_id).await.iter().map(|m| m["direction"].clone()).collect();
-    assert_eq!(said, [json!("in")], "no greeting");
+    assert_eq!(said, [json!("in")], "no greeting, no rule's answer");
     // Nor does a survey at resolving take the thread: it fails, saying why.
     let survey = json!({"settings": {"csat": {"enabled": true, "text": "Como correu? Responda de 1 a 5."}}});
     assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(survey)).await.status, 200);
