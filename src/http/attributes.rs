@@ -44,7 +44,9 @@ async fn update(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let (key, change) = (path.into_inner(), body.into_inner());
-    let changed = state.db.tenant(auth.scope(), move |tc| attributes::update(tc, auth.user, &key, change)).await?;
+    let changed = state
+        .tenant_with_events(auth.scope(), move |tc, log| attributes::update(tc, log, auth.user, &key, change))
+        .await?;
     Ok(HttpResponse::Ok().json(changed))
 }
 
@@ -53,6 +55,6 @@ async fn update(
 async fn delete(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let key = path.into_inner();
-    state.db.tenant(auth.scope(), move |tc| attributes::delete(tc, auth.user, &key)).await?;
+    state.tenant_with_events(auth.scope(), move |tc, log| attributes::delete(tc, log, auth.user, &key)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -25,7 +25,9 @@
 //!   one. A list's option taken away, or a definition deleted, goes from
 //!   every contact that has it, in the same transaction, so no contact
 //!   shows a value no definition explains; those contacts are not each
-//!   announced (a client shows what the definitions now allow).
+//!   announced (a client shows what the definitions now allow). The
+//!   channels' routing rules that name it go too (`routing`, each channel
+//!   announced).
 //! - Changes to the definitions are not pushed on the socket: a client
 //!   reads them when it shows a contact, as it reads labels.
 
@@ -35,6 +37,7 @@ use diesel::sql_types::{Array, Text};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::events::EventLog;
 use crate::audit;
 use crate::db::tenant_schema::contact_attributes as ca;
 use crate::db::TenantConn;
@@ -241,7 +244,13 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> App
 }
 
 /// Renames a definition or changes a list's options ([module docs](self)).
-pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: DefinitionChange) -> AppResult<Definition> {
+pub fn update(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    actor: UserId,
+    key: &str,
+    change: DefinitionChange,
+) -> AppResult<Definition> {
     let old = find(tc, key, true)?.ok_or_else(not_found)?;
     let name = change.name.as_deref().map(checked_name).transpose()?.unwrap_or_else(|| old.name.clone());
     let options = match change.options {
@@ -266,6 +275,9 @@ pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: Definit
         .bind::<Array<Text>, _>(&dropped)
         .execute(tc.pg())?
     };
+    if !dropped.is_empty() {
+        super::routing::forget_attribute(tc, log, key, Some(&dropped))?;
+    }
     audit::record(
         tc,
         Some(actor),
@@ -278,9 +290,10 @@ pub fn update(tc: &mut TenantConn<'_>, actor: UserId, key: &str, change: Definit
 }
 
 /// Deletes a definition and its values on every contact.
-pub fn delete(tc: &mut TenantConn<'_>, actor: UserId, key: &str) -> AppResult<()> {
+pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, key: &str) -> AppResult<()> {
     let old = find(tc, key, true)?.ok_or_else(not_found)?;
     diesel::delete(ca::table.find(key)).execute(tc.pg())?;
+    super::routing::forget_attribute(tc, log, key, None)?;
     let cleared =
         diesel::sql_query("UPDATE contacts SET attributes = attributes - $1, updated_at = now() WHERE attributes ? $1")
             .bind::<Text, _>(key)
@@ -365,9 +378,19 @@ fn split(raw: &str) -> (&str, Option<&str>) {
 /// `invalid_attribute`: no such key, or a value the definition would not
 /// keep).
 pub fn wanted(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
+    wanted_as(tc, raw, false)
+}
+
+/// [`wanted`], the definition held until the transaction ends (a routing
+/// rule being saved: its deletion waits, then takes the rule away).
+pub fn wanted_held(tc: &mut TenantConn<'_>, raw: &str) -> AppResult<Wanted> {
+    wanted_as(tc, raw, true)
+}
+
+fn wanted_as(tc: &mut TenantConn<'_>, raw: &str, hold: bool) -> AppResult<Wanted> {
     let (key, value) = split(raw);
     let bad = |why: String| invalid("invalid_attribute", why);
-    let Some(definition) = find(tc, key, false)? else {
+    let Some(definition) = find(tc, key, hold)? else {
         return Err(bad(format!("no contact attribute has the key {key:?}; give attribute=key or key:value")));
     };
     let Some(value) = value else { return Ok(Wanted::Has(definition.key)) };

@@ -19,8 +19,7 @@
 //!   compared as search compares (`public.sb_fold`: case and accents aside;
 //!   anywhere in the text, so `reembolso` is found in "REEMBOLSOS"), and
 //!   the customer's attribute as the contact has it then (a value as its
-//!   text or the number or boolean it reads as; a definition deleted since
-//!   holds for nobody). Later messages of the open conversation do not
+//!   text or the number or boolean it reads as). Later messages of the open conversation do not
 //!   route again, except by the rules with `on: "every_message"` (a
 //!   conversation labelled `refund` whenever the customer asks for one,
 //!   however late): those look at each of the customer's messages, the
@@ -47,6 +46,12 @@
 //!   contact_attribute, team_id, labels, priority, replied}`.
 //! - Deleting a team takes it off the rules that name it (a rule left with
 //!   nothing to do goes), each channel announced (`channel.updated`).
+//!   Deleting a contact attribute takes the rules that name it away whole,
+//!   and taking a list's option away those that name that value: such a
+//!   rule would hold for nobody (and be refused when the rules are saved
+//!   again), and one with keywords too would hold for too many without
+//!   its attribute. A rule saved meanwhile waits for the change (the
+//!   definition is held while the rules are checked).
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text};
@@ -138,7 +143,7 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
         // `key:value`, the value as its type writes it.
         let contact_attribute = match rule.contact_attribute.as_deref() {
             None => None,
-            Some(raw) => Some(match super::attributes::wanted(tc, raw.trim()) {
+            Some(raw) => Some(match super::attributes::wanted_held(tc, raw.trim()) {
                 Ok(super::attributes::Wanted::Has(key)) => key,
                 Ok(super::attributes::Wanted::Is(key, Value::String(v))) => format!("{key}:{v}"),
                 Ok(super::attributes::Wanted::Is(key, v)) => format!("{key}:{v}"),
@@ -309,21 +314,39 @@ pub fn route(
     Ok(Some(Routed { team_id, labels, priority, reply: rule.reply.clone() }))
 }
 
-/// Takes deleted team `team` off every channel's rules (a rule left with
-/// nothing to do goes), each channel announced.
-pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, team: i64) -> AppResult<()> {
+/// Takes the rules that name contact attribute `key` off every channel's
+/// routing, each channel announced: the rules naming it at all when
+/// `values` is `None` (the definition deleted), else those naming one of
+/// `values` (a list's options taken away). Such a rule would hold for
+/// nobody, and be refused when the channel's rules are saved again; a rule
+/// with keywords as well would hold for too many with the attribute
+/// dropped, so the rule goes whole.
+pub fn forget_attribute(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    key: &str,
+    values: Option<&[&String]>,
+) -> AppResult<()> {
+    let names = |rule: &Rule| {
+        rule.contact_attribute.as_deref().is_some_and(|wanted| match wanted.split_once(':') {
+            Some((k, v)) => k == key && values.is_none_or(|vs| vs.iter().any(|x| x.as_str() == v)),
+            None => wanted == key && values.is_none(),
+        })
+    };
+    forget(tc, log, |rules| rules.retain(|r| !names(r)))
+}
+
+/// `change` made to every channel's rules that it changes, each channel
+/// written and announced.
+fn forget(tc: &mut TenantConn<'_>, log: &mut EventLog, change: impl Fn(&mut Vec<Rule>)) -> AppResult<()> {
     let all: Vec<(i64, serde_json::Value)> = ch::table.select((ch::id, ch::settings)).load(tc.pg())?;
     for (id, raw) in all {
         let Ok(mut settings) = serde_json::from_value::<crate::channels::Settings>(raw) else { continue };
-        if !settings.routing.iter().any(|r| r.team_id == Some(TeamId(team))) {
+        let before = settings.routing.clone();
+        change(&mut settings.routing);
+        if settings.routing == before {
             continue;
         }
-        for rule in &mut settings.routing {
-            if rule.team_id == Some(TeamId(team)) {
-                rule.team_id = None;
-            }
-        }
-        settings.routing.retain(Rule::does_something);
         let json = serde_json::to_value(&settings).map_err(AppError::internal)?;
         diesel::update(ch::table.find(id))
             .set((ch::settings.eq(json), ch::updated_at.eq(diesel::dsl::now)))
@@ -331,4 +354,17 @@ pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, team: i64) -> Ap
         crate::channels::announce_settings(tc, log, crate::channels::ChannelId(id))?;
     }
     Ok(())
+}
+
+/// Takes deleted team `team` off every channel's rules (a rule left with
+/// nothing to do goes), each channel announced.
+pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, team: i64) -> AppResult<()> {
+    forget(tc, log, |rules| {
+        for rule in rules.iter_mut() {
+            if rule.team_id == Some(TeamId(team)) {
+                rule.team_id = None;
+            }
+        }
+        rules.retain(Rule::does_something);
+    })
 }

@@ -686,4 +686,23 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     let convs = conversations(&app, admin, "").await;
     let c = by_contact(&convs, "351912000005");
     assert_eq!((&c["team_id"], &c["labels"]), (&json!(team), &json!(["refund", "vip"])), "{c}");
+
+    // An option taken away takes the rules naming it; a definition
+    // deleted, those naming it at all: whole, keywords and all, each
+    // channel announced; what is left saves again as it is.
+    let announced = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' AND channel_id = {whatsapp}"
+        ))
+    };
+    let before = announced();
+    let narrowed = json!({"options": ["free"]});
+    assert_eq!(app.call("PATCH", "/api/contact-attributes/plan", Some(admin), Some(narrowed)).await.status, 200);
+    assert_eq!(app.call("DELETE", "/api/contact-attributes/vip", Some(admin), None).await.status, 204);
+    assert_eq!(announced(), before + 2);
+    let left = app.call("GET", &channel, Some(admin), None).await.body["settings"]["routing"].clone();
+    let kept: Vec<&Value> = left.as_array().expect("rules").iter().map(|r| &r["contains"][0]).collect();
+    assert_eq!(kept, [&json!("cancel"), &json!("refund"), &json!("hours")], "{left}");
+    let r = app.call("PATCH", &channel, Some(admin), Some(routing(left.clone()))).await;
+    assert_eq!((r.status, &r.body["settings"]["routing"]), (200, &left), "{:?}", r.body);
 }
