@@ -337,16 +337,24 @@ pub fn forget_attribute(
 }
 
 /// `change` made to every channel's rules that it changes, each channel
-/// written and announced.
+/// written and announced. A channel it would change is read again under
+/// its row's lock, so a settings change committed meanwhile is kept. The
+/// settings' own lock is not taken: a rule being saved holds it while it
+/// waits for the team or definition the caller holds.
 fn forget(tc: &mut TenantConn<'_>, log: &mut EventLog, change: impl Fn(&mut Vec<Rule>)) -> AppResult<()> {
-    let all: Vec<(i64, serde_json::Value)> = ch::table.select((ch::id, ch::settings)).load(tc.pg())?;
-    for (id, raw) in all {
-        let Ok(mut settings) = serde_json::from_value::<crate::channels::Settings>(raw) else { continue };
+    let changed = |raw: serde_json::Value| {
+        let mut settings = serde_json::from_value::<crate::channels::Settings>(raw).ok()?;
         let before = settings.routing.clone();
         change(&mut settings.routing);
-        if settings.routing == before {
+        (settings.routing != before).then_some(settings)
+    };
+    let all: Vec<(i64, serde_json::Value)> = ch::table.select((ch::id, ch::settings)).load(tc.pg())?;
+    for (id, raw) in all {
+        if changed(raw).is_none() {
             continue;
         }
+        let raw: serde_json::Value = ch::table.find(id).select(ch::settings).for_update().first(tc.pg())?;
+        let Some(settings) = changed(raw) else { continue };
         let json = serde_json::to_value(&settings).map_err(AppError::internal)?;
         diesel::update(ch::table.find(id))
             .set((ch::settings.eq(json), ch::updated_at.eq(diesel::dsl::now)))
