@@ -157,14 +157,8 @@ fn look(
 /// planned, for a channel the statistics think empty (just connected, or
 /// filled by an import), as a walk of every contact the channel has.
 pub(crate) fn known_contact(tc: &mut TenantConn<'_>, channel: i64, number: &Number) -> AppResult<Option<i64>> {
-    let by_id: Option<i64> = contacts::table
-        .filter(contacts::channel_id.eq(channel))
-        .filter(contacts::external_id.eq(number.as_str()))
-        .select(contacts::id)
-        .first(tc.pg())
-        .optional()?;
-    if by_id.is_some() {
-        return Ok(by_id);
+    if let Some(id) = super::contacts::find_external(tc, ChannelId(channel), number.as_str())? {
+        return Ok(Some(id.0));
     }
     Ok(contacts::table
         .filter(contacts::channel_id.eq(channel))
