@@ -419,6 +419,31 @@ fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
     Ok(())
 }
 
+/// Every channel's settings held for a change of them all
+/// ([`change_all_settings`]): what takes rules off every channel asks for
+/// it, so it cannot run without the locks.
+pub struct AllSettingsHeld(());
+
+/// For a change of every channel's settings at once (a team or a contact
+/// attribute deleted, the rules naming it taken away): [`change_settings`]
+/// on each channel, in id order as webhook batches take them. Taken before
+/// the team or definition itself, as a change of one channel's settings
+/// takes its lock before the teams and definitions its rules name: one
+/// order, so the two never deadlock, and a change cannot read a channel's
+/// settings before such a deletion and write them back after it. A channel
+/// made meanwhile has no rules to take away.
+pub fn change_all_settings(tc: &mut TenantConn<'_>) -> AppResult<AllSettingsHeld> {
+    // The lock is volatile, so it is taken after the sort, in id order.
+    diesel::sql_query(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2 || ':' || id)) \
+           FROM channels ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Integer, _>(SETTINGS_LOCK_CLASS)
+    .bind::<diesel::sql_types::Text, _>(tc.tenant().0.to_string())
+    .execute(tc.pg())?;
+    Ok(AllSettingsHeld(()))
+}
+
 /// Notes that webhooks came for `ids` (the processor, in its tenant
 /// transaction). To the minute: a channel's row is written at most once a
 /// minute however busy it is, and never waited for (one locked by another

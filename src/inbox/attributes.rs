@@ -251,6 +251,9 @@ pub fn update(
     key: &str,
     change: DefinitionChange,
 ) -> AppResult<Definition> {
+    // Before the definition: a list's option taken away takes the rules
+    // naming it, and a channel's change holds its settings first.
+    let held = change.options.is_some().then(|| crate::channels::change_all_settings(tc)).transpose()?;
     let old = find(tc, key, true)?.ok_or_else(not_found)?;
     let name = change.name.as_deref().map(checked_name).transpose()?.unwrap_or_else(|| old.name.clone());
     let options = match change.options {
@@ -275,8 +278,8 @@ pub fn update(
         .bind::<Array<Text>, _>(&dropped)
         .execute(tc.pg())?
     };
-    if !dropped.is_empty() {
-        super::routing::forget_attribute(tc, log, key, Some(&dropped))?;
+    if let Some(held) = held.as_ref().filter(|_| !dropped.is_empty()) {
+        super::routing::forget_attribute(tc, log, held, key, Some(&dropped))?;
     }
     audit::record(
         tc,
@@ -291,9 +294,10 @@ pub fn update(
 
 /// Deletes a definition and its values on every contact.
 pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, key: &str) -> AppResult<()> {
+    let held = crate::channels::change_all_settings(tc)?;
     let old = find(tc, key, true)?.ok_or_else(not_found)?;
     diesel::delete(ca::table.find(key)).execute(tc.pg())?;
-    super::routing::forget_attribute(tc, log, key, None)?;
+    super::routing::forget_attribute(tc, log, &held, key, None)?;
     let cleared =
         diesel::sql_query("UPDATE contacts SET attributes = attributes - $1, updated_at = now() WHERE attributes ? $1")
             .bind::<Text, _>(key)

@@ -50,8 +50,14 @@
 //!   and taking a list's option away those that name that value: such a
 //!   rule would hold for nobody (and be refused when the rules are saved
 //!   again), and one with keywords too would hold for too many without
-//!   its attribute. A rule saved meanwhile waits for the change (the
-//!   definition is held while the rules are checked).
+//!   its attribute. Such a deletion holds every channel's settings
+//!   (`channels::change_all_settings`) before the team or definition, as a
+//!   change of a channel's settings holds them before the teams and
+//!   definitions its rules name: a change under way finishes first (its
+//!   rules then taken away) or waits and is checked against what is left;
+//!   neither can read the rules before the other commits and write them
+//!   back after, and the two never deadlock. Webhook batches of the
+//!   tenant wait for the deletion (milliseconds; deletions are rare).
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text};
@@ -62,6 +68,7 @@ use super::events::EventLog;
 use super::teams::TeamId;
 use super::views::ConversationRow;
 use crate::audit;
+use crate::channels::AllSettingsHeld;
 use crate::db::tenant_schema::{channels as ch, conversations as c};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -324,6 +331,7 @@ pub fn route(
 pub fn forget_attribute(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
+    held: &AllSettingsHeld,
     key: &str,
     values: Option<&[&String]>,
 ) -> AppResult<()> {
@@ -333,15 +341,19 @@ pub fn forget_attribute(
             None => wanted == key && values.is_none(),
         })
     };
-    forget(tc, log, |rules| rules.retain(|r| !names(r)))
+    forget(tc, log, held, |rules| rules.retain(|r| !names(r)))
 }
 
 /// `change` made to every channel's rules that it changes, each channel
-/// written and announced. A channel it would change is read again under
-/// its row's lock, so a settings change committed meanwhile is kept. The
-/// settings' own lock is not taken: a rule being saved holds it while it
-/// waits for the team or definition the caller holds.
-fn forget(tc: &mut TenantConn<'_>, log: &mut EventLog, change: impl Fn(&mut Vec<Rule>)) -> AppResult<()> {
+/// written and announced. Every channel's settings are held (`_held`,
+/// taken before the team or definition): no change of them is under way,
+/// and none starts until this transaction ends.
+fn forget(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    _held: &AllSettingsHeld,
+    change: impl Fn(&mut Vec<Rule>),
+) -> AppResult<()> {
     let changed = |raw: serde_json::Value| {
         let mut settings = serde_json::from_value::<crate::channels::Settings>(raw).ok()?;
         let before = settings.routing.clone();
@@ -350,10 +362,6 @@ fn forget(tc: &mut TenantConn<'_>, log: &mut EventLog, change: impl Fn(&mut Vec<
     };
     let all: Vec<(i64, serde_json::Value)> = ch::table.select((ch::id, ch::settings)).load(tc.pg())?;
     for (id, raw) in all {
-        if changed(raw).is_none() {
-            continue;
-        }
-        let raw: serde_json::Value = ch::table.find(id).select(ch::settings).for_update().first(tc.pg())?;
         let Some(settings) = changed(raw) else { continue };
         let json = serde_json::to_value(&settings).map_err(AppError::internal)?;
         diesel::update(ch::table.find(id))
@@ -366,8 +374,8 @@ fn forget(tc: &mut TenantConn<'_>, log: &mut EventLog, change: impl Fn(&mut Vec<
 
 /// Takes deleted team `team` off every channel's rules (a rule left with
 /// nothing to do goes), each channel announced.
-pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, team: i64) -> AppResult<()> {
-    forget(tc, log, |rules| {
+pub fn forget_team(tc: &mut TenantConn<'_>, log: &mut EventLog, held: &AllSettingsHeld, team: i64) -> AppResult<()> {
+    forget(tc, log, held, |rules| {
         for rule in rules.iter_mut() {
             if rule.team_id == Some(TeamId(team)) {
                 rule.team_id = None;

@@ -358,6 +358,9 @@ pub fn set_members(
 /// `DELETE /api/teams/{id}`: taken off its conversations (each announced),
 /// then gone.
 pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: TeamId) -> AppResult<()> {
+    // Before the team is touched: a channel's change holds its settings
+    // before the team its rules name.
+    let held = crate::channels::change_all_settings(tc)?;
     let current = row(tc, id)?;
     let freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
         .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
@@ -377,7 +380,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     for channel in channels {
         crate::channels::announce_settings(tc, log, crate::channels::ChannelId(channel))?;
     }
-    super::routing::forget_team(tc, log, id.0)?;
+    super::routing::forget_team(tc, log, &held, id.0)?;
     diesel::delete(t::table.find(id.0)).execute(tc.pg())?;
     audit::record(
         tc,

@@ -706,3 +706,92 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     let r = app.call("PATCH", &channel, Some(admin), Some(routing(left.clone()))).await;
     assert_eq!((r.status, &r.body["settings"]["routing"]), (200, &left), "{:?}", r.body);
 }
+
+/// That `request` (method, path, body) by `admin` waits, before it answers
+/// `status`, for a webhook batch holding channel `channel`'s settings (as a
+/// change of them holds them).
+async fn waits_for_the_settings(
+    app: &TestApp,
+    admin: &str,
+    channel: i64,
+    (method, path, body): (&str, &str, Option<Value>),
+    status: u16,
+) {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let pool = app.pool.clone();
+    let url = app.db.url.clone();
+    let batch = std::thread::spawn(move || {
+        use diesel::{Connection, RunQueryDsl};
+        let mut pooled = pool.get().expect("conn");
+        let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+        switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+            switchboard::channels::read_settings(tc, &[channel])?;
+            held_tx.send(()).expect("told");
+            // Until the request waits for this batch's hold (or plainly
+            // does not: 10 s).
+            let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            #[derive(diesel::QueryableByName)]
+            struct Waiting {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            loop {
+                let w: Waiting = diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                       AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                )
+                .get_result(&mut watcher)
+                .expect("q");
+                if w.n > 0 || std::time::Instant::now() > deadline {
+                    return Ok::<_, switchboard::AppError>(w.n > 0);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .expect("the batch")
+    });
+    held_rx.recv().expect("held");
+    let r = app.call(method, path, Some(admin), body).await;
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert!(batch.join().expect("the batch's thread"), "{method} {path} did not wait for the batch");
+}
+
+#[actix_web::test]
+async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_under_way() {
+    // A change of a channel's settings (or a batch acting on them) holds
+    // them before the teams and definitions its rules name; a deletion that
+    // takes rules away holds every channel's before its team or
+    // definition, so it never deadlocks with a change nor has one read the
+    // rules before it and write them back after it.
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let whatsapp = channel_id(&app, admin, PHONE).await;
+    let made = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Billing"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let d = json!({"key": "plan", "name": "Plan", "type": "list", "options": ["free", "enterprise"]});
+    assert_eq!(app.call("POST", "/api/contact-attributes", Some(admin), Some(d)).await.status, 201);
+    let rules = json!({"settings": {"team_id": team, "routing": [
+        {"contains": ["invoice"], "team_id": team},
+        {"contact_attribute": "plan:enterprise", "labels": ["enterprise"]},
+        {"contact_attribute": "plan", "labels": ["planned"]},
+        {"contains": ["hello"], "labels": ["greeting"]},
+    ]}});
+    let channel = format!("/api/channels/{whatsapp}");
+    let r = app.call("PATCH", &channel, Some(admin), Some(rules)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let id: i64 = whatsapp.parse().expect("a decimal id");
+
+    waits_for_the_settings(&app, admin, id, ("DELETE", &format!("/api/teams/{team}"), None), 204).await;
+    let narrowed = Some(json!({"options": ["free"]}));
+    waits_for_the_settings(&app, admin, id, ("PATCH", "/api/contact-attributes/plan", narrowed), 200).await;
+    let left = app.call("GET", &channel, Some(admin), None).await.body["settings"].clone();
+    assert_eq!(left["team_id"], Value::Null, "{left}");
+    let labels: Vec<Value> = left["routing"].as_array().expect("rules").iter().map(|r| r["labels"].clone()).collect();
+    assert_eq!(labels, [json!(["planned"]), json!(["greeting"])], "{left}");
+    waits_for_the_settings(&app, admin, id, ("DELETE", "/api/contact-attributes/plan", None), 204).await;
+    let left = app.call("GET", &channel, Some(admin), None).await.body["settings"]["routing"].clone();
+    let labels: Vec<Value> = left.as_array().expect("rules").iter().map(|r| r["labels"].clone()).collect();
+    assert_eq!(labels, [json!(["greeting"])], "{left}");
+}
