@@ -1,6 +1,10 @@
 //! The one error type of the domain and HTTP layers, and its single mapping to
 //! the JSON error contract `{"error": {"code", "message"}}`.
 //!
+//! An error may carry `details` (an extension: `{"error": {"code",
+//! "message", "details"}}`), a value a client can act on where the message
+//! is a sentence: the contacts' import lists its wrong rows there.
+//!
 //! Domain functions say *what kind* of failure happened (not found, conflict,
 //! invalid value…) with a machine-readable code; the status code is chosen
 //! here and nowhere else. Internal failures keep their cause for the log and
@@ -64,12 +68,20 @@ pub struct AppError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits).
     pub retry_after: Option<u64>,
+    /// Shown as `error.details` when there are some.
+    pub details: Option<Box<serde_json::Value>>,
     source: Option<anyhow::Error>,
 }
 
 impl AppError {
     pub fn new(kind: ErrorKind, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        AppError { kind, code: code.into(), message: message.into(), retry_after: None, source: None }
+        AppError { kind, code: code.into(), message: message.into(), retry_after: None, details: None, source: None }
+    }
+
+    /// With `details` shown beside the message.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// With a `Retry-After` of `secs` (at least 1).
@@ -105,6 +117,7 @@ impl AppError {
             code: "internal_error".into(),
             message: "internal error".into(),
             retry_after: None,
+            details: None,
             source: Some(cause.into()),
         }
     }
@@ -156,9 +169,11 @@ impl ResponseError for AppError {
             };
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
         }
-        response.json(json!({
-            "error": {"code": self.code, "message": self.message}
-        }))
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(details) = &self.details {
+            error["details"] = (**details).clone();
+        }
+        response.json(json!({ "error": error }))
     }
 }
 

@@ -38,8 +38,12 @@
 //! - All or nothing: one transaction. When any row is wrong nothing is
 //!   written, and the 422 `invalid_import` names the lines (as a
 //!   spreadsheet numbers them, the column names being line 1), the first
-//!   [`MOST_ERRORS_SHOWN`] of them. Rows are applied in order: a contact two
-//!   rows name takes the later one's values.
+//!   [`MOST_ERRORS_SHOWN`] of them in its message; its `details` list the
+//!   first [`MOST_ERRORS_LISTED`] as `{line, code, message}` (the code the
+//!   `PATCH` gives, e.g. `invalid_email`, or `invalid_import` for the
+//!   import's own: no such contact, no channel…) with `wrong_rows`, the
+//!   count, for a client to mark the cells. Rows are applied in order: a
+//!   contact two rows name takes the later one's values.
 //! - Safe to repeat: the same file again finds the same contacts and
 //!   changes nothing (each row is applied as `contacts::update` applies a
 //!   change: what is as it was is left, announced and audited only when it
@@ -75,8 +79,10 @@ use crate::ids::UserId;
 pub const MOST_BYTES: usize = 2 * 1024 * 1024;
 /// The most rows one import takes.
 pub const MOST_ROWS: usize = 2_000;
-/// The most wrong lines one error names.
+/// The most wrong lines one error's message names.
 pub const MOST_ERRORS_SHOWN: usize = 10;
+/// The most wrong rows one error lists in its `details`.
+pub const MOST_ERRORS_LISTED: usize = 100;
 
 /// The export's columns an import reads past.
 const READ_ONLY: [&str; 5] = ["blocked", "blocked_at", "marketing_stopped_at", "created_at", "conversation_id"];
@@ -156,7 +162,7 @@ struct Row {
 
 /// The rows of `body` ([module docs](self)), checked as far as they can be
 /// without the contacts: columns, sizes, attribute cells' types.
-fn read(body: &[u8], definitions: &[Definition]) -> AppResult<Vec<Result<Row, (u64, String)>>> {
+fn read(body: &[u8], definitions: &[Definition]) -> AppResult<Vec<Result<Row, (u64, AppError)>>> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let text = std::str::from_utf8(body).map_err(|_| bad_csv("the file is not UTF-8 text".into()))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
@@ -208,7 +214,7 @@ fn line_at(text: &str, byte: u64) -> u64 {
     1 + breaks as u64
 }
 
-fn row(line: u64, columns: &[Column], record: &csv::StringRecord) -> Result<Row, (u64, String)> {
+fn row(line: u64, columns: &[Column], record: &csv::StringRecord) -> Result<Row, (u64, AppError)> {
     let mut row = Row { line, ..Row::default() };
     for (column, cell) in columns.iter().zip(record.iter()) {
         // Empty changes nothing ([module docs](self)).
@@ -217,7 +223,7 @@ fn row(line: u64, columns: &[Column], record: &csv::StringRecord) -> Result<Row,
         }
         // PostgreSQL's text takes no NUL; no field of ours holds one.
         if cell.contains('\0') {
-            return Err((line, "a cell holds a NUL character".into()));
+            return Err((line, AppError::invalid("invalid_text", "a cell holds a NUL character")));
         }
         let cell = unneutralized(cell);
         let kept = Some(cell.to_string());
@@ -232,8 +238,10 @@ fn row(line: u64, columns: &[Column], record: &csv::StringRecord) -> Result<Row,
             Column::ReadOnly => {}
             Column::Attribute(d) => {
                 let text = cell.trim();
-                let value = attributes::typed(d, text)
-                    .ok_or_else(|| (line, format!("attributes.{}: `{text}` is no {} value", d.key, d.kind.as_str())))?;
+                let value = attributes::typed(d, text).ok_or_else(|| {
+                    let why = format!("attributes.{}: `{text}` is no {} value", d.key, d.kind.as_str());
+                    (line, AppError::invalid("invalid_attributes", why))
+                })?;
                 row.attributes.insert(d.key.clone(), value);
             }
         }
@@ -281,10 +289,10 @@ fn apply(
     log: &mut EventLog,
     user: UserId,
     channel: Option<ChannelId>,
-    rows: Vec<Result<Row, (u64, String)>>,
+    rows: Vec<Result<Row, (u64, AppError)>>,
 ) -> AppResult<Imported> {
     let mut done = Imported { rows: rows.len(), ..Imported::default() };
-    let mut wrong: Vec<(u64, String)> = Vec::new();
+    let mut wrong: Vec<(u64, AppError)> = Vec::new();
     let mut platforms: HashMap<i64, Option<Platform>> = HashMap::new();
     for row in rows {
         let outcome = match row {
@@ -292,7 +300,7 @@ fn apply(
                 let line = row.line;
                 one(tc, log, user, channel, &mut platforms, row).map_err(|e| (line, e))
             }
-            Err(e) => Err((e.0, AppError::invalid("invalid_import", e.1))),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(Outcome::Created) => done.created += 1,
@@ -300,23 +308,13 @@ fn apply(
             Ok(Outcome::Unchanged) => done.unchanged += 1,
             // A value checked and refused, a contact not there: the row's
             // fault, and the transaction goes on to find the others'.
-            Err((line, e)) if matches!(e.kind, ErrorKind::Unprocessable | ErrorKind::NotFound) => {
-                wrong.push((line, e.message))
-            }
+            Err((line, e)) if matches!(e.kind, ErrorKind::Unprocessable | ErrorKind::NotFound) => wrong.push((line, e)),
             // Anything else (the database's) may have ended the transaction.
             Err((_, e)) => return Err(e),
         }
     }
     if !wrong.is_empty() {
-        let mut shown: Vec<String> =
-            wrong.iter().take(MOST_ERRORS_SHOWN).map(|(line, why)| format!("line {line}: {why}")).collect();
-        if wrong.len() > MOST_ERRORS_SHOWN {
-            shown.push(format!("and {} more", wrong.len() - MOST_ERRORS_SHOWN));
-        }
-        return Err(AppError::invalid(
-            "invalid_import",
-            format!("nothing was imported; {} of {} rows are wrong: {}", wrong.len(), done.rows, shown.join("; ")),
-        ));
+        return Err(refused(&wrong, done.rows));
     }
     crate::audit::record(
         tc,
@@ -334,6 +332,29 @@ enum Outcome {
     Created,
     Updated,
     Unchanged,
+}
+
+/// The 422 of an import with `wrong` rows of `rows`: the first
+/// [`MOST_ERRORS_SHOWN`] in the message, the first [`MOST_ERRORS_LISTED`]
+/// in `details.rows` (each `{line, code, message}`, the code as the
+/// `PATCH` would answer it), and how many there are in
+/// `details.wrong_rows`.
+fn refused(wrong: &[(u64, AppError)], rows: usize) -> AppError {
+    let mut shown: Vec<String> =
+        wrong.iter().take(MOST_ERRORS_SHOWN).map(|(line, e)| format!("line {line}: {}", e.message)).collect();
+    if wrong.len() > MOST_ERRORS_SHOWN {
+        shown.push(format!("and {} more", wrong.len() - MOST_ERRORS_SHOWN));
+    }
+    let listed: Vec<Value> = wrong
+        .iter()
+        .take(MOST_ERRORS_LISTED)
+        .map(|(line, e)| serde_json::json!({"line": line, "code": e.code, "message": e.message}))
+        .collect();
+    AppError::invalid(
+        "invalid_import",
+        format!("nothing was imported; {} of {rows} rows are wrong: {}", wrong.len(), shown.join("; ")),
+    )
+    .details(serde_json::json!({"wrong_rows": wrong.len(), "rows": listed}))
 }
 
 /// Applies one row.
@@ -386,7 +407,9 @@ fn one(
             let Some(raw) = row.external.as_deref().or(row.phone.as_deref()) else {
                 return Err(wrong("a WhatsApp contact is found by id, external_id or phone".into()));
             };
-            let number = Number::parse(raw).map_err(|e| wrong(format!("`{}`: {}", raw.trim(), e.message)))?;
+            let number = Number::parse(raw).map_err(|e| {
+                AppError::new(ErrorKind::Unprocessable, e.code, format!("`{}`: {}", raw.trim(), e.message))
+            })?;
             match super::outreach::known_contact(tc, c.0, &number)? {
                 Some(id) => (ContactId(id), false),
                 None => (ContactId(super::outreach::new_contact(tc, c.0, &number)?), true),
@@ -449,7 +472,7 @@ mod tests {
         }
     }
 
-    fn code(r: AppResult<Vec<Result<Row, (u64, String)>>>) -> String {
+    fn code(r: AppResult<Vec<Result<Row, (u64, AppError)>>>) -> String {
         r.err().map(|e| e.code.to_string()).unwrap_or_default()
     }
 
@@ -503,5 +526,20 @@ mod tests {
             let notes = rows[1].as_ref().ok().and_then(|r| r.notes.clone());
             assert_eq!(notes.as_deref(), Some("=1+1"), "the export's neutralising undone");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_first_lines_and_lists_more_with_the_count() {
+        let wrong: Vec<(u64, AppError)> =
+            (2..152).map(|line| (line, AppError::invalid("invalid_email", format!("bad {line}")))).collect();
+        let e = refused(&wrong, 2000);
+        assert_eq!((e.code.as_ref(), e.kind), ("invalid_import", ErrorKind::Unprocessable));
+        assert!(e.message.starts_with("nothing was imported; 150 of 2000 rows are wrong: line 2: bad 2;"), "{e}");
+        assert!(e.message.ends_with("line 11: bad 11; and 140 more"), "{e}");
+        let details = e.details.as_deref().expect("details");
+        assert_eq!(details["wrong_rows"], 150);
+        let rows = details["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), MOST_ERRORS_LISTED);
+        assert_eq!(rows[99], serde_json::json!({"line": 101, "code": "invalid_email", "message": "bad 101"}));
     }
 }

@@ -121,6 +121,17 @@ async fn a_spreadsheet_of_contacts_goes_in_whole_or_not_at_all() {
         assert!(message.contains(line), "{message}");
     }
     assert!(!message.contains("line 2:"), "{message}");
+    // And lists them for a client to mark, each with the PATCH's code.
+    let details = &r.body["error"]["details"];
+    let listed: Vec<(u64, &str)> = details["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|w| (w["line"].as_u64().unwrap_or(0), w["code"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(details["wrong_rows"], 3, "{details}");
+    assert_eq!(listed, [(3, "invalid_phone_number"), (4, "invalid_email"), (5, "invalid_attributes")], "{details}");
+    assert!(details["rows"][1]["message"].as_str().is_some_and(|m| m.contains("e-mail address")), "{details}");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.contacts"), before);
     let ana_now = external(&contacts_of(&app, admin, &whatsapp).await, "351912345678").clone();
     assert_eq!((&ana_now["email"], &ana_now["attributes"]["plan"]), (&json!("ana@example.pt"), &json!("pro")));
@@ -130,6 +141,7 @@ async fn a_spreadsheet_of_contacts_goes_in_whole_or_not_at_all() {
     assert_eq!(code(&r), (422, "invalid_import"), "no channel: {:?}", r.body);
     let r = import(&app, admin, &q, "phone\n+351912345678\0\n").await;
     assert_eq!(code(&r), (422, "invalid_import"), "a NUL: {:?}", r.body);
+    assert_eq!(r.body["error"]["details"]["rows"][0]["code"], "invalid_text", "{:?}", r.body);
 
     // The file's shape is checked before any row.
     for (bad, expected) in [
