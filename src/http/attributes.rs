@@ -31,7 +31,8 @@ async fn create(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let new = body.into_inner();
-    let (made, new) = state.db.tenant(auth.scope(), move |tc| attributes::create(tc, auth.user, new)).await?;
+    let (made, new) =
+        state.tenant_with_events(auth.scope(), move |tc, log| attributes::create(tc, log, auth.user, new)).await?;
     Ok(if new { HttpResponse::Created() } else { HttpResponse::Ok() }.json(made))
 }
 

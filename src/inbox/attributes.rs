@@ -28,8 +28,13 @@
 //!   announced (a client shows what the definitions now allow). The
 //!   channels' routing rules that name it go too (`routing`, each channel
 //!   announced).
-//! - Changes to the definitions are not pushed on the socket: a client
-//!   reads them when it shows a contact, as it reads labels.
+//! - Every member's socket (and integrators' endpoints) hears of the
+//!   definitions, logged and replayed like any event, as of teams:
+//!   `contact_attribute.updated` with the definition when one is made or
+//!   changed, `contact_attribute.deleted` `{key}` (after the channels
+//!   whose rules named it). The contacts whose values went with an option
+//!   or a definition are not each announced: a client drops what the
+//!   definitions no longer allow.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
@@ -49,6 +54,8 @@ pub const MOST_OPTIONS: usize = 100;
 pub const MOST_TEXT_CHARS: usize = 500;
 const MOST_NAME_CHARS: usize = 100;
 const MOST_KEY_CHARS: usize = 40;
+/// The event of a definition made or changed.
+const UPDATED: &str = "contact_attribute.updated";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,7 +216,12 @@ fn find(tc: &mut TenantConn<'_>, key: &str, to_change: bool) -> AppResult<Option
 }
 
 /// Makes a definition ([module docs](self)): it and whether it is new.
-pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> AppResult<(Definition, bool)> {
+pub fn create(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    actor: UserId,
+    new: NewDefinition,
+) -> AppResult<(Definition, bool)> {
     let key = checked_key(&new.key)?;
     let name = checked_name(&new.name)?;
     let options = checked_options(new.kind, new.options)?;
@@ -240,7 +252,9 @@ pub fn create(tc: &mut TenantConn<'_>, actor: UserId, new: NewDefinition) -> App
         Some(key),
         json!({"name": name, "type": new.kind, "options": options}),
     )?;
-    Ok((row.definition(), true))
+    let made = row.definition();
+    log.append(tc, UPDATED, None, None, &made)?;
+    Ok((made, true))
 }
 
 /// Renames a definition or changes a list's options ([module docs](self)).
@@ -289,7 +303,9 @@ pub fn update(
         Some(key.to_string()),
         json!({"name": name, "options": options, "contacts_cleared": cleared}),
     )?;
-    Ok(row.definition())
+    let changed = row.definition();
+    log.append(tc, UPDATED, None, None, &changed)?;
+    Ok(changed)
 }
 
 /// Deletes a definition and its values on every contact.
@@ -310,6 +326,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, key: &
         Some(key.to_string()),
         json!({"name": old.name, "contacts_cleared": cleared}),
     )?;
+    log.append(tc, "contact_attribute.deleted", None, None, json!({"key": key}))?;
     Ok(())
 }
 

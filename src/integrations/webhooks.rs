@@ -63,7 +63,7 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_SECS: i64 = 60;
 
 /// The event types an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 15] = [
     "message.created",
     "message.updated",
     "conversation.created",
@@ -75,6 +75,8 @@ pub const EVENT_TYPES: [&str; 13] = [
     "template.updated",
     "team.updated",
     "team.deleted",
+    "contact_attribute.updated",
+    "contact_attribute.deleted",
     "notification",
     "resync_required",
 ];

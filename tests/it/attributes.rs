@@ -337,3 +337,45 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
         "too_many_attributes"
     );
 }
+
+#[actix_web::test]
+async fn every_members_socket_hears_of_the_definitions() {
+    use crate::realtime::{until, ws};
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    // An agent who sees no channel still keeps the definitions.
+    let (_, al) = agent_al(&app, admin).await;
+    let mut socket = ws(&app, "", Some(&al), None).await.expect("socket");
+    let wait = Duration::from_secs(5);
+    let plan = json!({"key": "plan", "name": "Plan", "type": "list", "options": ["free", "pro"]});
+    assert_eq!(define(&app, admin, plan.clone()).await.status, 201);
+    let made = until(&mut socket, "contact_attribute.updated", wait).await.expect("made");
+    assert_eq!((&made["data"]["key"], &made["data"]["options"]), (&json!("plan"), &json!(["free", "pro"])), "{made}");
+    assert!(made["seq"].is_i64(), "logged, so replayed: {made}");
+    // The same create again changes nothing, and says nothing.
+    let said = || app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type LIKE 'contact_attribute.%'");
+    assert_eq!(define(&app, admin, plan).await.status, 200);
+    assert_eq!(said(), 1);
+
+    let narrowed = json!({"name": "Subscription", "options": ["pro"]});
+    let r = app.call("PATCH", "/api/contact-attributes/plan", Some(admin), Some(narrowed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let changed = until(&mut socket, "contact_attribute.updated", wait).await.expect("changed");
+    assert_eq!((&changed["data"]["name"], &changed["data"]["options"]), (&json!("Subscription"), &json!(["pro"])));
+    let same = json!({"name": "Subscription"});
+    assert_eq!(app.call("PATCH", "/api/contact-attributes/plan", Some(admin), Some(same)).await.status, 200);
+    assert_eq!(said(), 2, "a change that changes nothing says nothing");
+
+    assert_eq!(app.call("DELETE", "/api/contact-attributes/plan", Some(admin), None).await.status, 204);
+    let gone = until(&mut socket, "contact_attribute.deleted", wait).await.expect("deleted");
+    assert_eq!(gone["data"], json!({"key": "plan"}));
+
+    // Replayed to a socket that was away, in order.
+    let mut back = ws(&app, &format!("?since={}", made["seq"]), Some(&al), None).await.expect("socket");
+    let again = until(&mut back, "contact_attribute.updated", wait).await.expect("replayed");
+    assert_eq!(again["seq"], changed["seq"]);
+    let again = until(&mut back, "contact_attribute.deleted", wait).await.expect("replayed");
+    assert_eq!(again["seq"], gone["seq"]);
+}
