@@ -1414,29 +1414,33 @@ struct ImportQuery {
     dry_run: Option<String>,
 }
 
-/// `POST /api/contacts/import` (admins): contacts from a CSV body, all or
-/// nothing (`inbox::contact_import`).
+/// `POST /api/contacts/import` (admins): contacts from a CSV, all or
+/// nothing (`inbox::contact_import`). The CSV is the body, or the `file`
+/// part of a `multipart/form-data` form (a page's file input), which may
+/// carry `channel_id` and `dry_run` as parts instead of the query.
 async fn import_contacts(
     state: web::Data<AppState>,
     auth: AuthContext,
     req: actix_web::HttpRequest,
     q: web::Query<ImportQuery>,
-    body: web::Bytes,
-) -> AppResult<HttpResponse> {
+    payload: web::Payload,
+) -> actix_web::Result<HttpResponse> {
+    use actix_web::FromRequest;
     auth.require(Role::Admin)?;
-    if is_multipart(&req) {
-        return Err(AppError::new(
-            crate::error::ErrorKind::UnsupportedMediaType,
-            "unsupported_media_type",
-            "send the CSV itself as the body (Content-Type: text/csv), not a form",
-        ));
-    }
-    let q = q.into_inner();
+    let mut q = q.into_inner();
+    let body = if is_multipart(&req) {
+        let reading = state.uploads.clone().acquire_owned().await;
+        let form = read_import_form(&req, payload, &mut q).await;
+        drop(reading);
+        form?
+    } else {
+        web::Bytes::from_request(&req, &mut payload.into_inner()).await?
+    };
     let channel = super::channel_param(q.channel_id.as_deref())?;
-    let dry_run = match q.dry_run.as_deref() {
+    let dry_run = match q.dry_run.as_deref().map(str::trim) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return Err(AppError::invalid("invalid_dry_run", "dry_run is true or false")),
+        Some(_) => return Err(AppError::invalid("invalid_dry_run", "dry_run is true or false").into()),
     };
     let user = auth.user;
     let imported = state
@@ -1445,6 +1449,66 @@ async fn import_contacts(
         })
         .await?;
     Ok(HttpResponse::Ok().json(imported))
+}
+
+/// The CSV of an import form (its `file` part), its `channel_id` and
+/// `dry_run` parts put in `q` (each given once, in the query or the form).
+async fn read_import_form(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    q: &mut ImportQuery,
+) -> AppResult<web::Bytes> {
+    use crate::inbox::contact_import::MOST_BYTES;
+    use futures_util::TryStreamExt;
+    let bad = |e: actix_multipart::MultipartError| {
+        AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
+    };
+    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let mut file = None;
+    while let Some(mut field) = form.try_next().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let (most, slot) = match name.as_str() {
+            "file" if file.is_none() => (MOST_BYTES, None),
+            "channel_id" if q.channel_id.is_none() => (MOST_FORM_TEXT_BYTES, Some(&mut q.channel_id)),
+            "dry_run" if q.dry_run.is_none() => (MOST_FORM_TEXT_BYTES, Some(&mut q.dry_run)),
+            "file" | "channel_id" | "dry_run" => {
+                return Err(AppError::bad_request(
+                    "invalid_body",
+                    format!("`{name}` is given twice (the form's parts and the query count alike)"),
+                ))
+            }
+            _ => {
+                return Err(AppError::bad_request(
+                    "invalid_body",
+                    format!("unknown part `{name}`: expected `file`, `channel_id`, `dry_run`"),
+                ))
+            }
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.try_next().await.map_err(bad)? {
+            if bytes.len() + chunk.len() > most {
+                return Err(match slot {
+                    None => AppError::new(
+                        crate::error::ErrorKind::PayloadTooLarge,
+                        "payload_too_large",
+                        format!("an import's file is at most {} MiB", MOST_BYTES / (1024 * 1024)),
+                    ),
+                    Some(_) => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        match slot {
+            None => file = Some(web::Bytes::from(bytes)),
+            Some(slot) => {
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    AppError::bad_request("invalid_body", format!("the part `{name}` is not UTF-8 text"))
+                })?;
+                *slot = Some(text);
+            }
+        }
+    }
+    file.ok_or_else(|| AppError::bad_request("invalid_body", "missing part `file`: the CSV"))
 }
 
 /// One contact, with what the team saved about them.

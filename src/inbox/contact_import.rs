@@ -3,8 +3,10 @@
 //! write to, or a column of plans filled in from a CRM.
 //!
 //! Decisions:
-//! - Admins only, as the export. The body is the CSV itself (UTF-8, a byte
-//!   order mark allowed, CRLF or LF lines, RFC 4180 quoting), its first line
+//! - Admins only, as the export. The CSV is the body, or a form's `file`
+//!   part (the HTTP handler reads either; a page's file input sends a
+//!   form). It is UTF-8 (a byte order mark allowed, CRLF, LF or CR lines,
+//!   RFC 4180 quoting), its first line
 //!   the column names (in any case); at most [`MOST_BYTES`] (413) and [`MOST_ROWS`] rows
 //!   (422 `too_many_rows`: split it).
 //! - Columns: `id`, `channel_id`, `external_id` find the contact; `name`,

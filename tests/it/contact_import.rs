@@ -23,6 +23,19 @@ pub(crate) async fn import(app: &TestApp, t: &str, query: &str, body: impl Into<
     Resp { status, body: r.json().await.unwrap_or(Value::Null) }
 }
 
+/// The import as a page's form sends it: the CSV as the `file` part.
+async fn import_form(
+    app: &TestApp,
+    t: &str,
+    query: String,
+    file: Option<Vec<u8>>,
+    parts: Vec<(String, String)>,
+) -> Resp {
+    let file = file.as_deref().map(|bytes| ("contacts.csv", "text/csv", bytes));
+    let parts: Vec<(&str, &str)> = parts.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    crate::inbox::post_form(app, t, &format!("/api/contacts/import{query}"), file, &parts).await
+}
+
 fn code(r: &Resp) -> (u16, &str) {
     (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
 }
@@ -203,18 +216,34 @@ async fn a_spreadsheet_of_contacts_goes_in_whole_or_not_at_all() {
     assert_eq!(exported(3), Err("too_many_contacts".to_string()));
     assert_eq!(audited(), before + 1);
 
-    // Admins only; the CSV itself, not a form; at most 2 MB.
+    // Admins only; the CSV itself, or a form's file (a page's file
+    // input), its query in the form's parts or the query; at most 2 MB.
     let (_, al) = agent_al(&app, admin).await;
     assert_eq!(code(&import(&app, &al, &q, list).await).0, 403);
-    let form = app
-        .client
-        .post(app.url("/api/contacts/import"))
-        .bearer_auth(admin)
-        .multipart(reqwest::multipart::Form::new().text("file", "phone\n+351912345604\n"))
-        .send()
-        .await
-        .expect("form");
-    assert_eq!(form.status().as_u16(), 415);
+    let form = |query: &str, file: Option<&[u8]>, parts: &[(&str, &str)]| {
+        import_form(
+            &app,
+            admin,
+            query.to_string(),
+            file.map(<[u8]>::to_vec),
+            parts.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        )
+    };
+    let one: &[u8] = b"phone,name\n+351912345604,Teo\n";
+    let r = form(&q, Some(one), &[("dry_run", "true")]).await;
+    assert_eq!((r.status, counts(&r), &r.body["dry_run"]), (200, [1, 1, 0, 0], &json!(true)), "{:?}", r.body);
+    let r = form("", Some(one), &[("channel_id", &whatsapp)]).await;
+    assert_eq!((r.status, counts(&r), &r.body["dry_run"]), (200, [1, 1, 0, 0], &json!(false)), "{:?}", r.body);
+    assert_eq!(external(&contacts_of(&app, admin, &whatsapp).await, "351912345604")["name"], "Teo");
+    for (query, file, parts, why) in [
+        (q.as_str(), Some(one), &[("channel_id", whatsapp.as_str())][..], "channel_id twice"),
+        (q.as_str(), None, &[][..], "no file"),
+        (q.as_str(), Some(one), &[("notes", "x")][..], "an unknown part"),
+    ] {
+        assert_eq!(code(&form(query, file, parts).await), (400, "invalid_body"), "{why}");
+    }
+    let huge = format!("phone\n{}", "+351912345605\n".repeat(160_000));
+    assert_eq!(code(&form(&q, Some(huge.as_bytes()), &[]).await), (413, "payload_too_large"));
     let big = format!("phone,notes\n{}", "+351912345605,x\n".repeat(140_000));
     let r = import(&app, admin, &q, big).await;
     assert_eq!(code(&r), (413, "payload_too_large"), "{:?}", r.body);

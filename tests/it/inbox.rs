@@ -3819,7 +3819,7 @@ pub(crate) async fn send_file(
 }
 
 /// A `multipart/form-data` POST to `path` of `file` (name, type, bytes) with the other parts given.
-async fn post_form(
+pub(crate) async fn post_form(
     app: &TestApp,
     t: &str,
     path: &str,
