@@ -15,9 +15,16 @@
 //!   with the one made (200); another with its key is 409
 //!   `attribute_exists`.
 //! - A contact's values are an object by key; a change names only the keys
-//!   it changes (`null`, or an empty text, removes one), each checked
+//!   it changes (`null`, or an empty text, removes one, whatever its
+//!   type: what a form sends for a field it cleared), each checked
 //!   against its definition before anything is written (422
-//!   `invalid_attributes`, naming the key). Shown on every contact, `{}`
+//!   `invalid_attributes`, naming the key). A list's value names its
+//!   option in any case (`PRO`, `pro`: a spreadsheet's or a person's
+//!   spelling) and is kept as the option is written; when two options
+//!   differ in case alone only the exact one is taken. The contacts'
+//!   `attribute=`, the reports' and the routing rules' values are read
+//!   the same way; the inbox's `contact_attribute=`, read without the
+//!   definitions, matches the value as kept. Shown on every contact, `{}`
 //!   when none; announced and audited with the contact's other changes
 //!   (the audit names the keys, not the values, which may be personal).
 //! - A definition's name and a list's options may change; its key and type
@@ -460,12 +467,30 @@ pub fn containing(key: &str, value: &str) -> Vec<Value> {
     std::iter::once(Value::String(value.to_string())).chain(typed).map(|v| json!({key: v})).collect()
 }
 
+/// The option of `options` that `given` names: the one written so, else
+/// the only one that differs from it in case alone (`PRO` is `pro`, as a
+/// spreadsheet or a person may write it); `None` when none, or when two
+/// differ from it in case alone (options `Pro` and `pro` both kept).
+fn option<'a>(options: &'a [String], given: &str) -> Option<&'a str> {
+    if let Some(exact) = options.iter().find(|o| *o == given) {
+        return Some(exact);
+    }
+    let folded = given.to_lowercase();
+    let mut alike = options.iter().filter(|o| o.to_lowercase() == folded);
+    match (alike.next(), alike.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
 /// `given` as `definition` keeps it; `None` removes the value.
 fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Value>> {
     let key = &definition.key;
     let wrong = |what: &str| invalid("invalid_attributes", format!("`{key}` is {what}, or null to remove it"));
     Ok(match (definition.kind, given) {
         (_, Value::Null) => None,
+        // What a form sends for a field it cleared, whatever its type.
+        (_, Value::String(s)) if s.trim().is_empty() => None,
         (Kind::Text, Value::String(s)) => {
             let s = s.trim();
             if s.chars().count() > MOST_TEXT_CHARS || s.chars().any(|c| c.is_control() && c != '\n') {
@@ -482,11 +507,57 @@ fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Val
             Some(Value::String(s.clone()))
         }
         (Kind::Date, _) => return Err(wrong("a date, YYYY-MM-DD")),
-        (Kind::List, Value::String(s)) if definition.options.iter().any(|o| o == s.trim()) => {
-            Some(Value::String(s.trim().to_string()))
+        (Kind::List, Value::String(s)) if option(&definition.options, s.trim()).is_some() => {
+            option(&definition.options, s.trim()).map(|o| Value::String(o.to_string()))
         }
         (Kind::List, _) => {
             return Err(wrong(&format!("one of {}", serde_json::to_string(&definition.options).unwrap_or_default())))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(kind: Kind, options: &[&str]) -> Definition {
+        Definition {
+            key: "k".into(),
+            name: "K".into(),
+            kind,
+            options: options.iter().map(|o| o.to_string()).collect(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_list_value_names_its_option_in_any_case_but_never_two() {
+        let plan = definition(Kind::List, &["free", "Pro", "Enterprise", "Ação"]);
+        let kept = |given: &str| checked_value(&plan, &json!(given)).ok().flatten();
+        assert_eq!(kept("Pro"), Some(json!("Pro")));
+        assert_eq!(kept(" PRO "), Some(json!("Pro")));
+        assert_eq!(kept("enterprise"), Some(json!("Enterprise")));
+        assert_eq!(kept("AÇÃO"), Some(json!("Ação")), "beyond ASCII too");
+        assert_eq!(kept("gold"), None);
+        assert_eq!(typed(&plan, "FREE"), Some(json!("free")));
+        let twins = definition(Kind::List, &["Pro", "pro"]);
+        assert_eq!(checked_value(&twins, &json!("pro")).ok().flatten(), Some(json!("pro")), "as written first");
+        assert_eq!(checked_value(&twins, &json!("Pro")).ok().flatten(), Some(json!("Pro")));
+        assert_eq!(
+            checked_value(&twins, &json!("PRO")).map_err(|e| e.code.to_string()),
+            Err("invalid_attributes".into())
+        );
+    }
+
+    #[test]
+    fn an_empty_text_removes_a_value_of_any_type() {
+        for kind in [Kind::Text, Kind::Number, Kind::Boolean, Kind::Date, Kind::List] {
+            let options: &[&str] = if kind == Kind::List { &["a"] } else { &[] };
+            let d = definition(kind, options);
+            for given in [json!(""), json!("  "), Value::Null] {
+                assert_eq!(checked_value(&d, &given).ok(), Some(None), "{kind:?} {given}");
+            }
+            assert!(checked_value(&d, &json!([])).is_err(), "{kind:?}");
+        }
+    }
 }

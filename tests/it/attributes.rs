@@ -108,12 +108,18 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
         ))
     };
     let before = announced();
-    let r = set(json!({"attributes": {"seats": null, "order_ref": "", "plan": "enterprise"}})).await;
+    // (A list's option in another case is the option, as written.)
+    let r = set(json!({"attributes": {"seats": null, "order_ref": "", "plan": "Enterprise "}})).await;
     assert_eq!(r.body["attributes"], json!({"plan": "enterprise", "vip": true, "renewal": "2027-01-31"}));
     assert_eq!(announced(), before + 1);
-    let r = set(json!({"attributes": {"plan": "enterprise"}})).await;
+    let r = set(json!({"attributes": {"plan": "ENTERPRISE"}})).await;
     assert_eq!(r.status, 200);
     assert_eq!(announced(), before + 1, "the same values again change nothing");
+    // A form's cleared field removes a value of any type.
+    let r = set(json!({"attributes": {"renewal": ""}})).await;
+    assert_eq!(r.body["attributes"], json!({"plan": "enterprise", "vip": true}), "{:?}", r.body);
+    let r = set(json!({"attributes": {"renewal": "2027-01-31"}})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     // Audited by key, not by value.
     let audited = app.count(&format!(
         "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contact.updated' AND target_id = '{contact}' \
