@@ -507,12 +507,13 @@ fn checked_value(definition: &Definition, given: &Value) -> AppResult<Option<Val
             Some(Value::String(s.clone()))
         }
         (Kind::Date, _) => return Err(wrong("a date, YYYY-MM-DD")),
-        (Kind::List, Value::String(s)) if option(&definition.options, s.trim()).is_some() => {
-            option(&definition.options, s.trim()).map(|o| Value::String(o.to_string()))
-        }
-        (Kind::List, _) => {
-            return Err(wrong(&format!("one of {}", serde_json::to_string(&definition.options).unwrap_or_default())))
-        }
+        (Kind::List, given) => match given.as_str().and_then(|s| option(&definition.options, s.trim())) {
+            Some(option) => Some(Value::String(option.to_string())),
+            None => {
+                let options = serde_json::to_string(&definition.options).unwrap_or_default();
+                return Err(wrong(&format!("one of {options}")));
+            }
+        },
     })
 }
 
