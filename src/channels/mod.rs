@@ -408,9 +408,11 @@ pub fn read_settings(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<()> {
 }
 
 /// For a change of channel `id`'s settings, before it reads them: waits for
-/// the webhook batches acting on them ([`read_settings`]) and any other
-/// change (which would otherwise be lost), and they for it.
+/// the webhook batches acting on them ([`read_settings`]), any other
+/// change (which would otherwise be lost) and a change of every channel's
+/// ([`change_all_settings`]), and they for it.
 fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
+    rules_lock(tc, "pg_advisory_xact_lock_shared")?;
     diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2 || ':' || $3::bigint))")
         .bind::<diesel::sql_types::Integer, _>(SETTINGS_LOCK_CLASS)
         .bind::<diesel::sql_types::Text, _>(tc.tenant().0.to_string())
@@ -419,29 +421,38 @@ fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
     Ok(())
 }
 
-/// Every channel's settings held for a change of them all
+/// Second key of the advisory locks between changes of channels'
+/// settings: one per tenant, held shared by a change of one channel's
+/// settings ([`patch`]) and alone by what changes every channel's rules
+/// ([`change_all_settings`]).
+const RULES_LOCK_CLASS: i32 = 0x5b_0006;
+
+/// No channel's settings change until the transaction ends
 /// ([`change_all_settings`]): what takes rules off every channel asks for
-/// it, so it cannot run without the locks.
+/// it, so it cannot run without the lock.
 pub struct AllSettingsHeld(());
 
 /// For a change of every channel's settings at once (a team or a contact
-/// attribute deleted, the rules naming it taken away): [`change_settings`]
-/// on each channel, in id order as webhook batches take them. Taken before
-/// the team or definition itself, as a change of one channel's settings
-/// takes its lock before the teams and definitions its rules name: one
-/// order, so the two never deadlock, and a change cannot read a channel's
-/// settings before such a deletion and write them back after it. A channel
-/// made meanwhile has no rules to take away.
+/// attribute deleted, the rules naming it taken away): waits for the
+/// changes of channels' settings under way, and they, and new ones, for
+/// it. Taken before the team or definition itself, as a change of a
+/// channel's settings takes its share before the teams and definitions its
+/// rules name: one order, so the two never deadlock, and a change cannot
+/// read a channel's settings before such a deletion and write them back
+/// after it. Webhook batches do not take it ([`read_settings`] is
+/// another lock): a deletion, however many rows it clears, never holds
+/// up the tenant's webhooks, nor they it.
 pub fn change_all_settings(tc: &mut TenantConn<'_>) -> AppResult<AllSettingsHeld> {
-    // The lock is volatile, so it is taken after the sort, in id order.
-    diesel::sql_query(
-        "SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2 || ':' || id)) \
-           FROM channels ORDER BY id",
-    )
-    .bind::<diesel::sql_types::Integer, _>(SETTINGS_LOCK_CLASS)
-    .bind::<diesel::sql_types::Text, _>(tc.tenant().0.to_string())
-    .execute(tc.pg())?;
+    rules_lock(tc, "pg_advisory_xact_lock")?;
     Ok(AllSettingsHeld(()))
+}
+
+fn rules_lock(tc: &mut TenantConn<'_>, function: &str) -> AppResult<()> {
+    diesel::sql_query(format!("SELECT pg_catalog.{function}($1, pg_catalog.hashtext($2))"))
+        .bind::<diesel::sql_types::Integer, _>(RULES_LOCK_CLASS)
+        .bind::<diesel::sql_types::Text, _>(tc.tenant().0.to_string())
+        .execute(tc.pg())?;
+    Ok(())
 }
 
 /// Notes that webhooks came for `ids` (the processor, in its tenant

@@ -56,8 +56,8 @@
 //!   definitions its rules name: a change under way finishes first (its
 //!   rules then taken away) or waits and is checked against what is left;
 //!   neither can read the rules before the other commits and write them
-//!   back after, and the two never deadlock. Webhook batches of the
-//!   tenant wait for the deletion (milliseconds; deletions are rare).
+//!   back after, and the two never deadlock. Webhook batches take none of
+//!   it: a deletion clearing many contacts never holds up webhooks.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text};

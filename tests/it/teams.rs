@@ -707,36 +707,49 @@ async fn a_channels_rules_route_a_customer_by_their_attributes() {
     assert_eq!((r.status, &r.body["settings"]["routing"]), (200, &left), "{:?}", r.body);
 }
 
-/// That `request` (method, path, body) by `admin` waits, before it answers
-/// `status`, for a webhook batch holding channel `channel`'s settings (as a
-/// change of them holds them).
-async fn waits_for_the_settings(
-    app: &TestApp,
-    admin: &str,
-    channel: i64,
-    (method, path, body): (&str, &str, Option<Value>),
-    status: u16,
-) {
+/// A transaction of Acme's that did `work` and stays open, holding what
+/// it took, until released (or `most` passed).
+struct Held {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn hold<W>(app: &TestApp, most: Duration, work: W) -> Held
+where
+    W: FnOnce(&mut switchboard::db::TenantConn<'_>) -> switchboard::AppResult<()> + Send + 'static,
+{
     let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
     let pool = app.pool.clone();
-    let url = app.db.url.clone();
-    let batch = std::thread::spawn(move || {
-        use diesel::{Connection, RunQueryDsl};
+    let thread = std::thread::spawn(move || {
         let mut pooled = pool.get().expect("conn");
         let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
         switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
-            switchboard::channels::read_settings(tc, &[channel])?;
+            work(tc)?;
             held_tx.send(()).expect("told");
-            // Until the request waits for this batch's hold (or plainly
-            // does not: 10 s).
-            let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let _ = release_rx.recv_timeout(most);
+            Ok::<_, switchboard::AppError>(())
+        })
+        .expect("the held transaction");
+    });
+    held_rx.recv().expect("held");
+    Held { release, thread }
+}
+
+impl Held {
+    /// Released once a statement of the test's database waits for an
+    /// advisory lock (a settings lock): whether one did within 10 s.
+    fn release_when_waited_for(self, url: String) -> std::thread::JoinHandle<bool> {
+        std::thread::spawn(move || {
+            use diesel::{Connection, RunQueryDsl};
             #[derive(diesel::QueryableByName)]
             struct Waiting {
                 #[diesel(sql_type = diesel::sql_types::BigInt)]
                 n: i64,
             }
-            loop {
+            let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let waited = loop {
                 let w: Waiting = diesel::sql_query(
                     "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
                        AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
@@ -744,26 +757,29 @@ async fn waits_for_the_settings(
                 .get_result(&mut watcher)
                 .expect("q");
                 if w.n > 0 || std::time::Instant::now() > deadline {
-                    return Ok::<_, switchboard::AppError>(w.n > 0);
+                    break w.n > 0;
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            }
+            };
+            self.release();
+            waited
         })
-        .expect("the batch")
-    });
-    held_rx.recv().expect("held");
-    let r = app.call(method, path, Some(admin), body).await;
-    assert_eq!(r.status, status, "{:?}", r.body);
-    assert!(batch.join().expect("the batch's thread"), "{method} {path} did not wait for the batch");
+    }
+
+    fn release(self) {
+        let _ = self.release.send(());
+        self.thread.join().expect("the held transaction's thread");
+    }
 }
 
 #[actix_web::test]
 async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_under_way() {
-    // A change of a channel's settings (or a batch acting on them) holds
-    // them before the teams and definitions its rules name; a deletion that
-    // takes rules away holds every channel's before its team or
-    // definition, so it never deadlocks with a change nor has one read the
-    // rules before it and write them back after it.
+    // A change of a channel's settings holds them (and its share of every
+    // channel's) before the teams and definitions its rules name; a
+    // deletion that takes rules away holds every channel's before its
+    // team or definition, so it never deadlocks with a change nor has one
+    // read the rules before it and write them back after it. A webhook
+    // batch acting on the settings does not hold the deletion up.
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let admin = ctx.admin.as_str();
@@ -781,17 +797,43 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
     let channel = format!("/api/channels/{whatsapp}");
     let r = app.call("PATCH", &channel, Some(admin), Some(rules)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let id: i64 = whatsapp.parse().expect("a decimal id");
+    let id = switchboard::channels::ChannelId(whatsapp.parse().expect("a decimal id"));
+    let labels = |settings: &Value| -> Vec<Value> {
+        settings["routing"].as_array().expect("rules").iter().map(|r| r["labels"].clone()).collect()
+    };
 
-    waits_for_the_settings(&app, admin, id, ("DELETE", &format!("/api/teams/{team}"), None), 204).await;
-    let narrowed = Some(json!({"options": ["free"]}));
-    waits_for_the_settings(&app, admin, id, ("PATCH", "/api/contact-attributes/plan", narrowed), 200).await;
-    let left = app.call("GET", &channel, Some(admin), None).await.body["settings"].clone();
-    assert_eq!(left["team_id"], Value::Null, "{left}");
-    let labels: Vec<Value> = left["routing"].as_array().expect("rules").iter().map(|r| r["labels"].clone()).collect();
-    assert_eq!(labels, [json!(["planned"]), json!(["greeting"])], "{left}");
-    waits_for_the_settings(&app, admin, id, ("DELETE", "/api/contact-attributes/plan", None), 204).await;
-    let left = app.call("GET", &channel, Some(admin), None).await.body["settings"]["routing"].clone();
-    let labels: Vec<Value> = left.as_array().expect("rules").iter().map(|r| r["labels"].clone()).collect();
-    assert_eq!(labels, [json!(["greeting"])], "{left}");
+    // A rename of the channel under way: the deletion waits for it, then
+    // takes the rules the rename wrote back.
+    let renaming = hold(&app, Duration::from_secs(15), move |tc| {
+        let rename = serde_json::from_value(json!({"name": "Renamed"})).expect("a patch");
+        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename).map(|_| ())
+    });
+    let waited = renaming.release_when_waited_for(app.db.url.clone());
+    let r = app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert!(waited.join().expect("the watcher"), "the deletion did not wait for the change");
+    let left = app.call("GET", &channel, Some(admin), None).await.body;
+    assert_eq!((&left["name"], &left["settings"]["team_id"]), (&json!("Renamed"), &Value::Null), "{left}");
+    assert_eq!(labels(&left["settings"]), [json!(["enterprise"]), json!(["planned"]), json!(["greeting"])]);
+
+    // A webhook batch acting on the settings: the deletion goes on.
+    let batch = hold(&app, Duration::from_secs(15), move |tc| switchboard::channels::read_settings(tc, &[id.0]));
+    let started = std::time::Instant::now();
+    let narrowed = json!({"options": ["free"]});
+    let r = app.call("PATCH", "/api/contact-attributes/plan", Some(admin), Some(narrowed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(10), "the deletion waited for the batch");
+    batch.release();
+    let left = app.call("GET", &channel, Some(admin), None).await.body;
+    assert_eq!(labels(&left["settings"]), [json!(["planned"]), json!(["greeting"])], "{left}");
+
+    let renaming = hold(&app, Duration::from_secs(15), move |tc| {
+        let rename = serde_json::from_value(json!({"name": "Renamed again"})).expect("a patch");
+        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename).map(|_| ())
+    });
+    let waited = renaming.release_when_waited_for(app.db.url.clone());
+    assert_eq!(app.call("DELETE", "/api/contact-attributes/plan", Some(admin), None).await.status, 204);
+    assert!(waited.join().expect("the watcher"), "the deletion did not wait for the change");
+    let left = app.call("GET", &channel, Some(admin), None).await.body;
+    assert_eq!(labels(&left["settings"]), [json!(["greeting"])], "{left}");
 }
