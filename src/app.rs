@@ -31,6 +31,8 @@ pub struct AppState {
     pub processor_behind: Arc<tokio::sync::watch::Sender<bool>>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
+    /// Wakes this instance's mail worker (a mail was queued here).
+    pub wake_mail: Arc<Notify>,
     /// Wakes the spare-schema refill (a tenant was created here).
     pub spares_wanted: Arc<Notify>,
     /// How committed events reach this instance's sockets.
@@ -84,6 +86,7 @@ impl AppState {
             webhooks_stored: Arc::default(),
             wake_sender: Arc::new(Notify::new()),
             spares_wanted: Arc::new(Notify::new()),
+            wake_mail: Arc::new(Notify::new()),
             profile_lookups: tx,
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             feed: Arc::default(),
@@ -199,4 +202,5 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
     actix_web::rt::spawn(crate::integrations::webhooks::run(state.clone()));
     actix_web::rt::spawn(crate::db::housekeeping::run(state.clone()));
+    actix_web::rt::spawn(crate::mail::run(state.clone()));
 }

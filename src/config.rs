@@ -101,6 +101,19 @@ pub fn parse_encryption_keys(raw: &str) -> Result<Vec<EncryptionKey>, String> {
     Ok(keys)
 }
 
+/// Where the server sends its mail (`mail`): off unless
+/// `SWITCHBOARD_SMTP_URL` is set.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// `smtps://user:password@host[:465]` (TLS), or
+    /// `smtp://user:password@host:587?tls=required` (STARTTLS);
+    /// `smtp://host:port` alone is unencrypted, for a relay on the same
+    /// machine or network.
+    pub smtp_url: Secret<String>,
+    /// `From:`, `Name <address>` or an address.
+    pub from: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct MetaConfig {
     pub app_id: String,
@@ -137,6 +150,8 @@ pub struct ServerConfig {
     /// link-local addresses (`SWITCHBOARD_WEBHOOKS_PRIVATE_OK`; no by
     /// default: a tenant's admin must not reach the servers beside ours).
     pub webhooks_private_ok: bool,
+    /// Mail for invitations and password resets; `None`: none is sent.
+    pub mail: Option<MailConfig>,
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -237,6 +252,21 @@ impl ServerConfig {
             Some("true") | Some("1") => true,
             Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
         };
+        let mail = match var("SWITCHBOARD_SMTP_URL") {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    return Err(err("SWITCHBOARD_SMTP_URL", "must be an smtp:// or smtps:// URL"));
+                }
+                let host = reqwest::Url::parse(&public_url).ok().and_then(|u| u.host_str().map(str::to_string));
+                let from = var("SWITCHBOARD_MAIL_FROM")
+                    .unwrap_or_else(|| format!("Switchboard <no-reply@{}>", host.as_deref().unwrap_or("localhost")));
+                if from.parse::<lettre::message::Mailbox>().is_err() {
+                    return Err(err("SWITCHBOARD_MAIL_FROM", "must be an address, or Name <address>"));
+                }
+                Some(MailConfig { smtp_url: Secret::new(url), from })
+            }
+        };
         Ok(ServerConfig {
             db,
             bind,
@@ -250,6 +280,7 @@ impl ServerConfig {
             allowed_origins,
             ws_max_per_member,
             webhooks_private_ok,
+            mail,
         })
     }
 }

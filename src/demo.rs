@@ -141,6 +141,7 @@ pub fn run() -> anyhow::Result<()> {
         allowed_origins: Vec::new(),
         ws_max_per_member: None,
         webhooks_private_ok: true,
+        mail: None,
     });
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);

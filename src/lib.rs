@@ -22,6 +22,7 @@ pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod integrations;
+pub mod mail;
 pub mod meta;
 pub mod metrics;
 pub mod ops;

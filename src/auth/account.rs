@@ -9,9 +9,10 @@
 //! login that made the change stays. Access tokens already issued to the
 //! other logins live out their 15 minutes, as after a logout.
 //!
-//! Operators set a password without the current one (`user password`, for a
-//! person who forgot theirs), which ends every login. An admin of a tenant
-//! cannot: the person may work in other tenants too.
+//! A person who forgot theirs resets it by mail (`password_reset`, with mail
+//! on), and operators set one without the current one (`user password`);
+//! either ends every login. An admin of a tenant cannot: the person may
+//! work in other tenants too.
 
 use chrono::Utc;
 use diesel::pg::PgConnection;

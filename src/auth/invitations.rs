@@ -4,8 +4,9 @@
 //!
 //! Decisions:
 //! - An admin invites an email with a role (only an owner invites an
-//!   owner) and gets a link to hand over — this server sends no mail; the
-//!   link is for the admin's own mail or chat, or an integrator's. The link
+//!   owner) and gets a link to hand over: with mail on (`mail`) the server
+//!   also mails it to the person (`mailed: true`); without, the link is
+//!   for the admin's own mail or chat, or an integrator's. The link
 //!   is `{SWITCHBOARD_PUBLIC_URL}/invite#<token>`: the token rides in the
 //!   fragment, which browsers never send, so it stays out of access logs
 //!   and `Referer`s; the page posts it. It is `sbi_` and 43 characters of
@@ -139,10 +140,14 @@ pub struct Issued {
     pub invitation: Invitation,
     pub token: String,
     pub accept_url: String,
+    /// Whether the link was also mailed to the person (mail is on).
+    pub mailed: bool,
 }
 
 /// `POST /api/invitations`: invites `email` as `role`; `public_url` is where
-/// the link points.
+/// the link points. With `mail`, the link is also mailed to them (`mail`,
+/// queued in this transaction).
+#[allow(clippy::too_many_arguments)]
 pub fn invite(
     tc: &mut TenantConn<'_>,
     actor: UserId,
@@ -150,6 +155,7 @@ pub fn invite(
     email: &Email,
     role: Role,
     public_url: &str,
+    mail: bool,
     now: DateTime<Utc>,
 ) -> AppResult<Issued> {
     members::ensure_may_grant(actor_role, role)?;
@@ -208,7 +214,18 @@ pub fn invite(
         json!({"email": row.email, "role": role, "replaced": replaced > 0}),
     )?;
     let accept_url = format!("{}/invite#{token}", public_url.trim_end_matches('/'));
-    Ok(Issued { invitation: row.listed(now)?, token, accept_url })
+    if mail {
+        let workspace = tenancy::find(tc.pg(), tenant)?.map(|t| t.name).unwrap_or_default();
+        let inviter = users::display_name(tc.pg(), actor)?;
+        let body = format!(
+            "{inviter} invited you to work in {workspace} on Switchboard, as {role}.\n\n\
+             Accept the invitation here (the link is good for {VALID_DAYS} days):\n{accept_url}\n\n\
+             If you did not expect it, ignore this mail: nothing happens without the link.\n",
+            role = role.as_str(),
+        );
+        crate::mail::queue(tc.pg(), email.as_str(), &format!("Join {workspace} on Switchboard"), &body)?;
+    }
+    Ok(Issued { invitation: row.listed(now)?, token, accept_url, mailed: mail })
 }
 
 /// Pending invitations (expired ones too, until housekeeping), by id after

@@ -11,6 +11,7 @@ pub mod logins;
 pub mod members;
 pub mod mfa;
 pub mod password;
+pub mod password_reset;
 pub mod refresh;
 pub mod session;
 pub mod throttle;

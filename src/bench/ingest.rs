@@ -76,6 +76,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         allowed_origins: Vec::new(),
         ws_max_per_member: None,
         webhooks_private_ok: false,
+        mail: None,
     });
     let db = crate::db::Db::new(pool.clone());
     std::thread::spawn(move || {

@@ -12,7 +12,10 @@
 //!   expired one is refused whether it is known or not);
 //! - invitations a week past their expiry, accepted or not
 //!   (`auth::invitations`; until then an expired link is told apart from
-//!   an unknown one).
+//!   an unknown one);
+//! - password resets a day past their expiry (`auth::password_reset`), and
+//!   mail a week after it was queued, once sent or given up (`mail`; its
+//!   body is emptied then).
 //!
 //! Rows go in batches of [`BATCH`], each its own statement, oldest first,
 //! so no lock is held long and a backlog of months (a release before this
@@ -40,6 +43,9 @@ pub struct Retention {
     pub refresh_tokens: Duration,
     /// Invitations, past their expiry.
     pub invitations: Duration,
+    /// Sent (or given up) mail, from when it was queued; password resets
+    /// are kept a day past their expiry.
+    pub mail: Duration,
 }
 
 impl Retention {
@@ -50,7 +56,12 @@ impl Retention {
             .and_then(|v| v.parse::<i64>().ok())
             .filter(|h| *h > 0)
             .unwrap_or(24);
-        Retention { work: Duration::hours(hours), refresh_tokens: Duration::days(1), invitations: Duration::days(7) }
+        Retention {
+            work: Duration::hours(hours),
+            refresh_tokens: Duration::days(1),
+            invitations: Duration::days(7),
+            mail: Duration::days(7),
+        }
     }
 }
 
@@ -61,6 +72,8 @@ pub struct Pruned {
     pub sends: usize,
     pub refresh_tokens: usize,
     pub invitations: usize,
+    /// Mail and password resets.
+    pub mail: usize,
 }
 
 /// Deletes, as of `now`, what `retention` no longer keeps.
@@ -91,8 +104,19 @@ pub fn prune(conn: &mut PgConnection, now: DateTime<Utc>, retention: Retention) 
               WHERE expires_at < $1 ORDER BY id LIMIT $2)",
             now - retention.invitations,
         )?,
+        mail: in_batches(
+            conn,
+            "DELETE FROM public.mail_outbox WHERE id IN (SELECT id FROM public.mail_outbox \
+              WHERE created_at < $1 AND (sent_at IS NOT NULL OR failed_at IS NOT NULL) ORDER BY id LIMIT $2)",
+            now - retention.mail,
+        )? + in_batches(
+            conn,
+            "DELETE FROM public.password_resets WHERE id IN (SELECT id FROM public.password_resets \
+              WHERE expires_at < $1 ORDER BY id LIMIT $2)",
+            now - retention.refresh_tokens,
+        )?,
     };
-    let rows = pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations;
+    let rows = pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations + pruned.mail;
     crate::metrics::inc(&crate::metrics::PRUNED_ROWS, rows as u64);
     Ok(pruned)
 }

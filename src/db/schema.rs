@@ -94,6 +94,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Mail waiting to be sent, and sent (`mail`).
+    public.mail_outbox (id) {
+        id -> Int8,
+        recipient -> Text,
+        subject -> Text,
+        body -> Text,
+        created_at -> Timestamptz,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+        failed_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// Password resets asked for by mail (`auth::password_reset`).
+    public.password_resets (id) {
+        id -> Int8,
+        user_id -> Int8,
+        token_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(

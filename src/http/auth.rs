@@ -8,6 +8,8 @@ use super::AppState;
 use crate::auth::account::{self, AccountChanges};
 use crate::auth::invitations::{self, Acceptance};
 use crate::auth::password::PasswordHash;
+use crate::auth::password_reset;
+use crate::auth::users::Email;
 use crate::auth::{api_tokens, logins, mfa, session, AuthContext, JwtKeys, Role};
 use crate::db::TenantScope;
 use crate::error::{AppError, AppResult, ErrorKind};
@@ -20,6 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(super::resource("/auth/mfa-setup/confirm").route(web::post().to(mfa_setup_confirm)))
         .service(super::resource("/auth/invitation").route(web::post().to(invitation)))
         .service(super::resource("/auth/invitation/accept").route(web::post().to(accept_invitation)))
+        .service(super::resource("/auth/password-reset").route(web::post().to(password_reset)))
+        .service(super::resource("/auth/password-reset/confirm").route(web::post().to(password_reset_confirm)))
         .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
         .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
         .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
@@ -467,4 +471,55 @@ async fn accept_invitation(state: web::Data<AppState>, body: web::Json<AcceptBod
     let accepted = result?;
     tracing::info!(tenant = %accepted.tenant.slug, user_id = %accepted.user.id, "invitation accepted");
     Ok(HttpResponse::Ok().json(accepted))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    email: String,
+}
+
+/// `POST /api/auth/password-reset` `{email}` (no login): 202 whatever the
+/// email, a link mailed to an account that has it
+/// (`auth::password_reset`); 503 `mail_unavailable` with mail off.
+async fn password_reset(state: web::Data<AppState>, body: web::Json<ResetBody>) -> AppResult<HttpResponse> {
+    if state.config.mail.is_none() {
+        return Err(AppError::unavailable(
+            "mail_unavailable",
+            "this server sends no mail: ask its operator to set your password",
+        ));
+    }
+    let email = Email::parse(&body.into_inner().email)?;
+    let public_url = state.config.public_url.clone();
+    let mailed =
+        state.db.public(move |conn| password_reset::request(conn, &email, &public_url, chrono::Utc::now())).await?;
+    if mailed {
+        state.wake_mail.notify_one();
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetConfirmBody {
+    token: String,
+    password: String,
+}
+
+/// `POST /api/auth/password-reset/confirm` `{token, password}` (no
+/// login): the link's account gets the password, and every login of
+/// theirs ends: 204.
+async fn password_reset_confirm(
+    state: web::Data<AppState>,
+    body: web::Json<ResetConfirmBody>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let token = body.token.clone();
+    state.db.public(move |conn| password_reset::check(conn, &token, chrono::Utc::now())).await?;
+    let password = body.password;
+    let hash = web::block(move || PasswordHash::create(&password)).await??;
+    let token = body.token;
+    let user = state.db.public(move |conn| password_reset::confirm(conn, &token, &hash, chrono::Utc::now())).await?;
+    tracing::info!(user_id = %user, "password reset by mail");
+    Ok(HttpResponse::NoContent().finish())
 }

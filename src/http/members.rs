@@ -109,12 +109,16 @@ async fn invite(state: web::Data<AppState>, auth: AuthContext, body: web::Json<I
     let email = Email::parse(&body.email)?;
     let role = parse_role(&body.role)?;
     let public_url = state.config.public_url.clone();
+    let mail = state.config.mail.is_some();
     let issued = state
         .db
         .tenant(auth.scope(), move |tc| {
-            invitations::invite(tc, auth.user, auth.role, &email, role, &public_url, chrono::Utc::now())
+            invitations::invite(tc, auth.user, auth.role, &email, role, &public_url, mail, chrono::Utc::now())
         })
         .await?;
+    if issued.mailed {
+        state.wake_mail.notify_one();
+    }
     Ok(HttpResponse::Created().json(issued))
 }
 

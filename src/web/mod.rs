@@ -2,18 +2,21 @@
 //! choose which pages to connect (static HTML that calls the JSON API with
 //! the admin's access token, kept in the browser's localStorage), and the
 //! page an invitation's link opens (`auth::invitations`), where the invited
-//! person sets their password.
+//! person sets their password, and the one a password reset's link opens
+//! (`auth::password_reset`).
 
 use actix_web::{web, HttpResponse};
 
 const CONNECT_PAGE: &str = include_str!("../../templates/connect.html");
 const INVITE_PAGE: &str = include_str!("../../templates/invite.html");
+const RESET_PAGE: &str = include_str!("../../templates/reset.html");
 /// The API reference (OpenAPI 3), kept next to the routes it describes.
 const OPENAPI: &str = include_str!("../../templates/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)))
         .service(crate::http::resource("/invite").route(web::get().to(invite_page)))
+        .service(crate::http::resource("/reset").route(web::get().to(reset_page)))
         .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
 }
 
@@ -27,4 +30,8 @@ async fn connect_page() -> HttpResponse {
 
 async fn invite_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(INVITE_PAGE)
+}
+
+async fn reset_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(RESET_PAGE)
 }

@@ -212,6 +212,7 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
         // As an operator would set it; tests open a few sockets a member.
         ws_max_per_member: Some(32),
         webhooks_private_ok: true,
+        mail: None,
     }
 }
 
@@ -243,7 +244,16 @@ pub async fn spawn_app_without_workers() -> TestApp {
     spawn(Signup::Open, false).await
 }
 
+/// The server with mail on, sent to the SMTP server at `smtp_url`.
+pub async fn spawn_app_with_mail(smtp_url: &str) -> TestApp {
+    spawn_with(Signup::Open, true, Some(smtp_url.to_string())).await
+}
+
 async fn spawn(signup: Signup, workers: bool) -> TestApp {
+    spawn_with(signup, workers, None).await
+}
+
+async fn spawn_with(signup: Signup, workers: bool, smtp_url: Option<String>) -> TestApp {
     let db = TestDb::new();
     let fake = switchboard::meta::fake::FakeMeta::new(switchboard::meta::fake::FakeConfig::default());
     let fake_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -255,6 +265,10 @@ async fn spawn(signup: Signup, workers: bool) -> TestApp {
     cfg.public_url = base.clone();
     cfg.meta.graph_url = fake_base.clone();
     cfg.meta.dialog_url = fake_base.clone();
+    cfg.mail = smtp_url.map(|url| switchboard::config::MailConfig {
+        smtp_url: Secret::new(url),
+        from: "Switchboard <no-reply@switchboard.test>".into(),
+    });
     let config = Arc::new(cfg);
     let pool = db.pool(4);
     let state = actix_web::web::Data::new(switchboard::app::AppState::new(config.clone(), Db::new(pool.clone())));

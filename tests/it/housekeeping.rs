@@ -69,20 +69,48 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
         ),
     );
 
+    // Mail: sent eight days ago (goes); queued eight days ago and still
+    // being tried, sent a day ago (kept). Password resets: expired two
+    // days ago (goes), an hour ago (kept).
+    run(
+        &mut conn,
+        "INSERT INTO public.mail_outbox (recipient, subject, body, created_at, sent_at) VALUES \
+         ('a@x.test', 's', '', now() - interval '8 days', now() - interval '8 days'), \
+         ('b@x.test', 's', 'b', now() - interval '8 days', NULL), \
+         ('c@x.test', 's', '', now() - interval '1 day', now() - interval '1 day')",
+    );
+    let user = app.count("SELECT min(id) AS n FROM public.users");
+    run(
+        &mut conn,
+        &format!(
+            "INSERT INTO public.password_resets (user_id, token_hash, expires_at) VALUES \
+             ({user}, 'r1'::bytea, now() - interval '2 days'), ({user}, 'r2'::bytea, now() - interval '1 hour')"
+        ),
+    );
+
     let retention = Retention {
         work: chrono::Duration::hours(24),
         refresh_tokens: chrono::Duration::days(1),
         invitations: chrono::Duration::days(7),
+        mail: chrono::Duration::days(7),
     };
     let counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
     let pruned = prune(&mut conn, chrono::Utc::now(), retention).expect("prune");
     let now_counted = switchboard::metrics::PRUNED_ROWS.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        now_counted >= counted + (pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations) as u64
+        now_counted
+            >= counted
+                + (pruned.webhooks + pruned.sends + pruned.refresh_tokens + pruned.invitations + pruned.mail) as u64
     );
     assert_eq!(
         pruned,
-        Pruned { webhooks: processed as usize + BATCH as usize + 1000, sends: 2, refresh_tokens: 1, invitations: 1 },
+        Pruned {
+            webhooks: processed as usize + BATCH as usize + 1000,
+            sends: 2,
+            refresh_tokens: 1,
+            invitations: 1,
+            mail: 2
+        },
         "{pruned:?}"
     );
     let left =
@@ -92,6 +120,10 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
     assert_eq!(app.count("SELECT count(*) AS n FROM public.refresh_tokens"), tokens_before - 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations WHERE email <> 'old@acme.test'"), 2);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient <> 'a@x.test'"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.password_resets WHERE token_hash = 'r2'::bytea"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.password_resets"), 1);
     // A second pass finds nothing; the newest login still refreshes.
     assert_eq!(prune(&mut conn, chrono::Utc::now(), retention).expect("prune"), Pruned::default());
     let r = app

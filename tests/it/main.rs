@@ -16,6 +16,7 @@ mod inbox;
 mod integrations;
 mod invitations;
 mod licences;
+mod mail;
 mod mfa;
 mod migrate;
 mod openapi;

@@ -1,0 +1,221 @@
+//! Mail the server sends: an invitation's link to the person invited, a
+//! password reset's link to the person who asked (an extension).
+//!
+//! Decisions:
+//! - Off unless `SWITCHBOARD_SMTP_URL` names an SMTP server
+//!   (`config::MailConfig`); then invitations are also mailed, and people
+//!   may reset a forgotten password by mail (`auth::password_reset`).
+//! - A mail is written to `public.mail_outbox` in the transaction that
+//!   decides it ([`queue`]): one that rolls back sends nothing, and one
+//!   that commits is sent even if this instance stops at once. A worker in
+//!   every `serve` ([`run`]) sends what is due, woken by this instance's
+//!   queuing and looking every [`LOOK_EVERY`] for other instances' rows.
+//!   A claim moves the row's next attempt ahead before it is sent, so two
+//!   instances never send one mail at once.
+//! - A mail the server refuses for good (an SMTP 5xx, an address that is
+//!   none) is given up at once; a refusal for now, or a server not
+//!   reached, is tried again after 1, 2, 4… minutes, [`MOST_ATTEMPTS`] in
+//!   all (about four hours). A mail given up says why in `last_error`
+//!   and in the log.
+//! - Once sent or given up, the body (which holds a link worth an account)
+//!   is emptied; housekeeping deletes the row a week later
+//!   (`db::housekeeping`).
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::MailConfig;
+use crate::db::schema::mail_outbox as m;
+use crate::db::DbError;
+use crate::error::{AppError, AppResult};
+
+/// How often the worker looks for mail other instances queued.
+pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Attempts before a mail is given up.
+pub const MOST_ATTEMPTS: i32 = 9;
+/// Mails sent per claim.
+const BATCH: i64 = 20;
+/// How long one SMTP conversation may take.
+const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Queues a plain-text mail to `to` in `conn`'s transaction; the worker
+/// sends it once that commits.
+pub fn queue(conn: &mut PgConnection, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
+    Ok(diesel::insert_into(m::table)
+        .values((m::recipient.eq(to), m::subject.eq(subject), m::body.eq(body)))
+        .returning(m::id)
+        .get_result(conn)?)
+}
+
+#[derive(Queryable, Selectable, Debug)]
+#[diesel(table_name = m)]
+struct Due {
+    id: i64,
+    recipient: String,
+    subject: String,
+    body: String,
+    attempts: i32,
+}
+
+/// When attempt `attempts` (from 1) that failed is tried again.
+fn retry_at(now: DateTime<Utc>, attempts: i32) -> DateTime<Utc> {
+    now + Duration::minutes(1i64 << (attempts - 1).clamp(0, 8))
+}
+
+/// Claims up to a batch of due mail: each one's next attempt is moved to
+/// when it would be retried, so no other instance takes it meanwhile.
+fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbError> {
+    conn.transaction(|conn| {
+        let due: Vec<Due> = m::table
+            .filter(m::sent_at.is_null())
+            .filter(m::failed_at.is_null())
+            .filter(m::next_attempt_at.le(now))
+            .order(m::id)
+            .limit(BATCH)
+            .for_update()
+            .skip_locked()
+            .select(Due::as_select())
+            .load(conn)?;
+        for mail in &due {
+            diesel::update(m::table.find(mail.id))
+                .set((m::attempts.eq(mail.attempts + 1), m::next_attempt_at.eq(retry_at(now, mail.attempts + 1))))
+                .execute(conn)?;
+        }
+        Ok(due.into_iter().map(|d| Due { attempts: d.attempts + 1, ..d }).collect())
+    })
+}
+
+/// What became of one attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    /// Try again later (the server said "not now", or was not reached).
+    Later(String),
+    /// Never (an address that is none, a refusal for good).
+    Never(String),
+}
+
+fn settle(conn: &mut PgConnection, mail: &Due, outcome: &Outcome, now: DateTime<Utc>) -> Result<(), DbError> {
+    let row = m::table.find(mail.id);
+    match outcome {
+        Outcome::Sent => diesel::update(row)
+            .set((m::sent_at.eq(now), m::body.eq(""), m::last_error.eq(None::<String>)))
+            .execute(conn)?,
+        Outcome::Later(why) if mail.attempts < MOST_ATTEMPTS => {
+            diesel::update(row).set(m::last_error.eq(why)).execute(conn)?
+        }
+        Outcome::Later(why) | Outcome::Never(why) => {
+            tracing::warn!(mail = mail.id, error = %why, "mail given up");
+            diesel::update(row).set((m::failed_at.eq(now), m::body.eq(""), m::last_error.eq(why))).execute(conn)?
+        }
+    };
+    Ok(())
+}
+
+/// The SMTP side: one transport, kept for the worker's life (lettre pools
+/// its connections).
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    pub fn new(cfg: &MailConfig) -> anyhow::Result<Mailer> {
+        let transport =
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(cfg.smtp_url.expose())?.timeout(Some(SMTP_TIMEOUT)).build();
+        Ok(Mailer { transport, from: cfg.from.parse()? })
+    }
+
+    async fn send(&self, mail: &Due) -> Outcome {
+        let to: Mailbox = match mail.recipient.parse() {
+            Ok(to) => to,
+            Err(e) => return Outcome::Never(format!("the address {:?} is none: {e}", mail.recipient)),
+        };
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject.as_str())
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body.clone());
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => return Outcome::Never(format!("the mail could not be made: {e}")),
+        };
+        match self.transport.send(message).await {
+            Ok(_) => Outcome::Sent,
+            Err(e) if e.is_permanent() => Outcome::Never(e.to_string()),
+            Err(e) => Outcome::Later(e.to_string()),
+        }
+    }
+}
+
+/// Sends the mail due now; how many went.
+pub async fn send_due(pool: &crate::db::PgPool, mailer: &Mailer) -> AppResult<usize> {
+    let mut sent = 0;
+    loop {
+        let p = pool.clone();
+        let due =
+            actix_web::web::block(move || claim(&mut *p.get()?, Utc::now())).await.map_err(AppError::internal)??;
+        if due.is_empty() {
+            return Ok(sent);
+        }
+        let full = due.len() as i64 == BATCH;
+        let mut outcomes = Vec::with_capacity(due.len());
+        for mail in due {
+            let outcome = mailer.send(&mail).await;
+            sent += usize::from(outcome == Outcome::Sent);
+            outcomes.push((mail, outcome));
+        }
+        let p = pool.clone();
+        actix_web::web::block(move || {
+            let conn = &mut *p.get()?;
+            let now = Utc::now();
+            outcomes.iter().try_for_each(|(mail, outcome)| settle(conn, mail, outcome, now))?;
+            Ok::<_, DbError>(())
+        })
+        .await
+        .map_err(AppError::internal)??;
+        if !full {
+            return Ok(sent);
+        }
+    }
+}
+
+/// The worker of `serve`: sends what is due whenever this instance queues
+/// a mail, and every [`LOOK_EVERY`]. Does nothing when mail is off.
+pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
+    let Some(cfg) = state.config.mail.clone() else { return };
+    let mailer = match Mailer::new(&cfg) {
+        Ok(mailer) => mailer,
+        Err(e) => {
+            tracing::error!(error = %e, "mail is off: SWITCHBOARD_SMTP_URL or SWITCHBOARD_MAIL_FROM cannot be used");
+            return;
+        }
+    };
+    loop {
+        if let Err(e) = send_due(state.db.pool(), &mailer).await {
+            tracing::warn!(error = ?e, "mail");
+        }
+        let _ = tokio::time::timeout(LOOK_EVERY, state.wake_mail.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_hours() {
+        let now = Utc::now();
+        assert_eq!(retry_at(now, 1) - now, Duration::minutes(1));
+        assert_eq!(retry_at(now, 2) - now, Duration::minutes(2));
+        assert_eq!(retry_at(now, 9) - now, Duration::minutes(256));
+        assert_eq!(retry_at(now, 30) - now, Duration::minutes(256));
+        let total: i64 = (1..MOST_ATTEMPTS).map(|n| (retry_at(now, n) - now).num_minutes()).sum();
+        assert!((240..=600).contains(&total), "{total} minutes of retries");
+    }
+}
