@@ -108,7 +108,7 @@ pub struct MailConfig {
     /// `smtps://user:password@host[:465]` (TLS), or
     /// `smtp://user:password@host:587?tls=required` (STARTTLS);
     /// `smtp://host:port` alone is unencrypted, for a relay on the same
-    /// machine or network.
+    /// machine or network; `print` prints mail instead (development).
     pub smtp_url: Secret<String>,
     /// `From:`, `Name <address>` or an address.
     pub from: String,
@@ -152,6 +152,23 @@ pub struct ServerConfig {
     pub webhooks_private_ok: bool,
     /// Mail for invitations and password resets; `None`: none is sent.
     pub mail: Option<MailConfig>,
+}
+
+/// Mail from `SWITCHBOARD_SMTP_URL` and `SWITCHBOARD_MAIL_FROM`; the sender
+/// is `no-reply@` the public URL's host unless named.
+fn mail_config(url: Option<String>, from: Option<String>, public_url: &str) -> Result<Option<MailConfig>, ConfigError> {
+    let Some(url) = url else { return Ok(None) };
+    let smtp = ["smtp://", "smtps://"].iter().any(|s| url.starts_with(s))
+        && lettre::transport::smtp::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&url).is_ok();
+    if !(smtp || url == crate::mail::PRINT) {
+        return Err(err("SWITCHBOARD_SMTP_URL", "must be an smtp:// or smtps:// URL, or print"));
+    }
+    let host = reqwest::Url::parse(public_url).ok().and_then(|u| u.host_str().map(str::to_string));
+    let from = from.unwrap_or_else(|| format!("Switchboard <no-reply@{}>", host.as_deref().unwrap_or("localhost")));
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(err("SWITCHBOARD_MAIL_FROM", "must be an address, or Name <address>"));
+    }
+    Ok(Some(MailConfig { smtp_url: Secret::new(url), from }))
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -252,21 +269,7 @@ impl ServerConfig {
             Some("true") | Some("1") => true,
             Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
         };
-        let mail = match var("SWITCHBOARD_SMTP_URL") {
-            None => None,
-            Some(url) => {
-                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                    return Err(err("SWITCHBOARD_SMTP_URL", "must be an smtp:// or smtps:// URL"));
-                }
-                let host = reqwest::Url::parse(&public_url).ok().and_then(|u| u.host_str().map(str::to_string));
-                let from = var("SWITCHBOARD_MAIL_FROM")
-                    .unwrap_or_else(|| format!("Switchboard <no-reply@{}>", host.as_deref().unwrap_or("localhost")));
-                if from.parse::<lettre::message::Mailbox>().is_err() {
-                    return Err(err("SWITCHBOARD_MAIL_FROM", "must be an address, or Name <address>"));
-                }
-                Some(MailConfig { smtp_url: Secret::new(url), from })
-            }
-        };
+        let mail = mail_config(var("SWITCHBOARD_SMTP_URL"), var("SWITCHBOARD_MAIL_FROM"), &public_url)?;
         Ok(ServerConfig {
             db,
             bind,
@@ -298,6 +301,23 @@ mod tests {
         for bad in ["", "k1", "k1:!!", &format!("k1:{}", STANDARD.encode([1u8; 16])), &format!("k1:{k},k1:{k}")] {
             assert!(parse_encryption_keys(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn mail() {
+        let public = "https://inbox.example.com";
+        let s = |v: &str| Some(v.to_string());
+        assert!(mail_config(None, s("x@y.z"), public).expect("off").is_none());
+        let on = mail_config(s("smtps://u:p@smtp.example.com"), None, public).expect("valid").expect("on");
+        assert_eq!(on.from, "Switchboard <no-reply@inbox.example.com>");
+        assert!(!format!("{on:?}").contains("u:p"), "the URL's password is not printed");
+        for url in ["smtp://127.0.0.1:2525", "smtp://u:p@smtp.example.com:587?tls=required", "print"] {
+            assert!(mail_config(s(url), s("Ops <ops@example.com>"), public).is_ok(), "{url}");
+        }
+        for url in ["", "smtp.example.com", "http://smtp.example.com", "smtp://", "printer"] {
+            assert!(mail_config(s(url), None, public).is_err(), "{url}");
+        }
+        assert!(mail_config(s("print"), s("not an address"), public).is_err());
     }
 
     #[test]

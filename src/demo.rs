@@ -141,7 +141,11 @@ pub fn run() -> anyhow::Result<()> {
         allowed_origins: Vec::new(),
         ws_max_per_member: None,
         webhooks_private_ok: true,
-        mail: None,
+        // Mail (invitations, password resets) is printed here.
+        mail: Some(crate::config::MailConfig {
+            smtp_url: crate::secret::Secret::new(crate::mail::PRINT.to_string()),
+            from: "Switchboard demo <no-reply@switchboard.test>".into(),
+        }),
     });
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);
@@ -160,7 +164,8 @@ pub fn run() -> anyhow::Result<()> {
                 println!("a simulated customer writes every 5 seconds to: {}", targets.join(", "));
                 println!("write first on WhatsApp: POST {base}/api/conversations");
                 println!("           {{\"channel_id\":\"<the WhatsApp channel's id>\",\"phone_number\":\"+55 11 98765-4321\",");
-                println!("            \"template\":{{\"name\":\"hello_world\",\"language\":\"en_US\"}}}}\n");
+                println!("            \"template\":{{\"name\":\"hello_world\",\"language\":\"en_US\"}}}}");
+                println!("mail (invitations, password resets: POST {base}/api/auth/password-reset) is printed here\n");
                 actix_web::rt::spawn(customers(fake_base.clone(), targets.clone()));
             }
             Err(e) => eprintln!("demo seeding failed: {e:#}"),

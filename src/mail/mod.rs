@@ -5,6 +5,8 @@
 //! - Off unless `SWITCHBOARD_SMTP_URL` names an SMTP server
 //!   (`config::MailConfig`); then invitations are also mailed, and people
 //!   may reset a forgotten password by mail (`auth::password_reset`).
+//!   `print` ([`PRINT`]) prints each mail on standard output instead: the
+//!   demo's, for development.
 //! - A mail is written to `public.mail_outbox` in the transaction that
 //!   decides it ([`queue`]): one that rolls back sends nothing, and one
 //!   that commits is sent even if this instance stops at once. A worker in
@@ -116,17 +118,33 @@ fn settle(conn: &mut PgConnection, mail: &Due, outcome: &Outcome, now: DateTime<
     Ok(())
 }
 
-/// The SMTP side: one transport, kept for the worker's life (lettre pools
-/// its connections).
+/// `SWITCHBOARD_SMTP_URL` that prints mail instead of sending it: for the
+/// demo and development only, since a mail's link is worth an account.
+pub const PRINT: &str = "print";
+
+/// Where mail goes.
+enum Transport {
+    /// One SMTP transport, kept for the worker's life (lettre pools its
+    /// connections).
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// Standard output ([`PRINT`]).
+    Print,
+}
+
+/// The sending side of the worker.
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Transport,
     from: Mailbox,
 }
 
 impl Mailer {
     pub fn new(cfg: &MailConfig) -> anyhow::Result<Mailer> {
-        let transport =
-            AsyncSmtpTransport::<Tokio1Executor>::from_url(cfg.smtp_url.expose())?.timeout(Some(SMTP_TIMEOUT)).build();
+        let url = cfg.smtp_url.expose();
+        let transport = if url == PRINT {
+            Transport::Print
+        } else {
+            Transport::Smtp(AsyncSmtpTransport::<Tokio1Executor>::from_url(url)?.timeout(Some(SMTP_TIMEOUT)).build())
+        };
         Ok(Mailer { transport, from: cfg.from.parse()? })
     }
 
@@ -145,7 +163,14 @@ impl Mailer {
             Ok(message) => message,
             Err(e) => return Outcome::Never(format!("the mail could not be made: {e}")),
         };
-        match self.transport.send(message).await {
+        let smtp = match &self.transport {
+            Transport::Smtp(smtp) => smtp,
+            Transport::Print => {
+                println!("\n--- mail to {}: {}\n{}---", mail.recipient, mail.subject, mail.body);
+                return Outcome::Sent;
+            }
+        };
+        match smtp.send(message).await {
             Ok(_) => Outcome::Sent,
             Err(e) if e.is_permanent() => Outcome::Never(e.to_string()),
             Err(e) => Outcome::Later(e.to_string()),

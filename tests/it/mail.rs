@@ -263,3 +263,16 @@ async fn a_server_not_reached_is_tried_again_later() {
     })
     .await;
 }
+
+#[actix_web::test]
+async fn printed_mail_counts_as_sent() {
+    // The demo's mail (`SWITCHBOARD_SMTP_URL=print`): on standard output.
+    let app = spawn_app_with_mail(switchboard::mail::PRINT).await;
+    app.signup("acme", "ann@acme.test", "ann-password-1").await;
+    let r = app.call("POST", "/api/auth/password-reset", None, Some(json!({"email": "ann@acme.test"}))).await;
+    assert_eq!(r.status, 202);
+    eventually("the mail printed", || async {
+        app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = ''") == 1
+    })
+    .await;
+}
