@@ -12,8 +12,10 @@
 //!   that commits is sent even if this instance stops at once. A worker in
 //!   every `serve` ([`run`]) sends what is due, woken by this instance's
 //!   queuing and looking every [`LOOK_EVERY`] for other instances' rows.
-//!   A claim moves the row's next attempt ahead before it is sent, so two
-//!   instances never send one mail at once.
+//!   A claim moves the row's next attempt past the time its sending may
+//!   take, so two instances never send one mail at once; an instance that
+//!   stops between sending and noting it has the mail sent again later
+//!   (at least once, never lost).
 //! - A mail the server refuses for good (an SMTP 5xx, an address that is
 //!   none) is given up at once; a refusal for now, or a server not
 //!   reached, is tried again after 1, 2, 4… minutes, [`MOST_ATTEMPTS`] in
@@ -68,8 +70,14 @@ fn retry_at(now: DateTime<Utc>, attempts: i32) -> DateTime<Utc> {
     now + Duration::minutes(1i64 << (attempts - 1).clamp(0, 8))
 }
 
-/// Claims up to a batch of due mail: each one's next attempt is moved to
-/// when it would be retried, so no other instance takes it meanwhile.
+/// How long a claim holds its mail from other instances: the batch sent
+/// one by one, each within [`SMTP_TIMEOUT`], with room to spare.
+fn lease() -> Duration {
+    Duration::from_std(SMTP_TIMEOUT * (BATCH as u32 + 1)).unwrap_or_else(|_| Duration::minutes(10))
+}
+
+/// Claims up to a batch of due mail, held from other instances for the
+/// [`lease`].
 fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbError> {
     conn.transaction(|conn| {
         let due: Vec<Due> = m::table
@@ -84,7 +92,7 @@ fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbErro
             .load(conn)?;
         for mail in &due {
             diesel::update(m::table.find(mail.id))
-                .set((m::attempts.eq(mail.attempts + 1), m::next_attempt_at.eq(retry_at(now, mail.attempts + 1))))
+                .set((m::attempts.eq(mail.attempts + 1), m::next_attempt_at.eq(now + lease())))
                 .execute(conn)?;
         }
         Ok(due.into_iter().map(|d| Due { attempts: d.attempts + 1, ..d }).collect())
@@ -107,9 +115,9 @@ fn settle(conn: &mut PgConnection, mail: &Due, outcome: &Outcome, now: DateTime<
         Outcome::Sent => diesel::update(row)
             .set((m::sent_at.eq(now), m::body.eq(""), m::last_error.eq(None::<String>)))
             .execute(conn)?,
-        Outcome::Later(why) if mail.attempts < MOST_ATTEMPTS => {
-            diesel::update(row).set(m::last_error.eq(why)).execute(conn)?
-        }
+        Outcome::Later(why) if mail.attempts < MOST_ATTEMPTS => diesel::update(row)
+            .set((m::last_error.eq(why), m::next_attempt_at.eq(retry_at(now, mail.attempts))))
+            .execute(conn)?,
         Outcome::Later(why) | Outcome::Never(why) => {
             tracing::warn!(mail = mail.id, error = %why, "mail given up");
             diesel::update(row).set((m::failed_at.eq(now), m::body.eq(""), m::last_error.eq(why))).execute(conn)?
