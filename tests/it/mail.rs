@@ -262,6 +262,24 @@ async fn a_server_not_reached_is_tried_again_later() {
         ) == 1
     })
     .await;
+    // The last attempt fails too: given up, its body emptied.
+    run(
+        &app,
+        &format!(
+            "UPDATE public.mail_outbox SET attempts = {}, next_attempt_at = now()",
+            switchboard::mail::MOST_ATTEMPTS - 1
+        ),
+    );
+    let mailer = switchboard::mail::Mailer::new(app.config.mail.as_ref().expect("mail on")).expect("mailer");
+    assert_eq!(switchboard::mail::send_due(&app.pool, &mailer).await.ok(), Some(0), "none sent");
+    // (The server's own worker may have taken it first: either gives up.)
+    eventually("the mail given up", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE attempts = {} AND failed_at IS NOT NULL AND body = ''",
+            switchboard::mail::MOST_ATTEMPTS
+        )) == 1
+    })
+    .await;
 }
 
 #[actix_web::test]
