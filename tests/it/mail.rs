@@ -183,11 +183,27 @@ async fn a_forgotten_password_is_reset_by_mail() {
         .await;
     assert_eq!(r.status, 401);
 
-    // A link past its hour.
+    // Two-step sign-in stays: a reset password is only the first step.
+    let ann = app.login("ann@acme.test", "ann-new-password-2", "acme").await;
+    let ann = ann["access_token"].as_str().expect("token").to_string();
+    let r = app.call("POST", "/api/me/mfa", Some(&ann), Some(json!({"current_password": "ann-new-password-2"}))).await;
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let otp = crate::mfa::code(&secret, crate::mfa::step_now());
+    assert_eq!(app.call("POST", "/api/me/mfa/confirm", Some(&ann), Some(json!({"code": otp}))).await.status, 200);
     run(&app, "UPDATE public.password_resets SET created_at = now() - interval '2 minutes'");
     assert_eq!(ask("ann@acme.test").await.status, 202);
     let mails = mail_to(&sink, "ann@acme.test", 2).await;
     let token = link_in(&mails[1], &format!("{}/reset#sbr_", app.base)).split('#').nth(1).expect("token").to_string();
+    assert_eq!(confirm(&token, "ann-new-password-5").await.status, 204);
+    let login = json!({"email": "ann@acme.test", "password": "ann-new-password-5", "tenant": "acme"});
+    let r = app.call("POST", "/api/auth/login", None, Some(login)).await;
+    assert_eq!(code(&r), (401, "otp_required"), "{:?}", r.body);
+
+    // A link past its hour.
+    run(&app, "UPDATE public.password_resets SET created_at = now() - interval '2 minutes'");
+    assert_eq!(ask("ann@acme.test").await.status, 202);
+    let mails = mail_to(&sink, "ann@acme.test", 3).await;
+    let token = link_in(&mails[2], &format!("{}/reset#sbr_", app.base)).split('#').nth(1).expect("token").to_string();
     run(&app, "UPDATE public.password_resets SET expires_at = now() - interval '1 minute'");
     assert_eq!(code(&confirm(&token, "ann-new-password-4").await), (410, "reset_expired"));
 }
