@@ -77,13 +77,14 @@ fn lease() -> Duration {
 }
 
 /// Claims up to a batch of due mail, held from other instances for the
-/// [`lease`].
+/// [`lease`]. Due by the database's clock, which wrote the rows' times (a
+/// mail just queued is due at once however the clocks differ).
 fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbError> {
     conn.transaction(|conn| {
         let due: Vec<Due> = m::table
             .filter(m::sent_at.is_null())
             .filter(m::failed_at.is_null())
-            .filter(m::next_attempt_at.le(now))
+            .filter(m::next_attempt_at.le(diesel::dsl::now))
             .order(m::id)
             .limit(BATCH)
             .for_update()
