@@ -1031,6 +1031,24 @@ async fn start(
     Ok(HttpResponse::Accepted().json(started))
 }
 
+fn unreadable(e: actix_multipart::MultipartError) -> AppError {
+    AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
+}
+
+/// A form part's bytes, or `None` once they pass `most` (the rest is not
+/// read).
+async fn read_part(field: &mut actix_multipart::Field, most: usize) -> AppResult<Option<Vec<u8>>> {
+    use futures_util::TryStreamExt;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(unreadable)? {
+        if bytes.len() + chunk.len() > most {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
+}
+
 /// Whether the request's body is `multipart/form-data`.
 fn is_multipart(req: &actix_web::HttpRequest) -> bool {
     req.headers()
@@ -1116,30 +1134,23 @@ const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, also: &[&str]) -> AppResult<FileForm> {
     use crate::inbox::uploads::{Upload, MOST_BYTES};
     use futures_util::TryStreamExt;
-    let bad = |e: actix_multipart::MultipartError| {
-        AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
-    };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
     let (mut private, mut others) = (None, Vec::<(String, String)>::new());
     let (mut mentions, mut mention_teams): (Option<Vec<String>>, Option<Vec<String>>) = (None, None);
-    while let Some(mut field) = form.try_next().await.map_err(bad)? {
+    while let Some(mut field) = form.try_next().await.map_err(unreadable)? {
         let name = field.name().unwrap_or_default().to_string();
         let most = if name == "file" { MOST_BYTES } else { MOST_FORM_TEXT_BYTES };
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.try_next().await.map_err(bad)? {
-            if bytes.len() + chunk.len() > most {
-                return Err(match name.as_str() {
-                    "file" => AppError::new(
-                        crate::error::ErrorKind::PayloadTooLarge,
-                        "file_too_large",
-                        format!("a file must be at most {} MB", MOST_BYTES / (1024 * 1024)),
-                    ),
-                    _ => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let Some(bytes) = read_part(&mut field, most).await? else {
+            return Err(match name.as_str() {
+                "file" => AppError::new(
+                    crate::error::ErrorKind::PayloadTooLarge,
+                    "file_too_large",
+                    format!("a file must be at most {} MB", MOST_BYTES / (1024 * 1024)),
+                ),
+                _ => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
+            });
+        };
         let as_text = |bytes: Vec<u8>| {
             String::from_utf8(bytes)
                 .map_err(|_| AppError::bad_request("invalid_body", format!("the part `{name}` is not UTF-8 text")))
@@ -1460,12 +1471,9 @@ async fn read_import_form(
 ) -> AppResult<web::Bytes> {
     use crate::inbox::contact_import::MOST_BYTES;
     use futures_util::TryStreamExt;
-    let bad = |e: actix_multipart::MultipartError| {
-        AppError::bad_request("invalid_body", format!("the multipart body could not be read: {e}"))
-    };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let mut file = None;
-    while let Some(mut field) = form.try_next().await.map_err(bad)? {
+    while let Some(mut field) = form.try_next().await.map_err(unreadable)? {
         let name = field.name().unwrap_or_default().to_string();
         let (most, slot) = match name.as_str() {
             "file" if file.is_none() => (MOST_BYTES, None),
@@ -1484,20 +1492,16 @@ async fn read_import_form(
                 ))
             }
         };
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.try_next().await.map_err(bad)? {
-            if bytes.len() + chunk.len() > most {
-                return Err(match slot {
-                    None => AppError::new(
-                        crate::error::ErrorKind::PayloadTooLarge,
-                        "payload_too_large",
-                        format!("an import's file is at most {} MiB", MOST_BYTES / (1024 * 1024)),
-                    ),
-                    Some(_) => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let Some(bytes) = read_part(&mut field, most).await? else {
+            return Err(match slot {
+                None => AppError::new(
+                    crate::error::ErrorKind::PayloadTooLarge,
+                    "payload_too_large",
+                    format!("an import's file is at most {} MiB", MOST_BYTES / (1024 * 1024)),
+                ),
+                Some(_) => AppError::bad_request("invalid_body", format!("the part `{name}` is too long")),
+            });
+        };
         match slot {
             None => file = Some(web::Bytes::from(bytes)),
             Some(slot) => {
