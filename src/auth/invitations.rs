@@ -21,11 +21,17 @@
 //!   has an account proves it as at a login — its password, then its
 //!   second step if it has one (`otp` or `recovery_code`) — since a link
 //!   alone must not add an account to a tenant. A wrong password or code
-//!   counts as a failed login of that account. The answer is the membership, not a login: the person
-//!   then signs in as anyone does, with their second step, or sets it up
-//!   where the tenant requires it (`auth::mfa`).
-//! - One accept: a retry with the same password gets the same answer
-//!   (200); anyone else gets 409 `invitation_used`. Someone who became a
+//!   counts as a failed login of that account. The answer is the
+//!   membership and, since the accept proved what a login proves, a
+//!   login too (`access_token`, `refresh_token`… as `POST /api/auth/login`
+//!   answers), so the page or app that took the invitation goes straight
+//!   into the inbox. Not where the tenant requires two-step sign-in of
+//!   someone who has not set it up: there `mfa_setup_required: true` and
+//!   no tokens, and they set it up as at a login (`auth::mfa`).
+//! - One accept: a retry with the same password gets the same membership
+//!   (200), a login again only for an account without a second step (a
+//!   one-time code cannot be proved twice; the others sign in); anyone
+//!   else gets 409 `invitation_used`. Someone who became a
 //!   member meanwhile keeps the role they have. An expired link is 410
 //!   `invitation_expired`; an unknown or revoked one 404. A suspended
 //!   tenant's links wait for it (403 `tenant_suspended`).
@@ -43,6 +49,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::jwt::JwtKeys;
 use super::password::PasswordHash;
 use super::session::TenantView;
 use super::users::{self, Email, UserView};
@@ -326,12 +333,27 @@ pub fn find(conn: &mut PgConnection, token: &str) -> AppResult<Found> {
     Ok(Found { tenant: tenant.tenant_id(), tenant_active: tenant.is_active(), details, row })
 }
 
-/// The membership an accepted invitation gave.
+/// The membership an accepted invitation gave, and the login it opened
+/// (none where the tenant requires a second step the person lacks, or on
+/// a retry that could not prove one).
 #[derive(Debug, Serialize)]
 pub struct Accepted {
+    #[serde(flatten)]
+    pub login: Option<Tokens>,
     pub user: UserView,
     pub tenant: TenantView,
     pub role: Role,
+    /// The tenant requires two-step sign-in, which the person has not set up.
+    pub mfa_setup_required: bool,
+}
+
+/// A login's tokens, as `POST /api/auth/login` answers them.
+#[derive(Debug, Serialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
 }
 
 /// What accepting takes: the password (new, hashed by the caller off any
@@ -350,6 +372,7 @@ pub struct Acceptance {
 pub fn accept(
     tc: &mut TenantConn<'_>,
     keys: &crate::crypto::Keyring,
+    jwt: &JwtKeys,
     acceptance: &Acceptance,
     now: DateTime<Utc>,
 ) -> AppResult<Accepted> {
@@ -363,7 +386,7 @@ pub fn accept(
         .optional()?
         .ok_or_else(unknown)?;
     if row.accepted_at.is_some() {
-        return retried(tc, &row, &acceptance.password);
+        return retried(tc, jwt, &row, &acceptance.password);
     }
     row.usable(now)?;
     let email = Email::parse(&row.email)?;
@@ -408,12 +431,13 @@ pub fn accept(
             "invited_by": row.invited_by.map(|u| u.to_string()),
         }),
     )?;
-    accepted(tc, &user, role)
+    // Proved now: the password, and the second step of one who has it.
+    accepted(tc, jwt, &user, role, true)
 }
 
-/// A second accept of a used link: the same answer for the person who
+/// A second accept of a used link: the same membership for the person who
 /// accepted it, with their password; 409 for anyone else.
-fn retried(tc: &mut TenantConn<'_>, row: &Row, password: &str) -> AppResult<Accepted> {
+fn retried(tc: &mut TenantConn<'_>, jwt: &JwtKeys, row: &Row, password: &str) -> AppResult<Accepted> {
     let used = || AppError::conflict(USED, "this invitation was accepted already");
     let user = match row.accepted_by {
         Some(id) => users::find(tc.pg(), UserId(id))?.ok_or_else(used)?,
@@ -423,13 +447,35 @@ fn retried(tc: &mut TenantConn<'_>, row: &Row, password: &str) -> AppResult<Acce
         return Err(used());
     }
     let role = members::role_of(tc, user.user_id())?.ok_or_else(used)?;
-    accepted(tc, &user, role)
+    // Only the password was proved: enough for an account without a
+    // second step, as at a login.
+    let proved = user.totp_enabled_at.is_none();
+    accepted(tc, jwt, &user, role, proved)
 }
 
-fn accepted(tc: &mut TenantConn<'_>, user: &users::User, role: Role) -> AppResult<Accepted> {
+/// The answer: a login where `proved` covers what a login here asks.
+fn accepted(
+    tc: &mut TenantConn<'_>,
+    jwt: &JwtKeys,
+    user: &users::User,
+    role: Role,
+    proved: bool,
+) -> AppResult<Accepted> {
     let id = tc.tenant();
     let tenant = tenancy::find(tc.pg(), id)?.ok_or_else(unknown)?;
-    Ok(Accepted { user: user.public(), tenant: (&tenant).into(), role })
+    let mfa_setup_required = tenant.require_mfa && user.totp_enabled_at.is_none();
+    let login = if proved && !mfa_setup_required {
+        let pair = super::session::open(tc.pg(), jwt, user, &tenant, role)?;
+        Some(Tokens {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: pair.token_type,
+            expires_in: pair.expires_in,
+        })
+    } else {
+        None
+    };
+    Ok(Accepted { login, user: user.public(), tenant: (&tenant).into(), role, mfa_setup_required })
 }
 
 #[cfg(test)]

@@ -432,9 +432,13 @@ struct AcceptBody {
 }
 
 /// `POST /api/auth/invitation/accept` `{token, password, name?}` (no
-/// login): makes the membership (and the account of someone new); then
-/// they sign in as anyone does.
-async fn accept_invitation(state: web::Data<AppState>, body: web::Json<AcceptBody>) -> AppResult<HttpResponse> {
+/// login needed): makes the membership (and the account of someone new)
+/// and answers it with a login (`auth::invitations`).
+async fn accept_invitation(
+    state: web::Data<AppState>,
+    jwt: web::Data<JwtKeys>,
+    body: web::Json<AcceptBody>,
+) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let token = body.token.clone();
     let found = state.db.public(move |conn| invitations::find(conn, &token)).await?;
@@ -458,10 +462,11 @@ async fn accept_invitation(state: web::Data<AppState>, body: web::Json<AcceptBod
         name: body.name.unwrap_or_default(),
     };
     let keys = state.keys.clone();
+    let jwt = jwt.into_inner();
     let result = state
         .db
         .tenant(TenantScope::system(found.tenant), move |tc| {
-            invitations::accept(tc, &keys, &acceptance, chrono::Utc::now())
+            invitations::accept(tc, &keys, &jwt, &acceptance, chrono::Utc::now())
         })
         .await;
     match &result {

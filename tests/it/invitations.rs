@@ -121,12 +121,20 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
         (r.body["user"]["name"].as_str(), r.body["role"].as_str(), r.body["tenant"]["slug"].as_str()),
         (Some("Nia Ode"), Some("agent"), Some("acme"))
     );
-    assert!(r.body.get("access_token").is_none(), "accepting is not a login");
+    // Accepting proved what a login proves: it is one.
+    assert_eq!((r.body["token_type"].as_str(), r.body["mfa_setup_required"].as_bool()), (Some("Bearer"), Some(false)));
+    let me = app.call("GET", "/api/me", Some(&token(&r.body, "access_token")), None).await;
+    assert_eq!((me.status, me.body["role"].as_str()), (200, Some("agent")), "{:?}", me.body);
+    let renewed =
+        app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&r.body, "refresh_token")})));
+    assert_eq!(renewed.await.status, 200);
     let nia = app.login("new@acme.test", "nia-password-1", "acme").await;
     assert_eq!(nia["role"], "agent");
-    // A retry is answered the same; anyone else finds it used.
+    // A retry is answered the same (a login again: the password is all
+    // this account proves); anyone else finds it used.
     let again = accept(&app, &invitation, "nia-password-1", "Nia Ode").await;
     assert_eq!((again.status, again.body["user"]["id"].clone()), (200, r.body["user"]["id"].clone()));
+    assert!(again.body["access_token"].is_string(), "{:?}", again.body);
     assert_eq!(code(&accept(&app, &invitation, "someone-else-1", "Eve").await), (409, "invitation_used"));
     assert_eq!(code(&look(&app, &invitation).await), (409, "invitation_used"));
     assert_eq!(app.call("GET", "/api/invitations", Some(&al), None).await.body["items"], json!([]));
@@ -165,11 +173,32 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["role"], "owner");
     assert_ne!(r.body["user"]["name"], "Mallory", "an account's name is its own");
+    let me = app.call("GET", "/api/me", Some(&token(&r.body, "access_token")), None).await;
+    assert_eq!((me.status, me.body["tenant"]["slug"].as_str()), (200, Some("acme")), "{:?}", me.body);
+    // A retry proves the password alone: the membership, no login.
+    let again = accept(&app, &for_bob, "bob-password-1", "Mallory").await;
+    assert_eq!((again.status, again.body["role"].as_str()), (200, Some("owner")), "{:?}", again.body);
+    assert!(again.body.get("access_token").is_none() && again.body["mfa_setup_required"] == json!(false));
     let second =
         json!({"email": "bob@bob.test", "password": "bob-password-1", "tenant": "acme", "recovery_code": recovery[1]});
     let bob = app.call("POST", "/api/auth/login", None, Some(second)).await.body;
     let me = app.call("GET", "/api/me", Some(&token(&bob, "access_token")), None).await;
     assert_eq!(me.body["memberships"].as_array().map(Vec::len), Some(2));
+
+    // Where the tenant requires two-step sign-in, someone new joins but
+    // gets no login until they set it up.
+    let at_bobco =
+        json!({"email": "bob@bob.test", "password": "bob-password-1", "tenant": "bobco", "recovery_code": recovery[2]});
+    let bobco = token(&app.call("POST", "/api/auth/login", None, Some(at_bobco)).await.body, "access_token");
+    let r = app.call("PATCH", "/api/tenant", Some(&bobco), Some(json!({"require_mfa": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let zoe = json!({"email": "zoe@bob.test", "role": "agent"});
+    let r = app.call("POST", "/api/invitations", Some(&bobco), Some(zoe)).await;
+    let r = accept(&app, &token(&r.body, "token"), "zoe-password-1", "Zoe").await;
+    assert_eq!((r.status, r.body["mfa_setup_required"].as_bool()), (200, Some(true)), "{:?}", r.body);
+    assert!(r.body.get("access_token").is_none() && r.body.get("refresh_token").is_none());
+    let login = json!({"email": "zoe@bob.test", "password": "zoe-password-1", "tenant": "bobco"});
+    assert_eq!(code(&app.call("POST", "/api/auth/login", None, Some(login)).await), (403, "mfa_required"));
 
     // Revoked, expired.
     let r = invite(&app, &al, "cat@acme.test", "agent").await;
