@@ -159,15 +159,27 @@ impl AppState {
         T: Send + 'static,
     {
         let tenant = scope.tenant.0;
-        let (out, written) = self
+        // With mail on, the notices of members not online are mailed
+        // (`inbox::notice_mail`), queued in this same transaction.
+        let mailing = self.config.mail.as_ref().map(|m| (self.online.clone(), m.conversation_url.clone()));
+        let (out, written, mailed) = self
             .db
             .tenant(scope, move |tc| {
                 let mut log = EventLog::new();
                 let out = f(tc, &mut log)?;
-                Ok::<_, AppError>((out, log.write(tc)?))
+                let mut mailed = 0;
+                if let Some((online, url)) = mailing.filter(|_| log.notices().next().is_some()) {
+                    let online = online.of(scope.tenant);
+                    let reach = crate::inbox::notice_mail::Reach { online: &online, conversation_url: url.as_deref() };
+                    mailed = crate::inbox::notice_mail::queue(tc, &log, &reach)?;
+                }
+                Ok::<_, AppError>((out, log.write(tc)?, mailed))
             })
             .await?;
         self.feed.committed(tenant, written, crate::realtime::hub::Pace::Now);
+        if mailed > 0 {
+            self.wake_mail.notify_one();
+        }
         Ok(out)
     }
 

@@ -112,6 +112,10 @@ pub struct MailConfig {
     pub smtp_url: Secret<String>,
     /// `From:`, `Name <address>` or an address.
     pub from: String,
+    /// `SWITCHBOARD_CONVERSATION_URL`: where the operator's inbox app
+    /// shows a conversation, with `{tenant}` (its slug) and
+    /// `{conversation_id}`; notice mails link there (`inbox::notice_mail`).
+    pub conversation_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,8 +160,24 @@ pub struct ServerConfig {
 
 /// Mail from `SWITCHBOARD_SMTP_URL` and `SWITCHBOARD_MAIL_FROM`; the sender
 /// is `no-reply@` the public URL's host unless named.
-fn mail_config(url: Option<String>, from: Option<String>, public_url: &str) -> Result<Option<MailConfig>, ConfigError> {
+fn mail_config(
+    url: Option<String>,
+    from: Option<String>,
+    conversation_url: Option<String>,
+    public_url: &str,
+) -> Result<Option<MailConfig>, ConfigError> {
     let Some(url) = url else { return Ok(None) };
+    let conversation_url = conversation_url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
+    if let Some(u) = &conversation_url {
+        let bare = u.replace("{tenant}", "t").replace("{conversation_id}", "1");
+        let web = bare.starts_with("https://") || bare.starts_with("http://");
+        if !(web && u.contains("{conversation_id}") && reqwest::Url::parse(&bare).is_ok()) {
+            return Err(err(
+                "SWITCHBOARD_CONVERSATION_URL",
+                "must be an http(s) URL holding {conversation_id} (and, if it needs it, {tenant})",
+            ));
+        }
+    }
     let smtp = ["smtp://", "smtps://"].iter().any(|s| url.starts_with(s))
         && lettre::transport::smtp::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&url).is_ok();
     if !(smtp || url == crate::mail::PRINT) {
@@ -168,7 +188,7 @@ fn mail_config(url: Option<String>, from: Option<String>, public_url: &str) -> R
     if from.parse::<lettre::message::Mailbox>().is_err() {
         return Err(err("SWITCHBOARD_MAIL_FROM", "must be an address, or Name <address>"));
     }
-    Ok(Some(MailConfig { smtp_url: Secret::new(url), from }))
+    Ok(Some(MailConfig { smtp_url: Secret::new(url), from, conversation_url }))
 }
 
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -269,7 +289,12 @@ impl ServerConfig {
             Some("true") | Some("1") => true,
             Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
         };
-        let mail = mail_config(var("SWITCHBOARD_SMTP_URL"), var("SWITCHBOARD_MAIL_FROM"), &public_url)?;
+        let mail = mail_config(
+            var("SWITCHBOARD_SMTP_URL"),
+            var("SWITCHBOARD_MAIL_FROM"),
+            var("SWITCHBOARD_CONVERSATION_URL"),
+            &public_url,
+        )?;
         Ok(ServerConfig {
             db,
             bind,
@@ -307,17 +332,26 @@ mod tests {
     fn mail() {
         let public = "https://inbox.example.com";
         let s = |v: &str| Some(v.to_string());
-        assert!(mail_config(None, s("x@y.z"), public).expect("off").is_none());
-        let on = mail_config(s("smtps://u:p@smtp.example.com"), None, public).expect("valid").expect("on");
+        assert!(mail_config(None, s("x@y.z"), None, public).expect("off").is_none());
+        let on = mail_config(s("smtps://u:p@smtp.example.com"), None, None, public).expect("valid").expect("on");
         assert_eq!(on.from, "Switchboard <no-reply@inbox.example.com>");
         assert!(!format!("{on:?}").contains("u:p"), "the URL's password is not printed");
         for url in ["smtp://127.0.0.1:2525", "smtp://u:p@smtp.example.com:587?tls=required", "print"] {
-            assert!(mail_config(s(url), s("Ops <ops@example.com>"), public).is_ok(), "{url}");
+            assert!(mail_config(s(url), s("Ops <ops@example.com>"), None, public).is_ok(), "{url}");
         }
         for url in ["", "smtp.example.com", "http://smtp.example.com", "smtp://", "printer"] {
-            assert!(mail_config(s(url), None, public).is_err(), "{url}");
+            assert!(mail_config(s(url), None, None, public).is_err(), "{url}");
         }
-        assert!(mail_config(s("print"), s("not an address"), public).is_err());
+        assert!(mail_config(s("print"), s("not an address"), None, public).is_err());
+        // Where notice mails link to.
+        let smtp = s("smtp://127.0.0.1:2525");
+        let with = |u: &str| mail_config(smtp.clone(), None, s(u), public);
+        let on = with("https://app.example.com/{tenant}/conversations/{conversation_id}").expect("valid").expect("on");
+        assert!(on.conversation_url.is_some());
+        assert!(with("  ").expect("blank is none").expect("on").conversation_url.is_none());
+        for bad in ["https://app.example.com/conversations", "ftp://x/{conversation_id}", "/c/{conversation_id}"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

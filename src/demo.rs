@@ -145,6 +145,7 @@ pub fn run() -> anyhow::Result<()> {
         mail: Some(crate::config::MailConfig {
             smtp_url: crate::secret::Secret::new(crate::mail::PRINT.to_string()),
             from: "Switchboard demo <no-reply@switchboard.test>".into(),
+            conversation_url: None,
         }),
     });
     actix_web::rt::System::new().block_on(async move {

@@ -1,4 +1,5 @@
-//! A person's own account: the name colleagues see, and the password.
+//! A person's own account: the name colleagues see, the password, and
+//! (per tenant) which notices they are mailed (`members::Prefs`).
 //!
 //! A password changes only with the current one, checked against the same
 //! per-email failure count as logins (one bucket, so a stolen access token
@@ -38,6 +39,8 @@ const MAX_NAME_CHARS: usize = 200;
 pub struct AccountChanges {
     name: Option<String>,
     password: Option<PasswordChange>,
+    /// In the tenant of the change (`members::Prefs`).
+    notifications: Option<super::members::PrefsChange>,
 }
 
 struct PasswordChange {
@@ -53,6 +56,7 @@ impl AccountChanges {
         name: Option<String>,
         current_password: Option<String>,
         new_password: Option<String>,
+        notifications: Option<super::members::PrefsChange>,
     ) -> AppResult<AccountChanges> {
         let name = name.map(|n| n.trim().to_string());
         if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
@@ -79,10 +83,13 @@ impl AccountChanges {
                 Some(PasswordChange { current, new: PasswordHash::create(&new)? })
             }
         };
-        if name.is_none() && password.is_none() {
-            return Err(AppError::invalid("invalid_body", "give `name`, or `current_password` and `new_password`"));
+        if name.is_none() && password.is_none() && notifications.is_none() {
+            return Err(AppError::invalid(
+                "invalid_body",
+                "give `name`, `email_notifications`, or `current_password` and `new_password`",
+            ));
         }
-        Ok(AccountChanges { name, password })
+        Ok(AccountChanges { name, password, notifications })
     }
 }
 
@@ -114,6 +121,12 @@ pub fn change(
     if let Some(name) = changes.name.filter(|n| *n != row.name) {
         diesel::update(u::table.find(user.0)).set(u::name.eq(name)).execute(tc.pg())?;
         changed.push("name");
+    }
+    if let Some(wanted) = changes.notifications {
+        let tenant = tc.tenant();
+        if super::members::set_prefs(tc.pg(), user, tenant, wanted)? {
+            changed.push("email_notifications");
+        }
     }
     if !changed.is_empty() {
         audited(tc, user, "account.updated", json!({"fields": changed}))?;
@@ -173,15 +186,15 @@ mod tests {
     #[test]
     fn what_a_change_must_hold() {
         let s = |v: &str| Some(v.to_string());
-        assert_eq!(code(AccountChanges::checked(None, None, None)), "invalid_body");
-        assert_eq!(code(AccountChanges::checked(None, None, s("new-password-1"))), "current_password_required");
-        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), None)), "new_password_required");
-        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), s("short"))), "weak_password");
-        assert_eq!(code(AccountChanges::checked(None, s("same-password"), s("same-password"))), "same_password");
-        assert_eq!(code(AccountChanges::checked(Some("x".repeat(201)), None, None)), "invalid_name");
-        assert_eq!(code(AccountChanges::checked(s("a\u{7}b"), None, None)), "invalid_name");
-        let ok = AccountChanges::checked(s("  Ann Lee  "), None, None).expect("a name alone");
+        assert_eq!(code(AccountChanges::checked(None, None, None, None)), "invalid_body");
+        assert_eq!(code(AccountChanges::checked(None, None, s("new-password-1"), None)), "current_password_required");
+        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), None, None)), "new_password_required");
+        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), s("short"), None)), "weak_password");
+        assert_eq!(code(AccountChanges::checked(None, s("same-password"), s("same-password"), None)), "same_password");
+        assert_eq!(code(AccountChanges::checked(Some("x".repeat(201)), None, None, None)), "invalid_name");
+        assert_eq!(code(AccountChanges::checked(s("a\u{7}b"), None, None, None)), "invalid_name");
+        let ok = AccountChanges::checked(s("  Ann Lee  "), None, None, None).expect("a name alone");
         assert_eq!(ok.name.as_deref(), Some("Ann Lee"));
-        assert!(AccountChanges::checked(s(""), s("old-password-1"), s("new-password-1")).is_ok());
+        assert!(AccountChanges::checked(s(""), s("old-password-1"), s("new-password-1"), None).is_ok());
     }
 }

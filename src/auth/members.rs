@@ -6,8 +6,9 @@
 //! Removing a member revokes their refresh tokens for this tenant.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::users::{self, Email};
@@ -16,7 +17,7 @@ use crate::audit;
 use crate::db::schema::{memberships, users as users_t};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
-use crate::ids::UserId;
+use crate::ids::{TenantId, UserId};
 use crate::realtime::bus::{notify_live, LiveMsg};
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,4 +247,48 @@ pub fn remove(
         json!({"email": current.email, "role": current.role}),
     )?;
     Ok(())
+}
+
+/// A member's choice, in one tenant (`email_notifications`; `inbox::notice_mail`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Prefs {
+    /// Mailed when a colleague assigns them a conversation.
+    pub assigned: bool,
+    /// Mailed when a colleague mentions them in a note.
+    pub mentioned: bool,
+}
+
+/// A change of [`Prefs`]: what is left out stays.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefsChange {
+    pub assigned: Option<bool>,
+    pub mentioned: Option<bool>,
+}
+
+/// `user`'s choice in `tenant` (both on for someone not a member).
+pub fn prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Prefs> {
+    let row: Option<(bool, bool)> = memberships::table
+        .find((user.0, tenant.0))
+        .select((memberships::mail_assigned, memberships::mail_mentioned))
+        .first(conn)
+        .optional()?;
+    let (assigned, mentioned) = row.unwrap_or((true, true));
+    Ok(Prefs { assigned, mentioned })
+}
+
+/// Applies `change` to `user`'s choice in `tenant`; whether it changed.
+pub fn set_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId, change: PrefsChange) -> AppResult<bool> {
+    let now = prefs(conn, user, tenant)?;
+    let want = Prefs {
+        assigned: change.assigned.unwrap_or(now.assigned),
+        mentioned: change.mentioned.unwrap_or(now.mentioned),
+    };
+    if want == now {
+        return Ok(false);
+    }
+    diesel::update(memberships::table.find((user.0, tenant.0)))
+        .set((memberships::mail_assigned.eq(want.assigned), memberships::mail_mentioned.eq(want.mentioned)))
+        .execute(conn)?;
+    Ok(true)
 }

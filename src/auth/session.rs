@@ -223,6 +223,8 @@ pub struct Me {
     pub tenant: TenantView,
     pub role: Role,
     pub memberships: Vec<MembershipView>,
+    /// What they are mailed of in this tenant (an extension; `inbox::notice_mail`).
+    pub email_notifications: super::members::Prefs,
 }
 
 pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -> AppResult<Me> {
@@ -238,5 +240,6 @@ pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -
         .into_iter()
         .map(|(slug, name, role)| Ok(MembershipView { tenant: TenantRef { slug, name }, role: stored_role(&role)? }))
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(Me { user: u.public(), tenant: (&t).into(), role, memberships })
+    let email_notifications = super::members::prefs(conn, user, tenant)?;
+    Ok(Me { user: u.public(), tenant: (&t).into(), role, memberships, email_notifications })
 }

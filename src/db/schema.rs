@@ -47,6 +47,8 @@ diesel::table! {
         tenant_id -> Int8,
         role -> Text,
         created_at -> Timestamptz,
+        mail_assigned -> Bool,
+        mail_mentioned -> Bool,
     }
 }
 
@@ -107,6 +109,7 @@ diesel::table! {
         sent_at -> Nullable<Timestamptz>,
         failed_at -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
+        kind -> Text,
     }
 }
 

@@ -169,6 +169,7 @@ struct MeChange {
     name: Option<String>,
     current_password: Option<String>,
     new_password: Option<String>,
+    email_notifications: Option<crate::auth::members::PrefsChange>,
 }
 
 /// `PATCH /api/me`: one's own name and password (see [`account`]). Answers
@@ -182,8 +183,10 @@ async fn change_me(
     let checks_password = body.current_password.is_some();
     let email = if checks_password { Some(counting(&state, &auth).await?) } else { None };
     // Hashing the new password (tens of ms) runs on the blocking pool too.
-    let changes =
-        web::block(move || AccountChanges::checked(body.name, body.current_password, body.new_password)).await??;
+    let changes = web::block(move || {
+        AccountChanges::checked(body.name, body.current_password, body.new_password, body.email_notifications)
+    })
+    .await??;
     let result = state
         .db
         .tenant(auth.scope(), move |tc| {

@@ -777,6 +777,12 @@ pub fn patch(
     }
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
+    // Someone handed a conversation by another hears of it by mail when
+    // not online (`notice_mail`); the inbox shows it by the event above.
+    if let Some(to) = assignee.filter(|a| Some(*a) != row.assignee_id && *a != user.0) {
+        log.mail_only(json!({"kind": "assigned", "user_id": to.to_string(), "by": user.to_string(),
+                             "conversation_id": updated.id.to_string()}));
+    }
     if status == "resolved" && row.status != "resolved" && super::csat::on_resolved(tc, log, &updated, user)? {
         // The survey is the conversation's last message now.
         let surveyed = super::views::conversation_row(tc, id)?;

@@ -27,6 +27,9 @@ pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 pub struct EventLog {
     /// (type, channel, conversation, payload as JSON text)
     pending: Vec<(String, Option<i64>, Option<i64>, String)>,
+    /// Notices for members that are mailed but not logged
+    /// (`notice_mail`): the live inbox has them as other events already.
+    mail_only: Vec<String>,
     pub count: usize,
 }
 
@@ -49,6 +52,19 @@ impl EventLog {
         self.pending.push((kind.to_string(), channel_id, conversation_id, payload));
         self.count += 1;
         Ok(())
+    }
+
+    /// A notice for one member, as a `notification`'s data, that only
+    /// mail carries (`notice_mail`).
+    pub fn mail_only(&mut self, notice: serde_json::Value) {
+        self.mail_only.push(notice.to_string());
+    }
+
+    /// The notices for members so far (JSON): the `notification` events
+    /// appended, then the [`EventLog::mail_only`] ones.
+    pub fn notices(&self) -> impl Iterator<Item = &str> + '_ {
+        let logged = self.pending.iter().filter(|(k, ..)| k == "notification").map(|(.., payload)| payload.as_str());
+        logged.chain(self.mail_only.iter().map(String::as_str))
     }
 
     /// Writes the events with consecutive sequence numbers and sends one

@@ -38,6 +38,7 @@ pub mod media;
 pub mod media_copies;
 pub mod mentions;
 pub mod messages;
+pub mod notice_mail;
 pub mod once_per;
 pub mod outreach;
 pub mod processor;

@@ -1,5 +1,7 @@
 //! Mail the server sends: an invitation's link to the person invited, a
-//! password reset's link to the person who asked (an extension).
+//! password reset's link to the person who asked, and a member's notice
+//! of a conversation assigned or a mention while they were not online
+//! (`inbox::notice_mail`) (an extension).
 //!
 //! Decisions:
 //! - Off unless `SWITCHBOARD_SMTP_URL` names an SMTP server
@@ -49,8 +51,14 @@ const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Queues a plain-text mail to `to` in `conn`'s transaction; the worker
 /// sends it once that commits.
 pub fn queue(conn: &mut PgConnection, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
+    queue_as(conn, "account", to, subject, body)
+}
+
+/// [`queue`], with the kind of mail it is: `account` (invitations,
+/// resets), `notice` (`inbox::notice_mail`, which counts its own).
+pub fn queue_as(conn: &mut PgConnection, kind: &str, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
     Ok(diesel::insert_into(m::table)
-        .values((m::recipient.eq(to), m::subject.eq(subject), m::body.eq(body)))
+        .values((m::recipient.eq(to), m::subject.eq(subject), m::body.eq(body), m::kind.eq(kind)))
         .returning(m::id)
         .get_result(conn)?)
 }

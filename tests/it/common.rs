@@ -245,6 +245,9 @@ pub async fn spawn_app_without_workers() -> TestApp {
 }
 
 /// The server with mail on, sent to the SMTP server at `smtp_url`.
+/// Where the mail-sending app's notice mails link to.
+pub const CONVERSATION_URL: &str = "https://inbox.example.test/{tenant}/conversations/{conversation_id}";
+
 pub async fn spawn_app_with_mail(smtp_url: &str) -> TestApp {
     spawn_with(Signup::Open, true, Some(smtp_url.to_string())).await
 }
@@ -268,6 +271,7 @@ async fn spawn_with(signup: Signup, workers: bool, smtp_url: Option<String>) -> 
     cfg.mail = smtp_url.map(|url| switchboard::config::MailConfig {
         smtp_url: Secret::new(url),
         from: "Switchboard <no-reply@switchboard.test>".into(),
+        conversation_url: Some(CONVERSATION_URL.into()),
     });
     let config = Arc::new(cfg);
     let pool = db.pool(4);

@@ -3,7 +3,7 @@
 //! The SMTP server is [`Sink`], a small one that keeps what it is sent (a
 //! stand-in for the relay an operator names, as the fake Meta is Meta's).
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -110,6 +110,59 @@ fn link_in(mail: &Received, start: &str) -> String {
     let text = mail.data.replace("=\r\n", "");
     let at = text.find(start).unwrap_or_else(|| panic!("no {start} in {text}"));
     text[at..].split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// A mail's subject and body as written, its transfer encodings undone
+/// (lettre picks base64 or quoted-printable by what the text holds).
+fn read(mail: &Received) -> (String, String) {
+    use base64::Engine;
+    let b64 = |s: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s.split_whitespace().collect::<String>());
+        String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned()
+    };
+    let qp = |s: &str| {
+        let s = s.replace("=\r\n", "");
+        let (mut out, bytes) = (Vec::new(), s.as_bytes());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = (bytes[i] == b'=' && i + 2 < bytes.len())
+                .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .flatten();
+            match hex {
+                Some(b) => (out.push(b), i += 3),
+                None => (out.push(bytes[i]), i += 1),
+            };
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let (head, body) = mail.data.split_once("\r\n\r\n").unwrap_or(("", &mail.data));
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let lower = unfolded.to_ascii_lowercase();
+    let body = if lower.contains("content-transfer-encoding: base64") {
+        b64(body)
+    } else if lower.contains("content-transfer-encoding: quoted-printable") {
+        qp(body)
+    } else {
+        body.to_string()
+    };
+    let raw = unfolded.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default();
+    // Encoded words (RFC 2047), base64 or Q; the space between two of
+    // them is not the text's.
+    let mut subject = String::new();
+    let mut after_encoded = false;
+    for word in raw.split(' ') {
+        let encoded = word.strip_prefix("=?utf-8?").and_then(|w| w.strip_suffix("?="));
+        if !(subject.is_empty() || after_encoded && encoded.is_some()) {
+            subject.push(' ');
+        }
+        match encoded {
+            Some(w) if w.starts_with("b?") || w.starts_with("B?") => subject.push_str(&b64(&w[2..])),
+            Some(w) => subject.push_str(&qp(&w[2..].replace('_', " "))),
+            None => subject.push_str(word),
+        }
+        after_encoded = encoded.is_some();
+    }
+    (subject, body)
 }
 
 async fn mail_to(sink: &Sink, address: &str, count: usize) -> Vec<Received> {
@@ -309,4 +362,130 @@ async fn printed_mail_counts_as_sent() {
         app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = ''") == 1
     })
     .await;
+}
+
+async fn assign(app: &TestApp, t: &str, conversation: &str, to: Value) -> crate::common::Resp {
+    let path = format!("/api/conversations/{conversation}");
+    app.call("PATCH", &path, Some(t), Some(json!({"assignee_id": to}))).await
+}
+
+/// A member who is not online hears by mail that a colleague assigned
+/// them a conversation or mentioned them (`inbox::notice_mail`): one mail
+/// per change (a bulk one lists its conversations), none for what they
+/// did themselves, none when they turned it off, none while online, and
+/// no more than the hourly limit.
+#[actix_web::test]
+async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
+    use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
+    let sink = Sink::start();
+    let app = spawn_app_with_mail(&sink.url).await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, crate::channels::PAGE_A).await;
+    let members = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let customers = ["6100000000000001", "6100000000000002", "6100000000000003", "6100000000000004"];
+    for (i, psid) in customers.iter().enumerate() {
+        let text = format!("Wo ist meine Bestellung Nr. {i}? 📦");
+        app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": psid, "text": text})).await;
+    }
+    app.processed().await;
+    let all = conversations(&app, &ctx.admin, "").await;
+    let conv: Vec<String> =
+        customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
+
+    // Ann assigns Al a conversation: one mail, saying who, which customer
+    // and channel, what they wrote, and where the conversation is.
+    let contact = conversations(&app, &ctx.admin, "").await;
+    let customer = by_contact(&contact, customers[0])["contact"]["name"].as_str().unwrap_or("a customer").to_string();
+    assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200);
+    assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200, "a retry changes nothing");
+    assert_eq!(to_al(), 1);
+    let mails = mail_to(&sink, "al@acme.test", 1).await;
+    let (subject, text) = read(&mails[0]);
+    let said = format!("ann@acme.test assigned you the conversation with {customer}");
+    let shown = app.call("GET", &format!("/api/channels/{page}"), Some(&ctx.admin), None).await.body;
+    let channel = shown["name"].as_str().expect("name");
+    assert_eq!(subject, format!("{said} ({channel}) — acme inc"), "{text}");
+    assert!(text.contains(&format!("{said} ({channel}).")), "{text}");
+    let writer = if customer == "a customer" { "Customer" } else { customer.as_str() };
+    assert!(text.contains(&format!("“{writer}: Wo ist meine Bestellung Nr. 0? 📦”")), "{text}");
+    let link = link_in(&mails[0], "https://inbox.example.test/acme/conversations/");
+    assert_eq!(link, format!("https://inbox.example.test/acme/conversations/{}", conv[0]));
+
+    // Taking one oneself mails nothing.
+    assert_eq!(assign(&app, &al, &conv[1], json!(al_id)).await.status, 200);
+    assert_eq!(to_al(), 1);
+
+    // A bulk change: one mail listing both.
+    let bulk = json!({"ids": [conv[2], conv[3]], "assignee_id": al_id});
+    let r = app.call("POST", "/api/conversations/bulk", Some(&ctx.admin), Some(bulk)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(to_al(), 2);
+    let mails = mail_to(&sink, "al@acme.test", 2).await;
+    let (subject, text) = read(&mails[1]);
+    assert!(subject.starts_with("2 conversations need you in"), "{subject}");
+    for c in &conv[2..] {
+        assert!(text.contains(&format!("/acme/conversations/{c}")), "{c} in {text}");
+    }
+
+    // A mention: the note is in the mail.
+    let note = json!({"text": "@Al bitte prüfen", "private": true, "mentions": [al_id], "client_id": "note-1"});
+    let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
+    assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+    assert_eq!(to_al(), 3);
+    let mails = mail_to(&sink, "al@acme.test", 3).await;
+    let (subject, text) = read(&mails[2]);
+    assert!(subject.starts_with("ann@acme.test mentioned you in the conversation with"), "{subject}");
+    assert!(text.contains("“ann@acme.test: @Al bitte prüfen”"), "{text}");
+
+    // Al turns assignment mails off (in this tenant): none for the next.
+    let me = app.call("GET", "/api/me", Some(&al), None).await;
+    assert_eq!(me.body["email_notifications"], json!({"assigned": true, "mentioned": true}));
+    let off = json!({"email_notifications": {"assigned": false}});
+    let r = app.call("PATCH", "/api/me", Some(&al), Some(off)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["email_notifications"], json!({"assigned": false, "mentioned": true}));
+    let bad = json!({"email_notifications": {"assigned": "no"}});
+    assert_eq!(app.call("PATCH", "/api/me", Some(&al), Some(bad)).await.status, 422);
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], Value::Null).await.status, 200);
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
+    assert_eq!(to_al(), 3);
+
+    // Online, Al sees the notices in the inbox and is mailed nothing.
+    let mut socket = crate::realtime::ws(&app, "", Some(&al), None).await.expect("socket");
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let al_user = switchboard::ids::UserId(al_id.parse().expect("id"));
+    eventually("Al online", || async { app.state.online.of(tenant).contains(&al_user) }).await;
+    let note = json!({"text": "@Al noch einmal", "private": true, "mentions": [al_id], "client_id": "note-2"});
+    let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
+    assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+    let told = crate::realtime::until(&mut socket, "notification", std::time::Duration::from_secs(10)).await;
+    assert_eq!(told.expect("told")["data"]["kind"], "mention");
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], Value::Null).await.status, 200);
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
+    loop {
+        let told = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(10));
+        let told = told.await.expect("the assignment shown");
+        if told["data"]["id"] == json!(conv[1]) && told["data"]["assignee_id"] == json!(al_id) {
+            break;
+        }
+    }
+    assert_eq!(to_al(), 3);
+    drop(socket);
+
+    // Offline again, with this hour's mails used up: nothing more.
+    eventually("Al gone", || async { !app.state.online.of(tenant).contains(&al_user) }).await;
+    run(
+        &app,
+        "INSERT INTO public.mail_outbox (recipient, subject, body, kind, sent_at) \
+         SELECT 'al@acme.test', 'earlier', '', 'notice', now() FROM generate_series(1, 27)",
+    );
+    let note = json!({"text": "@Al zu viel", "private": true, "mentions": [al_id], "client_id": "note-3"});
+    let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
+    assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+    assert_eq!(to_al(), 30);
 }

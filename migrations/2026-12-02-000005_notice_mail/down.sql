@@ -1,0 +1,3 @@
+DROP INDEX IF EXISTS public.mail_outbox_notice_idx;
+ALTER TABLE public.mail_outbox DROP COLUMN IF EXISTS kind;
+ALTER TABLE public.memberships DROP COLUMN IF EXISTS mail_assigned, DROP COLUMN IF EXISTS mail_mentioned;

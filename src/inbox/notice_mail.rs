@@ -1,0 +1,257 @@
+//! Mail about the inbox: a member who is not online hears by mail that a
+//! colleague assigned them a conversation or mentioned them in a note (an
+//! extension; with mail on, `mail`).
+//!
+//! Decisions:
+//! - The trigger is the notice a change leaves for one member: a
+//!   mention's `notification` event, or an assignment's notice kept for
+//!   mail alone (`{kind: "assigned", user_id, by, conversation_id}`; the
+//!   live inbox has `conversation.updated` with the assignee, and its
+//!   stream stays as clients know it). The same unit of work queues the
+//!   mail ([`queue`], called by
+//!   `AppState::tenant_with_events` before its events are written), so a
+//!   change that rolls back mails nothing and one that commits is mailed
+//!   even if the instance stops at once.
+//! - Only to someone not online in the tenant at that moment (no socket
+//!   open, on any instance, as the hub shows it; an away member has one
+//!   and is not mailed): someone looking at the inbox sees the frame. Never
+//!   for what a member does to themselves (taking a conversation).
+//! - Each member chooses, per tenant, `email_notifications: {assigned,
+//!   mentioned}` (`GET`/`PATCH /api/me`); both on by default, as support
+//!   tools do.
+//! - One mail per member and unit of work: a bulk change assigning forty
+//!   conversations sends one mail listing the first [`MOST_LISTED`] and
+//!   how many more. At most [`MOST_PER_HOUR`] such mails to an address an
+//!   hour (a busy day must not flood a mailbox, nor a tenant's admins use
+//!   the server to mail someone without end); past it, notices are only in
+//!   the inbox, and the log says so.
+//! - The mail names the workspace, who did it, the customer, the channel,
+//!   and a short preview (the note that mentions, or the customer's last
+//!   message); it leaves our servers, so it holds no more than the inbox
+//!   would show at a glance. With `SWITCHBOARD_CONVERSATION_URL` (a
+//!   template with `{tenant}` and `{conversation_id}`, where the
+//!   operator's inbox app shows one) each line links to its conversation;
+//!   without, it says where to look.
+
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use super::events::EventLog;
+use crate::auth::members::prefs;
+use crate::auth::users;
+use crate::db::schema::mail_outbox;
+use crate::db::TenantConn;
+use crate::error::AppResult;
+use crate::ids::UserId;
+
+/// The `kind` of these mails in `public.mail_outbox`.
+pub const KIND: &str = "notice";
+/// Notice mails to one address in an hour, at most.
+pub const MOST_PER_HOUR: i64 = 30;
+/// Notices one mail lists; the rest are counted.
+pub const MOST_LISTED: usize = 10;
+/// Characters of a preview.
+const PREVIEW_CHARS: usize = 200;
+
+/// Who may be mailed now: mail is on, and who is online in the tenant.
+pub struct Reach<'a> {
+    pub online: &'a [UserId],
+    /// `SWITCHBOARD_CONVERSATION_URL`, if set.
+    pub conversation_url: Option<&'a str>,
+}
+
+/// What a `notification` event's payload says, of what is read here.
+#[derive(Deserialize)]
+struct Notice {
+    kind: String,
+    user_id: String,
+    by: Option<String>,
+    conversation_id: String,
+    preview: Option<String>,
+}
+
+impl Notice {
+    fn ids(&self) -> Option<(i64, Option<i64>, i64)> {
+        let user = self.user_id.parse().ok()?;
+        let by = self.by.as_deref().and_then(|b| b.parse().ok());
+        Some((user, by, self.conversation_id.parse().ok()?))
+    }
+}
+
+#[derive(QueryableByName)]
+struct About {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    contact: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    channel: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_in: Option<String>,
+}
+
+/// One line of a mail.
+struct Line {
+    conversation: i64,
+    text: String,
+}
+
+/// Queues, in `tc`'s transaction, the mails the notifications `log` holds
+/// call for (see the module docs); answers how many.
+pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppResult<usize> {
+    let mut by_member: BTreeMap<i64, Vec<(Notice, Option<i64>, i64)>> = BTreeMap::new();
+    for payload in log.notices() {
+        let Ok(notice) = serde_json::from_str::<Notice>(payload) else { continue };
+        let Some((user, by, conversation)) = notice.ids() else { continue };
+        let wanted = matches!(notice.kind.as_str(), "assigned" | "mention");
+        if !wanted || by == Some(user) || reach.online.contains(&UserId(user)) {
+            continue;
+        }
+        by_member.entry(user).or_default().push((notice, by, conversation));
+    }
+    if by_member.is_empty() {
+        return Ok(0);
+    }
+    let tenant_id = tc.tenant();
+    let Some(tenant) = crate::tenancy::find(tc.pg(), tenant_id)? else { return Ok(0) };
+    let mut queued = 0;
+    for (member, notices) in by_member {
+        let prefs = prefs(tc.pg(), UserId(member), tenant_id)?;
+        let Some(person) = users::find(tc.pg(), UserId(member))? else { continue };
+        let mut lines = Vec::new();
+        for (notice, by, conversation) in &notices {
+            let asked = if notice.kind == "assigned" { prefs.assigned } else { prefs.mentioned };
+            if asked {
+                lines.push(line(tc, notice, *by, *conversation)?);
+            }
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        if sent_lately(tc.pg(), &person.email)? >= MOST_PER_HOUR {
+            tracing::info!(user_id = member, "notice mail skipped: this address had its mails this hour");
+            continue;
+        }
+        let (subject, body) = compose(&tenant, &lines, reach.conversation_url);
+        crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body)?;
+        queued += 1;
+    }
+    Ok(queued)
+}
+
+fn sent_lately(conn: &mut PgConnection, address: &str) -> AppResult<i64> {
+    // By the database's clock, which wrote the rows' times.
+    let within_the_hour = diesel::dsl::sql::<diesel::sql_types::Bool>("created_at > now() - interval '1 hour'");
+    Ok(mail_outbox::table
+        .filter(mail_outbox::recipient.eq(address))
+        .filter(mail_outbox::kind.eq(KIND))
+        .filter(within_the_hour)
+        .count()
+        .get_result(conn)?)
+}
+
+/// "Al assigned you the conversation with Ana (Acme Support)", and a
+/// preview.
+fn line(tc: &mut TenantConn<'_>, notice: &Notice, by: Option<i64>, conversation: i64) -> AppResult<Line> {
+    let who = match by {
+        Some(id) => users::find(tc.pg(), UserId(id))?
+            .map(|u| if u.name.trim().is_empty() { u.email } else { u.name })
+            .unwrap_or_else(|| "A colleague".into()),
+        None => "A colleague".into(),
+    };
+    let about: Option<About> = diesel::sql_query(
+        "SELECT ct.name AS contact, ch.name AS channel, \
+                (SELECT m.text FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'in' \
+                   AND m.deleted_at IS NULL ORDER BY m.id DESC LIMIT 1) AS last_in \
+           FROM conversations c JOIN contacts ct ON ct.id = c.contact_id JOIN channels ch ON ch.id = c.channel_id \
+          WHERE c.id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(conversation)
+    .get_result(tc.pg())
+    .optional()?;
+    let (name, channel, last_in) = match about {
+        Some(a) => (a.contact.filter(|n| !n.trim().is_empty()), a.channel, a.last_in),
+        None => (None, "a channel".into(), None),
+    };
+    let customer = name.clone().unwrap_or_else(|| "a customer".into());
+    let (done, preview) = if notice.kind == "assigned" {
+        let writer = name.unwrap_or_else(|| "Customer".into());
+        ("assigned you the conversation with", last_in.map(|t| format!("{writer}: {}", clip(&t))))
+    } else {
+        ("mentioned you in the conversation with", notice.preview.as_deref().map(|t| format!("{who}: {}", clip(t))))
+    };
+    let mut text = format!("{who} {done} {customer} ({channel}).");
+    if let Some(p) = preview {
+        text.push_str(&format!("\n  \u{201c}{p}\u{201d}"));
+    }
+    Ok(Line { conversation, text })
+}
+
+/// A preview on one line, at most [`PREVIEW_CHARS`] characters.
+fn clip(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > PREVIEW_CHARS {
+        format!("{}…", flat.chars().take(PREVIEW_CHARS).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], url: Option<&str>) -> (String, String) {
+    let subject = match lines {
+        [one] => format!("{} — {}", first_words(&one.text), tenant.name),
+        _ => format!("{} conversations need you in {}", lines.len(), tenant.name),
+    };
+    let mut body = String::new();
+    for line in lines.iter().take(MOST_LISTED) {
+        body.push_str(&line.text);
+        body.push('\n');
+        if let Some(url) = url {
+            body.push_str(&format!(
+                "  {}\n",
+                url.replace("{tenant}", &tenant.slug).replace("{conversation_id}", &line.conversation.to_string())
+            ));
+        }
+        body.push('\n');
+    }
+    if lines.len() > MOST_LISTED {
+        body.push_str(&format!("…and {} more.\n\n", lines.len() - MOST_LISTED));
+    }
+    if url.is_none() {
+        body.push_str(&format!(
+            "Find them in the {} workspace's inbox (workspace “{}”).\n\n",
+            tenant.name, tenant.slug
+        ));
+    }
+    body.push_str(
+        "You were mailed because you were not online in the inbox. You can turn these mails off in your \
+         settings (email notifications).\n",
+    );
+    (subject, body)
+}
+
+/// A subject from a line: its first sentence, without the preview.
+fn first_words(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preview_is_one_clipped_line() {
+        assert_eq!(clip("  where is\n my   order? "), "where is my order?");
+        let long = "é".repeat(PREVIEW_CHARS + 5);
+        assert_eq!(clip(&long).chars().count(), PREVIEW_CHARS + 1);
+        assert!(clip(&long).ends_with('…'));
+    }
+
+    #[test]
+    fn a_subject_is_the_first_sentence() {
+        assert_eq!(
+            first_words("Al assigned you the conversation with Ana (Shop).\n  “hi”"),
+            "Al assigned you the conversation with Ana (Shop)"
+        );
+    }
+}
