@@ -467,6 +467,20 @@ pub fn containing(key: &str, value: &str) -> Vec<Value> {
     std::iter::once(Value::String(value.to_string())).chain(typed).map(|v| json!({key: v})).collect()
 }
 
+/// [`containing`], and the value as `key`'s definition, if there is one,
+/// reads it: the inbox's `contact_attribute=plan:PRO` finds the contacts
+/// of option `Pro`, as a contact's PATCH would have stored it.
+pub fn containing_as_defined(tc: &mut TenantConn<'_>, key: &str, value: &str) -> AppResult<Vec<Value>> {
+    let mut all = containing(key, value);
+    if let Some(v) = find(tc, key, false)?.and_then(|definition| typed(&definition, value.trim())) {
+        let defined = json!({key: v});
+        if !all.contains(&defined) {
+            all.push(defined);
+        }
+    }
+    Ok(all)
+}
+
 /// The option of `options` that `given` names: the one written so, else
 /// the only one that differs from it in case alone (`PRO` is `pro`, as a
 /// spreadsheet or a person may write it); `None` when none, or when two

@@ -244,6 +244,19 @@ struct Listing<'f> {
     role: Role,
     filter: &'f Filter,
     after: Option<(DateTime<Utc>, i64)>,
+    /// The filter's `contact_attribute` value, as the attributes may hold
+    /// it ([`attribute_values`]).
+    attribute_values: &'f [serde_json::Value],
+}
+
+/// What the attributes of a contact the filter's `key:value` finds
+/// contain, one of: the value as any type could hold it, and as the key's
+/// definition reads it (a list's option in any case).
+fn attribute_values(tc: &mut TenantConn<'_>, f: &Filter) -> AppResult<Vec<serde_json::Value>> {
+    match &f.contact_attribute {
+        Some((key, Some(value))) => super::attributes::containing_as_defined(tc, key, value),
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// In the filter's [`Order`]: newest activity first, the longest waits
@@ -256,7 +269,8 @@ pub fn list(
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> AppResult<Vec<ConversationView>> {
-    let listing = Listing { user, role, filter: f, after };
+    let values = attribute_values(tc, f)?;
+    let listing = Listing { user, role, filter: f, after, attribute_values: &values };
     let search_text = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let rows = match search_text {
         Some(text) => planned_for_the_pattern(tc, |pg| search(pg, listing, text, limit))?,
@@ -299,9 +313,10 @@ pub fn counts(tc: &mut TenantConn<'_>, user: UserId, role: Role, f: &Filter) -> 
     if f.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
         return Err(AppError::bad_request("invalid_query", "counts take no q: a search is counted by its pages"));
     }
+    let values = attribute_values(tc, f)?;
     let mut count = |assignee: Option<Option<i64>>| -> AppResult<i64> {
         let filter = Filter { assignee, ..f.clone() };
-        let listing = Listing { user, role, filter: &filter, after: None };
+        let listing = Listing { user, role, filter: &filter, after: None, attribute_values: &values };
         let ids: Vec<i64> = filtered(c::table.select(c::id).into_boxed(), listing).limit(MOST_COUNTED).load(tc.pg())?;
         Ok(ids.len() as i64)
     };
@@ -311,7 +326,7 @@ pub fn counts(tc: &mut TenantConn<'_>, user: UserId, role: Role, f: &Filter) -> 
 /// `q` narrowed by the filter's conditions (all but the search) and the
 /// keyset.
 fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) -> c::BoxedQuery<'a, Pg, ST> {
-    let Listing { user, role, filter: f, after } = listing;
+    let Listing { user, role, filter: f, after, attribute_values } = listing;
     if !role.at_least(Role::Admin) {
         let mine =
             channel_members::table.filter(channel_members::user_id.eq(user.0)).select(channel_members::channel_id);
@@ -371,9 +386,9 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
                 contacts::table.filter(contacts::attributes.has_key(key.clone())).select(contacts::id).into_boxed(),
             ))
         }
-        Some((key, Some(value))) => {
+        Some((_, Some(_))) => {
             let mut of = contacts::table.select(contacts::id).into_boxed();
-            for (n, contained) in super::attributes::containing(key, value).into_iter().enumerate() {
+            for (n, contained) in attribute_values.iter().cloned().enumerate() {
                 of = if n == 0 {
                     of.filter(contacts::attributes.contains(contained))
                 } else {

@@ -212,6 +212,10 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     both_conversations.sort();
     assert_eq!(listed("contact_attribute=plan".into()).await, Ok(both_conversations));
     assert_eq!(listed("contact_attribute=plan:enterprise".into()).await, Ok(vec![theirs.clone()]));
+    // A list's option in any case, as a contact's PATCH reads it.
+    assert_eq!(listed("contact_attribute=plan:ENTERPRISE".into()).await, Ok(vec![theirs.clone()]));
+    let counted = app.call("GET", "/api/conversations/counts?contact_attribute=plan:Enterprise", Some(admin), None);
+    assert_eq!(counted.await.body["all"], 1);
     assert_eq!(listed("contact_attribute=seats:3&status=open".into()).await, Ok(vec![others.clone()]));
     assert_eq!(listed("contact_attribute=vip:true&q=hi".into()).await, Ok(vec![theirs.clone()]));
     assert_eq!(listed("contact_attribute=colour:blue".into()).await, Ok(vec![]), "a key none has finds nothing");
