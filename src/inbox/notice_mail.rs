@@ -218,10 +218,8 @@ fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], url: Option<&str>) -
         body.push_str(&format!("…and {} more.\n\n", lines.len() - MOST_LISTED));
     }
     if url.is_none() {
-        body.push_str(&format!(
-            "Find them in the {} workspace's inbox (workspace “{}”).\n\n",
-            tenant.name, tenant.slug
-        ));
+        let them = if lines.len() == 1 { "it" } else { "them" };
+        body.push_str(&format!("Find {them} in the {} inbox (workspace “{}”).\n\n", tenant.name, tenant.slug));
     }
     body.push_str(
         "You were mailed because you were not online in the inbox. You can turn these mails off in your \
