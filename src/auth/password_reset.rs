@@ -6,7 +6,10 @@
 //! - `POST /api/auth/password-reset` `{email}` answers 202 whatever the
 //!   email: whether an account has it is not told, so the form finds out
 //!   nobody's address. With mail off it is 503 `mail_unavailable`, the same
-//!   for everyone.
+//!   for everyone. Nor is it told by the time the answer takes: an
+//!   account's reset writes rows an unknown address does not, so every
+//!   answer waits until [`ANSWER_AFTER`] has passed since the request came
+//!   (an idle wait, no thread or connection held).
 //! - For an account, a link `{SWITCHBOARD_PUBLIC_URL}/reset#sbr_…` is
 //!   mailed to its email: `sbr_` and 43 characters of randomness, in the
 //!   fragment (never sent to a server, so never logged), only its SHA-256
@@ -43,6 +46,10 @@ pub const PREFIX: &str = "sbr_";
 pub const VALID_MINUTES: i64 = 60;
 /// The least time between two mails to one account.
 pub const RESEND_AFTER_SECS: i64 = 60;
+/// How long after the request every answer to it comes, so that an
+/// account's and an unknown address's take the same (their work takes a
+/// few milliseconds, more under load).
+pub const ANSWER_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()

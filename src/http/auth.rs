@@ -497,6 +497,7 @@ async fn password_reset(state: web::Data<AppState>, body: web::Json<ResetBody>) 
             "this server sends no mail: ask its operator to set your password",
         ));
     }
+    let came = Instant::now();
     let email = Email::parse(&body.into_inner().email)?;
     let public_url = state.config.public_url.clone();
     let mailed =
@@ -504,6 +505,8 @@ async fn password_reset(state: web::Data<AppState>, body: web::Json<ResetBody>) 
     if mailed {
         state.wake_mail.notify_one();
     }
+    // Whether the address has an account is not told by the time either.
+    actix_web::rt::time::sleep_until((came + password_reset::ANSWER_AFTER).into()).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({})))
 }
 
