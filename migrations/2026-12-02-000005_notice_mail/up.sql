@@ -7,3 +7,7 @@ ALTER TABLE public.memberships
     ADD COLUMN IF NOT EXISTS mail_mentioned BOOLEAN NOT NULL DEFAULT true;
 ALTER TABLE public.mail_outbox ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'account';
 CREATE INDEX IF NOT EXISTS mail_outbox_notice_idx ON public.mail_outbox (recipient, created_at) WHERE kind = 'notice';
+
+-- Whether an invitation's link was mailed (mail on), for the admins'
+-- listing: one that was not is theirs to hand over.
+ALTER TABLE public.invitations ADD COLUMN IF NOT EXISTS mailed BOOLEAN NOT NULL DEFAULT false;

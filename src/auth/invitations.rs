@@ -94,6 +94,7 @@ struct Row {
     expires_at: DateTime<Utc>,
     accepted_at: Option<DateTime<Utc>>,
     accepted_by: Option<i64>,
+    mailed: bool,
 }
 
 /// A pending invitation as admins see it (never its token).
@@ -108,6 +109,9 @@ pub struct Invitation {
     pub expires_at: DateTime<Utc>,
     /// Past `expires_at`: the link no longer works (invite again).
     pub expired: bool,
+    /// Whether the link was also mailed to the person (mail was on); if
+    /// not, it is the admin's to hand over.
+    pub mailed: bool,
 }
 
 impl Row {
@@ -120,6 +124,7 @@ impl Row {
             created_at: self.created_at,
             expired: self.expires_at <= now,
             expires_at: self.expires_at,
+            mailed: self.mailed,
         })
     }
 
@@ -147,8 +152,6 @@ pub struct Issued {
     pub invitation: Invitation,
     pub token: String,
     pub accept_url: String,
-    /// Whether the link was also mailed to the person (mail is on).
-    pub mailed: bool,
 }
 
 /// `POST /api/invitations`: invites `email` as `role`; `public_url` is where
@@ -209,6 +212,7 @@ pub fn invite(
             inv::invited_by.eq(actor.0),
             inv::created_at.eq(now),
             inv::expires_at.eq(now + Duration::days(VALID_DAYS)),
+            inv::mailed.eq(mail),
         ))
         .returning(Row::as_returning())
         .get_result(tc.pg())?;
@@ -232,7 +236,7 @@ pub fn invite(
         );
         crate::mail::queue(tc.pg(), email.as_str(), &format!("Join {workspace} on Switchboard"), &body)?;
     }
-    Ok(Issued { invitation: row.listed(now)?, token, accept_url, mailed: mail })
+    Ok(Issued { invitation: row.listed(now)?, token, accept_url })
 }
 
 /// Pending invitations (expired ones too, until housekeeping), by id after

@@ -49,6 +49,15 @@ pub struct User {
 }
 
 impl User {
+    /// What colleagues see: the name, or the email without one.
+    pub fn display_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.email
+        } else {
+            &self.name
+        }
+    }
+
     pub fn user_id(&self) -> UserId {
         UserId(self.id)
     }

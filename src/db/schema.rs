@@ -93,6 +93,7 @@ diesel::table! {
         expires_at -> Timestamptz,
         accepted_at -> Nullable<Timestamptz>,
         accepted_by -> Nullable<Int8>,
+        mailed -> Bool,
     }
 }
 

@@ -116,7 +116,7 @@ async fn invite(state: web::Data<AppState>, auth: AuthContext, body: web::Json<I
             invitations::invite(tc, auth.user, auth.role, &email, role, &public_url, mail, chrono::Utc::now())
         })
         .await?;
-    if issued.mailed {
+    if issued.invitation.mailed {
         state.wake_mail.notify_one();
     }
     Ok(HttpResponse::Created().json(issued))

@@ -154,9 +154,9 @@ fn sent_lately(conn: &mut PgConnection, address: &str) -> AppResult<i64> {
 /// preview.
 fn line(tc: &mut TenantConn<'_>, notice: &Notice, by: Option<i64>, conversation: i64) -> AppResult<Line> {
     let who = match by {
-        Some(id) => users::find(tc.pg(), UserId(id))?
-            .map(|u| if u.name.trim().is_empty() { u.email } else { u.name })
-            .unwrap_or_else(|| "A colleague".into()),
+        Some(id) => {
+            users::find(tc.pg(), UserId(id))?.map_or_else(|| "A colleague".into(), |u| u.display_name().to_string())
+        }
         None => "A colleague".into(),
     };
     let about: Option<About> = diesel::sql_query(

@@ -280,6 +280,8 @@ async fn without_mail_a_reset_is_refused_for_everyone_alike() {
     let r = app.call("POST", "/api/invitations", Some(&admin), Some(bo)).await;
     assert_eq!((r.status, &r.body["mailed"]), (201, &json!(false)), "{:?}", r.body);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox"), 0);
+    let listed = app.call("GET", "/api/invitations", Some(&admin), None).await;
+    assert_eq!(listed.body["items"][0]["mailed"], json!(false), "the admin hands this one over");
 }
 
 #[actix_web::test]
@@ -293,6 +295,8 @@ async fn an_invitation_is_mailed_and_a_refused_address_given_up() {
     };
     let r = invite("bo@acme.test").await;
     assert_eq!((r.status, &r.body["mailed"]), (201, &json!(true)), "{:?}", r.body);
+    let listed = app.call("GET", "/api/invitations", Some(&admin), None).await;
+    assert_eq!(listed.body["items"][0]["mailed"], json!(true), "{:?}", listed.body);
     let accept_url = r.body["accept_url"].as_str().expect("url").to_string();
     let mails = mail_to(&sink, "bo@acme.test", 1).await;
     assert!(mails[0].data.contains("Subject: Join acme inc on Switchboard"), "{}", mails[0].data);
