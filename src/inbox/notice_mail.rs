@@ -12,9 +12,9 @@
 //!   `AppState::tenant_with_events` before its events are written), so a
 //!   change that rolls back mails nothing and one that commits is mailed
 //!   even if the instance stops at once.
-//! - Only to someone not online in the tenant at that moment (no socket
-//!   open, on any instance, as the hub shows it; an away member has one
-//!   and is not mailed): someone looking at the inbox sees the frame. Never
+//! - Only to someone not online in the tenant at that moment (their
+//!   presence offline or away, on every instance, as the hub shows it):
+//!   someone looking at the inbox sees it there. Never
 //!   for what a member does to themselves (taking a conversation).
 //! - Each member chooses, per tenant, `email_notifications: {assigned,
 //!   mentioned}` (`GET`/`PATCH /api/me`); both on by default, as support
