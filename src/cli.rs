@@ -53,6 +53,20 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print performance figures of this machine and database.
     Bench(BenchArgs),
+    /// The server's mail (SWITCHBOARD_SMTP_URL).
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MailCommand {
+    /// Send one mail now, with the settings `serve` would use, and say
+    /// what the SMTP server answered (a check of the settings).
+    Test {
+        /// The address to send it to.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -191,6 +191,23 @@ fn mail_config(
     Ok(Some(MailConfig { smtp_url: Secret::new(url), from, conversation_url }))
 }
 
+/// The mail settings `serve` reads (`None`: mail off); `public_url` gives
+/// the default sender's host.
+pub fn mail_from_env(public_url: &str) -> Result<Option<MailConfig>, ConfigError> {
+    mail_config(
+        var("SWITCHBOARD_SMTP_URL"),
+        var("SWITCHBOARD_MAIL_FROM"),
+        var("SWITCHBOARD_CONVERSATION_URL"),
+        public_url,
+    )
+}
+
+/// `SWITCHBOARD_PUBLIC_URL` as `serve` reads it.
+pub fn public_url_from_env() -> Result<String, ConfigError> {
+    let bind = var("SWITCHBOARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".into());
+    url_var("SWITCHBOARD_PUBLIC_URL", &format!("http://{bind}"))
+}
+
 fn url_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
     let v = var(name).unwrap_or_else(|| default.to_string());
     if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -289,12 +306,7 @@ impl ServerConfig {
             Some("true") | Some("1") => true,
             Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
         };
-        let mail = mail_config(
-            var("SWITCHBOARD_SMTP_URL"),
-            var("SWITCHBOARD_MAIL_FROM"),
-            var("SWITCHBOARD_CONVERSATION_URL"),
-            &public_url,
-        )?;
+        let mail = mail_from_env(&public_url)?;
         Ok(ServerConfig {
             db,
             bind,

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Webhooks(cmd) => ops::webhooks(cmd),
         Command::Simulate(args) => switchboard::simulate::run_cli(args),
         Command::Bench(args) => switchboard::bench::run(args),
+        Command::Mail(cmd) => ops::mail(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

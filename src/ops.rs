@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::app::AppState;
 use crate::auth::users::{self, Email};
 use crate::auth::Role;
-use crate::cli::{KeysCommand, TenantCommand, UserCommand, WebhooksCommand};
+use crate::cli::{KeysCommand, MailCommand, TenantCommand, UserCommand, WebhooksCommand};
 use crate::config::{DbConfig, ServerConfig};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
 use crate::db::schema::memberships;
@@ -24,6 +24,31 @@ fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
     // exit handlers when a thread is connecting meanwhile).
     let opts = PoolOptions { max_size: size, min_idle: Some(size), ..Default::default() };
     connect_pool(cfg.database_url.expose(), opts).context("cannot connect to DATABASE_URL")
+}
+
+/// `switchboard mail test --to ADDRESS`: one mail now, with `serve`'s
+/// settings; a refusal is a failure, with the server's answer.
+pub fn mail(cmd: MailCommand) -> anyhow::Result<()> {
+    let MailCommand::Test { to } = cmd;
+    let public_url = crate::config::public_url_from_env()?;
+    let Some(cfg) = crate::config::mail_from_env(&public_url)? else {
+        bail!("mail is off: set SWITCHBOARD_SMTP_URL (and SWITCHBOARD_MAIL_FROM)")
+    };
+    let mailer = crate::mail::Mailer::new(&cfg)?;
+    let body = format!(
+        "This mail checks the mail settings of the Switchboard server at {public_url}.\n\
+         It arrived, so invitations, password resets and members' notices will too.\n"
+    );
+    let sent = actix_web::rt::System::new()
+        .block_on(async move { mailer.send_now(&to, "Switchboard mail test", &body).await });
+    match sent {
+        crate::mail::Sent::Sent => {
+            println!("sent, from {} (the SMTP server took it; look in the mailbox)", cfg.from);
+            Ok(())
+        }
+        crate::mail::Sent::Refused(why) => bail!("refused for good: {why}"),
+        crate::mail::Sent::NotNow(why) => bail!("not sent (the server would be tried again later): {why}"),
+    }
 }
 
 /// Domain errors carry a clear message; show it as one line.

@@ -195,6 +195,27 @@ impl Mailer {
     }
 }
 
+/// What became of one mail sent at once ([`Mailer::send_now`]).
+pub enum Sent {
+    Sent,
+    /// Refused for good: the reason.
+    Refused(String),
+    /// Not now (the server not reached, a refusal for now): the reason.
+    NotNow(String),
+}
+
+impl Mailer {
+    /// Sends one mail at once, outside the outbox: `switchboard mail test`.
+    pub async fn send_now(&self, to: &str, subject: &str, body: &str) -> Sent {
+        let mail = Due { id: 0, recipient: to.into(), subject: subject.into(), body: body.into(), attempts: 0 };
+        match self.send(&mail).await {
+            Outcome::Sent => Sent::Sent,
+            Outcome::Never(why) => Sent::Refused(why),
+            Outcome::Later(why) => Sent::NotNow(why),
+        }
+    }
+}
+
 /// Sends the mail due now; how many went.
 pub async fn send_due(pool: &crate::db::PgPool, mailer: &Mailer) -> AppResult<usize> {
     let mut sent = 0;

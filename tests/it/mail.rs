@@ -499,3 +499,38 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
     assert_eq!(to_al(), 30);
 }
+
+/// `switchboard mail test --to ADDRESS`: an operator checks the settings
+/// with one mail sent at once, and hears what the server said.
+#[test]
+fn an_operator_checks_the_mail_settings_with_one_mail() {
+    let sink = Sink::start();
+    let run = |smtp: Option<&str>, to: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command.args(["mail", "test", "--to", to]).env_remove("RUST_LOG").current_dir(std::env::temp_dir());
+        for name in ["SWITCHBOARD_SMTP_URL", "SWITCHBOARD_MAIL_FROM", "SWITCHBOARD_PUBLIC_URL", "SWITCHBOARD_BIND"] {
+            command.env_remove(name);
+        }
+        if let Some(url) = smtp {
+            command.env("SWITCHBOARD_SMTP_URL", url).env("SWITCHBOARD_PUBLIC_URL", "https://inbox.example.test");
+        }
+        let out = command.output().expect("run switchboard");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), said)
+    };
+    let (ok, said) = run(Some(&sink.url), "ops@acme.test");
+    assert!(ok && said.contains("sent, from Switchboard <no-reply@inbox.example.test>"), "{said}");
+    let got = sink.to("ops@acme.test");
+    assert_eq!(got.len(), 1, "sent at once, not queued");
+    let (subject, body) = read(&got[0]);
+    assert_eq!(subject, "Switchboard mail test");
+    assert!(body.contains("https://inbox.example.test"), "{body}");
+    let (ok, said) = run(Some(&sink.url), "refused@acme.test");
+    assert!(!ok && said.contains("refused for good") && said.contains("550"), "{said}");
+    let (ok, said) = run(Some("smtp://127.0.0.1:9"), "ops@acme.test");
+    assert!(!ok && said.contains("not sent"), "{said}");
+    let (ok, said) = run(None, "ops@acme.test");
+    assert!(!ok && said.contains("mail is off"), "{said}");
+    let (ok, said) = run(Some("carrier-pigeon"), "ops@acme.test");
+    assert!(!ok && said.contains("SWITCHBOARD_SMTP_URL"), "{said}");
+}
