@@ -249,13 +249,16 @@ pub fn remove(
     Ok(())
 }
 
-/// A member's choice, in one tenant (`email_notifications`; `inbox::notice_mail`).
+/// A member's choice, in one tenant, of the notices they are mailed
+/// (`email_notifications`; `inbox::notice_mail`); all on until changed.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Prefs {
     /// Mailed when a colleague assigns them a conversation.
     pub assigned: bool,
     /// Mailed when a colleague mentions them in a note.
     pub mentioned: bool,
+    /// Mailed when a conversation assigned to them passes its reply target.
+    pub overdue: bool,
 }
 
 /// A change of [`Prefs`]: what is left out stays.
@@ -264,17 +267,18 @@ pub struct Prefs {
 pub struct PrefsChange {
     pub assigned: Option<bool>,
     pub mentioned: Option<bool>,
+    pub overdue: Option<bool>,
 }
 
 /// `user`'s choice in `tenant` (both on for someone not a member).
 pub fn prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Prefs> {
-    let row: Option<(bool, bool)> = memberships::table
+    let row: Option<(bool, bool, bool)> = memberships::table
         .find((user.0, tenant.0))
-        .select((memberships::mail_assigned, memberships::mail_mentioned))
+        .select((memberships::mail_assigned, memberships::mail_mentioned, memberships::mail_overdue))
         .first(conn)
         .optional()?;
-    let (assigned, mentioned) = row.unwrap_or((true, true));
-    Ok(Prefs { assigned, mentioned })
+    let (assigned, mentioned, overdue) = row.unwrap_or((true, true, true));
+    Ok(Prefs { assigned, mentioned, overdue })
 }
 
 /// Applies `change` to `user`'s choice in `tenant`; whether it changed.
@@ -283,12 +287,17 @@ pub fn set_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId, change
     let want = Prefs {
         assigned: change.assigned.unwrap_or(now.assigned),
         mentioned: change.mentioned.unwrap_or(now.mentioned),
+        overdue: change.overdue.unwrap_or(now.overdue),
     };
     if want == now {
         return Ok(false);
     }
     diesel::update(memberships::table.find((user.0, tenant.0)))
-        .set((memberships::mail_assigned.eq(want.assigned), memberships::mail_mentioned.eq(want.mentioned)))
+        .set((
+            memberships::mail_assigned.eq(want.assigned),
+            memberships::mail_mentioned.eq(want.mentioned),
+            memberships::mail_overdue.eq(want.overdue),
+        ))
         .execute(conn)?;
     Ok(true)
 }

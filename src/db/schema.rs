@@ -49,6 +49,7 @@ diesel::table! {
         created_at -> Timestamptz,
         mail_assigned -> Bool,
         mail_mentioned -> Bool,
+        mail_overdue -> Bool,
     }
 }
 

@@ -1,10 +1,13 @@
 //! Mail about the inbox: a member who is not online hears by mail that a
-//! colleague assigned them a conversation or mentioned them in a note (an
+//! colleague assigned them a conversation or mentioned them in a note, or
+//! that a conversation assigned to them passed its reply target (an
 //! extension; with mail on, `mail`).
 //!
 //! Decisions:
 //! - The trigger is the notice a change leaves for one member: a
-//!   mention's `notification` event, or an assignment's notice kept for
+//!   mention's or an overdue reply's `notification` event (the latter to
+//!   the assignee; one without an assignee mails nobody), or an
+//!   assignment's notice kept for
 //!   mail alone (`{kind: "assigned", user_id, by, conversation_id}`; the
 //!   live inbox has `conversation.updated` with the assignee, and its
 //!   stream stays as clients know it). The same unit of work queues the
@@ -17,8 +20,8 @@
 //!   someone looking at the inbox sees it there. Never
 //!   for what a member does to themselves (taking a conversation).
 //! - Each member chooses, per tenant, `email_notifications: {assigned,
-//!   mentioned}` (`GET`/`PATCH /api/me`); both on by default, as support
-//!   tools do.
+//!   mentioned, overdue}` (`GET`/`PATCH /api/me`); all on by default, as
+//!   support tools do.
 //! - One mail per member and unit of work: a bulk change assigning forty
 //!   conversations sends one mail listing the first [`MOST_LISTED`] and
 //!   how many more. At most [`MOST_PER_HOUR`] such mails to an address an
@@ -103,7 +106,7 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
     for payload in log.notices() {
         let Ok(notice) = serde_json::from_str::<Notice>(payload) else { continue };
         let Some((user, by, conversation)) = notice.ids() else { continue };
-        let wanted = matches!(notice.kind.as_str(), "assigned" | "mention");
+        let wanted = matches!(notice.kind.as_str(), "assigned" | "mention" | "reply_overdue");
         if !wanted || by == Some(user) || reach.online.contains(&UserId(user)) {
             continue;
         }
@@ -120,7 +123,11 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         let Some(person) = users::find(tc.pg(), UserId(member))? else { continue };
         let mut lines = Vec::new();
         for (notice, by, conversation) in &notices {
-            let asked = if notice.kind == "assigned" { prefs.assigned } else { prefs.mentioned };
+            let asked = match notice.kind.as_str() {
+                "assigned" => prefs.assigned,
+                "mention" => prefs.mentioned,
+                _ => prefs.overdue,
+            };
             if asked {
                 lines.push(line(tc, notice, *by, *conversation)?);
             }
@@ -174,13 +181,20 @@ fn line(tc: &mut TenantConn<'_>, notice: &Notice, by: Option<i64>, conversation:
         None => (None, "a channel".into(), None),
     };
     let customer = name.clone().unwrap_or_else(|| "a customer".into());
-    let (done, preview) = if notice.kind == "assigned" {
-        let writer = name.unwrap_or_else(|| "Customer".into());
-        ("assigned you the conversation with", last_in.map(|t| format!("{writer}: {}", clip(&t))))
-    } else {
-        ("mentioned you in the conversation with", notice.preview.as_deref().map(|t| format!("{who}: {}", clip(t))))
+    let customer_said = |writer: Option<String>| {
+        let writer = writer.unwrap_or_else(|| "Customer".into());
+        last_in.as_deref().map(|t| format!("{writer}: {}", clip(t)))
     };
-    let mut text = format!("{who} {done} {customer} ({channel}).");
+    let (mut text, preview) = match notice.kind.as_str() {
+        "assigned" => {
+            (format!("{who} assigned you the conversation with {customer} ({channel})."), customer_said(name))
+        }
+        "mention" => (
+            format!("{who} mentioned you in the conversation with {customer} ({channel})."),
+            notice.preview.as_deref().map(|t| format!("{who}: {}", clip(t))),
+        ),
+        _ => (format!("The reply to {customer} ({channel}) is overdue: they are still waiting."), customer_said(name)),
+    };
     if let Some(p) = preview {
         text.push_str(&format!("\n  \u{201c}{p}\u{201d}"));
     }

@@ -380,7 +380,8 @@ async fn assign(app: &TestApp, t: &str, conversation: &str, to: Value) -> crate:
 }
 
 /// A member who is not online hears by mail that a colleague assigned
-/// them a conversation or mentioned them (`inbox::notice_mail`): one mail
+/// them a conversation or mentioned them, or that one of theirs is overdue
+/// (`inbox::notice_mail`): one mail
 /// per change (a bulk one lists its conversations), none for what they
 /// did themselves, none when they turned it off, none while online, and
 /// no more than the hourly limit.
@@ -454,11 +455,11 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
 
     // Al turns assignment mails off (in this tenant): none for the next.
     let me = app.call("GET", "/api/me", Some(&al), None).await;
-    assert_eq!(me.body["email_notifications"], json!({"assigned": true, "mentioned": true}));
+    assert_eq!(me.body["email_notifications"], json!({"assigned": true, "mentioned": true, "overdue": true}));
     let off = json!({"email_notifications": {"assigned": false}});
     let r = app.call("PATCH", "/api/me", Some(&al), Some(off)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.body["email_notifications"], json!({"assigned": false, "mentioned": true}));
+    assert_eq!(r.body["email_notifications"], json!({"assigned": false, "mentioned": true, "overdue": true}));
     let bad = json!({"email_notifications": {"assigned": "no"}});
     assert_eq!(app.call("PATCH", "/api/me", Some(&al), Some(bad)).await.status, 422);
     assert_eq!(assign(&app, &ctx.admin, &conv[1], Value::Null).await.status, 200);
@@ -487,12 +488,34 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert_eq!(to_al(), 3);
     drop(socket);
 
-    // Offline again, with this hour's mails used up: nothing more.
+    // Offline again: a conversation of Al's passes its reply target (the
+    // clock's ring), and Al is mailed; one of nobody's mails nobody.
     eventually("Al gone", || async { !app.state.online.of(tenant).contains(&al_user) }).await;
     run(
         &app,
+        &format!(
+            "UPDATE tenant_acme.conversations SET status = 'open', waiting_since = now() - interval '2 hours',                     reply_due_at = now() - interval '1 hour', overdue_rung_for = NULL               WHERE id IN ({}, {})",
+            conv[2], conv[3]
+        ),
+    );
+    assert_eq!(assign(&app, &ctx.admin, &conv[3], Value::Null).await.status, 200);
+    let ring = |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
+        switchboard::inbox::waiting::ring_overdue(tc, log)
+    };
+    let scope = switchboard::db::TenantScope::system(tenant);
+    assert_eq!(app.state.tenant_with_events(scope, ring).await.expect("rung"), 2);
+    assert_eq!(to_al(), 4);
+    let mails = mail_to(&sink, "al@acme.test", 4).await;
+    let (subject, text) = read(&mails[3]);
+    assert!(subject.starts_with("The reply to ") && subject.contains(" is overdue"), "{subject}");
+    assert!(text.contains("Wo ist meine Bestellung Nr. 2?"), "{text}");
+    assert!(text.contains(&format!("/acme/conversations/{}", conv[2])), "{text}");
+
+    // With this hour's mails used up: nothing more.
+    run(
+        &app,
         "INSERT INTO public.mail_outbox (recipient, subject, body, kind, sent_at) \
-         SELECT 'al@acme.test', 'earlier', '', 'notice', now() FROM generate_series(1, 27)",
+         SELECT 'al@acme.test', 'earlier', '', 'notice', now() FROM generate_series(1, 26)",
     );
     let note = json!({"text": "@Al zu viel", "private": true, "mentions": [al_id], "client_id": "note-3"});
     let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
