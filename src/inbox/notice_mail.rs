@@ -39,7 +39,7 @@
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::events::EventLog;
 use crate::auth::members::prefs;
@@ -118,28 +118,44 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
     let tenant_id = tc.tenant();
     let Some(tenant) = crate::tenancy::find(tc.pg(), tenant_id)? else { return Ok(0) };
     let mut queued = 0;
+    // A colleague named in several lines is looked up once.
+    let mut names: HashMap<i64, String> = HashMap::new();
     for (member, notices) in by_member {
         let prefs = prefs(tc.pg(), UserId(member), tenant_id)?;
-        let Some(person) = users::find(tc.pg(), UserId(member))? else { continue };
-        let mut lines = Vec::new();
-        for (notice, by, conversation) in &notices {
-            let asked = match notice.kind.as_str() {
+        let asked: Vec<_> = notices
+            .iter()
+            .filter(|(notice, ..)| match notice.kind.as_str() {
                 "assigned" => prefs.assigned,
                 "mention" => prefs.mentioned,
                 _ => prefs.overdue,
-            };
-            if asked {
-                lines.push(line(tc, notice, *by, *conversation)?);
-            }
-        }
-        if lines.is_empty() {
+            })
+            .collect();
+        if asked.is_empty() {
             continue;
         }
+        let Some(person) = users::find(tc.pg(), UserId(member))? else { continue };
         if sent_lately(tc.pg(), &person.email)? >= MOST_PER_HOUR {
             tracing::info!(user_id = member, "notice mail skipped: this address had its mails this hour");
             continue;
         }
-        let (subject, body) = compose(&tenant, &lines, reach.conversation_url);
+        // Only the listed lines are worked out; the rest are counted.
+        let mut lines = Vec::with_capacity(asked.len().min(MOST_LISTED));
+        for (notice, by, conversation) in asked.iter().take(MOST_LISTED) {
+            let who = match by {
+                Some(id) => match names.get(id) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let found = users::find(tc.pg(), UserId(*id))?;
+                        let name = found.map_or_else(|| "A colleague".into(), |u| u.display_name().to_string());
+                        names.insert(*id, name.clone());
+                        name
+                    }
+                },
+                None => "A colleague".into(),
+            };
+            lines.push(line(tc, notice, &who, *conversation)?);
+        }
+        let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url);
         crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body)?;
         queued += 1;
     }
@@ -159,13 +175,7 @@ fn sent_lately(conn: &mut PgConnection, address: &str) -> AppResult<i64> {
 
 /// "Al assigned you the conversation with Ana (Acme Support)", and a
 /// preview.
-fn line(tc: &mut TenantConn<'_>, notice: &Notice, by: Option<i64>, conversation: i64) -> AppResult<Line> {
-    let who = match by {
-        Some(id) => {
-            users::find(tc.pg(), UserId(id))?.map_or_else(|| "A colleague".into(), |u| u.display_name().to_string())
-        }
-        None => "A colleague".into(),
-    };
+fn line(tc: &mut TenantConn<'_>, notice: &Notice, who: &str, conversation: i64) -> AppResult<Line> {
     let about: Option<About> = diesel::sql_query(
         "SELECT ct.name AS contact, ch.name AS channel, \
                 (SELECT m.text FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'in' \
@@ -211,13 +221,14 @@ fn clip(text: &str) -> String {
     }
 }
 
-fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], url: Option<&str>) -> (String, String) {
+/// The mail of `lines`, the first of `all` notices.
+fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], all: usize, url: Option<&str>) -> (String, String) {
     let subject = match lines {
-        [one] => format!("{} — {}", first_words(&one.text), tenant.name),
-        _ => format!("{} conversations need you in {}", lines.len(), tenant.name),
+        [one] if all == 1 => format!("{} — {}", first_words(&one.text), tenant.name),
+        _ => format!("{all} conversations need you in {}", tenant.name),
     };
     let mut body = String::new();
-    for line in lines.iter().take(MOST_LISTED) {
+    for line in lines {
         body.push_str(&line.text);
         body.push('\n');
         if let Some(url) = url {
@@ -228,11 +239,11 @@ fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], url: Option<&str>) -
         }
         body.push('\n');
     }
-    if lines.len() > MOST_LISTED {
-        body.push_str(&format!("…and {} more.\n\n", lines.len() - MOST_LISTED));
+    if all > lines.len() {
+        body.push_str(&format!("…and {} more.\n\n", all - lines.len()));
     }
     if url.is_none() {
-        let them = if lines.len() == 1 { "it" } else { "them" };
+        let them = if all == 1 { "it" } else { "them" };
         body.push_str(&format!("Find {them} in the {} inbox (workspace “{}”).\n\n", tenant.name, tenant.slug));
     }
     body.push_str(
@@ -257,6 +268,30 @@ mod tests {
         let long = "é".repeat(PREVIEW_CHARS + 5);
         assert_eq!(clip(&long).chars().count(), PREVIEW_CHARS + 1);
         assert!(clip(&long).ends_with('…'));
+    }
+
+    #[test]
+    fn a_mail_lists_its_first_lines_and_counts_the_rest() {
+        let tenant = crate::tenancy::Tenant {
+            id: 1,
+            slug: "acme".into(),
+            name: "Acme".into(),
+            schema_name: "tenant_acme".into(),
+            status: "active".into(),
+            schema_version: None,
+            created_at: chrono::Utc::now(),
+            require_mfa: false,
+        };
+        let lines: Vec<Line> =
+            (1..=MOST_LISTED as i64).map(|n| Line { conversation: n, text: format!("Line {n}.") }).collect();
+        let (subject, body) =
+            compose(&tenant, &lines, MOST_LISTED + 2, Some("https://x.test/{tenant}/c/{conversation_id}"));
+        assert_eq!(subject, format!("{} conversations need you in Acme", MOST_LISTED + 2));
+        assert!(body.contains("Line 1.\n  https://x.test/acme/c/1\n") && body.contains("…and 2 more."), "{body}");
+        assert!(!body.contains("Find"), "a link says where: {body}");
+        let (subject, body) = compose(&tenant, &lines[..1], 1, None);
+        assert_eq!(subject, "Line 1 — Acme");
+        assert!(body.contains("Find it in the Acme inbox (workspace “acme”)."), "{body}");
     }
 
     #[test]
