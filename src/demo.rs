@@ -141,7 +141,7 @@ pub fn run() -> anyhow::Result<()> {
         allowed_origins: Vec::new(),
         ws_max_per_member: None,
         webhooks_private_ok: true,
-        // Mail (invitations, password resets) is printed here.
+        // Mail (invitations, password resets, members' notices) is printed here.
         mail: Some(crate::config::MailConfig {
             smtp_url: crate::secret::Secret::new(crate::mail::PRINT.to_string()),
             from: "Switchboard demo <no-reply@switchboard.test>".into(),
@@ -166,7 +166,10 @@ pub fn run() -> anyhow::Result<()> {
                 println!("write first on WhatsApp: POST {base}/api/conversations");
                 println!("           {{\"channel_id\":\"<the WhatsApp channel's id>\",\"phone_number\":\"+55 11 98765-4321\",");
                 println!("            \"template\":{{\"name\":\"hello_world\",\"language\":\"en_US\"}}}}");
-                println!("mail (invitations, password resets: POST {base}/api/auth/password-reset) is printed here\n");
+                println!(
+                    "mail (invitations, password resets: POST {base}/api/auth/password-reset, notices to members \
+                     not online) is printed here\n"
+                );
                 actix_web::rt::spawn(customers(fake_base.clone(), targets.clone()));
             }
             Err(e) => eprintln!("demo seeding failed: {e:#}"),
