@@ -272,13 +272,18 @@ pub struct PrefsChange {
 
 /// `user`'s choice in `tenant` (both on for someone not a member).
 pub fn prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Prefs> {
+    Ok(prefs_of_member(conn, user, tenant)?.unwrap_or(Prefs { assigned: true, mentioned: true, overdue: true }))
+}
+
+/// `user`'s choice in `tenant`, if they are a member (`None`: someone
+/// who left, whom nothing of the tenant's is mailed).
+pub fn prefs_of_member(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Option<Prefs>> {
     let row: Option<(bool, bool, bool)> = memberships::table
         .find((user.0, tenant.0))
         .select((memberships::mail_assigned, memberships::mail_mentioned, memberships::mail_overdue))
         .first(conn)
         .optional()?;
-    let (assigned, mentioned, overdue) = row.unwrap_or((true, true, true));
-    Ok(Prefs { assigned, mentioned, overdue })
+    Ok(row.map(|(assigned, mentioned, overdue)| Prefs { assigned, mentioned, overdue }))
 }
 
 /// Applies `change` to `user`'s choice in `tenant`; whether it changed.

@@ -42,7 +42,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
 use super::events::EventLog;
-use crate::auth::members::prefs;
+use crate::auth::members::prefs_of_member;
 use crate::auth::users;
 use crate::db::schema::mail_outbox;
 use crate::db::TenantConn;
@@ -121,7 +121,9 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
     // A colleague named in several lines is looked up once.
     let mut names: HashMap<i64, String> = HashMap::new();
     for (member, notices) in by_member {
-        let prefs = prefs(tc.pg(), UserId(member), tenant_id)?;
+        // A conversation may still name someone who left the tenant (its
+        // reply target passing): they are mailed nothing of it.
+        let Some(prefs) = prefs_of_member(tc.pg(), UserId(member), tenant_id)? else { continue };
         let asked: Vec<_> = notices
             .iter()
             .filter(|(notice, ..)| match notice.kind.as_str() {

@@ -511,6 +511,23 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert!(text.contains("Wo ist meine Bestellung Nr. 2?"), "{text}");
     assert!(text.contains(&format!("/acme/conversations/{}", conv[2])), "{text}");
 
+    // Someone who left the tenant is mailed nothing of it, though a
+    // conversation still names them.
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let bo_id = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body["user_id"].clone();
+    let bo_id = bo_id.as_str().expect("bo").to_string();
+    let members = json!({"user_ids": [al_id, bo_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(assign(&app, &ctx.admin, &conv[3], json!(bo_id)).await.status, 200);
+    let to_bo = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'bo@acme.test'");
+    assert_eq!(to_bo(), 1, "assigned while a member");
+    let r = app.call("DELETE", &format!("/api/members/{bo_id}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    run(&app, &format!("UPDATE tenant_acme.conversations SET overdue_rung_for = NULL WHERE id = {}", conv[3]));
+    assert_eq!(app.state.tenant_with_events(scope, ring).await.expect("rung"), 1);
+    assert_eq!(to_bo(), 1);
+
     // With this hour's mails used up: nothing more.
     run(
         &app,
