@@ -236,6 +236,7 @@ pub fn remove(
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
+    crate::inbox::conversations::release(tc, log, actor, user, None, "member_removed")?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

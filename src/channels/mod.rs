@@ -684,7 +684,13 @@ pub fn announce_settings(
 }
 
 /// Replaces the channel's member list; every user must be a member of the tenant.
-pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users: &[UserId]) -> AppResult<ChannelView> {
+pub fn set_members(
+    tc: &mut TenantConn<'_>,
+    log: &mut crate::inbox::events::EventLog,
+    actor: UserId,
+    id: ChannelId,
+    users: &[UserId],
+) -> AppResult<ChannelView> {
     find(tc, id)?;
     let ids = crate::auth::members::all_members(tc, users)?;
     // The same list again (a retry): nothing to write, audit or tell.
@@ -701,6 +707,14 @@ pub fn set_members(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, users:
         ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();
     diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
     audit::record(tc, Some(actor), "channel.members_set", "channel", Some(id.to_string()), json!({"user_ids": ids}))?;
+    // Someone who no longer sees the channel (owners and admins see every
+    // one) answers none of its customers: theirs go back to the queue.
+    for gone in current.iter().filter(|u| !ids.contains(u)) {
+        let sees_all = crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin));
+        if !sees_all {
+            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), Some(id.0), "channel_left")?;
+        }
+    }
     // Open sockets widen or narrow to the new channel sets.
     let t = tc.tenant().0;
     crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Acl { t })?;

@@ -183,7 +183,9 @@ async fn set_members(
     let id = channel_id(&path)?;
     let actor = auth.user;
     let users = body.into_inner().user_ids;
-    let view = state.db.tenant(auth.scope(), move |tc| channels::set_members(tc, actor, id, &users)).await?;
+    let view = state
+        .tenant_with_events(auth.scope(), move |tc, log| channels::set_members(tc, log, actor, id, &users))
+        .await?;
     Ok(HttpResponse::Ok().json(view))
 }
 

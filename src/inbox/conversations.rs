@@ -845,6 +845,48 @@ pub fn least_busy(
     Ok(answering.into_iter().filter(room).min_by_key(|u| (busy(*u), *u)).map(UserId))
 }
 
+/// Takes `member`'s unresolved conversations (of `channel` only, when
+/// given) back to the queue: they left the tenant, or lost the channel,
+/// and a customer must not wait on someone who will never answer. Each is
+/// announced (`conversation.updated`) and audited (`conversation.assigned`
+/// with `by`: why); resolved ones keep their assignee for the reports.
+/// Locked in id order, as the webhook path locks. How many.
+pub fn release(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    actor: UserId,
+    member: UserId,
+    channel: Option<i64>,
+    why: &str,
+) -> AppResult<usize> {
+    let held = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
+    let ids: Vec<i64> = match channel {
+        Some(channel) => held.filter(c::channel_id.eq(channel)).select(c::id).for_update().load(tc.pg())?,
+        None => held.select(c::id).for_update().load(tc.pg())?,
+    };
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let released: Vec<ConversationRow> = diesel::update(c::table.filter(c::id.eq_any(&ids)))
+        .set((c::assignee_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
+        .returning(ConversationRow::as_returning())
+        .get_results(tc.pg())?;
+    let mut names = Names::default();
+    for row in &released {
+        let id = ConversationId(row.id);
+        audit_change(
+            tc,
+            actor,
+            id,
+            "conversation.assigned",
+            json!({"from": member.to_string(), "to": null, "by": why}),
+        )?;
+        let view = names.conversation(tc, row)?;
+        log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+    }
+    Ok(released.len())
+}
+
 /// Assigns a conversation no one has to `agent`, by the server (the audit
 /// entry has no actor). A conversation someone took meanwhile keeps them.
 pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId) -> AppResult<bool> {

@@ -6859,3 +6859,80 @@ async fn the_inbox_counts_what_its_lists_hold() {
     }
     assert_eq!(app.call("GET", "/api/conversations/counts", None, None).await.status, 401);
 }
+
+/// Someone who leaves the tenant, or an agent who no longer sees a
+/// channel, hands their unresolved conversations back to the queue (each
+/// announced and audited); resolved ones keep them for the reports, and an
+/// admin taken off a channel's list still sees it and keeps theirs.
+#[actix_web::test]
+async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, _al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let ann_id =
+        app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let list = |ids: Value| {
+        let app = &app;
+        let (admin, page) = (ctx.admin.clone(), page.clone());
+        async move {
+            let path = format!("/api/channels/{page}/members");
+            let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": ids}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    list(json!([al_id])).await;
+    let customers = ["6200000000000001", "6200000000000002", "6200000000000003"];
+    for psid in customers {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá, alguém aí?"})).await;
+    }
+    app.processed().await;
+    let all = conversations(&app, &ctx.admin, "").await;
+    let conv: Vec<String> =
+        customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    let patch = |c: &str, change: Value| {
+        let app = &app;
+        let (admin, path) = (ctx.admin.clone(), format!("/api/conversations/{c}"));
+        async move {
+            let r = app.call("PATCH", &path, Some(&admin), Some(change)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    let assignee = |c: &str| {
+        let app = &app;
+        let (admin, path) = (ctx.admin.clone(), format!("/api/conversations/{c}"));
+        async move { app.call("GET", &path, Some(&admin), None).await.body["assignee_id"].clone() }
+    };
+    for c in &conv {
+        patch(c, json!({"assignee_id": al_id})).await;
+    }
+    patch(&conv[2], json!({"status": "resolved"})).await;
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+
+    // Al no longer on the channel: the two open ones go back to the queue.
+    list(json!([])).await;
+    assert_eq!((assignee(&conv[0]).await, assignee(&conv[1]).await), (Value::Null, Value::Null));
+    assert_eq!(assignee(&conv[2]).await, json!(al_id), "a resolved one keeps its assignee");
+    let told = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(10)).await;
+    assert_eq!(told.expect("announced")["data"]["assignee_id"], Value::Null);
+    let released = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+                    AND details->>'to' IS NULL AND details->>'by' = ";
+    assert_eq!(app.count(&format!("{released}'channel_left'")), 2);
+    // The same list again changes nothing.
+    list(json!([])).await;
+    assert_eq!(app.count(&format!("{released}'channel_left'")), 2);
+
+    // An admin taken off the list still sees the channel, and keeps theirs.
+    list(json!([al_id, ann_id])).await;
+    patch(&conv[1], json!({"assignee_id": ann_id})).await;
+    patch(&conv[0], json!({"assignee_id": al_id})).await;
+    list(json!([al_id])).await;
+    assert_eq!(assignee(&conv[1]).await, json!(ann_id));
+
+    // Al leaves the tenant: theirs go back too.
+    assert_eq!(app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await.status, 204);
+    assert_eq!(assignee(&conv[0]).await, Value::Null);
+    assert_eq!(assignee(&conv[2]).await, json!(al_id));
+    assert_eq!(app.count(&format!("{released}'member_removed'")), 1);
+}

@@ -374,6 +374,10 @@ async fn printed_mail_counts_as_sent() {
     .await;
 }
 
+async fn assign_of(app: &TestApp, t: &str, conversation: &str) -> Value {
+    app.call("GET", &format!("/api/conversations/{conversation}"), Some(t), None).await.body["assignee_id"].clone()
+}
+
 async fn assign(app: &TestApp, t: &str, conversation: &str, to: Value) -> crate::common::Resp {
     let path = format!("/api/conversations/{conversation}");
     app.call("PATCH", &path, Some(t), Some(json!({"assignee_id": to}))).await
@@ -511,8 +515,9 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert!(text.contains("Wo ist meine Bestellung Nr. 2?"), "{text}");
     assert!(text.contains(&format!("/acme/conversations/{}", conv[2])), "{text}");
 
-    // Someone who left the tenant is mailed nothing of it, though a
-    // conversation still names them.
+    // Someone who left the tenant is mailed nothing of it: their
+    // conversations went back to the queue, and one that still names them
+    // (kept from before that was so) mails them nothing.
     let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
     let bo_id = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body["user_id"].clone();
     let bo_id = bo_id.as_str().expect("bo").to_string();
@@ -524,7 +529,14 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert_eq!(to_bo(), 1, "assigned while a member");
     let r = app.call("DELETE", &format!("/api/members/{bo_id}"), Some(&ctx.admin), None).await;
     assert_eq!(r.status, 204, "{:?}", r.body);
-    run(&app, &format!("UPDATE tenant_acme.conversations SET overdue_rung_for = NULL WHERE id = {}", conv[3]));
+    assert_eq!(assign_of(&app, &ctx.admin, &conv[3]).await, Value::Null, "back in the queue");
+    run(
+        &app,
+        &format!(
+            "UPDATE tenant_acme.conversations SET overdue_rung_for = NULL, assignee_id = {bo_id} WHERE id = {}",
+            conv[3]
+        ),
+    );
     assert_eq!(app.state.tenant_with_events(scope, ring).await.expect("rung"), 1);
     assert_eq!(to_bo(), 1);
 
