@@ -18,6 +18,7 @@ use crate::db::schema::{memberships, users as users_t};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
+use crate::inbox::conversations::Released;
 use crate::realtime::bus::{notify_live, LiveMsg};
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +183,7 @@ fn owner_count_locked(tc: &mut TenantConn<'_>) -> AppResult<usize> {
 
 pub fn change_role(
     tc: &mut TenantConn<'_>,
+    log: &mut crate::inbox::events::EventLog,
     actor: UserId,
     actor_role: Role,
     user: UserId,
@@ -211,6 +213,16 @@ pub fn change_role(
         Some(user.to_string()),
         json!({"from": current.role, "to": role}),
     )?;
+    // What they may no longer answer goes back to the queue: a viewer
+    // answers nothing; an agent, only the channels they are listed on.
+    let no_longer = match role {
+        Role::Viewer => Some(Released::All),
+        Role::Agent if current.role.at_least(Role::Admin) => Some(Released::Unlisted),
+        _ => None,
+    };
+    if let Some(which) = no_longer {
+        crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed")?;
+    }
     get(tc, user)
 }
 
@@ -236,7 +248,7 @@ pub fn remove(
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
-    crate::inbox::conversations::release(tc, log, actor, user, None, "member_removed")?;
+    crate::inbox::conversations::release(tc, log, actor, user, Released::All, "member_removed")?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

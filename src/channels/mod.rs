@@ -712,7 +712,8 @@ pub fn set_members(
     for gone in current.iter().filter(|u| !ids.contains(u)) {
         let sees_all = crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin));
         if !sees_all {
-            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), Some(id.0), "channel_left")?;
+            let which = crate::inbox::conversations::Released::Of(id.0);
+            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), which, "channel_left")?;
         }
     }
     // Open sockets widen or narrow to the new channel sets.

@@ -83,8 +83,11 @@ async fn change_role(
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
     let role = parse_role(&body.role)?;
-    let member =
-        state.db.tenant(auth.scope(), move |tc| members::change_role(tc, auth.user, auth.role, user, role)).await?;
+    let member = state
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            members::change_role(tc, log, auth.user, auth.role, user, role)
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(member))
 }
 

@@ -845,9 +845,21 @@ pub fn least_busy(
     Ok(answering.into_iter().filter(room).min_by_key(|u| (busy(*u), *u)).map(UserId))
 }
 
-/// Takes `member`'s unresolved conversations (of `channel` only, when
-/// given) back to the queue: they left the tenant, or lost the channel,
-/// and a customer must not wait on someone who will never answer. Each is
+/// Which of a member's conversations [`release`] hands back.
+#[derive(Debug, Clone, Copy)]
+pub enum Released {
+    /// Every one: they left the tenant, or may no longer answer (viewer).
+    All,
+    /// Those of a channel they no longer see.
+    Of(i64),
+    /// Those of the channels they are not listed on: an admin who became
+    /// an agent sees only those.
+    Unlisted,
+}
+
+/// Takes `member`'s unresolved conversations (those `which` names) back
+/// to the queue: they left the tenant, lost the channel, or may no longer
+/// answer, and a customer must not wait on someone who will not. Each is
 /// announced (`conversation.updated`) and audited (`conversation.assigned`
 /// with `by`: why); resolved ones keep their assignee for the reports.
 /// Locked in id order, as the webhook path locks. How many.
@@ -856,13 +868,18 @@ pub fn release(
     log: &mut EventLog,
     actor: UserId,
     member: UserId,
-    channel: Option<i64>,
+    which: Released,
     why: &str,
 ) -> AppResult<usize> {
     let held = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
-    let ids: Vec<i64> = match channel {
-        Some(channel) => held.filter(c::channel_id.eq(channel)).select(c::id).for_update().load(tc.pg())?,
-        None => held.select(c::id).for_update().load(tc.pg())?,
+    let listed =
+        channel_members::table.filter(channel_members::user_id.eq(member.0)).select(channel_members::channel_id);
+    let ids: Vec<i64> = match which {
+        Released::All => held.select(c::id).for_update().load(tc.pg())?,
+        Released::Of(channel) => held.filter(c::channel_id.eq(channel)).select(c::id).for_update().load(tc.pg())?,
+        Released::Unlisted => {
+            held.filter(diesel::dsl::not(c::channel_id.eq_any(listed))).select(c::id).for_update().load(tc.pg())?
+        }
     };
     if ids.is_empty() {
         return Ok(0);

@@ -6935,4 +6935,32 @@ async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
     assert_eq!(assignee(&conv[0]).await, Value::Null);
     assert_eq!(assignee(&conv[2]).await, json!(al_id));
     assert_eq!(app.count(&format!("{released}'member_removed'")), 1);
+
+    // An admin who becomes an agent keeps what the channels they are
+    // listed on hold; a viewer answers nothing, and keeps none.
+    let add = |email: &str, role: &str| {
+        let app = &app;
+        let admin = ctx.admin.clone();
+        let member = json!({"email": email, "role": role, "password": "member-password-1"});
+        async move {
+            let r = app.call("POST", "/api/members", Some(&admin), Some(member)).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            r.body["user_id"].as_str().expect("id").to_string()
+        }
+    };
+    let (ed_id, vi_id) = (add("ed@acme.test", "admin").await, add("vi@acme.test", "agent").await);
+    list(json!([vi_id])).await;
+    patch(&conv[0], json!({"assignee_id": ed_id})).await;
+    patch(&conv[1], json!({"assignee_id": vi_id})).await;
+    let role = |user: &str, role: &str| {
+        let app = &app;
+        let (admin, path) = (ctx.admin.clone(), format!("/api/members/{user}"));
+        let body = json!({"role": role});
+        async move { assert_eq!(app.call("PATCH", &path, Some(&admin), Some(body)).await.status, 200) }
+    };
+    role(&ed_id, "agent").await;
+    assert_eq!((assignee(&conv[0]).await, assignee(&conv[1]).await), (Value::Null, json!(vi_id)));
+    role(&vi_id, "viewer").await;
+    assert_eq!(assignee(&conv[1]).await, Value::Null);
+    assert_eq!(app.count(&format!("{released}'role_changed'")), 2);
 }
