@@ -133,8 +133,8 @@ pub fn create(conn: &mut PgConnection, email: &Email, name: &str, password: &str
 
 /// How colleagues see a user: their name, or their email when they have none.
 pub fn display_name(conn: &mut PgConnection, user: UserId) -> Result<String, DbError> {
-    let (name, email): (String, String) = users::table.find(user.0).select((users::name, users::email)).first(conn)?;
-    Ok(if name.is_empty() { email } else { name })
+    let user: User = users::table.find(user.0).select(User::as_select()).first(conn)?;
+    Ok(user.display_name().to_string())
 }
 
 #[cfg(test)]

@@ -143,18 +143,7 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         // Only the listed lines are worked out; the rest are counted.
         let mut lines = Vec::with_capacity(asked.len().min(MOST_LISTED));
         for (notice, by, conversation) in asked.iter().take(MOST_LISTED) {
-            let who = match by {
-                Some(id) => match names.get(id) {
-                    Some(name) => name.clone(),
-                    None => {
-                        let found = users::find(tc.pg(), UserId(*id))?;
-                        let name = found.map_or_else(|| "A colleague".into(), |u| u.display_name().to_string());
-                        names.insert(*id, name.clone());
-                        name
-                    }
-                },
-                None => "A colleague".into(),
-            };
+            let who = colleague(tc, &mut names, *by)?;
             lines.push(line(tc, notice, &who, *conversation)?);
         }
         let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url);
@@ -162,6 +151,17 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         queued += 1;
     }
     Ok(queued)
+}
+
+/// The name colleague `by` goes by, looked up once per mail run.
+fn colleague(tc: &mut TenantConn<'_>, names: &mut HashMap<i64, String>, by: Option<i64>) -> AppResult<String> {
+    let Some(id) = by else { return Ok("A colleague".into()) };
+    if let Some(name) = names.get(&id) {
+        return Ok(name.clone());
+    }
+    let name = users::find(tc.pg(), UserId(id))?.map_or_else(|| "A colleague".into(), |u| u.display_name().to_string());
+    names.insert(id, name.clone());
+    Ok(name)
 }
 
 fn sent_lately(conn: &mut PgConnection, address: &str) -> AppResult<i64> {
