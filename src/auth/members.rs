@@ -188,6 +188,7 @@ pub fn change_role(
     actor_role: Role,
     user: UserId,
     role: Role,
+    online: &[UserId],
 ) -> AppResult<Member> {
     ensure_may_grant(actor_role, role)?;
     let owners = owner_count_locked(tc)?;
@@ -221,7 +222,7 @@ pub fn change_role(
         _ => None,
     };
     if let Some(which) = no_longer {
-        crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed")?;
+        crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed", online)?;
     }
     get(tc, user)
 }
@@ -232,6 +233,7 @@ pub fn remove(
     actor: UserId,
     actor_role: Role,
     user: UserId,
+    online: &[UserId],
 ) -> AppResult<()> {
     let owners = owner_count_locked(tc)?;
     let current = get(tc, user)?;
@@ -248,7 +250,7 @@ pub fn remove(
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
-    crate::inbox::conversations::release(tc, log, actor, user, Released::All, "member_removed")?;
+    crate::inbox::conversations::release(tc, log, actor, user, Released::All, "member_removed", online)?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

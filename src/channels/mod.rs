@@ -690,6 +690,7 @@ pub fn set_members(
     actor: UserId,
     id: ChannelId,
     users: &[UserId],
+    online: &[UserId],
 ) -> AppResult<ChannelView> {
     find(tc, id)?;
     let ids = crate::auth::members::all_members(tc, users)?;
@@ -708,12 +709,13 @@ pub fn set_members(
     diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
     audit::record(tc, Some(actor), "channel.members_set", "channel", Some(id.to_string()), json!({"user_ids": ids}))?;
     // Someone who no longer sees the channel (owners and admins see every
-    // one) answers none of its customers: theirs go back to the queue.
+    // one) answers none of its customers: theirs go back to the queue
+    // (or to someone online, where the channel hands them out).
     for gone in current.iter().filter(|u| !ids.contains(u)) {
         let sees_all = crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin));
         if !sees_all {
             let which = crate::inbox::conversations::Released::Of(id.0);
-            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), which, "channel_left")?;
+            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), which, "channel_left", online)?;
         }
     }
     // Open sockets widen or narrow to the new channel sets.

@@ -183,8 +183,9 @@ async fn set_members(
     let id = channel_id(&path)?;
     let actor = auth.user;
     let users = body.into_inner().user_ids;
+    let online = state.online.of(auth.tenant);
     let view = state
-        .tenant_with_events(auth.scope(), move |tc, log| channels::set_members(tc, log, actor, id, &users))
+        .tenant_with_events(auth.scope(), move |tc, log| channels::set_members(tc, log, actor, id, &users, &online))
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

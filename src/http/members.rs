@@ -83,9 +83,11 @@ async fn change_role(
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
     let role = parse_role(&body.role)?;
+    // Whom what they may no longer answer can go to (`release`).
+    let online = state.online.of(auth.tenant);
     let member = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            members::change_role(tc, log, auth.user, auth.role, user, role)
+            members::change_role(tc, log, auth.user, auth.role, user, role, &online)
         })
         .await?;
     Ok(HttpResponse::Ok().json(member))
@@ -94,7 +96,10 @@ async fn change_role(
 async fn remove(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
-    state.tenant_with_events(auth.scope(), move |tc, log| members::remove(tc, log, auth.user, auth.role, user)).await?;
+    let online = state.online.of(auth.tenant);
+    state
+        .tenant_with_events(auth.scope(), move |tc, log| members::remove(tc, log, auth.user, auth.role, user, &online))
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

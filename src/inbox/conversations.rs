@@ -1,6 +1,8 @@
 //! Conversations: the filtered inbox list, one conversation, and the changes
 //! agents make (status, assignee, snooze, read).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::pg::Pg;
@@ -860,9 +862,13 @@ pub enum Released {
 /// Takes `member`'s unresolved conversations (those `which` names) back
 /// to the queue: they left the tenant, lost the channel, or may no longer
 /// answer, and a customer must not wait on someone who will not. Each is
-/// announced (`conversation.updated`) and audited (`conversation.assigned`
-/// with `by`: why); resolved ones keep their assignee for the reports.
-/// Locked in id order, as the webhook path locks. How many.
+/// audited (`conversation.assigned` with `by`: why); resolved ones keep
+/// their assignee for the reports. One open or pending whose channel (or
+/// team) hands conversations out goes at once to someone else of `online`
+/// as a conversation the customer opens would ([`repick`]); the rest wait
+/// unassigned. Each is announced once, as it ends up
+/// (`conversation.updated`). Locked in id order, as the webhook path
+/// locks. How many were released.
 pub fn release(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
@@ -870,6 +876,7 @@ pub fn release(
     member: UserId,
     which: Released,
     why: &str,
+    online: &[UserId],
 ) -> AppResult<usize> {
     let held = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
     let listed =
@@ -888,8 +895,10 @@ pub fn release(
         .set((c::assignee_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
         .get_results(tc.pg())?;
+    let others: Vec<UserId> = online.iter().copied().filter(|u| *u != member).collect();
+    let mut rules = HashMap::new();
     let mut names = Names::default();
-    for row in &released {
+    for mut row in released.iter().cloned() {
         let id = ConversationId(row.id);
         audit_change(
             tc,
@@ -898,10 +907,55 @@ pub fn release(
             "conversation.assigned",
             json!({"from": member.to_string(), "to": null, "by": why}),
         )?;
-        let view = names.conversation(tc, row)?;
+        if let Some((agent, team)) = repick(tc, &mut rules, &row, &others)? {
+            diesel::update(c::table.find(row.id)).set(c::assignee_id.eq(agent.0)).execute(tc.pg())?;
+            audit_auto_assigned(tc, id, agent, team)?;
+            row.assignee_id = Some(agent.0);
+        }
+        let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
     Ok(released.len())
+}
+
+/// Who takes `row`, just handed back by its assignee, of `candidates`
+/// (online, the one leaving not among them), and the team whose rule picked
+/// them: as for a conversation the customer opens (`ingest`), the channel's
+/// `auto_assign` (among its team's members when it has one), or else its
+/// team's own `auto_assign`; the least busy who is listed on the channel and
+/// answers, within the channel's `auto_assign_limit`. Only open or pending
+/// ones: a snoozed one waits for its time. `rules` keeps each channel's
+/// settings read once.
+fn repick(
+    tc: &mut TenantConn<'_>,
+    rules: &mut HashMap<i64, (bool, Option<u32>)>,
+    row: &ConversationRow,
+    candidates: &[UserId],
+) -> AppResult<Option<(UserId, Option<i64>)>> {
+    if candidates.is_empty() || !matches!(row.status.as_str(), "open" | "pending") {
+        return Ok(None);
+    }
+    let channel = crate::channels::ChannelId(row.channel_id);
+    let (channel_assigns, limit) = match rules.get(&row.channel_id) {
+        Some(rule) => *rule,
+        None => {
+            let s = crate::channels::find(tc, channel)?.settings();
+            *rules.entry(row.channel_id).or_insert((s.auto_assign, s.auto_assign_limit))
+        }
+    };
+    let by_team = match row.team_id {
+        Some(team) if !channel_assigns && super::teams::assigns(tc, team)? => Some(team),
+        _ if channel_assigns => None,
+        _ => return Ok(None),
+    };
+    let among = match row.team_id {
+        Some(team) => super::teams::members_among(tc, team, candidates)?,
+        None => candidates.to_vec(),
+    };
+    if among.is_empty() {
+        return Ok(None);
+    }
+    Ok(least_busy(tc, channel, &among, limit)?.map(|agent| (agent, by_team)))
 }
 
 /// Assigns a conversation no one has to `agent`, by the server (the audit

@@ -33,7 +33,8 @@
 //!   names an assignee, or unassigns, with the team keeps that. One of the
 //!   team's that the customer opens or reopens with no one on it is picked
 //!   for the same way, as the channel's own `auto_assign` would (which,
-//!   with a team, already picks among the team).
+//!   with a team, already picks among the team); so is one its assignee
+//!   hands back on leaving (`conversations::release`).
 //! - Deleting a team takes it off its conversations, each announced as
 //!   `conversation.updated`, and off the channels naming it (each a
 //!   `channel.updated`); a member who leaves the tenant leaves its teams.

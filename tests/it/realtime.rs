@@ -1792,3 +1792,119 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     assert_eq!(auto.len(), 4);
     assert!(auto.iter().all(|e| e["actor_user_id"].is_null()));
 }
+
+/// A conversation handed back by someone who may no longer answer it
+/// (`conversations::release`) goes at once to someone else online, where
+/// its channel or its team hands conversations out, as a new one would;
+/// a snoozed one, or one with nobody to take it, waits in the queue.
+#[actix_web::test]
+async fn conversations_handed_back_go_to_someone_online_when_the_channel_assigns() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
+    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
+        ["user_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let list = |ids: Value| {
+        let app = &app;
+        let (admin, path) = (t.admin.clone(), format!("/api/channels/{channel}/members"));
+        async move {
+            let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": ids}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    let patch = |path: String, change: Value| {
+        let app = &app;
+        let admin = t.admin.clone();
+        async move {
+            let r = app.call("PATCH", &path, Some(&admin), Some(change)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body
+        }
+    };
+    list(json!([t.agent_x_id, olga_id])).await;
+    for from in ["911", "912", "913"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Bonjour 👋"})).await;
+    }
+    app.processed().await;
+    let items = app.call("GET", "/api/conversations?limit=200", Some(&t.admin), None).await.body["items"].clone();
+    let conv: Vec<String> = ["911", "912", "913"]
+        .iter()
+        .map(|from| {
+            let c = items.as_array().expect("items").iter().find(|c| c["contact"]["external_id"] == *from);
+            c.expect("conversation")["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let at = |c: &str| format!("/api/conversations/{c}");
+    for c in &conv {
+        patch(at(c), json!({"assignee_id": olga_id})).await;
+    }
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    patch(at(&conv[2]), json!({"status": "snoozed", "snoozed_until": later})).await;
+    let assignee = |c: &str| {
+        let app = &app;
+        let (admin, path) = (t.admin.clone(), at(c));
+        async move { app.call("GET", &path, Some(&admin), None).await.body["assignee_id"].clone() }
+    };
+    let auto = |team: Option<&str>| {
+        let filter = match team {
+            Some(team) => format!("details->>'team_id' = '{team}'"),
+            None => "details->>'team_id' IS NULL".to_string(),
+        };
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+             AND details->>'by' = 'auto_assign' AND actor_user_id IS NULL AND {filter}"
+        ))
+    };
+
+    // The channel hands conversations out; Olga leaves its list with Xavi
+    // and her online: Xavi takes her two open ones, the snoozed one waits.
+    let r = patch(format!("/api/channels/{channel}"), json!({"settings": {"auto_assign": true}})).await;
+    assert_eq!(r["settings"]["auto_assign"], true);
+    let (mut admin, _) = newcomer(&app, &t.admin).await;
+    let _x = online_x(&app, &t).await;
+    let _olga = ws(&app, "", Some(&t.agent_other), None).await.expect("olga");
+    shown_as(&mut admin, &olga_id, "online").await;
+    list(json!([t.agent_x_id])).await;
+    assert_eq!(assignee(&conv[0]).await, json!(t.agent_x_id));
+    assert_eq!(assignee(&conv[1]).await, json!(t.agent_x_id));
+    assert_eq!(assignee(&conv[2]).await, Value::Null, "a snoozed one waits");
+    // Each announced once, as it ends up.
+    let mut told = std::collections::HashMap::new();
+    while let Some(f) = until(&mut admin, "conversation.updated", Duration::from_millis(1500)).await {
+        assert!(told
+            .insert(f["data"]["id"].as_str().expect("id").to_string(), f["data"]["assignee_id"].clone())
+            .is_none());
+    }
+    let expected: std::collections::HashMap<String, Value> = [
+        (conv[0].clone(), json!(t.agent_x_id)),
+        (conv[1].clone(), json!(t.agent_x_id)),
+        (conv[2].clone(), Value::Null),
+    ]
+    .into();
+    assert_eq!(told, expected);
+    // Audited as handed back, then as the server's pick.
+    let released = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+                    AND details->>'to' IS NULL AND details->>'by' = 'channel_left'";
+    assert_eq!((app.count(released), auto(None)), (3, 2));
+
+    // A team that hands out its own: Xavi leaves the tenant; the one of
+    // Olga's team goes to her, the other (no team; the channel no longer
+    // hands out) waits.
+    patch(format!("/api/channels/{channel}"), json!({"settings": {"auto_assign": false}})).await;
+    list(json!([t.agent_x_id, olga_id])).await;
+    let billing = json!({"name": "Billing", "auto_assign": true, "member_ids": [olga_id]});
+    let made = app.call("POST", "/api/teams", Some(&t.admin), Some(billing)).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let team_id = made.body["id"].as_str().expect("id").to_string();
+    let handed = patch(at(&conv[0]), json!({"team_id": team_id})).await;
+    assert_eq!(handed["assignee_id"], json!(t.agent_x_id), "an assigned one keeps its assignee");
+    let r = app.call("DELETE", &format!("/api/members/{}", t.agent_x_id), Some(&t.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(assignee(&conv[0]).await, json!(olga_id));
+    assert_eq!(assignee(&conv[1]).await, Value::Null);
+    assert_eq!(auto(Some(&team_id)), 1);
+}
