@@ -22,6 +22,8 @@ pub struct AppState {
     pub state_key: Vec<u8>,
     /// Key that signs media links (`POST /api/messages/{id}/attachments/{index}/link`).
     pub link_key: Vec<u8>,
+    /// Key that signs notice mails' unsubscribe links (`inbox::notice_mail`).
+    pub unsubscribe_key: Arc<Vec<u8>>,
     /// Wakes this instance's webhook processor (a webhook was stored here).
     pub wake_processor: Arc<Notify>,
     /// Webhooks this instance has stored (the processor gathers by it).
@@ -109,6 +111,7 @@ impl AppState {
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             state_key: state_key(config.jwt_secret.expose()),
             link_key: crate::signed::key(config.jwt_secret.expose(), "switchboard media link v1"),
+            unsubscribe_key: Arc::new(crate::inbox::notice_mail::unsubscribe_key(config.jwt_secret.expose())),
             db,
             config,
         }
@@ -161,16 +164,24 @@ impl AppState {
         let tenant = scope.tenant.0;
         // With mail on, the notices of members not online are mailed
         // (`inbox::notice_mail`), queued in this same transaction.
-        let mailing = self.config.mail.as_ref().map(|m| (self.online.clone(), m.conversation_url.clone()));
+        let mailing = self.config.mail.as_ref().map(|m| {
+            let public_url = self.config.public_url.clone();
+            (self.online.clone(), m.conversation_url.clone(), public_url, self.unsubscribe_key.clone())
+        });
         let (out, written, mailed) = self
             .db
             .tenant(scope, move |tc| {
                 let mut log = EventLog::new();
                 let out = f(tc, &mut log)?;
                 let mut mailed = 0;
-                if let Some((online, url)) = mailing.filter(|_| log.notices().next().is_some()) {
+                if let Some((online, url, public_url, key)) = mailing.filter(|_| log.notices().next().is_some()) {
                     let online = online.of(scope.tenant);
-                    let reach = crate::inbox::notice_mail::Reach { online: &online, conversation_url: url.as_deref() };
+                    let reach = crate::inbox::notice_mail::Reach {
+                        online: &online,
+                        conversation_url: url.as_deref(),
+                        public_url: &public_url,
+                        unsubscribe_key: &key,
+                    };
                     mailed = crate::inbox::notice_mail::queue(tc, &log, &reach)?;
                 }
                 Ok::<_, AppError>((out, log.write(tc)?, mailed))

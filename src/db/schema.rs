@@ -112,6 +112,7 @@ diesel::table! {
         failed_at -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         kind -> Text,
+        list_unsubscribe -> Nullable<Text>,
     }
 }
 

@@ -35,6 +35,17 @@
 //!   template with `{tenant}` and `{conversation_id}`, where the
 //!   operator's inbox app shows one) each line links to its conversation;
 //!   without, it says where to look.
+//! - Each mail can be stopped from the mail itself: it ends with a link,
+//!   and carries it as its `List-Unsubscribe` header with
+//!   `List-Unsubscribe-Post` (RFC 8058), so mail apps show their own
+//!   button. The link (`SWITCHBOARD_PUBLIC_URL/unsubscribe?token=…`, the
+//!   token signed for this use alone and naming the member and the
+//!   tenant) opens a page that asks first (`GET` changes nothing: mail
+//!   scanners open links); `POST` to it, by that page or a mail app's
+//!   button, turns off every notice mail of that tenant to that member
+//!   ([`unsubscribe`]), which `PATCH /api/me` can turn on again. It does
+//!   not expire: a mail read months later must still stop the next; all
+//!   it can do is stop mail.
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -63,6 +74,62 @@ pub struct Reach<'a> {
     pub online: &'a [UserId],
     /// `SWITCHBOARD_CONVERSATION_URL`, if set.
     pub conversation_url: Option<&'a str>,
+    /// `SWITCHBOARD_PUBLIC_URL`, where the unsubscribe page is.
+    pub public_url: &'a str,
+    /// The key unsubscribe links are signed with ([`unsubscribe_key`]).
+    pub unsubscribe_key: &'a [u8],
+}
+
+/// The key that signs unsubscribe links, of the server's secret.
+pub fn unsubscribe_key(secret: &[u8]) -> Vec<u8> {
+    crate::signed::key(secret, "switchboard notice mail unsubscribe v1")
+}
+
+/// What an unsubscribe link names.
+#[derive(serde::Serialize, Deserialize)]
+struct Unsubscribing {
+    /// The member.
+    u: i64,
+    /// The tenant.
+    t: i64,
+}
+
+/// The link that stops `member`'s notice mail of `tenant`.
+fn unsubscribe_url(reach: &Reach<'_>, member: UserId, tenant: crate::ids::TenantId) -> String {
+    let token = crate::signed::sign(reach.unsubscribe_key, &Unsubscribing { u: member.0, t: tenant.0 });
+    format!("{}/unsubscribe?token={token}", reach.public_url.trim_end_matches('/'))
+}
+
+/// What `POST /unsubscribe` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct Unsubscribed {
+    pub unsubscribed: bool,
+    /// The tenant's name, for the page to say which mails stop.
+    pub workspace: Option<String>,
+}
+
+/// Turns off every notice mail the link `token` names (one member, one
+/// tenant): 404 `unsubscribe_link_not_found` for a token this server did
+/// not sign for this use. Once more, or for someone who left, it answers
+/// the same and changes nothing.
+pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str) -> AppResult<Unsubscribed> {
+    let Ok(named) = crate::signed::open::<Unsubscribing>(key, token) else {
+        return Err(crate::error::AppError::new(
+            crate::error::ErrorKind::NotFound,
+            "unsubscribe_link_not_found",
+            "this unsubscribe link is not one this server mailed; open the whole link from the mail",
+        ));
+    };
+    let (member, tenant) = (UserId(named.u), crate::ids::TenantId(named.t));
+    let workspace = crate::tenancy::find(conn, tenant)?.map(|t| t.name);
+    if prefs_of_member(conn, member, tenant)?.is_some() {
+        let off =
+            crate::auth::members::PrefsChange { assigned: Some(false), mentioned: Some(false), overdue: Some(false) };
+        if crate::auth::members::set_prefs(conn, member, tenant, off)? {
+            tracing::info!(user_id = member.0, tenant_id = tenant.0, "notice mail turned off by its unsubscribe link");
+        }
+    }
+    Ok(Unsubscribed { unsubscribed: true, workspace })
 }
 
 /// What a `notification` event's payload says, of what is read here.
@@ -146,8 +213,9 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
             let who = colleague(tc, &mut names, *by)?;
             lines.push(line(tc, notice, &who, *conversation)?);
         }
-        let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url);
-        crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body)?;
+        let stop = unsubscribe_url(reach, UserId(member), tenant_id);
+        let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url, &stop);
+        crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop))?;
         queued += 1;
     }
     Ok(queued)
@@ -224,7 +292,13 @@ fn clip(text: &str) -> String {
 }
 
 /// The mail of `lines`, the first of `all` notices.
-fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], all: usize, url: Option<&str>) -> (String, String) {
+fn compose(
+    tenant: &crate::tenancy::Tenant,
+    lines: &[Line],
+    all: usize,
+    url: Option<&str>,
+    unsubscribe: &str,
+) -> (String, String) {
     let subject = match lines {
         [one] if all == 1 => format!("{} — {}", first_words(&one.text), tenant.name),
         _ => format!("{all} conversations need you in {}", tenant.name),
@@ -248,10 +322,11 @@ fn compose(tenant: &crate::tenancy::Tenant, lines: &[Line], all: usize, url: Opt
         let them = if all == 1 { "it" } else { "them" };
         body.push_str(&format!("Find {them} in the {} inbox (workspace “{}”).\n\n", tenant.name, tenant.slug));
     }
-    body.push_str(
-        "You were mailed because you were not online in the inbox. You can turn these mails off in your \
-         settings (email notifications).\n",
-    );
+    body.push_str(&format!(
+        "You were mailed because you were not online in the inbox. Choose which of these mails you get in your \
+         settings (email notifications), or stop them all from {}:\n{unsubscribe}\n",
+        tenant.name
+    ));
     (subject, body)
 }
 
@@ -286,14 +361,20 @@ mod tests {
         };
         let lines: Vec<Line> =
             (1..=MOST_LISTED as i64).map(|n| Line { conversation: n, text: format!("Line {n}.") }).collect();
-        let (subject, body) =
-            compose(&tenant, &lines, MOST_LISTED + 2, Some("https://x.test/{tenant}/c/{conversation_id}"));
+        let (subject, body) = compose(
+            &tenant,
+            &lines,
+            MOST_LISTED + 2,
+            Some("https://x.test/{tenant}/c/{conversation_id}"),
+            "https://u.test",
+        );
         assert_eq!(subject, format!("{} conversations need you in Acme", MOST_LISTED + 2));
         assert!(body.contains("Line 1.\n  https://x.test/acme/c/1\n") && body.contains("…and 2 more."), "{body}");
         assert!(!body.contains("Find"), "a link says where: {body}");
-        let (subject, body) = compose(&tenant, &lines[..1], 1, None);
+        let (subject, body) = compose(&tenant, &lines[..1], 1, None, "https://x.test/unsubscribe?token=t");
         assert_eq!(subject, "Line 1 — Acme");
         assert!(body.contains("Find it in the Acme inbox (workspace “acme”)."), "{body}");
+        assert!(body.ends_with("stop them all from Acme:\nhttps://x.test/unsubscribe?token=t\n"), "{body}");
     }
 
     #[test]

@@ -24,13 +24,13 @@
 //!   all (about four hours). A mail given up says why in `last_error`
 //!   and in the log.
 //! - Once sent or given up, the body (which holds a link worth an account)
-//!   is emptied; housekeeping deletes the row a week later
+//!   and any unsubscribe address are emptied; housekeeping deletes the row a week later
 //!   (`db::housekeeping`).
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -43,6 +43,9 @@ use crate::error::{AppError, AppResult};
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Attempts before a mail is given up.
 pub const MOST_ATTEMPTS: i32 = 9;
+/// A mail's one-click unsubscribe headers (RFC 2369, RFC 8058).
+const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
+const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
 /// Mails sent per claim.
 const BATCH: i64 = 20;
 /// How long one SMTP conversation may take.
@@ -51,14 +54,30 @@ const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Queues a plain-text mail to `to` in `conn`'s transaction; the worker
 /// sends it once that commits.
 pub fn queue(conn: &mut PgConnection, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
-    queue_as(conn, "account", to, subject, body)
+    queue_as(conn, "account", to, subject, body, None)
 }
 
 /// [`queue`], with the kind of mail it is: `account` (invitations,
-/// resets), `notice` (`inbox::notice_mail`, which counts its own).
-pub fn queue_as(conn: &mut PgConnection, kind: &str, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
+/// resets), `notice` (`inbox::notice_mail`, which counts its own); and,
+/// for mail someone may ask to stop, the address that stops it with one
+/// click (sent as `List-Unsubscribe` with `List-Unsubscribe-Post`, RFC
+/// 8058, so mail apps offer their own button).
+pub fn queue_as(
+    conn: &mut PgConnection,
+    kind: &str,
+    to: &str,
+    subject: &str,
+    body: &str,
+    unsubscribe: Option<&str>,
+) -> Result<i64, DbError> {
     Ok(diesel::insert_into(m::table)
-        .values((m::recipient.eq(to), m::subject.eq(subject), m::body.eq(body), m::kind.eq(kind)))
+        .values((
+            m::recipient.eq(to),
+            m::subject.eq(subject),
+            m::body.eq(body),
+            m::kind.eq(kind),
+            m::list_unsubscribe.eq(unsubscribe),
+        ))
         .returning(m::id)
         .get_result(conn)?)
 }
@@ -71,6 +90,7 @@ struct Due {
     subject: String,
     body: String,
     attempts: i32,
+    list_unsubscribe: Option<String>,
 }
 
 /// When attempt `attempts` (from 1) that failed is tried again.
@@ -122,14 +142,26 @@ fn settle(conn: &mut PgConnection, mail: &Due, outcome: &Outcome, now: DateTime<
     let row = m::table.find(mail.id);
     match outcome {
         Outcome::Sent => diesel::update(row)
-            .set((m::sent_at.eq(now), m::body.eq(""), m::last_error.eq(None::<String>)))
+            .set((
+                m::sent_at.eq(now),
+                m::body.eq(""),
+                m::list_unsubscribe.eq(None::<String>),
+                m::last_error.eq(None::<String>),
+            ))
             .execute(conn)?,
         Outcome::Later(why) if mail.attempts < MOST_ATTEMPTS => diesel::update(row)
             .set((m::last_error.eq(why), m::next_attempt_at.eq(retry_at(now, mail.attempts))))
             .execute(conn)?,
         Outcome::Later(why) | Outcome::Never(why) => {
             tracing::warn!(mail = mail.id, error = %why, "mail given up");
-            diesel::update(row).set((m::failed_at.eq(now), m::body.eq(""), m::last_error.eq(why))).execute(conn)?
+            diesel::update(row)
+                .set((
+                    m::failed_at.eq(now),
+                    m::body.eq(""),
+                    m::list_unsubscribe.eq(None::<String>),
+                    m::last_error.eq(why),
+                ))
+                .execute(conn)?
         }
     };
     Ok(())
@@ -170,12 +202,17 @@ impl Mailer {
             Ok(to) => to,
             Err(e) => return Outcome::Never(format!("the address {:?} is none: {e}", mail.recipient)),
         };
-        let message = Message::builder()
+        let mut message = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.as_str())
-            .header(ContentType::TEXT_PLAIN)
-            .body(mail.body.clone());
+            .header(ContentType::TEXT_PLAIN);
+        if let Some(url) = &mail.list_unsubscribe {
+            message = message
+                .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")))
+                .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE_POST, "List-Unsubscribe=One-Click".into()));
+        }
+        let message = message.body(mail.body.clone());
         let message = match message {
             Ok(message) => message,
             Err(e) => return Outcome::Never(format!("the mail could not be made: {e}")),
@@ -207,7 +244,14 @@ pub enum Sent {
 impl Mailer {
     /// Sends one mail at once, outside the outbox: `switchboard mail test`.
     pub async fn send_now(&self, to: &str, subject: &str, body: &str) -> Sent {
-        let mail = Due { id: 0, recipient: to.into(), subject: subject.into(), body: body.into(), attempts: 0 };
+        let mail = Due {
+            id: 0,
+            recipient: to.into(),
+            subject: subject.into(),
+            body: body.into(),
+            attempts: 0,
+            list_unsubscribe: None,
+        };
         match self.send(&mail).await {
             Outcome::Sent => Sent::Sent,
             Outcome::Never(why) => Sent::Refused(why),

@@ -3,13 +3,16 @@
 //! the admin's access token, kept in the browser's localStorage), and the
 //! page an invitation's link opens (`auth::invitations`), where the invited
 //! person sets their password, and the one a password reset's link opens
-//! (`auth::password_reset`).
+//! (`auth::password_reset`), and the one a notice mail's unsubscribe link
+//! opens (`inbox::notice_mail`): it asks before it stops anything, and the
+//! same address takes the one-click `POST` mail apps send (RFC 8058).
 
 use actix_web::{web, HttpResponse};
 
 const CONNECT_PAGE: &str = include_str!("../../templates/connect.html");
 const INVITE_PAGE: &str = include_str!("../../templates/invite.html");
 const RESET_PAGE: &str = include_str!("../../templates/reset.html");
+const UNSUBSCRIBE_PAGE: &str = include_str!("../../templates/unsubscribe.html");
 /// The API reference (OpenAPI 3), kept next to the routes it describes.
 const OPENAPI: &str = include_str!("../../templates/openapi.json");
 
@@ -17,6 +20,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)))
         .service(crate::http::resource("/invite").route(web::get().to(invite_page)))
         .service(crate::http::resource("/reset").route(web::get().to(reset_page)))
+        .service(
+            crate::http::resource("/unsubscribe")
+                .route(web::get().to(unsubscribe_page))
+                .route(web::post().to(unsubscribe)),
+        )
         .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
 }
 
@@ -34,4 +42,25 @@ async fn invite_page() -> HttpResponse {
 
 async fn reset_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(RESET_PAGE)
+}
+
+async fn unsubscribe_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(UNSUBSCRIBE_PAGE)
+}
+
+#[derive(serde::Deserialize)]
+struct UnsubscribeQuery {
+    token: Option<String>,
+}
+
+/// `POST /unsubscribe?token=…`: the page's button, or a mail app's
+/// one-click (its body, `List-Unsubscribe=One-Click`, is not read).
+async fn unsubscribe(
+    state: web::Data<crate::app::AppState>,
+    query: web::Query<UnsubscribeQuery>,
+) -> crate::error::AppResult<HttpResponse> {
+    let token = query.into_inner().token.unwrap_or_default();
+    let key = state.unsubscribe_key.clone();
+    let done = state.db.public(move |conn| crate::inbox::notice_mail::unsubscribe(conn, &key, &token)).await?;
+    Ok(HttpResponse::Ok().json(done))
 }

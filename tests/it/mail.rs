@@ -552,6 +552,98 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     assert_eq!(to_al(), 30);
 }
 
+/// A notice mail stops from the mail itself (`inbox::notice_mail`): its
+/// link, also its `List-Unsubscribe` header for mail apps' one-click
+/// button (RFC 8058), opens a page that changes nothing until asked; a
+/// `POST` to it turns off that member's notice mail of that tenant, once
+/// or again; a link not ours is 404; settings turn them on again.
+#[actix_web::test]
+async fn a_notice_mail_stops_with_one_click_from_the_mail() {
+    use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
+    let sink = Sink::start();
+    let app = spawn_app_with_mail(&sink.url).await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, crate::channels::PAGE_A).await;
+    let members = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let customers = ["6300000000000001", "6300000000000002"];
+    for psid in customers {
+        app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": psid, "text": "سلام"})).await;
+    }
+    app.processed().await;
+    let all = conversations(&app, &ctx.admin, "").await;
+    let conv: Vec<String> =
+        customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
+    assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200);
+    let mails = mail_to(&sink, "al@acme.test", 1).await;
+
+    // The header, unfolded, names the same link as the mail's last line.
+    let headers = mails[0].data.split("\r\n\r\n").next().unwrap_or_default().replace("\r\n ", " ");
+    let header = |name: &str| {
+        let start = format!("{name}: ");
+        headers.lines().find_map(|l| l.strip_prefix(start.as_str())).map(str::to_string)
+    };
+    assert_eq!(header("List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"), "{headers}");
+    let listed = header("List-Unsubscribe").unwrap_or_else(|| panic!("no List-Unsubscribe in {headers}"));
+    let url = listed.trim_start_matches('<').trim_end_matches('>').to_string();
+    assert!(url.starts_with(&app.url("/unsubscribe?token=")), "{url}");
+    let (_, text) = read(&mails[0]);
+    assert!(text.trim_end().ends_with(&url), "{text}");
+    let prefs = || async { app.call("GET", "/api/me", Some(&al), None).await.body["email_notifications"].clone() };
+    let all_on = json!({"assigned": true, "mentioned": true, "overdue": true});
+
+    // Opening the link shows the page and stops nothing.
+    let opened = app.client.get(&url).send().await.expect("page");
+    assert_eq!(opened.status(), 200);
+    assert!(opened.text().await.expect("html").contains("Stop these mails"));
+    assert_eq!(prefs().await, all_on);
+
+    // A mail app's one-click POST stops them all; again, the same.
+    let one_click = || async {
+        let r = app
+            .client
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .expect("post");
+        (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+    };
+    let done = json!({"unsubscribed": true, "workspace": "acme inc"});
+    assert_eq!(one_click().await, (200, done.clone()));
+    assert_eq!(prefs().await, json!({"assigned": false, "mentioned": false, "overdue": false}));
+    assert_eq!(one_click().await, (200, done));
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
+    let note = json!({"text": "@Al?", "private": true, "mentions": [al_id], "client_id": "note-u"});
+    let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
+    assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+    assert_eq!(to_al(), 1, "nothing more mailed");
+
+    // A link not ours, or none: 404, and nothing changes.
+    let token = url.split("token=").nth(1).expect("token").to_string();
+    let (payload, _) = token.split_once('.').expect("signed");
+    for path in [
+        format!("/unsubscribe?token={payload}.AAAA"),
+        format!("/unsubscribe?token={payload}"),
+        "/unsubscribe".to_string(),
+    ] {
+        let r = app.call("POST", &path, None, None).await;
+        assert_eq!(code(&r), (404, "unsubscribe_link_not_found"), "{path}: {:?}", r.body);
+    }
+
+    // Settings turn them on again.
+    let on = json!({"email_notifications": {"assigned": true, "mentioned": true, "overdue": true}});
+    assert_eq!(app.call("PATCH", "/api/me", Some(&al), Some(on)).await.status, 200);
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], Value::Null).await.status, 200);
+    assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
+    assert_eq!(to_al(), 2);
+}
+
 /// `switchboard mail test --to ADDRESS`: an operator checks the settings
 /// with one mail sent at once, and hears what the server said.
 #[test]

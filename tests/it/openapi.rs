@@ -168,6 +168,7 @@ async fn live_answers_match_the_served_openapi_document() {
     check(&app, &doc, "GET", "/api/invitations", "/api/invitations", Some(admin), None).await;
     let held = json!({"token": token(&link, "token")});
     check(&app, &doc, "POST", "/api/auth/invitation", "/api/auth/invitation", None, Some(held)).await;
+    check(&app, &doc, "POST", "/unsubscribe", "/unsubscribe?token=none.AAAA", None, None).await;
     let accepting = json!({"token": token(&link, "token"), "password": "cy-password-1", "name": "Cy"});
     let path = "/api/auth/invitation/accept";
     let joined = check(&app, &doc, "POST", path, path, None, Some(accepting)).await;

@@ -1,0 +1,1 @@
+ALTER TABLE public.mail_outbox DROP COLUMN IF EXISTS list_unsubscribe;
