@@ -220,6 +220,7 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
     actix_web::rt::spawn(crate::inbox::media_copies::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
+    actix_web::rt::spawn(crate::inbox::hand_out::run(state.clone()));
     actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
     actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
     actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));

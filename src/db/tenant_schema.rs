@@ -150,6 +150,8 @@ diesel::table! {
         thread_control -> Nullable<Jsonb>,
         /// The team it is handed to (`inbox::teams`).
         team_id -> Nullable<Int8>,
+        /// Waiting for the server to hand it out (`inbox::hand_out`).
+        queued_at -> Nullable<Timestamptz>,
     }
 }
 

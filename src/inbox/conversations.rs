@@ -778,6 +778,20 @@ pub fn patch(
     if status != row.status {
         audit_change(tc, user, id, "conversation.status_changed", json!({"from": row.status, "to": status}))?;
     }
+    // The queue (`hand_out`): a team handed it that hands out its own found
+    // nobody now, so it waits for someone; anyone on it, a deliberate "no
+    // one", or resolving takes it out.
+    let waits = match team {
+        Some(t) if team != row.team_id && assignee.is_none() && p.assignee_id.is_none() && status != "resolved" => {
+            super::teams::assigns(tc, t)?
+        }
+        _ => false,
+    };
+    if waits {
+        super::hand_out::queue(tc, row.id)?;
+    } else if assignee != row.assignee_id || p.assignee_id.is_some() || status == "resolved" {
+        super::hand_out::dequeue(tc, row.id)?;
+    }
     if let Some(agent) = picked {
         audit_auto_assigned(tc, id, agent, team)?;
     } else if assignee != row.assignee_id {
@@ -865,8 +879,9 @@ pub enum Released {
 /// audited (`conversation.assigned` with `by`: why); resolved ones keep
 /// their assignee for the reports. One open or pending whose channel (or
 /// team) hands conversations out goes at once to someone else of `online`
-/// as a conversation the customer opens would ([`repick`]); the rest wait
-/// unassigned. Each is announced once, as it ends up
+/// as a conversation the customer opens would ([`repick`]), or, with
+/// nobody there, waits in the queue for someone (`hand_out`); the rest
+/// wait unassigned. Each is announced once, as it ends up
 /// (`conversation.updated`). Locked in id order, as the webhook path
 /// locks. How many were released.
 pub fn release(
@@ -907,10 +922,14 @@ pub fn release(
             "conversation.assigned",
             json!({"from": member.to_string(), "to": null, "by": why}),
         )?;
-        if let Some((agent, team)) = repick(tc, &mut rules, &row, &others)? {
-            diesel::update(c::table.find(row.id)).set(c::assignee_id.eq(agent.0)).execute(tc.pg())?;
-            audit_auto_assigned(tc, id, agent, team)?;
-            row.assignee_id = Some(agent.0);
+        match repick(tc, &mut rules, &row, &others)? {
+            Picked::Agent(agent, team) => {
+                diesel::update(c::table.find(row.id)).set(c::assignee_id.eq(agent.0)).execute(tc.pg())?;
+                audit_auto_assigned(tc, id, agent, team)?;
+                row.assignee_id = Some(agent.0);
+            }
+            Picked::Nobody => super::hand_out::queue(tc, row.id)?,
+            Picked::NoRule => {}
         }
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
@@ -918,22 +937,34 @@ pub fn release(
     Ok(released.len())
 }
 
-/// Who takes `row`, just handed back by its assignee, of `candidates`
-/// (online, the one leaving not among them), and the team whose rule picked
-/// them: as for a conversation the customer opens (`ingest`), the channel's
+/// What [`repick`] found for a conversation with no one on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picked {
+    /// This member, and the team whose own rule picked them (`None`: the
+    /// channel's).
+    Agent(UserId, Option<i64>),
+    /// Its channel or team hands it out, but nobody of the candidates can
+    /// take it now: it waits in the queue (`hand_out`).
+    Nobody,
+    /// Nothing hands it out (no rule on, or it is not open or pending: a
+    /// snoozed one waits for its time).
+    NoRule,
+}
+
+/// Who of `candidates` (online) takes `row`, which has no one on it: as
+/// for a conversation the customer opens (`ingest`), the channel's
 /// `auto_assign` (among its team's members when it has one), or else its
-/// team's own `auto_assign`; the least busy who is listed on the channel and
-/// answers, within the channel's `auto_assign_limit`. Only open or pending
-/// ones: a snoozed one waits for its time. `rules` keeps each channel's
-/// settings read once.
-fn repick(
+/// team's own `auto_assign`; the least busy who is listed on the channel
+/// and answers, within the channel's `auto_assign_limit`. `rules` keeps
+/// each channel's settings read once.
+pub fn repick(
     tc: &mut TenantConn<'_>,
     rules: &mut HashMap<i64, (bool, Option<u32>)>,
     row: &ConversationRow,
     candidates: &[UserId],
-) -> AppResult<Option<(UserId, Option<i64>)>> {
-    if candidates.is_empty() || !matches!(row.status.as_str(), "open" | "pending") {
-        return Ok(None);
+) -> AppResult<Picked> {
+    if !matches!(row.status.as_str(), "open" | "pending") {
+        return Ok(Picked::NoRule);
     }
     let channel = crate::channels::ChannelId(row.channel_id);
     let (channel_assigns, limit) = match rules.get(&row.channel_id) {
@@ -946,23 +977,26 @@ fn repick(
     let by_team = match row.team_id {
         Some(team) if !channel_assigns && super::teams::assigns(tc, team)? => Some(team),
         _ if channel_assigns => None,
-        _ => return Ok(None),
+        _ => return Ok(Picked::NoRule),
     };
     let among = match row.team_id {
-        Some(team) => super::teams::members_among(tc, team, candidates)?,
-        None => candidates.to_vec(),
+        Some(team) if !candidates.is_empty() => super::teams::members_among(tc, team, candidates)?,
+        _ => candidates.to_vec(),
     };
     if among.is_empty() {
-        return Ok(None);
+        return Ok(Picked::Nobody);
     }
-    Ok(least_busy(tc, channel, &among, limit)?.map(|agent| (agent, by_team)))
+    Ok(match least_busy(tc, channel, &among, limit)? {
+        Some(agent) => Picked::Agent(agent, by_team),
+        None => Picked::Nobody,
+    })
 }
 
 /// Assigns a conversation no one has to `agent`, by the server (the audit
 /// entry has no actor). A conversation someone took meanwhile keeps them.
 pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId) -> AppResult<bool> {
     let n = diesel::update(c::table.find(id.0).filter(c::assignee_id.is_null()))
-        .set(c::assignee_id.eq(agent.0))
+        .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>)))
         .execute(tc.pg())?;
     if n > 0 {
         audit_auto_assigned(tc, id, agent, None)?;
@@ -983,7 +1017,12 @@ fn audit_change(
 
 /// The audit entry of an assignment by the server (no actor): by the
 /// channel's auto-assign, or by `team`'s (`teams`).
-fn audit_auto_assigned(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, team: Option<i64>) -> AppResult<()> {
+pub(super) fn audit_auto_assigned(
+    tc: &mut TenantConn<'_>,
+    id: ConversationId,
+    agent: UserId,
+    team: Option<i64>,
+) -> AppResult<()> {
     let mut details = json!({"from": null, "to": agent.to_string(), "by": "auto_assign"});
     if let Some(team) = team {
         details["team_id"] = json!(team.to_string());

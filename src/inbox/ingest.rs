@@ -986,6 +986,9 @@ impl Ingest<'_> {
                 if let Some(kept) = self.conversations.get_mut(&contact.id) {
                     kept.assignee_id = Some(agent.0);
                 }
+            } else {
+                // Nobody there to take it: it waits for someone (`hand_out`).
+                super::hand_out::queue(tc, conv.id)?;
             }
         }
         self.log_message(tc, &conv, &row, contact.id, created)?;

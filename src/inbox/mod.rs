@@ -31,6 +31,7 @@ pub mod conversations;
 pub mod csat;
 pub mod early;
 pub mod events;
+pub mod hand_out;
 pub mod handover;
 pub mod ingest;
 pub mod macros;

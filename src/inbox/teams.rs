@@ -23,13 +23,15 @@
 //!   that opens (new, or reopened by the customer) with no team is handed
 //!   to it, by the server (audited with `by: channel`), and the channel's
 //!   `auto_assign` then picks among that team's members only (online, and
-//!   listed on the channel); none of them there, it waits unassigned.
+//!   listed on the channel); none of them there, it waits in the queue
+//!   (`hand_out`).
 //! - A team may hand its conversations out itself (`auto_assign`, off by
 //!   default): one handed to it (a PATCH, the bulk change, a macro, or its
 //!   channel's team) that has no one on it and is not resolved goes to the
 //!   least busy of its members online who are listed on the channel and
 //!   answer, within the channel's `auto_assign_limit` (audited `by:
-//!   auto_assign`); none of them there, it waits unassigned. A change that
+//!   auto_assign`); none of them there, it waits in the queue for one
+//!   (`hand_out`). A change that
 //!   names an assignee, or unassigns, with the team keeps that. One of the
 //!   team's that the customer opens or reopens with no one on it is picked
 //!   for the same way, as the channel's own `auto_assign` would (which,

@@ -1777,6 +1777,17 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     assert_eq!(assignee_of("807").await, None, "Olga is full, Xavi away");
     let r = settings(json!({"auto_assign_limit": null})).await;
     assert!(r.body["settings"]["auto_assign_limit"].is_null(), "{:?}", r.body);
+    // Olga has room now: the one that waited is hers at the queue's next
+    // turn (`inbox::hand_out`; its clock, or this one).
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let online = app.state.online.of(tenant);
+    let turn = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
+        switchboard::inbox::hand_out::hand_out(tc, log, &online)
+    };
+    app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), turn).await.expect("turn");
+    let items = app.call("GET", "/api/conversations?limit=200", Some(&t.admin), None).await.body["items"].clone();
+    let waited = items.as_array().expect("items").iter().find(|c| c["contact"]["external_id"] == "807").cloned();
+    assert_eq!(waited.expect("807")["assignee_id"], json!(olga_id));
     // Olga gone, Xavi away: nobody.
     drop(olga);
     shown_as(&mut admin, &olga_id, "offline").await;
@@ -1789,8 +1800,96 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
         .iter()
         .filter(|e| e["action"] == "conversation.assigned" && e["details"]["by"] == "auto_assign")
         .collect();
-    assert_eq!(auto.len(), 4);
+    assert_eq!(auto.len(), 5);
     assert!(auto.iter().all(|e| e["actor_user_id"].is_null()));
+}
+
+/// Conversations that opened while nobody could take them wait in the
+/// queue (`inbox::hand_out`): agents who come online take them, oldest
+/// first, within the channel's limit; what is left goes as room frees; one
+/// someone left with no one on purpose stays so.
+#[actix_web::test]
+async fn the_queue_goes_to_agents_as_they_come_online() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
+    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
+        ["user_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let path = format!("/api/channels/{channel}/members");
+    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id, olga_id]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let settings = json!({"settings": {"auto_assign": true, "auto_assign_limit": 1}});
+    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(settings)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The admin is online but not on the channel's list: nobody to take them.
+    let (_admin, _) = newcomer(&app, &t.admin).await;
+    let senders = ["931", "932", "933", "934"];
+    for from in senders {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "¿Hay alguien? 🙋"})).await;
+    }
+    app.processed().await;
+    let assignees = || async {
+        let r = app.call("GET", "/api/conversations?limit=200", Some(&t.admin), None).await;
+        let items = r.body["items"].as_array().expect("items").clone();
+        senders
+            .iter()
+            .map(|from| {
+                let c = items.iter().find(|c| c["contact"]["external_id"] == *from).expect("conversation");
+                (c["id"].as_str().expect("id").to_string(), c["assignee_id"].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let now = assignees().await;
+    assert!(now.iter().all(|(_, a)| a.is_null()), "{now:?}");
+    let conv: Vec<String> = now.into_iter().map(|(id, _)| id).collect();
+    // Someone takes the last one and leaves it with no one: it stays so.
+    for to in [json!(t.agent_x_id), Value::Null] {
+        let r = app
+            .call("PATCH", &format!("/api/conversations/{}", conv[3]), Some(&t.admin), Some(json!({"assignee_id": to})))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let who = |v: Vec<(String, Value)>| v.into_iter().map(|(_, a)| a).collect::<Vec<_>>();
+
+    // Xavi comes online: the oldest is his (his limit is one).
+    let _x = online_x(&app, &t).await;
+    let x = json!(t.agent_x_id);
+    let want = vec![x.clone(), Value::Null, Value::Null, Value::Null];
+    crate::common::eventually("Xavi has the oldest", || async { who(assignees().await) == want }).await;
+    // Olga comes online: the next is hers.
+    let _olga = ws(&app, "", Some(&t.agent_other), None).await.expect("olga");
+    let want = vec![x.clone(), json!(olga_id), Value::Null, Value::Null];
+    crate::common::eventually("Olga has the next", || async { who(assignees().await) == want }).await;
+
+    // Xavi resolves his: at the queue's next turn the third is his.
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/conversations/{}", conv[0]),
+            Some(&t.agent_x),
+            Some(json!({"status": "resolved"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let online = app.state.online.of(tenant);
+    let turn = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
+        switchboard::inbox::hand_out::hand_out(tc, log, &online)
+    };
+    let given = app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), turn).await.expect("turn");
+    let now = who(assignees().await);
+    assert!(given <= 1 && now == vec![x.clone(), json!(olga_id), x.clone(), Value::Null], "{given} {now:?}");
+    // Audited as the server's, three times; nothing is left waiting.
+    let auto = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+         AND details->>'by' = 'auto_assign' AND actor_user_id IS NULL",
+    );
+    assert_eq!(auto, 3);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE queued_at IS NOT NULL"), 0);
 }
 
 /// A conversation handed back by someone who may no longer answer it

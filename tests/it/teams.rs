@@ -340,6 +340,11 @@ async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
             break;
         }
     }
+    // The one that waited for him is his (`inbox::hand_out`).
+    let first_of = || async {
+        app.call("GET", &format!("/api/conversations/{first}"), Some(admin), None).await.body["assignee_id"].clone()
+    };
+    crate::common::eventually("the queue handed out", || async { first_of().await == json!(al_id) }).await;
     let r = patch(&app, admin, &second, json!({"team_id": team})).await;
     assert_eq!((r.status, &r.body["team_id"], &r.body["assignee_id"]), (200, &json!(team), &json!(al_id)));
     // Named no one with the team: no one.
@@ -351,7 +356,7 @@ async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
     assert_eq!((r.status, &r.body["items"][0]["assignee_id"]), (200, &json!(al_id)), "{:?}", r.body);
 
     // The customer reopens one of the team's with no one on it: Al.
-    assert_eq!(patch(&app, admin, &first, json!({"status": "resolved"})).await.status, 200);
+    assert_eq!(patch(&app, admin, &first, json!({"status": "resolved", "assignee_id": null})).await.status, 200);
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": senders[0], "text": "Ainda preciso de ajuda"}))
         .await;
     app.processed().await;
@@ -362,7 +367,7 @@ async fn a_team_that_hands_out_its_conversations_picks_a_member_online() {
         "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
           AND actor_user_id IS NULL AND details->>'by' = 'auto_assign'",
     );
-    assert_eq!(picked, 3, "the PATCH, the bulk change and the reopening");
+    assert_eq!(picked, 4, "the queue on his arrival, the PATCH, the bulk change and the reopening");
 
     // Off: a conversation handed over stays with no one.
     let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(admin), Some(json!({"auto_assign": false}))).await;

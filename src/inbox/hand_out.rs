@@ -1,0 +1,146 @@
+//! The queue handed out: a conversation its channel (or team) would have
+//! handed to someone (`auto_assign`), had anyone been there, goes to
+//! someone once they are (an extension).
+//!
+//! Decisions:
+//! - A conversation joins the queue (`queued_at`) only when the server
+//!   should have picked someone for it and could not: it opened (new, or
+//!   reopened by the customer) while nobody who may take it was online
+//!   with room (`ingest`), it was handed to a team that hands out its own
+//!   with none of them there (`conversations::patch`), or its assignee
+//!   handed it back on leaving with nobody to take it
+//!   (`conversations::release`). A conversation someone deliberately left
+//!   with no one stays so: a person's choice is not undone by the server.
+//! - It leaves the queue when anyone takes it, someone names an assignee
+//!   or "no one", it is resolved, or nothing hands it out any more (its
+//!   channel's and team's `auto_assign` off, or it is snoozed).
+//! - [`hand_out`] gives what waits, oldest first and at most
+//!   [`MOST_AT_ONCE`] a turn, each as a conversation the customer opens is
+//!   given ([`conversations::repick`](super::conversations::repick)): the
+//!   least busy of those online who are listed on its channel and answer,
+//!   among its team's members when its team's rule or its channel's with a
+//!   team applies, within the channel's `auto_assign_limit`. One that
+//!   nobody can take yet waits on. Each given is announced
+//!   (`conversation.updated`) and audited as the server's (`by:
+//!   auto_assign`, no actor).
+//! - When: at once on this instance when an agent comes online, on any
+//!   instance ([`run`], woken by `realtime::online`), and every
+//!   [`LOOK_EVERY`] for each tenant with someone online (room freed: a
+//!   conversation resolved, a limit raised). Instances take turns per
+//!   tenant under an advisory lock; one that finds it held leaves the turn
+//!   to the other.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::conversations::{audit_auto_assigned, repick, Picked};
+use super::events::EventLog;
+use super::views::{ConversationRow, Names};
+use super::ConversationId;
+use crate::db::tenant_schema::conversations as c;
+use crate::db::{TenantConn, TenantScope};
+use crate::error::AppResult;
+use crate::ids::UserId;
+
+/// Conversations one turn gives at most; the rest wait for the next.
+pub const MOST_AT_ONCE: i64 = 200;
+/// How often every tenant with someone online has its queue looked at.
+pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// First key of the advisory lock a tenant's turns take turns under.
+const HAND_OUT_LOCK_CLASS: i32 = 0x5b_0007;
+
+/// Puts conversation `id`, with no one on it, in the queue (kept at the
+/// time it first joined).
+pub fn queue(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {
+    diesel::update(c::table.find(id).filter(c::assignee_id.is_null()).filter(c::queued_at.is_null()))
+        .set(c::queued_at.eq(diesel::dsl::now))
+        .execute(tc.pg())?;
+    Ok(())
+}
+
+/// Takes conversation `id` out of the queue, if it is in it.
+pub fn dequeue(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {
+    diesel::update(c::table.find(id).filter(c::queued_at.is_not_null()))
+        .set(c::queued_at.eq(None::<DateTime<Utc>>))
+        .execute(tc.pg())?;
+    Ok(())
+}
+
+/// Gives what waits in the queue to those of `online` who may take it (see
+/// the module docs); how many were given.
+pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) -> AppResult<usize> {
+    if online.is_empty() {
+        return Ok(0);
+    }
+    let waiting: bool =
+        diesel::select(diesel::dsl::exists(c::table.filter(c::queued_at.is_not_null()))).get_result(tc.pg())?;
+    if !waiting {
+        return Ok(0);
+    }
+    let tenant = i32::try_from(tc.tenant().0).unwrap_or(i32::MAX);
+    let ours: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_catalog.pg_try_advisory_xact_lock({HAND_OUT_LOCK_CLASS}, {tenant})"
+    )))
+    .get_result(tc.pg())?;
+    if !ours {
+        return Ok(0);
+    }
+    let rows: Vec<ConversationRow> = c::table
+        .filter(c::queued_at.is_not_null())
+        .order((c::queued_at, c::id))
+        .limit(MOST_AT_ONCE)
+        .for_update()
+        .skip_locked()
+        .select(ConversationRow::as_select())
+        .load(tc.pg())?;
+    let mut rules = HashMap::new();
+    let mut names = Names::default();
+    let mut given = 0;
+    for mut row in rows {
+        let picked = if row.assignee_id.is_some() { Picked::NoRule } else { repick(tc, &mut rules, &row, online)? };
+        match picked {
+            Picked::Agent(agent, team) => {
+                diesel::update(c::table.find(row.id))
+                    .set((
+                        c::assignee_id.eq(agent.0),
+                        c::queued_at.eq(None::<DateTime<Utc>>),
+                        c::updated_at.eq(diesel::dsl::now),
+                    ))
+                    .execute(tc.pg())?;
+                audit_auto_assigned(tc, ConversationId(row.id), agent, team)?;
+                row.assignee_id = Some(agent.0);
+                let view = names.conversation(tc, &row)?;
+                log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+                given += 1;
+            }
+            Picked::Nobody => {}
+            Picked::NoRule => dequeue(tc, row.id)?,
+        }
+    }
+    Ok(given)
+}
+
+/// The worker of `serve`: hands out the queue of a tenant where an agent
+/// came online (at once), and of every tenant with someone online every
+/// [`LOOK_EVERY`].
+pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
+    let mut tick = tokio::time::interval(LOOK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let tenants = tokio::select! {
+            _ = state.online.arrived() => state.online.take_arrivals(),
+            _ = tick.tick() => state.online.tenants(),
+        };
+        for tenant in tenants {
+            let online = state.online.of(tenant);
+            let turn = move |tc: &mut TenantConn<'_>, log: &mut EventLog| hand_out(tc, log, &online);
+            match state.tenant_with_events(TenantScope::system(tenant), turn).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(tenant = tenant.0, given = n, "queue handed out"),
+                Err(e) => tracing::debug!(tenant = tenant.0, error = ?e, "queue not handed out this turn"),
+            }
+        }
+    }
+}
