@@ -923,11 +923,7 @@ pub fn release(
             json!({"from": member.to_string(), "to": null, "by": why}),
         )?;
         match repick(tc, &mut rules, &row, &others)? {
-            Picked::Agent(agent, team) => {
-                diesel::update(c::table.find(row.id)).set(c::assignee_id.eq(agent.0)).execute(tc.pg())?;
-                audit_auto_assigned(tc, id, agent, team)?;
-                row.assignee_id = Some(agent.0);
-            }
+            Picked::Agent(agent, team) => give(tc, &mut row, agent, team)?,
             Picked::Nobody => super::hand_out::queue(tc, row.id)?,
             Picked::NoRule => {}
         }
@@ -992,6 +988,23 @@ pub fn repick(
     })
 }
 
+/// Gives `row`, which has no one on it, to `agent` by the server's rule
+/// (`team`'s, or the channel's; [`repick`]): written, out of the queue,
+/// audited; the caller announces it.
+pub(super) fn give(
+    tc: &mut TenantConn<'_>,
+    row: &mut ConversationRow,
+    agent: UserId,
+    team: Option<i64>,
+) -> AppResult<()> {
+    diesel::update(c::table.find(row.id))
+        .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
+        .execute(tc.pg())?;
+    audit_auto_assigned(tc, ConversationId(row.id), agent, team)?;
+    row.assignee_id = Some(agent.0);
+    Ok(())
+}
+
 /// Assigns a conversation no one has to `agent`, by the server (the audit
 /// entry has no actor). A conversation someone took meanwhile keeps them.
 pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId) -> AppResult<bool> {
@@ -1017,12 +1030,7 @@ fn audit_change(
 
 /// The audit entry of an assignment by the server (no actor): by the
 /// channel's auto-assign, or by `team`'s (`teams`).
-pub(super) fn audit_auto_assigned(
-    tc: &mut TenantConn<'_>,
-    id: ConversationId,
-    agent: UserId,
-    team: Option<i64>,
-) -> AppResult<()> {
+fn audit_auto_assigned(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, team: Option<i64>) -> AppResult<()> {
     let mut details = json!({"from": null, "to": agent.to_string(), "by": "auto_assign"});
     if let Some(team) = team {
         details["team_id"] = json!(team.to_string());

@@ -35,10 +35,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::conversations::{audit_auto_assigned, repick, Picked};
+use super::conversations::{give, repick, Picked};
 use super::events::EventLog;
 use super::views::{ConversationRow, Names};
-use super::ConversationId;
 use crate::db::tenant_schema::conversations as c;
 use crate::db::{TenantConn, TenantScope};
 use crate::error::AppResult;
@@ -102,15 +101,7 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         let picked = if row.assignee_id.is_some() { Picked::NoRule } else { repick(tc, &mut rules, &row, online)? };
         match picked {
             Picked::Agent(agent, team) => {
-                diesel::update(c::table.find(row.id))
-                    .set((
-                        c::assignee_id.eq(agent.0),
-                        c::queued_at.eq(None::<DateTime<Utc>>),
-                        c::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .execute(tc.pg())?;
-                audit_auto_assigned(tc, ConversationId(row.id), agent, team)?;
-                row.assignee_id = Some(agent.0);
+                give(tc, &mut row, agent, team)?;
                 let view = names.conversation(tc, &row)?;
                 log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
                 given += 1;
