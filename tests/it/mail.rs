@@ -383,16 +383,19 @@ async fn assign(app: &TestApp, t: &str, conversation: &str, to: Value) -> crate:
     app.call("PATCH", &path, Some(t), Some(json!({"assignee_id": to}))).await
 }
 
-/// A member who is not online hears by mail that a colleague assigned
-/// them a conversation or mentioned them, or that one of theirs is overdue
-/// (`inbox::notice_mail`): one mail
-/// per change (a bulk one lists its conversations), none for what they
-/// did themselves, none when they turned it off, none while online, and
-/// no more than the hourly limit.
-#[actix_web::test]
-async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
+/// Acme with mail to a [`Sink`], Al an agent of page A, and a
+/// conversation of each of `customers` (who wrote `said(i)`).
+struct AlWritten {
+    app: TestApp,
+    ctx: crate::inbox::Ctx,
+    al: String,
+    al_id: String,
+    page: String,
+    conv: Vec<String>,
+}
+
+async fn al_written_to(sink: &Sink, customers: &[&str], said: impl Fn(usize) -> String) -> AlWritten {
     use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
-    let sink = Sink::start();
     let app = spawn_app_with_mail(&sink.url).await;
     let ctx = acme(&app).await;
     let (al_member, al) = agent_al(&app, &ctx.admin).await;
@@ -401,15 +404,29 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     let members = json!({"user_ids": [al_id]});
     let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let customers = ["6100000000000001", "6100000000000002", "6100000000000003", "6100000000000004"];
     for (i, psid) in customers.iter().enumerate() {
-        let text = format!("Wo ist meine Bestellung Nr. {i}? 📦");
+        let text = said(i);
         app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": psid, "text": text})).await;
     }
     app.processed().await;
     let all = conversations(&app, &ctx.admin, "").await;
-    let conv: Vec<String> =
-        customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    let conv = customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    AlWritten { app, ctx, al, al_id, page, conv }
+}
+
+/// A member who is not online hears by mail that a colleague assigned
+/// them a conversation or mentioned them, or that one of theirs is overdue
+/// (`inbox::notice_mail`): one mail
+/// per change (a bulk one lists its conversations), none for what they
+/// did themselves, none when they turned it off, none while online, and
+/// no more than the hourly limit.
+#[actix_web::test]
+async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
+    use crate::inbox::{by_contact, conversations};
+    let sink = Sink::start();
+    let customers = ["6100000000000001", "6100000000000002", "6100000000000003", "6100000000000004"];
+    let said = |i: usize| format!("Wo ist meine Bestellung Nr. {i}? 📦");
+    let AlWritten { app, ctx, al, al_id, page, conv } = al_written_to(&sink, &customers, said).await;
     let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
 
     // Ann assigns Al a conversation: one mail, saying who, which customer
@@ -559,24 +576,9 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
 /// or again; a link not ours is 404; settings turn them on again.
 #[actix_web::test]
 async fn a_notice_mail_stops_with_one_click_from_the_mail() {
-    use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
     let sink = Sink::start();
-    let app = spawn_app_with_mail(&sink.url).await;
-    let ctx = acme(&app).await;
-    let (al_member, al) = agent_al(&app, &ctx.admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, &ctx.admin, crate::channels::PAGE_A).await;
-    let members = json!({"user_ids": [al_id]});
-    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(members)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
     let customers = ["6300000000000001", "6300000000000002"];
-    for psid in customers {
-        app.fake("POST", "/_fake/inbound", json!({"to": crate::channels::PAGE_A, "from": psid, "text": "سلام"})).await;
-    }
-    app.processed().await;
-    let all = conversations(&app, &ctx.admin, "").await;
-    let conv: Vec<String> =
-        customers.iter().map(|p| by_contact(&all, p)["id"].as_str().expect("id").to_string()).collect();
+    let AlWritten { app, ctx, al, al_id, conv, .. } = al_written_to(&sink, &customers, |_| "سلام".into()).await;
     let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
     assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200);
     let mails = mail_to(&sink, "al@acme.test", 1).await;

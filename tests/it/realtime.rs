@@ -1708,6 +1708,24 @@ async fn shown_as(s: &mut Socket, user: &str, status: &str) {
     panic!("{user} never shown {status}");
 }
 
+/// Olga's user id (`team`'s other agent).
+async fn olga_id(app: &TestApp, t: &Team) -> String {
+    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
+    let olga = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").cloned();
+    olga.expect("olga")["user_id"].as_str().expect("id").to_string()
+}
+
+/// One turn of acme's queue (`inbox::hand_out`), as its worker's clock
+/// takes it, with who is online now: how many it gave.
+async fn queue_turn(app: &TestApp) -> usize {
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let online = app.state.online.of(tenant);
+    let turn = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
+        switchboard::inbox::hand_out::hand_out(tc, log, &online)
+    };
+    app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), turn).await.expect("turn")
+}
+
 /// Auto-assignment (`settings.auto_assign`): a conversation that opens with
 /// no one assigned goes to the least busy of the channel's agents online
 /// now, never to one offline or away, nor to someone online who is not on
@@ -1718,12 +1736,7 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     let app = spawn_app().await;
     let t = team(&app).await;
     let channel = channels_of(&app, &t.admin).await;
-    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
-    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
-        ["user_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let olga_id = olga_id(&app, &t).await;
     let r = app
         .call(
             "PUT",
@@ -1779,12 +1792,7 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     assert!(r.body["settings"]["auto_assign_limit"].is_null(), "{:?}", r.body);
     // Olga has room now: the one that waited is hers at the queue's next
     // turn (`inbox::hand_out`; its clock, or this one).
-    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
-    let online = app.state.online.of(tenant);
-    let turn = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
-        switchboard::inbox::hand_out::hand_out(tc, log, &online)
-    };
-    app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), turn).await.expect("turn");
+    queue_turn(&app).await;
     let items = app.call("GET", "/api/conversations?limit=200", Some(&t.admin), None).await.body["items"].clone();
     let waited = items.as_array().expect("items").iter().find(|c| c["contact"]["external_id"] == "807").cloned();
     assert_eq!(waited.expect("807")["assignee_id"], json!(olga_id));
@@ -1813,12 +1821,7 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
     let app = spawn_app().await;
     let t = team(&app).await;
     let channel = channels_of(&app, &t.admin).await;
-    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
-    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
-        ["user_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let olga_id = olga_id(&app, &t).await;
     let path = format!("/api/channels/{channel}/members");
     let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id, olga_id]}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -1875,12 +1878,7 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
-    let online = app.state.online.of(tenant);
-    let turn = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
-        switchboard::inbox::hand_out::hand_out(tc, log, &online)
-    };
-    let given = app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), turn).await.expect("turn");
+    let given = queue_turn(&app).await;
     let now = who(assignees().await);
     assert!(given <= 1 && now == vec![x.clone(), json!(olga_id), x.clone(), Value::Null], "{given} {now:?}");
     // Audited as the server's, three times; nothing is left waiting.
@@ -1901,12 +1899,7 @@ async fn conversations_handed_back_go_to_someone_online_when_the_channel_assigns
     let app = spawn_app().await;
     let t = team(&app).await;
     let channel = channels_of(&app, &t.admin).await;
-    let members = app.call("GET", "/api/members", Some(&t.admin), None).await.body["items"].clone();
-    let olga_id = members.as_array().expect("items").iter().find(|m| m["email"] == "olga@acme.test").expect("olga")
-        ["user_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let olga_id = olga_id(&app, &t).await;
     let list = |ids: Value| {
         let app = &app;
         let (admin, path) = (t.admin.clone(), format!("/api/channels/{channel}/members"));
