@@ -922,11 +922,7 @@ pub fn release(
             "conversation.assigned",
             json!({"from": member.to_string(), "to": null, "by": why}),
         )?;
-        match repick(tc, &mut rules, &row, &others)? {
-            Picked::Agent(agent, team) => give(tc, &mut row, agent, team)?,
-            Picked::Nobody => super::hand_out::queue(tc, row.id)?,
-            Picked::NoRule => {}
-        }
+        give_or_queue(tc, &mut rules, &mut row, &others)?;
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
@@ -986,6 +982,23 @@ pub fn repick(
         Some(agent) => Picked::Agent(agent, by_team),
         None => Picked::Nobody,
     })
+}
+
+/// Hands `row`, which has no one on it, out as its channel's or team's
+/// rule would one the customer opens ([`repick`] among `online`): given,
+/// or, with nobody to take it, in the queue (`hand_out`); with no rule
+/// on, left as it is. The caller announces it.
+fn give_or_queue(
+    tc: &mut TenantConn<'_>,
+    rules: &mut HashMap<i64, (bool, Option<u32>)>,
+    row: &mut ConversationRow,
+    online: &[UserId],
+) -> AppResult<()> {
+    match repick(tc, rules, row, online)? {
+        Picked::Agent(agent, team) => give(tc, row, agent, team),
+        Picked::Nobody => super::hand_out::queue(tc, row.id),
+        Picked::NoRule => Ok(()),
+    }
 }
 
 /// Gives `row`, which has no one on it, to `agent` by the server's rule
@@ -1142,13 +1155,21 @@ pub fn mark_unread(
     Ok(true)
 }
 
-/// Wakes snoozed conversations whose time has come; returns how many.
-pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
-    let woken: Vec<ConversationRow> =
+/// Wakes snoozed conversations whose time has come (one with no one on it
+/// handed out among `online`, or queued, as [`give_or_queue`] does);
+/// returns how many.
+pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) -> AppResult<usize> {
+    let mut woken: Vec<ConversationRow> =
         diesel::update(c::table.filter(c::status.eq("snoozed")).filter(c::snoozed_until.le(Utc::now())))
             .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
             .returning(ConversationRow::as_returning())
             .get_results(tc.pg())?;
+    // One that wakes with no one on it (its assignee handed it back while
+    // it slept) is handed out as one the customer reopens would be.
+    let mut rules = HashMap::new();
+    for row in woken.iter_mut().filter(|r| r.assignee_id.is_none()) {
+        give_or_queue(tc, &mut rules, row, online)?;
+    }
     announce(tc, log, &woken)?;
     Ok(woken.len())
 }

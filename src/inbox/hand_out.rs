@@ -4,9 +4,10 @@
 //!
 //! Decisions:
 //! - A conversation joins the queue (`queued_at`) only when the server
-//!   should have picked someone for it and could not: it opened (new, or
-//!   reopened by the customer) while nobody who may take it was online
-//!   with room (`ingest`), it was handed to a team that hands out its own
+//!   should have picked someone for it and could not: it opened (new,
+//!   reopened by the customer, or woken from a snooze with no one on it)
+//!   while nobody who may take it was online with room (`ingest`,
+//!   `conversations::wake_snoozed`), it was handed to a team that hands out its own
 //!   with none of them there (`conversations::patch`), or its assignee
 //!   handed it back on leaving with nobody to take it
 //!   (`conversations::release`). A conversation someone deliberately left

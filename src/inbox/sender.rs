@@ -792,9 +792,10 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
         tick.tick().await;
         let tenants = state.db.public(|conn| Ok::<_, AppError>(crate::tenancy::list(conn)?)).await.unwrap_or_default();
         for t in tenants.into_iter().filter(|t| t.is_active()) {
+            let online = state.online.of(t.tenant_id());
             let r = state
-                .tenant_with_events(TenantScope::system(t.tenant_id()), |tc, log| {
-                    conversations::wake_snoozed(tc, log)?;
+                .tenant_with_events(TenantScope::system(t.tenant_id()), move |tc, log| {
+                    conversations::wake_snoozed(tc, log, &online)?;
                     crate::channels::whatsapp_number::lift_ended(tc)?;
                     super::waiting::ring_overdue(tc, log)?;
                     super::auto_resolve::resolve_idle(tc, log, chrono::Utc::now()).map(drop)

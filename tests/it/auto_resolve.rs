@@ -194,7 +194,7 @@ async fn idle_conversations_are_resolved_but_not_a_customer_owed_an_answer() {
         "UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second' WHERE id = {snoozed}"
     ))
     .expect("the snooze ends");
-    in_acme(&app, switchboard::inbox::conversations::wake_snoozed);
+    in_acme(&app, |tc, log| switchboard::inbox::conversations::wake_snoozed(tc, log, &[]));
     tick(&app);
     assert_eq!(status(&app, admin, &snoozed).await["status"], "open", "woken just now: not idle");
     // No survey goes to a customer silent for a day.

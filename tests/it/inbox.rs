@@ -2802,7 +2802,7 @@ async fn snoozes_wake_and_edits_update_in_place() {
     let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
     let woken = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         let mut log = switchboard::inbox::events::EventLog::new();
-        let n = switchboard::inbox::conversations::wake_snoozed(tc, &mut log)?;
+        let n = switchboard::inbox::conversations::wake_snoozed(tc, &mut log, &[])?;
         log.notify(tc)?;
         Ok::<_, switchboard::AppError>(n)
     })

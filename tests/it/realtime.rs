@@ -1982,6 +1982,24 @@ async fn conversations_handed_back_go_to_someone_online_when_the_channel_assigns
     let released = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
                     AND details->>'to' IS NULL AND details->>'by' = 'channel_left'";
     assert_eq!((app.count(released), auto(None)), (3, 2));
+    // The snoozed one wakes with no one on it: handed out as one the
+    // customer reopens would be.
+    let mut conn = app.db.conn();
+    diesel::sql_query(format!(
+        "UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second' WHERE id = {}",
+        conv[2]
+    ))
+    .execute(&mut conn)
+    .expect("time passes");
+    let tenant = switchboard::ids::TenantId(app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'"));
+    let online = app.state.online.of(tenant);
+    let wake = move |tc: &mut switchboard::db::TenantConn<'_>, log: &mut switchboard::inbox::events::EventLog| {
+        switchboard::inbox::conversations::wake_snoozed(tc, log, &online)
+    };
+    let woken = app.state.tenant_with_events(switchboard::db::TenantScope::system(tenant), wake).await;
+    assert_eq!(woken.expect("woken"), 1);
+    assert_eq!(assignee(&conv[2]).await, json!(t.agent_x_id));
+    assert_eq!(auto(None), 3);
 
     // A team that hands out its own: Xavi leaves the tenant; the one of
     // Olga's team goes to her, the other (no team; the channel no longer
