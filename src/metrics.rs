@@ -28,6 +28,7 @@ pub static WS_CLIENT_DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static MEDIA_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static MEDIA_NOT_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static PRUNED_ROWS: AtomicU64 = AtomicU64::new(0);
+pub static QUEUE_GIVEN: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -87,6 +88,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_pruned_rows_total",
             "Processed webhooks, finished sends and expired refresh tokens deleted by the housekeeping",
             &PRUNED_ROWS,
+        ),
+        (
+            "switchboard_queue_given_total",
+            "Queued conversations this instance handed to an agent who came online or had room (inbox::hand_out)",
+            &QUEUE_GIVEN,
         ),
     ];
     let mut out = String::new();

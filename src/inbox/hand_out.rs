@@ -29,7 +29,8 @@
 //!   [`LOOK_EVERY`] for each tenant with someone online (room freed: a
 //!   conversation resolved, a limit raised). Instances take turns per
 //!   tenant under an advisory lock; one that finds it held leaves the turn
-//!   to the other.
+//!   to the other. `switchboard_queue_given_total` counts what the worker
+//!   gave.
 
 use std::collections::HashMap;
 
@@ -130,7 +131,10 @@ pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
             let turn = move |tc: &mut TenantConn<'_>, log: &mut EventLog| hand_out(tc, log, &online);
             match state.tenant_with_events(TenantScope::system(tenant), turn).await {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(tenant = tenant.0, given = n, "queue handed out"),
+                Ok(n) => {
+                    crate::metrics::inc(&crate::metrics::QUEUE_GIVEN, n as u64);
+                    tracing::debug!(tenant = tenant.0, given = n, "queue handed out");
+                }
                 Err(e) => tracing::debug!(tenant = tenant.0, error = ?e, "queue not handed out this turn"),
             }
         }

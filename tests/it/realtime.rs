@@ -1867,6 +1867,10 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
     let _olga = ws(&app, "", Some(&t.agent_other), None).await.expect("olga");
     let want = vec![x.clone(), json!(olga_id), Value::Null, Value::Null];
     crate::common::eventually("Olga has the next", || async { who(assignees().await) == want }).await;
+    // The worker counts what it gave (other tests' turns count too).
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("request").text().await.expect("text");
+    let given = metrics.lines().find_map(|l| l.strip_prefix("switchboard_queue_given_total ")).map(str::parse::<u64>);
+    assert!(matches!(given, Some(Ok(n)) if n >= 2), "{given:?}");
 
     // Xavi resolves his: at the queue's next turn the third is his.
     let r = app
