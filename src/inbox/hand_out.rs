@@ -24,13 +24,14 @@
 //!   nobody can take yet waits on. Each given is announced
 //!   (`conversation.updated`) and audited as the server's (`by:
 //!   auto_assign`, no actor).
-//! - When: at once on this instance when an agent comes online, on any
-//!   instance ([`run`], woken by `realtime::online`), and every
-//!   [`LOOK_EVERY`] for each tenant with someone online (room freed: a
-//!   conversation resolved, a limit raised). Instances take turns per
-//!   tenant under an advisory lock; one that finds it held leaves the turn
-//!   to the other. `switchboard_queue_given_total` counts what the worker
-//!   gave.
+//! - When: as soon as an agent comes online (or back from away) on any
+//!   instance, since every instance hears of it and wakes its worker
+//!   ([`run`], from `realtime::online`); and every [`LOOK_EVERY`] for each
+//!   tenant with someone online (room freed: a conversation resolved, a
+//!   limit raised). Instances take turns per tenant under an advisory
+//!   lock; one that finds it held leaves the turn to the other (should that
+//!   one not know of the newcomer yet, the next look gives it).
+//!   `switchboard_queue_given_total` counts what the worker gave.
 
 use std::collections::HashMap;
 
