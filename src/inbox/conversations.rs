@@ -740,10 +740,15 @@ pub fn patch(
             assignee = picked.map(|u| u.0);
         }
     }
-    // A retried or repeated PATCH changes nothing: no write, no event.
+    // A retried or repeated PATCH changes nothing: no write, no event;
+    // but "no one", said of one waiting with no one, takes it out of the
+    // queue (`hand_out`): someone chose it so.
     if (&status, snoozed_until, assignee, &labels, &priority, team)
         == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority, row.team_id)
     {
+        if p.assignee_id == Some(None) {
+            super::hand_out::dequeue(tc, row.id)?;
+        }
         return Names::default().conversation(tc, &row);
     }
     let mut updated: ConversationRow = diesel::update(c::table.find(row.id))
