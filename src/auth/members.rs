@@ -301,9 +301,10 @@ pub fn prefs_of_member(conn: &mut PgConnection, user: UserId, tenant: TenantId) 
     Ok(row.map(|(assigned, mentioned, overdue)| Prefs { assigned, mentioned, overdue }))
 }
 
-/// Applies `change` to `user`'s choice in `tenant`; whether it changed.
+/// Applies `change` to `user`'s choice in `tenant`; whether it changed
+/// (never for someone not a member: they have no choice to change).
 pub fn set_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId, change: PrefsChange) -> AppResult<bool> {
-    let now = prefs(conn, user, tenant)?;
+    let Some(now) = prefs_of_member(conn, user, tenant)? else { return Ok(false) };
     let want = Prefs {
         assigned: change.assigned.unwrap_or(now.assigned),
         mentioned: change.mentioned.unwrap_or(now.mentioned),

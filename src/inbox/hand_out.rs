@@ -50,8 +50,6 @@ use crate::ids::UserId;
 pub const MOST_AT_ONCE: i64 = 200;
 /// How often every tenant with someone online has its queue looked at.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// First key of the advisory lock a tenant's turns take turns under.
-const HAND_OUT_LOCK_CLASS: i32 = 0x5b_0007;
 
 /// Puts conversation `id`, with no one on it, in the queue (kept at the
 /// time it first joined).
@@ -81,12 +79,8 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
     if !waiting {
         return Ok(0);
     }
-    let tenant = i32::try_from(tc.tenant().0).unwrap_or(i32::MAX);
-    let ours: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "pg_catalog.pg_try_advisory_xact_lock({HAND_OUT_LOCK_CLASS}, {tenant})"
-    )))
-    .get_result(tc.pg())?;
-    if !ours {
+    let key = format!("hand out {}", tc.tenant().0);
+    if !crate::db::migrate::try_advisory_lock(tc.pg(), &key)? {
         return Ok(0);
     }
     let rows: Vec<ConversationRow> = c::table

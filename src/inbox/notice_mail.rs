@@ -122,12 +122,9 @@ pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str) -> AppResul
     };
     let (member, tenant) = (UserId(named.u), crate::ids::TenantId(named.t));
     let workspace = crate::tenancy::find(conn, tenant)?.map(|t| t.name);
-    if prefs_of_member(conn, member, tenant)?.is_some() {
-        let off =
-            crate::auth::members::PrefsChange { assigned: Some(false), mentioned: Some(false), overdue: Some(false) };
-        if crate::auth::members::set_prefs(conn, member, tenant, off)? {
-            tracing::info!(user_id = member.0, tenant_id = tenant.0, "notice mail turned off by its unsubscribe link");
-        }
+    let off = crate::auth::members::PrefsChange { assigned: Some(false), mentioned: Some(false), overdue: Some(false) };
+    if crate::auth::members::set_prefs(conn, member, tenant, off)? {
+        tracing::info!(user_id = member.0, tenant_id = tenant.0, "notice mail turned off by its unsubscribe link");
     }
     Ok(Unsubscribed { unsubscribed: true, workspace })
 }
