@@ -659,6 +659,11 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         Some(id.to_string()),
         json!({"name": name, "settings": settings_json}),
     )?;
+    // What waited for the channel to hand it out waits no more, unless its
+    // team hands it out (`inbox::hand_out`; read as now written).
+    if before.auto_assign && !settings.auto_assign {
+        crate::inbox::hand_out::settle_all(tc, &mut log, crate::inbox::hand_out::Waiting::OfChannel(id.0))?;
+    }
     let view = announce_settings(tc, &mut log, id)?;
     log.notify(tc)?;
     Ok(view)

@@ -127,7 +127,12 @@ fn resolve_in(
     let ids: Vec<i64> = idle.iter().map(|(id, _)| *id).collect();
     // Locked above: nothing changed them since they were found idle.
     let rows: Vec<ConversationRow> = diesel::update(c::table.filter(c::id.eq_any(&ids)))
-        .set((c::status.eq("resolved"), super::waiting::kept_unless(true), c::updated_at.eq(diesel::dsl::now)))
+        .set((
+            c::status.eq("resolved"),
+            super::waiting::kept_unless(true),
+            c::queued_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            c::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(ConversationRow::as_returning())
         .get_results(tc.pg())?;
     for (id, was) in &idle {

@@ -687,6 +687,7 @@ fn block(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &Co
                 conversations::waiting_since.eq(None::<chrono::DateTime<Utc>>),
                 conversations::reply_due_at.eq(None::<chrono::DateTime<Utc>>),
                 conversations::snoozed_until.eq(None::<chrono::DateTime<Utc>>),
+                conversations::queued_at.eq(None::<chrono::DateTime<Utc>>),
                 conversations::updated_at.eq(diesel::dsl::now),
             ))
             .execute(tc.pg())?;

@@ -48,6 +48,9 @@ pub struct Filter {
     /// Only those whose contact has this attribute, or (`Some`) this
     /// value of it (`contact_attribute=key` or `key:value`).
     pub contact_attribute: Option<(String, Option<String>)>,
+    /// `Some(true)`: only those waiting in the queue for someone to hand
+    /// them to (`hand_out`); `Some(false)`: only the others.
+    pub queued: Option<bool>,
     /// The list's order (not the newest activity first only without `q`).
     pub order: Order,
 }
@@ -74,6 +77,9 @@ pub enum Order {
     /// The waiting ones with a reply target, soonest due first (the most
     /// overdue first), keyset on (reply_due_at, id).
     Due,
+    /// Those waiting in the queue (`hand_out`), in the order it hands them
+    /// out: the longest queued first, keyset on (queued_at, id).
+    Queue,
 }
 
 impl Order {
@@ -83,6 +89,7 @@ impl Order {
             Order::Activity => None,
             Order::Waiting => view.waiting_since,
             Order::Due => view.reply_due_at,
+            Order::Queue => view.queued_at,
         }
         .unwrap_or(view.last_activity_at)
     }
@@ -119,11 +126,13 @@ pub struct FilterParams {
     pub team: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_attribute: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<String>,
 }
 
 impl FilterParams {
     /// The names a client may give.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "status",
         "channel_id",
         "assignee",
@@ -137,6 +146,7 @@ impl FilterParams {
         "held_elsewhere",
         "team",
         "contact_attribute",
+        "queued",
     ];
 
     /// These, with each one `over` gives put in its place.
@@ -155,6 +165,7 @@ impl FilterParams {
             held_elsewhere: over.held_elsewhere.or(self.held_elsewhere),
             team: over.team.or(self.team),
             contact_attribute: over.contact_attribute.or(self.contact_attribute),
+            queued: over.queued.or(self.queued),
         }
     }
 
@@ -211,15 +222,17 @@ impl FilterParams {
                 None | Some("") => None,
                 Some(raw) => Some(super::attributes::parsed_query(raw).map_err(|e| bad(e.message))?),
             },
+            queued: flag(self.queued.as_deref(), "queued")?,
             order: match self.sort.as_deref() {
                 None | Some("") | Some("activity") => Order::Activity,
                 Some("waiting") => Order::Waiting,
                 Some("due") => Order::Due,
-                Some(_) => return Err(bad("sort is activity, waiting or due".into())),
+                Some("queue") => Order::Queue,
+                Some(_) => return Err(bad("sort is activity, waiting, due or queue".into())),
             },
         };
         if filter.order != Order::Activity && filter.q.as_deref().is_some_and(|t| !t.trim().is_empty()) {
-            return Err(bad("sort=waiting or due does not go with q: a search lists by activity".into()));
+            return Err(bad("sort=waiting, due or queue does not go with q: a search lists by activity".into()));
         }
         Ok(filter)
     }
@@ -262,7 +275,7 @@ fn attribute_values(tc: &mut TenantConn<'_>, f: &Filter) -> AppResult<Vec<serde_
 }
 
 /// In the filter's [`Order`]: newest activity first, the longest waits
-/// first, or the soonest due first.
+/// first, the soonest due first, or the longest queued first.
 pub fn list(
     tc: &mut TenantConn<'_>,
     user: UserId,
@@ -286,6 +299,12 @@ pub fn list(
             .order((c::reply_due_at.asc(), c::id.asc()))
             .limit(limit)
             .load(tc.pg())?,
+        None if f.order == Order::Queue => {
+            filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
+                .order((c::queued_at.asc(), c::id.asc()))
+                .limit(limit)
+                .load(tc.pg())?
+        }
         None => newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
             .limit(limit)
             .load(tc.pg())?,
@@ -299,13 +318,14 @@ pub fn list(
 pub const MOST_COUNTED: i64 = 10_000;
 
 /// What the inbox's badges show for a filter: how many conversations it
-/// lists in all, how many of them are the caller's, and how many are no
-/// one's.
+/// lists in all, how many of them are the caller's, how many are no
+/// one's, and how many of those wait in the queue (`hand_out`).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Counts {
     pub all: i64,
     pub mine: i64,
     pub unassigned: i64,
+    pub queued: i64,
 }
 
 /// `GET /api/conversations/counts`: [`Counts`] of the conversations `f`
@@ -316,13 +336,18 @@ pub fn counts(tc: &mut TenantConn<'_>, user: UserId, role: Role, f: &Filter) -> 
         return Err(AppError::bad_request("invalid_query", "counts take no q: a search is counted by its pages"));
     }
     let values = attribute_values(tc, f)?;
-    let mut count = |assignee: Option<Option<i64>>| -> AppResult<i64> {
-        let filter = Filter { assignee, ..f.clone() };
+    let mut count = |assignee: Option<Option<i64>>, queued: Option<bool>| -> AppResult<i64> {
+        let filter = Filter { assignee, queued: queued.or(f.queued), ..f.clone() };
         let listing = Listing { user, role, filter: &filter, after: None, attribute_values: &values };
         let ids: Vec<i64> = filtered(c::table.select(c::id).into_boxed(), listing).limit(MOST_COUNTED).load(tc.pg())?;
         Ok(ids.len() as i64)
     };
-    Ok(Counts { all: count(None)?, mine: count(Some(Some(user.0)))?, unassigned: count(Some(None))? })
+    Ok(Counts {
+        all: count(None, None)?,
+        mine: count(Some(Some(user.0)), None)?,
+        unassigned: count(Some(None), None)?,
+        queued: if f.queued == Some(false) { 0 } else { count(None, Some(true))? },
+    })
 }
 
 /// `q` narrowed by the filter's conditions (all but the search) and the
@@ -374,6 +399,11 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     if f.overdue {
         q = q.filter(sql::<Bool>(super::waiting::OVERDUE));
     }
+    match f.queued {
+        Some(true) => q = q.filter(c::queued_at.is_not_null()),
+        Some(false) => q = q.filter(c::queued_at.is_null()),
+        None => {}
+    }
     match f.held_elsewhere {
         Some(true) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE)),
         Some(false) => q = q.filter(sql::<Bool>(super::handover::HELD_ELSEWHERE).is_distinct_from(true)),
@@ -412,6 +442,12 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
             q = q.filter(c::status.eq_any(super::waiting::UNRESOLVED)).filter(c::reply_due_at.is_not_null());
             if let Some((at, id)) = after {
                 q = q.filter(c::reply_due_at.gt(at).or(c::reply_due_at.eq(at).and(c::id.gt(id))));
+            }
+        }
+        Order::Queue => {
+            q = q.filter(c::queued_at.is_not_null());
+            if let Some((at, id)) = after {
+                q = q.filter(c::queued_at.gt(at).or(c::queued_at.eq(at).and(c::id.gt(id))));
             }
         }
         Order::Activity => {
@@ -741,14 +777,13 @@ pub fn patch(
         }
     }
     // A retried or repeated PATCH changes nothing: no write, no event;
-    // but "no one", said of one waiting with no one, takes it out of the
-    // queue (`hand_out`): someone chose it so.
+    // but "no one", said of one waiting in the queue with no one, takes it
+    // out (`hand_out`): someone chose it so.
+    let unqueued = p.assignee_id == Some(None) && row.queued_at.is_some();
     if (&status, snoozed_until, assignee, &labels, &priority, team)
         == (&row.status, row.snoozed_until, row.assignee_id, &row.labels, &row.priority, row.team_id)
+        && !unqueued
     {
-        if p.assignee_id == Some(None) {
-            super::hand_out::dequeue(tc, row.id)?;
-        }
         return Names::default().conversation(tc, &row);
     }
     let mut updated: ConversationRow = diesel::update(c::table.find(row.id))
@@ -784,18 +819,26 @@ pub fn patch(
         audit_change(tc, user, id, "conversation.status_changed", json!({"from": row.status, "to": status}))?;
     }
     // The queue (`hand_out`): a team handed it that hands out its own found
-    // nobody now, so it waits for someone; anyone on it, a deliberate "no
-    // one", or resolving takes it out.
+    // nobody now, so it waits for someone; anyone on it or a deliberate
+    // "no one" takes it out, as does what leaves nothing to hand it out
+    // (resolved, snoozed, another team).
     let waits = match team {
-        Some(t) if team != row.team_id && assignee.is_none() && p.assignee_id.is_none() && status != "resolved" => {
+        Some(t)
+            if team != row.team_id
+                && assignee.is_none()
+                && p.assignee_id.is_none()
+                && matches!(status.as_str(), "open" | "pending") =>
+        {
             super::teams::assigns(tc, t)?
         }
         _ => false,
     };
     if waits {
-        super::hand_out::queue(tc, row.id)?;
-    } else if assignee != row.assignee_id || p.assignee_id.is_some() || status == "resolved" {
-        super::hand_out::dequeue(tc, row.id)?;
+        super::hand_out::queue(tc, &mut updated)?;
+    } else if assignee != row.assignee_id || p.assignee_id.is_some() {
+        super::hand_out::dequeue(tc, &mut updated)?;
+    } else {
+        super::hand_out::settle(tc, &mut HashMap::new(), &mut updated)?;
     }
     if let Some(agent) = picked {
         audit_auto_assigned(tc, id, agent, team)?;
@@ -1001,7 +1044,7 @@ fn give_or_queue(
 ) -> AppResult<()> {
     match repick(tc, rules, row, online)? {
         Picked::Agent(agent, team) => give(tc, row, agent, team),
-        Picked::Nobody => super::hand_out::queue(tc, row.id),
+        Picked::Nobody => super::hand_out::queue(tc, row),
         Picked::NoRule => Ok(()),
     }
 }
@@ -1020,6 +1063,7 @@ pub(super) fn give(
         .execute(tc.pg())?;
     audit_auto_assigned(tc, ConversationId(row.id), agent, team)?;
     row.assignee_id = Some(agent.0);
+    row.queued_at = None;
     Ok(())
 }
 

@@ -13,8 +13,15 @@
 //!   (`conversations::release`). A conversation someone deliberately left
 //!   with no one stays so: a person's choice is not undone by the server.
 //! - It leaves the queue when anyone takes it, someone names an assignee
-//!   or "no one", it is resolved, or nothing hands it out any more (its
-//!   channel's and team's `auto_assign` off, or it is snoozed).
+//!   or "no one", or nothing hands it out any more: it is snoozed or
+//!   resolved (by anyone, by `auto_resolve`, by blocking the contact), it
+//!   moves to a team that does not hand out its own, or its channel's and
+//!   team's `auto_assign` are off ([`settle`], [`settle_all`], as the
+//!   change is written).
+//! - Clients see it: `queued_at` on the conversation (joining and leaving
+//!   are `conversation.updated` as the change that did it is), the list's
+//!   `queued` filter and `sort=queue` (this order), and the badges'
+//!   `queued` count (`conversations::counts`).
 //! - [`hand_out`] gives what waits, oldest first and at most
 //!   [`MOST_AT_ONCE`] a turn, each as a conversation the customer opens is
 //!   given ([`conversations::repick`](super::conversations::repick)): the
@@ -51,21 +58,80 @@ pub const MOST_AT_ONCE: i64 = 200;
 /// How often every tenant with someone online has its queue looked at.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Puts conversation `id`, with no one on it, in the queue (kept at the
-/// time it first joined).
-pub fn queue(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {
-    diesel::update(c::table.find(id).filter(c::assignee_id.is_null()).filter(c::queued_at.is_null()))
-        .set(c::queued_at.eq(diesel::dsl::now))
-        .execute(tc.pg())?;
+/// Puts `row`, which has no one on it, in the queue (kept at the time it
+/// first joined).
+pub fn queue(tc: &mut TenantConn<'_>, row: &mut ConversationRow) -> AppResult<()> {
+    if row.queued_at.is_some() {
+        return Ok(());
+    }
+    let at: Option<Option<DateTime<Utc>>> =
+        diesel::update(c::table.find(row.id).filter(c::assignee_id.is_null()).filter(c::queued_at.is_null()))
+            .set(c::queued_at.eq(diesel::dsl::now))
+            .returning(c::queued_at)
+            .get_result(tc.pg())
+            .optional()?;
+    if let Some(at) = at {
+        row.queued_at = at;
+    }
     Ok(())
 }
 
-/// Takes conversation `id` out of the queue, if it is in it.
-pub fn dequeue(tc: &mut TenantConn<'_>, id: i64) -> AppResult<()> {
-    diesel::update(c::table.find(id).filter(c::queued_at.is_not_null()))
-        .set(c::queued_at.eq(None::<DateTime<Utc>>))
-        .execute(tc.pg())?;
+/// Takes `row` out of the queue, if it is in it.
+pub fn dequeue(tc: &mut TenantConn<'_>, row: &mut ConversationRow) -> AppResult<()> {
+    if row.queued_at.is_none() {
+        return Ok(());
+    }
+    diesel::update(c::table.find(row.id)).set(c::queued_at.eq(None::<DateTime<Utc>>)).execute(tc.pg())?;
+    row.queued_at = None;
     Ok(())
+}
+
+/// Takes `row` out of the queue when nothing would hand it out any more
+/// (it was snoozed or resolved, its team changed, its channel's or team's
+/// rule was turned off); whether it did. `rules` as for
+/// [`repick`](super::conversations::repick), which reads the settings as
+/// they are now: call it after they changed.
+pub fn settle(
+    tc: &mut TenantConn<'_>,
+    rules: &mut HashMap<i64, (bool, Option<u32>)>,
+    row: &mut ConversationRow,
+) -> AppResult<bool> {
+    if row.queued_at.is_none() || (row.assignee_id.is_none() && repick(tc, rules, row, &[])? != Picked::NoRule) {
+        return Ok(false);
+    }
+    dequeue(tc, row)?;
+    Ok(true)
+}
+
+/// Which queued conversations [`settle_all`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Waiting {
+    /// Those of this channel.
+    OfChannel(i64),
+    /// Those handed to this team.
+    OfTeam(i64),
+}
+
+/// Takes out of the queue, each announced (`conversation.updated`), those
+/// of `which` that nothing hands out any more, once a channel's or team's
+/// `auto_assign` is turned off (after the change is written); how many.
+pub fn settle_all(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting) -> AppResult<usize> {
+    let queued = c::table.filter(c::queued_at.is_not_null()).order(c::id).select(ConversationRow::as_select());
+    let rows: Vec<ConversationRow> = match which {
+        Waiting::OfChannel(channel) => queued.filter(c::channel_id.eq(channel)).for_update().load(tc.pg())?,
+        Waiting::OfTeam(team) => queued.filter(c::team_id.eq(team)).for_update().load(tc.pg())?,
+    };
+    let mut rules = HashMap::new();
+    let mut names = Names::default();
+    let mut settled = 0;
+    for mut row in rows {
+        if settle(tc, &mut rules, &mut row)? {
+            let view = names.conversation(tc, &row)?;
+            log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+            settled += 1;
+        }
+    }
+    Ok(settled)
 }
 
 /// Gives what waits in the queue to those of `online` who may take it (see
@@ -99,13 +165,14 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         match picked {
             Picked::Agent(agent, team) => {
                 give(tc, &mut row, agent, team)?;
-                let view = names.conversation(tc, &row)?;
-                log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
                 given += 1;
             }
-            Picked::Nobody => {}
-            Picked::NoRule => dequeue(tc, row.id)?,
+            Picked::Nobody => continue,
+            // Nothing hands it out any more: a change missed settling it.
+            Picked::NoRule => dequeue(tc, &mut row)?,
         }
+        let view = names.conversation(tc, &row)?;
+        log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
     Ok(given)
 }

@@ -407,6 +407,7 @@ mod tests {
             priority: None,
             waiting_since: None,
             reply_due_at: None,
+            queued_at: None,
             thread_control: None,
             team_id: None,
         };

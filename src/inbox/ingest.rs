@@ -190,7 +190,7 @@ impl<'l> Ingest<'l> {
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
                     last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority, waiting_since, reply_due_at, thread_control, team_id \
+                    priority, waiting_since, reply_due_at, thread_control, team_id, queued_at \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",
@@ -983,12 +983,13 @@ impl Ingest<'_> {
         if (created || reopened) && conv.assignee_id.is_none() && assigning {
             if let Some(agent) = self.auto_assign(tc, channel, &conv, settings.auto_assign_limit)? {
                 conv.assignee_id = Some(agent.0);
-                if let Some(kept) = self.conversations.get_mut(&contact.id) {
-                    kept.assignee_id = Some(agent.0);
-                }
+                conv.queued_at = None;
             } else {
                 // Nobody there to take it: it waits for someone (`hand_out`).
-                super::hand_out::queue(tc, conv.id)?;
+                super::hand_out::queue(tc, &mut conv)?;
+            }
+            if let Some(kept) = self.conversations.get_mut(&contact.id) {
+                (kept.assignee_id, kept.queued_at) = (conv.assignee_id, conv.queued_at);
             }
         }
         self.log_message(tc, &conv, &row, contact.id, created)?;

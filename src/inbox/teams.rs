@@ -317,6 +317,11 @@ pub fn update(
         Some(id.to_string()),
         json!({"fields": fields, "from": current.name, "to": new_name}),
     )?;
+    // What waited for the team to hand it out waits no more, unless its
+    // channel hands it out (`hand_out`; read as now written).
+    if current.auto_assign && !auto_assign {
+        super::hand_out::settle_all(tc, log, super::hand_out::Waiting::OfTeam(id.0))?;
+    }
     let changed = view(tc, updated)?;
     log.append(tc, "team.updated", None, None, &changed)?;
     Ok(changed)
@@ -365,12 +370,16 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     // before the team its rules name.
     let held = crate::channels::change_all_settings(tc)?;
     let current = row(tc, id)?;
-    let freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
+    let mut freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
         .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
         .get_results(tc.pg())?;
     let mut names = Names::default();
-    for conversation in &freed {
+    let mut rules = std::collections::HashMap::new();
+    for conversation in &mut freed {
+        // One that waited for the team waits on only if its channel hands
+        // it out (`hand_out`).
+        super::hand_out::settle(tc, &mut rules, conversation)?;
         let view = names.conversation(tc, conversation)?;
         log.append(tc, "conversation.updated", Some(conversation.channel_id), Some(conversation.id), &view)?;
     }

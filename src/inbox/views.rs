@@ -111,6 +111,9 @@ pub struct ConversationRow {
     pub thread_control: Option<Value>,
     /// The team it is handed to (`inbox::teams`).
     pub team_id: Option<i64>,
+    /// When it began to wait in the queue for someone to hand it to
+    /// (`inbox::hand_out`).
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -407,6 +410,7 @@ impl Names {
             status: row.status.clone(),
             assignee_id: row.assignee_id.map(UserId),
             team_id: row.team_id.map(super::teams::TeamId),
+            queued_at: row.queued_at,
             snoozed_until: row.snoozed_until,
             unread_count: row.unread_count,
             last_message,
@@ -461,6 +465,10 @@ pub struct ConversationView {
     pub assignee_id: Option<UserId>,
     /// The team it is handed to (an extension; `inbox::teams`).
     pub team_id: Option<super::teams::TeamId>,
+    /// Since when it waits in the queue for someone who may take it to
+    /// come online or have room (an extension; `inbox::hand_out`); null
+    /// when it does not wait.
+    pub queued_at: Option<DateTime<Utc>>,
     pub snoozed_until: Option<DateTime<Utc>>,
     pub unread_count: i32,
     pub last_message: Option<LastMessage>,

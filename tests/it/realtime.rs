@@ -1891,6 +1891,136 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE queued_at IS NOT NULL"), 0);
 }
 
+/// The queue shows (`inbox::hand_out`): a conversation waiting in it says
+/// since when (`queued_at`), the list filters and orders by it, the badges
+/// count it; it leaves the queue, announced, when someone says "no one",
+/// when it is snoozed, and when its channel's or team's rule is turned off.
+#[actix_web::test]
+async fn the_queue_shows_in_the_list_and_the_badges_and_leaves_when_nothing_hands_it_out() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let olga_id = olga_id(&app, &t).await;
+    let path = format!("/api/channels/{channel}/members");
+    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id, olga_id]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let rule = |on: bool| json!({"settings": {"auto_assign": on}});
+    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(rule(true))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The admin watches, online but not on the channel's list: nobody to
+    // take them, so all five wait.
+    let (mut admin, _) = newcomer(&app, &t.admin).await;
+    for from in ["941", "942", "943", "944", "945"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Hallo, ist da wer? ⏳"})).await;
+    }
+    app.processed().await;
+    let get = |q: String| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations{q}"), Some(&admin), None).await;
+            assert_eq!(r.status, 200, "{q} {:?}", r.body);
+            r.body
+        }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"].as_array().expect("items").iter().map(|c| c["id"].as_str().expect("id").to_string()).collect()
+    };
+    // In the order it hands them out, a page at a time.
+    let first = get("?sort=queue&limit=3".into()).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let rest = get(format!("?sort=queue&limit=3&cursor={cursor}")).await;
+    let queue: Vec<Value> =
+        [&first, &rest].iter().flat_map(|b| b["items"].as_array().expect("items").clone()).collect();
+    let keys: Vec<(String, i64)> = queue
+        .iter()
+        .map(|c| {
+            let at = c["queued_at"].as_str().expect("queued_at").to_string();
+            (at, c["id"].as_str().expect("id").parse().expect("id"))
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).expect("time");
+        (at(&a.0), a.1).cmp(&(at(&b.0), b.1))
+    });
+    assert_eq!((keys.len(), &keys), (5, &sorted), "{queue:?}");
+    let queued: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
+    let mut listed = ids(&get("?queued=true".into()).await);
+    listed.sort();
+    let mut want = queued.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(ids(&get("?queued=false".into()).await).iter().all(|id| !queued.contains(id)));
+    let counts = |q: &'static str| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/counts{q}"), Some(&admin), None).await;
+            assert_eq!(r.status, 200, "{q} {:?}", r.body);
+            r.body
+        }
+    };
+    assert_eq!(counts("").await["queued"], 5);
+    assert_eq!(counts("?queued=false").await["queued"], 0);
+    for bad in ["?queued=maybe", "?sort=queue&q=hallo", "?sort=line"] {
+        let r = app.call("GET", &format!("/api/conversations{bad}"), Some(&t.admin), None).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}");
+    }
+
+    // "No one", said of one that already has no one, takes it out: answered
+    // and announced so.
+    let patch = |id: String, change: Value| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let r = app.call("PATCH", &format!("/api/conversations/{id}"), Some(&admin), Some(change)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body
+        }
+    };
+    let out = patch(queued[4].clone(), json!({"assignee_id": null})).await;
+    assert_eq!((&out["assignee_id"], &out["queued_at"]), (&Value::Null, &Value::Null));
+    async fn heard(socket: &mut Socket, id: String) -> Value {
+        loop {
+            let frame = until(socket, "conversation.updated", Duration::from_secs(5)).await.expect("an update");
+            if frame["data"]["id"] == id.as_str() {
+                return frame["data"].clone();
+            }
+        }
+    }
+    assert_eq!(heard(&mut admin, queued[4].clone()).await["queued_at"], Value::Null);
+    // Snoozed: nothing hands it out while it sleeps.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = patch(queued[3].clone(), json!({"snoozed_until": later})).await;
+    assert_eq!((out["status"].as_str(), &out["queued_at"]), (Some("snoozed"), &Value::Null));
+    assert_eq!(counts("").await["queued"], 3);
+
+    // The channel's rule turned off: the rest wait no more, each announced.
+    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(rule(false))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(heard(&mut admin, queued[0].clone()).await["queued_at"], Value::Null);
+    assert_eq!(counts("").await["queued"], 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE queued_at IS NOT NULL"), 0);
+
+    // A team that hands out its own, with none of its members online: what
+    // it is handed waits, until its rule is turned off.
+    let made = app
+        .call(
+            "POST",
+            "/api/teams",
+            Some(&t.admin),
+            Some(json!({"name": "Warteschlange", "member_ids": [t.agent_x_id], "auto_assign": true})),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let team_id = made.body["id"].as_str().expect("id").to_string();
+    let out = patch(queued[1].clone(), json!({"team_id": team_id})).await;
+    assert!(out["queued_at"].is_string() && out["assignee_id"].is_null(), "{out:?}");
+    let r =
+        app.call("PATCH", &format!("/api/teams/{team_id}"), Some(&t.admin), Some(json!({"auto_assign": false}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(heard(&mut admin, queued[1].clone()).await["queued_at"], Value::Null);
+    assert_eq!(counts("").await["queued"], 0);
+}
+
 /// A conversation handed back by someone who may no longer answer it
 /// (`conversations::release`) goes at once to someone else online, where
 /// its channel or its team hands conversations out, as a new one would;
