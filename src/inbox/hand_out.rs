@@ -35,9 +35,12 @@
 //!   instance, since every instance hears of it and wakes its worker
 //!   ([`run`], from `realtime::online`); and every [`LOOK_EVERY`] for each
 //!   tenant with someone online (room freed: a conversation resolved, a
-//!   limit raised). Instances take turns per tenant under an advisory
-//!   lock; one that finds it held leaves the turn to the other (should that
-//!   one not know of the newcomer yet, the next look gives it).
+//!   limit raised), by the instances where that tenant has sockets (each
+//!   agent online has theirs on one of them), so a fleet does not look at
+//!   every tenant once per instance. Instances take turns per tenant under
+//!   an advisory lock; one that finds it held leaves the turn to the other
+//!   (should that one not know of the newcomer yet, the next look gives
+//!   it).
 //!   `switchboard_queue_given_total` counts what the worker gave.
 
 use std::collections::HashMap;
@@ -178,15 +181,15 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
 }
 
 /// The worker of `serve`: hands out the queue of a tenant where an agent
-/// came online (at once), and of every tenant with someone online every
-/// [`LOOK_EVERY`].
+/// came online (at once), and every [`LOOK_EVERY`] of each tenant with
+/// someone online and sockets here.
 pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let tenants = tokio::select! {
             _ = state.online.arrived() => state.online.take_arrivals(),
-            _ = tick.tick() => state.online.tenants(),
+            _ = tick.tick() => state.online.tenants().into_iter().filter(|t| state.feed.wants(t.0)).collect(),
         };
         for tenant in tenants {
             let online = state.online.of(tenant);

@@ -198,7 +198,8 @@ impl Feed {
         self.delivered.lock().map(|d| d.get(&tenant).is_some_and(|&done| done >= seq)).unwrap_or(false)
     }
 
-    fn wants(&self, tenant: i64) -> bool {
+    /// Whether `tenant` has sockets on this instance.
+    pub fn wants(&self, tenant: i64) -> bool {
         self.active.read().map(|a| a.contains(&tenant)).unwrap_or(false)
     }
 
