@@ -38,9 +38,10 @@
 //!   limit raised), by the instances where that tenant has sockets (each
 //!   agent online has theirs on one of them), so a fleet does not look at
 //!   every tenant once per instance. Instances take turns per tenant under
-//!   an advisory lock; one that finds it held leaves the turn to the other
-//!   (should that one not know of the newcomer yet, the next look gives
-//!   it).
+//!   an advisory lock; one that finds it held on someone's arrival tries
+//!   again [`TURN_AGAIN`] later (the other may have begun before it heard
+//!   of the newcomer), and one that finds it held at a look leaves it to
+//!   the other.
 //!   `switchboard_queue_given_total` counts what the worker gave.
 
 use std::collections::HashMap;
@@ -60,6 +61,9 @@ use crate::ids::UserId;
 pub const MOST_AT_ONCE: i64 = 200;
 /// How often every tenant with someone online has its queue looked at.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How soon a turn for a newcomer is tried again when another instance
+/// held it.
+pub const TURN_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Puts `row`, which has no one on it, in the queue (kept at the time it
 /// first joined).
@@ -138,19 +142,20 @@ pub fn settle_all(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting) -
 }
 
 /// Gives what waits in the queue to those of `online` who may take it (see
-/// the module docs); how many were given.
-pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) -> AppResult<usize> {
+/// the module docs); how many were given, or `None` when another instance
+/// has the turn.
+pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) -> AppResult<Option<usize>> {
     if online.is_empty() {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let waiting: bool =
         diesel::select(diesel::dsl::exists(c::table.filter(c::queued_at.is_not_null()))).get_result(tc.pg())?;
     if !waiting {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let key = format!("hand out {}", tc.tenant().0);
     if !crate::db::migrate::try_advisory_lock(tc.pg(), &key)? {
-        return Ok(0);
+        return Ok(None);
     }
     let rows: Vec<ConversationRow> = c::table
         .filter(c::queued_at.is_not_null())
@@ -177,26 +182,37 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
-    Ok(given)
+    Ok(Some(given))
 }
 
 /// The worker of `serve`: hands out the queue of a tenant where an agent
-/// came online (at once), and every [`LOOK_EVERY`] of each tenant with
+/// came online (at once, and again [`TURN_AGAIN`] later while another
+/// instance holds the turn), and every [`LOOK_EVERY`] of each tenant with
 /// someone online and sockets here.
 pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let tenants = tokio::select! {
-            _ = state.online.arrived() => state.online.take_arrivals(),
-            _ = tick.tick() => state.online.tenants().into_iter().filter(|t| state.feed.wants(t.0)).collect(),
+        let (tenants, arrivals) = tokio::select! {
+            _ = state.online.arrived() => (state.online.take_arrivals(), true),
+            _ = tick.tick() => {
+                (state.online.tenants().into_iter().filter(|t| state.feed.wants(t.0)).collect(), false)
+            }
         };
         for tenant in tenants {
             let online = state.online.of(tenant);
             let turn = move |tc: &mut TenantConn<'_>, log: &mut EventLog| hand_out(tc, log, &online);
             match state.tenant_with_events(TenantScope::system(tenant), turn).await {
-                Ok(0) => {}
-                Ok(n) => {
+                Ok(Some(0)) => {}
+                Ok(None) if arrivals => {
+                    let state = state.clone();
+                    actix_web::rt::spawn(async move {
+                        tokio::time::sleep(TURN_AGAIN).await;
+                        state.online.arrive_again(tenant);
+                    });
+                }
+                Ok(None) => {}
+                Ok(Some(n)) => {
                     crate::metrics::inc(&crate::metrics::QUEUE_GIVEN, n as u64);
                     tracing::debug!(tenant = tenant.0, given = n, "queue handed out");
                 }

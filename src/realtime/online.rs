@@ -58,6 +58,15 @@ impl Online {
         self.arrived.notified().await
     }
 
+    /// Counts `tenant` among the arrivals again (its turn was another
+    /// instance's, which may not have known of the newcomer).
+    pub fn arrive_again(&self, tenant: TenantId) {
+        if let Ok(mut arrivals) = self.arrivals.lock() {
+            arrivals.insert(tenant.0);
+        }
+        self.arrived.notify_one();
+    }
+
     /// The tenants where someone came online since last asked.
     pub fn take_arrivals(&self) -> Vec<TenantId> {
         let Ok(mut arrivals) = self.arrivals.lock() else { return Vec::new() };
