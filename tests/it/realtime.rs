@@ -1715,6 +1715,20 @@ async fn olga_id(app: &TestApp, t: &Team) -> String {
     olga.expect("olga")["user_id"].as_str().expect("id").to_string()
 }
 
+/// Acme's channel, with `listed` (user ids) its members and `settings`
+/// (how it hands conversations out) written.
+async fn handing_out(app: &TestApp, t: &Team, listed: Value, settings: Value) -> String {
+    let channel = channels_of(app, &t.admin).await;
+    let path = format!("/api/channels/{channel}/members");
+    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": listed}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = app
+        .call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(json!({"settings": settings})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    channel
+}
+
 /// One turn of acme's queue (`inbox::hand_out`), as its worker's clock
 /// takes it, with who is online now: how many it gave.
 async fn queue_turn(app: &TestApp) -> usize {
@@ -1821,14 +1835,9 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
 async fn the_queue_goes_to_agents_as_they_come_online() {
     let app = spawn_app().await;
     let t = team(&app).await;
-    let channel = channels_of(&app, &t.admin).await;
     let olga_id = olga_id(&app, &t).await;
-    let path = format!("/api/channels/{channel}/members");
-    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id, olga_id]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let settings = json!({"settings": {"auto_assign": true, "auto_assign_limit": 1}});
-    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(settings)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let listed = json!([t.agent_x_id, olga_id]);
+    handing_out(&app, &t, listed, json!({"auto_assign": true, "auto_assign_limit": 1})).await;
     // The admin is online but not on the channel's list: nobody to take them.
     let (_admin, _) = newcomer(&app, &t.admin).await;
     let senders = ["931", "932", "933", "934"];
@@ -1900,13 +1909,7 @@ async fn a_newcomer_gets_the_queue_when_another_instance_held_the_turn() {
     use diesel::connection::SimpleConnection;
     let app = spawn_app().await;
     let t = team(&app).await;
-    let channel = channels_of(&app, &t.admin).await;
-    let path = format!("/api/channels/{channel}/members");
-    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let settings = json!({"settings": {"auto_assign": true}});
-    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(settings)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    handing_out(&app, &t, json!([t.agent_x_id]), json!({"auto_assign": true})).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "951", "text": "Olá? 🕰️"})).await;
     app.processed().await;
     let assignee = || async {
@@ -1939,14 +1942,9 @@ async fn a_newcomer_gets_the_queue_when_another_instance_held_the_turn() {
 async fn the_queue_shows_in_the_list_and_the_badges_and_leaves_when_nothing_hands_it_out() {
     let app = spawn_app().await;
     let t = team(&app).await;
-    let channel = channels_of(&app, &t.admin).await;
     let olga_id = olga_id(&app, &t).await;
-    let path = format!("/api/channels/{channel}/members");
-    let r = app.call("PUT", &path, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id, olga_id]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
     let rule = |on: bool| json!({"settings": {"auto_assign": on}});
-    let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&t.admin), Some(rule(true))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let channel = handing_out(&app, &t, json!([t.agent_x_id, olga_id]), json!({"auto_assign": true})).await;
     // The admin watches, online but not on the channel's list: nobody to
     // take them, so all five wait.
     let (mut admin, _) = newcomer(&app, &t.admin).await;
