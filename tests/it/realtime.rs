@@ -1999,6 +1999,12 @@ async fn the_queue_shows_in_the_list_and_the_badges_and_leaves_when_nothing_hand
     };
     assert_eq!(counts("").await["queued"], 5);
     assert_eq!(counts("?queued=false").await["queued"], 0);
+    // A saved view of the queue lists it as the query does.
+    let view = json!({"name": "Queue", "filters": {"queued": "true", "sort": "queue"}});
+    let r = app.call("POST", "/api/views", Some(&t.admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view_id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(ids(&get(format!("?view={view_id}")).await), queued);
     for bad in ["?queued=maybe", "?sort=queue&q=hallo", "?sort=line"] {
         let r = app.call("GET", &format!("/api/conversations{bad}"), Some(&t.admin), None).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}");
