@@ -203,6 +203,12 @@ pub struct Backlog {
     pub waiting: i64,
     #[diesel(sql_type = BigInt)]
     pub overdue: i64,
+    /// Waiting in the queue for an agent (`hand_out`), and since when the
+    /// longest of them has.
+    #[diesel(sql_type = BigInt)]
+    pub queued: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub oldest_queued_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -507,7 +513,9 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
                 count(*) FILTER (WHERE status = 'snoozed') AS snoozed, \
                 count(*) FILTER (WHERE status = 'open' AND assignee_id IS NULL) AS open_unassigned, \
                 count(*) FILTER (WHERE waiting_since IS NOT NULL) AS waiting, \
-                count(*) FILTER (WHERE {}) AS overdue \
+                count(*) FILTER (WHERE {}) AS overdue, \
+                count(*) FILTER (WHERE queued_at IS NOT NULL) AS queued, \
+                min(queued_at) AS oldest_queued_at \
            FROM conversations \
           WHERE status IN ('open', 'pending', 'snoozed') AND ($3::int8 IS NULL OR channel_id = $3) AND {}",
         super::waiting::OVERDUE,

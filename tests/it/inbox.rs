@@ -5054,7 +5054,8 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert_eq!(o["targets_missed"], 0, "{o}");
     assert_eq!(
         o["now"],
-        json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1, "waiting": 1, "overdue": 0}),
+        json!({"open": 2, "pending": 0, "snoozed": 0, "open_unassigned": 1, "waiting": 1, "overdue": 0,
+               "queued": 0, "oldest_queued_at": null}),
         "the inbox now: the quiet customer waits"
     );
     let first = &o["first_response"];

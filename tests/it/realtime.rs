@@ -1999,6 +1999,11 @@ async fn the_queue_shows_in_the_list_and_the_badges_and_leaves_when_nothing_hand
     };
     assert_eq!(counts("").await["queued"], 5);
     assert_eq!(counts("?queued=false").await["queued"], 0);
+    // The report's picture of the inbox now counts it, and says since when
+    // the longest has waited.
+    let r = app.call("GET", "/api/reports/overview", Some(&t.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((&r.body["now"]["queued"], &r.body["now"]["oldest_queued_at"]), (&json!(5), &json!(keys[0].0)));
     // A saved view of the queue lists it as the query does.
     let view = json!({"name": "Queue", "filters": {"queued": "true", "sort": "queue"}});
     let r = app.call("POST", "/api/views", Some(&t.admin), Some(view)).await;
