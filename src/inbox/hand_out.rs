@@ -19,7 +19,8 @@
 //!   team's `auto_assign` are off ([`settle`], [`settle_all`], as the
 //!   change is written).
 //! - Clients see it: `queued_at` on the conversation (joining and leaving
-//!   are `conversation.updated` as the change that did it is), the list's
+//!   show in the event of the change that did it: `conversation.created`
+//!   for a new one, else `conversation.updated`), the list's
 //!   `queued` filter and `sort=queue` (this order), and the badges'
 //!   `queued` count (`conversations::counts`).
 //! - [`hand_out`] gives what waits, oldest first and at most

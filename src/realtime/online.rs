@@ -27,10 +27,7 @@ impl Online {
         let Ok(mut by_tenant) = self.by_tenant.write() else { return };
         if online {
             if by_tenant.entry(tenant).or_default().insert(user) {
-                if let Ok(mut arrivals) = self.arrivals.lock() {
-                    arrivals.insert(tenant);
-                }
-                self.arrived.notify_one();
+                self.arrive_again(TenantId(tenant));
             }
         } else if let Some(users) = by_tenant.get_mut(&tenant) {
             users.remove(&user);
@@ -58,8 +55,9 @@ impl Online {
         self.arrived.notified().await
     }
 
-    /// Counts `tenant` among the arrivals again (its turn was another
-    /// instance's, which may not have known of the newcomer).
+    /// Counts `tenant` among the arrivals (someone came online, or again:
+    /// its turn was another instance's, which may not have known of the
+    /// newcomer) and wakes the worker.
     pub fn arrive_again(&self, tenant: TenantId) {
         if let Ok(mut arrivals) = self.arrivals.lock() {
             arrivals.insert(tenant.0);
