@@ -557,7 +557,15 @@ impl AutoReplyPatch {
     }
 }
 
-pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPatch) -> AppResult<ChannelView> {
+/// `PATCH /api/channels/{id}`; `online` (the tenant's members online now)
+/// take what waits with no one on it when `auto_assign` is turned on.
+pub fn patch(
+    tc: &mut TenantConn<'_>,
+    actor: UserId,
+    id: ChannelId,
+    p: ChannelPatch,
+    online: &[UserId],
+) -> AppResult<ChannelView> {
     // Read after the lock: this statement's snapshot has what committed before.
     change_settings(tc, id)?;
     let row = find(tc, id)?;
@@ -659,10 +667,15 @@ pub fn patch(tc: &mut TenantConn<'_>, actor: UserId, id: ChannelId, p: ChannelPa
         Some(id.to_string()),
         json!({"name": name, "settings": settings_json}),
     )?;
-    // What waited for the channel to hand it out waits no more, unless its
-    // team hands it out (`inbox::hand_out`; read as now written).
+    // Turned off: what waited for the channel to hand it out waits no more,
+    // unless its team hands it out. Turned on: what no rule covered is
+    // handed out (among `online`) as the channel's rule now would
+    // (`inbox::hand_out`; read as now written).
+    let this = crate::inbox::hand_out::Waiting::OfChannel(id.0);
     if before.auto_assign && !settings.auto_assign {
-        crate::inbox::hand_out::settle_all(tc, &mut log, crate::inbox::hand_out::Waiting::OfChannel(id.0))?;
+        crate::inbox::hand_out::settle_all(tc, &mut log, this)?;
+    } else if !before.auto_assign && settings.auto_assign {
+        crate::inbox::hand_out::take_up(tc, &mut log, this, online)?;
     }
     let view = announce_settings(tc, &mut log, id)?;
     log.notify(tc)?;

@@ -169,7 +169,9 @@ async fn patch(
     auth.require(Role::Admin)?;
     let id = channel_id(&path)?;
     let actor = auth.user;
-    let view = state.db.tenant(auth.scope(), move |tc| channels::patch(tc, actor, id, body.into_inner())).await?;
+    let online = state.online.of(auth.tenant);
+    let view =
+        state.db.tenant(auth.scope(), move |tc| channels::patch(tc, actor, id, body.into_inner(), &online)).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 

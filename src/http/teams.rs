@@ -87,6 +87,7 @@ async fn update(
     auth.require(Role::Admin)?;
     let id = team_id(&path)?;
     let body = body.into_inner();
+    let online = state.online.of(auth.tenant);
     let team = state
         .tenant_with_events(auth.scope(), move |tc, log| {
             let change = TeamChange {
@@ -94,7 +95,7 @@ async fn update(
                 description: body.description.as_deref(),
                 auto_assign: body.auto_assign,
             };
-            teams::update(tc, log, auth.user, id, change)
+            teams::update(tc, log, auth.user, id, change, &online)
         })
         .await?;
     Ok(HttpResponse::Ok().json(team))

@@ -1036,7 +1036,7 @@ pub fn repick(
 /// rule would one the customer opens ([`repick`] among `online`): given,
 /// or, with nobody to take it, in the queue (`hand_out`); with no rule
 /// on, left as it is. The caller announces it.
-fn give_or_queue(
+pub(super) fn give_or_queue(
     tc: &mut TenantConn<'_>,
     rules: &mut HashMap<i64, (bool, Option<u32>)>,
     row: &mut ConversationRow,

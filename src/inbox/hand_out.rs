@@ -12,6 +12,11 @@
 //!   handed it back on leaving with nobody to take it
 //!   (`conversations::release`). A conversation someone deliberately left
 //!   with no one stays so: a person's choice is not undone by the server.
+//! - Turning a channel's or team's `auto_assign` on is such a choice too:
+//!   what then waits open or pending with no one on it, which no rule
+//!   covered, is handed out at once among those online, oldest first, and
+//!   what nobody can take joins the queue ([`take_up`]). What the other
+//!   rule already covered and someone left with no one stays so.
 //! - It leaves the queue when anyone takes it, someone names an assignee
 //!   or "no one", or nothing hands it out any more: it is snoozed or
 //!   resolved (by anyone, by `auto_resolve`, by blocking the contact), it
@@ -50,7 +55,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::conversations::{give, repick, Picked};
+use super::conversations::{give, give_or_queue, repick, Picked};
 use super::events::EventLog;
 use super::views::{ConversationRow, Names};
 use crate::db::tenant_schema::conversations as c;
@@ -140,6 +145,62 @@ pub fn settle_all(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting) -
         }
     }
     Ok(settled)
+}
+
+/// Hands out what a rule just turned on covers (a channel's or team's
+/// `auto_assign`, after the change is written): the open or pending
+/// conversations of `which` with no one on them and not queued that no
+/// rule covered before (the other rule was off; those it covered were
+/// left with no one by someone, whose choice stands), oldest first, each
+/// as one the customer opens is (given among `online`, else queued),
+/// announced (`conversation.updated`); how many were given.
+pub fn take_up(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting, online: &[UserId]) -> AppResult<usize> {
+    let unheld = c::table
+        .filter(c::assignee_id.is_null())
+        .filter(c::queued_at.is_null())
+        .filter(c::status.eq_any(["open", "pending"]))
+        .order(c::id)
+        .select(ConversationRow::as_select());
+    let rows: Vec<ConversationRow> = match which {
+        Waiting::OfChannel(channel) => unheld.filter(c::channel_id.eq(channel)).for_update().load(tc.pg())?,
+        Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_update().load(tc.pg())?,
+    };
+    let mut covered_before: HashMap<i64, bool> = HashMap::new();
+    let mut rules = HashMap::new();
+    let mut names = Names::default();
+    let mut given = 0;
+    for mut row in rows {
+        let other = match which {
+            Waiting::OfChannel(_) => row.team_id,
+            Waiting::OfTeam(_) => Some(row.channel_id),
+        };
+        let covered = match other {
+            None => false,
+            Some(key) => match covered_before.get(&key) {
+                Some(on) => *on,
+                None => {
+                    let on = match which {
+                        Waiting::OfChannel(_) => super::teams::assigns(tc, key)?,
+                        Waiting::OfTeam(_) => {
+                            crate::channels::find(tc, crate::channels::ChannelId(key))?.settings().auto_assign
+                        }
+                    };
+                    *covered_before.entry(key).or_insert(on)
+                }
+            },
+        };
+        if covered {
+            continue;
+        }
+        give_or_queue(tc, &mut rules, &mut row, online)?;
+        if row.assignee_id.is_none() && row.queued_at.is_none() {
+            continue;
+        }
+        given += usize::from(row.assignee_id.is_some());
+        let view = names.conversation(tc, &row)?;
+        log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
+    }
+    Ok(given)
 }
 
 /// Gives what waits in the queue to those of `online` who may take it (see

@@ -276,6 +276,7 @@ pub fn update(
     actor: UserId,
     id: TeamId,
     change: TeamChange<'_>,
+    online: &[UserId],
 ) -> AppResult<TeamView> {
     let name = change.name.map(checked_name).transpose()?;
     let description = change.description.map(checked_description).transpose()?;
@@ -317,10 +318,14 @@ pub fn update(
         Some(id.to_string()),
         json!({"fields": fields, "from": current.name, "to": new_name}),
     )?;
-    // What waited for the team to hand it out waits no more, unless its
-    // channel hands it out (`hand_out`; read as now written).
+    // Turned off: what waited for the team to hand it out waits no more,
+    // unless its channel hands it out. Turned on: what no rule covered is
+    // handed out (among `online`) as the team's rule now would (`hand_out`;
+    // read as now written).
     if current.auto_assign && !auto_assign {
         super::hand_out::settle_all(tc, log, super::hand_out::Waiting::OfTeam(id.0))?;
+    } else if !current.auto_assign && auto_assign {
+        super::hand_out::take_up(tc, log, super::hand_out::Waiting::OfTeam(id.0), online)?;
     }
     let changed = view(tc, updated)?;
     log.append(tc, "team.updated", None, None, &changed)?;

@@ -2070,6 +2070,129 @@ async fn the_queue_shows_in_the_list_and_the_badges_and_leaves_when_nothing_hand
     assert_eq!(counts("").await["queued"], 0);
 }
 
+/// Turning a channel's or a team's `auto_assign` on hands out what already
+/// waits with no one on it and no rule covered, oldest first, as one the
+/// customer opens would be (given among those online, else queued); what is
+/// resolved or held stays, and so does what the other rule covered and
+/// someone left with no one.
+#[actix_web::test]
+async fn turning_auto_assign_on_hands_out_what_already_waits() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let olga_id = olga_id(&app, &t).await;
+    let listed = json!([t.agent_x_id, olga_id]);
+    let channel = handing_out(&app, &t, listed, json!({"auto_assign": false, "auto_assign_limit": 2})).await;
+    let make_team = |name: &'static str, member: String, on: bool| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let body = json!({"name": name, "member_ids": [member], "auto_assign": on});
+            let r = app.call("POST", "/api/teams", Some(&admin), Some(body)).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            r.body["id"].as_str().expect("id").to_string()
+        }
+    };
+    let early = make_team("Frühschicht", olga_id.clone(), true).await;
+    let mut x = online_x(&app, &t).await;
+    for from in ["961", "962", "963", "964", "965", "966", "967"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Γεια σας, υπάρχει κανείς; 👋"}))
+            .await;
+    }
+    app.processed().await;
+    let list = || async {
+        let r = app.call("GET", "/api/conversations?limit=200", Some(&t.admin), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let mut items = r.body["items"].as_array().expect("items").clone();
+        items.sort_by_key(|c| c["id"].as_str().expect("id").parse::<i64>().expect("numeric id"));
+        items
+    };
+    let conv: Vec<String> = list().await.iter().map(|c| c["id"].as_str().expect("id").to_string()).collect();
+    assert_eq!(conv.len(), 7);
+    let patch = |id: String, change: Value| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let r = app.call("PATCH", &format!("/api/conversations/{id}"), Some(&admin), Some(change)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    // The first is resolved, the second Olga's, the third handed to a team
+    // that hands out its own, with no one on it on purpose.
+    patch(conv[0].clone(), json!({"status": "resolved"})).await;
+    patch(conv[1].clone(), json!({"assignee_id": olga_id})).await;
+    patch(conv[2].clone(), json!({"team_id": early, "assignee_id": null})).await;
+    let state = || async {
+        list()
+            .await
+            .iter()
+            .map(|c| (c["assignee_id"].as_str().unwrap_or("-").to_string(), c["queued_at"].is_string()))
+            .collect::<Vec<_>>()
+    };
+    let (xavi, olga, none) = (t.agent_x_id.clone(), olga_id.clone(), "-".to_string());
+    let before: Vec<(String, bool)> = vec![
+        (none.clone(), false),
+        (olga.clone(), false),
+        (none.clone(), false),
+        (none.clone(), false),
+        (none.clone(), false),
+        (none.clone(), false),
+        (none.clone(), false),
+    ];
+    assert_eq!(state().await, before);
+
+    // The channel's rule on: Xavi (online; Olga is not) takes the two oldest
+    // his limit allows, the other two wait in the queue, each announced.
+    let on = json!({"settings": {"auto_assign": true}});
+    let path = format!("/api/channels/{channel}");
+    let r = app.call("PATCH", &path, Some(&t.admin), Some(on.clone())).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let after: Vec<(String, bool)> = vec![
+        (none.clone(), false),
+        (olga.clone(), false),
+        (none.clone(), false),
+        (xavi.clone(), false),
+        (xavi.clone(), false),
+        (none.clone(), true),
+        (none.clone(), true),
+    ];
+    assert_eq!(state().await, after);
+    // (The changes above were announced before.)
+    let want: std::collections::BTreeMap<String, bool> = (3..7).map(|i| (conv[i].clone(), i >= 5)).collect();
+    let mut heard = std::collections::BTreeMap::new();
+    while heard.len() < 4 {
+        let f = until(&mut x, "conversation.updated", Duration::from_secs(5)).await.expect("an update");
+        let id = f["data"]["id"].as_str().expect("id").to_string();
+        if want.contains_key(&id) {
+            heard.insert(id, f["data"]["queued_at"].is_string());
+        }
+    }
+    assert_eq!(heard, want);
+    let given = app.count(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+         AND details->>'by' = 'auto_assign' AND actor_user_id IS NULL",
+    );
+    assert_eq!(given, 2);
+    // Said again, it changes nothing.
+    let r = app.call("PATCH", &path, Some(&t.admin), Some(on)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(state().await, after);
+
+    // Off again, the queue empties; a team that does not hand out its own
+    // is given the last two, and Xavi has room for one more.
+    let r = app.call("PATCH", &path, Some(&t.admin), Some(json!({"settings": {"auto_assign": false}}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let late = make_team("Spätschicht", xavi.clone(), false).await;
+    patch(conv[5].clone(), json!({"team_id": late})).await;
+    patch(conv[6].clone(), json!({"team_id": late})).await;
+    patch(conv[3].clone(), json!({"status": "resolved"})).await;
+    let mut now = after.clone();
+    (now[5], now[6]) = ((none.clone(), false), (none.clone(), false));
+    assert_eq!(state().await, now);
+    // The team's rule on: the older is Xavi's, the younger waits.
+    let r = app.call("PATCH", &format!("/api/teams/{late}"), Some(&t.admin), Some(json!({"auto_assign": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (now[5], now[6]) = ((xavi.clone(), false), (none.clone(), true));
+    assert_eq!(state().await, now);
+}
+
 /// A conversation handed back by someone who may no longer answer it
 /// (`conversations::release`) goes at once to someone else online, where
 /// its channel or its team hands conversations out, as a new one would;

@@ -811,7 +811,7 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
     // takes the rules the rename wrote back.
     let renaming = hold(&app, Duration::from_secs(15), move |tc| {
         let rename = serde_json::from_value(json!({"name": "Renamed"})).expect("a patch");
-        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename).map(|_| ())
+        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename, &[]).map(|_| ())
     });
     let waited = renaming.release_when_waited_for(app.db.url.clone());
     let r = app.call("DELETE", &format!("/api/teams/{team}"), Some(admin), None).await;
@@ -834,7 +834,7 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
 
     let renaming = hold(&app, Duration::from_secs(15), move |tc| {
         let rename = serde_json::from_value(json!({"name": "Renamed again"})).expect("a patch");
-        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename).map(|_| ())
+        switchboard::channels::patch(tc, switchboard::ids::UserId(1), id, rename, &[]).map(|_| ())
     });
     let waited = renaming.release_when_waited_for(app.db.url.clone());
     assert_eq!(app.call("DELETE", "/api/contact-attributes/plan", Some(admin), None).await.status, 204);
