@@ -841,15 +841,15 @@ pub fn patch(
         super::hand_out::settle(tc, &mut HashMap::new(), &mut updated)?;
     }
     if let Some(agent) = picked {
-        audit_auto_assigned(tc, id, agent, team)?;
+        audit_auto_assigned(tc, id, agent, team, row.queued_at)?;
     } else if assignee != row.assignee_id {
-        audit_change(
-            tc,
-            user,
-            id,
-            "conversation.assigned",
-            json!({"from": row.assignee_id.map(|a| a.to_string()), "to": assignee.map(|a| a.to_string())}),
-        )?;
+        let mut details =
+            json!({"from": row.assignee_id.map(|a| a.to_string()), "to": assignee.map(|a| a.to_string())});
+        // Taken from the queue by hand: its wait ends too (the report's `queue`).
+        if let (Some(since), Some(_)) = (row.queued_at, assignee) {
+            details["queued_since"] = json!(since);
+        }
+        audit_change(tc, user, id, "conversation.assigned", details)?;
     }
     if labels != row.labels {
         audit_change(tc, user, id, "conversation.labelled", json!({"from": row.labels, "to": labels}))?;
@@ -1051,7 +1051,8 @@ pub(super) fn give_or_queue(
 
 /// Gives `row`, which has no one on it, to `agent` by the server's rule
 /// (`team`'s, or the channel's; [`repick`]): written, out of the queue,
-/// audited; the caller announces it.
+/// audited (with since when it was queued, for the report's `queue`); the
+/// caller announces it.
 pub(super) fn give(
     tc: &mut TenantConn<'_>,
     row: &mut ConversationRow,
@@ -1061,7 +1062,7 @@ pub(super) fn give(
     diesel::update(c::table.find(row.id))
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
         .execute(tc.pg())?;
-    audit_auto_assigned(tc, ConversationId(row.id), agent, team)?;
+    audit_auto_assigned(tc, ConversationId(row.id), agent, team, row.queued_at)?;
     row.assignee_id = Some(agent.0);
     row.queued_at = None;
     Ok(())
@@ -1074,7 +1075,7 @@ pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: 
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>)))
         .execute(tc.pg())?;
     if n > 0 {
-        audit_auto_assigned(tc, id, agent, None)?;
+        audit_auto_assigned(tc, id, agent, None, None)?;
     }
     Ok(n > 0)
 }
@@ -1092,10 +1093,19 @@ fn audit_change(
 
 /// The audit entry of an assignment by the server (no actor): by the
 /// channel's auto-assign, or by `team`'s (`teams`).
-fn audit_auto_assigned(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, team: Option<i64>) -> AppResult<()> {
+fn audit_auto_assigned(
+    tc: &mut TenantConn<'_>,
+    id: ConversationId,
+    agent: UserId,
+    team: Option<i64>,
+    queued_since: Option<DateTime<Utc>>,
+) -> AppResult<()> {
     let mut details = json!({"from": null, "to": agent.to_string(), "by": "auto_assign"});
     if let Some(team) = team {
         details["team_id"] = json!(team.to_string());
+    }
+    if let Some(since) = queued_since {
+        details["queued_since"] = json!(since);
     }
     Ok(audit::record(tc, None, "conversation.assigned", "conversation", Some(id.to_string()), details)?)
 }

@@ -53,6 +53,13 @@
 //!   conversations of the contacts that have it at the time of the report.
 //!   With a channel, a team, a label or an attribute together, the
 //!   conversations of all.
+//! - The queue (`queue`): each conversation that left the queue
+//!   (`hand_out`) for an agent in the period, given by the server or taken
+//!   by hand, as the audit log holds it (its `conversation.assigned` keeps
+//!   `queued_since`), and how long it had waited there. Those that left
+//!   otherwise (resolved, snoozed, "no one", the rule turned off) are not
+//!   counted: no agent ended their wait. A blocked contact's waits stay
+//!   counted: they were the team's then.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -158,6 +165,9 @@ pub struct Overview {
     /// Waits past their reply target, due in the period.
     pub targets_missed: i64,
     pub first_response: FirstResponse,
+    /// Conversations that left the queue for an agent in the period, and
+    /// how long each had waited in it.
+    pub queue: QueueFigures,
     /// Satisfaction surveys sent in the period, and their answers.
     pub csat: Csat,
     /// The inbox as it is at the time of the report, whatever the period.
@@ -172,6 +182,22 @@ pub struct FirstResponse {
     pub unanswered: i64,
     pub median_seconds: Option<i64>,
     pub p90_seconds: Option<i64>,
+}
+
+/// Conversations that left the queue (`hand_out`) for an agent in the
+/// period, given by the server or taken by hand, and how long each had
+/// waited there: median and 90th percentile by nearest rank, in seconds.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct QueueFigures {
+    pub given: i64,
+    pub median_seconds: Option<i64>,
+    pub p90_seconds: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct Waited {
+    #[diesel(sql_type = BigInt)]
+    seconds: i64,
 }
 
 /// Surveys sent in the period (`inbox::csat`), whenever answered.
@@ -450,6 +476,33 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
+    // Each that left the queue for an agent is audited with since when it
+    // had waited (`conversations::give`, `patch`).
+    let mut queue_waits: Vec<i64> = diesel::sql_query(format!(
+        "SELECT greatest(0, floor(extract(epoch FROM \
+                  a.created_at - (a.details->>'queued_since')::timestamptz)))::int8 AS seconds \
+           FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
+          WHERE a.action = 'conversation.assigned' AND a.details ? 'queued_since' \
+            AND a.created_at >= $1 AND a.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
+            AND {SCOPED}"
+    ))
+    .bind::<Timestamptz, _>(period.from)
+    .bind::<Timestamptz, _>(period.to)
+    .bind::<Nullable<BigInt>, _>(channel)
+    .bind::<Nullable<BigInt>, _>(team)
+    .bind::<Nullable<Text>, _>(label)
+    .bind::<Nullable<Text>, _>(attribute)
+    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
+    .load::<Waited>(tc.pg())?
+    .into_iter()
+    .map(|w| w.seconds)
+    .collect();
+    let queue = QueueFigures {
+        given: queue_waits.len() as i64,
+        median_seconds: rank(&mut queue_waits.clone(), 50),
+        p90_seconds: rank(&mut queue_waits, 90),
+    };
+
     // As the audit log keeps them: an erased contact's conversation was
     // still started (its entry keeps the channel, not the contact).
     let started: Vec<Started> = diesel::sql_query(format!(
@@ -634,6 +687,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         notes_written,
         targets_missed,
         first_response,
+        queue,
         csat,
         now,
         agents,

@@ -434,6 +434,13 @@ impl TestApp {
         diesel::sql_query(sql).get_result::<N>(&mut conn).map(|r| r.n).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs SQL on a fresh connection (set-up the API cannot do, such as
+    /// moving a time back); how many rows it touched.
+    pub fn exec(&self, sql: &str) -> usize {
+        let mut conn = self.db.conn();
+        diesel::sql_query(sql).execute(&mut conn).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Stores raw webhook bodies as the endpoint would, unprocessed (with
     /// diesel, not the product's statement: the rows are seeded apart from
     /// the code under test).

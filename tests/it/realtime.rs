@@ -1778,6 +1778,16 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
     let settings = |s: Value| app.call("PATCH", &path, Some(&t.admin), Some(json!({"settings": s})));
     let mut x = online_x(&app, &t).await;
     assert_eq!(assignee_of("801").await, None, "off by default");
+    // Resolved, so that turning the rule on has nothing waiting to hand
+    // out (`turning_auto_assign_on_hands_out_what_already_waits`).
+    let open: Vec<Value> = app.call("GET", "/api/conversations", Some(&t.admin), None).await.body["items"]
+        .as_array()
+        .expect("items")
+        .clone();
+    assert_eq!(open.len(), 1);
+    let first = format!("/api/conversations/{}", open[0]["id"].as_str().expect("id"));
+    let r = app.call("PATCH", &first, Some(&t.admin), Some(json!({"status": "resolved"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 
     let r = settings(json!({"auto_assign": true})).await;
     assert_eq!((r.status, &r.body["settings"]["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
@@ -1865,7 +1875,9 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let who = |v: Vec<(String, Value)>| v.into_iter().map(|(_, a)| a).collect::<Vec<_>>();
 
-    // Xavi comes online: the oldest is his (his limit is one).
+    // They have waited ten minutes when Xavi comes online: the oldest is
+    // his (his limit is one).
+    app.exec("UPDATE tenant_acme.conversations SET queued_at = queued_at - interval '10 minutes'");
     let _x = online_x(&app, &t).await;
     let x = json!(t.agent_x_id);
     let want = vec![x.clone(), Value::Null, Value::Null, Value::Null];
@@ -1899,6 +1911,13 @@ async fn the_queue_goes_to_agents_as_they_come_online() {
     );
     assert_eq!(auto, 3);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE queued_at IS NOT NULL"), 0);
+    // The report says how long the three had waited.
+    let r = app.call("GET", "/api/reports/overview", Some(&t.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let queue = &r.body["queue"];
+    let waited = |k: &str| queue[k].as_i64().unwrap_or_else(|| panic!("{k} {queue:?}"));
+    assert!(queue["given"] == 3 && (600..700).contains(&waited("median_seconds")), "{queue:?}");
+    assert!(waited("p90_seconds") >= waited("median_seconds"), "{queue:?}");
 }
 
 /// An agent comes online while another instance has the queue's turn
@@ -2191,6 +2210,20 @@ async fn turning_auto_assign_on_hands_out_what_already_waits() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     (now[5], now[6]) = ((xavi.clone(), false), (none.clone(), true));
     assert_eq!(state().await, now);
+
+    // The report's queue counts only what left it for an agent: the last,
+    // waiting an hour, taken by hand; not what the rule turned off let go,
+    // nor what was given without waiting.
+    app.exec(&format!(
+        "UPDATE tenant_acme.conversations SET queued_at = queued_at - interval '1 hour' WHERE id = {}",
+        conv[6]
+    ));
+    patch(conv[6].clone(), json!({"assignee_id": olga_id})).await;
+    let r = app.call("GET", "/api/reports/overview", Some(&t.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let queue = &r.body["queue"];
+    let waited = queue["median_seconds"].as_i64().expect("a median");
+    assert!(queue["given"] == 1 && (3600..3660).contains(&waited) && queue["p90_seconds"] == waited, "{queue:?}");
 }
 
 /// A conversation handed back by someone who may no longer answer it
