@@ -735,6 +735,9 @@ fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId) -> AppResult<Vec<i
 pub struct Erased {
     pub conversations: usize,
     pub messages: i64,
+    /// Webhook bodies waiting or dead-lettered that named them
+    /// (`scrub`): changed, deleted.
+    pub webhooks: super::scrub::InboxScrubbed,
 }
 
 /// `DELETE /api/contacts/{id}` (admins): a customer's right to erasure.
@@ -745,9 +748,10 @@ pub struct Erased {
 /// sent them); and what the audit log says of the contact (entries kept,
 /// who did what and when, their details emptied). Open inboxes are told
 /// (`conversation.deleted` `{id, channel_id}`); audited as `contact.erased`
-/// with counts only. Meta's late echo of a reply to them names the erased
-/// message and is dropped (`ingest`). If the customer writes again, they
-/// are a new contact.
+/// with counts only. What Meta sent of them and is not processed yet has
+/// their events taken out (`scrub`). Meta's late echo of a reply to them
+/// names the erased message and is dropped (`ingest`). If the customer
+/// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
     use crate::db::tenant_schema::{audit_log, events, messages};
     // Conversations, then the contact: the webhook path's order.
@@ -761,6 +765,13 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         .ok_or_else(|| AppError::not_found("contact"))?;
     let message_count: i64 =
         messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
+    // Their numbers before a change too (`contact_former_numbers`, gone
+    // with them), for the webhook inbox below.
+    let mut known_as: Vec<String> = crate::db::tenant_schema::contact_former_numbers::table
+        .filter(crate::db::tenant_schema::contact_former_numbers::contact_id.eq(contact.id))
+        .select(crate::db::tenant_schema::contact_former_numbers::external_id)
+        .load(tc.pg())?;
+    known_as.push(contact.external_id.clone());
     diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;
     let contact_key = contact.id.to_string();
     let copies = events::conversation_id.eq_any(&conversation_ids).or(events::type_
@@ -783,18 +794,26 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     )
     .set(audit_log::details.eq(serde_json::json!({"erased": true})))
     .execute(tc.pg())?;
+    // What Meta sent of them and is not processed yet would bring them back.
+    let channel = crate::channels::find(tc, crate::channels::ChannelId(contact.channel_id))?;
+    let mut webhooks = super::scrub::InboxScrubbed::default();
+    for external_id in &known_as {
+        let done = super::scrub::scrub_inbox(tc, &channel.external_id, external_id)?;
+        (webhooks.changed, webhooks.deleted) = (webhooks.changed + done.changed, webhooks.deleted + done.deleted);
+    }
     for conversation in &conversation_ids {
         let data = serde_json::json!({"id": conversation.to_string(), "channel_id": contact.channel_id.to_string()});
         log.append(tc, "conversation.deleted", Some(contact.channel_id), Some(*conversation), data)?;
     }
-    let erased = Erased { conversations: conversation_ids.len(), messages: message_count };
+    let erased = Erased { conversations: conversation_ids.len(), messages: message_count, webhooks };
     crate::audit::record(
         tc,
         Some(user),
         "contact.erased",
         "contact",
         Some(contact_key),
-        serde_json::json!({"channel_id": contact.channel_id.to_string(), "conversations": erased.conversations, "messages": erased.messages}),
+        serde_json::json!({"channel_id": contact.channel_id.to_string(), "conversations": erased.conversations,
+            "messages": erased.messages, "webhooks_changed": webhooks.changed, "webhooks_deleted": webhooks.deleted}),
     )?;
     Ok(erased)
 }

@@ -46,6 +46,7 @@ pub mod processor;
 pub mod reports;
 pub mod routing;
 pub mod saved_views;
+pub mod scrub;
 pub mod search_index;
 pub mod sender;
 pub mod teams;

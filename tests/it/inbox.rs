@@ -5529,6 +5529,36 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
     assert!(held("events", "payload") >= 4, "the live log holds copies before");
     assert_eq!(held("audit_log", "details"), 1, "the saved address is in the log");
 
+    // What Meta sent of them that is not processed yet: dead letters (one
+    // shared with another customer, one theirs alone, one from another
+    // page) and a retry not due yet.
+    let said = |from: &str, to: &str, mid: &str, text: &str| {
+        json!({"sender": {"id": from}, "recipient": {"id": to}, "timestamp": 1_773_140_000_000_i64,
+               "message": {"mid": mid, "text": text}})
+    };
+    let page =
+        |id: &str, items: Vec<Value>| json!({"object": "page", "entry": [{"id": id, "time": 1, "messaging": items}]});
+    let stored = |body: Value, status: &str| {
+        app.count(&format!(
+            "INSERT INTO public.webhook_events (body, status, next_attempt_at) \
+             VALUES (convert_to($b${body}$b$, 'UTF8'), '{status}', now() + interval '1 hour') RETURNING id AS n"
+        ))
+    };
+    let shared = stored(
+        page(PAGE_A, vec![said(PSID, PAGE_A, "m_d1", "Quintela outra vez"), said(other, PAGE_A, "m_d2", "still here")]),
+        "dead",
+    );
+    let theirs = stored(page(PAGE_A, vec![said(PSID, PAGE_A, "m_d3", "Quintela, a morada")]), "dead");
+    let elsewhere = stored(page("999000111222333", vec![said(PSID, "999000111222333", "m_d4", "Quintela")]), "dead");
+    let retry = stored(page(PAGE_A, vec![said(PSID, PAGE_A, "m_d5", "Quintela: retry")]), "pending");
+    let body_of = |id: i64| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.webhook_events WHERE id = {id} \
+               AND convert_from(body, 'UTF8') ILIKE '%quintela%'"
+        ))
+    };
+    assert_eq!(body_of(shared) + body_of(theirs) + body_of(retry) + body_of(elsewhere), 4);
+
     // Admins only.
     let (_, al) = agent_al(&app, &ctx.admin).await;
     assert_eq!(app.call("DELETE", &contact, Some(&al), None).await.status, 403);
@@ -5554,6 +5584,20 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
     let erased = log["items"].as_array().expect("items").iter().find(|e| e["action"] == "contact.erased").cloned();
     let erased = erased.expect("contact.erased");
     assert_eq!((&erased["details"]["conversations"], &erased["details"]["messages"]), (&json!(1), &json!(3)));
+    // The webhook inbox: theirs taken out, the other customer's kept, what
+    // came for another page left; nothing left of a body is gone.
+    let details = &erased["details"];
+    assert_eq!((&details["webhooks_changed"], &details["webhooks_deleted"]), (&json!(1), &json!(2)), "{details}");
+    assert_eq!(body_of(shared) + body_of(theirs) + body_of(retry), 0);
+    let kept = |id: i64| app.count(&format!("SELECT count(*) AS n FROM public.webhook_events WHERE id = {id}"));
+    assert_eq!((kept(shared), kept(theirs), kept(retry), kept(elsewhere)), (1, 0, 0, 1));
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.webhook_events WHERE id = {shared} \
+               AND convert_from(body, 'UTF8') LIKE '%still here%' AND status = 'dead'"
+        )),
+        1
+    );
     // The other customer's conversation stays; a second erase finds nothing.
     let left = conversations(&app, &ctx.admin, "").await;
     assert_eq!(left.len(), 1);

@@ -1,0 +1,232 @@
+//! Erasure's reach into the webhook inbox: what Meta sent of an erased
+//! customer that is still waiting to be processed (`pending`, retries
+//! included) or dead-lettered would otherwise bring them back, as a new
+//! contact, when it is processed or replayed (`processor`).
+//!
+//! Decisions:
+//! - Erasing a contact (`contacts::erase`) takes, in the same
+//!   transaction, every event naming them out of the stored bodies of
+//!   those two kinds: a Messenger or Instagram `messaging`/`standby` item
+//!   whose sender or recipient they are, a WhatsApp `messages`,
+//!   `statuses`, `contacts` or echo item from, to or about their number,
+//!   a history thread that is theirs; only in what came for the contact's
+//!   own channel (the entry of its page or account, the change of its
+//!   number: the same customer may write to another tenant's number). A
+//!   body left with nothing is deleted; the rest keep their other
+//!   customers' events, stored again without the erased ones (the
+//!   signature was checked when it came; replay does not check it again).
+//! - Rows the processor holds at that moment are passed over (`SKIP
+//!   LOCKED`: an erasure never waits on, or deadlocks with, a batch), as
+//!   is what it already read: a message being processed as the contact is
+//!   erased makes them again, as one that comes after would. A body that
+//!   is not JSON is left: nothing in it can be told apart.
+//! - Processed bodies (`done`) are not read: they are deleted by their
+//!   retention (`SWITCHBOARD_WORK_RETENTION`, a day by default), and
+//!   searching them all would cost an erasure a scan of a day's traffic.
+
+use diesel::prelude::*;
+use serde_json::Value;
+
+use crate::db::schema::webhook_events as we;
+use crate::db::TenantConn;
+use crate::error::AppResult;
+
+/// What became of one body.
+#[derive(Debug, PartialEq)]
+pub enum Scrubbed {
+    /// Nothing in it named the contact.
+    Untouched,
+    /// Events naming them were taken out; this is what is left.
+    Changed(Value),
+    /// Nothing is left.
+    Emptied,
+}
+
+/// How many stored bodies an erasure changed and deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct InboxScrubbed {
+    pub changed: usize,
+    pub deleted: usize,
+}
+
+/// Takes the events naming `contact` (Meta's id of the customer: PSID,
+/// IGSID or WhatsApp number) on the channel Meta knows as `channel` (page,
+/// Instagram account or phone number id) out of the bodies waiting or
+/// dead-lettered in the webhook inbox ([module docs](self)).
+pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &str) -> AppResult<InboxScrubbed> {
+    let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
+    // One status at a time, each through its partial index: never the
+    // processed rows.
+    for status in ["pending", "dead"] {
+        let contains = diesel::dsl::sql::<diesel::sql_types::Bool>("position(")
+            .bind::<diesel::sql_types::Bytea, _>(contact.as_bytes().to_vec())
+            .sql(" IN body) > 0");
+        rows.extend(
+            we::table
+                .filter(we::status.eq(status))
+                .filter(contains)
+                .order(we::id)
+                .select((we::id, we::body))
+                .for_update()
+                .skip_locked()
+                .load::<(i64, Vec<u8>)>(tc.pg())?,
+        );
+    }
+    let mut done = InboxScrubbed::default();
+    for (id, body) in rows {
+        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else { continue };
+        match scrub(&parsed, channel, contact) {
+            Scrubbed::Untouched => {}
+            Scrubbed::Changed(left) => {
+                let bytes = serde_json::to_vec(&left).map_err(crate::error::AppError::internal)?;
+                diesel::update(we::table.find(id)).set(we::body.eq(bytes)).execute(tc.pg())?;
+                done.changed += 1;
+            }
+            Scrubbed::Emptied => {
+                diesel::delete(we::table.find(id)).execute(tc.pg())?;
+                done.deleted += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One body without the events naming `contact` on `channel`.
+pub fn scrub(body: &Value, channel: &str, contact: &str) -> Scrubbed {
+    let Some(entries) = body.get("entry").and_then(Value::as_array) else { return Scrubbed::Untouched };
+    let whatsapp = body.get("object").and_then(Value::as_str) == Some("whatsapp_business_account");
+    let mut removed = false;
+    let mut kept_entries = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut entry = entry.clone();
+        let mut emptied = false;
+        if whatsapp {
+            if let Some(changes) = entry.get_mut("changes").and_then(Value::as_array_mut) {
+                let before = changes.len();
+                changes.retain_mut(|change| {
+                    let Some(value) = change.get_mut("value") else { return true };
+                    let number = value.pointer("/metadata/phone_number_id").and_then(Value::as_str);
+                    if number != Some(channel) {
+                        return true;
+                    }
+                    let (took, empty) = without(value, contact);
+                    removed |= took;
+                    !(took && empty)
+                });
+                emptied = before > 0 && changes.is_empty();
+            }
+        } else if entry.get("id").and_then(Value::as_str) == Some(channel) {
+            let (took, empty) = without(&mut entry, contact);
+            removed |= took;
+            emptied = took && empty;
+        }
+        if !emptied {
+            kept_entries.push(entry);
+        }
+    }
+    if !removed {
+        return Scrubbed::Untouched;
+    }
+    if kept_entries.is_empty() {
+        return Scrubbed::Emptied;
+    }
+    let mut left = body.clone();
+    left["entry"] = Value::Array(kept_entries);
+    Scrubbed::Changed(left)
+}
+
+/// Drops from `holder`'s arrays (and their items' arrays, as a history's
+/// threads hold messages) every item naming `contact`: whether any was
+/// dropped, and whether `holder` has no item left in any array.
+fn without(holder: &mut Value, contact: &str) -> (bool, bool) {
+    let Some(fields) = holder.as_object_mut() else { return (false, false) };
+    let mut took = false;
+    let mut items_left = 0;
+    for (key, field) in fields.iter_mut() {
+        let Some(items) = field.as_array_mut() else { continue };
+        let threads = key == "threads";
+        items.retain_mut(|item| {
+            if names(item, contact, threads) {
+                took = true;
+                return false;
+            }
+            let (inner_took, _) = without(item, contact);
+            took |= inner_took;
+            true
+        });
+        items_left += items.len();
+    }
+    (took, items_left == 0)
+}
+
+/// Whether one event or record is about `contact`: its sender or
+/// recipient (Messenger, Instagram), from, to, `wa_id` or `recipient_id`
+/// (WhatsApp), or a history thread's `id`.
+fn names(item: &Value, contact: &str, thread: bool) -> bool {
+    let is = |v: Option<&Value>| v.and_then(Value::as_str) == Some(contact);
+    is(item.pointer("/sender/id"))
+        || is(item.pointer("/recipient/id"))
+        || is(item.get("from"))
+        || is(item.get("to"))
+        || is(item.get("wa_id"))
+        || is(item.get("recipient_id"))
+        || (thread && is(item.get("id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_messenger_batch_keeps_the_other_customer_and_the_other_page() {
+        let body = json!({"object": "page", "entry": [
+            {"id": "PAGE", "time": 1, "messaging": [
+                {"sender": {"id": "GONE"}, "recipient": {"id": "PAGE"}, "message": {"mid": "m1", "text": "erase me"}},
+                {"sender": {"id": "PAGE"}, "recipient": {"id": "GONE"}, "message": {"mid": "m2", "is_echo": true}},
+                {"sender": {"id": "STAYS"}, "recipient": {"id": "PAGE"}, "message": {"mid": "m3", "text": "hi"}}]},
+            {"id": "OTHER", "time": 1, "messaging": [
+                {"sender": {"id": "GONE"}, "recipient": {"id": "OTHER"}, "message": {"mid": "m4", "text": "not ours"}}]}]});
+        let Scrubbed::Changed(left) = scrub(&body, "PAGE", "GONE") else { panic!("changed") };
+        assert_eq!(left["entry"][0]["messaging"].as_array().map(Vec::len), Some(1));
+        assert_eq!(left["entry"][0]["messaging"][0]["message"]["mid"], "m3");
+        assert_eq!(left["entry"][1], body["entry"][1], "another page's entry is another channel's");
+    }
+
+    #[test]
+    fn a_body_of_only_theirs_is_emptied_and_one_without_them_untouched() {
+        let body = json!({"object": "instagram", "entry": [{"id": "IG", "time": 1, "messaging": [
+            {"sender": {"id": "GONE"}, "recipient": {"id": "IG"}, "read": {"mid": "m1"}}]}]});
+        assert_eq!(scrub(&body, "IG", "GONE"), Scrubbed::Emptied);
+        assert_eq!(scrub(&body, "IG", "SOMEONE"), Scrubbed::Untouched);
+        assert_eq!(scrub(&json!({"object": "page"}), "IG", "GONE"), Scrubbed::Untouched);
+        assert_eq!(scrub(&json!([1, 2]), "IG", "GONE"), Scrubbed::Untouched);
+    }
+
+    #[test]
+    fn whatsapp_takes_their_messages_statuses_contacts_and_thread_on_that_number_only() {
+        let change = |number: &str, value: Value| {
+            let mut v = value;
+            v["metadata"] = json!({"phone_number_id": number});
+            json!({"field": "messages", "value": v})
+        };
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [
+            change("N1", json!({
+                "contacts": [{"wa_id": "4915", "profile": {"name": "Gone"}}, {"wa_id": "3361", "profile": {"name": "Stays"}}],
+                "messages": [{"from": "4915", "id": "wamid.1"}, {"from": "3361", "id": "wamid.2"}]})),
+            change("N1", json!({"statuses": [{"id": "wamid.3", "status": "read", "recipient_id": "4915"}]})),
+            change("N1", json!({"history": [{"threads": [
+                {"id": "4915", "messages": [{"from": "4915", "id": "wamid.4"}]},
+                {"id": "3361", "messages": [{"from": "3361", "id": "wamid.5"}]}]}]})),
+            change("N2", json!({"messages": [{"from": "4915", "id": "wamid.6"}]}))]}]});
+        let Scrubbed::Changed(left) = scrub(&body, "N1", "4915") else { panic!("changed") };
+        let changes = left["entry"][0]["changes"].as_array().cloned().unwrap_or_default();
+        assert_eq!(changes.len(), 3, "the status change had only theirs: {changes:?}");
+        assert_eq!(changes[0]["value"]["contacts"], json!([{"wa_id": "3361", "profile": {"name": "Stays"}}]));
+        assert_eq!(changes[0]["value"]["messages"], json!([{"from": "3361", "id": "wamid.2"}]));
+        assert_eq!(changes[1]["value"]["history"][0]["threads"].as_array().map(Vec::len), Some(1));
+        assert_eq!(changes[1]["value"]["history"][0]["threads"][0]["id"], "3361");
+        assert_eq!(changes[2]["value"]["metadata"]["phone_number_id"], "N2", "another number is left");
+        assert!(!left.to_string().contains("wamid.1") && !left.to_string().contains("wamid.4"));
+    }
+}
