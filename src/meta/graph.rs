@@ -115,7 +115,9 @@ impl GraphError {
     pub fn classify(code: i64, subcode: Option<i64>, message: &str) -> GraphError {
         let message = message.to_string();
         match (code, subcode) {
-            (190 | 102, _) => GraphError::TokenInvalid { code, subcode },
+            // 2500: no usable token came with the call (an OAuthException,
+            // as 190 is).
+            (190 | 102 | 2500, _) => GraphError::TokenInvalid { code, subcode },
             (10, Some(2018278 | 2534022)) | (131047, _) => GraphError::OutsideWindow { code, subcode },
             (551, _) | (131026, _) | (100, Some(2018001)) => GraphError::RecipientUnavailable { code, subcode },
             (4 | 17 | 32 | 613 | 80001 | 80004 | 80006 | 80007 | 130429 | 131056, _) => {
@@ -1063,6 +1065,7 @@ mod tests {
         assert!(matches!(GraphError::classify(200, None, ""), GraphError::Permission { .. }));
         assert!(matches!(GraphError::classify(131047, None, ""), GraphError::OutsideWindow { .. }));
         assert!(matches!(GraphError::classify(100, Some(33), ""), GraphError::Other { .. }));
+        assert!(matches!(GraphError::classify(2500, None, ""), GraphError::TokenInvalid { .. }));
         assert!(GraphError::from_body(&fixture("me_accounts.json")).is_none());
     }
 }

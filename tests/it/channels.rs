@@ -403,16 +403,24 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(json!({"code": code["code"]}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(channels(&app, &admin).await.len(), 1);
-    // A bad token is Meta's answer, not ours: 422; both kinds of body at once: 422.
-    let r = app
-        .call(
-            "POST",
-            "/api/channels/whatsapp/connect",
-            Some(&admin),
-            Some(json!({"waba_id": "112233445566778", "access_token": "EAAnope"})),
-        )
-        .await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("meta_token_invalid")));
+    // A bad token is Meta's answer, not ours: 422 (one Meta cannot even
+    // parse, or none, too); both kinds of body at once: 422.
+    for bad in ["EAAnope", "ü🙂", " "] {
+        let r = app
+            .call(
+                "POST",
+                "/api/channels/whatsapp/connect",
+                Some(&admin),
+                Some(json!({"waba_id": "112233445566778", "access_token": bad})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("meta_token_invalid")),
+            "{bad:?} {:?}",
+            r.body
+        );
+    }
     let r = app
         .call(
             "POST",

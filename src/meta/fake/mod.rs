@@ -389,9 +389,9 @@ fn bearer_or_query(req: &HttpRequest, q: &HashMap<String, String>) -> Option<Str
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::to_string);
+        // A token that is not ASCII is one Meta cannot parse (190), not none.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::to_string));
     header.or_else(|| q.get("access_token").cloned())
 }
 
