@@ -255,7 +255,14 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
     let mut new_channels = Vec::new();
     let mut listed = Vec::new();
     for waba in &wabas {
-        let numbers = app.graph.phone_numbers(waba, &token).await?;
+        // An id Meta has no such object for (100) is the caller's: 422.
+        let numbers = app.graph.phone_numbers(waba, &token).await.map_err(|e| match e {
+            GraphError::Other { code: 100, .. } => AppError::invalid(
+                "invalid_waba",
+                format!("Meta has no WhatsApp business account {waba} that this token can read: {e}"),
+            ),
+            other => other.into(),
+        })?;
         if numbers.is_empty() {
             return Err(AppError::invalid("no_phone_numbers", format!("business account {waba} has no phone numbers")));
         }

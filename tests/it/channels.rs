@@ -421,6 +421,12 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
             r.body
         );
     }
+    // An account Meta has no such object for is the caller's mistake too.
+    for waba in ["999888777666555", "a", "ü"] {
+        let body = json!({"waba_id": waba, "access_token": waba_token});
+        let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(body)).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_waba")), "{waba:?} {:?}", r.body);
+    }
     let r = app
         .call(
             "POST",
