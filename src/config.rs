@@ -166,7 +166,8 @@ fn mail_config(
     conversation_url: Option<String>,
     public_url: &str,
 ) -> Result<Option<MailConfig>, ConfigError> {
-    let Some(url) = url else { return Ok(None) };
+    // Checked with mail off too: a typo shows when it is set, not the day
+    // mail is turned on.
     let conversation_url = conversation_url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
     if let Some(u) = &conversation_url {
         let bare = u.replace("{tenant}", "t").replace("{conversation_id}", "1");
@@ -178,6 +179,7 @@ fn mail_config(
             ));
         }
     }
+    let Some(url) = url else { return Ok(None) };
     let smtp = ["smtp://", "smtps://"].iter().any(|s| url.starts_with(s))
         && lettre::transport::smtp::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&url).is_ok();
     if !(smtp || url == crate::mail::PRINT) {
@@ -363,6 +365,7 @@ mod tests {
         assert!(with("  ").expect("blank is none").expect("on").conversation_url.is_none());
         for bad in ["https://app.example.com/conversations", "ftp://x/{conversation_id}", "/c/{conversation_id}"] {
             assert!(with(bad).is_err(), "{bad}");
+            assert!(mail_config(None, None, s(bad), public).is_err(), "{bad}, mail off");
         }
     }
 
