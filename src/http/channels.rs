@@ -172,6 +172,7 @@ async fn patch(
     let online = state.online.of(auth.tenant);
     let view =
         state.db.tenant(auth.scope(), move |tc| channels::patch(tc, actor, id, body.into_inner(), &online)).await?;
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -189,6 +190,7 @@ async fn set_members(
     let view = state
         .tenant_with_events(auth.scope(), move |tc, log| channels::set_members(tc, log, actor, id, &users, &online))
         .await?;
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(view))
 }
 

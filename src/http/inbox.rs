@@ -245,6 +245,7 @@ async fn patch(
         // It may have queued a satisfaction survey (`inbox::csat`).
         state.wake_sender.notify_one();
     }
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -286,6 +287,7 @@ async fn patch_many(
     if items.iter().any(|c| c.status == "resolved") {
         state.wake_sender.notify_one();
     }
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(json!({"items": items})))
 }
 
@@ -609,6 +611,7 @@ async fn run_macro(
     if ran.queued {
         state.wake_sender.notify_one();
     }
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(ran))
 }
 

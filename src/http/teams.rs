@@ -98,6 +98,7 @@ async fn update(
             teams::update(tc, log, auth.user, id, change, &online)
         })
         .await?;
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(team))
 }
 
@@ -114,6 +115,7 @@ async fn set_members(
     let team = state
         .tenant_with_events(auth.scope(), move |tc, log| teams::set_members(tc, log, auth.user, id, &users))
         .await?;
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(team))
 }
 

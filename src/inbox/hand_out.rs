@@ -39,9 +39,13 @@
 //!   auto_assign`, no actor).
 //! - When: as soon as an agent comes online (or back from away) on any
 //!   instance, since every instance hears of it and wakes its worker
-//!   ([`run`], from `realtime::online`); and every [`LOOK_EVERY`] for each
-//!   tenant with someone online (room freed: a conversation resolved, a
-//!   limit raised), by the instances where that tenant has sockets (each
+//!   ([`run`], from `realtime::online`); as soon as a member's change may
+//!   have made room or a rule (a conversation changed by hand, in bulk or
+//!   by a macro: resolved, snoozed, handed on; a channel's settings or
+//!   list, a team's rule or members), on the instance that wrote it
+//!   (`Online::room_changed`); and every [`LOOK_EVERY`] for each tenant
+//!   with someone online (room the server freed: `auto_resolve`, a member
+//!   removed), by the instances where that tenant has sockets (each
 //!   agent online has theirs on one of them), so a fleet does not look at
 //!   every tenant once per instance. Instances take turns per tenant under
 //!   an advisory lock; one that finds it held on someone's arrival tries
@@ -270,7 +274,7 @@ pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
                     let state = state.clone();
                     actix_web::rt::spawn(async move {
                         tokio::time::sleep(TURN_AGAIN).await;
-                        state.online.arrive_again(tenant);
+                        state.online.look_at(tenant);
                     });
                 }
                 Ok(None) => {}

@@ -27,7 +27,7 @@ impl Online {
         let Ok(mut by_tenant) = self.by_tenant.write() else { return };
         if online {
             if by_tenant.entry(tenant).or_default().insert(user) {
-                self.arrive_again(TenantId(tenant));
+                self.look_at(TenantId(tenant));
             }
         } else if let Some(users) = by_tenant.get_mut(&tenant) {
             users.remove(&user);
@@ -55,14 +55,26 @@ impl Online {
         self.arrived.notified().await
     }
 
-    /// Counts `tenant` among the arrivals (someone came online, or again:
-    /// its turn was another instance's, which may not have known of the
-    /// newcomer) and wakes the worker.
-    pub fn arrive_again(&self, tenant: TenantId) {
+    /// Counts `tenant` among the arrivals and wakes the worker, whose next
+    /// turn there may give more: someone came online; or again, its turn
+    /// was another instance's, which may not have known of the newcomer;
+    /// or someone's room or rule changed (a conversation resolved or handed
+    /// on, a limit raised, a member listed: [`Online::room_changed`]).
+    pub fn look_at(&self, tenant: TenantId) {
         if let Ok(mut arrivals) = self.arrivals.lock() {
             arrivals.insert(tenant.0);
         }
         self.arrived.notify_one();
+    }
+
+    /// What a change may have freed (room under a limit, a rule, a listed
+    /// member) goes out at once rather than at the next 30 s look
+    /// (`inbox::hand_out`), when someone of `tenant` is online to take it.
+    pub fn room_changed(&self, tenant: TenantId) {
+        let someone = self.by_tenant.read().is_ok_and(|by_tenant| by_tenant.contains_key(&tenant.0));
+        if someone {
+            self.look_at(tenant);
+        }
     }
 
     /// The tenants where someone came online since last asked.
