@@ -1599,6 +1599,8 @@ async fn update_contact(
         })
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
+    // Blocking resolves the contact's conversation: room for the queue.
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(item))
 }
 
@@ -1612,6 +1614,7 @@ async fn erase_contact(
     let id = contact_id(&path)?;
     let user = auth.user;
     state.tenant_with_events(auth.scope(), move |tc, log| contacts::erase(tc, log, user, id)).await?;
+    state.online.room_changed(auth.tenant);
     Ok(HttpResponse::NoContent().finish())
 }
 

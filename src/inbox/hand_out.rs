@@ -41,13 +41,13 @@
 //!   instance, since every instance hears of it and wakes its worker
 //!   ([`run`], from `realtime::online`); as soon as a member's change may
 //!   have made room or a rule (a conversation changed by hand, in bulk or
-//!   by a macro: resolved, snoozed, handed on; a channel's settings or
-//!   list, a team's rule or members), on the instance that wrote it
+//!   by a macro: resolved, snoozed, handed on; a contact blocked or
+//!   erased; a channel's settings or list, a team's rule or members), or
+//!   `auto_resolve` resolved some, on the instance that did it
 //!   (`Online::room_changed`); and every [`LOOK_EVERY`] for each tenant
-//!   with someone online (room the server freed: `auto_resolve`, a member
-//!   removed), by the instances where that tenant has sockets (each
-//!   agent online has theirs on one of them), so a fleet does not look at
-//!   every tenant once per instance. Instances take turns per tenant under
+//!   with someone online (what else frees room), by the instances where
+//!   that tenant has sockets (each agent online has theirs on one of
+//!   them), so a fleet does not look at every tenant once per instance. Instances take turns per tenant under
 //!   an advisory lock; one that finds it held on someone's arrival tries
 //!   again [`TURN_AGAIN`] later (the other may have begun before it heard
 //!   of the newcomer), and one that finds it held at a look leaves it to

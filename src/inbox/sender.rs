@@ -798,11 +798,14 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
                     conversations::wake_snoozed(tc, log, &online)?;
                     crate::channels::whatsapp_number::lift_ended(tc)?;
                     super::waiting::ring_overdue(tc, log)?;
-                    super::auto_resolve::resolve_idle(tc, log, chrono::Utc::now()).map(drop)
+                    super::auto_resolve::resolve_idle(tc, log, chrono::Utc::now())
                 })
                 .await;
-            if let Err(e) = r {
-                tracing::debug!(tenant = %t.slug, error = ?e, "snooze clock skipped a tenant");
+            match r {
+                // What it resolved made room for the queue (`hand_out`).
+                Ok(resolved) if resolved > 0 => state.online.room_changed(t.tenant_id()),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(tenant = %t.slug, error = ?e, "snooze clock skipped a tenant"),
             }
         }
     }
