@@ -2216,6 +2216,40 @@ async fn turning_auto_assign_on_hands_out_what_already_waits() {
     assert!(queue["given"] == 1 && (3600..3660).contains(&waited) && queue["p90_seconds"] == waited, "{queue:?}");
 }
 
+/// Room the team frees goes to the queue at once: a contact blocked (which
+/// resolves their conversation) lets the one waiting go to the agent whose
+/// limit it held, without waiting for the 30 s look.
+#[actix_web::test]
+async fn a_blocked_contact_makes_room_for_the_queue_at_once() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    handing_out(&app, &t, json!([t.agent_x_id]), json!({"auto_assign": true, "auto_assign_limit": 1})).await;
+    let _x = online_x(&app, &t).await;
+    for from in ["971", "972"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "Merhaba, kimse var mı? 🙂"}))
+            .await;
+        app.processed().await;
+    }
+    let of = |from: &'static str| {
+        let (app, admin) = (&app, t.admin.clone());
+        async move {
+            let r = app.call("GET", "/api/conversations?limit=200", Some(&admin), None).await;
+            let items = r.body["items"].as_array().expect("items").clone();
+            items.into_iter().find(|c| c["contact"]["external_id"] == from).expect("conversation")
+        }
+    };
+    let first = of("971").await;
+    assert_eq!(first["assignee_id"], t.agent_x_id.as_str());
+    assert!(of("972").await["queued_at"].is_string(), "Xavi is full: it waits");
+    let contact = format!("/api/contacts/{}", first["contact"]["id"].as_str().expect("contact"));
+    let r = app.call("PATCH", &contact, Some(&t.admin), Some(json!({"blocked": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    crate::common::eventually("the waiting one is Xavi's", || async {
+        of("972").await["assignee_id"] == t.agent_x_id.as_str()
+    })
+    .await;
+}
+
 /// A conversation handed back by someone who may no longer answer it
 /// (`conversations::release`) goes at once to someone else online, where
 /// its channel or its team hands conversations out, as a new one would;
