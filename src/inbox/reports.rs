@@ -402,7 +402,21 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
         Some(a) => (Some(a.key()), a.contained()),
         None => (None, None),
     };
-    let counts: Vec<MessageCounts> = diesel::sql_query(format!(
+    // Every query but `now` takes the period and the scope, in the numbers
+    // `SCOPED` and `in_scope` use.
+    macro_rules! scoped {
+        ($sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<Timestamptz, _>(period.from)
+                .bind::<Timestamptz, _>(period.to)
+                .bind::<Nullable<BigInt>, _>(channel)
+                .bind::<Nullable<BigInt>, _>(team)
+                .bind::<Nullable<Text>, _>(label)
+                .bind::<Nullable<Text>, _>(attribute)
+                .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
+        };
+    }
+    let counts: Vec<MessageCounts> = scoped!(format!(
         "SELECT channel_id, sender_user_id, \
                 count(*) FILTER (WHERE direction = 'in' AND NOT private) AS received, \
                 count(*) FILTER (WHERE direction = 'out' AND sender_kind = 'agent' AND NOT private \
@@ -413,17 +427,10 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           GROUP BY channel_id, sender_user_id",
         in_scope("conversation_id", "")
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
     // What blocked contacts sent, taken off the count above: read through
     // their few conversations' index, not by another pass over the period.
-    let blocked_received: Vec<PerChannel> = diesel::sql_query(format!(
+    let blocked_received: Vec<PerChannel> = scoped!(format!(
         "SELECT m.channel_id, count(*) AS n FROM messages m \
           WHERE m.conversation_id IN ({BLOCKED}) AND m.direction = 'in' AND NOT m.private \
             AND m.sort_at >= $1 AND m.sort_at < $2 AND ($3::int8 IS NULL OR m.channel_id = $3) \
@@ -431,15 +438,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           GROUP BY m.channel_id",
         in_scope("m.conversation_id", "")
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
-    let opened: Vec<Opened> = diesel::sql_query(format!(
+    let opened: Vec<Opened> = scoped!(format!(
         "SELECT c.channel_id, asked.at AS asked_at, answer.at AS answered_at, answer.by AS answered_by \
            FROM conversations c \
            LEFT JOIN LATERAL (SELECT m.sort_at AS at FROM messages m \
@@ -451,15 +451,8 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           WHERE c.created_at >= $1 AND c.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
             AND {SCOPED} AND c.id <> ALL (ARRAY({BLOCKED}))"
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
-    let resolved: Vec<Resolved> = diesel::sql_query(format!(
+    let resolved: Vec<Resolved> = scoped!(format!(
         "SELECT a.actor_user_id, count(*) AS n \
            FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
           WHERE a.action = 'conversation.status_changed' AND a.details->>'to' = 'resolved' \
@@ -467,18 +460,11 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             AND {SCOPED} \
           GROUP BY a.actor_user_id"
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     // Each that left the queue for an agent is audited with since when it
     // had waited (`conversations::give`, `patch`).
-    let mut queue_waits: Vec<i64> = diesel::sql_query(format!(
+    let mut queue_waits: Vec<i64> = scoped!(format!(
         "SELECT greatest(0, floor(extract(epoch FROM \
                   a.created_at - (a.details->>'queued_since')::timestamptz)))::int8 AS seconds \
            FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
@@ -486,13 +472,6 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             AND a.created_at >= $1 AND a.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
             AND {SCOPED}"
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load::<Waited>(tc.pg())?
     .into_iter()
     .map(|w| w.seconds)
@@ -505,7 +484,7 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
 
     // As the audit log keeps them: an erased contact's conversation was
     // still started (its entry keeps the channel, not the contact).
-    let started: Vec<Started> = diesel::sql_query(format!(
+    let started: Vec<Started> = scoped!(format!(
         "SELECT (a.details->>'channel_id')::int8 AS channel_id, a.actor_user_id, count(*) AS n \
            FROM audit_log a \
           WHERE a.action = 'conversation.started' AND a.created_at >= $1 AND a.created_at < $2 \
@@ -514,16 +493,9 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           GROUP BY 1, 2",
         in_scope("a.target_id", "::text")
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
-    let surveys: Vec<Surveys> = diesel::sql_query(format!(
+    let surveys: Vec<Surveys> = scoped!(format!(
         "SELECT coalesce(assignee_id, resolved_by) AS agent, count(*) AS sent, \
                 ARRAY[count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2), \
                       count(*) FILTER (WHERE rating = 3), count(*) FILTER (WHERE rating = 4), \
@@ -533,29 +505,15 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
           GROUP BY 1",
         in_scope("conversation_id", "")
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
-    let missed: Vec<Missed> = diesel::sql_query(format!(
+    let missed: Vec<Missed> = scoped!(format!(
         "SELECT channel_id, assignee_id, count(*) AS n FROM missed_targets \
           WHERE due_at >= $1 AND due_at < $2 AND ($3::int8 IS NULL OR channel_id = $3) \
             AND conversation_id <> ALL (ARRAY({BLOCKED})) AND {} \
           GROUP BY channel_id, assignee_id",
         in_scope("conversation_id", "")
     ))
-    .bind::<Timestamptz, _>(period.from)
-    .bind::<Timestamptz, _>(period.to)
-    .bind::<Nullable<BigInt>, _>(channel)
-    .bind::<Nullable<BigInt>, _>(team)
-    .bind::<Nullable<Text>, _>(label)
-    .bind::<Nullable<Text>, _>(attribute)
-    .bind::<Nullable<Jsonb>, _>(attribute_value.clone())
     .load(tc.pg())?;
 
     // Resolved conversations are most of a long history: the status index
