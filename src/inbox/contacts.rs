@@ -796,11 +796,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     .execute(tc.pg())?;
     // What Meta sent of them and is not processed yet would bring them back.
     let channel = crate::channels::find(tc, crate::channels::ChannelId(contact.channel_id))?;
-    let mut webhooks = super::scrub::InboxScrubbed::default();
-    for external_id in &known_as {
-        let done = super::scrub::scrub_inbox(tc, &channel.external_id, external_id)?;
-        (webhooks.changed, webhooks.deleted) = (webhooks.changed + done.changed, webhooks.deleted + done.deleted);
-    }
+    let webhooks = super::scrub::scrub_inbox(tc, &channel.external_id, &known_as)?;
     for conversation in &conversation_ids {
         let data = serde_json::json!({"id": conversation.to_string(), "channel_id": contact.channel_id.to_string()});
         log.append(tc, "conversation.deleted", Some(contact.channel_id), Some(*conversation), data)?;

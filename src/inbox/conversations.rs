@@ -1007,13 +1007,7 @@ pub fn repick(
         return Ok(Picked::NoRule);
     }
     let channel = crate::channels::ChannelId(row.channel_id);
-    let (channel_assigns, limit) = match rules.get(&row.channel_id) {
-        Some(rule) => *rule,
-        None => {
-            let s = crate::channels::find(tc, channel)?.settings();
-            *rules.entry(row.channel_id).or_insert((s.auto_assign, s.auto_assign_limit))
-        }
-    };
+    let (channel_assigns, limit) = channel_rule(tc, rules, row.channel_id)?;
     let by_team = match row.team_id {
         Some(team) if !channel_assigns && super::teams::assigns(tc, team)? => Some(team),
         _ if channel_assigns => None,
@@ -1030,6 +1024,20 @@ pub fn repick(
         Some(agent) => Picked::Agent(agent, by_team),
         None => Picked::Nobody,
     })
+}
+
+/// A channel's `auto_assign` and `auto_assign_limit`, read once into
+/// `rules`.
+pub(super) fn channel_rule(
+    tc: &mut TenantConn<'_>,
+    rules: &mut HashMap<i64, (bool, Option<u32>)>,
+    channel: i64,
+) -> AppResult<(bool, Option<u32>)> {
+    if let Some(rule) = rules.get(&channel) {
+        return Ok(*rule);
+    }
+    let s = crate::channels::find(tc, crate::channels::ChannelId(channel))?.settings();
+    Ok(*rules.entry(channel).or_insert((s.auto_assign, s.auto_assign_limit)))
 }
 
 /// Hands `row`, which has no one on it, out as its channel's or team's

@@ -47,8 +47,9 @@
 //!   (`Online::room_changed`); and every [`LOOK_EVERY`] for each tenant
 //!   with someone online (what else frees room), by the instances where
 //!   that tenant has sockets (each agent online has theirs on one of
-//!   them), so a fleet does not look at every tenant once per instance. Instances take turns per tenant under
-//!   an advisory lock; one that finds it held on someone's arrival tries
+//!   them), so a fleet does not look at every tenant once per instance.
+//!   Instances take turns per tenant under an advisory lock; one that
+//!   finds it held on someone's arrival tries
 //!   again [`TURN_AGAIN`] later (the other may have begun before it heard
 //!   of the newcomer), and one that finds it held at a look leaves it to
 //!   the other.
@@ -59,7 +60,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::conversations::{give, give_or_queue, repick, Picked};
+use super::conversations::{channel_rule, give, give_or_queue, repick, Picked};
 use super::events::EventLog;
 use super::views::{ConversationRow, Names};
 use crate::db::tenant_schema::conversations as c;
@@ -169,29 +170,19 @@ pub fn take_up(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting, onli
         Waiting::OfChannel(channel) => unheld.filter(c::channel_id.eq(channel)).for_update().load(tc.pg())?,
         Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_update().load(tc.pg())?,
     };
-    let mut covered_before: HashMap<i64, bool> = HashMap::new();
     let mut rules = HashMap::new();
+    let mut team_rules: HashMap<i64, bool> = HashMap::new();
     let mut names = Names::default();
     let mut given = 0;
     for mut row in rows {
-        let other = match which {
-            Waiting::OfChannel(_) => row.team_id,
-            Waiting::OfTeam(_) => Some(row.channel_id),
-        };
-        let covered = match other {
-            None => false,
-            Some(key) => match covered_before.get(&key) {
+        // The other rule, which did not change.
+        let covered = match (which, row.team_id) {
+            (Waiting::OfTeam(_), _) => channel_rule(tc, &mut rules, row.channel_id)?.0,
+            (Waiting::OfChannel(_), Some(team)) => match team_rules.get(&team) {
                 Some(on) => *on,
-                None => {
-                    let on = match which {
-                        Waiting::OfChannel(_) => super::teams::assigns(tc, key)?,
-                        Waiting::OfTeam(_) => {
-                            crate::channels::find(tc, crate::channels::ChannelId(key))?.settings().auto_assign
-                        }
-                    };
-                    *covered_before.entry(key).or_insert(on)
-                }
+                None => *team_rules.entry(team).or_insert(super::teams::assigns(tc, team)?),
             },
+            (Waiting::OfChannel(_), None) => false,
         };
         if covered {
             continue;

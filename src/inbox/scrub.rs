@@ -21,7 +21,7 @@
 //!   erased makes them again, as one that comes after would. A body that
 //!   is not JSON is left: nothing in it can be told apart.
 //! - Processed bodies (`done`) are not read: they are deleted by their
-//!   retention (`SWITCHBOARD_WORK_RETENTION`, a day by default), and
+//!   retention (`SWITCHBOARD_WEBHOOK_RETENTION_HOURS`, 24 by default), and
 //!   searching them all would cost an erasure a scan of a day's traffic.
 
 use diesel::prelude::*;
@@ -49,17 +49,18 @@ pub struct InboxScrubbed {
     pub deleted: usize,
 }
 
-/// Takes the events naming `contact` (Meta's id of the customer: PSID,
-/// IGSID or WhatsApp number) on the channel Meta knows as `channel` (page,
-/// Instagram account or phone number id) out of the bodies waiting or
-/// dead-lettered in the webhook inbox ([module docs](self)).
-pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &str) -> AppResult<InboxScrubbed> {
-    let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
+/// Takes the events naming the contact (Meta's ids of the customer, each
+/// a PSID, IGSID or WhatsApp number: theirs now and before a change) on
+/// the channel Meta knows as `channel` (page, Instagram account or phone
+/// number id) out of the bodies waiting or dead-lettered in the webhook
+/// inbox ([module docs](self)).
+pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &[String]) -> AppResult<InboxScrubbed> {
+    let mut rows: std::collections::BTreeMap<i64, Vec<u8>> = std::collections::BTreeMap::new();
     // One status at a time, each through its partial index: never the
     // processed rows.
-    for status in ["pending", "dead"] {
+    for (status, id) in ["pending", "dead"].iter().flat_map(|s| contact.iter().map(move |id| (*s, id))) {
         let contains = diesel::dsl::sql::<diesel::sql_types::Bool>("position(")
-            .bind::<diesel::sql_types::Bytea, _>(contact.as_bytes().to_vec())
+            .bind::<diesel::sql_types::Bytea, _>(id.as_bytes().to_vec())
             .sql(" IN body) > 0");
         rows.extend(
             we::table
@@ -91,8 +92,8 @@ pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &str) -> App
     Ok(done)
 }
 
-/// One body without the events naming `contact` on `channel`.
-pub fn scrub(body: &Value, channel: &str, contact: &str) -> Scrubbed {
+/// One body without the events naming any of `contact` on `channel`.
+pub fn scrub(body: &Value, channel: &str, contact: &[String]) -> Scrubbed {
     let Some(entries) = body.get("entry").and_then(Value::as_array) else { return Scrubbed::Untouched };
     let whatsapp = body.get("object").and_then(Value::as_str) == Some("whatsapp_business_account");
     let mut removed = false;
@@ -138,7 +139,7 @@ pub fn scrub(body: &Value, channel: &str, contact: &str) -> Scrubbed {
 /// Drops from `holder`'s arrays (and their items' arrays, as a history's
 /// threads hold messages) every item naming `contact`: whether any was
 /// dropped, and whether `holder` has no item left in any array.
-fn without(holder: &mut Value, contact: &str) -> (bool, bool) {
+fn without(holder: &mut Value, contact: &[String]) -> (bool, bool) {
     let Some(fields) = holder.as_object_mut() else { return (false, false) };
     let mut took = false;
     let mut items_left = 0;
@@ -162,8 +163,8 @@ fn without(holder: &mut Value, contact: &str) -> (bool, bool) {
 /// Whether one event or record is about `contact`: its sender or
 /// recipient (Messenger, Instagram), from, to, `wa_id` or `recipient_id`
 /// (WhatsApp), or a history thread's `id`.
-fn names(item: &Value, contact: &str, thread: bool) -> bool {
-    let is = |v: Option<&Value>| v.and_then(Value::as_str) == Some(contact);
+fn names(item: &Value, contact: &[String], thread: bool) -> bool {
+    let is = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|id| contact.iter().any(|c| c == id));
     is(item.pointer("/sender/id"))
         || is(item.pointer("/recipient/id"))
         || is(item.get("from"))
@@ -178,6 +179,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn ids(of: &[&str]) -> Vec<String> {
+        of.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn a_messenger_batch_keeps_the_other_customer_and_the_other_page() {
         let body = json!({"object": "page", "entry": [
@@ -187,7 +192,7 @@ mod tests {
                 {"sender": {"id": "STAYS"}, "recipient": {"id": "PAGE"}, "message": {"mid": "m3", "text": "hi"}}]},
             {"id": "OTHER", "time": 1, "messaging": [
                 {"sender": {"id": "GONE"}, "recipient": {"id": "OTHER"}, "message": {"mid": "m4", "text": "not ours"}}]}]});
-        let Scrubbed::Changed(left) = scrub(&body, "PAGE", "GONE") else { panic!("changed") };
+        let Scrubbed::Changed(left) = scrub(&body, "PAGE", &ids(&["GONE"])) else { panic!("changed") };
         assert_eq!(left["entry"][0]["messaging"].as_array().map(Vec::len), Some(1));
         assert_eq!(left["entry"][0]["messaging"][0]["message"]["mid"], "m3");
         assert_eq!(left["entry"][1], body["entry"][1], "another page's entry is another channel's");
@@ -197,14 +202,14 @@ mod tests {
     fn a_body_of_only_theirs_is_emptied_and_one_without_them_untouched() {
         let body = json!({"object": "instagram", "entry": [{"id": "IG", "time": 1, "messaging": [
             {"sender": {"id": "GONE"}, "recipient": {"id": "IG"}, "read": {"mid": "m1"}}]}]});
-        assert_eq!(scrub(&body, "IG", "GONE"), Scrubbed::Emptied);
-        assert_eq!(scrub(&body, "IG", "SOMEONE"), Scrubbed::Untouched);
-        assert_eq!(scrub(&json!({"object": "page"}), "IG", "GONE"), Scrubbed::Untouched);
-        assert_eq!(scrub(&json!([1, 2]), "IG", "GONE"), Scrubbed::Untouched);
+        assert_eq!(scrub(&body, "IG", &ids(&["GONE"])), Scrubbed::Emptied);
+        assert_eq!(scrub(&body, "IG", &ids(&["SOMEONE"])), Scrubbed::Untouched);
+        assert_eq!(scrub(&json!({"object": "page"}), "IG", &ids(&["GONE"])), Scrubbed::Untouched);
+        assert_eq!(scrub(&json!([1, 2]), "IG", &ids(&["GONE"])), Scrubbed::Untouched);
     }
 
     #[test]
-    fn whatsapp_takes_their_messages_statuses_contacts_and_thread_on_that_number_only() {
+    fn whatsapp_takes_their_messages_statuses_contacts_and_thread_on_that_number_only_by_any_of_their_numbers() {
         let change = |number: &str, value: Value| {
             let mut v = value;
             v["metadata"] = json!({"phone_number_id": number});
@@ -213,13 +218,15 @@ mod tests {
         let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [
             change("N1", json!({
                 "contacts": [{"wa_id": "4915", "profile": {"name": "Gone"}}, {"wa_id": "3361", "profile": {"name": "Stays"}}],
-                "messages": [{"from": "4915", "id": "wamid.1"}, {"from": "3361", "id": "wamid.2"}]})),
+                "messages": [{"from": "4915", "id": "wamid.1"}, {"from": "3361", "id": "wamid.2"},
+                             {"from": "4916", "id": "wamid.7"}]})),
             change("N1", json!({"statuses": [{"id": "wamid.3", "status": "read", "recipient_id": "4915"}]})),
             change("N1", json!({"history": [{"threads": [
                 {"id": "4915", "messages": [{"from": "4915", "id": "wamid.4"}]},
                 {"id": "3361", "messages": [{"from": "3361", "id": "wamid.5"}]}]}]})),
             change("N2", json!({"messages": [{"from": "4915", "id": "wamid.6"}]}))]}]});
-        let Scrubbed::Changed(left) = scrub(&body, "N1", "4915") else { panic!("changed") };
+        // 4916: their number before a change.
+        let Scrubbed::Changed(left) = scrub(&body, "N1", &ids(&["4915", "4916"])) else { panic!("changed") };
         let changes = left["entry"][0]["changes"].as_array().cloned().unwrap_or_default();
         assert_eq!(changes.len(), 3, "the status change had only theirs: {changes:?}");
         assert_eq!(changes[0]["value"]["contacts"], json!([{"wa_id": "3361", "profile": {"name": "Stays"}}]));
