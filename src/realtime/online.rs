@@ -3,8 +3,8 @@
 //! read without a round trip to the actor: the webhook processor assigns a
 //! new conversation to an agent who is here now (`channels` setting
 //! `auto_assign`). Away and offline agents are not in it. Someone who
-//! comes online wakes the queue's worker (`inbox::hand_out`) for their
-//! tenant.
+//! comes online, or a change that may make room, wakes the queue's worker
+//! (`inbox::hand_out`) for their tenant.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
