@@ -2136,15 +2136,8 @@ async fn turning_auto_assign_on_hands_out_what_already_waits() {
             .collect::<Vec<_>>()
     };
     let (xavi, olga, none) = (t.agent_x_id.clone(), olga_id.clone(), "-".to_string());
-    let before: Vec<(String, bool)> = vec![
-        (none.clone(), false),
-        (olga.clone(), false),
-        (none.clone(), false),
-        (none.clone(), false),
-        (none.clone(), false),
-        (none.clone(), false),
-        (none.clone(), false),
-    ];
+    let mut before: Vec<(String, bool)> = vec![(none.clone(), false); 7];
+    before[1] = (olga.clone(), false);
     assert_eq!(state().await, before);
 
     // The channel's rule on: Xavi (online; Olga is not) takes the two oldest
@@ -2153,15 +2146,9 @@ async fn turning_auto_assign_on_hands_out_what_already_waits() {
     let path = format!("/api/channels/{channel}");
     let r = app.call("PATCH", &path, Some(&t.admin), Some(on.clone())).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let after: Vec<(String, bool)> = vec![
-        (none.clone(), false),
-        (olga.clone(), false),
-        (none.clone(), false),
-        (xavi.clone(), false),
-        (xavi.clone(), false),
-        (none.clone(), true),
-        (none.clone(), true),
-    ];
+    let mut after = before.clone();
+    (after[3], after[4]) = ((xavi.clone(), false), (xavi.clone(), false));
+    (after[5], after[6]) = ((none.clone(), true), (none.clone(), true));
     assert_eq!(state().await, after);
     // (The changes above were announced before.)
     let want: std::collections::BTreeMap<String, bool> = (3..7).map(|i| (conv[i].clone(), i >= 5)).collect();
