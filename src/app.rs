@@ -37,6 +37,9 @@ pub struct AppState {
     pub wake_mail: Arc<Notify>,
     /// Wakes the spare-schema refill (a tenant was created here).
     pub spares_wanted: Arc<Notify>,
+    /// Wakes erasure's pass over processed webhooks (`inbox::scrub`; a
+    /// contact was erased here).
+    pub wake_scrub: Arc<Notify>,
     /// How committed events reach this instance's sockets.
     pub feed: Arc<crate::realtime::Feed>,
     /// Tenants whose search indexes have entries to merge.
@@ -89,6 +92,7 @@ impl AppState {
             wake_sender: Arc::new(Notify::new()),
             spares_wanted: Arc::new(Notify::new()),
             wake_mail: Arc::new(Notify::new()),
+            wake_scrub: Arc::new(Notify::new()),
             profile_lookups: tx,
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             feed: Arc::default(),
@@ -202,8 +206,8 @@ impl AppState {
 
 /// Starts the background workers of `serve`: webhook processor, sender,
 /// profile lookups, the snooze clock, event pruning, the search index
-/// merges, the spare tenant schemas, integrators' webhooks and the public
-/// tables' housekeeping (on the current actix runtime).
+/// merges, the spare tenant schemas, integrators' webhooks, erasure's pass
+/// over processed webhooks and the public tables' housekeeping (on the current actix runtime).
 pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     // One processor per instance, plus helpers that claim only while the
     // queue holds more than a full batch: under load the backlog gathers
@@ -226,5 +230,6 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
     actix_web::rt::spawn(crate::integrations::webhooks::run(state.clone()));
     actix_web::rt::spawn(crate::db::housekeeping::run(state.clone()));
+    actix_web::rt::spawn(crate::inbox::scrub::run(state.clone()));
     actix_web::rt::spawn(crate::mail::run(state.clone()));
 }

@@ -3,7 +3,8 @@
 //! - stored Meta webhooks, once processed, after
 //!   `SWITCHBOARD_WEBHOOK_RETENTION_HOURS` (24): the raw bodies hold
 //!   customers' messages, already stored where they belong (and erased
-//!   there when a contact is, `inbox::contacts::erase`); a day is enough
+//!   there when a contact is, `inbox::contacts::erase`, and from these
+//!   bodies too, `inbox::scrub`); a day is enough
 //!   to look into what Meta sent. Dead letters stay until the operator
 //!   replays or drops them (`webhooks dead-letters`);
 //! - finished sends (done, or given up: the message shows its failure)

@@ -99,6 +99,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Erasures' pending passes over processed webhook bodies
+    /// (`inbox::scrub`).
+    public.webhook_scrubs (id) {
+        id -> Int8,
+        channel -> Text,
+        contact_ids -> Array<Text>,
+        after_id -> Int8,
+        up_to -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Mail waiting to be sent, and sent (`mail`).
     public.mail_outbox (id) {
         id -> Int8,

@@ -1614,6 +1614,7 @@ async fn erase_contact(
     let id = contact_id(&path)?;
     let user = auth.user;
     state.tenant_with_events(auth.scope(), move |tc, log| contacts::erase(tc, log, user, id)).await?;
+    state.wake_scrub.notify_one();
     state.online.room_changed(auth.tenant);
     Ok(HttpResponse::NoContent().finish())
 }

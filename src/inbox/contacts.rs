@@ -749,7 +749,8 @@ pub struct Erased {
 /// who did what and when, their details emptied). Open inboxes are told
 /// (`conversation.deleted` `{id, channel_id}`); audited as `contact.erased`
 /// with counts only. What Meta sent of them and is not processed yet has
-/// their events taken out (`scrub`). Meta's late echo of a reply to them
+/// their events taken out (`scrub`), and a pass is queued to do the same
+/// to what is processed, in the background. Meta's late echo of a reply to them
 /// names the erased message and is dropped (`ingest`). If the customer
 /// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
@@ -797,6 +798,8 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     // What Meta sent of them and is not processed yet would bring them back.
     let channel = crate::channels::find(tc, crate::channels::ChannelId(contact.channel_id))?;
     let webhooks = super::scrub::scrub_inbox(tc, &channel.external_id, &known_as)?;
+    // And what is processed, or being processed now, in the background.
+    super::scrub::queue_pass(tc, &channel.external_id, &known_as)?;
     for conversation in &conversation_ids {
         let data = serde_json::json!({"id": conversation.to_string(), "channel_id": contact.channel_id.to_string()});
         log.append(tc, "conversation.deleted", Some(contact.channel_id), Some(*conversation), data)?;

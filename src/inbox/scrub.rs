@@ -20,16 +20,35 @@
 //!   is what it already read: a message being processed as the contact is
 //!   erased makes them again, as one that comes after would. A body that
 //!   is not JSON is left: nothing in it can be told apart.
-//! - Processed bodies (`done`) are not read: they are deleted by their
-//!   retention (`SWITCHBOARD_WEBHOOK_RETENTION_HOURS`, 24 by default), and
-//!   searching them all would cost an erasure a scan of a day's traffic.
+//! - Processed bodies (`done`), and those passed over above, are scrubbed
+//!   the same way in the background, within a minute or so rather than
+//!   left to their retention (`SWITCHBOARD_WEBHOOK_RETENTION_HOURS`, 24
+//!   by default): searching a day's traffic would hold the erasure, its
+//!   request and its locks far too long. The erasing transaction queues a
+//!   pass ([`queue_pass`], a row of `public.webhook_scrubs` naming the
+//!   channel, the customer's ids and the range of stored ids up to the
+//!   newest); every `serve` works through the queue ([`run`]), woken by
+//!   an erasure there and looking each minute for one elsewhere. Each
+//!   [`step`] reads [`RANGE`] ids of one pass in its own short transaction
+//!   (instances share passes with `SKIP LOCKED`, and a body the processor
+//!   holds is tried again at the next step, never waited on); the row is
+//!   deleted when its range is done, so the ids it names are kept only
+//!   that long. A pass that finds the inbox empty is not queued. What is
+//!   stored after the erasure is new and is not touched.
 
+use diesel::pg::PgConnection;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text};
 use serde_json::Value;
 
-use crate::db::schema::webhook_events as we;
+use crate::db::schema::{webhook_events as we, webhook_scrubs as ws};
 use crate::db::TenantConn;
 use crate::error::AppResult;
+
+/// Stored ids one background [`step`] reads.
+pub const RANGE: i64 = 10_000;
+/// How often each instance looks for passes another queued.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What became of one body.
 #[derive(Debug, PartialEq)]
@@ -73,6 +92,17 @@ pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &[String]) -
                 .load::<(i64, Vec<u8>)>(tc.pg())?,
         );
     }
+    rewrite(tc.pg(), rows, channel, contact)
+}
+
+/// Stores each of `rows` (locked by the caller) without the events naming
+/// `contact` on `channel`, or deletes it when nothing is left.
+fn rewrite(
+    conn: &mut PgConnection,
+    rows: impl IntoIterator<Item = (i64, Vec<u8>)>,
+    channel: &str,
+    contact: &[String],
+) -> AppResult<InboxScrubbed> {
     let mut done = InboxScrubbed::default();
     for (id, body) in rows {
         let Ok(parsed) = serde_json::from_slice::<Value>(&body) else { continue };
@@ -80,16 +110,135 @@ pub fn scrub_inbox(tc: &mut TenantConn<'_>, channel: &str, contact: &[String]) -
             Scrubbed::Untouched => {}
             Scrubbed::Changed(left) => {
                 let bytes = serde_json::to_vec(&left).map_err(crate::error::AppError::internal)?;
-                diesel::update(we::table.find(id)).set(we::body.eq(bytes)).execute(tc.pg())?;
+                diesel::update(we::table.find(id)).set(we::body.eq(bytes)).execute(conn)?;
                 done.changed += 1;
             }
             Scrubbed::Emptied => {
-                diesel::delete(we::table.find(id)).execute(tc.pg())?;
+                diesel::delete(we::table.find(id)).execute(conn)?;
                 done.deleted += 1;
             }
         }
     }
     Ok(done)
+}
+
+/// Queues the background pass over every body stored until now (in the
+/// erasing transaction, so a rollback queues nothing): see the
+/// [module docs](self).
+pub fn queue_pass(tc: &mut TenantConn<'_>, channel: &str, contact: &[String]) -> AppResult<()> {
+    // min and max of the key are two index probes, not a scan.
+    diesel::sql_query(
+        "INSERT INTO public.webhook_scrubs (channel, contact_ids, after_id, up_to) \
+         SELECT $1, $2, min(id) - 1, max(id) FROM public.webhook_events HAVING count(*) > 0",
+    )
+    .bind::<Text, _>(channel)
+    .bind::<Array<Text>, _>(contact)
+    .execute(tc.pg())?;
+    Ok(())
+}
+
+/// What one background [`step`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The bodies it changed and deleted.
+    pub scrubbed: InboxScrubbed,
+    /// Whether it moved on (a body held by the processor stops it there).
+    pub moved: bool,
+    /// Whether its pass is done (and its row deleted).
+    pub finished: bool,
+}
+
+#[derive(QueryableByName)]
+struct Found {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Reads the next [`RANGE`] ids of the oldest queued pass no other
+/// instance is on, in one transaction: `None` when none waits.
+pub fn step(conn: &mut PgConnection) -> AppResult<Option<Step>> {
+    conn.transaction(|conn| {
+        let pass: Option<(i64, String, Vec<String>, i64, i64)> = ws::table
+            .order(ws::id)
+            .select((ws::id, ws::channel, ws::contact_ids, ws::after_id, ws::up_to))
+            .for_update()
+            .skip_locked()
+            .first(conn)
+            .optional()?;
+        let Some((id, channel, contact, after, up_to)) = pass else { return Ok(None) };
+        let end = after.saturating_add(RANGE).min(up_to);
+        // Through the primary key: a range, never the whole table.
+        let found: Vec<i64> = diesel::sql_query(
+            "SELECT id FROM public.webhook_events WHERE id > $1 AND id <= $2 AND EXISTS \
+             (SELECT 1 FROM unnest($3::text[]) AS c(v) WHERE position(convert_to(c.v, 'UTF8') IN body) > 0)",
+        )
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(end)
+        .bind::<Array<Text>, _>(&contact)
+        .load::<Found>(conn)?
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+        let rows: Vec<(i64, Vec<u8>)> = if found.is_empty() {
+            Vec::new()
+        } else {
+            we::table
+                .filter(we::id.eq_any(&found))
+                .order(we::id)
+                .select((we::id, we::body))
+                .for_update()
+                .skip_locked()
+                .load(conn)?
+        };
+        // A body held elsewhere (or gone since) is where the next step
+        // starts again.
+        let reached = match found.iter().find(|f| !rows.iter().any(|(id, _)| id == *f)) {
+            Some(held) => held - 1,
+            None => end,
+        };
+        let scrubbed = rewrite(conn, rows, &channel, &contact)?;
+        let finished = reached >= up_to;
+        if finished {
+            diesel::delete(ws::table.find(id)).execute(conn)?;
+        } else {
+            diesel::update(ws::table.find(id)).set(ws::after_id.eq(reached)).execute(conn)?;
+        }
+        Ok(Some(Step { scrubbed, moved: reached > after, finished }))
+    })
+}
+
+/// Works through the queued passes, woken by an erasure on this instance
+/// (`AppState::wake_scrub`) and looking every minute for any other.
+pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
+    loop {
+        let mut total = InboxScrubbed::default();
+        loop {
+            match state.db.public(step).await {
+                Ok(Some(step)) => {
+                    total.changed += step.scrubbed.changed;
+                    total.deleted += step.scrubbed.deleted;
+                    if step.finished {
+                        tracing::info!(
+                            changed = total.changed,
+                            deleted = total.deleted,
+                            "erasure's pass over processed webhooks done"
+                        );
+                        total = InboxScrubbed::default();
+                    }
+                    if !step.moved {
+                        // The processor holds a body: after a while.
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "erasure's pass over processed webhooks will try again");
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(LOOK_EVERY, state.wake_scrub.notified()).await;
+    }
 }
 
 /// One body without the events naming any of `contact` on `channel`.

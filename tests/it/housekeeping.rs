@@ -6,7 +6,7 @@ use serde_json::json;
 use switchboard::db::housekeeping::{prune, Pruned, Retention, BATCH};
 
 use crate::channels::PAGE_A;
-use crate::common::{spawn_app, token};
+use crate::common::{spawn_app, spawn_app_without_workers, token};
 use crate::inbox::acme;
 
 #[actix_web::test]
@@ -130,4 +130,62 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
         .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// Erasure's background pass over stored webhooks (`inbox::scrub`): a
+/// range of ids at a time, never past a body another transaction holds
+/// (the processor), until its row is deleted; nothing stored after it, nor
+/// anything of another customer or page, is touched.
+#[actix_web::test]
+async fn erasures_pass_over_processed_webhooks_goes_by_range_and_waits_for_a_held_body() {
+    use switchboard::inbox::scrub::{step, InboxScrubbed, Step, RANGE};
+    let app = spawn_app_without_workers().await;
+    let said = |page: &str, from: &str, text: &str| {
+        let body = json!({"object": "page", "entry": [{"id": page, "time": 1, "messaging": [
+            {"sender": {"id": from}, "recipient": {"id": page}, "message": {"mid": text, "text": text}}]}]});
+        app.count(&format!(
+            "INSERT INTO public.webhook_events (body, status, processed_at) \
+             VALUES (convert_to($b${body}$b$, 'UTF8'), 'done', now()) RETURNING id AS n"
+        ))
+    };
+    let first = said("P1", "GONE", "first");
+    let other = said("P1", "STAYS", "other");
+    let elsewhere = said("P2", "GONE", "elsewhere");
+    // Far enough on that the pass takes more than one step to reach it.
+    app.exec(&format!("SELECT setval('public.webhook_events_id_seq', {})", first + RANGE + 5));
+    let held = said("P1", "GONE", "held");
+    app.exec(&format!(
+        "INSERT INTO public.webhook_scrubs (channel, contact_ids, after_id, up_to) VALUES ('P1', '{{GONE}}', {}, {held})",
+        first - 1
+    ));
+    let after = said("P1", "GONE", "after the erasure");
+    let exists = |id: i64| app.count(&format!("SELECT count(*) AS n FROM public.webhook_events WHERE id = {id}"));
+    let pass_at = || app.count("SELECT coalesce(max(after_id), -1) AS n FROM public.webhook_scrubs");
+
+    // The processor holds one of theirs.
+    let mut holder = app.db.conn();
+    diesel::sql_query("BEGIN").execute(&mut holder).expect("begin");
+    diesel::sql_query(format!("SELECT id FROM public.webhook_events WHERE id = {held} FOR UPDATE"))
+        .execute(&mut holder)
+        .expect("hold");
+    let mut conn = app.db.conn();
+    let one = |n: usize| InboxScrubbed { changed: 0, deleted: n };
+    assert_eq!(
+        step(&mut conn).expect("step"),
+        Some(Step { scrubbed: one(1), moved: true, finished: false }),
+        "the first range"
+    );
+    assert_eq!((exists(first), exists(other), exists(elsewhere)), (0, 1, 1));
+    assert_eq!(pass_at(), first - 1 + RANGE);
+    assert_eq!(
+        step(&mut conn).expect("step"),
+        Some(Step { scrubbed: one(0), moved: true, finished: false }),
+        "up to the held body"
+    );
+    assert_eq!((pass_at(), exists(held)), (held - 1, 1));
+    assert_eq!(step(&mut conn).expect("step"), Some(Step { scrubbed: one(0), moved: false, finished: false }));
+    diesel::sql_query("ROLLBACK").execute(&mut holder).expect("release");
+    assert_eq!(step(&mut conn).expect("step"), Some(Step { scrubbed: one(1), moved: true, finished: true }));
+    assert_eq!((exists(held), exists(after), pass_at()), (0, 1, -1));
+    assert_eq!(step(&mut conn).expect("step"), None);
 }

@@ -5558,6 +5558,15 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
         ))
     };
     assert_eq!(body_of(shared) + body_of(theirs) + body_of(retry) + body_of(elsewhere), 4);
+    // And what was processed: their message, the reply's echo and receipts.
+    let processed = |text: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.webhook_events WHERE status = 'done' \
+               AND convert_from(body, 'UTF8') LIKE '%{text}%'"
+        ))
+    };
+    assert!(processed(PSID) >= 2, "their processed bodies");
+    assert_eq!(processed("Another customer"), 1);
 
     // Admins only.
     let (_, al) = agent_al(&app, &ctx.admin).await;
@@ -5598,6 +5607,14 @@ async fn an_erased_contact_leaves_nothing_of_theirs_behind() {
         )),
         1
     );
+    // What was processed goes soon after, in the background; the other
+    // customer's stays, and so does nothing of the pass itself.
+    eventually("their processed bodies are scrubbed", || async {
+        processed(PSID) == 0 && app.count("SELECT count(*) AS n FROM public.webhook_scrubs") == 0
+    })
+    .await;
+    assert_eq!(processed("Another customer"), 1);
+    assert_eq!(body_of(elsewhere), 1, "another page's body is another channel's");
     // The other customer's conversation stays; a second erase finds nothing.
     let left = conversations(&app, &ctx.admin, "").await;
     assert_eq!(left.len(), 1);
