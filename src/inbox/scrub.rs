@@ -19,7 +19,9 @@
 //!   LOCKED`: an erasure never waits on, or deadlocks with, a batch), as
 //!   is what it already read: a message being processed as the contact is
 //!   erased makes them again, as one that comes after would. A body that
-//!   is not JSON is left: nothing in it can be told apart.
+//!   is not JSON and holds one of their ids is deleted whole: it can never
+//!   be processed (it dead-letters at once), and nothing in it can be told
+//!   apart from the rest.
 //! - Processed bodies (`done`), and those passed over above, are scrubbed
 //!   the same way in the background, within a minute or so rather than
 //!   left to their retention (`SWITCHBOARD_WEBHOOK_RETENTION_HOURS`, 24
@@ -105,7 +107,12 @@ fn rewrite(
 ) -> AppResult<InboxScrubbed> {
     let mut done = InboxScrubbed::default();
     for (id, body) in rows {
-        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else { continue };
+        // Every row here holds one of their ids somewhere.
+        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+            diesel::delete(we::table.find(id)).execute(conn)?;
+            done.deleted += 1;
+            continue;
+        };
         match scrub(&parsed, channel, contact) {
             Scrubbed::Untouched => {}
             Scrubbed::Changed(left) => {

@@ -151,6 +151,13 @@ async fn erasures_pass_over_processed_webhooks_goes_by_range_and_waits_for_a_hel
     let first = said("P1", "GONE", "first");
     let other = said("P1", "STAYS", "other");
     let elsewhere = said("P2", "GONE", "elsewhere");
+    // Not JSON, naming them: it could never be processed.
+    let junk = app.count(
+        "INSERT INTO public.webhook_events (body, status) VALUES ('GONE, not JSON'::bytea, 'dead') RETURNING id AS n",
+    );
+    let junk_of_another = app.count(
+        "INSERT INTO public.webhook_events (body, status) VALUES ('STAYS, not JSON'::bytea, 'dead') RETURNING id AS n",
+    );
     // Far enough on that the pass takes more than one step to reach it.
     app.exec(&format!("SELECT setval('public.webhook_events_id_seq', {})", first + RANGE + 5));
     let held = said("P1", "GONE", "held");
@@ -172,10 +179,11 @@ async fn erasures_pass_over_processed_webhooks_goes_by_range_and_waits_for_a_hel
     let one = |n: usize| InboxScrubbed { changed: 0, deleted: n };
     assert_eq!(
         step(&mut conn).expect("step"),
-        Some(Step { scrubbed: one(1), moved: true, finished: false }),
+        Some(Step { scrubbed: one(2), moved: true, finished: false }),
         "the first range"
     );
     assert_eq!((exists(first), exists(other), exists(elsewhere)), (0, 1, 1));
+    assert_eq!((exists(junk), exists(junk_of_another)), (0, 1));
     assert_eq!(pass_at(), first - 1 + RANGE);
     assert_eq!(
         step(&mut conn).expect("step"),
