@@ -236,6 +236,7 @@ async fn patch(
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let p = parse_patch(body.into_inner())?;
+    let wakes = p.may_make_room();
     let (user, role) = (auth.user, auth.role);
     let online = state.online.of(auth.tenant);
     let view = state
@@ -245,7 +246,9 @@ async fn patch(
         // It may have queued a satisfaction survey (`inbox::csat`).
         state.wake_sender.notify_one();
     }
-    state.online.room_changed(auth.tenant);
+    if wakes {
+        state.online.room_changed(auth.tenant);
+    }
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -277,6 +280,7 @@ async fn patch_many(
         return Err(invalid());
     }
     let p = parse_patch(body)?;
+    let wakes = p.may_make_room();
     let (user, role) = (auth.user, auth.role);
     let online = state.online.of(auth.tenant);
     let items = state
@@ -287,7 +291,9 @@ async fn patch_many(
     if items.iter().any(|c| c.status == "resolved") {
         state.wake_sender.notify_one();
     }
-    state.online.room_changed(auth.tenant);
+    if wakes {
+        state.online.room_changed(auth.tenant);
+    }
     Ok(HttpResponse::Ok().json(json!({"items": items})))
 }
 

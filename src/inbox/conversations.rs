@@ -669,6 +669,15 @@ pub struct Patch {
     pub team_id: Option<Option<super::teams::TeamId>>,
 }
 
+impl Patch {
+    /// Whether it may free room the queue waits for (`inbox::hand_out`):
+    /// a conversation leaving someone, their load, or a team's rule. Labels
+    /// and priority alone never do, so they do not wake the queue.
+    pub fn may_make_room(&self) -> bool {
+        self.status.is_some() || self.assignee_id.is_some() || self.snoozed_until.is_some() || self.team_id.is_some()
+    }
+}
+
 /// The most conversations one bulk change takes.
 pub const MOST_AT_ONCE: usize = 100;
 
@@ -1248,4 +1257,24 @@ pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, rows: &[Conversatio
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), view)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_change_of_who_or_what_state_may_make_room() {
+        let labels = Patch { add_labels: vec!["vip".into()], priority: Some(Some("high".into())), ..Patch::default() };
+        assert!(!labels.may_make_room());
+        assert!(!Patch::default().may_make_room());
+        for p in [
+            Patch { status: Some("resolved".into()), ..labels.clone() },
+            Patch { assignee_id: Some(None), ..Patch::default() },
+            Patch { snoozed_until: Some(Some(Utc::now())), ..Patch::default() },
+            Patch { team_id: Some(None), ..Patch::default() },
+        ] {
+            assert!(p.may_make_room(), "{p:?}");
+        }
+    }
 }
