@@ -59,7 +59,10 @@
 //!   `queued_since`), and how long it had waited there. Those that left
 //!   otherwise (resolved, snoozed, "no one", the rule turned off) are not
 //!   counted: no agent ended their wait. A blocked contact's waits stay
-//!   counted: they were the team's then.
+//!   counted: they were the team's then. Each channel's and agent's row
+//!   has its own (`queue_given`, `median_queue_seconds`): the channel's
+//!   customers' waits, and those of the conversations that went to the
+//!   agent.
 //! - `now` is the inbox at the time of the report, whatever the period:
 //!   conversations open, pending and snoozed, the open ones nobody is
 //!   assigned, those whose customer waits for an answer and those past
@@ -197,6 +200,11 @@ pub struct QueueFigures {
 #[derive(QueryableByName)]
 struct Waited {
     #[diesel(sql_type = BigInt)]
+    channel_id: i64,
+    /// Who it went to.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    agent: Option<i64>,
+    #[diesel(sql_type = BigInt)]
     seconds: i64,
 }
 
@@ -255,6 +263,10 @@ pub struct AgentFigures {
     pub conversations_started: i64,
     /// Waits past their reply target while theirs.
     pub targets_missed: i64,
+    /// Conversations that left the queue for them, and how long those had
+    /// waited there (median).
+    pub queue_given: i64,
+    pub median_queue_seconds: Option<i64>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -267,6 +279,10 @@ pub struct ChannelFigures {
     pub messages_received: i64,
     pub replies_sent: i64,
     pub targets_missed: i64,
+    /// Its conversations that left the queue for an agent, and how long
+    /// those had waited there (median).
+    pub queue_given: i64,
+    pub median_queue_seconds: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -464,23 +480,15 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
 
     // Each that left the queue for an agent is audited with since when it
     // had waited (`conversations::give`, `patch`).
-    let mut queue_waits: Vec<i64> = scoped!(format!(
-        "SELECT greatest(0, floor(extract(epoch FROM \
+    let queue_waits: Vec<Waited> = scoped!(format!(
+        "SELECT c.channel_id, (a.details->>'to')::int8 AS agent, greatest(0, floor(extract(epoch FROM \
                   a.created_at - (a.details->>'queued_since')::timestamptz)))::int8 AS seconds \
            FROM audit_log a JOIN conversations c ON c.id::text = a.target_id \
           WHERE a.action = 'conversation.assigned' AND a.details ? 'queued_since' \
             AND a.created_at >= $1 AND a.created_at < $2 AND ($3::int8 IS NULL OR c.channel_id = $3) \
             AND {SCOPED}"
     ))
-    .load::<Waited>(tc.pg())?
-    .into_iter()
-    .map(|w| w.seconds)
-    .collect();
-    let queue = QueueFigures {
-        given: queue_waits.len() as i64,
-        median_seconds: rank(&mut queue_waits.clone(), 50),
-        p90_seconds: rank(&mut queue_waits, 90),
-    };
+    .load(tc.pg())?;
 
     // As the audit log keeps them: an erased contact's conversation was
     // still started (its entry keeps the channel, not the contact).
@@ -593,6 +601,33 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
             agents.entry(user).or_insert_with(|| empty_agent(user)).conversations_started += st.n;
         }
     }
+    let mut queue_all = Vec::with_capacity(queue_waits.len());
+    let mut queue_by_channel: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut queue_by_agent: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for w in &queue_waits {
+        queue_all.push(w.seconds);
+        channels.entry(w.channel_id).or_insert_with(|| empty_channel(w.channel_id)).queue_given += 1;
+        queue_by_channel.entry(w.channel_id).or_default().push(w.seconds);
+        if let Some(user) = w.agent {
+            agents.entry(user).or_insert_with(|| empty_agent(user)).queue_given += 1;
+            queue_by_agent.entry(user).or_default().push(w.seconds);
+        }
+    }
+    for (channel, mut w) in queue_by_channel {
+        if let Some(c) = channels.get_mut(&channel) {
+            c.median_queue_seconds = rank(&mut w, 50);
+        }
+    }
+    for (user, mut w) in queue_by_agent {
+        if let Some(a) = agents.get_mut(&user) {
+            a.median_queue_seconds = rank(&mut w, 50);
+        }
+    }
+    let queue = QueueFigures {
+        given: queue_all.len() as i64,
+        median_seconds: rank(&mut queue_all.clone(), 50),
+        p90_seconds: rank(&mut queue_all, 90),
+    };
     let mut conversations_resolved = 0;
     for r in &resolved {
         conversations_resolved += r.n;
@@ -663,6 +698,8 @@ fn empty_channel(id: i64) -> ChannelFigures {
         messages_received: 0,
         replies_sent: 0,
         targets_missed: 0,
+        queue_given: 0,
+        median_queue_seconds: None,
     }
 }
 
@@ -679,6 +716,8 @@ fn empty_agent(id: i64) -> AgentFigures {
         csat_average: None,
         conversations_started: 0,
         targets_missed: 0,
+        queue_given: 0,
+        median_queue_seconds: None,
     }
 }
 
@@ -747,6 +786,8 @@ impl Overview {
             "csat_average",
             "conversations_started",
             "targets_missed",
+            "queue_given",
+            "median_queue_seconds",
         ]);
         for a in &self.agents {
             out.push_str(&csv_row(&[
@@ -761,6 +802,8 @@ impl Overview {
                 &a.csat_average.map(|v| format!("{v:.2}")).unwrap_or_default(),
                 &a.conversations_started.to_string(),
                 &a.targets_missed.to_string(),
+                &a.queue_given.to_string(),
+                &a.median_queue_seconds.map(|s| s.to_string()).unwrap_or_default(),
             ]));
         }
         out
@@ -776,6 +819,8 @@ impl Overview {
             "messages_received",
             "replies_sent",
             "targets_missed",
+            "queue_given",
+            "median_queue_seconds",
         ]);
         for c in &self.channels {
             out.push_str(&csv_row(&[
@@ -787,6 +832,8 @@ impl Overview {
                 &c.messages_received.to_string(),
                 &c.replies_sent.to_string(),
                 &c.targets_missed.to_string(),
+                &c.queue_given.to_string(),
+                &c.median_queue_seconds.map(|s| s.to_string()).unwrap_or_default(),
             ]));
         }
         out

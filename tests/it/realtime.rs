@@ -2201,6 +2201,21 @@ async fn turning_auto_assign_on_hands_out_what_already_waits() {
     let queue = &r.body["queue"];
     let waited = queue["median_seconds"].as_i64().expect("a median");
     assert!(queue["given"] == 1 && (3600..3660).contains(&waited) && queue["p90_seconds"] == waited, "{queue:?}");
+    // The channel's row and Olga's say the same of that one wait; Xavi's,
+    // given his without a wait, count none.
+    let row = |table: &str, key: &str, id: &str| {
+        let rows = r.body[table].as_array().cloned().unwrap_or_default();
+        let row = rows.into_iter().find(|row| row[key] == id).unwrap_or_default();
+        (row["queue_given"].clone(), row["median_queue_seconds"].clone())
+    };
+    assert_eq!(row("channels", "channel_id", &channel), (json!(1), json!(waited)), "{}", r.body);
+    assert_eq!(row("agents", "user_id", &olga_id), (json!(1), json!(waited)), "{}", r.body);
+    let (xavis, _) = row("agents", "user_id", &t.agent_x_id);
+    assert_eq!(xavis.as_i64().unwrap_or(0), 0, "{}", r.body);
+    let csv = app.client.get(app.url("/api/reports/agents.csv")).bearer_auth(&t.admin).send().await.expect("csv");
+    let csv = csv.text().await.expect("text");
+    let olga = csv.lines().find(|l| l.starts_with(&format!("{olga_id},")));
+    assert!(olga.is_some_and(|l| l.ends_with(&format!(",1,{waited}"))), "{csv}");
 }
 
 /// Room the team frees goes to the queue at once: a contact blocked (which
