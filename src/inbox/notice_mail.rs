@@ -40,12 +40,15 @@
 //!   `List-Unsubscribe-Post` (RFC 8058), so mail apps show their own
 //!   button. The link (`SWITCHBOARD_PUBLIC_URL/unsubscribe?token=…`, the
 //!   token signed for this use alone and naming the member and the
-//!   tenant) opens a page that asks first (`GET` changes nothing: mail
-//!   scanners open links); `POST` to it, by that page or a mail app's
-//!   button, turns off every notice mail of that tenant to that member
-//!   ([`unsubscribe`]), which `PATCH /api/me` can turn on again. It does
-//!   not expire: a mail read months later must still stop the next; all
-//!   it can do is stop mail.
+//!   tenant, and the kinds of notice the mail carried) opens a page that
+//!   asks first (`GET` changes nothing: mail scanners open links); `POST`
+//!   to it, by that page or a mail app's button, turns off those kinds of
+//!   notice mail of that tenant to that member, as a mail app's button
+//!   stops the one list a mail came from; the page's second button (or
+//!   `&all=true`) turns off all three ([`unsubscribe`]). `PATCH /api/me`
+//!   turns them on again. A link mailed before links named their kinds
+//!   stops all three, as it said it would. It does not expire: a mail read
+//!   months later must still stop the next; all it can do is stop mail.
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -85,6 +88,9 @@ pub fn unsubscribe_key(secret: &[u8]) -> Vec<u8> {
     crate::signed::key(secret, "switchboard notice mail unsubscribe v1")
 }
 
+/// The kinds of notice mail, as `email_notifications` names them.
+pub const KINDS: [&str; 3] = ["assigned", "mentioned", "overdue"];
+
 /// What an unsubscribe link names.
 #[derive(serde::Serialize, Deserialize)]
 struct Unsubscribing {
@@ -92,11 +98,24 @@ struct Unsubscribing {
     u: i64,
     /// The tenant.
     t: i64,
+    /// The kinds of notice its mail carried (of [`KINDS`]), which it stops.
+    /// Links mailed before they named them have none: every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<Vec<String>>,
 }
 
-/// The link that stops `member`'s notice mail of `tenant`.
-fn unsubscribe_url(reach: &Reach<'_>, member: UserId, tenant: crate::ids::TenantId) -> String {
-    let token = crate::signed::sign(reach.unsubscribe_key, &Unsubscribing { u: member.0, t: tenant.0 });
+/// The `email_notifications` kind a notice is mailed under.
+fn kind_of(notice: &Notice) -> &'static str {
+    match notice.kind.as_str() {
+        "assigned" => "assigned",
+        "mention" => "mentioned",
+        _ => "overdue",
+    }
+}
+
+/// The link that stops `member`'s notice mail of `tenant` of `kinds`.
+fn unsubscribe_url(reach: &Reach<'_>, member: UserId, tenant: crate::ids::TenantId, kinds: Vec<String>) -> String {
+    let token = crate::signed::sign(reach.unsubscribe_key, &Unsubscribing { u: member.0, t: tenant.0, k: Some(kinds) });
     format!("{}/unsubscribe?token={token}", reach.public_url.trim_end_matches('/'))
 }
 
@@ -106,13 +125,16 @@ pub struct Unsubscribed {
     pub unsubscribed: bool,
     /// The tenant's name, for the page to say which mails stop.
     pub workspace: Option<String>,
+    /// The kinds now off (of [`KINDS`]), for the page to say which.
+    pub stopped: Vec<&'static str>,
 }
 
-/// Turns off every notice mail the link `token` names (one member, one
-/// tenant): 404 `unsubscribe_link_not_found` for a token this server did
-/// not sign for this use. Once more, or for someone who left, it answers
-/// the same and changes nothing.
-pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str) -> AppResult<Unsubscribed> {
+/// Turns off the notice mail the link `token` names (one member, one
+/// tenant, the kinds its mail carried; every kind with `all`): 404
+/// `unsubscribe_link_not_found` for a token this server did not sign for
+/// this use. Once more, or for someone who left, it answers the same and
+/// changes nothing.
+pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str, all: bool) -> AppResult<Unsubscribed> {
     let Ok(named) = crate::signed::open::<Unsubscribing>(key, token) else {
         return Err(crate::error::AppError::new(
             crate::error::ErrorKind::NotFound,
@@ -122,11 +144,20 @@ pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str) -> AppResul
     };
     let (member, tenant) = (UserId(named.u), crate::ids::TenantId(named.t));
     let workspace = crate::tenancy::find(conn, tenant)?.map(|t| t.name);
-    let off = crate::auth::members::PrefsChange { assigned: Some(false), mentioned: Some(false), overdue: Some(false) };
-    if crate::auth::members::set_prefs(conn, member, tenant, off)? {
-        tracing::info!(user_id = member.0, tenant_id = tenant.0, "notice mail turned off by its unsubscribe link");
+    let stopped: Vec<&'static str> = match (all, &named.k) {
+        (false, Some(kinds)) => KINDS.into_iter().filter(|k| kinds.iter().any(|named| named == k)).collect(),
+        _ => KINDS.to_vec(),
+    };
+    let off = |kind: &str| stopped.contains(&kind).then_some(false);
+    let change = crate::auth::members::PrefsChange {
+        assigned: off("assigned"),
+        mentioned: off("mentioned"),
+        overdue: off("overdue"),
+    };
+    if crate::auth::members::set_prefs(conn, member, tenant, change)? {
+        tracing::info!(user_id = member.0, tenant_id = tenant.0, kinds = ?stopped, "notice mail turned off by its unsubscribe link");
     }
-    Ok(Unsubscribed { unsubscribed: true, workspace })
+    Ok(Unsubscribed { unsubscribed: true, workspace, stopped })
 }
 
 /// What a `notification` event's payload says, of what is read here.
@@ -190,9 +221,9 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         let Some(prefs) = prefs_of_member(tc.pg(), UserId(member), tenant_id)? else { continue };
         let asked: Vec<_> = notices
             .iter()
-            .filter(|(notice, ..)| match notice.kind.as_str() {
+            .filter(|(notice, ..)| match kind_of(notice) {
                 "assigned" => prefs.assigned,
-                "mention" => prefs.mentioned,
+                "mentioned" => prefs.mentioned,
                 _ => prefs.overdue,
             })
             .collect();
@@ -210,7 +241,8 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
             let who = colleague(tc, &mut names, *by)?;
             lines.push(line(tc, notice, &who, *conversation)?);
         }
-        let stop = unsubscribe_url(reach, UserId(member), tenant_id);
+        let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|(n, ..)| kind_of(n) == *k)).map(String::from);
+        let stop = unsubscribe_url(reach, UserId(member), tenant_id, kinds.collect());
         let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url, &stop);
         crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop))?;
         queued += 1;
@@ -321,7 +353,7 @@ fn compose(
     }
     body.push_str(&format!(
         "You were mailed because you were not online in the inbox. Choose which of these mails you get in your \
-         settings (email notifications), or stop them all from {}:\n{unsubscribe}\n",
+         settings (email notifications), or stop mails like this one from {}:\n{unsubscribe}\n",
         tenant.name
     ));
     (subject, body)
@@ -371,7 +403,7 @@ mod tests {
         let (subject, body) = compose(&tenant, &lines[..1], 1, None, "https://x.test/unsubscribe?token=t");
         assert_eq!(subject, "Line 1 — Acme");
         assert!(body.contains("Find it in the Acme inbox (workspace “acme”)."), "{body}");
-        assert!(body.ends_with("stop them all from Acme:\nhttps://x.test/unsubscribe?token=t\n"), "{body}");
+        assert!(body.ends_with("stop mails like this one from Acme:\nhttps://x.test/unsubscribe?token=t\n"), "{body}");
     }
 
     #[test]

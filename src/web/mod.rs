@@ -51,16 +51,23 @@ async fn unsubscribe_page() -> HttpResponse {
 #[derive(serde::Deserialize)]
 struct UnsubscribeQuery {
     token: Option<String>,
+    all: Option<String>,
 }
 
-/// `POST /unsubscribe?token=…`: the page's button, or a mail app's
-/// one-click (its body, `List-Unsubscribe=One-Click`, is not read).
+/// `POST /unsubscribe?token=…[&all=true]`: the page's buttons, or a mail
+/// app's one-click (its body, `List-Unsubscribe=One-Click`, is not read).
 async fn unsubscribe(
     state: web::Data<crate::app::AppState>,
     query: web::Query<UnsubscribeQuery>,
 ) -> crate::error::AppResult<HttpResponse> {
-    let token = query.into_inner().token.unwrap_or_default();
+    let query = query.into_inner();
+    let all = match query.all.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(crate::error::AppError::bad_request("invalid_query", "all must be true or false")),
+    };
+    let token = query.token.unwrap_or_default();
     let key = state.unsubscribe_key.clone();
-    let done = state.db.public(move |conn| crate::inbox::notice_mail::unsubscribe(conn, &key, &token)).await?;
+    let done = state.db.public(move |conn| crate::inbox::notice_mail::unsubscribe(conn, &key, &token, all)).await?;
     Ok(HttpResponse::Ok().json(done))
 }

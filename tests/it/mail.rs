@@ -572,8 +572,9 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
 /// A notice mail stops from the mail itself (`inbox::notice_mail`): its
 /// link, also its `List-Unsubscribe` header for mail apps' one-click
 /// button (RFC 8058), opens a page that changes nothing until asked; a
-/// `POST` to it turns off that member's notice mail of that tenant, once
-/// or again; a link not ours is 404; settings turn them on again.
+/// `POST` to it turns off that member's notice mail of that tenant of the
+/// kinds the mail carried (or all, `&all=true`), once or again; a link not
+/// ours is 404; settings turn them on again.
 #[actix_web::test]
 async fn a_notice_mail_stops_with_one_click_from_the_mail() {
     let sink = Sink::start();
@@ -601,30 +602,61 @@ async fn a_notice_mail_stops_with_one_click_from_the_mail() {
     // Opening the link shows the page and stops nothing.
     let opened = app.client.get(&url).send().await.expect("page");
     assert_eq!(opened.status(), 200);
-    assert!(opened.text().await.expect("html").contains("Stop these mails"));
+    let page = opened.text().await.expect("html");
+    assert!(page.contains("Stop mails like this one") && page.contains("Stop all these mails"), "{page}");
     assert_eq!(prefs().await, all_on);
 
-    // A mail app's one-click POST stops them all; again, the same.
-    let one_click = || async {
-        let r = app
-            .client
-            .post(&url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body("List-Unsubscribe=One-Click")
-            .send()
-            .await
-            .expect("post");
-        (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+    // A mail app's one-click POST stops the kind of mail it came in (an
+    // assignment); again, the same.
+    let one_click = |url: String| {
+        let client = app.client.clone();
+        async move {
+            let r = client
+                .post(&url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body("List-Unsubscribe=One-Click")
+                .send()
+                .await
+                .expect("post");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
     };
-    let done = json!({"unsubscribed": true, "workspace": "acme inc"});
-    assert_eq!(one_click().await, (200, done.clone()));
-    assert_eq!(prefs().await, json!({"assigned": false, "mentioned": false, "overdue": false}));
-    assert_eq!(one_click().await, (200, done));
+    let done = json!({"unsubscribed": true, "workspace": "acme inc", "stopped": ["assigned"]});
+    assert_eq!(one_click(url.clone()).await, (200, done.clone()));
+    assert_eq!(prefs().await, json!({"assigned": false, "mentioned": true, "overdue": true}));
+    assert_eq!(one_click(url.clone()).await, (200, done));
     assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
-    let note = json!({"text": "@Al?", "private": true, "mentions": [al_id], "client_id": "note-u"});
-    let r = app.call("POST", &format!("/api/conversations/{}/messages", conv[0]), Some(&ctx.admin), Some(note)).await;
-    assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
-    assert_eq!(to_al(), 1, "nothing more mailed");
+    let mention = |n: &str| {
+        let note = json!({"text": "@Al?", "private": true, "mentions": [al_id], "client_id": format!("note-{n}")});
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/conversations/{}/messages", conv[0]));
+        async move {
+            let r = app.call("POST", &path, Some(&admin), Some(note)).await;
+            assert!(r.status == 201 || r.status == 200, "{:?}", r.body);
+        }
+    };
+    mention("u1").await;
+    let mails = mail_to(&sink, "al@acme.test", 2).await;
+    assert_eq!(to_al(), 2, "the assignment was not mailed, the mention was");
+    // The page's other button stops them all.
+    let (_, text) = read(&mails[1]);
+    let second = text.lines().rev().find(|l| l.contains("/unsubscribe?token=")).expect("link").trim().to_string();
+    let everything = json!({"unsubscribed": true, "workspace": "acme inc",
+                            "stopped": ["assigned", "mentioned", "overdue"]});
+    assert_eq!(one_click(format!("{second}&all=true")).await, (200, everything.clone()));
+    assert_eq!(prefs().await, json!({"assigned": false, "mentioned": false, "overdue": false}));
+    mention("u2").await;
+    assert_eq!(to_al(), 2, "nothing more mailed");
+    let r = app.call("POST", &format!("{}&all=maybe", second.trim_start_matches(&app.url(""))), None, None).await;
+    assert_eq!(code(&r), (400, "invalid_query"), "{:?}", r.body);
+
+    // A link mailed before links named their kinds stops all three.
+    let on = json!({"email_notifications": {"assigned": true, "mentioned": true, "overdue": true}});
+    assert_eq!(app.call("PATCH", "/api/me", Some(&al), Some(on)).await.status, 200);
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    let al_number: i64 = al_id.parse().expect("al's id");
+    let older = switchboard::signed::sign(&app.state.unsubscribe_key, &json!({"u": al_number, "t": tenant}));
+    assert_eq!(one_click(app.url(&format!("/unsubscribe?token={older}"))).await, (200, everything));
+    assert_eq!(prefs().await, json!({"assigned": false, "mentioned": false, "overdue": false}));
 
     // A link not ours, or none: 404, and nothing changes.
     let token = url.split("token=").nth(1).expect("token").to_string();
@@ -643,7 +675,7 @@ async fn a_notice_mail_stops_with_one_click_from_the_mail() {
     assert_eq!(app.call("PATCH", "/api/me", Some(&al), Some(on)).await.status, 200);
     assert_eq!(assign(&app, &ctx.admin, &conv[1], Value::Null).await.status, 200);
     assert_eq!(assign(&app, &ctx.admin, &conv[1], json!(al_id)).await.status, 200);
-    assert_eq!(to_al(), 2);
+    assert_eq!(to_al(), 3);
 }
 
 /// `switchboard mail test --to ADDRESS`: an operator checks the settings
