@@ -1625,13 +1625,23 @@ async fn erase_contact(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Deserialize)]
+struct CannedQuery {
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
 async fn list_canned(
     state: web::Data<AppState>,
     auth: AuthContext,
-    q: web::Query<PageQuery>,
+    q: web::Query<CannedQuery>,
 ) -> AppResult<HttpResponse> {
-    let page = q.parse()?;
-    let items = state.db.tenant(auth.scope(), move |tc| canned::list(tc, page.after, page.limit)).await?;
+    let q = q.into_inner();
+    let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
+    let text = q.q;
+    let items =
+        state.db.tenant(auth.scope(), move |tc| canned::list(tc, text.as_deref(), page.after, page.limit)).await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id)))
 }
 

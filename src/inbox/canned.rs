@@ -1,4 +1,9 @@
 //! Canned responses: a tenant's shortcuts to often-typed answers.
+//!
+//! The composer finds them as the agent types (`GET
+//! /api/canned-responses?q=`): those whose shortcut starts with the text
+//! (a leading `/`, as typed, is passed over) or whose text holds it,
+//! either case, in the usual pages.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -18,11 +23,20 @@ pub struct Canned {
     pub created_at: DateTime<Utc>,
 }
 
-pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64) -> AppResult<Vec<Canned>> {
+/// A page of them by id, those `text` finds only when given (see the
+/// module docs).
+pub fn list(tc: &mut TenantConn<'_>, text: Option<&str>, after: Option<i64>, limit: i64) -> AppResult<Vec<Canned>> {
     let mut q =
         cr::table.select((cr::id, cr::shortcut, cr::text, cr::created_at)).order(cr::id).limit(limit).into_boxed();
     if let Some(a) = after {
         q = q.filter(cr::id.gt(a));
+    }
+    let text = text.map(|t| t.trim().trim_start_matches('/')).filter(|t| !t.is_empty());
+    if let Some(t) = text {
+        let anywhere = super::contains_pattern(t);
+        // The same escaping, without the leading `%`: a prefix.
+        let prefix = anywhere[1..].to_string();
+        q = q.filter(cr::shortcut.ilike(prefix).or(cr::text.ilike(anywhere)));
     }
     Ok(q.load(tc.pg())?)
 }

@@ -2598,6 +2598,31 @@ async fn the_inbox_api() {
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_shortcut")));
     let r = app.call("PATCH", &path, Some(&al), Some(json!({"shortcut": "/envio"}))).await;
     assert_eq!((r.status, r.body["shortcut"].as_str()), (200, Some("envio")));
+    // Found as the agent types: a shortcut's start (a `/` passed over), or
+    // the text anywhere, either case; a `%` or `_` is only itself.
+    let odd = json!({"shortcut": "desc_50", "text": "50% OFF até domingo"});
+    assert_eq!(app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(odd)).await.status, 201);
+    let found = |q: &str| {
+        let query = reqwest::Url::parse_with_params("http://x/", [("q", q)]).expect("url");
+        let path = format!("/api/canned-responses?{}", query.query().unwrap_or_default());
+        let (app, al) = (&app, al.clone());
+        async move {
+            let r = app.call("GET", &path, Some(&al), None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let items = r.body["items"].as_array().cloned().unwrap_or_default();
+            items.iter().filter_map(|c| c["shortcut"].as_str().map(str::to_string)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("/EN").await, ["envio"]);
+    assert_eq!(found("ho").await, ["hours"], "a shortcut's start, not its middle");
+    assert_eq!(found("1-2 DAYS").await, ["envio"]);
+    assert_eq!(found("até").await, ["desc_50"]);
+    assert_eq!(found("50%").await, ["desc_50"]);
+    assert_eq!(found("%").await, ["desc_50"]);
+    assert_eq!(found("_").await, Vec::<String>::new());
+    assert_eq!(found("desc_").await, ["desc_50"]);
+    assert_eq!(found(" ").await.len(), 3, "nothing to look for: all of them");
+    assert_eq!(found("nothing like it").await, Vec::<String>::new());
     assert_eq!(
         app.call("PATCH", "/api/canned-responses/999999", Some(&al), Some(json!({"text": "x"}))).await.status,
         404
