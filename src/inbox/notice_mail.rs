@@ -125,7 +125,8 @@ pub struct Unsubscribed {
     pub unsubscribed: bool,
     /// The tenant's name, for the page to say which mails stop.
     pub workspace: Option<String>,
-    /// The kinds now off (of [`KINDS`]), for the page to say which.
+    /// The kinds it turns off (of [`KINDS`]; some may have been off
+    /// already), for the page to say which.
     pub stopped: Vec<&'static str>,
 }
 
