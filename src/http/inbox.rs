@@ -1628,6 +1628,7 @@ async fn erase_contact(
 #[derive(Deserialize)]
 struct CannedQuery {
     q: Option<String>,
+    conversation_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -1639,10 +1640,29 @@ async fn list_canned(
 ) -> AppResult<HttpResponse> {
     let q = q.into_inner();
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
-    let text = q.q;
-    let items =
-        state.db.tenant(auth.scope(), move |tc| canned::list(tc, text.as_deref(), page.after, page.limit)).await?;
-    Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id)))
+    let conversation = match q.conversation_id.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map(ConversationId)
+                .map_err(|_| AppError::bad_request("invalid_query", "conversation_id is not an id"))?,
+        ),
+        None => None,
+    };
+    let (text, user, role) = (q.q, auth.user, auth.role);
+    let (items, filled) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            let items = canned::list(tc, text.as_deref(), page.after, page.limit)?;
+            match conversation {
+                Some(c) => Ok::<_, AppError>((Vec::new(), Some(canned::fill(tc, user, role, c, items)?))),
+                None => Ok((items, None)),
+            }
+        })
+        .await?;
+    Ok(match filled {
+        Some(filled) => HttpResponse::Ok().json(Paged::new(filled, page.limit, |c| c.canned.id)),
+        None => HttpResponse::Ok().json(Paged::new(items, page.limit, |c| c.id)),
+    })
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,11 @@
 //! The composer finds them as the agent types (`GET
 //! /api/canned-responses?q=`): those whose shortcut starts with the text
 //! (a leading `/`, as typed, is passed over) or whose text holds it,
-//! either case, in the usual pages.
+//! either case, in the usual pages. With `conversation_id`, each also
+//! has `rendered`: its text with its variables (`variables`,
+//! `{{contact.first_name}}`…) filled in for that conversation and the
+//! member asking, ready for the composer (a conversation they may not see
+//! is 404).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -39,6 +43,33 @@ pub fn list(tc: &mut TenantConn<'_>, text: Option<&str>, after: Option<i64>, lim
         q = q.filter(cr::shortcut.ilike(prefix).or(cr::text.ilike(anywhere)));
     }
     Ok(q.load(tc.pg())?)
+}
+
+/// A canned response with its text filled in for one conversation.
+#[derive(Debug, Serialize)]
+pub struct Filled {
+    #[serde(flatten)]
+    pub canned: Canned,
+    /// Its text with its variables filled in (`variables`).
+    pub rendered: String,
+}
+
+/// `items` filled in for `conversation` as `user` would write in it (see
+/// the module docs): 404 for a conversation they may not see.
+pub fn fill(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: crate::auth::Role,
+    conversation: super::ConversationId,
+    items: Vec<Canned>,
+) -> AppResult<Vec<Filled>> {
+    let row = super::messages::visible_conversation(tc, user, role, conversation)?;
+    let looked = match items.iter().any(|c| super::variables::any(&c.text)) {
+        true => super::variables::look_up(tc, row.id, user)?,
+        false => super::variables::Looked::default(),
+    };
+    let values = looked.values();
+    Ok(items.into_iter().map(|c| Filled { rendered: super::variables::render(&c.text, &values), canned: c }).collect())
 }
 
 /// A shortcut as kept (without a leading `/`), if it is one.

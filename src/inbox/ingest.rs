@@ -1027,10 +1027,21 @@ impl Ingest<'_> {
         {
             replies.push((text, format!("away-reply:{}", since.timestamp())));
         }
+        // Their variables (`variables`): the customer and the channel; no agent.
+        let values = super::variables::Values {
+            contact: contact.name.as_deref(),
+            agent: None,
+            channel: Some(channel.name.as_str()),
+        };
         for (text, client_id) in replies {
+            let text = super::variables::render(text, &values);
+            if text.trim().is_empty() {
+                // All variables, none known yet: nothing to say.
+                continue;
+            }
             let out = NewOutgoing {
                 conversation: ConversationId(conv.id),
-                text: Some(text.to_string()),
+                text: Some(text),
                 client_id: Some(client_id),
                 agent: None,
                 attachments: Vec::new(),

@@ -29,6 +29,8 @@
 //!   `<client_id>:<n>`, so a retry sends nothing twice (the changes are
 //!   the same again, so they change nothing).
 //! - A run is audited (`macro.run`, with the macro's name).
+//! - A message's or note's text may use variables (`variables`):
+//!   `{{contact.first_name}}`, `{{agent.name}}`… filled in when it runs.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -345,17 +347,27 @@ pub fn run(
     let mut written = Vec::new();
     let mut queued = false;
     let mut patch = Patch::default();
+    // Its texts' variables (`variables`), looked up once if any has one.
+    let has_variables = found.actions.iter().any(|a| match a {
+        Action::SendMessage { text } | Action::AddNote { text } => super::variables::any(text),
+        _ => false,
+    });
+    let looked = match has_variables {
+        true => super::variables::look_up(tc, row.id, user)?,
+        false => super::variables::Looked::default(),
+    };
+    let filled = |text: &str| super::variables::render(text, &looked.values());
     for (n, action) in found.actions.iter().enumerate() {
         match action {
             Action::SendMessage { text } => {
                 let opts = ReplyOptions { client_id: client(n), reply_to: None };
-                let (view, created) = messages::create_reply(tc, log, user, role, conversation, text.clone(), opts)
+                let (view, created) = messages::create_reply(tc, log, user, role, conversation, filled(text), opts)
                     .map_err(|e| step(n, e))?;
                 queued |= created;
                 written.push(view);
             }
             Action::AddNote { text } => {
-                let note = Note { text: Some(text.clone()), client_id: client(n), ..Note::default() };
+                let note = Note { text: Some(filled(text)), client_id: client(n), ..Note::default() };
                 let (view, _) =
                     messages::create_note(tc, log, user, role, conversation, note).map_err(|e| step(n, e))?;
                 written.push(view);

@@ -53,6 +53,7 @@ pub mod teams;
 pub mod templates;
 pub mod transcript;
 pub mod uploads;
+pub mod variables;
 pub mod views;
 pub mod waiting;
 

@@ -2695,6 +2695,83 @@ async fn auto_reply_and_notifications() {
     assert_eq!(conversations(&app, &ctx.admin, "").await[0]["last_message"]["text"], "third");
 }
 
+/// Variables in what the server writes for the team (`inbox::variables`):
+/// a channel's greeting names the customer (or says its fallback while
+/// Meta's name for them is not known yet) and the channel; a macro's
+/// message and note and a canned response filled in for a conversation
+/// name the customer, the agent and the channel; anything else in braces
+/// stays as written.
+#[actix_web::test]
+async fn variables_fill_in_greetings_macros_and_canned_responses() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let greeting = "Olá {{contact.first_name | cliente}}! A {{channel.name}} responde já. {{1}}";
+    let mut names = std::collections::HashMap::new();
+    for external in [PAGE_A, PHONE] {
+        let channel = channel_id(&app, &ctx.admin, external).await;
+        let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": greeting}}});
+        let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&ctx.admin), Some(settings)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        names.insert(external, r.body["name"].as_str().expect("name").to_string());
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá", "name": "Rui Costa"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Bom dia", "name": "Ana Sousa"}))
+        .await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let fb = by_contact(&convs, PSID)["id"].as_str().expect("id").to_string();
+    let wa = by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string();
+    let texts = |conv: String| {
+        let (app, admin) = (&app, ctx.admin.clone());
+        async move {
+            let all = messages(app, &admin, &conv).await;
+            all.iter().filter_map(|m| m["text"].as_str().map(str::to_string)).collect::<Vec<_>>()
+        }
+    };
+    // Messenger names a customer only when asked, after their first message.
+    let to_rui = format!("Olá cliente! A {} responde já. {{{{1}}}}", names[PAGE_A]);
+    let to_ana = format!("Olá Ana! A {} responde já. {{{{1}}}}", names[PHONE]);
+    assert!(texts(fb.clone()).await.contains(&to_rui), "{:?}", texts(fb.clone()).await);
+    assert!(texts(wa.clone()).await.contains(&to_ana), "{:?}", texts(wa.clone()).await);
+    eventually("Meta's name for Rui", || async {
+        conversations(&app, &ctx.admin, "").await.iter().any(|c| c["contact"]["name"] == "Rui Costa")
+    })
+    .await;
+
+    // A macro's message and note, as the agent who runs it.
+    let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body;
+    // How colleagues see them: their name, or their email without one.
+    let name = me["user"]["name"].as_str().filter(|n| !n.is_empty());
+    let agent = name.or(me["user"]["email"].as_str()).expect("a name or an email").to_string();
+    let first = agent.split_whitespace().next().unwrap_or_default().to_string();
+    let hello = json!({"name": "Hello", "actions": [
+        {"type": "send_message", "text": "{{contact.first_name}}, sou {{ agent.first_name }} da {{channel.name}}."},
+        {"type": "add_note", "text": "Falei com {{contact.name}} ({{contact.email}})"}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(hello)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let path = format!("/api/conversations/{fb}/macros/{}", r.body["id"].as_str().expect("id"));
+    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"client_id": "hello-1"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let said = texts(fb.clone()).await;
+    assert!(said.contains(&format!("Rui, sou {first} da {}.", names[PAGE_A])), "{said:?}");
+    assert!(said.contains(&"Falei com Rui Costa ({{contact.email}})".to_string()), "{said:?}");
+
+    // A canned response, filled in for one conversation; its text stays.
+    let oi = json!({"shortcut": "oi", "text": "Oi {{contact.first_name}}, aqui {{agent.name}}!"});
+    assert_eq!(app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(oi)).await.status, 201);
+    let r = app.call("GET", &format!("/api/canned-responses?q=oi&conversation_id={wa}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let item = &r.body["items"][0];
+    assert_eq!(item["rendered"].as_str(), Some(format!("Oi Ana, aqui {agent}!").as_str()), "{item}");
+    assert_eq!(item["text"], "Oi {{contact.first_name}}, aqui {{agent.name}}!");
+    let plain = app.call("GET", "/api/canned-responses?q=oi", Some(&ctx.admin), None).await;
+    assert!(plain.body["items"][0].get("rendered").is_none(), "{:?}", plain.body);
+    for (query, status) in [("conversation_id=abc", 400), ("conversation_id=999999", 404)] {
+        let r = app.call("GET", &format!("/api/canned-responses?{query}"), Some(&ctx.admin), None).await;
+        assert_eq!(r.status, status, "{query}: {:?}", r.body);
+    }
+}
+
 /// Business hours and the away reply: a customer writing while the
 /// channel is closed gets the away text once per closed period, after the
 /// greeting when the conversation opens (a second message, or Meta's
