@@ -7,7 +7,8 @@
 //! Decisions:
 //! - `{{contact.name}}`, `{{contact.first_name}}` (the name's first word),
 //!   `{{agent.name}}`, `{{agent.first_name}}` (who runs the macro or asks
-//!   for the canned response; an automatic reply has no agent) and
+//!   for the canned response, by the name they gave, never their email,
+//!   which goes to no customer; an automatic reply has no agent) and
 //!   `{{channel.name}}`, spaces inside the braces allowed. A fallback
 //!   follows a `|`: `{{contact.first_name | there}}` is "there" when the
 //!   contact has no name yet (a Messenger or Instagram customer's name is
@@ -65,7 +66,9 @@ pub fn look_up(tc: &mut TenantConn<'_>, conversation: i64, agent: UserId) -> App
     .bind::<diesel::sql_types::BigInt, _>(conversation)
     .get_result(tc.pg())
     .optional()?;
-    let agent = crate::auth::users::find(tc.pg(), agent)?.map(|u| u.display_name().to_string());
+    // Their name only: colleagues may see an email in its place, a
+    // customer must not.
+    let agent = crate::auth::users::find(tc.pg(), agent)?.map(|u| u.name).filter(|n| !n.trim().is_empty());
     Ok(Looked { contact: names.as_ref().and_then(|n| n.contact.clone()), channel: names.map(|n| n.channel), agent })
 }
 

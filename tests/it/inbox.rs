@@ -2738,14 +2738,12 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     })
     .await;
 
-    // A macro's message and note, as the agent who runs it.
+    // A macro's message and note, as the agent who runs it: one who gave
+    // no name is the fallback, never their email.
     let me = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body;
-    // How colleagues see them: their name, or their email without one.
-    let name = me["user"]["name"].as_str().filter(|n| !n.is_empty());
-    let agent = name.or(me["user"]["email"].as_str()).expect("a name or an email").to_string();
-    let first = agent.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(me["user"]["name"], "", "{me}");
     let hello = json!({"name": "Hello", "actions": [
-        {"type": "send_message", "text": "{{contact.first_name}}, sou {{ agent.first_name }} da {{channel.name}}."},
+        {"type": "send_message", "text": "{{contact.first_name}}, sou {{ agent.first_name | a equipa }} da {{channel.name}}."},
         {"type": "add_note", "text": "Falei com {{contact.name}} ({{contact.email}})"}]});
     let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(hello)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -2753,10 +2751,13 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"client_id": "hello-1"}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let said = texts(fb.clone()).await;
-    assert!(said.contains(&format!("Rui, sou {first} da {}.", names[PAGE_A])), "{said:?}");
+    assert!(said.contains(&format!("Rui, sou a equipa da {}.", names[PAGE_A])), "{said:?}");
     assert!(said.contains(&"Falei com Rui Costa ({{contact.email}})".to_string()), "{said:?}");
 
     // A canned response, filled in for one conversation; its text stays.
+    let named = json!({"name": "Zoë Quintela"});
+    assert_eq!(app.call("PATCH", "/api/me", Some(&ctx.admin), Some(named)).await.status, 200);
+    let agent = "Zoë Quintela";
     let oi = json!({"shortcut": "oi", "text": "Oi {{contact.first_name}}, aqui {{agent.name}}!"});
     assert_eq!(app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(oi)).await.status, 201);
     let r = app.call("GET", &format!("/api/canned-responses?q=oi&conversation_id={wa}"), Some(&ctx.admin), None).await;
