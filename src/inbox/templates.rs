@@ -189,23 +189,10 @@ pub fn parse(v: &Value) -> Option<Template> {
 
 /// `{{n}}` replaced by the n-th parameter.
 fn fill(text: &str, parameters: &[String]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        match after[..end].trim().parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| parameters.get(i)) {
-            Some(p) => out.push_str(p),
-            None => out.push_str(&rest[start..start + 2 + end + 2]),
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    out
+    super::variables::replace_braces(text, |inside| {
+        let n = inside.trim().parse::<usize>().ok()?;
+        parameters.get(n.checked_sub(1)?).cloned()
+    })
 }
 
 /// Checks the agent's parameters against the template (Meta's own rules:

@@ -79,6 +79,13 @@ pub fn any(text: &str) -> bool {
 
 /// `text` with its variables filled in from `values` (see the module docs).
 pub fn render(text: &str, values: &Values<'_>) -> String {
+    replace_braces(text, |inside| fill(inside, values))
+}
+
+/// `text` with each `{{…}}` replaced by what `value` gives for its inside,
+/// or left as written where it gives nothing (also a template's `{{n}}`,
+/// `inbox::templates`). What is put in is not read again.
+pub fn replace_braces(text: &str, value: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -88,14 +95,9 @@ pub fn render(text: &str, values: &Values<'_>) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let inside = &after[..end];
-        match fill(inside, values) {
-            Some(value) => out.push_str(&value),
-            None => {
-                out.push_str("{{");
-                out.push_str(inside);
-                out.push_str("}}");
-            }
+        match value(&after[..end]) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
         }
         rest = &after[end + 2..];
     }
