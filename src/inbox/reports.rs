@@ -606,22 +606,18 @@ pub fn overview(tc: &mut TenantConn<'_>, period: Period) -> AppResult<Overview> 
     let mut queue_by_agent: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for w in &queue_waits {
         queue_all.push(w.seconds);
-        channels.entry(w.channel_id).or_insert_with(|| empty_channel(w.channel_id)).queue_given += 1;
         queue_by_channel.entry(w.channel_id).or_default().push(w.seconds);
         if let Some(user) = w.agent {
-            agents.entry(user).or_insert_with(|| empty_agent(user)).queue_given += 1;
             queue_by_agent.entry(user).or_default().push(w.seconds);
         }
     }
     for (channel, mut w) in queue_by_channel {
-        if let Some(c) = channels.get_mut(&channel) {
-            c.median_queue_seconds = rank(&mut w, 50);
-        }
+        let c = channels.entry(channel).or_insert_with(|| empty_channel(channel));
+        (c.queue_given, c.median_queue_seconds) = (w.len() as i64, rank(&mut w, 50));
     }
     for (user, mut w) in queue_by_agent {
-        if let Some(a) = agents.get_mut(&user) {
-            a.median_queue_seconds = rank(&mut w, 50);
-        }
+        let a = agents.entry(user).or_insert_with(|| empty_agent(user));
+        (a.queue_given, a.median_queue_seconds) = (w.len() as i64, rank(&mut w, 50));
     }
     let queue = QueueFigures {
         given: queue_all.len() as i64,

@@ -2737,6 +2737,15 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
         conversations(&app, &ctx.admin, "").await.iter().any(|c| c["contact"]["name"] == "Rui Costa")
     })
     .await;
+    // A greeting that is only variables, none known yet, is not sent.
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let bare = json!({"settings": {"auto_reply": {"enabled": true, "text": "{{ contact.name }}"}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(bare)).await.status, 200);
+    let unnamed = "7392015648120999";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": unnamed, "text": "Olá?"})).await;
+    app.processed().await;
+    let quiet = by_contact(&conversations(&app, &ctx.admin, "").await, unnamed)["id"].as_str().expect("id").to_string();
+    assert_eq!(texts(quiet).await, ["Olá?"]);
 
     // A macro's message and note, as the agent who runs it: one who gave
     // no name is the fallback, never their email.
