@@ -27,7 +27,9 @@
 //!   happens and the error says which.
 //! - A `client_id` makes a run safe to retry: its messages take
 //!   `<client_id>:<n>`, so a retry sends nothing twice (the changes are
-//!   the same again, so they change nothing).
+//!   the same again, so they change nothing). A retry answers with the
+//!   messages the first run wrote, even where their variables would fill
+//!   in otherwise now (the customer's name changed in between).
 //! - A run is audited (`macro.run`, with the macro's name).
 //! - A message's or note's text may use variables (`variables`):
 //!   `{{contact.first_name}}`, `{{agent.name}}`… filled in when it runs.
@@ -360,6 +362,10 @@ pub fn run(
     for (n, action) in found.actions.iter().enumerate() {
         match action {
             Action::SendMessage { text } => {
+                if let Some(view) = messages::macro_retried(tc, user, &row, client(n).as_deref(), false)? {
+                    written.push(view);
+                    continue;
+                }
                 let opts = ReplyOptions { client_id: client(n), reply_to: None };
                 let (view, created) = messages::create_reply(tc, log, user, role, conversation, filled(text), opts)
                     .map_err(|e| step(n, e))?;
@@ -367,6 +373,10 @@ pub fn run(
                 written.push(view);
             }
             Action::AddNote { text } => {
+                if let Some(view) = messages::macro_retried(tc, user, &row, client(n).as_deref(), true)? {
+                    written.push(view);
+                    continue;
+                }
                 let note = Note { text: Some(filled(text)), client_id: client(n), ..Note::default() };
                 let (view, _) =
                     messages::create_note(tc, log, user, role, conversation, note).map_err(|e| step(n, e))?;

@@ -624,6 +624,26 @@ pub fn create_template_reply(
     reply(tc, log, user, role, id, Reply::Template { prepared, header_file }, opts)
 }
 
+/// A macro's message or note already written under `client_id` by `user`
+/// (`private` for a note): the run is a retry, and its earlier message
+/// stands even if its text would render otherwise now (a name changed
+/// since, `inbox::macros`). Anything else under that id is left to the
+/// usual checks (409).
+pub fn macro_retried(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    conv: &ConversationRow,
+    client_id: Option<&str>,
+    private: bool,
+) -> AppResult<Option<MessageView>> {
+    match retried(tc, conv.id, client_id)? {
+        Some(row) if row.sender_user_id == Some(user.0) && row.private == private => {
+            Ok(Some(Names::default().message(tc, &row, conv.contact_id)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The message a `client_id` (1 to 200 characters) names in the
 /// conversation already, if any: the request may be a retry.
 fn retried(tc: &mut TenantConn<'_>, conversation: i64, client_id: Option<&str>) -> AppResult<Option<MessageRow>> {

@@ -2757,8 +2757,8 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(hello)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let path = format!("/api/conversations/{fb}/macros/{}", r.body["id"].as_str().expect("id"));
-    let r = app.call("POST", &path, Some(&ctx.admin), Some(json!({"client_id": "hello-1"}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let first = app.call("POST", &path, Some(&ctx.admin), Some(json!({"client_id": "hello-1"}))).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
     let said = texts(fb.clone()).await;
     assert!(said.contains(&format!("Rui, sou a equipa da {}.", names[PAGE_A])), "{said:?}");
     assert!(said.contains(&"Falei com Rui Costa ({{contact.email}})".to_string()), "{said:?}");
@@ -2780,6 +2780,16 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
         let r = app.call("GET", &format!("/api/canned-responses?{query}"), Some(&ctx.admin), None).await;
         assert_eq!(r.status, status, "{query}: {:?}", r.body);
     }
+
+    // The macro's retry, now that the agent has a name: the first run's
+    // messages answer it, and nothing is sent again.
+    let before = texts(fb.clone()).await;
+    let again = app.call("POST", &path, Some(&ctx.admin), Some(json!({"client_id": "hello-1"}))).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    let ids = |body: &Value| body["messages"].as_array().map(|m| m.iter().map(|m| m["id"].clone()).collect::<Vec<_>>());
+    assert_eq!(ids(&again.body), ids(&first.body));
+    assert_eq!(ids(&first.body).map(|m| m.len()), Some(2));
+    assert_eq!(texts(fb.clone()).await, before);
 }
 
 /// Business hours and the away reply: a customer writing while the
