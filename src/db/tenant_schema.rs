@@ -309,6 +309,17 @@ diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(contacts -> channels (channel_id));
 diesel::joinable!(contact_former_numbers -> contacts (contact_id));
 diesel::table! {
+    /// Contacts the team linked as one person (`inbox::contact_links`).
+    contact_links (contact_id) {
+        contact_id -> Int8,
+        person -> Int8,
+        linked_by -> Nullable<Int8>,
+        linked_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(contact_links -> contacts (contact_id));
+diesel::table! {
     /// Waits that ran past their reply target (`inbox::waiting`).
     missed_targets (id) {
         id -> Int8,
@@ -352,6 +363,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     channel_members,
     contacts,
     contact_former_numbers,
+    contact_links,
     conversations,
     messages,
     events,

@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::inbox::conversations::{self, FilterParams, Patch};
 use crate::inbox::mentions::Mentions;
-use crate::inbox::{canned, contacts, messages, ConversationId, MessageId};
+use crate::inbox::{canned, contact_links, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/conversations").route(web::get().to(list)).route(web::post().to(start)))
@@ -53,6 +53,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_contact))
                 .route(web::patch().to(update_contact))
                 .route(web::delete().to(erase_contact)),
+        )
+        .service(
+            resource("/contacts/{id}/links")
+                .route(web::post().to(link_contact))
+                .route(web::delete().to(unlink_contact)),
         )
         .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
         .service(
@@ -1536,7 +1541,8 @@ async fn get_contact(
         .db
         .tenant(auth.scope(), move |tc| {
             let item = contacts::get(tc, user, role, id)?;
-            Ok::<_, AppError>((item, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
+            let page = contact_links::page(tc, user, role, item)?;
+            Ok::<_, AppError>((page, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
         })
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
@@ -1601,13 +1607,52 @@ async fn update_contact(
     let (item, stale) = state
         .tenant_with_events(auth.scope(), move |tc, log| {
             let item = contacts::update(tc, log, user, role, id, changes)?;
-            Ok((item, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
+            let page = contact_links::page(tc, user, role, item)?;
+            Ok((page, contacts::stale_profiles(tc, &[id.0], Utc::now())?))
         })
         .await?;
     crate::inbox::sender::refresh_stale_profiles(&state, stale);
     // Blocking resolves the contact's conversation: room for the queue.
     state.online.room_changed(auth.tenant);
     Ok(HttpResponse::Ok().json(item))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    contact_id: crate::inbox::ContactId,
+}
+
+/// The team says two contacts are one customer (`contact_links::link`).
+async fn link_contact(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<LinkBody>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = contact_id(&path)?;
+    let other = body.into_inner().contact_id;
+    let (user, role) = (auth.user, auth.role);
+    let page = state
+        .tenant_with_events(auth.scope(), move |tc, log| contact_links::link(tc, log, user, role, id, other))
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// The contact is no longer one customer with the others
+/// (`contact_links::unlink`).
+async fn unlink_contact(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
+    let id = contact_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    let page =
+        state.tenant_with_events(auth.scope(), move |tc, log| contact_links::unlink(tc, log, user, role, id)).await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// A customer's right to erasure (`contacts::erase`): admins only, 204.

@@ -138,6 +138,21 @@ impl ContactListItem {
     }
 }
 
+/// Announces contacts `ids` as they are now (`contact.updated`, each to
+/// its channel's agents): something shown of them changed elsewhere (their
+/// links, `contact_links`). One gone meanwhile is passed over.
+pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, ids: &[i64]) -> AppResult<()> {
+    let rows: Vec<(ContactRow, ContactDetails)> = contacts::table
+        .filter(contacts::id.eq_any(ids))
+        .order(contacts::id)
+        .select((ContactRow::as_select(), ContactDetails::as_select()))
+        .load(tc.pg())?;
+    for item in ContactListItem::of(tc, rows)? {
+        log.append(tc, "contact.updated", Some(item.channel_id.0), None, &item)?;
+    }
+    Ok(())
+}
+
 /// What the team keeps about a customer beyond Meta's profile. Apart from
 /// [`ContactRow`], which the webhook path reads and writes: none of it is
 /// Meta's.
@@ -755,7 +770,10 @@ pub struct Erased {
 /// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
     use crate::db::tenant_schema::{audit_log, events, messages};
-    // Conversations, then the contact: the webhook path's order.
+    // Out of its person first, as a link takes its turn before it touches
+    // a contact (`contact_links`); then conversations, then the contact:
+    // the webhook path's order.
+    super::contact_links::before_erasure(tc, log, id)?;
     let conversation_ids = lock_conversations(tc, id)?;
     let contact: ContactRow = contacts::table
         .find(id.0)

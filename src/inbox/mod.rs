@@ -26,6 +26,7 @@ pub mod auto_resolve;
 pub mod canned;
 pub mod contact_export;
 pub mod contact_import;
+pub mod contact_links;
 pub mod contacts;
 pub mod conversations;
 pub mod csat;

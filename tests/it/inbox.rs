@@ -7150,3 +7150,128 @@ async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
     assert_eq!(assignee(&conv[1]).await, Value::Null);
     assert_eq!(app.count(&format!("{released}'role_changed'")), 2);
 }
+
+/// One customer on Messenger, Instagram and WhatsApp: the team links their
+/// contacts as one person; a page lists the others the caller may see,
+/// persons join, stop at ten, come apart, and lose an erased contact.
+#[actix_web::test]
+async fn a_customer_on_several_channels_is_one_person() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let igsid = "6841100000123999";
+    let others: Vec<String> = (0..9).map(|n| format!("3519120000{n:02}")).collect();
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá", "name": "Rui Costa"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": igsid, "text": "Olá 📷"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Sou o Rui", "name": "Rui"})).await;
+    for (n, number) in others.iter().enumerate() {
+        let name = format!("Cliente {n}");
+        app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Oi", "name": name})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "?limit=100").await;
+    let contact = |external: &str| by_contact(&convs, external)["contact"]["id"].as_str().expect("id").to_string();
+    let (fb, ig, wa) = (contact(PSID), contact(igsid), contact(WA_ID));
+    let more: Vec<String> = others.iter().map(|n| contact(n)).collect();
+    let link = |who: String, id: String, body: Value| {
+        let app = &app;
+        async move { app.call("POST", &format!("/api/contacts/{id}/links"), Some(&who), Some(body)).await }
+    };
+    let linked = |who: String, id: String| {
+        let app = &app;
+        async move {
+            let r = app.call("GET", &format!("/api/contacts/{id}"), Some(&who), None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body["linked"]
+                .as_array()
+                .expect("linked")
+                .iter()
+                .map(|c| c["id"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(linked(ctx.admin.clone(), fb.clone()).await.is_empty());
+
+    let r = link(ctx.admin.clone(), fb.clone(), json!({"contact_id": wa})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["id"], fb.as_str());
+    let shown = &r.body["linked"][0];
+    assert_eq!(
+        (shown["id"].as_str(), shown["platform"].as_str(), shown["name"].as_str()),
+        (Some(wa.as_str()), Some("whatsapp"), Some("Rui"))
+    );
+    assert_eq!(shown["conversation_id"], by_contact(&convs, WA_ID)["id"]);
+    assert_eq!(linked(ctx.admin.clone(), wa.clone()).await, vec![fb.clone()]);
+    // The same link again changes nothing; nor its other way round.
+    let audited = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contact.linked'";
+    for (a, b) in [(&fb, &wa), (&wa, &fb)] {
+        assert_eq!(link(ctx.admin.clone(), a.clone(), json!({"contact_id": b})).await.status, 200);
+    }
+    assert_eq!(app.count(audited), 1);
+
+    // Al sees the WhatsApp number only: its page shows no Messenger
+    // contact, and he cannot link one.
+    let (al, al_token) = agent_al(&app, &ctx.admin).await;
+    let wa_channel = by_contact(&convs, WA_ID)["channel_id"].as_str().expect("channel").to_string();
+    let members = json!({"user_ids": [al["user_id"]]});
+    let r = app.call("PUT", &format!("/api/channels/{wa_channel}/members"), Some(&ctx.admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(linked(al_token.clone(), wa.clone()).await.is_empty());
+    let r = link(al_token.clone(), wa.clone(), json!({"contact_id": ig})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("unknown_contact")), "{:?}", r.body);
+    let r = link(al_token.clone(), ig.clone(), json!({"contact_id": wa})).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    // He links two WhatsApp contacts of his, one of them Rui's: the
+    // persons join, and Rui's Messenger contact shows both.
+    let r = link(al_token.clone(), more[0].clone(), json!({"contact_id": more[1]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = link(al_token.clone(), wa.clone(), json!({"contact_id": more[0]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(linked(al_token.clone(), wa.clone()).await, [more[0].clone(), more[1].clone()]);
+    assert_eq!(linked(ctx.admin.clone(), fb.clone()).await, [wa.clone(), more[0].clone(), more[1].clone()]);
+
+    for (id, body, status, code) in [
+        (fb.clone(), json!({"contact_id": fb}), 422, "same_contact"),
+        (fb.clone(), json!({"contact_id": "999999"}), 422, "unknown_contact"),
+        (fb.clone(), json!({"contact_id": "abc"}), 422, "invalid_body"),
+        (fb.clone(), json!({}), 422, "invalid_body"),
+        (fb.clone(), json!({"contact_id": wa, "also": 1}), 422, "invalid_body"),
+        ("999999".to_string(), json!({"contact_id": wa}), 404, "not_found"),
+    ] {
+        let r = link(ctx.admin.clone(), id, body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", r.body);
+    }
+
+    // Ten at most: Rui's person holds 4; six more fill it, one more is refused.
+    for other in &more[2..8] {
+        assert_eq!(link(ctx.admin.clone(), fb.clone(), json!({"contact_id": other})).await.status, 200);
+    }
+    let r = link(ctx.admin.clone(), ig.clone(), json!({"contact_id": fb})).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("too_many_linked")), "{:?}", r.body);
+    assert!(linked(ctx.admin.clone(), ig.clone()).await.is_empty());
+
+    // Taken out: the WhatsApp contact is alone again, the others stay one.
+    let r = app.call("DELETE", &format!("/api/contacts/{wa}/links"), Some(&al_token), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["linked"], json!([]));
+    assert_eq!(linked(ctx.admin.clone(), fb.clone()).await.len(), 8);
+    let r = app.call("DELETE", &format!("/api/contacts/{wa}/links"), Some(&al_token), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'contact.unlinked'"), 1);
+
+    // Erased: out of its person; a person of two erased down to one is none.
+    let r = link(ctx.admin.clone(), ig.clone(), json!({"contact_id": more[8]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for erased in [&more[8], &more[7]] {
+        let r = app.call("DELETE", &format!("/api/contacts/{erased}"), Some(&ctx.admin), None).await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    assert!(linked(ctx.admin.clone(), ig.clone()).await.is_empty());
+    assert_eq!(linked(ctx.admin.clone(), fb.clone()).await.len(), 7);
+    let ig_key = format!("SELECT count(*) AS n FROM tenant_acme.contact_links WHERE contact_id = {ig}");
+    assert_eq!(app.count(&ig_key), 0);
+    // A viewer reads a page but links nothing.
+    let viewer = json!({"email": "vi@acme.test", "role": "viewer", "password": "vi-password-1"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(viewer)).await.status, 201);
+    let vi = token(&app.login("vi@acme.test", "vi-password-1", "acme").await, "access_token");
+    assert_eq!(link(vi.clone(), fb.clone(), json!({"contact_id": ig})).await.status, 403);
+}

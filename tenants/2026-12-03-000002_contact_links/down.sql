@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS contact_links;
+DROP SEQUENCE IF EXISTS contact_people;
