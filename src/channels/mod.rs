@@ -150,6 +150,10 @@ pub struct Settings {
     /// `None`: never.
     #[serde(default)]
     pub auto_resolve: Option<crate::inbox::auto_resolve::AutoResolve>,
+    /// Resolved conversations quiet this long are deleted
+    /// (`inbox::retention`); `None`: kept.
+    #[serde(default)]
+    pub retention: Option<crate::inbox::retention::Retention>,
 }
 
 impl Default for Settings {
@@ -167,6 +171,7 @@ impl Default for Settings {
             team_id: None,
             routing: Vec::new(),
             auto_resolve: None,
+            retention: None,
         }
     }
 }
@@ -514,6 +519,9 @@ pub struct SettingsPatch {
     /// Left out: unchanged; `null`: off; else replaced whole.
     #[serde(default, deserialize_with = "present")]
     pub auto_resolve: Option<Option<crate::inbox::auto_resolve::AutoResolve>>,
+    /// Left out: unchanged; `null`: kept; else replaced whole.
+    #[serde(default, deserialize_with = "present")]
+    pub retention: Option<Option<crate::inbox::retention::Retention>>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
@@ -623,6 +631,9 @@ pub fn patch(
         }
         if let Some(a) = s.auto_resolve {
             settings.auto_resolve = a.map(crate::inbox::auto_resolve::AutoResolve::checked).transpose()?;
+        }
+        if let Some(r) = s.retention {
+            settings.retention = r.map(crate::inbox::retention::Retention::checked).transpose()?;
         }
     }
     if settings.auto_reply.enabled && settings.auto_reply.text.trim().is_empty() {

@@ -45,6 +45,7 @@ pub mod once_per;
 pub mod outreach;
 pub mod processor;
 pub mod reports;
+pub mod retention;
 pub mod routing;
 pub mod saved_views;
 pub mod scrub;

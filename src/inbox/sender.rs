@@ -784,8 +784,9 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
 
 /// Wakes snoozed conversations of every active tenant, lifts the WhatsApp
 /// restrictions that ran out (`channels::whatsapp_number`), rings waits
-/// past their reply target (`waiting`) and resolves idle conversations
-/// (`auto_resolve`), every 30 seconds.
+/// past their reply target (`waiting`), resolves idle conversations
+/// (`auto_resolve`) and deletes those kept long enough (`retention`),
+/// every 30 seconds.
 pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -801,6 +802,16 @@ pub async fn run_snooze_clock(state: actix_web::web::Data<AppState>) {
                     super::auto_resolve::resolve_idle(tc, log, chrono::Utc::now())
                 })
                 .await;
+            // Its own transaction: deletes that wait for a row lock hold
+            // up no snoozed conversation's waking.
+            let expired = state
+                .tenant_with_events(TenantScope::system(t.tenant_id()), move |tc, log| {
+                    super::retention::expire(tc, log, chrono::Utc::now())
+                })
+                .await;
+            if let Err(e) = expired {
+                tracing::debug!(tenant = %t.slug, error = ?e, "retention skipped a tenant this tick");
+            }
             match r {
                 // What it resolved made room for the queue (`hand_out`).
                 Ok(resolved) if resolved > 0 => state.online.room_changed(t.tenant_id()),

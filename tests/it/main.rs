@@ -21,6 +21,7 @@ mod mfa;
 mod migrate;
 mod openapi;
 mod realtime;
+mod retention;
 mod search;
 mod teams;
 mod teardown;
