@@ -136,7 +136,8 @@ async fn facebook_connect_flow_end_to_end() {
             "business_hours": null, "away_reply": {"enabled": false, "text": ""}, "auto_assign": false, "auto_assign_limit": null,
             "csat": {"enabled": false, "text": ""},
             "reply_targets": {"urgent": null, "high": null, "medium": null, "low": null, "none": null,
-                "only_business_hours": false}, "team_id": null, "routing": [], "auto_resolve": null})
+                "only_business_hours": false}, "team_id": null, "routing": [], "auto_resolve": null,
+                "retention": null})
     );
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();
