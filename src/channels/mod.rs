@@ -489,6 +489,27 @@ pub fn can_see(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ChannelId)
     Ok(n > 0)
 }
 
+/// The channels whose settings hold `key` as an object, with it as
+/// `check` takes it (for the clock's rules: `inbox::auto_resolve`,
+/// `inbox::retention`). Written by [`patch`], checked there; one that does
+/// not read or check now is passed over rather than taken for a rule.
+pub fn with_setting<T: serde::de::DeserializeOwned>(
+    tc: &mut TenantConn<'_>,
+    key: &'static str,
+    check: fn(T) -> AppResult<T>,
+) -> AppResult<Vec<(i64, T)>> {
+    use diesel::sql_types::{Bool, Jsonb};
+    let found: Vec<(i64, serde_json::Value)> = channels::table
+        .filter(diesel::dsl::sql::<Bool>(&format!("jsonb_typeof(settings->'{key}') = 'object'")))
+        .order(channels::id)
+        .select((channels::id, diesel::dsl::sql::<Jsonb>(&format!("settings->'{key}'"))))
+        .load(tc.pg())?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(id, rule)| serde_json::from_value::<T>(rule).ok().and_then(|r| check(r).ok()).map(|r| (id, r)))
+        .collect())
+}
+
 pub fn get_view(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<ChannelView> {
     let row = find(tc, id)?;
     view(tc, row)

@@ -32,14 +32,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Jsonb};
+use diesel::sql_types::Bool;
 use diesel::IntoSql;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::events::EventLog;
 use super::views::ConversationRow;
-use crate::db::tenant_schema::{channels as ch, conversations as c};
+use crate::db::tenant_schema::conversations as c;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 
@@ -77,24 +77,12 @@ const IDLE_STATUSES: [&str; 2] = ["open", "pending"];
 /// Resolves the idle conversations of every channel that asks for it, as
 /// of `now`; how many.
 pub fn resolve_idle(tc: &mut TenantConn<'_>, log: &mut EventLog, now: DateTime<Utc>) -> AppResult<usize> {
-    let channels: Vec<(i64, serde_json::Value)> = ch::table
-        .filter(diesel::dsl::sql::<Bool>("jsonb_typeof(settings->'auto_resolve') = 'object'"))
-        .order(ch::id)
-        .select((ch::id, diesel::dsl::sql::<Jsonb>("settings->'auto_resolve'")))
-        .load(tc.pg())?;
     let mut resolved = 0;
-    for (channel, rule) in channels {
+    for (channel, rule) in crate::channels::with_setting(tc, "auto_resolve", AutoResolve::checked)? {
         let left = BATCH - resolved as i64;
         if left <= 0 {
             break;
         }
-        // Written by `channels::patch`, checked there; anything else is
-        // passed over rather than taken for a rule.
-        let Ok(rule) =
-            serde_json::from_value::<AutoResolve>(rule).map_err(drop).and_then(|r| r.checked().map_err(drop))
-        else {
-            continue;
-        };
         resolved += resolve_in(tc, log, channel, rule, now, left)?;
     }
     Ok(resolved)

@@ -800,14 +800,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
             diesel::dsl::sql::<diesel::sql_types::Bool>("payload->>'id' = ")
                 .bind::<diesel::sql_types::Text, _>(&contact_key),
         ));
-    diesel::update(events::table.filter(copies))
-        .set((
-            events::type_.eq(super::events::REDACTED),
-            events::channel_id.eq(None::<i64>),
-            events::conversation_id.eq(None::<i64>),
-            events::payload.eq(serde_json::json!({})),
-        ))
-        .execute(tc.pg())?;
+    diesel::update(events::table.filter(copies)).set(super::events::emptied()).execute(tc.pg())?;
     diesel::update(
         audit_log::table.filter(audit_log::target_type.eq("contact")).filter(audit_log::target_id.eq(&contact_key)),
     )

@@ -214,14 +214,30 @@ pub fn last_seq(tc: &mut TenantConn<'_>) -> AppResult<i64> {
 /// to resync only when retention removed what they missed). Retention
 /// prunes them like any other.
 pub fn redact_channel(tc: &mut TenantConn<'_>, channel_id: i64) -> AppResult<usize> {
-    Ok(diesel::update(events::table.filter(events::channel_id.eq(channel_id)))
-        .set((
-            events::type_.eq(REDACTED),
-            events::channel_id.eq(None::<i64>),
-            events::conversation_id.eq(None::<i64>),
-            events::payload.eq(serde_json::json!({})),
-        ))
-        .execute(tc.pg())?)
+    Ok(diesel::update(events::table.filter(events::channel_id.eq(channel_id))).set(emptied()).execute(tc.pg())?)
+}
+
+/// Empties the events of conversations that go (an erasure, retention),
+/// as [`redact_channel`] does a channel's.
+pub fn redact_conversations(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<usize> {
+    Ok(diesel::update(events::table.filter(events::conversation_id.eq_any(ids))).set(emptied()).execute(tc.pg())?)
+}
+
+/// What an emptied event keeps: its sequence number and time, nothing of
+/// what it told.
+#[allow(clippy::type_complexity)]
+pub fn emptied() -> (
+    diesel::dsl::Eq<events::type_, &'static str>,
+    diesel::dsl::Eq<events::channel_id, Option<i64>>,
+    diesel::dsl::Eq<events::conversation_id, Option<i64>>,
+    diesel::dsl::Eq<events::payload, serde_json::Value>,
+) {
+    (
+        events::type_.eq(REDACTED),
+        events::channel_id.eq(None::<i64>),
+        events::conversation_id.eq(None::<i64>),
+        events::payload.eq(serde_json::json!({})),
+    )
 }
 
 /// The oldest kept seq (`None` when the log is empty).

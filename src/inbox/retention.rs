@@ -31,12 +31,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Jsonb};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::events::EventLog;
-use crate::db::tenant_schema::{channels as ch, conversations as c, events, messages as m};
+use crate::db::tenant_schema::{conversations as c, messages as m};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 
@@ -68,23 +67,12 @@ impl Retention {
 /// Deletes the conversations every channel that asks for it keeps no
 /// longer, as of `now`; how many.
 pub fn expire(tc: &mut TenantConn<'_>, log: &mut EventLog, now: DateTime<Utc>) -> AppResult<usize> {
-    let channels: Vec<(i64, serde_json::Value)> = ch::table
-        .filter(diesel::dsl::sql::<Bool>("jsonb_typeof(settings->'retention') = 'object'"))
-        .order(ch::id)
-        .select((ch::id, diesel::dsl::sql::<Jsonb>("settings->'retention'")))
-        .load(tc.pg())?;
     let mut deleted = 0;
-    for (channel, rule) in channels {
+    for (channel, rule) in crate::channels::with_setting(tc, "retention", Retention::checked)? {
         let left = BATCH - deleted as i64;
         if left <= 0 {
             break;
         }
-        // Written by `channels::patch`, checked there; anything else is
-        // passed over rather than taken for a rule.
-        let Ok(rule) = serde_json::from_value::<Retention>(rule).map_err(drop).and_then(|r| r.checked().map_err(drop))
-        else {
-            continue;
-        };
         deleted += expire_in(tc, log, channel, rule, now, left)?;
     }
     Ok(deleted)
@@ -118,14 +106,7 @@ fn expire_in(
     let messages: i64 = m::table.filter(m::conversation_id.eq_any(&due)).count().get_result(tc.pg())?;
     // Locked above: nothing changed them since they were found quiet.
     diesel::delete(c::table.filter(c::id.eq_any(&due))).execute(tc.pg())?;
-    diesel::update(events::table.filter(events::conversation_id.eq_any(&due)))
-        .set((
-            events::type_.eq(super::events::REDACTED),
-            events::channel_id.eq(None::<i64>),
-            events::conversation_id.eq(None::<i64>),
-            events::payload.eq(json!({})),
-        ))
-        .execute(tc.pg())?;
+    super::events::redact_conversations(tc, &due)?;
     for id in &due {
         let data = json!({"id": id.to_string(), "channel_id": channel.to_string()});
         log.append(tc, "conversation.deleted", Some(channel), Some(*id), data)?;
