@@ -204,9 +204,7 @@ pub fn unlink(
 ) -> AppResult<ContactPage> {
     take_turn(tc)?;
     let contact = contacts::get(tc, user, role, id)?;
-    let left = leave(tc, id)?;
-    if let Some(left) = left {
-        let mut changed = left;
+    if let Some(mut changed) = leave(tc, id)? {
         changed.push(id.0);
         contacts::announce(tc, log, &changed)?;
         crate::audit::record(

@@ -7191,9 +7191,17 @@ async fn a_customer_on_several_channels_is_one_person() {
     };
     assert!(linked(ctx.admin.clone(), fb.clone()).await.is_empty());
 
+    let told = |id: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'contact.updated' AND payload->>'id' = '{id}'"
+        ))
+    };
+    let before = (told(&fb), told(&wa), told(&ig));
     let r = link(ctx.admin.clone(), fb.clone(), json!({"contact_id": wa})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["id"], fb.as_str());
+    // Each contact whose person changed is announced; no other.
+    assert_eq!((told(&fb), told(&wa), told(&ig)), (before.0 + 1, before.1 + 1, before.2));
     let shown = &r.body["linked"][0];
     assert_eq!(
         (shown["id"].as_str(), shown["platform"].as_str(), shown["name"].as_str()),

@@ -92,6 +92,11 @@ async fn resolved_conversations_go_once_kept_long_enough() {
         )),
         0
     );
+    let deleted = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.deleted' \
+          AND conversation_id = {gone} AND payload::jsonb = '{{\"id\": \"{gone}\", \"channel_id\": \"{page}\"}}'::jsonb"
+    );
+    assert_eq!(app.count(&deleted), 1);
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversations.expired' \
