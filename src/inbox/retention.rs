@@ -19,10 +19,13 @@
 //!   answer with), so a customer who writes again opens a new
 //!   conversation. The audit log keeps who did what, and records each
 //!   sweep of a channel once (`conversations.expired`, no actor, with the
-//!   counts). Reports over the deleted days count them no more.
-//! - Meta's webhook bodies are kept only hours
-//!   (`SWITCHBOARD_WEBHOOK_RETENTION_HOURS`), so they hold no copy of
-//!   what a retention of a day or more removes.
+//!   counts). Reports over the deleted days lose what they read from
+//!   conversations and messages (opened, messages, replies, first
+//!   responses, surveys); what they read from the audit log stays
+//!   (resolutions, conversations started, the queue).
+//! - Meta's webhook bodies are kept `SWITCHBOARD_WEBHOOK_RETENTION_HOURS`
+//!   (24 by default), so with that default they hold no copy of what a
+//!   retention of a day or more deletes.
 //! - On the 30-second clock (`sender::run_snooze_clock`), at most
 //!   [`BATCH`] conversations a tenant per tick, the longest quiet first,
 //!   so turning it on over years of history deletes it in steps. A
