@@ -8,7 +8,9 @@
 //!   oldest first.
 //! - One row per contact: `id, channel_id, external_id, name, email,
 //!   phone, notes, blocked, blocked_at, marketing_stopped_at, created_at,
-//!   conversation_id`, then one column per contact attribute, named
+//!   conversation_id, linked` (the ids of the contacts linked to it as
+//!   the same customer, `contact_links`, separated by spaces), then one
+//!   column per contact attribute, named
 //!   `attributes.<key>`, in the definitions' order (a value as written:
 //!   numbers as JSON writes them, `true`/`false`, dates `YYYY-MM-DD`; empty
 //!   when the contact has none).
@@ -32,7 +34,7 @@ pub const MOST_EXPORTED: usize = 100_000;
 /// Contacts read per statement.
 const BATCH: i64 = 1_000;
 
-const COLUMNS: [&str; 12] = [
+const COLUMNS: [&str; 13] = [
     "id",
     "channel_id",
     "external_id",
@@ -45,6 +47,7 @@ const COLUMNS: [&str; 12] = [
     "marketing_stopped_at",
     "created_at",
     "conversation_id",
+    "linked",
 ];
 
 /// The CSV of the contacts `filter` lists for admin `user`, and how many.
@@ -69,6 +72,8 @@ pub fn export_at_most(
         let Some(last) = page.last() else { break };
         after = Some(last.id.0);
         count += page.len();
+        let ids: Vec<i64> = page.iter().map(|c| c.id.0).collect();
+        let linked = super::contact_links::linked_ids(tc, &ids)?;
         if count > most {
             return Err(AppError::invalid(
                 "too_many_contacts",
@@ -90,6 +95,7 @@ pub fn export_at_most(
                 time(c.details.marketing_stopped_at),
                 c.created_at.to_rfc3339(),
                 c.conversation_id.map(|id| id.to_string()).unwrap_or_default(),
+                linked.get(&c.id.0).cloned().unwrap_or_default(),
             ];
             row.extend(keys.iter().map(|k| match c.details.attributes.get(k) {
                 None | Some(Value::Null) => String::new(),

@@ -13,7 +13,7 @@
 //!   `email`, `phone`, `notes` and `attributes.<key>` (a definition's key,
 //!   `attributes`) are what a row sets. The export's other columns
 //!   (`blocked`, `blocked_at`, `marketing_stopped_at`, `created_at`,
-//!   `conversation_id`) are read-only and passed over, so an export edited
+//!   `conversation_id`, `linked`) are read-only and passed over, so an export edited
 //!   in a spreadsheet goes back as it is. Any other column, a column twice,
 //!   or an attribute no definition has is 422 `invalid_csv`, before any row
 //!   is read: a misspelt column would otherwise be lost without a word.
@@ -87,7 +87,8 @@ pub const MOST_ERRORS_SHOWN: usize = 10;
 pub const MOST_ERRORS_LISTED: usize = 100;
 
 /// The export's columns an import reads past.
-const READ_ONLY: [&str; 5] = ["blocked", "blocked_at", "marketing_stopped_at", "created_at", "conversation_id"];
+const READ_ONLY: [&str; 6] =
+    ["blocked", "blocked_at", "marketing_stopped_at", "created_at", "conversation_id", "linked"];
 
 /// What a column holds.
 #[derive(Clone, Debug, PartialEq)]

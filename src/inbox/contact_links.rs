@@ -109,6 +109,27 @@ pub fn page(tc: &mut TenantConn<'_>, user: UserId, role: Role, contact: ContactL
     Ok(ContactPage { contact, linked })
 }
 
+/// For the export (`contact_export`, admins): each of `ids` that is
+/// linked, with the ids of its person's other contacts, oldest first,
+/// separated by spaces.
+pub fn linked_ids(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collections::HashMap<i64, String>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        linked: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT l.contact_id AS id, string_agg(o.contact_id::text, ' ' ORDER BY o.contact_id) AS linked \
+           FROM contact_links l JOIN contact_links o ON o.person = l.person AND o.contact_id <> l.contact_id \
+          WHERE l.contact_id = ANY($1) GROUP BY l.contact_id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .load(tc.pg())?;
+    Ok(rows.into_iter().map(|r| (r.id, r.linked)).collect())
+}
+
 /// Link changes of this tenant take turns ([module docs](self)).
 fn take_turn(tc: &mut TenantConn<'_>) -> AppResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.contact_links'))")

@@ -295,7 +295,7 @@ async fn a_team_defines_attributes_and_fills_them_in_checked() {
     assert_eq!(
         lines[0],
         "id,channel_id,external_id,name,email,phone,notes,blocked,blocked_at,marketing_stopped_at,created_at,\
-         conversation_id,attributes.plan,attributes.seats,attributes.renewal,attributes.order_ref"
+         conversation_id,linked,attributes.plan,attributes.seats,attributes.renewal,attributes.order_ref"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[1].starts_with(&format!("{contact},")) && lines[1].ends_with(",,,2027-01-31,"), "{csv}");

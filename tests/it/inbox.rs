@@ -7277,6 +7277,28 @@ async fn a_customer_on_several_channels_is_one_person() {
     assert_eq!(linked(ctx.admin.clone(), fb.clone()).await.len(), 7);
     let ig_key = format!("SELECT count(*) AS n FROM tenant_acme.contact_links WHERE contact_id = {ig}");
     assert_eq!(app.count(&ig_key), 0);
+    // The export names each contact's linked ones; the import passes the
+    // column over.
+    let csv = app.client.get(app.url("/api/contacts.csv")).bearer_auth(&ctx.admin).send().await.expect("export");
+    let csv = csv.text().await.expect("csv");
+    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    let column = header.iter().position(|c| *c == "linked").expect("a linked column");
+    let cell = |id: &str| {
+        let row = csv.lines().find(|l| l.starts_with(&format!("{id},"))).unwrap_or_else(|| panic!("{id} in {csv}"));
+        row.split(',').nth(column).unwrap_or("").to_string()
+    };
+    assert_eq!(cell(&fb), linked(ctx.admin.clone(), fb.clone()).await.join(" "));
+    assert_eq!(cell(&ig), "");
+    let r = app
+        .client
+        .post(app.url("/api/contacts/import"))
+        .bearer_auth(&ctx.admin)
+        .header("Content-Type", "text/csv")
+        .body(csv.clone())
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
     // A viewer reads a page but links nothing.
     let viewer = json!({"email": "vi@acme.test", "role": "viewer", "password": "vi-password-1"});
     assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(viewer)).await.status, 201);
