@@ -149,12 +149,17 @@ fn not_found() -> AppError {
     AppError::not_found("attribute")
 }
 
-fn checked_key(raw: &str) -> AppResult<String> {
+/// Whether `raw` is written as a key is (`[a-z][a-z0-9_]*`, at most
+/// [`MOST_KEY_CHARS`]).
+pub fn is_key(raw: &str) -> bool {
     let mut chars = raw.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && raw.len() <= MOST_KEY_CHARS;
-    if !ok {
+        && raw.len() <= MOST_KEY_CHARS
+}
+
+fn checked_key(raw: &str) -> AppResult<String> {
+    if !is_key(raw) {
         return Err(invalid(
             "invalid_key",
             format!("a key is a lower-case letter, then up to {} of a-z, 0-9 and _", MOST_KEY_CHARS - 1),

@@ -169,6 +169,11 @@ pub struct ContactDetails {
     pub attributes: serde_json::Value,
 }
 
+/// What the team saved of contact `id`.
+pub fn details_of(tc: &mut TenantConn<'_>, id: i64) -> AppResult<ContactDetails> {
+    Ok(contacts::table.find(id).select(ContactDetails::as_select()).first(tc.pg())?)
+}
+
 diesel::define_sql_function! {
     /// `coalesce` of a nullable text with a text.
     #[sql_name = "coalesce"]

@@ -1027,11 +1027,18 @@ impl Ingest<'_> {
         {
             replies.push((text, format!("away-reply:{}", since.timestamp())));
         }
-        // Their variables (`variables`): the customer and the channel; no agent.
+        // Their variables (`variables`): the customer and the channel; no
+        // agent. What the team saved of the customer is read only for a
+        // text that asks for it.
+        let details = match replies.iter().any(|(text, _)| super::variables::needs_details(text)) {
+            true => Some(super::contacts::details_of(tc, contact.id)?),
+            false => None,
+        };
         let values = super::variables::Values {
             contact: contact.name.as_deref(),
             agent: None,
             channel: Some(channel.name.as_str()),
+            details: details.as_ref(),
         };
         for (text, client_id) in replies {
             let text = super::variables::render(text, &values);

@@ -6,6 +6,10 @@
 //!
 //! Decisions:
 //! - `{{contact.name}}`, `{{contact.first_name}}` (the name's first word),
+//!   `{{contact.email}}`, `{{contact.phone}}` (what the team saved of the
+//!   customer) and `{{contact.attributes.<key>}}` (one of their attributes,
+//!   `attributes`: a text or list value as written, a number or true/false
+//!   as JSON writes it, a date `YYYY-MM-DD`),
 //!   `{{agent.name}}`, `{{agent.first_name}}` (who runs the macro or asks
 //!   for the canned response, by the name they gave, never their email,
 //!   which goes to no customer; an automatic reply has no agent) and
@@ -32,6 +36,9 @@ pub struct Values<'a> {
     pub contact: Option<&'a str>,
     pub agent: Option<&'a str>,
     pub channel: Option<&'a str>,
+    /// What the team saved of the customer, when a text asks for it
+    /// ([`needs_details`]).
+    pub details: Option<&'a super::contacts::ContactDetails>,
 }
 
 /// The values of one conversation as a member writes in it, looked up.
@@ -40,36 +47,43 @@ pub struct Looked {
     contact: Option<String>,
     agent: Option<String>,
     channel: Option<String>,
+    details: Option<super::contacts::ContactDetails>,
 }
 
 impl Looked {
     pub fn values(&self) -> Values<'_> {
-        Values { contact: self.contact.as_deref(), agent: self.agent.as_deref(), channel: self.channel.as_deref() }
+        Values {
+            contact: self.contact.as_deref(),
+            agent: self.agent.as_deref(),
+            channel: self.channel.as_deref(),
+            details: self.details.as_ref(),
+        }
     }
-}
-
-#[derive(QueryableByName)]
-struct Names {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    contact: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    channel: String,
 }
 
 /// The values of conversation `conversation` as `agent` writes in it (the
 /// caller has checked they may see it): one query, and one for the agent.
 pub fn look_up(tc: &mut TenantConn<'_>, conversation: i64, agent: UserId) -> AppResult<Looked> {
-    let names: Option<Names> = diesel::sql_query(
-        "SELECT ct.name AS contact, ch.name AS channel FROM conversations c \
-           JOIN contacts ct ON ct.id = c.contact_id JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(conversation)
-    .get_result(tc.pg())
-    .optional()?;
+    use super::contacts::ContactDetails;
+    use crate::db::tenant_schema::{channels as ch, contacts as ct, conversations as c};
+    let found: Option<(Option<String>, String, ContactDetails)> = c::table
+        .inner_join(ct::table)
+        .inner_join(ch::table)
+        .filter(c::id.eq(conversation))
+        .select((ct::name, ch::name, ContactDetails::as_select()))
+        .first(tc.pg())
+        .optional()?;
     // Their name only: colleagues may see an email in its place, a
     // customer must not.
     let agent = crate::auth::users::find(tc.pg(), agent)?.map(|u| u.name).filter(|n| !n.trim().is_empty());
-    Ok(Looked { contact: names.as_ref().and_then(|n| n.contact.clone()), channel: names.map(|n| n.channel), agent })
+    let Some((contact, channel, details)) = found else { return Ok(Looked { agent, ..Looked::default() }) };
+    Ok(Looked { contact, channel: Some(channel), agent, details: Some(details) })
+}
+
+/// Whether `text` asks for what the team saved of the customer (their
+/// address, number or attributes), which the webhook path reads only then.
+pub fn needs_details(text: &str) -> bool {
+    any(text) && ["contact.email", "contact.phone", "contact.attributes."].iter().any(|v| text.contains(v))
 }
 
 /// Whether `text` may hold a variable (worth looking up the values).
@@ -113,13 +127,26 @@ fn fill(inside: &str, values: &Values<'_>) -> Option<String> {
     };
     let whole = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
     let first = |v: Option<&str>| whole(v).and_then(|v| v.split_whitespace().next().map(str::to_string));
+    let details = values.details;
     let value = match name {
         "contact.name" => whole(values.contact),
         "contact.first_name" => first(values.contact),
+        "contact.email" => whole(details.and_then(|d| d.email.as_deref())),
+        "contact.phone" => whole(details.and_then(|d| d.phone.as_deref())),
         "agent.name" => whole(values.agent),
         "agent.first_name" => first(values.agent),
         "channel.name" => whole(values.channel),
-        _ => return None,
+        other => {
+            let key = other.strip_prefix("contact.attributes.")?;
+            if !super::attributes::is_key(key) {
+                return None;
+            }
+            match details.and_then(|d| d.attributes.get(key)) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => whole(Some(s)),
+                Some(v) => Some(v.to_string()),
+            }
+        }
     };
     Some(value.or_else(|| fallback.map(str::to_string)).unwrap_or_default())
 }
@@ -128,8 +155,12 @@ fn fill(inside: &str, values: &Values<'_>) -> Option<String> {
 mod tests {
     use super::*;
 
-    const ANA: Values<'static> =
-        Values { contact: Some("  Ana Sousa Ñ "), agent: Some("Zoë Quintela"), channel: Some("Loja Azul") };
+    const ANA: Values<'static> = Values {
+        contact: Some("  Ana Sousa Ñ "),
+        agent: Some("Zoë Quintela"),
+        channel: Some("Loja Azul"),
+        details: None,
+    };
 
     #[test]
     fn variables_are_filled_in_with_their_first_words_and_fallbacks() {
@@ -147,10 +178,35 @@ mod tests {
     }
 
     #[test]
+    fn what_the_team_saved_is_filled_in_too() {
+        let details = super::super::contacts::ContactDetails {
+            email: Some("ana@example.com".into()),
+            phone: None,
+            notes: Some("never in a text".into()),
+            marketing_stopped_at: None,
+            attributes: serde_json::json!({"plan": "pro", "seats": 12, "vip": true, "renewal": "2027-01-31"}),
+        };
+        let ana = Values { details: Some(&details), ..ANA };
+        assert_eq!(
+            render("{{contact.email}} · {{contact.phone | sem número}} · {{contact.attributes.plan}}", &ana),
+            "ana@example.com · sem número · pro"
+        );
+        assert_eq!(
+            render("{{contact.attributes.seats}} {{contact.attributes.vip}} {{ contact.attributes.renewal }}", &ana),
+            "12 true 2027-01-31"
+        );
+        assert_eq!(render("[{{contact.attributes.order_ref | –}}] [{{contact.email}}]", &ANA), "[–] []");
+        assert!(needs_details("Hi {{contact.attributes.plan}}") && needs_details("{{ contact.email }}"));
+        // A cheap look: a false "yes" only reads the details in vain.
+        assert!(!needs_details("write to contact.email") && !needs_details("{{contact.first_name}}"));
+    }
+
+    #[test]
     fn anything_else_in_braces_is_left_as_written() {
         for text in [
             "Your order {{1}} ships {{ 2 }}",
-            "{{contact.email}} {{}} {{contact.name",
+            "{{contact.mood}} {{}} {{contact.name",
+            "{{contact.attributes.Not-A-Key}} {{contact.attributes.}}",
             "a }} b {{ c",
             "no variables at all 🚚",
             "{{{contact.name}}}",

@@ -2753,7 +2753,7 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     assert_eq!(me["user"]["name"], "", "{me}");
     let hello = json!({"name": "Hello", "actions": [
         {"type": "send_message", "text": "{{contact.first_name}}, sou {{ agent.first_name | a equipa }} da {{channel.name}}."},
-        {"type": "add_note", "text": "Falei com {{contact.name}} ({{contact.email}})"}]});
+        {"type": "add_note", "text": "Falei com {{contact.name}} ({{contact.email | sem email}}) {{contact.mood}}"}]});
     let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(hello)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let path = format!("/api/conversations/{fb}/macros/{}", r.body["id"].as_str().expect("id"));
@@ -2761,7 +2761,7 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     assert_eq!(first.status, 200, "{:?}", first.body);
     let said = texts(fb.clone()).await;
     assert!(said.contains(&format!("Rui, sou a equipa da {}.", names[PAGE_A])), "{said:?}");
-    assert!(said.contains(&"Falei com Rui Costa ({{contact.email}})".to_string()), "{said:?}");
+    assert!(said.contains(&"Falei com Rui Costa (sem email) {{contact.mood}}".to_string()), "{said:?}");
 
     // A canned response, filled in for one conversation; its text stays.
     let named = json!({"name": "Zoë Quintela"});
@@ -2773,6 +2773,35 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let item = &r.body["items"][0];
     assert_eq!(item["rendered"].as_str(), Some(format!("Oi Ana, aqui {agent}!").as_str()), "{item}");
+    // What the team saved of Ana: her address and an attribute.
+    let plan = json!({"key": "plan", "name": "Plano", "type": "text"});
+    assert_eq!(app.call("POST", "/api/contact-attributes", Some(&ctx.admin), Some(plan)).await.status, 201);
+    let ana = by_contact(&convs, WA_ID)["contact"]["id"].as_str().expect("contact").to_string();
+    let saved = json!({"email": "ana@example.com", "attributes": {"plan": "Pro"}});
+    let r = app.call("PATCH", &format!("/api/contacts/{ana}"), Some(&ctx.admin), Some(saved)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let plano = json!({"shortcut": "plano", "text": "Plano {{contact.attributes.plan}}, recibo para {{contact.email}}{{contact.phone| }}."});
+    assert_eq!(app.call("POST", "/api/canned-responses", Some(&ctx.admin), Some(plano)).await.status, 201);
+    let r =
+        app.call("GET", &format!("/api/canned-responses?q=plano&conversation_id={wa}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.body["items"][0]["rendered"], "Plano Pro, recibo para ana@example.com.", "{:?}", r.body);
+    // And the greeting when she comes back: the webhook path reads it too.
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let back = json!({"settings": {"auto_reply": {"enabled": true, "text": "Olá de novo, cliente {{contact.attributes.plan}}!"}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{phone}"), Some(&ctx.admin), Some(back)).await.status, 200);
+    let resolve = json!({"status": "resolved"});
+    assert_eq!(
+        app.call("PATCH", &format!("/api/conversations/{wa}"), Some(&ctx.admin), Some(resolve)).await.status,
+        200
+    );
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Voltei", "name": "Ana Sousa"}))
+        .await;
+    app.processed().await;
+    assert!(
+        texts(wa.clone()).await.contains(&"Olá de novo, cliente Pro!".to_string()),
+        "{:?}",
+        texts(wa.clone()).await
+    );
     assert_eq!(item["text"], "Oi {{contact.first_name}}, aqui {{agent.name}}!");
     let plain = app.call("GET", "/api/canned-responses?q=oi", Some(&ctx.admin), None).await;
     assert!(plain.body["items"][0].get("rendered").is_none(), "{:?}", plain.body);
