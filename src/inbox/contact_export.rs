@@ -72,14 +72,14 @@ pub fn export_at_most(
         let Some(last) = page.last() else { break };
         after = Some(last.id.0);
         count += page.len();
-        let ids: Vec<i64> = page.iter().map(|c| c.id.0).collect();
-        let linked = super::contact_links::linked_ids(tc, &ids)?;
         if count > most {
             return Err(AppError::invalid(
                 "too_many_contacts",
                 format!("an export holds at most {most} contacts: narrow it by channel_id, q, blocked or attribute"),
             ));
         }
+        let ids: Vec<i64> = page.iter().map(|c| c.id.0).collect();
+        let linked = super::contact_links::linked_ids(tc, &ids)?;
         for c in &page {
             let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
             let mut row = vec![
