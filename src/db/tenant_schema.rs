@@ -187,6 +187,9 @@ diesel::table! {
         private -> Bool,
         /// Meta took the template but holds it (template pacing).
         held_by_meta -> Nullable<Text>,
+        /// An automatic reply's text with its variables still in, until
+        /// the sender fills them in again (`inbox::variables`).
+        unrendered -> Nullable<Text>,
     }
 }
 

@@ -65,7 +65,7 @@ pub fn fill(
 ) -> AppResult<Vec<Filled>> {
     let row = super::messages::visible_conversation(tc, user, role, conversation)?;
     let looked = match items.iter().any(|c| super::variables::any(&c.text)) {
-        true => super::variables::look_up(tc, row.id, user)?,
+        true => super::variables::look_up(tc, row.id, Some(user))?,
         false => super::variables::Looked::default(),
     };
     let values = looked.values();

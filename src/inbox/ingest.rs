@@ -1040,12 +1040,19 @@ impl Ingest<'_> {
             channel: Some(channel.name.as_str()),
             details: details.as_ref(),
         };
-        for (text, client_id) in replies {
-            let text = super::variables::render(text, &values);
+        // A Messenger or Instagram customer's name comes with their profile,
+        // looked up after this message: a reply that names them is filled
+        // in again by the sender, which looks the profile up first.
+        let unnamed = channel.platform() != Platform::Whatsapp
+            && contact.name.as_deref().is_none_or(|n| n.trim().is_empty())
+            && super::contacts::profile_due(contact.profile_checked_at, Utc::now());
+        for (raw, client_id) in replies {
+            let text = super::variables::render(raw, &values);
             if text.trim().is_empty() {
                 // All variables, none known yet: nothing to say.
                 continue;
             }
+            let late = unnamed && super::variables::names_contact(raw);
             let out = NewOutgoing {
                 conversation: ConversationId(conv.id),
                 text: Some(text),
@@ -1055,7 +1062,12 @@ impl Ingest<'_> {
                 reply_to_external_id: None,
             };
             self.flush(tc)?;
-            let (_, queued) = messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
+            let (row, queued) = messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;
+            if queued && late {
+                super::variables::fill_later(tc, row.id, raw)?;
+                // The sender looks the profile up before this reply goes.
+                self.followups.profile_lookups.retain(|l| l.contact_id != contact.id);
+            }
             // The queued reply changed the conversation row.
             self.conversations.remove(&contact.id);
             self.followups.queued_sends += usize::from(queued);

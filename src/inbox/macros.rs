@@ -355,7 +355,7 @@ pub fn run(
         _ => false,
     });
     let looked = match has_variables {
-        true => super::variables::look_up(tc, row.id, user)?,
+        true => super::variables::look_up(tc, row.id, Some(user))?,
         false => super::variables::Looked::default(),
     };
     let filled = |text: &str| super::variables::render(text, &looked.values());

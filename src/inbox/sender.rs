@@ -171,6 +171,9 @@ struct Context {
     whatsapp_to: String,
     /// The contact's id is such a number, not yet one Meta named.
     unconfirmed: bool,
+    /// An automatic reply to fill in again once the customer's profile is
+    /// looked up ([`named_late`]).
+    late: bool,
 }
 
 async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
@@ -179,10 +182,16 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
     state
         .db
         .tenant(TenantScope::system(job.tenant), move |tc| {
-            let message: Option<MessageRow> = match message_id {
-                Some(id) => m::table.find(id).select(MessageRow::as_select()).first(tc.pg()).optional()?,
+            let found: Option<(MessageRow, bool)> = match message_id {
+                Some(id) => m::table
+                    .find(id)
+                    .select((MessageRow::as_select(), m::unrendered.is_not_null()))
+                    .first(tc.pg())
+                    .optional()?,
                 None => None,
             };
+            let late = found.as_ref().is_some_and(|(_, late)| *late);
+            let message = found.map(|(message, _)| message);
             let conv_id = message.as_ref().map(|m| m.conversation_id).or(conversation_id);
             let Some(conv_id) = conv_id else { return Ok(None) };
             let conversation: Option<ConversationRow> =
@@ -207,6 +216,7 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
                 file,
                 whatsapp_to,
                 unconfirmed,
+                late,
             }))
         })
         .await
@@ -335,6 +345,13 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
     if let Some(wait) = pacer.wait((job.tenant.0, ctx.channel.id), send_rate()) {
         return finish(state, job, JobEnd::Retry { after: wait, error: "paced".into(), counts: false }).await;
     }
+    let message = match ctx.late {
+        true => match named_late(state, job, &ctx, message.id).await? {
+            Some(message) => message,
+            None => return finish(state, job, JobEnd::Done).await,
+        },
+        false => message,
+    };
     if ctx.file.is_none() {
         return deliver(state, job, ctx, message).await;
     }
@@ -361,6 +378,24 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         state.wake_sender.notify_one();
     });
     Ok(())
+}
+
+/// An automatic reply that names a customer Meta has not named yet
+/// (`inbox::variables`): their profile is looked up first (once; a
+/// failed lookup leaves the fallbacks), then the text is filled in again.
+async fn named_late(state: &AppState, job: &Job, ctx: &Context, message: i64) -> AppResult<Option<MessageRow>> {
+    let unnamed = ctx.contact.name.as_deref().is_none_or(|n| n.trim().is_empty());
+    if unnamed && contacts::profile_due(ctx.contact.profile_checked_at, Utc::now()) {
+        let lookup = contacts::ProfileLookup::new(job.tenant, &ctx.contact, &ctx.channel);
+        if let Err(e) = lookup_profile(state, lookup).await {
+            tracing::debug!(error = ?e, "profile lookup before an automatic reply failed");
+        }
+    }
+    state
+        .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
+            super::variables::fill_in_late(tc, log, message)
+        })
+        .await
 }
 
 /// Sends the business's reaction to a customer's message as it is now (so

@@ -15,9 +15,15 @@
 //!   which goes to no customer; an automatic reply has no agent) and
 //!   `{{channel.name}}`, spaces inside the braces allowed. A fallback
 //!   follows a `|`: `{{contact.first_name | there}}` is "there" when the
-//!   contact has no name yet (a Messenger or Instagram customer's name is
-//!   looked up at Meta after their first message, so the automatic reply
-//!   to that message has only the fallback).
+//!   contact has no name.
+//! - A Messenger or Instagram customer's name is known only once their
+//!   profile is looked up at Meta, after their first message. An automatic
+//!   reply to that message that names them is stored with the fallbacks
+//!   and its text with the variables still in (`messages.unrendered`); the
+//!   sender looks the profile up first, fills the text in again and, if it
+//!   changed, stores and announces it (`message.updated`) before it sends
+//!   it. A lookup that fails leaves the fallbacks; the greeting still goes,
+//!   one Graph call later than it would have.
 //! - A known variable with no value and no fallback becomes nothing.
 //!   Anything else in braces (a WhatsApp template's `{{1}}`, a typo) is
 //!   left as written: a text that never meant a variable is not changed.
@@ -62,8 +68,9 @@ impl Looked {
 }
 
 /// The values of conversation `conversation` as `agent` writes in it (the
-/// caller has checked they may see it): one query, and one for the agent.
-pub fn look_up(tc: &mut TenantConn<'_>, conversation: i64, agent: UserId) -> AppResult<Looked> {
+/// caller has checked they may see it; `None`: the server writes): one
+/// query, and one for the agent.
+pub fn look_up(tc: &mut TenantConn<'_>, conversation: i64, agent: Option<UserId>) -> AppResult<Looked> {
     use super::contacts::ContactDetails;
     use crate::db::tenant_schema::{channels as ch, contacts as ct, conversations as c};
     let found: Option<(Option<String>, String, ContactDetails)> = c::table
@@ -75,15 +82,72 @@ pub fn look_up(tc: &mut TenantConn<'_>, conversation: i64, agent: UserId) -> App
         .optional()?;
     // Their name only: colleagues may see an email in its place, a
     // customer must not.
-    let agent = crate::auth::users::find(tc.pg(), agent)?.map(|u| u.name).filter(|n| !n.trim().is_empty());
+    let agent = match agent {
+        Some(agent) => crate::auth::users::find(tc.pg(), agent)?.map(|u| u.name).filter(|n| !n.trim().is_empty()),
+        None => None,
+    };
     let Some((contact, channel, details)) = found else { return Ok(Looked { agent, ..Looked::default() }) };
     Ok(Looked { contact, channel: Some(channel), agent, details: Some(details) })
+}
+
+/// Keeps `raw`, the text of automatic reply `message` with its variables
+/// still in, for the sender to fill in again ([`fill_in_late`]).
+pub fn fill_later(tc: &mut TenantConn<'_>, message: i64, raw: &str) -> AppResult<()> {
+    use crate::db::tenant_schema::messages as m;
+    diesel::update(m::table.find(message)).set(m::unrendered.eq(raw)).execute(tc.pg())?;
+    Ok(())
+}
+
+/// The sender's last look at `message` before it goes (see the module
+/// docs): a text kept by [`fill_later`] is filled in again with what is
+/// known of the customer now; a text that changed is stored and announced
+/// (`message.updated`). Returns the message as it is to be sent; `None`
+/// when it is gone. Filled in once: a retry finds nothing to do.
+pub fn fill_in_late(
+    tc: &mut TenantConn<'_>,
+    log: &mut super::events::EventLog,
+    message: i64,
+) -> AppResult<Option<super::views::MessageRow>> {
+    use super::views::MessageRow;
+    use crate::db::tenant_schema::messages as m;
+    let found: Option<(MessageRow, Option<String>)> = m::table
+        .find(message)
+        .select((MessageRow::as_select(), m::unrendered))
+        .for_update()
+        .first(tc.pg())
+        .optional()?;
+    let Some((row, raw)) = found else { return Ok(None) };
+    let Some(raw) = raw else { return Ok(Some(row)) };
+    let looked = look_up(tc, row.conversation_id, None)?;
+    let text = render(&raw, &looked.values());
+    // A name found empty leaves what was queued (never an empty message).
+    let changed = !text.trim().is_empty() && row.text.as_deref() != Some(text.as_str());
+    let row: MessageRow = diesel::update(m::table.find(message))
+        .set((
+            m::unrendered.eq(None::<String>),
+            m::text.eq(if changed { Some(text) } else { row.text.clone() }),
+            m::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    if changed {
+        log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    }
+    Ok(Some(row))
 }
 
 /// Whether `text` asks for what the team saved of the customer (their
 /// address, number or attributes), which the webhook path reads only then.
 pub fn needs_details(text: &str) -> bool {
     any(text) && ["contact.email", "contact.phone", "contact.attributes."].iter().any(|v| text.contains(v))
+}
+
+/// Whether `text` asks for the customer's name, which Meta tells of a
+/// Messenger or Instagram customer only when asked, after their first
+/// message: such an automatic reply is filled in again just before it is
+/// sent (`inbox::sender`). A cheap look, as [`needs_details`].
+pub fn names_contact(text: &str) -> bool {
+    any(text) && ["contact.name", "contact.first_name"].iter().any(|v| text.contains(v))
 }
 
 /// Whether `text` may hold a variable (worth looking up the values).
@@ -217,5 +281,7 @@ mod tests {
         let tricky = Values { contact: Some("{{agent.name}}"), ..ANA };
         assert_eq!(render("{{contact.name}}", &tricky), "{{agent.name}}");
         assert!(any("{{x}}") && !any("{x}"));
+        assert!(names_contact("Hi {{ contact.first_name | there }}") && names_contact("{{contact.name}}"));
+        assert!(!names_contact("Hi contact.name") && !names_contact("{{channel.name}} {{contact.email}}"));
     }
 }

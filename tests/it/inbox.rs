@@ -2728,15 +2728,48 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
             all.iter().filter_map(|m| m["text"].as_str().map(str::to_string)).collect::<Vec<_>>()
         }
     };
-    // Messenger names a customer only when asked, after their first message.
-    let to_rui = format!("Olá cliente! A {} responde já. {{{{1}}}}", names[PAGE_A]);
+    // WhatsApp names the customer with their message; Messenger only when
+    // asked, after it: the greeting is queued with the fallback, and the
+    // sender looks the profile up and fills it in again before it goes.
+    let to_rui = format!("Olá Rui! A {} responde já. {{{{1}}}}", names[PAGE_A]);
     let to_ana = format!("Olá Ana! A {} responde já. {{{{1}}}}", names[PHONE]);
-    assert!(texts(fb.clone()).await.contains(&to_rui), "{:?}", texts(fb.clone()).await);
     assert!(texts(wa.clone()).await.contains(&to_ana), "{:?}", texts(wa.clone()).await);
-    eventually("Meta's name for Rui", || async {
-        conversations(&app, &ctx.admin, "").await.iter().any(|c| c["contact"]["name"] == "Rui Costa")
-    })
-    .await;
+    eventually("the greeting naming Rui", || async { texts(fb.clone()).await.contains(&to_rui) }).await;
+    let sent_to = |to: &'static str| {
+        let app = &app;
+        async move {
+            let log = app.fake("GET", "/_fake/requests", json!({})).await;
+            let items = log["items"].as_array().cloned().unwrap_or_default();
+            items
+                .into_iter()
+                .filter(|r| r["method"] == "POST" && r["body"]["recipient"]["id"] == to)
+                .filter_map(|r| r["body"]["message"]["text"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("the greeting sent", || async { !sent_to(PSID).await.is_empty() }).await;
+    assert_eq!(sent_to(PSID).await, std::slice::from_ref(&to_rui), "sent once, named");
+    assert_eq!(
+        conversations(&app, &ctx.admin, "").await.iter().filter(|c| c["contact"]["name"] == "Rui Costa").count(),
+        1
+    );
+    let announced = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'message.updated' AND payload->>'status' = 'pending' AND payload->>'text' = '{}'",
+        to_rui.replace('\'', "''")
+    );
+    assert_eq!(app.count(&announced), 1, "the new text is announced");
+    // Filled in once: the stored text has no variables left to fill.
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE unrendered IS NOT NULL"), 0);
+    // A lookup that fails does not hold the greeting: it goes with the fallback.
+    let eva = "7392015648120777";
+    let fail = json!({"path": format!("/{eva}"), "method": "GET", "status": 500,
+        "times": 20, "error": {"code": 2, "message": "An unexpected error has occurred. Please retry your request later."}});
+    app.fake("POST", "/_fake/errors", fail).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": eva, "text": "Oi", "name": "Eva Lima"})).await;
+    app.processed().await;
+    let to_eva = format!("Olá cliente! A {} responde já. {{{{1}}}}", names[PAGE_A]);
+    eventually("the greeting to Eva sent", || async { !sent_to(eva).await.is_empty() }).await;
+    assert_eq!(sent_to(eva).await, [to_eva]);
     // A greeting that is only variables, none known yet, is not sent.
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let bare = json!({"settings": {"auto_reply": {"enabled": true, "text": "{{ contact.name }}"}}});
