@@ -4,7 +4,10 @@
 //! PostgreSQL binaries), the fake Meta, the
 //! server with its workers, and a seeded tenant whose Facebook Page,
 //! Instagram account and WhatsApp number receive a simulated customer
-//! message every few seconds.
+//! message every few seconds. The Page and the Instagram account greet a
+//! new customer by name (`inbox::variables`), and once the simulated
+//! customers have written on all three, each one's contacts are linked as
+//! one person (`inbox::contact_links`), as a team would.
 //!
 //! The demo's secrets and its tenant's password are fixed and public, so it
 //! never uses the database `DATABASE_URL` names (a `.env` made for `serve`
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::users::Email;
+use crate::auth::Role;
 use crate::channels::{NewChannel, Platform};
 use crate::config::{DbConfig, EncryptionKey, MetaConfig, ServerConfig, Signup};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
@@ -170,7 +174,7 @@ pub fn run() -> anyhow::Result<()> {
                     "mail (invitations, password resets: POST {base}/api/auth/password-reset, notices to members \
                      not online) is printed here\n"
                 );
-                actix_web::rt::spawn(customers(fake_base.clone(), targets.clone()));
+                actix_web::rt::spawn(customers(state.clone(), fake_base.clone(), targets.clone()));
             }
             Err(e) => eprintln!("demo seeding failed: {e:#}"),
         }
@@ -255,6 +259,9 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
                         Some(waba.clone()),
                     ),
                 ];
+                let owner = crate::auth::users::find_by_email(tc.pg(), &Email::parse(DEMO_EMAIL)?)?
+                    .map(|u| u.user_id())
+                    .ok_or_else(|| AppError::internal(anyhow::anyhow!("the demo's owner is missing")))?;
                 for (platform, external_id, name, token, parent) in channels {
                     let c = NewChannel {
                         platform,
@@ -264,7 +271,10 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
                         parent_external_id: parent,
                         meta_user_id: None,
                     };
-                    crate::channels::upsert_connected(tc, &keys, None, &c)?;
+                    let row = crate::channels::upsert_connected(tc, &keys, None, &c)?;
+                    if platform != Platform::Whatsapp {
+                        crate::channels::patch(tc, owner, crate::channels::ChannelId(row.id), greeting()?, &[])?;
+                    }
                 }
                 Ok::<_, AppError>(())
             })
@@ -281,11 +291,57 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
     Ok(vec![page, ig, phone])
 }
 
+/// The Page's and the Instagram account's greeting: it names the customer
+/// once Meta's profile tells their name (`inbox::variables`).
+fn greeting() -> Result<crate::channels::ChannelPatch, AppError> {
+    let text = "Hi {{contact.first_name | there}}! Thanks for writing to {{channel.name}}; we answer within the hour.";
+    let settings = json!({"auto_reply": {"enabled": true, "text": text}});
+    let settings = serde_json::from_value(settings).map_err(AppError::internal)?;
+    Ok(crate::channels::ChannelPatch { name: None, settings: Some(settings) })
+}
+
+/// Links the contacts of each simulated customer (one name on the Page,
+/// the Instagram account and the WhatsApp number) as one person, as the
+/// owner; contacts already linked change nothing.
+async fn link_namesakes(state: &crate::app::AppState) -> Result<(), AppError> {
+    use crate::inbox::contact_links;
+    use crate::inbox::ContactId;
+    let tenant = state
+        .db
+        .public(|conn| Ok::<_, AppError>(tenancy::find_by_slug(conn, "demo")?.map(|t| t.tenant_id())))
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("the demo tenant is missing")))?;
+    state
+        .tenant_with_events(TenantScope::system(tenant), |tc, log| {
+            #[derive(diesel::QueryableByName)]
+            struct Person {
+                #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::BigInt>)]
+                ids: Vec<i64>,
+            }
+            let owner = crate::auth::users::find_by_email(tc.pg(), &Email::parse(DEMO_EMAIL)?)?
+                .map(|u| u.user_id())
+                .ok_or_else(|| AppError::internal(anyhow::anyhow!("the demo's owner is missing")))?;
+            let people: Vec<Person> = diesel::sql_query(
+                "SELECT array_agg(c.id ORDER BY c.id) AS ids FROM contacts c JOIN channels ch ON ch.id = c.channel_id \
+                  WHERE ch.status = 'connected' AND c.name IS NOT NULL GROUP BY c.name HAVING count(*) > 1",
+            )
+            .load(tc.pg())?;
+            for person in people {
+                let Some((first, rest)) = person.ids.split_first() else { continue };
+                for other in rest.iter().take(contact_links::MOST_LINKED - 1) {
+                    contact_links::link(tc, log, owner, Role::Owner, ContactId(*first), ContactId(*other))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
 /// Customers writing, forever: one message every 5 seconds.
 /// The photo the demo's WhatsApp customers send (text, so the fake can take it).
 const DEMO_PHOTO: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="160" height="120"><rect width="160" height="120" fill="#f4efe6"/><rect x="40" y="35" width="80" height="60" fill="#c8955c"/><rect x="40" y="35" width="80" height="14" fill="#a8743f"/><text x="80" y="112" font-size="11" text-anchor="middle" font-family="sans-serif">oak table</text></svg>"##;
 
-async fn customers(fake_base: String, targets: Vec<String>) {
+async fn customers(state: actix_web::web::Data<crate::app::AppState>, fake_base: String, targets: Vec<String>) {
     let http = reqwest::Client::new();
     let lines = [
         "Olá! Do you ship to Lisbon?",
@@ -312,6 +368,12 @@ async fn customers(fake_base: String, targets: Vec<String>) {
         }
         let _ = http.post(format!("{fake_base}/_fake/inbound")).json(&inbound).send().await;
         i += 1;
+        // By now each name has written on each channel (3 × 4).
+        if i == targets.len() * names.len() + 1 {
+            if let Err(e) = link_namesakes(&state).await {
+                tracing::warn!(error = %e.message, "the demo's customers could not be linked");
+            }
+        }
     }
 }
 

@@ -17,6 +17,10 @@
 //!   seen is 422 `unknown_contact`. A page (`GET /api/contacts/{id}`, its
 //!   `PATCH`, and the link calls' answers) lists as `linked` the person's
 //!   other contacts the caller may see, oldest first: others stay unshown.
+//!   One conversation (`GET /api/conversations/{id}`) lists them too, as
+//!   its `contact.linked`, so the agent answering sees where else the
+//!   customer wrote; lists and events leave them out (one more read per
+//!   row, and an erased name must not live on in another's events).
 //! - Links are audited (`contact.linked` naming the other contact,
 //!   `contact.unlinked`) and each contact whose person changed is announced
 //!   (`contact.updated`), so an open contact page reloads. Events carry no
@@ -44,7 +48,7 @@ use crate::ids::UserId;
 pub const MOST_LINKED: usize = 10;
 
 /// One of the person's other contacts, as a page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Linked {
     pub id: ContactId,
     pub channel_id: ChannelId,
@@ -81,6 +85,13 @@ pub struct ContactPage {
 
 /// `contact` (which the caller may see) with its `linked` contacts.
 pub fn page(tc: &mut TenantConn<'_>, user: UserId, role: Role, contact: ContactListItem) -> AppResult<ContactPage> {
+    let linked = linked(tc, user, role, contact.id)?;
+    Ok(ContactPage { contact, linked })
+}
+
+/// The other contacts of `contact`'s person that the caller may see,
+/// oldest first (none when it is in no person).
+pub fn linked(tc: &mut TenantConn<'_>, user: UserId, role: Role, contact: ContactId) -> AppResult<Vec<Linked>> {
     let linked = diesel::sql_query(
         "SELECT c.id, c.channel_id, ch.platform, c.name, c.profile_pic_url, cv.id AS conversation_id \
            FROM contact_links l \
@@ -92,7 +103,7 @@ pub fn page(tc: &mut TenantConn<'_>, user: UserId, role: Role, contact: ContactL
                                 WHERE m.channel_id = c.channel_id AND m.user_id = $3)) \
           ORDER BY c.id",
     )
-    .bind::<diesel::sql_types::BigInt, _>(contact.id.0)
+    .bind::<diesel::sql_types::BigInt, _>(contact.0)
     .bind::<diesel::sql_types::Bool, _>(role.at_least(Role::Admin))
     .bind::<diesel::sql_types::BigInt, _>(user.0)
     .load::<LinkedRow>(tc.pg())?
@@ -106,7 +117,7 @@ pub fn page(tc: &mut TenantConn<'_>, user: UserId, role: Role, contact: ContactL
         conversation_id: r.conversation_id.map(ConversationId),
     })
     .collect();
-    Ok(ContactPage { contact, linked })
+    Ok(linked)
 }
 
 /// For the export (`contact_export`, admins): each of `ids` that is

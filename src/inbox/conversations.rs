@@ -646,9 +646,13 @@ fn contact_probe(text: &str) -> Probe {
     }
 }
 
+/// One conversation, with its contact's linked contacts
+/// (`contact_links`).
 pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ConversationId) -> AppResult<ConversationView> {
     let row = visible_conversation(tc, user, role, id)?;
-    Names::default().conversation(tc, &row)
+    let mut view = Names::default().conversation(tc, &row)?;
+    view.contact.linked = Some(super::contact_links::linked(tc, user, role, view.contact.id)?);
+    Ok(view)
 }
 
 #[derive(Debug, Default, Clone)]

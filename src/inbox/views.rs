@@ -406,6 +406,7 @@ impl Names {
                 name: contact.name,
                 profile_pic_url: contact.profile_pic_url,
                 blocked: contact.blocked_at.is_some(),
+                linked: None,
             },
             status: row.status.clone(),
             assignee_id: row.assignee_id.map(UserId),
@@ -441,6 +442,10 @@ pub struct ContactView {
     /// Blocked by the team (an extension): why the conversation stays
     /// resolved and replies are refused.
     pub blocked: bool,
+    /// The customer's other contacts the caller may see (an extension;
+    /// `inbox::contact_links`): only in one conversation's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked: Option<Vec<super::contact_links::Linked>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

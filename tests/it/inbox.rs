@@ -7298,6 +7298,27 @@ async fn a_customer_on_several_channels_is_one_person() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(linked(al_token.clone(), wa.clone()).await, [more[0].clone(), more[1].clone()]);
     assert_eq!(linked(ctx.admin.clone(), fb.clone()).await, [wa.clone(), more[0].clone(), more[1].clone()]);
+    // One conversation shows its contact's linked ones too, those the
+    // caller may see; a list leaves them out.
+    let in_conversation = |who: String, external: &'static str| {
+        let (app, id) = (&app, by_contact(&convs, external)["id"].as_str().expect("id").to_string());
+        async move {
+            let r = app.call("GET", &format!("/api/conversations/{id}"), Some(&who), None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body["contact"]["linked"].as_array().expect("linked").clone()
+        }
+    };
+    let shown = in_conversation(ctx.admin.clone(), PSID).await;
+    let ids = |shown: &[Value]| shown.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(&shown), [wa.clone(), more[0].clone(), more[1].clone()]);
+    assert_eq!(
+        (&shown[0]["conversation_id"], &shown[0]["platform"]),
+        (&by_contact(&convs, WA_ID)["id"], &json!("whatsapp"))
+    );
+    assert_eq!(ids(&in_conversation(al_token.clone(), WA_ID).await), [more[0].clone(), more[1].clone()]);
+    assert!(in_conversation(ctx.admin.clone(), igsid).await.is_empty());
+    let listed = conversations(&app, &ctx.admin, "?limit=100").await;
+    assert!(listed.iter().all(|c| c["contact"].get("linked").is_none()), "{listed:?}");
 
     for (id, body, status, code) in [
         (fb.clone(), json!({"contact_id": fb}), 422, "same_contact"),
