@@ -2707,7 +2707,7 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     let ctx = acme(&app).await;
     let greeting = "Olá {{contact.first_name | cliente}}! A {{channel.name}} responde já. {{1}}";
     let mut names = std::collections::HashMap::new();
-    for external in [PAGE_A, PHONE] {
+    for external in [PAGE_A, PHONE, IG_A] {
         let channel = channel_id(&app, &ctx.admin, external).await;
         let settings = json!({"settings": {"auto_reply": {"enabled": true, "text": greeting}}});
         let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&ctx.admin), Some(settings)).await;
@@ -2770,6 +2770,12 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
     let to_eva = format!("Olá cliente! A {} responde já. {{{{1}}}}", names[PAGE_A]);
     eventually("the greeting to Eva sent", || async { !sent_to(eva).await.is_empty() }).await;
     assert_eq!(sent_to(eva).await, [to_eva]);
+    // Instagram's profile says `name` (not first and last): the same.
+    let zoe = "6841100000124111";
+    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": zoe, "text": "Oi 📷", "name": "Zoë Lima"})).await;
+    app.processed().await;
+    eventually("the greeting to Zoë sent", || async { !sent_to(zoe).await.is_empty() }).await;
+    assert_eq!(sent_to(zoe).await, [format!("Olá Zoë! A {} responde já. {{{{1}}}}", names[IG_A])]);
     // A greeting that is only variables, none known yet, is not sent.
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let bare = json!({"settings": {"auto_reply": {"enabled": true, "text": "{{ contact.name }}"}}});
