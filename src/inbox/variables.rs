@@ -21,9 +21,11 @@
 //!   reply to that message that names them is stored with the fallbacks
 //!   and its text with the variables still in (`messages.unrendered`); the
 //!   sender looks the profile up first, fills the text in again and, if it
-//!   changed, stores and announces it (`message.updated`) before it sends
-//!   it. A lookup that fails leaves the fallbacks; the greeting still goes,
-//!   one Graph call later than it would have.
+//!   changed, stores and announces it (`message.updated`, and
+//!   `conversation.updated` while it is the conversation's last message,
+//!   for a list's preview) before it sends it. A lookup that fails leaves
+//!   the fallbacks; the greeting still goes, one Graph call later than it
+//!   would have.
 //! - A known variable with no value and no fallback becomes nothing.
 //!   Anything else in braces (a WhatsApp template's `{{1}}`, a typo) is
 //!   left as written: a text that never meant a variable is not changed.
@@ -131,7 +133,18 @@ pub fn fill_in_late(
         .returning(MessageRow::as_returning())
         .get_result(tc.pg())?;
     if changed {
+        use crate::db::tenant_schema::conversations as c;
         log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+        // A list shows the last message's text: the greeting usually is it.
+        let conv: Option<super::views::ConversationRow> = c::table
+            .find(row.conversation_id)
+            .filter(c::last_message_id.eq(row.id))
+            .select(super::views::ConversationRow::as_select())
+            .first(tc.pg())
+            .optional()?;
+        if let Some(conv) = conv {
+            super::conversations::announce(tc, log, &[conv])?;
+        }
     }
     Ok(Some(row))
 }

@@ -2758,6 +2758,11 @@ async fn variables_fill_in_greetings_macros_and_canned_responses() {
         to_rui.replace('\'', "''")
     );
     assert_eq!(app.count(&announced), 1, "the new text is announced");
+    let previewed = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated' AND payload->'last_message'->>'text' = '{}'",
+        to_rui.replace('\'', "''")
+    );
+    assert!(app.count(&previewed) >= 1, "and so is the list's preview");
     // Filled in once: the stored text has no variables left to fill.
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE unrendered IS NOT NULL"), 0);
     // A lookup that fails does not hold the greeting: it goes with the fallback.
