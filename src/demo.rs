@@ -170,6 +170,10 @@ pub fn run() -> anyhow::Result<()> {
                 println!("write first on WhatsApp: POST {base}/api/conversations");
                 println!("           {{\"channel_id\":\"<the WhatsApp channel's id>\",\"phone_number\":\"+55 11 98765-4321\",");
                 println!("            \"template\":{{\"name\":\"hello_world\",\"language\":\"en_US\"}}}}");
+                println!("broadcast to many WhatsApp customers: POST {base}/api/broadcasts");
+                println!("           {{\"channel_id\":\"<the WhatsApp channel's id>\",\"name\":\"Weekend sale\",");
+                println!("            \"template\":{{\"name\":\"weekend_sale\",\"language\":\"en_US\",\"parameters\":[\"{{{{contact.first_name | there}}}}\"]}},");
+                println!("            \"to\":{{\"phone_numbers\":[\"+351 910 000 099\",\"+55 11 98765-4321\"]}}}}");
                 println!(
                     "mail (invitations, password resets: POST {base}/api/auth/password-reset, notices to members \
                      not online) is printed here\n"
@@ -214,6 +218,13 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
     http.post(format!("{fake_base}/_fake/templates"))
         .json(&json!({"waba_id": waba, "name": "invoice", "language": "en_US", "header_media": "DOCUMENT",
             "body": "Hi {{1}}, here is your invoice {{2}}.", "footer": "Demo Shop"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    // And a marketing one to broadcast (`inbox::broadcasts`), named per customer.
+    http.post(format!("{fake_base}/_fake/templates"))
+        .json(&json!({"waba_id": waba, "name": "weekend_sale", "language": "en_US", "category": "MARKETING",
+            "body": "Hi {{1}}, everything at Demo Shop is 20% off this weekend.", "footer": "Demo Shop"}))
         .send()
         .await?
         .error_for_status()?;

@@ -221,6 +221,7 @@ diesel::table! {
         next_attempt_at -> Timestamptz,
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
+        broadcast_id -> Nullable<Int8>,
     }
 }
 

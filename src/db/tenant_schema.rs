@@ -358,6 +358,38 @@ diesel::table! {
 
 diesel::joinable!(team_members -> teams (team_id));
 
+diesel::table! {
+    /// One WhatsApp template sent to many customers (`inbox::broadcasts`).
+    broadcasts (id) {
+        id -> Int8,
+        channel_id -> Int8,
+        name -> Text,
+        template -> Jsonb,
+        created_by -> Int8,
+        client_id -> Nullable<Text>,
+        status -> Text,
+        error -> Nullable<Text>,
+        job_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    broadcast_recipients (broadcast_id, number) {
+        broadcast_id -> Int8,
+        number -> Text,
+        status -> Text,
+        reason -> Nullable<Text>,
+        message_id -> Nullable<Int8>,
+        done_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
+diesel::joinable!(broadcasts -> channels (channel_id));
+diesel::joinable!(broadcast_recipients -> messages (message_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     pending_selections,
@@ -378,5 +410,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     saved_views,
     missed_targets,
     teams,
-    team_members
+    team_members,
+    broadcasts,
+    broadcast_recipients
 );

@@ -5,6 +5,7 @@
 pub mod attributes;
 pub mod audit;
 pub mod auth;
+pub mod broadcasts;
 pub mod channels;
 pub mod health;
 pub mod inbox;
@@ -182,6 +183,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(tenants::routes)
                 .configure(members::routes)
                 .configure(teams::routes)
+                .configure(broadcasts::routes)
                 .configure(attributes::routes)
                 .configure(channels::routes)
                 .configure(inbox::routes)

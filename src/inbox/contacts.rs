@@ -796,6 +796,10 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         .select(crate::db::tenant_schema::contact_former_numbers::external_id)
         .load(tc.pg())?;
     known_as.push(contact.external_id.clone());
+    // The number an agent wrote first to them at, if any (`outreach`).
+    let typed: Option<String> = contacts::table.find(contact.id).select(contacts::whatsapp_input).first(tc.pg())?;
+    let numbers: Vec<&str> = known_as.iter().map(String::as_str).chain(typed.as_deref()).collect();
+    super::broadcasts::forget(tc, contact.channel_id, &numbers)?;
     diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;
     let contact_key = contact.id.to_string();
     let copies = events::conversation_id.eq_any(&conversation_ids).or(events::type_

@@ -23,6 +23,7 @@
 
 pub mod attributes;
 pub mod auto_resolve;
+pub mod broadcasts;
 pub mod canned;
 pub mod contact_export;
 pub mod contact_import;

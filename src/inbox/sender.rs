@@ -37,6 +37,8 @@ use crate::meta::GraphError;
 use crate::secret::Secret;
 
 const MAX_SEND_ATTEMPTS: i32 = 6;
+/// A broadcast's job kind (`inbox::broadcasts`): no message of its own.
+const BROADCAST: &str = "broadcast";
 
 /// What a send job sends (`public.send_queue.kind`, whose CHECK lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,8 @@ struct Job {
     conversation_id: Option<i64>,
     kind: String,
     attempts: i32,
+    /// A `broadcast` job's broadcast (`inbox::broadcasts`).
+    broadcast_id: Option<i64>,
 }
 
 fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbError> {
@@ -103,12 +107,14 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
         kind: String,
         #[diesel(sql_type = diesel::sql_types::Integer)]
         attempts: i32,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        broadcast_id: Option<i64>,
     }
     let rows: Vec<Row> = diesel::sql_query(
         "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
           WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
                         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts",
+          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(conn)?;
@@ -121,6 +127,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
             conversation_id: r.conversation_id,
             kind: r.kind,
             attempts: r.attempts,
+            broadcast_id: r.broadcast_id,
         })
         .collect();
     jobs.sort_by_key(|j| j.id);
@@ -268,6 +275,19 @@ fn send_rate() -> u32 {
 }
 
 async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
+    if let (BROADCAST, Some(broadcast)) = (job.kind.as_str(), job.broadcast_id) {
+        let end = match super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await {
+            Ok(super::broadcasts::Next::Done) => JobEnd::Done,
+            Ok(super::broadcasts::Next::Wait(after)) => {
+                JobEnd::Retry { after, error: "held: the number cannot send now".into(), counts: false }
+            }
+            Err(e) if e.code == "tenant_suspended" || e.code == "tenant_not_ready" => {
+                JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false }
+            }
+            Err(e) => return Err(e),
+        };
+        return finish(state, job, end).await;
+    }
     let ctx = match load(state, job).await {
         Ok(Some(c)) => c,
         Ok(None) => return finish(state, job, JobEnd::Done).await,

@@ -576,6 +576,22 @@ pub async fn send(
     .await
 }
 
+/// Template `name` in `language` as Meta has it for channel `row` now
+/// (kept a while, [`TemplateCache`]); 422 `unknown_template` when it has none.
+pub async fn find(
+    app: &AppState,
+    tenant: crate::ids::TenantId,
+    row: ChannelRow,
+    name: &str,
+    language: &str,
+) -> AppResult<Template> {
+    let (row, waba, token) = source(&app.keys, row)?;
+    let found = from_meta(app, tenant, &row, &waba, &token).await?;
+    found.into_iter().find(|t| t.name == name && t.language == language).ok_or_else(|| {
+        AppError::invalid("unknown_template", format!("the business account has no template {name} in {language}"))
+    })
+}
+
 /// `choice` of the templates Meta has for channel `row` now, checked and
 /// filled in (`marketing_stopped`: its customer stopped marketing ones).
 pub async fn checked(
@@ -586,15 +602,7 @@ pub async fn checked(
     header_file: Option<&super::uploads::Upload>,
     marketing_stopped: bool,
 ) -> AppResult<Prepared> {
-    let (row, waba, token) = source(&app.keys, row)?;
-    let found = from_meta(app, tenant, &row, &waba, &token).await?;
-    let template =
-        found.into_iter().find(|t| t.name == choice.name && t.language == choice.language).ok_or_else(|| {
-            AppError::invalid(
-                "unknown_template",
-                format!("the business account has no template {} in {}", choice.name, choice.language),
-            )
-        })?;
+    let template = find(app, tenant, row, &choice.name, &choice.language).await?;
     // Meta would take it and report it failed (131050): say so now.
     if marketing_stopped && template.category.eq_ignore_ascii_case("MARKETING") {
         return Err(AppError::conflict(

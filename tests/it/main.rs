@@ -4,6 +4,7 @@
 mod attributes;
 mod auth;
 mod auto_resolve;
+mod broadcasts;
 mod channels;
 mod cli;
 mod common;

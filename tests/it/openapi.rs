@@ -70,7 +70,7 @@ fn departures(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Ve
 }
 
 /// Checks `value` against the document's schema `name`.
-fn conforms(doc: &Value, name: &str, value: &Value) {
+pub(crate) fn conforms(doc: &Value, name: &str, value: &Value) {
     let mut out = Vec::new();
     departures(doc, &json!({"$ref": format!("#/components/schemas/{name}")}), value, "$", &mut out);
     assert!(out.is_empty(), "{value:#} departs from {name}: {out:#?}");

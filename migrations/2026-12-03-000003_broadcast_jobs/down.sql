@@ -1,0 +1,4 @@
+DELETE FROM public.send_queue WHERE kind = 'broadcast';
+ALTER TABLE public.send_queue DROP CONSTRAINT send_queue_kind_check;
+ALTER TABLE public.send_queue ADD CONSTRAINT send_queue_kind_check CHECK (kind IN ('message', 'mark_seen', 'reaction'));
+ALTER TABLE public.send_queue DROP COLUMN IF EXISTS broadcast_id;

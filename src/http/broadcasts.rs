@@ -1,0 +1,115 @@
+//! `/api/broadcasts`: one WhatsApp template sent to many customers
+//! (`inbox::broadcasts`); admins and owners.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::pagination::{decode_cursor, parse_limit, Paged};
+use super::{resource, AppState};
+use crate::auth::{AuthContext, Role};
+use crate::channels::ChannelId;
+use crate::error::{AppError, AppResult};
+use crate::inbox::broadcasts::{self, BroadcastId, NewBroadcast, RECIPIENT_STATUSES};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/broadcasts").route(web::get().to(list)).route(web::post().to(create)))
+        .service(resource("/broadcasts/{id}").route(web::get().to(get_one)))
+        .service(resource("/broadcasts/{id}/recipients").route(web::get().to(recipients)))
+        .service(resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
+}
+
+fn broadcast_id(raw: &str) -> AppResult<BroadcastId> {
+    BroadcastId::parse(raw).ok_or_else(|| AppError::not_found("broadcast"))
+}
+
+/// `POST /api/broadcasts`: 201, or 200 with the broadcast a retry's
+/// `client_id` made.
+async fn create(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<NewBroadcast>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let (view, made) = broadcasts::create(&state, auth.scope(), auth.user, auth.role, body.into_inner()).await?;
+    if made {
+        state.wake_sender.notify_one();
+    }
+    Ok(if made { HttpResponse::Created() } else { HttpResponse::Ok() }.json(view))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    channel_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/broadcasts?channel_id=&limit=&cursor=`: newest first.
+async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQuery>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let before = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    let channel = match q.channel_id.as_deref().filter(|c| !c.is_empty()) {
+        Some(raw) => Some(
+            ChannelId::parse(raw)
+                .ok_or_else(|| AppError::bad_request("invalid_channel_id", "channel_id must be a channel's id"))?,
+        ),
+        None => None,
+    };
+    let items = state.db.tenant(auth.scope(), move |tc| broadcasts::list(tc, channel, before, limit)).await?;
+    Ok(HttpResponse::Ok().json(Paged::new(items, limit, |b| b.id.0)))
+}
+
+async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = broadcast_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    let view = state.db.tenant(auth.scope(), move |tc| broadcasts::get(tc, user, role, id)).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+struct RecipientsQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/broadcasts/{id}/recipients?status=&limit=&cursor=`: by number.
+async fn recipients(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    q: web::Query<RecipientsQuery>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = broadcast_id(&path)?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) if RECIPIENT_STATUSES.contains(&s) => Some(s.to_string()),
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "invalid_status",
+                format!("status must be one of {}", RECIPIENT_STATUSES.join(", ")),
+            ))
+        }
+        None => None,
+    };
+    let (user, role) = (auth.user, auth.role);
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| broadcasts::recipients(tc, user, role, id, status.as_deref(), after, limit))
+        .await?;
+    // The key is the number's digits (`+` and digits on the wire).
+    Ok(HttpResponse::Ok().json(Paged::new(items, limit, |r| r.phone_number[1..].parse().unwrap_or(0))))
+}
+
+/// `POST /api/broadcasts/{id}/cancel`.
+async fn cancel(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = broadcast_id(&path)?;
+    let (user, role) = (auth.user, auth.role);
+    let view = state.db.tenant(auth.scope(), move |tc| broadcasts::cancel(tc, user, role, id)).await?;
+    Ok(HttpResponse::Ok().json(view))
+}

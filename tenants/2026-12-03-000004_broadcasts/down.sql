@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS broadcast_recipients;
+DROP TABLE IF EXISTS broadcasts;

@@ -1,0 +1,349 @@
+//! Broadcasts (`inbox::broadcasts`): one WhatsApp template to many
+//! customers, each filled in for them, paced by the sender.
+
+use serde_json::{json, Value};
+
+use crate::channels::PAGE_A;
+use crate::common::{eventually, spawn_app, TestApp};
+use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations, PHONE};
+
+const WABA: &str = "112233445566778";
+const RUI: &str = "351911111111";
+const ZOE: &str = "351922222222";
+const BLOCKED: &str = "351933333333";
+const NEW: &str = "351944444444";
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+async fn create(app: &TestApp, t: &str, body: Value) -> crate::common::Resp {
+    app.call("POST", "/api/broadcasts", Some(t), Some(body)).await
+}
+
+async fn get(app: &TestApp, t: &str, id: &str) -> Value {
+    let r = app.call("GET", &format!("/api/broadcasts/{id}"), Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+/// Every template send the fake took, to whom and with which texts.
+async fn template_sends(app: &TestApp, name: &str) -> Vec<(String, Vec<String>)> {
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{PHONE}/messages") && c["body"]["template"]["name"] == name)
+        .map(|c| {
+            let texts = c["body"]["template"]["components"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["parameters"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p["text"].as_str().map(str::to_string))
+                .collect();
+            (c["body"]["to"].as_str().unwrap_or("").trim_start_matches('+').to_string(), texts)
+        })
+        .collect()
+}
+
+/// How many customers a template's sends went to (a send Meta refused and
+/// the sender retried is one).
+async fn reached(app: &TestApp, name: &str) -> usize {
+    let to: std::collections::BTreeSet<String> =
+        template_sends(app, name).await.into_iter().map(|(to, _)| to).collect();
+    to.len()
+}
+
+/// Holds (or frees) the number's sends, as Meta's rate limit would, and
+/// lets what waits look again at once.
+fn hold(app: &TestApp, on: bool) {
+    let value = if on {
+        "jsonb_build_object('code', 4, 'since', now(), 'until', now() + interval '1 hour')".to_string()
+    } else {
+        "NULL".to_string()
+    };
+    app.exec(&format!("UPDATE tenant_acme.channels SET send_hold = {value} WHERE external_id = '{PHONE}'"));
+    app.exec("UPDATE public.send_queue SET next_attempt_at = now() WHERE status = 'pending'");
+}
+
+#[actix_web::test]
+async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (phone, page) = (channel_id(&app, &ctx.admin, PHONE).await, channel_id(&app, &ctx.admin, PAGE_A).await);
+    let (_, al) = agent_al(&app, &ctx.admin).await;
+    for (name, body, category, extra) in [
+        ("aviso", "Olá {{1}}, a loja abre às 9h amanhã.", "UTILITY", json!({})),
+        ("natal", "Olá {{1}}, o Natal chegou à {{2}}!", "MARKETING", json!({})),
+        ("fatura", "A sua fatura {{1}}.", "UTILITY", json!({"header_media": "DOCUMENT"})),
+    ] {
+        let mut t = json!({"waba_id": WABA, "name": name, "language": "pt_PT", "body": body, "category": category});
+        t.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        app.fake("POST", "/_fake/templates", t).await;
+    }
+    // Three customers who wrote, labelled `vip`; one of them blocked.
+    for (number, name) in [(RUI, "Rui Costa"), (ZOE, "Zoë"), (BLOCKED, "Bea")] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Olá", "name": name})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    for number in [RUI, ZOE, BLOCKED] {
+        let id = by_contact(&convs, number)["id"].as_str().expect("id").to_string();
+        let r = app
+            .call("PATCH", &format!("/api/conversations/{id}"), Some(&ctx.admin), Some(json!({"labels": ["VIP"]})))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let blocked = by_contact(&convs, BLOCKED)["contact"]["id"].as_str().expect("id").to_string();
+    let r =
+        app.call("PATCH", &format!("/api/contacts/{blocked}"), Some(&ctx.admin), Some(json!({"blocked": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let rui_conv = by_contact(&convs, RUI)["id"].as_str().expect("id").to_string();
+
+    let aviso = json!({"name": "aviso", "language": "pt_PT", "parameters": ["{{contact.first_name | cliente}}"]});
+    let body = json!({"channel_id": phone, "name": "Horário de amanhã", "template": aviso,
+        "to": {"phone_numbers": ["+351 944 444 444", "+351 911-111-111"], "label": "vip"}, "client_id": "b-1"});
+
+    // Refused before anything is written.
+    for (token, change, status, want) in [
+        (&al, json!({}), 403, "forbidden"),
+        (&ctx.admin, json!({"channel_id": page}), 422, "whatsapp_only"),
+        (&ctx.admin, json!({"channel_id": "987654"}), 404, "not_found"),
+        (&ctx.admin, json!({"to": {"phone_numbers": ["+351 944 444 444", "12"]}}), 422, "invalid_phone_number"),
+        (&ctx.admin, json!({"to": {}}), 422, "no_recipients"),
+        (&ctx.admin, json!({"to": {"label": "nobody-has-this"}}), 422, "no_recipients"),
+        (&ctx.admin, json!({"name": " "}), 422, "invalid_name"),
+        (&ctx.admin, json!({"template": {"name": "nope", "language": "pt_PT"}}), 422, "unknown_template"),
+        (&ctx.admin, json!({"template": {"name": "aviso", "language": "pt_PT"}}), 422, "invalid_template_parameters"),
+        (
+            &ctx.admin,
+            json!({"template": {"name": "fatura", "language": "pt_PT", "parameters": ["#1"]}}),
+            422,
+            "template_not_supported",
+        ),
+    ] {
+        let mut wrong = body.clone();
+        wrong.as_object_mut().expect("object").extend(change.as_object().expect("object").clone());
+        let r = create(&app, token, wrong).await;
+        assert_eq!(code(&r), (status, want), "{change}: {:?}", r.body);
+    }
+    for bad in [
+        json!({"channel_id": phone}),
+        json!([]),
+        json!({"channel_id": phone, "name": "x", "template": aviso, "to": {"phone_numbers": "+351944444444"}}),
+    ] {
+        let r = create(&app, &ctx.admin, bad.clone()).await;
+        assert!(matches!(r.status, 400 | 422) && r.body["error"]["code"].is_string(), "{bad}: {:?}", r.body);
+    }
+    // Meta's messaging limit for the number is smaller than the audience.
+    app.exec(&format!(
+        "UPDATE tenant_acme.channels SET whatsapp_number = jsonb_set(coalesce(whatsapp_number, '{{}}'), \
+         '{{messaging_limit}}', '\"TIER_2\"') WHERE external_id = '{PHONE}'"
+    ));
+    assert_eq!(code(&create(&app, &ctx.admin, body.clone()).await), (422, "over_messaging_limit"));
+    app.exec(&format!(
+        "UPDATE tenant_acme.channels SET whatsapp_number = whatsapp_number - 'messaging_limit' WHERE external_id = '{PHONE}'"
+    ));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.broadcasts"), 0);
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id = '{NEW}'")), 0);
+
+    // Made: four numbers (Rui named twice), one job.
+    let r = create(&app, &ctx.admin, body.clone()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!((&r.body["status"], &r.body["counts"]["total"]), (&json!("sending"), &json!(4)), "{:?}", r.body);
+    assert_eq!(r.body["template"]["parameters"], json!(["{{contact.first_name | cliente}}"]));
+    // A retry is the same broadcast; the same client_id for another is refused.
+    let again = create(&app, &ctx.admin, body.clone()).await;
+    assert_eq!((again.status, &again.body["id"]), (200, &json!(id)), "{:?}", again.body);
+    let mut other = body.clone();
+    other["name"] = json!("Outra");
+    assert_eq!(code(&create(&app, &ctx.admin, other).await), (409, "client_id_reused"));
+
+    eventually("the broadcast done and its messages delivered", || async {
+        let b = get(&app, &ctx.admin, &id).await;
+        let c = &b["counts"];
+        b["status"] == "done"
+            && c["skipped"] == 1
+            && c["delivered"].as_i64().unwrap_or(0) + c["read"].as_i64().unwrap_or(0) == 3
+    })
+    .await;
+    let mut sends = template_sends(&app, "aviso").await;
+    sends.sort();
+    assert_eq!(
+        sends,
+        vec![
+            (RUI.to_string(), vec!["Rui".to_string()]),
+            (ZOE.to_string(), vec!["Zoë".to_string()]),
+            (NEW.to_string(), vec!["cliente".to_string()]),
+        ],
+        "each once, filled in for them; the blocked customer skipped"
+    );
+    let skipped =
+        app.call("GET", &format!("/api/broadcasts/{id}/recipients?status=skipped"), Some(&ctx.admin), None).await;
+    // As documented.
+    let doc: Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    crate::openapi::conforms(&doc, "Broadcast", &get(&app, &ctx.admin, &id).await);
+    crate::openapi::conforms(&doc, "BroadcastRecipientPage", &skipped.body);
+    let items = skipped.body["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        (&items[0]["phone_number"], &items[0]["reason"]),
+        (&json!(format!("+{BLOCKED}")), &json!("contact_blocked"))
+    );
+    // Pages by number.
+    let first = app.call("GET", &format!("/api/broadcasts/{id}/recipients?limit=2"), Some(&ctx.admin), None).await.body;
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let second = app
+        .call("GET", &format!("/api/broadcasts/{id}/recipients?limit=2&cursor={cursor}"), Some(&ctx.admin), None)
+        .await
+        .body;
+    let numbers: Vec<&str> = first["items"]
+        .as_array()
+        .into_iter()
+        .chain(second["items"].as_array())
+        .flatten()
+        .filter_map(|r| r["phone_number"].as_str())
+        .collect();
+    assert_eq!(numbers, vec![format!("+{RUI}"), format!("+{ZOE}"), format!("+{BLOCKED}"), format!("+{NEW}")]);
+    let r = app.call("GET", &format!("/api/broadcasts/{id}/recipients?status=nope"), Some(&ctx.admin), None).await;
+    assert_eq!(code(&r), (400, "invalid_status"));
+
+    // Rui's open conversation stays open; the new customer's is made resolved and nobody's.
+    let open = conversations(&app, &ctx.admin, "?status=open").await;
+    assert_eq!(by_contact(&open, RUI)["status"], "open");
+    let resolved = conversations(&app, &ctx.admin, "?status=resolved").await;
+    let made = by_contact(&resolved, NEW);
+    assert_eq!((&made["status"], &made["assignee_id"]), (&json!("resolved"), &Value::Null), "{made}");
+    let rui_messages =
+        app.call("GET", &format!("/api/conversations/{rui_conv}/messages"), Some(&ctx.admin), None).await.body;
+    let texts: Vec<&str> =
+        rui_messages["items"].as_array().expect("items").iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.contains(&"Olá Rui, a loja abre às 9h amanhã."), "{texts:?}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'broadcast.created'"), 1);
+
+    // A marketing template skips who stopped them; held by Meta, it waits and can be cancelled.
+    app.exec(&format!("UPDATE tenant_acme.contacts SET marketing_stopped_at = now() WHERE external_id = '{ZOE}'"));
+    let natal = json!({"name": "natal", "language": "pt_PT", "parameters": ["{{contact.first_name | cliente}}", "{{channel.name}}"]});
+    let r = create(
+        &app,
+        &ctx.admin,
+        json!({"channel_id": phone, "name": "Natal", "template": natal, "to": {"label": "VIP"}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let natal_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the marketing broadcast done", || async { get(&app, &ctx.admin, &natal_id).await["status"] == "done" })
+        .await;
+    let natal_sends = template_sends(&app, "natal").await;
+    assert_eq!(natal_sends.len(), 1, "{natal_sends:?}");
+    assert_eq!(natal_sends[0].0, RUI);
+    let skipped =
+        app.call("GET", &format!("/api/broadcasts/{natal_id}/recipients?status=skipped"), Some(&ctx.admin), None).await;
+    let reasons: Vec<&str> =
+        skipped.body["items"].as_array().expect("items").iter().filter_map(|r| r["reason"].as_str()).collect();
+    assert_eq!(reasons, vec!["marketing_stopped", "contact_blocked"], "by number: Zoë, then the blocked one");
+
+    hold(&app, true);
+    let many: Vec<String> = (0..45).map(|i| format!("+1415555{i:04}")).collect();
+    let held = json!({"channel_id": phone, "name": "Muitos", "template": aviso, "to": {"phone_numbers": many}});
+    let r = create(&app, &ctx.admin, held.clone()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let held_id = r.body["id"].as_str().expect("id").to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&app, &ctx.admin, &held_id).await["counts"]["pending"],
+        45,
+        "nothing goes while Meta holds the number"
+    );
+    let r = app.call("POST", &format!("/api/broadcasts/{held_id}/cancel"), Some(&ctx.admin), None).await;
+    assert_eq!(
+        (r.status, &r.body["status"], &r.body["counts"]["skipped"]),
+        (200, &json!("cancelled"), &json!(45)),
+        "{:?}",
+        r.body
+    );
+    let r = app.call("POST", &format!("/api/broadcasts/{held_id}/cancel"), Some(&ctx.admin), None).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("cancelled")));
+    let r = app.call("POST", &format!("/api/broadcasts/{id}/cancel"), Some(&ctx.admin), None).await;
+    assert_eq!(code(&r), (409, "broadcast_finished"));
+
+    // An agent's reply queued while a broadcast is under way goes after one
+    // wave, not behind the whole broadcast: the first send meets Meta's
+    // throughput limit, which holds the number with the first wave queued.
+    hold(&app, false);
+    let limit = json!({"path": format!("/{PHONE}/messages"), "status": 400,
+        "error": {"code": 130429, "message": "Rate limit hit"}, "times": 1});
+    app.fake("POST", "/_fake/errors", limit).await;
+    let r = create(&app, &ctx.admin, held.clone()).await;
+    let waves_id = r.body["id"].as_str().expect("id").to_string();
+    // Its job looked, found the number held, and waits (not merely taken).
+    let waiting = |id: &str| {
+        format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE kind = 'broadcast' AND broadcast_id = {id} \
+              AND status = 'pending' AND last_error LIKE 'held%'"
+        )
+    };
+    eventually("the broadcast waits for Meta's limit", || async { app.count(&waiting(&waves_id)) == 1 }).await;
+    assert_eq!(get(&app, &ctx.admin, &waves_id).await["counts"]["pending"], 45 - 20, "one wave queued");
+    let (status, _) = crate::inbox::reply(&app, &ctx.admin, &rui_conv, "Já está reservado!", "r-waves").await;
+    assert_eq!(status, 202);
+    hold(&app, false);
+    eventually("the waves sent", || async { get(&app, &ctx.admin, &waves_id).await["status"] == "done" }).await;
+    eventually("the reply and the waves sent", || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let replied = log["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["body"]["text"]["body"] == "Já está reservado!"));
+        replied && reached(&app, "aviso").await == 3 + 45
+    })
+    .await;
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let calls = log["items"].as_array().expect("items");
+    let at_reply = calls.iter().position(|c| c["body"]["text"]["body"] == "Já está reservado!").expect("the reply");
+    let last_wave = calls.iter().rposition(|c| c["body"]["template"]["name"] == "aviso").expect("the waves");
+    assert!(at_reply < last_wave, "the reply ({at_reply}) waited behind the whole broadcast (last at {last_wave})");
+
+    // Meta pauses the template while a broadcast waits: it fails, who is left skipped.
+    hold(&app, true);
+    let r = create(&app, &ctx.admin, held).await;
+    let paused_id = r.body["id"].as_str().expect("id").to_string();
+    eventually("the broadcast waits for the hold's end", || async { app.count(&waiting(&paused_id)) == 1 }).await;
+    app.fake(
+        "POST",
+        "/_fake/template-status",
+        json!({"waba_id": WABA, "name": "aviso", "language": "pt_PT", "event": "PAUSED"}),
+    )
+    .await;
+    app.processed().await;
+    hold(&app, false);
+    eventually("the broadcast failed", || async { get(&app, &ctx.admin, &paused_id).await["status"] == "failed" })
+        .await;
+    let b = get(&app, &ctx.admin, &paused_id).await;
+    assert_eq!((&b["error"], &b["counts"]["skipped"]), (&json!("template_not_approved"), &json!(45)), "{b}");
+    assert_eq!(reached(&app, "aviso").await, 3 + 45, "nothing more sent");
+
+    // Listed newest first; agents may not look.
+    let list = app.call("GET", "/api/broadcasts?limit=2", Some(&ctx.admin), None).await.body;
+    crate::openapi::conforms(&doc, "BroadcastPage", &list);
+    let listed: Vec<&str> = list["items"].as_array().expect("items").iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(listed, vec![paused_id.as_str(), waves_id.as_str()]);
+    let cursor = list["next_cursor"].as_str().expect("more").to_string();
+    let rest = app.call("GET", &format!("/api/broadcasts?cursor={cursor}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(code(&app.call("GET", "/api/broadcasts", Some(&al), None).await), (403, "forbidden"));
+    assert_eq!(code(&app.call("GET", "/api/broadcasts/999999", Some(&ctx.admin), None).await), (404, "not_found"));
+
+    // Erasing a customer takes their number out of every broadcast.
+    let rui = by_contact(&convs, RUI)["contact"]["id"].as_str().expect("id").to_string();
+    let r = app.call("DELETE", &format!("/api/contacts/{rui}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(
+        app.count(&format!("SELECT count(*) AS n FROM tenant_acme.broadcast_recipients WHERE number = '{RUI}'")),
+        0
+    );
+    assert_eq!(get(&app, &ctx.admin, &id).await["counts"]["total"], 3);
+}
