@@ -22,7 +22,11 @@
 //!   change older than one recorded for the same template (a retry
 //!   delivered late) is recorded but not announced.
 //! - Positional text parameters are supported, in the body and in a text
-//!   header. An image, video or document header (`header_media`) takes
+//!   header. They may hold variables (`inbox::variables`:
+//!   `{{contact.first_name | there}}`), filled in for the conversation as
+//!   the agent sends (a broadcast fills them in for each customer,
+//!   `inbox::broadcasts`); writing first to a number has no customer to
+//!   fill them in from, and sends them as written. An image, video or document header (`header_media`) takes
 //!   the agent's file, sent as multipart with the template as a JSON
 //!   `template` part (`inbox::uploads`); the file is uploaded to the
 //!   number's media and the header names it. A template with a location
@@ -559,11 +563,17 @@ pub async fn send(
     opts: messages::ReplyOptions,
     header_file: Option<super::uploads::Upload>,
 ) -> AppResult<(MessageView, bool)> {
-    let (cid, asked) = (opts.client_id.clone(), choice.clone());
+    let cid = opts.client_id.clone();
     let sha = header_file.as_ref().map(|f| f.sha256.clone());
-    let target = app
+    let (target, choice) = app
         .db
-        .tenant(scope, move |tc| messages::template_target(tc, user, role, id, cid.as_deref(), &asked, sha.as_deref()))
+        .tenant(scope, move |tc| {
+            // Checked before anything of the conversation is read for it.
+            messages::visible_conversation(tc, user, role, id)?;
+            let choice = fill_in(tc, id, user, choice)?;
+            let target = messages::template_target(tc, user, role, id, cid.as_deref(), &choice, sha.as_deref())?;
+            Ok::<_, AppError>((target, choice))
+        })
         .await?;
     let (row, marketing_stopped) = match target {
         TemplateTarget::Retried(view) => return Ok((view, false)),
@@ -590,6 +600,20 @@ pub async fn find(
     found.into_iter().find(|t| t.name == name && t.language == language).ok_or_else(|| {
         AppError::invalid("unknown_template", format!("the business account has no template {name} in {language}"))
     })
+}
+
+/// `choice` with the variables in its parameters (`inbox::variables`:
+/// `{{contact.first_name}}`…) filled in for conversation `id` as `agent`
+/// writes in it; a retry fills them in alike, so it finds its message.
+fn fill_in(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, choice: Choice) -> AppResult<Choice> {
+    use super::variables;
+    if !choice.parameters.iter().chain(&choice.header_parameters).any(|p| variables::any(p)) {
+        return Ok(choice);
+    }
+    let looked = variables::look_up(tc, id.0, Some(agent))?;
+    let values = looked.values();
+    let fill = |ps: Vec<String>| ps.into_iter().map(|p| variables::render(&p, &values)).collect();
+    Ok(Choice { parameters: fill(choice.parameters), header_parameters: fill(choice.header_parameters), ..choice })
 }
 
 /// `choice` of the templates Meta has for channel `row` now, checked and

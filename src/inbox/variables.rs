@@ -2,7 +2,8 @@
 //! a channel's automatic replies (`auto_reply`, `away_reply`, a routing
 //! rule's `reply`), a macro's message and note, and a canned response as
 //! `GET /api/canned-responses?conversation_id=` fills it in for one
-//! conversation.
+//! conversation, and a WhatsApp template's parameters (an agent's, as they
+//! send it in a conversation; a broadcast's, for each customer).
 //!
 //! Decisions:
 //! - `{{contact.name}}`, `{{contact.first_name}}` (the name's first word),

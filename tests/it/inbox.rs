@@ -1104,6 +1104,18 @@ async fn a_whatsapp_template_reopens_a_closed_window() {
     let r = send(wa_conv.clone(), json!({"template": {"name": "hello_world", "language": "en_US"}})).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert!(r.body["text"].as_str().is_some_and(|t| t.starts_with("Hello World\n\nWelcome")), "{:?}", r.body);
+    // Parameters may hold variables, filled in for the customer; a retry
+    // fills them in alike and finds its message.
+    let first_name = wa["contact"]["name"].as_str().and_then(|n| n.split_whitespace().next()).unwrap_or("cliente");
+    let named = json!({"template": {"name": "order_update", "language": "pt_BR", "header_parameters": ["#4522"],
+        "parameters": ["{{contact.first_name | cliente}}", "#4522"]}, "client_id": "t-2"});
+    let r = send(wa_conv.clone(), named.clone()).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let expected = format!("Pedido #4522\n\nOlá {first_name}, o seu pedido #4522 saiu para entrega.\n\nLoja Exemplo");
+    assert_eq!(r.body["text"], json!(expected));
+    assert_eq!(r.body["attachments"][0]["parameters"], json!([first_name, "#4522"]));
+    let again = send(wa_conv.clone(), named).await;
+    assert_eq!((again.status, &again.body["id"]), (202, &r.body["id"]), "{:?}", again.body);
 }
 
 /// Meta reviews templates on its own schedule and says so by webhook: the
