@@ -781,13 +781,7 @@ fn send_to(
         channel: Some(&channel.name),
         details: details.as_ref(),
     };
-    let fill = |ps: &[String]| ps.iter().map(|p| super::variables::render(p, &values)).collect::<Vec<_>>();
-    let filled = Choice {
-        parameters: fill(&choice.parameters),
-        header_parameters: fill(&choice.header_parameters),
-        ..choice.clone()
-    };
-    let prepared = match super::templates::prepare(template, &filled, None) {
+    let prepared = match super::templates::prepare(template, &choice.filled_in(&values), None) {
         Ok(p) => p,
         Err(e) => return skip(e),
     };

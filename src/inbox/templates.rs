@@ -611,9 +611,16 @@ fn fill_in(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId, choice: C
         return Ok(choice);
     }
     let looked = variables::look_up(tc, id.0, Some(agent))?;
-    let values = looked.values();
-    let fill = |ps: Vec<String>| ps.into_iter().map(|p| variables::render(&p, &values)).collect();
-    Ok(Choice { parameters: fill(choice.parameters), header_parameters: fill(choice.header_parameters), ..choice })
+    Ok(choice.filled_in(&looked.values()))
+}
+
+impl Choice {
+    /// The choice with the variables in its parameters filled in from
+    /// `values` (`inbox::variables`).
+    pub fn filled_in(&self, values: &super::variables::Values<'_>) -> Choice {
+        let fill = |ps: &[String]| ps.iter().map(|p| super::variables::render(p, values)).collect();
+        Choice { parameters: fill(&self.parameters), header_parameters: fill(&self.header_parameters), ..self.clone() }
+    }
 }
 
 /// `choice` of the templates Meta has for channel `row` now, checked and
