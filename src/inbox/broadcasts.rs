@@ -763,11 +763,13 @@ fn send_to(
     let known = super::outreach::known_contact(tc, channel.id, &number)?;
     let (name, details) = match known {
         Some(id) => {
-            let contact: ContactRow = ct::table.find(id).select(ContactRow::as_select()).first(tc.pg())?;
+            let (contact, details): (ContactRow, super::contacts::ContactDetails) = ct::table
+                .find(id)
+                .select((ContactRow::as_select(), super::contacts::ContactDetails::as_select()))
+                .first(tc.pg())?;
             if let Err(e) = super::contacts::refuse_if_blocked(&contact) {
                 return skip(e);
             }
-            let details = super::contacts::details_of(tc, id)?;
             if marketing && details.marketing_stopped_at.is_some() {
                 return Ok(Err("marketing_stopped".into()));
             }
