@@ -65,7 +65,7 @@ fn hold(app: &TestApp, on: bool) {
         "NULL".to_string()
     };
     app.exec(&format!("UPDATE tenant_acme.channels SET send_hold = {value} WHERE external_id = '{PHONE}'"));
-    app.exec("UPDATE public.send_queue SET next_attempt_at = now() WHERE status = 'pending'");
+    app.exec("UPDATE public.send_queue SET next_attempt_at = now(), last_error = NULL WHERE status = 'pending'");
 }
 
 #[actix_web::test]
@@ -319,6 +319,29 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
     )
     .await;
     app.processed().await;
+    // Meta restricting the account from starting conversations makes it
+    // wait too, the template not looked at meanwhile.
+    let restrict = |on: bool| {
+        let list = if on {
+            r#"[{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expires_at": null}]"#
+        } else {
+            "[]"
+        };
+        app.exec(&format!(
+            "UPDATE tenant_acme.channels SET whatsapp_number = \
+             jsonb_set(coalesce(whatsapp_number, '{{}}'), '{{restrictions}}', '{list}'::jsonb) WHERE external_id = '{PHONE}'"
+        ));
+    };
+    restrict(true);
+    hold(&app, false);
+    let restricted = format!(
+        "SELECT count(*) AS n FROM public.send_queue WHERE kind = 'broadcast' AND broadcast_id = {paused_id} \
+          AND status = 'pending' AND last_error LIKE 'held%' AND next_attempt_at < now() + interval '2 minutes'"
+    );
+    eventually("the broadcast waits for the restriction's end", || async { app.count(&restricted) == 1 }).await;
+    let b = get(&app, &ctx.admin, &paused_id).await;
+    assert_eq!((&b["status"], &b["counts"]["pending"]), (&json!("sending"), &json!(45)), "{b}");
+    restrict(false);
     hold(&app, false);
     eventually("the broadcast failed", || async { get(&app, &ctx.admin, &paused_id).await["status"] == "failed" })
         .await;
