@@ -649,9 +649,8 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
         })
         .await?;
     let Some((row, channel)) = found else { return Ok(Next::Done) };
-    let now = Utc::now();
-    if let Some(hold) = crate::channels::send_hold::SendHold::of(&channel, now) {
-        return Ok(Next::Wait((hold.until - now).to_std().unwrap_or_default().max(std::time::Duration::from_secs(1))));
+    if let Some(hold) = crate::channels::send_hold::SendHold::of(&channel, Utc::now()) {
+        return Ok(Next::Wait(super::sender::until(hold.until)));
     }
     // Reconnected, or lifted, it goes on; cancelling ends the wait.
     if channel.status != "connected" || channels::whatsapp_number::refuse_if_restricted(&channel, false).is_err() {

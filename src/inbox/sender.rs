@@ -485,7 +485,7 @@ async fn lift_hold(state: &AppState, tenant: TenantId, channel: &ChannelRow) {
 }
 
 /// How long from now until `end` (a second at least: a retry is not a spin).
-fn until(end: chrono::DateTime<Utc>) -> Duration {
+pub(super) fn until(end: chrono::DateTime<Utc>) -> Duration {
     (end - Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(1))
 }
 
