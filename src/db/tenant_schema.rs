@@ -372,6 +372,7 @@ diesel::table! {
         job_id -> Nullable<Int8>,
         created_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        send_at -> Nullable<Timestamptz>,
     }
 }
 

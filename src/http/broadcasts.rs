@@ -9,13 +9,24 @@ use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
 use crate::channels::ChannelId;
 use crate::error::{AppError, AppResult};
-use crate::inbox::broadcasts::{self, BroadcastId, NewBroadcast, RECIPIENT_STATUSES};
+use crate::inbox::broadcasts::{self, BroadcastId, NewBroadcast, Reschedule, RECIPIENT_STATUSES, STATUSES};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/broadcasts").route(web::get().to(list)).route(web::post().to(create)))
-        .service(resource("/broadcasts/{id}").route(web::get().to(get_one)))
+        .service(resource("/broadcasts/{id}").route(web::get().to(get_one)).route(web::patch().to(reschedule)))
         .service(resource("/broadcasts/{id}/recipients").route(web::get().to(recipients)))
         .service(resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
+}
+
+/// A `status=` filter: one of `statuses`, or none when left out or empty.
+fn one_of(raw: Option<&str>, statuses: &[&str]) -> AppResult<Option<String>> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(s) if statuses.contains(&s) => Ok(Some(s.to_string())),
+        Some(_) => {
+            Err(AppError::bad_request("invalid_status", format!("status must be one of {}", statuses.join(", "))))
+        }
+        None => Ok(None),
+    }
 }
 
 fn broadcast_id(raw: &str) -> AppResult<BroadcastId> {
@@ -40,11 +51,12 @@ async fn create(
 #[derive(Deserialize)]
 struct ListQuery {
     channel_id: Option<String>,
+    status: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-/// `GET /api/broadcasts?channel_id=&limit=&cursor=`: newest first.
+/// `GET /api/broadcasts?channel_id=&status=&limit=&cursor=`: newest first.
 async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQuery>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let limit = parse_limit(q.limit.as_deref())?;
@@ -56,7 +68,11 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<ListQ
         ),
         None => None,
     };
-    let items = state.db.tenant(auth.scope(), move |tc| broadcasts::list(tc, channel, before, limit)).await?;
+    let status = one_of(q.status.as_deref(), &STATUSES)?;
+    let items = state
+        .db
+        .tenant(auth.scope(), move |tc| broadcasts::list(tc, channel, status.as_deref(), before, limit))
+        .await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, limit, |b| b.id.0)))
 }
 
@@ -86,16 +102,7 @@ async fn recipients(
     let id = broadcast_id(&path)?;
     let limit = parse_limit(q.limit.as_deref())?;
     let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) if RECIPIENT_STATUSES.contains(&s) => Some(s.to_string()),
-        Some(_) => {
-            return Err(AppError::bad_request(
-                "invalid_status",
-                format!("status must be one of {}", RECIPIENT_STATUSES.join(", ")),
-            ))
-        }
-        None => None,
-    };
+    let status = one_of(q.status.as_deref(), &RECIPIENT_STATUSES)?;
     let (user, role) = (auth.user, auth.role);
     let items = state
         .db
@@ -103,6 +110,26 @@ async fn recipients(
         .await?;
     // The key is the number's digits (`+` and digits on the wire).
     Ok(HttpResponse::Ok().json(Paged::new(items, limit, |r| r.phone_number[1..].parse().unwrap_or(0))))
+}
+
+/// `PATCH /api/broadcasts/{id}` `{send_at}`: a scheduled broadcast moved.
+async fn reschedule(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<Reschedule>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = broadcast_id(&path)?;
+    let (user, role, to) = (auth.user, auth.role, body.into_inner());
+    let (view, now) = state
+        .db
+        .tenant(auth.scope(), move |tc| broadcasts::reschedule(tc, user, role, id, to, chrono::Utc::now()))
+        .await?;
+    if now {
+        state.wake_sender.notify_one();
+    }
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// `POST /api/broadcasts/{id}/cancel`.

@@ -9,10 +9,14 @@
 //!   Messenger and Instagram a business may not write first. Admins and
 //!   owners make, read and cancel them; agents answer what comes back.
 //! - Recipients: `to.phone_numbers` (numbers as `POST /api/conversations`
-//!   takes them, `inbox::outreach`) and/or `to.label` (the number's
-//!   customers whose conversation carries the label), each number once,
-//!   1 to [`MOST_RECIPIENTS`]. Fixed when the broadcast is made: a label
-//!   put on later is not followed. More recipients than the number's
+//!   takes them, `inbox::outreach`), `to.label` (the number's customers
+//!   whose conversation carries the label) and `to.attribute` (the
+//!   number's customers with a contact attribute, `key` or `key:value` as
+//!   `GET /api/contacts?attribute=` reads it, `inbox::attributes`): any
+//!   of them, everyone they name together, each number once, 1 to
+//!   [`MOST_RECIPIENTS`]. Fixed when the broadcast is made, a scheduled
+//!   one too (the admin sees who it will reach): a label or attribute
+//!   given later is not followed. More recipients than the number's
 //!   messaging limit (Meta's tier, `channels::whatsapp_number`) is refused
 //!   (`over_messaging_limit`): Meta would fail the rest.
 //! - Parameters may hold variables (`inbox::variables`: `{{contact.
@@ -27,6 +31,14 @@
 //!   `client_id` makes a retry safe: the same admin, name, channel and
 //!   template get the broadcast made the first time (200), anything else
 //!   under it a 409 `client_id_reused`.
+//! - Scheduled with `send_at` (RFC 3339, at most [`MOST_DAYS_AHEAD`] days
+//!   ahead; a time up to a minute past is taken as now, an earlier one
+//!   refused, `invalid_send_at`): the broadcast is `scheduled` and its
+//!   first job is due then; everything else is checked when it is made,
+//!   and the template with Meta again when it starts. `PATCH
+//!   /api/broadcasts/{id}` `{send_at}` moves it (`null`: now) while it is
+//!   still scheduled (409 `broadcast_not_scheduled` after); cancelling it
+//!   skips everyone. Audited `broadcast.rescheduled`.
 //! - Each customer's message goes where writing first would put it
 //!   (`outreach::known_contact`): their conversation on the number, left
 //!   as it is (an open one stays open), or a new one, made `resolved` and
@@ -49,7 +61,9 @@
 //!   instance stopped) does nothing, so no customer is sent it twice.
 //! - Seen as counts (`pending`, `skipped`, and of the queued messages
 //!   `queued`, `sent`, `delivered`, `read`, `failed`, from the messages'
-//!   own statuses) and as a list of recipients. Cancelling skips who is
+//!   own statuses; `replied`: customers who wrote in the conversation
+//!   after it, whatever its status) and as a list of recipients, each
+//!   with when they first replied. Cancelling skips who is
 //!   left (`cancelled`); what is queued still goes. No live events of
 //!   its own: each message and conversation is announced as any other.
 //! - Erasing a contact drops their number from every broadcast of their
@@ -86,6 +100,13 @@ pub const MOST_RECIPIENTS: usize = 10_000;
 pub const WAVE: i64 = 20;
 /// The longest name.
 const NAME_CHARS: usize = 100;
+/// How far ahead a broadcast may be scheduled.
+pub const MOST_DAYS_AHEAD: i64 = 90;
+/// How long past a `send_at` may be and still be taken as now (clocks
+/// differ, and a form takes a while to send).
+const PAST_GRACE_SECONDS: i64 = 60;
+/// A broadcast's statuses, as `GET /api/broadcasts?status=` takes them.
+pub const STATUSES: [&str; 5] = ["scheduled", "sending", "done", "cancelled", "failed"];
 
 crate::id_type!(
     /// A broadcast, inside one tenant.
@@ -100,6 +121,9 @@ pub struct Audience {
     pub phone_numbers: Vec<String>,
     #[serde(default)]
     pub label: Option<String>,
+    /// `key` or `key:value` (`inbox::attributes`).
+    #[serde(default)]
+    pub attribute: Option<String>,
 }
 
 /// `POST /api/broadcasts`, read.
@@ -112,6 +136,25 @@ pub struct NewBroadcast {
     pub to: Audience,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// When to start; absent or `null`: now.
+    #[serde(default)]
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// `PATCH /api/broadcasts/{id}`, read: the only thing a scheduled
+/// broadcast changes is when it starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reschedule {
+    /// `null`: now. Required: an empty body must not send a broadcast.
+    #[serde(deserialize_with = "given")]
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// A field that must be there, and may be `null` (serde takes a missing
+/// `Option` as `None` unless it is read by a function).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    Option::deserialize(d)
 }
 
 /// How a broadcast's recipients stand.
@@ -125,6 +168,8 @@ pub struct Counts {
     pub delivered: i64,
     pub read: i64,
     pub failed: i64,
+    /// Of the queued, customers who wrote after their message.
+    pub replied: i64,
 }
 
 /// A broadcast as the API shows it.
@@ -134,8 +179,10 @@ pub struct BroadcastView {
     pub channel_id: ChannelId,
     pub name: String,
     pub template: Value,
-    /// `sending`, `done`, `cancelled` or `failed`.
+    /// `scheduled`, `sending`, `done`, `cancelled` or `failed`.
     pub status: String,
+    /// When it was scheduled to start; `null`: at once.
+    pub send_at: Option<DateTime<Utc>>,
     /// Why it failed (an error code).
     pub error: Option<String>,
     pub created_by: UserId,
@@ -156,6 +203,8 @@ pub struct RecipientView {
     pub conversation_id: Option<ConversationId>,
     pub message_id: Option<MessageId>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// When the customer first wrote after their message.
+    pub replied_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -171,6 +220,7 @@ struct BroadcastRow {
     job_id: Option<i64>,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    send_at: Option<DateTime<Utc>>,
 }
 
 impl BroadcastRow {
@@ -218,8 +268,25 @@ fn parse_numbers(raw: &[String]) -> AppResult<Vec<String>> {
         .collect()
 }
 
-/// The checks of a create that need no Meta and no database.
-fn check_shape(new: &NewBroadcast) -> AppResult<Vec<String>> {
+/// When a broadcast asked to start at `send_at` is scheduled for, at
+/// `now`: `None` to start now.
+fn scheduled_for(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> AppResult<Option<DateTime<Utc>>> {
+    let Some(at) = send_at else { return Ok(None) };
+    if at < now - chrono::Duration::seconds(PAST_GRACE_SECONDS) {
+        return Err(AppError::invalid("invalid_send_at", "send_at is in the past; leave it out to send now"));
+    }
+    if at > now + chrono::Duration::days(MOST_DAYS_AHEAD) {
+        return Err(AppError::invalid(
+            "invalid_send_at",
+            format!("send_at may be at most {MOST_DAYS_AHEAD} days ahead"),
+        ));
+    }
+    Ok((at > now).then_some(at))
+}
+
+/// The checks of a create that need no Meta and no database: the numbers
+/// given, read, and when it starts (`None`: now).
+fn check_shape(new: &NewBroadcast, now: DateTime<Utc>) -> AppResult<(Vec<String>, Option<DateTime<Utc>>)> {
     let name = new.name.trim();
     if name.is_empty() || name.chars().count() > NAME_CHARS {
         return Err(AppError::invalid("invalid_name", format!("name must be 1 to {NAME_CHARS} characters")));
@@ -232,14 +299,21 @@ fn check_shape(new: &NewBroadcast) -> AppResult<Vec<String>> {
     if new.to.phone_numbers.len() > MOST_RECIPIENTS {
         return Err(too_many());
     }
-    if new.to.phone_numbers.is_empty() && new.to.label.is_none() {
-        return Err(AppError::invalid("no_recipients", "to needs phone_numbers, a label, or both"));
+    if new.to.phone_numbers.is_empty() && new.to.label.is_none() && new.to.attribute.is_none() {
+        return Err(AppError::invalid("no_recipients", "to needs phone_numbers, a label or an attribute"));
     }
-    parse_numbers(&new.to.phone_numbers)
+    let send_at = scheduled_for(new.send_at, now)?;
+    Ok((parse_numbers(&new.to.phone_numbers)?, send_at))
 }
 
 fn too_many() -> AppError {
     AppError::invalid("too_many_recipients", format!("a broadcast reaches at most {MOST_RECIPIENTS} customers"))
+}
+
+/// Customers' WhatsApp ids as numbers; one that is not a number (none on
+/// WhatsApp) is passed over.
+fn numbers_of(ids: Vec<String>) -> impl Iterator<Item = String> {
+    ids.into_iter().filter_map(|n| Number::parse(&n).ok().map(|n| n.as_str().to_string()))
 }
 
 /// Where a create goes, as the database knows it ([module docs](self)).
@@ -293,12 +367,21 @@ fn look(
             .order(ct::id)
             .limit(MOST_RECIPIENTS as i64 + 1)
             .load(tc.pg())?;
-        // A contact whose id is not a number (none on WhatsApp) is passed over.
-        let labelled = labelled.into_iter().filter_map(|n| Number::parse(&n).ok().map(|n| n.as_str().to_string()));
-        all.extend(labelled.filter(|n| seen.insert(n.clone())));
+        all.extend(numbers_of(labelled).filter(|n| seen.insert(n.clone())));
+    }
+    if let Some(raw) = &new.to.attribute {
+        let wanted = super::attributes::wanted(tc, raw)?;
+        let mut q = ct::table.filter(ct::channel_id.eq(row.id)).into_boxed();
+        q = match wanted.contained() {
+            Some(contained) => q.filter(ct::attributes.contains(contained)),
+            None => q.filter(ct::attributes.has_key(wanted.key().to_string())),
+        };
+        let holding: Vec<String> =
+            q.select(ct::external_id).order(ct::id).limit(MOST_RECIPIENTS as i64 + 1).load(tc.pg())?;
+        all.extend(numbers_of(holding).filter(|n| seen.insert(n.clone())));
     }
     if all.is_empty() {
-        return Err(AppError::invalid("no_recipients", "no customer of this number carries that label"));
+        return Err(AppError::invalid("no_recipients", "no customer of this number carries that label or attribute"));
     }
     if all.len() > MOST_RECIPIENTS {
         return Err(too_many());
@@ -322,7 +405,7 @@ pub async fn create(
     role: Role,
     new: NewBroadcast,
 ) -> AppResult<(BroadcastView, bool)> {
-    let numbers = check_shape(&new)?;
+    let (numbers, send_at) = check_shape(&new, Utc::now())?;
     let asked = new.clone();
     let found = app.db.tenant(scope, move |tc| look(tc, user, role, &asked, numbers)).await?;
     let (row, numbers) = match found {
@@ -334,7 +417,7 @@ pub async fn create(
     sendable(&template)?;
     // The parameters' shape, as written (variables are filled in later).
     super::templates::prepare(&template, &new.template, None)?;
-    app.db.tenant(scope, move |tc| store(tc, user, &row, &new, &numbers)).await
+    app.db.tenant(scope, move |tc| store(tc, user, &row, &new, &numbers, send_at)).await
 }
 
 /// A template a broadcast may send: one Meta approved, with no file in its
@@ -356,6 +439,7 @@ fn store(
     channel: &ChannelRow,
     new: &NewBroadcast,
     numbers: &[String],
+    send_at: Option<DateTime<Utc>>,
 ) -> AppResult<(BroadcastView, bool)> {
     let inserted: Option<BroadcastRow> = diesel::insert_into(b::table)
         .values((
@@ -364,6 +448,8 @@ fn store(
             b::template.eq(template_json(&new.template)),
             b::created_by.eq(user.0),
             b::client_id.eq(new.client_id.as_deref()),
+            b::status.eq(if send_at.is_some() { "scheduled" } else { "sending" }),
+            b::send_at.eq(send_at),
         ))
         .on_conflict((b::created_by, b::client_id))
         .do_nothing()
@@ -383,7 +469,7 @@ fn store(
         let values: Vec<_> = chunk.iter().map(|n| (r::broadcast_id.eq(row.id), r::number.eq(n))).collect();
         diesel::insert_into(r::table).values(values).execute(tc.pg())?;
     }
-    let job = queue_job(tc, row.id)?;
+    let job = queue_job(tc, row.id, send_at)?;
     let row: BroadcastRow = diesel::update(b::table.find(row.id))
         .set(b::job_id.eq(job))
         .returning(BroadcastRow::as_returning())
@@ -395,18 +481,26 @@ fn store(
         "broadcast",
         Some(row.id.to_string()),
         json!({"channel_id": channel.id.to_string(), "name": row.name, "template": new.template.name,
-            "language": new.template.language, "recipients": numbers.len()}),
+            "language": new.template.language, "recipients": numbers.len(), "send_at": send_at}),
     )?;
     Ok((view(tc, row)?, true))
 }
 
-/// Queues broadcast `id`'s next step behind what is queued now.
-fn queue_job(tc: &mut TenantConn<'_>, id: i64) -> AppResult<i64> {
-    Ok(diesel::insert_into(sq::table)
-        .values((sq::tenant_id.eq(tc.tenant().0), sq::kind.eq("broadcast"), sq::broadcast_id.eq(id)))
-        .returning(sq::id)
-        .get_result(tc.pg())?)
+/// Queues broadcast `id`'s next step behind what is queued now, due at
+/// `at` (`None`: now).
+fn queue_job(tc: &mut TenantConn<'_>, id: i64, at: Option<DateTime<Utc>>) -> AppResult<i64> {
+    let job = (sq::tenant_id.eq(tc.tenant().0), sq::kind.eq("broadcast"), sq::broadcast_id.eq(id));
+    let insert = diesel::insert_into(sq::table);
+    // Due now by the database's clock, as the sender reads it.
+    Ok(match at {
+        Some(at) => insert.values((job, sq::next_attempt_at.eq(at))).returning(sq::id).get_result(tc.pg())?,
+        None => insert.values(job).returning(sq::id).get_result(tc.pg())?,
+    })
 }
+
+/// A broadcast's message `m` was answered: its customer wrote after it.
+const REPLIED: &str = "EXISTS (SELECT 1 FROM messages i WHERE i.conversation_id = m.conversation_id \
+                                 AND i.direction = 'in' AND i.id > m.id)";
 
 /// Counts of each broadcast in `ids`.
 fn counts(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<HashMap<i64, Counts>> {
@@ -421,18 +515,22 @@ fn counts(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<HashMap<i64, Counts
         message: Option<String>,
         #[diesel(sql_type = BigInt)]
         n: i64,
+        #[diesel(sql_type = BigInt)]
+        replied: i64,
     }
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT r.broadcast_id AS id, r.status, m.status AS message, count(*) AS n \
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT r.broadcast_id AS id, r.status, m.status AS message, count(*) AS n, \
+                count(*) FILTER (WHERE {REPLIED}) AS replied \
            FROM broadcast_recipients r LEFT JOIN messages m ON m.id = r.message_id \
-          WHERE r.broadcast_id = ANY($1) GROUP BY 1, 2, 3",
-    )
+          WHERE r.broadcast_id = ANY($1) GROUP BY 1, 2, 3"
+    ))
     .bind::<Array<BigInt>, _>(ids)
     .load(tc.pg())?;
     let mut all: HashMap<i64, Counts> = HashMap::new();
-    for Row { id, status, message, n } in rows {
+    for Row { id, status, message, n, replied } in rows {
         let c = all.entry(id).or_default();
         c.total += n;
+        c.replied += replied;
         match (status.as_str(), message.as_deref()) {
             ("pending", _) => c.pending += n,
             ("skipped", _) => c.skipped += n,
@@ -458,6 +556,7 @@ fn view_of(row: BroadcastRow, counts: Counts) -> BroadcastView {
         created_by: UserId(row.created_by),
         created_at: row.created_at,
         finished_at: row.finished_at,
+        send_at: row.send_at,
         counts,
     }
 }
@@ -483,16 +582,21 @@ pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId) -
 }
 
 /// `GET /api/broadcasts` (admins, who see every channel): newest first,
-/// one channel's with `channel`; `limit` after the id `before`.
+/// one channel's with `channel`, of one of [`STATUSES`] with `status`;
+/// `limit` after the id `before`.
 pub fn list(
     tc: &mut TenantConn<'_>,
     channel: Option<ChannelId>,
+    status: Option<&str>,
     before: Option<i64>,
     limit: i64,
 ) -> AppResult<Vec<BroadcastView>> {
     let mut q = b::table.into_boxed();
     if let Some(c) = channel {
         q = q.filter(b::channel_id.eq(c.0));
+    }
+    if let Some(status) = status {
+        q = q.filter(b::status.eq(status.to_string()));
     }
     if let Some(before) = before {
         q = q.filter(b::id.lt(before));
@@ -556,6 +660,8 @@ pub fn recipients(
             m::conversation_id.nullable(),
         ))
         .load(tc.pg())?;
+    let messages: Vec<i64> = rows.iter().filter_map(|r| r.3).collect();
+    let replies = first_replies(tc, &messages)?;
     Ok(rows
         .into_iter()
         .map(|(number, status, reason, message, at, message_status, conversation)| RecipientView {
@@ -569,8 +675,32 @@ pub fn recipients(
             conversation_id: conversation.map(ConversationId),
             message_id: message.map(MessageId),
             updated_at: at,
+            replied_at: message.and_then(|m| replies.get(&m).copied()),
         })
         .collect())
+}
+
+/// When each of the `messages` was first answered by its customer.
+fn first_replies(tc: &mut TenantConn<'_>, messages: &[i64]) -> AppResult<HashMap<i64, DateTime<Utc>>> {
+    use diesel::sql_types::{Array, BigInt, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Timestamptz)]
+        at: DateTime<Utc>,
+    }
+    if messages.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT m.id, min(i.created_at) AS at FROM messages m \
+           JOIN messages i ON i.conversation_id = m.conversation_id AND i.direction = 'in' AND i.id > m.id \
+          WHERE m.id = ANY($1) GROUP BY m.id",
+    )
+    .bind::<Array<BigInt>, _>(messages)
+    .load(tc.pg())?;
+    Ok(rows.into_iter().map(|r| (r.id, r.at)).collect())
 }
 
 /// `POST /api/broadcasts/{id}/cancel`: who is left is skipped
@@ -580,7 +710,7 @@ pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId
     visible(tc, user, role, id)?;
     let row: BroadcastRow = b::table.find(id.0).select(BroadcastRow::as_select()).for_update().first(tc.pg())?;
     match row.status.as_str() {
-        "sending" => {}
+        "sending" | "scheduled" => {}
         "cancelled" => return view(tc, row),
         _ => {
             return Err(AppError::conflict(
@@ -600,6 +730,53 @@ pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId
     )?;
     let row = b::table.find(id.0).select(BroadcastRow::as_select()).first(tc.pg())?;
     view(tc, row)
+}
+
+/// `PATCH /api/broadcasts/{id}` ([module docs](self)): a scheduled
+/// broadcast starts at `send_at` instead (`None`: now); the broadcast, and
+/// whether its job is due now (the sender is woken).
+pub fn reschedule(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: BroadcastId,
+    to: Reschedule,
+    now: DateTime<Utc>,
+) -> AppResult<(BroadcastView, bool)> {
+    visible(tc, user, role, id)?;
+    let send_at = scheduled_for(to.send_at, now)?;
+    let row: BroadcastRow = b::table.find(id.0).select(BroadcastRow::as_select()).for_update().first(tc.pg())?;
+    if row.status != "scheduled" {
+        return Err(AppError::conflict(
+            "broadcast_not_scheduled",
+            format!("this broadcast is {} already; only a scheduled one can be moved", row.status),
+        ));
+    }
+    // A new job, so the old one is a stray whatever it is doing now; it is
+    // taken out of the queue when it is waiting there.
+    if let Some(old) = row.job_id {
+        diesel::update(sq::table.find(old).filter(sq::status.eq("pending")))
+            .set(sq::status.eq("done"))
+            .execute(tc.pg())?;
+    }
+    let job = queue_job(tc, row.id, send_at)?;
+    let row: BroadcastRow = diesel::update(b::table.find(row.id))
+        .set((
+            b::job_id.eq(job),
+            b::send_at.eq(send_at.unwrap_or(now)),
+            b::status.eq(if send_at.is_some() { "scheduled" } else { "sending" }),
+        ))
+        .returning(BroadcastRow::as_returning())
+        .get_result(tc.pg())?;
+    crate::audit::record(
+        tc,
+        Some(user),
+        "broadcast.rescheduled",
+        "broadcast",
+        Some(row.id.to_string()),
+        json!({"channel_id": row.channel_id.to_string(), "send_at": row.send_at}),
+    )?;
+    Ok((view(tc, row)?, send_at.is_none()))
 }
 
 /// Ends broadcast `id` (`status`, `error`), its pending recipients skipped
@@ -627,8 +804,9 @@ pub fn forget(tc: &mut TenantConn<'_>, channel: i64, numbers: &[&str]) -> AppRes
 pub enum Next {
     /// Nothing: the broadcast ended, or the job is a stray.
     Done,
-    /// Look again after this long (Meta holds or restricts the number).
-    Wait(std::time::Duration),
+    /// Look again after this long, and why (Meta holds or restricts the
+    /// number, or it is scheduled).
+    Wait(std::time::Duration, &'static str),
 }
 
 /// The sender's `broadcast` job `job` of broadcast `id` ([module docs](self)).
@@ -640,7 +818,7 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
             let row: Option<BroadcastRow> =
                 b::table.find(id).select(BroadcastRow::as_select()).first(tc.pg()).optional()?;
             match row {
-                Some(row) if row.status == "sending" && row.job_id == Some(job) => {
+                Some(row) if live(&row.status) && row.job_id == Some(job) => {
                     let channel = channels::find(tc, ChannelId(row.channel_id))?;
                     Ok::<_, AppError>(Some((row, channel)))
                 }
@@ -649,12 +827,15 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
         })
         .await?;
     let Some((row, channel)) = found else { return Ok(Next::Done) };
+    if let Some(wait) = not_yet(&row, Utc::now()) {
+        return Ok(Next::Wait(wait, SCHEDULED));
+    }
     if let Some(hold) = crate::channels::send_hold::SendHold::of(&channel, Utc::now()) {
-        return Ok(Next::Wait(super::sender::until(hold.until)));
+        return Ok(Next::Wait(super::sender::until(hold.until), HELD));
     }
     // Reconnected, or lifted, it goes on; cancelling ends the wait.
     if channel.status != "connected" || channels::whatsapp_number::refuse_if_restricted(&channel, false).is_err() {
-        return Ok(Next::Wait(std::time::Duration::from_secs(60)));
+        return Ok(Next::Wait(std::time::Duration::from_secs(60), HELD));
     }
     let choice = row.choice()?;
     let template = super::templates::find(app, tenant, channel.clone(), &choice.name, &choice.language).await;
@@ -676,7 +857,7 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
                         .for_update()
                         .first(tc.pg())
                         .optional()?;
-                    if locked.as_deref() == Some("sending") {
+                    if locked.as_deref().is_some_and(live) {
                         end(tc, id, "failed", Some(&code), &code)?;
                     }
                     Ok::<_, AppError>(())
@@ -686,8 +867,27 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
         }
         Err(e) => return Err(e),
     };
-    app.tenant_with_events(scope, move |tc, log| step(tc, log, id, job, &channel, &template)).await?;
-    Ok(Next::Done)
+    app.tenant_with_events(scope, move |tc, log| step(tc, log, id, job, &channel, &template)).await
+}
+
+/// Why a scheduled broadcast's job waits.
+const SCHEDULED: &str = "scheduled: not due yet";
+/// Why a held one's does.
+const HELD: &str = "held: the number cannot send now";
+
+/// A broadcast its job carries on: scheduled or sending.
+fn live(status: &str) -> bool {
+    matches!(status, "scheduled" | "sending")
+}
+
+/// How long a scheduled broadcast has yet to wait at `now`, if at all (its
+/// job is due at its time; the clocks of the database and this instance
+/// may differ by a little).
+fn not_yet(row: &BroadcastRow, now: DateTime<Utc>) -> Option<std::time::Duration> {
+    match row.send_at {
+        Some(at) if row.status == "scheduled" && at > now => (at - now).to_std().ok(),
+        _ => None,
+    }
 }
 
 /// One wave: up to [`WAVE`] pending recipients queued or skipped, then the
@@ -699,10 +899,17 @@ fn step(
     job: i64,
     channel: &ChannelRow,
     template: &Template,
-) -> AppResult<()> {
+) -> AppResult<Next> {
     let row: Option<BroadcastRow> =
         b::table.find(id).select(BroadcastRow::as_select()).for_update().first(tc.pg()).optional()?;
-    let Some(row) = row.filter(|r| r.status == "sending" && r.job_id == Some(job)) else { return Ok(()) };
+    let Some(row) = row.filter(|r| live(&r.status) && r.job_id == Some(job)) else { return Ok(Next::Done) };
+    // Moved later while its job was on its way here.
+    if let Some(wait) = not_yet(&row, Utc::now()) {
+        return Ok(Next::Wait(wait, SCHEDULED));
+    }
+    if row.status == "scheduled" {
+        diesel::update(b::table.find(id)).set(b::status.eq("sending")).execute(tc.pg())?;
+    }
     let choice = row.choice()?;
     let wave: Vec<String> = r::table
         .filter(r::broadcast_id.eq(id))
@@ -733,10 +940,10 @@ fn step(
             .set((b::status.eq("done"), b::job_id.eq(None::<i64>), b::finished_at.eq(diesel::dsl::now)))
             .execute(tc.pg())?;
     } else {
-        let next = queue_job(tc, id)?;
+        let next = queue_job(tc, id, None)?;
         diesel::update(b::table.find(id)).set(b::job_id.eq(next)).execute(tc.pg())?;
     }
-    Ok(())
+    Ok(Next::Done)
 }
 
 /// Queues the broadcast's message to `number`: its id, or why the
@@ -846,22 +1053,44 @@ mod tests {
             to: Audience {
                 phone_numbers: numbers.into_iter().map(String::from).collect(),
                 label: label.map(String::from),
+                attribute: None,
             },
             client_id: None,
+            send_at: None,
         };
+        let now = Utc::now();
+        let check = |b: &NewBroadcast| check_shape(b, now);
         assert_eq!(
-            check_shape(&new(vec!["+351 912 345 678", "14155550123"], None, "Sale")).expect("fine"),
-            vec!["351912345678".to_string(), "14155550123".to_string()]
+            check(&new(vec!["+351 912 345 678", "14155550123"], None, "Sale")).expect("fine"),
+            (vec!["351912345678".to_string(), "14155550123".to_string()], None)
         );
-        assert_eq!(check_shape(&new(vec![], None, "Sale")).expect_err("nobody").code, "no_recipients");
-        assert!(check_shape(&new(vec![], Some("vip"), "Sale")).expect("a label").is_empty());
-        let bad = check_shape(&new(vec!["+351912345678", "12"], None, "Sale")).expect_err("bad number");
+        assert_eq!(check(&new(vec![], None, "Sale")).expect_err("nobody").code, "no_recipients");
+        assert!(check(&new(vec![], Some("vip"), "Sale")).expect("a label").0.is_empty());
+        let mut by_attribute = new(vec![], None, "Sale");
+        by_attribute.to.attribute = Some("plan:gold".into());
+        assert!(check(&by_attribute).expect("an attribute").0.is_empty());
+        let bad = check(&new(vec!["+351912345678", "12"], None, "Sale")).expect_err("bad number");
         assert_eq!(bad.code, "invalid_phone_number");
         assert!(bad.message.contains("phone_numbers[1]"), "{}", bad.message);
-        assert_eq!(check_shape(&new(vec!["+351912345678"], None, "  ")).expect_err("no name").code, "invalid_name");
+        assert_eq!(check(&new(vec!["+351912345678"], None, "  ")).expect_err("no name").code, "invalid_name");
         let many: Vec<String> = (0..=MOST_RECIPIENTS).map(|i| format!("+1415{i:07}")).collect();
         let mut lots = new(vec![], None, "Sale");
         lots.to.phone_numbers = many;
-        assert_eq!(check_shape(&lots).expect_err("too many").code, "too_many_recipients");
+        assert_eq!(check(&lots).expect_err("too many").code, "too_many_recipients");
+    }
+
+    #[test]
+    fn a_broadcast_is_scheduled_ahead_and_not_in_the_past() {
+        let now = Utc::now();
+        let in_ = |s: i64| Some(now + chrono::Duration::seconds(s));
+        assert_eq!(scheduled_for(None, now).expect("now"), None);
+        assert_eq!(scheduled_for(in_(3_600), now).expect("in an hour"), in_(3_600));
+        // A form sent a little late, or a clock a little behind: now.
+        assert_eq!(scheduled_for(in_(-30), now).expect("just past"), None);
+        assert_eq!(scheduled_for(in_(0), now).expect("this instant"), None);
+        assert_eq!(scheduled_for(in_(-61), now).expect_err("past").code, "invalid_send_at");
+        let far = MOST_DAYS_AHEAD * 86_400;
+        assert_eq!(scheduled_for(in_(far), now).expect("the last day"), in_(far));
+        assert_eq!(scheduled_for(in_(far + 1), now).expect_err("too far").code, "invalid_send_at");
     }
 }

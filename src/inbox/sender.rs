@@ -278,9 +278,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
     if let (BROADCAST, Some(broadcast)) = (job.kind.as_str(), job.broadcast_id) {
         let end = match super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await {
             Ok(super::broadcasts::Next::Done) => JobEnd::Done,
-            Ok(super::broadcasts::Next::Wait(after)) => {
-                JobEnd::Retry { after, error: "held: the number cannot send now".into(), counts: false }
-            }
+            Ok(super::broadcasts::Next::Wait(after, why)) => JobEnd::Retry { after, error: why.into(), counts: false },
             Err(e) if e.code == "tenant_suspended" || e.code == "tenant_not_ready" => {
                 JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false }
             }

@@ -518,18 +518,19 @@ fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> App
         Err(why) => {
             let failures = due.failures.saturating_add(1);
             let off = failures >= MOST_FAILURES;
-            diesel::update(row)
-                .set((
-                    w::failures.eq(failures),
-                    w::last_error.eq(&why),
-                    w::enabled.eq(!off),
-                    w::leased_until.eq(None::<DateTime<Utc>>),
-                    w::next_attempt_at.eq(Utc::now() + backoff(failures)),
-                ))
-                .execute(&mut conn)?;
             tracing::warn!(webhook = due.id, tenant = due.tenant.0, failures, %why, "webhook delivery failed");
+            let update = diesel::update(row).set((
+                w::failures.eq(failures),
+                w::last_error.eq(why.clone()),
+                w::enabled.eq(!off),
+                w::leased_until.eq(None::<DateTime<Utc>>),
+                w::next_attempt_at.eq(Utc::now() + backoff(failures)),
+            ));
             if off {
+                // Switched off and audited together: whoever sees it off
+                // finds the record of why.
                 with_tenant(&mut conn, &TenantScope::system(due.tenant), |tc| {
+                    update.execute(tc.pg())?;
                     audit::record(
                         tc,
                         None,
@@ -540,6 +541,8 @@ fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> App
                     )
                     .map_err(AppError::from)
                 })?;
+            } else {
+                update.execute(&mut conn)?;
             }
         }
     }

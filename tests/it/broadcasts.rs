@@ -370,3 +370,171 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
     );
     assert_eq!(get(&app, &ctx.admin, &id).await["counts"]["total"], 3);
 }
+
+/// A time `seconds` from now, as the API takes it.
+fn in_seconds(seconds: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(seconds)).to_rfc3339()
+}
+
+#[actix_web::test]
+async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_counts_replies() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let t = json!({"waba_id": WABA, "name": "lembrete", "language": "pt_PT",
+        "body": "Olá {{1}}, a sua renovação é amanhã.", "category": "UTILITY"});
+    app.fake("POST", "/_fake/templates", t).await;
+    let plan = json!({"key": "plan", "name": "Plan", "type": "list", "options": ["free", "gold"]});
+    assert_eq!(app.call("POST", "/api/contact-attributes", Some(&ctx.admin), Some(plan)).await.status, 201);
+    for (number, name) in [(RUI, "Rui Costa"), (ZOE, "Zoë")] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Olá", "name": name})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    // Rui is on the gold plan, Zoë on the free one.
+    for (number, value) in [(RUI, "gold"), (ZOE, "free")] {
+        let contact = by_contact(&convs, number)["contact"]["id"].as_str().expect("id").to_string();
+        let r = app
+            .call(
+                "PATCH",
+                &format!("/api/contacts/{contact}"),
+                Some(&ctx.admin),
+                Some(json!({"attributes": {"plan": value}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let lembrete = json!({"name": "lembrete", "language": "pt_PT", "parameters": ["{{contact.first_name | cliente}}"]});
+    let body = json!({"channel_id": phone, "name": "Renovações", "template": lembrete,
+        "to": {"attribute": "plan:gold", "phone_numbers": [format!("+{NEW}")]}, "send_at": in_seconds(3_600)});
+
+    for (change, want) in [
+        (json!({"send_at": in_seconds(-120)}), "invalid_send_at"),
+        (json!({"send_at": in_seconds(91 * 86_400)}), "invalid_send_at"),
+        (json!({"to": {"attribute": "colour:red"}}), "invalid_attribute"),
+        (json!({"to": {"attribute": "plan:platinum"}}), "invalid_attribute"),
+        (
+            json!({"to": {"attribute": "plan:free", "label": "nobody-has-this"}, "template": {"name": "nope", "language": "pt_PT"}}),
+            "unknown_template",
+        ),
+    ] {
+        let mut wrong = body.clone();
+        wrong.as_object_mut().expect("object").extend(change.as_object().expect("object").clone());
+        let r = create(&app, &ctx.admin, wrong).await;
+        assert_eq!(code(&r), (422, want), "{change}: {:?}", r.body);
+    }
+    app.exec(&format!("UPDATE tenant_acme.contacts SET attributes = '{{}}' WHERE external_id = '{ZOE}'"));
+    let mut nobody = body.clone();
+    nobody["to"] = json!({"attribute": "plan:free"});
+    assert_eq!(code(&create(&app, &ctx.admin, nobody).await), (422, "no_recipients"));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.broadcasts"), 0);
+
+    // Scheduled an hour ahead: Rui (gold) and the number given, nobody yet.
+    let r = create(&app, &ctx.admin, body.clone()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!((&r.body["status"], &r.body["counts"]["pending"]), (&json!("scheduled"), &json!(2)), "{:?}", r.body);
+    assert!(r.body["send_at"].is_string(), "{:?}", r.body);
+    let doc: Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    crate::openapi::conforms(&doc, "Broadcast", &r.body);
+    let scheduled = app.call("GET", "/api/broadcasts?status=scheduled", Some(&ctx.admin), None).await.body;
+    assert_eq!(scheduled["items"].as_array().map(Vec::len), Some(1), "{scheduled}");
+    let sending = app.call("GET", "/api/broadcasts?status=sending", Some(&ctx.admin), None).await.body;
+    assert_eq!(sending["items"].as_array().map(Vec::len), Some(0), "{sending}");
+    assert_eq!(
+        code(&app.call("GET", "/api/broadcasts?status=later", Some(&ctx.admin), None).await),
+        (400, "invalid_status")
+    );
+
+    // Moved: an empty body or a time past is refused, a later one taken.
+    let url = format!("/api/broadcasts/{id}");
+    for (bad, want) in [
+        (json!({}), "invalid_body"),
+        (json!({"send_at": in_seconds(-600)}), "invalid_send_at"),
+        (json!({"send_at": in_seconds(60), "name": "x"}), "invalid_body"),
+    ] {
+        let r = app.call("PATCH", &url, Some(&ctx.admin), Some(bad.clone())).await;
+        assert_eq!(code(&r), (422, want), "{bad}: {:?}", r.body);
+    }
+    let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"send_at": in_seconds(7_200)}))).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("scheduled")), "{:?}", r.body);
+    let due = |within: i64| {
+        format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE kind = 'broadcast' AND broadcast_id = {id} \
+              AND status = 'pending' AND next_attempt_at BETWEEN now() + interval '{}' AND now() + interval '{}'",
+            within - 120,
+            within + 120
+        )
+    };
+    assert_eq!(app.count(&due(7_200)), 1, "one job, due at the new time");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE broadcast_id = {id} AND status = 'pending'"
+        )),
+        1,
+        "the first time's job is gone"
+    );
+    // Moved to in four seconds: nothing goes before, then everyone.
+    let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"send_at": in_seconds(4)}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(reached(&app, "lembrete").await, 0, "sent before its time");
+    assert_eq!(get(&app, &ctx.admin, &id).await["status"], "scheduled");
+    eventually("the scheduled broadcast sent", || async {
+        let b = get(&app, &ctx.admin, &id).await;
+        b["status"] == "done" && reached(&app, "lembrete").await == 2
+    })
+    .await;
+    let mut sends = template_sends(&app, "lembrete").await;
+    sends.sort();
+    assert_eq!(sends, vec![(RUI.to_string(), vec!["Rui".to_string()]), (NEW.to_string(), vec!["cliente".to_string()])]);
+    let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"send_at": in_seconds(60)}))).await;
+    assert_eq!(code(&r), (409, "broadcast_not_scheduled"));
+
+    // Rui answers: counted as a reply, and when.
+    eventually("delivered", || async {
+        let c = get(&app, &ctx.admin, &id).await["counts"].clone();
+        c["delivered"].as_i64().unwrap_or(0) + c["read"].as_i64().unwrap_or(0) == 2
+    })
+    .await;
+    assert_eq!(get(&app, &ctx.admin, &id).await["counts"]["replied"], 0);
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": RUI, "text": "Obrigado!", "name": "Rui Costa"}))
+        .await;
+    app.processed().await;
+    let b = get(&app, &ctx.admin, &id).await;
+    assert_eq!(b["counts"]["replied"], 1, "{b}");
+    let recipients = app.call("GET", &format!("{url}/recipients"), Some(&ctx.admin), None).await.body;
+    crate::openapi::conforms(&doc, "BroadcastRecipientPage", &recipients);
+    let replied: Vec<(&str, bool)> = recipients["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| (r["phone_number"].as_str().unwrap_or(""), r["replied_at"].is_string()))
+        .collect();
+    assert_eq!(replied, vec![(format!("+{RUI}").as_str(), true), (format!("+{NEW}").as_str(), false)]);
+
+    // Another, scheduled, then cancelled: nobody is sent it. A third sent now by moving it to `null`.
+    let r = create(&app, &ctx.admin, body.clone()).await;
+    let cancelled = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("POST", &format!("/api/broadcasts/{cancelled}/cancel"), Some(&ctx.admin), None).await;
+    assert_eq!(
+        (r.status, &r.body["status"], &r.body["counts"]["skipped"]),
+        (200, &json!("cancelled"), &json!(2)),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .call("PATCH", &format!("/api/broadcasts/{cancelled}"), Some(&ctx.admin), Some(json!({"send_at": null})))
+        .await;
+    assert_eq!(code(&r), (409, "broadcast_not_scheduled"));
+    let r = create(&app, &ctx.admin, body).await;
+    let now_id = r.body["id"].as_str().expect("id").to_string();
+    let r =
+        app.call("PATCH", &format!("/api/broadcasts/{now_id}"), Some(&ctx.admin), Some(json!({"send_at": null}))).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("sending")), "{:?}", r.body);
+    eventually("sent at once", || async { get(&app, &ctx.admin, &now_id).await["status"] == "done" }).await;
+    assert_eq!(reached(&app, "lembrete").await, 2, "the same two customers");
+    assert_eq!(template_sends(&app, "lembrete").await.len(), 4, "twice each: the first and the third broadcast");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'broadcast.rescheduled'"), 3);
+}
