@@ -186,7 +186,9 @@ pub async fn connect_facebook(
 
 /// What a WhatsApp business account says of one of its numbers: its id,
 /// display number and quality rating (`whatsapp_number`).
-type ListedNumber = (String, Option<String>, Option<String>);
+/// A number as its account lists it: id, display number, quality rating,
+/// messaging limit.
+type ListedNumber = (String, Option<String>, Option<String>, Option<String>);
 
 /// Stores the connected channels, and what their account says of each
 /// WhatsApp number, in one transaction; their views as they are then.
@@ -207,8 +209,8 @@ async fn store(
                 super::note_subscribed(tc, &row)?;
                 ids.push(row.channel_id());
             }
-            for (id, display, quality) in &listed {
-                super::whatsapp_number::listed(tc, id, display.as_deref(), quality.as_deref())?;
+            for (id, display, quality, limit) in &listed {
+                super::whatsapp_number::listed(tc, id, display.as_deref(), quality.as_deref(), limit.as_deref())?;
             }
             ids.into_iter().map(|id| super::get_view(tc, id)).collect()
         })
@@ -281,7 +283,7 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
             .await?;
         app.graph.subscribe_waba(waba, &token).await?;
         for n in numbers {
-            listed.push((n.id.clone(), n.display_phone_number.clone(), n.quality_rating.clone()));
+            listed.push((n.id.clone(), n.display_phone_number.clone(), n.quality_rating.clone(), n.messaging_limit()));
             let name = match (&n.verified_name, &n.display_phone_number) {
                 (Some(v), Some(d)) => format!("{v} ({d})"),
                 (Some(v), None) => v.clone(),
@@ -393,6 +395,7 @@ pub async fn check_health(app: &AppState, scope: TenantScope, id: ChannelId) -> 
                                         &n.id,
                                         n.display_phone_number.as_deref(),
                                         n.quality_rating.as_deref(),
+                                        n.messaging_limit().as_deref(),
                                     )
                                 })
                                 .await?;

@@ -5,12 +5,25 @@
 //!
 //! Decisions:
 //! - Read with the number's other details at connect and at each channel
-//!   check (`GET /{waba-id}/phone_numbers`: the display number and
-//!   `quality_rating`), and changed by Meta's `phone_number_quality_update`
-//!   webhook: its `event` (`FLAGGED`, `UNFLAGGED`, `DOWNGRADE`, `UPGRADE`,
-//!   `ONBOARDING`, `THROUGHPUT_UPGRADE`…) and the messaging limit
+//!   check (`GET /{waba-id}/phone_numbers`: the display number,
+//!   `quality_rating`, and the messaging limit as
+//!   `whatsapp_business_manager_messaging_limit`, the field Meta names in
+//!   place of the retired `messaging_limit_tier`; a Graph version that
+//!   does not know it is asked again without it), and changed by Meta's
+//!   `phone_number_quality_update` webhook: its `event` (`FLAGGED`,
+//!   `UNFLAGGED`, `DOWNGRADE`, `UPGRADE`, `ONBOARDING`,
+//!   `THROUGHPUT_UPGRADE`…) and the messaging limit
 //!   (`max_daily_conversations_per_business`, or `current_limit`, which
 //!   Meta is retiring).
+//! - Meta sets the messaging limit per business portfolio now, shared by
+//!   all its numbers, and says so with `business_capability_update`
+//!   (`max_daily_conversations_per_business`: a number, `-1` for none;
+//!   else the retiring `max_daily_conversation_per_phone`): it is routed
+//!   by the account and applies to each of its numbers (audited
+//!   `channel.whatsapp_messaging_limit` once per number, a
+//!   `channel.updated` when it changed). Kept as Meta wrote it (`TIER_2K`,
+//!   `2000`), `-1` as `TIER_UNLIMITED`; broadcasts read it
+//!   (`inbox::broadcasts`).
 //! - That webhook names the number by its display number (digits), not its
 //!   id: it is routed by its business account and applies to the account's
 //!   number whose display number it is. A number whose display number is
@@ -57,7 +70,8 @@ pub struct WhatsappNumber {
     pub display_phone_number: Option<String>,
     /// `GREEN`, `YELLOW`, `RED` or `UNKNOWN`, as Meta lists the number.
     pub quality_rating: Option<String>,
-    /// From the last quality webhook (`TIER_1K`, `TIER_UNLIMITED`, a number…).
+    /// The customers the business may start conversations with a day
+    /// (`TIER_2K`, `TIER_UNLIMITED`, a number…), as Meta last said.
     pub messaging_limit: Option<String>,
     pub quality_event: Option<String>,
     pub quality_event_at: Option<DateTime<Utc>>,
@@ -236,6 +250,7 @@ pub fn listed(
     external_id: &str,
     display: Option<&str>,
     quality_rating: Option<&str>,
+    messaging_limit: Option<&str>,
 ) -> AppResult<bool> {
     let row: Option<ChannelRow> = channels::table
         .filter(channels::platform.eq(Platform::Whatsapp.as_str()))
@@ -249,6 +264,7 @@ pub fn listed(
     let after = WhatsappNumber {
         display_phone_number: display.map(digits).filter(|d| !d.is_empty()).or(before.display_phone_number.clone()),
         quality_rating: quality_rating.map(str::to_string).or(before.quality_rating.clone()),
+        messaging_limit: messaging_limit.map(str::to_string).or(before.messaging_limit.clone()),
         ..before.clone()
     };
     if after == before && row.whatsapp_number.is_some() {
@@ -306,6 +322,30 @@ pub fn quality_update(tc: &mut TenantConn<'_>, channel: &ChannelRow, update: Qua
         quality_event_at: Some(update.at),
         ..before
     };
+    write(tc, channel.id, &after)?;
+    announce(tc, channel.id)
+}
+
+/// Applies a `business_capability_update` routed by its account to
+/// `channel`, one of the account's numbers: the messaging limit all the
+/// portfolio's numbers share ([module docs](self)).
+pub fn capability_update(
+    tc: &mut TenantConn<'_>,
+    channel: &ChannelRow,
+    limit: &str,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    if channel.platform() != Platform::Whatsapp || channel.status == super::ChannelStatus::Disconnected.as_str() {
+        return Ok(());
+    }
+    let details = json!({"messaging_limit": limit});
+    let notice =
+        super::record_notice(tc, channel.channel_id(), "channel.whatsapp_messaging_limit", details, at, |_| true)?;
+    let before = WhatsappNumber::of(channel).unwrap_or_default();
+    if notice != Notice::Fresh || before.messaging_limit.as_deref() == Some(limit) {
+        return Ok(());
+    }
+    let after = WhatsappNumber { messaging_limit: Some(limit.to_string()), ..before };
     write(tc, channel.id, &after)?;
     announce(tc, channel.id)
 }

@@ -30,7 +30,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/channels/{id}/members").route(web::put().to(set_members)))
         .service(resource("/channels/{id}/check").route(web::post().to(check)))
-        .service(resource("/channels/{id}/templates").route(web::get().to(templates)));
+        .service(
+            resource("/channels/{id}/templates").route(web::get().to(templates)).route(web::post().to(submit_template)),
+        )
+        .service(resource("/channels/{id}/templates/{name}").route(web::delete().to(delete_template)));
 }
 
 fn channel_id(raw: &str) -> AppResult<ChannelId> {
@@ -221,6 +224,35 @@ async fn templates(state: web::Data<AppState>, auth: AuthContext, path: web::Pat
     let id = channel_id(&path)?;
     let items = crate::inbox::templates::list(&state, auth.scope(), auth.user, auth.role, id).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+/// `POST /api/channels/{id}/templates` (admins): a new template sent to
+/// Meta for review; 201, or 200 for a retry (`inbox::template_authoring`).
+async fn submit_template(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    body: web::Json<crate::inbox::template_authoring::NewTemplate>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let id = channel_id(&path)?;
+    let (template, made) =
+        crate::inbox::template_authoring::create(&state, auth.scope(), auth.user, auth.role, id, body.into_inner())
+            .await?;
+    Ok(if made { HttpResponse::Created() } else { HttpResponse::Ok() }.json(template))
+}
+
+/// `DELETE /api/channels/{id}/templates/{name}` (admins): every language.
+async fn delete_template(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    auth.require(Role::Admin)?;
+    let (id, name) = path.into_inner();
+    let id = channel_id(&id)?;
+    crate::inbox::template_authoring::delete(&state, auth.scope(), auth.user, auth.role, id, &name).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn check(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

@@ -16,9 +16,13 @@
 //!   of them, everyone they name together, each number once, 1 to
 //!   [`MOST_RECIPIENTS`]. Fixed when the broadcast is made, a scheduled
 //!   one too (the admin sees who it will reach): a label or attribute
-//!   given later is not followed. More recipients than the number's
-//!   messaging limit (Meta's tier, `channels::whatsapp_number`) is refused
-//!   (`over_messaging_limit`): Meta would fail the rest.
+//!   given later is not followed. More recipients outside their 24-hour
+//!   window than the number's messaging limit (Meta's, per business
+//!   portfolio, `channels::whatsapp_number`) is refused
+//!   (`over_messaging_limit`): Meta would fail the rest. Customers who
+//!   wrote in the last 24 hours do not count, as Meta counts; the
+//!   conversations the business started elsewhere that day, or on the
+//!   portfolio's other numbers, are not known here and are not counted.
 //! - Parameters may hold variables (`inbox::variables`: `{{contact.
 //!   first_name | there}}`, an attribute…), filled in for each customer
 //!   as their message is queued, with what the team knows of them then.
@@ -388,10 +392,22 @@ fn look(
     }
     let limit = WhatsappNumber::of(&row).and_then(|n| n.messaging_limit).and_then(|t| daily_limit(&t));
     if let Some(limit) = limit.filter(|l| all.len() > *l) {
-        return Err(AppError::invalid(
-            "over_messaging_limit",
-            format!("this number may start conversations with {limit} customers a day (Meta's messaging limit); this broadcast has {}", all.len()),
-        ));
+        // Meta counts the customers reached outside their 24-hour window.
+        let since = Utc::now() - chrono::Duration::hours(24);
+        let in_window: i64 = cv::table
+            .inner_join(ct::table)
+            .filter(cv::channel_id.eq(row.id))
+            .filter(cv::last_inbound_at.gt(since))
+            .filter(ct::external_id.eq_any(&all))
+            .count()
+            .get_result(tc.pg())?;
+        let outside = all.len().saturating_sub(usize::try_from(in_window).unwrap_or(0));
+        if outside > limit {
+            return Err(AppError::invalid(
+                "over_messaging_limit",
+                format!("this number may start conversations with {limit} customers a day (Meta's messaging limit); this broadcast reaches {outside} outside their 24-hour window"),
+            ));
+        }
     }
     Ok(Found::Channel(row, all))
 }
@@ -501,6 +517,18 @@ fn queue_job(tc: &mut TenantConn<'_>, id: i64, at: Option<DateTime<Utc>>) -> App
 /// A broadcast's message `m` was answered: its customer wrote after it.
 const REPLIED: &str = "EXISTS (SELECT 1 FROM messages i WHERE i.conversation_id = m.conversation_id \
                                  AND i.direction = 'in' AND i.id > m.id)";
+
+/// Takes a broadcast's job out of the queue when it is waiting there (a
+/// scheduled one's may wait for months); one taken up meanwhile finds
+/// itself a stray.
+fn drop_job(tc: &mut TenantConn<'_>, job: Option<i64>) -> AppResult<()> {
+    if let Some(job) = job {
+        diesel::update(sq::table.find(job).filter(sq::status.eq("pending")))
+            .set(sq::status.eq("done"))
+            .execute(tc.pg())?;
+    }
+    Ok(())
+}
 
 /// Counts of each broadcast in `ids`.
 fn counts(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<HashMap<i64, Counts>> {
@@ -719,6 +747,7 @@ pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId
             ))
         }
     }
+    drop_job(tc, row.job_id)?;
     let skipped = end(tc, row.id, "cancelled", None, "cancelled")?;
     crate::audit::record(
         tc,
@@ -752,13 +781,8 @@ pub fn reschedule(
             format!("this broadcast is {} already; only a scheduled one can be moved", row.status),
         ));
     }
-    // A new job, so the old one is a stray whatever it is doing now; it is
-    // taken out of the queue when it is waiting there.
-    if let Some(old) = row.job_id {
-        diesel::update(sq::table.find(old).filter(sq::status.eq("pending")))
-            .set(sq::status.eq("done"))
-            .execute(tc.pg())?;
-    }
+    // A new job, so the old one is a stray whatever it is doing now.
+    drop_job(tc, row.job_id)?;
     let job = queue_job(tc, row.id, send_at)?;
     let row: BroadcastRow = diesel::update(b::table.find(row.id))
         .set((

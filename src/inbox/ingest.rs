@@ -750,6 +750,9 @@ impl Ingest<'_> {
                 };
                 crate::channels::whatsapp_number::quality_update(tc, channel, update)
             }
+            Item::BusinessCapability { limit, timestamp } => {
+                crate::channels::whatsapp_number::capability_update(tc, channel, limit, *timestamp)
+            }
             Item::TemplateCategory {
                 template_id,
                 name,

@@ -53,6 +53,7 @@ pub mod scrub;
 pub mod search_index;
 pub mod sender;
 pub mod teams;
+pub mod template_authoring;
 pub mod templates;
 pub mod transcript;
 pub mod uploads;

@@ -291,7 +291,7 @@ pub fn stored(attachments: &Value) -> Option<(String, String, Vec<String>, Vec<S
 
 /// A WhatsApp channel the caller may see, with its business account and
 /// token: where its templates are read.
-fn channel_for_templates(
+pub(super) fn channel_for_templates(
     tc: &mut TenantConn<'_>,
     keys: &crate::crypto::Keyring,
     user: UserId,
@@ -514,7 +514,7 @@ fn announce(
 /// Meta's templates of a business account, readable: kept a while
 /// ([`TemplateCache`]); a dead token marks the channel `reauth_required`
 /// on the way.
-async fn from_meta(
+pub(super) async fn read(
     app: &AppState,
     tenant: crate::ids::TenantId,
     row: &ChannelRow,
@@ -545,7 +545,7 @@ pub async fn list(
 ) -> AppResult<Vec<Template>> {
     let keys = app.keys.clone();
     let (row, waba, token) = app.db.tenant(scope, move |tc| channel_for_templates(tc, &keys, user, role, id)).await?;
-    let mut list = from_meta(app, scope.tenant, &row, &waba, &token).await?;
+    let mut list = read(app, scope.tenant, &row, &waba, &token).await?;
     list.sort_by(|a, b| (!a.sendable, &a.name, &a.language).cmp(&(!b.sendable, &b.name, &b.language)));
     Ok(list)
 }
@@ -596,7 +596,7 @@ pub async fn find(
     language: &str,
 ) -> AppResult<Template> {
     let (row, waba, token) = source(&app.keys, row)?;
-    let found = from_meta(app, tenant, &row, &waba, &token).await?;
+    let found = read(app, tenant, &row, &waba, &token).await?;
     found.into_iter().find(|t| t.name == name && t.language == language).ok_or_else(|| {
         AppError::invalid("unknown_template", format!("the business account has no template {name} in {language}"))
     })

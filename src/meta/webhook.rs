@@ -281,6 +281,14 @@ pub enum Item {
         limit: Option<String>,
         timestamp: DateTime<Utc>,
     },
+    /// Meta changed the messaging limit of the business portfolio a
+    /// WhatsApp account belongs to, which all its numbers share
+    /// (`business_capability_update`). Routed by the account.
+    BusinessCapability {
+        /// As [`messaging_limit`] reads it.
+        limit: String,
+        timestamp: DateTime<Utc>,
+    },
     /// Meta changed a WhatsApp template's category, or says it will
     /// (`template_category_update`). Routed by the account.
     TemplateCategory {
@@ -424,6 +432,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
                         Some("message_template_status_update") => template_status(entry, value, &mut out),
                         Some("template_category_update") => template_category(entry, value, &mut out),
                         Some("phone_number_quality_update") => number_quality(entry, value, &mut out),
+                        Some("business_capability_update") => business_capability(entry, value, &mut out),
                         Some("user_preferences") => user_preferences(value, &mut out),
                         _ => {}
                     }
@@ -521,9 +530,8 @@ fn number_quality(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
     else {
         return;
     };
-    let limit = ["max_daily_conversations_per_business", "current_limit"]
-        .iter()
-        .find_map(|k| s(value.get(*k)).filter(|l| !l.is_empty()));
+    let limit =
+        ["max_daily_conversations_per_business", "current_limit"].iter().find_map(|k| messaging_limit(value.get(*k)));
     out.push(Routed {
         route: RouteKey::parent(Platform::Whatsapp, waba),
         item: Item::NumberQuality {
@@ -532,6 +540,35 @@ fn number_quality(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
             limit,
             timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now),
         },
+    });
+}
+
+/// A messaging limit as Meta writes it (`TIER_1K`, `2000`, `-1` for none,
+/// `TIER_UNLIMITED`), as it is kept: a tier or a number, `-1` as
+/// `TIER_UNLIMITED`; none when empty.
+pub fn messaging_limit(v: Option<&Value>) -> Option<String> {
+    let raw = s(v)?;
+    let raw = raw.trim();
+    match raw {
+        "" => None,
+        "-1" => Some("TIER_UNLIMITED".to_string()),
+        other => Some(other.chars().take(40).collect()),
+    }
+}
+
+/// `business_capability_update`: `entry.id` is the account, `entry.time`
+/// in seconds; the limit is `max_daily_conversations_per_business`, else
+/// `max_daily_conversation_per_phone` (which Meta is retiring). One that
+/// names no limit (only the numbers an account may have) is passed over.
+fn business_capability(entry: &Value, value: &Value, out: &mut Vec<Routed>) {
+    let Some(waba) = s(entry.get("id")) else { return };
+    let limit = ["max_daily_conversations_per_business", "max_daily_conversation_per_phone"]
+        .iter()
+        .find_map(|k| messaging_limit(value.get(*k)));
+    let Some(limit) = limit else { return };
+    out.push(Routed {
+        route: RouteKey::parent(Platform::Whatsapp, waba),
+        item: Item::BusinessCapability { limit, timestamp: secs(entry.get("time")).unwrap_or_else(Utc::now) },
     });
 }
 
@@ -1465,6 +1502,30 @@ mod tests {
             [("15550783881", "DOWNGRADE", Some("250"), 1773140000), ("15550783881", "FLAGGED", None, 1773140000)]
         );
         assert_eq!(items[0].route, RouteKey::parent(Platform::Whatsapp, "112233445566778"));
+    }
+
+    #[test]
+    fn a_business_capability_update_gives_the_accounts_messaging_limit() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[
+          {"id":"524126980791429","time":1739321024,"changes":[{"field":"business_capability_update",
+            "value":{"max_daily_conversations_per_business":2000,"max_phone_numbers_per_waba":25}}]},
+          {"id":"524126980791429","time":1739321100,"changes":[
+            {"field":"business_capability_update","value":{"max_daily_conversation_per_phone":-1}},
+            {"field":"business_capability_update","value":{"max_daily_conversations_per_business":"TIER_10K",
+              "max_daily_conversation_per_phone":1000}},
+            {"field":"business_capability_update","value":{"max_phone_numbers_per_business":2}},
+            {"field":"business_capability_update","value":{"max_daily_conversations_per_business":" "}}]}]}"#;
+        let items = parse(body).expect("parses");
+        let got: Vec<(&str, i64)> = items
+            .iter()
+            .filter_map(|r| match &r.item {
+                Item::BusinessCapability { limit, timestamp } => Some((limit.as_str(), timestamp.timestamp())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, [("2000", 1739321024), ("TIER_UNLIMITED", 1739321100), ("TIER_10K", 1739321100)]);
+        assert_eq!(items.len(), 3, "one without a limit is passed over: {items:?}");
+        assert_eq!(items[0].route, RouteKey::parent(Platform::Whatsapp, "524126980791429"));
     }
 
     #[test]

@@ -137,12 +137,18 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
         let r = create(&app, &ctx.admin, bad.clone()).await;
         assert!(matches!(r.status, 400 | 422) && r.body["error"]["code"].is_string(), "{bad}: {:?}", r.body);
     }
-    // Meta's messaging limit for the number is smaller than the audience.
+    // Meta's messaging limit counts the customers outside their 24-hour
+    // window: the three who wrote today do not, two new numbers are more
+    // than a limit of one.
     app.exec(&format!(
         "UPDATE tenant_acme.channels SET whatsapp_number = jsonb_set(coalesce(whatsapp_number, '{{}}'), \
-         '{{messaging_limit}}', '\"TIER_2\"') WHERE external_id = '{PHONE}'"
+         '{{messaging_limit}}', '\"1\"') WHERE external_id = '{PHONE}'"
     ));
-    assert_eq!(code(&create(&app, &ctx.admin, body.clone()).await), (422, "over_messaging_limit"));
+    let mut two_new = body.clone();
+    two_new["to"]["phone_numbers"] = json!(["+351 944 444 444", "+351 955 555 555"]);
+    let r = create(&app, &ctx.admin, two_new).await;
+    assert_eq!(code(&r), (422, "over_messaging_limit"));
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("reaches 2 outside")), "{:?}", r.body);
     app.exec(&format!(
         "UPDATE tenant_acme.channels SET whatsapp_number = whatsapp_number - 'messaging_limit' WHERE external_id = '{PHONE}'"
     ));
@@ -523,6 +529,13 @@ async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_count
         (200, &json!("cancelled"), &json!(2)),
         "{:?}",
         r.body
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE broadcast_id = {cancelled} AND status = 'pending'"
+        )),
+        0,
+        "its job does not wait out the hour"
     );
     let r = app
         .call("PATCH", &format!("/api/broadcasts/{cancelled}"), Some(&ctx.admin), Some(json!({"send_at": null})))

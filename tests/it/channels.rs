@@ -839,3 +839,137 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
     check().await;
     assert_eq!(subscribes().await, before + 1);
 }
+
+/// Meta's messaging limit is the business portfolio's, shared by its
+/// numbers: read at connect and at a check from the account's listing,
+/// and changed for every number of the account by
+/// `business_capability_update`, once, a late retry not applied.
+#[actix_web::test]
+async fn a_portfolios_messaging_limit_reaches_each_of_its_numbers() {
+    const WABA: &str = "112233445566778";
+    const OTHER_WABA: &str = "998877665544332";
+    let app = spawn_app().await;
+    let acme = app
+        .fake(
+            "POST",
+            "/_fake/users",
+            json!({"wabas": [{"id": WABA, "phone_numbers": [{"id": "123456789012345"}, {"id": "123456789012346"}]}]}),
+        )
+        .await;
+    let beta = app
+        .fake("POST", "/_fake/users", json!({"wabas": [{"id": OTHER_WABA, "phone_numbers": [{"id": "5550001"}]}]}))
+        .await;
+    let admin = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let beta_admin = token(&app.signup("beta", "bo@beta.test", "bo-password-1").await, "access_token");
+    for (t, waba, grant) in [(&admin, WABA, &acme), (&beta_admin, OTHER_WABA, &beta)] {
+        let body = json!({"waba_id": waba, "access_token": grant["wabas"][0]["access_token"]});
+        let r = app.call("POST", "/api/channels/whatsapp/connect", Some(t), Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let limits = |t: String| {
+        let app = &app;
+        async move {
+            let mut out: Vec<(String, Value)> = channels(app, &t)
+                .await
+                .iter()
+                .map(|c| {
+                    (
+                        c["external_id"].as_str().unwrap_or("").to_string(),
+                        c["whatsapp_number"]["messaging_limit"].clone(),
+                    )
+                })
+                .collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        }
+    };
+    let both = |limit: &str| {
+        vec![("123456789012345".to_string(), json!(limit)), ("123456789012346".to_string(), json!(limit))]
+    };
+    // A new portfolio's, as the account lists it.
+    assert_eq!(limits(admin.clone()).await, both("TIER_250"));
+    let mut socket = crate::realtime::ws(&app, "", Some(&admin), None).await.expect("socket");
+
+    let sent = app
+        .fake(
+            "POST",
+            "/_fake/business-capability",
+            json!({"waba_id": WABA, "max_daily_conversations_per_business": 2000}),
+        )
+        .await;
+    assert_eq!(sent["delivered_status"], 200, "{sent}");
+    app.processed().await;
+    assert_eq!(limits(admin.clone()).await, both("2000"));
+    assert_eq!(limits(beta_admin.clone()).await, vec![("5550001".to_string(), json!("TIER_250"))], "not theirs");
+    let frame = crate::realtime::until(&mut socket, "channel.updated", std::time::Duration::from_secs(5))
+        .await
+        .expect("channel.updated");
+    assert_eq!(frame["data"]["whatsapp_number"]["messaging_limit"], "2000", "{frame}");
+
+    // Meta's retry adds nothing; an older one delivered late is not applied.
+    let webhook = sent["webhook"].clone();
+    assert_eq!(app.webhook(&serde_json::to_vec(&webhook).expect("body")).await, 200);
+    let mut late = webhook.clone();
+    late["entry"][0]["time"] = json!(webhook["entry"][0]["time"].as_i64().expect("time") - 600);
+    late["entry"][0]["changes"][0]["value"]["max_daily_conversations_per_business"] = json!(250);
+    assert_eq!(app.webhook(&serde_json::to_vec(&late).expect("body")).await, 200);
+    app.processed().await;
+    assert_eq!(limits(admin.clone()).await, both("2000"));
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&admin), None).await;
+    let noted = log.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "channel.whatsapp_messaging_limit")
+        .count();
+    assert_eq!(noted, 4, "each number's change and late retry, once each");
+
+    // Unlimited (-1); a check reads the account's listing, the same.
+    app.fake(
+        "POST",
+        "/_fake/business-capability",
+        json!({"waba_id": WABA, "max_daily_conversations_per_business": -1}),
+    )
+    .await;
+    app.processed().await;
+    assert_eq!(limits(admin.clone()).await, both("TIER_UNLIMITED"));
+    app.exec(
+        "UPDATE tenant_acme.channels SET whatsapp_number = whatsapp_number - 'messaging_limit' \
+          WHERE external_id = '123456789012345'",
+    );
+    let number =
+        channels(&app, &admin).await.into_iter().find(|c| c["external_id"] == "123456789012345").expect("number");
+    let check = format!("/api/channels/{}/check", number["id"].as_str().expect("id"));
+    let r = app.call("POST", &check, Some(&admin), None).await;
+    assert_eq!(
+        (r.status, &r.body["whatsapp_number"]["messaging_limit"]),
+        (200, &json!("TIER_UNLIMITED")),
+        "{:?}",
+        r.body
+    );
+    // A Graph version that does not know the limit's field: asked again without it.
+    app.exec("UPDATE tenant_acme.channels SET whatsapp_number = whatsapp_number - 'quality_rating'");
+    let unknown = json!({"path": format!("/{WABA}/phone_numbers"), "status": 400,
+        "error": {"code": 100, "message": "(#100) Tried accessing nonexisting field (whatsapp_business_manager_messaging_limit)"}});
+    app.fake("POST", "/_fake/errors", unknown).await;
+    let r = app.call("POST", &check, Some(&admin), None).await;
+    assert_eq!(
+        (r.status, &r.body["status"], &r.body["whatsapp_number"]["quality_rating"]),
+        (200, &json!("connected"), &json!("GREEN")),
+        "{:?}",
+        r.body
+    );
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let asked: Vec<String> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{WABA}/phone_numbers"))
+        .filter_map(|c| c["query"]["fields"].as_str().map(str::to_string))
+        .collect();
+    let last_two = &asked[asked.len().saturating_sub(2)..];
+    assert!(
+        last_two[0].contains("whatsapp_business_manager_messaging_limit") && !last_two[1].contains("messaging_limit"),
+        "{asked:?}"
+    );
+}

@@ -26,4 +26,5 @@ mod retention;
 mod search;
 mod teams;
 mod teardown;
+mod template_authoring;
 mod tenancy;

@@ -649,7 +649,8 @@ pub(super) async fn user_preferences(fake: &FakeMeta, body: &Value) -> HttpRespo
 /// current_limit?, old_limit?, max_daily_conversations_per_business?}`:
 /// Meta re-rates a WhatsApp number and sends `phone_number_quality_update`
 /// to its account's subscribers, naming the number by its display number
-/// (digits only), as Meta does.
+/// (digits only), as Meta does; a limit given is what the account lists
+/// from then on.
 pub(super) async fn number_quality(fake: &FakeMeta, body: &Value) -> HttpResponse {
     let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(phone), Some(event)) = (s("phone_number_id"), s("event")) else {
@@ -663,6 +664,11 @@ pub(super) async fn number_quality(fake: &FakeMeta, body: &Value) -> HttpRespons
         }
         let display: String = number.display.chars().filter(char::is_ascii_digit).collect();
         let (waba, _) = st.number_metadata(&phone);
+        // The account lists the limit the event names from then on.
+        let limit = s("max_daily_conversations_per_business").or_else(|| s("current_limit"));
+        if let (Some(limit), Some(account)) = (limit, st.wabas.get_mut(&waba)) {
+            account.messaging_limit = json!(limit);
+        }
         (st.webhook_target.clone(), waba, display)
     };
     let mut value = json!({"display_phone_number": display, "event": event});
@@ -673,6 +679,33 @@ pub(super) async fn number_quality(fake: &FakeMeta, body: &Value) -> HttpRespons
     }
     let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": Utc::now().timestamp(),
         "changes": [{"value": value, "field": "phone_number_quality_update"}]}]});
+    let delivered = match target {
+        Some(url) => fake.post_noted(&url, &event).await,
+        None => None,
+    };
+    HttpResponse::Ok().json(json!({"webhook": event, "delivered_status": delivered}))
+}
+
+/// `POST /_fake/business-capability` `{waba_id,
+/// max_daily_conversations_per_business}`: Meta changes the messaging limit
+/// of the account's business portfolio and sends
+/// `business_capability_update` to its subscribers, as Meta does (the
+/// limit as a number, `-1` for none).
+pub(super) async fn business_capability(fake: &FakeMeta, body: &Value) -> HttpResponse {
+    let waba = body.get("waba_id").and_then(Value::as_str).map(str::to_string);
+    let limit = body.get("max_daily_conversations_per_business").filter(|l| l.is_number() || l.is_string());
+    let (Some(waba), Some(limit)) = (waba, limit.cloned()) else {
+        return super::bad("waba_id and max_daily_conversations_per_business are required");
+    };
+    let target = {
+        let mut st = fake.lock();
+        let Some(account) = st.wabas.get_mut(&waba) else { return super::bad("no such business account") };
+        account.messaging_limit = limit.clone();
+        st.webhook_target.clone()
+    };
+    let value = json!({"max_daily_conversations_per_business": limit, "max_phone_numbers_per_waba": 25});
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": Utc::now().timestamp(),
+        "changes": [{"value": value, "field": "business_capability_update"}]}]});
     let delivered = match target {
         Some(url) => fake.post_noted(&url, &event).await,
         None => None,

@@ -82,6 +82,12 @@
 //!   Meta re-rates a WhatsApp number (`quality_rating` is what
 //!   `phone_numbers` lists from then on) and sends
 //!   `phone_number_quality_update`, naming it by its display number.
+//! - `POST /_fake/business-capability` `{waba_id,
+//!   max_daily_conversations_per_business}` (a number, `-1` for none, or
+//!   a tier): Meta changes the messaging limit of the account's portfolio
+//!   (what `phone_numbers` lists as
+//!   `whatsapp_business_manager_messaging_limit` from then on; `TIER_250`
+//!   before) and sends `business_capability_update`.
 //! - `POST /_fake/user-preferences` `{phone_number_id, wa_id, value}`: a
 //!   WhatsApp customer stops (`stop`) or resumes (`resume`) the number's
 //!   marketing messages; the fake sends `user_preferences`, and from then
@@ -193,6 +199,9 @@ struct Waba {
     phones: Vec<String>,
     subscribed: bool,
     templates: Vec<templates::Template>,
+    /// Its portfolio's messaging limit, shared by its numbers: `TIER_250`
+    /// (a new portfolio's) until `POST /_fake/business-capability`.
+    messaging_limit: Value,
 }
 
 #[derive(Clone, Debug)]
@@ -473,11 +482,19 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         }
         ("GET", [id, "phone_numbers"]) => {
             let id = id.to_string();
-            with_token(&fake, token.as_deref(), move |st, owner| phone_numbers(st, owner, &id))
+            with_token(&fake, token.as_deref(), move |st, owner| phone_numbers(st, owner, &id, &q))
         }
         ("GET", [id, "message_templates"]) => {
             let id = id.to_string();
             with_token(&fake, token.as_deref(), move |st, owner| templates::list(st, owner, &id, &q))
+        }
+        ("POST", [id, "message_templates"]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, owner| templates::create(st, owner, &id, &body_json))
+        }
+        ("DELETE", [id, "message_templates"]) => {
+            let id = id.to_string();
+            with_token(&fake, token.as_deref(), move |st, owner| templates::delete(st, owner, &id, &q))
         }
         ("POST", [id, "messages"]) => {
             let id = id.to_string();
@@ -764,21 +781,29 @@ fn owns_waba(st: &State, owner: &Owner, waba: &str) -> bool {
     }
 }
 
-fn phone_numbers(st: &State, owner: &Owner, id: &str) -> HttpResponse {
+/// `GET /{waba}/phone_numbers`: the default fields, and the portfolio's
+/// messaging limit when `fields` asks for it, as Graph answers.
+fn phone_numbers(st: &State, owner: &Owner, id: &str, q: &HashMap<String, String>) -> HttpResponse {
     let Some(waba) = st.wabas.get(id) else { return no_object(id) };
     if !owns_waba(st, owner, id) {
         return graph_error(200, None, "(#200) Permissions error");
     }
+    const LIMIT: &str = "whatsapp_business_manager_messaging_limit";
+    let with_limit = q.get("fields").is_some_and(|f| f.split(',').any(|f| f.trim() == LIMIT));
     let data: Vec<Value> = waba
         .phones
         .iter()
         .filter_map(|p| st.phones.get(p))
         .map(|p| {
-            json!({
+            let mut number = json!({
                 "verified_name": p.verified_name, "code_verification_status": "VERIFIED",
                 "display_phone_number": p.display, "quality_rating": p.quality, "platform_type": "CLOUD_API",
                 "throughput": {"level": "STANDARD"}, "id": p.id,
-            })
+            });
+            if with_limit {
+                number[LIMIT] = waba.messaging_limit.clone();
+            }
+            number
         })
         .collect();
     HttpResponse::Ok().json(json!({"data": data, "paging": {"cursors": {"before": "QVFIUmFrZUJlZm9yZQZDZD", "after": "QVFIUmFrZUFmdGVyZAZDZD"}}}))
@@ -971,6 +996,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
         ("POST", "template-pacing") => templates::pacing(&fake, &body).await,
         ("POST", "account-update") => messaging::account_update(&fake, &body).await,
         ("POST", "number-quality") => messaging::number_quality(&fake, &body).await,
+        ("POST", "business-capability") => messaging::business_capability(&fake, &body).await,
         ("POST", "user-preferences") => messaging::user_preferences(&fake, &body).await,
         ("POST", "policy-enforcement") => messaging::policy_enforcement(&fake, &body).await,
         ("POST", "handover") => messaging::handover(&fake, &body).await,
@@ -1079,7 +1105,13 @@ fn create_user(fake: &FakeMeta, new: NewUser) -> HttpResponse {
         out_wabas.push(json!({"id": id, "access_token": token, "phone_numbers": phones}));
         st.wabas.insert(
             id.clone(),
-            Waba { id: id.clone(), phones, subscribed: false, templates: vec![templates::Template::sample()] },
+            Waba {
+                id: id.clone(),
+                phones,
+                subscribed: false,
+                templates: vec![templates::Template::sample()],
+                messaging_limit: json!("TIER_250"),
+            },
         );
         waba_ids.push(id);
     }

@@ -10,6 +10,10 @@
 //! body's parameters must all be given (132000), and a parameter may hold
 //! no new line, tab or more than four spaces in a row (132018).
 //!
+//! `POST /{waba-id}/message_templates` submits a template for review
+//! (`PENDING`) and `DELETE /{waba-id}/message_templates?name=` deletes
+//! one, as Graph does ([`create`], [`delete`]).
+//!
 //! `POST /_fake/template-status` `{waba_id, name, language?, event,
 //! reason?}` is Meta reviewing a template: its status changes as the event
 //! (one of Meta's) says (`REINSTATED` makes it approved again, `DELETED`
@@ -372,6 +376,93 @@ pub(super) fn list(
         ));
     }
     HttpResponse::Ok().json(json!({"data": page, "paging": paging}))
+}
+
+/// `POST /{waba-id}/message_templates` `{name, language, category,
+/// components}`: a business submits a template for review. Meta's checks
+/// that matter here: a name of lowercase letters, digits and underscores;
+/// a category Meta knows; a body; an example for each body parameter; the
+/// name free in that language (subcode 2388024). Made `PENDING`, answered
+/// `{id, status, category}`; `/_fake/template-status` reviews it.
+pub(super) fn create(st: &mut State, owner: &Owner, waba_id: &str, body: &Value) -> HttpResponse {
+    if !st.wabas.contains_key(waba_id) {
+        return no_object(waba_id);
+    }
+    if !super::owns_waba(st, owner, waba_id) {
+        return graph_error(200, None, "(#200) Permissions error");
+    }
+    let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let (name, language, category) = (text("name"), text("language"), text("category"));
+    let components = body.get("components").and_then(Value::as_array).cloned().unwrap_or_default();
+    let invalid = |why: &str| graph_error(100, None, &format!("(#100) Invalid parameter: {why}"));
+    if name.is_empty()
+        || name.len() > 512
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return invalid("name may hold only lowercase letters, digits and underscores");
+    }
+    if language.is_empty() {
+        return invalid("language is required");
+    }
+    if !matches!(category.as_str(), "MARKETING" | "UTILITY" | "AUTHENTICATION") {
+        return invalid("category must be MARKETING, UTILITY or AUTHENTICATION");
+    }
+    let Some(body_part) = components.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("BODY")) else {
+        return invalid("a template needs a BODY component");
+    };
+    let wanted = body_part.get("text").and_then(Value::as_str).map(placeholders).unwrap_or(0);
+    let examples = body_part.pointer("/example/body_text/0").and_then(Value::as_array).map_or(0, Vec::len);
+    if wanted > 0 && examples != wanted {
+        return graph_error(100, Some(2388043), "(#100) Message template body requires an example for each variable");
+    }
+    let waba = st.wabas.get_mut(waba_id).expect("checked above");
+    if waba.templates.iter().any(|t| t.name == name && t.language == language) {
+        return graph_error(
+            100,
+            Some(2388024),
+            &format!("(#100) Message template \"{name}\" already exists in {language}"),
+        );
+    }
+    let template = Template {
+        id: format!("9{}", random_digits(14)),
+        name,
+        language,
+        category,
+        status: "PENDING".into(),
+        components: Value::Array(components),
+        paced: false,
+        held: Vec::new(),
+    };
+    let answer = json!({"id": template.id, "status": template.status, "category": template.category});
+    waba.templates.push(template);
+    HttpResponse::Ok().json(answer)
+}
+
+/// `DELETE /{waba-id}/message_templates?name=` (and `hsm_id=`, one
+/// language's): the templates of that name, every language unless
+/// `hsm_id` names one, are deleted.
+pub(super) fn delete(
+    st: &mut State,
+    owner: &Owner,
+    waba_id: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> HttpResponse {
+    if !st.wabas.contains_key(waba_id) {
+        return no_object(waba_id);
+    }
+    if !super::owns_waba(st, owner, waba_id) {
+        return graph_error(200, None, "(#200) Permissions error");
+    }
+    let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
+        return graph_error(100, None, "(#100) The parameter name is required");
+    };
+    let waba = st.wabas.get_mut(waba_id).expect("checked above");
+    let before = waba.templates.len();
+    waba.templates.retain(|t| !(&t.name == name && q.get("hsm_id").is_none_or(|id| &t.id == id)));
+    if waba.templates.len() == before {
+        return graph_error(100, None, &format!("(#100) Message template \"{name}\" was not found"));
+    }
+    HttpResponse::Ok().json(json!({"success": true}))
 }
 
 /// Checks a `template` send through a number of `waba`; `Ok` with the
