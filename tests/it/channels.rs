@@ -546,31 +546,40 @@ fn account_update_at(entry_id: &str, value: Value, time: i64) -> Vec<u8> {
     .expect("body")
 }
 
-#[actix_web::test]
-async fn whatsapp_account_updates_reach_every_number_of_the_account() {
-    const WABA: &str = "112233445566778";
-    const OTHER_WABA: &str = "998877665544332";
-    let app = spawn_app().await;
-    let acme = app
-        .fake(
-            "POST",
-            "/_fake/users",
-            json!({"id": META_USER, "name": "Ana Admin", "pages": [{"id": PAGE_A, "name": "Loja Azul"}],
-                   "wabas": [{"id": WABA, "phone_numbers": [{"id": "123456789012345"}, {"id": "123456789012346"}]}]}),
-        )
-        .await;
+/// Acme's WhatsApp business account, with two numbers, and Beta's, with one.
+const WABA: &str = "112233445566778";
+const OTHER_WABA: &str = "998877665544332";
+
+/// Acme (its two WhatsApp numbers, and Page A with `page`) and Beta (its
+/// one number) connected: their admins' tokens.
+async fn two_accounts(app: &TestApp, page: bool) -> (String, String) {
+    let mut user = json!({"id": META_USER, "name": "Ana Admin",
+        "wabas": [{"id": WABA, "phone_numbers": [{"id": "123456789012345"}, {"id": "123456789012346"}]}]});
+    if page {
+        user["pages"] = json!([{"id": PAGE_A, "name": "Loja Azul"}]);
+    }
+    let acme = app.fake("POST", "/_fake/users", user).await;
     let beta = app
         .fake("POST", "/_fake/users", json!({"wabas": [{"id": OTHER_WABA, "phone_numbers": [{"id": "5550001"}]}]}))
         .await;
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
     let admin = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
     let beta_admin = token(&app.signup("beta", "bo@beta.test", "bo-password-1").await, "access_token");
-    connect_pages(&app, &admin, &[PAGE_A], false).await;
+    if page {
+        connect_pages(app, &admin, &[PAGE_A], false).await;
+    }
     for (t, waba, grant) in [(&admin, WABA, &acme), (&beta_admin, OTHER_WABA, &beta)] {
         let body = json!({"waba_id": waba, "access_token": grant["wabas"][0]["access_token"]});
         let r = app.call("POST", "/api/channels/whatsapp/connect", Some(t), Some(body)).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
+    (admin, beta_admin)
+}
+
+#[actix_web::test]
+async fn whatsapp_account_updates_reach_every_number_of_the_account() {
+    let app = spawn_app().await;
+    let (admin, beta_admin) = two_accounts(&app, true).await;
     let state = |t: String| {
         let app = &app;
         async move {
@@ -846,26 +855,8 @@ async fn a_page_meta_blocks_cannot_reply_until_meta_unblocks_it() {
 /// `business_capability_update`, once, a late retry not applied.
 #[actix_web::test]
 async fn a_portfolios_messaging_limit_reaches_each_of_its_numbers() {
-    const WABA: &str = "112233445566778";
-    const OTHER_WABA: &str = "998877665544332";
     let app = spawn_app().await;
-    let acme = app
-        .fake(
-            "POST",
-            "/_fake/users",
-            json!({"wabas": [{"id": WABA, "phone_numbers": [{"id": "123456789012345"}, {"id": "123456789012346"}]}]}),
-        )
-        .await;
-    let beta = app
-        .fake("POST", "/_fake/users", json!({"wabas": [{"id": OTHER_WABA, "phone_numbers": [{"id": "5550001"}]}]}))
-        .await;
-    let admin = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
-    let beta_admin = token(&app.signup("beta", "bo@beta.test", "bo-password-1").await, "access_token");
-    for (t, waba, grant) in [(&admin, WABA, &acme), (&beta_admin, OTHER_WABA, &beta)] {
-        let body = json!({"waba_id": waba, "access_token": grant["wabas"][0]["access_token"]});
-        let r = app.call("POST", "/api/channels/whatsapp/connect", Some(t), Some(body)).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-    }
+    let (admin, beta_admin) = two_accounts(&app, false).await;
     let limits = |t: String| {
         let app = &app;
         async move {
