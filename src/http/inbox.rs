@@ -894,6 +894,12 @@ struct SendBody {
     /// A note's teams to call in (their members).
     #[serde(default)]
     mention_teams: Option<Vec<String>>,
+    /// Answers the customer taps (`inbox::choices`), with `text`.
+    #[serde(default)]
+    choices: Option<Vec<String>>,
+    /// A WhatsApp list's button, for more than three choices.
+    #[serde(default)]
+    choices_button: Option<String>,
 }
 
 /// Ids written comma-separated in a form's part, blanks skipped.
@@ -935,9 +941,15 @@ async fn send_json(
     b: SendBody,
 ) -> AppResult<HttpResponse> {
     let (user, role) = (auth.user, auth.role);
+    if b.choices.is_none() && b.choices_button.is_some() {
+        return Err(AppError::invalid("invalid_body", "choices_button goes with choices"));
+    }
     if b.private {
-        let Some(text) = b.text.filter(|_| b.template.is_none() && b.reply_to.is_none()) else {
-            return Err(AppError::invalid("invalid_body", "a private note is text; it takes no template nor reply_to"));
+        let Some(text) = b.text.filter(|_| b.template.is_none() && b.reply_to.is_none() && b.choices.is_none()) else {
+            return Err(AppError::invalid(
+                "invalid_body",
+                "a private note is text; it takes no template, reply_to nor choices",
+            ));
         };
         let note = messages::Note {
             text: Some(text),
@@ -955,6 +967,17 @@ async fn send_json(
     }
     let opts = messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())? };
     let (view, created) = match (b.text, b.template) {
+        (Some(text), None) if b.choices.is_some() => {
+            let (options, button) = (b.choices.unwrap_or_default(), b.choices_button);
+            state
+                .tenant_with_events(auth.scope(), move |tc, log| {
+                    messages::create_choices_reply(tc, log, user, role, id, text, options, button, opts)
+                })
+                .await?
+        }
+        (_, Some(_)) if b.choices.is_some() => {
+            return Err(AppError::invalid("invalid_body", "choices go with text, not with a template"));
+        }
         (Some(text), None) => {
             state
                 .tenant_with_events(auth.scope(), move |tc, log| {

@@ -183,6 +183,23 @@ pub fn create_reply(
     reply(tc, log, user, role, id, Reply::Text(text), opts)
 }
 
+/// `POST /api/conversations/{id}/messages` with `text` and `choices`: a
+/// question and the answers to tap (`inbox::choices`).
+#[allow(clippy::too_many_arguments)]
+pub fn create_choices_reply(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    text: String,
+    options: Vec<String>,
+    button: Option<String>,
+    opts: ReplyOptions,
+) -> AppResult<(MessageView, bool)> {
+    reply(tc, log, user, role, id, Reply::Choices { text, options, button }, opts)
+}
+
 /// `POST /api/conversations/{id}/messages` with a file (`inbox::uploads`),
 /// and on WhatsApp perhaps a caption: stored with the message, sent by the
 /// sender.
@@ -709,6 +726,12 @@ enum Reply {
         upload: super::uploads::Upload,
         caption: Option<String>,
     },
+    /// A question with the answers to tap (`inbox::choices`).
+    Choices {
+        text: String,
+        options: Vec<String>,
+        button: Option<String>,
+    },
 }
 
 /// A reply: text, a template, or a file.
@@ -726,9 +749,13 @@ fn reply(
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
     let template = matches!(content, Reply::Template { .. });
+    let choices = matches!(content, Reply::Choices { .. });
     // A file, sent as the message or as a template's header: kept first.
     let (text, attachments, file) = match content {
         Reply::Text(text) => (Some(text), Vec::new(), None),
+        Reply::Choices { text, options, button } => {
+            (Some(text), vec![super::choices::attachment(channel.platform(), &options, button.as_deref())?], None)
+        }
         Reply::Template { prepared, header_file } => {
             let file_attachment = header_file.as_ref().map(super::uploads::Upload::attachment);
             (Some(prepared.text), file_attachment.into_iter().chain([prepared.attachment]).collect(), header_file)
@@ -759,7 +786,10 @@ fn reply(
                     "message templates are WhatsApp's; send text here",
                 ));
             }
-            let max = max_text_chars(channel.platform());
+            let max = match (choices, channel.platform()) {
+                (true, Platform::Whatsapp) => super::choices::WHATSAPP_TEXT_CHARS,
+                (_, platform) => max_text_chars(platform),
+            };
             if !template && text.chars().count() > max {
                 return Err(AppError::invalid(
                     "text_too_long",

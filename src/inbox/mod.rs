@@ -25,6 +25,7 @@ pub mod attributes;
 pub mod auto_resolve;
 pub mod broadcasts;
 pub mod canned;
+pub mod choices;
 pub mod contact_export;
 pub mod contact_import;
 pub mod contact_links;

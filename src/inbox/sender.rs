@@ -534,6 +534,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
             let text = message.text.clone().unwrap_or_default();
             // A template may go out whether the window is open or not.
             let template = super::templates::stored(&message.attachments);
+            let choices = super::choices::stored(&message.attachments);
             if !window.can_reply && template.is_none() {
                 Err(fail("outside_window", "the reply window closed before the message could be sent".into()))
             } else if let Some(r) = crate::channels::whatsapp_number::restricting(&ctx.channel, window.can_reply) {
@@ -610,6 +611,39 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 )
                                 .await
                                 .map(|external_id| Sent { external_id, wa_id: None, held: None })
+                        }
+                        (platform, None, None) if choices.is_some() => {
+                            let (options, button) = choices.unwrap_or_default();
+                            if platform == Platform::Whatsapp {
+                                let interactive =
+                                    super::choices::whatsapp_interactive(&text, &options, button.as_deref());
+                                state
+                                    .graph
+                                    .whatsapp_interactive(
+                                        &ctx.channel.external_id,
+                                        token,
+                                        &ctx.whatsapp_to,
+                                        interactive,
+                                        quoted,
+                                    )
+                                    .await
+                                    .map(sent)
+                            } else {
+                                let metadata = format!("sb:{}", message.id);
+                                state
+                                    .graph
+                                    .send_choices(
+                                        &ctx.channel.external_id,
+                                        token,
+                                        &ctx.contact.external_id,
+                                        &text,
+                                        super::choices::quick_replies(&options),
+                                        window.tag,
+                                        &metadata,
+                                    )
+                                    .await
+                                    .map(|external_id| Sent { external_id, wa_id: None, held: None })
+                            }
                         }
                         (Platform::Whatsapp, None, None) => state
                             .graph

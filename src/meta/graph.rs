@@ -600,6 +600,34 @@ impl GraphClient {
             .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
     }
 
+    /// A question with quick replies through the Send API (`quick_replies`:
+    /// `inbox::choices`). Returns Meta's message id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_choices(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        text: &str,
+        quick_replies: Value,
+        tag: Option<&str>,
+        metadata: &str,
+    ) -> Result<String, GraphError> {
+        let mut body = serde_json::json!({
+            "recipient": {"id": recipient},
+            "messaging_type": if tag.is_some() { "MESSAGE_TAG" } else { "RESPONSE" },
+            "message": {"text": text, "quick_replies": quick_replies, "metadata": metadata},
+        });
+        if let Some(t) = tag {
+            body["tag"] = Value::String(t.to_string());
+        }
+        let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
+        v.get("message_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+    }
+
     /// An agent's file through the Send API, uploaded in the same call
     /// (`filedata`), so Meta need not reach this server. Returns Meta's
     /// message id.
@@ -798,6 +826,23 @@ impl GraphClient {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "text", "text": {"preview_url": false, "body": text},
+        });
+        self.whatsapp_message(phone_id, token, body, context).await
+    }
+
+    /// A WhatsApp interactive message (`interactive`: reply buttons or a
+    /// list, `inbox::choices`), quoting `context` if any; returns the wamid.
+    pub async fn whatsapp_interactive(
+        &self,
+        phone_id: &str,
+        token: &Secret<String>,
+        to: &str,
+        interactive: Value,
+        context: Option<&str>,
+    ) -> Result<WhatsappSent, GraphError> {
+        let body = serde_json::json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
+            "type": "interactive", "interactive": interactive,
         });
         self.whatsapp_message(phone_id, token, body, context).await
     }

@@ -6,6 +6,7 @@ mod auth;
 mod auto_resolve;
 mod broadcasts;
 mod channels;
+mod choices;
 mod cli;
 mod common;
 mod contact_import;

@@ -168,6 +168,21 @@ fn messenger(
     if text.chars().count() > 2000 {
         return graph_error(100, None, "(#100) Length of param message[text] must be less than or equal to 2000");
     }
+    if let Some(quick) = message.get("quick_replies") {
+        let fine = quick.as_array().is_some_and(|q| {
+            (1..=13).contains(&q.len())
+                && q.iter().all(|r| {
+                    r.get("content_type").and_then(Value::as_str) == Some("text")
+                        && r.get("title")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| !t.is_empty() && t.chars().count() <= 20)
+                        && r.get("payload").and_then(Value::as_str).is_some_and(|p| !p.is_empty())
+                })
+        });
+        if !fine {
+            return graph_error(100, None, "(#100) Param message[quick_replies] must be 1 to 13 text quick replies with a title of at most 20 characters and a payload");
+        }
+    }
     let messaging_type = body.get("messaging_type").and_then(Value::as_str).unwrap_or("");
     let tag = body.get("tag").and_then(Value::as_str);
     match messaging_type {
@@ -217,6 +232,60 @@ fn messenger(
     }
     fake.emit_to(st.webhook_target.clone(), out);
     HttpResponse::Ok().json(json!({"recipient_id": recipient, "message_id": message_id}))
+}
+
+/// A WhatsApp `interactive` message of reply buttons (at most 3, titles
+/// up to 20 characters) or a list (a button label up to 20, at most 10
+/// rows of titles up to 24), with a body of at most 1,024 characters and
+/// ids told apart, as Meta checks them.
+fn check_interactive(i: &Value) -> Result<(), String> {
+    let text = i.pointer("/body/text").and_then(Value::as_str).unwrap_or("");
+    if text.is_empty() || text.chars().count() > 1024 {
+        return Err("interactive.body.text must be 1 to 1024 characters".into());
+    }
+    let short = |v: Option<&Value>, most: usize| {
+        v.and_then(Value::as_str).is_some_and(|t| !t.is_empty() && t.chars().count() <= most)
+    };
+    let (items, title_most): (Vec<&Value>, usize) = match i.get("type").and_then(Value::as_str) {
+        Some("button") => {
+            let buttons: Vec<&Value> =
+                i.pointer("/action/buttons").and_then(Value::as_array).into_iter().flatten().collect();
+            if buttons.is_empty()
+                || buttons.len() > 3
+                || buttons.iter().any(|b| b.get("type").and_then(Value::as_str) != Some("reply"))
+            {
+                return Err("action.buttons must be 1 to 3 reply buttons".into());
+            }
+            (buttons.iter().map(|b| b.get("reply").unwrap_or(&Value::Null)).collect(), 20)
+        }
+        Some("list") => {
+            if !short(i.pointer("/action/button"), 20) {
+                return Err("action.button must be 1 to 20 characters".into());
+            }
+            let rows: Vec<&Value> = i
+                .pointer("/action/sections")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.get("rows").and_then(Value::as_array).into_iter().flatten())
+                .collect();
+            if rows.is_empty() || rows.len() > 10 {
+                return Err("a list has 1 to 10 rows".into());
+            }
+            (rows, 24)
+        }
+        _ => return Err("interactive.type must be button or list here".into()),
+    };
+    let mut ids = std::collections::HashSet::new();
+    for item in items {
+        if !short(item.get("title"), title_most) {
+            return Err(format!("a title must be 1 to {title_most} characters"));
+        }
+        if !item.get("id").and_then(Value::as_str).is_some_and(|id| ids.insert(id.to_string())) {
+            return Err("each id must be given, once".into());
+        }
+    }
+    Ok(())
 }
 
 fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpResponse {
@@ -273,12 +342,16 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             }
             (None, false)
         }
-        _ => {
-            return wa_error(
-                100,
-                "(#100) The fake sends text, template, image, video, audio, document and reaction messages",
-            )
+        Some("interactive") => {
+            if let Err(why) = check_interactive(body.get("interactive").unwrap_or(&Value::Null)) {
+                return wa_error(131009, &format!("(#131009) Parameter value is not valid: {why}"));
+            }
+            (None, false)
         }
+        _ => return wa_error(
+            100,
+            "(#100) The fake sends text, template, image, video, audio, document, interactive and reaction messages",
+        ),
     };
     // A WhatsApp id is taken as it is; a phone number (`+` and digits) is
     // looked up, and a customer who wrote is known by the id they wrote from.

@@ -1,0 +1,143 @@
+//! Replies with choices (`inbox::choices`): WhatsApp reply buttons or a
+//! list, Messenger and Instagram quick replies, and the customer's tap
+//! coming back as their answer.
+
+use serde_json::{json, Value};
+
+use crate::channels::PAGE_A;
+use crate::common::{eventually, spawn_app, TestApp};
+use crate::inbox::{acme, by_contact, conversations, PHONE};
+
+const WA_ID: &str = "14155550123";
+const PSID: &str = "7392015648120394";
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+/// The Graph sends to `account` the fake took, their bodies.
+async fn sends(app: &TestApp, account: &str) -> Vec<Value> {
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["method"] == "POST" && c["path"] == format!("/{account}/messages"))
+        .map(|c| c["body"].clone())
+        .collect()
+}
+
+#[actix_web::test]
+async fn an_agent_offers_choices_and_the_customers_tap_is_their_answer() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Têm mesa hoje?", "name": "Zé"}))
+        .await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, fb) = (
+        by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string(),
+        by_contact(&convs, PSID)["id"].as_str().expect("id").to_string(),
+    );
+    let post = |conv: &str, body: Value| {
+        let (app, t, url) = (&app, ctx.admin.clone(), format!("/api/conversations/{conv}/messages"));
+        async move { app.call("POST", &url, Some(&t), Some(body)).await }
+    };
+
+    // Refused before anything is stored.
+    let eleven: Vec<String> = (1..=11).map(|i| format!("{i}h")).collect();
+    for (conv, body, want) in [
+        (&wa, json!({"text": "Que hora?", "choices": eleven}), (422, "invalid_choices")),
+        (&wa, json!({"text": "Que hora?", "choices": []}), (422, "invalid_choices")),
+        (&wa, json!({"text": "Que hora?", "choices": ["9h", "9H"]}), (422, "invalid_choices")),
+        (&wa, json!({"text": "Que hora?", "choices": ["um título longo demais aqui"]}), (422, "invalid_choices")),
+        (&wa, json!({"text": "Que hora?", "choices": ["9h"], "choices_button": ""}), (422, "invalid_choices")),
+        (&wa, json!({"text": "x".repeat(1025), "choices": ["9h"]}), (422, "text_too_long")),
+        (&wa, json!({"text": "Que hora?", "choices_button": "Horas"}), (422, "invalid_body")),
+        (&wa, json!({"text": "Que hora?", "choices": ["9h"], "private": true}), (422, "invalid_body")),
+        (
+            &wa,
+            json!({"template": {"name": "hello_world", "language": "en_US"}, "choices": ["9h"]}),
+            (422, "invalid_body"),
+        ),
+    ] {
+        let r = post(conv, body.clone()).await;
+        assert_eq!(code(&r), want, "{body}: {:?}", r.body);
+    }
+
+    // WhatsApp: three as reply buttons, more as a list behind a button.
+    let r = post(
+        &wa,
+        json!({"text": "Temos às 20h. Reservo?", "choices": ["Sim", "Não", "Outra hora"], "client_id": "c-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(
+        r.body["attachments"],
+        json!([{"type": "choices", "url": null, "options": ["Sim", "Não", "Outra hora"], "button": null}])
+    );
+    let doc: Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    crate::openapi::conforms(&doc, "Message", &r.body);
+    let again = post(
+        &wa,
+        json!({"text": "Temos às 20h. Reservo?", "choices": ["Sim", "Não", "Outra hora"], "client_id": "c-1"}),
+    )
+    .await;
+    assert_eq!(again.body["id"], r.body["id"], "a retry is the same message");
+    let r = post(
+        &wa,
+        json!({"text": "Que hora prefere?", "choices": ["19h", "20h", "21h", "22h"], "choices_button": "Horas"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = post(&fb, json!({"text": "Quer reservar?", "choices": ["Sim", "Não"]})).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    eventually("the three sent", || async {
+        let interactive = sends(&app, PHONE).await.iter().filter(|b| b["type"] == "interactive").count();
+        let quick = sends(&app, PAGE_A).await.iter().filter(|b| b["message"]["quick_replies"].is_array()).count();
+        interactive == 2 && quick == 1
+    })
+    .await;
+    let wa_sends: Vec<Value> = sends(&app, PHONE).await.into_iter().filter(|b| b["type"] == "interactive").collect();
+    assert_eq!(wa_sends[0]["interactive"]["type"], "button");
+    assert_eq!(wa_sends[0]["interactive"]["body"]["text"], "Temos às 20h. Reservo?");
+    assert_eq!(
+        wa_sends[0]["interactive"]["action"]["buttons"][1],
+        json!({"type": "reply", "reply": {"id": "choice-2", "title": "Não"}})
+    );
+    assert_eq!(
+        (&wa_sends[1]["interactive"]["type"], &wa_sends[1]["interactive"]["action"]["button"]),
+        (&json!("list"), &json!("Horas"))
+    );
+    assert_eq!(wa_sends[1]["interactive"]["action"]["sections"][0]["rows"].as_array().map(Vec::len), Some(4));
+    let fb_send =
+        sends(&app, PAGE_A).await.into_iter().find(|b| b["message"]["quick_replies"].is_array()).expect("sent");
+    assert_eq!(fb_send["message"]["text"], "Quer reservar?");
+    assert_eq!(
+        fb_send["message"]["quick_replies"][0],
+        json!({"content_type": "text", "title": "Sim", "payload": "choice-1"})
+    );
+
+    // The customer taps "Não": their answer, with the choice's id.
+    let now = chrono::Utc::now().timestamp();
+    let tap = json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "contacts": [{"profile": {"name": "Zé"}, "wa_id": WA_ID}],
+            "messages": [{"from": WA_ID, "id": "wamid.TAP1", "timestamp": now.to_string(), "type": "interactive",
+                "interactive": {"type": "button_reply", "button_reply": {"id": "choice-2", "title": "Não"}}}]}}]}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&tap).expect("body")).await, 200);
+    app.processed().await;
+    let r = app.call("GET", &format!("/api/conversations/{wa}/messages?limit=200"), Some(&ctx.admin), None).await;
+    let answer = r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|m| m["direction"] == "in" && m["text"] == "Não")
+        .cloned()
+        .expect("the customer's answer");
+    assert_eq!(answer["quick_reply_payload"], "choice-2", "{answer}");
+}
