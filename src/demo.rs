@@ -303,10 +303,11 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
 }
 
 /// The Page's and the Instagram account's greeting: it names the customer
-/// once Meta's profile tells their name (`inbox::variables`).
+/// once Meta's profile tells their name (`inbox::variables`), and offers a
+/// menu to tap (`inbox::choices`).
 fn greeting() -> Result<crate::channels::ChannelPatch, AppError> {
     let text = "Hi {{contact.first_name | there}}! Thanks for writing to {{channel.name}}; we answer within the hour.";
-    let settings = json!({"auto_reply": {"enabled": true, "text": text}});
+    let settings = json!({"auto_reply": {"enabled": true, "text": text, "choices": ["My order", "Opening hours", "Something else"]}});
     let settings = serde_json::from_value(settings).map_err(AppError::internal)?;
     Ok(crate::channels::ChannelPatch { name: None, settings: Some(settings) })
 }

@@ -93,11 +93,16 @@ impl ChannelStatus {
 pub struct AutoReply {
     pub enabled: bool,
     pub text: String,
+    /// Answers to tap under it (`inbox::choices`): a greeting's menu, which
+    /// routing rules can sort by (a tap is the customer's message). Shown
+    /// only when set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }
 
 impl AutoReply {
     fn off() -> AutoReply {
-        AutoReply { enabled: false, text: String::new() }
+        AutoReply { enabled: false, text: String::new(), choices: Vec::new() }
     }
 
     /// The text to send, when on.
@@ -556,6 +561,8 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
 pub struct AutoReplyPatch {
     pub enabled: Option<bool>,
     pub text: Option<String>,
+    /// Replaces them; `[]` takes them away.
+    pub choices: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -569,7 +576,14 @@ pub const MAX_AUTO_REPLY_CHARS: usize = 1000;
 pub const MOST_AUTO_ASSIGN_LIMIT: u32 = 10_000;
 
 impl AutoReplyPatch {
-    fn apply_to(self, reply: &mut AutoReply, field: &str) -> AppResult<()> {
+    fn apply_to(self, reply: &mut AutoReply, field: &str, platform: Platform) -> AppResult<()> {
+        if let Some(choices) = self.choices {
+            reply.choices = match choices.is_empty() {
+                true => Vec::new(),
+                false => crate::inbox::choices::checked(platform, &choices)
+                    .map_err(|e| AppError::invalid("invalid_settings", format!("{field}.{}", e.message)))?,
+            };
+        }
         if let Some(t) = self.text {
             if t.chars().count() > MAX_AUTO_REPLY_CHARS {
                 return Err(AppError::invalid(
@@ -629,13 +643,19 @@ pub fn patch(
             settings.auto_assign_limit = limit;
         }
         if let Some(a) = s.auto_reply {
-            a.apply_to(&mut settings.auto_reply, "auto_reply")?;
+            a.apply_to(&mut settings.auto_reply, "auto_reply", row.platform())?;
         }
         if let Some(a) = s.away_reply {
-            a.apply_to(&mut settings.away_reply, "away_reply")?;
+            a.apply_to(&mut settings.away_reply, "away_reply", row.platform())?;
         }
         if let Some(a) = s.csat {
-            a.apply_to(&mut settings.csat, "csat")?;
+            if a.choices.is_some() {
+                return Err(AppError::invalid(
+                    "invalid_settings",
+                    "csat takes no choices: customers rate it by writing 1 to 5",
+                ));
+            }
+            a.apply_to(&mut settings.csat, "csat", row.platform())?;
         }
         if let Some(h) = s.business_hours {
             settings.business_hours = h.map(hours::BusinessHours::checked).transpose()?;

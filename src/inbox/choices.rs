@@ -22,6 +22,13 @@
 //!   clients what was offered. A retry under the same `client_id` with
 //!   other choices is the same request as long as its text is: the text
 //!   is what the customer reads first.
+//! - A channel's automatic replies (`auto_reply`, `away_reply`) may carry
+//!   choices too (`settings.auto_reply.choices`): a greeting's menu
+//!   ("Vendas", "Suporte"). Routing rules that look at every message
+//!   (`inbox::routing`, `on: every_message`, a keyword the choice holds)
+//!   then sort the conversation by the tap: a menu that routes, with no
+//!   bot of its own. A WhatsApp greeting with more than three shows them
+//!   as a list behind "Options".
 
 use serde_json::{json, Value};
 
@@ -48,6 +55,25 @@ fn most(platform: Platform) -> usize {
 /// The attachment that offers `options` on `platform` (and names a
 /// WhatsApp list's `button`), or why it cannot ([module docs](self)).
 pub fn attachment(platform: Platform, options: &[String], button: Option<&str>) -> AppResult<Value> {
+    let titles = checked(platform, options)?;
+    let button = match button.map(str::trim) {
+        None => None,
+        Some(b) if !b.is_empty() && b.chars().count() <= TITLE_CHARS && !b.chars().any(char::is_control) => {
+            Some(b.to_string())
+        }
+        Some(_) => {
+            return Err(AppError::invalid(
+                "invalid_choices",
+                format!("choices_button must be 1 to {TITLE_CHARS} characters on one line"),
+            ))
+        }
+    };
+    Ok(json!({"type": "choices", "url": null, "options": titles, "button": button}))
+}
+
+/// `options` as `platform` shows them (trimmed), or why it cannot
+/// (`invalid_choices`, naming the first wrong one).
+pub fn checked(platform: Platform, options: &[String]) -> AppResult<Vec<String>> {
     let most = most(platform);
     if options.is_empty() || options.len() > most {
         return Err(AppError::invalid("invalid_choices", format!("choices must be 1 to {most} on this platform")));
@@ -67,19 +93,7 @@ pub fn attachment(platform: Platform, options: &[String], button: Option<&str>) 
         }
         titles.push(title.to_string());
     }
-    let button = match button.map(str::trim) {
-        None => None,
-        Some(b) if !b.is_empty() && b.chars().count() <= TITLE_CHARS && !b.chars().any(char::is_control) => {
-            Some(b.to_string())
-        }
-        Some(_) => {
-            return Err(AppError::invalid(
-                "invalid_choices",
-                format!("choices_button must be 1 to {TITLE_CHARS} characters on one line"),
-            ))
-        }
-    };
-    Ok(json!({"type": "choices", "url": null, "options": titles, "button": button}))
+    Ok(titles)
 }
 
 /// The choices a stored reply offers, and its list's button.

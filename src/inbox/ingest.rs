@@ -1011,29 +1011,30 @@ impl Ingest<'_> {
                     "team_id": conv.team_id.map(|t| t.to_string()), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
         }
-        let mut replies: Vec<(&str, String)> = Vec::new();
+        // Each with the choices it offers (`choices`).
+        let mut replies: Vec<(&str, String, &[String])> = Vec::new();
         // Another app answers this customer (`handover`): ours stays quiet.
         let quiet = super::handover::ThreadControl::held_elsewhere(&conv);
         if (created || reopened) && !quiet {
             if let Some(text) = settings.auto_reply.due() {
-                replies.push((text, format!("auto-reply:{}", row.id)));
+                replies.push((text, format!("auto-reply:{}", row.id), &settings.auto_reply.choices));
             }
         }
         // A routing rule's answer (`routing`), once per customer message.
         if let Some(text) = routing_reply.as_deref().filter(|_| !quiet) {
-            replies.push((text, format!("routing-reply:{}", row.id)));
+            replies.push((text, format!("routing-reply:{}", row.id), &[]));
         }
         // Once per closed period (`channels::hours`); not for a message
         // the customer had unsent before it came.
         if let Some((text, since)) =
             settings.away_due(Utc::now()).filter(|_| row.deleted_at.is_none() && !rated_only && !quiet)
         {
-            replies.push((text, format!("away-reply:{}", since.timestamp())));
+            replies.push((text, format!("away-reply:{}", since.timestamp()), &settings.away_reply.choices));
         }
         // Their variables (`variables`): the customer and the channel; no
         // agent. What the team saved of the customer is read only for a
         // text that asks for it.
-        let details = match replies.iter().any(|(text, _)| super::variables::needs_details(text)) {
+        let details = match replies.iter().any(|(text, _, _)| super::variables::needs_details(text)) {
             true => Some(super::contacts::details_of(tc, contact.id)?),
             false => None,
         };
@@ -1049,7 +1050,7 @@ impl Ingest<'_> {
         let unnamed = channel.platform() != Platform::Whatsapp
             && contact.name.as_deref().is_none_or(|n| n.trim().is_empty())
             && super::contacts::profile_due(contact.profile_checked_at, Utc::now());
-        for (raw, client_id) in replies {
+        for (raw, client_id, choices) in replies {
             let text = super::variables::render(raw, &values);
             if text.trim().is_empty() {
                 // All variables, none known yet: nothing to say.
@@ -1061,7 +1062,8 @@ impl Ingest<'_> {
                 text: Some(text),
                 client_id: Some(client_id),
                 agent: None,
-                attachments: Vec::new(),
+                // Saved checked for this platform (`channels::patch`).
+                attachments: super::choices::attachment(channel.platform(), choices, None).ok().into_iter().collect(),
                 reply_to_external_id: None,
             };
             self.flush(tc)?;

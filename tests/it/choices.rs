@@ -141,3 +141,66 @@ async fn an_agent_offers_choices_and_the_customers_tap_is_their_answer() {
         .expect("the customer's answer");
     assert_eq!(answer["quick_reply_payload"], "choice-2", "{answer}");
 }
+
+/// A WhatsApp tap on the choice `title` (`choice-<n>`) by `WA_ID`.
+fn tap(wamid: &str, n: usize, title: &str) -> Vec<u8> {
+    let now = chrono::Utc::now().timestamp();
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "112233445566778", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+            "contacts": [{"profile": {"name": "Zé"}, "wa_id": WA_ID}],
+            "messages": [{"from": WA_ID, "id": wamid, "timestamp": now.to_string(), "type": "interactive",
+                "interactive": {"type": "button_reply", "button_reply": {"id": format!("choice-{n}"), "title": title}}}]}}]}]}))
+    .expect("body")
+}
+
+#[actix_web::test]
+async fn a_greeting_offers_a_menu_and_routing_sorts_by_the_tap() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = crate::inbox::channel_id(&app, &ctx.admin, PHONE).await;
+    let made = app.call("POST", "/api/teams", Some(&ctx.admin), Some(json!({"name": "Suporte"}))).await;
+    let support = made.body["id"].as_str().expect("id").to_string();
+    let url = format!("/api/channels/{phone}");
+    let eleven: Vec<String> = (1..=11).map(|i| format!("op {i}")).collect();
+    for bad in [
+        json!({"auto_reply": {"choices": eleven}}),
+        json!({"auto_reply": {"choices": ["Vendas", "vendas"]}}),
+        json!({"csat": {"choices": ["1", "2"]}}),
+    ] {
+        let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"settings": bad}))).await;
+        assert_eq!(code(&r), (422, "invalid_settings"), "{bad}: {:?}", r.body);
+    }
+    let settings = json!({"settings": {
+        "auto_reply": {"enabled": true, "text": "Olá {{contact.first_name | cliente}}! Como podemos ajudar?", "choices": [" Vendas", "Suporte"]},
+        "routing": [{"contains": ["suporte"], "team_id": support, "labels": ["suporte"], "on": "every_message"}]}});
+    let r = app.call("PATCH", &url, Some(&ctx.admin), Some(settings)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["settings"]["auto_reply"]["choices"], json!(["Vendas", "Suporte"]));
+
+    // The customer writes: the greeting comes with its menu.
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Boa tarde", "name": "Zé Silva"}))
+        .await;
+    app.processed().await;
+    eventually("the greeting sent with its menu", || async {
+        sends(&app, PHONE).await.iter().any(|b| b["type"] == "interactive")
+    })
+    .await;
+    let greeting = sends(&app, PHONE).await.into_iter().find(|b| b["type"] == "interactive").expect("sent");
+    assert_eq!(greeting["interactive"]["body"]["text"], "Olá Zé! Como podemos ajudar?");
+    assert_eq!(greeting["interactive"]["action"]["buttons"][1]["reply"]["title"], "Suporte");
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID).clone();
+    assert_eq!(conv["team_id"], Value::Null, "not sorted yet");
+
+    // The tap sorts the conversation.
+    assert_eq!(app.webhook(&tap("wamid.MENU1", 2, "Suporte")).await, 200);
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID).clone();
+    assert_eq!((&conv["team_id"], &conv["labels"]), (&json!(support), &json!(["suporte"])), "{conv}");
+
+    // Taken away with [].
+    let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"settings": {"auto_reply": {"choices": []}}}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["settings"]["auto_reply"].get("choices").is_none(), "{:?}", r.body);
+}
