@@ -123,8 +123,9 @@ async fn reschedule(
     let id = broadcast_id(&path)?;
     let (user, role, to) = (auth.user, auth.role, body.into_inner());
     let (view, now) = state
-        .db
-        .tenant(auth.scope(), move |tc| broadcasts::reschedule(tc, user, role, id, to, chrono::Utc::now()))
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            broadcasts::reschedule(tc, log, user, role, id, to, chrono::Utc::now())
+        })
         .await?;
     if now {
         state.wake_sender.notify_one();
@@ -137,6 +138,7 @@ async fn cancel(state: web::Data<AppState>, auth: AuthContext, path: web::Path<S
     auth.require(Role::Admin)?;
     let id = broadcast_id(&path)?;
     let (user, role) = (auth.user, auth.role);
-    let view = state.db.tenant(auth.scope(), move |tc| broadcasts::cancel(tc, user, role, id)).await?;
+    let view =
+        state.tenant_with_events(auth.scope(), move |tc, log| broadcasts::cancel(tc, log, user, role, id)).await?;
     Ok(HttpResponse::Ok().json(view))
 }

@@ -68,8 +68,12 @@
 //!   own statuses; `replied`: customers who wrote in the conversation
 //!   after it, whatever its status) and as a list of recipients, each
 //!   with when they first replied. Cancelling skips who is
-//!   left (`cancelled`); what is queued still goes. No live events of
-//!   its own: each message and conversation is announced as any other.
+//!   left (`cancelled`); what is queued still goes.
+//! - Announced live as `broadcast.updated` (the broadcast, with its
+//!   counts) when it is made, moved, cancelled or fails, and after each
+//!   wave (the last one says `done`), to those who see its channel, as its
+//!   messages are; its messages' receipts come as their own
+//!   `message.updated`, not as a new count each.
 //! - Erasing a contact drops their number from every broadcast of their
 //!   channel; a channel removed takes its broadcasts. Audited
 //!   `broadcast.created`, `broadcast.cancelled`.
@@ -433,7 +437,7 @@ pub async fn create(
     sendable(&template)?;
     // The parameters' shape, as written (variables are filled in later).
     super::templates::prepare(&template, &new.template, None)?;
-    app.db.tenant(scope, move |tc| store(tc, user, &row, &new, &numbers, send_at)).await
+    app.tenant_with_events(scope, move |tc, log| store(tc, log, user, &row, &new, &numbers, send_at)).await
 }
 
 /// A template a broadcast may send: one Meta approved, with no file in its
@@ -451,6 +455,7 @@ fn sendable(t: &Template) -> AppResult<()> {
 /// Writes the broadcast, its recipients and its first job.
 fn store(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     user: UserId,
     channel: &ChannelRow,
     new: &NewBroadcast,
@@ -490,6 +495,7 @@ fn store(
         .set(b::job_id.eq(job))
         .returning(BroadcastRow::as_returning())
         .get_result(tc.pg())?;
+    let made = announce(tc, log, row.id)?;
     crate::audit::record(
         tc,
         Some(user),
@@ -499,7 +505,7 @@ fn store(
         json!({"channel_id": channel.id.to_string(), "name": row.name, "template": new.template.name,
             "language": new.template.language, "recipients": numbers.len(), "send_at": send_at}),
     )?;
-    Ok((view(tc, row)?, true))
+    Ok((made, true))
 }
 
 /// Queues broadcast `id`'s next step behind what is queued now, due at
@@ -587,6 +593,15 @@ fn view_of(row: BroadcastRow, counts: Counts) -> BroadcastView {
         send_at: row.send_at,
         counts,
     }
+}
+
+/// Announces broadcast `id` as it is now (`broadcast.updated`); its view.
+fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64) -> AppResult<BroadcastView> {
+    let row: BroadcastRow = b::table.find(id).select(BroadcastRow::as_select()).first(tc.pg())?;
+    let channel = row.channel_id;
+    let view = view(tc, row)?;
+    log.append(tc, "broadcast.updated", Some(channel), None, &view)?;
+    Ok(view)
 }
 
 fn view(tc: &mut TenantConn<'_>, row: BroadcastRow) -> AppResult<BroadcastView> {
@@ -734,7 +749,13 @@ fn first_replies(tc: &mut TenantConn<'_>, messages: &[i64]) -> AppResult<HashMap
 /// `POST /api/broadcasts/{id}/cancel`: who is left is skipped
 /// (`cancelled`); a cancelled one is answered as it is, a finished one
 /// refused (409 `broadcast_finished`).
-pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId) -> AppResult<BroadcastView> {
+pub fn cancel(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: BroadcastId,
+) -> AppResult<BroadcastView> {
     visible(tc, user, role, id)?;
     let row: BroadcastRow = b::table.find(id.0).select(BroadcastRow::as_select()).for_update().first(tc.pg())?;
     match row.status.as_str() {
@@ -757,8 +778,7 @@ pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId
         Some(row.id.to_string()),
         json!({"channel_id": row.channel_id.to_string(), "skipped": skipped}),
     )?;
-    let row = b::table.find(id.0).select(BroadcastRow::as_select()).first(tc.pg())?;
-    view(tc, row)
+    announce(tc, log, row.id)
 }
 
 /// `PATCH /api/broadcasts/{id}` ([module docs](self)): a scheduled
@@ -766,6 +786,7 @@ pub fn cancel(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: BroadcastId
 /// whether its job is due now (the sender is woken).
 pub fn reschedule(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     user: UserId,
     role: Role,
     id: BroadcastId,
@@ -800,7 +821,7 @@ pub fn reschedule(
         Some(row.id.to_string()),
         json!({"channel_id": row.channel_id.to_string(), "send_at": row.send_at}),
     )?;
-    Ok((view(tc, row)?, send_at.is_none()))
+    Ok((announce(tc, log, row.id)?, send_at.is_none()))
 }
 
 /// Ends broadcast `id` (`status`, `error`), its pending recipients skipped
@@ -872,21 +893,21 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
         // Meta no longer has it as it was: the broadcast cannot go on.
         Err(e) if e.kind == crate::error::ErrorKind::Unprocessable => {
             let code = e.code.to_string();
-            app.db
-                .tenant(scope, move |tc| {
-                    let locked: Option<String> = b::table
-                        .find(id)
-                        .filter(b::job_id.eq(job))
-                        .select(b::status)
-                        .for_update()
-                        .first(tc.pg())
-                        .optional()?;
-                    if locked.as_deref().is_some_and(live) {
-                        end(tc, id, "failed", Some(&code), &code)?;
-                    }
-                    Ok::<_, AppError>(())
-                })
-                .await?;
+            app.tenant_with_events(scope, move |tc, log| {
+                let locked: Option<String> = b::table
+                    .find(id)
+                    .filter(b::job_id.eq(job))
+                    .select(b::status)
+                    .for_update()
+                    .first(tc.pg())
+                    .optional()?;
+                if locked.as_deref().is_some_and(live) {
+                    end(tc, id, "failed", Some(&code), &code)?;
+                    announce(tc, log, id)?;
+                }
+                Ok::<_, AppError>(())
+            })
+            .await?;
             return Ok(Next::Done);
         }
         Err(e) => return Err(e),
@@ -967,6 +988,7 @@ fn step(
         let next = queue_job(tc, id, None)?;
         diesel::update(b::table.find(id)).set(b::job_id.eq(next)).execute(tc.pg())?;
     }
+    announce(tc, log, id)?;
     Ok(Next::Done)
 }
 

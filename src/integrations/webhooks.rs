@@ -63,7 +63,7 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_SECS: i64 = 60;
 
 /// The event types an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 15] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "message.created",
     "message.updated",
     "conversation.created",
@@ -73,6 +73,7 @@ pub const EVENT_TYPES: [&str; 15] = [
     "channels.changed",
     "contact.updated",
     "template.updated",
+    "broadcast.updated",
     "team.updated",
     "team.deleted",
     "contact_attribute.updated",

@@ -377,6 +377,19 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
     assert_eq!(get(&app, &ctx.admin, &id).await["counts"]["total"], 3);
 }
 
+/// The next `broadcast.updated` frame of broadcast `id`, which must say `status`.
+async fn announced(socket: &mut crate::realtime::Socket, id: &str, status: &str) -> Value {
+    loop {
+        let frame = crate::realtime::until(socket, "broadcast.updated", std::time::Duration::from_secs(5))
+            .await
+            .expect("broadcast.updated");
+        if frame["data"]["id"] == id {
+            assert_eq!(frame["data"]["status"], status, "{frame}");
+            return frame;
+        }
+    }
+}
+
 /// A time `seconds` from now, as the API takes it.
 fn in_seconds(seconds: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(seconds)).to_rfc3339()
@@ -436,9 +449,12 @@ async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_count
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.broadcasts"), 0);
 
     // Scheduled an hour ahead: Rui (gold) and the number given, nobody yet.
+    let mut socket = crate::realtime::ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
     let r = create(&app, &ctx.admin, body.clone()).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["id"].as_str().expect("id").to_string();
+    let frame = announced(&mut socket, &id, "scheduled").await;
+    assert_eq!(frame["data"]["counts"]["pending"], 2, "{frame}");
     assert_eq!((&r.body["status"], &r.body["counts"]["pending"]), (&json!("scheduled"), &json!(2)), "{:?}", r.body);
     assert!(r.body["send_at"].is_string(), "{:?}", r.body);
     let doc: Value =
@@ -495,6 +511,10 @@ async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_count
     let mut sends = template_sends(&app, "lembrete").await;
     sends.sort();
     assert_eq!(sends, vec![(RUI.to_string(), vec!["Rui".to_string()]), (NEW.to_string(), vec!["cliente".to_string()])]);
+    // Live: moved twice, then its one wave, which says it is done.
+    for status in ["scheduled", "scheduled", "done"] {
+        announced(&mut socket, &id, status).await;
+    }
     let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"send_at": in_seconds(60)}))).await;
     assert_eq!(code(&r), (409, "broadcast_not_scheduled"));
 
