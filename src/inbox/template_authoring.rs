@@ -153,8 +153,9 @@ pub fn checked(new: &NewTemplate) -> AppResult<Value> {
     }
     let language = new.language.trim();
     let (lang, region) = language.split_once('_').unwrap_or((language, ""));
-    let region_ok =
-        region.is_empty() || (2..=3).contains(&region.len()) && region.bytes().all(|b| b.is_ascii_uppercase());
+    // A region is letters (`pt_BR`) or digits (`es_419`).
+    let region_ok = region.is_empty()
+        || (2..=3).contains(&region.len()) && region.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     if !(2..=3).contains(&lang.len()) || !lang.bytes().all(|b| b.is_ascii_lowercase()) || !region_ok {
         return Err(invalid("language is a code as Meta writes it: en, pt_BR, en_US…".into()));
     }
@@ -401,6 +402,11 @@ mod tests {
             Button::PhoneNumber { text: "Ligar".into(), phone_number: "+55 11 91234-5678".into() },
         ];
         let v = checked(&t).expect("fine");
+        for language in ["en", "fil", "es_419", "zh_HK"] {
+            let mut other = new("Olá.");
+            other.language = language.into();
+            assert!(checked(&other).is_ok(), "{language}");
+        }
         assert_eq!(v["category"], "UTILITY");
         assert_eq!(v["components"][0]["example"]["header_text"], json!(["#77"]));
         assert_eq!(v["components"][1]["example"]["body_text"], json!([["Ana", "#77"]]));
