@@ -585,19 +585,8 @@ impl GraphClient {
         tag: Option<&str>,
         metadata: &str,
     ) -> Result<String, GraphError> {
-        let mut body = serde_json::json!({
-            "recipient": {"id": recipient},
-            "messaging_type": if tag.is_some() { "MESSAGE_TAG" } else { "RESPONSE" },
-            "message": {"text": text, "metadata": metadata},
-        });
-        if let Some(t) = tag {
-            body["tag"] = Value::String(t.to_string());
-        }
-        let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
-        v.get("message_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+        let message = serde_json::json!({"text": text, "metadata": metadata});
+        self.send_message(account, token, recipient, message, tag).await
     }
 
     /// A question with quick replies through the Send API (`quick_replies`:
@@ -613,10 +602,23 @@ impl GraphClient {
         tag: Option<&str>,
         metadata: &str,
     ) -> Result<String, GraphError> {
+        let message = serde_json::json!({"text": text, "quick_replies": quick_replies, "metadata": metadata});
+        self.send_message(account, token, recipient, message, tag).await
+    }
+
+    /// Sends `message` through the Send API, as a response or with `tag`.
+    async fn send_message(
+        &self,
+        account: &str,
+        token: &Secret<String>,
+        recipient: &str,
+        message: Value,
+        tag: Option<&str>,
+    ) -> Result<String, GraphError> {
         let mut body = serde_json::json!({
             "recipient": {"id": recipient},
             "messaging_type": if tag.is_some() { "MESSAGE_TAG" } else { "RESPONSE" },
-            "message": {"text": text, "quick_replies": quick_replies, "metadata": metadata},
+            "message": message,
         });
         if let Some(t) = tag {
             body["tag"] = Value::String(t.to_string());
