@@ -668,7 +668,7 @@ pub fn patch(
                 t.map(|t| crate::inbox::teams::existing(tc, t)).transpose()?.map(crate::inbox::teams::TeamId);
         }
         if let Some(rules) = s.routing {
-            settings.routing = crate::inbox::routing::checked(tc, rules)?;
+            settings.routing = crate::inbox::routing::checked(tc, rules, row.platform())?;
         }
         if let Some(a) = s.auto_resolve {
             settings.auto_resolve = a.map(crate::inbox::auto_resolve::AutoResolve::checked).transpose()?;

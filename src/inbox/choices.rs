@@ -22,8 +22,9 @@
 //!   clients what was offered. A retry under the same `client_id` with
 //!   other choices is the same request as long as its text is: the text
 //!   is what the customer reads first.
-//! - A channel's automatic replies (`auto_reply`, `away_reply`) may carry
-//!   choices too (`settings.auto_reply.choices`): a greeting's menu
+//! - A channel's automatic replies (`auto_reply`, `away_reply`) and its
+//!   routing rules' replies (`reply_choices`) may carry choices too
+//!   (`settings.auto_reply.choices`): a greeting's menu
 //!   ("Vendas", "Suporte"). Routing rules that look at every message
 //!   (`inbox::routing`, `on: every_message`, a keyword the choice holds)
 //!   then sort the conversation by the tap: a menu that routes, with no

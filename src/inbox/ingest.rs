@@ -949,13 +949,14 @@ impl Ingest<'_> {
         self.dirty.insert(contact.id);
         self.conversations.insert(contact.id, conv.clone());
         let mut routing_reply = None;
+        let mut routing_choices = Vec::new();
         if !settings.routing.is_empty() && row.deleted_at.is_none() && !rated_only {
             // The channel's rules first, by what the customer wrote and
             // who they are (`routing`); later messages, by the rules that
             // look at every message.
             let text = row.text.as_deref().filter(|t| !t.trim().is_empty());
             if let Some(routed) = super::routing::route(tc, &conv, &settings.routing, text, created || reopened)? {
-                routing_reply = routed.reply;
+                (routing_reply, routing_choices) = (routed.reply, routed.reply_choices);
                 let priority_moved = routed.priority != conv.priority;
                 conv.team_id = routed.team_id;
                 conv.labels = routed.labels;
@@ -1022,7 +1023,7 @@ impl Ingest<'_> {
         }
         // A routing rule's answer (`routing`), once per customer message.
         if let Some(text) = routing_reply.as_deref().filter(|_| !quiet) {
-            replies.push((text, format!("routing-reply:{}", row.id), &[]));
+            replies.push((text, format!("routing-reply:{}", row.id), &routing_choices));
         }
         // Once per closed period (`channels::hours`); not for a message
         // the customer had unsent before it came.

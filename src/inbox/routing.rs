@@ -29,7 +29,8 @@
 //!   there already, its team and priority set, no reply) is passed over
 //!   silently. The contact's attributes are read only when a rule looked
 //!   at asks for one.
-//! - A rule's `reply` (1 to the auto-reply's characters) is sent to the
+//! - A rule's `reply` (1 to the auto-reply's characters; with
+//!   `reply_choices` to tap under it, `inbox::choices`) is sent to the
 //!   customer each time the rule applies (a question answered at once:
 //!   "hours" → the opening hours), as the channel's own automatic
 //!   replies are: from nobody, within the window the customer's message
@@ -98,6 +99,10 @@ pub struct Rule {
     /// answered at once); left out of a rule without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// Answers to tap under the reply (`inbox::choices`); left out of a
+    /// rule without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply_choices: Vec<String>,
     /// When it is looked at: as the conversation opens (left out), or at
     /// every message of the customer's.
     #[serde(default, skip_serializing_if = "On::is_opening")]
@@ -133,7 +138,7 @@ fn invalid(why: String) -> AppError {
 
 /// `rules` as a channel keeps them: checked ([module docs](self)), each
 /// keyword trimmed, labels as stored.
-pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>> {
+pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>, platform: crate::channels::Platform) -> AppResult<Vec<Rule>> {
     if rules.len() > MOST_RULES {
         return Err(invalid(format!("routing holds at most {MOST_RULES} rules")));
     }
@@ -180,10 +185,16 @@ pub fn checked(tc: &mut TenantConn<'_>, rules: Vec<Rule>) -> AppResult<Vec<Rule>
                 crate::channels::MAX_AUTO_REPLY_CHARS
             )));
         }
+        let reply_choices = match (&reply, rule.reply_choices.is_empty()) {
+            (_, true) => Vec::new(),
+            (None, false) => return Err(invalid(format!("routing rule {n}: reply_choices go with a reply"))),
+            (Some(_), false) => super::choices::checked(platform, &rule.reply_choices)
+                .map_err(|e| invalid(format!("routing rule {n}: reply_{}", e.message)))?,
+        };
         let team_id = rule.team_id.map(|t| super::teams::existing(tc, t)).transpose()?.map(TeamId);
         let labels = super::conversations::normalize_labels(&rule.labels)?;
         let priority = rule.priority.as_deref().map(super::conversations::checked_priority).transpose()?;
-        kept.push(Rule { contains, contact_attribute, team_id, labels, priority, reply, on: rule.on });
+        kept.push(Rule { contains, contact_attribute, team_id, labels, priority, reply, reply_choices, on: rule.on });
     }
     Ok(kept)
 }
@@ -203,6 +214,8 @@ pub struct Routed {
     pub labels: Vec<String>,
     pub priority: Option<String>,
     pub reply: Option<String>,
+    /// What the reply offers to tap.
+    pub reply_choices: Vec<String>,
 }
 
 /// Whether `attributes` (a contact's) hold `wanted` (`key` or `key:value`
@@ -318,7 +331,7 @@ pub fn route(
             "team_id": team_id.map(|t| t.to_string()), "labels": labels, "priority": priority,
             "replied": rule.reply.is_some()}),
     )?;
-    Ok(Some(Routed { team_id, labels, priority, reply: rule.reply.clone() }))
+    Ok(Some(Routed { team_id, labels, priority, reply: rule.reply.clone(), reply_choices: rule.reply_choices.clone() }))
 }
 
 /// Takes the rules that name contact attribute `key` off every channel's

@@ -168,13 +168,16 @@ async fn a_greeting_offers_a_menu_and_routing_sorts_by_the_tap() {
         json!({"auto_reply": {"choices": eleven}}),
         json!({"auto_reply": {"choices": ["Vendas", "vendas"]}}),
         json!({"csat": {"choices": ["1", "2"]}}),
+        json!({"routing": [{"contains": ["x"], "labels": ["x"], "reply_choices": ["Sim"]}]}),
+        json!({"routing": [{"contains": ["x"], "reply": "Sim?", "reply_choices": eleven}]}),
     ] {
         let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"settings": bad}))).await;
         assert_eq!(code(&r), (422, "invalid_settings"), "{bad}: {:?}", r.body);
     }
     let settings = json!({"settings": {
         "auto_reply": {"enabled": true, "text": "Olá {{contact.first_name | cliente}}! Como podemos ajudar?", "choices": [" Vendas", "Suporte"]},
-        "routing": [{"contains": ["suporte"], "team_id": support, "labels": ["suporte"], "on": "every_message"}]}});
+        "routing": [{"contains": ["suporte"], "team_id": support, "labels": ["suporte"], "on": "every_message"},
+            {"contains": ["horário"], "reply": "Abrimos às 9h. Quer marcar?", "reply_choices": ["Sim", "Não"], "on": "every_message"}]}});
     let r = app.call("PATCH", &url, Some(&ctx.admin), Some(settings)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["settings"]["auto_reply"]["choices"], json!(["Vendas", "Suporte"]));
@@ -198,6 +201,22 @@ async fn a_greeting_offers_a_menu_and_routing_sorts_by_the_tap() {
     app.processed().await;
     let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID).clone();
     assert_eq!((&conv["team_id"], &conv["labels"]), (&json!(support), &json!(["suporte"])), "{conv}");
+
+    // A rule's reply offers its own choices.
+    app.fake(
+        "POST",
+        "/_fake/inbound",
+        json!({"to": PHONE, "from": WA_ID, "text": "Qual é o horário?", "name": "Zé Silva"}),
+    )
+    .await;
+    app.processed().await;
+    eventually("the rule's reply sent with its choices", || async {
+        sends(&app, PHONE).await.iter().filter(|b| b["type"] == "interactive").count() == 2
+    })
+    .await;
+    let answer = sends(&app, PHONE).await.into_iter().filter(|b| b["type"] == "interactive").nth(1).expect("sent");
+    assert_eq!(answer["interactive"]["body"]["text"], "Abrimos às 9h. Quer marcar?");
+    assert_eq!(answer["interactive"]["action"]["buttons"][0]["reply"]["title"], "Sim");
 
     // Taken away with [].
     let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"settings": {"auto_reply": {"choices": []}}}))).await;
