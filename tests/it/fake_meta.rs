@@ -687,3 +687,90 @@ fn the_simulator_sends_metas_webhook_shapes() {
         assert_shape(name, &one(target, kind));
     }
 }
+
+/// The fake refuses choices and new templates as Meta does: too many
+/// buttons or rows, quick replies past thirteen, a template without its
+/// examples or under a name taken; it deletes templates by name.
+#[actix_web::test]
+async fn the_fake_checks_choices_and_new_templates_as_metas() {
+    let f = Fake::start().await;
+    let (page, waba, phone) = ("102938475610293", "112233445566778", "123456789012345");
+    let made = f
+        .ok(
+            "POST",
+            "/_fake/users",
+            Some(&json!({"name": "Ana", "pages": [{"id": page, "name": "Loja Azul"}],
+                "wabas": [{"id": waba, "phone_numbers": [{"id": phone}]}]})),
+        )
+        .await;
+    let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
+    let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
+    for (to, from) in [(page, "7392015648120394"), (phone, "14155550123")] {
+        f.ok("POST", "/_fake/inbound", Some(&json!({"to": to, "from": from, "text": "Olá"}))).await;
+    }
+    let at = |account: &str, token: &str, what: &str| {
+        format!("/v24.0/{account}/{what}?access_token={}", percent_encode(token))
+    };
+    let code = |v: &Value| v["error"]["code"].as_i64();
+
+    // WhatsApp: reply buttons up to three, list rows up to ten.
+    let interactive = |i: Value| json!({"messaging_product": "whatsapp", "to": "14155550123", "type": "interactive", "interactive": i});
+    let buttons = |n: usize| {
+        let b: Vec<Value> = (1..=n)
+            .map(|i| json!({"type": "reply", "reply": {"id": format!("choice-{i}"), "title": format!("b{i}")}}))
+            .collect();
+        interactive(json!({"type": "button", "body": {"text": "Hoje?"}, "action": {"buttons": b}}))
+    };
+    let rows = |n: usize| {
+        let r: Vec<Value> = (1..=n).map(|i| json!({"id": format!("choice-{i}"), "title": format!("r{i}")})).collect();
+        interactive(
+            json!({"type": "list", "body": {"text": "Hora?"}, "action": {"button": "Horas", "sections": [{"rows": r}]}}),
+        )
+    };
+    let wa = at(phone, &waba_token, "messages");
+    for (body, fine) in [(buttons(3), true), (buttons(4), false), (rows(10), true), (rows(11), false)] {
+        let (status, v) = f.send("POST", &wa, Some(&body)).await;
+        assert_eq!(status == 200, fine, "{body}: {v}");
+        if !fine {
+            assert_eq!(code(&v), Some(131009), "{v}");
+        }
+    }
+    // Messenger: up to thirteen quick replies of at most twenty characters.
+    let quick = |n: usize, title: &str| {
+        let q: Vec<Value> = (1..=n)
+            .map(|i| json!({"content_type": "text", "title": format!("{title}{i}"), "payload": format!("choice-{i}")}))
+            .collect();
+        json!({"recipient": {"id": "7392015648120394"}, "messaging_type": "RESPONSE", "message": {"text": "Sim?", "quick_replies": q}})
+    };
+    let fb = at(page, &page_token, "messages");
+    for (body, fine) in [(quick(13, "q"), true), (quick(14, "q"), false), (quick(1, &"x".repeat(20)), false)] {
+        let (status, v) = f.send("POST", &fb, Some(&body)).await;
+        assert_eq!(status == 200, fine, "{body}: {v}");
+        if !fine {
+            assert_eq!(code(&v), Some(100), "{v}");
+        }
+    }
+
+    // A new template: its examples needed, its name free in that language.
+    let templates = at(waba, &waba_token, "message_templates");
+    let template = |name: &str, examples: bool| {
+        let mut body = json!({"type": "BODY", "text": "Olá {{1}}, tudo bem?"});
+        if examples {
+            body["example"] = json!({"body_text": [["Ana"]]});
+        }
+        json!({"name": name, "language": "pt_BR", "category": "UTILITY", "components": [body]})
+    };
+    let (status, v) = f.send("POST", &templates, Some(&template("aviso", false))).await;
+    assert_eq!((status, v["error"]["error_subcode"].as_i64()), (400, Some(2388043)), "{v}");
+    let (status, v) = f.send("POST", &templates, Some(&template("Aviso Novo", true))).await;
+    assert_eq!((status, code(&v)), (400, Some(100)), "{v}");
+    let made = f.ok("POST", &templates, Some(&template("aviso", true))).await;
+    assert_eq!((&made["status"], &made["category"]), (&json!("PENDING"), &json!("UTILITY")), "{made}");
+    assert!(made["id"].is_string(), "{made}");
+    let (status, v) = f.send("POST", &templates, Some(&template("aviso", true))).await;
+    assert_eq!((status, v["error"]["error_subcode"].as_i64()), (400, Some(2388024)), "{v}");
+    let delete = format!("{templates}&name=aviso");
+    assert_eq!(f.ok("DELETE", &delete, None).await, json!({"success": true}));
+    let (status, v) = f.send("DELETE", &delete, None).await;
+    assert_eq!((status, code(&v)), (400, Some(100)), "{v}");
+}
