@@ -222,6 +222,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
         broadcast_id -> Nullable<Int8>,
+        scheduled_message_id -> Nullable<Int8>,
     }
 }
 

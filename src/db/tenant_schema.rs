@@ -387,6 +387,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Agents' replies written now and sent later (`inbox::scheduled`).
+    scheduled_messages (id) {
+        id -> Int8,
+        conversation_id -> Int8,
+        channel_id -> Int8,
+        created_by -> Int8,
+        text -> Text,
+        send_at -> Timestamptz,
+        cancel_if_replied -> Bool,
+        status -> Text,
+        reason -> Nullable<Text>,
+        message_id -> Nullable<Int8>,
+        client_id -> Nullable<Text>,
+        job_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(scheduled_messages -> conversations (conversation_id));
 diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
 diesel::joinable!(broadcasts -> channels (channel_id));
 diesel::joinable!(broadcast_recipients -> messages (message_id));
@@ -413,5 +435,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     teams,
     team_members,
     broadcasts,
-    broadcast_recipients
+    broadcast_recipients,
+    scheduled_messages
 );

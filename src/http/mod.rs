@@ -15,6 +15,7 @@ pub mod meta;
 pub mod pagination;
 pub mod realtime;
 pub mod reports;
+pub mod scheduled;
 pub mod teams;
 pub mod tenants;
 pub mod webhooks;
@@ -187,6 +188,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
                 .configure(attributes::routes)
                 .configure(channels::routes)
                 .configure(inbox::routes)
+                .configure(scheduled::routes)
                 .configure(webhooks::operator_routes)
                 .configure(realtime::api_routes)
                 .configure(audit::routes)

@@ -86,6 +86,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::events::EventLog;
 use super::outreach::Number;
+use super::sender::Next;
 use super::templates::{Choice, Template};
 use super::views::{ContactRow, ConversationRow, Names};
 use super::{ConversationId, MessageId};
@@ -843,15 +844,6 @@ pub fn forget(tc: &mut TenantConn<'_>, channel: i64, numbers: &[&str]) -> AppRes
     diesel::delete(r::table.filter(r::broadcast_id.eq_any(of_channel)).filter(r::number.eq_any(numbers)))
         .execute(tc.pg())?;
     Ok(())
-}
-
-/// What the sender's `broadcast` job does next.
-pub enum Next {
-    /// Nothing: the broadcast ended, or the job is a stray.
-    Done,
-    /// Look again after this long, and why (Meta holds or restricts the
-    /// number, or it is scheduled).
-    Wait(std::time::Duration, &'static str),
 }
 
 /// The sender's `broadcast` job `job` of broadcast `id` ([module docs](self)).

@@ -19,7 +19,8 @@
 //!   team, never sent, which their author may edit (`messages::create_note`,
 //!   `edit_note`, `delete_note`), and the business's reactions to
 //!   customers' messages (`messages::react`). A WhatsApp reply may quote
-//!   the message it answers (`ReplyOptions::reply_to`).
+//!   the message it answers (`ReplyOptions::reply_to`). A text reply may
+//!   be written now and sent later (`scheduled`).
 
 pub mod attributes;
 pub mod auto_resolve;
@@ -50,6 +51,7 @@ pub mod reports;
 pub mod retention;
 pub mod routing;
 pub mod saved_views;
+pub mod scheduled;
 pub mod scrub;
 pub mod search_index;
 pub mod sender;

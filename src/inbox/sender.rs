@@ -61,6 +61,16 @@ impl SendKind {
     }
 }
 
+/// What a job that does its work in steps (`inbox::broadcasts`,
+/// `inbox::scheduled`) does next.
+pub enum Next {
+    /// Nothing: its work ended, or the job is a stray.
+    Done,
+    /// Look again after this long, and why (Meta holds or restricts the
+    /// number, or it is not due yet).
+    Wait(Duration, &'static str),
+}
+
 /// Queues a send job in the caller's transaction (it goes with the change
 /// that asks for it); the sender is woken by the caller after the commit.
 pub fn queue(
@@ -90,6 +100,8 @@ struct Job {
     attempts: i32,
     /// A `broadcast` job's broadcast (`inbox::broadcasts`).
     broadcast_id: Option<i64>,
+    /// A `scheduled_message` job's message (`inbox::scheduled`).
+    scheduled_message_id: Option<i64>,
 }
 
 fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbError> {
@@ -109,12 +121,14 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
         attempts: i32,
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
         broadcast_id: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        scheduled_message_id: Option<i64>,
     }
     let rows: Vec<Row> = diesel::sql_query(
         "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
           WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
                         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id",
+          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(conn)?;
@@ -128,6 +142,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
             kind: r.kind,
             attempts: r.attempts,
             broadcast_id: r.broadcast_id,
+            scheduled_message_id: r.scheduled_message_id,
         })
         .collect();
     jobs.sort_by_key(|j| j.id);
@@ -275,10 +290,17 @@ fn send_rate() -> u32 {
 }
 
 async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
-    if let (BROADCAST, Some(broadcast)) = (job.kind.as_str(), job.broadcast_id) {
-        let end = match super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await {
-            Ok(super::broadcasts::Next::Done) => JobEnd::Done,
-            Ok(super::broadcasts::Next::Wait(after, why)) => JobEnd::Retry { after, error: why.into(), counts: false },
+    let stepped = match (job.kind.as_str(), job.broadcast_id, job.scheduled_message_id) {
+        (BROADCAST, Some(broadcast), _) => Some(super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await),
+        (super::scheduled::JOB_KIND, _, Some(scheduled)) => {
+            Some(super::scheduled::run_job(state, job.tenant, scheduled, job.id).await)
+        }
+        _ => None,
+    };
+    if let Some(stepped) = stepped {
+        let end = match stepped {
+            Ok(Next::Done) => JobEnd::Done,
+            Ok(Next::Wait(after, why)) => JobEnd::Retry { after, error: why.into(), counts: false },
             Err(e) if e.code == "tenant_suspended" || e.code == "tenant_not_ready" => {
                 JobEnd::Retry { after: Duration::from_secs(60), error: e.message, counts: false }
             }

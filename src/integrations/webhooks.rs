@@ -63,7 +63,7 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_SECS: i64 = 60;
 
 /// The event types an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 17] = [
     "message.created",
     "message.updated",
     "conversation.created",
@@ -74,6 +74,7 @@ pub const EVENT_TYPES: [&str; 16] = [
     "contact.updated",
     "template.updated",
     "broadcast.updated",
+    "scheduled_message.updated",
     "team.updated",
     "team.deleted",
     "contact_attribute.updated",

@@ -567,6 +567,9 @@ async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_count
         app.call("PATCH", &format!("/api/broadcasts/{now_id}"), Some(&ctx.admin), Some(json!({"send_at": null}))).await;
     assert_eq!((r.status, &r.body["status"]), (200, &json!("sending")), "{:?}", r.body);
     eventually("sent at once", || async { get(&app, &ctx.admin, &now_id).await["status"] == "done" }).await;
+    // Done once its messages are queued; they go a moment later.
+    eventually("the third broadcast's messages sent", || async { template_sends(&app, "lembrete").await.len() >= 4 })
+        .await;
     assert_eq!(reached(&app, "lembrete").await, 2, "the same two customers");
     assert_eq!(template_sends(&app, "lembrete").await.len(), 4, "twice each: the first and the third broadcast");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'broadcast.rescheduled'"), 3);

@@ -24,6 +24,7 @@ mod migrate;
 mod openapi;
 mod realtime;
 mod retention;
+mod scheduled;
 mod search;
 mod teams;
 mod teardown;

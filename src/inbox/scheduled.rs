@@ -1,0 +1,588 @@
+//! Scheduled messages: an agent's reply written now and sent later ("send
+//! it at nine tomorrow", "ask on Friday whether it arrived"), an
+//! extension of the contract.
+//!
+//! Decisions:
+//! - Text only, to the conversation's customer, by a member who may
+//!   answer it (`POST /api/conversations/{id}/scheduled-messages`
+//!   `{text, send_at, cancel_if_replied?, client_id?}`). It waits apart
+//!   from the messages (`scheduled_messages`), so the thread, its search,
+//!   badges and the waiting clock hold only what the customer was sent;
+//!   clients show what waits from `GET …/scheduled-messages` and the live
+//!   `scheduled_message.updated`.
+//! - Checked when it is written as a reply is (text, a blocked customer,
+//!   the channel connected), and against the reply window *at its time*:
+//!   a `send_at` past the window's end, as known now, is refused
+//!   (`outside_window`, with when it ends), since it could only fail; a
+//!   window closed already needs a template, not a later text. At most
+//!   [`MOST_WAITING`] wait in one conversation (`too_many_scheduled`).
+//!   `send_at` is RFC 3339, a minute past at most (taken as now; earlier
+//!   is `invalid_send_at`).
+//! - At its time the sender's `scheduled_message` job makes it the
+//!   author's reply (`client_id` `scheduled-<id>`, so a job run twice
+//!   sends once), checked again as any reply is, and it ends `sent` with
+//!   its `message_id`; or `failed` with why (`outside_window`,
+//!   `contact_blocked`, `channel_not_connected`, `messaging_restricted`,
+//!   `author_not_member`, `author_lost_access`: the author was removed or
+//!   no longer sees the channel). With `cancel_if_replied` (default
+//!   false) a customer who wrote after it was written or last changed
+//!   cancels it (`customer_replied`): a follow-up they answered first is
+//!   not sent.
+//! - Its author changes it (`PATCH /api/scheduled-messages/{id}`: text,
+//!   `send_at`, `cancel_if_replied`) while it waits; the author or an
+//!   admin cancels it (`POST /api/scheduled-messages/{id}/cancel`;
+//!   `cancelled` again is answered as it is; a sent or failed one is 409
+//!   `scheduled_message_finished`). A resolved conversation's still goes
+//!   (a follow-up is often written just before resolving), and the
+//!   conversation stays as it is, as for a reply.
+//! - Announced live as `scheduled_message.updated` (written, changed,
+//!   sent, cancelled, failed) to those who see the channel; audited
+//!   `scheduled_message.created`, `.changed`, `.cancelled` (the reply
+//!   itself as `message.queued`). It goes with its conversation
+//!   (retention, erasure) and its channel.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::events::EventLog;
+use super::messages::{self, ReplyOptions};
+use super::sender::Next;
+use super::views::{Names, ReplyWindow};
+use super::{ConversationId, MessageId};
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::channels::{self, ChannelId};
+use crate::db::schema::send_queue as sq;
+use crate::db::tenant_schema::{messages as m, scheduled_messages as s};
+use crate::db::{TenantConn, TenantScope};
+use crate::error::{AppError, AppResult, ErrorKind};
+use crate::ids::{TenantId, UserId};
+
+/// Messages that may wait in one conversation at once.
+pub const MOST_WAITING: i64 = 20;
+/// How long past a `send_at` may be and still be taken as now.
+const PAST_GRACE_SECONDS: i64 = 60;
+/// A scheduled message's statuses, as `?status=` takes them.
+pub const STATUSES: [&str; 4] = ["scheduled", "sent", "cancelled", "failed"];
+/// The send queue's kind for its job.
+pub const JOB_KIND: &str = "scheduled_message";
+
+crate::id_type!(
+    /// A scheduled message, inside one tenant.
+    ScheduledMessageId
+);
+
+/// `POST /api/conversations/{id}/scheduled-messages`, read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewScheduled {
+    pub text: String,
+    pub send_at: DateTime<Utc>,
+    #[serde(default)]
+    pub cancel_if_replied: bool,
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// `PATCH /api/scheduled-messages/{id}`, read: what is given changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledChange {
+    pub text: Option<String>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub cancel_if_replied: Option<bool>,
+}
+
+/// A scheduled message as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduledView {
+    pub id: ScheduledMessageId,
+    pub conversation_id: ConversationId,
+    pub channel_id: ChannelId,
+    pub text: String,
+    pub send_at: DateTime<Utc>,
+    pub cancel_if_replied: bool,
+    /// `scheduled`, `sent`, `cancelled` or `failed`.
+    pub status: String,
+    /// Why it was cancelled or failed: `cancelled` (by a member),
+    /// `customer_replied`, or an error code.
+    pub reason: Option<String>,
+    /// The reply it became.
+    pub message_id: Option<MessageId>,
+    pub created_by: UserId,
+    pub client_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = s)]
+struct ScheduledRow {
+    id: i64,
+    conversation_id: i64,
+    channel_id: i64,
+    created_by: i64,
+    text: String,
+    send_at: DateTime<Utc>,
+    cancel_if_replied: bool,
+    status: String,
+    reason: Option<String>,
+    message_id: Option<i64>,
+    client_id: Option<String>,
+    job_id: Option<i64>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<ScheduledRow> for ScheduledView {
+    fn from(r: ScheduledRow) -> Self {
+        ScheduledView {
+            id: ScheduledMessageId(r.id),
+            conversation_id: ConversationId(r.conversation_id),
+            channel_id: ChannelId(r.channel_id),
+            text: r.text,
+            send_at: r.send_at,
+            cancel_if_replied: r.cancel_if_replied,
+            status: r.status,
+            reason: r.reason,
+            message_id: r.message_id.map(MessageId),
+            created_by: UserId(r.created_by),
+            client_id: r.client_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// When it goes: `send_at`, or now for a time up to a minute past.
+fn due_at(send_at: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+    if send_at < now - chrono::Duration::seconds(PAST_GRACE_SECONDS) {
+        return Err(AppError::invalid("invalid_send_at", "send_at is in the past; send the reply now instead"));
+    }
+    Ok(send_at.max(now))
+}
+
+/// The text a reply on `channel` may carry.
+fn checked_text(text: &str, channel: &channels::ChannelRow) -> AppResult<()> {
+    if text.trim().is_empty() {
+        return Err(AppError::invalid("empty_text", "text must not be empty"));
+    }
+    let max = messages::max_text_chars(channel.platform());
+    if text.chars().count() > max {
+        return Err(AppError::invalid(
+            "text_too_long",
+            format!("text must be at most {max} characters on this platform"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a reply written now could go at `at`, as far as is known now:
+/// the customer, the channel, and the reply window then.
+fn sendable_at(
+    tc: &mut TenantConn<'_>,
+    names: &mut Names,
+    channel: &channels::ChannelRow,
+    conv: &super::views::ConversationRow,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    if channel.status != "connected" {
+        return Err(AppError::conflict(
+            "channel_not_connected",
+            format!("the channel is {}; reconnect it first", channel.status),
+        ));
+    }
+    let window = ReplyWindow::of(channel, conv.last_inbound_at, at);
+    if !window.can_reply {
+        let message = match window.ends_at {
+            Some(end) if end > Utc::now() => format!(
+                "the reply window ends at {}, before send_at; schedule it earlier (or send a template after)",
+                end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            _ => "the reply window has closed; only a WhatsApp template may be sent now".to_string(),
+        };
+        return Err(AppError::invalid("outside_window", message));
+    }
+    Ok(())
+}
+
+fn check_client_id(cid: Option<&str>) -> AppResult<()> {
+    match cid {
+        Some(c) if c.is_empty() || c.chars().count() > 200 => {
+            Err(AppError::invalid("invalid_client_id", "client_id must be 1 to 200 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `POST /api/conversations/{id}/scheduled-messages` ([module docs](self)):
+/// the message, whether this call wrote it (a retry's `client_id` gets the
+/// first), and whether it is due now (the sender is woken).
+pub fn create(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    new: NewScheduled,
+    now: DateTime<Utc>,
+) -> AppResult<(ScheduledView, bool, bool)> {
+    check_client_id(new.client_id.as_deref())?;
+    let conv = messages::visible_conversation(tc, user, role, id)?;
+    if let Some(row) = by_client_id(tc, conv.id, new.client_id.as_deref())? {
+        return retried(row, user, &new).map(|v| (v, false, false));
+    }
+    let mut names = Names::default();
+    let channel = names.channel(tc, conv.channel_id)?;
+    checked_text(&new.text, &channel)?;
+    let send_at = due_at(new.send_at, now)?;
+    sendable_at(tc, &mut names, &channel, &conv, send_at)?;
+    // The conversation's row, locked: two writers count in turn.
+    diesel::sql_query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::BigInt, _>(conv.id)
+        .execute(tc.pg())?;
+    let waiting: i64 = s::table
+        .filter(s::conversation_id.eq(conv.id))
+        .filter(s::status.eq("scheduled"))
+        .count()
+        .get_result(tc.pg())?;
+    if waiting >= MOST_WAITING {
+        return Err(AppError::conflict(
+            "too_many_scheduled",
+            format!("{MOST_WAITING} messages wait in this conversation already; send or cancel one first"),
+        ));
+    }
+    let inserted: Option<ScheduledRow> = diesel::insert_into(s::table)
+        .values((
+            s::conversation_id.eq(conv.id),
+            s::channel_id.eq(conv.channel_id),
+            s::created_by.eq(user.0),
+            s::text.eq(&new.text),
+            s::send_at.eq(send_at),
+            s::cancel_if_replied.eq(new.cancel_if_replied),
+            s::client_id.eq(new.client_id.as_deref()),
+        ))
+        .on_conflict((s::conversation_id, s::client_id))
+        .do_nothing()
+        .returning(ScheduledRow::as_returning())
+        .get_result(tc.pg())
+        .optional()?;
+    let Some(row) = inserted else {
+        // A concurrent retry with the same client_id stored first.
+        let row = by_client_id(tc, conv.id, new.client_id.as_deref())?.ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!("a scheduled message's client_id conflict without a row"))
+        })?;
+        return retried(row, user, &new).map(|v| (v, false, false));
+    };
+    let job = queue_job(tc, &row, send_at)?;
+    diesel::update(s::table.find(row.id)).set(s::job_id.eq(job)).execute(tc.pg())?;
+    crate::audit::record(
+        tc,
+        Some(user),
+        "scheduled_message.created",
+        "conversation",
+        Some(conv.id.to_string()),
+        json!({"scheduled_message_id": row.id.to_string(), "send_at": send_at}),
+    )?;
+    let view = announce(tc, log, row.id)?;
+    Ok((view, true, send_at <= now))
+}
+
+/// A `client_id` already used in the conversation: the same author and
+/// text are a retry (as for replies, `messages`); anything else a 409.
+fn retried(row: ScheduledRow, user: UserId, new: &NewScheduled) -> AppResult<ScheduledView> {
+    if row.created_by == user.0 && row.text == new.text {
+        return Ok(row.into());
+    }
+    Err(AppError::conflict(
+        "client_id_reused",
+        "this client_id was used for another scheduled message in this conversation; use a new one",
+    ))
+}
+
+fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: Option<&str>) -> AppResult<Option<ScheduledRow>> {
+    let Some(cid) = cid else { return Ok(None) };
+    Ok(s::table
+        .filter(s::conversation_id.eq(conversation))
+        .filter(s::client_id.eq(cid))
+        .select(ScheduledRow::as_select())
+        .first(tc.pg())
+        .optional()?)
+}
+
+/// Queues the job that sends `row` at `at`.
+fn queue_job(tc: &mut TenantConn<'_>, row: &ScheduledRow, at: DateTime<Utc>) -> AppResult<i64> {
+    Ok(diesel::insert_into(sq::table)
+        .values((
+            sq::tenant_id.eq(tc.tenant().0),
+            sq::kind.eq(JOB_KIND),
+            sq::conversation_id.eq(row.conversation_id),
+            sq::scheduled_message_id.eq(row.id),
+            sq::next_attempt_at.eq(at),
+        ))
+        .returning(sq::id)
+        .get_result(tc.pg())?)
+}
+
+/// Takes the job out of the queue while it waits there; one taken up
+/// meanwhile finds itself a stray.
+fn drop_job(tc: &mut TenantConn<'_>, job: Option<i64>) -> AppResult<()> {
+    if let Some(job) = job {
+        diesel::update(sq::table.find(job).filter(sq::status.eq("pending")))
+            .set(sq::status.eq("done"))
+            .execute(tc.pg())?;
+    }
+    Ok(())
+}
+
+/// Announces scheduled message `id` as it is now; its view.
+fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64) -> AppResult<ScheduledView> {
+    let row: ScheduledRow = s::table.find(id).select(ScheduledRow::as_select()).first(tc.pg())?;
+    let (channel, conversation) = (row.channel_id, row.conversation_id);
+    let view = ScheduledView::from(row);
+    log.append(tc, "scheduled_message.updated", Some(channel), Some(conversation), &view)?;
+    Ok(view)
+}
+
+/// `GET /api/conversations/{id}/scheduled-messages?status=`: newest
+/// written first, `limit` after the id `before`.
+pub fn list(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    status: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<ScheduledView>> {
+    let conv = messages::visible_conversation(tc, user, role, id)?;
+    let mut q = s::table.filter(s::conversation_id.eq(conv.id)).into_boxed();
+    if let Some(status) = status {
+        q = q.filter(s::status.eq(status.to_string()));
+    }
+    if let Some(before) = before {
+        q = q.filter(s::id.lt(before));
+    }
+    let rows: Vec<ScheduledRow> = q.order(s::id.desc()).limit(limit).select(ScheduledRow::as_select()).load(tc.pg())?;
+    Ok(rows.into_iter().map(ScheduledView::from).collect())
+}
+
+/// The scheduled message `id` (locked, to be changed: `lock`), if the
+/// caller may see its conversation.
+fn visible(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    id: ScheduledMessageId,
+    lock: bool,
+) -> AppResult<ScheduledRow> {
+    let q = s::table.find(id.0).select(ScheduledRow::as_select());
+    let row: Option<ScheduledRow> =
+        if lock { q.for_update().first(tc.pg()).optional()? } else { q.first(tc.pg()).optional()? };
+    match row {
+        Some(row) if channels::can_see(tc, user, role, ChannelId(row.channel_id))? => Ok(row),
+        _ => Err(AppError::not_found("scheduled message")),
+    }
+}
+
+/// `GET /api/scheduled-messages/{id}`.
+pub fn get(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: ScheduledMessageId) -> AppResult<ScheduledView> {
+    visible(tc, user, role, id, false).map(ScheduledView::from)
+}
+
+fn finished(row: &ScheduledRow) -> AppError {
+    AppError::conflict("scheduled_message_finished", format!("this scheduled message is {} already", row.status))
+}
+
+/// `PATCH /api/scheduled-messages/{id}` ([module docs](self)): its
+/// author changes it while it waits; the message, and whether it is due
+/// now.
+pub fn change(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ScheduledMessageId,
+    to: ScheduledChange,
+    now: DateTime<Utc>,
+) -> AppResult<(ScheduledView, bool)> {
+    let row = visible(tc, user, role, id, true)?;
+    if row.created_by != user.0 {
+        return Err(AppError::forbidden(
+            "not_your_scheduled_message",
+            "only its author can change a scheduled message",
+        ));
+    }
+    if row.status != "scheduled" {
+        return Err(finished(&row));
+    }
+    let mut names = Names::default();
+    let channel = names.channel(tc, row.channel_id)?;
+    let conv = super::views::conversation_row(tc, ConversationId(row.conversation_id))?;
+    let text = to.text.unwrap_or_else(|| row.text.clone());
+    checked_text(&text, &channel)?;
+    let send_at = match to.send_at {
+        Some(at) => due_at(at, now)?,
+        None => row.send_at,
+    };
+    let cancel_if_replied = to.cancel_if_replied.unwrap_or(row.cancel_if_replied);
+    if text == row.text && send_at == row.send_at && cancel_if_replied == row.cancel_if_replied {
+        return Ok((row.into(), false));
+    }
+    sendable_at(tc, &mut names, &channel, &conv, send_at)?;
+    let mut job = row.job_id;
+    if send_at != row.send_at {
+        // A new job, so the old one is a stray whatever it is doing now.
+        drop_job(tc, row.job_id)?;
+        job = Some(queue_job(tc, &row, send_at)?);
+    }
+    diesel::update(s::table.find(row.id))
+        .set((
+            s::text.eq(&text),
+            s::send_at.eq(send_at),
+            s::cancel_if_replied.eq(cancel_if_replied),
+            s::job_id.eq(job),
+            s::updated_at.eq(now),
+        ))
+        .execute(tc.pg())?;
+    crate::audit::record(
+        tc,
+        Some(user),
+        "scheduled_message.changed",
+        "conversation",
+        Some(row.conversation_id.to_string()),
+        json!({"scheduled_message_id": row.id.to_string(), "send_at": send_at,
+            "text_changed": text != row.text}),
+    )?;
+    Ok((announce(tc, log, row.id)?, send_at <= now))
+}
+
+/// `POST /api/scheduled-messages/{id}/cancel`: its author or an admin.
+pub fn cancel(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ScheduledMessageId,
+) -> AppResult<ScheduledView> {
+    let row = visible(tc, user, role, id, true)?;
+    if row.created_by != user.0 && !role.at_least(Role::Admin) {
+        return Err(AppError::forbidden(
+            "not_your_scheduled_message",
+            "only its author or an admin can cancel a scheduled message",
+        ));
+    }
+    match row.status.as_str() {
+        "scheduled" => {}
+        "cancelled" => return Ok(row.into()),
+        _ => return Err(finished(&row)),
+    }
+    drop_job(tc, row.job_id)?;
+    end(tc, row.id, "cancelled", Some("cancelled"), None)?;
+    crate::audit::record(
+        tc,
+        Some(user),
+        "scheduled_message.cancelled",
+        "conversation",
+        Some(row.conversation_id.to_string()),
+        json!({"scheduled_message_id": row.id.to_string()}),
+    )?;
+    announce(tc, log, row.id)
+}
+
+/// Ends scheduled message `id` with `status`, `reason` and the message it
+/// became.
+fn end(tc: &mut TenantConn<'_>, id: i64, status: &str, reason: Option<&str>, message: Option<i64>) -> AppResult<()> {
+    diesel::update(s::table.find(id))
+        .set((
+            s::status.eq(status),
+            s::reason.eq(reason),
+            s::message_id.eq(message),
+            s::job_id.eq(None::<i64>),
+            s::finished_at.eq(diesel::dsl::now),
+            s::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(tc.pg())?;
+    Ok(())
+}
+
+/// Why a job waits.
+const NOT_YET: &str = "scheduled: not due yet";
+
+/// The sender's `scheduled_message` job `job` of scheduled message `id`
+/// ([module docs](self)): one transaction.
+pub async fn run_job(app: &AppState, tenant: TenantId, id: i64, job: i64) -> AppResult<Next> {
+    app.tenant_with_events(TenantScope::system(tenant), move |tc, log| send_due(tc, log, id, job, Utc::now())).await
+}
+
+fn send_due(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, job: i64, now: DateTime<Utc>) -> AppResult<Next> {
+    let row: Option<ScheduledRow> =
+        s::table.find(id).select(ScheduledRow::as_select()).for_update().first(tc.pg()).optional()?;
+    let Some(row) = row.filter(|r| r.status == "scheduled" && r.job_id == Some(job)) else { return Ok(Next::Done) };
+    // The clocks of the database, which made it due, and of this instance
+    // may differ by a little.
+    if row.send_at > now {
+        return Ok(Next::Wait((row.send_at - now).to_std().unwrap_or_default(), NOT_YET));
+    }
+    let (status, reason, message) = match outcome(tc, log, &row)? {
+        Ok(message) => ("sent", None, Some(message)),
+        Err(reason) if reason == "customer_replied" => ("cancelled", Some(reason), None),
+        Err(reason) => ("failed", Some(reason), None),
+    };
+    end(tc, row.id, status, reason.as_deref(), message)?;
+    announce(tc, log, row.id)?;
+    Ok(Next::Done)
+}
+
+/// The reply `row` becomes, or why it does not go (a reason); a database
+/// error ends the job's transaction, to be tried again.
+fn outcome(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &ScheduledRow) -> AppResult<Result<i64, String>> {
+    if row.cancel_if_replied {
+        let replied: bool = diesel::select(diesel::dsl::exists(
+            m::table
+                .filter(m::conversation_id.eq(row.conversation_id))
+                .filter(m::direction.eq("in"))
+                .filter(m::created_at.gt(row.updated_at)),
+        ))
+        .get_result(tc.pg())?;
+        if replied {
+            return Ok(Err("customer_replied".into()));
+        }
+    }
+    let author = UserId(row.created_by);
+    let Some(role) = crate::auth::members::role_of(tc, author)? else {
+        return Ok(Err("author_not_member".into()));
+    };
+    if !channels::can_see(tc, author, role, ChannelId(row.channel_id))? {
+        return Ok(Err("author_lost_access".into()));
+    }
+    let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None };
+    match messages::create_reply(tc, log, author, role, ConversationId(row.conversation_id), row.text.clone(), opts) {
+        Ok((message, _)) => Ok(Ok(message.id.0)),
+        // Refused as a reply now would be: it fails with that reason.
+        Err(e) if !matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::BadGateway) => {
+            Ok(Err(e.code.into_owned()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_a_minute_past_is_now_and_earlier_is_refused() {
+        let now = Utc::now();
+        assert_eq!(due_at(now + chrono::Duration::hours(2), now).ok(), Some(now + chrono::Duration::hours(2)));
+        assert_eq!(due_at(now - chrono::Duration::seconds(30), now).ok(), Some(now));
+        let err = due_at(now - chrono::Duration::minutes(5), now).err().map(|e| e.code);
+        assert_eq!(err.as_deref(), Some("invalid_send_at"));
+    }
+}

@@ -1,0 +1,346 @@
+//! Replies written now and sent later (`inbox::scheduled`): refused when
+//! they could not go, sent at their time and not before, changed and
+//! cancelled by whom may, stopped by the customer's answer, failed with a
+//! reason when a reply could no longer go then.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use crate::channels::PAGE_A;
+use crate::common::{eventually, spawn_app, TestApp};
+use crate::inbox::{acme, agent_al, by_contact, conversations, PHONE};
+use crate::realtime::{until, ws};
+
+const WA_ID: &str = "14155550123";
+const PSID: &str = "7392015648120394";
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+fn in_secs(s: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(s)).to_rfc3339()
+}
+
+/// The texts the fake took for `account`.
+async fn sent_texts(app: &TestApp, account: &str) -> Vec<String> {
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["method"] == "POST" && c["path"] == format!("/{account}/messages"))
+        .filter_map(|c| {
+            let b = &c["body"];
+            b["text"]["body"].as_str().or(b["message"]["text"].as_str()).map(str::to_string)
+        })
+        .collect()
+}
+
+async fn get(app: &TestApp, t: &str, id: &str) -> Value {
+    let r = app.call("GET", &format!("/api/scheduled-messages/{id}"), Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+/// Makes scheduled message `id` due now, as time passing would, without
+/// changing it (a change is what `cancel_if_replied` counts from).
+fn due_now(app: &TestApp, id: &str) {
+    app.exec(&format!("UPDATE tenant_acme.scheduled_messages SET send_at = now() WHERE id = {id}"));
+    app.exec(&format!(
+        "UPDATE public.send_queue SET next_attempt_at = now() WHERE scheduled_message_id = {id} AND status = 'pending'"
+    ));
+}
+
+async fn ended(app: &TestApp, t: &str, id: &str) -> Value {
+    eventually("the scheduled message ended", || async { get(app, t, id).await["status"] != "scheduled" }).await;
+    get(app, t, id).await
+}
+
+/// The customers of WhatsApp and the Page write in; their conversations.
+async fn two_customers(app: &TestApp, admin: &str) -> (String, String) {
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "A encomenda chega quando?"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá 👋"})).await;
+    app.processed().await;
+    let convs = conversations(app, admin, "").await;
+    (
+        by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string(),
+        by_contact(&convs, PSID)["id"].as_str().expect("id").to_string(),
+    )
+}
+
+#[actix_web::test]
+async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, fb) = two_customers(&app, &ctx.admin).await;
+    let schedule = |conv: &str, body: Value| {
+        let (app, t, url) = (&app, ctx.admin.clone(), format!("/api/conversations/{conv}/scheduled-messages"));
+        async move { app.call("POST", &url, Some(&t), Some(body)).await }
+    };
+
+    // Refused before anything is stored: what could not go.
+    for (conv, body, want) in [
+        (&wa, json!({"text": "  ", "send_at": in_secs(60)}), (422, "empty_text")),
+        (&wa, json!({"text": "x".repeat(4097), "send_at": in_secs(60)}), (422, "text_too_long")),
+        (&fb, json!({"text": "x".repeat(2001), "send_at": in_secs(60)}), (422, "text_too_long")),
+        (&wa, json!({"text": "Bom dia", "send_at": in_secs(-300)}), (422, "invalid_send_at")),
+        // The window closes 24 hours after the customer wrote.
+        (&wa, json!({"text": "Bom dia", "send_at": in_secs(25 * 3600)}), (422, "outside_window")),
+        (&fb, json!({"text": "Bom dia", "send_at": in_secs(25 * 3600)}), (422, "outside_window")),
+        (&wa, json!({"text": "Bom dia"}), (422, "invalid_body")),
+        (&wa, json!({"text": "Bom dia", "send_at": "amanhã"}), (422, "invalid_body")),
+        (&wa, json!({"text": "Bom dia", "send_at": in_secs(60), "private": true}), (422, "invalid_body")),
+        (&wa, json!({"text": "Bom dia", "send_at": in_secs(60), "client_id": ""}), (422, "invalid_client_id")),
+        (&"999999".to_string(), json!({"text": "Bom dia", "send_at": in_secs(60)}), (404, "not_found")),
+    ] {
+        let r = schedule(conv, body.clone()).await;
+        assert_eq!(code(&r), want, "{body}: {:?}", r.body);
+    }
+    let window = schedule(&wa, json!({"text": "Bom dia", "send_at": in_secs(25 * 3600)})).await;
+    assert!(
+        window.body["error"]["message"].as_str().is_some_and(|m| m.contains("reply window ends at")),
+        "{:?}",
+        window.body
+    );
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.scheduled_messages"), 0);
+
+    let mut socket = ws(&app, "", Some(&ctx.admin), None).await.expect("socket");
+    let text = "Já saiu do armazém — chega amanhã 📦";
+    let r = schedule(&wa, json!({"text": text, "send_at": in_secs(5), "client_id": "later-1"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let made = r.body.clone();
+    assert_eq!(
+        (&made["status"], &made["cancel_if_replied"], &made["reason"]),
+        (&json!("scheduled"), &json!(false), &Value::Null)
+    );
+    let doc: Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    crate::openapi::conforms(&doc, "ScheduledMessage", &made);
+    let id = made["id"].as_str().expect("id").to_string();
+    let frame = until(&mut socket, "scheduled_message.updated", Duration::from_secs(5)).await.expect("announced");
+    assert_eq!((&frame["data"]["id"], &frame["data"]["status"]), (&made["id"], &json!("scheduled")));
+
+    // A retry is the same; the same client_id for another text is not.
+    let again = schedule(&wa, json!({"text": text, "send_at": in_secs(3), "client_id": "later-1"})).await;
+    assert_eq!((again.status, &again.body["id"]), (200, &made["id"]));
+    let other = schedule(&wa, json!({"text": "outra coisa", "send_at": in_secs(3), "client_id": "later-1"})).await;
+    assert_eq!(code(&other), (409, "client_id_reused"));
+
+    // Not sent, nor in the thread, before its time: past the longest an
+    // idle sender sleeps, it is still waiting.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(!sent_texts(&app, PHONE).await.contains(&text.to_string()));
+    let thread = app.call("GET", &format!("/api/conversations/{wa}/messages"), Some(&ctx.admin), None).await;
+    assert!(thread.body["items"].as_array().expect("items").iter().all(|m| m["text"] != text));
+    let listed = app.call("GET", &format!("/api/conversations/{wa}/scheduled-messages"), Some(&ctx.admin), None).await;
+    assert_eq!(listed.body["items"].as_array().map(|a| a.len()), Some(1), "{:?}", listed.body);
+
+    // At its time it is the admin's reply, sent.
+    let done = ended(&app, &ctx.admin, &id).await;
+    assert_eq!(done["status"], "sent", "{done}");
+    assert!(done["finished_at"].is_string());
+    let message_id = done["message_id"].as_str().expect("message id").to_string();
+    eventually("sent to WhatsApp", || async { sent_texts(&app, PHONE).await.contains(&text.to_string()) }).await;
+    let thread = app.call("GET", &format!("/api/conversations/{wa}/messages"), Some(&ctx.admin), None).await;
+    let reply = thread.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|m| m["id"] == json!(message_id))
+        .cloned()
+        .expect("in the thread");
+    assert_eq!((&reply["text"], &reply["sender"]["kind"]), (&json!(text), &json!("agent")));
+    assert_eq!(reply["client_id"], json!(format!("scheduled-{id}")));
+    let frame = until(&mut socket, "scheduled_message.updated", Duration::from_secs(5)).await.expect("sent, announced");
+    assert_eq!(frame["data"]["status"], "sent");
+    assert_eq!(sent_texts(&app, PHONE).await.iter().filter(|t| *t == text).count(), 1, "sent once");
+
+    // A sent one is finished.
+    let r = app.call("POST", &format!("/api/scheduled-messages/{id}/cancel"), Some(&ctx.admin), None).await;
+    assert_eq!(code(&r), (409, "scheduled_message_finished"));
+    let r =
+        app.call("PATCH", &format!("/api/scheduled-messages/{id}"), Some(&ctx.admin), Some(json!({"text": "x"}))).await;
+    assert_eq!(code(&r), (409, "scheduled_message_finished"));
+    let audit = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await;
+    let actions: Vec<&str> =
+        audit.body["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"scheduled_message.created"), "{actions:?}");
+}
+
+#[actix_web::test]
+async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, fb) = two_customers(&app, &ctx.admin).await;
+    let (al, al_t) = agent_al(&app, &ctx.admin).await;
+    let schedule = |t: &str, conv: &str, body: Value| {
+        let (app, t, url) = (&app, t.to_string(), format!("/api/conversations/{conv}/scheduled-messages"));
+        async move { app.call("POST", &url, Some(&t), Some(body)).await }
+    };
+    let patch = |t: &str, id: &str, body: Value| {
+        let (app, t, url) = (&app, t.to_string(), format!("/api/scheduled-messages/{id}"));
+        async move { app.call("PATCH", &url, Some(&t), Some(body)).await }
+    };
+    let cancel = |t: &str, id: &str| {
+        let (app, t, url) = (&app, t.to_string(), format!("/api/scheduled-messages/{id}/cancel"));
+        async move { app.call("POST", &url, Some(&t), None).await }
+    };
+
+    // The admin's, on the Page: Al, of no channel, sees nothing of it.
+    let r = schedule(&ctx.admin, &fb, json!({"text": "Ainda precisa de ajuda?", "send_at": in_secs(3600)})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let admins = r.body["id"].as_str().expect("id").to_string();
+    let r = app.call("GET", &format!("/api/scheduled-messages/{admins}"), Some(&al_t), None).await;
+    assert_eq!(code(&r), (404, "not_found"));
+    let r = schedule(&al_t, &fb, json!({"text": "Olá", "send_at": in_secs(3600)})).await;
+    assert_eq!(code(&r), (404, "not_found"));
+
+    // Al, given the Page, writes one; only Al changes it.
+    let page =
+        by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{page}/members"),
+            Some(&ctx.admin),
+            Some(json!({"user_ids": [al["user_id"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = schedule(&al_t, &fb, json!({"text": "Já resolvemos?", "send_at": in_secs(3600)})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let als = r.body["id"].as_str().expect("id").to_string();
+    let r = patch(&ctx.admin, &als, json!({"text": "outra"})).await;
+    assert_eq!(code(&r), (403, "not_your_scheduled_message"));
+    let r = cancel(&al_t, &admins).await;
+    assert_eq!(code(&r), (403, "not_your_scheduled_message"));
+    for (body, want) in [
+        (json!({"text": ""}), (422, "empty_text")),
+        (json!({"send_at": in_secs(-600)}), (422, "invalid_send_at")),
+        (json!({"send_at": in_secs(30 * 3600)}), (422, "outside_window")),
+        (json!({"status": "sent"}), (422, "invalid_body")),
+    ] {
+        let r = patch(&al_t, &als, body.clone()).await;
+        assert_eq!(code(&r), want, "{body}: {:?}", r.body);
+    }
+    let r = patch(&al_t, &als, json!({"text": "Já está resolvido? 🙂", "send_at": in_secs(7200)})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["text"], "Já está resolvido? 🙂");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE scheduled_message_id = {als} AND status = 'pending'"
+        )),
+        1,
+        "a moved one has one job waiting"
+    );
+    // An admin cancels anyone's; again is the same; a cancelled one stays.
+    let r = cancel(&ctx.admin, &als).await;
+    assert_eq!((r.status, &r.body["status"], &r.body["reason"]), (200, &json!("cancelled"), &json!("cancelled")));
+    let r = cancel(&ctx.admin, &als).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("cancelled")));
+    let r = patch(&al_t, &als, json!({"text": "de novo"})).await;
+    assert_eq!(code(&r), (409, "scheduled_message_finished"));
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE scheduled_message_id = {als} AND status = 'pending'"
+        )),
+        0,
+        "a cancelled one's job is gone"
+    );
+
+    // Two waiting on WhatsApp; the customer answers; then both fall due.
+    let r = schedule(
+        &ctx.admin,
+        &wa,
+        json!({"text": "Conseguiu receber?", "send_at": in_secs(3600), "cancel_if_replied": true}),
+    )
+    .await;
+    let asked = r.body["id"].as_str().expect("id").to_string();
+    let r = schedule(&ctx.admin, &wa, json!({"text": "Lembrete: loja fecha às 19h", "send_at": in_secs(3600)})).await;
+    let reminder = r.body["id"].as_str().expect("id").to_string();
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Recebi, obrigado!"})).await;
+    app.processed().await;
+    due_now(&app, &asked);
+    due_now(&app, &reminder);
+    let stopped = ended(&app, &ctx.admin, &asked).await;
+    assert_eq!((&stopped["status"], &stopped["reason"]), (&json!("cancelled"), &json!("customer_replied")));
+    assert_eq!(ended(&app, &ctx.admin, &reminder).await["status"], "sent");
+    eventually("the reminder sent", || async {
+        sent_texts(&app, PHONE).await.contains(&"Lembrete: loja fecha às 19h".to_string())
+    })
+    .await;
+    assert!(!sent_texts(&app, PHONE).await.contains(&"Conseguiu receber?".to_string()));
+
+    let r = app
+        .call("GET", &format!("/api/conversations/{wa}/scheduled-messages?status=cancelled"), Some(&ctx.admin), None)
+        .await;
+    let ids: Vec<&Value> = r.body["items"].as_array().expect("items").iter().map(|s| &s["id"]).collect();
+    assert_eq!(ids, vec![&json!(asked)]);
+    let r = app
+        .call("GET", &format!("/api/conversations/{wa}/scheduled-messages?status=later"), Some(&ctx.admin), None)
+        .await;
+    assert_eq!(code(&r), (400, "invalid_status"));
+}
+
+#[actix_web::test]
+async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, fb) = two_customers(&app, &ctx.admin).await;
+    let (al, al_t) = agent_al(&app, &ctx.admin).await;
+    let page =
+        by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{page}/members"),
+            Some(&ctx.admin),
+            Some(json!({"user_ids": [al["user_id"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let schedule = |t: &str, conv: &str, text: &str| {
+        let (app, t, url) = (&app, t.to_string(), format!("/api/conversations/{conv}/scheduled-messages"));
+        let body = json!({"text": text, "send_at": in_secs(3600)});
+        async move {
+            let r = app.call("POST", &url, Some(&t), Some(body)).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            r.body["id"].as_str().expect("id").to_string()
+        }
+    };
+
+    // Al's, and Al leaves the team.
+    let als = schedule(&al_t, &fb, "Até amanhã!").await;
+    let r = app
+        .call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("user")), Some(&ctx.admin), None)
+        .await;
+    assert!(r.status == 200 || r.status == 204, "{:?}", r.body);
+    // The customer blocked by the team.
+    let blocked = schedule(&ctx.admin, &wa, "Promoção!").await;
+    let contact = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["contact"]["id"]
+        .as_str()
+        .expect("contact")
+        .to_string();
+    let r =
+        app.call("PATCH", &format!("/api/contacts/{contact}"), Some(&ctx.admin), Some(json!({"blocked": true}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The window closed meanwhile (the customer wrote eight days ago).
+    let late = schedule(&ctx.admin, &fb, "Olá de novo").await;
+    app.exec(&format!(
+        "UPDATE tenant_acme.conversations SET last_inbound_at = now() - interval '8 days' WHERE id = {fb}"
+    ));
+
+    for (id, reason) in [(&als, "author_not_member"), (&blocked, "contact_blocked"), (&late, "outside_window")] {
+        due_now(&app, id);
+        let done = ended(&app, &ctx.admin, id).await;
+        assert_eq!(
+            (&done["status"], &done["reason"], &done["message_id"]),
+            (&json!("failed"), &json!(reason), &Value::Null)
+        );
+    }
+    let texts = [sent_texts(&app, PHONE).await, sent_texts(&app, PAGE_A).await].concat();
+    for t in ["Até amanhã!", "Promoção!", "Olá de novo"] {
+        assert!(!texts.contains(&t.to_string()), "{t} was sent");
+    }
+}
