@@ -649,11 +649,8 @@ pub fn patch(
             a.apply_to(&mut settings.away_reply, "away_reply", row.platform())?;
         }
         if let Some(a) = s.csat {
-            if a.choices.is_some() {
-                return Err(AppError::invalid(
-                    "invalid_settings",
-                    "csat takes no choices: customers rate it by writing 1 to 5",
-                ));
+            if let Some(choices) = &a.choices {
+                crate::inbox::csat::check_choices(choices)?;
             }
             a.apply_to(&mut settings.csat, "csat", row.platform())?;
         }

@@ -152,6 +152,8 @@ diesel::table! {
         team_id -> Nullable<Int8>,
         /// Waiting for the server to hand it out (`inbox::hand_out`).
         queued_at -> Nullable<Timestamptz>,
+        /// The earliest of its scheduled messages that wait (`inbox::scheduled`).
+        next_scheduled_at -> Nullable<Timestamptz>,
     }
 }
 

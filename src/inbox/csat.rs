@@ -21,6 +21,12 @@
 //! - The survey is a message of the conversation's (sender `page`, a
 //!   `client_id` of `csat:<survey id>`), so it shows and fails like any;
 //!   it is not a reply for reports' first responses.
+//! - It may offer the ratings to tap (`settings.csat.choices`,
+//!   `inbox::choices`: a list on WhatsApp, quick replies on Messenger and
+//!   Instagram), so a customer answers with one touch. Each must be what a
+//!   customer could write as a bare rating ("5 ⭐⭐⭐⭐⭐", "⭐⭐⭐", "1"),
+//!   each score once ([`check_choices`]): a tap comes back as its text, a
+//!   rating with no words, which leaves the conversation resolved.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -32,7 +38,7 @@ use super::ConversationId;
 use crate::channels::{self, ChannelId};
 use crate::db::tenant_schema::csat_surveys as s;
 use crate::db::TenantConn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
 /// How long after the survey a customer's rating still counts.
@@ -69,6 +75,30 @@ pub fn rating_of(text: &str) -> Option<Rating> {
     Some(Rating { score: score as i16, comment })
 }
 
+/// Ratings a survey may offer to tap ([module docs](self)): each a bare
+/// rating, no score twice.
+pub fn check_choices(choices: &[String]) -> AppResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, choice) in choices.iter().enumerate() {
+        match rating_of(choice) {
+            Some(Rating { score, comment: None }) if seen.insert(score) => {}
+            Some(Rating { comment: None, .. }) => {
+                return Err(AppError::invalid("invalid_settings", format!("csat.choices[{i}] rates as another does")))
+            }
+            _ => {
+                return Err(AppError::invalid(
+                    "invalid_settings",
+                    format!(
+                        "csat.choices[{i}] must be a rating a customer could write, with no words: \
+                         a digit 1 to 5 (\"5\", \"5 ⭐⭐⭐⭐⭐\") or one to five stars"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// After `row` was resolved by `by`: sends the channel's survey, if it has
 /// one on and the customer can still be written to. Answers whether one
 /// was queued (the caller wakes the sender).
@@ -102,7 +132,14 @@ pub fn on_resolved(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &Conversati
         text: Some(text.to_string()),
         client_id: Some(format!("csat:{survey}")),
         agent: None,
-        attachments: Vec::new(),
+        // Checked when set; one that no longer checks (the platform's
+        // rules changed) leaves the survey as text.
+        attachments: match settings.csat.choices.is_empty() {
+            true => Vec::new(),
+            false => {
+                super::choices::attachment(channel.platform(), &settings.csat.choices, None).ok().into_iter().collect()
+            }
+        },
         reply_to_external_id: None,
     };
     let (message, _) = messages::queue_outgoing(tc, log, &mut Names::default(), &channel, row, out)?;
@@ -155,6 +192,20 @@ mod tests {
         assert_eq!(r("⭐️⭐️"), Some((2, String::new())), "with the emoji variation selector");
         for not in ["0", "6", "10", "3.5", "2,5", "", "great!", "⭐⭐⭐⭐⭐⭐", "⭐ great", "five"] {
             assert_eq!(r(not), None, "{not:?}");
+        }
+    }
+
+    #[test]
+    fn ratings_to_tap_are_bare_ratings_each_score_once() {
+        let ok: Vec<String> = ["5 ⭐⭐⭐⭐⭐", "⭐⭐⭐⭐", "3", "2 👎", "1 😞"].iter().map(|s| s.to_string()).collect();
+        assert!(check_choices(&ok).is_ok());
+        for bad in [vec!["5 - great"], vec!["Excelente"], vec!["5", "⭐⭐⭐⭐⭐"], vec!["6"]] {
+            let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                check_choices(&bad).err().map(|e| e.code.to_string()),
+                Some("invalid_settings".into()),
+                "{bad:?}"
+            );
         }
     }
 }

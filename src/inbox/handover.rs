@@ -408,6 +408,7 @@ mod tests {
             waiting_since: None,
             reply_due_at: None,
             queued_at: None,
+            next_scheduled_at: None,
             thread_control: None,
             team_id: None,
         };

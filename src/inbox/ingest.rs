@@ -190,7 +190,7 @@ impl<'l> Ingest<'l> {
         let convs: Vec<ConversationRow> = crate::db::prepared(
             "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
                     last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority, waiting_since, reply_due_at, thread_control, team_id, queued_at \
+                    priority, waiting_since, reply_due_at, thread_control, team_id, queued_at, next_scheduled_at \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR UPDATE",

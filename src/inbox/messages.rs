@@ -150,17 +150,29 @@ pub fn visible_conversation(
 }
 
 /// A `client_id` makes a retry safe: the same agent sending the same text
-/// (and the same file, by its SHA-256) gets the message stored the first
-/// time. Anything else under that id is not a retry, and would otherwise
-/// be silently dropped: 409.
-fn same_request(stored: &MessageRow, user: UserId, text: Option<&str>, file: Option<&str>) -> AppResult<()> {
+/// (and the same file, by its SHA-256, and the same choices to tap) gets
+/// the message stored the first time. Anything else under that id is not
+/// a retry, and would otherwise be silently dropped: 409.
+fn same_request(
+    stored: &MessageRow,
+    user: UserId,
+    text: Option<&str>,
+    file: Option<&str>,
+    choices: Option<&Value>,
+) -> AppResult<()> {
     if stored.sender_user_id == Some(user.0)
         && stored.text.as_deref() == text
         && super::uploads::stored_sha256(&stored.attachments) == file
+        && choices_of(&stored.attachments) == choices
     {
         return Ok(());
     }
     Err(client_id_reused())
+}
+
+/// The choices to tap a message offers (`inbox::choices`), as stored.
+fn choices_of(attachments: &Value) -> Option<&Value> {
+    attachments.as_array()?.iter().find(|a| a["type"] == "choices")
 }
 
 fn client_id_reused() -> AppError {
@@ -254,7 +266,7 @@ pub fn create_note(
         if !row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref(), None)?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     match (&text, &file) {
@@ -294,7 +306,7 @@ pub fn create_note(
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref(), None)?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     if let Some(f) = &file {
@@ -763,11 +775,12 @@ fn reply(
         Reply::File { upload, caption } => (caption, vec![upload.attachment()], Some(upload)),
     };
     let file_sha = file.as_ref().map(|f| f.sha256.clone());
+    let offered = choices_of(&Value::Array(attachments.clone())).cloned();
     if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
         if row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref(), offered.as_ref())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     match &file {
@@ -848,7 +861,7 @@ fn reply(
         )?;
     } else {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, text.as_deref(), file_sha.as_deref())?;
+        same_request(&row, user, text.as_deref(), file_sha.as_deref(), offered.as_ref())?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }

@@ -9,7 +9,9 @@
 //!   from the messages (`scheduled_messages`), so the thread, its search,
 //!   badges and the waiting clock hold only what the customer was sent;
 //!   clients show what waits from `GET …/scheduled-messages` and the live
-//!   `scheduled_message.updated`.
+//!   `scheduled_message.updated`; the conversation shows when the
+//!   earliest goes (`next_scheduled_at`, announced as
+//!   `conversation.updated` when it moves) for the list's clock.
 //! - Checked when it is written as a reply is (text, a blocked customer,
 //!   the channel connected), and against the reply window *at its time*:
 //!   a `send_at` past the window's end, as known now, is refused
@@ -290,6 +292,7 @@ pub fn create(
         Some(conv.id.to_string()),
         json!({"scheduled_message_id": row.id.to_string(), "send_at": send_at}),
     )?;
+    refresh_next(tc, log, conv.id)?;
     let view = announce(tc, log, row.id)?;
     Ok((view, true, send_at <= now))
 }
@@ -348,6 +351,25 @@ fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64) -> AppResult<S
     let view = ScheduledView::from(row);
     log.append(tc, "scheduled_message.updated", Some(channel), Some(conversation), &view)?;
     Ok(view)
+}
+
+/// Keeps the conversation's `next_scheduled_at` (the earliest of its
+/// messages that wait), announcing the conversation when it moved.
+fn refresh_next(tc: &mut TenantConn<'_>, log: &mut EventLog, conversation: i64) -> AppResult<()> {
+    let moved: Option<super::views::ConversationRow> = diesel::sql_query(
+        "UPDATE conversations c SET next_scheduled_at = n.at \
+           FROM (SELECT min(send_at) AS at FROM scheduled_messages \
+                  WHERE conversation_id = $1 AND status = 'scheduled') n \
+          WHERE c.id = $1 AND c.next_scheduled_at IS DISTINCT FROM n.at RETURNING c.*",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(conversation)
+    .get_result(tc.pg())
+    .optional()?;
+    if let Some(conv) = moved {
+        let view = Names::default().conversation(tc, &conv)?;
+        log.append(tc, "conversation.updated", Some(conv.channel_id), Some(conv.id), &view)?;
+    }
+    Ok(())
 }
 
 /// `GET /api/conversations/{id}/scheduled-messages?status=`: newest
@@ -460,6 +482,7 @@ pub fn change(
         json!({"scheduled_message_id": row.id.to_string(), "send_at": send_at,
             "text_changed": text != row.text}),
     )?;
+    refresh_next(tc, log, row.conversation_id)?;
     Ok((announce(tc, log, row.id)?, send_at <= now))
 }
 
@@ -493,6 +516,7 @@ pub fn cancel(
         Some(row.conversation_id.to_string()),
         json!({"scheduled_message_id": row.id.to_string()}),
     )?;
+    refresh_next(tc, log, row.conversation_id)?;
     announce(tc, log, row.id)
 }
 
@@ -536,6 +560,7 @@ fn send_due(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, job: i64, now:
         Err(reason) => ("failed", Some(reason), None),
     };
     end(tc, row.id, status, reason.as_deref(), message)?;
+    refresh_next(tc, log, row.conversation_id)?;
     announce(tc, log, row.id)?;
     Ok(Next::Done)
 }

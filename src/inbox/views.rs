@@ -114,6 +114,8 @@ pub struct ConversationRow {
     /// When it began to wait in the queue for someone to hand it to
     /// (`inbox::hand_out`).
     pub queued_at: Option<DateTime<Utc>>,
+    /// The earliest of its scheduled messages that wait (`inbox::scheduled`).
+    pub next_scheduled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -428,6 +430,7 @@ impl Names {
             reply_due_at: row.reply_due_at,
             thread_control: super::handover::ThreadControl::of(row).map(|t| t.view()),
             reply_window_ends_at: window.ends_at,
+            next_scheduled_at: row.next_scheduled_at,
             created_at: row.created_at,
         })
     }
@@ -496,6 +499,9 @@ pub struct ConversationView {
     /// delivery said so (an extension; Messenger and Instagram only).
     pub thread_control: Option<super::handover::ThreadControlView>,
     pub reply_window_ends_at: Option<DateTime<Utc>>,
+    /// When the earliest of its scheduled messages goes (an extension;
+    /// `inbox::scheduled`); null when none waits.
+    pub next_scheduled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 

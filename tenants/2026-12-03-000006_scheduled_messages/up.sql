@@ -23,3 +23,5 @@ CREATE TABLE scheduled_messages (
     UNIQUE (conversation_id, client_id)
 );
 CREATE INDEX scheduled_messages_conversation_idx ON scheduled_messages (conversation_id, send_at, id);
+-- The earliest of a conversation's that wait, for the inbox list's clock.
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS next_scheduled_at TIMESTAMPTZ;

@@ -86,6 +86,11 @@ async fn an_agent_offers_choices_and_the_customers_tap_is_their_answer() {
     )
     .await;
     assert_eq!(again.body["id"], r.body["id"], "a retry is the same message");
+    let other =
+        post(&wa, json!({"text": "Temos às 20h. Reservo?", "choices": ["Sim", "Não"], "client_id": "c-1"})).await;
+    assert_eq!(code(&other), (409, "client_id_reused"), "other choices are another message");
+    let plain = post(&wa, json!({"text": "Temos às 20h. Reservo?", "client_id": "c-1"})).await;
+    assert_eq!(code(&plain), (409, "client_id_reused"), "and so is none");
     let r = post(
         &wa,
         json!({"text": "Que hora prefere?", "choices": ["19h", "20h", "21h", "22h"], "choices_button": "Horas"}),
@@ -167,7 +172,8 @@ async fn a_greeting_offers_a_menu_and_routing_sorts_by_the_tap() {
     for bad in [
         json!({"auto_reply": {"choices": eleven}}),
         json!({"auto_reply": {"choices": ["Vendas", "vendas"]}}),
-        json!({"csat": {"choices": ["1", "2"]}}),
+        json!({"csat": {"choices": ["5 - ótimo"]}}),
+        json!({"csat": {"choices": ["5", "⭐⭐⭐⭐⭐"]}}),
         json!({"routing": [{"contains": ["x"], "labels": ["x"], "reply_choices": ["Sim"]}]}),
         json!({"routing": [{"contains": ["x"], "reply": "Sim?", "reply_choices": eleven}]}),
     ] {
@@ -222,4 +228,58 @@ async fn a_greeting_offers_a_menu_and_routing_sorts_by_the_tap() {
     let r = app.call("PATCH", &url, Some(&ctx.admin), Some(json!({"settings": {"auto_reply": {"choices": []}}}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(r.body["settings"]["auto_reply"].get("choices").is_none(), "{:?}", r.body);
+}
+
+/// A WhatsApp tap on row `title` (`choice-<n>`) of a list, by `WA_ID`.
+fn list_tap(wamid: &str, n: usize, title: &str) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&tap(wamid, n, title)).expect("json");
+    let message = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
+    message["interactive"] = json!({"type": "list_reply", "list_reply": {"id": format!("choice-{n}"), "title": title}});
+    serde_json::to_vec(&body).expect("body")
+}
+
+#[actix_web::test]
+async fn a_survey_offers_its_ratings_and_a_tap_rates() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = crate::inbox::channel_id(&app, &ctx.admin, PHONE).await;
+    let ratings = ["5 ⭐⭐⭐⭐⭐", "4 ⭐⭐⭐⭐", "3 ⭐⭐⭐", "2 ⭐⭐", "1 ⭐"];
+    let survey =
+        json!({"settings": {"csat": {"enabled": true, "text": "Como correu? Toque numa nota.", "choices": ratings}}});
+    let r = app.call("PATCH", &format!("/api/channels/{phone}"), Some(&ctx.admin), Some(survey)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["settings"]["csat"]["choices"], json!(ratings));
+
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Chegou, obrigado", "name": "Zé"}))
+        .await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"status": "resolved"})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually("the survey sent as a list", || async {
+        sends(&app, PHONE).await.iter().any(|b| b["type"] == "interactive")
+    })
+    .await;
+    let sent = sends(&app, PHONE).await.into_iter().find(|b| b["type"] == "interactive").expect("sent");
+    assert_eq!(
+        (&sent["interactive"]["type"], &sent["interactive"]["body"]["text"]),
+        (&json!("list"), &json!("Como correu? Toque numa nota."))
+    );
+    let rows = sent["interactive"]["action"]["sections"][0]["rows"].as_array().cloned().unwrap_or_default();
+    let titles: Vec<&str> = rows.iter().filter_map(|r| r["title"].as_str()).collect();
+    assert_eq!(titles, ratings.to_vec());
+
+    // The customer taps "4 ⭐⭐⭐⭐": rated 4, and the conversation stays resolved.
+    assert_eq!(app.webhook(&list_tap("wamid.RATE1", 2, "4 ⭐⭐⭐⭐")).await, 200);
+    app.processed().await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.csat_surveys WHERE conversation_id = {conv} AND rating = 4 AND comment IS NULL"
+        )),
+        1
+    );
+    let c = app.call("GET", &format!("/api/conversations/{conv}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(c["status"], "resolved", "{c}");
 }

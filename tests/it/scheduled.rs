@@ -52,6 +52,11 @@ fn due_now(app: &TestApp, id: &str) {
     ));
 }
 
+/// When scheduled message `id` goes, as the API says it.
+async fn goes_at(app: &TestApp, t: &str, id: &str) -> String {
+    get(app, t, id).await["send_at"].as_str().expect("send_at").to_string()
+}
+
 async fn ended(app: &TestApp, t: &str, id: &str) -> Value {
     eventually("the scheduled message ended", || async { get(app, t, id).await["status"] != "scheduled" }).await;
     get(app, t, id).await
@@ -121,6 +126,11 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     let frame = until(&mut socket, "scheduled_message.updated", Duration::from_secs(5)).await.expect("announced");
     assert_eq!((&frame["data"]["id"], &frame["data"]["status"]), (&made["id"], &json!("scheduled")));
 
+    // The conversation shows when it goes, for the list's clock.
+    let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(conv["next_scheduled_at"], made["send_at"], "{conv}");
+    crate::openapi::conforms(&doc, "Conversation", &conv);
+
     // A retry is the same; the same client_id for another text is not.
     let again = schedule(&wa, json!({"text": text, "send_at": in_secs(3), "client_id": "later-1"})).await;
     assert_eq!((again.status, &again.body["id"]), (200, &made["id"]));
@@ -155,6 +165,8 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     let frame = until(&mut socket, "scheduled_message.updated", Duration::from_secs(5)).await.expect("sent, announced");
     assert_eq!(frame["data"]["status"], "sent");
     assert_eq!(sent_texts(&app, PHONE).await.iter().filter(|t| *t == text).count(), 1, "sent once");
+    let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
+    assert_eq!(conv["next_scheduled_at"], Value::Null, "nothing waits");
 
     // A sent one is finished.
     let r = app.call("POST", &format!("/api/scheduled-messages/{id}/cancel"), Some(&ctx.admin), None).await;
@@ -259,6 +271,12 @@ async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
     let asked = r.body["id"].as_str().expect("id").to_string();
     let r = schedule(&ctx.admin, &wa, json!({"text": "Lembrete: loja fecha às 19h", "send_at": in_secs(3600)})).await;
     let reminder = r.body["id"].as_str().expect("id").to_string();
+    let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
+    let earliest = [&goes_at(&app, &ctx.admin, &asked).await, &goes_at(&app, &ctx.admin, &reminder).await]
+        .into_iter()
+        .min()
+        .cloned();
+    assert_eq!(conv["next_scheduled_at"].as_str().map(str::to_string), earliest, "{conv}");
     app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Recebi, obrigado!"})).await;
     app.processed().await;
     due_now(&app, &asked);
