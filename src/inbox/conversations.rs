@@ -51,6 +51,9 @@ pub struct Filter {
     /// `Some(true)`: only those waiting in the queue for someone to hand
     /// them to (`hand_out`); `Some(false)`: only the others.
     pub queued: Option<bool>,
+    /// `Some(true)`: only those with a scheduled message waiting to go
+    /// (`inbox::scheduled`); `Some(false)`: only the others.
+    pub scheduled: Option<bool>,
     /// The list's order (not the newest activity first only without `q`).
     pub order: Order,
 }
@@ -128,11 +131,13 @@ pub struct FilterParams {
     pub contact_attribute: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<String>,
 }
 
 impl FilterParams {
     /// The names a client may give.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "status",
         "channel_id",
         "assignee",
@@ -147,6 +152,7 @@ impl FilterParams {
         "team",
         "contact_attribute",
         "queued",
+        "scheduled",
     ];
 
     /// These, with each one `over` gives put in its place.
@@ -166,6 +172,7 @@ impl FilterParams {
             team: over.team.or(self.team),
             contact_attribute: over.contact_attribute.or(self.contact_attribute),
             queued: over.queued.or(self.queued),
+            scheduled: over.scheduled.or(self.scheduled),
         }
     }
 
@@ -223,6 +230,7 @@ impl FilterParams {
                 Some(raw) => Some(super::attributes::parsed_query(raw).map_err(|e| bad(e.message))?),
             },
             queued: flag(self.queued.as_deref(), "queued")?,
+            scheduled: flag(self.scheduled.as_deref(), "scheduled")?,
             order: match self.sort.as_deref() {
                 None | Some("") | Some("activity") => Order::Activity,
                 Some("waiting") => Order::Waiting,
@@ -402,6 +410,11 @@ fn filtered<'a, ST: 'a>(mut q: c::BoxedQuery<'a, Pg, ST>, listing: Listing<'_>) 
     match f.queued {
         Some(true) => q = q.filter(c::queued_at.is_not_null()),
         Some(false) => q = q.filter(c::queued_at.is_null()),
+        None => {}
+    }
+    match f.scheduled {
+        Some(true) => q = q.filter(c::next_scheduled_at.is_not_null()),
+        Some(false) => q = q.filter(c::next_scheduled_at.is_null()),
         None => {}
     }
     match f.held_elsewhere {

@@ -130,6 +130,9 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
     assert_eq!(conv["next_scheduled_at"], made["send_at"], "{conv}");
     crate::openapi::conforms(&doc, "Conversation", &conv);
+    let ids = |convs: Vec<Value>| convs.iter().map(|c| c["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(conversations(&app, &ctx.admin, "?scheduled=true").await), vec![json!(wa)]);
+    assert!(!ids(conversations(&app, &ctx.admin, "?scheduled=false").await).contains(&json!(wa)));
 
     // A retry is the same; the same client_id for another text is not.
     let again = schedule(&wa, json!({"text": text, "send_at": in_secs(3), "client_id": "later-1"})).await;
@@ -167,6 +170,9 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     assert_eq!(sent_texts(&app, PHONE).await.iter().filter(|t| *t == text).count(), 1, "sent once");
     let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
     assert_eq!(conv["next_scheduled_at"], Value::Null, "nothing waits");
+    assert_eq!(conversations(&app, &ctx.admin, "?scheduled=true").await, Vec::<Value>::new());
+    let r = app.call("GET", "/api/conversations?scheduled=maybe", Some(&ctx.admin), None).await;
+    assert_eq!(code(&r), (400, "invalid_query"));
 
     // A sent one is finished.
     let r = app.call("POST", &format!("/api/scheduled-messages/{id}/cancel"), Some(&ctx.admin), None).await;
