@@ -4,7 +4,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::pagination::{decode_cursor, parse_limit, Paged};
+use super::pagination::{decode_cursor, one_of, parse_limit, Paged};
 use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
 use crate::channels::ChannelId;
@@ -16,17 +16,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/broadcasts/{id}").route(web::get().to(get_one)).route(web::patch().to(reschedule)))
         .service(resource("/broadcasts/{id}/recipients").route(web::get().to(recipients)))
         .service(resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
-}
-
-/// A `status=` filter: one of `statuses`, or none when left out or empty.
-fn one_of(raw: Option<&str>, statuses: &[&str]) -> AppResult<Option<String>> {
-    match raw.filter(|s| !s.is_empty()) {
-        Some(s) if statuses.contains(&s) => Ok(Some(s.to_string())),
-        Some(_) => {
-            Err(AppError::bad_request("invalid_status", format!("status must be one of {}", statuses.join(", "))))
-        }
-        None => Ok(None),
-    }
 }
 
 fn broadcast_id(raw: &str) -> AppResult<BroadcastId> {

@@ -89,3 +89,14 @@ pub fn parse_limit(raw: Option<&str>) -> AppResult<i64> {
             .ok_or_else(|| AppError::bad_request("invalid_limit", "limit must be a number from 1 to 200")),
     }
 }
+
+/// A `status=` filter: one of `statuses`, or none when left out or empty.
+pub fn one_of(raw: Option<&str>, statuses: &[&str]) -> AppResult<Option<String>> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(s) if statuses.contains(&s) => Ok(Some(s.to_string())),
+        Some(_) => {
+            Err(AppError::bad_request("invalid_status", format!("status must be one of {}", statuses.join(", "))))
+        }
+        None => Ok(None),
+    }
+}

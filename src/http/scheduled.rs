@@ -5,7 +5,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::pagination::{decode_cursor, parse_limit, Paged};
+use super::pagination::{decode_cursor, one_of, parse_limit, Paged};
 use super::{resource, AppState};
 use crate::auth::AuthContext;
 use crate::error::{AppError, AppResult};
@@ -67,16 +67,7 @@ async fn list(
     let id = conversation_id(&path)?;
     let limit = parse_limit(q.limit.as_deref())?;
     let before = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
-        Some(_) => {
-            return Err(AppError::bad_request(
-                "invalid_status",
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ))
-        }
-        None => None,
-    };
+    let status = one_of(q.status.as_deref(), &STATUSES)?;
     let (user, role) = (auth.user, auth.role);
     let items = state
         .db

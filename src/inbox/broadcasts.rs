@@ -111,9 +111,6 @@ pub const WAVE: i64 = 20;
 const NAME_CHARS: usize = 100;
 /// How far ahead a broadcast may be scheduled.
 pub const MOST_DAYS_AHEAD: i64 = 90;
-/// How long past a `send_at` may be and still be taken as now (clocks
-/// differ, and a form takes a while to send).
-const PAST_GRACE_SECONDS: i64 = 60;
 /// A broadcast's statuses, as `GET /api/broadcasts?status=` takes them.
 pub const STATUSES: [&str; 5] = ["scheduled", "sending", "done", "cancelled", "failed"];
 
@@ -281,7 +278,7 @@ fn parse_numbers(raw: &[String]) -> AppResult<Vec<String>> {
 /// `now`: `None` to start now.
 fn scheduled_for(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> AppResult<Option<DateTime<Utc>>> {
     let Some(at) = send_at else { return Ok(None) };
-    if at < now - chrono::Duration::seconds(PAST_GRACE_SECONDS) {
+    if at < now - chrono::Duration::seconds(super::sender::PAST_GRACE_SECONDS) {
         return Err(AppError::invalid("invalid_send_at", "send_at is in the past; leave it out to send now"));
     }
     if at > now + chrono::Duration::days(MOST_DAYS_AHEAD) {
@@ -525,18 +522,6 @@ fn queue_job(tc: &mut TenantConn<'_>, id: i64, at: Option<DateTime<Utc>>) -> App
 const REPLIED: &str = "EXISTS (SELECT 1 FROM messages i WHERE i.conversation_id = m.conversation_id \
                                  AND i.direction = 'in' AND i.id > m.id)";
 
-/// Takes a broadcast's job out of the queue when it is waiting there (a
-/// scheduled one's may wait for months); one taken up meanwhile finds
-/// itself a stray.
-fn drop_job(tc: &mut TenantConn<'_>, job: Option<i64>) -> AppResult<()> {
-    if let Some(job) = job {
-        diesel::update(sq::table.find(job).filter(sq::status.eq("pending")))
-            .set(sq::status.eq("done"))
-            .execute(tc.pg())?;
-    }
-    Ok(())
-}
-
 /// Counts of each broadcast in `ids`.
 fn counts(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<HashMap<i64, Counts>> {
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
@@ -769,7 +754,7 @@ pub fn cancel(
             ))
         }
     }
-    drop_job(tc, row.job_id)?;
+    super::sender::drop_job(tc, row.job_id)?;
     let skipped = end(tc, row.id, "cancelled", None, "cancelled")?;
     crate::audit::record(
         tc,
@@ -804,7 +789,7 @@ pub fn reschedule(
         ));
     }
     // A new job, so the old one is a stray whatever it is doing now.
-    drop_job(tc, row.job_id)?;
+    super::sender::drop_job(tc, row.job_id)?;
     let job = queue_job(tc, row.id, send_at)?;
     let row: BroadcastRow = diesel::update(b::table.find(row.id))
         .set((

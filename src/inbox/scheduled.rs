@@ -50,7 +50,7 @@ use serde_json::json;
 
 use super::events::EventLog;
 use super::messages::{self, ReplyOptions};
-use super::sender::Next;
+use super::sender::{drop_job, Next, PAST_GRACE_SECONDS};
 use super::views::{Names, ReplyWindow};
 use super::{ConversationId, MessageId};
 use crate::app::AppState;
@@ -64,8 +64,6 @@ use crate::ids::{TenantId, UserId};
 
 /// Messages that may wait in one conversation at once.
 pub const MOST_WAITING: i64 = 20;
-/// How long past a `send_at` may be and still be taken as now.
-const PAST_GRACE_SECONDS: i64 = 60;
 /// A scheduled message's statuses, as `?status=` takes them.
 pub const STATUSES: [&str; 4] = ["scheduled", "sent", "cancelled", "failed"];
 /// The send queue's kind for its job.
@@ -331,17 +329,6 @@ fn queue_job(tc: &mut TenantConn<'_>, row: &ScheduledRow, at: DateTime<Utc>) -> 
         ))
         .returning(sq::id)
         .get_result(tc.pg())?)
-}
-
-/// Takes the job out of the queue while it waits there; one taken up
-/// meanwhile finds itself a stray.
-fn drop_job(tc: &mut TenantConn<'_>, job: Option<i64>) -> AppResult<()> {
-    if let Some(job) = job {
-        diesel::update(sq::table.find(job).filter(sq::status.eq("pending")))
-            .set(sq::status.eq("done"))
-            .execute(tc.pg())?;
-    }
-    Ok(())
 }
 
 /// Announces scheduled message `id` as it is now; its view.

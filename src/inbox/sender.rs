@@ -71,6 +71,23 @@ pub enum Next {
     Wait(Duration, &'static str),
 }
 
+/// How long past a `send_at` (`inbox::broadcasts`, `inbox::scheduled`)
+/// may be and still be taken as now: clocks differ, and a form takes a
+/// while to send.
+pub const PAST_GRACE_SECONDS: i64 = 60;
+
+/// Takes a job that waits for its time (a scheduled broadcast's, a
+/// scheduled message's; months, perhaps) out of the queue while it waits
+/// there; one taken up meanwhile finds itself a stray.
+pub fn drop_job(tc: &mut crate::db::TenantConn<'_>, job: Option<i64>) -> AppResult<()> {
+    if let Some(job) = job {
+        diesel::update(sq::table.find(job).filter(sq::status.eq("pending")))
+            .set(sq::status.eq("done"))
+            .execute(tc.pg())?;
+    }
+    Ok(())
+}
+
 /// Queues a send job in the caller's transaction (it goes with the change
 /// that asks for it); the sender is woken by the caller after the commit.
 pub fn queue(

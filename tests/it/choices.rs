@@ -16,7 +16,7 @@ fn code(r: &crate::common::Resp) -> (u16, &str) {
 }
 
 /// The Graph sends to `account` the fake took, their bodies.
-async fn sends(app: &TestApp, account: &str) -> Vec<Value> {
+pub(crate) async fn sends(app: &TestApp, account: &str) -> Vec<Value> {
     let log = app.fake("GET", "/_fake/requests", json!({})).await;
     log["items"]
         .as_array()

@@ -24,16 +24,10 @@ fn in_secs(s: i64) -> String {
 
 /// The texts the fake took for `account`.
 async fn sent_texts(app: &TestApp, account: &str) -> Vec<String> {
-    let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    log["items"]
-        .as_array()
-        .expect("items")
+    crate::choices::sends(app, account)
+        .await
         .iter()
-        .filter(|c| c["method"] == "POST" && c["path"] == format!("/{account}/messages"))
-        .filter_map(|c| {
-            let b = &c["body"];
-            b["text"]["body"].as_str().or(b["message"]["text"].as_str()).map(str::to_string)
-        })
+        .filter_map(|b| b["text"]["body"].as_str().or(b["message"]["text"].as_str()).map(str::to_string))
         .collect()
 }
 
@@ -60,6 +54,14 @@ async fn goes_at(app: &TestApp, t: &str, id: &str) -> String {
 async fn ended(app: &TestApp, t: &str, id: &str) -> Value {
     eventually("the scheduled message ended", || async { get(app, t, id).await["status"] != "scheduled" }).await;
     get(app, t, id).await
+}
+
+/// Makes `member` an agent of the Page.
+async fn give_the_page(app: &TestApp, admin: &str, member: &Value) {
+    let page = by_contact(&conversations(app, admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
+    let members = json!({"user_ids": [member["user_id"]]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(members)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// The customers of WhatsApp and the Page write in; their conversations.
@@ -215,17 +217,7 @@ async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
     assert_eq!(code(&r), (404, "not_found"));
 
     // Al, given the Page, writes one; only Al changes it.
-    let page =
-        by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
-    let r = app
-        .call(
-            "PUT",
-            &format!("/api/channels/{page}/members"),
-            Some(&ctx.admin),
-            Some(json!({"user_ids": [al["user_id"]]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    give_the_page(&app, &ctx.admin, &al).await;
     let r = schedule(&al_t, &fb, json!({"text": "Já resolvemos?", "send_at": in_secs(3600)})).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let als = r.body["id"].as_str().expect("id").to_string();
@@ -313,17 +305,7 @@ async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
     let ctx = acme(&app).await;
     let (wa, fb) = two_customers(&app, &ctx.admin).await;
     let (al, al_t) = agent_al(&app, &ctx.admin).await;
-    let page =
-        by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
-    let r = app
-        .call(
-            "PUT",
-            &format!("/api/channels/{page}/members"),
-            Some(&ctx.admin),
-            Some(json!({"user_ids": [al["user_id"]]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    give_the_page(&app, &ctx.admin, &al).await;
     let schedule = |t: &str, conv: &str, text: &str| {
         let (app, t, url) = (&app, t.to_string(), format!("/api/conversations/{conv}/scheduled-messages"));
         let body = json!({"text": text, "send_at": in_secs(3600)});
