@@ -205,7 +205,7 @@ fn sendable_at(
                 "the reply window ends at {}, before send_at; schedule it earlier (or send a template after)",
                 end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
-            _ => "the reply window has closed; only a WhatsApp template may be sent now".to_string(),
+            _ => "the reply window has closed; no text can go until the customer writes again".to_string(),
         };
         return Err(AppError::invalid("outside_window", message));
     }

@@ -170,6 +170,19 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     let frame = until(&mut socket, "scheduled_message.updated", Duration::from_secs(5)).await.expect("sent, announced");
     assert_eq!(frame["data"]["status"], "sent");
     assert_eq!(sent_texts(&app, PHONE).await.iter().filter(|t| *t == text).count(), 1, "sent once");
+    // Its job taken up again (an instance stopped mid-way): nothing more goes.
+    app.exec(&format!(
+        "UPDATE public.send_queue SET status = 'pending', next_attempt_at = now() WHERE scheduled_message_id = {id}"
+    ));
+    eventually("the job done again", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.send_queue WHERE scheduled_message_id = {id} AND status = 'pending'"
+        )) == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sent_texts(&app, PHONE).await.iter().filter(|t| *t == text).count(), 1, "still sent once");
+    assert_eq!(get(&app, &ctx.admin, &id).await["message_id"], json!(message_id));
     let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
     assert_eq!(conv["next_scheduled_at"], Value::Null, "nothing waits");
     assert_eq!(conversations(&app, &ctx.admin, "?scheduled=true").await, Vec::<Value>::new());
