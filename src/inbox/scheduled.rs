@@ -26,7 +26,8 @@
 //!   its `message_id`; or `failed` with why (`outside_window`,
 //!   `contact_blocked`, `channel_not_connected`, `messaging_restricted`,
 //!   `author_not_member`, `author_lost_access`: the author was removed or
-//!   no longer sees the channel). With `cancel_if_replied` (default
+//!   no longer sees the channel). Removing a member cancels theirs at
+//!   once (`author_removed`), so nothing goes later in their name. With `cancel_if_replied` (default
 //!   false) a customer who wrote after it was written or last changed
 //!   cancels it (`customer_replied`): a follow-up they answered first is
 //!   not sent.
@@ -107,7 +108,7 @@ pub struct ScheduledView {
     /// `scheduled`, `sent`, `cancelled` or `failed`.
     pub status: String,
     /// Why it was cancelled or failed: `cancelled` (by a member),
-    /// `customer_replied`, or an error code.
+    /// `customer_replied`, `author_removed`, or an error code.
     pub reason: Option<String>,
     /// The reply it became.
     pub message_id: Option<MessageId>,
@@ -505,6 +506,25 @@ pub fn cancel(
     )?;
     refresh_next(tc, log, row.conversation_id)?;
     announce(tc, log, row.id)
+}
+
+/// A member removed from the tenant: what they scheduled that still waits
+/// is cancelled (`author_removed`), not sent in their name later.
+pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId) -> AppResult<()> {
+    let waiting: Vec<ScheduledRow> = s::table
+        .filter(s::created_by.eq(user.0))
+        .filter(s::status.eq("scheduled"))
+        .order(s::id)
+        .select(ScheduledRow::as_select())
+        .for_update()
+        .load(tc.pg())?;
+    for row in waiting {
+        drop_job(tc, row.job_id)?;
+        end(tc, row.id, "cancelled", Some("author_removed"), None)?;
+        refresh_next(tc, log, row.conversation_id)?;
+        announce(tc, log, row.id)?;
+    }
+    Ok(())
 }
 
 /// Ends scheduled message `id` with `status`, `reason` and the message it

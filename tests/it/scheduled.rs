@@ -329,12 +329,20 @@ async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
         }
     };
 
-    // Al's, and Al leaves the team.
+    // Al's, and Al leaves the team: cancelled at once.
     let als = schedule(&al_t, &fb, "Até amanhã!").await;
     let r = app
         .call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("user")), Some(&ctx.admin), None)
         .await;
     assert!(r.status == 200 || r.status == 204, "{:?}", r.body);
+    let gone = get(&app, &ctx.admin, &als).await;
+    assert_eq!((&gone["status"], &gone["reason"]), (&json!("cancelled"), &json!("author_removed")), "{gone}");
+    // Had Al's membership gone some other way, it would fail at its time.
+    let orphan = schedule(&ctx.admin, &fb, "Até já!").await;
+    app.exec(&format!(
+        "UPDATE tenant_acme.scheduled_messages SET created_by = {} WHERE id = {orphan}",
+        al["user_id"].as_str().expect("user")
+    ));
     // The customer blocked by the team.
     let blocked = schedule(&ctx.admin, &wa, "Promoção!").await;
     let contact = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["contact"]["id"]
@@ -350,7 +358,7 @@ async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
         "UPDATE tenant_acme.conversations SET last_inbound_at = now() - interval '8 days' WHERE id = {fb}"
     ));
 
-    for (id, reason) in [(&als, "author_not_member"), (&blocked, "contact_blocked"), (&late, "outside_window")] {
+    for (id, reason) in [(&orphan, "author_not_member"), (&blocked, "contact_blocked"), (&late, "outside_window")] {
         due_now(&app, id);
         let done = ended(&app, &ctx.admin, id).await;
         assert_eq!(
@@ -359,7 +367,7 @@ async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
         );
     }
     let texts = [sent_texts(&app, PHONE).await, sent_texts(&app, PAGE_A).await].concat();
-    for t in ["Até amanhã!", "Promoção!", "Olá de novo"] {
+    for t in ["Até amanhã!", "Até já!", "Promoção!", "Olá de novo"] {
         assert!(!texts.contains(&t.to_string()), "{t} was sent");
     }
 }
