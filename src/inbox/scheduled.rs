@@ -27,10 +27,10 @@
 //!   `contact_blocked`, `channel_not_connected`, `messaging_restricted`,
 //!   `author_not_member`, `author_lost_access`: the author was removed or
 //!   no longer sees the channel). Removing a member cancels theirs at
-//!   once (`author_removed`), so nothing goes later in their name. With `cancel_if_replied` (default
-//!   false) a customer who wrote after it was written or last changed
-//!   cancels it (`customer_replied`): a follow-up they answered first is
-//!   not sent.
+//!   once (`author_removed`), so nothing goes later in their name. With
+//!   `cancel_if_replied` (default false) a customer who wrote after it
+//!   was written or last changed cancels it (`customer_replied`): a
+//!   follow-up they answered first is not sent.
 //! - Its author changes it (`PATCH /api/scheduled-messages/{id}`: text,
 //!   `send_at`, `cancel_if_replied`) while it waits; the author or an
 //!   admin cancels it (`POST /api/scheduled-messages/{id}/cancel`;
