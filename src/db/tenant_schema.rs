@@ -397,6 +397,7 @@ diesel::table! {
         channel_id -> Int8,
         created_by -> Int8,
         text -> Text,
+        choices -> Nullable<Jsonb>,
         send_at -> Timestamptz,
         cancel_if_replied -> Bool,
         status -> Text,

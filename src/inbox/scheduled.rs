@@ -3,8 +3,9 @@
 //! extension of the contract.
 //!
 //! Decisions:
-//! - Text only, to the conversation's customer, by a member who may
-//!   answer it (`POST /api/conversations/{id}/scheduled-messages`
+//! - Text, perhaps with choices to tap (`choices`, `choices_button`, as
+//!   a reply takes them, `inbox::choices`; kept as written), to the
+//!   conversation's customer, by a member who may answer it (`POST /api/conversations/{id}/scheduled-messages`
 //!   `{text, send_at, cancel_if_replied?, client_id?}`). It waits apart
 //!   from the messages (`scheduled_messages`), so the thread, its search,
 //!   badges and the waiting clock hold only what the customer was sent;
@@ -80,6 +81,10 @@ crate::id_type!(
 #[serde(deny_unknown_fields)]
 pub struct NewScheduled {
     pub text: String,
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
+    #[serde(default)]
+    pub choices_button: Option<String>,
     pub send_at: DateTime<Utc>,
     #[serde(default)]
     pub cancel_if_replied: bool,
@@ -103,6 +108,10 @@ pub struct ScheduledView {
     pub conversation_id: ConversationId,
     pub channel_id: ChannelId,
     pub text: String,
+    /// Answers to tap under it; `null`: none.
+    pub choices: Option<Vec<String>>,
+    /// A WhatsApp list's button, when named.
+    pub choices_button: Option<String>,
     pub send_at: DateTime<Utc>,
     pub cancel_if_replied: bool,
     /// `scheduled`, `sent`, `cancelled` or `failed`.
@@ -127,6 +136,7 @@ struct ScheduledRow {
     channel_id: i64,
     created_by: i64,
     text: String,
+    choices: Option<serde_json::Value>,
     send_at: DateTime<Utc>,
     cancel_if_replied: bool,
     status: String,
@@ -139,13 +149,29 @@ struct ScheduledRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
+/// The choices a row keeps: their titles and a list's button.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Choices {
+    options: Vec<String>,
+    button: Option<String>,
+}
+
+impl ScheduledRow {
+    fn choices(&self) -> Option<Choices> {
+        self.choices.clone().and_then(|c| serde_json::from_value(c).ok())
+    }
+}
+
 impl From<ScheduledRow> for ScheduledView {
     fn from(r: ScheduledRow) -> Self {
+        let choices = r.choices();
         ScheduledView {
             id: ScheduledMessageId(r.id),
             conversation_id: ConversationId(r.conversation_id),
             channel_id: ChannelId(r.channel_id),
             text: r.text,
+            choices_button: choices.as_ref().and_then(|c| c.button.clone()),
+            choices: choices.map(|c| c.options),
             send_at: r.send_at,
             cancel_if_replied: r.cancel_if_replied,
             status: r.status,
@@ -168,12 +194,16 @@ fn due_at(send_at: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>
     Ok(send_at.max(now))
 }
 
-/// The text a reply on `channel` may carry.
-fn checked_text(text: &str, channel: &channels::ChannelRow) -> AppResult<()> {
+/// The text a reply on `channel` may carry (with `choices`, WhatsApp's
+/// question is shorter).
+fn checked_text(text: &str, channel: &channels::ChannelRow, choices: bool) -> AppResult<()> {
     if text.trim().is_empty() {
         return Err(AppError::invalid("empty_text", "text must not be empty"));
     }
-    let max = messages::max_text_chars(channel.platform());
+    let max = match (choices, channel.platform()) {
+        (true, channels::Platform::Whatsapp) => super::choices::WHATSAPP_TEXT_CHARS,
+        (_, platform) => messages::max_text_chars(platform),
+    };
     if text.chars().count() > max {
         return Err(AppError::invalid(
             "text_too_long",
@@ -241,7 +271,19 @@ pub fn create(
     }
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
-    checked_text(&new.text, &channel)?;
+    let choices = match (&new.choices, &new.choices_button) {
+        (Some(options), button) => {
+            // Checked as a reply's; kept as the platform will show them.
+            let shown = super::choices::attachment(channel.platform(), options, button.as_deref())?;
+            let options = super::choices::checked(channel.platform(), options)?;
+            Some(Choices { options, button: shown["button"].as_str().map(str::to_string) })
+        }
+        (None, Some(_)) => {
+            return Err(AppError::invalid("invalid_choices", "choices_button goes with choices"));
+        }
+        (None, None) => None,
+    };
+    checked_text(&new.text, &channel, choices.is_some())?;
     let send_at = due_at(new.send_at, now)?;
     sendable_at(tc, &mut names, &channel, &conv, send_at)?;
     // The conversation's row, locked: two writers count in turn.
@@ -265,6 +307,7 @@ pub fn create(
             s::channel_id.eq(conv.channel_id),
             s::created_by.eq(user.0),
             s::text.eq(&new.text),
+            s::choices.eq(choices.as_ref().map(|c| json!(c))),
             s::send_at.eq(send_at),
             s::cancel_if_replied.eq(new.cancel_if_replied),
             s::client_id.eq(new.client_id.as_deref()),
@@ -296,10 +339,13 @@ pub fn create(
     Ok((view, true, send_at <= now))
 }
 
-/// A `client_id` already used in the conversation: the same author and
-/// text are a retry (as for replies, `messages`); anything else a 409.
+/// A `client_id` already used in the conversation: the same author, text
+/// and choices are a retry (as for replies, `messages`); anything else a
+/// 409.
 fn retried(row: ScheduledRow, user: UserId, new: &NewScheduled) -> AppResult<ScheduledView> {
-    if row.created_by == user.0 && row.text == new.text {
+    let options = row.choices().map(|c| c.options);
+    let asked = new.choices.as_ref().map(|o| o.iter().map(|t| t.trim().to_string()).collect::<Vec<_>>());
+    if row.created_by == user.0 && row.text == new.text && options == asked {
         return Ok(row.into());
     }
     Err(AppError::conflict(
@@ -436,7 +482,7 @@ pub fn change(
     let channel = names.channel(tc, row.channel_id)?;
     let conv = super::views::conversation_row(tc, ConversationId(row.conversation_id))?;
     let text = to.text.unwrap_or_else(|| row.text.clone());
-    checked_text(&text, &channel)?;
+    checked_text(&text, &channel, row.choices.is_some())?;
     let send_at = match to.send_at {
         Some(at) => due_at(at, now)?,
         None => row.send_at,
@@ -595,7 +641,14 @@ fn outcome(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &ScheduledRow) -> A
         return Ok(Err("author_lost_access".into()));
     }
     let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None };
-    match messages::create_reply(tc, log, author, role, ConversationId(row.conversation_id), row.text.clone(), opts) {
+    let conv = ConversationId(row.conversation_id);
+    let replied = match row.choices() {
+        Some(c) => {
+            messages::create_choices_reply(tc, log, author, role, conv, row.text.clone(), c.options, c.button, opts)
+        }
+        None => messages::create_reply(tc, log, author, role, conv, row.text.clone(), opts),
+    };
+    match replied {
         Ok((message, _)) => Ok(Ok(message.id.0)),
         // Refused as a reply now would be: it fails with that reason.
         Err(e) if !matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::BadGateway) => {

@@ -9,6 +9,8 @@ CREATE TABLE scheduled_messages (
     channel_id        BIGINT NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
     created_by        BIGINT NOT NULL,
     text              TEXT NOT NULL,
+    -- Answers to tap under it (`inbox::choices`): {options, button}.
+    choices           JSONB,
     send_at           TIMESTAMPTZ NOT NULL,
     cancel_if_replied BOOLEAN NOT NULL DEFAULT false,
     status            TEXT NOT NULL DEFAULT 'scheduled'

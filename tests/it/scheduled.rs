@@ -282,6 +282,25 @@ async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
     let asked = r.body["id"].as_str().expect("id").to_string();
     let r = schedule(&ctx.admin, &wa, json!({"text": "Lembrete: loja fecha às 19h", "send_at": in_secs(3600)})).await;
     let reminder = r.body["id"].as_str().expect("id").to_string();
+    // With choices to tap: checked as a reply's, sent as WhatsApp buttons.
+    let r = schedule(
+        &ctx.admin,
+        &wa,
+        json!({"text": "Quer recolher na loja?", "choices": ["Sim", "sim"], "send_at": in_secs(3600)}),
+    )
+    .await;
+    assert_eq!(code(&r), (422, "invalid_choices"));
+    let r =
+        schedule(&ctx.admin, &wa, json!({"text": "Quer?", "choices_button": "Ver", "send_at": in_secs(3600)})).await;
+    assert_eq!(code(&r), (422, "invalid_choices"));
+    let r = schedule(
+        &ctx.admin,
+        &wa,
+        json!({"text": "Quer recolher na loja?", "choices": ["Sim", "Não"], "send_at": in_secs(3600)}),
+    )
+    .await;
+    assert_eq!((r.status, &r.body["choices"]), (201, &json!(["Sim", "Não"])), "{:?}", r.body);
+    let question = r.body["id"].as_str().expect("id").to_string();
     let conv = app.call("GET", &format!("/api/conversations/{wa}"), Some(&ctx.admin), None).await.body;
     let earliest = [&goes_at(&app, &ctx.admin, &asked).await, &goes_at(&app, &ctx.admin, &reminder).await]
         .into_iter()
@@ -295,6 +314,16 @@ async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
     let stopped = ended(&app, &ctx.admin, &asked).await;
     assert_eq!((&stopped["status"], &stopped["reason"]), (&json!("cancelled"), &json!("customer_replied")));
     assert_eq!(ended(&app, &ctx.admin, &reminder).await["status"], "sent");
+    due_now(&app, &question);
+    assert_eq!(ended(&app, &ctx.admin, &question).await["status"], "sent");
+    eventually("the question sent with its buttons", || async {
+        crate::choices::sends(&app, PHONE).await.iter().any(|b| {
+            b["type"] == "interactive"
+                && b["interactive"]["body"]["text"] == "Quer recolher na loja?"
+                && b["interactive"]["action"]["buttons"][1]["reply"]["title"] == "Não"
+        })
+    })
+    .await;
     eventually("the reminder sent", || async {
         sent_texts(&app, PHONE).await.contains(&"Lembrete: loja fecha às 19h".to_string())
     })
