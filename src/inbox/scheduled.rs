@@ -275,8 +275,7 @@ pub fn create(
         (Some(options), button) => {
             // Checked as a reply's; kept as the platform will show them.
             let shown = super::choices::attachment(channel.platform(), options, button.as_deref())?;
-            let options = super::choices::checked(channel.platform(), options)?;
-            Some(Choices { options, button: shown["button"].as_str().map(str::to_string) })
+            Some(serde_json::from_value::<Choices>(shown).map_err(AppError::internal)?)
         }
         (None, Some(_)) => {
             return Err(AppError::invalid("invalid_choices", "choices_button goes with choices"));

@@ -135,6 +135,14 @@ async fn a_scheduled_reply_goes_at_its_time_and_not_before() {
     let ids = |convs: Vec<Value>| convs.iter().map(|c| c["id"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(conversations(&app, &ctx.admin, "?scheduled=true").await), vec![json!(wa)]);
     assert!(!ids(conversations(&app, &ctx.admin, "?scheduled=false").await).contains(&json!(wa)));
+    // A saved view keeps the filter, and the badges count by it.
+    let view = json!({"name": "Agendadas", "filters": {"scheduled": "true"}});
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view_id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(ids(conversations(&app, &ctx.admin, &format!("?view={view_id}")).await), vec![json!(wa)]);
+    let counts = app.call("GET", "/api/conversations/counts?scheduled=true", Some(&ctx.admin), None).await;
+    assert_eq!(counts.body["all"], 1, "{:?}", counts.body);
 
     // A retry is the same; the same client_id for another text is not.
     let again = schedule(&wa, json!({"text": text, "send_at": in_secs(3), "client_id": "later-1"})).await;
