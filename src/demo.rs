@@ -305,12 +305,13 @@ async fn seed(state: &crate::app::AppState, fake_base: &str) -> anyhow::Result<V
 /// The Page's and the Instagram account's greeting: it names the customer
 /// once Meta's profile tells their name (`inbox::variables`), and offers a
 /// menu to tap (`inbox::choices`); resolving a conversation asks for a
-/// rating to tap (`inbox::csat`).
+/// rating to tap (`inbox::csat`); agents' replies are signed
+/// (`sign_replies`).
 fn greeting() -> Result<crate::channels::ChannelPatch, AppError> {
     let text = "Hi {{contact.first_name | there}}! Thanks for writing to {{channel.name}}; we answer within the hour.";
     let ratings = ["5 ⭐⭐⭐⭐⭐", "4 ⭐⭐⭐⭐", "3 ⭐⭐⭐", "2 ⭐⭐", "1 ⭐"];
     let settings = json!({"auto_reply": {"enabled": true, "text": text, "choices": ["My order", "Opening hours", "Something else"]},
-        "csat": {"enabled": true, "text": "How did we do? Tap a rating.", "choices": ratings}});
+        "csat": {"enabled": true, "text": "How did we do? Tap a rating.", "choices": ratings}, "sign_replies": true});
     let settings = serde_json::from_value(settings).map_err(AppError::internal)?;
     Ok(crate::channels::ChannelPatch { name: None, settings: Some(settings) })
 }

@@ -323,3 +323,45 @@ pub fn set_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId, change
         .execute(conn)?;
     Ok(true)
 }
+
+/// The longest signature.
+pub const MOST_SIGNATURE_CHARS: usize = 200;
+
+/// A signature as given to `PATCH /api/me`: trimmed, `None` when blank or
+/// `null`; at most [`MOST_SIGNATURE_CHARS`] characters, on several lines if
+/// wanted but with no other control characters (422 `invalid_signature`).
+pub fn checked_signature(raw: Option<String>) -> AppResult<Option<String>> {
+    let Some(text) = raw.map(|s| s.trim().replace("\r\n", "\n")).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if text.chars().count() > MOST_SIGNATURE_CHARS {
+        return Err(AppError::invalid(
+            "invalid_signature",
+            format!("signature must be at most {MOST_SIGNATURE_CHARS} characters"),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(AppError::invalid("invalid_signature", "signature must not hold control characters but new lines"));
+    }
+    Ok(Some(text))
+}
+
+/// `user`'s signature in `tenant` (`None`: none set, or not a member).
+pub fn signature(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<Option<String>> {
+    Ok(memberships::table
+        .find((user.0, tenant.0))
+        .select(memberships::signature)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// Sets `user`'s signature in `tenant`; whether it changed (never for
+/// someone not a member).
+pub fn set_signature(conn: &mut PgConnection, user: UserId, tenant: TenantId, wanted: Option<&str>) -> AppResult<bool> {
+    let changed = diesel::update(memberships::table.find((user.0, tenant.0)))
+        .filter(memberships::signature.is_distinct_from(wanted))
+        .set(memberships::signature.eq(wanted))
+        .execute(conn)?;
+    Ok(changed > 0)
+}

@@ -159,6 +159,10 @@ pub struct Settings {
     /// (`inbox::retention`); `None`: kept.
     #[serde(default)]
     pub retention: Option<crate::inbox::retention::Retention>,
+    /// Agents' replies end with their signature, so the customer knows who
+    /// answers for the page (`inbox::messages`); a reply may say otherwise.
+    #[serde(default)]
+    pub sign_replies: bool,
 }
 
 impl Default for Settings {
@@ -177,6 +181,7 @@ impl Default for Settings {
             routing: Vec::new(),
             auto_resolve: None,
             retention: None,
+            sign_replies: false,
         }
     }
 }
@@ -548,11 +553,12 @@ pub struct SettingsPatch {
     /// Left out: unchanged; `null`: kept; else replaced whole.
     #[serde(default, deserialize_with = "present")]
     pub retention: Option<Option<crate::inbox::retention::Retention>>,
+    pub sign_replies: Option<bool>,
 }
 
 /// A field that is there, `null` or not: `Some`; left out: `None` (by
 /// `#[serde(default)]`).
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -632,6 +638,9 @@ pub fn patch(
         }
         if let Some(a) = s.auto_assign {
             settings.auto_assign = a;
+        }
+        if let Some(sign) = s.sign_replies {
+            settings.sign_replies = sign;
         }
         if let Some(limit) = s.auto_assign_limit {
             if limit.is_some_and(|n| !(1..=MOST_AUTO_ASSIGN_LIMIT).contains(&n)) {

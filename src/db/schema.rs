@@ -50,6 +50,7 @@ diesel::table! {
         mail_assigned -> Bool,
         mail_mentioned -> Bool,
         mail_overdue -> Bool,
+        signature -> Nullable<Text>,
     }
 }
 

@@ -170,6 +170,9 @@ struct MeChange {
     current_password: Option<String>,
     new_password: Option<String>,
     email_notifications: Option<crate::auth::members::PrefsChange>,
+    /// Left out: unchanged; `null` or blank: none.
+    #[serde(default, deserialize_with = "crate::channels::present")]
+    signature: Option<Option<String>>,
 }
 
 /// `PATCH /api/me`: one's own name and password (see [`account`]). Answers
@@ -184,7 +187,13 @@ async fn change_me(
     let email = if checks_password { Some(counting(&state, &auth).await?) } else { None };
     // Hashing the new password (tens of ms) runs on the blocking pool too.
     let changes = web::block(move || {
-        AccountChanges::checked(body.name, body.current_password, body.new_password, body.email_notifications)
+        AccountChanges::checked(
+            body.name,
+            body.current_password,
+            body.new_password,
+            body.email_notifications,
+            body.signature,
+        )
     })
     .await??;
     let result = state

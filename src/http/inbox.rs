@@ -900,6 +900,20 @@ struct SendBody {
     /// A WhatsApp list's button, for more than three choices.
     #[serde(default)]
     choices_button: Option<String>,
+    /// Whether the text ends with the agent's signature; left out: as the
+    /// channel's `sign_replies` says.
+    #[serde(default)]
+    sign: Option<bool>,
+}
+
+/// A template goes as Meta approved it, word for word.
+fn refuse_signed_template(sign: Option<bool>) -> AppResult<()> {
+    match sign {
+        Some(true) => {
+            Err(AppError::invalid("invalid_body", "a template goes as Meta approved it: it takes no signature"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Ids written comma-separated in a form's part, blanks skipped.
@@ -945,10 +959,11 @@ async fn send_json(
         return Err(AppError::invalid("invalid_body", "choices_button goes with choices"));
     }
     if b.private {
-        let Some(text) = b.text.filter(|_| b.template.is_none() && b.reply_to.is_none() && b.choices.is_none()) else {
+        let plain = b.template.is_none() && b.reply_to.is_none() && b.choices.is_none() && b.sign.is_none();
+        let Some(text) = b.text.filter(|_| plain) else {
             return Err(AppError::invalid(
                 "invalid_body",
-                "a private note is text; it takes no template, reply_to nor choices",
+                "a private note is text; it takes no template, reply_to, choices nor sign",
             ));
         };
         let note = messages::Note {
@@ -965,7 +980,11 @@ async fn send_json(
     if b.mentions.is_some() || b.mention_teams.is_some() {
         return Err(AppError::invalid("invalid_body", "mentions are for private notes"));
     }
-    let opts = messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())? };
+    if b.template.is_some() {
+        refuse_signed_template(b.sign)?;
+    }
+    let opts =
+        messages::ReplyOptions { client_id: b.client_id, reply_to: reply_to(b.reply_to.as_deref())?, sign: b.sign };
     let (view, created) = match (b.text, b.template) {
         (Some(text), None) if b.choices.is_some() => {
             let (options, button) = (b.choices.unwrap_or_default(), b.choices_button);
@@ -1042,6 +1061,7 @@ async fn start(
             );
         }
         let Some(choice) = form.template.take() else { return Err(template_required().into()) };
+        refuse_signed_template(form.opts.sign)?;
         let part = |name: &str| {
             form.others
                 .iter()
@@ -1057,7 +1077,13 @@ async fn start(
         let b = web::Json::<StartBody>::from_request(&req, &mut payload.into_inner()).await?.into_inner();
         let Some(choice) = b.template.filter(|_| b.text.is_none()) else { return Err(template_required().into()) };
         let number = outreach::Number::parse(&b.phone_number)?;
-        (b.channel_id, number, choice, messages::ReplyOptions { client_id: b.client_id, reply_to: None }, None)
+        (
+            b.channel_id,
+            number,
+            choice,
+            messages::ReplyOptions { client_id: b.client_id, reply_to: None, sign: None },
+            None,
+        )
     };
     let (user, role) = (auth.user, auth.role);
     let (started, queued) =
@@ -1124,8 +1150,8 @@ async fn send_file(
     drop(reading);
     let FileForm { upload, text, template, private, mentions, opts, .. } = form?;
     if private {
-        if template.is_some() || opts.reply_to.is_some() {
-            return Err(AppError::invalid("invalid_body", "a private note takes no template nor reply_to"));
+        if template.is_some() || opts.reply_to.is_some() || opts.sign.is_some() {
+            return Err(AppError::invalid("invalid_body", "a private note takes no template, reply_to nor sign"));
         }
         let mentions = mentions.unwrap_or_default();
         let (view, _) = state
@@ -1138,6 +1164,9 @@ async fn send_file(
     }
     if mentions.is_some() {
         return Err(AppError::invalid("invalid_body", "mentions are for private notes"));
+    }
+    if template.is_some() {
+        refuse_signed_template(opts.sign)?;
     }
     let (view, created) = match template {
         Some(_) if text.is_some() => {
@@ -1160,6 +1189,15 @@ async fn send_file(
     Ok(HttpResponse::Accepted().json(view))
 }
 
+/// A form's part that says yes or no.
+fn form_bool(name: &str, text: &str) -> AppResult<bool> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(AppError::invalid("invalid_body", format!("the part `{name}` is true or false"))),
+    }
+}
+
 /// Longest `text` and `client_id` parts read (their own limits are checked after).
 const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 
@@ -1173,7 +1211,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
     use futures_util::TryStreamExt;
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let (mut file, mut text, mut client_id, mut quoted, mut template) = (None, None, None, None, None);
-    let (mut private, mut others) = (None, Vec::<(String, String)>::new());
+    let (mut private, mut sign, mut others) = (None, None, Vec::<(String, String)>::new());
     let (mut mentions, mut mention_teams): (Option<Vec<String>>, Option<Vec<String>>) = (None, None);
     while let Some(mut field) = form.try_next().await.map_err(unreadable)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -1211,29 +1249,34 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
                 })?;
                 template = Some(choice);
             }
-            "private" if private.is_none() => {
-                private = Some(match as_text(bytes)?.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(AppError::invalid("invalid_body", "the part `private` is true or false")),
-                });
-            }
+            "private" if private.is_none() => private = Some(form_bool(&name, &as_text(bytes)?)?),
+            "sign" if sign.is_none() => sign = Some(form_bool(&name, &as_text(bytes)?)?),
             "mentions" if mentions.is_none() => mentions = Some(id_list(&as_text(bytes)?)),
             "mention_teams" if mention_teams.is_none() => mention_teams = Some(id_list(&as_text(bytes)?)),
             other if also.contains(&other) && !others.iter().any(|(n, _)| n == other) => {
                 let value = as_text(bytes)?;
                 others.push((name, value));
             }
-            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "mentions" | "mention_teams" => {
+            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "sign" | "mentions"
+            | "mention_teams" => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             other if also.contains(&other) => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
-                let mut expected =
-                    ["file", "text", "client_id", "reply_to", "template", "private", "mentions", "mention_teams"]
-                        .to_vec();
+                let mut expected = [
+                    "file",
+                    "text",
+                    "client_id",
+                    "reply_to",
+                    "template",
+                    "private",
+                    "sign",
+                    "mentions",
+                    "mention_teams",
+                ]
+                .to_vec();
                 expected.extend_from_slice(also);
                 let expected = expected.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
                 return Err(AppError::bad_request(
@@ -1246,7 +1289,7 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
     let Some(upload) = file else {
         return Err(AppError::bad_request("invalid_body", "missing part `file`"));
     };
-    let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())? };
+    let opts = messages::ReplyOptions { client_id, reply_to: reply_to(quoted.as_deref())?, sign };
     let private = private.unwrap_or(false);
     let mentions = (mentions.is_some() || mention_teams.is_some())
         .then(|| Mentions { members: mentions.unwrap_or_default(), teams: mention_teams.unwrap_or_default() });

@@ -366,7 +366,7 @@ pub fn run(
                     written.push(view);
                     continue;
                 }
-                let opts = ReplyOptions { client_id: client(n), reply_to: None };
+                let opts = ReplyOptions { client_id: client(n), reply_to: None, sign: None };
                 let (view, created) = messages::create_reply(tc, log, user, role, conversation, filled(text), opts)
                     .map_err(|e| step(n, e))?;
                 queued |= created;

@@ -23,6 +23,9 @@ pub struct ReplyOptions {
     pub client_id: Option<String>,
     /// The message of the conversation it answers: WhatsApp shows it quoted.
     pub reply_to: Option<super::MessageId>,
+    /// Whether its text ends with the agent's signature; `None`: as the
+    /// channel's `sign_replies` says.
+    pub sign: Option<bool>,
 }
 
 pub struct NewOutgoing {
@@ -756,12 +759,17 @@ fn reply(
     content: Reply,
     opts: ReplyOptions,
 ) -> AppResult<(MessageView, bool)> {
-    let ReplyOptions { client_id, reply_to } = opts;
+    let ReplyOptions { client_id, reply_to, sign } = opts;
     let conv = visible_conversation(tc, user, role, id)?;
     let mut names = Names::default();
     let channel = names.channel(tc, conv.channel_id)?;
     let template = matches!(content, Reply::Template { .. });
     let choices = matches!(content, Reply::Choices { .. });
+    // A template's text is Meta's to approve, word for word.
+    let signature = match !template && sign.unwrap_or_else(|| channel.settings().sign_replies) {
+        true => sign_off(tc, user)?,
+        false => None,
+    };
     // A file, sent as the message or as a template's header: kept first.
     let (text, attachments, file) = match content {
         Reply::Text(text) => (Some(text), Vec::new(), None),
@@ -773,6 +781,13 @@ fn reply(
             (Some(prepared.text), file_attachment.into_iter().chain([prepared.attachment]).collect(), header_file)
         }
         Reply::File { upload, caption } => (caption, vec![upload.attachment()], Some(upload)),
+    };
+    // What the customer gets, and so what is stored (a file without a
+    // caption goes unsigned: nothing shows beside it).
+    let written = text.clone();
+    let text = match (text, &signature) {
+        (Some(t), Some(sig)) if !t.trim().is_empty() => Some(signed(&t, sig)),
+        (text, _) => text,
     };
     let file_sha = file.as_ref().map(|f| f.sha256.clone());
     let offered = choices_of(&Value::Array(attachments.clone())).cloned();
@@ -789,8 +804,7 @@ fn reply(
             super::uploads::check(channel.platform(), upload, text.as_deref())?;
         }
         _ => {
-            let text = text.as_deref().unwrap_or_default();
-            if text.trim().is_empty() {
+            if written.as_deref().unwrap_or_default().trim().is_empty() {
                 return Err(AppError::invalid("empty_text", "text must not be empty"));
             }
             if template && channel.platform() != Platform::Whatsapp {
@@ -803,10 +817,11 @@ fn reply(
                 (true, Platform::Whatsapp) => super::choices::WHATSAPP_TEXT_CHARS,
                 (_, platform) => max_text_chars(platform),
             };
-            if !template && text.chars().count() > max {
+            let with = if signature.is_some() { ", with the signature" } else { "" };
+            if !template && text.as_deref().unwrap_or_default().chars().count() > max {
                 return Err(AppError::invalid(
                     "text_too_long",
-                    format!("text must be at most {max} characters on this platform"),
+                    format!("text must be at most {max} characters on this platform{with}"),
                 ));
             }
         }
@@ -864,6 +879,22 @@ fn reply(
         same_request(&row, user, text.as_deref(), file_sha.as_deref(), offered.as_ref())?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
+}
+
+/// What signs `user`'s replies in this tenant: their signature there,
+/// else a dash and their name; `None` with neither.
+fn sign_off(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Option<String>> {
+    let tenant = tc.tenant();
+    if let Some(signature) = crate::auth::members::signature(tc.pg(), user, tenant)? {
+        return Ok(Some(signature));
+    }
+    let name = crate::auth::users::find(tc.pg(), user)?.map(|u| u.name).filter(|n| !n.trim().is_empty());
+    Ok(name.map(|n| format!("— {}", n.trim())))
+}
+
+/// `text` signed: the signature on a paragraph of its own below it.
+fn signed(text: &str, signature: &str) -> String {
+    format!("{}\n\n{signature}", text.trim_end())
 }
 
 /// Moves a message's status forward (never back); `None` when it would

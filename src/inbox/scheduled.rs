@@ -639,7 +639,7 @@ fn outcome(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &ScheduledRow) -> A
     if !channels::can_see(tc, author, role, ChannelId(row.channel_id))? {
         return Ok(Err("author_lost_access".into()));
     }
-    let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None };
+    let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None, sign: None };
     let conv = ConversationId(row.conversation_id);
     let replied = match row.choices() {
         Some(c) => {

@@ -137,7 +137,7 @@ async fn facebook_connect_flow_end_to_end() {
             "csat": {"enabled": false, "text": ""},
             "reply_targets": {"urgent": null, "high": null, "medium": null, "low": null, "none": null,
                 "only_business_hours": false}, "team_id": null, "routing": [], "auto_resolve": null,
-                "retention": null})
+                "retention": null, "sign_replies": false})
     );
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let a = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_A).expect("page A").clone();

@@ -26,6 +26,7 @@ mod realtime;
 mod retention;
 mod scheduled;
 mod search;
+mod signatures;
 mod teams;
 mod teardown;
 mod template_authoring;

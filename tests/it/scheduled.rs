@@ -23,7 +23,7 @@ fn in_secs(s: i64) -> String {
 }
 
 /// The texts the fake took for `account`.
-async fn sent_texts(app: &TestApp, account: &str) -> Vec<String> {
+pub(crate) async fn sent_texts(app: &TestApp, account: &str) -> Vec<String> {
     crate::choices::sends(app, account)
         .await
         .iter()
@@ -39,7 +39,7 @@ async fn get(app: &TestApp, t: &str, id: &str) -> Value {
 
 /// Makes scheduled message `id` due now, as time passing would, without
 /// changing it (a change is what `cancel_if_replied` counts from).
-fn due_now(app: &TestApp, id: &str) {
+pub(crate) fn due_now(app: &TestApp, id: &str) {
     app.exec(&format!("UPDATE tenant_acme.scheduled_messages SET send_at = now() WHERE id = {id}"));
     app.exec(&format!(
         "UPDATE public.send_queue SET next_attempt_at = now() WHERE scheduled_message_id = {id} AND status = 'pending'"
@@ -51,13 +51,13 @@ async fn goes_at(app: &TestApp, t: &str, id: &str) -> String {
     get(app, t, id).await["send_at"].as_str().expect("send_at").to_string()
 }
 
-async fn ended(app: &TestApp, t: &str, id: &str) -> Value {
+pub(crate) async fn ended(app: &TestApp, t: &str, id: &str) -> Value {
     eventually("the scheduled message ended", || async { get(app, t, id).await["status"] != "scheduled" }).await;
     get(app, t, id).await
 }
 
 /// Makes `member` an agent of the Page.
-async fn give_the_page(app: &TestApp, admin: &str, member: &Value) {
+pub(crate) async fn give_the_page(app: &TestApp, admin: &str, member: &Value) {
     let page = by_contact(&conversations(app, admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
     let members = json!({"user_ids": [member["user_id"]]});
     let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(admin), Some(members)).await;
@@ -65,7 +65,7 @@ async fn give_the_page(app: &TestApp, admin: &str, member: &Value) {
 }
 
 /// The customers of WhatsApp and the Page write in; their conversations.
-async fn two_customers(app: &TestApp, admin: &str) -> (String, String) {
+pub(crate) async fn two_customers(app: &TestApp, admin: &str) -> (String, String) {
     app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "A encomenda chega quando?"})).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá 👋"})).await;
     app.processed().await;
