@@ -177,6 +177,11 @@ impl AppState {
             .tenant(scope, move |tc| {
                 let mut log = EventLog::new();
                 let out = f(tc, &mut log)?;
+                // A member's own notices are kept for them
+                // (`inbox::notifications`), in this same transaction.
+                if log.notices().next().is_some() {
+                    crate::inbox::notifications::keep(tc, &log)?;
+                }
                 let mut mailed = 0;
                 if let Some((online, url, public_url, key)) = mailing.filter(|_| log.notices().next().is_some()) {
                     let online = online.of(scope.tenant);

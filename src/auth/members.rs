@@ -250,6 +250,7 @@ pub fn remove(
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::scheduled::forget_member(tc, log, user)?;
+    crate::inbox::notifications::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
     crate::inbox::conversations::release(tc, log, actor, user, Released::All, "member_removed", online)?;
     // Their sockets in this tenant close (4403), on every instance.

@@ -411,7 +411,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    notifications (id) {
+        id -> Int8,
+        user_id -> Int8,
+        kind -> Text,
+        conversation_id -> Int8,
+        message_id -> Nullable<Int8>,
+        by_user_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        read_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(scheduled_messages -> conversations (conversation_id));
+diesel::joinable!(notifications -> conversations (conversation_id));
 diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
 diesel::joinable!(broadcasts -> channels (channel_id));
 diesel::joinable!(broadcast_recipients -> messages (message_id));
@@ -439,5 +453,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     team_members,
     broadcasts,
     broadcast_recipients,
-    scheduled_messages
+    scheduled_messages,
+    notifications
 );

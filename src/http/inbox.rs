@@ -29,6 +29,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
         .service(resource("/mentions").route(web::get().to(list_mentions)))
+        .service(resource("/notifications").route(web::get().to(list_notifications)))
+        .service(resource("/notifications/read").route(web::post().to(read_notifications)))
         .service(resource("/views").route(web::get().to(list_views)).route(web::post().to(create_view)))
         .service(resource("/views/{id}").route(web::patch().to(update_view)).route(web::delete().to(delete_view)))
         .service(resource("/macros").route(web::get().to(list_macros)).route(web::post().to(create_macro)))
@@ -457,6 +459,62 @@ async fn list_mentions(
         .tenant(auth.scope(), move |tc| crate::inbox::mentions::of(tc, user, role, page.after, page.limit))
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(items, page.limit, |m| m.message_id.0)))
+}
+
+#[derive(Deserialize)]
+struct NotificationsQuery {
+    unread: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/notifications?unread=true&limit=&cursor=`: the caller's
+/// notifications (`inbox::notifications`), newest first, with how many are
+/// unread.
+async fn list_notifications(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    q: web::Query<NotificationsQuery>,
+) -> AppResult<HttpResponse> {
+    let q = q.into_inner();
+    let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
+    let unread_only = match q.unread.as_deref() {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(AppError::bad_request("invalid_query", "unread is true or false")),
+    };
+    let (user, role) = (auth.user, auth.role);
+    let (items, unread) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            use crate::inbox::notifications::{list, unread_count};
+            Ok::<_, AppError>((
+                list(tc, user, role, unread_only, page.after, page.limit)?,
+                unread_count(tc, user, role)?,
+            ))
+        })
+        .await?;
+    let page = Paged::new(items, page.limit, |n| n.id.0);
+    Ok(HttpResponse::Ok().json(json!({"items": page.items, "next_cursor": page.next_cursor, "unread_count": unread})))
+}
+
+/// `POST /api/notifications/read` `{ids}` or `{all: true}`: how many it
+/// marked, and how many stay unread.
+async fn read_notifications(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    body: web::Json<crate::inbox::notifications::ReadRequest>,
+) -> AppResult<HttpResponse> {
+    let which = body.into_inner().which()?;
+    let (user, role) = (auth.user, auth.role);
+    let (marked, unread) = state
+        .db
+        .tenant(auth.scope(), move |tc| {
+            use crate::inbox::notifications::{mark_read, unread_count};
+            Ok::<_, AppError>((mark_read(tc, user, role, which)?, unread_count(tc, user, role)?))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"marked": marked, "unread_count": unread})))
 }
 
 /// A saved view's id from the path or `?view=`; anything else names none.

@@ -44,6 +44,7 @@ pub mod media_copies;
 pub mod mentions;
 pub mod messages;
 pub mod notice_mail;
+pub mod notifications;
 pub mod once_per;
 pub mod outreach;
 pub mod processor;

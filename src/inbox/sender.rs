@@ -968,6 +968,7 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
                 .db
                 .tenant(TenantScope::maintenance(t.tenant_id()), move |tc| {
                     super::events::prune(tc, hours)?;
+                    super::notifications::prune(tc)?;
                     let mut log = super::events::EventLog::new();
                     super::early::sweep(tc, &mut log)?;
                     log.notify(tc)?;

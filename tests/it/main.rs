@@ -21,6 +21,7 @@ mod licences;
 mod mail;
 mod mfa;
 mod migrate;
+mod notifications;
 mod openapi;
 mod realtime;
 mod retention;

@@ -1,0 +1,297 @@
+//! A member's notifications (an extension): what the inbox told them for
+//! themselves — a colleague assigned them a conversation or mentioned them
+//! in a note, or a conversation assigned to them passed its reply target —
+//! kept to come back to, as a support tool's bell keeps them
+//! (`GET /api/notifications`, `POST /api/notifications/read`).
+//!
+//! Decisions:
+//! - Kept from the notices a change leaves for one member
+//!   (`EventLog::notices`, which `notice_mail` reads too), in the change's
+//!   own transaction (`AppState::tenant_with_events`), online or not: one
+//!   seen live is still one to come back to. Never for what a member does
+//!   to themselves, nor for someone no longer a member (an overdue
+//!   conversation still assigned to someone who left).
+//! - The channel-wide ones (`new_conversation`, `new_message`, thread
+//!   control) are every agent's of the channel: the list, the badges and
+//!   the live `notification` events show them; they are not kept per
+//!   member.
+//! - Listed while the member may see the conversation's channel; a
+//!   mention while its note is there and still names them (an edit that
+//!   drops them, or deleting the note, takes it away, as from
+//!   `GET /api/mentions`), its preview the note as it is now. They go with
+//!   their conversation (retention, erasure, purge) and with their note;
+//!   read ones go after [`KEEP_READ_DAYS`]; a member removed from the team
+//!   loses theirs.
+//! - Read one by one, all at once, or by reading the conversation they
+//!   are about (`POST /api/conversations/{id}/read`: looking at it is
+//!   seeing them). Reading is not announced live: another tab of the
+//!   member learns the count from its next list.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::events::EventLog;
+use super::{ConversationId, MessageId};
+use crate::auth::Role;
+use crate::channels::ChannelId;
+use crate::db::tenant_schema::notifications as n;
+use crate::db::TenantConn;
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+
+crate::id_type!(
+    /// A member's notification, inside one tenant.
+    NotificationId
+);
+
+/// The notices kept, as their `kind` says.
+pub const KINDS: [&str; 3] = ["assigned", "mention", "reply_overdue"];
+/// Read notifications are kept this long.
+pub const KEEP_READ_DAYS: i64 = 30;
+/// Notifications one `POST /api/notifications/read` names, at most.
+pub const MOST_IDS: usize = 200;
+/// Characters of a mention's preview.
+const PREVIEW_CHARS: i32 = 120;
+/// The unread count stops here, as the inbox's badges do.
+const MOST_COUNTED: i64 = 10_000;
+
+/// What a notice's payload says, of what is kept.
+#[derive(Deserialize)]
+struct Notice {
+    kind: String,
+    user_id: Option<String>,
+    by: Option<String>,
+    conversation_id: String,
+    message_id: Option<String>,
+}
+
+/// Keeps, in `tc`'s transaction, the notices in `log` for one member
+/// each; how many.
+pub fn keep(tc: &mut TenantConn<'_>, log: &EventLog) -> AppResult<usize> {
+    let (mut users, mut kinds, mut conversations, mut messages, mut by) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for payload in log.notices() {
+        let Ok(notice) = serde_json::from_str::<Notice>(payload) else { continue };
+        if !KINDS.contains(&notice.kind.as_str()) {
+            continue;
+        }
+        let parse = |id: Option<&str>| id.and_then(|i| i.parse::<i64>().ok());
+        let (Some(user), Some(conversation)) =
+            (parse(notice.user_id.as_deref()), parse(Some(notice.conversation_id.as_str())))
+        else {
+            continue;
+        };
+        let actor = parse(notice.by.as_deref());
+        if actor == Some(user) {
+            continue;
+        }
+        users.push(user);
+        kinds.push(notice.kind);
+        conversations.push(conversation);
+        messages.push(parse(notice.message_id.as_deref()));
+        by.push(actor);
+    }
+    if users.is_empty() {
+        return Ok(0);
+    }
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let tenant = tc.tenant();
+    let kept = diesel::sql_query(
+        "INSERT INTO notifications (user_id, kind, conversation_id, message_id, by_user_id) \
+         SELECT v.user_id, v.kind, v.conversation_id, v.message_id, v.by_user_id \
+           FROM unnest($1, $2, $3, $4, $5) AS v(user_id, kind, conversation_id, message_id, by_user_id) \
+          WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $6)",
+    )
+    .bind::<Array<BigInt>, _>(users)
+    .bind::<Array<Text>, _>(kinds)
+    .bind::<Array<BigInt>, _>(conversations)
+    .bind::<Array<Nullable<BigInt>>, _>(messages)
+    .bind::<Array<Nullable<BigInt>>, _>(by)
+    .bind::<BigInt, _>(tenant.0)
+    .execute(tc.pg())?;
+    Ok(kept)
+}
+
+/// A notification as `GET /api/notifications` lists it.
+#[derive(Debug, Serialize)]
+pub struct NotificationView {
+    pub id: NotificationId,
+    pub kind: String,
+    pub conversation_id: ConversationId,
+    pub channel_id: ChannelId,
+    /// The note that mentions them.
+    pub message_id: Option<MessageId>,
+    /// The colleague who did it (none for a reply target passing).
+    pub by: Option<UserId>,
+    /// The start of the note, as it is now (none for the other kinds).
+    pub preview: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    conversation_id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    channel_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    message_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    by_user_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    preview: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    read_at: Option<DateTime<Utc>>,
+}
+
+impl From<Row> for NotificationView {
+    fn from(r: Row) -> Self {
+        NotificationView {
+            id: NotificationId(r.id),
+            kind: r.kind,
+            conversation_id: ConversationId(r.conversation_id),
+            channel_id: ChannelId(r.channel_id),
+            message_id: r.message_id.map(MessageId),
+            by: r.by_user_id.map(UserId),
+            preview: r.preview,
+            created_at: r.created_at,
+            read_at: r.read_at,
+        }
+    }
+}
+
+/// The member's notifications they may see (`$1` the member, `$2`
+/// whether they see every channel).
+const SHOWN: &str = "FROM notifications n \
+       JOIN conversations c ON c.id = n.conversation_id \
+       LEFT JOIN messages m ON m.id = n.message_id \
+      WHERE n.user_id = $1 \
+        AND ($2 OR c.channel_id IN (SELECT cm.channel_id FROM channel_members cm WHERE cm.user_id = $1)) \
+        AND (n.kind <> 'mention' \
+             OR (m.deleted_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM note_mentions nm \
+                              WHERE nm.message_id = n.message_id AND nm.user_id = n.user_id)))";
+
+/// `user`'s notifications, newest first, after cursor `before` (an id);
+/// only the unread ones with `unread_only`.
+pub fn list(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    role: Role,
+    unread_only: bool,
+    before: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<NotificationView>> {
+    use diesel::sql_types::{BigInt, Bool, Integer, Nullable};
+    let rows = diesel::sql_query(format!(
+        "SELECT n.id, n.kind, n.conversation_id, c.channel_id, n.message_id, n.by_user_id, \
+                left(m.text, $6) AS preview, n.created_at, n.read_at \
+         {SHOWN} AND (NOT $3 OR n.read_at IS NULL) AND ($4::bigint IS NULL OR n.id < $4) \
+         ORDER BY n.id DESC LIMIT $5"
+    ))
+    .bind::<BigInt, _>(user.0)
+    .bind::<Bool, _>(role.at_least(Role::Admin))
+    .bind::<Bool, _>(unread_only)
+    .bind::<Nullable<BigInt>, _>(before)
+    .bind::<BigInt, _>(limit)
+    .bind::<Integer, _>(PREVIEW_CHARS)
+    .load::<Row>(tc.pg())?;
+    Ok(rows.into_iter().map(NotificationView::from).collect())
+}
+
+/// How many of `user`'s notifications they may see are unread (counted
+/// up to 10,000).
+pub fn unread_count(tc: &mut TenantConn<'_>, user: UserId, role: Role) -> AppResult<i64> {
+    use diesel::sql_types::{BigInt, Bool};
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let counted: Count = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM (SELECT 1 {SHOWN} AND n.read_at IS NULL LIMIT $3) unread"
+    ))
+    .bind::<BigInt, _>(user.0)
+    .bind::<Bool, _>(role.at_least(Role::Admin))
+    .bind::<BigInt, _>(MOST_COUNTED)
+    .get_result(tc.pg())?;
+    Ok(counted.n)
+}
+
+/// Which of a member's notifications to mark read.
+pub enum Which {
+    All,
+    Ids(Vec<NotificationId>),
+    /// Those about one conversation: it was read.
+    Conversation(ConversationId),
+}
+
+/// `POST /api/notifications/read`, `{ids}` or `{all: true}`, read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    #[serde(default)]
+    pub ids: Option<Vec<NotificationId>>,
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
+impl ReadRequest {
+    /// One of the two, and no more than [`MOST_IDS`] ids (422
+    /// `invalid_body`).
+    pub fn which(self) -> AppResult<Which> {
+        match (self.ids, self.all) {
+            (Some(ids), None) if !ids.is_empty() && ids.len() <= MOST_IDS => Ok(Which::Ids(ids)),
+            (None, Some(true)) => Ok(Which::All),
+            _ => Err(AppError::invalid(
+                "invalid_body",
+                format!("give ids (1 to {MOST_IDS} notification ids) or all: true"),
+            )),
+        }
+    }
+}
+
+/// Marks `user`'s unread notifications that `which` names, of those they
+/// may see, read (ids of others' or unknown ones are passed over: marking
+/// is safe to repeat); how many.
+pub fn mark_read(tc: &mut TenantConn<'_>, user: UserId, role: Role, which: Which) -> AppResult<usize> {
+    use diesel::sql_types::{Array, BigInt, Bool, Nullable};
+    let (ids, conversation) = match which {
+        Which::All => (None, None),
+        Which::Ids(ids) => (Some(ids.into_iter().map(|i| i.0).collect::<Vec<i64>>()), None),
+        Which::Conversation(c) => (None, Some(c.0)),
+    };
+    let marked = diesel::sql_query(format!(
+        "UPDATE notifications SET read_at = now() \
+          WHERE id IN (SELECT n.id {SHOWN} AND n.read_at IS NULL \
+                          AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
+                          AND ($4::bigint IS NULL OR n.conversation_id = $4))"
+    ))
+    .bind::<BigInt, _>(user.0)
+    .bind::<Bool, _>(role.at_least(Role::Admin))
+    .bind::<Nullable<Array<BigInt>>, _>(ids)
+    .bind::<Nullable<BigInt>, _>(conversation)
+    .execute(tc.pg())?;
+    Ok(marked)
+}
+
+/// A member removed from the team: their notifications go.
+pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
+    diesel::delete(n::table.filter(n::user_id.eq(user.0))).execute(tc.pg())?;
+    Ok(())
+}
+
+/// Deletes read notifications older than [`KEEP_READ_DAYS`] (the hourly
+/// pruning of each tenant).
+pub fn prune(tc: &mut TenantConn<'_>) -> AppResult<usize> {
+    let cutoff = Utc::now() - chrono::Duration::days(KEEP_READ_DAYS);
+    Ok(diesel::delete(n::table.filter(n::read_at.lt(cutoff))).execute(tc.pg())?)
+}

@@ -1,0 +1,176 @@
+//! A member's notifications (`inbox::notifications`): kept when a
+//! colleague assigns them a conversation or mentions them, or a
+//! conversation of theirs passes its reply target; listed while they may
+//! see it, marked read one by one, all at once, or by reading the
+//! conversation.
+
+use serde_json::{json, Value};
+
+use crate::common::{spawn_app, TestApp};
+use crate::inbox::{acme, agent_al};
+use crate::scheduled::{give_the_page, two_customers};
+
+fn code(r: &crate::common::Resp) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
+}
+
+async fn notifications(app: &TestApp, t: &str, query: &str) -> Value {
+    let r = app.call("GET", &format!("/api/notifications{query}"), Some(t), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+fn kinds(page: &Value) -> Vec<String> {
+    page["items"].as_array().expect("items").iter().map(|n| n["kind"].as_str().unwrap_or("").to_string()).collect()
+}
+
+async fn read(app: &TestApp, t: &str, body: Value) -> crate::common::Resp {
+    app.call("POST", "/api/notifications/read", Some(t), Some(body)).await
+}
+
+/// Rings conversation waits past their target as the server's clock does,
+/// keeping what it tells each member.
+fn ring_overdue(app: &TestApp) -> usize {
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        let rung = switchboard::inbox::waiting::ring_overdue(tc, &mut log)?;
+        switchboard::inbox::notifications::keep(tc, &log)?;
+        log.write(tc)?;
+        Ok::<_, switchboard::AppError>(rung)
+    })
+    .expect("ring")
+}
+
+#[actix_web::test]
+async fn a_member_finds_what_they_were_told_and_marks_it_read() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.clone();
+    let (wa, page) = two_customers(&app, &admin).await;
+    let (al, al_token) = agent_al(&app, &admin).await;
+    give_the_page(&app, &admin, &al).await;
+    let me = app.call("GET", "/api/me", Some(&admin), None).await.body["user"]["id"].clone();
+    let empty = notifications(&app, &al_token, "").await;
+    assert_eq!(empty, json!({"items": [], "next_cursor": null, "unread_count": 0}));
+
+    // A colleague assigns Al the Page's conversation and mentions him in a
+    // note; what Ann does to herself tells nobody.
+    let assign = |conv: &str, to: &Value| {
+        let (app, t, url, body) =
+            (&app, admin.clone(), format!("/api/conversations/{conv}"), json!({"assignee_id": to}));
+        async move { app.call("PATCH", &url, Some(&t), Some(body)).await }
+    };
+    assert_eq!(assign(&page, &al["user_id"]).await.status, 200);
+    assert_eq!(assign(&wa, &me).await.status, 200);
+    let note = json!({"text": "Al, this one asks for a refund 💸", "private": true, "mentions": [al["user_id"]]});
+    let r = app.call("POST", &format!("/api/conversations/{page}/messages"), Some(&admin), Some(note)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let note_id = r.body["id"].clone();
+    let list = notifications(&app, &al_token, "").await;
+    assert_eq!(kinds(&list), ["mention", "assigned"]);
+    assert_eq!(list["unread_count"], 2);
+    let mention = &list["items"][0];
+    assert_eq!(
+        (&mention["conversation_id"], &mention["message_id"], &mention["by"], &mention["read_at"]),
+        (&json!(page), &note_id, &me, &Value::Null)
+    );
+    assert_eq!(mention["preview"], "Al, this one asks for a refund 💸");
+    assert_eq!(list["items"][1]["message_id"], Value::Null);
+    let doc: Value =
+        app.client.get(app.url("/api/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    for item in list["items"].as_array().expect("items") {
+        crate::openapi::conforms(&doc, "Notification", item);
+    }
+    assert_eq!(notifications(&app, &admin, "").await["unread_count"], 0);
+
+    // Paged, newest first.
+    let first = notifications(&app, &al_token, "?limit=1").await;
+    assert_eq!(kinds(&first), ["mention"]);
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    assert_eq!(kinds(&notifications(&app, &al_token, &format!("?limit=1&cursor={cursor}")).await), ["assigned"]);
+
+    // Bad asks are refused; marking is safe to repeat, and others' ids
+    // are passed over.
+    for (body, want) in [
+        (json!({}), (422, "invalid_body")),
+        (json!({"ids": []}), (422, "invalid_body")),
+        (json!({"all": false}), (422, "invalid_body")),
+        (json!({"ids": ["1"], "all": true}), (422, "invalid_body")),
+        (json!({"ids": (1..=201).map(|i| i.to_string()).collect::<Vec<_>>()}), (422, "invalid_body")),
+        (json!({"ids": ["x"]}), (422, "invalid_body")),
+        (json!({"every": true}), (422, "invalid_body")),
+    ] {
+        let r = read(&app, &al_token, body.clone()).await;
+        assert_eq!(code(&r), want, "{body}: {:?}", r.body);
+    }
+    let r = app.call("GET", "/api/notifications?unread=maybe", Some(&al_token), None).await;
+    assert_eq!(code(&r), (400, "invalid_query"));
+    let mention_id = mention["id"].clone();
+    let r = read(&app, &admin, json!({"ids": [mention_id]})).await;
+    assert_eq!(r.body, json!({"marked": 0, "unread_count": 0}));
+    let r = read(&app, &al_token, json!({"ids": [mention_id]})).await;
+    assert_eq!(r.body, json!({"marked": 1, "unread_count": 1}));
+    let r = read(&app, &al_token, json!({"ids": [mention_id]})).await;
+    assert_eq!(r.body, json!({"marked": 0, "unread_count": 1}));
+    assert_eq!(kinds(&notifications(&app, &al_token, "?unread=true").await), ["assigned"]);
+    assert!(notifications(&app, &al_token, "").await["items"][0]["read_at"].is_string());
+
+    // Reading the conversation is seeing what one was told of it.
+    let r = app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await;
+    assert!(r.status < 300, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0);
+
+    // A note that no longer names him takes its mention away, and so does
+    // deleting it.
+    let note2 = json!({"text": "Also check the address", "private": true, "mentions": [al["user_id"]]});
+    let r = app.call("POST", &format!("/api/conversations/{page}/messages"), Some(&admin), Some(note2)).await;
+    let second_note = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(kinds(&notifications(&app, &al_token, "?unread=true").await), ["mention"]);
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/messages/{second_note}"),
+            Some(&admin),
+            Some(json!({"text": "Also check the address", "mentions": []})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "?unread=true").await["unread_count"], 0);
+    let r = app.call("DELETE", &format!("/api/messages/{}", note_id.as_str().expect("id")), Some(&admin), None).await;
+    assert!(r.status < 300, "{:?}", r.body);
+    let left = notifications(&app, &al_token, "").await;
+    assert_eq!(kinds(&left), ["assigned"], "{left}");
+
+    // A conversation of his passing its reply target is kept for him.
+    app.exec(&format!(
+        "UPDATE tenant_acme.conversations SET waiting_since = now() - interval '2 hours', \
+             reply_due_at = now() - interval '1 hour' WHERE id = {page}"
+    ));
+    assert_eq!(ring_overdue(&app), 1);
+    let list = notifications(&app, &al_token, "?unread=true").await;
+    assert_eq!((kinds(&list), &list["items"][0]["by"]), (vec!["reply_overdue".to_string()], &Value::Null));
+
+    // Out of the channel, he sees none of its notifications; back, he
+    // does. All at once marks every one.
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/channels/{}/members", list["items"][0]["channel_id"].as_str().expect("c")),
+            Some(&admin),
+            Some(json!({"user_ids": []})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "").await, json!({"items": [], "next_cursor": null, "unread_count": 0}));
+    give_the_page(&app, &admin, &al).await;
+    let r = read(&app, &al_token, json!({"all": true})).await;
+    assert_eq!(r.body, json!({"marked": 1, "unread_count": 0}));
+
+    // Removed from the team, his notifications go.
+    let r =
+        app.call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("id")), Some(&admin), None).await;
+    assert!(r.status < 300, "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.notifications"), 0);
+}
