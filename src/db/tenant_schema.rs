@@ -408,6 +408,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        sign -> Nullable<Bool>,
     }
 }
 

@@ -6,7 +6,7 @@
 //! - Text, perhaps with choices to tap (`choices`, `choices_button`, as
 //!   a reply takes them, `inbox::choices`; kept as written), to the
 //!   conversation's customer, by a member who may answer it (`POST /api/conversations/{id}/scheduled-messages`
-//!   `{text, send_at, cancel_if_replied?, client_id?}`). It waits apart
+//!   `{text, send_at, cancel_if_replied?, client_id?, sign?}`). It waits apart
 //!   from the messages (`scheduled_messages`), so the thread, its search,
 //!   badges and the waiting clock hold only what the customer was sent;
 //!   clients show what waits from `GET …/scheduled-messages` and the live
@@ -31,9 +31,11 @@
 //!   once (`author_removed`), so nothing goes later in their name. With
 //!   `cancel_if_replied` (default false) a customer who wrote after it
 //!   was written or last changed cancels it (`customer_replied`): a
-//!   follow-up they answered first is not sent.
+//!   follow-up they answered first is not sent. It is signed as a reply
+//!   is when it goes (`sign`, else the channel's `sign_replies` then, with
+//!   the author's signature then; `inbox::messages`).
 //! - Its author changes it (`PATCH /api/scheduled-messages/{id}`: text,
-//!   `send_at`, `cancel_if_replied`) while it waits; the author or an
+//!   `send_at`, `cancel_if_replied`, `sign`) while it waits; the author or an
 //!   admin cancels it (`POST /api/scheduled-messages/{id}/cancel`;
 //!   `cancelled` again is answered as it is; a sent or failed one is 409
 //!   `scheduled_message_finished`). A resolved conversation's still goes
@@ -90,6 +92,10 @@ pub struct NewScheduled {
     pub cancel_if_replied: bool,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Whether it ends with the author's signature; left out: as the
+    /// channel's `sign_replies` says when it goes.
+    #[serde(default)]
+    pub sign: Option<bool>,
 }
 
 /// `PATCH /api/scheduled-messages/{id}`, read: what is given changes.
@@ -99,6 +105,9 @@ pub struct ScheduledChange {
     pub text: Option<String>,
     pub send_at: Option<DateTime<Utc>>,
     pub cancel_if_replied: Option<bool>,
+    /// Left out: unchanged; `null`: as the channel says when it goes.
+    #[serde(default, deserialize_with = "crate::channels::present")]
+    pub sign: Option<Option<bool>>,
 }
 
 /// A scheduled message as the API shows it.
@@ -114,6 +123,9 @@ pub struct ScheduledView {
     pub choices_button: Option<String>,
     pub send_at: DateTime<Utc>,
     pub cancel_if_replied: bool,
+    /// Whether it ends with the author's signature; `null`: as the
+    /// channel's `sign_replies` says when it goes.
+    pub sign: Option<bool>,
     /// `scheduled`, `sent`, `cancelled` or `failed`.
     pub status: String,
     /// Why it was cancelled or failed: `cancelled` (by a member),
@@ -147,6 +159,7 @@ struct ScheduledRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    sign: Option<bool>,
 }
 
 /// The choices a row keeps: their titles and a list's button.
@@ -174,6 +187,7 @@ impl From<ScheduledRow> for ScheduledView {
             choices: choices.map(|c| c.options),
             send_at: r.send_at,
             cancel_if_replied: r.cancel_if_replied,
+            sign: r.sign,
             status: r.status,
             reason: r.reason,
             message_id: r.message_id.map(MessageId),
@@ -310,6 +324,7 @@ pub fn create(
             s::send_at.eq(send_at),
             s::cancel_if_replied.eq(new.cancel_if_replied),
             s::client_id.eq(new.client_id.as_deref()),
+            s::sign.eq(new.sign),
         ))
         .on_conflict((s::conversation_id, s::client_id))
         .do_nothing()
@@ -338,13 +353,13 @@ pub fn create(
     Ok((view, true, send_at <= now))
 }
 
-/// A `client_id` already used in the conversation: the same author, text
-/// and choices are a retry (as for replies, `messages`); anything else a
+/// A `client_id` already used in the conversation: the same author, text,
+/// choices and `sign` are a retry (as for replies, `messages`); anything else a
 /// 409.
 fn retried(row: ScheduledRow, user: UserId, new: &NewScheduled) -> AppResult<ScheduledView> {
     let options = row.choices().map(|c| c.options);
     let asked = new.choices.as_ref().map(|o| o.iter().map(|t| t.trim().to_string()).collect::<Vec<_>>());
-    if row.created_by == user.0 && row.text == new.text && options == asked {
+    if row.created_by == user.0 && row.text == new.text && options == asked && row.sign == new.sign {
         return Ok(row.into());
     }
     Err(AppError::conflict(
@@ -487,7 +502,8 @@ pub fn change(
         None => row.send_at,
     };
     let cancel_if_replied = to.cancel_if_replied.unwrap_or(row.cancel_if_replied);
-    if text == row.text && send_at == row.send_at && cancel_if_replied == row.cancel_if_replied {
+    let sign = to.sign.unwrap_or(row.sign);
+    if text == row.text && send_at == row.send_at && cancel_if_replied == row.cancel_if_replied && sign == row.sign {
         return Ok((row.into(), false));
     }
     sendable_at(tc, &mut names, &channel, &conv, send_at)?;
@@ -502,6 +518,7 @@ pub fn change(
             s::text.eq(&text),
             s::send_at.eq(send_at),
             s::cancel_if_replied.eq(cancel_if_replied),
+            s::sign.eq(sign),
             s::job_id.eq(job),
             s::updated_at.eq(now),
         ))
@@ -639,7 +656,7 @@ fn outcome(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &ScheduledRow) -> A
     if !channels::can_see(tc, author, role, ChannelId(row.channel_id))? {
         return Ok(Err("author_lost_access".into()));
     }
-    let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None, sign: None };
+    let opts = ReplyOptions { client_id: Some(format!("scheduled-{}", row.id)), reply_to: None, sign: row.sign };
     let conv = ConversationId(row.conversation_id);
     let replied = match row.choices() {
         Some(c) => {

@@ -143,4 +143,24 @@ async fn replies_end_with_their_agents_signature_where_the_channel_or_the_reply_
     let r = app.call("GET", &format!("/api/conversations/{page}/messages?limit=200"), Some(&al_token), None).await;
     let sent = r.body["items"].as_array().expect("items").iter().find(|m| m["id"] == message).cloned();
     assert_eq!(sent.map(|m| m["text"].clone()), Some(json!("Bom dia!\n\n— Al Rivera")));
+    // One may say otherwise, and change its mind while it waits.
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{page}/scheduled-messages"),
+            Some(&al_token),
+            Some(json!({"text": "Boa noite!", "send_at": at, "sign": true})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body["sign"]), (201, &json!(true)), "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let url = format!("/api/scheduled-messages/{id}");
+    let r = app.call("PATCH", &url, Some(&al_token), Some(json!({"sign": false}))).await;
+    assert_eq!((r.status, &r.body["sign"]), (200, &json!(false)), "{:?}", r.body);
+    due_now(&app, &id);
+    let done = ended(&app, &al_token, &id).await;
+    let message = done["message_id"].as_str().expect("sent");
+    let r = app.call("GET", &format!("/api/conversations/{page}/messages?limit=200"), Some(&al_token), None).await;
+    let sent = r.body["items"].as_array().expect("items").iter().find(|m| m["id"] == message).cloned();
+    assert_eq!(sent.map(|m| m["text"].clone()), Some(json!("Boa noite!")));
 }
