@@ -26,6 +26,7 @@ pub mod mail;
 pub mod meta;
 pub mod metrics;
 pub mod ops;
+pub mod patch;
 pub mod realtime;
 pub mod secret;
 pub mod signed;

@@ -532,34 +532,28 @@ pub struct SettingsPatch {
     pub notifications: Option<bool>,
     pub human_agent: Option<bool>,
     /// Left out: unchanged; `null`: no hours (always open); else replaced.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub business_hours: Option<Option<hours::BusinessHours>>,
     pub away_reply: Option<AutoReplyPatch>,
     pub auto_assign: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub auto_assign_limit: Option<Option<u32>>,
     pub csat: Option<AutoReplyPatch>,
     /// Left out: unchanged; `null`: no targets; else replaced whole.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub reply_targets: Option<Option<crate::inbox::waiting::ReplyTargets>>,
     /// Left out: unchanged; `null`: none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub team_id: Option<Option<crate::inbox::teams::TeamId>>,
     /// Left out: unchanged; else replaced whole (`[]`: none).
     pub routing: Option<Vec<crate::inbox::routing::Rule>>,
     /// Left out: unchanged; `null`: off; else replaced whole.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub auto_resolve: Option<Option<crate::inbox::auto_resolve::AutoResolve>>,
     /// Left out: unchanged; `null`: kept; else replaced whole.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub retention: Option<Option<crate::inbox::retention::Retention>>,
     pub sign_replies: Option<bool>,
-}
-
-/// A field that is there, `null` or not: `Some`; left out: `None` (by
-/// `#[serde(default)]`).
-pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]

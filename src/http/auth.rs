@@ -171,7 +171,7 @@ struct MeChange {
     new_password: Option<String>,
     email_notifications: Option<crate::auth::members::PrefsChange>,
     /// Left out: unchanged; `null` or blank: none.
-    #[serde(default, deserialize_with = "crate::channels::present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     signature: Option<Option<String>>,
 }
 

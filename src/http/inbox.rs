@@ -1256,6 +1256,10 @@ fn form_bool(name: &str, text: &str) -> AppResult<bool> {
     }
 }
 
+/// The parts a message's form may have, once each.
+const FORM_PARTS: [&str; 9] =
+    ["file", "text", "client_id", "reply_to", "template", "private", "sign", "mentions", "mention_teams"];
+
 /// Longest `text` and `client_id` parts read (their own limits are checked after).
 const MOST_FORM_TEXT_BYTES: usize = 16 * 1024;
 
@@ -1315,26 +1319,14 @@ async fn read_file_form(req: &actix_web::HttpRequest, payload: web::Payload, als
                 let value = as_text(bytes)?;
                 others.push((name, value));
             }
-            "file" | "text" | "client_id" | "reply_to" | "template" | "private" | "sign" | "mentions"
-            | "mention_teams" => {
+            known if FORM_PARTS.contains(&known) => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             other if also.contains(&other) => {
                 return Err(AppError::bad_request("invalid_body", format!("the part `{name}` is given twice")));
             }
             _ => {
-                let mut expected = [
-                    "file",
-                    "text",
-                    "client_id",
-                    "reply_to",
-                    "template",
-                    "private",
-                    "sign",
-                    "mentions",
-                    "mention_teams",
-                ]
-                .to_vec();
+                let mut expected = FORM_PARTS.to_vec();
                 expected.extend_from_slice(also);
                 let expected = expected.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
                 return Err(AppError::bad_request(

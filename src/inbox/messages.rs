@@ -784,7 +784,7 @@ fn reply(
     };
     // What the customer gets, and so what is stored (a file without a
     // caption goes unsigned: nothing shows beside it).
-    let written = text.clone();
+    let nothing_written = text.as_deref().is_none_or(|t| t.trim().is_empty());
     let text = match (text, &signature) {
         (Some(t), Some(sig)) if !t.trim().is_empty() => Some(signed(&t, sig)),
         (text, _) => text,
@@ -804,7 +804,7 @@ fn reply(
             super::uploads::check(channel.platform(), upload, text.as_deref())?;
         }
         _ => {
-            if written.as_deref().unwrap_or_default().trim().is_empty() {
+            if nothing_written {
                 return Err(AppError::invalid("empty_text", "text must not be empty"));
             }
             if template && channel.platform() != Platform::Whatsapp {

@@ -106,7 +106,7 @@ pub struct ScheduledChange {
     pub send_at: Option<DateTime<Utc>>,
     pub cancel_if_replied: Option<bool>,
     /// Left out: unchanged; `null`: as the channel says when it goes.
-    #[serde(default, deserialize_with = "crate::channels::present")]
+    #[serde(default, deserialize_with = "crate::patch::present")]
     pub sign: Option<Option<bool>>,
 }
 

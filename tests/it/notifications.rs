@@ -168,6 +168,19 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
     let r = read(&app, &al_token, json!({"all": true})).await;
     assert_eq!(r.body, json!({"marked": 1, "unread_count": 0}));
 
+    // Read ones go after 30 days, by the hourly pruning; unread ones stay.
+    let kept = "SELECT count(*) AS n FROM tenant_acme.notifications";
+    let before = app.count(kept);
+    app.exec("UPDATE tenant_acme.notifications SET read_at = now() - interval '31 days' WHERE kind = 'reply_overdue'");
+    app.exec("UPDATE tenant_acme.notifications SET created_at = now() - interval '90 days' WHERE read_at IS NULL");
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let pruned = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        switchboard::inbox::notifications::prune(tc)
+    })
+    .expect("prune");
+    assert_eq!((pruned, app.count(kept)), (1, before - 1));
+
     // Removed from the team, his notifications go.
     let r =
         app.call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("id")), Some(&admin), None).await;
