@@ -180,7 +180,7 @@ impl AppState {
                 // A member's own notices are kept for them
                 // (`inbox::notifications`), in this same transaction.
                 if log.notices().next().is_some() {
-                    crate::inbox::notifications::keep(tc, &log)?;
+                    crate::inbox::notifications::keep(tc, &mut log)?;
                 }
                 let mut mailed = 0;
                 if let Some((online, url, public_url, key)) = mailing.filter(|_| log.notices().next().is_some()) {

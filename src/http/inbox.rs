@@ -508,10 +508,8 @@ async fn read_notifications(
     let which = body.into_inner().which()?;
     let (user, role) = (auth.user, auth.role);
     let (marked, unread) = state
-        .db
-        .tenant(auth.scope(), move |tc| {
-            use crate::inbox::notifications::{mark_read, unread_count};
-            Ok::<_, AppError>((mark_read(tc, user, role, which)?, unread_count(tc, user, role)?))
+        .tenant_with_events(auth.scope(), move |tc, log| {
+            crate::inbox::notifications::mark_read(tc, log, user, role, which)
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"marked": marked, "unread_count": unread})))

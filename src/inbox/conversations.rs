@@ -1213,7 +1213,7 @@ pub fn mark_read(
 ) -> AppResult<bool> {
     let row = visible_conversation(tc, user, role, id)?;
     // Looking at it is seeing what one was told of it.
-    super::notifications::mark_read(tc, user, role, super::notifications::Which::Conversation(id))?;
+    super::notifications::mark_read(tc, log, user, role, super::notifications::Which::Conversation(id))?;
     if row.unread_count == 0 {
         return Ok(false);
     }

@@ -24,8 +24,12 @@
 //!   loses theirs.
 //! - Read one by one, all at once, or by reading the conversation they
 //!   are about (`POST /api/conversations/{id}/read`: looking at it is
-//!   seeing them). Reading is not announced live: another tab of the
-//!   member learns the count from its next list.
+//!   seeing them).
+//! - Announced live as `notifications.changed` `{user_id, unread_count}`
+//!   whenever a member's unread count moves (one kept, some read), to the
+//!   tenant's sockets (a client shows only its own, as it does a
+//!   mention's `notification`): every tab and device of the member keeps
+//!   its badge, and one showing the list reads it again.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -66,9 +70,12 @@ struct Notice {
     message_id: Option<String>,
 }
 
+/// The live event a member's unread count moving is announced as.
+pub const CHANGED: &str = "notifications.changed";
+
 /// Keeps, in `tc`'s transaction, the notices in `log` for one member
-/// each; how many.
-pub fn keep(tc: &mut TenantConn<'_>, log: &EventLog) -> AppResult<usize> {
+/// each, announcing each member's new unread count in `log`; how many.
+pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
     let (mut users, mut kinds, mut conversations, mut messages, mut by) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for payload in log.notices() {
@@ -96,12 +103,18 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &EventLog) -> AppResult<usize> {
         return Ok(0);
     }
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    #[derive(QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+    }
     let tenant = tc.tenant();
-    let kept = diesel::sql_query(
+    let kept: Vec<Kept> = diesel::sql_query(
         "INSERT INTO notifications (user_id, kind, conversation_id, message_id, by_user_id) \
          SELECT v.user_id, v.kind, v.conversation_id, v.message_id, v.by_user_id \
            FROM unnest($1, $2, $3, $4, $5) AS v(user_id, kind, conversation_id, message_id, by_user_id) \
-          WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $6)",
+          WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $6) \
+         RETURNING user_id",
     )
     .bind::<Array<BigInt>, _>(users)
     .bind::<Array<Text>, _>(kinds)
@@ -109,8 +122,23 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &EventLog) -> AppResult<usize> {
     .bind::<Array<Nullable<BigInt>>, _>(messages)
     .bind::<Array<Nullable<BigInt>>, _>(by)
     .bind::<BigInt, _>(tenant.0)
-    .execute(tc.pg())?;
-    Ok(kept)
+    .load(tc.pg())?;
+    let mut told: Vec<i64> = kept.iter().map(|k| k.user_id).collect();
+    told.sort_unstable();
+    told.dedup();
+    for user in told {
+        if let Some(role) = crate::auth::members::role_of(tc, UserId(user))? {
+            announce(tc, log, UserId(user), role)?;
+        }
+    }
+    Ok(kept.len())
+}
+
+/// Announces `user`'s unread count as it is now.
+pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role: Role) -> AppResult<i64> {
+    let unread = unread_count(tc, user, role)?;
+    log.append(tc, CHANGED, None, None, serde_json::json!({"user_id": user.to_string(), "unread_count": unread}))?;
+    Ok(unread)
 }
 
 /// A notification as `GET /api/notifications` lists it.
@@ -261,8 +289,15 @@ impl ReadRequest {
 
 /// Marks `user`'s unread notifications that `which` names, of those they
 /// may see, read (ids of others' or unknown ones are passed over: marking
-/// is safe to repeat); how many.
-pub fn mark_read(tc: &mut TenantConn<'_>, user: UserId, role: Role, which: Which) -> AppResult<usize> {
+/// is safe to repeat), announcing the count when it moved; how many, and
+/// how many stay unread.
+pub fn mark_read(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    which: Which,
+) -> AppResult<(usize, i64)> {
     use diesel::sql_types::{Array, BigInt, Bool, Nullable};
     let (ids, conversation) = match which {
         Which::All => (None, None),
@@ -280,7 +315,11 @@ pub fn mark_read(tc: &mut TenantConn<'_>, user: UserId, role: Role, which: Which
     .bind::<Nullable<Array<BigInt>>, _>(ids)
     .bind::<Nullable<BigInt>, _>(conversation)
     .execute(tc.pg())?;
-    Ok(marked)
+    let unread = match marked {
+        0 => unread_count(tc, user, role)?,
+        _ => announce(tc, log, user, role)?,
+    };
+    Ok((marked, unread))
 }
 
 /// A member removed from the team: their notifications go.

@@ -8,7 +8,16 @@ use serde_json::{json, Value};
 
 use crate::common::{spawn_app, TestApp};
 use crate::inbox::{acme, agent_al};
+use crate::realtime::{until, ws, Socket};
 use crate::scheduled::{give_the_page, two_customers};
+use std::time::Duration;
+
+/// The next `notifications.changed` on `socket`: whose, and their count.
+async fn changed(socket: &mut Socket) -> (Value, Value) {
+    let frame = until(socket, "notifications.changed", Duration::from_secs(5)).await.expect("announced");
+    assert_eq!(frame["type"], "notifications.changed", "{frame}");
+    (frame["data"]["user_id"].clone(), frame["data"]["unread_count"].clone())
+}
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
     (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
@@ -36,7 +45,7 @@ fn ring_overdue(app: &TestApp) -> usize {
     switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         let mut log = switchboard::inbox::events::EventLog::new();
         let rung = switchboard::inbox::waiting::ring_overdue(tc, &mut log)?;
-        switchboard::inbox::notifications::keep(tc, &log)?;
+        switchboard::inbox::notifications::keep(tc, &mut log)?;
         log.write(tc)?;
         Ok::<_, switchboard::AppError>(rung)
     })
@@ -52,6 +61,7 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
     let (al, al_token) = agent_al(&app, &admin).await;
     give_the_page(&app, &admin, &al).await;
     let me = app.call("GET", "/api/me", Some(&admin), None).await.body["user"]["id"].clone();
+    let mut socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
     let empty = notifications(&app, &al_token, "").await;
     assert_eq!(empty, json!({"items": [], "next_cursor": null, "unread_count": 0}));
 
@@ -63,6 +73,9 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
         async move { app.call("PATCH", &url, Some(&t), Some(body)).await }
     };
     assert_eq!(assign(&page, &al["user_id"]).await.status, 200);
+    // Every tab of his keeps its badge: an assignment has no notification
+    // event of its own.
+    assert_eq!(changed(&mut socket).await, (al["user_id"].clone(), json!(1)));
     assert_eq!(assign(&wa, &me).await.status, 200);
     let note = json!({"text": "Al, this one asks for a refund 💸", "private": true, "mentions": [al["user_id"]]});
     let r = app.call("POST", &format!("/api/conversations/{page}/messages"), Some(&admin), Some(note)).await;
@@ -112,6 +125,9 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
     assert_eq!(r.body, json!({"marked": 0, "unread_count": 0}));
     let r = read(&app, &al_token, json!({"ids": [mention_id]})).await;
     assert_eq!(r.body, json!({"marked": 1, "unread_count": 1}));
+    // The mention's count of 2, then this read's 1.
+    assert_eq!(changed(&mut socket).await, (al["user_id"].clone(), json!(2)));
+    assert_eq!(changed(&mut socket).await, (al["user_id"].clone(), json!(1)));
     let r = read(&app, &al_token, json!({"ids": [mention_id]})).await;
     assert_eq!(r.body, json!({"marked": 0, "unread_count": 1}));
     assert_eq!(kinds(&notifications(&app, &al_token, "?unread=true").await), ["assigned"]);

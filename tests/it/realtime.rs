@@ -366,7 +366,11 @@ async fn changes_reach_the_live_inbox_once_and_a_repeated_patch_is_silent() {
     let path = format!("/api/conversations/{conv}");
     let resolve = json!({"status": "resolved", "assignee_id": t.agent_x_id});
     assert_eq!(app.call("PATCH", &path, Some(&t.admin), Some(resolve.clone())).await.status, 200);
-    assert_eq!(logged_kinds(&mut x, 1, quiet).await, [("conversation.updated".to_string(), conv.clone())]);
+    // X was assigned it by a colleague: his unread notifications moved too.
+    assert_eq!(
+        logged_kinds(&mut x, 2, quiet).await,
+        [("conversation.updated".to_string(), conv.clone()), ("notifications.changed".to_string(), String::new())]
+    );
     let again = app.call("PATCH", &path, Some(&t.admin), Some(resolve)).await;
     assert_eq!((again.status, again.body["status"].as_str()), (200, Some("resolved")));
     assert_eq!(again.body["assignee_id"], t.agent_x_id.as_str());
