@@ -179,11 +179,10 @@ impl AppState {
                 let out = f(tc, &mut log)?;
                 // A member's own notices are kept for them
                 // (`inbox::notifications`), in this same transaction.
-                if log.notices().next().is_some() {
-                    crate::inbox::notifications::keep(tc, &mut log)?;
-                }
+                let notices = log.member_notices();
+                crate::inbox::notifications::keep(tc, &mut log, &notices)?;
                 let mut mailed = 0;
-                if let Some((online, url, public_url, key)) = mailing.filter(|_| log.notices().next().is_some()) {
+                if let Some((online, url, public_url, key)) = mailing.filter(|_| !notices.is_empty()) {
                     let online = online.of(scope.tenant);
                     let reach = crate::inbox::notice_mail::Reach {
                         online: &online,
@@ -191,7 +190,7 @@ impl AppState {
                         public_url: &public_url,
                         unsubscribe_key: &key,
                     };
-                    mailed = crate::inbox::notice_mail::queue(tc, &log, &reach)?;
+                    mailed = crate::inbox::notice_mail::queue(tc, &notices, &reach)?;
                 }
                 Ok::<_, AppError>((out, log.write(tc)?, mailed))
             })

@@ -509,7 +509,11 @@ async fn read_notifications(
     let (user, role) = (auth.user, auth.role);
     let (marked, unread) = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            crate::inbox::notifications::mark_read(tc, log, user, role, which)
+            use crate::inbox::notifications::{mark_read, unread_count};
+            match mark_read(tc, log, user, role, which)? {
+                (marked, Some(unread)) => Ok((marked, unread)),
+                (marked, None) => Ok((marked, unread_count(tc, user, role)?)),
+            }
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"marked": marked, "unread_count": unread})))

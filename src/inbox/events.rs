@@ -19,6 +19,58 @@ use crate::error::{AppError, AppResult};
 
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 
+/// The notices meant for one member: a colleague assigned them a
+/// conversation or mentioned them, or one of theirs passed its reply
+/// target. Mailed when they are away (`notice_mail`) and kept for them
+/// (`notifications`).
+pub const MEMBER_NOTICE_KINDS: [&str; 3] = ["assigned", "mention", "reply_overdue"];
+
+/// A notice for one member, as its payload says it.
+#[derive(Debug, Clone)]
+pub struct MemberNotice {
+    /// Of [`MEMBER_NOTICE_KINDS`].
+    pub kind: String,
+    pub user: i64,
+    /// The colleague who did it; none for the clock's.
+    pub by: Option<i64>,
+    pub conversation: i64,
+    /// The note that mentions them.
+    pub message: Option<i64>,
+    pub preview: Option<String>,
+}
+
+impl MemberNotice {
+    /// A notice's payload, when it is one member's and not of their own doing.
+    fn read(payload: &str) -> Option<MemberNotice> {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            kind: String,
+            user_id: Option<String>,
+            by: Option<String>,
+            conversation_id: String,
+            message_id: Option<String>,
+            preview: Option<String>,
+        }
+        let p: Payload = serde_json::from_str(payload).ok()?;
+        if !MEMBER_NOTICE_KINDS.contains(&p.kind.as_str()) {
+            return None;
+        }
+        let id = |raw: Option<&str>| raw.and_then(|i| i.parse::<i64>().ok());
+        let (user, by) = (id(p.user_id.as_deref())?, id(p.by.as_deref()));
+        if by == Some(user) {
+            return None;
+        }
+        Some(MemberNotice {
+            conversation: id(Some(&p.conversation_id))?,
+            message: id(p.message_id.as_deref()),
+            kind: p.kind,
+            user,
+            by,
+            preview: p.preview,
+        })
+    }
+}
+
 /// Events appended by one transaction. They are kept in memory and written
 /// at the end ([`EventLog::notify`]) with one sequence reservation and one
 /// multi-row insert, so the `event_seq` row lock is held only for the last
@@ -60,11 +112,14 @@ impl EventLog {
         self.mail_only.push(notice.to_string());
     }
 
-    /// The notices for members so far (JSON): the `notification` events
-    /// appended, then the [`EventLog::mail_only`] ones.
-    pub fn notices(&self) -> impl Iterator<Item = &str> + '_ {
+    /// The notices so far meant for one member ([`MEMBER_NOTICE_KINDS`]),
+    /// but for what they did themselves: of the `notification` events
+    /// appended, then the [`EventLog::mail_only`] ones. Read once per unit
+    /// of work, for mail (`notice_mail`) and the member's list
+    /// (`notifications`).
+    pub fn member_notices(&self) -> Vec<MemberNotice> {
         let logged = self.pending.iter().filter(|(k, ..)| k == "notification").map(|(.., payload)| payload.as_str());
-        logged.chain(self.mail_only.iter().map(String::as_str))
+        logged.chain(self.mail_only.iter().map(String::as_str)).filter_map(MemberNotice::read).collect()
     }
 
     /// Writes the events with consecutive sequence numbers and sends one

@@ -55,7 +55,7 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
-use super::events::EventLog;
+use super::events::MemberNotice;
 use crate::auth::members::prefs_of_member;
 use crate::auth::users;
 use crate::db::schema::mail_outbox;
@@ -105,7 +105,7 @@ struct Unsubscribing {
 }
 
 /// The `email_notifications` kind a notice is mailed under.
-fn kind_of(notice: &Notice) -> &'static str {
+fn kind_of(notice: &MemberNotice) -> &'static str {
     match notice.kind.as_str() {
         "assigned" => "assigned",
         "mention" => "mentioned",
@@ -161,24 +161,6 @@ pub fn unsubscribe(conn: &mut PgConnection, key: &[u8], token: &str, all: bool) 
     Ok(Unsubscribed { unsubscribed: true, workspace, stopped })
 }
 
-/// What a `notification` event's payload says, of what is read here.
-#[derive(Deserialize)]
-struct Notice {
-    kind: String,
-    user_id: String,
-    by: Option<String>,
-    conversation_id: String,
-    preview: Option<String>,
-}
-
-impl Notice {
-    fn ids(&self) -> Option<(i64, Option<i64>, i64)> {
-        let user = self.user_id.parse().ok()?;
-        let by = self.by.as_deref().and_then(|b| b.parse().ok());
-        Some((user, by, self.conversation_id.parse().ok()?))
-    }
-}
-
 #[derive(QueryableByName)]
 struct About {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
@@ -195,18 +177,12 @@ struct Line {
     text: String,
 }
 
-/// Queues, in `tc`'s transaction, the mails the notifications `log` holds
+/// Queues, in `tc`'s transaction, the mails a unit of work's `notices`
 /// call for (see the module docs); answers how many.
-pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppResult<usize> {
-    let mut by_member: BTreeMap<i64, Vec<(Notice, Option<i64>, i64)>> = BTreeMap::new();
-    for payload in log.notices() {
-        let Ok(notice) = serde_json::from_str::<Notice>(payload) else { continue };
-        let Some((user, by, conversation)) = notice.ids() else { continue };
-        let wanted = matches!(notice.kind.as_str(), "assigned" | "mention" | "reply_overdue");
-        if !wanted || by == Some(user) || reach.online.contains(&UserId(user)) {
-            continue;
-        }
-        by_member.entry(user).or_default().push((notice, by, conversation));
+pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_>) -> AppResult<usize> {
+    let mut by_member: BTreeMap<i64, Vec<&MemberNotice>> = BTreeMap::new();
+    for notice in notices.iter().filter(|n| !reach.online.contains(&UserId(n.user))) {
+        by_member.entry(notice.user).or_default().push(notice);
     }
     if by_member.is_empty() {
         return Ok(0);
@@ -222,7 +198,7 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         let Some(prefs) = prefs_of_member(tc.pg(), UserId(member), tenant_id)? else { continue };
         let asked: Vec<_> = notices
             .iter()
-            .filter(|(notice, ..)| match kind_of(notice) {
+            .filter(|notice| match kind_of(notice) {
                 "assigned" => prefs.assigned,
                 "mentioned" => prefs.mentioned,
                 _ => prefs.overdue,
@@ -238,11 +214,11 @@ pub fn queue(tc: &mut TenantConn<'_>, log: &EventLog, reach: &Reach<'_>) -> AppR
         }
         // Only the listed lines are worked out; the rest are counted.
         let mut lines = Vec::with_capacity(asked.len().min(MOST_LISTED));
-        for (notice, by, conversation) in asked.iter().take(MOST_LISTED) {
-            let who = colleague(tc, &mut names, *by)?;
-            lines.push(line(tc, notice, &who, *conversation)?);
+        for notice in asked.iter().take(MOST_LISTED) {
+            let who = colleague(tc, &mut names, notice.by)?;
+            lines.push(line(tc, notice, &who)?);
         }
-        let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|(n, ..)| kind_of(n) == *k)).map(String::from);
+        let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|n| kind_of(n) == *k)).map(String::from);
         let stop = unsubscribe_url(reach, UserId(member), tenant_id, kinds.collect());
         let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url, &stop);
         crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop))?;
@@ -275,7 +251,8 @@ fn sent_lately(conn: &mut PgConnection, address: &str) -> AppResult<i64> {
 
 /// "Al assigned you the conversation with Ana (Acme Support)", and a
 /// preview.
-fn line(tc: &mut TenantConn<'_>, notice: &Notice, who: &str, conversation: i64) -> AppResult<Line> {
+fn line(tc: &mut TenantConn<'_>, notice: &MemberNotice, who: &str) -> AppResult<Line> {
+    let conversation = notice.conversation;
     let about: Option<About> = diesel::sql_query(
         "SELECT ct.name AS contact, ch.name AS channel, \
                 (SELECT m.text FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'in' \

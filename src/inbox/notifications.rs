@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::events::EventLog;
+use super::events::{EventLog, MemberNotice};
 use super::{ConversationId, MessageId};
 use crate::auth::Role;
 use crate::channels::ChannelId;
@@ -49,8 +49,6 @@ crate::id_type!(
     NotificationId
 );
 
-/// The notices kept, as their `kind` says.
-pub const KINDS: [&str; 3] = ["assigned", "mention", "reply_overdue"];
 /// Read notifications are kept this long.
 pub const KEEP_READ_DAYS: i64 = 30;
 /// Notifications one `POST /api/notifications/read` names, at most.
@@ -60,48 +58,20 @@ const PREVIEW_CHARS: i32 = 120;
 /// The unread count stops here, as the inbox's badges do.
 const MOST_COUNTED: i64 = 10_000;
 
-/// What a notice's payload says, of what is kept.
-#[derive(Deserialize)]
-struct Notice {
-    kind: String,
-    user_id: Option<String>,
-    by: Option<String>,
-    conversation_id: String,
-    message_id: Option<String>,
-}
-
 /// The live event a member's unread count moving is announced as.
 pub const CHANGED: &str = "notifications.changed";
 
-/// Keeps, in `tc`'s transaction, the notices in `log` for one member
-/// each, announcing each member's new unread count in `log`; how many.
-pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog) -> AppResult<usize> {
-    let (mut users, mut kinds, mut conversations, mut messages, mut by) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for payload in log.notices() {
-        let Ok(notice) = serde_json::from_str::<Notice>(payload) else { continue };
-        if !KINDS.contains(&notice.kind.as_str()) {
-            continue;
-        }
-        let parse = |id: Option<&str>| id.and_then(|i| i.parse::<i64>().ok());
-        let (Some(user), Some(conversation)) =
-            (parse(notice.user_id.as_deref()), parse(Some(notice.conversation_id.as_str())))
-        else {
-            continue;
-        };
-        let actor = parse(notice.by.as_deref());
-        if actor == Some(user) {
-            continue;
-        }
-        users.push(user);
-        kinds.push(notice.kind);
-        conversations.push(conversation);
-        messages.push(parse(notice.message_id.as_deref()));
-        by.push(actor);
-    }
-    if users.is_empty() {
+/// Keeps, in `tc`'s transaction, `notices` (of `log`'s unit of work),
+/// announcing each member's new unread count in `log`; how many.
+pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice]) -> AppResult<usize> {
+    if notices.is_empty() {
         return Ok(0);
     }
+    let users: Vec<i64> = notices.iter().map(|n| n.user).collect();
+    let kinds: Vec<&str> = notices.iter().map(|n| n.kind.as_str()).collect();
+    let conversations: Vec<i64> = notices.iter().map(|n| n.conversation).collect();
+    let messages: Vec<Option<i64>> = notices.iter().map(|n| n.message).collect();
+    let by: Vec<Option<i64>> = notices.iter().map(|n| n.by).collect();
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
     #[derive(QueryableByName)]
     struct Kept {
@@ -290,14 +260,14 @@ impl ReadRequest {
 /// Marks `user`'s unread notifications that `which` names, of those they
 /// may see, read (ids of others' or unknown ones are passed over: marking
 /// is safe to repeat), announcing the count when it moved; how many, and
-/// how many stay unread.
+/// then how many stay unread (not counted when none was marked).
 pub fn mark_read(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     user: UserId,
     role: Role,
     which: Which,
-) -> AppResult<(usize, i64)> {
+) -> AppResult<(usize, Option<i64>)> {
     use diesel::sql_types::{Array, BigInt, Bool, Nullable};
     let (ids, conversation) = match which {
         Which::All => (None, None),
@@ -316,8 +286,8 @@ pub fn mark_read(
     .bind::<Nullable<BigInt>, _>(conversation)
     .execute(tc.pg())?;
     let unread = match marked {
-        0 => unread_count(tc, user, role)?,
-        _ => announce(tc, log, user, role)?,
+        0 => None,
+        _ => Some(announce(tc, log, user, role)?),
     };
     Ok((marked, unread))
 }

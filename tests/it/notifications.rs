@@ -45,7 +45,8 @@ fn ring_overdue(app: &TestApp) -> usize {
     switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         let mut log = switchboard::inbox::events::EventLog::new();
         let rung = switchboard::inbox::waiting::ring_overdue(tc, &mut log)?;
-        switchboard::inbox::notifications::keep(tc, &mut log)?;
+        let notices = log.member_notices();
+        switchboard::inbox::notifications::keep(tc, &mut log, &notices)?;
         log.write(tc)?;
         Ok::<_, switchboard::AppError>(rung)
     })
