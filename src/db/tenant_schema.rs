@@ -226,6 +226,7 @@ diesel::table! {
         conversation_id -> Nullable<Int8>,
         payload -> Json,
         created_at -> Timestamptz,
+        for_user_id -> Nullable<Int8>,
     }
 }
 

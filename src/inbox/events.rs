@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use crate::db::tenant_schema::{event_seq, events};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
 
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 
@@ -77,12 +78,22 @@ impl MemberNotice {
 /// moments of the transaction.
 #[derive(Default)]
 pub struct EventLog {
-    /// (type, channel, conversation, payload as JSON text)
-    pending: Vec<(String, Option<i64>, Option<i64>, String)>,
+    pending: Vec<Pending>,
     /// Notices for members that are mailed but not logged
     /// (`notice_mail`): the live inbox has them as other events already.
     mail_only: Vec<String>,
     pub count: usize,
+}
+
+/// An event appended and not yet written.
+struct Pending {
+    kind: String,
+    channel_id: Option<i64>,
+    conversation_id: Option<i64>,
+    /// The one member it is for ([`EventLog::append_for`]).
+    for_user_id: Option<i64>,
+    /// The payload as JSON text.
+    payload: String,
 }
 
 impl EventLog {
@@ -98,10 +109,37 @@ impl EventLog {
         conversation_id: Option<i64>,
         payload: impl Serialize,
     ) -> AppResult<()> {
+        self.push(kind, channel_id, conversation_id, None, payload)
+    }
+
+    /// An event meant for `user` alone (a mention of them, their unread
+    /// count): only their sockets receive it, live or replayed, and only
+    /// while they may see `channel_id`; integrators' endpoints, which take
+    /// the tenant's whole log, still do.
+    pub fn append_for(
+        &mut self,
+        _tc: &mut TenantConn<'_>,
+        user: UserId,
+        kind: &str,
+        channel_id: Option<i64>,
+        conversation_id: Option<i64>,
+        payload: impl Serialize,
+    ) -> AppResult<()> {
+        self.push(kind, channel_id, conversation_id, Some(user.0), payload)
+    }
+
+    fn push(
+        &mut self,
+        kind: &str,
+        channel_id: Option<i64>,
+        conversation_id: Option<i64>,
+        for_user_id: Option<i64>,
+        payload: impl Serialize,
+    ) -> AppResult<()> {
         // Serialised once: the same text is stored and, for the processor's
         // events, framed for this instance's sockets.
         let payload = serde_json::to_string(&payload).map_err(AppError::internal)?;
-        self.pending.push((kind.to_string(), channel_id, conversation_id, payload));
+        self.pending.push(Pending { kind: kind.to_string(), channel_id, conversation_id, for_user_id, payload });
         self.count += 1;
         Ok(())
     }
@@ -118,7 +156,7 @@ impl EventLog {
     /// of work, for mail (`notice_mail`) and the member's list
     /// (`notifications`).
     pub fn member_notices(&self) -> Vec<MemberNotice> {
-        let logged = self.pending.iter().filter(|(k, ..)| k == "notification").map(|(.., payload)| payload.as_str());
+        let logged = self.pending.iter().filter(|e| e.kind == "notification").map(|e| e.payload.as_str());
         logged.chain(self.mail_only.iter().map(String::as_str)).filter_map(MemberNotice::read).collect()
     }
 
@@ -148,29 +186,33 @@ impl EventLog {
         let mut kinds = Vec::with_capacity(self.pending.len());
         let mut channels = Vec::with_capacity(self.pending.len());
         let mut conversations = Vec::with_capacity(self.pending.len());
+        let mut users = Vec::with_capacity(self.pending.len());
         let mut payloads = Vec::with_capacity(self.pending.len());
-        for (kind, channel_id, conversation_id, payload) in &self.pending {
-            kinds.push(kind);
-            channels.push(*channel_id);
-            conversations.push(*conversation_id);
-            payloads.push(payload);
+        for e in &self.pending {
+            kinds.push(&e.kind);
+            channels.push(e.channel_id);
+            conversations.push(e.conversation_id);
+            users.push(e.for_user_id);
+            payloads.push(&e.payload);
         }
         // The NOTIFY carries ids only: "<tenant>:<first seq>:<last seq>".
         // `now()` is the transaction's start, the rows' `created_at`.
         let reserved: Reserved = crate::db::prepared(
             "WITH s AS (UPDATE event_seq SET value = value + $1 WHERE id = 1 RETURNING value), \
-                  ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, payload) \
-                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.payload::json \
-                            FROM s, unnest($2, $3, $4, $5) WITH ORDINALITY \
-                                    AS v(kind, channel_id, conversation_id, payload, ord)) \
+                  ins AS (INSERT INTO events (seq, type, channel_id, conversation_id, for_user_id, payload) \
+                          SELECT s.value - $1 + v.ord, v.kind, v.channel_id, v.conversation_id, v.for_user_id, \
+                                 v.payload::json \
+                            FROM s, unnest($2, $3, $4, $5, $6) WITH ORDINALITY \
+                                    AS v(kind, channel_id, conversation_id, for_user_id, payload, ord)) \
              SELECT s.value AS last, now() AS at, \
-                    pg_catalog.pg_notify($6, $7 || ':' || (s.value - $1 + 1) || ':' || s.value) AS sent \
+                    pg_catalog.pg_notify($7, $8 || ':' || (s.value - $1 + 1) || ':' || s.value) AS sent \
                FROM s",
         )
         .bind::<BigInt, _>(n)
         .bind::<Array<Text>, _>(kinds)
         .bind::<Array<Nullable<BigInt>>, _>(channels)
         .bind::<Array<Nullable<BigInt>>, _>(conversations)
+        .bind::<Array<Nullable<BigInt>>, _>(users)
         .bind::<Array<Text>, _>(payloads)
         .bind::<Text, _>(NOTIFY_CHANNEL)
         .bind::<Text, _>(tc.tenant().0.to_string())
@@ -180,13 +222,14 @@ impl EventLog {
             .pending
             .into_iter()
             .zip(first..)
-            .map(|((kind, channel_id, conversation_id, data), seq)| StoredEvent {
+            .map(|(e, seq)| StoredEvent {
                 seq,
-                kind,
-                channel_id,
-                conversation_id,
-                data,
+                kind: e.kind,
+                channel_id: e.channel_id,
+                conversation_id: e.conversation_id,
+                data: e.payload,
                 at: reserved.at,
+                for_user_id: e.for_user_id,
             })
             .collect())
     }
@@ -202,27 +245,42 @@ pub struct StoredEvent {
     pub conversation_id: Option<i64>,
     pub data: String,
     pub at: DateTime<Utc>,
+    /// The one member it is for ([`EventLog::append_for`]); `None`: every
+    /// agent's who sees its channel.
+    pub for_user_id: Option<i64>,
+}
+
+/// Whose events a replay reads: one member's, who sees `channels`
+/// (`None`: every channel).
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user: i64,
+    pub channels: Option<&'a HashSet<i64>>,
 }
 
 /// The type of an event whose content was removed ([`redact_channel`]);
 /// never read back.
 pub const REDACTED: &str = "redacted";
 
-/// Events after `since`, oldest first (redacted ones left out).
+/// Events after `since`, whoever they are for, oldest first (redacted ones
+/// left out).
 pub fn since(tc: &mut TenantConn<'_>, since: i64, limit: i64) -> AppResult<Vec<StoredEvent>> {
-    since_for(tc, since, None, limit)
+    read(tc, after(since, None), limit)
 }
 
-/// Events after `since` for a member who sees `channels` (`None`: every
-/// channel; events of no channel, the tenant's own, go to all), oldest
-/// first, redacted ones left out.
-pub fn since_for(
+/// Events after `since` for `viewer`: of the channels they see (events of
+/// no channel, the tenant's own, go to all) and not for someone else;
+/// oldest first, redacted ones left out.
+pub fn since_for(tc: &mut TenantConn<'_>, since: i64, viewer: Viewer<'_>, limit: i64) -> AppResult<Vec<StoredEvent>> {
+    read(tc, after(since, Some(viewer)), limit)
+}
+
+fn read(
     tc: &mut TenantConn<'_>,
-    since: i64,
-    channels: Option<&HashSet<i64>>,
+    query: events::BoxedQuery<'_, diesel::pg::Pg>,
     limit: i64,
 ) -> AppResult<Vec<StoredEvent>> {
-    Ok(after(since, channels)
+    Ok(query
         .order(events::seq)
         .limit(limit)
         .select((
@@ -232,26 +290,24 @@ pub fn since_for(
             events::conversation_id,
             diesel::dsl::sql::<diesel::sql_types::Text>("payload::text"),
             events::created_at,
+            events::for_user_id,
         ))
         .load(tc.pg())?)
 }
 
-/// Whether more than `n` events after `since` are for a member who sees
-/// `channels` (as [`since_for`] reads them): a replay's size, known before
-/// it starts.
-pub fn more_than_after(
-    tc: &mut TenantConn<'_>,
-    since: i64,
-    channels: Option<&HashSet<i64>>,
-    n: i64,
-) -> AppResult<bool> {
-    let nth = after(since, channels).order(events::seq).offset(n).limit(1).select(events::seq).first::<i64>(tc.pg());
-    Ok(nth.optional()?.is_some())
+/// Whether more than `n` events after `since` are for `viewer` (as
+/// [`since_for`] reads them): a replay's size, known before it starts.
+pub fn more_than_after(tc: &mut TenantConn<'_>, since: i64, viewer: Viewer<'_>, n: i64) -> AppResult<bool> {
+    let query = after(since, Some(viewer)).order(events::seq).offset(n).limit(1).select(events::seq);
+    Ok(query.first::<i64>(tc.pg()).optional()?.is_some())
 }
 
-fn after<'a>(since: i64, channels: Option<&HashSet<i64>>) -> events::BoxedQuery<'a, diesel::pg::Pg> {
+/// Events after `since`, all of them or `viewer`'s.
+fn after<'a>(since: i64, viewer: Option<Viewer<'_>>) -> events::BoxedQuery<'a, diesel::pg::Pg> {
     let query = events::table.filter(events::seq.gt(since)).filter(events::type_.ne(REDACTED)).into_boxed();
-    match channels {
+    let Some(viewer) = viewer else { return query };
+    let query = query.filter(events::for_user_id.is_null().or(events::for_user_id.eq(viewer.user)));
+    match viewer.channels {
         None => query,
         Some(set) => {
             let ids: Vec<i64> = set.iter().copied().collect();
@@ -285,12 +341,14 @@ pub fn emptied() -> (
     diesel::dsl::Eq<events::type_, &'static str>,
     diesel::dsl::Eq<events::channel_id, Option<i64>>,
     diesel::dsl::Eq<events::conversation_id, Option<i64>>,
+    diesel::dsl::Eq<events::for_user_id, Option<i64>>,
     diesel::dsl::Eq<events::payload, serde_json::Value>,
 ) {
     (
         events::type_.eq(REDACTED),
         events::channel_id.eq(None::<i64>),
         events::conversation_id.eq(None::<i64>),
+        events::for_user_id.eq(None::<i64>),
         events::payload.eq(serde_json::json!({})),
     )
 }
@@ -329,6 +387,7 @@ mod tests {
             conversation_id: Some(9),
             data: r#"{"id": "5", "text": "héllo \"quoted\" 👋"}"#.into(),
             at,
+            for_user_id: None,
         };
         let v: serde_json::Value = serde_json::from_str(&ev.frame()).expect("valid JSON");
         assert_eq!(v["seq"], 42);

@@ -128,8 +128,9 @@ pub fn record(
         .get_results(tc.pg())?;
     let preview: String = note.text.as_deref().unwrap_or("[file]").chars().take(120).collect();
     for member in members.iter().filter(|u| **u != author && added.contains(&u.0)) {
-        log.append(
+        log.append_for(
             tc,
+            *member,
             "notification",
             Some(conv.channel_id),
             Some(conv.id),

@@ -26,10 +26,10 @@
 //!   are about (`POST /api/conversations/{id}/read`: looking at it is
 //!   seeing them).
 //! - Announced live as `notifications.changed` `{user_id, unread_count}`
-//!   whenever a member's unread count moves (one kept, some read), to the
-//!   tenant's sockets (a client shows only its own, as it does a
-//!   mention's `notification`): every tab and device of the member keeps
-//!   its badge, and one showing the list reads it again.
+//!   whenever a member's unread count moves (one kept, some read), to that
+//!   member's sockets alone (`EventLog::append_for`), as a mention's
+//!   `notification` is: every tab and device of the member keeps its
+//!   badge, and one showing the list reads it again.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -107,7 +107,8 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice
 /// Announces `user`'s unread count as it is now.
 pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role: Role) -> AppResult<i64> {
     let unread = unread_count(tc, user, role)?;
-    log.append(tc, CHANGED, None, None, serde_json::json!({"user_id": user.to_string(), "unread_count": unread}))?;
+    let data = serde_json::json!({"user_id": user.to_string(), "unread_count": unread});
+    log.append_for(tc, user, CHANGED, None, None, data)?;
     Ok(unread)
 }
 

@@ -455,6 +455,7 @@ mod tests {
             conversation_id: Some(1),
             data: "{}".into(),
             at: chrono::Utc::now(),
+            for_user_id: None,
         }
     }
 

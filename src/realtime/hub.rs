@@ -1,5 +1,6 @@
 //! One hub per server instance: knows every socket's tenant, user and
-//! channels, fans events out, relays typing and presence, and closes
+//! channels, fans events out (an event for one member only to their
+//! sockets that see its channel), relays typing and presence, and closes
 //! sockets whose access ended. It never waits on a client: frames go to each
 //! session's [`Outbox`], and one that overflows (a client that stopped
 //! reading) is dropped with close code 4408 while others go on.
@@ -631,6 +632,18 @@ impl Index {
         }
     }
 
+    /// The sessions of `user` that may see an event of `channel`: an event
+    /// for one member ([`StoredEvent::for_user_id`]).
+    fn audience_of(&self, tenant: i64, channel: Option<i64>, user: i64) -> Vec<u64> {
+        let Some(ids) = self.by_user.get(&(tenant, user)) else { return Vec::new() };
+        let sees = |id: &u64| match (channel, self.sessions.get(id)) {
+            (None, Some(_)) => true,
+            (Some(c), Some(e)) => e.channels.as_ref().is_none_or(|set| set.contains(&c)),
+            (_, None) => false,
+        };
+        ids.iter().copied().filter(sees).collect()
+    }
+
     fn of_user(&self, tenant: i64, user: i64) -> Vec<u64> {
         self.by_user.get(&(tenant, user)).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
@@ -1152,13 +1165,16 @@ impl Hub {
     /// were committed, as one delivery.
     fn deliver(&mut self, batches: Vec<Events>) {
         let mut out: HashMap<u64, Vec<Frame>> = HashMap::new();
-        let mut audience: HashMap<(i64, Option<i64>), Vec<u64>> = HashMap::new();
+        let mut audience: HashMap<(i64, Option<i64>, Option<i64>), Vec<u64>> = HashMap::new();
         for m in &batches {
             for ev in m.events.iter() {
                 let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
-                let ids = audience
-                    .entry((m.tenant, ev.channel_id))
-                    .or_insert_with(|| self.index.audience(m.tenant, ev.channel_id));
+                let index = &self.index;
+                let ids =
+                    audience.entry((m.tenant, ev.channel_id, ev.for_user_id)).or_insert_with(|| match ev.for_user_id {
+                        Some(user) => index.audience_of(m.tenant, ev.channel_id, user),
+                        None => index.audience(m.tenant, ev.channel_id),
+                    });
                 for id in ids.iter() {
                     out.entry(*id).or_default().push(frame.clone());
                 }
@@ -1377,6 +1393,7 @@ mod tests {
             conversation_id: Some(1),
             data: "{}".into(),
             at: Utc::now(),
+            for_user_id: None,
         };
         Events { tenant: 1, events: Arc::new(vec![ev(first), ev(first + 1)]), pace }
     }

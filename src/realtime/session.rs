@@ -252,11 +252,12 @@ impl WsSession {
     fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>, start: bool) {
         let (since, from, to, size) = (self.since, self.last_sent, self.replay_to, self.page_events);
         let state = self.state.clone();
-        let (scope, channels) = (self.scope(), self.channels.clone());
+        let (scope, channels, user) = (self.scope(), self.channels.clone(), self.user);
         let fut = async move {
             state
                 .db
                 .tenant(scope, move |tc| {
+                    let viewer = events::Viewer { user, channels: channels.as_ref() };
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
                     let resync = |reason: &'static str| Ok::<_, AppError>(Page::Resync { reason, oldest, last });
@@ -278,12 +279,12 @@ impl WsSession {
                     if start
                         && (last - since > REPLAY_SCAN_LIMIT
                             || (last - since > REPLAY_LIMIT as i64
-                                && events::more_than_after(tc, since, channels.as_ref(), REPLAY_LIMIT as i64)?))
+                                && events::more_than_after(tc, since, viewer, REPLAY_LIMIT as i64)?))
                     {
                         return resync("too_many");
                     }
                     let to = if start { last } else { to };
-                    let mut page = events::since_for(tc, from, channels.as_ref(), size)?;
+                    let mut page = events::since_for(tc, from, viewer, size)?;
                     page.retain(|e| e.seq <= to);
                     let end = (page.len() as i64) < size || page.last().is_some_and(|e| e.seq >= to);
                     Ok(Page::Events { events: page, end, to })

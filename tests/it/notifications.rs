@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::common::{spawn_app, TestApp};
 use crate::inbox::{acme, agent_al};
-use crate::realtime::{until, ws, Socket};
+use crate::realtime::{next, until, ws, Socket};
 use crate::scheduled::{give_the_page, two_customers};
 use std::time::Duration;
 
@@ -203,4 +203,91 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
         app.call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("id")), Some(&admin), None).await;
     assert!(r.status < 300, "{:?}", r.body);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.notifications"), 0);
+}
+
+/// The types of the frames on `socket` up to and including the
+/// `message.created` of `message` (later events come later: what is not
+/// among these never came).
+async fn types_until_message(socket: &mut Socket, message: &Value) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let frame = next(socket, Duration::from_secs(10)).await.expect("a frame");
+        seen.push(frame["type"].as_str().unwrap_or("").to_string());
+        if frame["type"] == "message.created" && frame["data"]["id"] == *message {
+            return seen;
+        }
+        assert_ne!(frame["type"], "closed", "{seen:?}");
+    }
+}
+
+/// What the live inbox tells one member (a mention of them, their unread
+/// count) reaches only that member's sockets, live and when resumed:
+/// colleagues of the same channel, and admins who see every channel, hear
+/// the note but not whom it called in.
+#[actix_web::test]
+async fn what_is_told_to_one_member_reaches_only_their_sockets() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.clone();
+    let (_, page) = two_customers(&app, &admin).await;
+    let (al, al_token) = agent_al(&app, &admin).await;
+    give_the_page(&app, &admin, &al).await;
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let r = app.call("POST", "/api/members", Some(&admin), Some(bo)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let members = json!({"user_ids": [al["user_id"], r.body["user_id"]]});
+    let url = format!("/api/channels/{}/members", al_page(&app, &al_token).await);
+    assert_eq!(app.call("PUT", &url, Some(&admin), Some(members)).await.status, 200);
+    let bo_token = crate::common::token(&app.login("bo@acme.test", "bo-password-1", "acme").await, "access_token");
+    let dee = json!({"email": "dee@acme.test", "role": "admin", "password": "dee-password-1"});
+    assert_eq!(app.call("POST", "/api/members", Some(&admin), Some(dee)).await.status, 201);
+    let dee_token = crate::common::token(&app.login("dee@acme.test", "dee-password-1", "acme").await, "access_token");
+
+    let mut al_socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
+    let mut bo_socket = ws(&app, "", Some(&bo_token), None).await.expect("socket");
+    let mut dee_socket = ws(&app, "", Some(&dee_token), None).await.expect("socket");
+    let hello = until(&mut bo_socket, "hello", Duration::from_secs(5)).await.expect("hello");
+    let before = hello["data"]["last_seq"].as_i64().expect("last_seq");
+
+    // Ann mentions Al in a note, then writes one that names nobody.
+    let path = format!("/api/conversations/{page}/messages");
+    let note = json!({"text": "Al, the refund 💸", "private": true, "mentions": [al["user_id"]], "client_id": "m-1"});
+    let r = app.call("POST", &path, Some(&admin), Some(note)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let plain = json!({"text": "noted", "private": true, "client_id": "m-2"});
+    let r = app.call("POST", &path, Some(&admin), Some(plain)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let last_note = r.body["id"].clone();
+
+    let told = until(&mut al_socket, "notification", Duration::from_secs(10)).await.expect("told");
+    assert_eq!((&told["data"]["kind"], &told["data"]["user_id"]), (&json!("mention"), &al["user_id"]));
+    assert_eq!(changed(&mut al_socket).await, (al["user_id"].clone(), json!(1)));
+    for (who, socket) in [("Bo", &mut bo_socket), ("Dee", &mut dee_socket)] {
+        let seen = types_until_message(socket, &last_note).await;
+        assert_eq!(seen.iter().filter(|t| *t == "message.created").count(), 2, "{who}: {seen:?}");
+        assert!(!seen.iter().any(|t| t.starts_with("notification")), "{who} heard Al's notices: {seen:?}");
+    }
+
+    // Resumed from before the notes, the same.
+    let since = format!("?since={before}");
+    let mut bo_again = ws(&app, &since, Some(&bo_token), None).await.expect("socket");
+    let seen = types_until_message(&mut bo_again, &last_note).await;
+    assert!(seen.iter().any(|t| t == "message.created"), "{seen:?}");
+    assert!(!seen.iter().any(|t| t.starts_with("notification")), "replayed to Bo: {seen:?}");
+    let mut al_again = ws(&app, &since, Some(&al_token), None).await.expect("socket");
+    let seen = types_until_message(&mut al_again, &last_note).await;
+    assert!(seen.contains(&"notification".to_string()), "{seen:?}");
+    assert!(seen.contains(&"notifications.changed".to_string()), "{seen:?}");
+
+    // Kept in the log as Al's alone (integrators' endpoints still take it).
+    let mentions =
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND for_user_id IS NOT NULL";
+    assert_eq!(app.count(mentions), 1);
+}
+
+/// The id of the channel Al was given.
+async fn al_page(app: &TestApp, al_token: &str) -> String {
+    let r = app.call("GET", "/api/channels", Some(al_token), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["items"][0]["id"].as_str().expect("channel").to_string()
 }

@@ -1,0 +1,1 @@
+ALTER TABLE events DROP COLUMN IF EXISTS for_user_id;
