@@ -766,9 +766,9 @@ fn reply(
     let template = matches!(content, Reply::Template { .. });
     let choices = matches!(content, Reply::Choices { .. });
     // A template's text is Meta's to approve, word for word.
-    let signature = match !template && sign.unwrap_or_else(|| channel.settings().sign_replies) {
-        true => sign_off(tc, user)?,
-        false => None,
+    let signature = match template {
+        true => None,
+        false => signature_for(tc, user, &channel, sign)?,
     };
     // A file, sent as the message or as a template's header: kept first.
     let (text, attachments, file) = match content {
@@ -881,6 +881,20 @@ fn reply(
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }
 
+/// What ends `user`'s reply on `channel` as `sign` asks (`None`: as the
+/// channel's `sign_replies` says), if anything does.
+pub(super) fn signature_for(
+    tc: &mut TenantConn<'_>,
+    user: UserId,
+    channel: &crate::channels::ChannelRow,
+    sign: Option<bool>,
+) -> AppResult<Option<String>> {
+    match sign.unwrap_or_else(|| channel.settings().sign_replies) {
+        true => sign_off(tc, user),
+        false => Ok(None),
+    }
+}
+
 /// What signs `user`'s replies in this tenant: their signature there,
 /// else a dash and their name; `None` with neither.
 fn sign_off(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Option<String>> {
@@ -893,7 +907,7 @@ fn sign_off(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Option<String>> 
 }
 
 /// `text` signed: the signature on a paragraph of its own below it.
-fn signed(text: &str, signature: &str) -> String {
+pub(super) fn signed(text: &str, signature: &str) -> String {
     format!("{}\n\n{signature}", text.trim_end())
 }
 

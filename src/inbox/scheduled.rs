@@ -33,7 +33,8 @@
 //!   was written or last changed cancels it (`customer_replied`): a
 //!   follow-up they answered first is not sent. It is signed as a reply
 //!   is when it goes (`sign`, else the channel's `sign_replies` then, with
-//!   the author's signature then; `inbox::messages`).
+//!   the author's signature then; `inbox::messages`). One too long to go
+//!   signed as things stand is refused when written or changed.
 //! - Its author changes it (`PATCH /api/scheduled-messages/{id}`: text,
 //!   `send_at`, `cancel_if_replied`, `sign`) while it waits; the author or an
 //!   admin cancels it (`POST /api/scheduled-messages/{id}/cancel`;
@@ -209,8 +210,10 @@ fn due_at(send_at: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>
 }
 
 /// The text a reply on `channel` may carry (with `choices`, WhatsApp's
-/// question is shorter).
-fn checked_text(text: &str, channel: &channels::ChannelRow, choices: bool) -> AppResult<()> {
+/// question is shorter), with the `signature` it would end with if it went
+/// now: one that could never go is refused while the author is there to
+/// shorten it (a signature changed meanwhile is checked again as it goes).
+fn checked_text(text: &str, channel: &channels::ChannelRow, choices: bool, signature: Option<&str>) -> AppResult<()> {
     if text.trim().is_empty() {
         return Err(AppError::invalid("empty_text", "text must not be empty"));
     }
@@ -218,10 +221,14 @@ fn checked_text(text: &str, channel: &channels::ChannelRow, choices: bool) -> Ap
         (true, channels::Platform::Whatsapp) => super::choices::WHATSAPP_TEXT_CHARS,
         (_, platform) => messages::max_text_chars(platform),
     };
-    if text.chars().count() > max {
+    let (sent, with) = match signature {
+        Some(sig) => (messages::signed(text, sig), ", with the signature"),
+        None => (text.to_string(), ""),
+    };
+    if sent.chars().count() > max {
         return Err(AppError::invalid(
             "text_too_long",
-            format!("text must be at most {max} characters on this platform"),
+            format!("text must be at most {max} characters on this platform{with}"),
         ));
     }
     Ok(())
@@ -296,7 +303,8 @@ pub fn create(
         }
         (None, None) => None,
     };
-    checked_text(&new.text, &channel, choices.is_some())?;
+    let signature = messages::signature_for(tc, user, &channel, new.sign)?;
+    checked_text(&new.text, &channel, choices.is_some(), signature.as_deref())?;
     let send_at = due_at(new.send_at, now)?;
     sendable_at(tc, &mut names, &channel, &conv, send_at)?;
     // The conversation's row, locked: two writers count in turn.
@@ -496,13 +504,14 @@ pub fn change(
     let channel = names.channel(tc, row.channel_id)?;
     let conv = super::views::conversation_row(tc, ConversationId(row.conversation_id))?;
     let text = to.text.unwrap_or_else(|| row.text.clone());
-    checked_text(&text, &channel, row.choices.is_some())?;
+    let sign = to.sign.unwrap_or(row.sign);
+    let signature = messages::signature_for(tc, user, &channel, sign)?;
+    checked_text(&text, &channel, row.choices.is_some(), signature.as_deref())?;
     let send_at = match to.send_at {
         Some(at) => due_at(at, now)?,
         None => row.send_at,
     };
     let cancel_if_replied = to.cancel_if_replied.unwrap_or(row.cancel_if_replied);
-    let sign = to.sign.unwrap_or(row.sign);
     if text == row.text && send_at == row.send_at && cancel_if_replied == row.cancel_if_replied && sign == row.sign {
         return Ok((row.into(), false));
     }

@@ -163,4 +163,21 @@ async fn replies_end_with_their_agents_signature_where_the_channel_or_the_reply_
     let r = app.call("GET", &format!("/api/conversations/{page}/messages?limit=200"), Some(&al_token), None).await;
     let sent = r.body["items"].as_array().expect("items").iter().find(|m| m["id"] == message).cloned();
     assert_eq!(sent.map(|m| m["text"].clone()), Some(json!("Boa noite!")));
+
+    // One that could not go signed is refused while its author is there to
+    // shorten it, written or changed; unsigned it fits.
+    let most = switchboard::inbox::messages::max_text_chars(switchboard::channels::Platform::Facebook);
+    let long = "ü".repeat(most - 5);
+    let path = format!("/api/conversations/{page}/scheduled-messages");
+    let r = app.call("POST", &path, Some(&al_token), Some(json!({"text": long, "send_at": at}))).await;
+    assert_eq!(code(&r), (422, "text_too_long"), "{:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("with the signature")), "{:?}", r.body);
+    let body = json!({"text": long, "send_at": at, "sign": false});
+    let r = app.call("POST", &path, Some(&al_token), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let url = format!("/api/scheduled-messages/{}", r.body["id"].as_str().expect("id"));
+    let r = app.call("PATCH", &url, Some(&al_token), Some(json!({"sign": null}))).await;
+    assert_eq!(code(&r), (422, "text_too_long"), "{:?}", r.body);
+    let r = app.call("GET", &url, Some(&al_token), None).await;
+    assert_eq!((&r.body["sign"], &r.body["status"]), (&json!(false), &json!("scheduled")), "unchanged: {:?}", r.body);
 }
