@@ -283,6 +283,17 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
     let mentions =
         "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notification' AND for_user_id IS NOT NULL";
     assert_eq!(app.count(mentions), 1);
+
+    // Erasing the customer takes what Al was told of them with the
+    // conversation, kept and logged.
+    let r = app.call("GET", &format!("/api/conversations/{page}"), Some(&admin), None).await;
+    let contact = r.body["contact"]["id"].as_str().expect("contact").to_string();
+    assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 1);
+    let r = app.call("DELETE", &format!("/api/contacts/{contact}"), Some(&admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "").await, json!({"items": [], "next_cursor": null, "unread_count": 0}));
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.notifications"), 0);
+    assert_eq!(app.count(mentions), 0);
 }
 
 /// The id of the channel Al was given.
