@@ -885,8 +885,7 @@ pub fn patch(
     // Someone handed a conversation by another hears of it by mail when
     // not online (`notice_mail`); the inbox shows it by the event above.
     if let Some(to) = assignee.filter(|a| Some(*a) != row.assignee_id && *a != user.0) {
-        log.mail_only(json!({"kind": "assigned", "user_id": to.to_string(), "by": user.to_string(),
-                             "conversation_id": updated.id.to_string()}));
+        log.notice(assigned_notice(ConversationId(updated.id), UserId(to), Some(user)));
     }
     if status == "resolved" && row.status != "resolved" && super::csat::on_resolved(tc, log, &updated, user)? {
         // The survey is the conversation's last message now.
@@ -996,7 +995,7 @@ pub fn release(
             "conversation.assigned",
             json!({"from": member.to_string(), "to": null, "by": why}),
         )?;
-        give_or_queue(tc, &mut rules, &mut row, &others)?;
+        give_or_queue(tc, log, &mut rules, &mut row, &others)?;
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
@@ -1072,12 +1071,13 @@ pub(super) fn channel_rule(
 /// on, left as it is. The caller announces it.
 pub(super) fn give_or_queue(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     rules: &mut HashMap<i64, (bool, Option<u32>)>,
     row: &mut ConversationRow,
     online: &[UserId],
 ) -> AppResult<()> {
     match repick(tc, rules, row, online)? {
-        Picked::Agent(agent, team) => give(tc, row, agent, team),
+        Picked::Agent(agent, team) => give(tc, log, row, agent, team),
         Picked::Nobody => super::hand_out::queue(tc, row),
         Picked::NoRule => Ok(()),
     }
@@ -1089,6 +1089,7 @@ pub(super) fn give_or_queue(
 /// caller announces it.
 pub(super) fn give(
     tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
     row: &mut ConversationRow,
     agent: UserId,
     team: Option<i64>,
@@ -1097,6 +1098,7 @@ pub(super) fn give(
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
         .execute(tc.pg())?;
     audit_auto_assigned(tc, ConversationId(row.id), agent, team, row.queued_at)?;
+    log.notice(assigned_notice(ConversationId(row.id), agent, None));
     row.assignee_id = Some(agent.0);
     row.queued_at = None;
     Ok(())
@@ -1104,12 +1106,18 @@ pub(super) fn give(
 
 /// Assigns a conversation no one has to `agent`, by the server (the audit
 /// entry has no actor). A conversation someone took meanwhile keeps them.
-pub fn assign_automatically(tc: &mut TenantConn<'_>, id: ConversationId, agent: UserId) -> AppResult<bool> {
+pub fn assign_automatically(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    id: ConversationId,
+    agent: UserId,
+) -> AppResult<bool> {
     let n = diesel::update(c::table.find(id.0).filter(c::assignee_id.is_null()))
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>)))
         .execute(tc.pg())?;
     if n > 0 {
         audit_auto_assigned(tc, id, agent, None, None)?;
+        log.notice(assigned_notice(id, agent, None));
     }
     Ok(n > 0)
 }
@@ -1123,6 +1131,16 @@ fn audit_change(
     details: serde_json::Value,
 ) -> AppResult<()> {
     Ok(audit::record(tc, Some(user), action, "conversation", Some(id.to_string()), details)?)
+}
+
+/// What tells `to` they were given conversation `id`, by a colleague (a
+/// team's rule picking them for a colleague's hand-over counts as the
+/// colleague's) or (`None`) by the server's auto-assign: kept in their
+/// notifications, and a colleague's mailed when they are not online
+/// (`notice_mail`).
+fn assigned_notice(id: ConversationId, to: UserId, by: Option<UserId>) -> serde_json::Value {
+    json!({"kind": "assigned", "user_id": to.to_string(), "by": by.map(|u| u.to_string()),
+           "conversation_id": id.to_string()})
 }
 
 /// The audit entry of an assignment by the server (no actor): by the
@@ -1263,7 +1281,7 @@ pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserI
     // it slept) is handed out as one the customer reopens would be.
     let mut rules = HashMap::new();
     for row in woken.iter_mut().filter(|r| r.assignee_id.is_none()) {
-        give_or_queue(tc, &mut rules, row, online)?;
+        give_or_queue(tc, log, &mut rules, row, online)?;
     }
     announce(tc, log, &woken)?;
     Ok(woken.len())

@@ -79,9 +79,10 @@ impl MemberNotice {
 #[derive(Default)]
 pub struct EventLog {
     pending: Vec<Pending>,
-    /// Notices for members that are mailed but not logged
-    /// (`notice_mail`): the live inbox has them as other events already.
-    mail_only: Vec<String>,
+    /// Notices for members that no event of their own carries (the live
+    /// inbox has them as other events already): kept for the member
+    /// (`notifications`) and mailed (`notice_mail`).
+    notices: Vec<String>,
     pub count: usize,
 }
 
@@ -144,20 +145,20 @@ impl EventLog {
         Ok(())
     }
 
-    /// A notice for one member, as a `notification`'s data, that only
-    /// mail carries (`notice_mail`).
-    pub fn mail_only(&mut self, notice: serde_json::Value) {
-        self.mail_only.push(notice.to_string());
+    /// A notice for one member, as a `notification`'s data, that no event
+    /// of its own carries (an assignment: `conversation.updated` shows it).
+    pub fn notice(&mut self, notice: serde_json::Value) {
+        self.notices.push(notice.to_string());
     }
 
     /// The notices so far meant for one member ([`MEMBER_NOTICE_KINDS`]),
     /// but for what they did themselves: of the `notification` events
-    /// appended, then the [`EventLog::mail_only`] ones. Read once per unit
+    /// appended, then the [`EventLog::notice`] ones. Read once per unit
     /// of work, for mail (`notice_mail`) and the member's list
     /// (`notifications`).
     pub fn member_notices(&self) -> Vec<MemberNotice> {
         let logged = self.pending.iter().filter(|e| e.kind == "notification").map(|e| e.payload.as_str());
-        logged.chain(self.mail_only.iter().map(String::as_str)).filter_map(MemberNotice::read).collect()
+        logged.chain(self.notices.iter().map(String::as_str)).filter_map(MemberNotice::read).collect()
     }
 
     /// Writes the events with consecutive sequence numbers and sends one

@@ -187,7 +187,7 @@ pub fn take_up(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting, onli
         if covered {
             continue;
         }
-        give_or_queue(tc, &mut rules, &mut row, online)?;
+        give_or_queue(tc, log, &mut rules, &mut row, online)?;
         if row.assignee_id.is_none() && row.queued_at.is_none() {
             continue;
         }
@@ -229,7 +229,7 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         let picked = if row.assignee_id.is_some() { Picked::NoRule } else { repick(tc, &mut rules, &row, online)? };
         match picked {
             Picked::Agent(agent, team) => {
-                give(tc, &mut row, agent, team)?;
+                give(tc, log, &mut row, agent, team)?;
                 given += 1;
             }
             Picked::Nobody => continue,

@@ -1134,7 +1134,7 @@ impl Ingest<'_> {
         let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online, limit)? else {
             return Ok(None);
         };
-        let assigned = super::conversations::assign_automatically(tc, ConversationId(id), agent)?;
+        let assigned = super::conversations::assign_automatically(tc, self.log, ConversationId(id), agent)?;
         Ok(assigned.then_some(agent))
     }
 

@@ -18,7 +18,8 @@
 //! - Only to someone not online in the tenant at that moment (their
 //!   presence offline or away, on every instance, as the hub shows it):
 //!   someone looking at the inbox sees it there. Never
-//!   for what a member does to themselves (taking a conversation).
+//!   for what a member does to themselves (taking a conversation), nor
+//!   for the server's auto-assignments (they go to members online).
 //! - Each member chooses, per tenant, `email_notifications: {assigned,
 //!   mentioned, overdue}` (`GET`/`PATCH /api/me`); all on by default, as
 //!   support tools do.
@@ -181,7 +182,11 @@ struct Line {
 /// call for (see the module docs); answers how many.
 pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_>) -> AppResult<usize> {
     let mut by_member: BTreeMap<i64, Vec<&MemberNotice>> = BTreeMap::new();
-    for notice in notices.iter().filter(|n| !reach.online.contains(&UserId(n.user))) {
+    // The server's own assignments (auto-assign, `by` none) go to members
+    // online, who see them in the inbox; a mail would have no colleague to
+    // name.
+    let mailable = |n: &&MemberNotice| !(n.kind == "assigned" && n.by.is_none());
+    for notice in notices.iter().filter(mailable).filter(|n| !reach.online.contains(&UserId(n.user))) {
         by_member.entry(notice.user).or_default().push(notice);
     }
     if by_member.is_empty() {

@@ -1,14 +1,18 @@
 //! A member's notifications (an extension): what the inbox told them for
-//! themselves — a colleague assigned them a conversation or mentioned them
-//! in a note, or a conversation assigned to them passed its reply target —
+//! themselves — a colleague or the server's auto-assign gave them a
+//! conversation, a colleague mentioned them in a note, or a conversation
+//! assigned to them passed its reply target —
 //! kept to come back to, as a support tool's bell keeps them
 //! (`GET /api/notifications`, `POST /api/notifications/read`).
 //!
 //! Decisions:
 //! - Kept from the notices a change leaves for one member
-//!   (`EventLog::notices`, which `notice_mail` reads too), in the change's
-//!   own transaction (`AppState::tenant_with_events`), online or not: one
-//!   seen live is still one to come back to. Never for what a member does
+//!   (`EventLog::member_notices`, which `notice_mail` reads too), in the
+//!   change's own transaction (`AppState::tenant_with_events`, and the
+//!   webhook processor's for conversations it auto-assigns), online or
+//!   not: one seen live is still one to come back to. An auto-assignment
+//!   is an `assigned` with `by` null (kept, not mailed: it goes to members
+//!   online). Never for what a member does
 //!   to themselves, nor for someone no longer a member (an overdue
 //!   conversation still assigned to someone who left).
 //! - The channel-wide ones (`new_conversation`, `new_message`, thread

@@ -392,6 +392,11 @@ fn apply_tenant(
         channels::note_webhooks(tc, &ids)?;
         let followups = std::mem::take(&mut ingest.followups);
         let indexed_text = ingest.indexed_text;
+        // Conversations auto-assigned here are kept in their assignee's
+        // notifications (`notifications`), as in `tenant_with_events`; the
+        // server's assignments are not mailed (`notice_mail`).
+        let notices = log.member_notices();
+        super::notifications::keep(tc, &mut log, &notices)?;
         let written = log.write(tc)?;
         mark_done(tc.pg(), own)?;
         Ok(Applied { written, followups, marked: own.to_vec(), indexed_text })

@@ -1829,6 +1829,16 @@ async fn new_conversations_go_to_the_least_busy_agent_online() {
         .collect();
     assert_eq!(auto.len(), 5);
     assert!(auto.iter().all(|e| e["actor_user_id"].is_null()));
+    // And kept in each one's notifications, by no one: those the
+    // webhooks' processing gave (802, 804; 803, 805) and the one the
+    // queue gave (807).
+    for (token, want) in [(&t.agent_x, 2), (&t.agent_other, 3)] {
+        let r = app.call("GET", "/api/notifications", Some(token), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let items = r.body["items"].as_array().expect("items");
+        assert_eq!((items.len(), &r.body["unread_count"]), (want, &json!(want)), "{:?}", r.body);
+        assert!(items.iter().all(|n| n["kind"] == "assigned" && n["by"].is_null()), "{items:?}");
+    }
 }
 
 /// Conversations that opened while nobody could take them wait in the
