@@ -788,6 +788,14 @@ pub fn set_members(
             crate::inbox::conversations::release(tc, log, actor, UserId(*gone), which, "channel_left", online)?;
         }
     }
+    // Their unread notifications of it count, or no longer do.
+    let moved: Vec<UserId> = current
+        .iter()
+        .filter(|u| !ids.contains(u))
+        .chain(ids.iter().filter(|u| !current.contains(u)))
+        .map(|u| UserId(*u))
+        .collect();
+    crate::inbox::notifications::sight_changed(tc, log, &moved, id)?;
     // Open sockets widen or narrow to the new channel sets.
     let t = tc.tenant().0;
     crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Acl { t })?;

@@ -30,7 +30,8 @@
 //!   are about (`POST /api/conversations/{id}/read`: looking at it is
 //!   seeing them).
 //! - Announced live as `notifications.changed` `{user_id, unread_count}`
-//!   whenever a member's unread count moves (one kept, some read), to that
+//!   whenever a member's unread count moves (one kept, some read, their
+//!   channels changed: [`sight_changed`]), to that
 //!   member's sockets alone (`EventLog::append_for`), as a mention's
 //!   `notification` is: every tab and device of the member keeps its
 //!   badge, and one showing the list reads it again.
@@ -114,6 +115,43 @@ pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role:
     let data = serde_json::json!({"user_id": user.to_string(), "unread_count": unread});
     log.append_for(tc, user, CHANGED, None, None, data)?;
     Ok(unread)
+}
+
+/// Announces anew the unread counts of those of `users` just put on or
+/// taken off `channel`, when they have unread notifications of it: the
+/// count is of what one may see, and every tab's badge must follow.
+/// Members who see every channel either way are passed over. (A role
+/// change ends the member's logins, and their sockets with them: a new
+/// login reads the count.) How many were announced.
+pub fn sight_changed(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    users: &[UserId],
+    channel: ChannelId,
+) -> AppResult<usize> {
+    use crate::db::tenant_schema::conversations as c;
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = users.iter().map(|u| u.0).collect();
+    let touched: Vec<i64> = n::table
+        .inner_join(c::table)
+        .filter(n::user_id.eq_any(ids))
+        .filter(n::read_at.is_null())
+        .filter(c::channel_id.eq(channel.0))
+        .select(n::user_id)
+        .distinct()
+        .load(tc.pg())?;
+    let mut announced = 0;
+    for user in touched.into_iter().map(UserId) {
+        let Some(role) = crate::auth::members::role_of(tc, user)? else { continue };
+        if role.at_least(Role::Admin) {
+            continue;
+        }
+        announce(tc, log, user, role)?;
+        announced += 1;
+    }
+    Ok(announced)
 }
 
 /// A notification as `GET /api/notifications` lists it.

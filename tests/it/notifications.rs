@@ -169,8 +169,10 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
     let list = notifications(&app, &al_token, "?unread=true").await;
     assert_eq!((kinds(&list), &list["items"][0]["by"]), (vec!["reply_overdue".to_string()], &Value::Null));
 
-    // Out of the channel, he sees none of its notifications; back, he
-    // does. All at once marks every one.
+    // Out of the channel, he sees none of its notifications, and his
+    // badge says so at once; back, he does. All at once marks every one.
+    let mut fresh = ws(&app, "", Some(&al_token), None).await.expect("socket");
+    until(&mut fresh, "hello", Duration::from_secs(5)).await.expect("hello");
     let r = app
         .call(
             "PUT",
@@ -181,7 +183,9 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(notifications(&app, &al_token, "").await, json!({"items": [], "next_cursor": null, "unread_count": 0}));
+    assert_eq!(changed(&mut fresh).await, (al["user_id"].clone(), json!(0)));
     give_the_page(&app, &admin, &al).await;
+    assert_eq!(changed(&mut fresh).await, (al["user_id"].clone(), json!(1)));
     let r = read(&app, &al_token, json!({"all": true})).await;
     assert_eq!(r.body, json!({"marked": 1, "unread_count": 0}));
 
