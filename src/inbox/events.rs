@@ -43,6 +43,11 @@ pub struct MemberNotice {
 impl MemberNotice {
     /// A notice's payload, when it is one member's and not of their own doing.
     fn read(payload: &str) -> Option<MemberNotice> {
+        // Most are the channel's (a new message, on every webhook): they
+        // name no member, and need no parsing to be passed over.
+        if !payload.contains("\"user_id\"") {
+            return None;
+        }
         #[derive(serde::Deserialize)]
         struct Payload {
             kind: String,
@@ -396,5 +401,26 @@ mod tests {
         assert_eq!(v["at"], "2026-11-22T10:00:00.123456Z");
         assert_eq!(v["data"]["text"], "héllo \"quoted\" 👋");
         assert_eq!(v.as_object().map(|o| o.len()), Some(4));
+    }
+
+    #[test]
+    fn a_member_notice_is_read_from_what_names_one_member_for_a_colleagues_doing() {
+        let mention = serde_json::json!({"kind": "mention", "user_id": "7", "by": "3", "conversation_id": "9",
+            "channel_id": "1", "message_id": "11", "preview": "olá"});
+        let read = MemberNotice::read(&mention.to_string()).expect("a notice");
+        assert_eq!(
+            (read.kind.as_str(), read.user, read.by, read.conversation, read.message),
+            ("mention", 7, Some(3), 9, Some(11))
+        );
+        // The server's doing names no colleague.
+        let auto = serde_json::json!({"kind": "assigned", "user_id": "7", "by": null, "conversation_id": "9"});
+        assert_eq!(MemberNotice::read(&auto.to_string()).map(|n| n.by), Some(None));
+        // One's own doing, the channel's notices, and what is not one.
+        let own = serde_json::json!({"kind": "assigned", "user_id": "7", "by": "7", "conversation_id": "9"});
+        let channel = serde_json::json!({"kind": "new_message", "conversation_id": "9", "channel_id": "1"});
+        let overdue_unassigned = serde_json::json!({"kind": "reply_overdue", "user_id": null, "conversation_id": "9"});
+        for payload in [own.to_string(), channel.to_string(), overdue_unassigned.to_string(), "not json".into()] {
+            assert!(MemberNotice::read(&payload).is_none(), "{payload}");
+        }
     }
 }
