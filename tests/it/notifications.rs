@@ -306,3 +306,39 @@ async fn al_page(app: &TestApp, al_token: &str) -> String {
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["items"][0]["id"].as_str().expect("channel").to_string()
 }
+
+/// The server's own assignments (auto-assign) are kept, never mailed: they
+/// go to members online, and a mail would have no colleague to name;
+/// a colleague's is mailed to a member who is not online.
+#[actix_web::test]
+async fn the_servers_assignments_are_not_mailed() {
+    use switchboard::inbox::events::MemberNotice;
+    use switchboard::inbox::notice_mail::{queue, Reach};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (_, page) = two_customers(&app, &ctx.admin).await;
+    let (al, _) = agent_al(&app, &ctx.admin).await;
+    let id = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok()).expect("an id");
+    let al_id = id(&al["user_id"]);
+    let ann_id = id(&app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"]);
+    let conversation = page.parse::<i64>().expect("an id");
+    let assigned = move |by: Option<i64>| MemberNotice {
+        kind: "assigned".into(),
+        user: al_id,
+        by,
+        conversation,
+        message: None,
+        preview: None,
+    };
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let queued = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let reach =
+            Reach { online: &[], conversation_url: None, public_url: "http://127.0.0.1", unsubscribe_key: b"key" };
+        let by_the_server = queue(tc, &[assigned(None)], &reach)?;
+        let by_ann = queue(tc, &[assigned(Some(ann_id))], &reach)?;
+        Ok::<_, switchboard::AppError>((by_the_server, by_ann))
+    })
+    .expect("queued");
+    assert_eq!(queued, (0, 1));
+}
