@@ -235,12 +235,13 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
     let admin = ctx.admin.clone();
     let (_, page) = two_customers(&app, &admin).await;
     let (al, al_token) = agent_al(&app, &admin).await;
-    give_the_page(&app, &admin, &al).await;
     let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
     let r = app.call("POST", "/api/members", Some(&admin), Some(bo)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
+    // Both agents of the Page.
     let members = json!({"user_ids": [al["user_id"], r.body["user_id"]]});
-    let url = format!("/api/channels/{}/members", al_page(&app, &al_token).await);
+    let shown = app.call("GET", &format!("/api/conversations/{page}"), Some(&admin), None).await;
+    let url = format!("/api/channels/{}/members", shown.body["channel_id"].as_str().expect("channel"));
     assert_eq!(app.call("PUT", &url, Some(&admin), Some(members)).await.status, 200);
     let bo_token = crate::common::token(&app.login("bo@acme.test", "bo-password-1", "acme").await, "access_token");
     let dee = json!({"email": "dee@acme.test", "role": "admin", "password": "dee-password-1"});
@@ -298,13 +299,6 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
     assert_eq!(notifications(&app, &al_token, "").await, json!({"items": [], "next_cursor": null, "unread_count": 0}));
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.notifications"), 0);
     assert_eq!(app.count(mentions), 0);
-}
-
-/// The id of the channel Al was given.
-async fn al_page(app: &TestApp, al_token: &str) -> String {
-    let r = app.call("GET", "/api/channels", Some(al_token), None).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    r.body["items"][0]["id"].as_str().expect("channel").to_string()
 }
 
 /// The server's own assignments (auto-assign) are kept, never mailed: they
