@@ -192,6 +192,8 @@ diesel::table! {
         /// An automatic reply's text with its variables still in, until
         /// the sender fills them in again (`inbox::variables`).
         unrendered -> Nullable<Text>,
+        /// The sign-off a signed reply's text ends with.
+        signature -> Nullable<Text>,
     }
 }
 

@@ -1042,6 +1042,7 @@ fn send_to(
         agent: None,
         attachments: vec![prepared.attachment],
         reply_to_external_id: None,
+        signature: None,
     };
     let (message, _) = super::messages::queue_outgoing(tc, log, names, channel, &conv, out)?;
     Ok(Ok(message.id))

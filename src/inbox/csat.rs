@@ -141,6 +141,7 @@ pub fn on_resolved(tc: &mut TenantConn<'_>, log: &mut EventLog, row: &Conversati
             }
         },
         reply_to_external_id: None,
+        signature: None,
     };
     let (message, _) = messages::queue_outgoing(tc, log, &mut Names::default(), &channel, row, out)?;
     diesel::update(s::table.find(survey)).set(s::message_id.eq(message.id)).execute(tc.pg())?;

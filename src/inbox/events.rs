@@ -21,10 +21,10 @@ use crate::ids::UserId;
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 
 /// The notices meant for one member: a colleague assigned them a
-/// conversation or mentioned them, or one of theirs passed its reply
-/// target. Mailed when they are away (`notice_mail`) and kept for them
-/// (`notifications`).
-pub const MEMBER_NOTICE_KINDS: [&str; 3] = ["assigned", "mention", "reply_overdue"];
+/// conversation or mentioned them, one of theirs passed its reply
+/// target, or its customer wrote. Kept for them (`notifications`), and
+/// but for the last mailed when they are away (`notice_mail`).
+pub const MEMBER_NOTICE_KINDS: [&str; 4] = ["assigned", "mention", "reply_overdue", "customer_message"];
 
 /// A notice for one member, as its payload says it.
 #[derive(Debug, Clone)]

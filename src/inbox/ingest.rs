@@ -1011,6 +1011,14 @@ impl Ingest<'_> {
                 json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(),
                     "team_id": conv.team_id.map(|t| t.to_string()), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
+            // The assignee's own customer wrote (one this message gave
+            // them is an `assigned` already): kept for them alone
+            // (`notifications`), one unread per conversation.
+            if let Some(assignee) = old.assignee_id.filter(|a| conv.assignee_id == Some(*a)) {
+                self.log.notice(json!({"kind": super::notifications::CUSTOMER_MESSAGE,
+                    "user_id": assignee.to_string(), "conversation_id": conv.id.to_string(),
+                    "channel_id": channel.id.to_string(), "message_id": row.id.to_string()}));
+            }
         }
         // Each with the choices it offers (`choices`).
         let mut replies: Vec<(&str, String, &[String])> = Vec::new();
@@ -1066,6 +1074,7 @@ impl Ingest<'_> {
                 // Saved checked for this platform (`channels::patch`).
                 attachments: super::choices::attachment(channel.platform(), choices, None).ok().into_iter().collect(),
                 reply_to_external_id: None,
+                signature: None,
             };
             self.flush(tc)?;
             let (row, queued) = messages::queue_outgoing(tc, self.log, &mut self.names, channel, &conv, out)?;

@@ -40,6 +40,8 @@ pub struct NewOutgoing {
     pub attachments: Vec<Value>,
     /// The WhatsApp id of the message it quotes.
     pub reply_to_external_id: Option<String>,
+    /// The sign-off `text` ends with (signed replies), if any.
+    pub signature: Option<String>,
 }
 
 /// Longest text each platform accepts.
@@ -66,6 +68,7 @@ struct NewMessage<'a> {
     sort_at: DateTime<Utc>,
     private: bool,
     reply_to_external_id: Option<&'a str>,
+    signature: Option<&'a str>,
 }
 
 /// Stores `new` unless its `client_id` is taken in the conversation already;
@@ -113,6 +116,7 @@ pub fn queue_outgoing(
         sort_at: now,
         private: false,
         reply_to_external_id: out.reply_to_external_id.as_deref(),
+        signature: out.signature.as_deref(),
     };
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
@@ -152,25 +156,54 @@ pub fn visible_conversation(
     Ok(conv)
 }
 
+/// What a request under a `client_id` asks for, to tell a retry from
+/// another message: the text as written and as it would go now (signed),
+/// the reply's own `sign`, the file (by its SHA-256) and the choices.
+struct Asked<'a> {
+    written: Option<&'a str>,
+    sent: Option<&'a str>,
+    sign: Option<bool>,
+    file: Option<&'a str>,
+    choices: Option<&'a Value>,
+}
+
+impl<'a> Asked<'a> {
+    /// A note's: nothing signs it.
+    fn note(text: Option<&'a str>, file: Option<&'a str>) -> Self {
+        Asked { written: text, sent: text, sign: None, file, choices: None }
+    }
+}
+
 /// A `client_id` makes a retry safe: the same agent sending the same text
 /// (and the same file, by its SHA-256, and the same choices to tap) gets
-/// the message stored the first time. Anything else under that id is not
-/// a retry, and would otherwise be silently dropped: 409.
-fn same_request(
-    stored: &MessageRow,
-    user: UserId,
-    text: Option<&str>,
-    file: Option<&str>,
-    choices: Option<&Value>,
-) -> AppResult<()> {
-    if stored.sender_user_id == Some(user.0)
-        && stored.text.as_deref() == text
-        && super::uploads::stored_sha256(&stored.attachments) == file
-        && choices_of(&stored.attachments) == choices
+/// the message stored the first time. The text is what the agent wrote:
+/// a signature changed in between (signed replies) does not make the
+/// retry another message; rows stored before signatures were kept apart
+/// compare as they would go now. Anything else under that id is not a
+/// retry, and would otherwise be silently dropped: 409.
+fn same_request(tc: &mut TenantConn<'_>, stored: &MessageRow, user: UserId, asked: Asked<'_>) -> AppResult<()> {
+    if stored.sender_user_id != Some(user.0)
+        || super::uploads::stored_sha256(&stored.attachments) != asked.file
+        || choices_of(&stored.attachments) != asked.choices
     {
+        return Err(client_id_reused());
+    }
+    if stored.text.as_deref() == asked.sent {
         return Ok(());
     }
-    Err(client_id_reused())
+    let signature: Option<String> = m::table.find(stored.id).select(m::signature).first(tc.pg())?;
+    let same = match (signature, asked.written, stored.text.as_deref()) {
+        // Signed then, asked unsigned now: another request.
+        (Some(_), _, _) if asked.sign == Some(false) => false,
+        (Some(sig), Some(written), Some(text)) => text == signed(written, &sig),
+        // Unsigned then (the channel signs now, or the agent had no sign-off).
+        (None, written, text) => text == written,
+        _ => false,
+    };
+    match same {
+        true => Ok(()),
+        false => Err(client_id_reused()),
+    }
 }
 
 /// The choices to tap a message offers (`inbox::choices`), as stored.
@@ -269,7 +302,7 @@ pub fn create_note(
         if !row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, text.as_deref(), file_sha.as_deref(), None)?;
+        same_request(tc, &row, user, Asked::note(text.as_deref(), file_sha.as_deref()))?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     match (&text, &file) {
@@ -305,11 +338,12 @@ pub fn create_note(
         sort_at: Utc::now(),
         private: true,
         reply_to_external_id: None,
+        signature: None,
     };
     let (row, stored) = insert_once(tc, &new)?;
     if !stored {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, text.as_deref(), file_sha.as_deref(), None)?;
+        same_request(tc, &row, user, Asked::note(text.as_deref(), file_sha.as_deref()))?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     if let Some(f) = &file {
@@ -785,17 +819,25 @@ fn reply(
     // What the customer gets, and so what is stored (a file without a
     // caption goes unsigned: nothing shows beside it).
     let nothing_written = text.as_deref().is_none_or(|t| t.trim().is_empty());
-    let text = match (text, &signature) {
-        (Some(t), Some(sig)) if !t.trim().is_empty() => Some(signed(&t, sig)),
-        (text, _) => text,
+    let written = text.clone();
+    let (text, signature) = match (text, signature) {
+        (Some(t), Some(sig)) if !t.trim().is_empty() => (Some(signed(&t, &sig)), Some(sig)),
+        (text, _) => (text, None),
     };
     let file_sha = file.as_ref().map(|f| f.sha256.clone());
     let offered = choices_of(&Value::Array(attachments.clone())).cloned();
+    let asked = || Asked {
+        written: written.as_deref(),
+        sent: text.as_deref(),
+        sign,
+        file: file_sha.as_deref(),
+        choices: offered.as_ref(),
+    };
     if let Some(row) = retried(tc, conv.id, client_id.as_deref())? {
         if row.private {
             return Err(client_id_reused());
         }
-        same_request(&row, user, text.as_deref(), file_sha.as_deref(), offered.as_ref())?;
+        same_request(tc, &row, user, asked())?;
         return Ok((names.message(tc, &row, conv.contact_id)?, false));
     }
     match &file {
@@ -859,6 +901,7 @@ fn reply(
             agent: Some(user),
             attachments,
             reply_to_external_id,
+            signature: signature.clone(),
         },
     )?;
     if created {
@@ -876,7 +919,7 @@ fn reply(
         )?;
     } else {
         // A concurrent request with the same client_id stored first.
-        same_request(&row, user, text.as_deref(), file_sha.as_deref(), offered.as_ref())?;
+        same_request(tc, &row, user, asked())?;
     }
     Ok((names.message(tc, &row, conv.contact_id)?, created))
 }

@@ -19,7 +19,9 @@
 //!   presence offline or away, on every instance, as the hub shows it):
 //!   someone looking at the inbox sees it there. Never
 //!   for what a member does to themselves (taking a conversation), nor
-//!   for the server's auto-assignments (they go to members online).
+//!   for the server's auto-assignments (they go to members online), nor
+//!   for a customer writing in a conversation assigned to them (kept in
+//!   their notifications; mailing every message would bury the rest).
 //! - Each member chooses, per tenant, `email_notifications: {assigned,
 //!   mentioned, overdue}` (`GET`/`PATCH /api/me`); all on by default, as
 //!   support tools do.
@@ -105,12 +107,16 @@ struct Unsubscribing {
     k: Option<Vec<String>>,
 }
 
-/// The `email_notifications` kind a notice is mailed under.
-fn kind_of(notice: &MemberNotice) -> &'static str {
+/// The `email_notifications` kind a notice is mailed under; none for a
+/// customer writing in a conversation assigned to the member: the inbox
+/// keeps it (`notifications`), and a mail each time a customer wrote
+/// would bury the rest.
+fn kind_of(notice: &MemberNotice) -> Option<&'static str> {
     match notice.kind.as_str() {
-        "assigned" => "assigned",
-        "mention" => "mentioned",
-        _ => "overdue",
+        "assigned" => Some("assigned"),
+        "mention" => Some("mentioned"),
+        "reply_overdue" => Some("overdue"),
+        _ => None,
     }
 }
 
@@ -185,7 +191,7 @@ pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_
     // The server's own assignments (auto-assign, `by` none) go to members
     // online, who see them in the inbox; a mail would have no colleague to
     // name.
-    let mailable = |n: &&MemberNotice| !(n.kind == "assigned" && n.by.is_none());
+    let mailable = |n: &&MemberNotice| kind_of(n).is_some() && !(n.kind == "assigned" && n.by.is_none());
     for notice in notices.iter().filter(mailable).filter(|n| !reach.online.contains(&UserId(n.user))) {
         by_member.entry(notice.user).or_default().push(notice);
     }
@@ -204,9 +210,10 @@ pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_
         let asked: Vec<_> = notices
             .iter()
             .filter(|notice| match kind_of(notice) {
-                "assigned" => prefs.assigned,
-                "mentioned" => prefs.mentioned,
-                _ => prefs.overdue,
+                Some("assigned") => prefs.assigned,
+                Some("mentioned") => prefs.mentioned,
+                Some(_) => prefs.overdue,
+                None => false,
             })
             .collect();
         if asked.is_empty() {
@@ -223,7 +230,7 @@ pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_
             let who = colleague(tc, &mut names, notice.by)?;
             lines.push(line(tc, notice, &who)?);
         }
-        let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|n| kind_of(n) == *k)).map(String::from);
+        let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|n| kind_of(n) == Some(*k))).map(String::from);
         let stop = unsubscribe_url(reach, UserId(member), tenant_id, kinds.collect());
         let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url, &stop);
         crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop))?;

@@ -1,7 +1,7 @@
 //! A member's notifications (an extension): what the inbox told them for
 //! themselves — a colleague or the server's auto-assign gave them a
-//! conversation, a colleague mentioned them in a note, or a conversation
-//! assigned to them passed its reply target —
+//! conversation, a colleague mentioned them in a note, a conversation
+//! assigned to them passed its reply target, or its customer wrote —
 //! kept to come back to, as a support tool's bell keeps them
 //! (`GET /api/notifications`, `POST /api/notifications/read`).
 //!
@@ -15,6 +15,16 @@
 //!   online). Never for what a member does
 //!   to themselves, nor for someone no longer a member (an overdue
 //!   conversation still assigned to someone who left).
+//! - A customer writing in a conversation assigned to a member is kept
+//!   for that member as `customer_message` (by the webhook processor;
+//!   not when that message is what gave it to them: that is an
+//!   `assigned`; not on a channel with `settings.notifications` off, as
+//!   for its `notification` events). One unread per member and
+//!   conversation: each later message moves it on (its `message_id` and
+//!   preview: the customer's latest, by when it was written), keeping its
+//!   place in the list and its `created_at` (when they first wrote since
+//!   it was read), so a chatty customer is one line and the unread count
+//!   moves only when it first comes. Never mailed (`notice_mail`).
 //! - The channel-wide ones (`new_conversation`, `new_message`, thread
 //!   control) are every agent's of the channel: the list, the badges and
 //!   the live `notification` events show them; they are not kept per
@@ -66,30 +76,54 @@ const MOST_COUNTED: i64 = 10_000;
 /// The live event a member's unread count moving is announced as.
 pub const CHANGED: &str = "notifications.changed";
 
+/// The kind kept when a customer writes in a conversation assigned to a
+/// member: one unread per member and conversation, moved on by each later
+/// message until read.
+pub const CUSTOMER_MESSAGE: &str = "customer_message";
+
 /// Keeps, in `tc`'s transaction, `notices` (of `log`'s unit of work),
-/// announcing each member's new unread count in `log`; how many.
+/// announcing the new unread count of each member whose count moved;
+/// how many were kept (a customer's message that moves an unread
+/// notification on counts).
 pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice]) -> AppResult<usize> {
     if notices.is_empty() {
         return Ok(0);
+    }
+    let (customers, others): (Vec<&MemberNotice>, Vec<&MemberNotice>) =
+        notices.iter().partition(|n| n.kind == CUSTOMER_MESSAGE);
+    let mut kept = insert(tc, &others)?;
+    let moved_on = customer_wrote(tc, &customers)?;
+    let count = kept.len() + moved_on.len();
+    kept.extend(moved_on.into_iter().filter(|(_, new)| *new).map(|(user, _)| user));
+    kept.sort_unstable();
+    kept.dedup();
+    for user in kept {
+        if let Some(role) = crate::auth::members::role_of(tc, UserId(user))? {
+            announce(tc, log, UserId(user), role)?;
+        }
+    }
+    Ok(count)
+}
+
+/// Stores `notices` as they are, for members still of the tenant; the
+/// member of each one stored.
+fn insert(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<i64>> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    if notices.is_empty() {
+        return Ok(Vec::new());
     }
     let users: Vec<i64> = notices.iter().map(|n| n.user).collect();
     let kinds: Vec<&str> = notices.iter().map(|n| n.kind.as_str()).collect();
     let conversations: Vec<i64> = notices.iter().map(|n| n.conversation).collect();
     let messages: Vec<Option<i64>> = notices.iter().map(|n| n.message).collect();
     let by: Vec<Option<i64>> = notices.iter().map(|n| n.by).collect();
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    #[derive(QueryableByName)]
-    struct Kept {
-        #[diesel(sql_type = BigInt)]
-        user_id: i64,
-    }
     let tenant = tc.tenant();
     let kept: Vec<Kept> = diesel::sql_query(
         "INSERT INTO notifications (user_id, kind, conversation_id, message_id, by_user_id) \
          SELECT v.user_id, v.kind, v.conversation_id, v.message_id, v.by_user_id \
            FROM unnest($1, $2, $3, $4, $5) AS v(user_id, kind, conversation_id, message_id, by_user_id) \
           WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $6) \
-         RETURNING user_id",
+         RETURNING user_id, true AS inserted",
     )
     .bind::<Array<BigInt>, _>(users)
     .bind::<Array<Text>, _>(kinds)
@@ -98,15 +132,54 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice
     .bind::<Array<Nullable<BigInt>>, _>(by)
     .bind::<BigInt, _>(tenant.0)
     .load(tc.pg())?;
-    let mut told: Vec<i64> = kept.iter().map(|k| k.user_id).collect();
-    told.sort_unstable();
-    told.dedup();
-    for user in told {
-        if let Some(role) = crate::auth::members::role_of(tc, UserId(user))? {
-            announce(tc, log, UserId(user), role)?;
-        }
+    Ok(kept.into_iter().map(|k| k.user_id).collect())
+}
+
+/// A notification stored or moved on: whose, and whether it is a new row.
+#[derive(QueryableByName)]
+struct Kept {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    inserted: bool,
+}
+
+/// Customers wrote in conversations assigned to members: each member's
+/// unread notification of that conversation is moved on to the customer's
+/// latest message (by when it was written: webhooks come out of order),
+/// or stored when there is none. Each member touched, and whether their
+/// notification is new (their unread count moved).
+fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<(i64, bool)>> {
+    use diesel::sql_types::{Array, BigInt, Nullable};
+    if notices.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(kept.len())
+    let users: Vec<i64> = notices.iter().map(|n| n.user).collect();
+    let conversations: Vec<i64> = notices.iter().map(|n| n.conversation).collect();
+    let messages: Vec<Option<i64>> = notices.iter().map(|n| n.message).collect();
+    let tenant = tc.tenant();
+    // One row per member and conversation, the latest message's: an
+    // upsert may touch a row once per statement.
+    let kept: Vec<Kept> = diesel::sql_query(format!(
+        "INSERT INTO notifications AS n (user_id, kind, conversation_id, message_id) \
+         SELECT DISTINCT ON (v.user_id, v.conversation_id) v.user_id, '{CUSTOMER_MESSAGE}', v.conversation_id, m.id \
+           FROM unnest($1, $2, $3) AS v(user_id, conversation_id, message_id) \
+           JOIN messages m ON m.id = v.message_id \
+          WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $4) \
+          ORDER BY v.user_id, v.conversation_id, m.sort_at DESC, m.id DESC \
+         ON CONFLICT (user_id, conversation_id) WHERE kind = '{CUSTOMER_MESSAGE}' AND read_at IS NULL \
+         DO UPDATE SET message_id = EXCLUDED.message_id \
+          WHERE NOT EXISTS (SELECT 1 FROM messages cur, messages new \
+                             WHERE cur.id = n.message_id AND new.id = EXCLUDED.message_id \
+                               AND (cur.sort_at, cur.id) >= (new.sort_at, new.id)) \
+         RETURNING n.user_id, (n.xmax = 0) AS inserted"
+    ))
+    .bind::<Array<BigInt>, _>(users)
+    .bind::<Array<BigInt>, _>(conversations)
+    .bind::<Array<Nullable<BigInt>>, _>(messages)
+    .bind::<BigInt, _>(tenant.0)
+    .load(tc.pg())?;
+    Ok(kept.into_iter().map(|k| (k.user_id, k.inserted)).collect())
 }
 
 /// Announces `user`'s unread count as it is now.
@@ -161,12 +234,15 @@ pub struct NotificationView {
     pub kind: String,
     pub conversation_id: ConversationId,
     pub channel_id: ChannelId,
-    /// The note that mentions them.
+    /// The note that mentions them; the customer's latest message.
     pub message_id: Option<MessageId>,
-    /// The colleague who did it (none for a reply target passing).
+    /// The colleague who did it (none for a reply target passing, a
+    /// customer writing, or the server's auto-assign).
     pub by: Option<UserId>,
-    /// The start of the note, as it is now (none for the other kinds).
+    /// The start of that message, as it is now (none for the other
+    /// kinds, a file without text, or a message the customer unsent).
     pub preview: Option<String>,
+    /// For a customer writing, when they first wrote since it was read.
     pub created_at: DateTime<Utc>,
     pub read_at: Option<DateTime<Utc>>,
 }
@@ -234,7 +310,7 @@ pub fn list(
     use diesel::sql_types::{BigInt, Bool, Integer, Nullable};
     let rows = diesel::sql_query(format!(
         "SELECT n.id, n.kind, n.conversation_id, c.channel_id, n.message_id, n.by_user_id, \
-                left(m.text, $6) AS preview, n.created_at, n.read_at \
+                CASE WHEN m.deleted_at IS NULL THEN left(m.text, $6) END AS preview, n.created_at, n.read_at \
          {SHOWN} AND (NOT $3 OR n.read_at IS NULL) AND ($4::bigint IS NULL OR n.id < $4) \
          ORDER BY n.id DESC LIMIT $5"
     ))

@@ -303,7 +303,8 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
 
 /// The server's own assignments (auto-assign) are kept, never mailed: they
 /// go to members online, and a mail would have no colleague to name;
-/// a colleague's is mailed to a member who is not online.
+/// a colleague's is mailed to a member who is not online. A customer
+/// writing in their conversation is never mailed.
 #[actix_web::test]
 async fn the_servers_assignments_are_not_mailed() {
     use switchboard::inbox::events::MemberNotice;
@@ -331,8 +332,93 @@ async fn the_servers_assignments_are_not_mailed() {
             Reach { online: &[], conversation_url: None, public_url: "http://127.0.0.1", unsubscribe_key: b"key" };
         let by_the_server = queue(tc, &[assigned(None)], &reach)?;
         let by_ann = queue(tc, &[assigned(Some(ann_id))], &reach)?;
-        Ok::<_, switchboard::AppError>((by_the_server, by_ann))
+        // A customer writing in Al's conversation is kept, not mailed.
+        let wrote = MemberNotice { kind: "customer_message".into(), ..assigned(None) };
+        let by_the_customer = queue(tc, &[wrote], &reach)?;
+        Ok::<_, switchboard::AppError>((by_the_server, by_ann, by_the_customer))
     })
     .expect("queued");
-    assert_eq!(queued, (0, 1));
+    assert_eq!(queued, (0, 1, 0));
+}
+
+/// A customer writing in a conversation assigned to someone is kept for
+/// that member alone: one unread line per conversation, which each later
+/// message moves on (by when it was written), the count moving once;
+/// nothing while nobody has it, nor when the message is what gave it to
+/// them; read with the conversation; never mailed.
+#[actix_web::test]
+async fn an_assignees_customer_writing_is_one_line_until_read() {
+    use crate::channels::PAGE_A;
+    const PSID: &str = "7392015648120394";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.clone();
+    let (_, page) = two_customers(&app, &admin).await;
+    let (al, al_token) = agent_al(&app, &admin).await;
+    give_the_page(&app, &admin, &al).await;
+    let customer = |text: &str, at: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut body = json!({"to": PAGE_A, "from": PSID, "text": text});
+        if let Some(at) = at {
+            body["at"] = json!(at.to_rfc3339());
+        }
+        let app = &app;
+        async move {
+            app.fake("POST", "/_fake/inbound", body).await;
+            app.processed().await;
+        }
+    };
+
+    // Nobody has it: nothing kept for anyone.
+    customer("Alguém aí?", None).await;
+    assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0);
+    assert_eq!(notifications(&app, &admin, "").await["unread_count"], 0);
+
+    // Ann gives it to Al; he reads that.
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{page}"), Some(&admin), Some(json!({"assignee_id": al["user_id"]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(kinds(&notifications(&app, &al_token, "").await), ["assigned"]);
+    assert_eq!(read(&app, &al_token, json!({"all": true})).await.status, 200);
+    let mut al_socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
+    until(&mut al_socket, "hello", Duration::from_secs(5)).await.expect("hello");
+
+    // The customer writes three times, the last delivered late: one line,
+    // showing what they wrote last; the count moved once.
+    let now = chrono::Utc::now();
+    customer("Pedido 1234 🧾", Some(now - chrono::Duration::seconds(3))).await;
+    assert_eq!(changed(&mut al_socket).await, (al["user_id"].clone(), json!(1)));
+    customer("Já chegou? Obrigada!", Some(now - chrono::Duration::seconds(1))).await;
+    customer("(esqueci: é urgente)", Some(now - chrono::Duration::seconds(2))).await;
+    let listed = notifications(&app, &al_token, "?unread=true").await;
+    assert_eq!((listed["unread_count"].clone(), kinds(&listed)), (json!(1), vec!["customer_message".to_string()]));
+    let line = &listed["items"][0];
+    assert_eq!((&line["conversation_id"], &line["by"]), (&json!(page), &Value::Null), "{line}");
+    assert_eq!(line["preview"], "Já chegou? Obrigada!", "{line}");
+    let shown = app.call("GET", &format!("/api/conversations/{page}/messages"), Some(&al_token), None).await;
+    let latest = shown.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|m| m["text"] == "Já chegou? Obrigada!")
+        .expect("the message")["id"]
+        .clone();
+    assert_eq!(line["message_id"], latest, "{line}");
+    assert_eq!(notifications(&app, &admin, "").await["unread_count"], 0, "Ann is told nothing");
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notifications.changed'"),
+        3,
+        "Al's assignment, his reading it, the first message; not the later ones"
+    );
+
+    // Reading the conversation reads it; the next message is a new line.
+    let r = app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await;
+    assert!(r.status < 300, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0);
+    customer("Alô?", None).await;
+    let listed = notifications(&app, &al_token, "").await;
+    assert_eq!(listed["unread_count"], 1);
+    assert_eq!(kinds(&listed), ["customer_message", "customer_message", "assigned"]);
+    assert_eq!(listed["items"][0]["preview"], "Alô?");
+    assert_ne!(listed["items"][0]["id"], line["id"]);
 }

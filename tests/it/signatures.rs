@@ -56,6 +56,10 @@ async fn replies_end_with_their_agents_signature_where_the_channel_or_the_reply_
         .as_str()
         .expect("channel")
         .to_string();
+    // Written before the Page signed: a retry after is the same request.
+    let r = reply(&app, &admin, &page, json!({"text": "Um momento.", "client_id": "u-1"})).await;
+    assert_eq!((r.status, &r.body["text"]), (202, &json!("Um momento.")), "{:?}", r.body);
+    let unsigned = r.body["id"].clone();
     let on = json!({"settings": {"sign_replies": true}});
     let r = app.call("PATCH", &format!("/api/channels/{channel}"), Some(&admin), Some(on)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -71,6 +75,19 @@ async fn replies_end_with_their_agents_signature_where_the_channel_or_the_reply_
     let r = reply(&app, &admin, &page, json!({"text": "Olá! Em que posso ajudar?", "client_id": "s-1", "sign": false}))
         .await;
     assert_eq!(code(&r), (409, "client_id_reused"));
+    let r = reply(&app, &admin, &page, json!({"text": "Um momento.", "client_id": "u-1"})).await;
+    assert_eq!((r.status, &r.body["id"], &r.body["text"]), (202, &unsigned, &json!("Um momento.")), "{:?}", r.body);
+    // A retry that crosses a change of signature is the same request too:
+    // the agent wrote the same.
+    assert_eq!(me(&app, &admin, json!({"signature": "Ann, Acme"})).await.status, 200);
+    let r = reply(&app, &admin, &page, json!({"text": "Olá! Em que posso ajudar?", "client_id": "s-1"})).await;
+    assert_eq!((r.status, &r.body["id"], &r.body["text"]), (202, &first, &json!(signed)), "{:?}", r.body);
+    let r = reply(&app, &admin, &page, json!({"text": "Olá! Em que posso ajudar?", "client_id": "s-1", "sign": false}))
+        .await;
+    assert_eq!(code(&r), (409, "client_id_reused"), "still not unsigned");
+    let r = reply(&app, &admin, &page, json!({"text": "Olá!", "client_id": "s-1"})).await;
+    assert_eq!(code(&r), (409, "client_id_reused"), "nor another text");
+    assert_eq!(me(&app, &admin, json!({"signature": signature})).await.status, 200);
     let r = reply(&app, &admin, &page, json!({"text": "👍", "sign": false})).await;
     assert_eq!(r.body["text"], "👍");
     // The signature counts towards the platform's limit, and says so.
