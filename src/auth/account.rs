@@ -43,6 +43,8 @@ pub struct AccountChanges {
     password: Option<PasswordChange>,
     /// In the tenant of the change (`members::Prefs`).
     notifications: Option<super::members::PrefsChange>,
+    /// In the tenant of the change (`members::InboxPrefs`).
+    inbox: Option<super::members::InboxPrefsChange>,
     /// In the tenant of the change: `Some(None)` takes it away.
     signature: Option<Option<String>>,
 }
@@ -61,6 +63,7 @@ impl AccountChanges {
         current_password: Option<String>,
         new_password: Option<String>,
         notifications: Option<super::members::PrefsChange>,
+        inbox: Option<super::members::InboxPrefsChange>,
         signature: Option<Option<String>>,
     ) -> AppResult<AccountChanges> {
         let signature = signature.map(super::members::checked_signature).transpose()?;
@@ -89,13 +92,13 @@ impl AccountChanges {
                 Some(PasswordChange { current, new: PasswordHash::create(&new)? })
             }
         };
-        if name.is_none() && password.is_none() && notifications.is_none() && signature.is_none() {
+        if name.is_none() && password.is_none() && notifications.is_none() && inbox.is_none() && signature.is_none() {
             return Err(AppError::invalid(
                 "invalid_body",
-                "give `name`, `email_notifications`, `signature`, or `current_password` and `new_password`",
+                "give `name`, `email_notifications`, `inbox_notifications`, `signature`, or `current_password` and `new_password`",
             ));
         }
-        Ok(AccountChanges { name, password, notifications, signature })
+        Ok(AccountChanges { name, password, notifications, inbox, signature })
     }
 }
 
@@ -132,6 +135,12 @@ pub fn change(
         let tenant = tc.tenant();
         if super::members::set_prefs(tc.pg(), user, tenant, wanted)? {
             changed.push("email_notifications");
+        }
+    }
+    if let Some(wanted) = changes.inbox {
+        let tenant = tc.tenant();
+        if super::members::set_inbox_prefs(tc.pg(), user, tenant, wanted)? {
+            changed.push("inbox_notifications");
         }
     }
     if let Some(wanted) = changes.signature {
@@ -198,28 +207,36 @@ mod tests {
     #[test]
     fn what_a_change_must_hold() {
         let s = |v: &str| Some(v.to_string());
-        assert_eq!(code(AccountChanges::checked(None, None, None, None, None)), "invalid_body");
+        assert_eq!(code(AccountChanges::checked(None, None, None, None, None, None)), "invalid_body");
         assert_eq!(
-            code(AccountChanges::checked(None, None, s("new-password-1"), None, None)),
+            code(AccountChanges::checked(None, None, s("new-password-1"), None, None, None)),
             "current_password_required"
         );
-        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), None, None, None)), "new_password_required");
-        assert_eq!(code(AccountChanges::checked(None, s("old-password-1"), s("short"), None, None)), "weak_password");
         assert_eq!(
-            code(AccountChanges::checked(None, s("same-password"), s("same-password"), None, None)),
+            code(AccountChanges::checked(None, s("old-password-1"), None, None, None, None)),
+            "new_password_required"
+        );
+        assert_eq!(
+            code(AccountChanges::checked(None, s("old-password-1"), s("short"), None, None, None)),
+            "weak_password"
+        );
+        assert_eq!(
+            code(AccountChanges::checked(None, s("same-password"), s("same-password"), None, None, None)),
             "same_password"
         );
-        assert_eq!(code(AccountChanges::checked(Some("x".repeat(201)), None, None, None, None)), "invalid_name");
-        assert_eq!(code(AccountChanges::checked(s("a\u{7}b"), None, None, None, None)), "invalid_name");
-        let ok = AccountChanges::checked(s("  Ann Lee  "), None, None, None, None).expect("a name alone");
+        assert_eq!(code(AccountChanges::checked(Some("x".repeat(201)), None, None, None, None, None)), "invalid_name");
+        assert_eq!(code(AccountChanges::checked(s("a\u{7}b"), None, None, None, None, None)), "invalid_name");
+        let ok = AccountChanges::checked(s("  Ann Lee  "), None, None, None, None, None).expect("a name alone");
         assert_eq!(ok.name.as_deref(), Some("Ann Lee"));
-        assert!(AccountChanges::checked(s(""), s("old-password-1"), s("new-password-1"), None, None).is_ok());
-        let sig = |v: &str| AccountChanges::checked(None, None, None, None, Some(Some(v.to_string())));
+        assert!(AccountChanges::checked(s(""), s("old-password-1"), s("new-password-1"), None, None, None).is_ok());
+        let sig = |v: &str| AccountChanges::checked(None, None, None, None, None, Some(Some(v.to_string())));
         assert_eq!(code(sig(&"x".repeat(201))), "invalid_signature");
         assert_eq!(code(sig("Ann\tLee")), "invalid_signature");
         let ok = sig("  Ann Lee\r\nAcme support \n").expect("a signature alone");
         assert_eq!(ok.signature, Some(Some("Ann Lee\nAcme support".to_string())));
         let blank = sig("   ").expect("a blank signature takes it away");
         assert_eq!(blank.signature, Some(None));
+        let quiet = Some(crate::auth::members::InboxPrefsChange { customer_message: Some(false) });
+        assert!(AccountChanges::checked(None, None, None, None, quiet, None).is_ok(), "a choice alone");
     }
 }

@@ -325,6 +325,49 @@ pub fn set_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId, change
     Ok(true)
 }
 
+/// A member's choice, in one tenant, of what their notifications keep
+/// (`inbox_notifications`; `inbox::notifications`): only the kind that
+/// comes with every customer's message can be turned off; the rest are
+/// what a colleague or the clock did for them.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct InboxPrefs {
+    /// Kept when the customer of a conversation assigned to them writes.
+    pub customer_message: bool,
+}
+
+/// A change of [`InboxPrefs`]: what is left out stays.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxPrefsChange {
+    pub customer_message: Option<bool>,
+}
+
+/// `user`'s choice in `tenant` (on for someone not a member).
+pub fn inbox_prefs(conn: &mut PgConnection, user: UserId, tenant: TenantId) -> AppResult<InboxPrefs> {
+    let kept: Option<bool> = memberships::table
+        .find((user.0, tenant.0))
+        .select(memberships::keep_customer_messages)
+        .first(conn)
+        .optional()?;
+    Ok(InboxPrefs { customer_message: kept.unwrap_or(true) })
+}
+
+/// Applies `change` to `user`'s choice in `tenant`; whether it changed.
+/// What was kept stays, to be read as before.
+pub fn set_inbox_prefs(
+    conn: &mut PgConnection,
+    user: UserId,
+    tenant: TenantId,
+    change: InboxPrefsChange,
+) -> AppResult<bool> {
+    let Some(want) = change.customer_message else { return Ok(false) };
+    let changed = diesel::update(memberships::table.find((user.0, tenant.0)))
+        .filter(memberships::keep_customer_messages.ne(want))
+        .set(memberships::keep_customer_messages.eq(want))
+        .execute(conn)?;
+    Ok(changed > 0)
+}
+
 /// The longest signature.
 pub const MOST_SIGNATURE_CHARS: usize = 200;
 

@@ -225,6 +225,9 @@ pub struct Me {
     pub memberships: Vec<MembershipView>,
     /// What they are mailed of in this tenant (an extension; `inbox::notice_mail`).
     pub email_notifications: super::members::Prefs,
+    /// What their notifications keep in this tenant (an extension;
+    /// `inbox::notifications`).
+    pub inbox_notifications: super::members::InboxPrefs,
     /// What signs their replies in this tenant where a channel signs them
     /// (an extension; `inbox::messages`); `null`: their name does.
     pub signature: Option<String>,
@@ -244,6 +247,15 @@ pub fn me(conn: &mut PgConnection, user: UserId, tenant: TenantId, role: Role) -
         .map(|(slug, name, role)| Ok(MembershipView { tenant: TenantRef { slug, name }, role: stored_role(&role)? }))
         .collect::<AppResult<Vec<_>>>()?;
     let email_notifications = super::members::prefs(conn, user, tenant)?;
+    let inbox_notifications = super::members::inbox_prefs(conn, user, tenant)?;
     let signature = super::members::signature(conn, user, tenant)?;
-    Ok(Me { user: u.public(), tenant: (&t).into(), role, memberships, email_notifications, signature })
+    Ok(Me {
+        user: u.public(),
+        tenant: (&t).into(),
+        role,
+        memberships,
+        email_notifications,
+        inbox_notifications,
+        signature,
+    })
 }

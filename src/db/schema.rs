@@ -51,6 +51,7 @@ diesel::table! {
         mail_mentioned -> Bool,
         mail_overdue -> Bool,
         signature -> Nullable<Text>,
+        keep_customer_messages -> Bool,
     }
 }
 

@@ -170,6 +170,7 @@ struct MeChange {
     current_password: Option<String>,
     new_password: Option<String>,
     email_notifications: Option<crate::auth::members::PrefsChange>,
+    inbox_notifications: Option<crate::auth::members::InboxPrefsChange>,
     /// Left out: unchanged; `null` or blank: none.
     #[serde(default, deserialize_with = "crate::patch::present")]
     signature: Option<Option<String>>,
@@ -192,6 +193,7 @@ async fn change_me(
             body.current_password,
             body.new_password,
             body.email_notifications,
+            body.inbox_notifications,
             body.signature,
         )
     })

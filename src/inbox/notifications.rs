@@ -24,7 +24,11 @@
 //!   preview: the customer's latest, by when it was written), keeping its
 //!   place in the list and its `created_at` (when they first wrote since
 //!   it was read), so a chatty customer is one line and the unread count
-//!   moves only when it first comes. Never mailed (`notice_mail`).
+//!   moves only when it first comes. Never mailed (`notice_mail`). The
+//!   member may turn it off in a tenant (`PATCH /api/me`
+//!   `{inbox_notifications: {customer_message: false}}`); what was kept
+//!   stays, to be read as before. The other kinds cannot be turned off:
+//!   a colleague or the clock did them for this member.
 //! - The channel-wide ones (`new_conversation`, `new_message`, thread
 //!   control) are every agent's of the channel: the list, the badges and
 //!   the live `notification` events show them; they are not kept per
@@ -165,7 +169,8 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
          SELECT DISTINCT ON (v.user_id, v.conversation_id) v.user_id, '{CUSTOMER_MESSAGE}', v.conversation_id, m.id \
            FROM unnest($1, $2, $3) AS v(user_id, conversation_id, message_id) \
            JOIN messages m ON m.id = v.message_id \
-          WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $4) \
+          WHERE EXISTS (SELECT 1 FROM public.memberships ms \
+                         WHERE ms.user_id = v.user_id AND ms.tenant_id = $4 AND ms.keep_customer_messages) \
           ORDER BY v.user_id, v.conversation_id, m.sort_at DESC, m.id DESC \
          ON CONFLICT (user_id, conversation_id) WHERE kind = '{CUSTOMER_MESSAGE}' AND read_at IS NULL \
          DO UPDATE SET message_id = EXCLUDED.message_id \

@@ -421,4 +421,21 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     assert_eq!(kinds(&listed), ["customer_message", "customer_message", "assigned"]);
     assert_eq!(listed["items"][0]["preview"], "Alô?");
     assert_ne!(listed["items"][0]["id"], line["id"]);
+
+    // Al turns them off in this tenant: what was kept stays; no more come.
+    let me = app.call("GET", "/api/me", Some(&al_token), None).await;
+    assert_eq!(me.body["inbox_notifications"], json!({"customer_message": true}), "{:?}", me.body);
+    for bad in [json!({"customer_message": "no"}), json!({"mentions": false}), json!(true)] {
+        let r = app.call("PATCH", "/api/me", Some(&al_token), Some(json!({"inbox_notifications": bad}))).await;
+        assert_eq!(r.status, 422, "{bad}: {:?}", r.body);
+        assert!(r.body["error"]["code"].is_string(), "{:?}", r.body);
+    }
+    let off = json!({"inbox_notifications": {"customer_message": false}});
+    let r = app.call("PATCH", "/api/me", Some(&al_token), Some(off)).await;
+    assert_eq!((r.status, &r.body["inbox_notifications"]), (200, &json!({"customer_message": false})), "{:?}", r.body);
+    assert_eq!(r.body["email_notifications"]["assigned"], true, "mail is another choice");
+    assert_eq!(app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await.status, 204);
+    customer("Ainda aí?", None).await;
+    let listed = notifications(&app, &al_token, "").await;
+    assert_eq!((listed["unread_count"].clone(), listed["items"].as_array().map(Vec::len)), (json!(0), Some(3)));
 }
