@@ -163,7 +163,8 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
     let messages: Vec<Option<i64>> = notices.iter().map(|n| n.message).collect();
     let tenant = tc.tenant();
     // One row per member and conversation, the latest message's: an
-    // upsert may touch a row once per statement.
+    // upsert may touch a row once per statement. Rows are taken in member
+    // and conversation order, as `mark_read` takes a member's.
     let kept: Vec<Kept> = diesel::sql_query(format!(
         "INSERT INTO notifications AS n (user_id, kind, conversation_id, message_id) \
          SELECT DISTINCT ON (v.user_id, v.conversation_id) v.user_id, '{CUSTOMER_MESSAGE}', v.conversation_id, m.id \
@@ -398,11 +399,15 @@ pub fn mark_read(
         Which::Ids(ids) => (Some(ids.into_iter().map(|i| i.0).collect::<Vec<i64>>()), None),
         Which::Conversation(c) => (None, Some(c.0)),
     };
+    // Locked by conversation first, the order the webhook processor moves
+    // a member's `customer_message` ones on in ([`keep`]): the two never
+    // deadlock over a member's several.
     let marked = diesel::sql_query(format!(
         "UPDATE notifications SET read_at = now() \
           WHERE id IN (SELECT n.id {SHOWN} AND n.read_at IS NULL \
                           AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
-                          AND ($4::bigint IS NULL OR n.conversation_id = $4))"
+                          AND ($4::bigint IS NULL OR n.conversation_id = $4) \
+                        ORDER BY n.conversation_id, n.id FOR UPDATE OF n)"
     ))
     .bind::<BigInt, _>(user.0)
     .bind::<Bool, _>(role.at_least(Role::Admin))
