@@ -37,6 +37,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, from most to least powerful.
+    pub const ALL: [Role; 4] = [Role::Owner, Role::Admin, Role::Agent, Role::Viewer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",

@@ -101,12 +101,44 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice
     kept.extend(moved_on.into_iter().filter(|(_, new)| *new).map(|(user, _)| user));
     kept.sort_unstable();
     kept.dedup();
-    for user in kept {
-        if let Some(role) = crate::auth::members::role_of(tc, UserId(user))? {
-            announce(tc, log, UserId(user), role)?;
-        }
-    }
+    announce_all(tc, log, &kept)?;
     Ok(count)
+}
+
+/// [`announce`] for each of `users` still a member, their counts read in
+/// one query: the webhook processor may tell many members at once.
+fn announce_all(tc: &mut TenantConn<'_>, log: &mut EventLog, users: &[i64]) -> AppResult<()> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    // The roles that see every channel, as `Role::at_least` says.
+    let sees_all: Vec<&str> = Role::ALL.into_iter().filter(|r| r.at_least(Role::Admin)).map(Role::as_str).collect();
+    let tenant = tc.tenant();
+    let counted: Vec<Counted> = diesel::sql_query(format!(
+        "SELECT u.user_id, (SELECT count(*) FROM (SELECT 1 {} AND n.read_at IS NULL LIMIT $3) unread) AS n \
+           FROM (SELECT ms.user_id, ms.role = ANY($4) AS sees_all FROM public.memberships ms \
+                  WHERE ms.tenant_id = $1 AND ms.user_id = ANY($2)) u \
+          ORDER BY u.user_id",
+        shown("u.user_id", "u.sees_all")
+    ))
+    .bind::<BigInt, _>(tenant.0)
+    .bind::<Array<BigInt>, _>(users)
+    .bind::<BigInt, _>(MOST_COUNTED)
+    .bind::<Array<Text>, _>(sees_all)
+    .load(tc.pg())?;
+    for c in counted {
+        let data = serde_json::json!({"user_id": c.user_id.to_string(), "unread_count": c.n});
+        log.append_for(tc, UserId(c.user_id), CHANGED, None, None, data)?;
+    }
+    Ok(())
 }
 
 /// Stores `notices` as they are, for members still of the tenant; the
@@ -291,17 +323,22 @@ impl From<Row> for NotificationView {
     }
 }
 
-/// The member's notifications they may see (`$1` the member, `$2`
-/// whether they see every channel).
-const SHOWN: &str = "FROM notifications n \
-       JOIN conversations c ON c.id = n.conversation_id \
-       LEFT JOIN messages m ON m.id = n.message_id \
-      WHERE n.user_id = $1 \
-        AND ($2 OR c.channel_id IN (SELECT cm.channel_id FROM channel_members cm WHERE cm.user_id = $1)) \
-        AND (n.kind <> 'mention' \
-             OR (m.deleted_at IS NULL \
-                 AND EXISTS (SELECT 1 FROM note_mentions nm \
-                              WHERE nm.message_id = n.message_id AND nm.user_id = n.user_id)))";
+/// The notifications a member may see: `member` names the member and
+/// `sees_all` whether they see every channel (SQL: parameters, or an outer
+/// query's columns).
+fn shown(member: &str, sees_all: &str) -> String {
+    format!(
+        "FROM notifications n \
+           JOIN conversations c ON c.id = n.conversation_id \
+           LEFT JOIN messages m ON m.id = n.message_id \
+          WHERE n.user_id = {member} \
+            AND ({sees_all} OR c.channel_id IN (SELECT cm.channel_id FROM channel_members cm WHERE cm.user_id = {member})) \
+            AND (n.kind <> 'mention' \
+                 OR (m.deleted_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM note_mentions nm \
+                                  WHERE nm.message_id = n.message_id AND nm.user_id = n.user_id)))"
+    )
+}
 
 /// `user`'s notifications, newest first, after cursor `before` (an id);
 /// only the unread ones with `unread_only`.
@@ -314,10 +351,11 @@ pub fn list(
     limit: i64,
 ) -> AppResult<Vec<NotificationView>> {
     use diesel::sql_types::{BigInt, Bool, Integer, Nullable};
+    let shown = shown("$1", "$2");
     let rows = diesel::sql_query(format!(
         "SELECT n.id, n.kind, n.conversation_id, c.channel_id, n.message_id, n.by_user_id, \
                 CASE WHEN m.deleted_at IS NULL THEN left(m.text, $6) END AS preview, n.created_at, n.read_at \
-         {SHOWN} AND (NOT $3 OR n.read_at IS NULL) AND ($4::bigint IS NULL OR n.id < $4) \
+         {shown} AND (NOT $3 OR n.read_at IS NULL) AND ($4::bigint IS NULL OR n.id < $4) \
          ORDER BY n.id DESC LIMIT $5"
     ))
     .bind::<BigInt, _>(user.0)
@@ -339,8 +377,9 @@ pub fn unread_count(tc: &mut TenantConn<'_>, user: UserId, role: Role) -> AppRes
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
+    let shown = shown("$1", "$2");
     let counted: Count = diesel::sql_query(format!(
-        "SELECT count(*) AS n FROM (SELECT 1 {SHOWN} AND n.read_at IS NULL LIMIT $3) unread"
+        "SELECT count(*) AS n FROM (SELECT 1 {shown} AND n.read_at IS NULL LIMIT $3) unread"
     ))
     .bind::<BigInt, _>(user.0)
     .bind::<Bool, _>(role.at_least(Role::Admin))
@@ -402,9 +441,10 @@ pub fn mark_read(
     // Locked by conversation first, the order the webhook processor moves
     // a member's `customer_message` ones on in ([`keep`]): the two never
     // deadlock over a member's several.
+    let shown = shown("$1", "$2");
     let marked = diesel::sql_query(format!(
         "UPDATE notifications SET read_at = now() \
-          WHERE id IN (SELECT n.id {SHOWN} AND n.read_at IS NULL \
+          WHERE id IN (SELECT n.id {shown} AND n.read_at IS NULL \
                           AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
                           AND ($4::bigint IS NULL OR n.conversation_id = $4) \
                         ORDER BY n.conversation_id, n.id FOR UPDATE OF n)"

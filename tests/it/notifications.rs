@@ -245,7 +245,8 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
     assert_eq!(app.call("PUT", &url, Some(&admin), Some(members)).await.status, 200);
     let bo_token = crate::common::token(&app.login("bo@acme.test", "bo-password-1", "acme").await, "access_token");
     let dee = json!({"email": "dee@acme.test", "role": "admin", "password": "dee-password-1"});
-    assert_eq!(app.call("POST", "/api/members", Some(&admin), Some(dee)).await.status, 201);
+    let dee = app.call("POST", "/api/members", Some(&admin), Some(dee)).await;
+    assert_eq!(dee.status, 201, "{:?}", dee.body);
     let dee_token = crate::common::token(&app.login("dee@acme.test", "dee-password-1", "acme").await, "access_token");
 
     let mut al_socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
@@ -283,6 +284,13 @@ async fn what_is_told_to_one_member_reaches_only_their_sockets() {
     let seen = types_until_message(&mut al_again, &last_note).await;
     assert!(seen.contains(&"notification".to_string()), "{seen:?}");
     assert!(seen.contains(&"notifications.changed".to_string()), "{seen:?}");
+
+    // Dee, an admin on no channel's list, is given the conversation: her
+    // count is of every channel's.
+    let to_dee = json!({"assignee_id": dee.body["user_id"]});
+    let r = app.call("PATCH", &format!("/api/conversations/{page}"), Some(&admin), Some(to_dee)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(changed(&mut dee_socket).await, (dee.body["user_id"].clone(), json!(1)));
 
     // Kept in the log as Al's alone (integrators' endpoints still take it).
     let mentions =
