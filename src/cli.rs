@@ -234,6 +234,11 @@ pub struct BenchArgs {
     /// latency run only).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
+    /// `realtime`: the channels auto-assign, so each new conversation goes
+    /// to an agent online and its customer's later messages are kept for
+    /// them (`customer_message`), as on a team that works its queue.
+    #[arg(long)]
+    pub assigned: bool,
     /// Tenants for the `migrate` timing.
     #[arg(long, default_value_t = 1000)]
     pub tenants: usize,

@@ -86,7 +86,7 @@ fn seed_idle(pool: &PgPool, count: usize) -> anyhow::Result<Vec<Login>> {
     Ok(out)
 }
 
-fn seed(pool: &PgPool, agents: usize, idle: usize) -> anyhow::Result<Fixture> {
+fn seed(pool: &PgPool, agents: usize, idle: usize, assigned: bool) -> anyhow::Result<Fixture> {
     let mut conn = pool.get()?;
     run_public_migrations(&mut conn)?;
     let t = tenancy::provision(&mut conn, &TenantSlug::parse("rt").map_err(|e| anyhow::anyhow!("{e}"))?, "RT")
@@ -120,6 +120,10 @@ fn seed(pool: &PgPool, agents: usize, idle: usize) -> anyhow::Result<Fixture> {
                 })
                 .collect();
             diesel::insert_into(channel_members::table).values(&values).execute(tc.pg())?;
+        }
+        if assigned {
+            diesel::sql_query("UPDATE channels SET settings = settings || '{\"auto_assign\": true}'")
+                .execute(tc.pg())?;
         }
         Ok(())
     })
@@ -229,7 +233,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = DbConfig::from_env()?;
     let scratch = ScratchDb::create(cfg.database_url.expose(), "realtime")?;
     let pool = connect_pool(&scratch.url, PoolOptions { max_size: 4, min_idle: Some(4), ..Default::default() })?;
-    let fx = seed(&pool, args.agents.max(1), max)?;
+    let fx = seed(&pool, args.agents.max(1), max, args.assigned)?;
     // Memory first, on a server of its own (its RSS then holds sockets only),
     // then latency and push on a fresh one.
     let mut result = Ok(());
@@ -265,7 +269,8 @@ async fn drive(
     }
     let keys = JwtKeys::new(SECRET.as_bytes());
     if memory_only {
-        println!("switchboard bench realtime ({} channels; server pid {pid} for memory)", CHANNELS);
+        let assigned = if args.assigned { ", conversations auto-assigned" } else { "" };
+        println!("switchboard bench realtime ({CHANNELS} channels{assigned}; server pid {pid} for memory)");
     } else {
         println!("(server pid {pid} for latency and push)");
     }
