@@ -1011,10 +1011,12 @@ impl Ingest<'_> {
                 json!({"kind": n, "conversation_id": conv.id.to_string(), "channel_id": channel.id.to_string(),
                     "team_id": conv.team_id.map(|t| t.to_string()), "preview": preview(row.text.as_deref(), msg.attachments)}),
             )?;
-            // The assignee's own customer wrote (one this message gave
-            // them is an `assigned` already): kept for them alone
-            // (`notifications`), one unread per conversation.
-            if let Some(assignee) = old.assignee_id.filter(|a| conv.assignee_id == Some(*a)) {
+            // The assignee's own customer wrote after the conversation was
+            // read (into an unread one, it adds to what waits already; one
+            // this message gave them is an `assigned`): kept for them alone
+            // (`notifications`).
+            let assignee = old.assignee_id.filter(|a| conv.assignee_id == Some(*a) && old.unread_count == 0);
+            if let Some(assignee) = assignee {
                 self.log.notice(json!({"kind": super::notifications::CUSTOMER_MESSAGE,
                     "user_id": assignee.to_string(), "conversation_id": conv.id.to_string(),
                     "channel_id": channel.id.to_string(), "message_id": row.id.to_string()}));

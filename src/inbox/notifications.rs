@@ -15,16 +15,21 @@
 //!   online). Never for what a member does
 //!   to themselves, nor for someone no longer a member (an overdue
 //!   conversation still assigned to someone who left).
-//! - A customer writing in a conversation assigned to a member is kept
-//!   for that member as `customer_message` (by the webhook processor;
+//! - A customer writing in a conversation assigned to a member, after it
+//!   was read, is kept for that member as `customer_message` (by the
+//!   webhook processor; not into a conversation still unread: that adds
+//!   to what waits there already, and costs the webhook path nothing;
 //!   not when that message is what gave it to them: that is an
 //!   `assigned`; not on a channel with `settings.notifications` off, as
 //!   for its `notification` events). One unread per member and
-//!   conversation: each later message moves it on (its `message_id` and
-//!   preview: the customer's latest, by when it was written), keeping its
-//!   place in the list and its `created_at` (when they first wrote since
-//!   it was read), so a chatty customer is one line and the unread count
-//!   moves only when it first comes. Never mailed (`notice_mail`). The
+//!   conversation, naming the first message since it was read
+//!   (`message_id`, where to start reading); its preview, read when
+//!   listed, is the customer's latest message (until it was read). A
+//!   chatty customer is one line, and the unread count moves only when
+//!   it first comes. (A row moved on by every customer message cost the
+//!   processor a quarter more database time per webhook, and doubled the
+//!   latency's p99, with every conversation assigned: docs/BENCHMARKS.md.)
+//!   Never mailed (`notice_mail`). The
 //!   member may turn it off in a tenant (`PATCH /api/me`
 //!   `{inbox_notifications: {customer_message: false}}`); what was kept
 //!   stays, to be read as before. The other kinds cannot be turned off:
@@ -81,14 +86,13 @@ const MOST_COUNTED: i64 = 10_000;
 pub const CHANGED: &str = "notifications.changed";
 
 /// The kind kept when a customer writes in a conversation assigned to a
-/// member: one unread per member and conversation, moved on by each later
-/// message until read.
+/// member: one unread per member and conversation until read.
 pub const CUSTOMER_MESSAGE: &str = "customer_message";
 
 /// Keeps, in `tc`'s transaction, `notices` (of `log`'s unit of work),
 /// announcing the new unread count of each member whose count moved;
-/// how many were kept (a customer's message that moves an unread
-/// notification on counts).
+/// how many were stored (a customer's message that finds its unread
+/// notification there stores nothing).
 pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice]) -> AppResult<usize> {
     if notices.is_empty() {
         return Ok(0);
@@ -96,9 +100,8 @@ pub fn keep(tc: &mut TenantConn<'_>, log: &mut EventLog, notices: &[MemberNotice
     let (customers, others): (Vec<&MemberNotice>, Vec<&MemberNotice>) =
         notices.iter().partition(|n| n.kind == CUSTOMER_MESSAGE);
     let mut kept = insert(tc, &others)?;
-    let moved_on = customer_wrote(tc, &customers)?;
-    let count = kept.len() + moved_on.len();
-    kept.extend(moved_on.into_iter().filter(|(_, new)| *new).map(|(user, _)| user));
+    kept.extend(customer_wrote(tc, &customers)?);
+    let count = kept.len();
     kept.sort_unstable();
     kept.dedup();
     announce_all(tc, log, &kept)?;
@@ -159,7 +162,7 @@ fn insert(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<i
          SELECT v.user_id, v.kind, v.conversation_id, v.message_id, v.by_user_id \
            FROM unnest($1, $2, $3, $4, $5) AS v(user_id, kind, conversation_id, message_id, by_user_id) \
           WHERE EXISTS (SELECT 1 FROM public.memberships ms WHERE ms.user_id = v.user_id AND ms.tenant_id = $6) \
-         RETURNING user_id, true AS inserted",
+         RETURNING user_id",
     )
     .bind::<Array<BigInt>, _>(users)
     .bind::<Array<Text>, _>(kinds)
@@ -171,22 +174,26 @@ fn insert(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<i
     Ok(kept.into_iter().map(|k| k.user_id).collect())
 }
 
-/// A notification stored or moved on: whose, and whether it is a new row.
+/// A notification stored: whose.
 #[derive(QueryableByName)]
 struct Kept {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     user_id: i64,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    inserted: bool,
 }
 
-/// Customers wrote in conversations assigned to members: each member's
-/// unread notification of that conversation is moved on to the customer's
-/// latest message (by when it was written: webhooks come out of order),
-/// or stored when there is none. Each member touched, and whether their
-/// notification is new (their unread count moved).
-fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<(i64, bool)>> {
+/// Customers wrote in conversations assigned to members: each member
+/// without an unread notification of that conversation gets one, naming
+/// the first of these messages (by when it was written: webhooks come out
+/// of order); one who has it keeps it as it is (its preview is read when
+/// listed), so a customer's later messages write nothing here. The members
+/// given a new one (their unread count moved).
+fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<i64>> {
     use diesel::sql_types::{Array, BigInt, Nullable};
+    #[derive(QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+    }
     if notices.is_empty() {
         return Ok(Vec::new());
     }
@@ -194,30 +201,24 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
     let conversations: Vec<i64> = notices.iter().map(|n| n.conversation).collect();
     let messages: Vec<Option<i64>> = notices.iter().map(|n| n.message).collect();
     let tenant = tc.tenant();
-    // One row per member and conversation, the latest message's: an
-    // upsert may touch a row once per statement. Rows are taken in member
-    // and conversation order, as `mark_read` takes a member's.
+    // One row per member and conversation, the earliest message's.
     let kept: Vec<Kept> = diesel::sql_query(format!(
-        "INSERT INTO notifications AS n (user_id, kind, conversation_id, message_id) \
+        "INSERT INTO notifications (user_id, kind, conversation_id, message_id) \
          SELECT DISTINCT ON (v.user_id, v.conversation_id) v.user_id, '{CUSTOMER_MESSAGE}', v.conversation_id, m.id \
            FROM unnest($1, $2, $3) AS v(user_id, conversation_id, message_id) \
            JOIN messages m ON m.id = v.message_id \
           WHERE EXISTS (SELECT 1 FROM public.memberships ms \
                          WHERE ms.user_id = v.user_id AND ms.tenant_id = $4 AND ms.keep_customer_messages) \
-          ORDER BY v.user_id, v.conversation_id, m.sort_at DESC, m.id DESC \
-         ON CONFLICT (user_id, conversation_id) WHERE kind = '{CUSTOMER_MESSAGE}' AND read_at IS NULL \
-         DO UPDATE SET message_id = EXCLUDED.message_id \
-          WHERE NOT EXISTS (SELECT 1 FROM messages cur, messages new \
-                             WHERE cur.id = n.message_id AND new.id = EXCLUDED.message_id \
-                               AND (cur.sort_at, cur.id) >= (new.sort_at, new.id)) \
-         RETURNING n.user_id, (n.xmax = 0) AS inserted"
+          ORDER BY v.user_id, v.conversation_id, m.sort_at, m.id \
+         ON CONFLICT (user_id, conversation_id) WHERE kind = '{CUSTOMER_MESSAGE}' AND read_at IS NULL DO NOTHING \
+         RETURNING user_id"
     ))
     .bind::<Array<BigInt>, _>(users)
     .bind::<Array<BigInt>, _>(conversations)
     .bind::<Array<Nullable<BigInt>>, _>(messages)
     .bind::<BigInt, _>(tenant.0)
     .load(tc.pg())?;
-    Ok(kept.into_iter().map(|k| (k.user_id, k.inserted)).collect())
+    Ok(kept.into_iter().map(|k| k.user_id).collect())
 }
 
 /// Announces `user`'s unread count as it is now.
@@ -272,13 +273,15 @@ pub struct NotificationView {
     pub kind: String,
     pub conversation_id: ConversationId,
     pub channel_id: ChannelId,
-    /// The note that mentions them; the customer's latest message.
+    /// The note that mentions them; the first message the customer wrote
+    /// since it was read (`customer_message`).
     pub message_id: Option<MessageId>,
     /// The colleague who did it (none for a reply target passing, a
     /// customer writing, or the server's auto-assign).
     pub by: Option<UserId>,
-    /// The start of that message, as it is now (none for the other
-    /// kinds, a file without text, or a message the customer unsent).
+    /// The start of the note as it is now, or of the customer's latest
+    /// message (until it was read; none for a file without text); none
+    /// for the other kinds.
     pub preview: Option<String>,
     /// For a customer writing, when they first wrote since it was read.
     pub created_at: DateTime<Utc>,
@@ -354,7 +357,12 @@ pub fn list(
     let shown = shown("$1", "$2");
     let rows = diesel::sql_query(format!(
         "SELECT n.id, n.kind, n.conversation_id, c.channel_id, n.message_id, n.by_user_id, \
-                CASE WHEN m.deleted_at IS NULL THEN left(m.text, $6) END AS preview, n.created_at, n.read_at \
+                CASE WHEN n.kind = '{CUSTOMER_MESSAGE}' THEN \
+                       (SELECT left(lm.text, $6) FROM messages lm \
+                         WHERE lm.conversation_id = n.conversation_id AND lm.direction = 'in' \
+                           AND lm.deleted_at IS NULL AND (n.read_at IS NULL OR lm.created_at <= n.read_at) \
+                         ORDER BY lm.sort_at DESC, lm.id DESC LIMIT 1) \
+                     WHEN m.deleted_at IS NULL THEN left(m.text, $6) END AS preview, n.created_at, n.read_at \
          {shown} AND (NOT $3 OR n.read_at IS NULL) AND ($4::bigint IS NULL OR n.id < $4) \
          ORDER BY n.id DESC LIMIT $5"
     ))
@@ -438,16 +446,12 @@ pub fn mark_read(
         Which::Ids(ids) => (Some(ids.into_iter().map(|i| i.0).collect::<Vec<i64>>()), None),
         Which::Conversation(c) => (None, Some(c.0)),
     };
-    // Locked by conversation first, the order the webhook processor moves
-    // a member's `customer_message` ones on in ([`keep`]): the two never
-    // deadlock over a member's several.
     let shown = shown("$1", "$2");
     let marked = diesel::sql_query(format!(
         "UPDATE notifications SET read_at = now() \
           WHERE id IN (SELECT n.id {shown} AND n.read_at IS NULL \
                           AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
-                          AND ($4::bigint IS NULL OR n.conversation_id = $4) \
-                        ORDER BY n.conversation_id, n.id FOR UPDATE OF n)"
+                          AND ($4::bigint IS NULL OR n.conversation_id = $4))"
     ))
     .bind::<BigInt, _>(user.0)
     .bind::<Bool, _>(role.at_least(Role::Admin))

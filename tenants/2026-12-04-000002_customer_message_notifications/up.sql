@@ -1,9 +1,8 @@
 -- A customer writing in a conversation assigned to someone is kept for
 -- that member too (`inbox::notifications`, kind `customer_message`): one
--- unread notification per member and conversation, which each later
--- message of the customer moves on (its `message_id`, the preview) until
--- it is read. The unique index is what the webhook processor's upsert
--- keys on.
+-- unread notification per member and conversation until it is read. The
+-- unique index is what the webhook processor's insert meets when the
+-- customer writes again (and then writes nothing).
 ALTER TABLE notifications DROP CONSTRAINT IF EXISTS notifications_kind_check;
 ALTER TABLE notifications ADD CONSTRAINT notifications_kind_check
     CHECK (kind IN ('assigned', 'mention', 'reply_overdue', 'customer_message'));

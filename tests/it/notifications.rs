@@ -350,8 +350,9 @@ async fn the_servers_assignments_are_not_mailed() {
 }
 
 /// A customer writing in a conversation assigned to someone is kept for
-/// that member alone: one unread line per conversation, which each later
-/// message moves on (by when it was written), the count moving once;
+/// that member alone: one unread line per conversation, naming the first
+/// message and showing the latest (by when it was written), the count
+/// moving once;
 /// nothing while nobody has it, nor when the message is what gave it to
 /// them; read with the conversation; never mailed.
 #[actix_web::test]
@@ -381,37 +382,44 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0);
     assert_eq!(notifications(&app, &admin, "").await["unread_count"], 0);
 
-    // Ann gives it to Al; he reads that.
+    // Ann gives it to Al. He marks that read, but not the conversation:
+    // the customer writing into it, unread, adds to what waits already.
     let r = app
         .call("PATCH", &format!("/api/conversations/{page}"), Some(&admin), Some(json!({"assignee_id": al["user_id"]})))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(kinds(&notifications(&app, &al_token, "").await), ["assigned"]);
     assert_eq!(read(&app, &al_token, json!({"all": true})).await.status, 200);
+    customer("Oi?", None).await;
+    assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0, "the conversation was unread");
+    // He reads the conversation.
+    let r = app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
     let mut al_socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
     until(&mut al_socket, "hello", Duration::from_secs(5)).await.expect("hello");
 
     // The customer writes three times, the last delivered late: one line,
-    // showing what they wrote last; the count moved once.
+    // from the first and showing what they wrote last; the count moved once.
+    // (Their clock a little ahead of ours: later than what came before.)
     let now = chrono::Utc::now();
-    customer("Pedido 1234 🧾", Some(now - chrono::Duration::seconds(3))).await;
+    customer("Pedido 1234 🧾", Some(now + chrono::Duration::seconds(1))).await;
     assert_eq!(changed(&mut al_socket).await, (al["user_id"].clone(), json!(1)));
-    customer("Já chegou? Obrigada!", Some(now - chrono::Duration::seconds(1))).await;
-    customer("(esqueci: é urgente)", Some(now - chrono::Duration::seconds(2))).await;
+    customer("Já chegou? Obrigada!", Some(now + chrono::Duration::seconds(3))).await;
+    customer("(esqueci: é urgente)", Some(now + chrono::Duration::seconds(2))).await;
     let listed = notifications(&app, &al_token, "?unread=true").await;
     assert_eq!((listed["unread_count"].clone(), kinds(&listed)), (json!(1), vec!["customer_message".to_string()]));
     let line = &listed["items"][0];
     assert_eq!((&line["conversation_id"], &line["by"]), (&json!(page), &Value::Null), "{line}");
     assert_eq!(line["preview"], "Já chegou? Obrigada!", "{line}");
     let shown = app.call("GET", &format!("/api/conversations/{page}/messages"), Some(&al_token), None).await;
-    let latest = shown.body["items"]
+    let first = shown.body["items"]
         .as_array()
         .expect("items")
         .iter()
-        .find(|m| m["text"] == "Já chegou? Obrigada!")
+        .find(|m| m["text"] == "Pedido 1234 🧾")
         .expect("the message")["id"]
         .clone();
-    assert_eq!(line["message_id"], latest, "{line}");
+    assert_eq!(line["message_id"], first, "where to start reading: {line}");
     assert_eq!(notifications(&app, &admin, "").await["unread_count"], 0, "Ann is told nothing");
     assert_eq!(
         app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notifications.changed'"),
@@ -423,12 +431,40 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     let r = app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await;
     assert!(r.status < 300, "{:?}", r.body);
     assert_eq!(notifications(&app, &al_token, "").await["unread_count"], 0);
-    customer("Alô?", None).await;
+    customer("Alô?", Some(now + chrono::Duration::seconds(4))).await;
     let listed = notifications(&app, &al_token, "").await;
     assert_eq!(listed["unread_count"], 1);
     assert_eq!(kinds(&listed), ["customer_message", "customer_message", "assigned"]);
     assert_eq!(listed["items"][0]["preview"], "Alô?");
     assert_ne!(listed["items"][0]["id"], line["id"]);
+    assert_eq!(listed["items"][1]["preview"], "Já chegou? Obrigada!", "the read one shows what was read");
+
+    // Several messages in one unit of work (a batch of webhooks), the
+    // later one first: the line names the earlier.
+    assert_eq!(read(&app, &al_token, json!({"all": true})).await.status, 200);
+    let id = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok()).expect("an id");
+    let latest = shown.body["items"].as_array().expect("items").iter().find(|m| m["text"] == "Já chegou? Obrigada!");
+    let wrote = |message: &Value| switchboard::inbox::events::MemberNotice {
+        kind: "customer_message".into(),
+        user: id(&al["user_id"]),
+        by: None,
+        conversation: id(&json!(page)),
+        message: Some(id(message)),
+        preview: None,
+    };
+    let notices = [wrote(&latest.expect("the message")["id"]), wrote(&first)];
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let kept = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        let kept = switchboard::inbox::notifications::keep(tc, &mut log, &notices)?;
+        log.write(tc)?;
+        Ok::<_, switchboard::AppError>(kept)
+    })
+    .expect("kept");
+    assert_eq!(kept, 1);
+    let listed = notifications(&app, &al_token, "?unread=true").await;
+    assert_eq!(listed["items"][0]["message_id"], first, "{listed}");
 
     // Al turns them off in this tenant: what was kept stays; no more come.
     let me = app.call("GET", "/api/me", Some(&al_token), None).await;
@@ -445,5 +481,5 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     assert_eq!(app.call("POST", &format!("/api/conversations/{page}/read"), Some(&al_token), None).await.status, 204);
     customer("Ainda aí?", None).await;
     let listed = notifications(&app, &al_token, "").await;
-    assert_eq!((listed["unread_count"].clone(), listed["items"].as_array().map(Vec::len)), (json!(0), Some(3)));
+    assert_eq!((listed["unread_count"].clone(), listed["items"].as_array().map(Vec::len)), (json!(0), Some(4)));
 }
