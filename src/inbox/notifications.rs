@@ -189,11 +189,6 @@ struct Kept {
 /// given a new one (their unread count moved).
 fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResult<Vec<i64>> {
     use diesel::sql_types::{Array, BigInt, Nullable};
-    #[derive(QueryableByName)]
-    struct Kept {
-        #[diesel(sql_type = BigInt)]
-        user_id: i64,
-    }
     if notices.is_empty() {
         return Ok(Vec::new());
     }

@@ -37,20 +37,32 @@ async fn read(app: &TestApp, t: &str, body: Value) -> crate::common::Resp {
     app.call("POST", "/api/notifications/read", Some(t), Some(body)).await
 }
 
-/// Rings conversation waits past their target as the server's clock does,
-/// keeping what it tells each member.
-fn ring_overdue(app: &TestApp) -> usize {
+/// Runs `work` in acme's schema as the server's own workers do: what it
+/// tells members is kept for them, and its events are written.
+fn in_acme<T>(
+    app: &TestApp,
+    work: impl FnOnce(
+        &mut switchboard::db::TenantConn<'_>,
+        &mut switchboard::inbox::events::EventLog,
+    ) -> Result<T, switchboard::AppError>,
+) -> T {
     let mut pooled = app.pool.get().expect("conn");
     let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
     switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
         let mut log = switchboard::inbox::events::EventLog::new();
-        let rung = switchboard::inbox::waiting::ring_overdue(tc, &mut log)?;
+        let out = work(tc, &mut log)?;
         let notices = log.member_notices();
         switchboard::inbox::notifications::keep(tc, &mut log, &notices)?;
         log.write(tc)?;
-        Ok::<_, switchboard::AppError>(rung)
+        Ok::<_, switchboard::AppError>(out)
     })
-    .expect("ring")
+    .expect("the work")
+}
+
+/// Rings conversation waits past their target as the server's clock does,
+/// keeping what it tells each member.
+fn ring_overdue(app: &TestApp) -> usize {
+    in_acme(app, switchboard::inbox::waiting::ring_overdue)
 }
 
 #[actix_web::test]
@@ -194,12 +206,7 @@ async fn a_member_finds_what_they_were_told_and_marks_it_read() {
     let before = app.count(kept);
     app.exec("UPDATE tenant_acme.notifications SET read_at = now() - interval '31 days' WHERE kind = 'reply_overdue'");
     app.exec("UPDATE tenant_acme.notifications SET created_at = now() - interval '90 days' WHERE read_at IS NULL");
-    let mut pooled = app.pool.get().expect("conn");
-    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
-    let pruned = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
-        switchboard::inbox::notifications::prune(tc)
-    })
-    .expect("prune");
+    let pruned = in_acme(&app, |tc, _| switchboard::inbox::notifications::prune(tc));
     assert_eq!((pruned, app.count(kept)), (1, before - 1));
 
     // Removed from the team, his notifications go.
@@ -333,9 +340,7 @@ async fn the_servers_assignments_are_not_mailed() {
         message: None,
         preview: None,
     };
-    let mut pooled = app.pool.get().expect("conn");
-    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
-    let queued = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+    let queued = in_acme(&app, |tc, _| {
         let reach =
             Reach { online: &[], conversation_url: None, public_url: "http://127.0.0.1", unsubscribe_key: b"key" };
         let by_the_server = queue(tc, &[assigned(None)], &reach)?;
@@ -343,9 +348,8 @@ async fn the_servers_assignments_are_not_mailed() {
         // A customer writing in Al's conversation is kept, not mailed.
         let wrote = MemberNotice { kind: "customer_message".into(), ..assigned(None) };
         let by_the_customer = queue(tc, &[wrote], &reach)?;
-        Ok::<_, switchboard::AppError>((by_the_server, by_ann, by_the_customer))
-    })
-    .expect("queued");
+        Ok((by_the_server, by_ann, by_the_customer))
+    });
     assert_eq!(queued, (0, 1, 0));
 }
 
@@ -453,15 +457,7 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
         preview: None,
     };
     let notices = [wrote(&latest.expect("the message")["id"]), wrote(&first)];
-    let mut pooled = app.pool.get().expect("conn");
-    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
-    let kept = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
-        let mut log = switchboard::inbox::events::EventLog::new();
-        let kept = switchboard::inbox::notifications::keep(tc, &mut log, &notices)?;
-        log.write(tc)?;
-        Ok::<_, switchboard::AppError>(kept)
-    })
-    .expect("kept");
+    let kept = in_acme(&app, |tc, log| switchboard::inbox::notifications::keep(tc, log, &notices));
     assert_eq!(kept, 1);
     let listed = notifications(&app, &al_token, "?unread=true").await;
     assert_eq!(listed["items"][0]["message_id"], first, "{listed}");
