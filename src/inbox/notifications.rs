@@ -27,8 +27,9 @@
 //!   listed, is the customer's latest message (until it was read). A
 //!   chatty customer is one line, and the unread count moves only when
 //!   it first comes. (A row moved on by every customer message cost the
-//!   processor a quarter more database time per webhook, and doubled the
-//!   latency's p99, with every conversation assigned: docs/BENCHMARKS.md.)
+//!   processor a quarter to a half more database time per webhook, and
+//!   doubled the latency's p99, with every conversation assigned:
+//!   `bench realtime --assigned`, docs/BENCHMARKS.md.)
 //!   Never mailed (`notice_mail`). The
 //!   member may turn it off in a tenant (`PATCH /api/me`
 //!   `{inbox_notifications: {customer_message: false}}`); what was kept

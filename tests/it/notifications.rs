@@ -37,6 +37,11 @@ async fn read(app: &TestApp, t: &str, body: Value) -> crate::common::Resp {
     app.call("POST", "/api/notifications/read", Some(t), Some(body)).await
 }
 
+/// An id as the API writes it (a string), as a number.
+fn id(v: &Value) -> i64 {
+    v.as_str().and_then(|s| s.parse::<i64>().ok()).expect("an id")
+}
+
 /// Runs `work` in acme's schema as the server's own workers do: what it
 /// tells members is kept for them, and its events are written.
 fn in_acme<T>(
@@ -328,7 +333,6 @@ async fn the_servers_assignments_are_not_mailed() {
     let ctx = acme(&app).await;
     let (_, page) = two_customers(&app, &ctx.admin).await;
     let (al, _) = agent_al(&app, &ctx.admin).await;
-    let id = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok()).expect("an id");
     let al_id = id(&al["user_id"]);
     let ann_id = id(&app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"]);
     let conversation = page.parse::<i64>().expect("an id");
@@ -446,7 +450,6 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     // Several messages in one unit of work (a batch of webhooks), the
     // later one first: the line names the earlier.
     assert_eq!(read(&app, &al_token, json!({"all": true})).await.status, 200);
-    let id = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok()).expect("an id");
     let latest = shown.body["items"].as_array().expect("items").iter().find(|m| m["text"] == "Já chegou? Obrigada!");
     let wrote = |message: &Value| switchboard::inbox::events::MemberNotice {
         kind: "customer_message".into(),
