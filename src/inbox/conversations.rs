@@ -882,6 +882,9 @@ pub fn patch(
     }
     let view = Names::default().conversation(tc, &updated)?;
     log.append(tc, "conversation.updated", Some(updated.channel_id), Some(updated.id), &view)?;
+    if row.assignee_id.is_some() && assignee != row.assignee_id {
+        super::notifications::changed_hands(tc, log, &[updated.id])?;
+    }
     // Someone handed a conversation by another hears of it by mail when
     // not online (`notice_mail`); the inbox shows it by the event above.
     if let Some(to) = assignee.filter(|a| Some(*a) != row.assignee_id && *a != user.0) {
@@ -999,6 +1002,7 @@ pub fn release(
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;
     }
+    super::notifications::changed_hands(tc, log, &ids)?;
     Ok(released.len())
 }
 

@@ -30,7 +30,10 @@
 //!   processor a quarter to a half more database time per webhook, and
 //!   doubled the latency's p99, with every conversation assigned:
 //!   `bench realtime --assigned`, docs/BENCHMARKS.md.)
-//!   Never mailed (`notice_mail`). The
+//!   Never mailed (`notice_mail`). Withdrawn, unread, when the
+//!   conversation passes to someone else or to no one
+//!   ([`changed_hands`]): it was a reminder of a customer waiting on this
+//!   member, and no longer is; the new assignee has their `assigned`. The
 //!   member may turn it off in a tenant (`PATCH /api/me`
 //!   `{inbox_notifications: {customer_message: false}}`); what was kept
 //!   stays, to be read as before. The other kinds cannot be turned off:
@@ -215,6 +218,35 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
     .bind::<BigInt, _>(tenant.0)
     .load(tc.pg())?;
     Ok(kept.into_iter().map(|k| k.user_id).collect())
+}
+
+/// `conversations` changed hands: a `customer_message` still unread by a
+/// member no longer on one is withdrawn (what waits there is its new
+/// assignee's to answer, told by their `assigned`, or the channel's), and
+/// the count of each member who lost one is announced. Run after the
+/// change, in its transaction. How many were withdrawn.
+pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations: &[i64]) -> AppResult<usize> {
+    use diesel::sql_types::{Array, BigInt};
+    if conversations.is_empty() {
+        return Ok(0);
+    }
+    let mut withdrawn: Vec<i64> = diesel::sql_query(format!(
+        "DELETE FROM notifications n USING conversations c \
+          WHERE n.conversation_id = ANY($1) AND c.id = n.conversation_id \
+            AND n.kind = '{CUSTOMER_MESSAGE}' AND n.read_at IS NULL \
+            AND c.assignee_id IS DISTINCT FROM n.user_id \
+         RETURNING n.user_id"
+    ))
+    .bind::<Array<BigInt>, _>(conversations)
+    .load::<Kept>(tc.pg())?
+    .into_iter()
+    .map(|k| k.user_id)
+    .collect();
+    let count = withdrawn.len();
+    withdrawn.sort_unstable();
+    withdrawn.dedup();
+    announce_all(tc, log, &withdrawn)?;
+    Ok(count)
 }
 
 /// Announces `user`'s unread count as it is now.

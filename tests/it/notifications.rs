@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::common::{spawn_app, TestApp};
-use crate::inbox::{acme, agent_al};
+use crate::inbox::{acme, agent_al, by_contact, conversations};
 use crate::realtime::{next, until, ws, Socket};
 use crate::scheduled::{give_the_page, two_customers};
 use std::time::Duration;
@@ -481,4 +481,62 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
     customer("Ainda aí?", None).await;
     let listed = notifications(&app, &al_token, "").await;
     assert_eq!((listed["unread_count"].clone(), listed["items"].as_array().map(Vec::len)), (json!(0), Some(4)));
+}
+
+#[actix_web::test]
+async fn a_customers_message_waiting_on_a_member_is_withdrawn_when_the_conversation_changes_hands() {
+    use crate::channels::PAGE_A;
+    const PSID: &str = "7392015648120394";
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.clone();
+    let (_, page) = two_customers(&app, &admin).await;
+    let (al, al_token) = agent_al(&app, &admin).await;
+    give_the_page(&app, &admin, &al).await;
+    let path = format!("/api/conversations/{page}");
+    // Al has the conversation and has read it; the customer writes.
+    let waits_on_al = || async {
+        let r = app.call("PATCH", &path, Some(&admin), Some(json!({"assignee_id": al["user_id"]}))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(app.call("POST", &format!("{path}/read"), Some(&al_token), None).await.status, 204);
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Ainda à espera… 🙏"})).await;
+        app.processed().await;
+        let listed = notifications(&app, &al_token, "?unread=true").await;
+        assert_eq!(kinds(&listed), ["customer_message"], "{listed}");
+    };
+    waits_on_al().await;
+    let mut al_socket = ws(&app, "", Some(&al_token), None).await.expect("socket");
+    until(&mut al_socket, "hello", Duration::from_secs(5)).await.expect("hello");
+
+    // Ann takes him off it: the customer no longer waits on him. His count
+    // follows live; the lines he read stay.
+    let r = app.call("PATCH", &path, Some(&admin), Some(json!({"assignee_id": null}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(changed(&mut al_socket).await, (al["user_id"].clone(), json!(0)));
+    let listed = notifications(&app, &al_token, "").await;
+    assert_eq!((listed["unread_count"].clone(), kinds(&listed)), (json!(0), vec!["assigned".to_string()]));
+    // Repeating the change withdraws nothing more and announces nothing.
+    let before = app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notifications.changed'");
+    let r = app.call("PATCH", &path, Some(&admin), Some(json!({"assignee_id": null}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'notifications.changed'"), before);
+
+    // Given back, the customer writes again; then he loses the channel
+    // (the server releases his conversations there): withdrawn too, so
+    // it is not there when he is given the channel again.
+    waits_on_al().await;
+    let channel =
+        by_contact(&conversations(&app, &admin, "").await, PSID)["channel_id"].as_str().expect("c").to_string();
+    let r =
+        app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&admin), Some(json!({"user_ids": []}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    give_the_page(&app, &admin, &al).await;
+    let listed = notifications(&app, &al_token, "?unread=true").await;
+    assert_eq!(listed["unread_count"], 0, "{listed}");
+
+    // Other changes leave it: it is still his customer waiting.
+    waits_on_al().await;
+    let r = app.call("PATCH", &path, Some(&admin), Some(json!({"priority": "high", "labels": ["vip"]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(notifications(&app, &al_token, "?unread=true").await["unread_count"], 1);
 }
