@@ -217,13 +217,56 @@ async fn store(
         .await
 }
 
-/// How a WhatsApp business account is connected.
+/// How a WhatsApp business account is connected; made by
+/// [`WhatsappGrant::code`] or [`WhatsappGrant::token`], which check the
+/// shapes Meta gives out before any of it goes into a Graph request.
 pub enum WhatsappGrant {
     /// Embedded sign-up: a code to exchange; the business accounts come
     /// from the token's granted scopes.
     Code(String),
     /// A business account id and a (system user) token for it.
     Token { waba_id: String, token: Secret<String> },
+}
+
+/// The longest sign-up code or access token taken (Meta's are a few
+/// hundred characters): a longer one cannot be Meta's, and would not fit
+/// in a request to it.
+pub const MOST_GRANT_CHARS: usize = 4096;
+
+/// A code or token as Meta writes them: visible ASCII, no spaces.
+fn grant_shaped(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MOST_GRANT_CHARS && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl WhatsappGrant {
+    /// An embedded sign-up's code (400 `oauth_failed` when it cannot be
+    /// one, as for one Meta refuses).
+    pub fn code(code: String) -> AppResult<Self> {
+        if !grant_shaped(&code) {
+            return Err(AppError::bad_request(
+                "oauth_failed",
+                format!("code is not a sign-up code: 1 to {MOST_GRANT_CHARS} visible ASCII characters"),
+            ));
+        }
+        Ok(WhatsappGrant::Code(code))
+    }
+
+    /// A business account's id and a token for it (422 `invalid_waba` for
+    /// an id that is not Meta's numeric one: it names a Graph node, and
+    /// must not name another; 422 `meta_token_invalid` for a token that
+    /// cannot be one, as for one Meta refuses).
+    pub fn token(waba_id: String, token: Secret<String>) -> AppResult<Self> {
+        if waba_id.is_empty() || waba_id.len() > 32 || !waba_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AppError::invalid("invalid_waba", "waba_id must be the business account's numeric id"));
+        }
+        if !grant_shaped(token.expose()) {
+            return Err(AppError::invalid(
+                "meta_token_invalid",
+                format!("access_token is not a Meta token: 1 to {MOST_GRANT_CHARS} visible ASCII characters"),
+            ));
+        }
+        Ok(WhatsappGrant::Token { waba_id, token })
+    }
 }
 
 pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: WhatsappGrant) -> AppResult<Vec<ChannelView>> {

@@ -149,13 +149,9 @@ async fn connect_whatsapp(
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let grant = match body.into_inner() {
-        WhatsappBody { code: Some(code), waba_id: None, access_token: None } if !code.is_empty() => {
-            WhatsappGrant::Code(code)
-        }
-        WhatsappBody { code: None, waba_id: Some(waba_id), access_token: Some(token) }
-            if !waba_id.is_empty() && !token.expose().is_empty() =>
-        {
-            WhatsappGrant::Token { waba_id, token }
+        WhatsappBody { code: Some(code), waba_id: None, access_token: None } => WhatsappGrant::code(code)?,
+        WhatsappBody { code: None, waba_id: Some(waba_id), access_token: Some(token) } => {
+            WhatsappGrant::token(waba_id, token)?
         }
         _ => return Err(AppError::invalid("invalid_body", "send either {code} or {waba_id, access_token}")),
     };

@@ -406,7 +406,11 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     assert_eq!(channels(&app, &admin).await.len(), 1);
     // A bad token is Meta's answer, not ours: 422 (one Meta cannot even
     // parse, or none, too); both kinds of body at once: 422.
-    for bad in ["EAAnope", "ü🙂", " "] {
+    // A token or code that cannot be Meta's never goes into a request to it
+    // (a new line in a header, or longer than a URL may be, once made the
+    // Graph client fail as if Meta were down: 503).
+    let long = "E".repeat(70_000);
+    for bad in ["EAAnope", "ü🙂", " ", "EAA\nBcd", "EAA Bcd", long.as_str()] {
         let r = app
             .call(
                 "POST",
@@ -423,7 +427,9 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
         );
     }
     // An account Meta has no such object for is the caller's mistake too.
-    for waba in ["999888777666555", "a", "ü"] {
+    // An id that is not a number would name another Graph node (or none).
+    let long = "1".repeat(70_000);
+    for waba in ["999888777666555", "a", "ü", "../me#", "1122/phone_numbers?x=", "", long.as_str()] {
         let body = json!({"waba_id": waba, "access_token": waba_token});
         let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(body)).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_waba")), "{waba:?} {:?}", r.body);
@@ -437,6 +443,12 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
         )
         .await;
     assert_eq!(r.status, 422);
+    let long = "c".repeat(70_000);
+    for code in ["", "a b", "ab\ncd", long.as_str()] {
+        let r = app.call("POST", "/api/channels/whatsapp/connect", Some(&admin), Some(json!({"code": code}))).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("oauth_failed")), "{:?}", r.body);
+    }
+    assert_eq!(channels(&app, &admin).await.len(), 1, "nothing was connected");
 
     // Also page A through OAuth (records the Meta user for the callbacks).
     app.fake("POST", "/_fake/dialog-user", json!({"user_id": META_USER})).await;
