@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 
+use crate::channels::PAGE_A;
 use crate::common::{spawn_app, TestApp};
 use crate::inbox::{acme, agent_al, by_contact, conversations};
 use crate::realtime::{next, until, ws, Socket};
@@ -357,6 +358,26 @@ async fn the_servers_assignments_are_not_mailed() {
     assert_eq!(queued, (0, 1, 0));
 }
 
+/// The Page's customer, who writes in Portuguese.
+const PSID: &str = "7392015648120394";
+
+/// Acme with both customers written in, and Al an agent of the Page.
+struct OnThePage {
+    admin: String,
+    /// The Page's conversation.
+    page: String,
+    al: Value,
+    al_token: String,
+}
+
+async fn al_on_the_page(app: &TestApp) -> OnThePage {
+    let admin = acme(app).await.admin;
+    let (_, page) = two_customers(app, &admin).await;
+    let (al, al_token) = agent_al(app, &admin).await;
+    give_the_page(app, &admin, &al).await;
+    OnThePage { admin, page, al, al_token }
+}
+
 /// A customer writing in a conversation assigned to someone is kept for
 /// that member alone: one unread line per conversation, naming the first
 /// message and showing the latest (by when it was written), the count
@@ -365,14 +386,8 @@ async fn the_servers_assignments_are_not_mailed() {
 /// them; read with the conversation; never mailed.
 #[actix_web::test]
 async fn an_assignees_customer_writing_is_one_line_until_read() {
-    use crate::channels::PAGE_A;
-    const PSID: &str = "7392015648120394";
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.clone();
-    let (_, page) = two_customers(&app, &admin).await;
-    let (al, al_token) = agent_al(&app, &admin).await;
-    give_the_page(&app, &admin, &al).await;
+    let OnThePage { admin, page, al, al_token } = al_on_the_page(&app).await;
     let customer = |text: &str, at: Option<chrono::DateTime<chrono::Utc>>| {
         let mut body = json!({"to": PAGE_A, "from": PSID, "text": text});
         if let Some(at) = at {
@@ -485,14 +500,8 @@ async fn an_assignees_customer_writing_is_one_line_until_read() {
 
 #[actix_web::test]
 async fn a_customers_message_waiting_on_a_member_is_withdrawn_when_the_conversation_changes_hands() {
-    use crate::channels::PAGE_A;
-    const PSID: &str = "7392015648120394";
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.clone();
-    let (_, page) = two_customers(&app, &admin).await;
-    let (al, al_token) = agent_al(&app, &admin).await;
-    give_the_page(&app, &admin, &al).await;
+    let OnThePage { admin, page, al, al_token } = al_on_the_page(&app).await;
     let path = format!("/api/conversations/{page}");
     // Al has the conversation and has read it; the customer writes.
     let waits_on_al = || async {
