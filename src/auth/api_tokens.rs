@@ -42,8 +42,6 @@ pub const PREFIX: &str = "sbt_";
 pub const MOST_PER_MEMBER: i64 = 20;
 /// The longest a token's name is.
 pub const MOST_NAME_CHARS: usize = 100;
-/// First key of the advisory lock a member's creates take turns under.
-const CREATE_LOCK_CLASS: i32 = 0x5b_0003;
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -104,10 +102,7 @@ pub fn create(
     }
     let (tenant, user) = (tc.tenant(), caller.user);
     // Two creates at once would both count nineteen: a member's take turns.
-    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
-        .bind::<diesel::sql_types::Int4, _>(CREATE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tenant.0, user.0))
-        .execute(tc.pg())?;
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::ApiTokens, &format!("{}:{}", tenant.0, user.0))?;
     let held: i64 =
         at::table.filter(at::tenant_id.eq(tenant.0)).filter(at::user_id.eq(user.0)).count().get_result(tc.pg())?;
     if held >= MOST_PER_MEMBER {

@@ -71,8 +71,6 @@ pub const MOST_PENDING: i64 = 1_000;
 /// The error of a link that was accepted already (by someone else, or with
 /// another password).
 pub const USED: &str = "invitation_used";
-/// First key of the advisory lock invitations of one email take turns under.
-const INVITE_LOCK_CLASS: i32 = 0x5b_0004;
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -171,10 +169,11 @@ pub fn invite(
     members::ensure_may_grant(actor_role, role)?;
     let tenant = tc.tenant();
     // Two invitations of one email at once: the second replaces the first.
-    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
-        .bind::<diesel::sql_types::Int4, _>(INVITE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tenant.0, email.as_str()))
-        .execute(tc.pg())?;
+    crate::db::locks::hold(
+        tc.pg(),
+        crate::db::locks::LockClass::Invitations,
+        &format!("{}:{}", tenant.0, email.as_str()),
+    )?;
     if let Some(user) = users::find_by_email(tc.pg(), email)? {
         if members::role_of(tc, user.user_id())?.is_some() {
             return Err(AppError::conflict("already_member", "this person is already a member"));

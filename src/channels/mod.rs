@@ -404,7 +404,7 @@ pub fn find_many(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collect
 /// due times from the targets and hours it read (`inbox::waiting`), which a
 /// change committed meanwhile would leave stale (its `redue` sees only the
 /// waits already committed).
-const SETTINGS_LOCK_CLASS: i32 = 0x5b_0005;
+const SETTINGS_LOCK_CLASS: i32 = crate::db::locks::LockClass::ChannelSettings as i32;
 
 /// For a webhook batch, before it reads channels `ids`: their settings stay
 /// as read until it commits. Shared: batches never wait for each other,
@@ -440,7 +440,7 @@ fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
 /// settings: one per tenant, held shared by a change of one channel's
 /// settings ([`patch`]) and alone by what changes every channel's rules
 /// ([`change_all_settings`]).
-const RULES_LOCK_CLASS: i32 = 0x5b_0006;
+const RULES_LOCK_CLASS: i32 = crate::db::locks::LockClass::AllChannelSettings as i32;
 
 /// No channel's settings change until the transaction ends
 /// ([`change_all_settings`]): what takes rules off every channel asks for
@@ -763,6 +763,11 @@ pub fn set_members(
     online: &[UserId],
 ) -> AppResult<ChannelView> {
     find(tc, id)?;
+    // Two lists of one channel at once take turns: each replaces what the
+    // other left (the later wins), where both would delete the same rows
+    // and the second insert would find the first's (409).
+    let key = format!("{}:{}", tc.tenant().0, id.0);
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::ChannelMembers, &key)?;
     let ids = crate::auth::members::all_members(tc, users)?;
     // The same list again (a retry): nothing to write, audit or tell.
     let current: Vec<i64> = channel_members::table

@@ -12,6 +12,7 @@
 
 pub mod housekeeping;
 pub mod listen;
+pub mod locks;
 pub mod migrate;
 pub mod pool;
 pub mod prepared;

@@ -42,8 +42,6 @@ use crate::ids::UserId;
 pub const MOST_PER_MEMBER: i64 = 50;
 /// The longest name.
 pub const MOST_NAME_CHARS: usize = 100;
-/// First key of the advisory lock an owner's makes take turns under.
-const MAKE_LOCK_CLASS: i32 = 0x5b_0004;
 
 /// A view as listed.
 #[derive(Debug, Serialize)]
@@ -168,10 +166,8 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
     };
     let (name, params) = checked(user, &draft.name, &draft.filters)?;
     // Two makes at once would both count forty-nine: an owner's take turns.
-    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
-        .bind::<diesel::sql_types::Int4, _>(MAKE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(format!("{}:{}", tc.tenant().0, owner.unwrap_or(0)))
-        .execute(tc.pg())?;
+    let key = format!("{}:{}", tc.tenant().0, owner.unwrap_or(0));
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::SavedViews, &key)?;
     let of_owner = |owner: Option<i64>| match owner {
         Some(o) => sv::table.filter(sv::user_id.eq(o)).into_boxed(),
         None => sv::table.filter(sv::user_id.is_null()).into_boxed(),

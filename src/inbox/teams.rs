@@ -70,8 +70,6 @@ pub const MOST_NAME_CHARS: usize = 100;
 pub const MOST_DESCRIPTION_CHARS: usize = 1_000;
 /// The most teams a tenant keeps.
 pub const MOST_TEAMS: i64 = 100;
-/// First key of the advisory lock a tenant's team creates take turns under.
-const CREATE_LOCK_CLASS: i32 = 0x5b_0005;
 
 /// A team as listed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -196,10 +194,7 @@ pub fn create(
     let listed = members::all_members(tc, &new.member_ids)?;
     // Two creates at once would both count 99, or both find the name free.
     let tenant = tc.tenant().0;
-    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
-        .bind::<diesel::sql_types::Int4, _>(CREATE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(tenant.to_string())
-        .execute(tc.pg())?;
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::Teams, &tenant.to_string())?;
     if let Some(same) = named(tc, &name)? {
         let same = view(tc, same)?;
         let wanted: Vec<UserId> = listed.iter().copied().map(UserId).collect();

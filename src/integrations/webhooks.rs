@@ -53,9 +53,6 @@ pub const BATCH: i64 = 100;
 pub const MOST_FAILURES: i32 = 150;
 /// Endpoints a tenant may have.
 pub const MOST_ENDPOINTS: i64 = 10;
-/// First key of the advisory lock a tenant's endpoint creates take turns
-/// under (the migrations' class is `0x5b_0001`).
-const CREATE_LOCK_CLASS: i32 = 0x5b_0002;
 /// How often endpoints are looked at.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const MOST_URL_CHARS: usize = 2000;
@@ -167,10 +164,7 @@ pub fn create(
     let tenant = tc.tenant();
     // Two creates at once would both count nine: the tenant's creates take
     // turns (a lock of this transaction's, so nothing to release).
-    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
-        .bind::<diesel::sql_types::Int4, _>(CREATE_LOCK_CLASS)
-        .bind::<diesel::sql_types::Text, _>(tenant.0.to_string())
-        .execute(tc.pg())?;
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::WebhookEndpoints, &tenant.0.to_string())?;
     let n: i64 = w::table.filter(w::tenant_id.eq(tenant.0)).count().get_result(tc.pg())?;
     if n >= MOST_ENDPOINTS {
         return Err(AppError::conflict("too_many_webhooks", format!("a tenant has at most {MOST_ENDPOINTS} webhooks")));

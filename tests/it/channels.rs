@@ -976,3 +976,38 @@ async fn a_portfolios_messaging_limit_reaches_each_of_its_numbers() {
         "{asked:?}"
     );
 }
+
+/// `PUT /api/channels/{id}/members` sent many times at once with different
+/// lists: each is answered 200 and the channel ends with one of them whole
+/// (they take turns; once the second's insert met the first's rows: 409).
+#[actix_web::test]
+async fn lists_of_a_channels_members_set_at_once_take_turns() {
+    let app = spawn_app().await;
+    let admin = crate::inbox::acme(&app).await.admin;
+    let channel = crate::inbox::channel_id(&app, &admin, PAGE_A).await;
+    let mut agents = Vec::new();
+    for name in ["al", "bo", "cy", "di"] {
+        let body = json!({"email": format!("{name}@acme.test"), "role": "agent", "password": "agent-password-1"});
+        let r = app.call("POST", "/api/members", Some(&admin), Some(body)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        agents.push(r.body["user_id"].clone());
+    }
+    let lists: Vec<Vec<Value>> = (0..16).map(|i| agents[..(i % agents.len()) + 1].to_vec()).collect();
+    let path = format!("/api/channels/{channel}/members");
+    let put = |list: &Vec<Value>| app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": list})));
+    let answers = futures_util::future::join_all(lists.iter().map(put)).await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let shown = app.call("GET", &format!("/api/channels/{channel}"), Some(&admin), None).await;
+    let mut kept = shown.body["member_ids"].as_array().expect("member_ids").clone();
+    kept.sort_by_key(|v| v.as_str().map(str::to_string));
+    assert!(
+        lists.iter().any(|l| {
+            let mut l = l.clone();
+            l.sort_by_key(|v| v.as_str().map(str::to_string));
+            l == kept
+        }),
+        "{kept:?}"
+    );
+}
