@@ -53,4 +53,3 @@ pub fn hold(conn: &mut PgConnection, class: LockClass, key: &str) -> diesel::Que
         .execute(conn)?;
     Ok(())
 }
-
