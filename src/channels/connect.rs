@@ -217,10 +217,12 @@ async fn store(
         .await
 }
 
-/// How a WhatsApp business account is connected; made by
+/// How a WhatsApp business account is connected; made only by
 /// [`WhatsappGrant::code`] or [`WhatsappGrant::token`], which check the
 /// shapes Meta gives out before any of it goes into a Graph request.
-pub enum WhatsappGrant {
+pub struct WhatsappGrant(Grant);
+
+enum Grant {
     /// Embedded sign-up: a code to exchange; the business accounts come
     /// from the token's granted scopes.
     Code(String),
@@ -248,7 +250,7 @@ impl WhatsappGrant {
                 format!("code is not a sign-up code: 1 to {MOST_GRANT_CHARS} visible ASCII characters"),
             ));
         }
-        Ok(WhatsappGrant::Code(code))
+        Ok(WhatsappGrant(Grant::Code(code)))
     }
 
     /// A business account's id and a token for it (422 `invalid_waba` for
@@ -265,13 +267,13 @@ impl WhatsappGrant {
                 format!("access_token is not a Meta token: 1 to {MOST_GRANT_CHARS} visible ASCII characters"),
             ));
         }
-        Ok(WhatsappGrant::Token { waba_id, token })
+        Ok(WhatsappGrant(Grant::Token { waba_id, token }))
     }
 }
 
 pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: WhatsappGrant) -> AppResult<Vec<ChannelView>> {
-    let (token, wabas, meta_user) = match grant {
-        WhatsappGrant::Code(code) => {
+    let (token, wabas, meta_user) = match grant.0 {
+        Grant::Code(code) => {
             let t = app.graph.exchange_code(&code, None).await.map_err(|e| match e {
                 GraphError::Other { .. } | GraphError::TokenInvalid { .. } | GraphError::Permission { .. } => {
                     AppError::bad_request("oauth_failed", format!("Meta refused the sign-up code: {e}"))
@@ -295,7 +297,7 @@ pub async fn connect_whatsapp(app: &AppState, auth: &AuthContext, grant: Whatsap
             }
             (t.access_token, wabas, debug.user_id)
         }
-        WhatsappGrant::Token { waba_id, token } => (token, vec![waba_id], None),
+        Grant::Token { waba_id, token } => (token, vec![waba_id], None),
     };
     let mut new_channels = Vec::new();
     let mut listed = Vec::new();

@@ -404,7 +404,7 @@ pub fn find_many(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collect
 /// due times from the targets and hours it read (`inbox::waiting`), which a
 /// change committed meanwhile would leave stale (its `redue` sees only the
 /// waits already committed).
-const SETTINGS_LOCK_CLASS: i32 = crate::db::locks::LockClass::ChannelSettings as i32;
+const SETTINGS_LOCK_CLASS: i32 = crate::db::locks::LockClass::ChannelSettings.key();
 
 /// For a webhook batch, before it reads channels `ids`: their settings stay
 /// as read until it commits. Shared: batches never wait for each other,
@@ -440,7 +440,7 @@ fn change_settings(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
 /// settings: one per tenant, held shared by a change of one channel's
 /// settings ([`patch`]) and alone by what changes every channel's rules
 /// ([`change_all_settings`]).
-const RULES_LOCK_CLASS: i32 = crate::db::locks::LockClass::AllChannelSettings as i32;
+const RULES_LOCK_CLASS: i32 = crate::db::locks::LockClass::AllChannelSettings.key();
 
 /// No channel's settings change until the transaction ends
 /// ([`change_all_settings`]): what takes rules off every channel asks for

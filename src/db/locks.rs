@@ -39,7 +39,7 @@ pub enum LockClass {
 }
 
 impl LockClass {
-    pub fn key(self) -> i32 {
+    pub const fn key(self) -> i32 {
         self as i32
     }
 }

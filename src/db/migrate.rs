@@ -46,7 +46,7 @@ impl MigrationSource<Pg> for Migrations {
 }
 
 /// First key of the two-key advisory locks taken while migrating.
-const LOCK_CLASS_MIGRATE: i32 = super::locks::LockClass::Migrate as i32;
+const LOCK_CLASS_MIGRATE: i32 = super::locks::LockClass::Migrate.key();
 
 /// Newest version in a migration source ("" when it has none).
 pub fn latest_version<S: MigrationSource<Pg>>(source: &S) -> Result<String, DbError> {
