@@ -36,6 +36,10 @@ pub enum LockClass {
     SavedViews = 0x5b_0008,
     /// Who may see one channel (`PUT /api/channels/{id}/members`).
     ChannelMembers = 0x5b_0009,
+    /// A tenant's contact links being changed (`inbox::contact_links`;
+    /// until 2026-12-04 a one-key lock of its own, so an instance older
+    /// than that does not take turns with a newer one).
+    ContactLinks = 0x5b_000a,
 }
 
 impl LockClass {

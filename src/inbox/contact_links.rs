@@ -143,8 +143,8 @@ pub fn linked_ids(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<std::collec
 
 /// Link changes of this tenant take turns ([module docs](self)).
 fn take_turn(tc: &mut TenantConn<'_>) -> AppResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.contact_links'))")
-        .execute(tc.pg())?;
+    let tenant = tc.tenant().0.to_string();
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::ContactLinks, &tenant)?;
     Ok(())
 }
 

@@ -7236,6 +7236,39 @@ async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
     assert_eq!(app.count(&format!("{released}'role_changed'")), 2);
 }
 
+/// Links of three contacts made all at once, in every pairing: they take
+/// turns, so each answers 200 and the three end as one person (not two
+/// persons each joined by half the calls).
+#[actix_web::test]
+async fn contacts_linked_all_at_once_end_as_one_person() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let igsid = "6841100000123888";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": igsid, "text": "Olá 📷"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Sou eu"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let contact = |external: &str| by_contact(&convs, external)["contact"]["id"].as_str().expect("id").to_string();
+    let all = [contact(PSID), contact(igsid), contact(WA_ID)];
+    let pairs: Vec<(String, String)> =
+        (0..12).map(|i| (all[i % 3].clone(), all[(i + 1 + i / 3 % 2) % 3].clone())).collect();
+    let link = |(id, other): &(String, String)| {
+        let path = format!("/api/contacts/{id}/links");
+        let (app, admin) = (&app, ctx.admin.clone());
+        let body = json!({"contact_id": other});
+        async move { app.call("POST", &path, Some(&admin), Some(body)).await }
+    };
+    for r in futures_util::future::join_all(pairs.iter().map(link)).await {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    for id in &all {
+        let r = app.call("GET", &format!("/api/contacts/{id}"), Some(&ctx.admin), None).await;
+        let linked = r.body["linked"].as_array().map(Vec::len);
+        assert_eq!(linked, Some(2), "{id}: {:?}", r.body);
+    }
+}
+
 /// One customer on Messenger, Instagram and WhatsApp: the team links their
 /// contacts as one person; a page lists the others the caller may see,
 /// persons join, stop at ten, come apart, and lose an erased contact.
