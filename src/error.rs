@@ -235,6 +235,9 @@ impl From<crate::meta::GraphError> for AppError {
             G::RecipientUnavailable { .. } => AppError::invalid("recipient_unavailable", message),
             G::Transient { .. } | G::Network(_) => AppError::unavailable("meta_unavailable", message),
             G::Other { .. } | G::Decode(_) => AppError::new(ErrorKind::BadGateway, "meta_error", message),
+            // Made of what was given or kept (an id, a token): checked at
+            // the door, so this names a value a check let through.
+            G::Unsendable(_) => AppError::invalid("meta_request_invalid", message),
         }
     }
 }

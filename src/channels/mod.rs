@@ -954,7 +954,10 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     let row = find(tc, id)?;
     release_route(tc, &row)?;
-    diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
+    // Purged meanwhile by a purge sent at the same time: as a moment later.
+    if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {
+        return Err(AppError::not_found("channel"));
+    }
     crate::inbox::early::forget_channel(tc, id.0)?;
     crate::inbox::events::redact_channel(tc, id.0)?;
     // Open inboxes drop it: disconnected, and gone for good (`deleted`).

@@ -302,7 +302,10 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
 pub fn delete(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: i64) -> AppResult<()> {
     let found = visible(tc, user, id)?;
     may_keep(role, found.visibility)?;
-    diesel::delete(mc::table.find(id)).execute(tc.pg())?;
+    // Deleted meanwhile by a delete sent at the same time: as a moment later.
+    if diesel::delete(mc::table.find(id)).execute(tc.pg())? == 0 {
+        return Err(AppError::not_found("macro"));
+    }
     audit::record(tc, Some(user), "macro.deleted", "macro", Some(id.to_string()), json!({"name": found.name}))?;
     Ok(())
 }

@@ -209,7 +209,12 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
 pub fn delete(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: i64) -> AppResult<()> {
     let found = find(tc, user, id)?;
     may_keep(role, found.visibility)?;
-    diesel::delete(sv::table.find(found.id)).execute(tc.pg())?;
+    // A delete sent twice at once: the second finds the row, then waits on
+    // the first's lock and deletes nothing. It is answered as it would be
+    // a moment later, and records nothing.
+    if diesel::delete(sv::table.find(found.id)).execute(tc.pg())? == 0 {
+        return Err(AppError::not_found("view"));
+    }
     if found.owner.is_none() {
         crate::audit::record(
             tc,

@@ -90,6 +90,10 @@ pub enum GraphError {
     Other { code: i64, subcode: Option<i64>, message: String },
     #[error("cannot reach Meta: {0}")]
     Network(String),
+    /// The request could not be made (a value no URL or header may hold):
+    /// asking again would fail the same way, so it is not retried.
+    #[error("the request to Meta could not be made: {0}")]
+    Unsendable(String),
     #[error("unexpected answer from Meta: {0}")]
     Decode(String),
 }
@@ -164,7 +168,19 @@ impl GraphError {
             GraphError::Permission { code, subcode, .. }
             | GraphError::Transient { code, subcode, .. }
             | GraphError::Other { code, subcode, .. } => Some((*code, *subcode)),
-            GraphError::Network(_) | GraphError::Decode(_) => None,
+            GraphError::Network(_) | GraphError::Unsendable(_) | GraphError::Decode(_) => None,
+        }
+    }
+
+    /// What a request that got no answer failed with: one that could not
+    /// be made at all is not a network failure, to be tried again.
+    fn unanswered(e: reqwest::Error) -> GraphError {
+        let builder = e.is_builder();
+        let message = e.without_url().to_string();
+        if builder {
+            GraphError::Unsendable(message)
+        } else {
+            GraphError::Network(message)
         }
     }
 
@@ -375,7 +391,7 @@ impl GraphClient {
 
     /// Sends a request and reads Graph's answer: its error, or the value.
     async fn answer<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, GraphError> {
-        let res = req.send().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        let res = req.send().await.map_err(GraphError::unanswered)?;
         let status = res.status();
         let regain = regain_in(res.headers());
         let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
@@ -1051,7 +1067,7 @@ impl GraphClient {
         if let Some(r) = range {
             req = req.header(reqwest::header::RANGE, r);
         }
-        let res = req.send().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        let res = req.send().await.map_err(GraphError::unanswered)?;
         let unsatisfiable = range.is_some() && res.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE;
         if !res.status().is_success() && !unsatisfiable {
             return Err(GraphError::Other {
@@ -1084,6 +1100,32 @@ mod tests {
 
     fn fixture(name: &str) -> Value {
         serde_json::from_str(&std::fs::read_to_string(crate::meta::fixture_path(name)).expect("fixture")).expect("json")
+    }
+
+    /// A token no header may hold fails at once, named as such, and is
+    /// not tried again as an unreachable Meta would be (nor counted as one:
+    /// 422, not 503). Nothing listens on the address: a request made
+    /// would fail as `Network`.
+    #[actix_web::test]
+    async fn a_request_that_cannot_be_made_is_not_retried_as_a_network_failure() {
+        let cfg = MetaConfig {
+            app_id: "1".into(),
+            app_secret: Secret::new("s".into()),
+            verify_token: Secret::new("v".into()),
+            graph_url: "http://127.0.0.1:9".into(),
+            graph_version: "v24.0".into(),
+            dialog_url: "http://127.0.0.1:9".into(),
+        };
+        let graph = GraphClient::new(&cfg).with_retry(3, Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let err = graph.me(&Secret::new("line\nbreak".into())).await.err();
+        assert!(matches!(err, Some(GraphError::Unsendable(_))), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "retried: {:?}", started.elapsed());
+        let err = err.map(crate::error::AppError::from).map(|e| (e.status().as_u16(), e.code.to_string()));
+        assert_eq!(err, Some((422, "meta_request_invalid".to_string())));
+        let once = GraphClient::new(&cfg).with_retry(1, Duration::ZERO);
+        let err = once.me(&Secret::new("fine".into())).await.err();
+        assert!(matches!(err, Some(GraphError::Network(_))), "{err:?}");
     }
 
     #[test]

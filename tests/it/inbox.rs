@@ -7444,3 +7444,45 @@ async fn a_customer_on_several_channels_is_one_person() {
     let vi = token(&app.login("vi@acme.test", "vi-password-1", "acme").await, "access_token");
     assert_eq!(link(vi.clone(), fb.clone(), json!({"contact_id": ig})).await.status, 403);
 }
+
+/// The same `DELETE` sent many times at once, for a member, a team's saved
+/// view, a team's macro and a purged channel: one is answered 204, the others 404
+/// as they would be a moment later, and the admins' audit log has it once
+/// (before, each that found the row before the first had deleted it was
+/// answered 204 and recorded the deletion again; a member's removal took
+/// turns already, on the owners' rows it locks to keep the last owner).
+#[actix_web::test]
+async fn deletes_sent_at_once_delete_once() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let view = json!({"name": "Open", "visibility": "team", "filters": {"status": "open"}});
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view = r.body["id"].as_str().expect("id").to_string();
+    let tidy = json!({"name": "Tidy", "actions": [{"type": "add_labels", "labels": ["tidy"]}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(tidy)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let tidy = r.body["id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let al = json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"});
+    let r = app.call("POST", "/api/members", Some(&ctx.admin), Some(al)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let al = r.body["user_id"].as_str().expect("id").to_string();
+    for (path, action) in [
+        (format!("/api/members/{al}"), "member.removed"),
+        (format!("/api/views/{view}"), "view.deleted"),
+        (format!("/api/macros/{tidy}"), "macro.deleted"),
+        (format!("/api/channels/{page}?purge=true"), "channel.purged"),
+    ] {
+        let delete = |_| app.call("DELETE", &path, Some(&ctx.admin), None);
+        let answers = futures_util::future::join_all((0..8).map(delete)).await;
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [204, 404, 404, 404, 404, 404, 404, 404], "{path}");
+        for r in answers.iter().filter(|r| r.status == 404) {
+            assert_eq!(r.body["error"]["code"], "not_found", "{path}: {:?}", r.body);
+        }
+        let audited = app.count(&format!("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = '{action}'"));
+        assert_eq!(audited, 1, "{path}");
+    }
+}
