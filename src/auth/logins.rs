@@ -90,7 +90,11 @@ pub fn end(tc: &mut TenantConn<'_>, user: UserId, id: &str) -> AppResult<()> {
         .first(tc.pg())
         .optional()?;
     let tenant = tenant.ok_or_else(|| AppError::not_found("login"))?;
-    super::refresh::revoke_family(tc.pg(), id)?;
+    // Ended meanwhile by the same request sent at once: as a moment later
+    // (the second's update waited for the first's and found nothing live).
+    if super::refresh::revoke_family(tc.pg(), id)? == 0 {
+        return Err(AppError::not_found("login"));
+    }
     notify_live(tc.pg(), &LiveMsg::Revoked { t: tenant, u: user.0, family: Some(id.to_string()) })?;
     audited(tc, user, 1)
 }
