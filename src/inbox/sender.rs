@@ -731,7 +731,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                             }
                         }
                         let e = note_graph_error(state, job.tenant, ChannelId(ctx.channel.id), e).await;
-                        Err(fail(e.reason(), e.to_string()))
+                        Err(fail(e.reason(), e.explanation()))
                     }
                 }
             }

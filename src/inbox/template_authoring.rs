@@ -55,6 +55,9 @@ const BUTTON_CHARS: usize = 25;
 const MOST_BUTTONS: usize = 10;
 /// Meta's subcode for a name already used in that language.
 const NAME_TAKEN: i64 = 2388024;
+/// Meta's subcode (of code 100) for deleting a template the account does
+/// not have.
+const NOT_FOUND: i64 = 2593002;
 
 /// `POST /api/channels/{id}/templates`, read.
 #[derive(Debug, Clone, Deserialize)]
@@ -366,8 +369,15 @@ pub async fn delete(
     if languages.is_empty() {
         return Err(AppError::not_found("template"));
     }
-    if let Err(e) = app.graph.delete_whatsapp_template(&waba, &token, name).await {
-        return Err(refused(app, scope, &row, e).await);
+    match app.graph.delete_whatsapp_template(&waba, &token, name).await {
+        Ok(()) => {}
+        // Deleted meanwhile (by a delete sent at the same time, or in
+        // WhatsApp Manager): as a moment later, and the kept list is stale.
+        Err(GraphError::Other { code: 100, subcode: Some(NOT_FOUND), .. }) => {
+            app.templates.forget(&waba);
+            return Err(AppError::not_found("template"));
+        }
+        Err(e) => return Err(refused(app, scope, &row, e).await),
     }
     let details = json!({"name": name, "languages": languages, "business_account": waba});
     noted(app, scope, user, &row, &waba, "channel.template_deleted", details).await

@@ -69,21 +69,41 @@ pub fn regain_in(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Meta's explanation in an error object (a Graph error's `error`, or a
+/// WhatsApp status's `errors[]` item): WhatsApp's `error_data.details`
+/// when it is there (its `message` is a title, "(#131026) Message
+/// Undeliverable"), else `message`, with `error_user_msg` after it when
+/// Meta wrote one (its `message` may be only "Invalid parameter"), else a
+/// status's `title`.
+pub fn explained(e: &Value) -> Option<String> {
+    let text = |key: &str| e.get(key).and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty());
+    let details = e.get("error_data").and_then(|d| d.get("details")).and_then(Value::as_str).map(str::trim);
+    if let Some(details) = details.filter(|d| !d.is_empty()) {
+        return Some(details.to_string());
+    }
+    match (text("message"), text("error_user_msg")) {
+        (Some(m), Some(u)) if m != u => Some(format!("{m} ({u})")),
+        (Some(m), _) => Some(m.to_string()),
+        (None, Some(u)) => Some(u.to_string()),
+        (None, None) => text("title").map(str::to_string),
+    }
+}
+
 /// What a failed Graph call means for us.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
-    #[error("Meta rejected the access token (code {code}, subcode {subcode:?})")]
-    TokenInvalid { code: i64, subcode: Option<i64> },
+    #[error("Meta rejected the access token (code {code}, subcode {subcode:?}): {message}")]
+    TokenInvalid { code: i64, subcode: Option<i64>, message: String },
     #[error("Meta denied permission (code {code}): {message}")]
     Permission { code: i64, subcode: Option<i64>, message: String },
     /// `regain_in`: how long Meta said the limit lasts, when it said so
     /// (its usage headers' `estimated_time_to_regain_access`, or `Retry-After`).
-    #[error("Meta rate limit reached (code {code})")]
-    RateLimited { code: i64, subcode: Option<i64>, regain_in: Option<Duration> },
-    #[error("outside the messaging window (code {code}, subcode {subcode:?})")]
-    OutsideWindow { code: i64, subcode: Option<i64> },
-    #[error("the recipient is not available (code {code}, subcode {subcode:?})")]
-    RecipientUnavailable { code: i64, subcode: Option<i64> },
+    #[error("Meta rate limit reached (code {code}): {message}")]
+    RateLimited { code: i64, subcode: Option<i64>, regain_in: Option<Duration>, message: String },
+    #[error("outside the messaging window (code {code}, subcode {subcode:?}): {message}")]
+    OutsideWindow { code: i64, subcode: Option<i64>, message: String },
+    #[error("the recipient is not available (code {code}, subcode {subcode:?}): {message}")]
+    RecipientUnavailable { code: i64, subcode: Option<i64>, message: String },
     #[error("temporary Meta error (code {code}): {message}")]
     Transient { code: i64, subcode: Option<i64>, message: String },
     #[error("Meta error {code}/{subcode:?}: {message}")]
@@ -121,11 +141,13 @@ impl GraphError {
         match (code, subcode) {
             // 2500: no usable token came with the call (an OAuthException,
             // as 190 is).
-            (190 | 102 | 2500, _) => GraphError::TokenInvalid { code, subcode },
-            (10, Some(2018278 | 2534022)) | (131047, _) => GraphError::OutsideWindow { code, subcode },
-            (551, _) | (131026, _) | (100, Some(2018001)) => GraphError::RecipientUnavailable { code, subcode },
+            (190 | 102 | 2500, _) => GraphError::TokenInvalid { code, subcode, message },
+            (10, Some(2018278 | 2534022)) | (131047, _) => GraphError::OutsideWindow { code, subcode, message },
+            (551, _) | (131026, _) | (100, Some(2018001)) => {
+                GraphError::RecipientUnavailable { code, subcode, message }
+            }
             (4 | 17 | 32 | 613 | 80001 | 80004 | 80006 | 80007 | 130429 | 131056, _) => {
-                GraphError::RateLimited { code, subcode, regain_in: None }
+                GraphError::RateLimited { code, subcode, regain_in: None, message }
             }
             (3 | 10 | 368 | 131031 | 130497, _) | (200..=299, _) => GraphError::Permission { code, subcode, message },
             (1 | 2 | 131000 | 131016 | 131057, _) => GraphError::Transient { code, subcode, message },
@@ -161,10 +183,10 @@ impl GraphError {
     /// Meta's (code, subcode), when Meta answered with an error body.
     pub fn code(&self) -> Option<(i64, Option<i64>)> {
         match self {
-            GraphError::TokenInvalid { code, subcode }
+            GraphError::TokenInvalid { code, subcode, .. }
             | GraphError::RateLimited { code, subcode, .. }
-            | GraphError::OutsideWindow { code, subcode }
-            | GraphError::RecipientUnavailable { code, subcode } => Some((*code, *subcode)),
+            | GraphError::OutsideWindow { code, subcode, .. }
+            | GraphError::RecipientUnavailable { code, subcode, .. } => Some((*code, *subcode)),
             GraphError::Permission { code, subcode, .. }
             | GraphError::Transient { code, subcode, .. }
             | GraphError::Other { code, subcode, .. } => Some((*code, *subcode)),
@@ -189,8 +211,27 @@ impl GraphError {
         let e = body.get("error")?;
         let code = e.get("code")?.as_i64()?;
         let subcode = e.get("error_subcode").and_then(Value::as_i64);
-        let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-        Some(GraphError::classify(code, subcode, message))
+        Some(GraphError::classify(code, subcode, &explained(e).unwrap_or_default()))
+    }
+
+    /// What a message that failed with this error shows as
+    /// `error.message`: Meta's own explanation when it gave one (as a
+    /// WhatsApp `failed` status's is), else what went wrong here.
+    pub fn explanation(&self) -> String {
+        match self {
+            GraphError::TokenInvalid { message, .. }
+            | GraphError::Permission { message, .. }
+            | GraphError::RateLimited { message, .. }
+            | GraphError::OutsideWindow { message, .. }
+            | GraphError::RecipientUnavailable { message, .. }
+            | GraphError::Transient { message, .. }
+            | GraphError::Other { message, .. }
+                if !message.is_empty() =>
+            {
+                message.clone()
+            }
+            other => other.to_string(),
+        }
     }
 }
 
@@ -1126,6 +1167,36 @@ mod tests {
         let once = GraphClient::new(&cfg).with_retry(1, Duration::ZERO);
         let err = once.me(&Secret::new("fine".into())).await.err();
         assert!(matches!(err, Some(GraphError::Network(_))), "{err:?}");
+    }
+
+    /// Meta's explanation is what a failed message shows, whether the
+    /// error came with the send or later in a status.
+    #[test]
+    fn metas_explanation_is_read_from_where_meta_writes_it() {
+        let of = |name: &str| GraphError::from_body(&fixture(name)).map(|e| e.explanation());
+        assert_eq!(
+            of("whatsapp_error_131026_sync.json").as_deref(),
+            Some("Receiver is incapable of receiving this message")
+        );
+        assert_eq!(
+            of("messenger_error_551_unavailable.json").as_deref(),
+            Some("(#551) This person isn't available right now.")
+        );
+        assert!(of("graph_error_190_expired.json").is_some_and(|m| m.starts_with("Error validating access token")));
+        let e = serde_json::json!({"message": "Invalid parameter", "code": 100, "error_subcode": 2593002,
+            "error_user_title": "Message template not found",
+            "error_user_msg": "The message template x wasn't found for this account."});
+        assert_eq!(
+            explained(&e).as_deref(),
+            Some("Invalid parameter (The message template x wasn't found for this account.)")
+        );
+        let status = serde_json::json!({"code": 131047, "title": "Re-engagement message"});
+        assert_eq!(explained(&status).as_deref(), Some("Re-engagement message"));
+        let blank = serde_json::json!({"code": 1, "message": " ", "error_data": {"details": ""}});
+        assert_eq!(explained(&blank), None);
+        // Meta gave none: what went wrong here, still naming the code.
+        let bare = GraphError::from_body(&serde_json::json!({"error": {"code": 551}}));
+        assert!(bare.is_some_and(|e| e.explanation().contains("551")));
     }
 
     #[test]

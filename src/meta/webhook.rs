@@ -867,19 +867,13 @@ pub const MARKETING_LIMITED: i64 = 131049;
 /// `meta_code`.
 fn status_error(e: &Value) -> Value {
     let meta_code = e.get("code").and_then(Value::as_i64);
-    let message = e
-        .get("error_data")
-        .and_then(|d| d.get("details"))
-        .and_then(Value::as_str)
-        .or_else(|| e.get("message").and_then(Value::as_str))
-        .or_else(|| e.get("title").and_then(Value::as_str))
-        .unwrap_or("failed");
+    let message = crate::meta::graph::explained(e).unwrap_or_else(|| "failed".to_string());
     let reason = match meta_code {
         // The customer stopped marketing messages (a marketing template).
         Some(MARKETING_STOPPED) => "marketing_stopped",
         // Meta held back a marketing template: try again in a day or more.
         Some(MARKETING_LIMITED) => "marketing_limited",
-        Some(c) => crate::meta::graph::GraphError::classify(c, None, message).reason(),
+        Some(c) => crate::meta::graph::GraphError::classify(c, None, &message).reason(),
         None => "meta_error",
     };
     serde_json::json!({"code": reason, "message": message, "meta_code": meta_code})

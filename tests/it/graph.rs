@@ -40,7 +40,7 @@ async fn paging_retries_and_classification() {
     // An expired token: 190/463, no retry, and the token is in no message.
     app.fake("POST", "/_fake/tokens/expire", json!({"token": token.expose()})).await;
     let err = graph.me(&token).await.expect_err("expired");
-    assert!(matches!(err, GraphError::TokenInvalid { code: 190, subcode: Some(463) }), "{err:?}");
+    assert!(matches!(err, GraphError::TokenInvalid { code: 190, subcode: Some(463), .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains(token.expose()));
     // Slow answers time out as network errors after retries; nothing leaks the secret.
     let slow = GraphClient::new(&app.config.meta).with_retry(1, Duration::from_millis(1));

@@ -713,7 +713,7 @@ async fn message_status(app: &TestApp, t: &str, conv: &str, id: &str) -> Value {
 }
 
 /// Meta refuses some sends: a person not available (Messenger 551, WhatsApp
-/// 131026) fails the reply with Meta's reason at once; a rate limit
+/// 131026) fails the reply with Meta's reason and explanation at once; a rate limit
 /// (WhatsApp 130429) keeps it pending and tries again later.
 #[actix_web::test]
 async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
@@ -732,13 +732,17 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
         assert_eq!(status, 202, "{msg}");
         sent.push((conv, msg["id"].as_str().expect("id").to_string()));
     }
-    for (conv, id) in &sent[..2] {
+    // Meta's own explanation, as a WhatsApp `failed` status's shows it
+    // (its `error_data.details` before the title in `message`).
+    let said = ["(#551) This person isn't available right now.", "Receiver is incapable of receiving this message"];
+    for ((conv, id), said) in sent[..2].iter().zip(said) {
         eventually("the refused reply failed", || async {
             message_status(&app, &ctx.admin, conv, id).await["status"] == "failed"
         })
         .await;
         let failed = message_status(&app, &ctx.admin, conv, id).await;
         assert_eq!(failed["error"]["code"], "recipient_unavailable", "{failed}");
+        assert_eq!(failed["error"]["message"], said, "{failed}");
     }
     // The number's throughput limit holds its sends, this one's too: tried
     // once, put back uncounted until the hold ends.

@@ -460,7 +460,13 @@ pub(super) fn delete(
     let before = waba.templates.len();
     waba.templates.retain(|t| !(&t.name == name && q.get("hsm_id").is_none_or(|id| &t.id == id)));
     if waba.templates.len() == before {
-        return graph_error(100, None, &format!("(#100) Message template \"{name}\" was not found"));
+        // Meta's answer: a generic message, the explanation for people.
+        let e = json!({"message": "Invalid parameter", "type": "OAuthException", "code": 100,
+            "error_subcode": 2593002, "is_transient": false,
+            "error_user_title": "Message template not found",
+            "error_user_msg": format!("The message template {name} wasn't found for this account."),
+            "fbtrace_id": format!("Fake{}", random_alnum(12))});
+        return HttpResponse::BadRequest().json(json!({ "error": e }));
     }
     HttpResponse::Ok().json(json!({"success": true}))
 }
