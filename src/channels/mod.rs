@@ -914,16 +914,23 @@ pub fn upsert_connected(
 }
 
 /// Marks a channel disconnected: token dropped, route released, history kept.
+/// One disconnected already stays as it is, with the reason it has: a
+/// second disconnect (the admin's again, Meta's retried webhook, or both
+/// at once) records and announces nothing.
 pub fn mark_disconnected(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId, reason: &str) -> AppResult<()> {
     let row = find(tc, id)?;
-    diesel::update(channels::table.find(id.0))
-        .set((
-            channels::status.eq(ChannelStatus::Disconnected.as_str()),
-            channels::status_reason.eq(reason),
-            channels::access_token_enc.eq(None::<String>),
-            channels::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(tc.pg())?;
+    let changed =
+        diesel::update(channels::table.find(id.0).filter(channels::status.ne(ChannelStatus::Disconnected.as_str())))
+            .set((
+                channels::status.eq(ChannelStatus::Disconnected.as_str()),
+                channels::status_reason.eq(reason),
+                channels::access_token_enc.eq(None::<String>),
+                channels::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tc.pg())?;
+    if changed == 0 {
+        return Ok(());
+    }
     release_route(tc, &row)?;
     audit::record(tc, actor, "channel.disconnected", "channel", Some(id.to_string()), json!({"reason": reason}))?;
     channel_event(tc, id.0, ChannelStatus::Disconnected, Some(reason))?;

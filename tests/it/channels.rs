@@ -279,6 +279,21 @@ async fn facebook_connect_flow_end_to_end() {
     assert_eq!(r.status, 204);
     let b = app.call("GET", &format!("/api/channels/{b_id}"), Some(&admin), None).await;
     assert_eq!(b.body["status"], "disconnected");
+    // Again, twice at once: answered as before, and nothing more recorded
+    // or announced; the reason stays the first one.
+    let path = format!("/api/channels/{b_id}");
+    let again = |_| app.call("DELETE", &path, Some(&admin), None);
+    for r in futures_util::future::join_all((0..2).map(again)).await {
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    let announced = format!(
+        "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
+          AND payload->>'id' = '{b_id}' AND payload->>'status' = 'disconnected'"
+    );
+    let audited = format!(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'channel.disconnected' AND target_id = '{b_id}'"
+    );
+    assert_eq!((app.count(&announced), app.count(&audited)), (1, 1));
     let state = app.fake("GET", "/_fake/state", json!({})).await;
     let b_meta = state["pages"].as_array().expect("pages").iter().find(|p| p["id"] == PAGE_B).expect("B").clone();
     assert!(b_meta["subscribed_fields"].is_null());
