@@ -194,6 +194,13 @@ impl From<DbError> for AppError {
             DbError::Query(D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
                 AppError::unavailable("retry", "concurrent update, please retry")
             }
+            // SQLSTATE 40P01, which diesel files under Unknown: PostgreSQL
+            // ended this transaction so that another could go on. Nothing
+            // was written; the same request again will go. (Locks are taken
+            // in one order to make it rare, not impossible.)
+            DbError::Query(D::DatabaseError(_, info)) if info.message().starts_with("deadlock detected") => {
+                AppError::unavailable("retry", "concurrent update, please retry").retry_after(1)
+            }
             // PostgreSQL text and jsonb cannot hold U+0000 (SQLSTATE 22021 /
             // 22P05; diesel keeps no SQLSTATE, so the locale-independent part
             // of the message is matched): the client's input, not our fault.

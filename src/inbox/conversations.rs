@@ -713,6 +713,12 @@ pub fn patch_many(
     p: &Patch,
     online: &[UserId],
 ) -> AppResult<Vec<ConversationView>> {
+    // All of them first, in id order as a webhook's batch takes them: two
+    // bulk changes naming the same conversations in other orders would
+    // otherwise each hold one the other waits for.
+    let mut sorted: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    sorted.sort_unstable();
+    c::table.filter(c::id.eq_any(&sorted)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
     ids.iter()
         .map(|id| {
             patch(tc, log, user, role, *id, p.clone(), online).map_err(|mut e| {
@@ -735,6 +741,11 @@ pub fn patch(
     p: Patch,
     online: &[UserId],
 ) -> AppResult<ConversationView> {
+    // Read under the row's lock: the change is worked out from what it is
+    // (labels added to those there, "changes nothing" told apart), and two
+    // sent at once take turns instead of both writing, auditing and
+    // announcing the same change, or one losing the other's labels.
+    c::table.find(id.0).select(c::id).for_update().first::<i64>(tc.pg()).optional()?;
     let row = visible_conversation(tc, user, role, id)?;
     let mut status = row.status.clone();
     let mut snoozed_until = row.snoozed_until;

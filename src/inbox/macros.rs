@@ -279,12 +279,18 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
             ))
             .returning(row_columns!())
             .get_result(tc.pg())?,
-        Some(id) => diesel::update(mc::table.find(id))
-            .set((mc::name.eq(&name), mc::actions.eq(&value), mc::updated_at.eq(diesel::dsl::now)))
-            .returning(row_columns!())
-            .get_result(tc.pg())
-            .optional()?
-            .ok_or_else(|| AppError::not_found("macro"))?,
+        Some(id) => {
+            // Only a change: the same again (a retry, or sent twice at once,
+            // the second finding the first's) writes and records nothing.
+            let changed = mc::name.ne(&name).or(mc::actions.ne(&value));
+            let row: Option<Row> = diesel::update(mc::table.find(id).filter(changed))
+                .set((mc::name.eq(&name), mc::actions.eq(&value), mc::updated_at.eq(diesel::dsl::now)))
+                .returning(row_columns!())
+                .get_result(tc.pg())
+                .optional()?;
+            let Some(row) = row else { return visible(tc, user, id) };
+            row
+        }
     };
     let action = if id.is_some() { "macro.updated" } else { "macro.created" };
     let visibility = if owner.is_some() { "personal" } else { "team" };

@@ -193,10 +193,17 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
                 .returning(row_columns!())
                 .get_result(tc.pg())?
         }
-        Some(id) => diesel::update(sv::table.find(id))
-            .set((sv::name.eq(&name), sv::filters.eq(&value), sv::updated_at.eq(diesel::dsl::now)))
-            .returning(row_columns!())
-            .get_result(tc.pg())?,
+        Some(id) => {
+            let changed = sv::name.ne(&name).or(sv::filters.ne(&value));
+            let row: Option<Row> = diesel::update(sv::table.find(id).filter(changed))
+                .set((sv::name.eq(&name), sv::filters.eq(&value), sv::updated_at.eq(diesel::dsl::now)))
+                .returning(row_columns!())
+                .get_result(tc.pg())
+                .optional()?;
+            // The same again (a retry): nothing written, nothing recorded.
+            let Some(row) = row else { return find(tc, user, id) };
+            row
+        }
     };
     if owner.is_none() {
         let action = if id.is_some() { "view.updated" } else { "view.created" };

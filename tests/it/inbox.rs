@@ -7490,3 +7490,94 @@ async fn deletes_sent_at_once_delete_once() {
         assert_eq!(audited, 1, "{path}");
     }
 }
+
+/// PATCHes of one conversation sent at once take turns: the same change
+/// many times is made, audited and announced once (each was, before), and
+/// labels added by several at once are all kept (each read the labels
+/// there and wrote its own beside them, losing the others').
+#[actix_web::test]
+async fn changes_to_one_conversation_sent_at_once_take_turns() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{conv}");
+    let announced = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'conversation.updated' AND conversation_id = {conv}"
+        ))
+    };
+    let before = announced();
+    let urgent = |_| app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"priority": "urgent"})));
+    for r in futures_util::future::join_all((0..8).map(urgent)).await {
+        assert_eq!((r.status, &r.body["priority"]), (200, &json!("urgent")), "{:?}", r.body);
+    }
+    let audited =
+        app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.prioritized'");
+    assert_eq!((audited, announced() - before), (1, 1));
+
+    let labels: Vec<String> = (0..8).map(|i| format!("topic-{i}")).collect();
+    let add = |label: &String| app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"add_labels": [label]})));
+    for r in futures_util::future::join_all(labels.iter().map(add)).await {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let shown = app.call("GET", &path, Some(&ctx.admin), None).await.body;
+    let mut kept: Vec<String> =
+        shown["labels"].as_array().expect("labels").iter().filter_map(|l| l.as_str().map(str::to_string)).collect();
+    kept.sort();
+    assert_eq!(kept, labels);
+
+    // Bulk changes naming the same conversations in other orders.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "7392015648120395", "text": "Oi"})).await;
+    app.processed().await;
+    let other = by_contact(&conversations(&app, &ctx.admin, "").await, "7392015648120395")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let orders = [[conv.clone(), other.clone()], [other.clone(), conv.clone()]];
+    let bulk = |i: usize| {
+        let body = json!({"ids": orders[i % 2], "add_labels": [format!("bulk-{i}")]});
+        app.call("POST", "/api/conversations/bulk", Some(&ctx.admin), Some(body))
+    };
+    for r in futures_util::future::join_all((0..8).map(bulk)).await {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    for id in [&conv, &other] {
+        let shown = app.call("GET", &format!("/api/conversations/{id}"), Some(&ctx.admin), None).await.body;
+        let bulk_labels = shown["labels"]
+            .as_array()
+            .expect("labels")
+            .iter()
+            .filter(|l| l.as_str().is_some_and(|l| l.starts_with("bulk-")));
+        assert_eq!(bulk_labels.count(), 8, "{shown}");
+    }
+}
+
+/// Saving a team's view or macro as it is (a retry, or the same sent many
+/// times at once) writes and audits nothing more; a real change is
+/// audited once.
+#[actix_web::test]
+async fn saving_a_view_or_macro_as_it_is_records_nothing() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let view = json!({"name": "Open", "visibility": "team", "filters": {"status": "open"}});
+    let r = app.call("POST", "/api/views", Some(&ctx.admin), Some(view)).await;
+    let view = format!("/api/views/{}", r.body["id"].as_str().expect("id"));
+    let tidy = json!({"name": "Tidy", "actions": [{"type": "add_labels", "labels": ["tidy"]}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(tidy)).await;
+    let tidy = format!("/api/macros/{}", r.body["id"].as_str().expect("id"));
+    let audited =
+        |action: &str| app.count(&format!("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = '{action}'"));
+    for (path, body, action) in [
+        (&view, json!({"name": "Open ones", "filters": {"status": "open"}}), "view.updated"),
+        (&tidy, json!({"name": "Tidy up", "actions": [{"type": "add_labels", "labels": ["tidy"]}]}), "macro.updated"),
+    ] {
+        let save = |_| app.call("PATCH", path, Some(&ctx.admin), Some(body.clone()));
+        for r in futures_util::future::join_all((0..6).map(save)).await {
+            assert_eq!((r.status, &r.body["name"]), (200, &body["name"]), "{:?}", r.body);
+        }
+        assert_eq!(save(0).await.status, 200);
+        assert_eq!(audited(action), 1, "{action}");
+    }
+}

@@ -488,3 +488,38 @@ async fn idle_workers_sleep_until_their_next_row_falls_due() {
     assert_eq!(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), IDLE_MOST);
     assert_eq!(idle_wait(&mut conn, Queue::Sends).expect("wait"), IDLE_MOST);
 }
+
+/// A transaction PostgreSQL ends to break a deadlock is a concurrent
+/// update to retry (503 `retry`, `Retry-After`), not our bug (a 500): two
+/// transactions here lock two rows in opposite orders.
+#[test]
+fn a_deadlock_is_answered_as_a_retry() {
+    let db = TestDb::new();
+    let pool = db.pool(2);
+    pool.get()
+        .expect("conn")
+        .batch_execute("CREATE TABLE public.deadlock_probe (id int PRIMARY KEY); INSERT INTO public.deadlock_probe VALUES (1), (2)")
+        .expect("table");
+    let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let lock = |first: i32, second: i32| {
+        let (pool, both) = (pool.clone(), both.clone());
+        std::thread::spawn(move || {
+            let mut conn = pool.get().expect("conn");
+            conn.transaction::<_, DbError, _>(|conn| {
+                let take = |conn: &mut PgConnection, id: i32| {
+                    diesel::sql_query(format!("SELECT id FROM public.deadlock_probe WHERE id = {id} FOR UPDATE"))
+                        .execute(conn)
+                };
+                take(conn, first)?;
+                both.wait();
+                take(conn, second)?;
+                Ok(())
+            })
+        })
+    };
+    let (a, b) = (lock(1, 2), lock(2, 1));
+    let ended: Vec<AppError> =
+        [a, b].into_iter().filter_map(|t| t.join().expect("thread").err()).map(AppError::from).collect();
+    assert_eq!(ended.len(), 1, "one goes on: {ended:?}");
+    assert_eq!((ended[0].status().as_u16(), ended[0].code.as_ref(), ended[0].retry_after), (503, "retry", Some(1)));
+}
