@@ -1247,21 +1247,26 @@ pub fn mark_read(
     let row = visible_conversation(tc, user, role, id)?;
     // Looking at it is seeing what one was told of it.
     super::notifications::mark_read(tc, log, user, role, super::notifications::Which::Conversation(id))?;
-    if row.unread_count == 0 {
+    if row.unread_count == 0 || !set_unread(tc, log, row.id, false)? {
         return Ok(false);
     }
-    set_unread_count(tc, log, row.id, 0)?;
     super::sender::queue(tc, super::sender::SendKind::MarkSeen, row.id, None)?;
     Ok(true)
 }
 
-/// Sets conversation `id`'s unread count (the team's) to `count`, announced.
-fn set_unread_count(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, count: i32) -> AppResult<()> {
-    let updated: ConversationRow = diesel::update(c::table.find(id))
-        .set((c::unread_count.eq(count), c::updated_at.eq(diesel::dsl::now)))
+/// Marks conversation `id` read (`unread` false: its unread count to 0)
+/// or unread (to 1, from 0), announced, if it is not so already when its
+/// turn comes (a read sent twice at once: the second finds it done);
+/// whether it changed.
+fn set_unread(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, unread: bool) -> AppResult<bool> {
+    let updated: Option<ConversationRow> = diesel::update(c::table.find(id).filter(c::unread_count.eq(0).eq(unread)))
+        .set((c::unread_count.eq(i32::from(unread)), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
-        .get_result(tc.pg())?;
-    announce(tc, log, std::slice::from_ref(&updated))
+        .get_result(tc.pg())
+        .optional()?;
+    let Some(updated) = updated else { return Ok(false) };
+    announce(tc, log, std::slice::from_ref(&updated))?;
+    Ok(true)
 }
 
 /// `POST /api/conversations/{id}/unread`: marks it unread again for the
@@ -1279,8 +1284,7 @@ pub fn mark_unread(
     if row.unread_count > 0 {
         return Ok(false);
     }
-    set_unread_count(tc, log, row.id, 1)?;
-    Ok(true)
+    set_unread(tc, log, row.id, true)
 }
 
 /// Wakes snoozed conversations whose time has come (one with no one on it

@@ -7492,7 +7492,8 @@ async fn deletes_sent_at_once_delete_once() {
 }
 
 /// PATCHes of one conversation sent at once take turns: the same change
-/// many times is made, audited and announced once (each was, before), and
+/// many times is made, audited and announced once (each was, before, and
+/// each read queued a "seen" for Meta), and
 /// labels added by several at once are all kept (each read the labels
 /// there and wrote its own beside them, losing the others').
 #[actix_web::test]
@@ -7516,6 +7517,16 @@ async fn changes_to_one_conversation_sent_at_once_take_turns() {
     let audited =
         app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.prioritized'");
     assert_eq!((audited, announced() - before), (1, 1));
+    // Read many times at once: read once, announced once, and Meta told
+    // once that the page saw it.
+    let (before, read) = (announced(), format!("{path}/read"));
+    let seen =
+        format!("SELECT count(*) AS n FROM public.send_queue WHERE conversation_id = {conv} AND kind = 'mark_seen'");
+    let seen_before = app.count(&seen);
+    for r in futures_util::future::join_all((0..8).map(|_| app.call("POST", &read, Some(&ctx.admin), None))).await {
+        assert!(r.status < 300, "{:?}", r.body);
+    }
+    assert_eq!((announced() - before, app.count(&seen) - seen_before), (1, 1));
 
     let labels: Vec<String> = (0..8).map(|i| format!("topic-{i}")).collect();
     let add = |label: &String| app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"add_labels": [label]})));
