@@ -265,9 +265,15 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
         None => same_name.filter(mc::owner_user_id.is_null()),
     };
     let taken: Option<i64> = same_name.first(tc.pg()).optional()?;
+    let name_taken = || AppError::conflict("macro_name_taken", "another macro of the same owner has this name");
     if taken.is_some_and(|t| Some(t) != id) {
-        return Err(AppError::conflict("macro_name_taken", "another macro of the same owner has this name"));
+        return Err(name_taken());
     }
+    // Made at the same time under the same name: the unique index says so.
+    let clash = |e: diesel::result::Error| match e {
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => name_taken(),
+        e => e.into(),
+    };
     let value = serde_json::to_value(&actions).map_err(AppError::internal)?;
     let row: Row = match id {
         None => diesel::insert_into(mc::table)
@@ -278,7 +284,8 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
                 mc::owner_user_id.eq(owner),
             ))
             .returning(row_columns!())
-            .get_result(tc.pg())?,
+            .get_result(tc.pg())
+            .map_err(clash)?,
         Some(id) => {
             // Only a change: the same again (a retry, or sent twice at once,
             // the second finding the first's) writes and records nothing.
@@ -287,7 +294,8 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
                 .set((mc::name.eq(&name), mc::actions.eq(&value), mc::updated_at.eq(diesel::dsl::now)))
                 .returning(row_columns!())
                 .get_result(tc.pg())
-                .optional()?;
+                .optional()
+                .map_err(clash)?;
             let Some(row) = row else { return visible(tc, user, id) };
             row
         }
@@ -322,6 +330,10 @@ pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
     Ok(())
 }
 
+/// How many of the tenant's latest audited actions a run's `client_id` is
+/// looked for in (`macro.run` keeps it): a retry comes within seconds.
+const RUNS_LOOKED_BACK: i64 = 500;
+
 /// What a run did: the messages it wrote, and the conversation after.
 #[derive(Debug, Serialize)]
 pub struct Ran {
@@ -348,13 +360,40 @@ pub fn run(
     online: &[UserId],
 ) -> AppResult<Ran> {
     let found = visible(tc, user, id)?;
-    // Before anything: a conversation the caller may not see is not found.
+    // The conversation's turn first (a retry sent while the first still
+    // runs waits for it, and then finds it done); then a conversation the
+    // caller may not see is not found.
+    crate::db::tenant_schema::conversations::table
+        .find(conversation.0)
+        .select(crate::db::tenant_schema::conversations::id)
+        .for_update()
+        .first::<i64>(tc.pg())
+        .optional()?;
     let row = messages::visible_conversation(tc, user, role, conversation)?;
+    let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
+    if let Some(cid) = &client_id {
+        let ran = audit::recent(tc, "macro.run", &conversation.to_string(), RUNS_LOOKED_BACK)?;
+        if ran.iter().any(|d| d["client_id"] == cid.as_str() && d["macro_id"] == found.id.to_string()) {
+            // A retry of a run that went: what it wrote, and the
+            // conversation as it is, nothing done again (a change made
+            // since by someone else stays).
+            let mut written = Vec::new();
+            for (n, action) in found.actions.iter().enumerate() {
+                let private = match action {
+                    Action::SendMessage { .. } => false,
+                    Action::AddNote { .. } => true,
+                    _ => continue,
+                };
+                written.extend(messages::macro_retried(tc, user, &row, client(n).as_deref(), private)?);
+            }
+            let view = super::views::Names::default().conversation(tc, &row)?;
+            return Ok(Ran { conversation: view, messages: written, queued: false });
+        }
+    }
     let step = |n: usize, mut e: AppError| {
         e.message = format!("action {}: {}", n + 1, e.message);
         e
     };
-    let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
     let mut written = Vec::new();
     let mut queued = false;
     let mut patch = Patch::default();
@@ -428,7 +467,7 @@ pub fn run(
         "macro.run",
         "conversation",
         Some(conversation.to_string()),
-        json!({"macro_id": found.id.to_string(), "name": found.name}),
+        json!({"macro_id": found.id.to_string(), "name": found.name, "client_id": client_id}),
     )?;
     Ok(Ran { conversation: view, messages: written, queued: queued || resolves })
 }

@@ -6131,7 +6131,7 @@ async fn a_block_committed_while_a_batch_waits_keeps_its_message_quiet() {
 
 /// An admin keeps macros; an agent runs one on a conversation: its
 /// messages, then its changes, all or nothing; a retry under the same
-/// `client_id` sends nothing twice.
+/// `client_id` sends, changes and records nothing again.
 #[actix_web::test]
 async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
     let app = spawn_app().await;
@@ -6182,16 +6182,30 @@ async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
         let (app, path, t) = (&app, format!("/api/conversations/{conv}/macros/{id}"), ctx.admin.clone());
         async move { app.call("POST", &path, Some(&t), body).await }
     };
-    for _ in 0..2 {
-        let r = run(&fresh, Some(json!({"client_id": "run-1"}))).await;
+    // Sent many times at once, and once more after a colleague changed the
+    // priority: one run, whose messages each answer names; the retry does
+    // nothing again (the colleague's priority stays).
+    let first = |_| run(&fresh, Some(json!({"client_id": "run-1"})));
+    let answers = futures_util::future::join_all((0..6).map(first)).await;
+    let ids = |r: &crate::common::Resp| {
+        r.body["messages"].as_array().map(|l| l.iter().map(|m| m["id"].clone()).collect::<Vec<_>>())
+    };
+    for r in &answers {
         assert_eq!(r.status, 200, "{:?}", r.body);
         let c = &r.body["conversation"];
         assert_eq!(
             (&c["status"], &c["labels"], &c["priority"]),
             (&json!("resolved"), &json!(["refund"]), &json!("low"))
         );
+        assert_eq!(ids(r), ids(&answers[0]));
         assert_eq!(r.body["messages"].as_array().map(Vec::len), Some(2));
     }
+    let high = json!({"priority": "high"});
+    let r = app.call("PATCH", &format!("/api/conversations/{fresh}"), Some(&ctx.admin), Some(high)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = run(&fresh, Some(json!({"client_id": "run-1"}))).await;
+    assert_eq!((r.status, &r.body["conversation"]["priority"]), (200, &json!("high")), "{:?}", r.body);
+    assert_eq!(ids(&r), ids(&answers[0]));
     let texts: Vec<String> =
         messages(&app, &ctx.admin, &fresh).await.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(texts, ["Where is my refund?", "Your refund is on its way.", "Refund issued in the shop's back office"]);
@@ -6229,7 +6243,7 @@ async fn a_macro_answers_labels_and_resolves_all_or_nothing() {
     assert_eq!(run(&fresh, None).await.status, 404);
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ctx.admin), None).await.body;
     let runs = log["items"].as_array().expect("items").iter().filter(|e| e["action"] == "macro.run").count();
-    assert_eq!(runs, 3);
+    assert_eq!(runs, 2, "run-1 once, its retries not again, and Later");
 }
 
 fn time_of(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -7567,7 +7581,7 @@ async fn changes_to_one_conversation_sent_at_once_take_turns() {
 
 /// Saving a team's view or macro as it is (a retry, or the same sent many
 /// times at once) writes and audits nothing more; a real change is
-/// audited once.
+/// audited once. Macros made at once under one name: `macro_name_taken`.
 #[actix_web::test]
 async fn saving_a_view_or_macro_as_it_is_records_nothing() {
     let app = spawn_app().await;
@@ -7591,4 +7605,15 @@ async fn saving_a_view_or_macro_as_it_is_records_nothing() {
         assert_eq!(save(0).await.status, 200);
         assert_eq!(audited(action), 1, "{action}");
     }
+    // Made at once under one name: one made, the others told why.
+    let same = json!({"name": "Twice", "actions": [{"type": "add_labels", "labels": ["twice"]}]});
+    let make = |_| app.call("POST", "/api/macros", Some(&ctx.admin), Some(same.clone()));
+    let mut answers: Vec<(u16, String)> = futures_util::future::join_all((0..6).map(make))
+        .await
+        .into_iter()
+        .map(|r| (r.status, r.body["error"]["code"].as_str().unwrap_or("").to_string()))
+        .collect();
+    answers.sort();
+    let taken = (409, "macro_name_taken".to_string());
+    assert_eq!(answers, [(201, String::new()), taken.clone(), taken.clone(), taken.clone(), taken.clone(), taken]);
 }
