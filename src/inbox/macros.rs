@@ -373,7 +373,8 @@ pub fn run(
     let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
     if let Some(cid) = &client_id {
         let ran = audit::recent(tc, "macro.run", &conversation.to_string(), RUNS_LOOKED_BACK)?;
-        if ran.iter().any(|d| d["client_id"] == cid.as_str() && d["macro_id"] == found.id.to_string()) {
+        let macro_id = found.id.to_string();
+        if ran.iter().any(|d| d["client_id"] == cid.as_str() && d["macro_id"] == macro_id.as_str()) {
             // A retry of a run that went: what it wrote, and the
             // conversation as it is, nothing done again (a change made
             // since by someone else stays).
