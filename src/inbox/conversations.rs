@@ -698,6 +698,15 @@ impl Patch {
 /// The most conversations one bulk change takes.
 pub const MOST_AT_ONCE: usize = 100;
 
+/// Takes the row locks of conversations `ids` (those that exist) for the
+/// rest of the transaction, in id order, as a webhook's batch takes them:
+/// a change read after it is the conversation as it is, and another
+/// change waits its turn.
+pub(crate) fn lock(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<()> {
+    c::table.filter(c::id.eq_any(ids)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+    Ok(())
+}
+
 /// `POST /api/conversations/bulk`: the same change to each of `ids` (a
 /// team resolving or assigning a screenful at once), each as
 /// [`patch`] makes it (checked, audited, announced; one already so
@@ -713,12 +722,9 @@ pub fn patch_many(
     p: &Patch,
     online: &[UserId],
 ) -> AppResult<Vec<ConversationView>> {
-    // All of them first, in id order as a webhook's batch takes them: two
-    // bulk changes naming the same conversations in other orders would
-    // otherwise each hold one the other waits for.
-    let mut sorted: Vec<i64> = ids.iter().map(|id| id.0).collect();
-    sorted.sort_unstable();
-    c::table.filter(c::id.eq_any(&sorted)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+    // All of them first: two bulk changes naming the same conversations in
+    // other orders would otherwise each hold one the other waits for.
+    lock(tc, &ids.iter().map(|id| id.0).collect::<Vec<_>>())?;
     ids.iter()
         .map(|id| {
             patch(tc, log, user, role, *id, p.clone(), online).map_err(|mut e| {
@@ -745,7 +751,7 @@ pub fn patch(
     // (labels added to those there, "changes nothing" told apart), and two
     // sent at once take turns instead of both writing, auditing and
     // announcing the same change, or one losing the other's labels.
-    c::table.find(id.0).select(c::id).for_update().first::<i64>(tc.pg()).optional()?;
+    lock(tc, &[id.0])?;
     let row = visible_conversation(tc, user, role, id)?;
     let mut status = row.status.clone();
     let mut snoozed_until = row.snoozed_until;

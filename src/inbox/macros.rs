@@ -363,12 +363,7 @@ pub fn run(
     // The conversation's turn first (a retry sent while the first still
     // runs waits for it, and then finds it done); then a conversation the
     // caller may not see is not found.
-    crate::db::tenant_schema::conversations::table
-        .find(conversation.0)
-        .select(crate::db::tenant_schema::conversations::id)
-        .for_update()
-        .first::<i64>(tc.pg())
-        .optional()?;
+    conversations::lock(tc, &[conversation.0])?;
     let row = messages::visible_conversation(tc, user, role, conversation)?;
     let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
     if let Some(cid) = &client_id {

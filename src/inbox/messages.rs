@@ -1102,7 +1102,7 @@ fn lock_conversation_of(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<i6
     let Some(conversation) = m::table.find(id).select(m::conversation_id).first::<i64>(tc.pg()).optional()? else {
         return Ok(None);
     };
-    conversations::table.find(conversation).select(conversations::id).for_update().first::<i64>(tc.pg())?;
+    super::conversations::lock(tc, &[conversation])?;
     Ok(Some(conversation))
 }
 
