@@ -1162,6 +1162,8 @@ mod tests {
         let err = graph.me(&Secret::new("line\nbreak".into())).await.err();
         assert!(matches!(err, Some(GraphError::Unsendable(_))), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "retried: {:?}", started.elapsed());
+        // Nor by the sender: a reply that meets it fails, as `meta_error`.
+        assert!(err.as_ref().is_some_and(|e| !e.is_transient() && e.reason() == "meta_error"), "{err:?}");
         let err = err.map(crate::error::AppError::from).map(|e| (e.status().as_u16(), e.code.to_string()));
         assert_eq!(err, Some((422, "meta_request_invalid".to_string())));
         let once = GraphClient::new(&cfg).with_retry(1, Duration::ZERO);
