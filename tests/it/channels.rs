@@ -695,6 +695,17 @@ async fn whatsapp_account_updates_reach_every_number_of_the_account() {
         ),
         2
     );
+    // The admin disconnecting them too changes nothing: Meta's reason stays,
+    // and nothing more is announced or audited.
+    for number in channels(&app, &admin).await.iter().filter(|c| c["platform"] == "whatsapp") {
+        let path = format!("/api/channels/{}", number["id"].as_str().expect("id"));
+        assert_eq!(app.call("DELETE", &path, Some(&admin), None).await.status, 204);
+    }
+    assert_eq!(state(admin.clone()).await, wa("disconnected", Some("whatsapp_partner_removed")));
+    let disconnections = "SELECT count(*) AS n FROM tenant_acme.events WHERE type = 'channel.updated' \
+                            AND payload->>'status' = 'disconnected'";
+    let audited = "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'channel.disconnected'";
+    assert_eq!((app.count(disconnections), app.count(audited)), (2, 2));
     // The numbers are free: their messages now find no tenant.
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
     assert_eq!(app.webhook(&crate::common::fixture("whatsapp_text.json")).await, 200);
