@@ -38,6 +38,11 @@
 //!   `{inbox_notifications: {customer_message: false}}`); what was kept
 //!   stays, to be read as before. The other kinds cannot be turned off:
 //!   a colleague or the clock did them for this member.
+//! - A `reply_overdue` still unread is withdrawn as a `customer_message`
+//!   is when the conversation passes to someone else or to no one: it
+//!   said a customer waits on this member past the target, and no longer
+//!   does. Nobody is told anew (the clock rings once per wait): the new
+//!   assignee has their `assigned`, and `?overdue=true` lists it.
 //! - The channel-wide ones (`new_conversation`, `new_message`, thread
 //!   control) are every agent's of the channel: the list, the badges and
 //!   the live `notification` events show them; they are not kept per
@@ -92,6 +97,9 @@ pub const CHANGED: &str = "notifications.changed";
 /// The kind kept when a customer writes in a conversation assigned to a
 /// member: one unread per member and conversation until read.
 pub const CUSTOMER_MESSAGE: &str = "customer_message";
+
+/// A conversation assigned to the member passed its reply target.
+pub const REPLY_OVERDUE: &str = "reply_overdue";
 
 /// Keeps, in `tc`'s transaction, `notices` (of `log`'s unit of work),
 /// announcing the new unread count of each member whose count moved;
@@ -220,11 +228,13 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
     Ok(kept.into_iter().map(|k| k.user_id).collect())
 }
 
-/// `conversations` changed hands: a `customer_message` still unread by a
-/// member no longer on one is withdrawn (what waits there is its new
-/// assignee's to answer, told by their `assigned`, or the channel's), and
-/// the count of each member who lost one is announced. Run after the
-/// change, in its transaction. How many were withdrawn.
+/// `conversations` changed hands: a `customer_message` or `reply_overdue`
+/// still unread by a member no longer on one is withdrawn (each said a
+/// customer waits on this member; what waits there is now its new
+/// assignee's to answer, told by their `assigned`, or the channel's, whose
+/// list shows it overdue), and the count of each member who lost one is
+/// announced. Run after the change, in its transaction. How many were
+/// withdrawn.
 pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations: &[i64]) -> AppResult<usize> {
     use diesel::sql_types::{Array, BigInt};
     if conversations.is_empty() {
@@ -233,7 +243,7 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
     let mut withdrawn: Vec<i64> = diesel::sql_query(format!(
         "DELETE FROM notifications n USING conversations c \
           WHERE n.conversation_id = ANY($1) AND c.id = n.conversation_id \
-            AND n.kind = '{CUSTOMER_MESSAGE}' AND n.read_at IS NULL \
+            AND n.kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND n.read_at IS NULL \
             AND c.assignee_id IS DISTINCT FROM n.user_id \
          RETURNING n.user_id"
     ))
