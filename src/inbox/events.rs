@@ -134,6 +134,12 @@ impl EventLog {
         self.push(kind, channel_id, conversation_id, Some(user.0), payload)
     }
 
+    /// The payload of the latest `kind` event for `user` appended and not
+    /// yet written.
+    pub fn latest_for(&self, user: UserId, kind: &str) -> Option<&str> {
+        self.pending.iter().rev().find(|p| p.for_user_id == Some(user.0) && p.kind == kind).map(|p| p.payload.as_str())
+    }
+
     fn push(
         &mut self,
         kind: &str,

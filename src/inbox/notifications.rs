@@ -263,7 +263,11 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
 pub fn announce(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, role: Role) -> AppResult<i64> {
     let unread = unread_count(tc, user, role)?;
     let data = serde_json::json!({"user_id": user.to_string(), "unread_count": unread});
-    log.append_for(tc, user, CHANGED, None, None, data)?;
+    // Told already by this change (a member leaving a channel loses what
+    // its conversations said, then its sight): once is enough.
+    if log.latest_for(user, CHANGED) != Some(data.to_string().as_str()) {
+        log.append_for(tc, user, CHANGED, None, None, data)?;
+    }
     Ok(unread)
 }
 
