@@ -24,7 +24,8 @@ pub const NOTIFY_CHANNEL: &str = "switchboard_events";
 /// conversation or mentioned them, one of theirs passed its reply
 /// target, or its customer wrote. Kept for them (`notifications`), and
 /// but for the last mailed when they are away (`notice_mail`).
-pub const MEMBER_NOTICE_KINDS: [&str; 4] = ["assigned", "mention", "reply_overdue", "customer_message"];
+pub const MEMBER_NOTICE_KINDS: [&str; 4] =
+    ["assigned", "mention", super::notifications::REPLY_OVERDUE, super::notifications::CUSTOMER_MESSAGE];
 
 /// A notice for one member, as its payload says it.
 #[derive(Debug, Clone)]

@@ -115,7 +115,7 @@ fn kind_of(notice: &MemberNotice) -> Option<&'static str> {
     match notice.kind.as_str() {
         "assigned" => Some("assigned"),
         "mention" => Some("mentioned"),
-        "reply_overdue" => Some("overdue"),
+        super::notifications::REPLY_OVERDUE => Some("overdue"),
         _ => None,
     }
 }

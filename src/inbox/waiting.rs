@@ -264,7 +264,7 @@ pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) 
             "notification",
             Some(conv.channel_id),
             Some(conv.id),
-            serde_json::json!({"kind": "reply_overdue", "conversation_id": conv.id.to_string(),
+            serde_json::json!({"kind": super::notifications::REPLY_OVERDUE, "conversation_id": conv.id.to_string(),
                 "channel_id": conv.channel_id.to_string(), "user_id": conv.assignee_id.map(|a| a.to_string()),
                 "team_id": conv.team_id.map(|t| t.to_string()),
                 "waiting_since": conv.waiting_since,
