@@ -12,7 +12,11 @@
 //!   and `Referer`s; the page posts it. It is `sbi_` and 43 characters of
 //!   randomness; only its SHA-256 is kept.
 //! - Valid [`VALID_DAYS`] days; one live invitation per email and tenant:
-//!   inviting again replaces it (a new link; the old one stops). Inviting
+//!   inviting again replaces it (a new link; the old one stops). The old
+//!   link is then answered 410 `invitation_replaced`, not 404: someone
+//!   invited twice (an admin's double click, with mail on two mails) who
+//!   opens the first is told to use the newer one. Only its token's hash
+//!   is kept for that, until a revoke of the email or housekeeping. Inviting
 //!   a member is 409 `already_member`. Admins list the pending ones and
 //!   revoke them; at most [`MOST_PENDING`] pending (409
 //!   `too_many_invitations`).
@@ -55,7 +59,7 @@ use super::session::TenantView;
 use super::users::{self, Email, UserView};
 use super::{members, stored_role, Role};
 use crate::audit;
-use crate::db::schema::{invitations as inv, memberships};
+use crate::db::schema::{invitations as inv, memberships, replaced_invitations as replaced};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult, ErrorKind};
 use crate::ids::{TenantId, UserId};
@@ -78,6 +82,14 @@ fn hash(token: &str) -> Vec<u8> {
 
 fn unknown() -> AppError {
     AppError::new(ErrorKind::NotFound, "invitation_not_found", "this invitation does not exist or was revoked")
+}
+
+fn superseded() -> AppError {
+    AppError::new(
+        ErrorKind::Gone,
+        "invitation_replaced",
+        "a newer invitation was sent to this address; only its link works",
+    )
 }
 
 #[derive(Queryable, Selectable)]
@@ -192,13 +204,27 @@ pub fn invite(
             format!("a tenant has at most {MOST_PENDING} invitations pending; revoke some first"),
         ));
     }
-    let replaced: usize = diesel::delete(
+    let gone: Vec<(Vec<u8>, DateTime<Utc>)> = diesel::delete(
         inv::table
             .filter(inv::tenant_id.eq(tenant.0))
             .filter(inv::email.eq(email.as_str()))
             .filter(inv::accepted_at.is_null()),
     )
-    .execute(tc.pg())?;
+    .returning((inv::token_hash, inv::expires_at))
+    .get_results(tc.pg())?;
+    let replaced = gone.len();
+    for (token_hash, expires_at) in gone {
+        diesel::insert_into(replaced::table)
+            .values((
+                replaced::token_hash.eq(token_hash),
+                replaced::tenant_id.eq(tenant.0),
+                replaced::email.eq(email.as_str()),
+                replaced::replaced_at.eq(now),
+                replaced::expires_at.eq(expires_at),
+            ))
+            .on_conflict_do_nothing()
+            .execute(tc.pg())?;
+    }
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
@@ -254,7 +280,8 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64, now: DateTi
     q.load::<Row>(tc.pg())?.into_iter().map(|r| r.listed(now)).collect()
 }
 
-/// `DELETE /api/invitations/{id}`: the link stops working.
+/// `DELETE /api/invitations/{id}`: the link stops working, and the links
+/// it replaced are unknown too (not "use the newer one": there is none).
 pub fn revoke(tc: &mut TenantConn<'_>, actor: UserId, id: i64) -> AppResult<()> {
     let gone: Option<(String, String)> = diesel::delete(
         inv::table.filter(inv::id.eq(id)).filter(inv::tenant_id.eq(tc.tenant().0)).filter(inv::accepted_at.is_null()),
@@ -263,6 +290,8 @@ pub fn revoke(tc: &mut TenantConn<'_>, actor: UserId, id: i64) -> AppResult<()> 
     .get_result(tc.pg())
     .optional()?;
     let (email, role) = gone.ok_or_else(|| AppError::not_found("invitation"))?;
+    diesel::delete(replaced::table.filter(replaced::tenant_id.eq(tc.tenant().0)).filter(replaced::email.eq(&email)))
+        .execute(tc.pg())?;
     audit::record(
         tc,
         Some(actor),
@@ -317,12 +346,14 @@ pub fn find(conn: &mut PgConnection, token: &str) -> AppResult<Found> {
     if !token.starts_with(PREFIX) || token.len() != PREFIX.len() + 43 {
         return Err(unknown());
     }
-    let row: Row = inv::table
-        .filter(inv::token_hash.eq(hash(token)))
-        .select(Row::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or_else(unknown)?;
+    let row: Option<Row> =
+        inv::table.filter(inv::token_hash.eq(hash(token))).select(Row::as_select()).first(conn).optional()?;
+    let Some(row) = row else {
+        let was_replaced: bool =
+            diesel::select(diesel::dsl::exists(replaced::table.filter(replaced::token_hash.eq(hash(token)))))
+                .get_result(conn)?;
+        return Err(if was_replaced { superseded() } else { unknown() });
+    };
     let tenant = tenancy::find(conn, TenantId(row.tenant_id))?.ok_or_else(unknown)?;
     let email = Email::parse(&row.email)?;
     let has_account = users::find_by_email(conn, &email)?.is_some();

@@ -11,9 +11,10 @@
 //!   after the same time;
 //! - refresh tokens a day past their expiry (used, revoked or not: an
 //!   expired one is refused whether it is known or not);
-//! - invitations a week past their expiry, accepted or not
-//!   (`auth::invitations`; until then an expired link is told apart from
-//!   an unknown one);
+//! - invitations a week past their expiry, accepted or not, and the
+//!   hashes of replaced ones a week past when they would have expired
+//!   (`auth::invitations`; until then an expired or replaced link is told
+//!   apart from an unknown one);
 //! - password resets a day past their expiry (`auth::password_reset`), and
 //!   mail a week after it was queued, once sent or given up (`mail`; its
 //!   body is emptied then).
@@ -103,6 +104,12 @@ pub fn prune(conn: &mut PgConnection, now: DateTime<Utc>, retention: Retention) 
             conn,
             "DELETE FROM public.invitations WHERE id IN (SELECT id FROM public.invitations \
               WHERE expires_at < $1 ORDER BY id LIMIT $2)",
+            now - retention.invitations,
+        )? + in_batches(
+            conn,
+            "DELETE FROM public.replaced_invitations WHERE token_hash IN \
+              (SELECT token_hash FROM public.replaced_invitations WHERE expires_at < $1 \
+              ORDER BY expires_at LIMIT $2)",
             now - retention.invitations,
         )?,
         mail: in_batches(

@@ -101,6 +101,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The tokens of invitations replaced by a newer one of the same email
+    /// (`auth::invitations`).
+    public.replaced_invitations (token_hash) {
+        token_hash -> Bytea,
+        tenant_id -> Int8,
+        email -> Text,
+        replaced_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Erasures' pending passes over processed webhook bodies
     /// (`inbox::scrub`).
     public.webhook_scrubs (id) {

@@ -68,6 +68,15 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
              ({tenant}, 'new@acme.test', 'agent', 'c'::bytea, now() + interval '6 days', NULL)"
         ),
     );
+    // Replaced links, likewise by when they would have expired.
+    run(
+        &mut conn,
+        &format!(
+            "INSERT INTO public.replaced_invitations (token_hash, tenant_id, email, replaced_at, expires_at) VALUES \
+             ('ra'::bytea, {tenant}, 'late@acme.test', now() - interval '14 days', now() - interval '8 days'), \
+             ('rb'::bytea, {tenant}, 'new@acme.test', now() - interval '1 day', now() - interval '6 days')"
+        ),
+    );
 
     // Mail: sent eight days ago (goes); queued eight days ago and still
     // being tried, sent a day ago (kept). Password resets: expired two
@@ -108,7 +117,7 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
             webhooks: processed as usize + BATCH as usize + 1000,
             sends: 2,
             refresh_tokens: 1,
-            invitations: 1,
+            invitations: 2,
             mail: 2
         },
         "{pruned:?}"
@@ -120,6 +129,8 @@ async fn what_retention_no_longer_keeps_goes_and_nothing_else() {
     assert_eq!(app.count("SELECT count(*) AS n FROM public.refresh_tokens"), tokens_before - 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations WHERE email <> 'old@acme.test'"), 2);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.invitations"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.replaced_invitations WHERE token_hash = 'rb'::bytea"), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.replaced_invitations"), 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient <> 'a@x.test'"), 2);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox"), 2);
     assert_eq!(app.count("SELECT count(*) AS n FROM public.password_resets WHERE token_hash = 'r2'::bytea"), 1);

@@ -78,7 +78,9 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
         (Some("new@acme.test"), Some("agent"), Some(false))
     );
     assert_eq!(link["accept_url"], json!(format!("{}/invite#{invitation}", app.base)));
-    assert_eq!(code(&look(&app, &first_token).await), (404, "invitation_not_found"));
+    // The first link is told apart from an unknown one: "use the newer".
+    assert_eq!(code(&look(&app, &first_token).await), (410, "invitation_replaced"));
+    assert_eq!(code(&accept(&app, &first_token, "new-password-1", "New").await), (410, "invitation_replaced"));
     let pending = app.call("GET", "/api/invitations", Some(&al), None).await;
     assert_eq!(pending.body["items"].as_array().map(Vec::len), Some(1), "{:?}", pending.body);
     assert!(pending.body["items"][0].get("token").is_none(), "a listing never shows the token");
@@ -200,7 +202,22 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     let login = json!({"email": "zoe@bob.test", "password": "zoe-password-1", "tenant": "bobco"});
     assert_eq!(code(&app.call("POST", "/api/auth/login", None, Some(login)).await), (403, "mfa_required"));
 
-    // Revoked, expired.
+    // Revoked, expired. Two at once (a double click): both are made, one
+    // after the other; the link of the one replaced says so.
+    let (one, two) = futures_util::future::join(
+        invite(&app, &al, "cat@acme.test", "agent"),
+        invite(&app, &al, "cat@acme.test", "agent"),
+    )
+    .await;
+    assert_eq!((one.status, two.status), (201, 201), "{:?} {:?}", one.body, two.body);
+    let mut looked = Vec::new();
+    for r in [&one, &two] {
+        let seen = look(&app, &token(&r.body, "token")).await;
+        let (status, error) = code(&seen);
+        looked.push((status, error.to_string()));
+    }
+    looked.sort();
+    assert_eq!(looked, [(200, String::new()), (410, "invitation_replaced".to_string())]);
     let r = invite(&app, &al, "cat@acme.test", "agent").await;
     let (for_cat, cat_id) = (token(&r.body, "token"), token(&r.body, "id"));
     assert_eq!(app.call("DELETE", &format!("/api/invitations/{cat_id}"), Some(&vic), None).await.status, 403);
@@ -208,6 +225,10 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(app.call("DELETE", &format!("/api/invitations/{cat_id}"), Some(&al), None).await.status, 404);
     assert_eq!(app.call("DELETE", "/api/invitations/nope", Some(&al), None).await.status, 404);
     assert_eq!(code(&accept(&app, &for_cat, "cat-password-1", "Cat").await), (404, "invitation_not_found"));
+    // What it replaced is unknown now too: there is no newer link to use.
+    for r in [&one, &two] {
+        assert_eq!(code(&look(&app, &token(&r.body, "token")).await), (404, "invitation_not_found"));
+    }
     let r = invite(&app, &al, "dan@acme.test", "agent").await;
     let for_dan = token(&r.body, "token");
     let mut conn = app.db.conn();
@@ -260,7 +281,7 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
 
     // The audit log tells who invited whom, and who came in by a link.
     let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
-    assert_eq!(audited(&log, "member.invited").len(), 7, "{log}");
+    assert_eq!(audited(&log, "member.invited").len(), 9, "{log}");
     assert_eq!(audited(&log, "invitation.revoked").len(), 1);
     let joined = audited(&log, "member.added").into_iter().filter(|e| e["details"]["by"] == "invitation").count();
     assert_eq!(joined, 3);
