@@ -9,6 +9,14 @@
 //! `info` for the rest of the client's mistakes (400, 404, 409, 422…),
 //! which are theirs and part of a normal day; tracing-actix-web would put
 //! all of those at `warn`.
+//!
+//! A failure that repeats (the pool failing to connect, a worker's pass
+//! failing while the database is down) is told once, then at most once
+//! every [`TOLD_EVERY`] with how many it stands for, and its end once
+//! ([`Repeats`]): an outage of a minute was otherwise a line from each
+//! worker every few seconds and several a second from the pool.
+
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -74,9 +82,85 @@ impl Severity {
     }
 }
 
+/// At most one line this often while a failure repeats.
+pub const TOLD_EVERY: Duration = Duration::from_secs(30);
+
+/// The failures of one repeating thing since it last went (a pool's
+/// connects, a worker's passes), and what of them was told ([module
+/// docs](self)).
+#[derive(Debug, Default)]
+pub struct Repeats {
+    since: Option<Instant>,
+    told_at: Option<Instant>,
+    /// Failures since the last line.
+    untold: u64,
+    /// Failures since it last went.
+    count: u64,
+}
+
+impl Repeats {
+    /// A failure at `now`: `Some(n)` when it is to be told, standing for
+    /// `n` earlier ones that were not.
+    pub fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.since.get_or_insert(now);
+        self.count += 1;
+        if self.told_at.is_some_and(|at| now.saturating_duration_since(at) < TOLD_EVERY) {
+            self.untold += 1;
+            return None;
+        }
+        self.told_at = Some(now);
+        Some(std::mem::take(&mut self.untold))
+    }
+
+    /// It went at `now`: after failures, how long since the first and how
+    /// many there were (to be told); the count starts again.
+    pub fn went(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        let since = self.since.take()?;
+        let count = self.count;
+        *self = Repeats::default();
+        Some((now.saturating_duration_since(since), count))
+    }
+
+    /// A worker's pass (`what`) ended with `outcome`: a failure is warned
+    /// of as [`failed`](Self::failed) says, and the first pass that goes
+    /// after failures says so.
+    pub fn tell<T, E: std::fmt::Debug>(&mut self, what: &str, outcome: &Result<T, E>) {
+        let now = Instant::now();
+        match outcome {
+            Ok(_) => {
+                if let Some((failed_for, failures)) = self.went(now) {
+                    tracing::warn!(?failed_for, failures, "{what} goes again");
+                }
+            }
+            Err(error) => {
+                if let Some(more_since_last_told) = self.failed(now) {
+                    tracing::warn!(?error, more_since_last_told, "{what} failed");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeating_failure_is_one_line_a_while_and_one_when_it_ends() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut f = Repeats::default();
+        assert_eq!(f.went(at(0)), None, "nothing to say without failures");
+        assert_eq!(f.failed(at(0)), Some(0), "the first is told");
+        let every = TOLD_EVERY.as_millis() as u64;
+        let told: Vec<_> = (1..=9).filter_map(|i| f.failed(at(i * every / 4)).map(|n| (i, n))).collect();
+        // Told again once the interval has passed, with what it stood for.
+        assert_eq!(told, [(4, 3), (8, 3)]);
+        assert_eq!(f.went(at(10 * every / 4)), Some((Duration::from_millis(10 * every / 4), 10)));
+        assert_eq!(f.went(at(11 * every / 4)), None, "said once");
+        // The next outage starts afresh: its first failure is told at once.
+        assert_eq!(f.failed(at(11 * every / 4)), Some(0));
+    }
     use actix_web::http::StatusCode as S;
 
     #[test]

@@ -15,9 +15,9 @@
 //! several times a second, and by default logs every failure: an outage
 //! of a minute was hundreds of identical error lines. Here the first
 //! failure is logged, then at most one line every
-//! [`FAILURES_TOLD_EVERY`] with how many it stands for, and the first
-//! connection opened after them says how long the database was out of
-//! reach ([`ConnectFailures`]).
+//! [`TOLD_EVERY`](crate::telemetry::TOLD_EVERY) with how many it stands
+//! for, and the first connection opened after them says how long the
+//! database was out of reach ([`Repeats`]).
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::DbError;
+use crate::telemetry::Repeats;
 
 pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
 
@@ -49,13 +50,13 @@ impl Default for PoolOptions {
 
 #[derive(Debug)]
 struct SessionDefaults {
-    failures: Arc<Mutex<ConnectFailures>>,
+    failures: Arc<Mutex<Repeats>>,
 }
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionDefaults {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute("SET search_path TO ''; SET jit = off").map_err(diesel::r2d2::Error::QueryError)?;
-        let back = self.failures.lock().ok().and_then(|mut f| f.connected(Instant::now()));
+        let back = self.failures.lock().ok().and_then(|mut f| f.went(Instant::now()));
         if let Some((out_for, failures)) = back {
             tracing::warn!(out_for = ?out_for, failures, "the database is reachable again");
         }
@@ -63,49 +64,10 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionDefaults 
     }
 }
 
-/// At most one line this often while the pool cannot connect.
-pub const FAILURES_TOLD_EVERY: Duration = Duration::from_secs(30);
-
-/// The pool's failures to connect since it last connected, and what of
-/// them was logged ([module docs](self)).
-#[derive(Debug, Default)]
-pub struct ConnectFailures {
-    since: Option<Instant>,
-    told_at: Option<Instant>,
-    /// Failures since the last line.
-    untold: u64,
-    /// Failures since the last connection.
-    count: u64,
-}
-
-impl ConnectFailures {
-    /// A failure at `now`: `Some(n)` when it is to be logged, standing for
-    /// `n` earlier ones that were not.
-    pub fn failed(&mut self, now: Instant) -> Option<u64> {
-        self.since.get_or_insert(now);
-        self.count += 1;
-        if self.told_at.is_some_and(|at| now.saturating_duration_since(at) < FAILURES_TOLD_EVERY) {
-            self.untold += 1;
-            return None;
-        }
-        self.told_at = Some(now);
-        Some(std::mem::take(&mut self.untold))
-    }
-
-    /// A connection opened at `now`: after failures, how long since the
-    /// first and how many there were; the count starts again.
-    pub fn connected(&mut self, now: Instant) -> Option<(Duration, u64)> {
-        let since = self.since.take()?;
-        let count = self.count;
-        *self = ConnectFailures::default();
-        Some((now.saturating_duration_since(since), count))
-    }
-}
-
-/// r2d2's error handler: [`ConnectFailures`] decides what is logged.
+/// r2d2's error handler: [`Repeats`] decides what is logged.
 #[derive(Debug)]
 struct QuietFailures {
-    failures: Arc<Mutex<ConnectFailures>>,
+    failures: Arc<Mutex<Repeats>>,
 }
 
 impl r2d2::HandleError<diesel::r2d2::Error> for QuietFailures {
@@ -120,7 +82,7 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietFailures {
 /// Builds the pool; fails fast when the database cannot be reached.
 pub fn connect_pool(database_url: &str, opts: PoolOptions) -> Result<PgPool, DbError> {
     let manager = ConnectionManager::<PgConnection>::new(database_url);
-    let failures = Arc::new(Mutex::new(ConnectFailures::default()));
+    let failures = Arc::new(Mutex::new(Repeats::default()));
     let pool = r2d2::Pool::builder()
         .max_size(opts.max_size)
         .min_idle(opts.min_idle)
@@ -302,24 +264,5 @@ mod tests {
             super::url_with_database("postgres://postgres@h/postgres?x=1", "b").as_deref(),
             Some("postgres://postgres@h/b?x=1")
         );
-    }
-
-    #[test]
-    fn an_outage_is_one_line_a_while_and_one_when_it_ends() {
-        use super::{ConnectFailures, FAILURES_TOLD_EVERY};
-        use std::time::{Duration, Instant};
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let mut f = ConnectFailures::default();
-        assert_eq!(f.connected(at(0)), None, "nothing to say without failures");
-        assert_eq!(f.failed(at(0)), Some(0), "the first is told");
-        let every = FAILURES_TOLD_EVERY.as_millis() as u64;
-        let told: Vec<_> = (1..=9).filter_map(|i| f.failed(at(i * every / 4)).map(|n| (i, n))).collect();
-        // Told again once the interval has passed, with what it stood for.
-        assert_eq!(told, [(4, 3), (8, 3)]);
-        assert_eq!(f.connected(at(10 * every / 4)), Some((Duration::from_millis(10 * every / 4), 10)));
-        assert_eq!(f.connected(at(11 * every / 4)), None, "said once");
-        // The next outage starts afresh: its first failure is told at once.
-        assert_eq!(f.failed(at(11 * every / 4)), Some(0));
     }
 }

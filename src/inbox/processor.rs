@@ -545,6 +545,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
     // The last wait passed without a wake (see below).
     let mut quiet = false;
     let set_behind = |now: bool| state.processor_behind.send_if_modified(|b| std::mem::replace(b, now) != now);
+    let mut failing = crate::telemetry::Repeats::default();
     loop {
         if !primary && behind.wait_for(|b| *b).await.is_err() {
             return; // The state (and its sender) is gone: the server stopped.
@@ -562,6 +563,9 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
             r
         })
         .await;
+        if let Ok(pass) = &result {
+            failing.tell("webhook batch", pass);
+        }
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {
                 set_behind(report.claimed as i64 >= batch);
@@ -602,7 +606,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
                     continue;
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = ?e, "webhook batch failed"),
+            Ok(Err(_)) => {} // told above
             Err(e) => tracing::error!(error = %e, "webhook worker panicked"),
         }
         let _ = tokio::time::timeout(HELD_RETRY, state.wake_processor.notified()).await;

@@ -823,16 +823,16 @@ pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer)
 pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut pacer = Pacer::default();
     let mut quiet = false;
+    let mut failing = crate::telemetry::Repeats::default();
     loop {
-        let wait = match run_once(&state, &mut pacer).await {
+        let pass = run_once(&state, &mut pacer).await;
+        failing.tell("sender pass", &pass);
+        let wait = match pass {
             Ok(n) if n > 0 => continue,
             // As the processor: the due time only once a wait passed unwoken.
             Ok(_) if quiet => super::idle_wait(&state, Queue::Sends).await,
             Ok(_) => HELD_RETRY,
-            Err(e) => {
-                tracing::warn!(error = ?e, "sender pass failed");
-                HELD_RETRY
-            }
+            Err(_) => HELD_RETRY,
         };
         quiet = tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err();
     }

@@ -587,10 +587,9 @@ fn db_gone(e: impl std::fmt::Display) -> AppError {
 
 /// The delivery loop of a `serve` process.
 pub async fn run(state: actix_web::web::Data<AppState>) {
+    let mut failing = crate::telemetry::Repeats::default();
     loop {
-        if let Err(e) = deliver_due(&state).await {
-            tracing::warn!(error = %e.message, "webhook deliveries");
-        }
+        failing.tell("webhook deliveries' pass", &deliver_due(&state).await);
         actix_web::rt::time::sleep(LOOK_EVERY).await;
     }
 }

@@ -303,10 +303,9 @@ pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
             return;
         }
     };
+    let mut failing = crate::telemetry::Repeats::default();
     loop {
-        if let Err(e) = send_due(state.db.pool(), &mailer).await {
-            tracing::warn!(error = ?e, "mail");
-        }
+        failing.tell("mail's pass", &send_due(state.db.pool(), &mailer).await);
         let _ = tokio::time::timeout(LOOK_EVERY, state.wake_mail.notified()).await;
     }
 }

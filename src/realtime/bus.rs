@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::hub::{Events, Flush, Hub, Live, Pace, Unwritten};
 use crate::db::listen::ListenConnection;
@@ -234,13 +234,25 @@ pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, feed: 
     std::thread::Builder::new()
         .name("switchboard-listen".into())
         .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
+            const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+            let mut backoff = FIRST_BACKOFF;
+            let mut failing = crate::telemetry::Repeats::default();
             // Ends with the hub (the server stopped).
             while hub.connected() {
-                match listen(&database_url, &pool, &hub, &feed) {
+                // Once listening (and caught up) again, the next loss
+                // starts from the short wait, and the outage is told over.
+                let mut listening = || {
+                    backoff = FIRST_BACKOFF;
+                    if let Some((failed_for, failures)) = failing.went(Instant::now()) {
+                        tracing::warn!(?failed_for, failures, "bus listener is listening again");
+                    }
+                };
+                match listen(&database_url, &pool, &hub, &feed, &mut listening) {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!(error = %e, "bus listener lost its connection; reconnecting");
+                        if let Some(more_since_last_told) = failing.failed(Instant::now()) {
+                            tracing::warn!(error = %e, more_since_last_told, "bus listener lost its connection; reconnecting");
+                        }
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -272,7 +284,9 @@ fn with_keepalives(url: &str) -> String {
     }
 }
 
-fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Result<()> {
+/// Listens until the hub stops (`Ok`) or the connection is lost; calls
+/// `listening` once it listens and has caught up.
+fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed, listening: &mut dyn FnMut()) -> anyhow::Result<()> {
     let mut conn = ListenConnection::connect(&with_keepalives(url))?;
     conn.execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
     // Presence the other instances announced while we were not listening.
@@ -282,6 +296,7 @@ fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed) -> anyhow::Res
     for t in known {
         catch_up(pool, hub, feed, t, None)?;
     }
+    listening();
     while hub.connected() {
         // Asleep until PostgreSQL sends something; the timeout only bounds
         // how long a stopped hub goes unnoticed.

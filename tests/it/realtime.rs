@@ -874,6 +874,45 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
     assert!(next(&mut s, Duration::from_millis(300)).await.is_none_or(|f| !f["seq"].is_i64()), "nothing twice");
 }
 
+/// The listener's wait before reconnecting starts short again once it is
+/// listening: connections lost now and then over a process's life (a
+/// restart, a proxy cutting idle flows) must not leave it, in the end,
+/// 5 s deaf each time.
+#[actix_web::test]
+async fn the_listener_waits_little_after_each_loss_not_longer_and_longer() {
+    let (app, _team, mut s, last) = admin_at_hello().await;
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let mut conn = app.db.conn();
+    let pids = |conn: &mut diesel::PgConnection| -> Vec<i32> {
+        diesel::sql_query(listening).load::<Pid>(conn).expect("listener").iter().map(|p| p.pid).collect()
+    };
+    let started = std::time::Instant::now();
+    // Its backoff doubled from 100 ms without ever starting over: these 7
+    // losses would take 0.1 + 0.2 + … + 3.2 + 5 = 11.3 s to come back from.
+    for loss in 1..=7 {
+        let old = pids(&mut conn);
+        assert_eq!(old.len(), 1, "one LISTEN connection (loss {loss})");
+        diesel::sql_query(format!("SELECT pg_terminate_backend({}, 5000)", old[0]))
+            .execute(&mut conn)
+            .expect("terminate");
+        let back = std::time::Instant::now();
+        while pids(&mut conn).iter().all(|p| old.contains(p)) {
+            assert!(back.elapsed() < Duration::from_secs(10), "no LISTEN connection again after loss {loss}");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "7 losses took {took:?} to come back from");
+    // And it still hears.
+    append_events(&app, 1);
+    assert_eq!(until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live")["seq"], last + 1);
+}
+
 /// Text frames with a `seq` until none comes for `quiet`.
 async fn sequenced(s: &mut Socket, quiet: Duration) -> Vec<Value> {
     sequenced_text(s, quiet).await.iter().filter_map(|t| serde_json::from_str(t).ok()).collect()
