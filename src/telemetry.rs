@@ -120,26 +120,29 @@ impl Repeats {
         *self = Repeats::default();
         Some((now.saturating_duration_since(since), count))
     }
+}
 
-    /// A worker's pass (`what`) ended with `outcome`: a failure is warned
-    /// of as [`failed`](Self::failed) says, and the first pass that goes
-    /// after failures says so.
-    pub fn tell<T, E: std::fmt::Debug>(&mut self, what: &str, outcome: &Result<T, E>) {
-        let now = Instant::now();
-        match outcome {
+/// A worker's pass (`what`, a literal) ended with `outcome` (a `&Result`
+/// whose error is `Debug`): a failure is warned of as
+/// [`Repeats::failed`] says, and the first pass that goes after failures
+/// says so. A macro so that the line's target is the worker's module.
+macro_rules! tell_repeats {
+    ($repeats:expr, $what:literal, $outcome:expr) => {
+        match $outcome {
             Ok(_) => {
-                if let Some((failed_for, failures)) = self.went(now) {
-                    tracing::warn!(?failed_for, failures, "{what} goes again");
+                if let Some((failed_for, failures)) = $repeats.went(std::time::Instant::now()) {
+                    tracing::warn!(?failed_for, failures, concat!($what, " goes again"));
                 }
             }
             Err(error) => {
-                if let Some(more_since_last_told) = self.failed(now) {
-                    tracing::warn!(?error, more_since_last_told, "{what} failed");
+                if let Some(more_since_last_told) = $repeats.failed(std::time::Instant::now()) {
+                    tracing::warn!(?error, more_since_last_told, concat!($what, " failed"));
                 }
             }
         }
-    }
+    };
 }
+pub(crate) use tell_repeats;
 
 #[cfg(test)]
 mod tests {

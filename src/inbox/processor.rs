@@ -564,7 +564,7 @@ pub async fn run(state: actix_web::web::Data<AppState>, primary: bool) {
         })
         .await;
         if let Ok(pass) = &result {
-            failing.tell("webhook batch", pass);
+            crate::telemetry::tell_repeats!(failing, "webhook batch", pass);
         }
         match result {
             Ok(Ok(report)) if report.claimed > 0 => {

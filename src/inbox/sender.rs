@@ -826,7 +826,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut failing = crate::telemetry::Repeats::default();
     loop {
         let pass = run_once(&state, &mut pacer).await;
-        failing.tell("sender pass", &pass);
+        crate::telemetry::tell_repeats!(failing, "sender pass", &pass);
         let wait = match pass {
             Ok(n) if n > 0 => continue,
             // As the processor: the due time only once a wait passed unwoken.

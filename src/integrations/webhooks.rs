@@ -589,7 +589,7 @@ fn db_gone(e: impl std::fmt::Display) -> AppError {
 pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut failing = crate::telemetry::Repeats::default();
     loop {
-        failing.tell("webhook deliveries' pass", &deliver_due(&state).await);
+        crate::telemetry::tell_repeats!(failing, "webhook deliveries' pass", &deliver_due(&state).await);
         actix_web::rt::time::sleep(LOOK_EVERY).await;
     }
 }

@@ -305,7 +305,7 @@ pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
     };
     let mut failing = crate::telemetry::Repeats::default();
     loop {
-        failing.tell("mail's pass", &send_due(state.db.pool(), &mailer).await);
+        crate::telemetry::tell_repeats!(failing, "mail's pass", &send_due(state.db.pool(), &mailer).await);
         let _ = tokio::time::timeout(LOOK_EVERY, state.wake_mail.notified()).await;
     }
 }
