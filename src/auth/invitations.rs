@@ -16,7 +16,8 @@
 //!   link is then answered 410 `invitation_replaced`, not 404: someone
 //!   invited twice (an admin's double click, with mail on two mails) who
 //!   opens the first is told to use the newer one. Only its token's hash
-//!   is kept for that, until a revoke of the email or housekeeping. Inviting
+//!   is kept for that (the latest [`MOST_REPLACED_KEPT`] of an email),
+//!   until a revoke of the email or housekeeping. Inviting
 //!   a member is 409 `already_member`. Admins list the pending ones and
 //!   revoke them; at most [`MOST_PENDING`] pending (409
 //!   `too_many_invitations`).
@@ -72,6 +73,9 @@ pub const VALID_DAYS: i64 = 7;
 /// The most invitations a tenant has pending (expired ones included until
 /// housekeeping): a script gone wrong cannot fill the table.
 pub const MOST_PENDING: i64 = 1_000;
+/// The most replaced links of one email told apart from unknown ones (the
+/// newest): an admin's script re-inviting in a loop cannot grow the table.
+pub const MOST_REPLACED_KEPT: i64 = 20;
 /// The error of a link that was accepted already (by someone else, or with
 /// another password).
 pub const USED: &str = "invitation_used";
@@ -224,6 +228,19 @@ pub fn invite(
             ))
             .on_conflict_do_nothing()
             .execute(tc.pg())?;
+    }
+    if replaced > 0 {
+        // Under the email's lock: nobody adds to its list meanwhile.
+        let older: Vec<Vec<u8>> = replaced::table
+            .filter(replaced::tenant_id.eq(tenant.0))
+            .filter(replaced::email.eq(email.as_str()))
+            .order((replaced::replaced_at.desc(), replaced::token_hash))
+            .offset(MOST_REPLACED_KEPT)
+            .select(replaced::token_hash)
+            .load(tc.pg())?;
+        if !older.is_empty() {
+            diesel::delete(replaced::table.filter(replaced::token_hash.eq_any(older))).execute(tc.pg())?;
+        }
     }
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);

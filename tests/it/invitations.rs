@@ -287,3 +287,25 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(joined, 3);
     assert!(!log.to_string().contains("sbi_"), "no token in the audit log");
 }
+
+/// Re-inviting one email in a loop keeps only the latest replaced links
+/// told apart ("use the newer one"); older ones are unknown.
+#[actix_web::test]
+async fn only_the_latest_replaced_links_are_kept() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let kept = switchboard::auth::invitations::MOST_REPLACED_KEPT as usize;
+    let mut links = Vec::new();
+    for _ in 0..kept + 3 {
+        let r = invite(&app, &ann, "loop@acme.test", "agent").await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        links.push(token(&r.body, "token"));
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.replaced_invitations"), kept as i64);
+    let (latest, replaced) = links.split_last().expect("links");
+    assert_eq!(look(&app, latest).await.status, 200);
+    for (i, link) in replaced.iter().enumerate() {
+        let want = if i < 2 { (404, "invitation_not_found") } else { (410, "invitation_replaced") };
+        assert_eq!(code(&look(&app, link).await), want, "link {i}");
+    }
+}
