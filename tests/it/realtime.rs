@@ -835,6 +835,18 @@ async fn a_new_instance_learns_who_is_on_the_others() {
     assert_eq!(seen.get(&t.agent_x_id).map(String::as_str), Some("away"), "{seen:?}");
 }
 
+/// The backends of the test database's LISTEN connections (one per
+/// instance).
+fn listener_pids(conn: &mut diesel::PgConnection) -> Vec<i32> {
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    diesel::sql_query(listening).load::<Pid>(conn).expect("listener").iter().map(|p| p.pid).collect()
+}
+
 /// The instance's LISTEN connection dies; events committed while it is away
 /// (their NOTIFYs reach nobody) come from the log once it is back: in
 /// order, none twice, none lost.
@@ -845,15 +857,8 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
     append_events(&app, 1);
     let first = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live");
     assert_eq!(first["seq"], last + 1);
-    #[derive(QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        pid: i32,
-    }
-    let listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
     let mut conn = app.db.conn();
-    let old: Vec<i32> =
-        diesel::sql_query(listening).load::<Pid>(&mut conn).expect("listener").iter().map(|p| p.pid).collect();
+    let old = listener_pids(&mut conn);
     assert_eq!(old.len(), 1, "one LISTEN connection per instance");
     // Gone when this returns (it waits); the listener backs off before
     // reconnecting, so the events below commit while nobody listens.
@@ -865,8 +870,7 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
         seqs.push(f["seq"].as_i64().expect("seq"));
     }
     assert_eq!(seqs, ((last + 2)..=(last + 6)).collect::<Vec<_>>());
-    let now: Vec<i32> =
-        diesel::sql_query(listening).load::<Pid>(&mut conn).expect("listener").iter().map(|p| p.pid).collect();
+    let now = listener_pids(&mut conn);
     assert!(now.len() == 1 && now != old, "a new LISTEN connection: {old:?} -> {now:?}");
     // Live again.
     append_events(&app, 1);
@@ -881,27 +885,18 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
 #[actix_web::test]
 async fn the_listener_waits_little_after_each_loss_not_longer_and_longer() {
     let (app, _team, mut s, last) = admin_at_hello().await;
-    #[derive(QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        pid: i32,
-    }
-    let listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
     let mut conn = app.db.conn();
-    let pids = |conn: &mut diesel::PgConnection| -> Vec<i32> {
-        diesel::sql_query(listening).load::<Pid>(conn).expect("listener").iter().map(|p| p.pid).collect()
-    };
     let started = std::time::Instant::now();
     // Its backoff doubled from 100 ms without ever starting over: these 7
     // losses would take 0.1 + 0.2 + … + 3.2 + 5 = 11.3 s to come back from.
     for loss in 1..=7 {
-        let old = pids(&mut conn);
+        let old = listener_pids(&mut conn);
         assert_eq!(old.len(), 1, "one LISTEN connection (loss {loss})");
         diesel::sql_query(format!("SELECT pg_terminate_backend({}, 5000)", old[0]))
             .execute(&mut conn)
             .expect("terminate");
         let back = std::time::Instant::now();
-        while pids(&mut conn).iter().all(|p| old.contains(p)) {
+        while listener_pids(&mut conn).iter().all(|p| old.contains(p)) {
             assert!(back.elapsed() < Duration::from_secs(10), "no LISTEN connection again after loss {loss}");
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
