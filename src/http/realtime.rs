@@ -39,11 +39,10 @@ struct WsQuery {
 
 /// Browsers send `Origin`; it must be this server's public origin or one of
 /// `SWITCHBOARD_ALLOWED_ORIGINS`. Clients that send none are not browsers.
+/// Every one sent is checked, not the first: a browser sends one, so a
+/// second is a forger's or a proxy's doing and must not slip past.
 fn origin_allowed(state: &AppState, req: &HttpRequest) -> bool {
-    match req.headers().get(header::ORIGIN) {
-        None => true,
-        Some(origin) => origin.to_str().is_ok_and(|o| state.config.origin_allowed(o)),
-    }
+    req.headers().get_all(header::ORIGIN).all(|origin| origin.to_str().is_ok_and(|o| state.config.origin_allowed(o)))
 }
 
 async fn connect(

@@ -140,6 +140,20 @@ async fn refused_upgrades() {
     assert!(ws(&app, "", Some(&t.admin), Some(&app.base)).await.is_ok(), "our own origin");
     assert!(ws(&app, "", Some(&t.admin), Some(crate::common::ALLOWED_ORIGIN)).await.is_ok(), "an allowed one");
     assert!(ws(&app, "", Some(&t.admin), Some("https://inbox.example/")).await.is_ok(), "written with a slash");
+    // Two `Origin`s, an allowed one first: each is checked.
+    let client = awc::Client::builder().max_http_version(awc::http::Version::HTTP_11).finish();
+    let two = client
+        .ws(format!("{}/ws", app.base.replace("http://", "ws://")))
+        .bearer_auth(&t.admin)
+        .header(awc::http::header::ORIGIN, app.base.as_str())
+        .header(awc::http::header::ORIGIN, "https://evil.example")
+        .connect()
+        .await;
+    assert!(
+        matches!(two, Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 403),
+        "two origins, one not allowed: {:?}",
+        two.as_ref().map(|r| r.0.status())
+    );
     assert_eq!(ws(&app, "?since=abc", Some(&t.admin), None).await.err(), Some(400));
     // A plain request, credential and all: 400, and no socket; without a
     // credential 401 as for an upgrade.
