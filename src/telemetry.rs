@@ -147,6 +147,7 @@ pub(crate) use tell_repeats;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode as S;
 
     #[test]
     fn a_repeating_failure_is_one_line_a_while_and_one_when_it_ends() {
@@ -164,7 +165,6 @@ mod tests {
         // The next outage starts afresh: its first failure is told at once.
         assert_eq!(f.failed(at(11 * every / 4)), Some(0));
     }
-    use actix_web::http::StatusCode as S;
 
     #[test]
     fn only_our_failures_are_errors_and_only_refusals_warnings() {

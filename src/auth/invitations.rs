@@ -363,11 +363,12 @@ pub fn find(conn: &mut PgConnection, token: &str) -> AppResult<Found> {
     if !token.starts_with(PREFIX) || token.len() != PREFIX.len() + 43 {
         return Err(unknown());
     }
+    let token_hash = hash(token);
     let row: Option<Row> =
-        inv::table.filter(inv::token_hash.eq(hash(token))).select(Row::as_select()).first(conn).optional()?;
+        inv::table.filter(inv::token_hash.eq(&token_hash)).select(Row::as_select()).first(conn).optional()?;
     let Some(row) = row else {
         let was_replaced: bool =
-            diesel::select(diesel::dsl::exists(replaced::table.filter(replaced::token_hash.eq(hash(token)))))
+            diesel::select(diesel::dsl::exists(replaced::table.filter(replaced::token_hash.eq(&token_hash))))
                 .get_result(conn)?;
         return Err(if was_replaced { superseded() } else { unknown() });
     };
