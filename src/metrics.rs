@@ -16,6 +16,7 @@ pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
 pub static WS_DELIVERIES: AtomicU64 = AtomicU64::new(0);
 pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
 pub static WS_REPLAYS_AGAIN: AtomicU64 = AtomicU64::new(0);
+pub static WS_TOO_SLOW: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
@@ -52,6 +53,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_ws_replays_again_total",
             "Replays read again from the log: a burst overflowed a socket still writing its replay",
             &WS_REPLAYS_AGAIN,
+        ),
+        (
+            "switchboard_ws_too_slow_total",
+            "Sockets closed as too slow (4408): their outbox overflowed while they took nothing",
+            &WS_TOO_SLOW,
         ),
         ("switchboard_webhook_batches_total", "Processor batches that claimed work", &WEBHOOK_BATCHES),
         ("switchboard_webhook_batch_micros_total", "Time spent in those batches (µs)", &WEBHOOK_BATCH_MICROS),

@@ -749,6 +749,7 @@ impl Hub {
             Ok(wake) => wake,
             Err(()) => {
                 tracing::info!(session = id, "socket too slow; closing it");
+                crate::metrics::inc(&crate::metrics::WS_TOO_SLOW, 1);
                 // Its frames are dropped (it resumes with `since`), and it no
                 // longer counts as unwritten work while its actor winds down.
                 e.outbox.close();

@@ -698,6 +698,7 @@ async fn a_client_that_never_reads_does_not_delay_others() {
     let app = spawn_app().await;
     let t = team(&app).await;
     let mut slow = ws(&app, "", Some(&t.admin), None).await.expect("slow");
+    let connected = std::time::Instant::now();
     let mut fast = ws(&app, "", Some(&t.admin), None).await.expect("fast");
     // Both are live, and their writers have served them a live frame: a
     // socket still on its hello or replay is not judged by its outbox (a
@@ -726,20 +727,39 @@ async fn a_client_that_never_reads_does_not_delay_others() {
     }
     assert!(started.elapsed() < Duration::from_secs(20));
     writer.join().expect("writer");
+    // It writes, it never reads: the server's heartbeat (30 s of silence)
+    // must not drop it before the overflow does, on a slow run. (Nor may
+    // the TCP timeout on unread data, also 30 s: hence the time below.)
+    send(&mut slow, json!({"type": "ping"})).await;
     // It has read nothing for longer than a busy socket may take: the next
     // deliveries find it stopped.
     actix_web::rt::time::sleep(switchboard::realtime::hub::STALLED_AFTER + Duration::from_millis(500)).await;
     append_in(&app.pool, 1000, 4000);
     append_in(&app.pool, 1000, 4000);
     // The slow one was dropped: draining it ends with close code 4408.
+    let too_slow = switchboard::metrics::WS_TOO_SLOW.load(std::sync::atomic::Ordering::Relaxed);
     let mut closed = None;
+    let mut read = 0;
     while let Some(f) = next(&mut slow, Duration::from_secs(5)).await {
         if f["type"] == "closed" {
             closed = Some(f);
             break;
         }
+        read += 1;
     }
-    assert_eq!(closed.expect("closed")["code"], 4408);
+    // Ended without 4408, what it says tells a drop for overflow that lost
+    // its close frame from a socket ended some other way (too_slow 0).
+    assert_eq!(
+        closed.as_ref().map(|c| c["code"].clone()),
+        Some(json!(4408)),
+        "the slow socket ended after {read} frames, {:?} after it connected, sockets closed as too slow in this process: {too_slow}",
+        connected.elapsed()
+    );
+    // Operators see it.
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let counted = metrics.lines().find_map(|l| l.strip_prefix("switchboard_ws_too_slow_total ")).map(str::parse::<u64>);
+    assert!(matches!(counted, Some(Ok(n)) if n >= 1), "{metrics}");
 }
 
 /// A second server on `app`'s database, without workers: its WebSocket URL
