@@ -126,9 +126,35 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
     {
+        self.public_waiting(false, f).await
+    }
+
+    /// [`Db::public`] for health probes and scrapes (`/readyz`,
+    /// `/metrics`): when the pool could not hand over or open a connection
+    /// within [`PROBE_WAIT`] it gives up then, not after the pool's connect
+    /// timeout (5 s), so with the database down a probe gets its answer
+    /// inside its own timeout (1 s by default in Kubernetes). A pool merely
+    /// busy (every connection open and in use) is waited for as any request
+    /// waits: a loaded instance is not reported unready for it.
+    pub async fn probe<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
+    {
+        self.public_waiting(true, f).await
+    }
+
+    async fn public_waiting<T, E, F>(&self, probe: bool, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
+    {
         let pool = self.pool.clone();
         actix_web::web::block(move || {
-            let mut conn = retry_lost(&pool, |conn| conn.batch_execute("SELECT 1").map_err(DbError::from))?;
+            let mut conn =
+                retry_lost_waiting(&pool, probe, |conn| conn.batch_execute("SELECT 1").map_err(DbError::from))?;
             f(&mut conn)
         })
         .await?
@@ -178,11 +204,24 @@ pub fn connection_lost(e: &DbError) -> bool {
 /// again.
 pub fn retry_lost(
     pool: &PgPool,
+    first: impl FnMut(&mut PgConnection) -> Result<(), DbError>,
+) -> Result<PooledConnection<ConnectionManager<PgConnection>>, DbError> {
+    retry_lost_waiting(pool, false, first)
+}
+
+/// How long a health probe waits for a connection the pool does not have
+/// open yet ([`Db::probe`]).
+pub const PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// [`retry_lost`], checking out as a probe does (`probe`, [`Db::probe`]).
+fn retry_lost_waiting(
+    pool: &PgPool,
+    probe: bool,
     mut first: impl FnMut(&mut PgConnection) -> Result<(), DbError>,
 ) -> Result<PooledConnection<ConnectionManager<PgConnection>>, DbError> {
     let mut left = pool.max_size();
     loop {
-        let mut conn = pool.get()?;
+        let mut conn = if probe { probe_checkout(pool)? } else { pool.get()? };
         match first(&mut conn) {
             Ok(()) => return Ok(conn),
             Err(e) if left > 0 && connection_lost(&e) => {
@@ -192,6 +231,20 @@ pub fn retry_lost(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A connection within [`PROBE_WAIT`], unless every connection the pool
+/// may hold is open and in use: the database answers then, the pool is
+/// busy, and the checkout waits the rest of the connect timeout as
+/// [`r2d2::Pool::get`] would. (r2d2's error says why only to the first
+/// waiter after a failed attempt, and its attempts space out to 2.5 s.)
+fn probe_checkout(pool: &PgPool) -> Result<PooledConnection<ConnectionManager<PgConnection>>, r2d2::Error> {
+    match pool.get_timeout(PROBE_WAIT) {
+        Err(_) if pool.state().connections >= pool.max_size() => {
+            pool.get_timeout(pool.connection_timeout().saturating_sub(PROBE_WAIT))
+        }
+        got => got,
     }
 }
 

@@ -21,12 +21,14 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when the database answers, `public` has nothing pending, and no
-/// tenant schema is behind this binary's tenant migrations.
+/// tenant schema is behind this binary's tenant migrations. With the
+/// database out of reach it answers 503 within about a second
+/// ([`crate::db::Db::probe`]), as `/metrics` answers its gauges as -1.
 async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
     let latest = latest_tenant_version();
     let (pending, behind) = state
         .db
-        .public(move |conn| -> AppResult<(bool, i64)> {
+        .probe(move |conn| -> AppResult<(bool, i64)> {
             let pending = public_pending(conn)?;
             let behind = tenants::table
                 .filter(tenants::schema_version.is_null().or(tenants::schema_version.lt(latest)))
@@ -60,7 +62,7 @@ async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
 async fn metrics(state: web::Data<AppState>) -> AppResult<HttpResponse> {
     let (webhooks, sends) = state
         .db
-        .public(|conn| -> AppResult<(i64, i64)> {
+        .probe(|conn| -> AppResult<(i64, i64)> {
             use crate::db::schema::{send_queue, webhook_events};
             let w = webhook_events::table.filter(webhook_events::status.eq("pending")).count().get_result(conn)?;
             let s = send_queue::table.filter(send_queue::status.eq("pending")).count().get_result(conn)?;

@@ -523,3 +523,99 @@ fn a_deadlock_is_answered_as_a_retry() {
     assert_eq!(ended.len(), 1, "one goes on: {ended:?}");
     assert_eq!((ended[0].status().as_u16(), ended[0].code.as_ref(), ended[0].retry_after), (503, "retry", Some(1)));
 }
+
+/// A TCP forwarder to the test database's server that can be cut: every
+/// flow through it ends and new ones are refused, as when the database
+/// goes down or the network to it fails.
+struct Outage {
+    url: String,
+    tasks: std::rc::Rc<std::cell::RefCell<Vec<actix_web::rt::task::JoinHandle<()>>>>,
+}
+
+impl Outage {
+    /// `database_url` with its host and port replaced by the forwarder's.
+    async fn before(database_url: &str) -> Outage {
+        let scheme = database_url.find("://").map_or(0, |i| i + 3);
+        let at = database_url[scheme..].find('@').map_or(scheme, |i| scheme + i + 1);
+        let end = database_url[at..].find(['/', '?']).map_or(database_url.len(), |i| at + i);
+        let server = database_url[at..end].to_string();
+        let server = if server.contains(':') { server } else { format!("{server}:5432") };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("{}{}{}", &database_url[..at], listener.local_addr().expect("addr"), &database_url[end..]);
+        let tasks = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let flows = tasks.clone();
+        let accept = actix_web::rt::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let server = server.clone();
+                flows.borrow_mut().push(actix_web::rt::spawn(async move {
+                    if let Ok(mut db) = tokio::net::TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut db).await;
+                    }
+                }));
+            }
+        });
+        tasks.borrow_mut().push(accept);
+        Outage { url, tasks }
+    }
+
+    fn begin(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// With the database out of reach, the health probes answer within about
+/// `db::PROBE_WAIT`, not the pool's connect timeout of 5 s: a load
+/// balancer's or Kubernetes' probe (1 s by default) gets its 503.
+#[actix_web::test]
+async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
+    use std::time::{Duration, Instant};
+    let app = crate::common::spawn_app_without_workers().await;
+    let outage = Outage::before(app.config.db.database_url.expose()).await;
+    let options =
+        switchboard::db::PoolOptions { max_size: 3, min_idle: Some(3), connect_timeout: Duration::from_secs(5) };
+    // Opened on another thread: the forwarder runs on this one.
+    let url = outage.url.clone();
+    let pool = actix_web::web::block(move || switchboard::db::connect_pool(&url, options))
+        .await
+        .expect("blocking pool")
+        .expect("a pool through the forwarder");
+    // A pool only busy is waited for past PROBE_WAIT: a loaded instance is
+    // not unready.
+    let held: Vec<_> = (0..3).map(|_| pool.get().expect("conn")).collect();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(switchboard::db::PROBE_WAIT * 3);
+        drop(held);
+    });
+    let probe = switchboard::db::Db::new(pool.clone()).probe(|_| Ok::<_, AppError>(())).await;
+    assert!(probe.is_ok(), "a busy pool was not waited for");
+    release.join().expect("release");
+    let state = actix_web::web::Data::new(switchboard::app::AppState::new(
+        std::sync::Arc::new({
+            let mut c = (*app.config).clone();
+            c.db.database_url = outage.url.clone().into();
+            c
+        }),
+        switchboard::db::Db::new(pool),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    actix_web::rt::spawn(switchboard::http::build_server(state, listener).expect("server"));
+    let get = |path: &str| app.client.get(format!("{base}{path}")).send();
+    assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+    outage.begin();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = get("/readyz").await.expect("readyz");
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503);
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+        assert!(took < Duration::from_secs(3), "/readyz took {took:?}");
+        let started = Instant::now();
+        let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
+        assert!(metrics.contains("\nswitchboard_webhooks_pending -1\n"), "{metrics}");
+        assert!(started.elapsed() < Duration::from_secs(3), "/metrics took {:?}", started.elapsed());
+    }
+}
