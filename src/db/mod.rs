@@ -22,7 +22,9 @@ pub mod tenant;
 pub mod tenant_schema;
 pub mod tls_exit;
 
-pub use pool::{connect_pool, connection_lost, ensure_database, retry_lost, Db, PgPool, PoolOptions, PROBE_WAIT};
+pub use pool::{
+    connect_pool, connection_lost, connection_string, ensure_database, retry_lost, Db, PgPool, PoolOptions, PROBE_WAIT,
+};
 pub use prepared::prepared;
 pub use tenant::{with_tenant, TenantConn, TenantScope};
 

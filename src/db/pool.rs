@@ -81,7 +81,7 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietFailures {
 
 /// Builds the pool; fails fast when the database cannot be reached.
 pub fn connect_pool(database_url: &str, opts: PoolOptions) -> Result<PgPool, DbError> {
-    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    let manager = ConnectionManager::<PgConnection>::new(connection_string(database_url));
     let failures = Arc::new(Mutex::new(Repeats::default()));
     let pool = r2d2::Pool::builder()
         .max_size(opts.max_size)
@@ -248,6 +248,46 @@ fn probe_checkout(pool: &PgPool) -> Result<PooledConnection<ConnectionManager<Pg
     }
 }
 
+/// How every connection of ours is opened: `url` with what it does not set
+/// itself of
+/// - `connect_timeout=5`: libpq otherwise waits for ever for a server that
+///   accepted the TCP connection and does not answer (hung, or a proxy in
+///   front of one that is down), and the kernel's two minutes for one
+///   whose address went silent. r2d2 opens connections on a few threads of
+///   its own; each stuck there is one the pool cannot open when the
+///   database is back.
+/// - TCP keepalives (30 s idle, then 3 probes 10 s apart): a peer that
+///   vanished silently (a failover, a NAT or load balancer that dropped an
+///   idle flow) is found within a minute, not after the system's two
+///   hours idle, and the connection errors (the pool replaces it, the bus
+///   listener connects again and catches up from the log) instead of the
+///   next query waiting on it for the retransmission timeout.
+pub fn connection_string(url: &str) -> String {
+    const DEFAULTS: [(&str, &str); 5] = [
+        ("connect_timeout", "5"),
+        ("keepalives", "1"),
+        ("keepalives_idle", "30"),
+        ("keepalives_interval", "10"),
+        ("keepalives_count", "3"),
+    ];
+    let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let missing: Vec<String> = DEFAULTS
+        .iter()
+        // `keepalives=` is not inside `keepalives_idle=`; a key=value string
+        // may space its `=`, which only costs a duplicate key (the last wins).
+        .filter(|(k, _)| !url.contains(&format!("{k}=")))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if missing.is_empty() {
+        url.to_string()
+    } else if uri {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{}", missing.join("&"))
+    } else {
+        format!("{url} {}", missing.join(" "))
+    }
+}
+
 /// The same server URL with another database name.
 pub fn url_with_database(url: &str, database: &str) -> Option<String> {
     let (base, query) = match url.split_once('?') {
@@ -281,7 +321,7 @@ pub fn maintenance_url(url: &str) -> Option<(String, String)> {
 /// fresh PostgreSQL needs no manual step.
 pub fn ensure_database(url: &str) -> Result<(), DbError> {
     use diesel::prelude::*;
-    if PgConnection::establish(url).is_ok() {
+    if PgConnection::establish(&connection_string(url)).is_ok() {
         return Ok(());
     }
     let Some((admin_url, name)) = maintenance_url(url) else {
@@ -290,7 +330,7 @@ pub fn ensure_database(url: &str) -> Result<(), DbError> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(DbError::Migration(format!("will not create database {name:?}: unusual name")));
     }
-    let mut admin = PgConnection::establish(&admin_url)?;
+    let mut admin = PgConnection::establish(&connection_string(&admin_url))?;
     let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
         "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}')"
     )))
@@ -305,6 +345,25 @@ pub fn ensure_database(url: &str) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::maintenance_url;
+
+    #[test]
+    fn connections_time_out_and_keep_alive_unless_told_otherwise() {
+        use super::connection_string;
+        let all = "connect_timeout=5&keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3";
+        assert_eq!(connection_string("postgres://u@h:5432/db"), format!("postgres://u@h:5432/db?{all}"));
+        assert_eq!(
+            connection_string("postgresql://u@h/db?sslmode=require"),
+            format!("postgresql://u@h/db?sslmode=require&{all}")
+        );
+        assert_eq!(connection_string("host=h dbname=db"), format!("host=h dbname=db {}", all.replace('&', " ")));
+        // What the URL sets stays as it is; the rest is added.
+        assert_eq!(
+            connection_string("postgres://u@h/db?keepalives_idle=5&connect_timeout=2"),
+            "postgres://u@h/db?keepalives_idle=5&connect_timeout=2&keepalives=1&keepalives_interval=10&keepalives_count=3"
+        );
+        let own = "postgres://u@h/db?connect_timeout=9&keepalives=0&keepalives_idle=1&keepalives_interval=1&keepalives_count=1";
+        assert_eq!(connection_string(own), own);
+    }
 
     #[test]
     fn maintenance_urls() {

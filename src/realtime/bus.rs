@@ -262,32 +262,13 @@ pub fn spawn_listener(database_url: String, pool: PgPool, hub: Addr<Hub>, feed: 
         .ok();
 }
 
-/// The listener's connection string: `url` with TCP keepalives, unless it
-/// sets its own. The connection only ever waits for notifications, so a
-/// peer that vanished silently (a NAT or load balancer that dropped an idle
-/// flow) would otherwise leave this instance deaf to the others for hours
-/// (libpq's default: the system's, two hours idle); with these, within a
-/// minute the connection errors, is made again and catches up from the log.
-fn with_keepalives(url: &str) -> String {
-    const KEEPALIVES: [(&str, &str); 4] =
-        [("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3")];
-    if url.contains("keepalives") {
-        return url.to_string();
-    }
-    let params: Vec<String> = KEEPALIVES.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}{}", params.join("&"))
-    } else {
-        // The key=value form.
-        format!("{url} {}", params.join(" "))
-    }
-}
-
 /// Listens until the hub stops (`Ok`) or the connection is lost; calls
 /// `listening` once it listens and has caught up.
 fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed, listening: &mut dyn FnMut()) -> anyhow::Result<()> {
-    let mut conn = ListenConnection::connect(&with_keepalives(url))?;
+    // Its keepalives matter most here: the connection only ever waits for
+    // notifications, so a peer that vanished silently would otherwise leave
+    // this instance deaf to the others for hours.
+    let mut conn = ListenConnection::connect(&crate::db::connection_string(url))?;
     conn.execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
     // Presence the other instances announced while we were not listening.
     hub.do_send(super::hub::WantPresence);
@@ -440,18 +421,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_listener_connects_with_keepalives_unless_told_otherwise() {
-        let ka = "keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3";
-        assert_eq!(with_keepalives("postgres://u@h:5432/db"), format!("postgres://u@h:5432/db?{ka}"));
-        assert_eq!(
-            with_keepalives("postgresql://u@h/db?sslmode=require"),
-            format!("postgresql://u@h/db?sslmode=require&{ka}")
-        );
-        assert_eq!(with_keepalives("host=h dbname=db"), format!("host=h dbname=db {}", ka.replace('&', " ")));
-        let own = "postgres://u@h/db?keepalives_idle=5";
-        assert_eq!(with_keepalives(own), own);
-    }
     use actix::Actor;
 
     struct Quiet;

@@ -619,3 +619,23 @@ async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
         assert!(started.elapsed() < Duration::from_secs(3), "/metrics took {:?}", started.elapsed());
     }
 }
+
+/// A server that takes the TCP connection and never answers (hung, or a
+/// proxy in front of one that is down) does not hold an attempt to connect
+/// for ever: our connections are opened with a connect timeout
+/// (`db::connection_string`), so the pool's and the bus listener's
+/// attempts come back and try again.
+#[test]
+fn a_server_that_never_answers_is_given_up_on() {
+    use std::time::Duration;
+    // Never accepted: the kernel completes the handshake and keeps what
+    // libpq sends.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("postgres://postgres@{}/none", hole.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(PgConnection::establish(&switchboard::db::connection_string(&url)).is_err());
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true), "still waiting 20 s in");
+    drop(hole);
+}
