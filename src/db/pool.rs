@@ -271,13 +271,11 @@ pub fn connection_string(url: &str) -> String {
         ("keepalives_count", "3"),
     ];
     let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let missing: Vec<String> = DEFAULTS
-        .iter()
-        // `keepalives=` is not inside `keepalives_idle=`; a key=value string
-        // may space its `=`, which only costs a duplicate key (the last wins).
-        .filter(|(k, _)| !url.contains(&format!("{k}=")))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    // A key=value string may space its `=`s; `keepalives=` is not inside
+    // `keepalives_idle=`.
+    let set: String = url.split('=').map(str::trim).collect::<Vec<_>>().join("=");
+    let missing: Vec<String> =
+        DEFAULTS.iter().filter(|(k, _)| !set.contains(&format!("{k}="))).map(|(k, v)| format!("{k}={v}")).collect();
     if missing.is_empty() {
         url.to_string()
     } else if uri {
@@ -360,6 +358,10 @@ mod tests {
         assert_eq!(
             connection_string("postgres://u@h/db?keepalives_idle=5&connect_timeout=2"),
             "postgres://u@h/db?keepalives_idle=5&connect_timeout=2&keepalives=1&keepalives_interval=10&keepalives_count=3"
+        );
+        assert_eq!(
+            connection_string("host=h connect_timeout = 9 keepalives =0"),
+            "host=h connect_timeout = 9 keepalives =0 keepalives_idle=30 keepalives_interval=10 keepalives_count=3"
         );
         let own = "postgres://u@h/db?connect_timeout=9&keepalives=0&keepalives_idle=1&keepalives_interval=1&keepalives_count=1";
         assert_eq!(connection_string(own), own);
