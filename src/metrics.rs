@@ -56,7 +56,7 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ),
         (
             "switchboard_ws_too_slow_total",
-            "Sockets closed as too slow (4408): their outbox overflowed while they took nothing",
+            "Sockets closed as too slow (4408): their outbox overflowed (stopped reading, or far behind)",
             &WS_TOO_SLOW,
         ),
         ("switchboard_webhook_batches_total", "Processor batches that claimed work", &WEBHOOK_BATCHES),

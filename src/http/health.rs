@@ -22,7 +22,7 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when the database answers, `public` has nothing pending, and no
 /// tenant schema is behind this binary's tenant migrations. With the
-/// database out of reach it answers 503 within about a second
+/// database out of reach it answers 503 within about half a second
 /// ([`crate::db::Db::probe`]), as `/metrics` answers its gauges as -1.
 async fn readyz(state: web::Data<AppState>) -> AppResult<HttpResponse> {
     let latest = latest_tenant_version();
