@@ -261,14 +261,21 @@ fn probe_checkout(pool: &PgPool) -> Result<PooledConnection<ConnectionManager<Pg
 ///   idle flow) is found within a minute, not after the system's two
 ///   hours idle, and the connection errors (the pool replaces it, the bus
 ///   listener connects again and catches up from the log) instead of the
-///   next query waiting on it for the retransmission timeout.
+///   next query waiting on it.
+/// - `tcp_user_timeout=60000` (ms): keepalives probe only a quiet wire; a
+///   connection whose network went dark while a query it sent was still
+///   unacknowledged would otherwise wait TCP's retransmission timeout
+///   (about 15 minutes) holding its pool slot. A minute, as long as the
+///   keepalives take to give up; a slow query is not cut by it, since the
+///   server's kernel acknowledges what it was sent.
 pub fn connection_string(url: &str) -> String {
-    const DEFAULTS: [(&str, &str); 5] = [
+    const DEFAULTS: [(&str, &str); 6] = [
         ("connect_timeout", "5"),
         ("keepalives", "1"),
         ("keepalives_idle", "30"),
         ("keepalives_interval", "10"),
         ("keepalives_count", "3"),
+        ("tcp_user_timeout", "60000"),
     ];
     let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
     // A key=value string may space its `=`s; `keepalives=` is not inside
@@ -347,7 +354,7 @@ mod tests {
     #[test]
     fn connections_time_out_and_keep_alive_unless_told_otherwise() {
         use super::connection_string;
-        let all = "connect_timeout=5&keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3";
+        let all = "connect_timeout=5&keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3&tcp_user_timeout=60000";
         assert_eq!(connection_string("postgres://u@h:5432/db"), format!("postgres://u@h:5432/db?{all}"));
         assert_eq!(
             connection_string("postgresql://u@h/db?sslmode=require"),
@@ -357,13 +364,13 @@ mod tests {
         // What the URL sets stays as it is; the rest is added.
         assert_eq!(
             connection_string("postgres://u@h/db?keepalives_idle=5&connect_timeout=2"),
-            "postgres://u@h/db?keepalives_idle=5&connect_timeout=2&keepalives=1&keepalives_interval=10&keepalives_count=3"
+            "postgres://u@h/db?keepalives_idle=5&connect_timeout=2&keepalives=1&keepalives_interval=10&keepalives_count=3&tcp_user_timeout=60000"
         );
         assert_eq!(
             connection_string("host=h connect_timeout = 9 keepalives =0"),
-            "host=h connect_timeout = 9 keepalives =0 keepalives_idle=30 keepalives_interval=10 keepalives_count=3"
+            "host=h connect_timeout = 9 keepalives =0 keepalives_idle=30 keepalives_interval=10 keepalives_count=3 tcp_user_timeout=60000"
         );
-        let own = "postgres://u@h/db?connect_timeout=9&keepalives=0&keepalives_idle=1&keepalives_interval=1&keepalives_count=1";
+        let own = "postgres://u@h/db?connect_timeout=9&keepalives=0&keepalives_idle=1&keepalives_interval=1&keepalives_count=1&tcp_user_timeout=0";
         assert_eq!(connection_string(own), own);
     }
 
