@@ -304,7 +304,7 @@ async fn stop_on_signal(
 /// timeout ends the connection (`TCP_USER_TIMEOUT`). Without it a client
 /// that stops reading keeps its connection, its dispatcher and a full send
 /// buffer (megabytes) for as long as it stays connected: its session is
-/// closed (silent, or 4408), but the close frame waits behind the unread
+/// closed (4408), but the close frame waits behind the unread
 /// bytes and actix has no write timeout. A peer gone without a word is let
 /// go as soon, instead of after the kernel's ~15 minutes of retries.
 fn on_connect(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {

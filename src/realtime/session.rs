@@ -29,7 +29,7 @@ use crate::inbox::events;
 use crate::inbox::ConversationId;
 
 /// How often the server pings, and how long a client may stay silent (no
-/// frame of any kind, pongs included) before it is dropped:
+/// frame of any kind, pongs included) before it is closed (4408):
 /// `SWITCHBOARD_WS_PING_SECS` (10) and `SWITCHBOARD_WS_TIMEOUT_SECS` (30),
 /// read once.
 pub fn heartbeat() -> (Duration, Duration) {
@@ -364,7 +364,10 @@ impl Actor for WsSession {
         let (every, timeout) = heartbeat();
         ctx.run_interval(every, move |act, ctx| {
             if Instant::now().duration_since(act.heartbeat) > timeout {
-                ctx.stop();
+                // Usually nobody is left to read it; a client that is (its
+                // pongs lost on the way) learns why and resumes.
+                crate::metrics::inc(&crate::metrics::WS_SILENT, 1);
+                act.close(ctx, super::CLOSE_TOO_SLOW, "no answer to pings; reconnect with since");
                 return;
             }
             ctx.ping(b"");

@@ -1314,8 +1314,9 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
 }
 
 /// The server pings; a client silent past the timeout (no frame, not even
-/// a pong) is dropped, while one that answers stays. Timings shortened
-/// through the configuration, on a `serve` process of its own.
+/// a pong) is closed with 4408 and counted, while one that answers stays.
+/// Timings shortened through the configuration, on a `serve` process of
+/// its own.
 #[actix_web::test]
 async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
     let app = spawn_app_without_workers().await;
@@ -1332,7 +1333,7 @@ async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
     }
     send(&mut answering, json!({"type": "ping"})).await;
     assert!(until(&mut answering, "pong", Duration::from_secs(3)).await.is_some(), "the answering client was dropped");
-    // The silent one was pinged, then dropped (about 3 s in: a ping a
+    // The silent one was pinged, then closed (about 3 s in: a ping a
     // second, more than 2 s of silence); what it was sent is still to read.
     let mut pings = 0;
     let dropped_by = connected + Duration::from_secs(7);
@@ -1340,13 +1341,24 @@ async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
         let left = dropped_by.saturating_duration_since(std::time::Instant::now());
         match timeout(left, silent.next()).await {
             Ok(Some(Ok(Frame::Ping(_)))) => pings += 1,
-            Ok(Some(Ok(Frame::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break true,
+            Ok(Some(Ok(Frame::Close(close)))) => {
+                break Ok(close.map(|c| (u16::from(c.code), c.description.unwrap_or_default())))
+            }
+            Ok(Some(Err(e))) => break Err(format!("error {e}")),
+            Ok(None) => break Err("end of stream without a close frame".to_string()),
             Ok(Some(Ok(_))) => {}
-            Err(_) => break false,
+            Err(_) => break Err("still connected 7 s in".to_string()),
         }
     };
-    assert!(ended, "the silent client is still connected 7 s in");
+    match ended {
+        Ok(Some((4408, reason))) => assert!(reason.contains("since"), "{reason}"),
+        other => panic!("the silent client was not closed with 4408: {other:?}"),
+    }
     assert!(pings >= 1, "it was never pinged");
+    let metrics = app.client.get(format!("{}/metrics", serve.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let counted = metrics.lines().find_map(|l| l.strip_prefix("switchboard_ws_silent_total ")).map(str::parse::<u64>);
+    assert_eq!(counted, Some(Ok(1)), "{metrics}");
 }
 
 /// Access that narrows or ends reaches open sockets at once: an agent taken
