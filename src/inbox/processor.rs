@@ -11,7 +11,10 @@
 //! Failures retry with exponential backoff and become dead letters after
 //! `MAX_ATTEMPTS`. When a tenant's transaction fails, each of its webhooks
 //! is tried again alone, so one that cannot be stored retries (and in the
-//! end dead-letters) alone instead of taking its batch with it. A body that
+//! end dead-letters) alone instead of taking its batch with it; so does a
+//! panic, at once ([`guarded`]), and a webhook whose last attempt was
+//! claimed and never finished (the process died on it) is dead-lettered
+//! when claimed once more rather than tried past `MAX_ATTEMPTS`. A body that
 //! is not JSON or not a Meta object, and an item for a page or number no
 //! tenant holds, dead-letter at once (Meta must not retry because of us).
 //! Dead letters can be listed and replayed (CLI and the operator endpoint);
@@ -173,13 +176,28 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
     // (event id, route, item) in event order.
     let mut work: Vec<(i64, RouteKey, Item)> = Vec::new();
     for ev in &claimed {
-        match webhook::parse(&ev.body) {
-            Ok(items) => {
+        if ev.attempts > MAX_ATTEMPTS {
+            // Its last attempt was claimed and never told how it went (an
+            // attempt that does dead-letters at MAX_ATTEMPTS): the process
+            // died or its worker failed while on it, as likely on every
+            // attempt before. It must not take its batch along once more.
+            tracing::error!(webhook = ev.id, "webhook never finished processing; dead-lettered");
+            let why =
+                format!("{MAX_ATTEMPTS} attempts spent, the last never finished (the server stopped or failed on it)");
+            outcome.insert(ev.id, Outcome::Dead(why));
+            continue;
+        }
+        match std::panic::catch_unwind(|| webhook::parse(&ev.body)) {
+            Ok(Ok(items)) => {
                 outcome.insert(ev.id, Outcome::Done);
                 work.extend(items.into_iter().map(|r| (ev.id, r.route, r.item)));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 outcome.insert(ev.id, Outcome::Dead(e.to_string()));
+            }
+            Err(panic) => {
+                tracing::error!(webhook = ev.id, "reading the webhook panicked; dead-lettered");
+                outcome.insert(ev.id, Outcome::Dead(format!("reading it failed: {}", panic_text(&panic))));
             }
         }
     }
@@ -252,7 +270,8 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
         // resync, see realtime::session).
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
         let group: Vec<&Work> = items.iter().collect();
-        let parts = match apply_tenant(&mut conn, &scope, app_id, online, &group, &own(&group, &tenants_of, &outcome)) {
+        let owned = own(&group, &tenants_of, &outcome);
+        let parts = match guarded(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &group, &owned))? {
             Ok(applied) => {
                 applied.record(tenant, &mut report, &mut marked);
                 continue;
@@ -279,8 +298,13 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
         };
         for ev in parts {
             let part: Vec<&Work> = items.iter().filter(|(e, _, _)| *e == ev).collect();
-            match apply_tenant(&mut conn, &scope, app_id, online, &part, &own(&part, &tenants_of, &outcome)) {
+            let owned = own(&part, &tenants_of, &outcome);
+            match guarded(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &part, &owned))? {
                 Ok(applied) => applied.record(tenant, &mut report, &mut marked),
+                Err(e) if e.code == PANICKED => {
+                    tracing::error!(tenant, webhook = ev, error = %e.message, "webhook processing panicked; dead-lettered");
+                    outcome.insert(ev, Outcome::Dead(e.message));
+                }
                 Err(e) => {
                     if !is_waiting(&e) {
                         tracing::warn!(tenant, webhook = ev, error = ?e, "webhook failed; will retry");
@@ -337,6 +361,43 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
 
 /// An item to apply: (webhook event id, channel id, item).
 type Work = (i64, i64, Item);
+
+/// The code of the error [`guarded`] makes of a panic.
+const PANICKED: &str = "processing_panicked";
+
+/// Runs `work` on `conn`, a panic in it (a bug some payload met) being an
+/// error with the code [`PANICKED`] rather than the end of the batch: a
+/// batch that panicked would be claimed again, and panic again, with every
+/// webhook in it, until the lease of each ran out for good. The connection,
+/// left inside the transaction the panic cut short, is given up (the pool
+/// drops it, which rolls it back) for a fresh one; an error only if no
+/// fresh one can be had.
+pub fn guarded<T>(
+    pool: &PgPool,
+    conn: &mut r2d2::PooledConnection<diesel::r2d2::ConnectionManager<PgConnection>>,
+    work: impl FnOnce(&mut PgConnection) -> AppResult<T>,
+) -> AppResult<AppResult<T>> {
+    let pg: &mut PgConnection = conn;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(pg))) {
+        Ok(done) => Ok(done),
+        Err(panic) => {
+            use diesel::connection::{AnsiTransactionManager, TransactionManager};
+            AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
+            *conn = pool.get().map_err(DbError::from)?;
+            let message = format!("processing it failed: {}", panic_text(&panic));
+            Ok(Err(AppError::new(crate::error::ErrorKind::Internal, PANICKED, message)))
+        }
+    }
+}
+
+/// What a caught panic said, when it said it in words.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
 
 /// What one tenant transaction committed.
 struct Applied {

@@ -1571,4 +1571,101 @@ mod tests {
         assert!(parse(bare.as_bytes()).expect("parses").is_empty());
         assert!(matches!(parse(br#"{"object":"user","entry":[]}"#), Err(ParseError::UnknownObject(_))));
     }
+
+    /// Every webhook fixture with each value in turn replaced by another
+    /// kind of value (or removed): the parser answers, an error or what it could
+    /// read, and never panics. Real traffic has fields a version adds,
+    /// drops or retypes; a panic here would be a stored webhook the
+    /// processor can never get past.
+    #[test]
+    fn any_field_of_any_webhook_may_be_missing_or_of_another_kind() {
+        use serde_json::json;
+        fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            let children: Vec<(String, &Value)> = match v {
+                Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+                Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+                _ => Vec::new(),
+            };
+            for (key, child) in children {
+                at.push(key);
+                out.push(at.clone());
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        fn at_path<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+            path.iter().try_fold(v, |v, key| match v {
+                Value::Object(m) => m.get_mut(key),
+                Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+                _ => None,
+            })
+        }
+        let replacements = [
+            Value::Null,
+            json!(true),
+            json!(-1),
+            json!(0),
+            json!(1e300),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(""),
+            json!("-1"),
+            json!("99999999999999999999999"),
+            json!("\u{0}"),
+            json!("🙂 ü 中"),
+            json!([]),
+            json!([null]),
+            json!({}),
+        ];
+        let dir = crate::meta::fixture_path("");
+        let mut fixtures: Vec<(String, Value)> = std::fs::read_dir(&dir)
+            .expect("fixtures")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| {
+                let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                v.get("entry").is_some().then_some((name, v))
+            })
+            .collect();
+        fixtures.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(fixtures.len() >= 25, "only {} webhook fixtures found in {}", fixtures.len(), dir.display());
+        let mut tried = 0;
+        let mut panics = Vec::new();
+        for (name, original) in &fixtures {
+            let mut all = Vec::new();
+            paths(original, &mut Vec::new(), &mut all);
+            for path in &all {
+                let mut variants = Vec::new();
+                for r in &replacements {
+                    let mut v = original.clone();
+                    if let Some(slot) = at_path(&mut v, path) {
+                        *slot = r.clone();
+                        variants.push((format!("{r}"), v));
+                    }
+                }
+                let mut removed = original.clone();
+                let (last, parent) = path.split_last().expect("a path has a key");
+                match at_path(&mut removed, parent) {
+                    Some(Value::Object(m)) => {
+                        m.remove(last);
+                    }
+                    Some(Value::Array(a)) => {
+                        a.remove(last.parse::<usize>().expect("an index"));
+                    }
+                    _ => {}
+                }
+                variants.push(("removed".into(), removed));
+                for (what, v) in variants {
+                    tried += 1;
+                    let body = serde_json::to_vec(&v).expect("json");
+                    if std::panic::catch_unwind(|| parse(&body)).is_err() {
+                        panics.push(format!("{name} {}: {what}", path.join(".")));
+                    }
+                }
+            }
+        }
+        assert!(tried > 5_000, "only {tried} variants");
+        assert!(panics.is_empty(), "{} of {tried} variants panicked:\n{}", panics.len(), panics.join("\n"));
+    }
 }
