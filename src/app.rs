@@ -48,15 +48,15 @@ pub struct AppState {
     pub bus: Arc<dyn crate::realtime::Bus>,
     /// Verified webhook bodies on their way into `public.webhook_events`.
     pub webhook_store: mpsc::Sender<crate::inbox::processor::StoreRequest>,
-    store_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::processor::StoreRequest>>>,
+    store_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<crate::inbox::processor::StoreRequest>>>,
     /// Contacts whose profile to look up at Meta.
     pub profile_lookups: mpsc::Sender<crate::inbox::contacts::ProfileLookup>,
-    profile_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
+    profile_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>>>,
     /// Stale profiles queued from a look at their conversation, and when.
     pub profile_refreshes: crate::inbox::contacts::StaleRetries,
     /// Messenger and Instagram media to copy off Meta's CDN.
     pub media_copies: mpsc::Sender<crate::inbox::media_copies::MediaCopy>,
-    copy_rx: std::sync::Mutex<Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>>>,
+    copy_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>>>,
     /// Where those copies may be fetched from.
     pub cdn_hosts: crate::inbox::media_copies::CdnHosts,
     /// Copies queued again from a look at their attachment, and when.
@@ -85,7 +85,7 @@ impl AppState {
         let (copy_tx, copy_rx) = mpsc::channel(10_000);
         AppState {
             webhook_store: store_tx,
-            store_rx: std::sync::Mutex::new(Some(store_rx)),
+            store_rx: Arc::new(tokio::sync::Mutex::new(store_rx)),
             wake_processor: Arc::new(Notify::new()),
             processor_behind: Arc::new(tokio::sync::watch::Sender::new(false)),
             webhooks_stored: Arc::default(),
@@ -97,10 +97,10 @@ impl AppState {
             bus: Arc::new(crate::realtime::PgBus::new(db.pool().clone())),
             feed: Arc::default(),
             search_backlog: Arc::default(),
-            profile_rx: std::sync::Mutex::new(Some(rx)),
+            profile_rx: Arc::new(tokio::sync::Mutex::new(rx)),
             profile_refreshes: crate::inbox::contacts::stale_retries(),
             media_copies: copy_tx,
-            copy_rx: std::sync::Mutex::new(Some(copy_rx)),
+            copy_rx: Arc::new(tokio::sync::Mutex::new(copy_rx)),
             cdn_hosts: crate::inbox::media_copies::CdnHosts::new(&config.meta.graph_url),
             copy_retries: crate::inbox::media_copies::retries(),
             typing_sent: Default::default(),
@@ -141,19 +141,21 @@ impl AppState {
         true
     }
 
-    /// The receiving end of the webhook store queue (taken once).
-    pub fn take_store_queue(&self) -> Option<mpsc::Receiver<crate::inbox::processor::StoreRequest>> {
-        self.store_rx.lock().ok().and_then(|mut r| r.take())
+    /// The receiving end of the webhook store queue, held by its one writer
+    /// for as long as it runs: a writer started again after a panic
+    /// ([`supervise`]) takes it up where the last left it.
+    pub async fn store_queue(&self) -> Queue<crate::inbox::processor::StoreRequest> {
+        self.store_rx.clone().lock_owned().await
     }
 
-    /// The receiving end of the profile-lookup queue (taken once, by the worker).
-    pub fn take_profile_queue(&self) -> Option<mpsc::Receiver<crate::inbox::contacts::ProfileLookup>> {
-        self.profile_rx.lock().ok().and_then(|mut r| r.take())
+    /// The receiving end of the profile-lookup queue (as [`Self::store_queue`]).
+    pub async fn profile_queue(&self) -> Queue<crate::inbox::contacts::ProfileLookup> {
+        self.profile_rx.clone().lock_owned().await
     }
 
-    /// The receiving end of the media-copy queue (taken once, by the worker).
-    pub fn take_copy_queue(&self) -> Option<mpsc::Receiver<crate::inbox::media_copies::MediaCopy>> {
-        self.copy_rx.lock().ok().and_then(|mut r| r.take())
+    /// The receiving end of the media-copy queue (as [`Self::store_queue`]).
+    pub async fn copy_queue(&self) -> Queue<crate::inbox::media_copies::MediaCopy> {
+        self.copy_rx.clone().lock_owned().await
     }
 
     /// A tenant unit of work that logs events: they are written in its
@@ -208,6 +210,44 @@ impl AppState {
     }
 }
 
+/// A worker's hold on the receiving end of one of the state's queues.
+pub type Queue<T> = tokio::sync::OwnedMutexGuard<mpsc::Receiver<T>>;
+
+/// Runs the worker `start` makes on the current actix runtime, and starts it
+/// again after it panicked: tokio ends a panicking task quietly, and a
+/// worker gone that way (the sender, the webhook processor) would leave the
+/// server answering requests while replies or webhooks wait for ever. A
+/// second before the first restart, doubling to a minute while it keeps
+/// panicking within a minute of starting; each is logged and counted
+/// (`switchboard_worker_restarts_total`). A worker that returns, or is
+/// cancelled by the runtime stopping, is not started again.
+pub fn supervise<F, Fut>(name: &'static str, mut start: F)
+where
+    F: FnMut() -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(60);
+    actix_web::rt::spawn(async move {
+        let mut pause = FIRST;
+        loop {
+            let started = std::time::Instant::now();
+            match actix_web::rt::spawn(start()).await {
+                Err(e) if e.is_panic() => {
+                    if started.elapsed() >= MOST {
+                        pause = FIRST;
+                    }
+                    crate::metrics::inc(&crate::metrics::WORKER_RESTARTS, 1);
+                    tracing::error!(worker = name, restart_in = ?pause, "worker panicked; starting it again");
+                    actix_web::rt::time::sleep(pause).await;
+                    pause = (pause * 2).min(MOST);
+                }
+                _ => return,
+            }
+        }
+    });
+}
+
 /// Starts the background workers of `serve`: webhook processor, sender,
 /// profile lookups, the snooze clock, event pruning, the search index
 /// merges, the spare tenant schemas, integrators' webhooks, erasure's pass
@@ -222,18 +262,70 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
     // (SKIP LOCKED); a tenant's items commit in order through its event seq.
     let processors = std::env::var("SWITCHBOARD_WEBHOOK_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2usize);
     for i in 0..processors.clamp(1, 16) {
-        actix_web::rt::spawn(crate::inbox::processor::run(state.clone(), i == 0));
+        let state = state.clone();
+        supervise("webhook processor", move || crate::inbox::processor::run(state.clone(), i == 0));
     }
-    actix_web::rt::spawn(crate::inbox::sender::run(state.clone()));
-    actix_web::rt::spawn(crate::inbox::sender::run_profiles(state.clone()));
-    actix_web::rt::spawn(crate::inbox::media_copies::run(state.clone()));
-    actix_web::rt::spawn(crate::inbox::sender::run_snooze_clock(state.clone()));
-    actix_web::rt::spawn(crate::inbox::hand_out::run(state.clone()));
-    actix_web::rt::spawn(crate::inbox::sender::run_event_pruner(state.clone()));
-    actix_web::rt::spawn(crate::inbox::search_index::run(state.clone()));
-    actix_web::rt::spawn(crate::tenancy::spares::run(state.clone()));
-    actix_web::rt::spawn(crate::integrations::webhooks::run(state.clone()));
-    actix_web::rt::spawn(crate::db::housekeeping::run(state.clone()));
-    actix_web::rt::spawn(crate::inbox::scrub::run(state.clone()));
-    actix_web::rt::spawn(crate::mail::run(state.clone()));
+    type Worker = fn(actix_web::web::Data<AppState>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let workers: [(&'static str, Worker); 12] = [
+        ("sender", |s| Box::pin(crate::inbox::sender::run(s))),
+        ("profile lookups", |s| Box::pin(crate::inbox::sender::run_profiles(s))),
+        ("media copies", |s| Box::pin(crate::inbox::media_copies::run(s))),
+        ("snooze clock", |s| Box::pin(crate::inbox::sender::run_snooze_clock(s))),
+        ("hand-out", |s| Box::pin(crate::inbox::hand_out::run(s))),
+        ("event pruner", |s| Box::pin(crate::inbox::sender::run_event_pruner(s))),
+        ("search index merges", |s| Box::pin(crate::inbox::search_index::run(s))),
+        ("spare schemas", |s| Box::pin(crate::tenancy::spares::run(s))),
+        ("integrations' webhooks", |s| Box::pin(crate::integrations::webhooks::run(s))),
+        ("housekeeping", |s| Box::pin(crate::db::housekeeping::run(s))),
+        ("erasure scrub", |s| Box::pin(crate::inbox::scrub::run(s))),
+        ("mail", |s| Box::pin(crate::mail::run(s))),
+    ];
+    for (name, run) in workers {
+        let state = state.clone();
+        supervise(name, move || run(state.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    /// A worker that panics is started again a second later and takes up
+    /// the queue it held where it left it; one that returns stays ended.
+    #[actix_web::test]
+    async fn a_panicking_worker_is_started_again_with_its_queue() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<u32>(8);
+        let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let restarts = || crate::metrics::WORKER_RESTARTS.load(Ordering::Relaxed);
+        let before = restarts();
+        let starts = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = starts.clone();
+        super::supervise("test worker", move || {
+            counted.set(counted.get() + 1);
+            let (queue, seen_tx) = (queue.clone(), seen_tx.clone());
+            async move {
+                let mut rx = queue.lock_owned().await;
+                while let Some(n) = rx.recv().await {
+                    assert_ne!(n, 1, "a bug some input met");
+                    let _ = seen_tx.send(n);
+                    if n == 3 {
+                        return;
+                    }
+                }
+            }
+        });
+        for n in [1, 2] {
+            tx.send(n).await.expect("queued");
+        }
+        let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
+        assert_eq!(got, Ok(Some(2)), "the worker was not started again");
+        assert_eq!(starts.get(), 2);
+        assert!(restarts() > before);
+        tx.send(3).await.expect("queued");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await, Ok(Some(3)));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(starts.get(), 2, "a worker that returned was started again");
+    }
 }

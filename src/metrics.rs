@@ -31,6 +31,7 @@ pub static MEDIA_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static MEDIA_NOT_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static PRUNED_ROWS: AtomicU64 = AtomicU64::new(0);
 pub static QUEUE_GIVEN: AtomicU64 = AtomicU64::new(0);
+pub static WORKER_RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -105,6 +106,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_queue_given_total",
             "Queued conversations this instance handed to an agent who came online or had room (inbox::hand_out)",
             &QUEUE_GIVEN,
+        ),
+        (
+            "switchboard_worker_restarts_total",
+            "Background workers started again after they panicked (app::supervise)",
+            &WORKER_RESTARTS,
         ),
     ];
     let mut out = String::new();

@@ -88,7 +88,8 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     actix_web::rt::System::new().block_on(async move {
         let state = actix_web::web::Data::new(AppState::new(config, Db::new(pool)));
-        actix_web::rt::spawn(crate::channels::reconcile::run(state.clone()));
+        let watched = state.clone();
+        crate::app::supervise("channel watchdog", move || crate::channels::reconcile::run(watched.clone()));
         crate::app::spawn_workers(&state);
         let server = crate::http::build_server(state, listener)?;
         server.await

@@ -327,7 +327,8 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     let hub = web::Data::new(start_realtime(&state));
     let hub_addr = hub.get_ref().clone();
     // The webhook endpoint's group-commit writer.
-    actix_web::rt::spawn(crate::inbox::processor::run_store(state.clone()));
+    let writer = state.clone();
+    crate::app::supervise("webhook store", move || crate::inbox::processor::run_store(writer.clone()));
     // Database work runs on each worker's blocking pool; no more threads than
     // the pool has connections, so waiting happens in r2d2, bounded.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

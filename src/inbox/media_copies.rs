@@ -155,7 +155,7 @@ impl CdnHosts {
 /// Copies what the processor queued, [`COPIES_AT_ONCE`] at a time.
 pub async fn run(state: actix_web::web::Data<AppState>) {
     use futures_util::StreamExt;
-    let Some(rx) = state.take_copy_queue() else { return };
+    let rx = state.copy_queue().await;
     let http = state.cdn_hosts.client();
     let copies = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     copies

@@ -54,7 +54,7 @@ pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String
 /// stored at once; under load many share a round trip and a WAL flush.
 /// Each request is answered only after its row is committed.
 pub async fn run_store(state: actix_web::web::Data<AppState>) {
-    let Some(mut rx) = state.take_store_queue() else { return };
+    let mut rx = state.store_queue().await;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 500 {

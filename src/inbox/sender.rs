@@ -841,7 +841,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
 /// Looks up contacts' profiles at Meta, [`PROFILE_LOOKUPS_AT_ONCE`] at a time.
 pub async fn run_profiles(state: actix_web::web::Data<AppState>) {
     use futures_util::StreamExt;
-    let Some(rx) = state.take_profile_queue() else { return };
+    let rx = state.profile_queue().await;
     let lookups = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|l| (l, rx)) });
     lookups
         .for_each_concurrent(PROFILE_LOOKUPS_AT_ONCE, |lookup| {
