@@ -391,7 +391,7 @@ pub fn guarded<T>(
 }
 
 /// What a caught panic said, when it said it in words.
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

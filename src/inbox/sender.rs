@@ -426,11 +426,21 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
     pacer.uploads().insert(conversation);
     let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
     actix_web::rt::spawn(async move {
-        if let Err(e) = deliver(&state, &job, ctx, message).await {
-            tracing::warn!(job = job.id, error = ?e, "file send failed; will retry");
-            let retry = JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true };
-            let _ = finish(&state, &job, retry).await;
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(deliver(&state, &job, ctx, message)).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job = job.id, error = ?e, "file send failed; will retry");
+                let retry = JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true };
+                let _ = finish(&state, &job, retry).await;
+            }
+            Err(panic) => {
+                let why = format!("sending it failed: {}", super::processor::panic_text(&panic));
+                tracing::error!(job = job.id, error = %why, "file send panicked");
+                after_panic(&state, &job, why).await;
+            }
         }
+        // Else the conversation's next sends would wait for it for ever.
         uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation);
         state.wake_sender.notify_one();
     });
@@ -807,17 +817,61 @@ pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer)
     })
     .await??;
     for job in &jobs {
-        if let Err(e) = handle(state, pacer, job).await {
-            tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
-            let _ = finish(
-                state,
-                job,
-                JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
-            )
-            .await;
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(handle(state, pacer, job)).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
+                let _ = finish(
+                    state,
+                    job,
+                    JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
+                )
+                .await;
+            }
+            // A bug some job met: the jobs after it in this claim go on,
+            // rather than wait with it for the worker to start again.
+            Err(panic) => {
+                let why = format!("sending it failed: {}", super::processor::panic_text(&panic));
+                tracing::error!(job = job.id, kind = %job.kind, error = %why, "send panicked");
+                after_panic(state, job, why).await;
+            }
         }
     }
     Ok(jobs.len())
+}
+
+/// What becomes of a job whose handling panicked ([`after_panic_end`]).
+async fn after_panic(state: &AppState, job: &Job, why: String) {
+    let end = after_panic_end(&job.kind, job.attempts, why.clone());
+    if matches!(end, JobEnd::Done) {
+        if let (Some(id), true) = (job.message_id, job.kind == SendKind::Message.as_str()) {
+            let failed = state
+                .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
+                    messages::mark_failed(tc, log, id, "internal_error", &why)
+                })
+                .await;
+            if let Err(e) = failed {
+                tracing::warn!(job = job.id, error = %e.message, "the reply could not be marked failed");
+            }
+        }
+    }
+    let _ = finish(state, job, end).await;
+}
+
+/// A job that panicked is tried again later and later (as a failed send
+/// to Meta is, up to 256 s apart); after [`MAX_SEND_ATTEMPTS`] it is given
+/// up, a reply then marked `failed` (`internal_error`) so the agent sees
+/// it did not go and may send it again, instead of it staying `pending`.
+fn after_panic_end(kind: &str, attempts: i32, why: String) -> JobEnd {
+    // Broadcast and scheduled jobs step through their own state; theirs
+    // stays as the panic left it and is retried as long as any.
+    let gives_up = [SendKind::Message, SendKind::MarkSeen, SendKind::Reaction].iter().any(|k| k.as_str() == kind);
+    if gives_up && attempts >= MAX_SEND_ATTEMPTS {
+        JobEnd::Done
+    } else {
+        JobEnd::Retry { after: Duration::from_secs(1u64 << attempts.clamp(0, 8)), error: why, counts: true }
+    }
 }
 
 pub async fn run(state: actix_web::web::Data<AppState>) {
@@ -986,6 +1040,24 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
 mod tests {
     use super::Pacer;
     use std::time::Duration;
+
+    #[test]
+    fn a_job_that_panics_is_tried_later_and_later_then_given_up() {
+        use super::{after_panic_end, JobEnd, MAX_SEND_ATTEMPTS};
+        let after = |kind: &str, attempts: i32| match after_panic_end(kind, attempts, "why".into()) {
+            JobEnd::Retry { after, counts: true, .. } => Some(after),
+            JobEnd::Retry { counts: false, .. } => panic!("a panic must count as an attempt"),
+            JobEnd::Done => None,
+        };
+        assert_eq!(after("message", 1), Some(Duration::from_secs(2)));
+        assert_eq!(after("message", 5), Some(Duration::from_secs(32)));
+        for kind in ["message", "mark_seen", "reaction"] {
+            assert_eq!(after(kind, MAX_SEND_ATTEMPTS), None, "{kind} is given up");
+        }
+        // Stepped jobs keep their own state: tried again, at most 256 s apart.
+        assert_eq!(after("broadcast", 40), Some(Duration::from_secs(256)));
+        assert_eq!(after(crate::inbox::scheduled::JOB_KIND, 40), Some(Duration::from_secs(256)));
+    }
 
     #[test]
     fn pacing_spaces_sends_per_channel() {
