@@ -7687,25 +7687,18 @@ async fn saving_a_view_or_macro_as_it_is_records_nothing() {
 /// conversation and message page answers 200) and takes a plain message.
 #[actix_web::test]
 async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
-    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    // Every value's JSON pointer, parents before children.
+    fn pointers(v: &Value, at: &str, out: &mut Vec<String>) {
         let children: Vec<(String, &Value)> = match v {
-            Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            Value::Object(m) => m.iter().map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v)).collect(),
             Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
             _ => Vec::new(),
         };
         for (key, child) in children {
-            at.push(key);
-            out.push(at.clone());
-            paths(child, at, out);
-            at.pop();
+            let here = format!("{at}/{key}");
+            out.push(here.clone());
+            pointers(child, &here, out);
         }
-    }
-    fn at_path<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
-        path.iter().try_fold(v, |v, key| match v {
-            Value::Object(m) => m.get_mut(key),
-            Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-            _ => None,
-        })
     }
     fn unique_ids(v: &mut Value, n: usize) {
         match v {
@@ -7752,23 +7745,23 @@ async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
             continue;
         }
         let mut all = Vec::new();
-        paths(&original, &mut Vec::new(), &mut all);
+        pointers(&original, "", &mut all);
         for pass in 0..2 {
-            for path in &all {
+            for at in &all {
                 let n = bodies.len();
                 let mut v = original.clone();
                 unique_ids(&mut v, n);
                 match &kinds[(n + pass) % kinds.len()] {
                     Some(kind) => {
-                        if let Some(slot) = at_path(&mut v, path) {
+                        if let Some(slot) = v.pointer_mut(at) {
                             *slot = kind.clone();
                         }
                     }
                     None => {
-                        let (last, parent) = path.split_last().expect("a key");
-                        match at_path(&mut v, parent) {
+                        let (parent, last) = at.rsplit_once('/').expect("a key");
+                        match v.pointer_mut(parent) {
                             Some(Value::Object(m)) => {
-                                m.remove(last);
+                                m.remove(&last.replace("~1", "/").replace("~0", "~"));
                             }
                             Some(Value::Array(a)) => {
                                 a.remove(last.parse::<usize>().expect("index"));
