@@ -50,7 +50,9 @@ const DEMO_DATABASE: &str = "switchboard_demo";
 /// on a local server, or on a new cluster under the system's temp folder
 /// (kept between runs).
 fn database_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
+    // Empty counts as unset, as everywhere in the configuration (an
+    // `.env` or compose file often lists it blank).
+    if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty()) {
         return beside(&url);
     }
     let local = format!("postgres://postgres@127.0.0.1:5432/{DEMO_DATABASE}");
