@@ -144,17 +144,17 @@ impl AppState {
     /// The receiving end of the webhook store queue, held by its one writer
     /// for as long as it runs: a writer started again after a panic
     /// ([`supervise`]) takes it up where the last left it.
-    pub async fn store_queue(&self) -> Queue<crate::inbox::processor::StoreRequest> {
+    pub async fn store_queue(&self) -> QueueHold<crate::inbox::processor::StoreRequest> {
         self.store_rx.clone().lock_owned().await
     }
 
     /// The receiving end of the profile-lookup queue (as [`Self::store_queue`]).
-    pub async fn profile_queue(&self) -> Queue<crate::inbox::contacts::ProfileLookup> {
+    pub async fn profile_queue(&self) -> QueueHold<crate::inbox::contacts::ProfileLookup> {
         self.profile_rx.clone().lock_owned().await
     }
 
     /// The receiving end of the media-copy queue (as [`Self::store_queue`]).
-    pub async fn copy_queue(&self) -> Queue<crate::inbox::media_copies::MediaCopy> {
+    pub async fn copy_queue(&self) -> QueueHold<crate::inbox::media_copies::MediaCopy> {
         self.copy_rx.clone().lock_owned().await
     }
 
@@ -211,7 +211,7 @@ impl AppState {
 }
 
 /// A worker's hold on the receiving end of one of the state's queues.
-pub type Queue<T> = tokio::sync::OwnedMutexGuard<mpsc::Receiver<T>>;
+pub type QueueHold<T> = tokio::sync::OwnedMutexGuard<mpsc::Receiver<T>>;
 
 /// Runs the worker `start` makes on the current actix runtime, and starts it
 /// again after it panicked: tokio ends a panicking task quietly, and a
