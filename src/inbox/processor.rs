@@ -284,7 +284,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
                 let mut events: Vec<i64> = items.iter().map(|(ev, _, _)| *ev).collect();
                 events.dedup();
                 if events.len() == 1 {
-                    tracing::warn!(tenant, error = ?e, "webhook items failed; will retry");
+                    tracing::warn!(tenant, error = ?e, "webhook items failed");
                     fail(&mut outcome, &group, &e);
                     continue;
                 }
@@ -301,13 +301,9 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
             let owned = own(&part, &tenants_of, &outcome);
             match guarded(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &part, &owned))? {
                 Ok(applied) => applied.record(tenant, &mut report, &mut marked),
-                Err(e) if e.code == PANICKED => {
-                    tracing::error!(tenant, webhook = ev, error = %e.message, "webhook processing panicked; dead-lettered");
-                    outcome.insert(ev, Outcome::Dead(e.message));
-                }
                 Err(e) => {
                     if !is_waiting(&e) {
-                        tracing::warn!(tenant, webhook = ev, error = ?e, "webhook failed; will retry");
+                        tracing::warn!(tenant, webhook = ev, error = ?e, "webhook failed");
                     }
                     fail(&mut outcome, &part, &e);
                 }
@@ -481,15 +477,23 @@ fn is_waiting(e: &AppError) -> bool {
     e.code == "tenant_suspended" || e.code == "tenant_not_ready"
 }
 
-/// Records that `part` failed with `e`: waits for a tenant that cannot take
-/// work now, retries otherwise (dead letters stay dead).
+/// Records that `part` (one webhook's items, or a group of one webhook)
+/// failed with `e`: waits for a tenant that cannot take work now,
+/// dead-letters at once what panicked (a bug: trying again would meet it
+/// again), retries otherwise (dead letters stay dead).
 fn fail(outcome: &mut HashMap<i64, Outcome>, part: &[&Work], e: &AppError) {
     for (ev, _, _) in part {
         let entry = outcome.entry(*ev).or_insert(Outcome::Done);
         if matches!(entry, Outcome::Dead(_)) {
             continue;
         }
-        *entry = if is_waiting(e) { Outcome::Wait } else { Outcome::Retry(format!("{e:?}")) };
+        *entry = if is_waiting(e) {
+            Outcome::Wait
+        } else if e.code == PANICKED {
+            Outcome::Dead(e.message.clone())
+        } else {
+            Outcome::Retry(format!("{e:?}"))
+        };
     }
 }
 
@@ -793,6 +797,26 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    /// What a failed webhook becomes: a panic is dead at once, a waiting
+    /// tenant waits, anything else retries, and a dead letter stays dead.
+    #[test]
+    fn a_panic_dead_letters_and_other_failures_retry_or_wait() {
+        let item =
+            |ev: i64| -> Work { (ev, 1, Item::Delivery { contact: "c".into(), mids: Vec::new(), watermark: None }) };
+        let (one, two, three, four) = (item(1), item(2), item(3), item(4));
+        let mut outcome: HashMap<i64, Outcome> = HashMap::new();
+        outcome.insert(4, Outcome::Dead("no tenant holds it".into()));
+        let panicked = AppError::new(crate::error::ErrorKind::Internal, PANICKED, "processing it failed: a bug");
+        fail(&mut outcome, &[&one], &panicked);
+        fail(&mut outcome, &[&two], &AppError::unavailable("tenant_suspended", "suspended"));
+        fail(&mut outcome, &[&three], &AppError::unavailable("retry", "deadlock"));
+        fail(&mut outcome, &[&four], &panicked);
+        assert!(matches!(&outcome[&1], Outcome::Dead(why) if why == "processing it failed: a bug"));
+        assert!(matches!(outcome[&2], Outcome::Wait));
+        assert!(matches!(outcome[&3], Outcome::Retry(_)));
+        assert!(matches!(&outcome[&4], Outcome::Dead(why) if why == "no tenant holds it"));
+    }
 
     #[test]
     fn the_claim_rate_counts_what_came_since_the_first_claim_of_the_window() {
