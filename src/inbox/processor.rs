@@ -363,8 +363,9 @@ const PANICKED: &str = "processing_panicked";
 
 /// Runs `work` on `conn`, a panic in it (a bug some payload met) being an
 /// error with the code [`PANICKED`] rather than the end of the batch: a
-/// batch that panicked would be claimed again, and panic again, with every
-/// webhook in it, until the lease of each ran out for good. The connection,
+/// batch that panicked would be claimed again once its lease ran out, and
+/// panic again, with every webhook in it, for as long as the server ran
+/// (a claim does not count attempts; only an outcome does). The connection,
 /// left inside the transaction the panic cut short, is given up (the pool
 /// drops it, which rolls it back) for a fresh one; an error only if no
 /// fresh one can be had.
