@@ -248,6 +248,24 @@ where
     });
 }
 
+/// Runs one item of a worker's work (a reply, a mail, a delivery to an
+/// integrator) so that a panic in it ends only that item: the panic's text
+/// comes back as an error, to be settled as that item's failure, and the
+/// items after it go on. ([`supervise`] is for the worker as a whole.)
+pub async fn contained<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(work).catch_unwind().await.map_err(|panic| panic_text(&panic))
+}
+
+/// What a panic said (its message), for a log line or a stored error.
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Starts the background workers of `serve`: webhook processor, sender,
 /// profile lookups, the snooze clock, event pruning, the search index
 /// merges, the spare tenant schemas, integrators' webhooks, erasure's pass
@@ -290,6 +308,27 @@ pub fn spawn_workers(state: &actix_web::web::Data<AppState>) {
 mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
+
+    /// An item's panic comes back as its error, with what it said, and the
+    /// work after it goes on.
+    #[actix_web::test]
+    async fn a_panic_in_one_item_comes_back_as_its_error() {
+        assert_eq!(super::contained(async { 7 }).await, Ok(7));
+        let mut outcomes = Vec::new();
+        for n in 0..3 {
+            outcomes.push(
+                super::contained(async move {
+                    match n {
+                        1 => panic!("item {n} met a bug"),
+                        2 => std::panic::panic_any(42u8),
+                        _ => n,
+                    }
+                })
+                .await,
+            );
+        }
+        assert_eq!(outcomes, [Ok(0), Err("item 1 met a bug".to_string()), Err("a panic".to_string())]);
+    }
 
     /// A worker that panics is started again a second later and takes up
     /// the queue it held where it left it; one that returns stays ended.

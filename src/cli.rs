@@ -163,6 +163,11 @@ pub struct SimulateArgs {
     /// Break the signature (the server must answer 403).
     #[arg(long)]
     pub bad_signature: bool,
+    /// This share of the bodies, in percent, with one value retyped or
+    /// removed (`meta::variants`): shapes Meta has not sent yet. The server
+    /// still answers 200, then processes or dead-letters each.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub odd: u8,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,8 +11,10 @@
 //! own messages, so they land on real rows. Bodies are signed with both of Meta's headers and escaped as Meta
 //! escapes; `--batch` puts several events of a target in one body,
 //! `--duplicates` sends each twice, `--shuffle N` sends them in random order
-//! within windows of N, and `--retries` resends, backing off, what was not
-//! answered 200. The benchmarks use it too (text only).
+//! within windows of N, `--odd P` changes one value in P % of the bodies
+//! (retyped or removed, as Graph versions do), and `--retries` resends,
+//! backing off, what was not answered 200. The benchmarks use it too (text
+//! only).
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
@@ -144,6 +146,7 @@ pub fn bodies(args: &SimulateArgs, run: &str) -> impl Iterator<Item = String> {
         .filter(|t| !t.kinds.is_empty())
         .collect();
     let (batch, mut left, mut next) = (args.batch.max(1), args.count, 0);
+    let odd = args.odd.min(100);
     std::iter::from_fn(move || {
         if left == 0 {
             return None;
@@ -159,8 +162,24 @@ pub fn bodies(args: &SimulateArgs, run: &str) -> impl Iterator<Item = String> {
                 entries.extend(extra.iter().cloned());
             }
         }
+        let mut rng = rand::thread_rng();
+        if odd > 0 && rand::Rng::gen_range(&mut rng, 0..100) < odd {
+            body = oddly(&body, &mut rng);
+        }
         Some(meta_json(&body))
     })
+}
+
+/// `body` with one value, picked at random, retyped or removed
+/// ([`crate::meta::variants`]).
+pub fn oddly(body: &Value, rng: &mut impl rand::Rng) -> Value {
+    use rand::seq::SliceRandom;
+    let at = crate::meta::variants::pointers(body);
+    let values = crate::meta::variants::odd_values();
+    match (at.choose(rng), values.choose(rng)) {
+        (Some(at), Some(with)) => crate::meta::variants::changed(body, at, with.as_ref()),
+        _ => body.clone(),
+    }
 }
 
 /// `items` in random order within windows of `window` (1: as they come),
@@ -446,6 +465,7 @@ mod tests {
             retries: 2,
             shuffle: 1,
             kinds: Kind::ALL.to_vec(),
+            odd: 0,
         }
     }
 
@@ -470,6 +490,27 @@ mod tests {
             .filter_map(|e| e["messaging"][0]["message"]["mid"].as_str().map(str::to_string))
             .collect();
         assert_eq!(mids.len(), 4, "{mids:?}");
+    }
+
+    #[test]
+    fn an_odd_body_has_one_value_retyped_or_removed() {
+        use crate::meta::variants::{every_variant, odd_values};
+        use rand::SeedableRng;
+        let body: Value =
+            serde_json::from_str(&bodies(&args(String::new()), "r").next().expect("a body")).expect("json");
+        let all = every_variant(&body, &odd_values());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut seen = HashSet::new();
+        for _ in 0..300 {
+            let odd = oddly(&body, &mut rng);
+            let which = all.iter().position(|(_, v)| v == &odd);
+            assert!(which.is_some(), "not one value changed: {odd}");
+            seen.insert(which);
+        }
+        assert!(seen.len() > 100, "picked from only {} of {} variants", seen.len(), all.len());
+        // --odd 100: as many bodies, each still JSON.
+        let odd = bodies(&SimulateArgs { odd: 100, ..args(String::new()) }, "r");
+        assert_eq!(odd.filter(|b| serde_json::from_str::<Value>(b).is_ok()).count(), 4);
     }
 
     #[test]

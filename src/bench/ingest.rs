@@ -106,6 +106,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         shuffle: 1,
         retries: 0,
         bad_signature: false,
+        odd: 0,
     };
     println!(
         "switchboard bench ingest ({} signed webhooks, Messenger and WhatsApp, {} in flight)",

@@ -461,6 +461,22 @@ pub fn profile_fields(p: Platform) -> &'static str {
     }
 }
 
+/// The name and picture in Meta's answer for a profile: Instagram's
+/// `name`, else Messenger's first and last names, else the Instagram
+/// `username`; `profile_pic`. A value that is not text, or is blank, is
+/// not there: a blank name must not replace the one the contact has.
+pub fn profile_of(v: &serde_json::Value) -> (Option<String>, Option<String>) {
+    let s = |k: &str| {
+        v.get(k).and_then(serde_json::Value::as_str).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
+    };
+    let full = match (s("first_name"), s("last_name")) {
+        (Some(f), Some(l)) => Some(format!("{f} {l}")),
+        (Some(f), None) => Some(f),
+        (None, l) => l,
+    };
+    (s("name").or(full).or_else(|| s("username")), s("profile_pic"))
+}
+
 /// Stores a profile (or only that it was checked). A name or picture that
 /// changed is announced as `conversation.updated` for the contact's
 /// conversations: a Messenger or Instagram customer's first message comes
@@ -1115,6 +1131,41 @@ fn after_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Meta's profiles as the fixtures show them, and every variant with one
+    /// value retyped or removed: a name or picture is read only from text
+    /// that says something.
+    #[test]
+    fn a_profile_is_read_from_metas_answer_whatever_its_shape() {
+        use crate::meta::variants::{every_variant, odd_values};
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(crate::meta::fixture_path(name)).expect("fixture")).expect("json")
+        };
+        let messenger = read("messenger_user_profile.json");
+        let instagram = read("instagram_user_profile.json");
+        assert_eq!(profile_of(&messenger).0.as_deref(), Some("Ana Sousa"));
+        assert!(profile_of(&messenger).1.is_some_and(|p| p.starts_with("https://")));
+        assert_eq!(profile_of(&instagram).0.as_deref(), Some("Ana Sousa"));
+        let only_username = serde_json::json!({"username": "ana.sousa.pt", "name": "  "});
+        assert_eq!(profile_of(&only_username), (Some("ana.sousa.pt".into()), None));
+        assert_eq!(profile_of(&serde_json::json!({"last_name": "Sousa"})).0.as_deref(), Some("Sousa"));
+        assert_eq!(profile_of(&serde_json::json!({"name": "", "first_name": 7})), (None, None));
+        let mut tried = 0;
+        for original in [&messenger, &instagram] {
+            for (what, v) in every_variant(original, &odd_values()) {
+                tried += 1;
+                let (name, pic) = profile_of(&v);
+                for got in [&name, &pic].into_iter().flatten() {
+                    assert!(!got.trim().is_empty(), "{what}: {got:?}");
+                }
+                // What a variant leaves untouched is still read.
+                if v.get("profile_pic") == original.get("profile_pic") {
+                    assert_eq!(pic, profile_of(original).1, "{what}");
+                }
+            }
+        }
+        assert!(tried > 100, "{tried}");
+    }
 
     #[test]
     fn a_search_written_as_a_number_is_read_as_its_digits() {

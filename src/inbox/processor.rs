@@ -197,7 +197,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
             }
             Err(panic) => {
                 tracing::error!(webhook = ev.id, "reading the webhook panicked; dead-lettered");
-                outcome.insert(ev.id, Outcome::Dead(format!("reading it failed: {}", panic_text(&panic))));
+                outcome.insert(ev.id, Outcome::Dead(format!("reading it failed: {}", crate::app::panic_text(&panic))));
             }
         }
     }
@@ -381,19 +381,10 @@ pub fn guarded<T>(
             use diesel::connection::{AnsiTransactionManager, TransactionManager};
             AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
             *conn = pool.get().map_err(DbError::from)?;
-            let message = format!("processing it failed: {}", panic_text(&panic));
+            let message = format!("processing it failed: {}", crate::app::panic_text(&panic));
             Ok(Err(AppError::new(crate::error::ErrorKind::Internal, PANICKED, message)))
         }
     }
-}
-
-/// What a caught panic said, when it said it in words.
-pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// What one tenant transaction committed.

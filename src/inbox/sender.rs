@@ -426,8 +426,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
     pacer.uploads().insert(conversation);
     let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
     actix_web::rt::spawn(async move {
-        use futures_util::FutureExt;
-        match std::panic::AssertUnwindSafe(deliver(&state, &job, ctx, message)).catch_unwind().await {
+        match crate::app::contained(deliver(&state, &job, ctx, message)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(job = job.id, error = ?e, "file send failed; will retry");
@@ -435,7 +434,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
                 let _ = finish(&state, &job, retry).await;
             }
             Err(panic) => {
-                let why = format!("sending it failed: {}", super::processor::panic_text(&panic));
+                let why = format!("sending it failed: {panic}");
                 tracing::error!(job = job.id, error = %why, "file send panicked");
                 after_panic(&state, &job, why).await;
             }
@@ -817,8 +816,7 @@ pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer)
     })
     .await??;
     for job in &jobs {
-        use futures_util::FutureExt;
-        match std::panic::AssertUnwindSafe(handle(state, pacer, job)).catch_unwind().await {
+        match crate::app::contained(handle(state, pacer, job)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
@@ -832,7 +830,7 @@ pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer)
             // A bug some job met: the jobs after it in this claim go on,
             // rather than wait with it for the worker to start again.
             Err(panic) => {
-                let why = format!("sending it failed: {}", super::processor::panic_text(&panic));
+                let why = format!("sending it failed: {panic}");
                 tracing::error!(job = job.id, kind = %job.kind, error = %why, "send panicked");
                 after_panic(state, job, why).await;
             }
@@ -934,15 +932,7 @@ pub async fn lookup_profile(state: &AppState, l: contacts::ProfileLookup) -> App
     let token = state.keys.decrypt(sealed, &aad)?;
     let (name, pic) = match state.graph.profile(&l.contact_external, &token, contacts::profile_fields(l.platform)).await
     {
-        Ok(v) => {
-            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-            let full = match (s("first_name"), s("last_name")) {
-                (Some(f), Some(l)) => Some(format!("{f} {l}")),
-                (Some(f), None) => Some(f),
-                _ => None,
-            };
-            (s("name").or(full).or_else(|| s("username")), s("profile_pic"))
-        }
+        Ok(v) => contacts::profile_of(&v),
         Err(e)
             if matches!(e.code(), Some((2018218, _)) | Some((100, Some(33))))
                 || matches!(e, GraphError::RecipientUnavailable { .. }) =>

@@ -734,6 +734,43 @@ mod tests {
         assert!(parse(&json!({"name": "x", "language": "en", "components": []})).is_none(), "no body");
     }
 
+    /// Meta's template list carries shapes no example shows (new component
+    /// and button kinds, fields retyped between versions). Each value of
+    /// two templates retyped or removed: the template is read or passed
+    /// over, never panicked on; one read as sendable is approved and is
+    /// filled in with as many parameters as it says it takes.
+    #[test]
+    fn a_template_of_any_shape_is_read_or_passed_over() {
+        use crate::meta::variants::{every_variant, odd_values};
+        let invoice = json!({"name": "invoice", "language": "pt_BR", "status": "APPROVED", "category": "UTILITY",
+            "components": [{"type": "HEADER", "format": "DOCUMENT", "example": {"header_handle": ["4::YQ=="]}},
+                {"type": "BODY", "text": "A sua fatura {{1}}."},
+                {"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Ver", "url": "https://x.test/f"},
+                    {"type": "PHONE_NUMBER", "text": "Ligar", "phone_number": "+351912345678"}]}]});
+        let mut tried = 0;
+        for original in [order_update(), invoice] {
+            for (what, v) in every_variant(&original, &odd_values()) {
+                tried += 1;
+                let Ok(read) = std::panic::catch_unwind(|| parse(&v)) else { panic!("{what}: parse panicked") };
+                let Some(t) = read.filter(|t| t.sendable) else { continue };
+                assert_eq!(t.status, "APPROVED", "{what}");
+                if t.header_media.is_some() {
+                    continue;
+                }
+                let filled = |n: usize| (1..=n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+                let choice = Choice {
+                    name: t.name.clone(),
+                    language: t.language.clone(),
+                    header_parameters: filled(t.header_parameters),
+                    parameters: filled(t.body_parameters),
+                };
+                let prepared = std::panic::catch_unwind(|| prepare(&t, &choice, None));
+                assert!(prepared.as_ref().is_ok_and(|p| p.is_ok()), "{what}: {:?}", prepared.map(|p| p.err()));
+            }
+        }
+        assert!(tried > 300, "{tried}");
+    }
+
     #[test]
     fn a_media_header_takes_a_file_of_its_kind() {
         use crate::inbox::uploads::Upload;

@@ -570,8 +570,13 @@ async fn deliver(state: &AppState, due: Due) -> AppResult<bool> {
         Ok(Batch { body: None, last }) => Ok(Some(last)),
         Ok(Batch { body: Some(body), last }) => match state.keys.decrypt(&due.secret_enc, &aad(due.tenant)) {
             Err(e) => Err(format!("the secret cannot be read: {e}")),
+            // A bug met delivering to one endpoint fails that delivery
+            // (tried again later), not the others' of this round.
             Ok(secret) => {
-                post(&due.url, body, secret.expose(), state.config.webhooks_private_ok).await.map(|()| Some(last))
+                crate::app::contained(post(&due.url, body, secret.expose(), state.config.webhooks_private_ok))
+                    .await
+                    .unwrap_or_else(|panic| Err(format!("delivering it failed: {panic}")))
+                    .map(|()| Some(last))
             }
         },
     };

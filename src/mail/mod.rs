@@ -273,7 +273,11 @@ pub async fn send_due(pool: &crate::db::PgPool, mailer: &Mailer) -> AppResult<us
         let full = due.len() as i64 == BATCH;
         let mut outcomes = Vec::with_capacity(due.len());
         for mail in due {
-            let outcome = mailer.send(&mail).await;
+            // A bug met with one mail fails that one (tried later, as a
+            // refusal for now is), not the rest of the batch.
+            let outcome = crate::app::contained(mailer.send(&mail))
+                .await
+                .unwrap_or_else(|panic| Outcome::Later(format!("sending it failed: {panic}")));
             sent += usize::from(outcome == Outcome::Sent);
             outcomes.push((mail, outcome));
         }

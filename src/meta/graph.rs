@@ -436,7 +436,9 @@ impl GraphClient {
         let status = res.status();
         let regain = regain_in(res.headers());
         let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // Names, profiles and templates from here are stored as text.
+        crate::meta::webhook::strip_nul(&mut value);
         if let Some(mut err) = GraphError::from_body(&value) {
             if let GraphError::RateLimited { regain_in, .. } = &mut err {
                 *regain_in = regain;
@@ -511,7 +513,10 @@ impl GraphClient {
                 q.push(("after", a.as_str()));
             }
             let page: Page = self.call(Method::GET, "me/accounts", Some(token), &q, None).await?;
-            all.extend(page.data);
+            // A Page without an id or token could be neither kept nor used.
+            all.extend(
+                page.data.into_iter().filter(|a| !a.id.trim().is_empty() && !a.access_token.expose().trim().is_empty()),
+            );
             match page.paging {
                 Some(Paging { next: Some(_), cursors: Some(Cursors { after: Some(a) }) }) => after = Some(a),
                 _ => break,
@@ -576,7 +581,7 @@ impl GraphClient {
             }
             other => other?,
         };
-        Ok(n.data)
+        Ok(n.data.into_iter().filter(|p| !p.id.trim().is_empty()).collect())
     }
 
     /// Whether our app is subscribed to the business account's webhooks
@@ -681,10 +686,7 @@ impl GraphClient {
             body["tag"] = Value::String(t.to_string());
         }
         let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
-        v.get("message_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+        id_at(&v, "/message_id")
     }
 
     /// An agent's file through the Send API, uploaded in the same call
@@ -720,10 +722,7 @@ impl GraphClient {
                 form.part("filedata", file_part(bytes.clone(), &name, &file.mime))
             })
             .await?;
-        v.get("message_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message_id in {v}")))
+        id_at(&v, "/message_id")
     }
 
     /// An agent's file on WhatsApp: uploaded to the number's media
@@ -813,11 +812,7 @@ impl GraphClient {
                     .part("file", file_part(bytes.clone(), &name, &file.mime))
             })
             .await?;
-        uploaded
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no media id in {uploaded}")))
+        id_at(&uploaded, "/id")
     }
 
     /// Handover: takes a customer's thread from the app holding it
@@ -919,11 +914,7 @@ impl GraphClient {
             body["context"] = serde_json::json!({"message_id": wamid});
         }
         let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
-        let wamid = v
-            .pointer("/messages/0/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode(format!("no message id in {v}")))?;
+        let wamid = id_at(&v, "/messages/0/id")?;
         let wa_id = v.pointer("/contacts/0/wa_id").and_then(Value::as_str).map(str::to_string);
         let held = held_status(&v);
         Ok(WhatsappSent { wamid, wa_id, held })
@@ -1126,6 +1117,17 @@ impl GraphClient {
     }
 }
 
+/// The id at `pointer` of Meta's answer. One that is missing, not a
+/// string, or blank is no id: a message kept under an empty id would take
+/// the receipts and replies of every other message kept so.
+fn id_at(v: &Value, pointer: &str) -> Result<String, GraphError> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|id| !id.trim().is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| GraphError::Decode(format!("no id at {pointer} in {v}")))
+}
+
 /// `{"success": true}` (or `"true"`, as one of Meta's samples shows).
 fn expect_success(v: &Value) -> Result<(), GraphError> {
     match v.get("success") {
@@ -1246,6 +1248,172 @@ mod tests {
         assert_eq!(with(&[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")]), None, "a date is not taken");
         assert_eq!(with(&[("x-app-usage", r#"{"call_count":100,"total_cputime":4,"total_time":5}"#)]), None);
         assert_eq!(with(&[]), None);
+    }
+
+    /// Every Graph answer the fixtures show, and every variant of it with
+    /// one value retyped or removed, served by a stand-in for Graph to the
+    /// call that reads it. No call panics; a success's variant is either
+    /// read (and what is read is what the answer says: a non-blank id) or
+    /// refused as an unexpected answer, never taken for a Meta error; an
+    /// error's variant is always an error, classified by its code while it
+    /// has one.
+    #[actix_web::test]
+    async fn every_answer_of_any_shape_is_read_or_refused_never_panicked_on() {
+        use crate::meta::variants::{every_variant, odd_values};
+        use futures_util::FutureExt;
+        use std::sync::{Arc, Mutex};
+        let answer: Arc<Mutex<(u16, Vec<u8>)>> = Arc::new(Mutex::new((200, Vec::new())));
+        let served = answer.clone();
+        let server = actix_web::HttpServer::new(move || {
+            let served = served.clone();
+            actix_web::App::new().default_service(actix_web::web::to(move || {
+                let (status, body) = served.lock().map(|a| a.clone()).unwrap_or_default();
+                async move {
+                    let status = actix_web::http::StatusCode::from_u16(status).unwrap_or_default();
+                    actix_web::HttpResponse::build(status).content_type("application/json").body(body)
+                }
+            }))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .expect("bind");
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        let cfg = MetaConfig {
+            app_id: "1234567890123456".into(),
+            app_secret: Secret::new("s".into()),
+            verify_token: Secret::new("v".into()),
+            graph_url: format!("http://127.0.0.1:{port}"),
+            graph_version: "v24.0".into(),
+            dialog_url: "http://127.0.0.1:9".into(),
+        };
+        let graph = GraphClient::new(&cfg).with_retry(1, Duration::ZERO);
+        let token = Secret::new("EAAFake".to_string());
+        // What each call reads, as text, for comparing with the answer.
+        async fn ask(graph: &GraphClient, token: &Secret<String>, name: &str) -> Result<Option<String>, GraphError> {
+            let ids = |ids: Vec<String>| Some(ids.join(","));
+            match name {
+                "messenger_send_response.json" => graph.send_text("1", token, "2", "hi", None, "").await.map(Some),
+                "messenger_sender_action_response.json" => {
+                    graph.sender_action("1", token, "2", "typing_on").await.map(|()| None)
+                }
+                "whatsapp_send_response.json" | "whatsapp_send_response_template_held.json" => {
+                    graph.whatsapp_text("1", token, "2", "hi", None).await.map(|s| Some(s.wamid))
+                }
+                "whatsapp_mark_read_response.json" => {
+                    graph.whatsapp_mark_read("1", token, "wamid.X").await.map(|()| None)
+                }
+                "subscribed_apps_post_success.json" => graph.subscribe_page("1", token).await.map(|()| None),
+                "subscribed_apps_get.json" => graph.page_subscribed("1", token).await.map(|b| Some(b.to_string())),
+                "me_accounts.json" => graph.accounts(token).await.map(|a| ids(a.into_iter().map(|a| a.id).collect())),
+                "whatsapp_phone_numbers.json" => {
+                    graph.phone_numbers("1", token).await.map(|n| ids(n.into_iter().map(|n| n.id).collect()))
+                }
+                "debug_token.json" | "debug_token_invalid.json" => {
+                    graph.debug_token(token).await.map(|d| Some(d.is_valid.to_string()))
+                }
+                "oauth_access_token_code_exchange.json" | "oauth_access_token_long_lived.json" => {
+                    graph.exchange_code("code", None).await.map(|t| Some(t.access_token.expose().clone()))
+                }
+                "whatsapp_media_get.json" => graph.media("1", token).await.map(|_| None),
+                "messenger_user_profile.json" | "instagram_user_profile.json" => {
+                    graph.profile("1", token, "name").await.map(|p| crate::inbox::contacts::profile_of(&p).0)
+                }
+                // Errors, as a send meets them.
+                _ => graph.send_text("1", token, "2", "hi", None, "").await.map(Some),
+            }
+        }
+        let successes = [
+            "messenger_send_response.json",
+            "messenger_sender_action_response.json",
+            "whatsapp_send_response.json",
+            "whatsapp_send_response_template_held.json",
+            "whatsapp_mark_read_response.json",
+            "subscribed_apps_post_success.json",
+            "subscribed_apps_get.json",
+            "me_accounts.json",
+            "whatsapp_phone_numbers.json",
+            "debug_token.json",
+            "debug_token_invalid.json",
+            "oauth_access_token_code_exchange.json",
+            "oauth_access_token_long_lived.json",
+            "whatsapp_media_get.json",
+            "messenger_user_profile.json",
+            "instagram_user_profile.json",
+        ];
+        let errors = [
+            "graph_error_190_expired.json",
+            "graph_error_190_logged_out.json",
+            "graph_error_613_rate_limit.json",
+            "messenger_error_outside_window.json",
+            "messenger_error_551_unavailable.json",
+            "whatsapp_error_130429.json",
+            "whatsapp_error_131026_sync.json",
+        ];
+        let blank = |s: &str| s.trim().is_empty();
+        let mut tried = 0;
+        let mut wrong = Vec::new();
+        for name in successes.iter().chain(&errors) {
+            let original = fixture(name);
+            let is_error = errors.contains(name);
+            let status = if is_error { 400 } else { 200 };
+            // The fixture itself is read as it is.
+            *answer.lock().expect("answer") = (status, serde_json::to_vec(&original).expect("json"));
+            let read = ask(&graph, &token, name).await;
+            assert_eq!(read.is_err(), is_error, "{name}: {read:?}");
+            let mut cases = vec![("as it is".to_string(), original.clone())];
+            cases.extend(every_variant(&original, &odd_values()));
+            for (what, v) in cases {
+                tried += 1;
+                *answer.lock().expect("answer") = (status, serde_json::to_vec(&v).expect("json"));
+                let Ok(read) = std::panic::AssertUnwindSafe(ask(&graph, &token, name)).catch_unwind().await else {
+                    wrong.push(format!("{name} {what}: panicked"));
+                    continue;
+                };
+                // As the answer is read: U+0000 taken out.
+                let mut v = v;
+                crate::meta::webhook::strip_nul(&mut v);
+                let text = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !blank(s)).map(str::to_string);
+                let fine = match (is_error, &read) {
+                    (false, Err(e)) => matches!(e, GraphError::Decode(_)),
+                    (true, Ok(_)) => false,
+                    (true, Err(e)) => match v.pointer("/error/code").and_then(Value::as_i64) {
+                        Some(code) => {
+                            let subcode = v.pointer("/error/error_subcode").and_then(Value::as_i64);
+                            e.reason() == GraphError::classify(code, subcode, "").reason()
+                                && e.code() == Some((code, subcode))
+                        }
+                        None => matches!(e, GraphError::Other { code: 400, .. }),
+                    },
+                    (false, Ok(got)) => match *name {
+                        "messenger_send_response.json" => got.as_deref() == text("/message_id").as_deref(),
+                        "whatsapp_send_response.json" | "whatsapp_send_response_template_held.json" => {
+                            got.as_deref() == text("/messages/0/id").as_deref()
+                        }
+                        "me_accounts.json" | "whatsapp_phone_numbers.json" => got.as_deref().is_some_and(|ids| {
+                            ids.split(',').filter(|id| !id.is_empty()).all(|id| {
+                                v["data"].as_array().is_some_and(|d| d.iter().any(|a| a["id"].as_str() == Some(id)))
+                            })
+                        }),
+                        "oauth_access_token_code_exchange.json" | "oauth_access_token_long_lived.json" => {
+                            got.as_deref() == v["access_token"].as_str()
+                        }
+                        "subscribed_apps_post_success.json" => {
+                            v["success"] == Value::Bool(true) || v["success"] == Value::String("true".into())
+                        }
+                        "messenger_user_profile.json" | "instagram_user_profile.json" => {
+                            got.as_deref().is_none_or(|n| !blank(n))
+                        }
+                        _ => true,
+                    },
+                };
+                if !fine {
+                    wrong.push(format!("{name} {what}: {read:?}"));
+                }
+            }
+        }
+        assert!(tried > 2_000, "only {tried} answers tried");
+        assert!(wrong.is_empty(), "{} of {tried} answers misread:\n{}", wrong.len(), wrong.join("\n"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod graph;
 pub mod signed_request;
+pub mod variants;
 pub mod webhook;
 
 pub use graph::{GraphClient, GraphError};

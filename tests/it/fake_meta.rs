@@ -657,6 +657,7 @@ fn the_simulator_sends_metas_webhook_shapes() {
             contacts: 1,
             duplicates: false,
             bad_signature: false,
+            odd: 0,
             batch: 1,
             retries: 0,
             shuffle: 1,

@@ -4,6 +4,8 @@
 use diesel::prelude::*;
 use serde_json::{json, Value};
 
+use switchboard::meta::variants;
+
 use crate::channels::{connect_pages, meta_user, oauth_round, IG_A, META_USER, PAGE_A, PAGE_B};
 use crate::common::{eventually, fixture, messenger_text, spawn_app, spawn_app_without_workers, token, TestApp};
 
@@ -360,6 +362,7 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
         contacts: 50,
         duplicates: true,
         bad_signature: false,
+        odd: 0,
         // Two events a body: the entries land in order.
         batch: 2,
         shuffle: 1,
@@ -401,7 +404,8 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     // their message, copies before originals), eight at a time: still each
     // message once, and each change applied, whenever its message came.
     let report =
-        switchboard::simulate::run(&switchboard::cli::SimulateArgs { shuffle: 8, concurrency: 4, ..args }).await;
+        switchboard::simulate::run(&switchboard::cli::SimulateArgs { shuffle: 8, concurrency: 4, ..args.clone() })
+            .await;
     assert_eq!((report.statuses.get(&200).copied(), report.errors), (Some(54), 0));
     app.processed().await;
     assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status = 'dead'"), 0);
@@ -424,6 +428,21 @@ async fn the_simulator_sends_every_kind_and_each_lands_once() {
     );
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_changes"), 0);
     assert_eq!(conversations(&app, &ctx.admin, "").await.len(), 8);
+    // And with one value of every body retyped or removed (`--odd 100`):
+    // each is taken, then processed or dead-lettered at once, none left to
+    // retry, and the inbox still reads.
+    let report = switchboard::simulate::run(&switchboard::cli::SimulateArgs { odd: 100, concurrency: 4, ..args }).await;
+    assert_eq!((report.statuses.get(&200).copied(), report.errors), (Some(54), 0));
+    app.processed().await;
+    let retried = "SELECT count(*) AS n FROM public.webhook_events WHERE last_error LIKE '%failed:%'";
+    assert_eq!(app.count(retried), 0);
+    let listed = app.call("GET", "/api/conversations?limit=200", Some(&ctx.admin), None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    for c in listed.body["items"].as_array().expect("items") {
+        let id = c["id"].as_str().expect("id");
+        let page = app.call("GET", &format!("/api/conversations/{id}/messages"), Some(&ctx.admin), None).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+    }
 }
 
 #[actix_web::test]
@@ -7687,19 +7706,6 @@ async fn saving_a_view_or_macro_as_it_is_records_nothing() {
 /// conversation and message page answers 200) and takes a plain message.
 #[actix_web::test]
 async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
-    // Every value's JSON pointer, parents before children.
-    fn pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-        let children: Vec<(String, &Value)> = match v {
-            Value::Object(m) => m.iter().map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v)).collect(),
-            Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
-            _ => Vec::new(),
-        };
-        for (key, child) in children {
-            let here = format!("{at}/{key}");
-            out.push(here.clone());
-            pointers(child, &here, out);
-        }
-    }
     fn unique_ids(v: &mut Value, n: usize) {
         match v {
             Value::Object(m) => {
@@ -7716,21 +7722,7 @@ async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
     }
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let kinds = [
-        Some(Value::Null),
-        Some(json!(true)),
-        Some(json!(-1)),
-        Some(json!(1e300)),
-        Some(json!(u64::MAX)),
-        Some(json!("")),
-        Some(json!("99999999999999999999999")),
-        Some(json!("x\u{0}y")),
-        Some(json!("🙂 ü 中 \u{202e}")),
-        Some(json!([])),
-        Some(json!({})),
-        Some(json!([null])),
-        None,
-    ];
+    let kinds = variants::odd_values();
     let dir = crate::common::project_dir().join("../shared/fixtures/meta");
     let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .expect("fixtures")
@@ -7744,32 +7736,12 @@ async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
         if original.get("entry").is_none() {
             continue;
         }
-        let mut all = Vec::new();
-        pointers(&original, "", &mut all);
+        let all = variants::pointers(&original);
         for pass in 0..2 {
             for at in &all {
                 let n = bodies.len();
-                let mut v = original.clone();
+                let mut v = variants::changed(&original, at, kinds[(n + pass) % kinds.len()].as_ref());
                 unique_ids(&mut v, n);
-                match &kinds[(n + pass) % kinds.len()] {
-                    Some(kind) => {
-                        if let Some(slot) = v.pointer_mut(at) {
-                            *slot = kind.clone();
-                        }
-                    }
-                    None => {
-                        let (parent, last) = at.rsplit_once('/').expect("a key");
-                        match v.pointer_mut(parent) {
-                            Some(Value::Object(m)) => {
-                                m.remove(&last.replace("~1", "/").replace("~0", "~"));
-                            }
-                            Some(Value::Array(a)) => {
-                                a.remove(last.parse::<usize>().expect("index"));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
                 bodies.push(serde_json::to_vec(&v).expect("json"));
             }
         }
