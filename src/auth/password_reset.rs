@@ -6,7 +6,8 @@
 //! - `POST /api/auth/password-reset` `{email}` answers 202 whatever the
 //!   email: whether an account has it is not told, so the form finds out
 //!   nobody's address. With mail off it is 503 `mail_unavailable`, the same
-//!   for everyone. Nor is it told by the time the answer takes: an
+//!   for everyone (an address that is not one is 422 `invalid_email`
+//!   first, mail on or off). Nor is it told by the time the answer takes: an
 //!   account's reset writes rows an unknown address does not, so every
 //!   answer waits until [`ANSWER_AFTER`] has passed since the request came
 //!   (an idle wait, no thread or connection held).

@@ -502,14 +502,15 @@ struct ResetBody {
 /// email, a link mailed to an account that has it
 /// (`auth::password_reset`); 503 `mail_unavailable` with mail off.
 async fn password_reset(state: web::Data<AppState>, body: web::Json<ResetBody>) -> AppResult<HttpResponse> {
+    let came = Instant::now();
+    // Bad input is told as such (422) whether mail is on or not.
+    let email = Email::parse(&body.into_inner().email)?;
     if state.config.mail.is_none() {
         return Err(AppError::unavailable(
             "mail_unavailable",
             "this server sends no mail: ask its operator to set your password",
         ));
     }
-    let came = Instant::now();
-    let email = Email::parse(&body.into_inner().email)?;
     let public_url = state.config.public_url.clone();
     let mailed =
         state.db.public(move |conn| password_reset::request(conn, &email, &public_url, chrono::Utc::now())).await?;

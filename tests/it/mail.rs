@@ -276,6 +276,9 @@ async fn without_mail_a_reset_is_refused_for_everyone_alike() {
         let r = app.call("POST", "/api/auth/password-reset", None, Some(json!({"email": email}))).await;
         assert_eq!(code(&r), (503, "mail_unavailable"), "{email}");
     }
+    // Bad input is still told as bad input.
+    let r = app.call("POST", "/api/auth/password-reset", None, Some(json!({"email": "not an address"}))).await;
+    assert_eq!(code(&r), (422, "invalid_email"));
     let bo = json!({"email": "bo@acme.test", "role": "agent"});
     let r = app.call("POST", "/api/invitations", Some(&admin), Some(bo)).await;
     assert_eq!((r.status, &r.body["mailed"]), (201, &json!(false)), "{:?}", r.body);
