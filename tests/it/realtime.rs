@@ -1534,6 +1534,33 @@ async fn a_clients_mistakes_get_error_frames_and_the_socket_stays() {
     assert!(e["data"]["message"].as_str().is_some_and(|m| m.contains("missing field `conversation_id`")), "{e}");
     send(&mut x, json!({"type": "ping"})).await;
     assert_eq!(until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
+    // Each client message with each value in turn retyped or removed, and
+    // messages of other JSON (paced under the socket's allowance): each is
+    // answered with an error frame or taken, and the socket stays open.
+    let mut odd = Vec::new();
+    for base in [
+        json!({"type": "typing", "conversation_id": "1", "on": true}),
+        json!({"type": "presence", "status": "away"}),
+        json!({"type": "ping"}),
+    ] {
+        odd.extend(switchboard::meta::variants::every_variant(&base, &switchboard::meta::variants::odd_values()));
+    }
+    for whole in [json!(null), json!([]), json!("ping"), json!(7), json!([{"type": "ping"}])] {
+        odd.push((format!("{whole}"), whole));
+    }
+    for (what, message) in &odd {
+        send(&mut x, message.clone()).await;
+        while let Some(frame) = next(&mut x, Duration::from_millis(60)).await {
+            let kind = frame["type"].as_str().unwrap_or_default();
+            assert!(matches!(kind, "error" | "pong" | "presence"), "{what}: {frame}");
+            if kind == "error" {
+                assert!(frame["data"]["code"].is_string() && frame["data"]["message"].is_string(), "{frame}");
+            }
+        }
+    }
+    send(&mut x, json!({"type": "ping"})).await;
+    let after = until(&mut x, "pong", Duration::from_secs(3)).await.expect("still open after odd messages");
+    assert_eq!(after["type"], "pong", "{} odd messages", odd.len());
     // A message in fragments (RFC 6455 §5.4) is read whole: a ping, split
     // mid-character; a binary one is refused like a whole binary message.
     use actix_http::ws::Item;
