@@ -162,9 +162,11 @@ pub fn bodies(args: &SimulateArgs, run: &str) -> impl Iterator<Item = String> {
                 entries.extend(extra.iter().cloned());
             }
         }
-        let mut rng = rand::thread_rng();
-        if odd > 0 && rand::Rng::gen_range(&mut rng, 0..100) < odd {
-            body = oddly(&body, &mut rng);
+        if odd > 0 {
+            let mut rng = rand::thread_rng();
+            if rand::Rng::gen_range(&mut rng, 0..100) < odd {
+                body = oddly(&body, &mut rng);
+            }
         }
         Some(meta_json(&body))
     })
