@@ -775,3 +775,74 @@ async fn the_fake_checks_choices_and_new_templates_as_metas() {
     let (status, v) = f.send("DELETE", &delete, None).await;
     assert_eq!((status, code(&v)), (400, Some(100)), "{v}");
 }
+
+/// The fake is what the demo and load tests send to: every request
+/// fixture, with each value in turn retyped or removed and as other JSON
+/// altogether, is answered as Meta answers, a success or a Graph error
+/// (`{"error": {message, type, code, fbtrace_id}}` with a 4xx), never a
+/// 5xx; and a success names the message it sent.
+#[actix_web::test]
+async fn the_fake_answers_requests_of_any_shape_as_meta_does() {
+    use switchboard::meta::variants::{every_variant, odd_values};
+    let f = Fake::start().await;
+    let made = f
+        .ok(
+            "POST",
+            "/_fake/users",
+            Some(&json!({
+                "id": "10160000000000001", "name": "Ana Admin",
+                "pages": [{"id": "102938475610293", "name": "Loja Azul", "category": "Clothing (Brand)"}],
+                "wabas": [{"id": "112233445566778", "phone_numbers": [
+                    {"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}],
+            })),
+        )
+        .await;
+    let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
+    let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
+    let page = format!("/v24.0/102938475610293/messages?access_token={}", percent_encode(&page_token));
+    let number = format!("/v24.0/123456789012345/messages?access_token={}", percent_encode(&waba_token));
+    // Each fixture, where it is sent, what a success names, and what Meta
+    // refuses to go without (text, not blank).
+    let cases: [(&str, &String, &str, &[&str]); 5] = [
+        ("messenger_send_request.json", &page, "/message_id", &["/recipient/id"]),
+        ("messenger_send_request_human_agent.json", &page, "/message_id", &["/recipient/id", "/tag"]),
+        ("messenger_sender_action_request.json", &page, "/recipient_id", &["/recipient/id", "/sender_action"]),
+        ("whatsapp_send_request_text.json", &number, "/messages/0/id", &["/to", "/text/body"]),
+        ("whatsapp_mark_read_request.json", &number, "/success", &["/message_id"]),
+    ];
+    let mut tried = 0;
+    let mut wrong = Vec::new();
+    for (name, path, names, needed) in cases {
+        let original: Value = serde_json::from_slice(&fixture(name)).expect("fixture");
+        let mut bodies = vec![("as it is".to_string(), original.clone())];
+        bodies.extend(every_variant(&original, &odd_values()));
+        for whole in [json!(null), json!([]), json!("text"), json!(7), json!({})] {
+            bodies.push((format!("the body {whole}"), whole));
+        }
+        for (what, body) in bodies {
+            tried += 1;
+            let (status, answer) = f.send("POST", path, Some(&body)).await;
+            let error = &answer["error"];
+            let lacks =
+                needed.iter().any(|p| body.pointer(p).and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()));
+            let fine = match status {
+                200 if lacks => false,
+                200 => {
+                    answer.pointer(names).is_some_and(|v| v.as_str().is_some_and(|s| !s.trim().is_empty()) || v == true)
+                }
+                400..=499 => {
+                    error["message"].as_str().is_some_and(|m| !m.is_empty())
+                        && error["type"].is_string()
+                        && error["code"].is_i64()
+                        && error["fbtrace_id"].is_string()
+                }
+                _ => false,
+            };
+            if !fine || (what == "as it is" && status != 200) {
+                wrong.push(format!("{name} {what}: {status} {answer}"));
+            }
+        }
+    }
+    assert!(tried > 300, "only {tried} requests");
+    assert!(wrong.is_empty(), "{} of {tried} answers are not Meta's:\n{}", wrong.len(), wrong.join("\n"));
+}

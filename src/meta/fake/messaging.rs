@@ -113,6 +113,14 @@ pub(super) fn send(
     }
 }
 
+/// The Send API's message tags (a message outside the 24-hour window).
+const MESSAGE_TAGS: [&str; 4] = ["CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"];
+
+/// `recipient.id`, when it is there and not blank (Meta refuses both alike).
+fn recipient_of(body: &Value) -> Option<String> {
+    body.pointer("/recipient/id").and_then(Value::as_str).filter(|r| !r.trim().is_empty()).map(str::to_string)
+}
+
 fn messenger(
     fake: &FakeMeta,
     st: &mut State,
@@ -121,7 +129,7 @@ fn messenger(
     file: Option<&FakeFile>,
     base: &str,
 ) -> HttpResponse {
-    let Some(recipient) = body.pointer("/recipient/id").and_then(Value::as_str).map(str::to_string) else {
+    let Some(recipient) = recipient_of(body) else {
         return graph_error(100, None, "(#100) The parameter recipient is required");
     };
     let account_id = match &acct {
@@ -187,7 +195,14 @@ fn messenger(
     let tag = body.get("tag").and_then(Value::as_str);
     match messaging_type {
         "RESPONSE" | "UPDATE" => {}
-        "MESSAGE_TAG" if tag.is_some() => {}
+        "MESSAGE_TAG" if tag.is_some_and(|t| MESSAGE_TAGS.contains(&t)) => {}
+        "MESSAGE_TAG" if tag.is_some() => {
+            return graph_error(
+                100,
+                None,
+                "(#100) Param tag must be one of {CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE, ACCOUNT_UPDATE, HUMAN_AGENT}",
+            )
+        }
         "MESSAGE_TAG" => return graph_error(100, None, "(#100) Param tag is required for messaging_type MESSAGE_TAG"),
         _ => {
             return graph_error(100, None, "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
@@ -295,7 +310,7 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
     if body.get("status").and_then(Value::as_str) == Some("read") {
         // A typing indicator rides on a read receipt; its only type is text.
         let typing = body.get("typing_indicator").map(|t| t.get("type").and_then(Value::as_str));
-        return match (body.get("message_id").and_then(Value::as_str), typing) {
+        return match (body.get("message_id").and_then(Value::as_str).filter(|m| !m.trim().is_empty()), typing) {
             (None, _) => wa_error(100, "(#100) The parameter message_id is required."),
             (Some(_), Some(kind)) if kind != Some("text") => {
                 wa_error(100, "(#100) Invalid parameter: typing_indicator.type must be text.")
@@ -303,7 +318,7 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             (Some(_), _) => HttpResponse::Ok().json(json!({"success": true})),
         };
     }
-    let Some(to) = body.get("to").and_then(Value::as_str).map(str::to_string) else {
+    let Some(to) = body.get("to").and_then(Value::as_str).filter(|t| !t.trim().is_empty()).map(str::to_string) else {
         return wa_error(100, "(#100) The parameter to is required.");
     };
     // A template's category, which Meta prices it by (`None` for text), and
@@ -859,7 +874,7 @@ pub(super) fn thread_control(
     if !st.may_use(owner, &account) {
         return graph_error(200, None, "(#200) The access token cannot act for this account");
     }
-    let Some(recipient) = body.pointer("/recipient/id").and_then(Value::as_str).map(str::to_string) else {
+    let Some(recipient) = recipient_of(body) else {
         return graph_error(100, None, "(#100) The parameter recipient is required");
     };
     let key = (id.to_string(), recipient);

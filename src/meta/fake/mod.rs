@@ -7,7 +7,12 @@
 //! `shared/fixtures/meta/`, which `tests/it/fake_meta.rs` checks field by
 //! field, for the webhooks it sends too. Errors use Meta's error body and
 //! HTTP 400. A profile (`GET /{psid|igsid}`) answers only the `fields` asked
-//! for, and refuses a field its platform's profile does not have.
+//! for, and refuses a field its platform's profile does not have. A send
+//! without a recipient (or a blank one), with a message tag Meta does not
+//! have, or a WhatsApp read receipt without the message's id is refused
+//! with #100, as Meta refuses them; requests of any shape get a success or
+//! Meta's error body, never a 5xx (tested with every value of the request
+//! fixtures retyped or removed).
 //!
 //! Files a business sends (`uploads`): a Messenger or Instagram attachment
 //! uploaded with the send (`filedata`) is put on the fake's CDN and echoed
