@@ -89,5 +89,5 @@ async fn deletion_status(state: web::Data<AppState>, path: web::Path<String>) ->
          business inbox that held them.</p></body></html>",
         status.status
     );
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html))
+    Ok(crate::web::page(html))
 }

@@ -337,6 +337,9 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
         App::new()
             .wrap(error_shape())
             .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
+            // Outermost, so errors get it too: no answer is to be read as
+            // another type than it says (a browser sniffing JSON as HTML).
+            .wrap(actix_web::middleware::DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
             .app_data(state.clone())
             .app_data(keys.clone())
             .app_data(hub.clone())

@@ -28,24 +28,37 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
 }
 
+/// A page of ours: HTML that no other site may frame (the connect page
+/// acts with an admin's token; a framed one could be clicked through
+/// unseen), and that names no address it came from to what it links to
+/// (the unsubscribe page's address holds its token).
+pub(crate) fn page(html: impl actix_web::body::MessageBody + 'static) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("Content-Security-Policy", "frame-ancestors 'none'"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(html)
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(OPENAPI)
 }
 
 async fn connect_page() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CONNECT_PAGE)
+    page(CONNECT_PAGE)
 }
 
 async fn invite_page() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(INVITE_PAGE)
+    page(INVITE_PAGE)
 }
 
 async fn reset_page() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(RESET_PAGE)
+    page(RESET_PAGE)
 }
 
 async fn unsubscribe_page() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(UNSUBSCRIBE_PAGE)
+    page(UNSUBSCRIBE_PAGE)
 }
 
 #[derive(serde::Deserialize)]

@@ -475,6 +475,8 @@ async fn every_error_has_the_json_shape() {
     for (m, p, b, want) in cases {
         let res = send(m, p, b).await.expect("send");
         let status = res.status().as_u16();
+        let nosniff = res.headers().get("x-content-type-options").and_then(|v| v.to_str().ok());
+        assert_eq!(nosniff, Some("nosniff"), "{m} {p}");
         let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
         assert_eq!(status, want, "{m} {p} {b}: {body}");
         crate::common::assert_error_shape(status, &body);

@@ -111,6 +111,12 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     // The page the link opens.
     let page = app.client.get(app.url("/invite")).send().await.expect("page");
     assert_eq!(page.status().as_u16(), 200);
+    // No other site may frame it, nor learn its address from it.
+    let header = |name: &str| page.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(header("content-security-policy").as_deref(), Some("frame-ancestors 'none'"));
+    assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"));
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
     assert!(page.text().await.expect("html").contains("/api/auth/invitation/accept"));
 
     // A weak password makes nothing; a good one makes the account and the
