@@ -752,11 +752,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
         Ok(Sent { external_id, wa_id, held }) => {
             lift_hold(state, job.tenant, &ctx.channel).await;
             let (contact, known_as, unconfirmed) = (ctx.contact.id, ctx.contact.external_id.clone(), ctx.unconfirmed);
-            state
-                .tenant_with_events(TenantScope::system(job.tenant), move |tc, log| {
-                    messages::mark_sent(tc, log, id, &external_id, held.as_deref())
-                })
-                .await?;
+            record_sent(state, job.tenant, id, external_id, held).await?;
             // Meta said who the customer is: news only for a number an
             // agent wrote first to. Apart from the send's record, which a
             // failure here (a lock another transaction holds) must not undo.
@@ -782,6 +778,47 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
         }
     }
     finish(state, job, JobEnd::Done).await
+}
+
+/// How long a send Meta took is tried to be recorded (`record_sent`):
+/// under the claim's 60 s lease, after which another pass could take the
+/// job up again.
+const RECORD_FOR: Duration = Duration::from_secs(45);
+
+/// Records a send Meta took. A job whose record failed would be tried
+/// again, and the customer get the message twice; so a failure the
+/// database says is passing (a lost connection, a full pool, a deadlock or
+/// serialization failure: 503) is tried again here, the send not, for up
+/// to [`RECORD_FOR`]. Anything else, or longer, ends the job's attempt as
+/// before.
+async fn record_sent(
+    state: &AppState,
+    tenant: TenantId,
+    id: i64,
+    external_id: String,
+    held: Option<String>,
+) -> AppResult<()> {
+    let until = std::time::Instant::now() + RECORD_FOR;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let (external, held_now) = (external_id.clone(), held.clone());
+        let recorded = state
+            .tenant_with_events(TenantScope::system(tenant), move |tc, log| {
+                messages::mark_sent(tc, log, id, &external, held_now.as_deref())
+            })
+            .await;
+        match recorded {
+            Err(e)
+                if e.status() == actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+                    && std::time::Instant::now() + wait < until =>
+            {
+                tracing::warn!(message = id, error = %e.message, "a send Meta took is not recorded yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What a WhatsApp send's answer tells.

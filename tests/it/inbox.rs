@@ -7802,3 +7802,51 @@ async fn webhooks_of_any_shape_are_settled_at_once_and_the_inbox_still_reads() {
     let convs = conversations(&app, &ctx.admin, "?limit=200").await;
     assert_eq!(by_contact(&convs, "555000111222333")["last_message"]["text"], "still here?");
 }
+
+/// Meta took a reply, then writing that down failed for a moment (here two
+/// serialization failures PostgreSQL is made to raise): the record is
+/// tried again, not the send. The customer gets the message once, and it
+/// shows as sent (then delivered and read) with Meta's id.
+#[actix_web::test]
+async fn a_reply_meta_took_is_not_sent_again_when_its_record_fails_for_a_moment() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(app.webhook(&whatsapp_text_at(WA_ID, "wamid.record-1", now, "Têm o M?")).await, 200);
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv = by_contact(&convs, WA_ID)["id"].as_str().expect("id").to_string();
+    // The first two attempts to mark a reply sent fail as PostgreSQL fails
+    // a transaction that lost a race (40001); a sequence counts them, since
+    // what the failing transaction wrote is undone.
+    for sql in [
+        "CREATE SEQUENCE public.record_failures",
+        "CREATE FUNCTION tenant_acme.fail_record() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF nextval('public.record_failures') <= 2 THEN \
+             RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; \
+           END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER fail_record BEFORE UPDATE ON tenant_acme.messages FOR EACH ROW \
+           WHEN (OLD.status = 'pending' AND NEW.status = 'sent') EXECUTE FUNCTION tenant_acme.fail_record()",
+    ] {
+        diesel::sql_query(sql).execute(&mut app.db.conn()).expect(sql);
+    }
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "Temos, sim!", "record-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id = msg["id"].as_str().expect("id").to_string();
+    // Sent, then delivered and read as the fake's statuses come.
+    eventually("the reply sent", || async {
+        message_status(&app, &ctx.admin, &conv, &id).await["status"].as_str().is_some_and(|s| s != "pending")
+    })
+    .await;
+    assert_eq!(app.count("SELECT last_value AS n FROM public.record_failures"), 3, "two failures, then the record");
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sends = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["path"] == format!("/{PHONE}/messages") && r["body"]["text"]["body"] == "Temos, sim!")
+        .count();
+    assert_eq!(sends, 1, "the customer got the reply {sends} times");
+    let shown = message_status(&app, &ctx.admin, &conv, &id).await;
+    assert!(shown["external_id"].as_str().is_some_and(|w| w.starts_with("wamid.")), "{shown}");
+}
