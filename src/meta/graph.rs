@@ -438,7 +438,7 @@ impl GraphClient {
         let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
         let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // Names, profiles and templates from here are stored as text.
-        crate::meta::webhook::strip_nul(&mut value);
+        crate::meta::strip_nul(&mut value);
         if let Some(mut err) = GraphError::from_body(&value) {
             if let GraphError::RateLimited { regain_in, .. } = &mut err {
                 *regain_in = regain;
@@ -1372,7 +1372,7 @@ mod tests {
                 };
                 // As the answer is read: U+0000 taken out.
                 let mut v = v;
-                crate::meta::webhook::strip_nul(&mut v);
+                crate::meta::strip_nul(&mut v);
                 let text = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !blank(s)).map(str::to_string);
                 let fine = match (is_error, &read) {
                     (false, Err(e)) => matches!(e, GraphError::Decode(_)),

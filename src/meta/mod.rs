@@ -10,6 +10,18 @@ pub mod webhook;
 
 pub use graph::{GraphClient, GraphError};
 
+/// Removes U+0000 from every string of a webhook or a Graph answer:
+/// PostgreSQL cannot store it in text, and Meta means nothing by it.
+pub(crate) fn strip_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(fields) => fields.values_mut().for_each(strip_nul),
+        _ => {}
+    }
+}
+
 /// A file of the shared Meta fixtures (`../shared/fixtures/meta`). Found
 /// from the checkout `cargo test` runs in (its `CARGO_MANIFEST_DIR` at run
 /// time), not the one the test binary was compiled in: a binary reused

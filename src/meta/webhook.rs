@@ -375,23 +375,12 @@ fn arr(v: Option<&Value>) -> &[Value] {
     v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// Removes U+0000 from every string (PostgreSQL cannot store it): of a
-/// webhook, and of a Graph answer (`graph`).
-pub(crate) fn strip_nul(v: &mut Value) {
-    match v {
-        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
-        Value::Array(items) => items.iter_mut().for_each(strip_nul),
-        Value::Object(fields) => fields.values_mut().for_each(strip_nul),
-        _ => {}
-    }
-}
-
 /// Parses a webhook body. Objects Switchboard does not handle are an error
 /// (the event is dead-lettered, not retried); unknown event kinds inside a
 /// known object are skipped.
 pub fn parse(body: &[u8]) -> Result<Vec<Routed>, ParseError> {
     let mut v: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
-    strip_nul(&mut v);
+    super::strip_nul(&mut v);
     let object = v.get("object").and_then(Value::as_str).unwrap_or("");
     let mut out = Vec::new();
     match object {
