@@ -799,21 +799,58 @@ async fn the_fake_answers_requests_of_any_shape_as_meta_does() {
         .await;
     let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
     let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
-    let page = format!("/v24.0/102938475610293/messages?access_token={}", percent_encode(&page_token));
-    let number = format!("/v24.0/123456789012345/messages?access_token={}", percent_encode(&waba_token));
-    // Each fixture, where it is sent, what a success names, and what Meta
-    // refuses to go without (text, not blank).
-    let cases: [(&str, &String, &str, &[&str]); 5] = [
-        ("messenger_send_request.json", &page, "/message_id", &["/recipient/id"]),
-        ("messenger_send_request_human_agent.json", &page, "/message_id", &["/recipient/id", "/tag"]),
-        ("messenger_sender_action_request.json", &page, "/recipient_id", &["/recipient/id", "/sender_action"]),
-        ("whatsapp_send_request_text.json", &number, "/messages/0/id", &["/to", "/text/body"]),
-        ("whatsapp_mark_read_request.json", &number, "/success", &["/message_id"]),
+    let at = |account: &str, token: &str, edge: &str| {
+        format!("/v24.0/{account}/{edge}?access_token={}", percent_encode(token))
+    };
+    let page = at("102938475610293", &page_token, "messages");
+    let number = at("123456789012345", &waba_token, "messages");
+    let fixed = |name: &str| -> Value { serde_json::from_slice(&fixture(name)).expect("fixture") };
+    // Each request (a fixture, or as our Graph client makes it), where it
+    // is sent, what a success names, and what Meta refuses to go without
+    // (text, not blank).
+    let cases: Vec<(&str, String, Value, &str, &[&str])> = vec![
+        ("messenger send", page.clone(), fixed("messenger_send_request.json"), "/message_id", &["/recipient/id"]),
+        (
+            "messenger send, tagged",
+            page.clone(),
+            fixed("messenger_send_request_human_agent.json"),
+            "/message_id",
+            &["/recipient/id", "/tag"],
+        ),
+        (
+            "sender action",
+            page.clone(),
+            fixed("messenger_sender_action_request.json"),
+            "/recipient_id",
+            &["/recipient/id", "/sender_action"],
+        ),
+        (
+            "whatsapp send",
+            number.clone(),
+            fixed("whatsapp_send_request_text.json"),
+            "/messages/0/id",
+            &["/to", "/text/body"],
+        ),
+        ("whatsapp read", number.clone(), fixed("whatsapp_mark_read_request.json"), "/success", &["/message_id"]),
+        (
+            "take thread",
+            at("102938475610293", &page_token, "take_thread_control"),
+            json!({"recipient": {"id": "7392015648120394"}, "metadata": "sb"}),
+            "/success",
+            &["/recipient/id"],
+        ),
+        (
+            "new template",
+            at("112233445566778", &waba_token, "message_templates"),
+            json!({"name": "aviso", "language": "pt_BR", "category": "UTILITY",
+                "components": [{"type": "BODY", "text": "Olá {{1}}", "example": {"body_text": [["Ana"]]}}]}),
+            "/id",
+            &["/name", "/language", "/category"],
+        ),
     ];
     let mut tried = 0;
     let mut wrong = Vec::new();
-    for (name, path, names, needed) in cases {
-        let original: Value = serde_json::from_slice(&fixture(name)).expect("fixture");
+    for (name, path, original, names, needed) in cases {
         let mut bodies = vec![("as it is".to_string(), original.clone())];
         bodies.extend(every_variant(&original, &odd_values()));
         for whole in [json!(null), json!([]), json!("text"), json!(7), json!({})] {
@@ -821,7 +858,7 @@ async fn the_fake_answers_requests_of_any_shape_as_meta_does() {
         }
         for (what, body) in bodies {
             tried += 1;
-            let (status, answer) = f.send("POST", path, Some(&body)).await;
+            let (status, answer) = f.send("POST", &path, Some(&body)).await;
             let error = &answer["error"];
             let lacks =
                 needed.iter().any(|p| body.pointer(p).and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()));
