@@ -1,13 +1,14 @@
 //! `/api/conversations/{id}/scheduled-messages` and
 //! `/api/scheduled-messages/{id}`: replies written now, sent later
-//! (`inbox::scheduled`); any member who may answer the conversation.
+//! (`inbox::scheduled`); any member who may answer the conversation (an
+//! agent or above: a viewer reads them and writes none).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::pagination::{decode_cursor, one_of, parse_limit, Paged};
 use super::{resource, AppState};
-use crate::auth::AuthContext;
+use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
 use crate::inbox::scheduled::{self, NewScheduled, ScheduledChange, ScheduledMessageId, STATUSES};
 use crate::inbox::ConversationId;
@@ -36,6 +37,7 @@ async fn create(
     path: web::Path<String>,
     body: web::Json<NewScheduled>,
 ) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
     let (user, role, new) = (auth.user, auth.role, body.into_inner());
     let (view, made, due) = state
@@ -90,6 +92,7 @@ async fn change(
     path: web::Path<String>,
     body: web::Json<ScheduledChange>,
 ) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
     let id = scheduled_id(&path)?;
     let (user, role, to) = (auth.user, auth.role, body.into_inner());
     let (view, due) = state
@@ -105,6 +108,7 @@ async fn change(
 
 /// `POST /api/scheduled-messages/{id}/cancel`.
 async fn cancel(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+    auth.require(Role::Agent)?;
     let id = scheduled_id(&path)?;
     let (user, role) = (auth.user, auth.role);
     let view =

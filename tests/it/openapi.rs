@@ -562,6 +562,60 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
         taken.into_iter().map(|(m, t, body)| (m.to_string(), t.to_string(), body)).collect();
     let reaching = bases.len();
     bases.extend(operations.iter().map(|(m, t, schema)| (m.clone(), t.clone(), example(&doc, schema, "", &ids))));
+    // Viewers never write: as a viewer, each of these bodies is refused,
+    // but where a person acts on their own account (their profile, logins,
+    // tokens, two-step sign-in, notifications, personal views) or on no
+    // account at all (signing in, sign-up, invitations, resets).
+    let viewer = {
+        let added = app
+            .call(
+                "POST",
+                "/api/members",
+                Some(admin),
+                Some(json!({"email": "vera@acme.test", "role": "viewer", "password": "vera-password-12"})),
+            )
+            .await;
+        assert_eq!(added.status, 201, "{:?}", added.body);
+        // Of every channel, so that what refuses her is her role, not what
+        // she may see.
+        for channel in channels["items"].as_array().expect("channels") {
+            let members = format!("/api/channels/{}/members", channel["id"].as_str().expect("id"));
+            let put = app.call("PUT", &members, Some(admin), Some(json!({"user_ids": [added.body["user_id"]]}))).await;
+            assert_eq!(put.status, 200, "{:?}", put.body);
+        }
+        token(&app.login("vera@acme.test", "vera-password-12", "acme").await, "access_token")
+    };
+    let own = [
+        "PATCH /api/me",
+        "POST /api/me/tokens",
+        "POST /api/me/mfa",
+        "DELETE /api/me/mfa",
+        "POST /api/me/mfa/confirm",
+        "POST /api/me/mfa/recovery-codes",
+        "POST /api/notifications/read",
+        "POST /api/views",
+        "PATCH /api/views/{id}",
+        "POST /api/auth/login",
+        "POST /api/auth/refresh",
+        "POST /api/auth/logout",
+        "POST /api/auth/mfa-setup",
+        "POST /api/auth/mfa-setup/confirm",
+        "POST /api/auth/invitation",
+        "POST /api/auth/invitation/accept",
+        "POST /api/auth/password-reset",
+        "POST /api/auth/password-reset/confirm",
+        "POST /api/tenants",
+    ];
+    for (i, (method, template, base)) in bases.iter().enumerate() {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let res = app.client.request(m, app.url(&path_of(template))).bearer_auth(&viewer).json(base).send().await;
+        let status = res.map(|r| r.status().as_u16()).unwrap_or(0);
+        let named = format!("{method} {template}");
+        let refused = if i < reaching { status == 403 } else { !(200..300).contains(&status) };
+        if !refused && !own.contains(&named.as_str()) {
+            wrong.push(format!("{named} as a viewer: {status}"));
+        }
+    }
     for (i, (method, template, base)) in bases.iter().enumerate() {
         let path = path_of(template);
         let mut bodies = vec![("as documented".to_string(), base.clone())];

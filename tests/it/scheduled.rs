@@ -246,6 +246,18 @@ async fn scheduled_replies_are_changed_cancelled_or_stopped_as_asked() {
     assert_eq!(code(&r), (403, "not_your_scheduled_message"));
     let r = cancel(&al_t, &admins).await;
     assert_eq!(code(&r), (403, "not_your_scheduled_message"));
+    // Al made a viewer (still of the Page) reads them and writes none.
+    let role = |r: &str| json!({"role": r});
+    let to = format!("/api/members/{}", al["user_id"].as_str().expect("id"));
+    assert_eq!(app.call("PATCH", &to, Some(&ctx.admin), Some(role("viewer"))).await.status, 200);
+    let al_t = crate::common::token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    assert_eq!(get(&app, &al_t, &als).await["status"], "scheduled");
+    let r = schedule(&al_t, &fb, json!({"text": "Olá", "send_at": in_secs(3600)})).await;
+    assert_eq!(code(&r).0, 403, "{:?}", r.body);
+    assert_eq!(code(&patch(&al_t, &als, json!({"text": "outra"})).await).0, 403);
+    assert_eq!(code(&cancel(&al_t, &als).await).0, 403);
+    assert_eq!(app.call("PATCH", &to, Some(&ctx.admin), Some(role("agent"))).await.status, 200);
+    let al_t = crate::common::token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
     for (body, want) in [
         (json!({"text": ""}), (422, "empty_text")),
         (json!({"send_at": in_secs(-600)}), (422, "invalid_send_at")),
