@@ -576,11 +576,12 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
             )
             .await;
         assert_eq!(added.status, 201, "{:?}", added.body);
-        // Of every channel, so that what refuses her is her role, not what
-        // she may see.
+        // She and the agent of every channel, so that what refuses them is
+        // their role, not what they may see.
         for channel in channels["items"].as_array().expect("channels") {
             let members = format!("/api/channels/{}/members", channel["id"].as_str().expect("id"));
-            let put = app.call("PUT", &members, Some(admin), Some(json!({"user_ids": [added.body["user_id"]]}))).await;
+            let both = json!({"user_ids": [added.body["user_id"], ids.agent]});
+            let put = app.call("PUT", &members, Some(admin), Some(both)).await;
             assert_eq!(put.status, 200, "{:?}", put.body);
         }
         token(&app.login("vera@acme.test", "vera-password-12", "acme").await, "access_token")
@@ -606,14 +607,23 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
         "POST /api/auth/password-reset/confirm",
         "POST /api/tenants",
     ];
+    // And what the document says is for admins is refused an agent.
+    let agent = token(&app.login("bo@acme.test", "bo-password-12", "acme").await, "access_token");
     for (i, (method, template, base)) in bases.iter().enumerate() {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let res = app.client.request(m, app.url(&path_of(template))).bearer_auth(&viewer).json(base).send().await;
-        let status = res.map(|r| r.status().as_u16()).unwrap_or(0);
         let named = format!("{method} {template}");
-        let refused = if i < reaching { status == 403 } else { !(200..300).contains(&status) };
-        if !refused && !own.contains(&named.as_str()) {
-            wrong.push(format!("{named} as a viewer: {status}"));
+        let summary = doc["paths"][template.as_str()][method.to_lowercase()]["summary"].as_str().unwrap_or_default();
+        let for_admins = summary.contains("(admin");
+        for (who, t) in [("a viewer", &viewer), ("an agent", &agent)] {
+            if who == "an agent" && !for_admins {
+                continue;
+            }
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let res = app.client.request(m, app.url(&path_of(template))).bearer_auth(t).json(base).send().await;
+            let status = res.map(|r| r.status().as_u16()).unwrap_or(0);
+            let refused = if i < reaching { status == 403 } else { !(200..300).contains(&status) };
+            if !refused && !own.contains(&named.as_str()) {
+                wrong.push(format!("{named} as {who}: {status}"));
+            }
         }
     }
     for (i, (method, template, base)) in bases.iter().enumerate() {
