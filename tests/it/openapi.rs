@@ -398,6 +398,12 @@ fn urlencoding(text: &str) -> String {
         .collect()
 }
 
+/// A new member of the admin's tenant.
+async fn member(app: &TestApp, admin: &str, email: &str, role: &str, password: &str) -> crate::common::Resp {
+    let body = json!({"email": email, "role": role, "password": password});
+    app.call("POST", "/api/members", Some(admin), Some(body)).await
+}
+
 /// What this test made, for paths and bodies to name.
 struct Ids {
     whatsapp: String,
@@ -426,14 +432,7 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
     customer["entry"][0]["messaging"][0]["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
     assert_eq!(app.webhook(&serde_json::to_vec(&customer).expect("json")).await, 200);
     app.processed().await;
-    let agent = app
-        .call(
-            "POST",
-            "/api/members",
-            Some(admin),
-            Some(json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-12"})),
-        )
-        .await;
+    let agent = member(&app, admin, "bo@acme.test", "agent", "bo-password-12").await;
     let channels = app.call("GET", "/api/channels", Some(admin), None).await.body;
     let whatsapp = channels["items"].as_array().expect("channels").iter().find(|c| c["platform"] == "whatsapp");
     let convs = app.call("GET", "/api/conversations", Some(admin), None).await.body;
@@ -567,14 +566,7 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
     // tokens, two-step sign-in, notifications, personal views) or on no
     // account at all (signing in, sign-up, invitations, resets).
     let viewer = {
-        let added = app
-            .call(
-                "POST",
-                "/api/members",
-                Some(admin),
-                Some(json!({"email": "vera@acme.test", "role": "viewer", "password": "vera-password-12"})),
-            )
-            .await;
+        let added = member(&app, admin, "vera@acme.test", "viewer", "vera-password-12").await;
         assert_eq!(added.status, 201, "{:?}", added.body);
         // She and the agent of every channel, so that what refuses them is
         // their role, not what they may see.
