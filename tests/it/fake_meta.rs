@@ -160,6 +160,26 @@ impl Fake {
         v
     }
 
+    /// The fixtures' world: two pages, the first with Instagram; a WhatsApp
+    /// business account with one number. Every id and token made.
+    async fn fixtures_world(&self) -> Value {
+        self.ok(
+            "POST",
+            "/_fake/users",
+            Some(&json!({
+                "id": "10160000000000001", "name": "Ana Admin",
+                "pages": [
+                    {"id": "102938475610293", "name": "Loja Azul", "category": "Clothing (Brand)",
+                     "instagram": {"id": "17841400123456789", "username": "loja.azul"}},
+                    {"id": "109876543210987", "name": "Tasca do Zé", "category": "Restaurant"},
+                ],
+                "wabas": [{"id": "112233445566778", "phone_numbers": [
+                    {"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}],
+            })),
+        )
+        .await
+    }
+
     /// Posts a request fixture, as is, to an account's Send API.
     async fn post_fixture(&self, account: &str, token: &str, name: &str) -> Value {
         let body: Value = serde_json::from_slice(&fixture(name)).expect("fixture json");
@@ -208,24 +228,7 @@ fn wa_status(v: &Value) -> &Value {
 async fn the_fake_answers_and_sends_in_metas_formats() {
     let f = Fake::start().await;
     let cfg = FakeConfig::default();
-    // The fixtures' world: two pages, the first with Instagram; a WhatsApp
-    // business account with one number.
-    let made = f
-        .ok(
-            "POST",
-            "/_fake/users",
-            Some(&json!({
-                "id": "10160000000000001", "name": "Ana Admin",
-                "pages": [
-                    {"id": "102938475610293", "name": "Loja Azul", "category": "Clothing (Brand)",
-                     "instagram": {"id": "17841400123456789", "username": "loja.azul"}},
-                    {"id": "109876543210987", "name": "Tasca do Zé", "category": "Restaurant"},
-                ],
-                "wabas": [{"id": "112233445566778", "phone_numbers": [
-                    {"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}],
-            })),
-        )
-        .await;
+    let made = f.fixtures_world().await;
     let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
     let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
     let secret = |t: &str| Secret::new(t.to_string());
@@ -785,18 +788,7 @@ async fn the_fake_checks_choices_and_new_templates_as_metas() {
 async fn the_fake_answers_requests_of_any_shape_as_meta_does() {
     use switchboard::meta::variants::{every_variant, odd_values};
     let f = Fake::start().await;
-    let made = f
-        .ok(
-            "POST",
-            "/_fake/users",
-            Some(&json!({
-                "id": "10160000000000001", "name": "Ana Admin",
-                "pages": [{"id": "102938475610293", "name": "Loja Azul", "category": "Clothing (Brand)"}],
-                "wabas": [{"id": "112233445566778", "phone_numbers": [
-                    {"id": "123456789012345", "display_phone_number": "+1 555-123-4567", "verified_name": "Loja Azul"}]}],
-            })),
-        )
-        .await;
+    let made = f.fixtures_world().await;
     let page_token = made["pages"][0]["access_token"].as_str().expect("page token").to_string();
     let waba_token = made["wabas"][0]["access_token"].as_str().expect("waba token").to_string();
     let at = |account: &str, token: &str, edge: &str| {
