@@ -1141,6 +1141,18 @@ fn expect_success(v: &Value) -> Result<(), GraphError> {
 mod tests {
     use super::*;
 
+    /// The app of the fixtures (`1234567890123456`), its Graph at `graph_url`.
+    fn config(graph_url: &str) -> MetaConfig {
+        MetaConfig {
+            app_id: "1234567890123456".into(),
+            app_secret: Secret::new("s".into()),
+            verify_token: Secret::new("v".into()),
+            graph_url: graph_url.into(),
+            graph_version: "v24.0".into(),
+            dialog_url: "http://127.0.0.1:9".into(),
+        }
+    }
+
     fn fixture(name: &str) -> Value {
         serde_json::from_str(&std::fs::read_to_string(crate::meta::fixture_path(name)).expect("fixture")).expect("json")
     }
@@ -1151,14 +1163,7 @@ mod tests {
     /// would fail as `Network`.
     #[actix_web::test]
     async fn a_request_that_cannot_be_made_is_not_retried_as_a_network_failure() {
-        let cfg = MetaConfig {
-            app_id: "1".into(),
-            app_secret: Secret::new("s".into()),
-            verify_token: Secret::new("v".into()),
-            graph_url: "http://127.0.0.1:9".into(),
-            graph_version: "v24.0".into(),
-            dialog_url: "http://127.0.0.1:9".into(),
-        };
+        let cfg = config("http://127.0.0.1:9");
         let graph = GraphClient::new(&cfg).with_retry(3, Duration::from_secs(5));
         let started = std::time::Instant::now();
         let err = graph.me(&Secret::new("line\nbreak".into())).await.err();
@@ -1279,14 +1284,7 @@ mod tests {
         .expect("bind");
         let port = server.addrs()[0].port();
         actix_web::rt::spawn(server.run());
-        let cfg = MetaConfig {
-            app_id: "1234567890123456".into(),
-            app_secret: Secret::new("s".into()),
-            verify_token: Secret::new("v".into()),
-            graph_url: format!("http://127.0.0.1:{port}"),
-            graph_version: "v24.0".into(),
-            dialog_url: "http://127.0.0.1:9".into(),
-        };
+        let cfg = config(&format!("http://127.0.0.1:{port}"));
         let graph = GraphClient::new(&cfg).with_retry(1, Duration::ZERO);
         let token = Secret::new("EAAFake".to_string());
         // What each call reads, as text, for comparing with the answer.
