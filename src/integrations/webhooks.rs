@@ -20,6 +20,11 @@
 //!   the body with the endpoint's secret>` (as Meta signs ours), the secret
 //!   shown once when the endpoint is made, kept encrypted like channel
 //!   tokens.
+//! - One endpoint per URL in a tenant: naming a URL another endpoint has
+//!   (made again by a double click or a retry, or changed to it) is 409
+//!   `webhook_url_taken`, naming that endpoint, rather than a second
+//!   endpoint sending every event twice to one receiver; its secret is
+//!   not shown again (`PATCH` the one there, or delete it and make anew).
 //! - Only `http`/`https` URLs, and, unless `SWITCHBOARD_WEBHOOKS_PRIVATE_OK`,
 //!   only public addresses: the host is resolved at each delivery and the
 //!   request goes to the address that was checked (no redirects), so a
@@ -166,6 +171,7 @@ pub fn create(
     // turns (a lock of this transaction's, so nothing to release).
     crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::WebhookEndpoints, &tenant.0.to_string())?;
     let n: i64 = w::table.filter(w::tenant_id.eq(tenant.0)).count().get_result(tc.pg())?;
+    refuse_taken_url(tc, url.as_str(), None)?;
     if n >= MOST_ENDPOINTS {
         return Err(AppError::conflict("too_many_webhooks", format!("a tenant has at most {MOST_ENDPOINTS} webhooks")));
     }
@@ -194,6 +200,26 @@ pub fn create(
     Ok(Created { endpoint, secret })
 }
 
+/// 409 `webhook_url_taken` when another endpoint of the tenant than `own`
+/// has `url` (as [`checked_url`] writes it). Called under the tenant's
+/// endpoints lock.
+fn refuse_taken_url(tc: &mut TenantConn<'_>, url: &str, own: Option<i64>) -> AppResult<()> {
+    let held: Option<i64> = w::table
+        .filter(w::tenant_id.eq(tc.tenant().0))
+        .filter(w::url.eq(url))
+        .filter(w::id.ne(own.unwrap_or(0)))
+        .select(w::id)
+        .first(tc.pg())
+        .optional()?;
+    match held {
+        Some(held) => Err(AppError::conflict(
+            "webhook_url_taken",
+            format!("webhook {held} has this URL already: change that one, or delete it first"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A change to an endpoint; left out: unchanged.
 #[derive(Debug, Default)]
 pub struct Change {
@@ -205,6 +231,13 @@ pub struct Change {
 pub fn update(tc: &mut TenantConn<'_>, actor: UserId, id: i64, change: Change) -> AppResult<Endpoint> {
     let url = change.url.as_deref().map(checked_url).transpose()?.map(|u| u.to_string());
     let types = change.event_types.map(checked_types).transpose()?;
+    if let Some(url) = &url {
+        // Taking turns with creates, as they do among themselves, so that
+        // two endpoints cannot come to share a URL.
+        let tenant = tc.tenant();
+        crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::WebhookEndpoints, &tenant.0.to_string())?;
+        refuse_taken_url(tc, url, Some(id))?;
+    }
     let current: Endpoint = w::table
         .filter(w::tenant_id.eq(tc.tenant().0))
         .find(id)

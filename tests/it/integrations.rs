@@ -198,6 +198,71 @@ async fn creates_at_once_stop_at_the_limit() {
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(10), "{:?}", listed.body);
 }
 
+/// One endpoint per URL: made again (a double click, a retry, five at
+/// once) or changed to another's URL, it is 409 `webhook_url_taken` naming
+/// the one there, never a second endpoint sending each event twice to one
+/// receiver. The same URL written otherwise (the host's case, the default
+/// port) is the same URL.
+#[actix_web::test]
+async fn a_url_has_one_endpoint() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let make = |url: &'static str| {
+        let app = &app;
+        async move {
+            app.call(
+                "POST",
+                "/api/integrations/webhooks",
+                Some(admin),
+                Some(json!({"url": url, "event_types": ["message.created"]})),
+            )
+            .await
+        }
+    };
+    let answers = futures_util::future::join_all((0..5).map(|_| make("https://hooks.example.com/in"))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    let first = answers.iter().find(|r| r.status == 201).expect("one made");
+    let id = first.body["id"].as_str().expect("id");
+    for refused in answers.iter().filter(|r| r.status == 409) {
+        assert_eq!(refused.body["error"]["code"], "webhook_url_taken");
+        assert!(refused.body["error"]["message"].as_str().is_some_and(|m| m.contains(&format!("webhook {id} "))));
+        assert!(refused.body.get("secret").is_none());
+    }
+    let again = make("HTTPS://Hooks.EXAMPLE.com:443/in").await;
+    assert_eq!((again.status, &again.body["error"]["code"]), (409, &json!("webhook_url_taken")), "{:?}", again.body);
+    // Another URL is another endpoint, and cannot be changed to the first's.
+    let other = make("https://hooks.example.com/other").await;
+    assert_eq!(other.status, 201, "{:?}", other.body);
+    let path = format!("/api/integrations/webhooks/{}", other.body["id"].as_str().expect("id"));
+    let onto = app.call("PATCH", &path, Some(admin), Some(json!({"url": "https://hooks.example.com/in"}))).await;
+    assert_eq!((onto.status, &onto.body["error"]["code"]), (409, &json!("webhook_url_taken")), "{:?}", onto.body);
+    // Its own URL again, or a third, is a change like any other.
+    let own = app.call("PATCH", &path, Some(admin), Some(json!({"url": "https://hooks.example.com/other"}))).await;
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    let third = app.call("PATCH", &path, Some(admin), Some(json!({"url": "https://hooks.example.com/third"}))).await;
+    assert_eq!(
+        (third.status, &third.body["url"]),
+        (200, &json!("https://hooks.example.com/third")),
+        "{:?}",
+        third.body
+    );
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    let urls: Vec<&str> =
+        listed.body["items"].as_array().expect("items").iter().filter_map(|e| e["url"].as_str()).collect();
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    assert!(
+        urls.contains(&"https://hooks.example.com/in") && urls.contains(&"https://hooks.example.com/third"),
+        "{urls:?}"
+    );
+    // Gone, its URL is free again.
+    let gone = app.call("DELETE", &format!("/api/integrations/webhooks/{id}"), Some(admin), None).await;
+    assert_eq!(gone.status, 204);
+    assert_eq!(make("https://hooks.example.com/in").await.status, 201);
+}
+
 /// An admin pings an endpoint while setting up a receiver: one signed
 /// `ping` now, and how it went; the endpoint's failures stay as they were.
 #[actix_web::test]

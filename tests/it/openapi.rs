@@ -413,6 +413,141 @@ struct Ids {
     message: String,
 }
 
+impl Ids {
+    /// `template` with the ids this test made; anything else names a thing
+    /// it did not make (404, after the body is read).
+    fn path_of(&self, template: &str) -> String {
+        let mut path = template.to_string();
+        for (prefix, id) in [
+            ("/api/members/{user_id}", &self.agent),
+            ("/api/channels/{id}", &self.whatsapp),
+            ("/api/conversations/{id}", &self.conversation),
+            ("/api/messages/{id}", &self.message),
+            ("/api/contacts/{id}", &self.contact),
+        ] {
+            if template.starts_with(prefix) {
+                let param = &prefix[prefix.rfind('{').expect("a parameter")..];
+                path = path.replacen(param, id, 1);
+            }
+        }
+        while let (Some(a), Some(b)) = (path.find('{'), path.find('}')) {
+            path.replace_range(a..=b, "1");
+        }
+        path
+    }
+}
+
+/// A tenant whose customer wrote just now (the reply window is open), with
+/// a reply, an agent and the served document: what the documented writes
+/// name.
+struct Shop {
+    doc: Value,
+    admin: String,
+    ids: Ids,
+    channels: Value,
+}
+
+async fn shop(app: &TestApp) -> Shop {
+    let doc = app.call("GET", "/api/openapi.json", None, None).await.body;
+    let admin = acme(app).await.admin;
+    let mut customer: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
+    customer["entry"][0]["messaging"][0]["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
+    assert_eq!(app.webhook(&serde_json::to_vec(&customer).expect("json")).await, 200);
+    app.processed().await;
+    let agent = member(app, &admin, "bo@acme.test", "agent", "bo-password-12").await;
+    let channels = app.call("GET", "/api/channels", Some(&admin), None).await.body;
+    let whatsapp = channels["items"].as_array().expect("channels").iter().find(|c| c["platform"] == "whatsapp");
+    let convs = app.call("GET", "/api/conversations", Some(&admin), None).await.body;
+    let conversation = convs["items"][0]["id"].as_str().expect("a conversation").to_string();
+    let reply = app
+        .call(
+            "POST",
+            &format!("/api/conversations/{conversation}/messages"),
+            Some(&admin),
+            Some(json!({"text": "Olá!", "client_id": "shape-1"})),
+        )
+        .await;
+    let ids = Ids {
+        whatsapp: whatsapp.and_then(|c| c["id"].as_str()).expect("the WhatsApp channel").to_string(),
+        contact: convs["items"][0]["contact"]["id"].as_str().expect("contact").to_string(),
+        agent: agent.body["user_id"].as_str().expect("the agent's id").to_string(),
+        conversation,
+        message: reply.body["id"].as_str().expect("the reply's id").to_string(),
+    };
+    Shop { doc, admin, ids, channels }
+}
+
+/// Every documented write that takes a JSON body, with a body, and how
+/// many of the first are bodies that must be taken. A body made from the
+/// schema alone stops at some endpoints' first check (a field that
+/// excludes another, an action of one kind): the first bodies, each taken
+/// as it is, reach the work behind. They come first, before other bodies
+/// block the contact or end the conversation; the tenant's own settings
+/// come last, since whether it requires two-step sign-in changes what the
+/// rest may do.
+fn bodies(doc: &Value, ids: &Ids) -> (Vec<(String, String, Value)>, usize) {
+    let mut operations: Vec<(String, String, Value)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(template, ops)| {
+            ops.as_object().into_iter().flatten().filter_map(move |(method, op)| {
+                let schema = op.pointer("/requestBody/content/application~1json/schema")?;
+                Some((method.to_uppercase(), template.clone(), schema.clone()))
+            })
+        })
+        .collect();
+    operations.sort_by_key(|(_, template, _)| template == "/api/tenant");
+    assert!(operations.len() >= 50, "only {} bodies documented", operations.len());
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let taken: Vec<(&str, &str, Value)> = vec![
+        ("POST", "/api/conversations/{id}/scheduled-messages", json!({"text": "Até amanhã", "send_at": soon})),
+        ("POST", "/api/conversations/{id}/messages", json!({"text": "Olá 🙂", "client_id": "odd-base"})),
+        ("PATCH", "/api/conversations/{id}", json!({"status": "pending", "priority": "high"})),
+        (
+            "PATCH",
+            "/api/channels/{id}",
+            json!({"name": "Loja", "settings": {"auto_reply": {"enabled": true, "text": "Já respondemos"}, "notifications": true}}),
+        ),
+        ("POST", "/api/teams", json!({"name": "Vendas", "description": "quem vende", "member_ids": [ids.agent]})),
+        (
+            "POST",
+            "/api/macros",
+            json!({"name": "Obrigado", "actions": [{"type": "add_labels", "labels": ["vip"]}, {"type": "set_status", "status": "resolved"}, {"type": "snooze", "hours": 2}]}),
+        ),
+        (
+            "POST",
+            "/api/contact-attributes",
+            json!({"key": "tier", "name": "Tier", "type": "list", "options": ["gold", "silver"]}),
+        ),
+        ("PATCH", "/api/contacts/{id}", json!({"name": "Zoë", "email": "zoe@exemplo.pt", "phone": "+351 912 345 678"})),
+        ("POST", "/api/notifications/read", json!({"all": true})),
+        ("PATCH", "/api/members/{user_id}", json!({"role": "admin"})),
+    ];
+    let mut bases: Vec<(String, String, Value)> =
+        taken.into_iter().map(|(m, t, body)| (m.to_string(), t.to_string(), body)).collect();
+    let reaching = bases.len();
+    bases.extend(operations.iter().map(|(m, t, schema)| (m.clone(), t.clone(), example(doc, schema, "", ids))));
+    (bases, reaching)
+}
+
+/// Every documented write under /api that takes no body.
+fn bodiless(doc: &Value) -> Vec<(String, String, Value)> {
+    doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .filter(|(template, _)| template.starts_with("/api/"))
+        .flat_map(|(template, ops)| {
+            ops.as_object().into_iter().flatten().filter_map(move |(method, op)| {
+                let writes = matches!(method.as_str(), "post" | "patch" | "put" | "delete");
+                (writes && op.get("requestBody").is_none())
+                    .then(|| (method.to_uppercase(), template.clone(), Value::Null))
+            })
+        })
+        .collect()
+}
+
 /// Every query parameter the served document names, and every id in its
 /// paths, given odd text; every JSON body it describes, as its schema says
 /// and with each value in turn retyped or removed (`meta::variants`), and
@@ -424,55 +559,9 @@ struct Ids {
 async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
     use switchboard::meta::variants::{every_variant, odd_values};
     let app = spawn_app().await;
-    let doc = app.call("GET", "/api/openapi.json", None, None).await.body;
-    let ctx = acme(&app).await;
-    let admin = ctx.admin.as_str();
-    // A customer's message now, so that the window is open for a reply.
-    let mut customer: Value = serde_json::from_slice(&fixture("messenger_text.json")).expect("fixture");
-    customer["entry"][0]["messaging"][0]["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
-    assert_eq!(app.webhook(&serde_json::to_vec(&customer).expect("json")).await, 200);
-    app.processed().await;
-    let agent = member(&app, admin, "bo@acme.test", "agent", "bo-password-12").await;
-    let channels = app.call("GET", "/api/channels", Some(admin), None).await.body;
-    let whatsapp = channels["items"].as_array().expect("channels").iter().find(|c| c["platform"] == "whatsapp");
-    let convs = app.call("GET", "/api/conversations", Some(admin), None).await.body;
-    let conversation = convs["items"][0]["id"].as_str().expect("a conversation").to_string();
-    let reply = app
-        .call(
-            "POST",
-            &format!("/api/conversations/{conversation}/messages"),
-            Some(admin),
-            Some(json!({"text": "Olá!", "client_id": "shape-1"})),
-        )
-        .await;
-    let ids = Ids {
-        whatsapp: whatsapp.and_then(|c| c["id"].as_str()).expect("the WhatsApp channel").to_string(),
-        contact: convs["items"][0]["contact"]["id"].as_str().expect("contact").to_string(),
-        agent: agent.body["user_id"].as_str().expect("the agent's id").to_string(),
-        conversation: conversation.clone(),
-        message: reply.body["id"].as_str().expect("the reply's id").to_string(),
-    };
-    let path_of = |template: &str| -> String {
-        let mut path = template.to_string();
-        for (prefix, id) in [
-            ("/api/members/{user_id}", &ids.agent),
-            ("/api/channels/{id}", &ids.whatsapp),
-            ("/api/conversations/{id}", &ids.conversation),
-            ("/api/messages/{id}", &ids.message),
-            ("/api/contacts/{id}", &ids.contact),
-        ] {
-            if template.starts_with(prefix) {
-                let param = &prefix[prefix.rfind('{').expect("a parameter")..];
-                path = path.replacen(param, id, 1);
-            }
-        }
-        // Anything else names a thing this test did not make: 404, after
-        // the body is read.
-        while let (Some(a), Some(b)) = (path.find('{'), path.find('}')) {
-            path.replace_range(a..=b, "1");
-        }
-        path
-    };
+    let Shop { doc, admin, ids, channels } = shop(&app).await;
+    let admin = admin.as_str();
+    let path_of = |template: &str| ids.path_of(template);
     // Every documented query parameter, and every id in a path, as other
     // text: a number too large, U+0000, emoji, JSON, nothing.
     let odd_texts =
@@ -512,55 +601,7 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
             }
         }
     }
-    let mut operations: Vec<(String, String, Value)> = doc["paths"]
-        .as_object()
-        .expect("paths")
-        .iter()
-        .flat_map(|(template, ops)| {
-            ops.as_object().into_iter().flatten().filter_map(move |(method, op)| {
-                let schema = op.pointer("/requestBody/content/application~1json/schema")?;
-                Some((method.to_uppercase(), template.clone(), schema.clone()))
-            })
-        })
-        // Whether the tenant requires two-step sign-in changes what the
-        // rest may do: tried last.
-        .collect();
-    operations.sort_by_key(|(_, template, _)| template == "/api/tenant");
-    assert!(operations.len() >= 50, "only {} bodies documented", operations.len());
-    // A body made from the schema alone stops at some endpoints' first
-    // check (a field that excludes another, an action of one kind): these
-    // bodies, each taken as it is, reach the work behind, and their
-    // variants with them. Tried first, before others' variants block the
-    // contact or end the conversation.
-    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let taken: Vec<(&str, &str, Value)> = vec![
-        ("POST", "/api/conversations/{id}/scheduled-messages", json!({"text": "Até amanhã", "send_at": soon})),
-        ("POST", "/api/conversations/{id}/messages", json!({"text": "Olá 🙂", "client_id": "odd-base"})),
-        ("PATCH", "/api/conversations/{id}", json!({"status": "pending", "priority": "high"})),
-        (
-            "PATCH",
-            "/api/channels/{id}",
-            json!({"name": "Loja", "settings": {"auto_reply": {"enabled": true, "text": "Já respondemos"}, "notifications": true}}),
-        ),
-        ("POST", "/api/teams", json!({"name": "Vendas", "description": "quem vende", "member_ids": [ids.agent]})),
-        (
-            "POST",
-            "/api/macros",
-            json!({"name": "Obrigado", "actions": [{"type": "add_labels", "labels": ["vip"]}, {"type": "set_status", "status": "resolved"}, {"type": "snooze", "hours": 2}]}),
-        ),
-        (
-            "POST",
-            "/api/contact-attributes",
-            json!({"key": "tier", "name": "Tier", "type": "list", "options": ["gold", "silver"]}),
-        ),
-        ("PATCH", "/api/contacts/{id}", json!({"name": "Zoë", "email": "zoe@exemplo.pt", "phone": "+351 912 345 678"})),
-        ("POST", "/api/notifications/read", json!({"all": true})),
-        ("PATCH", "/api/members/{user_id}", json!({"role": "admin"})),
-    ];
-    let mut bases: Vec<(String, String, Value)> =
-        taken.into_iter().map(|(m, t, body)| (m.to_string(), t.to_string(), body)).collect();
-    let reaching = bases.len();
-    bases.extend(operations.iter().map(|(m, t, schema)| (m.clone(), t.clone(), example(&doc, schema, "", &ids))));
+    let (bases, reaching) = bodies(&doc, &ids);
     // Viewers never write: as a viewer, each of these bodies is refused,
     // but where a person acts on their own account (their profile, logins,
     // tokens, two-step sign-in, notifications, personal views) or on no
@@ -602,19 +643,7 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
     // And what the document says is for admins is refused an agent. The
     // writes that take no body go too, without one.
     let agent = token(&app.login("bo@acme.test", "bo-password-12", "acme").await, "access_token");
-    let bodiless: Vec<(String, String, Value)> = doc["paths"]
-        .as_object()
-        .expect("paths")
-        .iter()
-        .filter(|(template, _)| template.starts_with("/api/"))
-        .flat_map(|(template, ops)| {
-            ops.as_object().into_iter().flatten().filter_map(move |(method, op)| {
-                let writes = matches!(method.as_str(), "post" | "patch" | "put" | "delete");
-                (writes && op.get("requestBody").is_none())
-                    .then(|| (method.to_uppercase(), template.clone(), Value::Null))
-            })
-        })
-        .collect();
+    let bodiless = bodiless(&doc);
     assert!(bodiless.len() >= 25, "only {} writes without a body", bodiless.len());
     // What the document marks for admins is not read by an agent either.
     for (template, ops) in doc["paths"].as_object().expect("paths") {
@@ -684,4 +713,130 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
     assert!(wrong.is_empty(), "{} of {tried} answers break the contract:\n{}", wrong.len(), wrong.join("\n"));
     // The server still answers as before.
     assert_eq!(app.call("GET", "/api/conversations", Some(admin), None).await.status, 200);
+}
+
+/// Clients retry, and a double click sends twice: every documented write,
+/// sent five times at once, is answered as the contract says. No 5xx (not
+/// even a 503 for a deadlock or a serialization failure the server should
+/// have tried again itself), every error in the JSON shape, and where one
+/// copy is taken the others are taken too, or refused as a conflict or a
+/// limit (or, for a removal, as already gone). What a retry must not make
+/// twice exists once.
+#[actix_web::test]
+async fn every_documented_write_sent_five_times_at_once_is_answered_as_once() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let (mut writes, _) = bodies(&doc, &ids);
+    let mut bodiless = bodiless(&doc);
+    // Removals last, so that what they remove was written to first.
+    bodiless.sort_by_key(|(method, _, _)| method == "DELETE");
+    writes.extend(bodiless);
+    let mut wrong = Vec::new();
+    for (method, template, body) in &writes {
+        let path = ids.path_of(template);
+        let copy = || {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let ask = app.client.request(m, app.url(&path)).bearer_auth(&admin);
+            let ask = if body.is_null() { ask } else { ask.json(body) };
+            async move {
+                match ask.send().await {
+                    Ok(res) => (res.status().as_u16(), res.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                }
+            }
+        };
+        let answers = futures_util::future::join_all((0..5).map(|_| copy())).await;
+        let named = format!("{method} {path}");
+        for (status, text) in &answers {
+            if *status == 0 {
+                wrong.push(format!("{named}: no answer ({text})"));
+            }
+            wrong.extend(breach(named.clone(), *status, text));
+        }
+        let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+        let taken = statuses.iter().any(|s| (200..300).contains(s));
+        let as_once = |s: &u16| (200..300).contains(s) || [409, 429].contains(s) || (method == "DELETE" && *s == 404);
+        if taken && !statuses.iter().all(as_once) {
+            wrong.push(format!("{named}: {statuses:?} {:?}", answers.iter().map(|(_, t)| t).collect::<Vec<_>>()));
+        }
+        // Each copy taken names the one thing made, but where each call
+        // makes a new one by design: a token (its secret shown once), an
+        // invitation (a new link replaces the last), a scheduled reply
+        // without a client_id.
+        let mut made: Vec<Value> = answers
+            .iter()
+            .filter(|(s, _)| (200..300).contains(s))
+            .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok()?.get("id").cloned())
+            .collect();
+        made.sort_by_key(Value::to_string);
+        made.dedup();
+        let anew = ["POST /api/me/tokens", "POST /api/invitations"].contains(&format!("{method} {template}").as_str())
+            || (template.ends_with("/scheduled-messages") && body.get("client_id").is_none());
+        if made.len() > 1 && !anew {
+            wrong.push(format!("{named}: five copies made {made:?}"));
+        }
+    }
+    assert!(writes.len() >= 90, "only {} writes documented", writes.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {} writes answered five copies wrongly:\n{}",
+        wrong.len(),
+        writes.len(),
+        wrong.join("\n")
+    );
+}
+
+/// What an odd request is called, its headers and its body.
+type Envelope = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+
+/// The body's envelope, odd in the ways a client or a proxy gets it
+/// wrong: no media type, another one, a charset the server does not read,
+/// a compression the body is not in, nothing at all, text not in UTF-8.
+/// Every documented write answers a 4xx in the JSON error shape (or takes
+/// it, where it reads no body), never a 5xx or a dropped connection.
+#[actix_web::test]
+async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let (writes, _) = bodies(&doc, &ids);
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (method, template, body) in &writes {
+        let path = ids.path_of(template);
+        let json = serde_json::to_vec(body).expect("json");
+        let envelopes: Vec<Envelope> = vec![
+            ("no media type", vec![], json.clone()),
+            ("as text/plain", vec![("content-type", "text/plain")], json.clone()),
+            ("as a form", vec![("content-type", "application/x-www-form-urlencoded")], b"a=1&b=2".to_vec()),
+            ("in UTF-16", vec![("content-type", "application/json; charset=utf-16")], json.clone()),
+            ("said gzipped", vec![("content-type", "application/json"), ("content-encoding", "gzip")], json.clone()),
+            (
+                "said in br",
+                vec![("content-type", "application/json"), ("content-encoding", "br")],
+                b"\x00\x01".to_vec(),
+            ),
+            ("empty", vec![("content-type", "application/json")], Vec::new()),
+            ("as latin-1", vec![("content-type", "application/json")], b"{\"text\": \"ol\xe1\"}".to_vec()),
+            ("with a BOM", vec![("content-type", "application/json")], [b"\xef\xbb\xbf".as_slice(), &json].concat()),
+        ];
+        for (what, headers, bytes) in envelopes {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut ask = app.client.request(m, app.url(&path)).bearer_auth(&admin).body(bytes);
+            for (name, value) in headers {
+                ask = ask.header(name, value);
+            }
+            let named = format!("{method} {path} {what}");
+            match ask.send().await {
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let text = res.text().await.unwrap_or_default();
+                    tried += 1;
+                    wrong.extend(breach(named, status, &text));
+                }
+                Err(e) => wrong.push(format!("{named}: no answer ({e})")),
+            }
+        }
+    }
+    assert!(tried > 500, "only {tried} requests tried");
+    assert!(wrong.is_empty(), "{} of {tried} answers break the contract:\n{}", wrong.len(), wrong.join("\n"));
 }
