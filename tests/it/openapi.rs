@@ -523,6 +523,24 @@ fn bodies(doc: &Value, ids: &Ids) -> (Vec<(String, String, Value)>, usize) {
         ("PATCH", "/api/contacts/{id}", json!({"name": "Zoë", "email": "zoe@exemplo.pt", "phone": "+351 912 345 678"})),
         ("POST", "/api/notifications/read", json!({"all": true})),
         ("PATCH", "/api/members/{user_id}", json!({"role": "admin"})),
+        ("POST", "/api/conversations/bulk", json!({"ids": [ids.conversation], "add_labels": ["vip"]})),
+        (
+            "POST",
+            "/api/conversations",
+            json!({"channel_id": ids.whatsapp, "phone_number": "+34 612 345 678", "client_id": "start-1",
+                "template": {"name": "hello_world", "language": "en_US"}}),
+        ),
+        (
+            "POST",
+            "/api/broadcasts",
+            json!({"channel_id": ids.whatsapp, "name": "Novidades", "client_id": "news-1",
+                "template": {"name": "hello_world", "language": "en_US"}, "to": {"phone_numbers": ["+34 612 345 679"]}}),
+        ),
+        (
+            "POST",
+            "/api/channels/{id}/templates",
+            json!({"name": "aviso_chegada", "language": "pt_BR", "category": "UTILITY", "body": "O seu pedido chegou à loja."}),
+        ),
     ];
     let mut bases: Vec<(String, String, Value)> =
         taken.into_iter().map(|(m, t, body)| (m.to_string(), t.to_string(), body)).collect();
