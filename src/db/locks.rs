@@ -40,6 +40,12 @@ pub enum LockClass {
     /// until 2026-12-04 a one-key lock of its own, so an instance older
     /// than that does not take turns with a newer one).
     ContactLinks = 0x5b_000a,
+    /// A tenant's canned responses being made (their limit).
+    CannedResponses = 0x5b_000b,
+    /// The team's macros, or one member's own, being made (their limit).
+    Macros = 0x5b_000c,
+    /// A tenant's broadcasts being made (the limit of those waiting).
+    Broadcasts = 0x5b_000d,
 }
 
 impl LockClass {

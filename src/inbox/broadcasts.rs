@@ -35,6 +35,10 @@
 //!   `client_id` makes a retry safe: the same admin, name, channel and
 //!   template get the broadcast made the first time (200), anything else
 //!   under it a 409 `client_id_reused`.
+//! - At most [`MOST_WAITING`] of a tenant's broadcasts are scheduled or
+//!   sending at once (409 `too_many_broadcasts`; a retry of one of them is
+//!   still answered with it): each holds up to [`MOST_RECIPIENTS`] rows and
+//!   queues a job, and a tenant's queue is shared with its agents' replies.
 //! - Scheduled with `send_at` (RFC 3339, at most [`MOST_DAYS_AHEAD`] days
 //!   ahead; a time up to a minute past is taken as now, an earlier one
 //!   refused, `invalid_send_at`): the broadcast is `scheduled` and its
@@ -111,6 +115,8 @@ pub const WAVE: i64 = 20;
 const NAME_CHARS: usize = 100;
 /// How far ahead a broadcast may be scheduled.
 pub const MOST_DAYS_AHEAD: i64 = 90;
+/// Broadcasts a tenant may have scheduled or sending at once.
+pub const MOST_WAITING: i64 = 50;
 /// A broadcast's statuses, as `GET /api/broadcasts?status=` takes them.
 pub const STATUSES: [&str; 5] = ["scheduled", "sending", "done", "cancelled", "failed"];
 
@@ -460,6 +466,23 @@ fn store(
     numbers: &[String],
     send_at: Option<DateTime<Utc>>,
 ) -> AppResult<(BroadcastView, bool)> {
+    // Two broadcasts made at once would both count one short of the limit.
+    let tenant = tc.tenant().0.to_string();
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::Broadcasts, &tenant)?;
+    let waiting: i64 = b::table.filter(b::status.eq_any(["scheduled", "sending"])).count().get_result(tc.pg())?;
+    let retried = match new.client_id.as_deref() {
+        Some(client_id) => diesel::select(diesel::dsl::exists(
+            b::table.filter(b::created_by.eq(user.0)).filter(b::client_id.eq(client_id)),
+        ))
+        .get_result(tc.pg())?,
+        None => false,
+    };
+    if waiting >= MOST_WAITING && !retried {
+        return Err(AppError::conflict(
+            "too_many_broadcasts",
+            format!("a tenant has at most {MOST_WAITING} broadcasts scheduled or sending: wait, or cancel one"),
+        ));
+    }
     let inserted: Option<BroadcastRow> = diesel::insert_into(b::table)
         .values((
             b::channel_id.eq(channel.id),

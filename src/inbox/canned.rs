@@ -8,6 +8,10 @@
 //! `{{contact.first_name}}`…) filled in for that conversation and the
 //! member asking, ready for the composer (a conversation they may not see
 //! is 404).
+//!
+//! A tenant keeps at most [`MOST_CANNED`] (409 `too_many_canned_responses`):
+//! far more than a team types from, few enough that the composer's search
+//! stays quick and one tenant cannot fill the database with them.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -17,6 +21,9 @@ use crate::db::tenant_schema::canned_responses as cr;
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
+
+/// Canned responses a tenant keeps.
+pub const MOST_CANNED: i64 = 1_000;
 
 #[derive(Debug, Serialize, Queryable)]
 pub struct Canned {
@@ -93,28 +100,38 @@ fn shortcut_taken() -> AppError {
 }
 
 /// Adds one; whether it was added. The same shortcut and text again (a
-/// retry) is answered with the one stored; another text under a shortcut
-/// in use is 409 `shortcut_taken`.
+/// retry, at the limit too) is answered with the one stored; another text
+/// under a shortcut in use is 409 `shortcut_taken`; one more than
+/// [`MOST_CANNED`], 409 `too_many_canned_responses`.
 pub fn create(tc: &mut TenantConn<'_>, user: UserId, shortcut: &str, text: &str) -> AppResult<(Canned, bool)> {
     let shortcut = checked_shortcut(shortcut)?;
     check_text(text)?;
-    let added: Option<Canned> = diesel::insert_into(cr::table)
-        .values((cr::shortcut.eq(shortcut), cr::text.eq(text), cr::created_by.eq(user.0)))
-        .on_conflict_do_nothing()
-        .returning((cr::id, cr::shortcut, cr::text, cr::created_at))
-        .get_result(tc.pg())
-        .optional()?;
-    if let Some(added) = added {
-        return Ok((added, true));
-    }
-    let stored: Canned = cr::table
+    // Two creates at once would both count one short of the limit.
+    let tenant = tc.tenant().0.to_string();
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::CannedResponses, &tenant)?;
+    let stored: Option<Canned> = cr::table
         .filter(cr::shortcut.eq(shortcut))
         .select((cr::id, cr::shortcut, cr::text, cr::created_at))
-        .first(tc.pg())?;
-    if stored.text != text {
-        return Err(shortcut_taken());
+        .first(tc.pg())
+        .optional()?;
+    if let Some(stored) = stored {
+        return match stored.text == text {
+            true => Ok((stored, false)),
+            false => Err(shortcut_taken()),
+        };
     }
-    Ok((stored, false))
+    let kept: i64 = cr::table.count().get_result(tc.pg())?;
+    if kept >= MOST_CANNED {
+        return Err(AppError::conflict(
+            "too_many_canned_responses",
+            format!("a tenant keeps at most {MOST_CANNED} canned responses: delete some first"),
+        ));
+    }
+    let added: Canned = diesel::insert_into(cr::table)
+        .values((cr::shortcut.eq(shortcut), cr::text.eq(text), cr::created_by.eq(user.0)))
+        .returning((cr::id, cr::shortcut, cr::text, cr::created_at))
+        .get_result(tc.pg())?;
+    Ok((added, true))
 }
 
 /// Changes one's shortcut, text or both.

@@ -9,7 +9,9 @@
 //!   run them (to anyone else they do not exist: 404), and they go when
 //!   the member leaves the tenant. Names are unique among the team's and
 //!   among each member's own; one of each may share a name. Visibility is
-//!   chosen when a macro is made and stays.
+//!   chosen when a macro is made and stays. The team keeps at most
+//!   [`MOST_MACROS`], and so does each member of their own (409
+//!   `too_many_macros`).
 //! - Actions: `send_message {text}`, `add_note {text}`, `add_labels` and
 //!   `remove_labels {labels}`, `assign {assignee_id}` (`null` unassigns),
 //!   `set_status {status}` (open, pending or resolved), `set_priority
@@ -53,6 +55,8 @@ use crate::ids::UserId;
 
 /// The most actions one macro holds.
 pub const MOST_ACTIONS: usize = 20;
+/// Macros the team keeps, and each member of their own.
+pub const MOST_MACROS: i64 = 300;
 /// The longest name.
 pub const MOST_NAME_CHARS: usize = 100;
 /// The longest snooze a macro sets: 30 days.
@@ -264,10 +268,28 @@ pub fn save(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: Option<i64>, 
         Some(o) => same_name.filter(mc::owner_user_id.eq(o)),
         None => same_name.filter(mc::owner_user_id.is_null()),
     };
+    if id.is_none() {
+        // Two creates at once would both count one short of the limit.
+        let whose = format!("{}:{}", tc.tenant().0, owner.map_or("team".to_string(), |o| o.to_string()));
+        crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::Macros, &whose)?;
+    }
     let taken: Option<i64> = same_name.first(tc.pg()).optional()?;
     let name_taken = || AppError::conflict("macro_name_taken", "another macro of the same owner has this name");
     if taken.is_some_and(|t| Some(t) != id) {
         return Err(name_taken());
+    }
+    if id.is_none() {
+        let kept = match owner {
+            Some(o) => mc::table.filter(mc::owner_user_id.eq(o)).count().get_result::<i64>(tc.pg())?,
+            None => mc::table.filter(mc::owner_user_id.is_null()).count().get_result::<i64>(tc.pg())?,
+        };
+        if kept >= MOST_MACROS {
+            let whose = if owner.is_some() { "a member keeps of their own" } else { "the team keeps" };
+            return Err(AppError::conflict(
+                "too_many_macros",
+                format!("{whose} at most {MOST_MACROS} macros: delete some first"),
+            ));
+        }
     }
     // Made at the same time under the same name: the unique index says so.
     let clash = |e: diesel::result::Error| match e {

@@ -574,3 +574,45 @@ async fn a_scheduled_broadcast_waits_for_its_time_reaches_an_attribute_and_count
     assert_eq!(template_sends(&app, "lembrete").await.len(), 4, "twice each: the first and the third broadcast");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'broadcast.rescheduled'"), 3);
 }
+
+/// A tenant has at most so many broadcasts scheduled or sending, however
+/// many are made at once; a retry of one of them is still answered with
+/// it, and one ending (cancelled) makes room.
+#[actix_web::test]
+async fn broadcasts_waiting_stop_at_the_limit() {
+    use switchboard::inbox::broadcasts::MOST_WAITING;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let phone = channel_id(&app, admin, PHONE).await;
+    let body = |client_id: &str| {
+        json!({"channel_id": phone, "name": "Saldos", "client_id": client_id, "send_at": in_seconds(3_600),
+            "template": {"name": "hello_world", "language": "en_US"}, "to": {"phone_numbers": [RUI]}})
+    };
+    let first = create(&app, admin, body("first")).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    // All but one waiting: made as the first was, scheduled.
+    app.exec(&format!(
+        "INSERT INTO tenant_acme.broadcasts (channel_id, name, template, created_by, status, send_at) \
+         SELECT channel_id, name || g, template, created_by, 'scheduled', send_at \
+         FROM tenant_acme.broadcasts, generate_series(1, {}) g",
+        MOST_WAITING - 2
+    ));
+    let answers =
+        futures_util::future::join_all((0..5).map(|i| create(&app, admin, body(&format!("at-once-{i}"))))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    for refused in answers.iter().filter(|r| r.status == 409) {
+        assert_eq!(code(refused), (409, "too_many_broadcasts"), "{:?}", refused.body);
+    }
+    // Full: a retry of one made is answered with it; a cancelled one makes
+    // room.
+    let again = create(&app, admin, body("first")).await;
+    assert_eq!((again.status, &again.body["id"]), (200, &first.body["id"]), "{:?}", again.body);
+    let id = first.body["id"].as_str().expect("id");
+    let cancelled = app.call("POST", &format!("/api/broadcasts/{id}/cancel"), Some(admin), None).await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    assert_eq!(create(&app, admin, body("after")).await.status, 201);
+    assert_eq!(code(&create(&app, admin, body("one-more")).await), (409, "too_many_broadcasts"));
+}

@@ -7850,3 +7850,77 @@ async fn a_reply_meta_took_is_not_sent_again_when_its_record_fails_for_a_moment(
     let shown = message_status(&app, &ctx.admin, &conv, &id).await;
     assert!(shown["external_id"].as_str().is_some_and(|w| w.starts_with("wamid.")), "{shown}");
 }
+
+/// A tenant keeps at most so many canned responses, and the team (and each
+/// member, of their own) so many macros, however many creates come at
+/// once; a retry of one kept is still answered with it, and a deletion
+/// makes room.
+#[actix_web::test]
+async fn canned_responses_and_macros_stop_at_their_limits() {
+    use switchboard::inbox::{canned::MOST_CANNED, macros::MOST_MACROS};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (_, al) = agent_al(&app, admin).await;
+    // All but one, kept already.
+    app.exec(&format!(
+        "INSERT INTO tenant_acme.canned_responses (shortcut, text) \
+         SELECT 'c' || g, 'Olá ' || g FROM generate_series(1, {}) g",
+        MOST_CANNED - 1
+    ));
+    let canned = |i: usize| {
+        let body = json!({"shortcut": format!("new{i}"), "text": "Até já"});
+        let app = &app;
+        async move { app.call("POST", "/api/canned-responses", Some(admin), Some(body)).await }
+    };
+    let answers = futures_util::future::join_all((0..5).map(canned)).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    for refused in answers.iter().filter(|r| r.status == 409) {
+        assert_eq!(refused.body["error"]["code"], "too_many_canned_responses", "{:?}", refused.body);
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.canned_responses"), MOST_CANNED);
+    // At the limit, a retry of one kept is answered with it.
+    let again =
+        app.call("POST", "/api/canned-responses", Some(admin), Some(json!({"shortcut": "c7", "text": "Olá 7"}))).await;
+    assert_eq!((again.status, &again.body["shortcut"]), (200, &json!("c7")), "{:?}", again.body);
+    let seventh = again.body["id"].as_str().expect("id").to_string();
+    assert_eq!(app.call("DELETE", &format!("/api/canned-responses/{seventh}"), Some(admin), None).await.status, 204);
+    assert_eq!(canned(99).await.status, 201, "room again");
+
+    app.exec(&format!(
+        "INSERT INTO tenant_acme.macros (name, actions) \
+         SELECT 'm' || g, '[{{\"type\": \"set_status\", \"status\": \"resolved\"}}]' FROM generate_series(1, {}) g",
+        MOST_MACROS - 1
+    ));
+    let team_macro = |i: usize| {
+        let body = json!({"name": format!("Fechar {i}"), "actions": [{"type": "set_status", "status": "resolved"}]});
+        let app = &app;
+        async move { app.call("POST", "/api/macros", Some(admin), Some(body)).await }
+    };
+    let answers = futures_util::future::join_all((0..5).map(team_macro)).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    for refused in answers.iter().filter(|r| r.status == 409) {
+        assert_eq!(refused.body["error"]["code"], "too_many_macros", "{:?}", refused.body);
+    }
+    // The team's are full; a member's own are counted apart, and a change
+    // to one kept is no new one.
+    let own =
+        json!({"name": "Fechar 1", "actions": [{"type": "add_note", "text": "Fechado"}], "visibility": "personal"});
+    let r = app.call("POST", "/api/macros", Some(&al), Some(own)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let kept = app.count("SELECT id AS n FROM tenant_acme.macros WHERE name = 'm1'");
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/api/macros/{kept}"),
+            Some(admin),
+            Some(json!({"name": "Primeiro", "actions": [{"type": "set_status", "status": "resolved"}]})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body["name"]), (200, &json!("Primeiro")), "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NULL"), MOST_MACROS);
+}
