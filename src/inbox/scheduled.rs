@@ -21,6 +21,11 @@
 //!   [`MOST_WAITING`] wait in one conversation (`too_many_scheduled`).
 //!   `send_at` is RFC 3339, a minute past at most (taken as now; earlier
 //!   is `invalid_send_at`).
+//! - A `client_id` makes a create safe to retry (the same author, text,
+//!   choices and `sign` get the first; anything else is 409
+//!   `client_id_reused`). Without one, the same message by the same author
+//!   for the same time, while the first still waits, is the first too
+//!   (200): a double click would otherwise reach the customer twice.
 //! - At its time the sender's `scheduled_message` job makes it the
 //!   author's reply (`client_id` `scheduled-<id>`, so a job run twice
 //!   sends once), checked again as any reply is, and it ends `sent` with
@@ -316,6 +321,11 @@ pub fn create(
         .filter(s::status.eq("scheduled"))
         .count()
         .get_result(tc.pg())?;
+    if new.client_id.is_none() {
+        if let Some(row) = waiting_same(tc, conv.id, user, &new, send_at)? {
+            return Ok((row.into(), false, false));
+        }
+    }
     if waiting >= MOST_WAITING {
         return Err(AppError::conflict(
             "too_many_scheduled",
@@ -374,6 +384,29 @@ fn retried(row: ScheduledRow, user: UserId, new: &NewScheduled) -> AppResult<Sch
         "client_id_reused",
         "this client_id was used for another scheduled message in this conversation; use a new one",
     ))
+}
+
+/// The same message, by the same author for the same time, waiting already
+/// without a `client_id`: a double click or a retry without one, which
+/// would reach the customer twice. Called under the conversation's lock.
+fn waiting_same(
+    tc: &mut TenantConn<'_>,
+    conversation: i64,
+    user: UserId,
+    new: &NewScheduled,
+    send_at: DateTime<Utc>,
+) -> AppResult<Option<ScheduledRow>> {
+    let rows: Vec<ScheduledRow> = s::table
+        .filter(s::conversation_id.eq(conversation))
+        .filter(s::status.eq("scheduled"))
+        .filter(s::client_id.is_null())
+        .filter(s::created_by.eq(user.0))
+        .filter(s::text.eq(&new.text))
+        .filter(s::send_at.eq(send_at))
+        .filter(s::cancel_if_replied.eq(new.cancel_if_replied))
+        .select(ScheduledRow::as_select())
+        .load(tc.pg())?;
+    Ok(rows.into_iter().find(|row| retried(row.clone(), user, new).is_ok()))
 }
 
 fn by_client_id(tc: &mut TenantConn<'_>, conversation: i64, cid: Option<&str>) -> AppResult<Option<ScheduledRow>> {

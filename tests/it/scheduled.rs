@@ -420,3 +420,45 @@ async fn a_scheduled_reply_that_can_no_longer_go_fails_with_why() {
         assert!(!texts.contains(&t.to_string()), "{t} was sent");
     }
 }
+
+/// A double click (or a retry without a `client_id`) schedules one
+/// message: the same text by the same author for the same time, while the
+/// first waits, is the first (200). Anything else is a message of its
+/// own: another text, time or author, or the same once the first no
+/// longer waits.
+#[actix_web::test]
+async fn the_same_scheduled_reply_twice_is_one() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (whatsapp, _) = two_customers(&app, admin).await;
+    let path = format!("/api/conversations/{whatsapp}/scheduled-messages");
+    let at = in_secs(3_600);
+    let write = |text: &str, at: &str| {
+        let (app, path) = (&app, path.clone());
+        let body = json!({"text": text, "send_at": at});
+        async move { app.call("POST", &path, Some(admin), Some(body)).await }
+    };
+    let answers = futures_util::future::join_all((0..5).map(|_| write("Chega amanhã 📦", &at))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 201], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    let first = answers[0].body["id"].as_str().expect("id").to_string();
+    assert!(answers.iter().all(|r| r.body["id"] == json!(first)), "one message");
+    // Another text, or another time: another message.
+    assert_eq!(write("Chega depois de amanhã", &at).await.status, 201);
+    assert_eq!(write("Chega amanhã 📦", &in_secs(7_200)).await.status, 201);
+    // Asked to cancel if the customer answers: another message too.
+    let careful = json!({"text": "Chega amanhã 📦", "send_at": at, "cancel_if_replied": true});
+    assert_eq!(app.call("POST", &path, Some(admin), Some(careful)).await.status, 201);
+    let waiting = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.scheduled_messages WHERE conversation_id = {whatsapp} AND status = 'scheduled'"
+    ));
+    assert_eq!(waiting, 4);
+    // Cancelled, the first no longer waits: the same again is new.
+    let cancelled = app.call("POST", &format!("/api/scheduled-messages/{first}/cancel"), Some(admin), None).await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    let again = write("Chega amanhã 📦", &at).await;
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    assert_ne!(again.body["id"], json!(first));
+}
