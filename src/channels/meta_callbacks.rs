@@ -7,6 +7,11 @@
 //! (found through `public.meta_user_links`, not by scanning schemas), and is
 //! recorded under a confirmation code whose status page Meta shows the user.
 //! Conversations with customers are the business's records and stay.
+//!
+//! Meta sends a callback again when our answer did not reach it in time.
+//! A deauthorize again changes nothing more; a data deletion again (the
+//! same `signed_request`) is answered with the first one's confirmation
+//! code, and finishes its work if the first did not get to the end.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -65,17 +70,39 @@ fn confirmation_code() -> String {
     format!("DEL{tail}")
 }
 
-pub async fn delete_user_data(app: &AppState, meta_user: &str) -> AppResult<DeletionReceipt> {
-    let code = confirmation_code();
-    let (c, m) = (code.clone(), meta_user.to_string());
-    app.db
+/// What tells one request from another: the signed_request's SHA-256.
+fn request_key(signed_request: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(signed_request.trim().as_bytes()))
+}
+
+/// Deletes what the Meta user of `signed_request` (verified by the
+/// caller) left with us; the receipt of the first time it was asked.
+pub async fn delete_user_data(app: &AppState, meta_user: &str, signed_request: &str) -> AppResult<DeletionReceipt> {
+    let (c, m, key) = (confirmation_code(), meta_user.to_string(), request_key(signed_request));
+    let (code, completed) = app
+        .db
         .public(move |conn| {
             diesel::insert_into(ddr::table)
-                .values((ddr::confirmation_code.eq(&c), ddr::meta_user_id.eq(&m), ddr::status.eq("received")))
+                .values((
+                    ddr::confirmation_code.eq(&c),
+                    ddr::meta_user_id.eq(&m),
+                    ddr::status.eq("received"),
+                    ddr::request_key.eq(&key),
+                ))
+                .on_conflict(ddr::request_key)
+                .do_nothing()
                 .execute(conn)?;
-            Ok::<_, crate::error::AppError>(())
+            let (code, status): (String, String) = ddr::table
+                .filter(ddr::request_key.eq(&key))
+                .select((ddr::confirmation_code, ddr::status))
+                .first(conn)?;
+            Ok::<_, crate::error::AppError>((code, status == "completed"))
         })
         .await?;
+    if completed {
+        return Ok(DeletionReceipt { confirmation_code: code });
+    }
     let tenants = tenants_of(app, meta_user).await?;
     let mut channels_affected = 0i32;
     for tenant in &tenants {

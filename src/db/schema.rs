@@ -205,6 +205,7 @@ diesel::table! {
         channels_affected -> Int4,
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        request_key -> Nullable<Text>,
     }
 }
 

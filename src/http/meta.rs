@@ -54,7 +54,7 @@ async fn deauthorize(state: web::Data<AppState>, form: web::Form<SignedForm>) ->
 
 async fn data_deletion(state: web::Data<AppState>, form: web::Form<SignedForm>) -> AppResult<HttpResponse> {
     let req = verify(&state, &form.signed_request)?;
-    let receipt = meta_callbacks::delete_user_data(&state, &req.user_id).await?;
+    let receipt = meta_callbacks::delete_user_data(&state, &req.user_id, &form.signed_request).await?;
     let url = format!("{}/meta/data-deletion/{}", state.config.public_url, receipt.confirmation_code);
     Ok(HttpResponse::Ok().json(json!({"url": url, "confirmation_code": receipt.confirmation_code})))
 }

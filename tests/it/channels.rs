@@ -553,6 +553,13 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     assert_eq!(s, 200, "{b}");
     let code = b["confirmation_code"].as_str().expect("code").to_string();
     assert_eq!(b["url"].as_str(), Some(format!("{}/meta/data-deletion/{code}", app.base).as_str()));
+    // Meta sends it again when our answer was late, perhaps twice at once:
+    // the same request, the same receipt.
+    let again = futures_util::future::join_all((0..3).map(|_| post("/meta/data-deletion", forms[0].to_string()))).await;
+    for (s, b) in &again {
+        assert_eq!((*s, b["confirmation_code"].as_str()), (200, Some(code.as_str())), "{b}");
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.data_deletion_requests"), 1);
     assert!(sealed_tokens(&app, "tenant_acme").iter().all(|(_, t)| t.is_none()), "tokens forgotten");
     let page = app.client.get(app.url(&format!("/meta/data-deletion/{code}"))).send().await.expect("status page");
     assert_eq!(page.status().as_u16(), 200);
