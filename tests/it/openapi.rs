@@ -779,8 +779,7 @@ async fn every_documented_write_sent_five_times_at_once_is_answered_as_once() {
         }
         // Each copy taken names the one thing made, but where each call
         // makes a new one by design: a token (its secret shown once), an
-        // invitation (a new link replaces the last), a scheduled reply
-        // without a client_id.
+        // invitation (a new link replaces the last).
         let mut made: Vec<Value> = answers
             .iter()
             .filter(|(s, _)| (200..300).contains(s))
@@ -788,8 +787,7 @@ async fn every_documented_write_sent_five_times_at_once_is_answered_as_once() {
             .collect();
         made.sort_by_key(Value::to_string);
         made.dedup();
-        let anew = ["POST /api/me/tokens", "POST /api/invitations"].contains(&format!("{method} {template}").as_str())
-            || (template.ends_with("/scheduled-messages") && body.get("client_id").is_none());
+        let anew = ["POST /api/me/tokens", "POST /api/invitations"].contains(&format!("{method} {template}").as_str());
         if made.len() > 1 && !anew {
             wrong.push(format!("{named}: five copies made {made:?}"));
         }
@@ -811,7 +809,9 @@ type Envelope = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
 /// wrong: no media type, another one, a charset the server does not read,
 /// a compression the body is not in, nothing at all, text not in UTF-8.
 /// Every documented write answers a 4xx in the JSON error shape (or takes
-/// it, where it reads no body), never a 5xx or a dropped connection.
+/// it, where it reads no body), never a 5xx or a dropped connection; and
+/// every documented path, asked with another method (a preflight, HEAD,
+/// TRACE, one nobody knows), answers without a 5xx, its errors shaped.
 #[actix_web::test]
 async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape() {
     let app = spawn_app().await;
@@ -850,6 +850,35 @@ async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape(
                     let text = res.text().await.unwrap_or_default();
                     tried += 1;
                     wrong.extend(breach(named, status, &text));
+                }
+                Err(e) => wrong.push(format!("{named}: no answer ({e})")),
+            }
+        }
+    }
+    // And every documented path asked with the other methods: a preflight
+    // (a browser's, from anywhere), HEAD, TRACE, one nobody knows.
+    for template in doc["paths"].as_object().expect("paths").keys() {
+        let path = ids.path_of(template);
+        for method in ["OPTIONS", "HEAD", "TRACE", "PURGE"] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let ask = app
+                .client
+                .request(m, app.url(&path))
+                .bearer_auth(&admin)
+                .header("origin", "https://evil.example")
+                .header("access-control-request-method", "POST");
+            let named = format!("{method} {path}");
+            match ask.send().await {
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let text = res.text().await.unwrap_or_default();
+                    tried += 1;
+                    // A HEAD answer has no body to shape.
+                    match method {
+                        "HEAD" if status >= 500 => wrong.push(format!("{named}: {status}")),
+                        "HEAD" => {}
+                        _ => wrong.extend(breach(named, status, &text)),
+                    }
                 }
                 Err(e) => wrong.push(format!("{named}: no answer ({e})")),
             }
