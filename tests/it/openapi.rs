@@ -887,3 +887,154 @@ async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape(
     assert!(tried > 500, "only {tried} requests tried");
     assert!(wrong.is_empty(), "{} of {tried} answers break the contract:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// What tenant `id` holds: for each table of its schema, and each row of
+/// the public tables that names it (`tenant_id`), its rows' count and the
+/// sum of their hashes.
+fn holdings(app: &TestApp, schema: &str, id: i64) -> Vec<(String, i64, i64)> {
+    use diesel::{sql_types::Text, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let mut conn = app.db.conn();
+    let tables = |sql: String, conn: &mut diesel::PgConnection| -> Vec<String> {
+        diesel::sql_query(sql).load::<Table>(conn).expect("tables").into_iter().map(|t| t.name).collect()
+    };
+    let own = tables(
+        format!("SELECT table_name AS name FROM information_schema.tables WHERE table_schema = '{schema}' ORDER BY 1"),
+        &mut conn,
+    );
+    let shared = tables(
+        "SELECT table_name AS name FROM information_schema.columns \
+         WHERE table_schema = 'public' AND column_name = 'tenant_id' ORDER BY 1"
+            .to_string(),
+        &mut conn,
+    );
+    let mut out = Vec::new();
+    let mut add = |name: String, from: String| {
+        let n = app.count(&format!("SELECT count(*) AS n FROM {from}"));
+        let sum = app.count(&format!("SELECT coalesce(sum(hashtext(t::text)::bigint), 0)::bigint AS n FROM {from}"));
+        out.push((name, n, sum));
+    };
+    for table in own {
+        add(format!("{schema}.{table}"), format!("{schema}.\"{table}\" t"));
+    }
+    for table in shared {
+        add(format!("public.{table}"), format!("(SELECT * FROM public.\"{table}\" WHERE tenant_id = {id}) t"));
+    }
+    add("public.tenants".into(), format!("(SELECT * FROM public.tenants WHERE id = {id}) t"));
+    out
+}
+
+/// Tenants share one database, its public tables and its id sequences'
+/// shapes: a second tenant's admin sends every documented request, with
+/// the first tenant's ids in the paths and bodies (its conversation,
+/// contact, message, channel, agent…), reads nothing of the first's (no
+/// answer holds a mark only the first's things carry, or its customer's
+/// id), and changes nothing of it (every table of its schema, and every
+/// row of the public tables that names it, as before).
+#[actix_web::test]
+async fn a_second_tenant_reads_and_changes_nothing_of_the_first() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let mark = "acme-only-q7z";
+    for (path, body) in [
+        ("/api/canned-responses", json!({"shortcut": mark, "text": mark})),
+        ("/api/teams", json!({"name": mark, "member_ids": [ids.agent]})),
+        ("/api/macros", json!({"name": mark, "actions": [{"type": "add_labels", "labels": [mark]}]})),
+        ("/api/views", json!({"name": mark, "filters": {"q": mark}})),
+        ("/api/contact-attributes", json!({"key": "acme_only", "name": mark, "type": "text"})),
+        ("/api/integrations/webhooks", json!({"url": format!("https://hooks.example.com/{mark}")})),
+        ("/api/invitations", json!({"email": format!("{mark}@acme.test"), "role": "agent"})),
+        ("/api/me/tokens", json!({"name": mark})),
+    ] {
+        let r = app.call("POST", path, Some(&admin), Some(body)).await;
+        assert!((200..300).contains(&r.status), "{path}: {:?}", r.body);
+    }
+    let conversation = format!("/api/conversations/{}", ids.conversation);
+    let note = json!({"text": mark, "private": true, "client_id": "mark-note"});
+    let r = app.call("POST", &format!("{conversation}/messages"), Some(&admin), Some(note)).await;
+    assert!((200..300).contains(&r.status), "{:?}", r.body);
+    let r = app.call("PATCH", &conversation, Some(&admin), Some(json!({"add_labels": [mark]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r =
+        app.call("PATCH", &format!("/api/contacts/{}", ids.contact), Some(&admin), Some(json!({"name": mark}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Idle before the second comes: its endpoint off (a receiver that
+    // does not resolve is tried again and again), its reply read (the
+    // fake's receipts come a moment after the send).
+    let hooks = app.call("GET", "/api/integrations/webhooks", Some(&admin), None).await.body;
+    let hook = format!("/api/integrations/webhooks/{}", hooks["items"][0]["id"].as_str().expect("id"));
+    let off = app.call("PATCH", &hook, Some(&admin), Some(json!({"enabled": false}))).await;
+    assert_eq!(off.status, 200, "{:?}", off.body);
+    crate::common::eventually("the reply read", || async {
+        app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE client_id = 'shape-1' AND status = 'read'") == 1
+    })
+    .await;
+    app.processed().await;
+    let acme_id = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    let before = holdings(&app, "tenant_acme", acme_id);
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    assert!(before == holdings(&app, "tenant_acme", acme_id), "the first tenant is idle before the second comes");
+    let beta = token(&app.signup("beta", "bo@beta.test", "beta-password-1").await, "access_token");
+    let secrets = [mark, "7392015648120394"];
+    let mut wrong = Vec::new();
+    let reads: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .filter(|(template, ops)| template.starts_with("/api/") && ops.get("get").is_some())
+        .map(|(template, _)| ids.path_of(template))
+        .collect();
+    let read_all = |when: &'static str| {
+        let (app, beta, reads) = (&app, &beta, &reads);
+        async move {
+            let mut seen = Vec::new();
+            for path in reads {
+                for query in ["", "?q=acme-only", "?limit=200"] {
+                    let r = app.client.get(app.url(&format!("{path}{query}"))).bearer_auth(beta).send().await;
+                    let text = match r {
+                        Ok(r) => r.text().await.unwrap_or_default(),
+                        Err(e) => format!("no answer: {e}"),
+                    };
+                    if secrets.iter().any(|s| text.contains(s)) {
+                        seen.push(format!("{when}: GET {path}{query}: {}", text.chars().take(300).collect::<String>()));
+                    }
+                }
+            }
+            seen
+        }
+    };
+    wrong.extend(read_all("before its writes").await);
+    let (writes, _) = bodies(&doc, &ids);
+    let mut bodiless = bodiless(&doc);
+    bodiless.sort_by_key(|(method, _, _)| method == "DELETE");
+    for (method, template, body) in writes.iter().chain(&bodiless) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let ask = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&beta);
+        let res = if body.is_null() { ask.send().await } else { ask.json(body).send().await };
+        let text = match res {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("no answer: {e}"),
+        };
+        if secrets.iter().any(|s| text.contains(s)) {
+            wrong.push(format!("{method} {template}: {}", text.chars().take(300).collect::<String>()));
+        }
+    }
+    app.processed().await;
+    wrong.extend(read_all("after its writes").await);
+    assert!(wrong.is_empty(), "the second tenant read the first's:\n{}", wrong.join("\n"));
+    let after = holdings(&app, "tenant_acme", acme_id);
+    let changed: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, a)| format!("{}: {} rows → {}", b.0, b.1, a.1))
+        .collect();
+    assert_eq!(before.len(), after.len());
+    assert!(changed.is_empty(), "the second tenant changed the first's:\n{}", changed.join("\n"));
+    // And the first still works as before.
+    assert_eq!(app.call("GET", &conversation, Some(&admin), None).await.status, 200);
+}
