@@ -928,6 +928,68 @@ fn holdings(app: &TestApp, schema: &str, id: i64) -> Vec<(String, i64, i64)> {
     out
 }
 
+/// Waits until the shop's reply was read (the fake's receipts come a
+/// moment after the send) and every webhook processed.
+async fn settled(app: &TestApp) {
+    crate::common::eventually("the reply read", || async {
+        app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE client_id = 'shape-1' AND status = 'read'") == 1
+    })
+    .await;
+    app.processed().await;
+}
+
+/// Someone who should see nothing of what `ids` name sends every
+/// documented read (before and after the rest), and every write, with
+/// those ids: the answers that show any of `secrets`.
+async fn outsider(app: &TestApp, doc: &Value, ids: &Ids, token: &str, secrets: &[&str]) -> Vec<String> {
+    let shows = |text: &str| secrets.iter().any(|s| text.contains(s));
+    let reads: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .filter(|(template, ops)| template.starts_with("/api/") && ops.get("get").is_some())
+        .map(|(template, _)| ids.path_of(template))
+        .collect();
+    let read_all = |when: &'static str| {
+        let reads = &reads;
+        async move {
+            let mut seen = Vec::new();
+            for path in reads {
+                for query in ["", "?q=only", "?limit=200"] {
+                    let r = app.client.get(app.url(&format!("{path}{query}"))).bearer_auth(token).send().await;
+                    let text = match r {
+                        Ok(r) => r.text().await.unwrap_or_default(),
+                        Err(e) => format!("no answer: {e}"),
+                    };
+                    if shows(&text) {
+                        seen.push(format!("{when}: GET {path}{query}: {}", text.chars().take(300).collect::<String>()));
+                    }
+                }
+            }
+            seen
+        }
+    };
+    let mut wrong = read_all("before the writes").await;
+    let (writes, _) = bodies(doc, ids);
+    let mut bodiless = bodiless(doc);
+    bodiless.sort_by_key(|(method, _, _)| method == "DELETE");
+    for (method, template, body) in writes.iter().chain(&bodiless) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let ask = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(token);
+        let res = if body.is_null() { ask.send().await } else { ask.json(body).send().await };
+        let text = match res {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("no answer: {e}"),
+        };
+        if shows(&text) {
+            wrong.push(format!("{method} {template}: {}", text.chars().take(300).collect::<String>()));
+        }
+    }
+    app.processed().await;
+    wrong.extend(read_all("after the writes").await);
+    wrong
+}
+
 /// Tenants share one database, its public tables and its id sequences'
 /// shapes: a second tenant's admin sends every documented request, with
 /// the first tenant's ids in the paths and bodies (its conversation,
@@ -969,62 +1031,13 @@ async fn a_second_tenant_reads_and_changes_nothing_of_the_first() {
     let hook = format!("/api/integrations/webhooks/{}", hooks["items"][0]["id"].as_str().expect("id"));
     let off = app.call("PATCH", &hook, Some(&admin), Some(json!({"enabled": false}))).await;
     assert_eq!(off.status, 200, "{:?}", off.body);
-    crate::common::eventually("the reply read", || async {
-        app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE client_id = 'shape-1' AND status = 'read'") == 1
-    })
-    .await;
-    app.processed().await;
+    settled(&app).await;
     let acme_id = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
     let before = holdings(&app, "tenant_acme", acme_id);
     actix_web::rt::time::sleep(Duration::from_secs(1)).await;
     assert!(before == holdings(&app, "tenant_acme", acme_id), "the first tenant is idle before the second comes");
     let beta = token(&app.signup("beta", "bo@beta.test", "beta-password-1").await, "access_token");
-    let secrets = [mark, "7392015648120394"];
-    let mut wrong = Vec::new();
-    let reads: Vec<String> = doc["paths"]
-        .as_object()
-        .expect("paths")
-        .iter()
-        .filter(|(template, ops)| template.starts_with("/api/") && ops.get("get").is_some())
-        .map(|(template, _)| ids.path_of(template))
-        .collect();
-    let read_all = |when: &'static str| {
-        let (app, beta, reads) = (&app, &beta, &reads);
-        async move {
-            let mut seen = Vec::new();
-            for path in reads {
-                for query in ["", "?q=acme-only", "?limit=200"] {
-                    let r = app.client.get(app.url(&format!("{path}{query}"))).bearer_auth(beta).send().await;
-                    let text = match r {
-                        Ok(r) => r.text().await.unwrap_or_default(),
-                        Err(e) => format!("no answer: {e}"),
-                    };
-                    if secrets.iter().any(|s| text.contains(s)) {
-                        seen.push(format!("{when}: GET {path}{query}: {}", text.chars().take(300).collect::<String>()));
-                    }
-                }
-            }
-            seen
-        }
-    };
-    wrong.extend(read_all("before its writes").await);
-    let (writes, _) = bodies(&doc, &ids);
-    let mut bodiless = bodiless(&doc);
-    bodiless.sort_by_key(|(method, _, _)| method == "DELETE");
-    for (method, template, body) in writes.iter().chain(&bodiless) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let ask = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&beta);
-        let res = if body.is_null() { ask.send().await } else { ask.json(body).send().await };
-        let text = match res {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(e) => format!("no answer: {e}"),
-        };
-        if secrets.iter().any(|s| text.contains(s)) {
-            wrong.push(format!("{method} {template}: {}", text.chars().take(300).collect::<String>()));
-        }
-    }
-    app.processed().await;
-    wrong.extend(read_all("after its writes").await);
+    let wrong = outsider(&app, &doc, &ids, &beta, &[mark, "7392015648120394"]).await;
     assert!(wrong.is_empty(), "the second tenant read the first's:\n{}", wrong.join("\n"));
     let after = holdings(&app, "tenant_acme", acme_id);
     let changed: Vec<String> = before
@@ -1037,4 +1050,64 @@ async fn a_second_tenant_reads_and_changes_nothing_of_the_first() {
     assert!(changed.is_empty(), "the second tenant changed the first's:\n{}", changed.join("\n"));
     // And the first still works as before.
     assert_eq!(app.call("GET", &conversation, Some(&admin), None).await.status, 200);
+}
+
+/// Agents see only their channels: an agent of none sends every documented
+/// read and write with the ids of a conversation, its contact and its
+/// messages. No answer holds anything of them (the customer's name, a
+/// note, a label, the customer's id), and nothing of any channel changes
+/// (the tables of channels, contacts, conversations, messages and what
+/// hangs on them).
+#[actix_web::test]
+async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let mark = "page-only-k3v";
+    let conversation = format!("/api/conversations/{}", ids.conversation);
+    let note = json!({"text": mark, "private": true, "client_id": "mark-note"});
+    let r = app.call("POST", &format!("{conversation}/messages"), Some(&admin), Some(note)).await;
+    assert!((200..300).contains(&r.status), "{:?}", r.body);
+    let r = app.call("PATCH", &conversation, Some(&admin), Some(json!({"add_labels": [mark]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r =
+        app.call("PATCH", &format!("/api/contacts/{}", ids.contact), Some(&admin), Some(json!({"name": mark}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    settled(&app).await;
+    let agent = token(&app.login("bo@acme.test", "bo-password-12", "acme").await, "access_token");
+    let theirs = app.call("GET", "/api/channels", Some(&agent), None).await.body;
+    assert_eq!(theirs["items"], json!([]), "an agent of no channel");
+    let acme_id = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    let channels_of = |app: &TestApp| {
+        let bound = [
+            "channels",
+            "channel_members",
+            "contacts",
+            "contact_former_numbers",
+            "contact_links",
+            "conversations",
+            "messages",
+            "media_copies",
+            "note_mentions",
+            "scheduled_messages",
+            "csat_surveys",
+            "broadcasts",
+            "broadcast_recipients",
+        ]
+        .map(|t| format!("tenant_acme.{t}"));
+        let all = holdings(app, "tenant_acme", acme_id);
+        let kept: Vec<_> = all.into_iter().filter(|(name, _, _)| bound.contains(name)).collect();
+        assert_eq!(kept.len(), bound.len(), "every table named is there");
+        kept
+    };
+    let before = channels_of(&app);
+    let wrong = outsider(&app, &doc, &ids, &agent, &[mark, "7392015648120394"]).await;
+    assert!(wrong.is_empty(), "the agent read what is not theirs:\n{}", wrong.join("\n"));
+    let after = channels_of(&app);
+    let changed: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, a)| format!("{}: {} rows → {}", b.0, b.1, a.1))
+        .collect();
+    assert!(changed.is_empty(), "the agent changed what is not theirs:\n{}", changed.join("\n"));
 }
