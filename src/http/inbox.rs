@@ -420,9 +420,13 @@ async fn thread_control(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// `before` is the contract's name for this list's cursor; `cursor`, the
+/// name every other list takes, is the same, so a client that pages every
+/// list alike pages this one too.
 #[derive(Deserialize)]
 struct MessagesQuery {
     before: Option<String>,
+    cursor: Option<String>,
     limit: Option<String>,
 }
 
@@ -434,7 +438,15 @@ async fn list_messages(
 ) -> AppResult<HttpResponse> {
     let id = conversation_id(&path)?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let before = q.before.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
+    fn given(c: &Option<String>) -> Option<&str> {
+        c.as_deref().filter(|c| !c.is_empty())
+    }
+    let before = match (given(&q.before), given(&q.cursor)) {
+        (Some(b), Some(c)) if b != c => {
+            return Err(AppError::bad_request("invalid_cursor", "before and cursor are one thing: give one"));
+        }
+        (b, c) => b.or(c).map(decode_time_cursor).transpose()?,
+    };
     let (user, role) = (auth.user, auth.role);
     let (items, next) = state
         .db

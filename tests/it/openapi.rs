@@ -1111,3 +1111,116 @@ async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
         .collect();
     assert!(changed.is_empty(), "the agent changed what is not theirs:\n{}", changed.join("\n"));
 }
+
+/// Every documented list, walked one item a page by its `next_cursor`
+/// given back as `?cursor=`, gives exactly what one page of 200 gives:
+/// each item once, none left out (a cursor over a key the list is not
+/// ordered by skips or repeats).
+#[actix_web::test]
+async fn every_list_walked_a_page_at_a_time_gives_each_item_once() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    // Something in every list: each documented body, taken or not, once.
+    let (writes, _) = bodies(&doc, &ids);
+    for (method, template, body) in &writes {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let _ = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&admin).json(body).send().await;
+    }
+    // And a second of each kind the bodies made one of.
+    let conversation = format!("/api/conversations/{}", ids.conversation);
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    for (method, path, body) in [
+        ("POST", "/api/teams".to_string(), json!({"name": "Equipa 2"})),
+        (
+            "POST",
+            "/api/macros".to_string(),
+            json!({"name": "M2", "actions": [{"type": "set_status", "status": "resolved"}]}),
+        ),
+        ("POST", "/api/views".to_string(), json!({"name": "V2", "filters": {}})),
+        ("POST", "/api/contact-attributes".to_string(), json!({"key": "tier2", "name": "Tier 2", "type": "text"})),
+        ("POST", "/api/integrations/webhooks".to_string(), json!({"url": "https://hooks.example.com/2"})),
+        ("POST", "/api/invitations".to_string(), json!({"email": "two@acme.test", "role": "agent"})),
+        ("POST", "/api/me/tokens".to_string(), json!({"name": "t2"})),
+        ("POST", format!("{conversation}/scheduled-messages"), json!({"text": "Depois", "send_at": soon})),
+        ("PATCH", conversation.clone(), json!({"add_labels": ["segunda"]})),
+        (
+            "POST",
+            "/api/broadcasts".to_string(),
+            json!({"channel_id": ids.whatsapp, "name": "Mais", "client_id": "news-2",
+                "template": {"name": "hello_world", "language": "en_US"},
+                "to": {"phone_numbers": ["+34 612 345 670", "+34 612 345 671"]}}),
+        ),
+    ] {
+        let r = app.call(method, &path, Some(&admin), Some(body)).await;
+        assert!((200..300).contains(&r.status), "{method} {path}: {:?}", r.body);
+    }
+    app.login("ann@acme.test", "ann-password-1", "acme").await;
+    for i in 0..3 {
+        let body = json!({"shortcut": format!("walk{i}"), "text": "Olá"});
+        app.call("POST", "/api/canned-responses", Some(&admin), Some(body)).await;
+    }
+    settled(&app).await;
+    let get = |path: String| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let r = app.client.get(app.url(&path)).bearer_auth(admin).send().await.expect("an answer");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let key = |item: &Value| item.get("id").map_or_else(|| item.to_string(), Value::to_string);
+    let mut wrong = Vec::new();
+    let mut walked_lists = 0;
+    for (template, ops) in doc["paths"].as_object().expect("paths") {
+        if !template.starts_with("/api/") || ops.get("get").is_none() {
+            continue;
+        }
+        let path = ids.path_of(template);
+        let join = if path.contains('?') { '&' } else { '?' };
+        let (status, whole) = get(format!("{path}{join}limit=200")).await;
+        let (Some(all), Some(Value::Null)) = (whole["items"].as_array(), whole.get("next_cursor")) else {
+            continue;
+        };
+        if status != 200 || all.len() < 2 {
+            continue;
+        }
+        walked_lists += 1;
+        let mut seen: Vec<String> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..=all.len() + 1 {
+            let page = match &cursor {
+                None => format!("{path}{join}limit=1"),
+                Some(c) => format!("{path}{join}limit=1&cursor={}", urlencoding(c)),
+            };
+            let (status, body) = get(page.clone()).await;
+            if status != 200 {
+                wrong.push(format!("{page}: {status} {body}"));
+                break;
+            }
+            seen.extend(body["items"].as_array().into_iter().flatten().map(key));
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        // The pages' order may differ from one page's (messages page back,
+        // each page oldest first): each item once is what counts.
+        seen.sort();
+        let mut expected: Vec<String> = all.iter().map(key).collect();
+        expected.sort();
+        if seen != expected {
+            wrong.push(format!("{path}: one at a time {seen:?}, at once {expected:?}"));
+        }
+    }
+    assert!(walked_lists >= 18, "only {walked_lists} lists with two items or more");
+    // The messages' cursor is `before` in the contract; `cursor` is the
+    // same, and two different ones are refused.
+    let messages = format!("{conversation}/messages");
+    let (_, first) = get(format!("{messages}?limit=1")).await;
+    let next = urlencoding(first["next_cursor"].as_str().expect("an older page"));
+    let (_, by_before) = get(format!("{messages}?limit=1&before={next}")).await;
+    let (_, by_cursor) = get(format!("{messages}?limit=1&cursor={next}")).await;
+    assert_eq!(by_before, by_cursor);
+    let (status, both) = get(format!("{messages}?before={next}&cursor=dDox")).await;
+    assert_eq!((status, &both["error"]["code"]), (400, &json!("invalid_cursor")), "{both}");
+    assert!(wrong.is_empty(), "{} lists walk wrongly:\n{}", wrong.len(), wrong.join("\n"));
+}
