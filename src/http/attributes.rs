@@ -2,8 +2,8 @@
 //! (`inbox::attributes`); their values go through `PATCH /api/contacts/{id}`.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
+use super::pagination::{PageQuery, Paged};
 use super::AppState;
 use crate::auth::{AuthContext, Role};
 use crate::error::AppResult;
@@ -17,9 +17,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /api/contact-attributes` (every member): all of them, oldest first.
-async fn list(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list(state: web::Data<AppState>, auth: AuthContext, page: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let items = state.db.tenant(auth.scope(), attributes::list).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// `POST /api/contact-attributes` (admins): 201, or 200 with the one a

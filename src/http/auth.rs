@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use std::time::Instant;
 
+use super::pagination::{PageQuery, Paged};
 use super::AppState;
 use crate::auth::account::{self, AccountChanges};
 use crate::auth::invitations::{self, Acceptance};
@@ -47,17 +48,27 @@ struct NewToken {
 }
 
 /// `GET /api/me/tokens`: the caller's API tokens here (`auth::api_tokens`).
-async fn my_tokens(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn my_tokens(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let user = auth.user;
     let items = state.db.tenant(auth.scope(), move |tc| api_tokens::list(tc, Some(user))).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// `GET /api/api-tokens` (admins): every member's tokens here.
-async fn all_tokens(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn all_tokens(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     auth.require(Role::Admin)?;
     let items = state.db.tenant(auth.scope(), move |tc| api_tokens::list(tc, None)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// `POST /api/me/tokens` `{name, expires_in_days?}`: 201 with the token,
@@ -315,10 +326,15 @@ async fn mfa_disable(
 
 /// `GET /api/me/logins`: the caller's live logins, in every tenant
 /// (`auth::logins`).
-async fn my_logins(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn my_logins(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let (user, family) = (auth.user, auth.family.clone());
     let items = state.db.tenant(auth.scope(), move |tc| logins::list(tc, user, &family)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// `DELETE /api/me/logins`: ends every login of the caller's but this one.

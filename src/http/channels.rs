@@ -216,10 +216,16 @@ async fn delete(
 }
 
 /// A WhatsApp channel's message templates, as Meta has them now.
-async fn templates(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
+async fn templates(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    path: web::Path<String>,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let id = channel_id(&path)?;
     let items = crate::inbox::templates::list(&state, auth.scope(), auth.user, auth.role, id).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// `POST /api/channels/{id}/templates` (admins): a new template sent to

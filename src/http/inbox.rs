@@ -554,10 +554,15 @@ impl ViewBody {
 
 /// `GET /api/views`: the team's saved views and the caller's own, by name
 /// (`inbox::saved_views`).
-async fn list_views(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list_views(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let user = auth.user;
     let items = state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::list(tc, user)).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 async fn create_view(
@@ -620,10 +625,15 @@ fn macro_id(raw: &str) -> AppResult<i64> {
 
 /// `GET /api/macros`: the team's macros and the caller's own, by name
 /// (`inbox::macros`).
-async fn list_macros(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list_macros(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let user = auth.user;
     let items = state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::list(tc, user)).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// Who may keep which macro is the domain's to say (`macros::save`).
@@ -1454,10 +1464,15 @@ async fn delete_note(
 
 /// The labels in use on the conversations the caller may see, most used
 /// first (at most 200; `next_cursor` is always null).
-async fn list_labels(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list_labels(
+    state: web::Data<AppState>,
+    auth: AuthContext,
+    page: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let (user, role) = (auth.user, auth.role);
     let items = state.db.tenant(auth.scope(), move |tc| conversations::labels_in_use(tc, user, role)).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 /// The contacts list's filters, shared by the list and its export.

@@ -3,8 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
+use super::pagination::{PageQuery, Paged};
 use super::{resource, AppState};
 use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
@@ -32,10 +32,11 @@ fn webhook_id(raw: &str) -> AppResult<i64> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| AppError::not_found("webhook"))
 }
 
-async fn list(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list(state: web::Data<AppState>, auth: AuthContext, page: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     auth.require(Role::Admin)?;
     let items = state.db.tenant(auth.scope(), webhooks::list).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 #[derive(Deserialize)]

@@ -63,6 +63,25 @@ impl<T> Paged<T> {
     }
 }
 
+impl<T> Paged<T> {
+    /// A page of a short list read whole (a tenant's teams, macros, views,
+    /// endpoints…: each kept under a limit of its own, so read at once and
+    /// in its own order), by position: the cursor says where the next page
+    /// starts, and there is one only when more follow. Something added or
+    /// removed between two pages shifts the rest by one: acceptable for
+    /// lists people keep by hand, and every list reads `limit` and
+    /// `cursor` alike.
+    pub fn whole(items: Vec<T>, page: &PageRequest) -> Self {
+        let start = usize::try_from(page.after.unwrap_or(0)).unwrap_or(0);
+        let limit = usize::try_from(page.limit).unwrap_or(1);
+        let mut rest: Vec<T> = items.into_iter().skip(start).collect();
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        let next_cursor = more.then(|| encode_cursor((start + rest.len()) as i64));
+        Paged { items: rest, next_cursor }
+    }
+}
+
 /// A cursor over (time, id), for lists ordered by a timestamp.
 pub fn encode_time_cursor(at: chrono::DateTime<chrono::Utc>, id: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("t:{}:{id}", at.timestamp_micros()))
@@ -98,5 +117,28 @@ pub fn one_of(raw: Option<&str>, statuses: &[&str]) -> AppResult<Option<String>>
             Err(AppError::bad_request("invalid_status", format!("status must be one of {}", statuses.join(", "))))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_list_pages_by_position_with_a_cursor_only_when_more_follow() {
+        let page = |limit, after| PageRequest { limit, after };
+        let all: Vec<i32> = (1..=5).collect();
+        let first = Paged::whole(all.clone(), &page(2, None));
+        assert_eq!(first.items, [1, 2]);
+        let next = decode_cursor(first.next_cursor.as_deref().expect("more follow")).expect("ours");
+        let second = Paged::whole(all.clone(), &page(2, Some(next)));
+        assert_eq!(second.items, [3, 4]);
+        let last = decode_cursor(second.next_cursor.as_deref().expect("one more")).expect("ours");
+        let third = Paged::whole(all.clone(), &page(2, Some(last)));
+        assert_eq!((third.items, third.next_cursor), (vec![5], None));
+        // Exactly a page: no cursor to an empty one; past the end, nothing.
+        assert_eq!(Paged::whole(all.clone(), &page(5, None)).next_cursor, None);
+        assert!(Paged::whole(all.clone(), &page(5, Some(9))).items.is_empty());
+        assert_eq!(Paged::whole(all, &page(5, Some(-3))).items.len(), 5, "a cursor before the start is the start");
     }
 }

@@ -3,8 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
+use super::pagination::{PageQuery, Paged};
 use super::AppState;
 use crate::auth::{AuthContext, Role};
 use crate::error::{AppError, AppResult};
@@ -27,9 +27,10 @@ fn team_id(raw: &str) -> AppResult<TeamId> {
 }
 
 /// `GET /api/teams` (every member): all of them (at most 100), by name.
-async fn list(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
+async fn list(state: web::Data<AppState>, auth: AuthContext, page: web::Query<PageQuery>) -> AppResult<HttpResponse> {
+    let page = page.parse()?;
     let items = state.db.tenant(auth.scope(), teams::list).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
 async fn get_one(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {

@@ -1115,7 +1115,7 @@ async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
 /// Every documented list, walked one item a page by its `next_cursor`
 /// given back as `?cursor=`, gives exactly what one page of 200 gives:
 /// each item once, none left out (a cursor over a key the list is not
-/// ordered by skips or repeats).
+/// ordered by skips or repeats); and each reads `limit` alike.
 #[actix_web::test]
 async fn every_list_walked_a_page_at_a_time_gives_each_item_once() {
     let app = spawn_app().await;
@@ -1180,6 +1180,13 @@ async fn every_list_walked_a_page_at_a_time_gives_each_item_once() {
         let (Some(all), Some(Value::Null)) = (whole["items"].as_array(), whole.get("next_cursor")) else {
             continue;
         };
+        // Every list reads `limit` alike: 1 to 200, else 400.
+        for odd in ["0", "201", "-1", "x"] {
+            let (status, body) = get(format!("{path}{join}limit={odd}")).await;
+            if (status, &body["error"]["code"]) != (400, &json!("invalid_limit")) {
+                wrong.push(format!("{path}{join}limit={odd}: {status} {body}"));
+            }
+        }
         if status != 200 || all.len() < 2 {
             continue;
         }
