@@ -1231,3 +1231,59 @@ async fn every_list_walked_a_page_at_a_time_gives_each_item_once() {
     assert_eq!((status, &both["error"]["code"]), (400, &json!("invalid_cursor")), "{both}");
     assert!(wrong.is_empty(), "{} lists walk wrongly:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// Where `shown` (in a list) and `there` (on the item's page) differ, in
+/// the fields both have, at any depth (the page may say more).
+fn disagreements(shown: &Value, there: &Value, at: &str, out: &mut Vec<String>) {
+    match (shown, there) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (field, value) in a {
+                if let Some(other) = b.get(field) {
+                    disagreements(value, other, &format!("{at}.{field}"), out);
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("{at}: the list shows {a}, its page {b}")),
+        _ => {}
+    }
+}
+
+/// What a list shows of each item, the item's own page shows alike: every
+/// field both have is the same (a list and a page built apart drift).
+#[actix_web::test]
+async fn a_list_and_each_items_own_page_agree() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let (writes, _) = bodies(&doc, &ids);
+    for (method, template, body) in &writes {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let _ = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&admin).json(body).send().await;
+    }
+    settled(&app).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut compared = 0;
+    let mut wrong = Vec::new();
+    for (template, ops) in paths {
+        let detail = format!("{template}/{{id}}");
+        if !template.starts_with("/api/")
+            || ops.get("get").is_none()
+            || paths.get(&detail).and_then(|d| d.get("get")).is_none()
+        {
+            continue;
+        }
+        let list = app.call("GET", &format!("{}?limit=200", ids.path_of(template)), Some(&admin), None).await;
+        for item in list.body["items"].as_array().into_iter().flatten() {
+            let Some(id) = item["id"].as_str() else { continue };
+            let own_path = format!("{}/{id}", ids.path_of(template));
+            let own = app.call("GET", &own_path, Some(&admin), None).await;
+            if own.status != 200 {
+                wrong.push(format!("{own_path}: {} {}", own.status, own.body));
+                continue;
+            }
+            compared += 1;
+            disagreements(item, &own.body, &own_path, &mut wrong);
+        }
+    }
+    assert!(compared >= 8, "only {compared} items compared");
+    assert!(wrong.is_empty(), "{} differences:\n{}", wrong.len(), wrong.join("\n"));
+}
