@@ -928,6 +928,37 @@ fn holdings(app: &TestApp, schema: &str, id: i64) -> Vec<(String, i64, i64)> {
     out
 }
 
+/// Marks the shop's conversation with `mark` where only those who see its
+/// channel may read it (a note, a label, the customer's name); its path.
+async fn mark_the_conversation(app: &TestApp, admin: &str, ids: &Ids, mark: &str) -> String {
+    let conversation = format!("/api/conversations/{}", ids.conversation);
+    let note = json!({"text": mark, "private": true, "client_id": "mark-note"});
+    let r = app.call("POST", &format!("{conversation}/messages"), Some(admin), Some(note)).await;
+    assert!((200..300).contains(&r.status), "{:?}", r.body);
+    let r = app.call("PATCH", &conversation, Some(admin), Some(json!({"add_labels": [mark]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r =
+        app.call("PATCH", &format!("/api/contacts/{}", ids.contact), Some(admin), Some(json!({"name": mark}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    conversation
+}
+
+/// Sends every documented body once, as the admin, taken or not: something
+/// in most lists.
+async fn write_each_once(app: &TestApp, admin: &str, doc: &Value, ids: &Ids) {
+    let (writes, _) = bodies(doc, ids);
+    for (method, template, body) in &writes {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let _ = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(admin).json(body).send().await;
+    }
+}
+
+/// The tables whose [`holdings`] differ between `before` and `after`.
+fn changes(before: &[(String, i64, i64)], after: &[(String, i64, i64)]) -> Vec<String> {
+    assert_eq!(before.len(), after.len(), "the same tables");
+    before.iter().zip(after).filter(|(b, a)| b != a).map(|(b, a)| format!("{}: {} rows → {}", b.0, b.1, a.1)).collect()
+}
+
 /// Waits until the shop's reply was read (the fake's receipts come a
 /// moment after the send) and every webhook processed.
 async fn settled(app: &TestApp) {
@@ -1015,15 +1046,7 @@ async fn a_second_tenant_reads_and_changes_nothing_of_the_first() {
         let r = app.call("POST", path, Some(&admin), Some(body)).await;
         assert!((200..300).contains(&r.status), "{path}: {:?}", r.body);
     }
-    let conversation = format!("/api/conversations/{}", ids.conversation);
-    let note = json!({"text": mark, "private": true, "client_id": "mark-note"});
-    let r = app.call("POST", &format!("{conversation}/messages"), Some(&admin), Some(note)).await;
-    assert!((200..300).contains(&r.status), "{:?}", r.body);
-    let r = app.call("PATCH", &conversation, Some(&admin), Some(json!({"add_labels": [mark]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r =
-        app.call("PATCH", &format!("/api/contacts/{}", ids.contact), Some(&admin), Some(json!({"name": mark}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let conversation = mark_the_conversation(&app, &admin, &ids, mark).await;
     // Idle before the second comes: its endpoint off (a receiver that
     // does not resolve is tried again and again), its reply read (the
     // fake's receipts come a moment after the send).
@@ -1040,13 +1063,7 @@ async fn a_second_tenant_reads_and_changes_nothing_of_the_first() {
     let wrong = outsider(&app, &doc, &ids, &beta, &[mark, "7392015648120394"]).await;
     assert!(wrong.is_empty(), "the second tenant read the first's:\n{}", wrong.join("\n"));
     let after = holdings(&app, "tenant_acme", acme_id);
-    let changed: Vec<String> = before
-        .iter()
-        .zip(&after)
-        .filter(|(b, a)| b != a)
-        .map(|(b, a)| format!("{}: {} rows → {}", b.0, b.1, a.1))
-        .collect();
-    assert_eq!(before.len(), after.len());
+    let changed = changes(&before, &after);
     assert!(changed.is_empty(), "the second tenant changed the first's:\n{}", changed.join("\n"));
     // And the first still works as before.
     assert_eq!(app.call("GET", &conversation, Some(&admin), None).await.status, 200);
@@ -1063,15 +1080,7 @@ async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
     let app = spawn_app().await;
     let Shop { doc, admin, ids, .. } = shop(&app).await;
     let mark = "page-only-k3v";
-    let conversation = format!("/api/conversations/{}", ids.conversation);
-    let note = json!({"text": mark, "private": true, "client_id": "mark-note"});
-    let r = app.call("POST", &format!("{conversation}/messages"), Some(&admin), Some(note)).await;
-    assert!((200..300).contains(&r.status), "{:?}", r.body);
-    let r = app.call("PATCH", &conversation, Some(&admin), Some(json!({"add_labels": [mark]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r =
-        app.call("PATCH", &format!("/api/contacts/{}", ids.contact), Some(&admin), Some(json!({"name": mark}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    mark_the_conversation(&app, &admin, &ids, mark).await;
     settled(&app).await;
     let agent = token(&app.login("bo@acme.test", "bo-password-12", "acme").await, "access_token");
     let theirs = app.call("GET", "/api/channels", Some(&agent), None).await.body;
@@ -1103,12 +1112,7 @@ async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
     let wrong = outsider(&app, &doc, &ids, &agent, &[mark, "7392015648120394"]).await;
     assert!(wrong.is_empty(), "the agent read what is not theirs:\n{}", wrong.join("\n"));
     let after = channels_of(&app);
-    let changed: Vec<String> = before
-        .iter()
-        .zip(&after)
-        .filter(|(b, a)| b != a)
-        .map(|(b, a)| format!("{}: {} rows → {}", b.0, b.1, a.1))
-        .collect();
+    let changed = changes(&before, &after);
     assert!(changed.is_empty(), "the agent changed what is not theirs:\n{}", changed.join("\n"));
 }
 
@@ -1121,11 +1125,7 @@ async fn every_list_walked_a_page_at_a_time_gives_each_item_once() {
     let app = spawn_app().await;
     let Shop { doc, admin, ids, .. } = shop(&app).await;
     // Something in every list: each documented body, taken or not, once.
-    let (writes, _) = bodies(&doc, &ids);
-    for (method, template, body) in &writes {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let _ = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&admin).json(body).send().await;
-    }
+    write_each_once(&app, &admin, &doc, &ids).await;
     // And a second of each kind the bodies made one of.
     let conversation = format!("/api/conversations/{}", ids.conversation);
     let soon = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
@@ -1254,11 +1254,7 @@ fn disagreements(shown: &Value, there: &Value, at: &str, out: &mut Vec<String>) 
 async fn a_list_and_each_items_own_page_agree() {
     let app = spawn_app().await;
     let Shop { doc, admin, ids, .. } = shop(&app).await;
-    let (writes, _) = bodies(&doc, &ids);
-    for (method, template, body) in &writes {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let _ = app.client.request(m, app.url(&ids.path_of(template))).bearer_auth(&admin).json(body).send().await;
-    }
+    write_each_once(&app, &admin, &doc, &ids).await;
     settled(&app).await;
     let paths = doc["paths"].as_object().expect("paths");
     let mut compared = 0;
