@@ -549,9 +549,18 @@ async fn whatsapp_connect_rotation_and_meta_callbacks() {
     assert_eq!(s, 200);
     let list = channels(&app, &admin).await;
     assert!(list.iter().all(|c| c["status"] == "disconnected"), "{list:?}");
+    // A first try that stopped before its work (the process died): the
+    // request kept under its signed_request, received, nothing deleted.
+    let request = forms[0].strip_prefix("signed_request=").expect("a signed_request");
+    app.exec(&format!(
+        "INSERT INTO public.data_deletion_requests (confirmation_code, meta_user_id, status, request_key) \
+         VALUES ('DELSTOPPED23', 'x', 'received', encode(sha256(convert_to('{request}', 'UTF8')), 'hex'))"
+    ));
+    // Meta sends it again: the work is done now, under the first receipt.
     let (s, b) = post("/meta/data-deletion", forms[0].to_string()).await;
     assert_eq!(s, 200, "{b}");
     let code = b["confirmation_code"].as_str().expect("code").to_string();
+    assert_eq!(code, "DELSTOPPED23");
     assert_eq!(b["url"].as_str(), Some(format!("{}/meta/data-deletion/{code}", app.base).as_str()));
     // Meta sends it again when our answer was late, perhaps twice at once:
     // the same request, the same receipt.
