@@ -376,6 +376,20 @@ impl TestApp {
 }
 
 /// Every error answer is `{"error": {"code": "...", "message": "..."}}`.
+/// Of answers to creates sent at once, exactly one made something (201)
+/// and every other was refused 409 with `code`: the one made.
+pub fn one_made_rest_refused<'a>(answers: &'a [Resp], code: &str) -> &'a Resp {
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    let mut expected = vec![409; answers.len().saturating_sub(1)];
+    expected.insert(0, 201);
+    assert_eq!(statuses, expected, "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
+    for refused in answers.iter().filter(|r| r.status == 409) {
+        assert_eq!(refused.body["error"]["code"], code, "{:?}", refused.body);
+    }
+    answers.iter().find(|r| r.status == 201).expect("one made")
+}
+
 pub fn assert_error_shape(status: u16, body: &serde_json::Value) {
     let code = body.pointer("/error/code").and_then(|c| c.as_str());
     let message = body.pointer("/error/message").and_then(|c| c.as_str());

@@ -7874,12 +7874,7 @@ async fn canned_responses_and_macros_stop_at_their_limits() {
         async move { app.call("POST", "/api/canned-responses", Some(admin), Some(body)).await }
     };
     let answers = futures_util::future::join_all((0..5).map(canned)).await;
-    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
-    for refused in answers.iter().filter(|r| r.status == 409) {
-        assert_eq!(refused.body["error"]["code"], "too_many_canned_responses", "{:?}", refused.body);
-    }
+    crate::common::one_made_rest_refused(&answers, "too_many_canned_responses");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.canned_responses"), MOST_CANNED);
     // At the limit, a retry of one kept is answered with it.
     let again =
@@ -7900,12 +7895,7 @@ async fn canned_responses_and_macros_stop_at_their_limits() {
         async move { app.call("POST", "/api/macros", Some(admin), Some(body)).await }
     };
     let answers = futures_util::future::join_all((0..5).map(team_macro)).await;
-    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, [201, 409, 409, 409, 409], "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
-    for refused in answers.iter().filter(|r| r.status == 409) {
-        assert_eq!(refused.body["error"]["code"], "too_many_macros", "{:?}", refused.body);
-    }
+    crate::common::one_made_rest_refused(&answers, "too_many_macros");
     // The team's are full; a member's own are counted apart, and a change
     // to one kept is no new one.
     let own =

@@ -387,6 +387,27 @@ fn breach(what: String, status: u16, text: &str) -> Option<String> {
         .then(|| format!("{what}: {status} {}", text.chars().take(200).collect::<String>()))
 }
 
+/// Sends `ask`: its status and text, counted in `tried`; or none, noted in
+/// `wrong` under `what`.
+async fn answer(
+    ask: reqwest::RequestBuilder,
+    what: &str,
+    tried: &mut usize,
+    wrong: &mut Vec<String>,
+) -> Option<(u16, String)> {
+    match ask.send().await {
+        Ok(res) => {
+            *tried += 1;
+            let status = res.status().as_u16();
+            Some((status, res.text().await.unwrap_or_default()))
+        }
+        Err(e) => {
+            wrong.push(format!("{what}: no answer ({e})"));
+            None
+        }
+    }
+}
+
 /// `text` as one segment of a path (percent-encoded but for letters,
 /// digits and `-._~`).
 fn urlencoding(text: &str) -> String {
@@ -608,14 +629,8 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
             }
         }
         for (what, ask) in asks {
-            match ask.bearer_auth(admin).send().await {
-                Ok(res) => {
-                    let status = res.status().as_u16();
-                    let text = res.text().await.unwrap_or_default();
-                    tried += 1;
-                    wrong.extend(breach(what, status, &text));
-                }
-                Err(e) => wrong.push(format!("{what}: no answer ({e})")),
+            if let Some((status, text)) = answer(ask.bearer_auth(admin), &what, &mut tried, &mut wrong).await {
+                wrong.extend(breach(what, status, &text));
             }
         }
     }
@@ -713,17 +728,13 @@ async fn every_documented_body_of_any_shape_is_answered_as_the_contract_says() {
         }
         for (what, body) in bodies {
             let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-            match app.client.request(m, app.url(&path)).bearer_auth(admin).json(&body).send().await {
-                Ok(res) => {
-                    let status = res.status().as_u16();
-                    let text = res.text().await.unwrap_or_default();
-                    tried += 1;
-                    if i < reaching && what == "as documented" && !(200..300).contains(&status) {
-                        wrong.push(format!("{method} {path}, a body that should be taken: {status} {text}"));
-                    }
-                    wrong.extend(breach(format!("{method} {path} {what}"), status, &text));
+            let ask = app.client.request(m, app.url(&path)).bearer_auth(admin).json(&body);
+            let named = format!("{method} {path} {what}");
+            if let Some((status, text)) = answer(ask, &named, &mut tried, &mut wrong).await {
+                if i < reaching && what == "as documented" && !(200..300).contains(&status) {
+                    wrong.push(format!("{method} {path}, a body that should be taken: {status} {text}"));
                 }
-                Err(e) => wrong.push(format!("{method} {path} {what}: no answer ({e})")),
+                wrong.extend(breach(named, status, &text));
             }
         }
     }
@@ -844,14 +855,8 @@ async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape(
                 ask = ask.header(name, value);
             }
             let named = format!("{method} {path} {what}");
-            match ask.send().await {
-                Ok(res) => {
-                    let status = res.status().as_u16();
-                    let text = res.text().await.unwrap_or_default();
-                    tried += 1;
-                    wrong.extend(breach(named, status, &text));
-                }
-                Err(e) => wrong.push(format!("{named}: no answer ({e})")),
+            if let Some((status, text)) = answer(ask, &named, &mut tried, &mut wrong).await {
+                wrong.extend(breach(named, status, &text));
             }
         }
     }
@@ -868,19 +873,13 @@ async fn every_documented_write_in_an_odd_envelope_is_refused_in_the_json_shape(
                 .header("origin", "https://evil.example")
                 .header("access-control-request-method", "POST");
             let named = format!("{method} {path}");
-            match ask.send().await {
-                Ok(res) => {
-                    let status = res.status().as_u16();
-                    let text = res.text().await.unwrap_or_default();
-                    tried += 1;
-                    // A HEAD answer has no body to shape.
-                    match method {
-                        "HEAD" if status >= 500 => wrong.push(format!("{named}: {status}")),
-                        "HEAD" => {}
-                        _ => wrong.extend(breach(named, status, &text)),
-                    }
+            if let Some((status, text)) = answer(ask, &named, &mut tried, &mut wrong).await {
+                // A HEAD answer has no body to shape.
+                match method {
+                    "HEAD" if status >= 500 => wrong.push(format!("{named}: {status}")),
+                    "HEAD" => {}
+                    _ => wrong.extend(breach(named, status, &text)),
                 }
-                Err(e) => wrong.push(format!("{named}: no answer ({e})")),
             }
         }
     }
