@@ -162,7 +162,7 @@ impl ResponseError for AppError {
             // RFC 7235 asks every 401 to name its scheme; RFC 6750 says
             // which token failure it was.
             let challenge = match self.code.as_ref() {
-                "invalid_token" | "token_expired" | "token_revoked" | "membership_revoked" => {
+                "invalid_token" | "token_expired" | "token_revoked" | "membership_revoked" | "login_ended" => {
                     r#"Bearer realm="switchboard", error="invalid_token""#
                 }
                 _ => r#"Bearer realm="switchboard""#,
@@ -219,6 +219,10 @@ impl From<DbError> for AppError {
             DbError::MembershipChanged => {
                 AppError::unauthorized("token_revoked", "your membership in this tenant changed; log in again")
             }
+            DbError::LoginEnded => AppError::unauthorized(
+                "login_ended",
+                "this login was ended (signed out, or its password changed); log in again",
+            ),
             other => AppError::internal(other),
         }
     }

@@ -2,8 +2,10 @@
 //! valid access token (or a member's API token, `auth::api_tokens`) was
 //! presented". The tenant comes only from the token.
 
-use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::{ready, FutureExt, LocalBoxFuture};
 
 use super::{JwtKeys, Role};
@@ -35,7 +37,7 @@ impl AuthContext {
     /// The tenant transaction scope of this request; the guard in the
     /// database re-checks the membership and role.
     pub fn scope(&self) -> TenantScope {
-        TenantScope::member(self.tenant, self.user, self.role.as_str())
+        TenantScope::member(self.tenant, self.user, self.role.as_str(), &self.family)
     }
 }
 
@@ -69,6 +71,27 @@ pub async fn authenticate_bearer(state: &crate::app::AppState, token: &str) -> A
     authenticate(&state.jwt, token)
 }
 
+/// An API token's lookup, done before the handler ([`api_token_first`]).
+struct LookedUp(AppResult<AuthContext>);
+
+/// Middleware of the API's scope: looks an API token up before the
+/// handler's extractors run. They are polled together, so while the
+/// lookup waited on the database a body refused at once (422) or a role
+/// refused answered first; a bad credential must be told 401 first, as an
+/// access token (checked without the database) is. Nothing is refused
+/// here: a route that needs no credential ignores what was found.
+pub async fn api_token_first(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let token = bearer(req.request()).filter(|t| t.starts_with(super::api_tokens::PREFIX)).map(str::to_string);
+    if let (Some(token), Some(state)) = (token, req.app_data::<web::Data<crate::app::AppState>>().cloned()) {
+        let found = authenticate_bearer(&state, &token).await;
+        req.extensions_mut().insert(LookedUp(found));
+    }
+    next.call(req).await
+}
+
 fn recorded(ctx: AuthContext) -> AuthContext {
     tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
     tracing::Span::current().record("user_id", ctx.user.0);
@@ -86,6 +109,9 @@ impl FromRequest for AuthContext {
         };
         // An API token needs the database; an access token does not.
         if token.starts_with(super::api_tokens::PREFIX) {
+            if let Some(LookedUp(found)) = req.extensions_mut().remove::<LookedUp>() {
+                return ready(found.map(recorded)).boxed_local();
+            }
             let Some(state) = req.app_data::<web::Data<crate::app::AppState>>().cloned() else {
                 return ready(Err(AppError::internal(anyhow::anyhow!("AppState not registered")))).boxed_local();
             };

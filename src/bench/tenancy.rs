@@ -128,11 +128,36 @@ fn switch_overhead(pool: &PgPool) -> anyhow::Result<()> {
         })?;
         Ok(())
     })?;
+    // A member's request also has the guard check their role and that
+    // their login was not ended (a live login: the probe finds nothing).
+    let owner = crate::db::schema::memberships::table
+        .inner_join(crate::db::schema::tenants::table)
+        .filter(crate::db::schema::tenants::slug.eq("owned-00000"))
+        .select((crate::db::schema::memberships::tenant_id, crate::db::schema::memberships::user_id))
+        .first::<(i64, i64)>(&mut conn)
+        .optional()?;
+    let member_tx = match owner {
+        Some((tenant, user)) => {
+            let login = uuid::Uuid::new_v4().to_string();
+            let scope = TenantScope::member(crate::ids::TenantId(tenant), crate::ids::UserId(user), "owner", &login);
+            Some(time(&mut conn, &|c| {
+                with_tenant(c, &scope, |tc| -> Result<(), AppError> {
+                    tc.pg().batch_execute("SELECT count(*) FROM audit_log")?;
+                    Ok(())
+                })?;
+                Ok(())
+            })?)
+        }
+        None => None,
+    };
     println!("one query, autocommit: {plain:.2?} per unit of work");
     println!("one query in a plain transaction (BEGIN, query, COMMIT): {plain_tx:.2?}");
     println!(
         "one query in a tenant transaction (BEGIN + guard + set_config in one round trip, query, COMMIT): {tenant_tx:.2?}"
     );
+    if let Some(member_tx) = member_tx {
+        println!("the same as a member's request (role and login checked too): {member_tx:.2?}");
+    }
     println!(
         "tenant switch cost over a plain transaction: {:+.1} µs, 0 extra round trips   [goal: no extra round trip]",
         tenant_tx.as_secs_f64() * 1e6 - plain_tx.as_secs_f64() * 1e6

@@ -44,6 +44,8 @@ pub enum DbError {
     TenantNotReady,
     #[error("membership changed since the token was issued")]
     MembershipChanged,
+    #[error("the token's login was ended")]
+    LoginEnded,
     #[error("migration failed: {0}")]
     Migration(String),
 }
@@ -57,6 +59,7 @@ impl DbError {
                 "switchboard:tenant_suspended" => return DbError::TenantSuspended,
                 "switchboard:tenant_not_ready" => return DbError::TenantNotReady,
                 "switchboard:membership_changed" => return DbError::MembershipChanged,
+                "switchboard:login_ended" => return DbError::LoginEnded,
                 _ => {}
             }
         }

@@ -21,6 +21,10 @@ use crate::ids::{TenantId, UserId};
 pub struct TenantScope {
     pub tenant: TenantId,
     pub member: Option<(UserId, &'static str)>,
+    /// The member's login (refresh-token family), refused once ended.
+    /// `None` for credentials checked otherwise (API tokens, looked up on
+    /// every request).
+    pub login: Option<uuid::Uuid>,
     /// Reaches suspended tenants too (data deletion, key rotation).
     pub maintenance: bool,
     /// Commit without waiting for the WAL flush. Only for work whose input
@@ -31,15 +35,19 @@ pub struct TenantScope {
 
 impl TenantScope {
     pub fn system(tenant: TenantId) -> Self {
-        TenantScope { tenant, member: None, maintenance: false, async_commit: false }
+        TenantScope { tenant, member: None, login: None, maintenance: false, async_commit: false }
     }
 
-    pub fn member(tenant: TenantId, user: UserId, role: &'static str) -> Self {
-        TenantScope { tenant, member: Some((user, role)), maintenance: false, async_commit: false }
+    /// A member's request, made with a credential of `family`: a login's
+    /// refresh-token family (a UUID), whose end the guard checks, or an
+    /// API token's, checked where the token is looked up.
+    pub fn member(tenant: TenantId, user: UserId, role: &'static str, family: &str) -> Self {
+        let login = uuid::Uuid::parse_str(family).ok();
+        TenantScope { tenant, member: Some((user, role)), login, maintenance: false, async_commit: false }
     }
 
     pub fn maintenance(tenant: TenantId) -> Self {
-        TenantScope { tenant, member: None, maintenance: true, async_commit: false }
+        TenantScope { tenant, member: None, login: None, maintenance: true, async_commit: false }
     }
 
     /// See [`TenantScope::async_commit`].
@@ -69,8 +77,9 @@ impl TenantConn<'_> {
 
 fn enter_sql(scope: &TenantScope) -> String {
     let version = super::migrate::latest_tenant_version();
-    // Every interpolated value is an integer, a role from a fixed set, or a
-    // migration version made of digits; nothing here comes from a client.
+    // Every interpolated value is an integer, a role from a fixed set, a
+    // migration version made of digits, or a UUID as `Uuid` writes it (hex
+    // and dashes); nothing here is a client's text.
     debug_assert!(version.bytes().all(|b| b.is_ascii_digit()));
     let (user, role) = match scope.member {
         Some((u, r)) => {
@@ -81,8 +90,9 @@ fn enter_sql(scope: &TenantScope) -> String {
     };
     // Same round trip as BEGIN; transaction-local like the search path.
     let commit = if scope.async_commit { "; SET LOCAL synchronous_commit TO off" } else { "" };
+    let login = scope.login.map_or_else(|| "NULL".to_string(), |l| format!("'{}'", l.hyphenated()));
     format!(
-        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {}){commit}",
+        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {}, {login}::uuid){commit}",
         scope.tenant.0, version, user, role, scope.maintenance
     )
 }

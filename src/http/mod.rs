@@ -179,6 +179,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
         .configure(crate::web::routes)
         .service(
             web::scope("/api")
+                .wrap(actix_web::middleware::from_fn(crate::auth::extract::api_token_first))
                 .wrap(cors(config))
                 .configure(auth::routes)
                 .configure(tenants::routes)

@@ -215,7 +215,8 @@ impl WsSession {
     }
 
     fn scope(&self) -> TenantScope {
-        TenantScope::member(crate::ids::TenantId(self.tenant), crate::ids::UserId(self.user), self.role.as_str())
+        let (tenant, user) = (crate::ids::TenantId(self.tenant), crate::ids::UserId(self.user));
+        TenantScope::member(tenant, user, self.role.as_str(), &self.family)
     }
 
     /// Starts the session on an upgraded request: the actor's own frames
@@ -549,6 +550,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         let msg = match msg {
             Ok(m) => m,
             Err(ws::ProtocolError::Overflow) => return self.close(ctx, CloseCode::Size.into(), "message too large"),
+            Err(e) if not_utf8(&e) => return self.close(ctx, CloseCode::Invalid.into(), "text is not UTF-8"),
             Err(_) => return self.close(ctx, CloseCode::Protocol.into(), "protocol error"),
         };
         self.heartbeat = Instant::now();
@@ -567,6 +569,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Nop => {}
         }
     }
+}
+
+/// Whether a read failed because a whole text frame was not UTF-8, which
+/// RFC 6455 §7.4.1 answers with 1007, not 1002. actix-web-actors reports it
+/// only as an `Other` I/O error carrying `Utf8Error`'s words; a failed read
+/// of the connection itself never reaches the peer, whatever the code.
+fn not_utf8(e: &ws::ProtocolError) -> bool {
+    matches!(e, ws::ProtocolError::Io(io) if io.to_string().contains("utf-8"))
 }
 
 impl WsSession {

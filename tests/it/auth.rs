@@ -170,19 +170,36 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert_ne!(r1, r2);
     assert_eq!(me_status(&app, &token(&second.body, "access_token")).await.0, 200);
 
-    // r1 again: reuse. Refused, and r2 (same family) dies with it.
+    // r1 again: reuse. Refused, and r2 (same family) dies with it, and so
+    // do the family's access tokens, whoever holds them.
     let reuse = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r1}))).await;
     assert_eq!((reuse.status, reuse.body["error"]["code"].as_str()), (401, Some("refresh_token_reused")));
     let after = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r2}))).await;
     assert_eq!(after.status, 401);
+    for access in [token(&first, "access_token"), token(&second.body, "access_token")] {
+        assert_eq!(me_status(&app, &access).await, (401, "login_ended".to_string()));
+    }
 
-    // A fresh login is a new family; logout ends it.
+    // A fresh login is a new family; logout ends it, its access token at
+    // once (it cannot mint an API token to outlive it), and no other login.
     let third = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let fourth = app.login("ann@acme.test", "ann-password-1", "acme").await;
     let r3 = token(&third, "refresh_token");
+    assert_eq!(me_status(&app, &token(&third, "access_token")).await.0, 200);
     let out = app.call("POST", "/api/auth/logout", None, Some(json!({"refresh_token": r3}))).await;
     assert_eq!(out.status, 204);
     let after = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": r3}))).await;
     assert_eq!(after.status, 401);
+    assert_eq!(me_status(&app, &token(&third, "access_token")).await, (401, "login_ended".to_string()));
+    let minted =
+        app.call("POST", "/api/me/tokens", Some(&token(&third, "access_token")), Some(json!({"name": "after"}))).await;
+    assert_eq!((minted.status, minted.body["error"]["code"].as_str()), (401, Some("login_ended")));
+    let r = app.client.get(app.url("/api/me")).bearer_auth(token(&third, "access_token")).send().await.expect("send");
+    let challenge = r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="switchboard", error="invalid_token""#));
+    assert_eq!(me_status(&app, &token(&fourth, "access_token")).await.0, 200, "another login carries on");
+    let tokens = app.count("SELECT count(*) AS n FROM public.api_tokens");
+    assert_eq!(tokens, 0, "nothing minted by an ended login");
     let junk = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": "nope"}))).await;
     assert_eq!(junk.status, 401);
 }

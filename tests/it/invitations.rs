@@ -259,6 +259,10 @@ async fn an_invited_person_sets_their_password_and_joins_once() {
     assert_eq!(code(&look(&app, &for_eve).await), (403, "tenant_suspended"));
     assert_eq!(code(&accept(&app, &for_eve, "eve-password-1", "Eve").await), (403, "tenant_suspended"));
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
+    // The suspension ended every login: al and ann sign in again.
+    assert_eq!(code(&invite(&app, &al, "zed@acme.test", "agent").await), (401, "login_ended"));
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let ann = token(&app.login("ann@acme.test", "ann-password-1", "acme").await, "access_token");
 
     // Two people racing with one link: one account, one member.
     let (a, b) = tokio::join!(

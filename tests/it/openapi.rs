@@ -1130,6 +1130,226 @@ async fn an_agent_reads_and_changes_nothing_of_channels_not_theirs() {
     assert!(changed.is_empty(), "the agent changed what is not theirs:\n{}", changed.join("\n"));
 }
 
+/// The documented operations that need a credential (all but those the
+/// document marks `security: []`): method, template and a body for those
+/// that take one (the first `bodies` gives, those taken as they are first).
+fn guarded(doc: &Value, ids: &Ids) -> Vec<(String, String, Value)> {
+    let (bases, _) = bodies(doc, ids);
+    let mut out = Vec::new();
+    for (template, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().into_iter().flatten() {
+            if op.get("security").and_then(Value::as_array).is_some_and(|s| s.is_empty()) || !op.is_object() {
+                continue;
+            }
+            let method = method.to_uppercase();
+            let body = bases
+                .iter()
+                .find(|(m, t, _)| *m == method && t == template)
+                .map(|(_, _, body)| body.clone())
+                .unwrap_or(Value::Null);
+            out.push((method, template.clone(), body));
+        }
+    }
+    out
+}
+
+/// Refreshes `refresh`'s login: the new access and refresh tokens.
+async fn refreshed(app: &TestApp, refresh: &str) -> crate::common::Resp {
+    app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": refresh}))).await
+}
+
+/// Every operation the document does not mark public, asked with a
+/// credential that does not hold, is refused with 401 in the JSON error
+/// shape, naming its scheme (RFC 7235) (or, where the database says it no
+/// longer holds, as the handler refuses first on its own: a role, a body),
+/// and changes nothing of the tenant:
+/// no credential, one that is not a token, a token signed with another
+/// key, unsigned (`alg: none`), expired, or naming a tenant its person is
+/// not a member of; a refresh token, a socket ticket or an invitation's
+/// token in an access token's place; and the access tokens of logins that
+/// ended (logged out, signed out from another device, a password changed
+/// elsewhere, a refresh token used twice), of a member removed, of an
+/// admin since made an agent, and a revoked API token. Then the tenant is
+/// suspended: its owner's live token gets 403 `tenant_suspended`
+/// everywhere, and still nothing changes.
+#[actix_web::test]
+async fn every_guarded_operation_refuses_a_credential_that_does_not_hold() {
+    use switchboard::auth::jwt::{Claims, JwtKeys, AUDIENCE, ISSUER};
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let operations = guarded(&doc, &ids);
+    assert!(operations.len() >= 100, "only {} guarded operations documented", operations.len());
+    let me = app.call("GET", "/api/me", Some(&admin), None).await.body;
+    let (owner_id, acme_key) = (me["user"]["id"].clone(), me["tenant"]["id"].clone());
+    let beta = app.signup("beta", "beth@beta.test", "beth-password-1").await;
+
+    // Tokens no server of ours signed, or signed for something else.
+    let keys = JwtKeys::new(crate::common::JWT_SECRET.as_bytes());
+    let now = chrono::Utc::now().timestamp();
+    let claims = |tenant: &Value| Claims {
+        sub: owner_id.as_str().expect("id").into(),
+        tid: tenant.as_str().expect("id").into(),
+        ten: "acme".into(),
+        role: switchboard::auth::Role::Owner,
+        fam: uuid::Uuid::new_v4().to_string(),
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        iat: now,
+        nbf: now,
+        exp: now + 600,
+        jti: "j".into(),
+    };
+    let expired = Claims { iat: now - 1000, nbf: now - 1000, exp: now - 120, ..claims(&acme_key) };
+    let unsigned = {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        let payload = serde_json::to_vec(&claims(&acme_key)).expect("json");
+        format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(payload))
+    };
+    let mut credentials: Vec<(&str, Option<String>)> = vec![
+        ("none", None),
+        ("not a token", Some("not-a-token".into())),
+        ("signed with another key", Some(JwtKeys::new(&[7u8; 40]).sign(&claims(&acme_key)).expect("sign"))),
+        ("unsigned", Some(unsigned)),
+        ("expired", Some(keys.sign(&expired).expect("sign"))),
+        ("for a tenant not theirs", Some(keys.sign(&claims(&beta["tenant"]["id"])).expect("sign"))),
+    ];
+
+    // Other credentials in an access token's place.
+    let login = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    credentials.push(("a refresh token", Some(token(&login, "refresh_token"))));
+    let ticket = app.call("POST", "/api/ws-ticket", Some(&admin), None).await;
+    credentials.push(("a socket ticket", Some(token(&ticket.body, "ticket"))));
+    let invited =
+        app.call("POST", "/api/invitations", Some(&admin), Some(json!({"email": "ivy@acme.test", "role": "agent"})));
+    credentials.push(("an invitation", Some(token(&invited.await.body, "token"))));
+
+    // Logins that ended, and members no longer what their token says.
+    let out = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let r = app.call("POST", "/api/auth/logout", None, Some(json!({"refresh_token": token(&out, "refresh_token")})));
+    assert_eq!(r.await.status, 204);
+    credentials.push(("a login logged out", Some(token(&out, "access_token"))));
+    let elsewhere = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let r = app.call("DELETE", "/api/me/logins", Some(&admin), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    credentials.push(("a login signed out from elsewhere", Some(token(&elsewhere, "access_token"))));
+    let reused = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let first = refreshed(&app, &token(&reused, "refresh_token")).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(refreshed(&app, &token(&reused, "refresh_token")).await.status, 401, "a refresh token used twice");
+    credentials.push(("a login whose refresh token was used twice", Some(token(&first.body, "access_token"))));
+    for (email, password) in [("pat@acme.test", "pat-password-12"), ("rex@acme.test", "rex-password-12")] {
+        let r = member(&app, &admin, email, "admin", password).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let pat = app.login("pat@acme.test", "pat-password-12", "acme").await;
+    let pat_too = app.login("pat@acme.test", "pat-password-12", "acme").await;
+    let change = json!({"current_password": "pat-password-12", "new_password": "pat-password-13"});
+    let r = app.call("PATCH", "/api/me", Some(&token(&pat, "access_token")), Some(change)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    credentials.push(("a login whose password was changed elsewhere", Some(token(&pat_too, "access_token"))));
+    let rex = app.login("rex@acme.test", "rex-password-12", "acme").await;
+    let rex_id = app.call("GET", "/api/me", Some(&token(&rex, "access_token")), None).await.body["user"]["id"].clone();
+    let demoted = format!("/api/members/{}", rex_id.as_str().expect("id"));
+    let r = app.call("PATCH", &demoted, Some(&admin), Some(json!({"role": "agent"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    credentials.push(("an admin since made an agent", Some(token(&rex, "access_token"))));
+    let pat_id = app.call("GET", "/api/me", Some(&token(&pat, "access_token")), None).await.body["user"]["id"].clone();
+    let r = app.call("DELETE", &format!("/api/members/{}", pat_id.as_str().expect("id")), Some(&admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    credentials.push(("a member removed", Some(token(&pat, "access_token"))));
+    let made = app.call("POST", "/api/me/tokens", Some(&admin), Some(json!({"name": "CRM"}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let gone = format!("/api/me/tokens/{}", made.body["id"].as_str().expect("id"));
+    assert_eq!(app.call("DELETE", &gone, Some(&admin), None).await.status, 204);
+    credentials.push(("a revoked API token", Some(token(&made.body, "token"))));
+
+    settled(&app).await;
+    let acme_id = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    let before = idle(&app, acme_id).await;
+    let ask = |method: &str, template: &str, body: &Value, credential: Option<&str>| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut ask = app.client.request(m, app.url(&ids.path_of(template)));
+        if let Some(c) = credential {
+            ask = ask.bearer_auth(c);
+        }
+        if body.is_null() {
+            ask
+        } else {
+            ask.json(body)
+        }
+    };
+    // A credential that is no token of ours is refused before anything
+    // else. One well signed whose login, membership or role the database
+    // no longer backs is refused where the request enters the tenant (the
+    // guard): a request the handler refuses first on its own (a role, a
+    // body) is refused as such, and nothing else gets past.
+    let in_the_guard = [
+        "for a tenant not theirs",
+        "a login logged out",
+        "a login signed out from elsewhere",
+        "a login whose refresh token was used twice",
+        "a login whose password was changed elsewhere",
+        "an admin since made an agent",
+        "a member removed",
+    ];
+    let own_refusal = |status: u16, code: &str| matches!((status, code), (403, "forbidden") | (400 | 422, _));
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (what, credential) in &credentials {
+        let mut told = 0;
+        for (method, template, body) in &operations {
+            let named = format!("{method} {template} with {what}");
+            let res = ask(method, template, body, credential.as_deref()).send().await;
+            let Ok(res) = res.map_err(|e| wrong.push(format!("{named}: no answer ({e})"))) else { continue };
+            tried += 1;
+            let status = res.status().as_u16();
+            let scheme = res.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let scheme = scheme.starts_with("Bearer ");
+            let text = res.text().await.unwrap_or_default();
+            let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v.pointer("/error/code").cloned());
+            let code = code.as_ref().and_then(Value::as_str).unwrap_or_default();
+            told += usize::from(status == 401);
+            let refused = (status == 401 && scheme) || (in_the_guard.contains(what) && own_refusal(status, code));
+            if !refused {
+                wrong.push(format!("{named}: {status} {}", text.chars().take(200).collect::<String>()));
+            }
+            wrong.extend(breach(named, status, &text));
+        }
+        // The guard is reached: most operations are refused by it.
+        if told * 10 < operations.len() * 7 {
+            wrong.push(format!("{what}: only {told} of {} answered 401", operations.len()));
+        }
+    }
+    let after = holdings(&app, "tenant_acme", acme_id);
+    // The owner's own token, still live, once the tenant is suspended.
+    let mut conn = app.db.conn();
+    switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
+        .expect("suspend");
+    let suspended = holdings(&app, "tenant_acme", acme_id);
+    for (method, template, body) in &operations {
+        let named = format!("{method} {template} in a suspended tenant");
+        let res = ask(method, template, body, Some(&admin)).send().await;
+        let Ok(res) = res.map_err(|e| wrong.push(format!("{named}: no answer ({e})"))) else { continue };
+        tried += 1;
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v.pointer("/error/code").cloned());
+        let code = code.as_ref().and_then(Value::as_str).unwrap_or_default();
+        let operators = template.starts_with("/api/operator/") && status == 401;
+        let suspended_said = status == 403 && code == "tenant_suspended";
+        if !(suspended_said || own_refusal(status, code) || operators) {
+            wrong.push(format!("{named}: {status} {}", text.chars().take(200).collect::<String>()));
+        }
+        wrong.extend(breach(named, status, &text));
+    }
+    assert!(tried >= operations.len() * (credentials.len() + 1), "only {tried} requests answered");
+    assert!(wrong.is_empty(), "{} of {tried} answers let a credential through:\n{}", wrong.len(), wrong.join("\n"));
+    let changed = changes(&before, &after);
+    assert!(changed.is_empty(), "credentials that do not hold changed the tenant:\n{}", changed.join("\n"));
+    let changed = changes(&suspended, &holdings(&app, "tenant_acme", acme_id));
+    assert!(changed.is_empty(), "a suspended tenant's owner changed it:\n{}", changed.join("\n"));
+}
+
 /// Every documented list, walked one item a page by its `next_cursor`
 /// given back as `?cursor=`, gives exactly what one page of 200 gives:
 /// each item once, none left out (a cursor over a key the list is not

@@ -155,6 +155,14 @@ async fn refused_upgrades() {
         two.as_ref().map(|r| r.0.status())
     );
     assert_eq!(ws(&app, "?since=abc", Some(&t.admin), None).await.err(), Some(400));
+    // A login logged out: neither its access token nor a ticket it got
+    // before opens a socket.
+    let out = app.login("ann@acme.test", "ann-password-1", "acme").await;
+    let held = ticket(&app, &token(&out, "access_token")).await;
+    let r = app.call("POST", "/api/auth/logout", None, Some(json!({"refresh_token": token(&out, "refresh_token")})));
+    assert_eq!(r.await.status, 204);
+    assert_eq!(ws(&app, "", Some(&token(&out, "access_token")), None).await.err(), Some(401), "logged out");
+    assert_eq!(ws(&app, &format!("?ticket={held}"), None, None).await.err(), Some(401), "its ticket");
     // A plain request, credential and all: 400, and no socket; without a
     // credential 401 as for an upgrade.
     let plain = app.call("GET", "/ws", Some(&t.admin), None).await;

@@ -112,14 +112,20 @@ impl RawClient {
         }
     }
 
-    /// Sends a close frame with `code`, masked as a client must.
+    /// Sends a close frame with `code`.
     async fn send_close(&mut self, code: u16) {
+        self.send_frame(0x88, &code.to_be_bytes()).await;
+    }
+
+    /// Sends one frame, its first byte (FIN and opcode) as given and its
+    /// payload (under 126 bytes) masked as a client must.
+    async fn send_frame(&mut self, first: u8, payload: &[u8]) {
+        assert!(payload.len() < 126, "a short frame");
         let mask = [0x1f, 0x2e, 0x3d, 0x4c];
-        let payload = code.to_be_bytes();
-        let mut frame = vec![0x88, 0x80 | payload.len() as u8];
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await.expect("close frame");
+        self.tcp.write_all(&frame).await.expect("frame");
     }
 
     /// Whether the server ends the stream (EOF or reset) within `wait`,
@@ -234,4 +240,45 @@ async fn a_connection_whose_client_stopped_reading_is_let_go() {
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
     drop(stalled);
+}
+
+/// RFC 6455 §7.4.1: text that is not UTF-8 is answered with 1007, whether
+/// it came in one frame or in fragments; any other malformed frame (here a
+/// continuation with nothing to continue) with 1002. Libraries such as awc
+/// cannot send such text, so these frames are written by hand.
+#[actix_web::test]
+async fn text_that_is_not_utf8_is_closed_with_1007() {
+    let app = spawn_app().await;
+    let admin = owner_token(&app).await;
+    let not_utf8: &[u8] = b"{\"type\": \"ping\", \"note\": \"\xff\xfe\"}";
+    let cut_mid_character = "{\"type\": \"ping\", \"note\": \"ol\u{e1}\"}".as_bytes();
+    // What is sent, as frames (first byte, payload), and the code it gets.
+    type Frames<'a> = Vec<(u8, &'a [u8])>;
+    let cases: [(&str, Frames, u16); 4] = [
+        ("one frame", vec![(0x81, not_utf8)], 1007),
+        ("fragments", vec![(0x01, &not_utf8[..5]), (0x80, &not_utf8[5..])], 1007),
+        ("a character cut short at the end", vec![(0x81, &cut_mid_character[..cut_mid_character.len() - 3])], 1007),
+        ("a continuation of nothing", vec![(0x80, b"{}")], 1002),
+    ];
+    for (what, frames, code) in cases {
+        let mut client = RawClient::connect(&app.base, &admin, None).await;
+        client.frame(Duration::from_secs(5)).await.expect("hello");
+        for (first, payload) in frames {
+            client.send_frame(first, payload).await;
+        }
+        assert_eq!(client.until_close(Duration::from_secs(5)).await, code, "{what}");
+    }
+    // Text cut mid-character across fragments is read whole, and answered.
+    let mut client = RawClient::connect(&app.base, &admin, None).await;
+    client.frame(Duration::from_secs(5)).await.expect("hello");
+    let cut = cut_mid_character.len() - 3;
+    client.send_frame(0x01, &cut_mid_character[..cut]).await;
+    client.send_frame(0x80, &cut_mid_character[cut..]).await;
+    loop {
+        let f = client.frame(Duration::from_secs(5)).await.expect("an answer");
+        assert_ne!(f.opcode, 0x8, "closed: {:?}", f.payload);
+        if String::from_utf8_lossy(&f.payload).contains("\"pong\"") {
+            break;
+        }
+    }
 }
