@@ -1350,6 +1350,56 @@ async fn every_guarded_operation_refuses_a_credential_that_does_not_hold() {
     assert!(changed.is_empty(), "a suspended tenant's owner changed it:\n{}", changed.join("\n"));
 }
 
+/// What an answer shows, to compare two: its status and, for JSON, its
+/// keys and how many items a list holds.
+fn outline(status: u16, text: &str) -> String {
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let keys: Vec<&String> = value.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    let items = value["items"].as_array().map(Vec::len);
+    let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or_default();
+    format!("{status} {code} {keys:?} items {items:?}")
+}
+
+/// A member's API token acts as its member: every documented read (as it
+/// is, searched, and a long page) answers the same with the admin's API
+/// token as with their access token, the same status and the same shape,
+/// lists as long; the one thing it may not do is make tokens.
+#[actix_web::test]
+async fn an_api_token_reads_what_its_member_reads() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    write_each_once(&app, &admin, &doc, &ids).await;
+    settled(&app).await;
+    let made = app.call("POST", "/api/me/tokens", Some(&admin), Some(json!({"name": "CRM"}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let api_token = token(&made.body, "token");
+    let mut wrong = Vec::new();
+    let mut compared = 0;
+    for (method, template, _) in guarded(&doc, &ids) {
+        if method != "GET" {
+            continue;
+        }
+        let path = ids.path_of(&template);
+        for query in ["", "?q=o", "?limit=200"] {
+            let mut seen = Vec::new();
+            for credential in [&admin, &api_token] {
+                let res = app.client.get(app.url(&format!("{path}{query}"))).bearer_auth(credential).send().await;
+                let (status, text) = match res {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                seen.push(outline(status, &text));
+            }
+            compared += 1;
+            if seen[0] != seen[1] {
+                wrong.push(format!("GET {path}{query}: access token {}, API token {}", seen[0], seen[1]));
+            }
+        }
+    }
+    assert!(compared >= 100, "only {compared} reads compared");
+    assert!(wrong.is_empty(), "{} of {compared} reads differ:\n{}", wrong.len(), wrong.join("\n"));
+}
+
 /// Every documented list, walked one item a page by its `next_cursor`
 /// given back as `?cursor=`, gives exactly what one page of 200 gives:
 /// each item once, none left out (a cursor over a key the list is not
