@@ -1527,9 +1527,75 @@ fn disagreements(shown: &Value, there: &Value, at: &str, out: &mut Vec<String>) 
                 }
             }
         }
-        (a, b) if a != b => out.push(format!("{at}: the list shows {a}, its page {b}")),
+        (a, b) if a != b => out.push(format!("{at}: one shows {a}, its page {b}")),
         _ => {}
     }
+}
+
+/// What a write answers of the thing it made or changed, the thing's own
+/// page then shows alike: every field both have is the same (an answer
+/// built before the last change, or from what the client sent, drifts).
+/// Each documented write is sent once, as the admin; a taken one that
+/// answers an object with an id is compared with its page, or the list
+/// it is in.
+#[actix_web::test]
+async fn what_a_write_answers_its_page_then_shows() {
+    let app = spawn_app().await;
+    let Shop { doc, admin, ids, .. } = shop(&app).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    let readable = |template: &str| paths.get(template).and_then(|ops| ops.get("get")).is_some();
+    let (mut writes, _) = bodies(&doc, &ids);
+    let mut bodiless = bodiless(&doc);
+    bodiless.sort_by_key(|(method, _, _)| method == "DELETE");
+    writes.extend(bodiless);
+    let mut compared = 0;
+    let mut wrong = Vec::new();
+    for (method, template, body) in &writes {
+        let path = ids.path_of(template);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let ask = app.client.request(m, app.url(&path)).bearer_auth(&admin);
+        let Ok(res) = (if body.is_null() { ask } else { ask.json(body) }).send().await else { continue };
+        let status = res.status().as_u16();
+        let answer: Value = res.json().await.unwrap_or(Value::Null);
+        let Some(id) = answer["id"].as_str().filter(|_| (200..300).contains(&status)) else { continue };
+        // Its own page; else the list it is in.
+        let parent = |t: &str| t.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+        let (page, listed) = if method != "POST" && template.ends_with('}') && readable(template) {
+            (path.clone(), false)
+        } else if method == "POST" && readable(&format!("{template}/{{id}}")) {
+            (format!("{path}/{id}"), false)
+        } else if method != "POST" && !template.ends_with('}') && readable(&parent(template)) {
+            (parent(&path), false)
+        } else if method == "POST" && readable(template) {
+            (path.clone(), true)
+        } else if template.ends_with('}') && readable(&parent(template)) {
+            (parent(&path), true)
+        } else {
+            continue;
+        };
+        let asked = if listed { format!("{page}?limit=200") } else { page.clone() };
+        let own = app.call("GET", &asked, Some(&admin), None).await;
+        let there = if listed {
+            let items = own.body["items"].as_array().cloned().unwrap_or_default();
+            items.into_iter().find(|item| item["id"] == answer["id"]).unwrap_or(Value::Null)
+        } else {
+            own.body.clone()
+        };
+        if own.status != 200 || there.is_null() {
+            wrong.push(format!("{method} {template} answered {id}; GET {asked}: {} {}", own.status, own.body));
+            continue;
+        }
+        compared += 1;
+        let mut differ = Vec::new();
+        disagreements(&answer, &there, &format!("{method} {template} then GET {asked}"), &mut differ);
+        // A reply goes out after its answer (202, pending), and its
+        // receipts come after: its status moves on while the page is asked
+        // for.
+        differ.retain(|d| !d.contains(".status: one shows \"pending\"") && !d.contains(".last_message.status:"));
+        wrong.extend(differ);
+    }
+    assert!(compared >= 15, "only {compared} writes compared");
+    assert!(wrong.is_empty(), "{} differences:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 /// What a list shows of each item, the item's own page shows alike: every
