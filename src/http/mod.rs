@@ -180,6 +180,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
         .service(
             web::scope("/api")
                 .wrap(actix_web::middleware::from_fn(crate::auth::extract::api_token_first))
+                // Answers hold tokens and customers' words: no cache keeps
+                // them (RFC 6749 §5.1 asks it of token answers), but where a
+                // handler says otherwise (an attachment, private and stable).
+                .wrap(actix_web::middleware::DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
                 .wrap(cors(config))
                 .configure(auth::routes)
                 .configure(tenants::routes)

@@ -43,6 +43,18 @@ async fn login_me_and_forged_or_stale_tokens() {
 
     let me = app.call("GET", "/api/me", Some(&access), None).await;
     assert_eq!(me.status, 200);
+    // No cache keeps a token, or what a member reads (RFC 6749 §5.1), nor an error.
+    let login = json!({"email": "ann@acme.test", "password": "ann-password-1", "tenant": "acme"});
+    for ask in [
+        app.client.post(app.url("/api/auth/login")).json(&login),
+        app.client.get(app.url("/api/me")).bearer_auth(&access),
+        app.client.get(app.url("/api/me")),
+        app.client.get(app.url("/api/nothing-here")),
+    ] {
+        let res = ask.send().await.expect("send");
+        let cache = res.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(cache.as_deref(), Some("no-store"), "{}", res.url());
+    }
     assert_eq!(me.body["user"]["email"], "ann@acme.test");
     assert_eq!(me.body["memberships"][0]["tenant"]["slug"], "acme");
     let user_id = me.body["user"]["id"].as_str().expect("id").to_string();

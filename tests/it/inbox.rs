@@ -4174,6 +4174,9 @@ async fn an_agent_sends_files_as_each_platform_takes_them() {
     let res = file.send().await.expect("get");
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+    // A file a browser may keep for itself; the API's other answers no cache keeps.
+    let kept = res.headers().get_all("cache-control").iter().map(|v| v.to_str().unwrap_or_default().to_string());
+    assert_eq!(kept.collect::<Vec<_>>(), ["private, max-age=3600"]);
     assert_eq!(res.bytes().await.expect("bytes").to_vec(), png);
     // The echo (matched by its metadata) is the same message, not another.
     let outgoing: Vec<Value> =
