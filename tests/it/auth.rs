@@ -11,7 +11,8 @@ use switchboard::config::Signup;
 
 use crate::common::{spawn_app, spawn_app_with, token, TestApp, ALLOWED_ORIGIN, JWT_SECRET, OPERATOR_TOKEN};
 
-fn claims(user: &str, tenant: &str) -> Claims {
+/// An owner's claims for `user` in `tenant`, live for ten minutes.
+pub(crate) fn claims(user: &str, tenant: &str) -> Claims {
     let now = chrono::Utc::now().timestamp();
     Claims {
         sub: user.into(),

@@ -1174,7 +1174,7 @@ async fn refreshed(app: &TestApp, refresh: &str) -> crate::common::Resp {
 /// everywhere, and still nothing changes.
 #[actix_web::test]
 async fn every_guarded_operation_refuses_a_credential_that_does_not_hold() {
-    use switchboard::auth::jwt::{Claims, JwtKeys, AUDIENCE, ISSUER};
+    use switchboard::auth::jwt::{Claims, JwtKeys};
     let app = spawn_app().await;
     let Shop { doc, admin, ids, .. } = shop(&app).await;
     let operations = guarded(&doc, &ids);
@@ -1186,19 +1186,7 @@ async fn every_guarded_operation_refuses_a_credential_that_does_not_hold() {
     // Tokens no server of ours signed, or signed for something else.
     let keys = JwtKeys::new(crate::common::JWT_SECRET.as_bytes());
     let now = chrono::Utc::now().timestamp();
-    let claims = |tenant: &Value| Claims {
-        sub: owner_id.as_str().expect("id").into(),
-        tid: tenant.as_str().expect("id").into(),
-        ten: "acme".into(),
-        role: switchboard::auth::Role::Owner,
-        fam: uuid::Uuid::new_v4().to_string(),
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        iat: now,
-        nbf: now,
-        exp: now + 600,
-        jti: "j".into(),
-    };
+    let claims = |tenant: &Value| crate::auth::claims(owner_id.as_str().expect("id"), tenant.as_str().expect("id"));
     let expired = Claims { iat: now - 1000, nbf: now - 1000, exp: now - 120, ..claims(&acme_key) };
     let unsigned = {
         use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
