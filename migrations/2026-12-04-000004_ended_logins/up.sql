@@ -1,22 +1,41 @@
 -- A login ended (logout, "sign out everywhere", a password change, a
--- refresh token reused) stops its access tokens at once, not after their
--- 15 minutes: the tenant guard, which every member's request already
--- passes, also refuses a login whose refresh-token family was revoked.
--- The five-argument guard stays for a binary of the previous release
--- still running during an upgrade.
+-- refresh token reused, a suspension) stops its access tokens at once,
+-- not after their 15 minutes: the tenant guard, which every member's
+-- request already passes, also refuses a login whose refresh-token family
+-- was revoked. Work without a login (webhooks, workers, API tokens) keeps
+-- calling the five-argument guard, which also stays for a binary of the
+-- previous release still running during an upgrade.
 CREATE INDEX refresh_tokens_ended_family_idx ON public.refresh_tokens (family_id)
     WHERE revoked_at IS NOT NULL;
 
 CREATE FUNCTION public.sb_enter_tenant(p_tenant BIGINT, p_min_version TEXT, p_user BIGINT, p_role TEXT,
                                        p_allow_suspended BOOLEAN, p_login UUID)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t public.tenants%ROWTYPE;
+    m_role TEXT;
 BEGIN
-    PERFORM public.sb_enter_tenant(p_tenant, p_min_version, p_user, p_role, p_allow_suspended);
+    SELECT * INTO t FROM public.tenants WHERE id = p_tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'switchboard:tenant_not_found';
+    END IF;
+    IF t.status <> 'active' AND NOT p_allow_suspended THEN
+        RAISE EXCEPTION 'switchboard:tenant_suspended';
+    END IF;
+    IF t.schema_version IS NULL OR t.schema_version < p_min_version THEN
+        RAISE EXCEPTION 'switchboard:tenant_not_ready';
+    END IF;
+    IF p_user IS NOT NULL THEN
+        SELECT role INTO m_role FROM public.memberships WHERE user_id = p_user AND tenant_id = p_tenant;
+        IF m_role IS DISTINCT FROM p_role THEN
+            RAISE EXCEPTION 'switchboard:membership_changed';
+        END IF;
+    END IF;
     IF p_login IS NOT NULL AND EXISTS (
-        SELECT 1 FROM public.refresh_tokens
-        WHERE family_id = p_login::text AND revoked_at IS NOT NULL
+        SELECT 1 FROM public.refresh_tokens WHERE family_id = p_login::text AND revoked_at IS NOT NULL
     ) THEN
         RAISE EXCEPTION 'switchboard:login_ended';
     END IF;
+    PERFORM pg_catalog.set_config('search_path', pg_catalog.quote_ident(t.schema_name) || ', public', true);
 END
 $$;

@@ -90,9 +90,11 @@ fn enter_sql(scope: &TenantScope) -> String {
     };
     // Same round trip as BEGIN; transaction-local like the search path.
     let commit = if scope.async_commit { "; SET LOCAL synchronous_commit TO off" } else { "" };
-    let login = scope.login.map_or_else(|| "NULL".to_string(), |l| format!("'{}'", l.hyphenated()));
+    // Work without a login (webhooks, workers, API tokens) calls the guard
+    // that checks none.
+    let login = scope.login.map_or_else(String::new, |l| format!(", '{}'::uuid", l.hyphenated()));
     format!(
-        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {}, {login}::uuid){commit}",
+        "BEGIN; SELECT public.sb_enter_tenant({}, '{}', {}, {}, {}{login}){commit}",
         scope.tenant.0, version, user, role, scope.maintenance
     )
 }
@@ -158,4 +160,25 @@ pub fn current_search_path(conn: &mut PgConnection) -> Result<String, DbError> {
         conn,
     )?;
     Ok(row.search_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_login_is_checked_for_its_end() {
+        let (tenant, user) = (TenantId(7), UserId(9));
+        let login = "0b6f2a9e-3c1d-4e5f-8a7b-9c0d1e2f3a4b";
+        let system = enter_sql(&TenantScope::system(tenant));
+        assert!(system.contains("sb_enter_tenant(7, '") && system.ends_with(", NULL, NULL, false)"), "{system}");
+        let member = enter_sql(&TenantScope::member(tenant, user, "agent", login));
+        assert!(member.ends_with(&format!(", 9, 'agent', false, '{login}'::uuid)")), "{member}");
+        // An API token's family is no login: it is checked where it is looked up.
+        let token = enter_sql(&TenantScope::member(tenant, user, "agent", "api-token:3"));
+        assert!(token.ends_with(", 9, 'agent', false)"), "{token}");
+        // Nothing but a UUID is written into the statement.
+        let odd = enter_sql(&TenantScope::member(tenant, user, "agent", "x'); DROP TABLE t; --"));
+        assert!(!odd.contains("DROP"), "{odd}");
+    }
 }
