@@ -221,7 +221,7 @@ impl From<DbError> for AppError {
             }
             DbError::LoginEnded => AppError::unauthorized(
                 "login_ended",
-                "this login was ended (signed out, or its password changed); log in again",
+                "this login has ended (signed out, a new password, a refresh token used twice, or a suspension); log in again",
             ),
             other => AppError::internal(other),
         }

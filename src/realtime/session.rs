@@ -559,6 +559,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Pong(_) => {}
             ws::Message::Text(text) => self.client_text(&text, ctx),
             ws::Message::Binary(_) => ctx.text(error_frame("invalid_message", "send JSON text frames")),
+            // A code no endpoint may send (RFC 6455 §7.4: 1005, 1006, 1015,
+            // unassigned ones) is a protocol error, not one to echo.
+            ws::Message::Close(Some(reason)) if !close_code_sendable(reason.code.into()) => {
+                self.close(ctx, CloseCode::Protocol.into(), "invalid close code")
+            }
             ws::Message::Close(reason) => {
                 // Nothing may follow the answering close frame.
                 self.outbox.close();
@@ -569,6 +574,13 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Nop => {}
         }
     }
+}
+
+/// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and IANA's
+/// registry: the standard codes an endpoint sends, and those left to
+/// libraries and applications).
+fn close_code_sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Whether a read failed because a whole text frame was not UTF-8, which

@@ -282,3 +282,20 @@ async fn text_that_is_not_utf8_is_closed_with_1007() {
         }
     }
 }
+
+/// RFC 6455 §7.4: a close frame's code is echoed when an endpoint may send
+/// it; one it may not (1005, 1006 and 1015 are never sent, others are
+/// unassigned) is a protocol error, answered with 1002.
+#[actix_web::test]
+async fn a_close_code_no_endpoint_may_send_is_answered_with_1002() {
+    let app = spawn_app().await;
+    let admin = owner_token(&app).await;
+    for (sent, answered) in
+        [(1000, 1000), (1001, 1001), (4000, 4000), (3999, 3999), (1005, 1002), (1006, 1002), (999, 1002), (5000, 1002)]
+    {
+        let mut client = RawClient::connect(&app.base, &admin, None).await;
+        client.frame(Duration::from_secs(5)).await.expect("hello");
+        client.send_close(sent).await;
+        assert_eq!(client.until_close(Duration::from_secs(5)).await, answered, "a close with {sent}");
+    }
+}
