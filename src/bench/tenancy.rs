@@ -121,13 +121,15 @@ fn switch_overhead(pool: &PgPool) -> anyhow::Result<()> {
         c.transaction(|c| c.batch_execute(query))?;
         Ok(())
     })?;
-    let tenant_tx = time(&mut conn, &|c| {
-        with_tenant(c, &TenantScope::system(tenant), |tc| -> Result<(), AppError> {
+    // One query in a tenant unit of work entered as `scope`.
+    let in_tenant = |c: &mut PgConnection, scope: &TenantScope| -> anyhow::Result<()> {
+        with_tenant(c, scope, |tc| -> Result<(), AppError> {
             tc.pg().batch_execute("SELECT count(*) FROM audit_log")?;
             Ok(())
         })?;
         Ok(())
-    })?;
+    };
+    let tenant_tx = time(&mut conn, &|c| in_tenant(c, &TenantScope::system(tenant)))?;
     // A member's request also has the guard check their role and that
     // their login was not ended (a live login: the probe finds nothing).
     let owner = crate::db::schema::memberships::table
@@ -140,13 +142,7 @@ fn switch_overhead(pool: &PgPool) -> anyhow::Result<()> {
         Some((tenant, user)) => {
             let login = uuid::Uuid::new_v4().to_string();
             let scope = TenantScope::member(crate::ids::TenantId(tenant), crate::ids::UserId(user), "owner", &login);
-            Some(time(&mut conn, &|c| {
-                with_tenant(c, &scope, |tc| -> Result<(), AppError> {
-                    tc.pg().batch_execute("SELECT count(*) FROM audit_log")?;
-                    Ok(())
-                })?;
-                Ok(())
-            })?)
+            Some(time(&mut conn, &|c| in_tenant(c, &scope))?)
         }
         None => None,
     };
