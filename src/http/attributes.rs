@@ -10,10 +10,8 @@ use crate::error::AppResult;
 use crate::inbox::attributes::{self, DefinitionChange, NewDefinition};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/contact-attributes").route(web::get().to(list)).route(web::post().to(create)))
-        .service(
-            super::resource("/contact-attributes/{key}").route(web::patch().to(update)).route(web::delete().to(delete)),
-        );
+    cfg.service(super::resource("/contact-attributes").get(list).post(create))
+        .service(super::resource("/contact-attributes/{key}").patch(update).delete(delete));
 }
 
 /// `GET /api/contact-attributes` (every member): all of them, oldest first.

@@ -9,7 +9,7 @@ use crate::auth::{AuthContext, Role};
 use crate::error::AppResult;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/audit-log").route(web::get().to(list)));
+    cfg.service(resource("/audit-log").get(list));
 }
 
 async fn list(state: web::Data<AppState>, auth: AuthContext, q: web::Query<PageQuery>) -> AppResult<HttpResponse> {

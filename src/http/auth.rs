@@ -16,27 +16,25 @@ use crate::db::TenantScope;
 use crate::error::{AppError, AppResult, ErrorKind};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/auth/login").route(web::post().to(login)))
-        .service(super::resource("/auth/refresh").route(web::post().to(refresh)))
-        .service(super::resource("/auth/logout").route(web::post().to(logout)))
-        .service(super::resource("/auth/mfa-setup").route(web::post().to(mfa_setup)))
-        .service(super::resource("/auth/mfa-setup/confirm").route(web::post().to(mfa_setup_confirm)))
-        .service(super::resource("/auth/invitation").route(web::post().to(invitation)))
-        .service(super::resource("/auth/invitation/accept").route(web::post().to(accept_invitation)))
-        .service(super::resource("/auth/password-reset").route(web::post().to(password_reset)))
-        .service(super::resource("/auth/password-reset/confirm").route(web::post().to(password_reset_confirm)))
-        .service(super::resource("/me").route(web::get().to(me)).route(web::patch().to(change_me)))
-        .service(super::resource("/me/mfa").route(web::post().to(mfa_enroll)).route(web::delete().to(mfa_disable)))
-        .service(super::resource("/me/mfa/confirm").route(web::post().to(mfa_confirm)))
-        .service(super::resource("/me/mfa/recovery-codes").route(web::post().to(mfa_recovery_codes)))
-        .service(
-            super::resource("/me/logins").route(web::get().to(my_logins)).route(web::delete().to(end_other_logins)),
-        )
-        .service(super::resource("/me/logins/{id}").route(web::delete().to(end_login)))
-        .service(super::resource("/me/tokens").route(web::get().to(my_tokens)).route(web::post().to(create_token)))
-        .service(super::resource("/me/tokens/{id}").route(web::delete().to(revoke_token)))
-        .service(super::resource("/api-tokens").route(web::get().to(all_tokens)))
-        .service(super::resource("/api-tokens/{id}").route(web::delete().to(revoke_token)));
+    cfg.service(super::resource("/auth/login").post(login))
+        .service(super::resource("/auth/refresh").post(refresh))
+        .service(super::resource("/auth/logout").post(logout))
+        .service(super::resource("/auth/mfa-setup").post(mfa_setup))
+        .service(super::resource("/auth/mfa-setup/confirm").post(mfa_setup_confirm))
+        .service(super::resource("/auth/invitation").post(invitation))
+        .service(super::resource("/auth/invitation/accept").post(accept_invitation))
+        .service(super::resource("/auth/password-reset").post(password_reset))
+        .service(super::resource("/auth/password-reset/confirm").post(password_reset_confirm))
+        .service(super::resource("/me").get(me).patch(change_me))
+        .service(super::resource("/me/mfa").post(mfa_enroll).delete(mfa_disable))
+        .service(super::resource("/me/mfa/confirm").post(mfa_confirm))
+        .service(super::resource("/me/mfa/recovery-codes").post(mfa_recovery_codes))
+        .service(super::resource("/me/logins").get(my_logins).delete(end_other_logins))
+        .service(super::resource("/me/logins/{id}").delete(end_login))
+        .service(super::resource("/me/tokens").get(my_tokens).post(create_token))
+        .service(super::resource("/me/tokens/{id}").delete(revoke_token))
+        .service(super::resource("/api-tokens").get(all_tokens))
+        .service(super::resource("/api-tokens/{id}").delete(revoke_token));
 }
 
 #[derive(Deserialize)]

@@ -12,10 +12,10 @@ use crate::error::{AppError, AppResult};
 use crate::inbox::broadcasts::{self, BroadcastId, NewBroadcast, Reschedule, RECIPIENT_STATUSES, STATUSES};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/broadcasts").route(web::get().to(list)).route(web::post().to(create)))
-        .service(resource("/broadcasts/{id}").route(web::get().to(get_one)).route(web::patch().to(reschedule)))
-        .service(resource("/broadcasts/{id}/recipients").route(web::get().to(recipients)))
-        .service(resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
+    cfg.service(resource("/broadcasts").get(list).post(create))
+        .service(resource("/broadcasts/{id}").get(get_one).patch(reschedule))
+        .service(resource("/broadcasts/{id}/recipients").get(recipients))
+        .service(resource("/broadcasts/{id}/cancel").post(cancel));
 }
 
 fn broadcast_id(raw: &str) -> AppResult<BroadcastId> {

@@ -16,24 +16,17 @@ use crate::ids::percent_encode;
 use crate::secret::Secret;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/channels").route(web::get().to(list)))
-        .service(resource("/channels/facebook/oauth/start").route(web::post().to(oauth_start)))
-        .service(resource("/channels/facebook/oauth/callback").route(web::get().to(oauth_callback)))
-        .service(resource("/channels/facebook/pending/{selection_id}").route(web::get().to(pending)))
-        .service(resource("/channels/facebook/connect").route(web::post().to(connect_facebook)))
-        .service(resource("/channels/whatsapp/connect").route(web::post().to(connect_whatsapp)))
-        .service(
-            resource("/channels/{id}")
-                .route(web::get().to(get_one))
-                .route(web::patch().to(patch))
-                .route(web::delete().to(delete)),
-        )
-        .service(resource("/channels/{id}/members").route(web::put().to(set_members)))
-        .service(resource("/channels/{id}/check").route(web::post().to(check)))
-        .service(
-            resource("/channels/{id}/templates").route(web::get().to(templates)).route(web::post().to(submit_template)),
-        )
-        .service(resource("/channels/{id}/templates/{name}").route(web::delete().to(delete_template)));
+    cfg.service(resource("/channels").get(list))
+        .service(resource("/channels/facebook/oauth/start").post(oauth_start))
+        .service(resource("/channels/facebook/oauth/callback").get(oauth_callback))
+        .service(resource("/channels/facebook/pending/{selection_id}").get(pending))
+        .service(resource("/channels/facebook/connect").post(connect_facebook))
+        .service(resource("/channels/whatsapp/connect").post(connect_whatsapp))
+        .service(resource("/channels/{id}").get(get_one).patch(patch).delete(delete))
+        .service(resource("/channels/{id}/members").put(set_members))
+        .service(resource("/channels/{id}/check").post(check))
+        .service(resource("/channels/{id}/templates").get(templates).post(submit_template))
+        .service(resource("/channels/{id}/templates/{name}").delete(delete_template));
 }
 
 fn channel_id(raw: &str) -> AppResult<ChannelId> {

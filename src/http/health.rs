@@ -11,9 +11,9 @@ use crate::error::{AppError, AppResult};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // HEAD too: load balancers' health checks often use it.
-    cfg.service(super::resource("/healthz").route(web::get().to(healthz)).route(web::head().to(healthz)))
-        .service(super::resource("/readyz").route(web::get().to(readyz)).route(web::head().to(readyz)))
-        .service(super::resource("/metrics").route(web::get().to(metrics)));
+    cfg.service(super::resource("/healthz").get(healthz).head(healthz))
+        .service(super::resource("/readyz").get(readyz).head(readyz))
+        .service(super::resource("/metrics").get(metrics));
 }
 
 async fn healthz() -> HttpResponse {

@@ -15,58 +15,43 @@ use crate::inbox::mentions::Mentions;
 use crate::inbox::{canned, contact_links, contacts, messages, ConversationId, MessageId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/conversations").route(web::get().to(list)).route(web::post().to(start)))
+    cfg.service(resource("/conversations").get(list).post(start))
         // Before `{id}`, which would otherwise claim it.
-        .service(resource("/conversations/bulk").route(web::post().to(patch_many)))
-        .service(resource("/conversations/counts").route(web::get().to(counts)))
-        .service(resource("/conversations/{id}").route(web::get().to(get_one)).route(web::patch().to(patch)))
-        .service(resource("/conversations/{id}/read").route(web::post().to(read)))
-        .service(resource("/conversations/{id}/unread").route(web::post().to(unread)))
-        .service(resource("/conversations/{id}/typing").route(web::post().to(typing)))
-        .service(resource("/conversations/{id}/thread-control").route(web::post().to(thread_control)))
-        .service(
-            resource("/conversations/{id}/messages").route(web::get().to(list_messages)).route(web::post().to(send)),
-        )
-        .service(resource("/conversations/{id}/transcript").route(web::get().to(transcript)))
-        .service(resource("/mentions").route(web::get().to(list_mentions)))
-        .service(resource("/notifications").route(web::get().to(list_notifications)))
-        .service(resource("/notifications/read").route(web::post().to(read_notifications)))
-        .service(resource("/views").route(web::get().to(list_views)).route(web::post().to(create_view)))
-        .service(resource("/views/{id}").route(web::patch().to(update_view)).route(web::delete().to(delete_view)))
-        .service(resource("/macros").route(web::get().to(list_macros)).route(web::post().to(create_macro)))
-        .service(resource("/macros/{id}").route(web::patch().to(update_macro)).route(web::delete().to(delete_macro)))
-        .service(resource("/conversations/{id}/macros/{macro_id}").route(web::post().to(run_macro)))
-        .service(resource("/messages/{id}").route(web::patch().to(edit_note)).route(web::delete().to(delete_note)))
-        .service(resource("/messages/{id}/reaction").route(web::put().to(react)).route(web::delete().to(unreact)))
-        .service(resource("/messages/{id}/retry").route(web::post().to(retry_message)))
-        .service(resource("/messages/{id}/attachments/{index}").route(web::get().to(attachment)))
-        .service(resource("/messages/{id}/attachments/{index}/link").route(web::post().to(attachment_link)))
-        .service(resource("/labels").route(web::get().to(list_labels)))
-        .service(resource("/contacts").route(web::get().to(list_contacts)))
-        .service(resource("/contacts.csv").route(web::get().to(export_contacts)))
+        .service(resource("/conversations/bulk").post(patch_many))
+        .service(resource("/conversations/counts").get(counts))
+        .service(resource("/conversations/{id}").get(get_one).patch(patch))
+        .service(resource("/conversations/{id}/read").post(read))
+        .service(resource("/conversations/{id}/unread").post(unread))
+        .service(resource("/conversations/{id}/typing").post(typing))
+        .service(resource("/conversations/{id}/thread-control").post(thread_control))
+        .service(resource("/conversations/{id}/messages").get(list_messages).post(send))
+        .service(resource("/conversations/{id}/transcript").get(transcript))
+        .service(resource("/mentions").get(list_mentions))
+        .service(resource("/notifications").get(list_notifications))
+        .service(resource("/notifications/read").post(read_notifications))
+        .service(resource("/views").get(list_views).post(create_view))
+        .service(resource("/views/{id}").patch(update_view).delete(delete_view))
+        .service(resource("/macros").get(list_macros).post(create_macro))
+        .service(resource("/macros/{id}").patch(update_macro).delete(delete_macro))
+        .service(resource("/conversations/{id}/macros/{macro_id}").post(run_macro))
+        .service(resource("/messages/{id}").patch(edit_note).delete(delete_note))
+        .service(resource("/messages/{id}/reaction").put(react).delete(unreact))
+        .service(resource("/messages/{id}/retry").post(retry_message))
+        .service(resource("/messages/{id}/attachments/{index}").get(attachment))
+        .service(resource("/messages/{id}/attachments/{index}/link").post(attachment_link))
+        .service(resource("/labels").get(list_labels))
+        .service(resource("/contacts").get(list_contacts))
+        .service(resource("/contacts.csv").get(export_contacts))
         // Before `{id}`, which would otherwise claim it for its DELETE.
         .service(
             resource("/contacts/import")
                 .app_data(web::PayloadConfig::new(crate::inbox::contact_import::MOST_BYTES))
-                .route(web::post().to(import_contacts)),
+                .post(import_contacts),
         )
-        .service(
-            resource("/contacts/{id}")
-                .route(web::get().to(get_contact))
-                .route(web::patch().to(update_contact))
-                .route(web::delete().to(erase_contact)),
-        )
-        .service(
-            resource("/contacts/{id}/links")
-                .route(web::post().to(link_contact))
-                .route(web::delete().to(unlink_contact)),
-        )
-        .service(resource("/canned-responses").route(web::get().to(list_canned)).route(web::post().to(create_canned)))
-        .service(
-            resource("/canned-responses/{id}")
-                .route(web::patch().to(update_canned))
-                .route(web::delete().to(delete_canned)),
-        );
+        .service(resource("/contacts/{id}").get(get_contact).patch(update_contact).delete(erase_contact))
+        .service(resource("/contacts/{id}/links").post(link_contact).delete(unlink_contact))
+        .service(resource("/canned-responses").get(list_canned).post(create_canned))
+        .service(resource("/canned-responses/{id}").patch(update_canned).delete(delete_canned));
 }
 
 fn conversation_id(raw: &str) -> AppResult<ConversationId> {

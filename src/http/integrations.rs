@@ -11,9 +11,9 @@ use crate::error::{AppError, AppResult};
 use crate::integrations::webhooks::{self, Change};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/integrations/webhooks").route(web::get().to(list)).route(web::post().to(create)))
-        .service(resource("/integrations/webhooks/{id}").route(web::patch().to(update)).route(web::delete().to(delete)))
-        .service(resource("/integrations/webhooks/{id}/ping").route(web::post().to(ping)));
+    cfg.service(resource("/integrations/webhooks").get(list).post(create))
+        .service(resource("/integrations/webhooks/{id}").patch(update).delete(delete))
+        .service(resource("/integrations/webhooks/{id}/ping").post(ping));
 }
 
 /// `POST /api/integrations/webhooks/{id}/ping`: a signed `ping` now, and

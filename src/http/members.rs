@@ -15,12 +15,10 @@ use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/members").route(web::get().to(list)).route(web::post().to(add)))
-        .service(
-            super::resource("/members/{user_id}").route(web::patch().to(change_role)).route(web::delete().to(remove)),
-        )
-        .service(super::resource("/invitations").route(web::get().to(invitations)).route(web::post().to(invite)))
-        .service(super::resource("/invitations/{id}").route(web::delete().to(revoke_invitation)));
+    cfg.service(super::resource("/members").get(list).post(add))
+        .service(super::resource("/members/{user_id}").patch(change_role).delete(remove))
+        .service(super::resource("/invitations").get(invitations).post(invite))
+        .service(super::resource("/invitations/{id}").delete(revoke_invitation));
 }
 
 fn parse_role(raw: &str) -> AppResult<Role> {

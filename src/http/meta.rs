@@ -26,9 +26,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         }
         .into()
     }))
-    .service(resource("/meta/deauthorize").route(web::post().to(deauthorize)))
-    .service(resource("/meta/data-deletion").route(web::post().to(data_deletion)))
-    .service(resource("/meta/data-deletion/{code}").route(web::get().to(deletion_status)));
+    .service(resource("/meta/deauthorize").post(deauthorize))
+    .service(resource("/meta/data-deletion").post(data_deletion))
+    .service(resource("/meta/data-deletion/{code}").get(deletion_status));
 }
 
 #[derive(Deserialize)]

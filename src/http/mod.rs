@@ -77,17 +77,113 @@ pub struct MembersBody {
     pub user_ids: Vec<crate::ids::UserId>,
 }
 
-/// A resource whose unmatched methods answer 405 in the JSON error shape.
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource at `path`: its methods are named once (`.get(handler)`…) and
+/// every other method answers 405 in the JSON error shape with the `Allow`
+/// header RFC 9110 §15.5.6 requires, listing what is served there.
+pub fn resource(path: &str) -> Endpoint {
+    Endpoint { resource: web::resource(path), allow: Vec::new() }
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::new(
+/// A resource being built by [`resource`]; it knows the methods it serves,
+/// so the `Allow` of its 405 cannot drift from its routes.
+pub struct Endpoint {
+    resource: actix_web::Resource,
+    allow: Vec<actix_web::http::Method>,
+}
+
+impl Endpoint {
+    fn on<F, Args>(mut self, method: actix_web::http::Method, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.resource = self.resource.route(web::method(method.clone()).to(handler));
+        self.allow.push(method);
+        self
+    }
+
+    pub fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::GET, handler)
+    }
+
+    pub fn head<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::HEAD, handler)
+    }
+
+    pub fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::POST, handler)
+    }
+
+    pub fn put<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::PUT, handler)
+    }
+
+    pub fn patch<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::PATCH, handler)
+    }
+
+    pub fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(actix_web::http::Method::DELETE, handler)
+    }
+
+    pub fn app_data<U: 'static>(mut self, data: U) -> Self {
+        self.resource = self.resource.app_data(data);
+        self
+    }
+}
+
+impl actix_web::dev::HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut actix_web::dev::AppService) {
+        let allow = self.allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+        let allow = header::HeaderValue::from_str(&allow).unwrap_or(header::HeaderValue::from_static(""));
+        let refuse = move |req: HttpRequest| {
+            let allow = allow.clone();
+            async move { method_not_allowed(req, allow) }
+        };
+        self.resource.default_service(web::to(refuse)).register(config)
+    }
+}
+
+fn method_not_allowed(req: HttpRequest, allow: header::HeaderValue) -> HttpResponse {
+    let refusal = AppError::new(
         ErrorKind::MethodNotAllowed,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+        format!("{} is not allowed on {}; it takes {}", req.method(), req.path(), allow.to_str().unwrap_or("")),
+    );
+    let mut res = actix_web::ResponseError::error_response(&refusal);
+    res.headers_mut().insert(header::ALLOW, allow);
+    res
 }
 
 /// Gives errors produced by the framework itself (an unmatched method, a

@@ -19,11 +19,11 @@ use crate::realtime::session::{visible_channels, SessionInit, WsSession};
 use crate::realtime::{tickets, Hub};
 
 pub fn api_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/ws-ticket").route(web::post().to(ticket)));
+    cfg.service(resource("/ws-ticket").post(ticket));
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/ws").route(web::get().to(connect)));
+    cfg.service(resource("/ws").get(connect));
 }
 
 async fn ticket(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {

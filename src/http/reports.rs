@@ -12,9 +12,9 @@ use crate::inbox::reports::{self, Period};
 use crate::inbox::teams::{self, TeamId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/reports/overview").route(web::get().to(overview)))
-        .service(resource("/reports/agents.csv").route(web::get().to(agents_csv)))
-        .service(resource("/reports/channels.csv").route(web::get().to(channels_csv)));
+    cfg.service(resource("/reports/overview").get(overview))
+        .service(resource("/reports/agents.csv").get(agents_csv))
+        .service(resource("/reports/channels.csv").get(channels_csv));
 }
 
 /// The overview's agents, as CSV.

@@ -14,11 +14,9 @@ use crate::inbox::scheduled::{self, NewScheduled, ScheduledChange, ScheduledMess
 use crate::inbox::ConversationId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/conversations/{id}/scheduled-messages").route(web::get().to(list)).route(web::post().to(create)),
-    )
-    .service(resource("/scheduled-messages/{id}").route(web::get().to(get_one)).route(web::patch().to(change)))
-    .service(resource("/scheduled-messages/{id}/cancel").route(web::post().to(cancel)));
+    cfg.service(resource("/conversations/{id}/scheduled-messages").get(list).post(create))
+        .service(resource("/scheduled-messages/{id}").get(get_one).patch(change))
+        .service(resource("/scheduled-messages/{id}/cancel").post(cancel));
 }
 
 fn conversation_id(raw: &str) -> AppResult<ConversationId> {

@@ -12,14 +12,9 @@ use crate::ids::UserId;
 use crate::inbox::teams::{self, NewTeam, TeamChange, TeamId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/teams").route(web::get().to(list)).route(web::post().to(create)))
-        .service(
-            super::resource("/teams/{id}")
-                .route(web::get().to(get_one))
-                .route(web::patch().to(update))
-                .route(web::delete().to(delete)),
-        )
-        .service(super::resource("/teams/{id}/members").route(web::put().to(set_members)));
+    cfg.service(super::resource("/teams").get(list).post(create))
+        .service(super::resource("/teams/{id}").get(get_one).patch(update).delete(delete))
+        .service(super::resource("/teams/{id}/members").put(set_members));
 }
 
 fn team_id(raw: &str) -> AppResult<TeamId> {

@@ -18,8 +18,8 @@ use crate::error::{AppError, AppResult};
 use crate::tenancy::{self, NewTenant, TenantSlug};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/tenants").route(web::post().to(create)))
-        .service(super::resource("/tenant").route(web::get().to(get_tenant)).route(web::patch().to(patch_tenant)));
+    cfg.service(super::resource("/tenants").post(create))
+        .service(super::resource("/tenant").get(get_tenant).patch(patch_tenant));
 }
 
 /// `GET /api/tenant`: the caller's tenant.

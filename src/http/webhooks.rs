@@ -17,17 +17,12 @@ use crate::meta::webhook::verify_signature;
 pub const WEBHOOK_LIMIT: usize = 4 * 1024 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/webhooks/meta")
-            .app_data(web::PayloadConfig::new(WEBHOOK_LIMIT))
-            .route(web::get().to(verify))
-            .route(web::post().to(receive)),
-    );
+    cfg.service(resource("/webhooks/meta").app_data(web::PayloadConfig::new(WEBHOOK_LIMIT)).get(verify).post(receive));
 }
 
 pub fn operator_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/operator/dead-letters").route(web::get().to(dead_letters)))
-        .service(resource("/operator/dead-letters/replay").route(web::post().to(replay)));
+    cfg.service(resource("/operator/dead-letters").get(dead_letters))
+        .service(resource("/operator/dead-letters/replay").post(replay));
 }
 
 /// The subscription handshake: echo `hub.challenge` as plain text.

@@ -17,15 +17,11 @@ const UNSUBSCRIBE_PAGE: &str = include_str!("../../templates/unsubscribe.html");
 const OPENAPI: &str = include_str!("../../templates/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(crate::http::resource("/channels/connect").route(web::get().to(connect_page)))
-        .service(crate::http::resource("/invite").route(web::get().to(invite_page)))
-        .service(crate::http::resource("/reset").route(web::get().to(reset_page)))
-        .service(
-            crate::http::resource("/unsubscribe")
-                .route(web::get().to(unsubscribe_page))
-                .route(web::post().to(unsubscribe)),
-        )
-        .service(crate::http::resource("/api/openapi.json").route(web::get().to(openapi)));
+    cfg.service(crate::http::resource("/channels/connect").get(connect_page))
+        .service(crate::http::resource("/invite").get(invite_page))
+        .service(crate::http::resource("/reset").get(reset_page))
+        .service(crate::http::resource("/unsubscribe").get(unsubscribe_page).post(unsubscribe))
+        .service(crate::http::resource("/api/openapi.json").get(openapi));
 }
 
 /// A page of ours: HTML that no other site may frame (the connect page

@@ -1637,3 +1637,71 @@ async fn a_list_and_each_items_own_page_agree() {
     assert!(compared >= 8, "only {compared} items compared");
     assert!(wrong.is_empty(), "{} differences:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// Every documented path is served with exactly the methods the document
+/// gives it: each is routed (never 405), and any other method is refused
+/// with 405 in the JSON shape and an `Allow` header naming the documented
+/// ones (RFC 9110 §15.5.6), so a client learns what the path takes.
+#[actix_web::test]
+async fn every_documented_path_refuses_other_methods_naming_its_own() {
+    let app = spawn_app().await;
+    let doc: Value = app.client.get(app.url("/api/openapi.json")).send().await.expect("doc").json().await.expect("json");
+    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let mut wrong = Vec::new();
+    let mut refused = 0;
+    for (template, ops) in doc["paths"].as_object().expect("paths") {
+        // Any id routes: the method is refused before a handler looks.
+        let path: String = template
+            .split('/')
+            .map(|s| if s.starts_with('{') { "1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut documented: Vec<String> =
+            ops.as_object().expect("ops").keys().filter(|k| *k != "parameters").map(|k| k.to_uppercase()).collect();
+        documented.sort();
+        for method in methods {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let res = app.client.request(m, app.url(&path)).send().await.expect("an answer");
+            let status = res.status().as_u16();
+            let allow = res.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let text = res.text().await.unwrap_or_default();
+            if documented.iter().any(|d| d == method) {
+                if status == 405 {
+                    wrong.push(format!("{method} {template} is documented but answered 405"));
+                }
+                continue;
+            }
+            // HEAD where GET is served (health probes) is allowed to be
+            // served without being documented.
+            if method == "HEAD" && status != 405 {
+                continue;
+            }
+            refused += 1;
+            if status != 405 {
+                wrong.push(format!("{method} {template}, not documented: {status}"));
+                continue;
+            }
+            if method != "HEAD" {
+                wrong.extend(breach(format!("{method} {template}"), status, &text));
+            }
+            let mut named: Vec<String> = allow
+                .unwrap_or_default()
+                .split(',')
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty() && m != "HEAD")
+                .collect();
+            named.sort();
+            if named != documented {
+                wrong.push(format!("{method} {template}: Allow names {named:?}, the document {documented:?}"));
+            }
+        }
+    }
+    assert!(refused > 300, "only {refused} methods refused");
+    assert!(wrong.is_empty(), "{} departures:\n{}", wrong.len(), wrong.join("\n"));
+    // Pages outside the document say what they take too.
+    for (path, allow) in [("/invite", "GET"), ("/reset", "GET"), ("/healthz", "GET, HEAD"), ("/ws", "GET")] {
+        let res = app.client.delete(app.url(path)).send().await.expect("an answer");
+        assert_eq!(res.status().as_u16(), 405, "DELETE {path}");
+        assert_eq!(res.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "DELETE {path}");
+    }
+}
