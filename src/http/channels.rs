@@ -18,7 +18,7 @@ use crate::secret::Secret;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/channels").get(list))
         .service(resource("/channels/facebook/oauth/start").post(oauth_start))
-        .service(resource("/channels/facebook/oauth/callback").get(oauth_callback))
+        .service(resource("/channels/facebook/oauth/callback").get_only(oauth_callback))
         .service(resource("/channels/facebook/pending/{selection_id}").get(pending))
         .service(resource("/channels/facebook/connect").post(connect_facebook))
         .service(resource("/channels/whatsapp/connect").post(connect_whatsapp))

@@ -10,9 +10,9 @@ use crate::db::schema::tenants;
 use crate::error::{AppError, AppResult};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    // HEAD too: load balancers' health checks often use it.
-    cfg.service(super::resource("/healthz").get(healthz).head(healthz))
-        .service(super::resource("/readyz").get(readyz).head(readyz))
+    // HEAD too (every `get` takes it): load balancers' health checks often use it.
+    cfg.service(super::resource("/healthz").get(healthz))
+        .service(super::resource("/readyz").get(readyz))
         .service(super::resource("/metrics").get(metrics));
 }
 

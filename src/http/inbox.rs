@@ -25,7 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/conversations/{id}/typing").post(typing))
         .service(resource("/conversations/{id}/thread-control").post(thread_control))
         .service(resource("/conversations/{id}/messages").get(list_messages).post(send))
-        .service(resource("/conversations/{id}/transcript").get(transcript))
+        .service(resource("/conversations/{id}/transcript").get_only(transcript))
         .service(resource("/mentions").get(list_mentions))
         .service(resource("/notifications").get(list_notifications))
         .service(resource("/notifications/read").post(read_notifications))
@@ -41,7 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/messages/{id}/attachments/{index}/link").post(attachment_link))
         .service(resource("/labels").get(list_labels))
         .service(resource("/contacts").get(list_contacts))
-        .service(resource("/contacts.csv").get(export_contacts))
+        .service(resource("/contacts.csv").get_only(export_contacts))
         // Before `{id}`, which would otherwise claim it for its DELETE.
         .service(
             resource("/contacts/import")

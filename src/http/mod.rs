@@ -103,22 +103,29 @@ impl Endpoint {
         self
     }
 
+    /// GET, and HEAD by the same handler (RFC 9110 §9.1: a server
+    /// supports both): the same status and headers, no body (actix sends
+    /// none to a HEAD).
     pub fn get<F, Args>(self, handler: F) -> Self
     where
         F: actix_web::Handler<Args>,
         Args: actix_web::FromRequest + 'static,
         F::Output: actix_web::Responder + 'static,
     {
-        self.on(actix_web::http::Method::GET, handler)
+        self.on(actix_web::http::Method::GET, handler.clone()).on(actix_web::http::Method::HEAD, handler)
     }
 
-    pub fn head<F, Args>(self, handler: F) -> Self
+    /// GET alone, for a GET that acts and that a HEAD must not set off: a
+    /// socket's upgrade spends its ticket, the OAuth callback its `state`,
+    /// an export or a transcript is written to
+    /// the audit log.
+    pub fn get_only<F, Args>(self, handler: F) -> Self
     where
         F: actix_web::Handler<Args>,
         Args: actix_web::FromRequest + 'static,
         F::Output: actix_web::Responder + 'static,
     {
-        self.on(actix_web::http::Method::HEAD, handler)
+        self.on(actix_web::http::Method::GET, handler)
     }
 
     pub fn post<F, Args>(self, handler: F) -> Self

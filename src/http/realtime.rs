@@ -23,7 +23,7 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/ws").get(connect));
+    cfg.service(resource("/ws").get_only(connect));
 }
 
 async fn ticket(state: web::Data<AppState>, auth: AuthContext) -> AppResult<HttpResponse> {
