@@ -782,7 +782,16 @@ pub fn set_members(
     let rows: Vec<_> =
         ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();
     diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
-    audit::record(tc, Some(actor), "channel.members_set", "channel", Some(id.to_string()), json!({"user_ids": ids}))?;
+    // Ids are strings in every answer, the audit log's details too.
+    let listed: Vec<String> = ids.iter().map(i64::to_string).collect();
+    audit::record(
+        tc,
+        Some(actor),
+        "channel.members_set",
+        "channel",
+        Some(id.to_string()),
+        json!({"user_ids": listed}),
+    )?;
     // Someone who no longer sees the channel (owners and admins see every
     // one) answers none of its customers: theirs go back to the queue
     // (or to someone online, where the channel hands them out).

@@ -639,7 +639,7 @@ async fn a_person_changes_their_name_and_password() {
     }
     for s in &mut sockets[1..] {
         let closed = until(s, "closed", Duration::from_secs(5)).await.expect("closed");
-        assert_eq!(closed["code"], 4401);
+        assert_eq!(closed["code"], 4401, "{closed}");
     }
     crate::realtime::send(&mut sockets[0], json!({"type": "ping"})).await;
     assert_eq!(until(&mut sockets[0], "pong", Duration::from_secs(3)).await.expect("still open")["type"], "pong");
@@ -687,7 +687,7 @@ async fn a_person_changes_their_name_and_password() {
     let out = String::from_utf8_lossy(&cli.stdout);
     assert!(cli.status.success() && out.contains("ann@acme.test"), "{out} {}", String::from_utf8_lossy(&cli.stderr));
     let closed = until(&mut sockets[0], "closed", Duration::from_secs(5)).await.expect("closed");
-    assert_eq!(closed["code"], 4401);
+    assert_eq!(closed["code"], 4401, "{closed}");
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": kept}))).await;
     assert_eq!(r.status, 401, "{:?}", r.body);
 }
@@ -768,7 +768,7 @@ async fn an_api_token_acts_as_its_member_until_revoked() {
     let r = app.call("DELETE", &format!("/api/me/tokens/{crm_id}"), Some(&al), None).await;
     assert_eq!(r.status, 204, "{:?}", r.body);
     let closed = until(&mut socket, "closed", Duration::from_secs(10)).await.expect("closed");
-    assert_eq!(closed["code"], 4401);
+    assert_eq!(closed["code"], 4401, "{closed}");
     assert_eq!(app.call("GET", "/api/me", Some(&crm), None).await.status, 401);
     assert_eq!(app.call("DELETE", &format!("/api/me/tokens/{crm_id}"), Some(&al), None).await.status, 404);
 
@@ -860,7 +860,7 @@ async fn a_person_sees_and_ends_their_logins() {
     let bodies: Vec<&Value> = answers.iter().map(|r| &r.body).collect();
     assert_eq!(statuses, [204, 404, 404, 404, 404, 404, 404, 404], "{bodies:?}");
     let closed = until(&mut socket, "closed", Duration::from_secs(5)).await.expect("closed");
-    assert_eq!(closed["code"], 4401);
+    assert_eq!(closed["code"], 4401, "{closed}");
     let r = app
         .call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&third, "refresh_token")})))
         .await;

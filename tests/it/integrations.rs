@@ -41,12 +41,20 @@ async fn receiver() -> (Arc<Receiver>, String) {
 }
 
 fn heard(r: &Receiver) -> Vec<(String, Value)> {
-    r.heard
+    let heard: Vec<(String, Value)> = r
+        .heard
         .lock()
         .expect("lock")
         .iter()
         .map(|(sig, body)| (sig.clone(), serde_json::from_slice(body).unwrap_or(Value::Null)))
-        .collect()
+        .collect();
+    // What integrators are sent keeps "ids are strings" (API.md) too.
+    for (_, body) in &heard {
+        let mut out = Vec::new();
+        crate::openapi::ids_are_strings(body, "$", &mut out);
+        assert!(out.is_empty(), "a delivery with ids that are not strings: {out:?}\n{body}");
+    }
+    heard
 }
 
 fn types(body: &Value) -> Vec<String> {

@@ -212,7 +212,9 @@ fn events_logged_as_jsonb_survive_the_move_to_json() {
     tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
     conn.transaction(|conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
-        conn.revert_last_migration(Migrations::tenant())?;
+        // Back to before the move (not merely the last migration, which
+        // later ones have since become).
+        while conn.revert_last_migration(Migrations::tenant())?.to_string() != "20261129000002" {}
         conn.batch_execute(
             r#"INSERT INTO events (seq, type, payload) VALUES (1, 'channel.updated', '{"id": "7", "status": "reauth_required"}')"#,
         )?;
@@ -300,6 +302,51 @@ fn conversations_waiting_before_the_column_arrives_get_their_wait() {
             Waiting { id: 3, since: since("11:00"), due: since("11:30") },
             Waiting { id: 4, since: None, due: None },
             Waiting { id: 5, since: None, due: None },
+        ]
+    );
+}
+
+/// A channel's member lists audited before ids were strings there read as
+/// strings afterwards, in their order; newer entries and other actions are
+/// left as they are.
+#[test]
+fn audited_member_lists_get_their_ids_as_strings() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
+    conn.transaction(|conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+        while conn.revert_last_migration(Migrations::tenant())?.to_string() != "20261205000001" {}
+        conn.batch_execute(
+            r#"INSERT INTO audit_log (action, target_type, target_id, details) VALUES
+                 ('channel.members_set', 'channel', '1', '{"user_ids": [12, 3, 40]}'),
+                 ('channel.members_set', 'channel', '1', '{"user_ids": []}'),
+                 ('channel.members_set', 'channel', '2', '{"user_ids": ["5"]}'),
+                 ('team.created', 'team', '1', '{"member_ids": ["7"], "count": 3}')"#,
+        )?;
+        conn.run_pending_migrations(Migrations::tenant())?;
+        Ok(())
+    })
+    .expect("revert, audit, re-run");
+    #[derive(QueryableByName)]
+    struct Details {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        details: String,
+    }
+    let rows: Vec<String> =
+        diesel::sql_query("SELECT details::text AS details FROM tenant_alpha.audit_log ORDER BY id")
+            .load::<Details>(&mut conn)
+            .expect("audit")
+            .into_iter()
+            .map(|d| d.details)
+            .collect();
+    assert_eq!(
+        rows,
+        [
+            r#"{"user_ids": ["12", "3", "40"]}"#,
+            r#"{"user_ids": []}"#,
+            r#"{"user_ids": ["5"]}"#,
+            r#"{"count": 3, "member_ids": ["7"]}"#,
         ]
     );
 }

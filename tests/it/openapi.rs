@@ -100,8 +100,38 @@ async fn check(
     assert!(schema.is_object(), "{method} {path} answered {} ({:?}): no schema documented for it", r.status, r.body);
     let mut out = Vec::new();
     departures(doc, schema, &r.body, "$", &mut out);
+    ids_are_strings(&r.body, "$", &mut out);
     assert!(out.is_empty(), "{method} {path} departs from the document: {out:#?}\n{:#}", r.body);
     r.body
+}
+
+/// "ids are strings (UUID or decimal)" (API.md), whatever the document
+/// says: every `id` or `…_id` anywhere in an answer is a string or null,
+/// every `…_ids` a list of strings (or null).
+pub(crate) fn ids_are_strings(value: &Value, at: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, v) in fields {
+                let here = format!("{at}.{key}");
+                let one = key == "id" || key.ends_with("_id");
+                if one && !(v.is_string() || v.is_null()) {
+                    out.push(format!("{here}: an id that is not a string: {v}"));
+                }
+                if key.ends_with("_ids")
+                    && !(v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+                {
+                    out.push(format!("{here}: ids that are not strings: {v}"));
+                }
+                ids_are_strings(v, &here, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                ids_are_strings(v, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[actix_web::test]

@@ -39,7 +39,12 @@ async fn ticket(app: &TestApp, t: &str) -> String {
 
 /// The next JSON frame (answering pings), or `None` after `wait`.
 pub(crate) async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
-    next_text(s, wait).await.and_then(|t| serde_json::from_str(&t).ok())
+    let frame: Value = next_text(s, wait).await.and_then(|t| serde_json::from_str(&t).ok())?;
+    // Every frame any test reads keeps "ids are strings" (API.md).
+    let mut out = Vec::new();
+    crate::openapi::ids_are_strings(&frame, "$", &mut out);
+    assert!(out.is_empty(), "a frame with ids that are not strings: {out:?}\n{frame}");
+    Some(frame)
 }
 
 /// The next text frame as it came (a close as a `closed` frame), or `None`
@@ -1367,6 +1372,35 @@ async fn a_silent_client_is_dropped_and_an_answering_one_stays() {
     let metrics = metrics.text().await.expect("text");
     let counted = metrics.lines().find_map(|l| l.strip_prefix("switchboard_ws_silent_total ")).map(str::parse::<u64>);
     assert_eq!(counted, Some(Ok(1)), "{metrics}");
+}
+
+/// A socket whose login ended before the hub could say so (here: ended in
+/// the database alone) is closed as the hub would close it, 4401, when its
+/// own next read is refused by the tenant's guard, not 1011 as if the log
+/// could not be read (seen when a logout raced a new socket's replay).
+#[actix_web::test]
+async fn a_socket_whose_own_read_finds_its_login_ended_is_closed_with_4401() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let login = app.login("xavi@acme.test", "xavi-password-1", "acme").await;
+    let access = token(&login, "access_token");
+    let mut socket = ws(&app, "", Some(&access), None).await.expect("socket");
+    next(&mut socket, Duration::from_secs(3)).await.expect("hello");
+    let payload = access.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64");
+    let claims: Value = serde_json::from_slice(&claims).expect("claims");
+    let family = claims["fam"].as_str().expect("fam");
+    let ended = app.exec(&format!("UPDATE public.refresh_tokens SET revoked_at = now() WHERE family_id = '{family}'"));
+    assert!(ended >= 1);
+    // Its channels change: the session reads them again, and the guard refuses.
+    let channel = channels_of(&app, &t.admin).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let closed = until(&mut socket, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401, "{closed}");
 }
 
 /// Access that narrows or ends reaches open sockets at once: an agent taken

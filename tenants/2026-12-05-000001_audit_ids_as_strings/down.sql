@@ -1,0 +1,2 @@
+-- Strings are what every reader expects; nothing to undo.
+SELECT 1;
