@@ -48,11 +48,11 @@ fn heard(r: &Receiver) -> Vec<(String, Value)> {
         .iter()
         .map(|(sig, body)| (sig.clone(), serde_json::from_slice(body).unwrap_or(Value::Null)))
         .collect();
-    // What integrators are sent keeps "ids are strings" (API.md) too.
+    // What integrators are sent keeps API.md's ids and times too.
     for (_, body) in &heard {
         let mut out = Vec::new();
-        crate::openapi::ids_are_strings(body, "$", &mut out);
-        assert!(out.is_empty(), "a delivery with ids that are not strings: {out:?}\n{body}");
+        crate::openapi::keeps_conventions(body, "$", &mut out);
+        assert!(out.is_empty(), "a delivery with ids or times off the contract: {out:?}\n{body}");
     }
     heard
 }

@@ -100,15 +100,16 @@ async fn check(
     assert!(schema.is_object(), "{method} {path} answered {} ({:?}): no schema documented for it", r.status, r.body);
     let mut out = Vec::new();
     departures(doc, schema, &r.body, "$", &mut out);
-    ids_are_strings(&r.body, "$", &mut out);
+    keeps_conventions(&r.body, "$", &mut out);
     assert!(out.is_empty(), "{method} {path} departs from the document: {out:#?}\n{:#}", r.body);
     r.body
 }
 
-/// "ids are strings (UUID or decimal)" (API.md), whatever the document
-/// says: every `id` or `…_id` anywhere in an answer is a string or null,
-/// every `…_ids` a list of strings (or null).
-pub(crate) fn ids_are_strings(value: &Value, at: &str, out: &mut Vec<String>) {
+/// API.md's conventions, whatever the document says: "ids are strings"
+/// (every `id` or `…_id` anywhere in an answer is a string or null, every
+/// `…_ids` a list of strings or null) and "times are RFC 3339 UTC" (every
+/// `at`, `…_at` or `…_until`).
+pub(crate) fn keeps_conventions(value: &Value, at: &str, out: &mut Vec<String>) {
     match value {
         Value::Object(fields) => {
             for (key, v) in fields {
@@ -122,12 +123,19 @@ pub(crate) fn ids_are_strings(value: &Value, at: &str, out: &mut Vec<String>) {
                 {
                     out.push(format!("{here}: ids that are not strings: {v}"));
                 }
-                ids_are_strings(v, &here, out);
+                // "times are RFC 3339 UTC" too.
+                let time = key == "at" || key.ends_with("_at") || key.ends_with("_until");
+                let utc =
+                    |t: &str| chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|d| d.offset().local_minus_utc() == 0);
+                if time && !(v.is_null() || v.as_str().is_some_and(utc)) {
+                    out.push(format!("{here}: a time that is not RFC 3339 UTC: {v}"));
+                }
+                keeps_conventions(v, &here, out);
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                ids_are_strings(v, &format!("{at}[{i}]"), out);
+                keeps_conventions(v, &format!("{at}[{i}]"), out);
             }
         }
         _ => {}

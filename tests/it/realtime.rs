@@ -40,10 +40,10 @@ async fn ticket(app: &TestApp, t: &str) -> String {
 /// The next JSON frame (answering pings), or `None` after `wait`.
 pub(crate) async fn next(s: &mut Socket, wait: Duration) -> Option<Value> {
     let frame: Value = next_text(s, wait).await.and_then(|t| serde_json::from_str(&t).ok())?;
-    // Every frame any test reads keeps "ids are strings" (API.md).
+    // Every frame any test reads keeps API.md's ids and times.
     let mut out = Vec::new();
-    crate::openapi::ids_are_strings(&frame, "$", &mut out);
-    assert!(out.is_empty(), "a frame with ids that are not strings: {out:?}\n{frame}");
+    crate::openapi::keeps_conventions(&frame, "$", &mut out);
+    assert!(out.is_empty(), "a frame with ids or times off the contract: {out:?}\n{frame}");
     Some(frame)
 }
 
