@@ -84,6 +84,23 @@ pub fn resource(path: &str) -> Endpoint {
     Endpoint { resource: web::resource(path), allow: Vec::new() }
 }
 
+/// `Endpoint`'s one-method routes: `name(handler)` serves `METHOD`.
+macro_rules! endpoint_methods {
+    ($($(#[$doc:meta])* $name:ident => $method:ident,)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name<F, Args>(self, handler: F) -> Self
+            where
+                F: actix_web::Handler<Args>,
+                Args: actix_web::FromRequest + 'static,
+                F::Output: actix_web::Responder + 'static,
+            {
+                self.on(actix_web::http::Method::$method, handler)
+            }
+        )*
+    };
+}
+
 /// A resource being built by [`resource`]; it knows the methods it serves,
 /// so the `Allow` of its 405 cannot drift from its routes.
 pub struct Endpoint {
@@ -115,53 +132,15 @@ impl Endpoint {
         self.on(actix_web::http::Method::GET, handler.clone()).on(actix_web::http::Method::HEAD, handler)
     }
 
-    /// GET alone, for a GET that acts and that a HEAD must not set off: a
-    /// socket's upgrade spends its ticket, the OAuth callback its `state`,
-    /// an export or a transcript is written to
-    /// the audit log.
-    pub fn get_only<F, Args>(self, handler: F) -> Self
-    where
-        F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
-        F::Output: actix_web::Responder + 'static,
-    {
-        self.on(actix_web::http::Method::GET, handler)
-    }
-
-    pub fn post<F, Args>(self, handler: F) -> Self
-    where
-        F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
-        F::Output: actix_web::Responder + 'static,
-    {
-        self.on(actix_web::http::Method::POST, handler)
-    }
-
-    pub fn put<F, Args>(self, handler: F) -> Self
-    where
-        F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
-        F::Output: actix_web::Responder + 'static,
-    {
-        self.on(actix_web::http::Method::PUT, handler)
-    }
-
-    pub fn patch<F, Args>(self, handler: F) -> Self
-    where
-        F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
-        F::Output: actix_web::Responder + 'static,
-    {
-        self.on(actix_web::http::Method::PATCH, handler)
-    }
-
-    pub fn delete<F, Args>(self, handler: F) -> Self
-    where
-        F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
-        F::Output: actix_web::Responder + 'static,
-    {
-        self.on(actix_web::http::Method::DELETE, handler)
+    endpoint_methods! {
+        /// GET alone, for a GET that acts and that a HEAD must not set off:
+        /// a socket's upgrade spends its ticket, the OAuth callback its
+        /// `state`, an export or a transcript is written to the audit log.
+        get_only => GET,
+        post => POST,
+        put => PUT,
+        patch => PATCH,
+        delete => DELETE,
     }
 
     pub fn app_data<U: 'static>(mut self, data: U) -> Self {
