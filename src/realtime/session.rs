@@ -243,20 +243,6 @@ impl WsSession {
         ctx.stop();
     }
 
-    /// Closes the socket for a database read of its own that failed: with
-    /// the code the hub would have sent where the tenant's guard refused
-    /// (the login ended, access changed, the tenant suspended; the hub's
-    /// word may not have come yet), else 1011.
-    fn close_failed(&self, ctx: &mut ws::WebsocketContext<Self>, e: &AppError, what: &str) {
-        match refusal(e) {
-            Some((code, reason)) => self.close(ctx, code, reason),
-            None => {
-                tracing::warn!(error = ?e, "{what} failed");
-                self.close(ctx, 1011, "could not read the event log");
-            }
-        }
-    }
-
     /// Sends the events after `last_sent` up to `replay_to` that the member
     /// may see, a page at a time: the next page is read when the socket has
     /// taken this one ([`ReplayStep::NextPage`]), so a resume far behind
@@ -328,7 +314,13 @@ impl WsSession {
                 }
                 Ok(Page::Resync { reason, oldest, last }) => Some((reason, oldest, last)),
                 Err(e) => {
-                    act.close_failed(ctx, &e, "replay");
+                    match refusal(&e) {
+                        Some((code, reason)) => act.close(ctx, code, reason),
+                        None => {
+                            tracing::warn!(error = ?e, "replay failed");
+                            act.close(ctx, 1011, "could not read the event log");
+                        }
+                    }
                     return;
                 }
             };
@@ -589,11 +581,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     }
 }
 
-/// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and IANA's
-/// registry: the standard codes an endpoint sends, and those left to
-/// libraries and applications).
 /// The close code and reason for the tenant guard's refusal of this
-/// socket's credential, as the hub would close it: none for other errors.
+/// socket's credential, as the hub would close it (its word may not have
+/// come yet when the socket's own read is refused): none for other errors.
 fn refusal(e: &AppError) -> Option<(u16, &'static str)> {
     match e.code.as_ref() {
         "login_ended" => Some((super::CLOSE_LOGGED_OUT, "this login ended")),
@@ -603,6 +593,9 @@ fn refusal(e: &AppError) -> Option<(u16, &'static str)> {
     }
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and IANA's
+/// registry: the standard codes an endpoint sends, and those left to
+/// libraries and applications).
 fn close_code_sendable(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }

@@ -1713,7 +1713,7 @@ async fn every_documented_path_refuses_other_methods_naming_its_own() {
             }
             // HEAD is served wherever GET is, with GET's status, but where
             // a GET acts (a socket's upgrade spends its ticket, the OAuth
-            // callback its state, an export is audited).
+            // callback its state, an export or a transcript is audited).
             let acting = [
                 "/ws",
                 "/api/channels/facebook/oauth/callback",
