@@ -125,6 +125,16 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         self.kind.status()
     }
+
+    /// This refusal, of a query parameter's value: a query is not JSON, so
+    /// API.md's 422 (valid JSON with invalid values) is its 400 (bad
+    /// input) there, with the same code. Other refusals stay as they are.
+    pub fn in_query(mut self) -> Self {
+        if self.kind == ErrorKind::Unprocessable {
+            self.kind = ErrorKind::BadRequest;
+        }
+        self
+    }
 }
 
 impl fmt::Debug for AppError {

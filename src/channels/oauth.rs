@@ -136,6 +136,10 @@ pub struct Selection {
 }
 
 pub fn load_selection(tc: &mut TenantConn<'_>, keys: &Keyring, id: &str) -> AppResult<Selection> {
+    // PostgreSQL keeps no text with U+0000: such an id names nothing.
+    if id.contains('\0') {
+        return Err(AppError::not_found("selection"));
+    }
     let row: Option<(String, String, serde_json::Value)> = pending_selections::table
         .find(id)
         .filter(pending_selections::expires_at.gt(Utc::now()))

@@ -1,6 +1,7 @@
 //! `/api/contact-attributes`: the attributes a team keeps for its contacts
 //! (`inbox::attributes`); their values go through `PATCH /api/contacts/{id}`.
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 
 use super::pagination::{PageQuery, Paged};
@@ -23,11 +24,7 @@ async fn list(state: web::Data<AppState>, auth: AuthContext, page: web::Query<Pa
 
 /// `POST /api/contact-attributes` (admins): 201, or 200 with the one a
 /// repeated create made.
-async fn create(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<NewDefinition>,
-) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, auth: AuthContext, body: Json<NewDefinition>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let new = body.into_inner();
     let (made, new) =
@@ -40,7 +37,7 @@ async fn update(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<DefinitionChange>,
+    body: Json<DefinitionChange>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let (key, change) = (path.into_inner(), body.into_inner());

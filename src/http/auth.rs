@@ -1,5 +1,6 @@
 //! `/api/auth/*` and `/api/me`.
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use std::time::Instant;
@@ -71,11 +72,7 @@ async fn all_tokens(
 
 /// `POST /api/me/tokens` `{name, expires_in_days?}`: 201 with the token,
 /// shown this once.
-async fn create_token(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<NewToken>,
-) -> AppResult<HttpResponse> {
+async fn create_token(state: web::Data<AppState>, auth: AuthContext, body: Json<NewToken>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let created = state
         .db
@@ -122,11 +119,7 @@ fn throttled(state: &AppState, email: &str) -> AppResult<()> {
     })
 }
 
-async fn login(
-    state: web::Data<AppState>,
-    keys: web::Data<JwtKeys>,
-    body: web::Json<LoginBody>,
-) -> AppResult<HttpResponse> {
+async fn login(state: web::Data<AppState>, keys: web::Data<JwtKeys>, body: Json<LoginBody>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let keys = keys.into_inner();
     let email = body.email.clone();
@@ -153,7 +146,7 @@ struct RefreshBody {
 async fn refresh(
     state: web::Data<AppState>,
     keys: web::Data<JwtKeys>,
-    body: web::Json<RefreshBody>,
+    body: Json<RefreshBody>,
 ) -> AppResult<HttpResponse> {
     let token = body.into_inner().refresh_token;
     let keys = keys.into_inner();
@@ -161,7 +154,7 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(pair))
 }
 
-async fn logout(state: web::Data<AppState>, body: web::Json<RefreshBody>) -> AppResult<HttpResponse> {
+async fn logout(state: web::Data<AppState>, body: Json<RefreshBody>) -> AppResult<HttpResponse> {
     let token = body.into_inner().refresh_token;
     state.db.public(move |conn| session::logout(conn, &token)).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -187,11 +180,7 @@ struct MeChange {
 
 /// `PATCH /api/me`: one's own name and password (see [`account`]). Answers
 /// as `GET /api/me` does.
-async fn change_me(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<MeChange>,
-) -> AppResult<HttpResponse> {
+async fn change_me(state: web::Data<AppState>, auth: AuthContext, body: Json<MeChange>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let checks_password = body.current_password.is_some();
     let email = if checks_password { Some(counting(&state, &auth).await?) } else { None };
@@ -280,11 +269,7 @@ fn counts<T>(state: &AppState, email: &str, result: &AppResult<T>) {
 
 /// `POST /api/me/mfa` `{current_password}`: a new authenticator secret,
 /// pending until confirmed (`auth::mfa`).
-async fn mfa_enroll(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<MfaEnroll>,
-) -> AppResult<HttpResponse> {
+async fn mfa_enroll(state: web::Data<AppState>, auth: AuthContext, body: Json<MfaEnroll>) -> AppResult<HttpResponse> {
     let (keys, password, user) = (state.keys.clone(), body.into_inner().current_password, auth.user);
     let enrollment = counted(&state, &auth, move |tc| mfa::enroll(tc, &keys, user, &password)).await?;
     Ok(HttpResponse::Ok().json(enrollment))
@@ -292,11 +277,7 @@ async fn mfa_enroll(
 
 /// `POST /api/me/mfa/confirm` `{code}`: turns two-step sign-in on; answers
 /// the recovery codes, this once.
-async fn mfa_confirm(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<MfaConfirm>,
-) -> AppResult<HttpResponse> {
+async fn mfa_confirm(state: web::Data<AppState>, auth: AuthContext, body: Json<MfaConfirm>) -> AppResult<HttpResponse> {
     let (keys, code, user, family) = (state.keys.clone(), body.into_inner().code, auth.user, auth.family.clone());
     let codes = state
         .db
@@ -307,11 +288,7 @@ async fn mfa_confirm(
 }
 
 /// `DELETE /api/me/mfa` `{current_password, code}`: turns it off (204).
-async fn mfa_disable(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<MfaDisable>,
-) -> AppResult<HttpResponse> {
+async fn mfa_disable(state: web::Data<AppState>, auth: AuthContext, body: Json<MfaDisable>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let (keys, user) = (state.keys.clone(), auth.user);
     counted(&state, &auth, move |tc| {
@@ -353,7 +330,7 @@ async fn end_login(state: web::Data<AppState>, auth: AuthContext, path: web::Pat
 async fn mfa_recovery_codes(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<MfaConfirm>,
+    body: Json<MfaConfirm>,
 ) -> AppResult<HttpResponse> {
     let (keys, code, user) = (state.keys.clone(), body.into_inner().code, auth.user);
     let codes =
@@ -392,7 +369,7 @@ async fn setup_credentials(
 /// `POST /api/auth/mfa-setup` `{email, password, tenant}`: for a person
 /// whose tenant requires two-step sign-in, a new secret without a login
 /// (as `POST /api/me/mfa` answers).
-async fn mfa_setup(state: web::Data<AppState>, body: web::Json<MfaSetup>) -> AppResult<HttpResponse> {
+async fn mfa_setup(state: web::Data<AppState>, body: Json<MfaSetup>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let (user, tenant, _) = setup_credentials(&state, &body).await?;
     let (keys, id, password) = (state.keys.clone(), user.user_id(), body.password);
@@ -406,7 +383,7 @@ async fn mfa_setup(state: web::Data<AppState>, body: web::Json<MfaSetup>) -> App
 async fn mfa_setup_confirm(
     state: web::Data<AppState>,
     jwt: web::Data<JwtKeys>,
-    body: web::Json<MfaSetup>,
+    body: Json<MfaSetup>,
 ) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let Some(code) = body.code.clone() else {
@@ -438,7 +415,7 @@ struct InvitationBody {
 
 /// `POST /api/auth/invitation` `{token}` (no login): what the link is for,
 /// before accepting it. A POST, so the token stays out of URLs and logs.
-async fn invitation(state: web::Data<AppState>, body: web::Json<InvitationBody>) -> AppResult<HttpResponse> {
+async fn invitation(state: web::Data<AppState>, body: Json<InvitationBody>) -> AppResult<HttpResponse> {
     let token = body.into_inner().token;
     let found = state.db.public(move |conn| invitations::find(conn, &token)).await?;
     found.usable(chrono::Utc::now())?;
@@ -465,7 +442,7 @@ struct AcceptBody {
 async fn accept_invitation(
     state: web::Data<AppState>,
     jwt: web::Data<JwtKeys>,
-    body: web::Json<AcceptBody>,
+    body: Json<AcceptBody>,
 ) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let token = body.token.clone();
@@ -515,7 +492,7 @@ struct ResetBody {
 /// `POST /api/auth/password-reset` `{email}` (no login): 202 whatever the
 /// email, a link mailed to an account that has it
 /// (`auth::password_reset`); 503 `mail_unavailable` with mail off.
-async fn password_reset(state: web::Data<AppState>, body: web::Json<ResetBody>) -> AppResult<HttpResponse> {
+async fn password_reset(state: web::Data<AppState>, body: Json<ResetBody>) -> AppResult<HttpResponse> {
     let came = Instant::now();
     // Bad input is told as such (422) whether mail is on or not.
     let email = Email::parse(&body.into_inner().email)?;
@@ -546,10 +523,7 @@ struct ResetConfirmBody {
 /// `POST /api/auth/password-reset/confirm` `{token, password}` (no
 /// login): the link's account gets the password, and every login of
 /// theirs ends: 204.
-async fn password_reset_confirm(
-    state: web::Data<AppState>,
-    body: web::Json<ResetConfirmBody>,
-) -> AppResult<HttpResponse> {
+async fn password_reset_confirm(state: web::Data<AppState>, body: Json<ResetConfirmBody>) -> AppResult<HttpResponse> {
     let body = body.into_inner();
     let token = body.token.clone();
     state.db.public(move |conn| password_reset::check(conn, &token, chrono::Utc::now())).await?;

@@ -1,6 +1,7 @@
 //! `/api/broadcasts`: one WhatsApp template sent to many customers
 //! (`inbox::broadcasts`); admins and owners.
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -24,11 +25,7 @@ fn broadcast_id(raw: &str) -> AppResult<BroadcastId> {
 
 /// `POST /api/broadcasts`: 201, or 200 with the broadcast a retry's
 /// `client_id` made.
-async fn create(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<NewBroadcast>,
-) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, auth: AuthContext, body: Json<NewBroadcast>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let (view, made) = broadcasts::create(&state, auth.scope(), auth.user, auth.role, body.into_inner()).await?;
     if made {
@@ -106,7 +103,7 @@ async fn reschedule(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<Reschedule>,
+    body: Json<Reschedule>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = broadcast_id(&path)?;

@@ -1,6 +1,7 @@
 //! `/api/channels/*`: connecting and managing pages, Instagram accounts and
 //! WhatsApp numbers.
 
+use super::json::Json;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -119,7 +120,7 @@ struct ConnectBody {
 async fn connect_facebook(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<ConnectBody>,
+    body: Json<ConnectBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let b = body.into_inner();
@@ -138,7 +139,7 @@ struct WhatsappBody {
 async fn connect_whatsapp(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<WhatsappBody>,
+    body: Json<WhatsappBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let grant = match body.into_inner() {
@@ -156,7 +157,7 @@ async fn patch(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<ChannelPatch>,
+    body: Json<ChannelPatch>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = channel_id(&path)?;
@@ -172,7 +173,7 @@ async fn set_members(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<super::MembersBody>,
+    body: Json<super::MembersBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = channel_id(&path)?;
@@ -227,7 +228,7 @@ async fn submit_template(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<crate::inbox::template_authoring::NewTemplate>,
+    body: Json<crate::inbox::template_authoring::NewTemplate>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = channel_id(&path)?;

@@ -1,5 +1,6 @@
 //! `/api/conversations`, `/api/contacts`, `/api/canned-responses`.
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -223,7 +224,7 @@ async fn patch(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<Map<String, Value>>,
+    body: Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
@@ -249,7 +250,7 @@ async fn patch(
 async fn patch_many(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<Map<String, Value>>,
+    body: Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let mut body = body.into_inner();
@@ -326,7 +327,7 @@ async fn typing(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<TypingBody>,
+    body: Json<TypingBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
@@ -372,7 +373,7 @@ async fn thread_control(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<ThreadControlBody>,
+    body: Json<ThreadControlBody>,
 ) -> AppResult<HttpResponse> {
     use crate::inbox::handover::{self, Request};
     auth.require(Role::Agent)?;
@@ -500,7 +501,7 @@ async fn list_notifications(
 async fn read_notifications(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<crate::inbox::notifications::ReadRequest>,
+    body: Json<crate::inbox::notifications::ReadRequest>,
 ) -> AppResult<HttpResponse> {
     let which = body.into_inner().which()?;
     let (user, role) = (auth.user, auth.role);
@@ -550,11 +551,7 @@ async fn list_views(
     Ok(HttpResponse::Ok().json(Paged::whole(items, &page)))
 }
 
-async fn create_view(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<ViewBody>,
-) -> AppResult<HttpResponse> {
+async fn create_view(state: web::Data<AppState>, auth: AuthContext, body: Json<ViewBody>) -> AppResult<HttpResponse> {
     let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
     let made =
         state.db.tenant(auth.scope(), move |tc| crate::inbox::saved_views::save(tc, user, role, None, &draft)).await?;
@@ -566,7 +563,7 @@ async fn update_view(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<ViewBody>,
+    body: Json<ViewBody>,
 ) -> AppResult<HttpResponse> {
     let id = saved_view_id(&path)?;
     let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
@@ -622,11 +619,7 @@ async fn list_macros(
 }
 
 /// Who may keep which macro is the domain's to say (`macros::save`).
-async fn create_macro(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<MacroBody>,
-) -> AppResult<HttpResponse> {
+async fn create_macro(state: web::Data<AppState>, auth: AuthContext, body: Json<MacroBody>) -> AppResult<HttpResponse> {
     let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
     let made = state.db.tenant(auth.scope(), move |tc| crate::inbox::macros::save(tc, user, role, None, draft)).await?;
     Ok(HttpResponse::Created().json(made))
@@ -637,7 +630,7 @@ async fn update_macro(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<MacroBody>,
+    body: Json<MacroBody>,
 ) -> AppResult<HttpResponse> {
     let id = macro_id(&path)?;
     let (user, role, draft) = (auth.user, auth.role, body.into_inner().draft());
@@ -674,11 +667,8 @@ async fn run_macro(
     auth.require(Role::Agent)?;
     let (conversation, id) = path.into_inner();
     let (conversation, id) = (conversation_id(&conversation)?, macro_id(&id)?);
-    let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| AppError::invalid("invalid_body", e.to_string()))?
-    };
+    let b: RunBody =
+        if body.iter().all(u8::is_ascii_whitespace) { RunBody::default() } else { super::json::read(&body)? };
     let (user, role) = (auth.user, auth.role);
     let online = state.online.of(auth.tenant);
     let ran = state
@@ -707,7 +697,8 @@ async fn transcript(
     q: web::Query<TranscriptQuery>,
 ) -> AppResult<HttpResponse> {
     let id = conversation_id(&path)?;
-    let opts = crate::inbox::transcript::Options::parse(q.tz.as_deref(), q.notes.as_deref())?;
+    let opts =
+        crate::inbox::transcript::Options::parse(q.tz.as_deref(), q.notes.as_deref()).map_err(AppError::in_query)?;
     let (user, role) = (auth.user, auth.role);
     let t = state.db.tenant(auth.scope(), move |tc| crate::inbox::transcript::render(tc, user, role, id, opts)).await?;
     Ok(HttpResponse::Ok()
@@ -1011,7 +1002,7 @@ async fn send(
     if is_multipart(&req) {
         return Ok(send_file(state, auth, id, &req, payload).await?);
     }
-    let body = web::Json::<SendBody>::from_request(&req, &mut payload.into_inner()).await?;
+    let body = Json::<SendBody>::from_request(&req, &mut payload.into_inner()).await?;
     Ok(send_json(state, auth, id, body.into_inner()).await?)
 }
 
@@ -1141,7 +1132,7 @@ async fn start(
         let number = outreach::Number::parse(&part("phone_number")?)?;
         (channel, number, choice, form.opts, Some(form.upload))
     } else {
-        let b = web::Json::<StartBody>::from_request(&req, &mut payload.into_inner()).await?.into_inner();
+        let b = Json::<StartBody>::from_request(&req, &mut payload.into_inner()).await?.into_inner();
         let Some(choice) = b.template.filter(|_| b.text.is_none()) else { return Err(template_required().into()) };
         let number = outreach::Number::parse(&b.phone_number)?;
         (
@@ -1370,7 +1361,7 @@ async fn edit_note(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<NoteBody>,
+    body: Json<NoteBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = message_id(&path)?;
@@ -1395,7 +1386,7 @@ async fn react(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<ReactionBody>,
+    body: Json<ReactionBody>,
 ) -> AppResult<HttpResponse> {
     set_reaction(state, auth, &path, Some(body.into_inner().emoji)).await
 }
@@ -1486,22 +1477,28 @@ impl ContactsFilterQuery {
             None => None,
             Some("true") => Some(true),
             Some("false") => Some(false),
-            Some(_) => return Err(AppError::invalid("invalid_blocked", "blocked is true or false")),
+            Some(_) => return Err(AppError::bad_request("invalid_blocked", "blocked is true or false")),
         };
         let channel = super::channel_param(self.channel_id.as_deref())?;
-        Ok(ContactsFilterChecked { channel, q: self.q, blocked, attribute: self.attribute })
+        let q = super::search_text(self.q)?;
+        Ok(ContactsFilterChecked { channel, q, blocked, attribute: self.attribute })
     }
 }
 
 impl ContactsFilterChecked {
-    /// `f` with the filter, its attribute read in `tc` (422
-    /// `invalid_attribute`).
+    /// `f` with the filter, its attribute read in `tc` (400
+    /// `invalid_attribute`, a refusal of the query: [`AppError::in_query`]).
     fn with<T>(
         &self,
         tc: &mut crate::db::TenantConn<'_>,
         f: impl FnOnce(&mut crate::db::TenantConn<'_>, &contacts::ContactFilter<'_>) -> AppResult<T>,
     ) -> AppResult<T> {
-        let attribute = self.attribute.as_deref().map(|raw| crate::inbox::attributes::wanted(tc, raw)).transpose()?;
+        let attribute = self
+            .attribute
+            .as_deref()
+            .map(|raw| crate::inbox::attributes::wanted(tc, raw))
+            .transpose()
+            .map_err(AppError::in_query)?;
         let filter = contacts::ContactFilter {
             channel: self.channel,
             q: self.q.as_deref(),
@@ -1687,7 +1684,7 @@ async fn update_contact(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<Map<String, Value>>,
+    body: Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = contact_id(&path)?;
@@ -1758,7 +1755,7 @@ async fn link_contact(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<LinkBody>,
+    body: Json<LinkBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = contact_id(&path)?;
@@ -1823,7 +1820,7 @@ async fn list_canned(
         ),
         None => None,
     };
-    let (text, user, role) = (q.q, auth.user, auth.role);
+    let (text, user, role) = (super::search_text(q.q)?, auth.user, auth.role);
     let (items, filled) = state
         .db
         .tenant(auth.scope(), move |tc| {
@@ -1850,7 +1847,7 @@ struct CannedBody {
 async fn create_canned(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<CannedBody>,
+    body: Json<CannedBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let b = body.into_inner();
@@ -1873,7 +1870,7 @@ async fn update_canned(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<CannedPatch>,
+    body: Json<CannedPatch>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = path.parse::<i64>().map_err(|_| AppError::not_found("canned response"))?;

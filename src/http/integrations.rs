@@ -1,6 +1,7 @@
 //! `/api/integrations/webhooks`: a tenant's admins manage the endpoints
 //! their events are POSTed to (`integrations::webhooks`).
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -47,11 +48,7 @@ struct NewEndpoint {
     event_types: Vec<String>,
 }
 
-async fn create(
-    state: web::Data<AppState>,
-    auth: AuthContext,
-    body: web::Json<NewEndpoint>,
-) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, auth: AuthContext, body: Json<NewEndpoint>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let body = body.into_inner();
     let user = auth.user;
@@ -75,7 +72,7 @@ async fn update(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<EndpointChange>,
+    body: Json<EndpointChange>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = webhook_id(&path)?;

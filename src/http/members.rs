@@ -1,6 +1,7 @@
 //! `/api/members` and `/api/invitations`: admins manage who works in the
 //! tenant.
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -47,7 +48,7 @@ struct AddBody {
     name: Option<String>,
 }
 
-async fn add(state: web::Data<AppState>, auth: AuthContext, body: web::Json<AddBody>) -> AppResult<HttpResponse> {
+async fn add(state: web::Data<AppState>, auth: AuthContext, body: Json<AddBody>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let body = body.into_inner();
     let email = Email::parse(&body.email)?;
@@ -76,7 +77,7 @@ async fn change_role(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<RoleBody>,
+    body: Json<RoleBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let user = parse_user_id(&path)?;
@@ -110,7 +111,7 @@ struct InviteBody {
 
 /// `POST /api/invitations` `{email, role}`: 201 with the link to hand over
 /// (`auth::invitations`).
-async fn invite(state: web::Data<AppState>, auth: AuthContext, body: web::Json<InviteBody>) -> AppResult<HttpResponse> {
+async fn invite(state: web::Data<AppState>, auth: AuthContext, body: Json<InviteBody>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let email = Email::parse(&body.email)?;
     let role = parse_role(&body.role)?;

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod health;
 pub mod inbox;
 pub mod integrations;
+pub mod json;
 pub mod members;
 pub mod meta;
 pub mod pagination;
@@ -21,7 +22,7 @@ pub mod tenants;
 pub mod webhooks;
 
 use actix_web::dev::{Server, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -36,27 +37,6 @@ use crate::telemetry::RequestSpan;
 pub const JSON_LIMIT: usize = 256 * 1024;
 
 pub use crate::app::AppState;
-
-pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    let e = match &err {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => AppError::new(
-            ErrorKind::PayloadTooLarge,
-            "payload_too_large",
-            format!("the body is larger than {JSON_LIMIT} bytes"),
-        ),
-        JsonPayloadError::ContentType => AppError::new(
-            ErrorKind::UnsupportedMediaType,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(de) if de.is_data() => AppError::invalid("invalid_body", de.to_string()),
-        JsonPayloadError::Deserialize(de) => {
-            AppError::bad_request("invalid_json", format!("the body is not valid JSON: {de}"))
-        }
-        other => AppError::bad_request("invalid_body", other.to_string()),
-    };
-    e.into()
-}
 
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     AppError::bad_request("invalid_query", err.to_string()).into()
@@ -238,7 +218,7 @@ fn cors(config: Arc<ServerConfig>) -> actix_cors::Cors {
         .block_on_origin_mismatch(false)
 }
 
-/// A `channel_id=` query parameter (reports, contacts): 422
+/// A `channel_id=` query parameter (reports, contacts): 400
 /// `invalid_channel_id` when it cannot name a channel.
 fn channel_param(raw: Option<&str>) -> AppResult<Option<crate::channels::ChannelId>> {
     raw.map(|c| {
@@ -246,15 +226,26 @@ fn channel_param(raw: Option<&str>) -> AppResult<Option<crate::channels::Channel
             .ok()
             .filter(|id| *id > 0)
             .map(crate::channels::ChannelId)
-            .ok_or_else(|| AppError::invalid("invalid_channel_id", "channel_id is a channel's id"))
+            .ok_or_else(|| AppError::bad_request("invalid_channel_id", "channel_id is a channel's id"))
     })
     .transpose()
 }
 
+/// A `q=` query parameter (a search): 400 `invalid_query` for one holding
+/// U+0000, which PostgreSQL keeps in no text (so it would find nothing, but
+/// is refused as the character is in a body).
+fn search_text(q: Option<String>) -> AppResult<Option<String>> {
+    match q {
+        Some(q) if q.contains('\0') => {
+            Err(AppError::bad_request("invalid_query", "q must not contain the character U+0000"))
+        }
+        q => Ok(q),
+    }
+}
+
 /// All routes.
 pub fn routes(cfg: &mut web::ServiceConfig, config: Arc<ServerConfig>) {
-    cfg.app_data(web::JsonConfig::default().limit(JSON_LIMIT).content_type_required(false).error_handler(json_error))
-        .app_data(web::QueryConfig::default().error_handler(query_error))
+    cfg.app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .configure(health::routes)
         // Before the /api scope, which would otherwise claim /api/openapi.json.

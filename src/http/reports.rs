@@ -62,15 +62,20 @@ async fn overview(
     Ok(HttpResponse::Ok().json(figures(&state, &auth, q.into_inner()).await?))
 }
 
-/// The period's figures, for an admin.
+/// The period's figures, for an admin. Every value that will not do is in
+/// the query: 400 ([`AppError::in_query`]).
 async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppResult<reports::Overview> {
     auth.require(Role::Admin)?;
+    read_figures(state, auth, q).await.map_err(AppError::in_query)
+}
+
+async fn read_figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppResult<reports::Overview> {
     let channel = super::channel_param(q.channel_id.as_deref())?;
     let team = match q.team_id.as_deref() {
         Some(t) => Some(TeamId::parse(t).ok_or_else(|| AppError::invalid("invalid_team", "team_id is a team's id"))?),
         None => None,
     };
-    // As stored, so `VIP ` finds `vip` (422 invalid_label otherwise).
+    // As stored, so `VIP ` finds `vip` (invalid_label otherwise).
     let label = q.label.as_deref().map(crate::inbox::conversations::normalize_label).transpose()?;
     let mut period =
         Period { team, label, ..Period::parse(q.from.as_deref(), q.to.as_deref(), channel, chrono::Utc::now())? };
@@ -81,7 +86,7 @@ async fn figures(state: &AppState, auth: &AuthContext, q: OverviewQuery) -> AppR
             if let Some(team) = team {
                 teams::existing(tc, team)?;
             }
-            // Read as its definition reads it (422 invalid_attribute).
+            // Read as its definition reads it (invalid_attribute).
             period.contact_attribute = attribute.map(|raw| crate::inbox::attributes::wanted(tc, &raw)).transpose()?;
             reports::overview(tc, period)
         })

@@ -3,6 +3,7 @@
 //! (`inbox::scheduled`); any member who may answer the conversation (an
 //! agent or above: a viewer reads them and writes none).
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -33,7 +34,7 @@ async fn create(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<NewScheduled>,
+    body: Json<NewScheduled>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = conversation_id(&path)?;
@@ -88,7 +89,7 @@ async fn change(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<ScheduledChange>,
+    body: Json<ScheduledChange>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Agent)?;
     let id = scheduled_id(&path)?;

@@ -1,6 +1,7 @@
 //! `/api/teams`: groups of members conversations are handed to
 //! (`inbox::teams`).
 
+use super::json::Json;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -48,7 +49,7 @@ struct CreateBody {
 
 /// `POST /api/teams` (admins): 201, or 200 with the team a repeated create
 /// made.
-async fn create(state: web::Data<AppState>, auth: AuthContext, body: web::Json<CreateBody>) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, auth: AuthContext, body: Json<CreateBody>) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let body = body.into_inner();
     let new = NewTeam {
@@ -78,7 +79,7 @@ async fn update(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<UpdateBody>,
+    body: Json<UpdateBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = team_id(&path)?;
@@ -103,7 +104,7 @@ async fn set_members(
     state: web::Data<AppState>,
     auth: AuthContext,
     path: web::Path<String>,
-    body: web::Json<super::MembersBody>,
+    body: Json<super::MembersBody>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Admin)?;
     let id = team_id(&path)?;

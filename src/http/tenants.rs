@@ -3,6 +3,7 @@
 //! `GET`/`PATCH /api/tenant`: the caller's tenant and its policy (an
 //! extension: whether it requires two-step sign-in, `auth::mfa`).
 
+use super::json::Json;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -43,7 +44,7 @@ struct TenantChange {
 async fn patch_tenant(
     state: web::Data<AppState>,
     auth: AuthContext,
-    body: web::Json<TenantChange>,
+    body: Json<TenantChange>,
 ) -> AppResult<HttpResponse> {
     auth.require(Role::Owner)?;
     let (user, required) = (auth.user, body.into_inner().require_mfa);
@@ -70,7 +71,7 @@ pub fn is_operator(state: &AppState, req: &HttpRequest) -> bool {
     }
 }
 
-async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Json<CreateBody>) -> AppResult<HttpResponse> {
+async fn create(state: web::Data<AppState>, req: HttpRequest, body: Json<CreateBody>) -> AppResult<HttpResponse> {
     if state.config.signup == Signup::Closed && !is_operator(&state, &req) {
         return Err(if bearer(&req).is_some() {
             AppError::unauthorized("invalid_operator_token", "the operator token is wrong")

@@ -1,5 +1,6 @@
 //! `GET/POST /webhooks/meta` and the operator's dead-letter endpoints.
 
+use super::json::Json;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -117,7 +118,7 @@ struct ReplayBody {
 async fn replay(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: Option<web::Json<ReplayBody>>,
+    body: Option<Json<ReplayBody>>,
 ) -> AppResult<HttpResponse> {
     require_operator(&state, &req)?;
     let ids = body.map(|b| b.into_inner().ids).unwrap_or_default();

@@ -188,6 +188,10 @@ impl FilterParams {
         };
         let id = |raw: &str, what: &str| raw.parse::<i64>().map_err(|_| bad(format!("{what} is not an id")));
         let status = self.status.clone();
+        // PostgreSQL keeps no text with U+0000: refused, as in a body.
+        if self.q.as_deref().is_some_and(|q| q.contains('\0')) {
+            return Err(bad("q must not contain the character U+0000".into()));
+        }
         if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
             return Err(AppError::bad_request("invalid_status", "status must be open, pending, snoozed or resolved"));
         }

@@ -5393,7 +5393,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
         ("?channel_id=abc", "invalid_channel_id"),
     ] {
         let r = report(query.to_string()).await;
-        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some(code)), "{query}");
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some(code)), "{query}");
     }
     let r = app.call("GET", "/api/reports/overview", Some(&al_token), None).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (403, Some("forbidden")));
@@ -5421,7 +5421,7 @@ async fn a_report_shows_what_came_in_and_who_answered_how_soon() {
     assert!(facebook.ends_with(",2,0,2,1,0,0,"), "{channels_csv}");
     assert_eq!(csv("agents", &al_token).await.status(), 403);
     let r = app.call("GET", "/api/reports/channels.csv?from=yesterday", Some(&ctx.admin), None).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_period")));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_period")));
 
     // Unblocked, the spammer counts again.
     block(false).await;
@@ -5750,7 +5750,7 @@ async fn a_blocked_contact_is_kept_quietly_and_sent_nothing() {
     assert_eq!(listed("?blocked=true").await.body["items"].as_array().map(Vec::len), Some(2));
     assert_eq!(listed("?blocked=false").await.body["items"].as_array().map(Vec::len), Some(0));
     let r = listed("?blocked=maybe").await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_blocked")));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_blocked")));
     for body in [json!({"blocked": "yes"}), json!({"blocked": null}), json!({"blocked": 1})] {
         let r = app.call("PATCH", &spammer, Some(&ctx.admin), Some(body.clone())).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}");
@@ -5989,7 +5989,7 @@ async fn a_conversation_is_exported_as_a_transcript() {
     assert_ne!(at(&text), at(&with_notes), "times are in the zone asked for");
     for (query, code) in [("?tz=Mars/Olympus", "invalid_timezone"), ("?notes=yes", "invalid_notes")] {
         let r = get(query).await;
-        assert_eq!(r.status(), 422);
+        assert_eq!(r.status(), 400);
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["error"]["code"], code);
     }

@@ -270,7 +270,7 @@ async fn a_report_of_one_team_counts_its_conversations() {
     let both = report(format!("?label=urgente&team_id={team}")).await;
     assert_eq!(figures(&both.body), [1, 1, 1, 1, 1, 0, 0].map(|n| json!(n)), "{:?}", both.body);
     for query in ["?label=", "?label=a,b"] {
-        assert_eq!(code(&report(query.into()).await), (422, "invalid_label"), "{query}");
+        assert_eq!(code(&report(query.into()).await), (400, "invalid_label"), "{query}");
     }
     // A team nobody is in holds nothing; what is not a team is refused.
     let empty = app.call("POST", "/api/teams", Some(admin), Some(json!({"name": "Nadie"}))).await;
@@ -278,7 +278,7 @@ async fn a_report_of_one_team_counts_its_conversations() {
     let none = report(format!("?team_id={empty}")).await;
     assert_eq!(figures(&none.body), [0, 0, 0, 0, 0, 0, 0].map(|n| json!(n)), "{:?}", none.body);
     for query in ["?team_id=abc", "?team_id=0", "?team_id=999999"] {
-        assert_eq!(code(&report(query.into()).await), (422, "invalid_team"), "{query}");
+        assert_eq!(code(&report(query.into()).await), (400, "invalid_team"), "{query}");
     }
 
     // Notifications name the conversation's team, so a client can show a
