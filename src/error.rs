@@ -251,7 +251,14 @@ impl From<crate::meta::GraphError> for AppError {
         match e {
             G::TokenInvalid { .. } => AppError::invalid("meta_token_invalid", message),
             G::Permission { .. } => AppError::invalid("meta_permission_denied", message),
-            G::RateLimited { .. } => AppError::new(ErrorKind::RateLimited, "meta_rate_limited", message),
+            G::RateLimited { regain_in, .. } => {
+                let limited = AppError::new(ErrorKind::RateLimited, "meta_rate_limited", message);
+                // Meta's own estimate, passed on (RFC 9110 §10.2.3), where it gave one.
+                match regain_in {
+                    Some(wait) => limited.retry_after(wait.as_secs()),
+                    None => limited,
+                }
+            }
             G::OutsideWindow { .. } => AppError::invalid("outside_window", message),
             G::RecipientUnavailable { .. } => AppError::invalid("recipient_unavailable", message),
             G::Transient { .. } | G::Network(_) => AppError::unavailable("meta_unavailable", message),

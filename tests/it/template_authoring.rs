@@ -149,9 +149,22 @@ async fn an_admin_submits_a_template_for_review_and_deletes_it() {
     app.fake("POST", "/_fake/errors", refusal).await;
     let mut refused = body.clone();
     refused["name"] = json!("pedido_pronto_2");
-    let r = app.call("POST", &url, Some(&ctx.admin), Some(refused)).await;
+    let r = app.call("POST", &url, Some(&ctx.admin), Some(refused.clone())).await;
     assert_eq!(code(&r), (422, "meta_refused"));
     assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("too similar")), "{:?}", r.body);
+    // Meta's limit on the account: a 429 that passes on how long Meta said
+    // it lasts (5 minutes), as Retry-After; nothing kept.
+    let usage = json!({WABA: [{"type": "whatsapp_business_management", "call_count": 100,
+        "total_cputime": 1, "total_time": 1, "estimated_time_to_regain_access": 5}]});
+    let limit = json!({"path": format!("/{WABA}/message_templates"), "method": "POST", "status": 400,
+        "error": {"code": 80007, "message": "(#80007) There have been too many calls to this WhatsApp Business account."},
+        "headers": {"X-Business-Use-Case-Usage": usage}});
+    app.fake("POST", "/_fake/errors", limit).await;
+    let res = app.client.post(app.url(&url)).bearer_auth(&ctx.admin).json(&refused).send().await.expect("answer");
+    let retry_after = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!((res.status().as_u16(), retry_after), (429, Some("300".to_string())));
+    let limited: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(limited["error"]["code"], "meta_rate_limited", "{limited}");
 
     // One more at Meta, made in WhatsApp Manager (deleted there below).
     app.fake(
