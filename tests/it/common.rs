@@ -335,7 +335,16 @@ impl TestApp {
         }
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
+        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (kind, challenge, allow) = (header("content-type"), header("www-authenticate"), header("allow"));
         let text = res.text().await.expect("body");
+        // RFC 9110: a 401 says how to authenticate (§15.5.2), a 405 what
+        // the path takes (§15.5.6); a JSON body says it is JSON.
+        assert!(status != 401 || challenge.is_some(), "{method} {path}: a 401 without WWW-Authenticate: {text}");
+        assert!(status != 405 || allow.is_some(), "{method} {path}: a 405 without Allow: {text}");
+        let json_kind = kind.as_deref().is_some_and(|k| k.starts_with("application/json"));
+        let is_json = text.starts_with('{') && serde_json::from_str::<serde_json::Value>(&text).is_ok();
+        assert!(!is_json || json_kind, "{method} {path}: JSON sent as {kind:?}: {text}");
         let body = if text.is_empty() {
             serde_json::Value::Null
         } else {
