@@ -68,6 +68,8 @@ pub struct AppError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits).
     pub retry_after: Option<u64>,
+    /// A 416's whole length, for its `Content-Range: bytes */…`.
+    whole_length: Option<u64>,
     /// Shown as `error.details` when there are some.
     pub details: Option<Box<serde_json::Value>>,
     source: Option<anyhow::Error>,
@@ -75,7 +77,30 @@ pub struct AppError {
 
 impl AppError {
     pub fn new(kind: ErrorKind, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        AppError { kind, code: code.into(), message: message.into(), retry_after: None, details: None, source: None }
+        AppError {
+            kind,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+            whole_length: None,
+            details: None,
+            source: None,
+        }
+    }
+
+    /// 416 `range_not_satisfiable`: the part a `Range` asked for is not in
+    /// the file, whose length (when known) the answer's `Content-Range`
+    /// gives (RFC 9110 §15.5.17), so a player can ask again within it.
+    pub fn range_not_satisfiable(whole_length: Option<u64>) -> Self {
+        let size = whole_length.map_or("size unknown".to_string(), |len| format!("bytes */{len}"));
+        AppError {
+            whole_length,
+            ..Self::new(
+                ErrorKind::RangeNotSatisfiable,
+                "range_not_satisfiable",
+                format!("the media has no such part ({size})"),
+            )
+        }
     }
 
     /// With `details` shown beside the message.
@@ -117,6 +142,7 @@ impl AppError {
             code: "internal_error".into(),
             message: "internal error".into(),
             retry_after: None,
+            whole_length: None,
             details: None,
             source: Some(cause.into()),
         }
@@ -167,6 +193,9 @@ impl ResponseError for AppError {
         let mut response = HttpResponse::build(self.status());
         if let Some(secs) = self.retry_after {
             response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(len) = self.whole_length {
+            response.insert_header((actix_web::http::header::CONTENT_RANGE, format!("bytes */{len}")));
         }
         if self.status() == StatusCode::UNAUTHORIZED {
             // RFC 7235 asks every 401 to name its scheme; RFC 6750 says

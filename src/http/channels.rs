@@ -125,7 +125,8 @@ async fn connect_facebook(
     auth.require(Role::Admin)?;
     let b = body.into_inner();
     let items = connect::connect_facebook(&state, &auth, b.selection_id, b.page_ids, b.instagram).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    // Every list is `{items, next_cursor}` (API.md); this one is whole.
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": null })))
 }
 
 #[derive(Deserialize)]
@@ -150,7 +151,7 @@ async fn connect_whatsapp(
         _ => return Err(AppError::invalid("invalid_body", "send either {code} or {waba_id, access_token}")),
     };
     let items = connect::connect_whatsapp(&state, &auth, grant).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": null })))
 }
 
 async fn patch(

@@ -287,7 +287,8 @@ async fn patch_many(
     if wakes {
         state.online.room_changed(auth.tenant);
     }
-    Ok(HttpResponse::Ok().json(json!({"items": items})))
+    // Every list is `{items, next_cursor}` (API.md); this one is whole.
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": null})))
 }
 
 async fn read(state: web::Data<AppState>, auth: AuthContext, path: web::Path<String>) -> AppResult<HttpResponse> {
@@ -831,13 +832,7 @@ fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<
     use actix_web::http::header;
     let crate::inbox::media_copies::StoredCopy { mime, len, part, bytes } = copy;
     let mut res = match part {
-        Some(Err(())) => {
-            return Err(AppError::new(
-                crate::error::ErrorKind::RangeNotSatisfiable,
-                "range_not_satisfiable",
-                format!("the media has no such part (bytes */{len})"),
-            ))
-        }
+        Some(Err(())) => return Err(AppError::range_not_satisfiable(Some(len as u64))),
         Some(Ok((start, end))) => {
             let mut res = HttpResponse::PartialContent();
             res.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));

@@ -106,14 +106,10 @@ pub async fn open(
         };
         match state.graph.download_stream(&url, &token, range).await {
             Ok(stream) if stream.status == 416 => {
-                return Err(AppError::new(
-                    ErrorKind::RangeNotSatisfiable,
-                    "range_not_satisfiable",
-                    format!(
-                        "the media has no such part ({})",
-                        stream.content_range.as_deref().unwrap_or("size unknown")
-                    ),
-                ))
+                // Meta's `bytes */<length>`, passed on.
+                let whole =
+                    stream.content_range.as_deref().and_then(|r| r.strip_prefix("bytes */")?.trim().parse().ok());
+                return Err(AppError::range_not_satisfiable(whole));
             }
             Ok(stream) => {
                 let mime = mime

@@ -359,9 +359,9 @@ impl TestApp {
         if !path.starts_with("/api/openapi.json") {
             crate::openapi::keeps_conventions(&body, "$", &mut out);
         }
-        // A list read is `{items, next_cursor}`, the cursor a string or null.
-        if method == "GET"
-            && body.get("items").is_some_and(serde_json::Value::is_array)
+        // A list, read or a write's result, is `{items, next_cursor}`, the
+        // cursor a string or null.
+        if body.get("items").is_some_and(serde_json::Value::is_array)
             && !body.get("next_cursor").is_some_and(|c| c.is_null() || c.is_string())
         {
             out.push(format!("a list without a next_cursor: {:?}", body.get("next_cursor")));
