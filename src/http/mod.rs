@@ -232,8 +232,8 @@ fn channel_param(raw: Option<&str>) -> AppResult<Option<crate::channels::Channel
 }
 
 /// A `q=` query parameter (a search): 400 `invalid_query` for one holding
-/// U+0000, which PostgreSQL keeps in no text (so it would find nothing, but
-/// is refused as the character is in a body).
+/// U+0000. PostgreSQL keeps it in no text, so such a search could find
+/// nothing; it is refused, as the character is in a body.
 fn search_text(q: Option<String>) -> AppResult<Option<String>> {
     match q {
         Some(q) if q.contains('\0') => {
