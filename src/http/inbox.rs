@@ -1587,7 +1587,8 @@ async fn import_contacts(
     let dry_run = match q.dry_run.as_deref().map(str::trim) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return Err(AppError::invalid("invalid_dry_run", "dry_run is true or false").into()),
+        // A query's or a form's value, not JSON: 400 (API.md).
+        Some(_) => return Err(AppError::bad_request("invalid_dry_run", "dry_run is true or false").into()),
     };
     let user = auth.user;
     let imported = state
