@@ -718,7 +718,9 @@ async fn transcript(
 /// A file an agent sent is served from where it is kept (`inbox::uploads`).
 /// Served as a download in a sandbox unless it is an image, video or sound
 /// file: a customer's file must not run as a page of this origin. A `Range`
-/// goes on to Meta and its part comes back (206), so players can seek.
+/// goes on to Meta and its part comes back (206), so players can seek. A
+/// `HEAD` of a WhatsApp media gives its type and length from Meta's lookup,
+/// downloading nothing.
 async fn attachment(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -729,10 +731,14 @@ async fn attachment(
     use actix_web::FromRequest;
     use futures_util::TryStreamExt;
     let (id, index) = attachment_path(&path)?;
+    // A HEAD fetches nothing and is never partial: range requests are
+    // GET's alone (RFC 9110 §14.2).
+    let head = req.method() == actix_web::http::Method::HEAD;
     // Only a plain byte range is honoured (it is the one Meta serves).
     let range = req
         .headers()
         .get(header::RANGE)
+        .filter(|_| !head)
         .and_then(|v| v.to_str().ok())
         .filter(|r| r.len() <= 100 && r.starts_with("bytes="))
         .map(str::to_string);
@@ -780,9 +786,21 @@ async fn attachment(
         }
         (messages::AttachmentSource::Media { media_id, filename, channel }, _) => (media_id, filename, channel),
     };
+    if head {
+        let crate::inbox::media::Described { mime, size } =
+            crate::inbox::media::describe(&state, tenant, &channel, &media_id).await?;
+        let mut res = HttpResponse::Ok();
+        media_headers(&mut res, mime, filename.as_deref());
+        // A stream, so that actix keeps the length said, or says none
+        // where Meta gave none, as for the GET (a HEAD's body is never sent).
+        if let Some(size) = size {
+            res.no_chunking(size);
+        }
+        let nothing = futures_util::stream::empty::<Result<web::Bytes, actix_web::Error>>();
+        return Ok(res.streaming(nothing));
+    }
     let crate::inbox::media::Opened { stream: download, mime } =
         crate::inbox::media::open(&state, tenant, &channel, &media_id, range.as_deref()).await?;
-    let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
     let mut res = match download.status {
         206 => HttpResponse::PartialContent(),
         _ => HttpResponse::Ok(),
@@ -793,15 +811,23 @@ async fn attachment(
     if download.ranges {
         res.insert_header((header::ACCEPT_RANGES, "bytes"));
     }
-    res.content_type(mime)
-        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
-        .insert_header(disposition(shown_inline, filename.as_deref()));
+    media_headers(&mut res, mime, filename.as_deref());
     if let Some(length) = download.length {
         res.no_chunking(length);
     }
     Ok(res.streaming(download.body.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))))
+}
+
+/// A customer's file's type, and the guards it is served with: shown
+/// inline only if an image, video or sound, `nosniff`, sandboxed.
+fn media_headers(res: &mut actix_web::HttpResponseBuilder, mime: String, filename: Option<&str>) {
+    use actix_web::http::header;
+    let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
+    res.content_type(mime)
+        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
+        .insert_header(disposition(shown_inline, filename));
 }
 
 /// Where attachment `index` of message `id` comes from, and for one on
@@ -826,8 +852,7 @@ fn source_and_copy(
 
 /// A copy of a CDN media, whole or the one part a `Range` asked for (206;
 /// 416 for a part it does not have), with the same guards as a WhatsApp
-/// media: shown inline only if an image, video or sound, `nosniff`, and
-/// sandboxed.
+/// media ([`media_headers`]).
 fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<&str>) -> AppResult<HttpResponse> {
     use actix_web::http::header;
     let crate::inbox::media_copies::StoredCopy { mime, len, part, bytes } = copy;
@@ -840,15 +865,9 @@ fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<
         }
         None => HttpResponse::Ok(),
     };
-    let shown_inline = ["image/", "video/", "audio/"].iter().any(|p| mime.starts_with(p));
-    Ok(res
-        .content_type(mime)
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
-        .insert_header(disposition(shown_inline, filename))
-        .body(bytes))
+    res.insert_header((header::ACCEPT_RANGES, "bytes"));
+    media_headers(&mut res, mime, filename);
+    Ok(res.body(bytes))
 }
 
 #[derive(Deserialize)]

@@ -934,6 +934,25 @@ async fn agents_open_what_customers_send() {
             .count()
     };
     assert_eq!(lookups().await, 1, "the URL Meta gave serves the next parts too");
+    // A HEAD says the type and the length, from Meta's lookup: nothing is
+    // downloaded, and a Range is not for a HEAD (RFC 9110 §14.2).
+    let downloads = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let path = format!("/_fake/media/{photo}/download");
+        log["items"].as_array().expect("items").iter().filter(|r| r["path"] == path.as_str()).count()
+    };
+    let fetched = downloads().await;
+    assert_eq!(fetched, 3, "the three GETs above each downloaded");
+    let head = app.client.head(app.url(&photo_url)).bearer_auth(&ctx.admin).header("range", "bytes=4-7").send().await;
+    let head = head.expect("request");
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        (header(&head, "content-type"), header(&head, "content-length"), header(&head, "x-content-type-options")),
+        ("image/png".to_string(), "20".to_string(), "nosniff".to_string())
+    );
+    assert!(head.bytes().await.expect("no body").is_empty());
+    assert_eq!(downloads().await, fetched, "a HEAD downloads nothing");
+    assert_eq!(lookups().await, 1, "nor asks Meta again while the URL is kept");
     // Meta's URL stops working before the server stops using it (Meta's
     // minutes are not a promise): the server asks for a new one, once.
     app.fake("POST", "/_fake/media-urls/expire", json!({})).await;
@@ -954,6 +973,8 @@ async fn agents_open_what_customers_send() {
     // Meta keeps media 30 days: then there is nothing to show.
     let gone = app.call("GET", &url_of("wamid.gone"), Some(&ctx.admin), None).await;
     assert_eq!((gone.status, gone.body["error"]["code"].as_str()), (404, Some("media_unavailable")), "{:?}", gone.body);
+    let gone = app.client.head(app.url(&url_of("wamid.gone"))).bearer_auth(&ctx.admin).send().await.expect("HEAD");
+    assert_eq!(gone.status(), 404, "a HEAD asks Meta, and says what a GET would");
     // A pin has nothing to fetch; nor has an index past the end.
     let pin = shown.iter().find(|m| m["external_id"] == "wamid.pin").expect("pin");
     let pin_path = format!("/api/messages/{}/attachments/0", pin["id"].as_str().expect("id"));

@@ -1144,14 +1144,19 @@ pub(super) fn add_media(fake: &FakeMeta, body: &Value) -> HttpResponse {
 /// The media bytes; like Meta's lookaside URL it needs the Bearer token,
 /// works only for a few minutes after the lookup that gave it (`grant`),
 /// and serves a part for a `Range` (206, or 416 past the end).
+/// Each download is logged with the Graph calls (`GET /_fake/requests`).
 pub(super) fn download(
     fake: &FakeMeta,
     id: &str,
+    method: &str,
     grant: Option<&str>,
     token: Option<&str>,
     range: Option<&str>,
 ) -> HttpResponse {
-    let st = fake.lock();
+    let mut st = fake.lock();
+    let owner = token.and_then(|t| st.tokens.get(t)).map(|t| format!("{:?}", t.owner));
+    let path = format!("/_fake/media/{id}/download");
+    st.log.push(json!({"method": method, "path": path, "query": {}, "body": null, "token_owner": owner}));
     let Some((phone, mime, data)) = st.media.get(id) else { return HttpResponse::NotFound().finish() };
     let current = grant
         .and_then(|g| st.media_urls.get(g))

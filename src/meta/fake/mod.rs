@@ -123,8 +123,8 @@
 //!   short-lived; meta/CONTRACTS.md §7.6), then answers 404.
 //!   `POST /_fake/media-urls/expire` ends every URL handed out so far, as
 //!   if those minutes had passed.
-//! - `GET /_fake/requests` every Graph call received (tokens and secrets
-//!   removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
+//! - `GET /_fake/requests` every Graph call and media download received
+//!   (tokens and secrets removed); `GET /_fake/state` pages, subscriptions, numbers; `POST /_fake/reset`.
 
 mod messaging;
 mod templates;
@@ -1016,7 +1016,8 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
             let q = query_map(&req);
             let token = bearer_or_query(&req, &q);
             let range = req.headers().get("range").and_then(|v| v.to_str().ok());
-            messaging::download(&fake, &id, q.get("grant").map(String::as_str), token.as_deref(), range)
+            let method = req.method().as_str();
+            messaging::download(&fake, &id, method, q.get("grant").map(String::as_str), token.as_deref(), range)
         }
         ("GET", "requests") => HttpResponse::Ok().json(json!({"items": fake.lock().log.clone()})),
         ("GET", "state") => {
