@@ -256,7 +256,10 @@ impl From<DbError> for AppError {
                 AppError::unavailable("tenant_not_ready", "this tenant's schema is being migrated; retry shortly")
             }
             DbError::MembershipChanged => {
-                AppError::unauthorized("token_revoked", "your membership in this tenant changed; log in again")
+                AppError::unauthorized("token_revoked", "your role in this tenant changed; log in again")
+            }
+            DbError::MembershipEnded => {
+                AppError::unauthorized("membership_revoked", "you are not a member of this tenant")
             }
             DbError::LoginEnded => AppError::unauthorized(
                 "login_ended",

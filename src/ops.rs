@@ -15,6 +15,7 @@ use crate::db::schema::memberships;
 use crate::db::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
 use crate::error::AppError;
 use crate::meta::fake::{FakeConfig, FakeMeta};
+use crate::realtime::LiveMsg;
 use crate::tenancy::{self, NewTenant, TenantSlug, TenantStatus};
 
 fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
@@ -269,6 +270,8 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                     None => users::insert(conn, &email, &name, &hash)?,
                 };
                 if let Some((t, role)) = &membership {
+                    let before: Option<String> =
+                        memberships::table.find((user.id, t.id)).select(memberships::role).first(conn).optional()?;
                     diesel::insert_into(memberships::table)
                         .values((
                             memberships::user_id.eq(user.id),
@@ -279,6 +282,12 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                         .do_update()
                         .set(memberships::role.eq(role.as_str()))
                         .execute(conn)?;
+                    if before.is_some_and(|b| b != role.as_str()) {
+                        // As for a change over the API: the old role's tokens
+                        // and sockets end.
+                        let changed = LiveMsg::Revoked { t: t.id, u: user.id, family: None };
+                        crate::realtime::bus::notify_live(conn, &changed)?;
+                    }
                 }
                 Ok(user)
             });

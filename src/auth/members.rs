@@ -206,6 +206,10 @@ pub fn change_role(
     diesel::update(memberships::table.find((user.0, tenant)))
         .set(memberships::role.eq(role.as_str()))
         .execute(tc.pg())?;
+    // Their tokens name the old role and are refused from now on; their
+    // sockets, which would go on with the old role's channels, close as a
+    // stale login's (4401: refresh, reconnect), on every instance.
+    notify_live(tc.pg(), &LiveMsg::Revoked { t: tenant, u: user.0, family: None })?;
     audit::record(
         tc,
         Some(actor),

@@ -42,8 +42,10 @@ pub enum DbError {
     TenantSuspended,
     #[error("tenant schema not migrated")]
     TenantNotReady,
-    #[error("membership changed since the token was issued")]
+    #[error("the member's role changed since the token was issued")]
     MembershipChanged,
+    #[error("not a member of the token's tenant (removed, or never one)")]
+    MembershipEnded,
     #[error("the token's login was ended")]
     LoginEnded,
     #[error("migration failed: {0}")]
@@ -58,6 +60,10 @@ impl DbError {
                 "switchboard:tenant_not_found" => return DbError::TenantNotFound,
                 "switchboard:tenant_suspended" => return DbError::TenantSuspended,
                 "switchboard:tenant_not_ready" => return DbError::TenantNotReady,
+                // The DETAIL says which (since 2026-12-05-000001).
+                "switchboard:membership_changed" if info.details() == Some("removed") => {
+                    return DbError::MembershipEnded
+                }
                 "switchboard:membership_changed" => return DbError::MembershipChanged,
                 "switchboard:login_ended" => return DbError::LoginEnded,
                 _ => {}

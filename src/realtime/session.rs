@@ -587,7 +587,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
 fn refusal(e: &AppError) -> Option<(u16, &'static str)> {
     match e.code.as_ref() {
         "login_ended" => Some((super::CLOSE_LOGGED_OUT, "this login ended")),
-        "token_revoked" | "membership_revoked" => Some((super::CLOSE_REMOVED, "access changed")),
+        "token_revoked" => Some((super::CLOSE_LOGGED_OUT, "your role changed")),
+        "membership_revoked" => Some((super::CLOSE_REMOVED, "no longer a member of this tenant")),
         "tenant_suspended" => Some((super::CLOSE_REMOVED, "this tenant is suspended")),
         _ => None,
     }

@@ -131,7 +131,7 @@ async fn login_me_and_forged_or_stale_tokens() {
     let beth = app.signup("beta", "beth@beta.test", "beth-password-1").await;
     let beta_id = beth["tenant"]["id"].as_str().expect("id");
     let crossed = keys.sign(&claims(&user_id, beta_id)).expect("sign");
-    assert_eq!(me_status(&app, &crossed).await, (401, "token_revoked".to_string()));
+    assert_eq!(me_status(&app, &crossed).await, (401, "membership_revoked".to_string()));
 }
 
 /// Twenty wrong passwords for one account within the window, and its
@@ -290,10 +290,11 @@ async fn roles_members_and_the_last_owner() {
     let vic_t = token(&vic, "access_token");
     let vic_r = token(&vic, "refresh_token");
 
-    // Removing vic: access token refused now, refresh refused next time.
+    // Removing vic: access token refused now, saying so (not "log in
+    // again", as for a role change), refresh refused next time.
     let r = app.call("DELETE", &format!("/api/members/{vic_id}"), Some(&al_t), None).await;
     assert_eq!(r.status, 204);
-    assert_eq!(me_status(&app, &vic_t).await.0, 401);
+    assert_eq!(me_status(&app, &vic_t).await, (401, "membership_revoked".to_string()));
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": vic_r}))).await;
     assert_eq!(r.status, 401);
     let r = app.call("DELETE", &format!("/api/members/{vic_id}"), Some(&al_t), None).await;

@@ -2550,3 +2550,95 @@ async fn conversations_handed_back_go_to_someone_online_when_the_channel_assigns
     assert_eq!(assignee(&conv[1]).await, Value::Null);
     assert_eq!(auto(Some(&team_id)), 1);
 }
+
+/// A role change reaches the member's open sockets at once: an admin made
+/// an agent stops hearing the channels an agent is not listed on. Their
+/// access tokens name the old role and are refused from then on, so their
+/// sockets close as a login's whose token went stale (4401: refresh, then
+/// reconnect), not as a removal (4403); the new token's socket sees what
+/// the new role sees. Another member's socket is not touched.
+#[actix_web::test]
+async fn a_role_change_closes_the_members_sockets_with_4401() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let dora = app
+        .call(
+            "POST",
+            "/api/members",
+            Some(&t.admin),
+            Some(json!({"email": "dora@acme.test", "role": "admin", "password": "dora-password-1"})),
+        )
+        .await;
+    let dora_id = dora.body["user_id"].as_str().expect("id").to_string();
+    let login = app.login("dora@acme.test", "dora-password-1", "acme").await;
+    let mut dora = ws(&app, "", Some(&token(&login, "access_token")), None).await.expect("dora");
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    for s in [&mut dora, &mut x] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "while an admin"})).await;
+    assert!(until(&mut dora, "message.created", Duration::from_secs(5)).await.is_some(), "an admin sees all");
+    assert!(until(&mut x, "message.created", Duration::from_secs(5)).await.is_some(), "xavi is on page A");
+    let r = app.call("PATCH", &format!("/api/members/{dora_id}"), Some(&t.admin), Some(json!({"role": "agent"}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "after the change"})).await;
+    let closed = until(&mut dora, "closed", Duration::from_secs(5)).await;
+    assert_eq!(closed.as_ref().map(|c| c["code"].clone()), Some(json!(4401)), "{closed:?}");
+    // Refreshed, the login carries the new role: page A is not hers now.
+    let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})));
+    let r = r.await;
+    assert_eq!((r.status, r.body["role"].as_str()), (200, Some("agent")), "{:?}", r.body);
+    let mut again = ws(&app, "", Some(&token(&r.body, "access_token")), None).await.expect("reconnected");
+    next(&mut again, Duration::from_secs(3)).await.expect("hello");
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "as an agent"})).await;
+    let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("xavi, on page A, hears it");
+    assert_eq!(m["data"]["text"], "after the change");
+    let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("and the next");
+    assert_eq!(m["data"]["text"], "as an agent");
+    let heard = until(&mut again, "message.created", Duration::from_millis(800)).await;
+    assert!(heard.is_none(), "an agent off page A hears nothing of it: {heard:?}");
+    // An operator's `user create` that changes her role does the same.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["user", "create", "--email", "dora@acme.test", "--password", "dora-password-1"])
+        .args(["--tenant", "acme", "--role", "admin"])
+        .env("DATABASE_URL", &app.db.url)
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run switchboard");
+    assert!(cli.status.success(), "{cli:?}");
+    let closed = until(&mut again, "closed", Duration::from_secs(5)).await;
+    assert_eq!(closed.as_ref().map(|c| c["code"].clone()), Some(json!(4401)), "{closed:?}");
+    send(&mut x, json!({"type": "ping"})).await;
+    assert!(until(&mut x, "pong", Duration::from_secs(3)).await.is_some(), "xavi's socket was never touched");
+}
+
+/// A socket whose own read finds the member's role changed, or the member
+/// gone, before the hub said so (here: changed in the database alone) is
+/// closed as the hub would close it: 4401 for a role (refresh, reconnect),
+/// 4403 for a removal, not the one code for both.
+#[actix_web::test]
+async fn a_socket_whose_own_read_finds_the_role_changed_or_the_member_gone() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let olga = app.login("olga@acme.test", "olga-password-1", "acme").await;
+    let olga_id = olga["user"]["id"].as_str().expect("id").to_string();
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    let mut o = ws(&app, "", Some(&token(&olga, "access_token")), None).await.expect("olga");
+    for s in [&mut x, &mut o] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    let changed = app.exec(&format!("UPDATE public.memberships SET role = 'viewer' WHERE user_id = {}", t.agent_x_id));
+    let gone = app.exec(&format!("DELETE FROM public.memberships WHERE user_id = {olga_id}"));
+    assert_eq!((changed, gone), (1, 1));
+    // Channels change: both sessions read theirs again, and the guard refuses.
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let closed = until(&mut x, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401, "{closed}");
+    let closed = until(&mut o, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4403, "{closed}");
+}
