@@ -40,7 +40,8 @@ pub enum LiveMsg {
     Acl { t: i64 },
     /// A member left the tenant (or the tenant was suspended: `u` = 0).
     Removed { t: i64, u: i64 },
-    /// A login (refresh-token family) ended.
+    /// A login (refresh-token family) ended; without a family, every
+    /// login of the member in the tenant (their role changed).
     Revoked { t: i64, u: i64, family: Option<String> },
     /// Instance `inst` has just started listening (first time or after a
     /// reconnect) and knows nothing of the others' sockets: they answer

@@ -16,7 +16,7 @@
 //! neither logged nor replayed.
 //!
 //! Close codes: 4401 the session's login ended (logout, refresh reuse,
-//! role change), 4403 removed from the tenant or tenant suspended, 4408 the
+//! role change), 4403 removed from the tenant or tenant suspended or dropped, 4408 the
 //! client fell too far behind, or sent nothing, not even a pong, for the
 //! heartbeat timeout (reconnect with `since` to resume); and the
 //! standard 1001 when the server shuts down (reconnect, to another instance,

@@ -522,14 +522,29 @@ impl WsSession {
             state
                 .db
                 .tenant(scope, move |tc| {
-                    crate::inbox::messages::typing_target(tc, &keys, crate::ids::UserId(user), role, conversation)
+                    let user = crate::ids::UserId(user);
+                    let target = crate::inbox::messages::typing_target(tc, &keys, user, role, conversation)?;
+                    // The name they go by now (they may have changed it
+                    // since the socket opened), as `POST …/typing` shows.
+                    Ok((target, crate::auth::users::display_name(tc.pg(), user)?))
                 })
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
-            let Ok(target) = r else {
-                ctx.text(error_frame("not_found", "no such conversation"));
-                return;
+            let target = match r {
+                Ok((target, name)) => {
+                    act.name = name;
+                    target
+                }
+                // The guard refused: the login ended, membership or role changed.
+                Err(e) => match refusal(&e) {
+                    Some((code, reason)) => return act.close(ctx, code, reason),
+                    None if e.status().is_server_error() => {
+                        tracing::warn!(error = ?e, "could not read a typing message's conversation");
+                        return ctx.text(error_frame("unavailable", "try again shortly"));
+                    }
+                    None => return ctx.text(error_frame("not_found", "no such conversation")),
+                },
             };
             let conv = target.conversation;
             act.hub.do_send(TypingFrom {

@@ -476,10 +476,13 @@ async fn events_reach_exactly_who_may_see_them() {
         .filter(|r| r["body"]["sender_action"] == "typing_on")
         .count();
     assert_eq!(actions, 1);
-    // A typing message without `on` means typing.
+    // A typing message without `on` means typing; it shows the name the
+    // agent goes by now, not the one they had when the socket opened.
+    let r = app.call("PATCH", "/api/me", Some(&t.agent_x), Some(json!({"name": "Xavier Ü."}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     send(&mut x, json!({"type": "typing", "conversation_id": conv})).await;
     let typing = until(&mut admin, "typing", Duration::from_secs(3)).await.expect("typing without on");
-    assert_eq!(typing["data"]["on"], true);
+    assert_eq!((typing["data"]["on"].as_bool(), typing["data"]["name"].as_str()), (Some(true), Some("Xavier Ü.")));
     // That typing began after the first expired, when the hub had stopped
     // checking (it checks only while someone types); renewed 3 s in, it
     // lasts 6 s from the renewal, then expires all the same.
@@ -2571,9 +2574,14 @@ async fn a_role_change_closes_the_members_sockets_with_4401() {
         .await;
     let dora_id = dora.body["user_id"].as_str().expect("id").to_string();
     let login = app.login("dora@acme.test", "dora-password-1", "acme").await;
-    let mut dora = ws(&app, "", Some(&token(&login, "access_token")), None).await.expect("dora");
+    let access = token(&login, "access_token");
+    let mut dora = ws(&app, "", Some(&access), None).await.expect("dora");
+    // Her API token acts with the role she has at each use (an extension).
+    let api = app.call("POST", "/api/me/tokens", Some(&access), Some(json!({"name": "CRM"}))).await;
+    let api = api.body["token"].as_str().expect("token").to_string();
+    let mut by_api = ws(&app, "", Some(&api), None).await.expect("by her API token");
     let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
-    for s in [&mut dora, &mut x] {
+    for s in [&mut dora, &mut by_api, &mut x] {
         next(s, Duration::from_secs(3)).await.expect("hello");
     }
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "while an admin"})).await;
@@ -2582,21 +2590,28 @@ async fn a_role_change_closes_the_members_sockets_with_4401() {
     let r = app.call("PATCH", &format!("/api/members/{dora_id}"), Some(&t.admin), Some(json!({"role": "agent"}))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "after the change"})).await;
-    let closed = until(&mut dora, "closed", Duration::from_secs(5)).await;
-    assert_eq!(closed.as_ref().map(|c| c["code"].clone()), Some(json!(4401)), "{closed:?}");
+    for s in [&mut dora, &mut by_api] {
+        let closed = until(s, "closed", Duration::from_secs(5)).await;
+        assert_eq!(closed.as_ref().map(|c| c["code"].clone()), Some(json!(4401)), "{closed:?}");
+    }
     // Refreshed, the login carries the new role: page A is not hers now.
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})));
     let r = r.await;
     assert_eq!((r.status, r.body["role"].as_str()), (200, Some("agent")), "{:?}", r.body);
     let mut again = ws(&app, "", Some(&token(&r.body, "access_token")), None).await.expect("reconnected");
-    next(&mut again, Duration::from_secs(3)).await.expect("hello");
+    let mut by_api = ws(&app, "", Some(&api), None).await.expect("the API token reconnects, as an agent's");
+    for s in [&mut again, &mut by_api] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "as an agent"})).await;
     let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("xavi, on page A, hears it");
     assert_eq!(m["data"]["text"], "after the change");
     let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("and the next");
     assert_eq!(m["data"]["text"], "as an agent");
-    let heard = until(&mut again, "message.created", Duration::from_millis(800)).await;
-    assert!(heard.is_none(), "an agent off page A hears nothing of it: {heard:?}");
+    for s in [&mut again, &mut by_api] {
+        let heard = until(s, "message.created", Duration::from_millis(800)).await;
+        assert!(heard.is_none(), "an agent off page A hears nothing of it: {heard:?}");
+    }
     // An operator's `user create` that changes her role does the same.
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["user", "create", "--email", "dora@acme.test", "--password", "dora-password-1"])
@@ -2613,10 +2628,12 @@ async fn a_role_change_closes_the_members_sockets_with_4401() {
     assert!(until(&mut x, "pong", Duration::from_secs(3)).await.is_some(), "xavi's socket was never touched");
 }
 
-/// A socket whose own read finds the member's role changed, or the member
-/// gone, before the hub said so (here: changed in the database alone) is
-/// closed as the hub would close it: 4401 for a role (refresh, reconnect),
-/// 4403 for a removal, not the one code for both.
+/// A socket whose own read (a typing message's, its channels reloaded)
+/// finds the member's role changed, or the member gone, before the hub said
+/// so (here: changed in the database alone) is closed as the hub would
+/// close it: 4401 for a role (refresh, reconnect), 4403 for a removal, not
+/// the one code for both, nor an error frame as if the conversation were
+/// not there.
 #[actix_web::test]
 async fn a_socket_whose_own_read_finds_the_role_changed_or_the_member_gone() {
     let app = spawn_app().await;
@@ -2629,16 +2646,41 @@ async fn a_socket_whose_own_read_finds_the_role_changed_or_the_member_gone() {
     for s in [&mut x, &mut o] {
         next(s, Duration::from_secs(3)).await.expect("hello");
     }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "941", "text": "hello"})).await;
+    let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("xavi is on page A");
+    let conversation = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
     let changed = app.exec(&format!("UPDATE public.memberships SET role = 'viewer' WHERE user_id = {}", t.agent_x_id));
     let gone = app.exec(&format!("DELETE FROM public.memberships WHERE user_id = {olga_id}"));
     assert_eq!((changed, gone), (1, 1));
-    // Channels change: both sessions read theirs again, and the guard refuses.
+    // Xavi types: the session reads the conversation, and the guard refuses.
+    send(&mut x, json!({"type": "typing", "conversation_id": conversation, "on": true})).await;
+    let closed = until(&mut x, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4401, "{closed}");
+    // Channels change: Olga's session reads hers again, and the guard refuses.
     let r = app
         .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let closed = until(&mut x, "closed", Duration::from_secs(5)).await.expect("closed");
-    assert_eq!(closed["code"], 4401, "{closed}");
     let closed = until(&mut o, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4403, "{closed}");
+}
+
+/// A tenant dropped by an operator closes its open sockets, as a suspended
+/// one's (4403), rather than leave them open with nothing to hear; another
+/// tenant's socket stays.
+#[actix_web::test]
+async fn a_dropped_tenants_sockets_close_with_4403() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut acme = ws(&app, "", Some(&t.admin), None).await.expect("acme");
+    let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
+    for s in [&mut acme, &mut beta] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    let mut conn = app.db.conn();
+    switchboard::tenancy::drop_tenant(&mut conn, "beta").expect("drop");
+    let closed = until(&mut beta, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4403, "{closed}");
+    send(&mut acme, json!({"type": "ping"})).await;
+    assert!(until(&mut acme, "pong", Duration::from_secs(3)).await.is_some(), "acme's socket stays");
 }
