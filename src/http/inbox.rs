@@ -752,7 +752,8 @@ async fn attachment(
             let tenant = crate::ids::TenantId(claims.t);
             let scope = crate::db::TenantScope::system(tenant);
             let range = range.clone();
-            (tenant, state.db.tenant(scope, move |tc| source_and_copy(tc, None, id, index, range.as_deref())).await?)
+            let copy = state.db.tenant(scope, move |tc| source_and_copy(tc, None, id, index, range.as_deref(), head));
+            (tenant, copy.await?)
         }
         None => {
             let auth = AuthContext::extract(&req).await?;
@@ -760,15 +761,15 @@ async fn attachment(
             let range = range.clone();
             let source = state
                 .db
-                .tenant(auth.scope(), move |tc| source_and_copy(tc, viewer, id, index, range.as_deref()))
+                .tenant(auth.scope(), move |tc| source_and_copy(tc, viewer, id, index, range.as_deref(), head))
                 .await?;
             (auth.tenant, source)
         }
     };
     let (media_id, filename, channel) = match source {
-        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(copy, None),
+        (messages::AttachmentSource::Url(_), Some(copy)) => return copy_response(copy, None, head),
         (messages::AttachmentSource::Uploaded { filename }, Some(copy)) => {
-            return copy_response(copy, filename.as_deref())
+            return copy_response(copy, filename.as_deref(), head)
         }
         (messages::AttachmentSource::Uploaded { .. }, None) => {
             // Stored with its message in one transaction: only a purge between the reads.
@@ -791,13 +792,7 @@ async fn attachment(
             crate::inbox::media::describe(&state, tenant, &channel, &media_id).await?;
         let mut res = HttpResponse::Ok();
         media_headers(&mut res, mime, filename.as_deref());
-        // A stream, so that actix keeps the length said, or says none
-        // where Meta gave none, as for the GET (a HEAD's body is never sent).
-        if let Some(size) = size {
-            res.no_chunking(size);
-        }
-        let nothing = futures_util::stream::empty::<Result<web::Bytes, actix_web::Error>>();
-        return Ok(res.streaming(nothing));
+        return Ok(no_body(&mut res, size));
     }
     let crate::inbox::media::Opened { stream: download, mime } =
         crate::inbox::media::open(&state, tenant, &channel, &media_id, range.as_deref()).await?;
@@ -831,17 +826,21 @@ fn media_headers(res: &mut actix_web::HttpResponseBuilder, mime: String, filenam
 }
 
 /// Where attachment `index` of message `id` comes from, and for one on
-/// Meta's CDN the copy kept of it (the part `range` names), in one unit of
-/// work.
+/// Meta's CDN the copy kept of it (the part `range` names; for a `HEAD`,
+/// its type and size alone), in one unit of work.
 fn source_and_copy(
     tc: &mut crate::db::TenantConn<'_>,
     viewer: Option<(crate::ids::UserId, crate::auth::Role)>,
     id: MessageId,
     index: usize,
     range: Option<&str>,
+    head: bool,
 ) -> AppResult<(messages::AttachmentSource, Option<crate::inbox::media_copies::StoredCopy>)> {
     let source = messages::attachment_source(tc, viewer, id, index)?;
     let copy = match source {
+        messages::AttachmentSource::Url(_) | messages::AttachmentSource::Uploaded { .. } if head => {
+            crate::inbox::media_copies::describe(tc, id.0, index)?
+        }
         messages::AttachmentSource::Url(_) | messages::AttachmentSource::Uploaded { .. } => {
             crate::inbox::media_copies::find(tc, id.0, index, range)?
         }
@@ -852,8 +851,12 @@ fn source_and_copy(
 
 /// A copy of a CDN media, whole or the one part a `Range` asked for (206;
 /// 416 for a part it does not have), with the same guards as a WhatsApp
-/// media ([`media_headers`]).
-fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<&str>) -> AppResult<HttpResponse> {
+/// media ([`media_headers`]); for a `HEAD`, its length without its bytes.
+fn copy_response(
+    copy: crate::inbox::media_copies::StoredCopy,
+    filename: Option<&str>,
+    head: bool,
+) -> AppResult<HttpResponse> {
     use actix_web::http::header;
     let crate::inbox::media_copies::StoredCopy { mime, len, part, bytes } = copy;
     let mut res = match part {
@@ -867,7 +870,20 @@ fn copy_response(copy: crate::inbox::media_copies::StoredCopy, filename: Option<
     };
     res.insert_header((header::ACCEPT_RANGES, "bytes"));
     media_headers(&mut res, mime, filename);
+    if head {
+        return Ok(no_body(&mut res, Some(len as u64)));
+    }
     Ok(res.body(bytes))
+}
+
+/// A `HEAD`'s answer: the headers, and the length the `GET`'s body would
+/// have where it is known (as a stream, so that actix keeps the length
+/// said rather than the empty body's; a `HEAD`'s body is never sent).
+fn no_body(res: &mut actix_web::HttpResponseBuilder, length: Option<u64>) -> HttpResponse {
+    if let Some(length) = length {
+        res.no_chunking(length);
+    }
+    res.streaming(futures_util::stream::empty::<Result<web::Bytes, actix_web::Error>>())
 }
 
 #[derive(Deserialize)]

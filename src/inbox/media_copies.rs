@@ -262,30 +262,14 @@ pub fn find(
     index: usize,
     range: Option<&str>,
 ) -> AppResult<Option<StoredCopy>> {
-    use diesel::sql_types::{BigInt, Binary, Integer, Text};
-    #[derive(QueryableByName)]
-    struct Head {
-        #[diesel(sql_type = Text)]
-        mime: String,
-        #[diesel(sql_type = Integer)]
-        len: i32,
-    }
+    use diesel::sql_types::{BigInt, Binary, Integer};
     #[derive(QueryableByName)]
     struct Part {
         #[diesel(sql_type = Binary)]
         bytes: Vec<u8>,
     }
+    let Some(StoredCopy { mime, len, .. }) = describe(tc, message_id, index)? else { return Ok(None) };
     let Ok(index) = i32::try_from(index) else { return Ok(None) };
-    // The size comes from the stored value's header, without reading it.
-    let head: Option<Head> = diesel::sql_query(
-        "SELECT mime, octet_length(bytes) AS len FROM media_copies WHERE message_id = $1 AND idx = $2",
-    )
-    .bind::<BigInt, _>(message_id)
-    .bind::<Integer, _>(index)
-    .get_result(tc.pg())
-    .optional()?;
-    let Some(Head { mime, len }) = head else { return Ok(None) };
-    let len = usize::try_from(len).unwrap_or(0);
     let part = range.and_then(|r| crate::byte_range::byte_range(r, len));
     let (from, count) = match part {
         Some(Err(())) => return Ok(Some(StoredCopy { mime, len, part, bytes: Vec::new() })),
@@ -303,6 +287,34 @@ pub fn find(
     .bind::<Integer, _>(count)
     .get_result(tc.pg())?;
     Ok(Some(StoredCopy { mime, len, part, bytes: read.bytes }))
+}
+
+/// The type and size of the copy of attachment `index` of `message_id`,
+/// without its bytes (`bytes` is empty): what a `HEAD` says.
+pub fn describe(tc: &mut TenantConn<'_>, message_id: i64, index: usize) -> AppResult<Option<StoredCopy>> {
+    use diesel::sql_types::{BigInt, Integer, Text};
+    #[derive(QueryableByName)]
+    struct Head {
+        #[diesel(sql_type = Text)]
+        mime: String,
+        #[diesel(sql_type = Integer)]
+        len: i32,
+    }
+    let Ok(index) = i32::try_from(index) else { return Ok(None) };
+    // The size comes from the stored value's header, without reading it.
+    let head: Option<Head> = diesel::sql_query(
+        "SELECT mime, octet_length(bytes) AS len FROM media_copies WHERE message_id = $1 AND idx = $2",
+    )
+    .bind::<BigInt, _>(message_id)
+    .bind::<Integer, _>(index)
+    .get_result(tc.pg())
+    .optional()?;
+    Ok(head.map(|Head { mime, len }| StoredCopy {
+        mime,
+        len: usize::try_from(len).unwrap_or(0),
+        part: None,
+        bytes: Vec::new(),
+    }))
 }
 
 /// Removes a message's copies (its contact unsent it).

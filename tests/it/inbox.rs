@@ -4073,6 +4073,14 @@ async fn cdn_media_are_copied_before_metas_urls_expire() {
     let part = get(path.clone(), Some("bytes=4-8")).await;
     assert_eq!((part.status().as_u16(), header(&part, "content-range")), (206, "bytes 4-8/20".to_string()));
     assert_eq!(part.bytes().await.expect("bytes").as_ref(), b"bytes");
+    // A HEAD: the whole copy's type and length, no body, whatever the Range.
+    let head = app.client.head(app.url(&path)).bearer_auth(&ctx.admin).header("range", "bytes=4-8").send().await;
+    let head = head.expect("request");
+    assert_eq!(
+        (head.status().as_u16(), header(&head, "content-type"), header(&head, "content-length")),
+        (200, "image/png".to_string(), "20".to_string())
+    );
+    assert!(head.bytes().await.expect("no body").is_empty());
     // Read from the database as a part, not the whole cut down: the end.
     let tail = get(path.clone(), Some("bytes=-5")).await;
     assert_eq!((tail.status().as_u16(), header(&tail, "content-range")), (206, "bytes 15-19/20".to_string()));
