@@ -251,6 +251,7 @@ pub fn remove(
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
     refresh::revoke_member(tc.pg(), user, tenant)?;
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
+    crate::channels::forget_member(tc, user)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::scheduled::forget_member(tc, log, user)?;

@@ -816,6 +816,14 @@ pub fn set_members(
     get_view(tc, id)
 }
 
+/// Takes a member who left the tenant off every channel's list: the lists
+/// name members only (a list read and sent back must not name a stranger),
+/// and someone added again later starts with no channel.
+pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
+    diesel::delete(channel_members::table.filter(channel_members::user_id.eq(user.0))).execute(tc.pg())?;
+    Ok(())
+}
+
 /// Everything needed to connect (or reconnect) one channel.
 pub struct NewChannel {
     pub platform: Platform,

@@ -1053,3 +1053,38 @@ async fn lists_of_a_channels_members_set_at_once_take_turns() {
         "{kept:?}"
     );
 }
+
+/// A member removed leaves every channel's list with the membership: the
+/// list an admin reads names only members, so sending it back (less
+/// someone) is not refused as naming a stranger, and someone added again
+/// later starts with no channel rather than the ones they had.
+#[actix_web::test]
+async fn a_removed_member_leaves_the_channels_lists() {
+    let app = spawn_app().await;
+    let admin = crate::inbox::acme(&app).await.admin;
+    let channel = crate::inbox::channel_id(&app, &admin, PAGE_A).await;
+    let mut agents = Vec::new();
+    for name in ["al", "bo"] {
+        let body = json!({"email": format!("{name}@acme.test"), "role": "agent", "password": "agent-password-1"});
+        let r = app.call("POST", "/api/members", Some(&admin), Some(body)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        agents.push(r.body["user_id"].as_str().expect("id").to_string());
+    }
+    let path = format!("/api/channels/{channel}/members");
+    let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": agents}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = app.call("DELETE", &format!("/api/members/{}", agents[0]), Some(&admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let shown = app.call("GET", &format!("/api/channels/{channel}"), Some(&admin), None).await;
+    assert_eq!(shown.body["member_ids"], json!([agents[1]]), "{:?}", shown.body);
+    // The list read, sent back as it is: taken.
+    let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": shown.body["member_ids"]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Added again, Al sees no channel until listed anew.
+    let body = json!({"email": "al@acme.test", "role": "agent"});
+    let r = app.call("POST", "/api/members", Some(&admin), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let al = token(&app.login("al@acme.test", "agent-password-1", "acme").await, "access_token");
+    let seen = app.call("GET", "/api/channels", Some(&al), None).await;
+    assert_eq!(seen.body["items"], json!([]), "{:?}", seen.body);
+}

@@ -350,3 +350,45 @@ fn audited_member_lists_get_their_ids_as_strings() {
         ]
     );
 }
+
+/// Channel lists kept before a removal took the member off them lose
+/// whoever is no longer a member of the schema's tenant (a member of
+/// another tenant included); the members stay.
+#[test]
+fn channel_lists_lose_those_no_longer_members() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    tenancy::provision(&mut conn, &TenantSlug::parse("alpha").expect("slug"), "A").expect("provision");
+    tenancy::provision(&mut conn, &TenantSlug::parse("beta").expect("slug"), "B").expect("provision");
+    conn.batch_execute(
+        "INSERT INTO public.users (id, email, password_hash) VALUES
+           (901, 'member@a.test', 'x'), (902, 'gone@a.test', 'x'), (903, 'other@b.test', 'x');
+         INSERT INTO public.memberships (user_id, tenant_id, role)
+           SELECT 901, id, 'agent' FROM public.tenants WHERE slug = 'alpha'
+           UNION ALL SELECT 903, id, 'agent' FROM public.tenants WHERE slug = 'beta';",
+    )
+    .expect("people");
+    conn.transaction(|conn| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        conn.batch_execute("SELECT set_config('search_path', 'tenant_alpha', true)")?;
+        while conn.revert_last_migration(Migrations::tenant())?.to_string() != "20261205000002" {}
+        conn.batch_execute(
+            "INSERT INTO channels (id, platform, external_id, name) VALUES (1, 'facebook', '1', 'P');
+             INSERT INTO channel_members (channel_id, user_id) VALUES (1, 901), (1, 902), (1, 903);",
+        )?;
+        conn.run_pending_migrations(Migrations::tenant())?;
+        Ok(())
+    })
+    .expect("revert, list, re-run");
+    #[derive(QueryableByName)]
+    struct Listed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        user_id: i64,
+    }
+    let listed: Vec<i64> = diesel::sql_query("SELECT user_id FROM tenant_alpha.channel_members ORDER BY user_id")
+        .load::<Listed>(&mut conn)
+        .expect("lists")
+        .into_iter()
+        .map(|l| l.user_id)
+        .collect();
+    assert_eq!(listed, [901]);
+}

@@ -1,0 +1,2 @@
+-- Who was taken off is not kept; nothing to undo.
+SELECT 1;
