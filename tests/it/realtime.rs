@@ -750,10 +750,21 @@ async fn a_client_that_never_reads_does_not_delay_others() {
     // It has read nothing for longer than a busy socket may take: the next
     // deliveries find it stopped.
     actix_web::rt::time::sleep(switchboard::realtime::hub::STALLED_AFTER + Duration::from_millis(500)).await;
-    append_in(&app.pool, 1000, 4000);
-    append_in(&app.pool, 1000, 4000);
+    // More until it is dropped: how much the kernel holds for a socket
+    // nobody reads depends on the machine (its receive buffer grows to
+    // `tcp_rmem`'s maximum, 32 MiB on some), and the server judges only
+    // frames it could not hand to the kernel. At most 80 MB more.
+    let too_slow = || switchboard::metrics::WS_TOO_SLOW.load(std::sync::atomic::Ordering::Relaxed);
+    let before = too_slow();
+    for _ in 0..40 {
+        append_in(&app.pool, 500, 4000);
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        if too_slow() > before {
+            break;
+        }
+    }
     // The slow one was dropped: draining it ends with close code 4408.
-    let too_slow = switchboard::metrics::WS_TOO_SLOW.load(std::sync::atomic::Ordering::Relaxed);
+    let too_slow = too_slow();
     let mut closed = None;
     let mut read = 0;
     while let Some(f) = next(&mut slow, Duration::from_secs(5)).await {
