@@ -6,16 +6,17 @@ use diesel::prelude::*;
 use std::sync::Arc;
 
 use crate::app::AppState;
+use crate::auth::members::{self, Member, NewMember};
 use crate::auth::users::{self, Email};
 use crate::auth::Role;
 use crate::cli::{KeysCommand, MailCommand, TenantCommand, UserCommand, WebhooksCommand};
 use crate::config::{DbConfig, ServerConfig};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
-use crate::db::schema::memberships;
-use crate::db::{connect_pool, ensure_database, Db, PgPool, PoolOptions};
+use crate::db::{connect_pool, ensure_database, with_tenant, Db, PgPool, PoolOptions, TenantScope};
 use crate::error::AppError;
+use crate::ids::TenantId;
+use crate::inbox::events::EventLog;
 use crate::meta::fake::{FakeConfig, FakeMeta};
-use crate::realtime::LiveMsg;
 use crate::tenancy::{self, NewTenant, TenantSlug, TenantStatus};
 
 fn pool_for(cfg: &DbConfig, size: u32) -> anyhow::Result<PgPool> {
@@ -263,38 +264,21 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 _ => None,
             };
             let hash = crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
-            let user = conn.transaction(|conn| -> Result<_, AppError> {
-                let user = match users::find_by_email(conn, &email)? {
-                    Some(u) if membership.is_some() => u,
-                    Some(_) => return Err(AppError::conflict("email_taken", "a user with this email already exists")),
-                    None => users::insert(conn, &email, &name, &hash)?,
-                };
-                if let Some((t, role)) = &membership {
-                    let before: Option<String> =
-                        memberships::table.find((user.id, t.id)).select(memberships::role).first(conn).optional()?;
-                    diesel::insert_into(memberships::table)
-                        .values((
-                            memberships::user_id.eq(user.id),
-                            memberships::tenant_id.eq(t.id),
-                            memberships::role.eq(role.as_str()),
-                        ))
-                        .on_conflict((memberships::user_id, memberships::tenant_id))
-                        .do_update()
-                        .set(memberships::role.eq(role.as_str()))
-                        .execute(conn)?;
-                    if before.is_some_and(|b| b != role.as_str()) {
-                        // As for a change over the API: the old role's tokens
-                        // and sockets end.
-                        let changed = LiveMsg::Revoked { t: t.id, u: user.id, family: None };
-                        crate::realtime::bus::notify_live(conn, &changed)?;
-                    }
-                }
-                Ok(user)
-            });
-            let user = user.map_err(user_error)?;
             match membership {
-                Some((t, role)) => println!("user {} (id {}) is {} of {}", user.email, user.id, role, t.slug),
-                None => println!("created user {} (id {})", user.email, user.id),
+                None => {
+                    let user = conn.transaction(|conn| -> Result<_, AppError> {
+                        if users::find_by_email(conn, &email)?.is_some() {
+                            return Err(AppError::conflict("email_taken", "a user with this email already exists"));
+                        }
+                        users::insert(conn, &email, &name, &hash)
+                    });
+                    let user = user.map_err(user_error)?;
+                    println!("created user {} (id {})", user.email, user.id);
+                }
+                Some((t, role)) => {
+                    let member = member_by_operator(&mut conn, &t, email, name, role, hash).map_err(user_error)?;
+                    println!("user {} (id {}) is {} of {}", member.email, member.user_id, member.role, t.slug);
+                }
             }
         }
         UserCommand::Password { email, password } => {
@@ -311,6 +295,41 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `user create --tenant --role`: adds the user (created if need be) as a
+/// member, or changes an existing member's role, with an owner's powers and
+/// the API's rules (`auth::members`): the last owner stays one, a changed
+/// role ends the member's tokens and sockets and hands back what they may no
+/// longer answer, and either is audited with no actor. Reaches a suspended
+/// tenant too: an operator may be setting it up again.
+fn member_by_operator(
+    conn: &mut diesel::PgConnection,
+    tenant: &tenancy::Tenant,
+    email: Email,
+    name: String,
+    role: Role,
+    hash: crate::auth::password::PasswordHash,
+) -> Result<Member, AppError> {
+    let scope = TenantScope::maintenance(TenantId(tenant.id));
+    with_tenant(conn, &scope, |tc| {
+        let existing = match users::find_by_email(tc.pg(), &email)? {
+            Some(user) => members::role_of(tc, user.user_id())?.map(|_| user.user_id()),
+            None => None,
+        };
+        let Some(user) = existing else {
+            let new = NewMember { email, name, role, password_hash: Some(hash) };
+            return members::add(tc, None, Role::Owner, new);
+        };
+        // Nobody is online for a command: what is handed back waits in the
+        // queue, or for the hand-out of whoever connects.
+        let mut log = EventLog::new();
+        let member = members::change_role(tc, &mut log, None, Role::Owner, user, role, &[])?;
+        let notices = log.member_notices();
+        crate::inbox::notifications::keep(tc, &mut log, &notices)?;
+        log.write(tc)?;
+        Ok(member)
+    })
 }
 
 pub fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {

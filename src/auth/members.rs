@@ -131,7 +131,9 @@ pub struct NewMember {
     pub password_hash: Option<super::password::PasswordHash>,
 }
 
-pub fn add(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, new: NewMember) -> AppResult<Member> {
+/// Adds `new` as a member, as `actor` (`None`: an operator's command) of
+/// `actor_role`, creating the user if no one has the email yet.
+pub fn add(tc: &mut TenantConn<'_>, actor: Option<UserId>, actor_role: Role, new: NewMember) -> AppResult<Member> {
     ensure_may_grant(actor_role, new.role)?;
     let tenant = tc.tenant();
     let user = match users::find_by_email(tc.pg(), &new.email)? {
@@ -159,7 +161,7 @@ pub fn add(tc: &mut TenantConn<'_>, actor: UserId, actor_role: Role, new: NewMem
     }
     audit::record(
         tc,
-        Some(actor),
+        actor,
         "member.added",
         "user",
         Some(user.id.to_string()),
@@ -181,10 +183,14 @@ fn owner_count_locked(tc: &mut TenantConn<'_>) -> AppResult<usize> {
     Ok(owners.len())
 }
 
+/// Gives `user` `role`, as `actor` (`None`: an operator's command, with an
+/// owner's powers) of `actor_role`. The last owner stays one; the member's
+/// tokens and sockets end; what they may no longer answer goes back to the
+/// queue, or to someone of `online`.
 pub fn change_role(
     tc: &mut TenantConn<'_>,
     log: &mut crate::inbox::events::EventLog,
-    actor: UserId,
+    actor: Option<UserId>,
     actor_role: Role,
     user: UserId,
     role: Role,
@@ -212,7 +218,7 @@ pub fn change_role(
     notify_live(tc.pg(), &LiveMsg::Revoked { t: tenant, u: user.0, family: None })?;
     audit::record(
         tc,
-        Some(actor),
+        actor,
         "member.role_changed",
         "user",
         Some(user.to_string()),
@@ -257,7 +263,7 @@ pub fn remove(
     crate::inbox::scheduled::forget_member(tc, log, user)?;
     crate::inbox::notifications::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
-    crate::inbox::conversations::release(tc, log, actor, user, Released::All, "member_removed", online)?;
+    crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(

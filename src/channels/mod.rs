@@ -799,7 +799,7 @@ pub fn set_members(
         let sees_all = crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin));
         if !sees_all {
             let which = crate::inbox::conversations::Released::Of(id.0);
-            crate::inbox::conversations::release(tc, log, actor, UserId(*gone), which, "channel_left", online)?;
+            crate::inbox::conversations::release(tc, log, Some(actor), UserId(*gone), which, "channel_left", online)?;
         }
     }
     // Their unread notifications of it count, or no longer do.

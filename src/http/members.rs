@@ -63,7 +63,7 @@ async fn add(state: web::Data<AppState>, auth: AuthContext, body: Json<AddBody>)
             None => None,
         },
     };
-    let member = state.db.tenant(auth.scope(), move |tc| members::add(tc, auth.user, auth.role, new)).await?;
+    let member = state.db.tenant(auth.scope(), move |tc| members::add(tc, Some(auth.user), auth.role, new)).await?;
     Ok(HttpResponse::Created().json(member))
 }
 
@@ -86,7 +86,7 @@ async fn change_role(
     let online = state.online.of(auth.tenant);
     let member = state
         .tenant_with_events(auth.scope(), move |tc, log| {
-            members::change_role(tc, log, auth.user, auth.role, user, role, &online)
+            members::change_role(tc, log, Some(auth.user), auth.role, user, role, &online)
         })
         .await?;
     Ok(HttpResponse::Ok().json(member))

@@ -980,11 +980,12 @@ pub enum Released {
 /// nobody there, waits in the queue for someone (`hand_out`); the rest
 /// wait unassigned. Each is announced once, as it ends up
 /// (`conversation.updated`). Locked in id order, as the webhook path
-/// locks. How many were released.
+/// locks. `actor` is `None` for an operator's command. How many were
+/// released.
 pub fn release(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
-    actor: UserId,
+    actor: Option<UserId>,
     member: UserId,
     which: Released,
     why: &str,
@@ -1012,13 +1013,8 @@ pub fn release(
     let mut names = Names::default();
     for mut row in released.iter().cloned() {
         let id = ConversationId(row.id);
-        audit_change(
-            tc,
-            actor,
-            id,
-            "conversation.assigned",
-            json!({"from": member.to_string(), "to": null, "by": why}),
-        )?;
+        let details = json!({"from": member.to_string(), "to": null, "by": why});
+        audit::record(tc, actor, "conversation.assigned", "conversation", Some(id.to_string()), details)?;
         give_or_queue(tc, log, &mut rules, &mut row, &others)?;
         let view = names.conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;

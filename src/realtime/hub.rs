@@ -1305,9 +1305,13 @@ impl Handler<Live> for Hub {
                         self.index.sessions.get(id).is_some_and(|e| family.as_ref().is_none_or(|f| *f == e.family))
                     })
                     .collect();
+                // No family: every login of the member at once, which only
+                // a role change ends (the reason a socket's own refused
+                // read gives too, `session::refusal`).
+                let reason = if family.is_none() { "your role changed" } else { "this login ended" };
                 for id in ids {
                     if let Some(e) = self.remove(id) {
-                        e.addr.do_send(CloseSession { code: CLOSE_LOGGED_OUT, reason: "this login ended" });
+                        e.addr.do_send(CloseSession { code: CLOSE_LOGGED_OUT, reason });
                         self.note_presence(e.tenant, e.user);
                     }
                 }

@@ -14,6 +14,17 @@ fn switchboard(db: &TestDb, args: &[&str]) -> Output {
         .expect("run switchboard")
 }
 
+/// The one text value (`v`) `sql` reads.
+fn value(db: &TestDb, sql: &str) -> String {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct One {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    diesel::sql_query(sql).get_result::<One>(&mut db.conn()).expect(sql).v
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -84,6 +95,25 @@ fn tenant_lifecycle_and_clear_errors() {
         "--role",
         "agent",
     ]);
+    // The last owner stays one, as over the API; nothing is written.
+    let demote_ann = ["user", "create", "--email", "ann@acme.test", "--password", "ann-password-1", "--tenant", "acme"];
+    let err = fails(&[&demote_ann[..], &["--role", "agent"]].concat());
+    assert!(err.contains("last owner"), "{err}");
+    let role = |email: &str| {
+        let sql =
+            format!("SELECT m.role AS v FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = '{email}'");
+        value(&db, &sql)
+    };
+    assert_eq!(role("ann@acme.test"), "owner");
+    // With another owner she may step down; each change is audited, by
+    // nobody (an operator).
+    let make_bob = ["user", "create", "--email", "bob@acme.test", "--password", "bob-password-1", "--tenant", "acme"];
+    assert!(ok(&[&make_bob[..], &["--role", "owner"]].concat()).contains("is owner of acme"));
+    assert!(ok(&[&demote_ann[..], &["--role", "admin"]].concat()).contains("is admin of acme"));
+    assert_eq!((role("ann@acme.test"), role("bob@acme.test")), ("admin".to_string(), "owner".to_string()));
+    let audited = "SELECT count(*)::text AS v FROM tenant_acme.audit_log \
+                   WHERE action = 'member.role_changed' AND actor_user_id IS NULL";
+    assert_eq!(value(&db, audited), "2");
     ok(&["tenant", "suspend", "acme"]);
     assert!(ok(&["tenant", "list"]).contains("suspended"));
     ok(&["tenant", "resume", "acme"]);

@@ -7363,6 +7363,27 @@ async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
     role(&vi_id, "viewer").await;
     assert_eq!(assignee(&conv[1]).await, Value::Null);
     assert_eq!(app.count(&format!("{released}'role_changed'")), 2);
+
+    // An operator's `user create` that makes an admin a viewer hands back
+    // theirs as well, audited with no actor.
+    role(&ed_id, "admin").await;
+    patch(&conv[0], json!({"assignee_id": ed_id})).await;
+    let drained = crate::realtime::until(&mut socket, "none such", std::time::Duration::from_millis(800)).await;
+    assert!(drained.is_none(), "{drained:?}");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["user", "create", "--email", "ed@acme.test", "--password", "member-password-1"])
+        .args(["--tenant", "acme", "--role", "viewer"])
+        .env("DATABASE_URL", &app.db.url)
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run switchboard");
+    assert!(cli.status.success(), "{cli:?}");
+    assert_eq!(assignee(&conv[0]).await, Value::Null);
+    let told = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(10)).await;
+    assert_eq!(told.expect("announced")["data"]["id"], json!(conv[0]));
+    let by_nobody = format!("{released}'role_changed' AND actor_user_id IS NULL");
+    assert_eq!((app.count(&format!("{released}'role_changed'")), app.count(&by_nobody)), (3, 1));
 }
 
 /// Links of three contacts made all at once, in every pairing: they take

@@ -57,7 +57,8 @@ async fn next_text(s: &mut Socket, wait: Duration) -> Option<String> {
                 let _ = s.send(Message::Pong(p)).await;
             }
             Ok(Some(Ok(Frame::Close(reason)))) => {
-                return Some(json!({"type": "closed", "code": reason.map(|r| u16::from(r.code))}).to_string());
+                let (code, reason) = reason.map(|r| (u16::from(r.code), r.description)).unzip();
+                return Some(json!({"type": "closed", "code": code, "reason": reason}).to_string());
             }
             Ok(Some(Ok(_))) => {}
             _ => return None,
@@ -2603,7 +2604,8 @@ async fn a_role_change_closes_the_members_sockets_with_4401() {
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "931", "text": "after the change"})).await;
     for s in [&mut dora, &mut by_api] {
         let closed = until(s, "closed", Duration::from_secs(5)).await;
-        assert_eq!(closed.as_ref().map(|c| c["code"].clone()), Some(json!(4401)), "{closed:?}");
+        let said = closed.as_ref().map(|c| (c["code"].clone(), c["reason"].clone()));
+        assert_eq!(said, Some((json!(4401), json!("your role changed"))), "{closed:?}");
     }
     // Refreshed, the login carries the new role: page A is not hers now.
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})));
