@@ -179,12 +179,14 @@ pub enum KeysCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
-    /// Create a user, optionally with a membership in a tenant.
+    /// Create a user, optionally with a membership in a tenant; or make an
+    /// existing user a member, or change a member's role (no password
+    /// needed for someone who exists).
     Create {
         #[arg(long)]
         email: String,
         #[arg(long, env = "SWITCHBOARD_USER_PASSWORD", hide_env_values = true)]
-        password: String,
+        password: Option<String>,
         #[arg(long, default_value = "")]
         name: String,
         /// Tenant slug to add the user to.

@@ -263,9 +263,14 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            let hash = crate::auth::password::PasswordHash::create(&password).map_err(user_error)?;
+            // Hashed (slowly) only when given: it is needed for someone new.
+            let hash = match password {
+                Some(p) => Some(crate::auth::password::PasswordHash::create(&p).map_err(user_error)?),
+                None => None,
+            };
             match membership {
                 None => {
+                    let hash = hash.context("--password is needed to create a user")?;
                     let user = conn.transaction(|conn| -> Result<_, AppError> {
                         if users::find_by_email(conn, &email)?.is_some() {
                             return Err(AppError::conflict("email_taken", "a user with this email already exists"));
@@ -309,7 +314,7 @@ fn member_by_operator(
     email: Email,
     name: String,
     role: Role,
-    hash: crate::auth::password::PasswordHash,
+    hash: Option<crate::auth::password::PasswordHash>,
 ) -> Result<Member, AppError> {
     let scope = TenantScope::maintenance(TenantId(tenant.id));
     with_tenant(conn, &scope, |tc| {
@@ -318,7 +323,7 @@ fn member_by_operator(
             None => None,
         };
         let Some(user) = existing else {
-            let new = NewMember { email, name, role, password_hash: Some(hash) };
+            let new = NewMember { email, name, role, password_hash: hash };
             return members::add(tc, None, Role::Owner, new);
         };
         // Nobody is online for a command: what is handed back waits in the

@@ -40,7 +40,14 @@
 //!   member meanwhile keeps the role they have. An expired link is 410
 //!   `invitation_expired`; an unknown or revoked one 404. A suspended
 //!   tenant's links wait for it (403 `tenant_suspended`).
-//! - Audited: `member.invited`, `invitation.revoked` (by the admin),
+//! - An invitation grants what its inviter may grant: an admin removed, or
+//!   made an agent or viewer, takes back their pending invitations, and an
+//!   owner made an admin their owners' ([`take_back`]): otherwise a link
+//!   an admin kept for their own address would let them back in once
+//!   removed. A departing admin's invitations to newcomers go too; another
+//!   admin invites again (the listing showed them, and who sent them).
+//! - Audited: `member.invited`, `invitation.revoked` (by the admin, or
+//!   with `by`: `member_removed` / `role_changed` when taken back),
 //!   `member.added` with `by: invitation` (by the new member).
 //!   Housekeeping deletes invitations a week after they expire.
 
@@ -300,23 +307,64 @@ pub fn list(tc: &mut TenantConn<'_>, after: Option<i64>, limit: i64, now: DateTi
 /// `DELETE /api/invitations/{id}`: the link stops working, and the links
 /// it replaced are unknown too (not "use the newer one": there is none).
 pub fn revoke(tc: &mut TenantConn<'_>, actor: UserId, id: i64) -> AppResult<()> {
-    let gone: Option<(String, String)> = diesel::delete(
+    let gone: Option<(i64, String, String)> = diesel::delete(
         inv::table.filter(inv::id.eq(id)).filter(inv::tenant_id.eq(tc.tenant().0)).filter(inv::accepted_at.is_null()),
     )
-    .returning((inv::email, inv::role))
+    .returning((inv::id, inv::email, inv::role))
     .get_result(tc.pg())
     .optional()?;
-    let (email, role) = gone.ok_or_else(|| AppError::not_found("invitation"))?;
+    let gone = gone.ok_or_else(|| AppError::not_found("invitation"))?;
+    forget_revoked(tc, Some(actor), gone, json!({}))
+}
+
+/// Takes back the pending invitations `inviter` made that they could not
+/// make now: every one once they left the tenant or may invite nobody
+/// (`now` none, or below admin), their owners' once they are no longer an
+/// owner. An invitation grants what its inviter could: left standing, a
+/// removed admin's link to their own address would let them back in.
+/// Revoked as by `DELETE /api/invitations/{id}`, by `actor` (`None`: an
+/// operator's command), audited with `by`: why. How many.
+pub fn take_back(
+    tc: &mut TenantConn<'_>,
+    actor: Option<UserId>,
+    inviter: UserId,
+    now: Option<Role>,
+    why: &str,
+) -> AppResult<usize> {
+    let beyond: &[Role] = match now {
+        Some(Role::Owner) => return Ok(0),
+        Some(Role::Admin) => &[Role::Owner],
+        Some(Role::Agent | Role::Viewer) | None => &Role::ALL,
+    };
+    let gone: Vec<(i64, String, String)> = diesel::delete(
+        inv::table
+            .filter(inv::tenant_id.eq(tc.tenant().0))
+            .filter(inv::invited_by.eq(inviter.0))
+            .filter(inv::accepted_at.is_null())
+            .filter(inv::role.eq_any(beyond.iter().map(|r| r.as_str()))),
+    )
+    .returning((inv::id, inv::email, inv::role))
+    .get_results(tc.pg())?;
+    let n = gone.len();
+    for one in gone {
+        forget_revoked(tc, actor, one, json!({"by": why, "invited_by": inviter.to_string()}))?;
+    }
+    Ok(n)
+}
+
+/// After a pending invitation `(id, email, role)` was deleted: the links it
+/// replaced become unknown, and the revoke is audited with `more` details.
+fn forget_revoked(
+    tc: &mut TenantConn<'_>,
+    actor: Option<UserId>,
+    (id, email, role): (i64, String, String),
+    mut more: serde_json::Value,
+) -> AppResult<()> {
     diesel::delete(replaced::table.filter(replaced::tenant_id.eq(tc.tenant().0)).filter(replaced::email.eq(&email)))
         .execute(tc.pg())?;
-    audit::record(
-        tc,
-        Some(actor),
-        "invitation.revoked",
-        "invitation",
-        Some(id.to_string()),
-        json!({"email": email, "role": role}),
-    )?;
+    more["email"] = json!(email);
+    more["role"] = json!(role);
+    audit::record(tc, actor, "invitation.revoked", "invitation", Some(id.to_string()), more)?;
     Ok(())
 }
 

@@ -185,8 +185,9 @@ fn owner_count_locked(tc: &mut TenantConn<'_>) -> AppResult<usize> {
 
 /// Gives `user` `role`, as `actor` (`None`: an operator's command, with an
 /// owner's powers) of `actor_role`. The last owner stays one; the member's
-/// tokens and sockets end; what they may no longer answer goes back to the
-/// queue, or to someone of `online`.
+/// tokens and sockets end; the invitations they could not make now are
+/// taken back; what they may no longer answer goes back to the queue, or
+/// to someone of `online`.
 pub fn change_role(
     tc: &mut TenantConn<'_>,
     log: &mut crate::inbox::events::EventLog,
@@ -216,6 +217,7 @@ pub fn change_role(
     // sockets, which would go on with the old role's channels, close as a
     // stale login's (4401: refresh, reconnect), on every instance.
     notify_live(tc.pg(), &LiveMsg::Revoked { t: tenant, u: user.0, family: None })?;
+    super::invitations::take_back(tc, actor, user, Some(role), "role_changed")?;
     audit::record(
         tc,
         actor,
@@ -257,6 +259,7 @@ pub fn remove(
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
     refresh::revoke_member(tc.pg(), user, tenant)?;
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
+    super::invitations::take_back(tc, Some(actor), user, None, "member_removed")?;
     crate::channels::forget_member(tc, user)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;

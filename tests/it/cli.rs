@@ -96,7 +96,12 @@ fn tenant_lifecycle_and_clear_errors() {
         "agent",
     ]);
     // The last owner stays one, as over the API; nothing is written.
-    let demote_ann = ["user", "create", "--email", "ann@acme.test", "--password", "ann-password-1", "--tenant", "acme"];
+    // (No password is needed for someone who exists; someone new needs one.)
+    let demote_ann = ["user", "create", "--email", "ann@acme.test", "--tenant", "acme"];
+    let err = fails(&["user", "create", "--email", "cy@acme.test", "--tenant", "acme", "--role", "agent"]);
+    assert!(err.contains("password"), "{err}");
+    let err = fails(&["user", "create", "--email", "cy@acme.test"]);
+    assert!(err.contains("--password"), "{err}");
     let err = fails(&[&demote_ann[..], &["--role", "agent"]].concat());
     assert!(err.contains("last owner"), "{err}");
     let role = |email: &str| {

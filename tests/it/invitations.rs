@@ -319,3 +319,87 @@ async fn only_the_latest_replaced_links_are_kept() {
         assert_eq!(code(&look(&app, link).await), want, "link {i}");
     }
 }
+
+/// An invitation grants what its inviter may grant: an admin made an
+/// agent, an owner made an admin, or an admin removed takes back the
+/// pending invitations they could not make now (a link kept for their own
+/// address would otherwise let them back in); others' stay.
+#[actix_web::test]
+async fn invitations_go_with_the_power_of_who_sent_them() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let bea = json!({"email": "bea@acme.test", "role": "admin", "password": "bea-password-1"});
+    let r = app.call("POST", "/api/members", Some(&ann), Some(bea)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let bea_id = r.body["user_id"].as_str().expect("id").to_string();
+    let bea = || async { token(&app.login("bea@acme.test", "bea-password-1", "acme").await, "access_token") };
+    let role = |role: &str| {
+        let (app, ann, path) = (&app, ann.clone(), format!("/api/members/{bea_id}"));
+        let body = json!({"role": role});
+        async move {
+            let r = app.call("PATCH", &path, Some(&ann), Some(body)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    let link = |r: crate::common::Resp| {
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        token(&r.body, "token")
+    };
+    let pending = || async {
+        let r = app.call("GET", "/api/invitations", Some(&ann), None).await;
+        let mut emails: Vec<String> = r.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["email"].as_str().expect("email").into())
+            .collect();
+        emails.sort();
+        emails
+    };
+
+    // Bea, an admin, invites an agent and (to her own other address) an
+    // admin; Ann invites someone too.
+    let as_admin = bea().await;
+    let agent = link(invite(&app, &as_admin, "cy@acme.test", "agent").await);
+    let own = link(invite(&app, &as_admin, "bea.private@mail.test", "admin").await);
+    let anns = link(invite(&app, &ann, "dee@acme.test", "agent").await);
+    // Made an agent, she may invite no one: hers are taken back.
+    role("agent").await;
+    assert_eq!(pending().await, ["dee@acme.test"]);
+    for gone in [&agent, &own] {
+        assert_eq!(code(&look(&app, gone).await), (404, "invitation_not_found"));
+        assert_eq!(code(&accept(&app, gone, "a-new-password-1", "Bea").await), (404, "invitation_not_found"));
+    }
+    assert_eq!(look(&app, &anns).await.status, 200, "another admin's stays");
+
+    // An owner made an admin keeps what an admin may grant.
+    role("owner").await;
+    let as_owner = bea().await;
+    let owner = link(invite(&app, &as_owner, "eve@acme.test", "owner").await);
+    let viewer = link(invite(&app, &as_owner, "fay@acme.test", "viewer").await);
+    role("admin").await;
+    assert_eq!(code(&look(&app, &owner).await), (404, "invitation_not_found"));
+    assert_eq!(pending().await, ["dee@acme.test", "fay@acme.test"]);
+
+    // Removed, she takes back the rest; an accept of what stays works.
+    let r = app.call("DELETE", &format!("/api/members/{bea_id}"), Some(&ann), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(code(&look(&app, &viewer).await), (404, "invitation_not_found"));
+    assert_eq!(pending().await, ["dee@acme.test"]);
+    assert_eq!(accept(&app, &anns, "dee-password-1", "Dee").await.status, 200);
+
+    let log = app.call("GET", "/api/audit-log?limit=200", Some(&ann), None).await.body;
+    let said = |e: &Value, key: &str| e["details"][key].as_str().unwrap_or("").to_string();
+    let mut taken: Vec<String> =
+        audited(&log, "invitation.revoked").iter().map(|e| format!("{} {}", said(e, "email"), said(e, "by"))).collect();
+    taken.sort();
+    assert_eq!(
+        taken,
+        [
+            "bea.private@mail.test role_changed",
+            "cy@acme.test role_changed",
+            "eve@acme.test role_changed",
+            "fay@acme.test member_removed"
+        ]
+    );
+}
