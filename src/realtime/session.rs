@@ -537,14 +537,21 @@ impl WsSession {
                     target
                 }
                 // The guard refused: the login ended, membership or role changed.
-                Err(e) => match refusal(&e) {
-                    Some((code, reason)) => return act.close(ctx, code, reason),
-                    None if e.status().is_server_error() => {
+                Err(e) => {
+                    if let Some((code, reason)) = refusal(&e) {
+                        return act.close(ctx, code, reason);
+                    }
+                    // Not passed on, so not the last one: a retry within
+                    // the second is not dropped as its repeat.
+                    if act.last_typing.is_some_and(|(c, o, _)| (c, o) == (conversation, on)) {
+                        act.last_typing = None;
+                    }
+                    if e.status().is_server_error() {
                         tracing::warn!(error = ?e, "could not read a typing message's conversation");
                         return ctx.text(error_frame("unavailable", "try again shortly"));
                     }
-                    None => return ctx.text(error_frame("not_found", "no such conversation")),
-                },
+                    return ctx.text(error_frame("not_found", "no such conversation"));
+                }
             };
             let conv = target.conversation;
             act.hub.do_send(TypingFrom {

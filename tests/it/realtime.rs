@@ -2697,3 +2697,35 @@ async fn a_dropped_tenants_sockets_close_with_4403() {
     send(&mut acme, json!({"type": "ping"})).await;
     assert!(until(&mut acme, "pong", Duration::from_secs(3)).await.is_some(), "acme's socket stays");
 }
+
+/// A typing message whose read fails for the database's sake (here the
+/// conversations table is renamed away for a moment) is answered with an
+/// `unavailable` error frame, not `not_found` as if the conversation were
+/// not there, and the socket stays open: once the table is back, the same
+/// message reaches the colleague.
+#[actix_web::test]
+async fn a_typing_message_whose_read_fails_is_told_to_try_again() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    let mut admin = ws(&app, "", Some(&t.admin), None).await.expect("admin");
+    for s in [&mut x, &mut admin] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "951", "text": "hello"})).await;
+    let m = until(&mut x, "message.created", Duration::from_secs(5)).await.expect("xavi is on page A");
+    let conversation = m["data"]["conversation_id"].as_str().expect("conversation").to_string();
+    let typing = json!({"type": "typing", "conversation_id": conversation, "on": true});
+    app.exec("ALTER TABLE tenant_acme.conversations RENAME TO conversations_away");
+    send(&mut x, typing.clone()).await;
+    let told = until(&mut x, "error", Duration::from_secs(5)).await;
+    app.exec("ALTER TABLE tenant_acme.conversations_away RENAME TO conversations");
+    let told = told.expect("an error frame");
+    assert_eq!(told["data"]["code"], "unavailable", "{told}");
+    send(&mut x, typing).await;
+    let heard = until(&mut admin, "typing", Duration::from_secs(5)).await.expect("the colleague hears it");
+    assert_eq!(
+        (heard["data"]["conversation_id"].as_str(), heard["data"]["on"].as_bool()),
+        (Some(&*conversation), Some(true))
+    );
+}
