@@ -45,7 +45,10 @@
 //!   owner made an admin their owners' ([`take_back`]): otherwise a link
 //!   an admin kept for their own address would let them back in once
 //!   removed. A departing admin's invitations to newcomers go too; another
-//!   admin invites again (the listing showed them, and who sent them).
+//!   admin invites again (the listing showed them, and who sent them). An
+//!   invitation holds its sender's membership row until it commits, so a
+//!   change under way waits for it and takes it back, and one that came
+//!   first refuses it.
 //! - Audited: `member.invited`, `invitation.revoked` (by the admin, or
 //!   with `by`: `member_removed` / `role_changed` when taken back),
 //!   `member.added` with `by: invitation` (by the new member).
@@ -68,7 +71,7 @@ use super::users::{self, Email, UserView};
 use super::{members, stored_role, Role};
 use crate::audit;
 use crate::db::schema::{invitations as inv, memberships, replaced_invitations as replaced};
-use crate::db::TenantConn;
+use crate::db::{DbError, TenantConn};
 use crate::error::{AppError, AppResult, ErrorKind};
 use crate::ids::{TenantId, UserId};
 use crate::tenancy;
@@ -191,6 +194,17 @@ pub fn invite(
 ) -> AppResult<Issued> {
     members::ensure_may_grant(actor_role, role)?;
     let tenant = tc.tenant();
+    // The inviter's membership, held until this commits: a role change or
+    // removal under way waits for the invitation and then takes it back
+    // (`take_back`), and one that came first is seen here, not only by the
+    // guard before it.
+    let held: Option<String> =
+        memberships::table.find((actor.0, tenant.0)).select(memberships::role).for_share().first(tc.pg()).optional()?;
+    match held {
+        None => return Err(DbError::MembershipEnded.into()),
+        Some(r) if r != actor_role.as_str() => return Err(DbError::MembershipChanged.into()),
+        Some(_) => {}
+    }
     // Two invitations of one email at once: the second replaces the first.
     crate::db::locks::hold(
         tc.pg(),

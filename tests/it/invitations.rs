@@ -403,3 +403,55 @@ async fn invitations_go_with_the_power_of_who_sent_them() {
         ]
     );
 }
+
+/// An invitation written while its sender is being made an agent does not
+/// slip past the change: it waits for it and is refused (401
+/// `token_revoked`, as the guard answers a role that changed), so nothing
+/// is left that the change could not take back.
+#[actix_web::test]
+async fn an_invitation_sent_during_its_senders_demotion_is_refused() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let bea = json!({"email": "bea@acme.test", "role": "admin", "password": "bea-password-1"});
+    let r = app.call("POST", "/api/members", Some(&ann), Some(bea)).await;
+    let bea_id: i64 = r.body["user_id"].as_str().expect("id").parse().expect("number");
+    let bea = token(&app.login("bea@acme.test", "bea-password-1", "acme").await, "access_token");
+
+    // The change, held open by another connection until the invitation
+    // waits for it (at most 5 s).
+    let (url, (changed_tx, changed_rx)) = (app.db.url.clone(), std::sync::mpsc::channel());
+    let change = std::thread::spawn(move || {
+        use diesel::connection::SimpleConnection;
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut changer = diesel::PgConnection::establish(&url).expect("connect");
+        let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
+        changer
+            .batch_execute(&format!("BEGIN; UPDATE public.memberships SET role = 'agent' WHERE user_id = {bea_id}"))
+            .expect("change");
+        changed_tx.send(()).expect("told");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let waited = loop {
+            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let w: Waiting = diesel::sql_query(sql).get_result(&mut watcher).expect("watch");
+            if w.n > 0 || std::time::Instant::now() > deadline {
+                break w.n > 0;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        changer.batch_execute("COMMIT").expect("commit");
+        waited
+    });
+    changed_rx.recv().expect("changed");
+    let r = invite(&app, &bea, "cy@acme.test", "agent").await;
+    let waited = change.join().expect("the change's thread");
+    assert_eq!(code(&r), (401, "token_revoked"), "{:?}", r.body);
+    assert!(waited, "the invitation waited for the change");
+    let pending = app.call("GET", "/api/invitations", Some(&ann), None).await;
+    assert_eq!(pending.body["items"], json!([]), "nothing pending");
+}
