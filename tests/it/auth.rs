@@ -678,13 +678,8 @@ async fn a_person_changes_their_name_and_password() {
     assert_eq!(r.status, 429);
 
     // An operator sets it without the current one; every login ends.
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["user", "password", "--email", "ANN@acme.test"])
-        .env("DATABASE_URL", &app.db.url)
-        .env("SWITCHBOARD_USER_PASSWORD", "reset-password-1")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run switchboard");
+    let mut cli = app.db.command(&["user", "password", "--email", "ANN@acme.test"]);
+    let cli = cli.env("SWITCHBOARD_USER_PASSWORD", "reset-password-1").output().expect("run switchboard");
     let out = String::from_utf8_lossy(&cli.stdout);
     assert!(cli.status.success() && out.contains("ann@acme.test"), "{out} {}", String::from_utf8_lossy(&cli.stderr));
     let closed = until(&mut sockets[0], "closed", Duration::from_secs(5)).await.expect("closed");

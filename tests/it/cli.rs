@@ -5,13 +5,7 @@ use std::process::{Command, Output};
 use crate::common::TestDb;
 
 fn switchboard(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run switchboard")
+    db.command(args).output().expect("run switchboard")
 }
 
 /// The one text value (`v`) `sql` reads.

@@ -174,6 +174,15 @@ impl TestDb {
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connect")
     }
+
+    /// The operator's command line on this database: `switchboard args…`,
+    /// without the environment's log settings, from a directory with no
+    /// `.env`. Add more environment, then run it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command.args(args).env("DATABASE_URL", &self.url).env_remove("RUST_LOG").current_dir(std::env::temp_dir());
+        command
+    }
 }
 
 impl Drop for TestDb {

@@ -7370,14 +7370,9 @@ async fn conversations_of_someone_who_leaves_go_back_to_the_queue() {
     patch(&conv[0], json!({"assignee_id": ed_id})).await;
     let drained = crate::realtime::until(&mut socket, "none such", std::time::Duration::from_millis(800)).await;
     assert!(drained.is_none(), "{drained:?}");
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["user", "create", "--email", "ed@acme.test", "--password", "member-password-1"])
-        .args(["--tenant", "acme", "--role", "viewer"])
-        .env("DATABASE_URL", &app.db.url)
-        .env_remove("RUST_LOG")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run switchboard");
+    let mut cli =
+        app.db.command(&["user", "create", "--email", "ed@acme.test", "--tenant", "acme", "--role", "viewer"]);
+    let cli = cli.output().expect("run switchboard");
     assert!(cli.status.success(), "{cli:?}");
     assert_eq!(assignee(&conv[0]).await, Value::Null);
     let told = crate::realtime::until(&mut socket, "conversation.updated", std::time::Duration::from_secs(10)).await;
