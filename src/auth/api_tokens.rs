@@ -183,9 +183,6 @@ pub fn authenticate(conn: &mut PgConnection, token: &str) -> AppResult<AuthConte
         .inner_join(tenants::table.on(tenants::id.eq(at::tenant_id)))
         .filter(at::token_hash.eq(hash(token)))
         .filter(at::expires_at.is_null().or(at::expires_at.gt(Utc::now())))
-        // Made under this membership, not an earlier one that a removal
-        // ended (one made while the removal was under way escaped it).
-        .filter(at::created_at.ge(memberships::created_at))
         .select((at::id, at::tenant_id, at::user_id, memberships::role, tenants::slug))
         .first(conn)
         .optional()?;

@@ -519,14 +519,7 @@ pub fn accept(
         }
     };
     let invited = stored_role(&row.role)?;
-    diesel::insert_into(memberships::table)
-        .values((
-            memberships::user_id.eq(user.id),
-            memberships::tenant_id.eq(tenant.0),
-            memberships::role.eq(invited.as_str()),
-        ))
-        .on_conflict_do_nothing()
-        .execute(tc.pg())?;
+    members::join(tc, user.user_id(), invited)?;
     let role = members::role_of(tc, user.user_id())?.ok_or_else(unknown)?;
     diesel::update(inv::table.find(row.id))
         .set((inv::accepted_at.eq(now), inv::accepted_by.eq(user.id)))

@@ -3,7 +3,8 @@
 //! Decisions: admins manage members; only owners may grant the owner role or
 //! change or remove another owner; nobody can demote or remove the last owner.
 //! Adding an email that has no user yet creates the user and needs a password.
-//! Removing a member revokes their refresh tokens for this tenant.
+//! Removing a member revokes their refresh tokens for this tenant; a
+//! membership starts with none ([`join`]).
 
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
@@ -135,7 +136,6 @@ pub struct NewMember {
 /// `actor_role`, creating the user if no one has the email yet.
 pub fn add(tc: &mut TenantConn<'_>, actor: Option<UserId>, actor_role: Role, new: NewMember) -> AppResult<Member> {
     ensure_may_grant(actor_role, new.role)?;
-    let tenant = tc.tenant();
     let user = match users::find_by_email(tc.pg(), &new.email)? {
         Some(u) => u,
         None => {
@@ -148,15 +148,7 @@ pub fn add(tc: &mut TenantConn<'_>, actor: Option<UserId>, actor_role: Role, new
             users::insert(tc.pg(), &new.email, &new.name, hash)?
         }
     };
-    let inserted = diesel::insert_into(memberships::table)
-        .values((
-            memberships::user_id.eq(user.id),
-            memberships::tenant_id.eq(tenant.0),
-            memberships::role.eq(new.role.as_str()),
-        ))
-        .on_conflict_do_nothing()
-        .execute(tc.pg())?;
-    if inserted == 0 {
+    if !join(tc, user.user_id(), new.role)? {
         return Err(AppError::conflict("already_member", "this user is already a member"));
     }
     audit::record(
@@ -168,6 +160,29 @@ pub fn add(tc: &mut TenantConn<'_>, actor: Option<UserId>, actor_role: Role, new
         json!({"email": user.email, "role": new.role}),
     )?;
     get(tc, user.user_id())
+}
+
+/// Makes `user` a member with `role` unless they are one: whether they
+/// became one. A membership starts with no logins or API tokens: any left
+/// of an earlier one (made while its removal was under way, which the
+/// removal's revoke could not see) end here, their access tokens with them
+/// (the guard refuses a revoked login).
+pub(super) fn join(tc: &mut TenantConn<'_>, user: UserId, role: Role) -> AppResult<bool> {
+    let tenant = tc.tenant();
+    let inserted = diesel::insert_into(memberships::table)
+        .values((
+            memberships::user_id.eq(user.0),
+            memberships::tenant_id.eq(tenant.0),
+            memberships::role.eq(role.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tc.pg())?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    refresh::revoke_member(tc.pg(), user, tenant)?;
+    super::api_tokens::forget_member(tc.pg(), user, tenant)?;
+    Ok(true)
 }
 
 /// Locks the owner rows of the tenant, so two concurrent demotions cannot

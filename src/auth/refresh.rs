@@ -50,14 +50,11 @@ pub struct Spent {
     pub user: UserId,
     pub tenant: TenantId,
     pub family: String,
-    /// When the spent token was issued: a login is good only for the
-    /// membership it was issued under (`session::refresh`).
-    pub issued_at: chrono::DateTime<Utc>,
 }
 
 type Time = chrono::DateTime<Utc>;
-/// id, family, user, tenant, expires, used, revoked, issued.
-type TokenRow = (i64, String, i64, i64, Time, Option<Time>, Option<Time>, Time);
+/// id, family, user, tenant, expires, used, revoked.
+type TokenRow = (i64, String, i64, i64, Time, Option<Time>, Option<Time>);
 
 fn invalid() -> AppError {
     AppError::unauthorized("invalid_refresh_token", "the refresh token is invalid or expired")
@@ -70,20 +67,11 @@ fn invalid() -> AppError {
 pub fn spend(conn: &mut PgConnection, token: &str) -> AppResult<Result<Spent, String>> {
     let row: Option<TokenRow> = rt::table
         .filter(rt::token_hash.eq(hash(token)))
-        .select((
-            rt::id,
-            rt::family_id,
-            rt::user_id,
-            rt::tenant_id,
-            rt::expires_at,
-            rt::used_at,
-            rt::revoked_at,
-            rt::created_at,
-        ))
+        .select((rt::id, rt::family_id, rt::user_id, rt::tenant_id, rt::expires_at, rt::used_at, rt::revoked_at))
         .for_update()
         .first(conn)
         .optional()?;
-    let Some((id, family, user, tenant, expires_at, used_at, revoked_at, issued_at)) = row else {
+    let Some((id, family, user, tenant, expires_at, used_at, revoked_at)) = row else {
         return Err(invalid());
     };
     if revoked_at.is_some() || expires_at <= Utc::now() {
@@ -94,7 +82,7 @@ pub fn spend(conn: &mut PgConnection, token: &str) -> AppResult<Result<Spent, St
         return Ok(Err(family));
     }
     diesel::update(rt::table.find(id)).set(rt::used_at.eq(Utc::now())).execute(conn)?;
-    Ok(Ok(Spent { user: UserId(user), tenant: TenantId(tenant), family, issued_at }))
+    Ok(Ok(Spent { user: UserId(user), tenant: TenantId(tenant), family }))
 }
 
 pub fn revoke_family(conn: &mut PgConnection, family: &str) -> Result<usize, DbError> {

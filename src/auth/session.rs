@@ -167,18 +167,7 @@ pub fn refresh(conn: &mut PgConnection, keys: &JwtKeys, token: &str) -> AppResul
                 return Ok(Outcome::Reused);
             }
         };
-        // A login issued before the membership began belonged to an
-        // earlier one, which a removal ended: one made while the removal
-        // was under way escaped its revoke, and must not come back to life
-        // when the person is added again.
-        let since: Option<(String, chrono::DateTime<chrono::Utc>)> = memberships::table
-            .find((spent.user.0, spent.tenant.0))
-            .select((memberships::role, memberships::created_at))
-            .first(conn)
-            .optional()?;
-        let Some(role) =
-            since.filter(|(_, began)| *began <= spent.issued_at).map(|(r, _)| stored_role(&r)).transpose()?
-        else {
+        let Some(role) = role_of(conn, spent.user, spent.tenant)? else {
             refresh::revoke_family(conn, &spent.family)?;
             return Ok(Outcome::Removed);
         };

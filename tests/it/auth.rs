@@ -884,12 +884,12 @@ async fn a_person_sees_and_ends_their_logins() {
     assert_eq!(ended, 2);
 }
 
-/// A login or API token is good only for the membership it was made
-/// under. One made while its member's removal was under way escapes the
-/// removal's revoke (the removal cannot see what is not yet committed);
-/// here what such a race leaves behind is put back by hand (the refresh
-/// token not revoked, the API token still there). Added again, the person
-/// gets nothing back from them: a new login works, the old ones do not.
+/// A membership starts with no logins or API tokens. One made while its
+/// member's removal was under way escapes the removal's revoke (the
+/// removal cannot see what is not yet committed); here what such a race
+/// leaves behind is put back by hand (the login not revoked, the API token
+/// still there). Added again, the person gets nothing back from them, the
+/// login's access token included: a new login works, the old ones do not.
 #[actix_web::test]
 async fn credentials_of_an_earlier_membership_do_not_come_back() {
     let app = spawn_app().await;
@@ -915,7 +915,8 @@ async fn credentials_of_an_earlier_membership_do_not_come_back() {
 
     let r = app.call("POST", "/api/auth/refresh", None, Some(json!({"refresh_token": token(&login, "refresh_token")})));
     let r = r.await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("membership_revoked")), "{:?}", r.body);
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("invalid_refresh_token")), "{:?}", r.body);
+    assert_eq!(me_status(&app, &access).await, (401, "login_ended".to_string()));
     assert_eq!(me_status(&app, &api).await, (401, "invalid_token".to_string()));
     let fresh = app.login("al@acme.test", "al-password-1", "acme").await;
     assert_eq!(me_status(&app, &token(&fresh, "access_token")).await.0, 200);
