@@ -99,7 +99,7 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ),
         (
             "switchboard_pruned_rows_total",
-            "Processed webhooks, finished sends and expired refresh tokens deleted by the housekeeping",
+            "Rows the public tables' housekeeping deleted: processed webhooks, finished sends, expired refresh tokens, invitations and password resets, old mail",
             &PRUNED_ROWS,
         ),
         (
@@ -126,4 +126,23 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The README's table of metrics lists each one as `/metrics` says it
+    /// (name, type and help), so operators read what they will scrape.
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../README.md");
+        let text = super::render(0, 0);
+        let mut helps = text.lines().filter_map(|l| l.strip_prefix("# HELP "));
+        let types = text.lines().filter_map(|l| l.strip_prefix("# TYPE "));
+        for kind in types {
+            let (name, kind) = kind.split_once(' ').expect("name and type");
+            let help = helps.next().and_then(|h| h.strip_prefix(name)).expect("its help").trim();
+            let row = format!("| `{name}` | {kind} | {help} |");
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
 }
