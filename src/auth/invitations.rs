@@ -49,6 +49,10 @@
 //!   invitation holds its sender's membership row until it commits, so a
 //!   change under way waits for it and takes it back, and one that came
 //!   first refuses it.
+//! - Someone invited who is added directly (`POST /api/members`, the
+//!   command line) settles the invitation, as accepted by them
+//!   ([`settled`]): not listed as pending for a member; its link is a
+//!   used one's.
 //! - Audited: `member.invited`, `invitation.revoked` (by the admin, or
 //!   with `by`: `member_removed` / `role_changed` when taken back),
 //!   `member.added` with `by: invitation` (by the new member).
@@ -364,6 +368,22 @@ pub fn take_back(
         forget_revoked(tc, actor, one, json!({"by": why, "invited_by": inviter.to_string()}))?;
     }
     Ok(n)
+}
+
+/// `user`, of `email`, became a member otherwise (`POST /api/members`,
+/// the command line): its pending invitation here is settled, as accepted
+/// by them, rather than listed as pending for a member. Its link then
+/// answers as a used one: its accept, with their password, logs them in.
+pub fn settled(tc: &mut TenantConn<'_>, user: UserId, email: &str, now: DateTime<Utc>) -> AppResult<()> {
+    diesel::update(
+        inv::table
+            .filter(inv::tenant_id.eq(tc.tenant().0))
+            .filter(inv::email.eq(email))
+            .filter(inv::accepted_at.is_null()),
+    )
+    .set((inv::accepted_at.eq(now), inv::accepted_by.eq(user.0)))
+    .execute(tc.pg())?;
+    Ok(())
 }
 
 /// After a pending invitation `(id, email, role)` was deleted: the links it

@@ -151,6 +151,7 @@ pub fn add(tc: &mut TenantConn<'_>, actor: Option<UserId>, actor_role: Role, new
     if !join(tc, user.user_id(), new.role)? {
         return Err(AppError::conflict("already_member", "this user is already a member"));
     }
+    super::invitations::settled(tc, user.user_id(), &user.email, Utc::now())?;
     audit::record(
         tc,
         actor,

@@ -455,3 +455,26 @@ async fn an_invitation_sent_during_its_senders_demotion_is_refused() {
     let pending = app.call("GET", "/api/invitations", Some(&ann), None).await;
     assert_eq!(pending.body["items"], json!([]), "nothing pending");
 }
+
+/// Someone invited who is then added directly (by an admin) is a member:
+/// their invitation is no longer listed as pending, and its link answers
+/// as a used one, whose accept with their password still logs them in.
+#[actix_web::test]
+async fn an_invitation_of_someone_added_directly_is_settled() {
+    let app = spawn_app().await;
+    let ann = token(&app.signup("acme", "ann@acme.test", "ann-password-1").await, "access_token");
+    let r = invite(&app, &ann, "gus@acme.test", "viewer").await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let link = token(&r.body, "token");
+    let gus = json!({"email": "Gus@acme.test", "role": "agent", "password": "gus-password-1"});
+    let r = app.call("POST", "/api/members", Some(&ann), Some(gus)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    let pending = app.call("GET", "/api/invitations", Some(&ann), None).await;
+    assert_eq!(pending.body["items"], json!([]), "not pending for a member");
+    assert_eq!(code(&look(&app, &link).await), (409, "invitation_used"));
+    let r = accept(&app, &link, "gus-password-1", "").await;
+    assert_eq!((r.status, r.body["role"].as_str()), (200, Some("agent")), "{:?}", r.body);
+    assert!(r.body["access_token"].is_string(), "{:?}", r.body);
+    assert_eq!(code(&accept(&app, &link, "not-his-password-1", "").await), (409, "invitation_used"));
+}
