@@ -115,6 +115,9 @@ fn tenant_lifecycle_and_clear_errors() {
     assert_eq!(value(&db, audited), "2");
     ok(&["tenant", "suspend", "acme"]);
     assert!(ok(&["tenant", "list"]).contains("suspended"));
+    // An operator may still set up a suspended tenant's members.
+    let dan = ["user", "create", "--email", "dan@acme.test", "--password", "dan-password-1", "--tenant", "acme"];
+    assert!(ok(&[&dan[..], &["--role", "agent"]].concat()).contains("is agent of acme"));
     ok(&["tenant", "resume", "acme"]);
     let out = ok(&["migrate", "--jobs", "2"]);
     assert!(out.contains("1 tenant(s): 1 already current"), "{out}");
