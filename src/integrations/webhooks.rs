@@ -25,6 +25,10 @@
 //!   `webhook_url_taken`, naming that endpoint, rather than a second
 //!   endpoint sending every event twice to one receiver; its secret is
 //!   not shown again (`PATCH` the one there, or delete it and make anew).
+//! - An endpoint is the tenant's, not its maker's: it goes on after the
+//!   admin who made it leaves, as an organisation's webhooks do (their
+//!   invitations, which let people in, do not: `auth::invitations`). The
+//!   audit log says who made it.
 //! - Only `http`/`https` URLs, and, unless `SWITCHBOARD_WEBHOOKS_PRIVATE_OK`,
 //!   only public addresses: the host is resolved at each delivery and the
 //!   request goes to the address that was checked (no redirects), so a

@@ -305,3 +305,33 @@ async fn a_ping_says_whether_the_receiver_answers() {
         assert_eq!(r.status, 404, "{bad}");
     }
 }
+
+/// An endpoint is the tenant's: made by an admin who is then removed, it
+/// goes on delivering, unlike that admin's invitations.
+#[actix_web::test]
+async fn an_endpoint_outlives_the_admin_who_made_it() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (r, url) = receiver().await;
+    let admin = ctx.admin.as_str();
+    let bea = json!({"email": "bea@acme.test", "role": "admin", "password": "bea-password-1"});
+    let added = app.call("POST", "/api/members", Some(admin), Some(bea)).await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    let bea_id = added.body["user_id"].as_str().expect("id").to_string();
+    let bea = crate::common::token(&app.login("bea@acme.test", "bea-password-1", "acme").await, "access_token");
+    let made = app.call("POST", "/api/integrations/webhooks", Some(&bea), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let invited = json!({"email": "cy@acme.test", "role": "agent"});
+    assert_eq!(app.call("POST", "/api/invitations", Some(&bea), Some(invited)).await.status, 201);
+
+    assert_eq!(app.call("DELETE", &format!("/api/members/{bea_id}"), Some(admin), None).await.status, 204);
+    inbound(&app, "7301", "after she left").await;
+    eventually("delivered after its maker left", || async {
+        heard(&r).iter().any(|(_, body)| body.to_string().contains("after she left"))
+    })
+    .await;
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1));
+    let pending = app.call("GET", "/api/invitations", Some(admin), None).await;
+    assert_eq!(pending.body["items"], json!([]), "her invitation went with her");
+}
