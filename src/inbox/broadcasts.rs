@@ -78,6 +78,11 @@
 //!   wave (the last one says `done`), to those who see its channel, as its
 //!   messages are; its messages' receipts come as their own
 //!   `message.updated`, not as a new count each.
+//! - A broadcast is the business's, not its maker's: one scheduled or
+//!   sending goes on after the admin who made it leaves, as an
+//!   integrator's endpoint does (`integrations::webhooks`), and any admin
+//!   cancels it; an agent's scheduled reply, sent in their name, is
+//!   cancelled instead (`inbox::scheduled`).
 //! - Erasing a contact drops their number from every broadcast of their
 //!   channel; a channel removed takes its broadcasts. Audited
 //!   `broadcast.created`, `broadcast.cancelled`.
