@@ -281,7 +281,17 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                     println!("created user {} (id {})", user.email, user.id);
                 }
                 Some((t, role)) => {
-                    let member = member_by_operator(&mut conn, &t, email, name, role, hash).map_err(user_error)?;
+                    let member = member_by_operator(&mut conn, &t, email, name, role, hash).map_err(|e| {
+                        // Said to a server's client as "retry shortly"; an
+                        // operator is the one to bring the schema up.
+                        if e.code == "tenant_not_ready" {
+                            anyhow::anyhow!(
+                                "the tenant's schema is behind this release; run `switchboard migrate` first"
+                            )
+                        } else {
+                            user_error(e)
+                        }
+                    })?;
                     println!("user {} (id {}) is {} of {}", member.email, member.user_id, member.role, t.slug);
                 }
             }

@@ -121,6 +121,18 @@ fn tenant_lifecycle_and_clear_errors() {
     ok(&["tenant", "resume", "acme"]);
     let out = ok(&["migrate", "--jobs", "2"]);
     assert!(out.contains("1 tenant(s): 1 already current"), "{out}");
+    // A schema behind this release (an upgrade not yet migrated): the
+    // operator is told to migrate, then it works.
+    {
+        use diesel::connection::SimpleConnection;
+        let behind = "UPDATE public.tenants SET schema_version = '0' WHERE slug = 'acme'";
+        db.conn().batch_execute(behind).expect("behind");
+    }
+    let eve = ["user", "create", "--email", "eve@acme.test", "--password", "eve-password-1", "--tenant", "acme"];
+    let err = fails(&[&eve[..], &["--role", "agent"]].concat());
+    assert!(err.contains("switchboard migrate"), "{err}");
+    ok(&["migrate"]);
+    assert!(ok(&[&eve[..], &["--role", "agent"]].concat()).contains("is agent of acme"));
     let err = fails(&["tenant", "drop", "acme"]);
     assert!(err.contains("--yes"), "{err}");
     ok(&["tenant", "drop", "acme", "--yes"]);
