@@ -276,6 +276,9 @@ pub fn remove(
     refresh::revoke_member(tc.pg(), user, tenant)?;
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
     super::invitations::take_back(tc, Some(actor), user, None, "member_removed")?;
+    // Notice mails still queued (an SMTP server down) tell what they may
+    // no longer see.
+    crate::mail::withdraw(tc.pg(), tenant, crate::mail::Withdrawn::Member(user), crate::mail::MEMBER_LEFT)?;
     crate::channels::forget_member(tc, user)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;

@@ -140,6 +140,9 @@ diesel::table! {
         last_error -> Nullable<Text>,
         kind -> Text,
         list_unsubscribe -> Nullable<Text>,
+        tenant_id -> Nullable<Int8>,
+        user_id -> Nullable<Int8>,
+        conversation_ids -> Nullable<Array<Int8>>,
     }
 }
 

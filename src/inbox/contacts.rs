@@ -766,6 +766,9 @@ fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId) -> AppResult<Vec<i
         .load(tc.pg())?)
 }
 
+/// Why a notice mail quoting an erased customer was not sent.
+const ERASED: &str = "withdrawn: the customer was erased";
+
 /// What [`erase`] removed.
 #[derive(Debug, Serialize)]
 pub struct Erased {
@@ -817,6 +820,9 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     let numbers: Vec<&str> = known_as.iter().map(String::as_str).chain(typed.as_deref()).collect();
     super::broadcasts::forget(tc, contact.channel_id, &numbers)?;
     diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;
+    // Notice mails still queued quote them.
+    let tenant = tc.tenant();
+    crate::mail::withdraw(tc.pg(), tenant, crate::mail::Withdrawn::Conversations(&conversation_ids), ERASED)?;
     let contact_key = contact.id.to_string();
     let copies = events::conversation_id.eq_any(&conversation_ids).or(events::type_
         .eq("contact.updated")

@@ -233,7 +233,9 @@ pub fn queue(tc: &mut TenantConn<'_>, notices: &[MemberNotice], reach: &Reach<'_
         let kinds = KINDS.into_iter().filter(|k| asked.iter().any(|n| kind_of(n) == Some(*k))).map(String::from);
         let stop = unsubscribe_url(reach, UserId(member), tenant_id, kinds.collect());
         let (subject, body) = compose(&tenant, &lines, asked.len(), reach.conversation_url, &stop);
-        crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop))?;
+        let conversations = lines.iter().map(|l| l.conversation).collect();
+        let about = crate::mail::About { tenant: tenant_id, member: UserId(member), conversations };
+        crate::mail::queue_as(tc.pg(), KIND, &person.email, &subject, &body, Some(&stop), Some(&about))?;
         queued += 1;
     }
     Ok(queued)

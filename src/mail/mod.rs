@@ -26,6 +26,12 @@
 //! - Once sent or given up, the body (which holds a link worth an account)
 //!   and any unsubscribe address are emptied; housekeeping deletes the row a week later
 //!   (`db::housekeeping`).
+//! - A notice mail names the tenant and member it tells about. One not yet
+//!   sent when that member is removed, or the tenant dropped, is withdrawn
+//!   ([`withdraw`]): given up as above, saying why, rather than sent,
+//!   perhaps hours later when an SMTP server that was down comes back, to
+//!   someone no longer in the tenant (it holds a preview of what a customer
+//!   wrote). One a worker is sending at that moment still goes.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::pg::PgConnection;
@@ -36,8 +42,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::MailConfig;
 use crate::db::schema::mail_outbox as m;
+use crate::db::schema::memberships;
 use crate::db::DbError;
 use crate::error::{AppError, AppResult};
+use crate::ids::{TenantId, UserId};
 
 /// How often the worker looks for mail other instances queued.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -54,14 +62,25 @@ const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Queues a plain-text mail to `to` in `conn`'s transaction; the worker
 /// sends it once that commits.
 pub fn queue(conn: &mut PgConnection, to: &str, subject: &str, body: &str) -> Result<i64, DbError> {
-    queue_as(conn, "account", to, subject, body, None)
+    queue_as(conn, "account", to, subject, body, None, None)
+}
+
+/// Whom and what a mail tells about (a member's notice: the member, of
+/// which tenant, and the conversations whose customers it quotes), so that
+/// it goes no further once they part or those are erased ([`withdraw`]).
+#[derive(Debug, Clone)]
+pub struct About {
+    pub tenant: TenantId,
+    pub member: UserId,
+    pub conversations: Vec<i64>,
 }
 
 /// [`queue`], with the kind of mail it is: `account` (invitations,
 /// resets), `notice` (`inbox::notice_mail`, which counts its own); and,
 /// for mail someone may ask to stop, the address that stops it with one
 /// click (sent as `List-Unsubscribe` with `List-Unsubscribe-Post`, RFC
-/// 8058, so mail apps offer their own button).
+/// 8058, so mail apps offer their own button); and whom it tells about,
+/// if anyone.
 pub fn queue_as(
     conn: &mut PgConnection,
     kind: &str,
@@ -69,6 +88,7 @@ pub fn queue_as(
     subject: &str,
     body: &str,
     unsubscribe: Option<&str>,
+    about: Option<&About>,
 ) -> Result<i64, DbError> {
     Ok(diesel::insert_into(m::table)
         .values((
@@ -77,9 +97,43 @@ pub fn queue_as(
             m::body.eq(body),
             m::kind.eq(kind),
             m::list_unsubscribe.eq(unsubscribe),
+            m::tenant_id.eq(about.map(|a| a.tenant.0)),
+            m::user_id.eq(about.map(|a| a.member.0)),
+            m::conversation_ids.eq(about.map(|a| &a.conversations)),
         ))
         .returning(m::id)
         .get_result(conn)?)
+}
+
+/// Which of a tenant's unsent mail [`withdraw`] gives up.
+#[derive(Debug, Clone, Copy)]
+pub enum Withdrawn<'a> {
+    /// What tells about this member: they left the tenant.
+    Member(UserId),
+    /// What quotes any of these conversations: they were erased.
+    Conversations(&'a [i64]),
+    /// Everything: the tenant was dropped.
+    All,
+}
+
+/// Gives up, in `conn`'s transaction, `tenant`'s mail not yet sent that
+/// `which` names, saying `why`; answers how many. A mail claimed and being
+/// sent at this moment goes.
+pub fn withdraw(conn: &mut PgConnection, tenant: TenantId, which: Withdrawn<'_>, why: &str) -> Result<usize, DbError> {
+    let unsent = m::table.filter(m::tenant_id.eq(tenant.0)).filter(m::sent_at.is_null()).filter(m::failed_at.is_null());
+    let gone = given_up(Utc::now(), why);
+    let withdrawn = match which {
+        Withdrawn::Member(member) => diesel::update(unsent.filter(m::user_id.eq(member.0))).set(gone).execute(conn)?,
+        Withdrawn::Conversations([]) => 0,
+        Withdrawn::Conversations(ids) => {
+            diesel::update(unsent.filter(m::conversation_ids.overlaps_with(ids))).set(gone).execute(conn)?
+        }
+        Withdrawn::All => diesel::update(unsent).set(gone).execute(conn)?,
+    };
+    if withdrawn > 0 {
+        tracing::info!(tenant_id = tenant.0, withdrawn, "unsent mail withdrawn: {why}");
+    }
+    Ok(withdrawn)
 }
 
 #[derive(Queryable, Selectable, Debug)]
@@ -91,6 +145,26 @@ struct Due {
     body: String,
     attempts: i32,
     list_unsubscribe: Option<String>,
+    tenant_id: Option<i64>,
+    user_id: Option<i64>,
+}
+
+/// Why a mail is withdrawn: the member it tells about left the tenant.
+pub const MEMBER_LEFT: &str = "withdrawn: the member left the tenant";
+
+/// What a mail given up keeps: when and why, not its body (which may hold
+/// a link worth an account) nor its unsubscribe address.
+fn given_up(at: DateTime<Utc>, why: &str) -> GivenUp<'_> {
+    GivenUp { failed_at: at, body: "", list_unsubscribe: None, last_error: why }
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = m, treat_none_as_null = true)]
+struct GivenUp<'a> {
+    failed_at: DateTime<Utc>,
+    body: &'a str,
+    list_unsubscribe: Option<&'a str>,
+    last_error: &'a str,
 }
 
 /// When attempt `attempts` (from 1) that failed is tried again.
@@ -106,10 +180,12 @@ fn lease() -> Duration {
 
 /// Claims up to a batch of due mail, held from other instances for the
 /// [`lease`]. Due by the database's clock, which wrote the rows' times (a
-/// mail just queued is due at once however the clocks differ).
+/// mail just queued is due at once however the clocks differ). Mail
+/// about a member no longer in its tenant is withdrawn instead: it was
+/// queued as they were being removed, after [`withdraw`] looked.
 fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbError> {
     conn.transaction(|conn| {
-        let due: Vec<Due> = m::table
+        let mut due: Vec<Due> = m::table
             .filter(m::sent_at.is_null())
             .filter(m::failed_at.is_null())
             .filter(m::next_attempt_at.le(diesel::dsl::now))
@@ -119,6 +195,19 @@ fn claim(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Due>, DbErro
             .skip_locked()
             .select(Due::as_select())
             .load(conn)?;
+        let mut left = Vec::new();
+        for mail in &due {
+            let (Some(tenant), Some(member)) = (mail.tenant_id, mail.user_id) else { continue };
+            let member_still = diesel::select(diesel::dsl::exists(memberships::table.find((member, tenant))));
+            if !member_still.get_result::<bool>(conn)? {
+                left.push(mail.id);
+            }
+        }
+        if !left.is_empty() {
+            tracing::info!(mails = ?left, "unsent mail withdrawn: {MEMBER_LEFT}");
+            diesel::update(m::table.filter(m::id.eq_any(&left))).set(given_up(now, MEMBER_LEFT)).execute(conn)?;
+            due.retain(|mail| !left.contains(&mail.id));
+        }
         for mail in &due {
             diesel::update(m::table.find(mail.id))
                 .set((m::attempts.eq(mail.attempts + 1), m::next_attempt_at.eq(now + lease())))
@@ -154,14 +243,7 @@ fn settle(conn: &mut PgConnection, mail: &Due, outcome: &Outcome, now: DateTime<
             .execute(conn)?,
         Outcome::Later(why) | Outcome::Never(why) => {
             tracing::warn!(mail = mail.id, error = %why, "mail given up");
-            diesel::update(row)
-                .set((
-                    m::failed_at.eq(now),
-                    m::body.eq(""),
-                    m::list_unsubscribe.eq(None::<String>),
-                    m::last_error.eq(why),
-                ))
-                .execute(conn)?
+            diesel::update(row).set(given_up(now, why)).execute(conn)?
         }
     };
     Ok(())
@@ -251,6 +333,8 @@ impl Mailer {
             body: body.into(),
             attempts: 0,
             list_unsubscribe: None,
+            tenant_id: None,
+            user_id: None,
         };
         match self.send(&mail).await {
             Outcome::Sent => Sent::Sent,

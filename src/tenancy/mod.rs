@@ -264,6 +264,12 @@ pub fn drop_tenant(conn: &mut PgConnection, slug: &str) -> AppResult<Tenant> {
         let schema = SchemaName::parse(&tenant.schema_name)?;
         conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))?;
         diesel::delete(tenants::table.find(tenant.id)).execute(conn)?;
+        crate::mail::withdraw(
+            conn,
+            tenant.tenant_id(),
+            crate::mail::Withdrawn::All,
+            "withdrawn: the tenant was dropped",
+        )?;
         // Its open sockets close as a suspended tenant's (4403), on every
         // instance, rather than stay open with nothing to hear.
         crate::realtime::bus::notify_live(conn, &crate::realtime::LiveMsg::Removed { t: tenant.id, u: 0 })?;

@@ -386,7 +386,7 @@ async fn assign(app: &TestApp, t: &str, conversation: &str, to: Value) -> crate:
     app.call("PATCH", &path, Some(t), Some(json!({"assignee_id": to}))).await
 }
 
-/// Acme with mail to a [`Sink`], Al an agent of page A, and a
+/// Acme with mail to `smtp`, Al an agent of page A, and a
 /// conversation of each of `customers` (who wrote `said(i)`).
 struct AlWritten {
     app: TestApp,
@@ -397,9 +397,9 @@ struct AlWritten {
     conv: Vec<String>,
 }
 
-async fn al_written_to(sink: &Sink, customers: &[&str], said: impl Fn(usize) -> String) -> AlWritten {
+async fn al_written_to(smtp: &str, customers: &[&str], said: impl Fn(usize) -> String) -> AlWritten {
     use crate::inbox::{acme, agent_al, by_contact, channel_id, conversations};
-    let app = spawn_app_with_mail(&sink.url).await;
+    let app = spawn_app_with_mail(smtp).await;
     let ctx = acme(&app).await;
     let (al_member, al) = agent_al(&app, &ctx.admin).await;
     let al_id = al_member["user_id"].as_str().expect("id").to_string();
@@ -429,7 +429,7 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
     let sink = Sink::start();
     let customers = ["6100000000000001", "6100000000000002", "6100000000000003", "6100000000000004"];
     let said = |i: usize| format!("Wo ist meine Bestellung Nr. {i}? 📦");
-    let AlWritten { app, ctx, al, al_id, page, conv } = al_written_to(&sink, &customers, said).await;
+    let AlWritten { app, ctx, al, al_id, page, conv } = al_written_to(&sink.url, &customers, said).await;
     let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
 
     // Ann assigns Al a conversation: one mail, saying who, which customer
@@ -578,11 +578,116 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
 /// `POST` to it turns off that member's notice mail of that tenant of the
 /// kinds the mail carried (or all, `&all=true`), once or again; a link not
 /// ours is 404; settings turn them on again.
+/// A notice mail still unsent (an SMTP server down) is withdrawn, not
+/// sent hours later, when its member leaves the tenant (also when the
+/// worker finds them gone: removed as it was queued), when the tenant is
+/// dropped, and when a conversation it quotes is erased or purged
+/// (`mail::withdraw`).
+#[actix_web::test]
+async fn a_notice_mail_unsent_is_withdrawn_when_its_member_or_customer_goes() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port());
+    drop(closed);
+    let customers = ["6400000000000001", "6400000000000002"];
+    let AlWritten { app, ctx, al_id, conv, page, .. } =
+        al_written_to(&url, &customers, |_| "Mi pedido 📦".into()).await;
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200);
+    let about_al = format!(
+        "tenant_id = {tenant} AND user_id = {al_id} AND conversation_ids = ARRAY[{}]::bigint[] \
+           AND recipient = 'al@acme.test'",
+        conv[0]
+    );
+    eventually("Al's mail tried once and planned again", || async {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE {about_al} AND attempts = 1 \
+               AND failed_at IS NULL AND sent_at IS NULL AND body LIKE '%Mi pedido%'"
+        )) == 1
+    })
+    .await;
+    let withdrawn = |why: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE failed_at IS NOT NULL AND sent_at IS NULL \
+               AND body = '' AND list_unsubscribe IS NULL AND last_error = '{why}'"
+        ))
+    };
+    let member_left = switchboard::mail::MEMBER_LEFT;
+
+    // Al is removed: the mail is given up at once, saying why, its
+    // preview gone.
+    let r = app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM public.mail_outbox WHERE {about_al}")), 1);
+    assert_eq!(withdrawn(member_left), 1);
+
+    // One written as the removal went (after it looked) is withdrawn when
+    // the worker comes to it, never tried; mail about a member still there
+    // and mail about no one (a reset) are tried.
+    let ann = app.count("SELECT id AS n FROM public.users WHERE email = 'ann@acme.test'");
+    let later = "now() + interval '1 day'";
+    run(
+        &app,
+        &format!(
+            "INSERT INTO public.mail_outbox (recipient, subject, body, kind, tenant_id, user_id, conversation_ids) \
+             VALUES ('al@acme.test', 'late', 'Mi pedido', 'notice', {tenant}, {al_id}, ARRAY[{c0}]), \
+                    ('ann@acme.test', 'hers', 'x', 'notice', {tenant}, {ann}, ARRAY[]::bigint[]), \
+                    ('al@acme.test', 'reset', 'y', 'account', NULL, NULL, NULL); \
+             INSERT INTO public.mail_outbox (recipient, subject, body, kind, tenant_id, user_id, conversation_ids, \
+                                             next_attempt_at) \
+             VALUES ('ann@acme.test', 'quotes one erased', 'Mi pedido', 'notice', {tenant}, {ann}, ARRAY[{c0}, {c1}], {later}), \
+                    ('ann@acme.test', 'quotes one purged', 'Mi pedido', 'notice', {tenant}, {ann}, ARRAY[{c0}], {later})",
+            c0 = conv[0],
+            c1 = conv[1],
+        ),
+    );
+    let mailer = switchboard::mail::Mailer::new(app.config.mail.as_ref().expect("mail on")).expect("mailer");
+    let _ = switchboard::mail::send_due(&app.pool, &mailer).await;
+    eventually("the late one withdrawn, the others tried", || async {
+        withdrawn(member_left) == 2
+            && app.count(
+                "SELECT count(*) AS n FROM public.mail_outbox WHERE subject IN ('hers', 'reset') \
+                   AND attempts = 1 AND failed_at IS NULL AND last_error IS NOT NULL",
+            ) == 2
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE subject = 'late' AND attempts > 0"), 0);
+
+    // The customer of one conversation quoted is erased: that mail goes.
+    let shown = app.call("GET", &format!("/api/conversations/{}", conv[1]), Some(&ctx.admin), None).await;
+    let contact = shown.body["contact"]["id"].as_str().expect("contact id").to_string();
+    let r = app.call("DELETE", &format!("/api/contacts/{contact}"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let erased = "withdrawn: the customer was erased";
+    assert_eq!(withdrawn(erased), 1);
+    let left = |subject: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE subject = '{subject}' AND failed_at IS NULL"
+        ))
+    };
+    assert_eq!(left("quotes one erased"), 0);
+    assert_eq!(left("quotes one purged"), 1, "another conversation's mail stays");
+
+    // The channel of the other purged: its mail goes.
+    let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(withdrawn("withdrawn: the channel was purged"), 1);
+    assert_eq!(left("quotes one purged"), 0);
+    assert_eq!(left("hers"), 1, "a mail quoting nothing stays");
+
+    // The tenant dropped: what it still had to send about its members goes
+    // with it; account mail stays.
+    let out = app.db.command(&["tenant", "drop", "acme", "--yes"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(withdrawn("withdrawn: the tenant was dropped"), 1);
+    assert_eq!(left("hers"), 0);
+    assert_eq!(left("reset"), 1);
+}
+
 #[actix_web::test]
 async fn a_notice_mail_stops_with_one_click_from_the_mail() {
     let sink = Sink::start();
     let customers = ["6300000000000001", "6300000000000002"];
-    let AlWritten { app, ctx, al, al_id, conv, .. } = al_written_to(&sink, &customers, |_| "سلام".into()).await;
+    let AlWritten { app, ctx, al, al_id, conv, .. } = al_written_to(&sink.url, &customers, |_| "سلام".into()).await;
     let to_al = || app.count("SELECT count(*) AS n FROM public.mail_outbox WHERE recipient = 'al@acme.test'");
     assert_eq!(assign(&app, &ctx.admin, &conv[0], json!(al_id)).await.status, 200);
     let mails = mail_to(&sink, "al@acme.test", 1).await;
