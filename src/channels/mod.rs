@@ -974,7 +974,8 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 /// deleted: their numbers stay, so a purge at the head of the log does not
 /// look like retention and send resuming clients `resync_required`
 /// ([`events::redact_channel`](crate::inbox::events::redact_channel)).
-/// Open sockets are told (`channel.updated` with `deleted: true`).
+/// Open sockets are told (`channel.updated` with `deleted: true`); notice
+/// mails still queued that quote its conversations are withdrawn.
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     let row = find(tc, id)?;
     release_route(tc, &row)?;

@@ -789,7 +789,8 @@ pub struct Erased {
 /// (`conversation.deleted` `{id, channel_id}`); audited as `contact.erased`
 /// with counts only. What Meta sent of them and is not processed yet has
 /// their events taken out (`scrub`), and a pass is queued to do the same
-/// to what is processed, in the background. Meta's late echo of a reply to them
+/// to what is processed, in the background. Notice mails still queued that
+/// quote their conversations are withdrawn (`mail::withdraw`). Meta's late echo of a reply to them
 /// names the erased message and is dropped (`ingest`). If the customer
 /// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
