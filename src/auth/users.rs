@@ -99,12 +99,18 @@ pub fn find(conn: &mut PgConnection, id: UserId) -> Result<Option<User>, DbError
 }
 
 /// The caller's own row, locked for a change of their account (a token's
-/// user that is gone is a 401).
+/// user that is gone is a 401). Changes of one account take turns; the
+/// lock is the one an update that keeps the key takes (`FOR NO KEY
+/// UPDATE`), so work that only names the user by key (a row whose foreign
+/// key checks theirs: an invitation they send, a login, a membership)
+/// goes on beside it. `FOR UPDATE` made such work, holding the person's
+/// membership as an invitation does, deadlock with a change of that
+/// membership's settings (`PATCH /api/me`).
 pub fn own_for_update(conn: &mut PgConnection, id: UserId) -> AppResult<User> {
     users::table
         .find(id.0)
         .select(User::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .optional()?
         .ok_or_else(|| AppError::unauthorized("invalid_token", "unknown user"))
