@@ -794,12 +794,14 @@ pub fn patch(
     }
     if let Some(a) = p.assignee_id {
         if let Some(a) = a {
-            let role = crate::auth::members::role_of(tc, a)?;
-            let Some(role) = role.filter(|r| r.can_write()) else {
-                return Err(AppError::invalid("invalid_assignee", "the assignee must be a member who can answer"));
-            };
-            if !crate::channels::can_see(tc, a, role, crate::channels::ChannelId(row.channel_id))? {
-                return Err(AppError::invalid("invalid_assignee", "the assignee cannot see this channel"));
+            match answerer_held(tc, a, row.channel_id, Hold::Wait)? {
+                Answerer::Yes => {}
+                Answerer::No => {
+                    return Err(AppError::invalid("invalid_assignee", "the assignee must be a member who can answer"))
+                }
+                Answerer::NotOnChannel => {
+                    return Err(AppError::invalid("invalid_assignee", "the assignee cannot see this channel"))
+                }
             }
         }
         assignee = a.map(|u| u.0);
@@ -958,6 +960,61 @@ pub fn least_busy(
     Ok(answering.into_iter().filter(room).min_by_key(|u| (busy(*u), *u)).map(UserId))
 }
 
+/// Whether someone may be given a conversation of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answerer {
+    Yes,
+    /// Not a member, or a viewer (who answers nothing).
+    No,
+    /// An agent not listed on the channel.
+    NotOnChannel,
+}
+
+/// How [`answerer_held`] meets a change of the member under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Waits for it, and answers as it left things: a person assigning is
+    /// told the truth.
+    Wait,
+    /// Takes the member for one who cannot answer now: the server's own
+    /// assignments pick no one rather than wait in the middle of a batch.
+    Skip,
+}
+
+/// Whether `user` may answer conversations of `channel` (a member who is
+/// no viewer and, unless an admin or owner, on the channel's list),
+/// holding what says so (`FOR SHARE`) until the transaction ends. So an
+/// assignment cannot slip past the member's removal, a demotion or their
+/// leaving the channel's list: one under way waits for the assignment and
+/// then hands the conversation back with their others (`release`), and
+/// one that came first is seen. Read without the hold, a removal that
+/// committed between this check and the assignment's commit left the
+/// conversation with someone no longer in the tenant.
+fn answerer_held(tc: &mut TenantConn<'_>, user: UserId, channel: i64, hold: Hold) -> AppResult<Answerer> {
+    let tenant = tc.tenant().0;
+    let membership = memberships::table.find((user.0, tenant)).select(memberships::role).for_share();
+    let role: Option<String> = match hold {
+        Hold::Wait => membership.first(tc.pg()).optional()?,
+        Hold::Skip => membership.skip_locked().first(tc.pg()).optional()?,
+    };
+    let Some(role) = role.as_deref().and_then(Role::parse).filter(|r| r.can_write()) else {
+        return Ok(Answerer::No);
+    };
+    if role.at_least(Role::Admin) {
+        return Ok(Answerer::Yes);
+    }
+    let listed = channel_members::table
+        .filter(channel_members::channel_id.eq(channel))
+        .filter(channel_members::user_id.eq(user.0))
+        .select(channel_members::user_id)
+        .for_share();
+    let listed: Option<i64> = match hold {
+        Hold::Wait => listed.first(tc.pg()).optional()?,
+        Hold::Skip => listed.skip_locked().first(tc.pg()).optional()?,
+    };
+    Ok(if listed.is_some() { Answerer::Yes } else { Answerer::NotOnChannel })
+}
+
 /// Which of a member's conversations [`release`] hands back.
 #[derive(Debug, Clone, Copy)]
 pub enum Released {
@@ -1098,7 +1155,7 @@ pub(super) fn give_or_queue(
     online: &[UserId],
 ) -> AppResult<()> {
     match repick(tc, rules, row, online)? {
-        Picked::Agent(agent, team) => give(tc, log, row, agent, team),
+        Picked::Agent(agent, team) => give(tc, log, row, agent, team).map(|_| ()),
         Picked::Nobody => super::hand_out::queue(tc, row),
         Picked::NoRule => Ok(()),
     }
@@ -1107,14 +1164,20 @@ pub(super) fn give_or_queue(
 /// Gives `row`, which has no one on it, to `agent` by the server's rule
 /// (`team`'s, or the channel's; [`repick`]): written, out of the queue,
 /// audited (with since when it was queued, for the report's `queue`); the
-/// caller announces it.
+/// caller announces it. An agent whose membership or place on the channel
+/// is changing at that moment is not given it: it waits in the queue for
+/// the next hand-out (`false`).
 pub(super) fn give(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     row: &mut ConversationRow,
     agent: UserId,
     team: Option<i64>,
-) -> AppResult<()> {
+) -> AppResult<bool> {
+    if answerer_held(tc, agent, row.channel_id, Hold::Skip)? != Answerer::Yes {
+        super::hand_out::queue(tc, row)?;
+        return Ok(false);
+    }
     diesel::update(c::table.find(row.id))
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
         .execute(tc.pg())?;
@@ -1122,17 +1185,23 @@ pub(super) fn give(
     log.notice(assigned_notice(ConversationId(row.id), agent, None));
     row.assignee_id = Some(agent.0);
     row.queued_at = None;
-    Ok(())
+    Ok(true)
 }
 
-/// Assigns a conversation no one has to `agent`, by the server (the audit
-/// entry has no actor). A conversation someone took meanwhile keeps them.
+/// Assigns a conversation no one has to `agent` of `channel`, by the
+/// server (the audit entry has no actor). A conversation someone took
+/// meanwhile keeps them; an agent whose membership or place on the channel
+/// is changing at that moment is not given it.
 pub fn assign_automatically(
     tc: &mut TenantConn<'_>,
     log: &mut EventLog,
     id: ConversationId,
     agent: UserId,
+    channel: i64,
 ) -> AppResult<bool> {
+    if answerer_held(tc, agent, channel, Hold::Skip)? != Answerer::Yes {
+        return Ok(false);
+    }
     let n = diesel::update(c::table.find(id.0).filter(c::assignee_id.is_null()))
         .set((c::assignee_id.eq(agent.0), c::queued_at.eq(None::<DateTime<Utc>>)))
         .execute(tc.pg())?;

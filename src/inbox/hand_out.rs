@@ -229,7 +229,9 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         let picked = if row.assignee_id.is_some() { Picked::NoRule } else { repick(tc, &mut rules, &row, online)? };
         match picked {
             Picked::Agent(agent, team) => {
-                give(tc, log, &mut row, agent, team)?;
+                if !give(tc, log, &mut row, agent, team)? {
+                    continue;
+                }
                 given += 1;
             }
             Picked::Nobody => continue,

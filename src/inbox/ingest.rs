@@ -1145,7 +1145,8 @@ impl Ingest<'_> {
         let Some(agent) = super::conversations::least_busy(tc, channel.channel_id(), &online, limit)? else {
             return Ok(None);
         };
-        let assigned = super::conversations::assign_automatically(tc, self.log, ConversationId(id), agent)?;
+        let assigned =
+            super::conversations::assign_automatically(tc, self.log, ConversationId(id), agent, conv.channel_id)?;
         Ok(assigned.then_some(agent))
     }
 

@@ -579,41 +579,15 @@ async fn ones_own_change_and_ones_invitation_at_once_do_not_deadlock() {
     // The invitation's work, on another connection: her membership held
     // until the change waits for it, then her user row checked as the
     // invitation's foreign key does.
-    let (url, (held_tx, held_rx)) = (app.db.url.clone(), std::sync::mpsc::channel());
-    let invitation = std::thread::spawn(move || {
-        use diesel::connection::SimpleConnection;
-        use diesel::{Connection, RunQueryDsl};
-        #[derive(diesel::QueryableByName)]
-        struct Waiting {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut inviter = diesel::PgConnection::establish(&url).expect("connect");
-        let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
-        let held = format!("BEGIN; SELECT 1 FROM public.memberships WHERE user_id = {ann_id} FOR SHARE");
-        inviter.batch_execute(&held).expect("hold");
-        held_tx.send(()).expect("told");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let waited = loop {
-            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-            let w: Waiting = diesel::sql_query(sql).get_result(&mut watcher).expect("watch");
-            if w.n > 0 || std::time::Instant::now() > deadline {
-                break w.n > 0;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let keyed = inviter.batch_execute(&format!("SELECT 1 FROM public.users WHERE id = {ann_id} FOR KEY SHARE"));
-        let committed = inviter.batch_execute("COMMIT");
-        (waited, keyed.map_err(|e| e.to_string()), committed.is_ok())
-    });
-    held_rx.recv().expect("held");
+    let held = format!("BEGIN; SELECT 1 FROM public.memberships WHERE user_id = {ann_id} FOR SHARE");
+    let keyed = format!("SELECT 1 FROM public.users WHERE id = {ann_id} FOR KEY SHARE");
+    let (begun, invitation) = crate::common::transaction_held_until_waited(&app.db.url, held, Some(keyed));
+    begun.recv().expect("held");
     let change = json!({"name": "Ann Ávila", "email_notifications": {"assigned": false}});
     let r = change_me(&app, &access, change).await;
-    let (waited, keyed, committed) = invitation.join().expect("the invitation's thread");
+    let (waited, went) = invitation.join().expect("the invitation's thread");
     assert!(waited, "the change waited for the invitation");
-    assert_eq!(keyed, Ok(()), "the invitation went on");
-    assert!(committed);
+    assert_eq!(went, Ok(()), "the invitation went on");
     assert_eq!(r.status, 200, "{:?}", r.body);
     let me = app.call("GET", "/api/me", Some(&access), None).await.body;
     assert_eq!((&me["user"]["name"], &me["email_notifications"]["assigned"]), (&json!("Ann Ávila"), &json!(false)));

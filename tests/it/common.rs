@@ -432,6 +432,47 @@ pub fn assert_error_shape(status: u16, body: &serde_json::Value) {
     );
 }
 
+/// What [`transaction_held_until_waited`] answers: whether a wait on a
+/// lock was seen, and how the rest of the transaction went.
+pub type HeldOutcome = std::thread::JoinHandle<(bool, Result<(), String>)>;
+
+/// Another transaction, on a connection of its own, in the middle of its
+/// work: `begin` (SQL that begins it and takes its locks) runs, then the
+/// returned receiver hears so; once some other connection waits on a lock
+/// (at most 5 s), `then` runs and the transaction commits. The thread
+/// answers whether a wait was seen, and how `then` and the commit went.
+pub fn transaction_held_until_waited(
+    url: &str,
+    begin: String,
+    then: Option<String>,
+) -> (std::sync::mpsc::Receiver<()>, HeldOutcome) {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let (url, (begun_tx, begun_rx)) = (url.to_string(), std::sync::mpsc::channel());
+    let held = std::thread::spawn(move || {
+        let mut holder = PgConnection::establish(&url).expect("connect");
+        let mut watcher = PgConnection::establish(&url).expect("connect");
+        holder.batch_execute(&begin).expect("begin");
+        begun_tx.send(()).expect("told");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let waited = loop {
+            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let w: Waiting = diesel::sql_query(sql).get_result(&mut watcher).expect("watch");
+            if w.n > 0 || std::time::Instant::now() > deadline {
+                break w.n > 0;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let went = then.map_or(Ok(()), |sql| holder.batch_execute(&sql)).and_then(|()| holder.batch_execute("COMMIT"));
+        (waited, went.map_err(|e| e.to_string()))
+    });
+    (begun_rx, held)
+}
+
 /// Waits until `check` holds (polling), or fails after a few seconds.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -7262,6 +7262,62 @@ async fn the_inbox_counts_what_its_lists_hold() {
     assert_eq!(app.call("GET", "/api/conversations/counts", None, None).await.status, 401);
 }
 
+/// An assignment made while its assignee is being removed, or taken off
+/// the channel's list, waits for that change and is refused (422
+/// `invalid_assignee`): no conversation is left with someone who may no
+/// longer answer it (the change's hand-back had looked before the
+/// assignment was written).
+#[actix_web::test]
+async fn an_assignment_during_the_assignees_removal_is_refused() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, _al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let list = || {
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/channels/{page}/members"));
+        let al_id = al_id.clone();
+        async move {
+            let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": [al_id]}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    list().await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6500000000000001", "text": "¿Hola?"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, "6500000000000001")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let path = format!("/api/conversations/{conv}");
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+
+    let changes = [
+        (format!("BEGIN; DELETE FROM tenant_acme.channel_members WHERE user_id = {al_id}"), "cannot see this channel"),
+        (
+            format!("BEGIN; DELETE FROM public.memberships WHERE user_id = {al_id} AND tenant_id = {tenant}"),
+            "must be a member",
+        ),
+    ];
+    for (change, said) in changes {
+        let (begun, held) = transaction_held_until_waited(&app.db.url, change, None);
+        begun.recv().expect("begun");
+        let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"assignee_id": al_id}))).await;
+        let (waited, went) = held.join().expect("the change's thread");
+        assert_eq!(went, Ok(()));
+        assert!(waited, "the assignment waited for the change");
+        assert_eq!(r.status, 422, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_assignee");
+        assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains(said)), "{:?}", r.body);
+        let shown = app.call("GET", &path, Some(&ctx.admin), None).await;
+        assert_eq!(shown.body["assignee_id"], Value::Null);
+        if said == "cannot see this channel" {
+            list().await;
+        }
+    }
+}
+
 /// Someone who leaves the tenant, or an agent who no longer sees a
 /// channel, hands their unresolved conversations back to the queue (each
 /// announced and audited); resolved ones keep them for the reports, and an

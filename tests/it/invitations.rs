@@ -419,37 +419,12 @@ async fn an_invitation_sent_during_its_senders_demotion_is_refused() {
 
     // The change, held open by another connection until the invitation
     // waits for it (at most 5 s).
-    let (url, (changed_tx, changed_rx)) = (app.db.url.clone(), std::sync::mpsc::channel());
-    let change = std::thread::spawn(move || {
-        use diesel::connection::SimpleConnection;
-        use diesel::{Connection, RunQueryDsl};
-        #[derive(diesel::QueryableByName)]
-        struct Waiting {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut changer = diesel::PgConnection::establish(&url).expect("connect");
-        let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
-        changer
-            .batch_execute(&format!("BEGIN; UPDATE public.memberships SET role = 'agent' WHERE user_id = {bea_id}"))
-            .expect("change");
-        changed_tx.send(()).expect("told");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let waited = loop {
-            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-            let w: Waiting = diesel::sql_query(sql).get_result(&mut watcher).expect("watch");
-            if w.n > 0 || std::time::Instant::now() > deadline {
-                break w.n > 0;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        changer.batch_execute("COMMIT").expect("commit");
-        waited
-    });
-    changed_rx.recv().expect("changed");
+    let change = format!("BEGIN; UPDATE public.memberships SET role = 'agent' WHERE user_id = {bea_id}");
+    let (changed, change) = crate::common::transaction_held_until_waited(&app.db.url, change, None);
+    changed.recv().expect("changed");
     let r = invite(&app, &bea, "cy@acme.test", "agent").await;
-    let waited = change.join().expect("the change's thread");
+    let (waited, went) = change.join().expect("the change's thread");
+    assert_eq!(went, Ok(()));
     assert_eq!(code(&r), (401, "token_revoked"), "{:?}", r.body);
     assert!(waited, "the invitation waited for the change");
     let pending = app.call("GET", "/api/invitations", Some(&ann), None).await;
