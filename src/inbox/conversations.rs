@@ -962,7 +962,7 @@ pub fn least_busy(
 
 /// Whether someone may be given a conversation of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answerer {
+pub(super) enum Answerer {
     Yes,
     /// Not a member, or a viewer (who answers nothing).
     No,
@@ -972,7 +972,7 @@ enum Answerer {
 
 /// How [`answerer_held`] meets a change of the member under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
+pub(super) enum Hold {
     /// Waits for it, and answers as it left things: a person assigning is
     /// told the truth.
     Wait,
@@ -990,7 +990,7 @@ enum Hold {
 /// one that came first is seen. Read without the hold, a removal that
 /// committed between this check and the assignment's commit left the
 /// conversation with someone no longer in the tenant.
-fn answerer_held(tc: &mut TenantConn<'_>, user: UserId, channel: i64, hold: Hold) -> AppResult<Answerer> {
+pub(super) fn answerer_held(tc: &mut TenantConn<'_>, user: UserId, channel: i64, hold: Hold) -> AppResult<Answerer> {
     let tenant = tc.tenant().0;
     let membership = memberships::table.find((user.0, tenant)).select(memberships::role).for_share();
     let role: Option<String> = match hold {

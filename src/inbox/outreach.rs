@@ -189,6 +189,15 @@ pub fn open(
         if let Some(team) = channel.settings().team_id {
             super::teams::hand_to_channels_team(tc, conv.id, team)?;
         }
+        // Theirs, unless they are leaving the tenant or the channel's list
+        // at this moment (`conversations::answerer_held`).
+        match conversations::answerer_held(tc, user, channel.id, conversations::Hold::Wait)? {
+            conversations::Answerer::Yes => {}
+            conversations::Answerer::No => {
+                return Err(AppError::unauthorized("membership_revoked", "you are no longer a member of this tenant"))
+            }
+            conversations::Answerer::NotOnChannel => return Err(AppError::not_found("channel")),
+        }
         let conv = diesel::update(c::table.find(conv.id))
             .set((c::assignee_id.eq(user.0), c::updated_at.eq(diesel::dsl::now)))
             .returning(super::views::ConversationRow::as_returning())

@@ -7266,7 +7266,9 @@ async fn the_inbox_counts_what_its_lists_hold() {
 /// the channel's list, waits for that change and is refused (422
 /// `invalid_assignee`): no conversation is left with someone who may no
 /// longer answer it (the change's hand-back had looked before the
-/// assignment was written).
+/// assignment was written). So is an agent starting a WhatsApp
+/// conversation, theirs, as they are being removed (401
+/// `membership_revoked`).
 #[actix_web::test]
 async fn an_assignment_during_the_assignees_removal_is_refused() {
     use crate::common::transaction_held_until_waited;
@@ -7316,6 +7318,31 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
             list().await;
         }
     }
+
+    // Al, added back and listed on the number, starts a conversation as
+    // his removal goes.
+    let al = json!({"email": "al@acme.test", "role": "agent"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(al)).await.status, 201);
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let number = channel_id(&app, &ctx.admin, PHONE).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{number}/members"), Some(&ctx.admin), Some(json!({"user_ids": [al_id]})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let removal = format!("BEGIN; DELETE FROM public.memberships WHERE user_id = {al_id} AND tenant_id = {tenant}");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, removal, None);
+    begun.recv().expect("begun");
+    let start = json!({"channel_id": number, "phone_number": "+351 913 000 222",
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-1"});
+    let r = app.call("POST", "/api/conversations", Some(&al), Some(start)).await;
+    let (waited, went) = held.join().expect("the removal's thread");
+    assert_eq!(went, Ok(()));
+    assert!(waited, "the start waited for the removal");
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("membership_revoked")), "{:?}", r.body);
+    assert_eq!(
+        app.count(&format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE assignee_id = {al_id}")),
+        0
+    );
 }
 
 /// Someone who leaves the tenant, or an agent who no longer sees a
