@@ -994,19 +994,20 @@ pub fn mark_sent(
     held: Option<&str>,
 ) -> AppResult<()> {
     let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
-    // An echo that beat us and was stored as the page's own message (an
-    // Instagram echo has no metadata to match): what the customer did to it
-    // (read it, reacted) is carried over, and it goes.
-    let beaten: Vec<(i64, String, Value, Value)> = diesel::delete(
-        m::table
-            .filter(m::channel_id.eq(row.channel_id))
-            .filter(m::external_id.eq(external_id))
-            .filter(m::sender_kind.eq("page"))
-            .filter(m::client_id.is_null())
-            .filter(m::id.ne(row.id)),
-    )
-    .returning((m::id, m::status, m::reactions, m::reacted_at))
-    .get_results(tc.pg())?;
+    // An echo stored as we go is not seen by the delete below but holds its
+    // id in the unique index: the update waits for it to commit, then fails.
+    // Once more, it is seen and goes (a savepoint keeps the first try's
+    // failure from ending the transaction). Without the second try the
+    // send's job was tried again, and the customer sent the reply twice.
+    let (beaten, mut row) = match tc.pg().transaction(|c| merge_sent(c, &row, external_id, held)) {
+        Err(crate::db::DbError::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ))) => merge_sent(tc.pg(), &row, external_id, held)?,
+        other => other?,
+    };
+    // What the customer did to an echo that went (read it, reacted) is
+    // carried over to the reply.
     for (_, status, reactions, reacted_at) in &beaten {
         super::early::keep_status(tc, row.channel_id, external_id, status, None)?;
         for (contact, emoji) in reactions.as_object().into_iter().flatten() {
@@ -1016,8 +1017,37 @@ pub fn mark_sent(
             super::early::keep(tc, row.channel_id, external_id, &change, at.unwrap_or_else(Utc::now))?;
         }
     }
+    super::early::take(tc, std::slice::from_mut(&mut row))?;
+    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
+    if !beaten.is_empty() {
+        merged(tc, log, &row, beaten.iter().map(|(ghost, ..)| *ghost).collect())?;
+    }
+    Ok(())
+}
+
+/// [`mark_sent`]'s writes: an echo of `row` that beat us and was stored as
+/// the page's own message (an Instagram echo has no metadata to match)
+/// goes, and `row` takes Meta's id. Answers the rows that went (with what
+/// the customer did to them), and `row` as it is.
+#[allow(clippy::type_complexity)]
+fn merge_sent(
+    conn: &mut diesel::PgConnection,
+    row: &MessageRow,
+    external_id: &str,
+    held: Option<&str>,
+) -> Result<(Vec<(i64, String, Value, Value)>, MessageRow), crate::db::DbError> {
+    let beaten: Vec<(i64, String, Value, Value)> = diesel::delete(
+        m::table
+            .filter(m::channel_id.eq(row.channel_id))
+            .filter(m::external_id.eq(external_id))
+            .filter(m::sender_kind.eq("page"))
+            .filter(m::client_id.is_null())
+            .filter(m::id.ne(row.id)),
+    )
+    .returning((m::id, m::status, m::reactions, m::reacted_at))
+    .get_results(conn)?;
     let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
-    let mut row: MessageRow = diesel::update(m::table.find(id))
+    let row: MessageRow = diesel::update(m::table.find(row.id))
         .set((
             m::external_id.eq(external_id),
             m::status.eq(status),
@@ -1026,13 +1056,8 @@ pub fn mark_sent(
             m::updated_at.eq(diesel::dsl::now),
         ))
         .returning(MessageRow::as_returning())
-        .get_result(tc.pg())?;
-    super::early::take(tc, std::slice::from_mut(&mut row))?;
-    log.append(tc, "message.updated", Some(row.channel_id), Some(row.conversation_id), row.update_view())?;
-    if !beaten.is_empty() {
-        merged(tc, log, &row, beaten.iter().map(|(ghost, ..)| *ghost).collect())?;
-    }
-    Ok(())
+        .get_result(conn)?;
+    Ok((beaten, row))
 }
 
 /// The live inbox showed `ghosts` (echoes of `row` stored before its id was

@@ -681,6 +681,54 @@ async fn an_echo_that_beats_the_sends_answer_is_merged_into_the_reply() {
     assert_eq!(last, 1);
 }
 
+/// An Instagram echo stored while the send's answer is being recorded
+/// (its insert not yet committed when the record looks for it) is merged
+/// as one stored before: the record waits for it, then takes it in,
+/// rather than failing on the id they share and leaving the reply pending,
+/// for its job to send it to the customer again.
+#[actix_web::test]
+async fn an_echo_stored_while_the_send_is_recorded_is_merged_too() {
+    const IGSID: &str = "6841100000654321";
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let ms = chrono::Utc::now().timestamp_millis();
+    let question = json!({"object": "instagram", "entry": [{"id": IG_A, "time": ms, "messaging": [
+        {"sender": {"id": IGSID}, "recipient": {"id": IG_A}, "timestamp": ms, "message": {"mid": "ig_q2", "text": "¿Queda?"}}]}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&question).expect("body")).await, 200);
+    process_now(&app);
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    let (status, msg) = reply(&app, &ctx.admin, &conv, "¡Queda una!", "c-1").await;
+    assert_eq!(status, 202, "{msg}");
+    let id: i64 = msg["id"].as_str().expect("id").parse().expect("number");
+
+    // The echo's insert, on another connection, committed only once the
+    // record waits for it.
+    let echo = format!(
+        "BEGIN; INSERT INTO tenant_acme.messages (conversation_id, channel_id, direction, sender_kind, text, status, \
+                                                  external_id, platform_timestamp, sort_at) \
+         SELECT conversation_id, channel_id, 'out', 'page', '¡Queda una!', 'read', 'ig_answer2', now(), now() \
+           FROM tenant_acme.messages WHERE id = {id}"
+    );
+    let (begun, held) = crate::common::transaction_held_until_waited(&app.db.url, echo, None);
+    begun.recv().expect("begun");
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    let recorded = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        switchboard::inbox::messages::mark_sent(tc, &mut log, id, "ig_answer2", None)?;
+        log.notify(tc)
+    });
+    let (waited, went) = held.join().expect("the echo's thread");
+    assert_eq!(went, Ok(()));
+    assert!(waited, "the record waited for the echo");
+    assert!(recorded.is_ok(), "{:?}", recorded.err().map(|e| e.message));
+    let msgs = messages(&app, &ctx.admin, &conv).await;
+    let out: Vec<&Value> = msgs.iter().filter(|m| m["direction"] == "out").collect();
+    assert_eq!(out.len(), 1, "{msgs:?}");
+    let shown = (out[0]["id"].as_str(), out[0]["status"].as_str(), out[0]["external_id"].as_str());
+    assert_eq!(shown, (Some(id.to_string().as_str()), Some("read"), Some("ig_answer2")));
+}
+
 #[actix_web::test]
 async fn a_crash_between_store_and_processing_loses_nothing() {
     let app = spawn_app_without_workers().await;
