@@ -993,7 +993,11 @@ pub fn mark_sent(
     external_id: &str,
     held: Option<&str>,
 ) -> AppResult<()> {
-    let row: MessageRow = m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg())?;
+    let row: Option<MessageRow> =
+        m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg()).optional()?;
+    // Erased with its contact while it was on its way: nothing to record,
+    // and nothing to send again.
+    let Some(row) = row else { return Ok(()) };
     // An echo stored as we go is not seen by the delete below but holds its
     // id in the unique index: the update waits for it to commit, then fails.
     // Once more, it is seen and goes (a savepoint keeps the first try's

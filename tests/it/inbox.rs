@@ -727,6 +727,14 @@ async fn an_echo_stored_while_the_send_is_recorded_is_merged_too() {
     assert_eq!(out.len(), 1, "{msgs:?}");
     let shown = (out[0]["id"].as_str(), out[0]["status"].as_str(), out[0]["external_id"].as_str());
     assert_eq!(shown, (Some(id.to_string().as_str()), Some("read"), Some("ig_answer2")));
+
+    // A reply erased with its contact while on its way has nothing to
+    // record: done, not an error its job would try again.
+    let gone = switchboard::db::with_tenant(&mut pooled, &switchboard::db::TenantScope::system(tenant), |tc| {
+        let mut log = switchboard::inbox::events::EventLog::new();
+        switchboard::inbox::messages::mark_sent(tc, &mut log, id + 1_000, "ig_gone", None)
+    });
+    assert!(gone.is_ok(), "{:?}", gone.err().map(|e| e.message));
 }
 
 #[actix_web::test]
