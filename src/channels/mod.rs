@@ -979,19 +979,12 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     let row = find(tc, id)?;
     release_route(tc, &row)?;
-    // Notice mails still queued quote its customers (read before the
-    // cascade takes the conversations).
-    let conversations: Vec<i64> = crate::db::tenant_schema::conversations::table
-        .filter(crate::db::tenant_schema::conversations::channel_id.eq(id.0))
-        .select(crate::db::tenant_schema::conversations::id)
-        .load(tc.pg())?;
     // Purged meanwhile by a purge sent at the same time: as a moment later.
     if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {
         return Err(AppError::not_found("channel"));
     }
-    let tenant = tc.tenant();
-    let which = crate::mail::Withdrawn::Conversations(&conversations);
-    crate::mail::withdraw(tc.pg(), tenant, which, "withdrawn: the channel was purged")?;
+    // Notice mails still queued quote its customers.
+    crate::mail::withdraw_quoting_gone(tc, "withdrawn: the channel was purged")?;
     crate::inbox::early::forget_channel(tc, id.0)?;
     crate::inbox::events::redact_channel(tc, id.0)?;
     // Open inboxes drop it: disconnected, and gone for good (`deleted`).

@@ -790,7 +790,7 @@ pub struct Erased {
 /// with counts only. What Meta sent of them and is not processed yet has
 /// their events taken out (`scrub`), and a pass is queued to do the same
 /// to what is processed, in the background. Notice mails still queued that
-/// quote their conversations are withdrawn (`mail::withdraw`). Meta's late echo of a reply to them
+/// quote their conversations are withdrawn (`mail::withdraw_quoting_gone`). Meta's late echo of a reply to them
 /// names the erased message and is dropped (`ingest`). If the customer
 /// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
@@ -822,8 +822,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     super::broadcasts::forget(tc, contact.channel_id, &numbers)?;
     diesel::delete(contacts::table.find(contact.id)).execute(tc.pg())?;
     // Notice mails still queued quote them.
-    let tenant = tc.tenant();
-    crate::mail::withdraw(tc.pg(), tenant, crate::mail::Withdrawn::Conversations(&conversation_ids), ERASED)?;
+    crate::mail::withdraw_quoting_gone(tc, ERASED)?;
     let contact_key = contact.id.to_string();
     let copies = events::conversation_id.eq_any(&conversation_ids).or(events::type_
         .eq("contact.updated")

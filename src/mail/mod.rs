@@ -26,12 +26,14 @@
 //! - Once sent or given up, the body (which holds a link worth an account)
 //!   and any unsubscribe address are emptied; housekeeping deletes the row a week later
 //!   (`db::housekeeping`).
-//! - A notice mail names the tenant and member it tells about. One not yet
-//!   sent when that member is removed, or the tenant dropped, is withdrawn
-//!   ([`withdraw`]): given up as above, saying why, rather than sent,
-//!   perhaps hours later when an SMTP server that was down comes back, to
-//!   someone no longer in the tenant (it holds a preview of what a customer
-//!   wrote). One a worker is sending at that moment still goes.
+//! - A notice mail names the tenant and member it tells about, and the
+//!   conversations it quotes. One not yet sent when that member is
+//!   removed, the tenant dropped, or a conversation it quotes erased or
+//!   purged, is withdrawn ([`withdraw`], [`withdraw_quoting_gone`]): given
+//!   up as above, saying why, rather than sent, perhaps hours later when an
+//!   SMTP server that was down comes back, to someone no longer in the
+//!   tenant, or quoting a customer the business was asked to forget. One a
+//!   worker is sending at that moment still goes.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::pg::PgConnection;
@@ -43,7 +45,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use crate::config::MailConfig;
 use crate::db::schema::mail_outbox as m;
 use crate::db::schema::memberships;
-use crate::db::DbError;
+use crate::db::{DbError, TenantConn};
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 
@@ -107,11 +109,9 @@ pub fn queue_as(
 
 /// Which of a tenant's unsent mail [`withdraw`] gives up.
 #[derive(Debug, Clone, Copy)]
-pub enum Withdrawn<'a> {
+pub enum Withdrawn {
     /// What tells about this member: they left the tenant.
     Member(UserId),
-    /// What quotes any of these conversations: they were erased.
-    Conversations(&'a [i64]),
     /// Everything: the tenant was dropped.
     All,
 }
@@ -119,16 +119,46 @@ pub enum Withdrawn<'a> {
 /// Gives up, in `conn`'s transaction, `tenant`'s mail not yet sent that
 /// `which` names, saying `why`; answers how many. A mail claimed and being
 /// sent at this moment goes.
-pub fn withdraw(conn: &mut PgConnection, tenant: TenantId, which: Withdrawn<'_>, why: &str) -> Result<usize, DbError> {
+pub fn withdraw(conn: &mut PgConnection, tenant: TenantId, which: Withdrawn, why: &str) -> Result<usize, DbError> {
+    let which = match which {
+        Withdrawn::Member(member) => Which::Member(member),
+        Withdrawn::All => Which::All,
+    };
+    withdraw_where(conn, tenant, which, why)
+}
+
+/// [`withdraw`] of the tenant's mail that quotes a conversation no longer
+/// there (erased with its contact, purged with its channel): called in
+/// the transaction that deleted them, after the delete. Its work is the
+/// few unsent mails', not the deleted conversations'.
+pub fn withdraw_quoting_gone(tc: &mut TenantConn<'_>, why: &str) -> Result<usize, DbError> {
+    let tenant = tc.tenant();
+    withdraw_where(tc.pg(), tenant, Which::QuotingGone, why)
+}
+
+/// What [`withdraw_where`] gives up.
+enum Which {
+    Member(UserId),
+    All,
+    /// Read in the tenant's schema (its `conversations`).
+    QuotingGone,
+}
+
+fn withdraw_where(conn: &mut PgConnection, tenant: TenantId, which: Which, why: &str) -> Result<usize, DbError> {
     let unsent = m::table.filter(m::tenant_id.eq(tenant.0)).filter(m::sent_at.is_null()).filter(m::failed_at.is_null());
     let gone = given_up(Utc::now(), why);
     let withdrawn = match which {
-        Withdrawn::Member(member) => diesel::update(unsent.filter(m::user_id.eq(member.0))).set(gone).execute(conn)?,
-        Withdrawn::Conversations([]) => 0,
-        Withdrawn::Conversations(ids) => {
-            diesel::update(unsent.filter(m::conversation_ids.overlaps_with(ids))).set(gone).execute(conn)?
+        Which::Member(member) => diesel::update(unsent.filter(m::user_id.eq(member.0))).set(gone).execute(conn)?,
+        Which::QuotingGone => {
+            let quotes_gone = diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "EXISTS (SELECT 1 FROM unnest(conversation_ids) AS q(id) \
+                          WHERE NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = q.id))",
+            );
+            diesel::update(unsent.filter(m::conversation_ids.is_not_null()).filter(quotes_gone))
+                .set(gone)
+                .execute(conn)?
         }
-        Withdrawn::All => diesel::update(unsent).set(gone).execute(conn)?,
+        Which::All => diesel::update(unsent).set(gone).execute(conn)?,
     };
     if withdrawn > 0 {
         tracing::info!(tenant_id = tenant.0, withdrawn, "unsent mail withdrawn: {why}");
