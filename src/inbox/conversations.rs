@@ -726,9 +726,13 @@ pub fn patch_many(
     p: &Patch,
     online: &[UserId],
 ) -> AppResult<Vec<ConversationView>> {
+    let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    if let Some(Some(assignee)) = p.assignee_id {
+        hold_assignee(tc, assignee, &raw)?;
+    }
     // All of them first: two bulk changes naming the same conversations in
     // other orders would otherwise each hold one the other waits for.
-    lock(tc, &ids.iter().map(|id| id.0).collect::<Vec<_>>())?;
+    lock(tc, &raw)?;
     ids.iter()
         .map(|id| {
             patch(tc, log, user, role, *id, p.clone(), online).map_err(|mut e| {
@@ -755,6 +759,9 @@ pub fn patch(
     // (labels added to those there, "changes nothing" told apart), and two
     // sent at once take turns instead of both writing, auditing and
     // announcing the same change, or one losing the other's labels.
+    if let Some(Some(assignee)) = p.assignee_id {
+        hold_assignee(tc, assignee, &[id.0])?;
+    }
     lock(tc, &[id.0])?;
     let row = visible_conversation(tc, user, role, id)?;
     let mut status = row.status.clone();
@@ -958,6 +965,26 @@ pub fn least_busy(
     let busy = |user: i64| load.iter().find(|(a, _)| *a == Some(user)).map_or(0, |(_, n)| *n);
     let room = |user: &i64| limit.is_none_or(|l| busy(*user) < i64::from(l));
     Ok(answering.into_iter().filter(room).min_by_key(|u| (busy(*u), *u)).map(UserId))
+}
+
+/// Holds what says whether `assignee` may answer the conversations `ids`
+/// ([`answerer_held`], waiting for a change of theirs under way), before
+/// the conversations' own locks are taken: in the order a removal, a
+/// demotion or a change of a channel's list takes them (the membership,
+/// the list, then the member's conversations, `release`). Taken after, an
+/// assignment of a conversation the member already answers held the lock
+/// the change's hand-back waits for while it waited for the change, and
+/// PostgreSQL ended one of the two (503 `retry`). A conversation's channel
+/// never changes, so it is read here without a lock.
+pub(super) fn hold_assignee(tc: &mut TenantConn<'_>, assignee: UserId, ids: &[i64]) -> AppResult<()> {
+    let channels: Vec<i64> =
+        c::table.filter(c::id.eq_any(ids)).select(c::channel_id).distinct().order(c::channel_id).load(tc.pg())?;
+    for channel in channels {
+        if answerer_held(tc, assignee, channel, Hold::Wait)? == Answerer::No {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Whether someone may be given a conversation of a channel.

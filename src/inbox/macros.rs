@@ -384,7 +384,15 @@ pub fn run(
     let found = visible(tc, user, id)?;
     // The conversation's turn first (a retry sent while the first still
     // runs waits for it, and then finds it done); then a conversation the
-    // caller may not see is not found.
+    // caller may not see is not found. The one it is assigned to is held
+    // first, as a PATCH holds them (`conversations::hold_assignee`).
+    let assigned = found.actions.iter().rev().find_map(|a| match a {
+        Action::Assign { assignee_id } => Some(*assignee_id),
+        _ => None,
+    });
+    if let Some(Some(assignee)) = assigned {
+        conversations::hold_assignee(tc, assignee, &[conversation.0])?;
+    }
     conversations::lock(tc, &[conversation.0])?;
     let row = messages::visible_conversation(tc, user, role, conversation)?;
     let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));

@@ -7358,7 +7358,7 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
             "must be a member",
         ),
     ];
-    for (change, said) in changes {
+    for (change, said) in changes.clone() {
         let (begun, held) = transaction_held_until_waited(&app.db.url, change, None);
         begun.recv().expect("begun");
         let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"assignee_id": al_id}))).await;
@@ -7399,6 +7399,45 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
         app.count(&format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE assignee_id = {al_id}")),
         0
     );
+
+    // Al, back again, answers the conversation; the change then takes his
+    // conversations' locks, as its hand-back does (`release`). The
+    // assignment, waiting for the change, must not hold the conversation
+    // meanwhile: the two would wait on each other until PostgreSQL ended
+    // one of them.
+    // One by PATCH, one by a bulk change, one by a macro.
+    let give_al = json!({"name": "To Al", "actions": [{"type": "assign", "assignee_id": al_id}]});
+    let r = app.call("POST", "/api/macros", Some(&ctx.admin), Some(give_al)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let run = format!("{path}/macros/{}", r.body["id"].as_str().expect("id"));
+    let ways = [
+        ("PATCH", path.clone(), json!({"assignee_id": al_id, "priority": "high"})),
+        ("POST", "/api/conversations/bulk".to_string(), json!({"ids": [conv], "assignee_id": al_id})),
+        ("POST", run, json!({})),
+    ];
+    for (method, way, body) in ways {
+        for (change, said) in changes.clone() {
+            let member = app.count(&format!(
+                "SELECT count(*) AS n FROM public.memberships WHERE user_id = {al_id} AND tenant_id = {tenant}"
+            ));
+            if member == 0 {
+                let al = json!({"email": "al@acme.test", "role": "agent"});
+                assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(al)).await.status, 201);
+            }
+            list().await;
+            let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"assignee_id": al_id}))).await;
+            assert_eq!((r.status, r.body["assignee_id"].as_str()), (200, Some(al_id.as_str())), "{:?}", r.body);
+            let hand_back = format!("SELECT id FROM tenant_acme.conversations WHERE assignee_id = {al_id} FOR UPDATE");
+            let (begun, held) = transaction_held_until_waited(&app.db.url, change, Some(hand_back));
+            begun.recv().expect("begun");
+            let r = app.call(method, &way, Some(&ctx.admin), Some(body.clone())).await;
+            let (waited, went) = held.join().expect("the change's thread");
+            assert_eq!(went, Ok(()), "{way}: the change went through");
+            assert!(waited, "{way}: the assignment waited for the change");
+            assert_eq!(r.status, 422, "{way}: {:?}", r.body);
+            assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains(said)), "{way}: {:?}", r.body);
+        }
+    }
 }
 
 /// Someone who leaves the tenant, or an agent who no longer sees a
