@@ -252,6 +252,10 @@ pub fn change_role(
     if let Some(which) = no_longer {
         crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed", online)?;
     }
+    // Notice mails still queued quoting what they may no longer see.
+    if !role.at_least(Role::Admin) {
+        crate::mail::withdraw_unseen(tc, user, crate::mail::NO_LONGER_SEEN)?;
+    }
     get(tc, user)
 }
 

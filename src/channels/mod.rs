@@ -800,6 +800,7 @@ pub fn set_members(
         if !sees_all {
             let which = crate::inbox::conversations::Released::Of(id.0);
             crate::inbox::conversations::release(tc, log, Some(actor), UserId(*gone), which, "channel_left", online)?;
+            crate::mail::withdraw_unseen(tc, UserId(*gone), crate::mail::NO_LONGER_SEEN)?;
         }
     }
     // Their unread notifications of it count, or no longer do.

@@ -28,12 +28,15 @@
 //!   (`db::housekeeping`).
 //! - A notice mail names the tenant and member it tells about, and the
 //!   conversations it quotes. One not yet sent when that member is
-//!   removed, the tenant dropped, or a conversation it quotes erased or
-//!   purged, is withdrawn ([`withdraw`], [`withdraw_quoting_gone`]): given
+//!   removed, the tenant dropped, a conversation it quotes erased or
+//!   purged, or the member can no longer see one it quotes (taken off its
+//!   channel's list, or made an agent or a viewer) is withdrawn
+//!   ([`withdraw`], [`withdraw_quoting_gone`], [`withdraw_unseen`]): given
 //!   up as above, saying why, rather than sent, perhaps hours later when an
 //!   SMTP server that was down comes back, to someone no longer in the
-//!   tenant, or quoting a customer the business was asked to forget. One a
-//!   worker is sending at that moment still goes.
+//!   tenant, quoting a customer they may no longer see, or one the
+//!   business was asked to forget. One a worker is sending at that moment
+//!   still goes.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::pg::PgConnection;
@@ -136,12 +139,23 @@ pub fn withdraw_quoting_gone(tc: &mut TenantConn<'_>, why: &str) -> Result<usize
     withdraw_where(tc.pg(), tenant, Which::QuotingGone, why)
 }
 
+/// [`withdraw`] of `member`'s mail that quotes a conversation of a channel
+/// they no longer see: called, in the transaction that took it from them
+/// (taken off the channel's list, or made an agent or a viewer, who see
+/// only the channels they are listed on), once the change is written.
+pub fn withdraw_unseen(tc: &mut TenantConn<'_>, member: UserId, why: &str) -> Result<usize, DbError> {
+    let tenant = tc.tenant();
+    withdraw_where(tc.pg(), tenant, Which::Unseen(member), why)
+}
+
 /// What [`withdraw_where`] gives up.
 enum Which {
     Member(UserId),
     All,
     /// Read in the tenant's schema (its `conversations`).
     QuotingGone,
+    /// Read in the tenant's schema (its `conversations`, `channel_members`).
+    Unseen(UserId),
 }
 
 fn withdraw_where(conn: &mut PgConnection, tenant: TenantId, which: Which, why: &str) -> Result<usize, DbError> {
@@ -155,6 +169,19 @@ fn withdraw_where(conn: &mut PgConnection, tenant: TenantId, which: Which, why: 
                           WHERE NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = q.id))",
             );
             diesel::update(unsent.filter(m::conversation_ids.is_not_null()).filter(quotes_gone))
+                .set(gone)
+                .execute(conn)?
+        }
+        Which::Unseen(member) => {
+            // The member's id is a number, written into the SQL as one.
+            let quotes_unseen = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "EXISTS (SELECT 1 FROM unnest(conversation_ids) AS q(id) JOIN conversations c ON c.id = q.id \
+                          WHERE NOT EXISTS (SELECT 1 FROM channel_members l \
+                                             WHERE l.channel_id = c.channel_id AND l.user_id = {}))",
+                member.0
+            ));
+            diesel::update(unsent.filter(m::user_id.eq(member.0)).filter(m::conversation_ids.is_not_null()))
+                .filter(quotes_unseen)
                 .set(gone)
                 .execute(conn)?
         }
@@ -181,6 +208,9 @@ struct Due {
 
 /// Why a mail is withdrawn: the member it tells about left the tenant.
 pub const MEMBER_LEFT: &str = "withdrawn: the member left the tenant";
+/// Why a mail is withdrawn: its member no longer sees a conversation it
+/// quotes.
+pub const NO_LONGER_SEEN: &str = "withdrawn: the member no longer sees the conversation";
 
 /// What a mail given up keeps: when and why, not its body (which may hold
 /// a link worth an account) nor its unsubscribe address.

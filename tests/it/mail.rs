@@ -683,6 +683,83 @@ async fn a_notice_mail_unsent_is_withdrawn_when_its_member_or_customer_goes() {
     assert_eq!(left("reset"), 1);
 }
 
+/// A notice mail not yet sent is withdrawn once its member can no longer
+/// see a conversation it quotes: an admin made an agent not listed on its
+/// channel, or an agent taken off the channel's list. An admin taken off a
+/// list still sees every channel, and their mail stays; so does another
+/// member's, and one quoting nothing.
+#[actix_web::test]
+async fn a_notice_mail_unsent_is_withdrawn_when_its_member_no_longer_sees_the_conversation() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port());
+    drop(closed);
+    let customers = ["6450000000000001", "6450000000000002"];
+    let AlWritten { app, ctx, al_id, conv, page, .. } = al_written_to(&url, &customers, |_| "Hallo? 🧾".into()).await;
+    let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+    let ann = app.count("SELECT id AS n FROM public.users WHERE email = 'ann@acme.test'");
+    let queue = |subject: &str, to: (&str, String), quoted: String| {
+        run(
+            &app,
+            &format!(
+                "INSERT INTO public.mail_outbox (recipient, subject, body, kind, tenant_id, user_id, conversation_ids, \
+                                                 next_attempt_at) \
+                 VALUES ('{}', '{subject}', 'Hallo?', 'notice', {tenant}, {}, ARRAY[{quoted}]::bigint[], \
+                         now() + interval '1 day')",
+                to.0, to.1
+            ),
+        )
+    };
+    let al = || ("al@acme.test", al_id.clone());
+    queue("one", al(), conv[0].clone());
+    queue("both", al(), format!("{}, {}", conv[0], conv[1]));
+    queue("nothing", al(), String::new());
+    queue("ann", ("ann@acme.test", ann.to_string()), conv[0].clone());
+    let left = |subject: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE subject = '{subject}' AND failed_at IS NULL"
+        ))
+    };
+    let withdrawn = || {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE failed_at IS NOT NULL AND body = '' \
+               AND last_error = '{}'",
+            switchboard::mail::NO_LONGER_SEEN
+        ))
+    };
+    let role = |role: &str| {
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/members/{al_id}"));
+        let body = json!({"role": role});
+        async move {
+            let r = app.call("PATCH", &path, Some(&admin), Some(body)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    let list = |ids: Value| {
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/channels/{page}/members"));
+        async move {
+            let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": ids}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+
+    // Al made an admin and taken off the page's list still sees it.
+    role("admin").await;
+    list(json!([])).await;
+    assert_eq!(withdrawn(), 0);
+    // Made an agent again, listed nowhere: his mail quoting the page's
+    // conversations goes.
+    role("agent").await;
+    assert_eq!(withdrawn(), 2);
+    assert_eq!((left("one"), left("both"), left("nothing"), left("ann")), (0, 0, 1, 1));
+
+    // Listed again, then taken off the list.
+    list(json!([al_id])).await;
+    queue("again", al(), conv[1].clone());
+    list(json!([])).await;
+    assert_eq!(withdrawn(), 3);
+    assert_eq!((left("again"), left("nothing"), left("ann")), (0, 1, 1));
+}
+
 #[actix_web::test]
 async fn a_notice_mail_stops_with_one_click_from_the_mail() {
     let sink = Sink::start();
