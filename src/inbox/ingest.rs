@@ -46,6 +46,19 @@ fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
     }
 }
 
+/// The contact (and when) of a receipt that writes on its conversation: a
+/// Messenger or Instagram watermark (`early::keep_watermark`), a WhatsApp
+/// message failed (its wait for an answer, `waiting::recompute`).
+fn receipt_writing_conversation(item: &Item) -> Option<(&str, DateTime<Utc>)> {
+    match item {
+        Item::Delivery { contact, watermark: Some(at), .. } | Item::Read { contact, watermark: Some(at), .. } => {
+            Some((contact, *at))
+        }
+        Item::Status { contact, status: DeliveryStatus::Failed, timestamp, .. } => Some((contact, *timestamp)),
+        _ => None,
+    }
+}
+
 /// What the caller does after the transaction commits.
 #[derive(Default, Debug)]
 pub struct Followups {
@@ -148,12 +161,20 @@ impl<'l> Ingest<'l> {
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
-            if let Some((contact, at)) = from_contact(item) {
-                let key = self.key(*channel, contact, at);
-                if !self.contacts.contains_key(&key) {
-                    channel_ids.push(key.0);
-                    externals.push(key.1);
-                }
+            let key = match (from_contact(item), receipt_writing_conversation(item)) {
+                (Some((contact, at)), _) => self.key(*channel, contact, at),
+                // What the receipt writes on its conversation is locked here
+                // with the others, in id order: locked when the receipt came
+                // to be applied, a batch holding a newer conversation waited
+                // for an older one that a change locking in id order (a bulk
+                // change) held while it waited for the newer, and PostgreSQL
+                // ended one of the two.
+                (None, Some((contact, at))) => self.key(*channel, contact, at),
+                (None, None) => continue,
+            };
+            if !self.contacts.contains_key(&key) {
+                channel_ids.push(key.0);
+                externals.push(key.1);
             }
         }
         if !externals.is_empty() {

@@ -610,6 +610,98 @@ async fn a_receipt_before_the_echo_of_a_reply_is_applied_when_the_echo_comes() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.early_statuses"), 0);
 }
 
+/// A receipt that writes on its conversation (a Messenger watermark; a
+/// WhatsApp reply failed, which has the conversation wait for an answer
+/// again) has it locked with the batch's others, in id order, before any
+/// is written. Locked when the receipt was applied, a batch holding a
+/// newer conversation (a message's) waited for an older one (the
+/// receipt's) that a bulk change, locking in id order, held while it
+/// waited for the newer: a deadlock, 503 to the person or the batch done
+/// again.
+#[actix_web::test]
+async fn a_receipt_and_a_message_in_one_batch_take_their_conversations_in_order() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app_without_workers().await;
+    let _ctx = acme(&app).await;
+    let ms = chrono::Utc::now().timestamp_millis();
+    let conv = |external: &str| {
+        app.count(&format!(
+            "SELECT c.id AS n FROM tenant_acme.conversations c JOIN tenant_acme.contacts k ON k.id = c.contact_id \
+              WHERE k.external_id = '{external}'"
+        ))
+    };
+    // The batch, processed while a change holds the older conversation
+    // and then takes the newer; answers the batch's report.
+    let race = |older: i64, newer: i64| {
+        let lock = |id: i64| format!("SELECT id FROM tenant_acme.conversations WHERE id = {id} FOR UPDATE");
+        let (begun, held) =
+            transaction_held_until_waited(&app.db.url, format!("BEGIN; {}", lock(older)), Some(lock(newer)));
+        begun.recv().expect("begun");
+        let report =
+            switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+                .expect("batch");
+        let (waited, went) = held.join().expect("the change's thread");
+        assert_eq!(went, Ok(()), "the change went through");
+        assert!(waited, "the batch waited for the change");
+        assert_eq!((report.done, report.retried, report.dead), (1, 0, 0), "done at once");
+    };
+
+    // Messenger: the first customer reads, the second writes again.
+    let (first, second) = ("6610000000000001", "6610000000000002");
+    let body = |events: Vec<Value>| {
+        serde_json::to_vec(&json!({"object": "page", "entry": [{"id": PAGE_A, "time": ms, "messaging": events}]}))
+            .expect("body")
+    };
+    let said = |psid: &str, mid: &str, at: i64| {
+        json!({"sender": {"id": psid}, "recipient": {"id": PAGE_A}, "timestamp": at,
+               "message": {"mid": mid, "text": "Olá 👋"}})
+    };
+    assert_eq!(app.webhook(&body(vec![said(first, "m_first", ms - 2_000)])).await, 200);
+    process_now(&app);
+    assert_eq!(app.webhook(&body(vec![said(second, "m_second", ms - 1_000)])).await, 200);
+    process_now(&app);
+    let (older, newer) = (conv(first), conv(second));
+    assert!(older < newer);
+    let read = json!({"sender": {"id": first}, "recipient": {"id": PAGE_A}, "timestamp": ms,
+                      "read": {"watermark": ms - 500}});
+    assert_eq!(app.webhook(&body(vec![read, said(second, "m_again", ms + 1)])).await, 200);
+    race(older, newer);
+    let read_at = format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {older} AND contact_read_at IS NOT NULL"
+    );
+    assert_eq!(app.count(&read_at), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id = 'm_again'"), 1);
+
+    // WhatsApp: the reply to the third fails, the fourth writes again.
+    let (third, fourth) = ("351910000301", "351910000302");
+    let secs = ms / 1000;
+    assert_eq!(app.webhook(&whatsapp_text_at(third, "wamid.third", secs - 2, "Olá")).await, 200);
+    process_now(&app);
+    assert_eq!(app.webhook(&whatsapp_text_at(fourth, "wamid.fourth", secs - 1, "Olá")).await, 200);
+    process_now(&app);
+    let (older, newer) = (conv(third), conv(fourth));
+    assert!(older < newer);
+    // The third's answer, sent as far as anyone knew.
+    app.exec(&format!(
+        "INSERT INTO tenant_acme.messages (conversation_id, channel_id, direction, sender_kind, status, external_id, text) \
+         SELECT id, channel_id, 'out', 'agent', 'sent', 'wamid.answer', 'Olá!' FROM tenant_acme.conversations WHERE id = {older}"
+    ));
+    app.exec(&format!("UPDATE tenant_acme.conversations SET waiting_since = NULL WHERE id = {older}"));
+    let failed = json!({"id": "112233445566778", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15551234567", "phone_number_id": PHONE},
+        "statuses": [{"id": "wamid.answer", "status": "failed", "timestamp": secs.to_string(), "recipient_id": third,
+                      "errors": [{"code": 131047, "title": "Re-engagement message"}]}]}}]});
+    let again = whatsapp_entry(fourth, "Zé", "wamid.again", secs, "Ainda?");
+    let batch = json!({"object": "whatsapp_business_account", "entry": [failed, again]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&batch).expect("body")).await, 200);
+    race(older, newer);
+    let waits =
+        format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {older} AND waiting_since IS NOT NULL");
+    assert_eq!(app.count(&waits), 1);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id = 'wamid.again'"), 1);
+}
+
 /// Instagram echoes carry no metadata: one that comes before the send's
 /// answer is stored as the page's message. When the answer comes, the two
 /// are one: the echo's row goes, the conversation shows the agent's reply
