@@ -141,8 +141,15 @@ fn view(tc: &mut TenantConn<'_>, row: Row) -> AppResult<TeamView> {
     })
 }
 
+/// Team `id`, locked until the transaction ends so that changes of it take
+/// turns: `FOR NO KEY UPDATE`, which lets a conversation written meanwhile
+/// name the team (its foreign key's check, `FOR KEY SHARE`). Under `FOR
+/// UPDATE`, a webhook batch holding its conversations waited at that check
+/// for a change of the team (`auto_assign` turned on or off) that waited
+/// for the same conversations to hand them out or settle them, and
+/// PostgreSQL ended one of the two.
 fn row(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
-    t::table.find(id.0).select(Row::as_select()).for_update().first(tc.pg()).optional()?.ok_or_else(not_found)
+    t::table.find(id.0).select(Row::as_select()).for_no_key_update().first(tc.pg()).optional()?.ok_or_else(not_found)
 }
 
 /// Every team, by name.
@@ -369,6 +376,9 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     // Before the team is touched: a channel's change holds its settings
     // before the team its rules name.
     let held = crate::channels::change_all_settings(tc)?;
+    // Its conversations before the team, in id order, as a bulk change
+    // takes them before the team it names.
+    c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
     let current = row(tc, id)?;
     let mut freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
         .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))

@@ -842,3 +842,34 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
     let left = app.call("GET", &channel, Some(admin), None).await.body;
     assert_eq!(labels(&left["settings"]), [json!(["greeting"])], "{left}");
 }
+
+/// A team's `auto_assign` turned on while a webhook batch holds one of its
+/// conversations: the change waits for the batch, and the batch, writing
+/// the conversation again (which has PostgreSQL check its team's key), is
+/// not held up by the change's lock on the team. Under `FOR UPDATE` the
+/// two waited on each other until PostgreSQL ended one (503 `retry`).
+#[actix_web::test]
+async fn a_teams_change_and_a_batch_writing_its_conversation_do_not_deadlock() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
+    let [conv] = write_to_page_a(&app, &admin, ["6620000000000001"], "Rechnung?").await;
+    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let r = patch(&app, &admin, &conv, json!({"team_id": team})).await;
+    assert_eq!((r.status, r.body["queued_at"].as_str()), (200, None), "{:?}", r.body);
+
+    // The batch's writes, as `ingest` makes them: the second checks the
+    // team's key, the row being the transaction's own by then.
+    let write = format!("UPDATE tenant_acme.conversations SET updated_at = now() WHERE id = {conv}");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, format!("BEGIN; {write}"), Some(write));
+    begun.recv().expect("begun");
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
+    let (waited, went) = held.join().expect("the batch's thread");
+    assert_eq!(went, Ok(()), "the batch went through");
+    assert!(waited, "the change waited for the batch");
+    assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
+    // Nobody online: it waits in the queue for someone.
+    let shown = app.call("GET", &format!("/api/conversations/{conv}"), Some(&admin), None).await;
+    assert!(shown.body["queued_at"].is_string(), "{:?}", shown.body);
+}
