@@ -233,6 +233,18 @@ impl From<DbError> for AppError {
             DbError::Query(D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
                 AppError::unavailable("retry", "concurrent update, please retry")
             }
+            // What a write names was there when it was checked and is gone
+            // now (deleted by a request that committed in between: a
+            // customer erased as an agent replies to them): nothing was
+            // written, and the answer is the one a moment later gets.
+            DbError::Query(D::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info)) => {
+                match info.message().starts_with("insert or update") {
+                    true => AppError::not_found(&referent(info.table_name(), info.constraint_name())),
+                    // A row still named by another (a reference that does
+                    // not cascade) cannot go.
+                    false => AppError::conflict("in_use", "it is still in use; remove what uses it first"),
+                }
+            }
             // SQLSTATE 40P01, which diesel files under Unknown: PostgreSQL
             // ended this transaction so that another could go on. Nothing
             // was written; the same request again will go. (Locks are taken
@@ -268,6 +280,17 @@ impl From<DbError> for AppError {
             other => AppError::internal(other),
         }
     }
+}
+
+/// What a foreign key names, from its constraint (`messages_conversation_id_fkey`
+/// on `messages`: `conversation`); `resource` when it cannot be told.
+fn referent(table: Option<&str>, constraint: Option<&str>) -> String {
+    let named = constraint
+        .and_then(|c| c.strip_suffix("_fkey"))
+        .map(|c| table.and_then(|t| c.strip_prefix(t)).and_then(|c| c.strip_prefix('_')).unwrap_or(c))
+        .map(|column| column.strip_suffix("_id").unwrap_or(column).replace('_', " "))
+        .filter(|name| !name.is_empty());
+    named.unwrap_or_else(|| "resource".to_string())
 }
 
 impl From<diesel::result::Error> for AppError {
@@ -311,5 +334,22 @@ impl From<crate::crypto::CryptoError> for AppError {
 impl From<actix_web::error::BlockingError> for AppError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         AppError::internal(anyhow::anyhow!("blocking task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::referent;
+
+    #[test]
+    fn a_foreign_key_names_what_it_refers_to() {
+        assert_eq!(referent(Some("messages"), Some("messages_conversation_id_fkey")), "conversation");
+        assert_eq!(referent(Some("note_mentions"), Some("note_mentions_message_id_fkey")), "message");
+        assert_eq!(referent(Some("broadcast_recipients"), Some("broadcast_recipients_contact_id_fkey")), "contact");
+        assert_eq!(referent(Some("conversations"), Some("conversations_team_id_fkey")), "team");
+        assert_eq!(referent(None, Some("odd_fkey")), "odd");
+        assert_eq!(referent(Some("t"), Some("t_fkey")), "t");
+        assert_eq!(referent(Some("t"), None), "resource");
+        assert_eq!(referent(None, Some("_fkey")), "resource");
     }
 }

@@ -5961,6 +5961,36 @@ async fn a_blocked_contact_is_kept_quietly_and_sent_nothing() {
     assert!(log["items"].as_array().expect("items").iter().any(|e| e["action"] == "contact.unblocked"));
 }
 
+/// A reply, or a note, to a conversation erased while it is being written
+/// (the customer's erasure commits between the write's check and its
+/// insert) is a 404, as a moment later, with nothing written: not a 500.
+#[actix_web::test]
+async fn a_reply_to_a_conversation_erased_meanwhile_is_not_found() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let writes = [
+        ("6630000000000001", json!({"text": "Tudo bem?", "client_id": "gone-1"})),
+        ("6630000000000002", json!({"text": "Nota", "private": true, "client_id": "gone-2"})),
+    ];
+    for (customer, body) in writes {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": customer, "text": "Apaguem-me"})).await;
+        app.processed().await;
+        let conv =
+            by_contact(&conversations(&app, &ctx.admin, "").await, customer)["id"].as_str().expect("id").to_string();
+        let erase = format!("BEGIN; DELETE FROM tenant_acme.conversations WHERE id = {conv}");
+        let (begun, held) = transaction_held_until_waited(&app.db.url, erase, None);
+        begun.recv().expect("begun");
+        let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(body)).await;
+        let (waited, went) = held.join().expect("the erasure's thread");
+        assert_eq!(went, Ok(()));
+        assert!(waited, "the write waited for the erasure");
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")), "{:?}", r.body);
+        assert_eq!(r.body["error"]["message"], "conversation not found");
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE direction = 'out'"), 0);
+}
+
 /// A customer's right to erasure: an admin deletes a contact, and with it
 /// their conversation, messages and everything the live log and the audit
 /// log held of them; open inboxes are told; the other customers' stay. If
