@@ -236,14 +236,11 @@ impl From<DbError> for AppError {
             // What a write names was there when it was checked and is gone
             // now (deleted by a request that committed in between: a
             // customer erased as an agent replies to them): nothing was
-            // written, and the answer is the one a moment later gets.
+            // written, and the answer is the one a moment later gets. (Every
+            // reference cascades or is set null on delete, so a delete
+            // never meets one.)
             DbError::Query(D::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info)) => {
-                match info.message().starts_with("insert or update") {
-                    true => AppError::not_found(&referent(info.table_name(), info.constraint_name())),
-                    // A row still named by another (a reference that does
-                    // not cascade) cannot go.
-                    false => AppError::conflict("in_use", "it is still in use; remove what uses it first"),
-                }
+                AppError::not_found(&referent(info.table_name(), info.constraint_name()))
             }
             // SQLSTATE 40P01, which diesel files under Unknown: PostgreSQL
             // ended this transaction so that another could go on. Nothing
