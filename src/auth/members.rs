@@ -279,6 +279,11 @@ pub fn remove(
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
     refresh::revoke_member(tc.pg(), user, tenant)?;
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
+    // Their conversations before what hangs off conversations (their
+    // notifications, scheduled messages): the order an erasure takes them
+    // in (the conversations, then what deleting them deletes), so the two
+    // at once take turns rather than deadlock.
+    crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;
     super::invitations::take_back(tc, Some(actor), user, None, "member_removed")?;
     // Notice mails still queued (an SMTP server down) tell what they may
     // no longer see.
@@ -289,7 +294,6 @@ pub fn remove(
     crate::inbox::scheduled::forget_member(tc, log, user)?;
     crate::inbox::notifications::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
-    crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;
     // Their sockets in this tenant close (4403), on every instance.
     notify_live(tc.pg(), &LiveMsg::Removed { t: tenant.0, u: user.0 })?;
     audit::record(
