@@ -279,16 +279,18 @@ pub fn remove(
     diesel::delete(memberships::table.find((user.0, tenant.0))).execute(tc.pg())?;
     refresh::revoke_member(tc.pg(), user, tenant)?;
     super::api_tokens::forget_member(tc.pg(), user, tenant)?;
-    // Their conversations before what hangs off conversations (their
-    // notifications, scheduled messages): the order an erasure takes them
-    // in (the conversations, then what deleting them deletes), so the two
-    // at once take turns rather than deadlock.
+    // Off the channels' lists, then their conversations, then what hangs
+    // off conversations (their notifications, scheduled messages): the
+    // order a change of a channel's list takes them in (the list, then the
+    // conversations it hands back), and an erasure (the conversations,
+    // then what deleting them deletes), so any two at once take turns
+    // rather than deadlock.
+    crate::channels::forget_member(tc, user)?;
     crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;
     super::invitations::take_back(tc, Some(actor), user, None, "member_removed")?;
     // Notice mails still queued (an SMTP server down) tell what they may
     // no longer see.
     crate::mail::withdraw(tc.pg(), tenant, crate::mail::Withdrawn::Member(user), crate::mail::MEMBER_LEFT)?;
-    crate::channels::forget_member(tc, user)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
     crate::inbox::scheduled::forget_member(tc, log, user)?;

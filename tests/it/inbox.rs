@@ -7562,43 +7562,56 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
     }
 }
 
-/// A member removed as a customer of theirs is erased: both take the
-/// conversation before what hangs off it (the member's notifications of
-/// it), so one waits for the other. The removal deleted the notifications
-/// first, then waited for the conversation the erasure held while the
-/// erasure's delete waited for those notifications: a deadlock (503).
+/// A member removed as the channel's list changes, or as a customer of
+/// theirs is erased: each takes the channels' lists, then the member's
+/// conversations, then what hangs off them (the member's notifications),
+/// so one waits for the other. Taken in another order, each held what the
+/// other waited for: a deadlock (503).
 #[actix_web::test]
-async fn a_members_removal_and_their_customers_erasure_at_once_take_turns() {
+async fn a_members_removal_and_a_list_change_or_an_erasure_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let (al_member, _al) = agent_al(&app, &ctx.admin).await;
     let al_id = al_member["user_id"].as_str().expect("id").to_string();
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
-    let listed = json!({"user_ids": [al_id]});
-    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6640000000000001", "text": "Esqueçam-me"})).await;
     app.processed().await;
-    let shown = &conversations(&app, &ctx.admin, "").await[0];
+    let shown = conversations(&app, &ctx.admin, "").await[0].clone();
     let (conv, contact) = (shown["id"].as_str().expect("id"), shown["contact"]["id"].as_str().expect("contact"));
-    let r = app
-        .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"assignee_id": al_id})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
     let notified = format!("SELECT count(*) AS n FROM tenant_acme.notifications WHERE user_id = {al_id}");
-    assert!(app.count(&notified) > 0, "Al was told of it");
+    let changes = [
+        (
+            format!("BEGIN; DELETE FROM tenant_acme.channel_members WHERE channel_id = {page}"),
+            format!("SELECT id FROM tenant_acme.conversations WHERE assignee_id = {al_id} FOR UPDATE"),
+        ),
+        (
+            format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE"),
+            format!("DELETE FROM tenant_acme.contacts WHERE id = {contact}"),
+        ),
+    ];
+    for (n, (change, then)) in changes.into_iter().enumerate() {
+        if n > 0 {
+            let al = json!({"email": "al@acme.test", "role": "agent"});
+            assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(al)).await.status, 201);
+        }
+        let listed = json!({"user_ids": [al_id]});
+        let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let assign = json!({"assignee_id": al_id});
+        let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(assign)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(app.count(&notified) > 0, "Al was told of it");
 
-    let erasure = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE");
-    let then = format!("DELETE FROM tenant_acme.contacts WHERE id = {contact}");
-    let (begun, held) = transaction_held_until_waited(&app.db.url, erasure, Some(then));
-    begun.recv().expect("begun");
-    let r = app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await;
-    let (waited, went) = held.join().expect("the erasure's thread");
-    assert_eq!(went, Ok(()), "the erasure went through");
-    assert!(waited, "the removal waited for the erasure");
-    assert_eq!(r.status, 204, "{:?}", r.body);
-    assert_eq!(app.count(&notified), 0);
+        let (begun, held) = transaction_held_until_waited(&app.db.url, change, Some(then));
+        begun.recv().expect("begun");
+        let r = app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await;
+        let (waited, went) = held.join().expect("the change's thread");
+        assert_eq!(went, Ok(()), "the change went through");
+        assert!(waited, "the removal waited for the change");
+        assert_eq!(r.status, 204, "{:?}", r.body);
+        assert_eq!(app.count(&notified), 0);
+    }
 }
 
 /// Someone who leaves the tenant, or an agent who no longer sees a
