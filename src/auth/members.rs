@@ -286,6 +286,12 @@ pub fn remove(
     // then what deleting them deletes), so any two at once take turns
     // rather than deadlock.
     crate::channels::forget_member(tc, user)?;
+    // Every conversation the removal writes, at once and in id order, as a
+    // bulk change takes its: those they answer (handed back) and those in
+    // which messages they scheduled wait (cancelled, `scheduled`).
+    let mut theirs = crate::inbox::conversations::answered_by(tc, user)?;
+    theirs.extend(crate::inbox::scheduled::waiting_in(tc, user)?);
+    crate::inbox::conversations::lock(tc, &theirs)?;
     crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;
     super::invitations::take_back(tc, Some(actor), user, None, "member_removed")?;
     // Notice mails still queued (an SMTP server down) tell what they may

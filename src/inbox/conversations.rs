@@ -1042,6 +1042,12 @@ pub(super) fn answerer_held(tc: &mut TenantConn<'_>, user: UserId, channel: i64,
     Ok(if listed.is_some() { Answerer::Yes } else { Answerer::NotOnChannel })
 }
 
+/// The unresolved conversations `member` answers: what [`release`] with
+/// [`Released::All`] hands back.
+pub fn answered_by(tc: &mut TenantConn<'_>, member: UserId) -> AppResult<Vec<i64>> {
+    Ok(c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).select(c::id).load(tc.pg())?)
+}
+
 /// Which of a member's conversations [`release`] hands back.
 #[derive(Debug, Clone, Copy)]
 pub enum Released {

@@ -612,6 +612,15 @@ pub fn cancel(
     announce(tc, log, row.id)
 }
 
+/// The conversations in which messages `user` scheduled still wait.
+pub fn waiting_in(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Vec<i64>> {
+    Ok(s::table
+        .filter(s::created_by.eq(user.0))
+        .filter(s::status.eq("scheduled"))
+        .select(s::conversation_id)
+        .load(tc.pg())?)
+}
+
 /// A member removed from the tenant: what they scheduled that still waits
 /// is cancelled (`author_removed`), not sent in their name later.
 pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId) -> AppResult<()> {

@@ -7562,11 +7562,12 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
     }
 }
 
-/// A member removed as the channel's list changes, or as a customer of
-/// theirs is erased: each takes the channels' lists, then the member's
-/// conversations, then what hangs off them (the member's notifications),
-/// so one waits for the other. Taken in another order, each held what the
-/// other waited for: a deadlock (503).
+/// A member removed as the channel's list changes, as a customer of theirs
+/// is erased, or as a bulk change takes conversations of theirs: each
+/// takes the channels' lists, then the conversations (all at once, in id
+/// order), then what hangs off them (the member's notifications), so one
+/// waits for the other. Taken in another order, each held what the other
+/// waited for: a deadlock (503).
 #[actix_web::test]
 async fn a_members_removal_and_a_list_change_or_an_erasure_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
@@ -7612,6 +7613,43 @@ async fn a_members_removal_and_a_list_change_or_an_erasure_at_once_take_turns() 
         assert_eq!(r.status, 204, "{:?}", r.body);
         assert_eq!(app.count(&notified), 0);
     }
+
+    // A bulk change taking, in id order, a conversation in which Al has a
+    // message scheduled, then a newer one he answers: the removal, which
+    // cancels the one and hands back the other, takes both in that order.
+    let al = json!({"email": "al@acme.test", "role": "agent"});
+    assert_eq!(app.call("POST", "/api/members", Some(&ctx.admin), Some(al)).await.status, 201);
+    let listed = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let al = token(&app.login("al@acme.test", "al-password-1", "acme").await, "access_token");
+    let mut convs = Vec::new();
+    for customer in ["6640000000000002", "6640000000000003"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": customer, "text": "Olá"})).await;
+        app.processed().await;
+        let found = by_contact(&conversations(&app, &ctx.admin, "").await, customer)["id"].clone();
+        convs.push(found.as_str().expect("id").to_string());
+    }
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let scheduled = json!({"text": "Até já", "send_at": later});
+    let r = app
+        .call("POST", &format!("/api/conversations/{}/scheduled-messages", convs[0]), Some(&al), Some(scheduled))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let assign = json!({"assignee_id": al_id});
+    let r = app.call("PATCH", &format!("/api/conversations/{}", convs[1]), Some(&ctx.admin), Some(assign)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let lock = |id: &str| format!("SELECT id FROM tenant_acme.conversations WHERE id = {id} FOR UPDATE");
+    let (begun, held) =
+        transaction_held_until_waited(&app.db.url, format!("BEGIN; {}", lock(&convs[0])), Some(lock(&convs[1])));
+    begun.recv().expect("begun");
+    let r = app.call("DELETE", &format!("/api/members/{al_id}"), Some(&ctx.admin), None).await;
+    let (waited, went) = held.join().expect("the bulk change's thread");
+    assert_eq!(went, Ok(()), "the bulk change went through");
+    assert!(waited, "the removal waited for the bulk change");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let cancelled = "SELECT count(*) AS n FROM tenant_acme.scheduled_messages WHERE status = 'cancelled'";
+    assert_eq!(app.count(cancelled), 1);
 }
 
 /// Someone who leaves the tenant, or an agent who no longer sees a
