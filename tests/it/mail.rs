@@ -323,12 +323,15 @@ async fn an_invitation_is_mailed_and_a_refused_address_given_up() {
     .await;
 }
 
+/// An SMTP address on a port nobody listens on: every attempt fails.
+fn closed_smtp_url() -> String {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port())
+}
+
 #[actix_web::test]
 async fn a_server_not_reached_is_tried_again_later() {
-    // A port nobody listens on.
-    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port());
-    drop(closed);
+    let url = closed_smtp_url();
     let app = spawn_app_with_mail(&url).await;
     let owner = app.signup("acme", "ann@acme.test", "ann-password-1").await;
     let admin = owner["access_token"].as_str().expect("token").to_string();
@@ -585,9 +588,7 @@ async fn a_member_not_online_is_mailed_what_was_assigned_or_mentioned() {
 /// (`mail::withdraw`).
 #[actix_web::test]
 async fn a_notice_mail_unsent_is_withdrawn_when_its_member_or_customer_goes() {
-    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port());
-    drop(closed);
+    let url = closed_smtp_url();
     let customers = ["6400000000000001", "6400000000000002"];
     let AlWritten { app, ctx, al_id, conv, page, .. } =
         al_written_to(&url, &customers, |_| "Mi pedido 📦".into()).await;
@@ -690,9 +691,7 @@ async fn a_notice_mail_unsent_is_withdrawn_when_its_member_or_customer_goes() {
 /// member's, and one quoting nothing.
 #[actix_web::test]
 async fn a_notice_mail_unsent_is_withdrawn_when_its_member_no_longer_sees_the_conversation() {
-    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("smtp://127.0.0.1:{}", closed.local_addr().expect("addr").port());
-    drop(closed);
+    let url = closed_smtp_url();
     let customers = ["6450000000000001", "6450000000000002"];
     let AlWritten { app, ctx, al_id, conv, page, .. } = al_written_to(&url, &customers, |_| "Hallo? 🧾".into()).await;
     let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
