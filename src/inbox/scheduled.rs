@@ -494,8 +494,14 @@ fn visible(
     lock: bool,
 ) -> AppResult<ScheduledRow> {
     let q = s::table.find(id.0).select(ScheduledRow::as_select());
-    let row: Option<ScheduledRow> =
-        if lock { q.for_update().first(tc.pg()).optional()? } else { q.first(tc.pg()).optional()? };
+    let mut row: Option<ScheduledRow> = q.first(tc.pg()).optional()?;
+    if let (true, Some(found)) = (lock, &row) {
+        // Its conversation first, then the row: the order a removal (or a
+        // change of the conversation) takes them in, so that a change of
+        // this one and theirs take turns rather than deadlock.
+        super::conversations::lock(tc, &[found.conversation_id])?;
+        row = q.for_update().first(tc.pg()).optional()?;
+    }
     match row {
         Some(row) if channels::can_see(tc, user, role, ChannelId(row.channel_id))? => Ok(row),
         _ => Err(AppError::not_found("scheduled message")),

@@ -462,3 +462,39 @@ async fn the_same_scheduled_reply_twice_is_one() {
     assert_eq!(again.status, 201, "{:?}", again.body);
     assert_ne!(again.body["id"], json!(first));
 }
+
+/// A scheduled message cancelled or changed as a removal (or a change of
+/// its conversation) takes the conversation and then the scheduled
+/// message: both take the conversation first, so one waits for the other.
+/// The cancel took the scheduled message first, then waited for the
+/// conversation: a deadlock (503).
+#[actix_web::test]
+async fn a_cancel_and_a_change_of_its_conversation_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, fb) = two_customers(&app, &ctx.admin).await;
+    for (n, conv) in [wa, fb].into_iter().enumerate() {
+        let body = json!({"text": "Até já", "send_at": in_secs(3600)});
+        let r = app
+            .call("POST", &format!("/api/conversations/{conv}/scheduled-messages"), Some(&ctx.admin), Some(body))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let id = r.body["id"].as_str().expect("id").to_string();
+        let begin = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE");
+        let then = format!("SELECT id FROM tenant_acme.scheduled_messages WHERE id = {id} FOR UPDATE");
+        let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
+        begun.recv().expect("begun");
+        let r = match n {
+            0 => app.call("POST", &format!("/api/scheduled-messages/{id}/cancel"), Some(&ctx.admin), None).await,
+            _ => {
+                let later = json!({"send_at": in_secs(7200)});
+                app.call("PATCH", &format!("/api/scheduled-messages/{id}"), Some(&ctx.admin), Some(later)).await
+            }
+        };
+        let (waited, went) = held.join().expect("the change's thread");
+        assert_eq!(went, Ok(()), "the change went through");
+        assert!(waited, "the request waited for the change");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
