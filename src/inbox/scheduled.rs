@@ -313,7 +313,7 @@ pub fn create(
     let send_at = due_at(new.send_at, now)?;
     sendable_at(tc, &mut names, &channel, &conv, send_at)?;
     // The conversation's row, locked: two writers count in turn.
-    diesel::sql_query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+    diesel::sql_query("SELECT 1 FROM conversations WHERE id = $1 FOR NO KEY UPDATE")
         .bind::<diesel::sql_types::BigInt, _>(conv.id)
         .execute(tc.pg())?;
     let waiting: i64 = s::table
@@ -672,6 +672,14 @@ pub async fn run_job(app: &AppState, tenant: TenantId, id: i64, job: i64) -> App
 }
 
 fn send_due(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64, job: i64, now: DateTime<Utc>) -> AppResult<Next> {
+    // Its conversation before it, as a cancel or a change takes them
+    // (`visible`): the other way round, a cancel holding the conversation
+    // and waiting for this row deadlocked with the send, which held the
+    // row and then wrote to the conversation.
+    let Some(conversation) = s::table.find(id).select(s::conversation_id).first::<i64>(tc.pg()).optional()? else {
+        return Ok(Next::Done);
+    };
+    super::conversations::lock(tc, &[conversation])?;
     let row: Option<ScheduledRow> =
         s::table.find(id).select(ScheduledRow::as_select()).for_update().first(tc.pg()).optional()?;
     let Some(row) = row.filter(|r| r.status == "scheduled" && r.job_id == Some(job)) else { return Ok(Next::Done) };

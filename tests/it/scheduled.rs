@@ -469,6 +469,38 @@ async fn the_same_scheduled_reply_twice_is_one() {
 /// The cancel took the scheduled message first, then waited for the
 /// conversation: a deadlock (503).
 #[actix_web::test]
+async fn a_scheduled_send_and_a_cancel_at_once_take_turns() {
+    // The send takes the conversation before the scheduled message, as a
+    // cancel does (here held by hand: the conversation, then the
+    // message). It took the message first and then wrote to the
+    // conversation: a deadlock, and the send's job tried again.
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, _) = two_customers(&app, &ctx.admin).await;
+    let body = json!({"text": "Até já", "send_at": in_secs(3600)});
+    let r =
+        app.call("POST", &format!("/api/conversations/{wa}/scheduled-messages"), Some(&ctx.admin), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let begin = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {wa} FOR NO KEY UPDATE");
+    let then = format!("SELECT id FROM tenant_acme.scheduled_messages WHERE id = {id} FOR UPDATE");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
+    begun.recv().expect("begun");
+    due_now(&app, &id);
+    // The sender runs on this test's runtime: awaited, not blocked on.
+    while !held.is_finished() {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (waited, went) = held.join().expect("the cancel's thread");
+    assert_eq!(went, Ok(()), "the cancel went through");
+    assert!(waited, "the send waited for the cancel");
+    assert_eq!(ended(&app, &ctx.admin, &id).await["status"], "sent");
+    let tried = format!("SELECT max(attempts)::bigint AS n FROM public.send_queue WHERE scheduled_message_id = {id}");
+    assert_eq!(app.count(&tried), 1, "sent at the first try");
+}
+
+#[actix_web::test]
 async fn a_cancel_and_a_change_of_its_conversation_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
