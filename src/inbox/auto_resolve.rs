@@ -106,7 +106,7 @@ fn resolve_in(
         .order((c::last_activity_at, c::id))
         .limit(limit)
         .select((c::id, c::status))
-        .for_update()
+        .for_no_key_update()
         .skip_locked()
         .load(tc.pg())?;
     if idle.is_empty() {

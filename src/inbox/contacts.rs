@@ -572,7 +572,7 @@ pub fn update_telling(
     if changes.blocked == Some(true) {
         // Its conversations first, then the contact: the order the webhook
         // path locks them in, so the two never wait on each other.
-        lock_conversations(tc, id)?;
+        lock_conversations(tc, id, Then::Change)?;
     }
     let (old, set_by, details): (ContactRow, Option<i64>, ContactDetails) = contacts::table
         .find(id.0)
@@ -714,7 +714,7 @@ fn block(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &Co
         .filter(conversations::contact_id.eq(contact.id))
         .filter(conversations::status.ne("resolved"))
         .select(ConversationRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .load(tc.pg())?;
     for conv in &open {
         diesel::update(conversations::table.find(conv.id))
@@ -755,15 +755,26 @@ fn unblock(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, contact: &
     Ok(row)
 }
 
-/// Locks contact `id`'s conversations (one per channel it writes on) and
-/// answers their ids.
-fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId) -> AppResult<Vec<i64>> {
-    Ok(conversations::table
-        .filter(conversations::contact_id.eq(id.0))
-        .order(conversations::id)
-        .select(conversations::id)
-        .for_update()
-        .load(tc.pg())?)
+/// What [`lock_conversations`] locks for.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Changing them: `FOR NO KEY UPDATE`, as every change of a
+    /// conversation locks (`conversations::lock`).
+    Change,
+    /// Deleting them (an erasure): `FOR UPDATE`, which a message being
+    /// written to one meanwhile (its foreign key's check) waits for, rather
+    /// than failing once the conversation is gone.
+    Delete,
+}
+
+/// Locks contact `id`'s conversations (one per channel it writes on), in
+/// id order, and answers their ids.
+fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId, then: Then) -> AppResult<Vec<i64>> {
+    let theirs = conversations::table.filter(conversations::contact_id.eq(id.0)).order(conversations::id);
+    Ok(match then {
+        Then::Change => theirs.select(conversations::id).for_no_key_update().load(tc.pg())?,
+        Then::Delete => theirs.select(conversations::id).for_update().load(tc.pg())?,
+    })
 }
 
 /// Why a notice mail quoting an erased customer was not sent.
@@ -799,7 +810,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     // a contact (`contact_links`); then conversations, then the contact:
     // the webhook path's order.
     super::contact_links::before_erasure(tc, log, id)?;
-    let conversation_ids = lock_conversations(tc, id)?;
+    let conversation_ids = lock_conversations(tc, id, Then::Delete)?;
     let contact: ContactRow = contacts::table
         .find(id.0)
         .select(ContactRow::as_select())

@@ -706,8 +706,18 @@ pub const MOST_AT_ONCE: usize = 100;
 /// rest of the transaction, in id order, as a webhook's batch takes them:
 /// a change read after it is the conversation as it is, and another
 /// change waits its turn.
+///
+/// Every change of a conversation locks it `FOR NO KEY UPDATE`, the lock
+/// an `UPDATE` takes, never `FOR UPDATE` (kept for deleting one: an
+/// erasure, retention). A row written meanwhile that names the
+/// conversation (a message, a note, a notification: its foreign key's
+/// check takes `FOR KEY SHARE`) then goes on beside it. Under `FOR
+/// UPDATE` such a writer waited there, holding what it had already
+/// written or locked (a scheduled message being sent, another
+/// conversation), and a change waiting for that in turn deadlocked with
+/// it (a bulk change and a reply's send, a cancel and a scheduled send).
 pub(crate) fn lock(tc: &mut TenantConn<'_>, ids: &[i64]) -> AppResult<()> {
-    c::table.filter(c::id.eq_any(ids)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+    c::table.filter(c::id.eq_any(ids)).order(c::id).select(c::id).for_no_key_update().load::<i64>(tc.pg())?;
     Ok(())
 }
 
@@ -1085,11 +1095,15 @@ pub fn release(
     let listed =
         channel_members::table.filter(channel_members::user_id.eq(member.0)).select(channel_members::channel_id);
     let ids: Vec<i64> = match which {
-        Released::All => held.select(c::id).for_update().load(tc.pg())?,
-        Released::Of(channel) => held.filter(c::channel_id.eq(channel)).select(c::id).for_update().load(tc.pg())?,
-        Released::Unlisted => {
-            held.filter(diesel::dsl::not(c::channel_id.eq_any(listed))).select(c::id).for_update().load(tc.pg())?
+        Released::All => held.select(c::id).for_no_key_update().load(tc.pg())?,
+        Released::Of(channel) => {
+            held.filter(c::channel_id.eq(channel)).select(c::id).for_no_key_update().load(tc.pg())?
         }
+        Released::Unlisted => held
+            .filter(diesel::dsl::not(c::channel_id.eq_any(listed)))
+            .select(c::id)
+            .for_no_key_update()
+            .load(tc.pg())?,
     };
     if ids.is_empty() {
         return Ok(0);

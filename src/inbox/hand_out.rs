@@ -136,8 +136,8 @@ pub enum Waiting {
 pub fn settle_all(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting) -> AppResult<usize> {
     let queued = c::table.filter(c::queued_at.is_not_null()).order(c::id).select(ConversationRow::as_select());
     let rows: Vec<ConversationRow> = match which {
-        Waiting::OfChannel(channel) => queued.filter(c::channel_id.eq(channel)).for_update().load(tc.pg())?,
-        Waiting::OfTeam(team) => queued.filter(c::team_id.eq(team)).for_update().load(tc.pg())?,
+        Waiting::OfChannel(channel) => queued.filter(c::channel_id.eq(channel)).for_no_key_update().load(tc.pg())?,
+        Waiting::OfTeam(team) => queued.filter(c::team_id.eq(team)).for_no_key_update().load(tc.pg())?,
     };
     let mut rules = HashMap::new();
     let mut names = Names::default();
@@ -167,8 +167,8 @@ pub fn take_up(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting, onli
         .order(c::id)
         .select(ConversationRow::as_select());
     let rows: Vec<ConversationRow> = match which {
-        Waiting::OfChannel(channel) => unheld.filter(c::channel_id.eq(channel)).for_update().load(tc.pg())?,
-        Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_update().load(tc.pg())?,
+        Waiting::OfChannel(channel) => unheld.filter(c::channel_id.eq(channel)).for_no_key_update().load(tc.pg())?,
+        Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_no_key_update().load(tc.pg())?,
     };
     let mut rules = HashMap::new();
     let mut team_rules: HashMap<i64, bool> = HashMap::new();
@@ -218,7 +218,7 @@ pub fn hand_out(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) 
         .filter(c::queued_at.is_not_null())
         .order((c::queued_at, c::id))
         .limit(MOST_AT_ONCE)
-        .for_update()
+        .for_no_key_update()
         .skip_locked()
         .select(ConversationRow::as_select())
         .load(tc.pg())?;

@@ -229,7 +229,7 @@ pub fn apply_to(
     ours: &str,
 ) -> AppResult<ConversationRow> {
     let mut row: ConversationRow =
-        c::table.find(id).select(ConversationRow::as_select()).for_update().first(tc.pg())?;
+        c::table.find(id).select(ConversationRow::as_select()).for_no_key_update().first(tc.pg())?;
     if apply(tc, &mut row, change, at, ours)?.is_some_and(|m| m.announced()) {
         let view = Names::default().conversation(tc, &row)?;
         log.append(tc, "conversation.updated", Some(row.channel_id), Some(row.id), &view)?;

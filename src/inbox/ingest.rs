@@ -214,7 +214,7 @@ impl<'l> Ingest<'l> {
                     priority, waiting_since, reply_due_at, thread_control, team_id, queued_at, next_scheduled_at \
                FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
-              ORDER BY id FOR UPDATE",
+              ORDER BY id FOR NO KEY UPDATE",
         )
         .bind::<Array<BigInt>, _>(channels)
         .bind::<Array<BigInt>, _>(ids)
@@ -662,7 +662,7 @@ pub fn conversation_for(
         .filter(conversations::channel_id.eq(channel_id))
         .filter(conversations::contact_id.eq(contact_id))
         .select(ConversationRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(tc.pg())?;
     Ok((c, false))
 }
@@ -852,7 +852,7 @@ impl Ingest<'_> {
                     .filter(conversations::channel_id.eq(channel.id))
                     .filter(conversations::contact_id.eq(contact_id))
                     .select(ConversationRow::as_select())
-                    .for_update()
+                    .for_no_key_update()
                     .first(tc.pg())
                     .optional()?;
                 let Some(found) = found else { return Ok(()) };
@@ -939,7 +939,7 @@ impl Ingest<'_> {
             && super::csat::answer(tc, conv.id, row.text.as_deref(), Utc::now())?.is_some_and(|r| r.comment.is_none());
         let reopened = !created && conv.status != "open" && !rated_only;
         // The row is locked by this transaction (prefetch, or created or
-        // selected FOR UPDATE): compute the change here, write it at flush.
+        // selected FOR NO KEY UPDATE): compute the change here, write it at flush.
         let ts = msg.timestamp;
         let old = conv;
         let mut conv = old.clone();

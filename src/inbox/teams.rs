@@ -378,7 +378,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     let held = crate::channels::change_all_settings(tc)?;
     // Its conversations before the team, in id order, as a bulk change
     // takes them before the team it names.
-    c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+    c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load::<i64>(tc.pg())?;
     let current = row(tc, id)?;
     let mut freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
         .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))

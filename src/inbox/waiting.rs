@@ -193,7 +193,7 @@ pub fn redue(
         .filter(c::waiting_since.is_not_null())
         .order(c::id)
         .select((c::id, c::status, c::priority, c::waiting_since, c::reply_due_at))
-        .for_update()
+        .for_no_key_update()
         .load(tc.pg())?;
     let changed: Vec<(i64, Option<DateTime<Utc>>)> = rows
         .into_iter()

@@ -702,6 +702,44 @@ async fn a_receipt_and_a_message_in_one_batch_take_their_conversations_in_order(
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id = 'wamid.again'"), 1);
 }
 
+/// A change of conversations does not wait for a message being written to
+/// one of them (its foreign key's check): that writer may hold another of
+/// them, as a scheduled message being sent holds its own row, and under
+/// `FOR UPDATE` the two deadlocked (503 `retry` to one of them).
+#[actix_web::test]
+async fn a_change_of_conversations_goes_beside_a_message_being_written_to_one() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let secs = chrono::Utc::now().timestamp();
+    for (n, wa) in ["351910000401", "351910000402"].iter().enumerate() {
+        let at = secs - 2 + n as i64;
+        assert_eq!(app.webhook(&whatsapp_text_at(wa, &format!("wamid.w{n}"), at, "Olá")).await, 200);
+        process_now(&app);
+    }
+    let older = app.count("SELECT min(id) AS n FROM tenant_acme.conversations");
+    let newer = app.count("SELECT max(id) AS n FROM tenant_acme.conversations");
+    assert!(older < newer);
+    // A note being written to the newer; then the writer changes the older.
+    let note = format!(
+        "BEGIN; INSERT INTO tenant_acme.messages (conversation_id, channel_id, direction, sender_kind, status, text, private) \
+         SELECT id, channel_id, 'out', 'agent', 'sent', 'a note', true FROM tenant_acme.conversations WHERE id = {newer}"
+    );
+    let then = format!("UPDATE tenant_acme.conversations SET priority = 'high' WHERE id = {older}");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, note, Some(then));
+    begun.recv().expect("begun");
+    let ids = json!([older.to_string(), newer.to_string()]);
+    let r = app
+        .call("POST", "/api/conversations/bulk", Some(&ctx.admin), Some(json!({"ids": ids, "add_labels": ["vip"]})))
+        .await;
+    let (waited, went) = held.join().expect("the writer's thread");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!waited, "the change did not wait for the note");
+    assert_eq!(went, Ok(()), "the writer went through too");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations WHERE 'vip' = ANY(labels)"), 2);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE text = 'a note'"), 1);
+}
+
 /// Instagram echoes carry no metadata: one that comes before the send's
 /// answer is stored as the page's message. When the answer comes, the two
 /// are one: the echo's row goes, the conversation shows the agent's reply
