@@ -778,9 +778,22 @@ pub fn set_members(
     if current == ids {
         return get_view(tc, id);
     }
-    diesel::delete(channel_members::table.filter(channel_members::channel_id.eq(id.0))).execute(tc.pg())?;
-    let rows: Vec<_> =
-        ids.iter().map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u))).collect();
+    // Only those who leave and those who join: the rows of those who stay
+    // are left alone, so an assignment of one of them at this moment
+    // (`conversations::answerer_held`) neither waits for the change nor
+    // finds them gone.
+    let gone: Vec<i64> = current.iter().copied().filter(|u| !ids.contains(u)).collect();
+    diesel::delete(
+        channel_members::table
+            .filter(channel_members::channel_id.eq(id.0))
+            .filter(channel_members::user_id.eq_any(&gone)),
+    )
+    .execute(tc.pg())?;
+    let rows: Vec<_> = ids
+        .iter()
+        .filter(|u| !current.contains(u))
+        .map(|u| (channel_members::channel_id.eq(id.0), channel_members::user_id.eq(*u)))
+        .collect();
     diesel::insert_into(channel_members::table).values(&rows).execute(tc.pg())?;
     // Ids are strings in every answer, the audit log's details too.
     let listed: Vec<String> = ids.iter().map(i64::to_string).collect();
@@ -795,13 +808,21 @@ pub fn set_members(
     // Someone who no longer sees the channel (owners and admins see every
     // one) answers none of its customers: theirs go back to the queue
     // (or to someone online, where the channel hands them out).
-    for gone in current.iter().filter(|u| !ids.contains(u)) {
-        let sees_all = crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin));
-        if !sees_all {
-            let which = crate::inbox::conversations::Released::Of(id.0);
-            crate::inbox::conversations::release(tc, log, Some(actor), UserId(*gone), which, "channel_left", online)?;
-            crate::mail::withdraw_unseen(tc, UserId(*gone), crate::mail::NO_LONGER_SEEN)?;
+    let mut unseeing = Vec::new();
+    for gone in &gone {
+        if !crate::auth::members::role_of(tc, UserId(*gone))?.is_some_and(|r| r.at_least(Role::Admin)) {
+            unseeing.push(UserId(*gone));
         }
+    }
+    // Every conversation handed back at once, in id order, as a bulk
+    // change takes them: one member's after another's, a bulk change
+    // holding one of the first's and waiting for one of the second's
+    // deadlocked with it.
+    crate::inbox::conversations::lock_answered_on(tc, &unseeing, id.0)?;
+    for gone in unseeing {
+        let which = crate::inbox::conversations::Released::Of(id.0);
+        crate::inbox::conversations::release(tc, log, Some(actor), gone, which, "channel_left", online)?;
+        crate::mail::withdraw_unseen(tc, gone, crate::mail::NO_LONGER_SEEN)?;
     }
     // Their unread notifications of it count, or no longer do.
     let moved: Vec<UserId> = current

@@ -1058,6 +1058,25 @@ pub fn answered_by(tc: &mut TenantConn<'_>, member: UserId) -> AppResult<Vec<i64
     Ok(c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).select(c::id).load(tc.pg())?)
 }
 
+/// Locks (in id order, one statement) the unresolved conversations of
+/// `channel` that any of `members` answers: what [`release`] with
+/// [`Released::Of`] hands back for each of them.
+pub fn lock_answered_on(tc: &mut TenantConn<'_>, members: &[UserId], channel: i64) -> AppResult<()> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let members: Vec<i64> = members.iter().map(|m| m.0).collect();
+    c::table
+        .filter(c::assignee_id.eq_any(&members))
+        .filter(c::status.ne("resolved"))
+        .filter(c::channel_id.eq(channel))
+        .order(c::id)
+        .select(c::id)
+        .for_no_key_update()
+        .load::<i64>(tc.pg())?;
+    Ok(())
+}
+
 /// Which of a member's conversations [`release`] hands back.
 #[derive(Debug, Clone, Copy)]
 pub enum Released {

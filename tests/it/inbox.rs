@@ -7607,6 +7607,72 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
 /// waits for the other. Taken in another order, each held what the other
 /// waited for: a deadlock (503).
 #[actix_web::test]
+async fn a_list_change_handing_back_two_members_conversations_and_a_bulk_change_take_turns() {
+    // Al answers the newer conversation, Bo the older; both leave the
+    // Page's list while a bulk change holds the older and then takes the
+    // newer. The list change takes both members' conversations at once,
+    // in id order; it took Al's, then Bo's: a deadlock (503).
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, _) = agent_al(&app, &ctx.admin).await;
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let bo = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body;
+    let (al, bo) = (al["user_id"].as_str().expect("al"), bo["user_id"].as_str().expect("bo"));
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let listed = json!({"user_ids": [al, bo]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut convs = Vec::new();
+    for customer in ["6650000000000001", "6650000000000002"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": customer, "text": "Olá 🙂"})).await;
+        app.processed().await;
+        let found = by_contact(&conversations(&app, &ctx.admin, "").await, customer)["id"].clone();
+        convs.push(found.as_str().expect("id").parse::<i64>().expect("id"));
+    }
+    convs.sort_unstable();
+    for (conv, who) in [(convs[0], bo), (convs[1], al)] {
+        let r = app
+            .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"assignee_id": who})))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let lock = |id: i64| format!("SELECT id FROM tenant_acme.conversations WHERE id = {id} FOR NO KEY UPDATE");
+    let (begun, held) =
+        transaction_held_until_waited(&app.db.url, format!("BEGIN; {}", lock(convs[0])), Some(lock(convs[1])));
+    begun.recv().expect("begun");
+    let none = json!({"user_ids": []});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(none)).await;
+    let (waited, went) = held.join().expect("the bulk change's thread");
+    assert_eq!(went, Ok(()), "the bulk change went through");
+    assert!(waited, "the list change waited for it");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let kept = format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE assignee_id IN ({al}, {bo})");
+    assert_eq!(app.count(&kept), 0, "both handed back");
+
+    // Al leaves again while Bo, who stays, is being assigned (the
+    // assignment holds his row of the list): the change touches only
+    // Al's row, so neither waits, and the assignment does not find Bo
+    // gone from a list he is still on.
+    let listed = json!({"user_ids": [al, bo]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let assigning = format!(
+        "BEGIN; SELECT user_id FROM tenant_acme.channel_members WHERE channel_id = {page} AND user_id = {bo} FOR SHARE"
+    );
+    let (begun, held) = transaction_held_until_waited(&app.db.url, assigning, None);
+    begun.recv().expect("begun");
+    let r = app
+        .call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(json!({"user_ids": [bo]})))
+        .await;
+    let (waited, went) = held.join().expect("the assignment's thread");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(went, Ok(()));
+    assert!(!waited, "the list change did not wait for Bo's assignment");
+    assert_eq!(r.body["member_ids"], json!([bo]));
+}
+
+#[actix_web::test]
 async fn a_members_removal_and_a_list_change_or_an_erasure_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
