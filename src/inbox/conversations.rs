@@ -737,15 +737,16 @@ pub fn patch_many(
     online: &[UserId],
 ) -> AppResult<Vec<ConversationView>> {
     let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
-    if let Some(Some(assignee)) = p.assignee_id {
-        hold_assignee(tc, assignee, &raw)?;
-    }
+    let held = match p.assignee_id {
+        Some(Some(assignee)) => Some(hold_assignee(tc, assignee, &raw)?),
+        _ => None,
+    };
     // All of them first: two bulk changes naming the same conversations in
     // other orders would otherwise each hold one the other waits for.
     lock(tc, &raw)?;
     ids.iter()
         .map(|id| {
-            patch(tc, log, user, role, *id, p.clone(), online).map_err(|mut e| {
+            patch_locked(tc, log, user, role, *id, p.clone(), online, held.as_ref()).map_err(|mut e| {
                 e.message = format!("conversation {id}: {}", e.message);
                 e
             })
@@ -769,10 +770,27 @@ pub fn patch(
     // (labels added to those there, "changes nothing" told apart), and two
     // sent at once take turns instead of both writing, auditing and
     // announcing the same change, or one losing the other's labels.
-    if let Some(Some(assignee)) = p.assignee_id {
-        hold_assignee(tc, assignee, &[id.0])?;
-    }
+    let held = match p.assignee_id {
+        Some(Some(assignee)) => Some(hold_assignee(tc, assignee, &[id.0])?),
+        _ => None,
+    };
     lock(tc, &[id.0])?;
+    patch_locked(tc, log, user, role, id, p, online, held.as_ref())
+}
+
+/// [`patch`] of a conversation locked already, its assignee (if it names
+/// one) held first (`held`, [`hold_assignee`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn patch_locked(
+    tc: &mut TenantConn<'_>,
+    log: &mut EventLog,
+    user: UserId,
+    role: Role,
+    id: ConversationId,
+    p: Patch,
+    online: &[UserId],
+    held: Option<&HeldAssignee>,
+) -> AppResult<ConversationView> {
     let row = visible_conversation(tc, user, role, id)?;
     let mut status = row.status.clone();
     let mut snoozed_until = row.snoozed_until;
@@ -811,7 +829,15 @@ pub fn patch(
     }
     if let Some(a) = p.assignee_id {
         if let Some(a) = a {
-            match answerer_held(tc, a, row.channel_id, Hold::Wait)? {
+            // As found before the conversation was locked: looked at again
+            // now, a change of the member under way (their removal, their
+            // leaving the list) would be waited for while this holds the
+            // conversation that change hands back.
+            let answer = match held.and_then(|h| h.answer(a, row.channel_id)) {
+                Some(answer) => answer,
+                None => answerer_held(tc, a, row.channel_id, Hold::Wait)?,
+            };
+            match answer {
                 Answerer::Yes => {}
                 Answerer::No => {
                     return Err(AppError::invalid("invalid_assignee", "the assignee must be a member who can answer"))
@@ -985,16 +1011,39 @@ pub fn least_busy(
 /// assignment of a conversation the member already answers held the lock
 /// the change's hand-back waits for while it waited for the change, and
 /// PostgreSQL ended one of the two (503 `retry`). A conversation's channel
-/// never changes, so it is read here without a lock.
-pub(super) fn hold_assignee(tc: &mut TenantConn<'_>, assignee: UserId, ids: &[i64]) -> AppResult<()> {
+/// never changes, so it is read here without a lock. What it found is the
+/// answer for the rest of the transaction ([`HeldAssignee`]).
+pub(super) fn hold_assignee(tc: &mut TenantConn<'_>, assignee: UserId, ids: &[i64]) -> AppResult<HeldAssignee> {
     let channels: Vec<i64> =
         c::table.filter(c::id.eq_any(ids)).select(c::channel_id).distinct().order(c::channel_id).load(tc.pg())?;
+    let mut answers = Vec::with_capacity(channels.len());
     for channel in channels {
-        if answerer_held(tc, assignee, channel, Hold::Wait)? == Answerer::No {
-            break;
-        }
+        // Not a member (or a viewer): the same for every channel.
+        let answer = match answers.last() {
+            Some((_, Answerer::No)) => Answerer::No,
+            _ => answerer_held(tc, assignee, channel, Hold::Wait)?,
+        };
+        answers.push((channel, answer));
     }
-    Ok(())
+    Ok(HeldAssignee { assignee, answers })
+}
+
+/// Whether an assignee may answer each channel, as [`hold_assignee`] found
+/// it before the conversations were locked: what an assignment goes by.
+/// A yes is held until the transaction ends; a no is the answer at that
+/// moment, not looked at again once the conversation is held.
+pub(super) struct HeldAssignee {
+    assignee: UserId,
+    answers: Vec<(i64, Answerer)>,
+}
+
+impl HeldAssignee {
+    fn answer(&self, assignee: UserId, channel: i64) -> Option<Answerer> {
+        if assignee != self.assignee {
+            return None;
+        }
+        self.answers.iter().find(|(c, _)| *c == channel).map(|(_, a)| *a)
+    }
 }
 
 /// Whether someone may be given a conversation of a channel.

@@ -390,9 +390,10 @@ pub fn run(
         Action::Assign { assignee_id } => Some(*assignee_id),
         _ => None,
     });
-    if let Some(Some(assignee)) = assigned {
-        conversations::hold_assignee(tc, assignee, &[conversation.0])?;
-    }
+    let held = match assigned {
+        Some(Some(assignee)) => Some(conversations::hold_assignee(tc, assignee, &[conversation.0])?),
+        _ => None,
+    };
     conversations::lock(tc, &[conversation.0])?;
     let row = messages::visible_conversation(tc, user, role, conversation)?;
     let client = |n: usize| client_id.as_ref().map(|c| format!("{c}:{}", n + 1));
@@ -483,10 +484,12 @@ pub fn run(
         }
     }
     let resolves = patch.status.as_deref() == Some("resolved");
-    let view = conversations::patch(tc, log, user, role, conversation, patch, online).map_err(|mut e| {
-        e.message = format!("the changes: {}", e.message);
-        e
-    })?;
+    let view = conversations::patch_locked(tc, log, user, role, conversation, patch, online, held.as_ref()).map_err(
+        |mut e| {
+            e.message = format!("the changes: {}", e.message);
+            e
+        },
+    )?;
     audit::record(
         tc,
         Some(user),

@@ -7478,6 +7478,76 @@ async fn the_inbox_counts_what_its_lists_hold() {
     assert_eq!(app.call("GET", "/api/conversations/counts", None, None).await.status, 401);
 }
 
+/// An assignment goes by what it found of its assignee before it took the
+/// conversation: Al, not on the Page's list then, is refused (422) even
+/// if he is listed while it waits for the conversation. Looked at again
+/// once the conversation was held, it waited for a list change under way
+/// (here taking Al off again) that waited for the same conversation: a
+/// deadlock (503).
+#[actix_web::test]
+async fn an_assignment_goes_by_its_assignee_as_found_before_it_took_the_conversation() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, _) = agent_al(&app, &ctx.admin).await;
+    let al = al["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6660000000000001", "text": "Olá, ninguém?"}))
+        .await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, "6660000000000001")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let (conv_t, al_t) = (conv.clone(), al.clone());
+    let others = std::thread::spawn(move || {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut bulk, mut listing, mut watcher) = (connect(), connect(), connect());
+        let waiting = |watcher: &mut diesel::PgConnection, at_least: std::time::Duration| {
+            let deadline = std::time::Instant::now() + at_least;
+            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            loop {
+                #[derive(diesel::QueryableByName)]
+                struct N {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let n: N = diesel::sql_query(sql).get_result(watcher).expect("watch");
+                if n.n > 0 || std::time::Instant::now() > deadline {
+                    return n.n > 0;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        let lock = format!("SELECT id FROM tenant_acme.conversations WHERE id = {conv_t} FOR NO KEY UPDATE");
+        bulk.batch_execute(&format!("BEGIN; {lock}")).expect("held");
+        begun_tx.send(()).expect("told");
+        // The assignment, having found Al unlisted, waits for the
+        // conversation; Al is listed meanwhile, and a list change taking
+        // him off again begins.
+        assert!(waiting(&mut watcher, std::time::Duration::from_secs(5)), "the assignment waited");
+        let listed = format!("INSERT INTO tenant_acme.channel_members (channel_id, user_id) VALUES ({page}, {al_t})");
+        watcher.batch_execute(&listed).expect("listed");
+        let unlist = format!("BEGIN; DELETE FROM tenant_acme.channel_members WHERE user_id = {al_t}");
+        listing.batch_execute(&unlist).expect("unlisting");
+        bulk.batch_execute("COMMIT").expect("bulk done");
+        // The list change then takes the conversation to hand it back.
+        waiting(&mut watcher, std::time::Duration::from_secs(1));
+        listing.batch_execute(&format!("{lock}; COMMIT")).map_err(|e| e.to_string())
+    });
+    begun.recv().expect("begun");
+    let r = app
+        .call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(json!({"assignee_id": al})))
+        .await;
+    let went = others.join().expect("the others' thread");
+    assert_eq!(went, Ok(()), "the list change went through");
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_assignee")), "{:?}", r.body);
+}
+
 /// An assignment made while its assignee is being removed, or taken off
 /// the channel's list, waits for that change and is refused (422
 /// `invalid_assignee`): no conversation is left with someone who may no
