@@ -250,6 +250,7 @@ pub fn change_role(
         _ => None,
     };
     if let Some(which) = no_longer {
+        crate::inbox::conversations::lock_answered(tc, user, which)?;
         crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed", online)?;
     }
     // Notice mails still queued quoting what they may no longer see.

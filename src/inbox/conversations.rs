@@ -1126,6 +1126,28 @@ pub fn lock_answered_on(tc: &mut TenantConn<'_>, members: &[UserId], channel: i6
     Ok(())
 }
 
+/// The ids of the conversations [`release`] hands back for `member`
+/// (`which`), read without a lock.
+fn answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResult<Vec<i64>> {
+    let theirs = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
+    let listed =
+        channel_members::table.filter(channel_members::user_id.eq(member.0)).select(channel_members::channel_id);
+    Ok(match which {
+        Released::All => theirs.select(c::id).load(tc.pg())?,
+        Released::Of(channel) => theirs.filter(c::channel_id.eq(channel)).select(c::id).load(tc.pg())?,
+        Released::Unlisted => {
+            theirs.filter(diesel::dsl::not(c::channel_id.eq_any(listed))).select(c::id).load(tc.pg())?
+        }
+    })
+}
+
+/// Locks, in id order, the conversations [`release`] hands back for
+/// `member` (`which`): taken before it, as every caller of it does.
+pub fn lock_answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResult<()> {
+    let ids = answered(tc, member, which)?;
+    lock(tc, &ids)
+}
+
 /// Which of a member's conversations [`release`] hands back.
 #[derive(Debug, Clone, Copy)]
 pub enum Released {
@@ -1159,20 +1181,21 @@ pub fn release(
     why: &str,
     online: &[UserId],
 ) -> AppResult<usize> {
-    let held = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
-    let listed =
-        channel_members::table.filter(channel_members::user_id.eq(member.0)).select(channel_members::channel_id);
-    let ids: Vec<i64> = match which {
-        Released::All => held.select(c::id).for_no_key_update().load(tc.pg())?,
-        Released::Of(channel) => {
-            held.filter(c::channel_id.eq(channel)).select(c::id).for_no_key_update().load(tc.pg())?
-        }
-        Released::Unlisted => held
-            .filter(diesel::dsl::not(c::channel_id.eq_any(listed)))
-            .select(c::id)
-            .for_no_key_update()
-            .load(tc.pg())?,
-    };
+    // Locked by the caller already, in id order with everything else it
+    // writes (`lock_answered`, `lock_answered_on`, a removal's lock). One
+    // that became theirs only since (a resolved one reopened by a
+    // transaction still under way) is left to that transaction: waited
+    // for here, out of order, it deadlocked with a bulk change.
+    let found = answered(tc, member, which)?;
+    let ids: Vec<i64> = c::table
+        .filter(c::id.eq_any(&found))
+        .filter(c::assignee_id.eq(member.0))
+        .filter(c::status.ne("resolved"))
+        .order(c::id)
+        .select(c::id)
+        .for_no_key_update()
+        .skip_locked()
+        .load(tc.pg())?;
     if ids.is_empty() {
         return Ok(0);
     }
