@@ -990,6 +990,31 @@ impl Ingest<'_> {
                 self.conversations.insert(contact.id, conv.clone());
             }
         }
+        if let (true, Some(was)) = (reopened, conv.assignee_id) {
+            // Resolved, it kept its assignee for the reports; reopened, it
+            // goes back to them only if they may still answer it. One
+            // removed, taken off the channel's list or made a viewer since
+            // is taken off it, and it is handed out as a new one would be:
+            // a customer must not wait on someone who will not answer.
+            use super::conversations::{answerer_held, Answerer, Hold};
+            if answerer_held(tc, crate::ids::UserId(was), channel.id, Hold::Skip)? != Answerer::Yes {
+                diesel::update(conversations::table.find(conv.id))
+                    .set(conversations::assignee_id.eq(None::<i64>))
+                    .execute(tc.pg())?;
+                crate::audit::record(
+                    tc,
+                    None,
+                    "conversation.assigned",
+                    "conversation",
+                    Some(conv.id.to_string()),
+                    json!({"from": was.to_string(), "to": null, "by": "reopened"}),
+                )?;
+                conv.assignee_id = None;
+                if let Some(kept) = self.conversations.get_mut(&contact.id) {
+                    kept.assignee_id = None;
+                }
+            }
+        }
         if let (true, None, Some(team)) = (created || reopened, conv.team_id, settings.team_id) {
             // The channel's team takes it (`teams`), before anyone is picked.
             if super::teams::hand_to_channels_team(tc, conv.id, team)? {

@@ -7478,6 +7478,58 @@ async fn the_inbox_counts_what_its_lists_hold() {
     assert_eq!(app.call("GET", "/api/conversations/counts", None, None).await.status, 401);
 }
 
+/// A resolved conversation keeps its assignee (for the reports); when the
+/// customer writes again it goes back to them only if they may still
+/// answer it. Al, taken off the Page's list since, is taken off it
+/// (audited `by: "reopened"`); Bo, still listed, keeps his.
+#[actix_web::test]
+async fn a_reopened_conversation_leaves_an_assignee_who_may_no_longer_answer_it() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, _) = agent_al(&app, &ctx.admin).await;
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let bo = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body;
+    let (al, bo) = (al["user_id"].as_str().expect("al"), bo["user_id"].as_str().expect("bo"));
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let list = |ids: Value| {
+        let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/channels/{page}/members"));
+        async move {
+            let r = app.call("PUT", &path, Some(&admin), Some(json!({"user_ids": ids}))).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    list(json!([al, bo])).await;
+    let customers = [("6670000000000001", al), ("6670000000000002", bo)];
+    let mut convs = Vec::new();
+    for (customer, who) in customers {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": customer, "text": "Olá 👋"})).await;
+        app.processed().await;
+        let conv =
+            by_contact(&conversations(&app, &ctx.admin, "").await, customer)["id"].as_str().expect("id").to_string();
+        let done = json!({"assignee_id": who, "status": "resolved"});
+        let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(done)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        convs.push(conv);
+    }
+    list(json!([bo])).await;
+    let shown = app.call("GET", &format!("/api/conversations/{}", convs[0]), Some(&ctx.admin), None).await;
+    assert_eq!(shown.body["assignee_id"], json!(al), "kept while resolved");
+    for (customer, _) in customers {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": customer, "text": "Outra coisa"})).await;
+        app.processed().await;
+    }
+    let shown = app.call("GET", &format!("/api/conversations/{}", convs[0]), Some(&ctx.admin), None).await;
+    assert_eq!((shown.body["status"].as_str(), &shown.body["assignee_id"]), (Some("open"), &Value::Null));
+    let shown = app.call("GET", &format!("/api/conversations/{}", convs[1]), Some(&ctx.admin), None).await;
+    assert_eq!((shown.body["status"].as_str(), &shown.body["assignee_id"]), (Some("open"), &json!(bo)));
+    let audited = format!(
+        "SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'conversation.assigned' \
+          AND target_id = '{}' AND details->>'by' = 'reopened' AND details->>'from' = '{al}'",
+        convs[0]
+    );
+    assert_eq!(app.count(&audited), 1);
+}
+
 /// An assignment goes by what it found of its assignee before it took the
 /// conversation: Al, not on the Page's list then, is refused (422) even
 /// if he is listed while it waits for the conversation. Looked at again
