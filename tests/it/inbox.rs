@@ -1025,6 +1025,16 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
 }
 
 /// Adds agent Al (of no channel yet) to acme: the member, and Al's token.
+/// Agents Al and Bo (no channel yet): their user ids.
+async fn agents_al_and_bo(app: &TestApp, admin: &str) -> (String, String) {
+    let (al, _) = agent_al(app, admin).await;
+    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
+    let r = app.call("POST", "/api/members", Some(admin), Some(bo)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = |v: &Value| v["user_id"].as_str().expect("user_id").to_string();
+    (id(&al), id(&r.body))
+}
+
 pub(crate) async fn agent_al(app: &TestApp, admin: &str) -> (Value, String) {
     let member = json!({"email": "al@acme.test", "role": "agent", "password": "al-password-1"});
     let r = app.call("POST", "/api/members", Some(admin), Some(member)).await;
@@ -7486,10 +7496,8 @@ async fn the_inbox_counts_what_its_lists_hold() {
 async fn a_reopened_conversation_leaves_an_assignee_who_may_no_longer_answer_it() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let (al, _) = agent_al(&app, &ctx.admin).await;
-    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
-    let bo = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body;
-    let (al, bo) = (al["user_id"].as_str().expect("al"), bo["user_id"].as_str().expect("bo"));
+    let (al, bo) = agents_al_and_bo(&app, &ctx.admin).await;
+    let (al, bo) = (al.as_str(), bo.as_str());
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let list = |ids: Value| {
         let (app, admin, path) = (&app, ctx.admin.clone(), format!("/api/channels/{page}/members"));
@@ -7722,12 +7730,9 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
     }
 }
 
-/// A member removed as the channel's list changes, as a customer of theirs
-/// is erased, or as a bulk change takes conversations of theirs: each
-/// takes the channels' lists, then the conversations (all at once, in id
-/// order), then what hangs off them (the member's notifications), so one
-/// waits for the other. Taken in another order, each held what the other
-/// waited for: a deadlock (503).
+/// A change of a channel's list handing back conversations of two members
+/// takes them all at once, in id order, as a bulk change does; and it
+/// touches only the rows of those who leave or join.
 #[actix_web::test]
 async fn a_list_change_handing_back_two_members_conversations_and_a_bulk_change_take_turns() {
     // Al answers the newer conversation, Bo the older; both leave the
@@ -7737,10 +7742,8 @@ async fn a_list_change_handing_back_two_members_conversations_and_a_bulk_change_
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    let (al, _) = agent_al(&app, &ctx.admin).await;
-    let bo = json!({"email": "bo@acme.test", "role": "agent", "password": "bo-password-1"});
-    let bo = app.call("POST", "/api/members", Some(&ctx.admin), Some(bo)).await.body;
-    let (al, bo) = (al["user_id"].as_str().expect("al"), bo["user_id"].as_str().expect("bo"));
+    let (al, bo) = agents_al_and_bo(&app, &ctx.admin).await;
+    let (al, bo) = (al.as_str(), bo.as_str());
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let listed = json!({"user_ids": [al, bo]});
     let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
@@ -7794,6 +7797,12 @@ async fn a_list_change_handing_back_two_members_conversations_and_a_bulk_change_
     assert_eq!(r.body["member_ids"], json!([bo]));
 }
 
+/// A member removed as the channel's list changes, as a customer of theirs
+/// is erased, or as a bulk change takes conversations of theirs: each
+/// takes the channels' lists, then the conversations (all at once, in id
+/// order), then what hangs off them (the member's notifications), so one
+/// waits for the other. Taken in another order, each held what the other
+/// waited for: a deadlock (503).
 #[actix_web::test]
 async fn a_members_removal_and_a_list_change_or_an_erasure_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;

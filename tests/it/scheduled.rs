@@ -463,17 +463,14 @@ async fn the_same_scheduled_reply_twice_is_one() {
     assert_ne!(again.body["id"], json!(first));
 }
 
-/// A scheduled message cancelled or changed as a removal (or a change of
-/// its conversation) takes the conversation and then the scheduled
-/// message: both take the conversation first, so one waits for the other.
-/// The cancel took the scheduled message first, then waited for the
-/// conversation: a deadlock (503).
+/// A scheduled message being sent as a cancel takes its conversation
+/// and then it: the send takes the conversation first too, so one waits
+/// for the other.
 #[actix_web::test]
 async fn a_scheduled_send_and_a_cancel_at_once_take_turns() {
-    // The send takes the conversation before the scheduled message, as a
-    // cancel does (here held by hand: the conversation, then the
-    // message). It took the message first and then wrote to the
-    // conversation: a deadlock, and the send's job tried again.
+    // The cancel held by hand: the conversation, then the message. The
+    // send took the message first and then wrote to the conversation: a
+    // deadlock, and the send's job tried again.
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
@@ -500,6 +497,11 @@ async fn a_scheduled_send_and_a_cancel_at_once_take_turns() {
     assert_eq!(app.count(&tried), 1, "sent at the first try");
 }
 
+/// A scheduled message cancelled or changed as a removal (or a change of
+/// its conversation) takes the conversation and then the scheduled
+/// message: both take the conversation first, so one waits for the other.
+/// The cancel took the scheduled message first, then waited for the
+/// conversation: a deadlock (503).
 #[actix_web::test]
 async fn a_cancel_and_a_change_of_its_conversation_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
