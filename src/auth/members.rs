@@ -250,7 +250,7 @@ pub fn change_role(
         _ => None,
     };
     if let Some(which) = no_longer {
-        crate::inbox::conversations::lock_answered(tc, user, which)?;
+        crate::inbox::conversations::lock_answered(tc, &[user], which)?;
         crate::inbox::conversations::release(tc, log, actor, user, which, "role_changed", online)?;
     }
     // Notice mails still queued quoting what they may no longer see.
@@ -290,7 +290,7 @@ pub fn remove(
     // Every conversation the removal writes, at once and in id order, as a
     // bulk change takes its: those they answer (handed back) and those in
     // which messages they scheduled wait (cancelled, `scheduled`).
-    let mut theirs = crate::inbox::conversations::answered_by(tc, user)?;
+    let mut theirs = crate::inbox::conversations::answered(tc, user, Released::All)?;
     theirs.extend(crate::inbox::scheduled::waiting_in(tc, user)?);
     crate::inbox::conversations::lock(tc, &theirs)?;
     crate::inbox::conversations::release(tc, log, Some(actor), user, Released::All, "member_removed", online)?;

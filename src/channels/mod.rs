@@ -815,12 +815,10 @@ pub fn set_members(
         }
     }
     // Every conversation handed back at once, in id order, as a bulk
-    // change takes them: one member's after another's, a bulk change
-    // holding one of the first's and waiting for one of the second's
-    // deadlocked with it.
-    crate::inbox::conversations::lock_answered_on(tc, &unseeing, id.0)?;
+    // change takes them.
+    let which = crate::inbox::conversations::Released::Of(id.0);
+    crate::inbox::conversations::lock_answered(tc, &unseeing, which)?;
     for gone in unseeing {
-        let which = crate::inbox::conversations::Released::Of(id.0);
         crate::inbox::conversations::release(tc, log, Some(actor), gone, which, "channel_left", online)?;
         crate::mail::withdraw_unseen(tc, gone, crate::mail::NO_LONGER_SEEN)?;
     }

@@ -849,6 +849,16 @@ pub(super) fn patch_locked(
         }
         assignee = a.map(|u| u.0);
     }
+    // Reopened with its assignee kept (resolved, it kept them for the
+    // reports): theirs again only if they may still answer it, as when the
+    // customer reopens it (`ingest`). Looked at without waiting, since this
+    // holds the conversation: a change of theirs under way counts as no.
+    let mut reopened_without = false;
+    if let (None, "resolved", false, Some(was)) = (p.assignee_id, row.status.as_str(), status == "resolved", assignee) {
+        if answerer_held(tc, UserId(was), row.channel_id, Hold::Skip)? != Answerer::Yes {
+            (assignee, reopened_without) = (None, true);
+        }
+    }
     let priority = match &p.priority {
         None => row.priority.clone(),
         Some(None) => None,
@@ -940,6 +950,9 @@ pub(super) fn patch_locked(
         // Taken from the queue by hand: its wait ends too (the report's `queue`).
         if let (Some(since), Some(_)) = (row.queued_at, assignee) {
             details["queued_since"] = json!(since);
+        }
+        if reopened_without {
+            details["by"] = json!("reopened");
         }
         audit_change(tc, user, id, "conversation.assigned", details)?;
     }
@@ -1101,34 +1114,9 @@ pub(super) fn answerer_held(tc: &mut TenantConn<'_>, user: UserId, channel: i64,
     Ok(if listed.is_some() { Answerer::Yes } else { Answerer::NotOnChannel })
 }
 
-/// The unresolved conversations `member` answers: what [`release`] with
-/// [`Released::All`] hands back.
-pub fn answered_by(tc: &mut TenantConn<'_>, member: UserId) -> AppResult<Vec<i64>> {
-    Ok(c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).select(c::id).load(tc.pg())?)
-}
-
-/// Locks (in id order, one statement) the unresolved conversations of
-/// `channel` that any of `members` answers: what [`release`] with
-/// [`Released::Of`] hands back for each of them.
-pub fn lock_answered_on(tc: &mut TenantConn<'_>, members: &[UserId], channel: i64) -> AppResult<()> {
-    if members.is_empty() {
-        return Ok(());
-    }
-    let members: Vec<i64> = members.iter().map(|m| m.0).collect();
-    c::table
-        .filter(c::assignee_id.eq_any(&members))
-        .filter(c::status.ne("resolved"))
-        .filter(c::channel_id.eq(channel))
-        .order(c::id)
-        .select(c::id)
-        .for_no_key_update()
-        .load::<i64>(tc.pg())?;
-    Ok(())
-}
-
-/// The ids of the conversations [`release`] hands back for `member`
-/// (`which`), read without a lock.
-fn answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResult<Vec<i64>> {
+/// The ids of the unresolved conversations [`release`] hands back for
+/// `member` (`which`), read without a lock.
+pub fn answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResult<Vec<i64>> {
     let theirs = c::table.filter(c::assignee_id.eq(member.0)).filter(c::status.ne("resolved")).order(c::id);
     let listed =
         channel_members::table.filter(channel_members::user_id.eq(member.0)).select(channel_members::channel_id);
@@ -1141,10 +1129,16 @@ fn answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResu
     })
 }
 
-/// Locks, in id order, the conversations [`release`] hands back for
-/// `member` (`which`): taken before it, as every caller of it does.
-pub fn lock_answered(tc: &mut TenantConn<'_>, member: UserId, which: Released) -> AppResult<()> {
-    let ids = answered(tc, member, which)?;
+/// Locks, all at once and in id order, the conversations [`release`]
+/// hands back for each of `members` (`which`): taken before it, as every
+/// caller of it does. One member's after another's, a bulk change holding
+/// one of the first's and waiting for one of the second's deadlocked with
+/// it.
+pub fn lock_answered(tc: &mut TenantConn<'_>, members: &[UserId], which: Released) -> AppResult<()> {
+    let mut ids = Vec::new();
+    for member in members {
+        ids.extend(answered(tc, *member, which)?);
+    }
     lock(tc, &ids)
 }
 
@@ -1182,7 +1176,7 @@ pub fn release(
     online: &[UserId],
 ) -> AppResult<usize> {
     // Locked by the caller already, in id order with everything else it
-    // writes (`lock_answered`, `lock_answered_on`, a removal's lock). One
+    // writes (`lock_answered`, a removal's lock). One
     // that became theirs only since (a resolved one reopened by a
     // transaction still under way) is left to that transaction: waited
     // for here, out of order, it deadlocked with a bulk change.

@@ -7536,6 +7536,22 @@ async fn a_reopened_conversation_leaves_an_assignee_who_may_no_longer_answer_it(
         convs[0]
     );
     assert_eq!(app.count(&audited), 1);
+
+    // Reopened by hand, the same: Al's (resolved with him, as before he
+    // left the list) is taken off him; Bo's stays his.
+    app.exec(&format!(
+        "UPDATE tenant_acme.conversations SET status = 'resolved', assignee_id = {al} WHERE id = {}",
+        convs[0]
+    ));
+    for (conv, kept) in [(&convs[0], Value::Null), (&convs[1], json!(bo))] {
+        let path = format!("/api/conversations/{conv}");
+        let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"status": "resolved"}))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"status": "pending"}))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!((r.body["status"].as_str(), &r.body["assignee_id"]), (Some("pending"), &kept));
+    }
+    assert_eq!(app.count(&audited), 2, "audited as a customer's reopening is");
 }
 
 /// An assignment goes by what it found of its assignee before it took the
