@@ -1451,6 +1451,12 @@ pub fn mark_read(
     role: Role,
     id: ConversationId,
 ) -> AppResult<bool> {
+    // The conversation before what hangs off it (the reader's
+    // notifications of it), as a removal takes them: the other way round,
+    // a read by someone being removed held their notifications while it
+    // waited for the conversation, which the removal held while it waited
+    // for those notifications.
+    lock(tc, &[id.0])?;
     let row = visible_conversation(tc, user, role, id)?;
     // Looking at it is seeing what one was told of it.
     super::notifications::mark_read(tc, log, user, role, super::notifications::Which::Conversation(id))?;

@@ -7746,6 +7746,43 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
     }
 }
 
+/// Al reads a conversation of his as he is removed (here by hand: the
+/// conversation, then his notifications). The read takes the conversation
+/// before his notifications of it, as the removal does, so one waits for
+/// the other; it took his notifications first: a deadlock (503).
+#[actix_web::test]
+async fn a_read_and_the_readers_removal_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let listed = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6680000000000001", "text": "Leu? 👀"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, "6680000000000001")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let assign = json!({"assignee_id": al_id});
+    let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(assign)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let notified = format!("SELECT count(*) AS n FROM tenant_acme.notifications WHERE user_id = {al_id}");
+    assert!(app.count(&notified) > 0, "Al was told of it");
+    let begin = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE");
+    let then = format!("DELETE FROM tenant_acme.notifications WHERE user_id = {al_id}");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
+    begun.recv().expect("begun");
+    let r = app.call("POST", &format!("/api/conversations/{conv}/read"), Some(&al), None).await;
+    let (waited, went) = held.join().expect("the removal's thread");
+    assert_eq!(went, Ok(()), "the removal went through");
+    assert!(waited, "the read waited for it");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+}
+
 /// A change of a channel's list handing back conversations of two members
 /// takes them all at once, in id order, as a bulk change does; and it
 /// touches only the rows of those who leave or join.
