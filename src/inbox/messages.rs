@@ -993,8 +993,14 @@ pub fn mark_sent(
     external_id: &str,
     held: Option<&str>,
 ) -> AppResult<()> {
-    let row: Option<MessageRow> =
-        m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg()).optional()?;
+    // Its conversation first, as `mark_failed` takes it: an erasure takes
+    // the conversation, then deletes the message, and met this holding the
+    // message and waiting (its writes' foreign-key checks) for the
+    // conversation.
+    let row: Option<MessageRow> = match lock_conversation_of(tc, id)? {
+        Some(_) => m::table.find(id).select(MessageRow::as_select()).for_update().first(tc.pg()).optional()?,
+        None => None,
+    };
     // Erased with its contact while it was on its way: nothing to record,
     // and nothing to send again.
     let Some(row) = row else { return Ok(()) };
