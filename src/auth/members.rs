@@ -300,7 +300,7 @@ pub fn remove(
     crate::mail::withdraw(tc.pg(), tenant, crate::mail::Withdrawn::Member(user), crate::mail::MEMBER_LEFT)?;
     crate::inbox::macros::forget_member(tc, user)?;
     crate::inbox::saved_views::forget_member(tc, user)?;
-    crate::inbox::scheduled::forget_member(tc, log, user)?;
+    crate::inbox::scheduled::forget_member(tc, log, user, &theirs)?;
     crate::inbox::notifications::forget_member(tc, user)?;
     crate::inbox::teams::forget_member(tc, log, user)?;
     // Their sockets in this tenant close (4403), on every instance.

@@ -629,10 +629,17 @@ pub fn waiting_in(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Vec<i64>> 
 
 /// A member removed from the tenant: what they scheduled that still waits
 /// is cancelled (`author_removed`), not sent in their name later.
-pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId) -> AppResult<()> {
+///
+/// Only in `held`, the conversations the removal locked (those
+/// [`waiting_in`] found): one scheduled by them in another meanwhile (a
+/// request of theirs begun before the removal) is left to fail when due
+/// (`author_not_member`), since writing to its conversation now, out of
+/// the removal's id order, deadlocked with a bulk change holding it.
+pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, held: &[i64]) -> AppResult<()> {
     let waiting: Vec<ScheduledRow> = s::table
         .filter(s::created_by.eq(user.0))
         .filter(s::status.eq("scheduled"))
+        .filter(s::conversation_id.eq_any(held))
         .order(s::id)
         .select(ScheduledRow::as_select())
         .for_update()

@@ -446,31 +446,37 @@ pub fn transaction_held_until_waited(
     begin: String,
     then: Option<String>,
 ) -> (std::sync::mpsc::Receiver<()>, HeldOutcome) {
-    #[derive(diesel::QueryableByName)]
-    struct Waiting {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let (url, (begun_tx, begun_rx)) = (url.to_string(), std::sync::mpsc::channel());
     let held = std::thread::spawn(move || {
         let mut holder = PgConnection::establish(&url).expect("connect");
         let mut watcher = PgConnection::establish(&url).expect("connect");
         holder.batch_execute(&begin).expect("begin");
         begun_tx.send(()).expect("told");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let waited = loop {
-            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-            let w: Waiting = diesel::sql_query(sql).get_result(&mut watcher).expect("watch");
-            if w.n > 0 || std::time::Instant::now() > deadline {
-                break w.n > 0;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let waited = a_lock_waited_for(&mut watcher, std::time::Duration::from_secs(5));
         let went = then.map_or(Ok(()), |sql| holder.batch_execute(&sql)).and_then(|()| holder.batch_execute("COMMIT"));
         (waited, went.map_err(|e| e.to_string()))
     });
     (begun_rx, held)
+}
+
+/// Whether some connection of the test's database waits on a lock within
+/// `at_most` (polled through `watcher`, a connection of its own).
+pub fn a_lock_waited_for(watcher: &mut PgConnection, at_most: std::time::Duration) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let deadline = std::time::Instant::now() + at_most;
+    loop {
+        let sql = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        let w: Waiting = diesel::sql_query(sql).get_result(watcher).expect("watch");
+        if w.n > 0 || std::time::Instant::now() > deadline {
+            return w.n > 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Waits until `check` holds (polling), or fails after a few seconds.

@@ -7582,23 +7582,7 @@ async fn an_assignment_goes_by_its_assignee_as_found_before_it_took_the_conversa
     let others = std::thread::spawn(move || {
         let connect = || diesel::PgConnection::establish(&url).expect("connect");
         let (mut bulk, mut listing, mut watcher) = (connect(), connect(), connect());
-        let waiting = |watcher: &mut diesel::PgConnection, at_least: std::time::Duration| {
-            let deadline = std::time::Instant::now() + at_least;
-            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-            loop {
-                #[derive(diesel::QueryableByName)]
-                struct N {
-                    #[diesel(sql_type = diesel::sql_types::BigInt)]
-                    n: i64,
-                }
-                let n: N = diesel::sql_query(sql).get_result(watcher).expect("watch");
-                if n.n > 0 || std::time::Instant::now() > deadline {
-                    return n.n > 0;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        };
+        let waiting = crate::common::a_lock_waited_for;
         let lock = format!("SELECT id FROM tenant_acme.conversations WHERE id = {conv_t} FOR NO KEY UPDATE");
         bulk.batch_execute(&format!("BEGIN; {lock}")).expect("held");
         begun_tx.send(()).expect("told");

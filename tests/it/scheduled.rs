@@ -532,3 +532,81 @@ async fn a_cancel_and_a_change_of_its_conversation_at_once_take_turns() {
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
 }
+
+/// A member's removal cancels what they scheduled in the conversations it
+/// took at its start (in id order, with those they answer) and writes to
+/// no other. One they scheduled elsewhere while it went (a request of
+/// theirs begun before it; here one made his by hand, committed while the
+/// removal waited for Al's saved view) is left, and fails when due. Cancelled by the removal, out of its order, it
+/// deadlocked with a bulk change holding that conversation and waiting for
+/// one the removal held (503).
+#[actix_web::test]
+async fn a_removal_writes_only_to_the_conversations_it_took_first() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al, al_t) = agent_al(&app, &ctx.admin).await;
+    for (from, text) in [(PSID, "Olá 👋"), ("7392015648120395", "Oi, alguém?")] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": text})).await;
+        app.processed().await;
+    }
+    give_the_page(&app, &ctx.admin, &al).await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let conv_of = |psid: &str| by_contact(&convs, psid)["id"].as_str().expect("id").to_string();
+    let (elsewhere, taken) = (conv_of(PSID), conv_of("7392015648120395"));
+    let schedule = |conv: &str| {
+        let (app, t, url) = (&app, al_t.clone(), format!("/api/conversations/{conv}/scheduled-messages"));
+        async move {
+            let r = app.call("POST", &url, Some(&t), Some(json!({"text": "Até já", "send_at": in_secs(3600)}))).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            r.body["id"].as_str().expect("id").to_string()
+        }
+    };
+    let waits = schedule(&taken).await;
+    let late = schedule(&elsewhere).await;
+    // Not Al's while the removal looks for his (Ann's, the owner).
+    let owner = "(SELECT id FROM public.users WHERE email = 'ann@acme.test')";
+    app.exec(&format!("UPDATE tenant_acme.scheduled_messages SET created_by = {owner} WHERE id = {late}"));
+    let r = app.call("POST", "/api/views", Some(&al_t), Some(json!({"name": "Mine", "filters": {}}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view = r.body["id"].as_str().expect("id").to_string();
+
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let (elsewhere_t, taken_t, late_t) = (elsewhere.clone(), taken.clone(), late.clone());
+    let al_id = al["user_id"].as_str().expect("user").to_string();
+    let others = std::thread::spawn(move || {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut author, mut bulk, mut watcher) = (connect(), connect(), connect());
+        let waiting = crate::common::a_lock_waited_for;
+        let author_sql = format!(
+            "BEGIN; UPDATE tenant_acme.scheduled_messages SET created_by = {al_id} WHERE id = {late_t}; \
+             SELECT id FROM tenant_acme.saved_views WHERE id = {view} FOR UPDATE"
+        );
+        author.batch_execute(&author_sql).expect("the author's request");
+        begun_tx.send(()).expect("told");
+        // The removal, past its locks, waits for Al's saved view; a bulk
+        // change takes the other conversation meanwhile, and the author's
+        // request commits.
+        assert!(waiting(&mut watcher, Duration::from_secs(5)), "the removal waited");
+        let lock = |id: &str| format!("SELECT id FROM tenant_acme.conversations WHERE id = {id} FOR NO KEY UPDATE");
+        bulk.batch_execute(&format!("BEGIN; {}", lock(&elsewhere_t))).expect("the bulk change began");
+        author.batch_execute("COMMIT").expect("the author's request done");
+        waiting(&mut watcher, Duration::from_secs(1));
+        bulk.batch_execute(&format!("{}; COMMIT", lock(&taken_t))).map_err(|e| e.to_string())
+    });
+    begun.recv().expect("begun");
+    let r = app
+        .call("DELETE", &format!("/api/members/{}", al["user_id"].as_str().expect("user")), Some(&ctx.admin), None)
+        .await;
+    let went = others.join().expect("the others' thread");
+    assert_eq!(went, Ok(()), "the bulk change went through");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let cancelled = get(&app, &ctx.admin, &waits).await;
+    assert_eq!((&cancelled["status"], &cancelled["reason"]), (&json!("cancelled"), &json!("author_removed")));
+    assert_eq!(get(&app, &ctx.admin, &late).await["status"], "scheduled", "left to its time");
+    due_now(&app, &late);
+    let failed = ended(&app, &ctx.admin, &late).await;
+    assert_eq!((&failed["status"], &failed["reason"]), (&json!("failed"), &json!("author_not_member")));
+}
