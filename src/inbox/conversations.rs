@@ -1503,12 +1503,28 @@ pub fn mark_unread(
 /// Wakes snoozed conversations whose time has come (one with no one on it
 /// handed out among `online`, or queued, as [`give_or_queue`] does);
 /// returns how many.
+///
+/// Taken in id order, passing over one another transaction holds (woken
+/// at a later tick), as `auto_resolve` does: the clock's rounds share a
+/// transaction, so waiting for one while holding others deadlocked with a
+/// change holding it and waiting for those.
 pub fn wake_snoozed(tc: &mut TenantConn<'_>, log: &mut EventLog, online: &[UserId]) -> AppResult<usize> {
-    let mut woken: Vec<ConversationRow> =
-        diesel::update(c::table.filter(c::status.eq("snoozed")).filter(c::snoozed_until.le(Utc::now())))
-            .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
-            .returning(ConversationRow::as_returning())
-            .get_results(tc.pg())?;
+    let due: Vec<i64> = c::table
+        .filter(c::status.eq("snoozed"))
+        .filter(c::snoozed_until.le(Utc::now()))
+        .order(c::id)
+        .select(c::id)
+        .for_no_key_update()
+        .skip_locked()
+        .load(tc.pg())?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut woken: Vec<ConversationRow> = diesel::update(c::table.filter(c::id.eq_any(&due)))
+        .set((c::status.eq("open"), c::snoozed_until.eq(None::<DateTime<Utc>>), c::updated_at.eq(diesel::dsl::now)))
+        .returning(ConversationRow::as_returning())
+        .get_results(tc.pg())?;
+    woken.sort_by_key(|r| r.id);
     // One that wakes with no one on it (its assignee handed it back while
     // it slept) is handed out as one the customer reopens would be.
     let mut rules = HashMap::new();

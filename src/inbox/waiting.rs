@@ -245,17 +245,22 @@ pub fn redue_one(tc: &mut TenantConn<'_>, conv: &mut ConversationRow) -> AppResu
 
 /// Tells the team of every wait that passed its target since the last
 /// look, once per wait ([module docs](self)), and keeps it for the reports
-/// (`missed_targets`); how many.
+/// (`missed_targets`); how many. Passes over a conversation another
+/// transaction holds (rung at a later tick), as the clock's other rounds
+/// do (`conversations::wake_snoozed`).
 pub fn ring_overdue(tc: &mut TenantConn<'_>, log: &mut super::events::EventLog) -> AppResult<usize> {
     let rung: Vec<ConversationRow> = diesel::sql_query(format!(
-        "WITH rung AS (UPDATE conversations SET overdue_rung_for = waiting_since \
-                        WHERE {OVERDUE} AND overdue_rung_for IS DISTINCT FROM waiting_since \
+        "WITH due AS (SELECT id FROM conversations \
+                       WHERE {OVERDUE} AND overdue_rung_for IS DISTINCT FROM waiting_since \
+                       ORDER BY id FOR NO KEY UPDATE SKIP LOCKED), \
+              rung AS (UPDATE conversations SET overdue_rung_for = waiting_since FROM due \
+                        WHERE conversations.id = due.id \
                        RETURNING conversations.*), \
               kept AS (INSERT INTO missed_targets \
                               (conversation_id, channel_id, assignee_id, priority, waiting_since, due_at) \
                        SELECT id, channel_id, assignee_id, priority, waiting_since, reply_due_at FROM rung \
                        ON CONFLICT (conversation_id, waiting_since) DO NOTHING) \
-         SELECT * FROM rung"
+         SELECT * FROM rung ORDER BY id"
     ))
     .load(tc.pg())?;
     for conv in &rung {

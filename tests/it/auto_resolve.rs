@@ -259,6 +259,68 @@ async fn a_conversation_being_written_is_passed_over_not_waited_for() {
     eventually("both resolved", || async { conversations(&app, admin, "?status=resolved").await.len() == 2 }).await;
 }
 
+/// So do the clock's other rounds, in the same transaction: a snooze that
+/// ended wakes, and a wait past its target rings, for every conversation
+/// but one a change holds (as a bulk change does), which has its turn at a
+/// later tick. Each round updated all it found at once, in no set order,
+/// so it waited for that one while holding others: a deadlock with a
+/// change holding it and waiting for those.
+#[actix_web::test]
+async fn the_clocks_wakes_and_rings_pass_over_a_conversation_being_written() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let senders = ["7392015648190001", "7392015648190002"];
+    for from in senders {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": from, "text": "hi"})).await;
+    }
+    app.processed().await;
+    let convs = conversations(&app, admin, "").await;
+    let [first, second] = senders.map(|from| by_contact(&convs, from)["id"].as_str().expect("id").to_string());
+    let both = format!("{first},{second}");
+    let mut conn = app.db.conn();
+    let mut holder = app.db.conn();
+    let hold = |holder: &mut diesel::PgConnection| {
+        let lock = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {first} FOR NO KEY UPDATE");
+        holder.batch_execute(&lock).expect("lock");
+    };
+    let statuses = || async {
+        let (a, b) = (status(&app, admin, &first).await, status(&app, admin, &second).await);
+        (a["status"].as_str().unwrap_or("").to_string(), b["status"].as_str().unwrap_or("").to_string())
+    };
+
+    // Both snoozes ended.
+    conn.batch_execute(&format!(
+        "UPDATE tenant_acme.conversations SET status = 'snoozed', snoozed_until = now() - interval '1 second' \
+          WHERE id IN ({both})"
+    ))
+    .expect("snoozes end");
+    hold(&mut holder);
+    in_acme(&app, |tc, log| switchboard::inbox::conversations::wake_snoozed(tc, log, &[]));
+    assert_eq!(statuses().await, ("snoozed".into(), "open".into()), "the other one woke, not waiting");
+    holder.batch_execute("ROLLBACK").expect("release");
+    in_acme(&app, |tc, log| switchboard::inbox::conversations::wake_snoozed(tc, log, &[]));
+    assert_eq!(statuses().await, ("open".into(), "open".into()), "woken at the next tick");
+
+    // Both waits past their target.
+    conn.batch_execute(&format!(
+        "UPDATE tenant_acme.conversations SET waiting_since = now() - interval '2 hours', \
+                reply_due_at = now() - interval '1 minute', overdue_rung_for = NULL WHERE id IN ({both})"
+    ))
+    .expect("targets pass");
+    let rung = |id: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {id} AND overdue_rung_for IS NOT NULL"
+        ))
+    };
+    hold(&mut holder);
+    in_acme(&app, switchboard::inbox::waiting::ring_overdue);
+    assert_eq!((rung(&first), rung(&second)), (0, 1), "the other one rang, not waiting");
+    holder.batch_execute("ROLLBACK").expect("release");
+    in_acme(&app, switchboard::inbox::waiting::ring_overdue);
+    assert_eq!((rung(&first), rung(&second)), (1, 1), "rung at the next tick");
+}
+
 /// A tick resolves at most a batch a tenant, the longest idle first: turned
 /// on over a backlog, it clears it in steps.
 #[actix_web::test]
