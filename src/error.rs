@@ -249,6 +249,17 @@ impl From<DbError> for AppError {
             DbError::Query(D::DatabaseError(_, info)) if info.message().starts_with("deadlock detected") => {
                 AppError::unavailable("retry", "concurrent update, please retry").retry_after(1)
             }
+            // SQLSTATE 55P03 and 57014: a row lock or a statement waited
+            // past the `lock_timeout` or `statement_timeout` an operator set
+            // on the database or its role. Nothing was written; it is the
+            // database being busy, not a fault of the request or of ours.
+            DbError::Query(D::DatabaseError(_, info))
+                if ["lock timeout", "statement timeout"]
+                    .iter()
+                    .any(|t| info.message().starts_with(&format!("canceling statement due to {t}"))) =>
+            {
+                AppError::unavailable("retry", "the database was busy, please retry").retry_after(1)
+            }
             // PostgreSQL text and jsonb cannot hold U+0000 (SQLSTATE 22021 /
             // 22P05; diesel keeps no SQLSTATE, so the locale-independent part
             // of the message is matched): the client's input, not our fault.

@@ -702,6 +702,36 @@ async fn a_receipt_and_a_message_in_one_batch_take_their_conversations_in_order(
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE external_id = 'wamid.again'"), 1);
 }
 
+/// A row lock or a statement that waits past the database's `lock_timeout`
+/// or `statement_timeout` (an operator's setting) is 503 `retry`, as a
+/// deadlock is: the database busy, not an internal error (500).
+#[actix_web::test]
+async fn a_wait_past_the_databases_timeouts_is_unavailable_not_an_internal_error() {
+    use diesel::connection::SimpleConnection;
+    use diesel::RunQueryDsl;
+    let app = spawn_app().await;
+    let _ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6660000000000002", "text": "Alô?"})).await;
+    app.processed().await;
+    let conv = app.count("SELECT max(id) AS n FROM tenant_acme.conversations");
+    let mut holder = app.db.conn();
+    let lock = format!("SELECT id FROM conversations WHERE id = {conv} FOR NO KEY UPDATE");
+    holder.batch_execute(&format!("BEGIN; SET LOCAL search_path = tenant_acme; {lock}")).expect("held");
+    let mut pooled = app.pool.get().expect("conn");
+    let tenant = switchboard::tenancy::find_by_slug(&mut pooled, "acme").expect("q").expect("acme").tenant_id();
+    for (setting, waits) in [("lock_timeout", lock.as_str()), ("statement_timeout", "SELECT pg_sleep(2)")] {
+        let scope = switchboard::db::TenantScope::system(tenant);
+        let err = switchboard::db::with_tenant(&mut pooled, &scope, |tc| {
+            diesel::sql_query(format!("SET LOCAL {setting} = '100ms'")).execute(tc.pg())?;
+            diesel::sql_query(waits).execute(tc.pg())?;
+            Ok::<_, switchboard::AppError>(())
+        })
+        .expect_err("it timed out");
+        assert_eq!((err.status().as_u16(), err.code.as_ref()), (503, "retry"), "{setting}: {err:?}");
+    }
+    holder.batch_execute("ROLLBACK").expect("released");
+}
+
 /// A change of conversations does not wait for a message being written to
 /// one of them (its foreign key's check): that writer may hold another of
 /// them, as a scheduled message being sent holds its own row, and under
