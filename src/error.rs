@@ -254,9 +254,10 @@ impl From<DbError> for AppError {
             // on the database or its role. Nothing was written; it is the
             // database being busy, not a fault of the request or of ours.
             DbError::Query(D::DatabaseError(_, info))
-                if ["lock timeout", "statement timeout"]
-                    .iter()
-                    .any(|t| info.message().starts_with(&format!("canceling statement due to {t}"))) =>
+                if info
+                    .message()
+                    .strip_prefix("canceling statement due to ")
+                    .is_some_and(|why| why.starts_with("lock timeout") || why.starts_with("statement timeout")) =>
             {
                 AppError::unavailable("retry", "the database was busy, please retry").retry_after(1)
             }

@@ -7760,6 +7760,44 @@ async fn an_assignment_during_the_assignees_removal_is_refused() {
     }
 }
 
+/// The sender records a send Meta took as the customer is erased (here by
+/// hand: the conversation, then its message). It takes the conversation
+/// before the message, as the erasure does, so it waits for the erasure,
+/// then finds the message gone and records nothing, the job done. (Taking
+/// the message first, it went on to write what hangs off the
+/// conversation, and in a chaos run deadlocked with an erasure.)
+#[actix_web::test]
+async fn a_send_recorded_and_its_customers_erasure_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6660000000000003", "text": "Olá?"})).await;
+    process_now(&app);
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, "6660000000000003")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, body) = reply(&app, &ctx.admin, &conv, "Olá! Em que posso ajudar?", "erased-as-sent").await;
+    assert_eq!(status, 202, "{body}");
+    let message = body["id"].as_str().expect("id").to_string();
+    let begin = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE");
+    let then = format!("DELETE FROM tenant_acme.messages WHERE id = {message}");
+    let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
+    begun.recv().expect("begun");
+    let claimed = switchboard::inbox::sender::run_once(&app.state, &mut switchboard::inbox::sender::Pacer::default())
+        .await
+        .expect("the sender's pass");
+    assert_eq!(claimed, 1);
+    let (waited, went) = held.join().expect("the erasure's thread");
+    assert_eq!(went, Ok(()), "the erasure went through");
+    assert!(waited, "the sender waited for the erasure");
+    let left = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {message}");
+    assert_eq!(app.count(&left), 0);
+    let pending =
+        format!("SELECT count(*) AS n FROM public.send_queue WHERE message_id = {message} AND status = 'pending'");
+    assert_eq!(app.count(&pending), 0, "nothing to send again");
+}
+
 /// Al reads a conversation of his as he is removed (here by hand: the
 /// conversation, then his notifications). The read takes the conversation
 /// before his notifications of it, as the removal does, so one waits for
