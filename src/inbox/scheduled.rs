@@ -632,9 +632,10 @@ pub fn waiting_in(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<Vec<i64>> 
 ///
 /// Only in `held`, the conversations the removal locked (those
 /// [`waiting_in`] found): one scheduled by them in another meanwhile (a
-/// request of theirs begun before the removal) is left to fail when due
-/// (`author_not_member`), since writing to its conversation now, out of
-/// the removal's id order, deadlocked with a bulk change holding it.
+/// request of theirs begun before the removal) is left to be checked when
+/// due (`author_not_member`, unless they are a member again by then),
+/// since writing to its conversation now, out of the removal's id order,
+/// deadlocked with a bulk change holding it.
 pub fn forget_member(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, held: &[i64]) -> AppResult<()> {
     let waiting: Vec<ScheduledRow> = s::table
         .filter(s::created_by.eq(user.0))
