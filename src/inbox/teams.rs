@@ -282,6 +282,14 @@ pub fn update(
 ) -> AppResult<TeamView> {
     let name = change.name.map(checked_name).transpose()?;
     let description = change.description.map(checked_description).transpose()?;
+    // Turning `auto_assign` on or off hands its conversations out or
+    // back: they go before the team, in id order, as a bulk change takes
+    // them before the team it names (and as `delete` does). Taken after,
+    // one a change held as it waited for the team deadlocked with this.
+    let before: Option<bool> = t::table.find(id.0).select(t::auto_assign).first(tc.pg()).optional()?;
+    if change.auto_assign.is_some_and(|on| before.is_some_and(|was| was != on)) {
+        c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load::<i64>(tc.pg())?;
+    }
     let current = row(tc, id)?;
     let new_name = name.unwrap_or_else(|| current.name.clone());
     let new_description = description.unwrap_or_else(|| current.description.clone());

@@ -873,3 +873,34 @@ async fn a_teams_change_and_a_batch_writing_its_conversation_do_not_deadlock() {
     let shown = app.call("GET", &format!("/api/conversations/{conv}"), Some(&admin), None).await;
     assert!(shown.body["queued_at"].is_string(), "{:?}", shown.body);
 }
+
+/// A team's `auto_assign` turned on or off takes the team's conversations
+/// before the team, in id order, as a change handing a conversation to a
+/// team takes the conversation and then the team. It took the team first
+/// and then, handing out, waited for a conversation such a change held
+/// while that change waited for the team: a deadlock (503 to the team's
+/// change; seen in a chaos run).
+#[actix_web::test]
+async fn a_teams_auto_assign_and_a_hand_over_to_it_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
+    let [conv] = write_to_page_a(&app, &admin, ["6620000000000002"], "Rechnung?").await;
+    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let r = patch(&app, &admin, &conv, json!({"team_id": team})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for on in [true, false] {
+        // A change of the conversation (handing it to the team again) under
+        // way: the conversation, then the team.
+        let begin = format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE");
+        let then = format!("SELECT id FROM tenant_acme.teams WHERE id = {team} FOR NO KEY UPDATE");
+        let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
+        begun.recv().expect("begun");
+        let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": on}))).await;
+        let (waited, went) = held.join().expect("the change's thread");
+        assert_eq!(went, Ok(()), "the conversation's change went through");
+        assert!(waited, "the team's change waited for it");
+        assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(on)), "{:?}", r.body);
+    }
+}
