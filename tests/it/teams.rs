@@ -843,6 +843,19 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
     assert_eq!(labels(&left["settings"]), [json!(["greeting"])], "{left}");
 }
 
+/// Acme (Al on page A) with team Billing, `auto_assign` off, and the
+/// conversation of `sender`, who wrote to page A, handed to it (no one on
+/// it, not queued): the admin's token, the conversation's and team's ids.
+async fn billing_with_one_conversation(app: &TestApp, sender: &str) -> (String, String, String) {
+    let (admin, _al_id, _al, _page) = al_on_page_a(app).await;
+    let [conv] = write_to_page_a(app, &admin, [sender], "Rechnung?").await;
+    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    let r = patch(app, &admin, &conv, json!({"team_id": team})).await;
+    assert_eq!((r.status, r.body["queued_at"].as_str()), (200, None), "{:?}", r.body);
+    (admin, conv, team)
+}
+
 /// A team's `auto_assign` turned on while a webhook batch holds one of its
 /// conversations: the change waits for the batch, and the batch, writing
 /// the conversation again (which has PostgreSQL check its team's key), is
@@ -852,12 +865,7 @@ async fn taking_rules_off_the_channels_waits_for_a_change_of_their_settings_unde
 async fn a_teams_change_and_a_batch_writing_its_conversation_do_not_deadlock() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
-    let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
-    let [conv] = write_to_page_a(&app, &admin, ["6620000000000001"], "Rechnung?").await;
-    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
-    let team = made.body["id"].as_str().expect("id").to_string();
-    let r = patch(&app, &admin, &conv, json!({"team_id": team})).await;
-    assert_eq!((r.status, r.body["queued_at"].as_str()), (200, None), "{:?}", r.body);
+    let (admin, conv, team) = billing_with_one_conversation(&app, "6620000000000001").await;
 
     // The batch's writes, as `ingest` makes them: the second checks the
     // team's key, the row being the transaction's own by then.
@@ -884,12 +892,7 @@ async fn a_teams_change_and_a_batch_writing_its_conversation_do_not_deadlock() {
 async fn a_teams_auto_assign_and_a_hand_over_to_it_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
-    let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
-    let [conv] = write_to_page_a(&app, &admin, ["6620000000000002"], "Rechnung?").await;
-    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
-    let team = made.body["id"].as_str().expect("id").to_string();
-    let r = patch(&app, &admin, &conv, json!({"team_id": team})).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (admin, conv, team) = billing_with_one_conversation(&app, "6620000000000002").await;
     for on in [true, false] {
         // A change of the conversation (handing it to the team again) under
         // way: the conversation, then the team.
