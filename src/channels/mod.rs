@@ -753,6 +753,14 @@ pub fn announce_settings(
     Ok(view)
 }
 
+/// Waits for, then holds until the transaction ends, the right to change
+/// channel `id`'s member list ([`set_members`], [`purge`]).
+fn hold_members_list(tc: &mut TenantConn<'_>, id: ChannelId) -> AppResult<()> {
+    let key = format!("{}:{}", tc.tenant().0, id.0);
+    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::ChannelMembers, &key)?;
+    Ok(())
+}
+
 /// Replaces the channel's member list; every user must be a member of the tenant.
 pub fn set_members(
     tc: &mut TenantConn<'_>,
@@ -766,8 +774,7 @@ pub fn set_members(
     // Two lists of one channel at once take turns: each replaces what the
     // other left (the later wins), where both would delete the same rows
     // and the second insert would find the first's (409).
-    let key = format!("{}:{}", tc.tenant().0, id.0);
-    crate::db::locks::hold(tc.pg(), crate::db::locks::LockClass::ChannelMembers, &key)?;
+    hold_members_list(tc, id)?;
     let ids = crate::auth::members::all_members(tc, users)?;
     // The same list again (a retry): nothing to write, audit or tell.
     let current: Vec<i64> = channel_members::table
@@ -998,6 +1005,18 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 /// mails still queued that quote its conversations are withdrawn.
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     let row = find(tc, id)?;
+    // Taken before the channel, in the order the writers of its
+    // conversations take them: a change of its member list (its lock, then
+    // the conversations it hands back), then every conversation in id
+    // order (a webhook batch or a change of its settings holds one, then
+    // writes a row naming the channel, or the channel itself). The
+    // channel's deletion first, then its conversations by the cascade (in
+    // the order of the (channel, contact) index), deadlocked with each.
+    hold_members_list(tc, id)?;
+    {
+        use crate::db::tenant_schema::conversations as c;
+        c::table.filter(c::channel_id.eq(id.0)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+    }
     release_route(tc, &row)?;
     // Purged meanwhile by a purge sent at the same time: as a moment later.
     if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {

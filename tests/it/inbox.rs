@@ -565,6 +565,63 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
     assert!(first["seq"].as_i64() > Some(1), "the page's own first event is not replayed: {first}");
 }
 
+/// A channel purged while its conversations are being written: the purge
+/// takes what those writers take in their order (the member list's lock,
+/// then the conversations in id order, then the channel), and waits for
+/// each. It deleted the channel first and then, by the cascade, its
+/// conversations and member list: a webhook batch holding a conversation
+/// and then naming the channel in a row it writes, a change of the
+/// channel's settings holding the conversations whose due times move and
+/// then writing the channel, or a change of its member list holding a
+/// member's row and then the conversations it hands back each deadlocked
+/// with it (503 to one of the two).
+#[actix_web::test]
+async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let held_conversation = "BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE";
+    let cases = [
+        ("a batch", held_conversation, "SELECT id FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE"),
+        (
+            "a settings change",
+            held_conversation,
+            "UPDATE tenant_acme.channels SET updated_at = now() WHERE id = {page}",
+        ),
+        (
+            "a member list's change",
+            "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({class}, pg_catalog.hashtext('{tenant}:{page}')); \
+             DELETE FROM tenant_acme.channel_members WHERE channel_id = {page}",
+            "SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE",
+        ),
+    ];
+    for (writer, begin, then) in cases {
+        let app = spawn_app().await;
+        let ctx = acme(&app).await;
+        assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+        app.processed().await;
+        let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+        let conv = app.count(&format!("SELECT id AS n FROM tenant_acme.conversations WHERE channel_id = {page}"));
+        let tenant = app.count("SELECT id AS n FROM public.tenants WHERE slug = 'acme'");
+        let owner = app.count("SELECT id AS n FROM public.users WHERE email = 'ann@acme.test'");
+        let listed = json!({"user_ids": [owner.to_string()]});
+        let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let fill = |sql: &str| {
+            sql.replace("{conv}", &conv.to_string())
+                .replace("{page}", &page.to_string())
+                .replace("{tenant}", &tenant.to_string())
+                .replace("{class}", &0x5b_0009.to_string())
+        };
+        let (begun, held) = transaction_held_until_waited(&app.db.url, fill(begin), Some(fill(then)));
+        begun.recv().expect("begun");
+        let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
+        let (waited, went) = held.join().expect("the writer's thread");
+        assert_eq!(went, Ok(()), "{writer} went through");
+        assert!(waited, "the purge waited for {writer}");
+        assert_eq!(r.status, 204, "{writer}: {:?}", r.body);
+        assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations"), 0, "{writer}");
+    }
+}
+
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {
