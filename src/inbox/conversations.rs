@@ -744,6 +744,9 @@ pub fn patch_many(
     // All of them first: two bulk changes naming the same conversations in
     // other orders would otherwise each hold one the other waits for.
     lock(tc, &raw)?;
+    // So too the notices a change of hands withdraws, which each change
+    // below withdraws for its own conversation (in the request's order).
+    super::notifications::lock_withdrawable(tc, &raw)?;
     ids.iter()
         .map(|id| {
             patch_locked(tc, log, user, role, *id, p.clone(), online, held.as_ref()).map_err(|mut e| {

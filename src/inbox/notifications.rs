@@ -240,12 +240,15 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
     if conversations.is_empty() {
         return Ok(0);
     }
+    // In id order, as "mark all" takes them ([`mark_read`]).
     let mut withdrawn: Vec<i64> = diesel::sql_query(format!(
-        "DELETE FROM notifications n USING conversations c \
-          WHERE n.conversation_id = ANY($1) AND c.id = n.conversation_id \
-            AND n.kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND n.read_at IS NULL \
-            AND c.assignee_id IS DISTINCT FROM n.user_id \
-         RETURNING n.user_id"
+        "DELETE FROM notifications WHERE id IN ( \
+             SELECT n.id FROM notifications n JOIN conversations c ON c.id = n.conversation_id \
+              WHERE n.conversation_id = ANY($1) \
+                AND n.kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND n.read_at IS NULL \
+                AND c.assignee_id IS DISTINCT FROM n.user_id \
+              ORDER BY n.id FOR UPDATE OF n) \
+         RETURNING user_id"
     ))
     .bind::<Array<BigInt>, _>(conversations)
     .load::<Kept>(tc.pg())?
@@ -257,6 +260,22 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
     withdrawn.dedup();
     announce_all(tc, log, &withdrawn)?;
     Ok(count)
+}
+
+/// Locks, in id order, the notices [`changed_hands`] would withdraw from
+/// `conversations` (locked already, so no new one comes): for a change
+/// withdrawing them one conversation after another, as a bulk change
+/// does, which "mark all read" ([`mark_read`]) met in another order.
+pub fn lock_withdrawable(tc: &mut TenantConn<'_>, conversations: &[i64]) -> AppResult<()> {
+    use diesel::sql_types::{Array, BigInt};
+    diesel::sql_query(format!(
+        "SELECT id FROM notifications \
+          WHERE conversation_id = ANY($1) AND kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND read_at IS NULL \
+          ORDER BY id FOR UPDATE"
+    ))
+    .bind::<Array<BigInt>, _>(conversations)
+    .execute(tc.pg())?;
+    Ok(())
 }
 
 /// Announces `user`'s unread count as it is now.
@@ -489,11 +508,16 @@ pub fn mark_read(
         Which::Conversation(c) => (None, Some(c.0)),
     };
     let shown = shown("$1", "$2");
+    // Taken in id order, as a change of hands takes them
+    // ([`changed_hands`]): in the scan's order, "mark all" and a bulk
+    // change handing away several of the member's conversations could each
+    // hold one the other waited for.
     let marked = diesel::sql_query(format!(
-        "UPDATE notifications SET read_at = now() \
-          WHERE id IN (SELECT n.id {shown} AND n.read_at IS NULL \
-                          AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
-                          AND ($4::bigint IS NULL OR n.conversation_id = $4))"
+        "WITH picked AS (SELECT n.id {shown} AND n.read_at IS NULL \
+                            AND ($3::bigint[] IS NULL OR n.id = ANY($3)) \
+                            AND ($4::bigint IS NULL OR n.conversation_id = $4) \
+                          ORDER BY n.id FOR NO KEY UPDATE OF n) \
+         UPDATE notifications SET read_at = now() WHERE id IN (SELECT id FROM picked)"
     ))
     .bind::<BigInt, _>(user.0)
     .bind::<Bool, _>(role.at_least(Role::Admin))

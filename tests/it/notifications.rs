@@ -583,3 +583,69 @@ async fn a_customers_message_waiting_on_a_member_is_withdrawn_when_the_conversat
     let listed = notifications(&app, &al_token, "").await;
     assert!(!kinds(&listed).contains(&"reply_overdue".to_string()), "{listed}");
 }
+
+/// "Mark all read" and a bulk change handing away two of the member's
+/// conversations (which withdraws what told them of those customers) take
+/// the member's notifications in id order, so one waits for the other.
+/// "Mark all" took them in its plan's order, the bulk change conversation
+/// by conversation as it changed each: each could hold one the other
+/// waited for (503 to one). Here the rows lie, and their conversations
+/// run, against their ids; the other side is played by a transaction
+/// taking them in id order.
+#[actix_web::test]
+async fn mark_all_read_and_a_change_of_hands_at_once_take_turns() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    let (wa, fb) = two_customers(&app, admin).await;
+    let owner = app.count("SELECT id AS n FROM public.users WHERE email = 'ann@acme.test'");
+    let (a, b): (i64, i64) = (wa.parse().expect("id"), fb.parse().expect("id"));
+    let (low, high) = (a.min(b), a.max(b));
+    // Ann's notices, eight: each row written lies after the one before and
+    // has a lower id; the first half are of the lower conversation.
+    let notices = || {
+        app.exec("DELETE FROM tenant_acme.notifications");
+        for k in 0..8 {
+            let (id, conv) = (9000007 - k, if k < 4 { low } else { high });
+            app.exec(&format!(
+                "INSERT INTO tenant_acme.notifications (id, user_id, kind, conversation_id) \
+                 VALUES ({id}, {owner}, 'reply_overdue', {conv})"
+            ));
+        }
+    };
+    let bulk = |assignee: Value| {
+        let body = json!({"ids": [wa, fb], "assignee_id": assignee});
+        app.call("POST", "/api/conversations/bulk", Some(admin), Some(body))
+    };
+    let take_lower_first = "BEGIN; SELECT id FROM tenant_acme.notifications WHERE id = 9000000 FOR UPDATE".to_string();
+    let unread = "SELECT count(*) AS n FROM tenant_acme.notifications WHERE read_at IS NULL";
+
+    // Handed away while she marks them all read.
+    let r = bulk(json!(owner.to_string())).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    notices();
+    let then = "UPDATE tenant_acme.notifications SET read_at = now() WHERE id BETWEEN 9000000 AND 9000007";
+    let (begun, held) = transaction_held_until_waited(&app.db.url, take_lower_first.clone(), Some(then.into()));
+    begun.recv().expect("begun");
+    let r = bulk(Value::Null).await;
+    let (waited, went) = held.join().expect("the marking's thread");
+    assert_eq!(went, Ok(()), "marked read");
+    assert!(waited, "the change waited for it");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((app.count(unread), app.count("SELECT count(*) AS n FROM tenant_acme.notifications")), (0, 8));
+
+    // She marks them all read while they are handed away.
+    let r = bulk(json!(owner.to_string())).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    notices();
+    let then = "DELETE FROM tenant_acme.notifications WHERE id BETWEEN 9000000 AND 9000007";
+    let (begun, held) = transaction_held_until_waited(&app.db.url, take_lower_first, Some(then.into()));
+    begun.recv().expect("begun");
+    let r = read(&app, admin, json!({"all": true})).await;
+    let (waited, went) = held.join().expect("the change's thread");
+    assert_eq!(went, Ok(()), "withdrawn");
+    assert!(waited, "the marking waited for it");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.notifications"), 0);
+}
