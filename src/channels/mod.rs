@@ -1006,12 +1006,15 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
 pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> AppResult<()> {
     let row = find(tc, id)?;
     // Taken before the channel, in the order the writers of its
-    // conversations take them: a change of its member list (its lock, then
-    // the conversations it hands back), then every conversation in id
-    // order (a webhook batch or a change of its settings holds one, then
-    // writes a row naming the channel, or the channel itself). The
-    // channel's deletion first, then its conversations by the cascade (in
-    // the order of the (channel, contact) index), deadlocked with each.
+    // conversations take them: a change of its settings (its lock, then
+    // the conversations whose due times move, the channel, and those it
+    // hands out or back), a change of its member list (its lock, then the
+    // conversations it hands back), then every conversation in id order
+    // (a webhook batch holds one, then writes a row naming the channel).
+    // The channel's deletion first, then its conversations by the cascade
+    // (in the order of the (channel, contact) index), deadlocked with
+    // each.
+    change_settings(tc, id)?;
     hold_members_list(tc, id)?;
     {
         use crate::db::tenant_schema::conversations as c;

@@ -566,32 +566,36 @@ async fn a_purged_channel_is_not_replayed_from_the_event_log() {
 }
 
 /// A channel purged while its conversations are being written: the purge
-/// takes what those writers take in their order (the member list's lock,
-/// then the conversations in id order, then the channel), and waits for
-/// each. It deleted the channel first and then, by the cascade, its
-/// conversations and member list: a webhook batch holding a conversation
-/// and then naming the channel in a row it writes, a change of the
-/// channel's settings holding the conversations whose due times move and
-/// then writing the channel, or a change of its member list holding a
+/// takes what those writers take, in their order (the channel's settings
+/// lock, its member list's lock, then the conversations in id order, then
+/// the channel), and waits for each. It deleted the channel first and
+/// then, by the cascade, its conversations and member list: a webhook
+/// batch holding a conversation and then naming the channel in a row it
+/// writes, a change of the channel's settings holding the conversations
+/// whose due times move and then writing the channel (or writing it, then
+/// taking what it hands out), or a change of its member list holding a
 /// member's row and then the conversations it hands back each deadlocked
 /// with it (503 to one of the two).
 #[actix_web::test]
 async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
-    let held_conversation = "BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE";
+    let conversation = "SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE";
+    let channel = "UPDATE tenant_acme.channels SET updated_at = now() WHERE id = {page}";
+    let settings = "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock_shared({rules}, pg_catalog.hashtext('{tenant}')); \
+                    SELECT pg_catalog.pg_advisory_xact_lock({settings}, pg_catalog.hashtext('{tenant}:{page}'))";
+    let members = "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({members}, pg_catalog.hashtext('{tenant}:{page}')); \
+                   DELETE FROM tenant_acme.channel_members WHERE channel_id = {page}";
     let cases = [
-        ("a batch", held_conversation, "SELECT id FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE"),
         (
-            "a settings change",
-            held_conversation,
-            "UPDATE tenant_acme.channels SET updated_at = now() WHERE id = {page}",
+            "a batch",
+            format!("BEGIN; {conversation}"),
+            "SELECT id FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE",
         ),
-        (
-            "a member list's change",
-            "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({class}, pg_catalog.hashtext('{tenant}:{page}')); \
-             DELETE FROM tenant_acme.channel_members WHERE channel_id = {page}",
-            "SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR NO KEY UPDATE",
-        ),
+        // Due times moved, then the channel written.
+        ("a settings change", format!("{settings}; {conversation}"), channel),
+        // The channel written, then what it hands out taken.
+        ("a settings change handing out", format!("{settings}; {channel}"), conversation),
+        ("a member list's change", members.to_string(), conversation),
     ];
     for (writer, begin, then) in cases {
         let app = spawn_app().await;
@@ -609,9 +613,11 @@ async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turn
             sql.replace("{conv}", &conv.to_string())
                 .replace("{page}", &page.to_string())
                 .replace("{tenant}", &tenant.to_string())
-                .replace("{class}", &0x5b_0009.to_string())
+                .replace("{members}", &0x5b_0009.to_string())
+                .replace("{settings}", &0x5b_0005.to_string())
+                .replace("{rules}", &0x5b_0006.to_string())
         };
-        let (begun, held) = transaction_held_until_waited(&app.db.url, fill(begin), Some(fill(then)));
+        let (begun, held) = transaction_held_until_waited(&app.db.url, fill(&begin), Some(fill(then)));
         begun.recv().expect("begun");
         let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
         let (waited, went) = held.join().expect("the writer's thread");
