@@ -126,7 +126,14 @@ pub fn settle(
 pub enum Waiting {
     /// Those of this channel.
     OfChannel(i64),
-    /// Those handed to this team.
+    /// Those handed to this team. The team's change (`teams::update`)
+    /// took the team's conversations before the team; one handed to it
+    /// since, and held now by another transaction, is passed over: that
+    /// one may be waiting for the team, which this change holds. It stays
+    /// as it was left (one queued for a team that no longer hands out is
+    /// taken out of the queue by the next hand-out round; one not handed
+    /// out waits for someone to take it, or for its customer's next
+    /// message).
     OfTeam(i64),
 }
 
@@ -137,7 +144,8 @@ pub fn settle_all(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting) -
     let queued = c::table.filter(c::queued_at.is_not_null()).order(c::id).select(ConversationRow::as_select());
     let rows: Vec<ConversationRow> = match which {
         Waiting::OfChannel(channel) => queued.filter(c::channel_id.eq(channel)).for_no_key_update().load(tc.pg())?,
-        Waiting::OfTeam(team) => queued.filter(c::team_id.eq(team)).for_no_key_update().load(tc.pg())?,
+        // Passed over when another transaction holds it (below).
+        Waiting::OfTeam(team) => queued.filter(c::team_id.eq(team)).for_no_key_update().skip_locked().load(tc.pg())?,
     };
     let mut rules = HashMap::new();
     let mut names = Names::default();
@@ -168,7 +176,7 @@ pub fn take_up(tc: &mut TenantConn<'_>, log: &mut EventLog, which: Waiting, onli
         .select(ConversationRow::as_select());
     let rows: Vec<ConversationRow> = match which {
         Waiting::OfChannel(channel) => unheld.filter(c::channel_id.eq(channel)).for_no_key_update().load(tc.pg())?,
-        Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_no_key_update().load(tc.pg())?,
+        Waiting::OfTeam(team) => unheld.filter(c::team_id.eq(team)).for_no_key_update().skip_locked().load(tc.pg())?,
     };
     let mut rules = HashMap::new();
     let mut team_rules: HashMap<i64, bool> = HashMap::new();

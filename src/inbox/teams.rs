@@ -286,8 +286,11 @@ pub fn update(
     // back: they go before the team, in id order, as a bulk change takes
     // them before the team it names (and as `delete` does). Taken after,
     // one a change held as it waited for the team deadlocked with this.
-    let before: Option<bool> = t::table.find(id.0).select(t::auto_assign).first(tc.pg()).optional()?;
-    if change.auto_assign.is_some_and(|on| before.is_some_and(|was| was != on)) {
+    // Whenever `auto_assign` is given, even as it is: whether it changes is
+    // known only once the team is locked (read before, another change
+    // could turn it in between, and this one then hand out after taking
+    // the team).
+    if change.auto_assign.is_some() {
         c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load::<i64>(tc.pg())?;
     }
     let current = row(tc, id)?;

@@ -479,6 +479,30 @@ pub fn a_lock_waited_for(watcher: &mut PgConnection, at_most: std::time::Duratio
     }
 }
 
+/// The one bigint `n` that `sql` answers on `conn`, or its error as text.
+pub fn bigint(conn: &mut PgConnection, sql: &str) -> Result<i64, String> {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql).get_result::<N>(conn).map(|r| r.n).map_err(|e| e.to_string())
+}
+
+/// Whether some connection waits for a lock backend `pid` holds within
+/// `at_most` (polled through `watcher`, a connection of its own).
+pub fn a_wait_on(watcher: &mut PgConnection, pid: i64, at_most: std::time::Duration) -> bool {
+    let sql = format!("SELECT count(*) AS n FROM pg_stat_activity WHERE {pid} = ANY(pg_catalog.pg_blocking_pids(pid))");
+    let deadline = std::time::Instant::now() + at_most;
+    loop {
+        let waiting = bigint(watcher, &sql).expect("watch") > 0;
+        if waiting || std::time::Instant::now() > deadline {
+            return waiting;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Waits until `check` holds (polling), or fails after a few seconds.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -907,3 +907,113 @@ async fn a_teams_auto_assign_and_a_hand_over_to_it_at_once_take_turns() {
         assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(on)), "{:?}", r.body);
     }
 }
+
+/// A team's `auto_assign` given as it was read, but turned meanwhile by
+/// another change (committed while this one waited for the team): this
+/// change then turns it back, handing out the team's conversations. It
+/// took them before the team only when its first, unlocked read said it
+/// would turn it, so here it took them after, holding the team, and
+/// deadlocked with a change holding one of them and waiting for the team
+/// (503 to the team's change; seen in a chaos run). Now it takes them
+/// whenever `auto_assign` is given.
+#[actix_web::test]
+async fn a_teams_auto_assign_turned_by_another_change_meanwhile_takes_its_conversations_first() {
+    use crate::common::{a_wait_on, bigint, transaction_held_until_waited};
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app().await;
+    let (admin, conv, team) = billing_with_one_conversation(&app, "6620000000000003").await;
+    let on = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
+    assert_eq!(on.status, 200, "{:?}", on.body);
+    // Nobody online took it: let it wait unqueued, for the team's hand-out.
+    app.exec(&format!("UPDATE tenant_acme.conversations SET queued_at = NULL, assignee_id = NULL WHERE id = {conv}"));
+
+    // A change of the conversation under way: the conversation, then (once
+    // someone waits for it) the team.
+    let (url, held_conv, then_team) = (app.db.url.clone(), conv.clone(), team.clone());
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let changing = std::thread::spawn(move || -> Result<(), String> {
+        let mut holder = diesel::PgConnection::establish(&url).expect("connect");
+        let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
+        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
+        bigint(
+            &mut holder,
+            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {held_conv} FOR NO KEY UPDATE"),
+        )?;
+        let me = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        begun_tx.send(()).expect("told");
+        a_wait_on(&mut watcher, me, Duration::from_secs(5));
+        bigint(
+            &mut holder,
+            &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {then_team} FOR NO KEY UPDATE"),
+        )?;
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    // Another change turning it off, holding the team until someone waits.
+    let off = format!("BEGIN; UPDATE tenant_acme.teams SET auto_assign = false WHERE id = {team}");
+    let (begun, turned) = transaction_held_until_waited(&app.db.url, off, None);
+    begun.recv().expect("begun");
+
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
+    let (_, turned) = turned.join().expect("the other change's thread");
+    assert_eq!(turned, Ok(()), "turned off");
+    assert_eq!(changing.join().expect("the conversation's change"), Ok(()), "the conversation's change went");
+    assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
+    let queued =
+        format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {conv} AND queued_at IS NOT NULL");
+    assert_eq!(app.count(&queued), 1, "handed out again: with no one online, it waits in the queue");
+}
+
+/// A conversation handed to a team after the team's change took the
+/// team's conversations (as it waited for the team), and held now by a
+/// change that will wait for the team: turning `auto_assign` on passes
+/// over it rather than wait for it while holding the team, which
+/// deadlocked (503 to one of the two).
+#[actix_web::test]
+async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_and_held() {
+    use crate::common::{a_wait_on, bigint};
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app().await;
+    let (admin, _first, team) = billing_with_one_conversation(&app, "6620000000000004").await;
+    let [late] = write_to_page_a(&app, &admin, ["6620000000000005"], "Und meine Rechnung?").await;
+
+    let (url, team_id, late_id) = (app.db.url.clone(), team.clone(), late.clone());
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let others = std::thread::spawn(move || -> Result<(), String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut holder, mut joiner, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
+        // Something holds the team: the change takes the team's
+        // conversations, then waits for it.
+        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
+        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR NO KEY UPDATE"))?;
+        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        begun_tx.send(()).expect("told");
+        assert!(a_wait_on(&mut watcher, holder_pid, Duration::from_secs(5)), "the team's change waits for the team");
+        // Meanwhile a conversation is handed to the team, and then held by
+        // a change that will want the team.
+        let join = format!("UPDATE tenant_acme.conversations SET team_id = {team_id} WHERE id = {late_id}");
+        diesel::sql_query(join).execute(&mut joiner).map_err(|e| e.to_string())?;
+        diesel::sql_query("BEGIN").execute(&mut changer).map_err(|e| e.to_string())?;
+        bigint(
+            &mut changer,
+            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {late_id} FOR NO KEY UPDATE"),
+        )?;
+        let changer_pid = bigint(&mut changer, "SELECT pg_backend_pid()::bigint AS n")?;
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        // The team's change, holding the team now, may wait for it.
+        a_wait_on(&mut watcher, changer_pid, Duration::from_secs(1));
+        bigint(&mut changer, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR NO KEY UPDATE"))?;
+        diesel::sql_query("COMMIT").execute(&mut changer).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
+    assert_eq!(others.join().expect("the others' thread"), Ok(()), "the conversation's change went");
+    assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
+    // Passed over, it waits for someone to take it (it was not handed out).
+    let unheld = format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {late} AND queued_at IS NULL AND assignee_id IS NULL"
+    );
+    assert_eq!(app.count(&unheld), 1);
+}
