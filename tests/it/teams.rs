@@ -908,6 +908,16 @@ async fn a_teams_auto_assign_and_a_hand_over_to_it_at_once_take_turns() {
     }
 }
 
+/// Begins a transaction on `conn` holding acme's conversation `id` as a
+/// change of it does; the connection's backend pid.
+fn holding_conversation(conn: &mut diesel::PgConnection, id: &str) -> Result<i64, String> {
+    use crate::common::bigint;
+    use diesel::RunQueryDsl;
+    diesel::sql_query("BEGIN").execute(conn).map_err(|e| e.to_string())?;
+    bigint(conn, &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {id} FOR NO KEY UPDATE"))?;
+    bigint(conn, "SELECT pg_backend_pid()::bigint AS n")
+}
+
 /// A team's `auto_assign` given as it was read, but turned meanwhile by
 /// another change (committed while this one waited for the team): this
 /// change then turns it back, handing out the team's conversations. It
@@ -934,12 +944,7 @@ async fn a_teams_auto_assign_turned_by_another_change_meanwhile_takes_its_conver
     let changing = std::thread::spawn(move || -> Result<(), String> {
         let mut holder = diesel::PgConnection::establish(&url).expect("connect");
         let mut watcher = diesel::PgConnection::establish(&url).expect("connect");
-        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
-        bigint(
-            &mut holder,
-            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {held_conv} FOR NO KEY UPDATE"),
-        )?;
-        let me = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        let me = holding_conversation(&mut holder, &held_conv)?;
         begun_tx.send(()).expect("told");
         a_wait_on(&mut watcher, me, Duration::from_secs(5));
         bigint(
@@ -994,12 +999,7 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
         // a change that will want the team.
         let join = format!("UPDATE tenant_acme.conversations SET team_id = {team_id} WHERE id = {late_id}");
         diesel::sql_query(join).execute(&mut joiner).map_err(|e| e.to_string())?;
-        diesel::sql_query("BEGIN").execute(&mut changer).map_err(|e| e.to_string())?;
-        bigint(
-            &mut changer,
-            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {late_id} FOR NO KEY UPDATE"),
-        )?;
-        let changer_pid = bigint(&mut changer, "SELECT pg_backend_pid()::bigint AS n")?;
+        let changer_pid = holding_conversation(&mut changer, &late_id)?;
         diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
         // The team's change, holding the team now, may wait for it.
         a_wait_on(&mut watcher, changer_pid, Duration::from_secs(1));
