@@ -1001,8 +1001,14 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
         diesel::sql_query(join).execute(&mut joiner).map_err(|e| e.to_string())?;
         let changer_pid = holding_conversation(&mut changer, &late_id)?;
         diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
-        // The team's change, holding the team now, may wait for it.
-        a_wait_on(&mut watcher, changer_pid, Duration::from_secs(1));
+        // The team's change, holding the team now, waits for it, or passes
+        // over it and commits.
+        let committed = format!("SELECT auto_assign::int::bigint AS n FROM tenant_acme.teams WHERE id = {team_id}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !a_wait_on(&mut watcher, changer_pid, Duration::from_millis(20))
+            && bigint(&mut watcher, &committed)? == 0
+            && std::time::Instant::now() < deadline
+        {}
         bigint(&mut changer, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR NO KEY UPDATE"))?;
         diesel::sql_query("COMMIT").execute(&mut changer).map_err(|e| e.to_string())?;
         Ok(())
