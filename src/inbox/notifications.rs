@@ -228,6 +228,13 @@ fn customer_wrote(tc: &mut TenantConn<'_>, notices: &[&MemberNotice]) -> AppResu
     Ok(kept.into_iter().map(|k| k.user_id).collect())
 }
 
+/// Notices (`n`) of the conversations `$1` that a change of hands
+/// withdraws from whoever no longer has the conversation: one predicate
+/// for [`changed_hands`] and the lock taken before it
+/// ([`lock_withdrawable`]), so the lock covers what is withdrawn.
+const WITHDRAWABLE: &str = "n.conversation_id = ANY($1) \
+    AND n.kind IN ('customer_message', 'reply_overdue') AND n.read_at IS NULL";
+
 /// `conversations` changed hands: a `customer_message` or `reply_overdue`
 /// still unread by a member no longer on one is withdrawn (each said a
 /// customer waits on this member; what waits there is now its new
@@ -244,9 +251,7 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
     let mut withdrawn: Vec<i64> = diesel::sql_query(format!(
         "DELETE FROM notifications WHERE id IN ( \
              SELECT n.id FROM notifications n JOIN conversations c ON c.id = n.conversation_id \
-              WHERE n.conversation_id = ANY($1) \
-                AND n.kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND n.read_at IS NULL \
-                AND c.assignee_id IS DISTINCT FROM n.user_id \
+              WHERE {WITHDRAWABLE} AND c.assignee_id IS DISTINCT FROM n.user_id \
               ORDER BY n.id FOR UPDATE OF n) \
          RETURNING user_id"
     ))
@@ -268,13 +273,9 @@ pub fn changed_hands(tc: &mut TenantConn<'_>, log: &mut EventLog, conversations:
 /// does, which "mark all read" ([`mark_read`]) met in another order.
 pub fn lock_withdrawable(tc: &mut TenantConn<'_>, conversations: &[i64]) -> AppResult<()> {
     use diesel::sql_types::{Array, BigInt};
-    diesel::sql_query(format!(
-        "SELECT id FROM notifications \
-          WHERE conversation_id = ANY($1) AND kind IN ('{CUSTOMER_MESSAGE}', '{REPLY_OVERDUE}') AND read_at IS NULL \
-          ORDER BY id FOR UPDATE"
-    ))
-    .bind::<Array<BigInt>, _>(conversations)
-    .execute(tc.pg())?;
+    diesel::sql_query(format!("SELECT n.id FROM notifications n WHERE {WITHDRAWABLE} ORDER BY n.id FOR UPDATE"))
+        .bind::<Array<BigInt>, _>(conversations)
+        .execute(tc.pg())?;
     Ok(())
 }
 
@@ -542,4 +543,17 @@ pub fn forget_member(tc: &mut TenantConn<'_>, user: UserId) -> AppResult<()> {
 pub fn prune(tc: &mut TenantConn<'_>) -> AppResult<usize> {
     let cutoff = Utc::now() - chrono::Duration::days(KEEP_READ_DAYS);
     Ok(diesel::delete(n::table.filter(n::read_at.lt(cutoff))).execute(tc.pg())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_withdrawable_notices_are_the_two_kinds_a_change_of_hands_ends() {
+        for kind in [CUSTOMER_MESSAGE, REPLY_OVERDUE] {
+            assert!(WITHDRAWABLE.contains(&format!("'{kind}'")), "{kind} missing from {WITHDRAWABLE}");
+        }
+        assert_eq!(WITHDRAWABLE.matches('\'').count(), 4, "no other kind: {WITHDRAWABLE}");
+    }
 }

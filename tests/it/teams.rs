@@ -1023,3 +1023,24 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
     );
     assert_eq!(app.count(&unheld), 1);
 }
+
+/// A conversation left queued for a team that no longer hands out (a
+/// turn of the rule passed over it, held by another change at the time)
+/// is taken out of the queue at the next hand-out round, not given.
+#[actix_web::test]
+async fn a_conversation_left_queued_for_a_team_that_no_longer_hands_out_leaves_the_queue_at_the_next_round() {
+    let app = spawn_app().await;
+    let (admin, conv, team) = billing_with_one_conversation(&app, "6620000000000006").await;
+    // Al, online: someone the round could give it to.
+    let al = switchboard::ids::UserId(app.count("SELECT id AS n FROM public.users WHERE email = 'al@acme.test'"));
+    // The rule off, the conversation still queued (as if passed over).
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": false}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.exec(&format!("UPDATE tenant_acme.conversations SET queued_at = now() WHERE id = {conv}"));
+    let round = crate::auto_resolve::in_acme(&app, |tc, log| switchboard::inbox::hand_out::hand_out(tc, log, &[al]));
+    assert_eq!(round, Some(0), "nobody was given it");
+    let left = format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {conv} AND queued_at IS NULL AND assignee_id IS NULL"
+    );
+    assert_eq!(app.count(&left), 1, "out of the queue, with no one on it");
+}
