@@ -1044,3 +1044,65 @@ async fn a_conversation_left_queued_for_a_team_that_no_longer_hands_out_leaves_t
     );
     assert_eq!(app.count(&left), 1, "out of the queue, with no one on it");
 }
+
+/// A team deleted while a conversation is handed to it (after the deletion
+/// took the team's conversations, as it waited for the team) and then held
+/// by a change that wants one the deletion took (a bulk change of both,
+/// in id order): the deletion took the late one last, out of order, and
+/// the two waited on each other (503 to one; seen in a chaos run). Now it
+/// lets go of what it took and takes them again, the late one in its turn.
+#[actix_web::test]
+async fn a_team_deleted_as_a_conversation_is_handed_to_it_takes_that_one_in_its_turn() {
+    use crate::common::{a_wait_on, bigint};
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app().await;
+    let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
+    let [one, two] = write_to_page_a(&app, &admin, ["6620000000000007", "6620000000000008"], "Rechnung?").await;
+    let number = |id: &str| id.parse::<i64>().expect("a numeric id");
+    // The late one comes first in id order: the change holding it then
+    // wants the team's own, as a bulk change of both would.
+    let (late, member) = if number(&one) < number(&two) { (one, two) } else { (two, one) };
+    let made = app.call("POST", "/api/teams", Some(&admin), Some(json!({"name": "Billing"}))).await;
+    let team = made.body["id"].as_str().expect("id").to_string();
+    assert_eq!(patch(&app, &admin, &member, json!({"team_id": team})).await.status, 200);
+
+    let (url, team_id, late_id, member_id) = (app.db.url.clone(), team.clone(), late.clone(), member.clone());
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let others = std::thread::spawn(move || -> Result<(), String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut holder, mut joiner, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
+        // A change handing some conversation to the team holds its key: the
+        // deletion takes the team's conversations, then waits for the team.
+        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
+        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR KEY SHARE"))?;
+        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        begun_tx.send(()).expect("told");
+        assert!(a_wait_on(&mut watcher, holder_pid, Duration::from_secs(5)), "the deletion waits for the team");
+        // Meanwhile the other conversation is handed to the team, then held
+        // by a change of both.
+        let join = format!("UPDATE tenant_acme.conversations SET team_id = {team_id} WHERE id = {late_id}");
+        diesel::sql_query(join).execute(&mut joiner).map_err(|e| e.to_string())?;
+        let changer_pid = holding_conversation(&mut changer, &late_id)?;
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        // The deletion, let through, comes to the late one and waits for it.
+        assert!(a_wait_on(&mut watcher, changer_pid, Duration::from_secs(5)), "the deletion waits for the late one");
+        bigint(
+            &mut changer,
+            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {member_id} FOR NO KEY UPDATE"),
+        )?;
+        diesel::sql_query("COMMIT").execute(&mut changer).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    let r = app.call("DELETE", &format!("/api/teams/{team}"), Some(&admin), None).await;
+    assert_eq!(others.join().expect("the others' thread"), Ok(()), "the change of both went");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let freed = format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id IN ({late}, {member}) AND team_id IS NULL"
+    );
+    assert_eq!(app.count(&freed), 2, "both taken off the team");
+    for id in [&late, &member] {
+        let shown = app.call("GET", &format!("/api/conversations/{id}"), Some(&admin), None).await;
+        assert_eq!((shown.status, &shown.body["team_id"]), (200, &Value::Null), "{:?}", shown.body);
+    }
+}
