@@ -32,6 +32,7 @@ use serde_json::json;
 use crate::audit;
 use crate::auth::Role;
 use crate::crypto::Keyring;
+use crate::db::locks::Taken;
 use crate::db::schema::{channel_routes, meta_user_links};
 use crate::db::tenant_schema::{channel_members, channels};
 use crate::db::TenantConn;
@@ -993,6 +994,10 @@ fn release_route(tc: &mut TenantConn<'_>, row: &ChannelRow) -> AppResult<()> {
     Ok(())
 }
 
+/// Times a purge takes the channel's conversations again when one was
+/// started on it as it took them; past that, 503 `retry`.
+const PURGE_ATTEMPTS: usize = 5;
+
 /// Deletes the channel and, through cascades, its history (and what waited
 /// for messages that had not come, [`crate::inbox::early`]); and empties its
 /// events in the log, which hold copies of its messages and conversations
@@ -1013,15 +1018,29 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     // (a webhook batch holds one, then writes a row naming the channel).
     // The channel's deletion first, then its conversations by the cascade
     // (in the order of the (channel, contact) index), deadlocked with
-    // each.
+    // each. Then the channel itself (`FOR UPDATE`, which no one starting a
+    // conversation on it or writing a message to it gets past): one
+    // started between the two (by an agent, a broadcast) would be taken
+    // last by the cascade, out of order, while a change holding it waited
+    // for the channel (writing a message); so then all are let go and
+    // taken again, that one in its turn (`db::locks::in_turn`).
     change_settings(tc, id)?;
     hold_members_list(tc, id)?;
-    {
+    let taken = crate::db::locks::in_turn(tc.pg(), PURGE_ATTEMPTS, |conn| -> AppResult<Taken<()>> {
         use crate::db::tenant_schema::conversations as c;
-        c::table.filter(c::channel_id.eq(id.0)).order(c::id).select(c::id).for_update().load::<i64>(tc.pg())?;
+        let held: Vec<i64> =
+            c::table.filter(c::channel_id.eq(id.0)).order(c::id).select(c::id).for_update().load(conn)?;
+        // Purged meanwhile by a purge sent at the same time: as a moment later.
+        let there: Option<i64> = channels::table.find(id.0).select(channels::id).for_update().first(conn).optional()?;
+        there.ok_or_else(|| AppError::not_found("channel"))?;
+        let late = c::table.filter(c::channel_id.eq(id.0)).filter(c::id.ne_all(&held)).select(c::id);
+        let late: Option<i64> = late.first(conn).optional()?;
+        Ok(if late.is_some() { Taken::Late } else { Taken::All(()) })
+    })?;
+    if taken.is_none() {
+        return Err(AppError::unavailable("retry", "concurrent update, please retry").retry_after(1));
     }
     release_route(tc, &row)?;
-    // Purged meanwhile by a purge sent at the same time: as a moment later.
     if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {
         return Err(AppError::not_found("channel"));
     }

@@ -8,6 +8,9 @@
 //! invitations).
 //! Numbers stay as they were where they were unique: a rolling upgrade's old
 //! and new instances then still take turns.
+//!
+//! Also [`in_turn`]: row locks taken again, in order, when a row joined
+//! what a deletion takes after it took the rest.
 
 use diesel::sql_types::{Int4, Text};
 use diesel::{PgConnection, RunQueryDsl};
@@ -62,4 +65,56 @@ pub fn hold(conn: &mut PgConnection, class: LockClass, key: &str) -> diesel::Que
         .bind::<Text, _>(key)
         .execute(conn)?;
     Ok(())
+}
+
+/// What one attempt of [`in_turn`] found.
+pub enum Taken<T> {
+    /// All it meant to take, in its order: kept.
+    All(T),
+    /// A row joined what it takes after it took the rest (it would have to
+    /// take that one last, out of order): all it took is let go.
+    Late,
+}
+
+/// Why an attempt's savepoint was rolled back.
+enum Undone<E> {
+    Late,
+    Failed(E),
+}
+
+impl<E: From<diesel::result::Error>> From<diesel::result::Error> for Undone<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Undone::Failed(E::from(e))
+    }
+}
+
+/// Runs `attempt` in a savepoint, up to `attempts` times while it finds
+/// [`Taken::Late`], each time letting go of every lock it took; `None`
+/// when every attempt did.
+///
+/// For a deletion that takes the rows naming a parent (a team's or a
+/// channel's conversations) in id order, as their writers take them, and
+/// then the parent, which no one can name a row after since that checks
+/// the parent's key: a row named after the first step is found by the
+/// attempt, which then takes them all again rather than wait for it last,
+/// holding the others, while a writer holding it waits for one of those.
+pub fn in_turn<T, E: From<diesel::result::Error>>(
+    conn: &mut PgConnection,
+    attempts: usize,
+    mut attempt: impl FnMut(&mut PgConnection) -> Result<Taken<T>, E>,
+) -> Result<Option<T>, E> {
+    use diesel::Connection;
+    for _ in 0..attempts {
+        let taken = conn.transaction(|conn| match attempt(conn) {
+            Ok(Taken::All(t)) => Ok(t),
+            Ok(Taken::Late) => Err(Undone::Late),
+            Err(e) => Err(Undone::Failed(e)),
+        });
+        match taken {
+            Ok(t) => return Ok(Some(t)),
+            Err(Undone::Late) => continue,
+            Err(Undone::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(None)
 }

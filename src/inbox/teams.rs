@@ -428,22 +428,6 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
 /// handed to the team as it took them; past that, 503 `retry`.
 const DELETION_ATTEMPTS: usize = 5;
 
-/// Why one attempt of [`take_for_deletion`] gave up.
-enum Taking {
-    /// A conversation was handed to the team after the attempt took the
-    /// team's conversations.
-    Late,
-    /// The team is not (any more).
-    Gone,
-    Db(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for Taking {
-    fn from(e: diesel::result::Error) -> Self {
-        Taking::Db(e)
-    }
-}
-
 /// Takes team `id` for its deletion: its conversations in id order, as a
 /// bulk change takes them before the team it names, then the team itself
 /// (`FOR UPDATE`, which no one handing a conversation to it gets past:
@@ -452,34 +436,20 @@ impl From<diesel::result::Error> for Taking {
 /// foreign key's `SET NULL`, or the update that frees them), deadlocked
 /// with a change holding it and waiting for one the deletion held (a
 /// bulk change of both: 503 to one; seen in a chaos run). So an attempt
-/// that finds one lets go of all it took (a savepoint) and takes them
-/// again, the late one among them in its turn.
+/// that finds one lets go of all it took and takes them again, the late
+/// one among them in its turn (`db::locks::in_turn`).
 fn take_for_deletion(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
-    for _ in 0..DELETION_ATTEMPTS {
-        let taken = tc.pg().transaction(|conn| -> Result<Row, Taking> {
-            let held: Vec<i64> =
-                c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load(conn)?;
-            let team = t::table.find(id.0).select(Row::as_select()).for_update().first(conn).optional()?;
-            let team = team.ok_or(Taking::Gone)?;
-            let late = c::table
-                .filter(c::team_id.eq(id.0))
-                .filter(c::id.ne_all(&held))
-                .select(c::id)
-                .first::<i64>(conn)
-                .optional()?;
-            match late {
-                Some(_) => Err(Taking::Late),
-                None => Ok(team),
-            }
-        });
-        match taken {
-            Ok(team) => return Ok(team),
-            Err(Taking::Late) => continue,
-            Err(Taking::Gone) => return Err(not_found()),
-            Err(Taking::Db(e)) => return Err(e.into()),
-        }
-    }
-    Err(AppError::unavailable("retry", "concurrent update, please retry").retry_after(1))
+    use crate::db::locks::{in_turn, Taken};
+    let team = in_turn(tc.pg(), DELETION_ATTEMPTS, |conn| -> AppResult<Taken<Row>> {
+        let held: Vec<i64> =
+            c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load(conn)?;
+        let team = t::table.find(id.0).select(Row::as_select()).for_update().first(conn).optional()?;
+        let team = team.ok_or_else(not_found)?;
+        let late = c::table.filter(c::team_id.eq(id.0)).filter(c::id.ne_all(&held)).select(c::id);
+        let late: Option<i64> = late.first(conn).optional()?;
+        Ok(if late.is_some() { Taken::Late } else { Taken::All(team) })
+    })?;
+    team.ok_or_else(|| AppError::unavailable("retry", "concurrent update, please retry").retry_after(1))
 }
 
 /// `team`, if it is one of this tenant's (else 422 `invalid_team`): what a

@@ -628,6 +628,72 @@ async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turn
     }
 }
 
+/// A conversation started on a channel as it is purged (after the purge
+/// took the channel's conversations, as it waited for the channel), then
+/// held by a change that writes to the channel (a message names it): the
+/// purge's cascade took it last, out of order, holding the channel the
+/// change waited for (503 to one). Now the purge lets go of what it took
+/// and takes them all again, that one in its turn.
+#[actix_web::test]
+async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_its_turn() {
+    use crate::common::{a_wait_on, bigint};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    app.processed().await;
+    let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let others = std::thread::spawn(move || -> Result<(), String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut holder, mut starter, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
+        let key_share = format!("SELECT id AS n FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE");
+        let pid = "SELECT pg_backend_pid()::bigint AS n";
+        // A change writing to the channel holds its key: the purge takes
+        // the channel's conversations, then waits for the channel.
+        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
+        bigint(&mut holder, &key_share)?;
+        let holder_pid = bigint(&mut holder, pid)?;
+        begun_tx.send(()).expect("told");
+        assert!(
+            a_wait_on(&mut watcher, holder_pid, std::time::Duration::from_secs(5)),
+            "the purge waits for the channel"
+        );
+        // Meanwhile a conversation is started on it, then held by a change.
+        let late = bigint(
+            &mut starter,
+            &format!(
+                "WITH k AS (INSERT INTO tenant_acme.contacts (channel_id, external_id) VALUES ({page}, '6620000000000009') \
+                 RETURNING id) INSERT INTO tenant_acme.conversations (channel_id, contact_id) SELECT {page}, id FROM k \
+                 RETURNING id AS n"
+            ),
+        )?;
+        diesel::sql_query("BEGIN").execute(&mut changer).map_err(|e| e.to_string())?;
+        bigint(
+            &mut changer,
+            &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {late} FOR NO KEY UPDATE"),
+        )?;
+        let changer_pid = bigint(&mut changer, pid)?;
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        // The purge, let through, comes to the late one and waits for it.
+        assert!(
+            a_wait_on(&mut watcher, changer_pid, std::time::Duration::from_secs(5)),
+            "the purge waits for the late one"
+        );
+        // The change writes its message, naming the channel.
+        bigint(&mut changer, &key_share)?;
+        diesel::sql_query("COMMIT").execute(&mut changer).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    let r = app.call("DELETE", &format!("/api/channels/{page}?purge=true"), Some(&ctx.admin), None).await;
+    assert_eq!(others.join().expect("the others' thread"), Ok(()), "the change went");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations"), 0, "the late one purged too");
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.channels WHERE id = {page}")), 0);
+}
+
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {

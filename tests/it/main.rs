@@ -18,6 +18,7 @@ mod inbox;
 mod integrations;
 mod invitations;
 mod licences;
+mod locks;
 mod mail;
 mod mfa;
 mod migrate;
