@@ -65,6 +65,7 @@ use super::views::{ContactRow, ConversationRow};
 use super::ContactId;
 use crate::auth::Role;
 use crate::channels::{ChannelId, Platform};
+use crate::db::locks::Taken;
 use crate::db::tenant_schema::{channel_members, contacts, conversations};
 use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
@@ -572,7 +573,7 @@ pub fn update_telling(
     if changes.blocked == Some(true) {
         // Its conversations first, then the contact: the order the webhook
         // path locks them in, so the two never wait on each other.
-        lock_conversations(tc, id, Then::Change)?;
+        lock_conversations(tc.pg(), id, Then::Change)?;
     }
     let (old, set_by, details): (ContactRow, Option<i64>, ContactDetails) = contacts::table
         .find(id.0)
@@ -769,13 +770,17 @@ enum Then {
 
 /// Locks contact `id`'s conversations (one per channel it writes on), in
 /// id order, and answers their ids.
-fn lock_conversations(tc: &mut TenantConn<'_>, id: ContactId, then: Then) -> AppResult<Vec<i64>> {
+fn lock_conversations(conn: &mut PgConnection, id: ContactId, then: Then) -> AppResult<Vec<i64>> {
     let theirs = conversations::table.filter(conversations::contact_id.eq(id.0)).order(conversations::id);
     Ok(match then {
-        Then::Change => theirs.select(conversations::id).for_no_key_update().load(tc.pg())?,
-        Then::Delete => theirs.select(conversations::id).for_update().load(tc.pg())?,
+        Then::Change => theirs.select(conversations::id).for_no_key_update().load(conn)?,
+        Then::Delete => theirs.select(conversations::id).for_update().load(conn)?,
     })
 }
+
+/// Times an erasure takes the contact's conversations again when one was
+/// started with them as it took them; past that, 503 `retry`.
+const ERASURE_ATTEMPTS: usize = 5;
 
 /// Why a notice mail quoting an erased customer was not sent.
 const ERASED: &str = "withdrawn: the customer was erased";
@@ -810,14 +815,27 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
     // a contact (`contact_links`); then conversations, then the contact:
     // the webhook path's order.
     super::contact_links::before_erasure(tc, log, id)?;
-    let conversation_ids = lock_conversations(tc, id, Then::Delete)?;
-    let contact: ContactRow = contacts::table
-        .find(id.0)
-        .select(ContactRow::as_select())
-        .for_update()
-        .first(tc.pg())
-        .optional()?
-        .ok_or_else(|| AppError::not_found("contact"))?;
+    // Then the contact, which no one starts a conversation with past
+    // (that checks its key). One started between the two (a broadcast
+    // reaching an imported contact, an agent writing first) was deleted by
+    // the cascade but not counted, nor its events emptied; so then all are
+    // let go and taken again, that one among them (`db::locks::in_turn`).
+    let taken = crate::db::locks::in_turn(tc.pg(), ERASURE_ATTEMPTS, |conn| -> AppResult<Taken<_>> {
+        let held = lock_conversations(conn, id, Then::Delete)?;
+        let contact: ContactRow = contacts::table
+            .find(id.0)
+            .select(ContactRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| AppError::not_found("contact"))?;
+        let late =
+            conversations::table.filter(conversations::contact_id.eq(id.0)).filter(conversations::id.ne_all(&held));
+        let late: Option<i64> = late.select(conversations::id).first(conn).optional()?;
+        Ok(if late.is_some() { Taken::Late } else { Taken::All((held, contact)) })
+    })?;
+    let (conversation_ids, contact) =
+        taken.ok_or_else(|| AppError::unavailable("retry", "concurrent update, please retry").retry_after(1))?;
     let message_count: i64 =
         messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
     // Their numbers before a change too (`contact_former_numbers`, gone

@@ -694,6 +694,61 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
     assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.channels WHERE id = {page}")), 0);
 }
 
+/// A conversation started with a contact as they are erased (after the
+/// erasure took their conversations, as it waited for the contact; a
+/// broadcast reaching an imported contact): it went by the cascade, but
+/// its events, which quote the customer, stayed in the log. Now the
+/// erasure takes them all again, that one among them, and empties its
+/// events too.
+#[actix_web::test]
+async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_its_events() {
+    use crate::common::{a_wait_on, bigint};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let contact = app.count(&format!(
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({page}, '6620000000000010', \
+         'Zélia Tardia') RETURNING id AS n"
+    ));
+
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let others = std::thread::spawn(move || -> Result<(), String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut holder, mut starter, mut watcher) = (connect(), connect(), connect());
+        // A write naming the contact holds its key: the erasure takes their
+        // conversations (none), then waits for the contact.
+        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
+        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.contacts WHERE id = {contact} FOR KEY SHARE"))?;
+        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        begun_tx.send(()).expect("told");
+        assert!(a_wait_on(&mut watcher, holder_pid, std::time::Duration::from_secs(5)), "the erasure waits");
+        // Meanwhile a conversation is started with them, and announced.
+        bigint(
+            &mut starter,
+            &format!(
+                "WITH v AS (INSERT INTO tenant_acme.conversations (channel_id, contact_id) VALUES ({page}, {contact}) \
+                 RETURNING id), e AS (INSERT INTO tenant_acme.events (seq, type, channel_id, conversation_id, payload) \
+                 SELECT 900000000, 'conversation.created', {page}, id, \
+                 '{{\"contact\": {{\"name\": \"Zélia Tardia\"}}}}' FROM v) SELECT id AS n FROM v"
+            ),
+        )?;
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    let r = app.call("DELETE", &format!("/api/contacts/{contact}"), Some(&ctx.admin), None).await;
+    assert_eq!(others.join().expect("the others' thread"), Ok(()), "the conversation was started");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(
+        app.count(&format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE contact_id = {contact}")),
+        0
+    );
+    let quoting = "SELECT count(*) AS n FROM tenant_acme.events WHERE payload::text LIKE '%Zélia%' OR seq = 900000000 \
+                   AND type <> 'redacted'";
+    assert_eq!(app.count(quoting), 0, "its event emptied");
+}
+
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {
