@@ -489,6 +489,15 @@ pub fn bigint(conn: &mut PgConnection, sql: &str) -> Result<i64, String> {
     diesel::sql_query(sql).get_result::<N>(conn).map(|r| r.n).map_err(|e| e.to_string())
 }
 
+/// Begins a transaction on `conn` that runs `sql` (which takes some lock
+/// and answers a bigint `n`) and holds what it took: the connection's
+/// backend pid, for [`a_wait_on`].
+pub fn holding(conn: &mut PgConnection, sql: &str) -> Result<i64, String> {
+    diesel::sql_query("BEGIN").execute(conn).map_err(|e| e.to_string())?;
+    bigint(conn, sql)?;
+    bigint(conn, "SELECT pg_backend_pid()::bigint AS n")
+}
+
 /// Whether some connection waits for a lock backend `pid` holds within
 /// `at_most` (polled through `watcher`, a connection of its own).
 pub fn a_wait_on(watcher: &mut PgConnection, pid: i64, at_most: std::time::Duration) -> bool {

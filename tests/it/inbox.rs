@@ -636,7 +636,7 @@ async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turn
 /// and takes them all again, that one in its turn.
 #[actix_web::test]
 async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_its_turn() {
-    use crate::common::{a_wait_on, bigint};
+    use crate::common::{a_wait_on, bigint, holding};
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
@@ -649,12 +649,9 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
         let connect = || diesel::PgConnection::establish(&url).expect("connect");
         let (mut holder, mut starter, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
         let key_share = format!("SELECT id AS n FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE");
-        let pid = "SELECT pg_backend_pid()::bigint AS n";
         // A change writing to the channel holds its key: the purge takes
         // the channel's conversations, then waits for the channel.
-        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
-        bigint(&mut holder, &key_share)?;
-        let holder_pid = bigint(&mut holder, pid)?;
+        let holder_pid = holding(&mut holder, &key_share)?;
         begun_tx.send(()).expect("told");
         assert!(
             a_wait_on(&mut watcher, holder_pid, std::time::Duration::from_secs(5)),
@@ -669,12 +666,10 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
                  RETURNING id AS n"
             ),
         )?;
-        diesel::sql_query("BEGIN").execute(&mut changer).map_err(|e| e.to_string())?;
-        bigint(
+        let changer_pid = holding(
             &mut changer,
             &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {late} FOR NO KEY UPDATE"),
         )?;
-        let changer_pid = bigint(&mut changer, pid)?;
         diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
         // The purge, let through, comes to the late one and waits for it.
         assert!(
@@ -702,7 +697,7 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
 /// events too.
 #[actix_web::test]
 async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_its_events() {
-    use crate::common::{a_wait_on, bigint};
+    use crate::common::{a_wait_on, bigint, holding};
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
@@ -718,9 +713,10 @@ async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_
         let (mut holder, mut starter, mut watcher) = (connect(), connect(), connect());
         // A write naming the contact holds its key: the erasure takes their
         // conversations (none), then waits for the contact.
-        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
-        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.contacts WHERE id = {contact} FOR KEY SHARE"))?;
-        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        let holder_pid = holding(
+            &mut holder,
+            &format!("SELECT id AS n FROM tenant_acme.contacts WHERE id = {contact} FOR KEY SHARE"),
+        )?;
         begun_tx.send(()).expect("told");
         assert!(a_wait_on(&mut watcher, holder_pid, std::time::Duration::from_secs(5)), "the erasure waits");
         // Meanwhile a conversation is started with them, and announced.

@@ -911,11 +911,10 @@ async fn a_teams_auto_assign_and_a_hand_over_to_it_at_once_take_turns() {
 /// Begins a transaction on `conn` holding acme's conversation `id` as a
 /// change of it does; the connection's backend pid.
 fn holding_conversation(conn: &mut diesel::PgConnection, id: &str) -> Result<i64, String> {
-    use crate::common::bigint;
-    use diesel::RunQueryDsl;
-    diesel::sql_query("BEGIN").execute(conn).map_err(|e| e.to_string())?;
-    bigint(conn, &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {id} FOR NO KEY UPDATE"))?;
-    bigint(conn, "SELECT pg_backend_pid()::bigint AS n")
+    crate::common::holding(
+        conn,
+        &format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {id} FOR NO KEY UPDATE"),
+    )
 }
 
 /// A team's `auto_assign` given as it was read, but turned meanwhile by
@@ -977,7 +976,7 @@ async fn a_teams_auto_assign_turned_by_another_change_meanwhile_takes_its_conver
 /// deadlocked (503 to one of the two).
 #[actix_web::test]
 async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_and_held() {
-    use crate::common::{a_wait_on, bigint};
+    use crate::common::{a_wait_on, bigint, holding};
     use diesel::{Connection, RunQueryDsl};
     let app = spawn_app().await;
     let (admin, _first, team) = billing_with_one_conversation(&app, "6620000000000004").await;
@@ -990,9 +989,10 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
         let (mut holder, mut joiner, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
         // Something holds the team: the change takes the team's
         // conversations, then waits for it.
-        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
-        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR NO KEY UPDATE"))?;
-        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        let holder_pid = holding(
+            &mut holder,
+            &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR NO KEY UPDATE"),
+        )?;
         begun_tx.send(()).expect("told");
         assert!(a_wait_on(&mut watcher, holder_pid, Duration::from_secs(5)), "the team's change waits for the team");
         // Meanwhile a conversation is handed to the team, and then held by
@@ -1053,7 +1053,7 @@ async fn a_conversation_left_queued_for_a_team_that_no_longer_hands_out_leaves_t
 /// lets go of what it took and takes them again, the late one in its turn.
 #[actix_web::test]
 async fn a_team_deleted_as_a_conversation_is_handed_to_it_takes_that_one_in_its_turn() {
-    use crate::common::{a_wait_on, bigint};
+    use crate::common::{a_wait_on, bigint, holding};
     use diesel::{Connection, RunQueryDsl};
     let app = spawn_app().await;
     let (admin, _al_id, _al, _page) = al_on_page_a(&app).await;
@@ -1073,9 +1073,8 @@ async fn a_team_deleted_as_a_conversation_is_handed_to_it_takes_that_one_in_its_
         let (mut holder, mut joiner, mut changer, mut watcher) = (connect(), connect(), connect(), connect());
         // A change handing some conversation to the team holds its key: the
         // deletion takes the team's conversations, then waits for the team.
-        diesel::sql_query("BEGIN").execute(&mut holder).map_err(|e| e.to_string())?;
-        bigint(&mut holder, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR KEY SHARE"))?;
-        let holder_pid = bigint(&mut holder, "SELECT pg_backend_pid()::bigint AS n")?;
+        let holder_pid =
+            holding(&mut holder, &format!("SELECT id AS n FROM tenant_acme.teams WHERE id = {team_id} FOR KEY SHARE"))?;
         begun_tx.send(()).expect("told");
         assert!(a_wait_on(&mut watcher, holder_pid, Duration::from_secs(5)), "the deletion waits for the team");
         // Meanwhile the other conversation is handed to the team, then held
