@@ -136,6 +136,11 @@ impl AppError {
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, code, message)
     }
+    /// 503 `retry` with `Retry-After: 1`: another transaction's work came
+    /// first and nothing was written; the same request again will go.
+    pub fn concurrent_update() -> Self {
+        Self::unavailable("retry", "concurrent update, please retry").retry_after(1)
+    }
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         AppError {
             kind: ErrorKind::Internal,
@@ -247,7 +252,7 @@ impl From<DbError> for AppError {
             // was written; the same request again will go. (Locks are taken
             // in one order to make it rare, not impossible.)
             DbError::Query(D::DatabaseError(_, info)) if info.message().starts_with("deadlock detected") => {
-                AppError::unavailable("retry", "concurrent update, please retry").retry_after(1)
+                AppError::concurrent_update()
             }
             // SQLSTATE 55P03 and 57014: a row lock or a statement waited
             // past the `lock_timeout` or `statement_timeout` an operator set

@@ -1018,8 +1018,8 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     // (a webhook batch holds one, then writes a row naming the channel).
     // The channel's deletion first, then its conversations by the cascade
     // (in the order of the (channel, contact) index), deadlocked with
-    // each. Then the channel itself (`FOR UPDATE`, which no one starting a
-    // conversation on it or writing a message to it gets past): one
+    // each. After them the channel itself (`FOR UPDATE`, which no one
+    // starting a conversation on it or writing a message to it gets past): one
     // started between the two (by an agent, a broadcast) would be taken
     // last by the cascade, out of order, while a change holding it waited
     // for the channel (writing a message); so then all are let go and
@@ -1038,7 +1038,7 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
         Ok(if late.is_some() { Taken::Late } else { Taken::All(()) })
     })?;
     if taken.is_none() {
-        return Err(AppError::unavailable("retry", "concurrent update, please retry").retry_after(1));
+        return Err(AppError::concurrent_update());
     }
     release_route(tc, &row)?;
     if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {

@@ -92,8 +92,8 @@ impl<E: From<diesel::result::Error>> From<diesel::result::Error> for Undone<E> {
 /// [`Taken::Late`], each time letting go of every lock it took; `None`
 /// when every attempt did.
 ///
-/// For a deletion that takes the rows naming a parent (a team's or a
-/// channel's conversations) in id order, as their writers take them, and
+/// For a deletion that takes the rows naming a parent (a team's, a
+/// channel's or a contact's conversations) in id order, as their writers take them, and
 /// then the parent, which no one can name a row after since that checks
 /// the parent's key: a row named after the first step is found by the
 /// attempt, which then takes them all again rather than wait for it last,

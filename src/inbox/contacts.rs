@@ -834,8 +834,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         let late: Option<i64> = late.select(conversations::id).first(conn).optional()?;
         Ok(if late.is_some() { Taken::Late } else { Taken::All((held, contact)) })
     })?;
-    let (conversation_ids, contact) =
-        taken.ok_or_else(|| AppError::unavailable("retry", "concurrent update, please retry").retry_after(1))?;
+    let (conversation_ids, contact) = taken.ok_or_else(AppError::concurrent_update)?;
     let message_count: i64 =
         messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
     // Their numbers before a change too (`contact_former_numbers`, gone

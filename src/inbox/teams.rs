@@ -449,7 +449,7 @@ fn take_for_deletion(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
         let late: Option<i64> = late.first(conn).optional()?;
         Ok(if late.is_some() { Taken::Late } else { Taken::All(team) })
     })?;
-    team.ok_or_else(|| AppError::unavailable("retry", "concurrent update, please retry").retry_after(1))
+    team.ok_or_else(AppError::concurrent_update)
 }
 
 /// `team`, if it is one of this tenant's (else 422 `invalid_team`): what a
