@@ -1041,9 +1041,8 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
         return Err(AppError::concurrent_update());
     }
     release_route(tc, &row)?;
-    if diesel::delete(channels::table.find(id.0)).execute(tc.pg())? == 0 {
-        return Err(AppError::not_found("channel"));
-    }
+    // Held since the attempt above found it: there to delete.
+    diesel::delete(channels::table.find(id.0)).execute(tc.pg())?;
     // Notice mails still queued quote its customers.
     crate::mail::withdraw_quoting_gone(tc, "withdrawn: the channel was purged")?;
     crate::inbox::early::forget_channel(tc, id.0)?;
