@@ -689,6 +689,61 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
     assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.channels WHERE id = {page}")), 0);
 }
 
+/// Two purges of one channel sent at once: the second, past its lookup of
+/// the channel, waits for the first and then finds it gone (404), with
+/// nothing of its own written; the first purges it (204).
+#[actix_web::test]
+async fn a_channel_purged_twice_at_once_is_purged_by_one_and_not_found_by_the_other() {
+    use crate::common::{a_wait_on, bigint, holding};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    app.processed().await;
+    let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let holder_thread = std::thread::spawn(move || -> Result<(), String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut holder, mut watcher) = (connect(), connect());
+        // A write naming the channel holds its key: the first purge to get
+        // there waits for the channel, holding its settings' lock.
+        let holder_pid =
+            holding(&mut holder, &format!("SELECT id AS n FROM tenant_acme.channels WHERE id = {page} FOR KEY SHARE"))?;
+        begun_tx.send(()).expect("told");
+        let at_most = std::time::Duration::from_secs(5);
+        assert!(a_wait_on(&mut watcher, holder_pid, at_most), "the first purge waits for the channel");
+        let first = bigint(
+            &mut watcher,
+            &format!(
+                "SELECT pid::bigint AS n FROM pg_stat_activity WHERE {holder_pid} = ANY(pg_catalog.pg_blocking_pids(pid))"
+            ),
+        )?;
+        assert!(a_wait_on(&mut watcher, first, at_most), "the second purge waits for the first");
+        diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    begun.recv().expect("begun");
+    let purge = format!("/api/channels/{page}?purge=true");
+    let (a, b) = tokio::join!(
+        app.call("DELETE", &purge, Some(&ctx.admin), None),
+        app.call("DELETE", &purge, Some(&ctx.admin), None)
+    );
+    assert_eq!(holder_thread.join().expect("the holder's thread"), Ok(()));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 404], "{:?} {:?}", a.body, b.body);
+    let gone = if a.status == 404 { &a } else { &b };
+    assert_eq!(gone.body["error"]["code"], "not_found", "{:?}", gone.body);
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM tenant_acme.channels WHERE id = {page}")), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.conversations"), 0);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM tenant_acme.audit_log WHERE action = 'channel.purged'"),
+        1,
+        "purged once"
+    );
+}
+
 /// A conversation started with a contact as they are erased (after the
 /// erasure took their conversations, as it waited for the contact; a
 /// broadcast reaching an imported contact): it went by the cascade, but
