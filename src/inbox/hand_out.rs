@@ -127,13 +127,11 @@ pub enum Waiting {
     /// Those of this channel.
     OfChannel(i64),
     /// Those handed to this team. The team's change (`teams::update`)
-    /// took the team's conversations before the team; one handed to it
-    /// since, and held now by another transaction, is passed over: that
-    /// one may be waiting for the team, which this change holds. It stays
-    /// as it was left (one queued for a team that no longer hands out is
-    /// taken out of the queue by the next hand-out round; one not handed
-    /// out waits for someone to take it, or for its customer's next
-    /// message).
+    /// holds them all, and the team `FOR UPDATE`, which no one handing it
+    /// another gets past until the change lands; one handed to it as the
+    /// change took them is taken too, in its turn. (Read `SKIP LOCKED`,
+    /// which under that hold passes over none: a caller that did not take
+    /// them first does not wait here out of order.)
     OfTeam(i64),
 }
 

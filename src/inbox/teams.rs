@@ -143,11 +143,13 @@ fn view(tc: &mut TenantConn<'_>, row: Row) -> AppResult<TeamView> {
 
 /// Team `id`, locked until the transaction ends so that changes of it take
 /// turns: `FOR NO KEY UPDATE`, which lets a conversation written meanwhile
-/// name the team (its foreign key's check, `FOR KEY SHARE`). Under `FOR
-/// UPDATE`, a webhook batch holding its conversations waited at that check
-/// for a change of the team (`auto_assign` turned on or off) that waited
-/// for the same conversations to hand them out or settle them, and
-/// PostgreSQL ended one of the two.
+/// name the team (its foreign key's check, `FOR KEY SHARE`). Taken so, `FOR
+/// UPDATE`, before the team's conversations, a webhook batch holding its
+/// conversations waited at that check for a change of the team
+/// (`auto_assign` turned on or off) that waited for the same conversations
+/// to hand them out or settle them, and PostgreSQL ended one of the two; a
+/// change of `auto_assign` now takes the conversations first
+/// ([`take_with_conversations`]).
 fn row(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
     t::table.find(id.0).select(Row::as_select()).for_no_key_update().first(tc.pg()).optional()?.ok_or_else(not_found)
 }
@@ -289,11 +291,11 @@ pub fn update(
     // Whenever `auto_assign` is given, even as it is: whether it changes is
     // known only once the team is locked (read before, another change
     // could turn it in between, and this one then hand out after taking
-    // the team).
-    if change.auto_assign.is_some() {
-        c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load::<i64>(tc.pg())?;
-    }
-    let current = row(tc, id)?;
+    // the team). The team is then held `FOR UPDATE`, so that none is handed
+    // to it until this lands: one handed to it meanwhile by a change that
+    // read the rule as it was (off) was otherwise passed over, held by that
+    // change, and waited with no one until someone took it.
+    let current = if change.auto_assign.is_some() { take_with_conversations(tc, id)? } else { row(tc, id)? };
     let new_name = name.unwrap_or_else(|| current.name.clone());
     let new_description = description.unwrap_or_else(|| current.description.clone());
     let auto_assign = change.auto_assign.unwrap_or(current.auto_assign);
@@ -387,7 +389,7 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     // Before the team is touched: a channel's change holds its settings
     // before the team its rules name.
     let held = crate::channels::change_all_settings(tc)?;
-    let current = take_for_deletion(tc, id)?;
+    let current = take_with_conversations(tc, id)?;
     let mut freed: Vec<ConversationRow> = diesel::update(c::table.filter(c::team_id.eq(id.0)))
         .set((c::team_id.eq(None::<i64>), c::updated_at.eq(diesel::dsl::now)))
         .returning(ConversationRow::as_returning())
@@ -424,23 +426,25 @@ pub fn delete(tc: &mut TenantConn<'_>, log: &mut EventLog, actor: UserId, id: Te
     Ok(())
 }
 
-/// Times a deletion takes the team's conversations again when others were
-/// handed to the team as it took them; past that, 503 `retry`.
-const DELETION_ATTEMPTS: usize = 5;
+/// Times a deletion, or a change of `auto_assign`, takes the team's
+/// conversations again when others were handed to the team as it took
+/// them; past that, 503 `retry`.
+const TAKE_ATTEMPTS: usize = 5;
 
-/// Takes team `id` for its deletion: its conversations in id order, as a
-/// bulk change takes them before the team it names, then the team itself
-/// (`FOR UPDATE`, which no one handing a conversation to it gets past:
-/// that checks the team's key). A conversation handed to it between the
-/// two, which the deletion would otherwise take last, out of order (the
-/// foreign key's `SET NULL`, or the update that frees them), deadlocked
-/// with a change holding it and waiting for one the deletion held (a
-/// bulk change of both: 503 to one; seen in a chaos run). So an attempt
-/// that finds one lets go of all it took and takes them again, the late
-/// one among them in its turn (`db::locks::in_turn`).
-fn take_for_deletion(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
+/// Takes team `id` with all its conversations, for its deletion or a
+/// change of its `auto_assign`: its conversations in id order, as a bulk
+/// change takes them before the team it names, then the team itself (`FOR
+/// UPDATE`, which no one handing a conversation to it gets past: that
+/// checks the team's key). A conversation handed to it between the two,
+/// which a deletion would otherwise take last, out of order (the foreign
+/// key's `SET NULL`, or the update that frees them), deadlocked with a
+/// change holding it and waiting for one the deletion held (a bulk change
+/// of both: 503 to one; seen in a chaos run); a change of the rule passed
+/// it over. So an attempt that finds one lets go of all it took and takes
+/// them again, the late one among them in its turn (`db::locks::in_turn`).
+fn take_with_conversations(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
     use crate::db::locks::{in_turn, Taken};
-    let team = in_turn(tc.pg(), DELETION_ATTEMPTS, |conn| -> AppResult<Taken<Row>> {
+    let team = in_turn(tc.pg(), TAKE_ATTEMPTS, |conn| -> AppResult<Taken<Row>> {
         let held: Vec<i64> =
             c::table.filter(c::team_id.eq(id.0)).order(c::id).select(c::id).for_no_key_update().load(conn)?;
         let team = t::table.find(id.0).select(Row::as_select()).for_update().first(conn).optional()?;

@@ -971,11 +971,13 @@ async fn a_teams_auto_assign_turned_by_another_change_meanwhile_takes_its_conver
 
 /// A conversation handed to a team after the team's change took the
 /// team's conversations (as it waited for the team), and held now by a
-/// change that will wait for the team: turning `auto_assign` on passes
-/// over it rather than wait for it while holding the team, which
-/// deadlocked (503 to one of the two).
+/// change that will wait for the team: turning `auto_assign` on waited
+/// for it while holding the team, which deadlocked (503 to one of the
+/// two); then it passed over it, which left it with no one. Now the turn
+/// lets go of what it took, takes them all again, that one in its turn,
+/// and hands it out with the rest.
 #[actix_web::test]
-async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_and_held() {
+async fn a_teams_auto_assign_takes_a_conversation_handed_to_it_meanwhile_and_held_in_its_turn() {
     use crate::common::{a_wait_on, bigint, holding};
     use diesel::{Connection, RunQueryDsl};
     let app = spawn_app().await;
@@ -1001,8 +1003,8 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
         diesel::sql_query(join).execute(&mut joiner).map_err(|e| e.to_string())?;
         let changer_pid = holding_conversation(&mut changer, &late_id)?;
         diesel::sql_query("COMMIT").execute(&mut holder).map_err(|e| e.to_string())?;
-        // The team's change, holding the team now, waits for it, or passes
-        // over it and commits.
+        // The team's change, having let go of the team, waits for it (or,
+        // as before, passes over it and commits).
         let committed = format!("SELECT auto_assign::int::bigint AS n FROM tenant_acme.teams WHERE id = {team_id}");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !a_wait_on(&mut watcher, changer_pid, Duration::from_millis(20))
@@ -1017,16 +1019,59 @@ async fn a_teams_auto_assign_passes_over_a_conversation_handed_to_it_meanwhile_a
     let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
     assert_eq!(others.join().expect("the others' thread"), Ok(()), "the conversation's change went");
     assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
-    // Passed over, it waits for someone to take it (it was not handed out).
-    let unheld = format!(
-        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {late} AND queued_at IS NULL AND assignee_id IS NULL"
-    );
-    assert_eq!(app.count(&unheld), 1);
+    // Handed out with the rest: with no one online, it waits in the queue.
+    let queued =
+        format!("SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {late} AND queued_at IS NOT NULL");
+    assert_eq!(app.count(&queued), 1, "handed out, not passed over");
 }
 
-/// A conversation left queued for a team that no longer hands out (a
-/// turn of the rule passed over it, held by another change at the time)
-/// is taken out of the queue at the next hand-out round, not given.
+/// A conversation handed to a team by a change that read the team's rule
+/// as it was (off), as the rule is turned on: the turn waits for that
+/// change (its check of the team's key) and hands the conversation out
+/// with the rest. It went past the turn's lock on the team, which only
+/// held other changes of the team off, and was left with no one and out
+/// of the queue until someone took it.
+#[actix_web::test]
+async fn a_teams_auto_assign_turned_on_as_a_conversation_is_handed_to_it_hands_that_one_out_too() {
+    use crate::common::{a_wait_on, holding};
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app().await;
+    let (admin, _first, team) = billing_with_one_conversation(&app, "6620000000000011").await;
+    let [late] = write_to_page_a(&app, &admin, ["6620000000000012"], "Rechnung, bitte 🧾").await;
+
+    let (url, team_id, late_id) = (app.db.url.clone(), team.clone(), late.clone());
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let handing = std::thread::spawn(move || -> Result<bool, String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut handing, mut watcher) = (connect(), connect());
+        // The change has read the rule (off: nobody to pick, no queue) and
+        // hands the conversation to the team.
+        let pid = holding(
+            &mut handing,
+            &format!("UPDATE tenant_acme.conversations SET team_id = {team_id} WHERE id = {late_id} RETURNING id AS n"),
+        )?;
+        begun_tx.send(()).expect("told");
+        let waited = a_wait_on(&mut watcher, pid, Duration::from_secs(5));
+        diesel::sql_query("COMMIT").execute(&mut handing).map_err(|e| e.to_string())?;
+        Ok(waited)
+    });
+    begun.recv().expect("begun");
+    let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
+    assert_eq!(handing.join().expect("the handing's thread"), Ok(true), "the turn waited for the hand-over");
+    assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
+    let shown = app.call("GET", &format!("/api/conversations/{late}"), Some(&admin), None).await;
+    assert_eq!(shown.body["team_id"].as_str(), Some(team.as_str()), "{:?}", shown.body);
+    assert!(
+        shown.body["queued_at"].is_string(),
+        "handed out: with no one online, it waits in the queue {:?}",
+        shown.body
+    );
+}
+
+/// A conversation left queued for a team that no longer hands out (as a
+/// change that missed settling it would leave it; a turn of the rule
+/// passed over one held by another change until 2026-12-06) is taken out
+/// of the queue at the next hand-out round, not given.
 #[actix_web::test]
 async fn a_conversation_left_queued_for_a_team_that_no_longer_hands_out_leaves_the_queue_at_the_next_round() {
     let app = spawn_app().await;
