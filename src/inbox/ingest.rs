@@ -16,7 +16,7 @@ use super::{status_moves_forward, ConversationId};
 use crate::channels::{ChannelRow, Platform};
 use crate::db::tenant_schema::{contact_former_numbers, contacts, conversations, messages as m};
 use crate::db::TenantConn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
 
 /// When a number changed hands, and the number its contact has now.
@@ -642,29 +642,51 @@ pub fn upsert_contact(
     Ok(c)
 }
 
-/// The (channel, contact) conversation, created when missing.
+/// The (channel, contact) conversation, created when missing; 404
+/// `contact` when the contact is gone (erased as this ran).
 pub fn conversation_for(
     tc: &mut TenantConn<'_>,
     channel_id: i64,
     contact_id: i64,
 ) -> AppResult<(ConversationRow, bool)> {
+    conversation_of_contact(tc, channel_id, contact_id)?.ok_or_else(|| AppError::not_found("contact"))
+}
+
+/// The (channel, contact) conversation, created when missing, and whether
+/// it was; `None` when the contact is gone: erased after it was found, as
+/// this waited for the erasure. The insert takes the contact's key itself
+/// (`FOR KEY SHARE`, as its foreign key's check would, at the same moment)
+/// so that an erasure committed meanwhile reads as no contact rather than
+/// failing the transaction on that check: the caller may then go on, with
+/// a contact made anew.
+pub fn conversation_of_contact(
+    tc: &mut TenantConn<'_>,
+    channel_id: i64,
+    contact_id: i64,
+) -> AppResult<Option<(ConversationRow, bool)>> {
+    use diesel::sql_types::BigInt;
+    let contact_there =
+        contacts::table.find(contact_id).select((channel_id.into_sql::<BigInt>(), contacts::id)).for_key_share();
     let inserted: Option<ConversationRow> = diesel::insert_into(conversations::table)
-        .values((conversations::channel_id.eq(channel_id), conversations::contact_id.eq(contact_id)))
+        .values(contact_there)
+        .into_columns((conversations::channel_id, conversations::contact_id))
         .on_conflict((conversations::channel_id, conversations::contact_id))
         .do_nothing()
         .returning(ConversationRow::as_returning())
         .get_result(tc.pg())
         .optional()?;
     if let Some(c) = inserted {
-        return Ok((c, true));
+        return Ok(Some((c, true)));
     }
+    // There already, or its contact gone (and it with them, by the cascade).
     let c = conversations::table
         .filter(conversations::channel_id.eq(channel_id))
         .filter(conversations::contact_id.eq(contact_id))
         .select(ConversationRow::as_select())
         .for_no_key_update()
-        .first(tc.pg())?;
-    Ok((c, false))
+        .first(tc.pg())
+        .optional()?;
+    Ok(c.map(|c| (c, false)))
 }
 
 fn find_by_external(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str) -> AppResult<Option<MessageRow>> {

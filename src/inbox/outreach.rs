@@ -32,6 +32,10 @@
 //!   is made open and the starter's, in the channel's team if it names one
 //!   (`teams`), announced (`conversation.created`) and audited
 //!   (`conversation.started`).
+//! - A start to a number whose contact is being erased waits for the
+//!   erasure and then starts anew, with a new contact for the number (as
+//!   a moment later it would), not a 404 for a contact the caller never
+//!   named.
 //! - The template is checked with Meta before anything is written: a
 //!   refused one leaves no contact and no conversation behind. The
 //!   contact, the conversation and the queued message are one transaction;
@@ -178,11 +182,20 @@ pub fn open(
     channel: &ChannelRow,
     number: &Number,
 ) -> AppResult<ConversationId> {
-    let contact = match known_contact(tc, channel.id, number)? {
+    let mut contact = match known_contact(tc, channel.id, number)? {
         Some(id) => id,
         None => new_contact(tc, channel.id, number)?,
     };
-    let (conv, created) = super::ingest::conversation_for(tc, channel.id, contact)?;
+    let (conv, created) = match super::ingest::conversation_of_contact(tc, channel.id, contact)? {
+        Some(found) => found,
+        // Erased as this began (found, then gone once the erasure it waited
+        // for landed): the number is nobody's now, and starts anew, as it
+        // would a moment later.
+        None => {
+            contact = new_contact(tc, channel.id, number)?;
+            super::ingest::conversation_for(tc, channel.id, contact)?
+        }
+    };
     let id = ConversationId(conv.id);
     if created {
         // The channel's team takes it, as one a customer opens (`teams`).

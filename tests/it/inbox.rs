@@ -800,6 +800,54 @@ async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_
     assert_eq!(app.count(quoting), 0, "its event emptied");
 }
 
+/// A start to a number whose contact is erased as it runs (found, then
+/// gone once the erasure it waited for landed): it starts anew, with a new
+/// contact for the number, as a moment later it would. It failed the
+/// foreign key's check on the contact and answered 404 `contact` to a call
+/// that names a phone number (seen in a chaos run).
+#[actix_web::test]
+async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
+    use crate::common::{a_wait_on, holding};
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let number = "351913000333";
+    let erased = app.count(&format!(
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({phone}, '{number}', 'Iolanda Órfã')          RETURNING id AS n"
+    ));
+
+    let url = app.db.url.clone();
+    let (begun_tx, begun) = std::sync::mpsc::channel();
+    let erasing = std::thread::spawn(move || -> Result<bool, String> {
+        let connect = || diesel::PgConnection::establish(&url).expect("connect");
+        let (mut eraser, mut watcher) = (connect(), connect());
+        // The erasure under way: the contact deleted, not yet committed.
+        let pid = holding(
+            &mut eraser,
+            &format!(
+                "WITH d AS (DELETE FROM tenant_acme.contacts WHERE id = {erased} RETURNING id) SELECT count(*) AS n FROM d"
+            ),
+        )?;
+        begun_tx.send(()).expect("told");
+        let waited = a_wait_on(&mut watcher, pid, std::time::Duration::from_secs(10));
+        diesel::sql_query("COMMIT").execute(&mut eraser).map_err(|e| e.to_string())?;
+        Ok(waited)
+    });
+    begun.recv().expect("begun");
+    let start = json!({"channel_id": phone, "phone_number": "+351 913 000 333",
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-erased-1"});
+    let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
+    assert_eq!(erasing.join().expect("the erasure's thread"), Ok(true), "the start waited for the erasure");
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let anew = app.count(&format!(
+        "SELECT c.id AS n FROM tenant_acme.contacts c JOIN tenant_acme.conversations v ON v.contact_id = c.id \
+         WHERE c.external_id = '{number}'"
+    ));
+    assert_ne!(anew, erased, "a new contact for the number");
+    assert_eq!(r.body["conversation"]["contact"]["id"].as_str(), Some(anew.to_string().as_str()), "{:?}", r.body);
+    assert_eq!(r.body["conversation"]["contact"]["name"], Value::Null, "nothing of the erased one: {:?}", r.body);
+}
+
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {
