@@ -628,6 +628,16 @@ async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turn
     }
 }
 
+/// Acme with a customer's conversation on page A (from the fixture): the
+/// context and page A's channel id, as a number for SQL.
+async fn page_a_with_a_conversation(app: &TestApp) -> (Ctx, i64) {
+    let ctx = acme(app).await;
+    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
+    app.processed().await;
+    let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+    (ctx, page)
+}
+
 /// A conversation started on a channel as it is purged (after the purge
 /// took the channel's conversations, as it waited for the channel), then
 /// held by a change that writes to the channel (a message names it): the
@@ -638,10 +648,7 @@ async fn a_channels_purge_and_the_writers_of_its_conversations_at_once_take_turn
 async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_its_turn() {
     use crate::common::{a_wait_on, bigint, holding};
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
-    app.processed().await;
-    let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+    let (ctx, page) = page_a_with_a_conversation(&app).await;
 
     let url = app.db.url.clone();
     let (begun_tx, begun) = std::sync::mpsc::channel();
@@ -696,10 +703,7 @@ async fn a_channel_purged_as_a_conversation_is_started_on_it_takes_that_one_in_i
 async fn a_channel_purged_twice_at_once_is_purged_by_one_and_not_found_by_the_other() {
     use crate::common::{a_wait_on, bigint, holding};
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
-    app.processed().await;
-    let page = app.count(&format!("SELECT id AS n FROM tenant_acme.channels WHERE external_id = '{PAGE_A}'"));
+    let (ctx, page) = page_a_with_a_conversation(&app).await;
 
     let url = app.db.url.clone();
     let (begun_tx, begun) = std::sync::mpsc::channel();
@@ -807,37 +811,26 @@ async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_
 /// that names a phone number (seen in a chaos run).
 #[actix_web::test]
 async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
-    use crate::common::{a_wait_on, holding};
+    use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let phone = channel_id(&app, &ctx.admin, PHONE).await;
     let number = "351913000333";
     let erased = app.count(&format!(
-        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({phone}, '{number}', 'Iolanda Órfã')          RETURNING id AS n"
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({phone}, '{number}', 'Iolanda Órfã') \
+         RETURNING id AS n"
     ));
 
-    let url = app.db.url.clone();
-    let (begun_tx, begun) = std::sync::mpsc::channel();
-    let erasing = std::thread::spawn(move || -> Result<bool, String> {
-        let connect = || diesel::PgConnection::establish(&url).expect("connect");
-        let (mut eraser, mut watcher) = (connect(), connect());
-        // The erasure under way: the contact deleted, not yet committed.
-        let pid = holding(
-            &mut eraser,
-            &format!(
-                "WITH d AS (DELETE FROM tenant_acme.contacts WHERE id = {erased} RETURNING id) SELECT count(*) AS n FROM d"
-            ),
-        )?;
-        begun_tx.send(()).expect("told");
-        let waited = a_wait_on(&mut watcher, pid, std::time::Duration::from_secs(10));
-        diesel::sql_query("COMMIT").execute(&mut eraser).map_err(|e| e.to_string())?;
-        Ok(waited)
-    });
+    // The erasure under way: the contact deleted, not yet committed.
+    let erasure = format!("BEGIN; DELETE FROM tenant_acme.contacts WHERE id = {erased}");
+    let (begun, erasing) = transaction_held_until_waited(&app.db.url, erasure, None);
     begun.recv().expect("begun");
     let start = json!({"channel_id": phone, "phone_number": "+351 913 000 333",
         "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-erased-1"});
     let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
-    assert_eq!(erasing.join().expect("the erasure's thread"), Ok(true), "the start waited for the erasure");
+    let (waited, went) = erasing.join().expect("the erasure's thread");
+    assert_eq!(went, Ok(()), "erased");
+    assert!(waited, "the start waited for the erasure");
     assert_eq!(r.status, 202, "{:?}", r.body);
     let anew = app.count(&format!(
         "SELECT c.id AS n FROM tenant_acme.contacts c JOIN tenant_acme.conversations v ON v.contact_id = c.id \

@@ -1033,31 +1033,20 @@ async fn a_teams_auto_assign_takes_a_conversation_handed_to_it_meanwhile_and_hel
 /// of the queue until someone took it.
 #[actix_web::test]
 async fn a_teams_auto_assign_turned_on_as_a_conversation_is_handed_to_it_hands_that_one_out_too() {
-    use crate::common::{a_wait_on, holding};
-    use diesel::{Connection, RunQueryDsl};
+    use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let (admin, _first, team) = billing_with_one_conversation(&app, "6620000000000011").await;
     let [late] = write_to_page_a(&app, &admin, ["6620000000000012"], "Rechnung, bitte 🧾").await;
 
-    let (url, team_id, late_id) = (app.db.url.clone(), team.clone(), late.clone());
-    let (begun_tx, begun) = std::sync::mpsc::channel();
-    let handing = std::thread::spawn(move || -> Result<bool, String> {
-        let connect = || diesel::PgConnection::establish(&url).expect("connect");
-        let (mut handing, mut watcher) = (connect(), connect());
-        // The change has read the rule (off: nobody to pick, no queue) and
-        // hands the conversation to the team.
-        let pid = holding(
-            &mut handing,
-            &format!("UPDATE tenant_acme.conversations SET team_id = {team_id} WHERE id = {late_id} RETURNING id AS n"),
-        )?;
-        begun_tx.send(()).expect("told");
-        let waited = a_wait_on(&mut watcher, pid, Duration::from_secs(5));
-        diesel::sql_query("COMMIT").execute(&mut handing).map_err(|e| e.to_string())?;
-        Ok(waited)
-    });
+    // The change has read the rule (off: nobody to pick, no queue) and
+    // hands the conversation to the team.
+    let hand_over = format!("BEGIN; UPDATE tenant_acme.conversations SET team_id = {team} WHERE id = {late}");
+    let (begun, handing) = transaction_held_until_waited(&app.db.url, hand_over, None);
     begun.recv().expect("begun");
     let r = app.call("PATCH", &format!("/api/teams/{team}"), Some(&admin), Some(json!({"auto_assign": true}))).await;
-    assert_eq!(handing.join().expect("the handing's thread"), Ok(true), "the turn waited for the hand-over");
+    let (waited, went) = handing.join().expect("the hand-over's thread");
+    assert_eq!(went, Ok(()), "the hand-over went");
+    assert!(waited, "the turn waited for the hand-over");
     assert_eq!((r.status, &r.body["auto_assign"]), (200, &json!(true)), "{:?}", r.body);
     let shown = app.call("GET", &format!("/api/conversations/{late}"), Some(&admin), None).await;
     assert_eq!(shown.body["team_id"].as_str(), Some(team.as_str()), "{:?}", shown.body);
