@@ -143,12 +143,13 @@ fn view(tc: &mut TenantConn<'_>, row: Row) -> AppResult<TeamView> {
 
 /// Team `id`, locked until the transaction ends so that changes of it take
 /// turns: `FOR NO KEY UPDATE`, which lets a conversation written meanwhile
-/// name the team (its foreign key's check, `FOR KEY SHARE`). Taken so, `FOR
-/// UPDATE`, before the team's conversations, a webhook batch holding its
-/// conversations waited at that check for a change of the team
-/// (`auto_assign` turned on or off) that waited for the same conversations
-/// to hand them out or settle them, and PostgreSQL ended one of the two; a
-/// change of `auto_assign` now takes the conversations first
+/// name the team (its foreign key's check, `FOR KEY SHARE`). Taken `FOR
+/// UPDATE` before the team's conversations, as it once was, it made a
+/// webhook batch holding its conversations wait at that check for a
+/// change of the team (`auto_assign` turned on or off) that waited for the
+/// same conversations to hand them out or settle them, and PostgreSQL
+/// ended one of the two. A change of `auto_assign` now takes the
+/// conversations first, then the team `FOR UPDATE`
 /// ([`take_with_conversations`]).
 fn row(tc: &mut TenantConn<'_>, id: TeamId) -> AppResult<Row> {
     t::table.find(id.0).select(Row::as_select()).for_no_key_update().first(tc.pg()).optional()?.ok_or_else(not_found)
