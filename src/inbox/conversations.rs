@@ -299,7 +299,32 @@ pub fn list(
     let values = attribute_values(tc, f)?;
     let listing = Listing { user, role, filter: f, after, attribute_values: &values };
     let search_text = f.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    let rows = match search_text {
+    // Read again when a contact listed was erased before its name was read
+    // (the two are two statements): a page left one short would read as
+    // the list's last.
+    for _ in 1..LIST_ATTEMPTS {
+        let rows = listed_rows(tc, listing, search_text, limit)?;
+        if let Some(views) = Names::default().listed(tc, &rows)? {
+            return Ok(views);
+        }
+    }
+    let rows = listed_rows(tc, listing, search_text, limit)?;
+    Names::default().conversations(tc, &rows)
+}
+
+/// Times [`list`] reads a page before it lets a contact erased meanwhile
+/// fail it (404), as a view of that one conversation would.
+const LIST_ATTEMPTS: usize = 3;
+
+/// The rows of a page of [`list`].
+fn listed_rows(
+    tc: &mut TenantConn<'_>,
+    listing: Listing<'_>,
+    search_text: Option<&str>,
+    limit: i64,
+) -> AppResult<Vec<ConversationRow>> {
+    let f = listing.filter;
+    Ok(match search_text {
         Some(text) => planned_for_the_pattern(tc, |pg| search(pg, listing, text, limit))?,
         None if f.order == Order::Waiting => {
             filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing)
@@ -320,8 +345,7 @@ pub fn list(
         None => newest_first(filtered(c::table.select(ConversationRow::as_select()).into_boxed(), listing))
             .limit(limit)
             .load(tc.pg())?,
-    };
-    Names::default().conversations(tc, &rows)
+    })
 }
 
 /// The most conversations [`counts`] counts of each kind: a count of this

@@ -19,6 +19,10 @@ use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
 
+/// Times a message's contact is made anew when each one made is found
+/// erased before its conversation is (`Ingest::contact_and_conversation`).
+const GONE_ATTEMPTS: usize = 3;
+
 /// When a number changed hands, and the number its contact has now.
 type NumberChange = (DateTime<Utc>, String);
 
@@ -267,22 +271,31 @@ impl<'l> Ingest<'l> {
             }
         }
         if !need.is_empty() {
-            let values: Vec<_> = need
-                .iter()
-                .map(|(ch, c)| (conversations::channel_id.eq(*ch), conversations::contact_id.eq(*c)))
-                .collect();
-            let inserted: Vec<ConversationRow> = diesel::insert_into(conversations::table)
-                .values(&values)
-                .on_conflict((conversations::channel_id, conversations::contact_id))
-                .do_nothing()
-                .returning(ConversationRow::as_returning())
-                .get_results(tc.pg())?;
+            use diesel::sql_types::{Array, BigInt};
+            let (channels, ids): (Vec<i64>, Vec<i64>) = need.into_iter().unzip();
+            // Each contact's key taken by the insert itself (`FOR KEY SHARE`,
+            // as the foreign key's check would): one erased since it was read
+            // is left out rather than failing the batch (`conversation_of_contact`).
+            let inserted: Vec<ConversationRow> = crate::db::prepared(
+                "INSERT INTO conversations (channel_id, contact_id) \
+                 SELECT v.ch, k.id FROM unnest($1::bigint[], $2::bigint[]) AS v(ch, contact) \
+                   JOIN contacts k ON k.id = v.contact ORDER BY k.id FOR KEY SHARE OF k \
+                 ON CONFLICT (channel_id, contact_id) DO NOTHING \
+                 RETURNING id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, \
+                           last_message_id, last_activity_at, last_inbound_at, last_inbound_external_id, created_at, \
+                           updated_at, labels, priority, waiting_since, reply_due_at, thread_control, team_id, \
+                           queued_at, next_scheduled_at",
+            )
+            .bind::<Array<BigInt>, _>(channels)
+            .bind::<Array<BigInt>, _>(ids)
+            .load(tc.pg())?;
             for c in inserted {
                 self.created.insert(c.id);
                 self.conversations.insert(c.contact_id, c);
             }
         }
-        // Whatever a concurrent transaction made first is found one by one below.
+        // Whatever a concurrent transaction made first, or erased, is seen
+        // to one by one below.
         Ok(())
     }
 
@@ -308,8 +321,8 @@ impl<'l> Ingest<'l> {
             else {
                 continue;
             };
-            let c = self.contact(tc, *channel, contact, *timestamp, contact_name.as_deref())?;
-            let (conv, created) = self.conversation(tc, *channel, c.id)?;
+            let (_, conv, created) =
+                self.contact_and_conversation(tc, *channel, contact, *timestamp, contact_name.as_deref())?;
             if created {
                 self.created.insert(conv.id);
             }
@@ -529,18 +542,36 @@ impl<'l> Ingest<'l> {
         Ok(c)
     }
 
-    fn conversation(
+    /// The contact of `external` (as [`Ingest::contact`]) and their
+    /// conversation, made when missing (and whether it was). A contact
+    /// erased since it was read (the erasure committed as the batch waited
+    /// for it) is made anew, as it would be a moment later: what the
+    /// customer sends is never lost to the race.
+    fn contact_and_conversation(
         &mut self,
         tc: &mut TenantConn<'_>,
         channel_id: i64,
-        contact_id: i64,
-    ) -> AppResult<(ConversationRow, bool)> {
-        if let Some(c) = self.conversations.get(&contact_id) {
-            return Ok((c.clone(), false));
+        external: &str,
+        at: DateTime<Utc>,
+        name: Option<&str>,
+    ) -> AppResult<(ContactRow, ConversationRow, bool)> {
+        for _ in 0..GONE_ATTEMPTS {
+            let c = self.contact(tc, channel_id, external, at, name)?;
+            if let Some(conv) = self.conversations.get(&c.id) {
+                return Ok((c, conv.clone(), false));
+            }
+            match conversation_of_contact(tc, channel_id, c.id)? {
+                Some((conv, created)) => {
+                    self.conversations.insert(c.id, conv.clone());
+                    return Ok((c, conv, created));
+                }
+                None => {
+                    self.contacts.remove(&self.key(channel_id, external, at));
+                }
+            }
         }
-        let (c, created) = conversation_for(tc, channel_id, contact_id)?;
-        self.conversations.insert(contact_id, c.clone());
-        Ok((c, created))
+        // Erased again each time it was made: no one erases that fast.
+        Err(AppError::concurrent_update())
     }
 }
 
@@ -925,7 +956,8 @@ impl Ingest<'_> {
     }
 
     fn incoming(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Incoming<'_>) -> AppResult<()> {
-        let contact = self.contact(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
+        let (contact, conv, mut created) =
+            self.contact_and_conversation(tc, channel.id, msg.contact, msg.timestamp, msg.contact_name)?;
         let mut blocked = contact.blocked_at.is_some();
         if !blocked
             && super::contacts::profile_due(contact.profile_checked_at, Utc::now())
@@ -934,7 +966,6 @@ impl Ingest<'_> {
         {
             self.followups.profile_lookups.push(super::contacts::ProfileLookup::new(tc.tenant(), &contact, channel));
         }
-        let (conv, mut created) = self.conversation(tc, channel.id, contact.id)?;
         let key = (channel.id, msg.mid.to_string());
         created = created || self.created.remove(&conv.id);
         let inserted = self.stored.remove(&key);
@@ -1288,8 +1319,7 @@ impl Ingest<'_> {
     fn store_elsewhere(&mut self, tc: &mut TenantConn<'_>, channel: &ChannelRow, msg: Elsewhere<'_>) -> AppResult<()> {
         let Elsewhere { contact, mid, inbound, status, text, attachments, timestamp, history } = msg;
         self.flush(tc)?;
-        let c = self.contact(tc, channel.id, contact, timestamp, None)?;
-        let (conv, created) = self.conversation(tc, channel.id, c.id)?;
+        let (c, conv, created) = self.contact_and_conversation(tc, channel.id, contact, timestamp, None)?;
         let inserted: Option<MessageRow> = diesel::insert_into(m::table)
             .values((
                 m::conversation_id.eq(conv.id),

@@ -446,8 +446,12 @@ fn apply_tenant(
         // server's assignments are not mailed (`notice_mail`).
         let notices = log.member_notices();
         super::notifications::keep(tc, &mut log, &notices)?;
-        let written = log.write(tc)?;
+        // Marked before the log is written: an erasure scrubbing one of
+        // these bodies (`scrub`, which may lock it between our claim and
+        // here) writes its own events after it; taking the log's counter
+        // first, then waiting for that body, the two would deadlock.
         mark_done(tc.pg(), own)?;
+        let written = log.write(tc)?;
         Ok(Applied { written, followups, marked: own.to_vec(), indexed_text })
     })
 }

@@ -15,10 +15,14 @@
 //!   body left with nothing is deleted; the rest keep their other
 //!   customers' events, stored again without the erased ones (the
 //!   signature was checked when it came; replay does not check it again).
-//! - Rows the processor holds at that moment are passed over (`SKIP
-//!   LOCKED`: an erasure never waits on, or deadlocks with, a batch), as
+//! - Rows the processor holds at that moment (marking them done) are
+//!   passed over (`SKIP LOCKED`: an erasure never waits on a batch), as
 //!   is what it already read: a message being processed as the contact is
-//!   erased makes them again, as one that comes after would. A body that
+//!   erased makes them again, as one that comes after would. A body only
+//!   claimed (a lease, not a lock) is scrubbed; the batch on it then waits
+//!   for the erasure to mark it done. Both take the bodies before the live
+//!   log's counter (a batch marks them before it writes its events), so
+//!   that wait never closes a cycle. A body that
 //!   is not JSON and holds one of their ids is deleted whole: it can never
 //!   be processed (it dead-letters at once), and nothing in it can be told
 //!   apart from the rest.

@@ -340,6 +340,29 @@ impl Names {
         tc: &mut TenantConn<'_>,
         rows: &[ConversationRow],
     ) -> AppResult<Vec<ConversationView>> {
+        let last = self.read_for(tc, rows)?;
+        rows.iter().map(|r| self.conversation_with(tc, r, r.last_message_id.and_then(|id| last.get(&id)))).collect()
+    }
+
+    /// Like [`Names::conversations`], for rows read without a lock (a
+    /// list); `None` when a contact of theirs was erased by the time the
+    /// names are read (the erasure committed between the two statements),
+    /// for the caller to read its rows again.
+    pub fn listed(
+        &mut self,
+        tc: &mut TenantConn<'_>,
+        rows: &[ConversationRow],
+    ) -> AppResult<Option<Vec<ConversationView>>> {
+        let last = self.read_for(tc, rows)?;
+        if rows.iter().any(|r| !self.contacts.contains_key(&r.contact_id)) {
+            return Ok(None);
+        }
+        let views = rows.iter().map(|r| self.conversation_with(tc, r, r.last_message_id.and_then(|id| last.get(&id))));
+        views.collect::<AppResult<_>>().map(Some)
+    }
+
+    /// Reads the contacts of `rows` not known yet, and their last messages.
+    fn read_for(&mut self, tc: &mut TenantConn<'_>, rows: &[ConversationRow]) -> AppResult<HashMap<i64, MessageRow>> {
         let unknown: Vec<i64> =
             rows.iter().map(|r| r.contact_id).filter(|id| !self.contacts.contains_key(id)).collect();
         if !unknown.is_empty() {
@@ -350,7 +373,7 @@ impl Names {
             }
         }
         let last_ids: Vec<i64> = rows.iter().filter_map(|r| r.last_message_id).collect();
-        let last: HashMap<i64, MessageRow> = if last_ids.is_empty() {
+        Ok(if last_ids.is_empty() {
             HashMap::new()
         } else {
             messages::table
@@ -360,8 +383,7 @@ impl Names {
                 .into_iter()
                 .map(|m| (m.id, m))
                 .collect()
-        };
-        rows.iter().map(|r| self.conversation_with(tc, r, r.last_message_id.and_then(|id| last.get(&id)))).collect()
+        })
     }
 
     /// Like [`Names::conversation`], with the last message already at hand.
