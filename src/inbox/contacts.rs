@@ -835,8 +835,16 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         Ok(if late.is_some() { Taken::Late } else { Taken::All((held, contact)) })
     })?;
     let (conversation_ids, contact) = taken.ok_or_else(AppError::concurrent_update)?;
-    let message_count: i64 =
-        messages::table.filter(messages::conversation_id.eq_any(&conversation_ids)).count().get_result(tc.pg())?;
+    // Their messages taken in id order before the cascade deletes them (in
+    // its index's order): a webhook batch takes those it names in id order
+    // too (`ingest`), so neither holds one the other waits behind.
+    let message_ids: Vec<i64> = messages::table
+        .filter(messages::conversation_id.eq_any(&conversation_ids))
+        .order(messages::id)
+        .select(messages::id)
+        .for_update()
+        .load(tc.pg())?;
+    let message_count = message_ids.len() as i64;
     // Their numbers before a change too (`contact_former_numbers`, gone
     // with them), for the webhook inbox below.
     let mut known_as: Vec<String> = crate::db::tenant_schema::contact_former_numbers::table

@@ -184,7 +184,8 @@ impl<'l> Ingest<'l> {
         if !externals.is_empty() {
             self.load_known(tc, channel_ids, externals)?;
         }
-        self.insert_messages(tc, items)
+        self.insert_messages(tc, items)?;
+        lock_named(tc, items)
     }
 
     fn load_known(&mut self, tc: &mut TenantConn<'_>, channel_ids: Vec<i64>, externals: Vec<String>) -> AppResult<()> {
@@ -718,6 +719,49 @@ pub fn conversation_of_contact(
         .first(tc.pg())
         .optional()?;
     Ok(c.map(|c| (c, false)))
+}
+
+/// Locks the stored messages a batch's items name (receipts, statuses,
+/// reactions, edits, unsends, echoes, history), all at once and in id
+/// order, after the batch's conversations: taken one by one as the items
+/// were applied, in the order Meta sent them, a batch holding a newer
+/// message waited for an older one that an erasure's cascade held (the
+/// erasure takes its messages in id order too) while the erasure waited
+/// for the newer, and PostgreSQL ended one of the two.
+fn lock_named(tc: &mut TenantConn<'_>, items: &[(i64, &Item)]) -> AppResult<()> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    let (mut channels, mut mids): (Vec<i64>, Vec<&str>) = (Vec::new(), Vec::new());
+    for (channel, item) in items {
+        let one = match item {
+            Item::Echo { mid, .. }
+            | Item::History { mid, .. }
+            | Item::Edit { mid, .. }
+            | Item::Delete { mid, .. }
+            | Item::Reaction { mid, .. }
+            | Item::Read { mid: Some(mid), .. }
+            | Item::Status { wamid: mid, .. } => Some(mid),
+            _ => None,
+        };
+        let more: &[String] = match item {
+            Item::Delivery { mids, .. } => mids,
+            _ => &[],
+        };
+        for mid in one.into_iter().chain(more) {
+            channels.push(*channel);
+            mids.push(mid.as_str());
+        }
+    }
+    if mids.is_empty() {
+        return Ok(());
+    }
+    crate::db::prepared(
+        "SELECT id FROM messages WHERE (channel_id, external_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) \
+          ORDER BY id FOR UPDATE",
+    )
+    .bind::<Array<BigInt>, _>(channels)
+    .bind::<Array<Text>, _>(mids)
+    .execute(tc.pg())?;
+    Ok(())
 }
 
 fn find_by_external(tc: &mut TenantConn<'_>, channel_id: i64, external_id: &str) -> AppResult<Option<MessageRow>> {

@@ -919,6 +919,53 @@ async fn a_batch_marking_a_body_an_erasure_holds_waits_for_it_without_a_deadlock
     assert_eq!(stored, 1);
 }
 
+/// A batch whose reactions name a customer's newer message, then an older
+/// one, as their erasure takes those messages (in id order): the batch
+/// takes the messages it names at once, in id order too, so it waits for
+/// the erasure holding none of them, and the erasure is not ended as a
+/// deadlock.
+#[actix_web::test]
+async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadlock() {
+    use crate::common::{a_wait_on, holding};
+    let app = spawn_app_without_workers().await;
+    let _ctx = acme(&app).await;
+    for mid in ["m_older", "m_newer"] {
+        assert_eq!(app.webhook(&messenger_text(PSID, mid, "Olá")).await, 200);
+    }
+    process_now(&app);
+    let ms = chrono::Utc::now().timestamp_millis();
+    let react = |mid: &str, emoji: &str| {
+        json!({"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": ms,
+            "reaction": {"mid": mid, "action": "react", "reaction": "other", "emoji": emoji}})
+    };
+    let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": ms,
+        "messaging": [react("m_newer", "👍"), react("m_older", "❤️")]}]});
+    assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
+    let connect = || PgConnection::establish(&app.db.url).expect("connect");
+    let (mut erasure, mut watcher) = (connect(), connect());
+    // The erasure has taken the conversation and the older message.
+    let taken = "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS c, \
+                 (SELECT id FROM tenant_acme.messages WHERE external_id = 'm_older' FOR UPDATE) AS m";
+    let erasing = holding(&mut erasure, taken).expect("taken");
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| {
+            switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
+        });
+        assert!(a_wait_on(&mut watcher, erasing, std::time::Duration::from_secs(5)), "the batch waits");
+        // Past the batch's own deadlock check (1 s), so that a cycle, if
+        // there is one, is found by the erasure's next statement.
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        let deleted = diesel::sql_query(format!("DELETE FROM tenant_acme.contacts WHERE external_id = '{PSID}'"))
+            .execute(&mut erasure)
+            .map_err(|e| e.to_string());
+        diesel::sql_query(if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut erasure).expect("end");
+        assert_eq!(deleted, Ok(1), "erased");
+        let report = batch.join().expect("the batch's thread").expect("batch");
+        assert_eq!((report.done, report.retried, report.dead), (1, 0, 0), "{report:?}");
+    });
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0, "nothing of them is left");
+}
+
 /// A list whose rows were read before a contact of theirs was erased and
 /// whose names are read after (two statements) is told to read its rows
 /// again (`Names::listed`), rather than failing (404) or answering a page
