@@ -811,20 +811,11 @@ async fn a_contact_erased_as_a_conversation_is_started_with_them_leaves_none_of_
 /// that names a phone number (seen in a chaos run).
 #[actix_web::test]
 async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
-    use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let phone = channel_id(&app, &ctx.admin, PHONE).await;
     let number = "351913000333";
-    let erased = app.count(&format!(
-        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({phone}, '{number}', 'Iolanda Órfã') \
-         RETURNING id AS n"
-    ));
-
-    // The erasure under way: the contact deleted, not yet committed.
-    let erasure = format!("BEGIN; DELETE FROM tenant_acme.contacts WHERE id = {erased}");
-    let (begun, erasing) = transaction_held_until_waited(&app.db.url, erasure, None);
-    begun.recv().expect("begun");
+    let (erased, erasing) = a_contact_being_erased(&app, &phone, number, "Iolanda Órfã");
     let start = json!({"channel_id": phone, "phone_number": "+351 913 000 333",
         "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-erased-1"});
     let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
@@ -841,27 +832,37 @@ async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
     assert_eq!(r.body["conversation"]["contact"]["name"], Value::Null, "nothing of the erased one: {:?}", r.body);
 }
 
+/// A contact of `channel` known with no conversation yet (an import, a
+/// marketing choice) and its erasure under way: deleted, not committed
+/// until some other transaction waits for it (`transaction_held_until_waited`).
+fn a_contact_being_erased(
+    app: &TestApp,
+    channel: &str,
+    external: &str,
+    name: &str,
+) -> (i64, crate::common::HeldOutcome) {
+    let erased = app.count(&format!(
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({channel}, '{external}', '{name}') \
+         RETURNING id AS n"
+    ));
+    let erasure = format!("BEGIN; DELETE FROM tenant_acme.contacts WHERE id = {erased}");
+    let (begun, erasing) = crate::common::transaction_held_until_waited(&app.db.url, erasure, None);
+    begun.recv().expect("begun");
+    (erased, erasing)
+}
+
 /// A customer erased as the processor stores their message: the batch
 /// read the contact, then waited for the erasure to make their
 /// conversation. The message is stored, under a new contact, in that
 /// batch, not failed and tried again.
 #[actix_web::test]
 async fn a_message_whose_contact_is_erased_as_its_batch_stores_it_comes_under_a_new_contact() {
-    use crate::common::transaction_held_until_waited;
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
     let page = channel_id(&app, &ctx.admin, PAGE_A).await;
     let psid = "7392015648120777";
-    // Known (an import, a marketing choice) with no conversation yet.
-    let erased = app.count(&format!(
-        "INSERT INTO tenant_acme.contacts (channel_id, external_id, name) VALUES ({page}, '{psid}', 'Zé Apagado') \
-         RETURNING id AS n"
-    ));
     assert_eq!(app.webhook(&messenger_text(psid, "m_erased_meanwhile", "Ainda aqui? 👋")).await, 200);
-
-    let erasure = format!("BEGIN; DELETE FROM tenant_acme.contacts WHERE id = {erased}");
-    let (begun, erasing) = transaction_held_until_waited(&app.db.url, erasure, None);
-    begun.recv().expect("begun");
+    let (erased, erasing) = a_contact_being_erased(&app, &page, psid, "Zé Apagado");
     let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
         .expect("batch");
     let (waited, went) = erasing.join().expect("the erasure's thread");
