@@ -19,6 +19,18 @@ use crate::db::TenantConn;
 use crate::error::{AppError, AppResult};
 use crate::meta::webhook::{Attachment, DeliveryStatus, Item};
 
+/// A conversation's columns, as [`ConversationRow`] reads them, for the
+/// batch's statements written out (kept prepared): named, not `*`, which
+/// changes shape when a migration adds one (and would differ between
+/// tenants while `migrate` runs).
+macro_rules! conversation_columns {
+    () => {
+        "id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
+         last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, priority, \
+         waiting_since, reply_due_at, thread_control, team_id, queued_at, next_scheduled_at"
+    };
+}
+
 /// Times a message's contact is made anew when each one made is found
 /// erased before its conversation is (`Ingest::contact_and_conversation`).
 const GONE_ATTEMPTS: usize = 3;
@@ -210,17 +222,13 @@ impl<'l> Ingest<'l> {
         // Locked for the transaction (in id order, so two workers never
         // deadlock here): their changes are then computed in memory and
         // written once per batch.
-        // Columns named: a `*` changes shape when a migration adds one, and
-        // a statement kept prepared must not (nor differ between tenants
-        // while `migrate` runs).
-        let convs: Vec<ConversationRow> = crate::db::prepared(
-            "SELECT id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, last_message_id, \
-                    last_activity_at, last_inbound_at, last_inbound_external_id, created_at, updated_at, labels, \
-                    priority, waiting_since, reply_due_at, thread_control, team_id, queued_at, next_scheduled_at \
-               FROM conversations \
+        let convs: Vec<ConversationRow> = crate::db::prepared(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversations \
               WHERE (channel_id, contact_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
               ORDER BY id FOR NO KEY UPDATE",
-        )
+        ))
         .bind::<Array<BigInt>, _>(channels)
         .bind::<Array<BigInt>, _>(ids)
         .load(tc.pg())?;
@@ -277,16 +285,13 @@ impl<'l> Ingest<'l> {
             // Each contact's key taken by the insert itself (`FOR KEY SHARE`,
             // as the foreign key's check would): one erased since it was read
             // is left out rather than failing the batch (`conversation_of_contact`).
-            let inserted: Vec<ConversationRow> = crate::db::prepared(
+            let inserted: Vec<ConversationRow> = crate::db::prepared(concat!(
                 "INSERT INTO conversations (channel_id, contact_id) \
                  SELECT v.ch, k.id FROM unnest($1::bigint[], $2::bigint[]) AS v(ch, contact) \
                    JOIN contacts k ON k.id = v.contact ORDER BY k.id FOR KEY SHARE OF k \
-                 ON CONFLICT (channel_id, contact_id) DO NOTHING \
-                 RETURNING id, channel_id, contact_id, status, assignee_id, snoozed_until, unread_count, \
-                           last_message_id, last_activity_at, last_inbound_at, last_inbound_external_id, created_at, \
-                           updated_at, labels, priority, waiting_since, reply_due_at, thread_control, team_id, \
-                           queued_at, next_scheduled_at",
-            )
+                 ON CONFLICT (channel_id, contact_id) DO NOTHING RETURNING ",
+                conversation_columns!(),
+            ))
             .bind::<Array<BigInt>, _>(channels)
             .bind::<Array<BigInt>, _>(ids)
             .load(tc.pg())?;
