@@ -863,8 +863,7 @@ async fn a_message_whose_contact_is_erased_as_its_batch_stores_it_comes_under_a_
     let psid = "7392015648120777";
     assert_eq!(app.webhook(&messenger_text(psid, "m_erased_meanwhile", "Ainda aqui? 👋")).await, 200);
     let (erased, erasing) = a_contact_being_erased(&app, &page, psid, "Zé Apagado");
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        .expect("batch");
+    let report = one_batch(&app).expect("batch");
     let (waited, went) = erasing.join().expect("the erasure's thread");
     assert_eq!(went, Ok(()), "erased");
     assert!(waited, "the batch waited for the erasure");
@@ -895,9 +894,7 @@ async fn a_batch_marking_a_body_an_erasure_holds_waits_for_it_without_a_deadlock
     let held = "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS x";
     let holder = holding(&mut conversation_holder, held).expect("conversation held");
     std::thread::scope(|scope| {
-        let batch = scope.spawn(|| {
-            switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        });
+        let batch = scope.spawn(|| one_batch(&app));
         assert!(a_wait_on(&mut watcher, holder, std::time::Duration::from_secs(5)), "the batch waits");
         // The erasure's scrub: the body, claimed and so still pending.
         let scrub = "SELECT count(*) AS n FROM (SELECT id FROM public.webhook_events \
@@ -949,9 +946,7 @@ async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadloc
                  (SELECT id FROM tenant_acme.messages WHERE external_id = 'm_older' FOR UPDATE) AS m";
     let erasing = holding(&mut erasure, taken).expect("taken");
     std::thread::scope(|scope| {
-        let batch = scope.spawn(|| {
-            switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        });
+        let batch = scope.spawn(|| one_batch(&app));
         assert!(a_wait_on(&mut watcher, erasing, std::time::Duration::from_secs(5)), "the batch waits");
         // Past the batch's own deadlock check (1 s), so that a cycle, if
         // there is one, is found by the erasure's next statement.
@@ -1002,9 +997,13 @@ async fn a_list_read_as_a_contact_is_erased_reads_again_without_them() {
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
 fn process_now(app: &TestApp) {
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        .expect("batch");
+    let report = one_batch(app).expect("batch");
     assert_eq!(report.dead, 0);
+}
+
+/// One batch of the webhook processor, its report (or why it failed).
+fn one_batch(app: &TestApp) -> switchboard::AppResult<switchboard::inbox::processor::BatchReport> {
+    switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
 }
 
 /// A reply's delivery, naming its id, comes before the echo that tells us
@@ -1071,9 +1070,7 @@ async fn a_receipt_and_a_message_in_one_batch_take_their_conversations_in_order(
         let (begun, held) =
             transaction_held_until_waited(&app.db.url, format!("BEGIN; {}", lock(older)), Some(lock(newer)));
         begun.recv().expect("begun");
-        let report =
-            switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-                .expect("batch");
+        let report = one_batch(&app).expect("batch");
         let (waited, went) = held.join().expect("the change's thread");
         assert_eq!(went, Ok(()), "the change went through");
         assert!(waited, "the batch waited for the change");
@@ -1344,23 +1341,20 @@ async fn a_crash_between_store_and_processing_loses_nothing() {
         .expect("simulate a dead worker's expired lease");
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0);
     // The next start processes everything.
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        .expect("batch");
+    let report = one_batch(&app).expect("batch");
     assert_eq!((report.claimed, report.done), (2, 2));
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 2);
     // A suspended tenant's webhooks wait, then land after it resumes.
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Suspended)
         .expect("suspend");
     assert_eq!(app.webhook(&fixture("messenger_postback.json")).await, 200);
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        .expect("batch");
+    let report = one_batch(&app).expect("batch");
     assert_eq!((report.claimed, report.done, report.dead), (1, 0, 0));
     switchboard::tenancy::set_status(&mut conn, "acme", switchboard::tenancy::TenantStatus::Active).expect("resume");
     diesel::sql_query("UPDATE public.webhook_events SET next_attempt_at = now() WHERE status = 'pending'")
         .execute(&mut conn)
         .expect("due now");
-    let report = switchboard::inbox::processor::process_batch(&app.pool, "1234567890123456", &app.state.online, 100)
-        .expect("batch");
+    let report = one_batch(&app).expect("batch");
     assert_eq!(report.done, 1);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 3);
 }
@@ -1372,7 +1366,7 @@ async fn a_crash_between_store_and_processing_loses_nothing() {
 /// its connection, and the processor carries on with a fresh one.
 #[actix_web::test]
 async fn a_webhook_that_never_finishes_is_dead_lettered_and_a_panic_is_contained() {
-    use switchboard::inbox::processor::{guarded, process_batch, MAX_ATTEMPTS};
+    use switchboard::inbox::processor::{guarded, MAX_ATTEMPTS};
     let app = spawn_app_without_workers().await;
     acme(&app).await;
     assert_eq!(app.webhook(&fixture("messenger_text.json")).await, 200);
@@ -1384,7 +1378,7 @@ async fn a_webhook_that_never_finishes_is_dead_lettered_and_a_panic_is_contained
     ))
     .execute(&mut conn)
     .expect("every attempt of the first one died with its worker");
-    let report = process_batch(&app.pool, "1234567890123456", &app.state.online, 100).expect("batch");
+    let report = one_batch(&app).expect("batch");
     assert_eq!((report.claimed, report.done, report.dead), (2, 1, 1));
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 1);
     assert_eq!(
