@@ -388,6 +388,11 @@ fn visible_message_for_update(
 /// (else 404, as for another tenant's), and it is a note (messages sent to
 /// the customer stay as they were sent: 403 `not_a_note`).
 fn changeable_note(tc: &mut TenantConn<'_>, user: UserId, role: Role, id: super::MessageId) -> AppResult<MessageRow> {
+    // Its conversation first, as a retry and the sender take a reply's: a
+    // rewrite writes rows naming it (mentions, notifications), and taking
+    // the note first it held what an erasure (the conversation, then its
+    // messages) wanted while waiting for the conversation.
+    lock_conversation_of(tc, id.0)?;
     let row = visible_message_for_update(tc, user, role, id)?;
     if !row.private {
         return Err(AppError::forbidden(

@@ -962,6 +962,48 @@ async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadloc
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0, "nothing of them is left");
 }
 
+/// A note's author names a colleague anew as the note's customer is
+/// erased. The rewrite takes the note's conversation before the note (as
+/// a retry and the sender take a reply's), so it waits for the erasure,
+/// which holds the conversation and takes its messages next. Taking the
+/// note first, it held what the erasure wanted while it waited for the
+/// conversation (the new mention names it), and one of the two was ended
+/// as a deadlock.
+#[actix_web::test]
+async fn a_note_rewritten_as_its_customer_is_erased_waits_for_the_erasure() {
+    use crate::common::transaction_held_until_waited;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, _al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let listed = json!({"user_ids": [al_id]});
+    assert_eq!(
+        app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await.status,
+        200
+    );
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Onde está o reembolso?"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let note = json!({"text": "Vou ver", "private": true, "client_id": "n-erased"});
+    let made = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(note)).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let note = made.body["id"].as_str().expect("id").to_string();
+    let (begun, held) = transaction_held_until_waited(
+        &app.db.url,
+        format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {conv} FOR UPDATE"),
+        Some(format!("SELECT id FROM tenant_acme.messages WHERE id = {note} FOR UPDATE")),
+    );
+    begun.recv().expect("begun");
+    let rewrite = json!({"text": "@Al podes ver o reembolso?", "mentions": [al_id]});
+    let r = app.call("PATCH", &format!("/api/messages/{note}"), Some(&ctx.admin), Some(rewrite)).await;
+    let (waited, went) = held.join().expect("the erasure's thread");
+    assert_eq!(went, Ok(()), "the erasure took the note");
+    assert!(waited, "the rewrite waited for the erasure");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["text"], "@Al podes ver o reembolso?");
+}
+
 /// A list whose rows were read before a contact of theirs was erased and
 /// whose names are read after (two statements) is told to read its rows
 /// again (`Names::listed`), rather than failing (404) or answering a page
@@ -996,7 +1038,7 @@ async fn a_list_read_as_a_contact_is_erased_reads_again_without_them() {
 
 /// Runs the webhook processor once, as a worker would (for an app without
 /// workers, whose order of processing the test chooses).
-fn process_now(app: &TestApp) {
+pub(crate) fn process_now(app: &TestApp) {
     let report = one_batch(app).expect("batch");
     assert_eq!(report.dead, 0);
 }
