@@ -1023,7 +1023,11 @@ pub fn purge(tc: &mut TenantConn<'_>, actor: Option<UserId>, id: ChannelId) -> A
     // started between the two (by an agent, a broadcast) would be taken
     // last by the cascade, out of order, while a change holding it waited
     // for the channel (writing a message); so then all are let go and
-    // taken again, that one in its turn (`db::locks::in_turn`).
+    // taken again, that one in its turn (`db::locks::in_turn`). The
+    // settings' lock also waits for every webhook batch acting on the
+    // channel (`read_settings`), and later ones wait for the purge: the
+    // cascade deletes messages in its own order, and none of them is held
+    // by a batch (which takes them in id order, `ingest::lock_named`).
     change_settings(tc, id)?;
     hold_members_list(tc, id)?;
     let taken = crate::db::locks::in_turn(tc.pg(), PURGE_ATTEMPTS, |conn| -> AppResult<Taken<()>> {

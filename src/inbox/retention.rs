@@ -19,10 +19,12 @@
 //!   answer with), so a customer who writes again opens a new
 //!   conversation. The audit log keeps who did what, and records each
 //!   sweep of a channel once (`conversations.expired`, no actor, with the
-//!   counts). Reports over the deleted days lose what they read from
-//!   conversations and messages (opened, messages, replies, first
-//!   responses, surveys); what they read from the audit log stays
-//!   (resolutions, conversations started, the queue).
+//!   counts). Its messages are taken in id order before the cascade, as
+//!   a webhook batch takes those it names (`ingest::lock_named`). Reports
+//!   over the deleted days lose what they read from conversations and
+//!   messages (opened, messages, replies, first responses, surveys); what
+//!   they read from the audit log stays (resolutions, conversations
+//!   started, the queue).
 //! - Meta's webhook bodies are kept `SWITCHBOARD_WEBHOOK_RETENTION_HOURS`
 //!   (24 by default), so with that default they hold no copy of what a
 //!   retention of a day or more deletes.
@@ -106,7 +108,17 @@ fn expire_in(
     if due.is_empty() {
         return Ok(0);
     }
-    let messages: i64 = m::table.filter(m::conversation_id.eq_any(&due)).count().get_result(tc.pg())?;
+    // Their messages taken in id order before the cascade deletes them (in
+    // its index's order, by time): a webhook batch takes the messages its
+    // receipts and reactions name in id order too (`ingest`), so one
+    // holding a late receipt's message is waited for, not deadlocked with.
+    let messages = m::table
+        .filter(m::conversation_id.eq_any(&due))
+        .order(m::id)
+        .select(m::id)
+        .for_update()
+        .load::<i64>(tc.pg())?
+        .len();
     // Locked above: nothing changed them since they were found quiet.
     diesel::delete(c::table.filter(c::id.eq_any(&due))).execute(tc.pg())?;
     super::events::redact_conversations(tc, &due)?;

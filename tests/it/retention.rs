@@ -123,3 +123,52 @@ async fn resolved_conversations_go_once_kept_long_enough() {
     drop(conn);
     assert_eq!(tick(&app), 0, "kept once retention is off");
 }
+
+/// Retention takes the messages of what it deletes in id order before the
+/// cascade deletes them in its index's order (by time): a webhook batch
+/// takes the messages its receipts and reactions name in id order too
+/// (`ingest`). Here the customer's first message by time was stored last
+/// (Meta delivered it late), and a batch holds the other, about to take
+/// it: the deletion waits for the batch instead of holding the one it
+/// wants, and neither is ended as a deadlock.
+#[actix_web::test]
+async fn retention_takes_the_messages_it_deletes_in_the_order_a_webhook_batch_takes_them() {
+    use crate::common::{a_wait_on, bigint, holding, messenger_text, spawn_app_without_workers};
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
+    let keep = json!({"settings": {"retention": {"after_days": 1}}});
+    assert_eq!(app.call("PATCH", &format!("/api/channels/{page}"), Some(&ctx.admin), Some(keep)).await.status, 200);
+    for mid in ["m_stored_first", "m_sent_first"] {
+        assert_eq!(app.webhook(&messenger_text("7392015648180011", mid, "Olá 👋")).await, 200);
+        crate::inbox::process_now(&app);
+    }
+    app.exec(
+        "UPDATE tenant_acme.messages SET sort_at = sort_at + interval '1 hour' WHERE external_id = 'm_stored_first'",
+    );
+    app.exec(
+        "UPDATE tenant_acme.conversations SET status = 'resolved', last_activity_at = now() - interval '2 days', \
+                updated_at = now() - interval '2 days'",
+    );
+    let take = |mid: &str| {
+        format!(
+            "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.messages WHERE external_id = '{mid}' FOR UPDATE) m"
+        )
+    };
+    let connect = || PgConnection::establish(&app.db.url).expect("connect");
+    let (mut batch, mut watcher) = (connect(), connect());
+    let holder = holding(&mut batch, &take("m_stored_first")).expect("the batch holds the older by id");
+    std::thread::scope(|scope| {
+        let expiry = scope.spawn(|| tick(&app));
+        assert!(a_wait_on(&mut watcher, holder, std::time::Duration::from_secs(5)), "the deletion waits");
+        // Past the deletion's own deadlock check (1 s), so that a cycle, if
+        // there is one, is found by the batch's next statement.
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        let taken = bigint(&mut batch, &take("m_sent_first"));
+        diesel::sql_query(if taken.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut batch).expect("end");
+        assert_eq!(taken, Ok(1), "the batch takes the other");
+        assert_eq!(expiry.join().ok(), Some(1), "the deletion went after it");
+    });
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0);
+}
