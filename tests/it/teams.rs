@@ -1139,3 +1139,37 @@ async fn a_team_deleted_as_a_conversation_is_handed_to_it_takes_that_one_in_its_
         assert_eq!((shown.status, &shown.body["team_id"]), (200, &Value::Null), "{:?}", shown.body);
     }
 }
+
+/// `release` hands back what it can take now. A conversation of theirs
+/// that another transaction holds (one that became theirs after the
+/// caller took its locks in id order) is left to that transaction, which
+/// checks its assignee as it writes, rather than waited for out of order;
+/// the rest go back to the queue.
+#[actix_web::test]
+async fn a_release_leaves_a_conversation_another_transaction_holds_and_hands_back_the_rest() {
+    use crate::common::holding;
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app().await;
+    let (admin, al_id, _al, _page) = al_on_page_a(&app).await;
+    let [free, held] = write_to_page_a(&app, &admin, ["6630000000000001", "6630000000000002"], "¿Hola?").await;
+    for c in [&free, &held] {
+        assert_eq!(patch(&app, &admin, c, json!({"assignee_id": al_id})).await.status, 200);
+    }
+    let mut holder = diesel::PgConnection::establish(&app.db.url).expect("connect");
+    let hold = format!("SELECT id AS n FROM tenant_acme.conversations WHERE id = {held} FOR NO KEY UPDATE");
+    holding(&mut holder, &hold).expect("held");
+    let al = switchboard::ids::UserId(al_id.parse().expect("a numeric id"));
+    // Within the helper's lock timeout (3 s): a release that waited fails.
+    let released = crate::auto_resolve::in_acme(&app, |tc, log| {
+        use switchboard::inbox::conversations::{release, Released};
+        release(tc, log, None, al, Released::All, "member_removed", &[])
+    });
+    diesel::sql_query("COMMIT").execute(&mut holder).expect("let go");
+    assert_eq!(released, 1);
+    let assignee = |c: &str| {
+        let (app, admin, path) = (&app, admin.clone(), format!("/api/conversations/{c}"));
+        async move { app.call("GET", &path, Some(&admin), None).await.body["assignee_id"].clone() }
+    };
+    assert_eq!(assignee(&free).await, Value::Null, "the free one went back to the queue");
+    assert_eq!(assignee(&held).await, json!(al_id), "the held one was left to its holder");
+}
