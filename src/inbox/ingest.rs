@@ -64,13 +64,20 @@ fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
 
 /// The contact (and when) of a receipt that writes on its conversation: a
 /// Messenger or Instagram watermark (`early::keep_watermark`), a WhatsApp
-/// message failed (its wait for an answer, `waiting::recompute`).
+/// message failed (its wait for an answer, `waiting::recompute`); or on
+/// messages it does not name: an Instagram read of one message is a read
+/// of every reply before it. Those take the conversation first, as an
+/// erasure does before its messages: holding the named one, a read waited
+/// for an older reply the erasure held while the erasure waited for the
+/// named one (seen in the contacts chaos mix).
 fn receipt_writing_conversation(item: &Item) -> Option<(&str, DateTime<Utc>)> {
     match item {
         Item::Delivery { contact, watermark: Some(at), .. } | Item::Read { contact, watermark: Some(at), .. } => {
             Some((contact, *at))
         }
         Item::Status { contact, status: DeliveryStatus::Failed, timestamp, .. } => Some((contact, *timestamp)),
+        // No time of its own; only WhatsApp numbers are renamed by time.
+        Item::Read { contact, watermark: None, mid: Some(_) } => Some((contact, Utc::now())),
         _ => None,
     }
 }

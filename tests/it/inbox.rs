@@ -1004,6 +1004,58 @@ async fn a_note_rewritten_as_its_customer_is_erased_waits_for_the_erasure() {
     assert_eq!(r.body["text"], "@Al podes ver o reembolso?");
 }
 
+/// An Instagram read of the newest of two replies (a read of both) comes
+/// as their customer is erased: the batch takes the conversation before
+/// the reply it names, as the erasure takes the conversation before its
+/// messages, so it waits for the erasure holding none of them. Taking the
+/// named reply first, it then waited for the older one, which the erasure
+/// held as it waited for the named one, and one of the two was ended as a
+/// deadlock (seen in the contacts chaos mix).
+#[actix_web::test]
+async fn an_instagram_read_of_two_replies_as_their_customer_is_erased_waits_for_the_erasure() {
+    use crate::common::{a_wait_on, holding};
+    const IGSID: &str = "6841100000123457";
+    let app = spawn_app_without_workers().await;
+    let _ctx = acme(&app).await;
+    let ms = chrono::Utc::now().timestamp_millis();
+    let event = |from: &str, to: &str, at: i64, what: Value| {
+        let mut one = json!({"sender": {"id": from}, "recipient": {"id": to}, "timestamp": at});
+        one.as_object_mut().expect("object").extend(what.as_object().expect("object").clone());
+        serde_json::to_vec(&json!({"object": "instagram", "entry": [{"id": IG_A, "time": at, "messaging": [one]}]}))
+            .expect("body")
+    };
+    let asked = event(IGSID, IG_A, ms - 3_000, json!({"message": {"mid": "ig_asked", "text": "Há tamanho M?"}}));
+    assert_eq!(app.webhook(&asked).await, 200);
+    process_now(&app);
+    for (mid, at) in [("ig_reply_older", ms - 2_000), ("ig_reply_newer", ms - 1_000)] {
+        let echo = json!({"message": {"mid": mid, "text": "Há sim! 👕", "is_echo": true}});
+        assert_eq!(app.webhook(&event(IG_A, IGSID, at, echo)).await, 200);
+        process_now(&app);
+    }
+    assert_eq!(app.webhook(&event(IGSID, IG_A, ms, json!({"read": {"mid": "ig_reply_newer"}}))).await, 200);
+    let connect = || PgConnection::establish(&app.db.url).expect("connect");
+    let (mut erasure, mut watcher) = (connect(), connect());
+    // The erasure has taken the conversation and, in id order, the older reply.
+    let taken = "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS c, \
+                 (SELECT id FROM tenant_acme.messages WHERE external_id = 'ig_reply_older' FOR UPDATE) AS m";
+    let erasing = holding(&mut erasure, taken).expect("taken");
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| one_batch(&app));
+        assert!(a_wait_on(&mut watcher, erasing, std::time::Duration::from_secs(5)), "the batch waits");
+        // Past the batch's own deadlock check (1 s), so that a cycle, if
+        // there is one, is found by the erasure's next statement.
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        let deleted = diesel::sql_query(format!("DELETE FROM tenant_acme.contacts WHERE external_id = '{IGSID}'"))
+            .execute(&mut erasure)
+            .map_err(|e| e.to_string());
+        diesel::sql_query(if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut erasure).expect("end");
+        assert_eq!(deleted, Ok(1), "erased");
+        let report = batch.join().expect("the batch's thread").expect("batch");
+        assert_eq!((report.done, report.retried, report.dead), (1, 0, 0), "{report:?}");
+    });
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0, "nothing of them is left");
+}
+
 /// A list whose rows were read before a contact of theirs was erased and
 /// whose names are read after (two statements) is told to read its rows
 /// again (`Names::listed`), rather than failing (404) or answering a page
