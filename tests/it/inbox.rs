@@ -924,7 +924,6 @@ async fn a_batch_marking_a_body_an_erasure_holds_waits_for_it_without_a_deadlock
 /// deadlock.
 #[actix_web::test]
 async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadlock() {
-    use crate::common::{a_wait_on, holding};
     let app = spawn_app_without_workers().await;
     let _ctx = acme(&app).await;
     for mid in ["m_older", "m_newer"] {
@@ -939,27 +938,8 @@ async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadloc
     let body = json!({"object": "page", "entry": [{"id": PAGE_A, "time": ms,
         "messaging": [react("m_newer", "👍"), react("m_older", "❤️")]}]});
     assert_eq!(app.webhook(&serde_json::to_vec(&body).expect("body")).await, 200);
-    let connect = || PgConnection::establish(&app.db.url).expect("connect");
-    let (mut erasure, mut watcher) = (connect(), connect());
     // The erasure has taken the conversation and the older message.
-    let taken = "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS c, \
-                 (SELECT id FROM tenant_acme.messages WHERE external_id = 'm_older' FOR UPDATE) AS m";
-    let erasing = holding(&mut erasure, taken).expect("taken");
-    std::thread::scope(|scope| {
-        let batch = scope.spawn(|| one_batch(&app));
-        assert!(a_wait_on(&mut watcher, erasing, std::time::Duration::from_secs(5)), "the batch waits");
-        // Past the batch's own deadlock check (1 s), so that a cycle, if
-        // there is one, is found by the erasure's next statement.
-        std::thread::sleep(std::time::Duration::from_millis(1_500));
-        let deleted = diesel::sql_query(format!("DELETE FROM tenant_acme.contacts WHERE external_id = '{PSID}'"))
-            .execute(&mut erasure)
-            .map_err(|e| e.to_string());
-        diesel::sql_query(if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut erasure).expect("end");
-        assert_eq!(deleted, Ok(1), "erased");
-        let report = batch.join().expect("the batch's thread").expect("batch");
-        assert_eq!((report.done, report.retried, report.dead), (1, 0, 0), "{report:?}");
-    });
-    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 0, "nothing of them is left");
+    a_batch_meets_an_erasure_holding(&app, PSID, "m_older");
 }
 
 /// A note's author names a colleague anew as the note's customer is
@@ -1013,7 +993,6 @@ async fn a_note_rewritten_as_its_customer_is_erased_waits_for_the_erasure() {
 /// deadlock (seen in the contacts chaos mix).
 #[actix_web::test]
 async fn an_instagram_read_of_two_replies_as_their_customer_is_erased_waits_for_the_erasure() {
-    use crate::common::{a_wait_on, holding};
     const IGSID: &str = "6841100000123457";
     let app = spawn_app_without_workers().await;
     let _ctx = acme(&app).await;
@@ -1033,19 +1012,31 @@ async fn an_instagram_read_of_two_replies_as_their_customer_is_erased_waits_for_
         process_now(&app);
     }
     assert_eq!(app.webhook(&event(IGSID, IG_A, ms, json!({"read": {"mid": "ig_reply_newer"}}))).await, 200);
+    // The erasure has taken the conversation and, in id order, the older reply.
+    a_batch_meets_an_erasure_holding(&app, IGSID, "ig_reply_older");
+}
+
+/// An erasure of customer `contact` that has taken their conversation and
+/// their message `older` (all the conversations, here), and the batch of
+/// the webhook waiting to be processed: the batch waits for the erasure,
+/// whose delete then goes rather than ending as a deadlock, and the batch
+/// after it; nothing of the customer is left.
+fn a_batch_meets_an_erasure_holding(app: &TestApp, contact: &str, older: &str) {
+    use crate::common::{a_wait_on, holding};
     let connect = || PgConnection::establish(&app.db.url).expect("connect");
     let (mut erasure, mut watcher) = (connect(), connect());
-    // The erasure has taken the conversation and, in id order, the older reply.
-    let taken = "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS c, \
-                 (SELECT id FROM tenant_acme.messages WHERE external_id = 'ig_reply_older' FOR UPDATE) AS m";
-    let erasing = holding(&mut erasure, taken).expect("taken");
+    let taken = format!(
+        "SELECT count(*) AS n FROM (SELECT id FROM tenant_acme.conversations FOR UPDATE) AS c, \
+         (SELECT id FROM tenant_acme.messages WHERE external_id = '{older}' FOR UPDATE) AS m"
+    );
+    let erasing = holding(&mut erasure, &taken).expect("taken");
     std::thread::scope(|scope| {
-        let batch = scope.spawn(|| one_batch(&app));
+        let batch = scope.spawn(|| one_batch(app));
         assert!(a_wait_on(&mut watcher, erasing, std::time::Duration::from_secs(5)), "the batch waits");
         // Past the batch's own deadlock check (1 s), so that a cycle, if
         // there is one, is found by the erasure's next statement.
         std::thread::sleep(std::time::Duration::from_millis(1_500));
-        let deleted = diesel::sql_query(format!("DELETE FROM tenant_acme.contacts WHERE external_id = '{IGSID}'"))
+        let deleted = diesel::sql_query(format!("DELETE FROM tenant_acme.contacts WHERE external_id = '{contact}'"))
             .execute(&mut erasure)
             .map_err(|e| e.to_string());
         diesel::sql_query(if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut erasure).expect("end");
