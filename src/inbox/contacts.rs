@@ -810,7 +810,7 @@ pub struct Erased {
 /// names the erased message and is dropped (`ingest`). If the customer
 /// writes again, they are a new contact.
 pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: ContactId) -> AppResult<Erased> {
-    use crate::db::tenant_schema::{audit_log, events, messages};
+    use crate::db::tenant_schema::{audit_log, events};
     // Out of its person first, as a link takes its turn before it touches
     // a contact (`contact_links`); then conversations, then the contact:
     // the webhook path's order.
@@ -835,16 +835,7 @@ pub fn erase(tc: &mut TenantConn<'_>, log: &mut EventLog, user: UserId, id: Cont
         Ok(if late.is_some() { Taken::Late } else { Taken::All((held, contact)) })
     })?;
     let (conversation_ids, contact) = taken.ok_or_else(AppError::concurrent_update)?;
-    // Their messages taken in id order before the cascade deletes them (in
-    // its index's order): a webhook batch takes those it names in id order
-    // too (`ingest`), so neither holds one the other waits behind.
-    let message_ids: Vec<i64> = messages::table
-        .filter(messages::conversation_id.eq_any(&conversation_ids))
-        .order(messages::id)
-        .select(messages::id)
-        .for_update()
-        .load(tc.pg())?;
-    let message_count = message_ids.len() as i64;
+    let message_count = super::messages::take_for_deletion(tc, &conversation_ids)? as i64;
     // Their numbers before a change too (`contact_former_numbers`, gone
     // with them), for the webhook inbox below.
     let mut known_as: Vec<String> = crate::db::tenant_schema::contact_former_numbers::table

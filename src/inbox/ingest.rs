@@ -62,15 +62,16 @@ fn from_contact(item: &Item) -> Option<(&str, DateTime<Utc>)> {
     }
 }
 
-/// The contact (and when) of a receipt that writes on its conversation: a
-/// Messenger or Instagram watermark (`early::keep_watermark`), a WhatsApp
-/// message failed (its wait for an answer, `waiting::recompute`); or on
-/// messages it does not name: an Instagram read of one message is a read
-/// of every reply before it. Those take the conversation first, as an
-/// erasure does before its messages: holding the named one, a read waited
-/// for an older reply the erasure held while the erasure waited for the
-/// named one (seen in the contacts chaos mix).
-fn receipt_writing_conversation(item: &Item) -> Option<(&str, DateTime<Utc>)> {
+/// The contact (and when) of a receipt that takes its conversation: one
+/// that writes on it, a Messenger or Instagram watermark
+/// (`early::keep_watermark`), a WhatsApp message failed (its wait for an
+/// answer, `waiting::recompute`); or on messages it does not name: an
+/// Instagram read of one message is a read of every reply before it.
+/// Those take the conversation first, as an erasure does before its
+/// messages: holding the named one, a read waited for an older reply the
+/// erasure held while the erasure waited for the named one (seen in the
+/// contacts chaos mix).
+fn receipt_taking_conversation(item: &Item) -> Option<(&str, DateTime<Utc>)> {
     match item {
         Item::Delivery { contact, watermark: Some(at), .. } | Item::Read { contact, watermark: Some(at), .. } => {
             Some((contact, *at))
@@ -184,7 +185,7 @@ impl<'l> Ingest<'l> {
         let mut channel_ids: Vec<i64> = Vec::new();
         let mut externals: Vec<String> = Vec::new();
         for (channel, item) in items {
-            let key = match (from_contact(item), receipt_writing_conversation(item)) {
+            let key = match (from_contact(item), receipt_taking_conversation(item)) {
                 (Some((contact, at)), _) => self.key(*channel, contact, at),
                 // What the receipt writes on its conversation is locked here
                 // with the others, in id order: locked when the receipt came

@@ -1146,6 +1146,21 @@ fn lock_conversation_of(tc: &mut TenantConn<'_>, id: i64) -> AppResult<Option<i6
     Ok(Some(conversation))
 }
 
+/// Takes the messages of `conversations` in id order, before a cascade
+/// deletes them in its index's order (an erasure, retention): a webhook
+/// batch takes the messages its items name in id order too
+/// (`ingest::lock_named`), so neither holds one the other waits behind.
+/// How many there are.
+pub fn take_for_deletion(tc: &mut TenantConn<'_>, conversations: &[i64]) -> AppResult<usize> {
+    let ids: Vec<i64> = m::table
+        .filter(m::conversation_id.eq_any(conversations))
+        .order(m::id)
+        .select(m::id)
+        .for_update()
+        .load(tc.pg())?;
+    Ok(ids.len())
+}
+
 /// Works conversation `id`'s wait out again after one of its replies
 /// failed or was retried, announcing the change (`waiting::recompute`).
 fn rewaited(tc: &mut TenantConn<'_>, log: &mut EventLog, id: i64) -> AppResult<()> {

@@ -108,17 +108,9 @@ fn expire_in(
     if due.is_empty() {
         return Ok(0);
     }
-    // Their messages taken in id order before the cascade deletes them (in
-    // its index's order, by time): a webhook batch takes the messages its
-    // receipts and reactions name in id order too (`ingest`), so one
-    // holding a late receipt's message is waited for, not deadlocked with.
-    let messages = m::table
-        .filter(m::conversation_id.eq_any(&due))
-        .order(m::id)
-        .select(m::id)
-        .for_update()
-        .load::<i64>(tc.pg())?
-        .len();
+    // A batch holding a late receipt's message is waited for, not
+    // deadlocked with.
+    let messages = super::messages::take_for_deletion(tc, &due)?;
     // Locked above: nothing changed them since they were found quiet.
     diesel::delete(c::table.filter(c::id.eq_any(&due))).execute(tc.pg())?;
     super::events::redact_conversations(tc, &due)?;
