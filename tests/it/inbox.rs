@@ -953,20 +953,12 @@ async fn a_batch_naming_messages_an_erasure_takes_waits_for_it_without_a_deadloc
 async fn a_note_rewritten_as_its_customer_is_erased_waits_for_the_erasure() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let (al_member, _al) = agent_al(&app, &ctx.admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
-    let listed = json!({"user_ids": [al_id]});
-    assert_eq!(
-        app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await.status,
-        200
-    );
+    let (admin, al_id, _al, _page) = crate::teams::al_on_page_a(&app).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Onde está o reembolso?"})).await;
     app.processed().await;
-    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, PSID)["id"].as_str().expect("id").to_string();
+    let conv = by_contact(&conversations(&app, &admin, "").await, PSID)["id"].as_str().expect("id").to_string();
     let note = json!({"text": "Vou ver", "private": true, "client_id": "n-erased"});
-    let made = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(note)).await;
+    let made = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&admin), Some(note)).await;
     assert_eq!(made.status, 201, "{:?}", made.body);
     let note = made.body["id"].as_str().expect("id").to_string();
     let (begun, held) = transaction_held_until_waited(
@@ -976,7 +968,7 @@ async fn a_note_rewritten_as_its_customer_is_erased_waits_for_the_erasure() {
     );
     begun.recv().expect("begun");
     let rewrite = json!({"text": "@Al podes ver o reembolso?", "mentions": [al_id]});
-    let r = app.call("PATCH", &format!("/api/messages/{note}"), Some(&ctx.admin), Some(rewrite)).await;
+    let r = app.call("PATCH", &format!("/api/messages/{note}"), Some(&admin), Some(rewrite)).await;
     let (waited, went) = held.join().expect("the erasure's thread");
     assert_eq!(went, Ok(()), "the erasure took the note");
     assert!(waited, "the rewrite waited for the erasure");

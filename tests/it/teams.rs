@@ -25,7 +25,7 @@ async fn patch(app: &TestApp, t: &str, conversation: &str, body: Value) -> crate
 
 /// Acme with agent Al listed on page A: the admin's token, Al's id and
 /// token, and the page's id.
-async fn al_on_page_a(app: &TestApp) -> (String, String, String, String) {
+pub(crate) async fn al_on_page_a(app: &TestApp) -> (String, String, String, String) {
     let ctx = acme(app).await;
     let (al_member, al) = agent_al(app, &ctx.admin).await;
     let al_id = al_member["user_id"].as_str().expect("id").to_string();
