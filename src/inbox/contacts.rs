@@ -1046,12 +1046,16 @@ fn fold_into_known(tc: &mut TenantConn<'_>, log: &mut EventLog, typed: i64, wa_i
         .first(tc.pg())
         .optional()?;
     let Some(known) = known else { return Ok(()) };
-    let from: Option<ConversationRow> = conversations::table
+    // Both threads, in id order, as a batch naming both takes them: taking
+    // `typed`'s first could meet one holding the other and waiting for it.
+    let both: Vec<ConversationRow> = conversations::table
         .filter(conversations::contact_id.eq(typed))
+        .or_filter(conversations::channel_id.eq(channel).and(conversations::contact_id.eq(known)))
+        .order(conversations::id)
         .select(ConversationRow::as_select())
         .for_update()
-        .first(tc.pg())
-        .optional()?;
+        .load(tc.pg())?;
+    let from = both.into_iter().find(|c| c.contact_id == typed);
     let customer_wrote = match &from {
         Some(f) => {
             let inbound = messages::table
@@ -1068,7 +1072,10 @@ fn fold_into_known(tc: &mut TenantConn<'_>, log: &mut EventLog, typed: i64, wa_i
     }
     // Made only now: a thread for a customer known by their marketing
     // choice alone (a client_id both used needs one that exists).
-    let (into, made) = super::ingest::conversation_for(tc, channel, known)?;
+    // `known` erased as this waited: no thread to join.
+    let Some((into, made)) = super::ingest::conversation_of_contact(tc, channel, known)? else {
+        return Ok(());
+    };
     // A savepoint: a client_id both threads used leaves both as they are.
     let moved: Vec<MessageRow> = match &from {
         Some(f) => {

@@ -699,31 +699,48 @@ pub fn conversation_for(
 
 /// The (channel, contact) conversation, created when missing, and whether
 /// it was; `None` when the contact is gone: erased after it was found, as
-/// this waited for the erasure. The insert takes the contact's key itself
-/// (`FOR KEY SHARE`, as its foreign key's check would, at the same moment)
-/// so that an erasure committed meanwhile reads as no contact rather than
-/// failing the transaction on that check: the caller may then go on, with
-/// a contact made anew.
+/// this waited for the erasure. One statement, in the order an erasure
+/// takes them (`contacts::erase`): the conversation first, and only when
+/// there is none the contact's key (`FOR KEY SHARE`, as the insert's
+/// foreign-key check would, at the same moment). Holding the contact's key
+/// while it waited for the conversation, it met an erasure holding the
+/// conversation and waiting for the contact in a deadlock. A contact
+/// erased meanwhile reads as no contact rather than failing the
+/// transaction on the key's check: the caller may then go on, with a
+/// contact made anew. Only when another transaction made the conversation
+/// as this ran is it read again, holding the key.
 pub fn conversation_of_contact(
     tc: &mut TenantConn<'_>,
     channel_id: i64,
     contact_id: i64,
 ) -> AppResult<Option<(ConversationRow, bool)>> {
     use diesel::sql_types::BigInt;
-    let contact_there =
-        contacts::table.find(contact_id).select((channel_id.into_sql::<BigInt>(), contacts::id)).for_key_share();
-    let inserted: Option<ConversationRow> = diesel::insert_into(conversations::table)
-        .values(contact_there)
-        .into_columns((conversations::channel_id, conversations::contact_id))
-        .on_conflict((conversations::channel_id, conversations::contact_id))
-        .do_nothing()
-        .returning(ConversationRow::as_returning())
-        .get_result(tc.pg())
-        .optional()?;
-    if let Some(c) = inserted {
-        return Ok(Some((c, true)));
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(embed)]
+        conversation: ConversationRow,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        created: bool,
     }
-    // There already, or its contact gone (and it with them, by the cascade).
+    // The insert's `NOT EXISTS` is a one-time filter: with a conversation
+    // found, the contact is not read, so not locked.
+    let found: Option<Found> = diesel::sql_query(
+        "WITH found AS (SELECT * FROM conversations WHERE channel_id = $1 AND contact_id = $2 FOR NO KEY UPDATE), \
+              made AS (INSERT INTO conversations (channel_id, contact_id) \
+                       SELECT $1, k.id FROM contacts k WHERE k.id = $2 AND NOT EXISTS (SELECT 1 FROM found) \
+                       FOR KEY SHARE OF k \
+                       ON CONFLICT (channel_id, contact_id) DO NOTHING RETURNING *) \
+         SELECT found.*, false AS created FROM found UNION ALL SELECT made.*, true AS created FROM made",
+    )
+    .bind::<BigInt, _>(channel_id)
+    .bind::<BigInt, _>(contact_id)
+    .get_result(tc.pg())
+    .optional()?;
+    if let Some(f) = found {
+        return Ok(Some((f.conversation, f.created)));
+    }
+    // Made by another transaction as this ran, or its contact gone (and it
+    // with them, by the cascade).
     let c = conversations::table
         .filter(conversations::channel_id.eq(channel_id))
         .filter(conversations::contact_id.eq(contact_id))

@@ -832,6 +832,92 @@ async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
     assert_eq!(r.body["conversation"]["contact"]["name"], Value::Null, "nothing of the erased one: {:?}", r.body);
 }
 
+/// A start to a number whose customer wrote before and is being erased:
+/// the erasure has taken their conversation and then takes the contact.
+/// The start waits for the conversation holding nothing of the contact,
+/// and then starts anew. It held the contact's key as it waited, and the
+/// erasure, waiting for that key, ended in a deadlock.
+#[actix_web::test]
+async fn a_start_to_a_number_whose_conversation_an_erasure_holds_waits_for_it_and_starts_anew() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let number = "351913000444";
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Olá, é a Íris 🌷"})).await;
+    app.processed().await;
+    let erased = app.count(&format!("SELECT id AS n FROM tenant_acme.contacts WHERE external_id = '{number}'"));
+    let erasure = (
+        format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE contact_id = {erased} FOR UPDATE"),
+        format!(
+            "SELECT id FROM tenant_acme.contacts WHERE id = {erased} FOR UPDATE; \
+             DELETE FROM tenant_acme.contacts WHERE id = {erased}"
+        ),
+    );
+    let (begun, erasing) = crate::common::transaction_held_until_waited(&app.db.url, erasure.0, Some(erasure.1));
+    begun.recv().expect("begun");
+    let start = json!({"channel_id": phone, "phone_number": "+351 913 000 444",
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-held-1"});
+    let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
+    let (waited, went) = erasing.join().expect("the erasure's thread");
+    assert_eq!(went, Ok(()), "erased");
+    assert!(waited, "the start waited for the erasure");
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let anew = app.count(&format!(
+        "SELECT c.id AS n FROM tenant_acme.contacts c JOIN tenant_acme.conversations v ON v.contact_id = c.id \
+         WHERE c.external_id = '{number}'"
+    ));
+    assert_ne!(anew, erased, "a new contact for the number");
+    assert_eq!(r.body["conversation"]["contact"]["id"].as_str(), Some(anew.to_string().as_str()), "{:?}", r.body);
+}
+
+/// A number an agent wrote first to is a customer's who wrote before
+/// (Meta names their id): the thread made for the number folds into
+/// theirs (`contacts::fold_into_known`) while a batch holds their thread
+/// and then takes the other (as a batch naming both takes them, in id
+/// order). The fold takes the two in that order too, so it waits for the
+/// batch holding nothing, and then folds. It took the number's thread
+/// first, and the two ended in a deadlock.
+#[actix_web::test]
+async fn a_number_folding_into_its_customers_thread_takes_the_two_threads_in_a_batchs_order() {
+    use switchboard::inbox::contacts;
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let (known, typed_number) = ("552187654322", "5521987654322");
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": known, "text": "Oi, é o Zé 🙂"})).await;
+    app.processed().await;
+    let into = app.count(&format!(
+        "SELECT v.id AS n FROM tenant_acme.conversations v JOIN tenant_acme.contacts c ON c.id = v.contact_id \
+         WHERE c.external_id = '{known}'"
+    ));
+    let typed = app.count(&format!(
+        "INSERT INTO tenant_acme.contacts (channel_id, external_id, whatsapp_input) \
+         VALUES ({phone}, '{typed_number}', '{typed_number}') RETURNING id AS n"
+    ));
+    let from = app.count(&format!(
+        "INSERT INTO tenant_acme.conversations (channel_id, contact_id) VALUES ({phone}, {typed}) RETURNING id AS n"
+    ));
+    assert!(into < from, "the customer's thread first, in id order");
+    let batch = (
+        format!("BEGIN; SELECT id FROM tenant_acme.conversations WHERE id = {into} FOR UPDATE"),
+        format!("SELECT id FROM tenant_acme.conversations WHERE id = {from} FOR UPDATE"),
+    );
+    let (begun, batching) = crate::common::transaction_held_until_waited(&app.db.url, batch.0, Some(batch.1));
+    begun.recv().expect("begun");
+    crate::auto_resolve::in_acme(&app, |tc, log| contacts::known_to_whatsapp_as(tc, log, typed, known));
+    let (waited, went) = batching.join().expect("the batch's thread");
+    assert_eq!(went, Ok(()), "the batch went");
+    assert!(waited, "the fold waited for the batch");
+    let left = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {from} OR contact_id = {typed}"
+    ));
+    assert_eq!(left, 0, "folded: the number's thread and contact went");
+    let kept = app.count(&format!(
+        "SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id = '{known}' AND whatsapp_input = '{typed_number}'"
+    ));
+    assert_eq!(kept, 1, "the customer keeps the number written");
+}
+
 /// A contact of `channel` known with no conversation yet (an import, a
 /// marketing choice) and its erasure under way: deleted, not committed
 /// until some other transaction waits for it (`transaction_held_until_waited`).
