@@ -55,7 +55,7 @@ use crate::auth::Role;
 use crate::channels::{self, ChannelId, ChannelRow, Platform};
 use crate::db::tenant_schema::{contacts, conversations as c};
 use crate::db::{TenantConn, TenantScope};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorKind};
 use crate::ids::UserId;
 
 /// A customer's WhatsApp number: its digits, country code first (Meta's
@@ -139,15 +139,28 @@ fn look(
         .select(c::id)
         .first(tc.pg())
         .optional()?;
+    // Erased as this read them (their conversation or their contact gone
+    // between two statements): the number is nobody's now, as for a start
+    // a moment later, not a 404 for what the caller never named.
+    let nobodys = |row: ChannelRow| {
+        channels::whatsapp_number::refuse_if_restricted(&row, false)?;
+        Ok(Found::Channel(row, false))
+    };
     match conversation.map(ConversationId) {
-        Some(id) => Ok(match messages::template_target(tc, user, role, id, client_id, choice, header_file_sha)? {
-            TemplateTarget::Retried(view) => Found::Retried(id, view),
-            TemplateTarget::Channel(row, stopped) => Found::Channel(row, stopped),
-        }),
+        Some(id) => match messages::template_target(tc, user, role, id, client_id, choice, header_file_sha) {
+            Ok(TemplateTarget::Retried(view)) => Ok(Found::Retried(id, view)),
+            Ok(TemplateTarget::Channel(row, stopped)) => Ok(Found::Channel(row, stopped)),
+            Err(e) if e.kind == ErrorKind::NotFound && !still_there(tc, id)? => nobodys(row),
+            Err(e) => Err(e),
+        },
         // Known without a conversation: their marketing choice came first.
         None => {
-            let found: super::views::ContactRow =
-                contacts::table.find(contact).select(super::views::ContactRow::as_select()).first(tc.pg())?;
+            let found: Option<super::views::ContactRow> = contacts::table
+                .find(contact)
+                .select(super::views::ContactRow::as_select())
+                .first(tc.pg())
+                .optional()?;
+            let Some(found) = found else { return nobodys(row) };
             super::contacts::refuse_if_blocked(&found)?;
             channels::whatsapp_number::refuse_if_restricted(&row, false)?;
             Ok(Found::Channel(row, super::contacts::marketing_stopped(tc, contact)?))
@@ -234,6 +247,11 @@ pub fn open(
         conversations::patch(tc, log, user, role, id, reopen, &[])?;
     }
     Ok(id)
+}
+
+/// Whether conversation `id` is there still.
+fn still_there(tc: &mut TenantConn<'_>, id: ConversationId) -> AppResult<bool> {
+    Ok(diesel::select(diesel::dsl::exists(c::table.find(id.0))).get_result(tc.pg())?)
 }
 
 /// A contact for a number nobody of the channel has: sent to as a phone
