@@ -36,6 +36,9 @@
 //!   erasure and then starts anew, with a new contact for the number (as
 //!   a moment later it would), not a 404 for a contact the caller never
 //!   named.
+//! - An agent taken off the channel's list, or removed, as their start
+//!   runs: the start waits for the change and is refused (404 `channel`,
+//!   401 `membership_revoked`), with nothing written.
 //! - The template is checked with Meta before anything is written: a
 //!   refused one leaves no contact and no conversation behind. The
 //!   contact, the conversation and the queued message are one transaction;
@@ -151,6 +154,11 @@ fn look(
             Ok(TemplateTarget::Retried(view)) => Ok(Found::Retried(id, view)),
             Ok(TemplateTarget::Channel(row, stopped)) => Ok(Found::Channel(row, stopped)),
             Err(e) if e.kind == ErrorKind::NotFound && !still_there(tc, id)? => nobodys(row),
+            // Taken off the channel's list as this read (the conversation
+            // is there, unseen): the channel is what the start named.
+            Err(e) if e.kind == ErrorKind::NotFound && !channels::can_see(tc, user, role, channel)? => {
+                Err(AppError::not_found("channel"))
+            }
             Err(e) => Err(e),
         },
         // Known without a conversation: their marketing choice came first.
@@ -195,6 +203,19 @@ pub fn open(
     channel: &ChannelRow,
     number: &Number,
 ) -> AppResult<ConversationId> {
+    // The starter's membership and place on the channel's list, held until
+    // the start commits (`answerer_held`): a removal or a change of the
+    // list under way waits for it, and one that came first is seen, so a
+    // start never writes to, reopens or takes a conversation of a channel
+    // its agent has just left (nor answers 404 for a conversation it
+    // never named).
+    match conversations::answerer_held(tc, user, channel.id, conversations::Hold::Wait)? {
+        conversations::Answerer::Yes => {}
+        conversations::Answerer::No => {
+            return Err(AppError::unauthorized("membership_revoked", "you are no longer a member of this tenant"))
+        }
+        conversations::Answerer::NotOnChannel => return Err(AppError::not_found("channel")),
+    }
     let mut contact = match known_contact(tc, channel.id, number)? {
         Some(id) => id,
         None => new_contact(tc, channel.id, number)?,
@@ -215,15 +236,7 @@ pub fn open(
         if let Some(team) = channel.settings().team_id {
             super::teams::hand_to_channels_team(tc, conv.id, team)?;
         }
-        // Theirs, unless they are leaving the tenant or the channel's list
-        // at this moment (`conversations::answerer_held`).
-        match conversations::answerer_held(tc, user, channel.id, conversations::Hold::Wait)? {
-            conversations::Answerer::Yes => {}
-            conversations::Answerer::No => {
-                return Err(AppError::unauthorized("membership_revoked", "you are no longer a member of this tenant"))
-            }
-            conversations::Answerer::NotOnChannel => return Err(AppError::not_found("channel")),
-        }
+        // Theirs: their place was held above.
         let conv = diesel::update(c::table.find(conv.id))
             .set((c::assignee_id.eq(user.0), c::updated_at.eq(diesel::dsl::now)))
             .returning(super::views::ConversationRow::as_returning())

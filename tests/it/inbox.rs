@@ -918,6 +918,41 @@ async fn a_number_folding_into_its_customers_thread_takes_the_two_threads_in_a_b
     assert_eq!(kept, 1, "the customer keeps the number written");
 }
 
+/// An agent starting a conversation with a number the channel knows as
+/// they are taken off the channel's list: the start waits for the change
+/// and is refused as for a channel they cannot see (404 `channel`), with
+/// nothing queued. It read their place on the list without holding it,
+/// and queued the template in a channel they had left (or, the change
+/// committed between its reads, answered 404 `conversation`, seen in the
+/// mixed chaos mix).
+#[actix_web::test]
+async fn a_start_as_its_agent_leaves_the_channels_list_waits_and_is_refused() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (al_member, al) = agent_al(&app, &ctx.admin).await;
+    let al_id = al_member["user_id"].as_str().expect("id").to_string();
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let listed = json!({"user_ids": [al_id]});
+    let r = app.call("PUT", &format!("/api/channels/{phone}/members"), Some(&ctx.admin), Some(listed)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let number = "351913000555";
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Bom dia, é o Ângelo"})).await;
+    app.processed().await;
+    let unlisting = format!("BEGIN; DELETE FROM tenant_acme.channel_members WHERE user_id = {al_id}");
+    let (begun, held) = crate::common::transaction_held_until_waited(&app.db.url, unlisting, None);
+    begun.recv().expect("begun");
+    let start = json!({"channel_id": phone, "phone_number": "+351 913 000 555",
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-leaving-1"});
+    let r = app.call("POST", "/api/conversations", Some(&al), Some(start)).await;
+    let (waited, went) = held.join().expect("the change's thread");
+    assert_eq!(went, Ok(()), "taken off the list");
+    assert!(waited, "the start waited for the change");
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")), "{:?}", r.body);
+    assert_eq!(r.body["error"]["message"], "channel not found", "{:?}", r.body);
+    let queued = app.count("SELECT count(*) AS n FROM tenant_acme.messages WHERE direction = 'out'");
+    assert_eq!(queued, 0, "nothing queued");
+}
+
 /// A contact of `channel` known with no conversation yet (an import, a
 /// marketing choice) and its erasure under way: deleted, not committed
 /// until some other transaction waits for it (`transaction_held_until_waited`).
