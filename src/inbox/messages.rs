@@ -539,7 +539,7 @@ pub fn react(
     let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
     let mut names = Names::default();
     let channel = names.channel(tc, row.channel_id)?;
-    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    super::contacts::refuse_if_blocked(&names.contact_of(tc, &conv)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -590,7 +590,7 @@ pub fn retry(
         _ => return Err(AppError::conflict("not_failed", "the reply went out; only a failed one is sent again")),
     }
     let channel = names.channel(tc, row.channel_id)?;
-    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    super::contacts::refuse_if_blocked(&names.contact_of(tc, &conv)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -671,7 +671,7 @@ pub fn template_target(
         }
         return Ok(TemplateTarget::Retried(names.message(tc, &row, conv.contact_id)?));
     }
-    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    super::contacts::refuse_if_blocked(&names.contact_of(tc, &conv)?)?;
     // Before Meta is asked for the template.
     let window = ReplyWindow::of(&channel, conv.last_inbound_at, Utc::now());
     crate::channels::whatsapp_number::refuse_if_restricted(&channel, window.can_reply)?;
@@ -877,7 +877,7 @@ fn reply(
         Some(quoted) => Some(quotable(tc, &channel, &conv, quoted)?),
         None => None,
     };
-    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    super::contacts::refuse_if_blocked(&names.contact_of(tc, &conv)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",
@@ -1281,8 +1281,13 @@ pub fn typing_target(
     use crate::db::tenant_schema::contacts;
     let conv = visible_conversation(tc, user, role, id)?;
     let channel = channels::find(tc, ChannelId(conv.channel_id))?;
-    let (contact, blocked_at): (String, Option<chrono::DateTime<Utc>>) =
-        contacts::table.find(conv.contact_id).select((contacts::external_id, contacts::blocked_at)).first(tc.pg())?;
+    // Gone with its contact, erased since it was read.
+    let (contact, blocked_at): (String, Option<chrono::DateTime<Utc>>) = contacts::table
+        .find(conv.contact_id)
+        .select((contacts::external_id, contacts::blocked_at))
+        .first(tc.pg())
+        .optional()?
+        .ok_or_else(|| AppError::not_found("conversation"))?;
     // A blocked contact is shown nothing, typing included.
     let token = if blocked_at.is_some() { None } else { channel.token(keys)? };
     Ok(TypingTarget { conversation: conv.id, channel, contact, token, last_inbound: conv.last_inbound_external_id })

@@ -248,7 +248,7 @@ fn sendable_at(
     conv: &super::views::ConversationRow,
     at: DateTime<Utc>,
 ) -> AppResult<()> {
-    super::contacts::refuse_if_blocked(&names.contact(tc, conv.contact_id)?)?;
+    super::contacts::refuse_if_blocked(&names.contact_of(tc, conv)?)?;
     if channel.status != "connected" {
         return Err(AppError::conflict(
             "channel_not_connected",

@@ -257,6 +257,16 @@ impl Names {
         Ok(c)
     }
 
+    /// The contact of conversation `conv`. One erased since the
+    /// conversation was read took it with them: not found, as the
+    /// conversation the caller named.
+    pub fn contact_of(&mut self, tc: &mut TenantConn<'_>, conv: &ConversationRow) -> AppResult<ContactRow> {
+        self.contact(tc, conv.contact_id).map_err(|e| match e.kind {
+            crate::error::ErrorKind::NotFound => AppError::not_found("conversation"),
+            _ => e,
+        })
+    }
+
     pub fn put_contact(&mut self, c: &ContactRow) {
         self.contacts.insert(c.id, c.clone());
     }
@@ -393,7 +403,7 @@ impl Names {
         row: &ConversationRow,
         known: Option<&MessageRow>,
     ) -> AppResult<ConversationView> {
-        let contact = self.contact(tc, row.contact_id)?;
+        let contact = self.contact_of(tc, row)?;
         let channel = self.channel(tc, row.channel_id)?;
         let known = known.filter(|m| Some(m.id) == row.last_message_id);
         let last_message = match (known, row.last_message_id) {
