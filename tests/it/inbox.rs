@@ -816,9 +816,24 @@ async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
     let phone = channel_id(&app, &ctx.admin, PHONE).await;
     let number = "351913000333";
     let (erased, erasing) = a_contact_being_erased(&app, &phone, number, "Iolanda Órfã");
-    let start = json!({"channel_id": phone, "phone_number": "+351 913 000 333",
-        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-erased-1"});
-    let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
+    let started = a_start_during_an_erasure(&app, &ctx.admin, &phone, number, erased, erasing).await;
+    assert_eq!(started["conversation"]["contact"]["name"], Value::Null, "nothing of the erased one: {started}");
+}
+
+/// A start to `number` on `phone` as contact `erased` of it is erased
+/// (`erasing`): it waits for the erasure and starts anew, with a new
+/// contact for the number. Its answer.
+async fn a_start_during_an_erasure(
+    app: &TestApp,
+    admin: &str,
+    phone: &str,
+    number: &str,
+    erased: i64,
+    erasing: crate::common::HeldOutcome,
+) -> Value {
+    let start = json!({"channel_id": phone, "phone_number": format!("+{number}"),
+        "template": {"name": "hello_world", "language": "en_US"}, "client_id": format!("start-{number}")});
+    let r = app.call("POST", "/api/conversations", Some(admin), Some(start)).await;
     let (waited, went) = erasing.join().expect("the erasure's thread");
     assert_eq!(went, Ok(()), "erased");
     assert!(waited, "the start waited for the erasure");
@@ -829,7 +844,7 @@ async fn a_start_to_a_number_whose_contact_is_erased_meanwhile_starts_anew() {
     ));
     assert_ne!(anew, erased, "a new contact for the number");
     assert_eq!(r.body["conversation"]["contact"]["id"].as_str(), Some(anew.to_string().as_str()), "{:?}", r.body);
-    assert_eq!(r.body["conversation"]["contact"]["name"], Value::Null, "nothing of the erased one: {:?}", r.body);
+    r.body
 }
 
 /// A start to a number whose customer wrote before and is being erased:
@@ -855,19 +870,7 @@ async fn a_start_to_a_number_whose_conversation_an_erasure_holds_waits_for_it_an
     );
     let (begun, erasing) = crate::common::transaction_held_until_waited(&app.db.url, erasure.0, Some(erasure.1));
     begun.recv().expect("begun");
-    let start = json!({"channel_id": phone, "phone_number": "+351 913 000 444",
-        "template": {"name": "hello_world", "language": "en_US"}, "client_id": "start-held-1"});
-    let r = app.call("POST", "/api/conversations", Some(&ctx.admin), Some(start)).await;
-    let (waited, went) = erasing.join().expect("the erasure's thread");
-    assert_eq!(went, Ok(()), "erased");
-    assert!(waited, "the start waited for the erasure");
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let anew = app.count(&format!(
-        "SELECT c.id AS n FROM tenant_acme.contacts c JOIN tenant_acme.conversations v ON v.contact_id = c.id \
-         WHERE c.external_id = '{number}'"
-    ));
-    assert_ne!(anew, erased, "a new contact for the number");
-    assert_eq!(r.body["conversation"]["contact"]["id"].as_str(), Some(anew.to_string().as_str()), "{:?}", r.body);
+    a_start_during_an_erasure(&app, &ctx.admin, &phone, number, erased, erasing).await;
 }
 
 /// A number an agent wrote first to is a customer's who wrote before
