@@ -914,7 +914,9 @@ async fn a_number_folding_into_its_customers_thread_takes_the_two_threads_in_a_b
     let left = app.count(&format!(
         "SELECT count(*) AS n FROM tenant_acme.conversations WHERE id = {from} OR contact_id = {typed}"
     ));
-    assert_eq!(left, 0, "folded: the number's thread and contact went");
+    assert_eq!(left, 0, "folded: the number's thread went");
+    let typed_left = app.count(&format!("SELECT count(*) AS n FROM tenant_acme.contacts WHERE id = {typed}"));
+    assert_eq!(typed_left, 0, "and the contact made for the number");
     let kept = app.count(&format!(
         "SELECT count(*) AS n FROM tenant_acme.contacts WHERE external_id = '{known}' AND whatsapp_input = '{typed_number}'"
     ));
