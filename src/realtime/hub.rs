@@ -455,11 +455,17 @@ pub struct Leave {
     pub id: u64,
 }
 
+/// A session's channels changed: from now on the hub fans out to it by
+/// `channels`, and `announce` (the `channels.changed` frame) joins its
+/// outbox behind every frame fanned out by the old set, so that the client
+/// hears of the change after the last event of a channel it lost and
+/// before the first of one it gained.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetChannels {
     pub id: u64,
     pub channels: Option<HashSet<i64>>,
+    pub announce: bytestring::ByteString,
 }
 
 /// How many sockets a member has open on this instance.
@@ -1032,6 +1038,7 @@ impl Handler<SetChannels> for Hub {
     type Result = ();
     fn handle(&mut self, m: SetChannels, _: &mut Context<Self>) {
         self.index.set_channels(m.id, m.channels);
+        self.send(m.id, vec![Frame { seq: None, text: m.announce }]);
     }
 }
 

@@ -482,13 +482,14 @@ impl Handler<ReloadChannels> for WsSession {
         ctx.spawn(fut.into_actor(self).map(|r, act, ctx| match r {
             Ok(channels) if channels != act.channels => {
                 // The client learns at once which channels it now sees (to
-                // reload its lists); an admin sees all, always.
+                // reload its lists); an admin sees all, always. Told through
+                // the hub, in line with the events: written by the actor, it
+                // went out ahead of those the old channels had queued.
                 act.channels = channels.clone();
                 let ids = act.channel_ids();
-                ctx.text(
-                    json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string(),
-                );
-                act.hub.do_send(SetChannels { id: act.id, channels });
+                let announce =
+                    json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string();
+                act.hub.do_send(SetChannels { id: act.id, channels, announce: announce.into() });
             }
             Ok(_) => {}
             // The guard refused: the login ended, membership or role changed.

@@ -1479,6 +1479,57 @@ async fn narrowed_and_ended_logins_reach_open_sockets() {
     assert!(until(&mut admin, "pong", Duration::from_secs(3)).await.is_some_and(|f| f["type"] == "pong"));
 }
 
+/// A socket taken off a channel hears of it after every event that
+/// channel had queued for it and before anything of its new set: the
+/// `channels.changed` frame goes in line with the events, not ahead of
+/// them. Seen in the chaos runs: a client that had just been told it no
+/// longer sees a channel got one of its messages next.
+#[actix_web::test]
+async fn channels_changed_comes_after_what_the_old_channels_queued() {
+    use crate::teardown::RawClient;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let mut first = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    let last =
+        next(&mut first, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    drop(first);
+    // A resume of ~10 MB that a client reading nothing stalls: what comes
+    // live meanwhile waits in the socket's outbox.
+    let pool = app.pool.clone();
+    tokio::task::spawn_blocking(move || append_in(&pool, 300, 32_000)).await.expect("append");
+    let mut x = RawClient::connect_to(&app.base, &format!("/ws?since={last}"), &t.agent_x, Some(4096)).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "while Xavi sees page A"})).await;
+    app.processed().await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The session reloads its channels (a NOTIFY away) while its socket is still stalled.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "after"})).await;
+    app.processed().await;
+
+    let mut kinds = Vec::new();
+    while let Some(f) = x.frame(Duration::from_secs(3)).await {
+        if f.opcode == 0x1 {
+            let v: Value = serde_json::from_slice(&f.payload).expect("JSON");
+            if v["type"] != "channel.updated" {
+                kinds.push((v["type"].as_str().unwrap_or("").to_string(), v["data"]["text"].clone()));
+            }
+        }
+    }
+    let changed = kinds.iter().position(|(k, _)| k == "channels.changed").expect("channels.changed");
+    let page_a = ["message.created", "conversation.created", "conversation.updated", "notification"];
+    let before: Vec<_> = kinds[..changed].iter().filter(|(k, _)| page_a.contains(&k.as_str())).collect();
+    assert!(
+        before.iter().any(|(k, text)| k == "message.created" && text == "while Xavi sees page A"),
+        "the message of page A before the change reached Xavi: {kinds:?}"
+    );
+    let after: Vec<_> = kinds[changed..].iter().filter(|(k, _)| page_a.contains(&k.as_str())).collect();
+    assert!(after.is_empty(), "page A's events after Xavi was told he no longer sees it: {after:?} in {kinds:?}");
+}
+
 /// The id of page A's channel, as the admin lists it.
 async fn channels_of(app: &TestApp, admin: &str) -> String {
     let r = app.call("GET", "/api/channels", Some(admin), None).await;
