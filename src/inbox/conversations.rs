@@ -847,8 +847,13 @@ pub(super) fn patch_locked(
         }
     }
     if status == "snoozed" {
+        let snooze_given = p.status.is_some() || p.snoozed_until.is_some();
         match snoozed_until {
             Some(t) if t > Utc::now() => {}
+            // A snooze that ran out moments ago, left as it is by this
+            // change: the clock wakes it (within 30 s, `wake_snoozed`);
+            // meanwhile other changes (an assignee, labels) go ahead.
+            Some(_) if !snooze_given => {}
             _ => return Err(AppError::invalid("invalid_snooze", "snoozing needs snoozed_until in the future")),
         }
     } else {

@@ -4,7 +4,10 @@
 //! - One conversation per (channel, contact). Resolving closes it; the
 //!   contact's next message reopens it (that counts as "opening" for the
 //!   auto-reply). Snoozed and pending conversations reopen on a new message
-//!   too; snoozes also wake when `snoozed_until` passes.
+//!   too; snoozes also wake when `snoozed_until` passes, at the clock's
+//!   next tick (every 30 s). Until then a change that leaves the snooze
+//!   alone (an assignee, labels) goes ahead; snoozing again needs a time
+//!   still to come (422 `invalid_snooze`).
 //! - The unread count belongs to the conversation (the team's inbox), not to
 //!   each agent; `POST …/read` by anyone clears it.
 //! - Receipts only ever move a message forward

@@ -3980,6 +3980,45 @@ async fn snoozes_wake_and_edits_update_in_place() {
     assert_eq!((c.body["status"].as_str(), c.body["snoozed_until"].is_null()), (Some("open"), true));
 }
 
+/// A snooze that has run out stays until the clock wakes it (every 30 s):
+/// meanwhile a change that leaves the snooze alone (an assignee, labels,
+/// a bulk change, a macro) goes ahead; only snoozing again needs a time
+/// still to come. It refused them all with 422 `invalid_snooze` (seen in
+/// the chaos runs).
+#[actix_web::test]
+async fn a_snooze_run_out_before_the_clock_woke_it_blocks_no_other_change() {
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "call me back"})).await;
+    process_now(&app);
+    let conv = conversations(&app, &ctx.admin, "").await[0]["id"].as_str().expect("id").to_string();
+    let path = format!("/api/conversations/{conv}");
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"snoozed_until": soon}))).await;
+    assert_eq!(r.body["status"], "snoozed", "{:?}", r.body);
+    app.exec(&format!(
+        "UPDATE tenant_acme.conversations SET snoozed_until = now() - interval '1 second' WHERE id = {conv}"
+    ));
+    let ann = app.call("GET", "/api/me", Some(&ctx.admin), None).await.body["user"]["id"].clone();
+
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"assignee_id": ann, "add_labels": ["vip"]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((r.body["status"].as_str(), r.body["assignee_id"].clone()), (Some("snoozed"), ann.clone()));
+    let r = app
+        .call("POST", "/api/conversations/bulk", Some(&ctx.admin), Some(json!({"ids": [conv], "priority": "high"})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Snoozing again, or keeping it snoozed by name, needs a time to come.
+    for change in [json!({"status": "snoozed"}), json!({"snoozed_until": "2001-01-01T00:00:00Z"})] {
+        let r = app.call("PATCH", &path, Some(&ctx.admin), Some(change)).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("invalid_snooze")), "{:?}", r.body);
+    }
+    let r = app.call("PATCH", &path, Some(&ctx.admin), Some(json!({"status": "open"}))).await;
+    assert_eq!((r.status, r.body["status"].as_str(), r.body["snoozed_until"].is_null()), (200, Some("open"), true));
+    let c = app.call("GET", &path, Some(&ctx.admin), None).await;
+    assert_eq!((c.body["assignee_id"].clone(), c.body["priority"].as_str()), (ann, Some("high")), "{:?}", c.body);
+}
+
 /// Two workers racing: one stores a customer's message while the other
 /// handles its unsend and, not seeing the uncommitted message, keeps the
 /// unsend for later. Neither transaction sees the other's row, so the
