@@ -271,8 +271,10 @@ fn listen(url: &str, pool: &PgPool, hub: &Addr<Hub>, feed: &Feed, listening: &mu
     // this instance deaf to the others for hours.
     let mut conn = ListenConnection::connect(&crate::db::connection_string(url))?;
     conn.execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {LIVE_CHANNEL}"))?;
-    // Presence the other instances announced while we were not listening.
+    // Presence the other instances announced while we were not listening,
+    // and the access changes (none on a first start: no socket yet).
     hub.do_send(super::hub::WantPresence);
+    hub.do_send(super::hub::CheckAccess);
     // Whatever happened while we were away: catch up from the logs.
     let known: Vec<i64> = feed.delivered.lock().map(|d| d.keys().copied().collect()).unwrap_or_default();
     for t in known {

@@ -529,6 +529,16 @@ pub struct Live(pub LiveMsg);
 #[rtype(result = "()")]
 pub struct WantPresence;
 
+/// This instance's listener is listening again after a loss: the access
+/// changes announced meanwhile (a member removed, a login ended, a
+/// channel's list changed: live messages, not logged) were never heard,
+/// so every session here reads its access again, as on
+/// [`LiveMsg::Acl`]; one whose member or login is gone is closed by that
+/// read (4403, 4401).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckAccess;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TypingFrom {
@@ -1205,6 +1215,15 @@ impl Handler<TypingFrom> for Hub {
             name: m.name,
             on: m.on,
         });
+    }
+}
+
+impl Handler<CheckAccess> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: CheckAccess, _: &mut Context<Self>) {
+        for e in self.index.sessions.values() {
+            e.addr.do_send(ReloadChannels);
+        }
     }
 }
 

@@ -243,6 +243,21 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// The member's channels as read now: when they changed, the session
+    /// and the hub go by them from here on, and the client learns at once
+    /// which channels it sees (to reload its lists); an admin sees all,
+    /// always. Told through the hub, in line with the events: written by
+    /// the actor, it went out ahead of those the old channels had queued.
+    fn channels_now(&mut self, channels: Option<HashSet<i64>>) {
+        if channels == self.channels {
+            return;
+        }
+        self.channels = channels.clone();
+        let ids = self.channel_ids();
+        let announce = json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string();
+        self.hub.do_send(SetChannels { id: self.id, channels, announce: announce.into() });
+    }
+
     /// Sends the events after `last_sent` up to `replay_to` that the member
     /// may see, a page at a time: the next page is read when the socket has
     /// taken this one ([`ReplayStep::NextPage`]), so a resume far behind
@@ -253,15 +268,23 @@ impl WsSession {
     fn replay(&mut self, ctx: &mut ws::WebsocketContext<Self>, start: bool) {
         let (since, from, to, size) = (self.since, self.last_sent, self.replay_to, self.page_events);
         let state = self.state.clone();
-        let (scope, channels, user) = (self.scope(), self.channels.clone(), self.user);
+        let (scope, channels, user, role) = (self.scope(), self.channels.clone(), self.user, self.role);
         let fut = async move {
             state
                 .db
                 .tenant(scope, move |tc| {
+                    // The channels as they are now, the hub having this
+                    // session: a change between the connect's read and the
+                    // join reached no socket here (the hub tells only the
+                    // sessions it has), so it is looked for once more.
+                    let fresh = if start { Some(visible_channels(tc, user, role)?) } else { None };
+                    let channels = fresh.clone().unwrap_or(channels);
                     let viewer = events::Viewer { user, channels: channels.as_ref() };
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
-                    let resync = |reason: &'static str| Ok::<_, AppError>(Page::Resync { reason, oldest, last });
+                    let resync = |reason: &'static str| {
+                        Ok::<_, AppError>((fresh.clone(), Page::Resync { reason, oldest, last }))
+                    };
                     // `from` ahead of the log (a log that lost its newest
                     // events, a database restored or reset), pruned past
                     // `from` (retention may run between pages too), or more
@@ -288,11 +311,17 @@ impl WsSession {
                     let mut page = events::since_for(tc, from, viewer, size)?;
                     page.retain(|e| e.seq <= to);
                     let end = (page.len() as i64) < size || page.last().is_some_and(|e| e.seq >= to);
-                    Ok(Page::Events { events: page, end, to })
+                    Ok((fresh, Page::Events { events: page, end, to }))
                 })
                 .await
         };
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| {
+            let result = result.map(|(fresh, page)| {
+                if let Some(channels) = fresh {
+                    act.channels_now(channels);
+                }
+                page
+            });
             let resync = match result {
                 Ok(Page::Events { events, end, to }) => {
                     act.replay_to = to;
@@ -480,18 +509,7 @@ impl Handler<ReloadChannels> for WsSession {
         let (scope, user, role) = (self.scope(), self.user, self.role);
         let fut = async move { state.db.tenant(scope, move |tc| visible_channels(tc, user, role)).await };
         ctx.spawn(fut.into_actor(self).map(|r, act, ctx| match r {
-            Ok(channels) if channels != act.channels => {
-                // The client learns at once which channels it now sees (to
-                // reload its lists); an admin sees all, always. Told through
-                // the hub, in line with the events: written by the actor, it
-                // went out ahead of those the old channels had queued.
-                act.channels = channels.clone();
-                let ids = act.channel_ids();
-                let announce =
-                    json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string();
-                act.hub.do_send(SetChannels { id: act.id, channels, announce: announce.into() });
-            }
-            Ok(_) => {}
+            Ok(channels) => act.channels_now(channels),
             // The guard refused: the login ended, membership or role changed.
             Err(e) => match refusal(&e) {
                 Some((code, reason)) => act.close(ctx, code, reason),

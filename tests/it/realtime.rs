@@ -940,6 +940,43 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
     assert!(next(&mut s, Duration::from_millis(300)).await.is_none_or(|f| !f["seq"].is_i64()), "nothing twice");
 }
 
+/// Access changes announced while the listener was away (live messages,
+/// not logged: their NOTIFYs reached nobody) are made good once it is
+/// back: every socket of the instance reads its access again. Here the
+/// changes are written without their announcements, as an outage loses
+/// them: Xavi taken off page A's list is narrowed, Olga removed is closed
+/// with 4403. Before, both sockets went on as they were until they
+/// reconnected (Xavi still hearing page A).
+#[actix_web::test]
+async fn access_changes_the_listener_missed_reach_the_sockets_once_it_is_back() {
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let olga = olga_id(&app, &t).await;
+    let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    let mut o = ws(&app, "", Some(&t.agent_other), None).await.expect("olga");
+    for s in [&mut x, &mut o] {
+        next(s, Duration::from_secs(3)).await.expect("hello");
+    }
+    app.exec(&format!("DELETE FROM tenant_acme.channel_members WHERE user_id = {}", t.agent_x_id));
+    app.exec(&format!(
+        "DELETE FROM public.memberships WHERE user_id = {olga} \
+         AND tenant_id = (SELECT id FROM public.tenants WHERE slug = 'acme')"
+    ));
+    // Unannounced, nothing reaches them yet.
+    assert!(until(&mut x, "channels.changed", Duration::from_millis(500)).await.is_none());
+    let mut conn = app.db.conn();
+    let old = listener_pids(&mut conn);
+    diesel::sql_query(format!("SELECT pg_terminate_backend({}, 5000)", old[0])).execute(&mut conn).expect("terminate");
+    let changed = until(&mut x, "channels.changed", Duration::from_secs(10)).await.expect("narrowed once back");
+    assert_eq!(changed["data"]["channel_ids"], json!([]));
+    let closed = until(&mut o, "closed", Duration::from_secs(10)).await.expect("closed once back");
+    assert_eq!(closed["code"], 4403);
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "not for Xavi"})).await;
+    app.processed().await;
+    let heard = until(&mut x, "message.created", Duration::from_millis(800)).await;
+    assert!(heard.is_none(), "page A reached Xavi: {heard:?}");
+}
+
 /// The listener's wait before reconnecting starts short again once it is
 /// listening: connections lost now and then over a process's life (a
 /// restart, a proxy cutting idle flows) must not leave it, in the end,
