@@ -933,13 +933,7 @@ async fn a_number_folding_into_its_customers_thread_takes_the_two_threads_in_a_b
 #[actix_web::test]
 async fn a_start_as_its_agent_leaves_the_channels_list_waits_and_is_refused() {
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let (al_member, al) = agent_al(&app, &ctx.admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let phone = channel_id(&app, &ctx.admin, PHONE).await;
-    let listed = json!({"user_ids": [al_id]});
-    let r = app.call("PUT", &format!("/api/channels/{phone}/members"), Some(&ctx.admin), Some(listed)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (_, al_id, al, phone) = crate::teams::al_listed_on(&app, PHONE).await;
     let number = "351913000555";
     app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": number, "text": "Bom dia, é o Ângelo"})).await;
     app.processed().await;
@@ -8476,21 +8470,13 @@ async fn a_send_recorded_and_its_customers_erasure_at_once_take_turns() {
 async fn a_read_and_the_readers_removal_at_once_take_turns() {
     use crate::common::transaction_held_until_waited;
     let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let (al_member, al) = agent_al(&app, &ctx.admin).await;
-    let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(&app, &ctx.admin, PAGE_A).await;
-    let listed = json!({"user_ids": [al_id]});
-    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (admin, al_id, al, _) = crate::teams::al_on_page_a(&app).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "6680000000000001", "text": "Leu? 👀"})).await;
     app.processed().await;
-    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, "6680000000000001")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let conv =
+        by_contact(&conversations(&app, &admin, "").await, "6680000000000001")["id"].as_str().expect("id").to_string();
     let assign = json!({"assignee_id": al_id});
-    let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&ctx.admin), Some(assign)).await;
+    let r = app.call("PATCH", &format!("/api/conversations/{conv}"), Some(&admin), Some(assign)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let notified = format!("SELECT count(*) AS n FROM tenant_acme.notifications WHERE user_id = {al_id}");
     assert!(app.count(&notified) > 0, "Al was told of it");

@@ -26,14 +26,20 @@ async fn patch(app: &TestApp, t: &str, conversation: &str, body: Value) -> crate
 /// Acme with agent Al listed on page A: the admin's token, Al's id and
 /// token, and the page's id.
 pub(crate) async fn al_on_page_a(app: &TestApp) -> (String, String, String, String) {
+    al_listed_on(app, PAGE_A).await
+}
+
+/// Acme with agent Al alone on the list of the channel whose external id
+/// is `external`: (the admin's token, Al's id, Al's token, the channel's id).
+pub(crate) async fn al_listed_on(app: &TestApp, external: &str) -> (String, String, String, String) {
     let ctx = acme(app).await;
     let (al_member, al) = agent_al(app, &ctx.admin).await;
     let al_id = al_member["user_id"].as_str().expect("id").to_string();
-    let page = channel_id(app, &ctx.admin, PAGE_A).await;
+    let channel = channel_id(app, &ctx.admin, external).await;
     let listed = json!({"user_ids": [al_id]});
-    let r = app.call("PUT", &format!("/api/channels/{page}/members"), Some(&ctx.admin), Some(listed)).await;
+    let r = app.call("PUT", &format!("/api/channels/{channel}/members"), Some(&ctx.admin), Some(listed)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    (ctx.admin, al_id, al, page)
+    (ctx.admin, al_id, al, channel)
 }
 
 /// Each of `senders` writes `text` to page A: their conversations' ids, in
