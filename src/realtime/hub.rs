@@ -63,8 +63,30 @@ pub enum Pace {
 /// sessions it goes to costs a reference count, not a copy.
 #[derive(Clone)]
 pub struct Frame {
-    pub seq: Option<i64>,
+    pub carries: Carries,
     pub text: bytestring::ByteString,
+}
+
+/// What a [`Frame`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    /// The logged event of this seq.
+    Event(i64),
+    /// Typing or presence: not logged, never dropped for a replay.
+    Ephemeral,
+    /// `channels.changed`: counted when written
+    /// ([`Outbox::channels_told`]).
+    ChannelsChanged,
+}
+
+impl Frame {
+    /// The event's seq, for a logged event.
+    pub fn seq(&self) -> Option<i64> {
+        match self.carries {
+            Carries::Event(seq) => Some(seq),
+            Carries::Ephemeral | Carries::ChannelsChanged => None,
+        }
+    }
 }
 
 /// Frames waiting for one session's socket.
@@ -101,6 +123,8 @@ struct Pending {
     waiting_since: Option<Instant>,
     /// Wakes the socket's writer when frames come.
     waker: Option<std::task::Waker>,
+    /// How many `channels.changed` frames the writer has taken.
+    channels_told: u64,
 }
 
 /// Work on its way to the sockets of this instance: event batches sent to
@@ -179,8 +203,8 @@ impl Outbox {
             if p.frames.len() > OUTBOX_LIMIT && !p.drained {
                 // A socket still replaying, in a burst. Typing and presence,
                 // which are not logged, stay.
-                p.frames.retain(|f| f.seq.is_none());
-                frames.retain(|f| f.seq.is_none());
+                p.frames.retain(|f| f.seq().is_none());
+                frames.retain(|f| f.seq().is_none());
                 p.behind = true;
             }
             let now = Instant::now();
@@ -248,6 +272,12 @@ impl Outbox {
         }
     }
 
+    /// How many `channels.changed` frames the socket has been handed: the
+    /// client has heard of the newest of them, and of none after.
+    pub fn channels_told(&self) -> u64 {
+        self.pending.lock().map_or(0, |p| p.channels_told)
+    }
+
     /// Nothing more goes out; what waits is dropped and stops counting as
     /// unwritten work.
     pub fn close(&self) {
@@ -307,10 +337,11 @@ impl Outbox {
                 let (mut frames, _) = Self::take_locked(&mut p, &self.unwritten, WRITE_BUDGET, WRITE_FRAMES);
                 // The replay already sent these.
                 let last_sent = p.last_sent;
-                frames.retain(|f| f.seq.is_none_or(|s| s > last_sent));
-                if let Some(s) = frames.iter().filter_map(|f| f.seq).max() {
+                frames.retain(|f| f.seq().is_none_or(|s| s > last_sent));
+                if let Some(s) = frames.iter().filter_map(|f| f.seq()).max() {
                     p.last_sent = s;
                 }
+                p.channels_told += frames.iter().filter(|f| f.carries == Carries::ChannelsChanged).count() as u64;
                 frames
             };
             if frames.is_empty() {
@@ -898,7 +929,7 @@ impl Hub {
         self.online.set(tenant, user, status == "online");
         let frame =
             json!({"type": "presence", "at": Utc::now(), "data": {"user_id": user.to_string(), "status": status}});
-        let frame = Frame { seq: None, text: frame.to_string().into() };
+        let frame = Frame { carries: Carries::Ephemeral, text: frame.to_string().into() };
         let users = self.shown.entry(tenant).or_default();
         if status == "offline" {
             users.remove(&user);
@@ -948,7 +979,7 @@ impl Hub {
     fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Frame {
         let frame = json!({"type": "typing", "at": Utc::now(), "data": {
             "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
-        Frame { seq: None, text: frame.to_string().into() }
+        Frame { carries: Carries::Ephemeral, text: frame.to_string().into() }
     }
 }
 
@@ -1048,7 +1079,7 @@ impl Handler<SetChannels> for Hub {
     type Result = ();
     fn handle(&mut self, m: SetChannels, _: &mut Context<Self>) {
         self.index.set_channels(m.id, m.channels);
-        self.send(m.id, vec![Frame { seq: None, text: m.announce }]);
+        self.send(m.id, vec![Frame { carries: Carries::ChannelsChanged, text: m.announce }]);
     }
 }
 
@@ -1186,7 +1217,7 @@ impl Hub {
         let mut audience: HashMap<(i64, Option<i64>, Option<i64>), Vec<u64>> = HashMap::new();
         for m in &batches {
             for ev in m.events.iter() {
-                let frame = Frame { seq: Some(ev.seq), text: ev.frame().into() };
+                let frame = Frame { carries: Carries::Event(ev.seq), text: ev.frame().into() };
                 let index = &self.index;
                 let ids =
                     audience.entry((m.tenant, ev.channel_id, ev.for_user_id)).or_insert_with(|| match ev.for_user_id {
@@ -1380,7 +1411,7 @@ mod tests {
     }
 
     fn frame(seq: i64) -> Frame {
-        Frame { seq: Some(seq), text: format!("{{\"seq\":{seq}}}").into() }
+        Frame { carries: Carries::Event(seq), text: format!("{{\"seq\":{seq}}}").into() }
     }
 
     /// The texts of the frames in one socket write.
@@ -1400,7 +1431,7 @@ mod tests {
         assert_eq!(a.add(vec![frame(1)]), Ok(true), "idle to busy wakes");
         assert_eq!(a.add(vec![frame(2), frame(3)]), Ok(false), "busy: frames just join");
         assert!(!unwritten.is_zero());
-        let taken: Vec<i64> = a.take().iter().filter_map(|f| f.seq).collect();
+        let taken: Vec<i64> = a.take().iter().filter_map(|f| f.seq()).collect();
         assert_eq!(taken, vec![1, 2, 3]);
         assert!(unwritten.is_zero());
         // A session that ends with frames waiting no longer counts.
@@ -1483,7 +1514,7 @@ mod tests {
         let o = Outbox::new(unwritten.clone());
         // Each frame's text is 9 or 10 bytes ({"seq":N}).
         assert_eq!(o.add((1..=9).map(frame).collect()), Ok(true));
-        let seqs = |v: Vec<Frame>| v.iter().filter_map(|f| f.seq).collect::<Vec<_>>();
+        let seqs = |v: Vec<Frame>| v.iter().filter_map(|f| f.seq()).collect::<Vec<_>>();
         let (first, more) = o.take_up_to(30, 100);
         assert_eq!((seqs(first), more), (vec![1, 2, 3], true));
         assert!(!unwritten.is_zero(), "frames still wait");
@@ -1540,7 +1571,7 @@ mod tests {
         let frames: Vec<Frame> = sizes
             .iter()
             .map(|n| Frame {
-                seq: None,
+                carries: Carries::Ephemeral,
                 text: "é".repeat(n / 2).chars().chain("x".repeat(n % 2).chars()).collect::<String>().into(),
             })
             .collect();
@@ -1560,7 +1591,7 @@ mod tests {
     fn a_burst_while_the_replay_is_written_is_read_again_from_the_log_not_a_close() {
         let unwritten = Arc::new(Unwritten::default());
         let o = Outbox::new(unwritten.clone());
-        let presence = Frame { seq: None, text: "presence".into() };
+        let presence = Frame { carries: Carries::Ephemeral, text: "presence".into() };
         let waker = futures_util::task::noop_waker();
         // Replaying, or live with the replay not written yet (the writer has
         // not come to the outbox): a burst past the limit, then more.

@@ -99,6 +99,18 @@ pub struct WsSession {
     name: String,
     family: String,
     channels: Option<HashSet<i64>>,
+    /// The channel sets announced to the client (`channels.changed`) and
+    /// maybe not yet written, oldest first, each with its number, behind
+    /// the set it surely knows (the hello's or one written): empty when it
+    /// knows `channels` ([`WsSession::known_channels`]).
+    heard: Vec<(u64, Option<HashSet<i64>>)>,
+    /// How many `channels.changed` frames this session handed the hub.
+    announced: u64,
+    /// How many reads of the member's channels were asked for (a reload,
+    /// a replay's start). Only the latest asked is applied: it began after
+    /// every change announced before it, where an earlier one, finishing
+    /// later, could bring back what a change took away.
+    channel_reads: u64,
     last_seq: i64,
     /// Where the replay starts: the client's `since`, else the `last_seq`
     /// its hello names (events committed between reading that and joining
@@ -191,6 +203,9 @@ impl WsSession {
             name: init.name,
             family: init.family,
             channels: init.channels,
+            heard: Vec::new(),
+            announced: 0,
+            channel_reads: 0,
             last_seq: init.last_seq,
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
@@ -252,10 +267,29 @@ impl WsSession {
         if channels == self.channels {
             return;
         }
+        if self.heard.is_empty() {
+            // Number 0: the set the client knows, the hello's or written.
+            self.heard.push((0, self.channels.take()));
+        }
+        self.announced += 1;
+        self.heard.push((self.announced, channels.clone()));
         self.channels = channels.clone();
         let ids = self.channel_ids();
         let announce = json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string();
         self.hub.do_send(SetChannels { id: self.id, channels, announce: announce.into() });
+    }
+
+    /// The channels the client knows it sees: those the last
+    /// `channels.changed` its socket has taken named, else the hello's.
+    fn known_channels(&mut self) -> Option<HashSet<i64>> {
+        let written = self.outbox.channels_told();
+        let newest_written = self.heard.iter().rposition(|(n, _)| *n <= written).unwrap_or(0);
+        self.heard.drain(..newest_written);
+        if self.heard.len() == 1 {
+            // The newest announced is written: the client knows `channels`.
+            self.heard.clear();
+        }
+        self.heard.first().map_or_else(|| self.channels.clone(), |(_, set)| set.clone())
     }
 
     /// Sends the events after `last_sent` up to `replay_to` that the member
@@ -269,6 +303,10 @@ impl WsSession {
         let (since, from, to, size) = (self.since, self.last_sent, self.replay_to, self.page_events);
         let state = self.state.clone();
         let (scope, channels, user, role) = (self.scope(), self.channels.clone(), self.user, self.role);
+        let known = self.known_channels();
+        if start {
+            self.channel_reads += 1;
+        }
         let fut = async move {
             state
                 .db
@@ -278,7 +316,12 @@ impl WsSession {
                     // join reached no socket here (the hub tells only the
                     // sessions it has), so it is looked for once more.
                     let fresh = if start { Some(visible_channels(tc, user, role)?) } else { None };
-                    let channels = fresh.clone().unwrap_or(channels);
+                    // A replay's frames go out ahead of the outbox, where a
+                    // `channels.changed` waits: it replays the channels the
+                    // client knows it sees and may still see. A gained
+                    // channel's earlier events are not replayed; the client
+                    // reloads its lists when told of it.
+                    let channels = both(known, fresh.clone().unwrap_or(channels));
                     let viewer = events::Viewer { user, channels: channels.as_ref() };
                     let oldest = events::oldest_seq(tc)?;
                     let last = events::last_seq(tc)?;
@@ -365,6 +408,14 @@ impl WsSession {
             // skipped by seq, so none is sent twice at the seam.
             act.outbox.go_live(act.last_sent);
         }));
+    }
+}
+
+/// The channels in both sets (`None`: every channel).
+fn both(a: Option<HashSet<i64>>, b: Option<HashSet<i64>>) -> Option<HashSet<i64>> {
+    match (a, b) {
+        (None, set) | (set, None) => set,
+        (Some(a), Some(b)) => Some(a.intersection(&b).copied().collect()),
     }
 }
 
@@ -507,9 +558,13 @@ impl Handler<ReloadChannels> for WsSession {
     fn handle(&mut self, _: ReloadChannels, ctx: &mut Self::Context) {
         let state = self.state.clone();
         let (scope, user, role) = (self.scope(), self.user, self.role);
+        self.channel_reads += 1;
+        let asked = self.channel_reads;
         let fut = async move { state.db.tenant(scope, move |tc| visible_channels(tc, user, role)).await };
-        ctx.spawn(fut.into_actor(self).map(|r, act, ctx| match r {
-            Ok(channels) => act.channels_now(channels),
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| match r {
+            Ok(channels) if asked == act.channel_reads => act.channels_now(channels),
+            // A later read was asked for: it applies.
+            Ok(_) => {}
             // The guard refused: the login ended, membership or role changed.
             Err(e) => match refusal(&e) {
                 Some((code, reason)) => act.close(ctx, code, reason),

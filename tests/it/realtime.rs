@@ -1567,6 +1567,74 @@ async fn channels_changed_comes_after_what_the_old_channels_queued() {
     assert!(after.is_empty(), "page A's events after Xavi was told he no longer sees it: {after:?} in {kinds:?}");
 }
 
+/// A member given a channel while their long resume is under way hears of
+/// it before any of its events: the replay, written ahead of the outbox
+/// where `channels.changed` waits, sends only the channels the client knows
+/// it sees; those gained come live after the frame (the client reloads its
+/// lists when told).
+#[actix_web::test]
+async fn a_channel_gained_during_a_resume_is_named_before_its_events() {
+    use crate::teardown::RawClient;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let members = format!("/api/channels/{channel}/members");
+    let r = app.call("PUT", &members, Some(&t.admin), Some(json!({"user_ids": []}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut first = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
+    let hello = next(&mut first, Duration::from_secs(3)).await.expect("hello");
+    assert_eq!(hello["data"]["channel_ids"], json!([]), "Xavi sees no channel");
+    let last = hello["data"]["last_seq"].as_i64().expect("seq");
+    drop(first);
+    // ~10 MB every member sees, which a client reading nothing stalls, then
+    // events of page A, which Xavi does not see yet.
+    let (pool, page): (_, i64) = (app.pool.clone(), channel.parse().expect("id"));
+    tokio::task::spawn_blocking(move || {
+        append_on(&pool, None, 300, 32_000);
+        append_on(&pool, Some(page), 20, 3);
+    })
+    .await
+    .expect("append");
+    let mut x = RawClient::connect_to(&app.base, &format!("/ws?since={last}"), &t.agent_x, Some(4096)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let r = app.call("PUT", &members, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id]}))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The session (its actor runs when its socket can write) reloads its
+    // channels once the client reads, with most of the resume to come.
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+
+    let label = |v: &Value| match v["type"].as_str().unwrap_or("") {
+        "channel.updated" if v["data"]["pad"].as_str().is_some_and(|p| p.len() > 100) => "everyone's",
+        "channel.updated" if v["data"]["pad"].is_string() => "page A's",
+        "message.created" if v["data"]["text"] == "now Xavi sees page A" => "the live message",
+        "channels.changed" => "channels.changed",
+        _ => "other",
+    };
+    let mut seen = Vec::new();
+    while let Some(f) = x.frame(Duration::from_secs(3)).await {
+        if f.opcode == 0x1 {
+            let v: Value = serde_json::from_slice(&f.payload).expect("JSON");
+            seen.push(label(&v));
+            if seen.last() == Some(&"channels.changed") {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen.last(), Some(&"channels.changed"), "told of page A");
+    assert_eq!(seen.iter().filter(|l| **l == "everyone's").count(), 300, "the whole resume, then the frame");
+    let early = seen.iter().filter(|l| **l == "page A's").count();
+    assert_eq!(early, 0, "page A's events before Xavi was told he sees it: {early}");
+    // Page A's events come live from then on.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "now Xavi sees page A"})).await;
+    let mut live = Vec::new();
+    while let Some(f) = x.frame(Duration::from_secs(3)).await {
+        if f.opcode == 0x1 {
+            live.push(label(&serde_json::from_slice(&f.payload).expect("JSON")));
+        }
+    }
+    assert!(live.contains(&"the live message"), "page A's live message after the change: {live:?}");
+}
+
 /// The id of page A's channel, as the admin lists it.
 async fn channels_of(app: &TestApp, admin: &str) -> String {
     let r = app.call("GET", "/api/channels", Some(admin), None).await;
