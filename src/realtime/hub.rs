@@ -70,8 +70,9 @@ pub struct Frame {
 /// What a [`Frame`] carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Carries {
-    /// The logged event of this seq.
-    Event(i64),
+    /// The logged event of this seq, and its channel (`None`: of none, for
+    /// every member); channel ids start at 1.
+    Event { seq: i64, channel: Option<std::num::NonZeroI64> },
     /// Typing or presence: not logged, never dropped for a replay.
     Ephemeral,
     /// `channels.changed`: counted when written
@@ -83,7 +84,7 @@ impl Frame {
     /// The event's seq, for a logged event.
     pub fn seq(&self) -> Option<i64> {
         match self.carries {
-            Carries::Event(seq) => Some(seq),
+            Carries::Event { seq, .. } => Some(seq),
             Carries::Ephemeral | Carries::ChannelsChanged => None,
         }
     }
@@ -125,6 +126,12 @@ struct Pending {
     waker: Option<std::task::Waker>,
     /// How many `channels.changed` frames the writer has taken.
     channels_told: u64,
+    /// The member's channels are being read again (the hub heard they
+    /// changed): nothing goes out until the hub has the new list, and the
+    /// frames from this index on, fanned out by the old list meanwhile, are
+    /// then kept only if of a channel the member still sees
+    /// ([`Outbox::release`]).
+    held: Option<usize>,
 }
 
 /// Work on its way to the sockets of this instance: event batches sent to
@@ -206,6 +213,8 @@ impl Outbox {
                 p.frames.retain(|f| f.seq().is_none());
                 frames.retain(|f| f.seq().is_none());
                 p.behind = true;
+                let kept = p.frames.len();
+                p.held = p.held.map(|from| from.min(kept));
             }
             let now = Instant::now();
             let reading = p.waiting_since.is_none_or(|at| now.saturating_duration_since(at) < STALLED_AFTER);
@@ -272,6 +281,53 @@ impl Outbox {
         }
     }
 
+    /// The member's channels may have changed: nothing goes out until the
+    /// hub has read them again ([`Pending::held`]). Frames keep coming
+    /// meanwhile, by the old list.
+    pub fn hold(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            if p.held.is_none() {
+                p.held = Some(p.frames.len());
+            }
+        }
+    }
+
+    /// The member's channels were read again: of the frames that came while
+    /// they were read, events of a channel not in `keep` (`None`: every
+    /// channel) are dropped, and the writer goes on. A socket whose client
+    /// stopped reading is told last: its actor, which reads the list, runs
+    /// only when the socket can write, and the old list went on filling
+    /// its outbox until then.
+    pub fn release(&self, keep: Option<&HashSet<i64>>) {
+        let waker = {
+            let Ok(mut p) = self.pending.lock() else { return };
+            let Some(from) = p.held.take() else { return };
+            if let Some(keep) = keep {
+                let from = from.min(p.frames.len());
+                let mut i = 0;
+                p.frames.retain(|f| {
+                    i += 1;
+                    i <= from
+                        || match f.carries {
+                            Carries::Event { channel: Some(c), .. } => keep.contains(&c.get()),
+                            _ => true,
+                        }
+                });
+                if p.frames.is_empty() && std::mem::replace(&mut p.woken, false) {
+                    self.unwritten.done();
+                }
+            }
+            if p.live && !p.frames.is_empty() {
+                p.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// How many `channels.changed` frames the socket has been handed: the
     /// client has heard of the newest of them, and of none after.
     pub fn channels_told(&self) -> u64 {
@@ -309,6 +365,11 @@ impl Outbox {
                     if let Some(s) = session {
                         s.do_send(ReplayStep::NextPage);
                     }
+                    return None;
+                }
+                if p.live && p.held.is_some() {
+                    // Released (and woken) once the hub has the new list.
+                    p.waker = Some(waker.clone());
                     return None;
                 }
                 if p.live && !p.closed && std::mem::take(&mut p.behind) {
@@ -495,8 +556,12 @@ pub struct Leave {
 #[rtype(result = "()")]
 pub struct SetChannels {
     pub id: u64,
-    pub channels: Option<HashSet<i64>>,
-    pub announce: bytestring::ByteString,
+    /// How many [`ReloadChannels`] the session had had when it asked for
+    /// this read: only one asked after the latest lets the outbox go on.
+    pub answers: u64,
+    /// The new channels and their announcement; `None`: the read found
+    /// them unchanged (or failed), and the outbox just goes on.
+    pub change: Option<(Option<HashSet<i64>>, bytestring::ByteString)>,
 }
 
 /// How many sockets a member has open on this instance.
@@ -590,6 +655,21 @@ struct Entry {
     family: String,
     channels: Option<HashSet<i64>>,
     stated: Stated,
+    /// How many [`ReloadChannels`] it was sent.
+    reloads: u64,
+}
+
+impl Entry {
+    /// Has the session read its member's channels again. An agent's outbox
+    /// holds what comes meanwhile until the new list is in
+    /// ([`Outbox::hold`]); an admin sees every channel whatever changed.
+    fn reload_channels(&mut self) {
+        if self.channels.is_some() {
+            self.outbox.hold();
+        }
+        self.reloads += 1;
+        self.addr.do_send(ReloadChannels);
+    }
 }
 
 type Ids = HashSet<u64>;
@@ -1035,6 +1115,7 @@ impl Handler<Join> for Hub {
             family: m.family,
             channels: m.channels,
             stated: Stated::Online,
+            reloads: 0,
         };
         if let Some(c) = &self.closing {
             entry.addr.do_send(CloseSession { code: c.code, reason: c.reason });
@@ -1078,8 +1159,15 @@ impl Handler<CloseAll> for Hub {
 impl Handler<SetChannels> for Hub {
     type Result = ();
     fn handle(&mut self, m: SetChannels, _: &mut Context<Self>) {
-        self.index.set_channels(m.id, m.channels);
-        self.send(m.id, vec![Frame { carries: Carries::ChannelsChanged, text: m.announce }]);
+        if let Some((channels, announce)) = m.change {
+            self.index.set_channels(m.id, channels);
+            self.send(m.id, vec![Frame { carries: Carries::ChannelsChanged, text: announce }]);
+        }
+        // A read asked before the latest reload may predate the change it
+        // announced: the outbox waits for the next.
+        if let Some(e) = self.index.sessions.get(&m.id).filter(|e| e.reloads == m.answers) {
+            e.outbox.release(e.channels.as_ref());
+        }
     }
 }
 
@@ -1217,7 +1305,8 @@ impl Hub {
         let mut audience: HashMap<(i64, Option<i64>, Option<i64>), Vec<u64>> = HashMap::new();
         for m in &batches {
             for ev in m.events.iter() {
-                let frame = Frame { carries: Carries::Event(ev.seq), text: ev.frame().into() };
+                let channel = ev.channel_id.and_then(std::num::NonZeroI64::new);
+                let frame = Frame { carries: Carries::Event { seq: ev.seq, channel }, text: ev.frame().into() };
                 let index = &self.index;
                 let ids =
                     audience.entry((m.tenant, ev.channel_id, ev.for_user_id)).or_insert_with(|| match ev.for_user_id {
@@ -1252,8 +1341,8 @@ impl Handler<TypingFrom> for Hub {
 impl Handler<CheckAccess> for Hub {
     type Result = ();
     fn handle(&mut self, _: CheckAccess, _: &mut Context<Self>) {
-        for e in self.index.sessions.values() {
-            e.addr.do_send(ReloadChannels);
+        for e in self.index.sessions.values_mut() {
+            e.reload_channels();
         }
     }
 }
@@ -1338,8 +1427,8 @@ impl Handler<Live> for Hub {
             LiveMsg::Templates { waba } => self.templates.forget(&waba),
             LiveMsg::Acl { t } => {
                 for id in self.index.audience(t, None) {
-                    if let Some(e) = self.index.sessions.get(&id) {
-                        e.addr.do_send(ReloadChannels);
+                    if let Some(e) = self.index.sessions.get_mut(&id) {
+                        e.reload_channels();
                     }
                 }
             }
@@ -1411,7 +1500,7 @@ mod tests {
     }
 
     fn frame(seq: i64) -> Frame {
-        Frame { carries: Carries::Event(seq), text: format!("{{\"seq\":{seq}}}").into() }
+        Frame { carries: Carries::Event { seq, channel: None }, text: format!("{{\"seq\":{seq}}}").into() }
     }
 
     /// The texts of the frames in one socket write.
@@ -1627,5 +1716,42 @@ mod tests {
         assert_eq!(o.add(vec![frame(6)]), Ok(false));
         assert!(o.next_write(&waker).is_none());
         assert!(unwritten.is_zero());
+    }
+    #[test]
+    fn a_held_outbox_writes_nothing_then_drops_what_came_of_a_lost_channel() {
+        let unwritten = Arc::new(Unwritten::default());
+        let o = Outbox::new(unwritten.clone());
+        let waker = futures_util::task::noop_waker();
+        let of = |seq: i64, channel: Option<i64>| Frame {
+            carries: Carries::Event { seq, channel: channel.and_then(std::num::NonZeroI64::new) },
+            text: format!("{{\"seq\":{seq}}}").into(),
+        };
+        let ephemeral = Frame { carries: Carries::Ephemeral, text: "typing".into() };
+        o.go_live(0);
+        assert_eq!(o.add(vec![of(1, Some(1)), of(2, Some(2))]), Ok(true));
+        // The hub heard the member's channels changed: what came before
+        // stays, nothing goes out until the new list is in.
+        o.hold();
+        assert_eq!(o.add(vec![of(3, Some(1)), of(4, Some(2)), of(5, None), ephemeral]), Ok(false));
+        o.hold();
+        assert!(o.next_write(&waker).is_none(), "held");
+        o.release(Some(&HashSet::from([2])));
+        assert_eq!(
+            texts(o.next_write(&waker).expect("frames")),
+            [r#"{"seq":1}"#, r#"{"seq":2}"#, r#"{"seq":4}"#, r#"{"seq":5}"#, "typing"],
+            "channel 1's event that came while held is dropped"
+        );
+        assert!(unwritten.is_zero());
+        // Only what came while held, all of it lost: nothing left to write.
+        o.hold();
+        assert_eq!(o.add(vec![of(6, Some(1))]), Ok(true));
+        o.release(Some(&HashSet::new()));
+        assert!(o.next_write(&waker).is_none());
+        assert!(unwritten.is_zero(), "the dropped frames no longer count");
+        // Released without a list (unchanged, or an admin's): all goes.
+        o.hold();
+        assert_eq!(o.add(vec![of(7, Some(1))]), Ok(true));
+        o.release(None);
+        assert_eq!(texts(o.next_write(&waker).expect("frames")), [r#"{"seq":7}"#]);
     }
 }

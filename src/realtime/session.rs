@@ -111,6 +111,9 @@ pub struct WsSession {
     /// every change announced before it, where an earlier one, finishing
     /// later, could bring back what a change took away.
     channel_reads: u64,
+    /// How many [`ReloadChannels`] the hub sent this session: a read asked
+    /// after the latest tells the hub its outbox may go on.
+    reloads_heard: u64,
     last_seq: i64,
     /// Where the replay starts: the client's `since`, else the `last_seq`
     /// its hello names (events committed between reading that and joining
@@ -206,6 +209,7 @@ impl WsSession {
             heard: Vec::new(),
             announced: 0,
             channel_reads: 0,
+            reloads_heard: 0,
             last_seq: init.last_seq,
             since: init.since.unwrap_or(init.last_seq),
             last_sent: init.since.unwrap_or(init.last_seq),
@@ -263,8 +267,11 @@ impl WsSession {
     /// which channels it sees (to reload its lists); an admin sees all,
     /// always. Told through the hub, in line with the events: written by
     /// the actor, it went out ahead of those the old channels had queued.
-    fn channels_now(&mut self, channels: Option<HashSet<i64>>) {
+    /// The hub hears of every read, changed or not: it holds the outbox
+    /// until then ([`Outbox::hold`]).
+    fn channels_now(&mut self, channels: Option<HashSet<i64>>, answers: u64) {
         if channels == self.channels {
+            self.hub.do_send(SetChannels { id: self.id, answers, change: None });
             return;
         }
         if self.heard.is_empty() {
@@ -276,7 +283,7 @@ impl WsSession {
         self.channels = channels.clone();
         let ids = self.channel_ids();
         let announce = json!({"type": "channels.changed", "at": Utc::now(), "data": {"channel_ids": ids}}).to_string();
-        self.hub.do_send(SetChannels { id: self.id, channels, announce: announce.into() });
+        self.hub.do_send(SetChannels { id: self.id, answers, change: Some((channels, announce.into())) });
     }
 
     /// The channels the client knows it sees: those the last
@@ -307,6 +314,7 @@ impl WsSession {
         if start {
             self.channel_reads += 1;
         }
+        let answers = self.reloads_heard;
         let fut = async move {
             state
                 .db
@@ -358,10 +366,10 @@ impl WsSession {
                 })
                 .await
         };
-        ctx.wait(fut.into_actor(self).map(|result, act, ctx| {
+        ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
             let result = result.map(|(fresh, page)| {
                 if let Some(channels) = fresh {
-                    act.channels_now(channels);
+                    act.channels_now(channels, answers);
                 }
                 page
             });
@@ -559,16 +567,23 @@ impl Handler<ReloadChannels> for WsSession {
         let state = self.state.clone();
         let (scope, user, role) = (self.scope(), self.user, self.role);
         self.channel_reads += 1;
-        let asked = self.channel_reads;
+        self.reloads_heard += 1;
+        let (asked, answers) = (self.channel_reads, self.reloads_heard);
         let fut = async move { state.db.tenant(scope, move |tc| visible_channels(tc, user, role)).await };
         ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| match r {
-            Ok(channels) if asked == act.channel_reads => act.channels_now(channels),
+            Ok(channels) if asked == act.channel_reads => act.channels_now(channels, answers),
             // A later read was asked for: it applies.
             Ok(_) => {}
             // The guard refused: the login ended, membership or role changed.
             Err(e) => match refusal(&e) {
                 Some((code, reason)) => act.close(ctx, code, reason),
-                None => tracing::warn!(error = ?e, "could not reload channels"),
+                None => {
+                    tracing::warn!(error = ?e, "could not reload channels");
+                    // The outbox goes on by the channels it had.
+                    if asked == act.channel_reads {
+                        act.hub.do_send(SetChannels { id: act.id, answers, change: None });
+                    }
+                }
             },
         }));
     }

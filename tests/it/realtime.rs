@@ -1635,6 +1635,49 @@ async fn a_channel_gained_during_a_resume_is_named_before_its_events() {
     assert!(live.contains(&"the live message"), "page A's live message after the change: {live:?}");
 }
 
+/// A socket whose client stopped reading is narrowed like any other. Its
+/// actor, which reads the member's new list, runs only when the socket can
+/// write, so the hub went on fanning out by the old list until the client
+/// read again, and those frames went out: page A's message, sent after
+/// Xavi was taken off page A. The hub now holds the outbox from when it
+/// hears of the change, and drops what came of a lost channel meanwhile.
+#[actix_web::test]
+async fn a_stalled_socket_gets_nothing_of_a_channel_lost_while_it_stalled() {
+    use crate::teardown::RawClient;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    let mut x = RawClient::connect_to(&app.base, "/ws", &t.agent_x, Some(4096)).await;
+    // ~10 MB of live events every member sees, which the client does not read.
+    let pool = app.pool.clone();
+    tokio::task::spawn_blocking(move || append_in(&pool, 300, 32_000)).await.expect("append");
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "after Xavi lost page A"})).await;
+    app.processed().await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+
+    let (mut everyones, mut changed, mut leaked) = (0, false, Vec::new());
+    while let Some(f) = x.frame(Duration::from_secs(3)).await {
+        if f.opcode == 0x1 {
+            let v: Value = serde_json::from_slice(&f.payload).expect("JSON");
+            match v["type"].as_str().unwrap_or("") {
+                "channel.updated" => everyones += 1,
+                "channels.changed" => changed = true,
+                "hello" | "presence" => {}
+                _ => leaked.push(v),
+            }
+        }
+    }
+    assert_eq!(everyones, 300, "every event Xavi still sees");
+    assert!(changed, "told of the change");
+    assert!(leaked.is_empty(), "page A's events after Xavi lost it: {leaked:?}");
+}
+
 /// The id of page A's channel, as the admin lists it.
 async fn channels_of(app: &TestApp, admin: &str) -> String {
     let r = app.call("GET", "/api/channels", Some(admin), None).await;
