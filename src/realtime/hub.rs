@@ -3,7 +3,10 @@
 //! sockets that see its channel), relays typing and presence, and closes
 //! sockets whose access ended. It never waits on a client: frames go to each
 //! session's [`Outbox`], and one that overflows (a client that stopped
-//! reading) is dropped with close code 4408 while others go on.
+//! reading) is dropped with close code 4408 while others go on. When an
+//! access change is announced, an agent's outbox is held until the agent's
+//! list is read again, and what came of a lost channel meanwhile is
+//! dropped ([`Outbox::hold`]).
 //!
 //! Under a backlog the hub paces itself: every batch of events costs one
 //! socket write to each socket that sees any of it, and in a burst the
@@ -547,11 +550,13 @@ pub struct Leave {
     pub id: u64,
 }
 
-/// A session's channels changed: from now on the hub fans out to it by
-/// `channels`, and `announce` (the `channels.changed` frame) joins its
-/// outbox behind every frame fanned out by the old set, so that the client
-/// hears of the change after the last event of a channel it lost and
-/// before the first of one it gained.
+/// A session read its member's channels. When they changed, the hub fans
+/// out to it by the new set from now on, and the `channels.changed` frame
+/// joins its outbox behind every frame fanned out by the old set, so that
+/// the client hears of the change after the last event of a channel it
+/// lost and before the first of one it gained. A read answering the latest
+/// [`ReloadChannels`] also lets an outbox held since the hub heard of the
+/// change go on ([`Outbox::release`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetChannels {
