@@ -1447,10 +1447,7 @@ async fn a_socket_whose_own_read_finds_its_login_ended_is_closed_with_4401() {
     assert!(ended >= 1);
     // Its channels change: the session reads them again, and the guard refuses.
     let channel = channels_of(&app, &t.admin).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[]).await;
     let closed = until(&mut socket, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4401, "{closed}");
 }
@@ -1477,10 +1474,7 @@ async fn narrowed_and_ended_logins_reach_open_sockets() {
     }
     // Off the channel: the same sockets stay open but hear nothing more of it.
     let channel = channels_of(&app, &t.admin).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[]).await;
     // The sessions reload their channels when told (a NOTIFY away), and say so.
     for s in [&mut x1, &mut x2] {
         let changed = until(s, "channels.changed", Duration::from_secs(5)).await.expect("channels.changed");
@@ -1538,11 +1532,10 @@ async fn channels_changed_comes_after_what_the_old_channels_queued() {
     let mut x = RawClient::connect_to(&app.base, &format!("/ws?since={last}"), &t.agent_x, Some(4096)).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "while Xavi sees page A"})).await;
     app.processed().await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    // The session reloads its channels (a NOTIFY away) while its socket is still stalled.
+    list_on(&app, &t.admin, &channel, &[]).await;
+    // The hub hears of it (a NOTIFY away) while the socket is still
+    // stalled; the session, whose actor runs only when its socket can
+    // write, reads the list once the client reads again.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "903", "text": "after"})).await;
     app.processed().await;
@@ -1578,9 +1571,7 @@ async fn a_channel_gained_during_a_resume_is_named_before_its_events() {
     let app = spawn_app().await;
     let t = team(&app).await;
     let channel = channels_of(&app, &t.admin).await;
-    let members = format!("/api/channels/{channel}/members");
-    let r = app.call("PUT", &members, Some(&t.admin), Some(json!({"user_ids": []}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[]).await;
     let mut first = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
     let hello = next(&mut first, Duration::from_secs(3)).await.expect("hello");
     assert_eq!(hello["data"]["channel_ids"], json!([]), "Xavi sees no channel");
@@ -1597,8 +1588,7 @@ async fn a_channel_gained_during_a_resume_is_named_before_its_events() {
     .expect("append");
     let mut x = RawClient::connect_to(&app.base, &format!("/ws?since={last}"), &t.agent_x, Some(4096)).await;
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    let r = app.call("PUT", &members, Some(&t.admin), Some(json!({"user_ids": [t.agent_x_id]}))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[&t.agent_x_id]).await;
     // The session (its actor runs when its socket can write) reloads its
     // channels once the client reads, with most of the resume to come.
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
@@ -1652,10 +1642,7 @@ async fn a_stalled_socket_gets_nothing_of_a_channel_lost_while_it_stalled() {
     let pool = app.pool.clone();
     tokio::task::spawn_blocking(move || append_in(&pool, 300, 32_000)).await.expect("append");
     actix_web::rt::time::sleep(Duration::from_secs(1)).await;
-    let r = app
-        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[]).await;
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "after Xavi lost page A"})).await;
     app.processed().await;
@@ -1676,6 +1663,14 @@ async fn a_stalled_socket_gets_nothing_of_a_channel_lost_while_it_stalled() {
     assert_eq!(everyones, 300, "every event Xavi still sees");
     assert!(changed, "told of the change");
     assert!(leaked.is_empty(), "page A's events after Xavi lost it: {leaked:?}");
+}
+
+/// Puts the agents `user_ids` on `channel`'s list, answered 200.
+async fn list_on(app: &TestApp, admin: &str, channel: &str, user_ids: &[&str]) {
+    let r = app
+        .call("PUT", &format!("/api/channels/{channel}/members"), Some(admin), Some(json!({"user_ids": user_ids})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// The id of page A's channel, as the admin lists it.
@@ -2864,10 +2859,7 @@ async fn a_socket_whose_own_read_finds_the_role_changed_or_the_member_gone() {
     let closed = until(&mut x, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4401, "{closed}");
     // Channels change: Olga's session reads hers again, and the guard refuses.
-    let r = app
-        .call("PUT", &format!("/api/channels/{channel}/members"), Some(&t.admin), Some(json!({"user_ids": []})))
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    list_on(&app, &t.admin, &channel, &[]).await;
     let closed = until(&mut o, "closed", Duration::from_secs(5)).await.expect("closed");
     assert_eq!(closed["code"], 4403, "{closed}");
 }
