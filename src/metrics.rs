@@ -18,6 +18,7 @@ pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
 pub static WS_REPLAYS_AGAIN: AtomicU64 = AtomicU64::new(0);
 pub static WS_TOO_SLOW: AtomicU64 = AtomicU64::new(0);
 pub static WS_SILENT: AtomicU64 = AtomicU64::new(0);
+pub static WS_CHANNEL_READS: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
 pub static BUS_READS: AtomicU64 = AtomicU64::new(0);
@@ -65,6 +66,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_ws_silent_total",
             "Sockets closed (4408) after sending nothing, not even a pong, for the heartbeat timeout",
             &WS_SILENT,
+        ),
+        (
+            "switchboard_ws_channel_reads_total",
+            "Sockets told to read their member's channels again (a channel list changed, the listener came back)",
+            &WS_CHANNEL_READS,
         ),
         ("switchboard_webhook_batches_total", "Processor batches that claimed work", &WEBHOOK_BATCHES),
         ("switchboard_webhook_batch_micros_total", "Time spent in those batches (µs)", &WEBHOOK_BATCH_MICROS),

@@ -838,9 +838,13 @@ pub fn set_members(
         .map(|u| UserId(*u))
         .collect();
     crate::inbox::notifications::sight_changed(tc, log, &moved, id)?;
-    // Open sockets widen or narrow to the new channel sets.
-    let t = tc.tenant().0;
-    crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Acl { t })?;
+    // The open sockets of those whose lists changed widen or narrow to the
+    // new channel sets; the others' go on untouched.
+    if !moved.is_empty() {
+        let t = tc.tenant().0;
+        let u = (moved.len() <= crate::realtime::bus::ACL_NAMED_MAX).then(|| moved.iter().map(|u| u.0).collect());
+        crate::realtime::bus::notify_live(tc.pg(), &crate::realtime::LiveMsg::Acl { t, u })?;
+    }
     get_view(tc, id)
 }
 

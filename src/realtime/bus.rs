@@ -26,6 +26,10 @@ use crate::inbox::events::{self, StoredEvent, NOTIFY_CHANNEL};
 
 pub const LIVE_CHANNEL: &str = "switchboard_live";
 
+/// The most members an [`LiveMsg::Acl`] names: a NOTIFY holds 8,000 bytes,
+/// an id up to 20 with its comma.
+pub const ACL_NAMED_MAX: usize = 300;
+
 /// Messages that are not logged: typing, presence, access changes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -36,8 +40,15 @@ pub enum LiveMsg {
     /// this one sends its changes as [`LiveMsg::PresenceOf`], a tick's worth
     /// at once, and still understands this during a rolling upgrade.
     Presence { t: i64, u: i64, inst: String, n: u32, away: bool },
-    /// Channel access changed in the tenant: sessions reload their channels.
-    Acl { t: i64 },
+    /// Channel access changed in the tenant: the sessions of the members
+    /// `u` whose lists changed reload their channels (`None`: every
+    /// session of the tenant; an earlier release's message, or more members
+    /// than a NOTIFY names, [`ACL_NAMED_MAX`]).
+    Acl {
+        t: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        u: Option<Vec<i64>>,
+    },
     /// A member left the tenant (or the tenant was suspended: `u` = 0).
     Removed { t: i64, u: i64 },
     /// A login (refresh-token family) ended; without a family, every
@@ -414,6 +425,16 @@ mod tests {
         let inst = "i".repeat(64);
         let json = serde_json::to_string(&LiveMsg::PresenceOf { inst, users }).expect("json");
         assert!(json.len() < 8000, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn an_access_change_naming_its_most_members_fits_a_notify_and_an_old_one_reads() {
+        let u = Some(vec![i64::MIN; ACL_NAMED_MAX]);
+        let json = serde_json::to_string(&LiveMsg::Acl { t: i64::MIN, u }).expect("json");
+        assert!(json.len() < 8000, "{} bytes", json.len());
+        // An earlier release names nobody: every session reloads.
+        let old: LiveMsg = serde_json::from_str(r#"{"k":"acl","t":5}"#).expect("an earlier release's");
+        assert!(matches!(old, LiveMsg::Acl { t: 5, u: None }), "{old:?}");
     }
 
     #[test]

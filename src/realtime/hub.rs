@@ -673,6 +673,7 @@ impl Entry {
             self.outbox.hold();
         }
         self.reloads += 1;
+        crate::metrics::inc(&crate::metrics::WS_CHANNEL_READS, 1);
         self.addr.do_send(ReloadChannels);
     }
 }
@@ -1430,8 +1431,12 @@ impl Handler<Live> for Hub {
             }
             LiveMsg::Presence { .. } => {}
             LiveMsg::Templates { waba } => self.templates.forget(&waba),
-            LiveMsg::Acl { t } => {
-                for id in self.index.audience(t, None) {
+            LiveMsg::Acl { t, u } => {
+                let ids = match u {
+                    Some(users) => users.into_iter().flat_map(|u| self.index.of_user(t, u)).collect(),
+                    None => self.index.audience(t, None),
+                };
+                for id in ids {
                     if let Some(e) = self.index.sessions.get_mut(&id) {
                         e.reload_channels();
                     }

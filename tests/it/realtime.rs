@@ -1273,6 +1273,38 @@ impl Drop for Serve {
     }
 }
 
+/// A change of one channel's list has the sockets of the members it moved
+/// read their channels again, not every socket of the tenant (a thousand
+/// reads, and a thousand sockets paused until theirs is back, for one agent
+/// moved); a list put back unchanged has none read.
+#[actix_web::test]
+async fn a_list_change_has_only_the_moved_members_sockets_read_again() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let channel = channels_of(&app, &t.admin).await;
+    // A process of its own: its counters are these sockets' alone.
+    let serve = Serve::start(&app).await;
+    let mut sockets = Vec::new();
+    for bearer in [&t.admin, &t.agent_x, &t.agent_other] {
+        let mut s = ws_at(&serve.ws(), bearer).await;
+        next(&mut s, Duration::from_secs(5)).await.expect("hello");
+        sockets.push(s);
+    }
+    let reads = || async {
+        let text = app.client.get(format!("{}/metrics", serve.base)).send().await.expect("metrics");
+        let text = text.text().await.expect("text");
+        let line = text.lines().find_map(|l| l.strip_prefix("switchboard_ws_channel_reads_total "));
+        line.and_then(|n| n.parse::<u64>().ok()).expect("the counter")
+    };
+    let before = reads().await;
+    list_on(&app, &t.admin, &channel, &[&t.agent_x_id]).await;
+    list_on(&app, &t.admin, &channel, &[]).await;
+    let changed = until(&mut sockets[1], "channels.changed", Duration::from_secs(5)).await.expect("Xavi narrowed");
+    assert_eq!(changed["data"]["channel_ids"], json!([]));
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reads().await - before, 1, "only Xavi's socket read its channels again");
+}
+
 /// Two `serve` processes on one database, each with its workers and its
 /// LISTEN connection: webhooks received by one reach agents on both,
 /// whichever process's worker handled each.
@@ -2843,6 +2875,8 @@ async fn a_socket_whose_own_read_finds_the_role_changed_or_the_member_gone() {
     let channel = channels_of(&app, &t.admin).await;
     let olga = app.login("olga@acme.test", "olga-password-1", "acme").await;
     let olga_id = olga["user"]["id"].as_str().expect("id").to_string();
+    // Olga on page A's list too: a change of it is one of hers.
+    list_on(&app, &t.admin, &channel, &[&t.agent_x_id, &olga_id]).await;
     let mut x = ws(&app, "", Some(&t.agent_x), None).await.expect("xavi");
     let mut o = ws(&app, "", Some(&token(&olga, "access_token")), None).await.expect("olga");
     for s in [&mut x, &mut o] {
