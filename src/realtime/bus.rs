@@ -27,7 +27,7 @@ use crate::inbox::events::{self, StoredEvent, NOTIFY_CHANNEL};
 pub const LIVE_CHANNEL: &str = "switchboard_live";
 
 /// The most members an [`LiveMsg::Acl`] names: a NOTIFY holds 8,000 bytes,
-/// an id up to 20 with its comma.
+/// an id up to 20 characters and its comma.
 pub const ACL_NAMED_MAX: usize = 300;
 
 /// Messages that are not logged: typing, presence, access changes.
