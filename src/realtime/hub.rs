@@ -633,9 +633,9 @@ pub struct WantPresence;
 /// This instance's listener is listening again after a loss: the access
 /// changes announced meanwhile (a member removed, a login ended, a
 /// channel's list changed: live messages, not logged) were never heard,
-/// so every session here reads its access again, as on
-/// [`LiveMsg::Acl`]; one whose member or login is gone is closed by that
-/// read (4403, 4401).
+/// so every session here reads its access again (and an agent's outbox
+/// is held until then), as on a [`LiveMsg::Acl`] naming nobody; one whose
+/// member or login is gone is closed by that read (4403, 4401).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CheckAccess;
