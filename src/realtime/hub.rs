@@ -76,8 +76,12 @@ pub enum Carries {
     /// The logged event of this seq, and its channel (`None`: of none, for
     /// every member); channel ids start at 1.
     Event { seq: i64, channel: Option<std::num::NonZeroI64> },
-    /// Typing or presence: not logged, never dropped for a replay.
+    /// Presence: not logged, never dropped for a replay.
     Ephemeral,
+    /// Typing in a conversation of this channel: not logged either, but
+    /// dropped with the channel's events when a held outbox learns the
+    /// member lost it ([`Outbox::release`]).
+    Typing { channel: std::num::NonZeroI64 },
     /// `channels.changed`: counted when written
     /// ([`Outbox::channels_told`]).
     ChannelsChanged,
@@ -88,6 +92,15 @@ impl Frame {
     pub fn seq(&self) -> Option<i64> {
         match self.carries {
             Carries::Event { seq, .. } => Some(seq),
+            Carries::Ephemeral | Carries::Typing { .. } | Carries::ChannelsChanged => None,
+        }
+    }
+
+    /// The channel whose access the frame needs, for an event or typing.
+    fn channel(&self) -> Option<i64> {
+        match self.carries {
+            Carries::Event { channel, .. } => channel.map(|c| c.get()),
+            Carries::Typing { channel } => Some(channel.get()),
             Carries::Ephemeral | Carries::ChannelsChanged => None,
         }
     }
@@ -310,11 +323,7 @@ impl Outbox {
                 let mut i = 0;
                 p.frames.retain(|f| {
                     i += 1;
-                    i <= from
-                        || match f.carries {
-                            Carries::Event { channel: Some(c), .. } => keep.contains(&c.get()),
-                            _ => true,
-                        }
+                    i <= from || f.channel().is_none_or(|c| keep.contains(&c))
                 });
                 if p.frames.is_empty() && std::mem::replace(&mut p.woken, false) {
                     self.unwritten.done();
@@ -1057,15 +1066,17 @@ impl Hub {
             self.typing.iter().filter(|(_, (at, _, _))| *at <= now).map(|(k, v)| (*k, v.1, v.2.clone())).collect();
         for ((tenant, conv, user), channel, name) in expired {
             self.typing.remove(&(tenant, conv, user));
-            self.broadcast(tenant, Some(channel), Hub::typing_frame(conv, user, &name, false), Some(user));
+            self.broadcast(tenant, Some(channel), Hub::typing_frame(conv, channel, user, &name, false), Some(user));
         }
         self.check_typing_soon(ctx);
     }
 
-    fn typing_frame(conv: i64, user: i64, name: &str, on: bool) -> Frame {
+    fn typing_frame(conv: i64, channel: i64, user: i64, name: &str, on: bool) -> Frame {
         let frame = json!({"type": "typing", "at": Utc::now(), "data": {
             "conversation_id": conv.to_string(), "user_id": user.to_string(), "name": name, "on": on}});
-        Frame { carries: Carries::Ephemeral, text: frame.to_string().into() }
+        let carries =
+            std::num::NonZeroI64::new(channel).map_or(Carries::Ephemeral, |channel| Carries::Typing { channel });
+        Frame { carries, text: frame.to_string().into() }
     }
 }
 
@@ -1422,7 +1433,7 @@ impl Handler<Live> for Hub {
                     self.typing.remove(&(t, conv, u));
                 }
                 // Never echoed to its sender (any of the sender's own sockets).
-                self.broadcast(t, Some(ch), Hub::typing_frame(conv, u, &name, on), Some(u));
+                self.broadcast(t, Some(ch), Hub::typing_frame(conv, ch, u, &name, on), Some(u));
             }
             // From an instance of an earlier release (this one sends
             // `PresenceOf`); never our own.
@@ -1736,20 +1747,32 @@ mod tests {
             carries: Carries::Event { seq, channel: channel.and_then(std::num::NonZeroI64::new) },
             text: format!("{{\"seq\":{seq}}}").into(),
         };
-        let ephemeral = Frame { carries: Carries::Ephemeral, text: "typing".into() };
+        let typing_in = |channel: i64, text: &str| Frame {
+            carries: Carries::Typing { channel: std::num::NonZeroI64::new(channel).expect("a channel") },
+            text: text.to_string().into(),
+        };
+        let presence = Frame { carries: Carries::Ephemeral, text: "presence".into() };
         o.go_live(0);
-        assert_eq!(o.add(vec![of(1, Some(1)), of(2, Some(2))]), Ok(true));
+        assert_eq!(o.add(vec![of(1, Some(1)), of(2, Some(2)), typing_in(1, "typing 1 before")]), Ok(true));
         // The hub heard the member's channels changed: what came before
         // stays, nothing goes out until the new list is in.
         o.hold();
-        assert_eq!(o.add(vec![of(3, Some(1)), of(4, Some(2)), of(5, None), ephemeral]), Ok(false));
+        let meanwhile = vec![
+            of(3, Some(1)),
+            of(4, Some(2)),
+            of(5, None),
+            typing_in(1, "typing 1"),
+            typing_in(2, "typing 2"),
+            presence,
+        ];
+        assert_eq!(o.add(meanwhile), Ok(false));
         o.hold();
         assert!(o.next_write(&waker).is_none(), "held");
         o.release(Some(&HashSet::from([2])));
         assert_eq!(
             texts(o.next_write(&waker).expect("frames")),
-            [r#"{"seq":1}"#, r#"{"seq":2}"#, r#"{"seq":4}"#, r#"{"seq":5}"#, "typing"],
-            "channel 1's event that came while held is dropped"
+            [r#"{"seq":1}"#, r#"{"seq":2}"#, "typing 1 before", r#"{"seq":4}"#, r#"{"seq":5}"#, "typing 2", "presence"],
+            "channel 1's event and typing that came while held are dropped"
         );
         assert!(unwritten.is_zero());
         // Only what came while held, all of it lost: nothing left to write.

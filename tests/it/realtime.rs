@@ -1662,13 +1662,21 @@ async fn a_channel_gained_during_a_resume_is_named_before_its_events() {
 /// write, so the hub went on fanning out by the old list until the client
 /// read again, and those frames went out: page A's message, sent after
 /// Xavi was taken off page A. The hub now holds the outbox from when it
-/// hears of the change, and drops what came of a lost channel meanwhile.
+/// hears of the change, and drops what came of a lost channel meanwhile:
+/// its events, and colleagues' typing in its conversations (not logged, but
+/// no more the member's to see).
 #[actix_web::test]
 async fn a_stalled_socket_gets_nothing_of_a_channel_lost_while_it_stalled() {
     use crate::teardown::RawClient;
     let app = spawn_app().await;
     let t = team(&app).await;
     let channel = channels_of(&app, &t.admin).await;
+    // A page A conversation from before Xavi connects, for the admin to
+    // type in while he stalls.
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "905", "text": "before"})).await;
+    app.processed().await;
+    let listed = app.call("GET", "/api/conversations", Some(&t.admin), None).await;
+    let conv = listed.body["items"][0]["id"].as_str().expect("a conversation").to_string();
     let mut x = RawClient::connect_to(&app.base, "/ws", &t.agent_x, Some(4096)).await;
     // ~10 MB of live events every member sees, which the client does not read.
     let pool = app.pool.clone();
@@ -1678,6 +1686,10 @@ async fn a_stalled_socket_gets_nothing_of_a_channel_lost_while_it_stalled() {
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": "904", "text": "after Xavi lost page A"})).await;
     app.processed().await;
+    // Typing is not logged, yet it is of page A too.
+    let r =
+        app.call("POST", &format!("/api/conversations/{conv}/typing"), Some(&t.admin), Some(json!({"on": true}))).await;
+    assert!(r.status < 300, "{:?}", r.body);
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
 
     let (mut everyones, mut changed, mut leaked) = (0, false, Vec::new());
