@@ -18,6 +18,7 @@ pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
 pub static WS_REPLAYS_AGAIN: AtomicU64 = AtomicU64::new(0);
 pub static WS_TOO_SLOW: AtomicU64 = AtomicU64::new(0);
 pub static WS_SILENT: AtomicU64 = AtomicU64::new(0);
+pub static WS_UNCLOSED: AtomicU64 = AtomicU64::new(0);
 pub static WS_CHANNEL_READS: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static WEBHOOK_BATCH_MICROS: AtomicU64 = AtomicU64::new(0);
@@ -66,6 +67,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_ws_silent_total",
             "Sockets closed (4408) after sending nothing, not even a pong, for the heartbeat timeout",
             &WS_SILENT,
+        ),
+        (
+            "switchboard_ws_unclosed_total",
+            "Sockets that ended with no close frame from either side: the client's connection dropped, or one whose client stopped reading was let go (TCP_USER_TIMEOUT)",
+            &WS_UNCLOSED,
         ),
         (
             "switchboard_ws_channel_reads_total",

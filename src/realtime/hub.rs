@@ -347,15 +347,17 @@ impl Outbox {
     }
 
     /// Nothing more goes out; what waits is dropped and stops counting as
-    /// unwritten work.
-    pub fn close(&self) {
-        let Ok(mut p) = self.pending.lock() else { return };
-        p.closed = true;
+    /// unwritten work. Whether it was open until now (a session closed by
+    /// either side closed it first).
+    pub fn close(&self) -> bool {
+        let Ok(mut p) = self.pending.lock() else { return false };
+        let was_open = !std::mem::replace(&mut p.closed, true);
         p.frames = Vec::new();
         p.waker = None;
         if std::mem::replace(&mut p.woken, false) {
             self.unwritten.done();
         }
+        was_open
     }
 
     /// The socket's next write: the oldest frames, encoded as WebSocket text

@@ -23,7 +23,9 @@
 //! with `since`), 1009 for a client message over
 //! `session::CLIENT_MESSAGE_LIMIT`, 1007 for text that is not UTF-8
 //! (whole or in fragments), 1002 for another protocol error (a close
-//! frame whose code no endpoint may send among them). A close
+//! frame whose code no endpoint may send among them); a connection that
+//! fails under the socket ends without one (`switchboard_ws_unclosed_total`
+//! counts those). A close
 //! frame queues behind what the client has not read, so a client that
 //! stopped reading is let go at the TCP level too (`http::on_connect`).
 

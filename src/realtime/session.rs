@@ -500,7 +500,10 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         crate::metrics::WS_OPEN.fetch_sub(1, Ordering::Relaxed);
-        self.outbox.close();
+        // Neither side closed it: the connection ended under it.
+        if self.outbox.close() {
+            crate::metrics::inc(&crate::metrics::WS_UNCLOSED, 1);
+        }
         self.hub.do_send(Leave { id: self.id });
     }
 }
@@ -667,6 +670,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(m) => m,
             Err(ws::ProtocolError::Overflow) => return self.close(ctx, CloseCode::Size.into(), "message too large"),
             Err(e) if not_utf8(&e) => return self.close(ctx, CloseCode::Invalid.into(), "text is not UTF-8"),
+            // The connection failed under the socket (actix reports a client
+            // gone mid-stream as an I/O error of its payload): no close frame
+            // can reach it, and it is not the client's protocol error.
+            Err(ws::ProtocolError::Io(_)) => return ctx.stop(),
             Err(_) => return self.close(ctx, CloseCode::Protocol.into(), "protocol error"),
         };
         self.heartbeat = Instant::now();

@@ -242,6 +242,39 @@ async fn a_connection_whose_client_stopped_reading_is_let_go() {
     drop(stalled);
 }
 
+/// A connection that ends under its session, no close frame from either
+/// side (the client's network dropped, or the server let go of a client
+/// that stopped reading), is counted apart from those closed properly:
+/// `switchboard_ws_unclosed_total`. On a `serve` process of its own, whose
+/// counters no other test moves.
+#[actix_web::test]
+async fn a_connection_ended_without_a_close_frame_is_counted() {
+    let app = spawn_app_without_workers().await;
+    let admin = owner_token(&app).await;
+    let serve = Serve::start_with(&app, &[]).await;
+    let counted = |name: &'static str| {
+        let (client, url) = (app.client.clone(), format!("{}/metrics", serve.base));
+        async move {
+            let text = client.get(url).send().await.expect("metrics").text().await.expect("text");
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+        }
+    };
+    // Closed properly, by the client.
+    let mut closed = RawClient::connect(&serve.base, &admin, None).await;
+    closed.frame(Duration::from_secs(5)).await.expect("hello");
+    closed.send_close(1000).await;
+    assert_eq!(closed.until_close(Duration::from_secs(5)).await, 1000);
+    assert!(closed.ends_within(Duration::from_secs(5)).await, "the server did not close the connection");
+    // Dropped: the TCP connection ends with no close frame.
+    let mut dropped = RawClient::connect(&serve.base, &admin, None).await;
+    dropped.frame(Duration::from_secs(5)).await.expect("hello");
+    drop(dropped);
+    crate::common::eventually("both sessions ended", || async { counted("switchboard_ws_open").await == Some(0) })
+        .await;
+    assert_eq!(counted("switchboard_ws_connections_total").await, Some(2));
+    assert_eq!(counted("switchboard_ws_unclosed_total").await, Some(1), "only the dropped one");
+}
+
 /// RFC 6455 §7.4.1: text that is not UTF-8 is answered with 1007, whether
 /// it came in one frame or in fragments; any other malformed frame (here a
 /// continuation with nothing to continue) with 1002. Libraries such as awc
