@@ -309,8 +309,8 @@ impl Outbox {
     }
 
     /// The member's channels were read again: of the frames that came while
-    /// they were read, events of a channel not in `keep` (`None`: every
-    /// channel) are dropped, and the writer goes on. A socket whose client
+    /// they were read, events and typing of a channel not in `keep` (`None`:
+    /// every channel) are dropped, and the writer goes on. A socket whose client
     /// stopped reading is told last: its actor, which reads the list, runs
     /// only when the socket can write, and the old list went on filling
     /// its outbox until then.
