@@ -263,6 +263,21 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
+            // Someone who exists keeps their password: a membership or a
+            // role is no reason to change it, and `user password` says so
+            // (ending their logins). Said rather than silently passed over.
+            let exists = users::find_by_email(&mut conn, &email)?.is_some();
+            let password = match password {
+                Some(_) if exists && membership.is_some() => {
+                    eprintln!(
+                        "note: {} already has an account; the password given was not used \
+                         (`switchboard user password` sets it)",
+                        email.as_str()
+                    );
+                    None
+                }
+                p => p,
+            };
             // Hashed (slowly) only when given: it is needed for someone new.
             let hash = match password {
                 Some(p) => Some(crate::auth::password::PasswordHash::create(&p).map_err(user_error)?),

@@ -530,11 +530,21 @@ pub fn react(
         }
     }
     let row = visible_message_for_update(tc, user, role, id)?;
-    if row.direction != "in" || row.external_id.is_none() || row.deleted_at.is_some() {
-        return Err(AppError::invalid(
-            "cannot_react",
-            "only a customer's message can be reacted to (not one of ours, not one unsent)",
-        ));
+    // Said precisely: a client shows the sentence to an agent who tapped a
+    // message and expects to know why nothing happened.
+    let refused = if row.private {
+        Some("a private note cannot be reacted to; only a customer's message can")
+    } else if row.direction != "in" {
+        Some("only a customer's message can be reacted to, not one the team or the page sent")
+    } else if row.deleted_at.is_some() {
+        Some("the customer deleted this message; it cannot be reacted to")
+    } else if row.external_id.is_none() {
+        Some("this message has no id at Meta, so a reaction cannot name it")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        return Err(AppError::invalid("cannot_react", why));
     }
     let conv = conversation_row(tc, ConversationId(row.conversation_id))?;
     let mut names = Names::default();

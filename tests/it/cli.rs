@@ -107,7 +107,10 @@ fn tenant_lifecycle_and_clear_errors() {
     // With another owner she may step down; each change is audited, by
     // nobody (an operator).
     let make_bob = ["user", "create", "--email", "bob@acme.test", "--password", "bob-password-1", "--tenant", "acme"];
-    assert!(ok(&[&make_bob[..], &["--role", "owner"]].concat()).contains("is owner of acme"));
+    // Bob exists: the password given is said to be left unused.
+    let out = ok(&[&make_bob[..], &["--role", "owner"]].concat());
+    assert!(out.contains("is owner of acme"), "{out}");
+    assert!(out.contains("password given was not used"), "{out}");
     assert!(ok(&[&demote_ann[..], &["--role", "admin"]].concat()).contains("is admin of acme"));
     assert_eq!((role("ann@acme.test"), role("bob@acme.test")), ("admin".to_string(), "owner".to_string()));
     let audited = "SELECT count(*)::text AS v FROM tenant_acme.audit_log \

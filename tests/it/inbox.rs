@@ -5493,9 +5493,13 @@ async fn an_agent_reacts_to_a_customers_message() {
             Some(json!({"text": "ok", "private": true})),
         )
         .await;
+    for (m, why) in [(&ours, "not one the team or the page sent"), (&note.body, "a private note")] {
+        let r = app.call("PUT", &path(m), Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("cannot_react")), "{:?}", r.body);
+        let message = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{message}");
+    }
     for (m, body, status, code) in [
-        (&ours, json!({"emoji": "👍"}), 422, "cannot_react"),
-        (&note.body, json!({"emoji": "👍"}), 422, "cannot_react"),
         (&wa_in, json!({"emoji": "two words"}), 422, "invalid_reaction"),
         (&wa_in, json!({"emoji": ""}), 422, "invalid_reaction"),
         (&wa_in, json!({"emoji": "👍", "x": 1}), 422, "invalid_body"),
@@ -5507,6 +5511,19 @@ async fn an_agent_reacts_to_a_customers_message() {
         app.call("PUT", "/api/messages/abc/reaction", Some(&ctx.admin), Some(json!({"emoji": "👍"}))).await.status,
         404
     );
+
+    // A message the customer took back is told apart.
+    let now = chrono::Utc::now().timestamp_millis();
+    let unsend = serde_json::to_vec(&json!({"object": "page", "entry": [{"id": PAGE_A, "time": now, "messaging": [
+        {"sender": {"id": PSID}, "recipient": {"id": PAGE_A}, "timestamp": now,
+         "message": {"mid": fb_in["external_id"], "is_deleted": true}}]}]}))
+    .expect("body");
+    assert_eq!(app.webhook(&unsend).await, 200);
+    app.processed().await;
+    let r = app.call("PUT", &path(&fb_in), Some(&ctx.admin), Some(json!({"emoji": "😮"}))).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("cannot_react")), "{:?}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the customer deleted"), "{message}");
 }
 
 /// An agent writes first to a WhatsApp number with a template: the
