@@ -221,13 +221,16 @@ impl ResponseError for AppError {
     }
 }
 
+/// The code of a lost connection, or of a pool that cannot connect.
+pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+
 impl From<DbError> for AppError {
     fn from(e: DbError) -> Self {
         use diesel::result::{DatabaseErrorKind, Error as D};
         // The pool could not connect, or a query's connection was gone:
         // the dependency is down (or just restarted), not our bug.
         if matches!(e, DbError::Pool(_)) || crate::db::connection_lost(&e) {
-            return AppError::unavailable("database_unavailable", "the database is not reachable").retry_after(1);
+            return AppError::unavailable(DATABASE_UNAVAILABLE, "the database is not reachable").retry_after(1);
         }
         match e {
             DbError::Query(D::NotFound) => AppError::not_found("resource"),

@@ -172,12 +172,20 @@ impl Db {
         E: From<DbError> + From<actix_web::error::BlockingError> + Send + 'static,
     {
         let pool = self.pool.clone();
-        actix_web::web::block(move || {
-            let mut conn = retry_lost(&pool, |conn| super::tenant::begin(conn, &scope))?;
-            super::tenant::run_begun(&mut conn, scope.tenant, f)
-        })
-        .await?
+        actix_web::web::block(move || tenant_on_pool(&pool, &scope, f)).await?
     }
+}
+
+/// What [`Db::tenant`] does, for a caller already on a blocking thread:
+/// `f` inside one tenant transaction on a pooled connection, opened on
+/// another when the one the pool hands out was closed by the server since.
+pub fn tenant_on_pool<T, E, F>(pool: &PgPool, scope: &super::TenantScope, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut super::TenantConn<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
+    let mut conn = retry_lost(pool, |conn| super::tenant::begin(conn, scope))?;
+    super::tenant::run_begun(&mut conn, scope.tenant, f)
 }
 
 /// Whether the error says the connection is gone: diesel turns libpq's

@@ -271,7 +271,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
         let scope = TenantScope::system(TenantId(tenant)).with_async_commit();
         let group: Vec<&Work> = items.iter().collect();
         let owned = own(&group, &tenants_of, &outcome);
-        let parts = match guarded(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &group, &owned))? {
+        let parts = match guarded_live(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &group, &owned))? {
             Ok(applied) => {
                 applied.record(tenant, &mut report, &mut marked);
                 continue;
@@ -299,7 +299,7 @@ pub fn process_batch(pool: &PgPool, app_id: &str, online: &Online, limit: i64) -
         for ev in parts {
             let part: Vec<&Work> = items.iter().filter(|(e, _, _)| *e == ev).collect();
             let owned = own(&part, &tenants_of, &outcome);
-            match guarded(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &part, &owned))? {
+            match guarded_live(pool, &mut conn, |c| apply_tenant(c, &scope, app_id, online, &part, &owned))? {
                 Ok(applied) => applied.record(tenant, &mut report, &mut marked),
                 Err(e) => {
                     if !is_waiting(&e) {
@@ -384,6 +384,32 @@ pub fn guarded<T>(
             let message = format!("processing it failed: {}", crate::app::panic_text(&panic));
             Ok(Err(AppError::new(crate::error::ErrorKind::Internal, PANICKED, message)))
         }
+    }
+}
+
+/// [`guarded`], run once more on another connection when the connection
+/// was lost under `work` (a restart, a failover, a proxy cutting it):
+/// nothing of it committed, or, a commit's answer lost, what it did is
+/// found done and not done twice. Left on the dead connection, the rest of
+/// the batch (each webhook alone, the marks) would fail too, as internal
+/// errors, and the whole batch wait out its lease: a minute for a blip.
+fn guarded_live<T>(
+    pool: &PgPool,
+    conn: &mut r2d2::PooledConnection<diesel::r2d2::ConnectionManager<PgConnection>>,
+    mut work: impl FnMut(&mut PgConnection) -> AppResult<T>,
+) -> AppResult<AppResult<T>> {
+    match guarded(pool, conn, &mut work)? {
+        Err(e) if e.code == crate::error::DATABASE_UNAVAILABLE => {
+            use diesel::connection::{AnsiTransactionManager, TransactionManager};
+            tracing::warn!(error = ?e, "the processor's connection was lost; going on with another");
+            // So that the pool drops it rather than hand it out again.
+            AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
+            *conn = crate::db::retry_lost(pool, |c| {
+                diesel::connection::SimpleConnection::batch_execute(c, "SELECT 1").map_err(DbError::from)
+            })?;
+            guarded(pool, conn, work)
+        }
+        done => Ok(done),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::hub::{Events, Flush, Hub, Live, Pace, Unwritten};
 use crate::db::listen::ListenConnection;
-use crate::db::{with_tenant, PgPool, TenantScope};
+use crate::db::{PgPool, TenantScope};
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::inbox::events::{self, StoredEvent, NOTIFY_CHANNEL};
@@ -97,6 +97,10 @@ pub trait Bus: Send + Sync {
 /// instance.
 pub fn notify_live(conn: &mut PgConnection, msg: &LiveMsg) -> AppResult<()> {
     let payload = serde_json::to_string(msg).map_err(AppError::internal)?;
+    Ok(notify(conn, &payload)?)
+}
+
+fn notify(conn: &mut PgConnection, payload: &str) -> Result<(), crate::db::DbError> {
     diesel::sql_query("SELECT pg_catalog.pg_notify($1, $2)")
         .bind::<diesel::sql_types::Text, _>(LIVE_CHANNEL)
         .bind::<diesel::sql_types::Text, _>(payload)
@@ -116,8 +120,13 @@ impl PgBus {
 
 impl Bus for PgBus {
     fn publish(&self, msg: &LiveMsg) -> AppResult<()> {
-        let mut conn = self.pool.get().map_err(crate::db::DbError::from)?;
-        notify_live(&mut conn, msg)
+        let payload = serde_json::to_string(msg).map_err(AppError::internal)?;
+        // A pooled connection the server closed since (a restart, a proxy
+        // cutting idle ones) is not checked on checkout: met here, the
+        // message goes on another rather than being lost (a presence change
+        // the other instances would never hear).
+        crate::db::retry_lost(&self.pool, |conn| notify(conn, &payload))?;
+        Ok(())
     }
 }
 
@@ -363,13 +372,22 @@ fn catch_up(
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let mut conn = pool.get()?;
+    let scope = TenantScope::maintenance(TenantId(tenant));
     let mut since = from;
     loop {
-        let batch =
-            with_tenant(&mut conn, &TenantScope::maintenance(TenantId(tenant)), |tc| events::since(tc, since, 1000));
+        // On another connection if the pool's first was closed by the
+        // server since (after a restart the listener connects anew while the
+        // pool still holds the dead ones): failing here would leave these
+        // events until the tenant's next notification.
+        let batch = crate::db::tenant_on_pool(pool, &scope, |tc| events::since(tc, since, 1000));
         let batch = match batch {
             Ok(b) => b,
+            // No connection works: the listener's own is likely gone too.
+            // It connects again and catches up from the log then.
+            Err(e) if e.code == crate::error::DATABASE_UNAVAILABLE => {
+                anyhow::bail!("cannot read tenant {tenant}'s events: {}", e.message)
+            }
+            // The tenant's schema gone (dropped meanwhile), say.
             Err(e) => {
                 tracing::debug!(tenant, error = ?e, "cannot read events");
                 return Ok(());

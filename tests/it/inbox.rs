@@ -4350,6 +4350,38 @@ async fn one_poisonous_webhook_does_not_take_its_batch_down() {
     assert_eq!(app.count("SELECT (max(seq) - min(seq) + 1 - count(*))::bigint AS n FROM tenant_acme.events"), 0);
 }
 
+/// The processor's connection lost in the middle of a batch (a restart, a
+/// failover, a proxy cutting it): the batch goes on with another, at once,
+/// rather than failing each webhook on the dead one and waiting out its
+/// lease.
+#[actix_web::test]
+async fn a_batch_whose_connection_is_lost_goes_on_with_another() {
+    let app = spawn_app_without_workers().await;
+    acme(&app).await;
+    // The first message stored ends its own connection (a sequence, which
+    // the rollback leaves as it is, so only once).
+    let mut conn = app.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "CREATE SEQUENCE tenant_acme.cut_once; \
+         CREATE FUNCTION tenant_acme.cut() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN IF nextval('tenant_acme.cut_once') = 1 THEN \
+                PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); END IF; \
+              RETURN NEW; END $$; \
+         CREATE TRIGGER cut BEFORE INSERT ON tenant_acme.messages FOR EACH ROW EXECUTE FUNCTION tenant_acme.cut()",
+    )
+    .expect("trigger");
+    let texts: Vec<(usize, String)> = (0..12).map(|i| (i, format!("still there {i}?"))).collect();
+    store_texts(&app, &texts);
+    let pool = app.db.pool(2);
+    let report = switchboard::inbox::processor::process_batch(&pool, &app.config.meta.app_id, &app.state.online, 500)
+        .expect("batch");
+    assert_eq!((report.claimed, report.done, report.retried, report.dead), (12, 12, 0, 0), "{report:?}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.messages"), 12);
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.webhook_events WHERE status <> 'done'"), 0);
+    assert_eq!(app.count("SELECT last_value AS n FROM tenant_acme.cut_once"), 13, "cut once, then all 12 stored");
+}
+
 #[actix_web::test]
 async fn a_nul_character_is_dropped_not_the_message() {
     let app = spawn_app_without_workers().await;

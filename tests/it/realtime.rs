@@ -940,6 +940,35 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
     assert!(next(&mut s, Duration::from_millis(300)).await.is_none_or(|f| !f["seq"].is_i64()), "nothing twice");
 }
 
+/// As a restart of PostgreSQL does, every connection is cut, the pool's
+/// idle ones too: the listener connects anew and catches up on another
+/// connection than the dead ones the pool still holds. Before, its read
+/// met a dead one and gave up quietly, leaving the events until the
+/// tenant's next notification (in a quiet tenant, for as long as that).
+#[actix_web::test]
+async fn the_listener_catches_up_after_every_connection_was_cut() {
+    let (app, _team, mut s, last) = admin_at_hello().await;
+    append_events(&app, 1);
+    let first = until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live");
+    assert_eq!(first["seq"], last + 1);
+    // The listener first, then (while it waits to reconnect) events whose
+    // NOTIFYs reach nobody, then every other connection of the app.
+    let writer = app.db.pool(1);
+    let mut conn = app.db.conn();
+    let old = listener_pids(&mut conn);
+    diesel::sql_query(format!("SELECT pg_terminate_backend({}, 5000)", old[0])).execute(&mut conn).expect("terminate");
+    append_in(&writer, 3, 200);
+    let cut = "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
+               WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    assert!(app.count(cut) >= 2, "the pool's connections");
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let f = until(&mut s, "channel.updated", Duration::from_secs(5)).await.expect("caught up");
+        seqs.push(f["seq"].as_i64().expect("seq"));
+    }
+    assert_eq!(seqs, ((last + 2)..=(last + 4)).collect::<Vec<_>>());
+}
+
 /// Access changes announced while the listener was away (live messages,
 /// not logged: their NOTIFYs reached nobody) are made good once it is
 /// back: every socket of the instance reads its access again. Here the

@@ -383,7 +383,7 @@ async fn the_server_keeps_spares_ready_and_sign_up_takes_one() {
 /// how many.
 fn cut_connections(app: &crate::common::TestApp) -> i64 {
     app.count(
-        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+        "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
           WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
 }
@@ -448,6 +448,26 @@ async fn the_workers_claims_survive_closed_connections() {
         .await
         .expect("the sender's pass");
     assert_eq!(claimed, 0, "nothing was queued");
+}
+
+/// A live message (typing, presence: no transaction of a request carries
+/// it) goes out on another connection when the pooled one it got was
+/// closed by the server since, rather than being lost.
+#[actix_web::test]
+async fn a_live_message_survives_a_closed_connection() {
+    use switchboard::realtime::bus::{Bus, LiveMsg, PgBus};
+    let app = crate::common::spawn_app_without_workers().await;
+    // Both opened at once (min_idle), then closed under the pool.
+    let pool = app.db.pool(2);
+    assert!(cut_connections(&app) >= 2);
+    let lost = || switchboard::metrics::DB_CONNECTIONS_LOST.load(std::sync::atomic::Ordering::Relaxed);
+    let before = lost();
+    let bus = PgBus::new(pool);
+    actix_web::web::block(move || bus.publish(&LiveMsg::Alive { inst: "a-test".into() }))
+        .await
+        .expect("blocking pool")
+        .expect("published");
+    assert!(lost() > before, "the closed connection was met and replaced");
 }
 
 /// An idle worker sleeps until its queue's next row falls due, never past
