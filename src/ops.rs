@@ -264,8 +264,8 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 _ => None,
             };
             // Someone who exists keeps their password: a membership or a
-            // role is no reason to change it, and `user password` says so
-            // (ending their logins). Said rather than silently passed over.
+            // role is no reason to change it (`user password` does, and ends
+            // their logins). Said, rather than silently passed over.
             let exists = users::find_by_email(&mut conn, &email)?.is_some();
             let password = match password {
                 Some(_) if exists && membership.is_some() => {
