@@ -217,6 +217,15 @@ pub fn retry_lost(
     retry_lost_waiting(pool, false, first)
 }
 
+/// A pooled connection that answered a `SELECT 1`, for work whose first
+/// statement is not a tenant `BEGIN` ([`tenant_on_pool`] checks that one):
+/// the background workers' passes. One the server closed since is passed
+/// over as in [`retry_lost`]; the round trip is the price, small beside a
+/// pass that would otherwise fail on it and wait for the next.
+pub fn live_connection(pool: &PgPool) -> Result<PooledConnection<ConnectionManager<PgConnection>>, DbError> {
+    retry_lost(pool, |conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
+}
+
 /// How long a health probe waits for a connection the pool does not have
 /// open yet ([`Db::probe`]).
 pub const PROBE_WAIT: Duration = Duration::from_millis(500);

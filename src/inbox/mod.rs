@@ -157,7 +157,7 @@ pub(crate) fn planned_for_the_pattern<T>(
 pub(crate) async fn idle_wait(state: &crate::app::AppState, queue: crate::db::queue::Queue) -> std::time::Duration {
     let pool = state.db.pool().clone();
     let due = actix_web::web::block(move || {
-        let mut conn = pool.get()?;
+        let mut conn = crate::db::live_connection(&pool)?;
         crate::db::queue::idle_wait(&mut conn, queue)
     })
     .await;

@@ -404,9 +404,7 @@ fn guarded_live<T>(
             tracing::warn!(error = ?e, "the processor's connection was lost; going on with another");
             // So that the pool drops it rather than hand it out again.
             AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
-            *conn = crate::db::retry_lost(pool, |c| {
-                diesel::connection::SimpleConnection::batch_execute(c, "SELECT 1").map_err(DbError::from)
-            })?;
+            *conn = crate::db::live_connection(pool)?;
             guarded(pool, conn, work)
         }
         done => Ok(done),

@@ -51,7 +51,7 @@ use crate::audit;
 use crate::crypto::Keyring;
 use crate::db::schema::outgoing_webhooks as w;
 use crate::db::{with_tenant, PgPool, TenantConn, TenantScope};
-use crate::error::{AppError, AppResult, ErrorKind};
+use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::inbox::events;
 use crate::secret::Secret;
@@ -417,8 +417,7 @@ struct Batch {
 
 /// The endpoint's next events, as a request body.
 fn next_batch(pool: &PgPool, due: &Due) -> AppResult<Batch> {
-    let mut conn = pool.get().map_err(|e| AppError::internal(anyhow::anyhow!("pool: {e}")))?;
-    with_tenant(&mut conn, &TenantScope::system(due.tenant), |tc| {
+    crate::db::tenant_on_pool(pool, &TenantScope::system(due.tenant), |tc| {
         let events = events::since(tc, due.cursor, BATCH)?;
         let mut frames: Vec<String> = Vec::new();
         // What retention pruned before this endpoint had it.
@@ -529,7 +528,9 @@ pub fn backoff(failures: i32) -> Duration {
 
 /// Records a delivery's outcome and lets the endpoint go.
 fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> AppResult<()> {
-    let mut conn = pool.get().map_err(|e| AppError::internal(anyhow::anyhow!("pool: {e}")))?;
+    // Not one the server closed since: the delivery made would otherwise
+    // wait out its lease and go again.
+    let mut conn = crate::db::live_connection(pool)?;
     let row = w::table.find(due.id);
     match outcome {
         // Nothing new: look again at the next round.
@@ -586,7 +587,7 @@ fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> App
 /// slow receiver holds up only itself.
 pub async fn deliver_due(state: &AppState) -> AppResult<usize> {
     let pool = state.db.pool().clone();
-    let claimed = actix_web::web::block(move || claim(&mut *pool.get().map_err(db_gone)?, 16)).await??;
+    let claimed = actix_web::web::block(move || claim(&mut *crate::db::live_connection(&pool)?, 16)).await??;
     let rounds = futures_util::future::join_all(claimed.into_iter().map(|due| deliver(state, due))).await;
     let mut sent = 0;
     for delivered in rounds {
@@ -601,6 +602,13 @@ async fn deliver(state: &AppState, due: Due) -> AppResult<bool> {
     let (batch, due) = actix_web::web::block(move || (next_batch(&pool, &due), due)).await?;
     let requested = matches!(batch, Ok(Batch { body: Some(_), .. }));
     let outcome = match batch {
+        // Our database failed, not the endpoint: nothing counted against
+        // it (failures switch it off in the end, and the integrator reads
+        // `last_error`); looked at again next round.
+        Err(e) if e.code == crate::error::DATABASE_UNAVAILABLE => {
+            tracing::warn!(webhook = due.id, tenant = due.tenant.0, error = %e.message, "cannot read the events to deliver");
+            Ok(None)
+        }
         Err(e) => Err(format!("reading the events: {}", e.message)),
         Ok(Batch { body: None, last }) if last == due.cursor => Ok(None),
         // Only types it does not want: passed over.
@@ -621,10 +629,6 @@ async fn deliver(state: &AppState, due: Due) -> AppResult<bool> {
     let pool = state.db.pool().clone();
     actix_web::web::block(move || settle(&pool, &due, outcome)).await??;
     Ok(delivered)
-}
-
-fn db_gone(e: impl std::fmt::Display) -> AppError {
-    AppError::new(ErrorKind::Unavailable, "database_unavailable", format!("database: {e}"))
 }
 
 /// The delivery loop of a `serve` process.

@@ -409,8 +409,12 @@ pub async fn send_due(pool: &crate::db::PgPool, mailer: &Mailer) -> AppResult<us
     let mut sent = 0;
     loop {
         let p = pool.clone();
-        let due =
-            actix_web::web::block(move || claim(&mut *p.get()?, Utc::now())).await.map_err(AppError::internal)??;
+        // Connections the server closed since are passed over: a pass failed
+        // on one waits for the next, and a settle failed on one leaves mail
+        // that went to be sent again once its lease runs out.
+        let due = actix_web::web::block(move || claim(&mut *crate::db::live_connection(&p)?, Utc::now()))
+            .await
+            .map_err(AppError::internal)??;
         if due.is_empty() {
             return Ok(sent);
         }
@@ -427,7 +431,7 @@ pub async fn send_due(pool: &crate::db::PgPool, mailer: &Mailer) -> AppResult<us
         }
         let p = pool.clone();
         actix_web::web::block(move || {
-            let conn = &mut *p.get()?;
+            let conn = &mut *crate::db::live_connection(&p)?;
             let now = Utc::now();
             outcomes.iter().try_for_each(|(mail, outcome)| settle(conn, mail, outcome, now))?;
             Ok::<_, DbError>(())

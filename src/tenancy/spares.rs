@@ -120,7 +120,8 @@ pub async fn run(state: actix_web::web::Data<crate::app::AppState>) {
     loop {
         let pool = state.db.pool().clone();
         let result = actix_web::web::block(move || -> AppResult<usize> {
-            let mut conn = pool.get().map_err(DbError::from)?;
+            // A pass failed on a dead connection would wait a minute.
+            let mut conn = crate::db::live_connection(&pool)?;
             refill(&mut conn, want)
         })
         .await;

@@ -335,3 +335,38 @@ async fn an_endpoint_outlives_the_admin_who_made_it() {
     let pending = app.call("GET", "/api/invitations", Some(admin), None).await;
     assert_eq!(pending.body["items"], json!([]), "her invitation went with her");
 }
+
+/// Every pooled connection is cut (a database restart, a proxy dropping
+/// idle flows) between two rounds: the next round claims, reads and
+/// settles on fresh connections, so the events go out then, and nothing
+/// is counted against the endpoint. Before, the round failed on the first
+/// dead connection (claim), or, further on, a dead connection under the
+/// read was recorded as the endpoint's failure.
+#[actix_web::test]
+async fn a_round_after_the_connections_were_cut_delivers_and_blames_no_endpoint() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let (r, url) = receiver().await;
+    let admin = ctx.admin.as_str();
+    let made = app.call("POST", "/api/integrations/webhooks", Some(admin), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    crate::realtime::append_in(&app.pool, 2, 10);
+    let cut = app.count(
+        "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'",
+    );
+    assert!(cut >= 1, "the pool's connections");
+    let sent = switchboard::integrations::webhooks::deliver_due(&app.state).await;
+    assert_eq!(sent.map_err(|e| e.message), Ok(1), "delivered in the round after the cut");
+    let got = heard(&r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(types(&got[0].1), ["channel.updated", "channel.updated"], "{}", got[0].1);
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    let endpoint = &listed.body["items"][0];
+    assert_eq!((&endpoint["failures"], &endpoint["last_error"]), (&json!(0), &Value::Null), "{endpoint}");
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM public.outgoing_webhooks WHERE leased_until IS NULL"),
+        1,
+        "settled, not left to its lease"
+    );
+}

@@ -367,6 +367,37 @@ async fn a_server_not_reached_is_tried_again_later() {
     .await;
 }
 
+/// Every pooled connection is cut (a database restart, a proxy dropping
+/// idle flows) between two passes: the next pass claims, sends and settles
+/// on fresh connections. Before, it failed on the first dead one and the
+/// mail waited for the pass after; a settle failed so would have left a
+/// mail that went to be sent again once its lease ran out.
+#[actix_web::test]
+async fn a_pass_after_the_connections_were_cut_sends_and_settles() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let pool = app.db.pool(2);
+    switchboard::mail::queue(&mut app.db.conn(), "bo@acme.test", "Hello", "Hi Bo").expect("queued");
+    let cut = app.count(
+        "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    assert!(cut >= 2, "the pool's connections");
+    let config = switchboard::config::MailConfig {
+        smtp_url: switchboard::secret::Secret::new(switchboard::mail::PRINT.to_string()),
+        from: "Switchboard <noreply@switchboard.test>".into(),
+        conversation_url: None,
+    };
+    let mailer = switchboard::mail::Mailer::new(&config).expect("mailer");
+    assert_eq!(switchboard::mail::send_due(&pool, &mailer).await.map_err(|e| e.message), Ok(1));
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = '' AND attempts = 1"
+        ),
+        1,
+        "sent once and settled"
+    );
+}
+
 #[actix_web::test]
 async fn printed_mail_counts_as_sent() {
     // The demo's mail (`SWITCHBOARD_SMTP_URL=print`): on standard output.

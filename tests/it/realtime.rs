@@ -946,7 +946,8 @@ async fn the_listener_reconnects_and_catches_up_from_the_log() {
 /// take the pool's first connection and give up quietly on a dead one,
 /// leaving the events until the tenant's next notification; whether this
 /// test meets a dead one depends on what took them first, so it guards
-/// the catch-up rather than pins that: it passed before the change too.)
+/// the catch-up rather than pins that: it passed before the change too.
+/// The next test pins it.)
 #[actix_web::test]
 async fn the_listener_catches_up_after_every_connection_was_cut() {
     let (app, _team, mut s, last) = admin_at_hello().await;
@@ -969,6 +970,44 @@ async fn the_listener_catches_up_after_every_connection_was_cut() {
         seqs.push(f["seq"].as_i64().expect("seq"));
     }
     assert_eq!(seqs, ((last + 2)..=(last + 4)).collect::<Vec<_>>());
+}
+
+/// The listener stays, every pooled connection of the server is cut (a
+/// proxy dropping idle flows does that), and another process commits
+/// events: the listener, told of them, reads them on a live connection.
+/// Without the background workers and with no other work, nothing else
+/// takes the dead connections first, so its read meets one: it used to
+/// give up there quietly and leave the events until the tenant's next
+/// notification.
+#[actix_web::test]
+async fn a_notified_read_goes_on_another_connection_when_the_pools_were_cut() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
+    let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
+    send(&mut s, json!({"type": "ping"})).await;
+    until(&mut s, "pong", Duration::from_secs(3)).await.expect("pong");
+    append_events(&app, 1);
+    assert_eq!(until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live")["seq"], last + 1);
+    let listening = listener_pids(&mut app.db.conn());
+    assert_eq!(listening.len(), 1, "one LISTEN connection");
+    let cut = format!(
+        "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> {}",
+        listening[0]
+    );
+    assert!(app.count(&cut) >= 1, "the pool's connections");
+    let writer = app.db.pool(1);
+    append_in(&writer, 3, 200);
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        match until(&mut s, "channel.updated", Duration::from_secs(3)).await {
+            Some(f) => seqs.push(f["seq"].as_i64().expect("seq")),
+            None => panic!("only {seqs:?} of the 3 notified events arrived"),
+        }
+    }
+    assert_eq!(seqs, ((last + 2)..=(last + 4)).collect::<Vec<_>>());
+    assert_eq!(listener_pids(&mut app.db.conn()), listening, "the listener itself was not cut");
 }
 
 /// Access changes announced while the listener was away (live messages,
