@@ -370,3 +370,37 @@ async fn a_round_after_the_connections_were_cut_delivers_and_blames_no_endpoint(
         "settled, not left to its lease"
     );
 }
+
+/// A round whose read of the events loses its connection (here the log's
+/// read ends its own backend, every time, as a database going down
+/// would) sends nothing and counts nothing against the endpoint: no
+/// failure, no `last_error` for the integrator to read, no backoff; the
+/// next round, the database back, delivers. Before, it was recorded as the
+/// endpoint's failure ("reading the events: …").
+#[actix_web::test]
+async fn a_database_lost_while_reading_the_events_is_not_the_endpoints_failure() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let (r, url) = receiver().await;
+    let made = app.call("POST", "/api/integrations/webhooks", Some(&ctx.admin), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    crate::realtime::append_in(&app.pool, 2, 10);
+    app.exec(
+        "CREATE FUNCTION public.cut_me() RETURNS boolean LANGUAGE sql VOLATILE \
+           AS 'SELECT pg_terminate_backend(pg_backend_pid())'",
+    );
+    app.exec("ALTER TABLE tenant_acme.events RENAME TO events_kept");
+    app.exec("CREATE VIEW tenant_acme.events AS SELECT * FROM tenant_acme.events_kept WHERE public.cut_me()");
+    let sent = switchboard::integrations::webhooks::deliver_due(&app.state).await;
+    assert_eq!(sent.map_err(|e| e.message), Ok(0));
+    assert!(heard(&r).is_empty());
+    let blamed = "SELECT count(*) AS n FROM public.outgoing_webhooks \
+                   WHERE failures > 0 OR last_error IS NOT NULL OR next_attempt_at > now() \
+                      OR leased_until IS NOT NULL";
+    assert_eq!(app.count(blamed), 0, "nothing counted against the endpoint, and it is let go");
+    app.exec("DROP VIEW tenant_acme.events");
+    app.exec("ALTER TABLE tenant_acme.events_kept RENAME TO events");
+    let sent = switchboard::integrations::webhooks::deliver_due(&app.state).await;
+    assert_eq!(sent.map_err(|e| e.message), Ok(1), "delivered next round");
+    assert_eq!(types(&heard(&r)[0].1), ["channel.updated", "channel.updated"]);
+}

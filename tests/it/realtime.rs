@@ -616,7 +616,11 @@ async fn admin_and_xavi_at_a_conversation(from: &str) -> (TestApp, Team, Socket,
 
 /// A team, the admin's socket past its hello, and the `last_seq` it named.
 async fn admin_at_hello() -> (TestApp, Team, Socket, i64) {
-    let app = spawn_app().await;
+    admin_at_hello_in(spawn_app().await).await
+}
+
+/// [`admin_at_hello`] on the server `app`.
+async fn admin_at_hello_in(app: TestApp) -> (TestApp, Team, Socket, i64) {
     let t = team(&app).await;
     let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
     let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
@@ -981,12 +985,7 @@ async fn the_listener_catches_up_after_every_connection_was_cut() {
 /// notification.
 #[actix_web::test]
 async fn a_notified_read_goes_on_another_connection_when_the_pools_were_cut() {
-    let app = spawn_app_without_workers().await;
-    let t = team(&app).await;
-    let mut s = ws(&app, "", Some(&t.admin), None).await.expect("ws");
-    let last = next(&mut s, Duration::from_secs(3)).await.expect("hello")["data"]["last_seq"].as_i64().expect("seq");
-    send(&mut s, json!({"type": "ping"})).await;
-    until(&mut s, "pong", Duration::from_secs(3)).await.expect("pong");
+    let (app, _team, mut s, last) = admin_at_hello_in(spawn_app_without_workers().await).await;
     append_events(&app, 1);
     assert_eq!(until(&mut s, "channel.updated", Duration::from_secs(3)).await.expect("live")["seq"], last + 1);
     let listening = listener_pids(&mut app.db.conn());
