@@ -23,8 +23,8 @@ pub mod tenant_schema;
 pub mod tls_exit;
 
 pub use pool::{
-    connect_pool, connection_lost, connection_string, ensure_database, live_connection, retry_lost, tenant_on_pool, Db,
-    PgPool, PoolOptions, PROBE_WAIT,
+    connect_pool, connection_lost, connection_string, ensure_database, live_connection, retry_lost, retry_lost_probing,
+    tenant_on_pool, Db, PgPool, PoolOptions, PROBE_WAIT,
 };
 pub use prepared::prepared;
 pub use tenant::{with_tenant, TenantConn, TenantScope};

@@ -217,6 +217,18 @@ pub fn retry_lost(
     retry_lost_waiting(pool, false, first)
 }
 
+/// [`retry_lost`], giving up as a health probe does ([`Db::probe`]) when
+/// the database is out of reach: within [`PROBE_WAIT`] unless the pool is
+/// only busy. For the webhook store, whose caller (Meta) wants its answer
+/// within 5 s: a 503 then, not after the pool's connect timeout, each
+/// webhook queued behind the last.
+pub fn retry_lost_probing(
+    pool: &PgPool,
+    first: impl FnMut(&mut PgConnection) -> Result<(), DbError>,
+) -> Result<PooledConnection<ConnectionManager<PgConnection>>, DbError> {
+    retry_lost_waiting(pool, true, first)
+}
+
 /// A pooled connection that answered a `SELECT 1`, for work whose first
 /// statement is not a tenant `BEGIN` ([`tenant_on_pool`] checks that one):
 /// the background workers' passes. One the server closed since is passed

@@ -53,13 +53,10 @@ async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
     let (tx, rx) = tokio::sync::oneshot::channel();
     let unavailable = || AppError::unavailable("store_unavailable", "the webhook could not be stored; Meta will retry");
     state.webhook_store.send((body.to_vec(), tx)).await.map_err(|_| unavailable())?;
-    match rx.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "webhook store failed");
-            return Err(unavailable());
-        }
-        Err(_) => return Err(unavailable()),
+    // A failed store is logged by the store (`processor::run_store`), once
+    // for all the webhooks of its batch and of an outage.
+    if !matches!(rx.await, Ok(Ok(()))) {
+        return Err(unavailable());
     }
     crate::metrics::inc(&crate::metrics::WEBHOOKS_STORED, 1);
     Ok(HttpResponse::Ok().json(json!({"received": true})))

@@ -55,6 +55,9 @@ pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String
 /// Each request is answered only after its row is committed.
 pub async fn run_store(state: actix_web::web::Data<AppState>) {
     let mut rx = state.store_queue().await;
+    // Told here, not by each webhook answered 503: thousands a second
+    // while the database is down.
+    let mut failing = crate::telemetry::Repeats::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 500 {
@@ -69,9 +72,10 @@ pub async fn run_store(state: actix_web::web::Data<AppState>) {
             // On a connection the server closed since, tried again on
             // another rather than answering 503: stored twice at worst
             // (were the reply lost after the commit), which processing
-            // absorbs as it does Meta's own duplicates.
+            // absorbs as it does Meta's own duplicates. With the database
+            // out of reach, a 503 within half a second (Meta retries).
             let mut stored = 0;
-            crate::db::retry_lost(&pool, |conn| {
+            crate::db::retry_lost_probing(&pool, |conn| {
                 stored = prepared("INSERT INTO public.webhook_events (body) SELECT unnest($1::bytea[])")
                     .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&bodies)
                     .execute(conn)?;
@@ -83,6 +87,7 @@ pub async fn run_store(state: actix_web::web::Data<AppState>) {
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
+        crate::telemetry::tell_repeats!(failing, "webhook store", &result);
         if let Ok(n) = result {
             state.webhooks_stored.fetch_add(n as u64, Ordering::Relaxed);
         }

@@ -587,7 +587,9 @@ impl Outage {
 
 /// With the database out of reach, the health probes answer within about
 /// `db::PROBE_WAIT`, not the pool's connect timeout of 5 s: a load
-/// balancer's or Kubernetes' probe (1 s by default) gets its 503.
+/// balancer's or Kubernetes' probe (1 s by default) gets its 503. So does
+/// a webhook, inside the 5 s Meta gives it (before, it waited the connect
+/// timeout, and the webhooks that came meanwhile queued behind it).
 #[actix_web::test]
 async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
     use std::time::{Duration, Instant};
@@ -637,6 +639,11 @@ async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
         let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
         assert!(metrics.contains("\nswitchboard_webhooks_pending -1\n"), "{metrics}");
         assert!(started.elapsed() < Duration::from_secs(3), "/metrics took {:?}", started.elapsed());
+        // Meta wants its answer within 5 s: a 503 it retries, at once.
+        let started = Instant::now();
+        let body = crate::common::messenger_text("4001", &format!("m.outage.{}", started.elapsed().as_nanos()), "hi");
+        assert_eq!(app.webhook_at(&base, &body).await, 503);
+        assert!(started.elapsed() < Duration::from_secs(3), "the webhook took {:?}", started.elapsed());
     }
 }
 
