@@ -53,8 +53,8 @@ async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
     let (tx, rx) = tokio::sync::oneshot::channel();
     let unavailable = || AppError::unavailable("store_unavailable", "the webhook could not be stored; Meta will retry");
     state.webhook_store.send((body.to_vec(), tx)).await.map_err(|_| unavailable())?;
-    // A failed store is logged by the store (`processor::run_store`), once
-    // for all the webhooks of its batch and of an outage.
+    // Why a store failed is told by the store (`processor::run_store`),
+    // once for an outage; the 503 has its request's log line.
     if !matches!(rx.await, Ok(Ok(()))) {
         return Err(unavailable());
     }

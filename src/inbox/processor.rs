@@ -55,8 +55,9 @@ pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String
 /// Each request is answered only after its row is committed.
 pub async fn run_store(state: actix_web::web::Data<AppState>) {
     let mut rx = state.store_queue().await;
-    // Told here, not by each webhook answered 503: thousands a second
-    // while the database is down.
+    // Why it failed is told here, once a while: each webhook answered 503
+    // has its request's log line already (thousands a second while the
+    // database is down).
     let mut failing = crate::telemetry::Repeats::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
