@@ -25,15 +25,46 @@ pub struct ScratchDb {
 }
 
 impl ScratchDb {
+    /// Also drops the scratch databases of benchmarks whose process is gone
+    /// from this machine (one stopped with Ctrl-C runs no `Drop`), as the
+    /// tests sweep theirs.
     pub fn create(base_url: &str, purpose: &str) -> anyhow::Result<ScratchDb> {
         let (admin_url, _) = maintenance_url(base_url).context("DATABASE_URL names no database")?;
-        let name = format!("switchboard_bench_{purpose}_{}", std::process::id());
+        let name = format!("{SCRATCH_PREFIX}{purpose}_{}", std::process::id());
         let mut admin = PgConnection::establish(&admin_url).context("cannot reach the maintenance database")?;
+        sweep_leftovers(&mut admin)?;
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
         admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
         let url = url_with_database(&admin_url, &name).context("bad DATABASE_URL")?;
         Ok(ScratchDb { admin_url, name, url })
     }
+}
+
+/// What every scratch database's name starts with; the process id ends it.
+pub const SCRATCH_PREFIX: &str = "switchboard_bench_";
+
+/// Drops the scratch databases whose benchmark process no longer runs here.
+fn sweep_leftovers(admin: &mut PgConnection) -> anyhow::Result<()> {
+    // Without a /proc to tell (not Linux), every benchmark would look gone.
+    if !std::path::Path::new("/proc/self").exists() {
+        return Ok(());
+    }
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind::<diesel::sql_types::Text, _>(SCRATCH_PREFIX)
+        .load(admin)?;
+    for Row { datname } in rows {
+        let pid = datname.rsplit('_').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let quoted = datname.replace('"', "\"\"");
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for ScratchDb {

@@ -209,3 +209,39 @@ fn simulate_refuses_what_it_cannot_send_in_one_line() {
     assert!(nothing.contains("none of --kinds") && nothing.lines().count() == 1, "{nothing}");
     assert!(run(&["--page", "1", "--kinds", "text,fax"]).contains("invalid value 'fax'"));
 }
+
+/// A benchmark stopped with Ctrl-C leaves its scratch database behind (no
+/// `Drop` runs); the next benchmark drops it, since its process is gone,
+/// and leaves alone one whose process still runs.
+#[test]
+fn a_benchmarks_leftover_database_is_dropped_by_the_next() {
+    use diesel::prelude::*;
+    let admin = crate::common::admin_url();
+    let mut conn = diesel::PgConnection::establish(admin).expect("admin");
+    let prefix = switchboard::bench::SCRATCH_PREFIX;
+    // Above any Linux pid (pid_max is at most 2^22).
+    let gone = format!("{prefix}sweeptest_{}", 4_194_999);
+    let running = format!("{prefix}sweeptest_{}", std::process::id());
+    for name in [&gone, &running] {
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\"")).execute(&mut conn).expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).expect("create");
+    }
+    let scratch = switchboard::bench::ScratchDb::create(admin, "sweep").expect("scratch");
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let left: Vec<String> = diesel::sql_query(format!(
+        "SELECT datname FROM pg_database WHERE datname IN ('{gone}', '{running}') ORDER BY datname"
+    ))
+    .load::<Name>(&mut conn)
+    .expect("databases")
+    .into_iter()
+    .map(|n| n.datname)
+    .collect();
+    drop(scratch);
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{running}\"")).execute(&mut conn).expect("drop");
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{gone}\"")).execute(&mut conn).expect("drop");
+    assert_eq!(left, [running.clone()], "the gone process's database dropped, the running one's kept");
+}
