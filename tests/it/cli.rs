@@ -243,5 +243,5 @@ fn a_benchmarks_leftover_database_is_dropped_by_the_next() {
     drop(scratch);
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{running}\"")).execute(&mut conn).expect("drop");
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{gone}\"")).execute(&mut conn).expect("drop");
-    assert_eq!(left, [running.clone()], "the gone process's database dropped, the running one's kept");
+    assert_eq!(left, vec![running], "the gone process's database dropped, the running one's kept");
 }
