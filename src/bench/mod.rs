@@ -32,7 +32,11 @@ impl ScratchDb {
         let (admin_url, _) = maintenance_url(base_url).context("DATABASE_URL names no database")?;
         let name = format!("{SCRATCH_PREFIX}{purpose}_{}", std::process::id());
         let mut admin = PgConnection::establish(&admin_url).context("cannot reach the maintenance database")?;
-        sweep_leftovers(&mut admin)?;
+        // Not this benchmark's business to fail over (another role's
+        // leftovers, say).
+        if let Err(e) = sweep_leftovers(&mut admin) {
+            tracing::warn!(error = %e, "could not drop the scratch databases of stopped benchmarks");
+        }
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
         admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
         let url = url_with_database(&admin_url, &name).context("bad DATABASE_URL")?;
@@ -61,7 +65,9 @@ fn sweep_leftovers(admin: &mut PgConnection) -> anyhow::Result<()> {
         let pid = datname.rsplit('_').next().and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
             let quoted = datname.replace('"', "\"\"");
-            admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"))?;
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"))
+                .with_context(|| format!("dropping {datname}"))?;
         }
     }
     Ok(())
