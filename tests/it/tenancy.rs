@@ -641,7 +641,7 @@ async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
         assert!(started.elapsed() < Duration::from_secs(3), "/metrics took {:?}", started.elapsed());
         // Meta wants its answer within 5 s: a 503 it retries, at once.
         let started = Instant::now();
-        let body = crate::common::messenger_text("4001", &format!("m.outage.{}", started.elapsed().as_nanos()), "hi");
+        let body = crate::common::messenger_text("4001", "m.outage", "hi");
         assert_eq!(app.webhook_at(&base, &body).await, 503);
         assert!(started.elapsed() < Duration::from_secs(3), "the webhook took {:?}", started.elapsed());
     }
