@@ -26,20 +26,26 @@ struct Sink {
 
 impl Sink {
     fn start() -> Sink {
+        Sink::start_with(|| {})
+    }
+
+    /// A sink that runs `on_mail` as it takes each mail, before it answers.
+    fn start_with(on_mail: impl Fn() + Send + Sync + 'static) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("smtp://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let mails: Arc<Mutex<Vec<Received>>> = Arc::default();
         let kept = mails.clone();
+        let on_mail: Arc<dyn Fn() + Send + Sync> = Arc::new(on_mail);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let kept = kept.clone();
-                std::thread::spawn(move || Sink::serve(stream, &kept));
+                let (kept, on_mail) = (kept.clone(), on_mail.clone());
+                std::thread::spawn(move || Sink::serve(stream, &kept, &*on_mail));
             }
         });
         Sink { url, mails }
     }
 
-    fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Received>>) {
+    fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Received>>, on_mail: &(dyn Fn() + Send + Sync)) {
         let mut out = match stream.try_clone() {
             Ok(out) => out,
             Err(_) => return,
@@ -86,6 +92,7 @@ impl Sink {
                 if let Ok(mut kept) = kept.lock() {
                     kept.push(Received { to: to.clone(), data });
                 }
+                on_mail();
                 "250 OK queued"
             } else if command == "QUIT" {
                 let _ = say("221 bye");
@@ -389,6 +396,44 @@ async fn a_pass_after_the_connections_were_cut_sends_and_settles() {
     };
     let mailer = switchboard::mail::Mailer::new(&config).expect("mailer");
     assert_eq!(switchboard::mail::send_due(&pool, &mailer).await.map_err(|e| e.message), Ok(1));
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = '' AND attempts = 1"
+        ),
+        1,
+        "sent once and settled"
+    );
+}
+
+/// The settle meets a connection the server closed while the mail was
+/// being sent (the relay took the mail as every connection to the
+/// database was cut): it goes on another, so the mail is settled as sent
+/// at once. Before, the pass failed there and left the mail claimed, to
+/// be sent again once its lease ran out.
+#[actix_web::test]
+async fn a_settle_after_the_connections_were_cut_while_sending_goes_on_another() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let url = app.db.url.clone();
+    let sink = Sink::start_with(move || {
+        use diesel::{Connection, RunQueryDsl};
+        let mut conn = diesel::PgConnection::establish(&url).expect("the sink's connection");
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut conn)
+        .expect("cut");
+    });
+    let pool = app.db.pool(2);
+    switchboard::mail::queue(&mut app.db.conn(), "bo@acme.test", "Hello", "Hi Bo").expect("queued");
+    let config = switchboard::config::MailConfig {
+        smtp_url: switchboard::secret::Secret::new(sink.url.clone()),
+        from: "Switchboard <noreply@switchboard.test>".into(),
+        conversation_url: None,
+    };
+    let mailer = switchboard::mail::Mailer::new(&config).expect("mailer");
+    assert_eq!(switchboard::mail::send_due(&pool, &mailer).await.map_err(|e| e.message), Ok(1));
+    assert_eq!(sink.to("bo@acme.test").len(), 1);
     assert_eq!(
         app.count(
             "SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = '' AND attempts = 1"
