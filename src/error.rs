@@ -223,6 +223,8 @@ impl ResponseError for AppError {
 
 /// The code of a lost connection, or of a pool that cannot connect.
 pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+/// The code of a webhook the store could not keep (Meta retries it).
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 
 impl From<DbError> for AppError {
     fn from(e: DbError) -> Self {

@@ -34,6 +34,7 @@ pub static MEDIA_NOT_COPIED: AtomicU64 = AtomicU64::new(0);
 pub static PRUNED_ROWS: AtomicU64 = AtomicU64::new(0);
 pub static QUEUE_GIVEN: AtomicU64 = AtomicU64::new(0);
 pub static WORKER_RESTARTS: AtomicU64 = AtomicU64::new(0);
+pub static REQUESTS_UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -123,6 +124,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
             "switchboard_worker_restarts_total",
             "Background workers started again after they panicked (app::supervise)",
             &WORKER_RESTARTS,
+        ),
+        (
+            "switchboard_requests_unavailable_total",
+            "Requests answered 503 as the database was out of reach or a webhook could not be stored (database_unavailable, store_unavailable; the log tells them once a while)",
+            &REQUESTS_UNAVAILABLE,
         ),
     ];
     let mut out = String::new();

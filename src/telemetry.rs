@@ -14,15 +14,22 @@
 //! failing while the database is down) is told once, then at most once
 //! every [`TOLD_EVERY`] with how many it stands for, and its end once
 //! ([`Repeats`]): an outage of a minute was otherwise a line from each
-//! worker every few seconds and several a second from the pool.
+//! worker every few seconds and several a second from the pool. The
+//! requests refused meanwhile (`database_unavailable`, and webhooks'
+//! `store_unavailable`) are told the same way, but for the end, which the
+//! pool's and the store's lines tell ([`SUMMED`]).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
+
+use crate::error::{AppError, DATABASE_UNAVAILABLE, STORE_UNAVAILABLE};
 
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -46,17 +53,57 @@ impl RootSpanBuilder for RequestSpan {
         // Called in the request's span: the line carries its fields.
         let (status, error) = match outcome {
             Ok(response) => match response.response().error() {
-                Some(error) => (response.status(), error.as_response_error()),
+                Some(error) => (response.status(), error),
                 None => return,
             },
-            Err(error) => (error.as_response_error().status_code(), error.as_response_error()),
+            Err(error) => (error.as_response_error().status_code(), error),
         };
         const ENDED: &str = "request ended in an error";
-        match Severity::of(status) {
-            Severity::Ours => tracing::error!("{ENDED}: {error}"),
-            Severity::Watch => tracing::warn!("{ENDED}: {error}"),
-            Severity::Theirs => tracing::info!("{ENDED}: {error}"),
+        match told(status, error, &SUMMED_REPEATS, Instant::now()) {
+            Told::Line(Severity::Ours) => tracing::error!("{ENDED}: {error}"),
+            Told::Line(Severity::Watch) => tracing::warn!("{ENDED}: {error}"),
+            Told::Line(Severity::Theirs) => tracing::info!("{ENDED}: {error}"),
+            Told::Summed(more_since_last_told) => {
+                crate::metrics::inc(&crate::metrics::REQUESTS_UNAVAILABLE, 1);
+                tracing::error!(more_since_last_told, "{ENDED}: {error}")
+            }
+            Told::Untold => crate::metrics::inc(&crate::metrics::REQUESTS_UNAVAILABLE, 1),
         }
+    }
+}
+
+/// The refusals told as a repeating failure is ([`Repeats`]), each code on
+/// its own: a request refused because the database is out of reach, and a
+/// webhook the store could not keep (the store tells why). While the
+/// database is down every request is one, Meta's webhooks and their
+/// retries included: a line each was thousands a minute. The first is
+/// told, then one every [`TOLD_EVERY`] with how many it stands for (each
+/// is counted in `switchboard_requests_unavailable_total`); the pool's and
+/// the store's own lines tell when they go again.
+const SUMMED: [&str; 2] = [DATABASE_UNAVAILABLE, STORE_UNAVAILABLE];
+static SUMMED_REPEATS: Mutex<[Repeats; 2]> = Mutex::new([Repeats::new(), Repeats::new()]);
+
+/// What line a request that ended in an error leaves.
+#[derive(Debug, PartialEq)]
+enum Told {
+    Line(Severity),
+    /// One of the [`SUMMED`] refusals, standing for this many earlier ones
+    /// of its code that were not told.
+    Summed(u64),
+    /// One of those, not told (one was, lately).
+    Untold,
+}
+
+fn told(status: StatusCode, error: &actix_web::Error, summed: &Mutex<[Repeats; 2]>, now: Instant) -> Told {
+    let code = error.as_error::<AppError>().map(|e| e.code.as_ref());
+    let Some(which) = SUMMED.iter().position(|c| Some(*c) == code) else {
+        return Told::Line(Severity::of(status));
+    };
+    // A poisoned lock only means a panic mid-update of a few counters.
+    let mut repeats = summed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match repeats[which].failed(now) {
+        Some(untold) => Told::Summed(untold),
+        None => Told::Untold,
     }
 }
 
@@ -72,8 +119,8 @@ enum Severity {
 }
 
 impl Severity {
-    fn of(status: actix_web::http::StatusCode) -> Severity {
-        use actix_web::http::StatusCode as S;
+    fn of(status: StatusCode) -> Severity {
+        use StatusCode as S;
         match status {
             s if !s.is_client_error() => Severity::Ours,
             S::UNAUTHORIZED | S::FORBIDDEN | S::TOO_MANY_REQUESTS => Severity::Watch,
@@ -99,6 +146,10 @@ pub struct Repeats {
 }
 
 impl Repeats {
+    pub const fn new() -> Repeats {
+        Repeats { since: None, told_at: None, untold: 0, count: 0 }
+    }
+
     /// A failure at `now`: `Some(n)` when it is to be told, standing for
     /// `n` earlier ones that were not.
     pub fn failed(&mut self, now: Instant) -> Option<u64> {
@@ -164,6 +215,37 @@ mod tests {
         assert_eq!(f.went(at(11 * every / 4)), None, "said once");
         // The next outage starts afresh: its first failure is told at once.
         assert_eq!(f.failed(at(11 * every / 4)), Some(0));
+    }
+
+    #[test]
+    fn refusals_for_a_database_out_of_reach_are_told_as_a_repeating_failure() {
+        let summed = Mutex::new([Repeats::new(), Repeats::new()]);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let every = TOLD_EVERY.as_millis() as u64;
+        let gone = || actix_web::Error::from(AppError::unavailable(DATABASE_UNAVAILABLE, "out of reach"));
+        let unkept = || actix_web::Error::from(AppError::unavailable(STORE_UNAVAILABLE, "not stored"));
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(0)), Told::Summed(0));
+        for i in 1..=5 {
+            assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(i * every / 10)), Told::Untold);
+        }
+        // Each code on its own: the store's first is told though the
+        // database's was just now.
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(every / 2)), Told::Summed(0));
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(every / 2 + 1)), Told::Untold);
+        // Other errors meanwhile keep their own line, and count for nothing here.
+        let others = [
+            (S::SERVICE_UNAVAILABLE, AppError::concurrent_update(), Severity::Ours),
+            (S::SERVICE_UNAVAILABLE, AppError::unavailable("meta_unavailable", "Meta is away"), Severity::Ours),
+            (S::INTERNAL_SERVER_ERROR, AppError::internal(anyhow::anyhow!("boom")), Severity::Ours),
+            (S::UNAUTHORIZED, AppError::unauthorized("invalid_token", "no"), Severity::Watch),
+        ];
+        for (status, error, severity) in others {
+            assert_eq!(told(status, &error.into(), &summed, at(every / 2)), Told::Line(severity));
+        }
+        // Told again once the interval has passed, with the five between.
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every)), Told::Summed(5));
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every + 1)), Told::Untold);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use super::pagination::{PageQuery, Paged};
 use super::tenants::is_operator;
 use super::{resource, AppState};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, STORE_UNAVAILABLE};
 use crate::inbox::processor;
 use crate::meta::webhook::verify_signature;
 
@@ -51,10 +51,10 @@ async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
         ));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let unavailable = || AppError::unavailable("store_unavailable", "the webhook could not be stored; Meta will retry");
+    let unavailable = || AppError::unavailable(STORE_UNAVAILABLE, "the webhook could not be stored; Meta will retry");
     state.webhook_store.send((body.to_vec(), tx)).await.map_err(|_| unavailable())?;
     // Why a store failed is told by the store (`processor::run_store`),
-    // once for an outage; the 503 has its request's log line.
+    // once a while; so are the 503s (`telemetry`'s summed refusals).
     if !matches!(rx.await, Ok(Ok(()))) {
         return Err(unavailable());
     }

@@ -55,9 +55,8 @@ pub type StoreRequest = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String
 /// Each request is answered only after its row is committed.
 pub async fn run_store(state: actix_web::web::Data<AppState>) {
     let mut rx = state.store_queue().await;
-    // Why it failed is told here, once a while: each webhook answered 503
-    // has its request's log line already (thousands a second while the
-    // database is down).
+    // Why it failed is told here, once a while; the webhooks answered 503
+    // meanwhile are told once a while too (`telemetry`, summed refusals).
     let mut failing = crate::telemetry::Repeats::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
