@@ -424,6 +424,39 @@ async fn connections_the_server_closed_cost_no_request() {
     }
 }
 
+/// The spare-schema refill's pass meets connections the server closed (a
+/// restart, a failover, an idle timeout) and goes on with another: the
+/// spares are made at once. Before, the pass failed on the first dead one
+/// and waited its minute, or the next sign-up, to go again.
+#[actix_web::test]
+async fn the_spare_refill_goes_on_after_the_connections_were_cut() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let want = spares::wanted_from_env() as i64;
+    assert!(want > 0, "this test needs SWITCHBOARD_SPARE_SCHEMAS unset or above 0");
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.spare_schemas"), 0, "no worker made spares");
+    // Every idle pooled connection is cut, once the listener, started,
+    // has asked the other instances for their presence (on the pool: done
+    // after the cut, it would pass over the dead connections and leave
+    // the refill fresh ones). The listener itself is not cut: back, it
+    // would do so again. Without workers nothing else takes one.
+    eventually("the listener's first publish", || async {
+        app.count(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+              WHERE datname = current_database() AND state = 'idle' AND query LIKE '%pg_notify%'",
+        ) > 0
+    })
+    .await;
+    let cut = app.count(
+        "SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity \
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'",
+    );
+    assert!(cut >= 4, "the pool's connections");
+    let refill = actix_web::rt::spawn(spares::run(app.state.clone()));
+    eventually("the spares made", || async { app.count("SELECT count(*) AS n FROM public.spare_schemas") == want })
+        .await;
+    refill.abort();
+}
+
 /// The workers' claims move to another connection too: the first pass after
 /// the pool's connections were closed claims its work instead of failing
 /// (and leaving it a batch later).
