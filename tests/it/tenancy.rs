@@ -622,7 +622,8 @@ impl Outage {
 /// `db::PROBE_WAIT`, not the pool's connect timeout of 5 s: a load
 /// balancer's or Kubernetes' probe (1 s by default) gets its 503. So does
 /// a webhook, inside the 5 s Meta gives it (before, it waited the connect
-/// timeout, and the webhooks that came meanwhile queued behind it).
+/// timeout, and the webhooks that came meanwhile queued behind it). Each
+/// refusal is counted in `switchboard_requests_unavailable_total`.
 #[actix_web::test]
 async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
     use std::time::{Duration, Instant};
@@ -659,6 +660,8 @@ async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
     actix_web::rt::spawn(switchboard::http::build_server(state, listener).expect("server"));
     let get = |path: &str| app.client.get(format!("{base}{path}")).send();
     assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+    let refused = || switchboard::metrics::REQUESTS_UNAVAILABLE.load(std::sync::atomic::Ordering::Relaxed);
+    let refused_before = refused();
     outage.begin();
     for _ in 0..2 {
         let started = Instant::now();
@@ -678,6 +681,8 @@ async fn probes_answer_at_once_while_the_database_is_out_of_reach() {
         assert_eq!(app.webhook_at(&base, &body).await, 503);
         assert!(started.elapsed() < Duration::from_secs(3), "the webhook took {:?}", started.elapsed());
     }
+    // Told in the log once a while (`telemetry`), each one counted.
+    assert!(refused() >= refused_before + 4, "two /readyz and two webhooks refused");
 }
 
 /// A server that takes the TCP connection and never answers (hung, or a
