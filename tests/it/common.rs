@@ -297,7 +297,15 @@ async fn spawn_with(signup: Signup, workers: bool, smtp_url: Option<String>) -> 
         base,
         fake_base,
         fake: fake.clone(),
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // Below the server's keep-alive (actix's 5 s): a connection
+            // idle that long was reused just as the server closed it, and
+            // the request failed (`IncompleteMessage`) in a test that had
+            // waited 5 s between two calls.
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
+            .build()
+            .expect("client"),
         pool,
         config,
         state,
