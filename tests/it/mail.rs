@@ -389,13 +389,24 @@ async fn a_pass_after_the_connections_were_cut_sends_and_settles() {
           WHERE datname = current_database() AND pid <> pg_backend_pid()",
     );
     assert!(cut >= 2, "the pool's connections");
+    assert_eq!(send_due_to(&pool, switchboard::mail::PRINT).await, Ok(1));
+    assert_sent_once_and_settled(&app);
+}
+
+/// One pass of the mail worker on `pool`, sending to `smtp_url`: how many
+/// it sent, or why it failed.
+async fn send_due_to(pool: &switchboard::db::PgPool, smtp_url: &str) -> Result<usize, String> {
     let config = switchboard::config::MailConfig {
-        smtp_url: switchboard::secret::Secret::new(switchboard::mail::PRINT.to_string()),
+        smtp_url: switchboard::secret::Secret::new(smtp_url.to_string()),
         from: "Switchboard <noreply@switchboard.test>".into(),
         conversation_url: None,
     };
     let mailer = switchboard::mail::Mailer::new(&config).expect("mailer");
-    assert_eq!(switchboard::mail::send_due(&pool, &mailer).await.map_err(|e| e.message), Ok(1));
+    switchboard::mail::send_due(pool, &mailer).await.map_err(|e| e.message)
+}
+
+/// The one queued mail went once and was settled as sent.
+fn assert_sent_once_and_settled(app: &TestApp) {
     assert_eq!(
         app.count(
             "SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = '' AND attempts = 1"
@@ -426,21 +437,9 @@ async fn a_settle_after_the_connections_were_cut_while_sending_goes_on_another()
     });
     let pool = app.db.pool(2);
     switchboard::mail::queue(&mut app.db.conn(), "bo@acme.test", "Hello", "Hi Bo").expect("queued");
-    let config = switchboard::config::MailConfig {
-        smtp_url: switchboard::secret::Secret::new(sink.url.clone()),
-        from: "Switchboard <noreply@switchboard.test>".into(),
-        conversation_url: None,
-    };
-    let mailer = switchboard::mail::Mailer::new(&config).expect("mailer");
-    assert_eq!(switchboard::mail::send_due(&pool, &mailer).await.map_err(|e| e.message), Ok(1));
+    assert_eq!(send_due_to(&pool, &sink.url).await, Ok(1));
     assert_eq!(sink.to("bo@acme.test").len(), 1);
-    assert_eq!(
-        app.count(
-            "SELECT count(*) AS n FROM public.mail_outbox WHERE sent_at IS NOT NULL AND body = '' AND attempts = 1"
-        ),
-        1,
-        "sent once and settled"
-    );
+    assert_sent_once_and_settled(&app);
 }
 
 #[actix_web::test]
