@@ -156,6 +156,9 @@ pub struct ServerConfig {
     pub webhooks_private_ok: bool,
     /// Mail for invitations and password resets; `None`: none is sent.
     pub mail: Option<MailConfig>,
+    /// How long an idle connection is kept (`SWITCHBOARD_KEEP_ALIVE_SECS`,
+    /// [`crate::http::KEEP_ALIVE`] by default; zero turns keep-alive off).
+    pub keep_alive: std::time::Duration,
 }
 
 /// Mail from `SWITCHBOARD_SMTP_URL` and `SWITCHBOARD_MAIL_FROM`; the sender
@@ -309,6 +312,8 @@ impl ServerConfig {
             Some(_) => return Err(err("SWITCHBOARD_WEBHOOKS_PRIVATE_OK", "must be true or false")),
         };
         let mail = mail_from_env(&public_url)?;
+        let keep_alive = parse_keep_alive(var("SWITCHBOARD_KEEP_ALIVE_SECS").as_deref())
+            .map_err(|p| err("SWITCHBOARD_KEEP_ALIVE_SECS", p))?;
         Ok(ServerConfig {
             db,
             bind,
@@ -323,7 +328,19 @@ impl ServerConfig {
             ws_max_per_member,
             webhooks_private_ok,
             mail,
+            keep_alive,
         })
+    }
+}
+
+/// `SWITCHBOARD_KEEP_ALIVE_SECS`: whole seconds, 0 for none; at most two
+/// hours (AWS's load balancer's idle timeout goes to 4,000 s, and the
+/// server's must be longer still).
+fn parse_keep_alive(v: Option<&str>) -> Result<std::time::Duration, String> {
+    let Some(v) = v else { return Ok(crate::http::KEEP_ALIVE) };
+    match v.trim().parse::<u64>() {
+        Ok(secs) if secs <= 7200 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err("must be a number of seconds from 0 (no keep-alive) to 7200".into()),
     }
 }
 
@@ -366,6 +383,16 @@ mod tests {
         for bad in ["https://app.example.com/conversations", "ftp://x/{conversation_id}", "/c/{conversation_id}"] {
             assert!(with(bad).is_err(), "{bad}");
             assert!(mail_config(None, None, s(bad), public).is_err(), "{bad}, mail off");
+        }
+    }
+
+    #[test]
+    fn keep_alive() {
+        assert_eq!(parse_keep_alive(None), Ok(crate::http::KEEP_ALIVE));
+        assert_eq!(parse_keep_alive(Some(" 620 ")), Ok(std::time::Duration::from_secs(620)));
+        assert_eq!(parse_keep_alive(Some("0")), Ok(std::time::Duration::ZERO));
+        for bad in ["-1", "75s", "1.5", "7201", "ninety"] {
+            assert!(parse_keep_alive(Some(bad)).is_err(), "{bad}");
         }
     }
 

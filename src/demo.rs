@@ -153,6 +153,7 @@ pub fn run() -> anyhow::Result<()> {
             from: "Switchboard demo <no-reply@switchboard.test>".into(),
             conversation_url: None,
         }),
+        keep_alive: crate::http::KEEP_ALIVE,
     });
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);

@@ -348,6 +348,9 @@ pub async fn run(args: &SimulateArgs) -> SimReport {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency)
+        // A slow rate leaves connections idle between webhooks; the server
+        // may close one as the next goes out (`http::CLIENT_IDLE`).
+        .pool_idle_timeout(crate::http::CLIENT_IDLE)
         .build()
         .unwrap_or_default();
     let run = format!("{:x}", rand::random::<u32>());

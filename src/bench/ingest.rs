@@ -77,6 +77,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ws_max_per_member: None,
         webhooks_private_ok: false,
         mail: None,
+        keep_alive: crate::http::KEEP_ALIVE,
     });
     let db = crate::db::Db::new(pool.clone());
     std::thread::spawn(move || {

@@ -36,6 +36,24 @@ use crate::telemetry::RequestSpan;
 /// Largest JSON body the API accepts (webhooks have their own, larger limit).
 pub const JSON_LIMIT: usize = 256 * 1024;
 
+/// How long the server keeps an idle connection open by default
+/// (`SWITCHBOARD_KEEP_ALIVE_SECS`). Whoever closes an idle connection races
+/// the other side's next request on it: a request sent just as the server
+/// closes fails (a proxy answers 502; a client sees the connection drop).
+/// The safe order is for the client to let go first, so the server waits
+/// longer than its clients keep connections idle: longer than a load
+/// balancer's idle timeout (AWS's is 60 s by default), as nginx's 75 s.
+/// actix's own 5 s is below all of them. A stop does not wait for idle
+/// connections: actix closes them as a graceful stop begins.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// How long our own HTTP clients of servers we do not configure (the
+/// simulator's and the fake Meta's webhooks, sent to a Switchboard that may
+/// sit behind anything) keep an idle connection: under the shortest
+/// keep-alive in common use (5 s: actix's and Node's defaults), so they
+/// never send on a connection the server is closing.
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
+
 pub use crate::app::AppState;
 
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
@@ -411,6 +429,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     // the pool has connections, so waiting happens in r2d2, bounded.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let blocking = (config.db.pool_size as usize).div_ceil(workers).max(2);
+    let keep_alive = config.keep_alive;
     let server = HttpServer::new(move || {
         App::new()
             .wrap(error_shape())
@@ -424,6 +443,7 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .configure(|cfg| routes(cfg, config.clone()))
     })
     .workers(workers)
+    .keep_alive(keep_alive)
     .on_connect(on_connect)
     // Kept at actix's 1 s. After a WebSocket's closing handshake actix does
     // not close TCP at once (RFC 6455 §7.1.1 asks the server to, and clients

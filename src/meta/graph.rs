@@ -335,12 +335,17 @@ pub struct GraphClient {
     backoff: Duration,
 }
 
+/// How long the client keeps an idle connection to Meta: under the fake's
+/// keep-alive too, so that the client, not the server, lets go first.
+const IDLE: Duration = Duration::from_secs(30);
+const _: () = assert!(IDLE.as_secs() < crate::http::KEEP_ALIVE.as_secs());
+
 impl GraphClient {
     pub fn new(cfg: &MetaConfig) -> GraphClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(IDLE)
             .build()
             .unwrap_or_default();
         GraphClient {

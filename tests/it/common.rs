@@ -222,6 +222,7 @@ pub fn test_config(db: &TestDb, signup: Signup) -> ServerConfig {
         ws_max_per_member: Some(32),
         webhooks_private_ok: true,
         mail: None,
+        keep_alive: switchboard::http::KEEP_ALIVE,
     }
 }
 
@@ -299,11 +300,12 @@ async fn spawn_with(signup: Signup, workers: bool, smtp_url: Option<String>) -> 
         fake: fake.clone(),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            // Below the server's keep-alive (actix's 5 s): a connection
-            // idle that long was reused just as the server closed it, and
-            // the request failed (`IncompleteMessage`) in a test that had
+            // Below the server's keep-alive, as our clients are: with
+            // actix's 5 s (before `http::KEEP_ALIVE`), a connection idle
+            // that long was reused just as the server closed it, and the
+            // request failed (`IncompleteMessage`) in a test that had
             // waited 5 s between two calls.
-            .pool_idle_timeout(std::time::Duration::from_secs(3))
+            .pool_idle_timeout(switchboard::http::CLIENT_IDLE)
             .build()
             .expect("client"),
         pool,
@@ -620,4 +622,34 @@ pub fn messenger_text(sender: &str, mid: &str, text: &str) -> Vec<u8> {
 
 pub fn token(v: &serde_json::Value, key: &str) -> String {
     v[key].as_str().expect("token").to_string()
+}
+
+/// One request on `tcp`, and its answer's status; `None` if the server had
+/// closed the connection.
+pub async fn status_on(tcp: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return head.split(' ').nth(1).and_then(|s| s.parse().ok());
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
 }

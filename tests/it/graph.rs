@@ -1,5 +1,6 @@
 //! The Graph client against the fake Meta over HTTP: paging, retries of
-//! transient failures only, and errors that never carry tokens.
+//! transient failures only, and errors that never carry tokens; and the
+//! connections under it, kept by the servers longer than clients keep them.
 
 use serde_json::json;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use switchboard::meta::{GraphClient, GraphError};
 use switchboard::secret::Secret;
 
-use crate::common::spawn_app;
+use crate::common::{spawn_app, status_on};
 
 #[actix_web::test]
 async fn paging_retries_and_classification() {
@@ -66,4 +67,30 @@ async fn paging_retries_and_classification() {
     // The request log never stores tokens or secrets.
     let log = app.fake("GET", "/_fake/requests", json!({})).await.to_string();
     assert!(!log.contains(token.expose()) && !log.contains("fake_app_secret_0123456789abcdef"));
+}
+
+/// Whoever closes an idle connection races the other side's next request
+/// on it. Our server and the fake Meta keep one longer than actix's 5 s
+/// (`http::KEEP_ALIVE`), longer than the clients in front of them keep
+/// theirs (a load balancer's 60 s, the Graph client's 30 s), so the
+/// clients let go first.
+#[actix_web::test]
+async fn an_idle_connection_is_kept_longer_than_clients_keep_theirs() {
+    let app = spawn_app().await;
+    let open = |base: &str| {
+        let addr = base.trim_start_matches("http://").to_string();
+        async move { tokio::net::TcpStream::connect(addr).await.expect("connect") }
+    };
+    let (mut server, mut fake) = (open(&app.base).await, open(&app.fake_base).await);
+    assert_eq!(status_on(&mut server, "/healthz").await, Some(200));
+    assert_eq!(status_on(&mut fake, "/_fake/requests").await, Some(200));
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(status_on(&mut server, "/healthz").await, Some(200), "the server kept the connection");
+    assert_eq!(status_on(&mut fake, "/_fake/requests").await, Some(200), "the fake Meta kept the connection");
+    // `SWITCHBOARD_KEEP_ALIVE_SECS` sets it (above a balancer's own).
+    let serve = crate::realtime::Serve::start_with(&app, &[("SWITCHBOARD_KEEP_ALIVE_SECS", "1")]).await;
+    let mut short = open(&serve.base).await;
+    assert_eq!(status_on(&mut short, "/healthz").await, Some(200));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_on(&mut short, "/healthz").await, None, "closed after its 1 s");
 }

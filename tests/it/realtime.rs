@@ -1437,7 +1437,8 @@ async fn an_instances_own_events_reach_its_sockets_without_a_read_back() {
 
 /// Told to stop (SIGTERM, as a deploy or `docker stop` does), `serve`
 /// closes its sockets with 1001 (going away) at once, so clients reconnect
-/// to another instance, and exits without waiting out its shutdown timeout.
+/// to another instance, and exits without waiting out its shutdown timeout,
+/// nor for a client's idle HTTP connection (kept 75 s) to end.
 /// It listens for the signals before it serves anything: one that comes as
 /// soon as it answers stops it as cleanly (the signal did not kill it).
 #[actix_web::test]
@@ -1462,6 +1463,8 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
         let mut serve = Serve::start(&app).await;
         let mut s = ws_at(&serve.ws(), &t.admin).await;
         next(&mut s, Duration::from_secs(5)).await.expect("hello");
+        let mut idle = tokio::net::TcpStream::connect(serve.base.trim_start_matches("http://")).await.expect("connect");
+        assert_eq!(crate::common::status_on(&mut idle, "/healthz").await, Some(200));
         let asked = std::time::Instant::now();
         let kill =
             std::process::Command::new("kill").arg(format!("-{signal}")).arg(serve.child.id().to_string()).status();
@@ -1476,6 +1479,7 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(status.success(), "SIG{signal}: {status:?}");
+        drop(idle);
     }
 }
 

@@ -346,7 +346,13 @@ fn no_object(id: &str) -> HttpResponse {
 
 impl FakeMeta {
     pub fn new(cfg: FakeConfig) -> FakeMeta {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        // Its webhooks go to a Switchboard behind whatever proxy
+        // (`http::CLIENT_IDLE`).
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(crate::http::CLIENT_IDLE)
+            .build()
+            .unwrap_or_default();
         FakeMeta { cfg, state: Arc::new(Mutex::new(State::default())), http }
     }
 
@@ -378,7 +384,14 @@ impl FakeMeta {
 
     pub fn build_server(&self, listener: TcpListener) -> std::io::Result<Server> {
         let fake = self.clone();
-        Ok(HttpServer::new(move || App::new().configure(|c| fake.configure(c))).workers(2).listen(listener)?.run())
+        // An idle connection is kept longer than its clients keep one (our
+        // Graph client: 30 s), so they let go first and never send on one
+        // it is closing, which actix's 5 s would race with.
+        Ok(HttpServer::new(move || App::new().configure(|c| fake.configure(c)))
+            .workers(2)
+            .keep_alive(crate::http::KEEP_ALIVE)
+            .listen(listener)?
+            .run())
     }
 }
 
