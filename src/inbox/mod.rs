@@ -153,8 +153,9 @@ pub(crate) fn planned_for_the_pattern<T>(
 }
 
 /// How long an idle worker of `queue` sleeps unless woken
-/// ([`crate::db::queue`]); as before on an error.
-pub(crate) async fn idle_wait(state: &crate::app::AppState, queue: crate::db::queue::Queue) -> std::time::Duration {
+/// ([`crate::db::queue`]), asked on a connection known to work (the
+/// pool's may have been closed by the server since); as before on an error.
+pub async fn idle_wait(state: &crate::app::AppState, queue: crate::db::queue::Queue) -> std::time::Duration {
     let pool = state.db.pool().clone();
     let due = actix_web::web::block(move || {
         let mut conn = crate::db::live_connection(&pool)?;

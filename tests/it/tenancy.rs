@@ -540,6 +540,12 @@ async fn idle_workers_sleep_until_their_next_row_falls_due() {
     conn.batch_execute("UPDATE public.send_queue SET status = 'dead'").expect("dead");
     assert_eq!(idle_wait(&mut conn, Queue::Webhooks).expect("wait"), IDLE_MOST);
     assert_eq!(idle_wait(&mut conn, Queue::Sends).expect("wait"), IDLE_MOST);
+    // The workers ask on a pooled connection that works: after every one
+    // was cut, the answer is the queue's, not the error's quick retry.
+    drop(conn);
+    assert!(cut_connections(&app) >= 4);
+    assert_eq!(switchboard::inbox::idle_wait(&app.state, Queue::Webhooks).await, IDLE_MOST);
+    assert_eq!(switchboard::inbox::idle_wait(&app.state, Queue::Sends).await, IDLE_MOST);
 }
 
 /// A transaction PostgreSQL ends to break a deadlock is a concurrent
