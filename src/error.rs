@@ -335,7 +335,7 @@ impl From<crate::meta::GraphError> for AppError {
             }
             G::OutsideWindow { .. } => AppError::invalid("outside_window", message),
             G::RecipientUnavailable { .. } => AppError::invalid("recipient_unavailable", message),
-            G::Transient { .. } | G::Network(_) => AppError::unavailable("meta_unavailable", message),
+            G::Transient { .. } | G::Network(_) | G::NoAnswer(_) => AppError::unavailable("meta_unavailable", message),
             G::Other { .. } | G::Decode(_) => AppError::new(ErrorKind::BadGateway, "meta_error", message),
             // Made of what was given or kept (an id, a token): checked at
             // the door, so this names a value a check let through.

@@ -277,7 +277,7 @@ pub struct Pacer {
 pub const FILES_AT_ONCE: usize = 4;
 
 /// How long a file's send job is held by the instance uploading it: past
-/// every attempt of [`GraphClient::call_multipart`](crate::meta::GraphClient::call_multipart),
+/// every attempt of its upload ([`GraphClient::send_file`](crate::meta::GraphClient::send_file)),
 /// so that no other pass takes it up meanwhile.
 const FILE_LEASE_SECONDS: i64 = 15 * 60;
 

@@ -108,8 +108,14 @@ pub enum GraphError {
     Transient { code: i64, subcode: Option<i64>, message: String },
     #[error("Meta error {code}/{subcode:?}: {message}")]
     Other { code: i64, subcode: Option<i64>, message: String },
+    /// The request never reached Meta (no connection could be made).
     #[error("cannot reach Meta: {0}")]
     Network(String),
+    /// The request went out and no answer came (a timeout, a connection
+    /// lost): Meta may have done it. A send is not made again at once for
+    /// it ([`GraphClient::call`]).
+    #[error("no answer from Meta: {0}")]
+    NoAnswer(String),
     /// The request could not be made (a value no URL or header may hold):
     /// asking again would fail the same way, so it is not retried.
     #[error("the request to Meta could not be made: {0}")]
@@ -173,7 +179,7 @@ impl GraphError {
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, GraphError::Transient { .. } | GraphError::Network(_))
+        matches!(self, GraphError::Transient { .. } | GraphError::Network(_) | GraphError::NoAnswer(_))
     }
 
     pub fn is_token_invalid(&self) -> bool {
@@ -190,19 +196,24 @@ impl GraphError {
             GraphError::Permission { code, subcode, .. }
             | GraphError::Transient { code, subcode, .. }
             | GraphError::Other { code, subcode, .. } => Some((*code, *subcode)),
-            GraphError::Network(_) | GraphError::Unsendable(_) | GraphError::Decode(_) => None,
+            GraphError::Network(_) | GraphError::NoAnswer(_) | GraphError::Unsendable(_) | GraphError::Decode(_) => {
+                None
+            }
         }
     }
 
     /// What a request that got no answer failed with: one that could not
-    /// be made at all is not a network failure, to be tried again.
+    /// be made at all is not a network failure, to be tried again; one
+    /// that never got a connection did not reach Meta; any other may have.
     fn unanswered(e: reqwest::Error) -> GraphError {
-        let builder = e.is_builder();
+        let (builder, connect) = (e.is_builder(), e.is_connect());
         let message = e.without_url().to_string();
         if builder {
             GraphError::Unsendable(message)
-        } else {
+        } else if connect {
             GraphError::Network(message)
+        } else {
+            GraphError::NoAnswer(message)
         }
     }
 
@@ -333,6 +344,23 @@ pub struct GraphClient {
     app_secret: Secret<String>,
     max_attempts: u32,
     backoff: Duration,
+    /// How long a call waits for its answer (uploads: [`UPLOAD_TIMEOUT`]).
+    timeout: Duration,
+}
+
+/// Whether a call that failed for now is made again at once.
+#[derive(Clone, Copy)]
+enum Repeat {
+    /// Whenever the failure is transient: asking twice does no harm.
+    Always,
+    /// Not when it may have been done ([`GraphError::NoAnswer`]).
+    UnlessItMayHaveGone,
+}
+
+impl Repeat {
+    fn again_after(self, e: &GraphError) -> bool {
+        e.is_transient() && !matches!((self, e), (Repeat::UnlessItMayHaveGone, GraphError::NoAnswer(_)))
+    }
 }
 
 /// How long the client keeps an idle connection to Meta: under the fake's
@@ -355,6 +383,7 @@ impl GraphClient {
             app_secret: cfg.app_secret.clone(),
             max_attempts: 3,
             backoff: Duration::from_millis(200),
+            timeout: Duration::from_secs(10),
         }
     }
 
@@ -362,6 +391,12 @@ impl GraphClient {
     pub fn with_retry(mut self, max_attempts: u32, backoff: Duration) -> GraphClient {
         self.max_attempts = max_attempts.max(1);
         self.backoff = backoff;
+        self
+    }
+
+    /// A shorter wait for each answer (tests).
+    pub fn with_timeout(mut self, timeout: Duration) -> GraphClient {
+        self.timeout = timeout;
         self
     }
 
@@ -378,11 +413,38 @@ impl GraphClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<T, GraphError> {
+        self.call_as(Repeat::Always, method, path, token, query, body).await
+    }
+
+    /// A message to a customer (`POST /{account}/messages`): retried as
+    /// [`call`](Self::call) is, but not when it went out and no answer came
+    /// ([`GraphError::NoAnswer`]), since Meta may have sent it and the
+    /// customer would get it twice. The send job tries it again later, once
+    /// a Messenger echo, which names our message, could have marked it sent
+    /// (`inbox::sender`).
+    async fn send_call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &Secret<String>,
+        body: &Value,
+    ) -> Result<T, GraphError> {
+        self.call_as(Repeat::UnlessItMayHaveGone, Method::POST, path, Some(token), &[], Some(body)).await
+    }
+
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        repeat: Repeat,
+        method: Method,
+        path: &str,
+        token: Option<&Secret<String>>,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<T, GraphError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.call_once(method.clone(), path, token, query, body).await {
-                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                Err(e) if repeat.again_after(&e) && attempt < self.max_attempts => {
                     let wait = self.backoff * 2u32.pow(attempt - 1);
                     tracing::warn!(path, attempt, error = %e, "transient Graph error, retrying");
                     tokio::time::sleep(wait).await;
@@ -401,7 +463,7 @@ impl GraphClient {
         body: Option<&Value>,
     ) -> Result<T, GraphError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
-        let mut req = self.http.request(method, url).query(query);
+        let mut req = self.http.request(method, url).timeout(self.timeout).query(query);
         if let Some(t) = token {
             req = req.bearer_auth(t.expose());
         }
@@ -411,10 +473,11 @@ impl GraphClient {
         Self::answer(req).await
     }
 
-    /// A `multipart/form-data` call (a file uploaded), retried as [`call`](Self::call)
-    /// is, with a new form each time (`form`) and up to [`UPLOAD_TIMEOUT`].
-    pub async fn call_multipart<T: DeserializeOwned>(
+    /// A `multipart/form-data` call (a file uploaded), retried as `repeat`
+    /// says, with a new form each time (`form`) and up to [`UPLOAD_TIMEOUT`].
+    async fn call_multipart<T: DeserializeOwned>(
         &self,
+        repeat: Repeat,
         path: &str,
         token: &Secret<String>,
         form: impl Fn() -> reqwest::multipart::Form,
@@ -425,7 +488,7 @@ impl GraphClient {
             attempt += 1;
             let req = self.http.post(&url).bearer_auth(token.expose()).timeout(UPLOAD_TIMEOUT).multipart(form());
             match Self::answer(req).await {
-                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                Err(e) if repeat.again_after(&e) && attempt < self.max_attempts => {
                     let wait = self.backoff * 2u32.pow(attempt - 1);
                     tracing::warn!(path, attempt, error = %e, "transient Graph error on an upload, retrying");
                     tokio::time::sleep(wait).await;
@@ -440,7 +503,8 @@ impl GraphClient {
         let res = req.send().await.map_err(GraphError::unanswered)?;
         let status = res.status();
         let regain = regain_in(res.headers());
-        let bytes = res.bytes().await.map_err(|e| GraphError::Network(e.without_url().to_string()))?;
+        // Meta answered, so it did something: the answer's end was lost.
+        let bytes = res.bytes().await.map_err(|e| GraphError::NoAnswer(e.without_url().to_string()))?;
         let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // Names, profiles and templates from here are stored as text.
         crate::meta::strip_nul(&mut value);
@@ -690,7 +754,7 @@ impl GraphClient {
         if let Some(t) = tag {
             body["tag"] = Value::String(t.to_string());
         }
-        let v: Value = self.call(Method::POST, &format!("{account}/messages"), Some(token), &[], Some(&body)).await?;
+        let v: Value = self.send_call(&format!("{account}/messages"), token, &body).await?;
         id_at(&v, "/message_id")
     }
 
@@ -715,7 +779,7 @@ impl GraphClient {
         let (recipient, message, name) =
             (serde_json::json!({"id": recipient}).to_string(), message.to_string(), file.name());
         let v: Value = self
-            .call_multipart(&format!("{account}/messages"), token, || {
+            .call_multipart(Repeat::UnlessItMayHaveGone, &format!("{account}/messages"), token, || {
                 let form = reqwest::multipart::Form::new()
                     .text("recipient", recipient.clone())
                     .text("messaging_type", if tag.is_some() { "MESSAGE_TAG" } else { "RESPONSE" })
@@ -810,7 +874,8 @@ impl GraphClient {
     ) -> Result<String, GraphError> {
         let name = file.name();
         let uploaded: Value = self
-            .call_multipart(&format!("{phone_id}/media"), token, || {
+            // A second upload is only another media id, never sent.
+            .call_multipart(Repeat::Always, &format!("{phone_id}/media"), token, || {
                 reqwest::multipart::Form::new()
                     .text("messaging_product", "whatsapp")
                     .text("type", file.mime.clone())
@@ -918,7 +983,7 @@ impl GraphClient {
         if let Some(wamid) = context {
             body["context"] = serde_json::json!({"message_id": wamid});
         }
-        let v: Value = self.call(Method::POST, &format!("{phone_id}/messages"), Some(token), &[], Some(&body)).await?;
+        let v: Value = self.send_call(&format!("{phone_id}/messages"), token, &body).await?;
         let wamid = id_at(&v, "/messages/0/id")?;
         let wa_id = v.pointer("/contacts/0/wa_id").and_then(Value::as_str).map(str::to_string);
         let held = held_status(&v);

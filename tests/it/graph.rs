@@ -94,3 +94,55 @@ async fn an_idle_connection_is_kept_longer_than_clients_keep_theirs() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(status_on(&mut short, "/healthz").await, None, "closed after its 1 s");
 }
+
+/// A message to a customer that went out and got no answer (a timeout, a
+/// lost connection) may have reached them: the Graph client does not send
+/// it again at once (the send job tries later, once an echo could have
+/// marked it sent). A lookup with no answer is asked again, and a send
+/// that never reached Meta is another failure, to be tried again.
+#[actix_web::test]
+async fn a_send_that_got_no_answer_is_not_made_again_at_once() {
+    let app = spawn_app().await;
+    let made = app
+        .fake(
+            "POST",
+            "/_fake/users",
+            json!({"pages": [{"id": "5100000000000077", "name": "Late Page"}],
+                   "wabas": [{"phone_numbers": [{"id": "555000222"}]}]}),
+        )
+        .await;
+    let secret = |v: &serde_json::Value| Secret::new(v.as_str().expect("token").to_string());
+    let (user_token, page_token) = (secret(&made["user"]["access_token"]), secret(&made["pages"][0]["access_token"]));
+    let number_token = secret(&made["wabas"][0]["access_token"]);
+    let graph = GraphClient::new(&app.config.meta)
+        .with_retry(3, Duration::from_millis(10))
+        .with_timeout(Duration::from_millis(300));
+    let calls = |path: &'static str| {
+        let app = &app;
+        async move {
+            let log = app.fake("GET", "/_fake/requests", json!({})).await;
+            log["items"].as_array().expect("items").iter().filter(|r| r["path"] == path).count()
+        }
+    };
+    // Meta takes each call at once and answers after the client gave up.
+    app.fake("POST", "/_fake/errors", json!({"path": "/", "delay_ms": 1500, "answer_late": true, "times": 20})).await;
+    let err = graph
+        .send_text("5100000000000077", &page_token, "7392015648120394", "only once", None, "sb:1")
+        .await
+        .expect_err("no answer in time");
+    assert!(matches!(err, GraphError::NoAnswer(_)) && err.is_transient(), "{err:?}");
+    let err =
+        graph.whatsapp_text("555000222", &number_token, "351910000001", "only once", None).await.expect_err("late");
+    assert!(matches!(err, GraphError::NoAnswer(_)), "{err:?}");
+    assert_eq!(calls("/5100000000000077/messages").await, 1, "the page's send was made once");
+    assert_eq!(calls("/555000222/messages").await, 1, "the number's send was made once");
+    // A lookup is asked again: every attempt met the late answer.
+    assert!(matches!(graph.me(&user_token).await, Err(GraphError::NoAnswer(_))));
+    assert_eq!(calls("/me").await, 3, "asked three times");
+    // Nothing listens there: never reached, so not "no answer".
+    let mut closed = app.config.meta.clone();
+    closed.graph_url = "http://127.0.0.1:9".into();
+    let nowhere = GraphClient::new(&closed).with_retry(1, Duration::from_millis(1));
+    let err = nowhere.send_text("5100000000000077", &page_token, "7392015648120394", "x", None, "sb:2").await;
+    assert!(matches!(err, Err(GraphError::Network(_))), "{err:?}");
+}

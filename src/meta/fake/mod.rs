@@ -34,7 +34,9 @@
 //!   the next `times` calls whose path contains `path` fail that way (or,
 //!   without `error`, only answer `delay_ms` late), with `headers` (name to
 //!   value; a value that is not a string is sent as its JSON, as Meta's
-//!   `X-Business-Use-Case-Usage` is).
+//!   `X-Business-Use-Case-Usage` is). With `answer_late: true` (and no
+//!   `error`) the call is done at once and only its answer waits: a send
+//!   Meta took whose answer a client gave up on.
 //! - Magic recipients (meta/CONTRACTS.md §11): Messenger/Instagram sends to
 //!   `5510000000001545` fail with 551/1545041 (not available) and to
 //!   `6130000000000613` with 613 (rate limit); WhatsApp sends to
@@ -226,6 +228,8 @@ struct Injection {
     error: Option<Value>,
     remaining: u32,
     delay_ms: u64,
+    /// The delay is the answer's, after the call was done.
+    answer_late: bool,
     headers: Vec<(String, String)>,
 }
 
@@ -461,11 +465,14 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
         });
         hit.map(|i| {
             i.remaining -= 1;
-            (i.status, i.error.clone(), i.delay_ms, i.headers.clone())
+            (i.status, i.error.clone(), i.delay_ms, i.answer_late, i.headers.clone())
         })
     };
-    if let Some((status, error, delay_ms, headers)) = injected {
-        if delay_ms > 0 {
+    let mut answer_in = Duration::ZERO;
+    if let Some((status, error, delay_ms, answer_late, headers)) = injected {
+        if answer_late && error.is_none() {
+            answer_in = Duration::from_millis(delay_ms);
+        } else if delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
         if let Some(e) = error {
@@ -480,7 +487,7 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
     }
 
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
-    match (method.as_str(), p.as_slice()) {
+    let answer = match (method.as_str(), p.as_slice()) {
         ("GET", ["dialog", "oauth"]) => dialog(&fake, &q),
         ("GET", ["oauth", "access_token"]) => access_token(&fake, &q),
         ("GET", ["debug_token"]) => debug_token(&fake, &q, token.as_deref()),
@@ -544,7 +551,12 @@ async fn graph(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) ->
             })
         }
         _ => graph_error(100, None, &format!("Unknown path components: {}", req.path())),
+    };
+    // Done already: a client that stops waiting does not undo it.
+    if !answer_in.is_zero() {
+        tokio::time::sleep(answer_in).await;
     }
+    answer
 }
 
 /// Checks the token and runs `f` with its owner.
@@ -972,6 +984,7 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 },
                 remaining: body.get("times").and_then(Value::as_u64).unwrap_or(1) as u32,
                 delay_ms: body.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
+                answer_late: body.get("answer_late").and_then(Value::as_bool).unwrap_or(false),
                 headers: match injected_headers(body.get("headers")) {
                     Ok(h) => h,
                     Err(why) => return bad(why),
