@@ -863,7 +863,7 @@ impl Ingest<'_> {
                 let mids: Vec<String> = mid.iter().cloned().collect();
                 self.receipt(tc, channel, contact, "read", &mids, *watermark, None)
             }
-            Item::Status { contact, wamid, status, error, timestamp } => {
+            Item::Status { contact, wamid, status, error, timestamp, mark } => {
                 // Meta refused a marketing template: the customer stopped them
                 // (the preference's own webhook may never have come).
                 let stopped = error.as_ref().and_then(|e| e["meta_code"].as_i64())
@@ -871,7 +871,7 @@ impl Ingest<'_> {
                 if stopped && *status == DeliveryStatus::Failed {
                     super::contacts::marketing_choice(tc, self.log, channel.id, contact, true, *timestamp)?;
                 }
-                self.status(tc, channel, wamid, *status, error.clone())
+                self.status(tc, channel, wamid, *status, error.clone(), mark.as_deref())
             }
             // Done by `prefetch`; again for a caller that did not (a no-op then).
             Item::NumberChanged { contact, new_contact, timestamp } => {
@@ -1349,30 +1349,12 @@ impl Ingest<'_> {
         }
         // Ours, echoed before the send's answer was stored: match the metadata.
         let ours = app_id.is_none_or(|a| a == self.app_id);
-        if let (true, Some(id)) =
-            (ours, metadata.and_then(|md| md.strip_prefix("sb:")).and_then(|i| i.parse::<i64>().ok()))
-        {
-            let row: Option<MessageRow> = m::table
-                .find(id)
-                .filter(m::channel_id.eq(channel.id))
-                .select(MessageRow::as_select())
-                .for_update()
-                .first(tc.pg())
-                .optional()?;
-            if let Some(row) = row {
-                if row.external_id.is_none() {
-                    let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
-                    let mut updated: MessageRow = diesel::update(m::table.find(row.id))
-                        .set((m::external_id.eq(mid), m::status.eq(status), m::updated_at.eq(diesel::dsl::now)))
-                        .returning(MessageRow::as_returning())
-                        .get_result(tc.pg())?;
-                    // Its receipts may have come before its echo.
-                    early::take(tc, std::slice::from_mut(&mut updated))?;
-                    if channel.platform() == Platform::Facebook {
-                        early::take_watermarks(tc, &mut updated, timestamp)?;
-                    }
-                    self.updated(tc, &updated)?;
+        if let (true, Some(id)) = (ours, metadata.and_then(our_mark)) {
+            if let Some(mut updated) = known_by_mark(tc, channel.id, id, mid)? {
+                if channel.platform() == Platform::Facebook {
+                    early::take_watermarks(tc, &mut updated, timestamp)?;
                 }
+                self.updated(tc, &updated)?;
             }
             // Ours, and gone (its contact erased while it was on its way):
             // not a message from elsewhere to bring back.
@@ -1627,7 +1609,9 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// WhatsApp status of one message; kept for later if the id is unknown.
+    /// WhatsApp status of one message; kept for later if the id is
+    /// unknown, unless it names our message by its mark (`mark`): sent
+    /// with no answer stored yet, or with its answer lost.
     fn status(
         &mut self,
         tc: &mut TenantConn<'_>,
@@ -1635,19 +1619,64 @@ impl Ingest<'_> {
         wamid: &str,
         status: DeliveryStatus,
         error: Option<Value>,
+        mark: Option<&str>,
     ) -> AppResult<()> {
-        let Some(row) = find_by_external(tc, channel.id, wamid)? else {
-            self.followups.kept_early = true;
-            return early::keep_status(tc, channel.id, wamid, status.as_str(), error.as_ref());
+        let (row, marked) = match find_by_external(tc, channel.id, wamid)? {
+            Some(row) => (row, false),
+            None => match mark.and_then(our_mark) {
+                Some(id) => match known_by_mark(tc, channel.id, id, wamid)? {
+                    Some(row) => (row, true),
+                    // Ours, and gone; or known by another id already (a
+                    // copy sent again after its answer was lost).
+                    None => return Ok(()),
+                },
+                None => {
+                    self.followups.kept_early = true;
+                    return early::keep_status(tc, channel.id, wamid, status.as_str(), error.as_ref());
+                }
+            },
         };
-        if let Some(updated) = messages::advance_status(tc, &row, status.as_str(), error)? {
-            if updated.status == "failed" && updated.sender_kind == "agent" {
-                self.unanswered.insert(updated.conversation_id);
+        match messages::advance_status(tc, &row, status.as_str(), error)? {
+            Some(updated) => {
+                if updated.status == "failed" && updated.sender_kind == "agent" {
+                    self.unanswered.insert(updated.conversation_id);
+                }
+                self.updated(tc, &updated)?;
             }
-            self.updated(tc, &updated)?;
+            // Its id and `sent` are news by themselves.
+            None if marked => self.updated(tc, &row)?,
+            None => {}
         }
         Ok(())
     }
+}
+
+/// Our message's id in the mark a send gives Meta (`sb:<id>`: Messenger's
+/// `metadata`, WhatsApp's `biz_opaque_callback_data`), which it passes back.
+fn our_mark(mark: &str) -> Option<i64> {
+    mark.strip_prefix("sb:").and_then(|i| i.parse::<i64>().ok())
+}
+
+/// Our message `id` on this channel, named `external` by Meta before the
+/// send's answer was stored (or with that answer lost): it takes the id, is
+/// sent at least, and takes the receipts that came before it. `None` when
+/// it is gone, or already known by an id.
+fn known_by_mark(tc: &mut TenantConn<'_>, channel: i64, id: i64, external: &str) -> AppResult<Option<MessageRow>> {
+    let row: Option<MessageRow> = m::table
+        .find(id)
+        .filter(m::channel_id.eq(channel))
+        .select(MessageRow::as_select())
+        .for_update()
+        .first(tc.pg())
+        .optional()?;
+    let Some(row) = row.filter(|r| r.external_id.is_none()) else { return Ok(None) };
+    let status = if status_moves_forward(&row.status, "sent") { "sent" } else { row.status.as_str() };
+    let mut updated: MessageRow = diesel::update(m::table.find(row.id))
+        .set((m::external_id.eq(external), m::status.eq(status), m::updated_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(tc.pg())?;
+    early::take(tc, std::slice::from_mut(&mut updated))?;
+    Ok(Some(updated))
 }
 
 struct Incoming<'a> {

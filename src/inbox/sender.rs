@@ -592,8 +592,12 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                 // Stored with the message; gone only if the message went meanwhile.
                 Err(fail("file_missing", "the file to send is no longer kept".into()))
             } else {
-                // The customer's message the reply quotes (WhatsApp only).
-                let quoted = message.reply_to_external_id.as_deref();
+                // WhatsApp: the customer's message the reply quotes, and
+                // ours, which the statuses name back (`ingest`): a send whose
+                // answer was lost is known sent by its first status.
+                let ours = format!("sb:{}", message.id);
+                let marks =
+                    crate::meta::WhatsappMarks { quoting: message.reply_to_external_id.as_deref(), ours: Some(&ours) };
                 // Another app holds the thread (`handover`): take it back first.
                 let take = super::handover::ThreadControl::held_elsewhere(&ctx.conversation);
                 let taken = match take {
@@ -624,7 +628,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                 &header,
                                 &body,
                                 header_media.as_ref().map(|(f, b)| (*f, b.clone())),
-                                quoted,
+                                marks,
                             )
                             .await
                             .map(sent),
@@ -639,7 +643,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                     file,
                                     bytes.clone(),
                                     caption,
-                                    quoted,
+                                    marks,
                                 )
                                 .await
                                 .map(sent)
@@ -672,7 +676,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                                         token,
                                         &ctx.whatsapp_to,
                                         interactive,
-                                        quoted,
+                                        marks,
                                     )
                                     .await
                                     .map(sent)
@@ -695,7 +699,7 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                         }
                         (Platform::Whatsapp, None, None) => state
                             .graph
-                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.whatsapp_to, &text, quoted)
+                            .whatsapp_text(&ctx.channel.external_id, token, &ctx.whatsapp_to, &text, marks)
                             .await
                             .map(sent),
                         _ => {

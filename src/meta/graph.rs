@@ -348,6 +348,16 @@ pub struct GraphClient {
     timeout: Duration,
 }
 
+/// How a WhatsApp message of ours is marked: the customer's message it
+/// quotes (`context`, a wamid), and our own id for it
+/// (`biz_opaque_callback_data`), which Meta's status webhooks for it carry
+/// back: a send whose answer was lost is known by its `sent` status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WhatsappMarks<'a> {
+    pub quoting: Option<&'a str>,
+    pub ours: Option<&'a str>,
+}
+
 /// Whether a call that failed for now is made again at once.
 #[derive(Clone, Copy)]
 enum Repeat {
@@ -806,7 +816,7 @@ impl GraphClient {
         file: &crate::inbox::uploads::Sendable,
         bytes: bytes::Bytes,
         caption: Option<&str>,
-        context: Option<&str>,
+        marks: WhatsappMarks<'_>,
     ) -> Result<WhatsappSent, GraphError> {
         let media_id = self.whatsapp_upload(phone_id, token, file, bytes).await?;
         let media_id = media_id.as_str();
@@ -823,7 +833,7 @@ impl GraphClient {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": kind,
         });
         body[kind] = media;
-        self.whatsapp_message(phone_id, token, body, context).await
+        self.whatsapp_message(phone_id, token, body, marks).await
     }
 
     /// The page's (or Instagram account's) reaction to the customer's
@@ -860,7 +870,7 @@ impl GraphClient {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "reaction", "reaction": {"message_id": wamid, "emoji": emoji.unwrap_or("")},
         });
-        self.whatsapp_message(phone_id, token, body, None).await.map(drop)
+        self.whatsapp_message(phone_id, token, body, WhatsappMarks::default()).await.map(drop)
     }
 
     /// Uploads a file to the number's media (`/{phone-number-id}/media`);
@@ -937,51 +947,54 @@ impl GraphClient {
         Ok(())
     }
 
-    /// WhatsApp Cloud API text message, quoting the message `context`
-    /// names if any; returns the wamid.
+    /// WhatsApp Cloud API text message, marked as `marks` says; returns
+    /// the wamid.
     pub async fn whatsapp_text(
         &self,
         phone_id: &str,
         token: &Secret<String>,
         to: &str,
         text: &str,
-        context: Option<&str>,
+        marks: WhatsappMarks<'_>,
     ) -> Result<WhatsappSent, GraphError> {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "text", "text": {"preview_url": false, "body": text},
         });
-        self.whatsapp_message(phone_id, token, body, context).await
+        self.whatsapp_message(phone_id, token, body, marks).await
     }
 
     /// A WhatsApp interactive message (`interactive`: reply buttons or a
-    /// list, `inbox::choices`), quoting `context` if any; returns the wamid.
+    /// list, `inbox::choices`), marked as `marks` says; returns the wamid.
     pub async fn whatsapp_interactive(
         &self,
         phone_id: &str,
         token: &Secret<String>,
         to: &str,
         interactive: Value,
-        context: Option<&str>,
+        marks: WhatsappMarks<'_>,
     ) -> Result<WhatsappSent, GraphError> {
         let body = serde_json::json!({
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
             "type": "interactive", "interactive": interactive,
         });
-        self.whatsapp_message(phone_id, token, body, context).await
+        self.whatsapp_message(phone_id, token, body, marks).await
     }
 
-    /// Sends a WhatsApp message (`body`), as a reply to the message
-    /// `context` names (its wamid) if any; returns the new wamid.
+    /// Sends a WhatsApp message (`body`), marked as `marks` says; returns
+    /// the new wamid.
     async fn whatsapp_message(
         &self,
         phone_id: &str,
         token: &Secret<String>,
         mut body: Value,
-        context: Option<&str>,
+        marks: WhatsappMarks<'_>,
     ) -> Result<WhatsappSent, GraphError> {
-        if let Some(wamid) = context {
+        if let Some(wamid) = marks.quoting {
             body["context"] = serde_json::json!({"message_id": wamid});
+        }
+        if let Some(ours) = marks.ours {
+            body["biz_opaque_callback_data"] = Value::String(ours.to_string());
         }
         let v: Value = self.send_call(&format!("{phone_id}/messages"), token, &body).await?;
         let wamid = id_at(&v, "/messages/0/id")?;
@@ -1060,7 +1073,7 @@ impl GraphClient {
         header: &[String],
         body: &[String],
         header_media: Option<(&crate::inbox::uploads::Sendable, bytes::Bytes)>,
-        context: Option<&str>,
+        marks: WhatsappMarks<'_>,
     ) -> Result<WhatsappSent, GraphError> {
         let params =
             |ps: &[String]| ps.iter().map(|p| serde_json::json!({"type": "text", "text": p})).collect::<Vec<_>>();
@@ -1085,7 +1098,7 @@ impl GraphClient {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "template",
             "template": {"name": name, "language": {"code": language}, "components": components},
         });
-        self.whatsapp_message(phone_id, token, request, context).await
+        self.whatsapp_message(phone_id, token, request, marks).await
     }
 
     pub async fn whatsapp_mark_read(
@@ -1366,7 +1379,7 @@ mod tests {
                     graph.sender_action("1", token, "2", "typing_on").await.map(|()| None)
                 }
                 "whatsapp_send_response.json" | "whatsapp_send_response_template_held.json" => {
-                    graph.whatsapp_text("1", token, "2", "hi", None).await.map(|s| Some(s.wamid))
+                    graph.whatsapp_text("1", token, "2", "hi", WhatsappMarks::default()).await.map(|s| Some(s.wamid))
                 }
                 "whatsapp_mark_read_response.json" => {
                     graph.whatsapp_mark_read("1", token, "wamid.X").await.map(|()| None)

@@ -8,7 +8,7 @@ pub mod signed_request;
 pub mod variants;
 pub mod webhook;
 
-pub use graph::{GraphClient, GraphError};
+pub use graph::{GraphClient, GraphError, WhatsappMarks};
 
 /// Removes U+0000 from every string of a webhook or a Graph answer:
 /// PostgreSQL cannot store it in text, and Meta means nothing by it.

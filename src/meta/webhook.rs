@@ -225,6 +225,8 @@ pub enum Item {
         status: DeliveryStatus,
         error: Option<Value>,
         timestamp: DateTime<Utc>,
+        /// The send's own mark (`biz_opaque_callback_data`), passed back.
+        mark: Option<String>,
     },
     /// A WhatsApp customer changed their phone number (a `system` message,
     /// which also comes as a `Message` with the notice's text).
@@ -832,6 +834,7 @@ fn whatsapp_value(value: &Value, out: &mut Vec<Routed>) {
                 status,
                 error,
                 timestamp: secs(st.get("timestamp")).unwrap_or_else(Utc::now),
+                mark: s(st.get("biz_opaque_callback_data")),
             },
         });
     }

@@ -394,7 +394,13 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
 
     // WhatsApp: send, mark read (with typing), statuses.
     let wamid = graph
-        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550123", "Sim, ainda temos! Quer reservar?", None)
+        .whatsapp_text(
+            "123456789012345",
+            &secret(&waba_token),
+            "14155550123",
+            "Sim, ainda temos! Quer reservar?",
+            Default::default(),
+        )
         .await
         .expect("whatsapp send");
     assert_eq!(wamid.wa_id.as_deref(), Some("14155550123"));
@@ -435,14 +441,14 @@ async fn the_fake_answers_and_sends_in_metas_formats() {
     )
     .await;
     let late = graph
-        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late", None)
+        .whatsapp_text("123456789012345", &secret(&waba_token), "14155550999", "late", Default::default())
         .await
         .expect("accepted")
         .wamid;
     f.webhook_like("whatsapp_status_failed.json", |v| wa_status(v)["id"] == late.as_str()).await;
     // A Brazilian mobile is known without its ninth digit, and Meta says so.
     let br = graph
-        .whatsapp_text("123456789012345", &secret(&waba_token), "+55 11 98765-4321", "Olá", None)
+        .whatsapp_text("123456789012345", &secret(&waba_token), "+55 11 98765-4321", "Olá", Default::default())
         .await
         .expect("accepted");
     assert_eq!(br.wa_id.as_deref(), Some("551187654321"));
@@ -607,7 +613,7 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
             &params(&["#1"]),
             &params(&["Zoë", "#1"]),
             None,
-            None,
+            Default::default(),
         )
         .await
         .expect("template sent")
@@ -634,7 +640,7 @@ async fn the_fakes_templates_are_listed_sent_and_checked_as_metas() {
                 &params(&header),
                 &params(&body),
                 None,
-                None,
+                Default::default(),
             )
             .await
             .expect_err("refused");

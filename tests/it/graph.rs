@@ -131,8 +131,10 @@ async fn a_send_that_got_no_answer_is_not_made_again_at_once() {
         .await
         .expect_err("no answer in time");
     assert!(matches!(err, GraphError::NoAnswer(_)) && err.is_transient(), "{err:?}");
-    let err =
-        graph.whatsapp_text("555000222", &number_token, "351910000001", "only once", None).await.expect_err("late");
+    let err = graph
+        .whatsapp_text("555000222", &number_token, "351910000001", "only once", Default::default())
+        .await
+        .expect_err("late");
     assert!(matches!(err, GraphError::NoAnswer(_)), "{err:?}");
     assert_eq!(calls("/5100000000000077/messages").await, 1, "the page's send was made once");
     assert_eq!(calls("/555000222/messages").await, 1, "the number's send was made once");

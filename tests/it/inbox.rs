@@ -3248,7 +3248,10 @@ async fn replies_go_out_once_and_receipts_move_forward() {
         .expect("wa send");
     assert_eq!(
         wa_send["body"],
-        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID, "type": "text", "text": {"preview_url": false, "body": "Bom dia! Como posso ajudar?"}})
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID, "type": "text",
+            "text": {"preview_url": false, "body": "Bom dia! Como posso ajudar?"},
+            // Ours, passed back on its statuses.
+            "biz_opaque_callback_data": format!("sb:{wid}")})
     );
 
     // Reading the conversation clears unread and tells Meta.
@@ -9399,4 +9402,53 @@ async fn canned_responses_and_macros_stop_at_their_limits() {
         .await;
     assert_eq!((r.status, &r.body["name"]), (200, &json!("Primeiro")), "{:?}", r.body);
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NULL"), MOST_MACROS);
+}
+
+/// A reply Meta took whose answer came after the Graph client gave up (its
+/// 10 s) is known sent by what Meta sends next, which names it by our mark,
+/// and is not sent again: on WhatsApp its statuses carry
+/// `biz_opaque_callback_data`, on Messenger the echo its `metadata`.
+#[actix_web::test]
+async fn a_reply_whose_answer_was_lost_is_known_by_its_mark_and_not_sent_again() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Ainda há?"})).await;
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Still there?"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let (wa, fb) =
+        (by_contact(&convs, WA_ID)["id"].as_str().expect("id"), by_contact(&convs, PSID)["id"].as_str().expect("id"));
+    // Meta takes the two replies at once and answers 11 s later.
+    let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 2});
+    app.fake("POST", "/_fake/errors", late).await;
+    let mut ids = Vec::new();
+    for (conv, text) in [(wa, "Há, sim."), (fb, "Yes, still here.")] {
+        let body = json!({"text": text, "client_id": format!("late-{conv}")});
+        let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    // Known sent long before the answers, by the statuses and the echo.
+    eventually("the WhatsApp reply read", || async {
+        message_status(&app, &ctx.admin, wa, &ids[0]).await["status"] == "read"
+    })
+    .await;
+    eventually("the Messenger reply sent", || async {
+        message_status(&app, &ctx.admin, fb, &ids[1]).await["status"] != "pending"
+    })
+    .await;
+    // Past the client's 10 s and the send job's next try.
+    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    // A Messenger send names its messaging type, a WhatsApp send its `to`
+    // (not so "seen" and typing).
+    let sends = |path: String| {
+        let items = log["items"].as_array().expect("items");
+        let send = |c: &&Value| c["body"]["messaging_type"].is_string() || c["body"]["to"].is_string();
+        items.iter().filter(|c| c["path"] == path).filter(send).count()
+    };
+    assert_eq!(sends(format!("/{PHONE}/messages")), 1, "the WhatsApp reply went once");
+    assert_eq!(sends(format!("/{PAGE_A}/messages")), 1, "the Messenger reply went once");
+    let wa_reply = message_status(&app, &ctx.admin, wa, &ids[0]).await;
+    assert!(wa_reply["external_id"].as_str().is_some_and(|w| w.starts_with("wamid.")), "{wa_reply}");
 }

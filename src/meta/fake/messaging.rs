@@ -409,7 +409,9 @@ fn whatsapp(fake: &FakeMeta, st: &mut State, phone: &str, body: &Value) -> HttpR
             .is_some_and(|t| Utc::now() - *t > Duration::hours(24));
     let (waba, metadata) = st.number_metadata(phone);
     let now = Utc::now().timestamp();
-    let sent = SentTo { waba: waba.clone(), metadata, wamid: id.clone(), wa_id: wa_id.clone() };
+    // Meta passes the sender's own mark back on each status.
+    let callback = body.get("biz_opaque_callback_data").and_then(Value::as_str).map(str::to_string);
+    let sent = SentTo { waba: waba.clone(), metadata, wamid: id.clone(), wa_id: wa_id.clone(), callback };
     let status = |s: &str, at: i64, extra: Value| sent.status(s, at, extra);
     // A marketing template to a customer who stopped them: taken, then failed.
     let stopped =
@@ -460,6 +462,8 @@ pub(super) struct SentTo {
     pub(super) metadata: Value,
     pub(super) wamid: String,
     pub(super) wa_id: String,
+    /// The send's `biz_opaque_callback_data`, if it had one.
+    pub(super) callback: Option<String>,
 }
 
 impl SentTo {
@@ -469,6 +473,9 @@ impl SentTo {
             json!({"id": self.wamid, "status": status, "timestamp": at.to_string(), "recipient_id": self.wa_id});
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
+        }
+        if let Some(callback) = &self.callback {
+            v["biz_opaque_callback_data"] = Value::String(callback.clone());
         }
         json!({"object": "whatsapp_business_account", "entry": [{"id": self.waba, "changes": [{"value": {
             "messaging_product": "whatsapp",
