@@ -373,6 +373,9 @@ impl Repeat {
     }
 }
 
+/// How long a call waits for Meta's answer, but for uploads.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// How long the client keeps an idle connection to Meta: under the fake's
 /// keep-alive too, so that the client, not the server, lets go first.
 const IDLE: Duration = Duration::from_secs(30);
@@ -381,7 +384,7 @@ const _: () = assert!(IDLE.as_secs() < crate::http::KEEP_ALIVE.as_secs());
 impl GraphClient {
     pub fn new(cfg: &MetaConfig) -> GraphClient {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(ANSWER_WITHIN)
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(IDLE)
             .build()
@@ -393,7 +396,7 @@ impl GraphClient {
             app_secret: cfg.app_secret.clone(),
             max_attempts: 3,
             backoff: Duration::from_millis(200),
-            timeout: Duration::from_secs(10),
+            timeout: ANSWER_WITHIN,
         }
     }
 
@@ -430,8 +433,8 @@ impl GraphClient {
     /// [`call`](Self::call) is, but not when it went out and no answer came
     /// ([`GraphError::NoAnswer`]), since Meta may have sent it and the
     /// customer would get it twice. The send job tries it again later, once
-    /// a Messenger echo, which names our message, could have marked it sent
-    /// (`inbox::sender`).
+    /// what Meta sends next, which names our message (a Messenger echo, a
+    /// WhatsApp status), could have marked it sent (`inbox::sender`).
     async fn send_call<T: DeserializeOwned>(
         &self,
         path: &str,

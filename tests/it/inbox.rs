@@ -5399,18 +5399,25 @@ async fn a_note_is_edited_by_its_author_and_deleted_by_its_author_or_an_admin() 
     assert_eq!(conversations(&app, &ctx.admin, "?q=prefere").await.len(), 0, "a deleted note is not found");
 }
 
+/// A WhatsApp customer writes `on_whatsapp` to the number, a Messenger one
+/// `on_messenger` to page A: their conversations' ids, processed.
+async fn two_customers_write(app: &TestApp, ctx: &Ctx, on_whatsapp: &[&str], on_messenger: &str) -> (String, String) {
+    for text in on_whatsapp {
+        app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": text})).await;
+    }
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": on_messenger})).await;
+    app.processed().await;
+    let convs = conversations(app, &ctx.admin, "").await;
+    let id = |external: &str| by_contact(&convs, external)["id"].as_str().expect("id").to_string();
+    (id(WA_ID), id(PSID))
+}
+
 /// A WhatsApp reply may quote the customer's message it answers.
 #[actix_web::test]
 async fn a_whatsapp_reply_quotes_the_message_it_answers() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Qual é o prazo?"})).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "E o preço?"})).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Olá"})).await;
-    app.processed().await;
-    let convs = conversations(&app, &ctx.admin, "").await;
-    let (wa, fb) =
-        (by_contact(&convs, WA_ID)["id"].as_str().expect("id"), by_contact(&convs, PSID)["id"].as_str().expect("id"));
+    let (wa, fb) = &two_customers_write(&app, &ctx, &["Qual é o prazo?", "E o preço?"], "Olá").await;
     let shown = messages(&app, &ctx.admin, wa).await;
     let question = shown.iter().find(|m| m["text"] == "Qual é o prazo?").expect("question").clone();
     let fb_message = messages(&app, &ctx.admin, fb).await[0]["id"].clone();
@@ -9412,12 +9419,7 @@ async fn canned_responses_and_macros_stop_at_their_limits() {
 async fn a_reply_whose_answer_was_lost_is_known_by_its_mark_and_not_sent_again() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Ainda há?"})).await;
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": PSID, "text": "Still there?"})).await;
-    app.processed().await;
-    let convs = conversations(&app, &ctx.admin, "").await;
-    let (wa, fb) =
-        (by_contact(&convs, WA_ID)["id"].as_str().expect("id"), by_contact(&convs, PSID)["id"].as_str().expect("id"));
+    let (wa, fb) = &two_customers_write(&app, &ctx, &["Ainda há?"], "Still there?").await;
     // Meta takes the two replies at once and answers 11 s later.
     let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 2});
     app.fake("POST", "/_fake/errors", late).await;
