@@ -1074,6 +1074,24 @@ mod tests {
     }
 
     #[test]
+    fn a_status_carries_back_the_sends_own_mark() {
+        let mut status: Value = serde_json::from_slice(&fixture("whatsapp_status_sent.json")).expect("fixture");
+        let marks = |v: &Value| -> Vec<Option<String>> {
+            let items = parse(&serde_json::to_vec(v).expect("json")).expect("parse");
+            items
+                .into_iter()
+                .filter_map(|r| match r.item {
+                    Item::Status { mark, .. } => Some(mark),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(marks(&status), [None], "none without one");
+        status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = Value::from("sb:42");
+        assert_eq!(marks(&status), [Some("sb:42".to_string())]);
+    }
+
+    #[test]
     fn whatsapp_business_app_echoes_are_the_page_writing() {
         let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"112233445566778","changes":[{"field":"smb_message_echoes","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15551234567","phone_number_id":"123456789012345"},"message_echoes":[
             {"from":"15551234567","to":"14155550123","id":"wamid.E1","timestamp":"1773140100","type":"text","text":{"body":"Sim, ainda temos \ud83d\ude0a"}},
