@@ -119,6 +119,8 @@ struct Job {
     broadcast_id: Option<i64>,
     /// A `scheduled_message` job's message (`inbox::scheduled`).
     scheduled_message_id: Option<i64>,
+    /// Why its last try did not go (`None`: the first try).
+    last_error: Option<String>,
 }
 
 fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbError> {
@@ -140,12 +142,15 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
         broadcast_id: Option<i64>,
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
         scheduled_message_id: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        last_error: Option<String>,
     }
     let rows: Vec<Row> = diesel::sql_query(
         "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
           WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
                         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id",
+          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id, \
+                    last_error",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(conn)?;
@@ -160,6 +165,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
             attempts: r.attempts,
             broadcast_id: r.broadcast_id,
             scheduled_message_id: r.scheduled_message_id,
+            last_error: r.last_error,
         })
         .collect();
     jobs.sort_by_key(|j| j.id);
@@ -547,8 +553,52 @@ struct Sent {
     held: Option<String>,
 }
 
+/// An Instagram reply whose last try went out and got no answer
+/// ([`GraphError::NoAnswer`]): if Meta sent it, its echo, which names
+/// nothing of ours (no `metadata` on Instagram), was stored as the page's
+/// own message. Such a message with the reply's text, stored since the
+/// reply was: its Meta id, for the reply to take over (`mark_sent` merges
+/// the two) rather than the customer getting a second copy. Were it the
+/// page's own from elsewhere, word for word in those seconds, the customer
+/// has the text once either way.
+async fn echo_of_the_unanswered(
+    state: &AppState,
+    job: &Job,
+    ctx: &Context,
+    message: &MessageRow,
+) -> AppResult<Option<String>> {
+    let unanswered = job.last_error.as_deref().is_some_and(GraphError::was_no_answer);
+    let text = match (&message.text, ctx.file.is_none() && ctx.channel.platform() == Platform::Instagram) {
+        (Some(text), true) if unanswered => text.clone(),
+        _ => return Ok(None),
+    };
+    let (conversation, after) = (message.conversation_id, message.id);
+    state
+        .db
+        .tenant(TenantScope::system(job.tenant), move |tc| {
+            Ok::<_, AppError>(
+                m::table
+                    .filter(m::conversation_id.eq(conversation))
+                    .filter(m::id.gt(after))
+                    .filter(m::sender_kind.eq("page"))
+                    .filter(m::client_id.is_null())
+                    .filter(m::text.eq(text))
+                    .order(m::id)
+                    .select(m::external_id)
+                    .first::<Option<String>>(tc.pg())
+                    .optional()?
+                    .flatten(),
+            )
+        })
+        .await
+}
+
 /// Sends a reply and records how it went.
 async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
+    if let Some(echoed) = echo_of_the_unanswered(state, job, &ctx, &message).await? {
+        record_sent(state, job.tenant, message.id, echoed, None).await?;
+        return finish(state, job, JobEnd::Done).await;
+    }
     // A file's bytes (up to 25 MB) are read only now, not at each pass it waits.
     let bytes = match &ctx.file {
         Some(_) => {

@@ -182,6 +182,12 @@ impl GraphError {
         matches!(self, GraphError::Transient { .. } | GraphError::Network(_) | GraphError::NoAnswer(_))
     }
 
+    /// Whether `error`, a failure as told (`to_string`), is a
+    /// [`GraphError::NoAnswer`]: what a job kept of its last try.
+    pub fn was_no_answer(error: &str) -> bool {
+        error.starts_with("no answer from Meta")
+    }
+
     pub fn is_token_invalid(&self) -> bool {
         matches!(self, GraphError::TokenInvalid { .. })
     }
@@ -433,8 +439,9 @@ impl GraphClient {
     /// [`call`](Self::call) is, but not when it went out and no answer came
     /// ([`GraphError::NoAnswer`]), since Meta may have sent it and the
     /// customer would get it twice. The send job tries it again later, once
-    /// what Meta sends next, which names our message (a Messenger echo, a
-    /// WhatsApp status), could have marked it sent (`inbox::sender`).
+    /// what Meta sends next (a Messenger echo or a WhatsApp status, which
+    /// name our message; an Instagram echo, known by its text) could have
+    /// marked it sent (`inbox::sender`).
     async fn send_call<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -1226,6 +1233,14 @@ fn expect_success(v: &Value) -> Result<(), GraphError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_kept_as_text_is_known_as_no_answer() {
+        assert!(GraphError::was_no_answer(&GraphError::NoAnswer("operation timed out".into()).to_string()));
+        for other in [GraphError::Network("connection refused".into()), GraphError::Decode("no answer".into())] {
+            assert!(!GraphError::was_no_answer(&other.to_string()), "{other}");
+        }
+    }
 
     /// The app of the fixtures (`1234567890123456`), its Graph at `graph_url`.
     fn config(graph_url: &str) -> MetaConfig {

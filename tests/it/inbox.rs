@@ -9454,3 +9454,41 @@ async fn a_reply_whose_answer_was_lost_is_known_by_its_mark_and_not_sent_again()
     let wa_reply = message_status(&app, &ctx.admin, wa, &ids[0]).await;
     assert!(wa_reply["external_id"].as_str().is_some_and(|w| w.starts_with("wamid.")), "{wa_reply}");
 }
+
+/// Instagram's echo names nothing of ours: a reply whose answer was lost is
+/// known by its echo, stored as the page's own message with the reply's
+/// text, which the send job's next try takes over instead of sending the
+/// customer a second copy.
+#[actix_web::test]
+async fn an_instagram_reply_whose_answer_was_lost_takes_over_its_echo() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let igsid = "6841100000124999";
+    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": igsid, "text": "Tem em azul?"})).await;
+    app.processed().await;
+    let convs = conversations(&app, &ctx.admin, "").await;
+    let ig = by_contact(&convs, igsid)["id"].as_str().expect("id").to_string();
+    let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 1});
+    app.fake("POST", "/_fake/errors", late).await;
+    let body = json!({"text": "Temos, sim! 💙", "client_id": "ig-late"});
+    let r = app.call("POST", &format!("/api/conversations/{ig}/messages"), Some(&ctx.admin), Some(body)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    // Past the client's 10 s and the send job's next try.
+    tokio::time::sleep(std::time::Duration::from_secs(14)).await;
+    eventually("the reply sent", || async { message_status(&app, &ctx.admin, &ig, &id).await["status"] != "pending" })
+        .await;
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sends = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{IG_A}/messages") && c["body"]["message"].is_object())
+        .count();
+    assert_eq!(sends, 1, "sent once");
+    let shown: Vec<Value> =
+        messages(&app, &ctx.admin, &ig).await.into_iter().filter(|m| m["text"] == "Temos, sim! 💙").collect();
+    assert_eq!(shown.len(), 1, "the echo and the reply are one: {shown:?}");
+    assert_eq!((&shown[0]["id"], &shown[0]["sender"]["kind"]), (&json!(id), &json!("agent")));
+    assert!(shown[0]["external_id"].as_str().is_some_and(|e| !e.is_empty()), "{:?}", shown[0]);
+}
