@@ -17,7 +17,9 @@
 //! worker every few seconds and several a second from the pool. The
 //! requests refused meanwhile (`database_unavailable`, and webhooks'
 //! `store_unavailable`) are told the same way, but for the end, which the
-//! pool's and the store's lines tell ([`SUMMED`]).
+//! pool's and the store's lines tell ([`SUMMED`]); a run of them ends once
+//! [`TOLD_EVERY`] passes without one, and the next run's first line says
+//! how many the last one's end left untold, apart from its own count.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -63,9 +65,12 @@ impl RootSpanBuilder for RequestSpan {
             Told::Line(Severity::Ours) => tracing::error!("{ENDED}: {error}"),
             Told::Line(Severity::Watch) => tracing::warn!("{ENDED}: {error}"),
             Told::Line(Severity::Theirs) => tracing::info!("{ENDED}: {error}"),
-            Told::Summed(more_since_last_told) => {
+            Told::Summed { more_since_last_told, untold_before_a_pause } => {
                 crate::metrics::inc(&crate::metrics::REQUESTS_UNAVAILABLE, 1);
-                tracing::error!(more_since_last_told, "{ENDED}: {error}")
+                match untold_before_a_pause {
+                    0 => tracing::error!(more_since_last_told, "{ENDED}: {error}"),
+                    _ => tracing::error!(more_since_last_told, untold_before_a_pause, "{ENDED}: {error}"),
+                }
             }
             Told::Untold => crate::metrics::inc(&crate::metrics::REQUESTS_UNAVAILABLE, 1),
         }
@@ -87,9 +92,14 @@ static SUMMED_REPEATS: Mutex<[Repeats; 2]> = Mutex::new([Repeats::new(), Repeats
 #[derive(Debug, PartialEq)]
 enum Told {
     Line(Severity),
-    /// One of the [`SUMMED`] refusals, standing for this many earlier ones
-    /// of its code that were not told.
-    Summed(u64),
+    /// One of the [`SUMMED`] refusals, standing for `more_since_last_told`
+    /// earlier ones of its code that were not told; the first after a
+    /// pause of [`TOLD_EVERY`] or more (the run before it over) stands for
+    /// none, and says how many that run's end left untold.
+    Summed {
+        more_since_last_told: u64,
+        untold_before_a_pause: u64,
+    },
     /// One of those, not told (one was, lately).
     Untold,
 }
@@ -101,8 +111,14 @@ fn told(status: StatusCode, error: &actix_web::Error, summed: &Mutex<[Repeats; 2
     };
     // A poisoned lock only means a panic mid-update of a few counters.
     let mut repeats = summed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    match repeats[which].failed(now) {
-        Some(untold) => Told::Summed(untold),
+    let repeats = &mut repeats[which];
+    // Nothing tells a run of refusals' end but the pause after it.
+    let untold_before_a_pause = match repeats.last {
+        Some(last) if now.saturating_duration_since(last) >= TOLD_EVERY => std::mem::take(repeats).untold,
+        _ => 0,
+    };
+    match repeats.failed(now) {
+        Some(more_since_last_told) => Told::Summed { more_since_last_told, untold_before_a_pause },
         None => Told::Untold,
     }
 }
@@ -143,17 +159,20 @@ pub struct Repeats {
     untold: u64,
     /// Failures since it last went.
     count: u64,
+    /// The last failure.
+    last: Option<Instant>,
 }
 
 impl Repeats {
     pub const fn new() -> Repeats {
-        Repeats { since: None, told_at: None, untold: 0, count: 0 }
+        Repeats { since: None, told_at: None, untold: 0, count: 0, last: None }
     }
 
     /// A failure at `now`: `Some(n)` when it is to be told, standing for
     /// `n` earlier ones that were not.
     pub fn failed(&mut self, now: Instant) -> Option<u64> {
         self.since.get_or_insert(now);
+        self.last = Some(now);
         self.count += 1;
         if self.told_at.is_some_and(|at| now.saturating_duration_since(at) < TOLD_EVERY) {
             self.untold += 1;
@@ -225,13 +244,19 @@ mod tests {
         let every = TOLD_EVERY.as_millis() as u64;
         let gone = || actix_web::Error::from(AppError::unavailable(DATABASE_UNAVAILABLE, "out of reach"));
         let unkept = || actix_web::Error::from(AppError::unavailable(STORE_UNAVAILABLE, "not stored"));
-        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(0)), Told::Summed(0));
+        assert_eq!(
+            told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(0)),
+            Told::Summed { more_since_last_told: 0, untold_before_a_pause: 0 }
+        );
         for i in 1..=5 {
             assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(i * every / 10)), Told::Untold);
         }
         // Each code on its own: the store's first is told though the
         // database's was just now.
-        assert_eq!(told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(every / 2)), Told::Summed(0));
+        assert_eq!(
+            told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(every / 2)),
+            Told::Summed { more_since_last_told: 0, untold_before_a_pause: 0 }
+        );
         assert_eq!(told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(every / 2 + 1)), Told::Untold);
         // Other errors meanwhile keep their own line, and count for nothing here.
         let others = [
@@ -244,8 +269,18 @@ mod tests {
             assert_eq!(told(status, &error.into(), &summed, at(every / 2)), Told::Line(severity));
         }
         // Told again once the interval has passed, with the five between.
-        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every)), Told::Summed(5));
+        let five = Told::Summed { more_since_last_told: 5, untold_before_a_pause: 0 };
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every)), five);
         assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every + 1)), Told::Untold);
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(every + 2)), Told::Untold);
+        // A pause as long as the interval ends the run: the next refusal is
+        // told at once, for itself, and says what the run's end left untold.
+        let again = Told::Summed { more_since_last_told: 0, untold_before_a_pause: 2 };
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(2 * every + 2)), again);
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &gone(), &summed, at(2 * every + 3)), Told::Untold);
+        // The store's run, untold since `every / 2 + 1`, ended long ago too.
+        let store_again = Told::Summed { more_since_last_told: 0, untold_before_a_pause: 1 };
+        assert_eq!(told(S::SERVICE_UNAVAILABLE, &unkept(), &summed, at(2 * every + 3)), store_again);
     }
 
     #[test]
