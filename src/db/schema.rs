@@ -241,6 +241,7 @@ diesel::table! {
         created_at -> Timestamptz,
         broadcast_id -> Nullable<Int8>,
         scheduled_message_id -> Nullable<Int8>,
+        may_have_gone -> Bool,
     }
 }
 

@@ -12,6 +12,10 @@
 //! (`channels::send_hold`). Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20).
 //!
+//! Conversations' sends go side by side ([`SENDS_AT_ONCE`]), each
+//! conversation's in the order they were written: a send waiting on Meta
+//! holds up only its own.
+//!
 //! A file (`inbox::uploads`) is uploaded with its send, which may take a
 //! minute: it goes apart from the other sends ([`FILES_AT_ONCE`] at a
 //! time), and what follows it in its conversation waits for it, so the
@@ -119,11 +123,14 @@ struct Job {
     broadcast_id: Option<i64>,
     /// A `scheduled_message` job's message (`inbox::scheduled`).
     scheduled_message_id: Option<i64>,
-    /// Why its last try did not go (`None`: the first try).
-    last_error: Option<String>,
+    /// An earlier try went out and got no answer ([`JobEnd::Unanswered`]):
+    /// Meta may have sent it.
+    may_have_gone: bool,
 }
 
-fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbError> {
+/// Claims up to `limit` due jobs, but none of the conversations in `busy`
+/// ((tenant, conversation) whose send is under way here: theirs go in turn).
+fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec<Job>, crate::db::DbError> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -142,17 +149,21 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
         broadcast_id: Option<i64>,
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
         scheduled_message_id: Option<i64>,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-        last_error: Option<String>,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        may_have_gone: bool,
     }
     let rows: Vec<Row> = diesel::sql_query(
         "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
           WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
+                          AND (conversation_id IS NULL OR (tenant_id, conversation_id) NOT IN \
+                               (SELECT * FROM unnest($2::bigint[], $3::bigint[]))) \
                         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
           RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id, \
-                    last_error",
+                    may_have_gone",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.0).collect::<Vec<_>>())
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.1).collect::<Vec<_>>())
     .load(conn)?;
     let mut jobs: Vec<Job> = rows
         .into_iter()
@@ -165,7 +176,7 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
             attempts: r.attempts,
             broadcast_id: r.broadcast_id,
             scheduled_message_id: r.scheduled_message_id,
-            last_error: r.last_error,
+            may_have_gone: r.may_have_gone,
         })
         .collect();
     jobs.sort_by_key(|j| j.id);
@@ -174,12 +185,37 @@ fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Job>, crate::db::DbE
 
 enum JobEnd {
     Done,
-    Retry { after: Duration, error: String, counts: bool },
+    Retry {
+        after: Duration,
+        error: String,
+        counts: bool,
+    },
+    /// The try went out and got no answer ([`GraphError::NoAnswer`]): if
+    /// Meta sent it, its status or echo names it (`ingest`) and the job
+    /// ends when tried again; so the next try waits for one to come, at
+    /// least [`AFTER_NO_ANSWER`], and the job keeps that it may have gone.
+    Unanswered {
+        error: String,
+    },
+}
+
+/// How long a send that got no answer waits for its next try: Meta's
+/// webhooks for a message it sent (statuses, echoes) come within seconds as
+/// a rule, after the client's 10 s wait for the answer. A reply that truly
+/// did not go is that much later; one that did is not sent twice.
+const AFTER_NO_ANSWER: Duration = Duration::from_secs(20);
+
+/// The wait before a job's next try after a failure that may pass, longer
+/// with each try (2 s, 4 s, … up to 256 s).
+fn backoff(attempts: i32) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(0, 8))
 }
 
 async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
     let id = job.id;
     let attempts = job.attempts;
+    let at =
+        |after: Duration| Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
     state
         .db
         .public(move |conn| {
@@ -188,11 +224,19 @@ async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
                     diesel::update(sq::table.find(id)).set(sq::status.eq("done")).execute(conn)?;
                 }
                 JobEnd::Retry { after, error, counts } => {
-                    let next =
-                        Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
                     let attempts_fix = if counts { attempts } else { attempts - 1 };
                     diesel::update(sq::table.find(id))
-                        .set((sq::next_attempt_at.eq(next), sq::last_error.eq(error), sq::attempts.eq(attempts_fix)))
+                        .set((
+                            sq::next_attempt_at.eq(at(after)),
+                            sq::last_error.eq(error),
+                            sq::attempts.eq(attempts_fix),
+                        ))
+                        .execute(conn)?;
+                }
+                JobEnd::Unanswered { error } => {
+                    let after = backoff(attempts).max(AFTER_NO_ANSWER);
+                    diesel::update(sq::table.find(id))
+                        .set((sq::next_attempt_at.eq(at(after)), sq::last_error.eq(error), sq::may_have_gone.eq(true)))
                         .execute(conn)?;
                 }
             }
@@ -271,7 +315,9 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
 /// uploading meanwhile ([`FILES_AT_ONCE`] at most).
 #[derive(Default)]
 pub struct Pacer {
-    next: HashMap<(i64, i64), Instant>,
+    /// When each (tenant, channel) may send next. Only read and booked
+    /// under the lock, never held across a wait.
+    next: std::sync::Mutex<HashMap<(i64, i64), Instant>>,
     /// (tenant, conversation) of each file being sent apart: what follows
     /// it in its conversation waits for it, so the customer gets them in
     /// the order the agent sent them.
@@ -296,14 +342,16 @@ impl Pacer {
 
 impl Pacer {
     /// How long to wait before the channel may send again (and books the slot).
-    fn wait(&mut self, key: (i64, i64), per_second: u32) -> Option<Duration> {
+    fn wait(&self, key: (i64, i64), per_second: u32) -> Option<Duration> {
         let now = Instant::now();
         let gap = Duration::from_secs(1) / per_second.max(1);
-        let slot = self.next.get(&key).copied().unwrap_or(now);
+        // A poisoned lock holds good slots: each is booked in one insert.
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = next.get(&key).copied().unwrap_or(now);
         if slot > now + gap {
             return Some(slot - now);
         }
-        self.next.insert(key, slot.max(now) + gap);
+        next.insert(key, slot.max(now) + gap);
         None
     }
 }
@@ -312,7 +360,7 @@ fn send_rate() -> u32 {
     std::env::var("SWITCHBOARD_SEND_RATE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(20)
 }
 
-async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: &Job) -> AppResult<()> {
+async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) -> AppResult<()> {
     let stepped = match (job.kind.as_str(), job.broadcast_id, job.scheduled_message_id) {
         (BROADCAST, Some(broadcast), _) => Some(super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await),
         (super::scheduled::JOB_KIND, _, Some(scheduled)) => {
@@ -419,8 +467,18 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
         return deliver(state, job, ctx, message).await;
     }
     // A file goes apart, its job held meanwhile (`FILE_LEASE_SECONDS`).
+    // Its place is taken at once, under the lock: other conversations'
+    // files are looked at side by side (`run_once`).
+    let placed = {
+        let mut uploading = pacer.uploads();
+        uploading.len() < FILES_AT_ONCE && uploading.insert(conversation)
+    };
+    if !placed {
+        let error = "waits for a file being sent".to_string();
+        return finish(state, job, JobEnd::Retry { after: Duration::from_secs(1), error, counts: false }).await;
+    }
     let id = job.id;
-    state
+    let held = state
         .db
         .public(move |conn| {
             diesel::update(sq::table.find(id))
@@ -428,8 +486,11 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer, job: 
                 .execute(conn)?;
             Ok::<_, AppError>(())
         })
-        .await?;
-    pacer.uploads().insert(conversation);
+        .await;
+    if let Err(e) = held {
+        pacer.uploads().remove(&conversation);
+        return Err(e);
+    }
     let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
     actix_web::rt::spawn(async move {
         match crate::app::contained(deliver(&state, &job, ctx, message)).await {
@@ -553,8 +614,8 @@ struct Sent {
     held: Option<String>,
 }
 
-/// An Instagram reply whose last try went out and got no answer
-/// ([`GraphError::NoAnswer`]): if Meta sent it, its echo, which names
+/// An Instagram reply an earlier try of which went out and got no answer
+/// ([`JobEnd::Unanswered`]): if Meta sent it, its echo, which names
 /// nothing of ours (no `metadata` on Instagram), was stored as the page's
 /// own message. Such a message with the reply's text, stored since the
 /// reply was: its Meta id, for the reply to take over (`mark_sent` merges
@@ -567,9 +628,8 @@ async fn echo_of_the_unanswered(
     ctx: &Context,
     message: &MessageRow,
 ) -> AppResult<Option<String>> {
-    let unanswered = job.last_error.as_deref().is_some_and(GraphError::was_no_answer);
     let text = match (&message.text, ctx.file.is_none() && ctx.channel.platform() == Platform::Instagram) {
-        (Some(text), true) if unanswered => text.clone(),
+        (Some(text), true) if job.may_have_gone => text.clone(),
         _ => return Ok(None),
     };
     let (conversation, after) = (message.conversation_id, message.id);
@@ -779,11 +839,14 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
                             hold_sends(state, job.tenant, &ctx.channel, &e).await?.unwrap_or(Duration::from_secs(1));
                         return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: false }).await;
                     }
+                    Err(e @ GraphError::NoAnswer(_)) if job.attempts < MAX_SEND_ATTEMPTS => {
+                        return finish(state, job, JobEnd::Unanswered { error: e.to_string() }).await;
+                    }
                     Err(e)
                         if (e.is_transient() || matches!(e, GraphError::RateLimited { .. }))
                             && job.attempts < MAX_SEND_ATTEMPTS =>
                     {
-                        let after = Duration::from_secs(1u64 << job.attempts.clamp(0, 8));
+                        let after = backoff(job.attempts);
                         return finish(state, job, JobEnd::Retry { after, error: e.to_string(), counts: true }).await;
                     }
                     Err(e) => {
@@ -893,41 +956,112 @@ async fn took_thread(state: &AppState, tenant: TenantId, conversation: i64) -> A
 }
 
 /// One pass over due jobs; returns how many were claimed.
-pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &mut Pacer) -> AppResult<usize> {
+/// Sends one instance makes at once: a conversation's jobs go in turn, in
+/// the order they were queued, and the conversations side by side, so
+/// that a send waiting on Meta (up to its 10 s for an answer) holds up
+/// only its own conversation, not every tenant's replies. A turn that
+/// ends makes room for the next claim at once ([`run`]).
+pub const SENDS_AT_ONCE: usize = 8;
+
+/// A claimed job not started this long after its claim (the sends before
+/// it in its conversation waited on Meta) is handed back to a later claim,
+/// so that what it does, a send waiting for Meta's answer and its record
+/// ([`RECORD_FOR`]), fits in the claim's 60 s lease, after which another
+/// instance could take it up.
+const START_WITHIN: Duration = Duration::from_secs(5);
+
+/// Claims up to `limit` due jobs but those of the `busy` conversations.
+async fn claim_due(state: &AppState, limit: usize, busy: Vec<(i64, i64)>) -> AppResult<Vec<Job>> {
     let pool = state.db.pool().clone();
-    let jobs = actix_web::web::block(move || -> AppResult<Vec<Job>> {
+    actix_web::web::block(move || -> AppResult<Vec<Job>> {
         // On another connection if the first is one the server closed (as
         // the processor's claim).
         let mut jobs = Vec::new();
         crate::db::retry_lost(&pool, |conn| {
-            jobs = claim(conn, 50)?;
+            jobs = claim(conn, limit as i64, &busy)?;
             Ok(())
         })?;
         Ok(jobs)
     })
-    .await??;
-    for job in &jobs {
-        match crate::app::contained(handle(state, pacer, job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
-                let _ = finish(
-                    state,
-                    job,
-                    JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
-                )
-                .await;
+    .await?
+}
+
+/// One pass: claims what is due and runs it to the end ([`SENDS_AT_ONCE`]
+/// conversations at a time); how many jobs it claimed. The worker ([`run`])
+/// claims again as each conversation's turn ends instead.
+pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &Pacer) -> AppResult<usize> {
+    let jobs = claim_due(state, 50, Vec::new()).await?;
+    let (claimed, claimed_at) = (jobs.len(), Instant::now());
+    use futures_util::StreamExt;
+    futures_util::stream::iter(in_turns(jobs))
+        .for_each_concurrent(SENDS_AT_ONCE, |turn| async move {
+            run_turn(state, pacer, turn, claimed_at).await;
+        })
+        .await;
+    Ok(claimed)
+}
+
+/// A conversation's claimed jobs, one after the other; its (tenant,
+/// conversation) once they are done.
+async fn run_turn(
+    state: &actix_web::web::Data<AppState>,
+    pacer: &Pacer,
+    turn: Vec<Job>,
+    claimed_at: Instant,
+) -> Option<(i64, i64)> {
+    for job in &turn {
+        if claimed_at.elapsed() > START_WITHIN {
+            let error = "handed back: its turn came late".to_string();
+            let _ = finish(state, job, JobEnd::Retry { after: Duration::ZERO, error, counts: false }).await;
+            continue;
+        }
+        run_job(state, pacer, job).await;
+    }
+    turn.first().and_then(|j| Some((j.tenant.0, j.conversation_id?)))
+}
+
+/// Claimed jobs by conversation (each conversation's in the order they
+/// came), those of no conversation each on its own.
+fn in_turns(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut turns: Vec<Vec<Job>> = Vec::new();
+    let mut of_conversation: HashMap<(i64, i64), usize> = HashMap::new();
+    for job in jobs {
+        match job.conversation_id {
+            Some(c) => {
+                let turn = *of_conversation.entry((job.tenant.0, c)).or_insert_with(|| {
+                    turns.push(Vec::new());
+                    turns.len() - 1
+                });
+                turns[turn].push(job);
             }
-            // A bug some job met: the jobs after it in this claim go on,
-            // rather than wait with it for the worker to start again.
-            Err(panic) => {
-                let why = format!("sending it failed: {panic}");
-                tracing::error!(job = job.id, kind = %job.kind, error = %why, "send panicked");
-                after_panic(state, job, why).await;
-            }
+            None => turns.push(vec![job]),
         }
     }
-    Ok(jobs.len())
+    turns
+}
+
+/// One job, whatever it meets: an error ends its try (tried again 5 s
+/// later), a panic too ([`after_panic`]).
+async fn run_job(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) {
+    match crate::app::contained(handle(state, pacer, job)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
+            let _ = finish(
+                state,
+                job,
+                JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
+            )
+            .await;
+        }
+        // A bug some job met: the jobs after it in this claim go on,
+        // rather than wait with it for the worker to start again.
+        Err(panic) => {
+            let why = format!("sending it failed: {panic}");
+            tracing::error!(job = job.id, kind = %job.kind, error = %why, "send panicked");
+            after_panic(state, job, why).await;
+        }
+    }
 }
 
 /// What becomes of a job whose handling panicked ([`after_panic_end`]).
@@ -959,25 +1093,50 @@ fn after_panic_end(kind: &str, attempts: i32, why: String) -> JobEnd {
     if gives_up && attempts >= MAX_SEND_ATTEMPTS {
         JobEnd::Done
     } else {
-        JobEnd::Retry { after: Duration::from_secs(1u64 << attempts.clamp(0, 8)), error: why, counts: true }
+        JobEnd::Retry { after: backoff(attempts), error: why, counts: true }
     }
 }
 
 pub async fn run(state: actix_web::web::Data<AppState>) {
-    let mut pacer = Pacer::default();
+    use futures_util::StreamExt;
+    let pacer = Pacer::default();
+    // The conversations' turns under way ([`SENDS_AT_ONCE`] at most), and
+    // which those are: their later jobs wait for them.
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut busy: std::collections::HashSet<(i64, i64)> = std::collections::HashSet::new();
     let mut quiet = false;
     let mut failing = crate::telemetry::Repeats::default();
     loop {
-        let pass = run_once(&state, &mut pacer).await;
+        let room = SENDS_AT_ONCE.saturating_sub(running.len());
+        let pass = match room {
+            0 => Ok(0),
+            _ => claim_due(&state, room, busy.iter().copied().collect()).await.map(|jobs| {
+                let claimed = (jobs.len(), Instant::now());
+                for turn in in_turns(jobs) {
+                    busy.extend(turn.first().and_then(|j| Some((j.tenant.0, j.conversation_id?))));
+                    running.push(run_turn(&state, &pacer, turn, claimed.1));
+                }
+                claimed.0
+            }),
+        };
         crate::telemetry::tell_repeats!(failing, "sender pass", &pass);
         let wait = match pass {
-            Ok(n) if n > 0 => continue,
+            Ok(n) if n > 0 && running.len() < SENDS_AT_ONCE => continue,
             // As the processor: the due time only once a wait passed unwoken.
             Ok(_) if quiet => super::idle_wait(&state, Queue::Sends).await,
             Ok(_) => HELD_RETRY,
             Err(_) => HELD_RETRY,
         };
-        quiet = tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err();
+        // A turn's end makes room (and frees its conversation's next job).
+        tokio::select! {
+            Some(done) = running.next(), if !running.is_empty() => {
+                if let Some(conversation) = done {
+                    busy.remove(&conversation);
+                }
+                quiet = false;
+            }
+            woken = tokio::time::timeout(wait, state.wake_sender.notified()) => quiet = woken.is_err(),
+        }
     }
 }
 
@@ -1128,6 +1287,7 @@ mod tests {
         let after = |kind: &str, attempts: i32| match after_panic_end(kind, attempts, "why".into()) {
             JobEnd::Retry { after, counts: true, .. } => Some(after),
             JobEnd::Retry { counts: false, .. } => panic!("a panic must count as an attempt"),
+            JobEnd::Unanswered { .. } => panic!("a panic is not a send Meta did not answer"),
             JobEnd::Done => None,
         };
         assert_eq!(after("message", 1), Some(Duration::from_secs(2)));
@@ -1142,7 +1302,7 @@ mod tests {
 
     #[test]
     fn pacing_spaces_sends_per_channel() {
-        let mut p = Pacer::default();
+        let p = Pacer::default();
         // 10/s: the first sends go, then the channel must wait; others do not.
         let waits: Vec<Option<Duration>> = (0..4).map(|_| p.wait((1, 1), 10)).collect();
         assert!(waits[0].is_none() && waits[1].is_none());

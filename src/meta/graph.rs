@@ -182,12 +182,6 @@ impl GraphError {
         matches!(self, GraphError::Transient { .. } | GraphError::Network(_) | GraphError::NoAnswer(_))
     }
 
-    /// Whether `error`, a failure as told (`to_string`), is a
-    /// [`GraphError::NoAnswer`]: what a job kept of its last try.
-    pub fn was_no_answer(error: &str) -> bool {
-        error.starts_with("no answer from Meta")
-    }
-
     pub fn is_token_invalid(&self) -> bool {
         matches!(self, GraphError::TokenInvalid { .. })
     }
@@ -1233,14 +1227,6 @@ fn expect_success(v: &Value) -> Result<(), GraphError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failure_kept_as_text_is_known_as_no_answer() {
-        assert!(GraphError::was_no_answer(&GraphError::NoAnswer("operation timed out".into()).to_string()));
-        for other in [GraphError::Network("connection refused".into()), GraphError::Decode("no answer".into())] {
-            assert!(!GraphError::was_no_answer(&other.to_string()), "{other}");
-        }
-    }
 
     /// The app of the fixtures (`1234567890123456`), its Graph at `graph_url`.
     fn config(graph_url: &str) -> MetaConfig {

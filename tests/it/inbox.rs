@@ -8507,7 +8507,7 @@ async fn a_send_recorded_and_its_customers_erasure_at_once_take_turns() {
     let then = format!("DELETE FROM tenant_acme.messages WHERE id = {message}");
     let (begun, held) = transaction_held_until_waited(&app.db.url, begin, Some(then));
     begun.recv().expect("begun");
-    let claimed = switchboard::inbox::sender::run_once(&app.state, &mut switchboard::inbox::sender::Pacer::default())
+    let claimed = switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
         .await
         .expect("the sender's pass");
     assert_eq!(claimed, 1);
@@ -9411,26 +9411,83 @@ async fn canned_responses_and_macros_stop_at_their_limits() {
     assert_eq!(app.count("SELECT count(*) AS n FROM tenant_acme.macros WHERE owner_user_id IS NULL"), MOST_MACROS);
 }
 
-/// A reply Meta took whose answer came after the Graph client gave up (its
-/// 10 s) is known sent by what Meta sends next, which names it by our mark,
-/// and is not sent again: on WhatsApp its statuses carry
-/// `biz_opaque_callback_data`, on Messenger the echo its `metadata`.
+/// A send waiting on Meta holds up only its own conversation: the sender
+/// runs conversations side by side (`sender::SENDS_AT_ONCE`), and each
+/// one's replies in the order they were written.
 #[actix_web::test]
-async fn a_reply_whose_answer_was_lost_is_known_by_its_mark_and_not_sent_again() {
+async fn a_reply_waiting_on_meta_holds_up_only_its_own_conversation() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let (wa, fb) = &two_customers_write(&app, &ctx, &["Oi"], "Hi").await;
+    // Meta takes 6 s over each of the page's next two sends.
+    let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": 6_000, "times": 2});
+    app.fake("POST", "/_fake/errors", slow).await;
+    let mut ids = Vec::new();
+    for (conv, text) in [(fb, "One moment…"), (fb, "Found it: 🧦 × 2."), (wa, "Olá! Já vejo.")] {
+        let body = json!({"text": text});
+        let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(body)).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    let started = std::time::Instant::now();
+    let status = |conv: &String, id: &String| {
+        let (app, t, conv, id) = (&app, ctx.admin.clone(), conv.clone(), id.clone());
+        async move { message_status(app, &t, &conv, &id).await["status"].as_str().unwrap_or_default().to_string() }
+    };
+    while status(wa, &ids[2]).await == "pending" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "the WhatsApp reply waited for the page's");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(fb, &ids[0]).await, "pending", "the page's first reply is still with Meta");
+    // The page's two, in turn: about 12 s.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    eventually("the page's replies sent", || async {
+        status(fb, &ids[0]).await != "pending" && status(fb, &ids[1]).await != "pending"
+    })
+    .await;
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sent: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
+        .filter_map(|c| c["body"]["message"]["text"].as_str())
+        .collect();
+    assert_eq!(sent, ["One moment…", "Found it: 🧦 × 2."], "each once, in the order written");
+}
+
+/// A reply Meta took whose answer came after the Graph client gave up (its
+/// 10 s) is known sent by what Meta sends next, and is not sent again,
+/// though that comes seconds after the give-up: the job's next try waits
+/// for it (`sender::AFTER_NO_ANSWER`). On WhatsApp the statuses name the
+/// reply by our mark (`biz_opaque_callback_data`), on Messenger the echo by
+/// its `metadata`; Instagram's echo names nothing of ours and is stored as
+/// the page's own message, which the next try takes over by its text.
+#[actix_web::test]
+async fn a_reply_whose_answer_was_lost_is_known_by_what_meta_sends_next_and_not_sent_again() {
     let app = spawn_app().await;
     let ctx = acme(&app).await;
     let (wa, fb) = &two_customers_write(&app, &ctx, &["Ainda há?"], "Still there?").await;
-    // Meta takes the two replies at once and answers 11 s later.
-    let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 2});
+    let igsid = "6841100000124999";
+    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": igsid, "text": "Tem em azul?"})).await;
+    app.processed().await;
+    let ig = &by_contact(&conversations(&app, &ctx.admin, "").await, igsid)["id"].as_str().expect("id").to_string();
+    // Meta takes the three replies at once, answers 11 s later, and its
+    // webhooks about them come 14 s after the sends.
+    let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 3});
     app.fake("POST", "/_fake/errors", late).await;
+    let target = json!({"url": format!("{}/webhooks/meta", app.base), "late_ms": 14_000});
+    app.fake("POST", "/_fake/webhook-target", target).await;
     let mut ids = Vec::new();
-    for (conv, text) in [(wa, "Há, sim."), (fb, "Yes, still here.")] {
+    for (conv, text) in [(wa, "Há, sim."), (fb, "Yes, still here."), (ig, "Temos, sim! 💙")] {
         let body = json!({"text": text, "client_id": format!("late-{conv}")});
         let r = app.call("POST", &format!("/api/conversations/{conv}/messages"), Some(&ctx.admin), Some(body)).await;
         assert_eq!(r.status, 202, "{:?}", r.body);
         ids.push(r.body["id"].as_str().expect("id").to_string());
     }
-    // Known sent long before the answers, by the statuses and the echo.
+    // Known sent by the statuses and the echo when they come, before the
+    // jobs' next try.
+    tokio::time::sleep(std::time::Duration::from_secs(13)).await;
     eventually("the WhatsApp reply read", || async {
         message_status(&app, &ctx.admin, wa, &ids[0]).await["status"] == "read"
     })
@@ -9439,56 +9496,29 @@ async fn a_reply_whose_answer_was_lost_is_known_by_its_mark_and_not_sent_again()
         message_status(&app, &ctx.admin, fb, &ids[1]).await["status"] != "pending"
     })
     .await;
-    // Past the client's 10 s and the send job's next try.
-    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+    // The jobs' next try, 30 s after the sends, takes the Instagram echo over.
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    eventually("the Instagram reply sent", || async {
+        message_status(&app, &ctx.admin, ig, &ids[2]).await["status"] != "pending"
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    // A Messenger send names its messaging type, a WhatsApp send its `to`
-    // (not so "seen" and typing).
+    // A Messenger or Instagram send names its message, a WhatsApp send its
+    // `to` (not so "seen" and typing).
     let sends = |path: String| {
         let items = log["items"].as_array().expect("items");
-        let send = |c: &&Value| c["body"]["messaging_type"].is_string() || c["body"]["to"].is_string();
+        let send = |c: &&Value| c["body"]["message"].is_object() || c["body"]["to"].is_string();
         items.iter().filter(|c| c["path"] == path).filter(send).count()
     };
     assert_eq!(sends(format!("/{PHONE}/messages")), 1, "the WhatsApp reply went once");
     assert_eq!(sends(format!("/{PAGE_A}/messages")), 1, "the Messenger reply went once");
+    assert_eq!(sends(format!("/{IG_A}/messages")), 1, "the Instagram reply went once");
     let wa_reply = message_status(&app, &ctx.admin, wa, &ids[0]).await;
     assert!(wa_reply["external_id"].as_str().is_some_and(|w| w.starts_with("wamid.")), "{wa_reply}");
-}
-
-/// Instagram's echo names nothing of ours: a reply whose answer was lost is
-/// known by its echo, stored as the page's own message with the reply's
-/// text, which the send job's next try takes over instead of sending the
-/// customer a second copy.
-#[actix_web::test]
-async fn an_instagram_reply_whose_answer_was_lost_takes_over_its_echo() {
-    let app = spawn_app().await;
-    let ctx = acme(&app).await;
-    let igsid = "6841100000124999";
-    app.fake("POST", "/_fake/inbound", json!({"to": IG_A, "from": igsid, "text": "Tem em azul?"})).await;
-    app.processed().await;
-    let convs = conversations(&app, &ctx.admin, "").await;
-    let ig = by_contact(&convs, igsid)["id"].as_str().expect("id").to_string();
-    let late = json!({"path": "/messages", "method": "POST", "delay_ms": 11_000, "answer_late": true, "times": 1});
-    app.fake("POST", "/_fake/errors", late).await;
-    let body = json!({"text": "Temos, sim! 💙", "client_id": "ig-late"});
-    let r = app.call("POST", &format!("/api/conversations/{ig}/messages"), Some(&ctx.admin), Some(body)).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["id"].as_str().expect("id").to_string();
-    // Past the client's 10 s and the send job's next try.
-    tokio::time::sleep(std::time::Duration::from_secs(14)).await;
-    eventually("the reply sent", || async { message_status(&app, &ctx.admin, &ig, &id).await["status"] != "pending" })
-        .await;
-    let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    let sends = log["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|c| c["path"] == format!("/{IG_A}/messages") && c["body"]["message"].is_object())
-        .count();
-    assert_eq!(sends, 1, "sent once");
     let shown: Vec<Value> =
-        messages(&app, &ctx.admin, &ig).await.into_iter().filter(|m| m["text"] == "Temos, sim! 💙").collect();
+        messages(&app, &ctx.admin, ig).await.into_iter().filter(|m| m["text"] == "Temos, sim! 💙").collect();
     assert_eq!(shown.len(), 1, "the echo and the reply are one: {shown:?}");
-    assert_eq!((&shown[0]["id"], &shown[0]["sender"]["kind"]), (&json!(id), &json!("agent")));
+    assert_eq!((&shown[0]["id"], &shown[0]["sender"]["kind"]), (&json!(ids[2]), &json!("agent")));
     assert!(shown[0]["external_id"].as_str().is_some_and(|e| !e.is_empty()), "{:?}", shown[0]);
 }

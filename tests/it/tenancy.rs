@@ -477,7 +477,7 @@ async fn the_workers_claims_survive_closed_connections() {
     // opened since (the pass's own, returned to the pool, and whatever the
     // pool has opened by now: a matter of timing) none is left open.
     assert!(cut_connections(&app) >= 1);
-    let claimed = switchboard::inbox::sender::run_once(&app.state, &mut switchboard::inbox::sender::Pacer::default())
+    let claimed = switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
         .await
         .expect("the sender's pass");
     assert_eq!(claimed, 0, "nothing was queued");

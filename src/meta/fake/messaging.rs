@@ -1019,6 +1019,7 @@ impl FakeMeta {
         tokio::spawn(async move {
             // Read here, not before: the caller holds the state's lock.
             let habits = fake.lock().delivery;
+            tokio::time::sleep(habits.late).await;
             if habits.shuffle {
                 use rand::seq::SliceRandom;
                 events.shuffle(&mut rand::thread_rng());

@@ -47,7 +47,7 @@
 //!   to a phone number (`+` and digits) of a Brazilian mobile (`55`, area,
 //!   `9`, eight digits) that has not written to the number lacks the ninth
 //!   digit ([`whatsapp_id`]), as Meta's does for many such numbers.
-//! - `POST /_fake/webhook-target` `{url, disable_after?, batch?, shuffle?, duplicates?}`:
+//! - `POST /_fake/webhook-target` `{url, disable_after?, batch?, shuffle?, duplicates?, late_ms?}`:
 //!   where the fake sends webhooks (`switchboard fake-meta --webhook-url`
 //!   sets it at start). With `disable_after: N`, N failed deliveries in a
 //!   row to a page or WhatsApp business account remove its subscription,
@@ -56,7 +56,8 @@
 //!   follow a send (echo, delivery, read; a WhatsApp reply's statuses) go
 //!   in one body with `batch`, in random order with `shuffle`, and each
 //!   twice with `duplicates`, as Meta delivers them after failures
-//!   (meta/CONTRACTS.md §3.4).
+//!   (meta/CONTRACTS.md §3.4); with `late_ms`, that long after the send
+//!   (Meta's come late when it is busy).
 //! - `POST /_fake/inbound` `{to, from, text?, name?, id?, at?, image?}`: a
 //!   contact writes to a page, Instagram account or number; the fake sends
 //!   the signed webhook now and remembers the contact (window, profile).
@@ -235,12 +236,14 @@ struct Injection {
 
 /// Meta's delivery habits, on demand: the webhooks that follow a send (an
 /// echo, its delivery and read; a WhatsApp reply's statuses) in one body,
-/// in random order, or each twice.
+/// in random order, each twice, or late.
 #[derive(Default, Clone, Copy)]
 struct Delivery {
     batch: bool,
     shuffle: bool,
     duplicates: bool,
+    /// How long after the send the first goes.
+    late: Duration,
 }
 
 #[derive(Default)]
@@ -259,7 +262,7 @@ struct State {
     /// Where webhooks go (`POST /_fake/webhook-target`).
     webhook_target: Option<String>,
     /// How the webhooks that follow a send are delivered (the same call's
-    /// `batch`, `shuffle`, `duplicates`).
+    /// `batch`, `shuffle`, `duplicates`, `late_ms`).
     delivery: Delivery,
     /// After this many failed deliveries in a row to one page or business
     /// account, its subscription is removed, as Meta does after an hour of
@@ -1000,8 +1003,9 @@ async fn control(req: HttpRequest, body: web::Bytes, fake: web::Data<FakeMeta>) 
                 body.get("disable_after").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32),
             );
             let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let late = Duration::from_millis(body.get("late_ms").and_then(Value::as_u64).unwrap_or(0));
             fake.lock().delivery =
-                Delivery { batch: flag("batch"), shuffle: flag("shuffle"), duplicates: flag("duplicates") };
+                Delivery { batch: flag("batch"), shuffle: flag("shuffle"), duplicates: flag("duplicates"), late };
             HttpResponse::Ok().json(json!({"ok": true}))
         }
         ("POST", "inbound") => {
