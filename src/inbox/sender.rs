@@ -468,7 +468,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
     }
     // A file goes apart, its job held meanwhile (`FILE_LEASE_SECONDS`).
     // Its place is taken at once, under the lock: other conversations'
-    // files are looked at side by side (`run_once`).
+    // files are looked at side by side ([`SENDS_AT_ONCE`]).
     let placed = {
         let mut uploading = pacer.uploads();
         uploading.len() < FILES_AT_ONCE && uploading.insert(conversation)
@@ -955,7 +955,6 @@ async fn took_thread(state: &AppState, tenant: TenantId, conversation: i64) -> A
         .await
 }
 
-/// One pass over due jobs; returns how many were claimed.
 /// Sends one instance makes at once: a conversation's jobs go in turn, in
 /// the order they were queued, and the conversations side by side, so
 /// that a send waiting on Meta (up to its 10 s for an answer) holds up

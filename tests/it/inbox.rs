@@ -9456,6 +9456,48 @@ async fn a_reply_waiting_on_meta_holds_up_only_its_own_conversation() {
     assert_eq!(sent, ["One moment…", "Found it: 🧦 × 2."], "each once, in the order written");
 }
 
+/// A claimed job whose turn comes more than 5 s after its claim (the sends
+/// before it in its conversation waited on Meta) is handed back, untried,
+/// to the next claim, so that a send never starts late in its lease.
+#[actix_web::test]
+async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let psid = "6660000000000044";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá?"})).await;
+    process_now(&app);
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": 6_000, "times": 1});
+    app.fake("POST", "/_fake/errors", slow).await;
+    for (text, key) in [("Um momento…", "late-1"), ("Encontrei!", "late-2")] {
+        let (status, body) = reply(&app, &ctx.admin, &conv, text, key).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let pass = || async {
+        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
+            .await
+            .expect("the sender's pass")
+    };
+    assert_eq!(pass().await, 2, "both claimed at once");
+    let jobs = "SELECT count(*) AS n FROM public.send_queue q JOIN tenant_acme.messages m ON m.id = q.message_id \
+                WHERE q.status = 'pending' AND q.attempts = 0 AND q.next_attempt_at <= now() AND m.text = 'Encontrei!' \
+                AND q.last_error LIKE 'handed back%'";
+    assert_eq!(app.count(jobs), 1, "the second handed back, untried and due");
+    let sends = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let items = log["items"].as_array().expect("items").clone();
+        let page = |c: &&Value| c["path"] == format!("/{PAGE_A}/messages");
+        items
+            .iter()
+            .filter(page)
+            .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sends().await, ["Um momento…"]);
+    assert_eq!(pass().await, 1);
+    assert_eq!(sends().await, ["Um momento…", "Encontrei!"], "each once, in the order written");
+}
+
 /// A reply Meta took whose answer came after the Graph client gave up (its
 /// 10 s) is known sent by what Meta sends next, and is not sent again,
 /// though that comes seconds after the give-up: the job's next try waits
