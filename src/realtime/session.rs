@@ -396,10 +396,7 @@ impl WsSession {
                 Err(e) => {
                     match refusal(&e) {
                         Some((code, reason)) => act.close(ctx, code, reason),
-                        None => {
-                            tracing::warn!(error = ?e, "replay failed");
-                            act.close(ctx, 1011, "could not read the event log");
-                        }
+                        None => act.close_after_failed_replay(ctx, e),
                     }
                     return;
                 }
@@ -702,6 +699,34 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
 /// The close code and reason for the tenant guard's refusal of this
 /// socket's credential, as the hub would close it (its word may not have
 /// come yet when the socket's own read is refused): none for other errors.
+impl WsSession {
+    /// A replay that failed for no refusal's sake: the tenant may have been
+    /// dropped as the log was read (its schema gone under the read, before
+    /// the drop's own close reached the hub), which closes the socket as the
+    /// drop does (4403); anything else as a failure (1011).
+    fn close_after_failed_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: AppError) {
+        let (state, tenant) = (self.state.clone(), self.tenant);
+        let kept = async move {
+            use crate::db::schema::tenants;
+            use diesel::prelude::*;
+            state
+                .db
+                .public(move |conn| {
+                    let kept = tenants::table.find(tenant).count().get_result::<i64>(conn)?;
+                    Ok::<_, AppError>(kept > 0)
+                })
+                .await
+        };
+        ctx.wait(kept.into_actor(self).map(move |kept, act, ctx| match kept {
+            Ok(false) => act.close(ctx, super::CLOSE_REMOVED, "this tenant was dropped"),
+            _ => {
+                tracing::warn!(error = ?e, "replay failed");
+                act.close(ctx, 1011, "could not read the event log");
+            }
+        }));
+    }
+}
+
 fn refusal(e: &AppError) -> Option<(u16, &'static str)> {
     match e.code.as_ref() {
         "login_ended" => Some((super::CLOSE_LOGGED_OUT, "this login ended")),
