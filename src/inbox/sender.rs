@@ -1016,6 +1016,11 @@ async fn run_turn(
         }
         run_job(state, pacer, job).await;
     }
+    conversation_of(&turn)
+}
+
+/// The (tenant, conversation) a turn's jobs belong to, if any.
+fn conversation_of(turn: &[Job]) -> Option<(i64, i64)> {
     turn.first().and_then(|j| Some((j.tenant.0, j.conversation_id?)))
 }
 
@@ -1112,7 +1117,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
             _ => claim_due(&state, room, busy.iter().copied().collect()).await.map(|jobs| {
                 let claimed = (jobs.len(), Instant::now());
                 for turn in in_turns(jobs) {
-                    busy.extend(turn.first().and_then(|j| Some((j.tenant.0, j.conversation_id?))));
+                    busy.extend(conversation_of(&turn));
                     running.push(run_turn(&state, &pacer, turn, claimed.1));
                 }
                 claimed.0
