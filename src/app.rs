@@ -33,6 +33,8 @@ pub struct AppState {
     pub processor_behind: Arc<tokio::sync::watch::Sender<bool>>,
     /// Wakes this instance's sender (a reply was queued here).
     pub wake_sender: Arc<Notify>,
+    /// The sends under way here, which a stopping server waits for.
+    pub sends: Arc<crate::inbox::sender::UnderWay>,
     /// Wakes this instance's mail worker (a mail was queued here).
     pub wake_mail: Arc<Notify>,
     /// Wakes the spare-schema refill (a tenant was created here).
@@ -90,6 +92,7 @@ impl AppState {
             processor_behind: Arc::new(tokio::sync::watch::Sender::new(false)),
             webhooks_stored: Arc::default(),
             wake_sender: Arc::new(Notify::new()),
+            sends: Arc::default(),
             spares_wanted: Arc::new(Notify::new()),
             wake_mail: Arc::new(Notify::new()),
             wake_scrub: Arc::new(Notify::new()),

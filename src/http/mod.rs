@@ -376,10 +376,13 @@ impl StopSignals {
 /// would wait up to 30 s for open connections, which WebSockets keep, and
 /// on SIGINT cut them without a close frame). The hub first closes every
 /// socket with 1001 (going away), so clients reconnect at once, to another
-/// instance, and resume with `since`; then requests in flight finish and
-/// the server stops.
+/// instance, and resume with `since`; the sender claims no more and the
+/// sends under way end (a send Meta took, cut before its record, would be
+/// sent again), for up to [`STOP_WITHIN`](crate::inbox::sender::STOP_WITHIN);
+/// then requests in flight finish and the server stops.
 async fn stop_on_signal(
     signals: StopSignals,
+    state: web::Data<AppState>,
     hub: actix::Addr<crate::realtime::Hub>,
     server: actix_web::dev::ServerHandle,
 ) {
@@ -392,6 +395,10 @@ async fn stop_on_signal(
         .await
         .unwrap_or(0);
     tracing::info!(closed, "shutting down: WebSockets closed with 1001");
+    let left = state.sends.stop(&state.wake_sender, crate::inbox::sender::STOP_WITHIN).await;
+    if left > 0 {
+        tracing::warn!(left, "shutting down with sends under way");
+    }
     server.stop(true).await;
 }
 
@@ -418,6 +425,7 @@ fn on_connect(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions
 /// Binds the server to `listener` (port 0 in tests).
 pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
     let signals = StopSignals::listen();
+    let state_for_stop = state.clone();
     let keys = web::Data::new(state.jwt.clone());
     let config = state.config.clone();
     let hub = web::Data::new(start_realtime(&state));
@@ -459,6 +467,6 @@ pub fn build_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     .disable_signals()
     .listen(listener)?
     .run();
-    actix_web::rt::spawn(stop_on_signal(signals, hub_addr, server.handle()));
+    actix_web::rt::spawn(stop_on_signal(signals, state_for_stop, hub_addr, server.handle()));
     Ok(server)
 }

@@ -969,6 +969,45 @@ pub const SENDS_AT_ONCE: usize = 8;
 /// instance could take it up.
 const START_WITHIN: Duration = Duration::from_secs(5);
 
+/// The conversations' turns under way in this instance's sender, and
+/// whether the server is stopping: a stopping server lets them end
+/// ([`UnderWay::stop`]) rather than cut a send Meta may have taken before
+/// its record, and the sender claims no more.
+#[derive(Default)]
+pub struct UnderWay {
+    stopping: std::sync::atomic::AtomicBool,
+    turns: std::sync::atomic::AtomicUsize,
+}
+
+/// How long a stopping server waits for the sends under way: past one
+/// send's wait for Meta's answer (10 s) and its record.
+pub const STOP_WITHIN: Duration = Duration::from_secs(20);
+
+impl UnderWay {
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set(&self, turns: usize) {
+        self.turns.store(turns, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// No more claims; waits up to `within` for the turns under way to
+    /// end. How many were left.
+    pub async fn stop(&self, wake: &tokio::sync::Notify, within: Duration) -> usize {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        wake.notify_one();
+        let until = Instant::now() + within;
+        loop {
+            let left = self.turns.load(std::sync::atomic::Ordering::SeqCst);
+            if left == 0 || Instant::now() >= until {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Claims up to `limit` due jobs but those of the `busy` conversations.
 async fn claim_due(state: &AppState, limit: usize, busy: Vec<(i64, i64)>) -> AppResult<Vec<Job>> {
     let pool = state.db.pool().clone();
@@ -1111,7 +1150,11 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut quiet = false;
     let mut failing = crate::telemetry::Repeats::default();
     loop {
-        let room = SENDS_AT_ONCE.saturating_sub(running.len());
+        // Stopping: no more claims; the turns under way end.
+        let room = match state.sends.stopping() {
+            true => 0,
+            false => SENDS_AT_ONCE.saturating_sub(running.len()),
+        };
         let pass = match room {
             0 => Ok(0),
             _ => claim_due(&state, room, busy.iter().copied().collect()).await.map(|jobs| {
@@ -1123,6 +1166,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
                 claimed.0
             }),
         };
+        state.sends.set(running.len());
         crate::telemetry::tell_repeats!(failing, "sender pass", &pass);
         let wait = match pass {
             Ok(n) if n > 0 && running.len() < SENDS_AT_ONCE => continue,
@@ -1137,6 +1181,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
                 if let Some(conversation) = done {
                     busy.remove(&conversation);
                 }
+                state.sends.set(running.len());
                 quiet = false;
             }
             woken = tokio::time::timeout(wait, state.wake_sender.notified()) => quiet = woken.is_err(),

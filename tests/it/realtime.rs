@@ -1483,6 +1483,54 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
     }
 }
 
+/// A stopping `serve` claims no more sends and lets those under way end
+/// before it exits: one cut after Meta took it, before its record, would
+/// be sent again by the next instance to claim it.
+#[actix_web::test]
+async fn serve_lets_the_sends_under_way_end_before_it_stops() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let mut serve = Serve::start(&app).await;
+    let psid = "6660000000000777";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá"})).await;
+    let find = format!(
+        "SELECT v.id AS n FROM tenant_acme.conversations v JOIN tenant_acme.contacts c ON c.id = v.contact_id \
+         WHERE c.external_id = '{psid}'"
+    );
+    crate::common::eventually("serve took the message in", || async {
+        app.count(&find.replace("v.id AS n", "count(*) AS n")) == 1
+    })
+    .await;
+    let conv = app.count(&find);
+    // Meta takes 4 s over the reply.
+    let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": 4_000, "times": 1});
+    app.fake("POST", "/_fake/errors", slow).await;
+    let r = app
+        .call("POST", &format!("/api/conversations/{conv}/messages"), Some(&t.admin), Some(json!({"text": "Já vai!"})))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    crate::common::eventually("the send under way", || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"].as_array().is_some_and(|items| items.iter().any(|c| c["body"]["message"]["text"] == "Já vai!"))
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let kill = std::process::Command::new("kill").arg("-TERM").arg(serve.child.id().to_string()).status();
+    assert!(kill.expect("kill").success());
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(15), "serve still running 15 s after SIGTERM");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(asked.elapsed() >= Duration::from_secs(2), "serve waited for Meta's answer");
+    let recorded = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {id} AND status <> 'pending'");
+    assert_eq!(app.count(&recorded), 1, "the send was recorded before serve stopped");
+}
+
 /// The server pings; a client silent past the timeout (no frame, not even
 /// a pong) is closed with 4408 and counted, while one that answers stays.
 /// Timings shortened through the configuration, on a `serve` process of
