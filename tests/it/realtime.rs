@@ -1297,6 +1297,22 @@ impl Serve {
         serve
     }
 
+    /// Sends the process `signal` (`TERM`, `INT`) and waits for it to exit,
+    /// at most `within`: its exit status, and how long it took.
+    async fn stop(&mut self, signal: &str, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let asked = std::time::Instant::now();
+        let kill =
+            std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(kill.expect("kill").success());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, asked.elapsed());
+            }
+            assert!(asked.elapsed() < within, "serve still running {within:?} after SIG{signal}");
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Started, not waited for.
     fn spawn_with(app: &TestApp, env: &[(&str, &str)]) -> Serve {
         use base64::Engine;
@@ -1465,20 +1481,13 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
         next(&mut s, Duration::from_secs(5)).await.expect("hello");
         let mut idle = tokio::net::TcpStream::connect(serve.base.trim_start_matches("http://")).await.expect("connect");
         assert_eq!(crate::common::status_on(&mut idle, "/healthz").await, Some(200));
-        let asked = std::time::Instant::now();
-        let kill =
-            std::process::Command::new("kill").arg(format!("-{signal}")).arg(serve.child.id().to_string()).status();
-        assert!(kill.expect("kill").success());
-        let closed = until(&mut s, "closed", Duration::from_secs(5)).await.expect("a close frame");
+        let (stopped, closed) = futures_util::join!(
+            serve.stop(signal, Duration::from_secs(10)),
+            until(&mut s, "closed", Duration::from_secs(5))
+        );
+        let closed = closed.expect("a close frame");
         assert_eq!(closed["code"], 1001, "SIG{signal}: {closed}");
-        let status = loop {
-            if let Some(status) = serve.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(asked.elapsed() < Duration::from_secs(10), "serve still running 10 s after SIG{signal}");
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(status.success(), "SIG{signal}: {status:?}");
+        assert!(stopped.0.success(), "SIG{signal}: {:?}", stopped.0);
         drop(idle);
     }
 }
@@ -1515,18 +1524,9 @@ async fn serve_lets_the_sends_under_way_end_before_it_stops() {
         log["items"].as_array().is_some_and(|items| items.iter().any(|c| c["body"]["message"]["text"] == "Já vai!"))
     })
     .await;
-    let asked = std::time::Instant::now();
-    let kill = std::process::Command::new("kill").arg("-TERM").arg(serve.child.id().to_string()).status();
-    assert!(kill.expect("kill").success());
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(asked.elapsed() < Duration::from_secs(15), "serve still running 15 s after SIGTERM");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (status, took) = serve.stop("TERM", Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
-    assert!(asked.elapsed() >= Duration::from_secs(2), "serve waited for Meta's answer");
+    assert!(took >= Duration::from_secs(2), "serve waited for Meta's answer");
     let recorded = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {id} AND status <> 'pending'");
     assert_eq!(app.count(&recorded), 1, "the send was recorded before serve stopped");
 }
