@@ -1150,7 +1150,10 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
     let mut quiet = false;
     let mut failing = crate::telemetry::Repeats::default();
     loop {
-        // Stopping: no more claims; the turns under way end.
+        // Stopping: no more claims; the turns under way end. A claim counts
+        // as a turn before stopping is looked at (both in one order), so a
+        // stop either sees it and waits for what it claims, or prevents it.
+        state.sends.set(running.len() + 1);
         let room = match state.sends.stopping() {
             true => 0,
             false => SENDS_AT_ONCE.saturating_sub(running.len()),
