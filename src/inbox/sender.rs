@@ -980,7 +980,10 @@ pub struct UnderWay {
 }
 
 /// How long a stopping server waits for the sends under way: past one
-/// send's wait for Meta's answer (10 s) and its record.
+/// send's wait for Meta's answer (10 s) and a record the database takes
+/// as usual. A record it holds back longer (up to [`RECORD_FOR`]) is cut;
+/// the job is taken up again once its lease lapses, by when the send's
+/// status or echo has mostly marked it sent.
 pub const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 impl UnderWay {
