@@ -39,14 +39,18 @@ pub fn idle_wait(conn: &mut PgConnection, queue: Queue) -> Result<Duration, DbEr
     }
     // Measured by the database's clock, as `next_attempt_at` is written.
     let sql = match queue {
-        Queue::Webhooks => {
-            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS secs \
+        Queue::Webhooks => "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS secs \
                FROM public.webhook_events WHERE status = 'pending'"
-        }
-        Queue::Sends => {
-            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS secs \
-               FROM public.send_queue WHERE status = 'pending'"
-        }
+            .to_string(),
+        // A reply is due once the replies before it that it waits for are
+        // (`inbox::sender`): due before them, it would be looked for in
+        // vain every 250 ms while they wait out a backoff or a hold.
+        Queue::Sends => format!(
+            "SELECT EXTRACT(EPOCH FROM (min(GREATEST(q.next_attempt_at, (SELECT max(e.next_attempt_at) {}))) \
+                                          - now()))::float8 AS secs \
+               FROM public.send_queue q WHERE q.status = 'pending'",
+            crate::inbox::sender::earlier_replies()
+        ),
     };
     let due: Due = diesel::sql_query(sql).get_result(conn)?;
     Ok(wait_until_due(due.secs))

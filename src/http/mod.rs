@@ -378,8 +378,10 @@ impl StopSignals {
 /// socket with 1001 (going away), so clients reconnect at once, to another
 /// instance, and resume with `since`; the sender claims no more and the
 /// sends under way end (a send Meta took, cut before its record, would be
-/// sent again), for up to [`STOP_WITHIN`](crate::inbox::sender::STOP_WITHIN);
-/// then requests in flight finish and the server stops.
+/// sent again), and the files being uploaded, for up to
+/// [`STOP_WITHIN`](crate::inbox::sender::STOP_WITHIN) (an upload still
+/// going is cut and handed back); then requests in flight finish and the
+/// server stops.
 async fn stop_on_signal(
     signals: StopSignals,
     state: web::Data<AppState>,
@@ -395,9 +397,18 @@ async fn stop_on_signal(
         .await
         .unwrap_or(0);
     tracing::info!(closed, "shutting down: WebSockets closed with 1001");
-    let left = state.sends.stop(&state.wake_sender, crate::inbox::sender::STOP_WITHIN).await;
-    if left > 0 {
-        tracing::warn!(left, "shutting down with sends under way");
+    let left = state.sends.stop(&state.wake_sender, crate::inbox::sender::stop_within()).await;
+    if left.turns > 0 {
+        tracing::warn!(left = left.turns, "shutting down with sends under way");
+    }
+    if !left.uploads.is_empty() {
+        let cut = left.uploads.len();
+        match crate::inbox::sender::hand_back_cut_uploads(&state, left.uploads).await {
+            Ok(_) => tracing::warn!(cut, "shutting down with files being uploaded: their sends are handed back"),
+            Err(e) => {
+                tracing::warn!(cut, error = %e.message, "files being uploaded were cut; their sends wait for their lease")
+            }
+        }
     }
     server.stop(true).await;
 }

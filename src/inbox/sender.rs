@@ -14,7 +14,13 @@
 //!
 //! Conversations' sends go side by side ([`SENDS_AT_ONCE`]), each
 //! conversation's in the order they were written: a send waiting on Meta
-//! holds up only its own.
+//! holds up only its own. A reply left to be tried again (Meta failed it
+//! for a while or did not answer, rate-limits the channel, or the channel's
+//! pace holds it) holds back the replies after it in its conversation until
+//! it goes or is given up (about a minute of tries at most, or the rate
+//! limit's hold), rather than have them reach the customer before it
+//! ([`earlier_replies`]). Two instances keep that order too, but for a
+//! claim that meets the earlier reply's row locked by the other's claim.
 //!
 //! A file (`inbox::uploads`) is uploaded with its send, which may take a
 //! minute: it goes apart from the other sends ([`FILES_AT_ONCE`] at a
@@ -128,8 +134,24 @@ struct Job {
     may_have_gone: bool,
 }
 
+/// SQL: the replies written before the send job `q` in its conversation
+/// that are still to go (`FROM public.send_queue e WHERE …`), which a
+/// reply waits for, so that the customer gets them in the order the agent
+/// wrote them. Not one that failed past its tries in a way no send
+/// explains ([`run_job`]'s errors, each tried again): it would hold its
+/// conversation for ever. Other jobs (a "seen", a reaction, a scheduled
+/// message before it is due) neither wait nor are waited for.
+pub(crate) fn earlier_replies() -> String {
+    format!(
+        "FROM public.send_queue e WHERE q.kind = 'message' AND e.status = 'pending' AND e.kind = 'message' \
+          AND e.tenant_id = q.tenant_id AND e.conversation_id = q.conversation_id AND e.id < q.id \
+          AND e.attempts <= {MAX_SEND_ATTEMPTS}"
+    )
+}
+
 /// Claims up to `limit` due jobs, but none of the conversations in `busy`
-/// ((tenant, conversation) whose send is under way here: theirs go in turn).
+/// ((tenant, conversation) whose send is under way here: theirs go in
+/// turn), and no reply whose earlier replies wait ([`earlier_replies`]).
 fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec<Job>, crate::db::DbError> {
     #[derive(QueryableByName)]
     struct Row {
@@ -152,15 +174,19 @@ fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec
         #[diesel(sql_type = diesel::sql_types::Bool)]
         may_have_gone: bool,
     }
-    let rows: Vec<Row> = diesel::sql_query(
+    // A reply whose earlier replies wait for a later try waits with them;
+    // those due come in this claim, before it (by id).
+    let rows: Vec<Row> = diesel::sql_query(format!(
         "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
-          WHERE id IN (SELECT id FROM public.send_queue WHERE status = 'pending' AND next_attempt_at <= now() \
-                          AND (conversation_id IS NULL OR (tenant_id, conversation_id) NOT IN \
+          WHERE id IN (SELECT q.id FROM public.send_queue q WHERE q.status = 'pending' AND q.next_attempt_at <= now() \
+                          AND (q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) NOT IN \
                                (SELECT * FROM unnest($2::bigint[], $3::bigint[]))) \
-                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                          AND NOT EXISTS (SELECT 1 {} AND e.next_attempt_at > now()) \
+                        ORDER BY q.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
           RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id, \
                     may_have_gone",
-    )
+        earlier_replies()
+    ))
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.0).collect::<Vec<_>>())
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.1).collect::<Vec<_>>())
@@ -211,7 +237,19 @@ fn backoff(attempts: i32) -> Duration {
     Duration::from_secs(1u64 << attempts.clamp(0, 8))
 }
 
-async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
+/// Whether a job's try ended it or left it queued for a later one: a
+/// reply left queued holds back those after it in its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Ended,
+    Queued,
+}
+
+async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<Left> {
+    let left = match end {
+        JobEnd::Done => Left::Ended,
+        JobEnd::Retry { .. } | JobEnd::Unanswered { .. } => Left::Queued,
+    };
     let id = job.id;
     let attempts = job.attempts;
     let at =
@@ -242,7 +280,8 @@ async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<()> {
             }
             Ok::<_, AppError>(())
         })
-        .await
+        .await?;
+    Ok(left)
 }
 
 /// Everything a send needs, read in one tenant transaction.
@@ -360,7 +399,7 @@ fn send_rate() -> u32 {
     std::env::var("SWITCHBOARD_SEND_RATE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(20)
 }
 
-async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) -> AppResult<()> {
+async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) -> AppResult<Left> {
     let stepped = match (job.kind.as_str(), job.broadcast_id, job.scheduled_message_id) {
         (BROADCAST, Some(broadcast), _) => Some(super::broadcasts::run_job(state, job.tenant, broadcast, job.id).await),
         (super::scheduled::JOB_KIND, _, Some(scheduled)) => {
@@ -492,9 +531,11 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
         return Err(e);
     }
     let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
+    let under_way = state.sends.upload(job.id);
     actix_web::rt::spawn(async move {
+        let _under_way = under_way;
         match crate::app::contained(deliver(&state, &job, ctx, message)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(job = job.id, error = ?e, "file send failed; will retry");
                 let retry = JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true };
@@ -510,7 +551,8 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
         uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation);
         state.wake_sender.notify_one();
     });
-    Ok(())
+    // Held by its upload's lease meanwhile.
+    Ok(Left::Queued)
 }
 
 /// An automatic reply that names a customer Meta has not named yet
@@ -654,7 +696,7 @@ async fn echo_of_the_unanswered(
 }
 
 /// Sends a reply and records how it went.
-async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<()> {
+async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow) -> AppResult<Left> {
     if let Some(echoed) = echo_of_the_unanswered(state, job, &ctx, &message).await? {
         record_sent(state, job.tenant, message.id, echoed, None).await?;
         return finish(state, job, JobEnd::Done).await;
@@ -969,22 +1011,57 @@ pub const SENDS_AT_ONCE: usize = 8;
 /// instance could take it up.
 const START_WITHIN: Duration = Duration::from_secs(5);
 
-/// The conversations' turns under way in this instance's sender, and
-/// whether the server is stopping: a stopping server lets them end
-/// ([`UnderWay::stop`]) rather than cut a send Meta may have taken before
-/// its record, and the sender claims no more.
+/// The conversations' turns under way in this instance's sender, the files
+/// it is uploading, and whether the server is stopping: a stopping server
+/// lets them end ([`UnderWay::stop`]) rather than cut a send Meta may have
+/// taken before its record, and the sender claims no more.
 #[derive(Default)]
 pub struct UnderWay {
     stopping: std::sync::atomic::AtomicBool,
     turns: std::sync::atomic::AtomicUsize,
+    /// The send jobs of the files being uploaded (each apart, under its
+    /// lease: [`FILE_LEASE_SECONDS`]).
+    uploads: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
-/// How long a stopping server waits for the sends under way: past one
-/// send's wait for Meta's answer (10 s) and a record the database takes
-/// as usual. A record it holds back longer (up to [`RECORD_FOR`]) is cut;
-/// the job is taken up again once its lease lapses, by when the send's
-/// status or echo has mostly marked it sent.
+/// How long a stopping server waits for the sends under way, by default:
+/// past one send's wait for Meta's answer (10 s) and a record the database
+/// takes as usual. A record it holds back longer (up to [`RECORD_FOR`]) is
+/// cut; the job is taken up again once its lease lapses, by when the
+/// send's status or echo has mostly marked it sent. An upload still going
+/// is cut and its job handed back ([`hand_back_cut_uploads`]).
+/// `SWITCHBOARD_STOP_WAIT_SECS` sets it (below the orchestrator's grace
+/// before it kills the process: Kubernetes gives 30 s).
 pub const STOP_WITHIN: Duration = Duration::from_secs(20);
+
+/// [`STOP_WITHIN`], or `SWITCHBOARD_STOP_WAIT_SECS`.
+pub fn stop_within() -> Duration {
+    std::env::var("SWITCHBOARD_STOP_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(STOP_WITHIN)
+}
+
+/// What a stop's wait left under way ([`UnderWay::stop`]).
+#[derive(Debug, Default)]
+pub struct StillUnderWay {
+    pub turns: usize,
+    /// The send jobs of the files still being uploaded.
+    pub uploads: Vec<i64>,
+}
+
+/// A file's upload under way, counted in [`UnderWay`] until dropped.
+struct Uploading {
+    under_way: std::sync::Arc<UnderWay>,
+    job: i64,
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        self.under_way.uploading().remove(&self.job);
+    }
+}
 
 impl UnderWay {
     fn stopping(&self) -> bool {
@@ -995,20 +1072,60 @@ impl UnderWay {
         self.turns.store(turns, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// No more claims; waits up to `within` for the turns under way to
-    /// end. How many were left.
-    pub async fn stop(&self, wake: &tokio::sync::Notify, within: Duration) -> usize {
+    fn uploading(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        // Only inserts and removes happen under the lock: a poisoned one holds a good set.
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `job`'s upload as under way until the guard is dropped.
+    fn upload(self: &std::sync::Arc<Self>, job: i64) -> Uploading {
+        self.uploading().insert(job);
+        Uploading { under_way: self.clone(), job }
+    }
+
+    /// No more claims; waits up to `within` for the turns and the uploads
+    /// under way to end. What was left.
+    pub async fn stop(&self, wake: &tokio::sync::Notify, within: Duration) -> StillUnderWay {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         wake.notify_one();
         let until = Instant::now() + within;
         loop {
-            let left = self.turns.load(std::sync::atomic::Ordering::SeqCst);
-            if left == 0 || Instant::now() >= until {
+            let left = StillUnderWay {
+                turns: self.turns.load(std::sync::atomic::Ordering::SeqCst),
+                uploads: self.uploading().iter().copied().collect(),
+            };
+            if (left.turns == 0 && left.uploads.is_empty()) || Instant::now() >= until {
                 return left;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Hands back the send jobs of uploads a stop cut: each is tried again
+/// [`AFTER_NO_ANSWER`] later, by another instance or this one restarted,
+/// instead of when its 15-minute lease lapses, with the replies after it in
+/// its conversation waiting for it meanwhile ([`earlier_replies`]). The
+/// upload may have reached Meta and the message gone (its send was under
+/// way): then its status (WhatsApp) or echo (Messenger) marks it sent
+/// first, as after a send Meta did not answer, and the job keeps that it
+/// may have gone.
+pub async fn hand_back_cut_uploads(state: &AppState, jobs: Vec<i64>) -> AppResult<usize> {
+    let at = Utc::now() + ChronoDuration::from_std(AFTER_NO_ANSWER).unwrap_or_else(|_| ChronoDuration::seconds(20));
+    state
+        .db
+        .public(move |conn| {
+            Ok::<_, AppError>(
+                diesel::update(sq::table.filter(sq::id.eq_any(jobs)).filter(sq::status.eq("pending")))
+                    .set((
+                        sq::next_attempt_at.eq(at),
+                        sq::may_have_gone.eq(true),
+                        sq::last_error.eq("its upload was cut by a stopping server"),
+                    ))
+                    .execute(conn)?,
+            )
+        })
+        .await
 }
 
 /// Claims up to `limit` due jobs but those of the `busy` conversations.
@@ -1050,13 +1167,23 @@ async fn run_turn(
     turn: Vec<Job>,
     claimed_at: Instant,
 ) -> Option<(i64, i64)> {
+    // A reply left queued holds back the turn's later replies: handed
+    // back, they wait for it in the queue ([`earlier_replies`]).
+    let mut reply_queued = false;
     for job in &turn {
-        if claimed_at.elapsed() > START_WITHIN {
-            let error = "handed back: its turn came late".to_string();
-            let _ = finish(state, job, JobEnd::Retry { after: Duration::ZERO, error, counts: false }).await;
+        let is_reply = job.kind == SendKind::Message.as_str();
+        let why = match (claimed_at.elapsed() > START_WITHIN, reply_queued && is_reply) {
+            (true, _) => Some("handed back: its turn came late"),
+            (false, true) => Some("handed back: waits for a reply before it"),
+            (false, false) => None,
+        };
+        if let Some(why) = why {
+            let _ = finish(state, job, JobEnd::Retry { after: Duration::ZERO, error: why.into(), counts: false }).await;
             continue;
         }
-        run_job(state, pacer, job).await;
+        if run_job(state, pacer, job).await == Left::Queued && is_reply {
+            reply_queued = true;
+        }
     }
     conversation_of(&turn)
 }
@@ -1087,31 +1214,29 @@ fn in_turns(jobs: Vec<Job>) -> Vec<Vec<Job>> {
 }
 
 /// One job, whatever it meets: an error ends its try (tried again 5 s
-/// later), a panic too ([`after_panic`]).
-async fn run_job(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) {
+/// later), a panic too ([`after_panic`]). Whether it is left queued (a
+/// failure to record that counts as queued: its lease holds it).
+async fn run_job(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job) -> Left {
     match crate::app::contained(handle(state, pacer, job)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(left)) => left,
         Ok(Err(e)) => {
             tracing::warn!(job = job.id, error = ?e, "send failed; will retry");
-            let _ = finish(
-                state,
-                job,
-                JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true },
-            )
-            .await;
+            let retry = JobEnd::Retry { after: Duration::from_secs(5), error: e.message.clone(), counts: true };
+            let _ = finish(state, job, retry).await;
+            Left::Queued
         }
         // A bug some job met: the jobs after it in this claim go on,
         // rather than wait with it for the worker to start again.
         Err(panic) => {
             let why = format!("sending it failed: {panic}");
             tracing::error!(job = job.id, kind = %job.kind, error = %why, "send panicked");
-            after_panic(state, job, why).await;
+            after_panic(state, job, why).await
         }
     }
 }
 
 /// What becomes of a job whose handling panicked ([`after_panic_end`]).
-async fn after_panic(state: &AppState, job: &Job, why: String) {
+async fn after_panic(state: &AppState, job: &Job, why: String) -> Left {
     let end = after_panic_end(&job.kind, job.attempts, why.clone());
     if matches!(end, JobEnd::Done) {
         if let (Some(id), true) = (job.message_id, job.kind == SendKind::Message.as_str()) {
@@ -1125,7 +1250,7 @@ async fn after_panic(state: &AppState, job: &Job, why: String) {
             }
         }
     }
-    let _ = finish(state, job, end).await;
+    finish(state, job, end).await.unwrap_or(Left::Queued)
 }
 
 /// A job that panicked is tried again later and later (as a failed send

@@ -2213,13 +2213,18 @@ async fn metas_rate_limit_holds_the_channels_sends_until_it_passes() {
         .call("POST", &format!("/api/conversations/{conv}/typing"), Some(&ctx.admin), Some(json!({"on": true})))
         .await;
     assert!(r.status < 300, "{:?}", r.body);
-    eventually("the second reply was held, uncounted, and the seen dropped", || async {
-        app.count(&format!(
-            "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {second} AND attempts = 0 \
-               AND status = 'pending' AND last_error LIKE 'held%' AND next_attempt_at > now() + interval '6 minutes'"
-        )) == 1
-            && app.count("SELECT count(*) AS n FROM public.send_queue WHERE kind = 'mark_seen' AND status = 'pending'")
-                == 0
+    // The seen, queued after the second reply, is dropped by a claim that
+    // would have taken the second too, had it not waited behind the first.
+    eventually("the seen dropped, the second reply waiting behind the held first, untried", || async {
+        app.count("SELECT count(*) AS n FROM public.send_queue WHERE kind = 'mark_seen' AND status = 'pending'") == 0
+            && app.count(&format!(
+                "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {second} AND attempts = 0 \
+                   AND status = 'pending' AND last_error IS NULL"
+            )) == 1
+            && app.count(&format!(
+                "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {first} AND status = 'pending' \
+                   AND last_error LIKE '%80006%' AND next_attempt_at > now() + interval '6 minutes'"
+            )) == 1
     })
     .await;
     assert_eq!(sends().await[before..], ["Primeira"], "one call, the one Meta refused");
@@ -9496,6 +9501,75 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
     assert_eq!(sends().await, ["Um momento…"]);
     assert_eq!(pass().await, 1);
     assert_eq!(sends().await, ["Um momento…", "Encontrei!"], "each once, in the order written");
+}
+
+/// A reply Meta fails for a moment is tried again seconds later; the reply
+/// written after it in its conversation waits for it, in the same turn and
+/// in the queue, rather than reach the customer first; and the idle sender
+/// sleeps until the first is due instead of looking every 250 ms.
+#[actix_web::test]
+async fn a_reply_to_be_tried_again_holds_back_the_replies_after_it() {
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let psid = "6660000000000045";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Tem em azul?"})).await;
+    process_now(&app);
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    // Past the Graph client's own quick retries: the job's try fails.
+    let down = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "status": 500, "times": 3,
+        "error": {"code": 2, "message": "Service temporarily unavailable"}});
+    app.fake("POST", "/_fake/errors", down).await;
+    for (text, key) in [("Tem sim: azul-marinho 💙", "again-1"), ("Quer o link?", "again-2")] {
+        let (status, body) = reply(&app, &ctx.admin, &conv, text, key).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // Another conversation's reply does not wait.
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Oi"})).await;
+    process_now(&app);
+    let wa = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    let (status, body) = reply(&app, &ctx.admin, &wa, "Olá!", "again-3").await;
+    assert_eq!(status, 202, "{body}");
+    let pass = || async {
+        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
+            .await
+            .expect("the sender's pass")
+    };
+    let sends = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        let items = log["items"].as_array().expect("items").clone();
+        items
+            .iter()
+            .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
+            .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let whatsapp_sends = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"].as_array().expect("items").iter().filter(|c| c["body"]["text"]["body"] == "Olá!").count()
+    };
+    assert_eq!(pass().await, 3, "all three claimed at once");
+    let first = "Tem sim: azul-marinho 💙";
+    assert!(sends().await.iter().all(|t| t == first), "only the first tried: {:?}", sends().await);
+    assert_eq!(whatsapp_sends().await, 1, "the other conversation's reply went");
+    let held = "SELECT count(*) AS n FROM public.send_queue q JOIN tenant_acme.messages m ON m.id = q.message_id \
+                WHERE q.status = 'pending' AND q.attempts = 0 AND m.text = 'Quer o link?' \
+                AND q.last_error LIKE 'handed back: waits for a reply before it%'";
+    assert_eq!(app.count(held), 1, "the second handed back, untried");
+    // Due, but it waits for the first (tried again 2 s later).
+    assert_eq!(pass().await, 0, "the second is not claimed before the first");
+    let mut conn = app.db.conn();
+    let wait = switchboard::db::queue::idle_wait(&mut conn, switchboard::db::queue::Queue::Sends).expect("idle wait");
+    assert!(wait > std::time::Duration::from_millis(500), "sleeps till the first is due, not 250 ms: {wait:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    assert_eq!(pass().await, 2, "both, together");
+    let sent = sends().await;
+    let second_at = sent.iter().position(|t| t == "Quer o link?").expect("the second went");
+    assert!(sent[..second_at].len() >= 2 && sent[..second_at].iter().all(|t| t == first), "in order: {sent:?}");
+    assert_eq!(sent.len(), second_at + 1, "each once: {sent:?}");
+    for text in [first, "Quer o link?"] {
+        let q = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE text = '{text}' AND status = 'sent'");
+        assert_eq!(app.count(&q), 1, "{text} sent");
+    }
 }
 
 /// A reply Meta took whose answer came after the Graph client gave up (its

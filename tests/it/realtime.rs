@@ -1531,6 +1531,77 @@ async fn serve_lets_the_sends_under_way_end_before_it_stops() {
     assert_eq!(app.count(&recorded), 1, "the send was recorded before serve stopped");
 }
 
+/// A stopping `serve` waits for the files it is uploading too; one still
+/// going when its wait ends (`SWITCHBOARD_STOP_WAIT_SECS`) is cut and its
+/// job handed back, to be tried again 20 s later, not when its 15-minute
+/// lease lapses.
+#[actix_web::test]
+async fn serve_waits_for_the_files_it_uploads_and_hands_back_those_it_cuts() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let mut serve = Serve::start_with(&app, &[("SWITCHBOARD_STOP_WAIT_SECS", "10")]).await;
+    let mut convs = Vec::new();
+    for psid in ["6660000000000781", "6660000000000782"] {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "A nota fiscal?"})).await;
+        let find = format!(
+            "SELECT v.id AS n FROM tenant_acme.conversations v JOIN tenant_acme.contacts c ON c.id = v.contact_id \
+             WHERE c.external_id = '{psid}'"
+        );
+        crate::common::eventually("serve took the message in", || async {
+            app.count(&find.replace("v.id AS n", "count(*) AS n")) == 1
+        })
+        .await;
+        convs.push(app.count(&find));
+    }
+    // Meta takes 6 s over the first file, a minute over the second.
+    for delay_ms in [6_000, 60_000] {
+        let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": delay_ms, "times": 1});
+        app.fake("POST", "/_fake/errors", slow).await;
+    }
+    let uploads = || async {
+        let log = app.fake("GET", "/_fake/requests", json!({})).await;
+        log["items"].as_array().map_or(0, |items| {
+            items.iter().filter(|c| c["method"] == "POST" && c["path"] == format!("/{PAGE_A}/messages")).count()
+        })
+    };
+    let pdf: &[u8] = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n%%EOF\n";
+    let mut ids = Vec::new();
+    for (n, conv) in convs.iter().enumerate() {
+        let path = format!("/api/conversations/{conv}/messages");
+        let r = crate::inbox::post_form(&app, &t.admin, &path, Some(("nota-fiscal.pdf", "application/pdf", pdf)), &[])
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().expect("id").to_string());
+        crate::common::eventually("the upload under way", || async { uploads().await == n + 1 }).await;
+    }
+    let (status, took) = serve.stop("TERM", Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(took >= Duration::from_secs(9), "serve waited for the uploads: {took:?}");
+    let sent = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {} AND status <> 'pending' AND external_id IS NOT NULL", ids[0]);
+    let how = format!(
+        "SELECT status || ' ' || coalesce(error::text, '') AS s FROM tenant_acme.messages WHERE id = {}",
+        ids[0]
+    );
+    assert_eq!(app.count(&sent), 1, "the first file's send was recorded before serve stopped: {}", {
+        #[derive(QueryableByName)]
+        struct S {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            s: String,
+        }
+        diesel::sql_query(&how).get_result::<S>(&mut app.db.conn()).map(|r| r.s).unwrap_or_default()
+    });
+    let handed_back = format!(
+        "SELECT count(*) AS n FROM public.send_queue WHERE message_id = {} AND status = 'pending' AND may_have_gone \
+         AND next_attempt_at BETWEEN now() + interval '5 seconds' AND now() + interval '25 seconds' \
+         AND last_error LIKE '%cut by a stopping server%'",
+        ids[1]
+    );
+    assert_eq!(app.count(&handed_back), 1, "the second file's send handed back, to be tried 20 s later");
+    let pending =
+        format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {} AND status = 'pending'", ids[1]);
+    assert_eq!(app.count(&pending), 1);
+}
+
 /// The server pings; a client silent past the timeout (no frame, not even
 /// a pong) is closed with 4408 and counted, while one that answers stays.
 /// Timings shortened through the configuration, on a `serve` process of
