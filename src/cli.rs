@@ -214,7 +214,7 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `tenancy`, `ingest`, `realtime` or `search`.
+    /// Which benchmark: `tenancy`, `ingest`, `realtime`, `search` or `sends`.
     #[arg(default_value = "tenancy")]
     pub which: String,
     /// Webhooks for the `ingest` benchmark.
@@ -255,4 +255,17 @@ pub struct BenchArgs {
     /// Messages in the tenant the `search` benchmark searches.
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
+    /// Replies the `sends` benchmark sends with Meta answering at once.
+    #[arg(long, default_value_t = 2000)]
+    pub replies: usize,
+    /// Replies of the `sends` round in which Meta takes `--meta-ms` over each.
+    #[arg(long, default_value_t = 400)]
+    pub slow_replies: usize,
+    /// Conversations the `sends` benchmark's replies are spread over.
+    #[arg(long, default_value_t = 200)]
+    pub conversations: usize,
+    /// How long the fake Meta takes over each send in the `sends` benchmark's
+    /// second round (milliseconds).
+    #[arg(long, default_value_t = 200)]
+    pub meta_ms: u64,
 }

@@ -6,6 +6,7 @@ mod ingest;
 mod probe;
 mod realtime;
 mod search;
+mod sends;
 mod tenancy;
 
 use anyhow::Context;
@@ -99,6 +100,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ingest" => ingest::run(&args),
         "realtime" => realtime::run(&args),
         "search" => search::run(&args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime, search"),
+        "sends" => sends::run(&args),
+        other => anyhow::bail!("unknown benchmark {other:?}; known: tenancy, ingest, realtime, search, sends"),
     }
 }

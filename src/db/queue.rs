@@ -42,14 +42,17 @@ pub fn idle_wait(conn: &mut PgConnection, queue: Queue) -> Result<Duration, DbEr
         Queue::Webhooks => "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS secs \
                FROM public.webhook_events WHERE status = 'pending'"
             .to_string(),
-        // A reply is due once the replies before it that it waits for are
-        // (`inbox::sender`): due before them, it would be looked for in
-        // vain every 250 ms while they wait out a backoff or a hold.
+        // A reply is due once its conversation's replies that hold it
+        // back are (`inbox::sender`): due before them, it would be looked
+        // for in vain every 250 ms while they wait out a backoff or a hold.
         Queue::Sends => format!(
-            "SELECT EXTRACT(EPOCH FROM (min(GREATEST(q.next_attempt_at, (SELECT max(e.next_attempt_at) {}))) \
-                                          - now()))::float8 AS secs \
-               FROM public.send_queue q WHERE q.status = 'pending'",
-            crate::inbox::sender::earlier_replies()
+            "SELECT EXTRACT(EPOCH FROM (min(GREATEST(q.next_attempt_at, w.until)) - now()))::float8 AS secs \
+               FROM public.send_queue q \
+               LEFT JOIN (SELECT e.tenant_id, e.conversation_id, max(e.next_attempt_at) AS until {} \
+                           GROUP BY 1, 2) w \
+                 ON q.kind = 'message' AND w.tenant_id = q.tenant_id AND w.conversation_id = q.conversation_id \
+              WHERE q.status = 'pending'",
+            crate::inbox::sender::replies_to_go()
         ),
     };
     let due: Due = diesel::sql_query(sql).get_result(conn)?;
