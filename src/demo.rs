@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::auth::users::Email;
 use crate::auth::Role;
 use crate::channels::{NewChannel, Platform};
-use crate::config::{DbConfig, EncryptionKey, MetaConfig, ServerConfig, Signup};
+use crate::config::{DbConfig, EncryptionKey, ServerConfig, Signup};
 use crate::db::migrate::{migrate_all, run_public_migrations, Migrations};
 use crate::db::{connect_pool, ensure_database, with_tenant, Db, PoolOptions, TenantScope};
 use crate::error::AppError;
@@ -135,14 +135,7 @@ pub fn run() -> anyhow::Result<()> {
         }],
         signup: Signup::Open,
         operator_token: Some(Secret::new("switchboard-demo-operator-token".into())),
-        meta: MetaConfig {
-            app_id: fake_cfg.app_id.clone(),
-            app_secret: Secret::new(fake_cfg.app_secret.clone()),
-            verify_token: Secret::new("switchboard-demo".into()),
-            graph_url: fake_base.clone(),
-            graph_version: "v24.0".into(),
-            dialog_url: fake_base.clone(),
-        },
+        meta: fake_cfg.meta_config(&fake_base, "switchboard-demo"),
         json_logs: false,
         allowed_origins: Vec::new(),
         ws_max_per_member: None,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::ScratchDb;
 use crate::channels::{NewChannel, Platform};
 use crate::cli::BenchArgs;
-use crate::config::{DbConfig, EncryptionKey, MetaConfig, ServerConfig, Signup};
+use crate::config::{DbConfig, EncryptionKey, ServerConfig, Signup};
 use crate::db::migrate::run_public_migrations;
 use crate::db::schema::{memberships, users};
 use crate::db::{connect_pool, PoolOptions, TenantScope};
@@ -75,14 +75,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         encryption_keys: keys.clone(),
         signup: Signup::Closed,
         operator_token: None,
-        meta: MetaConfig {
-            app_id: fake_cfg.app_id.clone(),
-            app_secret: Secret::new(fake_cfg.app_secret.clone()),
-            verify_token: Secret::new("v".into()),
-            graph_url: fake_base.clone(),
-            graph_version: "v24.0".into(),
-            dialog_url: fake_base.clone(),
-        },
+        meta: fake_cfg.meta_config(&fake_base, "v"),
         json_logs: false,
         allowed_origins: Vec::new(),
         ws_max_per_member: None,

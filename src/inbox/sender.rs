@@ -358,17 +358,12 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
         .await
 }
 
-/// Per-channel pacing of this instance's sends, and the files it is
-/// uploading meanwhile ([`FILES_AT_ONCE`] at most).
+/// Per-channel pacing of this instance's sends.
 #[derive(Default)]
 pub struct Pacer {
     /// When each (tenant, channel) may send next. Only read and booked
     /// under the lock, never held across a wait.
     next: std::sync::Mutex<HashMap<(i64, i64), Instant>>,
-    /// (tenant, conversation) of each file being sent apart: what follows
-    /// it in its conversation waits for it, so the customer gets them in
-    /// the order the agent sent them.
-    uploading: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(i64, i64)>>>,
 }
 
 /// Files sent at once by one instance, each apart from the other sends: an
@@ -379,13 +374,6 @@ pub const FILES_AT_ONCE: usize = 4;
 /// every attempt of its upload ([`GraphClient::send_file`](crate::meta::GraphClient::send_file)),
 /// so that no other pass takes it up meanwhile.
 const FILE_LEASE_SECONDS: i64 = 15 * 60;
-
-impl Pacer {
-    fn uploads(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(i64, i64)>> {
-        // Only inserts and removes happen under the lock: a poisoned one holds a good set.
-        self.uploading.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 impl Pacer {
     /// How long to wait before the channel may send again (and books the slot).
@@ -492,10 +480,7 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
         return finish(state, job, JobEnd::Done).await;
     }
     let conversation = (job.tenant.0, ctx.conversation.id);
-    let (behind_a_file, uploads) = {
-        let uploading = pacer.uploads();
-        (uploading.contains(&conversation), uploading.len())
-    };
+    let (behind_a_file, uploads) = state.sends.uploads_beside(conversation);
     if behind_a_file || (ctx.file.is_some() && uploads >= FILES_AT_ONCE) {
         let error = "waits for a file being sent".to_string();
         return finish(state, job, JobEnd::Retry { after: Duration::from_secs(1), error, counts: false }).await;
@@ -514,16 +499,10 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
         return deliver(state, job, ctx, message).await;
     }
     // A file goes apart, its job held meanwhile (`FILE_LEASE_SECONDS`).
-    // Its place is taken at once, under the lock: other conversations'
-    // files are looked at side by side ([`SENDS_AT_ONCE`]).
-    let placed = {
-        let mut uploading = pacer.uploads();
-        uploading.len() < FILES_AT_ONCE && uploading.insert(conversation)
-    };
-    if !placed {
+    let Some(under_way) = state.sends.upload(job.id, conversation) else {
         let error = "waits for a file being sent".to_string();
         return finish(state, job, JobEnd::Retry { after: Duration::from_secs(1), error, counts: false }).await;
-    }
+    };
     let id = job.id;
     let held = state
         .db
@@ -534,14 +513,10 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
             Ok::<_, AppError>(())
         })
         .await;
-    if let Err(e) = held {
-        pacer.uploads().remove(&conversation);
-        return Err(e);
-    }
-    let (state, job, uploading) = (state.clone(), job.clone(), pacer.uploading.clone());
-    let under_way = state.sends.upload(job.id);
+    // Its place is given back with `under_way` (here if holding failed).
+    held?;
+    let (state, job) = (state.clone(), job.clone());
     actix_web::rt::spawn(async move {
-        let _under_way = under_way;
         match crate::app::contained(deliver(&state, &job, ctx, message)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -555,8 +530,8 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
                 after_panic(&state, &job, why).await;
             }
         }
-        // Else the conversation's next sends would wait for it for ever.
-        uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation);
+        // Its place given back before the conversation's next send is woken.
+        drop(under_way);
         state.wake_sender.notify_one();
     });
     // Held by its upload's lease meanwhile.
@@ -1027,9 +1002,11 @@ const START_WITHIN: Duration = Duration::from_secs(5);
 pub struct UnderWay {
     stopping: std::sync::atomic::AtomicBool,
     turns: std::sync::atomic::AtomicUsize,
-    /// The send jobs of the files being uploaded (each apart, under its
-    /// lease: [`FILE_LEASE_SECONDS`]).
-    uploads: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// The files being uploaded, each apart under its lease
+    /// ([`FILE_LEASE_SECONDS`]), [`FILES_AT_ONCE`] at most: send job →
+    /// (tenant, conversation). What follows one in its conversation waits
+    /// for it, so the customer gets them in the order the agent sent them.
+    uploads: std::sync::Mutex<HashMap<i64, (i64, i64)>>,
 }
 
 /// How long a stopping server waits for the sends under way, by default:
@@ -1080,15 +1057,28 @@ impl UnderWay {
         self.turns.store(turns, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn uploading(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
-        // Only inserts and removes happen under the lock: a poisoned one holds a good set.
+    fn uploading(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (i64, i64)>> {
+        // Only inserts and removes happen under the lock: a poisoned one holds a good map.
         self.uploads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `job`'s upload as under way until the guard is dropped.
-    fn upload(self: &std::sync::Arc<Self>, job: i64) -> Uploading {
-        self.uploading().insert(job);
-        Uploading { under_way: self.clone(), job }
+    /// Whether a file of `conversation` is being uploaded, and how many are.
+    fn uploads_beside(&self, conversation: (i64, i64)) -> (bool, usize) {
+        let uploading = self.uploading();
+        (uploading.values().any(|c| *c == conversation), uploading.len())
+    }
+
+    /// Takes a place for `job`'s upload, held until the guard is dropped;
+    /// none while [`FILES_AT_ONCE`] are under way or its conversation has
+    /// one. Taken under the lock at once: other conversations' files are
+    /// looked at side by side ([`SENDS_AT_ONCE`]).
+    fn upload(self: &std::sync::Arc<Self>, job: i64, conversation: (i64, i64)) -> Option<Uploading> {
+        let mut uploading = self.uploading();
+        if uploading.len() >= FILES_AT_ONCE || uploading.values().any(|c| *c == conversation) {
+            return None;
+        }
+        uploading.insert(job, conversation);
+        Some(Uploading { under_way: self.clone(), job })
     }
 
     /// No more claims; waits up to `within` for the turns and the uploads
@@ -1100,7 +1090,7 @@ impl UnderWay {
         loop {
             let left = StillUnderWay {
                 turns: self.turns.load(std::sync::atomic::Ordering::SeqCst),
-                uploads: self.uploading().iter().copied().collect(),
+                uploads: self.uploading().keys().copied().collect(),
             };
             if (left.turns == 0 && left.uploads.is_empty()) || Instant::now() >= until {
                 return left;

@@ -132,15 +132,7 @@ impl Fake {
     }
 
     fn meta_config(&self) -> MetaConfig {
-        let cfg = FakeConfig::default();
-        MetaConfig {
-            app_id: cfg.app_id,
-            app_secret: Secret::new(cfg.app_secret),
-            verify_token: Secret::new("verify-me".into()),
-            graph_url: self.base.clone(),
-            graph_version: "v24.0".into(),
-            dialog_url: self.base.clone(),
-        }
+        FakeConfig::default().meta_config(&self.base, "verify-me")
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {

@@ -1492,16 +1492,10 @@ async fn serve_closes_its_sockets_with_1001_when_told_to_stop() {
     }
 }
 
-/// A stopping `serve` claims no more sends and lets those under way end
-/// before it exits: one cut after Meta took it, before its record, would
-/// be sent again by the next instance to claim it.
-#[actix_web::test]
-async fn serve_lets_the_sends_under_way_end_before_it_stops() {
-    let app = spawn_app_without_workers().await;
-    let t = team(&app).await;
-    let mut serve = Serve::start(&app).await;
-    let psid = "6660000000000777";
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá"})).await;
+/// A customer of page A writes (through the fake); their conversation's
+/// id once a `serve` process (which processes the webhook) has it.
+async fn taken_in_by_serve(app: &TestApp, psid: &str, text: &str) -> i64 {
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": text})).await;
     let find = format!(
         "SELECT v.id AS n FROM tenant_acme.conversations v JOIN tenant_acme.contacts c ON c.id = v.contact_id \
          WHERE c.external_id = '{psid}'"
@@ -1510,7 +1504,18 @@ async fn serve_lets_the_sends_under_way_end_before_it_stops() {
         app.count(&find.replace("v.id AS n", "count(*) AS n")) == 1
     })
     .await;
-    let conv = app.count(&find);
+    app.count(&find)
+}
+
+/// A stopping `serve` claims no more sends and lets those under way end
+/// before it exits: one cut after Meta took it, before its record, would
+/// be sent again by the next instance to claim it.
+#[actix_web::test]
+async fn serve_lets_the_sends_under_way_end_before_it_stops() {
+    let app = spawn_app_without_workers().await;
+    let t = team(&app).await;
+    let mut serve = Serve::start(&app).await;
+    let conv = taken_in_by_serve(&app, "6660000000000777", "Olá").await;
     // Meta takes 4 s over the reply.
     let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": 4_000, "times": 1});
     app.fake("POST", "/_fake/errors", slow).await;
@@ -1542,16 +1547,7 @@ async fn serve_waits_for_the_files_it_uploads_and_hands_back_those_it_cuts() {
     let mut serve = Serve::start_with(&app, &[("SWITCHBOARD_STOP_WAIT_SECS", "10")]).await;
     let mut convs = Vec::new();
     for psid in ["6660000000000781", "6660000000000782"] {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "A nota fiscal?"})).await;
-        let find = format!(
-            "SELECT v.id AS n FROM tenant_acme.conversations v JOIN tenant_acme.contacts c ON c.id = v.contact_id \
-             WHERE c.external_id = '{psid}'"
-        );
-        crate::common::eventually("serve took the message in", || async {
-            app.count(&find.replace("v.id AS n", "count(*) AS n")) == 1
-        })
-        .await;
-        convs.push(app.count(&find));
+        convs.push(taken_in_by_serve(&app, psid, "A nota fiscal?").await);
     }
     // Meta takes 6 s over the first file, a minute over the second.
     for delay_ms in [6_000, 60_000] {

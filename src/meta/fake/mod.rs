@@ -162,6 +162,21 @@ impl Default for FakeConfig {
     }
 }
 
+impl FakeConfig {
+    /// What a server that talks to this fake, served at `base`, is given:
+    /// the same app, its Graph API and OAuth dialog there.
+    pub fn meta_config(&self, base: &str, verify_token: &str) -> crate::config::MetaConfig {
+        crate::config::MetaConfig {
+            app_id: self.app_id.clone(),
+            app_secret: crate::secret::Secret::new(self.app_secret.clone()),
+            verify_token: crate::secret::Secret::new(verify_token.to_string()),
+            graph_url: base.to_string(),
+            graph_version: "v24.0".into(),
+            dialog_url: base.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Owner {
     User(String),
