@@ -126,7 +126,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pages at the fake, connected in the tenant: (page id, channel id).
+/// Pages at the fake, connected in the tenant: their ids.
 async fn connect_pages(
     state: &crate::app::AppState,
     http: &reqwest::Client,
