@@ -3118,6 +3118,35 @@ async fn a_dropped_tenants_sockets_close_with_4403() {
     assert!(until(&mut acme, "pong", Duration::from_secs(3)).await.is_some(), "acme's socket stays");
 }
 
+/// The race a tenant's drop can meet: the socket's first read of the log
+/// (the replay) fails because the tenant's tables went under it, before the
+/// drop's own close reaches the hub. Forced here: the log held locked while
+/// the replay waits on it, the tenant deleted without the drop's notice, the
+/// log then gone. The socket closes as the drop does (4403), not as a
+/// failure to read (1011).
+#[actix_web::test]
+async fn a_replay_failing_as_its_tenant_goes_closes_with_4403() {
+    use diesel::connection::SimpleConnection;
+    let app = spawn_app().await;
+    let t = team(&app).await;
+    let mut lock = app.db.conn();
+    lock.batch_execute("BEGIN; LOCK TABLE tenant_beta.events IN ACCESS EXCLUSIVE MODE").expect("lock");
+    let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
+    next(&mut beta, Duration::from_secs(3)).await.expect("hello");
+    crate::common::eventually("the replay waits on the log", || async {
+        // The replay's first read of the log: the oldest event's seq.
+        app.count(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+               AND wait_event_type = 'Lock' AND query LIKE '%min(%events%'",
+        ) == 1
+    })
+    .await;
+    app.exec("DELETE FROM public.tenants WHERE slug = 'beta'");
+    lock.batch_execute("ALTER TABLE tenant_beta.events RENAME TO events_gone; COMMIT").expect("gone");
+    let closed = until(&mut beta, "closed", Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(closed["code"], 4403, "{closed}");
+}
+
 /// A typing message whose read fails for the database's sake (here the
 /// conversations table is renamed away for a moment) is answered with an
 /// `unavailable` error frame, not `not_found` as if the conversation were
