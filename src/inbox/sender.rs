@@ -19,8 +19,9 @@
 //! pace holds it) holds back the replies after it in its conversation until
 //! it goes or is given up (about a minute of tries at most, or the rate
 //! limit's hold), rather than have them reach the customer before it
-//! ([`replies_to_go`]). Two instances keep that order too, but for a
-//! claim that meets the earlier reply's row locked by the other's claim.
+//! ([`replies_to_go`]). Two instances keep that order too: a claim that
+//! meets an earlier reply's row locked by the other's claim passes over
+//! the replies after it ([`claim`]).
 //!
 //! A file (`inbox::uploads`) is uploaded with its send, which may take a
 //! minute: it goes apart from the other sends ([`FILES_AT_ONCE`] at a
@@ -182,18 +183,28 @@ fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec
         may_have_gone: bool,
     }
     // A reply whose conversation has one waiting for a later try waits
-    // with it; those due come in this claim, in order (by id).
+    // with it; those due come in this claim, in order (by id). A reply
+    // another instance's claim holds at this moment (its row locked, so
+    // skipped here) holds back the ones after it too: the rows picked are
+    // kept only where no earlier reply of their conversation is left out.
     let rows: Vec<Row> = diesel::sql_query(format!(
-        "UPDATE public.send_queue SET attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds' \
-          WHERE id IN (SELECT q.id FROM public.send_queue q WHERE q.status = 'pending' AND q.next_attempt_at <= now() \
-                          AND (q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) NOT IN \
-                               (SELECT * FROM unnest($2::bigint[], $3::bigint[]))) \
-                          AND (q.kind <> 'message' OR q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) \
-                               NOT IN (SELECT e.tenant_id, e.conversation_id {} AND e.next_attempt_at > now())) \
-                        ORDER BY q.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING id, tenant_id, message_id, conversation_id, kind, attempts, broadcast_id, scheduled_message_id, \
-                    may_have_gone",
-        replies_to_go()
+        "WITH picked AS ( \
+           SELECT q.id, q.tenant_id, q.conversation_id, q.kind FROM public.send_queue q \
+            WHERE q.status = 'pending' AND q.next_attempt_at <= now() \
+              AND (q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) NOT IN \
+                   (SELECT * FROM unnest($2::bigint[], $3::bigint[]))) \
+              AND (q.kind <> 'message' OR q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) \
+                   NOT IN (SELECT e.tenant_id, e.conversation_id {go} AND e.next_attempt_at > now())) \
+            ORDER BY q.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE public.send_queue s SET attempts = s.attempts + 1, next_attempt_at = now() + interval '60 seconds' \
+           FROM picked p \
+          WHERE s.id = p.id \
+            AND (p.kind <> 'message' OR p.conversation_id IS NULL OR NOT EXISTS ( \
+                 SELECT 1 {go} AND e.tenant_id = p.tenant_id AND e.conversation_id = p.conversation_id \
+                   AND e.id < p.id AND e.id NOT IN (SELECT id FROM picked))) \
+          RETURNING s.id, s.tenant_id, s.message_id, s.conversation_id, s.kind, s.attempts, s.broadcast_id, \
+                    s.scheduled_message_id, s.may_have_gone",
+        go = replies_to_go()
     ))
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.0).collect::<Vec<_>>())

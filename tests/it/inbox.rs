@@ -9572,6 +9572,51 @@ async fn a_reply_to_be_tried_again_holds_back_the_replies_after_it() {
     }
 }
 
+/// Two instances claiming at once: a claim meets the first of a
+/// conversation's replies locked by the other instance's claim (its row
+/// held, as while that claim commits) and skips it; it does not take the
+/// reply after it either, which would then reach the customer first. Once
+/// the other claim lets the first go, both go, in order.
+#[actix_web::test]
+async fn a_claim_passes_over_the_replies_after_one_another_claim_holds() {
+    use diesel::connection::SimpleConnection;
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let psid = "6660000000000046";
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Chegou o pedido?"})).await;
+    process_now(&app);
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    let (first, second) = ("Chegou, sim! 📦", "Precisa de mais algo?");
+    for (text, key) in [(first, "held-1"), (second, "held-2")] {
+        let (status, body) = reply(&app, &ctx.admin, &conv, text, key).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let pass = || async {
+        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
+            .await
+            .expect("the sender's pass")
+    };
+    let mut other = app.db.conn();
+    other
+        .batch_execute(&format!(
+            "BEGIN; SELECT q.id FROM public.send_queue q JOIN tenant_acme.messages m ON m.id = q.message_id \
+              WHERE m.text = '{first}' FOR UPDATE OF q"
+        ))
+        .expect("the other claim holds the first");
+    assert_eq!(pass().await, 0, "the second is not claimed while the first is held");
+    other.batch_execute("ROLLBACK").expect("let go");
+    assert_eq!(pass().await, 2, "both, together");
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let sent: Vec<String> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
+        .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(sent, [first, second], "each once, in order");
+}
+
 /// A reply Meta took whose answer came after the Graph client gave up (its
 /// 10 s) is known sent by what Meta sends next, and is not sent again,
 /// though that comes seconds after the give-up: the job's next try waits
