@@ -1277,54 +1277,116 @@ fn after_panic_end(kind: &str, attempts: i32, why: String) -> JobEnd {
     }
 }
 
+/// The conversations' turns under way in [`run`] ([`SENDS_AT_ONCE`] at
+/// most), and which conversations those are: their later jobs wait for them.
+struct Turns<F> {
+    running: futures_util::stream::FuturesUnordered<F>,
+    busy: std::collections::HashSet<(i64, i64)>,
+}
+
+impl<F: std::future::Future<Output = Option<(i64, i64)>>> Turns<F> {
+    fn new() -> Self {
+        Turns { running: futures_util::stream::FuturesUnordered::new(), busy: Default::default() }
+    }
+
+    fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    fn push(&mut self, conversation: Option<(i64, i64)>, turn: F) {
+        self.busy.extend(conversation);
+        self.running.push(turn);
+    }
+
+    /// The next turn to end, its conversation then free; pending while none runs.
+    async fn next_end(&mut self) -> Option<(i64, i64)> {
+        use futures_util::StreamExt;
+        if self.running.is_empty() {
+            return std::future::pending().await;
+        }
+        let done = self.running.next().await.flatten();
+        if let Some(conversation) = done {
+            self.busy.remove(&conversation);
+        }
+        done
+    }
+
+    /// Awaits `work` (a claim, a look at the queue) while the turns go on:
+    /// a send whose answer came back is recorded meanwhile, rather than
+    /// wait for a claim that waits on a pool busy with ingest. Calls
+    /// `ended` with the turns left as each ends; how many ended.
+    async fn meanwhile<T>(&mut self, work: impl std::future::Future<Output = T>, ended: impl Fn(usize)) -> (T, usize) {
+        tokio::pin!(work);
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                out = &mut work => return (out, count),
+                _ = self.next_end() => {
+                    count += 1;
+                    ended(self.len());
+                }
+            }
+        }
+    }
+}
+
 pub async fn run(state: actix_web::web::Data<AppState>) {
-    use futures_util::StreamExt;
     let pacer = Pacer::default();
-    // The conversations' turns under way ([`SENDS_AT_ONCE`] at most), and
-    // which those are: their later jobs wait for them.
-    let mut running = futures_util::stream::FuturesUnordered::new();
-    let mut busy: std::collections::HashSet<(i64, i64)> = std::collections::HashSet::new();
+    let mut turns = Turns::new();
     let mut quiet = false;
     let mut failing = crate::telemetry::Repeats::default();
     loop {
         // Stopping: no more claims; the turns under way end. A claim counts
         // as a turn before stopping is looked at (both in one order), so a
         // stop either sees it and waits for what it claims, or prevents it.
-        state.sends.set(running.len() + 1);
+        state.sends.set(turns.len() + 1);
         let room = match state.sends.stopping() {
             true => 0,
-            false => SENDS_AT_ONCE.saturating_sub(running.len()),
+            false => SENDS_AT_ONCE.saturating_sub(turns.len()),
         };
-        let pass = match room {
-            0 => Ok(0),
-            _ => claim_due(&state, room, busy.iter().copied().collect()).await.map(|jobs| {
-                let claimed = (jobs.len(), Instant::now());
-                for turn in in_turns(jobs) {
-                    busy.extend(conversation_of(&turn));
-                    running.push(run_turn(&state, &pacer, turn, claimed.1));
-                }
-                claimed.0
-            }),
+        let (pass, ended) = match room {
+            0 => (Ok(0), 0),
+            _ => {
+                let claim = claim_due(&state, room, turns.busy.iter().copied().collect());
+                let (jobs, ended) = turns.meanwhile(claim, |left| state.sends.set(left + 1)).await;
+                let claimed_at = Instant::now();
+                let pass = jobs.map(|jobs| {
+                    let claimed = jobs.len();
+                    for turn in in_turns(jobs) {
+                        turns.push(conversation_of(&turn), run_turn(&state, &pacer, turn, claimed_at));
+                    }
+                    claimed
+                });
+                (pass, ended)
+            }
         };
-        state.sends.set(running.len());
+        state.sends.set(turns.len());
         crate::telemetry::tell_repeats!(failing, "sender pass", &pass);
-        let wait = match pass {
-            Ok(n) if n > 0 && running.len() < SENDS_AT_ONCE => continue,
+        // A turn that ended during the claim freed its conversation's next job.
+        if ended > 0 {
+            quiet = false;
+        }
+        let idle = match pass {
+            Ok(n) if (n > 0 || ended > 0) && turns.len() < SENDS_AT_ONCE => continue,
             // As the processor: the due time only once a wait passed unwoken.
-            Ok(_) if quiet => super::idle_wait(&state, Queue::Sends).await,
-            Ok(_) => HELD_RETRY,
-            Err(_) => HELD_RETRY,
+            Ok(_) => quiet,
+            Err(_) => false,
         };
-        // A turn's end makes room (and frees its conversation's next job).
+        let wait = async {
+            let wait = match idle {
+                true => super::idle_wait(&state, Queue::Sends).await,
+                false => HELD_RETRY,
+            };
+            tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err()
+        };
+        // A turn's end makes room (and frees its conversation's next job),
+        // also while the look for the next due time is under way.
         tokio::select! {
-            Some(done) = running.next(), if !running.is_empty() => {
-                if let Some(conversation) = done {
-                    busy.remove(&conversation);
-                }
-                state.sends.set(running.len());
+            _ = turns.next_end() => {
+                state.sends.set(turns.len());
                 quiet = false;
             }
-            woken = tokio::time::timeout(wait, state.wake_sender.notified()) => quiet = woken.is_err(),
+            unwoken = wait => quiet = unwoken,
         }
     }
 }
@@ -1487,6 +1549,26 @@ mod tests {
         // Stepped jobs keep their own state: tried again, at most 256 s apart.
         assert_eq!(after("broadcast", 40), Some(Duration::from_secs(256)));
         assert_eq!(after(crate::inbox::scheduled::JOB_KIND, 40), Some(Duration::from_secs(256)));
+    }
+
+    /// A claim (or a look at the queue) waiting on a busy pool does not
+    /// hold up the turns under way: one whose answer came back ends meanwhile.
+    #[actix_web::test]
+    async fn the_turns_go_on_while_the_sender_claims() {
+        let (ended, claim_may_end) = tokio::sync::oneshot::channel::<()>();
+        let mut turns = super::Turns::new();
+        turns.push(Some((1, 7)), async move {
+            tokio::task::yield_now().await;
+            let _ = ended.send(());
+            Some((1, 7))
+        });
+        let left = std::cell::Cell::new(None);
+        let claim = async { claim_may_end.await.is_ok() };
+        let within = tokio::time::timeout(Duration::from_secs(5), turns.meanwhile(claim, |n| left.set(Some(n))));
+        let (claimed, ended) = within.await.expect("the turn ended while the claim waited");
+        assert!(claimed);
+        assert_eq!((ended, left.get(), turns.len()), (1, Some(0), 0));
+        assert!(turns.busy.is_empty(), "its conversation is free for the next claim");
     }
 
     #[test]
