@@ -88,7 +88,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "switchboard bench sends ({replies} replies over {conversations} conversations of {PAGES} pages, \
          pool {POOL}, {} sends at once)",
-        crate::inbox::sender::SENDS_AT_ONCE
+        crate::inbox::sender::sends_at_once()
     );
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);

@@ -996,7 +996,21 @@ async fn took_thread(state: &AppState, tenant: TenantId, conversation: i64) -> A
 /// that a send waiting on Meta (up to its 10 s for an answer) holds up
 /// only its own conversation, not every tenant's replies. A turn that
 /// ends makes room for the next claim at once ([`run`]).
+/// `SWITCHBOARD_SENDS_AT_ONCE` sets it ([`sends_at_once`]).
 pub const SENDS_AT_ONCE: usize = 8;
+
+/// [`SENDS_AT_ONCE`], or `SWITCHBOARD_SENDS_AT_ONCE` (1 to 64): more for
+/// an instance whose sends wait long on Meta (a send holds a connection
+/// only for its records, not while it waits), at the cost of more of the
+/// pool taken when Meta answers at once.
+pub fn sends_at_once() -> usize {
+    sends_at_once_from(std::env::var("SWITCHBOARD_SENDS_AT_ONCE").ok().as_deref())
+}
+
+/// The setting's value: the default for none, or one out of range.
+fn sends_at_once_from(setting: Option<&str>) -> usize {
+    setting.and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| (1..=64).contains(n)).unwrap_or(SENDS_AT_ONCE)
+}
 
 /// A claimed job not started this long after its claim (the sends before
 /// it in its conversation waited on Meta) is handed back to a later claim,
@@ -1161,7 +1175,7 @@ pub async fn run_once(state: &actix_web::web::Data<AppState>, pacer: &Pacer) -> 
     let (claimed, claimed_at) = (jobs.len(), Instant::now());
     use futures_util::StreamExt;
     futures_util::stream::iter(in_turns(jobs))
-        .for_each_concurrent(SENDS_AT_ONCE, |turn| async move {
+        .for_each_concurrent(sends_at_once(), |turn| async move {
             run_turn(state, pacer, turn, claimed_at).await;
         })
         .await;
@@ -1331,6 +1345,7 @@ impl<F: std::future::Future<Output = Option<(i64, i64)>>> Turns<F> {
 }
 
 pub async fn run(state: actix_web::web::Data<AppState>) {
+    let at_once = sends_at_once();
     let pacer = Pacer::default();
     let mut turns = Turns::new();
     let mut quiet = false;
@@ -1342,7 +1357,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         state.sends.set(turns.len() + 1);
         let room = match state.sends.stopping() {
             true => 0,
-            false => SENDS_AT_ONCE.saturating_sub(turns.len()),
+            false => at_once.saturating_sub(turns.len()),
         };
         let (pass, ended) = match room {
             0 => (Ok(0), 0),
@@ -1367,7 +1382,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
             quiet = false;
         }
         let idle = match pass {
-            Ok(n) if (n > 0 || ended > 0) && turns.len() < SENDS_AT_ONCE => continue,
+            Ok(n) if (n > 0 || ended > 0) && turns.len() < at_once => continue,
             // As the processor: the due time only once a wait passed unwoken.
             Ok(_) => quiet,
             Err(_) => false,
@@ -1569,6 +1584,16 @@ mod tests {
         assert!(claimed);
         assert_eq!((ended, left.get(), turns.len()), (1, Some(0), 0));
         assert!(turns.busy.is_empty(), "its conversation is free for the next claim");
+    }
+
+    #[test]
+    fn sends_at_once_is_set_within_its_bounds() {
+        use super::{sends_at_once_from, SENDS_AT_ONCE};
+        assert_eq!(sends_at_once_from(Some("16")), 16);
+        assert_eq!(sends_at_once_from(Some(" 64 ")), 64);
+        for unset in [None, Some(""), Some("0"), Some("65"), Some("-1"), Some("eight")] {
+            assert_eq!(sends_at_once_from(unset), SENDS_AT_ONCE, "{unset:?}");
+        }
     }
 
     #[test]
