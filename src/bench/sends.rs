@@ -11,8 +11,11 @@
 //! for each: replies a second from the first written to the last recorded
 //! sent, the time from a reply's commit to its record as sent (p50, p99),
 //! the pool's connections in use at most and how often all of them were,
-//! and whether every conversation's replies reached Meta in the order
-//! written (each once).
+//! whether every conversation's replies reached Meta in the order
+//! written (each once), and how long the server took to answer the
+//! customers' webhooks meanwhile (their messages, [`INBOUND_PER_SECOND`]
+//! through the fake, which waits for the answer): the pool the sends take
+//! is the one the webhooks are stored with.
 
 use anyhow::Context;
 use diesel::prelude::*;
@@ -42,6 +45,9 @@ const PAGES: usize = 20;
 const POOL: u32 = 10;
 /// Replies written at once, as that many agents pressing send.
 const WRITERS: usize = 16;
+/// Customers' messages a second while the replies go (their webhooks'
+/// answers timed).
+const INBOUND_PER_SECOND: u64 = 50;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = DbConfig::from_env()?;
@@ -107,11 +113,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let slow = json!({"path": "/messages", "method": "POST", "delay_ms": meta_ms, "times": n});
                 http.post(format!("{fake_base}/_fake/errors")).json(&slow).send().await?.error_for_status()?;
             }
-            let r = round_of(&state, &http, &fake_base, tenant, agent, &convs, round, n).await?;
+            let r = round_of(&state, &http, &fake_base, tenant, agent, (&pages, &convs), round, n).await?;
             let meta = if meta_ms == 0 { "Meta answering at once".to_string() } else { format!("Meta taking {meta_ms} ms") };
             println!(
                 "{meta}: {n} replies sent in {:.2}s: {:.0} replies/s; commit → recorded sent p50 {:.1} ms, p99 {:.1} ms; \
-                 pool in use at most {}/{POOL}, all of it {:.0} % of the time; in the order written: {}",
+                 pool in use at most {}/{POOL}, all of it {:.0} % of the time; in the order written: {}; \
+                 customers' webhooks meanwhile: {} answered, p50 {:.1} ms, p99 {:.1} ms",
                 r.took.as_secs_f64(),
                 n as f64 / r.took.as_secs_f64(),
                 r.p50_ms,
@@ -119,6 +126,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 r.pool_most,
                 r.pool_full_pct,
                 if r.in_order { "every conversation" } else { "NO" },
+                r.inbound.len(),
+                super::percentile(&r.inbound, 0.5).as_secs_f64() * 1e3,
+                super::percentile(&r.inbound, 0.99).as_secs_f64() * 1e3,
             );
         }
         Ok::<_, anyhow::Error>(())
@@ -213,10 +223,15 @@ struct Round {
     pool_most: u32,
     pool_full_pct: f64,
     in_order: bool,
+    /// The customers' webhooks' answer times, POST to the fake's inbound
+    /// to its answer (the fake waits for ours).
+    inbound: Vec<Duration>,
 }
 
 /// Writes `n` replies (`WRITERS` at a time, conversation after
-/// conversation) and waits until every one is recorded sent.
+/// conversation) and waits until every one is recorded sent, the
+/// conversations' customers writing meanwhile ([`customers_write_meanwhile`]).
+/// `(pages, convs)`: customer `c` writes page `c % pages` in `convs[c]`.
 #[allow(clippy::too_many_arguments)]
 async fn round_of(
     state: &actix_web::web::Data<crate::app::AppState>,
@@ -224,7 +239,7 @@ async fn round_of(
     fake_base: &str,
     tenant: TenantId,
     agent: UserId,
-    convs: &[i64],
+    (pages, convs): (&[String], &[i64]),
     round: usize,
     n: usize,
 ) -> anyhow::Result<Round> {
@@ -247,6 +262,13 @@ async fn round_of(
             full as f64 / samples.max(1) as f64 * 100.0
         })
     };
+    let inbound = actix_web::rt::spawn(customers_write_meanwhile(
+        http.clone(),
+        fake_base.to_string(),
+        pages.to_vec(),
+        convs.len(),
+        done.clone(),
+    ));
     let started = Instant::now();
     let texts: Vec<(i64, String)> =
         (0..n).map(|i| (convs[i % convs.len()], format!("r{round}-{:05} Segue o link 🔗", i))).collect();
@@ -306,7 +328,33 @@ async fn round_of(
     let pool_full_pct = sampler.join().unwrap_or(f64::NAN);
     let (p50_ms, p99_ms) = commit_to_sent(state, tenant, prefix).await?;
     let in_order = reached_in_order(http, fake_base, round).await?;
-    Ok(Round { took, p50_ms, p99_ms, pool_most: most.load(Ordering::Relaxed), pool_full_pct, in_order })
+    let inbound = inbound.await.context("the customers' writer")??;
+    Ok(Round { took, p50_ms, p99_ms, pool_most: most.load(Ordering::Relaxed), pool_full_pct, in_order, inbound })
+}
+
+/// The conversations' customers write, [`INBOUND_PER_SECOND`] one after
+/// another, until `done`: each webhook's answer time.
+async fn customers_write_meanwhile(
+    http: reqwest::Client,
+    fake_base: String,
+    pages: Vec<String>,
+    customers: usize,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / INBOUND_PER_SECOND));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut times, mut c) = (Vec::new(), 0usize);
+    while !done.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let body = json!({"to": pages[c % pages.len()], "from": format!("7100{:012}", c % customers.max(1)),
+            "text": "E o prazo de entrega? 🚚"});
+        let asked = Instant::now();
+        let r: Value = http.post(format!("{fake_base}/_fake/inbound")).json(&body).send().await?.json().await?;
+        anyhow::ensure!(r["delivered_status"] == 200, "a customer's webhook was not answered 200: {r}");
+        times.push(asked.elapsed());
+        c += 1;
+    }
+    Ok(times)
 }
 
 /// From each reply's commit to the event that announced it sent (p50, p99, ms).
