@@ -1291,7 +1291,7 @@ fn after_panic_end(kind: &str, attempts: i32, why: String) -> JobEnd {
     }
 }
 
-/// The conversations' turns under way in [`run`] ([`SENDS_AT_ONCE`] at
+/// The conversations' turns under way in [`run`] ([`sends_at_once`] at
 /// most), and which conversations those are: their later jobs wait for them.
 struct Turns<F> {
     running: futures_util::stream::FuturesUnordered<F>,

@@ -9450,15 +9450,33 @@ async fn a_reply_waiting_on_meta_holds_up_only_its_own_conversation() {
         status(fb, &ids[0]).await != "pending" && status(fb, &ids[1]).await != "pending"
     })
     .await;
+    assert_eq!(page_sends(&app).await, ["One moment…", "Found it: 🧦 × 2."], "each once, in the order written");
+}
+
+/// The texts of the replies the fake took for `PAGE_A`, in the order it took them.
+async fn page_sends(app: &TestApp) -> Vec<String> {
     let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    let sent: Vec<&str> = log["items"]
+    log["items"]
         .as_array()
         .expect("items")
         .iter()
         .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
-        .filter_map(|c| c["body"]["message"]["text"].as_str())
-        .collect();
-    assert_eq!(sent, ["One moment…", "Found it: 🧦 × 2."], "each once, in the order written");
+        .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One pass of the sender, in a test without workers: how many jobs it claimed.
+async fn sender_pass(app: &TestApp) -> usize {
+    switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
+        .await
+        .expect("the sender's pass")
+}
+
+/// A customer writes `PAGE_A` (processed without workers): their conversation's id.
+async fn page_customer_writes(app: &TestApp, ctx: &Ctx, psid: &str, text: &str) -> String {
+    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": text})).await;
+    process_now(app);
+    by_contact(&conversations(app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string()
 }
 
 /// A claimed job whose turn comes more than 5 s after its claim (the sends
@@ -9468,39 +9486,21 @@ async fn a_reply_waiting_on_meta_holds_up_only_its_own_conversation() {
 async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
     let app = crate::common::spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let psid = "6660000000000044";
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá?"})).await;
-    process_now(&app);
-    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    let conv = page_customer_writes(&app, &ctx, "6660000000000044", "Olá?").await;
     let slow = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "delay_ms": 6_000, "times": 1});
     app.fake("POST", "/_fake/errors", slow).await;
     for (text, key) in [("Um momento…", "late-1"), ("Encontrei!", "late-2")] {
         let (status, body) = reply(&app, &ctx.admin, &conv, text, key).await;
         assert_eq!(status, 202, "{body}");
     }
-    let pass = || async {
-        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
-            .await
-            .expect("the sender's pass")
-    };
-    assert_eq!(pass().await, 2, "both claimed at once");
+    assert_eq!(sender_pass(&app).await, 2, "both claimed at once");
     let jobs = "SELECT count(*) AS n FROM public.send_queue q JOIN tenant_acme.messages m ON m.id = q.message_id \
                 WHERE q.status = 'pending' AND q.attempts = 0 AND q.next_attempt_at <= now() AND m.text = 'Encontrei!' \
                 AND q.last_error LIKE 'handed back%'";
     assert_eq!(app.count(jobs), 1, "the second handed back, untried and due");
-    let sends = || async {
-        let log = app.fake("GET", "/_fake/requests", json!({})).await;
-        let items = log["items"].as_array().expect("items").clone();
-        let page = |c: &&Value| c["path"] == format!("/{PAGE_A}/messages");
-        items
-            .iter()
-            .filter(page)
-            .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(sends().await, ["Um momento…"]);
-    assert_eq!(pass().await, 1);
-    assert_eq!(sends().await, ["Um momento…", "Encontrei!"], "each once, in the order written");
+    assert_eq!(page_sends(&app).await, ["Um momento…"]);
+    assert_eq!(sender_pass(&app).await, 1);
+    assert_eq!(page_sends(&app).await, ["Um momento…", "Encontrei!"], "each once, in the order written");
 }
 
 /// A reply Meta fails for a moment is tried again seconds later; the reply
@@ -9511,10 +9511,7 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
 async fn a_reply_to_be_tried_again_holds_back_the_replies_after_it() {
     let app = crate::common::spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let psid = "6660000000000045";
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Tem em azul?"})).await;
-    process_now(&app);
-    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    let conv = page_customer_writes(&app, &ctx, "6660000000000045", "Tem em azul?").await;
     // Past the Graph client's own quick retries: the job's try fails.
     let down = json!({"path": format!("/{PAGE_A}/messages"), "method": "POST", "status": 500, "times": 3,
         "error": {"code": 2, "message": "Service temporarily unavailable"}});
@@ -9529,40 +9526,26 @@ async fn a_reply_to_be_tried_again_holds_back_the_replies_after_it() {
     let wa = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
     let (status, body) = reply(&app, &ctx.admin, &wa, "Olá!", "again-3").await;
     assert_eq!(status, 202, "{body}");
-    let pass = || async {
-        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
-            .await
-            .expect("the sender's pass")
-    };
-    let sends = || async {
-        let log = app.fake("GET", "/_fake/requests", json!({})).await;
-        let items = log["items"].as_array().expect("items").clone();
-        items
-            .iter()
-            .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
-            .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-    };
     let whatsapp_sends = || async {
         let log = app.fake("GET", "/_fake/requests", json!({})).await;
         log["items"].as_array().expect("items").iter().filter(|c| c["body"]["text"]["body"] == "Olá!").count()
     };
-    assert_eq!(pass().await, 3, "all three claimed at once");
+    assert_eq!(sender_pass(&app).await, 3, "all three claimed at once");
     let first = "Tem sim: azul-marinho 💙";
-    assert!(sends().await.iter().all(|t| t == first), "only the first tried: {:?}", sends().await);
+    assert!(page_sends(&app).await.iter().all(|t| t == first), "only the first tried: {:?}", page_sends(&app).await);
     assert_eq!(whatsapp_sends().await, 1, "the other conversation's reply went");
     let held = "SELECT count(*) AS n FROM public.send_queue q JOIN tenant_acme.messages m ON m.id = q.message_id \
                 WHERE q.status = 'pending' AND q.attempts = 0 AND m.text = 'Quer o link?' \
                 AND q.last_error LIKE 'handed back: waits for a reply before it%'";
     assert_eq!(app.count(held), 1, "the second handed back, untried");
     // Due, but it waits for the first (tried again 2 s later).
-    assert_eq!(pass().await, 0, "the second is not claimed before the first");
+    assert_eq!(sender_pass(&app).await, 0, "the second is not claimed before the first");
     let mut conn = app.db.conn();
     let wait = switchboard::db::queue::idle_wait(&mut conn, switchboard::db::queue::Queue::Sends).expect("idle wait");
     assert!(wait > std::time::Duration::from_millis(500), "sleeps till the first is due, not 250 ms: {wait:?}");
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    assert_eq!(pass().await, 2, "both, together");
-    let sent = sends().await;
+    assert_eq!(sender_pass(&app).await, 2, "both, together");
+    let sent = page_sends(&app).await;
     let second_at = sent.iter().position(|t| t == "Quer o link?").expect("the second went");
     assert!(sent[..second_at].len() >= 2 && sent[..second_at].iter().all(|t| t == first), "in order: {sent:?}");
     assert_eq!(sent.len(), second_at + 1, "each once: {sent:?}");
@@ -9582,20 +9565,12 @@ async fn a_claim_passes_over_the_replies_after_one_another_claim_holds() {
     use diesel::connection::SimpleConnection;
     let app = crate::common::spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let psid = "6660000000000046";
-    app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Chegou o pedido?"})).await;
-    process_now(&app);
-    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, psid)["id"].as_str().expect("id").to_string();
+    let conv = page_customer_writes(&app, &ctx, "6660000000000046", "Chegou o pedido?").await;
     let (first, second) = ("Chegou, sim! 📦", "Precisa de mais algo?");
     for (text, key) in [(first, "held-1"), (second, "held-2")] {
         let (status, body) = reply(&app, &ctx.admin, &conv, text, key).await;
         assert_eq!(status, 202, "{body}");
     }
-    let pass = || async {
-        switchboard::inbox::sender::run_once(&app.state, &switchboard::inbox::sender::Pacer::default())
-            .await
-            .expect("the sender's pass")
-    };
     let mut other = app.db.conn();
     other
         .batch_execute(&format!(
@@ -9603,18 +9578,10 @@ async fn a_claim_passes_over_the_replies_after_one_another_claim_holds() {
               WHERE m.text = '{first}' FOR UPDATE OF q"
         ))
         .expect("the other claim holds the first");
-    assert_eq!(pass().await, 0, "the second is not claimed while the first is held");
+    assert_eq!(sender_pass(&app).await, 0, "the second is not claimed while the first is held");
     other.batch_execute("ROLLBACK").expect("let go");
-    assert_eq!(pass().await, 2, "both, together");
-    let log = app.fake("GET", "/_fake/requests", json!({})).await;
-    let sent: Vec<String> = log["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|c| c["path"] == format!("/{PAGE_A}/messages"))
-        .filter_map(|c| c["body"]["message"]["text"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(sent, [first, second], "each once, in order");
+    assert_eq!(sender_pass(&app).await, 2, "both, together");
+    assert_eq!(page_sends(&app).await, [first, second], "each once, in order");
 }
 
 /// A reply Meta took whose answer came after the Graph client gave up (its
