@@ -157,6 +157,16 @@ pub(crate) fn replies_to_go() -> String {
     )
 }
 
+/// How long a claimed job is not claimed again ([`claim`]): time for a
+/// send that starts late in its turn ([`START_WITHIN`]), its wait for
+/// Meta's answer and its record ([`RECORD_FOR`]); after it another pass or
+/// instance may take the job up (its process died, say).
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
+const _: () = assert!(
+    START_WITHIN.as_secs() + crate::meta::graph::ANSWER_WITHIN.as_secs() + RECORD_FOR.as_secs()
+        <= CLAIM_LEASE.as_secs()
+);
+
 /// Claims up to `limit` due jobs, but none of the conversations in `busy`
 /// ((tenant, conversation) whose send is under way here: theirs go in
 /// turn), and no reply whose conversation has one waiting ([`replies_to_go`]).
@@ -196,7 +206,8 @@ fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec
               AND (q.kind <> 'message' OR q.conversation_id IS NULL OR (q.tenant_id, q.conversation_id) \
                    NOT IN (SELECT e.tenant_id, e.conversation_id {go} AND e.next_attempt_at > now())) \
             ORDER BY q.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE public.send_queue s SET attempts = s.attempts + 1, next_attempt_at = now() + interval '60 seconds' \
+         UPDATE public.send_queue s SET attempts = s.attempts + 1, \
+                next_attempt_at = now() + make_interval(secs => {lease}) \
            FROM picked p \
           WHERE s.id = p.id \
             AND (p.kind <> 'message' OR p.conversation_id IS NULL OR NOT EXISTS ( \
@@ -204,7 +215,8 @@ fn claim(conn: &mut PgConnection, limit: i64, busy: &[(i64, i64)]) -> Result<Vec
                    AND e.id < p.id AND e.id NOT IN (SELECT id FROM picked))) \
           RETURNING s.id, s.tenant_id, s.message_id, s.conversation_id, s.kind, s.attempts, s.broadcast_id, \
                     s.scheduled_message_id, s.may_have_gone",
-        go = replies_to_go()
+        go = replies_to_go(),
+        lease = CLAIM_LEASE.as_secs()
     ))
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(busy.iter().map(|b| b.0).collect::<Vec<_>>())
@@ -934,8 +946,8 @@ async fn deliver(state: &AppState, job: &Job, ctx: Context, message: MessageRow)
 }
 
 /// How long a send Meta took is tried to be recorded (`record_sent`):
-/// under the claim's 60 s lease, after which another pass could take the
-/// job up again.
+/// under the claim's lease ([`CLAIM_LEASE`]), after which another pass
+/// could take the job up again.
 const RECORD_FOR: Duration = Duration::from_secs(45);
 
 /// Records a send Meta took. A job whose record failed would be tried
@@ -1015,8 +1027,8 @@ fn sends_at_once_from(setting: Option<&str>) -> usize {
 /// A claimed job not started this long after its claim (the sends before
 /// it in its conversation waited on Meta) is handed back to a later claim,
 /// so that what it does, a send waiting for Meta's answer and its record
-/// ([`RECORD_FOR`]), fits in the claim's 60 s lease, after which another
-/// instance could take it up.
+/// ([`RECORD_FOR`]), fits in the claim's lease ([`CLAIM_LEASE`]), after
+/// which another instance could take it up.
 const START_WITHIN: Duration = Duration::from_secs(5);
 
 /// The conversations' turns under way in this instance's sender, the files

@@ -374,7 +374,7 @@ impl Repeat {
 }
 
 /// How long a call waits for Meta's answer, but for uploads.
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// How long the client keeps an idle connection to Meta: under the fake's
 /// keep-alive too, so that the client, not the server, lets go first.
