@@ -231,7 +231,8 @@ struct Round {
 /// Writes `n` replies (`WRITERS` at a time, conversation after
 /// conversation) and waits until every one is recorded sent, the
 /// conversations' customers writing meanwhile ([`customers_write_meanwhile`]).
-/// `(pages, convs)`: customer `c` writes page `c % pages` in `convs[c]`.
+/// `(pages, convs)`: the pages, and the conversations, whose customers
+/// (`convs.len()` of them) write the pages as [`customers_write`] had them.
 #[allow(clippy::too_many_arguments)]
 async fn round_of(
     state: &actix_web::web::Data<crate::app::AppState>,

@@ -3134,11 +3134,12 @@ async fn a_replay_failing_as_its_tenant_goes_closes_with_4403() {
     let mut beta = ws(&app, "", Some(&t.beta_admin), None).await.expect("beta");
     next(&mut beta, Duration::from_secs(3)).await.expect("hello");
     crate::common::eventually("the replay waits on the log", || async {
-        // The replay's first read of the log: the oldest event's seq.
+        // The replay's first read of the log: the oldest event's seq (a
+        // worker's read of it may wait too).
         app.count(
             "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
                AND wait_event_type = 'Lock' AND query LIKE '%min(%events%'",
-        ) == 1
+        ) >= 1
     })
     .await;
     app.exec("DELETE FROM public.tenants WHERE slug = 'beta'");
