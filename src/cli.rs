@@ -268,4 +268,8 @@ pub struct BenchArgs {
     /// second round (milliseconds).
     #[arg(long, default_value_t = 200)]
     pub meta_ms: u64,
+    /// Customers' messages a second in the `sends` benchmark while the
+    /// replies go, their webhooks' answers timed (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub inbound_per_second: u64,
 }

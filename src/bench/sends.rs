@@ -13,7 +13,7 @@
 //! the pool's connections in use at most and how often all of them were,
 //! whether every conversation's replies reached Meta in the order
 //! written (each once), and how long the server took to answer the
-//! customers' webhooks meanwhile (their messages, [`INBOUND_PER_SECOND`]
+//! customers' webhooks meanwhile (their messages, `--inbound-per-second`
 //! through the fake, which waits for the answer): the pool the sends take
 //! is the one the webhooks are stored with.
 
@@ -45,9 +45,6 @@ const PAGES: usize = 20;
 const POOL: u32 = 10;
 /// Replies written at once, as that many agents pressing send.
 const WRITERS: usize = 16;
-/// Customers' messages a second while the replies go (their webhooks'
-/// answers timed).
-const INBOUND_PER_SECOND: u64 = 50;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = DbConfig::from_env()?;
@@ -113,7 +110,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let slow = json!({"path": "/messages", "method": "POST", "delay_ms": meta_ms, "times": n});
                 http.post(format!("{fake_base}/_fake/errors")).json(&slow).send().await?.error_for_status()?;
             }
-            let r = round_of(&state, &http, &fake_base, tenant, agent, (&pages, &convs), round, n).await?;
+            let customers = Customers { pages: &pages, convs: &convs, per_second: args.inbound_per_second };
+            let r = round_of(&state, &http, &fake_base, tenant, agent, &customers, round, n).await?;
             let meta = if meta_ms == 0 { "Meta answering at once".to_string() } else { format!("Meta taking {meta_ms} ms") };
             println!(
                 "{meta}: {n} replies sent in {:.2}s: {:.0} replies/s; commit → recorded sent p50 {:.1} ms, p99 {:.1} ms; \
@@ -216,6 +214,15 @@ async fn customers_write(
     }
 }
 
+/// The customers of a round: the pages, the conversations, whose customers
+/// (`convs.len()` of them) write the pages as [`customers_write`] had them,
+/// and how many of their messages come a second while the replies go.
+struct Customers<'a> {
+    pages: &'a [String],
+    convs: &'a [i64],
+    per_second: u64,
+}
+
 struct Round {
     took: Duration,
     p50_ms: f64,
@@ -231,8 +238,6 @@ struct Round {
 /// Writes `n` replies (`WRITERS` at a time, conversation after
 /// conversation) and waits until every one is recorded sent, the
 /// conversations' customers writing meanwhile ([`customers_write_meanwhile`]).
-/// `(pages, convs)`: the pages, and the conversations, whose customers
-/// (`convs.len()` of them) write the pages as [`customers_write`] had them.
 #[allow(clippy::too_many_arguments)]
 async fn round_of(
     state: &actix_web::web::Data<crate::app::AppState>,
@@ -240,10 +245,11 @@ async fn round_of(
     fake_base: &str,
     tenant: TenantId,
     agent: UserId,
-    (pages, convs): (&[String], &[i64]),
+    customers: &Customers<'_>,
     round: usize,
     n: usize,
 ) -> anyhow::Result<Round> {
+    let convs = customers.convs;
     use futures_util::StreamExt;
     // The pool, sampled every 2 ms: connections in use at most, and how
     // often all were.
@@ -266,8 +272,8 @@ async fn round_of(
     let inbound = actix_web::rt::spawn(customers_write_meanwhile(
         http.clone(),
         fake_base.to_string(),
-        pages.to_vec(),
-        convs.len(),
+        customers.pages.to_vec(),
+        (convs.len(), customers.per_second),
         done.clone(),
     ));
     let started = Instant::now();
@@ -333,16 +339,19 @@ async fn round_of(
     Ok(Round { took, p50_ms, p99_ms, pool_most: most.load(Ordering::Relaxed), pool_full_pct, in_order, inbound })
 }
 
-/// The conversations' customers write, [`INBOUND_PER_SECOND`] one after
-/// another, until `done`: each webhook's answer time.
+/// The conversations' customers write, `per_second` one after another (none
+/// at 0), until `done`: each webhook's answer time.
 async fn customers_write_meanwhile(
     http: reqwest::Client,
     fake_base: String,
     pages: Vec<String>,
-    customers: usize,
+    (customers, per_second): (usize, u64),
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / INBOUND_PER_SECOND));
+    if per_second == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second.min(1_000_000)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut times, mut c) = (Vec::new(), 0usize);
     while !done.load(Ordering::Relaxed) {
