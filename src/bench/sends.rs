@@ -113,10 +113,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let customers = Customers { pages: &pages, convs: &convs, per_second: args.inbound_per_second };
             let r = round_of(&state, &http, &fake_base, tenant, agent, &customers, round, n).await?;
             let meta = if meta_ms == 0 { "Meta answering at once".to_string() } else { format!("Meta taking {meta_ms} ms") };
+            let inbound = match args.inbound_per_second {
+                0 => "none (--inbound-per-second 0)".to_string(),
+                _ => format!(
+                    "{} answered, p50 {:.1} ms, p99 {:.1} ms",
+                    r.inbound.len(),
+                    super::percentile(&r.inbound, 0.5).as_secs_f64() * 1e3,
+                    super::percentile(&r.inbound, 0.99).as_secs_f64() * 1e3,
+                ),
+            };
             println!(
                 "{meta}: {n} replies sent in {:.2}s: {:.0} replies/s; commit → recorded sent p50 {:.1} ms, p99 {:.1} ms; \
                  pool in use at most {}/{POOL}, all of it {:.0} % of the time; in the order written: {}; \
-                 customers' webhooks meanwhile: {} answered, p50 {:.1} ms, p99 {:.1} ms",
+                 customers' webhooks meanwhile: {inbound}",
                 r.took.as_secs_f64(),
                 n as f64 / r.took.as_secs_f64(),
                 r.p50_ms,
@@ -124,9 +133,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 r.pool_most,
                 r.pool_full_pct,
                 if r.in_order { "every conversation" } else { "NO" },
-                r.inbound.len(),
-                super::percentile(&r.inbound, 0.5).as_secs_f64() * 1e3,
-                super::percentile(&r.inbound, 0.99).as_secs_f64() * 1e3,
             );
         }
         Ok::<_, anyhow::Error>(())
