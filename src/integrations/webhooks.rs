@@ -553,10 +553,12 @@ fn settle(pool: &PgPool, due: &Due, outcome: Result<Option<i64>, String>) -> App
             let failures = due.failures.saturating_add(1);
             let off = failures >= MOST_FAILURES;
             tracing::warn!(webhook = due.id, tenant = due.tenant.0, failures, %why, "webhook delivery failed");
+            // Off stays off: an admin may have switched it off while the
+            // delivery was under way, and the failure must not set it on.
             let update = diesel::update(row).set((
                 w::failures.eq(failures),
                 w::last_error.eq(why.clone()),
-                w::enabled.eq(!off),
+                w::enabled.eq(w::enabled.and::<_, diesel::sql_types::Bool>(!off)),
                 w::leased_until.eq(None::<DateTime<Utc>>),
                 w::next_attempt_at.eq(Utc::now() + backoff(failures)),
             ));

@@ -336,6 +336,50 @@ async fn an_endpoint_outlives_the_admin_who_made_it() {
     assert_eq!(pending.body["items"], json!([]), "her invitation went with her");
 }
 
+/// An admin switches an endpoint off while a delivery to it is under way,
+/// and the delivery fails: the failure is recorded and the endpoint stays
+/// off. Before, the failure's record set it on again (`enabled` written
+/// as "not past the most failures"), and it went on being tried.
+#[actix_web::test]
+async fn an_endpoint_switched_off_during_a_failing_delivery_stays_off() {
+    use std::io::{Read, Write};
+    let app = crate::common::spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let admin = ctx.admin.as_str();
+    // A receiver that holds the request until told, then answers 500.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://127.0.0.1:{}/hooks/switchboard", listener.local_addr().expect("addr").port());
+    let (arrived, has_arrived) = std::sync::mpsc::channel::<()>();
+    let (answer, to_answer) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.read(&mut [0u8; 65536]);
+            let _ = arrived.send(());
+            let _ = to_answer.recv();
+            let _ = stream
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let made = app.call("POST", "/api/integrations/webhooks", Some(admin), Some(json!({"url": url}))).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let hook = format!("/api/integrations/webhooks/{}", made.body["id"].as_str().expect("id"));
+    crate::realtime::append_in(&app.pool, 2, 10);
+    let state = app.state.clone();
+    let round = actix_web::rt::spawn(async move { switchboard::integrations::webhooks::deliver_due(&state).await });
+    eventually("the delivery under way", || async { has_arrived.try_recv().is_ok() }).await;
+    let off = app.call("PATCH", &hook, Some(admin), Some(json!({"enabled": false}))).await;
+    assert_eq!((off.status, &off.body["enabled"]), (200, &json!(false)), "{:?}", off.body);
+    answer.send(()).expect("the receiver waits");
+    let sent = round.await.expect("the round");
+    assert_eq!(sent.map_err(|e| e.message), Ok(0), "nothing delivered");
+    let listed = app.call("GET", "/api/integrations/webhooks", Some(admin), None).await;
+    let endpoint = &listed.body["items"][0];
+    assert_eq!((&endpoint["enabled"], &endpoint["failures"]), (&json!(false), &json!(1)), "{endpoint}");
+    assert!(endpoint["last_error"].as_str().is_some_and(|e| !e.is_empty()), "the failure recorded: {endpoint}");
+    let next = switchboard::integrations::webhooks::deliver_due(&app.state).await;
+    assert_eq!(next.map_err(|e| e.message), Ok(0), "an endpoint off is not tried");
+}
+
 /// Every pooled connection is cut (a database restart, a proxy dropping
 /// idle flows) between two rounds: the next round claims, reads and
 /// settles on fresh connections, so the events go out then, and nothing
