@@ -58,13 +58,17 @@
 //!   template, one who stopped marketing messages (`marketing_stopped`)
 //!   are skipped.
 //! - Paced by the sender: a `broadcast` job in the send queue queues the
-//!   next [`WAVE`] messages and then itself again behind them, so a reply
-//!   an agent sends meanwhile waits for at most one wave, not for
-//!   thousands; the messages go at the channel's send rate. Meta's rate
-//!   limit on the number (`channels::send_hold`) or a restriction waits
-//!   for its end; Meta no longer having the template (deleted, paused,
-//!   disabled) ends the broadcast `failed`, its remaining customers
-//!   skipped with that reason. Each job's step is one transaction, and a
+//!   next [`WAVE`] messages and then itself again behind them, and the
+//!   next wave only once the last, and the channel's other messages
+//!   waiting for their turn, have gone (the sender hands a message the
+//!   channel's rate holds back to the queue, so the job behind them is due
+//!   at once). A reply an agent sends meanwhile waits for at most one
+//!   wave, not for thousands; the messages go at the channel's send rate.
+//!   A message waiting for a retry after a failure holds nothing back.
+//!   Meta's rate limit on the number (`channels::send_hold`) or a
+//!   restriction waits for its end; Meta no longer having the template
+//!   (deleted, paused, disabled) ends the broadcast `failed`, its
+//!   remaining customers skipped with that reason. Each job's step is one transaction, and a
 //!   job other than the broadcast's own (one taken up again after its
 //!   instance stopped) does nothing, so no customer is sent it twice.
 //! - Seen as counts (`pending`, `skipped`, and of the queued messages
@@ -870,13 +874,14 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
             match row {
                 Some(row) if live(&row.status) && row.job_id == Some(job) => {
                     let channel = channels::find(tc, ChannelId(row.channel_id))?;
-                    Ok::<_, AppError>(Some((row, channel)))
+                    let unsent = ahead_of_next_wave(tc, id, channel.id)?;
+                    Ok::<_, AppError>(Some((row, channel, unsent)))
                 }
                 _ => Ok(None),
             }
         })
         .await?;
-    let Some((row, channel)) = found else { return Ok(Next::Done) };
+    let Some((row, channel, unsent)) = found else { return Ok(Next::Done) };
     if let Some(wait) = not_yet(&row, Utc::now()) {
         return Ok(Next::Wait(wait, SCHEDULED));
     }
@@ -886,6 +891,15 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
     // Reconnected, or lifted, it goes on; cancelling ends the wait.
     if channel.status != "connected" || channels::whatsapp_number::refuse_if_restricted(&channel, false).is_err() {
         return Ok(Next::Wait(std::time::Duration::from_secs(60), HELD));
+    }
+    // The sender hands a message back to the queue until the channel's rate
+    // lets it go, so this job, queued behind its last wave, is due before
+    // that wave has gone, and a reply queued meanwhile would compete with
+    // the next wave: it waits about as long as what is ahead takes at that
+    // rate.
+    if unsent > 0 {
+        let gap = std::time::Duration::from_secs(1) / super::sender::send_rate();
+        return Ok(Next::Wait(gap * unsent, WAVE_UNSENT));
     }
     let choice = row.choice()?;
     let template = super::templates::find(app, tenant, channel.clone(), &choice.name, &choice.language).await;
@@ -924,6 +938,59 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
 const SCHEDULED: &str = "scheduled: not due yet";
 /// Why a held one's does.
 const HELD: &str = "held: the number cannot send now";
+/// Why one whose last wave, or a reply, has not gone does.
+const WAVE_UNSENT: &str = "sending: waits for what is queued ahead of its next wave";
+
+/// How far a pending message job may be due ahead and still count as
+/// waiting for its turn at the channel's rate, not for a retry after a
+/// failure (seconds, then more) or under a claim's lease.
+const IN_TURN: chrono::Duration = chrono::Duration::seconds(2);
+
+/// How many messages go ahead of broadcast `id`'s next wave, on its
+/// channel `channel`: the last wave's not gone yet (their status still
+/// `pending`, under way or waiting), or, if more, the channel's message
+/// jobs waiting for their turn (an agent's reply queued during the last
+/// wave among them). Waves go in the order of the numbers, so the last
+/// one is the [`WAVE`] recipients just below the first number still
+/// pending (none before the first wave).
+fn ahead_of_next_wave(tc: &mut TenantConn<'_>, id: i64, channel: i64) -> AppResult<u32> {
+    let first_pending: Option<String> = r::table
+        .filter(r::broadcast_id.eq(id))
+        .filter(r::status.eq("pending"))
+        .select(diesel::dsl::min(r::number))
+        .first(tc.pg())?;
+    let Some(first_pending) = first_pending else { return Ok(0) };
+    let wave = r::table
+        .filter(r::broadcast_id.eq(id))
+        .filter(r::number.lt(first_pending))
+        .order(r::number.desc())
+        .limit(WAVE)
+        .select(r::message_id)
+        .load::<Option<i64>>(tc.pg())?;
+    let unsent: i64 = m::table
+        .filter(m::id.eq_any(wave.into_iter().flatten().collect::<Vec<_>>()))
+        .filter(m::status.eq("pending"))
+        .count()
+        .get_result(tc.pg())?;
+    // The queue is the instance's (public) and the conversations the
+    // tenant's: two reads, the first of the few jobs pending.
+    let waiting: Vec<Option<i64>> = sq::table
+        .filter(sq::status.eq("pending"))
+        .filter(sq::tenant_id.eq(tc.tenant().0))
+        .filter(sq::kind.eq("message"))
+        .filter(sq::next_attempt_at.le(Utc::now() + IN_TURN))
+        .select(sq::conversation_id)
+        .load(tc.pg())?;
+    let of_channel: BTreeSet<i64> = cv::table
+        .filter(cv::channel_id.eq(channel))
+        .filter(cv::id.eq_any(waiting.iter().flatten().collect::<BTreeSet<_>>()))
+        .select(cv::id)
+        .load::<i64>(tc.pg())?
+        .into_iter()
+        .collect();
+    let in_turn = waiting.iter().flatten().filter(|c| of_channel.contains(c)).count() as i64;
+    Ok(u32::try_from(unsent.max(in_turn)).unwrap_or(u32::MAX))
+}
 
 /// A broadcast its job carries on: scheduled or sending.
 fn live(status: &str) -> bool {

@@ -414,7 +414,8 @@ impl Pacer {
     }
 }
 
-fn send_rate() -> u32 {
+/// Messages a second a channel sends at most (`SWITCHBOARD_SEND_RATE`, 20).
+pub(super) fn send_rate() -> u32 {
     std::env::var("SWITCHBOARD_SEND_RATE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(20)
 }
 

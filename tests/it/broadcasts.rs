@@ -12,6 +12,7 @@ const RUI: &str = "351911111111";
 const ZOE: &str = "351922222222";
 const BLOCKED: &str = "351933333333";
 const NEW: &str = "351944444444";
+const WA_ID: &str = "14155550123";
 
 fn code(r: &crate::common::Resp) -> (u16, &str) {
     (r.status, r.body["error"]["code"].as_str().unwrap_or(""))
@@ -242,8 +243,11 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
     .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let natal_id = r.body["id"].as_str().expect("id").to_string();
-    eventually("the marketing broadcast done", || async { get(&app, &ctx.admin, &natal_id).await["status"] == "done" })
-        .await;
+    // Done once its messages are queued; they go a moment later.
+    eventually("the marketing broadcast done and its message sent", || async {
+        get(&app, &ctx.admin, &natal_id).await["status"] == "done" && reached(&app, "natal").await > 0
+    })
+    .await;
     let natal_sends = template_sends(&app, "natal").await;
     assert_eq!(natal_sends.len(), 1, "{natal_sends:?}");
     assert_eq!(natal_sends[0].0, RUI);
@@ -297,6 +301,13 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
     assert_eq!(get(&app, &ctx.admin, &waves_id).await["counts"]["pending"], 45 - 20, "one wave queued");
     let (status, _) = crate::inbox::reply(&app, &ctx.admin, &rui_conv, "Já está reservado!", "r-waves").await;
     assert_eq!(status, 202);
+    // Tried at once, the reply finds the number held too; the hold is
+    // lifted once that is written, or its wait would outlast the lifting.
+    let reply_held = format!(
+        "SELECT count(*) AS n FROM public.send_queue WHERE kind = 'message' AND conversation_id = {rui_conv} \
+          AND status = 'pending' AND last_error LIKE 'held%'"
+    );
+    eventually("the reply waits for Meta's limit", || async { app.count(&reply_held) == 1 }).await;
     hold(&app, false);
     eventually("the waves sent", || async { get(&app, &ctx.admin, &waves_id).await["status"] == "done" }).await;
     eventually("the reply and the waves sent", || async {
@@ -375,6 +386,65 @@ async fn a_broadcast_sends_one_template_to_many_customers_each_filled_in() {
         0
     );
     assert_eq!(get(&app, &ctx.admin, &id).await["counts"]["total"], 3);
+}
+
+#[actix_web::test]
+async fn a_broadcasts_next_wave_waits_until_the_last_has_gone() {
+    let app = spawn_app().await;
+    let ctx = acme(&app).await;
+    let phone = channel_id(&app, &ctx.admin, PHONE).await;
+    let aviso = json!({"waba_id": WABA, "name": "aviso", "language": "pt_PT",
+        "body": "Olá {{1}}, a loja abre às 9h amanhã.", "category": "UTILITY"});
+    app.fake("POST", "/_fake/templates", aviso).await;
+    // An agent's photo to a customer takes three seconds to upload, and
+    // their text after it waits for it in the queue.
+    app.fake("POST", "/_fake/inbound", json!({"to": PHONE, "from": WA_ID, "text": "Olá"})).await;
+    app.processed().await;
+    let conv = by_contact(&conversations(&app, &ctx.admin, "").await, WA_ID)["id"].as_str().expect("id").to_string();
+    app.fake("POST", "/_fake/errors", json!({"path": "/media", "method": "POST", "delay_ms": 3000, "times": 1})).await;
+    let jpeg: Vec<u8> = [&b"\xff\xd8\xff\xe0\0\x10JFIF\0"[..], &[1u8; 256][..]].concat();
+    let r = crate::inbox::send_file(&app, &ctx.admin, &conv, Some(("foto.jpg", "image/jpeg", &jpeg)), &[]).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let (status, text) = crate::inbox::reply(&app, &ctx.admin, &conv, "e depois o texto", "wa-after").await;
+    assert_eq!(status, 202, "{text}");
+    // Meta answers each send a little late, and the channel's rate (20 a
+    // second) hands most of a wave back to the queue: a wave takes a
+    // second to go, while the job queued behind it is due at once.
+    let slow = json!({"path": format!("/{PHONE}/messages"), "method": "POST", "delay_ms": 100, "times": 47});
+    app.fake("POST", "/_fake/errors", slow).await;
+    let many: Vec<String> = (0..45).map(|i| format!("+1415556{i:04}")).collect();
+    let template = json!({"name": "aviso", "language": "pt_PT", "parameters": ["{{contact.first_name | cliente}}"]});
+    let r = create(
+        &app,
+        &ctx.admin,
+        json!({"channel_id": phone, "name": "Devagar", "template": template, "to": {"phone_numbers": many}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    // The broadcast's messages not yet gone, read at one moment each time.
+    let unsent = format!(
+        "SELECT count(*) FILTER (WHERE m.status = 'pending') AS n FROM tenant_acme.broadcast_recipients r \
+           JOIN tenant_acme.messages m ON m.id = r.message_id WHERE r.broadcast_id = {id}"
+    );
+    let (mut most, started) = (0, std::time::Instant::now());
+    loop {
+        most = most.max(app.count(&unsent));
+        if get(&app, &ctx.admin, &id).await["status"] == "done" && app.count(&unsent) == 0 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the broadcast never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(most > 0, "a wave was seen waiting to go");
+    assert!(most <= 20, "{most} messages were queued at once: a wave went before the last had gone");
+    assert_eq!(reached(&app, "aviso").await, 45);
+    // The broadcast, made after the text, went after it too.
+    let log = app.fake("GET", "/_fake/requests", json!({})).await;
+    let calls = log["items"].as_array().expect("items");
+    let at_text = calls.iter().position(|c| c["body"]["text"]["body"] == "e depois o texto").expect("the text");
+    let first = calls.iter().position(|c| c["body"]["template"]["name"] == "aviso").expect("the broadcast");
+    assert!(at_text < first, "the broadcast ({first}) went ahead of the reply queued before it ({at_text})");
 }
 
 /// The next `broadcast.updated` frame of broadcast `id`, which must say `status`.
