@@ -68,9 +68,10 @@
 //!   Meta's rate limit on the number (`channels::send_hold`) or a
 //!   restriction waits for its end; Meta no longer having the template
 //!   (deleted, paused, disabled) ends the broadcast `failed`, its
-//!   remaining customers skipped with that reason. Each job's step is one transaction, and a
-//!   job other than the broadcast's own (one taken up again after its
-//!   instance stopped) does nothing, so no customer is sent it twice.
+//!   remaining customers skipped with that reason. Each job's step is one
+//!   transaction, and a job other than the broadcast's own (one taken up
+//!   again after its instance stopped) does nothing, so no customer is
+//!   sent it twice.
 //! - Seen as counts (`pending`, `skipped`, and of the queued messages
 //!   `queued`, `sent`, `delivered`, `read`, `failed`, from the messages'
 //!   own statuses; `replied`: customers who wrote in the conversation
