@@ -11,6 +11,7 @@ pub static WEBHOOKS_RETRIED: AtomicU64 = AtomicU64::new(0);
 pub static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
 pub static MESSAGES_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static SENDS_HELD: AtomicU64 = AtomicU64::new(0);
+pub static SENDS_PACED: AtomicU64 = AtomicU64::new(0);
 pub static WS_OPEN: AtomicI64 = AtomicI64::new(0);
 pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
 pub static WS_DELIVERIES: AtomicU64 = AtomicU64::new(0);
@@ -51,6 +52,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ("switchboard_messages_sent_total", "Replies Meta accepted", &MESSAGES_SENT),
         ("switchboard_messages_failed_total", "Replies that failed", &MESSAGES_FAILED),
         ("switchboard_sends_held_total", "Channels' sends held after Meta's rate limits", &SENDS_HELD),
+        (
+            "switchboard_sends_paced_total",
+            "Sends handed back to the queue for a later slot of their channel's rate (SWITCHBOARD_SEND_RATE)",
+            &SENDS_PACED,
+        ),
         ("switchboard_ws_connections_total", "WebSocket sessions opened", &WS_OPENED),
         ("switchboard_ws_deliveries_total", "Bursts of frames handed to sockets", &WS_DELIVERIES),
         ("switchboard_ws_frames_total", "Event frames handed to sockets", &WS_FRAMES),

@@ -895,9 +895,9 @@ pub async fn run_job(app: &AppState, tenant: crate::ids::TenantId, id: i64, job:
     }
     // The sender hands a message back to the queue until the channel's rate
     // lets it go, so this job, queued behind its last wave, is due before
-    // that wave has gone, and a reply queued meanwhile would compete with
-    // the next wave: it waits about as long as what is ahead takes at that
-    // rate.
+    // that wave has gone, and a reply queued meanwhile would wait behind
+    // the next wave too: it waits about as long as what is ahead takes at
+    // that rate.
     if unsent > 0 {
         let gap = std::time::Duration::from_secs(1) / super::sender::send_rate();
         return Ok(Next::Wait(gap * unsent, WAVE_UNSENT));

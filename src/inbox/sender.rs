@@ -10,7 +10,8 @@
 //! reply was queued; `inbox::contacts`). Transient failures retry with
 //! backoff; Meta's rate limits hold the channel's sends until they pass
 //! (`channels::send_hold`). Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
-//! second per channel, default 20).
+//! second per channel, default 20), first come first served: one the rate
+//! holds back keeps its turn ([`Pacer`]).
 //!
 //! Conversations' sends go side by side ([`SENDS_AT_ONCE`]), each
 //! conversation's in the order they were written: a send waiting on Meta
@@ -381,13 +382,34 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
         .await
 }
 
-/// Per-channel pacing of this instance's sends.
+/// Per-channel pacing of this instance's sends, first come first served.
+///
+/// A send the channel's rate holds back is handed back to the queue with a
+/// slot of its own, booked in the order sends asked: one asking later gets
+/// a later slot, so a reply never loses its turn to a wave of a broadcast
+/// queued after it, and each send is handed back about once, not at every
+/// slot it lost to another (each hand-back is a claim, a read of its
+/// context and a write).
 #[derive(Default)]
 pub struct Pacer {
-    /// When each (tenant, channel) may send next. Only read and booked
-    /// under the lock, never held across a wait.
-    next: std::sync::Mutex<HashMap<(i64, i64), Instant>>,
+    /// Each (tenant, channel)'s lane. Only read and booked under the lock,
+    /// never held across a wait.
+    lanes: std::sync::Mutex<HashMap<(i64, i64), Lane>>,
 }
+
+#[derive(Default)]
+struct Lane {
+    /// When the channel may send next: one gap after the last send.
+    free_at: Option<Instant>,
+    /// The first slot nobody has booked (at or after `free_at`).
+    next: Option<Instant>,
+    /// The send jobs handed back, each with its slot.
+    booked: HashMap<i64, Instant>,
+}
+
+/// How long a booked slot is kept for a send that does not come back (it
+/// met a hold, another instance took it up): only to bound the memory.
+const BOOKING_KEPT: Duration = Duration::from_secs(60);
 
 /// Files sent at once by one instance, each apart from the other sends: an
 /// upload of 25 MB may take a minute, which text replies must not wait for.
@@ -399,18 +421,51 @@ pub const FILES_AT_ONCE: usize = 4;
 const FILE_LEASE_SECONDS: i64 = 15 * 60;
 
 impl Pacer {
-    /// How long to wait before the channel may send again (and books the slot).
-    fn wait(&self, key: (i64, i64), per_second: u32) -> Option<Duration> {
-        let now = Instant::now();
+    /// How long send `job` waits before the channel may send it; `None`:
+    /// it may go now (and its send is counted).
+    fn wait(&self, key: (i64, i64), job: i64, per_second: u32) -> Option<Duration> {
+        self.wait_at(key, job, per_second, Instant::now())
+    }
+
+    fn wait_at(&self, key: (i64, i64), job: i64, per_second: u32, now: Instant) -> Option<Duration> {
         let gap = Duration::from_secs(1) / per_second.max(1);
-        // A poisoned lock holds good slots: each is booked in one insert.
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = next.get(&key).copied().unwrap_or(now);
-        if slot > now + gap {
-            return Some(slot - now);
+        // A poisoned lock holds a whole lane: each is changed in one step.
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = lanes.entry(key).or_default();
+        lane.booked.retain(|_, slot| *slot + BOOKING_KEPT > now);
+        // Within a gap of its time a send may go: a burst of two at most.
+        let free = lane.free_at.is_none_or(|at| at <= now + gap);
+        match lane.booked.get(&job) {
+            // Woken a little early: it waits again for its own slot.
+            Some(&slot) if slot > now + gap => return Some(slot - now),
+            Some(_) if free => {
+                lane.booked.remove(&job);
+                lane.send(now, gap);
+                return None;
+            }
+            // Its slot came, but the queue handed it out late, and others
+            // that came late went just before it: booked again, at the end.
+            Some(_) => {}
+            // A send that asks for the first time goes after those booked.
+            None if free && lane.next.is_none_or(|at| at <= now + gap) => {
+                lane.send(now, gap);
+                return None;
+            }
+            None => {}
         }
-        next.insert(key, slot.max(now) + gap);
-        None
+        let slot = lane.next.into_iter().chain(lane.free_at).fold(now, Instant::max);
+        lane.next = Some(slot + gap);
+        lane.booked.insert(job, slot);
+        Some(slot.saturating_duration_since(now))
+    }
+}
+
+impl Lane {
+    /// A send goes at `now`: the next waits a gap.
+    fn send(&mut self, now: Instant, gap: Duration) {
+        let free_at = self.free_at.map_or(now, |at| at.max(now)) + gap;
+        self.free_at = Some(free_at);
+        self.next = Some(self.next.map_or(free_at, |at| at.max(free_at)));
     }
 }
 
@@ -509,7 +564,8 @@ async fn handle(state: &actix_web::web::Data<AppState>, pacer: &Pacer, job: &Job
         let error = "waits for a file being sent".to_string();
         return finish(state, job, JobEnd::Retry { after: Duration::from_secs(1), error, counts: false }).await;
     }
-    if let Some(wait) = pacer.wait((job.tenant.0, ctx.channel.id), send_rate()) {
+    if let Some(wait) = pacer.wait((job.tenant.0, ctx.channel.id), job.id, send_rate()) {
+        crate::metrics::inc(&crate::metrics::SENDS_PACED, 1);
         return finish(state, job, JobEnd::Retry { after: wait, error: "paced".into(), counts: false }).await;
     }
     let message = match ctx.late {
@@ -1558,7 +1614,7 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
 #[cfg(test)]
 mod tests {
     use super::Pacer;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn a_job_that_panics_is_tried_later_and_later_then_given_up() {
@@ -1613,9 +1669,65 @@ mod tests {
     fn pacing_spaces_sends_per_channel() {
         let p = Pacer::default();
         // 10/s: the first sends go, then the channel must wait; others do not.
-        let waits: Vec<Option<Duration>> = (0..4).map(|_| p.wait((1, 1), 10)).collect();
+        let waits: Vec<Option<Duration>> = (0..4).map(|job| p.wait((1, 1), job, 10)).collect();
         assert!(waits[0].is_none() && waits[1].is_none());
         assert!(waits[3].is_some_and(|w| w > Duration::ZERO && w <= Duration::from_millis(400)));
-        assert!(p.wait((1, 2), 10).is_none(), "another channel is not slowed");
+        assert!(p.wait((1, 2), 9, 10).is_none(), "another channel is not slowed");
+    }
+
+    /// 10 a second (a gap of 100 ms), from `t0`: what job `job` is told at `ms`.
+    fn at(p: &Pacer, t0: Instant, ms: u64, job: i64) -> Option<u64> {
+        let wait = p.wait_at((1, 1), job, 10, t0 + Duration::from_millis(ms));
+        wait.map(|w| w.as_millis() as u64)
+    }
+
+    #[test]
+    fn sends_held_back_go_in_the_order_they_first_asked() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        assert_eq!((at(&p, t0, 0, 1), at(&p, t0, 0, 2)), (None, None), "a burst of two");
+        assert_eq!((at(&p, t0, 0, 3), at(&p, t0, 0, 4)), (Some(200), Some(300)), "each its own slot");
+        // One asking later, while the channel is free again, goes after them.
+        assert_eq!(at(&p, t0, 150, 5), Some(250));
+        assert_eq!(at(&p, t0, 200, 6), Some(300), "behind 5");
+        // Woken early, a send waits again for its own slot.
+        assert_eq!(at(&p, t0, 100, 4), Some(200));
+        assert_eq!(at(&p, t0, 200, 3), None);
+        assert_eq!(at(&p, t0, 300, 4), None);
+        assert_eq!((at(&p, t0, 400, 5), at(&p, t0, 500, 6)), (None, None));
+        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].booked.is_empty(), "each slot used once");
+    }
+
+    #[test]
+    fn a_slot_whose_send_does_not_come_back_holds_nobody_up() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        for job in 1..=2 {
+            assert_eq!(at(&p, t0, 0, job), None);
+        }
+        assert_eq!(at(&p, t0, 0, 3), Some(200));
+        // 3 met a hold, say: its slot passes unused, and the next goes.
+        assert_eq!(at(&p, t0, 400, 7), None);
+        // Come back within a minute, it goes on the booking it had.
+        assert_eq!(at(&p, t0, 30_000, 3), None);
+        assert_eq!(at(&p, t0, 30_000, 8), None);
+        assert_eq!(at(&p, t0, 30_000, 9), Some(200));
+        // Past a minute a booking is forgotten (only the memory it takes).
+        let later = 30_000 + super::BOOKING_KEPT.as_millis() as u64 + 1_000;
+        assert_eq!(at(&p, t0, later, 10), None);
+        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].booked.is_empty());
+    }
+
+    #[test]
+    fn sends_handed_out_late_still_go_a_gap_apart() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        for job in 1..=2 {
+            assert_eq!(at(&p, t0, 0, job), None);
+        }
+        let slots: Vec<Option<u64>> = (3..=6).map(|job| at(&p, t0, 0, job)).collect();
+        assert_eq!(slots, [Some(200), Some(300), Some(400), Some(500)]);
+        // The queue handed all four out a second late, at once: two go,
+        // the others wait a gap each after them.
+        let late: Vec<Option<u64>> = (3..=6).map(|job| at(&p, t0, 1_000, job)).collect();
+        assert_eq!(late, [None, None, Some(200), Some(300)]);
+        assert_eq!((at(&p, t0, 1_200, 5), at(&p, t0, 1_300, 6)), (None, None));
     }
 }

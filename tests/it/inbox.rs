@@ -9503,6 +9503,50 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
     assert_eq!(page_sends(&app).await, ["Um momento…", "Encontrei!"], "each once, in the order written");
 }
 
+/// The channel's rate (20 a second) hands the sends it holds back to the
+/// queue, each with a slot of its own booked in the order they asked
+/// (`sender::Pacer`): each is handed back about once, not again at every
+/// slot another send took first, and they go in about the order written.
+#[actix_web::test]
+async fn sends_the_channels_rate_holds_back_wait_once_each_in_turn() {
+    const MANY: usize = 40;
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    let psids: Vec<String> = (0..MANY).map(|i| format!("66600000010{i:05}")).collect();
+    for psid in &psids {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá 👋"})).await;
+    }
+    process_now(&app);
+    let convs = conversations(&app, &ctx.admin, "?limit=200").await;
+    for (i, psid) in psids.iter().enumerate() {
+        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
+        let (status, body) = reply(&app, &ctx.admin, conv, &format!("Resposta nº {i}"), &format!("turn-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // The sender's passes, one pacer across them as in the worker.
+    let pacer = switchboard::inbox::sender::Pacer::default();
+    let (mut claimed, started) = (0, std::time::Instant::now());
+    while page_sends(&app).await.len() < MANY {
+        let n = switchboard::inbox::sender::run_once(&app.state, &pacer).await.expect("the sender's pass");
+        claimed += n;
+        if n == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "only {claimed} claims went");
+    }
+    let sent = page_sends(&app).await;
+    assert_eq!(sent.len(), MANY, "each once");
+    // Each claimed once to be paced and once to go; a few again, when the
+    // pass that hands them out comes a little late.
+    assert!(claimed <= 2 * MANY + MANY / 4, "{claimed} claims for {MANY} sends");
+    // Sends that ask together (a pass runs 8 side by side) reach the pacer
+    // in any order; a later pass's after them all.
+    for (at, text) in sent.iter().enumerate() {
+        let written: usize = text.trim_start_matches("Resposta nº ").parse().expect("a reply's number");
+        assert!(written.abs_diff(at) < 8, "written {written}th, sent {at}th: {sent:?}");
+    }
+}
+
 /// A reply Meta fails for a moment is tried again seconds later; the reply
 /// written after it in its conversation waits for it, in the same turn and
 /// in the queue, rather than reach the customer first; and the idle sender
