@@ -54,7 +54,7 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
         ("switchboard_sends_held_total", "Channels' sends held after Meta's rate limits", &SENDS_HELD),
         (
             "switchboard_sends_paced_total",
-            "Sends handed back to the queue for a later slot of their channel's rate (SWITCHBOARD_SEND_RATE)",
+            "Sends handed back to the queue to wait for their turn at their channel's rate (SWITCHBOARD_SEND_RATE)",
             &SENDS_PACED,
         ),
         ("switchboard_ws_connections_total", "WebSocket sessions opened", &WS_OPENED),

@@ -12,7 +12,8 @@
 //! sent, the time from a reply's commit to its record as sent (p50, p99),
 //! the pool's connections in use at most and how often all of them were,
 //! whether every conversation's replies reached Meta in the order
-//! written (each once), and how long the server took to answer the
+//! written (each once), how many sends the channels' rate handed back
+//! to the queue, and how long the server took to answer the
 //! customers' webhooks meanwhile (their messages, `--inbound-per-second`
 //! through the fake, which waits for the answer): the pool the sends take
 //! is the one the webhooks are stored with.
@@ -125,7 +126,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!(
                 "{meta}: {n} replies sent in {:.2}s: {:.0} replies/s; commit → recorded sent p50 {:.1} ms, p99 {:.1} ms; \
                  pool in use at most {}/{POOL}, all of it {:.0} % of the time; in the order written: {}; \
-                 customers' webhooks meanwhile: {inbound}",
+                 handed back by the channels' rate: {}; customers' webhooks meanwhile: {inbound}",
                 r.took.as_secs_f64(),
                 n as f64 / r.took.as_secs_f64(),
                 r.p50_ms,
@@ -133,6 +134,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 r.pool_most,
                 r.pool_full_pct,
                 if r.in_order { "every conversation" } else { "NO" },
+                r.paced,
             );
         }
         Ok::<_, anyhow::Error>(())
@@ -236,6 +238,9 @@ struct Round {
     pool_most: u32,
     pool_full_pct: f64,
     in_order: bool,
+    /// Sends the channels' rate handed back to the queue (each a claim, a
+    /// read and a write more).
+    paced: u64,
     /// The customers' webhooks' answer times, POST to the fake's inbound
     /// to its answer (the fake waits for ours).
     inbound: Vec<Duration>,
@@ -257,6 +262,7 @@ async fn round_of(
 ) -> anyhow::Result<Round> {
     let convs = customers.convs;
     use futures_util::StreamExt;
+    let paced_before = crate::metrics::SENDS_PACED.load(Ordering::Relaxed);
     // The pool, sampled every 2 ms: connections in use at most, and how
     // often all were.
     let (done, most) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
@@ -337,12 +343,14 @@ async fn round_of(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();
+    let paced = crate::metrics::SENDS_PACED.load(Ordering::Relaxed) - paced_before;
     done.store(true, Ordering::Relaxed);
     let pool_full_pct = sampler.join().unwrap_or(f64::NAN);
     let (p50_ms, p99_ms) = commit_to_sent(state, tenant, prefix).await?;
     let in_order = reached_in_order(http, fake_base, round).await?;
     let inbound = inbound.await.context("the customers' writer")??;
-    Ok(Round { took, p50_ms, p99_ms, pool_most: most.load(Ordering::Relaxed), pool_full_pct, in_order, inbound })
+    let pool_most = most.load(Ordering::Relaxed);
+    Ok(Round { took, p50_ms, p99_ms, pool_most, pool_full_pct, in_order, paced, inbound })
 }
 
 /// The conversations' customers write, `per_second` one after another (none

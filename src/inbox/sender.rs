@@ -384,16 +384,19 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
 
 /// Per-channel pacing of this instance's sends, first come first served.
 ///
-/// A send the channel's rate holds back is handed back to the queue with a
-/// slot of its own, booked in the order sends asked: one asking later gets
-/// a later slot, so a reply never loses its turn to a wave of a broadcast
-/// queued after it, and each send is handed back about once, not at every
-/// slot it lost to another (each hand-back is a claim, a read of its
-/// context and a write).
+/// A send the channel's rate holds back is handed back to the queue with
+/// its place in the channel's line, in the order sends first asked, and
+/// told when its turn comes: one asking later waits behind it, so a reply
+/// does not lose its turn to a broadcast's wave queued after it, and each
+/// send is handed back about once, not again at every turn another send
+/// took first (each hand-back is a claim, a read of its context and a
+/// write). One that comes back late keeps its place; one that does not
+/// come back (it met a hold, another instance took it up) holds the line
+/// up for [`STILL_COMING`] at most.
 #[derive(Default)]
 pub struct Pacer {
-    /// Each (tenant, channel)'s lane. Only read and booked under the lock,
-    /// never held across a wait.
+    /// Each (tenant, channel)'s lane. Only read and changed under the
+    /// lock, never held across a wait.
     lanes: std::sync::Mutex<HashMap<(i64, i64), Lane>>,
 }
 
@@ -401,15 +404,19 @@ pub struct Pacer {
 struct Lane {
     /// When the channel may send next: one gap after the last send.
     free_at: Option<Instant>,
-    /// The first slot nobody has booked (at or after `free_at`).
-    next: Option<Instant>,
-    /// The send jobs handed back, each with its slot.
-    booked: HashMap<i64, Instant>,
+    /// The sends handed back, in the order they first asked, each with
+    /// when it was told to come back.
+    line: std::collections::VecDeque<(i64, Instant)>,
 }
 
-/// How long a booked slot is kept for a send that does not come back (it
-/// met a hold, another instance took it up): only to bound the memory.
-const BOOKING_KEPT: Duration = Duration::from_secs(60);
+/// How late a send handed back may come back and still hold the ones
+/// behind it: the queue hands a due job out within a pass, unless a hold
+/// or another instance took it meanwhile.
+const STILL_COMING: Duration = Duration::from_millis(250);
+
+/// How long a send that does not come back keeps its place: only to bound
+/// the memory (it holds nobody up past [`STILL_COMING`]).
+const PLACE_KEPT: Duration = Duration::from_secs(60);
 
 /// Files sent at once by one instance, each apart from the other sends: an
 /// upload of 25 MB may take a minute, which text replies must not wait for.
@@ -432,40 +439,25 @@ impl Pacer {
         // A poisoned lock holds a whole lane: each is changed in one step.
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let lane = lanes.entry(key).or_default();
-        lane.booked.retain(|_, slot| *slot + BOOKING_KEPT > now);
+        lane.line.retain(|(_, back)| *back + PLACE_KEPT > now);
+        let place = lane.line.iter().position(|(j, _)| *j == job);
+        let ahead = lane.line.iter().take(place.unwrap_or(lane.line.len()));
+        let ahead = ahead.filter(|(_, back)| *back + STILL_COMING > now).count() as u32;
+        let free_at = lane.free_at.map_or(now, |at| at.max(now));
         // Within a gap of its time a send may go: a burst of two at most.
-        let free = lane.free_at.is_none_or(|at| at <= now + gap);
-        match lane.booked.get(&job) {
-            // Woken a little early: it waits again for its own slot.
-            Some(&slot) if slot > now + gap => return Some(slot - now),
-            Some(_) if free => {
-                lane.booked.remove(&job);
-                lane.send(now, gap);
-                return None;
+        if ahead == 0 && free_at <= now + gap {
+            if let Some(place) = place {
+                lane.line.remove(place);
             }
-            // Its slot came, but the queue handed it out late, and others
-            // that came late went just before it: booked again, at the end.
-            Some(_) => {}
-            // A send that asks for the first time goes after those booked.
-            None if free && lane.next.is_none_or(|at| at <= now + gap) => {
-                lane.send(now, gap);
-                return None;
-            }
-            None => {}
+            lane.free_at = Some(free_at + gap);
+            return None;
         }
-        let slot = lane.next.into_iter().chain(lane.free_at).fold(now, Instant::max);
-        lane.next = Some(slot + gap);
-        lane.booked.insert(job, slot);
-        Some(slot.saturating_duration_since(now))
-    }
-}
-
-impl Lane {
-    /// A send goes at `now`: the next waits a gap.
-    fn send(&mut self, now: Instant, gap: Duration) {
-        let free_at = self.free_at.map_or(now, |at| at.max(now)) + gap;
-        self.free_at = Some(free_at);
-        self.next = Some(self.next.map_or(free_at, |at| at.max(free_at)));
+        let back = free_at + gap * ahead;
+        match place {
+            Some(place) => lane.line[place].1 = back,
+            None => lane.line.push_back((job, back)),
+        }
+        Some(back - now)
     }
 }
 
@@ -1685,35 +1677,56 @@ mod tests {
     fn sends_held_back_go_in_the_order_they_first_asked() {
         let (p, t0) = (Pacer::default(), Instant::now());
         assert_eq!((at(&p, t0, 0, 1), at(&p, t0, 0, 2)), (None, None), "a burst of two");
-        assert_eq!((at(&p, t0, 0, 3), at(&p, t0, 0, 4)), (Some(200), Some(300)), "each its own slot");
+        assert_eq!((at(&p, t0, 0, 3), at(&p, t0, 0, 4)), (Some(200), Some(300)), "each its own turn");
         // One asking later, while the channel is free again, goes after them.
         assert_eq!(at(&p, t0, 150, 5), Some(250));
         assert_eq!(at(&p, t0, 200, 6), Some(300), "behind 5");
-        // Woken early, a send waits again for its own slot.
+        // Woken early, a send waits again for its turn.
         assert_eq!(at(&p, t0, 100, 4), Some(200));
         assert_eq!(at(&p, t0, 200, 3), None);
         assert_eq!(at(&p, t0, 300, 4), None);
         assert_eq!((at(&p, t0, 400, 5), at(&p, t0, 500, 6)), (None, None));
-        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].booked.is_empty(), "each slot used once");
+        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].line.is_empty(), "each went once");
+    }
+
+    /// The queue hands out late, and in any order, sends whose turns came
+    /// together: each still goes in its place.
+    #[test]
+    fn a_send_that_comes_back_late_keeps_its_place() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        for job in 1..=2 {
+            assert_eq!(at(&p, t0, 0, job), None);
+        }
+        let turns: Vec<Option<u64>> = (3..=5).map(|job| at(&p, t0, 0, job)).collect();
+        assert_eq!(turns, [Some(200), Some(300), Some(400)]);
+        // All three handed out at 420, the last first.
+        assert_eq!(at(&p, t0, 420, 5), Some(200), "behind 3 and 4, still coming");
+        assert_eq!(at(&p, t0, 420, 4), Some(100), "behind 3");
+        assert_eq!(at(&p, t0, 420, 3), None);
+        assert_eq!((at(&p, t0, 520, 4), at(&p, t0, 620, 5)), (None, None));
     }
 
     #[test]
-    fn a_slot_whose_send_does_not_come_back_holds_nobody_up() {
+    fn a_send_that_does_not_come_back_holds_the_line_up_only_a_moment() {
         let (p, t0) = (Pacer::default(), Instant::now());
         for job in 1..=2 {
             assert_eq!(at(&p, t0, 0, job), None);
         }
         assert_eq!(at(&p, t0, 0, 3), Some(200));
-        // 3 met a hold, say: its slot passes unused, and the next goes.
-        assert_eq!(at(&p, t0, 400, 7), None);
-        // Come back within a minute, it goes on the booking it had.
-        assert_eq!(at(&p, t0, 30_000, 3), None);
-        assert_eq!(at(&p, t0, 30_000, 8), None);
-        assert_eq!(at(&p, t0, 30_000, 9), Some(200));
-        // Past a minute a booking is forgotten (only the memory it takes).
-        let later = 30_000 + super::BOOKING_KEPT.as_millis() as u64 + 1_000;
+        // 3 met a hold, say: it is waited for a moment past its turn.
+        assert_eq!(super::STILL_COMING, Duration::from_millis(250), "the times below count on it");
+        assert_eq!(at(&p, t0, 400, 7), Some(100));
+        assert_eq!((at(&p, t0, 450, 7), at(&p, t0, 450, 8)), (None, None), "then no longer");
+        assert_eq!(at(&p, t0, 450, 9), Some(200));
+        // Come back later, it goes in its place, before 9 which asked meanwhile.
+        assert_eq!(at(&p, t0, 500, 3), Some(150));
+        assert_eq!(at(&p, t0, 650, 9), Some(100), "behind 3");
+        assert_eq!((at(&p, t0, 650, 3), at(&p, t0, 750, 9)), (None, None));
+        // Past a minute a place is forgotten (only the memory it takes).
+        assert_eq!((at(&p, t0, 750, 12), at(&p, t0, 750, 13)), (None, Some(200)));
+        let later = 950 + super::PLACE_KEPT.as_millis() as u64;
         assert_eq!(at(&p, t0, later, 10), None);
-        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].booked.is_empty());
+        assert!(p.lanes.lock().expect("lanes")[&(1, 1)].line.is_empty());
     }
 
     #[test]
@@ -1722,12 +1735,13 @@ mod tests {
         for job in 1..=2 {
             assert_eq!(at(&p, t0, 0, job), None);
         }
-        let slots: Vec<Option<u64>> = (3..=6).map(|job| at(&p, t0, 0, job)).collect();
-        assert_eq!(slots, [Some(200), Some(300), Some(400), Some(500)]);
+        let turns: Vec<Option<u64>> = (3..=6).map(|job| at(&p, t0, 0, job)).collect();
+        assert_eq!(turns, [Some(200), Some(300), Some(400), Some(500)]);
         // The queue handed all four out a second late, at once: two go,
-        // the others wait a gap each after them.
+        // the others wait a gap each after them, and one asking now after those.
         let late: Vec<Option<u64>> = (3..=6).map(|job| at(&p, t0, 1_000, job)).collect();
         assert_eq!(late, [None, None, Some(200), Some(300)]);
-        assert_eq!((at(&p, t0, 1_200, 5), at(&p, t0, 1_300, 6)), (None, None));
+        assert_eq!(at(&p, t0, 1_000, 7), Some(400));
+        assert_eq!((at(&p, t0, 1_200, 5), at(&p, t0, 1_300, 6), at(&p, t0, 1_400, 7)), (None, None, None));
     }
 }

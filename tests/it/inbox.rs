@@ -9504,9 +9504,10 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
 }
 
 /// The channel's rate (20 a second) hands the sends it holds back to the
-/// queue, each with a slot of its own booked in the order they asked
-/// (`sender::Pacer`): each is handed back about once, not again at every
-/// slot another send took first, and they go in about the order written.
+/// queue, each keeping its place in the channel's line, in the order they
+/// asked (`sender::Pacer`): each is handed back about once, not again at
+/// every turn another send took first, and they go in about the order
+/// written.
 #[actix_web::test]
 async fn sends_the_channels_rate_holds_back_wait_once_each_in_turn() {
     const MANY: usize = 40;
@@ -9536,14 +9537,16 @@ async fn sends_the_channels_rate_holds_back_wait_once_each_in_turn() {
     }
     let sent = page_sends(&app).await;
     assert_eq!(sent.len(), MANY, "each once");
-    // Each claimed once to be paced and once to go; a few again, when the
-    // pass that hands them out comes a little late.
-    assert!(claimed <= 2 * MANY + MANY / 4, "{claimed} claims for {MANY} sends");
+    // Each claimed once to be paced and once to go (78 here); some again
+    // when a slow pass hands out together sends whose turns are a gap
+    // apart (up to 105 with the machine's cores busy). Sent back at every
+    // turn another took first, they were claimed about 350 times.
+    assert!(claimed <= 4 * MANY, "{claimed} claims for {MANY} sends");
     // Sends that ask together (a pass runs 8 side by side) reach the pacer
-    // in any order; a later pass's after them all.
+    // in any order, and one whose context took long to read asks later.
     for (at, text) in sent.iter().enumerate() {
         let written: usize = text.trim_start_matches("Resposta nº ").parse().expect("a reply's number");
-        assert!(written.abs_diff(at) < 8, "written {written}th, sent {at}th: {sent:?}");
+        assert!(written.abs_diff(at) < MANY / 4, "written {written}th, sent {at}th: {sent:?}");
     }
 }
 
