@@ -9504,12 +9504,11 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
 }
 
 /// The channel's rate (20 a second) hands the sends it holds back to the
-/// queue, each keeping its place in the channel's line, in the order they
-/// asked (`sender::Pacer`): each is handed back about once, not again at
-/// every turn another send took first, and they go in about the order
-/// written.
+/// queue, each told its turn in the channel's line (`sender::Pacer`): each
+/// is handed back about once, not again at every turn another send took
+/// first.
 #[actix_web::test]
-async fn sends_the_channels_rate_holds_back_wait_once_each_in_turn() {
+async fn sends_the_channels_rate_holds_back_are_handed_back_about_once() {
     const MANY: usize = 40;
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
@@ -9536,18 +9535,16 @@ async fn sends_the_channels_rate_holds_back_wait_once_each_in_turn() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "only {claimed} claims went");
     }
     let sent = page_sends(&app).await;
-    assert_eq!(sent.len(), MANY, "each once");
+    let each: std::collections::HashSet<&String> = sent.iter().collect();
+    assert_eq!((sent.len(), each.len()), (MANY, MANY), "each once");
     // Each claimed once to be paced and once to go (78 here); some again
     // when a slow pass hands out together sends whose turns are a gap
     // apart (up to 105 with the machine's cores busy). Sent back at every
     // turn another took first, they were claimed about 350 times.
     assert!(claimed <= 4 * MANY, "{claimed} claims for {MANY} sends");
-    // Sends that ask together (a pass runs 8 side by side) reach the pacer
-    // in any order, and one whose context took long to read asks later.
-    for (at, text) in sent.iter().enumerate() {
-        let written: usize = text.trim_start_matches("Resposta nº ").parse().expect("a reply's number");
-        assert!(written.abs_diff(at) < MANY / 4, "written {written}th, sent {at}th: {sent:?}");
-    }
+    // The order they go in is the order they reached the pacer (the unit
+    // tests of `sender::Pacer`), which a pass running 8 side by side, on a
+    // loaded machine, does not keep: a free moment goes to whoever is there.
 }
 
 /// A reply Meta fails for a moment is tried again seconds later; the reply
