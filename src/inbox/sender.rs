@@ -390,8 +390,8 @@ async fn load(state: &AppState, job: &Job) -> AppResult<Option<Context>> {
 /// sends held back come back one at a time, each about once, not all at
 /// the channel's next free moment and again at every turn another took
 /// first (each hand-back is a claim, a read of its context and a write);
-/// and one asking later is told a later turn, so a reply is not overtaken
-/// by a broadcast's wave queued after it. Whoever is there when the channel
+/// and one asking later is told a later turn, so a broadcast's wave queued
+/// after a reply is told turns after it. Whoever is there when the channel
 /// is free goes, so the channel does not idle while a send waits (waiting
 /// for the send whose turn it was, when the queue hands it out late, cost
 /// a fifth of `bench sends`' rate-bound throughput): one that comes back
