@@ -1668,7 +1668,7 @@ async fn replies_meta_refuses_fail_with_the_reason_or_wait_for_the_limit() {
     }
     // The number's throughput limit holds its sends, this one's too: tried
     // once, put back uncounted until the hold ends. (Written after the
-    // refused one has failed: a hold found first would keep that one too.)
+    // refused ones have failed: a hold found first would keep them too.)
     sent.push(reply_to(RATE_LIMITED_WA).await);
     let (conv, id) = &sent[2];
     eventually("the rate-limited reply was tried and put back", || async {
@@ -9544,12 +9544,12 @@ async fn sends_the_channels_rate_holds_back_are_handed_back_about_once() {
     assert_eq!((sent.len(), each.len()), (MANY, MANY), "each once");
     // Each claimed once to be paced and once to go (78 here); some again
     // when a slow pass hands out together sends whose turns are a gap
-    // apart (up to 105 with the machine's cores busy). Sent back at every
-    // turn another took first, they were claimed about 350 times.
+    // apart (81–90 with the machine's cores busy). Sent back at every turn
+    // another took first, they were claimed about 350 times.
     assert!(claimed <= 4 * MANY, "{claimed} claims for {MANY} sends");
-    // The order they go in is the order they reached the pacer (the unit
-    // tests of `sender::Pacer`), which a pass running 8 side by side, on a
-    // loaded machine, does not keep: a free moment goes to whoever is there.
+    // The order is not checked here: a pass running 8 side by side on a
+    // loaded machine reaches the pacer in its own order, and a free moment
+    // goes to whoever is there (the turns are `sender::Pacer`'s unit tests).
 }
 
 /// A reply Meta fails for a moment is tried again seconds later; the reply
