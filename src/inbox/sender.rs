@@ -462,6 +462,14 @@ impl Pacer {
         }
         Some(back - now)
     }
+
+    /// The first turn told that is still to come: the worker looks for due
+    /// sends again then ([`run`]), not a [`HELD_RETRY`] later, which is
+    /// longer than a gap at 5 a second and made each send held back late.
+    fn next_turn(&self, now: Instant) -> Option<Instant> {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.values().flat_map(|lane| lane.line.iter().map(|(_, back)| *back)).filter(|back| *back > now).min()
+    }
 }
 
 /// Messages a second a channel sends at most (`SWITCHBOARD_SEND_RATE`, 20).
@@ -1215,6 +1223,19 @@ pub async fn hand_back_cut_uploads(state: &AppState, jobs: Vec<i64>) -> AppResul
         .await
 }
 
+/// How long the worker waits, while it is not idle, before it claims
+/// again: until the next send the channels' rate held back is due (its
+/// row a few milliseconds later than the turn it was told, as
+/// `db::queue::idle_wait`), or [`HELD_RETRY`] at most.
+fn look_again(next_turn: Option<Instant>, now: Instant) -> Duration {
+    let due = |turn: Instant| turn.saturating_duration_since(now) + TURN_MARGIN;
+    next_turn.map_or(HELD_RETRY, |turn| due(turn).min(HELD_RETRY))
+}
+
+/// How much later than its turn a send held back is looked for: its row's
+/// due time is written just after the turn is told.
+const TURN_MARGIN: Duration = Duration::from_millis(10);
+
 /// Claims up to `limit` due jobs but those of the `busy` conversations.
 async fn claim_due(state: &AppState, limit: usize, busy: Vec<(i64, i64)>) -> AppResult<Vec<Job>> {
     let pool = state.db.pool().clone();
@@ -1454,7 +1475,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         let wait = async {
             let wait = match idle {
                 true => super::idle_wait(&state, Queue::Sends).await,
-                false => HELD_RETRY,
+                false => look_again(pacer.next_turn(Instant::now()), Instant::now()),
             };
             tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err()
         };
@@ -1608,7 +1629,7 @@ pub async fn run_event_pruner(state: actix_web::web::Data<AppState>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Pacer;
+    use super::{look_again, Pacer, HELD_RETRY};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -1742,5 +1763,21 @@ mod tests {
         assert_eq!(late, [None, None, Some(200), Some(300)]);
         assert_eq!(at(&p, t0, 1_000, 7), Some(400));
         assert_eq!((at(&p, t0, 1_200, 5), at(&p, t0, 1_300, 6), at(&p, t0, 1_400, 7)), (None, None, None));
+    }
+
+    #[test]
+    fn the_worker_looks_again_at_the_first_turn_still_to_come() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        let t = |ms: u64| t0 + Duration::from_millis(ms);
+        let look = |ms: u64| look_again(p.next_turn(t(ms)), t(ms)).as_millis();
+        assert_eq!((p.next_turn(t0), look(0)), (None, HELD_RETRY.as_millis()), "no send held back");
+        assert_eq!(after_a_burst(&p, t0, 4), [Some(200), Some(300)]);
+        assert_eq!((p.next_turn(t0), look(0)), (Some(t(200)), 210), "3's turn, its row due by then");
+        // 3's turn has come (it is being claimed): then 4's.
+        assert_eq!((p.next_turn(t(200)), look(250)), (Some(t(300)), 60));
+        // Another channel's turn further off than the usual look again.
+        assert_eq!([1, 2, 3].map(|job| p.wait_at((2, 2), job, 1, t0)), [None, None, Some(Duration::from_secs(2))]);
+        assert_eq!((p.next_turn(t(300)), look(300)), (Some(t(2_000)), HELD_RETRY.as_millis()));
+        assert_eq!(p.next_turn(t(2_000)), None, "every turn told has come");
     }
 }
