@@ -263,6 +263,7 @@ async fn round_of(
     let convs = customers.convs;
     use futures_util::StreamExt;
     let paced_before = crate::metrics::SENDS_PACED.load(Ordering::Relaxed);
+    let recorded_before = replies_recorded();
     // The pool, sampled every 2 ms: connections in use at most, and how
     // often all were.
     let (done, most) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
@@ -320,7 +321,20 @@ async fn round_of(
     }
     let prefix = format!("r{round}-%");
     let until = Instant::now() + Duration::from_secs(600);
+    // The sender's counters say when the round's replies may all be
+    // recorded, read without a query: a count every 10 ms took a
+    // connection of the pool being measured, and CPU beside the sends. The
+    // messages then say whether they are (another reply, counted too, may
+    // have ended the wait early: then they are counted every 10 ms), and
+    // every 100 ms meanwhile (a reply an echo marked sent first is not
+    // counted).
+    let mut looked = Instant::now();
     loop {
+        if replies_recorded() - recorded_before < n as u64 && looked.elapsed() < Duration::from_millis(100) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        looked = Instant::now();
         let like = prefix.clone();
         let left = state
             .db
@@ -351,6 +365,11 @@ async fn round_of(
     let inbound = inbound.await.context("the customers' writer")??;
     let pool_most = most.load(Ordering::Relaxed);
     Ok(Round { took, p50_ms, p99_ms, pool_most, pool_full_pct, in_order, paced, inbound })
+}
+
+/// Replies this process recorded sent or failed (`inbox::sender`).
+fn replies_recorded() -> u64 {
+    crate::metrics::MESSAGES_SENT.load(Ordering::Relaxed) + crate::metrics::MESSAGES_FAILED.load(Ordering::Relaxed)
 }
 
 /// The conversations' customers write, `per_second` one after another (none
