@@ -1473,9 +1473,11 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
             Err(_) => false,
         };
         let wait = async {
-            let wait = match idle {
-                true => super::idle_wait(&state, Queue::Sends).await,
-                false => look_again(pacer.next_turn(Instant::now()), Instant::now()),
+            let wait = match (idle, pass.is_ok()) {
+                (true, _) => super::idle_wait(&state, Queue::Sends).await,
+                (false, true) => look_again(pacer.next_turn(Instant::now()), Instant::now()),
+                // The claim failed (the database, say): not sooner at a turn.
+                (false, false) => HELD_RETRY,
             };
             tokio::time::timeout(wait, state.wake_sender.notified()).await.is_err()
         };
