@@ -20,6 +20,12 @@
 //! pool's and the store's lines tell ([`SUMMED`]); a run of them ends once
 //! [`TOLD_EVERY`] passes without one, and the next run's first line says
 //! how many the last one's end left untold, apart from its own count.
+//!
+//! A request's span names its target with the values of the query
+//! parameters that carry a credential replaced ([`redacted_target`]): a
+//! WebSocket ticket, OAuth's `code` and `state`, Meta's verify token, an
+//! unsubscribe token, a media link. Every line logged in the request
+//! carries the span's fields, and a log is not a place for credentials.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -46,8 +52,36 @@ pub fn init(json: bool) {
 pub struct RequestSpan;
 
 impl RootSpanBuilder for RequestSpan {
+    /// tracing-actix-web's `root_span!` fields, which `on_request_end`
+    /// fills in, but for the target: that macro logs the query as it came.
     fn on_request_start(request: &ServiceRequest) -> Span {
-        tracing_actix_web::root_span!(request, tenant = tracing::field::Empty, user_id = tracing::field::Empty)
+        use actix_web::HttpMessage;
+        use tracing::field::Empty;
+        let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let method = request.method().as_str();
+        let user_agent = request.headers().get(actix_web::http::header::USER_AGENT).and_then(|h| h.to_str().ok());
+        let request_id = request.extensions().get::<tracing_actix_web::RequestId>().map(|id| id.to_string());
+        let info = request.connection_info();
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %method,
+            http.route = %route,
+            http.flavor = %http_flavor(request.version()),
+            http.scheme = %info.scheme(),
+            http.host = %info.host(),
+            http.client_ip = %info.realip_remote_addr().unwrap_or(""),
+            http.user_agent = %user_agent.unwrap_or(""),
+            http.target = %redacted_target(request.uri()),
+            http.status_code = Empty,
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            request_id = %request_id.unwrap_or_default(),
+            exception.message = Empty,
+            exception.details = Empty,
+            tenant = Empty,
+            user_id = Empty,
+        )
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, actix_web::Error>) {
@@ -74,6 +108,48 @@ impl RootSpanBuilder for RequestSpan {
             }
             Told::Untold => crate::metrics::inc(&crate::metrics::REQUESTS_UNAVAILABLE, 1),
         }
+    }
+}
+
+/// Query parameters whose values are credentials ([`redacted_target`]).
+const SECRET_PARAMETERS: &[&str] =
+    &["ticket", "code", "state", "hub.verify_token", "token", "link", "access_token", "refresh_token"];
+
+/// What stands in a logged target for a credential's value.
+const REDACTED: &str = "[redacted]";
+
+/// A request's path and query as logged: each parameter of
+/// [`SECRET_PARAMETERS`] (its name as the server reads it, percent-decoded)
+/// with its value replaced, the rest as it came.
+pub fn redacted_target(uri: &actix_web::http::Uri) -> std::borrow::Cow<'_, str> {
+    let Some(query) = uri.query() else { return uri.path().into() };
+    let is_secret = |pair: &str| {
+        let name = form_urlencoded::parse(pair.as_bytes()).next().map(|(name, _)| name);
+        name.is_some_and(|name| SECRET_PARAMETERS.contains(&name.as_ref()))
+    };
+    if !query.split('&').any(is_secret) {
+        return uri.path_and_query().map_or(uri.path(), |p| p.as_str()).into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match (is_secret(pair), pair.split_once('=')) {
+            (true, Some((name, _))) => format!("{name}={REDACTED}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), pairs.join("&")).into()
+}
+
+/// As tracing-actix-web names HTTP versions.
+fn http_flavor(version: actix_web::http::Version) -> std::borrow::Cow<'static, str> {
+    use actix_web::http::Version;
+    match version {
+        Version::HTTP_09 => "0.9".into(),
+        Version::HTTP_10 => "1.0".into(),
+        Version::HTTP_11 => "1.1".into(),
+        Version::HTTP_2 => "2.0".into(),
+        Version::HTTP_3 => "3.0".into(),
+        other => format!("{other:?}").into(),
     }
 }
 
@@ -218,6 +294,76 @@ pub(crate) use tell_repeats;
 mod tests {
     use super::*;
     use actix_web::http::StatusCode as S;
+
+    #[test]
+    fn credentials_in_a_query_are_not_logged() {
+        let target = |uri: &str| redacted_target(&uri.parse().expect("a uri")).into_owned();
+        assert_eq!(target("/ws?ticket=s3cr3t&since=42"), "/ws?ticket=[redacted]&since=42");
+        assert_eq!(
+            target("/api/channels/facebook/oauth/callback?code=AQ-x_1&state=eyJ.sig#_=_"),
+            "/api/channels/facebook/oauth/callback?code=[redacted]&state=[redacted]"
+        );
+        assert_eq!(
+            target("/webhooks/meta?hub.mode=subscribe&hub.verify_token=v%20t&hub.challenge=1158201444"),
+            "/webhooks/meta?hub.mode=subscribe&hub.verify_token=[redacted]&hub.challenge=1158201444"
+        );
+        // The name as the server reads it: percent-encoded, or `+` for a space.
+        assert_eq!(target("/unsubscribe?t%6Fken=abc&all=true"), "/unsubscribe?t%6Fken=[redacted]&all=true");
+        assert_eq!(target("/api/messages/7/attachments/0?link=a.b.c"), "/api/messages/7/attachments/0?link=[redacted]");
+        // Others, and a name with no value, stay as they came.
+        assert_eq!(
+            target("/api/conversations?q=caf%C3%A9+au+lait&limit=5"),
+            "/api/conversations?q=caf%C3%A9+au+lait&limit=5"
+        );
+        assert_eq!(target("/ws?ticket&ticketing=1&x=code=1"), "/ws?ticket&ticketing=1&x=code=1");
+        assert_eq!(target("/healthz"), "/healthz");
+    }
+
+    /// A writer that keeps what it is given, for a test to read.
+    #[derive(Clone, Default)]
+    struct Kept(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Kept {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Kept {
+        type Writer = Kept;
+        fn make_writer(&'a self) -> Kept {
+            self.clone()
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_line_in_a_request_names_its_target_without_the_ticket() {
+        use actix_web::{test, web, App, HttpResponse};
+        let kept = Kept::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(kept.clone()).with_ansi(false).finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let app = test::init_service(App::new().wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new()).route(
+            "/ws",
+            web::get().to(|| async {
+                tracing::info!("inside the request");
+                HttpResponse::NoContent().finish()
+            }),
+        ))
+        .await;
+        let request =
+            test::TestRequest::with_uri("/ws?ticket=s3cr3t-t1cket&since=9").insert_header(("user-agent", "agent/1"));
+        assert_eq!(test::call_service(&app, request.to_request()).await.status(), S::NO_CONTENT);
+        let line = String::from_utf8(kept.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf-8");
+        assert!(line.contains("inside the request"), "{line}");
+        assert!(line.contains("http.target=/ws?ticket=[redacted]&since=9"), "{line}");
+        assert!(line.contains("http.route=/ws") && line.contains("http.user_agent=agent/1"), "{line}");
+        assert!(line.contains("request_id=") && line.contains("otel.name=GET /ws"), "{line}");
+        assert!(!line.contains("s3cr3t"), "{line}");
+    }
 
     #[test]
     fn a_repeating_failure_is_one_line_a_while_and_one_when_it_ends() {
