@@ -284,8 +284,11 @@ async fn finish(state: &AppState, job: &Job, end: JobEnd) -> AppResult<Left> {
     };
     let id = job.id;
     let attempts = job.attempts;
+    // From now, not from when a connection is had: a send the channel's
+    // rate holds back is due at the turn it was told ([`look_again`]).
+    let decided = Utc::now();
     let at =
-        |after: Duration| Utc::now() + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
+        move |after: Duration| decided + ChronoDuration::from_std(after).unwrap_or_else(|_| ChronoDuration::seconds(1));
     state
         .db
         .public(move |conn| {
@@ -1232,8 +1235,9 @@ fn look_again(next_turn: Option<Instant>, now: Instant) -> Duration {
     next_turn.map_or(HELD_RETRY, |turn| due(turn).min(HELD_RETRY))
 }
 
-/// How much later than its turn a send held back is looked for: its row's
-/// due time is written just after the turn is told.
+/// How much later than its turn a send held back is looked for: its row
+/// is due at the turn ([`finish`]), by the clock of this host, which the
+/// database's `now()` may trail or lead by a little.
 const TURN_MARGIN: Duration = Duration::from_millis(10);
 
 /// Claims up to `limit` due jobs but those of the `busy` conversations.
@@ -1475,7 +1479,10 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         let wait = async {
             let wait = match (idle, pass.is_ok()) {
                 (true, _) => super::idle_wait(&state, Queue::Sends).await,
-                (false, true) => look_again(pacer.next_turn(Instant::now()), Instant::now()),
+                (false, true) => {
+                    let now = Instant::now();
+                    look_again(pacer.next_turn(now), now)
+                }
                 // The claim failed (the database, say): not sooner at a turn.
                 (false, false) => HELD_RETRY,
             };
