@@ -121,7 +121,7 @@ const REDACTED: &str = "[redacted]";
 /// A request's path and query as logged: each parameter of
 /// [`SECRET_PARAMETERS`] (its name as the server reads it, percent-decoded)
 /// with its value replaced, the rest as it came.
-pub fn redacted_target(uri: &actix_web::http::Uri) -> std::borrow::Cow<'_, str> {
+fn redacted_target(uri: &actix_web::http::Uri) -> std::borrow::Cow<'_, str> {
     let Some(query) = uri.query() else { return uri.path().into() };
     let is_secret = |pair: &str| {
         let name = form_urlencoded::parse(pair.as_bytes()).next().map(|(name, _)| name);
