@@ -1228,8 +1228,9 @@ pub async fn hand_back_cut_uploads(state: &AppState, jobs: Vec<i64>) -> AppResul
 
 /// How long the worker waits, while it is not idle, before it claims
 /// again: until the next send the channels' rate held back is due (its
-/// row a few milliseconds later than the turn it was told, as
-/// `db::queue::idle_wait`), or [`HELD_RETRY`] at most.
+/// row is due at the turn it was told, looked for [`TURN_MARGIN`] after,
+/// as `db::queue::idle_wait` looks a little late), or [`HELD_RETRY`] at
+/// most.
 fn look_again(next_turn: Option<Instant>, now: Instant) -> Duration {
     let due = |turn: Instant| turn.saturating_duration_since(now) + TURN_MARGIN;
     next_turn.map_or(HELD_RETRY, |turn| due(turn).min(HELD_RETRY))
