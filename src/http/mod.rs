@@ -401,6 +401,9 @@ async fn stop_on_signal(
     if left.turns > 0 {
         tracing::warn!(left = left.turns, "shutting down with sends under way");
     }
+    if let Err(e) = crate::inbox::roster::leave(&state).await {
+        tracing::warn!(error = %e.message, "this sender stays counted a few seconds: it could not check out");
+    }
     if !left.uploads.is_empty() {
         let cut = left.uploads.len();
         match crate::inbox::sender::hand_back_cut_uploads(&state, left.uploads).await {

@@ -53,6 +53,7 @@ pub mod outreach;
 pub mod processor;
 pub mod reports;
 pub mod retention;
+pub mod roster;
 pub mod routing;
 pub mod saved_views;
 pub mod scheduled;

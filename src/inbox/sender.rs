@@ -11,7 +11,8 @@
 //! backoff; Meta's rate limits hold the channel's sends until they pass
 //! (`channels::send_hold`). Sends respect a per-channel rate (`SWITCHBOARD_SEND_RATE`, messages per
 //! second per channel, default 20): one the rate holds back is told its
-//! turn in the channel's line ([`Pacer`]).
+//! turn in the channel's line ([`Pacer`]). Several instances share the
+//! rate: each keeps to its part (`inbox::roster`).
 //!
 //! Conversations' sends go side by side ([`SENDS_AT_ONCE`]), each
 //! conversation's in the order they were written: a send waiting on Meta
@@ -404,6 +405,9 @@ pub struct Pacer {
     /// Each (tenant, channel)'s lane. Only read and changed under the
     /// lock, never held across a wait.
     lanes: std::sync::Mutex<HashMap<(i64, i64), Lane>>,
+    /// How many instances send ([`roster`](super::roster)): each keeps to
+    /// its share of a channel's rate (0 is taken as 1).
+    sharing: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -440,8 +444,15 @@ impl Pacer {
         self.wait_at(key, job, per_second, Instant::now())
     }
 
+    /// Keeps to a share of each channel's rate: one of `senders`
+    /// instances' ([`roster`](super::roster)).
+    pub fn share(&self, senders: u32) {
+        self.sharing.store(senders, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn wait_at(&self, key: (i64, i64), job: i64, per_second: u32, now: Instant) -> Option<Duration> {
-        let gap = Duration::from_secs(1) / per_second.max(1);
+        let sharing = self.sharing.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let gap = Duration::from_secs(1) * sharing / per_second.max(1);
         // A poisoned lock holds a whole lane: each is changed in one step.
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let lane = lanes.entry(key).or_default();
@@ -1107,6 +1118,8 @@ pub struct UnderWay {
     /// (tenant, conversation). What follows one in its conversation waits
     /// for it, so the customer gets them in the order the agent sent them.
     uploads: std::sync::Mutex<HashMap<i64, (i64, i64)>>,
+    /// This instance's sender in the count of senders (`inbox::roster`).
+    enlisted: std::sync::Mutex<Option<uuid::Uuid>>,
 }
 
 /// How long a stopping server waits for the sends under way, by default:
@@ -1149,8 +1162,16 @@ impl Drop for Uploading {
 }
 
 impl UnderWay {
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(super) fn enlist(&self, me: uuid::Uuid) {
+        *self.enlisted.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+    }
+
+    pub(super) fn enlisted(&self) -> Option<uuid::Uuid> {
+        *self.enlisted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set(&self, turns: usize) {
@@ -1435,8 +1456,16 @@ impl<F: std::future::Future<Output = Option<(i64, i64)>>> Turns<F> {
 }
 
 pub async fn run(state: actix_web::web::Data<AppState>) {
-    let at_once = sends_at_once();
     let pacer = Pacer::default();
+    // The count of instances sending is kept beside the sends, and ends
+    // with them (a restart after a panic enlists anew).
+    let me = super::roster::enlist(&state, &pacer).await;
+    futures_util::future::join(super::roster::keep(&state, &pacer, me), send(&state, &pacer)).await;
+}
+
+/// The sender's loop ([`run`]).
+async fn send(state: &actix_web::web::Data<AppState>, pacer: &Pacer) {
+    let at_once = sends_at_once();
     let mut turns = Turns::new();
     let mut quiet = false;
     let mut failing = crate::telemetry::Repeats::default();
@@ -1452,13 +1481,13 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         let (pass, ended) = match room {
             0 => (Ok(0), 0),
             _ => {
-                let claim = claim_due(&state, room, turns.busy.iter().copied().collect());
+                let claim = claim_due(state, room, turns.busy.iter().copied().collect());
                 let (jobs, ended) = turns.meanwhile(claim, |left| state.sends.set(left + 1)).await;
                 let claimed_at = Instant::now();
                 let pass = jobs.map(|jobs| {
                     let claimed = jobs.len();
                     for turn in in_turns(jobs) {
-                        turns.push(conversation_of(&turn), run_turn(&state, &pacer, turn, claimed_at));
+                        turns.push(conversation_of(&turn), run_turn(state, pacer, turn, claimed_at));
                     }
                     claimed
                 });
@@ -1479,7 +1508,7 @@ pub async fn run(state: actix_web::web::Data<AppState>) {
         };
         let wait = async {
             let wait = match (idle, pass.is_ok()) {
-                (true, _) => super::idle_wait(&state, Queue::Sends).await,
+                (true, _) => super::idle_wait(state, Queue::Sends).await,
                 (false, true) => {
                     let now = Instant::now();
                     look_again(pacer.next_turn(now), now)
@@ -1699,6 +1728,23 @@ mod tests {
         assert!(waits[0].is_none() && waits[1].is_none());
         assert!(waits[3].is_some_and(|w| w > Duration::ZERO && w <= Duration::from_millis(400)));
         assert!(p.wait((1, 2), 9, 10).is_none(), "another channel is not slowed");
+    }
+
+    /// Two instances sending (`inbox::roster`): each keeps to half the
+    /// rate, so together they keep to it.
+    #[test]
+    fn an_instance_among_others_keeps_to_its_share_of_the_rate() {
+        let (p, t0) = (Pacer::default(), Instant::now());
+        p.share(2);
+        // 10 a second between two: a gap of 200 ms for each.
+        assert_eq!(after_a_burst(&p, t0, 5), [Some(400), Some(600), Some(800)]);
+        for (ms, job) in [(400, 3), (600, 4), (800, 5)] {
+            assert_eq!(at(&p, t0, ms, job), None, "{job} at {ms} ms");
+        }
+        // Alone again: the whole rate.
+        p.share(1);
+        let burst = (at(&p, t0, 1_000, 6), at(&p, t0, 1_000, 7), at(&p, t0, 1_000, 8));
+        assert_eq!(burst, (None, None, Some(200)), "a gap of 100 ms again");
     }
 
     /// 10 a second (a gap of 100 ms), from `t0`: what job `job` is told at `ms`.

@@ -9552,6 +9552,84 @@ async fn sends_the_channels_rate_holds_back_are_handed_back_about_once() {
     // goes to whoever is there (the turns are `sender::Pacer`'s unit tests).
 }
 
+/// Two instances send (`inbox::roster`): this one's sender, checked in as
+/// it starts beside the other's, keeps to half the channel's rate (20 a
+/// second), so that together they keep to it. Its 40 replies to one Page
+/// go at least 100 ms apart after a burst of two: 3.8 s at the least, where
+/// the whole rate (50 ms) took about 2.
+#[actix_web::test]
+async fn an_instance_among_others_sends_at_its_share_of_the_channels_rate() {
+    const MANY: usize = 40;
+    let app = spawn_app_without_workers().await;
+    let ctx = acme(&app).await;
+    // Another instance's sender, checked in a moment ago.
+    app.exec("INSERT INTO public.senders (id, seen_at) VALUES (gen_random_uuid(), now())");
+    let psids: Vec<String> = (0..MANY).map(|i| format!("66600000020{i:05}")).collect();
+    for psid in &psids {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Oi"})).await;
+    }
+    process_now(&app);
+    let convs = conversations(&app, &ctx.admin, "?limit=200").await;
+    for (i, psid) in psids.iter().enumerate() {
+        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
+        let (status, body) = reply(&app, &ctx.admin, conv, &format!("Parte {i}"), &format!("share-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let started = std::time::Instant::now();
+    switchboard::app::spawn_workers(&app.state);
+    while page_sends(&app).await.len() < MANY {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{} sent", page_sends(&app).await.len());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(3_800), "sent at more than its share: in {took:?}");
+    let each: std::collections::HashSet<String> = page_sends(&app).await.into_iter().collect();
+    assert_eq!(each.len(), MANY, "each once");
+    assert_eq!(app.count("SELECT count(*) AS n FROM public.senders"), 2, "this sender checked in");
+}
+
+/// The count of instances sending (`inbox::roster`): a check-in counts for
+/// 15 s, a check-out at once; rows long stale are dropped on the way.
+#[test]
+fn senders_are_counted_while_they_check_in() {
+    use switchboard::inbox::roster::{check_in, check_out};
+    let db = crate::common::TestDb::new();
+    let mut conn = db.conn();
+    let (one, two) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    assert_eq!(check_in(&mut conn, one).expect("check-in"), 1, "alone");
+    assert_eq!(check_in(&mut conn, two).expect("check-in"), 2);
+    assert_eq!(check_in(&mut conn, one).expect("check-in"), 2, "checking in again counts once");
+    let quiet = |conn: &mut PgConnection, id: uuid::Uuid, seconds: i32| {
+        diesel::sql_query("UPDATE public.senders SET seen_at = now() - make_interval(secs => $2) WHERE id = $1::uuid")
+            .bind::<diesel::sql_types::Text, _>(id.to_string())
+            .bind::<diesel::sql_types::Integer, _>(seconds)
+            .execute(conn)
+            .expect("update");
+    };
+    quiet(&mut conn, two, 16);
+    assert_eq!(check_in(&mut conn, one).expect("check-in"), 1, "silent for 16 s: no longer counted");
+    quiet(&mut conn, two, 10);
+    assert_eq!(check_in(&mut conn, one).expect("check-in"), 2, "two missed check-ins still count");
+    check_out(&mut conn, two).expect("check-out");
+    assert_eq!(check_in(&mut conn, one).expect("check-in"), 1, "checked out: at once");
+    let three = uuid::Uuid::new_v4();
+    check_in(&mut conn, three).expect("check-in");
+    quiet(&mut conn, three, 301);
+    check_in(&mut conn, one).expect("check-in");
+    let left: Vec<Sender> = diesel::sql_query("SELECT id::text FROM public.senders").load(&mut conn).expect("rows");
+    assert_eq!(
+        left.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [one.to_string()],
+        "silent for five minutes: forgotten"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Sender {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
 /// A reply Meta fails for a moment is tried again seconds later; the reply
 /// written after it in its conversation waits for it, in the same turn and
 /// in the queue, rather than reach the customer first; and the idle sender

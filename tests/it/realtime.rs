@@ -1509,7 +1509,8 @@ async fn taken_in_by_serve(app: &TestApp, psid: &str, text: &str) -> i64 {
 
 /// A stopping `serve` claims no more sends and lets those under way end
 /// before it exits: one cut after Meta took it, before its record, would
-/// be sent again by the next instance to claim it.
+/// be sent again by the next instance to claim it. Its sender leaves the
+/// count of those sharing the channels' rates (`inbox::roster`) as it goes.
 #[actix_web::test]
 async fn serve_lets_the_sends_under_way_end_before_it_stops() {
     let app = spawn_app_without_workers().await;
@@ -1529,11 +1530,14 @@ async fn serve_lets_the_sends_under_way_end_before_it_stops() {
         log["items"].as_array().is_some_and(|items| items.iter().any(|c| c["body"]["message"]["text"] == "Já vai!"))
     })
     .await;
+    let senders = "SELECT count(*) AS n FROM public.senders";
+    assert_eq!(app.count(senders), 1, "serve's sender is counted among those sharing a channel's rate");
     let (status, took) = serve.stop("TERM", Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
     assert!(took >= Duration::from_secs(2), "serve waited for Meta's answer");
     let recorded = format!("SELECT count(*) AS n FROM tenant_acme.messages WHERE id = {id} AND status <> 'pending'");
     assert_eq!(app.count(&recorded), 1, "the send was recorded before serve stopped");
+    assert_eq!(app.count(senders), 0, "and checked out as it stopped, not counted 15 s more");
 }
 
 /// A stopping `serve` waits for the files it is uploading too; one still
