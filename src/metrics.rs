@@ -13,6 +13,9 @@ pub static MESSAGES_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static SENDS_HELD: AtomicU64 = AtomicU64::new(0);
 pub static SENDS_PACED: AtomicU64 = AtomicU64::new(0);
 pub static WS_OPEN: AtomicI64 = AtomicI64::new(0);
+/// Senders sharing each channel's rate, as this instance last counted
+/// them (`inbox::roster`); 0 before its first count.
+pub static SENDERS: AtomicI64 = AtomicI64::new(0);
 pub static WS_OPENED: AtomicU64 = AtomicU64::new(0);
 pub static WS_DELIVERIES: AtomicU64 = AtomicU64::new(0);
 pub static WS_FRAMES: AtomicU64 = AtomicU64::new(0);
@@ -143,6 +146,11 @@ pub fn render(pending_webhooks: i64, pending_sends: i64) -> String {
     }
     let gauges = [
         ("switchboard_ws_open", "Open WebSocket sessions on this instance", WS_OPEN.load(Ordering::Relaxed)),
+        (
+            "switchboard_senders",
+            "Instances whose senders share each channel's rate (SWITCHBOARD_SEND_RATE), as this one last counted them",
+            SENDERS.load(Ordering::Relaxed),
+        ),
         ("switchboard_webhooks_pending", "Stored webhooks waiting to be processed (all instances)", pending_webhooks),
         ("switchboard_sends_pending", "Queued sends (all instances)", pending_sends),
     ];

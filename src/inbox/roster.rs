@@ -10,6 +10,13 @@
 //! claims first, and a send the pace holds back goes back to the queue for
 //! any of them, so the shares even out.
 //!
+//! The sends an instance holds back are told turns at the channel's whole
+//! rate, since whichever instance is free takes each up at its turn
+//! ([`Pacer`]); one taken up by an instance not yet free for it goes back
+//! again, told a later turn. So while a counted instance sends nothing
+//! (it crashed, and counts a few seconds more) the held sends come back
+//! more often, and the channel gets less than its rate, not more.
+//!
 //! Decided: an instance that stops checks out; one that crashed counts
 //! until [`ALIVE_FOR`] passes, meanwhile the others keep to less than the
 //! rate rather than more. A database out of reach leaves the last count.
@@ -23,12 +30,14 @@ use super::sender::Pacer;
 use crate::app::AppState;
 use crate::error::AppResult;
 
-/// How often a sender checks in.
-pub const CHECK_IN_EVERY: Duration = Duration::from_secs(5);
+/// How often a sender checks in: the others learn of a new instance that
+/// soon (it learns of them at once), and until then keep to their shares
+/// as they were, together up to half the rate more for a moment.
+pub const CHECK_IN_EVERY: Duration = Duration::from_secs(2);
 
-/// How long a check-in counts: three missed ones, so a slow pass over a
-/// busy database does not drop a live instance from the count.
-pub const ALIVE_FOR: Duration = Duration::from_secs(15);
+/// How long a check-in counts: past four missed ones, so a check-in slowed
+/// by a busy database does not drop a live instance from the count.
+pub const ALIVE_FOR: Duration = Duration::from_secs(10);
 
 /// How long a row of an instance that stopped checking in is kept.
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
@@ -71,12 +80,13 @@ pub fn check_out(conn: &mut PgConnection, me: uuid::Uuid) -> diesel::QueryResult
 }
 
 /// Enlists this instance's sender and checks it in a first time, so that
-/// it starts with its share of the channels' rate; its id.
+/// it starts with its share of the channels' rate; its id. A sender
+/// restarted after a panic keeps its id, so it is not counted twice.
 pub async fn enlist(state: &AppState, pacer: &Pacer) -> uuid::Uuid {
-    let me = uuid::Uuid::new_v4();
+    let me = state.sends.enlisted().unwrap_or_else(uuid::Uuid::new_v4);
     state.sends.enlist(me);
     if let Ok(senders) = state.db.public(move |conn| -> AppResult<u32> { Ok(check_in(conn, me)?) }).await {
-        pacer.share(senders);
+        share(pacer, senders);
     }
     me
 }
@@ -95,9 +105,14 @@ pub async fn keep(state: &AppState, pacer: &Pacer, me: uuid::Uuid) {
         let result = state.db.public(move |conn| -> AppResult<u32> { Ok(check_in(conn, me)?) }).await;
         crate::telemetry::tell_repeats!(failing, "sender check-in", &result);
         if let Ok(senders) = result {
-            pacer.share(senders);
+            share(pacer, senders);
         }
     }
+}
+
+fn share(pacer: &Pacer, senders: u32) {
+    pacer.share(senders);
+    crate::metrics::SENDERS.store(i64::from(senders), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Checks this instance's sender out, as it stops: the others take its

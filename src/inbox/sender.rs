@@ -451,8 +451,9 @@ impl Pacer {
     }
 
     fn wait_at(&self, key: (i64, i64), job: i64, per_second: u32, now: Instant) -> Option<Duration> {
-        let sharing = self.sharing.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        let gap = Duration::from_secs(1) * sharing / per_second.max(1);
+        let channel_gap = Duration::from_secs(1) / per_second.max(1);
+        // This instance's own sends keep to its share of the rate.
+        let gap = channel_gap * self.sharing.load(std::sync::atomic::Ordering::Relaxed).max(1);
         // A poisoned lock holds a whole lane: each is changed in one step.
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let lane = lanes.entry(key).or_default();
@@ -469,7 +470,11 @@ impl Pacer {
         }
         let ahead = lane.line.iter().take(place.unwrap_or(lane.line.len()));
         let ahead = ahead.filter(|(_, back)| *back + STILL_COMING > now).count() as u32;
-        let back = free_at + gap * ahead;
+        // Those in the line go at the channel's rate, whichever instance
+        // takes them up at their turns: told this one's share, a backlog
+        // it claimed would be sent at that share alone, the others
+        // following its turns (two instances sent 15 a second, not 20).
+        let back = free_at + channel_gap * ahead;
         match place {
             Some(place) => lane.line[place].1 = back,
             None => lane.line.push_back((job, back)),
@@ -1731,20 +1736,27 @@ mod tests {
     }
 
     /// Two instances sending (`inbox::roster`): each keeps to half the
-    /// rate, so together they keep to it.
+    /// rate, so together they keep to it; the line's turns are told at the
+    /// channel's rate, since the other instance takes them up too.
     #[test]
     fn an_instance_among_others_keeps_to_its_share_of_the_rate() {
         let (p, t0) = (Pacer::default(), Instant::now());
         p.share(2);
-        // 10 a second between two: a gap of 200 ms for each.
-        assert_eq!(after_a_burst(&p, t0, 5), [Some(400), Some(600), Some(800)]);
-        for (ms, job) in [(400, 3), (600, 4), (800, 5)] {
-            assert_eq!(at(&p, t0, ms, job), None, "{job} at {ms} ms");
-        }
-        // Alone again: the whole rate.
-        p.share(1);
-        let burst = (at(&p, t0, 1_000, 6), at(&p, t0, 1_000, 7), at(&p, t0, 1_000, 8));
-        assert_eq!(burst, (None, None, Some(200)), "a gap of 100 ms again");
+        // 10 a second between two: a send asks every 10 ms for 2 s; this
+        // instance sends a burst of two, then one every 200 ms.
+        let went = |p: &Pacer, from: u64, job: i64| {
+            (0..200).filter(|i| at(p, t0, from + i * 10, job + *i as i64).is_none()).count()
+        };
+        assert_eq!(went(&p, 0, 1), 2 + 9, "its share");
+        // Alone: the whole rate.
+        let alone = Pacer::default();
+        alone.share(1);
+        assert_eq!(went(&alone, 0, 1), 2 + 19);
+        // Those held back after a burst are told turns 100 ms apart, from
+        // when this instance may send next.
+        let (p, t0) = (Pacer::default(), Instant::now());
+        p.share(2);
+        assert_eq!(after_a_burst(&p, t0, 5), [Some(400), Some(500), Some(600)]);
     }
 
     /// 10 a second (a gap of 100 ms), from `t0`: what job `job` is told at `ms`.

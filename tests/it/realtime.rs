@@ -1532,6 +1532,9 @@ async fn serve_lets_the_sends_under_way_end_before_it_stops() {
     .await;
     let senders = "SELECT count(*) AS n FROM public.senders";
     assert_eq!(app.count(senders), 1, "serve's sender is counted among those sharing a channel's rate");
+    let metrics = app.client.get(format!("{}/metrics", serve.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    assert!(metrics.lines().any(|l| l == "switchboard_senders 1"), "as it counted them: {metrics}");
     let (status, took) = serve.stop("TERM", Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
     assert!(took >= Duration::from_secs(2), "serve waited for Meta's answer");
