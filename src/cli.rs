@@ -272,4 +272,8 @@ pub struct BenchArgs {
     /// replies go, their webhooks' answers timed (0: none).
     #[arg(long, default_value_t = 50)]
     pub inbound_per_second: u64,
+    /// Instances sharing the `sends` benchmark's database, each with its
+    /// own pool and workers, as `serve` processes would (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
 }

@@ -17,6 +17,11 @@
 //! customers' webhooks meanwhile (their messages, `--inbound-per-second`
 //! through the fake, which waits for the answer): the pool the sends take
 //! is the one the webhooks are stored with.
+//!
+//! `--instances N` runs N instances' workers on the database, each with
+//! its own pool, as N `serve` processes: their senders share each
+//! channel's rate (`inbox::roster`), which `SWITCHBOARD_SEND_RATE` makes
+//! the bound to see.
 
 use anyhow::Context;
 use diesel::prelude::*;
@@ -89,11 +94,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     });
     let conversations = args.conversations.max(1);
     let replies = args.replies.max(1);
+    let instances = args.instances.clamp(1, 4);
     println!(
         "switchboard bench sends ({replies} replies over {conversations} conversations of {PAGES} pages, \
-         pool {POOL}, {} sends at once)",
+         {instances} instance(s), each with a pool of {POOL} and {} sends at once)",
         crate::inbox::sender::sends_at_once()
     );
+    // The other instances: their own pools and workers on this database
+    // (no HTTP: the fake's webhooks reach the first, the queues are shared).
+    let others = (1..instances)
+        .map(|_| connect_pool(&scratch.url, PoolOptions { max_size: POOL, min_idle: Some(POOL), ..Default::default() }))
+        .collect::<Result<Vec<_>, _>>()?;
     actix_web::rt::System::new().block_on(async move {
         let fake = FakeMeta::new(fake_cfg);
         fake.set_webhook_target(Some(format!("http://{addr}/webhooks/meta")));
@@ -101,6 +112,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let db = crate::db::Db::new(pool.clone());
         let state = actix_web::web::Data::new(crate::app::AppState::new(config, db));
         crate::app::spawn_workers(&state);
+        for pool in others {
+            let other = actix_web::web::Data::new(crate::app::AppState::new(state.config.clone(), crate::db::Db::new(pool)));
+            crate::app::spawn_workers(&other);
+        }
         actix_web::rt::spawn(crate::http::build_server(state.clone(), listener)?);
         let http = reqwest::Client::new();
         let pages = connect_pages(&state, &http, &fake_base, tenant, &keys).await?;

@@ -1463,7 +1463,7 @@ impl<F: std::future::Future<Output = Option<(i64, i64)>>> Turns<F> {
 pub async fn run(state: actix_web::web::Data<AppState>) {
     let pacer = Pacer::default();
     // The count of instances sending is kept beside the sends, and ends
-    // with them (a restart after a panic enlists anew).
+    // with them (a restart after a panic checks in again, as the same).
     let me = super::roster::enlist(&state, &pacer).await;
     futures_util::future::join(super::roster::keep(&state, &pacer, me), send(&state, &pacer)).await;
 }
