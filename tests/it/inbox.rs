@@ -9508,6 +9508,26 @@ async fn a_reply_whose_turn_comes_late_is_handed_back_to_the_next_claim() {
     assert_eq!(page_sends(&app).await, ["Um momento…", "Encontrei!"], "each once, in the order written");
 }
 
+/// `many` customers (PSIDs from `prefix`) write `PAGE_A`, processed
+/// without workers, and each is answered with a reply queued as `admin`:
+/// many replies to one channel, each in its own conversation.
+async fn replies_to_many(app: &TestApp, ctx: &Ctx, prefix: &str, many: usize) {
+    let psids: Vec<String> = (0..many).map(|i| format!("{prefix}{i:05}")).collect();
+    for psid in &psids {
+        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá 👋"})).await;
+    }
+    // A batch takes 100 at most.
+    for _ in 0..many.div_ceil(100) {
+        process_now(app);
+    }
+    let convs = conversations(app, &ctx.admin, "?limit=200").await;
+    for (i, psid) in psids.iter().enumerate() {
+        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
+        let (status, body) = reply(app, &ctx.admin, conv, &format!("Resposta nº {i}"), &format!("{prefix}-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
 /// The channel's rate (20 a second) hands the sends it holds back to the
 /// queue, each told its turn in the channel's line (`sender::Pacer`): each
 /// is handed back about once, not again at every turn another send took
@@ -9517,17 +9537,7 @@ async fn sends_the_channels_rate_holds_back_are_handed_back_about_once() {
     const MANY: usize = 40;
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let psids: Vec<String> = (0..MANY).map(|i| format!("66600000010{i:05}")).collect();
-    for psid in &psids {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Olá 👋"})).await;
-    }
-    process_now(&app);
-    let convs = conversations(&app, &ctx.admin, "?limit=200").await;
-    for (i, psid) in psids.iter().enumerate() {
-        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
-        let (status, body) = reply(&app, &ctx.admin, conv, &format!("Resposta nº {i}"), &format!("turn-{i}")).await;
-        assert_eq!(status, 202, "{body}");
-    }
+    replies_to_many(&app, &ctx, "66600000010", MANY).await;
     // The sender's passes, one pacer across them as in the worker.
     let pacer = switchboard::inbox::sender::Pacer::default();
     let (mut claimed, started) = (0, std::time::Instant::now());
@@ -9564,17 +9574,7 @@ async fn an_instance_among_others_sends_at_its_share_of_the_channels_rate() {
     let ctx = acme(&app).await;
     // Another instance's sender, checked in a moment ago.
     app.exec("INSERT INTO public.senders (id, seen_at) VALUES (gen_random_uuid(), now())");
-    let psids: Vec<String> = (0..MANY).map(|i| format!("66600000020{i:05}")).collect();
-    for psid in &psids {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Oi"})).await;
-    }
-    process_now(&app);
-    let convs = conversations(&app, &ctx.admin, "?limit=200").await;
-    for (i, psid) in psids.iter().enumerate() {
-        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
-        let (status, body) = reply(&app, &ctx.admin, conv, &format!("Parte {i}"), &format!("share-{i}")).await;
-        assert_eq!(status, 202, "{body}");
-    }
+    replies_to_many(&app, &ctx, "66600000020", MANY).await;
     let started = std::time::Instant::now();
     switchboard::app::spawn_workers(&app.state);
     while page_sends(&app).await.len() < MANY {
@@ -9600,18 +9600,7 @@ async fn two_instances_senders_share_a_channels_rate() {
     const MANY: usize = 60;
     let app = spawn_app_without_workers().await;
     let ctx = acme(&app).await;
-    let psids: Vec<String> = (0..MANY).map(|i| format!("66600000030{i:05}")).collect();
-    for psid in &psids {
-        app.fake("POST", "/_fake/inbound", json!({"to": PAGE_A, "from": psid, "text": "Oi"})).await;
-    }
-    process_now(&app);
-    process_now(&app);
-    let convs = conversations(&app, &ctx.admin, "?limit=200").await;
-    for (i, psid) in psids.iter().enumerate() {
-        let conv = by_contact(&convs, psid)["id"].as_str().expect("id");
-        let (status, body) = reply(&app, &ctx.admin, conv, &format!("Parte {i}"), &format!("pair-{i}")).await;
-        assert_eq!(status, 202, "{body}");
-    }
+    replies_to_many(&app, &ctx, "66600000030", MANY).await;
     // Another instance: its own state and pool on this database, the same
     // Meta.
     let other = actix_web::web::Data::new(switchboard::app::AppState::new(
@@ -9667,6 +9656,21 @@ fn senders_are_counted_while_they_check_in() {
         [one.to_string()],
         "silent for five minutes: forgotten"
     );
+}
+
+/// A sender started again after a panic (`app::supervise`) checks in as
+/// the same sender, so it is counted once; a stop checks it out.
+#[actix_web::test]
+async fn a_sender_started_again_is_counted_once() {
+    use switchboard::inbox::{roster, sender::Pacer};
+    let app = spawn_app_without_workers().await;
+    let first = roster::enlist(&app.state, &Pacer::default()).await;
+    let again = roster::enlist(&app.state, &Pacer::default()).await;
+    assert_eq!(first, again);
+    let senders = "SELECT count(*) AS n FROM public.senders";
+    assert_eq!(app.count(senders), 1);
+    roster::leave(&app.state).await.expect("check-out");
+    assert_eq!(app.count(senders), 0);
 }
 
 #[derive(QueryableByName)]
