@@ -8,7 +8,8 @@
 //! within [`ALIVE_FOR`]; its pacer then spaces a channel's sends by that
 //! many gaps. The queue hands a channel's backlog to whichever instance
 //! claims first, and a send the pace holds back goes back to the queue for
-//! any of them, so the shares even out.
+//! any of them, so each takes its part of a backlog (not wholly evenly:
+//! below).
 //!
 //! The sends an instance holds back are told turns at the channel's whole
 //! rate, since whichever instance is free takes each up at its turn
